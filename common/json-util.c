@@ -1,0 +1,83 @@
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+
+#include "common/json-util.h"
+#include "common/util.h"
+
+static const char *json_type_name(const json_t *v) {
+        switch (json_typeof(v)) {
+        case JSON_OBJECT: return "an object";
+        case JSON_ARRAY: return "an array";
+        case JSON_STRING: return "a string";
+        case JSON_INTEGER: return "an integer";
+        case JSON_REAL: return "a number with a fraction";
+        case JSON_TRUE:
+        case JSON_FALSE: return "a boolean";
+        default: return "null";
+        }
+}
+
+void json_unpack_message(const json_error_t *e, char *msg, size_t msg_size) {
+        const char *t = e->text;
+        const char *p;
+
+        /* jansson: "Object item not found: KEY" / "N object item(s) left unpacked: K1, K2" */
+        if ((p = strstr(t, "item not found: ")))
+                msg_set(msg, msg_size, "missing key \"%s\"", p + strlen("item not found: "));
+        else if ((p = strstr(t, "left unpacked: ")))
+                msg_set(msg, msg_size, "unknown key \"%s\"", p + strlen("left unpacked: "));
+        else
+                msg_set(msg, msg_size, "%s", t);
+}
+
+int json_field_string(const json_t *v, const char *key, const char **ret, char *msg, size_t msg_size) {
+        if (!json_is_string(v)) {
+                msg_set(msg, msg_size, "\"%s\" must be a string, not %s", key, json_type_name(v));
+                return EINVAL;
+        }
+        if (strlen(json_string_value(v)) != json_string_length(v)) {
+                msg_set(msg, msg_size, "\"%s\" must not contain NUL characters", key);
+                return EINVAL;
+        }
+        *ret = json_string_value(v);
+        return 0;
+}
+
+int json_field_int(const json_t *v, const char *key, int64_t min, int64_t max, int64_t *ret,
+                   char *msg, size_t msg_size) {
+        json_int_t i;
+
+        if (!json_is_integer(v)) {
+                msg_set(msg, msg_size, "\"%s\" must be an integer, not %s", key, json_type_name(v));
+                return EINVAL;
+        }
+        i = json_integer_value(v);
+        if (i < min || i > max) {
+                msg_set(msg, msg_size, "\"%s\" must be between %" PRId64 " and %" PRId64 ", not %lld",
+                        key, min, max, (long long) i);
+                return EINVAL;
+        }
+        *ret = i;
+        return 0;
+}
+
+int json_dump_line(const json_t *v, char **ret_line, size_t *ret_len) {
+        char *s, *line;
+        size_t n;
+
+        s = json_dumps(v, JSON_COMPACT);
+        if (!s)
+                return -ENOMEM;
+        n = strlen(s);
+        line = realloc(s, n + 2);
+        if (!line) {
+                free(s);
+                return -ENOMEM;
+        }
+        line[n] = '\n';
+        line[n + 1] = 0;
+        *ret_line = line;
+        *ret_len = n + 1;
+        return 0;
+}

@@ -1,0 +1,23 @@
+#pragma once
+
+/*
+ * Strict JSON field access for jansson, shared by the wire protocol and the
+ * config loader: unpack with "!" so an unknown key is refused, then check
+ * each value's type here so the error names the key that was wrong.
+ */
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Sentence for a json_unpack_ex() failure: missing or unknown keys. */
+void json_unpack_message(const json_error_t *e, char *msg, size_t msg_size);
+
+/* Each returns 0, or EINVAL (positive) with "KEY must be ..." in msg. */
+int json_field_string(const json_t *v, const char *key, const char **ret, char *msg, size_t msg_size);
+int json_field_int(const json_t *v, const char *key, int64_t min, int64_t max, int64_t *ret,
+                   char *msg, size_t msg_size);
+
+/* Dump compact, newline-terminated, into a malloc'd buffer. -ENOMEM. */
+int json_dump_line(const json_t *v, char **ret_line, size_t *ret_len);
+

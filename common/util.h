@@ -1,0 +1,66 @@
+#pragma once
+
+/* Small helpers shared by every part of the tree. Header-only. */
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+#define _cleanup_(f) __attribute__((cleanup(f)))
+#define _printf_(a, b) __attribute__((format(printf, a, b)))
+#define _unused_ __attribute__((unused))
+
+static inline int streq(const char *a, const char *b) {
+        return strcmp(a, b) == 0;
+}
+
+static inline void freep(void *p) {
+        free(*(void **) p);
+}
+
+static inline void closep(int *fd) {
+        if (*fd >= 0) {
+                int saved = errno;
+                close(*fd);
+                errno = saved;
+        }
+}
+
+static inline void fclosep(FILE **f) {
+        if (*f)
+                fclose(*f);
+}
+
+/* Take ownership out of a cleanup variable: `*ret = TAKE_PTR(obj);` */
+#define TAKE_PTR(p) ({ __typeof__(p) _t = (p); (p) = NULL; _t; })
+#define TAKE_FD(fd) ({ int _t = (fd); (fd) = -1; _t; })
+
+/* snprintf into a fixed buffer that may be NULL/0; never overflows. */
+_printf_(3, 4)
+static inline void msg_set(char *buf, size_t size, const char *fmt, ...) {
+        va_list ap;
+
+        if (!buf || size == 0)
+                return;
+        va_start(ap, fmt);
+        vsnprintf(buf, size, fmt, ap);
+        va_end(ap);
+}
+
+/* Copy a string that must fit; returns -ENAMETOOLONG otherwise. */
+static inline int strcpy_checked(char *dst, size_t size, const char *src) {
+        size_t n = strlen(src);
+
+        if (n >= size)
+                return -ENAMETOOLONG;
+        memcpy(dst, src, n + 1);
+        return 0;
+}

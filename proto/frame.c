@@ -1,0 +1,20 @@
+/*
+ * Framing: one request per line. The limit is enforced here, on bytes, so
+ * neither side ever buffers more than PROTO_LINE_MAX for one message.
+ */
+
+#include <errno.h>
+#include <string.h>
+
+#include "proto.h"
+
+int proto_frame_next(const char *buf, size_t len, size_t *ret_line_len) {
+        size_t scan = len < PROTO_LINE_MAX ? len : PROTO_LINE_MAX;
+        const char *nl = memchr(buf, '\n', scan);
+
+        if (nl) {
+                *ret_line_len = (size_t) (nl - buf);
+                return 1;
+        }
+        return len >= PROTO_LINE_MAX ? E2BIG : 0;
+}

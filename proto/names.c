@@ -1,0 +1,107 @@
+/*
+ * Names on the wire: operations, access modes, layouts and errno names.
+ *
+ * The errno table is explicit rather than strerrorname_np(): clients in
+ * other languages match these strings, so the set must not drift with libc.
+ */
+
+#include <errno.h>
+#include <string.h>
+
+#include "proto.h"
+#include "common/util.h"
+
+static const char *const op_names[_PROTO_OP_MAX] = {
+        [PROTO_OP_HELLO] = "hello",
+        [PROTO_OP_OPEN] = "open",
+        [PROTO_OP_CLOSE] = "close",
+        [PROTO_OP_LIST] = "list",
+        [PROTO_OP_STATUS] = "status",
+        [PROTO_OP_RELOAD] = "reload",
+};
+
+static const char *const access_names[_PROTO_ACCESS_MAX] = {
+        [PROTO_ACCESS_RW] = "rw",
+        [PROTO_ACCESS_RO] = "ro",
+};
+
+static const char *const layout_names[_PROTO_LAYOUT_MAX] = {
+        [PROTO_LAYOUT_RAW] = "raw",
+        [PROTO_LAYOUT_RING] = "ring",
+};
+
+static int lookup(const char *const *table, size_t n, const char *s) {
+        if (!s)
+                return -EINVAL;
+        for (size_t i = 0; i < n; i++)
+                if (table[i] && streq(table[i], s))
+                        return (int) i;
+        return -EINVAL;
+}
+
+const char *proto_op_to_string(ProtoOp op) {
+        return (unsigned) op < _PROTO_OP_MAX ? op_names[op] : NULL;
+}
+
+int proto_op_from_string(const char *s) {
+        return lookup(op_names, _PROTO_OP_MAX, s);
+}
+
+const char *proto_access_to_string(ProtoAccess a) {
+        return (unsigned) a < _PROTO_ACCESS_MAX ? access_names[a] : NULL;
+}
+
+int proto_access_from_string(const char *s) {
+        return lookup(access_names, _PROTO_ACCESS_MAX, s);
+}
+
+const char *proto_layout_to_string(ProtoLayout l) {
+        return (unsigned) l < _PROTO_LAYOUT_MAX ? layout_names[l] : NULL;
+}
+
+int proto_layout_from_string(const char *s) {
+        return lookup(layout_names, _PROTO_LAYOUT_MAX, s);
+}
+
+#define E(x) { x, #x }
+static const struct {
+        int err;
+        const char *name;
+} errno_names[] = {
+        E(EPERM), E(ENOENT), E(ESRCH), E(EINTR), E(EIO), E(E2BIG), E(EBADF),
+        E(EAGAIN), E(ENOMEM), E(EACCES), E(EFAULT), E(EBUSY), E(EEXIST),
+        E(ENODEV), E(EINVAL), E(ENFILE), E(EMFILE), E(EFBIG), E(ENOSPC),
+        E(ERANGE), E(ENAMETOOLONG), E(ENOSYS), E(EIDRM), E(ENODATA),
+        E(ETIME), E(EPROTO), E(EBADMSG), E(EOVERFLOW), E(EMSGSIZE),
+        E(EOPNOTSUPP), E(ECONNREFUSED), E(ECONNRESET), E(ETIMEDOUT),
+        E(ESTALE), E(ECANCELED), E(EUSERS), E(EADDRINUSE), E(ENOTCONN),
+        E(EPIPE), E(ESHUTDOWN), E(ENOTSUP), E(EDEADLK), E(ENOLCK),
+};
+#undef E
+
+const char *proto_errno_to_name(int err) {
+        for (size_t i = 0; i < ELEMENTSOF(errno_names); i++)
+                if (errno_names[i].err == err)
+                        return errno_names[i].name;
+        return NULL;
+}
+
+int proto_errno_from_name(const char *name) {
+        if (!name)
+                return -EINVAL;
+        for (size_t i = 0; i < ELEMENTSOF(errno_names); i++)
+                if (streq(errno_names[i].name, name))
+                        return errno_names[i].err;
+        return -EINVAL;
+}
+
+bool proto_name_is_valid(const char *name) {
+        size_t n;
+
+        if (!name)
+                return false;
+        n = strlen(name);
+        if (n < 1 || n > PROTO_NAME_MAX)
+                return false;
+        return strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == n;
+}

@@ -1,0 +1,494 @@
+/*
+ * Responses: encoders for the daemon, one decoder for clients.
+ *
+ * Requests are strict (the daemon refuses unknown keys), but responses are
+ * decoded leniently: a newer daemon may add result fields, and an older
+ * client must still understand the ones it knows.
+ */
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/json-util.h"
+#include "common/util.h"
+#include "proto.h"
+
+static int set(json_t *o, const char *key, json_t *v) {
+        /* json_object_set_new() takes v even on failure; NULL v means ENOMEM. */
+        return json_object_set_new(o, key, v) < 0 ? -ENOMEM : 0;
+}
+
+static json_t *json_mode(unsigned mode) {
+        char buf[8];
+
+        snprintf(buf, sizeof buf, "%04o", mode & 07777);
+        return json_string(buf);
+}
+
+static json_t *semaphores_to_json(const ProtoChannel *c) {
+        _cleanup_(json_decrefp) json_t *a = json_array();
+
+        if (!a)
+                return NULL;
+        for (size_t i = 0; i < c->n_semaphores; i++) {
+                const ProtoSemaphore *s = &c->semaphores[i];
+
+                if (json_array_append_new(a, json_pack("{s:i, s:i, s:i, s:i}", "value", s->value,
+                                                       "ncount", s->ncount, "zcount", s->zcount,
+                                                       "pid", (int) s->pid)) < 0)
+                        return NULL;
+        }
+        return TAKE_PTR(a);
+}
+
+static json_t *clients_to_json(const ProtoChannel *c) {
+        _cleanup_(json_decrefp) json_t *a = json_array();
+
+        if (!a)
+                return NULL;
+        for (size_t i = 0; i < c->n_clients; i++) {
+                const ProtoClient *cl = &c->clients[i];
+
+                if (json_array_append_new(a, json_pack("{s:i, s:I, s:s, s:I}", "pid", (int) cl->pid,
+                                                       "uid", (json_int_t) cl->uid,
+                                                       "access", proto_access_to_string(cl->access),
+                                                       "since", (json_int_t) cl->since)) < 0)
+                        return NULL;
+        }
+        return TAKE_PTR(a);
+}
+
+static int channel_to_json(ProtoChannelView view, const ProtoChannel *c, json_t **ret) {
+        _cleanup_(json_decrefp) json_t *o = NULL;
+        const char *layout = proto_layout_to_string(c->layout);
+
+        if (!layout)
+                return -EINVAL;
+        o = json_pack("{s:s, s:I, s:i, s:I, s:i, s:I, s:I, s:s}",
+                      view == PROTO_VIEW_OPEN ? "channel" : "name", c->name,
+                      "shm_key", (json_int_t) c->shm_key, "shm_id", c->shm_id,
+                      "sem_key", (json_int_t) c->sem_key, "sem_id", c->sem_id,
+                      "size", (json_int_t) c->size, "nsems", (json_int_t) c->nsems,
+                      "layout", layout);
+        if (!o)
+                return -ENOMEM;
+        if (c->layout == PROTO_LAYOUT_RING &&
+            (set(o, "slot_size", json_integer(c->slot_size)) < 0 ||
+             set(o, "slots", json_integer(c->slots)) < 0))
+                return -ENOMEM;
+        if (view != PROTO_VIEW_OPEN &&
+            (set(o, "owner", json_string(c->owner)) < 0 ||
+             set(o, "group", json_string(c->group)) < 0 ||
+             set(o, "mode", json_mode(c->mode)) < 0))
+                return -ENOMEM;
+        if (view == PROTO_VIEW_STATUS &&
+            (set(o, "nattch", json_integer((json_int_t) c->nattch)) < 0 ||
+             set(o, "cpid", json_integer(c->cpid)) < 0 ||
+             set(o, "lpid", json_integer(c->lpid)) < 0 ||
+             set(o, "atime", json_integer(c->atime)) < 0 ||
+             set(o, "dtime", json_integer(c->dtime)) < 0 ||
+             set(o, "ctime", json_integer(c->ctime)) < 0 ||
+             set(o, "semaphores", semaphores_to_json(c)) < 0 ||
+             set(o, "clients", clients_to_json(c)) < 0))
+                return -ENOMEM;
+        *ret = TAKE_PTR(o);
+        return 0;
+}
+
+int proto_encode_error(int err, const char *message, char **ret_line, size_t *ret_len) {
+        _cleanup_(json_decrefp) json_t *o = NULL;
+        const char *name = proto_errno_to_name(err);
+        json_t *m;
+
+        if (!name)
+                return -EINVAL;
+        /* A message that is not UTF-8 must not cost the peer its answer. */
+        m = message ? json_string(message) : NULL;
+        if (!m)
+                m = json_string(name);
+        /* "o" steals m, even when packing fails. */
+        o = json_pack("{s:b, s:s, s:o}", "ok", 0, "error", name, "message", m);
+        if (!o)
+                return -ENOMEM;
+        return json_dump_line(o, ret_line, ret_len);
+}
+
+int proto_encode_hello(int version, const char *server, char **ret_line, size_t *ret_len) {
+        _cleanup_(json_decrefp) json_t *o = json_pack("{s:b, s:i, s:s}", "ok", 1, "version", version,
+                                                      "server", server);
+
+        if (!o)
+                return -ENOMEM;
+        return json_dump_line(o, ret_line, ret_len);
+}
+
+int proto_encode_ok(char **ret_line, size_t *ret_len) {
+        _cleanup_(json_decrefp) json_t *o = json_pack("{s:b}", "ok", 1);
+
+        if (!o)
+                return -ENOMEM;
+        return json_dump_line(o, ret_line, ret_len);
+}
+
+int proto_encode_open(const ProtoChannel *c, char **ret_line, size_t *ret_len) {
+        _cleanup_(json_decrefp) json_t *o = NULL;
+        int r;
+
+        r = channel_to_json(PROTO_VIEW_OPEN, c, &o);
+        if (r < 0)
+                return r;
+        if (set(o, "ok", json_true()) < 0)
+                return -ENOMEM;
+        return json_dump_line(o, ret_line, ret_len);
+}
+
+int proto_encode_channels(ProtoChannelView view, const ProtoChannel *v, size_t n,
+                          char **ret_line, size_t *ret_len) {
+        _cleanup_(json_decrefp) json_t *o = NULL;
+        json_t *a = json_array();
+        int r;
+
+        o = json_pack("{s:b, s:o}", "ok", 1, "channels", a);
+        if (!o)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                json_t *c;
+
+                r = channel_to_json(view, &v[i], &c);
+                if (r < 0)
+                        return r;
+                if (json_array_append_new(a, c) < 0)
+                        return -ENOMEM;
+        }
+        return json_dump_line(o, ret_line, ret_len);
+}
+
+static json_t *names_to_json(char **names) {
+        _cleanup_(json_decrefp) json_t *a = json_array();
+
+        if (!a)
+                return NULL;
+        for (char **n = names; n && *n; n++)
+                if (json_array_append_new(a, json_string(*n)) < 0)
+                        return NULL;
+        return TAKE_PTR(a);
+}
+
+int proto_encode_reload(const ProtoReloadResult *res, char **ret_line, size_t *ret_len) {
+        _cleanup_(json_decrefp) json_t *o = json_pack("{s:b}", "ok", 1);
+
+        if (!o ||
+            set(o, "added", names_to_json(res->added)) < 0 ||
+            set(o, "removed", names_to_json(res->removed)) < 0 ||
+            set(o, "changed", names_to_json(res->changed)) < 0 ||
+            set(o, "kept", names_to_json(res->kept)) < 0)
+                return -ENOMEM;
+        return json_dump_line(o, ret_line, ret_len);
+}
+
+/* ---- decoding ---- */
+
+static int bad(char *msg, size_t msg_size, const char *what) {
+        msg_set(msg, msg_size, "malformed response: %s", what);
+        return EBADMSG;
+}
+
+static int get_int(json_t *o, const char *key, int64_t min, int64_t max, int64_t *ret,
+                   char *msg, size_t msg_size) {
+        json_t *v = json_object_get(o, key);
+        char why[PROTO_MESSAGE_MAX];
+
+        if (!v) {
+                snprintf(why, sizeof why, "missing \"%s\"", key);
+                return bad(msg, msg_size, why);
+        }
+        if (json_field_int(v, key, min, max, ret, why, sizeof why))
+                return bad(msg, msg_size, why);
+        return 0;
+}
+
+static int get_str(json_t *o, const char *key, char *dst, size_t size, char *msg, size_t msg_size) {
+        json_t *v = json_object_get(o, key);
+        char why[PROTO_MESSAGE_MAX];
+        const char *s;
+
+        if (!v) {
+                snprintf(why, sizeof why, "missing \"%s\"", key);
+                return bad(msg, msg_size, why);
+        }
+        if (json_field_string(v, key, &s, why, sizeof why))
+                return bad(msg, msg_size, why);
+        if (strcpy_checked(dst, size, s) < 0) {
+                snprintf(why, sizeof why, "\"%s\" is too long", key);
+                return bad(msg, msg_size, why);
+        }
+        return 0;
+}
+
+#define GET_INT(o, key, min, max, dst)                                          \
+        do {                                                                    \
+                int64_t _v;                                                     \
+                int _r = get_int(o, key, min, max, &_v, msg, msg_size);        \
+                if (_r)                                                         \
+                        return _r;                                              \
+                (dst) = _v;                                                     \
+        } while (0)
+
+static int semaphores_from_json(json_t *a, ProtoChannel *c, char *msg, size_t msg_size) {
+        size_t i;
+        json_t *e;
+
+        if (!json_is_array(a))
+                return bad(msg, msg_size, "\"semaphores\" must be an array");
+        c->semaphores = calloc(json_array_size(a) ?: 1, sizeof *c->semaphores);
+        if (!c->semaphores)
+                return -ENOMEM;
+        json_array_foreach(a, i, e) {
+                ProtoSemaphore *s = &c->semaphores[i];
+
+                GET_INT(e, "value", 0, INT32_MAX, s->value);
+                GET_INT(e, "ncount", 0, INT32_MAX, s->ncount);
+                GET_INT(e, "zcount", 0, INT32_MAX, s->zcount);
+                GET_INT(e, "pid", 0, INT32_MAX, s->pid);
+                c->n_semaphores++;
+        }
+        return 0;
+}
+
+static int clients_from_json(json_t *a, ProtoChannel *c, char *msg, size_t msg_size) {
+        size_t i;
+        json_t *e;
+        char access[8];
+
+        if (!json_is_array(a))
+                return bad(msg, msg_size, "\"clients\" must be an array");
+        c->clients = calloc(json_array_size(a) ?: 1, sizeof *c->clients);
+        if (!c->clients)
+                return -ENOMEM;
+        json_array_foreach(a, i, e) {
+                ProtoClient *cl = &c->clients[i];
+                int r;
+
+                GET_INT(e, "pid", 0, INT32_MAX, cl->pid);
+                GET_INT(e, "uid", 0, UINT32_MAX, cl->uid);
+                GET_INT(e, "since", INT64_MIN, INT64_MAX, cl->since);
+                r = get_str(e, "access", access, sizeof access, msg, msg_size);
+                if (r)
+                        return r;
+                r = proto_access_from_string(access);
+                if (r < 0)
+                        return bad(msg, msg_size, "unknown \"access\"");
+                cl->access = (ProtoAccess) r;
+                c->n_clients++;
+        }
+        return 0;
+}
+
+static int channel_from_json(ProtoChannelView view, json_t *o, ProtoChannel *c, char *msg, size_t msg_size) {
+        char layout[8], mode[8];
+        char *end;
+        int r;
+
+        if (!json_is_object(o))
+                return bad(msg, msg_size, "a channel must be an object");
+        r = get_str(o, view == PROTO_VIEW_OPEN ? "channel" : "name", c->name, sizeof c->name, msg, msg_size);
+        if (r)
+                return r;
+        GET_INT(o, "shm_key", 0, UINT32_MAX, c->shm_key);
+        GET_INT(o, "shm_id", 0, INT32_MAX, c->shm_id);
+        GET_INT(o, "sem_key", 0, UINT32_MAX, c->sem_key);
+        GET_INT(o, "sem_id", 0, INT32_MAX, c->sem_id);
+        GET_INT(o, "size", 1, INT64_MAX, c->size);
+        GET_INT(o, "nsems", 0, UINT32_MAX, c->nsems);
+        r = get_str(o, "layout", layout, sizeof layout, msg, msg_size);
+        if (r)
+                return r;
+        r = proto_layout_from_string(layout);
+        if (r < 0)
+                return bad(msg, msg_size, "unknown \"layout\"");
+        c->layout = (ProtoLayout) r;
+        if (c->layout == PROTO_LAYOUT_RING) {
+                GET_INT(o, "slot_size", 1, UINT32_MAX, c->slot_size);
+                GET_INT(o, "slots", 1, UINT32_MAX, c->slots);
+        }
+        if (view == PROTO_VIEW_OPEN)
+                return 0;
+
+        r = get_str(o, "owner", c->owner, sizeof c->owner, msg, msg_size);
+        if (r == 0)
+                r = get_str(o, "group", c->group, sizeof c->group, msg, msg_size);
+        if (r == 0)
+                r = get_str(o, "mode", mode, sizeof mode, msg, msg_size);
+        if (r)
+                return r;
+        errno = 0;
+        c->mode = (unsigned) strtoul(mode, &end, 8);
+        if (errno || *end || end == mode || c->mode > 07777)
+                return bad(msg, msg_size, "\"mode\" must be an octal string");
+        if (view == PROTO_VIEW_LIST)
+                return 0;
+
+        GET_INT(o, "nattch", 0, INT64_MAX, c->nattch);
+        GET_INT(o, "cpid", 0, INT32_MAX, c->cpid);
+        GET_INT(o, "lpid", 0, INT32_MAX, c->lpid);
+        GET_INT(o, "atime", INT64_MIN, INT64_MAX, c->atime);
+        GET_INT(o, "dtime", INT64_MIN, INT64_MAX, c->dtime);
+        GET_INT(o, "ctime", INT64_MIN, INT64_MAX, c->ctime);
+        r = semaphores_from_json(json_object_get(o, "semaphores"), c, msg, msg_size);
+        if (r)
+                return r;
+        return clients_from_json(json_object_get(o, "clients"), c, msg, msg_size);
+}
+
+static int names_from_json(json_t *o, const char *key, char ***ret, char *msg, size_t msg_size) {
+        json_t *a = json_object_get(o, key), *e;
+        char **v;
+        size_t i;
+
+        if (!json_is_array(a)) {
+                char why[64];
+
+                snprintf(why, sizeof why, "\"%s\" must be an array", key);
+                return bad(msg, msg_size, why);
+        }
+        v = calloc(json_array_size(a) + 1, sizeof *v);
+        if (!v)
+                return -ENOMEM;
+        *ret = v;       /* owned by the result from here; freed by proto_reload_result_done() */
+        json_array_foreach(a, i, e) {
+                if (!json_is_string(e))
+                        return bad(msg, msg_size, "channel names must be strings");
+                v[i] = strdup(json_string_value(e));
+                if (!v[i])
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
+static int decode_result(ProtoOp op, json_t *root, ProtoResponse *res, char *msg, size_t msg_size) {
+        ProtoChannelView view = op == PROTO_OP_STATUS ? PROTO_VIEW_STATUS : PROTO_VIEW_LIST;
+        json_t *a, *e;
+        size_t i;
+        int r;
+
+        switch (op) {
+        case PROTO_OP_HELLO:
+                GET_INT(root, "version", 0, INT32_MAX, res->version);
+                return get_str(root, "server", res->server, sizeof res->server, msg, msg_size);
+        case PROTO_OP_OPEN:
+                res->channels = calloc(1, sizeof *res->channels);
+                if (!res->channels)
+                        return -ENOMEM;
+                res->n_channels = 1;
+                return channel_from_json(PROTO_VIEW_OPEN, root, res->channels, msg, msg_size);
+        case PROTO_OP_LIST:
+        case PROTO_OP_STATUS:
+                a = json_object_get(root, "channels");
+                if (!json_is_array(a))
+                        return bad(msg, msg_size, "\"channels\" must be an array");
+                res->channels = calloc(json_array_size(a) ?: 1, sizeof *res->channels);
+                if (!res->channels)
+                        return -ENOMEM;
+                json_array_foreach(a, i, e) {
+                        res->n_channels++;
+                        r = channel_from_json(view, e, &res->channels[i], msg, msg_size);
+                        if (r)
+                                return r;
+                }
+                return 0;
+        case PROTO_OP_RELOAD:
+                r = names_from_json(root, "added", &res->reload.added, msg, msg_size);
+                if (r == 0)
+                        r = names_from_json(root, "removed", &res->reload.removed, msg, msg_size);
+                if (r == 0)
+                        r = names_from_json(root, "changed", &res->reload.changed, msg, msg_size);
+                if (r == 0)
+                        r = names_from_json(root, "kept", &res->reload.kept, msg, msg_size);
+                return r;
+        default:
+                return 0;
+        }
+}
+
+int proto_response_decode(ProtoOp op, const char *line, size_t len, ProtoResponse *ret,
+                          char *msg, size_t msg_size) {
+        _cleanup_(json_decrefp) json_t *root = NULL;
+        ProtoResponse res = {};
+        json_error_t jerr;
+        json_t *ok;
+        int r;
+
+        if ((unsigned) op >= _PROTO_OP_MAX)
+                return -EINVAL;
+        root = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+        if (!root) {
+                msg_set(msg, msg_size, "malformed response: %s at column %d", jerr.text, jerr.column);
+                return EBADMSG;
+        }
+        ok = json_object_get(root, "ok");
+        if (!json_is_boolean(ok))
+                return bad(msg, msg_size, "\"ok\" must be a boolean");
+        res.ok = json_is_true(ok);
+        if (!res.ok) {
+                json_t *m = json_object_get(root, "message");
+
+                r = get_str(root, "error", res.error_name, sizeof res.error_name, msg, msg_size);
+                if (r)
+                        return r;
+                /* Messages are for humans: a long one is cut to fit, never refused. */
+                if (!json_is_string(m))
+                        return bad(msg, msg_size, "\"message\" must be a string");
+                snprintf(res.message, sizeof res.message, "%s", json_string_value(m));
+                r = proto_errno_from_name(res.error_name);
+                res.error = r > 0 ? r : EPROTO;   /* a name we do not know is still an error */
+                *ret = res;
+                return 0;
+        }
+
+        r = decode_result(op, root, &res, msg, msg_size);
+        if (r) {
+                proto_response_done(&res);
+                return r;
+        }
+        *ret = res;
+        return 0;
+}
+
+void proto_channel_done(ProtoChannel *c) {
+        if (!c)
+                return;
+        free(c->semaphores);
+        free(c->clients);
+        c->semaphores = NULL;
+        c->clients = NULL;
+        c->n_semaphores = c->n_clients = 0;
+}
+
+static void strv_free(char **v) {
+        for (char **p = v; p && *p; p++)
+                free(*p);
+        free(v);
+}
+
+void proto_reload_result_done(ProtoReloadResult *r) {
+        if (!r)
+                return;
+        strv_free(r->added);
+        strv_free(r->removed);
+        strv_free(r->changed);
+        strv_free(r->kept);
+        *r = (ProtoReloadResult) {};
+}
+
+void proto_response_done(ProtoResponse *r) {
+        if (!r)
+                return;
+        for (size_t i = 0; i < r->n_channels; i++)
+                proto_channel_done(&r->channels[i]);
+        free(r->channels);
+        r->channels = NULL;
+        r->n_channels = 0;
+        proto_reload_result_done(&r->reload);
+}
