@@ -1,0 +1,64 @@
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+
+#include "common/util.h"
+#include "daemon/access.h"
+
+int peer_from_socket(int fd, Peer *ret) {
+        struct ucred cred;
+        socklen_t len = sizeof cred;
+        gid_t *groups = NULL;
+        socklen_t glen = 0;
+
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+                return -errno;
+        /* First ask for the size; the kernel answers ERANGE with the length needed. */
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, NULL, &glen) < 0 && errno != ERANGE)
+                return -errno;
+        if (glen > 0) {
+                groups = malloc(glen);
+                if (!groups)
+                        return -ENOMEM;
+                if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) < 0) {
+                        free(groups);
+                        return -errno;
+                }
+        }
+        *ret = (Peer) {
+                .pid = cred.pid,
+                .uid = cred.uid,
+                .gid = cred.gid,
+                .groups = groups,
+                .n_groups = glen / sizeof(gid_t),
+        };
+        return 0;
+}
+
+void peer_done(Peer *p) {
+        free(p->groups);
+        p->groups = NULL;
+        p->n_groups = 0;
+}
+
+bool peer_in_group(const Peer *p, gid_t gid) {
+        if (p->gid == gid)
+                return true;
+        for (size_t i = 0; i < p->n_groups; i++)
+                if (p->groups[i] == gid)
+                        return true;
+        return false;
+}
+
+bool access_allowed(const Peer *p, const ChannelPerm *perm, bool read, bool write) {
+        unsigned want = (read ? 4u : 0u) | (write ? 2u : 0u);
+        unsigned granted = perm->mode;
+
+        if (p->uid == 0)
+                return true;
+        if (p->uid == perm->cuid || p->uid == perm->uid)
+                granted >>= 6;
+        else if (peer_in_group(p, perm->cgid) || peer_in_group(p, perm->gid))
+                granted >>= 3;
+        return (granted & want & 7u) == want;
+}

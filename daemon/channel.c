@@ -1,0 +1,346 @@
+/*
+ * System V lifecycle of one channel.
+ *
+ * Both objects are made with IPC_CREAT|IPC_EXCL and mode 0600, so nobody
+ * can use them before they are initialised; only after SETALL (and the
+ * ring header) does IPC_SET give them their configured owner, group and
+ * mode. Keys come from the config or from a hash of the name (never ftok,
+ * which collides on inode numbers), so they stay stable across restarts.
+ */
+
+#include <errno.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <pwd.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
+
+#include "common/util.h"
+#include "daemon/channel.h"
+#include "proto/ring.h"
+
+#define DERIVED_KEY_ATTEMPTS 64
+
+union semun {
+        int val;
+        struct semid_ds *buf;
+        unsigned short *array;
+};
+
+uint32_t channel_derive_key(const char *name, unsigned attempt) {
+        /* FNV-1a over "shmbroker:" NAME, then the attempt number. */
+        static const char prefix[] = "shmbroker:";
+        uint32_t h = 2166136261u;
+
+        for (const char *p = prefix; *p; p++)
+                h = (h ^ (uint8_t) *p) * 16777619u;
+        for (const char *p = name; *p; p++)
+                h = (h ^ (uint8_t) *p) * 16777619u;
+        for (unsigned i = 0; i < 4; i++)
+                h = (h ^ ((attempt >> (8 * i)) & 0xff)) * 16777619u;
+        /* Positive and non-zero: reads the same signed or unsigned, never IPC_PRIVATE. */
+        h &= 0x7fffffffu;
+        return h ? h : 1;
+}
+
+static int cmp_u32(const void *a, const void *b) {
+        uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;
+
+        return x < y ? -1 : x > y;
+}
+
+static void id_to_name(uint32_t id, bool group, char *buf, size_t size) {
+        if (group) {
+                struct group *g = getgrgid(id);
+
+                if (g && strlen(g->gr_name) < size) {
+                        strcpy(buf, g->gr_name);
+                        return;
+                }
+        } else {
+                struct passwd *p = getpwuid(id);
+
+                if (p && strlen(p->pw_name) < size) {
+                        strcpy(buf, p->pw_name);
+                        return;
+                }
+        }
+        snprintf(buf, size, "%" PRIu32, id);
+}
+
+static void remove_objects(Channel *c, State *state) {
+        if (c->addr) {
+                shmdt(c->addr);
+                c->addr = NULL;
+        }
+        if (c->shm_id >= 0) {
+                shmctl(c->shm_id, IPC_RMID, NULL);
+                if (state)
+                        state_drop(state, STATE_SHM, c->key, c->shm_id);
+                c->shm_id = -1;
+        }
+        if (c->sem_id >= 0) {
+                semctl(c->sem_id, 0, IPC_RMID);
+                if (state)
+                        state_drop(state, STATE_SEM, c->key, c->sem_id);
+                c->sem_id = -1;
+        }
+}
+
+static const char *shmget_why(int err) {
+        switch (err) {
+        case EINVAL: return "the size is outside kernel.shmmin..kernel.shmmax";
+        case ENOSPC: return "kernel.shmmni (segments) or kernel.shmall (pages) is reached";
+        case ENOMEM: return "out of memory";
+        default: return strerror(err);
+        }
+}
+
+static const char *semget_why(int err) {
+        switch (err) {
+        case EINVAL: return "the count exceeds SEMMSL, the first field of kernel.sem";
+        case ENOSPC: return "SEMMNI (sets) or SEMMNS (semaphores) of kernel.sem is reached";
+        default: return strerror(err);
+        }
+}
+
+/*
+ * Try to take `key` for both objects. Returns 0, -EEXIST when either is
+ * held by someone else (nothing of ours is left), or another negative
+ * errno with msg set.
+ */
+static int try_key(Channel *c, uint32_t key, State *state, char *msg, size_t msg_size) {
+        const ChannelSpec *s = &c->spec;
+        int r;
+
+        c->key = key;
+        c->shm_id = shmget((key_t) key, s->size, IPC_CREAT | IPC_EXCL | 0600);
+        if (c->shm_id < 0) {
+                r = -errno;
+                if (r != -EEXIST)
+                        msg_set(msg, msg_size, "channel \"%s\": cannot create a segment of %" PRIu64 " bytes: %s",
+                                s->name, s->size, shmget_why(-r));
+                return r;
+        }
+        r = state_add(state, STATE_SHM, key, c->shm_id);
+        if (r < 0)
+                goto fail_state;
+
+        c->sem_id = semget((key_t) key, (int) s->nsems, IPC_CREAT | IPC_EXCL | 0600);
+        if (c->sem_id < 0) {
+                r = -errno;
+                if (r != -EEXIST)
+                        msg_set(msg, msg_size, "channel \"%s\": cannot create a set of %u semaphores: %s",
+                                s->name, s->nsems, semget_why(-r));
+                remove_objects(c, state);
+                return r;
+        }
+        r = state_add(state, STATE_SEM, key, c->sem_id);
+        if (r < 0)
+                goto fail_state;
+        return 0;
+
+fail_state:
+        msg_set(msg, msg_size, "channel \"%s\": cannot record the new object in %s: %s",
+                s->name, state_path(state), strerror(-r));
+        remove_objects(c, NULL);
+        return r;
+}
+
+static void ring_init(Channel *c) {
+        RingHeader *h = c->addr;
+
+        *h = (RingHeader) {
+                .magic = RING_MAGIC,
+                .version = RING_VERSION,
+                .slot_size = c->spec.slot_size,
+                .slots = c->spec.slots,
+                .slot_stride = (uint32_t) ring_slot_stride(c->spec.slot_size),
+                .data_offset = RING_HEADER_SIZE,
+                .nsems_reserved = RING_NSEMS,
+        };
+}
+
+int channel_set_perms(Channel *c, uid_t uid, gid_t gid, mode_t mode) {
+        struct shmid_ds shm;
+        struct semid_ds sem;
+
+        if (shmctl(c->shm_id, IPC_STAT, &shm) < 0)
+                return -errno;
+        shm.shm_perm.uid = uid;
+        shm.shm_perm.gid = gid;
+        shm.shm_perm.mode = mode & 0777;
+        if (semctl(c->sem_id, 0, IPC_STAT, &sem) < 0)
+                return -errno;
+        sem.sem_perm.uid = uid;
+        sem.sem_perm.gid = gid;
+        sem.sem_perm.mode = mode & 0777;
+        /* The set first: once the segment's uid changes we may no longer be its owner. */
+        if (semctl(c->sem_id, 0, IPC_SET, &sem) < 0 || shmctl(c->shm_id, IPC_SET, &shm) < 0)
+                return -errno;
+        c->spec.uid = uid;
+        c->spec.gid = gid;
+        c->spec.mode = mode & 0777;
+        id_to_name(uid, false, c->owner, sizeof c->owner);
+        id_to_name(gid, true, c->group, sizeof c->group);
+        return 0;
+}
+
+static int channel_new(const ChannelSpec *spec, Channel **ret) {
+        Channel *c = calloc(1, sizeof *c);
+
+        if (!c)
+                return -ENOMEM;
+        c->spec = *spec;
+        c->spec.sem_values = malloc(spec->nsems * sizeof *spec->sem_values);
+        if (!c->spec.sem_values) {
+                free(c);
+                return -ENOMEM;
+        }
+        memcpy(c->spec.sem_values, spec->sem_values, spec->nsems * sizeof *spec->sem_values);
+        c->shm_id = c->sem_id = -1;
+        *ret = c;
+        return 0;
+}
+
+int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n_fixed, State *state,
+                   Channel **ret, char *msg, size_t msg_size) {
+        Channel *c = NULL;
+        union semun arg;
+        int r;
+
+        r = channel_new(spec, &c);
+        if (r < 0) {
+                msg_set(msg, msg_size, "channel \"%s\": out of memory", spec->name);
+                return r;
+        }
+
+        if (spec->has_key) {
+                r = try_key(c, spec->key, state, msg, msg_size);
+                if (r == -EEXIST)
+                        msg_set(msg, msg_size,
+                                "channel \"%s\": key 0x%08" PRIx32 " is already held by an object this daemon did not create; "
+                                "it is left untouched (remove it with ipcrm, or choose another \"key\")",
+                                spec->name, spec->key);
+        } else {
+                r = -EEXIST;
+                for (unsigned i = 0; i < DERIVED_KEY_ATTEMPTS && r == -EEXIST; i++) {
+                        uint32_t key = channel_derive_key(spec->name, i);
+
+                        if (fixed_keys && bsearch(&key, fixed_keys, n_fixed, sizeof key, cmp_u32))
+                                continue;
+                        r = try_key(c, key, state, msg, msg_size);
+                }
+                if (r == -EEXIST)
+                        msg_set(msg, msg_size, "channel \"%s\": all %d keys derived from its name are held by other objects",
+                                spec->name, DERIVED_KEY_ATTEMPTS);
+        }
+        if (r < 0)
+                goto fail;
+
+        arg.array = c->spec.sem_values;
+        if (semctl(c->sem_id, 0, SETALL, arg) < 0) {
+                r = -errno;
+                msg_set(msg, msg_size, "channel \"%s\": cannot set the initial semaphore values: %s",
+                        spec->name, strerror(errno));
+                goto fail;
+        }
+        c->addr = shmat(c->shm_id, NULL, 0);
+        if (c->addr == (void *) -1) {
+                c->addr = NULL;
+                r = -errno;
+                msg_set(msg, msg_size, "channel \"%s\": cannot attach the segment: %s", spec->name, strerror(errno));
+                goto fail;
+        }
+        if (spec->layout == PROTO_LAYOUT_RING)
+                ring_init(c);
+        r = channel_set_perms(c, spec->uid, spec->gid, spec->mode);
+        if (r < 0) {
+                msg_set(msg, msg_size, "channel \"%s\": cannot set owner %u, group %u, mode %04o: %s",
+                        spec->name, (unsigned) spec->uid, (unsigned) spec->gid, (unsigned) spec->mode, strerror(-r));
+                goto fail;
+        }
+        *ret = c;
+        return 0;
+fail:
+        channel_free(c, state);
+        return r;
+}
+
+Channel *channel_free(Channel *c, State *state) {
+        if (!c)
+                return NULL;
+        remove_objects(c, state);
+        free(c->spec.sem_values);
+        free(c);
+        return NULL;
+}
+
+void channel_describe(const Channel *c, ProtoChannel *ret) {
+        *ret = (ProtoChannel) {
+                .shm_key = c->key,
+                .shm_id = c->shm_id,
+                .sem_key = c->key,
+                .sem_id = c->sem_id,
+                .size = c->spec.size,
+                .nsems = c->spec.nsems,
+                .layout = c->spec.layout,
+                .slot_size = c->spec.slot_size,
+                .slots = c->spec.slots,
+                .mode = c->spec.mode,
+        };
+        strcpy(ret->name, c->spec.name);
+        strcpy(ret->owner, c->owner);
+        strcpy(ret->group, c->group);
+}
+
+int channel_stat(const Channel *c, ProtoChannel *ret) {
+        _cleanup_(freep) ProtoSemaphore *sems = NULL;
+        _cleanup_(freep) unsigned short *values = NULL;
+        struct shmid_ds shm;
+        union semun arg;
+
+        if (shmctl(c->shm_id, IPC_STAT, &shm) < 0)
+                return errno == EINVAL ? -EIDRM : -errno;
+        /* An id reused by someone else after an ipcrm must not pass as ours. */
+        if ((uint32_t) shm.shm_perm.__key != c->key)
+                return -EIDRM;
+        values = calloc(c->spec.nsems, sizeof *values);
+        sems = calloc(c->spec.nsems, sizeof *sems);
+        if (!values || !sems)
+                return -ENOMEM;
+        arg.array = values;
+        if (semctl(c->sem_id, 0, GETALL, arg) < 0)
+                return errno == EINVAL ? -EIDRM : -errno;
+        for (unsigned i = 0; i < c->spec.nsems; i++) {
+                int ncnt = semctl(c->sem_id, (int) i, GETNCNT);
+                int zcnt = semctl(c->sem_id, (int) i, GETZCNT);
+                int pid = semctl(c->sem_id, (int) i, GETPID);
+
+                if (ncnt < 0 || zcnt < 0 || pid < 0)
+                        return errno == EINVAL ? -EIDRM : -errno;
+                sems[i] = (ProtoSemaphore) { .value = values[i], .ncount = ncnt, .zcount = zcnt, .pid = pid };
+        }
+        channel_describe(c, ret);
+        ret->nattch = shm.shm_nattch;
+        ret->cpid = shm.shm_cpid;
+        ret->lpid = shm.shm_lpid;
+        ret->atime = shm.shm_atime;
+        ret->dtime = shm.shm_dtime;
+        ret->ctime = shm.shm_ctime;
+        ret->semaphores = TAKE_PTR(sems);
+        ret->n_semaphores = c->spec.nsems;
+        return 0;
+}
+
+void channel_perm(const Channel *c, ChannelPerm *ret) {
+        *ret = (ChannelPerm) {
+                .uid = c->spec.uid,
+                .gid = c->spec.gid,
+                .cuid = geteuid(),
+                .cgid = getegid(),
+                .mode = c->spec.mode,
+        };
+}

@@ -1,0 +1,67 @@
+#pragma once
+
+/*
+ * A channel's kernel objects: one System V shared-memory segment and one
+ * semaphore set, created together under one key, initialised, given their
+ * owner/group/mode, and removed together. Nothing here knows about sockets
+ * or clients; the registry tracks who holds a channel.
+ */
+
+#include <stdint.h>
+
+#include "daemon/config.h"
+#include "daemon/state.h"
+#include "proto/proto.h"
+
+typedef struct Channel {
+        ChannelSpec spec;               /* own copy; sem_values owned */
+        uint32_t key;                   /* same key for segment and set */
+        int shm_id;
+        int sem_id;
+        void *addr;                     /* the daemon's own attachment */
+        char owner[PROTO_IDNAME_MAX + 1];  /* spec.uid/gid as names, resolved once */
+        char group[PROTO_IDNAME_MAX + 1];
+} Channel;
+
+/* The attempt'th candidate key derived from a channel name. Never 0. */
+uint32_t channel_derive_key(const char *name, unsigned attempt);
+
+/*
+ * Create, initialise (SETALL, ring header) and publish the objects for
+ * `spec`, recording each object in `state` as soon as it exists.
+ * `fixed_keys` (sorted) are keys that other channels own: a derived key
+ * never takes one of them. A derived key held by anyone else moves on to
+ * the next candidate; a fixed key held by anyone is an error, and the
+ * foreign object is left untouched. On failure everything made is removed
+ * again and a negative errno is returned with a sentence in msg.
+ */
+int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n_fixed, State *state,
+                   Channel **ret, char *msg, size_t msg_size);
+
+/*
+ * Remove the objects (IPC_RMID; clients still attached keep their mapping
+ * until they detach) and drop their state records. Takes NULL; returns NULL.
+ */
+Channel *channel_free(Channel *c, State *state);
+
+/* Fill the open/list view of *ret from what the daemon knows. No syscalls. */
+void channel_describe(const Channel *c, ProtoChannel *ret);
+
+/*
+ * Fill the status view: IPC_STAT of both objects and every semaphore's
+ * value, waiters and last pid. ret->semaphores is malloc'd (free with
+ * proto_channel_done()). -EIDRM when an object was removed behind our back.
+ */
+int channel_stat(const Channel *c, ProtoChannel *ret);
+
+/* Apply owner, group and mode in place with IPC_SET. */
+int channel_set_perms(Channel *c, uid_t uid, gid_t gid, mode_t mode);
+
+/* The kernel's rule for who may use an object, for the access check. */
+typedef struct ChannelPerm {
+        uid_t uid, cuid;
+        gid_t gid, cgid;
+        mode_t mode;
+} ChannelPerm;
+
+void channel_perm(const Channel *c, ChannelPerm *ret);

@@ -1,0 +1,388 @@
+#include <errno.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include "common/util.h"
+#include "daemon/control.h"
+#include "daemon/log.h"
+
+/* Stop answering (and reading) once this much output waits for a slow reader. */
+#define OUT_HIGH_WATER (256u * 1024)
+#define IN_CHUNK 4096u
+
+typedef struct Conn Conn;
+
+struct Conn {
+        Control *control;
+        int fd;
+        sd_event_source *source;
+        Client client;
+        char *in;
+        size_t in_len, in_cap;
+        char *out;
+        size_t out_len, out_off;
+        bool closing;           /* answer sent for a fatal error; close once flushed */
+        bool eof;
+        LIST_ENTRY(Conn) link;
+};
+
+struct Control {
+        sd_event *event;
+        Dispatch *dispatch;
+        int listen_fd;
+        sd_event_source *listen_source;
+        char *bound_path;       /* unlinked on exit; NULL for an inherited socket */
+        LIST_HEAD(, Conn) conns;
+        size_t n_conns;
+};
+
+static Conn *conn_free(Conn *conn) {
+        if (!conn)
+                return NULL;
+        if (conn->client.n_holds > 0)
+                log_debug("Client pid %d gone, dropping %zu hold(s).", (int) conn->client.peer.pid,
+                          conn->client.n_holds);
+        client_done(&conn->client);
+        sd_event_source_disable_unref(conn->source);
+        if (conn->fd >= 0)
+                close(conn->fd);
+        LIST_REMOVE(conn, link);
+        conn->control->n_conns--;
+        free(conn->in);
+        free(conn->out);
+        free(conn);
+        return NULL;
+}
+
+static int queue_output(Conn *conn, char *line, size_t len) {
+        if (conn->out_off > 0 && conn->out_off == conn->out_len)
+                conn->out_off = conn->out_len = 0;
+        if (conn->out_len == 0 && conn->out_off == 0 && !conn->out) {
+                conn->out = line;
+                conn->out_len = len;
+                return 0;
+        }
+        /* Compact, then append. */
+        if (conn->out_off > 0) {
+                memmove(conn->out, conn->out + conn->out_off, conn->out_len - conn->out_off);
+                conn->out_len -= conn->out_off;
+                conn->out_off = 0;
+        }
+        char *n = realloc(conn->out, conn->out_len + len);
+        if (!n) {
+                free(line);
+                return -ENOMEM;
+        }
+        memcpy(n + conn->out_len, line, len);
+        conn->out = n;
+        conn->out_len += len;
+        free(line);
+        return 0;
+}
+
+static size_t pending_output(const Conn *conn) {
+        return conn->out_len - conn->out_off;
+}
+
+/* Returns 0, or -errno when the connection is broken. */
+static int flush_output(Conn *conn) {
+        while (pending_output(conn) > 0) {
+                ssize_t n = send(conn->fd, conn->out + conn->out_off, pending_output(conn), MSG_NOSIGNAL | MSG_DONTWAIT);
+
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno == EAGAIN)
+                                return 0;
+                        return -errno;
+                }
+                conn->out_off += (size_t) n;
+        }
+        free(conn->out);
+        conn->out = NULL;
+        conn->out_len = conn->out_off = 0;
+        return 0;
+}
+
+/* Answer every complete line we have, as long as the client keeps reading. */
+static int process_input(Conn *conn) {
+        size_t off = 0, line_len;
+        int r = 0;
+
+        while (!conn->closing && pending_output(conn) < OUT_HIGH_WATER) {
+                char *resp;
+                size_t resp_len;
+
+                r = proto_frame_next(conn->in + off, conn->in_len - off, &line_len);
+                if (r == 0)
+                        break;
+                if (r == E2BIG) {
+                        log_info("Client pid %d sent a request line over %d bytes; closing its connection.",
+                                 (int) conn->client.peer.pid, PROTO_LINE_MAX);
+                        r = proto_encode_error(E2BIG, "request line exceeds 65536 bytes; closing the connection",
+                                               &resp, &resp_len);
+                        if (r < 0)
+                                break;
+                        conn->closing = true;
+                        off = conn->in_len;
+                } else {
+                        r = dispatch_line(conn->control->dispatch, &conn->client, conn->in + off, line_len,
+                                          &resp, &resp_len);
+                        if (r < 0)
+                                break;
+                        off += line_len + 1;
+                }
+                r = queue_output(conn, resp, resp_len);
+                if (r < 0)
+                        break;
+        }
+        if (off > 0) {
+                memmove(conn->in, conn->in + off, conn->in_len - off);
+                conn->in_len -= off;
+        }
+        return r < 0 ? r : 0;
+}
+
+/* Read what is there, up to the line limit. Returns 0, or -errno. */
+static int read_input(Conn *conn) {
+        for (;;) {
+                ssize_t n;
+
+                if (conn->in_len == conn->in_cap) {
+                        size_t cap = conn->in_cap ? conn->in_cap * 2 : IN_CHUNK;
+                        char *p;
+
+                        if (conn->in_cap >= PROTO_LINE_MAX)
+                                return 0;       /* full: framing decides */
+                        cap = MIN(cap, (size_t) PROTO_LINE_MAX);
+                        p = realloc(conn->in, cap);
+                        if (!p)
+                                return -ENOMEM;
+                        conn->in = p;
+                        conn->in_cap = cap;
+                }
+                n = recv(conn->fd, conn->in + conn->in_len, conn->in_cap - conn->in_len, MSG_DONTWAIT);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return errno == EAGAIN ? 0 : -errno;
+                }
+                if (n == 0) {
+                        conn->eof = true;
+                        return 0;
+                }
+                conn->in_len += (size_t) n;
+                if (memchr(conn->in + conn->in_len - n, '\n', (size_t) n))
+                        return 0;       /* answer before reading more */
+        }
+}
+
+static int conn_update_events(Conn *conn) {
+        uint32_t events = 0;
+
+        if (!conn->closing && !conn->eof && pending_output(conn) < OUT_HIGH_WATER)
+                events |= EPOLLIN;
+        if (pending_output(conn) > 0)
+                events |= EPOLLOUT;
+        return sd_event_source_set_io_events(conn->source, events);
+}
+
+static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Conn *conn = userdata;
+        int r = 0;
+
+        if (revents & EPOLLIN) {
+                r = read_input(conn);
+                if (r < 0)
+                        goto close;
+        }
+        if (pending_output(conn) > 0) {
+                r = flush_output(conn);
+                if (r < 0)
+                        goto close;
+        }
+        r = process_input(conn);
+        if (r < 0)
+                goto close;
+        r = flush_output(conn);
+        if (r < 0)
+                goto close;
+        if (pending_output(conn) == 0 && (conn->closing || conn->eof))
+                goto close;
+        if ((revents & (EPOLLHUP | EPOLLERR)) && !(revents & EPOLLIN))
+                goto close;
+        r = conn_update_events(conn);
+        if (r < 0)
+                goto close;
+        return 0;
+close:
+        if (r < 0 && r != -ECONNRESET && r != -EPIPE)
+                log_debug("Connection of pid %d closed: %s", (int) conn->client.peer.pid, strerror(-r));
+        conn_free(conn);
+        return 0;
+}
+
+static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Control *c = userdata;
+        Conn *conn;
+        int cfd, r;
+
+        cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+                if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                        log_warning("Failed to accept a connection: %m, ignoring.");
+                return 0;
+        }
+        conn = calloc(1, sizeof *conn);
+        if (!conn) {
+                close(cfd);
+                return 0;
+        }
+        conn->fd = cfd;
+        conn->control = c;
+        client_init(&conn->client);
+        LIST_INSERT_HEAD(&c->conns, conn, link);
+        c->n_conns++;
+        r = peer_from_socket(cfd, &conn->client.peer);
+        if (r < 0) {
+                log_warning("Failed to read peer credentials: %s, dropping connection.", strerror(-r));
+                conn_free(conn);
+                return 0;
+        }
+        r = sd_event_add_io(c->event, &conn->source, cfd, EPOLLIN, on_conn_io, conn);
+        if (r < 0) {
+                log_warning("Failed to watch a connection: %s, dropping it.", strerror(-r));
+                conn_free(conn);
+                return 0;
+        }
+        log_debug("Connection from pid %d (uid %u).", (int) conn->client.peer.pid, (unsigned) conn->client.peer.uid);
+        return 0;
+}
+
+int control_new(sd_event *event, Dispatch *dispatch, Control **ret) {
+        Control *c = calloc(1, sizeof *c);
+
+        if (!c)
+                return -ENOMEM;
+        c->event = sd_event_ref(event);
+        c->dispatch = dispatch;
+        c->listen_fd = -1;
+        LIST_INIT(&c->conns);
+        *ret = c;
+        return 0;
+}
+
+/* Whether a server answers on path: 1 yes, 0 no (stale), negative errno. */
+static int socket_is_live(const char *path) {
+        _cleanup_(closep) int fd = -1;
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        strcpy(sa.sun_path, path);
+        if (connect(fd, (struct sockaddr *) &sa, sizeof sa) == 0)
+                return 1;
+        return errno == ECONNREFUSED || errno == ENOENT ? 0 : -errno;
+}
+
+static int ensure_parent_dir(const char *path) {
+        _cleanup_(freep) char *copy = strdup(path);
+        char *dir;
+
+        if (!copy)
+                return -ENOMEM;
+        dir = dirname(copy);
+        if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+                return -errno;
+        return 0;
+}
+
+int control_listen(Control *c, const char *path, char *msg, size_t msg_size) {
+        _cleanup_(closep) int fd = -1;
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct stat st;
+        int r;
+
+        if (strlen(path) >= sizeof sa.sun_path) {
+                msg_set(msg, msg_size, "socket path %s is too long", path);
+                return -ENAMETOOLONG;
+        }
+        strcpy(sa.sun_path, path);
+        r = ensure_parent_dir(path);
+        if (r < 0) {
+                msg_set(msg, msg_size, "cannot create the directory of %s: %s", path, strerror(-r));
+                return r;
+        }
+        if (lstat(path, &st) == 0) {
+                if (!S_ISSOCK(st.st_mode)) {
+                        msg_set(msg, msg_size, "%s exists and is not a socket; not replacing it", path);
+                        return -EEXIST;
+                }
+                r = socket_is_live(path);
+                if (r > 0) {
+                        msg_set(msg, msg_size, "a server is already listening on %s", path);
+                        return -EADDRINUSE;
+                }
+                if (unlink(path) < 0 && errno != ENOENT) {
+                        r = -errno;
+                        msg_set(msg, msg_size, "cannot remove the stale socket %s: %s", path, strerror(errno));
+                        return r;
+                }
+        }
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0 || bind(fd, (struct sockaddr *) &sa, sizeof sa) < 0) {
+                r = -errno;
+                msg_set(msg, msg_size, "cannot bind %s: %s", path, strerror(errno));
+                return r;
+        }
+        c->bound_path = strdup(path);
+        if (!c->bound_path) {
+                unlink(path);
+                return -ENOMEM;
+        }
+        /* Anyone may connect: every request is checked against the peer's credentials. */
+        if (chmod(path, 0666) < 0 || listen(fd, SOMAXCONN) < 0) {
+                r = -errno;
+                msg_set(msg, msg_size, "cannot listen on %s: %s", path, strerror(errno));
+                return r;
+        }
+        r = sd_event_add_io(c->event, &c->listen_source, fd, EPOLLIN, on_accept, c);
+        if (r < 0) {
+                msg_set(msg, msg_size, "cannot watch %s: %s", path, strerror(-r));
+                return r;
+        }
+        c->listen_fd = TAKE_FD(fd);
+        return 0;
+}
+
+void control_stop_accepting(Control *c) {
+        c->listen_source = sd_event_source_disable_unref(c->listen_source);
+        if (c->listen_fd >= 0) {
+                close(c->listen_fd);
+                c->listen_fd = -1;
+        }
+}
+
+size_t control_count_connections(const Control *c) {
+        return c->n_conns;
+}
+
+Control *control_free(Control *c) {
+        if (!c)
+                return NULL;
+        control_stop_accepting(c);
+        while (!LIST_EMPTY(&c->conns))
+                conn_free(LIST_FIRST(&c->conns));
+        if (c->bound_path) {
+                unlink(c->bound_path);
+                free(c->bound_path);
+        }
+        sd_event_unref(c->event);
+        free(c);
+        return NULL;
+}

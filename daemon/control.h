@@ -1,0 +1,36 @@
+#pragma once
+
+/*
+ * The control socket: a Unix stream listener on the daemon's sd-event loop
+ * and one Conn per client. Each connection reads into its own buffer and
+ * answers every complete line through dispatch, in order. A half-sent
+ * request waits in its own buffer and never stalls anyone else; a line over
+ * PROTO_LINE_MAX gets an E2BIG answer and that connection alone is closed.
+ * When a client does not read its answers, the daemon stops reading its
+ * requests (backpressure) instead of buffering without bound.
+ */
+
+#include <systemd/sd-event.h>
+
+#include "daemon/dispatch.h"
+
+typedef struct Control Control;
+
+int control_new(sd_event *event, Dispatch *dispatch, Control **ret);
+
+/*
+ * Bind and listen on `path`: the parent directory is created if missing,
+ * a stale socket file is replaced, but a socket where a server still
+ * answers is not (-EADDRINUSE), nor is a path that is not a socket
+ * (-EEXIST). msg says which.
+ */
+int control_listen(Control *c, const char *path, char *msg, size_t msg_size);
+
+/* Stop accepting new connections; existing ones keep being served. */
+void control_stop_accepting(Control *c);
+
+size_t control_count_connections(const Control *c);
+
+/* Close every connection (dropping their holds), close the listener and
+ * unlink the socket file if we bound it. Takes NULL; returns NULL. */
+Control *control_free(Control *c);

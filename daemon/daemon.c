@@ -1,0 +1,261 @@
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <libgen.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <systemd/sd-event.h>
+
+#include "common/util.h"
+#include "daemon/channel.h"
+#include "daemon/config.h"
+#include "daemon/control.h"
+#include "daemon/daemon.h"
+#include "daemon/dispatch.h"
+#include "daemon/ipc-limits.h"
+#include "daemon/log.h"
+#include "daemon/reclaim.h"
+#include "daemon/registry.h"
+#include "daemon/state.h"
+
+typedef struct Daemon {
+        const DaemonOptions *options;
+        Config *config;
+        const char *socket_path;
+        State *state;
+        Registry *registry;
+        Dispatch dispatch;
+        Control *control;
+        sd_event *event;
+} Daemon;
+
+static void daemon_done(Daemon *d, bool clean) {
+        d->control = control_free(d->control);
+        d->registry = registry_free(d->registry);
+        if (d->state && clean)
+                state_remove_files(d->state);
+        d->state = state_free(d->state);
+        d->event = sd_event_unref(d->event);
+        d->config = config_free(d->config);
+}
+
+static int load_config(const DaemonOptions *o, Config **ret) {
+        char msg[1024];
+        int r;
+
+        r = config_load(o->config_path, ret, msg, sizeof msg);
+        if (r < 0) {
+                log_error("Failed to load %s: %s", o->config_path, strerror(-r));
+                return r;
+        }
+        if (r > 0) {
+                log_error("%s", msg);
+                return -r;
+        }
+        return 0;
+}
+
+static int ensure_socket_dir(const char *path) {
+        _cleanup_(freep) char *copy = strdup(path);
+
+        if (!copy)
+                return -ENOMEM;
+        if (mkdir(dirname(copy), 0755) < 0 && errno != EEXIST)
+                return -errno;
+        return 0;
+}
+
+static int open_state_and_reclaim(Daemon *d) {
+        _cleanup_(freep) StateRecord *v = NULL;
+        size_t n = 0, skipped = 0;
+        ReclaimResult res;
+        int r;
+
+        r = ensure_socket_dir(d->socket_path);
+        if (r < 0) {
+                log_error("Failed to create the directory of %s: %s", d->socket_path, strerror(-r));
+                return r;
+        }
+        r = state_open(d->socket_path, &d->state);
+        if (r == -EBUSY) {
+                log_error("Another shmbrokerd is running on %s (its lock %s.lock is held); not starting.",
+                          d->socket_path, d->socket_path);
+                return r;
+        }
+        if (r < 0) {
+                log_error("Failed to open the state beside %s: %s", d->socket_path, strerror(-r));
+                return r;
+        }
+        r = state_read(d->state, &v, &n, &skipped);
+        if (r < 0) {
+                log_error("Failed to read %s: %s", state_path(d->state), strerror(-r));
+                return r;
+        }
+        if (skipped > 0)
+                log_warning("%s: %zu malformed line(s), ignoring.", state_path(d->state), skipped);
+        if (n > 0) {
+                reclaim_records(v, n, &res);
+                log_notice("Reclaimed %zu object(s) left by a previous run (%zu already gone, %zu now someone else's, %zu failed).",
+                           res.removed, res.gone, res.foreign, res.failed);
+        }
+        r = state_rewrite(d->state, NULL, 0);
+        if (r < 0)
+                log_error("Failed to reset %s: %s", state_path(d->state), strerror(-r));
+        return r;
+}
+
+static int cmp_u32(const void *a, const void *b) {
+        uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;
+
+        return x < y ? -1 : x > y;
+}
+
+static int create_channels(Daemon *d) {
+        _cleanup_(freep) const ChannelSpec **specs = NULL;
+        _cleanup_(freep) uint32_t *fixed = NULL;
+        const Config *cfg = d->config;
+        size_t n_fixed = 0;
+        char msg[1024];
+        IpcLimits limits;
+        int r;
+
+        specs = calloc(cfg->n_channels ?: 1, sizeof *specs);
+        fixed = calloc(cfg->n_channels ?: 1, sizeof *fixed);
+        if (!specs || !fixed)
+                return log_error("Out of memory."), -ENOMEM;
+        for (size_t i = 0; i < cfg->n_channels; i++) {
+                specs[i] = &cfg->channels[i];
+                if (cfg->channels[i].has_key)
+                        fixed[n_fixed++] = cfg->channels[i].key;
+                if (cfg->channels[i].owner_set && cfg->channels[i].uid != geteuid())
+                        log_warning("Channel %s: owner uid %u is not the daemon's; that user can remove the channel "
+                                    "or change its permissions. Prefer \"group\" and \"mode\".",
+                                    cfg->channels[i].name, (unsigned) cfg->channels[i].uid);
+        }
+        qsort(fixed, n_fixed, sizeof *fixed, cmp_u32);
+
+        r = ipc_limits_read(&limits);
+        if (r < 0)
+                return log_error("Failed to read the kernel's IPC limits: %s", strerror(-r)), r;
+        r = ipc_limits_check(&limits, specs, cfg->n_channels, msg, sizeof msg);
+        if (r > 0)
+                return log_error("%s: %s", cfg->source, msg), -r;
+
+        for (size_t i = 0; i < cfg->n_channels; i++) {
+                Channel *c;
+
+                r = channel_create(specs[i], fixed, n_fixed, d->state, &c, msg, sizeof msg);
+                if (r < 0)
+                        return log_error("%s", msg), r;
+                r = registry_add(d->registry, c);
+                if (r < 0) {
+                        channel_free(c, d->state);
+                        return log_error("Out of memory."), r;
+                }
+                log_debug("Created channel %s: key 0x%08x, shm id %d, sem id %d.",
+                          c->spec.name, c->key, c->shm_id, c->sem_id);
+        }
+        return 0;
+}
+
+static int on_exit_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Daemon *d = userdata;
+
+        log_info("Received %s, stopping.", strsignal((int) si->ssi_signo));
+        (void) sd_notify(false, "STOPPING=1");
+        control_stop_accepting(d->control);
+        return sd_event_exit(sd_event_source_get_event(s), 0);
+}
+
+static int on_hup(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        log_warning("Received SIGHUP: reloading is not implemented yet, ignoring.");
+        return 0;
+}
+
+static int setup_loop(Daemon *d) {
+        sigset_t mask;
+        int r;
+
+        r = sd_event_default(&d->event);
+        if (r < 0)
+                return r;
+        /* sd-event needs the signals blocked before it can take them as events. */
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGHUP);
+        if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
+                return -errno;
+        r = sd_event_add_signal(d->event, NULL, SIGTERM, on_exit_signal, d);
+        if (r >= 0)
+                r = sd_event_add_signal(d->event, NULL, SIGINT, on_exit_signal, d);
+        if (r >= 0)
+                r = sd_event_add_signal(d->event, NULL, SIGHUP, on_hup, d);
+        return r;
+}
+
+int daemon_run(const DaemonOptions *o) {
+        Daemon d = { .options = o };
+        char msg[512];
+        int r;
+
+        r = load_config(o, &d.config);
+        if (r < 0)
+                return EXIT_FAILURE;
+        d.socket_path = o->socket_path ?: d.config->socket;
+
+        r = setup_loop(&d);
+        if (r < 0) {
+                log_error("Failed to set up the event loop: %s", strerror(-r));
+                goto fail;
+        }
+        r = open_state_and_reclaim(&d);
+        if (r < 0)
+                goto fail;
+        r = registry_new(d.state, &d.registry);
+        if (r < 0)
+                goto fail;
+        r = create_channels(&d);
+        if (r < 0) {
+                log_error("Start failed; removing the %zu channel(s) already created.", d.registry->n);
+                goto fail;
+        }
+
+        d.dispatch = (Dispatch) { .registry = d.registry, .config = d.config };
+        r = control_new(d.event, &d.dispatch, &d.control);
+        if (r < 0)
+                goto fail;
+        r = control_listen(d.control, d.socket_path, msg, sizeof msg);
+        if (r < 0) {
+                log_error("%s", msg);
+                /* Never let a live daemon's socket be unlinked by our cleanup: we did not bind. */
+                goto fail;
+        }
+
+        log_info("Serving %zu channel(s) on %s.", d.registry->n, d.socket_path);
+        (void) sd_notifyf(false, "READY=1\nSTATUS=Serving %zu channel(s) on %s", d.registry->n, d.socket_path);
+
+        r = sd_event_loop(d.event);
+        if (r < 0)
+                log_error("Event loop failed: %s", strerror(-r));
+        daemon_done(&d, true);
+        log_info("Stopped; every channel removed.");
+        return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+
+fail:
+        /* Everything created is removed again; the state files go too, as nothing is left to record. */
+        daemon_done(&d, d.state != NULL);
+        return EXIT_FAILURE;
+}
+
+int daemon_check_config(const DaemonOptions *o) {
+        Config *c = NULL;
+
+        if (load_config(o, &c) < 0)
+                return EXIT_FAILURE;
+        printf("%s: configuration OK (%zu channel%s)\n", o->config_path, c->n_channels,
+               c->n_channels == 1 ? "" : "s");
+        config_free(c);
+        return EXIT_SUCCESS;
+}

@@ -1,0 +1,19 @@
+#pragma once
+
+/*
+ * The daemon as a whole: load the config, lock the state, reclaim what a
+ * killed run left, create every channel (or none), listen, report ready,
+ * serve on sd-event until SIGTERM/SIGINT, then remove everything it made.
+ */
+
+typedef struct DaemonOptions {
+        const char *config_path;
+        const char *socket_path;        /* overrides the config's; may be NULL */
+        int log_level;
+} DaemonOptions;
+
+/* Run to completion. Returns the process exit status (0 after a clean stop). */
+int daemon_run(const DaemonOptions *o);
+
+/* Validate the config only, touching no IPC. Returns the exit status. */
+int daemon_check_config(const DaemonOptions *o);

@@ -1,0 +1,182 @@
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/util.h"
+#include "daemon/dispatch.h"
+#include "daemon/log.h"
+
+static int answer_error(int err, char **ret_line, size_t *ret_len, const char *fmt, ...) _printf_(4, 5);
+
+static int answer_error(int err, char **ret_line, size_t *ret_len, const char *fmt, ...) {
+        char msg[PROTO_MESSAGE_MAX];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+        return proto_encode_error(err, msg, ret_line, ret_len);
+}
+
+bool dispatch_is_admin(const Dispatch *d, const Peer *p) {
+        return p->uid == 0 || (d->config->admin_group && peer_in_group(p, d->config->admin_gid));
+}
+
+static int do_hello(const ProtoRequest *req, char **ret_line, size_t *ret_len) {
+        if (req->version != PROTO_VERSION)
+                return answer_error(EPROTO, ret_line, ret_len,
+                                    "protocol version %d is not supported; this daemon speaks version %d",
+                                    req->version, PROTO_VERSION);
+        return proto_encode_hello(PROTO_VERSION, PACKAGE_NAME "d " PACKAGE_VERSION, ret_line, ret_len);
+}
+
+static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_line, size_t *ret_len) {
+        Entry *e = registry_find(d->registry, req->channel);
+        ChannelPerm perm;
+        ProtoChannel pc;
+        int r;
+
+        if (!e)
+                return answer_error(ENOENT, ret_line, ret_len, "no channel named \"%s\"", req->channel);
+        channel_perm(e->channel, &perm);
+        if (!access_allowed(&cl->peer, &perm, true, req->access == PROTO_ACCESS_RW)) {
+                log_info("Refused %s access to channel %s for pid %d (uid %u, gid %u).",
+                         proto_access_to_string(req->access), req->channel, (int) cl->peer.pid,
+                         (unsigned) cl->peer.uid, (unsigned) cl->peer.gid);
+                return answer_error(EACCES, ret_line, ret_len,
+                                    "uid %u may not open channel \"%s\" %s (owner %s, group %s, mode %04o)",
+                                    (unsigned) cl->peer.uid, req->channel, proto_access_to_string(req->access),
+                                    e->channel->owner, e->channel->group, (unsigned) perm.mode);
+        }
+        r = registry_hold(e, cl, req->access, time(NULL));
+        if (r < 0)
+                return r;
+        channel_describe(e->channel, &pc);
+        return proto_encode_open(&pc, ret_line, ret_len);
+}
+
+static int do_close(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_line, size_t *ret_len) {
+        Entry *e = registry_find(d->registry, req->channel);
+
+        if (!e)
+                return answer_error(ENOENT, ret_line, ret_len, "no channel named \"%s\"", req->channel);
+        if (registry_release(e, cl) < 0)
+                return answer_error(ENOENT, ret_line, ret_len, "channel \"%s\" is not open on this connection",
+                                    req->channel);
+        return proto_encode_ok(ret_line, ret_len);
+}
+
+static int stat_entry(Entry *e, ProtoChannel *pc) {
+        Hold *h;
+        size_t i = 0;
+        int r;
+
+        r = channel_stat(e->channel, pc);
+        if (r < 0)
+                return r;
+        pc->clients = calloc(e->n_holds ?: 1, sizeof *pc->clients);
+        if (!pc->clients)
+                return -ENOMEM;
+        LIST_FOREACH(h, &e->holds, by_entry)
+                pc->clients[i++] = (ProtoClient) {
+                        .pid = h->client->peer.pid,
+                        .uid = h->client->peer.uid,
+                        .access = h->access,
+                        .since = h->since,
+                };
+        pc->n_clients = i;
+        return 0;
+}
+
+static int do_channels(Dispatch *d, const ProtoRequest *req, char **ret_line, size_t *ret_len) {
+        bool status = req->op == PROTO_OP_STATUS;
+        ProtoChannel *v;
+        size_t n = 0, want;
+        Entry *one = NULL;
+        int r = 0;
+
+        if (status && req->has_channel) {
+                one = registry_find(d->registry, req->channel);
+                if (!one)
+                        return answer_error(ENOENT, ret_line, ret_len, "no channel named \"%s\"", req->channel);
+        }
+        want = one ? 1 : d->registry->n;
+        v = calloc(want ?: 1, sizeof *v);
+        if (!v)
+                return -ENOMEM;
+        for (size_t i = 0; i < want; i++) {
+                Entry *e = one ?: registry_at(d->registry, i);
+
+                if (!status) {
+                        channel_describe(e->channel, &v[n++]);
+                        continue;
+                }
+                r = stat_entry(e, &v[n]);
+                n++;
+                if (r == -EIDRM) {
+                        r = answer_error(EIDRM, ret_line, ret_len,
+                                         "channel \"%s\": its kernel objects were removed behind the daemon's back",
+                                         e->channel->spec.name);
+                        goto out;
+                }
+                if (r < 0)
+                        goto out;
+        }
+        r = proto_encode_channels(status ? PROTO_VIEW_STATUS : PROTO_VIEW_LIST, v, n, ret_line, ret_len);
+out:
+        for (size_t i = 0; i < n; i++)
+                proto_channel_done(&v[i]);
+        free(v);
+        return r;
+}
+
+static int do_reload(Dispatch *d, Client *cl, char **ret_line, size_t *ret_len) {
+        ProtoReloadResult res = {};
+        char msg[PROTO_MESSAGE_MAX];
+        int r;
+
+        if (!dispatch_is_admin(d, &cl->peer)) {
+                log_info("Refused reload for pid %d (uid %u): not root and not in the admin group.",
+                         (int) cl->peer.pid, (unsigned) cl->peer.uid);
+                return answer_error(EACCES, ret_line, ret_len, "reload needs uid 0 or membership of the admin group");
+        }
+        if (!d->reload)
+                return answer_error(EOPNOTSUPP, ret_line, ret_len, "this daemon cannot reload");
+        r = d->reload(d->userdata, &res, msg, sizeof msg);
+        if (r > 0)
+                return answer_error(r, ret_line, ret_len, "%s", msg);
+        if (r < 0)
+                return r;
+        r = proto_encode_reload(&res, ret_line, ret_len);
+        proto_reload_result_done(&res);
+        return r;
+}
+
+int dispatch_line(Dispatch *d, Client *cl, const char *line, size_t len, char **ret_line, size_t *ret_len) {
+        char msg[PROTO_MESSAGE_MAX];
+        ProtoRequest req;
+        int r;
+
+        r = proto_request_decode(line, len, &req, msg, sizeof msg);
+        if (r > 0)
+                return proto_encode_error(r, msg, ret_line, ret_len);
+        if (r < 0)
+                return r;
+
+        switch (req.op) {
+        case PROTO_OP_HELLO:
+                return do_hello(&req, ret_line, ret_len);
+        case PROTO_OP_OPEN:
+                return do_open(d, cl, &req, ret_line, ret_len);
+        case PROTO_OP_CLOSE:
+                return do_close(d, cl, &req, ret_line, ret_len);
+        case PROTO_OP_LIST:
+        case PROTO_OP_STATUS:
+                return do_channels(d, &req, ret_line, ret_len);
+        case PROTO_OP_RELOAD:
+                return do_reload(d, cl, ret_line, ret_len);
+        default:
+                return answer_error(EOPNOTSUPP, ret_line, ret_len, "unknown op");
+        }
+}

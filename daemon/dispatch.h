@@ -1,0 +1,31 @@
+#pragma once
+
+/*
+ * Request dispatch: one request line in, one response line out. It decodes
+ * with proto/, checks rights, acts on the registry and encodes the answer.
+ * A bad request becomes an error response; only running out of memory is
+ * an error of the call itself.
+ */
+
+#include <stddef.h>
+
+#include "daemon/config.h"
+#include "daemon/registry.h"
+
+typedef struct Dispatch {
+        Registry *registry;
+        const Config *config;
+        /* Reload the config (admin op); NULL when reload is not offered. */
+        int (*reload)(void *userdata, ProtoReloadResult *ret, char *msg, size_t msg_size);
+        void *userdata;
+} Dispatch;
+
+/*
+ * Answer one request line (without its newline) from client `cl`.
+ * *ret_line is malloc'd, newline-terminated and owned by the caller.
+ * Negative errno (-ENOMEM) only when no answer could be built.
+ */
+int dispatch_line(Dispatch *d, Client *cl, const char *line, size_t len, char **ret_line, size_t *ret_len);
+
+/* Whether the peer may run admin ops: uid 0 or a member of admin_group. */
+bool dispatch_is_admin(const Dispatch *d, const Peer *p);

@@ -1,0 +1,67 @@
+/* shmbrokerd: command line only; the daemon lives in daemon.c. */
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "daemon/config.h"
+#include "daemon/daemon.h"
+#include "daemon/log.h"
+
+static void help(void) {
+        printf("Usage: shmbrokerd [OPTIONS]\n\n"
+               "Own the System V shared-memory channels named in a JSON config and\n"
+               "hand them to clients over a Unix socket.\n\n"
+               "  -c, --config PATH   config file (default " CONFIG_DEFAULT_PATH ")\n"
+               "      --socket PATH   listen here instead of the config's \"socket\"\n"
+               "      --check-config  validate the config, touch no IPC, and exit 0/1\n"
+               "  -v, --verbose       log debug messages\n"
+               "  -h, --help          show this help\n"
+               "      --version       show the version\n");
+}
+
+int main(int argc, char *argv[]) {
+        enum { ARG_SOCKET = 0x100, ARG_CHECK, ARG_VERSION };
+        static const struct option options[] = {
+                { "config", required_argument, NULL, 'c' },
+                { "socket", required_argument, NULL, ARG_SOCKET },
+                { "check-config", no_argument, NULL, ARG_CHECK },
+                { "verbose", no_argument, NULL, 'v' },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, ARG_VERSION },
+                {}
+        };
+        DaemonOptions o = { .config_path = CONFIG_DEFAULT_PATH, .log_level = LOG_INFO };
+        bool check = false;
+        int c;
+
+        while ((c = getopt_long(argc, argv, "c:vh", options, NULL)) >= 0)
+                switch (c) {
+                case 'c':
+                        o.config_path = optarg;
+                        break;
+                case ARG_SOCKET:
+                        o.socket_path = optarg;
+                        break;
+                case ARG_CHECK:
+                        check = true;
+                        break;
+                case 'v':
+                        o.log_level = LOG_DEBUG;
+                        break;
+                case 'h':
+                        help();
+                        return EXIT_SUCCESS;
+                case ARG_VERSION:
+                        printf("shmbrokerd %s\n", PACKAGE_VERSION);
+                        return EXIT_SUCCESS;
+                default:
+                        return 2;
+                }
+        if (optind < argc) {
+                fprintf(stderr, "shmbrokerd: unexpected argument '%s'; see --help\n", argv[optind]);
+                return 2;
+        }
+        log_setup(o.log_level);
+        return check ? daemon_check_config(&o) : daemon_run(&o);
+}

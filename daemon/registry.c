@@ -1,0 +1,141 @@
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "daemon/registry.h"
+
+int registry_new(State *state, Registry **ret) {
+        Registry *r = calloc(1, sizeof *r);
+
+        if (!r)
+                return -ENOMEM;
+        r->state = state;
+        r->sorted = true;
+        *ret = r;
+        return 0;
+}
+
+static void hold_free(Hold *h) {
+        LIST_REMOVE(h, by_client);
+        LIST_REMOVE(h, by_entry);
+        h->client->n_holds--;
+        h->entry->n_holds--;
+        free(h);
+}
+
+Registry *registry_free(Registry *r) {
+        if (!r)
+                return NULL;
+        for (size_t i = 0; i < r->n; i++) {
+                Entry *e = r->entries[i];
+
+                while (!LIST_EMPTY(&e->holds))
+                        hold_free(LIST_FIRST(&e->holds));
+                channel_free(e->channel, r->state);
+                free(e);
+        }
+        free(r->entries);
+        free(r);
+        return NULL;
+}
+
+int registry_add(Registry *r, Channel *c) {
+        Entry *e;
+
+        if (r->n == r->cap) {
+                size_t cap = r->cap ? r->cap * 2 : 16;
+                Entry **v = reallocarray(r->entries, cap, sizeof *v);
+
+                if (!v)
+                        return -ENOMEM;
+                r->entries = v;
+                r->cap = cap;
+        }
+        e = calloc(1, sizeof *e);
+        if (!e)
+                return -ENOMEM;
+        e->channel = c;
+        LIST_INIT(&e->holds);
+        r->entries[r->n++] = e;
+        /* Sorted lazily: adding N channels at start stays O(N log N). */
+        r->sorted = false;
+        return 0;
+}
+
+static int cmp_entry(const void *a, const void *b) {
+        return strcmp((*(Entry *const *) a)->channel->spec.name, (*(Entry *const *) b)->channel->spec.name);
+}
+
+static void ensure_sorted(Registry *r) {
+        if (!r->sorted) {
+                qsort(r->entries, r->n, sizeof *r->entries, cmp_entry);
+                r->sorted = true;
+        }
+}
+
+static int cmp_name_entry(const void *key, const void *elem) {
+        return strcmp(key, (*(Entry *const *) elem)->channel->spec.name);
+}
+
+Entry *registry_find(Registry *r, const char *name) {
+        Entry **p;
+
+        ensure_sorted(r);
+        p = bsearch(name, r->entries, r->n, sizeof *r->entries, cmp_name_entry);
+        return p ? *p : NULL;
+}
+
+Entry *registry_at(Registry *r, size_t i) {
+        ensure_sorted(r);
+        return i < r->n ? r->entries[i] : NULL;
+}
+
+int registry_hold(Entry *e, Client *cl, ProtoAccess access, int64_t now) {
+        Hold *h;
+
+        LIST_FOREACH(h, &cl->holds, by_client)
+                if (h->entry == e) {
+                        h->access = access;
+                        return 0;
+                }
+        h = calloc(1, sizeof *h);
+        if (!h)
+                return -ENOMEM;
+        *h = (Hold) { .entry = e, .client = cl, .access = access, .since = now };
+        LIST_INSERT_HEAD(&cl->holds, h, by_client);
+        LIST_INSERT_HEAD(&e->holds, h, by_entry);
+        cl->n_holds++;
+        e->n_holds++;
+        return 0;
+}
+
+int registry_release(Entry *e, Client *cl) {
+        Hold *h;
+
+        LIST_FOREACH(h, &cl->holds, by_client)
+                if (h->entry == e) {
+                        hold_free(h);
+                        return 0;
+                }
+        return -ENOENT;
+}
+
+void client_init(Client *cl) {
+        *cl = (Client) {};
+        LIST_INIT(&cl->holds);
+}
+
+void client_done(Client *cl) {
+        while (!LIST_EMPTY(&cl->holds))
+                hold_free(LIST_FIRST(&cl->holds));
+        peer_done(&cl->peer);
+}
+
+size_t registry_count_holds(const Registry *r) {
+        size_t n = 0;
+
+        for (size_t i = 0; i < r->n; i++)
+                n += r->entries[i]->n_holds;
+        return n;
+}

@@ -1,0 +1,73 @@
+#pragma once
+
+/*
+ * The registry: every live channel by name, and the holds on it. A hold is
+ * one connection's claim on one channel (connection x channel, as SPEC's
+ * `clients` lists them); it ends when the client closes the channel or its
+ * connection goes away. Nothing here knows about sockets or JSON.
+ */
+
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "daemon/access.h"
+#include "daemon/channel.h"
+#include "daemon/state.h"
+
+typedef struct Hold Hold;
+typedef struct Entry Entry;
+
+/* One connection as the registry sees it. Embedded in the connection. */
+typedef struct Client {
+        Peer peer;
+        LIST_HEAD(, Hold) holds;
+        size_t n_holds;
+} Client;
+
+struct Hold {
+        Entry *entry;
+        Client *client;
+        ProtoAccess access;
+        int64_t since;
+        LIST_ENTRY(Hold) by_client;
+        LIST_ENTRY(Hold) by_entry;
+};
+
+struct Entry {
+        Channel *channel;
+        LIST_HEAD(, Hold) holds;
+        size_t n_holds;
+};
+
+typedef struct Registry {
+        Entry **entries;
+        size_t n, cap;
+        bool sorted;
+        State *state;           /* not owned */
+} Registry;
+
+int registry_new(State *state, Registry **ret);
+
+/* Remove every channel's kernel objects and free. Takes NULL; returns NULL. */
+Registry *registry_free(Registry *r);
+
+/* Take ownership of a created channel. -ENOMEM leaves it with the caller. */
+int registry_add(Registry *r, Channel *c);
+
+/* NULL when there is no such channel. */
+Entry *registry_find(Registry *r, const char *name);
+
+/* The i'th channel in name order. */
+Entry *registry_at(Registry *r, size_t i);
+
+/* Hold a channel for a client; holding it again updates the access. -ENOMEM. */
+int registry_hold(Entry *e, Client *cl, ProtoAccess access, int64_t now);
+
+/* Drop the client's hold on e: 0, or -ENOENT when it holds none. */
+int registry_release(Entry *e, Client *cl);
+
+void client_init(Client *cl);
+/* Drop every hold of the client (its connection is closing) and its peer data. */
+void client_done(Client *cl);
+
+size_t registry_count_holds(const Registry *r);
