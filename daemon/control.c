@@ -40,9 +40,28 @@ struct Control {
         size_t n_conns;
 };
 
+/*
+ * Closing a Unix socket with unread input makes the peer's next read fail
+ * with ECONNRESET instead of EOF. Discard what already arrived (bounded),
+ * so a client we refuse reads our answer and then a clean end of stream.
+ */
+static void discard_pending_input(int fd) {
+        char buf[4096];
+
+        for (size_t total = 0; total < 4 * PROTO_LINE_MAX;) {
+                ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+
+                if (n <= 0)
+                        break;
+                total += (size_t) n;
+        }
+}
+
 static Conn *conn_free(Conn *conn) {
         if (!conn)
                 return NULL;
+        if (conn->closing && conn->fd >= 0)
+                discard_pending_input(conn->fd);
         if (conn->client.n_holds > 0)
                 log_debug("Client pid %d gone, dropping %zu hold(s).", (int) conn->client.peer.pid,
                           conn->client.n_holds);

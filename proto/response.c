@@ -133,13 +133,17 @@ int proto_encode_ok(char **ret_line, size_t *ret_len) {
 }
 
 int proto_encode_open(const ProtoChannel *c, char **ret_line, size_t *ret_len) {
-        _cleanup_(json_decrefp) json_t *o = NULL;
+        _cleanup_(json_decrefp) json_t *o = json_pack("{s:b}", "ok", 1);
+        _cleanup_(json_decrefp) json_t *fields = NULL;
         int r;
 
-        r = channel_to_json(PROTO_VIEW_OPEN, c, &o);
+        if (!o)
+                return -ENOMEM;
+        r = channel_to_json(PROTO_VIEW_OPEN, c, &fields);
         if (r < 0)
                 return r;
-        if (set(o, "ok", json_true()) < 0)
+        /* "ok" first, as in every other answer: easier to read on a terminal. */
+        if (json_object_update(o, fields) < 0)
                 return -ENOMEM;
         return json_dump_line(o, ret_line, ret_len);
 }

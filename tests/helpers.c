@@ -1,0 +1,301 @@
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <grp.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tests/helpers.h"
+
+#define START_TIMEOUT_MS 10000
+#define READ_TIMEOUT_MS 5000
+
+int test_require_namespaces(void) {
+        pid_t pid = fork();
+        int status;
+
+        if (pid == 0)
+                _exit(unshare(CLONE_NEWIPC) < 0 ? 1 : 0);
+        if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+                fprintf(stderr, "SKIP: cannot create IPC namespaces here (needs root)\n");
+                return 77;
+        }
+        return 0;
+}
+
+void test_enter_ipc_namespace(void) {
+        ck_assert_msg(unshare(CLONE_NEWIPC) == 0, "unshare(CLONE_NEWIPC): %s", strerror(errno));
+}
+
+void test_daemon_init(TestDaemon *td) {
+        memset(td, 0, sizeof *td);
+        td->pid = -1;
+        td->notify_fd = -1;
+        strcpy(td->dir, "/tmp/shmbroker-test-XXXXXX");
+        ck_assert_ptr_nonnull(mkdtemp(td->dir));
+        ck_assert_int_eq(chmod(td->dir, 0755), 0);
+        snprintf(td->config, sizeof td->config, "%s/shmbroker.json", td->dir);
+        snprintf(td->socket, sizeof td->socket, "%s/shmbroker.sock", td->dir);
+        snprintf(td->log, sizeof td->log, "%s/daemon.log", td->dir);
+        snprintf(td->notify, sizeof td->notify, "%s/notify", td->dir);
+}
+
+void test_daemon_write_raw_config(TestDaemon *td, const char *text) {
+        FILE *f = fopen(td->config, "we");
+
+        ck_assert_ptr_nonnull(f);
+        fputs(text, f);
+        ck_assert_int_eq(fclose(f), 0);
+}
+
+void test_daemon_write_config(TestDaemon *td, const char *channels_json) {
+        char *text;
+
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"channels\": %s}\n",
+                                  td->socket, channels_json), 0);
+        test_daemon_write_raw_config(td, text);
+        free(text);
+}
+
+static int open_notify_socket(TestDaemon *td) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+        ck_assert_int_ge(fd, 0);
+        strcpy(sa.sun_path, td->notify);
+        unlink(td->notify);
+        ck_assert_int_eq(bind(fd, (struct sockaddr *) &sa, sizeof sa), 0);
+        return fd;
+}
+
+static int64_t now_ms(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+bool test_daemon_start(TestDaemon *td, int *ret_status, ...) {
+        const char *argv[32] = { SHMBROKERD_PATH, "-c", td->config };
+        int argc = 3, status;
+        int64_t deadline;
+        va_list ap;
+
+        va_start(ap, ret_status);
+        for (const char *a; (a = va_arg(ap, const char *)) && argc < 31;)
+                argv[argc++] = a;
+        va_end(ap);
+
+        if (td->notify_fd < 0)
+                td->notify_fd = open_notify_socket(td);
+        td->pid = fork();
+        ck_assert_int_ge(td->pid, 0);
+        if (td->pid == 0) {
+                int log = open(td->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+
+                if (log < 0 || dup2(log, STDERR_FILENO) < 0)
+                        _exit(127);
+                setenv("NOTIFY_SOCKET", td->notify, 1);
+                execv(argv[0], (char **) argv);
+                _exit(127);
+        }
+
+        deadline = now_ms() + START_TIMEOUT_MS;
+        while (now_ms() < deadline) {
+                struct pollfd p = { .fd = td->notify_fd, .events = POLLIN };
+                char buf[512];
+
+                if (waitpid(td->pid, &status, WNOHANG) == td->pid) {
+                        td->pid = -1;
+                        if (ret_status)
+                                *ret_status = status;
+                        return false;
+                }
+                if (poll(&p, 1, 20) > 0) {
+                        ssize_t n = recv(td->notify_fd, buf, sizeof buf - 1, 0);
+
+                        if (n > 0) {
+                                buf[n] = 0;
+                                if (strstr(buf, "READY=1"))
+                                        return true;
+                        }
+                }
+        }
+        ck_abort_msg("shmbrokerd sent no READY=1 within %d ms", START_TIMEOUT_MS);
+        return false;
+}
+
+int test_daemon_kill(TestDaemon *td, int sig) {
+        int status = 0;
+
+        ck_assert_int_gt(td->pid, 0);
+        ck_assert_int_eq(kill(td->pid, sig), 0);
+        ck_assert_int_eq(waitpid(td->pid, &status, 0), td->pid);
+        td->pid = -1;
+        return status;
+}
+
+char *test_daemon_log(const TestDaemon *td) {
+        FILE *f = fopen(td->log, "re");
+        char *buf = calloc(1, 65536);
+        size_t n = 0;
+
+        ck_assert_ptr_nonnull(buf);
+        if (f) {
+                n = fread(buf, 1, 65535, f);
+                fclose(f);
+        }
+        buf[n] = 0;
+        return buf;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+        return remove(path);
+}
+
+void test_daemon_done(TestDaemon *td) {
+        if (td->pid > 0) {
+                kill(td->pid, SIGKILL);
+                waitpid(td->pid, NULL, 0);
+                td->pid = -1;
+        }
+        if (td->notify_fd >= 0)
+                close(td->notify_fd);
+        td->notify_fd = -1;
+        if (td->dir[0])
+                nftw(td->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+int test_connect(const char *path) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        ck_assert_int_ge(fd, 0);
+        strcpy(sa.sun_path, path);
+        ck_assert_msg(connect(fd, (struct sockaddr *) &sa, sizeof sa) == 0, "connect %s: %s", path, strerror(errno));
+        return fd;
+}
+
+void test_send(int fd, const char *buf, size_t len) {
+        while (len > 0) {
+                ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+
+                ck_assert_msg(n > 0, "send: %s", strerror(errno));
+                buf += n;
+                len -= (size_t) n;
+        }
+}
+
+char *test_read_line(int fd) {
+        size_t cap = 4096, len = 0;
+        char *buf = malloc(cap);
+        int64_t deadline = now_ms() + READ_TIMEOUT_MS;
+
+        ck_assert_ptr_nonnull(buf);
+        for (;;) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                int left = (int) (deadline - now_ms());
+                ssize_t n;
+
+                ck_assert_msg(left > 0 && poll(&p, 1, left) > 0, "no answer within %d ms", READ_TIMEOUT_MS);
+                if (len + 1 >= cap) {
+                        cap *= 2;
+                        buf = realloc(buf, cap);
+                        ck_assert_ptr_nonnull(buf);
+                }
+                /* One byte at a time: never swallow the start of the next line. */
+                n = recv(fd, buf + len, 1, 0);
+                if (n == 0) {
+                        free(buf);
+                        return NULL;
+                }
+                ck_assert_msg(n > 0, "recv: %s", strerror(errno));
+                if (buf[len] == '\n') {
+                        buf[len] = 0;
+                        return buf;
+                }
+                len++;
+        }
+}
+
+json_t *test_request(int fd, const char *line) {
+        json_error_t err;
+        json_t *v;
+        char *resp;
+
+        test_send(fd, line, strlen(line));
+        test_send(fd, "\n", 1);
+        resp = test_read_line(fd);
+        ck_assert_msg(resp != NULL, "connection closed instead of answering %s", line);
+        v = json_loads(resp, 0, &err);
+        ck_assert_msg(v != NULL, "answer is not JSON: %s", resp);
+        ck_assert_msg(!strchr(resp, '\n'), "answer spans lines");
+        free(resp);
+        return v;
+}
+
+void test_assert_error(json_t *resp, const char *name) {
+        char *text = json_dumps(resp, JSON_COMPACT);
+
+        ck_assert_msg(json_is_false(json_object_get(resp, "ok")), "expected an error, got %s", text);
+        ck_assert_msg(json_is_string(json_object_get(resp, "error")) &&
+                      strcmp(json_string_value(json_object_get(resp, "error")), name) == 0,
+                      "expected error %s, got %s", name, text);
+        ck_assert_msg(json_is_string(json_object_get(resp, "message")) &&
+                      json_string_length(json_object_get(resp, "message")) > 0, "error without message: %s", text);
+        free(text);
+}
+
+void test_assert_ok(json_t *resp) {
+        char *text = json_dumps(resp, JSON_COMPACT);
+
+        ck_assert_msg(json_is_true(json_object_get(resp, "ok")), "expected ok, got %s", text);
+        free(text);
+}
+
+int test_ipcs_count(const char *kind) {
+        char cmd[64], line[512];
+        int n = 0;
+        FILE *p;
+
+        snprintf(cmd, sizeof cmd, "ipcs %s", kind);
+        p = popen(cmd, "re");
+        ck_assert_ptr_nonnull(p);
+        while (fgets(line, sizeof line, p))
+                if (strncmp(line, "0x", 2) == 0)
+                        n++;
+        ck_assert_int_eq(pclose(p), 0);
+        return n;
+}
+
+int test_in_child(void (*fn)(void *), void *userdata) {
+        pid_t pid = fork();
+        int status;
+
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                fn(userdata);
+                _exit(0);
+        }
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        return status;
+}
+
+void test_drop_privileges(uid_t uid, gid_t gid, gid_t supplementary) {
+        if (supplementary ? setgroups(1, &supplementary) : setgroups(0, NULL))
+                _exit(90);
+        if (setgid(gid) < 0 || setuid(uid) < 0)
+                _exit(91);
+}

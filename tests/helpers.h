@@ -1,0 +1,77 @@
+#pragma once
+
+/*
+ * Test helpers for end-to-end tests: a private IPC namespace, a scratch
+ * directory, the real shmbrokerd forked on a generated config (readiness
+ * taken from a real NOTIFY_SOCKET), and a plain NDJSON client over its
+ * real socket. Failures abort the Check test with a message.
+ */
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+typedef struct TestDaemon {
+        char dir[256];
+        char config[300];
+        char socket[300];
+        char log[300];
+        char notify[300];
+        pid_t pid;
+        int notify_fd;
+} TestDaemon;
+
+/* 77 (automake's SKIP) when this process may not create IPC namespaces. */
+int test_require_namespaces(void);
+
+/* unshare(CLONE_NEWIPC): everything this test makes dies with it. */
+void test_enter_ipc_namespace(void);
+
+/* Make a scratch directory (mode 0755, so dropped-privilege children can
+ * reach the socket) and fill in the paths. */
+void test_daemon_init(TestDaemon *td);
+
+/* Write the config: `channels_json` is the JSON array text of "channels". */
+void test_daemon_write_config(TestDaemon *td, const char *channels_json);
+void test_daemon_write_raw_config(TestDaemon *td, const char *text);
+
+/*
+ * Start shmbrokerd -c td->config [extra args...] (NULL-terminated).
+ * Returns true once READY=1 arrived; false when the daemon exited first
+ * (its exit status is then in *ret_status, when given).
+ */
+bool test_daemon_start(TestDaemon *td, int *ret_status, ...);
+
+/* Send a signal and reap; returns the wait status. */
+int test_daemon_kill(TestDaemon *td, int sig);
+
+/* The daemon's stderr so far (malloc'd). */
+char *test_daemon_log(const TestDaemon *td);
+
+/* Stop the daemon if running (SIGKILL) and remove the scratch directory. */
+void test_daemon_done(TestDaemon *td);
+
+int test_connect(const char *path);
+
+/* Send raw bytes. */
+void test_send(int fd, const char *buf, size_t len);
+
+/* Read one line within 5 s; NULL on EOF. malloc'd. */
+char *test_read_line(int fd);
+
+/* Send a line (a newline is added) and parse the one-line answer. */
+json_t *test_request(int fd, const char *line);
+
+/* Assert an error answer with this errno name. */
+void test_assert_error(json_t *resp, const char *name);
+void test_assert_ok(json_t *resp);
+
+/* Objects in this IPC namespace, counted by util-linux ipcs. */
+int test_ipcs_count(const char *kind);   /* "-m" or "-s" */
+
+/* Run `fn` in a forked child; returns its wait status. */
+int test_in_child(void (*fn)(void *), void *userdata);
+
+/* Drop to uid/gid with one supplementary group (or none when 0). */
+void test_drop_privileges(uid_t uid, gid_t gid, gid_t supplementary);

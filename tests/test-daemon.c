@@ -1,0 +1,733 @@
+/*
+ * End-to-end tests: the real shmbrokerd, forked in a private IPC namespace
+ * per test, spoken to over its real socket. What the kernel holds is read
+ * back with IPC_STAT/GETALL and counted with util-linux ipcs.
+ */
+
+#include <check.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "daemon/channel.h"
+#include "tests/helpers.h"
+
+#define CASE_TIMEOUT 30
+
+/* Two channels: a raw one with a fixed key and a ring with a derived key. */
+static const char *const two_channels =
+        "[{\"name\": \"telemetry\", \"size\": 65536, \"semaphores\": [1, 0, 7], \"group\": 100, \"mode\": \"0640\","
+        "  \"key\": 1593835521},"
+        " {\"name\": \"frames\", \"layout\": \"ring\", \"slot_size\": 1024, \"slots\": 8, \"mode\": \"0660\"}]";
+
+static TestDaemon td;
+
+static void setup(void) {
+        test_enter_ipc_namespace();
+        test_daemon_init(&td);
+}
+
+static void teardown(void) {
+        test_daemon_done(&td);
+}
+
+static void start_ok(void) {
+        int status = 0;
+
+        if (!test_daemon_start(&td, &status, NULL)) {
+                char *log = test_daemon_log(&td);
+
+                ck_abort_msg("daemon exited (status %d) before READY:\n%s", status, log);
+        }
+}
+
+static json_t *find_channel(json_t *resp, const char *name) {
+        json_t *a = json_object_get(resp, "channels"), *e;
+        size_t i;
+
+        json_array_foreach(a, i, e)
+                if (strcmp(json_string_value(json_object_get(e, "name")), name) == 0)
+                        return e;
+        return NULL;
+}
+
+static json_int_t jint(json_t *o, const char *key) {
+        json_t *v = json_object_get(o, key);
+
+        ck_assert_msg(json_is_integer(v), "\"%s\" is not an integer", key);
+        return json_integer_value(v);
+}
+
+/* What the kernel says about a channel matches the config and the answer. */
+static void assert_kernel_objects(json_t *ch, size_t size, uid_t uid, gid_t gid, mode_t mode,
+                                  const unsigned short *values, unsigned nsems) {
+        struct shmid_ds shm;
+        struct semid_ds sem;
+        unsigned short got[64];
+
+        ck_assert_int_eq(shmctl((int) jint(ch, "shm_id"), IPC_STAT, &shm), 0);
+        ck_assert_uint_eq(shm.shm_segsz, size);
+        ck_assert_uint_eq((uint32_t) shm.shm_perm.__key, (uint32_t) jint(ch, "shm_key"));
+        ck_assert_uint_eq(shm.shm_perm.uid, uid);
+        ck_assert_uint_eq(shm.shm_perm.gid, gid);
+        ck_assert_uint_eq(shm.shm_perm.mode & 0777, mode);
+
+        ck_assert_int_eq(semctl((int) jint(ch, "sem_id"), 0, IPC_STAT, &sem), 0);
+        ck_assert_uint_eq(sem.sem_nsems, nsems);
+        ck_assert_uint_eq((uint32_t) sem.sem_perm.__key, (uint32_t) jint(ch, "sem_key"));
+        ck_assert_uint_eq(sem.sem_perm.uid, uid);
+        ck_assert_uint_eq(sem.sem_perm.gid, gid);
+        ck_assert_uint_eq(sem.sem_perm.mode & 0777, mode);
+        ck_assert_int_eq(semctl((int) jint(ch, "sem_id"), 0, GETALL, got), 0);
+        for (unsigned i = 0; i < nsems; i++)
+                ck_assert_msg(got[i] == values[i], "semaphore %u is %u, expected %u", i, got[i], values[i]);
+}
+
+START_TEST(test_list_matches_kernel) {
+        static const unsigned short tel[] = { 1, 0, 7 }, ring[] = { 8, 0, 1, 1 };
+        json_t *resp, *ch;
+        int fd;
+
+        test_daemon_write_config(&td, two_channels);
+        start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        test_assert_ok(resp);
+        ck_assert_uint_eq(json_array_size(json_object_get(resp, "channels")), 2);
+
+        ch = find_channel(resp, "telemetry");
+        ck_assert_ptr_nonnull(ch);
+        ck_assert_int_eq(jint(ch, "shm_key"), 1593835521);
+        ck_assert_int_eq(jint(ch, "sem_key"), 1593835521);
+        ck_assert_int_eq(jint(ch, "size"), 65536);
+        ck_assert_int_eq(jint(ch, "nsems"), 3);
+        ck_assert_str_eq(json_string_value(json_object_get(ch, "layout")), "raw");
+        ck_assert_str_eq(json_string_value(json_object_get(ch, "mode")), "0640");
+        ck_assert_str_eq(json_string_value(json_object_get(ch, "owner")), "root");
+        assert_kernel_objects(ch, 65536, 0, 100, 0640, tel, 3);
+
+        ch = find_channel(resp, "frames");
+        ck_assert_ptr_nonnull(ch);
+        ck_assert_uint_eq((uint32_t) jint(ch, "shm_key"), channel_derive_key("frames", 0));
+        ck_assert_int_eq(jint(ch, "slot_size"), 1024);
+        ck_assert_int_eq(jint(ch, "slots"), 8);
+        assert_kernel_objects(ch, (size_t) jint(ch, "size"), 0, 0, 0660, ring, 4);
+
+        /* The independent view agrees: two segments, two sets. */
+        ck_assert_int_eq(test_ipcs_count("-m"), 2);
+        ck_assert_int_eq(test_ipcs_count("-s"), 2);
+        json_decref(resp);
+        close(fd);
+}
+END_TEST
+
+START_TEST(test_open_status_close) {
+        json_t *resp, *ch, *clients;
+        int a, b;
+
+        test_daemon_write_config(&td, two_channels);
+        start_ok();
+        a = test_connect(td.socket);
+        b = test_connect(td.socket);
+
+        resp = test_request(a, "{\"op\":\"open\",\"channel\":\"telemetry\",\"access\":\"rw\"}");
+        test_assert_ok(resp);
+        ck_assert_str_eq(json_string_value(json_object_get(resp, "channel")), "telemetry");
+        ck_assert_int_eq(jint(resp, "shm_key"), 1593835521);
+        ck_assert_int_eq(jint(resp, "size"), 65536);
+        ck_assert_int_eq(jint(resp, "nsems"), 3);
+        json_decref(resp);
+
+        /* Opening again on the same connection is one hold, not two. */
+        json_decref(test_request(a, "{\"op\":\"open\",\"channel\":\"telemetry\",\"access\":\"ro\"}"));
+        resp = test_request(b, "{\"op\":\"open\",\"channel\":\"telemetry\",\"access\":\"rw\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+
+        resp = test_request(b, "{\"op\":\"status\",\"channel\":\"telemetry\"}");
+        test_assert_ok(resp);
+        ch = find_channel(resp, "telemetry");
+        ck_assert_ptr_nonnull(ch);
+        clients = json_object_get(ch, "clients");
+        ck_assert_uint_eq(json_array_size(clients), 2);
+        ck_assert_int_eq(jint(json_array_get(clients, 0), "pid"), getpid());
+        ck_assert_int_eq(jint(ch, "nattch"), 1);        /* the daemon's own attachment */
+        ck_assert_int_eq(jint(ch, "cpid"), td.pid);
+        ck_assert_uint_eq(json_array_size(json_object_get(ch, "semaphores")), 3);
+        ck_assert_int_eq(jint(json_array_get(json_object_get(ch, "semaphores"), 2), "value"), 7);
+        json_decref(resp);
+
+        /* close drops a's hold; closing again is an error. */
+        resp = test_request(a, "{\"op\":\"close\",\"channel\":\"telemetry\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        resp = test_request(a, "{\"op\":\"close\",\"channel\":\"telemetry\"}");
+        test_assert_error(resp, "ENOENT");
+        json_decref(resp);
+
+        /* b's connection going away drops its hold at once. */
+        close(b);
+        for (int tries = 0;; tries++) {
+                size_t n;
+
+                resp = test_request(a, "{\"op\":\"status\"}");
+                test_assert_ok(resp);
+                n = json_array_size(json_object_get(find_channel(resp, "telemetry"), "clients"));
+                json_decref(resp);
+                if (n == 0)
+                        break;
+                ck_assert_msg(tries < 100, "a closed connection still holds the channel");
+                usleep(10000);
+        }
+        close(a);
+}
+END_TEST
+
+START_TEST(test_errors_keep_serving) {
+        static const struct {
+                const char *request, *error;
+        } cases[] = {
+                { "not json", "EBADMSG" },
+                { "[1,2]", "EBADMSG" },
+                { "", "EBADMSG" },
+                { "{}", "EINVAL" },
+                { "{\"op\":42}", "EINVAL" },
+                { "{\"op\":\"explode\"}", "EOPNOTSUPP" },
+                { "{\"op\":\"open\",\"access\":\"rw\"}", "EINVAL" },
+                { "{\"op\":\"open\",\"channel\":\"frames\",\"access\":\"rwx\"}", "EINVAL" },
+                { "{\"op\":\"open\",\"channel\":7,\"access\":\"rw\"}", "EINVAL" },
+                { "{\"op\":\"open\",\"channel\":\"frames\",\"access\":\"rw\",\"extra\":1}", "EINVAL" },
+                { "{\"op\":\"open\",\"channel\":\"nope\",\"access\":\"rw\"}", "ENOENT" },
+                { "{\"op\":\"status\",\"channel\":\"nope\"}", "ENOENT" },
+                { "{\"op\":\"hello\",\"version\":2}", "EPROTO" },
+                { "{\"op\":\"hello\"}", "EINVAL" },
+        };
+        json_t *resp;
+        int fd;
+
+        test_daemon_write_config(&td, two_channels);
+        start_ok();
+        fd = test_connect(td.socket);
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+                resp = test_request(fd, cases[i].request);
+                test_assert_error(resp, cases[i].error);
+                json_decref(resp);
+        }
+        /* Same connection, still served. */
+        resp = test_request(fd, "{\"op\":\"hello\",\"version\":1,\"client\":\"test\"}");
+        test_assert_ok(resp);
+        ck_assert_int_eq(jint(resp, "version"), 1);
+        json_decref(resp);
+        close(fd);
+}
+END_TEST
+
+START_TEST(test_pipelined_requests_in_order) {
+        const char burst[] = "{\"op\":\"hello\",\"version\":1}\n{\"op\":\"open\",\"channel\":\"nope\",\"access\":\"ro\"}\n{\"op\":\"list\"}\n";
+        char *line;
+        int fd;
+
+        test_daemon_write_config(&td, two_channels);
+        start_ok();
+        fd = test_connect(td.socket);
+        test_send(fd, burst, sizeof burst - 1);
+        line = test_read_line(fd);
+        ck_assert_ptr_nonnull(strstr(line, "\"server\""));
+        free(line);
+        line = test_read_line(fd);
+        ck_assert_ptr_nonnull(strstr(line, "ENOENT"));
+        free(line);
+        line = test_read_line(fd);
+        ck_assert_ptr_nonnull(strstr(line, "\"channels\""));
+        free(line);
+        close(fd);
+}
+END_TEST
+
+START_TEST(test_overlong_line_closes_only_that_connection) {
+        size_t big = 70000;
+        char *junk = malloc(big);
+        json_t *resp;
+        char *line;
+        int bad, good;
+
+        test_daemon_write_config(&td, two_channels);
+        start_ok();
+        good = test_connect(td.socket);
+        bad = test_connect(td.socket);
+        memset(junk, 'x', big);
+        test_send(bad, junk, big);
+        line = test_read_line(bad);
+        ck_assert_ptr_nonnull(line);
+        ck_assert_ptr_nonnull(strstr(line, "\"E2BIG\""));
+        free(line);
+        ck_assert_ptr_null(test_read_line(bad));        /* then EOF */
+        free(junk);
+
+        resp = test_request(good, "{\"op\":\"list\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        close(bad);
+        close(good);
+}
+END_TEST
+
+START_TEST(test_line_at_limit_is_served) {
+        /* 65535 bytes of request plus its newline: exactly the limit. */
+        size_t len = 65535;
+        char *req = malloc(len + 2);
+        const char head[] = "{\"op\":\"list\"}";
+        json_t *resp;
+        int fd;
+
+        memcpy(req, head, sizeof head - 1);
+        memset(req + sizeof head - 1, ' ', len - (sizeof head - 1));
+        req[len] = 0;
+        test_daemon_write_config(&td, two_channels);
+        start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, req);
+        test_assert_ok(resp);
+        json_decref(resp);
+        free(req);
+        close(fd);
+}
+END_TEST
+
+START_TEST(test_half_sent_request_does_not_stall_others) {
+        json_t *resp;
+        int slow, fast;
+
+        test_daemon_write_config(&td, two_channels);
+        start_ok();
+        slow = test_connect(td.socket);
+        test_send(slow, "{\"op\":\"li", 9);
+        fast = test_connect(td.socket);
+        resp = test_request(fast, "{\"op\":\"list\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        /* The slow one finishes later and is answered. */
+        test_send(slow, "st\"}\n", 5);
+        free(test_read_line(slow));
+        close(slow);
+        close(fast);
+}
+END_TEST
+
+/* ---- access ---- */
+
+typedef struct AccessCase {
+        const char *channel;
+        const char *access;
+        uid_t uid;
+        gid_t gid, extra_group;
+        bool expect_ok;
+        const char *socket;     /* filled in by the test */
+        int shm_id;
+} AccessCase;
+
+/* In a child with dropped privileges: the daemon's answer and the kernel's must agree. */
+static void access_child(void *userdata) {
+        const AccessCase *c = userdata;
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        char req[256], *line;
+        bool daemon_ok, kernel_ok;
+        void *addr;
+        int fd;
+
+        test_drop_privileges(c->uid, c->gid, c->extra_group);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        strcpy(sa.sun_path, c->socket);
+        if (fd < 0 || connect(fd, (struct sockaddr *) &sa, sizeof sa) < 0)
+                _exit(10);
+        snprintf(req, sizeof req, "{\"op\":\"open\",\"channel\":\"%s\",\"access\":\"%s\"}\n", c->channel, c->access);
+        if (send(fd, req, strlen(req), 0) < 0)
+                _exit(11);
+        line = test_read_line(fd);
+        if (!line)
+                _exit(12);
+        daemon_ok = strstr(line, "\"ok\":true") != NULL;
+        if (!daemon_ok && !strstr(line, "\"EACCES\""))
+                _exit(13);
+        /* The kernel's own verdict on the same segment. */
+        addr = shmat(c->shm_id, NULL, strcmp(c->access, "ro") == 0 ? SHM_RDONLY : 0);
+        kernel_ok = addr != (void *) -1;
+        if (kernel_ok)
+                shmdt(addr);
+        else if (errno != EACCES)
+                _exit(16);
+        if (daemon_ok != kernel_ok)
+                _exit(20);
+        _exit(daemon_ok == c->expect_ok ? 0 : 21);
+}
+
+START_TEST(test_access_follows_kernel_rule) {
+        /* owner root, group 4242; "shared" 0660, "public" 0644, "private" 0600 */
+        static const char channels[] =
+                "[{\"name\": \"shared\", \"size\": 4096, \"group\": 4242, \"mode\": \"0660\"},"
+                " {\"name\": \"public\", \"size\": 4096, \"mode\": \"0644\"},"
+                " {\"name\": \"private\", \"size\": 4096, \"mode\": \"0600\"}]";
+        AccessCase cases[] = {
+                { "shared", "rw", 65534, 65534, 0, false },    /* other: no bits */
+                { "shared", "ro", 65534, 65534, 0, false },
+                { "shared", "rw", 65534, 65534, 4242, true },  /* supplementary group */
+                { "shared", "rw", 65534, 4242, 0, true },      /* primary group */
+                { "public", "ro", 65534, 65534, 0, true },     /* other: r-- */
+                { "public", "rw", 65534, 65534, 0, false },
+                { "private", "ro", 65534, 4242, 4242, false },
+        };
+        json_t *list;
+        int fd;
+
+        test_daemon_write_config(&td, channels);
+        start_ok();
+        fd = test_connect(td.socket);
+        list = test_request(fd, "{\"op\":\"list\"}");
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+                int status;
+
+                cases[i].socket = td.socket;
+                cases[i].shm_id = (int) jint(find_channel(list, cases[i].channel), "shm_id");
+                status = test_in_child(access_child, &cases[i]);
+                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                              "case %zu (%s %s as %u/%u+%u): child status %d (20: daemon and kernel disagree, 21: wrong verdict)",
+                              i, cases[i].channel, cases[i].access, cases[i].uid, cases[i].gid, cases[i].extra_group,
+                              WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        }
+        json_decref(list);
+        close(fd);
+        /* A refusal is logged, and the daemon keeps serving. */
+        char *log = test_daemon_log(&td);
+        ck_assert_ptr_nonnull(strstr(log, "Refused rw access to channel shared"));
+        free(log);
+}
+END_TEST
+
+/* ---- lifecycle ---- */
+
+static void assert_nothing_left(void) {
+        struct stat st;
+        char path[400];
+
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+        ck_assert_int_ne(stat(td.socket, &st), 0);
+        snprintf(path, sizeof path, "%s.state", td.socket);
+        ck_assert_int_ne(stat(path, &st), 0);
+        snprintf(path, sizeof path, "%s.lock", td.socket);
+        ck_assert_int_ne(stat(path, &st), 0);
+}
+
+static void stop_with_attached_client(int sig) {
+        json_t *resp;
+        char *addr;
+        struct shmid_ds ds;
+        int fd, id, status;
+
+        test_daemon_write_config(&td, two_channels);
+        start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"open\",\"channel\":\"telemetry\",\"access\":\"rw\"}");
+        test_assert_ok(resp);
+        id = (int) jint(resp, "shm_id");
+        json_decref(resp);
+        addr = shmat(id, NULL, 0);
+        ck_assert_ptr_ne(addr, (void *) -1);
+        strcpy(addr, "still here");
+
+        status = test_daemon_kill(&td, sig);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d after signal %d", status, sig);
+        /* The connection is closed; our mapping survives until we detach. */
+        ck_assert_ptr_null(test_read_line(fd));
+        ck_assert_str_eq(addr, "still here");
+        ck_assert_int_eq(shmctl(id, IPC_STAT, &ds), 0);
+        ck_assert(ds.shm_perm.mode & SHM_DEST);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+        ck_assert_int_eq(shmdt(addr), 0);
+        assert_nothing_left();
+        close(fd);
+}
+
+START_TEST(test_sigterm_with_client_attached) {
+        stop_with_attached_client(SIGTERM);
+}
+END_TEST
+
+START_TEST(test_sigint_with_client_attached) {
+        stop_with_attached_client(SIGINT);
+}
+END_TEST
+
+START_TEST(test_sigkill_then_restart_reclaims) {
+        json_t *before, *after;
+        int fd, old_shm[2], old_sem[2];
+        struct shmid_ds ds;
+
+        test_daemon_write_config(&td, two_channels);
+        start_ok();
+        fd = test_connect(td.socket);
+        before = test_request(fd, "{\"op\":\"list\"}");
+        close(fd);
+        for (int i = 0; i < 2; i++) {
+                old_shm[i] = (int) jint(json_array_get(json_object_get(before, "channels"), (size_t) i), "shm_id");
+                old_sem[i] = (int) jint(json_array_get(json_object_get(before, "channels"), (size_t) i), "sem_id");
+        }
+        test_daemon_kill(&td, SIGKILL);
+        ck_assert_int_eq(test_ipcs_count("-m"), 2);     /* left behind by the crash */
+
+        start_ok();
+        char *log = test_daemon_log(&td);
+        ck_assert_ptr_nonnull(strstr(log, "Reclaimed 4 object(s)"));
+        free(log);
+        /* Not doubled: the old objects are gone, the new ones have the same keys. */
+        ck_assert_int_eq(test_ipcs_count("-m"), 2);
+        ck_assert_int_eq(test_ipcs_count("-s"), 2);
+        for (int i = 0; i < 2; i++) {
+                struct semid_ds sds;
+
+                ck_assert_int_ne(shmctl(old_shm[i], IPC_STAT, &ds), 0);
+                ck_assert_int_ne(semctl(old_sem[i], 0, IPC_STAT, &sds), 0);
+        }
+        fd = test_connect(td.socket);
+        after = test_request(fd, "{\"op\":\"list\"}");
+        for (int i = 0; i < 2; i++)
+                ck_assert_int_eq(jint(json_array_get(json_object_get(before, "channels"), (size_t) i), "shm_key"),
+                                 jint(json_array_get(json_object_get(after, "channels"), (size_t) i), "shm_key"));
+        json_decref(before);
+        json_decref(after);
+        close(fd);
+        ck_assert_int_eq(WEXITSTATUS(test_daemon_kill(&td, SIGTERM)), 0);
+        assert_nothing_left();
+}
+END_TEST
+
+START_TEST(test_reclaim_spares_foreign_reuse_of_id) {
+        /* A record whose id now names someone else's object must not be removed. */
+        int fd, id, foreign;
+        json_t *resp;
+        struct shmid_ds ds;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
+        start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        id = (int) jint(json_array_get(json_object_get(resp, "channels"), 0), "shm_id");
+        json_decref(resp);
+        close(fd);
+        test_daemon_kill(&td, SIGKILL);
+        /* An admin removes ours and another program makes a segment. */
+        ck_assert_int_eq(shmctl(id, IPC_RMID, NULL), 0);
+        foreign = shmget(0x1234, 4096, IPC_CREAT | IPC_EXCL | 0600);
+        ck_assert_int_ge(foreign, 0);
+
+        start_ok();
+        ck_assert_int_eq(shmctl(foreign, IPC_STAT, &ds), 0);
+        ck_assert_uint_eq((uint32_t) ds.shm_perm.__key, 0x1234);
+        test_daemon_kill(&td, SIGTERM);
+        ck_assert_int_eq(shmctl(foreign, IPC_STAT, &ds), 0);
+        shmctl(foreign, IPC_RMID, NULL);
+        assert_nothing_left();
+}
+END_TEST
+
+START_TEST(test_foreign_fixed_key_fails_start_and_rolls_back) {
+        /* "first" is created, then "second" hits a foreign segment on its key. */
+        static const char channels[] =
+                "[{\"name\": \"first\", \"size\": 4096},"
+                " {\"name\": \"second\", \"size\": 4096, \"key\": 4660}]";
+        struct shmid_ds ds;
+        int foreign, status = 0;
+        char *log;
+
+        foreign = shmget(4660, 8192, IPC_CREAT | IPC_EXCL | 0644);
+        ck_assert_int_ge(foreign, 0);
+        test_daemon_write_config(&td, channels);
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) != 0);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "channel \"second\"") && strstr(log, "0x00001234") &&
+                      strstr(log, "did not create"), "unclear message: %s", log);
+        free(log);
+        /* Only the foreign segment remains, unchanged; "first" was rolled back. */
+        ck_assert_int_eq(test_ipcs_count("-m"), 1);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+        ck_assert_int_eq(shmctl(foreign, IPC_STAT, &ds), 0);
+        ck_assert_uint_eq(ds.shm_segsz, 8192);
+        ck_assert_uint_eq(ds.shm_perm.mode & 0777, 0644);
+        shmctl(foreign, IPC_RMID, NULL);
+}
+END_TEST
+
+START_TEST(test_foreign_derived_key_moves_on) {
+        json_t *resp;
+        int foreign, fd;
+
+        foreign = semget((key_t) channel_derive_key("frames", 0), 1, IPC_CREAT | IPC_EXCL | 0600);
+        ck_assert_int_ge(foreign, 0);
+        test_daemon_write_config(&td, "[{\"name\": \"frames\", \"size\": 4096}]");
+        start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        ck_assert_uint_eq((uint32_t) jint(json_array_get(json_object_get(resp, "channels"), 0), "shm_key"),
+                          channel_derive_key("frames", 1));
+        json_decref(resp);
+        close(fd);
+        test_daemon_kill(&td, SIGTERM);
+        ck_assert_int_eq(test_ipcs_count("-s"), 1);     /* the foreign set, untouched */
+        semctl(foreign, 0, IPC_RMID);
+}
+END_TEST
+
+static void write_proc(const char *path, const char *value) {
+        FILE *f = fopen(path, "we");
+
+        ck_assert_ptr_nonnull(f);
+        fputs(value, f);
+        ck_assert_int_eq(fclose(f), 0);
+}
+
+START_TEST(test_kernel_limit_refused_before_creating) {
+        int status = 0;
+        char *log;
+
+        /* Per-namespace limit: a segment over kernel.shmmax cannot be made. */
+        write_proc("/proc/sys/kernel/shmmax", "1048576");
+        test_daemon_write_config(&td, "[{\"name\": \"small\", \"size\": 4096}, {\"name\": \"big\", \"size\": \"2M\"}]");
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "channel \"big\"") && strstr(log, "kernel.shmmax") && strstr(log, "1048576"),
+                      "unclear message: %s", log);
+        free(log);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+}
+END_TEST
+
+START_TEST(test_second_daemon_refuses) {
+        int status = 0;
+        json_t *resp;
+        char *log;
+        int fd;
+        TestDaemon second = td;
+
+        test_daemon_write_config(&td, two_channels);
+        start_ok();
+        second.pid = -1;
+        second.notify_fd = -1;
+        ck_assert(!test_daemon_start(&second, &status, NULL));
+        close(second.notify_fd);
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+        log = test_daemon_log(&td);
+        ck_assert_ptr_nonnull(strstr(log, "Another shmbrokerd is running"));
+        free(log);
+        /* The first one's socket is still there and answers; nothing doubled. */
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        close(fd);
+        ck_assert_int_eq(test_ipcs_count("-m"), 2);
+}
+END_TEST
+
+START_TEST(test_stale_socket_replaced_live_socket_kept) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int s, status = 0;
+        char *log;
+
+        test_daemon_write_config(&td, two_channels);
+        /* A socket file nobody listens on (a crashed daemon's) is replaced. */
+        s = socket(AF_UNIX, SOCK_STREAM, 0);
+        strcpy(sa.sun_path, td.socket);
+        ck_assert_int_eq(bind(s, (struct sockaddr *) &sa, sizeof sa), 0);
+        close(s);
+        start_ok();
+        test_daemon_kill(&td, SIGTERM);
+
+        /* A socket some other server answers on is not. */
+        s = socket(AF_UNIX, SOCK_STREAM, 0);
+        ck_assert_int_eq(bind(s, (struct sockaddr *) &sa, sizeof sa), 0);
+        ck_assert_int_eq(listen(s, 1), 0);
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+        log = test_daemon_log(&td);
+        ck_assert_ptr_nonnull(strstr(log, "already listening"));
+        free(log);
+        ck_assert_int_eq(access(td.socket, F_OK), 0);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);     /* rolled back */
+        close(s);
+}
+END_TEST
+
+START_TEST(test_check_config_touches_no_ipc) {
+        int status = 0;
+        char *log;
+
+        test_daemon_write_config(&td, two_channels);
+        ck_assert(!test_daemon_start(&td, &status, "--check-config", NULL));
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_ne(access(td.socket, F_OK), 0);
+
+        test_daemon_write_config(&td, "[{\"name\": \"x\", \"size\": 4096, \"group\": \"no-such-group-here\"}]");
+        ck_assert(!test_daemon_start(&td, &status, "--check-config", NULL));
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+        log = test_daemon_log(&td);
+        ck_assert_ptr_nonnull(strstr(log, "unknown group \"no-such-group-here\""));
+        free(log);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+}
+END_TEST
+
+static Suite *suite(void) {
+        Suite *s = suite_create("daemon");
+        struct {
+                const char *name;
+                const TTest *tests[8];
+        } groups[] = {
+                { "serve", { test_list_matches_kernel, test_open_status_close, test_pipelined_requests_in_order } },
+                { "bad-input", { test_errors_keep_serving, test_overlong_line_closes_only_that_connection,
+                                 test_line_at_limit_is_served, test_half_sent_request_does_not_stall_others } },
+                { "access", { test_access_follows_kernel_rule } },
+                { "lifecycle", { test_sigterm_with_client_attached, test_sigint_with_client_attached,
+                                 test_sigkill_then_restart_reclaims, test_reclaim_spares_foreign_reuse_of_id,
+                                 test_second_daemon_refuses, test_stale_socket_replaced_live_socket_kept } },
+                { "start-failures", { test_foreign_fixed_key_fails_start_and_rolls_back, test_foreign_derived_key_moves_on,
+                                      test_kernel_limit_refused_before_creating, test_check_config_touches_no_ipc } },
+        };
+
+        for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
+                TCase *tc = tcase_create(groups[g].name);
+
+                tcase_set_timeout(tc, CASE_TIMEOUT);
+                tcase_add_checked_fixture(tc, setup, teardown);
+                for (size_t i = 0; i < 8 && groups[g].tests[i]; i++)
+                        tcase_add_test(tc, groups[g].tests[i]);
+                suite_add_tcase(s, tc);
+        }
+        return s;
+}
+
+int main(void) {
+        SRunner *sr;
+        int failed, r;
+
+        r = test_require_namespaces();
+        if (r)
+                return r;
+        sr = srunner_create(suite());
+        srunner_run_all(sr, CK_ENV);
+        failed = srunner_ntests_failed(sr);
+        srunner_free(sr);
+        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
