@@ -61,7 +61,8 @@ static int parse_uint_str(const char *s, int base, uint64_t max, uint64_t *ret) 
         char *end;
         unsigned long long v;
 
-        if (!*s || *s == '-' || *s == '+' || *s == ' ')
+        /* strtoull() would skip any leading white space and accept a sign. */
+        if (*s < '0' || *s > '9')
                 return -EINVAL;
         errno = 0;
         v = strtoull(s, &end, base);
@@ -87,7 +88,7 @@ static int parse_size_str(const char *s, uint64_t *ret) {
                 mult = UINT64_C(1) << (10 * (p - suffixes + 1));
                 digits[n - 1] = 0;
         }
-        if (parse_uint_str(digits, 10, UINT64_MAX / mult, &v) < 0)
+        if (parse_uint_str(digits, 10, INT64_MAX / mult, &v) < 0)
                 return -EINVAL;
         *ret = v * mult;
         return 0;
@@ -379,7 +380,10 @@ static int parse_top(Ctx *ctx, json_t *root, Config *c) {
                 if (r)
                         return r;
                 c->admin_gid = gid;
-                c->admin_group = json_is_string(jadmin) ? strdup(json_string_value(jadmin)) : strdup("");
+                if (json_is_string(jadmin))
+                        c->admin_group = strdup(json_string_value(jadmin));
+                else if (asprintf(&c->admin_group, "%" PRIu32, gid) < 0)
+                        c->admin_group = NULL;
                 if (!c->admin_group)
                         return -ENOMEM;
         }

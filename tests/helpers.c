@@ -19,7 +19,7 @@
 
 #include "tests/helpers.h"
 
-#define START_TIMEOUT_MS 10000
+#define START_TIMEOUT_MS 20000
 #define READ_TIMEOUT_MS 5000
 
 int test_require_namespaces(void) {
@@ -88,15 +88,23 @@ static int64_t now_ms(void) {
 }
 
 bool test_daemon_start(TestDaemon *td, int *ret_status, ...) {
-        const char *argv[32] = { SHMBROKERD_PATH, "-c", td->config };
-        int argc = 3, status;
+        const char *argv[48];
+        char *wrapper = getenv("TEST_DAEMON_WRAPPER") ? strdup(getenv("TEST_DAEMON_WRAPPER")) : NULL;
+        int argc = 0, status;
         int64_t deadline;
         va_list ap;
 
+        /* e.g. TEST_DAEMON_WRAPPER="valgrind --error-exitcode=99": run the daemon under it. */
+        for (char *w = wrapper ? strtok(wrapper, " ") : NULL; w && argc < 16; w = strtok(NULL, " "))
+                argv[argc++] = w;
+        argv[argc++] = SHMBROKERD_PATH;
+        argv[argc++] = "-c";
+        argv[argc++] = td->config;
         va_start(ap, ret_status);
-        for (const char *a; (a = va_arg(ap, const char *)) && argc < 31;)
+        for (const char *a; (a = va_arg(ap, const char *)) && argc < 47;)
                 argv[argc++] = a;
         va_end(ap);
+        argv[argc] = NULL;
 
         if (td->notify_fd < 0)
                 td->notify_fd = open_notify_socket(td);
@@ -108,9 +116,10 @@ bool test_daemon_start(TestDaemon *td, int *ret_status, ...) {
                 if (log < 0 || dup2(log, STDERR_FILENO) < 0)
                         _exit(127);
                 setenv("NOTIFY_SOCKET", td->notify, 1);
-                execv(argv[0], (char **) argv);
+                execvp(argv[0], (char **) argv);
                 _exit(127);
         }
+        free(wrapper);      /* the child has its own copy */
 
         deadline = now_ms() + START_TIMEOUT_MS;
         while (now_ms() < deadline) {
