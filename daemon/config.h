@@ -1,0 +1,63 @@
+#pragma once
+
+/*
+ * The daemon's configuration: the JSON file of SPEC.md, loaded, validated
+ * and resolved (user and group names to ids) in one step, so that nothing
+ * after loading can fail for a reason the config could have shown.
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "proto/proto.h"
+
+#define CONFIG_DEFAULT_PATH "/etc/shmbroker/shmbroker.json"
+#define CONFIG_DEFAULT_SOCKET "/run/shmbroker/shmbroker.sock"
+#define CONFIG_DEFAULT_MODE 0660
+#define CONFIG_FILE_MAX (16u * 1024 * 1024)
+#define CONFIG_NSEMS_MAX 32000          /* the largest SEMMSL Linux allows */
+#define CONFIG_SEMVMX 32767
+
+typedef struct ChannelSpec {
+        char name[PROTO_NAME_MAX + 1];
+        ProtoLayout layout;
+        uint64_t size;                  /* segment bytes; for a ring, computed */
+        uint32_t slot_size, slots;      /* ring only */
+        unsigned nsems;                 /* whole set, ring's reserved ones included */
+        unsigned short *sem_values;     /* nsems initial values */
+        uid_t uid;
+        gid_t gid;
+        mode_t mode;
+        bool owner_set;                 /* "owner" was given */
+        bool has_key;
+        uint32_t key;                   /* fixed key, when has_key */
+} ChannelSpec;
+
+typedef struct Config {
+        char *source;                   /* file name, for messages */
+        char *socket;
+        char *admin_group;              /* NULL when not set */
+        gid_t admin_gid;
+        ChannelSpec *channels;          /* in file order */
+        size_t n_channels;
+} Config;
+
+/*
+ * Load and validate the config at `path`. On success *ret owns a new Config
+ * (free with config_free()). On a bad config returns EINVAL (positive) with
+ * a sentence naming the file, line and column or the channel and key in msg;
+ * ENOENT/EACCES/EFBIG (positive) when the file cannot be read, likewise.
+ * -ENOMEM on allocation failure. Thread-safe apart from NSS lookups.
+ */
+int config_load(const char *path, Config **ret, char *msg, size_t msg_size);
+
+/* As config_load(), from text in memory; `source` names it in messages. */
+int config_parse(const char *text, size_t len, const char *source, Config **ret,
+                 char *msg, size_t msg_size);
+
+/* Takes NULL; returns NULL. */
+Config *config_free(Config *c);
+
+/* Index of the channel named `name`, or -ENOENT. */
+int config_find_channel(const Config *c, const char *name);
