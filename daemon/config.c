@@ -133,7 +133,7 @@ static int parse_semaphores(Ctx *ctx, json_t *v, unsigned reserved, unsigned sho
                 return -ENOMEM;
         if (json_is_array(v))
                 json_array_foreach(v, i, e) {
-                        char key[32];
+                        char key[48];
 
                         snprintf(key, sizeof key, "semaphores[%zu]", i);
                         CHECK_FIELD(ctx, json_field_int(e, key, 0, CONFIG_SEMVMX, &x, msg, msg_size));
