@@ -151,7 +151,11 @@ fail_state:
 
 static void ring_init(Channel *c) {
         RingHeader *h = c->addr;
+        uint64_t stride = ring_slot_stride(c->spec.slot_size);
 
+        /* Slot i starts free for the producer's first lap: seq = i. */
+        for (uint32_t i = 0; i < c->spec.slots; i++)
+                ((RingSlot *) ((char *) c->addr + RING_HEADER_SIZE + i * stride))->seq = i;
         *h = (RingHeader) {
                 .magic = RING_MAGIC,
                 .version = RING_VERSION,

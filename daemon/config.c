@@ -266,15 +266,8 @@ static int parse_channel(Ctx *ctx, json_t *o, ChannelSpec *c) {
                 if (!reserved)
                         c->sem_values[0] = 1;
         }
-        if (reserved) {
-                c->sem_values[RING_SEM_FREE] = (unsigned short) MIN(c->slots, (uint32_t) CONFIG_SEMVMX);
-                c->sem_values[RING_SEM_USED] = 0;
-                c->sem_values[RING_SEM_SEND_LOCK] = 1;
-                c->sem_values[RING_SEM_RECV_LOCK] = 1;
-                if (c->slots > CONFIG_SEMVMX)
-                        return fail(ctx, "\"slots\" must be at most %d (SEMVMX), not %" PRIu32,
-                                    CONFIG_SEMVMX, c->slots);
-        }
+        if (reserved)
+                c->sem_values[RING_SEM_REPAIR] = 1;
 
         c->uid = geteuid();
         c->gid = getegid();

@@ -178,14 +178,11 @@ static void check_full_config(const Config *c) {
         ck_assert_uint_eq(f->slot_size, 65536);
         ck_assert_uint_eq(f->slots, 32);
         ck_assert_uint_eq(f->size, ring_segment_size(65536, 32));
-        /* 256 header + 32 slots of (65536 + 8) rounded up to 64 = 65600. */
+        /* 256 header + 32 slots of (65536 + 16) rounded up to 64 = 65600. */
         ck_assert_uint_eq(f->size, 256 + 32 * 65600);
         ck_assert_uint_eq(f->nsems, RING_NSEMS);
         ck_assert_ptr_nonnull(f->sem_values);
-        ck_assert_uint_eq(f->sem_values[RING_SEM_FREE], 32);
-        ck_assert_uint_eq(f->sem_values[RING_SEM_USED], 0);
-        ck_assert_uint_eq(f->sem_values[RING_SEM_SEND_LOCK], 1);
-        ck_assert_uint_eq(f->sem_values[RING_SEM_RECV_LOCK], 1);
+        ck_assert_uint_eq(f->sem_values[RING_SEM_REPAIR], 1);
         ck_assert_uint_eq(f->uid, geteuid());
         ck_assert_uint_eq(f->gid, 0);
         ck_assert_uint_eq(f->mode, 0640);
@@ -212,10 +209,7 @@ START_TEST(test_ring_with_user_semaphores) {
         ck_assert_uint_eq(s->size, ring_segment_size(100, 8));
         ck_assert_uint_eq(s->size, 256 + 8 * 128);
         ck_assert_uint_eq(s->nsems, RING_NSEMS + 3);
-        ck_assert_uint_eq(s->sem_values[RING_SEM_FREE], 8);
-        ck_assert_uint_eq(s->sem_values[RING_SEM_USED], 0);
-        ck_assert_uint_eq(s->sem_values[RING_SEM_SEND_LOCK], 1);
-        ck_assert_uint_eq(s->sem_values[RING_SEM_RECV_LOCK], 1);
+        ck_assert_uint_eq(s->sem_values[RING_SEM_REPAIR], 1);
         ck_assert_uint_eq(s->sem_values[RING_NSEMS + 0], 5);
         ck_assert_uint_eq(s->sem_values[RING_NSEMS + 1], 0);
         ck_assert_uint_eq(s->sem_values[RING_NSEMS + 2], 32767);
@@ -225,10 +219,7 @@ START_TEST(test_ring_with_user_semaphores) {
         c = parse_ok(CHANNELS(RING(", \"semaphores\": 2")));
         s = only_channel(c);
         ck_assert_uint_eq(s->nsems, RING_NSEMS + 2);
-        ck_assert_uint_eq(s->sem_values[RING_SEM_FREE], 8);
-        ck_assert_uint_eq(s->sem_values[RING_SEM_USED], 0);
-        ck_assert_uint_eq(s->sem_values[RING_SEM_SEND_LOCK], 1);
-        ck_assert_uint_eq(s->sem_values[RING_SEM_RECV_LOCK], 1);
+        ck_assert_uint_eq(s->sem_values[RING_SEM_REPAIR], 1);
         ck_assert_uint_eq(s->sem_values[RING_NSEMS + 0], 0);
         ck_assert_uint_eq(s->sem_values[RING_NSEMS + 1], 0);
         config_free(c);
@@ -236,19 +227,19 @@ START_TEST(test_ring_with_user_semaphores) {
         /* A ring may ask for no extra semaphores, as a count or an empty array. */
         c = parse_ok(CHANNELS(RING(", \"semaphores\": 0")));
         ck_assert_uint_eq(only_channel(c)->nsems, RING_NSEMS);
-        ck_assert_uint_eq(only_channel(c)->sem_values[RING_SEM_FREE], 8);
+        ck_assert_uint_eq(only_channel(c)->sem_values[RING_SEM_REPAIR], 1);
         config_free(c);
         c = parse_ok(CHANNELS(RING(", \"semaphores\": []")));
         ck_assert_uint_eq(only_channel(c)->nsems, RING_NSEMS);
-        ck_assert_uint_eq(only_channel(c)->sem_values[RING_SEM_SEND_LOCK], 1);
+        ck_assert_uint_eq(only_channel(c)->sem_values[RING_SEM_REPAIR], 1);
         config_free(c);
 
-        /* The largest ring: SEMVMX slots, every reserved value still right. */
-        c = parse_ok(CHANNELS("{\"name\": \"big\", \"layout\": \"ring\", \"slot_size\": 1, \"slots\": 32767}"));
+        /* The largest ring: RING_SLOTS_MAX slots, the reserved value still right. */
+        c = parse_ok(CHANNELS("{\"name\": \"big\", \"layout\": \"ring\", \"slot_size\": 1, \"slots\": 1048576}"));
         s = only_channel(c);
-        ck_assert_uint_eq(s->slots, 32767);
-        ck_assert_uint_eq(s->size, 256 + 32767u * 64);
-        ck_assert_uint_eq(s->sem_values[RING_SEM_FREE], 32767);
+        ck_assert_uint_eq(s->slots, RING_SLOTS_MAX);
+        ck_assert_uint_eq(s->size, 256 + 1048576u * 64);
+        ck_assert_uint_eq(s->sem_values[RING_SEM_REPAIR], 1);
         config_free(c);
 
         /* The explicit raw layout is the default one. */
@@ -260,13 +251,13 @@ START_TEST(test_ring_with_user_semaphores) {
 END_TEST
 
 START_TEST(test_ring_semaphore_count_limit) {
-        /* The ring's 4 count against CONFIG_NSEMS_MAX too. */
-        Config *c = parse_ok(CHANNELS(RING(", \"semaphores\": 31996")));
+        /* The ring's own semaphores count against CONFIG_NSEMS_MAX too. */
+        Config *c = parse_ok(CHANNELS(RING(", \"semaphores\": 31999")));
 
         ck_assert_uint_eq(only_channel(c)->nsems, CONFIG_NSEMS_MAX);
         config_free(c);
-        expect_reject_text(CHANNELS(RING(", \"semaphores\": 31997")),
-                           strlen(CHANNELS(RING(", \"semaphores\": 31997"))),
+        expect_reject_text(CHANNELS(RING(", \"semaphores\": 32000")),
+                           strlen(CHANNELS(RING(", \"semaphores\": 32000"))),
                            (const char *const[]) { "\"rng\"", "\"semaphores\"", NULL });
 }
 END_TEST
@@ -298,10 +289,7 @@ START_TEST(test_defaults) {
         c = parse_ok(CHANNELS(RING("")));
         s = only_channel(c);
         ck_assert_uint_eq(s->nsems, RING_NSEMS);
-        ck_assert_uint_eq(s->sem_values[RING_SEM_FREE], 8);
-        ck_assert_uint_eq(s->sem_values[RING_SEM_USED], 0);
-        ck_assert_uint_eq(s->sem_values[RING_SEM_SEND_LOCK], 1);
-        ck_assert_uint_eq(s->sem_values[RING_SEM_RECV_LOCK], 1);
+        ck_assert_uint_eq(s->sem_values[RING_SEM_REPAIR], 1);
         ck_assert_uint_eq(s->mode, 0660);
         config_free(c);
 }
@@ -744,8 +732,8 @@ static const Reject top_bad[] = {
         { CHANNELS("{\"name\": \"rng\", \"layout\": \"ring\", \"slot_size\": 8}"), { "\"rng\"", "\"slots\"", NULL } },
         { CHANNELS(RING(", \"size\": 4096")), { "\"rng\"", "\"size\"", NULL } },
         { CHANNELS(RING(", \"mdoe\": \"0660\"")), { "\"rng\"", "mdoe", NULL } },
-        { CHANNELS("{\"name\": \"rng\", \"layout\": \"ring\", \"slot_size\": 8, \"slots\": 32768}"),
-          { "\"rng\"", "\"slots\"", "32768", NULL } },
+        { CHANNELS("{\"name\": \"rng\", \"layout\": \"ring\", \"slot_size\": 8, \"slots\": 1048577}"),
+          { "\"rng\"", "\"slots\"", "1048576", NULL } },
         { CHANNELS("{\"name\": \"rng\", \"layout\": \"ring\", \"slot_size\": 8, \"slots\": 0}"),
           { "\"rng\"", "\"slots\"", NULL } },
         { CHANNELS("{\"name\": \"rng\", \"layout\": \"ring\", \"slot_size\": 0, \"slots\": 8}"),
@@ -1171,10 +1159,10 @@ START_TEST(test_limits_from_config) {
         ck_assert_int_eq(ipc_limits_check(&l, v, 2, msg, sizeof msg), ENOSPC);
         ck_assert_msg_contains(msg, "SEMMNS");
         l = roomy_limits();
-        l.semmsl = 3;   /* the ring needs 4 */
+        l.semmsl = 1;   /* "telemetry" has two semaphores, the ring one */
         ck_assert_int_eq(ipc_limits_check(&l, v, 2, NULL, 0), ENOSPC);
         ck_assert_int_eq(ipc_limits_check(&l, v, 2, msg, sizeof msg), ENOSPC);
-        ck_assert_msg_contains(msg, "\"frames\"");
+        ck_assert_msg_contains(msg, "\"telemetry\"");
         config_free(c);
 }
 END_TEST
