@@ -1,0 +1,173 @@
+/*
+ * Opening a channel: ask the broker, attach the segment by id, then make
+ * sure the id names the object the broker meant (size and key via
+ * IPC_STAT). A client in another IPC namespace sees no such id, or another
+ * object under it; it gets -EXDEV rather than a wrong mapping.
+ */
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
+
+#include "client/shmbroker-internal.h"
+#include "common/util.h"
+
+/* Why shmat() by id failed: removed (-EIDRM) or never visible here (-EXDEV). */
+static int classify_missing(const shmb_channel_info *info) {
+        int id = shmget((key_t) info->shm_key, 0, 0);
+
+        if (id < 0 && errno == ENOENT)
+                return -EXDEV;
+        return -EIDRM;
+}
+
+static int verify_objects(const shmb_channel *ch) {
+        struct shmid_ds shm;
+        struct semid_ds sem;
+
+        if (shmctl(ch->info.shm_id, IPC_STAT, &shm) < 0)
+                return errno == EACCES ? -EACCES : classify_missing(&ch->info);
+        if ((uint32_t) shm.shm_perm.__key != ch->info.shm_key || shm.shm_segsz != ch->info.size)
+                return -EXDEV;
+        if (semctl(ch->info.sem_id, 0, IPC_STAT, &sem) < 0)
+                return errno == EACCES ? -EACCES : -EIDRM;
+        if ((uint32_t) sem.sem_perm.__key != ch->info.sem_key || sem.sem_nsems != ch->info.nsems + ch->sem_base)
+                return -EXDEV;
+        return 0;
+}
+
+static int setup_ring(shmb_channel *ch) {
+        RingHeader *h = ch->addr;
+        uint64_t stride = ring_slot_stride(ch->info.slot_size);
+
+        /* Trust the broker's figures, and refuse a header that disagrees. */
+        if (ch->info.slots == 0 || ch->info.size != ring_segment_size(ch->info.slot_size, ch->info.slots))
+                return -EPROTO;
+        if (h->magic != RING_MAGIC || h->version != RING_VERSION || h->slot_size != ch->info.slot_size ||
+            h->slots != ch->info.slots || h->slot_stride != stride || h->data_offset != RING_HEADER_SIZE)
+                return -EPROTO;
+        ch->ring = h;
+        ch->slots = (char *) ch->addr + RING_HEADER_SIZE;
+        ch->stride = stride;
+        return 0;
+}
+
+static void info_from_proto(const ProtoChannel *pc, shmb_channel_info *ret) {
+        *ret = (shmb_channel_info) {
+                .layout = pc->layout == PROTO_LAYOUT_RING ? SHMB_LAYOUT_RING : SHMB_LAYOUT_RAW,
+                .size = pc->size,
+                .nsems = pc->nsems,
+                .shm_key = pc->shm_key,
+                .sem_key = pc->sem_key,
+                .shm_id = pc->shm_id,
+                .sem_id = pc->sem_id,
+                .slot_size = pc->slot_size,
+                .slots = pc->slots,
+        };
+        snprintf(ret->name, sizeof ret->name, "%s", pc->name);
+}
+
+int shmb_open(shmb_client *c, const char *name, shmb_access access, shmb_channel **ret) {
+        ProtoRequest req = { .op = PROTO_OP_OPEN };
+        ProtoResponse res;
+        shmb_channel *ch;
+        int r;
+
+        if (!c || !ret || (access != SHMB_RW && access != SHMB_RO) || !proto_name_is_valid(name))
+                return -EINVAL;
+        strcpy(req.channel, name);
+        req.access = access == SHMB_RO ? PROTO_ACCESS_RO : PROTO_ACCESS_RW;
+        r = client_call(c, &req, &res);
+        if (r < 0)
+                return r;
+        ch = calloc(1, sizeof *ch);
+        if (!ch) {
+                proto_response_done(&res);
+                return -ENOMEM;
+        }
+        info_from_proto(&res.channels[0], &ch->info);
+        proto_response_done(&res);
+        ch->access = access;
+        ch->client = c;
+        client_ref(c);
+        if (ch->info.layout == SHMB_LAYOUT_RING) {
+                if (ch->info.nsems < RING_NSEMS) {
+                        r = -EPROTO;
+                        goto fail;
+                }
+                ch->sem_base = RING_NSEMS;
+                ch->info.nsems -= RING_NSEMS;
+        }
+
+        ch->addr = shmat(ch->info.shm_id, NULL, access == SHMB_RO ? SHM_RDONLY : 0);
+        if (ch->addr == (void *) -1) {
+                ch->addr = NULL;
+                r = errno == EACCES ? -EACCES : classify_missing(&ch->info);
+                goto fail;
+        }
+        r = verify_objects(ch);
+        if (r < 0)
+                goto fail;
+        if (ch->info.layout == SHMB_LAYOUT_RING) {
+                r = setup_ring(ch);
+                if (r < 0)
+                        goto fail;
+        }
+        *ret = ch;
+        return 0;
+fail:
+        shmb_close(ch);
+        return r;
+}
+
+int shmb_open_channel(const char *socket_path, const char *name, shmb_access access, shmb_channel **ret) {
+        shmb_client *c;
+        int r;
+
+        r = shmb_connect(socket_path, &c);
+        if (r < 0)
+                return r;
+        r = shmb_open(c, name, access, ret);
+        /* The channel keeps its own reference; the connection lives as long as it. */
+        client_unref(c);
+        return r;
+}
+
+int shmb_close(shmb_channel *ch) {
+        ProtoRequest req = { .op = PROTO_OP_CLOSE };
+        ProtoResponse res;
+        int r = 0;
+
+        if (!ch)
+                return 0;
+        if (ch->addr && shmdt(ch->addr) < 0)
+                r = -errno;
+        if (ch->client && ch->client->fd >= 0 && ch->info.name[0]) {
+                strcpy(req.channel, ch->info.name);
+                /* Best effort: a broker that is gone has dropped the hold already. */
+                if (client_call(ch->client, &req, &res) == 0)
+                        proto_response_done(&res);
+        }
+        client_unref(ch->client);
+        free(ch);
+        return r;
+}
+
+void *shmb_channel_addr(const shmb_channel *ch) {
+        return ch ? ch->addr : NULL;
+}
+
+size_t shmb_channel_size(const shmb_channel *ch) {
+        return ch ? (size_t) ch->info.size : 0;
+}
+
+unsigned shmb_channel_nsems(const shmb_channel *ch) {
+        return ch ? ch->info.nsems : 0;
+}
+
+const shmb_channel_info *shmb_channel_get_info(const shmb_channel *ch) {
+        return ch ? &ch->info : NULL;
+}

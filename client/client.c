@@ -1,0 +1,234 @@
+/*
+ * Connections to the broker: one Unix stream socket, one request at a time
+ * under a mutex, answers read with a small buffer. Answers may be longer
+ * than a request line (status of many channels), up to CLIENT_ANSWER_MAX.
+ */
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "client/shmbroker-internal.h"
+#include "common/util.h"
+
+#define CLIENT_ANSWER_MAX (64u * 1024 * 1024)
+
+static const char *resolve_socket(const char *path) {
+        const char *env;
+
+        if (path)
+                return path;
+        /* secure_getenv: a setuid program must not be pointed elsewhere. */
+        env = secure_getenv("SHMBROKER_SOCKET");
+        return env && *env ? env : SHMB_DEFAULT_SOCKET;
+}
+
+static int send_all(int fd, const char *buf, size_t len) {
+        while (len > 0) {
+                ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                buf += n;
+                len -= (size_t) n;
+        }
+        return 0;
+}
+
+/* Read one answer line; *ret_len excludes the newline, which is consumed. */
+static int read_line(shmb_client *c, char **ret_line, size_t *ret_len) {
+        size_t scanned = 0;
+
+        for (;;) {
+                char *nl = c->rlen > scanned ? memchr(c->rbuf + scanned, '\n', c->rlen - scanned) : NULL;
+                ssize_t n;
+
+                if (nl) {
+                        *ret_line = c->rbuf;
+                        *ret_len = (size_t) (nl - c->rbuf);
+                        return 0;
+                }
+                scanned = c->rlen;
+                if (c->rlen == c->rcap) {
+                        size_t cap = c->rcap ? c->rcap * 2 : 4096;
+                        char *p;
+
+                        if (c->rcap >= CLIENT_ANSWER_MAX)
+                                return -EMSGSIZE;
+                        p = realloc(c->rbuf, cap);
+                        if (!p)
+                                return -ENOMEM;
+                        c->rbuf = p;
+                        c->rcap = cap;
+                }
+                n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (n == 0)
+                        return -ECONNRESET;     /* the broker went away */
+                c->rlen += (size_t) n;
+        }
+}
+
+static void consume_line(shmb_client *c, size_t len) {
+        memmove(c->rbuf, c->rbuf + len + 1, c->rlen - len - 1);
+        c->rlen -= len + 1;
+}
+
+int client_call(shmb_client *c, const ProtoRequest *req, ProtoResponse *ret) {
+        _cleanup_(freep) char *out = NULL;
+        char msg[PROTO_MESSAGE_MAX], *line;
+        size_t out_len, len;
+        ProtoResponse res;
+        int r;
+
+        r = proto_request_encode(req, &out, &out_len);
+        if (r < 0)
+                return r;
+        pthread_mutex_lock(&c->lock);
+        c->last_message[0] = 0;
+        if (c->fd < 0) {
+                r = -ENOTCONN;
+                goto out;
+        }
+        r = send_all(c->fd, out, out_len);
+        if (r < 0)
+                goto out;
+        r = read_line(c, &line, &len);
+        if (r < 0)
+                goto out;
+        r = proto_response_decode(req->op, line, len, &res, msg, sizeof msg);
+        consume_line(c, len);
+        if (r > 0) {
+                snprintf(c->last_message, sizeof c->last_message, "%s", msg);
+                r = -EPROTO;
+                goto out;
+        }
+        if (r < 0)
+                goto out;
+        if (!res.ok) {
+                snprintf(c->last_message, sizeof c->last_message, "%s", res.message);
+                r = -res.error;
+                proto_response_done(&res);
+                goto out;
+        }
+        *ret = res;
+        r = 0;
+out:
+        pthread_mutex_unlock(&c->lock);
+        return r;
+}
+
+int shmb_request_json(shmb_client *c, const char *request, char **ret_answer) {
+        size_t n, len;
+        char *line;
+        int r;
+
+        if (!c || !request || !ret_answer)
+                return -EINVAL;
+        n = strlen(request);
+        if (memchr(request, '\n', n))
+                return -EINVAL;
+        if (n + 1 > PROTO_LINE_MAX)
+                return -E2BIG;
+        pthread_mutex_lock(&c->lock);
+        c->last_message[0] = 0;
+        r = c->fd < 0 ? -ENOTCONN : send_all(c->fd, request, n);
+        if (r == 0)
+                r = send_all(c->fd, "\n", 1);
+        if (r == 0)
+                r = read_line(c, &line, &len);
+        if (r == 0) {
+                *ret_answer = strndup(line, len);
+                consume_line(c, len);
+                if (!*ret_answer)
+                        r = -ENOMEM;
+        }
+        pthread_mutex_unlock(&c->lock);
+        return r;
+}
+
+int shmb_connect(const char *socket_path, shmb_client **ret) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        const char *path = resolve_socket(socket_path);
+        ProtoRequest hello = { .op = PROTO_OP_HELLO, .version = PROTO_VERSION };
+        ProtoResponse res;
+        shmb_client *c;
+        int r;
+
+        if (!ret)
+                return -EINVAL;
+        if (strlen(path) >= sizeof sa.sun_path)
+                return -ENAMETOOLONG;
+        strcpy(sa.sun_path, path);
+        c = calloc(1, sizeof *c);
+        if (!c)
+                return -ENOMEM;
+        c->refs = 1;
+        pthread_mutex_init(&c->lock, NULL);
+        c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (c->fd < 0) {
+                r = -errno;
+                goto fail;
+        }
+        if (connect(c->fd, (struct sockaddr *) &sa, sizeof sa) < 0) {
+                r = -errno;
+                goto fail;
+        }
+        r = client_call(c, &hello, &res);
+        if (r < 0)
+                goto fail;
+        proto_response_done(&res);
+        if (res.version != PROTO_VERSION) {
+                r = -EPROTO;
+                goto fail;
+        }
+        *ret = c;
+        return 0;
+fail:
+        shmb_disconnect(c);
+        return r;
+}
+
+void client_ref(shmb_client *c) {
+        __atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED);
+}
+
+void client_unref(shmb_client *c) {
+        if (!c || __atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) > 0)
+                return;
+        if (c->fd >= 0)
+                close(c->fd);
+        pthread_mutex_destroy(&c->lock);
+        free(c->rbuf);
+        free(c);
+}
+
+void shmb_disconnect(shmb_client *c) {
+        if (!c)
+                return;
+        pthread_mutex_lock(&c->lock);
+        if (c->fd >= 0) {
+                close(c->fd);
+                c->fd = -1;
+        }
+        pthread_mutex_unlock(&c->lock);
+        client_unref(c);
+}
+
+int shmb_client_fd(const shmb_client *c) {
+        return c ? c->fd : -EINVAL;
+}
+
+const char *shmb_client_last_message(const shmb_client *c) {
+        return c ? c->last_message : "";
+}

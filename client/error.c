@@ -1,0 +1,35 @@
+/* Sentences for every error the library returns. */
+
+#include <errno.h>
+#include <string.h>
+
+#include "client/shmbroker-internal.h"
+
+const char *shmb_strerror(int err) {
+        switch (-err) {
+        case 0: return "success";
+        case ENOENT: return "no such channel, or no broker socket at that path";
+        case EACCES: return "permission denied: the channel's owner, group and mode do not allow this access";
+        case EPROTO: return "the broker does not speak this protocol version, or answered malformed data";
+        case EIDRM: return "the channel was removed (the broker stopped or reloaded it)";
+        case EXDEV: return "the channel's objects are not visible here: this process is in another IPC namespace "
+                           "than shmbrokerd (e.g. a unit with PrivateIPC=)";
+        case ECONNREFUSED: return "no broker is listening on the socket";
+        case ECONNRESET: return "the broker closed the connection";
+        case ENOTCONN: return "the connection to the broker was closed";
+        case ETIMEDOUT: return "timed out";
+        case EAGAIN: return "the operation would block";
+        case EINTR: return "interrupted by a signal";
+        case EMSGSIZE: return "the message does not fit: larger than the slot size, or than the buffer";
+        case EINVAL: return "invalid argument (bad name, semaphore index or access mode)";
+        case EBADMSG: return "a ring message was corrupt";
+        case E2BIG: return "the request was too long for the broker";
+        case ENOMEM: return "out of memory";
+        case EOPNOTSUPP: return "not supported: the channel is not a ring, or the broker does not offer this request";
+        default: return strerror(-err);
+        }
+}
+
+const char *shmb_errno_name(int err) {
+        return proto_errno_to_name(err < 0 ? -err : err);
+}

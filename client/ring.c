@@ -1,0 +1,178 @@
+/*
+ * Ring send and receive: the lock-free slot-sequence queue described in
+ * proto/ring.h. Positions only grow (64-bit, never wrap in practice);
+ * slot p % n is free for the producer of lap k when seq == p, and full for
+ * its consumer when seq == p + 1.
+ *
+ * Sleeping: a side that finds the ring full (empty) announces itself in
+ * send_waiters (recv_waiters), rereads the futex word, checks the slot once
+ * more, and only then sleeps. The other side publishes its slot, issues a
+ * full fence, and wakes only if a waiter is announced. The fences on both
+ * sides make the classic lost-wake-up impossible: either the sleeper sees
+ * the new slot, or the publisher sees the sleeper.
+ */
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client/shmbroker-internal.h"
+
+#define LOAD(p, mo) __atomic_load_n((p), (mo))
+#define STORE(p, v, mo) __atomic_store_n((p), (v), (mo))
+#define ACQ __ATOMIC_ACQUIRE
+#define REL __ATOMIC_RELEASE
+#define RLX __ATOMIC_RELAXED
+#define SEQ __ATOMIC_SEQ_CST
+
+static RingSlot *slot_at(const shmb_channel *ch, uint64_t pos) {
+        return (RingSlot *) (ch->slots + (pos % ch->info.slots) * ch->stride);
+}
+
+static int64_t now_ns(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int64_t deadline_of(int timeout_ms) {
+        return timeout_ms > 0 ? now_ns() + (int64_t) timeout_ms * 1000000 : 0;
+}
+
+/* Not FUTEX_PRIVATE: the word lives in a segment shared between processes. */
+static int futex_wait(uint32_t *word, uint32_t expected, int64_t deadline) {
+        struct timespec ts, *tsp = NULL;
+
+        if (deadline) {
+                int64_t left = deadline - now_ns();
+
+                if (left <= 0)
+                        return -ETIMEDOUT;
+                ts.tv_sec = left / 1000000000;
+                ts.tv_nsec = left % 1000000000;
+                tsp = &ts;
+        }
+        if (syscall(SYS_futex, word, FUTEX_WAIT, expected, tsp, NULL, 0) == 0)
+                return 0;
+        if (errno == EAGAIN)
+                return 0;               /* the word moved on: look again */
+        return -errno;                  /* ETIMEDOUT, EINTR */
+}
+
+static void futex_wake_all(uint32_t *word) {
+        syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Publisher side: after a slot changed hands, wake sleepers if there are any. */
+static void notify(uint32_t *word, uint32_t *waiters) {
+        __atomic_thread_fence(SEQ);
+        if (LOAD(waiters, RLX) > 0) {
+                __atomic_add_fetch(word, 1, SEQ);
+                futex_wake_all(word);
+        }
+}
+
+/*
+ * Sleep until the slot at pos may have changed (ready(): seq - target >= 0)
+ * or the deadline passes. Returns 0 to look again, or a negative errno.
+ */
+static int wait_slot(RingSlot *slot, uint64_t target, uint32_t *word, uint32_t *waiters,
+                     int timeout_ms, int64_t deadline) {
+        uint32_t v;
+        int r = 0;
+
+        if (timeout_ms == 0)
+                return -EAGAIN;
+        __atomic_add_fetch(waiters, 1, SEQ);
+        v = LOAD(word, SEQ);
+        if ((int64_t) (LOAD(&slot->seq, SEQ) - target) < 0)
+                r = futex_wait(word, v, deadline);
+        __atomic_sub_fetch(waiters, 1, SEQ);
+        return r;
+}
+
+static int check_ring(const shmb_channel *ch) {
+        if (!ch)
+                return -EINVAL;
+        if (!ch->ring)
+                return -ENOTSUP;
+        if (ch->access == SHMB_RO)
+                return -EACCES;         /* both sides move shared positions */
+        return 0;
+}
+
+int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
+        int64_t deadline = deadline_of(timeout_ms);
+        int r;
+
+        r = check_ring(ch);
+        if (r < 0)
+                return r;
+        if (len > ch->info.slot_size || (len > 0 && !msg))
+                return -EMSGSIZE;
+        for (;;) {
+                uint64_t pos = LOAD(&ch->ring->head, RLX);
+                RingSlot *slot = slot_at(ch, pos);
+                int64_t diff = (int64_t) (LOAD(&slot->seq, ACQ) - pos);
+
+                if (diff == 0) {
+                        if (!__atomic_compare_exchange_n(&ch->ring->head, &pos, pos + 1, true, RLX, RLX))
+                                continue;
+                        slot->pid = (int32_t) getpid();
+                        slot->len = (uint32_t) len;
+                        if (len)
+                                memcpy(slot + 1, msg, len);
+                        STORE(&slot->seq, pos + 1, REL);
+                        notify(&ch->ring->data_seq, &ch->ring->recv_waiters);
+                        return 0;
+                }
+                if (diff < 0) {         /* full: the slot still holds last lap's message */
+                        r = wait_slot(slot, pos, &ch->ring->space_seq, &ch->ring->send_waiters,
+                                      timeout_ms, deadline);
+                        if (r < 0)
+                                return r;
+                }
+                /* diff > 0: another producer took pos; look again */
+        }
+}
+
+ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
+        int64_t deadline = deadline_of(timeout_ms);
+        int r;
+
+        r = check_ring(ch);
+        if (r < 0)
+                return r;
+        for (;;) {
+                uint64_t pos = LOAD(&ch->ring->tail, RLX);
+                RingSlot *slot = slot_at(ch, pos);
+                int64_t diff = (int64_t) (LOAD(&slot->seq, ACQ) - (pos + 1));
+
+                if (diff == 0) {
+                        uint32_t len = slot->len;
+
+                        if (len > ch->info.slot_size)
+                                len = ch->info.slot_size;       /* a corrupt length never reads out of bounds */
+                        if (len > size)
+                                return -EMSGSIZE;               /* not consumed */
+                        if (!__atomic_compare_exchange_n(&ch->ring->tail, &pos, pos + 1, true, RLX, RLX))
+                                continue;
+                        if (len)
+                                memcpy(buf, slot + 1, len);
+                        STORE(&slot->seq, pos + ch->info.slots, REL);
+                        notify(&ch->ring->space_seq, &ch->ring->send_waiters);
+                        return (ssize_t) len;
+                }
+                if (diff < 0) {         /* empty */
+                        r = wait_slot(slot, pos + 1, &ch->ring->data_seq, &ch->ring->recv_waiters,
+                                      timeout_ms, deadline);
+                        if (r < 0)
+                                return r;
+                }
+        }
+}

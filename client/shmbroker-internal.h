@@ -1,0 +1,44 @@
+#pragma once
+
+/* Private structures of libshmbroker, shared by its source files. */
+
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "client/include/shmbroker/shmbroker.h"
+#include "proto/proto.h"
+#include "proto/ring.h"
+
+struct shmb_client {
+        int fd;                         /* -1 after shmb_disconnect() */
+        unsigned refs;                  /* the caller's, plus one per open channel */
+        pthread_mutex_t lock;           /* one request/response at a time */
+        char *rbuf;                     /* bytes read past the last answer */
+        size_t rlen, rcap;
+        char last_message[PROTO_MESSAGE_MAX];
+};
+
+struct shmb_channel {
+        shmb_client *client;
+        shmb_channel_info info;
+        shmb_access access;
+        void *addr;
+        unsigned sem_base;              /* a ring's own semaphores come first */
+        /* ring only */
+        RingHeader *ring;
+        char *slots;
+        uint64_t stride;
+};
+
+/*
+ * Send one request and decode its answer. Returns 0 with *ret filled (free
+ * with proto_response_done()), the broker's refusal as a negative errno
+ * (its message kept in c->last_message), or a socket/protocol error.
+ */
+int client_call(shmb_client *c, const ProtoRequest *req, ProtoResponse *ret);
+
+void client_ref(shmb_client *c);
+void client_unref(shmb_client *c);
+
+/* Convert a decoded channel to the public status type (moves arrays). */
+int status_from_proto(ProtoChannel *pc, shmb_channel_status *ret);

@@ -1,0 +1,309 @@
+/*
+ * shmbrokerctl: the admin's view of a running shmbrokerd.
+ *
+ *   shmbrokerctl [-s SOCKET] [--json] list | status [CHANNEL] | reload
+ *
+ * A table of commands mapped to handlers. Tables for humans look like
+ * lsipc's (keys in hex, sizes readable, permissions as rw-rw----); --json
+ * prints the daemon's own answer line. Exit: 0 ok, 1 refused by the
+ * daemon, 2 usage or connection error; one line on stderr for 1 and 2.
+ */
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <shmbroker/shmbroker.h>
+
+#define EXIT_REFUSED 1
+#define EXIT_USAGE 2
+
+typedef struct Options {
+        const char *socket;
+        bool json;
+} Options;
+
+static void format_size(uint64_t n, char *buf, size_t size) {
+        static const char units[] = "KMGTPE";
+        double v = (double) n;
+        int u = -1;
+
+        if (n < 1024) {
+                snprintf(buf, size, "%" PRIu64 "B", n);
+                return;
+        }
+        while (v >= 1024 && u < 5) {
+                v /= 1024;
+                u++;
+        }
+        if (v == (double) (uint64_t) v)
+                snprintf(buf, size, "%.0f%c", v, units[u]);
+        else
+                snprintf(buf, size, "%.1f%c", v, units[u]);
+}
+
+static void format_perms(unsigned mode, char *buf) {
+        static const char rwx[] = "rwxrwxrwx";
+
+        for (int i = 0; i < 9; i++)
+                buf[i] = mode & (0400u >> i) ? rwx[i] : '-';
+        buf[9] = 0;
+}
+
+static void format_time(int64_t t, char *buf, size_t size) {
+        time_t tt = (time_t) t;
+        struct tm tm;
+
+        if (t == 0 || !localtime_r(&tt, &tm))
+                snprintf(buf, size, "-");
+        else
+                strftime(buf, size, "%Y-%m-%d %H:%M:%S", &tm);
+}
+
+static int fail_call(shmb_client *c, const char *what, int r) {
+        const char *msg = c ? shmb_client_last_message(c) : "";
+
+        if (*msg)
+                fprintf(stderr, "shmbrokerctl: %s: %s\n", what, msg);
+        else
+                fprintf(stderr, "shmbrokerctl: %s: %s\n", what, shmb_strerror(r));
+        /* The daemon's refusals have wire names; anything else is our side. */
+        return *msg || r == -ENOENT || r == -EACCES || r == -EPROTO ? EXIT_REFUSED : EXIT_USAGE;
+}
+
+static void print_list(const shmb_channel_status *v, size_t n) {
+        printf("%-20s %-10s %7s %7s %8s %5s %-6s %-10s %-10s %-9s\n",
+               "NAME", "KEY", "SHMID", "SEMID", "SIZE", "NSEMS", "LAYOUT", "OWNER", "GROUP", "PERMS");
+        for (size_t i = 0; i < n; i++) {
+                const shmb_channel_status *s = &v[i];
+                char size[16], perms[10];
+
+                format_size(s->info.size, size, sizeof size);
+                format_perms(s->mode, perms);
+                printf("%-20s 0x%08" PRIx32 " %7d %7d %8s %5u %-6s %-10s %-10s %-9s\n",
+                       s->info.name, s->info.shm_key, s->info.shm_id, s->info.sem_id, size, s->info.nsems,
+                       s->info.layout == SHMB_LAYOUT_RING ? "ring" : "raw", s->owner, s->group, perms);
+        }
+}
+
+static void print_status_table(const shmb_channel_status *v, size_t n) {
+        printf("%-20s %-10s %8s %6s %8s %8s %7s  %s\n",
+               "NAME", "KEY", "SIZE", "NATTCH", "CPID", "LPID", "CLIENTS", "SEMAPHORES");
+        for (size_t i = 0; i < n; i++) {
+                const shmb_channel_status *s = &v[i];
+                char size[16], sems[128] = "";
+                size_t used = 0;
+
+                format_size(s->info.size, size, sizeof size);
+                for (size_t k = 0; k < s->n_semaphores && used + 16 < sizeof sems; k++)
+                        used += (size_t) snprintf(sems + used, sizeof sems - used, "%s%d", k ? "," : "",
+                                                  s->semaphores[k].value);
+                if (used + 16 >= sizeof sems)
+                        snprintf(sems + used, sizeof sems - used, ",...");
+                printf("%-20s 0x%08" PRIx32 " %8s %6" PRIu64 " %8d %8d %7zu  %s\n",
+                       s->info.name, s->info.shm_key, size, s->nattch, (int) s->cpid, (int) s->lpid,
+                       s->n_clients, sems);
+        }
+}
+
+static void print_status_detail(const shmb_channel_status *s) {
+        char size[16], perms[10], t[32];
+
+        format_size(s->info.size, size, sizeof size);
+        format_perms(s->mode, perms);
+        printf("Channel:    %s (%s)\n", s->info.name, s->info.layout == SHMB_LAYOUT_RING ? "ring" : "raw");
+        printf("Segment:    key 0x%08" PRIx32 ", id %d, %s (%" PRIu64 " bytes), %" PRIu64 " attached\n",
+               s->info.shm_key, s->info.shm_id, size, s->info.size, s->nattch);
+        if (s->info.layout == SHMB_LAYOUT_RING)
+                printf("Ring:       %" PRIu32 " slots of %" PRIu32 " bytes\n", s->info.slots, s->info.slot_size);
+        printf("Semaphores: key 0x%08" PRIx32 ", id %d, %u\n", s->info.sem_key, s->info.sem_id, s->info.nsems);
+        printf("Access:     owner %s, group %s, %s\n", s->owner, s->group, perms);
+        format_time(s->ctime, t, sizeof t);
+        printf("Changed:    %s (creator pid %d, last pid %d)\n", t, (int) s->cpid, (int) s->lpid);
+        printf("\n%5s %7s %7s %7s %8s\n", "SEM", "VALUE", "NCOUNT", "ZCOUNT", "PID");
+        for (size_t k = 0; k < s->n_semaphores; k++)
+                printf("%5zu %7d %7d %7d %8d\n", k, s->semaphores[k].value, s->semaphores[k].ncount,
+                       s->semaphores[k].zcount, (int) s->semaphores[k].pid);
+        printf("\n%8s %8s %-6s %s\n", "PID", "UID", "ACCESS", "SINCE");
+        for (size_t k = 0; k < s->n_clients; k++) {
+                format_time(s->clients[k].since, t, sizeof t);
+                printf("%8d %8u %-6s %s\n", (int) s->clients[k].pid, (unsigned) s->clients[k].uid,
+                       s->clients[k].access == SHMB_RO ? "ro" : "rw", t);
+        }
+}
+
+/* --json: print the daemon's answer; exit by its "ok". */
+static int run_json(shmb_client *c, const char *op, const char *channel) {
+        json_t *req = json_pack("{s:s}", "op", op), *ans;
+        char *text, *answer = NULL;
+        int r, ok;
+
+        if (!req || (channel && json_object_set_new(req, "channel", json_string(channel)) < 0))
+                return EXIT_USAGE;
+        text = json_dumps(req, JSON_COMPACT);
+        json_decref(req);
+        if (!text)
+                return EXIT_USAGE;
+        r = shmb_request_json(c, text, &answer);
+        free(text);
+        if (r < 0)
+                return fail_call(c, op, r);
+        puts(answer);
+        ans = json_loads(answer, 0, NULL);
+        ok = json_is_true(json_object_get(ans, "ok"));
+        if (!ok)
+                fprintf(stderr, "shmbrokerctl: %s: %s\n", op,
+                        json_string_value(json_object_get(ans, "message")) ?: "refused");
+        json_decref(ans);
+        free(answer);
+        return ok ? EXIT_SUCCESS : EXIT_REFUSED;
+}
+
+static int cmd_list(shmb_client *c, const Options *o, int argc, char **argv) {
+        shmb_channel_status *v;
+        size_t n;
+        int r;
+
+        if (o->json)
+                return run_json(c, "list", NULL);
+        r = shmb_list(c, &v, &n);
+        if (r < 0)
+                return fail_call(c, "list", r);
+        print_list(v, n);
+        shmb_status_free(v, n);
+        return EXIT_SUCCESS;
+}
+
+static int cmd_status(shmb_client *c, const Options *o, int argc, char **argv) {
+        const char *name = argc > 0 ? argv[0] : NULL;
+        shmb_channel_status *v;
+        size_t n;
+        int r;
+
+        if (o->json)
+                return run_json(c, "status", name);
+        r = shmb_status(c, name, &v, &n);
+        if (r < 0)
+                return fail_call(c, name ? name : "status", r);
+        if (name && n == 1)
+                print_status_detail(&v[0]);
+        else
+                print_status_table(v, n);
+        shmb_status_free(v, n);
+        return EXIT_SUCCESS;
+}
+
+static void print_names(const char *what, char **names) {
+        printf("%-8s", what);
+        if (!names || !*names)
+                printf(" -");
+        for (char **p = names; p && *p; p++)
+                printf(" %s", *p);
+        printf("\n");
+}
+
+static int cmd_reload(shmb_client *c, const Options *o, int argc, char **argv) {
+        shmb_reload_result res;
+        int r;
+
+        if (o->json)
+                return run_json(c, "reload", NULL);
+        r = shmb_reload(c, &res);
+        if (r < 0)
+                return fail_call(c, "reload", r);
+        print_names("added", res.added);
+        print_names("removed", res.removed);
+        print_names("changed", res.changed);
+        print_names("kept", res.kept);
+        shmb_reload_result_free(&res);
+        return EXIT_SUCCESS;
+}
+
+static const struct {
+        const char *name;
+        int min_args, max_args;
+        int (*run)(shmb_client *c, const Options *o, int argc, char **argv);
+} commands[] = {
+        { "list", 0, 0, cmd_list },
+        { "status", 0, 1, cmd_status },
+        { "reload", 0, 0, cmd_reload },
+};
+
+static void help(FILE *f) {
+        fprintf(f, "Usage: shmbrokerctl [-s SOCKET] [--json] COMMAND\n\n"
+                   "Query a running shmbrokerd.\n\n"
+                   "Commands:\n"
+                   "  list              channels with keys, ids, size, owner and permissions\n"
+                   "  status [CHANNEL]  kernel figures, semaphore values and clients\n"
+                   "  reload            make the daemon re-read its config (root or admin_group)\n\n"
+                   "Options:\n"
+                   "  -s, --socket PATH  the daemon's socket (default $SHMBROKER_SOCKET, else "
+                   SHMB_DEFAULT_SOCKET ")\n"
+                   "  -j, --json         print the daemon's JSON answer\n"
+                   "  -h, --help         show this help\n"
+                   "  -V, --version      show the version\n\n"
+                   "Exit status: 0 ok, 1 refused by the daemon, 2 usage or connection error.\n");
+}
+
+int main(int argc, char *argv[]) {
+        static const struct option options[] = {
+                { "socket", required_argument, NULL, 's' },
+                { "json", no_argument, NULL, 'j' },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, 'V' },
+                {}
+        };
+        Options o = {};
+        shmb_client *c;
+        int opt, r, nargs;
+
+        while ((opt = getopt_long(argc, argv, "+s:jhV", options, NULL)) >= 0)
+                switch (opt) {
+                case 's':
+                        o.socket = optarg;
+                        break;
+                case 'j':
+                        o.json = true;
+                        break;
+                case 'h':
+                        help(stdout);
+                        return EXIT_SUCCESS;
+                case 'V':
+                        printf("shmbrokerctl %s\n", PACKAGE_VERSION);
+                        return EXIT_SUCCESS;
+                default:
+                        fprintf(stderr, "shmbrokerctl: see --help\n");
+                        return EXIT_USAGE;
+                }
+        if (optind >= argc) {
+                fprintf(stderr, "shmbrokerctl: a command is needed (list, status, reload); see --help\n");
+                return EXIT_USAGE;
+        }
+        nargs = argc - optind - 1;
+        for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+                if (strcmp(commands[i].name, argv[optind]) != 0)
+                        continue;
+                if (nargs < commands[i].min_args || nargs > commands[i].max_args) {
+                        fprintf(stderr, "shmbrokerctl: %s takes %s; see --help\n", commands[i].name,
+                                commands[i].max_args ? "at most one channel name" : "no arguments");
+                        return EXIT_USAGE;
+                }
+                r = shmb_connect(o.socket, &c);
+                if (r < 0) {
+                        fprintf(stderr, "shmbrokerctl: cannot connect to %s: %s\n",
+                                o.socket ?: getenv("SHMBROKER_SOCKET") ?: SHMB_DEFAULT_SOCKET, shmb_strerror(r));
+                        return EXIT_USAGE;
+                }
+                r = commands[i].run(c, &o, nargs, argv + optind + 1);
+                shmb_disconnect(c);
+                return r;
+        }
+        fprintf(stderr, "shmbrokerctl: unknown command '%s'; see --help\n", argv[optind]);
+        return EXIT_USAGE;
+}

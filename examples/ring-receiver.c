@@ -1,0 +1,42 @@
+/*
+ * ring-receiver: prints the messages of a ring channel, one per line,
+ * until an empty message arrives.
+ *
+ *   ring-receiver CHANNEL
+ */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/types.h>
+
+#include <shmbroker/shmbroker.h>
+
+int main(int argc, char *argv[]) {
+        shmb_channel *ch;
+        char *buf;
+        ssize_t n;
+        int r;
+
+        if (argc != 2) {
+                fprintf(stderr, "usage: ring-receiver CHANNEL\n");
+                return 2;
+        }
+        r = shmb_open_channel(NULL, argv[1], SHMB_RW, &ch);
+        if (r < 0) {
+                fprintf(stderr, "ring-receiver: %s: %s\n", argv[1], shmb_strerror(r));
+                return 1;
+        }
+        buf = malloc(shmb_channel_get_info(ch)->slot_size + 1);
+        if (!buf) {
+                shmb_close(ch);
+                return 1;
+        }
+        while ((n = shmb_recv(ch, buf, shmb_channel_get_info(ch)->slot_size, 10000)) > 0)
+                printf("%.*s\n", (int) n, buf);
+        if (n < 0)
+                fprintf(stderr, "ring-receiver: %s\n", shmb_strerror((int) n));
+        fflush(stdout);
+        free(buf);
+        shmb_close(ch);
+        return n < 0 ? 1 : 0;
+}
