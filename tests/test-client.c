@@ -1,0 +1,615 @@
+/*
+ * Client library tests: several processes (fork) using libshmbroker against
+ * the real daemon, each test in its own IPC namespace. Also the examples
+ * and shmbrokerctl, run as programs.
+ */
+
+#include <check.h>
+#include <errno.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/shm.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <shmbroker/shmbroker.h>
+
+#include "tests/helpers.h"
+
+#define CASE_TIMEOUT 60
+
+static const char *const channels =
+        "[{\"name\": \"counter\", \"size\": 4096},"
+        " {\"name\": \"pair\", \"size\": 65536, \"semaphores\": [1, 0]},"
+        " {\"name\": \"ring\", \"layout\": \"ring\", \"slot_size\": 256, \"slots\": 8},"
+        " {\"name\": \"secret\", \"size\": 4096, \"mode\": \"0600\"},"
+        " {\"name\": \"public\", \"size\": 4096, \"mode\": \"0644\"}]";
+
+static TestDaemon td;
+
+static void setup(void) {
+        test_enter_ipc_namespace();
+        test_daemon_init(&td);
+        test_daemon_write_config(&td, channels);
+        ck_assert_msg(test_daemon_start(&td, NULL, NULL), "daemon did not start");
+        setenv("SHMBROKER_SOCKET", td.socket, 1);
+}
+
+static void teardown(void) {
+        test_daemon_done(&td);
+}
+
+static shmb_channel *open_ok(const char *name, shmb_access access) {
+        shmb_channel *ch = NULL;
+        int r = shmb_open_channel(NULL, name, access, &ch);
+
+        ck_assert_msg(r == 0, "open %s: %s", name, shmb_strerror(r));
+        return ch;
+}
+
+static int64_t now_ms(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void wait_children(pid_t *pids, int n) {
+        for (int i = 0; i < n; i++) {
+                int status;
+
+                ck_assert_int_eq(waitpid(pids[i], &status, 0), pids[i]);
+                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child %d: status %d", i, status);
+        }
+}
+
+/* ---- connect and open ---- */
+
+START_TEST(test_open_attaches_and_matches_kernel) {
+        shmb_channel *ch = open_ok("pair", SHMB_RW);
+        const shmb_channel_info *info = shmb_channel_get_info(ch);
+        struct shmid_ds ds;
+
+        ck_assert_str_eq(info->name, "pair");
+        ck_assert_uint_eq(shmb_channel_size(ch), 65536);
+        ck_assert_uint_eq(shmb_channel_nsems(ch), 2);
+        ck_assert_int_eq(info->layout, SHMB_LAYOUT_RAW);
+        ck_assert_int_eq(shmctl(info->shm_id, IPC_STAT, &ds), 0);
+        ck_assert_uint_eq(ds.shm_nattch, 2);    /* the daemon's and ours */
+        memset(shmb_channel_addr(ch), 0xab, 65536);
+        int id = info->shm_id;
+        ck_assert_int_eq(shmb_close(ch), 0);
+        ck_assert_int_eq(shmctl(id, IPC_STAT, &ds), 0);
+        ck_assert_uint_eq(ds.shm_nattch, 1);    /* detached */
+}
+END_TEST
+
+START_TEST(test_open_errors) {
+        shmb_channel *ch = NULL;
+        shmb_client *c;
+
+        ck_assert_int_eq(shmb_open_channel(NULL, "nope", SHMB_RW, &ch), -ENOENT);
+        ck_assert_ptr_null(ch);
+        ck_assert_int_eq(shmb_open_channel(NULL, "bad name", SHMB_RW, &ch), -EINVAL);
+        ck_assert_int_eq(shmb_open_channel("/nonexistent/sock", "pair", SHMB_RW, &ch), -ENOENT);
+        unsetenv("SHMBROKER_SOCKET");
+        ck_assert_int_ne(shmb_open_channel(NULL, "pair", SHMB_RW, &ch), 0);    /* the default path is not ours */
+        setenv("SHMBROKER_SOCKET", td.socket, 1);
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "nope", SHMB_RO, &ch), -ENOENT);
+        ck_assert_ptr_nonnull(strstr(shmb_client_last_message(c), "nope"));
+        shmb_disconnect(c);
+        ck_assert_ptr_nonnull(strstr(shmb_strerror(-EXDEV), "namespace"));
+        ck_assert_str_eq(shmb_errno_name(-EACCES), "EACCES");
+}
+END_TEST
+
+static void refused_child(void *userdata) {
+        shmb_channel *ch;
+
+        test_drop_privileges(65534, 65534, 0);
+        _exit(shmb_open_channel(NULL, (const char *) userdata, SHMB_RO, &ch) == -EACCES ? 0 : 1);
+}
+
+START_TEST(test_open_without_rights_is_eacces) {
+        int status = test_in_child(refused_child, (void *) "secret");
+
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d", status);
+}
+END_TEST
+
+static void other_namespace_child(void *userdata) {
+        shmb_channel *ch;
+
+        if (unshare(CLONE_NEWIPC) < 0)
+                _exit(2);
+        _exit(shmb_open_channel(NULL, "pair", SHMB_RW, &ch) == -EXDEV ? 0 : 1);
+}
+
+START_TEST(test_other_namespace_is_exdev) {
+        int status = test_in_child(other_namespace_child, NULL);
+
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d", status);
+}
+END_TEST
+
+static void ro_write_child(void *userdata) {
+        shmb_channel *ch;
+
+        if (shmb_open_channel(NULL, "public", SHMB_RO, &ch) < 0)
+                _exit(2);
+        if (shmb_sem_post(ch, 0) != -EACCES)
+                _exit(3);
+        *(volatile char *) shmb_channel_addr(ch) = 1;    /* must fault */
+        _exit(4);
+}
+
+START_TEST(test_write_through_ro_handle_faults) {
+        int status = test_in_child(ro_write_child, NULL);
+
+        ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV, "status %d", status);
+}
+END_TEST
+
+START_TEST(test_hold_dropped_when_process_exits) {
+        shmb_client *c;
+        shmb_channel_status *v;
+        size_t n;
+        pid_t pid = fork();
+
+        if (pid == 0) {
+                shmb_channel *ch;
+
+                _exit(shmb_open_channel(NULL, "counter", SHMB_RW, &ch) == 0 ? 0 : 1);  /* exit without close */
+        }
+        wait_children(&pid, 1);
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        for (int tries = 0;; tries++) {
+                ck_assert_int_eq(shmb_status(c, "counter", &v, &n), 0);
+                ck_assert_uint_eq(n, 1);
+                size_t holders = v[0].n_clients;
+                shmb_status_free(v, n);
+                if (holders == 0)
+                        break;
+                ck_assert_msg(tries < 100, "a dead process still holds the channel");
+                usleep(10000);
+        }
+        shmb_disconnect(c);
+}
+END_TEST
+
+/* ---- semaphores ---- */
+
+#define WORKERS 4
+#define INCREMENTS 2000
+
+START_TEST(test_lock_counts_exactly) {
+        pid_t pids[WORKERS];
+        shmb_channel *ch;
+
+        for (int i = 0; i < WORKERS; i++) {
+                pids[i] = fork();
+                ck_assert_int_ge(pids[i], 0);
+                if (pids[i] == 0) {
+                        shmb_channel *mine;
+
+                        if (shmb_open_channel(NULL, "counter", SHMB_RW, &mine) < 0)
+                                _exit(2);
+                        volatile long *counter = shmb_channel_addr(mine);
+                        for (int k = 0; k < INCREMENTS; k++) {
+                                if (shmb_lock(mine, 0, 10000) < 0)
+                                        _exit(3);
+                                long v = *counter;
+                                if (k % 64 == 0)
+                                        sched_yield();  /* widen the window a missing lock would show */
+                                *counter = v + 1;
+                                if (shmb_unlock(mine, 0) < 0)
+                                        _exit(4);
+                        }
+                        _exit(shmb_close(mine) == 0 ? 0 : 5);
+                }
+        }
+        wait_children(pids, WORKERS);
+        ch = open_ok("counter", SHMB_RO);
+        ck_assert_int_eq(*(long *) shmb_channel_addr(ch), WORKERS * INCREMENTS);
+        shmb_close(ch);
+}
+END_TEST
+
+START_TEST(test_killed_lock_holder_releases_lock) {
+        int ready[2];
+        char c;
+        pid_t pid;
+        shmb_channel *ch;
+
+        ck_assert_int_eq(pipe(ready), 0);
+        pid = fork();
+        if (pid == 0) {
+                shmb_channel *mine;
+
+                if (shmb_open_channel(NULL, "counter", SHMB_RW, &mine) < 0 || shmb_lock(mine, 0, 1000) < 0)
+                        _exit(2);
+                write(ready[1], "x", 1);
+                pause();
+                _exit(0);
+        }
+        ck_assert_int_eq(read(ready[0], &c, 1), 1);
+        ch = open_ok("counter", SHMB_RW);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), -EAGAIN);         /* really held */
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        ck_assert_int_eq(shmb_lock(ch, 0, 2000), 0);            /* SEM_UNDO gave it back */
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        shmb_close(ch);
+}
+END_TEST
+
+START_TEST(test_timeouts_fire) {
+        shmb_channel *pair = open_ok("pair", SHMB_RW), *ring = open_ok("ring", SHMB_RW);
+        char buf[256];
+        int64_t t;
+
+        ck_assert_int_eq(shmb_sem_trywait(pair, 1), -EAGAIN);
+        t = now_ms();
+        ck_assert_int_eq(shmb_sem_wait(pair, 1, 150), -ETIMEDOUT);
+        ck_assert_int_ge(now_ms() - t, 140);
+        ck_assert_int_eq(shmb_sem_wait(pair, 5, 0), -EINVAL);
+
+        ck_assert_int_eq(shmb_recv(ring, buf, sizeof buf, 0), -EAGAIN);
+        t = now_ms();
+        ck_assert_int_eq(shmb_recv(ring, buf, sizeof buf, 150), -ETIMEDOUT);
+        ck_assert_int_ge(now_ms() - t, 140);
+        for (int i = 0; i < 8; i++)
+                ck_assert_int_eq(shmb_send(ring, "x", 1, 0), 0);
+        ck_assert_int_eq(shmb_send(ring, "x", 1, 0), -EAGAIN);  /* full */
+        t = now_ms();
+        ck_assert_int_eq(shmb_send(ring, "x", 1, 150), -ETIMEDOUT);
+        ck_assert_int_ge(now_ms() - t, 140);
+        ck_assert_int_eq(shmb_recv(ring, buf, sizeof buf, 0), 1);
+        ck_assert_int_eq(shmb_send(ring, "x", 1, 0), 0);        /* room again */
+        ck_assert_int_eq(shmb_send(ring, buf, 257, 0), -EMSGSIZE);
+        ck_assert_int_eq(shmb_send(pair, "x", 1, 0), -EOPNOTSUPP);
+        shmb_close(pair);
+        shmb_close(ring);
+}
+END_TEST
+
+START_TEST(test_waiter_sees_channel_removed) {
+        shmb_channel *ch = open_ok("pair", SHMB_RW);
+        pid_t pid;
+
+        /* The daemon stops while we wait: the set goes away under us. */
+        pid = fork();
+        if (pid == 0) {
+                usleep(100000);
+                kill(td.pid, SIGTERM);
+                _exit(0);
+        }
+        ck_assert_int_eq(shmb_sem_wait(ch, 1, 5000), -EIDRM);
+        waitpid(pid, NULL, 0);
+        ck_assert_int_eq(shmb_close(ch), 0);
+        waitpid(td.pid, NULL, 0);
+        td.pid = -1;
+}
+END_TEST
+
+/* ---- ring ---- */
+
+#define PRODUCERS 3
+#define CONSUMERS 2
+#define PER_PRODUCER 3000
+
+typedef struct Msg {
+        uint32_t producer, seq, len, sum;
+        unsigned char data[240];
+} Msg;
+
+static uint32_t checksum(const Msg *m) {
+        uint32_t h = 2166136261u ^ m->producer ^ (m->seq << 8) ^ (m->len << 20);
+
+        for (uint32_t i = 0; i < m->len; i++)
+                h = (h ^ m->data[i]) * 16777619u;
+        return h;
+}
+
+static void producer(int id) {
+        shmb_channel *ch;
+        unsigned seed = (unsigned) id * 7919u;
+
+        if (shmb_open_channel(NULL, "ring", SHMB_RW, &ch) < 0)
+                _exit(2);
+        for (uint32_t s = 0; s < PER_PRODUCER; s++) {
+                Msg m = { .producer = (uint32_t) id, .seq = s, .len = (uint32_t) (rand_r(&seed) % sizeof m.data) };
+
+                for (uint32_t i = 0; i < m.len; i++)
+                        m.data[i] = (unsigned char) rand_r(&seed);
+                m.sum = checksum(&m);
+                if (shmb_send(ch, &m, offsetof(Msg, data) + m.len, 10000) < 0)
+                        _exit(3);
+        }
+        shmb_close(ch);
+        _exit(0);
+}
+
+/* Each consumer reports every (producer, seq) it got through its pipe. */
+static void consumer(int out) {
+        shmb_channel *ch;
+        Msg m;
+
+        if (shmb_open_channel(NULL, "ring", SHMB_RW, &ch) < 0)
+                _exit(2);
+        for (;;) {
+                ssize_t n = shmb_recv(ch, &m, sizeof m, 10000);
+                uint32_t rec[2];
+
+                if (n < 0)
+                        _exit(3);
+                if (n == 0)
+                        break;          /* stop marker */
+                if ((size_t) n != offsetof(Msg, data) + m.len || m.sum != checksum(&m))
+                        _exit(4);       /* torn or corrupt */
+                rec[0] = m.producer;
+                rec[1] = m.seq;
+                if (write(out, rec, sizeof rec) != sizeof rec)
+                        _exit(5);
+        }
+        shmb_close(ch);
+        _exit(0);
+}
+
+START_TEST(test_ring_mpmc_exactly_once) {
+        static unsigned char seen[PRODUCERS][PER_PRODUCER];
+        pid_t prod[PRODUCERS], cons[CONSUMERS];
+        int pipes[CONSUMERS][2];
+        shmb_channel *ch;
+        size_t total = 0;
+
+        memset(seen, 0, sizeof seen);
+        for (int i = 0; i < CONSUMERS; i++) {
+                ck_assert_int_eq(pipe(pipes[i]), 0);
+                cons[i] = fork();
+                if (cons[i] == 0) {
+                        close(pipes[i][0]);
+                        consumer(pipes[i][1]);
+                }
+                close(pipes[i][1]);
+                fcntl(pipes[i][0], F_SETFL, O_NONBLOCK);
+        }
+        for (int i = 0; i < PRODUCERS; i++) {
+                prod[i] = fork();
+                if (prod[i] == 0)
+                        producer(i);
+        }
+        /* Drain the reports while they run, so no pipe fills up. */
+        int done = 0;
+        for (int64_t deadline = now_ms() + 50000; now_ms() < deadline;) {
+                uint32_t rec[2];
+                bool any = false;
+
+                for (int i = 0; i < CONSUMERS; i++)
+                        while (read(pipes[i][0], rec, sizeof rec) == sizeof rec) {
+                                ck_assert_uint_lt(rec[0], PRODUCERS);
+                                ck_assert_uint_lt(rec[1], PER_PRODUCER);
+                                ck_assert_msg(!seen[rec[0]][rec[1]], "message %u/%u delivered twice", rec[0], rec[1]);
+                                seen[rec[0]][rec[1]] = 1;
+                                total++;
+                                any = true;
+                        }
+                if (!done && total == PRODUCERS * PER_PRODUCER) {
+                        wait_children(prod, PRODUCERS);
+                        ch = open_ok("ring", SHMB_RW);
+                        for (int i = 0; i < CONSUMERS; i++)
+                                ck_assert_int_eq(shmb_send(ch, "", 0, 5000), 0);
+                        shmb_close(ch);
+                        wait_children(cons, CONSUMERS);
+                        done = 1;
+                        break;
+                }
+                if (!any)
+                        usleep(1000);
+        }
+        ck_assert_msg(done, "only %zu of %d messages arrived", total, PRODUCERS * PER_PRODUCER);
+}
+END_TEST
+
+START_TEST(test_ring_killed_sender_loses_nothing_sent) {
+        int acks[2];
+        pid_t pid;
+        uint32_t acked = 0, got = 0, v;
+        shmb_channel *ch;
+
+        ck_assert_int_eq(pipe(acks), 0);
+        pid = fork();
+        if (pid == 0) {
+                shmb_channel *mine;
+
+                close(acks[0]);
+                if (shmb_open_channel(NULL, "ring", SHMB_RW, &mine) < 0)
+                        _exit(2);
+                for (uint32_t s = 1;; s++) {
+                        if (shmb_send(mine, &s, sizeof s, -1) < 0)
+                                _exit(3);
+                        write(acks[1], &s, sizeof s);
+                }
+        }
+        close(acks[1]);
+        ch = open_ok("ring", SHMB_RW);
+        /* Receive a while, then kill the sender between (or inside) sends. */
+        for (int i = 0; i < 5000; i++) {
+                ck_assert_int_eq(shmb_recv(ch, &v, sizeof v, 5000), sizeof v);
+                ck_assert_uint_eq(v, ++got);
+        }
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        while (read(acks[0], &v, sizeof v) == sizeof v)
+                acked = v;
+        /* Everything acknowledged arrives, in order, once; at most one more was in flight. */
+        while (shmb_recv(ch, &v, sizeof v, 200) == sizeof v)
+                ck_assert_uint_eq(v, ++got);
+        ck_assert_msg(got == acked || got == acked + 1, "acknowledged %u, received %u", acked, got);
+        shmb_close(ch);
+}
+END_TEST
+
+/* ---- admin API ---- */
+
+START_TEST(test_list_and_status_structs) {
+        shmb_channel *held = open_ok("public", SHMB_RO);
+        shmb_channel_status *v;
+        shmb_client *c;
+        size_t n;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_list(c, &v, &n), 0);
+        ck_assert_uint_eq(n, 5);
+        ck_assert_str_eq(v[0].info.name, "counter");    /* sorted by name */
+        ck_assert_str_eq(v[3].info.name, "ring");
+        ck_assert_int_eq(v[3].info.layout, SHMB_LAYOUT_RING);
+        ck_assert_uint_eq(v[3].info.slots, 8);
+        ck_assert_uint_eq(v[4].mode, 0600);
+        shmb_status_free(v, n);
+
+        ck_assert_int_eq(shmb_status(c, "public", &v, &n), 0);
+        ck_assert_uint_eq(n, 1);
+        ck_assert_uint_eq(v[0].n_clients, 1);
+        ck_assert_int_eq(v[0].clients[0].pid, getpid());
+        ck_assert_int_eq(v[0].clients[0].access, SHMB_RO);
+        ck_assert_uint_eq(v[0].nattch, 2);
+        ck_assert_uint_eq(v[0].n_semaphores, 1);
+        ck_assert_int_eq(v[0].semaphores[0].value, 1);
+        shmb_status_free(v, n);
+        ck_assert_int_eq(shmb_status(c, "nope", &v, &n), -ENOENT);
+        shmb_disconnect(c);
+        shmb_close(held);
+}
+END_TEST
+
+/* ---- programs: examples and shmbrokerctl ---- */
+
+/* Run a shell command line; capture stdout+stderr into out; return the exit code. */
+static int run(char *out, size_t size, const char *fmt, ...) {
+        char cmd[2048];
+        va_list ap;
+        FILE *p;
+        size_t n;
+        int status;
+
+        va_start(ap, fmt);
+        vsnprintf(cmd, sizeof cmd, fmt, ap);
+        va_end(ap);
+        p = popen(cmd, "re");
+        ck_assert_ptr_nonnull(p);
+        n = fread(out, 1, size - 1, p);
+        out[n] = 0;
+        status = pclose(p);
+        ck_assert(WIFEXITED(status));
+        return WEXITSTATUS(status);
+}
+
+START_TEST(test_examples_exchange) {
+        static char out[65536];
+        char expect[65536];
+        size_t used = 0;
+
+        for (int i = 1; i <= 50; i++)
+                used += (size_t) snprintf(expect + used, sizeof expect - used, "message %d\n", i);
+        ck_assert_int_eq(run(out, sizeof out, "%s/raw-receiver pair & r=$!; %s/raw-sender pair 50 && wait $r",
+                             EXAMPLES_DIR, EXAMPLES_DIR), 0);
+        ck_assert_str_eq(out, expect);
+        ck_assert_int_eq(run(out, sizeof out, "%s/ring-receiver ring & r=$!; %s/ring-sender ring 50 && wait $r",
+                             EXAMPLES_DIR, EXAMPLES_DIR), 0);
+        ck_assert_str_eq(out, expect);
+}
+END_TEST
+
+START_TEST(test_shmbrokerctl) {
+        static char out[65536];
+        json_t *j;
+
+        ck_assert_int_eq(run(out, sizeof out, "%s list 2>&1", SHMBROKERCTL_PATH), 0);
+        ck_assert_ptr_nonnull(strstr(out, "NAME"));
+        ck_assert_ptr_nonnull(strstr(out, "counter"));
+        ck_assert_ptr_nonnull(strstr(out, "rw-------"));        /* secret's 0600 */
+        ck_assert_ptr_nonnull(strstr(out, " 64K "));            /* pair's size, readable */
+        ck_assert_ptr_nonnull(strstr(out, "0x"));
+
+        ck_assert_int_eq(run(out, sizeof out, "%s -s %s --json list 2>/dev/null", SHMBROKERCTL_PATH, td.socket), 0);
+        j = json_loads(out, 0, NULL);
+        ck_assert_msg(j && json_is_true(json_object_get(j, "ok")), "not the daemon's answer: %s", out);
+        ck_assert_uint_eq(json_array_size(json_object_get(j, "channels")), 5);
+        json_decref(j);
+
+        ck_assert_int_eq(run(out, sizeof out, "%s status ring 2>&1", SHMBROKERCTL_PATH), 0);
+        ck_assert_ptr_nonnull(strstr(out, "8 slots of 256 bytes"));
+        ck_assert_int_eq(run(out, sizeof out, "%s status 2>&1", SHMBROKERCTL_PATH), 0);
+        ck_assert_ptr_nonnull(strstr(out, "NATTCH"));
+
+        /* Refused: exit 1 and one line on stderr. */
+        ck_assert_int_eq(run(out, sizeof out, "%s status nope 2>&1 >/dev/null", SHMBROKERCTL_PATH), 1);
+        ck_assert_ptr_nonnull(strstr(out, "no channel named \"nope\""));
+        ck_assert_ptr_eq(strchr(out, '\n'), out + strlen(out) - 1);
+        ck_assert_int_eq(run(out, sizeof out, "%s --json status nope 2>/dev/null", SHMBROKERCTL_PATH), 1);
+        ck_assert_ptr_nonnull(strstr(out, "\"ENOENT\""));
+        /* Usage and connection errors: exit 2. */
+        ck_assert_int_eq(run(out, sizeof out, "%s 2>&1", SHMBROKERCTL_PATH), 2);
+        ck_assert_int_eq(run(out, sizeof out, "%s frobnicate 2>&1", SHMBROKERCTL_PATH), 2);
+        ck_assert_int_eq(run(out, sizeof out, "%s list extra 2>&1", SHMBROKERCTL_PATH), 2);
+        ck_assert_int_eq(run(out, sizeof out, "%s -s /nonexistent.sock list 2>&1", SHMBROKERCTL_PATH), 2);
+        ck_assert_ptr_nonnull(strstr(out, "/nonexistent.sock"));
+        ck_assert_int_eq(run(out, sizeof out, "%s --help", SHMBROKERCTL_PATH), 0);
+        ck_assert_ptr_nonnull(strstr(out, "Usage:"));
+        ck_assert_int_eq(run(out, sizeof out, "%s --version", SHMBROKERCTL_PATH), 0);
+        ck_assert_ptr_nonnull(strstr(out, PACKAGE_VERSION));
+}
+END_TEST
+
+static Suite *suite(void) {
+        Suite *s = suite_create("client");
+        struct {
+                const char *name;
+                const TTest *tests[8];
+        } groups[] = {
+                { "open", { test_open_attaches_and_matches_kernel, test_open_errors, test_open_without_rights_is_eacces,
+                            test_other_namespace_is_exdev, test_write_through_ro_handle_faults,
+                            test_hold_dropped_when_process_exits } },
+                { "semaphores", { test_lock_counts_exactly, test_killed_lock_holder_releases_lock, test_timeouts_fire,
+                                  test_waiter_sees_channel_removed } },
+                { "ring", { test_ring_mpmc_exactly_once, test_ring_killed_sender_loses_nothing_sent } },
+                { "admin", { test_list_and_status_structs } },
+                { "programs", { test_examples_exchange, test_shmbrokerctl } },
+        };
+
+        for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
+                TCase *tc = tcase_create(groups[g].name);
+
+                tcase_set_timeout(tc, CASE_TIMEOUT);
+                tcase_add_checked_fixture(tc, setup, teardown);
+                for (size_t i = 0; i < 8 && groups[g].tests[i]; i++)
+                        tcase_add_test(tc, groups[g].tests[i]);
+                suite_add_tcase(s, tc);
+        }
+        return s;
+}
+
+int main(void) {
+        SRunner *sr;
+        int failed, r;
+
+        r = test_require_namespaces();
+        if (r)
+                return r;
+        sr = srunner_create(suite());
+        srunner_run_all(sr, CK_ENV);
+        failed = srunner_ntests_failed(sr);
+        srunner_free(sr);
+        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
