@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <libgen.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
@@ -17,12 +18,13 @@
 #include "daemon/log.h"
 #include "daemon/reclaim.h"
 #include "daemon/registry.h"
+#include "daemon/reload.h"
 #include "daemon/state.h"
 
 typedef struct Daemon {
         const DaemonOptions *options;
         Config *config;
-        const char *socket_path;
+        char *socket_path;              /* fixed at start: a reload cannot move it */
         State *state;
         Registry *registry;
         Dispatch dispatch;
@@ -38,6 +40,8 @@ static void daemon_done(Daemon *d, bool clean) {
         d->state = state_free(d->state);
         d->event = sd_event_unref(d->event);
         d->config = config_free(d->config);
+        free(d->socket_path);
+        d->socket_path = NULL;
 }
 
 static int load_config(const DaemonOptions *o, Config **ret) {
@@ -168,8 +172,86 @@ static int on_exit_signal(sd_event_source *s, const struct signalfd_siginfo *si,
         return sd_event_exit(sd_event_source_get_event(s), 0);
 }
 
+static void notify_status(Daemon *d) {
+        (void) sd_notifyf(false, "STATUS=%zu channel(s), %zu client(s), %zu hold(s)", d->registry->n,
+                          d->control ? control_count_connections(d->control) : 0,
+                          registry_count_holds(d->registry));
+}
+
+/* Rewrite the state file to exactly the live objects (after a reload). */
+static int save_state(Daemon *d) {
+        _cleanup_(freep) StateRecord *v = calloc(2 * d->registry->n + 1, sizeof *v);
+        size_t n = 0;
+
+        if (!v)
+                return -ENOMEM;
+        for (size_t i = 0; i < d->registry->n; i++) {
+                const Channel *c = registry_at(d->registry, i)->channel;
+
+                v[n++] = (StateRecord) { .kind = STATE_SHM, .key = c->key, .id = c->shm_id };
+                v[n++] = (StateRecord) { .kind = STATE_SEM, .key = c->key, .id = c->sem_id };
+        }
+        return state_rewrite(d->state, v, n);
+}
+
+static size_t strv_length(char **v) {
+        size_t n = 0;
+
+        while (v && v[n])
+                n++;
+        return n;
+}
+
+/*
+ * Re-read the config and apply it (reload.c has the semantics). Returns 0
+ * with *ret filled, or a positive errno with msg when nothing changed.
+ */
+static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size_t msg_size) {
+        Daemon *d = userdata;
+        Config *cfg = NULL;
+        struct timespec ts;
+        int r;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        (void) sd_notifyf(false, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=Reloading %s",
+                          (unsigned long long) ts.tv_sec * 1000000ULL + (unsigned long long) ts.tv_nsec / 1000,
+                          d->options->config_path);
+        r = config_load(d->options->config_path, &cfg, msg, msg_size);
+        if (r < 0)
+                msg_set(msg, msg_size, "%s: %s", d->options->config_path, strerror(-r));
+        if (r == 0 && !d->options->socket_path && !streq(cfg->socket, d->socket_path))
+                log_warning("Reload: \"socket\" changed to %s; moving the socket needs a restart, ignoring.",
+                            cfg->socket);
+        if (r == 0)
+                r = reload_apply(d->registry, cfg, ret, msg, msg_size);
+        if (r != 0) {
+                log_error("Reload failed, nothing changed: %s", msg);
+                config_free(cfg);
+                (void) sd_notify(false, "READY=1");
+                notify_status(d);
+                return r < 0 ? EIO : r;
+        }
+        config_free(d->config);
+        d->config = cfg;
+        d->dispatch.config = cfg;
+        r = save_state(d);
+        if (r < 0)
+                log_warning("Failed to compact %s: %s, ignoring.", state_path(d->state), strerror(-r));
+        log_info("Reloaded %s: %zu added, %zu removed, %zu changed, %zu kept.", d->options->config_path,
+                 strv_length(ret->added), strv_length(ret->removed), strv_length(ret->changed),
+                 strv_length(ret->kept));
+        (void) sd_notify(false, "READY=1");
+        notify_status(d);
+        return 0;
+}
+
 static int on_hup(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
-        log_warning("Received SIGHUP: reloading is not implemented yet, ignoring.");
+        ProtoReloadResult res = {};
+        char msg[512];
+
+        log_info("Received SIGHUP, reloading.");
+        if (daemon_reload(userdata, &res, msg, sizeof msg) == 0)
+                proto_reload_result_done(&res);
         return 0;
 }
 
@@ -203,7 +285,9 @@ int daemon_run(const DaemonOptions *o) {
         r = load_config(o, &d.config);
         if (r < 0)
                 return EXIT_FAILURE;
-        d.socket_path = o->socket_path ?: d.config->socket;
+        d.socket_path = strdup(o->socket_path ?: d.config->socket);
+        if (!d.socket_path)
+                goto fail;
 
         r = setup_loop(&d);
         if (r < 0) {
@@ -222,7 +306,7 @@ int daemon_run(const DaemonOptions *o) {
                 goto fail;
         }
 
-        d.dispatch = (Dispatch) { .registry = d.registry, .config = d.config };
+        d.dispatch = (Dispatch) { .registry = d.registry, .config = d.config, .reload = daemon_reload, .userdata = &d };
         r = control_new(d.event, &d.dispatch, &d.control);
         if (r < 0)
                 goto fail;

@@ -63,6 +63,21 @@ int registry_add(Registry *r, Channel *c) {
         return 0;
 }
 
+void registry_remove(Registry *r, Entry *e) {
+        for (size_t i = 0; i < r->n; i++) {
+                if (r->entries[i] != e)
+                        continue;
+                while (!LIST_EMPTY(&e->holds))
+                        hold_free(LIST_FIRST(&e->holds));
+                channel_free(e->channel, r->state);
+                free(e);
+                /* Keeps the order, so a sorted registry stays sorted. */
+                memmove(&r->entries[i], &r->entries[i + 1], (r->n - i - 1) * sizeof *r->entries);
+                r->n--;
+                return;
+        }
+}
+
 static int cmp_entry(const void *a, const void *b) {
         return strcmp((*(Entry *const *) a)->channel->spec.name, (*(Entry *const *) b)->channel->spec.name);
 }

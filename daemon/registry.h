@@ -54,6 +54,12 @@ Registry *registry_free(Registry *r);
 /* Take ownership of a created channel. -ENOMEM leaves it with the caller. */
 int registry_add(Registry *r, Channel *c);
 
+/*
+ * Remove a channel: its holds are dropped, its kernel objects removed
+ * (clients still attached keep their mapping until they detach).
+ */
+void registry_remove(Registry *r, Entry *e);
+
 /* NULL when there is no such channel. */
 Entry *registry_find(Registry *r, const char *name);
 

@@ -1,0 +1,223 @@
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "daemon/ipc-limits.h"
+#include "daemon/log.h"
+#include "daemon/reload.h"
+
+bool channel_spec_same_objects(const ChannelSpec *a, const ChannelSpec *b) {
+        return a->layout == b->layout && a->size == b->size && a->slot_size == b->slot_size &&
+               a->slots == b->slots && a->nsems == b->nsems &&
+               memcmp(a->sem_values, b->sem_values, a->nsems * sizeof *a->sem_values) == 0 &&
+               a->has_key == b->has_key && (!a->has_key || a->key == b->key);
+}
+
+static bool same_perms(const ChannelSpec *a, const ChannelSpec *b) {
+        return a->uid == b->uid && a->gid == b->gid && a->mode == b->mode;
+}
+
+/* Append a copy of name to a NULL-terminated, owned list. */
+static int names_add(char ***list, const char *name) {
+        size_t n = 0;
+        char **v;
+
+        while (*list && (*list)[n])
+                n++;
+        v = reallocarray(*list, n + 2, sizeof *v);
+        if (!v)
+                return -ENOMEM;
+        *list = v;
+        v[n] = strdup(name);
+        v[n + 1] = NULL;
+        return v[n] ? 0 : -ENOMEM;
+}
+
+/* Every list present, even when empty: the answer always carries all four. */
+static int names_complete(ProtoReloadResult *res) {
+        char ***lists[] = { &res->added, &res->removed, &res->changed, &res->kept };
+
+        for (size_t i = 0; i < ELEMENTSOF(lists); i++)
+                if (!*lists[i] && !(*lists[i] = calloc(1, sizeof(char *))))
+                        return -ENOMEM;
+        return 0;
+}
+
+static int cmp_u32(const void *a, const void *b) {
+        uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;
+
+        return x < y ? -1 : x > y;
+}
+
+typedef struct Plan {
+        const ChannelSpec **create;     /* [0, n_added): new; [n_added, n_create): replacements */
+        size_t n_added, n_create;
+        Entry **replace;                /* the old entry of each replacement, same order */
+        Entry **remove;
+        size_t n_remove;
+        uint32_t *fixed;                /* sorted fixed keys of the new config */
+        size_t n_fixed;
+} Plan;
+
+static void plan_done(Plan *p) {
+        free(p->create);
+        free(p->replace);
+        free(p->remove);
+        free(p->fixed);
+}
+
+static int plan_make(Registry *reg, const Config *cfg, Plan *p) {
+        p->create = calloc(cfg->n_channels + 1, sizeof *p->create);
+        p->replace = calloc(cfg->n_channels + 1, sizeof *p->replace);
+        p->remove = calloc(reg->n + 1, sizeof *p->remove);
+        p->fixed = calloc(cfg->n_channels + 1, sizeof *p->fixed);
+        if (!p->create || !p->replace || !p->remove || !p->fixed)
+                return -ENOMEM;
+
+        for (size_t i = 0; i < cfg->n_channels; i++) {
+                const ChannelSpec *s = &cfg->channels[i];
+
+                if (s->has_key)
+                        p->fixed[p->n_fixed++] = s->key;
+                if (!registry_find(reg, s->name))
+                        p->create[p->n_added++] = s;
+        }
+        qsort(p->fixed, p->n_fixed, sizeof *p->fixed, cmp_u32);
+        p->n_create = p->n_added;
+        for (size_t i = 0; i < cfg->n_channels; i++) {
+                const ChannelSpec *s = &cfg->channels[i];
+                Entry *e = registry_find(reg, s->name);
+
+                if (e && !channel_spec_same_objects(&e->channel->spec, s)) {
+                        p->replace[p->n_create - p->n_added] = e;
+                        p->create[p->n_create++] = s;
+                }
+        }
+        for (size_t i = 0; i < reg->n; i++) {
+                Entry *e = registry_at(reg, i);
+
+                if (config_find_channel(cfg, e->channel->spec.name) < 0)
+                        p->remove[p->n_remove++] = e;
+        }
+        return 0;
+}
+
+/* The objects removed before the replacements are made no longer count. */
+static int check_limits(const Plan *p, char *msg, size_t msg_size) {
+        size_t n_replace = p->n_create - p->n_added;
+        IpcLimits l;
+        int r;
+
+        r = ipc_limits_read(&l);
+        if (r < 0) {
+                msg_set(msg, msg_size, "cannot read the kernel's IPC limits: %s", strerror(-r));
+                return -r;
+        }
+        for (size_t i = 0; i < p->n_remove + n_replace; i++) {
+                const ChannelSpec *s = i < p->n_remove ? &p->remove[i]->channel->spec
+                                                        : &p->replace[i - p->n_remove]->channel->spec;
+
+                l.shm_ids_used -= MIN(l.shm_ids_used, UINT64_C(1));
+                l.sem_sets_used -= MIN(l.sem_sets_used, UINT64_C(1));
+                l.sem_sems_used -= MIN(l.sem_sems_used, (uint64_t) s->nsems);
+                l.shm_pages_used -= MIN(l.shm_pages_used, (s->size + l.page_size - 1) / l.page_size);
+        }
+        return ipc_limits_check(&l, p->create, p->n_create, msg, msg_size);
+}
+
+static int create_one(Registry *reg, const Plan *p, const ChannelSpec *s, char *msg, size_t msg_size) {
+        Channel *c;
+        int r;
+
+        r = channel_create(s, p->fixed, p->n_fixed, reg->state, &c, msg, msg_size);
+        if (r < 0)
+                return r;
+        r = registry_add(reg, c);
+        if (r < 0)
+                channel_free(c, reg->state);
+        return r;
+}
+
+static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadResult *res, char *msg, size_t msg_size) {
+        int r;
+
+        /* 1. Add. On failure, remove what this reload added: nothing else has changed yet. */
+        for (size_t i = 0; i < p->n_added; i++) {
+                r = create_one(reg, p, p->create[i], msg, msg_size);
+                if (r < 0) {
+                        for (size_t k = 0; k < i; k++)
+                                registry_remove(reg, registry_find(reg, p->create[k]->name));
+                        return r == -ENOMEM ? r : -r;
+                }
+        }
+
+        /* From here on every step is carried out; names record what happened. */
+        for (size_t i = 0; i < p->n_added; i++)
+                if (names_add(&res->added, p->create[i]->name) < 0)
+                        return -ENOMEM;
+
+        /* 2. Remove the dropped ones. */
+        for (size_t i = 0; i < p->n_remove; i++) {
+                if (names_add(&res->removed, p->remove[i]->channel->spec.name) < 0)
+                        return -ENOMEM;
+                registry_remove(reg, p->remove[i]);
+        }
+
+        /* 3. Replace: the old objects go first, so the key is free for the new ones. */
+        for (size_t i = p->n_added; i < p->n_create; i++) {
+                const ChannelSpec *s = p->create[i];
+                char why[512];
+
+                registry_remove(reg, p->replace[i - p->n_added]);
+                r = create_one(reg, p, s, why, sizeof why);
+                if (r < 0)
+                        log_error("Reload: %s; the channel is gone until a later reload.", why);
+                if (names_add(r < 0 ? &res->removed : &res->changed, s->name) < 0)
+                        return -ENOMEM;
+        }
+
+        /* 4. The rest: owner, group and mode in place, or untouched. */
+        for (size_t i = 0; i < cfg->n_channels; i++) {
+                const ChannelSpec *s = &cfg->channels[i];
+                bool created = false;
+                Entry *e;
+
+                for (size_t k = 0; k < p->n_create && !created; k++)
+                        created = p->create[k] == s;
+                e = created ? NULL : registry_find(reg, s->name);
+                if (!e)
+                        continue;
+                if (same_perms(&e->channel->spec, s)) {
+                        if (names_add(&res->kept, s->name) < 0)
+                                return -ENOMEM;
+                        continue;
+                }
+                r = channel_set_perms(e->channel, s->uid, s->gid, s->mode);
+                if (r < 0)
+                        log_error("Reload: channel %s: cannot set owner %u, group %u, mode %04o: %s",
+                                  s->name, (unsigned) s->uid, (unsigned) s->gid, (unsigned) s->mode, strerror(-r));
+                if (names_add(&res->changed, s->name) < 0)
+                        return -ENOMEM;
+        }
+        return names_complete(res);
+}
+
+int reload_apply(Registry *reg, const Config *cfg, ProtoReloadResult *ret, char *msg, size_t msg_size) {
+        ProtoReloadResult res = {};
+        Plan p = {};
+        int r;
+
+        r = plan_make(reg, cfg, &p);
+        if (r == 0)
+                r = check_limits(&p, msg, msg_size);
+        if (r == 0)
+                r = apply(reg, cfg, &p, &res, msg, msg_size);
+        plan_done(&p);
+        if (r != 0) {
+                proto_reload_result_done(&res);
+                return r;
+        }
+        *ret = res;
+        return 0;
+}
