@@ -19,6 +19,7 @@
 
 #include "common/util.h"
 #include "daemon/channel.h"
+#include "daemon/ipc-stat.h"
 #include "proto/ring.h"
 
 #define DERIVED_KEY_ATTEMPTS 64
@@ -71,18 +72,21 @@ static void id_to_name(uint32_t id, bool group, char *buf, size_t size) {
 }
 
 static void remove_objects(Channel *c, State *state) {
-        if (c->addr) {
-                shmdt(c->addr);
-                c->addr = NULL;
-        }
+        /* IPC_RMID while still attached: our attachment keeps the id ours until then. */
         if (c->shm_id >= 0) {
                 shmctl(c->shm_id, IPC_RMID, NULL);
                 if (state)
                         state_drop(state, STATE_SHM, c->key, c->shm_id);
                 c->shm_id = -1;
         }
+        if (c->addr) {
+                shmdt(c->addr);
+                c->addr = NULL;
+        }
+        /* A set removed behind our back may have given its id to someone else. */
         if (c->sem_id >= 0) {
-                semctl(c->sem_id, 0, IPC_RMID);
+                if (ipc_is_ours(c->sem_id, c->key, false) == 1)
+                        semctl(c->sem_id, 0, IPC_RMID);
                 if (state)
                         state_drop(state, STATE_SEM, c->key, c->sem_id);
                 c->sem_id = -1;
@@ -145,7 +149,8 @@ static int try_key(Channel *c, uint32_t key, State *state, char *msg, size_t msg
 fail_state:
         msg_set(msg, msg_size, "channel \"%s\": cannot record the new object in %s: %s",
                 s->name, state_path(state), strerror(-r));
-        remove_objects(c, NULL);
+        /* The segment may be recorded already: try to drop its record too. */
+        remove_objects(c, state);
         return r;
 }
 
@@ -305,12 +310,20 @@ int channel_stat(const Channel *c, ProtoChannel *ret) {
         _cleanup_(freep) unsigned short *values = NULL;
         struct shmid_ds shm;
         union semun arg;
+        int r;
 
-        if (shmctl(c->shm_id, IPC_STAT, &shm) < 0)
-                return errno == EINVAL ? -EIDRM : -errno;
-        /* An id reused by someone else after an ipcrm must not pass as ours. */
+        r = ipc_stat_shm(c->shm_id, &shm);
+        if (r < 0)
+                return r == -EINVAL ? -EIDRM : r;
+        /* Removed behind our back (still attached, the key reads IPC_PRIVATE), or
+         * an id reused by someone else: either way not the channel any more. */
         if ((uint32_t) shm.shm_perm.__key != c->key)
                 return -EIDRM;
+        r = ipc_is_ours(c->sem_id, c->key, false);
+        if (r == 0 || r == -ENOENT)
+                return -EIDRM;
+        if (r < 0)
+                return r;
         values = calloc(c->spec.nsems, sizeof *values);
         sems = calloc(c->spec.nsems, sizeof *sems);
         if (!values || !sems)

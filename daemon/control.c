@@ -13,6 +13,7 @@
 /* Stop answering (and reading) once this much output waits for a slow reader. */
 #define OUT_HIGH_WATER (256u * 1024)
 #define IN_CHUNK 4096u
+#define ACCEPT_PAUSE_USEC (100 * 1000)
 
 typedef struct Conn Conn;
 
@@ -36,6 +37,8 @@ struct Control {
         int listen_fd;
         sd_event_source *listen_source;
         char *bound_path;       /* unlinked on exit; NULL for an inherited socket */
+        sd_event_source *resume_source;
+        bool pause_logged;
         LIST_HEAD(, Conn) conns;
         size_t n_conns;
 };
@@ -71,6 +74,9 @@ static Conn *conn_free(Conn *conn) {
                 close(conn->fd);
         LIST_REMOVE(conn, link);
         conn->control->n_conns--;
+        /* A descriptor came free: accept again if we had paused. */
+        if (conn->control->listen_source)
+                (void) sd_event_source_set_enabled(conn->control->listen_source, SD_EVENT_ON);
         free(conn->in);
         free(conn->out);
         free(conn);
@@ -245,6 +251,36 @@ close:
         return 0;
 }
 
+static int on_resume(sd_event_source *s, uint64_t usec, void *userdata) {
+        Control *c = userdata;
+
+        if (c->listen_source)
+                (void) sd_event_source_set_enabled(c->listen_source, SD_EVENT_ON);
+        return 0;
+}
+
+/*
+ * Out of descriptors (or memory): the listener stays readable, so accepting
+ * again at once would spin. Stop for ACCEPT_PAUSE_USEC, or until a
+ * connection closes, and say so once per episode, not per attempt.
+ */
+static void pause_accepting(Control *c, int err) {
+        uint64_t now;
+
+        if (!c->pause_logged)
+                log_warning("Cannot accept connections (%s) with %zu open; pausing accept.", strerror(err), c->n_conns);
+        c->pause_logged = true;
+        (void) sd_event_source_set_enabled(c->listen_source, SD_EVENT_OFF);
+        if (sd_event_now(c->event, CLOCK_MONOTONIC, &now) < 0)
+                return;
+        if (c->resume_source)
+                (void) sd_event_source_set_time(c->resume_source, now + ACCEPT_PAUSE_USEC);
+        else
+                (void) sd_event_add_time(c->event, &c->resume_source, CLOCK_MONOTONIC, now + ACCEPT_PAUSE_USEC, 0,
+                                         on_resume, c);
+        (void) sd_event_source_set_enabled(c->resume_source, SD_EVENT_ONESHOT);
+}
+
 static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         Control *c = userdata;
         Conn *conn;
@@ -252,10 +288,13 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
 
         cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (cfd < 0) {
-                if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                        pause_accepting(c, errno);
+                else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
                         log_warning("Failed to accept a connection: %m, ignoring.");
                 return 0;
         }
+        c->pause_logged = false;
         conn = calloc(1, sizeof *conn);
         if (!conn) {
                 close(cfd);
@@ -295,16 +334,20 @@ int control_new(sd_event *event, Dispatch *dispatch, Control **ret) {
         return 0;
 }
 
-/* Whether a server answers on path: 1 yes, 0 no (stale), negative errno. */
+/*
+ * Whether a server answers on path: 1 yes, 0 no (stale), negative errno
+ * when it cannot be told. Non-blocking, so a live server with a full
+ * backlog (EAGAIN) counts as live instead of stalling our start.
+ */
 static int socket_is_live(const char *path) {
         _cleanup_(closep) int fd = -1;
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
 
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (fd < 0)
                 return -errno;
         strcpy(sa.sun_path, path);
-        if (connect(fd, (struct sockaddr *) &sa, sizeof sa) == 0)
+        if (connect(fd, (struct sockaddr *) &sa, sizeof sa) == 0 || errno == EAGAIN || errno == EINPROGRESS)
                 return 1;
         return errno == ECONNREFUSED || errno == ENOENT ? 0 : -errno;
 }
@@ -347,6 +390,11 @@ int control_listen(Control *c, const char *path, char *msg, size_t msg_size) {
                         msg_set(msg, msg_size, "a server is already listening on %s", path);
                         return -EADDRINUSE;
                 }
+                if (r < 0) {
+                        msg_set(msg, msg_size, "cannot tell whether a server still listens on %s (%s); not replacing it",
+                                path, strerror(-r));
+                        return r;
+                }
                 if (unlink(path) < 0 && errno != ENOENT) {
                         r = -errno;
                         msg_set(msg, msg_size, "cannot remove the stale socket %s: %s", path, strerror(errno));
@@ -380,6 +428,7 @@ int control_listen(Control *c, const char *path, char *msg, size_t msg_size) {
 }
 
 void control_stop_accepting(Control *c) {
+        c->resume_source = sd_event_source_disable_unref(c->resume_source);
         c->listen_source = sd_event_source_disable_unref(c->listen_source);
         if (c->listen_fd >= 0) {
                 close(c->listen_fd);

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <libgen.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
@@ -30,12 +31,17 @@ typedef struct Daemon {
         Dispatch dispatch;
         Control *control;
         sd_event *event;
+        bool reclaimed;                 /* the previous run's records were settled... */
+        size_t unsettled;               /* ...but for these, which must stay recorded */
 } Daemon;
 
-static void daemon_done(Daemon *d, bool clean) {
+static void daemon_done(Daemon *d) {
+        /* Our own records cancel out as the registry removes its channels. */
+        bool remove_state = d->reclaimed && d->unsettled == 0;
+
         d->control = control_free(d->control);
         d->registry = registry_free(d->registry);
-        if (d->state && clean)
+        if (d->state && remove_state)
                 state_remove_files(d->state);
         d->state = state_free(d->state);
         d->event = sd_event_unref(d->event);
@@ -98,14 +104,23 @@ static int open_state_and_reclaim(Daemon *d) {
         }
         if (skipped > 0)
                 log_warning("%s: %zu malformed line(s), ignoring.", state_path(d->state), skipped);
+        res = (ReclaimResult) {};
         if (n > 0) {
                 reclaim_records(v, n, &res);
-                log_notice("Reclaimed %zu object(s) left by a previous run (%zu already gone, %zu now someone else's, %zu failed).",
-                           res.removed, res.gone, res.foreign, res.failed);
+                log_notice("Reclaimed %zu object(s) left by a previous run (%zu already gone, %zu now someone else's).",
+                           res.removed, res.gone, res.foreign);
+                if (res.kept > 0)
+                        log_warning("%zu recorded object(s) could not be verified or removed; keeping them in %s.",
+                                    res.kept, state_path(d->state));
         }
-        r = state_rewrite(d->state, NULL, 0);
+        /* What could not be settled stays recorded: a later start tries again. */
+        r = state_rewrite(d->state, v, res.kept);
         if (r < 0)
                 log_error("Failed to reset %s: %s", state_path(d->state), strerror(-r));
+        else {
+                d->reclaimed = true;
+                d->unsettled = res.kept;
+        }
         return r;
 }
 
@@ -277,6 +292,17 @@ static int setup_loop(Daemon *d) {
         return r;
 }
 
+/* Every client costs a descriptor; epoll has no FD_SETSIZE, so take what we may. */
+static void raise_fd_limit(void) {
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                        log_debug("Failed to raise RLIMIT_NOFILE: %m, ignoring.");
+        }
+}
+
 int daemon_run(const DaemonOptions *o) {
         Daemon d = { .options = o };
         char msg[512];
@@ -285,6 +311,7 @@ int daemon_run(const DaemonOptions *o) {
         r = load_config(o, &d.config);
         if (r < 0)
                 return EXIT_FAILURE;
+        raise_fd_limit();
         d.socket_path = strdup(o->socket_path ?: d.config->socket);
         if (!d.socket_path)
                 goto fail;
@@ -323,13 +350,14 @@ int daemon_run(const DaemonOptions *o) {
         r = sd_event_loop(d.event);
         if (r < 0)
                 log_error("Event loop failed: %s", strerror(-r));
-        daemon_done(&d, true);
+        daemon_done(&d);
         log_info("Stopped; every channel removed.");
         return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 
 fail:
-        /* Everything created is removed again; the state files go too, as nothing is left to record. */
-        daemon_done(&d, d.state != NULL);
+        /* Everything created is removed again. The state files go too, but only
+         * once the previous run's objects were settled: else they would be forgotten. */
+        daemon_done(&d);
         return EXIT_FAILURE;
 }
 

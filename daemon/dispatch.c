@@ -114,14 +114,18 @@ static int do_channels(Dispatch *d, const ProtoRequest *req, char **ret_line, si
                 }
                 r = stat_entry(e, &v[n]);
                 n++;
-                if (r == -EIDRM) {
+                if (r == 0)
+                        continue;
+                /* An answer, never a dropped connection: only ENOMEM may end it. */
+                if (r == -EIDRM)
                         r = answer_error(EIDRM, ret_line, ret_len,
                                          "channel \"%s\": its kernel objects were removed behind the daemon's back",
                                          e->channel->spec.name);
-                        goto out;
-                }
-                if (r < 0)
-                        goto out;
+                else if (r != -ENOMEM)
+                        r = answer_error(proto_errno_to_name(-r) ? -r : EIO, ret_line, ret_len,
+                                         "channel \"%s\": cannot read its kernel objects: %s",
+                                         e->channel->spec.name, strerror(-r));
+                goto out;
         }
         r = proto_encode_channels(status ? PROTO_VIEW_STATUS : PROTO_VIEW_LIST, v, n, ret_line, ret_len);
 out:

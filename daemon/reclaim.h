@@ -15,8 +15,13 @@ typedef struct ReclaimResult {
         size_t removed;         /* ours, and now gone */
         size_t gone;            /* already removed by someone else */
         size_t foreign;         /* the id now names another object: left alone */
-        size_t failed;          /* ours, but IPC_RMID failed */
+        size_t kept;            /* could not be verified or removed: still recorded */
 } ReclaimResult;
 
-/* Never fails as a whole; the counts say what happened. */
-void reclaim_records(const StateRecord *v, size_t n, ReclaimResult *ret);
+/*
+ * Reclaim what v records. Records that could not be settled (unverifiable,
+ * or IPC_RMID failed) are moved to the front of v, and their count is
+ * ret->kept: the caller keeps them in the state file, so nothing of ours
+ * is ever forgotten. Never fails as a whole.
+ */
+void reclaim_records(StateRecord *v, size_t n, ReclaimResult *ret);

@@ -21,7 +21,8 @@
 #include <sys/types.h>
 
 #define PROTO_VERSION 1
-/* A request or response line, newline included, is at most this long. */
+/* A request line, newline included, is at most this long. Answers may be
+ * longer (status of many channels); clients cap them themselves. */
 #define PROTO_LINE_MAX (64 * 1024)
 #define PROTO_NAME_MAX 64
 #define PROTO_CLIENT_MAX 128
