@@ -510,31 +510,198 @@ START_TEST(test_sigkill_then_restart_reclaims) {
 }
 END_TEST
 
+static void write_proc(const char *path, const char *value) {
+        FILE *f = fopen(path, "we");
+
+        ck_assert_ptr_nonnull(f);
+        fputs(value, f);
+        ck_assert_int_eq(fclose(f), 0);
+}
+
+typedef struct ForeignShm {
+        uint32_t key;
+        int want_id;
+        uid_t uid;
+} ForeignShm;
+
+/* Make a segment with this key and exactly this id, as another user. */
+static void foreign_shm_child(void *userdata) {
+        const ForeignShm *f = userdata;
+        char id[32];
+
+        snprintf(id, sizeof id, "%d", f->want_id);
+        write_proc("/proc/sys/kernel/shm_next_id", id);
+        if (f->uid)
+                test_drop_privileges(f->uid, f->uid, 0);
+        _exit(shmget((key_t) f->key, 4096, IPC_CREAT | IPC_EXCL | 0666) == f->want_id ? 0 : 1);
+}
+
 START_TEST(test_reclaim_spares_foreign_reuse_of_id) {
-        /* A record whose id now names someone else's object must not be removed. */
-        int fd, id, foreign;
+        /* After a crash an admin removes our objects, and others get the very same ids:
+         * one under another key, one under our key but made by another user. */
+        int fd, id_a, id_b, status;
+        uint32_t key_b;
         json_t *resp;
         struct shmid_ds ds;
+        ForeignShm other_key, other_user;
 
-        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096}]");
         start_ok();
         fd = test_connect(td.socket);
         resp = test_request(fd, "{\"op\":\"list\"}");
-        id = (int) jint(json_array_get(json_object_get(resp, "channels"), 0), "shm_id");
+        id_a = (int) jint(find_channel(resp, "a"), "shm_id");
+        id_b = (int) jint(find_channel(resp, "b"), "shm_id");
+        key_b = (uint32_t) jint(find_channel(resp, "b"), "shm_key");
         json_decref(resp);
         close(fd);
         test_daemon_kill(&td, SIGKILL);
-        /* An admin removes ours and another program makes a segment. */
-        ck_assert_int_eq(shmctl(id, IPC_RMID, NULL), 0);
-        foreign = shmget(0x1234, 4096, IPC_CREAT | IPC_EXCL | 0600);
-        ck_assert_int_ge(foreign, 0);
+        ck_assert_int_eq(shmctl(id_a, IPC_RMID, NULL), 0);
+        ck_assert_int_eq(shmctl(id_b, IPC_RMID, NULL), 0);
+
+        other_key = (ForeignShm) { .key = 0x1234, .want_id = id_a, .uid = 0 };
+        status = test_in_child(foreign_shm_child, &other_key);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "could not reuse id %d", id_a);
+        other_user = (ForeignShm) { .key = key_b, .want_id = id_b, .uid = 65534 };
+        status = test_in_child(foreign_shm_child, &other_user);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "could not reuse id %d", id_b);
 
         start_ok();
-        ck_assert_int_eq(shmctl(foreign, IPC_STAT, &ds), 0);
-        ck_assert_uint_eq((uint32_t) ds.shm_perm.__key, 0x1234);
+        char *log = test_daemon_log(&td);
+        ck_assert_ptr_nonnull(strstr(log, "2 now someone else's"));
+        free(log);
         test_daemon_kill(&td, SIGTERM);
-        ck_assert_int_eq(shmctl(foreign, IPC_STAT, &ds), 0);
-        shmctl(foreign, IPC_RMID, NULL);
+        ck_assert_int_eq(shmctl(id_a, IPC_STAT, &ds), 0);
+        ck_assert_uint_eq((uint32_t) ds.shm_perm.__key, 0x1234);
+        ck_assert_int_eq(shmctl(id_b, IPC_STAT, &ds), 0);
+        ck_assert_uint_eq(ds.shm_perm.cuid, 65534);
+        shmctl(id_a, IPC_RMID, NULL);
+        shmctl(id_b, IPC_RMID, NULL);
+        assert_nothing_left();
+}
+END_TEST
+
+START_TEST(test_status_after_ipcrm_is_eidrm) {
+        json_t *resp;
+        int fd, id;
+
+        test_daemon_write_config(&td, two_channels);
+        start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        id = (int) jint(find_channel(resp, "frames"), "shm_id");
+        json_decref(resp);
+        /* The daemon is still attached, so the segment lives on, keyless. */
+        ck_assert_int_eq(shmctl(id, IPC_RMID, NULL), 0);
+        resp = test_request(fd, "{\"op\":\"status\",\"channel\":\"frames\"}");
+        test_assert_error(resp, "EIDRM");
+        json_decref(resp);
+        resp = test_request(fd, "{\"op\":\"status\",\"channel\":\"telemetry\"}");
+        test_assert_ok(resp);           /* the others are fine, and so is the connection */
+        json_decref(resp);
+        close(fd);
+        ck_assert_int_eq(WEXITSTATUS(test_daemon_kill(&td, SIGTERM)), 0);
+        assert_nothing_left();
+}
+END_TEST
+
+START_TEST(test_derived_key_skips_fixed_keys) {
+        char channels[256];
+        json_t *resp;
+        int fd;
+
+        /* "b" claims the key "a" would derive first; "a" must leave it to "b". */
+        snprintf(channels, sizeof channels,
+                 "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096, \"key\": %u}]",
+                 channel_derive_key("a", 0));
+        test_daemon_write_config(&td, channels);
+        start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        ck_assert_uint_eq((uint32_t) jint(find_channel(resp, "a"), "shm_key"), channel_derive_key("a", 1));
+        ck_assert_uint_eq((uint32_t) jint(find_channel(resp, "b"), "shm_key"), channel_derive_key("a", 0));
+        json_decref(resp);
+        close(fd);
+}
+END_TEST
+
+static long cpu_ticks(pid_t pid) {
+        char path[64], buf[1024], *p;
+        unsigned long ut, st;
+        FILE *f;
+        size_t n;
+
+        snprintf(path, sizeof path, "/proc/%d/stat", (int) pid);
+        f = fopen(path, "re");
+        ck_assert_ptr_nonnull(f);
+        n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        p = strrchr(buf, ')');
+        ck_assert_ptr_nonnull(p);
+        /* fields after the name: state(3) ... utime(14) stime(15) */
+        ck_assert_int_eq(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st), 2);
+        return (long) (ut + st);
+}
+
+START_TEST(test_fd_exhaustion_pauses_accept) {
+        enum { N = 40 };
+        int conns[N], fd;
+        long before;
+        json_t *resp;
+
+        test_daemon_write_config(&td, two_channels);
+        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=24:24", 1);
+        start_ok();
+        unsetenv("TEST_DAEMON_WRAPPER");
+        for (int i = 0; i < N; i++)
+                conns[i] = test_connect(td.socket);     /* the backlog takes what accept cannot */
+        usleep(200000);
+        before = cpu_ticks(td.pid);
+        usleep(1000000);
+        /* Paused, not spinning: a spin would burn ~100 ticks a second. */
+        ck_assert_int_lt(cpu_ticks(td.pid) - before, 20);
+        for (int i = 0; i < N; i++)
+                close(conns[i]);
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        close(fd);
+        /* Said once per episode, not once per attempt. */
+        char *log = test_daemon_log(&td);
+        int said = 0;
+        for (const char *p = log; (p = strstr(p, "pausing accept")); p++)
+                said++;
+        ck_assert_msg(said >= 1 && said <= 3, "\"pausing accept\" logged %d times", said);
+        free(log);
+}
+END_TEST
+
+START_TEST(test_unprivileged_daemon_reclaims_unreadable_objects) {
+        /* A channel mode without owner-read: a daemon without CAP_IPC_OWNER cannot
+         * IPC_STAT its own objects, yet must still answer and reclaim them. */
+        json_t *resp;
+        int fd;
+        char *log;
+
+        ck_assert_int_eq(chown(td.dir, 65534, 65534), 0);
+        test_daemon_write_config(&td, "[{\"name\": \"wo\", \"size\": 4096, \"mode\": \"0060\", \"key\": 4242}]");
+        setenv("TEST_DAEMON_WRAPPER", "setpriv --reuid 65534 --regid 65534 --clear-groups --inh-caps=-all", 1);
+        start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"status\"}");
+        ck_assert(json_is_boolean(json_object_get(resp, "ok")));      /* an answer, whatever it is */
+        json_decref(resp);
+        close(fd);
+        test_daemon_kill(&td, SIGKILL);
+        start_ok();
+        unsetenv("TEST_DAEMON_WRAPPER");
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Reclaimed 2 object(s)"), "log: %s", log);
+        free(log);
+        ck_assert_int_eq(test_ipcs_count("-m"), 1);
+        ck_assert_int_eq(test_ipcs_count("-s"), 1);
+        ck_assert_int_eq(WEXITSTATUS(test_daemon_kill(&td, SIGTERM)), 0);
         assert_nothing_left();
 }
 END_TEST
@@ -586,14 +753,6 @@ START_TEST(test_foreign_derived_key_moves_on) {
         semctl(foreign, 0, IPC_RMID);
 }
 END_TEST
-
-static void write_proc(const char *path, const char *value) {
-        FILE *f = fopen(path, "we");
-
-        ck_assert_ptr_nonnull(f);
-        fputs(value, f);
-        ck_assert_int_eq(fclose(f), 0);
-}
 
 START_TEST(test_kernel_limit_refused_before_creating) {
         int status = 0;
@@ -701,7 +860,9 @@ static Suite *suite(void) {
                 { "access", { test_access_follows_kernel_rule } },
                 { "lifecycle", { test_sigterm_with_client_attached, test_sigint_with_client_attached,
                                  test_sigkill_then_restart_reclaims, test_reclaim_spares_foreign_reuse_of_id,
-                                 test_second_daemon_refuses, test_stale_socket_replaced_live_socket_kept } },
+                                 test_second_daemon_refuses, test_stale_socket_replaced_live_socket_kept,
+                                 test_status_after_ipcrm_is_eidrm, test_unprivileged_daemon_reclaims_unreadable_objects } },
+                { "resources", { test_fd_exhaustion_pauses_accept, test_derived_key_skips_fixed_keys } },
                 { "start-failures", { test_foreign_fixed_key_fails_start_and_rolls_back, test_foreign_derived_key_moves_on,
                                       test_kernel_limit_refused_before_creating, test_check_config_touches_no_ipc } },
         };
