@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
@@ -424,6 +425,24 @@ int control_listen(Control *c, const char *path, char *msg, size_t msg_size) {
                 return r;
         }
         c->listen_fd = TAKE_FD(fd);
+        return 0;
+}
+
+int control_adopt(Control *c, int fd, char *msg, size_t msg_size) {
+        int flags = fcntl(fd, F_GETFL);
+        int r;
+
+        if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+                r = -errno;
+                msg_set(msg, msg_size, "cannot set up the socket passed by systemd: %s", strerror(errno));
+                return r;
+        }
+        r = sd_event_add_io(c->event, &c->listen_source, fd, EPOLLIN, on_accept, c);
+        if (r < 0) {
+                msg_set(msg, msg_size, "cannot watch the socket passed by systemd: %s", strerror(-r));
+                return r;
+        }
+        c->listen_fd = fd;
         return 0;
 }
 

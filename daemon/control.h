@@ -26,6 +26,12 @@ int control_new(sd_event *event, Dispatch *dispatch, Control **ret);
  */
 int control_listen(Control *c, const char *path, char *msg, size_t msg_size);
 
+/*
+ * Serve on a listening socket systemd passed us (socket activation). It is
+ * neither bound nor unlinked by us. Takes the fd on success.
+ */
+int control_adopt(Control *c, int fd, char *msg, size_t msg_size);
+
 /* Stop accepting new connections; existing ones keep being served. */
 void control_stop_accepting(Control *c);
 

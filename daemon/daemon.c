@@ -5,6 +5,7 @@
 #include <libgen.h>
 #include <time.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
@@ -22,7 +23,10 @@
 #include "daemon/reload.h"
 #include "daemon/state.h"
 
-typedef struct Daemon {
+typedef struct Daemon Daemon;
+static void notify_status(Daemon *d);
+
+struct Daemon {
         const DaemonOptions *options;
         Config *config;
         char *socket_path;              /* fixed at start: a reload cannot move it */
@@ -33,7 +37,8 @@ typedef struct Daemon {
         sd_event *event;
         bool reclaimed;                 /* the previous run's records were settled... */
         size_t unsettled;               /* ...but for these, which must stay recorded */
-} Daemon;
+        size_t last_status[3];          /* channels, clients, holds as last sent in STATUS= */
+};
 
 static void daemon_done(Daemon *d) {
         /* Our own records cancel out as the registry removes its channels. */
@@ -124,6 +129,15 @@ static int open_state_and_reclaim(Daemon *d) {
         return r;
 }
 
+#define USEC_PER_SEC 1000000ULL
+
+static uint64_t now_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
+}
+
 static int cmp_u32(const void *a, const void *b) {
         uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;
 
@@ -161,9 +175,15 @@ static int create_channels(Daemon *d) {
         if (r > 0)
                 return log_error("%s: %s", cfg->source, msg), -r;
 
-        for (size_t i = 0; i < cfg->n_channels; i++) {
+        for (size_t i = 0, extended = 0; i < cfg->n_channels; i++) {
                 Channel *c;
 
+                /* Many channels may outlast TimeoutStartSec=: ask for more time, a second at a go. */
+                if (i % 64 == 0 && now_usec() - extended > USEC_PER_SEC) {
+                        (void) sd_notifyf(false, "EXTEND_TIMEOUT_USEC=%llu\nSTATUS=Creating channel %zu of %zu",
+                                          5ULL * USEC_PER_SEC, i + 1, cfg->n_channels);
+                        extended = now_usec();
+                }
                 r = channel_create(specs[i], fixed, n_fixed, d->state, &c, msg, sizeof msg);
                 if (r < 0)
                         return log_error("%s", msg), r;
@@ -188,9 +208,13 @@ static int on_exit_signal(sd_event_source *s, const struct signalfd_siginfo *si,
 }
 
 static void notify_status(Daemon *d) {
-        (void) sd_notifyf(false, "STATUS=%zu channel(s), %zu client(s), %zu hold(s)", d->registry->n,
-                          d->control ? control_count_connections(d->control) : 0,
-                          registry_count_holds(d->registry));
+        d->last_status[0] = d->registry->n;
+        d->last_status[1] = d->control ? control_count_connections(d->control) : 0;
+        d->last_status[2] = registry_count_holds(d->registry);
+        (void) sd_notifyf(false, "STATUS=%zu channel%s, %zu client%s, %zu hold%s",
+                          d->last_status[0], d->last_status[0] == 1 ? "" : "s",
+                          d->last_status[1], d->last_status[1] == 1 ? "" : "s",
+                          d->last_status[2], d->last_status[2] == 1 ? "" : "s");
 }
 
 /* Rewrite the state file to exactly the live objects (after a reload). */
@@ -224,13 +248,10 @@ static size_t strv_length(char **v) {
 static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size_t msg_size) {
         Daemon *d = userdata;
         Config *cfg = NULL;
-        struct timespec ts;
         int r;
 
-        clock_gettime(CLOCK_MONOTONIC, &ts);
         (void) sd_notifyf(false, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=Reloading %s",
-                          (unsigned long long) ts.tv_sec * 1000000ULL + (unsigned long long) ts.tv_nsec / 1000,
-                          d->options->config_path);
+                          (unsigned long long) now_usec(), d->options->config_path);
         r = config_load(d->options->config_path, &cfg, msg, msg_size);
         if (r < 0)
                 msg_set(msg, msg_size, "%s: %s", d->options->config_path, strerror(-r));
@@ -303,6 +324,42 @@ static void raise_fd_limit(void) {
         }
 }
 
+/*
+ * Take the listening socket from systemd when it passed one (socket
+ * activation: neither bound nor unlinked by us), else bind our own.
+ */
+static int listen_or_adopt(Daemon *d, char *msg, size_t msg_size) {
+        int n = sd_listen_fds(true);
+
+        if (n < 0) {
+                msg_set(msg, msg_size, "cannot read the sockets passed by systemd: %s", strerror(-n));
+                return n;
+        }
+        if (n > 1) {
+                msg_set(msg, msg_size, "systemd passed %d sockets; shmbrokerd takes exactly one", n);
+                return -EINVAL;
+        }
+        if (n == 1) {
+                if (sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, NULL, 0) <= 0) {
+                        msg_set(msg, msg_size, "the socket systemd passed is not a listening Unix stream socket");
+                        return -EINVAL;
+                }
+                log_debug("Using the socket passed by systemd.");
+                return control_adopt(d->control, SD_LISTEN_FDS_START, msg, msg_size);
+        }
+        return control_listen(d->control, d->socket_path, msg, msg_size);
+}
+
+/* After each dispatched event: tell systemd when the figures changed. Cheap: three counters. */
+static int on_post(sd_event_source *s, void *userdata) {
+        Daemon *d = userdata;
+        size_t now[3] = { d->registry->n, control_count_connections(d->control), registry_count_holds(d->registry) };
+
+        if (memcmp(now, d->last_status, sizeof now) != 0)
+                notify_status(d);
+        return 0;
+}
+
 int daemon_run(const DaemonOptions *o) {
         Daemon d = { .options = o };
         char msg[512];
@@ -337,15 +394,22 @@ int daemon_run(const DaemonOptions *o) {
         r = control_new(d.event, &d.dispatch, &d.control);
         if (r < 0)
                 goto fail;
-        r = control_listen(d.control, d.socket_path, msg, sizeof msg);
+        r = listen_or_adopt(&d, msg, sizeof msg);
         if (r < 0) {
                 log_error("%s", msg);
-                /* Never let a live daemon's socket be unlinked by our cleanup: we did not bind. */
                 goto fail;
         }
+        r = sd_event_add_post(d.event, NULL, on_post, &d);
+        if (r < 0)
+                goto fail;
+        /* Pings WATCHDOG=1 at half of WatchdogSec= from the loop itself: a stuck loop stops them. */
+        r = sd_event_set_watchdog(d.event, true);
+        if (r < 0)
+                log_warning("Failed to enable the watchdog: %s, ignoring.", strerror(-r));
 
         log_info("Serving %zu channel(s) on %s.", d.registry->n, d.socket_path);
-        (void) sd_notifyf(false, "READY=1\nSTATUS=Serving %zu channel(s) on %s", d.registry->n, d.socket_path);
+        (void) sd_notify(false, "READY=1");
+        notify_status(&d);
 
         r = sd_event_loop(d.event);
         if (r < 0)

@@ -21,6 +21,7 @@ static void hold_free(Hold *h) {
         LIST_REMOVE(h, by_entry);
         h->client->n_holds--;
         h->entry->n_holds--;
+        h->entry->registry->n_holds--;
         free(h);
 }
 
@@ -55,6 +56,7 @@ int registry_add(Registry *r, Channel *c) {
         e = calloc(1, sizeof *e);
         if (!e)
                 return -ENOMEM;
+        e->registry = r;
         e->channel = c;
         LIST_INIT(&e->holds);
         r->entries[r->n++] = e;
@@ -122,6 +124,7 @@ int registry_hold(Entry *e, Client *cl, ProtoAccess access, int64_t now) {
         LIST_INSERT_HEAD(&e->holds, h, by_entry);
         cl->n_holds++;
         e->n_holds++;
+        e->registry->n_holds++;
         return 0;
 }
 
@@ -145,12 +148,4 @@ void client_done(Client *cl) {
         while (!LIST_EMPTY(&cl->holds))
                 hold_free(LIST_FIRST(&cl->holds));
         peer_done(&cl->peer);
-}
-
-size_t registry_count_holds(const Registry *r) {
-        size_t n = 0;
-
-        for (size_t i = 0; i < r->n; i++)
-                n += r->entries[i]->n_holds;
-        return n;
 }

@@ -34,6 +34,7 @@ struct Hold {
 };
 
 struct Entry {
+        struct Registry *registry;
         Channel *channel;
         LIST_HEAD(, Hold) holds;
         size_t n_holds;
@@ -42,6 +43,7 @@ struct Entry {
 typedef struct Registry {
         Entry **entries;
         size_t n, cap;
+        size_t n_holds;         /* over all channels */
         bool sorted;
         State *state;           /* not owned */
 } Registry;
@@ -76,4 +78,6 @@ void client_init(Client *cl);
 /* Drop every hold of the client (its connection is closing) and its peer data. */
 void client_done(Client *cl);
 
-size_t registry_count_holds(const Registry *r);
+static inline size_t registry_count_holds(const Registry *r) {
+        return r->n_holds;
+}

@@ -89,6 +89,51 @@ static int64_t now_ms(void) {
         return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* As systemd's socket activation: a bound, listening socket as fd 3. */
+static int pass_listening_socket(const char *path) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        char pid[16];
+
+        strcpy(sa.sun_path, path);
+        unlink(path);
+        if (fd < 0 || bind(fd, (struct sockaddr *) &sa, sizeof sa) < 0 || listen(fd, 16) < 0)
+                return -1;
+        if (fd != 3 && (dup2(fd, 3) < 0 || close(fd) < 0))
+                return -1;
+        snprintf(pid, sizeof pid, "%d", (int) getpid());
+        setenv("LISTEN_FDS", "1", 1);
+        setenv("LISTEN_PID", pid, 1);
+        return 0;
+}
+
+static void record_notify(TestDaemon *td, const char *msg) {
+        size_t used = strlen(td->notified);
+
+        snprintf(td->notified + used, sizeof td->notified - used, "%s|", msg);
+}
+
+char *test_daemon_wait_notify(TestDaemon *td, const char *what, int timeout_ms) {
+        int64_t deadline = now_ms() + timeout_ms;
+        char buf[1024];
+
+        while (now_ms() < deadline) {
+                struct pollfd p = { .fd = td->notify_fd, .events = POLLIN };
+                ssize_t n;
+
+                if (poll(&p, 1, (int) (deadline - now_ms())) <= 0)
+                        break;
+                n = recv(td->notify_fd, buf, sizeof buf - 1, 0);
+                if (n <= 0)
+                        continue;
+                buf[n] = 0;
+                record_notify(td, buf);
+                if (strstr(buf, what))
+                        return strdup(buf);
+        }
+        return NULL;
+}
+
 bool test_daemon_start(TestDaemon *td, int *ret_status, ...) {
         const char *argv[48];
         char *wrapper = getenv("TEST_DAEMON_WRAPPER") ? strdup(getenv("TEST_DAEMON_WRAPPER")) : NULL;
@@ -118,6 +163,8 @@ bool test_daemon_start(TestDaemon *td, int *ret_status, ...) {
                 if (log < 0 || dup2(log, STDERR_FILENO) < 0)
                         _exit(127);
                 setenv("NOTIFY_SOCKET", td->notify, 1);
+                if (td->activate && pass_listening_socket(td->socket) < 0)
+                        _exit(126);
                 execvp(argv[0], (char **) argv);
                 _exit(127);
         }
@@ -139,6 +186,7 @@ bool test_daemon_start(TestDaemon *td, int *ret_status, ...) {
 
                         if (n > 0) {
                                 buf[n] = 0;
+                                record_notify(td, buf);
                                 if (strstr(buf, "READY=1"))
                                         return true;
                         }

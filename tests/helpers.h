@@ -20,6 +20,8 @@ typedef struct TestDaemon {
         char notify[300];
         pid_t pid;
         int notify_fd;
+        char notified[8192];            /* every notify datagram so far, '|'-separated */
+        bool activate;                  /* pass a listening socket as systemd would (LISTEN_FDS) */
 } TestDaemon;
 
 /* 77 (automake's SKIP) when this process may not create IPC namespaces. */
@@ -42,6 +44,13 @@ void test_daemon_write_raw_config(TestDaemon *td, const char *text);
  * (its exit status is then in *ret_status, when given).
  */
 bool test_daemon_start(TestDaemon *td, int *ret_status, ...);
+
+/*
+ * Wait up to timeout_ms for a notify datagram containing `what`; returns
+ * the whole datagram (malloc'd) or NULL. Every datagram read on the way is
+ * appended to td->notified (for order checks).
+ */
+char *test_daemon_wait_notify(TestDaemon *td, const char *what, int timeout_ms);
 
 /* Send a signal and reap; returns the wait status. */
 int test_daemon_kill(TestDaemon *td, int sig);

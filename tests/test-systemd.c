@@ -1,0 +1,243 @@
+/*
+ * The daemon as a systemd service, tested against systemd's protocols
+ * rather than systemd itself: a real NOTIFY_SOCKET listener (READY=1 only
+ * once the objects exist, STATUS=, RELOADING=1 with MONOTONIC_USEC=,
+ * STOPPING=1, WATCHDOG=1, EXTEND_TIMEOUT_USEC=), socket activation through
+ * LISTEN_FDS/LISTEN_PID, and journal priority prefixes.
+ */
+
+#include <check.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tests/helpers.h"
+
+#define CASE_TIMEOUT 30
+
+static const char *const two_channels =
+        "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4}]";
+
+static TestDaemon td;
+
+static void setup(void) {
+        test_enter_ipc_namespace();
+        test_daemon_init(&td);
+}
+
+static void teardown(void) {
+        test_daemon_done(&td);
+}
+
+static void start_ok(void) {
+        ck_assert_msg(test_daemon_start(&td, NULL, NULL), "daemon exited before READY=1");
+}
+
+static void assert_notified(const char *what, int timeout_ms) {
+        char *got = strstr(td.notified, what) ? strdup(what) : test_daemon_wait_notify(&td, what, timeout_ms);
+
+        ck_assert_msg(got, "no \"%s\" among: %s", what, td.notified);
+        free(got);
+}
+
+START_TEST(test_ready_only_after_objects_exist) {
+        test_daemon_write_config(&td, two_channels);
+        start_ok();
+        /* READY=1 has arrived: every object and the socket must already be there. */
+        ck_assert_int_eq(test_ipcs_count("-m"), 2);
+        ck_assert_int_eq(test_ipcs_count("-s"), 2);
+        ck_assert_int_eq(access(td.socket, F_OK), 0);
+        ck_assert_ptr_null(strstr(td.notified, "STOPPING=1"));
+        assert_notified("STATUS=2 channels, 0 clients, 0 holds", 2000);
+}
+END_TEST
+
+START_TEST(test_status_follows_clients) {
+        json_t *resp;
+        int fd;
+
+        test_daemon_write_config(&td, two_channels);
+        start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"open\",\"channel\":\"a\",\"access\":\"rw\"}");
+        json_decref(resp);
+        assert_notified("STATUS=2 channels, 1 client, 1 hold", 2000);
+        close(fd);
+        td.notified[0] = 0;
+        assert_notified("STATUS=2 channels, 0 clients, 0 holds", 2000);
+}
+END_TEST
+
+START_TEST(test_reload_and_stop_notifications) {
+        json_t *resp;
+        char *msg;
+        int fd;
+        unsigned long long usec;
+        struct timespec ts;
+
+        test_daemon_write_config(&td, two_channels);
+        start_ok();
+        td.notified[0] = 0;
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"reload\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        /* The datagrams wait in our socket: nothing read them since the reset. */
+        msg = test_daemon_wait_notify(&td, "RELOADING=1", 2000);
+        ck_assert_msg(msg, "no RELOADING=1: %s", td.notified);
+        /* MONOTONIC_USEC= comes with it, and is CLOCK_MONOTONIC now. */
+        ck_assert_ptr_nonnull(strstr(msg, "MONOTONIC_USEC="));
+        usec = strtoull(strstr(msg, "MONOTONIC_USEC=") + strlen("MONOTONIC_USEC="), NULL, 10);
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ck_assert_uint_le(usec, (unsigned long long) ts.tv_sec * 1000000ULL + ts.tv_nsec / 1000);
+        ck_assert_uint_gt(usec + 5000000ULL, (unsigned long long) ts.tv_sec * 1000000ULL + ts.tv_nsec / 1000);
+        free(msg);
+        assert_notified("READY=1", 2000);
+        /* ...in that order. */
+        ck_assert(strstr(td.notified, "RELOADING=1") < strstr(td.notified, "READY=1"));
+
+        kill(td.pid, SIGTERM);
+        assert_notified("STOPPING=1", 2000);
+        close(fd);
+}
+END_TEST
+
+START_TEST(test_watchdog_pings) {
+        int pings = 0;
+        char *msg;
+
+        test_daemon_write_config(&td, two_channels);
+        setenv("WATCHDOG_USEC", "200000", 1);
+        start_ok();
+        unsetenv("WATCHDOG_USEC");
+        /* sd-event pings at half the interval: about 10 in a second. */
+        for (time_t end = time(NULL) + 1; time(NULL) <= end;) {
+                msg = test_daemon_wait_notify(&td, "WATCHDOG=1", 1000);
+                if (!msg)
+                        break;
+                pings++;
+                free(msg);
+        }
+        ck_assert_msg(pings >= 4, "only %d WATCHDOG=1 in a second", pings);
+}
+END_TEST
+
+START_TEST(test_no_watchdog_without_watchdog_usec) {
+        char *msg;
+
+        test_daemon_write_config(&td, two_channels);
+        start_ok();
+        msg = test_daemon_wait_notify(&td, "WATCHDOG=1", 500);
+        ck_assert_ptr_null(msg);
+}
+END_TEST
+
+START_TEST(test_extend_timeout_for_many_channels) {
+        char *channels = malloc(300 * 64 + 16), *p = channels;
+
+        p += sprintf(p, "[");
+        for (int i = 0; i < 300; i++)
+                p += sprintf(p, "%s{\"name\": \"c%d\", \"size\": 4096}", i ? "," : "", i);
+        sprintf(p, "]");
+        test_daemon_write_config(&td, channels);
+        free(channels);
+        start_ok();
+        ck_assert_msg(strstr(td.notified, "EXTEND_TIMEOUT_USEC="), "notified: %s", td.notified);
+        ck_assert_int_eq(test_ipcs_count("-m"), 300);
+}
+END_TEST
+
+START_TEST(test_socket_activation) {
+        struct stat before, after;
+        json_t *resp;
+        int fd, status;
+
+        test_daemon_write_config(&td, two_channels);
+        td.activate = true;
+        start_ok();
+        ck_assert_int_eq(stat(td.socket, &before), 0);
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        test_assert_ok(resp);
+        ck_assert_uint_eq(json_array_size(json_object_get(resp, "channels")), 2);
+        json_decref(resp);
+        close(fd);
+        status = test_daemon_kill(&td, SIGTERM);
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        /* The socket is systemd's: still there, the same inode; the objects are gone. */
+        ck_assert_int_eq(stat(td.socket, &after), 0);
+        ck_assert_uint_eq(before.st_ino, after.st_ino);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+}
+END_TEST
+
+START_TEST(test_journal_priority_prefixes) {
+        struct stat st;
+        char env[64], *log;
+        int fd;
+
+        test_daemon_write_config(&td, two_channels);
+        /* Make the daemon believe its stderr is the journal's stream. */
+        fd = open(td.log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(fstat(fd, &st), 0);
+        close(fd);
+        snprintf(env, sizeof env, "%llu:%llu", (unsigned long long) st.st_dev, (unsigned long long) st.st_ino);
+        setenv("JOURNAL_STREAM", env, 1);
+        start_ok();
+        unsetenv("JOURNAL_STREAM");
+        kill(td.pid, SIGTERM);
+        waitpid(td.pid, NULL, 0);
+        td.pid = -1;
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "<6>Serving 2 channel(s)"), "log: %s", log);
+        ck_assert_ptr_null(strstr(log, "shmbrokerd: "));
+        free(log);
+}
+END_TEST
+
+static Suite *suite(void) {
+        Suite *s = suite_create("systemd");
+        struct {
+                const char *name;
+                const TTest *tests[8];
+        } groups[] = {
+                { "notify", { test_ready_only_after_objects_exist, test_status_follows_clients,
+                              test_reload_and_stop_notifications, test_extend_timeout_for_many_channels } },
+                { "watchdog", { test_watchdog_pings, test_no_watchdog_without_watchdog_usec } },
+                { "activation", { test_socket_activation } },
+                { "journal", { test_journal_priority_prefixes } },
+        };
+
+        for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
+                TCase *tc = tcase_create(groups[g].name);
+
+                tcase_set_timeout(tc, CASE_TIMEOUT);
+                tcase_add_checked_fixture(tc, setup, teardown);
+                for (size_t i = 0; i < 8 && groups[g].tests[i]; i++)
+                        tcase_add_test(tc, groups[g].tests[i]);
+                suite_add_tcase(s, tc);
+        }
+        return s;
+}
+
+int main(void) {
+        SRunner *sr;
+        int failed, r;
+
+        r = test_require_namespaces();
+        if (r)
+                return r;
+        sr = srunner_create(suite());
+        srunner_run_all(sr, CK_ENV);
+        failed = srunner_ntests_failed(sr);
+        srunner_free(sr);
+        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
