@@ -38,9 +38,11 @@ struct Daemon {
         bool reclaimed;                 /* the previous run's records were settled... */
         size_t unsettled;               /* ...but for these, which must stay recorded */
         size_t last_status[3];          /* channels, clients, holds as last sent in STATUS= */
+        sd_event_source *status_timer;
 };
 
 static void daemon_done(Daemon *d) {
+        d->status_timer = sd_event_source_disable_unref(d->status_timer);
         /* Our own records cancel out as the registry removes its channels. */
         bool remove_state = d->reclaimed && d->unsettled == 0;
 
@@ -350,13 +352,41 @@ static int listen_or_adopt(Daemon *d, char *msg, size_t msg_size) {
         return control_listen(d->control, d->socket_path, msg, msg_size);
 }
 
-/* After each dispatched event: tell systemd when the figures changed. Cheap: three counters. */
-static int on_post(sd_event_source *s, void *userdata) {
-        Daemon *d = userdata;
+static bool status_changed(const Daemon *d) {
         size_t now[3] = { d->registry->n, control_count_connections(d->control), registry_count_holds(d->registry) };
 
-        if (memcmp(now, d->last_status, sizeof now) != 0)
+        return memcmp(now, d->last_status, sizeof now) != 0;
+}
+
+static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Daemon *d = userdata;
+
+        if (status_changed(d))
                 notify_status(d);
+        return 0;
+}
+
+/*
+ * After each dispatched event: when the figures changed, tell systemd, but
+ * at most once a second. sd_notify() blocks when the receiver's datagram
+ * queue is full (10 by default), so chatter must never outrun it.
+ */
+static int on_post(sd_event_source *s, void *userdata) {
+        Daemon *d = userdata;
+        int enabled = SD_EVENT_OFF;
+        uint64_t now;
+
+        if (!status_changed(d))
+                return 0;
+        if (d->status_timer && sd_event_source_get_enabled(d->status_timer, &enabled) >= 0 && enabled != SD_EVENT_OFF)
+                return 0;       /* already due */
+        if (sd_event_now(d->event, CLOCK_MONOTONIC, &now) < 0)
+                return 0;
+        if (!d->status_timer)
+                return sd_event_add_time(d->event, &d->status_timer, CLOCK_MONOTONIC, now + USEC_PER_SEC, 0,
+                                         on_status_timer, d) < 0 ? 0 : 0;
+        (void) sd_event_source_set_time(d->status_timer, now + USEC_PER_SEC);
+        (void) sd_event_source_set_enabled(d->status_timer, SD_EVENT_ONESHOT);
         return 0;
 }
 

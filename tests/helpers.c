@@ -187,8 +187,16 @@ bool test_daemon_start(TestDaemon *td, int *ret_status, ...) {
                         if (n > 0) {
                                 buf[n] = 0;
                                 record_notify(td, buf);
-                                if (strstr(buf, "READY=1"))
-                                        return true;
+                                if (!strstr(buf, "READY=1"))
+                                        continue;
+                                /* Unread datagrams would fill the queue (10) and block the daemon's
+                                 * sd_notify(); unless the test reads them, stop listening. */
+                                if (!td->keep_notify) {
+                                        close(td->notify_fd);
+                                        td->notify_fd = -1;
+                                        unlink(td->notify);
+                                }
+                                return true;
                         }
                 }
         }

@@ -22,6 +22,7 @@ typedef struct TestDaemon {
         int notify_fd;
         char notified[8192];            /* every notify datagram so far, '|'-separated */
         bool activate;                  /* pass a listening socket as systemd would (LISTEN_FDS) */
+        bool keep_notify;               /* keep reading notifications after READY=1 */
 } TestDaemon;
 
 /* 77 (automake's SKIP) when this process may not create IPC namespaces. */

@@ -29,6 +29,7 @@ static TestDaemon td;
 static void setup(void) {
         test_enter_ipc_namespace();
         test_daemon_init(&td);
+        td.keep_notify = true;
 }
 
 static void teardown(void) {
@@ -67,10 +68,10 @@ START_TEST(test_status_follows_clients) {
         fd = test_connect(td.socket);
         resp = test_request(fd, "{\"op\":\"open\",\"channel\":\"a\",\"access\":\"rw\"}");
         json_decref(resp);
-        assert_notified("STATUS=2 channels, 1 client, 1 hold", 2000);
+        assert_notified("STATUS=2 channels, 1 client, 1 hold", 3000);
         close(fd);
         td.notified[0] = 0;
-        assert_notified("STATUS=2 channels, 0 clients, 0 holds", 2000);
+        assert_notified("STATUS=2 channels, 0 clients, 0 holds", 3000);
 }
 END_TEST
 
