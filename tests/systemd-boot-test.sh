@@ -1,0 +1,166 @@
+#!/bin/bash
+# shmbrokerd under a real systemd: a minimal Debian root (debootstrap, from
+# the machine's own apt mirror, cached between runs) booted with
+# systemd-nspawn, with this build installed into it. Inside it:
+#   1. enable shmbrokerd.socket; a client user opens a channel through the
+#      socket (socket activation starts the service); status checks it;
+#   2. systemctl reload, then restart;
+#   3. SIGKILL the daemon; Restart= brings it back and it reclaims;
+#   4. systemctl stop: ipcs shows none of the broker's objects.
+# Usage: tests/systemd-boot-test.sh BUILDDIR   (as root; CI runs it)
+set -euo pipefail
+builddir=$(cd "${1:?usage: $0 BUILDDIR}" && pwd)
+srcdir=$(cd "$(dirname "$0")/.." && pwd)
+cache=${SHMBROKER_NSPAWN_CACHE:-/var/tmp/shmbroker-nspawn-root}
+suite=${SHMBROKER_NSPAWN_SUITE:-$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")}
+work=$(mktemp -d /var/tmp/shmbroker-boot-XXXXXX)
+root=$work/root
+nspawn_pid=
+start=$(date +%s)
+
+say() { printf 'boot-test: %s\n' "$*"; }
+fail() { say "FAILED: $*"; exit 1; }
+
+cleanup() {
+	if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
+		in_ct systemctl poweroff >/dev/null 2>&1 || true
+		for _ in $(seq 50); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.2; done
+		kill -9 "$nspawn_pid" 2>/dev/null || true
+	fi
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+[ "$(id -u)" -eq 0 ] || { say "needs root"; exit 77; }
+for t in debootstrap systemd-nspawn nsenter; do
+	command -v "$t" >/dev/null || fail "$t is missing (apt-get install debootstrap systemd-container)"
+done
+
+# The mirror this machine already uses: no host is named in the repository.
+mirror() {
+	local m
+	m=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+	[ -n "$m" ] || m=$(awk '$1 == "deb" && $0 !~ /security/ {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' \
+		/etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)
+	echo "$m"
+}
+
+# 1. The root, built once and kept.
+if [ ! -f "$cache/.shmbroker-root-ok" ]; then
+	m=$(mirror)
+	[ -n "$m" ] || fail "no Debian mirror in /etc/apt sources"
+	say "building a $suite root in $cache from the machine's mirror (once)"
+	rm -rf "$cache"
+	debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,libjansson4,util-linux,procps \
+		"$suite" "$cache" "$m" >"$work/debootstrap.log" 2>&1 || { tail -n 30 "$work/debootstrap.log"; fail "debootstrap"; }
+	touch "$cache/.shmbroker-root-ok"
+fi
+say "copying the cached root"
+cp -a "$cache" "$root"
+
+# 2. This build, installed as a distribution would.
+make -s -C "$builddir" install DESTDIR="$root" >"$work/install.log" 2>&1 || { cat "$work/install.log"; fail "make install"; }
+prefix=$(sed -n 's/^prefix=//p' "$builddir/client/libshmbroker.pc")
+etc=$(sed -n 's/^sysconfdir = //p' "$builddir/Makefile")
+etc=${etc//\$\{prefix\}/$prefix}
+mkdir -p "$root$etc/shmbroker"
+cat >"$root$etc/shmbroker/shmbroker.json" <<CONF
+{
+  "version": 1,
+  "socket": "/run/shmbroker/shmbroker.sock",
+  "admin_group": "shmbroker-admin",
+  "channels": [
+    { "name": "demo", "size": 65536, "group": "shmclients", "mode": "0660" },
+    { "name": "frames", "layout": "ring", "slot_size": 1024, "slots": 16, "group": "shmclients", "mode": "0660" }
+  ]
+}
+CONF
+# A client program outside the tree, built against the installed library.
+cat >"$work/shmb-open.c" <<'PROG'
+#include <stdio.h>
+#include <string.h>
+#include <shmbroker/shmbroker.h>
+int main(int argc, char *argv[]) {
+        shmb_channel *ch;
+        int r = shmb_open_channel(NULL, argv[1], SHMB_RW, &ch);
+
+        if (r < 0) {
+                fprintf(stderr, "open %s: %s\n", argv[1], shmb_strerror(r));
+                return 1;
+        }
+        strcpy(shmb_channel_addr(ch), "written by the client");
+        printf("opened %s (%zu bytes)\n", argv[1], shmb_channel_size(ch));
+        return shmb_close(ch) < 0;
+}
+PROG
+pcdir=$(dirname "$(find "$root" -name libshmbroker.pc | head -n 1)")
+# shellcheck disable=SC2046
+PKG_CONFIG_SYSROOT_DIR=$root PKG_CONFIG_PATH=$pcdir cc -o "$root/usr/local/bin/shmb-open" "$work/shmb-open.c" \
+	$(PKG_CONFIG_SYSROOT_DIR=$root PKG_CONFIG_PATH=$pcdir pkg-config --cflags --libs libshmbroker) -Wl,-rpath,"$prefix/lib"
+echo "$prefix/lib" >"$root/etc/ld.so.conf.d/shmbroker.conf"
+
+# 3. Boot it.
+say "booting the container"
+systemd-nspawn --boot -D "$root" --keep-unit --register=no --console=pipe --quiet >"$work/console.log" 2>&1 &
+nspawn_pid=$!
+init=
+# The container's pid 1 is nspawn's child once it has become systemd.
+for _ in $(seq 200); do
+	init=$(pgrep -P "$nspawn_pid" -x systemd | head -n 1 || true)
+	[ -n "$init" ] && break
+	sleep 0.1
+done
+[ -n "$init" ] || fail "the container did not start"
+in_ct() { nsenter -t "$init" -a "$@"; }
+state=$(timeout 90 nsenter -t "$init" -a systemctl is-system-running --wait 2>/dev/null || true)
+say "container is $state"
+case $state in running|degraded) ;; *) fail "the container did not boot ($state)";; esac
+
+ctl=$prefix/bin/shmbrokerctl
+in_ct ldconfig
+in_ct groupadd -f shmclients
+in_ct useradd -M -G shmbroker,shmclients client
+in_ct id shmbroker >/dev/null || fail "sysusers.d did not create the shmbroker user"
+in_ct test -d /run/shmbroker || fail "tmpfiles.d did not create /run/shmbroker"
+
+# Step 1: socket activation by a client of another user.
+in_ct systemctl enable --now shmbrokerd.socket
+in_ct systemctl is-active --quiet shmbrokerd.service && fail "the service started before anyone connected"
+out=$(in_ct runuser -u client -- /usr/local/bin/shmb-open demo) || fail "client open: $out"
+say "client: $out"
+in_ct systemctl is-active --quiet shmbrokerd.service || fail "socket activation did not start the service"
+in_ct "$ctl" status demo | grep -q 'group shmclients, rw-rw----' || { in_ct "$ctl" status demo; fail "status demo"; }
+in_ct runuser -u client -- "$ctl" list | grep -q frames || fail "list as the client"
+pid1=$(in_ct systemctl show -p MainPID --value shmbrokerd.service)
+shm_before=$(in_ct "$ctl" --json list)
+
+# Step 2: reload keeps the channels; restart makes new ones.
+in_ct systemctl reload shmbrokerd.service
+in_ct systemctl is-active --quiet shmbrokerd.service || fail "not active after reload"
+[ "$(in_ct "$ctl" --json list)" = "$shm_before" ] || fail "reload of an unchanged config changed the channels"
+in_ct journalctl -u shmbrokerd.service --no-pager | grep -q 'Reloaded' || fail "no reload in the journal"
+in_ct runuser -u client -- "$ctl" reload >/dev/null 2>&1 && fail "a non-admin could reload"
+in_ct systemctl restart shmbrokerd.service
+in_ct systemctl is-active --quiet shmbrokerd.service || fail "not active after restart"
+pid2=$(in_ct systemctl show -p MainPID --value shmbrokerd.service)
+[ "$pid2" != "$pid1" ] || fail "restart kept the same pid"
+
+# Step 3: SIGKILL; Restart=on-failure brings it back, and it reclaims.
+in_ct kill -KILL "$pid2"
+pid3=
+for _ in $(seq 100); do
+	pid3=$(in_ct systemctl show -p MainPID --value shmbrokerd.service)
+	[ "$pid3" != 0 ] && [ "$pid3" != "$pid2" ] && in_ct systemctl is-active --quiet shmbrokerd.service && break
+	sleep 0.1
+done
+[ "$pid3" != 0 ] && [ "$pid3" != "$pid2" ] || fail "Restart= did not bring the daemon back"
+in_ct journalctl -u shmbrokerd.service --no-pager | grep -q 'Reclaimed 4 object(s)' || fail "no reclaim after SIGKILL"
+[ "$(in_ct ipcs -m | grep -c '^0x')" -eq 2 ] || { in_ct ipcs; fail "objects doubled or lost after the crash"; }
+out=$(in_ct runuser -u client -- /usr/local/bin/shmb-open frames) || fail "client open after restart: $out"
+
+# Step 4: stop: nothing of ours is left.
+in_ct systemctl stop shmbrokerd.service shmbrokerd.socket
+left=$(in_ct ipcs -m -s | grep -c '^0x' || true)
+[ "$left" -eq 0 ] || { in_ct ipcs; fail "$left objects left after stop"; }
+in_ct journalctl -u shmbrokerd.service --no-pager -o cat | tail -n 5 | sed 's/^/boot-test: journal: /'
+say "PASS in $(( $(date +%s) - start )) s"
