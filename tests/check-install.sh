@@ -4,7 +4,7 @@
 # have it open a channel of a real daemon in one call (in its own IPC
 # namespace, so nothing is left behind).
 set -eu
-: "${MAKE:=make}" "${CC:=cc}"
+: "${MAKE:=make}" "${CC:=cc}" "${CFLAGS:=}" "${LDFLAGS:=}"
 stage=$(mktemp -d /tmp/shmbroker-stage-XXXXXX)
 trap 'rm -rf "$stage"' EXIT
 
@@ -35,7 +35,9 @@ int main(int argc, char *argv[]) {
 PROG
 export PKG_CONFIG_SYSROOT_DIR="$stage" PKG_CONFIG_PATH="$(dirname "$pc")"
 # shellcheck disable=SC2046
-$CC -o "$stage/one-call" "$stage/one-call.c" $(pkg-config --cflags --libs libshmbroker) \
+# The build's own flags: a sanitizer build's library needs its runtime in the program too.
+# shellcheck disable=SC2086
+$CC $CFLAGS $LDFLAGS -o "$stage/one-call" "$stage/one-call.c" $(pkg-config --cflags --libs libshmbroker) \
 	-Wl,-rpath,"$stage$libdir"
 # It must use the installed library, not the build tree's.
 ldd "$stage/one-call" | grep -q "$stage$libdir/libshmbroker.so" || { ldd "$stage/one-call"; exit 1; }
