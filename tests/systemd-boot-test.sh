@@ -27,7 +27,7 @@ cleanup() {
 		for _ in $(seq 50); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.2; done
 		kill -9 "$nspawn_pid" 2>/dev/null || true
 	fi
-	rm -rf "$work"
+	[ -n "${KEEP_WORK:-}" ] && echo "kept $work" || rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -112,8 +112,14 @@ for _ in $(seq 200); do
 done
 [ -n "$init" ] || fail "the container did not start"
 in_ct() { nsenter -t "$init" -a "$@"; }
-state=$(timeout 90 nsenter -t "$init" -a systemctl is-system-running --wait 2>/dev/null || true)
-say "container is $state"
+# Right after exec, systemd is not yet reachable on its bus: ask until it answers.
+state=
+for _ in $(seq 300); do
+	state=$(timeout 90 nsenter -t "$init" -a systemctl is-system-running --wait 2>/dev/null || true)
+	case $state in running|degraded) break;; esac
+	sleep 0.2
+done
+say "container is $state after $(( $(date +%s) - start )) s"
 case $state in running|degraded) ;; *) fail "the container did not boot ($state)";; esac
 
 ctl=$prefix/bin/shmbrokerctl
