@@ -287,6 +287,51 @@ Channel *channel_free(Channel *c, State *state) {
         return NULL;
 }
 
+int channel_check(const Channel *c) {
+        struct shmid_ds shm;
+        int r;
+
+        r = ipc_stat_shm(c->shm_id, &shm);
+        if (r < 0)
+                return r == -EINVAL ? -EIDRM : r;
+        /* Still attached by us, a removed segment lives on with the key IPC_PRIVATE. */
+        if ((uint32_t) shm.shm_perm.__key != c->key)
+                return -EIDRM;
+        r = ipc_is_ours(c->sem_id, c->key, false);
+        if (r == 0 || r == -ENOENT)
+                return -EIDRM;
+        return r < 0 ? r : 0;
+}
+
+int channel_remake(Channel **c, State *state, char *msg, size_t msg_size) {
+        ChannelSpec spec = (*c)->spec;
+        bool configured_has_key = spec.has_key;
+        uint32_t configured_key = spec.key, key = (*c)->key;
+        Channel *fresh = NULL;
+        int r;
+
+        spec.sem_values = malloc(spec.nsems * sizeof *spec.sem_values);
+        if (!spec.sem_values) {
+                *c = channel_free(*c, state);
+                return -ENOMEM;
+        }
+        memcpy(spec.sem_values, (*c)->spec.sem_values, spec.nsems * sizeof *spec.sem_values);
+        /* The remains go first: the key must be free again. */
+        *c = channel_free(*c, state);
+        /* Same key as before: clients and admins keep finding it where it was. */
+        spec.has_key = true;
+        spec.key = key;
+        r = channel_create(&spec, NULL, 0, state, &fresh, msg, msg_size);
+        if (r == 0) {
+                /* Remember the channel as configured, not as pinned here, so a reload compares right. */
+                fresh->spec.has_key = configured_has_key;
+                fresh->spec.key = configured_key;
+        }
+        free(spec.sem_values);
+        *c = fresh;
+        return r;
+}
+
 void channel_describe(const Channel *c, ProtoChannel *ret) {
         *ret = (ProtoChannel) {
                 .shm_key = c->key,
@@ -312,18 +357,12 @@ int channel_stat(const Channel *c, ProtoChannel *ret) {
         union semun arg;
         int r;
 
+        r = channel_check(c);
+        if (r < 0)
+                return r;
         r = ipc_stat_shm(c->shm_id, &shm);
         if (r < 0)
                 return r == -EINVAL ? -EIDRM : r;
-        /* Removed behind our back (still attached, the key reads IPC_PRIVATE), or
-         * an id reused by someone else: either way not the channel any more. */
-        if ((uint32_t) shm.shm_perm.__key != c->key)
-                return -EIDRM;
-        r = ipc_is_ours(c->sem_id, c->key, false);
-        if (r == 0 || r == -ENOENT)
-                return -EIDRM;
-        if (r < 0)
-                return r;
         values = calloc(c->spec.nsems, sizeof *values);
         sems = calloc(c->spec.nsems, sizeof *sems);
         if (!values || !sems)

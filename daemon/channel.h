@@ -54,6 +54,20 @@ void channel_describe(const Channel *c, ProtoChannel *ret);
  */
 int channel_stat(const Channel *c, ProtoChannel *ret);
 
+/*
+ * Whether both objects still exist as the channel's (an admin may ipcrm them):
+ * 0 intact, -EIDRM removed or replaced, another negative errno if unknown.
+ */
+int channel_check(const Channel *c);
+
+/*
+ * Make the channel's objects again under the same key, after the old ones
+ * were removed behind our back. The old Channel is freed (what is left of
+ * it removed) and *c points to the new one. On failure *c is NULL and msg
+ * says why.
+ */
+int channel_remake(Channel **c, State *state, char *msg, size_t msg_size);
+
 /* Apply owner, group and mode in place with IPC_SET. */
 int channel_set_perms(Channel *c, uid_t uid, gid_t gid, mode_t mode);
 

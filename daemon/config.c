@@ -180,13 +180,13 @@ static int resolve_id(Ctx *ctx, json_t *v, const char *key, bool group, uint32_t
         return fail(ctx, "\"%s\": unknown %s \"%s\"", key, group ? "group" : "user", s);
 }
 
-static int parse_mode(Ctx *ctx, json_t *v, mode_t *ret) {
+static int parse_mode(Ctx *ctx, json_t *v, const char *key, mode_t *ret) {
         const char *s;
         uint64_t m;
 
-        CHECK_FIELD(ctx, json_field_string(v, "mode", &s, msg, msg_size));
+        CHECK_FIELD(ctx, json_field_string(v, key, &s, msg, msg_size));
         if (strlen(s) > 4 || parse_uint_str(s, 8, 0777, &m) < 0)
-                return fail(ctx, "\"mode\" must be an octal string of permission bits like \"0660\", not \"%s\"", s);
+                return fail(ctx, "\"%s\" must be an octal string of permission bits like \"0660\", not \"%s\"", key, s);
         *ret = (mode_t) m;
         return 0;
 }
@@ -284,7 +284,7 @@ static int parse_channel(Ctx *ctx, json_t *o, ChannelSpec *c) {
                         return r;
         }
         if (jmode) {
-                r = parse_mode(ctx, jmode, &c->mode);
+                r = parse_mode(ctx, jmode, "mode", &c->mode);
                 if (r)
                         return r;
         }
@@ -335,8 +335,42 @@ static int check_unique(Ctx *ctx, Config *c) {
         return 0;
 }
 
+static int parse_limit(Ctx *ctx, json_t *v, const char *key, int64_t min, int64_t max, uint32_t *ret) {
+        int64_t i;
+
+        if (!v)
+                return 0;
+        CHECK_FIELD(ctx, json_field_int(v, key, min, max, &i, msg, msg_size));
+        *ret = (uint32_t) i;
+        return 0;
+}
+
+static int parse_limits(Ctx *ctx, json_t *o, ConfigLimits *l) {
+        json_t *jreq = NULL, *jconn = NULL, *juid = NULL, *jtimeout = NULL, *jout = NULL;
+        char why[256];
+        json_error_t jerr;
+        int r;
+
+        if (!json_is_object(o))
+                return fail(ctx, "\"limits\" must be an object");
+        if (json_unpack_ex(o, &jerr, 0, "{s?:o, s?:o, s?:o, s?:o, s?:o !}", "request_max", &jreq,
+                           "connections_max", &jconn, "connections_per_uid", &juid,
+                           "request_timeout_ms", &jtimeout, "output_max", &jout) < 0) {
+                json_unpack_message(&jerr, why, sizeof why);
+                return fail(ctx, "\"limits\": %s", why);
+        }
+        if ((r = parse_limit(ctx, jreq, "request_max", 256, PROTO_LINE_MAX, &l->request_max)) ||
+            (r = parse_limit(ctx, jconn, "connections_max", 1, 1000000, &l->connections_max)) ||
+            (r = parse_limit(ctx, juid, "connections_per_uid", 1, 1000000, &l->connections_per_uid)) ||
+            (r = parse_limit(ctx, jtimeout, "request_timeout_ms", 10, 3600 * 1000, &l->request_timeout_ms)) ||
+            (r = parse_limit(ctx, jout, "output_max", 4096, 1 << 30, &l->output_max)))
+                return r;
+        return 0;
+}
+
 static int parse_top(Ctx *ctx, json_t *root, Config *c) {
-        json_t *jversion = NULL, *jsocket = NULL, *jadmin = NULL, *jchannels = NULL, *e;
+        json_t *jversion = NULL, *jsocket = NULL, *jadmin = NULL, *jchannels = NULL, *e,
+               *jsmode = NULL, *jsgroup = NULL, *jlimits = NULL;
         char why[256];
         json_error_t jerr;
         const char *s;
@@ -346,8 +380,9 @@ static int parse_top(Ctx *ctx, json_t *root, Config *c) {
 
         if (!json_is_object(root))
                 return fail(ctx, "the config must be a JSON object");
-        if (json_unpack_ex(root, &jerr, 0, "{s:o, s?:o, s?:o, s?:o !}", "version", &jversion,
-                           "socket", &jsocket, "admin_group", &jadmin, "channels", &jchannels) < 0) {
+        if (json_unpack_ex(root, &jerr, 0, "{s:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o !}", "version", &jversion,
+                           "socket", &jsocket, "socket_mode", &jsmode, "socket_group", &jsgroup,
+                           "admin_group", &jadmin, "limits", &jlimits, "channels", &jchannels) < 0) {
                 json_unpack_message(&jerr, why, sizeof why);
                 return fail(ctx, "%s", why);
         }
@@ -365,6 +400,28 @@ static int parse_top(Ctx *ctx, json_t *root, Config *c) {
         c->socket = strdup(s);
         if (!c->socket)
                 return -ENOMEM;
+
+        c->socket_mode = 0666;
+        if (jsmode) {
+                r = parse_mode(ctx, jsmode, "socket_mode", &c->socket_mode);
+                if (r)
+                        return r;
+        }
+        if (jsgroup) {
+                uint32_t gid;
+
+                r = resolve_id(ctx, jsgroup, "socket_group", true, &gid);
+                if (r)
+                        return r;
+                c->socket_group = gid;
+                c->has_socket_group = true;
+        }
+        c->limits = CONFIG_LIMITS_DEFAULT;
+        if (jlimits) {
+                r = parse_limits(ctx, jlimits, &c->limits);
+                if (r)
+                        return r;
+        }
 
         if (jadmin) {
                 uint32_t gid;

@@ -34,9 +34,30 @@ typedef struct ChannelSpec {
         uint32_t key;                   /* fixed key, when has_key */
 } ChannelSpec;
 
+/* Limits on what clients can make the daemon hold ("limits" in the config). */
+typedef struct ConfigLimits {
+        uint32_t request_max;           /* bytes in a request line, newline included */
+        uint32_t connections_max;       /* open connections, all users */
+        uint32_t connections_per_uid;   /* open connections of one uid */
+        uint32_t request_timeout_ms;    /* to finish a half-sent request line */
+        uint32_t output_max;            /* answer bytes queued for a client that does not read */
+} ConfigLimits;
+
+#define CONFIG_LIMITS_DEFAULT ((ConfigLimits) {         \
+        .request_max = PROTO_LINE_MAX,                  \
+        .connections_max = 4096,                        \
+        .connections_per_uid = 1024,                    \
+        .request_timeout_ms = 10000,                    \
+        .output_max = 256 * 1024,                       \
+})
+
 typedef struct Config {
         char *source;                   /* file name, for messages */
         char *socket;
+        mode_t socket_mode;             /* when the daemon binds the socket itself */
+        bool has_socket_group;
+        gid_t socket_group;
+        ConfigLimits limits;
         char *admin_group;              /* NULL when not set */
         gid_t admin_gid;
         ChannelSpec *channels;          /* in file order */

@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <stdlib.h>
@@ -11,8 +12,6 @@
 #include "daemon/control.h"
 #include "daemon/log.h"
 
-/* Stop answering (and reading) once this much output waits for a slow reader. */
-#define OUT_HIGH_WATER (256u * 1024)
 #define IN_CHUNK 4096u
 #define ACCEPT_PAUSE_USEC (100 * 1000)
 
@@ -29,6 +28,7 @@ struct Conn {
         size_t out_len, out_off;
         bool closing;           /* answer sent for a fatal error; close once flushed */
         bool eof;
+        sd_event_source *timeout;       /* armed while a request line is half-sent */
         LIST_ENTRY(Conn) link;
 };
 
@@ -40,6 +40,8 @@ struct Control {
         char *bound_path;       /* unlinked on exit; NULL for an inherited socket */
         sd_event_source *resume_source;
         bool pause_logged;
+        const ConfigLimits *limits;
+        int reserve_fd;         /* spent to answer a client when out of descriptors */
         LIST_HEAD(, Conn) conns;
         size_t n_conns;
 };
@@ -71,6 +73,7 @@ static Conn *conn_free(Conn *conn) {
                           conn->client.n_holds);
         client_done(&conn->client);
         sd_event_source_disable_unref(conn->source);
+        sd_event_source_disable_unref(conn->timeout);
         if (conn->fd >= 0)
                 close(conn->fd);
         LIST_REMOVE(conn, link);
@@ -139,18 +142,22 @@ static int process_input(Conn *conn) {
         size_t off = 0, line_len;
         int r = 0;
 
-        while (!conn->closing && pending_output(conn) < OUT_HIGH_WATER) {
+        while (!conn->closing && pending_output(conn) < conn->control->limits->output_max) {
                 char *resp;
                 size_t resp_len;
 
-                r = proto_frame_next(conn->in + off, conn->in_len - off, &line_len);
+                r = proto_frame_next_max(conn->in + off, conn->in_len - off, conn->control->limits->request_max,
+                                         &line_len);
                 if (r == 0)
                         break;
                 if (r == E2BIG) {
-                        log_info("Client pid %d sent a request line over %d bytes; closing its connection.",
-                                 (int) conn->client.peer.pid, PROTO_LINE_MAX);
-                        r = proto_encode_error(E2BIG, "request line exceeds 65536 bytes; closing the connection",
-                                               &resp, &resp_len);
+                        char why[128];
+
+                        log_info("Client pid %d sent a request line over %" PRIu32 " bytes; closing its connection.",
+                                 (int) conn->client.peer.pid, conn->control->limits->request_max);
+                        snprintf(why, sizeof why, "request line exceeds %" PRIu32 " bytes; closing the connection",
+                                 conn->control->limits->request_max);
+                        r = proto_encode_error(E2BIG, why, &resp, &resp_len);
                         if (r < 0)
                                 break;
                         conn->closing = true;
@@ -210,11 +217,61 @@ static int read_input(Conn *conn) {
 static int conn_update_events(Conn *conn) {
         uint32_t events = 0;
 
-        if (!conn->closing && !conn->eof && pending_output(conn) < OUT_HIGH_WATER)
+        if (!conn->closing && !conn->eof && pending_output(conn) < conn->control->limits->output_max)
                 events |= EPOLLIN;
         if (pending_output(conn) > 0)
                 events |= EPOLLOUT;
         return sd_event_source_set_io_events(conn->source, events);
+}
+
+/* A request line left half-sent for too long: answer, then close. */
+static int on_conn_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        Conn *conn = userdata;
+        char why[128], *resp;
+        size_t resp_len;
+
+        log_info("Client pid %d left a request half-sent for %" PRIu32 " ms; closing its connection.",
+                 (int) conn->client.peer.pid, conn->control->limits->request_timeout_ms);
+        snprintf(why, sizeof why, "request not completed within %" PRIu32 " ms; closing the connection",
+                 conn->control->limits->request_timeout_ms);
+        conn->closing = true;
+        if (proto_encode_error(ETIMEDOUT, why, &resp, &resp_len) < 0 || queue_output(conn, resp, resp_len) < 0 ||
+            flush_output(conn) < 0 || pending_output(conn) == 0 || conn_update_events(conn) < 0)
+                conn_free(conn);
+        return 0;
+}
+
+/*
+ * Only a half-sent request line is timed: a connection that is idle between
+ * requests (a client holding its channels) is legitimate and never is.
+ */
+static int conn_update_timeout(Conn *conn) {
+        uint64_t now;
+        int r;
+
+        if (conn->in_len == 0 || conn->closing) {
+                if (conn->timeout)
+                        return sd_event_source_set_enabled(conn->timeout, SD_EVENT_OFF);
+                return 0;
+        }
+        if (conn->timeout) {
+                int enabled;
+
+                r = sd_event_source_get_enabled(conn->timeout, &enabled);
+                if (r < 0 || enabled != SD_EVENT_OFF)
+                        return r < 0 ? r : 0;   /* already running since the line began */
+        }
+        r = sd_event_now(conn->control->event, CLOCK_MONOTONIC, &now);
+        if (r < 0)
+                return r;
+        now += (uint64_t) conn->control->limits->request_timeout_ms * 1000;
+        if (!conn->timeout)
+                return sd_event_add_time(conn->control->event, &conn->timeout, CLOCK_MONOTONIC, now, 0,
+                                         on_conn_timeout, conn);
+        r = sd_event_source_set_time(conn->timeout, now);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(conn->timeout, SD_EVENT_ONESHOT);
+        return r;
 }
 
 static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
@@ -242,6 +299,8 @@ static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userda
         if ((revents & (EPOLLHUP | EPOLLERR)) && !(revents & EPOLLIN))
                 goto close;
         r = conn_update_events(conn);
+        if (r >= 0)
+                r = conn_update_timeout(conn);
         if (r < 0)
                 goto close;
         return 0;
@@ -282,6 +341,50 @@ static void pause_accepting(Control *c, int err) {
         (void) sd_event_source_set_enabled(c->resume_source, SD_EVENT_ONESHOT);
 }
 
+/* Answer one error line to a connection we will not serve, and close it. */
+static void refuse(int fd, int err, const char *why) {
+        char *line;
+        size_t len;
+
+        if (proto_encode_error(err, why, &line, &len) == 0) {
+                /* A fresh socket's buffer takes one line; if not, the close says enough. */
+                (void) send(fd, line, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+                free(line);
+        }
+        discard_pending_input(fd);
+        close(fd);
+}
+
+/* Connection caps, overall and per uid: over either, an answer and a close. */
+static int check_caps(Control *c, Conn *conn) {
+        const ConfigLimits *l = c->limits;
+        size_t same_uid = 0;
+        char why[160];
+        Conn *other;
+
+        /* conn itself is already counted in n_conns and the list. */
+        if (c->n_conns > l->connections_max) {
+                snprintf(why, sizeof why, "the broker serves at most %" PRIu32 " connections; try again later",
+                         l->connections_max);
+                goto refuse;
+        }
+        LIST_FOREACH(other, &c->conns, link)
+                if (other->client.peer.uid == conn->client.peer.uid)
+                        same_uid++;
+        if (same_uid > l->connections_per_uid) {
+                snprintf(why, sizeof why, "uid %u already has %" PRIu32 " connections, the most allowed",
+                         (unsigned) conn->client.peer.uid, l->connections_per_uid);
+                goto refuse;
+        }
+        return 0;
+refuse:
+        log_info("Refused a connection from pid %d (uid %u): %s.", (int) conn->client.peer.pid,
+                 (unsigned) conn->client.peer.uid, why);
+        refuse(conn->fd, EUSERS, why);
+        conn->fd = -1;
+        return -EUSERS;
+}
+
 static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         Control *c = userdata;
         Conn *conn;
@@ -289,10 +392,23 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
 
         cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (cfd < 0) {
-                if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
-                        pause_accepting(c, errno);
-                else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-                        log_warning("Failed to accept a connection: %m, ignoring.");
+                int err = errno;
+
+                if (err == EMFILE || err == ENFILE) {
+                        /* Spend the reserve descriptor to tell one waiting client why. */
+                        if (c->reserve_fd >= 0) {
+                                close(c->reserve_fd);
+                                c->reserve_fd = -1;
+                                cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                                if (cfd >= 0)
+                                        refuse(cfd, EMFILE, "the broker is out of file descriptors; try again later");
+                                c->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                        }
+                        pause_accepting(c, err);
+                } else if (err == ENOBUFS || err == ENOMEM)
+                        pause_accepting(c, err);
+                else if (err != EAGAIN && err != EINTR && err != ECONNABORTED)
+                        log_warning("Failed to accept a connection: %s, ignoring.", strerror(err));
                 return 0;
         }
         c->pause_logged = false;
@@ -312,6 +428,11 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
                 conn_free(conn);
                 return 0;
         }
+        r = check_caps(c, conn);
+        if (r < 0) {
+                conn_free(conn);
+                return 0;
+        }
         r = sd_event_add_io(c->event, &conn->source, cfd, EPOLLIN, on_conn_io, conn);
         if (r < 0) {
                 log_warning("Failed to watch a connection: %s, dropping it.", strerror(-r));
@@ -322,14 +443,16 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
         return 0;
 }
 
-int control_new(sd_event *event, Dispatch *dispatch, Control **ret) {
+int control_new(sd_event *event, Dispatch *dispatch, const ConfigLimits *limits, Control **ret) {
         Control *c = calloc(1, sizeof *c);
 
         if (!c)
                 return -ENOMEM;
         c->event = sd_event_ref(event);
         c->dispatch = dispatch;
+        c->limits = limits;
         c->listen_fd = -1;
+        c->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         LIST_INIT(&c->conns);
         *ret = c;
         return 0;
@@ -365,7 +488,7 @@ static int ensure_parent_dir(const char *path) {
         return 0;
 }
 
-int control_listen(Control *c, const char *path, char *msg, size_t msg_size) {
+int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char *msg, size_t msg_size) {
         _cleanup_(closep) int fd = -1;
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         struct stat st;
@@ -413,8 +536,9 @@ int control_listen(Control *c, const char *path, char *msg, size_t msg_size) {
                 unlink(path);
                 return -ENOMEM;
         }
-        /* Anyone may connect: every request is checked against the peer's credentials. */
-        if (chmod(path, 0666) < 0 || listen(fd, SOMAXCONN) < 0) {
+        /* Every request is checked against the peer's credentials as well. */
+        if (chmod(path, mode) < 0 || (group != (gid_t) -1 && chown(path, (uid_t) -1, group) < 0) ||
+            listen(fd, SOMAXCONN) < 0) {
                 r = -errno;
                 msg_set(msg, msg_size, "cannot listen on %s: %s", path, strerror(errno));
                 return r;
@@ -446,6 +570,10 @@ int control_adopt(Control *c, int fd, char *msg, size_t msg_size) {
         return 0;
 }
 
+void control_set_limits(Control *c, const ConfigLimits *limits) {
+        c->limits = limits;
+}
+
 void control_stop_accepting(Control *c) {
         c->resume_source = sd_event_source_disable_unref(c->resume_source);
         c->listen_source = sd_event_source_disable_unref(c->listen_source);
@@ -469,6 +597,8 @@ Control *control_free(Control *c) {
                 unlink(c->bound_path);
                 free(c->bound_path);
         }
+        if (c->reserve_fd >= 0)
+                close(c->reserve_fd);
         sd_event_unref(c->event);
         free(c);
         return NULL;

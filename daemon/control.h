@@ -16,15 +16,21 @@
 
 typedef struct Control Control;
 
-int control_new(sd_event *event, Dispatch *dispatch, Control **ret);
+/*
+ * `limits` is read on every use (not copied), so a reload that swaps the
+ * config only needs control_set_limits().
+ */
+int control_new(sd_event *event, Dispatch *dispatch, const ConfigLimits *limits, Control **ret);
+void control_set_limits(Control *c, const ConfigLimits *limits);
 
 /*
  * Bind and listen on `path`: the parent directory is created if missing,
  * a stale socket file is replaced, but a socket where a server still
  * answers is not (-EADDRINUSE), nor is a path that is not a socket
- * (-EEXIST). msg says which.
+ * (-EEXIST). The socket gets `mode`, and `group` unless it is (gid_t) -1.
+ * msg says which.
  */
-int control_listen(Control *c, const char *path, char *msg, size_t msg_size);
+int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char *msg, size_t msg_size);
 
 /*
  * Serve on a listening socket systemd passed us (socket activation). It is

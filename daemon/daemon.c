@@ -272,6 +272,7 @@ static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size
         config_free(d->config);
         d->config = cfg;
         d->dispatch.config = cfg;
+        control_set_limits(d->control, &cfg->limits);
         r = save_state(d);
         if (r < 0)
                 log_warning("Failed to compact %s: %s, ignoring.", state_path(d->state), strerror(-r));
@@ -349,7 +350,8 @@ static int listen_or_adopt(Daemon *d, char *msg, size_t msg_size) {
                 log_debug("Using the socket passed by systemd.");
                 return control_adopt(d->control, SD_LISTEN_FDS_START, msg, msg_size);
         }
-        return control_listen(d->control, d->socket_path, msg, msg_size);
+        return control_listen(d->control, d->socket_path, d->config->socket_mode,
+                              d->config->has_socket_group ? d->config->socket_group : (gid_t) -1, msg, msg_size);
 }
 
 static bool status_changed(const Daemon *d) {
@@ -421,7 +423,7 @@ int daemon_run(const DaemonOptions *o) {
         }
 
         d.dispatch = (Dispatch) { .registry = d.registry, .config = d.config, .reload = daemon_reload, .userdata = &d };
-        r = control_new(d.event, &d.dispatch, &d.control);
+        r = control_new(d.event, &d.dispatch, &d.config->limits, &d.control);
         if (r < 0)
                 goto fail;
         r = listen_or_adopt(&d, msg, sizeof msg);

@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -31,14 +32,47 @@ static int do_hello(const ProtoRequest *req, char **ret_line, size_t *ret_len) {
         return proto_encode_hello(PROTO_VERSION, PACKAGE_NAME "d " PACKAGE_VERSION, ret_line, ret_len);
 }
 
+/*
+ * An admin may have removed a channel's objects with ipcrm. Notice it here,
+ * before we hand out ids, and make the channel again. Returns the entry
+ * (NULL when it could not be remade; *ret_gone then says why).
+ */
+static Entry *find_repaired(Dispatch *d, const char *name, char *why, size_t why_size) {
+        Entry *e = registry_find(d->registry, name);
+        bool remade;
+        int r;
+
+        why[0] = 0;
+        if (!e)
+                return NULL;
+        r = registry_repair(d->registry, e, &remade, why, why_size);
+        if (r < 0) {
+                log_error("Channel %s was removed behind the daemon's back and cannot be made again: %s", name, why);
+                return NULL;
+        }
+        if (remade)
+                log_warning("Channel %s was removed behind the daemon's back; made it again under key 0x%08" PRIx32
+                            " (shm id %d, sem id %d).", name, e->channel->key, e->channel->shm_id, e->channel->sem_id);
+        return e;
+}
+
+static int answer_missing(const char *name, const char *why, char **ret_line, size_t *ret_len) {
+        if (why[0])
+                return answer_error(EIDRM, ret_line, ret_len,
+                                    "channel \"%s\" was removed behind the broker's back and cannot be made again: %s",
+                                    name, why);
+        return answer_error(ENOENT, ret_line, ret_len, "no channel named \"%s\"", name);
+}
+
 static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_line, size_t *ret_len) {
-        Entry *e = registry_find(d->registry, req->channel);
+        char why[PROTO_MESSAGE_MAX];
+        Entry *e = find_repaired(d, req->channel, why, sizeof why);
         ChannelPerm perm;
         ProtoChannel pc;
         int r;
 
         if (!e)
-                return answer_error(ENOENT, ret_line, ret_len, "no channel named \"%s\"", req->channel);
+                return answer_missing(req->channel, why, ret_line, ret_len);
         channel_perm(e->channel, &perm);
         if (!access_allowed(&cl->peer, &perm, true, req->access == PROTO_ACCESS_RW)) {
                 log_info("Refused %s access to channel %s for pid %d (uid %u, gid %u).",
@@ -97,9 +131,18 @@ static int do_channels(Dispatch *d, const ProtoRequest *req, char **ret_line, si
         int r = 0;
 
         if (status && req->has_channel) {
-                one = registry_find(d->registry, req->channel);
+                char why[PROTO_MESSAGE_MAX];
+
+                one = find_repaired(d, req->channel, why, sizeof why);
                 if (!one)
-                        return answer_error(ENOENT, ret_line, ret_len, "no channel named \"%s\"", req->channel);
+                        return answer_missing(req->channel, why, ret_line, ret_len);
+        } else if (status) {
+                /* Backwards: a channel that cannot be remade leaves the array. */
+                for (size_t i = d->registry->n; i-- > 0;) {
+                        char why[PROTO_MESSAGE_MAX];
+
+                        (void) find_repaired(d, registry_at(d->registry, i)->channel->spec.name, why, sizeof why);
+                }
         }
         want = one ? 1 : d->registry->n;
         v = calloc(want ?: 1, sizeof *v);

@@ -65,19 +65,43 @@ int registry_add(Registry *r, Channel *c) {
         return 0;
 }
 
+/* Take e out of the array, keeping the order (a sorted registry stays sorted). */
+static void entries_drop(Registry *r, Entry *e) {
+        for (size_t i = 0; i < r->n; i++)
+                if (r->entries[i] == e) {
+                        memmove(&r->entries[i], &r->entries[i + 1], (r->n - i - 1) * sizeof *r->entries);
+                        r->n--;
+                        return;
+                }
+}
+
 void registry_remove(Registry *r, Entry *e) {
-        for (size_t i = 0; i < r->n; i++) {
-                if (r->entries[i] != e)
-                        continue;
-                while (!LIST_EMPTY(&e->holds))
-                        hold_free(LIST_FIRST(&e->holds));
-                channel_free(e->channel, r->state);
+        while (!LIST_EMPTY(&e->holds))
+                hold_free(LIST_FIRST(&e->holds));
+        channel_free(e->channel, r->state);
+        entries_drop(r, e);
+        free(e);
+}
+
+int registry_repair(Registry *r, Entry *e, bool *ret_remade, char *msg, size_t msg_size) {
+        int k;
+
+        *ret_remade = false;
+        k = channel_check(e->channel);
+        if (k != -EIDRM)
+                return 0;       /* intact, or cannot tell (e.g. EACCES): leave it be */
+        /* Holders were attached to objects that are gone; their holds go too. */
+        while (!LIST_EMPTY(&e->holds))
+                hold_free(LIST_FIRST(&e->holds));
+        k = channel_remake(&e->channel, r->state, msg, msg_size);
+        if (k < 0) {
+                /* Nothing left to serve: forget the entry (its channel is already freed). */
+                entries_drop(r, e);
                 free(e);
-                /* Keeps the order, so a sorted registry stays sorted. */
-                memmove(&r->entries[i], &r->entries[i + 1], (r->n - i - 1) * sizeof *r->entries);
-                r->n--;
-                return;
+                return k;
         }
+        *ret_remade = true;
+        return 0;
 }
 
 static int cmp_entry(const void *a, const void *b) {

@@ -62,6 +62,14 @@ int registry_add(Registry *r, Channel *c);
  */
 void registry_remove(Registry *r, Entry *e);
 
+/*
+ * Make sure e's objects still exist; when an admin removed them, drop the
+ * holds and make the channel again under its key. Returns 0 (intact, or
+ * remade: *ret_remade says which), or a negative errno with msg, in which
+ * case the channel is gone from the registry and e is freed.
+ */
+int registry_repair(Registry *r, Entry *e, bool *ret_remade, char *msg, size_t msg_size);
+
 /* NULL when there is no such channel. */
 Entry *registry_find(Registry *r, const char *name);
 

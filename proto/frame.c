@@ -8,13 +8,19 @@
 
 #include "proto.h"
 
-int proto_frame_next(const char *buf, size_t len, size_t *ret_line_len) {
-        size_t scan = len < PROTO_LINE_MAX ? len : PROTO_LINE_MAX;
-        const char *nl = memchr(buf, '\n', scan);
+int proto_frame_next_max(const char *buf, size_t len, size_t max, size_t *ret_line_len) {
+        size_t scan, limit = max < PROTO_LINE_MAX ? max : PROTO_LINE_MAX;
+        const char *nl;
 
+        scan = len < limit ? len : limit;
+        nl = memchr(buf, '\n', scan);
         if (nl) {
                 *ret_line_len = (size_t) (nl - buf);
                 return 1;
         }
-        return len >= PROTO_LINE_MAX ? E2BIG : 0;
+        return len >= limit ? E2BIG : 0;
+}
+
+int proto_frame_next(const char *buf, size_t len, size_t *ret_line_len) {
+        return proto_frame_next_max(buf, len, PROTO_LINE_MAX, ret_line_len);
 }

@@ -160,6 +160,9 @@ bool proto_name_is_valid(const char *name);
  */
 int proto_frame_next(const char *buf, size_t len, size_t *ret_line_len);
 
+/* The same with a lower limit (at most PROTO_LINE_MAX), newline included. */
+int proto_frame_next_max(const char *buf, size_t len, size_t max, size_t *ret_line_len);
+
 /* ---- requests ---- */
 
 /*

@@ -580,26 +580,55 @@ START_TEST(test_reclaim_spares_foreign_reuse_of_id) {
 }
 END_TEST
 
-START_TEST(test_status_after_ipcrm_is_eidrm) {
-        json_t *resp;
-        int fd, id;
+START_TEST(test_objects_removed_behind_our_back_are_remade) {
+        json_t *resp, *ch;
+        int fd, old_shm, old_sem, status;
+        uint32_t key;
+        struct semid_ds sds;
+        char *log;
 
         test_daemon_write_config(&td, two_channels);
         start_ok();
         fd = test_connect(td.socket);
         resp = test_request(fd, "{\"op\":\"list\"}");
-        id = (int) jint(find_channel(resp, "frames"), "shm_id");
+        ch = find_channel(resp, "frames");
+        old_shm = (int) jint(ch, "shm_id");
+        old_sem = (int) jint(ch, "sem_id");
+        key = (uint32_t) jint(ch, "shm_key");
         json_decref(resp);
-        /* The daemon is still attached, so the segment lives on, keyless. */
-        ck_assert_int_eq(shmctl(id, IPC_RMID, NULL), 0);
+
+        /* An admin removes the segment: status notices and makes the channel again. */
+        ck_assert_int_eq(shmctl(old_shm, IPC_RMID, NULL), 0);
         resp = test_request(fd, "{\"op\":\"status\",\"channel\":\"frames\"}");
-        test_assert_error(resp, "EIDRM");
+        test_assert_ok(resp);
+        ch = find_channel(resp, "frames");
+        ck_assert_int_ne(jint(ch, "shm_id"), old_shm);
+        ck_assert_uint_eq((uint32_t) jint(ch, "shm_key"), key);         /* where clients look for it */
+        ck_assert_int_eq(jint(json_array_get(json_object_get(ch, "semaphores"), 0), "value"), 1);
+        ck_assert_int_ne(semctl(old_sem, 0, IPC_STAT, &sds), 0);       /* the old set went with it */
         json_decref(resp);
-        resp = test_request(fd, "{\"op\":\"status\",\"channel\":\"telemetry\"}");
-        test_assert_ok(resp);           /* the others are fine, and so is the connection */
+
+        /* An admin removes a set: the next open notices. */
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        old_sem = (int) jint(find_channel(resp, "telemetry"), "sem_id");
         json_decref(resp);
+        ck_assert_int_eq(semctl(old_sem, 0, IPC_RMID), 0);
+        resp = test_request(fd, "{\"op\":\"open\",\"channel\":\"telemetry\",\"access\":\"rw\"}");
+        test_assert_ok(resp);
+        ck_assert_int_ne(jint(resp, "sem_id"), old_sem);
+        ck_assert_int_eq(semctl((int) jint(resp, "sem_id"), 2, GETVAL), 7);   /* initial values again */
+        json_decref(resp);
+
+        /* Exactly one of each per channel: nothing doubled, nothing leaked. */
+        ck_assert_int_eq(test_ipcs_count("-m"), 2);
+        ck_assert_int_eq(test_ipcs_count("-s"), 2);
+        log = test_daemon_log(&td);
+        ck_assert_ptr_nonnull(strstr(log, "Channel frames was removed behind the daemon's back; made it again"));
+        ck_assert_ptr_nonnull(strstr(log, "Channel telemetry was removed behind the daemon's back; made it again"));
+        free(log);
         close(fd);
-        ck_assert_int_eq(WEXITSTATUS(test_daemon_kill(&td, SIGTERM)), 0);
+        status = test_daemon_kill(&td, SIGTERM);
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
         assert_nothing_left();
 }
 END_TEST
@@ -861,7 +890,7 @@ static Suite *suite(void) {
                 { "lifecycle", { test_sigterm_with_client_attached, test_sigint_with_client_attached,
                                  test_sigkill_then_restart_reclaims, test_reclaim_spares_foreign_reuse_of_id,
                                  test_second_daemon_refuses, test_stale_socket_replaced_live_socket_kept,
-                                 test_status_after_ipcrm_is_eidrm, test_unprivileged_daemon_reclaims_unreadable_objects } },
+                                 test_objects_removed_behind_our_back_are_remade, test_unprivileged_daemon_reclaims_unreadable_objects } },
                 { "resources", { test_fd_exhaustion_pauses_accept, test_derived_key_skips_fixed_keys } },
                 { "start-failures", { test_foreign_fixed_key_fails_start_and_rolls_back, test_foreign_derived_key_moves_on,
                                       test_kernel_limit_refused_before_creating, test_check_config_touches_no_ipc } },
