@@ -4,6 +4,7 @@
 
 #include "common/util.h"
 #include "daemon/ipc-limits.h"
+#include "daemon/ipc-stat.h"
 #include "daemon/log.h"
 #include "daemon/reload.h"
 
@@ -103,7 +104,11 @@ static int plan_make(Registry *reg, const Config *cfg, Plan *p) {
         return 0;
 }
 
-/* The objects removed before the replacements are made no longer count. */
+/*
+ * In the order apply() works: the added channels must fit as things are
+ * (nothing is removed before them); the replacements may then use what the
+ * removed and replaced channels free.
+ */
 static int check_limits(const Plan *p, char *msg, size_t msg_size) {
         size_t n_replace = p->n_create - p->n_added;
         IpcLimits l;
@@ -114,16 +119,29 @@ static int check_limits(const Plan *p, char *msg, size_t msg_size) {
                 msg_set(msg, msg_size, "cannot read the kernel's IPC limits: %s", strerror(-r));
                 return -r;
         }
-        for (size_t i = 0; i < p->n_remove + n_replace; i++) {
-                const ChannelSpec *s = i < p->n_remove ? &p->remove[i]->channel->spec
-                                                        : &p->replace[i - p->n_remove]->channel->spec;
-
-                l.shm_ids_used -= MIN(l.shm_ids_used, UINT64_C(1));
-                l.sem_sets_used -= MIN(l.sem_sets_used, UINT64_C(1));
-                l.sem_sems_used -= MIN(l.sem_sems_used, (uint64_t) s->nsems);
-                l.shm_pages_used -= MIN(l.shm_pages_used, (s->size + l.page_size - 1) / l.page_size);
+        r = ipc_limits_check(&l, p->create, p->n_added, msg, msg_size);
+        if (r)
+                return r;
+        for (size_t i = 0; i < p->n_added; i++) {
+                l.shm_ids_used++;
+                l.shm_pages_used += (p->create[i]->size + l.page_size - 1) / l.page_size;
+                l.sem_sets_used++;
+                l.sem_sems_used += p->create[i]->nsems;
         }
-        return ipc_limits_check(&l, p->create, p->n_create, msg, msg_size);
+        for (size_t i = 0; i < p->n_remove + n_replace; i++) {
+                const Channel *c = i < p->n_remove ? p->remove[i]->channel : p->replace[i - p->n_remove]->channel;
+                struct shmid_ds ds;
+
+                /* A set goes at once; a segment a client still has attached lives on
+                 * (and keeps its id and pages) until the last detach. */
+                l.sem_sets_used -= MIN(l.sem_sets_used, UINT64_C(1));
+                l.sem_sems_used -= MIN(l.sem_sems_used, (uint64_t) c->spec.nsems);
+                if (ipc_stat_shm(c->shm_id, &ds) < 0 || ds.shm_nattch > 1)
+                        continue;
+                l.shm_ids_used -= MIN(l.shm_ids_used, UINT64_C(1));
+                l.shm_pages_used -= MIN(l.shm_pages_used, (c->spec.size + l.page_size - 1) / l.page_size);
+        }
+        return ipc_limits_check(&l, p->create + p->n_added, n_replace, msg, msg_size);
 }
 
 static int create_one(Registry *reg, const Plan *p, const ChannelSpec *s, char *msg, size_t msg_size) {

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -161,6 +162,9 @@ bool test_daemon_start(TestDaemon *td, int *ret_status, ...) {
                 int log = open(td->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 
                 if (log < 0 || dup2(log, STDERR_FILENO) < 0)
+                        _exit(127);
+                /* A failed test skips its teardown: the daemon must not outlive it. */
+                if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() == 1)
                         _exit(127);
                 setenv("NOTIFY_SOCKET", td->notify, 1);
                 if (td->activate && pass_listening_socket(td->socket) < 0)
