@@ -10,9 +10,16 @@
  * full fence, and wakes only if a waiter is announced. The fences on both
  * sides make the classic lost-wake-up impossible: either the sleeper sees
  * the new slot, or the publisher sees the sleeper.
+ *
+ * Repair: a slot claimed but never finished (its claimer was killed in
+ * between) is found by whoever waits at it. Such a waiter never sleeps for
+ * long, as no one would wake it; every REPAIR_POLL_MS it checks whether
+ * the claimer is still alive, and if not, takes the slot over.
  */
 
 #include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <string.h>
@@ -29,8 +36,19 @@
 #define RLX __ATOMIC_RELAXED
 #define SEQ __ATOMIC_SEQ_CST
 
+#define REPAIR_POLL_MS 50
+
 static RingSlot *slot_at(const shmb_channel *ch, uint64_t pos) {
         return (RingSlot *) (ch->slots + (pos % ch->info.slots) * ch->stride);
+}
+
+static char *payload(RingSlot *slot) {
+        return (char *) slot + RING_SLOT_HEADER;
+}
+
+/* Known dead: kill() says ESRCH. Unknown (pid 0) or alive: not dead. */
+static bool claimer_dead(int32_t pid) {
+        return pid > 0 && kill((pid_t) pid, 0) < 0 && errno == ESRCH;
 }
 
 static int64_t now_ns(void) {
@@ -82,17 +100,27 @@ static void notify(uint32_t *word, uint32_t *waiters) {
  * or the deadline passes. Returns 0 to look again, or a negative errno.
  */
 static int wait_slot(RingSlot *slot, uint64_t target, uint32_t *word, uint32_t *waiters,
-                     int timeout_ms, int64_t deadline) {
+                     int timeout_ms, int64_t deadline, bool stuck) {
+        int64_t until = deadline;
         uint32_t v;
         int r = 0;
 
         if (timeout_ms == 0)
                 return -EAGAIN;
+        /* Someone holds the slot mid-message: poll, as a dead claimer wakes no one. */
+        if (stuck) {
+                int64_t poll = now_ns() + (int64_t) REPAIR_POLL_MS * 1000000;
+
+                if (!until || poll < until)
+                        until = poll;
+        }
         __atomic_add_fetch(waiters, 1, SEQ);
         v = LOAD(word, SEQ);
         if ((int64_t) (LOAD(&slot->seq, SEQ) - target) < 0)
-                r = futex_wait(word, v, deadline);
+                r = futex_wait(word, v, until);
         __atomic_sub_fetch(waiters, 1, SEQ);
+        if (r == -ETIMEDOUT && until != deadline)
+                return 0;               /* only the poll ran out: look again */
         return r;
 }
 
@@ -123,17 +151,29 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
                 if (diff == 0) {
                         if (!__atomic_compare_exchange_n(&ch->ring->head, &pos, pos + 1, true, RLX, RLX))
                                 continue;
-                        slot->pid = (int32_t) getpid();
+                        slot->send_pid = (int32_t) getpid();
+                        STORE(&slot->send_pos, pos, REL);
                         slot->len = (uint32_t) len;
                         if (len)
-                                memcpy(slot + 1, msg, len);
+                                memcpy(payload(slot), msg, len);
                         STORE(&slot->seq, pos + 1, REL);
                         notify(&ch->ring->data_seq, &ch->ring->recv_waiters);
                         return 0;
                 }
                 if (diff < 0) {         /* full: the slot still holds last lap's message */
+                        uint64_t last = pos - ch->info.slots;
+                        bool claimed = (int64_t) (LOAD(&ch->ring->tail, ACQ) - last) > 0;
+
+                        /* A receiver took last lap's message and died reading it: free the slot. */
+                        if (claimed && LOAD(&slot->recv_pos, ACQ) == last && claimer_dead(slot->recv_pid)) {
+                                uint64_t expected = last + 1;
+
+                                if (__atomic_compare_exchange_n(&slot->seq, &expected, pos, false, REL, RLX))
+                                        notify(&ch->ring->space_seq, &ch->ring->send_waiters);
+                                continue;
+                        }
                         r = wait_slot(slot, pos, &ch->ring->space_seq, &ch->ring->send_waiters,
-                                      timeout_ms, deadline);
+                                      timeout_ms, deadline, claimed);
                         if (r < 0)
                                 return r;
                 }
@@ -162,15 +202,28 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                                 return -EMSGSIZE;               /* not consumed */
                         if (!__atomic_compare_exchange_n(&ch->ring->tail, &pos, pos + 1, true, RLX, RLX))
                                 continue;
+                        slot->recv_pid = (int32_t) getpid();
+                        STORE(&slot->recv_pos, pos, REL);
                         if (len)
-                                memcpy(buf, slot + 1, len);
+                                memcpy(buf, payload(slot), len);
                         STORE(&slot->seq, pos + ch->info.slots, REL);
                         notify(&ch->ring->space_seq, &ch->ring->send_waiters);
                         return (ssize_t) len;
                 }
-                if (diff < 0) {         /* empty */
+                if (diff < 0) {         /* empty, or a sender is still writing it */
+                        bool claimed = (int64_t) (LOAD(&ch->ring->head, ACQ) - pos) > 0;
+
+                        /* A sender claimed it and died before publishing: that message never
+                         * was; take the position and free the slot for the next lap. */
+                        if (claimed && LOAD(&slot->send_pos, ACQ) == pos && claimer_dead(slot->send_pid)) {
+                                if (__atomic_compare_exchange_n(&ch->ring->tail, &pos, pos + 1, false, RLX, RLX)) {
+                                        STORE(&slot->seq, pos + ch->info.slots, REL);
+                                        notify(&ch->ring->space_seq, &ch->ring->send_waiters);
+                                }
+                                continue;
+                        }
                         r = wait_slot(slot, pos + 1, &ch->ring->data_seq, &ch->ring->recv_waiters,
-                                      timeout_ms, deadline);
+                                      timeout_ms, deadline, claimed);
                         if (r < 0)
                                 return r;
                 }

@@ -267,7 +267,7 @@ static int parse_channel(Ctx *ctx, json_t *o, ChannelSpec *c) {
                         c->sem_values[0] = 1;
         }
         if (reserved)
-                c->sem_values[RING_SEM_REPAIR] = 1;
+                c->sem_values[RING_SEM_RESERVED] = 1;
 
         c->uid = geteuid();
         c->gid = getegid();

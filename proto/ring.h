@@ -17,10 +17,15 @@
  * A single producer and a single consumer thus pay one uncontended CAS and
  * no syscall per message.
  *
- * A slot records the pid that claimed it, so a slot claimed by a process
- * that died before publishing can be recognised and skipped; the skip is
- * serialised by the set's semaphore RING_SEM_REPAIR (taken with SEM_UNDO).
- * Semaphores the config asks for come after the ring's own.
+ * A slot records who claimed it and for which position, separately for the
+ * sender and the receiver. A process killed between its claim and its
+ * publish would stall everyone at that slot; whoever waits there checks
+ * the claimer, and when it is dead (kill(pid, 0) says ESRCH) skips the
+ * slot (a sender died: that message was never sent) or frees it (a
+ * receiver died: that message died with it). Claims are CASes on head and
+ * tail, so two repairers cannot both act on one slot. The semaphore
+ * RING_SEM_RESERVED is the ring's own, so that a ring always has a set;
+ * semaphores the config asks for come after it.
  */
 
 #include <stdint.h>
@@ -28,12 +33,12 @@
 #define RING_MAGIC UINT32_C(0x52424d53)   /* "SMBR" little-endian */
 #define RING_VERSION 1
 #define RING_HEADER_SIZE 256
-#define RING_SLOT_HEADER 16
+#define RING_SLOT_HEADER 64
 #define RING_SLOT_SIZE_MAX (UINT32_C(1) << 30)
 #define RING_SLOTS_MAX (UINT32_C(1) << 20)
 
 enum {
-        RING_SEM_REPAIR,    /* serialises skipping a dead claimer's slot; starts at 1 */
+        RING_SEM_RESERVED,  /* the ring's own; starts at 1 */
         RING_NSEMS,
 };
 
@@ -57,13 +62,17 @@ typedef struct RingHeader {
 
 typedef struct RingSlot {
         uint64_t seq;
+        uint64_t send_pos;              /* the position send_pid claimed it for */
+        uint64_t recv_pos;              /* the position recv_pid claimed it for */
+        int32_t send_pid;
+        int32_t recv_pid;
         uint32_t len;
-        int32_t pid;                    /* who claimed it (for dead-claimer repair) */
-        /* payload follows: slot_size bytes */
+        uint32_t reserved;
+        /* payload follows at RING_SLOT_HEADER: slot_size bytes */
 } RingSlot;
 
 _Static_assert(sizeof(RingHeader) <= RING_HEADER_SIZE, "ring header too large");
-_Static_assert(sizeof(RingSlot) == RING_SLOT_HEADER, "ring slot header size");
+_Static_assert(sizeof(RingSlot) <= RING_SLOT_HEADER, "ring slot header size");
 
 static inline uint64_t ring_slot_stride(uint32_t slot_size) {
         return ((uint64_t) slot_size + RING_SLOT_HEADER + 63) & ~UINT64_C(63);

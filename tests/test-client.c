@@ -16,12 +16,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/shm.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <shmbroker/shmbroker.h>
 
+#include "proto/ring.h"
 #include "tests/helpers.h"
 
 #define CASE_TIMEOUT 60
@@ -462,6 +464,183 @@ START_TEST(test_ring_killed_sender_loses_nothing_sent) {
 }
 END_TEST
 
+/* A process that claims a ring slot through the real header and dies before finishing. */
+static void die_mid_message(bool as_sender) {
+        shmb_channel *ch;
+        RingHeader *h;
+        RingSlot *slot;
+        uint64_t pos;
+
+        if (shmb_open_channel(NULL, "ring", SHMB_RW, &ch) < 0)
+                _exit(2);
+        h = shmb_channel_addr(ch);
+        pos = __atomic_load_n(as_sender ? &h->head : &h->tail, __ATOMIC_ACQUIRE);
+        if (!__atomic_compare_exchange_n(as_sender ? &h->head : &h->tail, &pos, pos + 1, false,
+                                         __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+                _exit(3);
+        slot = (RingSlot *) ((char *) h + RING_HEADER_SIZE + (pos % h->slots) * h->slot_stride);
+        if (as_sender) {
+                slot->send_pid = getpid();
+                __atomic_store_n(&slot->send_pos, pos, __ATOMIC_RELEASE);
+                memset((char *) slot + RING_SLOT_HEADER, 'X', 100);     /* half-written, never published */
+        } else {
+                slot->recv_pid = getpid();
+                __atomic_store_n(&slot->recv_pos, pos, __ATOMIC_RELEASE);
+        }
+        _exit(0);
+}
+
+START_TEST(test_ring_sender_dead_mid_message_is_skipped) {
+        shmb_channel *ch = open_ok("ring", SHMB_RW);
+        char buf[256];
+        pid_t pid;
+
+        ck_assert_int_eq(shmb_send(ch, "before", 6, 0), 0);
+        pid = fork();
+        if (pid == 0)
+                die_mid_message(true);
+        wait_children(&pid, 1);
+        ck_assert_int_eq(shmb_send(ch, "after", 5, 0), 0);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 2000), 6);
+        ck_assert_int_eq(memcmp(buf, "before", 6), 0);
+        /* The dead sender's slot is skipped, not handed out half-written. */
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 2000), 5);
+        ck_assert_int_eq(memcmp(buf, "after", 5), 0);
+        /* And the ring keeps working across the repaired slot, lap after lap. */
+        for (uint32_t i = 0; i < 40; i++) {
+                uint32_t v;
+
+                ck_assert_int_eq(shmb_send(ch, &i, sizeof i, 1000), 0);
+                ck_assert_int_eq(shmb_recv(ch, &v, sizeof v, 1000), sizeof v);
+                ck_assert_uint_eq(v, i);
+        }
+        shmb_close(ch);
+}
+END_TEST
+
+START_TEST(test_ring_receiver_dead_mid_message_frees_slot) {
+        shmb_channel *ch = open_ok("ring", SHMB_RW);
+        uint32_t v;
+        pid_t pid;
+
+        ck_assert_int_eq(shmb_send(ch, "lost", 4, 0), 0);
+        pid = fork();
+        if (pid == 0)
+                die_mid_message(false);
+        wait_children(&pid, 1);
+        /* A full lap later the dead receiver's slot must be free again, or this blocks. */
+        for (uint32_t i = 0; i < 8; i++)
+                ck_assert_msg(shmb_send(ch, &i, sizeof i, 2000) == 0, "send %u blocked on a dead receiver's slot", i);
+        for (uint32_t i = 0; i < 8; i++) {
+                ck_assert_int_eq(shmb_recv(ch, &v, sizeof v, 1000), sizeof v);
+                ck_assert_uint_eq(v, i);
+        }
+        shmb_close(ch);
+}
+END_TEST
+
+/* One doomed client: works at random until it is killed. */
+static void doomed_client(unsigned seed) {
+        shmb_channel *counter = NULL, *ring = NULL;
+        uint32_t v = 0;
+
+        for (;;) {
+                switch (rand_r(&seed) % 4) {
+                case 0:
+                        if (!counter && shmb_open_channel(NULL, "counter", SHMB_RW, &counter) < 0)
+                                counter = NULL;
+                        break;
+                case 1:
+                        if (counter && shmb_lock(counter, 0, 100) == 0) {
+                                usleep(rand_r(&seed) % 500);
+                                shmb_unlock(counter, 0);
+                        }
+                        break;
+                case 2:
+                        if (!ring && shmb_open_channel(NULL, "ring", SHMB_RW, &ring) < 0)
+                                ring = NULL;
+                        if (ring)
+                                (void) shmb_send(ring, &v, sizeof v, 0);
+                        v++;
+                        break;
+                default: {
+                        /* Half a request, straight on the socket. */
+                        shmb_client *c;
+
+                        if (shmb_connect(NULL, &c) == 0) {
+                                (void) send(shmb_client_fd(c), "{\"op\":\"sta", 11, MSG_NOSIGNAL);
+                                usleep(rand_r(&seed) % 300);
+                                shmb_disconnect(c);
+                        }
+                }
+                }
+        }
+}
+
+START_TEST(test_thousand_clients_killed_at_random) {
+        enum { CLIENTS = 1000, BATCH = 50 };
+        unsigned seed = 12345;
+        shmb_channel_status *v;
+        shmb_channel *ch;
+        shmb_client *c;
+        size_t n;
+
+        for (int done = 0; done < CLIENTS; done += BATCH) {
+                pid_t pids[BATCH];
+
+                for (int i = 0; i < BATCH; i++) {
+                        pids[i] = fork();
+                        ck_assert_int_ge(pids[i], 0);
+                        if (pids[i] == 0)
+                                doomed_client((unsigned) (done + i) * 2654435761u);
+                }
+                for (int i = 0; i < BATCH; i++) {
+                        usleep(rand_r(&seed) % 3000);
+                        kill(pids[i], SIGKILL);
+                }
+                for (int i = 0; i < BATCH; i++)
+                        waitpid(pids[i], NULL, 0);
+        }
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        /* No stale client: every hold of the dead is gone. */
+        for (int tries = 0;; tries++) {
+                size_t holders = 0;
+
+                ck_assert_int_eq(shmb_status(c, NULL, &v, &n), 0);
+                for (size_t i = 0; i < n; i++)
+                        holders += v[i].n_clients;
+                shmb_status_free(v, n);
+                if (holders == 0)
+                        break;
+                ck_assert_msg(tries < 200, "%zu holds of dead clients remain", holders);
+                usleep(10000);
+        }
+        shmb_disconnect(c);
+        /* The lock is free (SEM_UNDO undid every dead holder). */
+        ch = open_ok("counter", SHMB_RW);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        shmb_close(ch);
+        /* The ring is usable: drain what the dead sent, then a round trip. */
+        ch = open_ok("ring", SHMB_RW);
+        {
+                char buf[256];
+                uint32_t x = 0xfeed, y = 0;
+
+                while (shmb_recv(ch, buf, sizeof buf, 200) >= 0)
+                        ;
+                ck_assert_int_eq(shmb_send(ch, &x, sizeof x, 1000), 0);
+                ck_assert_int_eq(shmb_recv(ch, &y, sizeof y, 1000), sizeof y);
+                ck_assert_uint_eq(y, 0xfeed);
+        }
+        shmb_close(ch);
+        /* Exact object counts: five channels, nothing doubled or leaked. */
+        ck_assert_int_eq(test_ipcs_count("-m"), 5);
+        ck_assert_int_eq(test_ipcs_count("-s"), 5);
+}
+END_TEST
+
 /* ---- admin API ---- */
 
 START_TEST(test_list_and_status_structs) {
@@ -585,7 +764,9 @@ static Suite *suite(void) {
                             test_hold_dropped_when_process_exits } },
                 { "semaphores", { test_lock_counts_exactly, test_killed_lock_holder_releases_lock, test_timeouts_fire,
                                   test_waiter_sees_channel_removed } },
-                { "ring", { test_ring_mpmc_exactly_once, test_ring_killed_sender_loses_nothing_sent } },
+                { "ring", { test_ring_mpmc_exactly_once, test_ring_killed_sender_loses_nothing_sent,
+                            test_ring_sender_dead_mid_message_is_skipped, test_ring_receiver_dead_mid_message_frees_slot } },
+                { "faults", { test_thousand_clients_killed_at_random } },
                 { "admin", { test_list_and_status_structs } },
                 { "programs", { test_examples_exchange, test_shmbrokerctl } },
         };

@@ -178,11 +178,11 @@ static void check_full_config(const Config *c) {
         ck_assert_uint_eq(f->slot_size, 65536);
         ck_assert_uint_eq(f->slots, 32);
         ck_assert_uint_eq(f->size, ring_segment_size(65536, 32));
-        /* 256 header + 32 slots of (65536 + 16) rounded up to 64 = 65600. */
+        /* 256 header + 32 slots of 65536 + 64 (slot header) = 65600. */
         ck_assert_uint_eq(f->size, 256 + 32 * 65600);
         ck_assert_uint_eq(f->nsems, RING_NSEMS);
         ck_assert_ptr_nonnull(f->sem_values);
-        ck_assert_uint_eq(f->sem_values[RING_SEM_REPAIR], 1);
+        ck_assert_uint_eq(f->sem_values[RING_SEM_RESERVED], 1);
         ck_assert_uint_eq(f->uid, geteuid());
         ck_assert_uint_eq(f->gid, 0);
         ck_assert_uint_eq(f->mode, 0640);
@@ -207,9 +207,9 @@ START_TEST(test_ring_with_user_semaphores) {
         const ChannelSpec *s = only_channel(c);
 
         ck_assert_uint_eq(s->size, ring_segment_size(100, 8));
-        ck_assert_uint_eq(s->size, 256 + 8 * 128);
+        ck_assert_uint_eq(s->size, 256 + 8 * 192);      /* 100 + 64-byte slot header, to 64 */
         ck_assert_uint_eq(s->nsems, RING_NSEMS + 3);
-        ck_assert_uint_eq(s->sem_values[RING_SEM_REPAIR], 1);
+        ck_assert_uint_eq(s->sem_values[RING_SEM_RESERVED], 1);
         ck_assert_uint_eq(s->sem_values[RING_NSEMS + 0], 5);
         ck_assert_uint_eq(s->sem_values[RING_NSEMS + 1], 0);
         ck_assert_uint_eq(s->sem_values[RING_NSEMS + 2], 32767);
@@ -219,7 +219,7 @@ START_TEST(test_ring_with_user_semaphores) {
         c = parse_ok(CHANNELS(RING(", \"semaphores\": 2")));
         s = only_channel(c);
         ck_assert_uint_eq(s->nsems, RING_NSEMS + 2);
-        ck_assert_uint_eq(s->sem_values[RING_SEM_REPAIR], 1);
+        ck_assert_uint_eq(s->sem_values[RING_SEM_RESERVED], 1);
         ck_assert_uint_eq(s->sem_values[RING_NSEMS + 0], 0);
         ck_assert_uint_eq(s->sem_values[RING_NSEMS + 1], 0);
         config_free(c);
@@ -227,19 +227,19 @@ START_TEST(test_ring_with_user_semaphores) {
         /* A ring may ask for no extra semaphores, as a count or an empty array. */
         c = parse_ok(CHANNELS(RING(", \"semaphores\": 0")));
         ck_assert_uint_eq(only_channel(c)->nsems, RING_NSEMS);
-        ck_assert_uint_eq(only_channel(c)->sem_values[RING_SEM_REPAIR], 1);
+        ck_assert_uint_eq(only_channel(c)->sem_values[RING_SEM_RESERVED], 1);
         config_free(c);
         c = parse_ok(CHANNELS(RING(", \"semaphores\": []")));
         ck_assert_uint_eq(only_channel(c)->nsems, RING_NSEMS);
-        ck_assert_uint_eq(only_channel(c)->sem_values[RING_SEM_REPAIR], 1);
+        ck_assert_uint_eq(only_channel(c)->sem_values[RING_SEM_RESERVED], 1);
         config_free(c);
 
         /* The largest ring: RING_SLOTS_MAX slots, the reserved value still right. */
         c = parse_ok(CHANNELS("{\"name\": \"big\", \"layout\": \"ring\", \"slot_size\": 1, \"slots\": 1048576}"));
         s = only_channel(c);
         ck_assert_uint_eq(s->slots, RING_SLOTS_MAX);
-        ck_assert_uint_eq(s->size, 256 + 1048576u * 64);
-        ck_assert_uint_eq(s->sem_values[RING_SEM_REPAIR], 1);
+        ck_assert_uint_eq(s->size, 256 + 1048576ull * 128);
+        ck_assert_uint_eq(s->sem_values[RING_SEM_RESERVED], 1);
         config_free(c);
 
         /* The explicit raw layout is the default one. */
@@ -289,7 +289,7 @@ START_TEST(test_defaults) {
         c = parse_ok(CHANNELS(RING("")));
         s = only_channel(c);
         ck_assert_uint_eq(s->nsems, RING_NSEMS);
-        ck_assert_uint_eq(s->sem_values[RING_SEM_REPAIR], 1);
+        ck_assert_uint_eq(s->sem_values[RING_SEM_RESERVED], 1);
         ck_assert_uint_eq(s->mode, 0660);
         config_free(c);
 }
