@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
+#include <time.h>
 
 #include "common/util.h"
 #include "daemon/channel.h"
@@ -117,12 +118,18 @@ static const char *semget_why(int err) {
  */
 static int try_key(Channel *c, uint32_t key, State *state, char *msg, size_t msg_size) {
         const ChannelSpec *s = &c->spec;
+        int64_t stamp;
         int r;
 
         c->key = key;
+        /* Intent first: a kill between shmget() and state_add() must not lose the object. */
+        r = state_add_pending(state, STATE_SHM, key, getpid(), s->size);
+        if (r < 0)
+                goto fail_state;
         c->shm_id = shmget((key_t) key, s->size, IPC_CREAT | IPC_EXCL | 0600);
         if (c->shm_id < 0) {
                 r = -errno;
+                (void) state_drop_pending(state, STATE_SHM, key, getpid(), s->size);
                 if (r != -EEXIST)
                         msg_set(msg, msg_size, "channel \"%s\": cannot create a segment of %" PRIu64 " bytes: %s",
                                 s->name, s->size, shmget_why(-r));
@@ -132,9 +139,14 @@ static int try_key(Channel *c, uint32_t key, State *state, char *msg, size_t msg
         if (r < 0)
                 goto fail_state;
 
+        stamp = time(NULL);
+        r = state_add_pending(state, STATE_SEM, key, stamp, s->nsems);
+        if (r < 0)
+                goto fail_state;
         c->sem_id = semget((key_t) key, (int) s->nsems, IPC_CREAT | IPC_EXCL | 0600);
         if (c->sem_id < 0) {
                 r = -errno;
+                (void) state_drop_pending(state, STATE_SEM, key, stamp, s->nsems);
                 if (r != -EEXIST)
                         msg_set(msg, msg_size, "channel \"%s\": cannot create a set of %u semaphores: %s",
                                 s->name, s->nsems, semget_why(-r));

@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -78,23 +79,38 @@ fail:
 }
 
 static int parse_line(const char *line, bool *ret_add, StateRecord *ret) {
+        bool add = line[0] != '-';
+        const char *p = add ? line : line + 1;
         char kind[8];
         uint32_t key;
-        int id, n = 0;
-        bool add = line[0] != '-';
+        long long a;
+        unsigned long long b;
+        int id;
 
-        if (sscanf(add ? line : line + 1, "%7s %" SCNu32 " %d%n", kind, &key, &id, &n) != 3 || id < 0)
+        *ret = (StateRecord) { .id = -1 };
+        if (sscanf(p, "%7s %" SCNu32, kind, &key) != 2)
                 return -EINVAL;
-        if (streq(kind, "shm"))
-                ret->kind = STATE_SHM;
-        else if (streq(kind, "sem"))
-                ret->kind = STATE_SEM;
-        else
+        if (streq(kind, "shm") || streq(kind, "sem")) {
+                if (sscanf(p, "%*s %*u %d", &id) != 1 || id < 0)
+                        return -EINVAL;
+                ret->id = id;
+        } else if (streq(kind, "pshm") || streq(kind, "psem")) {
+                if (sscanf(p, "%*s %*u %lld %llu", &a, &b) != 2)
+                        return -EINVAL;
+                ret->pending = true;
+                ret->stamp = a;
+                ret->size = b;
+        } else
                 return -EINVAL;
+        ret->kind = streq(kind + ret->pending, "shm") ? STATE_SHM : STATE_SEM;
         ret->key = key;
-        ret->id = id;
         *ret_add = add;
         return 0;
+}
+
+static bool same_record(const StateRecord *a, const StateRecord *b) {
+        return a->kind == b->kind && a->key == b->key && a->pending == b->pending && a->id == b->id &&
+               a->stamp == b->stamp && a->size == b->size;
 }
 
 int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped) {
@@ -136,7 +152,7 @@ int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped) 
                 }
                 /* A drop cancels the latest matching add. */
                 for (size_t i = n; i-- > 0;)
-                        if (v[i].kind == rec.kind && v[i].key == rec.key && v[i].id == rec.id) {
+                        if (same_record(&v[i], &rec)) {
                                 memmove(&v[i], &v[i + 1], (n - i - 1) * sizeof *v);
                                 n--;
                                 break;
@@ -178,6 +194,23 @@ int state_add(State *s, StateKind kind, uint32_t key, int id) {
         return append(s, true, kind, key, id);
 }
 
+static int append_pending(State *s, bool add, StateKind kind, uint32_t key, int64_t stamp, uint64_t size) {
+        char line[96];
+        int n;
+
+        n = snprintf(line, sizeof line, "%sp%s %" PRIu32 " %" PRId64 " %" PRIu64 "\n", add ? "" : "-",
+                     kind_name(kind), key, stamp, size);
+        return write_all(s->fd, line, (size_t) n);
+}
+
+int state_add_pending(State *s, StateKind kind, uint32_t key, int64_t stamp, uint64_t size) {
+        return append_pending(s, true, kind, key, stamp, size);
+}
+
+int state_drop_pending(State *s, StateKind kind, uint32_t key, int64_t stamp, uint64_t size) {
+        return append_pending(s, false, kind, key, stamp, size);
+}
+
 int state_drop(State *s, StateKind kind, uint32_t key, int id) {
         return append(s, false, kind, key, id);
 }
@@ -196,8 +229,11 @@ int state_rewrite(State *s, const StateRecord *v, size_t n) {
                 return -errno;
         r = write_all(fd, STATE_HEADER, strlen(STATE_HEADER));
         for (size_t i = 0; r == 0 && i < n; i++) {
-                char line[64];
-                int k = snprintf(line, sizeof line, "%s %" PRIu32 " %d\n", kind_name(v[i].kind), v[i].key, v[i].id);
+                char line[96];
+                int k = v[i].pending
+                        ? snprintf(line, sizeof line, "p%s %" PRIu32 " %" PRId64 " %" PRIu64 "\n", kind_name(v[i].kind),
+                                   v[i].key, v[i].stamp, v[i].size)
+                        : snprintf(line, sizeof line, "%s %" PRIu32 " %d\n", kind_name(v[i].kind), v[i].key, v[i].id);
 
                 r = write_all(fd, line, (size_t) k);
         }

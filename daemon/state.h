@@ -14,6 +14,7 @@
  */
 
 #include <stdbool.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,10 +23,20 @@ typedef enum StateKind {
         STATE_SEM,
 } StateKind;
 
+/*
+ * A record is either an object that exists (id), or an intent written just
+ * before creating one (pending): the key, and what identifies the object
+ * as ours if the daemon died before it could record the id: for a segment
+ * our pid (shm_cpid) and its size, for a set the time (sem_ctime is no
+ * earlier) and its count.
+ */
 typedef struct StateRecord {
         StateKind kind;
         uint32_t key;
-        int id;
+        int id;                 /* -1 when pending */
+        bool pending;
+        int64_t stamp;          /* pending: shm creator pid, or sem earliest ctime */
+        uint64_t size;          /* pending: shm bytes, or sem count */
 } StateRecord;
 
 typedef struct State State;
@@ -47,6 +58,11 @@ int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped);
 /* Append a record; -errno on write failure (the object must then be undone). */
 int state_add(State *s, StateKind kind, uint32_t key, int id);
 int state_drop(State *s, StateKind kind, uint32_t key, int id);
+
+/* Before creating: the intent, so a kill before state_add() loses nothing. */
+int state_add_pending(State *s, StateKind kind, uint32_t key, int64_t stamp, uint64_t size);
+/* The key was someone else's: nothing of ours will be found under it. */
+int state_drop_pending(State *s, StateKind kind, uint32_t key, int64_t stamp, uint64_t size);
 
 /* Replace the file's contents with exactly these live records. */
 int state_rewrite(State *s, const StateRecord *v, size_t n);

@@ -814,6 +814,73 @@ START_TEST(test_kernel_limit_refused_before_creating) {
 }
 END_TEST
 
+START_TEST(test_kernel_sem_limit_refused_before_creating) {
+        int status = 0;
+        char *log;
+
+        /* kernel.sem = SEMMSL SEMMNS SEMOPM SEMMNI: room for one set only. */
+        write_proc("/proc/sys/kernel/sem", "250 32000 32 1");
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096}]");
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "SEMMNI") && strstr(log, "kernel.sem"), "unclear message: %s", log);
+        free(log);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+}
+END_TEST
+
+typedef struct Ids {
+        int shm, sem;
+} Ids;
+
+/* A client with full rw access, not the owner: the kernel refuses every owner's act. */
+static void non_owner_child(void *userdata) {
+        const Ids *ids = userdata;
+        struct shmid_ds shm;
+        struct semid_ds sem;
+
+        test_drop_privileges(65534, 65534, 4242);
+        if (shmat(ids->shm, NULL, 0) == (void *) -1)
+                _exit(10);              /* it does have access */
+        if (shmctl(ids->shm, IPC_RMID, NULL) == 0 || errno != EPERM)
+                _exit(11);
+        if (semctl(ids->sem, 0, IPC_RMID) == 0 || errno != EPERM)
+                _exit(12);
+        if (shmctl(ids->shm, IPC_STAT, &shm) < 0)
+                _exit(13);
+        shm.shm_perm.mode = 0666;
+        shm.shm_perm.uid = 65534;
+        if (shmctl(ids->shm, IPC_SET, &shm) == 0 || errno != EPERM)
+                _exit(14);
+        if (semctl(ids->sem, 0, IPC_STAT, &sem) < 0)
+                _exit(15);
+        sem.sem_perm.mode = 0666;
+        if (semctl(ids->sem, 0, IPC_SET, &sem) == 0 || errno != EPERM)
+                _exit(16);
+        _exit(0);
+}
+
+START_TEST(test_clients_cannot_remove_or_reown) {
+        json_t *resp;
+        Ids ids;
+        int fd, status;
+
+        test_daemon_write_config(&td, "[{\"name\": \"g\", \"size\": 4096, \"group\": 4242, \"mode\": \"0660\"}]");
+        start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        ids.shm = (int) jint(find_channel(resp, "g"), "shm_id");
+        ids.sem = (int) jint(find_channel(resp, "g"), "sem_id");
+        json_decref(resp);
+        close(fd);
+        status = test_in_child(non_owner_child, &ids);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", WEXITSTATUS(status));
+        ck_assert_int_eq(test_ipcs_count("-m"), 1);
+}
+END_TEST
+
 START_TEST(test_second_daemon_refuses) {
         int status = 0;
         json_t *resp;
@@ -899,14 +966,15 @@ static Suite *suite(void) {
                 { "serve", { test_list_matches_kernel, test_open_status_close, test_pipelined_requests_in_order } },
                 { "bad-input", { test_errors_keep_serving, test_overlong_line_closes_only_that_connection,
                                  test_line_at_limit_is_served, test_half_sent_request_does_not_stall_others } },
-                { "access", { test_access_follows_kernel_rule } },
+                { "access", { test_access_follows_kernel_rule, test_clients_cannot_remove_or_reown } },
                 { "lifecycle", { test_sigterm_with_client_attached, test_sigint_with_client_attached,
                                  test_sigkill_then_restart_reclaims, test_reclaim_spares_foreign_reuse_of_id,
                                  test_second_daemon_refuses, test_stale_socket_replaced_live_socket_kept,
                                  test_objects_removed_behind_our_back_are_remade, test_unprivileged_daemon_reclaims_unreadable_objects } },
                 { "resources", { test_fd_exhaustion_pauses_accept, test_derived_key_skips_fixed_keys } },
                 { "start-failures", { test_foreign_fixed_key_fails_start_and_rolls_back, test_foreign_derived_key_moves_on,
-                                      test_kernel_limit_refused_before_creating, test_check_config_touches_no_ipc } },
+                                      test_kernel_limit_refused_before_creating, test_kernel_sem_limit_refused_before_creating,
+                                      test_check_config_touches_no_ipc } },
         };
 
         for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {

@@ -1073,6 +1073,52 @@ START_TEST(test_sigterm_after_reloads_removes_everything) {
 }
 END_TEST
 
+static void write_many(int n, int first) {
+        char *channels = malloc((size_t) n * 64 + 16), *p = channels;
+
+        p += sprintf(p, "[");
+        for (int i = 0; i < n; i++)
+                p += sprintf(p, "%s{\"name\": \"c%d\", \"size\": 4096}", i ? "," : "", first + i);
+        sprintf(p, "]");
+        test_daemon_write_config(&td, channels);
+        free(channels);
+}
+
+START_TEST(test_crash_mid_reload_then_restart) {
+        /* A reload from c0..c199 to c100..c299 (100 removed, 100 added), killed at
+         * different moments inside it; the next start reclaims and ends with exactly
+         * the new config's channels, nothing doubled, nothing lost. */
+        static const int delays_us[] = { 0, 500, 2000, 5000 };
+
+        for (size_t k = 0; k < sizeof delays_us / sizeof delays_us[0]; k++) {
+                json_t *resp;
+                int fd;
+
+                write_many(200, 0);
+                ck_assert(test_daemon_start(&td, NULL, NULL));
+                write_many(200, 100);
+                kill(td.pid, SIGHUP);
+                usleep(delays_us[k]);
+                test_daemon_kill(&td, SIGKILL);
+
+                ck_assert_msg(test_daemon_start(&td, NULL, NULL), "no restart after a kill %d us into a reload",
+                              delays_us[k]);
+                ck_assert_int_eq(test_ipcs_count("-m"), 200);
+                ck_assert_int_eq(test_ipcs_count("-s"), 200);
+                fd = test_connect(td.socket);
+                resp = test_request(fd, "{\"op\":\"list\"}");
+                ck_assert_uint_eq(json_array_size(json_object_get(resp, "channels")), 200);
+                ck_assert_str_eq(json_string_value(json_object_get(json_array_get(json_object_get(resp, "channels"), 0),
+                                                                   "name")), "c100");
+                json_decref(resp);
+                close(fd);
+                ck_assert_int_eq(WEXITSTATUS(test_daemon_kill(&td, SIGTERM)), 0);
+                ck_assert_int_eq(test_ipcs_count("-m"), 0);
+                ck_assert_int_eq(test_ipcs_count("-s"), 0);
+        }
+}
+END_TEST
+
 static Suite *suite(void) {
         Suite *s = suite_create("reload");
         struct {
@@ -1085,7 +1131,8 @@ static Suite *suite(void) {
                                 test_kernel_limit_refused_whole, test_swap_at_kernel_limit_all_or_nothing,
                                 test_replace_attached_at_kernel_limit_keeps_channel,
                                 test_foreign_fixed_key_refused_whole } },
-                { "signals", { test_sighup_reloads_within_a_second, test_sigterm_after_reloads_removes_everything } },
+                { "signals", { test_sighup_reloads_within_a_second, test_sigterm_after_reloads_removes_everything,
+                               test_crash_mid_reload_then_restart } },
         };
 
         for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
