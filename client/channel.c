@@ -70,26 +70,18 @@ static void info_from_proto(const ProtoChannel *pc, shmb_channel_info *ret) {
         snprintf(ret->name, sizeof ret->name, "%s", pc->name);
 }
 
-int shmb_open(shmb_client *c, const char *name, shmb_access access, shmb_channel **ret) {
-        ProtoRequest req = { .op = PROTO_OP_OPEN };
-        ProtoResponse res;
+/* Attach what the broker's open answer describes. Takes the answer. */
+static int attach(shmb_client *c, ProtoResponse *res, shmb_access access, shmb_channel **ret) {
         shmb_channel *ch;
         int r;
 
-        if (!c || !ret || (access != SHMB_RW && access != SHMB_RO) || !proto_name_is_valid(name))
-                return -EINVAL;
-        strcpy(req.channel, name);
-        req.access = access == SHMB_RO ? PROTO_ACCESS_RO : PROTO_ACCESS_RW;
-        r = client_call(c, &req, &res);
-        if (r < 0)
-                return r;
         ch = calloc(1, sizeof *ch);
         if (!ch) {
-                proto_response_done(&res);
+                proto_response_done(res);
                 return -ENOMEM;
         }
-        info_from_proto(&res.channels[0], &ch->info);
-        proto_response_done(&res);
+        info_from_proto(&res->channels[0], &ch->info);
+        proto_response_done(res);
         ch->access = access;
         ch->client = c;
         client_ref(c);
@@ -123,14 +115,54 @@ fail:
         return r;
 }
 
+static int make_open(const char *name, shmb_access access, ProtoRequest *ret) {
+        if ((access != SHMB_RW && access != SHMB_RO) || !proto_name_is_valid(name))
+                return -EINVAL;
+        *ret = (ProtoRequest) { .op = PROTO_OP_OPEN, .access = access == SHMB_RO ? PROTO_ACCESS_RO : PROTO_ACCESS_RW };
+        strcpy(ret->channel, name);
+        return 0;
+}
+
+int shmb_open(shmb_client *c, const char *name, shmb_access access, shmb_channel **ret) {
+        ProtoRequest req;
+        ProtoResponse res;
+        int r;
+
+        if (!c || !ret)
+                return -EINVAL;
+        r = make_open(name, access, &req);
+        if (r < 0)
+                return r;
+        r = client_call(c, &req, &res);
+        if (r < 0)
+                return r;
+        return attach(c, &res, access, ret);
+}
+
 int shmb_open_channel(const char *socket_path, const char *name, shmb_access access, shmb_channel **ret) {
+        ProtoRequest reqs[2] = { { .op = PROTO_OP_HELLO, .version = PROTO_VERSION } };
+        ProtoResponse res[2];
         shmb_client *c;
         int r;
 
-        r = shmb_connect(socket_path, &c);
+        if (!ret)
+                return -EINVAL;
+        r = make_open(name, access, &reqs[1]);
         if (r < 0)
                 return r;
-        r = shmb_open(c, name, access, ret);
+        r = client_connect(socket_path, &c);
+        if (r < 0)
+                return r;
+        /* hello and open in one round trip: the version check costs no extra wait. */
+        r = client_call_n(c, reqs, res, 2);
+        if (r == 0) {
+                r = client_check_hello(&res[0]);
+                proto_response_done(&res[0]);
+                if (r == 0)
+                        r = attach(c, &res[1], access, ret);
+                else
+                        proto_response_done(&res[1]);
+        }
         /* The channel keeps its own reference; the connection lives as long as it. */
         client_unref(c);
         return r;
@@ -154,6 +186,13 @@ int shmb_close(shmb_channel *ch) {
         client_unref(ch->client);
         free(ch);
         return r;
+}
+
+int shmb_channel_set_spin(shmb_channel *ch, unsigned spin_us) {
+        if (!ch)
+                return -EINVAL;
+        __atomic_store_n(&ch->spin_us, spin_us, __ATOMIC_RELAXED);
+        return 0;
 }
 
 void *shmb_channel_addr(const shmb_channel *ch) {

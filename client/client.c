@@ -84,48 +84,64 @@ static void consume_line(shmb_client *c, size_t len) {
         c->rlen -= len + 1;
 }
 
-int client_call(shmb_client *c, const ProtoRequest *req, ProtoResponse *ret) {
-        _cleanup_(freep) char *out = NULL;
-        char msg[PROTO_MESSAGE_MAX], *line;
-        size_t out_len, len;
-        ProtoResponse res;
-        int r;
+int client_call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n) {
+        char *out = NULL, msg[PROTO_MESSAGE_MAX], *line;
+        size_t out_len = 0, got = 0, len;
+        int r = 0;
 
-        r = proto_request_encode(req, &out, &out_len);
-        if (r < 0)
+        /* Pipelined: every request in one write, then the answers in order. */
+        for (size_t i = 0; i < n && r == 0; i++) {
+                char *one, *grown;
+                size_t one_len;
+
+                r = proto_request_encode(&reqs[i], &one, &one_len);
+                if (r < 0)
+                        break;
+                grown = realloc(out, out_len + one_len);
+                if (!grown) {
+                        free(one);
+                        r = -ENOMEM;
+                        break;
+                }
+                memcpy(grown + out_len, one, one_len);
+                out = grown;
+                out_len += one_len;
+                free(one);
+        }
+        if (r < 0) {
+                free(out);
                 return r;
+        }
         pthread_mutex_lock(&c->lock);
         c->last_message[0] = 0;
-        if (c->fd < 0) {
-                r = -ENOTCONN;
-                goto out;
+        r = c->fd < 0 ? -ENOTCONN : send_all(c->fd, out, out_len);
+        for (; r == 0 && got < n; got++) {
+                r = read_line(c, &line, &len);
+                if (r < 0)
+                        break;
+                r = proto_response_decode(reqs[got].op, line, len, &rets[got], msg, sizeof msg);
+                consume_line(c, len);
+                if (r > 0) {
+                        snprintf(c->last_message, sizeof c->last_message, "%s", msg);
+                        r = -EPROTO;
+                }
         }
-        r = send_all(c->fd, out, out_len);
-        if (r < 0)
-                goto out;
-        r = read_line(c, &line, &len);
-        if (r < 0)
-                goto out;
-        r = proto_response_decode(req->op, line, len, &res, msg, sizeof msg);
-        consume_line(c, len);
-        if (r > 0) {
-                snprintf(c->last_message, sizeof c->last_message, "%s", msg);
-                r = -EPROTO;
-                goto out;
-        }
-        if (r < 0)
-                goto out;
-        if (!res.ok) {
-                snprintf(c->last_message, sizeof c->last_message, "%s", res.message);
-                r = -res.error;
-                proto_response_done(&res);
-                goto out;
-        }
-        *ret = res;
-        r = 0;
-out:
         pthread_mutex_unlock(&c->lock);
+        free(out);
+        /* The first refusal is the answer; every decoded response is released on failure. */
+        for (size_t i = 0; r == 0 && i < got; i++)
+                if (!rets[i].ok) {
+                        snprintf(c->last_message, sizeof c->last_message, "%s", rets[i].message);
+                        r = -rets[i].error;
+                }
+        if (r < 0)
+                for (size_t i = 0; i < got; i++)
+                        proto_response_done(&rets[i]);
         return r;
+}
+
+int client_call(shmb_client *c, const ProtoRequest *req, ProtoResponse *ret) {
+        return client_call_n(c, req, ret, 1);
 }
 
 int shmb_request_json(shmb_client *c, const char *request, char **ret_answer) {
@@ -157,11 +173,9 @@ int shmb_request_json(shmb_client *c, const char *request, char **ret_answer) {
         return r;
 }
 
-int shmb_connect(const char *socket_path, shmb_client **ret) {
+int client_connect(const char *socket_path, shmb_client **ret) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         const char *path = resolve_socket(socket_path);
-        ProtoRequest hello = { .op = PROTO_OP_HELLO, .version = PROTO_VERSION };
-        ProtoResponse res;
         shmb_client *c;
         int r;
 
@@ -184,19 +198,37 @@ int shmb_connect(const char *socket_path, shmb_client **ret) {
                 r = -errno;
                 goto fail;
         }
-        r = client_call(c, &hello, &res);
-        if (r < 0)
-                goto fail;
-        proto_response_done(&res);
-        if (res.version != PROTO_VERSION) {
-                r = -EPROTO;
-                goto fail;
-        }
         *ret = c;
         return 0;
 fail:
         shmb_disconnect(c);
         return r;
+}
+
+int client_check_hello(const ProtoResponse *res) {
+        return res->version == PROTO_VERSION ? 0 : -EPROTO;
+}
+
+int shmb_connect(const char *socket_path, shmb_client **ret) {
+        ProtoRequest hello = { .op = PROTO_OP_HELLO, .version = PROTO_VERSION };
+        ProtoResponse res;
+        shmb_client *c;
+        int r;
+
+        r = client_connect(socket_path, &c);
+        if (r < 0)
+                return r;
+        r = client_call(c, &hello, &res);
+        if (r == 0) {
+                r = client_check_hello(&res);
+                proto_response_done(&res);
+        }
+        if (r < 0) {
+                shmb_disconnect(c);
+                return r;
+        }
+        *ret = c;
+        return 0;
 }
 
 void client_ref(shmb_client *c) {

@@ -18,6 +18,7 @@
  */
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <limits.h>
@@ -28,6 +29,7 @@
 #include <unistd.h>
 
 #include "client/shmbroker-internal.h"
+#include "common/util.h"
 
 #define LOAD(p, mo) __atomic_load_n((p), (mo))
 #define STORE(p, v, mo) __atomic_store_n((p), (v), (mo))
@@ -99,7 +101,46 @@ static void notify(uint32_t *word, uint32_t *waiters) {
  * Sleep until the slot at pos may have changed (ready(): seq - target >= 0)
  * or the deadline passes. Returns 0 to look again, or a negative errno.
  */
-static int wait_slot(RingSlot *slot, uint64_t target, uint32_t *word, uint32_t *waiters,
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#elif defined(__aarch64__)
+        __asm__ __volatile__("yield");
+#endif
+}
+
+/*
+ * Spin on the slot before sleeping, when the channel allows it. The budget
+ * adapts: it doubles (up to spin_us) when spinning paid off and halves when
+ * it did not; and every few checks the spinner yields, so a peer that
+ * shares our CPU gets to run instead of waiting out our spin.
+ */
+static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target) {
+        uint32_t max = LOAD(&ch->spin_us, RLX) * 1000u, budget;
+        int64_t end;
+
+        if (max == 0)
+                return false;
+        budget = LOAD(&ch->spin_budget_ns, RLX);
+        budget = budget ? MIN(budget, max) : max;
+        end = now_ns() + budget;
+        for (unsigned i = 1;; i++) {
+                if ((int64_t) (LOAD(&slot->seq, ACQ) - target) >= 0) {
+                        STORE(&ch->spin_budget_ns, MIN(budget * 2, max), RLX);
+                        return true;
+                }
+                if ((i & 63) == 0) {
+                        if (now_ns() > end)
+                                break;
+                        sched_yield();
+                } else
+                        cpu_relax();
+        }
+        STORE(&ch->spin_budget_ns, MAX(budget / 2, 1000u), RLX);
+        return false;
+}
+
+static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t *word, uint32_t *waiters,
                      int timeout_ms, int64_t deadline, bool stuck) {
         int64_t until = deadline;
         uint32_t v;
@@ -107,6 +148,8 @@ static int wait_slot(RingSlot *slot, uint64_t target, uint32_t *word, uint32_t *
 
         if (timeout_ms == 0)
                 return -EAGAIN;
+        if (!stuck && spin_for(ch, slot, target))
+                return 0;
         /* Someone holds the slot mid-message: poll, as a dead claimer wakes no one. */
         if (stuck) {
                 int64_t poll = now_ns() + (int64_t) REPAIR_POLL_MS * 1000000;
@@ -172,7 +215,7 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
                                         notify(&ch->ring->space_seq, &ch->ring->send_waiters);
                                 continue;
                         }
-                        r = wait_slot(slot, pos, &ch->ring->space_seq, &ch->ring->send_waiters,
+                        r = wait_slot(ch, slot, pos, &ch->ring->space_seq, &ch->ring->send_waiters,
                                       timeout_ms, deadline, claimed);
                         if (r < 0)
                                 return r;
@@ -222,7 +265,7 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                                 }
                                 continue;
                         }
-                        r = wait_slot(slot, pos + 1, &ch->ring->data_seq, &ch->ring->recv_waiters,
+                        r = wait_slot(ch, slot, pos + 1, &ch->ring->data_seq, &ch->ring->recv_waiters,
                                       timeout_ms, deadline, claimed);
                         if (r < 0)
                                 return r;

@@ -24,6 +24,8 @@ struct shmb_channel {
         shmb_access access;
         void *addr;
         unsigned sem_base;              /* a ring's own semaphores come first */
+        unsigned spin_us;               /* shmb_channel_set_spin() */
+        uint32_t spin_budget_ns;        /* adapts within it */
         /* ring only */
         RingHeader *ring;
         char *slots;
@@ -36,6 +38,13 @@ struct shmb_channel {
  * (its message kept in c->last_message), or a socket/protocol error.
  */
 int client_call(shmb_client *c, const ProtoRequest *req, ProtoResponse *ret);
+
+/* The same for n requests sent in one write (pipelined), answers in order. */
+int client_call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n);
+
+/* Connect without the hello round trip; the caller sends one (pipelined). */
+int client_connect(const char *socket_path, shmb_client **ret);
+int client_check_hello(const ProtoResponse *res);
 
 void client_ref(shmb_client *c);
 void client_unref(shmb_client *c);

@@ -18,7 +18,7 @@ typedef struct Peer {
         gid_t gid;
         gid_t *groups;          /* supplementary groups; owned */
         size_t n_groups;
-        bool cap_ipc_owner;     /* CAP_IPC_OWNER in its effective set at connect time */
+        int cap_ipc_owner;      /* CAP_IPC_OWNER in its effective set: 1, 0, or -1 not read yet */
 } Peer;
 
 /* Fill *ret from a connected Unix socket. Negative errno on failure. */
@@ -31,7 +31,7 @@ bool peer_in_group(const Peer *p, gid_t gid);
  * Whether the peer may use an object with these permissions: `read` and
  * `write` name the bits needed (ro: read; rw: read and write). A peer with
  * CAP_IPC_OWNER passes, as in the kernel; the capability is read from
- * /proc/PID/status at connect time, and where that cannot be read, uid 0
- * is taken to hold it.
+ * /proc/PID/status (once, and only when the bits alone would refuse), and
+ * where that cannot be read, uid 0 is taken to hold it.
  */
-bool access_allowed(const Peer *p, const ChannelPerm *perm, bool read, bool write);
+bool access_allowed(Peer *p, const ChannelPerm *perm, bool read, bool write);

@@ -53,7 +53,33 @@ static int cmp_u32(const void *a, const void *b) {
         return x < y ? -1 : x > y;
 }
 
+static void id_to_name_uncached(uint32_t id, bool group, char *buf, size_t size);
+
+/*
+ * getpwuid()/getgrgid() rescan the databases on every call; a config with
+ * thousands of channels mostly names the same few ids, so remember the
+ * last answer of each kind.
+ */
 static void id_to_name(uint32_t id, bool group, char *buf, size_t size) {
+        static struct {
+                bool valid;
+                uint32_t id;
+                char name[PROTO_IDNAME_MAX + 1];
+        } last[2];
+
+        if (last[group].valid && last[group].id == id && strlen(last[group].name) < size) {
+                strcpy(buf, last[group].name);
+                return;
+        }
+        id_to_name_uncached(id, group, buf, size);
+        if (strlen(buf) < sizeof last[group].name) {
+                last[group].valid = true;
+                last[group].id = id;
+                strcpy(last[group].name, buf);
+        }
+}
+
+static void id_to_name_uncached(uint32_t id, bool group, char *buf, size_t size) {
         if (group) {
                 struct group *g = getgrgid(id);
 
@@ -185,16 +211,10 @@ static void ring_init(Channel *c) {
 }
 
 int channel_set_perms(Channel *c, uid_t uid, gid_t gid, mode_t mode) {
-        struct shmid_ds shm;
-        struct semid_ds sem;
+        /* IPC_SET reads only uid, gid and mode: no IPC_STAT needed first. */
+        struct shmid_ds shm = { .shm_perm = { .uid = uid, .gid = gid, .mode = mode & 0777 } };
+        struct semid_ds sem = {};
 
-        if (shmctl(c->shm_id, IPC_STAT, &shm) < 0)
-                return -errno;
-        shm.shm_perm.uid = uid;
-        shm.shm_perm.gid = gid;
-        shm.shm_perm.mode = mode & 0777;
-        if (semctl(c->sem_id, 0, IPC_STAT, &sem) < 0)
-                return -errno;
         sem.sem_perm.uid = uid;
         sem.sem_perm.gid = gid;
         sem.sem_perm.mode = mode & 0777;
@@ -369,12 +389,12 @@ int channel_stat(const Channel *c, ProtoChannel *ret) {
         union semun arg;
         int r;
 
-        r = channel_check(c);
-        if (r < 0)
-                return r;
         r = ipc_stat_shm(c->shm_id, &shm);
         if (r < 0)
                 return r == -EINVAL ? -EIDRM : r;
+        /* Removed behind our back (still attached: the key reads IPC_PRIVATE). */
+        if ((uint32_t) shm.shm_perm.__key != c->key)
+                return -EIDRM;
         values = calloc(c->spec.nsems, sizeof *values);
         sems = calloc(c->spec.nsems, sizeof *sems);
         if (!values || !sems)

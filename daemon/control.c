@@ -177,6 +177,12 @@ static int process_input(Conn *conn) {
                 memmove(conn->in, conn->in + off, conn->in_len - off);
                 conn->in_len -= off;
         }
+        /* An idle client costs no buffer: thousands of holders stay cheap. */
+        if (conn->in_len == 0 && conn->in) {
+                free(conn->in);
+                conn->in = NULL;
+                conn->in_cap = 0;
+        }
         return r < 0 ? r : 0;
 }
 

@@ -158,6 +158,15 @@ int shmb_unlock(shmb_channel *ch, unsigned idx);
 /* ---- ring channels ---- */
 
 /*
+ * Let ring send/receive spin for up to spin_us microseconds before sleeping
+ * when the ring is empty or full (0, the default: never spin). Worth it
+ * only when the peer runs on another CPU; the spin adapts (it shrinks when
+ * spinning does not pay) and yields the CPU as it goes, so a peer sharing
+ * the CPU is not starved. Thread-safe.
+ */
+int shmb_channel_set_spin(shmb_channel *ch, unsigned spin_us);
+
+/*
  * Send one message of 1..slot_size bytes. Never torn: a receiver sees all
  * of it or nothing. Errors: -EMSGSIZE, -EAGAIN (full, timeout 0),
  * -ETIMEDOUT, -EINTR, -ENOTSUP (not a ring), -EACCES (read-only handle).
