@@ -4,12 +4,15 @@
  * slot p % n is free for the producer of lap k when seq == p, and full for
  * its consumer when seq == p + 1.
  *
- * Sleeping: a side that finds the ring full (empty) announces itself in
- * send_waiters (recv_waiters), rereads the futex word, checks the slot once
- * more, and only then sleeps. The other side publishes its slot, issues a
- * full fence, and wakes only if a waiter is announced. The fences on both
- * sides make the classic lost-wake-up impossible: either the sleeper sees
- * the new slot, or the publisher sees the sleeper.
+ * Sleeping: a side that finds the ring full (empty) raises send_sleeping
+ * (recv_sleeping), rereads the futex word, checks the slot once more, and
+ * only then sleeps. The other side publishes its slot, issues a full fence,
+ * and if the flag is up, exchanges it back to 0, bumps the word and wakes
+ * everyone: one wake-up syscall per sleep, not one per message while the
+ * sleeper is still getting up. The fences on both sides make the lost
+ * wake-up impossible: either the sleeper sees the new slot, or the
+ * publisher sees the flag; a sleeper that raised the flag after it was
+ * cleared sees the word moved and looks again.
  *
  * Repair: a slot claimed but never finished (its claimer was killed in
  * between) is found by whoever waits at it. Such a waiter never sleeps for
@@ -18,6 +21,7 @@
  */
 
 #include <errno.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -39,6 +43,29 @@
 #define SEQ __ATOMIC_SEQ_CST
 
 #define REPAIR_POLL_MS 50
+#define SPIN_YIELD_AFTER_NS 2000
+
+/*
+ * getpid() is a system call; a ring send records the claimer's pid every
+ * time. Cache it, and refresh it in a forked child (pthread_atfork), since
+ * a child using a stale pid would let its claims be taken for a dead one's.
+ */
+static pid_t cached_pid;
+static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+
+static void pid_refresh(void) {
+        __atomic_store_n(&cached_pid, getpid(), __ATOMIC_RELAXED);
+}
+
+static void pid_setup(void) {
+        pid_refresh();
+        (void) pthread_atfork(NULL, NULL, pid_refresh);
+}
+
+static int32_t my_pid(void) {
+        pthread_once(&pid_once, pid_setup);
+        return (int32_t) __atomic_load_n(&cached_pid, __ATOMIC_RELAXED);
+}
 
 static RingSlot *slot_at(const shmb_channel *ch, uint64_t pos) {
         return (RingSlot *) (ch->slots + (pos % ch->info.slots) * ch->stride);
@@ -88,10 +115,10 @@ static void futex_wake_all(uint32_t *word) {
         syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-/* Publisher side: after a slot changed hands, wake sleepers if there are any. */
-static void notify(uint32_t *word, uint32_t *waiters) {
+/* Publisher side: after a slot changed hands, wake the sleepers, if any, once. */
+static void notify(uint32_t *word, uint32_t *sleeping) {
         __atomic_thread_fence(SEQ);
-        if (LOAD(waiters, RLX) > 0) {
+        if (LOAD(sleeping, RLX) && __atomic_exchange_n(sleeping, 0, SEQ)) {
                 __atomic_add_fetch(word, 1, SEQ);
                 futex_wake_all(word);
         }
@@ -130,9 +157,13 @@ static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target) {
                         return true;
                 }
                 if ((i & 63) == 0) {
-                        if (now_ns() > end)
+                        int64_t now = now_ns();
+
+                        if (now > end)
                                 break;
-                        sched_yield();
+                        /* Yield only once the peer is clearly not answering from another CPU. */
+                        if (now - (end - budget) > SPIN_YIELD_AFTER_NS)
+                                sched_yield();
                 } else
                         cpu_relax();
         }
@@ -140,7 +171,7 @@ static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target) {
         return false;
 }
 
-static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t *word, uint32_t *waiters,
+static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t *word, uint32_t *sleeping,
                      int timeout_ms, int64_t deadline, bool stuck) {
         int64_t until = deadline;
         uint32_t v;
@@ -157,11 +188,10 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t
                 if (!until || poll < until)
                         until = poll;
         }
-        __atomic_add_fetch(waiters, 1, SEQ);
+        STORE(sleeping, 1, SEQ);
         v = LOAD(word, SEQ);
         if ((int64_t) (LOAD(&slot->seq, SEQ) - target) < 0)
                 r = futex_wait(word, v, until);
-        __atomic_sub_fetch(waiters, 1, SEQ);
         if (r == -ETIMEDOUT && until != deadline)
                 return 0;               /* only the poll ran out: look again */
         return r;
@@ -194,13 +224,13 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
                 if (diff == 0) {
                         if (!__atomic_compare_exchange_n(&ch->ring->head, &pos, pos + 1, true, RLX, RLX))
                                 continue;
-                        slot->send_pid = (int32_t) getpid();
+                        slot->send_pid = my_pid();
                         STORE(&slot->send_pos, pos, REL);
                         slot->len = (uint32_t) len;
                         if (len)
                                 memcpy(payload(slot), msg, len);
                         STORE(&slot->seq, pos + 1, REL);
-                        notify(&ch->ring->data_seq, &ch->ring->recv_waiters);
+                        notify(&ch->ring->data_seq, &ch->ring->recv_sleeping);
                         return 0;
                 }
                 if (diff < 0) {         /* full: the slot still holds last lap's message */
@@ -212,10 +242,10 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
                                 uint64_t expected = last + 1;
 
                                 if (__atomic_compare_exchange_n(&slot->seq, &expected, pos, false, REL, RLX))
-                                        notify(&ch->ring->space_seq, &ch->ring->send_waiters);
+                                        notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
                                 continue;
                         }
-                        r = wait_slot(ch, slot, pos, &ch->ring->space_seq, &ch->ring->send_waiters,
+                        r = wait_slot(ch, slot, pos, &ch->ring->space_seq, &ch->ring->send_sleeping,
                                       timeout_ms, deadline, claimed);
                         if (r < 0)
                                 return r;
@@ -245,12 +275,12 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                                 return -EMSGSIZE;               /* not consumed */
                         if (!__atomic_compare_exchange_n(&ch->ring->tail, &pos, pos + 1, true, RLX, RLX))
                                 continue;
-                        slot->recv_pid = (int32_t) getpid();
+                        slot->recv_pid = my_pid();
                         STORE(&slot->recv_pos, pos, REL);
                         if (len)
                                 memcpy(buf, payload(slot), len);
                         STORE(&slot->seq, pos + ch->info.slots, REL);
-                        notify(&ch->ring->space_seq, &ch->ring->send_waiters);
+                        notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
                         return (ssize_t) len;
                 }
                 if (diff < 0) {         /* empty, or a sender is still writing it */
@@ -261,11 +291,11 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                         if (claimed && LOAD(&slot->send_pos, ACQ) == pos && claimer_dead(slot->send_pid)) {
                                 if (__atomic_compare_exchange_n(&ch->ring->tail, &pos, pos + 1, false, RLX, RLX)) {
                                         STORE(&slot->seq, pos + ch->info.slots, REL);
-                                        notify(&ch->ring->space_seq, &ch->ring->send_waiters);
+                                        notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
                                 }
                                 continue;
                         }
-                        r = wait_slot(ch, slot, pos + 1, &ch->ring->data_seq, &ch->ring->recv_waiters,
+                        r = wait_slot(ch, slot, pos + 1, &ch->ring->data_seq, &ch->ring->recv_sleeping,
                                       timeout_ms, deadline, claimed);
                         if (r < 0)
                                 return r;

@@ -319,20 +319,26 @@ Channel *channel_free(Channel *c, State *state) {
         return NULL;
 }
 
-int channel_check(const Channel *c) {
-        struct shmid_ds shm;
+/* The check, handing back the segment's IPC_STAT it made on the way. */
+static int check_objects(const Channel *c, struct shmid_ds *ret_shm) {
         int r;
 
-        r = ipc_stat_shm(c->shm_id, &shm);
+        r = ipc_stat_shm(c->shm_id, ret_shm);
         if (r < 0)
                 return r == -EINVAL ? -EIDRM : r;
         /* Still attached by us, a removed segment lives on with the key IPC_PRIVATE. */
-        if ((uint32_t) shm.shm_perm.__key != c->key)
+        if ((uint32_t) ret_shm->shm_perm.__key != c->key)
                 return -EIDRM;
         r = ipc_is_ours(c->sem_id, c->key, false);
         if (r == 0 || r == -ENOENT)
                 return -EIDRM;
         return r < 0 ? r : 0;
+}
+
+int channel_check(const Channel *c) {
+        struct shmid_ds shm;
+
+        return check_objects(c, &shm);
 }
 
 int channel_remake(Channel **c, State *state, char *msg, size_t msg_size) {
@@ -389,12 +395,10 @@ int channel_stat(const Channel *c, ProtoChannel *ret) {
         union semun arg;
         int r;
 
-        r = ipc_stat_shm(c->shm_id, &shm);
+        /* One stat of each object says whether it is still ours. */
+        r = check_objects(c, &shm);
         if (r < 0)
-                return r == -EINVAL ? -EIDRM : r;
-        /* Removed behind our back (still attached: the key reads IPC_PRIVATE). */
-        if ((uint32_t) shm.shm_perm.__key != c->key)
-                return -EIDRM;
+                return r;
         values = calloc(c->spec.nsems, sizeof *values);
         sems = calloc(c->spec.nsems, sizeof *sems);
         if (!values || !sems)

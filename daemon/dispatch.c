@@ -131,18 +131,9 @@ static int do_channels(Dispatch *d, const ProtoRequest *req, char **ret_line, si
         int r = 0;
 
         if (status && req->has_channel) {
-                char why[PROTO_MESSAGE_MAX];
-
-                one = find_repaired(d, req->channel, why, sizeof why);
+                one = registry_find(d->registry, req->channel);
                 if (!one)
-                        return answer_missing(req->channel, why, ret_line, ret_len);
-        } else if (status) {
-                /* Backwards: a channel that cannot be remade leaves the array. */
-                for (size_t i = d->registry->n; i-- > 0;) {
-                        char why[PROTO_MESSAGE_MAX];
-
-                        (void) find_repaired(d, registry_at(d->registry, i)->channel->spec.name, why, sizeof why);
-                }
+                        return answer_error(ENOENT, ret_line, ret_len, "no channel named \"%s\"", req->channel);
         }
         want = one ? 1 : d->registry->n;
         v = calloc(want ?: 1, sizeof *v);
@@ -156,6 +147,25 @@ static int do_channels(Dispatch *d, const ProtoRequest *req, char **ret_line, si
                         continue;
                 }
                 r = stat_entry(e, &v[n]);
+                if (r == -EIDRM) {
+                        /* Removed behind our back: make it again, then report the new one. */
+                        char name[PROTO_NAME_MAX + 1], why[PROTO_MESSAGE_MAX];
+
+                        proto_channel_done(&v[n]);
+                        strcpy(name, e->channel->spec.name);
+                        e = find_repaired(d, name, why, sizeof why);
+                        if (!e) {
+                                if (one) {
+                                        r = answer_missing(name, why, ret_line, ret_len);
+                                        goto out;
+                                }
+                                /* Gone from the registry: the rest moved down one place. */
+                                i--;
+                                want--;
+                                continue;
+                        }
+                        r = stat_entry(e, &v[n]);
+                }
                 n++;
                 if (r == 0)
                         continue;

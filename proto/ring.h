@@ -13,7 +13,9 @@
  * a consumer claims p on `tail` when seq == p + 1, reads, then frees the slot
  * with seq = p + n. Nobody sleeps unless the ring is full or empty: then
  * they wait on the futex words `data_seq`/`space_seq`, and the other side
- * only makes the wake-up syscall when the waiter counts say someone sleeps.
+ * makes the wake-up syscall only when a sleeper has raised the flag
+ * (`recv_sleeping`/`send_sleeping`), which the waker clears: one wake per
+ * sleep, not one per message.
  * A single producer and a single consumer thus pay one uncontended CAS and
  * no syscall per message.
  *
@@ -53,11 +55,11 @@ typedef struct RingHeader {
         uint32_t reserved0;
         /* Producers' and consumers' words live on their own cache lines. */
         _Alignas(64) uint64_t head;     /* next position to claim for sending */
-        uint32_t space_seq;             /* futex: bumped when a slot is freed and senders wait */
-        uint32_t send_waiters;
+        uint32_t space_seq;             /* futex: bumped when a slot is freed and senders sleep */
+        uint32_t send_sleeping;         /* raised by a sleeping sender, cleared by the waker */
         _Alignas(64) uint64_t tail;     /* next position to claim for receiving */
-        uint32_t data_seq;              /* futex: bumped when a slot is filled and receivers wait */
-        uint32_t recv_waiters;
+        uint32_t data_seq;              /* futex: bumped when a slot is filled and receivers sleep */
+        uint32_t recv_sleeping;         /* raised by a sleeping receiver, cleared by the waker */
 } RingHeader;
 
 typedef struct RingSlot {

@@ -1,0 +1,934 @@
+/*
+ * shmbroker benchmark: the project and its baselines measured in one run on
+ * one machine, then one GOAL line per goal (ratios, as the machine is shared).
+ *
+ *   data path    ring throughput at 64 B..1 MiB vs pipe, Unix socket, memcpy;
+ *                64 B round trips, same CPU and cross CPU, vs pipe, socket,
+ *                System V semaphores and a busy-spin floor
+ *   control      open-by-name vs socket + NDJSON round trip + shmat against an
+ *                echo server; status requests/s vs that echo server
+ *   scale        start to READY for 400 and 4000 channels vs raw syscalls;
+ *                reload of 1 changed channel vs a no-op; RSS at 1000 holders
+ *
+ * Medians over trials, with min..max. Runs in its own IPC namespace when it
+ * may (root), so nothing it makes outlives it.
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <shmbroker/shmbroker.h>
+
+#define TRIALS 5
+
+static char dir[64];
+static char sock_path[128], notify_path[128], cfg_path[128];
+static int ncpu;
+
+/* ---------------------------------------------------------------- helpers */
+
+static int64_t now_ns(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void die(const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        fprintf(stderr, "bench: ");
+        vfprintf(stderr, fmt, ap);
+        fprintf(stderr, "\n");
+        va_end(ap);
+        exit(1);
+}
+
+static void pin(int cpu) {
+        cpu_set_t set;
+
+        CPU_ZERO(&set);
+        CPU_SET(cpu % ncpu, &set);
+        if (sched_setaffinity(0, sizeof set, &set) < 0)
+                die("sched_setaffinity: %s", strerror(errno));
+}
+
+static void unpin(void) {
+        cpu_set_t set;
+
+        CPU_ZERO(&set);
+        for (int i = 0; i < ncpu; i++)
+                CPU_SET(i, &set);
+        sched_setaffinity(0, sizeof set, &set);
+}
+
+static int cmp_double(const void *a, const void *b) {
+        double x = *(const double *) a, y = *(const double *) b;
+
+        return x < y ? -1 : x > y;
+}
+
+typedef struct Stat {
+        double median, min, max, p99;
+} Stat;
+
+static Stat stat_of(double *v, size_t n) {
+        qsort(v, n, sizeof *v, cmp_double);
+        return (Stat) { .median = v[n / 2], .min = v[0], .max = v[n - 1], .p99 = v[(n * 99) / 100] };
+}
+
+static void wait_child(pid_t pid) {
+        int status;
+
+        if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+                die("a benchmark child failed (status %d)", status);
+}
+
+static void write_all(int fd, const void *buf, size_t len) {
+        const char *p = buf;
+
+        while (len > 0) {
+                ssize_t n = write(fd, p, len);
+
+                if (n <= 0) {
+                        if (n < 0 && errno == EINTR)
+                                continue;
+                        die("write: %s", strerror(errno));
+                }
+                p += n;
+                len -= (size_t) n;
+        }
+}
+
+static void read_all(int fd, void *buf, size_t len) {
+        char *p = buf;
+
+        while (len > 0) {
+                ssize_t n = read(fd, p, len);
+
+                if (n <= 0) {
+                        if (n < 0 && errno == EINTR)
+                                continue;
+                        die("read: %s", n == 0 ? "EOF" : strerror(errno));
+                }
+                p += n;
+                len -= (size_t) n;
+        }
+}
+
+/* A one-byte go/ready handshake between parent and child. */
+static void signal_fd(int fd) {
+        write_all(fd, "x", 1);
+}
+
+static void await_fd(int fd) {
+        char c;
+
+        read_all(fd, &c, 1);
+}
+
+/* ---------------------------------------------------------------- daemon */
+
+static pid_t daemon_pid = -1;
+
+static void write_config(int n_raw, const char *extra_channels) {
+        FILE *f = fopen(cfg_path, "we");
+
+        if (!f)
+                die("cannot write %s", cfg_path);
+        fprintf(f, "{\"version\": 1, \"socket\": \"%s\", \"limits\": {\"connections_per_uid\": 4096}, \"channels\": [", sock_path);
+        for (int i = 0; i < n_raw; i++)
+                fprintf(f, "%s{\"name\": \"c%d\", \"size\": 4096}", i ? "," : "", i);
+        if (extra_channels)
+                fprintf(f, "%s%s", n_raw ? "," : "", extra_channels);
+        fprintf(f, "]}\n");
+        fclose(f);
+}
+
+/* Start shmbrokerd on cfg_path; returns the ns from exec to READY=1. */
+static int64_t daemon_start(void) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int nfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        char buf[512];
+        int64_t t0;
+
+        strcpy(sa.sun_path, notify_path);
+        unlink(notify_path);
+        if (nfd < 0 || bind(nfd, (struct sockaddr *) &sa, sizeof sa) < 0)
+                die("notify socket: %s", strerror(errno));
+        t0 = now_ns();
+        daemon_pid = fork();
+        if (daemon_pid == 0) {
+                int devnull = open("/dev/null", O_WRONLY);
+
+                dup2(devnull, STDERR_FILENO);
+                setenv("NOTIFY_SOCKET", notify_path, 1);
+                execl(SHMBROKERD_PATH, "shmbrokerd", "-c", cfg_path, (char *) NULL);
+                _exit(127);
+        }
+        for (;;) {
+                struct pollfd p = { .fd = nfd, .events = POLLIN };
+                ssize_t n;
+
+                if (poll(&p, 1, 30000) <= 0)
+                        die("shmbrokerd sent no READY=1");
+                n = recv(nfd, buf, sizeof buf - 1, 0);
+                if (n <= 0)
+                        continue;
+                buf[n] = 0;
+                if (strstr(buf, "READY=1"))
+                        break;
+        }
+        close(nfd);
+        unlink(notify_path);    /* later notifications fail fast instead of queueing */
+        return now_ns() - t0;
+}
+
+static void daemon_stop(void) {
+        if (daemon_pid > 0) {
+                kill(daemon_pid, SIGTERM);
+                waitpid(daemon_pid, NULL, 0);
+        }
+        daemon_pid = -1;
+}
+
+static shmb_channel *open_ch(const char *name) {
+        shmb_channel *ch;
+        int r = shmb_open_channel(sock_path, name, SHMB_RW, &ch);
+
+        if (r < 0)
+                die("open %s: %s", name, shmb_strerror(r));
+        return ch;
+}
+
+/* ---------------------------------------------------------------- throughput */
+
+typedef enum Method { M_RING, M_PIPE, M_UNIX } Method;
+
+/* One-way: the child sends n messages of size bytes, the parent receives; returns bytes/s. */
+static double one_way(Method m, const char *ring, size_t size, long n) {
+        int ready[2], fds[2] = { -1, -1 };
+        char *buf = malloc(size);
+        int64_t t0, t1;
+        pid_t pid;
+
+        memset(buf, 0x5a, size);
+        if (pipe(ready) < 0)
+                die("pipe");
+        if (m == M_PIPE && pipe(fds) < 0)
+                die("pipe");
+        if (m == M_UNIX && socketpair(AF_UNIX, SOCK_STREAM, 0, fds) < 0)
+                die("socketpair");
+        pid = fork();
+        if (pid == 0) {
+                shmb_channel *ch = m == M_RING ? open_ch(ring) : NULL;
+
+                pin(1);
+                await_fd(ready[0]);
+                for (long i = 0; i < n; i++) {
+                        if (m == M_RING) {
+                                int r = shmb_send(ch, buf, size, -1);
+
+                                if (r < 0)
+                                        die("send: %s", shmb_strerror(r));
+                        } else
+                                write_all(fds[1], buf, size);
+                }
+                shmb_close(ch);
+                _exit(0);
+        }
+        {
+                shmb_channel *ch = m == M_RING ? open_ch(ring) : NULL;
+
+                pin(0);
+                t0 = now_ns();
+                signal_fd(ready[1]);
+                for (long i = 0; i < n; i++) {
+                        if (m == M_RING) {
+                                ssize_t r = shmb_recv(ch, buf, size, -1);
+
+                                if (r != (ssize_t) size)
+                                        die("recv: %zd", r);
+                        } else
+                                read_all(m == M_PIPE ? fds[0] : fds[0], buf, size);
+                }
+                t1 = now_ns();
+                shmb_close(ch);
+        }
+        wait_child(pid);
+        unpin();
+        close(ready[0]);
+        close(ready[1]);
+        if (fds[0] >= 0) {
+                close(fds[0]);
+                close(fds[1]);
+        }
+        free(buf);
+        return (double) size * (double) n / ((double) (t1 - t0) / 1e9);
+}
+
+static double memcpy_rate(size_t size, long n) {
+        char *a = malloc(size), *b = malloc(size);
+        int64_t t0;
+
+        memset(a, 1, size);
+        memset(b, 2, size);
+        t0 = now_ns();
+        for (long i = 0; i < n; i++) {
+                memcpy(b, a, size);
+                __asm__ __volatile__("" ::"r"(b) : "memory");
+                a[i % size] ^= 1;
+        }
+        double rate = (double) size * (double) n / ((double) (now_ns() - t0) / 1e9);
+        free(a);
+        free(b);
+        return rate;
+}
+
+typedef struct Size {
+        const char *label, *ring;
+        size_t size;
+        long n;
+} Size;
+
+static const Size sizes[] = {
+        { "64 B", "r64", 64, 1000000 },
+        { "4 KiB", "r4k", 4096, 200000 },
+        { "64 KiB", "r64k", 65536, 16000 },
+        { "1 MiB", "r1m", 1 << 20, 1200 },
+};
+
+static Stat tput[4][4];         /* [size][ring, pipe, unix, memcpy] in bytes/s */
+
+static void bench_throughput(void) {
+        printf("\n%-26s %14s %14s %14s %14s\n", "one-way throughput", "ring", "pipe", "unix socket", "memcpy");
+        for (size_t s = 0; s < 4; s++) {
+                double v[4][TRIALS];
+
+                for (int t = 0; t < TRIALS; t++) {
+                        v[0][t] = one_way(M_RING, sizes[s].ring, sizes[s].size, sizes[s].n);
+                        v[1][t] = one_way(M_PIPE, NULL, sizes[s].size, sizes[s].n / (s == 0 ? 4 : 1));
+                        v[2][t] = one_way(M_UNIX, NULL, sizes[s].size, sizes[s].n / (s == 0 ? 4 : 1));
+                        v[3][t] = memcpy_rate(sizes[s].size, sizes[s].n * 4);
+                }
+                printf("%-10s %-15s", sizes[s].label, "MB/s (spread)");
+                for (int k = 0; k < 4; k++) {
+                        tput[s][k] = stat_of(v[k], TRIALS);
+                        printf(" %7.0f (%3.0f%%)", tput[s][k].median / 1e6,
+                               100 * (tput[s][k].max - tput[s][k].min) / tput[s][k].median);
+                }
+                printf("\n");
+                if (s == 0)
+                        printf("%-10s %-15s %14.2f %14.2f %14.2f\n", "", "M msg/s", tput[0][0].median / 64 / 1e6,
+                               tput[0][1].median / 64 / 1e6, tput[0][2].median / 64 / 1e6);
+        }
+}
+
+/* ---------------------------------------------------------------- latency */
+
+typedef enum Lat { L_RING, L_RING_SPIN, L_PIPE, L_UNIX, L_SEM, L_SPIN } Lat;
+
+static const char *const lat_names[] = { "ring", "ring + spin", "pipe", "unix socket", "SysV semaphores", "busy-spin floor" };
+#define LAT_ROUNDS 20000
+#define LAT_WARM 2000
+
+/* Round trips of 64 bytes; returns per-round-trip ns in samples (LAT_ROUNDS). */
+static void round_trips(Lat m, bool same_cpu, double *samples) {
+        int ready[2], a[2] = { -1, -1 }, b[2] = { -1, -1 };
+        int semid = -1, shmid = -1;
+        volatile uint32_t *flag = NULL;
+        char *seg = NULL, msg[64];
+        pid_t pid;
+
+        memset(msg, 7, sizeof msg);
+        if (pipe(ready) < 0)
+                die("pipe");
+        if (m == L_PIPE && (pipe(a) < 0 || pipe(b) < 0))
+                die("pipe");
+        if (m == L_UNIX && socketpair(AF_UNIX, SOCK_STREAM, 0, a) < 0)
+                die("socketpair");
+        if (m == L_SEM) {
+                semid = semget(IPC_PRIVATE, 2, 0600);
+                shmid = shmget(IPC_PRIVATE, 4096, 0600);
+                seg = shmat(shmid, NULL, 0);
+                shmctl(shmid, IPC_RMID, NULL);
+        }
+        if (m == L_SPIN)
+                flag = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+        pid = fork();
+        if (pid == 0) {
+                shmb_channel *ping = NULL, *pong = NULL;
+                char buf[64];
+
+                pin(same_cpu ? 0 : 1);
+                if (m == L_RING || m == L_RING_SPIN) {
+                        ping = open_ch("ping");
+                        pong = open_ch("pong");
+                        if (m == L_RING_SPIN) {
+                                shmb_channel_set_spin(ping, 50);
+                                shmb_channel_set_spin(pong, 50);
+                        }
+                }
+                signal_fd(ready[1]);
+                for (int i = 0; i < LAT_ROUNDS + LAT_WARM; i++) {
+                        switch (m) {
+                        case L_RING:
+                        case L_RING_SPIN:
+                                if (shmb_recv(ping, buf, sizeof buf, -1) != 64 || shmb_send(pong, buf, 64, -1) < 0)
+                                        _exit(2);
+                                break;
+                        case L_PIPE:
+                                read_all(a[0], buf, 64);
+                                write_all(b[1], buf, 64);
+                                break;
+                        case L_UNIX:
+                                read_all(a[1], buf, 64);
+                                write_all(a[1], buf, 64);
+                                break;
+                        case L_SEM: {
+                                struct sembuf w = { 0, -1, 0 }, p = { 1, 1, 0 };
+
+                                if (semop(semid, &w, 1) < 0)
+                                        _exit(3);
+                                memcpy(seg + 64, seg, 64);
+                                if (semop(semid, &p, 1) < 0)
+                                        _exit(3);
+                                break;
+                        }
+                        case L_SPIN:
+                                while (__atomic_load_n(flag, __ATOMIC_ACQUIRE) != 1)
+                                        ;
+                                __atomic_store_n(flag, 2, __ATOMIC_RELEASE);
+                                break;
+                        }
+                }
+                shmb_close(ping);
+                shmb_close(pong);
+                _exit(0);
+        }
+        {
+                shmb_channel *ping = NULL, *pong = NULL;
+                char buf[64];
+
+                pin(0);
+                if (m == L_RING || m == L_RING_SPIN) {
+                        ping = open_ch("ping");
+                        pong = open_ch("pong");
+                        if (m == L_RING_SPIN) {
+                                shmb_channel_set_spin(ping, 50);
+                                shmb_channel_set_spin(pong, 50);
+                        }
+                }
+                await_fd(ready[0]);
+                for (int i = 0; i < LAT_ROUNDS + LAT_WARM; i++) {
+                        int64_t t0 = now_ns();
+
+                        switch (m) {
+                        case L_RING:
+                        case L_RING_SPIN:
+                                if (shmb_send(ping, msg, 64, -1) < 0 || shmb_recv(pong, buf, sizeof buf, -1) != 64)
+                                        die("ring round trip");
+                                break;
+                        case L_PIPE:
+                                write_all(a[1], msg, 64);
+                                read_all(b[0], buf, 64);
+                                break;
+                        case L_UNIX:
+                                write_all(a[0], msg, 64);
+                                read_all(a[0], buf, 64);
+                                break;
+                        case L_SEM: {
+                                struct sembuf p = { 0, 1, 0 }, w = { 1, -1, 0 };
+
+                                memcpy(seg, msg, 64);
+                                if (semop(semid, &p, 1) < 0 || semop(semid, &w, 1) < 0)
+                                        die("semop");
+                                break;
+                        }
+                        case L_SPIN:
+                                __atomic_store_n(flag, 1, __ATOMIC_RELEASE);
+                                while (__atomic_load_n(flag, __ATOMIC_ACQUIRE) != 2)
+                                        ;
+                                __atomic_store_n(flag, 0, __ATOMIC_RELAXED);
+                                break;
+                        }
+                        if (i >= LAT_WARM)
+                                samples[i - LAT_WARM] = (double) (now_ns() - t0);
+                }
+                shmb_close(ping);
+                shmb_close(pong);
+        }
+        wait_child(pid);
+        unpin();
+        for (int i = 0; i < 2; i++) {
+                if (a[i] >= 0)
+                        close(a[i]);
+                if (b[i] >= 0)
+                        close(b[i]);
+                close(ready[i]);
+        }
+        if (semid >= 0) {
+                semctl(semid, 0, IPC_RMID);
+                shmdt(seg);
+        }
+        if (flag)
+                munmap((void *) flag, 4096);
+}
+
+static Stat lat[2][6];          /* [same, cross][method]: median of medians; p99 median */
+
+static void bench_latency(void) {
+        static double samples[LAT_ROUNDS];
+
+        printf("\n%-26s %14s %14s %14s %14s\n", "64 B round trip (us)", "same CPU", "p99", "cross CPU", "p99");
+        for (int m = 0; m <= L_SPIN; m++) {
+                for (int cross = 0; cross < 2; cross++) {
+                        double med[3], p99[3];
+
+                        if (m == L_SPIN && !cross) {
+                                lat[0][m] = (Stat) {};
+                                continue;       /* a busy spin on one CPU only measures the scheduler */
+                        }
+                        for (int t = 0; t < 3; t++) {
+                                Stat s;
+
+                                round_trips((Lat) m, !cross, samples);
+                                s = stat_of(samples, LAT_ROUNDS);
+                                med[t] = s.median;
+                                p99[t] = s.p99;
+                        }
+                        lat[cross][m] = stat_of(med, 3);
+                        lat[cross][m].p99 = stat_of(p99, 3).median;
+                }
+                printf("%-26s", lat_names[m]);
+                for (int cross = 0; cross < 2; cross++) {
+                        if (lat[cross][m].median == 0)
+                                printf(" %14s %14s", "-", "-");
+                        else
+                                printf(" %14.2f %14.2f", lat[cross][m].median / 1e3, lat[cross][m].p99 / 1e3);
+                }
+                printf("\n");
+        }
+}
+
+/* ---------------------------------------------------------------- control plane */
+
+/* A bare NDJSON server: parse each line with jansson, answer a JSON object. */
+static pid_t echo_pid = -1;
+static char echo_path[128];
+
+static void echo_serve(int lfd) {
+        int ep = epoll_create1(0);
+        struct epoll_event ev = { .events = EPOLLIN, .data.fd = lfd };
+
+        epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
+        for (;;) {
+                struct epoll_event evs[64];
+                int n = epoll_wait(ep, evs, 64, -1);
+
+                for (int i = 0; i < n; i++) {
+                        int fd = evs[i].data.fd;
+                        char buf[65536];
+                        ssize_t k;
+
+                        if (fd == lfd) {
+                                int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+
+                                if (c >= 0) {
+                                        struct epoll_event ce = { .events = EPOLLIN, .data.fd = c };
+
+                                        epoll_ctl(ep, EPOLL_CTL_ADD, c, &ce);
+                                }
+                                continue;
+                        }
+                        k = recv(fd, buf, sizeof buf, 0);
+                        if (k <= 0) {
+                                close(fd);
+                                continue;
+                        }
+                        /* One request per line, one answer per request (clients keep one in flight). */
+                        for (char *line = buf, *nl; (nl = memchr(line, '\n', (size_t) (buf + k - line))); line = nl + 1) {
+                                json_t *req = json_loadb(line, (size_t) (nl - line), 0, NULL), *ans;
+                                char *out;
+
+                                ans = json_pack("{s:b, s:O}", "ok", 1, "echo", req ? req : json_null());
+                                out = json_dumps(ans, JSON_COMPACT);
+                                if (out) {
+                                        size_t len = strlen(out);
+
+                                        out[len] = '\n';
+                                        (void) send(fd, out, len + 1, MSG_NOSIGNAL);
+                                        free(out);
+                                }
+                                json_decref(ans);
+                                json_decref(req);
+                        }
+                }
+        }
+}
+
+static void echo_start(void) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        strcpy(sa.sun_path, echo_path);
+        unlink(echo_path);
+        if (lfd < 0 || bind(lfd, (struct sockaddr *) &sa, sizeof sa) < 0 || listen(lfd, 128) < 0)
+                die("echo server: %s", strerror(errno));
+        echo_pid = fork();
+        if (echo_pid == 0)
+                echo_serve(lfd);
+        close(lfd);
+}
+
+static void echo_stop(void) {
+        kill(echo_pid, SIGKILL);
+        waitpid(echo_pid, NULL, 0);
+        unlink(echo_path);
+}
+
+static int connect_to(const char *path) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        strcpy(sa.sun_path, path);
+        if (fd < 0 || connect(fd, (struct sockaddr *) &sa, sizeof sa) < 0)
+                die("connect %s: %s", path, strerror(errno));
+        return fd;
+}
+
+/* Send one line, read one line (into buf). */
+static void round_trip_line(int fd, const char *line, char *buf, size_t size) {
+        size_t got = 0;
+
+        write_all(fd, line, strlen(line));
+        for (;;) {
+                ssize_t n = recv(fd, buf + got, size - got - 1, 0);
+
+                if (n <= 0)
+                        die("recv: %s", n == 0 ? "EOF" : strerror(errno));
+                got += (size_t) n;
+                if (memchr(buf, '\n', got))
+                        break;
+        }
+        buf[got] = 0;
+}
+
+static Stat open_lib, open_raw, status_rps[2], echo_rps[2];
+
+static void bench_open(void) {
+        enum { N = 3000 };
+        static double v[N];
+        static char buf[65536];
+        const shmb_channel_info *info;
+        shmb_channel *ch = open_ch("r64");
+        int shmid;
+
+        info = shmb_channel_get_info(ch);
+        shmid = info->shm_id;
+        for (int i = 0; i < N; i++) {
+                shmb_channel *c;
+                int64_t t0 = now_ns();
+
+                if (shmb_open_channel(sock_path, "r64", SHMB_RW, &c) < 0)
+                        die("open");
+                v[i] = (double) (now_ns() - t0);
+                shmb_close(c);
+        }
+        open_lib = stat_of(v, N);
+        for (int i = 0; i < N; i++) {
+                int64_t t0 = now_ns();
+                int fd = connect_to(echo_path);
+                void *addr;
+
+                round_trip_line(fd, "{\"op\":\"open\",\"channel\":\"r64\",\"access\":\"rw\"}\n", buf, sizeof buf);
+                addr = shmat(shmid, NULL, 0);
+                v[i] = (double) (now_ns() - t0);
+                shmdt(addr);
+                close(fd);
+        }
+        open_raw = stat_of(v, N);
+        shmb_close(ch);
+        printf("\n%-26s %14s %14s %14s\n", "control plane", "median", "min", "max");
+        printf("%-26s %11.1f us %11.1f us %11.1f us\n", "open by name (library)", open_lib.median / 1e3,
+               open_lib.min / 1e3, open_lib.max / 1e3);
+        printf("%-26s %11.1f us %11.1f us %11.1f us\n", "raw: connect+NDJSON+shmat", open_raw.median / 1e3,
+               open_raw.min / 1e3, open_raw.max / 1e3);
+}
+
+/* clients processes each doing request/answer for ~0.5 s; total answers per second. */
+static double rps(const char *path, const char *line, int clients) {
+        int pipes[2];
+        double total = 0;
+        pid_t pids[8];
+
+        if (pipe(pipes) < 0)
+                die("pipe");
+        for (int c = 0; c < clients; c++) {
+                pids[c] = fork();
+                if (pids[c] == 0) {
+                        static char buf[65536];
+                        int fd = connect_to(path);
+                        int64_t end = now_ns() + 500000000;
+                        double count = 0;
+
+                        while (now_ns() < end) {
+                                round_trip_line(fd, line, buf, sizeof buf);
+                                count++;
+                        }
+                        write_all(pipes[1], &count, sizeof count);
+                        _exit(0);
+                }
+        }
+        for (int c = 0; c < clients; c++) {
+                double count;
+
+                read_all(pipes[0], &count, sizeof count);
+                total += count;
+        }
+        for (int c = 0; c < clients; c++)
+                wait_child(pids[c]);
+        close(pipes[0]);
+        close(pipes[1]);
+        return total / 0.5;
+}
+
+static void bench_status(void) {
+        const char *status = "{\"op\":\"status\",\"channel\":\"r64\"}\n";
+
+        for (int k = 0; k < 2; k++) {
+                int clients = k ? 4 : 1;
+                double a[TRIALS], b[TRIALS];
+
+                for (int t = 0; t < TRIALS; t++) {
+                        a[t] = rps(sock_path, status, clients);
+                        b[t] = rps(echo_path, status, clients);
+                }
+                status_rps[k] = stat_of(a, TRIALS);
+                echo_rps[k] = stat_of(b, TRIALS);
+                printf("%-26s %11.0f /s %11.0f /s %11.0f /s\n", k ? "status, 4 clients" : "status, 1 client",
+                       status_rps[k].median, status_rps[k].min, status_rps[k].max);
+                printf("%-26s %11.0f /s %11.0f /s %11.0f /s\n", k ? "echo server, 4 clients" : "echo server, 1 client",
+                       echo_rps[k].median, echo_rps[k].min, echo_rps[k].max);
+        }
+}
+
+/* ---------------------------------------------------------------- scale */
+
+static Stat start_ch[2], raw_ch[2], reload_noop, reload_one;
+static double rss_mib;
+
+/* The raw kernel cost of making n channels: shmget + semget + IPC_SET x2 + SETALL. */
+static double raw_create(int n) {
+        int *shm = calloc((size_t) n, sizeof *shm), *sem = calloc((size_t) n, sizeof *sem);
+        unsigned short one = 1;
+        int64_t t0 = now_ns();
+
+        for (int i = 0; i < n; i++) {
+                struct shmid_ds sd = { .shm_perm = { .uid = getuid(), .gid = getgid(), .mode = 0660 } };
+                struct semid_ds md = {};
+
+                md.sem_perm.uid = getuid();
+                md.sem_perm.gid = getgid();
+                md.sem_perm.mode = 0660;
+                shm[i] = shmget((key_t) (0x6e000000 + i), 4096, IPC_CREAT | IPC_EXCL | 0600);
+                sem[i] = semget((key_t) (0x6e000000 + i), 1, IPC_CREAT | IPC_EXCL | 0600);
+                if (shm[i] < 0 || sem[i] < 0)
+                        die("raw create: %s", strerror(errno));
+                semctl(sem[i], 0, SETALL, &one);
+                shmctl(shm[i], IPC_SET, &sd);
+                semctl(sem[i], 0, IPC_SET, &md);
+        }
+        double per = (double) (now_ns() - t0) / n;
+        for (int i = 0; i < n; i++) {
+                shmctl(shm[i], IPC_RMID, NULL);
+                semctl(sem[i], 0, IPC_RMID);
+        }
+        free(shm);
+        free(sem);
+        return per;
+}
+
+static double reload_once(void) {
+        static char buf[65536];
+        int fd = connect_to(sock_path);
+        int64_t t0 = now_ns();
+
+        round_trip_line(fd, "{\"op\":\"reload\"}\n", buf, sizeof buf);
+        if (!strstr(buf, "\"ok\":true"))
+                die("reload failed: %s", buf);
+        close(fd);
+        return (double) (now_ns() - t0);
+}
+
+static void bench_scale(void) {
+        static const int counts[2] = { 400, 4000 };
+
+        printf("\n%-26s %14s %14s %14s\n", "scale", "median", "min", "max");
+        for (int k = 0; k < 2; k++) {
+                double a[3], b[3];
+
+                for (int t = 0; t < 3; t++) {
+                        write_config(counts[k], NULL);
+                        a[t] = (double) daemon_start() / counts[k];
+                        daemon_stop();
+                        b[t] = raw_create(counts[k]);
+                }
+                start_ch[k] = stat_of(a, 3);
+                raw_ch[k] = stat_of(b, 3);
+                printf("start to READY, %4d ch   %11.2f us %11.2f us %11.2f us  per channel\n", counts[k],
+                       start_ch[k].median / 1e3, start_ch[k].min / 1e3, start_ch[k].max / 1e3);
+                printf("raw syscalls, %4d ch     %11.2f us %11.2f us %11.2f us  per channel\n", counts[k],
+                       raw_ch[k].median / 1e3, raw_ch[k].min / 1e3, raw_ch[k].max / 1e3);
+        }
+
+        /* Reload with 4000 channels: nothing changed, then one changed (size toggles). */
+        {
+                double noop[5], one[5];
+
+                write_config(4000, "{\"name\": \"toggle\", \"size\": 4096}");
+                daemon_start();
+                for (int t = 0; t < 5; t++)
+                        noop[t] = reload_once();
+                for (int t = 0; t < 5; t++) {
+                        write_config(4000, t % 2 ? "{\"name\": \"toggle\", \"size\": 4096}"
+                                                 : "{\"name\": \"toggle\", \"size\": 8192}");
+                        one[t] = reload_once();
+                }
+                daemon_stop();
+                reload_noop = stat_of(noop, 5);
+                reload_one = stat_of(one, 5);
+                printf("%-26s %11.2f ms %11.2f ms %11.2f ms\n", "reload, nothing changed", reload_noop.median / 1e6,
+                       reload_noop.min / 1e6, reload_noop.max / 1e6);
+                printf("%-26s %11.2f ms %11.2f ms %11.2f ms\n", "reload, 1 of 4000 changed", reload_one.median / 1e6,
+                       reload_one.min / 1e6, reload_one.max / 1e6);
+        }
+
+        /* RSS with 1000 idle clients, each holding a channel. */
+        {
+                enum { CLIENTS = 1000 };
+                shmb_channel *held[CLIENTS];
+                char path[64], line[256];
+                FILE *f;
+
+                write_config(0, "{\"name\": \"shared\", \"size\": 4096}");
+                daemon_start();
+                for (int i = 0; i < CLIENTS; i++)
+                        held[i] = open_ch("shared");
+                snprintf(path, sizeof path, "/proc/%d/status", (int) daemon_pid);
+                f = fopen(path, "re");
+                while (f && fgets(line, sizeof line, f))
+                        if (sscanf(line, "VmRSS: %lf", &rss_mib) == 1)
+                                rss_mib /= 1024;
+                if (f)
+                        fclose(f);
+                for (int i = 0; i < CLIENTS; i++)
+                        shmb_close(held[i]);
+                daemon_stop();
+                printf("%-26s %11.1f MiB\n", "daemon RSS, 1000 holders", rss_mib);
+        }
+}
+
+/* ---------------------------------------------------------------- goals */
+
+static int misses;
+
+static void goal(const char *name, double measured, double target, bool at_least, const char *unit) {
+        bool pass = at_least ? measured >= target : measured <= target;
+
+        printf("GOAL %s measured=%.2f%s target=%s%.2f%s %s\n", name, measured, unit, at_least ? ">=" : "<=", target,
+               unit, pass ? "PASS" : "MISS");
+        misses += !pass;
+}
+
+static double min3(double a, double b, double c) {
+        return a < b ? (a < c ? a : c) : (b < c ? b : c);
+}
+
+static void goals(void) {
+        double best_same = min3(lat[0][L_PIPE].median, lat[0][L_UNIX].median, lat[0][L_SEM].median);
+        double best_cross = min3(lat[1][L_PIPE].median, lat[1][L_UNIX].median, lat[1][L_SEM].median);
+
+        printf("\n");
+        goal("ring_vs_pipe_4KiB", tput[1][0].median / tput[1][1].median, 5, true, "x");
+        goal("ring_vs_pipe_64B_msgs", tput[0][0].median / tput[0][1].median, 3, true, "x");
+        goal("ring_vs_memcpy_1MiB", tput[3][0].median / tput[3][3].median, 0.85, true, "x");
+        goal("ring_vs_unix_64KiB", tput[2][0].median / tput[2][2].median, 5, true, "x");
+        goal("rtt_same_cpu_vs_best_blocking", lat[0][L_RING].median / best_same, 1.2, false, "x");
+        goal("rtt_cross_cpu_vs_best_blocking", lat[1][L_RING].median / best_cross, 1.2, false, "x");
+        goal("rtt_spin_cross_cpu_vs_busy_spin", lat[1][L_RING_SPIN].median / lat[1][L_SPIN].median, 5, false, "x");
+        goal("rtt_spin_same_cpu_vs_blocking", lat[0][L_RING_SPIN].median / lat[0][L_RING].median, 1.5, false, "x");
+        goal("open_by_name_vs_raw", open_lib.median / open_raw.median, 1.5, false, "x");
+        goal("status_vs_echo_4_clients", status_rps[1].median / echo_rps[1].median, 0.7, true, "x");
+        goal("start_per_channel_vs_raw_4000", start_ch[1].median / raw_ch[1].median, 3, false, "x");
+        goal("start_per_channel_4000_vs_400", start_ch[1].median / start_ch[0].median, 1.3, false, "x");
+        goal("reload_1_changed_vs_noop", reload_one.median / reload_noop.median, 5, false, "x");
+        goal("rss_1000_clients", rss_mib, 32, false, "MiB");
+}
+
+int main(void) {
+        struct rlimit rl = { 65536, 65536 };
+        int64_t t0 = now_ns();
+
+        ncpu = (int) sysconf(_SC_NPROCESSORS_ONLN);
+        if (ncpu < 2)
+                fprintf(stderr, "bench: only one CPU: the cross-CPU figures share it\n");
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+                getrlimit(RLIMIT_NOFILE, &rl);
+                rl.rlim_cur = rl.rlim_max;
+                setrlimit(RLIMIT_NOFILE, &rl);
+        }
+        if (unshare(CLONE_NEWIPC) < 0)
+                fprintf(stderr, "bench: no private IPC namespace (%s); running in the machine's\n", strerror(errno));
+        strcpy(dir, "/tmp/shmbroker-bench-XXXXXX");
+        if (!mkdtemp(dir))
+                die("mkdtemp");
+        snprintf(sock_path, sizeof sock_path, "%s/s.sock", dir);
+        snprintf(notify_path, sizeof notify_path, "%s/notify", dir);
+        snprintf(cfg_path, sizeof cfg_path, "%s/c.json", dir);
+        snprintf(echo_path, sizeof echo_path, "%s/echo.sock", dir);
+
+        printf("shmbroker benchmark: %d CPUs; medians of %d trials (spread = (max-min)/median)\n", ncpu, TRIALS);
+        write_config(0, "{\"name\": \"r64\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 1024},"
+                        "{\"name\": \"r4k\", \"layout\": \"ring\", \"slot_size\": 4096, \"slots\": 256},"
+                        "{\"name\": \"r64k\", \"layout\": \"ring\", \"slot_size\": 65536, \"slots\": 32},"
+                        "{\"name\": \"r1m\", \"layout\": \"ring\", \"slot_size\": 1048576, \"slots\": 4},"
+                        "{\"name\": \"ping\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8},"
+                        "{\"name\": \"pong\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8}");
+        daemon_start();
+        echo_start();
+        bench_throughput();
+        bench_latency();
+        bench_open();
+        bench_status();
+        echo_stop();
+        daemon_stop();
+        bench_scale();
+        goals();
+        printf("\nbench: %d of 14 goals missed; %.0f s in all\n", misses, (double) (now_ns() - t0) / 1e9);
+        rmdir(dir);
+        return 0;
+}
