@@ -167,7 +167,7 @@ int shmb_unlock(shmb_channel *ch, unsigned idx);
 int shmb_channel_set_spin(shmb_channel *ch, unsigned spin_us);
 
 /*
- * Send one message of 1..slot_size bytes. Never torn: a receiver sees all
+ * Send one message of 0..slot_size bytes. Never torn: a receiver sees all
  * of it or nothing. Errors: -EMSGSIZE, -EAGAIN (full, timeout 0),
  * -ETIMEDOUT, -EINTR, -ENOTSUP (not a ring), -EACCES (read-only handle).
  */
