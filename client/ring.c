@@ -4,8 +4,8 @@
  * slot p % n is free for the producer of lap k when seq == p, and full for
  * its consumer when seq == p + 1.
  *
- * Sleeping: a side that finds the ring full (empty) raises send_sleeping
- * (recv_sleeping), rereads the futex word, checks the slot once more, and
+ * Sleeping: a side that finds the ring full (empty) reads the futex word,
+ * raises send_sleeping (recv_sleeping), checks the slot once more, and
  * only then sleeps. The other side publishes its slot, issues a full fence,
  * and if the flag is up, exchanges it back to 0, bumps the word and wakes
  * everyone: one wake-up syscall per sleep, not one per message while the
@@ -188,8 +188,14 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t
                 if (!until || poll < until)
                         until = poll;
         }
-        STORE(sleeping, 1, SEQ);
+        /*
+         * The word first, then the flag: a waker that clears our flag (perhaps for
+         * another slot) also moves the word, so our FUTEX_WAIT returns at once and
+         * we raise the flag again. Flag first would let that waker leave us asleep
+         * with the flag down, never to be woken.
+         */
         v = LOAD(word, SEQ);
+        STORE(sleeping, 1, SEQ);
         if ((int64_t) (LOAD(&slot->seq, SEQ) - target) < 0)
                 r = futex_wait(word, v, until);
         if (r == -ETIMEDOUT && until != deadline)

@@ -242,6 +242,9 @@ static int channel_new(const ChannelSpec *spec, Channel **ret) {
         }
         memcpy(c->spec.sem_values, spec->sem_values, spec->nsems * sizeof *spec->sem_values);
         c->shm_id = c->sem_id = -1;
+        /* The creator's ids, as the kernel records them (cuid/cgid): they never change. */
+        c->cuid = geteuid();
+        c->cgid = getegid();
         *ret = c;
         return 0;
 }
@@ -431,8 +434,8 @@ void channel_perm(const Channel *c, ChannelPerm *ret) {
         *ret = (ChannelPerm) {
                 .uid = c->spec.uid,
                 .gid = c->spec.gid,
-                .cuid = geteuid(),
-                .cgid = getegid(),
+                .cuid = c->cuid,
+                .cgid = c->cgid,
                 .mode = c->spec.mode,
         };
 }

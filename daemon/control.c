@@ -137,8 +137,20 @@ static int flush_output(Conn *conn) {
         return 0;
 }
 
-/* Answer every complete line we have, as long as the client keeps reading. */
-static int process_input(Conn *conn) {
+/* A complete request line (or an over-long one) is waiting in the buffer. */
+static bool has_line(const Conn *conn) {
+        size_t limit = conn->control->limits->request_max;
+
+        if (conn->in_len == 0)
+                return false;
+        return conn->in_len >= limit || memchr(conn->in, '\n', MIN(conn->in_len, limit)) != NULL;
+}
+
+/*
+ * Answer every complete line we have, as long as the client keeps reading.
+ * *ret_consumed says whether a line was taken, so the timer can restart.
+ */
+static int process_input(Conn *conn, bool *ret_consumed) {
         size_t off = 0, line_len;
         int r = 0;
 
@@ -176,6 +188,7 @@ static int process_input(Conn *conn) {
         if (off > 0) {
                 memmove(conn->in, conn->in + off, conn->in_len - off);
                 conn->in_len -= off;
+                *ret_consumed = true;
         }
         /* An idle client costs no buffer: thousands of holders stay cheap. */
         if (conn->in_len == 0 && conn->in) {
@@ -251,21 +264,23 @@ static int on_conn_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
  * Only a half-sent request line is timed: a connection that is idle between
  * requests (a client holding its channels) is legitimate and never is.
  */
-static int conn_update_timeout(Conn *conn) {
+static int conn_update_timeout(Conn *conn, bool new_line) {
         uint64_t now;
         int r;
 
-        if (conn->in_len == 0 || conn->closing) {
+        /* The clock runs only while an unfinished line waits for the client's
+         * bytes: not for complete lines we hold back (backpressure), not when idle. */
+        if (conn->in_len == 0 || conn->closing || conn->eof || has_line(conn)) {
                 if (conn->timeout)
                         return sd_event_source_set_enabled(conn->timeout, SD_EVENT_OFF);
                 return 0;
         }
-        if (conn->timeout) {
+        if (conn->timeout && !new_line) {
                 int enabled;
 
                 r = sd_event_source_get_enabled(conn->timeout, &enabled);
                 if (r < 0 || enabled != SD_EVENT_OFF)
-                        return r < 0 ? r : 0;   /* already running since the line began */
+                        return r < 0 ? r : 0;   /* already running since this line began */
         }
         r = sd_event_now(conn->control->event, CLOCK_MONOTONIC, &now);
         if (r < 0)
@@ -282,6 +297,7 @@ static int conn_update_timeout(Conn *conn) {
 
 static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         Conn *conn = userdata;
+        bool consumed = false;
         int r = 0;
 
         if (revents & EPOLLIN) {
@@ -294,19 +310,22 @@ static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userda
                 if (r < 0)
                         goto close;
         }
-        r = process_input(conn);
-        if (r < 0)
-                goto close;
-        r = flush_output(conn);
-        if (r < 0)
-                goto close;
+        /* Answer, flush, and go on while the client takes our answers and complete
+         * lines wait: nothing else would wake us for lines already buffered. */
+        do {
+                r = process_input(conn, &consumed);
+                if (r >= 0)
+                        r = flush_output(conn);
+                if (r < 0)
+                        goto close;
+        } while (pending_output(conn) == 0 && !conn->closing && conn->in_len > 0 && has_line(conn));
         if (pending_output(conn) == 0 && (conn->closing || conn->eof))
                 goto close;
         if ((revents & (EPOLLHUP | EPOLLERR)) && !(revents & EPOLLIN))
                 goto close;
         r = conn_update_events(conn);
         if (r >= 0)
-                r = conn_update_timeout(conn);
+                r = conn_update_timeout(conn, consumed);
         if (r < 0)
                 goto close;
         return 0;

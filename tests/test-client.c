@@ -464,6 +464,52 @@ START_TEST(test_ring_killed_sender_loses_nothing_sent) {
 }
 END_TEST
 
+START_TEST(test_ring_no_lost_wakeups) {
+        /* Both sides fall asleep over and over (8 slots, uneven pauses), with no
+         * timeout: a lost wake-up hangs here, and the case's timeout catches it. */
+        enum { N = 1000000 };
+        shmb_channel *ch;
+        cpu_set_t cpus;
+        pid_t pid;
+
+        /* On two CPUs at once, as the race needs true parallelism. */
+        CPU_ZERO(&cpus);
+        CPU_SET(0, &cpus);
+        pid = fork();
+        if (pid == 0) {
+                shmb_channel *mine;
+
+                if (sysconf(_SC_NPROCESSORS_ONLN) > 1) {
+                        CPU_ZERO(&cpus);
+                        CPU_SET(1, &cpus);
+                }
+                sched_setaffinity(0, sizeof cpus, &cpus);
+
+                if (shmb_open_channel(NULL, "ring", SHMB_RW, &mine) < 0)
+                        _exit(2);
+                for (uint32_t i = 0; i < N; i++) {
+                        if (shmb_send(mine, &i, sizeof i, -1) < 0)
+                                _exit(3);
+                        if (i % 4099 == 0)
+                                usleep(50);
+                }
+                _exit(0);
+        }
+        sched_setaffinity(0, sizeof cpus, &cpus);
+        ch = open_ok("ring", SHMB_RW);
+        for (uint32_t i = 0; i < N; i++) {
+                uint32_t v;
+
+                ck_assert_int_eq(shmb_recv(ch, &v, sizeof v, -1), sizeof v);
+                ck_assert_uint_eq(v, i);
+                if (i % 3001 == 0)
+                        usleep(50);
+        }
+        wait_children(&pid, 1);
+        shmb_close(ch);
+}
+END_TEST
+
 /* A process that claims a ring slot through the real header and dies before finishing. */
 static void die_mid_message(bool as_sender) {
         shmb_channel *ch;
@@ -764,7 +810,7 @@ static Suite *suite(void) {
                             test_hold_dropped_when_process_exits } },
                 { "semaphores", { test_lock_counts_exactly, test_killed_lock_holder_releases_lock, test_timeouts_fire,
                                   test_waiter_sees_channel_removed } },
-                { "ring", { test_ring_mpmc_exactly_once, test_ring_killed_sender_loses_nothing_sent,
+                { "ring", { test_ring_mpmc_exactly_once, test_ring_killed_sender_loses_nothing_sent, test_ring_no_lost_wakeups,
                             test_ring_sender_dead_mid_message_is_skipped, test_ring_receiver_dead_mid_message_frees_slot } },
                 { "faults", { test_thousand_clients_killed_at_random } },
                 { "admin", { test_list_and_status_structs } },
