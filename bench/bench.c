@@ -2,7 +2,8 @@
  * shmbroker benchmark: the project and its baselines measured in one run on
  * one machine, then one GOAL line per goal (ratios, as the machine is shared).
  *
- *   data path    ring throughput at 64 B..1 MiB vs pipe, Unix socket, memcpy;
+ *   data path    ring throughput at 64 B..1 MiB (the library's defaults) vs pipe,
+ *                Unix socket, memcpy;
  *                64 B round trips, same CPU and cross CPU, vs pipe, socket,
  *                System V semaphores and a busy-spin floor
  *   control      open-by-name vs socket + NDJSON round trip + shmat against an
@@ -350,7 +351,8 @@ static void bench_throughput(void) {
 
 typedef enum Lat { L_RING, L_RING_SPIN, L_PIPE, L_UNIX, L_SEM, L_SPIN } Lat;
 
-static const char *const lat_names[] = { "ring", "ring + spin", "pipe", "unix socket", "SysV semaphores", "busy-spin floor" };
+static const char *const lat_names[] = { "ring (blocking, spin 0)", "ring (default spin)", "pipe", "unix socket",
+                                         "SysV semaphores", "busy-spin floor" };
 #define LAT_ROUNDS 20000
 #define LAT_WARM 2000
 
@@ -387,9 +389,9 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
                 if (m == L_RING || m == L_RING_SPIN) {
                         ping = open_ch("ping");
                         pong = open_ch("pong");
-                        if (m == L_RING_SPIN) {
-                                shmb_channel_set_spin(ping, 50);
-                                shmb_channel_set_spin(pong, 50);
+                        if (m == L_RING) {      /* blocking: sleep at once */
+                                shmb_channel_set_spin(ping, 0);
+                                shmb_channel_set_spin(pong, 0);
                         }
                 }
                 signal_fd(ready[1]);
@@ -437,9 +439,9 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
                 if (m == L_RING || m == L_RING_SPIN) {
                         ping = open_ch("ping");
                         pong = open_ch("pong");
-                        if (m == L_RING_SPIN) {
-                                shmb_channel_set_spin(ping, 50);
-                                shmb_channel_set_spin(pong, 50);
+                        if (m == L_RING) {      /* blocking: sleep at once */
+                                shmb_channel_set_spin(ping, 0);
+                                shmb_channel_set_spin(pong, 0);
                         }
                 }
                 await_fd(ready[0]);

@@ -142,11 +142,26 @@ static void cpu_relax(void) {
  * it did not; and every few checks the spinner yields, so a peer that
  * shares our CPU gets to run instead of waiting out our spin.
  */
-static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target) {
+/* Publish where this side runs (only when it moved: the line is shared). */
+static unsigned note_cpu(uint32_t *slot_cpu) {
+        int cpu = sched_getcpu();       /* vDSO: no system call */
+        uint32_t v = cpu < 0 ? 0 : (uint32_t) cpu + 1;
+
+        if (v && LOAD(slot_cpu, RLX) != v)
+                STORE(slot_cpu, v, RLX);
+        return v;
+}
+
+static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t *my_cpu, uint32_t *peer_cpu) {
         uint32_t max = LOAD(&ch->spin_us, RLX) * 1000u, budget;
+        unsigned here;
         int64_t end;
 
         if (max == 0)
+                return false;
+        /* On the peer's CPU a spin only delays the peer: sleep at once instead. */
+        here = note_cpu(my_cpu);
+        if (here && LOAD(peer_cpu, RLX) == here)
                 return false;
         budget = LOAD(&ch->spin_budget_ns, RLX);
         budget = budget ? MIN(budget, max) : max;
@@ -172,14 +187,14 @@ static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target) {
 }
 
 static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t *word, uint32_t *sleeping,
-                     int timeout_ms, int64_t deadline, bool stuck) {
+                     uint32_t *my_cpu, uint32_t *peer_cpu, int timeout_ms, int64_t deadline, bool stuck) {
         int64_t until = deadline;
         uint32_t v;
         int r = 0;
 
         if (timeout_ms == 0)
                 return -EAGAIN;
-        if (!stuck && spin_for(ch, slot, target))
+        if (!stuck && spin_for(ch, slot, target, my_cpu, peer_cpu))
                 return 0;
         /* Someone holds the slot mid-message: poll, as a dead claimer wakes no one. */
         if (stuck) {
@@ -232,6 +247,7 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
                                 continue;
                         slot->send_pid = my_pid();
                         STORE(&slot->send_pos, pos, REL);
+                        note_cpu(&ch->ring->send_cpu);  /* so a waiting peer knows whether to spin */
                         slot->len = (uint32_t) len;
                         if (len)
                                 memcpy(payload(slot), msg, len);
@@ -252,7 +268,7 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
                                 continue;
                         }
                         r = wait_slot(ch, slot, pos, &ch->ring->space_seq, &ch->ring->send_sleeping,
-                                      timeout_ms, deadline, claimed);
+                                      &ch->ring->send_cpu, &ch->ring->recv_cpu, timeout_ms, deadline, claimed);
                         if (r < 0)
                                 return r;
                 }
@@ -283,6 +299,7 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                                 continue;
                         slot->recv_pid = my_pid();
                         STORE(&slot->recv_pos, pos, REL);
+                        note_cpu(&ch->ring->recv_cpu);
                         if (len)
                                 memcpy(buf, payload(slot), len);
                         STORE(&slot->seq, pos + ch->info.slots, REL);
@@ -302,7 +319,7 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                                 continue;
                         }
                         r = wait_slot(ch, slot, pos + 1, &ch->ring->data_seq, &ch->ring->recv_sleeping,
-                                      timeout_ms, deadline, claimed);
+                                      &ch->ring->recv_cpu, &ch->ring->send_cpu, timeout_ms, deadline, claimed);
                         if (r < 0)
                                 return r;
                 }

@@ -57,9 +57,11 @@ typedef struct RingHeader {
         _Alignas(64) uint64_t head;     /* next position to claim for sending */
         uint32_t space_seq;             /* futex: bumped when a slot is freed and senders sleep */
         uint32_t send_sleeping;         /* raised by a sleeping sender, cleared by the waker */
+        uint32_t send_cpu;              /* where a sender last ran + 1 (0: unknown), to decide spinning */
         _Alignas(64) uint64_t tail;     /* next position to claim for receiving */
         uint32_t data_seq;              /* futex: bumped when a slot is filled and receivers sleep */
         uint32_t recv_sleeping;         /* raised by a sleeping receiver, cleared by the waker */
+        uint32_t recv_cpu;              /* where a receiver last ran + 1 (0: unknown) */
 } RingHeader;
 
 typedef struct RingSlot {

@@ -157,12 +157,16 @@ int shmb_unlock(shmb_channel *ch, unsigned idx);
 
 /* ---- ring channels ---- */
 
+/* How long ring send/receive may spin before sleeping, by default. */
+#define SHMB_DEFAULT_SPIN_US 20
+
 /*
  * Let ring send/receive spin for up to spin_us microseconds before sleeping
- * when the ring is empty or full (0, the default: never spin). Worth it
- * only when the peer runs on another CPU; the spin adapts (it shrinks when
- * spinning does not pay) and yields the CPU as it goes, so a peer sharing
- * the CPU is not starved. Thread-safe.
+ * when the ring is empty or full (default SHMB_DEFAULT_SPIN_US; 0: never
+ * spin, always sleep at once). A spin happens only when the peer last ran
+ * on another CPU (on the same CPU it would only delay the peer), adapts (it
+ * shrinks when spinning does not pay), and yields after a few microseconds.
+ * Thread-safe.
  */
 int shmb_channel_set_spin(shmb_channel *ch, unsigned spin_us);
 
