@@ -2,7 +2,7 @@
 # Build the fuzz targets with clang's libFuzzer (plus ASan and UBSan) and run
 # each for a while, growing a scratch copy of the seed corpus. Crashes are
 # left as crash-* files in the scratch directory and reported.
-#   tests/fuzz/run.sh [SECONDS_PER_TARGET | -runs=N] [TARGET...]
+#   tests/fuzz/run.sh [SECONDS_PER_TARGET | "-runs=N [-max_len=N ...]"] [TARGET...]
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
@@ -30,7 +30,8 @@ for t in $targets; do
 	mkdir -p "$out/corpus-$t"
 	cp -n "$here/corpus/$t/"* "$out/corpus-$t/" 2>/dev/null || true
 	echo "fuzz: $t ($limit)"
-	(cd "$out" && ./"fuzz-$t" "$limit" -print_final_stats=1 -artifact_prefix="$out/crash-$t-" "corpus-$t") \
+	# shellcheck disable=SC2086
+	(cd "$out" && ./"fuzz-$t" $limit -print_final_stats=1 -artifact_prefix="$out/crash-$t-" "corpus-$t") \
 		>"$out/fuzz-$t.log" 2>&1 || { tail -n 40 "$out/fuzz-$t.log"; echo "fuzz: $t FOUND A CRASH"; exit 1; }
 	grep -E 'stat::number_of_executed_units|stat::peak_rss_mb' "$out/fuzz-$t.log" | sed "s/^/fuzz: $t: /"
 done
