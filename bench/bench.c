@@ -356,6 +356,15 @@ static const char *const lat_names[] = { "ring (blocking, spin 0)", "ring (defau
 #define LAT_ROUNDS 20000
 #define LAT_WARM 2000
 
+static void open_pair(bool blocking, shmb_channel **ping, shmb_channel **pong) {
+        *ping = open_ch("ping");
+        *pong = open_ch("pong");
+        if (blocking) {         /* sleep at once, never spin */
+                shmb_channel_set_spin(*ping, 0);
+                shmb_channel_set_spin(*pong, 0);
+        }
+}
+
 /* Round trips of 64 bytes; returns per-round-trip ns in samples (LAT_ROUNDS). */
 static void round_trips(Lat m, bool same_cpu, double *samples) {
         int ready[2], a[2] = { -1, -1 }, b[2] = { -1, -1 };
@@ -386,14 +395,8 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
                 char buf[64];
 
                 pin(same_cpu ? 0 : 1);
-                if (m == L_RING || m == L_RING_SPIN) {
-                        ping = open_ch("ping");
-                        pong = open_ch("pong");
-                        if (m == L_RING) {      /* blocking: sleep at once */
-                                shmb_channel_set_spin(ping, 0);
-                                shmb_channel_set_spin(pong, 0);
-                        }
-                }
+                if (m == L_RING || m == L_RING_SPIN)
+                        open_pair(m == L_RING, &ping, &pong);
                 signal_fd(ready[1]);
                 for (int i = 0; i < LAT_ROUNDS + LAT_WARM; i++) {
                         switch (m) {
@@ -436,14 +439,8 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
                 char buf[64];
 
                 pin(0);
-                if (m == L_RING || m == L_RING_SPIN) {
-                        ping = open_ch("ping");
-                        pong = open_ch("pong");
-                        if (m == L_RING) {      /* blocking: sleep at once */
-                                shmb_channel_set_spin(ping, 0);
-                                shmb_channel_set_spin(pong, 0);
-                        }
-                }
+                if (m == L_RING || m == L_RING_SPIN)
+                        open_pair(m == L_RING, &ping, &pong);
                 await_fd(ready[0]);
                 for (int i = 0; i < LAT_ROUNDS + LAT_WARM; i++) {
                         int64_t t0 = now_ns();

@@ -9,17 +9,6 @@
 
 int status_from_proto(ProtoChannel *pc, shmb_channel_status *ret) {
         *ret = (shmb_channel_status) {
-                .info = {
-                        .layout = pc->layout == PROTO_LAYOUT_RING ? SHMB_LAYOUT_RING : SHMB_LAYOUT_RAW,
-                        .size = pc->size,
-                        .nsems = pc->nsems,
-                        .shm_key = pc->shm_key,
-                        .sem_key = pc->sem_key,
-                        .shm_id = pc->shm_id,
-                        .sem_id = pc->sem_id,
-                        .slot_size = pc->slot_size,
-                        .slots = pc->slots,
-                },
                 .mode = pc->mode,
                 .nattch = pc->nattch,
                 .cpid = pc->cpid,
@@ -30,7 +19,7 @@ int status_from_proto(ProtoChannel *pc, shmb_channel_status *ret) {
                 .n_semaphores = pc->n_semaphores,
                 .n_clients = pc->n_clients,
         };
-        snprintf(ret->info.name, sizeof ret->info.name, "%s", pc->name);
+        info_from_proto(pc, &ret->info);
         snprintf(ret->owner, sizeof ret->owner, "%s", pc->owner);
         snprintf(ret->group, sizeof ret->group, "%s", pc->group);
         if (pc->n_semaphores) {

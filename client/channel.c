@@ -76,7 +76,7 @@ static int setup_ring(shmb_channel *ch) {
         return 0;
 }
 
-static void info_from_proto(const ProtoChannel *pc, shmb_channel_info *ret) {
+void info_from_proto(const ProtoChannel *pc, shmb_channel_info *ret) {
         *ret = (shmb_channel_info) {
                 .layout = pc->layout == PROTO_LAYOUT_RING ? SHMB_LAYOUT_RING : SHMB_LAYOUT_RAW,
                 .size = pc->size,

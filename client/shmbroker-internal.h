@@ -49,5 +49,8 @@ int client_check_hello(const ProtoResponse *res);
 void client_ref(shmb_client *c);
 void client_unref(shmb_client *c);
 
-/* Convert a decoded channel to the public status type (moves arrays). */
+/* The public description of a decoded channel. */
+void info_from_proto(const ProtoChannel *pc, shmb_channel_info *ret);
+
+/* Convert a decoded channel to the public status type (copies the arrays). */
 int status_from_proto(ProtoChannel *pc, shmb_channel_status *ret);

@@ -20,6 +20,7 @@
 
 #include "tests/helpers.h"
 
+#define ELEMENTS(x) (sizeof(x) / sizeof((x)[0]))
 #define START_TIMEOUT_MS 20000
 #define READ_TIMEOUT_MS 5000
 
@@ -369,4 +370,30 @@ void test_drop_privileges(uid_t uid, gid_t gid, gid_t supplementary) {
                 _exit(90);
         if (setgid(gid) < 0 || setuid(uid) < 0)
                 _exit(91);
+}
+
+int test_main(const char *suite_name, const TestGroup *groups, size_t n_groups, void (*setup)(void),
+              void (*teardown)(void)) {
+        Suite *s;
+        SRunner *sr;
+        int failed, r;
+
+        r = test_require_namespaces();
+        if (r)
+                return r;
+        s = suite_create(suite_name);
+        for (size_t g = 0; g < n_groups; g++) {
+                TCase *tc = tcase_create(groups[g].name);
+
+                tcase_set_timeout(tc, groups[g].timeout);
+                tcase_add_checked_fixture(tc, setup, teardown);
+                for (size_t i = 0; i < ELEMENTS(groups[g].tests) && groups[g].tests[i]; i++)
+                        tcase_add_test(tc, groups[g].tests[i]);
+                suite_add_tcase(s, tc);
+        }
+        sr = srunner_create(s);
+        srunner_run_all(sr, CK_ENV);
+        failed = srunner_ntests_failed(sr);
+        srunner_free(sr);
+        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -7,6 +7,7 @@
  * real socket. Failures abort the Check test with a message.
  */
 
+#include <check.h>
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -85,3 +86,18 @@ int test_in_child(void (*fn)(void *), void *userdata);
 
 /* Drop to uid/gid with one supplementary group (or none when 0). */
 void test_drop_privileges(uid_t uid, gid_t gid, gid_t supplementary);
+
+/* A TCase of an end-to-end program: its name, timeout (seconds) and tests. */
+typedef struct TestGroup {
+        const char *name;
+        int timeout;
+        const TTest *tests[12];
+} TestGroup;
+
+/*
+ * The whole main() of an end-to-end test program: SKIP (77) without IPC
+ * namespaces; otherwise one TCase per group, each with its timeout and the
+ * fixture; the exit status says whether everything passed.
+ */
+int test_main(const char *suite_name, const TestGroup *groups, size_t n_groups, void (*setup)(void),
+              void (*teardown)(void));

@@ -799,46 +799,20 @@ START_TEST(test_shmbrokerctl) {
 }
 END_TEST
 
-static Suite *suite(void) {
-        Suite *s = suite_create("client");
-        struct {
-                const char *name;
-                const TTest *tests[8];
-        } groups[] = {
-                { "open", { test_open_attaches_and_matches_kernel, test_open_errors, test_open_without_rights_is_eacces,
+int main(void) {
+        /* Check's tests are pointer variables, not constants: the table lives here. */
+        const TestGroup groups[] = {
+                { "open", CASE_TIMEOUT, { test_open_attaches_and_matches_kernel, test_open_errors, test_open_without_rights_is_eacces,
                             test_other_namespace_is_exdev, test_write_through_ro_handle_faults,
                             test_hold_dropped_when_process_exits } },
-                { "semaphores", { test_lock_counts_exactly, test_killed_lock_holder_releases_lock, test_timeouts_fire,
+                { "semaphores", CASE_TIMEOUT, { test_lock_counts_exactly, test_killed_lock_holder_releases_lock, test_timeouts_fire,
                                   test_waiter_sees_channel_removed } },
-                { "ring", { test_ring_mpmc_exactly_once, test_ring_killed_sender_loses_nothing_sent, test_ring_no_lost_wakeups,
+                { "ring", CASE_TIMEOUT, { test_ring_mpmc_exactly_once, test_ring_killed_sender_loses_nothing_sent, test_ring_no_lost_wakeups,
                             test_ring_sender_dead_mid_message_is_skipped, test_ring_receiver_dead_mid_message_frees_slot } },
-                { "faults", { test_thousand_clients_killed_at_random } },
-                { "admin", { test_list_and_status_structs } },
-                { "programs", { test_examples_exchange, test_shmbrokerctl } },
+                { "faults", CASE_TIMEOUT, { test_thousand_clients_killed_at_random } },
+                { "admin", CASE_TIMEOUT, { test_list_and_status_structs } },
+                { "programs", CASE_TIMEOUT, { test_examples_exchange, test_shmbrokerctl } },
         };
 
-        for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
-                TCase *tc = tcase_create(groups[g].name);
-
-                tcase_set_timeout(tc, CASE_TIMEOUT);
-                tcase_add_checked_fixture(tc, setup, teardown);
-                for (size_t i = 0; i < 8 && groups[g].tests[i]; i++)
-                        tcase_add_test(tc, groups[g].tests[i]);
-                suite_add_tcase(s, tc);
-        }
-        return s;
-}
-
-int main(void) {
-        SRunner *sr;
-        int failed, r;
-
-        r = test_require_namespaces();
-        if (r)
-                return r;
-        sr = srunner_create(suite());
-        srunner_run_all(sr, CK_ENV);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        return test_main("client", groups, sizeof groups / sizeof groups[0], setup, teardown);
 }

@@ -957,48 +957,22 @@ START_TEST(test_check_config_touches_no_ipc) {
 }
 END_TEST
 
-static Suite *suite(void) {
-        Suite *s = suite_create("daemon");
-        struct {
-                const char *name;
-                const TTest *tests[8];
-        } groups[] = {
-                { "serve", { test_list_matches_kernel, test_open_status_close, test_pipelined_requests_in_order } },
-                { "bad-input", { test_errors_keep_serving, test_overlong_line_closes_only_that_connection,
+int main(void) {
+        /* Check's tests are pointer variables, not constants: the table lives here. */
+        const TestGroup groups[] = {
+                { "serve", CASE_TIMEOUT, { test_list_matches_kernel, test_open_status_close, test_pipelined_requests_in_order } },
+                { "bad-input", CASE_TIMEOUT, { test_errors_keep_serving, test_overlong_line_closes_only_that_connection,
                                  test_line_at_limit_is_served, test_half_sent_request_does_not_stall_others } },
-                { "access", { test_access_follows_kernel_rule, test_clients_cannot_remove_or_reown } },
-                { "lifecycle", { test_sigterm_with_client_attached, test_sigint_with_client_attached,
+                { "access", CASE_TIMEOUT, { test_access_follows_kernel_rule, test_clients_cannot_remove_or_reown } },
+                { "lifecycle", CASE_TIMEOUT, { test_sigterm_with_client_attached, test_sigint_with_client_attached,
                                  test_sigkill_then_restart_reclaims, test_reclaim_spares_foreign_reuse_of_id,
                                  test_second_daemon_refuses, test_stale_socket_replaced_live_socket_kept,
                                  test_objects_removed_behind_our_back_are_remade, test_unprivileged_daemon_reclaims_unreadable_objects } },
-                { "resources", { test_fd_exhaustion_pauses_accept, test_derived_key_skips_fixed_keys } },
-                { "start-failures", { test_foreign_fixed_key_fails_start_and_rolls_back, test_foreign_derived_key_moves_on,
+                { "resources", CASE_TIMEOUT, { test_fd_exhaustion_pauses_accept, test_derived_key_skips_fixed_keys } },
+                { "start-failures", CASE_TIMEOUT, { test_foreign_fixed_key_fails_start_and_rolls_back, test_foreign_derived_key_moves_on,
                                       test_kernel_limit_refused_before_creating, test_kernel_sem_limit_refused_before_creating,
                                       test_check_config_touches_no_ipc } },
         };
 
-        for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
-                TCase *tc = tcase_create(groups[g].name);
-
-                tcase_set_timeout(tc, CASE_TIMEOUT);
-                tcase_add_checked_fixture(tc, setup, teardown);
-                for (size_t i = 0; i < 8 && groups[g].tests[i]; i++)
-                        tcase_add_test(tc, groups[g].tests[i]);
-                suite_add_tcase(s, tc);
-        }
-        return s;
-}
-
-int main(void) {
-        SRunner *sr;
-        int failed, r;
-
-        r = test_require_namespaces();
-        if (r)
-                return r;
-        sr = srunner_create(suite());
-        srunner_run_all(sr, CK_ENV);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        return test_main("daemon", groups, sizeof groups / sizeof groups[0], setup, teardown);
 }

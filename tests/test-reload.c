@@ -1119,44 +1119,18 @@ START_TEST(test_crash_mid_reload_then_restart) {
 }
 END_TEST
 
-static Suite *suite(void) {
-        Suite *s = suite_create("reload");
-        struct {
-                const char *name;
-                const TTest *tests[8];
-        } groups[] = {
-                { "reload-op", { test_add_remove_keep_change_in_one_reload, test_kept_channel_untouched_byte_for_byte,
+int main(void) {
+        /* Check's tests are pointer variables, not constants: the table lives here. */
+        const TestGroup groups[] = {
+                { "reload-op", CASE_TIMEOUT, { test_add_remove_keep_change_in_one_reload, test_kept_channel_untouched_byte_for_byte,
                                  test_mode_change_in_place, test_size_change_while_held_replaces } },
-                { "refusals", { test_broken_config_changes_nothing, test_reload_needs_root_or_admin_group,
+                { "refusals", CASE_TIMEOUT, { test_broken_config_changes_nothing, test_reload_needs_root_or_admin_group,
                                 test_kernel_limit_refused_whole, test_swap_at_kernel_limit_all_or_nothing,
                                 test_replace_attached_at_kernel_limit_keeps_channel,
                                 test_foreign_fixed_key_refused_whole } },
-                { "signals", { test_sighup_reloads_within_a_second, test_sigterm_after_reloads_removes_everything,
+                { "signals", CASE_TIMEOUT, { test_sighup_reloads_within_a_second, test_sigterm_after_reloads_removes_everything,
                                test_crash_mid_reload_then_restart } },
         };
 
-        for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
-                TCase *tc = tcase_create(groups[g].name);
-
-                tcase_set_timeout(tc, CASE_TIMEOUT);
-                tcase_add_checked_fixture(tc, setup, teardown);
-                for (size_t i = 0; i < 8 && groups[g].tests[i]; i++)
-                        tcase_add_test(tc, groups[g].tests[i]);
-                suite_add_tcase(s, tc);
-        }
-        return s;
-}
-
-int main(void) {
-        SRunner *sr;
-        int failed, r;
-
-        r = test_require_namespaces();
-        if (r)
-                return r;
-        sr = srunner_create(suite());
-        srunner_run_all(sr, CK_ENV);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        return test_main("reload", groups, sizeof groups / sizeof groups[0], setup, teardown);
 }

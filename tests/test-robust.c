@@ -1777,13 +1777,9 @@ START_TEST(test_access_matrix) {
 }
 END_TEST
 
-static Suite *suite(void) {
-        Suite *s = suite_create("robust");
-        struct {
-                const char *name;
-                int timeout;
-                const TTest *tests[8];
-        } groups[] = {
+int main(void) {
+        /* Check's tests are pointer variables, not constants: the table lives here. */
+        const TestGroup groups[] = {
                 { "limits", CASE_TIMEOUT, { test_request_max, test_connections_per_uid, test_connections_max,
                                             test_request_timeout, test_request_timeout_restarts_per_line } },
                 { "slow-reader", HEAVY_TIMEOUT, { test_slow_reader, test_stalled_reader_not_timed_out,
@@ -1794,28 +1790,5 @@ static Suite *suite(void) {
                 { "access-matrix", CASE_TIMEOUT, { test_access_matrix } },
         };
 
-        for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
-                TCase *tc = tcase_create(groups[g].name);
-
-                tcase_set_timeout(tc, groups[g].timeout);
-                tcase_add_checked_fixture(tc, setup, teardown);
-                for (size_t i = 0; i < 8 && groups[g].tests[i]; i++)
-                        tcase_add_test(tc, groups[g].tests[i]);
-                suite_add_tcase(s, tc);
-        }
-        return s;
-}
-
-int main(void) {
-        SRunner *sr;
-        int failed, r;
-
-        r = test_require_namespaces();
-        if (r)
-                return r;
-        sr = srunner_create(suite());
-        srunner_run_all(sr, CK_ENV);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        return test_main("robust", groups, sizeof groups / sizeof groups[0], setup, teardown);
 }

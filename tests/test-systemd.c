@@ -204,41 +204,15 @@ START_TEST(test_journal_priority_prefixes) {
 }
 END_TEST
 
-static Suite *suite(void) {
-        Suite *s = suite_create("systemd");
-        struct {
-                const char *name;
-                const TTest *tests[8];
-        } groups[] = {
-                { "notify", { test_ready_only_after_objects_exist, test_status_follows_clients,
+int main(void) {
+        /* Check's tests are pointer variables, not constants: the table lives here. */
+        const TestGroup groups[] = {
+                { "notify", CASE_TIMEOUT, { test_ready_only_after_objects_exist, test_status_follows_clients,
                               test_reload_and_stop_notifications, test_extend_timeout_for_many_channels } },
-                { "watchdog", { test_watchdog_pings, test_no_watchdog_without_watchdog_usec } },
-                { "activation", { test_socket_activation } },
-                { "journal", { test_journal_priority_prefixes } },
+                { "watchdog", CASE_TIMEOUT, { test_watchdog_pings, test_no_watchdog_without_watchdog_usec } },
+                { "activation", CASE_TIMEOUT, { test_socket_activation } },
+                { "journal", CASE_TIMEOUT, { test_journal_priority_prefixes } },
         };
 
-        for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
-                TCase *tc = tcase_create(groups[g].name);
-
-                tcase_set_timeout(tc, CASE_TIMEOUT);
-                tcase_add_checked_fixture(tc, setup, teardown);
-                for (size_t i = 0; i < 8 && groups[g].tests[i]; i++)
-                        tcase_add_test(tc, groups[g].tests[i]);
-                suite_add_tcase(s, tc);
-        }
-        return s;
-}
-
-int main(void) {
-        SRunner *sr;
-        int failed, r;
-
-        r = test_require_namespaces();
-        if (r)
-                return r;
-        sr = srunner_create(suite());
-        srunner_run_all(sr, CK_ENV);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        return test_main("systemd", groups, sizeof groups / sizeof groups[0], setup, teardown);
 }
