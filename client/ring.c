@@ -247,7 +247,9 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
                                 continue;
                         slot->send_pid = my_pid();
                         STORE(&slot->send_pos, pos, REL);
-                        note_cpu(&ch->ring->send_cpu);  /* so a waiting peer knows whether to spin */
+                        /* Now and then, so a waiting peer knows whether spinning can pay. */
+                        if ((__atomic_add_fetch(&ch->ops, 1, RLX) & 15) == 1)
+                                note_cpu(&ch->ring->send_cpu);
                         slot->len = (uint32_t) len;
                         if (len)
                                 memcpy(payload(slot), msg, len);
@@ -299,7 +301,8 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                                 continue;
                         slot->recv_pid = my_pid();
                         STORE(&slot->recv_pos, pos, REL);
-                        note_cpu(&ch->ring->recv_cpu);
+                        if ((__atomic_add_fetch(&ch->ops, 1, RLX) & 15) == 1)
+                                note_cpu(&ch->ring->recv_cpu);
                         if (len)
                                 memcpy(buf, payload(slot), len);
                         STORE(&slot->seq, pos + ch->info.slots, REL);

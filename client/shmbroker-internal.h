@@ -26,6 +26,7 @@ struct shmb_channel {
         unsigned sem_base;              /* a ring's own semaphores come first */
         unsigned spin_us;               /* shmb_channel_set_spin() */
         uint32_t spin_budget_ns;        /* adapts within it */
+        uint32_t ops;                   /* ring operations, to publish our CPU now and then */
         /* ring only */
         RingHeader *ring;
         char *slots;
