@@ -352,6 +352,33 @@ int test_ipcs_count(const char *kind) {
         return n;
 }
 
+long test_cpu_ticks(pid_t pid) {
+        char path[64], buf[1024], *p;
+        unsigned long ut, st;
+        FILE *f;
+        size_t n;
+
+        snprintf(path, sizeof path, "/proc/%d/stat", (int) pid);
+        f = fopen(path, "re");
+        ck_assert_ptr_nonnull(f);
+        n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        p = strrchr(buf, ')');
+        ck_assert_ptr_nonnull(p);
+        /* the fields after the name: state(3) ... utime(14) stime(15) */
+        ck_assert_int_eq(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st), 2);
+        return (long) (ut + st);
+}
+
+void test_write_proc(const char *path, const char *value) {
+        FILE *f = fopen(path, "we");
+
+        ck_assert_msg(f != NULL, "open %s: %s", path, strerror(errno));
+        fputs(value, f);
+        ck_assert_int_eq(fclose(f), 0);
+}
+
 int test_in_child(void (*fn)(void *), void *userdata) {
         pid_t pid = fork();
         int status;

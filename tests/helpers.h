@@ -81,6 +81,12 @@ void test_assert_ok(json_t *resp);
 /* Objects in this IPC namespace, counted by util-linux ipcs. */
 int test_ipcs_count(const char *kind);   /* "-m" or "-s" */
 
+/* utime + stime of a process, in clock ticks. */
+long test_cpu_ticks(pid_t pid);
+
+/* Write a sysctl of this IPC namespace (e.g. /proc/sys/kernel/shmmni). */
+void test_write_proc(const char *path, const char *value);
+
 /* Run `fn` in a forked child; returns its wait status. */
 int test_in_child(void (*fn)(void *), void *userdata);
 

@@ -510,14 +510,6 @@ START_TEST(test_sigkill_then_restart_reclaims) {
 }
 END_TEST
 
-static void write_proc(const char *path, const char *value) {
-        FILE *f = fopen(path, "we");
-
-        ck_assert_ptr_nonnull(f);
-        fputs(value, f);
-        ck_assert_int_eq(fclose(f), 0);
-}
-
 typedef struct ForeignShm {
         uint32_t key;
         int want_id;
@@ -530,7 +522,7 @@ static void foreign_shm_child(void *userdata) {
         char id[32];
 
         snprintf(id, sizeof id, "%d", f->want_id);
-        write_proc("/proc/sys/kernel/shm_next_id", id);
+        test_write_proc("/proc/sys/kernel/shm_next_id", id);
         if (f->uid)
                 test_drop_privileges(f->uid, f->uid, 0);
         _exit(shmget((key_t) f->key, 4096, IPC_CREAT | IPC_EXCL | 0666) == f->want_id ? 0 : 1);
@@ -653,25 +645,6 @@ START_TEST(test_derived_key_skips_fixed_keys) {
 }
 END_TEST
 
-static long cpu_ticks(pid_t pid) {
-        char path[64], buf[1024], *p;
-        unsigned long ut, st;
-        FILE *f;
-        size_t n;
-
-        snprintf(path, sizeof path, "/proc/%d/stat", (int) pid);
-        f = fopen(path, "re");
-        ck_assert_ptr_nonnull(f);
-        n = fread(buf, 1, sizeof buf - 1, f);
-        fclose(f);
-        buf[n] = 0;
-        p = strrchr(buf, ')');
-        ck_assert_ptr_nonnull(p);
-        /* fields after the name: state(3) ... utime(14) stime(15) */
-        ck_assert_int_eq(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st), 2);
-        return (long) (ut + st);
-}
-
 START_TEST(test_fd_exhaustion_pauses_accept) {
         enum { N = 40 };
         int conns[N], fd;
@@ -685,10 +658,10 @@ START_TEST(test_fd_exhaustion_pauses_accept) {
         for (int i = 0; i < N; i++)
                 conns[i] = test_connect(td.socket);     /* the backlog takes what accept cannot */
         usleep(200000);
-        before = cpu_ticks(td.pid);
+        before = test_cpu_ticks(td.pid);
         usleep(1000000);
         /* Paused, not spinning: a spin would burn ~100 ticks a second. */
-        ck_assert_int_lt(cpu_ticks(td.pid) - before, 20);
+        ck_assert_int_lt(test_cpu_ticks(td.pid) - before, 20);
         /* ...and it said so once for this episode, not once per attempt. (When the
          * clients close below, each freed descriptor may start a new, real episode.) */
         char *log = test_daemon_log(&td);
@@ -801,7 +774,7 @@ START_TEST(test_kernel_limit_refused_before_creating) {
         char *log;
 
         /* Per-namespace limit: a segment over kernel.shmmax cannot be made. */
-        write_proc("/proc/sys/kernel/shmmax", "1048576");
+        test_write_proc("/proc/sys/kernel/shmmax", "1048576");
         test_daemon_write_config(&td, "[{\"name\": \"small\", \"size\": 4096}, {\"name\": \"big\", \"size\": \"2M\"}]");
         ck_assert(!test_daemon_start(&td, &status, NULL));
         ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1);
@@ -819,7 +792,7 @@ START_TEST(test_kernel_sem_limit_refused_before_creating) {
         char *log;
 
         /* kernel.sem = SEMMSL SEMMNS SEMOPM SEMMNI: room for one set only. */
-        write_proc("/proc/sys/kernel/sem", "250 32000 32 1");
+        test_write_proc("/proc/sys/kernel/sem", "250 32000 32 1");
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096}]");
         ck_assert(!test_daemon_start(&td, &status, NULL));
         ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1);

@@ -87,14 +87,6 @@ static void start_ok(void) {
         }
 }
 
-static void write_proc(const char *path, const char *value) {
-        FILE *f = fopen(path, "we");
-
-        ck_assert_ptr_nonnull(f);
-        fputs(value, f);
-        ck_assert_int_eq(fclose(f), 0);
-}
-
 /* A config with "admin_group" set to a numeric gid. */
 static void write_config_with_admin_group(gid_t admin_gid, const char *channels_json) {
         char *text;
@@ -763,7 +755,7 @@ START_TEST(test_kernel_limit_refused_whole) {
         before = list_ok();
         assert_ipcs(2, 2);
         /* Per-namespace: no room for a third segment. */
-        write_proc("/proc/sys/kernel/shmmni", "2");
+        test_write_proc("/proc/sys/kernel/shmmni", "2");
 
         test_daemon_write_config(&td,
                 "[{\"name\": \"a\", \"size\": 4096, \"mode\": \"0600\"}, {\"name\": \"b\", \"size\": 4096},"
@@ -800,7 +792,7 @@ START_TEST(test_swap_at_kernel_limit_all_or_nothing) {
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096}]");
         start_ok();
         before = list_ok();
-        write_proc("/proc/sys/kernel/shmmni", "2");
+        test_write_proc("/proc/sys/kernel/shmmni", "2");
 
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"c\", \"size\": 4096}]");
         fd = test_connect(td.socket);
@@ -850,7 +842,7 @@ START_TEST(test_replace_attached_at_kernel_limit_keeps_channel) {
         ck_assert_ptr_ne(addr, (void *) -1);
         strcpy(addr, "in use");
         before = list_ok();
-        write_proc("/proc/sys/kernel/shmmni", "2");
+        test_write_proc("/proc/sys/kernel/shmmni", "2");
 
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 8192}, {\"name\": \"b\", \"size\": 4096}]");
         admin = test_connect(td.socket);

@@ -299,24 +299,6 @@ static long rss_kib(pid_t pid) {
         return kib;
 }
 
-static long cpu_ticks(pid_t pid) {
-        char path[64], buf[1024], *p;
-        unsigned long ut, st;
-        FILE *f;
-        size_t n;
-
-        snprintf(path, sizeof path, "/proc/%d/stat", (int) pid);
-        f = fopen(path, "re");
-        ck_assert_ptr_nonnull(f);
-        n = fread(buf, 1, sizeof buf - 1, f);
-        fclose(f);
-        buf[n] = 0;
-        p = strrchr(buf, ')');
-        ck_assert_ptr_nonnull(p);
-        ck_assert_int_eq(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st), 2);
-        return (long) (ut + st);
-}
-
 /* ---- buffered line reader, for connections that get a lot ---- */
 
 typedef struct Reader {
@@ -1020,7 +1002,7 @@ START_TEST(test_slow_reader) {
         stalled = sent < rlen;
 
         /* Meanwhile, others are served promptly, and the daemon neither grows nor spins. */
-        ticks = cpu_ticks(td.pid);
+        ticks = test_cpu_ticks(td.pid);
         for (int k = 0; k < 5; k++) {
                 int64_t t = now_ms();
                 int other = test_connect(td.socket);
@@ -1034,7 +1016,7 @@ START_TEST(test_slow_reader) {
                 ck_assert_msg(took < 1000, "another client waited %lld ms while one did not read", (long long) took);
                 usleep(200 * 1000);
         }
-        ticks = cpu_ticks(td.pid) - ticks;
+        ticks = test_cpu_ticks(td.pid) - ticks;
         ck_assert_msg(ticks < 30, "the daemon burnt %ld ticks in ~1 s with a stalled client", ticks);
         rss = rss_max = rss_kib(td.pid);
         ck_assert_msg(rss - base_rss < 32 * 1024, "daemon VmRSS grew by %ld KiB with a client that does not read",
