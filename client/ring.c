@@ -137,12 +137,8 @@ static void cpu_relax(void) {
 }
 
 /*
- * Spin on the slot before sleeping, when the channel allows it. The budget
- * adapts: it doubles (up to spin_us) when spinning paid off and halves when
- * it did not; and every few checks the spinner yields, so a peer that
- * shares our CPU gets to run instead of waiting out our spin.
+ * Publish where this side runs (only when it moved: the line is shared).
  */
-/* Publish where this side runs (only when it moved: the line is shared). */
 static unsigned note_cpu(uint32_t *slot_cpu) {
         int cpu = sched_getcpu();       /* vDSO: no system call */
         uint32_t v = cpu < 0 ? 0 : (uint32_t) cpu + 1;
@@ -152,6 +148,12 @@ static unsigned note_cpu(uint32_t *slot_cpu) {
         return v;
 }
 
+/*
+ * Spin on the slot before sleeping, when the channel allows it. The budget
+ * adapts: it doubles (up to spin_us) when spinning paid off and halves when
+ * it did not; and after a few microseconds the spinner yields, so a peer
+ * that shares our CPU gets to run instead of waiting out our spin.
+ */
 static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t *my_cpu, uint32_t *peer_cpu) {
         uint32_t max = LOAD(&ch->spin_us, RLX) * 1000u, budget;
         unsigned here;
@@ -194,7 +196,8 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t
 
         if (timeout_ms == 0)
                 return -EAGAIN;
-        if (!stuck && spin_for(ch, slot, target, my_cpu, peer_cpu))
+        /* Also when someone holds the slot mid-message: almost always it is busy copying. */
+        if (spin_for(ch, slot, target, my_cpu, peer_cpu))
                 return 0;
         /* Someone holds the slot mid-message: poll, as a dead claimer wakes no one. */
         if (stuck) {
