@@ -25,17 +25,18 @@ static int classify_missing(const shmb_channel_info *info) {
         return -EIDRM;
 }
 
+/*
+ * The segment we attached by id must be the one the broker meant: same key,
+ * same size. (Its set lives in the same namespace, so this check also tells
+ * a client in another IPC namespace; a set removed later shows as -EIDRM on
+ * the first semaphore operation.)
+ */
 static int verify_objects(const shmb_channel *ch) {
         struct shmid_ds shm;
-        struct semid_ds sem;
 
         if (shmctl(ch->info.shm_id, IPC_STAT, &shm) < 0)
                 return errno == EACCES ? -EACCES : classify_missing(&ch->info);
         if ((uint32_t) shm.shm_perm.__key != ch->info.shm_key || shm.shm_segsz != ch->info.size)
-                return -EXDEV;
-        if (semctl(ch->info.sem_id, 0, IPC_STAT, &sem) < 0)
-                return errno == EACCES ? -EACCES : -EIDRM;
-        if ((uint32_t) sem.sem_perm.__key != ch->info.sem_key || sem.sem_nsems != ch->info.nsems + ch->sem_base)
                 return -EXDEV;
         return 0;
 }

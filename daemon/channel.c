@@ -144,51 +144,53 @@ static const char *semget_why(int err) {
  */
 static int try_key(Channel *c, uint32_t key, State *state, char *msg, size_t msg_size) {
         const ChannelSpec *s = &c->spec;
-        int64_t stamp;
+        StateRecord intents[2] = {
+                { .kind = STATE_SHM, .key = key, .id = -1, .pending = true, .stamp = getpid(), .size = s->size },
+                { .kind = STATE_SEM, .key = key, .id = -1, .pending = true, .stamp = time(NULL), .size = s->nsems },
+        };
         int r;
 
         c->key = key;
-        /* Intent first: a kill between shmget() and state_add() must not lose the object. */
-        r = state_add_pending(state, STATE_SHM, key, getpid(), s->size);
+        /* Intents first, in one write: a kill before the ids are recorded loses nothing. */
+        r = state_append_records(state, intents, 2, true);
         if (r < 0)
                 goto fail_state;
         c->shm_id = shmget((key_t) key, s->size, IPC_CREAT | IPC_EXCL | 0600);
         if (c->shm_id < 0) {
                 r = -errno;
-                (void) state_drop_pending(state, STATE_SHM, key, getpid(), s->size);
+                (void) state_append_records(state, intents, 2, false);
                 if (r != -EEXIST)
                         msg_set(msg, msg_size, "channel \"%s\": cannot create a segment of %" PRIu64 " bytes: %s",
                                 s->name, s->size, shmget_why(-r));
                 return r;
         }
-        r = state_add(state, STATE_SHM, key, c->shm_id);
-        if (r < 0)
-                goto fail_state;
-
-        stamp = time(NULL);
-        r = state_add_pending(state, STATE_SEM, key, stamp, s->nsems);
-        if (r < 0)
-                goto fail_state;
         c->sem_id = semget((key_t) key, (int) s->nsems, IPC_CREAT | IPC_EXCL | 0600);
         if (c->sem_id < 0) {
                 r = -errno;
-                (void) state_drop_pending(state, STATE_SEM, key, stamp, s->nsems);
                 if (r != -EEXIST)
                         msg_set(msg, msg_size, "channel \"%s\": cannot create a set of %u semaphores: %s",
                                 s->name, s->nsems, semget_why(-r));
-                remove_objects(c, state);
+                /* Ours to remove: the segment's intent still covers it until then. */
+                remove_objects(c, NULL);
+                (void) state_append_records(state, intents, 2, false);
                 return r;
         }
-        r = state_add(state, STATE_SEM, key, c->sem_id);
-        if (r < 0)
-                goto fail_state;
+        {
+                StateRecord ids[2] = {
+                        { .kind = STATE_SHM, .key = key, .id = c->shm_id },
+                        { .kind = STATE_SEM, .key = key, .id = c->sem_id },
+                };
+
+                r = state_append_records(state, ids, 2, true);
+                if (r < 0)
+                        goto fail_state;
+        }
         return 0;
 
 fail_state:
-        msg_set(msg, msg_size, "channel \"%s\": cannot record the new object in %s: %s",
+        msg_set(msg, msg_size, "channel \"%s\": cannot record the new objects in %s: %s",
                 s->name, state_path(state), strerror(-r));
-        /* The segment may be recorded already: try to drop its record too. */
-        remove_objects(c, state);
+        remove_objects(c, NULL);
         return r;
 }
 

@@ -181,38 +181,29 @@ static int write_all(int fd, const char *buf, size_t len) {
         return 0;
 }
 
-static int append(State *s, bool add, StateKind kind, uint32_t key, int id) {
-        char line[64];
-        int n;
-
-        n = snprintf(line, sizeof line, "%s%s %" PRIu32 " %d\n", add ? "" : "-", kind_name(kind), key, id);
-        /* One write() of a whole line with O_APPEND: never interleaved or half-kept. */
-        return write_all(s->fd, line, (size_t) n);
+static int format_record(char *line, size_t size, const StateRecord *r, bool add) {
+        return r->pending
+                ? snprintf(line, size, "%sp%s %" PRIu32 " %" PRId64 " %" PRIu64 "\n", add ? "" : "-",
+                           kind_name(r->kind), r->key, r->stamp, r->size)
+                : snprintf(line, size, "%s%s %" PRIu32 " %d\n", add ? "" : "-", kind_name(r->kind), r->key, r->id);
 }
 
-int state_add(State *s, StateKind kind, uint32_t key, int id) {
-        return append(s, true, kind, key, id);
-}
+int state_append_records(State *s, const StateRecord *v, size_t n, bool add) {
+        char buf[4 * 96];
+        size_t len = 0;
 
-static int append_pending(State *s, bool add, StateKind kind, uint32_t key, int64_t stamp, uint64_t size) {
-        char line[96];
-        int n;
-
-        n = snprintf(line, sizeof line, "%sp%s %" PRIu32 " %" PRId64 " %" PRIu64 "\n", add ? "" : "-",
-                     kind_name(kind), key, stamp, size);
-        return write_all(s->fd, line, (size_t) n);
-}
-
-int state_add_pending(State *s, StateKind kind, uint32_t key, int64_t stamp, uint64_t size) {
-        return append_pending(s, true, kind, key, stamp, size);
-}
-
-int state_drop_pending(State *s, StateKind kind, uint32_t key, int64_t stamp, uint64_t size) {
-        return append_pending(s, false, kind, key, stamp, size);
+        if (n > 4)
+                return -EINVAL;
+        for (size_t i = 0; i < n; i++)
+                len += (size_t) format_record(buf + len, sizeof buf - len, &v[i], add);
+        /* One write() with O_APPEND: never interleaved, never half-kept by a kill. */
+        return write_all(s->fd, buf, len);
 }
 
 int state_drop(State *s, StateKind kind, uint32_t key, int id) {
-        return append(s, false, kind, key, id);
+        StateRecord r = { .kind = kind, .key = key, .id = id };
+
+        return state_append_records(s, &r, 1, false);
 }
 
 int state_rewrite(State *s, const StateRecord *v, size_t n) {
@@ -230,10 +221,7 @@ int state_rewrite(State *s, const StateRecord *v, size_t n) {
         r = write_all(fd, STATE_HEADER, strlen(STATE_HEADER));
         for (size_t i = 0; r == 0 && i < n; i++) {
                 char line[96];
-                int k = v[i].pending
-                        ? snprintf(line, sizeof line, "p%s %" PRIu32 " %" PRId64 " %" PRIu64 "\n", kind_name(v[i].kind),
-                                   v[i].key, v[i].stamp, v[i].size)
-                        : snprintf(line, sizeof line, "%s %" PRIu32 " %d\n", kind_name(v[i].kind), v[i].key, v[i].id);
+                int k = format_record(line, sizeof line, &v[i], true);
 
                 r = write_all(fd, line, (size_t) k);
         }

@@ -7,8 +7,9 @@
  *   <socket>.lock   flock()ed for the daemon's lifetime: one daemon per socket
  *   <socket>.state  append-only lines "shm KEY ID" / "-shm KEY ID" (and sem)
  *
- * A record is appended right after the object exists and before anything
- * else is done with it, so a SIGKILL at any later point is recoverable.
+ * Before a channel's objects are made, their intents are appended (key and
+ * what will identify them), and their ids as soon as both exist, so a
+ * SIGKILL at any point is recoverable.
  * No fsync: a power loss also drops every System V object, and a killed
  * process loses no completed write().
  */
@@ -55,14 +56,14 @@ int state_open(const char *socket_path, State **ret);
  */
 int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped);
 
-/* Append a record; -errno on write failure (the object must then be undone). */
-int state_add(State *s, StateKind kind, uint32_t key, int id);
+/* Record that an object is gone; -errno on write failure. */
 int state_drop(State *s, StateKind kind, uint32_t key, int id);
 
-/* Before creating: the intent, so a kill before state_add() loses nothing. */
-int state_add_pending(State *s, StateKind kind, uint32_t key, int64_t stamp, uint64_t size);
-/* The key was someone else's: nothing of ours will be found under it. */
-int state_drop_pending(State *s, StateKind kind, uint32_t key, int64_t stamp, uint64_t size);
+/*
+ * Append (add) or cancel (!add) several records in one write(): a channel's
+ * two intents before it is made, its two ids after.
+ */
+int state_append_records(State *s, const StateRecord *v, size_t n, bool add);
 
 /* Replace the file's contents with exactly these live records. */
 int state_rewrite(State *s, const StateRecord *v, size_t n);
