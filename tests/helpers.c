@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -23,6 +24,17 @@
 #define ELEMENTS(x) (sizeof(x) / sizeof((x)[0]))
 #define START_TIMEOUT_MS 20000
 #define READ_TIMEOUT_MS 5000
+
+TestDaemon td;
+
+void test_setup(void) {
+        test_enter_ipc_namespace();
+        test_daemon_init(&td);
+}
+
+void test_teardown(void) {
+        test_daemon_done(&td);
+}
 
 int test_require_namespaces(void) {
         pid_t pid = fork();
@@ -41,46 +53,46 @@ void test_enter_ipc_namespace(void) {
         ck_assert_msg(unshare(CLONE_NEWIPC) == 0, "unshare(CLONE_NEWIPC): %s", strerror(errno));
 }
 
-void test_daemon_init(TestDaemon *td) {
-        memset(td, 0, sizeof *td);
-        td->pid = -1;
-        td->notify_fd = -1;
-        strcpy(td->dir, "/tmp/shmbroker-test-XXXXXX");
-        ck_assert_ptr_nonnull(mkdtemp(td->dir));
-        ck_assert_int_eq(chmod(td->dir, 0755), 0);
-        snprintf(td->config, sizeof td->config, "%s/shmbroker.json", td->dir);
-        snprintf(td->socket, sizeof td->socket, "%s/shmbroker.sock", td->dir);
-        snprintf(td->log, sizeof td->log, "%s/daemon.log", td->dir);
-        snprintf(td->notify, sizeof td->notify, "%s/notify", td->dir);
+void test_daemon_init(TestDaemon *d) {
+        memset(d, 0, sizeof *d);
+        d->pid = -1;
+        d->notify_fd = -1;
+        strcpy(d->dir, "/tmp/shmbroker-test-XXXXXX");
+        ck_assert_ptr_nonnull(mkdtemp(d->dir));
+        ck_assert_int_eq(chmod(d->dir, 0755), 0);
+        snprintf(d->config, sizeof d->config, "%s/shmbroker.json", d->dir);
+        snprintf(d->socket, sizeof d->socket, "%s/shmbroker.sock", d->dir);
+        snprintf(d->log, sizeof d->log, "%s/daemon.log", d->dir);
+        snprintf(d->notify, sizeof d->notify, "%s/notify", d->dir);
 }
 
-void test_daemon_write_raw_config(TestDaemon *td, const char *text) {
-        FILE *f = fopen(td->config, "we");
+void test_daemon_write_raw_config(TestDaemon *d, const char *text) {
+        FILE *f = fopen(d->config, "we");
 
         ck_assert_ptr_nonnull(f);
         fputs(text, f);
         ck_assert_int_eq(fclose(f), 0);
 }
 
-void test_daemon_write_config(TestDaemon *td, const char *channels_json) {
+void test_daemon_write_config(TestDaemon *d, const char *channels_json) {
         char *text;
 
         ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"channels\": %s}\n",
-                                  td->socket, channels_json), 0);
-        test_daemon_write_raw_config(td, text);
+                                  d->socket, channels_json), 0);
+        test_daemon_write_raw_config(d, text);
         free(text);
 }
 
-static int open_notify_socket(TestDaemon *td) {
+static int open_notify_socket(TestDaemon *d) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 
         ck_assert_int_ge(fd, 0);
-        strcpy(sa.sun_path, td->notify);
-        unlink(td->notify);
+        strcpy(sa.sun_path, d->notify);
+        unlink(d->notify);
         ck_assert_int_eq(bind(fd, (struct sockaddr *) &sa, sizeof sa), 0);
         /* A daemon under test may run unprivileged, as under systemd. */
-        ck_assert_int_eq(chmod(td->notify, 0666), 0);
+        ck_assert_int_eq(chmod(d->notify, 0666), 0);
         return fd;
 }
 
@@ -109,34 +121,34 @@ static int pass_listening_socket(const char *path) {
         return 0;
 }
 
-static void record_notify(TestDaemon *td, const char *msg) {
-        size_t used = strlen(td->notified);
+static void record_notify(TestDaemon *d, const char *msg) {
+        size_t used = strlen(d->notified);
 
-        snprintf(td->notified + used, sizeof td->notified - used, "%s|", msg);
+        snprintf(d->notified + used, sizeof d->notified - used, "%s|", msg);
 }
 
-char *test_daemon_wait_notify(TestDaemon *td, const char *what, int timeout_ms) {
+char *test_daemon_wait_notify(TestDaemon *d, const char *what, int timeout_ms) {
         int64_t deadline = now_ms() + timeout_ms;
         char buf[1024];
 
         while (now_ms() < deadline) {
-                struct pollfd p = { .fd = td->notify_fd, .events = POLLIN };
+                struct pollfd p = { .fd = d->notify_fd, .events = POLLIN };
                 ssize_t n;
 
                 if (poll(&p, 1, (int) (deadline - now_ms())) <= 0)
                         break;
-                n = recv(td->notify_fd, buf, sizeof buf - 1, 0);
+                n = recv(d->notify_fd, buf, sizeof buf - 1, 0);
                 if (n <= 0)
                         continue;
                 buf[n] = 0;
-                record_notify(td, buf);
+                record_notify(d, buf);
                 if (strstr(buf, what))
                         return strdup(buf);
         }
         return NULL;
 }
 
-bool test_daemon_start(TestDaemon *td, int *ret_status, ...) {
+bool test_daemon_start(TestDaemon *d, int *ret_status, ...) {
         const char *argv[48];
         char *wrapper = getenv("TEST_DAEMON_WRAPPER") ? strdup(getenv("TEST_DAEMON_WRAPPER")) : NULL;
         int argc = 0, status;
@@ -148,27 +160,27 @@ bool test_daemon_start(TestDaemon *td, int *ret_status, ...) {
                 argv[argc++] = w;
         argv[argc++] = SHMBROKERD_PATH;
         argv[argc++] = "-c";
-        argv[argc++] = td->config;
+        argv[argc++] = d->config;
         va_start(ap, ret_status);
         for (const char *a; (a = va_arg(ap, const char *)) && argc < 47;)
                 argv[argc++] = a;
         va_end(ap);
         argv[argc] = NULL;
 
-        if (td->notify_fd < 0)
-                td->notify_fd = open_notify_socket(td);
-        td->pid = fork();
-        ck_assert_int_ge(td->pid, 0);
-        if (td->pid == 0) {
-                int log = open(td->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (d->notify_fd < 0)
+                d->notify_fd = open_notify_socket(d);
+        d->pid = fork();
+        ck_assert_int_ge(d->pid, 0);
+        if (d->pid == 0) {
+                int log = open(d->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 
                 if (log < 0 || dup2(log, STDERR_FILENO) < 0)
                         _exit(127);
                 /* A failed test skips its teardown: the daemon must not outlive it. */
                 if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() == 1)
                         _exit(127);
-                setenv("NOTIFY_SOCKET", td->notify, 1);
-                if (td->activate && pass_listening_socket(td->socket) < 0)
+                setenv("NOTIFY_SOCKET", d->notify, 1);
+                if (d->activate && pass_listening_socket(d->socket) < 0)
                         _exit(126);
                 execvp(argv[0], (char **) argv);
                 _exit(127);
@@ -177,29 +189,29 @@ bool test_daemon_start(TestDaemon *td, int *ret_status, ...) {
 
         deadline = now_ms() + START_TIMEOUT_MS;
         while (now_ms() < deadline) {
-                struct pollfd p = { .fd = td->notify_fd, .events = POLLIN };
+                struct pollfd p = { .fd = d->notify_fd, .events = POLLIN };
                 char buf[512];
 
-                if (waitpid(td->pid, &status, WNOHANG) == td->pid) {
-                        td->pid = -1;
+                if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
+                        d->pid = -1;
                         if (ret_status)
                                 *ret_status = status;
                         return false;
                 }
                 if (poll(&p, 1, 20) > 0) {
-                        ssize_t n = recv(td->notify_fd, buf, sizeof buf - 1, 0);
+                        ssize_t n = recv(d->notify_fd, buf, sizeof buf - 1, 0);
 
                         if (n > 0) {
                                 buf[n] = 0;
-                                record_notify(td, buf);
+                                record_notify(d, buf);
                                 if (!strstr(buf, "READY=1"))
                                         continue;
                                 /* Unread datagrams would fill the queue (10) and block the daemon's
                                  * sd_notify(); unless the test reads them, stop listening. */
-                                if (!td->keep_notify) {
-                                        close(td->notify_fd);
-                                        td->notify_fd = -1;
-                                        unlink(td->notify);
+                                if (!d->keep_notify) {
+                                        close(d->notify_fd);
+                                        d->notify_fd = -1;
+                                        unlink(d->notify);
                                 }
                                 return true;
                         }
@@ -209,18 +221,18 @@ bool test_daemon_start(TestDaemon *td, int *ret_status, ...) {
         return false;
 }
 
-int test_daemon_kill(TestDaemon *td, int sig) {
+int test_daemon_kill(TestDaemon *d, int sig) {
         int status = 0;
 
-        ck_assert_int_gt(td->pid, 0);
-        ck_assert_int_eq(kill(td->pid, sig), 0);
-        ck_assert_int_eq(waitpid(td->pid, &status, 0), td->pid);
-        td->pid = -1;
+        ck_assert_int_gt(d->pid, 0);
+        ck_assert_int_eq(kill(d->pid, sig), 0);
+        ck_assert_int_eq(waitpid(d->pid, &status, 0), d->pid);
+        d->pid = -1;
         return status;
 }
 
-char *test_daemon_log(const TestDaemon *td) {
-        FILE *f = fopen(td->log, "re");
+char *test_daemon_log(const TestDaemon *d) {
+        FILE *f = fopen(d->log, "re");
         char *buf = calloc(1, 65536);
         size_t n = 0;
 
@@ -237,17 +249,17 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
         return remove(path);
 }
 
-void test_daemon_done(TestDaemon *td) {
-        if (td->pid > 0) {
-                kill(td->pid, SIGKILL);
-                waitpid(td->pid, NULL, 0);
-                td->pid = -1;
+void test_daemon_done(TestDaemon *d) {
+        if (d->pid > 0) {
+                kill(d->pid, SIGKILL);
+                waitpid(d->pid, NULL, 0);
+                d->pid = -1;
         }
-        if (td->notify_fd >= 0)
-                close(td->notify_fd);
-        td->notify_fd = -1;
-        if (td->dir[0])
-                nftw(td->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        if (d->notify_fd >= 0)
+                close(d->notify_fd);
+        d->notify_fd = -1;
+        if (d->dir[0])
+                nftw(d->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 int test_connect(const char *path) {
@@ -328,6 +340,23 @@ void test_assert_error(json_t *resp, const char *name) {
         ck_assert_msg(json_is_string(json_object_get(resp, "message")) &&
                       json_string_length(json_object_get(resp, "message")) > 0, "error without message: %s", text);
         free(text);
+}
+
+void *test_open_attach(int fd, const char *channel, int *ret_shm_id) {
+        char req[160];
+        json_t *resp, *id;
+        void *addr;
+
+        snprintf(req, sizeof req, "{\"op\":\"open\",\"channel\":\"%s\",\"access\":\"rw\"}", channel);
+        resp = test_request(fd, req);
+        test_assert_ok(resp);
+        id = json_object_get(resp, "shm_id");
+        ck_assert(json_is_integer(id));
+        *ret_shm_id = (int) json_integer_value(id);
+        json_decref(resp);
+        addr = shmat(*ret_shm_id, NULL, 0);
+        ck_assert_msg(addr != (void *) -1, "shmat %d: %s", *ret_shm_id, strerror(errno));
+        return addr;
 }
 
 void test_assert_ok(json_t *resp) {

@@ -26,6 +26,17 @@ typedef struct TestDaemon {
         bool keep_notify;               /* keep reading notifications after READY=1 */
 } TestDaemon;
 
+/* The daemon under test: one per test, set up by the fixture below. */
+extern TestDaemon td;
+
+/* The fixture: a private IPC namespace and a fresh scratch directory; the
+ * teardown stops the daemon and removes the directory. */
+void test_setup(void);
+void test_teardown(void);
+
+/* Open `channel` rw on fd, attach its segment; *ret_shm_id gets its id. */
+void *test_open_attach(int fd, const char *channel, int *ret_shm_id);
+
 /* 77 (automake's SKIP) when this process may not create IPC namespaces. */
 int test_require_namespaces(void);
 

@@ -35,18 +35,12 @@ static const char *const channels =
         " {\"name\": \"secret\", \"size\": 4096, \"mode\": \"0600\"},"
         " {\"name\": \"public\", \"size\": 4096, \"mode\": \"0644\"}]";
 
-static TestDaemon td;
 
 static void setup(void) {
-        test_enter_ipc_namespace();
-        test_daemon_init(&td);
+        test_setup();
         test_daemon_write_config(&td, channels);
         ck_assert_msg(test_daemon_start(&td, NULL, NULL), "daemon did not start");
         setenv("SHMBROKER_SOCKET", td.socket, 1);
-}
-
-static void teardown(void) {
-        test_daemon_done(&td);
 }
 
 static shmb_channel *open_ok(const char *name, shmb_access access) {
@@ -814,5 +808,5 @@ int main(void) {
                 { "programs", CASE_TIMEOUT, { test_examples_exchange, test_shmbrokerctl } },
         };
 
-        return test_main("client", groups, sizeof groups / sizeof groups[0], setup, teardown);
+        return test_main("client", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
 }

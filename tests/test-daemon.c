@@ -29,16 +29,6 @@ static const char *const two_channels =
         "  \"key\": 1593835521},"
         " {\"name\": \"frames\", \"layout\": \"ring\", \"slot_size\": 1024, \"slots\": 8, \"mode\": \"0660\"}]";
 
-static TestDaemon td;
-
-static void setup(void) {
-        test_enter_ipc_namespace();
-        test_daemon_init(&td);
-}
-
-static void teardown(void) {
-        test_daemon_done(&td);
-}
 
 static void start_ok(void) {
         int status = 0;
@@ -428,7 +418,6 @@ static void assert_nothing_left(void) {
 }
 
 static void stop_with_attached_client(int sig) {
-        json_t *resp;
         char *addr;
         struct shmid_ds ds;
         int fd, id, status;
@@ -436,12 +425,7 @@ static void stop_with_attached_client(int sig) {
         test_daemon_write_config(&td, two_channels);
         start_ok();
         fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\":\"open\",\"channel\":\"telemetry\",\"access\":\"rw\"}");
-        test_assert_ok(resp);
-        id = (int) jint(resp, "shm_id");
-        json_decref(resp);
-        addr = shmat(id, NULL, 0);
-        ck_assert_ptr_ne(addr, (void *) -1);
+        addr = test_open_attach(fd, "telemetry", &id);
         strcpy(addr, "still here");
 
         status = test_daemon_kill(&td, sig);
@@ -947,5 +931,5 @@ int main(void) {
                                       test_check_config_touches_no_ipc } },
         };
 
-        return test_main("daemon", groups, sizeof groups / sizeof groups[0], setup, teardown);
+        return test_main("daemon", groups, sizeof groups / sizeof groups[0], test_setup, test_teardown);
 }

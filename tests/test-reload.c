@@ -31,17 +31,11 @@ union semun {
         unsigned short *array;
 };
 
-static TestDaemon td;
 static char notified[16384];
 
 static void setup(void) {
         notified[0] = 0;
-        test_enter_ipc_namespace();
-        test_daemon_init(&td);
-}
-
-static void teardown(void) {
-        test_daemon_done(&td);
+        test_setup();
 }
 
 /*
@@ -1124,5 +1118,5 @@ int main(void) {
                                test_crash_mid_reload_then_restart } },
         };
 
-        return test_main("reload", groups, sizeof groups / sizeof groups[0], setup, teardown);
+        return test_main("reload", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
 }

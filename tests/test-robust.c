@@ -39,16 +39,6 @@
 
 static const char *const one_public_channel = "[{\"name\": \"pub\", \"size\": 4096, \"mode\": \"0644\"}]";
 
-static TestDaemon td;
-
-static void setup(void) {
-        test_enter_ipc_namespace();
-        test_daemon_init(&td);
-}
-
-static void teardown(void) {
-        test_daemon_done(&td);
-}
 
 static int64_t now_ms(void) {
         struct timespec ts;
@@ -1772,5 +1762,5 @@ int main(void) {
                 { "access-matrix", CASE_TIMEOUT, { test_access_matrix } },
         };
 
-        return test_main("robust", groups, sizeof groups / sizeof groups[0], setup, teardown);
+        return test_main("robust", groups, sizeof groups / sizeof groups[0], test_setup, test_teardown);
 }

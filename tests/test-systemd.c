@@ -24,16 +24,10 @@
 static const char *const two_channels =
         "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4}]";
 
-static TestDaemon td;
 
 static void setup(void) {
-        test_enter_ipc_namespace();
-        test_daemon_init(&td);
+        test_setup();
         td.keep_notify = true;
-}
-
-static void teardown(void) {
-        test_daemon_done(&td);
 }
 
 static void start_ok(void) {
@@ -214,5 +208,5 @@ int main(void) {
                 { "journal", CASE_TIMEOUT, { test_journal_priority_prefixes } },
         };
 
-        return test_main("systemd", groups, sizeof groups / sizeof groups[0], setup, teardown);
+        return test_main("systemd", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
 }
