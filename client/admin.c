@@ -7,7 +7,7 @@
 
 #include "client/shmbroker-internal.h"
 
-int status_from_proto(ProtoChannel *pc, shmb_channel_status *ret) {
+static int status_from_proto(ProtoChannel *pc, shmb_channel_status *ret) {
         *ret = (shmb_channel_status) {
                 .mode = pc->mode,
                 .nattch = pc->nattch,

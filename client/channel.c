@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/sem.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
 
@@ -99,7 +98,14 @@ static int attach(shmb_client *c, ProtoResponse *res, shmb_access access, shmb_c
 
         ch = calloc(1, sizeof *ch);
         if (!ch) {
+                /* The broker granted a hold: give it back before failing. */
+                ProtoRequest close_req = { .op = PROTO_OP_CLOSE };
+                ProtoResponse ignored;
+
+                snprintf(close_req.channel, sizeof close_req.channel, "%s", res->channels[0].name);
                 proto_response_done(res);
+                if (client_call(c, &close_req, &ignored) == 0)
+                        proto_response_done(&ignored);
                 return -ENOMEM;
         }
         info_from_proto(&res->channels[0], &ch->info);

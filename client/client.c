@@ -115,7 +115,7 @@ int client_call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets,
         pthread_mutex_lock(&c->lock);
         c->last_message[0] = 0;
         r = c->fd < 0 ? -ENOTCONN : send_all(c->fd, out, out_len);
-        for (; r == 0 && got < n; got++) {
+        while (r == 0 && got < n) {
                 r = read_line(c, &line, &len);
                 if (r < 0)
                         break;
@@ -125,6 +125,9 @@ int client_call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets,
                         snprintf(c->last_message, sizeof c->last_message, "%s", msg);
                         r = -EPROTO;
                 }
+                /* Only a decoded answer is ours to release later. */
+                if (r == 0)
+                        got++;
         }
         pthread_mutex_unlock(&c->lock);
         free(out);

@@ -124,10 +124,6 @@ static void notify(uint32_t *word, uint32_t *sleeping) {
         }
 }
 
-/*
- * Sleep until the slot at pos may have changed (ready(): seq - target >= 0)
- * or the deadline passes. Returns 0 to look again, or a negative errno.
- */
 static void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
@@ -188,6 +184,11 @@ static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t
         return false;
 }
 
+/*
+ * Sleep until the slot may have changed (seq - target >= 0) or the deadline
+ * passes, spinning first when that can pay. Returns 0 to look again, or a
+ * negative errno.
+ */
 static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t *word, uint32_t *sleeping,
                      uint32_t *my_cpu, uint32_t *peer_cpu, int timeout_ms, int64_t deadline, bool stuck) {
         int64_t until = deadline;

@@ -53,5 +53,3 @@ void client_unref(shmb_client *c);
 /* The public description of a decoded channel. */
 void info_from_proto(const ProtoChannel *pc, shmb_channel_info *ret);
 
-/* Convert a decoded channel to the public status type (copies the arrays). */
-int status_from_proto(ProtoChannel *pc, shmb_channel_status *ret);

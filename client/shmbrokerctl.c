@@ -296,8 +296,11 @@ int main(int argc, char *argv[]) {
                 }
                 r = shmb_connect(o.socket, &c);
                 if (r < 0) {
+                        /* Name the path the library tried: an empty variable counts as unset. */
+                        const char *env = getenv("SHMBROKER_SOCKET");
+
                         fprintf(stderr, "shmbrokerctl: cannot connect to %s: %s\n",
-                                o.socket ?: getenv("SHMBROKER_SOCKET") ?: SHMB_DEFAULT_SOCKET, shmb_strerror(r));
+                                o.socket ?: env && *env ? env : SHMB_DEFAULT_SOCKET, shmb_strerror(r));
                         return EXIT_USAGE;
                 }
                 r = commands[i].run(c, &o, nargs, argv + optind + 1);
