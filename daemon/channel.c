@@ -47,12 +47,6 @@ uint32_t channel_derive_key(const char *name, unsigned attempt) {
         return h ? h : 1;
 }
 
-static int cmp_u32(const void *a, const void *b) {
-        uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;
-
-        return x < y ? -1 : x > y;
-}
-
 static void id_to_name_uncached(uint32_t id, bool group, char *buf, size_t size);
 
 /*
@@ -353,12 +347,8 @@ int channel_remake(Channel **c, State *state, char *msg, size_t msg_size) {
         Channel *fresh = NULL;
         int r;
 
-        spec.sem_values = malloc(spec.nsems * sizeof *spec.sem_values);
-        if (!spec.sem_values) {
-                *c = channel_free(*c, state);
-                return -ENOMEM;
-        }
-        memcpy(spec.sem_values, (*c)->spec.sem_values, spec.nsems * sizeof *spec.sem_values);
+        /* The old channel is freed next: take its values rather than copy them. */
+        spec.sem_values = TAKE_PTR((*c)->spec.sem_values);
         /* The remains go first: the key must be free again. */
         *c = channel_free(*c, state);
         /* Same key as before: clients and admins keep finding it where it was. */

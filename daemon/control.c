@@ -1,7 +1,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -88,9 +87,8 @@ static Conn *conn_free(Conn *conn) {
 }
 
 static int queue_output(Conn *conn, char *line, size_t len) {
-        if (conn->out_off > 0 && conn->out_off == conn->out_len)
-                conn->out_off = conn->out_len = 0;
-        if (conn->out_len == 0 && conn->out_off == 0 && !conn->out) {
+        /* flush_output() frees the buffer whenever it empties: none means nothing queued. */
+        if (!conn->out) {
                 conn->out = line;
                 conn->out_len = len;
                 return 0;
@@ -139,11 +137,10 @@ static int flush_output(Conn *conn) {
 
 /* A complete request line (or an over-long one) is waiting in the buffer. */
 static bool has_line(const Conn *conn) {
-        size_t limit = conn->control->limits->request_max;
+        size_t ignored;
 
-        if (conn->in_len == 0)
-                return false;
-        return conn->in_len >= limit || memchr(conn->in, '\n', MIN(conn->in_len, limit)) != NULL;
+        return conn->in_len > 0 &&
+               proto_frame_next_max(conn->in, conn->in_len, conn->control->limits->request_max, &ignored) != 0;
 }
 
 /*
@@ -318,7 +315,7 @@ static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userda
                         r = flush_output(conn);
                 if (r < 0)
                         goto close;
-        } while (pending_output(conn) == 0 && !conn->closing && conn->in_len > 0 && has_line(conn));
+        } while (pending_output(conn) == 0 && !conn->closing && has_line(conn));
         if (pending_output(conn) == 0 && (conn->closing || conn->eof))
                 goto close;
         if ((revents & (EPOLLHUP | EPOLLERR)) && !(revents & EPOLLIN))
@@ -501,18 +498,6 @@ static int socket_is_live(const char *path) {
         return errno == ECONNREFUSED || errno == ENOENT ? 0 : -errno;
 }
 
-static int ensure_parent_dir(const char *path) {
-        _cleanup_(freep) char *copy = strdup(path);
-        char *dir;
-
-        if (!copy)
-                return -ENOMEM;
-        dir = dirname(copy);
-        if (mkdir(dir, 0755) < 0 && errno != EEXIST)
-                return -errno;
-        return 0;
-}
-
 int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char *msg, size_t msg_size) {
         _cleanup_(closep) int fd = -1;
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -524,11 +509,6 @@ int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char 
                 return -ENAMETOOLONG;
         }
         strcpy(sa.sun_path, path);
-        r = ensure_parent_dir(path);
-        if (r < 0) {
-                msg_set(msg, msg_size, "cannot create the directory of %s: %s", path, strerror(-r));
-                return r;
-        }
         if (lstat(path, &st) == 0) {
                 if (!S_ISSOCK(st.st_mode)) {
                         msg_set(msg, msg_size, "%s exists and is not a socket; not replacing it", path);

@@ -24,8 +24,8 @@ int control_new(sd_event *event, Dispatch *dispatch, const ConfigLimits *limits,
 void control_set_limits(Control *c, const ConfigLimits *limits);
 
 /*
- * Bind and listen on `path`: the parent directory is created if missing,
- * a stale socket file is replaced, but a socket where a server still
+ * Bind and listen on `path` (its directory must exist): a stale socket file
+ * is replaced, but a socket where a server still
  * answers is not (-EADDRINUSE), nor is a path that is not a socket
  * (-EEXIST). The socket gets `mode`, and `group` unless it is (gid_t) -1.
  * msg says which.

@@ -23,10 +23,7 @@
 #include "daemon/reload.h"
 #include "daemon/state.h"
 
-typedef struct Daemon Daemon;
-static void notify_status(Daemon *d);
-
-struct Daemon {
+typedef struct Daemon {
         const DaemonOptions *options;
         Config *config;
         char *socket_path;              /* fixed at start: a reload cannot move it */
@@ -39,7 +36,7 @@ struct Daemon {
         size_t unsettled;               /* ...but for these, which must stay recorded */
         size_t last_status[3];          /* channels, clients, holds as last sent in STATUS= */
         sd_event_source *status_timer;
-};
+} Daemon;
 
 static void daemon_done(Daemon *d) {
         d->status_timer = sd_event_source_disable_unref(d->status_timer);
@@ -140,12 +137,6 @@ static uint64_t now_usec(void) {
         return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
 }
 
-static int cmp_u32(const void *a, const void *b) {
-        uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;
-
-        return x < y ? -1 : x > y;
-}
-
 static int create_channels(Daemon *d) {
         _cleanup_(freep) const ChannelSpec **specs = NULL;
         _cleanup_(freep) uint32_t *fixed = NULL;
@@ -211,7 +202,7 @@ static int on_exit_signal(sd_event_source *s, const struct signalfd_siginfo *si,
 
 static void notify_status(Daemon *d) {
         d->last_status[0] = d->registry->n;
-        d->last_status[1] = d->control ? control_count_connections(d->control) : 0;
+        d->last_status[1] = control_count_connections(d->control);
         d->last_status[2] = registry_count_holds(d->registry);
         (void) sd_notifyf(false, "STATUS=%zu channel%s, %zu client%s, %zu hold%s",
                           d->last_status[0], d->last_status[0] == 1 ? "" : "s",
@@ -245,13 +236,15 @@ static size_t strv_length(char **v) {
 
 /*
  * Re-read the config and apply it (reload.c has the semantics). Returns 0
- * with *ret filled, or a positive errno with msg when nothing changed.
+ * with *ret filled, or a positive errno with msg when nothing changed (EIO
+ * when memory ran out midway).
  */
 static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size_t msg_size) {
         Daemon *d = userdata;
         Config *cfg = NULL;
         int r;
 
+        msg_set(msg, msg_size, "out of memory");       /* what is left when nothing more is said */
         (void) sd_notifyf(false, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=Reloading %s",
                           (unsigned long long) now_usec(), d->options->config_path);
         r = config_load(d->options->config_path, &cfg, msg, msg_size);
@@ -263,7 +256,9 @@ static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size
         if (r == 0)
                 r = reload_apply(d->registry, cfg, ret, msg, msg_size);
         if (r != 0) {
-                log_error("Reload failed, nothing changed: %s", msg);
+                /* A bad config or a refused plan changes nothing; running out of memory
+                 * midway (r < 0) may leave the additions made so far. */
+                log_error("Reload failed%s: %s", r > 0 ? ", nothing changed" : "", msg);
                 config_free(cfg);
                 (void) sd_notify(false, "READY=1");
                 notify_status(d);
@@ -384,9 +379,11 @@ static int on_post(sd_event_source *s, void *userdata) {
                 return 0;       /* already due */
         if (sd_event_now(d->event, CLOCK_MONOTONIC, &now) < 0)
                 return 0;
-        if (!d->status_timer)
-                return sd_event_add_time(d->event, &d->status_timer, CLOCK_MONOTONIC, now + USEC_PER_SEC, 0,
-                                         on_status_timer, d) < 0 ? 0 : 0;
+        if (!d->status_timer) {
+                (void) sd_event_add_time(d->event, &d->status_timer, CLOCK_MONOTONIC, now + USEC_PER_SEC, 0,
+                                         on_status_timer, d);
+                return 0;
+        }
         (void) sd_event_source_set_time(d->status_timer, now + USEC_PER_SEC);
         (void) sd_event_source_set_enabled(d->status_timer, SD_EVENT_ONESHOT);
         return 0;

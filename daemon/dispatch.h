@@ -27,5 +27,3 @@ typedef struct Dispatch {
  */
 int dispatch_line(Dispatch *d, Client *cl, const char *line, size_t len, char **ret_line, size_t *ret_len);
 
-/* Whether the peer may run admin ops: uid 0 or a member of admin_group. */
-bool dispatch_is_admin(const Dispatch *d, const Peer *p);

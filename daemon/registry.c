@@ -25,17 +25,23 @@ static void hold_free(Hold *h) {
         free(h);
 }
 
+static void drop_holds(Entry *e) {
+        while (!LIST_EMPTY(&e->holds))
+                hold_free(LIST_FIRST(&e->holds));
+}
+
+/* The entry's holds, its kernel objects, and itself. */
+static void entry_free(Registry *r, Entry *e) {
+        drop_holds(e);
+        channel_free(e->channel, r->state);
+        free(e);
+}
+
 Registry *registry_free(Registry *r) {
         if (!r)
                 return NULL;
-        for (size_t i = 0; i < r->n; i++) {
-                Entry *e = r->entries[i];
-
-                while (!LIST_EMPTY(&e->holds))
-                        hold_free(LIST_FIRST(&e->holds));
-                channel_free(e->channel, r->state);
-                free(e);
-        }
+        for (size_t i = 0; i < r->n; i++)
+                entry_free(r, r->entries[i]);
         free(r->entries);
         free(r);
         return NULL;
@@ -76,11 +82,8 @@ static void entries_drop(Registry *r, Entry *e) {
 }
 
 void registry_remove(Registry *r, Entry *e) {
-        while (!LIST_EMPTY(&e->holds))
-                hold_free(LIST_FIRST(&e->holds));
-        channel_free(e->channel, r->state);
         entries_drop(r, e);
-        free(e);
+        entry_free(r, e);
 }
 
 int registry_repair(Registry *r, Entry *e, bool *ret_remade, char *msg, size_t msg_size) {
@@ -91,8 +94,7 @@ int registry_repair(Registry *r, Entry *e, bool *ret_remade, char *msg, size_t m
         if (k != -EIDRM)
                 return 0;       /* intact, or cannot tell (e.g. EACCES): leave it be */
         /* Holders were attached to objects that are gone; their holds go too. */
-        while (!LIST_EMPTY(&e->holds))
-                hold_free(LIST_FIRST(&e->holds));
+        drop_holds(e);
         k = channel_remake(&e->channel, r->state, msg, msg_size);
         if (k < 0) {
                 /* Nothing left to serve: forget the entry (its channel is already freed). */

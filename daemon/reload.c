@@ -8,7 +8,8 @@
 #include "daemon/log.h"
 #include "daemon/reload.h"
 
-bool channel_spec_same_objects(const ChannelSpec *a, const ChannelSpec *b) {
+/* Whether the kernel objects of a and b would be the same (all but perms). */
+static bool channel_spec_same_objects(const ChannelSpec *a, const ChannelSpec *b) {
         return a->layout == b->layout && a->size == b->size && a->slot_size == b->slot_size &&
                a->slots == b->slots && a->nsems == b->nsems &&
                memcmp(a->sem_values, b->sem_values, a->nsems * sizeof *a->sem_values) == 0 &&
@@ -43,12 +44,6 @@ static int names_complete(ProtoReloadResult *res) {
                 if (!*lists[i] && !(*lists[i] = calloc(1, sizeof(char *))))
                         return -ENOMEM;
         return 0;
-}
-
-static int cmp_u32(const void *a, const void *b) {
-        uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;
-
-        return x < y ? -1 : x > y;
 }
 
 typedef struct Plan {

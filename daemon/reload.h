@@ -29,5 +29,3 @@
  */
 int reload_apply(Registry *reg, const Config *cfg, ProtoReloadResult *ret, char *msg, size_t msg_size);
 
-/* Whether the kernel objects of a and b would be the same (all but perms). */
-bool channel_spec_same_objects(const ChannelSpec *a, const ChannelSpec *b);

@@ -57,9 +57,13 @@ int state_open(const char *socket_path, State **ret) {
         if (!s)
                 return -ENOMEM;
         s->lock_fd = s->fd = -1;
-        if (asprintf(&s->lock_path, "%s.lock", socket_path) < 0 ||
-            asprintf(&s->path, "%s.state", socket_path) < 0) {
-                s->lock_path = s->path = NULL;
+        if (asprintf(&s->lock_path, "%s.lock", socket_path) < 0) {
+                s->lock_path = NULL;
+                r = -ENOMEM;
+                goto fail;
+        }
+        if (asprintf(&s->path, "%s.state", socket_path) < 0) {
+                s->path = NULL;
                 r = -ENOMEM;
                 goto fail;
         }
@@ -209,13 +213,14 @@ int state_drop(State *s, StateKind kind, uint32_t key, int id) {
 int state_rewrite(State *s, const StateRecord *v, size_t n) {
         _cleanup_(freep) char *tmp = NULL;
         _cleanup_(closep) int fd = -1;
-        int newfd, r;
+        int r;
 
         if (asprintf(&tmp, "%s.new", s->path) < 0) {
                 tmp = NULL;
                 return -ENOMEM;
         }
-        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        /* O_APPEND from the start: after the rename this descriptor is the state file. */
+        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (fd < 0)
                 return -errno;
         r = write_all(fd, STATE_HEADER, strlen(STATE_HEADER));
@@ -232,11 +237,8 @@ int state_rewrite(State *s, const StateRecord *v, size_t n) {
                 r = -errno;
                 goto fail;
         }
-        newfd = open(s->path, O_RDWR | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
-        if (newfd < 0)
-                return -errno;
         close(s->fd);
-        s->fd = newfd;
+        s->fd = TAKE_FD(fd);
         return 0;
 fail:
         unlink(tmp);
