@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
@@ -400,9 +401,24 @@ long test_cpu_ticks(pid_t pid) {
         return (long) (ut + st);
 }
 
+/*
+ * Containers (systemd-nspawn, docker) mount /proc/sys read-only. The IPC
+ * sysctls written here are this test's own namespace's, so in a private
+ * mount namespace the test may remount /proc/sys writable for itself.
+ */
+static void make_proc_sys_writable(void) {
+        if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+            mount("/proc/sys", "/proc/sys", NULL, MS_REMOUNT | MS_BIND, NULL) < 0)
+                ck_abort_msg("/proc/sys is read-only and cannot be made writable: %s", strerror(errno));
+}
+
 void test_write_proc(const char *path, const char *value) {
         FILE *f = fopen(path, "we");
 
+        if (!f && errno == EROFS) {
+                make_proc_sys_writable();
+                f = fopen(path, "we");
+        }
         ck_assert_msg(f != NULL, "open %s: %s", path, strerror(errno));
         fputs(value, f);
         ck_assert_int_eq(fclose(f), 0);
