@@ -138,7 +138,9 @@ START_TEST(test_open_status_close) {
         json_decref(resp);
 
         /* Opening again on the same connection is one hold, not two. */
-        json_decref(test_request(a, "{\"op\":\"open\",\"channel\":\"telemetry\",\"access\":\"ro\"}"));
+        resp = test_request(a, "{\"op\":\"open\",\"channel\":\"telemetry\",\"access\":\"ro\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
         resp = test_request(b, "{\"op\":\"open\",\"channel\":\"telemetry\",\"access\":\"rw\"}");
         test_assert_ok(resp);
         json_decref(resp);
@@ -307,7 +309,13 @@ START_TEST(test_half_sent_request_does_not_stall_others) {
         json_decref(resp);
         /* The slow one finishes later and is answered. */
         test_send(slow, "st\"}\n", 5);
-        free(test_read_line(slow));
+        {
+                char *late = test_read_line(slow);
+
+                ck_assert_msg(late && strstr(late, "\"ok\":true"), "the slow request was not answered: %s",
+                              late ? late : "EOF");
+                free(late);
+        }
         close(slow);
         close(fast);
 }

@@ -1017,7 +1017,12 @@ START_TEST(test_sigterm_after_reloads_removes_everything) {
                                       " {\"name\": \"c\", \"size\": 4096, \"key\": 777}]");
         json_decref(reload_ok(fd));
         /* replace (size) and change (mode), while a connection holds "a" */
-        json_decref(req(fd, "{\"op\":\"open\",\"channel\":\"a\",\"access\":\"rw\"}"));
+        {
+                json_t *held = req(fd, "{\"op\":\"open\",\"channel\":\"a\",\"access\":\"rw\"}");
+
+                test_assert_ok(held);
+                json_decref(held);
+        }
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 16384}, {\"name\": \"b\", \"size\": 4096, \"mode\": \"0600\"},"
                                       " {\"name\": \"c\", \"size\": 4096, \"key\": 777}]");
         json_decref(reload_ok(fd));
