@@ -44,6 +44,10 @@
 
 #define REPAIR_POLL_MS 50
 #define SPIN_YIELD_AFTER_NS 2000
+/* A pause is ~25 ns on the machines measured; values from a sweep at 64 B and 4 KiB. */
+#define MID_COPY_PAUSES_MIN 16
+#define MID_COPY_BYTES_PER_PAUSE 128
+#define MID_COPY_PAUSES_MAX 64
 
 /*
  * getpid() is a system call; a ring send records the claimer's pid every
@@ -133,6 +137,26 @@ static void cpu_relax(void) {
 }
 
 /*
+ * The slot is claimed and being copied (into, or out of): wait about as long
+ * as a large copy takes before polling it. Polling the line the copier is
+ * about to publish on makes its publish (and the fence after it) wait for
+ * that line to come back; at 4 KiB this cost a fifth of the throughput.
+ * Only where spinning is allowed. Waiting this out (~0.4 us + the copy)
+ * let the waiter take a batch afterwards: 64 B messages went from 26 to 48
+ * M/s, with no change in round-trip latency, where a waiter rarely meets a
+ * slot mid-copy.
+ */
+static void await_copy(const shmb_channel *ch, const RingSlot *slot) {
+        unsigned pauses = MIN(MID_COPY_PAUSES_MIN + LOAD(&slot->len, RLX) / MID_COPY_BYTES_PER_PAUSE,
+                              MID_COPY_PAUSES_MAX);
+
+        if (LOAD(&ch->spin_us, RLX) == 0)
+                return;
+        while (pauses-- > 0)
+                cpu_relax();
+}
+
+/*
  * Publish where this side runs (only when it moved: the line is shared).
  */
 static unsigned note_cpu(uint32_t *slot_cpu) {
@@ -190,7 +214,8 @@ static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t
  * negative errno.
  */
 static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t *word, uint32_t *sleeping,
-                     uint32_t *my_cpu, uint32_t *peer_cpu, int timeout_ms, int64_t deadline, bool stuck) {
+                     uint32_t *my_cpu, uint32_t *peer_cpu, int timeout_ms, int64_t deadline,
+                     const uint64_t *claims, uint64_t claimed_past) {
         int64_t until = deadline;
         uint32_t v;
         int r = 0;
@@ -200,8 +225,12 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t
         /* Also when someone holds the slot mid-message: almost always it is busy copying. */
         if (spin_for(ch, slot, target, my_cpu, peer_cpu))
                 return 0;
-        /* Someone holds the slot mid-message: poll, as a dead claimer wakes no one. */
-        if (stuck) {
+        /*
+         * Someone holds the slot mid-message (the other side's counter moved past
+         * it): poll, as a dead claimer wakes no one. Read only now, as that
+         * counter's line is the other side's busiest.
+         */
+        if ((int64_t) (LOAD(claims, ACQ) - claimed_past) > 0) {
                 int64_t poll = now_ns() + (int64_t) REPAIR_POLL_MS * 1000000;
 
                 if (!until || poll < until)
@@ -241,7 +270,7 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
                 return r;
         if (len > ch->info.slot_size || (len > 0 && !msg))
                 return -EMSGSIZE;
-        for (;;) {
+        for (uint64_t waited_at = UINT64_MAX;;) {
                 uint64_t pos = LOAD(&ch->ring->head, RLX);
                 RingSlot *slot = slot_at(ch, pos);
                 int64_t diff = (int64_t) (LOAD(&slot->seq, ACQ) - pos);
@@ -254,7 +283,7 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
                         /* Now and then, so a waiting peer knows whether spinning can pay. */
                         if ((__atomic_add_fetch(&ch->ops, 1, RLX) & 15) == 1)
                                 note_cpu(&ch->ring->send_cpu);
-                        slot->len = (uint32_t) len;
+                        STORE(&slot->len, (uint32_t) len, RLX);       /* await_copy() reads it early */
                         if (len)
                                 memcpy(payload(slot), msg, len);
                         STORE(&slot->seq, pos + 1, REL);
@@ -263,20 +292,29 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
                 }
                 if (diff < 0) {         /* full: the slot still holds last lap's message */
                         uint64_t last = pos - ch->info.slots;
-                        bool claimed = (int64_t) (LOAD(&ch->ring->tail, ACQ) - last) > 0;
 
-                        /* A receiver took last lap's message and died reading it: free the slot. */
-                        if (claimed && LOAD(&slot->recv_pos, ACQ) == last && claimer_dead(slot->recv_pid)) {
+                        /*
+                         * A receiver took last lap's message and died reading it: free
+                         * the slot. Asked only when a wait here did not end it (or the
+                         * caller will not wait), as a live receiver mid-copy is the
+                         * common case and kill() a syscall.
+                         */
+                        if ((waited_at == pos || timeout_ms == 0) && (int64_t) (LOAD(&ch->ring->tail, ACQ) - last) > 0 &&
+                            LOAD(&slot->recv_pos, ACQ) == last && claimer_dead(slot->recv_pid)) {
                                 uint64_t expected = last + 1;
 
                                 if (__atomic_compare_exchange_n(&slot->seq, &expected, pos, false, REL, RLX))
                                         notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
                                 continue;
                         }
+                        if (waited_at != pos && LOAD(&slot->recv_pos, RLX) == last)
+                                await_copy(ch, slot);
                         r = wait_slot(ch, slot, pos, &ch->ring->space_seq, &ch->ring->send_sleeping,
-                                      &ch->ring->send_cpu, &ch->ring->recv_cpu, timeout_ms, deadline, claimed);
+                                      &ch->ring->send_cpu, &ch->ring->recv_cpu, timeout_ms, deadline,
+                                      &ch->ring->tail, last);
                         if (r < 0)
                                 return r;
+                        waited_at = pos;
                 }
                 /* diff > 0: another producer took pos; look again */
         }
@@ -289,7 +327,7 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
         r = check_ring(ch);
         if (r < 0)
                 return r;
-        for (;;) {
+        for (uint64_t waited_at = UINT64_MAX;;) {
                 uint64_t pos = LOAD(&ch->ring->tail, RLX);
                 RingSlot *slot = slot_at(ch, pos);
                 int64_t diff = (int64_t) (LOAD(&slot->seq, ACQ) - (pos + 1));
@@ -314,21 +352,25 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                         return (ssize_t) len;
                 }
                 if (diff < 0) {         /* empty, or a sender is still writing it */
-                        bool claimed = (int64_t) (LOAD(&ch->ring->head, ACQ) - pos) > 0;
-
                         /* A sender claimed it and died before publishing: that message never
-                         * was; take the position and free the slot for the next lap. */
-                        if (claimed && LOAD(&slot->send_pos, ACQ) == pos && claimer_dead(slot->send_pid)) {
+                         * was; take the position and free the slot for the next lap. Asked
+                         * only after a wait here, as for senders. */
+                        if ((waited_at == pos || timeout_ms == 0) && (int64_t) (LOAD(&ch->ring->head, ACQ) - pos) > 0 &&
+                            LOAD(&slot->send_pos, ACQ) == pos && claimer_dead(slot->send_pid)) {
                                 if (__atomic_compare_exchange_n(&ch->ring->tail, &pos, pos + 1, false, RLX, RLX)) {
                                         STORE(&slot->seq, pos + ch->info.slots, REL);
                                         notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
                                 }
                                 continue;
                         }
+                        if (waited_at != pos && LOAD(&slot->send_pos, RLX) == pos)
+                                await_copy(ch, slot);
                         r = wait_slot(ch, slot, pos + 1, &ch->ring->data_seq, &ch->ring->recv_sleeping,
-                                      &ch->ring->recv_cpu, &ch->ring->send_cpu, timeout_ms, deadline, claimed);
+                                      &ch->ring->recv_cpu, &ch->ring->send_cpu, timeout_ms, deadline,
+                                      &ch->ring->head, pos);
                         if (r < 0)
                                 return r;
+                        waited_at = pos;
                 }
         }
 }

@@ -33,8 +33,8 @@
 #include <stdint.h>
 
 #define RING_MAGIC UINT32_C(0x52424d53)   /* "SMBR" little-endian */
-#define RING_VERSION 1
-#define RING_HEADER_SIZE 256
+#define RING_VERSION 2
+#define RING_HEADER_SIZE 512
 #define RING_SLOT_HEADER 64
 #define RING_SLOT_SIZE_MAX (UINT32_C(1) << 30)
 #define RING_SLOTS_MAX (UINT32_C(1) << 20)
@@ -53,15 +53,20 @@ typedef struct RingHeader {
         uint32_t data_offset;
         uint32_t nsems_reserved;
         uint32_t reserved0;
-        /* Producers' and consumers' words live on their own cache lines. */
+        /*
+         * Each side's hot word on its own cache line, and each side's waiting
+         * state on another: a publisher reads the peer's sleeping flag after
+         * every message, and must not find it on a line the peer writes per
+         * message (that made every notify a cross-core miss).
+         */
         _Alignas(64) uint64_t head;     /* next position to claim for sending */
-        uint32_t space_seq;             /* futex: bumped when a slot is freed and senders sleep */
-        uint32_t send_sleeping;         /* raised by a sleeping sender, cleared by the waker */
-        uint32_t send_cpu;              /* where a sender last ran + 1 (0: unknown), to decide spinning */
         _Alignas(64) uint64_t tail;     /* next position to claim for receiving */
-        uint32_t data_seq;              /* futex: bumped when a slot is filled and receivers sleep */
+        _Alignas(64) uint32_t data_seq; /* futex: bumped when a slot is filled and receivers sleep */
         uint32_t recv_sleeping;         /* raised by a sleeping receiver, cleared by the waker */
-        uint32_t recv_cpu;              /* where a receiver last ran + 1 (0: unknown) */
+        uint32_t recv_cpu;              /* where a receiver last ran + 1 (0: unknown), to decide spinning */
+        _Alignas(64) uint32_t space_seq; /* futex: bumped when a slot is freed and senders sleep */
+        uint32_t send_sleeping;         /* raised by a sleeping sender, cleared by the waker */
+        uint32_t send_cpu;              /* where a sender last ran + 1 (0: unknown) */
 } RingHeader;
 
 typedef struct RingSlot {
