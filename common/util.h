@@ -23,6 +23,15 @@ static inline int streq(const char *a, const char *b) {
         return strcmp(a, b) == 0;
 }
 
+/* A malloc'd copy of n bytes (NULL when out of memory). */
+static inline void *memdup(const void *p, size_t n) {
+        void *q = malloc(n ?: 1);
+
+        if (q && n)
+                memcpy(q, p, n);
+        return q;
+}
+
 static inline void freep(void *p) {
         free(*(void **) p);
 }

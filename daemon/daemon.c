@@ -45,6 +45,7 @@ static void daemon_done(Daemon *d) {
 
         d->control = control_free(d->control);
         d->registry = registry_free(d->registry);
+        answer_cache_done(&d->dispatch.answers);
         if (d->state && remove_state)
                 state_remove_files(d->state);
         d->state = state_free(d->state);

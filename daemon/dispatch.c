@@ -180,7 +180,7 @@ static int do_channels(Dispatch *d, const ProtoRequest *req, char **ret_line, si
                                          e->channel->spec.name, strerror(-r));
                 goto out;
         }
-        r = proto_encode_channels(status ? PROTO_VIEW_STATUS : PROTO_VIEW_LIST, v, n, ret_line, ret_len);
+        r = answer_cache_encode(&d->answers, status ? PROTO_VIEW_STATUS : PROTO_VIEW_LIST, v, n, ret_line, ret_len);
 out:
         for (size_t i = 0; i < n; i++)
                 proto_channel_done(&v[i]);

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 
+#include "daemon/answer-cache.h"
 #include "daemon/config.h"
 #include "daemon/registry.h"
 
@@ -18,6 +19,7 @@ typedef struct Dispatch {
         /* Reload the config (admin op); NULL when reload is not offered. */
         int (*reload)(void *userdata, ProtoReloadResult *ret, char *msg, size_t msg_size);
         void *userdata;
+        AnswerCache answers;            /* the last list/status answer; answer_cache_done() it */
 } Dispatch;
 
 /*
