@@ -601,6 +601,16 @@ START_TEST(test_objects_removed_behind_our_back_are_remade) {
         test_assert_ok(resp);
         ck_assert_int_ne(jint(resp, "sem_id"), old_sem);
         ck_assert_int_eq(semctl((int) jint(resp, "sem_id"), 2, GETVAL), 7);   /* initial values again */
+        old_sem = (int) jint(resp, "sem_id");
+        json_decref(resp);
+
+        /* And a set removed under status (which leaves the set's identity to GETALL). */
+        ck_assert_int_eq(semctl(old_sem, 0, IPC_RMID), 0);
+        resp = test_request(fd, "{\"op\":\"status\",\"channel\":\"telemetry\"}");
+        test_assert_ok(resp);
+        ch = find_channel(resp, "telemetry");
+        ck_assert_int_ne(jint(ch, "sem_id"), old_sem);
+        ck_assert_int_eq(jint(json_array_get(json_object_get(ch, "semaphores"), 2), "value"), 7);
         json_decref(resp);
 
         /* Exactly one of each per channel: nothing doubled, nothing leaked. */
