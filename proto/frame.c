@@ -13,7 +13,8 @@ int proto_frame_next_max(const char *buf, size_t len, size_t max, size_t *ret_li
         const char *nl;
 
         scan = len < limit ? len : limit;
-        nl = memchr(buf, '\n', scan);
+        /* An empty buffer may be NULL (the daemon frees it when drained): memchr() must not see it. */
+        nl = scan > 0 ? memchr(buf, '\n', scan) : NULL;
         if (nl) {
                 *ret_line_len = (size_t) (nl - buf);
                 return 1;

@@ -381,6 +381,8 @@ START_TEST(test_frame_needs_more) {
 
         ck_assert_int_eq(proto_frame_next(buf, strlen(buf), &n), 0);
         ck_assert_int_eq(proto_frame_next(buf, 0, &n), 0);
+        /* an empty buffer may be NULL (a drained connection's): UBSan checks memchr() is not given it */
+        ck_assert_int_eq(proto_frame_next(NULL, 0, &n), 0);
         /* the newline just past len does not count */
         ck_assert_int_eq(proto_frame_next("ab\n", 2, &n), 0);
 }
