@@ -44,8 +44,7 @@
 
 #define REPAIR_POLL_MS 50
 #define SPIN_YIELD_AFTER_NS 2000
-/* A pause is ~25 ns on the machines measured; values from a sweep at 64 B and 4 KiB. */
-#define MID_COPY_PAUSES_MIN 16
+/* A pause is ~25 ns on the machines measured; values from a sweep at 4 KiB. */
 #define MID_COPY_BYTES_PER_PAUSE 128
 #define MID_COPY_PAUSES_MAX 64
 
@@ -141,14 +140,14 @@ static void cpu_relax(void) {
  * as a large copy takes before polling it. Polling the line the copier is
  * about to publish on makes its publish (and the fence after it) wait for
  * that line to come back; at 4 KiB this cost a fifth of the throughput.
- * Only where spinning is allowed. Waiting this out (~0.4 us + the copy)
- * let the waiter take a batch afterwards: 64 B messages went from 26 to 48
- * M/s, with no change in round-trip latency, where a waiter rarely meets a
- * slot mid-copy.
+ * Only where spinning is allowed, and in proportion to the message: a
+ * fixed 0.4 us more made 64 B messages faster (26 to 48 M/s), but a bench
+ * run where the VM's cores were far apart then showed 64 B round trips of
+ * 0.59 us (0.17-0.22 otherwise): there a waiter often meets the slot
+ * mid-copy and would sit out the whole 0.4 us.
  */
 static void await_copy(const shmb_channel *ch, const RingSlot *slot) {
-        unsigned pauses = MIN(MID_COPY_PAUSES_MIN + LOAD(&slot->len, RLX) / MID_COPY_BYTES_PER_PAUSE,
-                              MID_COPY_PAUSES_MAX);
+        unsigned pauses = MIN(LOAD(&slot->len, RLX) / MID_COPY_BYTES_PER_PAUSE, MID_COPY_PAUSES_MAX);
 
         if (LOAD(&ch->spin_us, RLX) == 0)
                 return;
