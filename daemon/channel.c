@@ -318,14 +318,8 @@ Channel *channel_free(Channel *c, State *state) {
         return NULL;
 }
 
-/*
- * The check, handing back the segment's IPC_STAT it made on the way. With
- * check_sem false the set is left to the caller's next semctl(), which
- * fails with EINVAL or EIDRM once the set is gone: unlike a segment, a
- * removed set does not live on, and its id comes back only after the
- * namespace's id sequence wraps (65536 creations).
- */
-static int check_objects(const Channel *c, struct shmid_ds *ret_shm, bool check_sem) {
+/* The check, handing back the segment's IPC_STAT it made on the way. */
+static int check_objects(const Channel *c, struct shmid_ds *ret_shm) {
         int r;
 
         r = ipc_stat_shm(c->shm_id, ret_shm);
@@ -334,8 +328,6 @@ static int check_objects(const Channel *c, struct shmid_ds *ret_shm, bool check_
         /* Still attached by us, a removed segment lives on with the key IPC_PRIVATE. */
         if ((uint32_t) ret_shm->shm_perm.__key != c->key)
                 return -EIDRM;
-        if (!check_sem)
-                return 0;
         r = ipc_is_ours(c->sem_id, c->key, false);
         if (r == 0 || r == -ENOENT)
                 return -EIDRM;
@@ -345,7 +337,7 @@ static int check_objects(const Channel *c, struct shmid_ds *ret_shm, bool check_
 int channel_check(const Channel *c) {
         struct shmid_ds shm;
 
-        return check_objects(c, &shm, true);
+        return check_objects(c, &shm);
 }
 
 int channel_remake(Channel **c, State *state, char *msg, size_t msg_size) {
@@ -398,8 +390,8 @@ int channel_stat(const Channel *c, ProtoChannel *ret) {
         union semun arg;
         int r;
 
-        /* The segment's stat says whether it is still ours; GETALL, whether the set is. */
-        r = check_objects(c, &shm, false);
+        /* One stat of each object says whether it is still ours. */
+        r = check_objects(c, &shm);
         if (r < 0)
                 return r;
         values = calloc(c->spec.nsems, sizeof *values);
@@ -408,7 +400,7 @@ int channel_stat(const Channel *c, ProtoChannel *ret) {
                 return -ENOMEM;
         arg.array = values;
         if (semctl(c->sem_id, 0, GETALL, arg) < 0)
-                return errno == EINVAL || errno == EIDRM ? -EIDRM : -errno;
+                return errno == EINVAL ? -EIDRM : -errno;
         for (unsigned i = 0; i < c->spec.nsems; i++) {
                 int ncnt = semctl(c->sem_id, (int) i, GETNCNT);
                 int zcnt = semctl(c->sem_id, (int) i, GETZCNT);
