@@ -262,6 +262,7 @@ static int check_ring(const shmb_channel *ch) {
 
 int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
         int64_t deadline = deadline_of(timeout_ms);
+        bool gave_up = false;   /* the deadline passed; this look is the last */
         int r;
 
         r = check_ring(ch);
@@ -308,10 +309,14 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
                         }
                         if (waited_at != pos && LOAD(&slot->recv_pos, RLX) == last)
                                 await_copy(ch, slot);
+                        if (gave_up)
+                                return -ETIMEDOUT;
                         r = wait_slot(ch, slot, pos, &ch->ring->space_seq, &ch->ring->send_sleeping,
                                       &ch->ring->send_cpu, &ch->ring->recv_cpu, timeout_ms, deadline,
                                       &ch->ring->tail, last);
-                        if (r < 0)
+                        if (r == -ETIMEDOUT && waited_at != pos)
+                                gave_up = true;         /* one more look, repair included, first */
+                        else if (r < 0)
                                 return r;
                         waited_at = pos;
                 }
@@ -321,6 +326,7 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
 
 ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
         int64_t deadline = deadline_of(timeout_ms);
+        bool gave_up = false;   /* the deadline passed; this look is the last */
         int r;
 
         r = check_ring(ch);
@@ -364,10 +370,14 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                         }
                         if (waited_at != pos && LOAD(&slot->send_pos, RLX) == pos)
                                 await_copy(ch, slot);
+                        if (gave_up)
+                                return -ETIMEDOUT;
                         r = wait_slot(ch, slot, pos + 1, &ch->ring->data_seq, &ch->ring->recv_sleeping,
                                       &ch->ring->recv_cpu, &ch->ring->send_cpu, timeout_ms, deadline,
                                       &ch->ring->head, pos);
-                        if (r < 0)
+                        if (r == -ETIMEDOUT && waited_at != pos)
+                                gave_up = true;         /* as for senders */
+                        else if (r < 0)
                                 return r;
                         waited_at = pos;
                 }
