@@ -25,6 +25,7 @@
 #define ELEMENTS(x) (sizeof(x) / sizeof((x)[0]))
 #define START_TIMEOUT_MS 20000
 #define READ_TIMEOUT_MS 5000
+#define STOP_TIMEOUT_MS 30000           /* generous: the daemon may run under valgrind */
 
 TestDaemon td;
 
@@ -33,7 +34,14 @@ void test_setup(void) {
         test_daemon_init(&td);
 }
 
+/*
+ * A daemon still running at the end of a test is stopped the way systemd
+ * would (SIGTERM) and must exit cleanly: a crash on the way out, or a
+ * wrapper's complaint (valgrind's --error-exitcode), fails the test.
+ */
 void test_teardown(void) {
+        if (td.pid > 0)
+                test_daemon_stop_ok(&td);
         test_daemon_done(&td);
 }
 
@@ -97,7 +105,7 @@ static int open_notify_socket(TestDaemon *d) {
         return fd;
 }
 
-static int64_t now_ms(void) {
+int64_t test_now_ms(void) {
         struct timespec ts;
 
         clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -129,14 +137,14 @@ static void record_notify(TestDaemon *d, const char *msg) {
 }
 
 char *test_daemon_wait_notify(TestDaemon *d, const char *what, int timeout_ms) {
-        int64_t deadline = now_ms() + timeout_ms;
+        int64_t deadline = test_now_ms() + timeout_ms;
         char buf[1024];
 
-        while (now_ms() < deadline) {
+        while (test_now_ms() < deadline) {
                 struct pollfd p = { .fd = d->notify_fd, .events = POLLIN };
                 ssize_t n;
 
-                if (poll(&p, 1, (int) (deadline - now_ms())) <= 0)
+                if (poll(&p, 1, (int) (deadline - test_now_ms())) <= 0)
                         break;
                 n = recv(d->notify_fd, buf, sizeof buf - 1, 0);
                 if (n <= 0)
@@ -188,8 +196,8 @@ bool test_daemon_start(TestDaemon *d, int *ret_status, ...) {
         }
         free(wrapper);      /* the child has its own copy */
 
-        deadline = now_ms() + START_TIMEOUT_MS;
-        while (now_ms() < deadline) {
+        deadline = test_now_ms() + START_TIMEOUT_MS;
+        while (test_now_ms() < deadline) {
                 struct pollfd p = { .fd = d->notify_fd, .events = POLLIN };
                 char buf[512];
 
@@ -230,6 +238,30 @@ int test_daemon_kill(TestDaemon *d, int sig) {
         ck_assert_int_eq(waitpid(d->pid, &status, 0), d->pid);
         d->pid = -1;
         return status;
+}
+
+void test_daemon_stop_ok(TestDaemon *d) {
+        int64_t deadline = test_now_ms() + STOP_TIMEOUT_MS;
+        int status = 0;
+        pid_t r;
+        char *log;
+
+        ck_assert_int_gt(d->pid, 0);
+        ck_assert_int_eq(kill(d->pid, SIGTERM), 0);
+        while ((r = waitpid(d->pid, &status, WNOHANG)) == 0 && test_now_ms() < deadline)
+                usleep(10 * 1000);
+        if (r == 0) {
+                kill(d->pid, SIGKILL);
+                waitpid(d->pid, &status, 0);
+        }
+        d->pid = -1;
+        if (r != 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0)
+                return;
+        log = test_daemon_log(d);
+        ck_abort_msg("shmbrokerd did not exit cleanly on SIGTERM (%s %d); its log ends: %.2000s",
+                     r == 0 ? "still running after ms" : WIFEXITED(status) ? "exit status" : "signal",
+                     r == 0 ? STOP_TIMEOUT_MS : WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status),
+                     strlen(log) > 2000 ? log + strlen(log) - 2000 : log);
 }
 
 char *test_daemon_log(const TestDaemon *d) {
@@ -286,12 +318,12 @@ void test_send(int fd, const char *buf, size_t len) {
 char *test_read_line(int fd) {
         size_t cap = 4096, len = 0;
         char *buf = malloc(cap);
-        int64_t deadline = now_ms() + READ_TIMEOUT_MS;
+        int64_t deadline = test_now_ms() + READ_TIMEOUT_MS;
 
         ck_assert_ptr_nonnull(buf);
         for (;;) {
                 struct pollfd p = { .fd = fd, .events = POLLIN };
-                int left = (int) (deadline - now_ms());
+                int left = (int) (deadline - test_now_ms());
                 ssize_t n;
 
                 ck_assert_msg(left > 0 && poll(&p, 1, left) > 0, "no answer within %d ms", READ_TIMEOUT_MS);

@@ -11,6 +11,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 typedef struct TestDaemon {
@@ -67,6 +68,12 @@ char *test_daemon_wait_notify(TestDaemon *td, const char *what, int timeout_ms);
 
 /* Send a signal and reap; returns the wait status. */
 int test_daemon_kill(TestDaemon *td, int sig);
+
+/* SIGTERM, reap, and fail unless it exited with status 0 (with its log). */
+void test_daemon_stop_ok(TestDaemon *td);
+
+/* CLOCK_MONOTONIC in milliseconds. */
+int64_t test_now_ms(void);
 
 /* The daemon's stderr so far (malloc'd). */
 char *test_daemon_log(const TestDaemon *td);

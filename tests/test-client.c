@@ -52,13 +52,6 @@ static shmb_channel *open_ok(const char *name, shmb_access access) {
         return ch;
 }
 
-static int64_t now_ms(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void wait_children(pid_t *pids, int n) {
         for (int i = 0; i < n; i++) {
                 int status;
@@ -258,21 +251,21 @@ START_TEST(test_timeouts_fire) {
         int64_t t;
 
         ck_assert_int_eq(shmb_sem_trywait(pair, 1), -EAGAIN);
-        t = now_ms();
+        t = test_now_ms();
         ck_assert_int_eq(shmb_sem_wait(pair, 1, 150), -ETIMEDOUT);
-        ck_assert_int_ge(now_ms() - t, 140);
+        ck_assert_int_ge(test_now_ms() - t, 140);
         ck_assert_int_eq(shmb_sem_wait(pair, 5, 0), -EINVAL);
 
         ck_assert_int_eq(shmb_recv(ring, buf, sizeof buf, 0), -EAGAIN);
-        t = now_ms();
+        t = test_now_ms();
         ck_assert_int_eq(shmb_recv(ring, buf, sizeof buf, 150), -ETIMEDOUT);
-        ck_assert_int_ge(now_ms() - t, 140);
+        ck_assert_int_ge(test_now_ms() - t, 140);
         for (int i = 0; i < 8; i++)
                 ck_assert_int_eq(shmb_send(ring, "x", 1, 0), 0);
         ck_assert_int_eq(shmb_send(ring, "x", 1, 0), -EAGAIN);  /* full */
-        t = now_ms();
+        t = test_now_ms();
         ck_assert_int_eq(shmb_send(ring, "x", 1, 150), -ETIMEDOUT);
-        ck_assert_int_ge(now_ms() - t, 140);
+        ck_assert_int_ge(test_now_ms() - t, 140);
         ck_assert_int_eq(shmb_recv(ring, buf, sizeof buf, 0), 1);
         ck_assert_int_eq(shmb_send(ring, "x", 1, 0), 0);        /* room again */
         ck_assert_int_eq(shmb_send(ring, buf, 257, 0), -EMSGSIZE);
@@ -390,7 +383,7 @@ START_TEST(test_ring_mpmc_exactly_once) {
         }
         /* Drain the reports while they run, so no pipe fills up. */
         int done = 0;
-        for (int64_t deadline = now_ms() + 50000; now_ms() < deadline;) {
+        for (int64_t deadline = test_now_ms() + 50000; test_now_ms() < deadline;) {
                 uint32_t rec[2];
                 bool any = false;
 

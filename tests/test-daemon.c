@@ -497,7 +497,7 @@ START_TEST(test_sigkill_then_restart_reclaims) {
         json_decref(before);
         json_decref(after);
         close(fd);
-        ck_assert_int_eq(WEXITSTATUS(test_daemon_kill(&td, SIGTERM)), 0);
+        test_daemon_stop_ok(&td);
         assert_nothing_left();
 }
 END_TEST
@@ -553,7 +553,7 @@ START_TEST(test_reclaim_spares_foreign_reuse_of_id) {
         char *log = test_daemon_log(&td);
         ck_assert_ptr_nonnull(strstr(log, "2 now someone else's"));
         free(log);
-        test_daemon_kill(&td, SIGTERM);
+        test_daemon_stop_ok(&td);
         ck_assert_int_eq(shmctl(id_a, IPC_STAT, &ds), 0);
         ck_assert_uint_eq((uint32_t) ds.shm_perm.__key, 0x1234);
         ck_assert_int_eq(shmctl(id_b, IPC_STAT, &ds), 0);
@@ -718,7 +718,7 @@ START_TEST(test_unprivileged_daemon_reclaims_unreadable_objects) {
         free(log);
         ck_assert_int_eq(test_ipcs_count("-m"), 1);
         ck_assert_int_eq(test_ipcs_count("-s"), 1);
-        ck_assert_int_eq(WEXITSTATUS(test_daemon_kill(&td, SIGTERM)), 0);
+        test_daemon_stop_ok(&td);
         assert_nothing_left();
 }
 END_TEST
@@ -765,7 +765,7 @@ START_TEST(test_foreign_derived_key_moves_on) {
                           channel_derive_key("frames", 1));
         json_decref(resp);
         close(fd);
-        test_daemon_kill(&td, SIGTERM);
+        test_daemon_stop_ok(&td);
         ck_assert_int_eq(test_ipcs_count("-s"), 1);     /* the foreign set, untouched */
         semctl(foreign, 0, IPC_RMID);
 }
@@ -895,7 +895,7 @@ START_TEST(test_stale_socket_replaced_live_socket_kept) {
         ck_assert_int_eq(bind(s, (struct sockaddr *) &sa, sizeof sa), 0);
         close(s);
         start_ok();
-        test_daemon_kill(&td, SIGTERM);
+        test_daemon_stop_ok(&td);
 
         /* A socket some other server answers on is not. */
         s = socket(AF_UNIX, SOCK_STREAM, 0);

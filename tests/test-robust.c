@@ -40,13 +40,6 @@
 static const char *const one_public_channel = "[{\"name\": \"pub\", \"size\": 4096, \"mode\": \"0644\"}]";
 
 
-static int64_t now_ms(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Write a config with extra top-level members (`extra`: "" or members each followed by a comma) and start. */
 static void start_with(const char *extra, const char *channels) {
         char *text;
@@ -111,14 +104,14 @@ static int send_all(int fd, const char *buf, size_t len) {
 static int recv_line(int fd, int timeout_ms, char **ret) {
         size_t cap = 512, len = 0;
         char *buf = malloc(cap);
-        int64_t deadline = now_ms() + timeout_ms;
+        int64_t deadline = test_now_ms() + timeout_ms;
 
         *ret = NULL;
         if (!buf)
                 return -ENOMEM;
         for (;;) {
                 struct pollfd p = { .fd = fd, .events = POLLIN };
-                int left = (int) (deadline - now_ms()), r;
+                int left = (int) (deadline - test_now_ms()), r;
                 ssize_t n;
 
                 r = left > 0 ? poll(&p, 1, left) : 0;
@@ -264,11 +257,11 @@ static size_t count_holds(int fd, const char *channel) {
 
 /* Wait (up to 5 s) until the daemon has seen closed connections go: holds drop to n. */
 static void wait_holds(int fd, const char *channel, size_t n) {
-        int64_t deadline = now_ms() + 5000;
+        int64_t deadline = test_now_ms() + 5000;
         size_t got;
 
         while ((got = count_holds(fd, channel)) != n) {
-                ck_assert_msg(now_ms() < deadline, "channel %s: %zu holds, expected %zu after 5 s", channel, got, n);
+                ck_assert_msg(test_now_ms() < deadline, "channel %s: %zu holds, expected %zu after 5 s", channel, got, n);
                 usleep(10000);
         }
 }
@@ -604,7 +597,7 @@ static void per_uid_child(void *userdata) {
 
         close(c[0]);
         /* Until the daemon has dropped c[0] (its hold goes), a refusal would be right. */
-        deadline = now_ms() + 5000;
+        deadline = test_now_ms() + 5000;
         for (;;) {
                 size_t n;
 
@@ -613,7 +606,7 @@ static void per_uid_child(void *userdata) {
                 json_decref(v);
                 if (n == 2)
                         break;
-                CHILD_CHECK(now_ms() < deadline, "the closed connection still holds pub after 5 s (%zu holds)", n);
+                CHILD_CHECK(test_now_ms() < deadline, "the closed connection still holds pub after 5 s (%zu holds)", n);
                 usleep(10000);
         }
         y = try_connect(sock);
@@ -704,10 +697,10 @@ START_TEST(test_request_timeout) {
 
         /* A half-sent line: ETIMEDOUT after ~200 ms, then EOF. */
         fd = test_connect(td.socket);
-        t0 = now_ms();
+        t0 = test_now_ms();
         test_send(fd, "{\"op\":\"li", 9);
         r = recv_line(fd, 3000, &line);
-        elapsed = now_ms() - t0;
+        elapsed = test_now_ms() - t0;
         ck_assert_msg(r == 1, "half-sent request: expected ETIMEDOUT within 3 s, got %s", recv_result(r));
         ck_assert_msg(elapsed >= 150, "timed out after %lld ms, before request_timeout_ms=200", (long long) elapsed);
         ck_assert_msg(elapsed <= 2000, "timed out only after %lld ms", (long long) elapsed);
@@ -722,9 +715,9 @@ START_TEST(test_request_timeout) {
 
         /* Slowloris: a byte every 40 ms does not restart the clock; the line began the timer. */
         drip = test_connect(td.socket);
-        t0 = now_ms();
+        t0 = test_now_ms();
         for (const char *p = "{\"op\":\"list\"                                                   ";
-             now_ms() - t0 < 1500; p = *(p + 1) ? p + 1 : p) {
+             test_now_ms() - t0 < 1500; p = *(p + 1) ? p + 1 : p) {
                 struct pollfd pfd = { .fd = drip, .events = POLLIN };
 
                 if (send(drip, p, 1, MSG_NOSIGNAL) < 0)
@@ -733,7 +726,7 @@ START_TEST(test_request_timeout) {
                         break;
         }
         r = recv_line(drip, 3000, &line);
-        elapsed = now_ms() - t0;
+        elapsed = test_now_ms() - t0;
         ck_assert_msg(r == 1, "dripped request: expected ETIMEDOUT, got %s", recv_result(r));
         ck_assert_msg(strstr(line, "\"ETIMEDOUT\""), "dripped request: %s", line);
         ck_assert_msg(elapsed >= 150 && elapsed < 1000,
@@ -783,7 +776,7 @@ START_TEST(test_request_timeout_restarts_per_line) {
         start_with("\"limits\": {\"request_timeout_ms\": 200},", one_public_channel);
         fd = test_connect(td.socket);
         test_send(fd, "{\"op\":", 6);
-        for (t0 = now_ms(); now_ms() - t0 < 1000; lines++) {
+        for (t0 = test_now_ms(); test_now_ms() - t0 < 1000; lines++) {
                 char *line;
                 json_t *v;
                 int r;
@@ -794,15 +787,15 @@ START_TEST(test_request_timeout_restarts_per_line) {
                         r = recv_line(fd, 1000, &line);
                         ck_abort_msg("line %d: the daemon closed the connection %lld ms into the stream (each line "
                                      "completed within 40 ms), after answering: %s", lines,
-                                     (long long) (now_ms() - t0), line ? line : recv_result(r));
+                                     (long long) (test_now_ms() - t0), line ? line : recv_result(r));
                 }
                 r = recv_line(fd, 3000, &line);
-                ck_assert_msg(r == 1, "line %d: got %s after %lld ms", lines, recv_result(r), (long long) (now_ms() - t0));
+                ck_assert_msg(r == 1, "line %d: got %s after %lld ms", lines, recv_result(r), (long long) (test_now_ms() - t0));
                 v = json_loads(line, 0, NULL);
                 ck_assert_msg(v && json_is_true(json_object_get(v, "ok")),
                               "line %d, completed 40 ms after it began, %lld ms into the stream: %s "
                               "(the request timer must restart when a line completes, not run while any input is buffered)",
-                              lines, (long long) (now_ms() - t0), line);
+                              lines, (long long) (test_now_ms() - t0), line);
                 json_decref(v);
                 free(line);
         }
@@ -971,9 +964,9 @@ START_TEST(test_slow_reader) {
         /* Pipeline everything we can, reading nothing, until all is sent or nothing more is
          * taken for 500 ms (a daemon without backpressure takes it all, given time). */
         {
-                int64_t start = now_ms(), progress = now_ms();
+                int64_t start = test_now_ms(), progress = test_now_ms();
 
-                while (sent < rlen && now_ms() - progress < 500 && now_ms() - start < 15000) {
+                while (sent < rlen && test_now_ms() - progress < 500 && test_now_ms() - start < 15000) {
                         ssize_t n = send(fd, reqs + sent, rlen - sent, MSG_NOSIGNAL);
 
                         if (n < 0 && errno == EINTR)
@@ -986,7 +979,7 @@ START_TEST(test_slow_reader) {
                                 continue;
                         }
                         sent += (size_t) n;
-                        progress = now_ms();
+                        progress = test_now_ms();
                 }
         }
         stalled = sent < rlen;
@@ -994,10 +987,10 @@ START_TEST(test_slow_reader) {
         /* Meanwhile, others are served promptly, and the daemon neither grows nor spins. */
         ticks = test_cpu_ticks(td.pid);
         for (int k = 0; k < 5; k++) {
-                int64_t t = now_ms();
+                int64_t t = test_now_ms();
                 int other = test_connect(td.socket);
                 json_t *resp = test_request(other, "{\"op\":\"list\"}");
-                int64_t took = now_ms() - t;
+                int64_t took = test_now_ms() - t;
 
                 test_assert_ok(resp);
                 ck_assert_uint_eq(json_array_size(json_object_get(resp, "channels")), SLOW_CHANNELS);
@@ -1017,14 +1010,14 @@ START_TEST(test_slow_reader) {
                               "(socket buffers %d): the daemon does not stop reading", rlen, sndbuf);
 
         /* Now the slow client reads everything (sending the rest as room appears): in order, well-formed. */
-        deadline = now_ms() + 90 * 1000;
+        deadline = test_now_ms() + 90 * 1000;
         while (answered < n_req) {
                 struct pollfd p = { .fd = fd, .events = POLLIN | (sent < rlen ? POLLOUT : 0) };
                 ssize_t n;
                 size_t len;
                 char *line;
 
-                ck_assert_msg(now_ms() < deadline, "only %zu of %zu answers after 90 s", answered, n_req);
+                ck_assert_msg(test_now_ms() < deadline, "only %zu of %zu answers after 90 s", answered, n_req);
                 if (poll(&p, 1, 5000) <= 0)
                         ck_abort_msg("nothing to read or write for 5 s after %zu of %zu answers (sent %zu of %zu bytes)",
                                      answered, n_req, sent, rlen);
@@ -1188,7 +1181,7 @@ END_TEST
 
 /* 1: served (list, then open answered); 2: refused with EUSERS then closed. Aborts otherwise. */
 static int storm_verdict(int fd, int index) {
-        int64_t deadline = now_ms() + 5000;
+        int64_t deadline = test_now_ms() + 5000;
         Reader rd = {};
         int lines = 0, verdict = 0;
 
@@ -1197,7 +1190,7 @@ static int storm_verdict(int fd, int index) {
                 size_t len;
                 char *line;
                 ssize_t n;
-                int left = (int) (deadline - now_ms());
+                int left = (int) (deadline - test_now_ms());
 
                 ck_assert_msg(left > 0 && poll(&p, 1, left) > 0,
                               "storm connection %d: no %s within 5 s", index, lines ? "end" : "answer");
@@ -1258,10 +1251,10 @@ static void storm_round(int *fds, int total, int admin, int *served, int *refuse
                 for (int i = b; i < end; i++)
                         (void) send_all(fds[i], storm_req, sizeof storm_req - 1);
                 /* While the daemon works through the batch, the separate client is answered. */
-                t = now_ms();
+                t = test_now_ms();
                 request_ok(admin, "{\"op\":\"list\"}");
-                ck_assert_msg(now_ms() - t < 1000, "the separate client waited %lld ms during batch %d",
-                              (long long) (now_ms() - t), b / STORM_BATCH);
+                ck_assert_msg(test_now_ms() - t < 1000, "the separate client waited %lld ms during batch %d",
+                              (long long) (test_now_ms() - t), b / STORM_BATCH);
                 for (int i = b; i < end; i++) {
                         if (storm_verdict(fds[i], i) == 1)
                                 (*served)++;
@@ -1271,10 +1264,10 @@ static void storm_round(int *fds, int total, int admin, int *served, int *refuse
                                 fds[i] = -1;
                         }
                 }
-                t = now_ms();
+                t = test_now_ms();
                 request_ok(admin, "{\"op\":\"status\"}");
-                ck_assert_msg(now_ms() - t < 1000, "the separate client waited %lld ms after batch %d",
-                              (long long) (now_ms() - t), b / STORM_BATCH);
+                ck_assert_msg(test_now_ms() - t < 1000, "the separate client waited %lld ms after batch %d",
+                              (long long) (test_now_ms() - t), b / STORM_BATCH);
         }
 }
 
