@@ -84,6 +84,19 @@ static void consume_line(shmb_client *c, size_t len) {
         c->rlen -= len + 1;
 }
 
+/*
+ * After a failed send, read or decode, where the stream stands is unknown
+ * (half an answer buffered, later answers of a pipelined call unread): the
+ * next call would read an answer meant for this one. Close the connection,
+ * so that later calls fail with -ENOTCONN instead. Called with c->lock held.
+ */
+static void connection_lost(shmb_client *c) {
+        if (c->fd >= 0)
+                close(c->fd);
+        c->fd = -1;
+        c->rlen = 0;
+}
+
 int client_call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n) {
         char *out = NULL, msg[PROTO_MESSAGE_MAX], *line;
         size_t out_len = 0, got = 0, len;
@@ -129,14 +142,17 @@ int client_call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets,
                 if (r == 0)
                         got++;
         }
-        pthread_mutex_unlock(&c->lock);
-        free(out);
-        /* The first refusal is the answer; every decoded response is released on failure. */
+        if (r < 0 && r != -ENOTCONN)
+                connection_lost(c);
+        /* The first refusal is the answer (its message under the lock, as other calls write it too). */
         for (size_t i = 0; r == 0 && i < got; i++)
                 if (!rets[i].ok) {
                         snprintf(c->last_message, sizeof c->last_message, "%s", rets[i].message);
                         r = -rets[i].error;
                 }
+        pthread_mutex_unlock(&c->lock);
+        free(out);
+        /* Every decoded response is released on failure. */
         if (r < 0)
                 for (size_t i = 0; i < got; i++)
                         proto_response_done(&rets[i]);
@@ -171,7 +187,8 @@ int shmb_request_json(shmb_client *c, const char *request, char **ret_answer) {
                 consume_line(c, len);
                 if (!*ret_answer)
                         r = -ENOMEM;
-        }
+        } else if (r != -ENOTCONN)
+                connection_lost(c);
         pthread_mutex_unlock(&c->lock);
         return r;
 }

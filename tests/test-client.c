@@ -718,6 +718,55 @@ START_TEST(test_malformed_answers_are_eproto) {
 }
 END_TEST
 
+/* A peer that greets properly, then answers the next request with a malformed
+ * line followed at once by a well-formed answer that belongs to no request. */
+static void out_of_step_server(int lfd) {
+        static const char *const answers[] = {
+                "{\"ok\":true,\"version\":1,\"server\":\"fake\"}\n",
+                "not an answer\n{\"ok\":true,\"channels\":[]}\n",
+        };
+        int c = accept(lfd, NULL, NULL);
+        size_t lines = 0;
+        char ch;
+
+        while (c >= 0 && read(c, &ch, 1) == 1) {
+                if (ch != '\n' || lines >= 2)
+                        continue;
+                if (write(c, answers[lines], strlen(answers[lines])) < 0)
+                        break;
+                lines++;
+        }
+        _exit(0);
+}
+
+START_TEST(test_failed_call_closes_the_connection) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+        shmb_channel_status *v = NULL;
+        shmb_client *c = NULL;
+        size_t n = 99;
+        pid_t pid;
+
+        ck_assert_int_lt(strlen(td.dir) + strlen("/step.sock"), sizeof sa.sun_path);
+        strcpy(sa.sun_path, td.dir);
+        strcat(sa.sun_path, "/step.sock");
+        ck_assert_int_eq(bind(lfd, (struct sockaddr *) &sa, sizeof sa), 0);
+        ck_assert_int_eq(listen(lfd, 4), 0);
+        pid = fork();
+        if (pid == 0)
+                out_of_step_server(lfd);
+        close(lfd);
+        ck_assert_int_eq(shmb_connect(sa.sun_path, &c), 0);
+        ck_assert_int_eq(shmb_list(c, &v, &n), -EPROTO);
+        /* The stray answer waiting behind the bad one must not be taken for the next call's. */
+        ck_assert_int_eq(shmb_list(c, &v, &n), -ENOTCONN);
+        ck_assert_int_eq(shmb_client_fd(c), -1);
+        shmb_disconnect(c);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+}
+END_TEST
+
 /* ---- admin API ---- */
 
 START_TEST(test_list_and_status_structs) {
@@ -835,6 +884,7 @@ int main(void) {
         const TestGroup groups[] = {
                 { "open", CASE_TIMEOUT, { test_open_attaches_and_matches_kernel, test_open_errors, test_open_without_rights_is_eacces,
                             test_other_namespace_is_exdev, test_write_through_ro_handle_faults, test_malformed_answers_are_eproto,
+                            test_failed_call_closes_the_connection,
                             test_hold_dropped_when_process_exits } },
                 { "semaphores", CASE_TIMEOUT, { test_lock_counts_exactly, test_killed_lock_holder_releases_lock, test_timeouts_fire,
                                   test_waiter_sees_channel_removed } },
