@@ -15,10 +15,17 @@
 #include "client/shmbroker-internal.h"
 #include "common/util.h"
 
-/* Why shmat() by id failed: removed (-EIDRM) or never visible here (-EXDEV). */
-static int classify_missing(const shmb_channel_info *info) {
-        int id = shmget((key_t) info->shm_key, 0, 0);
+/*
+ * Why shmat() or IPC_STAT by id failed (errno as they left it): no object
+ * with that id is either removed (-EIDRM) or was never visible here
+ * (-EXDEV, another IPC namespace); anything else is passed on.
+ */
+static int attach_error(const shmb_channel_info *info) {
+        int err = errno, id;
 
+        if (err != EINVAL && err != EIDRM)
+                return -err;
+        id = shmget((key_t) info->shm_key, 0, 0);
         if (id < 0 && errno == ENOENT)
                 return -EXDEV;
         return -EIDRM;
@@ -34,7 +41,7 @@ static int verify_objects(const shmb_channel *ch) {
         struct shmid_ds shm;
 
         if (shmctl(ch->info.shm_id, IPC_STAT, &shm) < 0)
-                return errno == EACCES ? -EACCES : classify_missing(&ch->info);
+                return attach_error(&ch->info);
         if ((uint32_t) shm.shm_perm.__key != ch->info.shm_key || shm.shm_segsz != ch->info.size)
                 return -EXDEV;
         return 0;
@@ -125,7 +132,7 @@ static int attach(shmb_client *c, ProtoResponse *res, shmb_access access, shmb_c
         ch->addr = shmat(ch->info.shm_id, NULL, access == SHMB_RO ? SHM_RDONLY : 0);
         if (ch->addr == (void *) -1) {
                 ch->addr = NULL;
-                r = errno == EACCES ? -EACCES : classify_missing(&ch->info);
+                r = attach_error(&ch->info);
                 goto fail;
         }
         r = verify_objects(ch);
@@ -219,7 +226,8 @@ int shmb_close(shmb_channel *ch) {
 int shmb_channel_set_spin(shmb_channel *ch, unsigned spin_us) {
         if (!ch)
                 return -EINVAL;
-        __atomic_store_n(&ch->spin_us, spin_us, __ATOMIC_RELAXED);
+        /* Capped, so the budget in nanoseconds (and twice it) fits 32 bits. */
+        __atomic_store_n(&ch->spin_us, MIN(spin_us, SHMB_SPIN_MAX_US), __ATOMIC_RELAXED);
         return 0;
 }
 

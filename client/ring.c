@@ -268,7 +268,9 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
         r = check_ring(ch);
         if (r < 0)
                 return r;
-        if (len > ch->info.slot_size || (len > 0 && !msg))
+        if (len > 0 && !msg)
+                return -EINVAL;
+        if (len > ch->info.slot_size)
                 return -EMSGSIZE;
         for (uint64_t waited_at = UINT64_MAX;;) {
                 uint64_t pos = LOAD(&ch->ring->head, RLX);
@@ -332,18 +334,24 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
         r = check_ring(ch);
         if (r < 0)
                 return r;
+        if (size > 0 && !buf)
+                return -EINVAL;
         for (uint64_t waited_at = UINT64_MAX;;) {
                 uint64_t pos = LOAD(&ch->ring->tail, RLX);
                 RingSlot *slot = slot_at(ch, pos);
                 int64_t diff = (int64_t) (LOAD(&slot->seq, ACQ) - (pos + 1));
 
                 if (diff == 0) {
-                        uint32_t len = slot->len;
+                        uint32_t len = LOAD(&slot->len, RLX);
 
                         if (len > ch->info.slot_size)
                                 len = ch->info.slot_size;       /* a corrupt length never reads out of bounds */
-                        if (len > size)
+                        if (len > size) {
+                                /* Only if the message is still there: another receiver may have taken it. */
+                                if (LOAD(&slot->seq, ACQ) != pos + 1 || LOAD(&ch->ring->tail, RLX) != pos)
+                                        continue;
                                 return -EMSGSIZE;               /* not consumed */
+                        }
                         if (!__atomic_compare_exchange_n(&ch->ring->tail, &pos, pos + 1, true, RLX, RLX))
                                 continue;
                         slot->recv_pid = my_pid();
@@ -365,6 +373,8 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                                 if (__atomic_compare_exchange_n(&ch->ring->tail, &pos, pos + 1, false, RLX, RLX)) {
                                         STORE(&slot->seq, pos + ch->info.slots, REL);
                                         notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
+                                        /* Receivers asleep at this position wait on the next one now. */
+                                        notify(&ch->ring->data_seq, &ch->ring->recv_sleeping);
                                 }
                                 continue;
                         }

@@ -269,6 +269,9 @@ START_TEST(test_timeouts_fire) {
         ck_assert_int_eq(shmb_recv(ring, buf, sizeof buf, 0), 1);
         ck_assert_int_eq(shmb_send(ring, "x", 1, 0), 0);        /* room again */
         ck_assert_int_eq(shmb_send(ring, buf, 257, 0), -EMSGSIZE);
+        ck_assert_int_eq(shmb_send(ring, NULL, 1, 0), -EINVAL);
+        ck_assert_int_eq(shmb_recv(ring, NULL, 1, 0), -EINVAL);
+        ck_assert_int_eq(shmb_recv(ring, buf, sizeof buf, 0), 1);       /* nothing was lost to them */
         ck_assert_int_eq(shmb_send(pair, "x", 1, 0), -EOPNOTSUPP);
         shmb_close(pair);
         shmb_close(ring);

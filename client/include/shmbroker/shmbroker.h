@@ -164,6 +164,8 @@ int shmb_unlock(shmb_channel *ch, unsigned idx);
  * the throughput.
  */
 #define SHMB_DEFAULT_SPIN_US 100
+/* The longest spin shmb_channel_set_spin() accepts; larger values are taken as this. */
+#define SHMB_SPIN_MAX_US 1000000
 
 /*
  * Let ring send/receive spin for up to spin_us microseconds before sleeping
