@@ -539,6 +539,7 @@ int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char 
         c->bound_path = strdup(path);
         if (!c->bound_path) {
                 unlink(path);
+                msg_set(msg, msg_size, "cannot listen on %s: out of memory", path);
                 return -ENOMEM;
         }
         /* Every request is checked against the peer's credentials as well. */

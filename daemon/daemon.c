@@ -178,14 +178,9 @@ static int create_channels(Daemon *d) {
                                           5ULL * USEC_PER_SEC, i + 1, cfg->n_channels);
                         extended = now_usec();
                 }
-                r = channel_create(specs[i], fixed, n_fixed, d->state, &c, msg, sizeof msg);
+                r = registry_create(d->registry, specs[i], fixed, n_fixed, &c, msg, sizeof msg);
                 if (r < 0)
                         return log_error("%s", msg), r;
-                r = registry_add(d->registry, c);
-                if (r < 0) {
-                        channel_free(c, d->state);
-                        return log_error("Out of memory."), r;
-                }
                 log_debug("Created channel %s: key 0x%08x, shm id %d, sem id %d.",
                           c->spec.name, c->key, c->shm_id, c->sem_id);
         }

@@ -47,7 +47,7 @@ Registry *registry_free(Registry *r) {
         return NULL;
 }
 
-int registry_add(Registry *r, Channel *c) {
+static int registry_add(Registry *r, Channel *c) {
         Entry *e;
 
         if (r->n == r->cap) {
@@ -68,6 +68,25 @@ int registry_add(Registry *r, Channel *c) {
         r->entries[r->n++] = e;
         /* Sorted lazily: adding N channels at start stays O(N log N). */
         r->sorted = false;
+        return 0;
+}
+
+int registry_create(Registry *r, const ChannelSpec *spec, const uint32_t *fixed, size_t n_fixed, Channel **ret,
+                    char *msg, size_t msg_size) {
+        Channel *c;
+        int k;
+
+        k = channel_create(spec, fixed, n_fixed, r->state, &c, msg, msg_size);
+        if (k < 0)
+                return k;
+        k = registry_add(r, c);
+        if (k < 0) {
+                msg_set(msg, msg_size, "channel \"%s\": cannot register it: %s", spec->name, strerror(-k));
+                channel_free(c, r->state);
+                return k;
+        }
+        if (ret)
+                *ret = c;
         return 0;
 }
 

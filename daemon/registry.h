@@ -53,8 +53,13 @@ int registry_new(State *state, Registry **ret);
 /* Remove every channel's kernel objects and free. Takes NULL; returns NULL. */
 Registry *registry_free(Registry *r);
 
-/* Take ownership of a created channel. -ENOMEM leaves it with the caller. */
-int registry_add(Registry *r, Channel *c);
+/*
+ * Create spec's channel (keys in fixed are left to the channels that name
+ * them) and register it; *ret, when given, is the new channel. Negative
+ * errno with msg; then nothing was made.
+ */
+int registry_create(Registry *r, const ChannelSpec *spec, const uint32_t *fixed, size_t n_fixed, Channel **ret,
+                    char *msg, size_t msg_size);
 
 /*
  * Remove a channel: its holds are dropped, its kernel objects removed

@@ -139,25 +139,12 @@ static int check_limits(const Plan *p, char *msg, size_t msg_size) {
         return ipc_limits_check(&l, p->create + p->n_added, n_replace, msg, msg_size);
 }
 
-static int create_one(Registry *reg, const Plan *p, const ChannelSpec *s, char *msg, size_t msg_size) {
-        Channel *c;
-        int r;
-
-        r = channel_create(s, p->fixed, p->n_fixed, reg->state, &c, msg, msg_size);
-        if (r < 0)
-                return r;
-        r = registry_add(reg, c);
-        if (r < 0)
-                channel_free(c, reg->state);
-        return r;
-}
-
 static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadResult *res, char *msg, size_t msg_size) {
         int r;
 
         /* 1. Add. On failure, remove what this reload added: nothing else has changed yet. */
         for (size_t i = 0; i < p->n_added; i++) {
-                r = create_one(reg, p, p->create[i], msg, msg_size);
+                r = registry_create(reg, p->create[i], p->fixed, p->n_fixed, NULL, msg, msg_size);
                 if (r < 0) {
                         for (size_t k = 0; k < i; k++)
                                 registry_remove(reg, registry_find(reg, p->create[k]->name));
@@ -183,7 +170,7 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                 char why[512];
 
                 registry_remove(reg, p->replace[i - p->n_added]);
-                r = create_one(reg, p, s, why, sizeof why);
+                r = registry_create(reg, s, p->fixed, p->n_fixed, NULL, why, sizeof why);
                 if (r < 0)
                         log_error("Reload: %s; the channel is gone until a later reload.", why);
                 if (names_add(r < 0 ? &res->removed : &res->changed, s->name) < 0)
