@@ -33,7 +33,8 @@ typedef struct Daemon {
         Control *control;
         sd_event *event;
         bool reclaimed;                 /* the previous run's records were settled... */
-        size_t unsettled;               /* ...but for these, which must stay recorded */
+        StateRecord *unsettled;         /* ...but for these, which must stay recorded */
+        size_t n_unsettled;
         size_t last_status[3];          /* channels, clients, holds as last sent in STATUS= */
         sd_event_source *status_timer;
 } Daemon;
@@ -41,7 +42,7 @@ typedef struct Daemon {
 static void daemon_done(Daemon *d) {
         d->status_timer = sd_event_source_disable_unref(d->status_timer);
         /* Our own records cancel out as the registry removes its channels. */
-        bool remove_state = d->reclaimed && d->unsettled == 0;
+        bool remove_state = d->reclaimed && d->n_unsettled == 0;
 
         d->control = control_free(d->control);
         d->registry = registry_free(d->registry);
@@ -49,6 +50,8 @@ static void daemon_done(Daemon *d) {
         if (d->state && remove_state)
                 state_remove_files(d->state);
         d->state = state_free(d->state);
+        free(d->unsettled);
+        d->unsettled = NULL;
         d->event = sd_event_unref(d->event);
         d->config = config_free(d->config);
         free(d->socket_path);
@@ -124,7 +127,9 @@ static int open_state_and_reclaim(Daemon *d) {
                 log_error("Failed to reset %s: %s", state_path(d->state), strerror(-r));
         else {
                 d->reclaimed = true;
-                d->unsettled = res.kept;
+                /* Kept for every later rewrite of the file (reload compacts it). */
+                d->n_unsettled = res.kept;
+                d->unsettled = TAKE_PTR(v);
         }
         return r;
 }
@@ -208,11 +213,14 @@ static void notify_status(Daemon *d) {
 
 /* Rewrite the state file to exactly the live objects (after a reload). */
 static int save_state(Daemon *d) {
-        _cleanup_(freep) StateRecord *v = calloc(2 * d->registry->n + 1, sizeof *v);
+        _cleanup_(freep) StateRecord *v = calloc(2 * d->registry->n + d->n_unsettled + 1, sizeof *v);
         size_t n = 0;
 
         if (!v)
                 return -ENOMEM;
+        /* What the last crash left and reclaim could not settle stays recorded too. */
+        for (size_t i = 0; i < d->n_unsettled; i++)
+                v[n++] = d->unsettled[i];
         for (size_t i = 0; i < d->registry->n; i++) {
                 const Channel *c = registry_at(d->registry, i)->channel;
 
