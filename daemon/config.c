@@ -335,6 +335,17 @@ static int check_unique(Ctx *ctx, Config *c) {
         return 0;
 }
 
+static int collect_fixed_keys(Config *c) {
+        c->fixed_keys = calloc(c->n_channels ?: 1, sizeof *c->fixed_keys);
+        if (!c->fixed_keys)
+                return -ENOMEM;
+        for (size_t i = 0; i < c->n_channels; i++)
+                if (c->channels[i].has_key)
+                        c->fixed_keys[c->n_fixed_keys++] = c->channels[i].key;
+        qsort(c->fixed_keys, c->n_fixed_keys, sizeof *c->fixed_keys, cmp_u32);
+        return 0;
+}
+
 static int parse_limit(Ctx *ctx, json_t *v, const char *key, int64_t min, int64_t max, uint32_t *ret) {
         int64_t i;
 
@@ -454,7 +465,8 @@ static int parse_top(Ctx *ctx, json_t *root, Config *c) {
                         return r;
         }
         ctx->channel = NULL;
-        return check_unique(ctx, c);
+        r = check_unique(ctx, c);
+        return r ? r : collect_fixed_keys(c);
 }
 
 int config_parse(const char *text, size_t len, const char *source, Config **ret, char *msg, size_t msg_size) {
@@ -524,6 +536,7 @@ Config *config_free(Config *c) {
         for (size_t i = 0; i < c->n_channels; i++)
                 free(c->channels[i].sem_values);
         free(c->channels);
+        free(c->fixed_keys);
         free(c->socket);
         free(c->admin_group);
         free(c->source);

@@ -145,27 +145,21 @@ static uint64_t now_usec(void) {
 
 static int create_channels(Daemon *d) {
         _cleanup_(freep) const ChannelSpec **specs = NULL;
-        _cleanup_(freep) uint32_t *fixed = NULL;
         const Config *cfg = d->config;
-        size_t n_fixed = 0;
         char msg[1024];
         IpcLimits limits;
         int r;
 
         specs = calloc(cfg->n_channels ?: 1, sizeof *specs);
-        fixed = calloc(cfg->n_channels ?: 1, sizeof *fixed);
-        if (!specs || !fixed)
+        if (!specs)
                 return log_error("Out of memory."), -ENOMEM;
         for (size_t i = 0; i < cfg->n_channels; i++) {
                 specs[i] = &cfg->channels[i];
-                if (cfg->channels[i].has_key)
-                        fixed[n_fixed++] = cfg->channels[i].key;
                 if (cfg->channels[i].owner_set && cfg->channels[i].uid != geteuid())
                         log_warning("Channel %s: owner uid %u is not the daemon's; that user can remove the channel "
                                     "or change its permissions. Prefer \"group\" and \"mode\".",
                                     cfg->channels[i].name, (unsigned) cfg->channels[i].uid);
         }
-        qsort(fixed, n_fixed, sizeof *fixed, cmp_u32);
 
         r = ipc_limits_read(&limits);
         if (r < 0)
@@ -183,7 +177,7 @@ static int create_channels(Daemon *d) {
                                           5ULL * USEC_PER_SEC, i + 1, cfg->n_channels);
                         extended = now_usec();
                 }
-                r = registry_create(d->registry, specs[i], fixed, n_fixed, &c, msg, sizeof msg);
+                r = registry_create(d->registry, specs[i], cfg->fixed_keys, cfg->n_fixed_keys, &c, msg, sizeof msg);
                 if (r < 0)
                         return log_error("%s", msg), r;
                 log_debug("Created channel %s: key 0x%08x, shm id %d, sem id %d.",

@@ -52,34 +52,27 @@ typedef struct Plan {
         Entry **replace;                /* the old entry of each replacement, same order */
         Entry **remove;
         size_t n_remove;
-        uint32_t *fixed;                /* sorted fixed keys of the new config */
-        size_t n_fixed;
 } Plan;
 
 static void plan_done(Plan *p) {
         free(p->create);
         free(p->replace);
         free(p->remove);
-        free(p->fixed);
 }
 
 static int plan_make(Registry *reg, const Config *cfg, Plan *p) {
         p->create = calloc(cfg->n_channels + 1, sizeof *p->create);
         p->replace = calloc(cfg->n_channels + 1, sizeof *p->replace);
         p->remove = calloc(reg->n + 1, sizeof *p->remove);
-        p->fixed = calloc(cfg->n_channels + 1, sizeof *p->fixed);
-        if (!p->create || !p->replace || !p->remove || !p->fixed)
+        if (!p->create || !p->replace || !p->remove)
                 return -ENOMEM;
 
         for (size_t i = 0; i < cfg->n_channels; i++) {
                 const ChannelSpec *s = &cfg->channels[i];
 
-                if (s->has_key)
-                        p->fixed[p->n_fixed++] = s->key;
                 if (!registry_find(reg, s->name))
                         p->create[p->n_added++] = s;
         }
-        qsort(p->fixed, p->n_fixed, sizeof *p->fixed, cmp_u32);
         p->n_create = p->n_added;
         for (size_t i = 0; i < cfg->n_channels; i++) {
                 const ChannelSpec *s = &cfg->channels[i];
@@ -144,7 +137,7 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
 
         /* 1. Add. On failure, remove what this reload added: nothing else has changed yet. */
         for (size_t i = 0; i < p->n_added; i++) {
-                r = registry_create(reg, p->create[i], p->fixed, p->n_fixed, NULL, msg, msg_size);
+                r = registry_create(reg, p->create[i], cfg->fixed_keys, cfg->n_fixed_keys, NULL, msg, msg_size);
                 if (r < 0) {
                         for (size_t k = 0; k < i; k++)
                                 registry_remove(reg, registry_find(reg, p->create[k]->name));
@@ -170,7 +163,7 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                 char why[512];
 
                 registry_remove(reg, p->replace[i - p->n_added]);
-                r = registry_create(reg, s, p->fixed, p->n_fixed, NULL, why, sizeof why);
+                r = registry_create(reg, s, cfg->fixed_keys, cfg->n_fixed_keys, NULL, why, sizeof why);
                 if (r < 0)
                         log_error("Reload: %s; the channel is gone until a later reload.", why);
                 if (names_add(r < 0 ? &res->removed : &res->changed, s->name) < 0)
