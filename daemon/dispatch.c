@@ -123,29 +123,51 @@ static int stat_entry(Entry *e, ProtoChannel *pc) {
         return 0;
 }
 
-static int do_channels(Dispatch *d, const ProtoRequest *req, char **ret_line, size_t *ret_len) {
-        bool status = req->op == PROTO_OP_STATUS;
-        ProtoChannel *v;
-        size_t n = 0, want;
+static int do_list(Dispatch *d, char **ret_line, size_t *ret_len) {
+        size_t n = d->registry->n;
+        ProtoChannel *v = calloc(n ?: 1, sizeof *v);
+        int r;
+
+        if (!v)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++)
+                channel_describe(registry_at(d->registry, i)->channel, &v[i]);
+        r = answer_cache_encode(&d->answers, PROTO_VIEW_LIST, v, n, ret_line, ret_len);
+        free(v);                /* a description owns no memory */
+        return r;
+}
+
+/* An answer, never a dropped connection: only ENOMEM may end it. */
+static int answer_stat_failed(const Entry *e, int r, char **ret_line, size_t *ret_len) {
+        if (r == -ENOMEM)
+                return r;
+        if (r == -EIDRM)
+                return answer_error(EIDRM, ret_line, ret_len,
+                                    "channel \"%s\": its kernel objects were removed behind the daemon's back",
+                                    e->channel->spec.name);
+        return answer_error(proto_errno_to_name(-r) ? -r : EIO, ret_line, ret_len,
+                            "channel \"%s\": cannot read its kernel objects: %s", e->channel->spec.name,
+                            strerror(-r));
+}
+
+static int do_status(Dispatch *d, const ProtoRequest *req, char **ret_line, size_t *ret_len) {
+        Registry *reg = d->registry;
         Entry *one = NULL;
+        ProtoChannel *v;
+        size_t n = 0, i = 0;
         int r = 0;
 
-        if (status && req->has_channel) {
-                one = registry_find(d->registry, req->channel);
+        if (req->has_channel) {
+                one = registry_find(reg, req->channel);
                 if (!one)
                         return answer_error(ENOENT, ret_line, ret_len, "no channel named \"%s\"", req->channel);
         }
-        want = one ? 1 : d->registry->n;
-        v = calloc(want ?: 1, sizeof *v);
+        v = calloc(one ? 1 : reg->n ?: 1, sizeof *v);
         if (!v)
                 return -ENOMEM;
-        for (size_t i = 0; i < want; i++) {
-                Entry *e = one ?: registry_at(d->registry, i);
+        while (one ? n == 0 : i < reg->n) {
+                Entry *e = one ?: registry_at(reg, i);
 
-                if (!status) {
-                        channel_describe(e->channel, &v[n++]);
-                        continue;
-                }
                 r = stat_entry(e, &v[n]);
                 if (r == -EIDRM) {
                         /* Removed behind our back: make it again, then report the new one. */
@@ -154,36 +176,26 @@ static int do_channels(Dispatch *d, const ProtoRequest *req, char **ret_line, si
                         proto_channel_done(&v[n]);
                         strcpy(name, e->channel->spec.name);
                         e = find_repaired(d, name, why, sizeof why);
-                        if (!e) {
-                                if (one) {
-                                        r = answer_missing(name, why, ret_line, ret_len);
-                                        goto out;
-                                }
-                                /* Gone from the registry: the rest moved down one place. */
-                                i--;
-                                want--;
-                                continue;
+                        if (!e && one) {
+                                r = answer_missing(name, why, ret_line, ret_len);
+                                goto out;
                         }
+                        if (!e)
+                                continue;       /* gone from the registry: the next one is at i now */
                         r = stat_entry(e, &v[n]);
                 }
+                if (r < 0) {
+                        proto_channel_done(&v[n]);
+                        r = answer_stat_failed(e, r, ret_line, ret_len);
+                        goto out;
+                }
                 n++;
-                if (r == 0)
-                        continue;
-                /* An answer, never a dropped connection: only ENOMEM may end it. */
-                if (r == -EIDRM)
-                        r = answer_error(EIDRM, ret_line, ret_len,
-                                         "channel \"%s\": its kernel objects were removed behind the daemon's back",
-                                         e->channel->spec.name);
-                else if (r != -ENOMEM)
-                        r = answer_error(proto_errno_to_name(-r) ? -r : EIO, ret_line, ret_len,
-                                         "channel \"%s\": cannot read its kernel objects: %s",
-                                         e->channel->spec.name, strerror(-r));
-                goto out;
+                i++;
         }
-        r = answer_cache_encode(&d->answers, status ? PROTO_VIEW_STATUS : PROTO_VIEW_LIST, v, n, ret_line, ret_len);
+        r = answer_cache_encode(&d->answers, PROTO_VIEW_STATUS, v, n, ret_line, ret_len);
 out:
-        for (size_t i = 0; i < n; i++)
-                proto_channel_done(&v[i]);
+        for (size_t k = 0; k < n; k++)
+                proto_channel_done(&v[k]);
         free(v);
         return r;
 }
@@ -229,8 +241,9 @@ int dispatch_line(Dispatch *d, Client *cl, const char *line, size_t len, char **
         case PROTO_OP_CLOSE:
                 return do_close(d, cl, &req, ret_line, ret_len);
         case PROTO_OP_LIST:
+                return do_list(d, ret_line, ret_len);
         case PROTO_OP_STATUS:
-                return do_channels(d, &req, ret_line, ret_len);
+                return do_status(d, &req, ret_line, ret_len);
         case PROTO_OP_RELOAD:
                 return do_reload(d, cl, ret_line, ret_len);
         default:
