@@ -67,9 +67,8 @@ static Conn *conn_free(Conn *conn) {
                 return NULL;
         if (conn->closing && conn->fd >= 0)
                 discard_pending_input(conn->fd);
-        if (conn->client.n_holds > 0)
-                log_debug("Client pid %d gone, dropping %zu hold(s).", (int) conn->client.peer.pid,
-                          conn->client.n_holds);
+        if (!LIST_EMPTY(&conn->client.holds))
+                log_debug("Client pid %d gone, dropping its holds.", (int) conn->client.peer.pid);
         client_done(&conn->client);
         sd_event_source_disable_unref(conn->source);
         sd_event_source_disable_unref(conn->timeout);

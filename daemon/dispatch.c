@@ -103,13 +103,15 @@ static int do_close(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret
 
 static int stat_entry(Entry *e, ProtoChannel *pc) {
         Hold *h;
-        size_t i = 0;
+        size_t i = 0, n = 0;
         int r;
 
         r = channel_stat(e->channel, pc);
         if (r < 0)
                 return r;
-        pc->clients = calloc(e->n_holds ?: 1, sizeof *pc->clients);
+        LIST_FOREACH(h, &e->holds, by_entry)
+                n++;
+        pc->clients = calloc(n ?: 1, sizeof *pc->clients);
         if (!pc->clients)
                 return -ENOMEM;
         LIST_FOREACH(h, &e->holds, by_entry)

@@ -19,8 +19,6 @@ int registry_new(State *state, Registry **ret) {
 static void hold_free(Hold *h) {
         LIST_REMOVE(h, by_client);
         LIST_REMOVE(h, by_entry);
-        h->client->n_holds--;
-        h->entry->n_holds--;
         h->entry->registry->n_holds--;
         free(h);
 }
@@ -167,8 +165,6 @@ int registry_hold(Entry *e, Client *cl, ProtoAccess access, int64_t now) {
         *h = (Hold) { .entry = e, .client = cl, .access = access, .since = now };
         LIST_INSERT_HEAD(&cl->holds, h, by_client);
         LIST_INSERT_HEAD(&e->holds, h, by_entry);
-        cl->n_holds++;
-        e->n_holds++;
         e->registry->n_holds++;
         return 0;
 }

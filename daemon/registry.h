@@ -21,7 +21,6 @@ typedef struct Entry Entry;
 typedef struct Client {
         Peer peer;
         LIST_HEAD(, Hold) holds;
-        size_t n_holds;
 } Client;
 
 struct Hold {
@@ -37,7 +36,6 @@ struct Entry {
         struct Registry *registry;
         Channel *channel;
         LIST_HEAD(, Hold) holds;
-        size_t n_holds;
 };
 
 typedef struct Registry {
