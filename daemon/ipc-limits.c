@@ -68,25 +68,27 @@ int ipc_limits_check(const IpcLimits *l, const ChannelSpec *const *v, size_t n, 
                 pages += (c->size + l->page_size - 1) / l->page_size;
                 sems += c->nsems;
         }
-        if (n + l->shm_ids_used > l->shmmni) {
-                msg_set(msg, msg_size, "%zu channels need %zu segments, but kernel.shmmni is %" PRIu64 " and %" PRIu64 " are in use",
-                        n, n, l->shmmni, l->shm_ids_used);
-                return ENOSPC;
-        }
-        if (pages + l->shm_pages_used > l->shmall) {
-                msg_set(msg, msg_size, "the channels need %" PRIu64 " pages of shared memory, but kernel.shmall is %" PRIu64 " and %" PRIu64 " are in use",
-                        pages, l->shmall, l->shm_pages_used);
-                return ENOSPC;
-        }
-        if (n + l->sem_sets_used > l->semmni) {
-                msg_set(msg, msg_size, "%zu channels need %zu semaphore sets, but SEMMNI, the fourth field of kernel.sem, is %" PRIu64 " and %" PRIu64 " are in use",
-                        n, n, l->semmni, l->sem_sets_used);
-                return ENOSPC;
-        }
-        if (sems + l->sem_sems_used > l->semmns) {
-                msg_set(msg, msg_size, "the channels need %" PRIu64 " semaphores, but SEMMNS, the second field of kernel.sem, is %" PRIu64 " and %" PRIu64 " are in use",
-                        sems, l->semmns, l->sem_sems_used);
-                return ENOSPC;
+        {
+                /* The totals against the system-wide limits, what is in use counted in. */
+                const struct {
+                        uint64_t need, used, limit;
+                        const char *what, *limit_name;
+                } totals[] = {
+                        { n, l->shm_ids_used, l->shmmni, "segments", "kernel.shmmni" },
+                        { pages, l->shm_pages_used, l->shmall, "pages of shared memory", "kernel.shmall" },
+                        { n, l->sem_sets_used, l->semmni, "semaphore sets", "SEMMNI, the fourth field of kernel.sem," },
+                        { sems, l->sem_sems_used, l->semmns, "semaphores", "SEMMNS, the second field of kernel.sem," },
+                };
+
+                for (size_t i = 0; i < ELEMENTSOF(totals); i++)
+                        if (totals[i].need + totals[i].used > totals[i].limit) {
+                                msg_set(msg, msg_size,
+                                        "%zu channel(s) need %" PRIu64 " %s, but %s is %" PRIu64 " and %" PRIu64
+                                        " are in use",
+                                        n, totals[i].need, totals[i].what, totals[i].limit_name, totals[i].limit,
+                                        totals[i].used);
+                                return ENOSPC;
+                        }
         }
         return 0;
 }
