@@ -260,9 +260,41 @@ static int check_ring(const shmb_channel *ch) {
         return 0;
 }
 
+/*
+ * Repair, asked only after a wait at the slot (spin or sleep, or a caller
+ * that will not wait) left it as it was: a live peer mid-copy is the common
+ * case there, and kill() is a system call. Each returns true when the slot
+ * was dealt with (by us or meanwhile by another), so the caller looks again.
+ */
+
+/* The slot still holds last lap's message, which a receiver took and died reading: free the slot. */
+static bool free_dead_receivers_slot(shmb_channel *ch, RingSlot *slot, uint64_t pos) {
+        uint64_t last = pos - ch->info.slots, expected = last + 1;
+
+        if (LOAD(&slot->seq, ACQ) != expected || (int64_t) (LOAD(&ch->ring->tail, ACQ) - last) <= 0 ||
+            LOAD(&slot->recv_pos, ACQ) != last || !claimer_dead(slot->recv_pid))
+                return false;
+        if (__atomic_compare_exchange_n(&slot->seq, &expected, pos, false, REL, RLX))
+                notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
+        return true;
+}
+
+/* A sender claimed pos and died before publishing: that message never was; skip it. */
+static bool skip_dead_senders_slot(shmb_channel *ch, RingSlot *slot, uint64_t pos) {
+        if ((int64_t) (LOAD(&slot->seq, ACQ) - (pos + 1)) >= 0 || (int64_t) (LOAD(&ch->ring->head, ACQ) - pos) <= 0 ||
+            LOAD(&slot->send_pos, ACQ) != pos || !claimer_dead(slot->send_pid))
+                return false;
+        if (__atomic_compare_exchange_n(&ch->ring->tail, &pos, pos + 1, false, RLX, RLX)) {
+                STORE(&slot->seq, pos + ch->info.slots, REL);
+                notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
+                /* Receivers asleep at this position wait on the next one now. */
+                notify(&ch->ring->data_seq, &ch->ring->recv_sleeping);
+        }
+        return true;
+}
+
 int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
         int64_t deadline = deadline_of(timeout_ms);
-        bool gave_up = false;   /* the deadline passed; this look is the last */
         int r;
 
         r = check_ring(ch);
@@ -272,7 +304,7 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
                 return -EINVAL;
         if (len > ch->info.slot_size)
                 return -EMSGSIZE;
-        for (uint64_t waited_at = UINT64_MAX;;) {
+        for (;;) {
                 uint64_t pos = LOAD(&ch->ring->head, RLX);
                 RingSlot *slot = slot_at(ch, pos);
                 int64_t diff = (int64_t) (LOAD(&slot->seq, ACQ) - pos);
@@ -295,32 +327,16 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
                 if (diff < 0) {         /* full: the slot still holds last lap's message */
                         uint64_t last = pos - ch->info.slots;
 
-                        /*
-                         * A receiver took last lap's message and died reading it: free
-                         * the slot. Asked only when a wait here did not end it (or the
-                         * caller will not wait), as a live receiver mid-copy is the
-                         * common case and kill() a syscall.
-                         */
-                        if ((waited_at == pos || timeout_ms == 0) && (int64_t) (LOAD(&ch->ring->tail, ACQ) - last) > 0 &&
-                            LOAD(&slot->recv_pos, ACQ) == last && claimer_dead(slot->recv_pid)) {
-                                uint64_t expected = last + 1;
-
-                                if (__atomic_compare_exchange_n(&slot->seq, &expected, pos, false, REL, RLX))
-                                        notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
-                                continue;
-                        }
-                        if (waited_at != pos && LOAD(&slot->recv_pos, RLX) == last)
+                        if (LOAD(&slot->recv_pos, RLX) == last)
                                 await_copy(ch, slot);
-                        if (gave_up)
-                                return -ETIMEDOUT;
                         r = wait_slot(ch, slot, pos, &ch->ring->space_seq, &ch->ring->send_sleeping,
                                       &ch->ring->send_cpu, &ch->ring->recv_cpu, timeout_ms, deadline,
                                       &ch->ring->tail, last);
-                        if (r == -ETIMEDOUT && waited_at != pos)
-                                gave_up = true;         /* one more look, repair included, first */
-                        else if (r < 0)
+                        /* Also when the deadline passed: a short timeout must not keep a slot stuck. */
+                        if (free_dead_receivers_slot(ch, slot, pos))
+                                continue;
+                        if (r < 0)
                                 return r;
-                        waited_at = pos;
                 }
                 /* diff > 0: another producer took pos; look again */
         }
@@ -328,7 +344,6 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
 
 ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
         int64_t deadline = deadline_of(timeout_ms);
-        bool gave_up = false;   /* the deadline passed; this look is the last */
         int r;
 
         r = check_ring(ch);
@@ -336,7 +351,7 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                 return r;
         if (size > 0 && !buf)
                 return -EINVAL;
-        for (uint64_t waited_at = UINT64_MAX;;) {
+        for (;;) {
                 uint64_t pos = LOAD(&ch->ring->tail, RLX);
                 RingSlot *slot = slot_at(ch, pos);
                 int64_t diff = (int64_t) (LOAD(&slot->seq, ACQ) - (pos + 1));
@@ -365,31 +380,15 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                         return (ssize_t) len;
                 }
                 if (diff < 0) {         /* empty, or a sender is still writing it */
-                        /* A sender claimed it and died before publishing: that message never
-                         * was; take the position and free the slot for the next lap. Asked
-                         * only after a wait here, as for senders. */
-                        if ((waited_at == pos || timeout_ms == 0) && (int64_t) (LOAD(&ch->ring->head, ACQ) - pos) > 0 &&
-                            LOAD(&slot->send_pos, ACQ) == pos && claimer_dead(slot->send_pid)) {
-                                if (__atomic_compare_exchange_n(&ch->ring->tail, &pos, pos + 1, false, RLX, RLX)) {
-                                        STORE(&slot->seq, pos + ch->info.slots, REL);
-                                        notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
-                                        /* Receivers asleep at this position wait on the next one now. */
-                                        notify(&ch->ring->data_seq, &ch->ring->recv_sleeping);
-                                }
-                                continue;
-                        }
-                        if (waited_at != pos && LOAD(&slot->send_pos, RLX) == pos)
+                        if (LOAD(&slot->send_pos, RLX) == pos)
                                 await_copy(ch, slot);
-                        if (gave_up)
-                                return -ETIMEDOUT;
                         r = wait_slot(ch, slot, pos + 1, &ch->ring->data_seq, &ch->ring->recv_sleeping,
                                       &ch->ring->recv_cpu, &ch->ring->send_cpu, timeout_ms, deadline,
                                       &ch->ring->head, pos);
-                        if (r == -ETIMEDOUT && waited_at != pos)
-                                gave_up = true;         /* as for senders */
-                        else if (r < 0)
+                        if (skip_dead_senders_slot(ch, slot, pos))
+                                continue;
+                        if (r < 0)
                                 return r;
-                        waited_at = pos;
                 }
         }
 }
