@@ -295,6 +295,48 @@ void test_daemon_done(TestDaemon *d) {
                 nftw(d->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+void test_start_ok(void) {
+        int status = 0;
+
+        if (!test_daemon_start(&td, &status, NULL)) {
+                char *log = test_daemon_log(&td);
+
+                ck_abort_msg("daemon exited (status %d) before READY:\n%s", status, log);
+        }
+}
+
+json_t *test_find_channel(json_t *resp, const char *name) {
+        json_t *a = json_object_get(resp, "channels"), *e;
+        size_t i;
+
+        json_array_foreach(a, i, e)
+                if (json_is_string(json_object_get(e, "name")) &&
+                    strcmp(json_string_value(json_object_get(e, "name")), name) == 0)
+                        return e;
+        return NULL;
+}
+
+json_t *test_must_find(json_t *resp, const char *name) {
+        json_t *ch = test_find_channel(resp, name);
+
+        ck_assert_msg(ch != NULL, "channel \"%s\" is not listed", name);
+        return ch;
+}
+
+json_int_t test_jint(json_t *o, const char *key) {
+        json_t *v = json_object_get(o, key);
+
+        ck_assert_msg(json_is_integer(v), "\"%s\" is not an integer", key);
+        return json_integer_value(v);
+}
+
+const char *test_jstr(json_t *o, const char *key) {
+        json_t *v = json_object_get(o, key);
+
+        ck_assert_msg(json_is_string(v), "\"%s\" is not a string", key);
+        return json_string_value(v);
+}
+
 int test_connect(const char *path) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);

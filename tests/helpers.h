@@ -81,6 +81,17 @@ char *test_daemon_log(const TestDaemon *td);
 /* Stop the daemon if running (SIGKILL) and remove the scratch directory. */
 void test_daemon_done(TestDaemon *td);
 
+/* Start td's daemon; fail with its exit status and log unless it reaches READY=1. */
+void test_start_ok(void);
+
+/* A list/status answer's entry for a channel (NULL; test_must_find() fails instead). */
+json_t *test_find_channel(json_t *resp, const char *name);
+json_t *test_must_find(json_t *resp, const char *name);
+
+/* A member that must be an integer (a string). */
+json_int_t test_jint(json_t *o, const char *key);
+const char *test_jstr(json_t *o, const char *key);
+
 int test_connect(const char *path);
 
 /* Send raw bytes. */

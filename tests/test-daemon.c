@@ -30,33 +30,6 @@ static const char *const two_channels =
         " {\"name\": \"frames\", \"layout\": \"ring\", \"slot_size\": 1024, \"slots\": 8, \"mode\": \"0660\"}]";
 
 
-static void start_ok(void) {
-        int status = 0;
-
-        if (!test_daemon_start(&td, &status, NULL)) {
-                char *log = test_daemon_log(&td);
-
-                ck_abort_msg("daemon exited (status %d) before READY:\n%s", status, log);
-        }
-}
-
-static json_t *find_channel(json_t *resp, const char *name) {
-        json_t *a = json_object_get(resp, "channels"), *e;
-        size_t i;
-
-        json_array_foreach(a, i, e)
-                if (strcmp(json_string_value(json_object_get(e, "name")), name) == 0)
-                        return e;
-        return NULL;
-}
-
-static json_int_t jint(json_t *o, const char *key) {
-        json_t *v = json_object_get(o, key);
-
-        ck_assert_msg(json_is_integer(v), "\"%s\" is not an integer", key);
-        return json_integer_value(v);
-}
-
 /* What the kernel says about a channel matches the config and the answer. */
 static void assert_kernel_objects(json_t *ch, size_t size, uid_t uid, gid_t gid, mode_t mode,
                                   const unsigned short *values, unsigned nsems) {
@@ -64,20 +37,20 @@ static void assert_kernel_objects(json_t *ch, size_t size, uid_t uid, gid_t gid,
         struct semid_ds sem;
         unsigned short got[64];
 
-        ck_assert_int_eq(shmctl((int) jint(ch, "shm_id"), IPC_STAT, &shm), 0);
+        ck_assert_int_eq(shmctl((int) test_jint(ch, "shm_id"), IPC_STAT, &shm), 0);
         ck_assert_uint_eq(shm.shm_segsz, size);
-        ck_assert_uint_eq((uint32_t) shm.shm_perm.__key, (uint32_t) jint(ch, "shm_key"));
+        ck_assert_uint_eq((uint32_t) shm.shm_perm.__key, (uint32_t) test_jint(ch, "shm_key"));
         ck_assert_uint_eq(shm.shm_perm.uid, uid);
         ck_assert_uint_eq(shm.shm_perm.gid, gid);
         ck_assert_uint_eq(shm.shm_perm.mode & 0777, mode);
 
-        ck_assert_int_eq(semctl((int) jint(ch, "sem_id"), 0, IPC_STAT, &sem), 0);
+        ck_assert_int_eq(semctl((int) test_jint(ch, "sem_id"), 0, IPC_STAT, &sem), 0);
         ck_assert_uint_eq(sem.sem_nsems, nsems);
-        ck_assert_uint_eq((uint32_t) sem.sem_perm.__key, (uint32_t) jint(ch, "sem_key"));
+        ck_assert_uint_eq((uint32_t) sem.sem_perm.__key, (uint32_t) test_jint(ch, "sem_key"));
         ck_assert_uint_eq(sem.sem_perm.uid, uid);
         ck_assert_uint_eq(sem.sem_perm.gid, gid);
         ck_assert_uint_eq(sem.sem_perm.mode & 0777, mode);
-        ck_assert_int_eq(semctl((int) jint(ch, "sem_id"), 0, GETALL, got), 0);
+        ck_assert_int_eq(semctl((int) test_jint(ch, "sem_id"), 0, GETALL, got), 0);
         for (unsigned i = 0; i < nsems; i++)
                 ck_assert_msg(got[i] == values[i], "semaphore %u is %u, expected %u", i, got[i], values[i]);
 }
@@ -88,29 +61,29 @@ START_TEST(test_list_matches_kernel) {
         int fd;
 
         test_daemon_write_config(&td, two_channels);
-        start_ok();
+        test_start_ok();
         fd = test_connect(td.socket);
         resp = test_request(fd, "{\"op\":\"list\"}");
         test_assert_ok(resp);
         ck_assert_uint_eq(json_array_size(json_object_get(resp, "channels")), 2);
 
-        ch = find_channel(resp, "telemetry");
+        ch = test_find_channel(resp, "telemetry");
         ck_assert_ptr_nonnull(ch);
-        ck_assert_int_eq(jint(ch, "shm_key"), 1593835521);
-        ck_assert_int_eq(jint(ch, "sem_key"), 1593835521);
-        ck_assert_int_eq(jint(ch, "size"), 65536);
-        ck_assert_int_eq(jint(ch, "nsems"), 3);
+        ck_assert_int_eq(test_jint(ch, "shm_key"), 1593835521);
+        ck_assert_int_eq(test_jint(ch, "sem_key"), 1593835521);
+        ck_assert_int_eq(test_jint(ch, "size"), 65536);
+        ck_assert_int_eq(test_jint(ch, "nsems"), 3);
         ck_assert_str_eq(json_string_value(json_object_get(ch, "layout")), "raw");
         ck_assert_str_eq(json_string_value(json_object_get(ch, "mode")), "0640");
         ck_assert_str_eq(json_string_value(json_object_get(ch, "owner")), "root");
         assert_kernel_objects(ch, 65536, 0, 100, 0640, tel, 3);
 
-        ch = find_channel(resp, "frames");
+        ch = test_find_channel(resp, "frames");
         ck_assert_ptr_nonnull(ch);
-        ck_assert_uint_eq((uint32_t) jint(ch, "shm_key"), channel_derive_key("frames", 0));
-        ck_assert_int_eq(jint(ch, "slot_size"), 1024);
-        ck_assert_int_eq(jint(ch, "slots"), 8);
-        assert_kernel_objects(ch, (size_t) jint(ch, "size"), 0, 0, 0660, ring, 1);
+        ck_assert_uint_eq((uint32_t) test_jint(ch, "shm_key"), channel_derive_key("frames", 0));
+        ck_assert_int_eq(test_jint(ch, "slot_size"), 1024);
+        ck_assert_int_eq(test_jint(ch, "slots"), 8);
+        assert_kernel_objects(ch, (size_t) test_jint(ch, "size"), 0, 0, 0660, ring, 1);
 
         /* The independent view agrees: two segments, two sets. */
         ck_assert_int_eq(test_ipcs_count("-m"), 2);
@@ -125,16 +98,16 @@ START_TEST(test_open_status_close) {
         int a, b;
 
         test_daemon_write_config(&td, two_channels);
-        start_ok();
+        test_start_ok();
         a = test_connect(td.socket);
         b = test_connect(td.socket);
 
         resp = test_request(a, "{\"op\":\"open\",\"channel\":\"telemetry\",\"access\":\"rw\"}");
         test_assert_ok(resp);
         ck_assert_str_eq(json_string_value(json_object_get(resp, "channel")), "telemetry");
-        ck_assert_int_eq(jint(resp, "shm_key"), 1593835521);
-        ck_assert_int_eq(jint(resp, "size"), 65536);
-        ck_assert_int_eq(jint(resp, "nsems"), 3);
+        ck_assert_int_eq(test_jint(resp, "shm_key"), 1593835521);
+        ck_assert_int_eq(test_jint(resp, "size"), 65536);
+        ck_assert_int_eq(test_jint(resp, "nsems"), 3);
         json_decref(resp);
 
         /* Opening again on the same connection is one hold, not two. */
@@ -147,15 +120,15 @@ START_TEST(test_open_status_close) {
 
         resp = test_request(b, "{\"op\":\"status\",\"channel\":\"telemetry\"}");
         test_assert_ok(resp);
-        ch = find_channel(resp, "telemetry");
+        ch = test_find_channel(resp, "telemetry");
         ck_assert_ptr_nonnull(ch);
         clients = json_object_get(ch, "clients");
         ck_assert_uint_eq(json_array_size(clients), 2);
-        ck_assert_int_eq(jint(json_array_get(clients, 0), "pid"), getpid());
-        ck_assert_int_eq(jint(ch, "nattch"), 1);        /* the daemon's own attachment */
-        ck_assert_int_eq(jint(ch, "cpid"), td.pid);
+        ck_assert_int_eq(test_jint(json_array_get(clients, 0), "pid"), getpid());
+        ck_assert_int_eq(test_jint(ch, "nattch"), 1);        /* the daemon's own attachment */
+        ck_assert_int_eq(test_jint(ch, "cpid"), td.pid);
         ck_assert_uint_eq(json_array_size(json_object_get(ch, "semaphores")), 3);
-        ck_assert_int_eq(jint(json_array_get(json_object_get(ch, "semaphores"), 2), "value"), 7);
+        ck_assert_int_eq(test_jint(json_array_get(json_object_get(ch, "semaphores"), 2), "value"), 7);
         json_decref(resp);
 
         /* close drops a's hold; closing again is an error. */
@@ -173,7 +146,7 @@ START_TEST(test_open_status_close) {
 
                 resp = test_request(a, "{\"op\":\"status\"}");
                 test_assert_ok(resp);
-                n = json_array_size(json_object_get(find_channel(resp, "telemetry"), "clients"));
+                n = json_array_size(json_object_get(test_find_channel(resp, "telemetry"), "clients"));
                 json_decref(resp);
                 if (n == 0)
                         break;
@@ -207,7 +180,7 @@ START_TEST(test_errors_keep_serving) {
         int fd;
 
         test_daemon_write_config(&td, two_channels);
-        start_ok();
+        test_start_ok();
         fd = test_connect(td.socket);
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
                 resp = test_request(fd, cases[i].request);
@@ -217,7 +190,7 @@ START_TEST(test_errors_keep_serving) {
         /* Same connection, still served. */
         resp = test_request(fd, "{\"op\":\"hello\",\"version\":1,\"client\":\"test\"}");
         test_assert_ok(resp);
-        ck_assert_int_eq(jint(resp, "version"), 1);
+        ck_assert_int_eq(test_jint(resp, "version"), 1);
         json_decref(resp);
         close(fd);
 }
@@ -229,7 +202,7 @@ START_TEST(test_pipelined_requests_in_order) {
         int fd;
 
         test_daemon_write_config(&td, two_channels);
-        start_ok();
+        test_start_ok();
         fd = test_connect(td.socket);
         test_send(fd, burst, sizeof burst - 1);
         line = test_read_line(fd);
@@ -253,7 +226,7 @@ START_TEST(test_overlong_line_closes_only_that_connection) {
         int bad, good;
 
         test_daemon_write_config(&td, two_channels);
-        start_ok();
+        test_start_ok();
         good = test_connect(td.socket);
         bad = test_connect(td.socket);
         memset(junk, 'x', big);
@@ -285,7 +258,7 @@ START_TEST(test_line_at_limit_is_served) {
         memset(req + sizeof head - 1, ' ', len - (sizeof head - 1));
         req[len] = 0;
         test_daemon_write_config(&td, two_channels);
-        start_ok();
+        test_start_ok();
         fd = test_connect(td.socket);
         resp = test_request(fd, req);
         test_assert_ok(resp);
@@ -300,7 +273,7 @@ START_TEST(test_half_sent_request_does_not_stall_others) {
         int slow, fast;
 
         test_daemon_write_config(&td, two_channels);
-        start_ok();
+        test_start_ok();
         slow = test_connect(td.socket);
         test_send(slow, "{\"op\":\"li", 9);
         fast = test_connect(td.socket);
@@ -387,14 +360,14 @@ START_TEST(test_access_follows_kernel_rule) {
         int fd;
 
         test_daemon_write_config(&td, channels);
-        start_ok();
+        test_start_ok();
         fd = test_connect(td.socket);
         list = test_request(fd, "{\"op\":\"list\"}");
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
                 int status;
 
                 cases[i].socket = td.socket;
-                cases[i].shm_id = (int) jint(find_channel(list, cases[i].channel), "shm_id");
+                cases[i].shm_id = (int) test_jint(test_find_channel(list, cases[i].channel), "shm_id");
                 status = test_in_child(access_child, &cases[i]);
                 ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
                               "case %zu (%s %s as %u/%u+%u): child status %d (20: daemon and kernel disagree, 21: wrong verdict)",
@@ -431,7 +404,7 @@ static void stop_with_attached_client(int sig) {
         int fd, id, status;
 
         test_daemon_write_config(&td, two_channels);
-        start_ok();
+        test_start_ok();
         fd = test_connect(td.socket);
         addr = test_open_attach(fd, "telemetry", &id);
         strcpy(addr, "still here");
@@ -465,18 +438,18 @@ START_TEST(test_sigkill_then_restart_reclaims) {
         struct shmid_ds ds;
 
         test_daemon_write_config(&td, two_channels);
-        start_ok();
+        test_start_ok();
         fd = test_connect(td.socket);
         before = test_request(fd, "{\"op\":\"list\"}");
         close(fd);
         for (int i = 0; i < 2; i++) {
-                old_shm[i] = (int) jint(json_array_get(json_object_get(before, "channels"), (size_t) i), "shm_id");
-                old_sem[i] = (int) jint(json_array_get(json_object_get(before, "channels"), (size_t) i), "sem_id");
+                old_shm[i] = (int) test_jint(json_array_get(json_object_get(before, "channels"), (size_t) i), "shm_id");
+                old_sem[i] = (int) test_jint(json_array_get(json_object_get(before, "channels"), (size_t) i), "sem_id");
         }
         test_daemon_kill(&td, SIGKILL);
         ck_assert_int_eq(test_ipcs_count("-m"), 2);     /* left behind by the crash */
 
-        start_ok();
+        test_start_ok();
         char *log = test_daemon_log(&td);
         ck_assert_ptr_nonnull(strstr(log, "Reclaimed 4 object(s)"));
         free(log);
@@ -492,8 +465,8 @@ START_TEST(test_sigkill_then_restart_reclaims) {
         fd = test_connect(td.socket);
         after = test_request(fd, "{\"op\":\"list\"}");
         for (int i = 0; i < 2; i++)
-                ck_assert_int_eq(jint(json_array_get(json_object_get(before, "channels"), (size_t) i), "shm_key"),
-                                 jint(json_array_get(json_object_get(after, "channels"), (size_t) i), "shm_key"));
+                ck_assert_int_eq(test_jint(json_array_get(json_object_get(before, "channels"), (size_t) i), "shm_key"),
+                                 test_jint(json_array_get(json_object_get(after, "channels"), (size_t) i), "shm_key"));
         json_decref(before);
         json_decref(after);
         close(fd);
@@ -530,12 +503,12 @@ START_TEST(test_reclaim_spares_foreign_reuse_of_id) {
         ForeignShm other_key, other_user;
 
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096}]");
-        start_ok();
+        test_start_ok();
         fd = test_connect(td.socket);
         resp = test_request(fd, "{\"op\":\"list\"}");
-        id_a = (int) jint(find_channel(resp, "a"), "shm_id");
-        id_b = (int) jint(find_channel(resp, "b"), "shm_id");
-        key_b = (uint32_t) jint(find_channel(resp, "b"), "shm_key");
+        id_a = (int) test_jint(test_find_channel(resp, "a"), "shm_id");
+        id_b = (int) test_jint(test_find_channel(resp, "b"), "shm_id");
+        key_b = (uint32_t) test_jint(test_find_channel(resp, "b"), "shm_key");
         json_decref(resp);
         close(fd);
         test_daemon_kill(&td, SIGKILL);
@@ -549,7 +522,7 @@ START_TEST(test_reclaim_spares_foreign_reuse_of_id) {
         status = test_in_child(foreign_shm_child, &other_user);
         ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "could not reuse id %d", id_b);
 
-        start_ok();
+        test_start_ok();
         char *log = test_daemon_log(&td);
         ck_assert_ptr_nonnull(strstr(log, "2 now someone else's"));
         free(log);
@@ -572,45 +545,45 @@ START_TEST(test_objects_removed_behind_our_back_are_remade) {
         char *log;
 
         test_daemon_write_config(&td, two_channels);
-        start_ok();
+        test_start_ok();
         fd = test_connect(td.socket);
         resp = test_request(fd, "{\"op\":\"list\"}");
-        ch = find_channel(resp, "frames");
-        old_shm = (int) jint(ch, "shm_id");
-        old_sem = (int) jint(ch, "sem_id");
-        key = (uint32_t) jint(ch, "shm_key");
+        ch = test_find_channel(resp, "frames");
+        old_shm = (int) test_jint(ch, "shm_id");
+        old_sem = (int) test_jint(ch, "sem_id");
+        key = (uint32_t) test_jint(ch, "shm_key");
         json_decref(resp);
 
         /* An admin removes the segment: status notices and makes the channel again. */
         ck_assert_int_eq(shmctl(old_shm, IPC_RMID, NULL), 0);
         resp = test_request(fd, "{\"op\":\"status\",\"channel\":\"frames\"}");
         test_assert_ok(resp);
-        ch = find_channel(resp, "frames");
-        ck_assert_int_ne(jint(ch, "shm_id"), old_shm);
-        ck_assert_uint_eq((uint32_t) jint(ch, "shm_key"), key);         /* where clients look for it */
-        ck_assert_int_eq(jint(json_array_get(json_object_get(ch, "semaphores"), 0), "value"), 1);
+        ch = test_find_channel(resp, "frames");
+        ck_assert_int_ne(test_jint(ch, "shm_id"), old_shm);
+        ck_assert_uint_eq((uint32_t) test_jint(ch, "shm_key"), key);         /* where clients look for it */
+        ck_assert_int_eq(test_jint(json_array_get(json_object_get(ch, "semaphores"), 0), "value"), 1);
         ck_assert_int_ne(semctl(old_sem, 0, IPC_STAT, &sds), 0);       /* the old set went with it */
         json_decref(resp);
 
         /* An admin removes a set: the next open notices. */
         resp = test_request(fd, "{\"op\":\"list\"}");
-        old_sem = (int) jint(find_channel(resp, "telemetry"), "sem_id");
+        old_sem = (int) test_jint(test_find_channel(resp, "telemetry"), "sem_id");
         json_decref(resp);
         ck_assert_int_eq(semctl(old_sem, 0, IPC_RMID), 0);
         resp = test_request(fd, "{\"op\":\"open\",\"channel\":\"telemetry\",\"access\":\"rw\"}");
         test_assert_ok(resp);
-        ck_assert_int_ne(jint(resp, "sem_id"), old_sem);
-        ck_assert_int_eq(semctl((int) jint(resp, "sem_id"), 2, GETVAL), 7);   /* initial values again */
-        old_sem = (int) jint(resp, "sem_id");
+        ck_assert_int_ne(test_jint(resp, "sem_id"), old_sem);
+        ck_assert_int_eq(semctl((int) test_jint(resp, "sem_id"), 2, GETVAL), 7);   /* initial values again */
+        old_sem = (int) test_jint(resp, "sem_id");
         json_decref(resp);
 
         /* And a set removed under status (which leaves the set's identity to GETALL). */
         ck_assert_int_eq(semctl(old_sem, 0, IPC_RMID), 0);
         resp = test_request(fd, "{\"op\":\"status\",\"channel\":\"telemetry\"}");
         test_assert_ok(resp);
-        ch = find_channel(resp, "telemetry");
-        ck_assert_int_ne(jint(ch, "sem_id"), old_sem);
-        ck_assert_int_eq(jint(json_array_get(json_object_get(ch, "semaphores"), 2), "value"), 7);
+        ch = test_find_channel(resp, "telemetry");
+        ck_assert_int_ne(test_jint(ch, "sem_id"), old_sem);
+        ck_assert_int_eq(test_jint(json_array_get(json_object_get(ch, "semaphores"), 2), "value"), 7);
         json_decref(resp);
 
         /* Exactly one of each per channel: nothing doubled, nothing leaked. */
@@ -637,11 +610,11 @@ START_TEST(test_derived_key_skips_fixed_keys) {
                  "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096, \"key\": %u}]",
                  channel_derive_key("a", 0));
         test_daemon_write_config(&td, channels);
-        start_ok();
+        test_start_ok();
         fd = test_connect(td.socket);
         resp = test_request(fd, "{\"op\":\"list\"}");
-        ck_assert_uint_eq((uint32_t) jint(find_channel(resp, "a"), "shm_key"), channel_derive_key("a", 1));
-        ck_assert_uint_eq((uint32_t) jint(find_channel(resp, "b"), "shm_key"), channel_derive_key("a", 0));
+        ck_assert_uint_eq((uint32_t) test_jint(test_find_channel(resp, "a"), "shm_key"), channel_derive_key("a", 1));
+        ck_assert_uint_eq((uint32_t) test_jint(test_find_channel(resp, "b"), "shm_key"), channel_derive_key("a", 0));
         json_decref(resp);
         close(fd);
 }
@@ -655,7 +628,7 @@ START_TEST(test_fd_exhaustion_pauses_accept) {
 
         test_daemon_write_config(&td, two_channels);
         setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=24:24", 1);
-        start_ok();
+        test_start_ok();
         unsetenv("TEST_DAEMON_WRAPPER");
         for (int i = 0; i < N; i++)
                 conns[i] = test_connect(td.socket);     /* the backlog takes what accept cannot */
@@ -704,14 +677,14 @@ START_TEST(test_unprivileged_daemon_reclaims_unreadable_objects) {
         ck_assert_int_eq(chown(td.dir, 65534, 65534), 0);
         test_daemon_write_config(&td, "[{\"name\": \"wo\", \"size\": 4096, \"mode\": \"0060\", \"key\": 4242}]");
         setenv("TEST_DAEMON_WRAPPER", "setpriv --reuid 65534 --regid 65534 --clear-groups --inh-caps=-all", 1);
-        start_ok();
+        test_start_ok();
         fd = test_connect(td.socket);
         resp = test_request(fd, "{\"op\":\"status\"}");
         ck_assert(json_is_boolean(json_object_get(resp, "ok")));      /* an answer, whatever it is */
         json_decref(resp);
         close(fd);
         test_daemon_kill(&td, SIGKILL);
-        start_ok();
+        test_start_ok();
         unsetenv("TEST_DAEMON_WRAPPER");
         log = test_daemon_log(&td);
         ck_assert_msg(strstr(log, "Reclaimed 2 object(s)"), "log: %s", log);
@@ -758,10 +731,10 @@ START_TEST(test_foreign_derived_key_moves_on) {
         foreign = semget((key_t) channel_derive_key("frames", 0), 1, IPC_CREAT | IPC_EXCL | 0600);
         ck_assert_int_ge(foreign, 0);
         test_daemon_write_config(&td, "[{\"name\": \"frames\", \"size\": 4096}]");
-        start_ok();
+        test_start_ok();
         fd = test_connect(td.socket);
         resp = test_request(fd, "{\"op\":\"list\"}");
-        ck_assert_uint_eq((uint32_t) jint(json_array_get(json_object_get(resp, "channels"), 0), "shm_key"),
+        ck_assert_uint_eq((uint32_t) test_jint(json_array_get(json_object_get(resp, "channels"), 0), "shm_key"),
                           channel_derive_key("frames", 1));
         json_decref(resp);
         close(fd);
@@ -843,11 +816,11 @@ START_TEST(test_clients_cannot_remove_or_reown) {
         int fd, status;
 
         test_daemon_write_config(&td, "[{\"name\": \"g\", \"size\": 4096, \"group\": 4242, \"mode\": \"0660\"}]");
-        start_ok();
+        test_start_ok();
         fd = test_connect(td.socket);
         resp = test_request(fd, "{\"op\":\"list\"}");
-        ids.shm = (int) jint(find_channel(resp, "g"), "shm_id");
-        ids.sem = (int) jint(find_channel(resp, "g"), "sem_id");
+        ids.shm = (int) test_jint(test_find_channel(resp, "g"), "shm_id");
+        ids.sem = (int) test_jint(test_find_channel(resp, "g"), "sem_id");
         json_decref(resp);
         close(fd);
         status = test_in_child(non_owner_child, &ids);
@@ -864,7 +837,7 @@ START_TEST(test_second_daemon_refuses) {
         TestDaemon second = td;
 
         test_daemon_write_config(&td, two_channels);
-        start_ok();
+        test_start_ok();
         second.pid = -1;
         second.notify_fd = -1;
         ck_assert(!test_daemon_start(&second, &status, NULL));
@@ -894,7 +867,7 @@ START_TEST(test_stale_socket_replaced_live_socket_kept) {
         strcpy(sa.sun_path, td.socket);
         ck_assert_int_eq(bind(s, (struct sockaddr *) &sa, sizeof sa), 0);
         close(s);
-        start_ok();
+        test_start_ok();
         test_daemon_stop_ok(&td);
 
         /* A socket some other server answers on is not. */

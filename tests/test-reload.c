@@ -71,16 +71,6 @@ static json_t *req(int fd, const char *line) {
         return test_request(fd, line);
 }
 
-static void start_ok(void) {
-        int status = 0;
-
-        if (!test_daemon_start(&td, &status, NULL)) {
-                char *log = test_daemon_log(&td);
-
-                ck_abort_msg("daemon exited (status %d) before READY:\n%s", status, log);
-        }
-}
-
 /* A config with "admin_group" set to a numeric gid. */
 static void write_config_with_admin_group(gid_t admin_gid, const char *channels_json) {
         char *text;
@@ -89,37 +79,6 @@ static void write_config_with_admin_group(gid_t admin_gid, const char *channels_
                                   td.socket, (unsigned) admin_gid, channels_json), 0);
         test_daemon_write_raw_config(&td, text);
         free(text);
-}
-
-static json_t *find_channel(json_t *resp, const char *name) {
-        json_t *a = json_object_get(resp, "channels"), *e;
-        size_t i;
-
-        json_array_foreach(a, i, e)
-                if (strcmp(json_string_value(json_object_get(e, "name")), name) == 0)
-                        return e;
-        return NULL;
-}
-
-static json_t *must_find(json_t *resp, const char *name) {
-        json_t *ch = find_channel(resp, name);
-
-        ck_assert_msg(ch != NULL, "channel \"%s\" is not listed", name);
-        return ch;
-}
-
-static json_int_t jint(json_t *o, const char *key) {
-        json_t *v = json_object_get(o, key);
-
-        ck_assert_msg(json_is_integer(v), "\"%s\" is not an integer", key);
-        return json_integer_value(v);
-}
-
-static const char *jstr(json_t *o, const char *key) {
-        json_t *v = json_object_get(o, key);
-
-        ck_assert_msg(json_is_string(v), "\"%s\" is not a string", key);
-        return json_string_value(v);
 }
 
 /* One request on a fresh connection (for requests that hold nothing). */
@@ -206,16 +165,16 @@ static void assert_kernel_channel(json_t *ch, size_t size, mode_t mode, unsigned
         struct shmid_ds shm;
         struct semid_ds sem;
 
-        shm_stat((int) jint(ch, "shm_id"), &shm);
+        shm_stat((int) test_jint(ch, "shm_id"), &shm);
         ck_assert_uint_eq(shm.shm_segsz, size);
-        ck_assert_uint_eq((uint32_t) shm.shm_perm.__key, (uint32_t) jint(ch, "shm_key"));
+        ck_assert_uint_eq((uint32_t) shm.shm_perm.__key, (uint32_t) test_jint(ch, "shm_key"));
         ck_assert_uint_eq(shm.shm_perm.mode & 0777, mode);
         ck_assert_msg(!(shm.shm_perm.mode & SHM_DEST), "a listed segment is marked for removal");
-        sem_stat((int) jint(ch, "sem_id"), &sem);
+        sem_stat((int) test_jint(ch, "sem_id"), &sem);
         ck_assert_uint_eq(sem.sem_nsems, nsems);
-        ck_assert_uint_eq((uint32_t) sem.sem_perm.__key, (uint32_t) jint(ch, "sem_key"));
+        ck_assert_uint_eq((uint32_t) sem.sem_perm.__key, (uint32_t) test_jint(ch, "sem_key"));
         ck_assert_uint_eq(sem.sem_perm.mode & 0777, mode);
-        ck_assert_int_eq(jint(ch, "size"), (json_int_t) size);
+        ck_assert_int_eq(test_jint(ch, "size"), (json_int_t) size);
 }
 
 /* `after` lists the very channels of `before`, with the very same objects, and the kernel still has them. */
@@ -225,20 +184,20 @@ static void assert_same_channels(json_t *before, json_t *after) {
 
         ck_assert_uint_eq(json_array_size(json_object_get(after, "channels")), json_array_size(a));
         json_array_foreach(a, i, e) {
-                const char *name = jstr(e, "name");
-                json_t *f = must_find(after, name);
+                const char *name = test_jstr(e, "name");
+                json_t *f = test_must_find(after, name);
                 struct shmid_ds shm;
                 struct semid_ds sem;
 
-                ck_assert_msg(jint(e, "shm_id") == jint(f, "shm_id") && jint(e, "sem_id") == jint(f, "sem_id") &&
-                              jint(e, "shm_key") == jint(f, "shm_key") && jint(e, "size") == jint(f, "size"),
+                ck_assert_msg(test_jint(e, "shm_id") == test_jint(f, "shm_id") && test_jint(e, "sem_id") == test_jint(f, "sem_id") &&
+                              test_jint(e, "shm_key") == test_jint(f, "shm_key") && test_jint(e, "size") == test_jint(f, "size"),
                               "channel \"%s\" changed its objects", name);
-                ck_assert_str_eq(jstr(e, "mode"), jstr(f, "mode"));
-                shm_stat((int) jint(f, "shm_id"), &shm);
-                ck_assert_uint_eq((uint32_t) shm.shm_perm.__key, (uint32_t) jint(f, "shm_key"));
-                ck_assert_uint_eq(shm.shm_segsz, (size_t) jint(f, "size"));
-                sem_stat((int) jint(f, "sem_id"), &sem);
-                ck_assert_uint_eq((uint32_t) sem.sem_perm.__key, (uint32_t) jint(f, "sem_key"));
+                ck_assert_str_eq(test_jstr(e, "mode"), test_jstr(f, "mode"));
+                shm_stat((int) test_jint(f, "shm_id"), &shm);
+                ck_assert_uint_eq((uint32_t) shm.shm_perm.__key, (uint32_t) test_jint(f, "shm_key"));
+                ck_assert_uint_eq(shm.shm_segsz, (size_t) test_jint(f, "size"));
+                sem_stat((int) test_jint(f, "sem_id"), &sem);
+                ck_assert_uint_eq((uint32_t) sem.sem_perm.__key, (uint32_t) test_jint(f, "sem_key"));
         }
 }
 
@@ -263,10 +222,10 @@ START_TEST(test_add_remove_keep_change_in_one_reload) {
                 "[{\"name\": \"a\", \"size\": 4096, \"semaphores\": [1]},"
                 " {\"name\": \"b\", \"size\": 8192, \"semaphores\": 2},"
                 " {\"name\": \"c\", \"size\": 4096, \"mode\": \"0660\"}]");
-        start_ok();
+        test_start_ok();
         before = list_ok();
-        old_b_shm = (int) jint(must_find(before, "b"), "shm_id");
-        old_b_sem = (int) jint(must_find(before, "b"), "sem_id");
+        old_b_shm = (int) test_jint(test_must_find(before, "b"), "shm_id");
+        old_b_sem = (int) test_jint(test_must_find(before, "b"), "sem_id");
         assert_ipcs(3, 3);
 
         /* a kept, b removed, c changed (mode), d added. */
@@ -288,22 +247,22 @@ START_TEST(test_add_remove_keep_change_in_one_reload) {
 
         after = list_ok();
         ck_assert_uint_eq(json_array_size(json_object_get(after, "channels")), 3);
-        ck_assert_ptr_null(find_channel(after, "b"));
+        ck_assert_ptr_null(test_find_channel(after, "b"));
         /* a: untouched. */
-        ck_assert_int_eq(jint(must_find(after, "a"), "shm_id"), jint(must_find(before, "a"), "shm_id"));
-        ck_assert_int_eq(jint(must_find(after, "a"), "sem_id"), jint(must_find(before, "a"), "sem_id"));
+        ck_assert_int_eq(test_jint(test_must_find(after, "a"), "shm_id"), test_jint(test_must_find(before, "a"), "shm_id"));
+        ck_assert_int_eq(test_jint(test_must_find(after, "a"), "sem_id"), test_jint(test_must_find(before, "a"), "sem_id"));
         /* c: same objects, new mode. */
-        ck_assert_int_eq(jint(must_find(after, "c"), "shm_id"), jint(must_find(before, "c"), "shm_id"));
-        assert_kernel_channel(must_find(after, "c"), 4096, 0600, 1);
+        ck_assert_int_eq(test_jint(test_must_find(after, "c"), "shm_id"), test_jint(test_must_find(before, "c"), "shm_id"));
+        assert_kernel_channel(test_must_find(after, "c"), 4096, 0600, 1);
         /* d: made as configured. */
-        ch = must_find(after, "d");
-        ck_assert_int_eq(jint(ch, "nsems"), 2);
-        ck_assert_str_eq(jstr(ch, "mode"), "0604");
+        ch = test_must_find(after, "d");
+        ck_assert_int_eq(test_jint(ch, "nsems"), 2);
+        ck_assert_str_eq(test_jstr(ch, "mode"), "0604");
         assert_kernel_channel(ch, 12288, 0604, 2);
         {
                 unsigned short v[2];
 
-                sem_values((int) jint(ch, "sem_id"), v);
+                sem_values((int) test_jint(ch, "sem_id"), v);
                 ck_assert_uint_eq(v[0], 3);
                 ck_assert_uint_eq(v[1], 4);
         }
@@ -335,12 +294,12 @@ START_TEST(test_kept_channel_untouched_byte_for_byte) {
         const size_t size = 16384;
 
         test_daemon_write_config(&td, first);
-        start_ok();
+        test_start_ok();
         fd = test_connect(td.socket);
         resp = req(fd, "{\"op\":\"open\",\"channel\":\"keep\",\"access\":\"rw\"}");
         test_assert_ok(resp);
-        shm_id = (int) jint(resp, "shm_id");
-        sem_id = (int) jint(resp, "sem_id");
+        shm_id = (int) test_jint(resp, "shm_id");
+        sem_id = (int) test_jint(resp, "sem_id");
         json_decref(resp);
 
         /* Contents and semaphore values nobody but a client could have set. */
@@ -367,9 +326,9 @@ START_TEST(test_kept_channel_untouched_byte_for_byte) {
 
         /* Same ids, as the daemon says... */
         resp = list_ok();
-        ch = must_find(resp, "keep");
-        ck_assert_int_eq(jint(ch, "shm_id"), shm_id);
-        ck_assert_int_eq(jint(ch, "sem_id"), sem_id);
+        ch = test_must_find(resp, "keep");
+        ck_assert_int_eq(test_jint(ch, "shm_id"), shm_id);
+        ck_assert_int_eq(test_jint(ch, "sem_id"), sem_id);
         json_decref(resp);
 
         /* ...and as the kernel says: the same objects, never touched. */
@@ -403,12 +362,12 @@ START_TEST(test_kept_channel_untouched_byte_for_byte) {
         /* Our connection still holds it. */
         resp = req(admin, "{\"op\":\"status\",\"channel\":\"keep\"}");
         test_assert_ok(resp);
-        ch = must_find(resp, "keep");
+        ch = test_must_find(resp, "keep");
         clients = json_object_get(ch, "clients");
         ck_assert_uint_eq(json_array_size(clients), 1);
-        ck_assert_int_eq(jint(json_array_get(clients, 0), "pid"), getpid());
-        ck_assert_str_eq(jstr(json_array_get(clients, 0), "access"), "rw");
-        ck_assert_int_eq(jint(json_array_get(json_object_get(ch, "semaphores"), 2), "value"), 123);
+        ck_assert_int_eq(test_jint(json_array_get(clients, 0), "pid"), getpid());
+        ck_assert_str_eq(test_jstr(json_array_get(clients, 0), "access"), "rw");
+        ck_assert_int_eq(test_jint(json_array_get(json_object_get(ch, "semaphores"), 2), "value"), 123);
         json_decref(resp);
 
         /* And the hold is a real one: close succeeds on that connection. */
@@ -433,10 +392,10 @@ START_TEST(test_mode_change_in_place) {
         test_daemon_write_config(&td,
                 "[{\"name\": \"m\", \"size\": 4096, \"semaphores\": [2, 9], \"group\": 100, \"mode\": \"0660\"},"
                 " {\"name\": \"other\", \"size\": 4096}]");
-        start_ok();
+        test_start_ok();
         before = list_ok();
-        shm_id = (int) jint(must_find(before, "m"), "shm_id");
-        sem_id = (int) jint(must_find(before, "m"), "sem_id");
+        shm_id = (int) test_jint(test_must_find(before, "m"), "shm_id");
+        sem_id = (int) test_jint(test_must_find(before, "m"), "sem_id");
         addr = shmat(shm_id, NULL, 0);
         ck_assert_ptr_ne(addr, (void *) -1);
         strcpy(addr, "kept across a mode change");
@@ -453,9 +412,9 @@ START_TEST(test_mode_change_in_place) {
         json_decref(resp);
 
         after = list_ok();
-        ck_assert_int_eq(jint(must_find(after, "m"), "shm_id"), shm_id);
-        ck_assert_int_eq(jint(must_find(after, "m"), "sem_id"), sem_id);
-        ck_assert_str_eq(jstr(must_find(after, "m"), "mode"), "0640");
+        ck_assert_int_eq(test_jint(test_must_find(after, "m"), "shm_id"), shm_id);
+        ck_assert_int_eq(test_jint(test_must_find(after, "m"), "sem_id"), sem_id);
+        ck_assert_str_eq(test_jstr(test_must_find(after, "m"), "mode"), "0640");
 
         /* The kernel's objects carry the new mode; owner and group unchanged. */
         shm_stat(shm_id, &shm);
@@ -495,13 +454,13 @@ START_TEST(test_size_change_while_held_replaces) {
         test_daemon_write_config(&td,
                 "[{\"name\": \"grow\", \"size\": 4096, \"semaphores\": [1, 2]},"
                 " {\"name\": \"stay\", \"size\": 4096}]");
-        start_ok();
+        test_start_ok();
         fd = test_connect(td.socket);
         resp = req(fd, "{\"op\":\"open\",\"channel\":\"grow\",\"access\":\"rw\"}");
         test_assert_ok(resp);
-        old_shm = (int) jint(resp, "shm_id");
-        old_sem = (int) jint(resp, "sem_id");
-        key = (uint32_t) jint(resp, "shm_key");
+        old_shm = (int) test_jint(resp, "shm_id");
+        old_sem = (int) test_jint(resp, "sem_id");
+        key = (uint32_t) test_jint(resp, "shm_key");
         json_decref(resp);
         addr = shmat(old_shm, NULL, 0);
         ck_assert_ptr_ne(addr, (void *) -1);
@@ -520,13 +479,13 @@ START_TEST(test_size_change_while_held_replaces) {
 
         /* New objects under the same key, with the new size and the configured initial values. */
         after = list_ok();
-        ch = must_find(after, "grow");
-        new_shm = (int) jint(ch, "shm_id");
-        new_sem = (int) jint(ch, "sem_id");
+        ch = test_must_find(after, "grow");
+        new_shm = (int) test_jint(ch, "shm_id");
+        new_sem = (int) test_jint(ch, "sem_id");
         ck_assert_int_ne(new_shm, old_shm);
         ck_assert_int_ne(new_sem, old_sem);
-        ck_assert_uint_eq((uint32_t) jint(ch, "shm_key"), key);
-        ck_assert_int_eq(jint(ch, "size"), 8192);
+        ck_assert_uint_eq((uint32_t) test_jint(ch, "shm_key"), key);
+        ck_assert_int_eq(test_jint(ch, "size"), 8192);
         assert_kernel_channel(ch, 8192, 0660, 2);
         {
                 unsigned short v[2];
@@ -552,8 +511,8 @@ START_TEST(test_size_change_while_held_replaces) {
         /* The holds on the old objects were dropped. */
         resp = req(admin, "{\"op\":\"status\",\"channel\":\"grow\"}");
         test_assert_ok(resp);
-        ck_assert_uint_eq(json_array_size(json_object_get(must_find(resp, "grow"), "clients")), 0);
-        ck_assert_int_eq(jint(must_find(resp, "grow"), "nattch"), 1);  /* the daemon's own, on the new one */
+        ck_assert_uint_eq(json_array_size(json_object_get(test_must_find(resp, "grow"), "clients")), 0);
+        ck_assert_int_eq(test_jint(test_must_find(resp, "grow"), "nattch"), 1);  /* the daemon's own, on the new one */
         json_decref(resp);
 
         /* Detaching ends the old segment. */
@@ -563,13 +522,13 @@ START_TEST(test_size_change_while_held_replaces) {
         /* Reopening gets the new objects. */
         resp = req(fd, "{\"op\":\"open\",\"channel\":\"grow\",\"access\":\"rw\"}");
         test_assert_ok(resp);
-        ck_assert_int_eq(jint(resp, "shm_id"), new_shm);
-        ck_assert_int_eq(jint(resp, "sem_id"), new_sem);
-        ck_assert_int_eq(jint(resp, "size"), 8192);
+        ck_assert_int_eq(test_jint(resp, "shm_id"), new_shm);
+        ck_assert_int_eq(test_jint(resp, "sem_id"), new_sem);
+        ck_assert_int_eq(test_jint(resp, "size"), 8192);
         json_decref(resp);
         resp = req(admin, "{\"op\":\"status\",\"channel\":\"grow\"}");
         test_assert_ok(resp);
-        ck_assert_uint_eq(json_array_size(json_object_get(must_find(resp, "grow"), "clients")), 1);
+        ck_assert_uint_eq(json_array_size(json_object_get(test_must_find(resp, "grow"), "clients")), 1);
         json_decref(resp);
 
         /* Nothing doubled, nothing leaked. */
@@ -589,7 +548,7 @@ START_TEST(test_broken_config_changes_nothing) {
         int fd;
 
         test_daemon_write_config(&td, good);
-        start_ok();
+        test_start_ok();
         before = list_ok();
         fd = test_connect(td.socket);
 
@@ -632,7 +591,7 @@ START_TEST(test_broken_config_changes_nothing) {
         json_decref(resp);
         after = list_ok();
         assert_same_channels(before, after);
-        ck_assert_str_eq(jstr(must_find(after, "a"), "mode"), "0660");
+        ck_assert_str_eq(test_jstr(test_must_find(after, "a"), "mode"), "0660");
         json_decref(after);
         assert_ipcs(2, 2);
 
@@ -699,7 +658,7 @@ START_TEST(test_reload_needs_root_or_admin_group) {
         int status;
 
         write_config_with_admin_group(4242, "[{\"name\": \"a\", \"size\": 4096}]");
-        start_ok();
+        test_start_ok();
         before = list_ok();
         plain.socket = other_group.socket = admin.socket = td.socket;
 
@@ -728,8 +687,8 @@ START_TEST(test_reload_needs_root_or_admin_group) {
                       WIFEXITED(status) ? WEXITSTATUS(status) : -1);
         after = list_ok();
         ck_assert_uint_eq(json_array_size(json_object_get(after, "channels")), 2);
-        ck_assert_int_eq(jint(must_find(after, "a"), "shm_id"), jint(must_find(before, "a"), "shm_id"));
-        assert_kernel_channel(must_find(after, "b"), 4096, 0660, 1);
+        ck_assert_int_eq(test_jint(test_must_find(after, "a"), "shm_id"), test_jint(test_must_find(before, "a"), "shm_id"));
+        assert_kernel_channel(test_must_find(after, "b"), 4096, 0660, 1);
         json_decref(after);
         assert_ipcs(2, 2);
 
@@ -745,7 +704,7 @@ START_TEST(test_kernel_limit_refused_whole) {
         int fd;
 
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096}]");
-        start_ok();
+        test_start_ok();
         before = list_ok();
         assert_ipcs(2, 2);
         /* Per-namespace: no room for a third segment. */
@@ -762,10 +721,10 @@ START_TEST(test_kernel_limit_refused_whole) {
 
         after = list_ok();
         assert_same_channels(before, after);
-        ck_assert_ptr_null(find_channel(after, "c"));
+        ck_assert_ptr_null(test_find_channel(after, "c"));
         /* Not even the mode change of "a" was applied. */
-        ck_assert_str_eq(jstr(must_find(after, "a"), "mode"), "0660");
-        assert_kernel_channel(must_find(after, "a"), 4096, 0660, 1);
+        ck_assert_str_eq(test_jstr(test_must_find(after, "a"), "mode"), "0660");
+        assert_kernel_channel(test_must_find(after, "a"), 4096, 0660, 1);
         json_decref(after);
         assert_ipcs(2, 2);
         json_decref(before);
@@ -784,7 +743,7 @@ START_TEST(test_swap_at_kernel_limit_all_or_nothing) {
         int fd;
 
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096}]");
-        start_ok();
+        test_start_ok();
         before = list_ok();
         test_write_proc("/proc/sys/kernel/shmmni", "2");
 
@@ -796,9 +755,9 @@ START_TEST(test_swap_at_kernel_limit_all_or_nothing) {
                 assert_names(resp, "added", "c");
                 assert_names(resp, "removed", "b");
                 assert_names(resp, "kept", "a");
-                ck_assert_ptr_null(find_channel(after, "b"));
-                assert_kernel_channel(must_find(after, "c"), 4096, 0660, 1);
-                ck_assert_msg(!shm_exists((int) jint(must_find(before, "b"), "shm_id")), "b's segment left");
+                ck_assert_ptr_null(test_find_channel(after, "b"));
+                assert_kernel_channel(test_must_find(after, "c"), 4096, 0660, 1);
+                ck_assert_msg(!shm_exists((int) test_jint(test_must_find(before, "b"), "shm_id")), "b's segment left");
         } else {
                 test_assert_error(resp, "ENOSPC");
                 assert_message_contains(resp, "kernel.shmmni");
@@ -827,11 +786,11 @@ START_TEST(test_replace_attached_at_kernel_limit_keeps_channel) {
         int fd, admin, old_shm;
 
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096}]");
-        start_ok();
+        test_start_ok();
         fd = test_connect(td.socket);
         resp = req(fd, "{\"op\":\"open\",\"channel\":\"a\",\"access\":\"rw\"}");
         test_assert_ok(resp);
-        old_shm = (int) jint(resp, "shm_id");
+        old_shm = (int) test_jint(resp, "shm_id");
         json_decref(resp);
         addr = shmat(old_shm, NULL, 0);
         ck_assert_ptr_ne(addr, (void *) -1);
@@ -848,7 +807,7 @@ START_TEST(test_replace_attached_at_kernel_limit_keeps_channel) {
         json_decref(resp);
         resp = req(admin, "{\"op\":\"status\",\"channel\":\"a\"}");
         test_assert_ok(resp);
-        ck_assert_uint_eq(json_array_size(json_object_get(must_find(resp, "a"), "clients")), 1);
+        ck_assert_uint_eq(json_array_size(json_object_get(test_must_find(resp, "a"), "clients")), 1);
         ck_assert_str_eq(addr, "in use");
         ck_assert_int_eq(shmdt(addr), 0);
         json_decref(resp);
@@ -870,7 +829,7 @@ START_TEST(test_foreign_fixed_key_refused_whole) {
         int fd, foreign_shm, foreign_sem;
 
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
-        start_ok();
+        test_start_ok();
         before = list_ok();
         fd = test_connect(td.socket);
 
@@ -922,8 +881,8 @@ START_TEST(test_foreign_fixed_key_refused_whole) {
         assert_names(resp, "kept", "a");
         json_decref(resp);
         after = list_ok();
-        ck_assert_int_eq(jint(must_find(after, "fixed"), "shm_key"), 0x4242);
-        assert_kernel_channel(must_find(after, "fixed"), 4096, 0660, 1);
+        ck_assert_int_eq(test_jint(test_must_find(after, "fixed"), "shm_key"), 0x4242);
+        assert_kernel_channel(test_must_find(after, "fixed"), 4096, 0660, 1);
         json_decref(after);
         assert_ipcs(3, 3);
         json_decref(before);
@@ -940,7 +899,7 @@ START_TEST(test_sighup_reloads_within_a_second) {
 
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
         td.keep_notify = true;          /* we read (and check) the notifications */
-        start_ok();
+        test_start_ok();
         before = list_ok();
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"late\", \"size\": 8192}]");
 
@@ -955,7 +914,7 @@ START_TEST(test_sighup_reloads_within_a_second) {
                 resp = req(fd, "{\"op\":\"list\"}");
                 elapsed = test_now_ms() - start;     /* when the answer came: the daemon may have been busy */
                 test_assert_ok(resp);
-                ch = find_channel(resp, "late");
+                ch = test_find_channel(resp, "late");
                 ck_assert_msg(elapsed <= 1000, "SIGHUP not acted on within 1 s (%s after %lld ms)",
                               ch ? "seen only" : "still not seen", (long long) elapsed);
                 if (ch)
@@ -964,7 +923,7 @@ START_TEST(test_sighup_reloads_within_a_second) {
                 usleep(10000);
         }
         assert_kernel_channel(ch, 8192, 0660, 1);
-        ck_assert_int_eq(jint(must_find(resp, "a"), "shm_id"), jint(must_find(before, "a"), "shm_id"));
+        ck_assert_int_eq(test_jint(test_must_find(resp, "a"), "shm_id"), test_jint(test_must_find(before, "a"), "shm_id"));
         json_decref(resp);
         /* systemd heard of it: RELOADING=1 (with MONOTONIC_USEC), then READY=1 again. */
         drain_notify();
@@ -990,7 +949,7 @@ START_TEST(test_sigterm_after_reloads_removes_everything) {
 
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096}]");
         td.keep_notify = true;          /* many reloads: drain_notify() must keep the daemon from blocking */
-        start_ok();
+        test_start_ok();
         fd = test_connect(td.socket);
         /* add */
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096},"

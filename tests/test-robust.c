@@ -39,21 +39,15 @@
 
 static const char *const one_public_channel = "[{\"name\": \"pub\", \"size\": 4096, \"mode\": \"0644\"}]";
 
-
 /* Write a config with extra top-level members (`extra`: "" or members each followed by a comma) and start. */
 static void start_with(const char *extra, const char *channels) {
         char *text;
-        int status = 0;
 
         ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", %s \"channels\": %s}\n", td.socket,
                                   extra, channels), 0);
         test_daemon_write_raw_config(&td, text);
         free(text);
-        if (!test_daemon_start(&td, &status, NULL)) {
-                char *log = test_daemon_log(&td);
-
-                ck_abort_msg("daemon exited (status %d) before READY:\n%s", status, log);
-        }
+        test_start_ok();
 }
 
 static void assert_daemon_alive(void) {
@@ -182,24 +176,6 @@ static const char *message_of(json_t *v) {
         return m ? m : "";
 }
 
-static json_t *find_channel(json_t *resp, const char *name) {
-        json_t *a = json_object_get(resp, "channels"), *e;
-        size_t i;
-
-        json_array_foreach(a, i, e)
-                if (json_is_string(json_object_get(e, "name")) &&
-                    strcmp(json_string_value(json_object_get(e, "name")), name) == 0)
-                        return e;
-        return NULL;
-}
-
-static json_int_t jint(json_t *o, const char *key) {
-        json_t *v = json_object_get(o, key);
-
-        ck_assert_msg(json_is_integer(v), "\"%s\" is not an integer", key);
-        return json_integer_value(v);
-}
-
 /* ---- parent-side (aborting) helpers ---- */
 
 static json_t *read_answer(int fd) {
@@ -248,7 +224,7 @@ static size_t count_holds(int fd, const char *channel) {
         snprintf(req, sizeof req, "{\"op\":\"status\",\"channel\":\"%s\"}", channel);
         resp = test_request(fd, req);
         test_assert_ok(resp);
-        ch = find_channel(resp, channel);
+        ch = test_find_channel(resp, channel);
         ck_assert_ptr_nonnull(ch);
         n = json_array_size(json_object_get(ch, "clients"));
         json_decref(resp);
@@ -1719,14 +1695,14 @@ START_TEST(test_access_matrix) {
                 struct shmid_ds ds;
 
                 snprintf(name, sizeof name, "m%04o", (unsigned) matrix_modes[m]);
-                ch = find_channel(list, name);
+                ch = test_find_channel(list, name);
                 ck_assert_msg(ch != NULL, "channel %s not listed", name);
                 for (size_t i = 0; i < sizeof peers / sizeof peers[0]; i++) {
-                        peers[i].shm_id[m] = (int) jint(ch, "shm_id");
-                        peers[i].sem_id[m] = (int) jint(ch, "sem_id");
+                        peers[i].shm_id[m] = (int) test_jint(ch, "shm_id");
+                        peers[i].sem_id[m] = (int) test_jint(ch, "sem_id");
                 }
                 /* The kernel objects carry exactly what the config says. */
-                ck_assert_int_eq(shmctl((int) jint(ch, "shm_id"), IPC_STAT, &ds), 0);
+                ck_assert_int_eq(shmctl((int) test_jint(ch, "shm_id"), IPC_STAT, &ds), 0);
                 ck_assert_uint_eq(ds.shm_perm.uid, OWNER_UID);
                 ck_assert_uint_eq(ds.shm_perm.gid, OWNER_GID);
                 ck_assert_uint_eq(ds.shm_perm.mode & 0777, matrix_modes[m]);

@@ -30,10 +30,6 @@ static void setup(void) {
         td.keep_notify = true;
 }
 
-static void start_ok(void) {
-        ck_assert_msg(test_daemon_start(&td, NULL, NULL), "daemon exited before READY=1");
-}
-
 static void assert_notified(const char *what, int timeout_ms) {
         char *got = strstr(td.notified, what) ? strdup(what) : test_daemon_wait_notify(&td, what, timeout_ms);
 
@@ -43,7 +39,7 @@ static void assert_notified(const char *what, int timeout_ms) {
 
 START_TEST(test_ready_only_after_objects_exist) {
         test_daemon_write_config(&td, two_channels);
-        start_ok();
+        test_start_ok();
         /* READY=1 has arrived: every object and the socket must already be there. */
         ck_assert_int_eq(test_ipcs_count("-m"), 2);
         ck_assert_int_eq(test_ipcs_count("-s"), 2);
@@ -58,7 +54,7 @@ START_TEST(test_status_follows_clients) {
         int fd;
 
         test_daemon_write_config(&td, two_channels);
-        start_ok();
+        test_start_ok();
         fd = test_connect(td.socket);
         resp = test_request(fd, "{\"op\":\"open\",\"channel\":\"a\",\"access\":\"rw\"}");
         json_decref(resp);
@@ -77,7 +73,7 @@ START_TEST(test_reload_and_stop_notifications) {
         struct timespec ts;
 
         test_daemon_write_config(&td, two_channels);
-        start_ok();
+        test_start_ok();
         td.notified[0] = 0;
         fd = test_connect(td.socket);
         resp = test_request(fd, "{\"op\":\"reload\"}");
@@ -109,7 +105,7 @@ START_TEST(test_watchdog_pings) {
 
         test_daemon_write_config(&td, two_channels);
         setenv("WATCHDOG_USEC", "200000", 1);
-        start_ok();
+        test_start_ok();
         unsetenv("WATCHDOG_USEC");
         /* sd-event pings at half the interval: about 10 in a second. */
         for (time_t end = time(NULL) + 1; time(NULL) <= end;) {
@@ -127,7 +123,7 @@ START_TEST(test_no_watchdog_without_watchdog_usec) {
         char *msg;
 
         test_daemon_write_config(&td, two_channels);
-        start_ok();
+        test_start_ok();
         msg = test_daemon_wait_notify(&td, "WATCHDOG=1", 500);
         ck_assert_ptr_null(msg);
 }
@@ -142,7 +138,7 @@ START_TEST(test_extend_timeout_for_many_channels) {
         sprintf(p, "]");
         test_daemon_write_config(&td, channels);
         free(channels);
-        start_ok();
+        test_start_ok();
         ck_assert_msg(strstr(td.notified, "EXTEND_TIMEOUT_USEC="), "notified: %s", td.notified);
         ck_assert_int_eq(test_ipcs_count("-m"), 300);
 }
@@ -155,7 +151,7 @@ START_TEST(test_socket_activation) {
 
         test_daemon_write_config(&td, two_channels);
         td.activate = true;
-        start_ok();
+        test_start_ok();
         ck_assert_int_eq(stat(td.socket, &before), 0);
         fd = test_connect(td.socket);
         resp = test_request(fd, "{\"op\":\"list\"}");
@@ -186,7 +182,7 @@ START_TEST(test_journal_priority_prefixes) {
         close(fd);
         snprintf(env, sizeof env, "%llu:%llu", (unsigned long long) st.st_dev, (unsigned long long) st.st_ino);
         setenv("JOURNAL_STREAM", env, 1);
-        start_ok();
+        test_start_ok();
         unsetenv("JOURNAL_STREAM");
         kill(td.pid, SIGTERM);
         waitpid(td.pid, NULL, 0);
