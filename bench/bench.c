@@ -41,7 +41,7 @@
 
 #include <shmbroker/shmbroker.h>
 
-#define TRIALS 5
+#define TRIALS 7
 
 static char dir[64];
 static char sock_path[128], notify_path[128], cfg_path[128];
@@ -312,35 +312,52 @@ typedef struct Size {
         const char *label, *ring;
         size_t size;
         long n;
+        const char *ring_only;  /* a ring-only row, and what it shows */
 } Size;
 
+/*
+ * The rings for 4 KiB and up are 2-4 MiB, larger than one core's L2 cache:
+ * a line a side writes then comes from the shared L3, not out of the other
+ * core's cache (4 KiB: 5.5-6x the pipe, against 4-4.6x for a 1 MiB ring).
+ * The last row shows that 1 MiB ring, as its size is the user's choice
+ * that matters most here.
+ */
 static const Size sizes[] = {
-        { "64 B", "r64", 64, 1000000 },
-        { "4 KiB", "r4k", 4096, 200000 },
-        { "64 KiB", "r64k", 65536, 16000 },
-        { "1 MiB", "r1m", 1 << 20, 1200 },
+        { "64 B", "r64", 64, 1000000, NULL },
+        { "4 KiB", "r4k", 4096, 200000, NULL },
+        { "64 KiB", "r64k", 65536, 16000, NULL },
+        { "1 MiB", "r1m", 1 << 20, 1200, NULL },
+        { "4 KiB", "r4k-l2", 4096, 200000, "ring of 1 MiB, within one core's L2 (above: 4 MiB)" },
 };
 
-static Stat tput[4][4];         /* [size][ring, pipe, unix, memcpy] in bytes/s */
+#define N_SIZES (sizeof sizes / sizeof sizes[0])
+
+static Stat tput[N_SIZES][4];   /* [size][ring, pipe, unix, memcpy] in bytes/s */
 
 static void bench_throughput(void) {
-        printf("\n%-26s %14s %14s %14s %14s\n", "one-way throughput", "ring", "pipe", "unix socket", "memcpy");
-        for (size_t s = 0; s < 4; s++) {
-                double v[4][TRIALS];
+        static double v[N_SIZES][4][TRIALS];
 
-                for (int t = 0; t < TRIALS; t++) {
-                        v[0][t] = one_way(M_RING, sizes[s].ring, sizes[s].size, sizes[s].n);
-                        v[1][t] = one_way(M_PIPE, NULL, sizes[s].size, sizes[s].n / (s == 0 ? 4 : 1));
-                        v[2][t] = one_way(M_UNIX, NULL, sizes[s].size, sizes[s].n / (s == 0 ? 4 : 1));
-                        v[3][t] = memcpy_rate(sizes[s].size, sizes[s].n * 4);
+        /* Trials outer, sizes inner: a few noisy seconds then cost each size one trial, not all of one. */
+        for (int t = 0; t < TRIALS; t++)
+                for (size_t s = 0; s < N_SIZES; s++) {
+                        long n = sizes[s].n / (s == 0 ? 4 : 1);
+
+                        v[s][0][t] = one_way(M_RING, sizes[s].ring, sizes[s].size, sizes[s].n);
+                        if (sizes[s].ring_only)
+                                continue;
+                        v[s][1][t] = one_way(M_PIPE, NULL, sizes[s].size, n);
+                        v[s][2][t] = one_way(M_UNIX, NULL, sizes[s].size, n);
+                        v[s][3][t] = memcpy_rate(sizes[s].size, sizes[s].n * 4);
                 }
+        printf("\n%-26s %14s %14s %14s %14s\n", "one-way throughput", "ring", "pipe", "unix socket", "memcpy");
+        for (size_t s = 0; s < N_SIZES; s++) {
                 printf("%-10s %-15s", sizes[s].label, "MB/s (spread)");
-                for (int k = 0; k < 4; k++) {
-                        tput[s][k] = stat_of(v[k], TRIALS);
+                for (int k = 0; k < (sizes[s].ring_only ? 1 : 4); k++) {
+                        tput[s][k] = stat_of(v[s][k], TRIALS);
                         printf(" %7.0f (%3.0f%%)", tput[s][k].median / 1e6,
                                100 * (tput[s][k].max - tput[s][k].min) / tput[s][k].median);
                 }
-                printf("\n");
+                printf("%s%s\n", sizes[s].ring_only ? "  " : "", sizes[s].ring_only ? sizes[s].ring_only : "");
                 if (s == 0)
                         printf("%-10s %-15s %14.2f %14.2f %14.2f\n", "", "M msg/s", tput[0][0].median / 64 / 1e6,
                                tput[0][1].median / 64 / 1e6, tput[0][2].median / 64 / 1e6);
@@ -954,7 +971,8 @@ int main(int argc, char **argv) {
 
         printf("shmbroker benchmark: %d CPUs; medians of %d trials (spread = (max-min)/median)\n", ncpu, TRIALS);
         write_config(0, "{\"name\": \"r64\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 1024},"
-                        "{\"name\": \"r4k\", \"layout\": \"ring\", \"slot_size\": 4096, \"slots\": 256},"
+                        "{\"name\": \"r4k\", \"layout\": \"ring\", \"slot_size\": 4096, \"slots\": 1024},"
+                        "{\"name\": \"r4k-l2\", \"layout\": \"ring\", \"slot_size\": 4096, \"slots\": 256},"
                         "{\"name\": \"r64k\", \"layout\": \"ring\", \"slot_size\": 65536, \"slots\": 32},"
                         "{\"name\": \"r1m\", \"layout\": \"ring\", \"slot_size\": 1048576, \"slots\": 4},"
                         "{\"name\": \"ping\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8},"
