@@ -98,23 +98,15 @@ void info_from_proto(const ProtoChannel *pc, shmb_channel_info *ret) {
         snprintf(ret->name, sizeof ret->name, "%s", pc->name);
 }
 
-/* Attach what the broker's open answer describes. Takes the answer. */
-static int attach(shmb_client *c, ProtoResponse *res, shmb_access access, shmb_channel **ret) {
-        shmb_channel *ch;
+/*
+ * Attach what the broker's open answer describes, into ch (allocated before
+ * the request, so that nothing can fail between the broker granting a hold
+ * and ch recording it: shmb_close() then gives every hold back). Takes ch
+ * and the answer.
+ */
+static int attach(shmb_channel *ch, shmb_client *c, ProtoResponse *res, shmb_access access, shmb_channel **ret) {
         int r;
 
-        ch = calloc(1, sizeof *ch);
-        if (!ch) {
-                /* The broker granted a hold: give it back before failing. */
-                ProtoRequest close_req = { .op = PROTO_OP_CLOSE };
-                ProtoResponse ignored;
-
-                snprintf(close_req.channel, sizeof close_req.channel, "%s", res->channels[0].name);
-                proto_response_done(res);
-                if (client_call(c, &close_req, &ignored) == 0)
-                        proto_response_done(&ignored);
-                return -ENOMEM;
-        }
         info_from_proto(&res->channels[0], &ch->info);
         proto_response_done(res);
         ch->access = access;
@@ -161,6 +153,7 @@ static int make_open(const char *name, shmb_access access, ProtoRequest *ret) {
 int shmb_open(shmb_client *c, const char *name, shmb_access access, shmb_channel **ret) {
         ProtoRequest req;
         ProtoResponse res;
+        shmb_channel *ch;
         int r;
 
         if (!c || !ret)
@@ -168,15 +161,21 @@ int shmb_open(shmb_client *c, const char *name, shmb_access access, shmb_channel
         r = make_open(name, access, &req);
         if (r < 0)
                 return r;
+        ch = calloc(1, sizeof *ch);
+        if (!ch)
+                return -ENOMEM;
         r = client_call(c, &req, &res);
-        if (r < 0)
+        if (r < 0) {
+                free(ch);
                 return r;
-        return attach(c, &res, access, ret);
+        }
+        return attach(ch, c, &res, access, ret);
 }
 
 int shmb_open_channel(const char *socket_path, const char *name, shmb_access access, shmb_channel **ret) {
         ProtoRequest reqs[2] = { { .op = PROTO_OP_HELLO, .version = PROTO_VERSION } };
         ProtoResponse res[2];
+        _cleanup_(freep) shmb_channel *ch = NULL;
         shmb_client *c;
         int r;
 
@@ -185,6 +184,9 @@ int shmb_open_channel(const char *socket_path, const char *name, shmb_access acc
         r = make_open(name, access, &reqs[1]);
         if (r < 0)
                 return r;
+        ch = calloc(1, sizeof *ch);
+        if (!ch)
+                return -ENOMEM;
         r = client_connect(socket_path, &c);
         if (r < 0)
                 return r;
@@ -194,7 +196,7 @@ int shmb_open_channel(const char *socket_path, const char *name, shmb_access acc
                 r = client_check_hello(&res[0]);
                 proto_response_done(&res[0]);
                 if (r == 0)
-                        r = attach(c, &res[1], access, ret);
+                        r = attach(TAKE_PTR(ch), c, &res[1], access, ret);
                 else
                         proto_response_done(&res[1]);
         }

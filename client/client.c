@@ -199,11 +199,9 @@ int client_connect(const char *socket_path, shmb_client **ret) {
         shmb_client *c;
         int r;
 
-        if (!ret)
-                return -EINVAL;
-        if (strlen(path) >= sizeof sa.sun_path)
-                return -ENAMETOOLONG;
-        strcpy(sa.sun_path, path);
+        r = strcpy_checked(sa.sun_path, sizeof sa.sun_path, path);
+        if (r < 0)
+                return r;
         c = calloc(1, sizeof *c);
         if (!c)
                 return -ENOMEM;
@@ -235,6 +233,8 @@ int shmb_connect(const char *socket_path, shmb_client **ret) {
         shmb_client *c;
         int r;
 
+        if (!ret)
+                return -EINVAL;
         r = client_connect(socket_path, &c);
         if (r < 0)
                 return r;

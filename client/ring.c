@@ -186,10 +186,11 @@ static unsigned note_cpu(uint32_t *slot_cpu) {
  * it did not; and after a few microseconds the spinner yields, so a peer
  * that shares our CPU gets to run instead of waiting out our spin.
  */
-static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t *my_cpu, uint32_t *peer_cpu) {
+static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t *my_cpu, uint32_t *peer_cpu,
+                     int64_t deadline) {
         uint32_t max = LOAD(&ch->spin_us, RLX) * 1000u, budget;
         unsigned here;
-        int64_t end;
+        int64_t start, end;
 
         if (max == 0)
                 return false;
@@ -199,7 +200,10 @@ static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t
                 return false;
         budget = LOAD(&ch->spin_budget_ns, RLX);
         budget = budget ? MIN(budget, max) : max;
-        end = now_ns() + budget;
+        start = now_ns();
+        end = start + budget;
+        if (deadline && end > deadline)
+                end = deadline;         /* a spin never outlasts the caller's timeout */
         for (unsigned i = 1;; i++) {
                 if ((int64_t) (LOAD(&slot->seq, ACQ) - target) >= 0) {
                         STORE(&ch->spin_budget_ns, MIN(budget * 2, max), RLX);
@@ -211,7 +215,7 @@ static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t
                         if (now > end)
                                 break;
                         /* Yield only once the peer is clearly not answering from another CPU. */
-                        if (now - (end - budget) > SPIN_YIELD_AFTER_NS)
+                        if (now - start > SPIN_YIELD_AFTER_NS)
                                 sched_yield();
                 } else
                         cpu_relax();
@@ -235,7 +239,7 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, uint32_t
         if (timeout_ms == 0)
                 return -EAGAIN;
         /* Also when someone holds the slot mid-message: almost always it is busy copying. */
-        if (spin_for(ch, slot, target, my_cpu, peer_cpu))
+        if (spin_for(ch, slot, target, my_cpu, peer_cpu, deadline))
                 return 0;
         /*
          * Someone holds the slot mid-message (the other side's counter moved past
@@ -292,10 +296,16 @@ static bool free_dead_receivers_slot(shmb_channel *ch, RingSlot *slot, uint64_t 
         return true;
 }
 
-/* A sender claimed pos and died before publishing: that message never was; skip it. */
+/*
+ * A sender claimed pos and died before publishing: that message never was; skip it.
+ * seq is read again once the claimer is known dead: a sender may publish,
+ * return and exit between a first look and kill(), and that message was sent.
+ * Death is final, so after it an unpublished slot stays unpublished.
+ */
 static bool skip_dead_senders_slot(shmb_channel *ch, RingSlot *slot, uint64_t pos) {
         if ((int64_t) (LOAD(&slot->seq, ACQ) - (pos + 1)) >= 0 || (int64_t) (LOAD(&ch->ring->head, ACQ) - pos) <= 0 ||
-            LOAD(&slot->send_pos, ACQ) != pos || !claimer_dead(slot->send_pid))
+            LOAD(&slot->send_pos, ACQ) != pos || !claimer_dead(slot->send_pid) ||
+            (int64_t) (LOAD(&slot->seq, ACQ) - (pos + 1)) >= 0)
                 return false;
         if (__atomic_compare_exchange_n(&ch->ring->tail, &pos, pos + 1, false, RLX, RLX)) {
                 STORE(&slot->seq, pos + ch->info.slots, REL);

@@ -94,6 +94,7 @@ START_TEST(test_open_errors) {
         ck_assert_int_ne(shmb_open_channel(NULL, "pair", SHMB_RW, &ch), 0);    /* the default path is not ours */
         setenv("SHMBROKER_SOCKET", td.socket, 1);
 
+        ck_assert_int_eq(shmb_connect(NULL, NULL), -EINVAL);
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
         ck_assert_int_eq(shmb_open(c, "nope", SHMB_RO, &ch), -ENOENT);
         ck_assert_ptr_nonnull(strstr(shmb_client_last_message(c), "nope"));
@@ -256,6 +257,11 @@ START_TEST(test_timeouts_fire) {
         ck_assert_int_ge(test_now_ms() - t, 140);
         ck_assert_int_eq(shmb_sem_wait(pair, 5, 0), -EINVAL);
 
+        /* The longest spin allowed still ends at the caller's timeout (nothing was sent: no peer CPU to avoid). */
+        ck_assert_int_eq(shmb_channel_set_spin(ring, SHMB_SPIN_MAX_US), 0);
+        t = test_now_ms();
+        ck_assert_int_eq(shmb_recv(ring, buf, sizeof buf, 50), -ETIMEDOUT);
+        ck_assert_int_lt(test_now_ms() - t, 500);
         ck_assert_int_eq(shmb_recv(ring, buf, sizeof buf, 0), -EAGAIN);
         t = test_now_ms();
         ck_assert_int_eq(shmb_recv(ring, buf, sizeof buf, 150), -ETIMEDOUT);
