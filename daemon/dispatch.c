@@ -10,6 +10,11 @@
 
 static int answer_error(int err, char **ret_line, size_t *ret_len, const char *fmt, ...) _printf_(4, 5);
 
+/*
+ * An error answer. An errno the protocol has no name for (ELOOP from a
+ * config path, say) is sent as EIO: the message says what it was, and the
+ * encoder's refusal must not become a dropped connection.
+ */
 static int answer_error(int err, char **ret_line, size_t *ret_len, const char *fmt, ...) {
         char msg[PROTO_MESSAGE_MAX];
         va_list ap;
@@ -17,7 +22,7 @@ static int answer_error(int err, char **ret_line, size_t *ret_len, const char *f
         va_start(ap, fmt);
         vsnprintf(msg, sizeof msg, fmt, ap);
         va_end(ap);
-        return proto_encode_error(err, msg, ret_line, ret_len);
+        return proto_encode_error(proto_errno_to_name(err) ? err : EIO, msg, ret_line, ret_len);
 }
 
 static bool dispatch_is_admin(const Dispatch *d, const Peer *p) {
@@ -147,7 +152,7 @@ static int answer_stat_failed(const Entry *e, int r, char **ret_line, size_t *re
                 return answer_error(EIDRM, ret_line, ret_len,
                                     "channel \"%s\": its kernel objects were removed behind the daemon's back",
                                     e->channel->spec.name);
-        return answer_error(proto_errno_to_name(-r) ? -r : EIO, ret_line, ret_len,
+        return answer_error(-r, ret_line, ret_len,
                             "channel \"%s\": cannot read its kernel objects: %s", e->channel->spec.name,
                             strerror(-r));
 }

@@ -595,6 +595,18 @@ START_TEST(test_broken_config_changes_nothing) {
         json_decref(after);
         assert_ipcs(2, 2);
 
+        /* An errno the protocol has no name for (ELOOP): an answer, and the connection stays. */
+        ck_assert_int_eq(unlink(td.config), 0);
+        ck_assert_int_eq(symlink(td.config, td.config), 0);
+        resp = req(fd, "{\"op\":\"reload\"}");
+        test_assert_error(resp, "EIO");
+        assert_message_contains(resp, td.config);
+        json_decref(resp);
+        ck_assert_int_eq(unlink(td.config), 0);
+        after = list_ok();
+        assert_same_channels(before, after);
+        json_decref(after);
+
         /* The daemon is fine: the good config again keeps everything. */
         test_daemon_write_config(&td, good);
         resp = reload_ok(fd);
