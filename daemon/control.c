@@ -142,6 +142,49 @@ static bool has_line(const Conn *conn) {
                proto_frame_next_max(conn->in, conn->in_len, conn->control->limits->request_max, &ignored) != 0;
 }
 
+static int on_conn_timeout(sd_event_source *s, uint64_t usec, void *userdata);
+
+/* (Re)start the connection's one timer, request_timeout_ms from now. */
+static int conn_arm_timeout(Conn *conn) {
+        uint64_t now;
+        int r;
+
+        r = sd_event_now(conn->control->event, CLOCK_MONOTONIC, &now);
+        if (r < 0)
+                return r;
+        now += (uint64_t) conn->control->limits->request_timeout_ms * 1000;
+        if (!conn->timeout)
+                return sd_event_add_time(conn->control->event, &conn->timeout, CLOCK_MONOTONIC, now, 0,
+                                         on_conn_timeout, conn);
+        r = sd_event_source_set_time(conn->timeout, now);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(conn->timeout, SD_EVENT_ONESHOT);
+        return r;
+}
+
+/*
+ * The daemon ends this connection: queue err with why, and close once it is
+ * sent. The holds go now, not then: a peer that stops reading must not keep
+ * its channels by never taking the answer. The timer becomes the deadline
+ * for taking it (request_timeout_ms), after which the connection closes anyway.
+ */
+static int conn_fail(Conn *conn, int err, const char *why) {
+        char *resp;
+        size_t resp_len;
+        int r;
+
+        conn->closing = true;
+        if (!LIST_EMPTY(&conn->client.holds))
+                log_debug("Client pid %d is being disconnected, dropping its holds.", (int) conn->client.peer.pid);
+        client_done(&conn->client);
+        r = proto_encode_error(err, why, &resp, &resp_len);
+        if (r >= 0)
+                r = queue_output(conn, resp, resp_len);
+        if (r >= 0)
+                r = conn_arm_timeout(conn);
+        return r;
+}
+
 /*
  * Answer every complete line we have, as long as the client keeps reading.
  * *ret_consumed says whether a line was taken, so the timer can restart.
@@ -165,18 +208,14 @@ static int process_input(Conn *conn, bool *ret_consumed) {
                                  (int) conn->client.peer.pid, conn->control->limits->request_max);
                         snprintf(why, sizeof why, "request line exceeds %" PRIu32 " bytes; closing the connection",
                                  conn->control->limits->request_max);
-                        r = proto_encode_error(E2BIG, why, &resp, &resp_len);
-                        if (r < 0)
-                                break;
-                        conn->closing = true;
                         off = conn->in_len;
-                } else {
-                        r = dispatch_line(conn->control->dispatch, &conn->client, conn->in + off, line_len,
-                                          &resp, &resp_len);
-                        if (r < 0)
-                                break;
-                        off += line_len + 1;
+                        r = conn_fail(conn, E2BIG, why);
+                        break;
                 }
+                r = dispatch_line(conn->control->dispatch, &conn->client, conn->in + off, line_len, &resp, &resp_len);
+                if (r < 0)
+                        break;
+                off += line_len + 1;
                 r = queue_output(conn, resp, resp_len);
                 if (r < 0)
                         break;
@@ -239,19 +278,23 @@ static int conn_update_events(Conn *conn) {
         return sd_event_source_set_io_events(conn->source, events);
 }
 
-/* A request line left half-sent for too long: answer, then close. */
+/* A request line left half-sent for too long: answer, then close. Or, when closing, the answer was never taken. */
 static int on_conn_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
         Conn *conn = userdata;
-        char why[128], *resp;
-        size_t resp_len;
+        char why[128];
 
+        if (conn->closing) {
+                log_debug("Client pid %d did not read its last answer within %" PRIu32 " ms; closing.",
+                          (int) conn->client.peer.pid, conn->control->limits->request_timeout_ms);
+                conn_free(conn);
+                return 0;
+        }
         log_info("Client pid %d left a request half-sent for %" PRIu32 " ms; closing its connection.",
                  (int) conn->client.peer.pid, conn->control->limits->request_timeout_ms);
         snprintf(why, sizeof why, "request not completed within %" PRIu32 " ms; closing the connection",
                  conn->control->limits->request_timeout_ms);
-        conn->closing = true;
-        if (proto_encode_error(ETIMEDOUT, why, &resp, &resp_len) < 0 || queue_output(conn, resp, resp_len) < 0 ||
-            flush_output(conn) < 0 || pending_output(conn) == 0 || conn_update_events(conn) < 0)
+        if (conn_fail(conn, ETIMEDOUT, why) < 0 || flush_output(conn) < 0 || pending_output(conn) == 0 ||
+            conn_update_events(conn) < 0)
                 conn_free(conn);
         return 0;
 }
@@ -261,12 +304,13 @@ static int on_conn_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
  * requests (a client holding its channels) is legitimate and never is.
  */
 static int conn_update_timeout(Conn *conn, bool new_line) {
-        uint64_t now;
         int r;
 
+        if (conn->closing)
+                return 0;       /* the timer is the deadline for taking the last answer */
         /* The clock runs only while an unfinished line waits for the client's
          * bytes: not for complete lines we hold back (backpressure), not when idle. */
-        if (conn->in_len == 0 || conn->closing || conn->eof || has_line(conn)) {
+        if (conn->in_len == 0 || conn->eof || has_line(conn)) {
                 if (conn->timeout)
                         return sd_event_source_set_enabled(conn->timeout, SD_EVENT_OFF);
                 return 0;
@@ -278,17 +322,7 @@ static int conn_update_timeout(Conn *conn, bool new_line) {
                 if (r < 0 || enabled != SD_EVENT_OFF)
                         return r < 0 ? r : 0;   /* already running since this line began */
         }
-        r = sd_event_now(conn->control->event, CLOCK_MONOTONIC, &now);
-        if (r < 0)
-                return r;
-        now += (uint64_t) conn->control->limits->request_timeout_ms * 1000;
-        if (!conn->timeout)
-                return sd_event_add_time(conn->control->event, &conn->timeout, CLOCK_MONOTONIC, now, 0,
-                                         on_conn_timeout, conn);
-        r = sd_event_source_set_time(conn->timeout, now);
-        if (r >= 0)
-                r = sd_event_source_set_enabled(conn->timeout, SD_EVENT_ONESHOT);
-        return r;
+        return conn_arm_timeout(conn);
 }
 
 static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {

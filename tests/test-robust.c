@@ -897,6 +897,51 @@ START_TEST(test_stalled_reader_not_timed_out) {
 }
 END_TEST
 
+/*
+ * A connection the daemon has decided to close (a half-sent line timed out)
+ * while its peer reads nothing: the answer cannot be sent, but the holds
+ * must go at once, and the connection itself after request_timeout_ms more.
+ */
+START_TEST(test_unread_close_drops_holds) {
+        enum { N = 4000 };
+        static const char status[] = "{\"op\":\"status\"}\n";
+        char *reqs, buf[65536];
+        int64_t deadline;
+        int fd, watcher;
+        ssize_t n;
+
+        start_with("\"limits\": {\"request_timeout_ms\": 200, \"output_max\": 16777216},", one_public_channel);
+        fd = test_connect(td.socket);
+        request_ok(fd, "{\"op\":\"open\",\"channel\":\"pub\",\"access\":\"rw\"}");
+        watcher = test_connect(td.socket);
+        ck_assert_uint_eq(count_holds(watcher, "pub"), 1);
+
+        /* Answers (~1 MB) beyond what the socket holds, then half a line; nothing read. */
+        reqs = malloc(N * (sizeof status - 1) + 9);
+        ck_assert_ptr_nonnull(reqs);
+        for (int i = 0; i < N; i++)
+                memcpy(reqs + i * (sizeof status - 1), status, sizeof status - 1);
+        memcpy(reqs + N * (sizeof status - 1), "{\"op\":\"li", 9);
+        test_send(fd, reqs, N * (sizeof status - 1) + 9);
+        free(reqs);
+        wait_holds(watcher, "pub", 0);
+
+        /* And the connection ends: what was sent, then EOF. */
+        deadline = test_now_ms() + 5000;
+        do {
+                struct pollfd pfd = { .fd = fd, .events = POLLIN };
+
+                ck_assert_msg(test_now_ms() < deadline, "the unread connection was not closed within 5 s");
+                n = poll(&pfd, 1, 1000) > 0 ? recv(fd, buf, sizeof buf, 0) : 1;
+        } while (n > 0);
+        ck_assert_msg(n == 0 || errno == ECONNRESET, "reading the closed connection: %s", strerror(errno));
+        close(fd);
+        request_ok(watcher, "{\"op\":\"list\"}");
+        close(watcher);
+        assert_daemon_alive();
+}
+END_TEST
+
 START_TEST(test_slow_reader) {
         const size_t n_req = SLOW_LISTS + SLOW_LISTS / SLOW_MARK_EVERY;
         char *channels, *reqs, *first_list = NULL;
@@ -1724,7 +1769,7 @@ int main(void) {
                 { "limits", CASE_TIMEOUT, { test_request_max, test_connections_per_uid, test_connections_max,
                                             test_request_timeout, test_request_timeout_restarts_per_line } },
                 { "slow-reader", HEAVY_TIMEOUT, { test_slow_reader, test_stalled_reader_not_timed_out,
-                                                    test_pipelined_burst_answered } },
+                                                    test_pipelined_burst_answered, test_unread_close_drops_holds } },
                 { "socket", CASE_TIMEOUT, { test_socket_mode_0600_group, test_socket_mode_0660_group } },
                 { "storm", HEAVY_TIMEOUT, { test_connection_storm } },
                 { "hostile-input", CASE_TIMEOUT, { test_hostile_input } },
