@@ -47,58 +47,92 @@ static int names_complete(ProtoReloadResult *res) {
 }
 
 typedef struct Plan {
-        const ChannelSpec **create;     /* [0, n_added): new; [n_added, n_create): replacements */
-        size_t n_added, n_create;
-        Entry **replace;                /* the old entry of each replacement, same order */
+        const ChannelSpec **add;        /* created first, all or nothing */
+        size_t n_add;
         Entry **remove;
         size_t n_remove;
+        /*
+         * Created after every removal: replacements (replace[i] is the old
+         * entry), and added channels whose fixed key a removed or replaced
+         * channel holds now (replace[i] NULL), so that a key may move between
+         * channels (a swap, a rename) in one reload.
+         */
+        const ChannelSpec **later;
+        Entry **replace;
+        size_t n_later;
 } Plan;
 
 static void plan_done(Plan *p) {
-        free(p->create);
-        free(p->replace);
+        free(p->add);
         free(p->remove);
+        free(p->later);
+        free(p->replace);
+}
+
+/* Whether a channel this plan removes or replaces holds key now. */
+static bool plan_frees_key(const Plan *p, uint32_t key) {
+        for (size_t i = 0; i < p->n_remove; i++)
+                if (p->remove[i]->channel->key == key)
+                        return true;
+        for (size_t i = 0; i < p->n_later; i++)
+                if (p->replace[i] && p->replace[i]->channel->key == key)
+                        return true;
+        return false;
+}
+
+static bool plan_creates(const Plan *p, const ChannelSpec *s) {
+        for (size_t i = 0; i < p->n_add; i++)
+                if (p->add[i] == s)
+                        return true;
+        for (size_t i = 0; i < p->n_later; i++)
+                if (p->later[i] == s)
+                        return true;
+        return false;
 }
 
 static int plan_make(Registry *reg, const Config *cfg, Plan *p) {
-        p->create = calloc(cfg->n_channels + 1, sizeof *p->create);
+        p->add = calloc(cfg->n_channels + 1, sizeof *p->add);
+        p->later = calloc(cfg->n_channels + 1, sizeof *p->later);
         p->replace = calloc(cfg->n_channels + 1, sizeof *p->replace);
         p->remove = calloc(reg->n + 1, sizeof *p->remove);
-        if (!p->create || !p->replace || !p->remove)
+        if (!p->add || !p->later || !p->replace || !p->remove)
                 return -ENOMEM;
 
-        for (size_t i = 0; i < cfg->n_channels; i++) {
-                const ChannelSpec *s = &cfg->channels[i];
-
-                if (!registry_find(reg, s->name))
-                        p->create[p->n_added++] = s;
-        }
-        p->n_create = p->n_added;
-        for (size_t i = 0; i < cfg->n_channels; i++) {
-                const ChannelSpec *s = &cfg->channels[i];
-                Entry *e = registry_find(reg, s->name);
-
-                if (e && !channel_spec_same_objects(&e->channel->spec, s)) {
-                        p->replace[p->n_create - p->n_added] = e;
-                        p->create[p->n_create++] = s;
-                }
-        }
         for (size_t i = 0; i < reg->n; i++) {
                 Entry *e = registry_at(reg, i);
 
                 if (config_find_channel(cfg, e->channel->spec.name) < 0)
                         p->remove[p->n_remove++] = e;
         }
+        for (size_t i = 0; i < cfg->n_channels; i++) {
+                const ChannelSpec *s = &cfg->channels[i];
+                Entry *e = registry_find(reg, s->name);
+
+                if (e && !channel_spec_same_objects(&e->channel->spec, s)) {
+                        p->replace[p->n_later] = e;
+                        p->later[p->n_later++] = s;
+                }
+        }
+        /* After the lines above: plan_frees_key() needs every removal and replacement. */
+        for (size_t i = 0; i < cfg->n_channels; i++) {
+                const ChannelSpec *s = &cfg->channels[i];
+
+                if (registry_find(reg, s->name))
+                        continue;
+                if (s->has_key && plan_frees_key(p, s->key))
+                        p->later[p->n_later++] = s;
+                else
+                        p->add[p->n_add++] = s;
+        }
         return 0;
 }
 
 /*
  * In the order apply() works: the added channels must fit as things are
- * (nothing is removed before them); the replacements may then use what the
+ * (nothing is removed before them); the later ones may then use what the
  * removed and replaced channels free.
  */
 static int check_limits(const Plan *p, char *msg, size_t msg_size) {
-        size_t n_replace = p->n_create - p->n_added;
         IpcLimits l;
         int r;
 
@@ -107,78 +141,82 @@ static int check_limits(const Plan *p, char *msg, size_t msg_size) {
                 msg_set(msg, msg_size, "cannot read the kernel's IPC limits: %s", strerror(-r));
                 return -r;
         }
-        r = ipc_limits_check(&l, p->create, p->n_added, msg, msg_size);
+        r = ipc_limits_check(&l, p->add, p->n_add, msg, msg_size);
         if (r)
                 return r;
-        for (size_t i = 0; i < p->n_added; i++) {
+        for (size_t i = 0; i < p->n_add; i++) {
                 l.shm_ids_used++;
-                l.shm_pages_used += (p->create[i]->size + l.page_size - 1) / l.page_size;
+                l.shm_pages_used += (p->add[i]->size + l.page_size - 1) / l.page_size;
                 l.sem_sets_used++;
-                l.sem_sems_used += p->create[i]->nsems;
+                l.sem_sems_used += p->add[i]->nsems;
         }
-        for (size_t i = 0; i < p->n_remove + n_replace; i++) {
-                const Channel *c = i < p->n_remove ? p->remove[i]->channel : p->replace[i - p->n_remove]->channel;
+        for (size_t i = 0; i < p->n_remove + p->n_later; i++) {
+                const Entry *e = i < p->n_remove ? p->remove[i] : p->replace[i - p->n_remove];
                 struct shmid_ds ds;
 
+                if (!e)
+                        continue;       /* a later add: it frees nothing */
                 /* A set goes at once; a segment a client still has attached lives on
                  * (and keeps its id and pages) until the last detach. */
                 l.sem_sets_used -= MIN(l.sem_sets_used, UINT64_C(1));
-                l.sem_sems_used -= MIN(l.sem_sems_used, (uint64_t) c->spec.nsems);
-                if (ipc_stat_shm(c->shm_id, &ds) < 0 || ds.shm_nattch > 1)
+                l.sem_sems_used -= MIN(l.sem_sems_used, (uint64_t) e->channel->spec.nsems);
+                if (ipc_stat_shm(e->channel->shm_id, &ds) < 0 || ds.shm_nattch > 1)
                         continue;
                 l.shm_ids_used -= MIN(l.shm_ids_used, UINT64_C(1));
-                l.shm_pages_used -= MIN(l.shm_pages_used, (c->spec.size + l.page_size - 1) / l.page_size);
+                l.shm_pages_used -= MIN(l.shm_pages_used, (e->channel->spec.size + l.page_size - 1) / l.page_size);
         }
-        return ipc_limits_check(&l, p->create + p->n_added, n_replace, msg, msg_size);
+        return ipc_limits_check(&l, p->later, p->n_later, msg, msg_size);
 }
 
 static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadResult *res, char *msg, size_t msg_size) {
         int r;
 
         /* 1. Add. On failure, remove what this reload added: nothing else has changed yet. */
-        for (size_t i = 0; i < p->n_added; i++) {
-                r = registry_create(reg, p->create[i], cfg->fixed_keys, cfg->n_fixed_keys, NULL, msg, msg_size);
+        for (size_t i = 0; i < p->n_add; i++) {
+                r = registry_create(reg, p->add[i], cfg->fixed_keys, cfg->n_fixed_keys, NULL, msg, msg_size);
                 if (r < 0) {
                         for (size_t k = 0; k < i; k++)
-                                registry_remove(reg, registry_find(reg, p->create[k]->name));
+                                registry_remove(reg, registry_find(reg, p->add[k]->name));
                         return r == -ENOMEM ? r : -r;
                 }
         }
 
         /* From here on every step is carried out; names record what happened. */
-        for (size_t i = 0; i < p->n_added; i++)
-                if (names_add(&res->added, p->create[i]->name) < 0)
+        for (size_t i = 0; i < p->n_add; i++)
+                if (names_add(&res->added, p->add[i]->name) < 0)
                         return -ENOMEM;
 
-        /* 2. Remove the dropped ones. */
+        /* 2. Remove the dropped ones, and the old objects of the replaced ones: every key they free is free before step 3. */
         for (size_t i = 0; i < p->n_remove; i++) {
                 if (names_add(&res->removed, p->remove[i]->channel->spec.name) < 0)
                         return -ENOMEM;
                 registry_remove(reg, p->remove[i]);
         }
+        for (size_t i = 0; i < p->n_later; i++)
+                if (p->replace[i])
+                        registry_remove(reg, p->replace[i]);
 
-        /* 3. Replace: the old objects go first, so the key is free for the new ones. */
-        for (size_t i = p->n_added; i < p->n_create; i++) {
-                const ChannelSpec *s = p->create[i];
+        /* 3. Create the replacements and the adds that waited for a key. */
+        for (size_t i = 0; i < p->n_later; i++) {
+                const ChannelSpec *s = p->later[i];
                 char why[512];
 
-                registry_remove(reg, p->replace[i - p->n_added]);
                 r = registry_create(reg, s, cfg->fixed_keys, cfg->n_fixed_keys, NULL, why, sizeof why);
-                if (r < 0)
-                        log_error("Reload: %s; the channel is gone until a later reload.", why);
-                if (names_add(r < 0 ? &res->removed : &res->changed, s->name) < 0)
+                if (r < 0) {
+                        log_error("Reload: %s; the channel %s until a later reload.", why,
+                                  p->replace[i] ? "is gone" : "is not added");
+                        if (!p->replace[i])
+                                continue;       /* never was: in no list */
+                }
+                if (names_add(r < 0 ? &res->removed : p->replace[i] ? &res->changed : &res->added, s->name) < 0)
                         return -ENOMEM;
         }
 
         /* 4. The rest: owner, group and mode in place, or untouched. */
         for (size_t i = 0; i < cfg->n_channels; i++) {
                 const ChannelSpec *s = &cfg->channels[i];
-                bool created = false;
-                Entry *e;
+                Entry *e = plan_creates(p, s) ? NULL : registry_find(reg, s->name);
 
-                for (size_t k = 0; k < p->n_create && !created; k++)
-                        created = p->create[k] == s;
-                e = created ? NULL : registry_find(reg, s->name);
                 if (!e)
                         continue;
                 if (same_perms(&e->channel->spec, s)) {

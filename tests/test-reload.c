@@ -904,6 +904,44 @@ END_TEST
 
 /* ---- signals ---- */
 
+/*
+ * Fixed keys that move between the daemon's own channels in one reload: a
+ * swap (a and b trade keys: their sizes change too, so both are replaced)
+ * and a rename that keeps its key (c goes, d comes on c's key).
+ */
+START_TEST(test_fixed_keys_move_between_channels) {
+        static const struct { const char *name; key_t key; } want[] = { { "a", 0x4402 }, { "b", 0x4401 }, { "d", 0x4403 } };
+        json_t *resp, *after;
+        int fd;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096, \"key\": 17409},"     /* 0x4401 */
+                                      " {\"name\": \"b\", \"size\": 4096, \"key\": 17410},"
+                                      " {\"name\": \"c\", \"size\": 4096, \"key\": 17411}]");
+        test_start_ok();
+        fd = test_connect(td.socket);
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 8192, \"key\": 17410},"
+                                      " {\"name\": \"b\", \"size\": 8192, \"key\": 17409},"
+                                      " {\"name\": \"d\", \"size\": 4096, \"key\": 17411}]");
+        resp = reload_ok(fd);
+        assert_names(resp, "changed", "a,b");
+        assert_names(resp, "removed", "c");
+        assert_names(resp, "added", "d");
+        assert_names(resp, "kept", "");
+        json_decref(resp);
+        after = list_ok();
+        ck_assert_uint_eq(json_array_size(json_object_get(after, "channels")), 3);
+        for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+                json_t *ch = test_must_find(after, want[i].name);
+
+                ck_assert_int_eq(shmget(want[i].key, 0, 0), (int) test_jint(ch, "shm_id"));
+                ck_assert_int_eq(semget(want[i].key, 0, 0), (int) test_jint(ch, "sem_id"));
+        }
+        json_decref(after);
+        assert_ipcs(3, 3);
+        close(fd);
+}
+END_TEST
+
 START_TEST(test_sighup_reloads_within_a_second) {
         json_t *before, *resp, *ch = NULL;
         int64_t start;
@@ -1069,7 +1107,7 @@ int main(void) {
                 { "refusals", CASE_TIMEOUT, { test_broken_config_changes_nothing, test_reload_needs_root_or_admin_group,
                                 test_kernel_limit_refused_whole, test_swap_at_kernel_limit_all_or_nothing,
                                 test_replace_attached_at_kernel_limit_keeps_channel,
-                                test_foreign_fixed_key_refused_whole } },
+                                test_foreign_fixed_key_refused_whole, test_fixed_keys_move_between_channels } },
                 { "signals", CASE_TIMEOUT, { test_sighup_reloads_within_a_second, test_sigterm_after_reloads_removes_everything,
                                test_crash_mid_reload_then_restart } },
         };
