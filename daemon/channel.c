@@ -179,6 +179,8 @@ static int try_key(Channel *c, uint32_t key, State *state, char *msg, size_t msg
                 if (r < 0)
                         goto fail_state;
         }
+        /* The ids cover the objects now; the intents would only be checked again at every restart. */
+        (void) state_append_records(state, intents, 2, false);
         return 0;
 
 fail_state:
