@@ -92,11 +92,20 @@ static void id_to_name_uncached(uint32_t id, bool group, char *buf, size_t size)
         snprintf(buf, size, "%" PRIu32, id);
 }
 
+/* After IPC_RMID returned r: the object is gone (removed now, or before). */
+static bool rmid_done(int r) {
+        return r == 0 || errno == EINVAL || errno == EIDRM;
+}
+
+/*
+ * Remove the objects, and forget in the state file only those that are gone:
+ * one that could not be removed stays recorded, so the next start removes
+ * it (and the file is kept at exit, see daemon_done()).
+ */
 static void remove_objects(Channel *c, State *state) {
         /* IPC_RMID while still attached: our attachment keeps the id ours until then. */
         if (c->shm_id >= 0) {
-                shmctl(c->shm_id, IPC_RMID, NULL);
-                if (state)
+                if (rmid_done(shmctl(c->shm_id, IPC_RMID, NULL)) && state)
                         state_drop(state, STATE_SHM, c->key, c->shm_id);
                 c->shm_id = -1;
         }
@@ -106,9 +115,10 @@ static void remove_objects(Channel *c, State *state) {
         }
         /* A set removed behind our back may have given its id to someone else. */
         if (c->sem_id >= 0) {
-                if (ipc_is_ours(c->sem_id, c->key, false) == 1)
-                        semctl(c->sem_id, 0, IPC_RMID);
-                if (state)
+                int ours = ipc_is_ours(c->sem_id, c->key, false);
+                bool gone = ours == 1 ? rmid_done(semctl(c->sem_id, 0, IPC_RMID)) : ours == 0 || ours == -ENOENT;
+
+                if (gone && state)
                         state_drop(state, STATE_SEM, c->key, c->sem_id);
                 c->sem_id = -1;
         }

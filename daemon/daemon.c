@@ -39,15 +39,25 @@ typedef struct Daemon {
         sd_event_source *status_timer;
 } Daemon;
 
+/* Whether the state file records nothing alive (a failed read counts as something). */
+static bool state_is_empty(State *state) {
+        _cleanup_(freep) StateRecord *v = NULL;
+        size_t n, skipped;
+
+        return state_read(state, &v, &n, &skipped) == 0 && n == 0;
+}
+
 static void daemon_done(Daemon *d) {
         d->status_timer = sd_event_source_disable_unref(d->status_timer);
-        /* Our own records cancel out as the registry removes its channels. */
-        bool remove_state = d->reclaimed && d->n_unsettled == 0;
-
         d->control = control_free(d->control);
         d->registry = registry_free(d->registry);
         answer_cache_done(&d->dispatch.answers);
-        if (d->state && remove_state)
+        /*
+         * Our records cancel out as the registry removes its channels; what is
+         * left (unsettled records, an object that could not be removed) keeps
+         * the file for the next start to reclaim.
+         */
+        if (d->state && d->reclaimed && state_is_empty(d->state))
                 state_remove_files(d->state);
         d->state = state_free(d->state);
         free(d->unsettled);
