@@ -49,6 +49,15 @@ static inline void fclosep(FILE **f) {
                 fclose(*f);
 }
 
+/* The number of strings in a NULL-terminated list (NULL: 0). */
+static inline size_t strv_length(char *const *v) {
+        size_t n = 0;
+
+        while (v && v[n])
+                n++;
+        return n;
+}
+
 /* qsort/bsearch comparison of uint32_t values. */
 static inline int cmp_u32(const void *a, const void *b) {
         uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;

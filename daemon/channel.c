@@ -243,12 +243,11 @@ static int channel_new(const ChannelSpec *spec, Channel **ret) {
         if (!c)
                 return -ENOMEM;
         c->spec = *spec;
-        c->spec.sem_values = malloc(spec->nsems * sizeof *spec->sem_values);
+        c->spec.sem_values = memdup(spec->sem_values, spec->nsems * sizeof *spec->sem_values);
         if (!c->spec.sem_values) {
                 free(c);
                 return -ENOMEM;
         }
-        memcpy(c->spec.sem_values, spec->sem_values, spec->nsems * sizeof *spec->sem_values);
         c->shm_id = c->sem_id = -1;
         /* The creator's ids, as the kernel records them (cuid/cgid): they never change. */
         c->cuid = geteuid();

@@ -234,14 +234,6 @@ static int save_state(Daemon *d) {
         return state_rewrite(d->state, v, n);
 }
 
-static size_t strv_length(char **v) {
-        size_t n = 0;
-
-        while (v && v[n])
-                n++;
-        return n;
-}
-
 /*
  * Re-read the config and apply it (reload.c has the semantics). Returns 0
  * with *ret filled, or a positive errno with msg when nothing changed (EIO
@@ -407,8 +399,10 @@ int daemon_run(const DaemonOptions *o) {
                 return EXIT_FAILURE;
         raise_fd_limit();
         d.socket_path = strdup(o->socket_path ?: d.config->socket);
-        if (!d.socket_path)
+        if (!d.socket_path) {
+                log_error("Out of memory.");
                 goto fail;
+        }
 
         r = setup_loop(&d);
         if (r < 0) {
@@ -419,8 +413,10 @@ int daemon_run(const DaemonOptions *o) {
         if (r < 0)
                 goto fail;
         r = registry_new(d.state, &d.registry);
-        if (r < 0)
+        if (r < 0) {
+                log_error("Failed to set up the channel registry: %s", strerror(-r));
                 goto fail;
+        }
         r = create_channels(&d);
         if (r < 0) {
                 log_error("Start failed; removing the %zu channel(s) already created.", d.registry->n);
@@ -429,16 +425,20 @@ int daemon_run(const DaemonOptions *o) {
 
         d.dispatch = (Dispatch) { .registry = d.registry, .config = d.config, .reload = daemon_reload, .userdata = &d };
         r = control_new(d.event, &d.dispatch, &d.config->limits, &d.control);
-        if (r < 0)
+        if (r < 0) {
+                log_error("Failed to set up the control socket: %s", strerror(-r));
                 goto fail;
+        }
         r = listen_or_adopt(&d, msg, sizeof msg);
         if (r < 0) {
                 log_error("%s", msg);
                 goto fail;
         }
         r = sd_event_add_post(d.event, NULL, on_post, &d);
-        if (r < 0)
+        if (r < 0) {
+                log_error("Failed to set up the event loop: %s", strerror(-r));
                 goto fail;
+        }
         /* Pings WATCHDOG=1 at half of WatchdogSec= from the loop itself: a stuck loop stops them. */
         r = sd_event_set_watchdog(d.event, true);
         if (r < 0)

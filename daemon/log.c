@@ -19,10 +19,6 @@ void log_setup(int level) {
                  st.st_dev == dev && st.st_ino == ino;
 }
 
-int log_get_max_level(void) {
-        return max_level;
-}
-
 void log_full(int level, const char *fmt, ...) {
         char line[2048];
         va_list ap;

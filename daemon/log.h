@@ -12,7 +12,6 @@
 #include "common/util.h"
 
 void log_setup(int max_level);
-int log_get_max_level(void);
 
 _printf_(2, 3) void log_full(int level, const char *fmt, ...);
 

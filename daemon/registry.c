@@ -115,8 +115,7 @@ int registry_repair(Registry *r, Entry *e, bool *ret_remade, char *msg, size_t m
         k = channel_remake(&e->channel, r->state, msg, msg_size);
         if (k < 0) {
                 /* Nothing left to serve: forget the entry (its channel is already freed). */
-                entries_drop(r, e);
-                free(e);
+                registry_remove(r, e);
                 return k;
         }
         *ret_remade = true;

@@ -22,11 +22,9 @@ static bool same_perms(const ChannelSpec *a, const ChannelSpec *b) {
 
 /* Append a copy of name to a NULL-terminated, owned list. */
 static int names_add(char ***list, const char *name) {
-        size_t n = 0;
+        size_t n = strv_length(*list);
         char **v;
 
-        while (*list && (*list)[n])
-                n++;
         v = reallocarray(*list, n + 2, sizeof *v);
         if (!v)
                 return -ENOMEM;
