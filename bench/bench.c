@@ -42,6 +42,8 @@
 #include <shmbroker/shmbroker.h>
 
 #define TRIALS 7
+/* How long a ring operation waits for the other process: only a dead peer takes this long. */
+#define PEER_TIMEOUT_MS 10000
 
 static char dir[64];
 static char sock_path[128], notify_path[128], cfg_path[128];
@@ -56,6 +58,10 @@ static int64_t now_ns(void) {
         return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+static pid_t main_pid;
+static void cleanup(void);
+
+/* In the main process, also stop the servers and remove the directory: nothing outlives a failed run. */
 static void die(const char *fmt, ...) {
         va_list ap;
 
@@ -64,6 +70,9 @@ static void die(const char *fmt, ...) {
         vfprintf(stderr, fmt, ap);
         fprintf(stderr, "\n");
         va_end(ap);
+        if (getpid() != main_pid)
+                _exit(1);       /* a child: exit() would flush the stdout it copied from the parent again */
+        cleanup();
         exit(1);
 }
 
@@ -250,7 +259,7 @@ static double one_way(Method m, const char *ring, size_t size, long n) {
                 await_fd(ready[0]);
                 for (long i = 0; i < n; i++) {
                         if (m == M_RING) {
-                                int r = shmb_send(ch, buf, size, -1);
+                                int r = shmb_send(ch, buf, size, PEER_TIMEOUT_MS);
 
                                 if (r < 0)
                                         die("send: %s", shmb_strerror(r));
@@ -260,6 +269,9 @@ static double one_way(Method m, const char *ring, size_t size, long n) {
                 shmb_close(ch);
                 _exit(0);
         }
+        /* The child's end: with it closed here, a child that dies is EOF, not a wait for ever. */
+        if (fds[1] >= 0)
+                close(fds[1]);
         {
                 shmb_channel *ch = m == M_RING ? open_ch(ring) : NULL;
 
@@ -268,12 +280,12 @@ static double one_way(Method m, const char *ring, size_t size, long n) {
                 signal_fd(ready[1]);
                 for (long i = 0; i < n; i++) {
                         if (m == M_RING) {
-                                ssize_t r = shmb_recv(ch, buf, size, -1);
+                                ssize_t r = shmb_recv(ch, buf, size, PEER_TIMEOUT_MS);
 
                                 if (r != (ssize_t) size)
                                         die("recv: %zd", r);
                         } else
-                                read_all(m == M_PIPE ? fds[0] : fds[0], buf, size);
+                                read_all(fds[0], buf, size);
                 }
                 t1 = now_ns();
                 shmb_close(ch);
@@ -282,10 +294,8 @@ static double one_way(Method m, const char *ring, size_t size, long n) {
         unpin();
         close(ready[0]);
         close(ready[1]);
-        if (fds[0] >= 0) {
+        if (fds[0] >= 0)
                 close(fds[0]);
-                close(fds[1]);
-        }
         free(buf);
         return (double) size * (double) n / ((double) (t1 - t0) / 1e9);
 }
@@ -419,7 +429,7 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
                         switch (m) {
                         case L_RING:
                         case L_RING_SPIN:
-                                if (shmb_recv(ping, buf, sizeof buf, -1) != 64 || shmb_send(pong, buf, 64, -1) < 0)
+                                if (shmb_recv(ping, buf, sizeof buf, PEER_TIMEOUT_MS) != 64 || shmb_send(pong, buf, 64, PEER_TIMEOUT_MS) < 0)
                                         _exit(2);
                                 break;
                         case L_PIPE:
@@ -465,7 +475,7 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
                         switch (m) {
                         case L_RING:
                         case L_RING_SPIN:
-                                if (shmb_send(ping, msg, 64, -1) < 0 || shmb_recv(pong, buf, sizeof buf, -1) != 64)
+                                if (shmb_send(ping, msg, 64, PEER_TIMEOUT_MS) < 0 || shmb_recv(pong, buf, sizeof buf, PEER_TIMEOUT_MS) != 64)
                                         die("ring round trip");
                                 break;
                         case L_PIPE:
@@ -621,9 +631,19 @@ static void echo_start(void) {
 }
 
 static void echo_stop(void) {
-        kill(echo_pid, SIGKILL);
-        waitpid(echo_pid, NULL, 0);
+        if (echo_pid > 0) {
+                kill(echo_pid, SIGKILL);
+                waitpid(echo_pid, NULL, 0);
+        }
+        echo_pid = -1;
         unlink(echo_path);
+}
+
+static void cleanup(void) {
+        echo_stop();
+        daemon_stop();
+        unlink(cfg_path);
+        rmdir(dir);
 }
 
 static int connect_to(const char *path) {
@@ -722,6 +742,7 @@ static double rps(const char *path, const char *line, const char *other, int cli
                         _exit(0);
                 }
         }
+        close(pipes[1]);        /* a client that dies is EOF, not a wait for ever */
         for (int c = 0; c < clients; c++) {
                 double count;
 
@@ -731,7 +752,6 @@ static double rps(const char *path, const char *line, const char *other, int cli
         for (int c = 0; c < clients; c++)
                 wait_child(pids[c]);
         close(pipes[0]);
-        close(pipes[1]);
         return total / 0.5;
 }
 
@@ -888,7 +908,7 @@ static int misses, goals_run;
 enum { S_THROUGHPUT = 1, S_LATENCY = 2, S_CONTROL = 4, S_SCALE = 8 };
 static unsigned sections = S_THROUGHPUT | S_LATENCY | S_CONTROL | S_SCALE;
 
-static void goal_if(unsigned section, const char *name, double measured, double target, bool at_least,
+static void goal(unsigned section, const char *name, double measured, double target, bool at_least,
                     const char *unit) {
         bool pass = at_least ? measured >= target : measured <= target;
 
@@ -900,8 +920,6 @@ static void goal_if(unsigned section, const char *name, double measured, double 
                unit, pass ? "PASS" : "MISS");
         misses += !pass;
 }
-
-#define goal(sec, ...) goal_if(sec, __VA_ARGS__)
 
 static double min3(double a, double b, double c) {
         return a < b ? (a < c ? a : c) : (b < c ? b : c);
@@ -937,6 +955,7 @@ int main(int argc, char **argv) {
         struct rlimit rl = { 65536, 65536 };
         int64_t t0 = now_ns();
 
+        main_pid = getpid();
         if (argc > 1) {
                 static const char *const names[] = { "throughput", "latency", "control", "scale" };
 
@@ -993,6 +1012,6 @@ int main(int argc, char **argv) {
                 bench_scale();
         goals();
         printf("\nbench: %d of %d goals missed; %.0f s in all\n", misses, goals_run, (double) (now_ns() - t0) / 1e9);
-        rmdir(dir);
+        cleanup();
         return 0;
 }
