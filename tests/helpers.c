@@ -400,7 +400,6 @@ json_t *test_request(int fd, const char *line) {
         ck_assert_msg(resp != NULL, "connection closed instead of answering %s", line);
         v = json_loads(resp, 0, &err);
         ck_assert_msg(v != NULL, "answer is not JSON: %s", resp);
-        ck_assert_msg(!strchr(resp, '\n'), "answer spans lines");
         free(resp);
         return v;
 }

@@ -81,6 +81,9 @@ START_TEST(test_list_matches_kernel) {
         ch = test_find_channel(resp, "frames");
         ck_assert_ptr_nonnull(ch);
         ck_assert_uint_eq((uint32_t) test_jint(ch, "shm_key"), channel_derive_key("frames", 0));
+        /* The derivation is a contract (shmbroker.json(5)): pinned, not just compared with itself. */
+        ck_assert_uint_eq(channel_derive_key("frames", 0), 0x10a054dc);
+        ck_assert_uint_eq(channel_derive_key("telemetry", 0), 0x323ee81d);
         ck_assert_int_eq(test_jint(ch, "slot_size"), 1024);
         ck_assert_int_eq(test_jint(ch, "slots"), 8);
         assert_kernel_objects(ch, (size_t) test_jint(ch, "size"), 0, 0, 0660, ring, 1);
@@ -142,11 +145,14 @@ START_TEST(test_open_status_close) {
         /* b's connection going away drops its hold at once. */
         close(b);
         for (int tries = 0;; tries++) {
+                json_t *holders;
                 size_t n;
 
                 resp = test_request(a, "{\"op\":\"status\"}");
                 test_assert_ok(resp);
-                n = json_array_size(json_object_get(test_find_channel(resp, "telemetry"), "clients"));
+                holders = json_object_get(test_must_find(resp, "telemetry"), "clients");
+                ck_assert_msg(json_is_array(holders), "status lacks the clients of telemetry");
+                n = json_array_size(holders);
                 json_decref(resp);
                 if (n == 0)
                         break;

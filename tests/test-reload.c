@@ -1075,7 +1075,7 @@ START_TEST(test_crash_mid_reload_then_restart) {
                 int fd;
 
                 write_many(200, 0);
-                ck_assert(test_daemon_start(&td, NULL, NULL));
+                test_start_ok();
                 write_many(200, 100);
                 kill(td.pid, SIGHUP);
                 usleep(delays_us[k]);

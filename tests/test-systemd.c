@@ -184,9 +184,7 @@ START_TEST(test_journal_priority_prefixes) {
         setenv("JOURNAL_STREAM", env, 1);
         test_start_ok();
         unsetenv("JOURNAL_STREAM");
-        kill(td.pid, SIGTERM);
-        waitpid(td.pid, NULL, 0);
-        td.pid = -1;
+        test_daemon_stop_ok(&td);
         log = test_daemon_log(&td);
         ck_assert_msg(strstr(log, "<6>Serving 2 channel(s)"), "log: %s", log);
         ck_assert_ptr_null(strstr(log, "shmbrokerd: "));
