@@ -98,13 +98,13 @@ static void print_status_table(const shmb_channel_status *v, size_t n) {
         for (size_t i = 0; i < n; i++) {
                 const shmb_channel_status *s = &v[i];
                 char size[16], sems[128] = "";
-                size_t used = 0;
+                size_t used = 0, k;
 
                 format_size(s->info.size, size, sizeof size);
-                for (size_t k = 0; k < s->n_semaphores && used + 16 < sizeof sems; k++)
+                for (k = 0; k < s->n_semaphores && used + 16 < sizeof sems; k++)
                         used += (size_t) snprintf(sems + used, sizeof sems - used, "%s%d", k ? "," : "",
                                                   s->semaphores[k].value);
-                if (used + 16 >= sizeof sems)
+                if (k < s->n_semaphores)        /* only when some were left out */
                         snprintf(sems + used, sizeof sems - used, ",...");
                 printf("%-20s 0x%08" PRIx32 " %8s %6" PRIu64 " %8d %8d %7zu  %s\n",
                        s->info.name, s->info.shm_key, size, s->nattch, (int) s->cpid, (int) s->lpid,

@@ -885,6 +885,25 @@ START_TEST(test_shmbrokerctl) {
         ck_assert_ptr_nonnull(strstr(out, "Usage:"));
         ck_assert_int_eq(run(out, sizeof out, "%s --version", SHMBROKERCTL_PATH), 0);
         ck_assert_ptr_nonnull(strstr(out, PACKAGE_VERSION));
+
+        /* The status table elides semaphore values only when some do not fit: 57 one-digit values just fit. */
+        test_daemon_stop_ok(&td);
+        test_daemon_write_config(&td, "[{\"name\": \"fits\", \"size\": 4096, \"semaphores\": 57},"
+                                      " {\"name\": \"elided\", \"size\": 4096, \"semaphores\": 70}]");
+        test_start_ok();
+        ck_assert_int_eq(run(out, sizeof out, "%s status 2>&1", SHMBROKERCTL_PATH), 0);
+        {
+                char *fits = strstr(out, "\nfits "), *elided = strstr(out, "\nelided ");
+
+                ck_assert_msg(fits && elided, "status table: %s", out);
+                fits++;
+                elided++;
+                /* Each row on its own (one row's newline starts the other's match: cut after both are found). */
+                *strchrnul(fits, '\n') = '\0';
+                *strchrnul(elided, '\n') = '\0';
+                ck_assert_msg(strstr(fits, " 0,0,") && !strstr(fits, "..."), "57 semaphores: %s", fits);
+                ck_assert_msg(strstr(elided, ",..."), "70 semaphores: %s", elided);
+        }
 }
 END_TEST
 
