@@ -214,9 +214,10 @@ int shmb_close(shmb_channel *ch) {
                 return 0;
         if (ch->addr && shmdt(ch->addr) < 0)
                 r = -errno;
-        if (ch->client && ch->client->fd >= 0 && ch->info.name[0]) {
+        if (ch->client && ch->info.name[0]) {
                 strcpy(req.channel, ch->info.name);
-                /* Best effort: a broker that is gone has dropped the hold already. */
+                /* Best effort: a broker that is gone has dropped the hold already. A closed
+                 * connection answers -ENOTCONN (asked under its lock: another thread may close it). */
                 if (client_call(ch->client, &req, &res) == 0)
                         proto_response_done(&res);
         }
