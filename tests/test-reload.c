@@ -223,6 +223,20 @@ static void assert_message_contains(json_t *resp, const char *needle) {
         ck_assert_msg(msg && strstr(msg, needle), "message should name \"%s\": %s", needle, msg ? msg : "(none)");
 }
 
+/* A reload refused with err, its message naming needle (and needle2 unless NULL); the channels are as before. */
+static void reload_refused(int fd, json_t *before, const char *err, const char *needle, const char *needle2) {
+        json_t *resp = req(fd, "{\"op\":\"reload\"}"), *after;
+
+        test_assert_error(resp, err);
+        assert_message_contains(resp, needle);
+        if (needle2)
+                assert_message_contains(resp, needle2);
+        json_decref(resp);
+        after = list_ok();
+        assert_same_channels(before, after);
+        json_decref(after);
+}
+
 /* ---- the reload op ---- */
 
 START_TEST(test_add_remove_keep_change_in_one_reload) {
@@ -534,7 +548,7 @@ END_TEST
 START_TEST(test_broken_config_changes_nothing) {
         static const char *const good =
                 "[{\"name\": \"a\", \"size\": 4096, \"semaphores\": [1]}, {\"name\": \"b\", \"size\": 8192}]";
-        json_t *before, *resp, *after;
+        json_t *before, *after;
         char *text;
         int fd;
 
@@ -549,39 +563,22 @@ START_TEST(test_broken_config_changes_nothing) {
                                          "{\"name\": \"c\", \"size\": 4096},\n", td.socket), 0);
         test_daemon_write_raw_config(&td, text);
         free(text);
-        resp = req(fd, "{\"op\":\"reload\"}");
-        test_assert_error(resp, "EINVAL");
-        assert_message_contains(resp, td.config);
-        json_decref(resp);
-        after = list_ok();
-        assert_same_channels(before, after);
-        json_decref(after);
+        reload_refused(fd, before, "EINVAL", td.config, NULL);
         assert_ipcs(2, 2);
 
         /* Semantic error: an unknown key in an otherwise valid channel. */
         test_daemon_write_config(&td,
                 "[{\"name\": \"a\", \"size\": 4096, \"semaphores\": [1]},"
                 " {\"name\": \"c\", \"size\": 4096, \"sise\": 1}]");
-        resp = req(fd, "{\"op\":\"reload\"}");
-        test_assert_error(resp, "EINVAL");
-        assert_message_contains(resp, td.config);
-        assert_message_contains(resp, "sise");
-        json_decref(resp);
-        after = list_ok();
-        assert_same_channels(before, after);
-        json_decref(after);
+        reload_refused(fd, before, "EINVAL", td.config, "sise");
         assert_ipcs(2, 2);
 
         /* Semantic error found only on resolution: an unknown group. */
         test_daemon_write_config(&td,
                 "[{\"name\": \"a\", \"size\": 4096, \"semaphores\": [1], \"mode\": \"0600\"},"
                 " {\"name\": \"c\", \"size\": 4096, \"group\": \"no-such-group-here\"}]");
-        resp = req(fd, "{\"op\":\"reload\"}");
-        test_assert_error(resp, "EINVAL");
-        assert_message_contains(resp, td.config);
-        json_decref(resp);
+        reload_refused(fd, before, "EINVAL", td.config, NULL);
         after = list_ok();
-        assert_same_channels(before, after);
         ck_assert_str_eq(test_jstr(test_must_find(after, "a"), "mode"), "0660");
         json_decref(after);
         assert_ipcs(2, 2);
@@ -589,14 +586,8 @@ START_TEST(test_broken_config_changes_nothing) {
         /* An errno the protocol has no name for (ELOOP): an answer, and the connection stays. */
         ck_assert_int_eq(unlink(td.config), 0);
         ck_assert_int_eq(symlink(td.config, td.config), 0);
-        resp = req(fd, "{\"op\":\"reload\"}");
-        test_assert_error(resp, "EIO");
-        assert_message_contains(resp, td.config);
-        json_decref(resp);
+        reload_refused(fd, before, "EIO", td.config, NULL);
         ck_assert_int_eq(unlink(td.config), 0);
-        after = list_ok();
-        assert_same_channels(before, after);
-        json_decref(after);
 
         /* The daemon is fine: the good config again keeps everything. */
         test_daemon_write_config(&td, good);
