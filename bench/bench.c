@@ -239,13 +239,13 @@ typedef enum Method { M_RING, M_PIPE, M_UNIX } Method;
 
 /* One-way: the child sends n messages of size bytes, the parent receives; returns bytes/s. */
 static double one_way(Method m, const char *ring, size_t size, long n) {
-        int ready[2], fds[2] = { -1, -1 };
+        int ready[2], go[2], fds[2] = { -1, -1 };
         char *buf = malloc(size);
         int64_t t0, t1;
         pid_t pid;
 
         memset(buf, 0x5a, size);
-        if (pipe(ready) < 0)
+        if (pipe(ready) < 0 || pipe(go) < 0)
                 die("pipe");
         if (m == M_PIPE && pipe(fds) < 0)
                 die("pipe");
@@ -256,7 +256,8 @@ static double one_way(Method m, const char *ring, size_t size, long n) {
                 shmb_channel *ch = m == M_RING ? open_ch(ring) : NULL;
 
                 pin(1);
-                await_fd(ready[0]);
+                signal_fd(ready[1]);
+                await_fd(go[0]);
                 for (long i = 0; i < n; i++) {
                         if (m == M_RING) {
                                 int r = shmb_send(ch, buf, size, PEER_TIMEOUT_MS);
@@ -269,15 +270,19 @@ static double one_way(Method m, const char *ring, size_t size, long n) {
                 shmb_close(ch);
                 _exit(0);
         }
-        /* The child's end: with it closed here, a child that dies is EOF, not a wait for ever. */
+        /* The child's ends: with them closed here, a child that dies is EOF, not a wait for ever. */
+        close(ready[1]);
+        close(go[0]);
         if (fds[1] >= 0)
                 close(fds[1]);
         {
                 shmb_channel *ch = m == M_RING ? open_ch(ring) : NULL;
 
                 pin(0);
+                /* Only once the child has opened its channel and moved to its CPU: that is not the transfer. */
+                await_fd(ready[0]);
                 t0 = now_ns();
-                signal_fd(ready[1]);
+                signal_fd(go[1]);
                 for (long i = 0; i < n; i++) {
                         if (m == M_RING) {
                                 ssize_t r = shmb_recv(ch, buf, size, PEER_TIMEOUT_MS);
@@ -293,7 +298,7 @@ static double one_way(Method m, const char *ring, size_t size, long n) {
         wait_child(pid);
         unpin();
         close(ready[0]);
-        close(ready[1]);
+        close(go[1]);
         if (fds[0] >= 0)
                 close(fds[0]);
         free(buf);
@@ -461,6 +466,7 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
                 shmb_close(pong);
                 _exit(0);
         }
+        close(ready[1]);        /* a child that dies before it is ready is EOF here */
         {
                 shmb_channel *ping = NULL, *pong = NULL;
                 char buf[64];
@@ -514,8 +520,8 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
                         close(a[i]);
                 if (b[i] >= 0)
                         close(b[i]);
-                close(ready[i]);
         }
+        close(ready[0]);
         if (semid >= 0) {
                 semctl(semid, 0, IPC_RMID);
                 shmdt(seg);
