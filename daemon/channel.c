@@ -21,6 +21,7 @@
 #include "common/util.h"
 #include "daemon/channel.h"
 #include "daemon/ipc-stat.h"
+#include "daemon/self.h"
 #include "proto/ring.h"
 
 #define DERIVED_KEY_ATTEMPTS 64
@@ -156,13 +157,13 @@ static int try_key(Channel *c, uint32_t key, State *state, char *msg, size_t msg
 
         c->key = key;
         /* Intents first, in one write: a kill before the ids are recorded loses nothing. */
-        r = state_append_records(state, intents, 2, true);
+        r = state_append_records(state, intents, 2, NULL, 0);
         if (r < 0)
                 goto fail_state;
         c->shm_id = shmget((key_t) key, s->size, IPC_CREAT | IPC_EXCL | 0600);
         if (c->shm_id < 0) {
                 r = -errno;
-                (void) state_append_records(state, intents, 2, false);
+                (void) state_append_records(state, NULL, 0, intents, 2);
                 if (r != -EEXIST)
                         msg_set(msg, msg_size, "channel \"%s\": cannot create a segment of %" PRIu64 " bytes: %s",
                                 s->name, s->size, shmget_why(-r));
@@ -176,7 +177,7 @@ static int try_key(Channel *c, uint32_t key, State *state, char *msg, size_t msg
                                 s->name, s->nsems, semget_why(-r));
                 /* Ours to remove: the segment's intent still covers it until then. */
                 remove_objects(c, NULL);
-                (void) state_append_records(state, intents, 2, false);
+                (void) state_append_records(state, NULL, 0, intents, 2);
                 return r;
         }
         {
@@ -185,12 +186,11 @@ static int try_key(Channel *c, uint32_t key, State *state, char *msg, size_t msg
                         { .kind = STATE_SEM, .key = key, .id = c->sem_id },
                 };
 
-                r = state_append_records(state, ids, 2, true);
+                /* The ids cover the objects from now on; the intents would only be checked again at every restart. */
+                r = state_append_records(state, ids, 2, intents, 2);
                 if (r < 0)
                         goto fail_state;
         }
-        /* The ids cover the objects now; the intents would only be checked again at every restart. */
-        (void) state_append_records(state, intents, 2, false);
         return 0;
 
 fail_state:
@@ -250,8 +250,8 @@ static int channel_new(const ChannelSpec *spec, Channel **ret) {
         }
         c->shm_id = c->sem_id = -1;
         /* The creator's ids, as the kernel records them (cuid/cgid): they never change. */
-        c->cuid = geteuid();
-        c->cgid = getegid();
+        c->cuid = self_euid();
+        c->cgid = self_egid();
         *ret = c;
         return 0;
 }

@@ -19,6 +19,7 @@
 #include "common/json-util.h"
 #include "common/util.h"
 #include "daemon/config.h"
+#include "daemon/self.h"
 #include "proto/ring.h"
 
 /* Where a message is about: the file, and the channel when there is one. */
@@ -269,8 +270,8 @@ static int parse_channel(Ctx *ctx, json_t *o, ChannelSpec *c) {
         if (reserved)
                 c->sem_values[RING_SEM_RESERVED] = 1;
 
-        c->uid = geteuid();
-        c->gid = getegid();
+        c->uid = self_euid();
+        c->gid = self_egid();
         c->mode = CONFIG_DEFAULT_MODE;
         if (jowner) {
                 r = resolve_id(ctx, jowner, "owner", false, &c->uid);

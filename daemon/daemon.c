@@ -21,6 +21,7 @@
 #include "daemon/reclaim.h"
 #include "daemon/registry.h"
 #include "daemon/reload.h"
+#include "daemon/self.h"
 #include "daemon/state.h"
 
 typedef struct Daemon {
@@ -165,7 +166,7 @@ static int create_channels(Daemon *d) {
                 return log_error("Out of memory."), -ENOMEM;
         for (size_t i = 0; i < cfg->n_channels; i++) {
                 specs[i] = &cfg->channels[i];
-                if (cfg->channels[i].owner_set && cfg->channels[i].uid != geteuid())
+                if (cfg->channels[i].owner_set && cfg->channels[i].uid != self_euid())
                         log_warning("Channel %s: owner uid %u is not the daemon's; that user can remove the channel "
                                     "or change its permissions. Prefer \"group\" and \"mode\".",
                                     cfg->channels[i].name, (unsigned) cfg->channels[i].uid);

@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include "daemon/ipc-stat.h"
+#include "daemon/self.h"
 
 /* ids are index + seq * 32768 unless ipcmni_extend; a mismatch is caught below. */
 #define IPC_INDEX(id) ((id) & 0x7fff)
@@ -32,15 +33,6 @@ int ipc_stat_sem(int id, struct semid_ds *ret) {
         return got == id ? 0 : -EINVAL;
 }
 
-/* geteuid() is a system call, and this is asked on every open and status. */
-static uid_t my_euid(void) {
-        static uid_t euid = (uid_t) -1;
-
-        if (euid == (uid_t) -1)
-                euid = geteuid();
-        return euid;
-}
-
 int ipc_is_ours(int id, uint32_t key, int is_shm) {
         struct ipc_perm perm;
         int r;
@@ -60,5 +52,5 @@ int ipc_is_ours(int id, uint32_t key, int is_shm) {
                 return -ENOENT;
         if (r < 0)
                 return r;
-        return (uint32_t) perm.__key == key && perm.cuid == my_euid();
+        return (uint32_t) perm.__key == key && perm.cuid == self_euid();
 }

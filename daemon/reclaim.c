@@ -4,6 +4,7 @@
 
 #include "daemon/ipc-stat.h"
 #include "daemon/reclaim.h"
+#include "daemon/self.h"
 
 /*
  * An intent whose id was never recorded: look the key up, and take the
@@ -21,7 +22,7 @@ static int pending_is_ours(const StateRecord *rec, int *ret_id) {
                 if (ipc_stat_shm(id, &ds) < 0)
                         return -EACCES;
                 *ret_id = id;
-                return ds.shm_perm.cuid == geteuid() && ds.shm_cpid == rec->stamp && ds.shm_segsz == rec->size;
+                return ds.shm_perm.cuid == self_euid() && ds.shm_cpid == rec->stamp && ds.shm_segsz == rec->size;
         } else {
                 struct semid_ds ds;
 
@@ -32,7 +33,7 @@ static int pending_is_ours(const StateRecord *rec, int *ret_id) {
                         return -EACCES;
                 *ret_id = id;
                 /* Made no earlier than our intent, never operated on, of our size. */
-                return ds.sem_perm.cuid == geteuid() && ds.sem_ctime >= rec->stamp && ds.sem_otime == 0 &&
+                return ds.sem_perm.cuid == self_euid() && ds.sem_ctime >= rec->stamp && ds.sem_otime == 0 &&
                        ds.sem_nsems == rec->size;
         }
 }

@@ -192,14 +192,15 @@ static int format_record(char *line, size_t size, const StateRecord *r, bool add
                 : snprintf(line, size, "%s%s %" PRIu32 " %d\n", add ? "" : "-", kind_name(r->kind), r->key, r->id);
 }
 
-int state_append_records(State *s, const StateRecord *v, size_t n, bool add) {
+int state_append_records(State *s, const StateRecord *add, size_t n_add, const StateRecord *cancel, size_t n_cancel) {
         char buf[4 * 96];
         size_t len = 0;
 
-        if (n > 4)
+        if (n_add + n_cancel > 4)
                 return -EINVAL;
-        for (size_t i = 0; i < n; i++)
-                len += (size_t) format_record(buf + len, sizeof buf - len, &v[i], add);
+        for (size_t i = 0; i < n_add + n_cancel; i++)
+                len += (size_t) format_record(buf + len, sizeof buf - len, i < n_add ? &add[i] : &cancel[i - n_add],
+                                              i < n_add);
         /* One write() with O_APPEND: never interleaved, never half-kept by a kill. */
         return write_all(s->fd, buf, len);
 }
@@ -207,7 +208,7 @@ int state_append_records(State *s, const StateRecord *v, size_t n, bool add) {
 int state_drop(State *s, StateKind kind, uint32_t key, int id) {
         StateRecord r = { .kind = kind, .key = key, .id = id };
 
-        return state_append_records(s, &r, 1, false);
+        return state_append_records(s, NULL, 0, &r, 1);
 }
 
 int state_rewrite(State *s, const StateRecord *v, size_t n) {

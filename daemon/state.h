@@ -59,10 +59,12 @@ int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped);
 int state_drop(State *s, StateKind kind, uint32_t key, int id);
 
 /*
- * Append (add) or cancel (!add) several records in one write(): a channel's
- * two intents before it is made, its two ids after.
+ * Append the records `add` and then cancel the records `cancel`, in one
+ * write(): a channel's two intents before it is made, and after it is made
+ * its two ids with the intents they replace. At most 4 records in all
+ * (-EINVAL); -errno on write failure, when none of them is recorded.
  */
-int state_append_records(State *s, const StateRecord *v, size_t n, bool add);
+int state_append_records(State *s, const StateRecord *add, size_t n_add, const StateRecord *cancel, size_t n_cancel);
 
 /* Replace the file's contents with exactly these live records. */
 int state_rewrite(State *s, const StateRecord *v, size_t n);
