@@ -29,6 +29,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
@@ -42,8 +43,16 @@
 #include <shmbroker/shmbroker.h>
 
 #define TRIALS 7
-/* How long a ring operation waits for the other process: only a dead peer takes this long. */
-#define PEER_TIMEOUT_MS 10000
+/*
+ * Ring calls wait without a timeout, as the pipe, socket and semaphore
+ * baselines do: a timed sleep arms a kernel timer, ~0.25 us a sleep on the
+ * machines measured. A peer that dies mid-trial is caught by a watchdog
+ * instead, and children die with the bench (PR_SET_PDEATHSIG).
+ */
+#define WAIT_FOREVER (-1)
+#define WATCHDOG_S 60
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 static char dir[64];
 static char sock_path[128], notify_path[128], cfg_path[128];
@@ -74,6 +83,22 @@ static void die(const char *fmt, ...) {
                 _exit(1);       /* a child: exit() would flush the stdout it copied from the parent again */
         cleanup();
         exit(1);
+}
+
+/* A trial that outlasts the watchdog has a dead or stuck peer: clean up and fail. */
+static void on_watchdog(int sig) {
+        static const char msg[] = "bench: a trial took over " STR(WATCHDOG_S) " s: its peer died or hangs\n";
+
+        (void) sig;
+        (void) !write(STDERR_FILENO, msg, sizeof msg - 1);
+        cleanup();      /* kill, waitpid, unlink, rmdir: all async-signal-safe */
+        _exit(1);
+}
+
+/* In a forked child: die with the parent, which may be blocked on us no longer. */
+static void child_setup(void) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != main_pid)
+                _exit(1);
 }
 
 static void pin(int cpu) {
@@ -193,6 +218,9 @@ static int64_t daemon_start(void) {
         if (daemon_pid == 0) {
                 int devnull = open("/dev/null", O_WRONLY);
 
+                /* SIGTERM, so that a bench killed mid-run still has the daemon remove its channels. */
+                if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() != main_pid)
+                        _exit(1);
                 dup2(devnull, STDERR_FILENO);
                 setenv("NOTIFY_SOCKET", notify_path, 1);
                 execl(SHMBROKERD_PATH, "shmbrokerd", "-c", cfg_path, (char *) NULL);
@@ -251,16 +279,19 @@ static double one_way(Method m, const char *ring, size_t size, long n) {
                 die("pipe");
         if (m == M_UNIX && socketpair(AF_UNIX, SOCK_STREAM, 0, fds) < 0)
                 die("socketpair");
+        alarm(WATCHDOG_S);
         pid = fork();
         if (pid == 0) {
-                shmb_channel *ch = m == M_RING ? open_ch(ring) : NULL;
+                shmb_channel *ch;
 
+                child_setup();
+                ch = m == M_RING ? open_ch(ring) : NULL;
                 pin(1);
                 signal_fd(ready[1]);
                 await_fd(go[0]);
                 for (long i = 0; i < n; i++) {
                         if (m == M_RING) {
-                                int r = shmb_send(ch, buf, size, PEER_TIMEOUT_MS);
+                                int r = shmb_send(ch, buf, size, WAIT_FOREVER);
 
                                 if (r < 0)
                                         die("send: %s", shmb_strerror(r));
@@ -285,7 +316,7 @@ static double one_way(Method m, const char *ring, size_t size, long n) {
                 signal_fd(go[1]);
                 for (long i = 0; i < n; i++) {
                         if (m == M_RING) {
-                                ssize_t r = shmb_recv(ch, buf, size, PEER_TIMEOUT_MS);
+                                ssize_t r = shmb_recv(ch, buf, size, WAIT_FOREVER);
 
                                 if (r != (ssize_t) size)
                                         die("recv: %zd", r);
@@ -296,6 +327,7 @@ static double one_way(Method m, const char *ring, size_t size, long n) {
                 shmb_close(ch);
         }
         wait_child(pid);
+        alarm(0);
         unpin();
         close(ready[0]);
         close(go[1]);
@@ -422,11 +454,13 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
         if (m == L_SPIN)
                 flag = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 
+        alarm(WATCHDOG_S);
         pid = fork();
         if (pid == 0) {
                 shmb_channel *ping = NULL, *pong = NULL;
                 char buf[64];
 
+                child_setup();
                 pin(same_cpu ? 0 : 1);
                 if (m == L_RING || m == L_RING_SPIN)
                         open_pair(m == L_RING, &ping, &pong);
@@ -435,7 +469,7 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
                         switch (m) {
                         case L_RING:
                         case L_RING_SPIN:
-                                if (shmb_recv(ping, buf, sizeof buf, PEER_TIMEOUT_MS) != 64 || shmb_send(pong, buf, 64, PEER_TIMEOUT_MS) < 0)
+                                if (shmb_recv(ping, buf, sizeof buf, WAIT_FOREVER) != 64 || shmb_send(pong, buf, 64, WAIT_FOREVER) < 0)
                                         _exit(2);
                                 break;
                         case L_PIPE:
@@ -482,7 +516,7 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
                         switch (m) {
                         case L_RING:
                         case L_RING_SPIN:
-                                if (shmb_send(ping, msg, 64, PEER_TIMEOUT_MS) < 0 || shmb_recv(pong, buf, sizeof buf, PEER_TIMEOUT_MS) != 64)
+                                if (shmb_send(ping, msg, 64, WAIT_FOREVER) < 0 || shmb_recv(pong, buf, sizeof buf, WAIT_FOREVER) != 64)
                                         die("ring round trip");
                                 break;
                         case L_PIPE:
@@ -515,6 +549,7 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
                 shmb_close(pong);
         }
         wait_child(pid);
+        alarm(0);
         unpin();
         for (int i = 0; i < 2; i++) {
                 if (a[i] >= 0)
@@ -632,8 +667,10 @@ static void echo_start(void) {
         if (lfd < 0 || bind(lfd, (struct sockaddr *) &sa, sizeof sa) < 0 || listen(lfd, 128) < 0)
                 die("echo server: %s", strerror(errno));
         echo_pid = fork();
-        if (echo_pid == 0)
+        if (echo_pid == 0) {
+                child_setup();
                 echo_serve(lfd);
+        }
         close(lfd);
 }
 
@@ -737,7 +774,10 @@ static double rps(const char *path, const char *line, const char *other, int cli
                 pids[c] = fork();
                 if (pids[c] == 0) {
                         static char buf[65536];
-                        int fd = connect_to(path);
+                        int fd;
+
+                        child_setup();
+                        fd = connect_to(path);
                         int64_t end = now_ns() + 500000000;
                         double count = 0;
 
@@ -963,6 +1003,8 @@ int main(int argc, char **argv) {
         int64_t t0 = now_ns();
 
         main_pid = getpid();
+        if (signal(SIGALRM, on_watchdog) == SIG_ERR)
+                die("signal: %s", strerror(errno));
         if (argc > 1) {
                 static const char *const names[] = { "throughput", "latency", "control", "scale" };
 
