@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -507,8 +508,12 @@ START_TEST(test_ring_no_lost_wakeups) {
 }
 END_TEST
 
-/* A process that claims a ring slot through the real header and dies before finishing. */
-static void die_mid_message(bool as_sender) {
+/*
+ * A process that claims a ring slot through the real header and never
+ * finishes: it dies at once, or (stuck_fd >= 0) says so on stuck_fd and
+ * stays alive, stuck, until it is killed.
+ */
+static void claim_mid_message(bool as_sender, int stuck_fd) {
         shmb_channel *ch;
         RingHeader *h;
         RingSlot *slot;
@@ -530,6 +535,13 @@ static void die_mid_message(bool as_sender) {
                 slot->recv_pid = getpid();
                 __atomic_store_n(&slot->recv_pos, pos, __ATOMIC_RELEASE);
         }
+        if (stuck_fd >= 0) {
+                /* Not outliving a test that fails while we are stuck. */
+                if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || write(stuck_fd, "x", 1) != 1)
+                        _exit(4);
+                for (;;)
+                        pause();
+        }
         _exit(0);
 }
 
@@ -541,7 +553,7 @@ START_TEST(test_ring_sender_dead_mid_message_is_skipped) {
         ck_assert_int_eq(shmb_send(ch, "before", 6, 0), 0);
         pid = fork();
         if (pid == 0)
-                die_mid_message(true);
+                claim_mid_message(true, -1);
         wait_children(&pid, 1);
         ck_assert_int_eq(shmb_send(ch, "after", 5, 0), 0);
         ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 2000), 6);
@@ -570,7 +582,7 @@ START_TEST(test_ring_receiver_dead_mid_message_frees_slot) {
         ck_assert_int_eq(shmb_send(ch, "lost", 4, 0), 0);
         pid = fork();
         if (pid == 0)
-                die_mid_message(false);
+                claim_mid_message(false, -1);
         wait_children(&pid, 1);
         /* A full lap later the dead receiver's slot must be free again, or this times out
          * (a timeout shorter than the 50 ms repair poll must not keep it from being freed). */
@@ -579,6 +591,55 @@ START_TEST(test_ring_receiver_dead_mid_message_frees_slot) {
         for (uint32_t i = 0; i < 8; i++) {
                 ck_assert_int_eq(shmb_recv(ch, &v, sizeof v, 1000), sizeof v);
                 ck_assert_uint_eq(v, i);
+        }
+        shmb_close(ch);
+}
+END_TEST
+
+/*
+ * A live peer stuck mid-message wakes no one, so a waiter behind it polls
+ * every 50 ms for the claimer's death. Each poll starts the wait again:
+ * it must still end at the caller's own deadline, counted from the call.
+ */
+START_TEST(test_ring_wait_behind_live_stuck_claim_times_out) {
+        shmb_channel *ch = open_ok("ring", SHMB_RW);
+        char buf[256];
+        int stuck[2];
+        int64_t t, took;
+        pid_t pid;
+        char c;
+
+        for (int as_sender = 1; as_sender >= 0; as_sender--) {
+                ck_assert_int_eq(pipe(stuck), 0);
+                if (!as_sender)         /* a message for the stuck receiver to take */
+                        ck_assert_int_eq(shmb_send(ch, "lost", 4, 0), 0);
+                pid = fork();
+                ck_assert_int_ge(pid, 0);
+                if (pid == 0)
+                        claim_mid_message(as_sender, stuck[1]);
+                ck_assert_int_eq(read(stuck[0], &c, 1), 1);
+                if (!as_sender)         /* the stuck receiver holds its slot: fill the other 7 */
+                        for (uint32_t i = 0; i < 7; i++)
+                                ck_assert_int_eq(shmb_send(ch, &i, sizeof i, 0), 0);
+                t = test_now_ms();
+                if (as_sender)
+                        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 300), -ETIMEDOUT);
+                else
+                        ck_assert_int_eq(shmb_send(ch, "x", 1, 300), -ETIMEDOUT);
+                took = test_now_ms() - t;
+                ck_assert_msg(took >= 290 && took < 1000, "%s behind a stuck claim timed out after %lld ms, not 300",
+                              as_sender ? "receive" : "send", (long long) took);
+                /* Dead now: the slot is repaired (skipped or freed) and the ring moves again. */
+                ck_assert_int_eq(kill(pid, SIGKILL), 0);
+                ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+                ck_assert_int_eq(shmb_send(ch, "after", 5, 1000), 0);
+                if (!as_sender)
+                        for (uint32_t i = 0; i < 7; i++)
+                                ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 1000), sizeof i);
+                ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 1000), 5);
+                ck_assert_int_eq(memcmp(buf, "after", 5), 0);
+                close(stuck[0]);
+                close(stuck[1]);
         }
         shmb_close(ch);
 }
@@ -917,7 +978,8 @@ int main(void) {
                 { "semaphores", CASE_TIMEOUT, { test_lock_counts_exactly, test_killed_lock_holder_releases_lock, test_timeouts_fire,
                                   test_waiter_sees_channel_removed } },
                 { "ring", CASE_TIMEOUT, { test_ring_mpmc_exactly_once, test_ring_killed_sender_loses_nothing_sent, test_ring_no_lost_wakeups,
-                            test_ring_sender_dead_mid_message_is_skipped, test_ring_receiver_dead_mid_message_frees_slot } },
+                            test_ring_sender_dead_mid_message_is_skipped, test_ring_receiver_dead_mid_message_frees_slot,
+                            test_ring_wait_behind_live_stuck_claim_times_out } },
                 { "faults", CASE_TIMEOUT, { test_thousand_clients_killed_at_random } },
                 { "admin", CASE_TIMEOUT, { test_list_and_status_structs } },
                 { "programs", CASE_TIMEOUT, { test_examples_exchange, test_shmbrokerctl } },
