@@ -201,7 +201,7 @@ int state_append_records(State *s, const StateRecord *add, size_t n_add, const S
         for (size_t i = 0; i < n_add + n_cancel; i++)
                 len += (size_t) format_record(buf + len, sizeof buf - len, i < n_add ? &add[i] : &cancel[i - n_add],
                                               i < n_add);
-        /* One write() with O_APPEND: never interleaved, never half-kept by a kill. */
+        /* One write() with O_APPEND: never interleaved; a kill can cut it only at a page boundary. */
         return write_all(s->fd, buf, len);
 }
 

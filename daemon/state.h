@@ -62,7 +62,9 @@ int state_drop(State *s, StateKind kind, uint32_t key, int id);
  * Append the records `add` and then cancel the records `cancel`, in one
  * write(): a channel's two intents before it is made, and after it is made
  * its two ids with the intents they replace. At most 4 records in all
- * (-EINVAL); -errno on write failure, when none of them is recorded.
+ * (-EINVAL); -errno on write failure. A failed or killed write may keep a
+ * first part of the records (ids before cancellations, so never a
+ * cancellation without its id); the next start checks every record.
  */
 int state_append_records(State *s, const StateRecord *add, size_t n_add, const StateRecord *cancel, size_t n_cancel);
 
