@@ -201,7 +201,7 @@ static unsigned note_cpu(uint32_t *slot_cpu) {
  * it did not; and after a few microseconds the spinner yields, so a peer
  * that shares our CPU gets to run instead of waiting out our spin.
  */
-static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, const Waiter *w, int64_t deadline) {
+static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, const Waiter *w) {
         uint32_t max = LOAD(&ch->spin_us, RLX) * 1000u, budget;
         unsigned here;
         int64_t start, end;
@@ -216,8 +216,8 @@ static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, const Wa
         budget = budget ? MIN(budget, max) : max;
         start = now_ns();
         end = start + budget;
-        if (deadline && end > deadline)
-                end = deadline;         /* a spin never outlasts the caller's timeout */
+        if (w->deadline && end > w->deadline)
+                end = w->deadline;      /* a spin never outlasts the caller's timeout */
         for (unsigned i = 1;; i++) {
                 if ((int64_t) (LOAD(&slot->seq, ACQ) - target) >= 0) {
                         STORE(&ch->spin_budget_ns, MIN(budget * 2, max), RLX);
@@ -252,7 +252,7 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, Waiter *
                 return -EAGAIN;
         until = deadline = deadline_of(w);
         /* Also when someone holds the slot mid-message: almost always it is busy copying. */
-        if (spin_for(ch, slot, target, w, deadline))
+        if (spin_for(ch, slot, target, w))
                 return 0;
         /*
          * Someone holds the slot mid-message (the other side's counter moved past

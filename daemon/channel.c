@@ -249,9 +249,6 @@ static int channel_new(const ChannelSpec *spec, Channel **ret) {
                 return -ENOMEM;
         }
         c->shm_id = c->sem_id = -1;
-        /* The creator's ids, as the kernel records them (cuid/cgid): they never change. */
-        c->cuid = self_euid();
-        c->cgid = self_egid();
         *ret = c;
         return 0;
 }
@@ -437,8 +434,9 @@ void channel_perm(const Channel *c, ChannelPerm *ret) {
         *ret = (ChannelPerm) {
                 .uid = c->spec.uid,
                 .gid = c->spec.gid,
-                .cuid = c->cuid,
-                .cgid = c->cgid,
+                /* The creator, as the kernel records it (cuid/cgid): this daemon, always. */
+                .cuid = self_euid(),
+                .cgid = self_egid(),
                 .mode = c->spec.mode,
         };
 }

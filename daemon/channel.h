@@ -19,8 +19,6 @@ typedef struct Channel {
         int shm_id;
         int sem_id;
         void *addr;                     /* the daemon's own attachment */
-        uid_t cuid;                     /* creator, as the kernel records it */
-        gid_t cgid;
         char owner[PROTO_IDNAME_MAX + 1];  /* spec.uid/gid as names, resolved once */
         char group[PROTO_IDNAME_MAX + 1];
 } Channel;
