@@ -630,6 +630,53 @@ START_TEST(test_objects_removed_behind_our_back_are_remade) {
 }
 END_TEST
 
+/*
+ * A status of every channel repairs as it goes: one channel is made again,
+ * one cannot be (a stranger took its key) and drops out of the registry,
+ * and the channel after it is still reported.
+ */
+START_TEST(test_status_of_all_repairs_and_drops_as_it_goes) {
+        json_t *resp, *list, *v;
+        int fd, a_shm, b_shm, foreign;
+        char *log;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096, \"key\": 1593835601},"
+                                      " {\"name\": \"b\", \"size\": 4096, \"key\": 1593835602},"
+                                      " {\"name\": \"c\", \"size\": 4096, \"key\": 1593835603}]");
+        test_start_ok();
+        fd = test_connect(td.socket);
+        list = test_request(fd, "{\"op\":\"list\"}");
+        a_shm = (int) test_jint(test_find_channel(list, "a"), "shm_id");
+        b_shm = (int) test_jint(test_find_channel(list, "b"), "shm_id");
+        json_decref(list);
+
+        ck_assert_int_eq(shmctl(a_shm, IPC_RMID, NULL), 0);
+        ck_assert_int_eq(shmctl(b_shm, IPC_RMID, NULL), 0);
+        foreign = shmget((key_t) 1593835602, 4096, IPC_CREAT | IPC_EXCL | 0600);
+        ck_assert_int_ge(foreign, 0);
+
+        resp = test_request(fd, "{\"op\":\"status\"}");
+        test_assert_ok(resp);
+        v = json_object_get(resp, "channels");
+        ck_assert_uint_eq(json_array_size(v), 2);
+        ck_assert_str_eq(json_string_value(json_object_get(json_array_get(v, 0), "name")), "a");
+        ck_assert_str_eq(json_string_value(json_object_get(json_array_get(v, 1), "name")), "c");
+        ck_assert_int_ne(test_jint(json_array_get(v, 0), "shm_id"), a_shm);
+        json_decref(resp);
+        log = test_daemon_log(&td);
+        ck_assert_ptr_nonnull(strstr(log, "Channel a was removed behind the daemon's back; made it again"));
+        ck_assert_ptr_nonnull(strstr(log, "Channel b was removed behind the daemon's back and cannot be made again"));
+        free(log);
+        /* a and c, and the stranger's segment, which the daemon left alone. */
+        ck_assert_int_eq(test_ipcs_count("-m"), 3);
+        ck_assert_int_eq(test_ipcs_count("-s"), 2);
+        ck_assert_int_eq(shmctl(foreign, IPC_RMID, NULL), 0);
+        close(fd);
+        test_daemon_stop_ok(&td);
+        assert_nothing_left();
+}
+END_TEST
+
 START_TEST(test_derived_key_skips_fixed_keys) {
         char channels[256];
         json_t *resp;
@@ -945,7 +992,8 @@ int main(void) {
                 { "lifecycle", CASE_TIMEOUT, { test_sigterm_with_client_attached, test_sigint_with_client_attached,
                                  test_sigkill_then_restart_reclaims, test_reclaim_spares_foreign_reuse_of_id,
                                  test_second_daemon_refuses, test_stale_socket_replaced_live_socket_kept,
-                                 test_objects_removed_behind_our_back_are_remade, test_unprivileged_daemon_reclaims_unreadable_objects } },
+                                 test_objects_removed_behind_our_back_are_remade, test_status_of_all_repairs_and_drops_as_it_goes,
+                                 test_unprivileged_daemon_reclaims_unreadable_objects } },
                 { "resources", CASE_TIMEOUT, { test_fd_exhaustion_pauses_accept, test_derived_key_skips_fixed_keys } },
                 { "start-failures", CASE_TIMEOUT, { test_foreign_fixed_key_fails_start_and_rolls_back, test_foreign_derived_key_moves_on,
                                       test_kernel_limit_refused_before_creating, test_kernel_sem_limit_refused_before_creating,
