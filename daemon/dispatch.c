@@ -157,11 +157,35 @@ static int answer_stat_failed(const Entry *e, int r, char **ret_line, size_t *re
                             strerror(-r));
 }
 
+/*
+ * Stat e into *pc, making its objects again first if they were removed
+ * behind our back. 0; 1 when they cannot be made again: the channel has
+ * left the registry (e is freed) and why says why; or stat_entry()'s
+ * negative errno (*pc is then empty). name gets the channel's name.
+ */
+static int stat_repairing(Dispatch *d, Entry *e, ProtoChannel *pc, char *name, char *why, size_t why_size) {
+        int r;
+
+        strcpy(name, e->channel->spec.name);
+        r = stat_entry(e, pc);
+        if (r == -EIDRM) {
+                proto_channel_done(pc);
+                e = find_repaired(d, name, why, why_size);
+                if (!e)
+                        return 1;
+                r = stat_entry(e, pc);
+        }
+        if (r < 0)
+                proto_channel_done(pc);
+        return r;
+}
+
 static int do_status(Dispatch *d, const ProtoRequest *req, char **ret_line, size_t *ret_len) {
+        char name[PROTO_NAME_MAX + 1], why[PROTO_MESSAGE_MAX];
         Registry *reg = d->registry;
         Entry *one = NULL;
         ProtoChannel *v;
-        size_t n = 0, i = 0;
+        size_t n = 0;
         int r = 0;
 
         if (req->has_channel) {
@@ -172,33 +196,31 @@ static int do_status(Dispatch *d, const ProtoRequest *req, char **ret_line, size
         v = calloc(one ? 1 : reg->n ?: 1, sizeof *v);
         if (!v)
                 return -ENOMEM;
-        while (one ? n == 0 : i < reg->n) {
-                Entry *e = one ?: registry_at(reg, i);
-
-                r = stat_entry(e, &v[n]);
-                if (r == -EIDRM) {
-                        /* Removed behind our back: make it again, then report the new one. */
-                        char name[PROTO_NAME_MAX + 1], why[PROTO_MESSAGE_MAX];
-
-                        proto_channel_done(&v[n]);
-                        strcpy(name, e->channel->spec.name);
-                        e = find_repaired(d, name, why, sizeof why);
-                        if (!e && one) {
-                                r = answer_missing(name, why, ret_line, ret_len);
-                                goto out;
-                        }
-                        if (!e)
-                                continue;       /* gone from the registry: the next one is at i now */
-                        r = stat_entry(e, &v[n]);
-                }
-                if (r < 0) {
-                        proto_channel_done(&v[n]);
-                        r = answer_stat_failed(e, r, ret_line, ret_len);
+        if (one) {
+                r = stat_repairing(d, one, &v[0], name, why, sizeof why);
+                if (r == 1) {
+                        r = answer_missing(name, why, ret_line, ret_len);
                         goto out;
                 }
-                n++;
-                i++;
-        }
+                if (r < 0) {
+                        r = answer_stat_failed(one, r, ret_line, ret_len);
+                        goto out;
+                }
+                n = 1;
+        } else
+                for (size_t i = 0; i < reg->n;) {
+                        Entry *e = registry_at(reg, i);
+
+                        r = stat_repairing(d, e, &v[n], name, why, sizeof why);
+                        if (r == 1)
+                                continue;       /* gone from the registry: the next one is at i now */
+                        if (r < 0) {
+                                r = answer_stat_failed(e, r, ret_line, ret_len);
+                                goto out;
+                        }
+                        n++;
+                        i++;
+                }
         r = answer_cache_encode(&d->answers, PROTO_VIEW_STATUS, v, n, ret_line, ret_len);
 out:
         for (size_t k = 0; k < n; k++)
