@@ -42,6 +42,9 @@
 
 #include <shmbroker/shmbroker.h>
 
+#include "common/json-util.h"
+#include "common/util.h"
+
 #define TRIALS 7
 /*
  * Ring calls wait without a timeout, as the pipe, socket and semaphore
@@ -74,6 +77,7 @@ static void cleanup(void);
 static void die(const char *fmt, ...) {
         va_list ap;
 
+        alarm(0);               /* the watchdog must not run cleanup() again halfway through ours */
         va_start(ap, fmt);
         fprintf(stderr, "bench: ");
         vfprintf(stderr, fmt, ap);
@@ -85,9 +89,9 @@ static void die(const char *fmt, ...) {
         exit(1);
 }
 
-/* A trial that outlasts the watchdog has a dead or stuck peer: clean up and fail. */
+/* No progress for WATCHDOG_S: a peer died or hangs. Clean up and fail. */
 static void on_watchdog(int sig) {
-        static const char msg[] = "bench: a trial took over " STR(WATCHDOG_S) " s: its peer died or hangs\n";
+        static const char msg[] = "bench: no progress for " STR(WATCHDOG_S) " s: a peer died or hangs\n";
 
         (void) sig;
         (void) !write(STDERR_FILENO, msg, sizeof msg - 1);
@@ -99,6 +103,11 @@ static void on_watchdog(int sig) {
 static void child_setup(void) {
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != main_pid)
                 _exit(1);
+}
+
+/* Armed before each trial and each part: a part with no trial outliving it is progressing. */
+static void watchdog_kick(void) {
+        alarm(WATCHDOG_S);
 }
 
 static void pin(int cpu) {
@@ -283,7 +292,7 @@ static double one_way(Method m, const char *ring, size_t size, long n) {
                 die("pipe");
         if (m == M_UNIX && socketpair(AF_UNIX, SOCK_STREAM, 0, fds) < 0)
                 die("socketpair");
-        alarm(WATCHDOG_S);
+        watchdog_kick();
         pid = fork();
         if (pid == 0) {
                 shmb_channel *ch;
@@ -331,7 +340,6 @@ static double one_way(Method m, const char *ring, size_t size, long n) {
                 shmb_close(ch);
         }
         wait_child(pid);
-        alarm(0);
         unpin();
         close(ready[0]);
         close(go[1]);
@@ -382,7 +390,7 @@ static const Size sizes[] = {
         { "4 KiB", "r4k-l2", 4096, 1000000, 0, "ring of 1 MiB, within one core's L2 (above: 4 MiB)" },
 };
 
-#define N_SIZES (sizeof sizes / sizeof sizes[0])
+#define N_SIZES ELEMENTSOF(sizes)
 
 static Stat tput[N_SIZES][4];   /* [size][ring, pipe, unix, memcpy] in bytes/s */
 
@@ -458,7 +466,7 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
         if (m == L_SPIN)
                 flag = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 
-        alarm(WATCHDOG_S);
+        watchdog_kick();
         pid = fork();
         if (pid == 0) {
                 shmb_channel *ping = NULL, *pong = NULL;
@@ -505,7 +513,14 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
                 shmb_close(pong);
                 _exit(0);
         }
-        close(ready[1]);        /* a child that dies before it is ready is EOF here */
+        /* The child's ends: with them closed here, a child that dies is EOF, not a wait for the watchdog. */
+        close(ready[1]);
+        if (m == L_PIPE) {
+                close(TAKE_FD(a[0]));
+                close(TAKE_FD(b[1]));
+        }
+        if (m == L_UNIX)
+                close(TAKE_FD(a[1]));
         {
                 shmb_channel *ping = NULL, *pong = NULL;
                 char buf[64];
@@ -553,7 +568,6 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
                 shmb_close(pong);
         }
         wait_child(pid);
-        alarm(0);
         unpin();
         for (int i = 0; i < 2; i++) {
                 if (a[i] >= 0)
@@ -646,14 +660,12 @@ static void echo_serve(int lfd) {
                         for (char *line = buf, *nl; (nl = memchr(line, '\n', (size_t) (buf + k - line))); line = nl + 1) {
                                 json_t *req = json_loadb(line, (size_t) (nl - line), 0, NULL), *ans;
                                 char *out;
+                                size_t len;
 
                                 ans = json_pack("{s:b, s:O}", "ok", 1, "echo", req ? req : json_null());
-                                out = json_dumps(ans, JSON_COMPACT);
-                                if (out) {
-                                        size_t len = strlen(out);
-
-                                        out[len] = '\n';
-                                        (void) send(fd, out, len + 1, MSG_NOSIGNAL);
+                                /* Dumped as the daemon dumps its answers, so neither side has a faster encoder. */
+                                if (ans && json_dump_line(ans, &out, &len) == 0) {
+                                        (void) send(fd, out, len, MSG_NOSIGNAL);
                                         free(out);
                                 }
                                 json_decref(ans);
@@ -688,9 +700,19 @@ static void echo_stop(void) {
         unlink(echo_path);
 }
 
+/* Also what a daemon that had to be killed leaves beside its socket, so that the directory goes. */
 static void cleanup(void) {
+        static const char *const daemon_files[] = { "", ".lock", ".state" };
+        char path[sizeof sock_path + 8];
+
         echo_stop();
         daemon_stop();
+        for (size_t i = 0; i < ELEMENTSOF(daemon_files); i++) {
+                strcpy(path, sock_path);
+                strcat(path, daemon_files[i]);
+                unlink(path);
+        }
+        unlink(notify_path);
         unlink(cfg_path);
         rmdir(dir);
 }
@@ -892,6 +914,7 @@ static void bench_scale(void) {
                 double a[3], b[3];
 
                 for (int t = 0; t < 3; t++) {
+                        watchdog_kick();
                         write_config(counts[k], NULL);
                         a[t] = (double) daemon_start() / counts[k];
                         daemon_stop();
@@ -909,6 +932,7 @@ static void bench_scale(void) {
         {
                 double noop[5], one[5];
 
+                watchdog_kick();
                 write_config(4000, "{\"name\": \"toggle\", \"size\": 4096}");
                 daemon_start();
                 for (int t = 0; t < 5; t++)
@@ -934,6 +958,7 @@ static void bench_scale(void) {
                 char path[64], line[256];
                 FILE *f;
 
+                watchdog_kick();
                 write_config(0, "{\"name\": \"shared\", \"size\": 4096}");
                 daemon_start();
                 for (int i = 0; i < CLIENTS; i++)
@@ -973,13 +998,9 @@ static void goal(unsigned section, const char *name, double measured, double tar
         misses += !pass;
 }
 
-static double min3(double a, double b, double c) {
-        return a < b ? (a < c ? a : c) : (b < c ? b : c);
-}
-
 static void goals(void) {
-        double best_same = min3(lat[0][L_PIPE].median, lat[0][L_UNIX].median, lat[0][L_SEM].median);
-        double best_cross = min3(lat[1][L_PIPE].median, lat[1][L_UNIX].median, lat[1][L_SEM].median);
+        double best_same = MIN(MIN(lat[0][L_PIPE].median, lat[0][L_UNIX].median), lat[0][L_SEM].median);
+        double best_cross = MIN(MIN(lat[1][L_PIPE].median, lat[1][L_UNIX].median), lat[1][L_SEM].median);
 
         printf("\n");
         goal(S_THROUGHPUT, "ring_vs_pipe_4KiB", tput[1][0].median / tput[1][1].median, 5, true, "x");
@@ -1008,7 +1029,10 @@ int main(int argc, char **argv) {
         int64_t t0 = now_ns();
 
         main_pid = getpid();
-        if (signal(SIGALRM, on_watchdog) == SIG_ERR)
+        /* Line by line, so that a run the watchdog ends (with _exit) keeps the tables printed so far. */
+        setvbuf(stdout, NULL, _IOLBF, 0);
+        /* A peer that died is EPIPE on its pipe, then the watchdog or die(): not a silent kill. */
+        if (signal(SIGALRM, on_watchdog) == SIG_ERR || signal(SIGPIPE, SIG_IGN) == SIG_ERR)
                 die("signal: %s", strerror(errno));
         if (argc > 1) {
                 static const char *const names[] = { "throughput", "latency", "control", "scale" };
@@ -1017,7 +1041,7 @@ int main(int argc, char **argv) {
                 for (int i = 1; i < argc; i++) {
                         size_t k = 0;
 
-                        while (k < 4 && strcmp(argv[i], names[k]) != 0)
+                        while (k < ELEMENTSOF(names) && !streq(argv[i], names[k]))
                                 k++;
                         if (k == 4)
                                 usage();
@@ -1050,6 +1074,7 @@ int main(int argc, char **argv) {
                         "{\"name\": \"r1m\", \"layout\": \"ring\", \"slot_size\": 1048576, \"slots\": 4},"
                         "{\"name\": \"ping\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8},"
                         "{\"name\": \"pong\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8}");
+        watchdog_kick();
         daemon_start();
         echo_start();
         if (sections & S_THROUGHPUT)
@@ -1057,13 +1082,16 @@ int main(int argc, char **argv) {
         if (sections & S_LATENCY)
                 bench_latency();
         if (sections & S_CONTROL) {
+                watchdog_kick();
                 bench_open();
+                watchdog_kick();
                 bench_status();
         }
         echo_stop();
         daemon_stop();
         if (sections & S_SCALE)
                 bench_scale();
+        alarm(0);
         goals();
         printf("\nbench: %d of %d goals missed; %.0f s in all\n", misses, goals_run, (double) (now_ns() - t0) / 1e9);
         cleanup();
