@@ -29,6 +29,13 @@
 
 TestDaemon td;
 
+/*
+ * Each test's directory lives in one made per test program, which
+ * test_main() removes after all tests: a failed assertion ends its test's
+ * process before the teardown would remove the test's own.
+ */
+static char run_dir[64];
+
 void test_setup(void) {
         test_enter_ipc_namespace();
         test_daemon_init(&td);
@@ -66,7 +73,7 @@ void test_daemon_init(TestDaemon *d) {
         memset(d, 0, sizeof *d);
         d->pid = -1;
         d->notify_fd = -1;
-        strcpy(d->dir, "/tmp/shmbroker-test-XXXXXX");
+        snprintf(d->dir, sizeof d->dir, "%s/XXXXXX", run_dir[0] ? run_dir : "/tmp");
         ck_assert_ptr_nonnull(mkdtemp(d->dir));
         ck_assert_int_eq(chmod(d->dir, 0755), 0);
         snprintf(d->config, sizeof d->config, "%s/shmbroker.json", d->dir);
@@ -526,6 +533,12 @@ int test_main(const char *suite_name, const TestGroup *groups, size_t n_groups, 
         r = test_require_namespaces();
         if (r)
                 return r;
+        strcpy(run_dir, "/tmp/shmbroker-test-XXXXXX");
+        /* 0755: some tests run a daemon as another user, who must reach its directory. */
+        if (!mkdtemp(run_dir) || chmod(run_dir, 0755) < 0) {
+                fprintf(stderr, "%s: cannot make a directory under /tmp: %m\n", suite_name);
+                return EXIT_FAILURE;
+        }
         s = suite_create(suite_name);
         for (size_t g = 0; g < n_groups; g++) {
                 TCase *tc = tcase_create(groups[g].name);
@@ -540,5 +553,6 @@ int test_main(const char *suite_name, const TestGroup *groups, size_t n_groups, 
         srunner_run_all(sr, CK_ENV);
         failed = srunner_ntests_failed(sr);
         srunner_free(sr);
+        nftw(run_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
         return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
