@@ -439,27 +439,31 @@ START_TEST(test_sigint_with_client_attached) {
 END_TEST
 
 /* Records of `kind` ("shm", "psem", ...) the state file holds that no "-kind" line cancelled. */
-static int state_live(const char *kind) {
+/* Records of kind in the state file still live (added minus cancelled); *ret_added: how many were added. */
+static int state_live(const char *kind, int *ret_added) {
         char path[400], word[16];
-        int n = 0;
+        int n = 0, added = 0;
         FILE *f;
 
         snprintf(path, sizeof path, "%s.state", td.socket);
         f = fopen(path, "re");
         ck_assert_ptr_nonnull(f);
         while (fscanf(f, "%15s%*[^\n]", word) == 1) {
-                if (strcmp(word, kind) == 0)
+                if (strcmp(word, kind) == 0) {
                         n++;
-                else if (word[0] == '-' && strcmp(word + 1, kind) == 0)
+                        added++;
+                } else if (word[0] == '-' && strcmp(word + 1, kind) == 0)
                         n--;
         }
         fclose(f);
+        if (ret_added)
+                *ret_added = added;
         return n;
 }
 
 START_TEST(test_sigkill_then_restart_reclaims) {
         json_t *before, *after;
-        int fd, old_shm[2], old_sem[2];
+        int fd, old_shm[2], old_sem[2], added;
         struct shmid_ds ds;
 
         test_daemon_write_config(&td, two_channels);
@@ -472,10 +476,13 @@ START_TEST(test_sigkill_then_restart_reclaims) {
                 old_sem[i] = (int) test_jint(json_array_get(json_object_get(before, "channels"), (size_t) i), "sem_id");
         }
         /* The file holds each object by its id; the intents written before creating them are cancelled. */
-        ck_assert_int_eq(state_live("shm"), 2);
-        ck_assert_int_eq(state_live("sem"), 2);
-        ck_assert_int_eq(state_live("pshm"), 0);
-        ck_assert_int_eq(state_live("psem"), 0);
+        ck_assert_int_eq(state_live("shm", NULL), 2);
+        ck_assert_int_eq(state_live("sem", NULL), 2);
+        /* Written before each object was made (two channels), and cancelled since. */
+        ck_assert_int_eq(state_live("pshm", &added), 0);
+        ck_assert_int_eq(added, 2);
+        ck_assert_int_eq(state_live("psem", &added), 0);
+        ck_assert_int_eq(added, 2);
         test_daemon_kill(&td, SIGKILL);
         ck_assert_int_eq(test_ipcs_count("-m"), 2);     /* left behind by the crash */
 

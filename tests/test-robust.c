@@ -226,6 +226,8 @@ static size_t count_holds(int fd, const char *channel) {
         test_assert_ok(resp);
         ch = test_find_channel(resp, channel);
         ck_assert_ptr_nonnull(ch);
+        /* A missing list must not read as no holds. */
+        ck_assert_msg(json_is_array(json_object_get(ch, "clients")), "status of %s has no clients array", channel);
         n = json_array_size(json_object_get(ch, "clients"));
         json_decref(resp);
         return n;
@@ -1666,6 +1668,7 @@ static void matrix_child(void *userdata) {
                                     message_of(v));
                         if (daemon_ok)
                                 CHILD_CHECK(json_is_integer(json_object_get(v, "shm_id")) &&
+                                            json_is_integer(json_object_get(v, "sem_id")) &&
                                             json_integer_value(json_object_get(v, "shm_id")) == p->shm_id[m] &&
                                             json_integer_value(json_object_get(v, "sem_id")) == p->sem_id[m],
                                             "%s: ids differ from the root list", req);
