@@ -36,6 +36,10 @@ TestDaemon td;
  */
 static char run_dir[64];
 
+static void test_enter_ipc_namespace(void);
+static void test_daemon_init(TestDaemon *d);
+static void test_daemon_done(TestDaemon *d);
+
 void test_setup(void) {
         test_enter_ipc_namespace();
         test_daemon_init(&td);
@@ -52,7 +56,8 @@ void test_teardown(void) {
         test_daemon_done(&td);
 }
 
-int test_require_namespaces(void) {
+/* 77 (automake's SKIP) when this process may not create IPC namespaces. */
+static int test_require_namespaces(void) {
         pid_t pid = fork();
         int status;
 
@@ -65,11 +70,16 @@ int test_require_namespaces(void) {
         return 0;
 }
 
-void test_enter_ipc_namespace(void) {
+/* unshare(CLONE_NEWIPC): everything this test makes dies with it. */
+static void test_enter_ipc_namespace(void) {
         ck_assert_msg(unshare(CLONE_NEWIPC) == 0, "unshare(CLONE_NEWIPC): %s", strerror(errno));
 }
 
-void test_daemon_init(TestDaemon *d) {
+/*
+ * Make a scratch directory (mode 0755, so dropped-privilege children can
+ * reach the socket) and fill in the paths.
+ */
+static void test_daemon_init(TestDaemon *d) {
         memset(d, 0, sizeof *d);
         d->pid = -1;
         d->notify_fd = -1;
@@ -289,7 +299,8 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
         return remove(path);
 }
 
-void test_daemon_done(TestDaemon *d) {
+/* Stop the daemon if running (SIGKILL) and remove the scratch directory. */
+static void test_daemon_done(TestDaemon *d) {
         if (d->pid > 0) {
                 kill(d->pid, SIGKILL);
                 waitpid(d->pid, NULL, 0);

@@ -38,16 +38,6 @@ void test_teardown(void);
 /* Open `channel` rw on fd, attach its segment; *ret_shm_id gets its id. */
 void *test_open_attach(int fd, const char *channel, int *ret_shm_id);
 
-/* 77 (automake's SKIP) when this process may not create IPC namespaces. */
-int test_require_namespaces(void);
-
-/* unshare(CLONE_NEWIPC): everything this test makes dies with it. */
-void test_enter_ipc_namespace(void);
-
-/* Make a scratch directory (mode 0755, so dropped-privilege children can
- * reach the socket) and fill in the paths. */
-void test_daemon_init(TestDaemon *td);
-
 /* Write the config: `channels_json` is the JSON array text of "channels". */
 void test_daemon_write_config(TestDaemon *td, const char *channels_json);
 void test_daemon_write_raw_config(TestDaemon *td, const char *text);
@@ -77,9 +67,6 @@ int64_t test_now_ms(void);
 
 /* The daemon's stderr so far (malloc'd). */
 char *test_daemon_log(const TestDaemon *td);
-
-/* Stop the daemon if running (SIGKILL) and remove the scratch directory. */
-void test_daemon_done(TestDaemon *td);
 
 /* Start td's daemon; fail with its exit status and log unless it reaches READY=1. */
 void test_start_ok(void);

@@ -178,7 +178,7 @@ static void check_full_config(const Config *c) {
         ck_assert_uint_eq(f->slot_size, 65536);
         ck_assert_uint_eq(f->slots, 32);
         ck_assert_uint_eq(f->size, ring_segment_size(65536, 32));
-        /* 256 header + 32 slots of 65536 + 64 (slot header) = 65600. */
+        /* 512 header + 32 slots of 65536 + 64 (slot header) = 65600. */
         ck_assert_uint_eq(f->size, 512 + 32 * 65600);
         ck_assert_uint_eq(f->nsems, RING_NSEMS);
         ck_assert_ptr_nonnull(f->sem_values);

@@ -67,8 +67,7 @@ START_TEST(test_list_matches_kernel) {
         test_assert_ok(resp);
         ck_assert_uint_eq(json_array_size(json_object_get(resp, "channels")), 2);
 
-        ch = test_find_channel(resp, "telemetry");
-        ck_assert_ptr_nonnull(ch);
+        ch = test_must_find(resp, "telemetry");
         ck_assert_int_eq(test_jint(ch, "shm_key"), 1593835521);
         ck_assert_int_eq(test_jint(ch, "sem_key"), 1593835521);
         ck_assert_int_eq(test_jint(ch, "size"), 65536);
@@ -78,8 +77,7 @@ START_TEST(test_list_matches_kernel) {
         ck_assert_str_eq(json_string_value(json_object_get(ch, "owner")), "root");
         assert_kernel_objects(ch, 65536, 0, 100, 0640, tel, 3);
 
-        ch = test_find_channel(resp, "frames");
-        ck_assert_ptr_nonnull(ch);
+        ch = test_must_find(resp, "frames");
         ck_assert_uint_eq((uint32_t) test_jint(ch, "shm_key"), channel_derive_key("frames", 0));
         /* The derivation is a contract (shmbroker.json(5)): pinned, not just compared with itself. */
         ck_assert_uint_eq(channel_derive_key("frames", 0), 0x10a054dc);
@@ -123,8 +121,7 @@ START_TEST(test_open_status_close) {
 
         resp = test_request(b, "{\"op\":\"status\",\"channel\":\"telemetry\"}");
         test_assert_ok(resp);
-        ch = test_find_channel(resp, "telemetry");
-        ck_assert_ptr_nonnull(ch);
+        ch = test_must_find(resp, "telemetry");
         clients = json_object_get(ch, "clients");
         ck_assert_uint_eq(json_array_size(clients), 2);
         ck_assert_int_eq(test_jint(json_array_get(clients, 0), "pid"), getpid());

@@ -778,12 +778,7 @@ START_TEST(test_replace_attached_at_kernel_limit_keeps_channel) {
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096}]");
         test_start_ok();
         fd = test_connect(td.socket);
-        resp = req(fd, "{\"op\":\"open\",\"channel\":\"a\",\"access\":\"rw\"}");
-        test_assert_ok(resp);
-        old_shm = (int) test_jint(resp, "shm_id");
-        json_decref(resp);
-        addr = shmat(old_shm, NULL, 0);
-        ck_assert_ptr_ne(addr, (void *) -1);
+        addr = test_open_attach(fd, "a", &old_shm);
         strcpy(addr, "in use");
         before = list_ok();
         test_write_proc("/proc/sys/kernel/shmmni", "2");

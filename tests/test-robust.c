@@ -224,8 +224,7 @@ static size_t count_holds(int fd, const char *channel) {
         snprintf(req, sizeof req, "{\"op\":\"status\",\"channel\":\"%s\"}", channel);
         resp = test_request(fd, req);
         test_assert_ok(resp);
-        ch = test_find_channel(resp, channel);
-        ck_assert_ptr_nonnull(ch);
+        ch = test_must_find(resp, channel);
         /* A missing list must not read as no holds. */
         ck_assert_msg(json_is_array(json_object_get(ch, "clients")), "status of %s has no clients array", channel);
         n = json_array_size(json_object_get(ch, "clients"));
