@@ -774,29 +774,47 @@ static void garbage_server(int lfd) {
         }
 }
 
-START_TEST(test_malformed_answers_are_eproto) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        shmb_channel *ch = NULL;
-        shmb_client *c = NULL;
+/*
+ * A stand-in broker: serve(lfd) in a child listening on td.dir/name, whose
+ * path is put in sa. The child dies with the test. Returns its pid.
+ */
+static pid_t fake_server_start(const char *name, void (*serve)(int lfd), struct sockaddr_un *sa) {
         int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
         pid_t pid;
 
-        ck_assert_int_lt(strlen(td.dir) + strlen("/garbage.sock"), sizeof sa.sun_path);
-        strcpy(sa.sun_path, td.dir);
-        strcat(sa.sun_path, "/garbage.sock");
-        ck_assert_int_eq(bind(lfd, (struct sockaddr *) &sa, sizeof sa), 0);
+        *sa = (struct sockaddr_un) { .sun_family = AF_UNIX };
+        ck_assert_int_ge(lfd, 0);
+        ck_assert_int_lt(snprintf(sa->sun_path, sizeof sa->sun_path, "%s/%s", td.dir, name), (int) sizeof sa->sun_path);
+        ck_assert_int_eq(bind(lfd, (struct sockaddr *) sa, sizeof *sa), 0);
         ck_assert_int_eq(listen(lfd, 4), 0);
         pid = fork();
-        if (pid == 0)
-                garbage_server(lfd);
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                serve(lfd);
+                _exit(0);
+        }
         close(lfd);
+        return pid;
+}
+
+static void fake_server_stop(pid_t pid) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+}
+
+START_TEST(test_malformed_answers_are_eproto) {
+        struct sockaddr_un sa;
+        shmb_channel *ch = NULL;
+        shmb_client *c = NULL;
+        pid_t pid = fake_server_start("garbage.sock", garbage_server, &sa);
+
         /* Nothing undecoded may be released: under ASan a bad free fails here. */
         ck_assert_int_eq(shmb_connect(sa.sun_path, &c), -EPROTO);
         ck_assert_ptr_null(c);
         ck_assert_int_eq(shmb_open_channel(sa.sun_path, "pair", SHMB_RW, &ch), -EPROTO);
         ck_assert_ptr_null(ch);
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
+        fake_server_stop(pid);
 }
 END_TEST
 
@@ -822,30 +840,19 @@ static void out_of_step_server(int lfd) {
 }
 
 START_TEST(test_failed_call_closes_the_connection) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+        struct sockaddr_un sa;
         shmb_channel_status *v = NULL;
         shmb_client *c = NULL;
         size_t n = 99;
-        pid_t pid;
+        pid_t pid = fake_server_start("step.sock", out_of_step_server, &sa);
 
-        ck_assert_int_lt(strlen(td.dir) + strlen("/step.sock"), sizeof sa.sun_path);
-        strcpy(sa.sun_path, td.dir);
-        strcat(sa.sun_path, "/step.sock");
-        ck_assert_int_eq(bind(lfd, (struct sockaddr *) &sa, sizeof sa), 0);
-        ck_assert_int_eq(listen(lfd, 4), 0);
-        pid = fork();
-        if (pid == 0)
-                out_of_step_server(lfd);
-        close(lfd);
         ck_assert_int_eq(shmb_connect(sa.sun_path, &c), 0);
         ck_assert_int_eq(shmb_list(c, &v, &n), -EPROTO);
         /* The stray answer waiting behind the bad one must not be taken for the next call's. */
         ck_assert_int_eq(shmb_list(c, &v, &n), -ENOTCONN);
         ck_assert_int_eq(shmb_client_fd(c), -1);
         shmb_disconnect(c);
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
+        fake_server_stop(pid);
 }
 END_TEST
 
