@@ -190,30 +190,6 @@ static json_t *read_answer(int fd) {
         return v;
 }
 
-static void request_ok(int fd, const char *line) {
-        json_t *resp = test_request(fd, line);
-
-        test_assert_ok(resp);
-        json_decref(resp);
-}
-
-/* A refusal: exactly one error answer naming `err`, then a clean EOF. */
-static void expect_refusal(int fd, const char *err) {
-        char *line;
-        json_t *v;
-        int r;
-
-        r = recv_line(fd, 5000, &line);
-        ck_assert_msg(r == 1, "expected an %s answer, got %s", err, recv_result(r));
-        v = json_loads(line, 0, NULL);
-        ck_assert_msg(v != NULL, "refusal is not JSON: %s", line);
-        test_assert_error(v, err);
-        json_decref(v);
-        free(line);
-        r = recv_line(fd, 5000, &line);
-        ck_assert_msg(r == 0, "expected EOF after the %s answer, got %s%s%s", err, recv_result(r), line ? ": " : "",
-                      line ? line : "");
-}
 
 /* Holds on a channel, from status. */
 static size_t count_holds(int fd, const char *channel) {
@@ -327,10 +303,16 @@ static void child_note(const char *fmt, ...) {
                 (void) !write(child_report_fd, buf, strlen(buf));
 }
 
+/*
+ * cond, or fail: in a child, report to the parent and exit; in the test's
+ * own process (no report fd), fail the test. So one helper serves both.
+ */
 #define CHILD_CHECK(cond, ...)                                                          \
         do {                                                                            \
                 if (!(cond)) {                                                          \
                         int saved_errno_ = errno;                                       \
+                        if (child_report_fd < 0)                                        \
+                                ck_abort_msg(__VA_ARGS__);                              \
                         child_note("uid %u, line %d:", (unsigned) getuid(), __LINE__);  \
                         errno = saved_errno_;                                           \
                         child_note(__VA_ARGS__);                                        \
@@ -440,7 +422,7 @@ static json_t *child_request(int fd, const char *req) {
         return v;
 }
 
-static void child_request_ok(int fd, const char *req) {
+static void request_ok(int fd, const char *req) {
         json_t *v = child_request(fd, req);
 
         CHILD_CHECK(json_is_true(json_object_get(v, "ok")), "%s: not ok: %s %s", req,
@@ -448,7 +430,8 @@ static void child_request_ok(int fd, const char *req) {
         json_decref(v);
 }
 
-static void child_expect_refusal(int fd, const char *err) {
+/* A refusal: exactly one error answer naming `err` (with a message), then a clean EOF. */
+static void expect_refusal(int fd, const char *err) {
         char *line;
         json_t *v;
         int r;
@@ -456,12 +439,13 @@ static void child_expect_refusal(int fd, const char *err) {
         r = recv_line(fd, 5000, &line);
         CHILD_CHECK(r == 1, "expected an %s answer, got %s", err, recv_result(r));
         v = json_loads(line, 0, NULL);
-        CHILD_CHECK(v && error_of(v) && strcmp(error_of(v), err) == 0 && message_of(v)[0],
+        CHILD_CHECK(v && json_is_false(json_object_get(v, "ok")) && error_of(v) && strcmp(error_of(v), err) == 0 &&
+                            message_of(v)[0],
                     "expected %s with a message, got %s", err, line);
         json_decref(v);
         free(line);
         r = recv_line(fd, 5000, &line);
-        CHILD_CHECK(r == 0, "expected EOF after %s, got %s", err, recv_result(r));
+        CHILD_CHECK(r == 0, "expected EOF after %s, got %s%s%s", err, recv_result(r), line ? ": " : "", line ? line : "");
 }
 
 /* ======================================================================== */
@@ -560,15 +544,15 @@ static void per_uid_child(void *userdata) {
         for (int i = 0; i < 3; i++) {
                 c[i] = try_connect(sock);
                 CHILD_CHECK(c[i] >= 0, "connection %d: %s", i + 1, strerror(-c[i]));
-                child_request_ok(c[i], "{\"op\":\"open\",\"channel\":\"pub\",\"access\":\"ro\"}");
+                request_ok(c[i], "{\"op\":\"open\",\"channel\":\"pub\",\"access\":\"ro\"}");
         }
         /* The 4th: accepted by the kernel, answered EUSERS by the daemon, then closed. */
         x = try_connect(sock);
         CHILD_CHECK(x >= 0, "connection 4: %s", strerror(-x));
-        child_expect_refusal(x, "EUSERS");
+        expect_refusal(x, "EUSERS");
         close(x);
         /* The refused one did not count: the three are still served. */
-        child_request_ok(c[2], "{\"op\":\"list\"}");
+        request_ok(c[2], "{\"op\":\"list\"}");
 
         child_step();   /* the parent checks root is still served */
 
@@ -588,11 +572,11 @@ static void per_uid_child(void *userdata) {
         }
         y = try_connect(sock);
         CHILD_CHECK(y >= 0, "new connection: %s", strerror(-y));
-        child_request_ok(y, "{\"op\":\"open\",\"channel\":\"pub\",\"access\":\"ro\"}");
+        request_ok(y, "{\"op\":\"open\",\"channel\":\"pub\",\"access\":\"ro\"}");
         /* And that is three again: one more is refused. */
         x = try_connect(sock);
         CHILD_CHECK(x >= 0, "connection 4 again: %s", strerror(-x));
-        child_expect_refusal(x, "EUSERS");
+        expect_refusal(x, "EUSERS");
 }
 
 START_TEST(test_connections_per_uid) {
@@ -626,7 +610,7 @@ static void refused_child(void *userdata) {
         test_drop_privileges(65534, 65534, 0);
         x = try_connect(sock);
         CHILD_CHECK(x >= 0, "connect: %s", strerror(-x));
-        child_expect_refusal(x, "EUSERS");
+        expect_refusal(x, "EUSERS");
 }
 
 START_TEST(test_connections_max) {
@@ -1146,7 +1130,7 @@ static void socket_peer_child(void *userdata) {
         }
         CHILD_CHECK(fd >= 0, "uid %u gid %u +%u: connect: %s", (unsigned) p->uid, (unsigned) p->gid,
                     (unsigned) p->supplementary, strerror(-fd));
-        child_request_ok(fd, "{\"op\":\"list\"}");
+        request_ok(fd, "{\"op\":\"list\"}");
 }
 
 static void check_socket_peers(SocketPeer *peers, size_t n) {
