@@ -25,9 +25,7 @@ for page in shmbrokerd.8 shmbroker.json.5 shmbrokerctl.1 libshmbroker.3 shmbroke
 	find "$stage" -name "$page" | grep -q . || { echo "check-install: man page $page not installed"; exit 1; }
 done
 export PKG_CONFIG_SYSROOT_DIR="$stage" PKG_CONFIG_PATH="$(dirname "$pc")"
-# shellcheck disable=SC2046
 # The build's own flags: a sanitizer build's library needs its runtime in the program too.
-# shellcheck disable=SC2086
 for prog in ring-sender ring-receiver; do
 	# shellcheck disable=SC2086,SC2046
 	$CC $CFLAGS $LDFLAGS -o "$stage/$prog" "$stage/$prog.c" $(pkg-config --cflags --libs libshmbroker) \
