@@ -1,25 +1,28 @@
+#include <stdbool.h>
 #include <unistd.h>
 
 #include "daemon/self.h"
 
-uid_t self_euid(void) {
-        static uid_t euid;
-        static int known;
+static struct {
+        bool known;
+        uid_t euid;
+        gid_t egid;
+} self;
 
-        if (!known) {
-                euid = geteuid();
-                known = 1;
+static void self_read(void) {
+        if (!self.known) {
+                self.euid = geteuid();
+                self.egid = getegid();
+                self.known = true;
         }
-        return euid;
+}
+
+uid_t self_euid(void) {
+        self_read();
+        return self.euid;
 }
 
 gid_t self_egid(void) {
-        static gid_t egid;
-        static int known;
-
-        if (!known) {
-                egid = getegid();
-                known = 1;
-        }
-        return egid;
+        self_read();
+        return self.egid;
 }
