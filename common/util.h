@@ -81,6 +81,19 @@ static inline void msg_set(char *buf, size_t size, const char *fmt, ...) {
         va_end(ap);
 }
 
+/* A malloc'd formatted string, or NULL (asprintf leaves its pointer undefined on failure). */
+_printf_(1, 2)
+static inline char *strprintf(const char *fmt, ...) {
+        va_list ap;
+        char *s;
+        int r;
+
+        va_start(ap, fmt);
+        r = vasprintf(&s, fmt, ap);
+        va_end(ap);
+        return r < 0 ? NULL : s;
+}
+
 /* Copy a string that must fit; returns -ENAMETOOLONG otherwise. */
 static inline int strcpy_checked(char *dst, size_t size, const char *src) {
         size_t n = strlen(src);

@@ -4,8 +4,10 @@
  * Both objects are made with IPC_CREAT|IPC_EXCL and mode 0600, so nobody
  * can use them before they are initialised; only after SETALL (and the
  * ring header) does IPC_SET give them their configured owner, group and
- * mode. Keys come from the config or from a hash of the name (never ftok,
- * which collides on inode numbers), so they stay stable across restarts.
+ * mode. Keys come from the config or from a keyed hash of the name (never
+ * ftok, which collides on inode numbers): stable across restarts, since the
+ * secret is kept in the state directory, and unpredictable to other users,
+ * who cannot read it, so they cannot take a channel's keys in advance.
  */
 
 #include <errno.h>
@@ -32,17 +34,16 @@ union semun {
         unsigned short *array;
 };
 
-uint32_t channel_derive_key(const char *name, unsigned attempt) {
-        /* FNV-1a over "shmbroker:" NAME, then the attempt number. */
-        static const char prefix[] = "shmbroker:";
-        uint32_t h = 2166136261u;
+uint32_t channel_derive_key(const uint8_t secret[SIPHASH_KEY_SIZE], const char *name, unsigned attempt) {
+        /* SipHash of NAME, a NUL and the attempt (little-endian): no name is a prefix of another's input. */
+        uint8_t in[PROTO_NAME_MAX + 1 + 4] = {};
+        size_t len = strnlen(name, PROTO_NAME_MAX);
+        uint32_t h;
 
-        for (const char *p = prefix; *p; p++)
-                h = (h ^ (uint8_t) *p) * 16777619u;
-        for (const char *p = name; *p; p++)
-                h = (h ^ (uint8_t) *p) * 16777619u;
+        memcpy(in, name, len);
         for (unsigned i = 0; i < 4; i++)
-                h = (h ^ ((attempt >> (8 * i)) & 0xff)) * 16777619u;
+                in[len + 1 + i] = (uint8_t) (attempt >> (8 * i));
+        h = (uint32_t) siphash24(secret, in, len + 1 + 4);
         /* Positive and non-zero: reads the same signed or unsigned, never IPC_PRIVATE. */
         h &= 0x7fffffffu;
         return h ? h : 1;
@@ -149,9 +150,13 @@ static const char *semget_why(int err) {
  */
 static int try_key(Channel *c, uint32_t key, State *state, char *msg, size_t msg_size) {
         const ChannelSpec *s = &c->spec;
+        /* A second before now: the set's ctime, which proves it ours, is no earlier. */
+        int64_t since = (int64_t) time(NULL) - 1;
         StateRecord intents[2] = {
-                { .kind = STATE_SHM, .key = key, .id = -1, .pending = true, .stamp = getpid(), .size = s->size },
-                { .kind = STATE_SEM, .key = key, .id = -1, .pending = true, .stamp = time(NULL), .size = s->nsems },
+                { .kind = STATE_SHM, .key = key, .id = -1, .pending = true, .pid = getpid(), .since = since,
+                  .size = s->size },
+                { .kind = STATE_SEM, .key = key, .id = -1, .pending = true, .pid = getpid(), .since = since,
+                  .size = s->nsems },
         };
         int r;
 
@@ -181,10 +186,11 @@ static int try_key(Channel *c, uint32_t key, State *state, char *msg, size_t msg
                 return r;
         }
         {
-                StateRecord ids[2] = {
-                        { .kind = STATE_SHM, .key = key, .id = c->shm_id },
-                        { .kind = STATE_SEM, .key = key, .id = c->sem_id },
-                };
+                StateRecord ids[2];
+
+                c->made_pid = getpid();
+                c->made_since = since;
+                channel_records(c, ids);
 
                 /* The ids cover the objects from now on; the intents would only be checked again at every restart. */
                 r = state_append_records(state, ids, 2, intents, 2);
@@ -275,7 +281,7 @@ int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n
         } else {
                 r = -EEXIST;
                 for (unsigned i = 0; i < DERIVED_KEY_ATTEMPTS && r == -EEXIST; i++) {
-                        uint32_t key = channel_derive_key(spec->name, i);
+                        uint32_t key = channel_derive_key(state_secret(state), spec->name, i);
 
                         if (fixed_keys && bsearch(&key, fixed_keys, n_fixed, sizeof key, cmp_u32))
                                 continue;
@@ -428,6 +434,13 @@ int channel_stat(const Channel *c, ProtoChannel *ret) {
         ret->semaphores = TAKE_PTR(sems);
         ret->n_semaphores = c->spec.nsems;
         return 0;
+}
+
+void channel_records(const Channel *c, StateRecord ret[2]) {
+        ret[0] = (StateRecord) { .kind = STATE_SHM, .key = c->key, .id = c->shm_id, .pid = c->made_pid,
+                                 .since = c->made_since, .size = c->spec.size };
+        ret[1] = (StateRecord) { .kind = STATE_SEM, .key = c->key, .id = c->sem_id, .pid = c->made_pid,
+                                 .since = c->made_since, .size = c->spec.nsems };
 }
 
 void channel_perm(const Channel *c, ChannelPerm *ret) {

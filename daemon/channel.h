@@ -19,12 +19,20 @@ typedef struct Channel {
         int shm_id;
         int sem_id;
         void *addr;                     /* the daemon's own attachment */
+        pid_t made_pid;                 /* the daemon that made the objects, and the second */
+        int64_t made_since;             /* before: what proves them ours after a crash */
         char owner[PROTO_IDNAME_MAX + 1];  /* spec.uid/gid as names, resolved once */
         char group[PROTO_IDNAME_MAX + 1];
 } Channel;
 
-/* The attempt'th candidate key derived from a channel name. Never 0. */
-uint32_t channel_derive_key(const char *name, unsigned attempt);
+/*
+ * The attempt'th candidate key derived from a channel name under the state
+ * directory's secret (SipHash-2-4). Positive, never 0.
+ */
+uint32_t channel_derive_key(const uint8_t secret[SIPHASH_KEY_SIZE], const char *name, unsigned attempt);
+
+/* The state records of the channel's two objects. */
+void channel_records(const Channel *c, StateRecord ret[2]);
 
 /*
  * Create, initialise (SETALL, ring header) and publish the objects for

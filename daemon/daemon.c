@@ -85,35 +85,89 @@ static int load_config(const DaemonOptions *o, Config **ret) {
         return 0;
 }
 
-static int ensure_socket_dir(const char *path) {
-        _cleanup_(freep) char *copy = strdup(path);
-
-        if (!copy)
-                return -ENOMEM;
-        if (mkdir(dirname(copy), 0755) < 0 && errno != EEXIST)
+static int ensure_dir(const char *path, mode_t mode) {
+        if (mkdir(path, mode) < 0 && errno != EEXIST)
                 return -errno;
         return 0;
 }
 
-static int open_state_and_reclaim(Daemon *d) {
-        _cleanup_(freep) StateRecord *v = NULL;
-        size_t n = 0, skipped = 0;
-        ReclaimResult res;
+/*
+ * The state directory: --state-dir, else $RUNTIME_DIRECTORY (the first, when
+ * systemd lists several), else the socket's directory. Made when missing:
+ * 0700 when named for the purpose, 0755 as the socket's directory (clients
+ * must reach the socket).
+ */
+static int state_dir_setup(Daemon *d, char **ret) {
+        const char *env = getenv("RUNTIME_DIRECTORY");
+        _cleanup_(freep) char *dir = NULL;
+        mode_t mode = 0700;
         int r;
 
-        r = ensure_socket_dir(d->socket_path);
+        if (d->options->state_dir)
+                dir = strdup(d->options->state_dir);
+        else if (env && env[0] == '/')
+                dir = strndup(env, strcspn(env, ":"));
+        else {
+                _cleanup_(freep) char *copy = strdup(d->socket_path);
+
+                dir = copy ? strdup(dirname(copy)) : NULL;
+                mode = 0755;
+        }
+        if (!dir)
+                return log_error("Out of memory."), -ENOMEM;
+        r = ensure_dir(dir, mode);
+        if (r < 0)
+                return log_error("Failed to create the state directory %s: %s", dir, strerror(-r)), r;
+        *ret = TAKE_PTR(dir);
+        return 0;
+}
+
+/* Records that prove nothing are settled without a touch; the admin learns which objects they named. */
+static void log_legacy(const Daemon *d, const StateRecord *v, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                char id[32] = "";
+
+                if (!v[i].legacy)
+                        continue;
+                if (!v[i].pending)
+                        snprintf(id, sizeof id, ", id %d", v[i].id);
+                log_warning("%s: the %s with key 0x%08x%s was recorded by an older version that did not record "
+                            "its creator; it cannot be proven ours, so it is left untouched (ipcrm it if it is a "
+                            "leftover).", state_path(d->state), v[i].kind == STATE_SHM ? "segment" : "semaphore set",
+                            v[i].key, id);
+        }
+}
+
+static int open_state_and_reclaim(Daemon *d) {
+        _cleanup_(freep) StateRecord *v = NULL;
+        _cleanup_(freep) char *dir = NULL, *copy = NULL;
+        size_t n = 0, skipped = 0;
+        ReclaimResult res;
+        char msg[512];
+        int r;
+
+        copy = strdup(d->socket_path);
+        if (!copy)
+                return log_error("Out of memory."), -ENOMEM;
+        r = ensure_dir(dirname(copy), 0755);
         if (r < 0) {
                 log_error("Failed to create the directory of %s: %s", d->socket_path, strerror(-r));
                 return r;
         }
-        r = state_open(d->socket_path, &d->state);
+        r = state_dir_setup(d, &dir);
+        if (r < 0)
+                return r;
+        free(copy);
+        copy = strdup(d->socket_path);
+        if (!copy)
+                return log_error("Out of memory."), -ENOMEM;
+        r = state_open(dir, basename(copy), &d->state, msg, sizeof msg);
         if (r == -EBUSY) {
-                log_error("Another shmbrokerd is running on %s (its lock %s.lock is held); not starting.",
-                          d->socket_path, d->socket_path);
+                log_error("Another shmbrokerd is running on %s (%s); not starting.", d->socket_path, msg);
                 return r;
         }
         if (r < 0) {
-                log_error("Failed to open the state beside %s: %s", d->socket_path, strerror(-r));
+                log_error("Failed to open the state directory: %s", msg);
                 return r;
         }
         r = state_read(d->state, &v, &n, &skipped);
@@ -123,11 +177,12 @@ static int open_state_and_reclaim(Daemon *d) {
         }
         if (skipped > 0)
                 log_warning("%s: %zu malformed line(s), ignoring.", state_path(d->state), skipped);
+        log_legacy(d, v, n);
         res = (ReclaimResult) {};
         if (n > 0) {
                 reclaim_records(v, n, &res);
-                log_notice("Reclaimed %zu object(s) left by a previous run (%zu already gone, %zu now someone else's).",
-                           res.removed, res.gone, res.foreign);
+                log_notice("Reclaimed %zu object(s) left by a previous run (%zu already gone, %zu not provably "
+                           "ours and left alone).", res.removed, res.gone, res.foreign);
                 if (res.kept > 0)
                         log_warning("%zu recorded object(s) could not be verified or removed; keeping them in %s.",
                                     res.kept, state_path(d->state));
@@ -227,10 +282,8 @@ static int save_state(Daemon *d) {
         for (size_t i = 0; i < d->n_unsettled; i++)
                 v[n++] = d->unsettled[i];
         for (size_t i = 0; i < d->registry->n; i++) {
-                const Channel *c = registry_at(d->registry, i)->channel;
-
-                v[n++] = (StateRecord) { .kind = STATE_SHM, .key = c->key, .id = c->shm_id };
-                v[n++] = (StateRecord) { .kind = STATE_SEM, .key = c->key, .id = c->sem_id };
+                channel_records(registry_at(d->registry, i)->channel, v + n);
+                n += 2;
         }
         return state_rewrite(d->state, v, n);
 }

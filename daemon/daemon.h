@@ -9,6 +9,7 @@
 typedef struct DaemonOptions {
         const char *config_path;
         const char *socket_path;        /* overrides the config's; may be NULL */
+        const char *state_dir;          /* lock, state and key secret; NULL: see state_dir_setup() */
         int log_level;
 } DaemonOptions;
 

@@ -14,6 +14,9 @@ static void help(void) {
                "hand them to clients over a Unix socket.\n\n"
                "  -c, --config PATH   config file (default " CONFIG_DEFAULT_PATH ")\n"
                "      --socket PATH   listen here instead of the config's \"socket\"\n"
+               "      --state-dir PATH\n"
+               "                      keep the lock, crash state and key secret here\n"
+               "                      (default: $RUNTIME_DIRECTORY, else the socket's directory)\n"
                "      --check-config  validate the config, touch no IPC, and exit 0/1\n"
                "  -v, --verbose       log debug messages\n"
                "  -h, --help          show this help\n"
@@ -21,10 +24,11 @@ static void help(void) {
 }
 
 int main(int argc, char *argv[]) {
-        enum { ARG_SOCKET = 0x100, ARG_CHECK, ARG_VERSION };
+        enum { ARG_SOCKET = 0x100, ARG_STATE_DIR, ARG_CHECK, ARG_VERSION };
         static const struct option options[] = {
                 { "config", required_argument, NULL, 'c' },
                 { "socket", required_argument, NULL, ARG_SOCKET },
+                { "state-dir", required_argument, NULL, ARG_STATE_DIR },
                 { "check-config", no_argument, NULL, ARG_CHECK },
                 { "verbose", no_argument, NULL, 'v' },
                 { "help", no_argument, NULL, 'h' },
@@ -42,6 +46,9 @@ int main(int argc, char *argv[]) {
                         break;
                 case ARG_SOCKET:
                         o.socket_path = optarg;
+                        break;
+                case ARG_STATE_DIR:
+                        o.state_dir = optarg;
                         break;
                 case ARG_CHECK:
                         check = true;

@@ -1,67 +1,90 @@
 #include <errno.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "daemon/ipc-stat.h"
 #include "daemon/reclaim.h"
 #include "daemon/self.h"
 
-/*
- * An intent whose id was never recorded: look the key up, and take the
- * object only if it is provably the one we were creating.
- */
-static int pending_is_ours(const StateRecord *rec, int *ret_id) {
-        int id;
+/* How long after its intent an unrecorded set may have been made (or last set up). */
+#define INTENT_WINDOW_SEC 60
 
-        if (rec->kind == STATE_SHM) {
-                struct shmid_ds ds;
+/* 1 provably ours, 0 not provably ours, or a negative errno (-ENOENT: no such object). */
+static int shm_is_ours(const StateRecord *rec, int id) {
+        struct shmid_ds ds;
+        int r;
 
-                id = shmget((key_t) rec->key, 0, 0);
-                if (id < 0)
-                        return errno == ENOENT ? -ENOENT : -errno;
-                if (ipc_stat_shm(id, &ds) < 0)
-                        return -EACCES;
-                *ret_id = id;
-                return ds.shm_perm.cuid == self_euid() && ds.shm_cpid == rec->stamp && ds.shm_segsz == rec->size;
-        } else {
-                struct semid_ds ds;
-
-                id = semget((key_t) rec->key, 0, 0);
-                if (id < 0)
-                        return errno == ENOENT ? -ENOENT : -errno;
-                if (ipc_stat_sem(id, &ds) < 0)
-                        return -EACCES;
-                *ret_id = id;
-                /* Made no earlier than our intent, never operated on, of our size. */
-                return ds.sem_perm.cuid == self_euid() && ds.sem_ctime >= rec->stamp && ds.sem_otime == 0 &&
-                       ds.sem_nsems == rec->size;
-        }
+        r = ipc_stat_shm(id, &ds);
+        if (r == -EINVAL || r == -EIDRM)
+                return -ENOENT;
+        if (r < 0)
+                return r;
+        return (uint32_t) ds.shm_perm.__key == rec->key && ds.shm_perm.cuid == self_euid() &&
+               ds.shm_cpid == rec->pid && ds.shm_segsz == rec->size;
 }
 
-/* 1 removed, 0 to keep; counts what it saw in *res. */
+static int sem_is_ours(const StateRecord *rec, int id) {
+        struct semid_ds ds;
+        int r, last_pid;
+
+        r = ipc_stat_sem(id, &ds);
+        if (r == -EINVAL || r == -EIDRM)
+                return -ENOENT;
+        if (r < 0)
+                return r;
+        if ((uint32_t) ds.sem_perm.__key != rec->key || ds.sem_perm.cuid != self_euid() ||
+            ds.sem_nsems != rec->size || ds.sem_ctime < rec->since)
+                return 0;
+        if (!rec->pending)
+                return 1;
+        if (ds.sem_otime != 0 || ds.sem_ctime > rec->since + INTENT_WINDOW_SEC)
+                return 0;
+        last_pid = semctl(id, 0, GETPID);
+        if (last_pid < 0)
+                return errno == EINVAL || errno == EIDRM ? -ENOENT : -errno;
+        return last_pid == 0 || last_pid == rec->pid;
+}
+
+/* Find the object a record names: by id, or for an intent by key. */
+static int record_is_ours(StateRecord *rec) {
+        int id = rec->id;
+
+        if (rec->pending) {
+                id = rec->kind == STATE_SHM ? shmget((key_t) rec->key, 0, 0) : semget((key_t) rec->key, 0, 0);
+                if (id < 0)
+                        return errno == ENOENT ? -ENOENT : -errno;
+                rec->id = id;
+        }
+        return rec->kind == STATE_SHM ? shm_is_ours(rec, id) : sem_is_ours(rec, id);
+}
+
+/* 1 settled (removed, gone or not ours), 0 to keep recorded; counts what it saw in *res. */
 static int settle(StateRecord *rec, ReclaimResult *res) {
         int r;
 
-        if (rec->pending) {
-                r = pending_is_ours(rec, &rec->id);
-                if (r == -ENOENT || r == 0)
-                        return 1;       /* never made, already reclaimed, or not ours: done with */
-        } else
-                r = ipc_is_ours(rec->id, rec->key, rec->kind == STATE_SHM);
-
+        if (rec->legacy) {
+                res->foreign++;
+                return 1;
+        }
+        r = record_is_ours(rec);
         if (r == -ENOENT) {
-                res->gone++;
+                /* An intent whose object was never made is no object at all. */
+                if (!rec->pending)
+                        res->gone++;
                 return 1;
         }
         if (r == 0) {
-                res->foreign++;         /* the id now names someone else's object: never touch it */
+                res->foreign++;         /* not provably ours: never touch it */
                 return 1;
         }
         if (r > 0 && (rec->kind == STATE_SHM ? shmctl(rec->id, IPC_RMID, NULL) : semctl(rec->id, 0, IPC_RMID)) == 0) {
                 res->removed++;
                 return 1;
         }
-        return 0;                       /* unverifiable, or IPC_RMID failed: keep it recorded */
+        if (rec->pending)
+                rec->id = -1;           /* still an intent when written back */
+        return 0;                       /* unreadable, or IPC_RMID failed: keep it recorded */
 }
 
 void reclaim_records(StateRecord *v, size_t n, ReclaimResult *ret) {

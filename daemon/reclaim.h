@@ -2,9 +2,20 @@
 
 /*
  * Reclaim after a crash: remove the objects a killed run recorded, but only
- * those that are provably still the same objects (same id, same key, made
- * by our user). Anything else is left alone: we never remove what we did
- * not create.
+ * those it can prove that run made. What the kernel offers as proof:
+ *
+ *   segment  key, creator uid, creator pid (shm_cpid) and size all equal
+ *            the record's: another process cannot have our pid while it
+ *            lived, nor the creator uid unless it runs as our user;
+ *   set      key, creator uid and count equal, and ctime no earlier than
+ *            the second before the run made it (a set has no creator pid);
+ *            for an intent whose id was never recorded also: never operated
+ *            on (otime 0), ctime within a minute of the intent, and the last
+ *            pid of its first semaphore 0 or the recorded pid (SETALL sets it).
+ *
+ * Anything else is left alone, and counted: we never remove what we did not
+ * create. Records of the first state format carry no creator and prove
+ * nothing: their objects are left, and the caller names them in the log.
  */
 
 #include <stddef.h>
@@ -14,14 +25,15 @@
 typedef struct ReclaimResult {
         size_t removed;         /* ours, and now gone */
         size_t gone;            /* already removed by someone else */
-        size_t foreign;         /* the id now names another object: left alone */
-        size_t kept;            /* could not be verified or removed: still recorded */
+        size_t foreign;         /* the id or key names an object we cannot prove ours: left alone */
+        size_t kept;            /* could not be checked or removed: still recorded */
 } ReclaimResult;
 
 /*
- * Reclaim what v records. Records that could not be settled (unverifiable,
+ * Reclaim what v records. Records that could not be settled (unreadable,
  * or IPC_RMID failed) are moved to the front of v, and their count is
  * ret->kept: the caller keeps them in the state file, so nothing of ours
- * is ever forgotten. Never fails as a whole.
+ * is ever forgotten. Legacy records are settled as foreign. Never fails as
+ * a whole.
  */
 void reclaim_records(StateRecord *v, size_t n, ReclaimResult *ret);

@@ -1,80 +1,295 @@
+/*
+ * The state directory (see state.h). Every file is reached through a
+ * descriptor of the checked directory (openat), so a path swapped after
+ * the check cannot redirect us, and every open is O_NOFOLLOW|O_NONBLOCK
+ * and checked with fstat() before a byte is read: a symlink, a FIFO or a
+ * device planted under one of our names refuses the start at once instead
+ * of being followed or hanging it.
+ */
+
 #include <errno.h>
-#include <stdbool.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/util.h"
 #include "daemon/state.h"
 
-#define STATE_HEADER "# shmbroker state v1: objects this daemon created\n"
+#define STATE_HEADER "# shmbroker state v2: objects this daemon created (kind key id pid since size)\n"
+#define SECRET_TEXT_LEN (2 * SIPHASH_KEY_SIZE + 1)      /* hex and a newline */
 
 struct State {
+        int dir_fd;
         int lock_fd;
         int fd;                 /* O_APPEND */
-        char *lock_path;
+        char *name;             /* the socket's base name */
+        char *lock_path;        /* full paths, for messages */
         char *path;
+        uint8_t secret[SIPHASH_KEY_SIZE];
 };
 
 static const char *kind_name(StateKind k) {
         return k == STATE_SHM ? "shm" : "sem";
 }
 
+/* Why a file (or the directory) we are about to trust is not ours alone; NULL when it is. */
+static const char *untrusted_why(const struct stat *st, bool dir, mode_t forbidden, char *buf, size_t size) {
+        if (dir ? !S_ISDIR(st->st_mode) : !S_ISREG(st->st_mode))
+                return dir ? "is not a directory" : "is not a regular file";
+        if (st->st_uid != geteuid()) {
+                snprintf(buf, size, "is owned by uid %u, not by the daemon's uid %u", (unsigned) st->st_uid,
+                         (unsigned) geteuid());
+                return buf;
+        }
+        if (st->st_mode & forbidden) {
+                snprintf(buf, size, "has mode %04o: %s", (unsigned) (st->st_mode & 07777),
+                         forbidden & 044 ? "others may read or write it" : "writable by group or others");
+                return buf;
+        }
+        return NULL;
+}
+
+static int check_fd(int fd, const char *dir, const char *name, bool is_dir, mode_t forbidden, char *msg,
+                    size_t msg_size) {
+        char buf[96];
+        const char *why;
+        struct stat st;
+
+        if (fstat(fd, &st) < 0) {
+                msg_set(msg, msg_size, "cannot stat %s%s%s: %s", dir, name ? "/" : "", name ?: "", strerror(errno));
+                return -errno;
+        }
+        why = untrusted_why(&st, is_dir, forbidden, buf, sizeof buf);
+        if (why) {
+                msg_set(msg, msg_size, "%s %s%s%s %s; refusing to trust it", is_dir ? "state directory" : "state file",
+                        dir, name ? "/" : "", name ?: "", why);
+                return -EPERM;
+        }
+        return 0;
+}
+
+/*
+ * Open dir/name, creating it 0600 with O_EXCL when it does not exist, and
+ * check that it is a regular file of ours that nobody else can write
+ * (`forbidden` mode bits). *ret_created says whether we made it.
+ */
+static int open_own_file(State *s, const char *dir, const char *name, int flags, mode_t forbidden, int *ret_fd,
+                         bool *ret_created, char *msg, size_t msg_size) {
+        _cleanup_(closep) int fd = -1;
+        bool created = true;
+        int r;
+
+        flags |= O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
+        fd = openat(s->dir_fd, name, flags | O_CREAT | O_EXCL, 0600);
+        if (fd < 0 && errno == EEXIST) {
+                created = false;
+                fd = openat(s->dir_fd, name, flags);
+        }
+        if (fd < 0) {
+                r = -errno;
+                if (r == -ELOOP)
+                        msg_set(msg, msg_size, "state file %s/%s is a symbolic link; refusing to follow it", dir, name);
+                else
+                        msg_set(msg, msg_size, "cannot open %s/%s: %s", dir, name, strerror(-r));
+                return r == -ELOOP ? -EPERM : r;
+        }
+        r = check_fd(fd, dir, name, false, forbidden, msg, msg_size);
+        if (r < 0)
+                return r;
+        *ret_fd = TAKE_FD(fd);
+        if (ret_created)
+                *ret_created = created;
+        return 0;
+}
+
 /*
  * The lock file is unlinked on a clean exit, so a daemon that opened the
  * old inode just before must not trust its lock: after flock() succeeds,
- * the path has to still name the inode we hold, or we try again.
+ * the name has to still be the inode we hold, or we try again.
  */
-static int lock_path(const char *path, int *ret_fd) {
+static int take_lock(State *s, const char *dir, char *msg, size_t msg_size) {
+        _cleanup_(freep) char *name = NULL;
+        int r;
+
+        name = strprintf("%s.lock", s->name);
+        if (!name)
+                return -ENOMEM;
         for (int attempt = 0; attempt < 8; attempt++) {
                 _cleanup_(closep) int fd = -1;
                 struct stat a, b;
 
-                fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-                if (fd < 0)
-                        return -errno;
-                if (flock(fd, LOCK_EX | LOCK_NB) < 0)
-                        return errno == EWOULDBLOCK ? -EBUSY : -errno;
+                r = open_own_file(s, dir, name, O_RDWR, 022, &fd, NULL, msg, msg_size);
+                if (r < 0)
+                        return r;
+                if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+                        r = errno == EWOULDBLOCK ? -EBUSY : -errno;
+                        msg_set(msg, msg_size, "cannot lock %s: %s", s->lock_path, strerror(-r));
+                        return r;
+                }
                 if (fstat(fd, &a) < 0)
                         return -errno;
-                if (stat(path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
-                        *ret_fd = TAKE_FD(fd);
+                if (fstatat(s->dir_fd, name, &b, AT_SYMLINK_NOFOLLOW) == 0 && a.st_dev == b.st_dev &&
+                    a.st_ino == b.st_ino) {
+                        s->lock_fd = TAKE_FD(fd);
                         return 0;
                 }
         }
+        msg_set(msg, msg_size, "cannot lock %s: it keeps being replaced", s->lock_path);
         return -EBUSY;
 }
 
-int state_open(const char *socket_path, State **ret) {
+static int write_all(int fd, const char *buf, size_t len) {
+        while (len > 0) {
+                ssize_t k = write(fd, buf, len);
+
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                buf += k;
+                len -= (size_t) k;
+        }
+        return 0;
+}
+
+/*
+ * Write a new file under name+".new" and rename it over name: the old
+ * contents stay whole until the new ones are. A leftover ".new" of a
+ * killed run is unlinked first and the name taken with O_EXCL, so a file
+ * somebody else placed there is never written through. Returns the new
+ * file's descriptor (O_APPEND when asked) in *ret_fd, if given.
+ */
+static int replace_file(State *s, const char *name, const char *text, size_t len, int extra_flags, int *ret_fd) {
+        _cleanup_(freep) char *tmp = NULL;
+        _cleanup_(closep) int fd = -1;
+        int r;
+
+        tmp = strprintf("%s.new", name);
+        if (!tmp)
+                return -ENOMEM;
+        if (unlinkat(s->dir_fd, tmp, 0) < 0 && errno != ENOENT)
+                return -errno;
+        fd = openat(s->dir_fd, tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | extra_flags, 0600);
+        if (fd < 0)
+                return -errno;
+        r = write_all(fd, text, len);
+        /* renameat() swaps atomically: a crash leaves either the old or the new file. */
+        if (r == 0 && renameat(s->dir_fd, tmp, s->dir_fd, name) < 0)
+                r = -errno;
+        if (r < 0) {
+                (void) unlinkat(s->dir_fd, tmp, 0);
+                return r;
+        }
+        if (ret_fd)
+                *ret_fd = TAKE_FD(fd);
+        return 0;
+}
+
+static int hex_value(char c) {
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        return -1;
+}
+
+/* Read the secret, or make one: 16 bytes from the kernel's CSPRNG, as hex. */
+static int load_secret(State *s, const char *dir, char *msg, size_t msg_size) {
+        _cleanup_(freep) char *name = NULL;
+        _cleanup_(closep) int fd = -1;
+        char text[SECRET_TEXT_LEN + 1];
+        ssize_t n;
+        int r;
+
+        name = strprintf("%s.secret", s->name);
+        if (!name)
+                return -ENOMEM;
+        fd = openat(s->dir_fd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0 && errno == ENOENT) {
+                if (getrandom(s->secret, sizeof s->secret, 0) != (ssize_t) sizeof s->secret) {
+                        msg_set(msg, msg_size, "cannot make a key secret: %s", strerror(errno));
+                        return -EIO;
+                }
+                for (size_t i = 0; i < sizeof s->secret; i++)
+                        snprintf(text + 2 * i, 3, "%02x", s->secret[i]);
+                text[SECRET_TEXT_LEN - 1] = '\n';
+                r = replace_file(s, name, text, SECRET_TEXT_LEN, 0, NULL);
+                if (r < 0)
+                        msg_set(msg, msg_size, "cannot write %s/%s: %s", dir, name, strerror(-r));
+                return r;
+        }
+        if (fd < 0) {
+                r = -errno;
+                msg_set(msg, msg_size, r == -ELOOP ? "state file %s/%s is a symbolic link; refusing to follow it"
+                                                   : "cannot open %s/%s", dir, name);
+                return r == -ELOOP ? -EPERM : r;
+        }
+        /* Readable by others, it would let them compute our keys. */
+        r = check_fd(fd, dir, name, false, 077, msg, msg_size);
+        if (r < 0)
+                return r;
+        n = read(fd, text, sizeof text);
+        if (n != SECRET_TEXT_LEN || text[SECRET_TEXT_LEN - 1] != '\n')
+                goto bad;
+        for (size_t i = 0; i < sizeof s->secret; i++) {
+                int hi = hex_value(text[2 * i]), lo = hex_value(text[2 * i + 1]);
+
+                if (hi < 0 || lo < 0)
+                        goto bad;
+                s->secret[i] = (uint8_t) (hi << 4 | lo);
+        }
+        return 0;
+bad:
+        msg_set(msg, msg_size, "%s/%s is not %d hex digits and a newline; remove it to make a new secret "
+                "(the derived keys of every channel change then)", dir, name, 2 * SIPHASH_KEY_SIZE);
+        return -EINVAL;
+}
+
+int state_open(const char *dir, const char *name, State **ret, char *msg, size_t msg_size) {
+        _cleanup_(freep) char *state_name = NULL;
         State *s;
         int r;
 
         s = calloc(1, sizeof *s);
         if (!s)
                 return -ENOMEM;
-        s->lock_fd = s->fd = -1;
-        if (asprintf(&s->lock_path, "%s.lock", socket_path) < 0) {
-                s->lock_path = NULL;
+        s->dir_fd = s->lock_fd = s->fd = -1;
+        s->name = strdup(name);
+        s->lock_path = strprintf("%s/%s.lock", dir, name);
+        s->path = strprintf("%s/%s.state", dir, name);
+        state_name = strprintf("%s.state", name);
+        if (!s->name || !s->lock_path || !s->path || !state_name) {
+                msg_set(msg, msg_size, "out of memory");
                 r = -ENOMEM;
                 goto fail;
         }
-        if (asprintf(&s->path, "%s.state", socket_path) < 0) {
-                s->path = NULL;
-                r = -ENOMEM;
+        s->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (s->dir_fd < 0) {
+                r = -errno;
+                msg_set(msg, msg_size, "cannot open the state directory %s: %s", dir,
+                        r == -ELOOP ? "it is a symbolic link" : strerror(-r));
                 goto fail;
         }
-        r = lock_path(s->lock_path, &s->lock_fd);
+        r = check_fd(s->dir_fd, dir, NULL, true, 022, msg, msg_size);
         if (r < 0)
                 goto fail;
-        s->fd = open(s->path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (s->fd < 0) {
-                r = -errno;
+        r = take_lock(s, dir, msg, msg_size);
+        if (r < 0)
                 goto fail;
-        }
+        r = load_secret(s, dir, msg, msg_size);
+        if (r < 0)
+                goto fail;
+        r = open_own_file(s, dir, state_name, O_RDWR | O_APPEND, 022, &s->fd, NULL, msg, msg_size);
+        if (r < 0)
+                goto fail;
         *ret = s;
         return 0;
 fail:
@@ -82,39 +297,62 @@ fail:
         return r;
 }
 
+const uint8_t *state_secret(const State *s) {
+        return s->secret;
+}
+
+/*
+ * "KIND KEY ID PID SINCE SIZE", KIND one of shm, sem, pshm, psem (p: an
+ * intent, ID -1). A line of the first format ("shm KEY ID", "pshm KEY STAMP
+ * SIZE") proves nothing about its creator: it comes back as legacy.
+ */
 static int parse_line(const char *line, bool *ret_add, StateRecord *ret) {
         bool add = line[0] != '-';
         const char *p = add ? line : line + 1;
         char kind[8];
         uint32_t key;
-        long long a;
-        unsigned long long b;
-        int id;
+        int id, pid, k;
+        long long since;
+        unsigned long long size;
 
         *ret = (StateRecord) { .id = -1 };
-        if (sscanf(p, "%7s %" SCNu32, kind, &key) != 2)
+        k = sscanf(p, "%7s %" SCNu32 " %d %d %lld %llu", kind, &key, &id, &pid, &since, &size);
+        if (k < 2)
                 return -EINVAL;
-        if (streq(kind, "shm") || streq(kind, "sem")) {
-                if (sscanf(p, "%*s %*u %d", &id) != 1 || id < 0)
-                        return -EINVAL;
-                ret->id = id;
-        } else if (streq(kind, "pshm") || streq(kind, "psem")) {
-                if (sscanf(p, "%*s %*u %lld %llu", &a, &b) != 2)
-                        return -EINVAL;
+        if (streq(kind, "pshm") || streq(kind, "psem"))
                 ret->pending = true;
-                ret->stamp = a;
-                ret->size = b;
-        } else
+        else if (!streq(kind, "shm") && !streq(kind, "sem"))
                 return -EINVAL;
         ret->kind = streq(kind + ret->pending, "shm") ? STATE_SHM : STATE_SEM;
         ret->key = key;
         *ret_add = add;
-        return 0;
+        if (k == 6 && pid > 0 && since >= 0 && (ret->pending ? id == -1 : id >= 0)) {
+                ret->id = id;
+                ret->pid = pid;
+                ret->since = since;
+                ret->size = size;
+                return 0;
+        }
+        /* The first format: "shm KEY ID", or "pshm KEY STAMP SIZE". */
+        if (!ret->pending && k == 3 && id >= 0) {
+                ret->id = id;
+                ret->legacy = true;
+                return 0;
+        }
+        if (ret->pending && k == 4) {
+                ret->legacy = true;
+                return 0;
+        }
+        return -EINVAL;
 }
 
+/* Whether a cancellation names this record: an id by kind, key and id; an intent by all it says. */
 static bool same_record(const StateRecord *a, const StateRecord *b) {
-        return a->kind == b->kind && a->key == b->key && a->pending == b->pending && a->id == b->id &&
-               a->stamp == b->stamp && a->size == b->size;
+        if (a->kind != b->kind || a->key != b->key || a->pending != b->pending || a->legacy != b->legacy)
+                return false;
+        if (!a->pending)
+                return a->id == b->id;
+        return a->pid == b->pid && a->since == b->since && a->size == b->size;
 }
 
 int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped) {
@@ -124,7 +362,8 @@ int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped) 
         size_t n = 0, cap = 0, skipped = 0, linecap = 0;
         int fd;
 
-        fd = open(s->path, O_RDONLY | O_CLOEXEC);
+        /* Through our own checked descriptor: the name may not be ours any more. */
+        fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 3);
         if (fd < 0)
                 return -errno;
         f = fdopen(fd, "r");
@@ -132,6 +371,9 @@ int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped) 
                 close(fd);
                 return -errno;
         }
+        /* Appends go to the end whatever the offset: reading may move it. */
+        if (fseeko(f, 0, SEEK_SET) < 0)
+                return -errno;
         while (getline(&line, &linecap, f) > 0) {
                 StateRecord rec;
                 bool add;
@@ -170,30 +412,16 @@ int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped) 
         return 0;
 }
 
-static int write_all(int fd, const char *buf, size_t len) {
-        while (len > 0) {
-                ssize_t k = write(fd, buf, len);
-
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                buf += k;
-                len -= (size_t) k;
-        }
-        return 0;
-}
-
 static int format_record(char *line, size_t size, const StateRecord *r, bool add) {
-        return r->pending
-                ? snprintf(line, size, "%sp%s %" PRIu32 " %" PRId64 " %" PRIu64 "\n", add ? "" : "-",
-                           kind_name(r->kind), r->key, r->stamp, r->size)
-                : snprintf(line, size, "%s%s %" PRIu32 " %d\n", add ? "" : "-", kind_name(r->kind), r->key, r->id);
+        return snprintf(line, size, "%s%s%s %" PRIu32 " %d %d %" PRId64 " %" PRIu64 "\n", add ? "" : "-",
+                        r->pending ? "p" : "", kind_name(r->kind), r->key, r->pending ? -1 : r->id, (int) r->pid,
+                        r->since, r->size);
 }
+
+#define RECORD_MAX 96
 
 int state_append_records(State *s, const StateRecord *add, size_t n_add, const StateRecord *cancel, size_t n_cancel) {
-        char buf[4 * 96];
+        char buf[4 * RECORD_MAX];
         size_t len = 0;
 
         if (n_add + n_cancel > 4)
@@ -206,53 +434,51 @@ int state_append_records(State *s, const StateRecord *add, size_t n_add, const S
 }
 
 int state_drop(State *s, StateKind kind, uint32_t key, int id) {
-        StateRecord r = { .kind = kind, .key = key, .id = id };
+        StateRecord r = { .kind = kind, .key = key, .id = id, .pid = 1 };
 
         return state_append_records(s, NULL, 0, &r, 1);
 }
 
 int state_rewrite(State *s, const StateRecord *v, size_t n) {
-        _cleanup_(freep) char *tmp = NULL;
-        _cleanup_(closep) int fd = -1;
-        int r;
+        _cleanup_(freep) char *text = NULL, *name = NULL;
+        size_t len = strlen(STATE_HEADER);
+        int fd = -1, r;
 
-        if (asprintf(&tmp, "%s.new", s->path) < 0) {
-                tmp = NULL;
+        name = strprintf("%s.state", s->name);
+        if (!name)
                 return -ENOMEM;
-        }
+        text = malloc(len + n * RECORD_MAX + 1);
+        if (!text)
+                return -ENOMEM;
+        memcpy(text, STATE_HEADER, len);
+        for (size_t i = 0; i < n; i++)
+                len += (size_t) format_record(text + len, RECORD_MAX, &v[i], true);
         /* O_APPEND from the start: after the rename this descriptor is the state file. */
-        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0)
-                return -errno;
-        r = write_all(fd, STATE_HEADER, strlen(STATE_HEADER));
-        for (size_t i = 0; r == 0 && i < n; i++) {
-                char line[96];
-                int k = format_record(line, sizeof line, &v[i], true);
-
-                r = write_all(fd, line, (size_t) k);
-        }
+        r = replace_file(s, name, text, len, O_APPEND, &fd);
         if (r < 0)
-                goto fail;
-        /* rename() swaps atomically: a crash leaves either the old or the new list. */
-        if (rename(tmp, s->path) < 0) {
-                r = -errno;
-                goto fail;
-        }
+                return r;
         close(s->fd);
-        s->fd = TAKE_FD(fd);
+        s->fd = fd;
         return 0;
-fail:
-        unlink(tmp);
-        return r;
 }
 
 void state_remove_files(State *s) {
-        unlink(s->path);
-        unlink(s->lock_path);
+        _cleanup_(freep) char *state_name = NULL, *lock_name = NULL;
+
+        state_name = strprintf("%s.state", s->name);
+        lock_name = strprintf("%s.lock", s->name);
+        if (state_name)
+                (void) unlinkat(s->dir_fd, state_name, 0);
+        if (lock_name)
+                (void) unlinkat(s->dir_fd, lock_name, 0);
 }
 
 const char *state_path(const State *s) {
         return s->path;
+}
+
+const char *state_lock_path(const State *s) {
+        return s->lock_path;
 }
 
 State *state_free(State *s) {
@@ -262,8 +488,11 @@ State *state_free(State *s) {
                 close(s->fd);
         if (s->lock_fd >= 0)
                 close(s->lock_fd);
+        if (s->dir_fd >= 0)
+                close(s->dir_fd);
         free(s->path);
         free(s->lock_path);
+        free(s->name);
         free(s);
         return NULL;
 }

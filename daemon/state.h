@@ -1,22 +1,34 @@
 #pragma once
 
 /*
- * The record of kernel objects this daemon created, kept beside its socket
- * so that the next start can reclaim what a killed run left behind.
+ * The state directory: what this daemon must remember across a crash, kept
+ * where nobody else can write. For a socket named NAME it holds
  *
- *   <socket>.lock   flock()ed for the daemon's lifetime: one daemon per socket
- *   <socket>.state  append-only lines "shm KEY ID" / "-shm KEY ID" (and sem)
+ *   NAME.lock    flock()ed for the daemon's lifetime: one daemon per socket
+ *   NAME.state   append-only records of the kernel objects it created
+ *   NAME.secret  16 random bytes (hex), the key of the derived System V keys;
+ *                kept across restarts so that keys stay stable
+ *
+ * The directory must be owned by the daemon's uid and writable by nobody
+ * else, and each file must be a regular file owned by that uid that nobody
+ * else can write (the secret: nor read). Anything else refuses the start
+ * with a sentence naming the path. Files are made with O_EXCL and mode
+ * 0600, and the state file is replaced by rename(), never truncated.
  *
  * Before a channel's objects are made, their intents are appended (key and
  * what will identify them), and their ids as soon as both exist, so a
- * SIGKILL at any point is recoverable.
- * No fsync: a power loss also drops every System V object, and a killed
- * process loses no completed write().
+ * SIGKILL at any point is recoverable. Every record names the pid of the
+ * daemon that made the object, so reclaim can prove the object is that
+ * run's (see reclaim.h). No fsync: a power loss also drops every System V
+ * object, and a killed process loses no completed write().
  */
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
+
+#include "daemon/siphash.h"
 
 typedef enum StateKind {
         STATE_SHM,
@@ -24,39 +36,45 @@ typedef enum StateKind {
 } StateKind;
 
 /*
- * A record is either an object that exists (id), or an intent written just
- * before creating one (pending): the key, and what identifies the object
- * as ours if the daemon died before it could record the id: for a segment
- * our pid (shm_cpid) and its size, for a set the time (sem_ctime is no
- * earlier) and its count.
+ * A record is an object that exists (id), or an intent written just before
+ * creating one (pending, id -1). Both carry what proves the object is ours:
+ * the creating daemon's pid, the wall-clock second before creation (a set
+ * records no creator pid, but its ctime is no earlier), and the size (bytes
+ * of a segment, semaphores of a set).
  */
 typedef struct StateRecord {
         StateKind kind;
         uint32_t key;
         int id;                 /* -1 when pending */
         bool pending;
-        int64_t stamp;          /* pending: shm creator pid, or sem earliest ctime */
-        uint64_t size;          /* pending: shm bytes, or sem count */
+        bool legacy;            /* read from an older format that carries no proof */
+        pid_t pid;
+        int64_t since;
+        uint64_t size;
 } StateRecord;
 
 typedef struct State State;
 
 /*
- * Lock and open the state for `socket_path`. Returns 0 with *ret owned by
- * the caller, -EBUSY when another live daemon holds the lock, -ENAMETOOLONG,
- * or another negative errno from open/flock.
+ * Check and lock the state directory `dir` for the socket named `name`
+ * (a base name), and open (or create) its state and secret files. Returns 0
+ * with *ret owned by the caller; -EBUSY when another live daemon holds the
+ * lock; -EPERM when the directory or a file fails the ownership, mode or
+ * type checks; another negative errno from the system. msg says which path
+ * and why.
  */
-int state_open(const char *socket_path, State **ret);
+int state_open(const char *dir, const char *name, State **ret, char *msg, size_t msg_size);
+
+/* The key secret for derived System V keys; valid while s lives. */
+const uint8_t *state_secret(const State *s);
 
 /*
  * The objects the file says are still alive, in the order they were made.
- * *ret is malloc'd (may be NULL when *ret_n is 0). Malformed lines are
- * skipped and counted in *ret_skipped.
+ * *ret is malloc'd (may be NULL when *ret_n is 0). Records of the older
+ * format come back with .legacy set; malformed lines are skipped and
+ * counted in *ret_skipped.
  */
 int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped);
-
-/* Record that an object is gone; -errno on write failure. */
-int state_drop(State *s, StateKind kind, uint32_t key, int id);
 
 /*
  * Append the records `add` and then cancel the records `cancel`, in one
@@ -68,10 +86,16 @@ int state_drop(State *s, StateKind kind, uint32_t key, int id);
  */
 int state_append_records(State *s, const StateRecord *add, size_t n_add, const StateRecord *cancel, size_t n_cancel);
 
-/* Replace the file's contents with exactly these live records. */
+/* Record that the object with this id is gone; -errno on write failure. */
+int state_drop(State *s, StateKind kind, uint32_t key, int id);
+
+/*
+ * Replace the file with one holding exactly these live records: written
+ * under a fresh name (O_EXCL) and renamed over the old one.
+ */
 int state_rewrite(State *s, const StateRecord *v, size_t n);
 
-/* Remove both files (on a clean exit). */
+/* Remove the lock and state files (on a clean exit); the secret stays. */
 void state_remove_files(State *s);
 
 /* Close and unlock, leaving the files. Takes NULL; returns NULL. */
@@ -79,3 +103,6 @@ State *state_free(State *s);
 
 /* The state file's path, for messages. */
 const char *state_path(const State *s);
+
+/* The lock file's path, for messages. */
+const char *state_lock_path(const State *s);

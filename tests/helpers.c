@@ -458,6 +458,40 @@ void test_assert_ok(json_t *resp) {
         free(text);
 }
 
+void test_read_secret(const TestDaemon *d, uint8_t ret[16]) {
+        char path[320], text[40];
+        FILE *f;
+
+        snprintf(path, sizeof path, "%s.secret", d->socket);
+        f = fopen(path, "re");
+        ck_assert_msg(f, "%s: %s", path, strerror(errno));
+        ck_assert_ptr_nonnull(fgets(text, sizeof text, f));
+        fclose(f);
+        ck_assert_uint_eq(strlen(text), 33);
+        for (int i = 0; i < 16; i++) {
+                unsigned v;
+
+                ck_assert_int_eq(sscanf(text + 2 * i, "%2x", &v), 1);
+                ret[i] = (uint8_t) v;
+        }
+}
+
+const uint8_t test_secret[16] = { 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
+
+void test_write_secret(const TestDaemon *d, const uint8_t secret[16]) {
+        char path[320], text[34];
+        int fd;
+
+        for (int i = 0; i < 16; i++)
+                snprintf(text + 2 * i, 3, "%02x", secret[i]);
+        text[32] = '\n';
+        snprintf(path, sizeof path, "%s.secret", d->socket);
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        ck_assert_int_eq(write(fd, text, 33), 33);
+        close(fd);
+}
+
 int test_ipcs_count(const char *kind) {
         char cmd[64], line[512];
         int n = 0;

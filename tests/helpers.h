@@ -94,6 +94,18 @@ json_t *test_request(int fd, const char *line);
 void test_assert_error(json_t *resp, const char *name);
 void test_assert_ok(json_t *resp);
 
+/*
+ * The key secret the daemon keeps beside its socket (<socket>.secret): 16
+ * bytes, for computing the keys it derives (channel_derive_key()).
+ */
+void test_read_secret(const TestDaemon *td, uint8_t ret[16]);
+
+/* Give the daemon a known secret before it starts (0600, as it would make it). */
+void test_write_secret(const TestDaemon *td, const uint8_t secret[16]);
+
+/* A fixed secret for tests that must know a derived key before the daemon starts: bytes 0..15. */
+extern const uint8_t test_secret[16];
+
 /* Objects in this IPC namespace, counted by util-linux ipcs. */
 int test_ipcs_count(const char *kind);   /* "-m" or "-s" */
 

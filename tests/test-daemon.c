@@ -57,10 +57,12 @@ static void assert_kernel_objects(json_t *ch, size_t size, uid_t uid, gid_t gid,
 
 START_TEST(test_list_matches_kernel) {
         static const unsigned short tel[] = { 1, 0, 7 }, ring[] = { 1 };
+        uint8_t secret[16];
         json_t *resp, *ch;
         int fd;
 
         test_daemon_write_config(&td, two_channels);
+        test_write_secret(&td, test_secret);
         test_start_ok();
         fd = test_connect(td.socket);
         resp = test_request(fd, "{\"op\":\"list\"}");
@@ -78,10 +80,13 @@ START_TEST(test_list_matches_kernel) {
         assert_kernel_objects(ch, 65536, 0, 100, 0640, tel, 3);
 
         ch = test_must_find(resp, "frames");
-        ck_assert_uint_eq((uint32_t) test_jint(ch, "shm_key"), channel_derive_key("frames", 0));
+        /* The daemon kept the secret it was given, and derived the key under it. */
+        test_read_secret(&td, secret);
+        ck_assert_mem_eq(secret, test_secret, sizeof secret);
+        ck_assert_uint_eq((uint32_t) test_jint(ch, "shm_key"), channel_derive_key(secret, "frames", 0));
         /* The derivation is a contract (shmbroker.json(5)): pinned, not just compared with itself. */
-        ck_assert_uint_eq(channel_derive_key("frames", 0), 0x10a054dc);
-        ck_assert_uint_eq(channel_derive_key("telemetry", 0), 0x323ee81d);
+        ck_assert_uint_eq((uint32_t) test_jint(ch, "shm_key"), 0x6bdabb80);
+        ck_assert_uint_eq(channel_derive_key(test_secret, "telemetry", 0), 0x5ab477d4);
         ck_assert_int_eq(test_jint(ch, "slot_size"), 1024);
         ck_assert_int_eq(test_jint(ch, "slots"), 8);
         assert_kernel_objects(ch, (size_t) test_jint(ch, "size"), 0, 0, 0660, ring, 1);
@@ -558,7 +563,7 @@ START_TEST(test_reclaim_spares_foreign_reuse_of_id) {
 
         test_start_ok();
         char *log = test_daemon_log(&td);
-        ck_assert_ptr_nonnull(strstr(log, "2 now someone else's"));
+        ck_assert_ptr_nonnull(strstr(log, "2 not provably ours"));
         free(log);
         test_daemon_stop_ok(&td);
         ck_assert_int_eq(shmctl(id_a, IPC_STAT, &ds), 0);
@@ -689,13 +694,14 @@ START_TEST(test_derived_key_skips_fixed_keys) {
         /* "b" claims the key "a" would derive first; "a" must leave it to "b". */
         snprintf(channels, sizeof channels,
                  "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096, \"key\": %u}]",
-                 channel_derive_key("a", 0));
+                 channel_derive_key(test_secret, "a", 0));
+        test_write_secret(&td, test_secret);
         test_daemon_write_config(&td, channels);
         test_start_ok();
         fd = test_connect(td.socket);
         resp = test_request(fd, "{\"op\":\"list\"}");
-        ck_assert_uint_eq((uint32_t) test_jint(test_find_channel(resp, "a"), "shm_key"), channel_derive_key("a", 1));
-        ck_assert_uint_eq((uint32_t) test_jint(test_find_channel(resp, "b"), "shm_key"), channel_derive_key("a", 0));
+        ck_assert_uint_eq((uint32_t) test_jint(test_find_channel(resp, "a"), "shm_key"), channel_derive_key(test_secret, "a", 1));
+        ck_assert_uint_eq((uint32_t) test_jint(test_find_channel(resp, "b"), "shm_key"), channel_derive_key(test_secret, "a", 0));
         json_decref(resp);
         close(fd);
 }
@@ -809,14 +815,15 @@ START_TEST(test_foreign_derived_key_moves_on) {
         json_t *resp;
         int foreign, fd;
 
-        foreign = semget((key_t) channel_derive_key("frames", 0), 1, IPC_CREAT | IPC_EXCL | 0600);
+        test_write_secret(&td, test_secret);
+        foreign = semget((key_t) channel_derive_key(test_secret, "frames", 0), 1, IPC_CREAT | IPC_EXCL | 0600);
         ck_assert_int_ge(foreign, 0);
         test_daemon_write_config(&td, "[{\"name\": \"frames\", \"size\": 4096}]");
         test_start_ok();
         fd = test_connect(td.socket);
         resp = test_request(fd, "{\"op\":\"list\"}");
         ck_assert_uint_eq((uint32_t) test_jint(json_array_get(json_object_get(resp, "channels"), 0), "shm_key"),
-                          channel_derive_key("frames", 1));
+                          channel_derive_key(test_secret, "frames", 1));
         json_decref(resp);
         close(fd);
         test_daemon_stop_ok(&td);

@@ -811,6 +811,7 @@ START_TEST(test_foreign_fixed_key_refused_whole) {
         struct shmid_ds ds;
         struct semid_ds sds;
         json_t *before, *resp, *after;
+        uint8_t secret[16];
         int fd, foreign_shm, foreign_sem;
 
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
@@ -831,9 +832,10 @@ START_TEST(test_foreign_fixed_key_refused_whole) {
         json_decref(after);
         /* "extra" (added first) was rolled back; the foreign segment is untouched. */
         assert_ipcs(2, 1);
-        ck_assert_int_eq(shmget((key_t) channel_derive_key("extra", 0), 0, 0), -1);
+        test_read_secret(&td, secret);
+        ck_assert_int_eq(shmget((key_t) channel_derive_key(secret, "extra", 0), 0, 0), -1);
         ck_assert_int_eq(errno, ENOENT);
-        ck_assert_int_eq(semget((key_t) channel_derive_key("extra", 0), 0, 0), -1);
+        ck_assert_int_eq(semget((key_t) channel_derive_key(secret, "extra", 0), 0, 0), -1);
         ck_assert_int_eq(errno, ENOENT);
         shm_stat(foreign_shm, &ds);
         ck_assert_uint_eq(ds.shm_segsz, 8192);
