@@ -1,9 +1,16 @@
+/*
+ * Crash reclaim (see reclaim.h). Segments are judged first, because only
+ * they carry their creator's pid; a set whose segment was proven ours in
+ * the same pass needs less proof of its own.
+ */
+
 #include <errno.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "daemon/ipc-stat.h"
+#include "daemon/log.h"
 #include "daemon/reclaim.h"
 #include "daemon/self.h"
 
@@ -24,7 +31,14 @@ static int shm_is_ours(const StateRecord *rec, int id) {
                ds.shm_cpid == rec->pid && ds.shm_segsz == rec->size;
 }
 
-static int sem_is_ours(const StateRecord *rec, int id) {
+/*
+ * A set carries no creator pid. It is ours when its key, creator uid and
+ * count match and its ctime (set by our SETALL and IPC_SET, moments after
+ * creation, and later only by IPC_SET, SETVAL or SETALL) is either within
+ * the minute after the record's time, or later than that while the segment
+ * its run made under the same key was proven ours (`paired`).
+ */
+static int sem_is_ours(const StateRecord *rec, int id, bool paired) {
         struct semid_ds ds;
         int r, last_pid;
 
@@ -36,9 +50,12 @@ static int sem_is_ours(const StateRecord *rec, int id) {
         if ((uint32_t) ds.sem_perm.__key != rec->key || ds.sem_perm.cuid != self_euid() ||
             ds.sem_nsems != rec->size || ds.sem_ctime < rec->since)
                 return 0;
+        if (!paired && ds.sem_ctime > rec->since + INTENT_WINDOW_SEC)
+                return 0;
         if (!rec->pending)
                 return 1;
-        if (ds.sem_otime != 0 || ds.sem_ctime > rec->since + INTENT_WINDOW_SEC)
+        /* Made, perhaps set up, but never used: SETALL leaves our pid, semop another's. */
+        if (ds.sem_otime != 0)
                 return 0;
         last_pid = semctl(id, 0, GETPID);
         if (last_pid < 0)
@@ -46,8 +63,24 @@ static int sem_is_ours(const StateRecord *rec, int id) {
         return last_pid == 0 || last_pid == rec->pid;
 }
 
-/* Find the object a record names: by id, or for an intent by key. */
-static int record_is_ours(StateRecord *rec) {
+/* Runs (pid and key) whose segment was proven ours in this pass: their sets may be too. */
+typedef struct Proven {
+        struct {
+                uint32_t key;
+                pid_t pid;
+        } *v;
+        size_t n;
+} Proven;
+
+static bool proven_has(const Proven *p, uint32_t key, pid_t pid) {
+        for (size_t i = 0; i < p->n; i++)
+                if (p->v[i].key == key && p->v[i].pid == pid)
+                        return true;
+        return false;
+}
+
+/* Find the object a record names (by id, or an intent's by key) and judge it. */
+static int record_is_ours(StateRecord *rec, const Proven *proven) {
         int id = rec->id;
 
         if (rec->pending) {
@@ -56,18 +89,26 @@ static int record_is_ours(StateRecord *rec) {
                         return errno == ENOENT ? -ENOENT : -errno;
                 rec->id = id;
         }
-        return rec->kind == STATE_SHM ? shm_is_ours(rec, id) : sem_is_ours(rec, id);
+        if (rec->kind == STATE_SHM)
+                return shm_is_ours(rec, id);
+        return sem_is_ours(rec, id, proven_has(proven, rec->key, rec->pid));
+}
+
+static void log_unproven(const StateRecord *rec) {
+        log_warning("The recorded %s with key 0x%08x, id %d, is not provably this daemon's (it was made by another "
+                    "process, or its creator cannot be told); leaving it untouched.",
+                    rec->kind == STATE_SHM ? "segment" : "semaphore set", rec->key, rec->id);
 }
 
 /* 1 settled (removed, gone or not ours), 0 to keep recorded; counts what it saw in *res. */
-static int settle(StateRecord *rec, ReclaimResult *res) {
+static int settle(StateRecord *rec, Proven *proven, ReclaimResult *res) {
         int r;
 
         if (rec->legacy) {
                 res->foreign++;
                 return 1;
         }
-        r = record_is_ours(rec);
+        r = record_is_ours(rec, proven);
         if (r == -ENOENT) {
                 /* An intent whose object was never made is no object at all. */
                 if (!rec->pending)
@@ -75,8 +116,13 @@ static int settle(StateRecord *rec, ReclaimResult *res) {
                 return 1;
         }
         if (r == 0) {
+                log_unproven(rec);
                 res->foreign++;         /* not provably ours: never touch it */
                 return 1;
+        }
+        if (r > 0 && rec->kind == STATE_SHM && !proven_has(proven, rec->key, rec->pid)) {
+                proven->v[proven->n].key = rec->key;
+                proven->v[proven->n++].pid = rec->pid;
         }
         if (r > 0 && (rec->kind == STATE_SHM ? shmctl(rec->id, IPC_RMID, NULL) : semctl(rec->id, 0, IPC_RMID)) == 0) {
                 res->removed++;
@@ -89,24 +135,29 @@ static int settle(StateRecord *rec, ReclaimResult *res) {
 
 void reclaim_records(StateRecord *v, size_t n, ReclaimResult *ret) {
         ReclaimResult res = {};
+        Proven proven = {};
         size_t kept = 0;
-        bool *keep = calloc(n ? n : 1, sizeof *keep);
+        bool *keep = calloc(n ?: 1, sizeof *keep);
 
-        if (!keep) {
+        proven.v = calloc(n ?: 1, sizeof *proven.v);
+        if (!keep || !proven.v) {
                 /* Cannot even plan: keep every record, settle nothing. */
+                free(keep);
+                free(proven.v);
                 *ret = (ReclaimResult) { .kept = n };
                 return;
         }
 
-        /* Recorded objects first; then intents, whose objects may be those same ones. */
-        for (int pass = 0; pass < 2; pass++)
+        /* Segments before sets (a set's proof is its segment's); recorded objects before intents. */
+        for (int pass = 0; pass < 4; pass++)
                 for (size_t i = 0; i < n; i++)
-                        if (v[i].pending == (pass == 1))
-                                keep[i] = !settle(&v[i], &res);
+                        if ((v[i].kind == STATE_SEM) == (pass >= 2) && v[i].pending == (pass % 2 == 1))
+                                keep[i] = !settle(&v[i], &proven, &res);
         for (size_t i = 0; i < n; i++)
                 if (keep[i])
                         v[kept++] = v[i];
         free(keep);
+        free(proven.v);
         res.kept = kept;
         *ret = res;
 }

@@ -7,15 +7,19 @@
  *   segment  key, creator uid, creator pid (shm_cpid) and size all equal
  *            the record's: another process cannot have our pid while it
  *            lived, nor the creator uid unless it runs as our user;
- *   set      key, creator uid and count equal, and ctime no earlier than
- *            the second before the run made it (a set has no creator pid);
+ *   set      key, creator uid and count equal, and (a set has no creator
+ *            pid) its ctime within the minute after the record's time (our
+ *            SETALL and IPC_SET follow creation at once), or later while
+ *            the segment the same run made under the same key was proven
+ *            ours in the same pass (a reload changed its permissions);
  *            for an intent whose id was never recorded also: never operated
- *            on (otime 0), ctime within a minute of the intent, and the last
- *            pid of its first semaphore 0 or the recorded pid (SETALL sets it).
+ *            on (otime 0), and the last pid of its first semaphore 0 or the
+ *            recorded pid (SETALL sets it).
  *
- * Anything else is left alone, and counted: we never remove what we did not
- * create. Records of the first state format carry no creator and prove
- * nothing: their objects are left, and the caller names them in the log.
+ * Anything else is left alone, counted, and named in a warning: we never
+ * remove what we cannot prove we created. Records of the first state format
+ * carry no creator and prove nothing: their objects are left, and the
+ * caller names them in the log.
  */
 
 #include <stddef.h>

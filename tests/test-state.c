@@ -1,0 +1,416 @@
+/*
+ * End-to-end tests of the state directory as a hostile local user would
+ * try it: files planted under the daemon's names (owned by someone else, a
+ * FIFO, a symlink, a pre-made ".new"), a directory others may write,
+ * forged records that name other programs' objects, and derived keys
+ * squatted in advance. Each test starts the real shmbrokerd in a private
+ * IPC namespace and judges by what the kernel holds afterwards.
+ */
+
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "daemon/channel.h"
+#include "tests/helpers.h"
+
+#define CASE_TIMEOUT 60
+#define NOBODY 65534
+
+static const char *const one_channel = "[{\"name\": \"frames\", \"size\": 4096, \"semaphores\": [1, 0]}]";
+
+static void write_file(const char *path, const char *text, mode_t mode, uid_t uid) {
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t) strlen(text));
+        ck_assert_int_eq(fchmod(fd, mode), 0);
+        ck_assert_int_eq(fchown(fd, uid, uid), 0);
+        close(fd);
+}
+
+static void state_file_path(char *buf, size_t size, const char *suffix) {
+        snprintf(buf, size, "%s.%s", td.socket, suffix);
+}
+
+/* Another program's segment and set under key, made by this process (not the daemon). */
+typedef struct Foreign {
+        uint32_t key;
+        int shm_id, sem_id;
+} Foreign;
+
+static Foreign foreign_objects(uint32_t key) {
+        Foreign f = { .key = key };
+
+        f.shm_id = shmget((key_t) key, 8192, IPC_CREAT | IPC_EXCL | 0600);
+        ck_assert_int_ge(f.shm_id, 0);
+        f.sem_id = semget((key_t) key, 2, IPC_CREAT | IPC_EXCL | 0600);
+        ck_assert_int_ge(f.sem_id, 0);
+        return f;
+}
+
+static void assert_foreign_intact(const Foreign *f) {
+        struct shmid_ds ds;
+        struct semid_ds sds;
+
+        ck_assert_msg(shmctl(f->shm_id, IPC_STAT, &ds) == 0, "segment %d was removed: %s", f->shm_id, strerror(errno));
+        ck_assert_uint_eq((uint32_t) ds.shm_perm.__key, f->key);
+        ck_assert_msg(semctl(f->sem_id, 0, IPC_STAT, &sds) == 0, "set %d was removed: %s", f->sem_id, strerror(errno));
+        ck_assert_uint_eq((uint32_t) sds.sem_perm.__key, f->key);
+}
+
+static void remove_foreign(const Foreign *f) {
+        shmctl(f->shm_id, IPC_RMID, NULL);
+        semctl(f->sem_id, 0, IPC_RMID);
+}
+
+/* Start, expecting a refusal whose log names `path` and says `why`; nothing made, nothing removed. */
+static void assert_start_refused(const char *path, const char *why) {
+        int status = 0;
+        char *log;
+
+        ck_assert_msg(!test_daemon_start(&td, &status, NULL), "the daemon started");
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "exit status %d", status);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, path), "the log does not name %s: %s", path, log);
+        ck_assert_msg(strstr(log, why), "the log does not say \"%s\": %s", why, log);
+        free(log);
+}
+
+/* The records a forger would write: the foreign objects, in both formats, with a plausible pid. */
+static char *forged_records(const Foreign *f, pid_t claimed_pid) {
+        char *text;
+
+        ck_assert_int_ge(asprintf(&text,
+                                  "# shmbroker state v1: objects this daemon created\n"
+                                  "shm %u %d\nsem %u %d\npshm %u %d 8192\npsem %u 0 2\n"
+                                  "shm %u %d %d 0 8192\nsem %u %d %d 0 2\npshm %u -1 %d 0 8192\npsem %u -1 %d 0 2\n",
+                                  f->key, f->shm_id, f->key, f->sem_id, f->key, (int) claimed_pid, f->key,
+                                  f->key, f->shm_id, (int) claimed_pid, f->key, f->sem_id, (int) claimed_pid,
+                                  f->key, (int) claimed_pid, f->key, (int) claimed_pid),
+                         0);
+        return text;
+}
+
+/* A state file another user planted (with records naming root's objects) refuses the start. */
+START_TEST(test_planted_state_file_refused) {
+        Foreign f = foreign_objects(0x5151);
+        char path[400], *text = forged_records(&f, getpid());
+
+        state_file_path(path, sizeof path, "state");
+        write_file(path, text, 0644, NOBODY);
+        free(text);
+        test_daemon_write_config(&td, one_channel);
+        assert_start_refused(path, "is owned by uid 65534");
+        assert_foreign_intact(&f);
+        ck_assert_int_eq(test_ipcs_count("-m"), 1);
+        remove_foreign(&f);
+}
+END_TEST
+
+/* Our own file, but writable by others: as good as planted. */
+START_TEST(test_writable_state_file_refused) {
+        char path[400];
+
+        state_file_path(path, sizeof path, "state");
+        write_file(path, "", 0666, 0);
+        test_daemon_write_config(&td, one_channel);
+        assert_start_refused(path, "writable by group or others");
+}
+END_TEST
+
+/* A directory others may write (like /tmp) cannot hold the state: anyone could plant or swap files. */
+START_TEST(test_world_writable_dir_refused) {
+        char dir[300], sock[330], *text;
+
+        snprintf(dir, sizeof dir, "%s/public", td.dir);
+        ck_assert_int_eq(mkdir(dir, 0755), 0);
+        ck_assert_int_eq(chmod(dir, 01777), 0);
+        snprintf(sock, sizeof sock, "%s/shmbroker.sock", dir);
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"channels\": %s}\n", sock, one_channel),
+                         0);
+        test_daemon_write_raw_config(&td, text);
+        free(text);
+        assert_start_refused(dir, "writable by group or others");
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+}
+END_TEST
+
+/* A directory of another user, even one nobody else can write, is not the daemon's to trust. */
+START_TEST(test_foreign_state_dir_refused) {
+        char dir[300];
+
+        snprintf(dir, sizeof dir, "%s/state", td.dir);
+        ck_assert_int_eq(mkdir(dir, 0700), 0);
+        ck_assert_int_eq(chown(dir, NOBODY, NOBODY), 0);
+        test_daemon_write_config(&td, one_channel);
+        ck_assert(!test_daemon_start(&td, NULL, "--state-dir", dir, NULL));
+        char *log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, dir) && strstr(log, "is owned by uid 65534"), "%s", log);
+        free(log);
+}
+END_TEST
+
+/* A FIFO where the state file goes: refused at once, not a start blocked in read() forever. */
+START_TEST(test_fifo_state_refused) {
+        char path[400];
+
+        state_file_path(path, sizeof path, "state");
+        ck_assert_int_eq(mkfifo(path, 0600), 0);
+        test_daemon_write_config(&td, one_channel);
+        assert_start_refused(path, "is not a regular file");
+}
+END_TEST
+
+/* A symlink planted at the lock, the state or the secret is never followed. */
+START_TEST(test_symlinks_refused) {
+        static const char *const names[] = { "lock", "state", "secret" };
+        char path[400], target[400];
+        struct stat st;
+
+        snprintf(target, sizeof target, "%s/target", td.dir);
+        write_file(target, "precious\n", 0600, 0);
+        test_daemon_write_config(&td, one_channel);
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+                state_file_path(path, sizeof path, names[i]);
+                (void) unlink(path);    /* the secret, made by the start before */
+                ck_assert_int_eq(symlink(target, path), 0);
+                assert_start_refused(path, "symbolic link");
+                ck_assert_int_eq(unlink(path), 0);
+        }
+        ck_assert_int_eq(stat(target, &st), 0);
+        ck_assert_int_eq(st.st_size, 9);
+}
+END_TEST
+
+/*
+ * A ".new" somebody placed beside the state file is never written through:
+ * the daemon unlinks it and makes its own with O_EXCL, so the live state
+ * file ends up the daemon's, 0600, and the planted inode keeps its bytes.
+ */
+START_TEST(test_planted_state_new_not_used) {
+        char path[400], keep[400];
+        struct stat st;
+        int fd;
+
+        state_file_path(path, sizeof path, "state.new");
+        write_file(path, "planted\n", 0666, NOBODY);
+        /* Keep the planted inode reachable, to look at it afterwards. */
+        snprintf(keep, sizeof keep, "%s/planted", td.dir);
+        ck_assert_int_eq(link(path, keep), 0);
+        test_daemon_write_config(&td, one_channel);
+        test_start_ok();
+
+        state_file_path(path, sizeof path, "state");
+        ck_assert_int_eq(lstat(path, &st), 0);
+        ck_assert(S_ISREG(st.st_mode));
+        ck_assert_uint_eq(st.st_uid, 0);
+        ck_assert_uint_eq(st.st_mode & 07777, 0600);
+        ck_assert_int_eq(stat(keep, &st), 0);
+        ck_assert_uint_eq(st.st_uid, NOBODY);
+        ck_assert_int_eq(st.st_size, 8);
+        ck_assert_uint_eq(st.st_nlink, 1);      /* the daemon unlinked its name */
+        fd = open(keep, O_RDONLY | O_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        close(fd);
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
+/*
+ * The daemon's own, well-kept state file holding records that name another
+ * program's objects (as a crash can leave when ids are reused, or as a
+ * forger would write them): older-format records prove nothing, and the
+ * new records' creator pid or ctime do not match, so nothing is removed.
+ */
+START_TEST(test_forged_records_spare_foreign_objects) {
+        Foreign f = foreign_objects(0x5252);
+        char path[400], *text, *log;
+
+        /* Claim a pid that is not the objects' creator: the daemon's own is not known in advance. */
+        text = forged_records(&f, getpid() + 1);
+        state_file_path(path, sizeof path, "state");
+        write_file(path, text, 0600, 0);
+        free(text);
+        test_daemon_write_config(&td, one_channel);
+        test_start_ok();
+        assert_foreign_intact(&f);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "key 0x00005252, id") && strstr(log, "cannot be proven ours"), "%s", log);
+        ck_assert_msg(strstr(log, "Reclaimed 0 object(s)"), "%s", log);
+        free(log);
+        test_daemon_stop_ok(&td);
+        assert_foreign_intact(&f);
+        remove_foreign(&f);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+}
+END_TEST
+
+/* A record whose creator pid matches a segment's but whose set's ctime is older than the record: the set stays. */
+START_TEST(test_set_older_than_its_record_spared) {
+        Foreign f = foreign_objects(0x5353);
+        char path[400], *text;
+
+        /* The set was made now; a record claiming it was made in the future cannot be about it. */
+        ck_assert_int_ge(asprintf(&text, "sem %u %d %d %lld 2\n", f.key, f.sem_id, (int) getpid(),
+                                  (long long) time(NULL) + 3600), 0);
+        state_file_path(path, sizeof path, "state");
+        write_file(path, text, 0600, 0);
+        free(text);
+        test_daemon_write_config(&td, one_channel);
+        test_start_ok();
+        assert_foreign_intact(&f);
+        test_daemon_stop_ok(&td);
+        remove_foreign(&f);
+}
+END_TEST
+
+/* The first 64 candidate keys of the old, public derivation (FNV-1a of "shmbroker:" NAME, attempt). */
+static uint32_t public_key(const char *name, unsigned attempt) {
+        uint32_t h = 2166136261u;
+
+        for (const char *p = "shmbroker:"; *p; p++)
+                h = (h ^ (uint8_t) *p) * 16777619u;
+        for (const char *p = name; *p; p++)
+                h = (h ^ (uint8_t) *p) * 16777619u;
+        for (unsigned i = 0; i < 4; i++)
+                h = (h ^ ((attempt >> (8 * i)) & 0xff)) * 16777619u;
+        h &= 0x7fffffffu;
+        return h ? h : 1;
+}
+
+static void squat_child(void *userdata) {
+        const char *secret_path = userdata;
+        int ok = 0;
+
+        test_drop_privileges(NOBODY, NOBODY, 0);
+        /* What a squatter would need first: the secret. */
+        if (open(secret_path, O_RDONLY | O_CLOEXEC) >= 0 || errno != EACCES)
+                _exit(2);
+        for (unsigned i = 0; i < 64; i++)
+                ok += semget((key_t) public_key("frames", i), 1, IPC_CREAT | IPC_EXCL | 0600) >= 0;
+        _exit(ok == 64 ? 0 : 1);
+}
+
+/*
+ * Another user takes every key anyone could compute for "frames" before the
+ * daemon starts, and again before a reload adds "late": both are still made,
+ * and under the same keys as across a restart (the secret is kept).
+ */
+START_TEST(test_squatted_keys_do_not_stop_channels) {
+        char secret_path[400], *text;
+        json_t *resp;
+        uint32_t key;
+        int fd, status;
+
+        /* The secret exists before the squatter tries: from a first run. */
+        test_daemon_write_config(&td, one_channel);
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        key = (uint32_t) test_jint(test_must_find(resp, "frames"), "shm_key");
+        json_decref(resp);
+        close(fd);
+        test_daemon_stop_ok(&td);
+
+        state_file_path(secret_path, sizeof secret_path, "secret");
+        status = test_in_child(squat_child, secret_path);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "squatter status %d", status);
+        ck_assert_int_eq(test_ipcs_count("-s"), 64);
+
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        ck_assert_uint_eq((uint32_t) test_jint(test_must_find(resp, "frames"), "shm_key"), key);
+        json_decref(resp);
+
+        /* A reload adding a channel whose public keys are squatted too. */
+        ck_assert_int_ge(asprintf(&text, "[{\"name\": \"frames\", \"size\": 4096, \"semaphores\": [1, 0]},"
+                                         " {\"name\": \"late\", \"size\": 4096}]"), 0);
+        test_daemon_write_config(&td, text);
+        free(text);
+        for (unsigned i = 0; i < 64; i++)
+                semget((key_t) public_key("late", i), 1, IPC_CREAT | IPC_EXCL | 0600);
+        resp = test_request(fd, "{\"op\":\"reload\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        test_must_find(resp, "late");
+        json_decref(resp);
+        close(fd);
+        test_daemon_stop_ok(&td);
+        /* Only the squatter's sets are left. */
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 64 + 64);
+}
+END_TEST
+
+/* The secret is made 0600 and kept; one others can read, or a damaged one, refuses the start. */
+START_TEST(test_secret_checks) {
+        char path[400];
+        uint8_t a[16], b[16];
+        struct stat st;
+
+        test_daemon_write_config(&td, one_channel);
+        test_start_ok();
+        test_daemon_stop_ok(&td);
+        state_file_path(path, sizeof path, "secret");
+        ck_assert_int_eq(lstat(path, &st), 0);
+        ck_assert_uint_eq(st.st_mode & 07777, 0600);
+        ck_assert_uint_eq(st.st_uid, 0);
+        test_read_secret(&td, a);
+        test_start_ok();
+        test_daemon_stop_ok(&td);
+        test_read_secret(&td, b);
+        ck_assert_mem_eq(a, b, sizeof a);
+
+        ck_assert_int_eq(chmod(path, 0644), 0);
+        assert_start_refused(path, "others may read or write it");
+        write_file(path, "not hex\n", 0600, 0);
+        assert_start_refused(path, "hex digits");
+}
+END_TEST
+
+/* --state-dir: the files go there (made 0700 when missing), none beside the socket. */
+START_TEST(test_state_dir_option) {
+        char dir[300], path[400];
+        struct stat st;
+
+        snprintf(dir, sizeof dir, "%s/state", td.dir);
+        test_daemon_write_config(&td, one_channel);
+        ck_assert(test_daemon_start(&td, NULL, "--state-dir", dir, NULL));
+        ck_assert_int_eq(stat(dir, &st), 0);
+        ck_assert_uint_eq(st.st_mode & 07777, 0700);
+        snprintf(path, sizeof path, "%s/shmbroker.sock.state", dir);
+        ck_assert_int_eq(stat(path, &st), 0);
+        snprintf(path, sizeof path, "%s/shmbroker.sock.secret", dir);
+        ck_assert_int_eq(stat(path, &st), 0);
+        state_file_path(path, sizeof path, "state");
+        ck_assert_int_ne(stat(path, &st), 0);
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
+int main(void) {
+        const TestGroup groups[] = {
+                { "planted", CASE_TIMEOUT,
+                  { test_planted_state_file_refused, test_writable_state_file_refused, test_world_writable_dir_refused,
+                    test_foreign_state_dir_refused, test_fifo_state_refused, test_symlinks_refused,
+                    test_planted_state_new_not_used } },
+                { "forged", CASE_TIMEOUT, { test_forged_records_spare_foreign_objects, test_set_older_than_its_record_spared } },
+                { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_secret_checks, test_state_dir_option } },
+        };
+
+        return test_main("state", groups, sizeof groups / sizeof groups[0], test_setup, test_teardown);
+}
