@@ -130,7 +130,10 @@ static int take_lock(State *s, const char *dir, char *msg, size_t msg_size) {
                         return r;
                 if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
                         r = errno == EWOULDBLOCK ? -EBUSY : -errno;
-                        msg_set(msg, msg_size, "cannot lock %s: %s", s->lock_path, strerror(-r));
+                        if (r == -EBUSY)
+                                msg_set(msg, msg_size, "its lock %s is held", s->lock_path);
+                        else
+                                msg_set(msg, msg_size, "cannot lock %s: %s", s->lock_path, strerror(-r));
                         return r;
                 }
                 if (fstat(fd, &a) < 0)
