@@ -702,7 +702,7 @@ static void echo_stop(void) {
 
 /* Also what a daemon that had to be killed leaves beside its socket, so that the directory goes. */
 static void cleanup(void) {
-        static const char *const daemon_files[] = { "", ".lock", ".state" };
+        static const char *const daemon_files[] = { "", ".lock", ".state", ".secret" };
         char path[sizeof sock_path + 8];
 
         echo_stop();

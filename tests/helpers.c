@@ -41,6 +41,8 @@ static void test_daemon_init(TestDaemon *d);
 static void test_daemon_done(TestDaemon *d);
 
 void test_setup(void) {
+        /* The daemon would keep its state there: every test's must be its own directory. */
+        unsetenv("RUNTIME_DIRECTORY");
         test_enter_ipc_namespace();
         test_daemon_init(&td);
 }

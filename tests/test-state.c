@@ -402,6 +402,26 @@ START_TEST(test_state_dir_option) {
 }
 END_TEST
 
+/* Under systemd with RuntimeDirectory=, the state goes to $RUNTIME_DIRECTORY (the first it lists). */
+START_TEST(test_runtime_directory_default) {
+        char dir[300], env[700], path[400];
+        struct stat st;
+
+        snprintf(dir, sizeof dir, "%s/runtime", td.dir);
+        ck_assert_int_eq(mkdir(dir, 0700), 0);
+        snprintf(env, sizeof env, "%s:%s/other", dir, td.dir);
+        ck_assert_int_eq(setenv("RUNTIME_DIRECTORY", env, 1), 0);
+        test_daemon_write_config(&td, one_channel);
+        test_start_ok();
+        snprintf(path, sizeof path, "%s/shmbroker.sock.lock", dir);
+        ck_assert_int_eq(stat(path, &st), 0);
+        state_file_path(path, sizeof path, "lock");
+        ck_assert_int_ne(stat(path, &st), 0);
+        test_daemon_stop_ok(&td);
+        unsetenv("RUNTIME_DIRECTORY");
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "planted", CASE_TIMEOUT,
@@ -409,7 +429,8 @@ int main(void) {
                     test_foreign_state_dir_refused, test_fifo_state_refused, test_symlinks_refused,
                     test_planted_state_new_not_used } },
                 { "forged", CASE_TIMEOUT, { test_forged_records_spare_foreign_objects, test_set_older_than_its_record_spared } },
-                { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_secret_checks, test_state_dir_option } },
+                { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_secret_checks, test_state_dir_option,
+                           test_runtime_directory_default } },
         };
 
         return test_main("state", groups, sizeof groups / sizeof groups[0], test_setup, test_teardown);
