@@ -20,6 +20,32 @@ static bool same_perms(const ChannelSpec *a, const ChannelSpec *b) {
         return a->uid == b->uid && a->gid == b->gid && a->mode == b->mode;
 }
 
+/*
+ * Whether s's owner, group and mode would refuse a current holder of e what
+ * it holds (ro: read; rw: read and write). The kernel checks rights only at
+ * shmat() and semop(): IPC_SET cannot take back a mapping that exists, so a
+ * change that does must replace the objects instead. The first such holder
+ * goes to *ret_pid, for the log.
+ */
+static bool perms_revoke_hold(Entry *e, const ChannelSpec *s, pid_t *ret_pid) {
+        ChannelPerm perm;
+        Hold *h;
+
+        if (same_perms(&e->channel->spec, s))
+                return false;
+        /* As the objects would be after IPC_SET: the creator stays this daemon. */
+        channel_perm(e->channel, &perm);
+        perm.uid = s->uid;
+        perm.gid = s->gid;
+        perm.mode = s->mode;
+        LIST_FOREACH(h, &e->holds, by_entry)
+                if (!access_allowed(&h->client->peer, &perm, true, h->access == PROTO_ACCESS_RW)) {
+                        *ret_pid = h->client->peer.pid;
+                        return true;
+                }
+        return false;
+}
+
 /* Append a copy of name to a NULL-terminated, owned list. */
 static int names_add(char ***list, const char *name) {
         size_t n = strv_length(*list);
@@ -105,8 +131,9 @@ static int plan_make(Registry *reg, const Config *cfg, Plan *p) {
         for (size_t i = 0; i < cfg->n_channels; i++) {
                 const ChannelSpec *s = &cfg->channels[i];
                 Entry *e = registry_find(reg, s->name);
+                pid_t holder;
 
-                if (e && !channel_spec_same_objects(&e->channel->spec, s)) {
+                if (e && (!channel_spec_same_objects(&e->channel->spec, s) || perms_revoke_hold(e, s, &holder))) {
                         p->replace[p->n_later] = e;
                         p->later[p->n_later++] = s;
                 }
@@ -190,9 +217,18 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                         return -ENOMEM;
                 registry_remove(reg, p->remove[i]);
         }
-        for (size_t i = 0; i < p->n_later; i++)
-                if (p->replace[i])
-                        registry_remove(reg, p->replace[i]);
+        for (size_t i = 0; i < p->n_later; i++) {
+                pid_t holder;
+
+                if (!p->replace[i])
+                        continue;
+                if (channel_spec_same_objects(&p->replace[i]->channel->spec, p->later[i]) &&
+                    perms_revoke_hold(p->replace[i], p->later[i], &holder))
+                        log_info("Reload: channel %s: the new owner, group or mode would refuse a current holder "
+                                 "(pid %d); replacing the channel instead of changing it in place.",
+                                 p->later[i]->name, (int) holder);
+                registry_remove(reg, p->replace[i]);
+        }
 
         /* 3. Create the replacements and the adds that waited for a key. */
         for (size_t i = 0; i < p->n_later; i++) {
@@ -210,7 +246,7 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                         return -ENOMEM;
         }
 
-        /* 4. The rest: owner, group and mode in place, or untouched. */
+        /* 4. The rest: owner, group and mode in place (no holder loses a right: plan_make()), or untouched. */
         for (size_t i = 0; i < cfg->n_channels; i++) {
                 const ChannelSpec *s = &cfg->channels[i];
                 Entry *e = plan_creates(p, s) ? NULL : registry_find(reg, s->name);

@@ -6,7 +6,9 @@
  *   added     created, exactly as at start;
  *   removed   objects removed, holds dropped;
  *   kept      untouched: same ids, same bytes, same semaphore values;
- *   changed   owner/group/mode only: applied in place with IPC_SET;
+ *   changed   owner/group/mode only: applied in place with IPC_SET, unless
+ *             they would refuse a current holder what it holds (the kernel
+ *             cannot revoke a mapping), then replaced as below;
  *             size, semaphores, layout or key: replaced at once. The old
  *             objects are removed (attached clients keep their mapping until
  *             they detach; operations on the old set fail with EIDRM, which

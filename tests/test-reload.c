@@ -1066,11 +1066,312 @@ START_TEST(test_crash_mid_reload_then_restart) {
 }
 END_TEST
 
+/* ---- revocation: a reload that takes rights away from a holder ---- */
+
+/* A non-root holder: uid/gid 65534, a member of this group, which the channels below name. */
+#define HOLDER_GROUP 4300
+#define HOLDER_GROUP_JSON "4300"
+#define HOLDER_MARK "written through the old mapping after the reload"
+
+typedef struct Holding {
+        const char *channel;
+        const char *access;     /* "rw" or "ro" */
+} Holding;
+
+typedef struct Held {
+        int shm_id, sem_id;
+} Held;
+
+typedef struct Holder {
+        pid_t pid;
+        int cmd;                /* parent -> child: one byte per command; EOF ends the child */
+        int report;             /* child -> parent: a Held per holding, then one byte per command */
+} Holder;
+
+/* One open on fd, by hand (this program does not link the library): the ids, or exit with `fail`. */
+static Held holder_open(int fd, const Holding *h, int fail) {
+        char line[256];
+        json_t *resp;
+        char *answer;
+        Held held;
+        int n;
+
+        n = snprintf(line, sizeof line, "{\"op\":\"open\",\"channel\":\"%s\",\"access\":\"%s\"}\n", h->channel, h->access);
+        if (n < 0 || (size_t) n >= sizeof line || send(fd, line, (size_t) n, MSG_NOSIGNAL) != n)
+                _exit(fail);
+        answer = test_read_line(fd);
+        resp = answer ? json_loads(answer, 0, NULL) : NULL;
+        if (!resp || !json_is_true(json_object_get(resp, "ok")))
+                _exit(fail + 1);
+        held = (Held) {
+                .shm_id = (int) json_integer_value(json_object_get(resp, "shm_id")),
+                .sem_id = (int) json_integer_value(json_object_get(resp, "sem_id")),
+        };
+        json_decref(resp);
+        free(answer);
+        return held;
+}
+
+/*
+ * The holder, in the child: open and attach every holding on one connection
+ * that stays open, report the ids, then obey commands until EOF:
+ *   'w'  write HOLDER_MARK through the first holding's old mapping; a semop
+ *        on its old set must fail as removed, and opening it again must be
+ *        refused with EACCES; report 'k' (or the letter of what went wrong).
+ */
+static _Noreturn void holder_main(int cmd, int report, const Holding *holdings, size_t n) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        char *addr0 = NULL;
+        Held held0 = {};
+        int fd;
+
+        test_drop_privileges(65534, 65534, HOLDER_GROUP);
+        if (geteuid() != 65534)
+                _exit(9);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        strcpy(sa.sun_path, td.socket);
+        if (fd < 0 || connect(fd, (struct sockaddr *) &sa, sizeof sa) < 0)
+                _exit(10);
+        for (size_t i = 0; i < n; i++) {
+                bool ro = strcmp(holdings[i].access, "ro") == 0;
+                Held held = holder_open(fd, &holdings[i], 20 + 2 * (int) i);
+                char *addr = shmat(held.shm_id, NULL, ro ? SHM_RDONLY : 0);
+
+                if (addr == (void *) -1)
+                        _exit(40 + (int) i);
+                if (!ro)
+                        addr[0] = 'x';  /* the rights are real: the kernel lets us write */
+                if (i == 0) {
+                        addr0 = addr;
+                        held0 = held;
+                }
+                if (write(report, &held, sizeof held) != (ssize_t) sizeof held)
+                        _exit(11);
+        }
+        for (;;) {
+                struct sembuf op = { .sem_num = 0, .sem_op = 1, .sem_flg = IPC_NOWAIT };
+                char c, verdict = 'k';
+                json_t *resp;
+                char *answer;
+                char line[256];
+                int len;
+
+                if (read(cmd, &c, 1) != 1)
+                        _exit(0);
+                if (c != 'w' || !addr0)
+                        _exit(12);
+                /* The kernel cannot take the mapping back: what matters is that nobody else sees it any more. */
+                strcpy(addr0, HOLDER_MARK);
+                if (semop(held0.sem_id, &op, 1) == 0 || (errno != EIDRM && errno != EINVAL))
+                        verdict = 'S';
+                len = snprintf(line, sizeof line, "{\"op\":\"open\",\"channel\":\"%s\",\"access\":\"rw\"}\n",
+                               holdings[0].channel);
+                if (len < 0 || send(fd, line, (size_t) len, MSG_NOSIGNAL) != len)
+                        _exit(13);
+                answer = test_read_line(fd);
+                resp = answer ? json_loads(answer, 0, NULL) : NULL;
+                if (!resp || !json_is_false(json_object_get(resp, "ok")) ||
+                    strcmp(json_string_value(json_object_get(resp, "error")) ?: "", "EACCES") != 0)
+                        verdict = verdict == 'k' ? 'A' : verdict;
+                json_decref(resp);
+                free(answer);
+                if (write(report, &verdict, 1) != 1)
+                        _exit(14);
+        }
+}
+
+/* Fork a holder of `holdings`; the ids it got go to held[]. */
+static void holder_start(Holder *ret, const Holding *holdings, size_t n, Held *held) {
+        int cmd[2], report[2];
+        pid_t pid;
+
+        ck_assert_int_eq(pipe(cmd), 0);
+        ck_assert_int_eq(pipe(report), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                close(cmd[1]);
+                close(report[0]);
+                holder_main(cmd[0], report[1], holdings, n);
+        }
+        close(cmd[0]);
+        close(report[1]);
+        *ret = (Holder) { .pid = pid, .cmd = cmd[1], .report = report[0] };
+        for (size_t i = 0; i < n; i++) {
+                ssize_t got = read(ret->report, &held[i], sizeof held[i]);
+                int status = 0;
+
+                if (got != (ssize_t) sizeof held[i])
+                        waitpid(pid, &status, 0);
+                ck_assert_msg(got == (ssize_t) sizeof held[i], "the holder failed to open %s %s: exit status %d",
+                              holdings[i].channel, holdings[i].access, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        }
+}
+
+/* Send a command; its one-byte verdict. */
+static char holder_command(Holder *h, char c) {
+        char verdict = 0;
+
+        ck_assert_int_eq(write(h->cmd, &c, 1), 1);
+        ck_assert_int_eq(read(h->report, &verdict, 1), 1);
+        return verdict;
+}
+
+static void holder_stop(Holder *h) {
+        int status;
+
+        close(h->cmd);
+        ck_assert_int_eq(waitpid(h->pid, &status, 0), h->pid);
+        close(h->report);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "holder: status %d", status);
+}
+
+/* How many holds `status` lists for a channel. */
+static size_t status_holders(const char *name) {
+        char line[256];
+        json_t *resp;
+        size_t n;
+
+        snprintf(line, sizeof line, "{\"op\":\"status\",\"channel\":\"%s\"}", name);
+        resp = request_once(line);
+        test_assert_ok(resp);
+        n = json_array_size(json_object_get(test_must_find(resp, name), "clients"));
+        json_decref(resp);
+        return n;
+}
+
+START_TEST(test_revoking_reload_replaces_held_channel) {
+        static const Holding holdings[] = { { "c", "rw" } };
+        struct sembuf op = { .sem_num = 0, .sem_op = 1, .sem_flg = IPC_NOWAIT };
+        struct shmid_ds ds;
+        json_t *before, *after, *ch;
+        Holder holder;
+        Held held;
+        char *fresh, *log, pid_text[32];
+        int admin;
+
+        test_daemon_write_config(&td,
+                "[{\"name\": \"c\", \"size\": 4096, \"semaphores\": [1], \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0660\"},"
+                " {\"name\": \"other\", \"size\": 4096}]");
+        test_start_ok();
+        holder_start(&holder, holdings, 1, &held);
+        before = list_ok();
+        ck_assert_int_eq(test_jint(test_must_find(before, "c"), "shm_id"), held.shm_id);
+        ck_assert_uint_eq(status_holders("c"), 1);
+
+        /* The group loses its rights: the holder must lose the live data with them. */
+        test_daemon_write_config(&td,
+                "[{\"name\": \"c\", \"size\": 4096, \"semaphores\": [1], \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0600\"},"
+                " {\"name\": \"other\", \"size\": 4096}]");
+        admin = test_connect(td.socket);
+        reload_expect(admin, "", "", "c", "other");
+
+        /* New objects under the same key, with the new mode; the untouched channel keeps its own. */
+        after = list_ok();
+        ch = test_must_find(after, "c");
+        ck_assert_msg(test_jint(ch, "shm_id") != held.shm_id && test_jint(ch, "sem_id") != held.sem_id,
+                      "a reload that revoked a holder's rights kept the objects it has attached (shm %d, sem %d)",
+                      held.shm_id, held.sem_id);
+        ck_assert_int_eq(test_jint(ch, "shm_key"), test_jint(test_must_find(before, "c"), "shm_key"));
+        ck_assert_str_eq(test_jstr(ch, "mode"), "0600");
+        assert_kernel_channel(ch, 4096, 0600, 1);
+        ck_assert_int_eq(test_jint(test_must_find(after, "other"), "shm_id"),
+                         test_jint(test_must_find(before, "other"), "shm_id"));
+        /* Nobody is listed as holding it any more. */
+        ck_assert_uint_eq(status_holders("c"), 0);
+
+        /* The old set is gone; the old segment lives only through the holder's mapping, keyless. */
+        errno = 0;
+        ck_assert_int_eq(semop(held.sem_id, &op, 1), -1);
+        ck_assert_msg(errno == EIDRM || errno == EINVAL, "semop on the old set: %s", strerror(errno));
+        shm_stat(held.shm_id, &ds);
+        ck_assert_msg(ds.shm_perm.mode & SHM_DEST, "the old segment is not marked for removal");
+        ck_assert_uint_eq(ds.shm_nattch, 1);
+
+        /* What the holder writes through its old mapping reaches nobody; it cannot reopen. */
+        ck_assert_int_eq(holder_command(&holder, 'w'), 'k');
+        fresh = shmat((int) test_jint(ch, "shm_id"), NULL, SHM_RDONLY);
+        ck_assert_ptr_ne(fresh, (void *) -1);
+        ck_assert_msg(memmem(fresh, 4096, HOLDER_MARK, strlen(HOLDER_MARK)) == NULL,
+                      "the holder's write reached the new segment");
+        ck_assert_int_eq(shmdt(fresh), 0);
+        ck_assert_uint_eq(status_holders("c"), 0);
+
+        /* The log says why the channel was replaced, and whose rights forced it. */
+        log = test_daemon_log(&td);
+        snprintf(pid_text, sizeof pid_text, "(pid %d)", (int) holder.pid);
+        ck_assert_msg(strstr(log, "would refuse a current holder") && strstr(log, pid_text), "log: %s", log);
+        free(log);
+
+        /* Once the holder is gone, so is the old segment: nothing leaked, nothing doubled. */
+        holder_stop(&holder);
+        ck_assert_msg(!shm_exists(held.shm_id), "old segment %d outlived its last detach", held.shm_id);
+        assert_ipcs(2, 2);
+
+        json_decref(before);
+        json_decref(after);
+        close(admin);
+}
+END_TEST
+
+START_TEST(test_reload_keeping_holders_rights_stays_in_place) {
+        /* "l" is loosened; "w" loses group write, which its ro holder never had; "free" is tightened,
+         * but held only by root (the test itself), whom the owner bits still admit. */
+        static const Holding holdings[] = { { "l", "ro" }, { "w", "ro" } };
+        Holder holder;
+        Held held[2];
+        json_t *before, *after, *resp;
+        int admin, root;
+
+        test_daemon_write_config(&td,
+                "[{\"name\": \"l\", \"size\": 4096, \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0640\"},"
+                " {\"name\": \"w\", \"size\": 4096, \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0660\"},"
+                " {\"name\": \"free\", \"size\": 4096, \"mode\": \"0660\"}]");
+        test_start_ok();
+        holder_start(&holder, holdings, 2, held);
+        root = test_connect(td.socket);
+        resp = req(root, "{\"op\":\"open\",\"channel\":\"free\",\"access\":\"rw\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        before = list_ok();
+
+        test_daemon_write_config(&td,
+                "[{\"name\": \"l\", \"size\": 4096, \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0660\"},"
+                " {\"name\": \"w\", \"size\": 4096, \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0640\"},"
+                " {\"name\": \"free\", \"size\": 4096, \"mode\": \"0600\"}]");
+        admin = test_connect(td.socket);
+        reload_expect(admin, "", "", "l,w,free", "");
+
+        /* In place: the same objects, now with the new modes, and every hold still there. */
+        after = list_ok();
+        ck_assert_int_eq(test_jint(test_must_find(after, "l"), "shm_id"), held[0].shm_id);
+        ck_assert_int_eq(test_jint(test_must_find(after, "l"), "sem_id"), held[0].sem_id);
+        ck_assert_int_eq(test_jint(test_must_find(after, "w"), "shm_id"), held[1].shm_id);
+        ck_assert_int_eq(test_jint(test_must_find(after, "w"), "sem_id"), held[1].sem_id);
+        ck_assert_int_eq(test_jint(test_must_find(after, "free"), "shm_id"), test_jint(test_must_find(before, "free"), "shm_id"));
+        ck_assert_int_eq(test_jint(test_must_find(after, "free"), "sem_id"), test_jint(test_must_find(before, "free"), "sem_id"));
+        assert_kernel_channel(test_must_find(after, "l"), 4096, 0660, 1);
+        assert_kernel_channel(test_must_find(after, "w"), 4096, 0640, 1);
+        assert_kernel_channel(test_must_find(after, "free"), 4096, 0600, 1);
+        ck_assert_uint_eq(status_holders("l"), 1);
+        ck_assert_uint_eq(status_holders("w"), 1);
+        ck_assert_uint_eq(status_holders("free"), 1);
+
+        holder_stop(&holder);
+        assert_ipcs(3, 3);
+        json_decref(before);
+        json_decref(after);
+        close(root);
+        close(admin);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
                 { "reload-op", CASE_TIMEOUT, { test_add_remove_keep_change_in_one_reload, test_kept_channel_untouched_byte_for_byte,
-                                 test_mode_change_in_place, test_size_change_while_held_replaces } },
+                                 test_mode_change_in_place, test_size_change_while_held_replaces,
+                                 test_revoking_reload_replaces_held_channel, test_reload_keeping_holders_rights_stays_in_place } },
                 { "refusals", CASE_TIMEOUT, { test_broken_config_changes_nothing, test_reload_needs_root_or_admin_group,
                                 test_kernel_limit_refused_whole, test_swap_at_kernel_limit_all_or_nothing,
                                 test_replace_attached_at_kernel_limit_keeps_channel,
