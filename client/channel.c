@@ -1,8 +1,18 @@
 /*
  * Opening a channel: ask the broker, attach the segment by id, then make
- * sure the id names the object the broker meant (size and key via
- * IPC_STAT). A client in another IPC namespace sees no such id, or another
- * object under it; it gets -EXDEV rather than a wrong mapping.
+ * sure the ids name the objects the broker meant (key and size of the
+ * segment, key and count of the set, via IPC_STAT).
+ *
+ * They may not, for two reasons that call for different fixes. A reload may
+ * have replaced (or removed) the channel between the broker's answer and
+ * our shmat(): the ids are stale, and the channel has new ones. Or this
+ * process is in another IPC namespace than the broker: the ids mean nothing
+ * here, or name someone else's objects. The broker tells them apart: asked
+ * again on the same connection, it answers with new ids after a
+ * replacement (we try those), with a refusal when the channel is gone or
+ * our rights are (that is the answer), and with the very same ids when it
+ * still sees objects that we do not: only then -EXDEV. So a race with a
+ * reload never shows as -EXDEV, and a wrong mapping is never returned.
  */
 
 #include <errno.h>
@@ -10,41 +20,71 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/sem.h>
 #include <sys/shm.h>
 
 #include "client/shmbroker-internal.h"
 #include "common/util.h"
 
-/*
- * Why shmat() or IPC_STAT by id failed (errno as they left it): no object
- * with that id is either removed (-EIDRM) or was never visible here
- * (-EXDEV, another IPC namespace); anything else is passed on.
- */
-static int attach_error(const shmb_channel_info *info) {
-        int err = errno, id;
+/* A documented outcome of attach_once(), not an error: the ids name no object here, or another one. */
+#define ATTACH_STALE 1
 
-        if (err != EINVAL && err != EIDRM)
-                return -err;
-        id = shmget((key_t) info->shm_key, 0, 0);
-        if (id < 0 && errno == ENOENT)
-                return -EXDEV;
-        return -EIDRM;
+/*
+ * How often an open asks again after its ids went stale. Each new answer
+ * means another reload replaced the channel in the meantime; a few in a row
+ * is already an admin reloading in a loop, reported as -EIDRM.
+ */
+#define OPEN_RETRIES 3
+
+union semun {
+        int val;
+        struct semid_ds *buf;
+        unsigned short *array;
+};
+
+/* shmat(), shmctl() or semctl() by id failed: EINVAL and EIDRM say no such object (any more); the rest is passed on. */
+static int id_error(void) {
+        return errno == EINVAL || errno == EIDRM ? ATTACH_STALE : -errno;
 }
 
 /*
- * The segment we attached by id must be the one the broker meant: same key,
- * same size. (Its set lives in the same namespace, so this check also tells
- * a client in another IPC namespace; a set removed later shows as -EIDRM on
- * the first semaphore operation.)
+ * The objects of ch->info must be the ones the broker meant. Checked after
+ * shmat(): the segment we are attached to cannot change identity any more
+ * (once removed, it loses its key, which shows here). The set is checked
+ * too, so that an open that succeeds hands out a consistent pair; a set
+ * removed after this shows as -EIDRM on the first semaphore operation.
  */
 static int verify_objects(const shmb_channel *ch) {
         struct shmid_ds shm;
+        struct semid_ds sem;
+        union semun arg = { .buf = &sem };
 
         if (shmctl(ch->info.shm_id, IPC_STAT, &shm) < 0)
-                return attach_error(&ch->info);
+                return id_error();
         if ((uint32_t) shm.shm_perm.__key != ch->info.shm_key || shm.shm_segsz != ch->info.size)
-                return -EXDEV;
+                return ATTACH_STALE;
+        if (semctl(ch->info.sem_id, 0, IPC_STAT, arg) < 0)
+                return id_error();
+        if ((uint32_t) sem.sem_perm.__key != ch->info.sem_key || sem.sem_nsems != ch->info.nsems)
+                return ATTACH_STALE;
         return 0;
+}
+
+/* Attach and check what ch->info describes: 0, ATTACH_STALE (then nothing is left attached), or a negative errno. */
+static int attach_once(shmb_channel *ch) {
+        int r;
+
+        ch->addr = shmat(ch->info.shm_id, NULL, ch->access == SHMB_RO ? SHM_RDONLY : 0);
+        if (ch->addr == (void *) -1) {
+                ch->addr = NULL;
+                return id_error();
+        }
+        r = verify_objects(ch);
+        if (r != 0) {
+                (void) shmdt(ch->addr);
+                ch->addr = NULL;
+        }
+        return r;
 }
 
 /*
@@ -98,20 +138,63 @@ void info_from_proto(const ProtoChannel *pc, shmb_channel_info *ret) {
         snprintf(ret->name, sizeof ret->name, "%s", pc->name);
 }
 
+/* Detach, give the hold back and free. keep_message: the close leaves the connection's last message alone. */
+static int channel_free(shmb_channel *ch, bool keep_message) {
+        ProtoRequest req = { .op = PROTO_OP_CLOSE };
+        ProtoResponse res;
+        int r = 0;
+
+        if (!ch)
+                return 0;
+        if (ch->addr && shmdt(ch->addr) < 0)
+                r = -errno;
+        if (ch->client && ch->info.name[0]) {
+                strcpy(req.channel, ch->info.name);
+                /* Best effort: a broker that is gone has dropped the hold already. A closed
+                 * connection answers -ENOTCONN (asked under its lock: another thread may close it). */
+                if ((keep_message ? client_call_keep_message : client_call)(ch->client, &req, &res) == 0)
+                        proto_response_done(&res);
+        }
+        client_unref(ch->client);
+        free(ch);
+        return r;
+}
+
 /*
  * Attach what the broker's open answer describes, into ch (allocated before
  * the request, so that nothing can fail between the broker granting a hold
- * and ch recording it: shmb_close() then gives every hold back). Takes ch
- * and the answer.
+ * and ch recording it: on failure the hold is given back). `req` is the open
+ * request, to ask again when the ids went stale (see the top of this file).
+ * Takes ch and the answer; *ret is set only on success.
  */
-static int attach(shmb_channel *ch, shmb_client *c, ProtoResponse *res, shmb_access access, shmb_channel **ret) {
+static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, ProtoResponse *res, shmb_access access,
+                  shmb_channel **ret) {
         int r;
 
-        info_from_proto(&res->channels[0], &ch->info);
-        proto_response_done(res);
         ch->access = access;
         ch->client = c;
         client_ref(c);
+        for (unsigned attempt = 0;; attempt++) {
+                info_from_proto(&res->channels[0], &ch->info);
+                proto_response_done(res);
+                r = attach_once(ch);
+                if (r <= 0)
+                        break;
+                if (attempt == OPEN_RETRIES) {
+                        r = -EIDRM;     /* replaced again each time we asked */
+                        break;
+                }
+                r = client_call(c, req, res);
+                if (r < 0)
+                        break;  /* ENOENT: removed meanwhile; EACCES: our rights went with the old objects */
+                if (res->channels[0].shm_id == ch->info.shm_id && res->channels[0].sem_id == ch->info.sem_id) {
+                        proto_response_done(res);
+                        r = -EXDEV;     /* the broker sees these objects and we do not */
+                        break;
+                }
+        }
+        if (r < 0)
+                goto fail;
         if (ch->info.layout == SHMB_LAYOUT_RING) {
                 if (ch->info.nsems < RING_NSEMS) {
                         r = -EPROTO;
@@ -119,18 +202,6 @@ static int attach(shmb_channel *ch, shmb_client *c, ProtoResponse *res, shmb_acc
                 }
                 ch->sem_base = RING_NSEMS;
                 ch->info.nsems -= RING_NSEMS;
-        }
-
-        ch->addr = shmat(ch->info.shm_id, NULL, access == SHMB_RO ? SHM_RDONLY : 0);
-        if (ch->addr == (void *) -1) {
-                ch->addr = NULL;
-                r = attach_error(&ch->info);
-                goto fail;
-        }
-        r = verify_objects(ch);
-        if (r < 0)
-                goto fail;
-        if (ch->info.layout == SHMB_LAYOUT_RING) {
                 r = setup_ring(ch);
                 if (r < 0)
                         goto fail;
@@ -138,7 +209,8 @@ static int attach(shmb_channel *ch, shmb_client *c, ProtoResponse *res, shmb_acc
         *ret = ch;
         return 0;
 fail:
-        shmb_close(ch);
+        /* Detach and give the hold back, keeping the message that says why the open failed. */
+        channel_free(ch, true);
         return r;
 }
 
@@ -169,7 +241,7 @@ int shmb_open(shmb_client *c, const char *name, shmb_access access, shmb_channel
                 free(ch);
                 return r;
         }
-        return attach(ch, c, &res, access, ret);
+        return attach(ch, c, &req, &res, access, ret);
 }
 
 int shmb_open_channel(const char *socket_path, const char *name, shmb_access access, shmb_channel **ret) {
@@ -196,7 +268,7 @@ int shmb_open_channel(const char *socket_path, const char *name, shmb_access acc
                 r = client_check_hello(&res[0]);
                 proto_response_done(&res[0]);
                 if (r == 0)
-                        r = attach(TAKE_PTR(ch), c, &res[1], access, ret);
+                        r = attach(TAKE_PTR(ch), c, &reqs[1], &res[1], access, ret);
                 else
                         proto_response_done(&res[1]);
         }
@@ -206,24 +278,7 @@ int shmb_open_channel(const char *socket_path, const char *name, shmb_access acc
 }
 
 int shmb_close(shmb_channel *ch) {
-        ProtoRequest req = { .op = PROTO_OP_CLOSE };
-        ProtoResponse res;
-        int r = 0;
-
-        if (!ch)
-                return 0;
-        if (ch->addr && shmdt(ch->addr) < 0)
-                r = -errno;
-        if (ch->client && ch->info.name[0]) {
-                strcpy(req.channel, ch->info.name);
-                /* Best effort: a broker that is gone has dropped the hold already. A closed
-                 * connection answers -ENOTCONN (asked under its lock: another thread may close it). */
-                if (client_call(ch->client, &req, &res) == 0)
-                        proto_response_done(&res);
-        }
-        client_unref(ch->client);
-        free(ch);
-        return r;
+        return channel_free(ch, false);
 }
 
 int shmb_channel_set_spin(shmb_channel *ch, unsigned spin_us) {

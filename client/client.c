@@ -97,7 +97,8 @@ static void connection_lost(shmb_client *c) {
         c->rlen = 0;
 }
 
-int client_call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n) {
+/* client_call_n(); keep_message: leave c->last_message as the previous call left it. */
+static int call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, bool keep_message) {
         char *out = NULL, msg[PROTO_MESSAGE_MAX], *line;
         size_t out_len = 0, got = 0, len;
         int r = 0;
@@ -126,7 +127,8 @@ int client_call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets,
                 return r;
         }
         pthread_mutex_lock(&c->lock);
-        c->last_message[0] = 0;
+        if (!keep_message)
+                c->last_message[0] = 0;
         r = c->fd < 0 ? -ENOTCONN : send_all(c->fd, out, out_len);
         while (r == 0 && got < n) {
                 r = read_line(c, &line, &len);
@@ -135,7 +137,8 @@ int client_call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets,
                 r = proto_response_decode(reqs[got].op, line, len, &rets[got], msg, sizeof msg);
                 consume_line(c, len);
                 if (r > 0) {
-                        snprintf(c->last_message, sizeof c->last_message, "%s", msg);
+                        if (!keep_message)
+                                snprintf(c->last_message, sizeof c->last_message, "%s", msg);
                         r = -EPROTO;
                 }
                 /* Only a decoded answer is ours to release later. */
@@ -147,7 +150,8 @@ int client_call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets,
         /* The first refusal is the answer (its message under the lock, as other calls write it too). */
         for (size_t i = 0; r == 0 && i < got; i++)
                 if (!rets[i].ok) {
-                        snprintf(c->last_message, sizeof c->last_message, "%s", rets[i].message);
+                        if (!keep_message)
+                                snprintf(c->last_message, sizeof c->last_message, "%s", rets[i].message);
                         r = -rets[i].error;
                 }
         pthread_mutex_unlock(&c->lock);
@@ -159,8 +163,16 @@ int client_call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets,
         return r;
 }
 
+int client_call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n) {
+        return call_n(c, reqs, rets, n, false);
+}
+
 int client_call(shmb_client *c, const ProtoRequest *req, ProtoResponse *ret) {
-        return client_call_n(c, req, ret, 1);
+        return call_n(c, req, ret, 1, false);
+}
+
+int client_call_keep_message(shmb_client *c, const ProtoRequest *req, ProtoResponse *ret) {
+        return call_n(c, req, ret, 1, true);
 }
 
 int shmb_request_json(shmb_client *c, const char *request, char **ret_answer) {

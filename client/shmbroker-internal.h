@@ -43,6 +43,13 @@ int client_call(shmb_client *c, const ProtoRequest *req, ProtoResponse *ret);
 /* The same for n requests sent in one write (pipelined), answers in order. */
 int client_call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n);
 
+/*
+ * client_call() that leaves c->last_message as it was: for the close that
+ * gives back the hold of a failed open, so the caller still reads why the
+ * open failed.
+ */
+int client_call_keep_message(shmb_client *c, const ProtoRequest *req, ProtoResponse *ret);
+
 /* Connect without the hello round trip; the caller sends one (pipelined). */
 int client_connect(const char *socket_path, shmb_client **ret);
 int client_check_hello(const ProtoResponse *res);

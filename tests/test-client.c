@@ -11,17 +11,22 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+/* After <sys/ptrace.h>: struct ptrace_syscall_info, which glibc does not declare. */
+#include <linux/ptrace.h>
 
 #include <shmbroker/shmbroker.h>
 
@@ -987,6 +992,409 @@ START_TEST(test_shmbrokerctl) {
 }
 END_TEST
 
+/* ---- an open racing a reload that replaces the channel ---- */
+
+/* "pair" as in `channels`, and grown: a reload between the two replaces it (new objects, same key). */
+#define PAIR_SIZE 65536
+#define PAIR_GROWN 69632
+#define RACE_GROUP 4300
+#define RACE_GROUP_JSON "4300"
+
+static char *channels_with_pair(const char *pair_json) {
+        char *json;
+
+        ck_assert_int_ge(asprintf(&json,
+                                  "[{\"name\": \"counter\", \"size\": 4096}, %s,"
+                                  " {\"name\": \"ring\", \"layout\": \"ring\", \"slot_size\": 256, \"slots\": 8},"
+                                  " {\"name\": \"secret\", \"size\": 4096, \"mode\": \"0600\"},"
+                                  " {\"name\": \"public\", \"size\": 4096, \"mode\": \"0644\"}]",
+                                  pair_json), 0);
+        return json;
+}
+
+static char *channels_with_pair_size(size_t size) {
+        char pair[128];
+
+        snprintf(pair, sizeof pair, "{\"name\": \"pair\", \"size\": %zu, \"semaphores\": [1, 0]}", size);
+        return channels_with_pair(pair);
+}
+
+/* Write the config and reload; the answer must be a success. */
+static void reload_to(const char *channels_json) {
+        shmb_reload_result res;
+        shmb_client *c;
+        int r;
+
+        test_daemon_write_config(&td, channels_json);
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        r = shmb_reload(c, &res);
+        ck_assert_msg(r == 0, "reload: %s (%s)", shmb_strerror(r), shmb_client_last_message(c));
+        shmb_reload_result_free(&res);
+        shmb_disconnect(c);
+}
+
+/* The broker's view of "pair": its ids and how many holds it lists. */
+static void pair_status(int *ret_shm_id, int *ret_sem_id, size_t *ret_holds) {
+        shmb_channel_status *v;
+        shmb_client *c;
+        size_t n;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_status(c, "pair", &v, &n), 0);
+        ck_assert_uint_eq(n, 1);
+        *ret_shm_id = v[0].info.shm_id;
+        *ret_sem_id = v[0].info.sem_id;
+        *ret_holds = v[0].n_clients;
+        shmb_status_free(v, n);
+        shmb_disconnect(c);
+}
+
+/*
+ * What an open handed out is consistent: the id is the segment the broker
+ * described (key, unless it was removed since; size), and the address maps
+ * that very segment (a byte written through it shows through a fresh
+ * attachment by id). For children too: no Check assertions.
+ */
+static bool mapping_is_segment(shmb_channel *ch, unsigned char cookie) {
+        const shmb_channel_info *info = shmb_channel_get_info(ch);
+        volatile unsigned char *addr = shmb_channel_addr(ch);
+        struct shmid_ds ds;
+        unsigned char *fresh;
+        bool same;
+
+        if (shmctl(info->shm_id, IPC_STAT, &ds) < 0 || ds.shm_segsz != info->size ||
+            shmb_channel_size(ch) != info->size)
+                return false;
+        if ((uint32_t) ds.shm_perm.__key != info->shm_key && !(ds.shm_perm.mode & SHM_DEST))
+                return false;
+        addr[info->size - 1] = cookie;
+        fresh = shmat(info->shm_id, NULL, SHM_RDONLY);
+        if (fresh == (void *) -1)
+                return false;
+        same = fresh[info->size - 1] == cookie;
+        shmdt(fresh);
+        return same;
+}
+
+/* Write a file whole, by rename: for a child, where the helpers' assertions do not belong. */
+static bool write_file(const char *path, const char *text) {
+        char tmp[512];
+        FILE *f;
+        bool ok;
+
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        f = fopen(tmp, "we");
+        if (!f)
+                return false;
+        ok = fputs(text, f) >= 0;
+        ok = fclose(f) == 0 && ok;
+        return ok && rename(tmp, path) == 0;
+}
+
+#define RACE_RELOADS 150
+#define RACE_MAX_MS 20000
+
+/* The reloader: replace "pair" n times, alternating between the two configs. Exits 0 when all were done. */
+static _Noreturn void reload_loop(char *const configs[2], int n) {
+        shmb_client *c;
+
+        if (shmb_connect(NULL, &c) < 0)
+                _exit(2);
+        for (int i = 0; i < n; i++) {
+                shmb_reload_result res;
+
+                if (!write_file(td.config, configs[i % 2]))
+                        _exit(3);
+                if (shmb_reload(c, &res) < 0)
+                        _exit(4);
+                shmb_reload_result_free(&res);
+        }
+        shmb_disconnect(c);
+        _exit(0);
+}
+
+START_TEST(test_open_racing_replacements_is_never_exdev) {
+        char *channels_json[2] = { channels_with_pair_size(PAIR_GROWN), channels_with_pair_size(PAIR_SIZE) };
+        char *configs[2];
+        shmb_channel *prev = NULL, *ch;
+        shmb_client *c;
+        int status = -1, last_id = -1, ids_seen = 0, opened = 0, churned = 0;
+        int64_t deadline = test_now_ms() + RACE_MAX_MS;
+        pid_t pid;
+
+        for (int i = 0; i < 2; i++)
+                ck_assert_int_ge(asprintf(&configs[i], "{\"version\": 1, \"socket\": \"%s\", \"channels\": %s}\n", td.socket,
+                                          channels_json[i]), 0);
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0)
+                reload_loop(configs, RACE_RELOADS);
+
+        /*
+         * Open again and again while the reloader replaces the channel. The
+         * previous handle stays attached until the next open succeeded, so a
+         * replaced segment often lives on (keyless) and a stale id still
+         * attaches: the case that used to be taken for another namespace.
+         */
+        for (int i = 0;; i++) {
+                int r = i % 2 ? shmb_open(c, "pair", SHMB_RW, &ch) : shmb_open_channel(NULL, "pair", SHMB_RW, &ch);
+
+                ck_assert_msg(r != -EXDEV, "open #%d while the channel was being replaced: -EXDEV", i);
+                /* -EIDRM only when it was replaced again each time the library asked. */
+                ck_assert_msg(r == 0 || r == -EIDRM, "open #%d: %s", i, shmb_strerror(r));
+                if (r == 0) {
+                        const shmb_channel_info *info = shmb_channel_get_info(ch);
+
+                        ck_assert_msg(info->size == PAIR_SIZE || info->size == PAIR_GROWN, "size %" PRIu64, info->size);
+                        ck_assert_msg(mapping_is_segment(ch, (unsigned char) i), "open #%d handed out an inconsistent mapping", i);
+                        ids_seen += info->shm_id != last_id;
+                        last_id = info->shm_id;
+                        ck_assert_int_eq(shmb_close(prev), 0);
+                        prev = ch;
+                        opened++;
+                } else
+                        churned++;
+                if (waitpid(pid, &status, WNOHANG) == pid)
+                        break;
+                ck_assert_msg(test_now_ms() < deadline, "the reloader did not finish in time");
+        }
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "reloader: status %d", status);
+        /* The opens did overlap the reloads. */
+        ck_assert_int_gt(opened, 0);
+        ck_assert_int_ge(ids_seen, 2);
+        ck_assert_int_eq(shmb_close(prev), 0);
+        shmb_disconnect(c);
+        /* Nothing doubled, nothing left over from the failed attempts. */
+        ck_assert_int_eq(test_ipcs_count("-m"), 5);
+        ck_assert_int_eq(test_ipcs_count("-s"), 5);
+        fprintf(stderr, "open racing %d replacements: %d opened, %d replaced each time (-EIDRM)\n", RACE_RELOADS, opened,
+                churned);
+        for (int i = 0; i < 2; i++) {
+                free(configs[i]);
+                free(channels_json[i]);
+        }
+}
+END_TEST
+
+/*
+ * The deterministic race: the opener runs traced, and stops on entering its
+ * first shmat(), after the broker answered; the broker then reloads, and
+ * the opener goes on with ids the reload made stale. Nothing is mocked: the
+ * real daemon, socket and kernel, stopped at the one point that matters.
+ */
+typedef struct Race {
+        const char *reload_to;          /* the channels the broker reloads to, while the opener is stopped */
+        bool unprivileged;              /* open as uid 65534 in RACE_GROUP */
+} Race;
+
+typedef struct RaceResult {
+        int r;
+        int shm_id, sem_id;
+        uint64_t size;
+        bool consistent;
+        char message[256];
+} RaceResult;
+
+typedef struct RaceChild {
+        pid_t pid;
+        int go;                         /* closing it lets the opener close and exit */
+        RaceResult result;
+} RaceChild;
+
+static _Noreturn void race_opener(const Race *race, int report, int go) {
+        RaceResult res = { .r = -ENOSYS };
+        shmb_channel *ch = NULL;
+        shmb_client *c = NULL;
+        char byte;
+
+        if (race->unprivileged)
+                test_drop_privileges(65534, 65534, RACE_GROUP);
+        if (ptrace(PTRACE_TRACEME, 0, NULL, NULL) < 0)
+                _exit(77);
+        raise(SIGSTOP);
+        res.r = shmb_connect(NULL, &c);
+        if (res.r == 0) {
+                res.r = shmb_open(c, "pair", SHMB_RW, &ch);
+                snprintf(res.message, sizeof res.message, "%s", shmb_client_last_message(c));
+        }
+        if (res.r == 0) {
+                res.shm_id = shmb_channel_get_info(ch)->shm_id;
+                res.sem_id = shmb_channel_get_info(ch)->sem_id;
+                res.size = shmb_channel_size(ch);
+                res.consistent = mapping_is_segment(ch, 0x5a);
+        }
+        if (write(report, &res, sizeof res) != (ssize_t) sizeof res)
+                _exit(3);
+        /* Hold the channel until the parent has looked at the broker's status. */
+        while (read(go, &byte, 1) > 0)
+                ;
+        shmb_close(ch);
+        shmb_disconnect(c);
+        _exit(0);
+}
+
+/* Run the race; false when this system does not let a process trace its child (nothing to check then). */
+static bool race_run(const Race *race, RaceChild *ret) {
+#ifdef SYS_shmat
+        int report[2], go[2], status, sig = 0;
+        pid_t pid;
+
+        ck_assert_int_eq(pipe(report), 0);
+        ck_assert_int_eq(pipe(go), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                close(report[0]);
+                close(go[1]);
+                race_opener(race, report[1], go[0]);
+        }
+        close(report[1]);
+        close(go[0]);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
+                fprintf(stderr, "ptrace(PTRACE_TRACEME) is not permitted here: the deterministic race is not run\n");
+                close(report[0]);
+                close(go[1]);
+                return false;
+        }
+        ck_assert_msg(WIFSTOPPED(status) && WSTOPSIG(status) == SIGSTOP, "opener: status %d", status);
+        /* EXITKILL: should an assertion end this test, the opener goes with it. */
+        ck_assert_int_eq(ptrace(PTRACE_SETOPTIONS, pid, NULL, (void *) (long) (PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL)), 0);
+        for (int stops = 0;; stops++) {
+                struct ptrace_syscall_info si;
+
+                ck_assert_msg(stops < 100000, "the opener never called shmat()");
+                ck_assert_int_eq(ptrace(PTRACE_SYSCALL, pid, NULL, (void *) (long) sig), 0);
+                ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+                ck_assert_msg(WIFSTOPPED(status), "the opener ended before it attached: status %d", status);
+                if (WSTOPSIG(status) != (SIGTRAP | 0x80)) {
+                        sig = WSTOPSIG(status);         /* a signal of its own: deliver it */
+                        continue;
+                }
+                sig = 0;
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, pid, (void *) sizeof si, &si), 0);
+                if (si.op == PTRACE_SYSCALL_INFO_ENTRY && si.entry.nr == SYS_shmat)
+                        break;
+        }
+        /* The broker has answered; the opener has not attached yet. */
+        reload_to(race->reload_to);
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, pid, NULL, NULL), 0);
+        ck_assert_int_eq(read(report[0], &ret->result, sizeof ret->result), (ssize_t) sizeof ret->result);
+        close(report[0]);
+        ret->pid = pid;
+        ret->go = go[1];
+        return true;
+#else
+        /* shmat() goes through the ipc() multiplexer here: no syscall number to stop at. */
+        fprintf(stderr, "no shmat system call of its own on this architecture: the deterministic race is not run\n");
+        return false;
+#endif
+}
+
+static void race_end(RaceChild *child) {
+        int status;
+
+        close(child->go);
+        ck_assert_int_eq(waitpid(child->pid, &status, 0), child->pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "opener: status %d", status);
+}
+
+/* Replaced between the answer and the attach: the library asks again and attaches the new objects. */
+static void race_replaced(bool keep_old_attached) {
+        char *grown = channels_with_pair_size(PAIR_GROWN);
+        Race race = { .reload_to = grown };
+        shmb_channel *old = NULL;
+        int old_shm, old_sem, shm_id, sem_id;
+        size_t holds;
+        RaceChild child;
+
+        /* Another client keeps the old segment alive: a stale id then still attaches, to a keyless segment. */
+        if (keep_old_attached)
+                old = open_ok("pair", SHMB_RW);
+        pair_status(&old_shm, &old_sem, &holds);
+        if (!race_run(&race, &child)) {
+                shmb_close(old);
+                free(grown);
+                return;
+        }
+        ck_assert_msg(child.result.r == 0, "open across a replacement: %s", shmb_strerror(child.result.r));
+        pair_status(&shm_id, &sem_id, &holds);
+        ck_assert_int_ne(shm_id, old_shm);
+        ck_assert_int_eq(child.result.shm_id, shm_id);
+        ck_assert_int_eq(child.result.sem_id, sem_id);
+        ck_assert_uint_eq(child.result.size, PAIR_GROWN);
+        ck_assert_msg(child.result.consistent, "the opener's mapping is not the segment it names");
+        /* One hold: the opener's, asked for twice on one connection; the old client's went with the old objects. */
+        ck_assert_uint_eq(holds, 1);
+        race_end(&child);
+        pair_status(&shm_id, &sem_id, &holds);
+        ck_assert_uint_eq(holds, 0);
+        shmb_close(old);
+        ck_assert_int_eq(test_ipcs_count("-m"), 5);
+        ck_assert_int_eq(test_ipcs_count("-s"), 5);
+        free(grown);
+}
+
+START_TEST(test_open_replaced_before_attach_old_segment_alive) {
+        race_replaced(true);
+}
+END_TEST
+
+START_TEST(test_open_replaced_before_attach_old_segment_gone) {
+        race_replaced(false);
+}
+END_TEST
+
+START_TEST(test_open_removed_before_attach_is_enoent) {
+        static const char *const without_pair =
+                "[{\"name\": \"counter\", \"size\": 4096},"
+                " {\"name\": \"ring\", \"layout\": \"ring\", \"slot_size\": 256, \"slots\": 8},"
+                " {\"name\": \"secret\", \"size\": 4096, \"mode\": \"0600\"},"
+                " {\"name\": \"public\", \"size\": 4096, \"mode\": \"0644\"}]";
+        Race race = { .reload_to = without_pair };
+        RaceChild child;
+
+        if (!race_run(&race, &child))
+                return;
+        /* The broker's own answer to the repeated open, with its message. */
+        ck_assert_msg(child.result.r == -ENOENT, "open of a channel removed meanwhile: %s", shmb_strerror(child.result.r));
+        ck_assert_msg(strstr(child.result.message, "pair"), "message: %s", child.result.message);
+        race_end(&child);
+        ck_assert_int_eq(test_ipcs_count("-m"), 4);
+        ck_assert_int_eq(test_ipcs_count("-s"), 4);
+}
+END_TEST
+
+START_TEST(test_open_rights_revoked_before_attach_is_eacces) {
+        char *shared = channels_with_pair("{\"name\": \"pair\", \"size\": 65536, \"semaphores\": [1, 0],"
+                                                         " \"group\": " RACE_GROUP_JSON ", \"mode\": \"0660\"}");
+        char *tightened = channels_with_pair("{\"name\": \"pair\", \"size\": 65536, \"semaphores\": [1, 0],"
+                                                            " \"group\": " RACE_GROUP_JSON ", \"mode\": \"0600\"}");
+        Race race = { .reload_to = tightened, .unprivileged = true };
+        int shm_id, sem_id;
+        size_t holds;
+        RaceChild child;
+
+        reload_to(shared);
+        free(shared);
+        if (!race_run(&race, &child)) {
+                free(tightened);
+                return;
+        }
+        /* The reload took the opener's rights (so it replaced the channel it had been granted): refused, not -EXDEV. */
+        ck_assert_msg(child.result.r == -EACCES, "open whose rights were revoked meanwhile: %s",
+                      shmb_strerror(child.result.r));
+        ck_assert_msg(strstr(child.result.message, "may not open"), "message: %s", child.result.message);
+        pair_status(&shm_id, &sem_id, &holds);
+        ck_assert_uint_eq(holds, 0);
+        race_end(&child);
+        ck_assert_int_eq(test_ipcs_count("-m"), 5);
+        ck_assert_int_eq(test_ipcs_count("-s"), 5);
+        free(tightened);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -1000,6 +1408,10 @@ int main(void) {
                             test_ring_sender_dead_mid_message_is_skipped, test_ring_receiver_dead_mid_message_frees_slot,
                             test_ring_wait_behind_live_stuck_claim_times_out } },
                 { "faults", CASE_TIMEOUT, { test_thousand_clients_killed_at_random } },
+                { "races", CASE_TIMEOUT, { test_open_racing_replacements_is_never_exdev,
+                             test_open_replaced_before_attach_old_segment_alive,
+                             test_open_replaced_before_attach_old_segment_gone, test_open_removed_before_attach_is_enoent,
+                             test_open_rights_revoked_before_attach_is_eacces } },
                 { "admin", CASE_TIMEOUT, { test_list_and_status_structs } },
                 { "programs", CASE_TIMEOUT, { test_examples_exchange, test_shmbrokerctl } },
         };
