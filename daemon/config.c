@@ -358,16 +358,17 @@ static int parse_limit(Ctx *ctx, json_t *v, const char *key, int64_t min, int64_
 }
 
 static int parse_limits(Ctx *ctx, json_t *o, ConfigLimits *l) {
-        json_t *jreq = NULL, *jconn = NULL, *juid = NULL, *jtimeout = NULL, *jout = NULL;
+        json_t *jreq = NULL, *jconn = NULL, *juid = NULL, *jtimeout = NULL, *jout = NULL, *jbufs = NULL;
         char why[256];
         json_error_t jerr;
         int r;
 
         if (!json_is_object(o))
                 return fail(ctx, "\"limits\" must be an object");
-        if (json_unpack_ex(o, &jerr, 0, "{s?:o, s?:o, s?:o, s?:o, s?:o !}", "request_max", &jreq,
+        if (json_unpack_ex(o, &jerr, 0, "{s?:o, s?:o, s?:o, s?:o, s?:o, s?:o !}", "request_max", &jreq,
                            "connections_max", &jconn, "connections_per_uid", &juid,
-                           "request_timeout_ms", &jtimeout, "output_max", &jout) < 0) {
+                           "request_timeout_ms", &jtimeout, "output_max", &jout,
+                           "buffers_per_uid", &jbufs) < 0) {
                 json_unpack_message(&jerr, why, sizeof why);
                 return fail(ctx, "\"limits\": %s", why);
         }
@@ -375,7 +376,8 @@ static int parse_limits(Ctx *ctx, json_t *o, ConfigLimits *l) {
             (r = parse_limit(ctx, jconn, "connections_max", 1, 1000000, &l->connections_max)) ||
             (r = parse_limit(ctx, juid, "connections_per_uid", 1, 1000000, &l->connections_per_uid)) ||
             (r = parse_limit(ctx, jtimeout, "request_timeout_ms", 10, 3600 * 1000, &l->request_timeout_ms)) ||
-            (r = parse_limit(ctx, jout, "output_max", 4096, 1 << 30, &l->output_max)))
+            (r = parse_limit(ctx, jout, "output_max", 4096, 1 << 30, &l->output_max)) ||
+            (r = parse_limit(ctx, jbufs, "buffers_per_uid", 65536, 1 << 30, &l->buffers_per_uid)))
                 return r;
         return 0;
 }

@@ -41,6 +41,7 @@ typedef struct ConfigLimits {
         uint32_t connections_per_uid;   /* open connections of one uid */
         uint32_t request_timeout_ms;    /* to finish a half-sent request line */
         uint32_t output_max;            /* answer bytes queued for a client that does not read */
+        uint32_t buffers_per_uid;       /* bytes of all of one uid's connection buffers, in and out */
 } ConfigLimits;
 
 #define CONFIG_LIMITS_DEFAULT ((ConfigLimits) {         \
@@ -49,6 +50,7 @@ typedef struct ConfigLimits {
         .connections_per_uid = 1024,                    \
         .request_timeout_ms = 10000,                    \
         .output_max = 256 * 1024,                       \
+        .buffers_per_uid = 16 * 1024 * 1024,            \
 })
 
 typedef struct Config {

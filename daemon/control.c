@@ -1,3 +1,31 @@
+/*
+ * The control socket's server side: accepting, one Conn per client, and
+ * the limits that keep one client from costing the others.
+ *
+ * A Conn reads what its peer sends into `in` (up to PROTO_LINE_MAX) and
+ * answers complete lines through dispatch into `out`, in order. It answers
+ * at most LINES_PER_TURN lines per turn of the event loop and comes back
+ * for the rest through a defer source, so a client that pipelines
+ * thousands of requests holds up neither the others nor its own deadline.
+ *
+ * What bounds a client:
+ *  - Backpressure: with output_max bytes of answers unread we stop reading
+ *    its requests, and nothing more is buffered for it.
+ *  - The request timer, for a line left half-sent. The clock belongs to the
+ *    line, named by the stream offset where it starts: it starts when that
+ *    line's first bytes are read and answering the complete lines before it
+ *    does not push it back; only the next line restarts it. It stops while
+ *    we do not read (backpressure, or a full buffer), because the line's end
+ *    may then be waiting unread in the socket, and starts afresh after. A
+ *    connection with no unfinished line is never timed.
+ *  - Per-uid accounting: the capacity of every connection's buffers is
+ *    charged to its peer's uid, and a uid may buffer at most buffers_per_uid
+ *    bytes. Growth past it closes that uid's newest connections first
+ *    (ENOBUFS), never an older one for a newer one's sake and never another
+ *    uid's: long-standing holders keep working while a burst of new
+ *    connections is turned away, as the connection caps do at accept.
+ */
+
 #include <errno.h>
 #include <inttypes.h>
 #include <fcntl.h>
@@ -6,28 +34,48 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 
 #include "common/util.h"
 #include "daemon/control.h"
 #include "daemon/log.h"
 
-#define IN_CHUNK 512u         /* most requests fit; and malloc serves it from its per-thread cache */
+#define IN_CHUNK 512u           /* most requests fit; and malloc serves it from its per-thread cache */
+#define LINES_PER_TURN 64u      /* answered per turn: bounds one turn's work, and how far a deadline overshoots */
 #define ACCEPT_PAUSE_USEC (100 * 1000)
+#define NO_LINE UINT64_MAX
 
 typedef struct Conn Conn;
+typedef struct UidAcct UidAcct;
+
+/* What the connections of one uid cost; exists while it has any. */
+struct UidAcct {
+        uid_t uid;
+        size_t n_conns;
+        size_t bytes;                   /* capacity of their in and out buffers */
+        LIST_HEAD(, Conn) conns;        /* newest first */
+};
 
 struct Conn {
         Control *control;
         int fd;
         sd_event_source *source;
+        sd_event_source *more;          /* enabled while complete lines wait for another turn */
         Client client;
+        UidAcct *acct;                  /* NULL until the peer's uid is known */
+        LIST_ENTRY(Conn) uid_link;
+        size_t charged;                 /* in_cap + out_cap, as counted in acct->bytes */
         char *in;
         size_t in_len, in_cap;
+        uint64_t in_pos;                /* stream offset of in[0]: bytes consumed so far */
+        uint64_t line_pos;              /* stream offset where the last, unterminated line starts */
+        uint64_t timed_pos;             /* the line the request timer runs for, or NO_LINE */
+        uint64_t deadline;              /* CLOCK_MONOTONIC usec, while timed_pos is set */
         char *out;
-        size_t out_len, out_off;
+        size_t out_len, out_off, out_cap;
         bool closing;           /* answer sent for a fatal error; close once flushed */
         bool eof;
-        sd_event_source *timeout;       /* armed while a request line is half-sent */
+        sd_event_source *timeout;       /* the request timer; when closing, the deadline to take the last answer */
         LIST_ENTRY(Conn) link;
 };
 
@@ -43,7 +91,165 @@ struct Control {
         int reserve_fd;         /* spent to answer a client when out of descriptors */
         LIST_HEAD(, Conn) conns;
         size_t n_conns;
+        UidAcct **accts;        /* sorted by uid, for lookup at accept */
+        size_t n_accts, accts_cap;
 };
+
+static uint64_t now_usec(void) {
+        struct timespec ts;
+
+        /* Not sd_event_now(): that is when this loop turn began, and a turn may answer many lines. */
+        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
+/* ---- per-uid accounting ---- */
+
+/* Index of uid's entry in the sorted table, or where it would go. */
+static size_t acct_search(const Control *c, uid_t uid, bool *ret_found) {
+        size_t lo = 0, hi = c->n_accts;
+
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+
+                if (c->accts[mid]->uid < uid)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        *ret_found = lo < c->n_accts && c->accts[lo]->uid == uid;
+        return lo;
+}
+
+/* Count conn, whose peer is known, as its uid's newest connection. */
+static int acct_attach(Control *c, Conn *conn) {
+        uid_t uid = conn->client.peer.uid;
+        bool found;
+        size_t i = acct_search(c, uid, &found);
+        UidAcct *a;
+
+        if (!found) {
+                if (c->n_accts == c->accts_cap) {
+                        size_t cap = c->accts_cap ? c->accts_cap * 2 : 16;
+                        UidAcct **v = reallocarray(c->accts, cap, sizeof *v);
+
+                        if (!v)
+                                return -ENOMEM;
+                        c->accts = v;
+                        c->accts_cap = cap;
+                }
+                a = calloc(1, sizeof *a);
+                if (!a)
+                        return -ENOMEM;
+                a->uid = uid;
+                LIST_INIT(&a->conns);
+                memmove(c->accts + i + 1, c->accts + i, (c->n_accts - i) * sizeof *c->accts);
+                c->accts[i] = a;
+                c->n_accts++;
+        }
+        a = c->accts[i];
+        LIST_INSERT_HEAD(&a->conns, conn, uid_link);
+        a->n_conns++;
+        a->bytes += conn->charged;
+        conn->acct = a;
+        return 0;
+}
+
+/* Called once conn's buffers are freed; the entry goes with the uid's last connection. */
+static void acct_detach(Conn *conn) {
+        Control *c = conn->control;
+        UidAcct *a = conn->acct;
+        bool found;
+        size_t i;
+
+        if (!a)
+                return;
+        conn->acct = NULL;
+        LIST_REMOVE(conn, uid_link);
+        a->bytes -= conn->charged;
+        conn->charged = 0;
+        if (--a->n_conns > 0)
+                return;
+        i = acct_search(c, a->uid, &found);
+        if (found) {
+                memmove(c->accts + i, c->accts + i + 1, (c->n_accts - i - 1) * sizeof *c->accts);
+                c->n_accts--;
+        }
+        free(a);
+}
+
+/* Buffer capacity of conn went from `from` to `to` bytes. */
+static void conn_recharge(Conn *conn, size_t from, size_t to) {
+        conn->charged = conn->charged - from + to;
+        if (conn->acct)
+                conn->acct->bytes = conn->acct->bytes - from + to;
+}
+
+/* ---- buffers ---- */
+
+static size_t pending_output(const Conn *conn) {
+        return conn->out_len - conn->out_off;
+}
+
+static void conn_drop_input(Conn *conn) {
+        conn_recharge(conn, conn->in_cap, 0);
+        free(conn->in);
+        conn->in = NULL;
+        conn->in_pos += conn->in_len;
+        conn->line_pos = conn->in_pos;
+        conn->in_len = conn->in_cap = 0;
+}
+
+static void conn_drop_output(Conn *conn) {
+        conn_recharge(conn, conn->out_cap, 0);
+        free(conn->out);
+        conn->out = NULL;
+        conn->out_len = conn->out_off = conn->out_cap = 0;
+}
+
+/* Drop the first n buffered bytes, which were answered (or refused). */
+static void conn_consume_input(Conn *conn, size_t n) {
+        if (n >= conn->in_len) {
+                /* An idle client costs no buffer: thousands of holders stay cheap. */
+                conn_drop_input(conn);
+                return;
+        }
+        if (n == 0)
+                return;
+        memmove(conn->in, conn->in + n, conn->in_len - n);
+        conn->in_len -= n;
+        conn->in_pos += n;
+        conn->line_pos = MAX(conn->line_pos, conn->in_pos);
+}
+
+/*
+ * Answers not yet begun are dropped: a connection closed for its uid's
+ * memory must give that memory back. A line already partly sent stays, so
+ * the peer still reads whole lines, and then our reason.
+ */
+static void conn_trim_output(Conn *conn) {
+        size_t keep = 0;
+        char *p;
+
+        if (conn->out_off > 0 && conn->out[conn->out_off - 1] != '\n') {
+                char *nl = memchr(conn->out + conn->out_off, '\n', pending_output(conn));
+
+                keep = nl ? (size_t) (nl - (conn->out + conn->out_off)) + 1 : pending_output(conn);
+        }
+        if (keep == 0) {
+                conn_drop_output(conn);
+                return;
+        }
+        memmove(conn->out, conn->out + conn->out_off, keep);
+        conn->out_off = 0;
+        conn->out_len = keep;
+        p = realloc(conn->out, keep);
+        if (!p)
+                return;         /* shrinking failed: the old block is still ours, and still charged */
+        conn->out = p;
+        conn_recharge(conn, conn->out_cap, keep);
+        conn->out_cap = keep;
+}
 
 /*
  * Closing a Unix socket with unread input makes the peer's next read fail
@@ -71,6 +277,7 @@ static Conn *conn_free(Conn *conn) {
                 log_debug("Client pid %d gone, dropping its holds.", (int) conn->client.peer.pid);
         client_done(&conn->client);
         sd_event_source_disable_unref(conn->source);
+        sd_event_source_disable_unref(conn->more);
         sd_event_source_disable_unref(conn->timeout);
         if (conn->fd >= 0)
                 close(conn->fd);
@@ -79,39 +286,11 @@ static Conn *conn_free(Conn *conn) {
         /* A descriptor came free: accept again if we had paused. */
         if (conn->control->listen_source)
                 (void) sd_event_source_set_enabled(conn->control->listen_source, SD_EVENT_ON);
-        free(conn->in);
-        free(conn->out);
+        conn_drop_input(conn);
+        conn_drop_output(conn);
+        acct_detach(conn);
         free(conn);
         return NULL;
-}
-
-static int queue_output(Conn *conn, char *line, size_t len) {
-        /* flush_output() frees the buffer whenever it empties: none means nothing queued. */
-        if (!conn->out) {
-                conn->out = line;
-                conn->out_len = len;
-                return 0;
-        }
-        /* Compact, then append. */
-        if (conn->out_off > 0) {
-                memmove(conn->out, conn->out + conn->out_off, conn->out_len - conn->out_off);
-                conn->out_len -= conn->out_off;
-                conn->out_off = 0;
-        }
-        char *n = realloc(conn->out, conn->out_len + len);
-        if (!n) {
-                free(line);
-                return -ENOMEM;
-        }
-        memcpy(n + conn->out_len, line, len);
-        conn->out = n;
-        conn->out_len += len;
-        free(line);
-        return 0;
-}
-
-static size_t pending_output(const Conn *conn) {
-        return conn->out_len - conn->out_off;
 }
 
 /* Returns 0, or -errno when the connection is broken. */
@@ -128,9 +307,8 @@ static int flush_output(Conn *conn) {
                 }
                 conn->out_off += (size_t) n;
         }
-        free(conn->out);
-        conn->out = NULL;
-        conn->out_len = conn->out_off = 0;
+        /* Nothing queued costs nothing. */
+        conn_drop_output(conn);
         return 0;
 }
 
@@ -142,24 +320,78 @@ static bool has_line(const Conn *conn) {
                proto_frame_next_max(conn->in, conn->in_len, conn->control->limits->request_max, &ignored) != 0;
 }
 
-static int on_conn_timeout(sd_event_source *s, uint64_t usec, void *userdata);
+/*
+ * Whether we take more of the client's bytes: not when closing or at its
+ * end, not while it leaves output_max of answers unread (backpressure), and
+ * not while the buffer is full (answering makes room).
+ */
+static bool conn_reading(const Conn *conn) {
+        return !conn->closing && !conn->eof && pending_output(conn) < conn->control->limits->output_max &&
+               !(conn->in_len == conn->in_cap && conn->in_cap >= PROTO_LINE_MAX);
+}
 
-/* (Re)start the connection's one timer, request_timeout_ms from now. */
-static int conn_arm_timeout(Conn *conn) {
-        uint64_t now;
+/* An unfinished line is buffered: bytes after the last newline. */
+static bool has_partial_line(const Conn *conn) {
+        return conn->line_pos < conn->in_pos + conn->in_len;
+}
+
+static int on_conn_timeout(sd_event_source *s, uint64_t usec, void *userdata);
+static int on_conn_more(sd_event_source *s, void *userdata);
+
+/* Set the connection's one timer to fire at `usec` (CLOCK_MONOTONIC). */
+static int conn_arm_timeout(Conn *conn, uint64_t usec) {
         int r;
 
-        r = sd_event_now(conn->control->event, CLOCK_MONOTONIC, &now);
-        if (r < 0)
-                return r;
-        now += (uint64_t) conn->control->limits->request_timeout_ms * 1000;
         if (!conn->timeout)
-                return sd_event_add_time(conn->control->event, &conn->timeout, CLOCK_MONOTONIC, now, 0,
+                return sd_event_add_time(conn->control->event, &conn->timeout, CLOCK_MONOTONIC, usec, 0,
                                          on_conn_timeout, conn);
-        r = sd_event_source_set_time(conn->timeout, now);
+        r = sd_event_source_set_time(conn->timeout, usec);
         if (r >= 0)
                 r = sd_event_source_set_enabled(conn->timeout, SD_EVENT_ONESHOT);
         return r;
+}
+
+static int conn_make_room(Conn *conn, size_t grow);
+
+static int queue_output(Conn *conn, char *line, size_t len) {
+        /* Every encoder allocates the line with a NUL after its newline: len + 1 bytes. */
+        size_t cap = conn->out ? pending_output(conn) + len : len + 1;
+        char *n;
+        int r;
+
+        if (cap > conn->out_cap) {
+                r = conn_make_room(conn, cap - conn->out_cap);
+                if (r != 0) {
+                        free(line);
+                        return r < 0 ? r : 0;   /* closing: the answer is not wanted */
+                }
+        }
+        /* flush_output() frees the buffer whenever it empties: none means nothing queued. */
+        if (!conn->out) {
+                conn->out = line;
+                conn->out_len = len;
+                conn->out_cap = len + 1;
+                conn_recharge(conn, 0, conn->out_cap);
+                return 0;
+        }
+        /* Compact, then append. */
+        if (conn->out_off > 0) {
+                memmove(conn->out, conn->out + conn->out_off, conn->out_len - conn->out_off);
+                conn->out_len -= conn->out_off;
+                conn->out_off = 0;
+        }
+        n = realloc(conn->out, cap);
+        if (!n) {
+                free(line);
+                return -ENOMEM;
+        }
+        memcpy(n + conn->out_len, line, len);
+        conn->out = n;
+        conn->out_len += len;
+        conn_recharge(conn, conn->out_cap, cap);
+        conn->out_cap = cap;
+        free(line);
+        return 0;
 }
 
 /*
@@ -181,33 +413,102 @@ static int conn_fail(Conn *conn, int err, const char *why) {
         if (r >= 0)
                 r = queue_output(conn, resp, resp_len);
         if (r >= 0)
-                r = conn_arm_timeout(conn);
+                r = conn_arm_timeout(conn, now_usec() + (uint64_t) conn->control->limits->request_timeout_ms * 1000);
         return r;
 }
 
 /*
- * Answer every complete line we have, as long as the client keeps reading.
- * *ret_consumed says whether a line was taken, so the timer can restart.
+ * Close conn because its uid's buffers would exceed buffers_per_uid: its
+ * buffers go at once, an ENOBUFS answer says why. 0, or negative errno
+ * when even that could not be done.
  */
-static int process_input(Conn *conn, bool *ret_consumed) {
+static int conn_fail_nobufs(Conn *conn) {
+        uint32_t max = conn->control->limits->buffers_per_uid;
+        char why[160];
+
+        log_info("Closing a connection of pid %d: uid %u's connections would buffer more than %" PRIu32
+                 " bytes (buffers_per_uid).", (int) conn->client.peer.pid, (unsigned) conn->client.peer.uid, max);
+        snprintf(why, sizeof why, "uid %u's connections would buffer more than %" PRIu32
+                 " bytes, the most allowed; its newest are closed first", (unsigned) conn->client.peer.uid, max);
+        conn_drop_input(conn);
+        conn_trim_output(conn);
+        return conn_fail(conn, ENOBUFS, why);
+}
+
+static int conn_update_events(Conn *conn) {
+        uint32_t events = 0;
+        int r;
+
+        if (conn_reading(conn))
+                events |= EPOLLIN;
+        if (pending_output(conn) > 0)
+                events |= EPOLLOUT;
+        r = sd_event_source_set_io_events(conn->source, events);
+        if (r < 0)
+                return r;
+        /* Complete lines left after a turn: nothing else would wake us for bytes already read. */
+        if (conn->closing || pending_output(conn) >= conn->control->limits->output_max || !has_line(conn))
+                return conn->more ? sd_event_source_set_enabled(conn->more, SD_EVENT_OFF) : 0;
+        if (!conn->more)
+                return sd_event_add_defer(conn->control->event, &conn->more, on_conn_more, conn);
+        return sd_event_source_set_enabled(conn->more, SD_EVENT_ONESHOT);
+}
+
+/*
+ * Whether conn's buffers may grow by `grow` bytes. Over the uid's
+ * buffers_per_uid, the uid's connections newer than conn that hold buffers
+ * are closed, newest first, until it fits; if it still does not, conn
+ * itself is. Returns 0: go ahead; 1: conn is closing, its buffers dropped,
+ * and must not grow; negative errno when conn could not even be failed.
+ */
+static int conn_make_room(Conn *conn, size_t grow) {
+        uint32_t max = conn->control->limits->buffers_per_uid;
+        UidAcct *a = conn->acct;
+        Conn *v, *next;
+        int r;
+
+        /* A closing connection grows by its last answer only, and is gone soon. */
+        if (!a || conn->closing || a->bytes + grow <= max)
+                return 0;
+        for (v = LIST_FIRST(&a->conns); v != conn && a->bytes + grow > max; v = next) {
+                next = LIST_NEXT(v, uid_link);
+                if (v->closing || v->charged == 0)
+                        continue;       /* closing ones free nothing more now, empty ones nothing at all */
+                r = conn_fail_nobufs(v);
+                if (r >= 0)
+                        r = flush_output(v);
+                if (r < 0 || pending_output(v) == 0 || conn_update_events(v) < 0)
+                        conn_free(v);
+        }
+        if (a->bytes + grow <= max)
+                return 0;
+        r = conn_fail_nobufs(conn);
+        return r < 0 ? r : 1;
+}
+
+/*
+ * Answer up to LINES_PER_TURN complete lines, as long as the client keeps
+ * taking our answers (output_max); the rest waits for the next turn.
+ */
+static int process_input(Conn *conn) {
+        const ConfigLimits *l = conn->control->limits;
         size_t off = 0, line_len;
         int r = 0;
 
-        while (!conn->closing && pending_output(conn) < conn->control->limits->output_max) {
+        for (unsigned n = 0; n < LINES_PER_TURN && !conn->closing && pending_output(conn) < l->output_max; n++) {
                 char *resp;
                 size_t resp_len;
 
-                r = proto_frame_next_max(conn->in + off, conn->in_len - off, conn->control->limits->request_max,
-                                         &line_len);
+                r = proto_frame_next_max(conn->in + off, conn->in_len - off, l->request_max, &line_len);
                 if (r == 0)
                         break;
                 if (r == E2BIG) {
                         char why[128];
 
                         log_info("Client pid %d sent a request line over %" PRIu32 " bytes; closing its connection.",
-                                 (int) conn->client.peer.pid, conn->control->limits->request_max);
+                                 (int) conn->client.peer.pid, l->request_max);
                         snprintf(why, sizeof why, "request line exceeds %" PRIu32 " bytes; closing the connection",
-                                 conn->control->limits->request_max);
+                                 l->request_max);
                         off = conn->in_len;
                         r = conn_fail(conn, E2BIG, why);
                         break;
@@ -216,40 +517,43 @@ static int process_input(Conn *conn, bool *ret_consumed) {
                 if (r < 0)
                         break;
                 off += line_len + 1;
+                /* The last line's buffer goes before its answer is charged: a client that sends one
+                 * request at a time never needs both at once. */
+                if (off == conn->in_len) {
+                        conn_consume_input(conn, off);
+                        off = 0;
+                }
+                /* May close conn for its uid's memory, which drops the input: consuming then takes nothing. */
                 r = queue_output(conn, resp, resp_len);
                 if (r < 0)
                         break;
         }
-        if (off > 0) {
-                memmove(conn->in, conn->in + off, conn->in_len - off);
-                conn->in_len -= off;
-                *ret_consumed = true;
-        }
-        /* An idle client costs no buffer: thousands of holders stay cheap. */
-        if (conn->in_len == 0 && conn->in) {
-                free(conn->in);
-                conn->in = NULL;
-                conn->in_cap = 0;
-        }
+        conn_consume_input(conn, off);
         return r < 0 ? r : 0;
 }
 
-/* Read what is there, up to the line limit. Returns 0, or -errno. */
+/*
+ * Read all the client has sent, up to a full buffer: seeing where its last
+ * line starts is what times that line from its first byte. 0, or -errno.
+ */
 static int read_input(Conn *conn) {
-        for (;;) {
+        while (conn_reading(conn)) {
                 ssize_t n;
+                char *nl;
 
                 if (conn->in_len == conn->in_cap) {
-                        size_t cap = conn->in_cap ? conn->in_cap * 2 : IN_CHUNK;
+                        size_t cap = MIN(conn->in_cap ? conn->in_cap * 2 : IN_CHUNK, (size_t) PROTO_LINE_MAX);
                         char *p;
+                        int r;
 
-                        if (conn->in_cap >= PROTO_LINE_MAX)
-                                return 0;       /* full: framing decides */
-                        cap = MIN(cap, (size_t) PROTO_LINE_MAX);
+                        r = conn_make_room(conn, cap - conn->in_cap);
+                        if (r != 0)
+                                return r < 0 ? r : 0;
                         p = realloc(conn->in, cap);
                         if (!p)
                                 return -ENOMEM;
                         conn->in = p;
+                        conn_recharge(conn, conn->in_cap, cap);
                         conn->in_cap = cap;
                 }
                 n = recv(conn->fd, conn->in + conn->in_len, conn->in_cap - conn->in_len, MSG_DONTWAIT);
@@ -262,72 +566,53 @@ static int read_input(Conn *conn) {
                         conn->eof = true;
                         return 0;
                 }
+                nl = memrchr(conn->in + conn->in_len, '\n', (size_t) n);
+                if (nl)
+                        conn->line_pos = conn->in_pos + (uint64_t) (nl - conn->in) + 1;
                 conn->in_len += (size_t) n;
-                if (memchr(conn->in + conn->in_len - n, '\n', (size_t) n))
-                        return 0;       /* answer before reading more */
+                if (has_partial_line(conn) && conn->timed_pos != conn->line_pos) {
+                        /* This line's first bytes came just now: its clock starts here, however
+                         * long answering the lines before it takes. */
+                        conn->timed_pos = conn->line_pos;
+                        conn->deadline = now_usec() + (uint64_t) conn->control->limits->request_timeout_ms * 1000;
+                }
         }
-}
-
-static int conn_update_events(Conn *conn) {
-        uint32_t events = 0;
-
-        if (!conn->closing && !conn->eof && pending_output(conn) < conn->control->limits->output_max)
-                events |= EPOLLIN;
-        if (pending_output(conn) > 0)
-                events |= EPOLLOUT;
-        return sd_event_source_set_io_events(conn->source, events);
-}
-
-/* A request line left half-sent for too long: answer, then close. Or, when closing, the answer was never taken. */
-static int on_conn_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
-        Conn *conn = userdata;
-        char why[128];
-
-        if (conn->closing) {
-                log_debug("Client pid %d did not read its last answer within %" PRIu32 " ms; closing.",
-                          (int) conn->client.peer.pid, conn->control->limits->request_timeout_ms);
-                conn_free(conn);
-                return 0;
-        }
-        log_info("Client pid %d left a request half-sent for %" PRIu32 " ms; closing its connection.",
-                 (int) conn->client.peer.pid, conn->control->limits->request_timeout_ms);
-        snprintf(why, sizeof why, "request not completed within %" PRIu32 " ms; closing the connection",
-                 conn->control->limits->request_timeout_ms);
-        if (conn_fail(conn, ETIMEDOUT, why) < 0 || flush_output(conn) < 0 || pending_output(conn) == 0 ||
-            conn_update_events(conn) < 0)
-                conn_free(conn);
         return 0;
 }
 
 /*
  * Only a half-sent request line is timed: a connection that is idle between
- * requests (a client holding its channels) is legitimate and never is.
+ * requests (a client holding its channels) is legitimate and never is. The
+ * clock runs while we read and an unfinished line is buffered, from the time
+ * that line's first bytes were read; see the top of this file.
  */
-static int conn_update_timeout(Conn *conn, bool new_line) {
-        int r;
-
+static int conn_update_timeout(Conn *conn) {
         if (conn->closing)
                 return 0;       /* the timer is the deadline for taking the last answer */
-        /* The clock runs only while an unfinished line waits for the client's
-         * bytes: not for complete lines we hold back (backpressure), not when idle. */
-        if (conn->in_len == 0 || conn->eof || has_line(conn)) {
-                if (conn->timeout)
-                        return sd_event_source_set_enabled(conn->timeout, SD_EVENT_OFF);
-                return 0;
+        if (!conn_reading(conn) || !has_partial_line(conn)) {
+                conn->timed_pos = NO_LINE;
+                return conn->timeout ? sd_event_source_set_enabled(conn->timeout, SD_EVENT_OFF) : 0;
         }
-        if (conn->timeout && !new_line) {
-                int enabled;
-
-                r = sd_event_source_get_enabled(conn->timeout, &enabled);
-                if (r < 0 || enabled != SD_EVENT_OFF)
-                        return r < 0 ? r : 0;   /* already running since this line began */
+        if (conn->timed_pos != conn->line_pos) {
+                /* Reading again after a pause: the line's end may have been waiting unread, so afresh. */
+                conn->timed_pos = conn->line_pos;
+                conn->deadline = now_usec() + (uint64_t) conn->control->limits->request_timeout_ms * 1000;
         }
-        return conn_arm_timeout(conn);
+        return conn_arm_timeout(conn, conn->deadline);
 }
 
-static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        Conn *conn = userdata;
-        bool consumed = false;
+/* The timed line is still unfinished, and its time is up. */
+static bool conn_line_overdue(const Conn *conn) {
+        return conn->timed_pos != NO_LINE && conn->timed_pos == conn->line_pos && has_partial_line(conn) &&
+               conn_reading(conn) && now_usec() >= conn->deadline;
+}
+
+/*
+ * One turn for a connection: read what came, send what we can, answer a
+ * bounded number of lines, or end it when its half-sent line is overdue.
+ * Frees conn when it is done.
+ */
+static void conn_service(Conn *conn, uint32_t revents) {
         int r = 0;
 
         if (revents & EPOLLIN) {
@@ -340,29 +625,62 @@ static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userda
                 if (r < 0)
                         goto close;
         }
-        /* Answer, flush, and go on while the client takes our answers and complete
-         * lines wait: nothing else would wake us for lines already buffered. */
-        do {
-                r = process_input(conn, &consumed);
-                if (r >= 0)
-                        r = flush_output(conn);
-                if (r < 0)
-                        goto close;
-        } while (pending_output(conn) == 0 && !conn->closing && has_line(conn));
-        if (pending_output(conn) == 0 && (conn->closing || conn->eof))
+        if (conn_line_overdue(conn)) {
+                char why[128];
+
+                log_info("Client pid %d left a request half-sent for %" PRIu32 " ms; closing its connection.",
+                         (int) conn->client.peer.pid, conn->control->limits->request_timeout_ms);
+                snprintf(why, sizeof why, "request not completed within %" PRIu32 " ms; closing the connection",
+                         conn->control->limits->request_timeout_ms);
+                r = conn_fail(conn, ETIMEDOUT, why);
+        } else
+                r = process_input(conn);
+        if (r >= 0)
+                r = flush_output(conn);
+        if (r < 0)
+                goto close;
+        /* At the client's end, the lines it completed are still answered first. */
+        if (pending_output(conn) == 0 && (conn->closing || (conn->eof && !has_line(conn))))
                 goto close;
         if ((revents & (EPOLLHUP | EPOLLERR)) && !(revents & EPOLLIN))
                 goto close;
         r = conn_update_events(conn);
         if (r >= 0)
-                r = conn_update_timeout(conn, consumed);
+                r = conn_update_timeout(conn);
         if (r < 0)
                 goto close;
-        return 0;
+        return;
 close:
         if (r < 0 && r != -ECONNRESET && r != -EPIPE)
                 log_debug("Connection of pid %d closed: %s", (int) conn->client.peer.pid, strerror(-r));
         conn_free(conn);
+}
+
+static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        conn_service(userdata, revents);
+        return 0;
+}
+
+static int on_conn_more(sd_event_source *s, void *userdata) {
+        /* Read too: the end of the line being timed may have come meanwhile. */
+        conn_service(userdata, EPOLLIN);
+        return 0;
+}
+
+/*
+ * Closing: the last answer was not taken in time. Otherwise a half-sent
+ * line's deadline: the turn checks it against what it reads first.
+ */
+static int on_conn_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        Conn *conn = userdata;
+
+        if (conn->closing) {
+                log_debug("Client pid %d did not read its last answer within %" PRIu32 " ms; closing.",
+                          (int) conn->client.peer.pid, conn->control->limits->request_timeout_ms);
+                conn_free(conn);
+                return 0;
+        }
+        conn_service(conn, EPOLLIN);
         return 0;
 }
 
@@ -410,34 +728,42 @@ static void refuse(int fd, int err, const char *why) {
         close(fd);
 }
 
-/* Connection caps, overall and per uid: over either, an answer and a close. */
+/*
+ * Connection caps, overall and per uid, and the uid's buffer budget: over
+ * any, an answer and a close.
+ */
 static int check_caps(Control *c, Conn *conn) {
         const ConfigLimits *l = c->limits;
-        size_t same_uid = 0;
+        const UidAcct *a = conn->acct;
         char why[160];
-        Conn *other;
+        int err = EUSERS;
 
-        /* conn itself is already counted in n_conns and the list. */
+        /* conn itself is already counted, overall and for its uid. */
         if (c->n_conns > l->connections_max) {
                 snprintf(why, sizeof why, "the broker serves at most %" PRIu32 " connections; try again later",
                          l->connections_max);
                 goto refuse;
         }
-        LIST_FOREACH(other, &c->conns, link)
-                if (other->client.peer.uid == conn->client.peer.uid)
-                        same_uid++;
-        if (same_uid > l->connections_per_uid) {
+        if (a->n_conns > l->connections_per_uid) {
                 snprintf(why, sizeof why, "uid %u already has %" PRIu32 " connections, the most allowed",
                          (unsigned) conn->client.peer.uid, l->connections_per_uid);
+                goto refuse;
+        }
+        /* Not room for even one small request: it would only be closed at its first byte. */
+        if (a->bytes + IN_CHUNK > l->buffers_per_uid) {
+                snprintf(why, sizeof why, "uid %u's connections already buffer %zu bytes of at most %" PRIu32
+                         " (buffers_per_uid); try again later", (unsigned) conn->client.peer.uid, a->bytes,
+                         l->buffers_per_uid);
+                err = ENOBUFS;
                 goto refuse;
         }
         return 0;
 refuse:
         log_info("Refused a connection from pid %d (uid %u): %s.", (int) conn->client.peer.pid,
                  (unsigned) conn->client.peer.uid, why);
-        refuse(conn->fd, EUSERS, why);
+        refuse(conn->fd, err, why);
         conn->fd = -1;
-        return -EUSERS;
+        return -err;
 }
 
 static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
@@ -474,12 +800,19 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
         }
         conn->fd = cfd;
         conn->control = c;
+        conn->timed_pos = NO_LINE;
         client_init(&conn->client);
         LIST_INSERT_HEAD(&c->conns, conn, link);
         c->n_conns++;
         r = peer_from_socket(cfd, &conn->client.peer);
         if (r < 0) {
                 log_warning("Failed to read peer credentials: %s, dropping connection.", strerror(-r));
+                conn_free(conn);
+                return 0;
+        }
+        r = acct_attach(c, conn);
+        if (r < 0) {
+                log_warning("Failed to account a connection: %s, dropping it.", strerror(-r));
                 conn_free(conn);
                 return 0;
         }
@@ -638,6 +971,7 @@ Control *control_free(Control *c) {
         }
         if (c->reserve_fd >= 0)
                 close(c->reserve_fd);
+        free(c->accts);         /* empty: each entry went with its uid's last connection */
         sd_event_unref(c->event);
         free(c);
         return NULL;

@@ -7,7 +7,11 @@
  * request waits in its own buffer and never stalls anyone else; a line over
  * PROTO_LINE_MAX gets an E2BIG answer and that connection alone is closed.
  * When a client does not read its answers, the daemon stops reading its
- * requests (backpressure) instead of buffering without bound.
+ * requests (backpressure) instead of buffering without bound. A line left
+ * half-sent gets request_timeout_ms from its first byte read, however many
+ * lines before it are still being answered. What all connections of one
+ * uid buffer is capped by buffers_per_uid: past it that uid's newest
+ * connections are answered ENOBUFS and closed, no other uid's.
  */
 
 #include <systemd/sd-event.h>

@@ -76,6 +76,7 @@ static const struct {
         E(EOPNOTSUPP), E(ECONNREFUSED), E(ECONNRESET), E(ETIMEDOUT),
         E(ESTALE), E(ECANCELED), E(EUSERS), E(EADDRINUSE), E(ENOTCONN),
         E(EPIPE), E(ESHUTDOWN), E(ENOTSUP), E(EDEADLK), E(ENOLCK), E(EXDEV),
+        E(ENOBUFS),
 };
 #undef E
 

@@ -1164,6 +1164,63 @@ START_TEST(test_limits_from_config) {
 END_TEST
 
 /* ------------------------------------------------------------------------ */
+/* limits                                                                    */
+
+/* A config with only the given "limits" members. */
+#define LIMITS(members) "{\"version\": 1, \"limits\": {" members "}}"
+
+START_TEST(test_buffers_per_uid_ok) {
+        static const struct {
+                const char *text;
+                uint32_t value;
+        } ok[] = {
+                { LIMITS(""), 16 * 1024 * 1024 },
+                { LIMITS("\"buffers_per_uid\": 65536"), 65536 },
+                { LIMITS("\"buffers_per_uid\": 4194304"), 4194304 },
+                { LIMITS("\"buffers_per_uid\": 1073741824"), 1073741824 },
+        };
+        Config *c;
+
+        /* Not given at all: the default, with the other limits'. */
+        c = parse_ok("{\"version\": 1}");
+        ck_assert_uint_eq(c->limits.buffers_per_uid, 16 * 1024 * 1024);
+        ck_assert_uint_eq(c->limits.buffers_per_uid, CONFIG_LIMITS_DEFAULT.buffers_per_uid);
+        config_free(c);
+        for (size_t i = 0; i < ELEMENTSOF(ok); i++) {
+                c = parse_ok(ok[i].text);
+                ck_assert_uint_eq(c->limits.buffers_per_uid, ok[i].value);
+                /* The other limits keep their defaults. */
+                ck_assert_uint_eq(c->limits.output_max, CONFIG_LIMITS_DEFAULT.output_max);
+                ck_assert_uint_eq(c->limits.connections_per_uid, CONFIG_LIMITS_DEFAULT.connections_per_uid);
+                config_free(c);
+        }
+        c = parse_ok(LIMITS("\"output_max\": 4096, \"buffers_per_uid\": 131072, \"connections_per_uid\": 3"));
+        ck_assert_uint_eq(c->limits.output_max, 4096);
+        ck_assert_uint_eq(c->limits.buffers_per_uid, 131072);
+        ck_assert_uint_eq(c->limits.connections_per_uid, 3);
+        config_free(c);
+}
+END_TEST
+
+static const Reject buffers_per_uid_bad[] = {
+        { LIMITS("\"buffers_per_uid\": 65535"), { "\"buffers_per_uid\"", "65536", "1073741824", "65535", NULL } },
+        { LIMITS("\"buffers_per_uid\": 1073741825"), { "\"buffers_per_uid\"", "1073741824", NULL } },
+        { LIMITS("\"buffers_per_uid\": 0"), { "\"buffers_per_uid\"", NULL } },
+        { LIMITS("\"buffers_per_uid\": -1"), { "\"buffers_per_uid\"", NULL } },
+        { LIMITS("\"buffers_per_uid\": 4294967296"), { "\"buffers_per_uid\"", NULL } },
+        { LIMITS("\"buffers_per_uid\": \"16M\""), { "\"buffers_per_uid\"", "integer", NULL } },
+        { LIMITS("\"buffers_per_uid\": 1048576.0"), { "\"buffers_per_uid\"", "integer", NULL } },
+        { LIMITS("\"buffers_per_uid\": null"), { "\"buffers_per_uid\"", NULL } },
+        /* Strict unpacking: a misspelt key is an error, not a default. */
+        { LIMITS("\"buffer_per_uid\": 1048576"), { "\"limits\"", "buffer_per_uid", NULL } },
+};
+
+START_TEST(test_buffers_per_uid_bad) {
+        run_reject_table(buffers_per_uid_bad, _i);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
 
 static TCase *tcase(const char *name) {
         TCase *tc = tcase_create(name);
@@ -1236,6 +1293,11 @@ static Suite *config_suite(void) {
         tcase_add_test(tc, test_load_bad_config_names_path);
         tcase_add_test(tc, test_load_missing);
         tcase_add_test(tc, test_load_unreadable);
+        suite_add_tcase(s, tc);
+
+        tc = tcase("limits");
+        tcase_add_test(tc, test_buffers_per_uid_ok);
+        tcase_add_loop_test(tc, test_buffers_per_uid_bad, 0, ELEMENTSOF(buffers_per_uid_bad));
         suite_add_tcase(s, tc);
 
         tc = tcase("ipc-limits");

@@ -323,6 +323,7 @@ START_TEST(test_errno_names) {
                 { ENOENT, "ENOENT" }, { EACCES, "EACCES" }, { EINVAL, "EINVAL" },
                 { EPROTO, "EPROTO" }, { EBUSY, "EBUSY" }, { ENOSPC, "ENOSPC" },
                 { E2BIG, "E2BIG" }, { EBADMSG, "EBADMSG" }, { EOPNOTSUPP, "EOPNOTSUPP" },
+                { ENOBUFS, "ENOBUFS" }, { EUSERS, "EUSERS" },
         };
 
         for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
