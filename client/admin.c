@@ -7,6 +7,27 @@
 
 #include "client/shmbroker-internal.h"
 
+/*
+ * What shmb_list() and shmb_status() hand out: the caller sees v only. The
+ * per-entry errors live in front of it, so that shmb_channel_status keeps
+ * its size and layout (callers index arrays of it) and shmb_status_error()
+ * finds them from the array alone.
+ */
+typedef struct StatusError {
+        int error;                      /* positive errno; 0: the entry is complete */
+        char message[PROTO_MESSAGE_MAX];
+} StatusError;
+
+typedef struct StatusArray {
+        size_t n;
+        StatusError *errors;            /* n entries, or NULL when no entry has an error */
+        shmb_channel_status v[];
+} StatusArray;
+
+static StatusArray *status_array_of(const shmb_channel_status *v) {
+        return (StatusArray *) ((char *) v - offsetof(StatusArray, v));
+}
+
 static int status_from_proto(ProtoChannel *pc, shmb_channel_status *ret) {
         *ret = (shmb_channel_status) {
                 .mode = pc->mode,
@@ -49,8 +70,26 @@ static int status_from_proto(ProtoChannel *pc, shmb_channel_status *ret) {
         return 0;
 }
 
+/* Keep the entries' errors, if any has one. */
+static int status_errors_from_proto(const ProtoResponse *res, StatusArray *a) {
+        for (size_t i = 0; i < res->n_channels; i++) {
+                const ProtoChannel *pc = &res->channels[i];
+
+                if (!pc->error)
+                        continue;
+                if (!a->errors) {
+                        a->errors = calloc(res->n_channels, sizeof *a->errors);
+                        if (!a->errors)
+                                return -ENOMEM;
+                }
+                a->errors[i].error = pc->error;
+                memcpy(a->errors[i].message, pc->message, sizeof pc->message);
+        }
+        return 0;
+}
+
 static int channels_call(shmb_client *c, const ProtoRequest *req, shmb_channel_status **ret, size_t *ret_n) {
-        shmb_channel_status *v;
+        StatusArray *a;
         ProtoResponse res;
         int r;
 
@@ -59,22 +98,22 @@ static int channels_call(shmb_client *c, const ProtoRequest *req, shmb_channel_s
         r = client_call(c, req, &res);
         if (r < 0)
                 return r;
-        v = calloc(res.n_channels ?: 1, sizeof *v);
-        if (!v) {
+        a = calloc(1, sizeof *a + (res.n_channels ?: 1) * sizeof *a->v);
+        if (!a) {
                 proto_response_done(&res);
                 return -ENOMEM;
         }
-        for (size_t i = 0; i < res.n_channels; i++) {
-                r = status_from_proto(&res.channels[i], &v[i]);
-                if (r < 0) {
-                        shmb_status_free(v, i + 1);
-                        proto_response_done(&res);
-                        return r;
-                }
-        }
-        *ret = v;
-        *ret_n = res.n_channels;
+        a->n = res.n_channels;
+        r = status_errors_from_proto(&res, a);
+        for (size_t i = 0; r == 0 && i < res.n_channels; i++)
+                r = status_from_proto(&res.channels[i], &a->v[i]);
         proto_response_done(&res);
+        if (r < 0) {
+                shmb_status_free(a->v, a->n);
+                return r;
+        }
+        *ret = a->v;
+        *ret_n = a->n;
         return 0;
 }
 
@@ -96,14 +135,36 @@ int shmb_status(shmb_client *c, const char *name, shmb_channel_status **ret, siz
         return channels_call(c, &req, ret, ret_n);
 }
 
+int shmb_status_error(const shmb_channel_status *v, size_t i, const char **ret_message) {
+        const StatusArray *a;
+
+        if (!v)
+                return -EINVAL;
+        a = status_array_of(v);
+        if (i >= a->n)
+                return -EINVAL;
+        if (!a->errors || a->errors[i].error == 0) {
+                if (ret_message)
+                        *ret_message = NULL;
+                return 0;
+        }
+        if (ret_message)
+                *ret_message = a->errors[i].message;
+        return -a->errors[i].error;
+}
+
 void shmb_status_free(shmb_channel_status *v, size_t n) {
+        StatusArray *a;
+
         if (!v)
                 return;
+        a = status_array_of(v);
         for (size_t i = 0; i < n; i++) {
                 free(v[i].semaphores);
                 free(v[i].clients);
         }
-        free(v);
+        free(a->errors);
+        free(a);
 }
 
 int shmb_reload(shmb_client *c, shmb_reload_result *ret) {

@@ -97,39 +97,60 @@ static void print_status_table(const shmb_channel_status *v, size_t n) {
                "NAME", "KEY", "SIZE", "NATTCH", "CPID", "LPID", "CLIENTS", "SEMAPHORES");
         for (size_t i = 0; i < n; i++) {
                 const shmb_channel_status *s = &v[i];
-                char size[16], sems[128] = "";
+                char size[16], sems[128] = "", nattch[24] = "-", cpid[16] = "-", lpid[16] = "-";
                 size_t used = 0, k;
+                int err = shmb_status_error(v, i, NULL);
 
                 format_size(s->info.size, size, sizeof size);
+                /* The broker could not read them: say so rather than show values nobody read. */
+                if (err < 0)
+                        snprintf(sems, sizeof sems, "%s", shmb_errno_name(err) ?: "error");
                 for (k = 0; k < s->n_semaphores && used + 16 < sizeof sems; k++)
                         used += (size_t) snprintf(sems + used, sizeof sems - used, "%s%d", k ? "," : "",
                                                   s->semaphores[k].value);
                 if (k < s->n_semaphores)        /* only when some were left out */
                         snprintf(sems + used, sizeof sems - used, ",...");
-                printf("%-20s 0x%08" PRIx32 " %8s %6" PRIu64 " %8d %8d %7zu  %s\n",
-                       s->info.name, s->info.shm_key, size, s->nattch, (int) s->cpid, (int) s->lpid,
-                       s->n_clients, sems);
+                /* nattch is 0 only when the segment's figures were not read either. */
+                if (s->nattch > 0) {
+                        snprintf(nattch, sizeof nattch, "%" PRIu64, s->nattch);
+                        snprintf(cpid, sizeof cpid, "%d", (int) s->cpid);
+                        snprintf(lpid, sizeof lpid, "%d", (int) s->lpid);
+                }
+                printf("%-20s 0x%08" PRIx32 " %8s %6s %8s %8s %7zu  %s\n",
+                       s->info.name, s->info.shm_key, size, nattch, cpid, lpid, s->n_clients, sems);
         }
 }
 
-static void print_status_detail(const shmb_channel_status *s) {
-        char size[16], perms[10], t[32];
+static void print_status_detail(const shmb_channel_status *v) {
+        const shmb_channel_status *s = &v[0];
+        char size[16], perms[10], t[32], attached[32] = "";
+        const char *why;
+        int err = shmb_status_error(v, 0, &why);
 
         format_size(s->info.size, size, sizeof size);
         format_perms(s->mode, perms);
+        /* nattch is 0 only when the segment's figures were not read. */
+        if (s->nattch > 0)
+                snprintf(attached, sizeof attached, ", %" PRIu64 " attached", s->nattch);
         printf("Channel:    %s (%s)\n", s->info.name, s->info.layout == SHMB_LAYOUT_RING ? "ring" : "raw");
-        printf("Segment:    key 0x%08" PRIx32 ", id %d, %s (%" PRIu64 " bytes), %" PRIu64 " attached\n",
-               s->info.shm_key, s->info.shm_id, size, s->info.size, s->nattch);
+        printf("Segment:    key 0x%08" PRIx32 ", id %d, %s (%" PRIu64 " bytes)%s\n",
+               s->info.shm_key, s->info.shm_id, size, s->info.size, attached);
         if (s->info.layout == SHMB_LAYOUT_RING)
                 printf("Ring:       %" PRIu32 " slots of %" PRIu32 " bytes\n", s->info.slots, s->info.slot_size);
         printf("Semaphores: key 0x%08" PRIx32 ", id %d, %u\n", s->info.sem_key, s->info.sem_id, s->info.nsems);
         printf("Access:     owner %s, group %s, %s\n", s->owner, s->group, perms);
-        format_time(s->ctime, t, sizeof t);
-        printf("Changed:    %s (creator pid %d, last pid %d)\n", t, (int) s->cpid, (int) s->lpid);
-        printf("\n%5s %7s %7s %7s %8s\n", "SEM", "VALUE", "NCOUNT", "ZCOUNT", "PID");
-        for (size_t k = 0; k < s->n_semaphores; k++)
-                printf("%5zu %7d %7d %7d %8d\n", k, s->semaphores[k].value, s->semaphores[k].ncount,
-                       s->semaphores[k].zcount, (int) s->semaphores[k].pid);
+        if (s->nattch > 0) {
+                format_time(s->ctime, t, sizeof t);
+                printf("Changed:    %s (creator pid %d, last pid %d)\n", t, (int) s->cpid, (int) s->lpid);
+        }
+        if (err < 0)
+                printf("Error:      %s: %s\n", shmb_errno_name(err) ?: "error", why);
+        else {
+                printf("\n%5s %7s %7s %7s %8s\n", "SEM", "VALUE", "NCOUNT", "ZCOUNT", "PID");
+                for (size_t k = 0; k < s->n_semaphores; k++)
+                        printf("%5zu %7d %7d %7d %8d\n", k, s->semaphores[k].value, s->semaphores[k].ncount,
+                               s->semaphores[k].zcount, (int) s->semaphores[k].pid);
+        }
         printf("\n%8s %8s %-6s %s\n", "PID", "UID", "ACCESS", "SINCE");
         for (size_t k = 0; k < s->n_clients; k++) {
                 format_time(s->clients[k].since, t, sizeof t);
@@ -192,7 +213,7 @@ static int cmd_status(shmb_client *c, const Options *o, int argc, char **argv) {
         if (r < 0)
                 return fail_call(c, name ? name : "status", r);
         if (name && n == 1)
-                print_status_detail(&v[0]);
+                print_status_detail(v);
         else
                 print_status_table(v, n);
         shmb_status_free(v, n);

@@ -1,32 +1,41 @@
+/*
+ * Access checks: the kernel's ipcperms() rule over a peer's credentials.
+ *
+ * The bits come from SO_PEERCRED and SO_PEERGROUPS, which the kernel took
+ * at connect() time and translated into our user namespace. The one part
+ * of the rule those cannot answer is CAP_IPC_OWNER, which the kernel checks
+ * against the user namespace that owns the IPC namespace. /proc/PID/status
+ * shows CapEff relative to the process's own user namespace, and
+ * `unshare -r` gives any user a full CapEff in a namespace of its own, so
+ * CapEff is believed only for a process in the owning namespace itself,
+ * and only while the pid provably still names the process that connected
+ * (see access.h for the whole rule).
+ */
+
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/nsfs.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include "common/util.h"
 #include "daemon/access.h"
 
-#define CAP_IPC_OWNER_BIT 15
-
-/* CapEff of a live process, or -errno. */
-static int peer_cap_ipc_owner(pid_t pid, uid_t uid) {
-        char path[64], line[256];
-        unsigned long long caps;
-        FILE *f;
-        int r = -ENODATA;
-
-        snprintf(path, sizeof path, "/proc/%d/status", (int) pid);
-        f = fopen(path, "re");
-        if (!f)
-                return uid == 0;
-        while (fgets(line, sizeof line, f))
-                if (sscanf(line, "CapEff: %llx", &caps) == 1) {
-                        r = (caps >> CAP_IPC_OWNER_BIT) & 1;
-                        break;
-                }
-        fclose(f);
-        return r < 0 ? uid == 0 : r;
-}
+/* Older kernel headers lack it (Linux 6.5); the values are per architecture, as for every SO_*. */
+#ifndef SO_PEERPIDFD
+#  if defined(__parisc__)
+#    define SO_PEERPIDFD 0x404B
+#  elif defined(__sparc__)
+#    define SO_PEERPIDFD 0x0056
+#  else
+#    define SO_PEERPIDFD 77
+#  endif
+#endif
 
 int peer_from_socket(int fd, Peer *ret) {
         struct ucred cred;
@@ -54,7 +63,7 @@ int peer_from_socket(int fd, Peer *ret) {
                 .gid = cred.gid,
                 .groups = groups,
                 .n_groups = glen / sizeof(gid_t),
-                .cap_ipc_owner = -1,
+                .fd = fd,
         };
         return 0;
 }
@@ -74,9 +83,92 @@ bool peer_in_group(const Peer *p, gid_t gid) {
         return false;
 }
 
-bool access_allowed(Peer *p, const ChannelPerm *perm, bool read, bool write) {
+/* The user namespace whose CAP_IPC_OWNER the kernel asks for: the owner of our IPC namespace. */
+static int ipc_owner_userns(struct stat *ret) {
+        _cleanup_(closep) int ipc = -1;
+        _cleanup_(closep) int user = -1;
+
+        ipc = open("/proc/self/ns/ipc", O_RDONLY | O_CLOEXEC);
+        if (ipc < 0)
+                return -errno;
+        user = ioctl(ipc, NS_GET_USERNS);
+        if (user < 0)
+                return -errno;          /* EPERM: owned above our own user namespace */
+        return fstat(user, ret) < 0 ? -errno : 0;
+}
+
+/* Effective uid and CapEff from /proc/PID/status (uids as our user namespace sees them). */
+static int read_proc_status(pid_t pid, uid_t *ret_euid, unsigned long long *ret_capeff) {
+        _cleanup_(fclosep) FILE *f = NULL;
+        char path[64], line[256];
+        bool have_uid = false, have_cap = false;
+        unsigned long ruid, euid;
+        unsigned long long caps;
+
+        snprintf(path, sizeof path, "/proc/%d/status", (int) pid);
+        f = fopen(path, "re");
+        if (!f)
+                return -errno;
+        while ((!have_uid || !have_cap) && fgets(line, sizeof line, f)) {
+                if (sscanf(line, "Uid: %lu %lu", &ruid, &euid) == 2) {
+                        *ret_euid = (uid_t) euid;
+                        have_uid = true;
+                } else if (sscanf(line, "CapEff: %llx", &caps) == 1) {
+                        *ret_capeff = caps;
+                        have_cap = true;
+                }
+        }
+        return have_uid && have_cap ? 0 : -ENODATA;
+}
+
+/*
+ * Whether the connecting process holds CAP_IPC_OWNER where the kernel looks
+ * for it: 1 yes, 0 no, or a negative errno when that cannot be established.
+ */
+static int peer_cap_ipc_owner(const Peer *p) {
+        _cleanup_(closep) int pidfd = -1;
+        struct stat owner, theirs;
+        struct pollfd pfd;
+        socklen_t len = sizeof pidfd;
+        unsigned long long capeff = 0;
+        char path[64];
+        uid_t euid = 0;
+        int r;
+
+        if (p->pid <= 0)
+                return -ESRCH;          /* in a PID namespace we cannot see into */
+        /* The socket pins the connecting process's struct pid: this is that very process. */
+        if (getsockopt(p->fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0)
+                return -errno;          /* ENOPROTOOPT before Linux 6.5 */
+        r = ipc_owner_userns(&owner);
+        if (r < 0)
+                return r;
+        snprintf(path, sizeof path, "/proc/%d/ns/user", (int) p->pid);
+        if (stat(path, &theirs) < 0)
+                return -errno;          /* ENOENT under hidepid, EACCES without ptrace rights */
+        r = read_proc_status(p->pid, &euid, &capeff);
+        if (r < 0)
+                return r;
+        /*
+         * Only now: a pidfd polls readable once its process has exited. Still
+         * running means the pid was never free, so the reads above were of
+         * the process that connected. (Not pidfd_send_signal(): its EPERM,
+         * from another user's process or from a seccomp filter, says nothing.)
+         */
+        pfd = (struct pollfd) { .fd = pidfd, .events = POLLIN };
+        r = poll(&pfd, 1, 0);
+        if (r < 0)
+                return -errno;
+        if (r > 0)
+                return -ESRCH;
+        return owner.st_dev == theirs.st_dev && owner.st_ino == theirs.st_ino && euid == p->uid &&
+               (capeff >> CAP_IPC_OWNER) & 1;
+}
+
+bool access_allowed(const Peer *p, const ChannelPerm *perm, bool read, bool write) {
         unsigned want = (read ? 4u : 0u) | (write ? 2u : 0u);
         unsigned granted = perm->mode;
+        int r;
 
         if (p->uid == perm->cuid || p->uid == perm->uid)
                 granted >>= 6;
@@ -84,8 +176,9 @@ bool access_allowed(Peer *p, const ChannelPerm *perm, bool read, bool write) {
                 granted >>= 3;
         if ((granted & want & 7u) == want)
                 return true;
-        /* Only a refusal needs the capability: read /proc once, not per connection. */
-        if (p->cap_ipc_owner < 0)
-                p->cap_ipc_owner = peer_cap_ipc_owner(p->pid, p->uid) > 0;
-        return p->cap_ipc_owner > 0;
+        /* Only a refusal by the bits needs the capability, as in the kernel. */
+        r = peer_cap_ipc_owner(p);
+        if (r < 0)
+                return p->uid == 0;     /* cannot tell: the rule's fallback */
+        return r > 0;
 }

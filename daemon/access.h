@@ -18,10 +18,10 @@ typedef struct Peer {
         gid_t gid;
         gid_t *groups;          /* supplementary groups; owned */
         size_t n_groups;
-        int cap_ipc_owner;      /* CAP_IPC_OWNER in its effective set: 1, 0, or -1 not read yet */
+        int fd;                 /* the connection's socket, borrowed: asked for SO_PEERPIDFD when needed */
 } Peer;
 
-/* Fill *ret from a connected Unix socket. Negative errno on failure. */
+/* Fill *ret from a connected Unix socket, which *ret borrows. Negative errno on failure. */
 int peer_from_socket(int fd, Peer *ret);
 void peer_done(Peer *p);
 
@@ -29,9 +29,27 @@ bool peer_in_group(const Peer *p, gid_t gid);
 
 /*
  * Whether the peer may use an object with these permissions: `read` and
- * `write` name the bits needed (ro: read; rw: read and write). A peer with
- * CAP_IPC_OWNER passes, as in the kernel; the capability is read from
- * /proc/PID/status (once, and only when the bits alone would refuse), and
- * where that cannot be read, uid 0 is taken to hold it.
+ * `write` name the bits needed (ro: read; rw: read and write).
+ *
+ * Where the bits refuse, the kernel still lets a process with
+ * CAP_IPC_OWNER over the IPC namespace's user namespace through, and so
+ * does this, by one rule:
+ *
+ *   - The capability counts only when all of this can be established: the
+ *     connecting process's pidfd (SO_PEERPIDFD); its /proc/PID/ns/user is
+ *     the user namespace that owns our IPC namespace (a process that made
+ *     a user namespace of its own has a full CapEff there, which the
+ *     kernel does not honour for our objects); its /proc/PID/status shows
+ *     CAP_IPC_OWNER in CapEff and still the effective uid it connected
+ *     with (not a set-uid program it executed since); and, after those
+ *     reads, the pidfd shows the process still running, so PID named it
+ *     throughout and not a process that reused the number.
+ *   - Where that cannot be established (no SO_PEERPIDFD, /proc of that
+ *     process not visible to us, as under ProtectProc=invisible, or the
+ *     process gone), uid 0 passes and nobody else.
+ *
+ * The capability is read at each refusal by the bits, not cached. A peer
+ * in an ancestor user namespace is refused although the kernel would let
+ * it attach: we cannot see that far up.
  */
-bool access_allowed(Peer *p, const ChannelPerm *perm, bool read, bool write);
+bool access_allowed(const Peer *p, const ChannelPerm *perm, bool read, bool write);

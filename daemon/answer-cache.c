@@ -36,7 +36,8 @@ static bool channel_equal(const ProtoChannel *a, const ProtoChannel *b) {
                a->layout == b->layout && a->slot_size == b->slot_size && a->slots == b->slots &&
                streq(a->owner, b->owner) && streq(a->group, b->group) && a->mode == b->mode &&
                a->nattch == b->nattch && a->cpid == b->cpid && a->lpid == b->lpid && a->atime == b->atime &&
-               a->dtime == b->dtime && a->ctime == b->ctime && semaphores_equal(a, b) && clients_equal(a, b);
+               a->dtime == b->dtime && a->ctime == b->ctime && semaphores_equal(a, b) && clients_equal(a, b) &&
+               a->error == b->error && a->segment_unread == b->segment_unread && streq(a->message, b->message);
 }
 
 static int channel_copy(const ProtoChannel *from, ProtoChannel *to) {

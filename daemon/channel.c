@@ -26,7 +26,7 @@
 #include "daemon/self.h"
 #include "proto/ring.h"
 
-#define DERIVED_KEY_ATTEMPTS 64
+#define DERIVED_KEY_ATTEMPTS CHANNEL_DERIVED_KEY_ATTEMPTS
 
 union semun {
         int val;
@@ -105,6 +105,9 @@ static bool rmid_done(int r) {
  * it (and the file is kept at exit, see daemon_done()).
  */
 static void remove_objects(Channel *c, State *state) {
+        /* No longer a channel to adopt; the objects stay recorded until they are gone. */
+        if (state && c->shm_id >= 0)
+                (void) state_drop(state, STATE_CHAN, c->key, c->shm_id);
         /* IPC_RMID while still attached: our attachment keeps the id ours until then. */
         if (c->shm_id >= 0) {
                 if (rmid_done(shmctl(c->shm_id, IPC_RMID, NULL)) && state)
@@ -186,14 +189,14 @@ static int try_key(Channel *c, uint32_t key, State *state, char *msg, size_t msg
                 return r;
         }
         {
-                StateRecord ids[2];
+                StateRecord ids[3];
 
                 c->made_pid = getpid();
                 c->made_since = since;
                 channel_records(c, ids);
 
                 /* The ids cover the objects from now on; the intents would only be checked again at every restart. */
-                r = state_append_records(state, ids, 2, intents, 2);
+                r = state_append_records(state, ids, 3, intents, 2);
                 if (r < 0)
                         goto fail_state;
         }
@@ -332,8 +335,8 @@ Channel *channel_free(Channel *c, State *state) {
         return NULL;
 }
 
-/* The check, handing back the segment's IPC_STAT it made on the way. */
-static int check_objects(const Channel *c, struct shmid_ds *ret_shm) {
+/* The segment is still ours; its kernel figures in *ret_shm. */
+static int check_segment(const Channel *c, struct shmid_ds *ret_shm) {
         int r;
 
         r = ipc_stat_shm(c->shm_id, ret_shm);
@@ -342,10 +345,22 @@ static int check_objects(const Channel *c, struct shmid_ds *ret_shm) {
         /* Still attached by us, a removed segment lives on with the key IPC_PRIVATE. */
         if ((uint32_t) ret_shm->shm_perm.__key != c->key)
                 return -EIDRM;
-        r = ipc_is_ours(c->sem_id, c->key, false);
+        return 0;
+}
+
+static int check_set(const Channel *c) {
+        int r = ipc_is_ours(c->sem_id, c->key, false);
+
         if (r == 0 || r == -ENOENT)
                 return -EIDRM;
         return r < 0 ? r : 0;
+}
+
+/* The check, handing back the segment's IPC_STAT it made on the way. */
+static int check_objects(const Channel *c, struct shmid_ds *ret_shm) {
+        int r = check_segment(c, ret_shm);
+
+        return r < 0 ? r : check_set(c);
 }
 
 int channel_check(const Channel *c) {
@@ -397,17 +412,12 @@ void channel_describe(const Channel *c, ProtoChannel *ret) {
         strcpy(ret->group, c->group);
 }
 
-int channel_stat(const Channel *c, ProtoChannel *ret) {
+/* Every semaphore's value, waiters and last pid. All need read permission on the set. */
+static int read_semaphores(const Channel *c, ProtoSemaphore **ret) {
         _cleanup_(freep) ProtoSemaphore *sems = NULL;
         _cleanup_(freep) unsigned short *values = NULL;
-        struct shmid_ds shm;
         union semun arg;
-        int r;
 
-        /* One stat of each object says whether it is still ours. */
-        r = check_objects(c, &shm);
-        if (r < 0)
-                return r;
         values = calloc(c->spec.nsems, sizeof *values);
         sems = calloc(c->spec.nsems, sizeof *sems);
         if (!values || !sems)
@@ -424,23 +434,81 @@ int channel_stat(const Channel *c, ProtoChannel *ret) {
                         return errno == EINVAL ? -EIDRM : -errno;
                 sems[i] = (ProtoSemaphore) { .value = values[i], .ncount = ncnt, .zcount = zcnt, .pid = pid };
         }
+        *ret = TAKE_PTR(sems);
+        return 0;
+}
+
+/* The entry's error: what could not be read, and for EACCES why a daemon may not read its own objects. */
+static void stat_failed(const Channel *c, ProtoChannel *ret, const char *what, int err) {
+        ret->error = err;
+        if (err == EACCES)
+                msg_set(ret->message, sizeof ret->message,
+                        "cannot read %s: mode %04o gives the daemon (uid %u, their creator) no read permission, "
+                        "and it lacks CAP_IPC_OWNER", what, (unsigned) c->spec.mode, (unsigned) self_euid());
+        else
+                msg_set(ret->message, sizeof ret->message, "cannot read %s: %s", what, strerror(err));
+}
+
+int channel_stat(const Channel *c, ProtoChannel *ret) {
+        ProtoSemaphore *sems = NULL;
+        struct shmid_ds shm;
+        int r;
+
         channel_describe(c, ret);
+        /* One stat of each object says whether it is still ours. */
+        r = check_segment(c, &shm);
+        if (r < 0) {
+                if (r == -EIDRM || r == -ENOMEM)
+                        return r;
+                /* Not even SHM_STAT_ANY (an LSM may refuse it): only what the daemon knows. */
+                ret->segment_unread = true;
+                stat_failed(c, ret, "the segment's figures", -r);
+                return 0;
+        }
         ret->nattch = shm.shm_nattch;
         ret->cpid = shm.shm_cpid;
         ret->lpid = shm.shm_lpid;
         ret->atime = shm.shm_atime;
         ret->dtime = shm.shm_dtime;
         ret->ctime = shm.shm_ctime;
-        ret->semaphores = TAKE_PTR(sems);
+        r = check_set(c);
+        if (r >= 0)
+                r = read_semaphores(c, &sems);
+        if (r == -EIDRM || r == -ENOMEM)
+                return r;
+        if (r < 0) {
+                /* GETALL and the rest have no *_STAT_ANY: without read permission the values are out of reach. */
+                stat_failed(c, ret, "the semaphore set", -r);
+                return 0;
+        }
+        ret->semaphores = sems;
         ret->n_semaphores = c->spec.nsems;
         return 0;
 }
 
-void channel_records(const Channel *c, StateRecord ret[2]) {
+void channel_records(const Channel *c, StateRecord ret[CHANNEL_RECORDS]) {
         ret[0] = (StateRecord) { .kind = STATE_SHM, .key = c->key, .id = c->shm_id, .pid = c->made_pid,
                                  .since = c->made_since, .size = c->spec.size };
         ret[1] = (StateRecord) { .kind = STATE_SEM, .key = c->key, .id = c->sem_id, .pid = c->made_pid,
                                  .since = c->made_since, .size = c->spec.nsems };
+        ret[2] = (StateRecord) { .kind = STATE_CHAN, .key = c->key, .id = c->shm_id, .sem_id = c->sem_id,
+                                 .fingerprint = channel_spec_fingerprint(&c->spec) };
+        strcpy(ret[2].name, c->spec.name);
+}
+
+uint64_t channel_spec_fingerprint(const ChannelSpec *s) {
+        /* What the objects are made of, as channel_spec_same_objects() in reload.c compares it. */
+        static const uint8_t zero_key[SIPHASH_KEY_SIZE];
+        struct {
+                uint64_t size;
+                uint32_t layout, slot_size, slots, nsems, has_key, key;
+        } fixed = {
+                .size = s->size, .layout = (uint32_t) s->layout, .slot_size = s->slot_size, .slots = s->slots,
+                .nsems = s->nsems, .has_key = s->has_key, .key = s->has_key ? s->key : 0,
+        };
+        uint64_t h = siphash24(zero_key, &fixed, sizeof fixed);
+
+        return h ^ siphash24(zero_key, s->sem_values, s->nsems * sizeof *s->sem_values);
 }
 
 void channel_perm(const Channel *c, ChannelPerm *ret) {
@@ -452,4 +520,63 @@ void channel_perm(const Channel *c, ChannelPerm *ret) {
                 .cgid = self_egid(),
                 .mode = c->spec.mode,
         };
+}
+
+int channel_adopt(const ChannelSpec *spec, const StateRecord *shm, const StateRecord *sem, Channel **ret, char *msg,
+                  size_t msg_size) {
+        Channel *c = NULL;
+        const RingHeader *h;
+        int r;
+
+        r = channel_new(spec, &c);
+        if (r < 0) {
+                msg_set(msg, msg_size, "channel \"%s\": out of memory", spec->name);
+                return r;
+        }
+        c->key = shm->key;
+        c->made_pid = shm->pid;
+        c->made_since = shm->since;
+        c->addr = shmat(shm->id, NULL, 0);
+        if (c->addr == (void *) -1) {
+                c->addr = NULL;
+                r = -errno;
+                msg_set(msg, msg_size, "channel \"%s\": cannot attach segment %d: %s", spec->name, shm->id,
+                        strerror(-r));
+                goto fail;
+        }
+        /* A ring is only taken over with the header this daemon wrote: anything else is made anew. */
+        h = c->addr;
+        if (spec->layout == PROTO_LAYOUT_RING &&
+            (h->magic != RING_MAGIC || h->version != RING_VERSION || h->slot_size != spec->slot_size ||
+             h->slots != spec->slots)) {
+                msg_set(msg, msg_size, "channel \"%s\": the ring header of segment %d is not the one configured",
+                        spec->name, shm->id);
+                r = -EINVAL;
+                goto fail;
+        }
+        c->shm_id = shm->id;
+        c->sem_id = sem->id;
+        /* The config's owner, group and mode, as a reload would apply them: nobody holds it yet. */
+        r = channel_set_perms(c, spec->uid, spec->gid, spec->mode);
+        if (r < 0) {
+                msg_set(msg, msg_size, "channel \"%s\": cannot set owner %u, group %u, mode %04o: %s", spec->name,
+                        (unsigned) spec->uid, (unsigned) spec->gid, (unsigned) spec->mode, strerror(-r));
+                goto fail;
+        }
+        *ret = c;
+        return 0;
+fail:
+        /* Not taken over: the objects stay as they were, for reclaim to judge. */
+        channel_forget(c);
+        return r;
+}
+
+Channel *channel_forget(Channel *c) {
+        if (!c)
+                return NULL;
+        if (c->addr)
+                shmdt(c->addr);
+        free(c->spec.sem_values);
+        free(c);
+        return NULL;
 }

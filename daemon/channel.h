@@ -25,14 +25,37 @@ typedef struct Channel {
         char group[PROTO_IDNAME_MAX + 1];
 } Channel;
 
+/* How many candidate keys a name derives before its channel cannot be made. */
+#define CHANNEL_DERIVED_KEY_ATTEMPTS 64
+
 /*
  * The attempt'th candidate key derived from a channel name under the state
  * directory's secret (SipHash-2-4). Positive, never 0.
  */
 uint32_t channel_derive_key(const uint8_t secret[SIPHASH_KEY_SIZE], const char *name, unsigned attempt);
 
-/* The state records of the channel's two objects. */
-void channel_records(const Channel *c, StateRecord ret[2]);
+/* The state records of the channel: its two objects, and the channel itself. */
+#define CHANNEL_RECORDS 3
+void channel_records(const Channel *c, StateRecord ret[CHANNEL_RECORDS]);
+
+/*
+ * A digest of what a channel's objects are made of (layout, sizes,
+ * semaphores and their start values, the configured key): equal digests
+ * mean a crash restart may take the objects over.
+ */
+uint64_t channel_spec_fingerprint(const ChannelSpec *s);
+
+/*
+ * Take over the objects a killed run made for `spec` (their records, which
+ * the caller proved): attach the segment, check a ring's header, and apply
+ * the configured owner, group and mode. On failure nothing is changed,
+ * nothing removed, and msg says why.
+ */
+int channel_adopt(const ChannelSpec *spec, const StateRecord *shm, const StateRecord *sem, Channel **ret, char *msg,
+                  size_t msg_size);
+
+/* Detach and free, leaving the objects and their records as they are. Takes NULL; returns NULL. */
+Channel *channel_forget(Channel *c);
 
 /*
  * Create, initialise (SETALL, ring header) and publish the objects for
@@ -58,7 +81,12 @@ void channel_describe(const Channel *c, ProtoChannel *ret);
 /*
  * Fill the status view: IPC_STAT of both objects and every semaphore's
  * value, waiters and last pid. ret->semaphores is malloc'd (free with
- * proto_channel_done()). -EIDRM when an object was removed behind our back.
+ * proto_channel_done()). -EIDRM when an object was removed behind our back,
+ * -ENOMEM. Figures the kernel will not give (a mode without the owner's
+ * read bit, for a daemon without CAP_IPC_OWNER: GETALL has no *_STAT_ANY)
+ * are not a failure: 0, with ret->error and ret->message saying what could
+ * not be read, no semaphores, and ret->segment_unread when the segment's
+ * figures are missing too.
  */
 int channel_stat(const Channel *c, ProtoChannel *ret);
 

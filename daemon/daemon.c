@@ -11,6 +11,7 @@
 #include <systemd/sd-event.h>
 
 #include "common/util.h"
+#include "daemon/adopt.h"
 #include "daemon/channel.h"
 #include "daemon/config.h"
 #include "daemon/control.h"
@@ -122,6 +123,23 @@ static int state_dir_setup(Daemon *d, char **ret) {
         return 0;
 }
 
+/* Rewrite the state file to exactly the live objects (at start, after a reload). */
+static int save_state(Daemon *d) {
+        _cleanup_(freep) StateRecord *v = calloc(CHANNEL_RECORDS * d->registry->n + d->n_unsettled + 1, sizeof *v);
+        size_t n = 0;
+
+        if (!v)
+                return -ENOMEM;
+        /* What the last crash left and reclaim could not settle stays recorded too. */
+        for (size_t i = 0; i < d->n_unsettled; i++)
+                v[n++] = d->unsettled[i];
+        for (size_t i = 0; i < d->registry->n; i++) {
+                channel_records(registry_at(d->registry, i)->channel, v + n);
+                n += CHANNEL_RECORDS;
+        }
+        return state_rewrite(d->state, v, n);
+}
+
 /* Records that prove nothing are settled without a touch; the admin learns which objects they named. */
 static void log_legacy(const Daemon *d, const StateRecord *v, size_t n) {
         for (size_t i = 0; i < n; i++) {
@@ -178,6 +196,13 @@ static int open_state_and_reclaim(Daemon *d) {
         if (skipped > 0)
                 log_warning("%s: %zu malformed line(s), ignoring.", state_path(d->state), skipped);
         log_legacy(d, v, n);
+        r = registry_new(d->state, &d->registry);
+        if (r < 0) {
+                log_error("Failed to set up the channel registry: %s", strerror(-r));
+                return r;
+        }
+        /* Before reclaim: what a crash left of an unchanged channel lives on, with its clients. */
+        (void) adopt_channels(d->registry, d->config, state_secret(d->state), v, n);
         res = (ReclaimResult) {};
         if (n > 0) {
                 reclaim_records(v, n, &res);
@@ -187,16 +212,15 @@ static int open_state_and_reclaim(Daemon *d) {
                         log_warning("%zu recorded object(s) could not be verified or removed; keeping them in %s.",
                                     res.kept, state_path(d->state));
         }
-        /* What could not be settled stays recorded: a later start tries again. */
-        r = state_rewrite(d->state, v, res.kept);
+        /* What could not be settled stays recorded (a later start tries again), and so is
+         * every rewrite of the file after this one (reload compacts it); adopted channels too. */
+        d->n_unsettled = res.kept;
+        d->unsettled = TAKE_PTR(v);
+        r = save_state(d);
         if (r < 0)
                 log_error("Failed to reset %s: %s", state_path(d->state), strerror(-r));
-        else {
+        else
                 d->reclaimed = true;
-                /* Kept for every later rewrite of the file (reload compacts it). */
-                d->n_unsettled = res.kept;
-                d->unsettled = TAKE_PTR(v);
-        }
         return r;
 }
 
@@ -214,13 +238,16 @@ static int create_channels(Daemon *d) {
         const Config *cfg = d->config;
         char msg[1024];
         IpcLimits limits;
+        size_t n = 0;
         int r;
 
         specs = calloc(cfg->n_channels ?: 1, sizeof *specs);
         if (!specs)
                 return log_error("Out of memory."), -ENOMEM;
         for (size_t i = 0; i < cfg->n_channels; i++) {
-                specs[i] = &cfg->channels[i];
+                /* Taken over from a crashed run: it exists already. */
+                if (!registry_find(d->registry, cfg->channels[i].name))
+                        specs[n++] = &cfg->channels[i];
                 if (cfg->channels[i].owner_set && cfg->channels[i].uid != self_euid())
                         log_warning("Channel %s: owner uid %u is not the daemon's; that user can remove the channel "
                                     "or change its permissions. Prefer \"group\" and \"mode\".",
@@ -230,17 +257,17 @@ static int create_channels(Daemon *d) {
         r = ipc_limits_read(&limits);
         if (r < 0)
                 return log_error("Failed to read the kernel's IPC limits: %s", strerror(-r)), r;
-        r = ipc_limits_check(&limits, specs, cfg->n_channels, msg, sizeof msg);
+        r = ipc_limits_check(&limits, specs, n, msg, sizeof msg);
         if (r > 0)
                 return log_error("%s: %s", cfg->source, msg), -r;
 
-        for (size_t i = 0, extended = 0; i < cfg->n_channels; i++) {
+        for (size_t i = 0, extended = 0; i < n; i++) {
                 Channel *c;
 
                 /* Many channels may outlast TimeoutStartSec=: ask for more time, a second at a go. */
                 if (i % 64 == 0 && now_usec() - extended > USEC_PER_SEC) {
                         (void) sd_notifyf(false, "EXTEND_TIMEOUT_USEC=%llu\nSTATUS=Creating channel %zu of %zu",
-                                          5ULL * USEC_PER_SEC, i + 1, cfg->n_channels);
+                                          5ULL * USEC_PER_SEC, i + 1, n);
                         extended = now_usec();
                 }
                 r = registry_create(d->registry, specs[i], cfg->fixed_keys, cfg->n_fixed_keys, &c, msg, sizeof msg);
@@ -271,22 +298,6 @@ static void notify_status(Daemon *d) {
                           d->last_status[2], d->last_status[2] == 1 ? "" : "s");
 }
 
-/* Rewrite the state file to exactly the live objects (after a reload). */
-static int save_state(Daemon *d) {
-        _cleanup_(freep) StateRecord *v = calloc(2 * d->registry->n + d->n_unsettled + 1, sizeof *v);
-        size_t n = 0;
-
-        if (!v)
-                return -ENOMEM;
-        /* What the last crash left and reclaim could not settle stays recorded too. */
-        for (size_t i = 0; i < d->n_unsettled; i++)
-                v[n++] = d->unsettled[i];
-        for (size_t i = 0; i < d->registry->n; i++) {
-                channel_records(registry_at(d->registry, i)->channel, v + n);
-                n += 2;
-        }
-        return state_rewrite(d->state, v, n);
-}
 
 /*
  * Re-read the config and apply it (reload.c has the semantics). Returns 0
@@ -466,11 +477,6 @@ int daemon_run(const DaemonOptions *o) {
         r = open_state_and_reclaim(&d);
         if (r < 0)
                 goto fail;
-        r = registry_new(d.state, &d.registry);
-        if (r < 0) {
-                log_error("Failed to set up the channel registry: %s", strerror(-r));
-                goto fail;
-        }
         r = create_channels(&d);
         if (r < 0) {
                 log_error("Start failed; removing the %zu channel(s) already created.", d.registry->n);

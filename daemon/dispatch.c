@@ -114,6 +114,9 @@ static int stat_entry(Entry *e, ProtoChannel *pc) {
         r = channel_stat(e->channel, pc);
         if (r < 0)
                 return r;
+        /* A figure the kernel refused is this entry's error, never the answer's; the wire names it. */
+        if (pc->error && !proto_errno_to_name(pc->error))
+                pc->error = EIO;
         LIST_FOREACH(h, &e->holds, by_entry)
                 n++;
         pc->clients = calloc(n ?: 1, sizeof *pc->clients);
@@ -144,7 +147,12 @@ static int do_list(Dispatch *d, char **ret_line, size_t *ret_len) {
         return r;
 }
 
-/* An answer, never a dropped connection: only ENOMEM may end it. */
+/*
+ * An answer, never a dropped connection: only ENOMEM may end it. Objects
+ * the kernel will not describe are not this: channel_stat() makes them an
+ * error on their own entry, so one unreadable channel costs the others
+ * nothing; what is left here is a channel that vanished while being read.
+ */
 static int answer_stat_failed(const Entry *e, int r, char **ret_line, size_t *ret_len) {
         if (r == -ENOMEM)
                 return r;

@@ -94,6 +94,10 @@ static int record_is_ours(StateRecord *rec, const Proven *proven) {
         return sem_is_ours(rec, id, proven_has(proven, rec->key, rec->pid));
 }
 
+int reclaim_prove(const StateRecord *rec, bool paired) {
+        return rec->kind == STATE_SHM ? shm_is_ours(rec, rec->id) : sem_is_ours(rec, rec->id, paired);
+}
+
 static void log_unproven(const StateRecord *rec) {
         log_warning("The recorded %s with key 0x%08x, id %d, is not provably this daemon's (it was made by another "
                     "process, or its creator cannot be told); leaving it untouched.",
@@ -104,6 +108,9 @@ static void log_unproven(const StateRecord *rec) {
 static int settle(StateRecord *rec, Proven *proven, ReclaimResult *res) {
         int r;
 
+        /* A channel record names objects that have records of their own; adopted ones live on. */
+        if (rec->kind == STATE_CHAN || rec->adopted)
+                return 1;
         if (rec->legacy) {
                 res->foreign++;
                 return 1;

@@ -37,7 +37,16 @@ typedef struct ReclaimResult {
  * Reclaim what v records. Records that could not be settled (unreadable,
  * or IPC_RMID failed) are moved to the front of v, and their count is
  * ret->kept: the caller keeps them in the state file, so nothing of ours
- * is ever forgotten. Legacy records are settled as foreign. Never fails as
- * a whole.
+ * is ever forgotten. Legacy records are settled as foreign; channel records
+ * and records marked adopted are settled without a touch. Never fails as a
+ * whole.
  */
 void reclaim_records(StateRecord *v, size_t n, ReclaimResult *ret);
+
+/*
+ * Whether a recorded (not pending) segment or set is provably the one its
+ * record names, by the rules above; `paired`: its run's segment under the
+ * same key was proven. 1 yes, 0 no, -ENOENT gone, another negative errno
+ * when it cannot be read.
+ */
+int reclaim_prove(const StateRecord *rec, bool paired);

@@ -69,6 +69,10 @@ static int registry_add(Registry *r, Channel *c) {
         return 0;
 }
 
+int registry_adopt(Registry *r, Channel *c) {
+        return registry_add(r, c);
+}
+
 int registry_create(Registry *r, const ChannelSpec *spec, const uint32_t *fixed, size_t n_fixed, Channel **ret,
                     char *msg, size_t msg_size) {
         Channel *c;
@@ -140,6 +144,9 @@ static int cmp_name_entry(const void *key, const void *elem) {
 Entry *registry_find(Registry *r, const char *name) {
         Entry **p;
 
+        /* bsearch() may not take a NULL array, even of no elements. */
+        if (r->n == 0)
+                return NULL;
         ensure_sorted(r);
         p = bsearch(name, r->entries, r->n, sizeof *r->entries, cmp_name_entry);
         return p ? *p : NULL;

@@ -60,6 +60,12 @@ int registry_create(Registry *r, const ChannelSpec *spec, const uint32_t *fixed,
                     char *msg, size_t msg_size);
 
 /*
+ * Register a channel taken over after a crash (channel_adopt()); the
+ * registry owns it from now on, also on failure (-ENOMEM: the caller frees it).
+ */
+int registry_adopt(Registry *r, Channel *c);
+
+/*
  * Remove a channel: its holds are dropped, its kernel objects removed
  * (clients still attached keep their mapping until they detach).
  */

@@ -22,7 +22,8 @@
 #include "common/util.h"
 #include "daemon/state.h"
 
-#define STATE_HEADER "# shmbroker state v2: objects this daemon created (kind key id pid since size)\n"
+#define STATE_HEADER "# shmbroker state v2: objects this daemon created (kind key id pid since size;" \
+                     " chan key shm-id sem-id fingerprint name)\n"
 #define SECRET_TEXT_LEN (2 * SIPHASH_KEY_SIZE + 1)      /* hex and a newline */
 
 struct State {
@@ -36,7 +37,7 @@ struct State {
 };
 
 static const char *kind_name(StateKind k) {
-        return k == STATE_SHM ? "shm" : "sem";
+        return k == STATE_SHM ? "shm" : k == STATE_SEM ? "sem" : "chan";
 }
 
 /* Why a file (or the directory) we are about to trust is not ours alone; NULL when it is. */
@@ -319,6 +320,20 @@ static int parse_line(const char *line, bool *ret_add, StateRecord *ret) {
         unsigned long long size;
 
         *ret = (StateRecord) { .id = -1 };
+        if (strncmp(p, "chan ", 5) == 0) {
+                uint64_t fp;
+
+                if (sscanf(p, "chan %" SCNu32 " %d %d %16" SCNx64 " %64s", &key, &id, &pid, &fp, ret->name) != 5 ||
+                    id < 0 || pid < 0)
+                        return -EINVAL;
+                ret->kind = STATE_CHAN;
+                ret->key = key;
+                ret->id = id;
+                ret->sem_id = pid;
+                ret->fingerprint = fp;
+                *ret_add = add;
+                return 0;
+        }
         k = sscanf(p, "%7s %" SCNu32 " %d %d %lld %llu", kind, &key, &id, &pid, &since, &size);
         if (k < 2)
                 return -EINVAL;
@@ -353,6 +368,8 @@ static int parse_line(const char *line, bool *ret_add, StateRecord *ret) {
 static bool same_record(const StateRecord *a, const StateRecord *b) {
         if (a->kind != b->kind || a->key != b->key || a->pending != b->pending || a->legacy != b->legacy)
                 return false;
+        if (a->kind == STATE_CHAN)
+                return a->id == b->id;
         if (!a->pending)
                 return a->id == b->id;
         return a->pid == b->pid && a->since == b->since && a->size == b->size;
@@ -416,18 +433,22 @@ int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped) 
 }
 
 static int format_record(char *line, size_t size, const StateRecord *r, bool add) {
+        if (r->kind == STATE_CHAN)
+                return snprintf(line, size, "%schan %" PRIu32 " %d %d %016" PRIx64 " %s\n", add ? "" : "-", r->key,
+                                r->id, r->sem_id, r->fingerprint, r->name[0] ? r->name : "-");
         return snprintf(line, size, "%s%s%s %" PRIu32 " %d %d %" PRId64 " %" PRIu64 "\n", add ? "" : "-",
                         r->pending ? "p" : "", kind_name(r->kind), r->key, r->pending ? -1 : r->id, (int) r->pid,
                         r->since, r->size);
 }
 
-#define RECORD_MAX 96
+#define RECORD_MAX 160      /* a channel record: numbers and a 64-byte name */
+#define APPEND_MAX 6
 
 int state_append_records(State *s, const StateRecord *add, size_t n_add, const StateRecord *cancel, size_t n_cancel) {
-        char buf[4 * RECORD_MAX];
+        char buf[APPEND_MAX * RECORD_MAX];
         size_t len = 0;
 
-        if (n_add + n_cancel > 4)
+        if (n_add + n_cancel > APPEND_MAX)
                 return -EINVAL;
         for (size_t i = 0; i < n_add + n_cancel; i++)
                 len += (size_t) format_record(buf + len, sizeof buf - len, i < n_add ? &add[i] : &cancel[i - n_add],

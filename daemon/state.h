@@ -33,6 +33,7 @@
 typedef enum StateKind {
         STATE_SHM,
         STATE_SEM,
+        STATE_CHAN,     /* a channel: which objects are whose, for adoption after a crash */
 } StateKind;
 
 /*
@@ -45,12 +46,17 @@ typedef enum StateKind {
 typedef struct StateRecord {
         StateKind kind;
         uint32_t key;
-        int id;                 /* -1 when pending */
+        int id;                 /* -1 when pending; a channel's: its segment's */
         bool pending;
         bool legacy;            /* read from an older format that carries no proof */
+        bool adopted;           /* a crash restart took the object over: not to reclaim */
         pid_t pid;
         int64_t since;
         uint64_t size;
+        /* STATE_CHAN only: */
+        int sem_id;
+        uint64_t fingerprint;   /* of the config that made it (channel_spec_fingerprint()) */
+        char name[65];
 } StateRecord;
 
 typedef struct State State;
@@ -79,14 +85,14 @@ int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped);
 /*
  * Append the records `add` and then cancel the records `cancel`, in one
  * write(): a channel's two intents before it is made, and after it is made
- * its two ids with the intents they replace. At most 4 records in all
- * (-EINVAL); -errno on write failure. A failed or killed write may keep a
+ * its two ids and its channel record with the intents they replace. At
+ * most 6 records in all (-EINVAL); -errno on write failure. A failed or killed write may keep a
  * first part of the records (ids before cancellations, so never a
  * cancellation without its id); the next start checks every record.
  */
 int state_append_records(State *s, const StateRecord *add, size_t n_add, const StateRecord *cancel, size_t n_cancel);
 
-/* Record that the object with this id is gone; -errno on write failure. */
+/* Record that the object (or channel: its segment's id) with this id is gone; -errno on write failure. */
 int state_drop(State *s, StateKind kind, uint32_t key, int id);
 
 /*

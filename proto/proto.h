@@ -104,6 +104,16 @@ typedef struct ProtoChannel {
         size_t n_semaphores;
         ProtoClient *clients;
         size_t n_clients;
+
+        /*
+         * status only: the daemon could not read all of this channel's kernel
+         * figures. error is a positive errno (0: complete), message says what;
+         * the semaphores are then absent, and with segment_unread nattch
+         * through ctime too (absent on the wire, not zeros).
+         */
+        int error;
+        char message[PROTO_MESSAGE_MAX];
+        bool segment_unread;
 } ProtoChannel;
 
 typedef struct ProtoReloadResult {

@@ -60,9 +60,47 @@ static json_t *clients_to_json(const ProtoChannel *c) {
         return TAKE_PTR(a);
 }
 
+/*
+ * The status fields. What the daemon could not read is left out rather than
+ * sent as zeros (a zero semaphore is a real value); the entry then says why
+ * in "error" and "message", as an error answer would.
+ */
+static int status_to_json(const ProtoChannel *c, json_t *o) {
+        const char *name = NULL;
+        json_t *m;
+
+        if (c->error) {
+                name = proto_errno_to_name(c->error);
+                if (!name)
+                        return -EINVAL;
+        }
+        if (!(c->error && c->segment_unread) &&
+            (set(o, "nattch", json_integer((json_int_t) c->nattch)) < 0 ||
+             set(o, "cpid", json_integer(c->cpid)) < 0 ||
+             set(o, "lpid", json_integer(c->lpid)) < 0 ||
+             set(o, "atime", json_integer(c->atime)) < 0 ||
+             set(o, "dtime", json_integer(c->dtime)) < 0 ||
+             set(o, "ctime", json_integer(c->ctime)) < 0))
+                return -ENOMEM;
+        if (!c->error && set(o, "semaphores", semaphores_to_json(c)) < 0)
+                return -ENOMEM;
+        if (set(o, "clients", clients_to_json(c)) < 0)
+                return -ENOMEM;
+        if (!c->error)
+                return 0;
+        /* As in proto_encode_error(): a message that is not UTF-8 must not cost the answer. */
+        m = json_string(c->message);
+        if (!m)
+                m = json_string(name);
+        if (set(o, "error", json_string(name)) < 0 || set(o, "message", m) < 0)
+                return -ENOMEM;
+        return 0;
+}
+
 static int channel_to_json(ProtoChannelView view, const ProtoChannel *c, json_t **ret) {
         _cleanup_(json_decrefp) json_t *o = NULL;
         const char *layout = proto_layout_to_string(c->layout);
+        int r;
 
         if (!layout)
                 return -EINVAL;
@@ -83,16 +121,11 @@ static int channel_to_json(ProtoChannelView view, const ProtoChannel *c, json_t 
              set(o, "group", json_string(c->group)) < 0 ||
              set(o, "mode", json_mode(c->mode)) < 0))
                 return -ENOMEM;
-        if (view == PROTO_VIEW_STATUS &&
-            (set(o, "nattch", json_integer((json_int_t) c->nattch)) < 0 ||
-             set(o, "cpid", json_integer(c->cpid)) < 0 ||
-             set(o, "lpid", json_integer(c->lpid)) < 0 ||
-             set(o, "atime", json_integer(c->atime)) < 0 ||
-             set(o, "dtime", json_integer(c->dtime)) < 0 ||
-             set(o, "ctime", json_integer(c->ctime)) < 0 ||
-             set(o, "semaphores", semaphores_to_json(c)) < 0 ||
-             set(o, "clients", clients_to_json(c)) < 0))
-                return -ENOMEM;
+        if (view == PROTO_VIEW_STATUS) {
+                r = status_to_json(c, o);
+                if (r < 0)
+                        return r;
+        }
         *ret = TAKE_PTR(o);
         return 0;
 }
@@ -290,6 +323,26 @@ static int clients_from_json(json_t *a, ProtoChannel *c, char *msg, size_t msg_s
         return 0;
 }
 
+/* A status entry's own "error" and "message", when the daemon could not read all its figures. */
+static int entry_error_from_json(json_t *o, ProtoChannel *c, char *msg, size_t msg_size) {
+        json_t *m = json_object_get(o, "message");
+        char name[32];
+        int r;
+
+        if (!json_object_get(o, "error"))
+                return 0;
+        r = get_str(o, "error", name, sizeof name, msg, msg_size);
+        if (r)
+                return r;
+        if (!json_is_string(m))
+                return bad(msg, msg_size, "a channel's \"message\" must be a string");
+        /* As for whole answers: a long message is cut, a name we do not know is still an error. */
+        snprintf(c->message, sizeof c->message, "%s", json_string_value(m));
+        r = proto_errno_from_name(name);
+        c->error = r > 0 ? r : EPROTO;
+        return 0;
+}
+
 static int channel_from_json(ProtoChannelView view, json_t *o, ProtoChannel *c, char *msg, size_t msg_size) {
         char layout[8], mode[8];
         char *end;
@@ -334,15 +387,25 @@ static int channel_from_json(ProtoChannelView view, json_t *o, ProtoChannel *c, 
         if (view == PROTO_VIEW_LIST)
                 return 0;
 
-        GET_INT(o, "nattch", 0, INT64_MAX, c->nattch);
-        GET_INT(o, "cpid", 0, INT32_MAX, c->cpid);
-        GET_INT(o, "lpid", 0, INT32_MAX, c->lpid);
-        GET_INT(o, "atime", INT64_MIN, INT64_MAX, c->atime);
-        GET_INT(o, "dtime", INT64_MIN, INT64_MAX, c->dtime);
-        GET_INT(o, "ctime", INT64_MIN, INT64_MAX, c->ctime);
-        r = semaphores_from_json(json_object_get(o, "semaphores"), c, msg, msg_size);
+        r = entry_error_from_json(o, c, msg, msg_size);
         if (r)
                 return r;
+        /* An entry with an error may lack the figures the daemon could not read; any other may not. */
+        if (c->error && !json_object_get(o, "nattch"))
+                c->segment_unread = true;
+        else {
+                GET_INT(o, "nattch", 0, INT64_MAX, c->nattch);
+                GET_INT(o, "cpid", 0, INT32_MAX, c->cpid);
+                GET_INT(o, "lpid", 0, INT32_MAX, c->lpid);
+                GET_INT(o, "atime", INT64_MIN, INT64_MAX, c->atime);
+                GET_INT(o, "dtime", INT64_MIN, INT64_MAX, c->dtime);
+                GET_INT(o, "ctime", INT64_MIN, INT64_MAX, c->ctime);
+        }
+        if (!c->error || json_object_get(o, "semaphores")) {
+                r = semaphores_from_json(json_object_get(o, "semaphores"), c, msg, msg_size);
+                if (r)
+                        return r;
+        }
         return clients_from_json(json_object_get(o, "clients"), c, msg, msg_size);
 }
 

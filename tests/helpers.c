@@ -210,6 +210,9 @@ bool test_daemon_start(TestDaemon *d, int *ret_status, ...) {
                 setenv("NOTIFY_SOCKET", d->notify, 1);
                 if (d->activate && pass_listening_socket(d->socket) < 0)
                         _exit(126);
+                /* As under the shipped unit: setuid() away from root clears every capability. */
+                if (d->uid != 0 && (setgroups(0, NULL) < 0 || setgid(d->gid) < 0 || setuid(d->uid) < 0))
+                        _exit(125);
                 execvp(argv[0], (char **) argv);
                 _exit(127);
         }

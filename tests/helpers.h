@@ -25,6 +25,8 @@ typedef struct TestDaemon {
         char notified[8192];            /* every notify datagram so far, '|'-separated */
         bool activate;                  /* pass a listening socket as systemd would (LISTEN_FDS) */
         bool keep_notify;               /* keep reading notifications after READY=1 */
+        uid_t uid;                      /* not 0: run the daemon as uid:gid, without groups or capabilities */
+        gid_t gid;
 } TestDaemon;
 
 /* The daemon under test: one per test, set up by the fixture below. */

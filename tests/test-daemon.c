@@ -6,14 +6,19 @@
 
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -463,49 +468,76 @@ static int state_live(const char *kind, int *ret_added) {
         return n;
 }
 
-START_TEST(test_sigkill_then_restart_reclaims) {
-        json_t *before, *after;
-        int fd, old_shm[2], old_sem[2], added;
+/*
+ * A crash restart takes over what is unchanged and replaces what changed:
+ * "telemetry" keeps its ids, bytes and semaphore values (a client's
+ * attachment still works), "frames", whose ring grew meanwhile, is made anew
+ * and its old objects are reclaimed.
+ */
+START_TEST(test_sigkill_then_restart_adopts_or_replaces) {
+        static const char *const frames_grown =
+                "[{\"name\": \"telemetry\", \"size\": 65536, \"semaphores\": [1, 0, 7], \"group\": 100, \"mode\": \"0640\","
+                "  \"key\": 1593835521},"
+                " {\"name\": \"frames\", \"layout\": \"ring\", \"slot_size\": 1024, \"slots\": 16, \"mode\": \"0660\"}]";
+        json_t *before, *after, *tel, *fr;
+        int fd, tel_shm, tel_sem, fr_shm, fr_sem, added;
         struct shmid_ds ds;
+        struct semid_ds sds;
+        struct sembuf up = { .sem_num = 2, .sem_op = 5 };
+        char *addr, *log;
 
         test_daemon_write_config(&td, two_channels);
         test_start_ok();
         fd = test_connect(td.socket);
         before = test_request(fd, "{\"op\":\"list\"}");
         close(fd);
-        for (int i = 0; i < 2; i++) {
-                old_shm[i] = (int) test_jint(json_array_get(json_object_get(before, "channels"), (size_t) i), "shm_id");
-                old_sem[i] = (int) test_jint(json_array_get(json_object_get(before, "channels"), (size_t) i), "sem_id");
-        }
-        /* The file holds each object by its id; the intents written before creating them are cancelled. */
+        tel = test_must_find(before, "telemetry");
+        fr = test_must_find(before, "frames");
+        tel_shm = (int) test_jint(tel, "shm_id");
+        tel_sem = (int) test_jint(tel, "sem_id");
+        fr_shm = (int) test_jint(fr, "shm_id");
+        fr_sem = (int) test_jint(fr, "sem_id");
+        /* The file holds each object by its id, and each channel; the intents written before are cancelled. */
         ck_assert_int_eq(state_live("shm", NULL), 2);
         ck_assert_int_eq(state_live("sem", NULL), 2);
-        /* Written before each object was made (two channels), and cancelled since. */
+        ck_assert_int_eq(state_live("chan", NULL), 2);
         ck_assert_int_eq(state_live("pshm", &added), 0);
         ck_assert_int_eq(added, 2);
         ck_assert_int_eq(state_live("psem", &added), 0);
         ck_assert_int_eq(added, 2);
+
+        addr = shmat(tel_shm, NULL, 0);
+        ck_assert_ptr_ne(addr, (void *) -1);
+        strcpy(addr, "written before the crash");
+        ck_assert_int_eq(semop(tel_sem, &up, 1), 0);
         test_daemon_kill(&td, SIGKILL);
         ck_assert_int_eq(test_ipcs_count("-m"), 2);     /* left behind by the crash */
 
+        test_daemon_write_config(&td, frames_grown);
         test_start_ok();
-        char *log = test_daemon_log(&td);
-        ck_assert_ptr_nonnull(strstr(log, "Reclaimed 4 object(s)"));
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Took over channel telemetry"), "%s", log);
+        ck_assert_msg(strstr(log, "Channel frames changed in the config"), "%s", log);
+        ck_assert_msg(strstr(log, "Reclaimed 2 object(s)"), "%s", log);
         free(log);
-        /* Not doubled: the old objects are gone, the new ones have the same keys. */
+        /* Not doubled: frames' old objects are gone, telemetry's are the same ones. */
         ck_assert_int_eq(test_ipcs_count("-m"), 2);
         ck_assert_int_eq(test_ipcs_count("-s"), 2);
-        for (int i = 0; i < 2; i++) {
-                struct semid_ds sds;
-
-                ck_assert_int_ne(shmctl(old_shm[i], IPC_STAT, &ds), 0);
-                ck_assert_int_ne(semctl(old_sem[i], 0, IPC_STAT, &sds), 0);
-        }
+        ck_assert_int_ne(shmctl(fr_shm, IPC_STAT, &ds), 0);
+        ck_assert_int_ne(semctl(fr_sem, 0, IPC_STAT, &sds), 0);
         fd = test_connect(td.socket);
         after = test_request(fd, "{\"op\":\"list\"}");
-        for (int i = 0; i < 2; i++)
-                ck_assert_int_eq(test_jint(json_array_get(json_object_get(before, "channels"), (size_t) i), "shm_key"),
-                                 test_jint(json_array_get(json_object_get(after, "channels"), (size_t) i), "shm_key"));
+        tel = test_must_find(after, "telemetry");
+        ck_assert_int_eq(test_jint(tel, "shm_id"), tel_shm);
+        ck_assert_int_eq(test_jint(tel, "sem_id"), tel_sem);
+        ck_assert_int_eq(test_jint(test_must_find(after, "frames"), "shm_key"),
+                         test_jint(test_must_find(before, "frames"), "shm_key"));
+        ck_assert_int_ne(test_jint(test_must_find(after, "frames"), "shm_id"), fr_shm);
+        ck_assert_str_eq(addr, "written before the crash");
+        ck_assert_int_eq(semctl(tel_sem, 2, GETVAL), 12);
+        ck_assert_int_eq(shmctl(tel_shm, IPC_STAT, &ds), 0);
+        ck_assert_uint_eq(ds.shm_perm.mode & 0777, 0640);
+        ck_assert_int_eq(shmdt(addr), 0);
         json_decref(before);
         json_decref(after);
         close(fd);
@@ -993,6 +1025,309 @@ START_TEST(test_check_config_touches_no_ipc) {
 }
 END_TEST
 
+/* ---- CAP_IPC_OWNER counts only where the kernel honours it ---- */
+
+typedef struct CapCase {
+        const char *what;
+        const char *channel;
+        bool own_userns;        /* uid 65534, made root of a user namespace of its own */
+        bool drop_cap;          /* root without CAP_IPC_OWNER in its effective set */
+        bool expect_ok;
+        const char *socket;     /* filled in by the test */
+        int shm_id;
+} CapCase;
+
+/* Exit statuses of cap_child(), for the parent's message. */
+enum {
+        CAP_CHILD_NO_USERNS = 30,       /* unshare(CLONE_NEWUSER) or the id maps failed */
+        CAP_CHILD_NO_FULL_CAPS,         /* the setup did not give the CapEff it should */
+        CAP_CHILD_DROP_FAILED,
+        CAP_CHILD_IO,                   /* connect, send or no answer */
+        CAP_CHILD_BAD_ANSWER,           /* neither ok nor EACCES; or status not ok */
+        CAP_CHILD_KERNEL_ERRNO,         /* shmat failed with another errno than EACCES */
+        CAP_CHILD_DISAGREE,             /* the daemon and the kernel disagree */
+        CAP_CHILD_WRONG_VERDICT,        /* both agree, but not as expected */
+        CAP_CHILD_WRONG_HOLDERS,        /* status lists a hold the daemon should not have recorded, or lacks one */
+};
+
+static void write_file_or_exit(const char *path, const char *text) {
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+
+        if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t) strlen(text) || close(fd) < 0)
+                _exit(CAP_CHILD_NO_USERNS);
+}
+
+static bool cap_effective(unsigned cap) {
+        unsigned long long caps = 0;
+        char line[256];
+        FILE *f = fopen("/proc/self/status", "re");
+
+        if (!f)
+                return false;
+        while (fgets(line, sizeof line, f))
+                if (sscanf(line, "CapEff: %llx", &caps) == 1)
+                        break;
+        fclose(f);
+        return (caps >> cap) & 1;
+}
+
+/* Root in a user namespace of its own: a full CapEff there, nothing over our IPC namespace. */
+static void become_root_of_own_userns(void) {
+        test_drop_privileges(65534, 65534, 0);
+        /* setuid() made us undumpable, which gives our /proc files to root: the maps could not be written. */
+        if (prctl(PR_SET_DUMPABLE, 1) < 0 || unshare(CLONE_NEWUSER) < 0)
+                _exit(CAP_CHILD_NO_USERNS);
+        write_file_or_exit("/proc/self/setgroups", "deny");
+        write_file_or_exit("/proc/self/uid_map", "0 65534 1");
+        write_file_or_exit("/proc/self/gid_map", "0 65534 1");
+        if (getuid() != 0 || !cap_effective(CAP_IPC_OWNER))
+                _exit(CAP_CHILD_NO_FULL_CAPS);
+}
+
+static void drop_effective_cap(unsigned cap) {
+        struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+        struct __user_cap_data_struct d[_LINUX_CAPABILITY_U32S_3];
+
+        if (syscall(SYS_capget, &h, d) < 0)
+                _exit(CAP_CHILD_DROP_FAILED);
+        d[cap / 32].effective &= ~(1u << (cap % 32));
+        if (syscall(SYS_capset, &h, d) < 0 || cap_effective(cap))
+                _exit(CAP_CHILD_DROP_FAILED);
+}
+
+/* The holders status lists for the channel, from an answer line; -1 when the answer is not as it must be. */
+static int holders_in_status(const char *line, const char *channel) {
+        json_t *v = json_loads(line, 0, NULL), *e, *clients;
+        size_t i;
+        int n = -1;
+
+        json_array_foreach(json_object_get(v, "channels"), i, e) {
+                if (!json_is_string(json_object_get(e, "name")) ||
+                    strcmp(json_string_value(json_object_get(e, "name")), channel) != 0)
+                        continue;
+                clients = json_object_get(e, "clients");
+                if (json_is_array(clients))
+                        n = (int) json_array_size(clients);
+        }
+        if (!json_is_true(json_object_get(v, "ok")))
+                n = -1;
+        json_decref(v);
+        return n;
+}
+
+/*
+ * In a child: ask for the channel rw, see whether status then lists this
+ * connection as a holder, and let the kernel judge with shmat() on the
+ * segment, all while the connection (and any hold) is still open.
+ */
+static void cap_child(void *userdata) {
+        const CapCase *c = userdata;
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        char req[256], *line;
+        bool daemon_ok, kernel_ok;
+        void *addr;
+        int fd, holders;
+
+        if (c->own_userns)
+                become_root_of_own_userns();
+        if (c->drop_cap)
+                drop_effective_cap(CAP_IPC_OWNER);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        strcpy(sa.sun_path, c->socket);
+        if (fd < 0 || connect(fd, (struct sockaddr *) &sa, sizeof sa) < 0)
+                _exit(CAP_CHILD_IO);
+        snprintf(req, sizeof req, "{\"op\":\"open\",\"channel\":\"%s\",\"access\":\"rw\"}\n"
+                 "{\"op\":\"status\",\"channel\":\"%s\"}\n", c->channel, c->channel);
+        if (send(fd, req, strlen(req), MSG_NOSIGNAL) != (ssize_t) strlen(req))
+                _exit(CAP_CHILD_IO);
+        line = test_read_line(fd);
+        if (!line)
+                _exit(CAP_CHILD_IO);
+        daemon_ok = strstr(line, "\"ok\":true") != NULL;
+        if (!daemon_ok && !strstr(line, "\"EACCES\""))
+                _exit(CAP_CHILD_BAD_ANSWER);
+        free(line);
+        line = test_read_line(fd);
+        if (!line)
+                _exit(CAP_CHILD_IO);
+        holders = holders_in_status(line, c->channel);
+        free(line);
+        if (holders < 0)
+                _exit(CAP_CHILD_BAD_ANSWER);
+        /* The judge: the kernel, for this very process. */
+        addr = shmat(c->shm_id, NULL, 0);
+        kernel_ok = addr != (void *) -1;
+        if (kernel_ok)
+                shmdt(addr);
+        else if (errno != EACCES)
+                _exit(CAP_CHILD_KERNEL_ERRNO);
+        if (daemon_ok != kernel_ok)
+                _exit(CAP_CHILD_DISAGREE);
+        if (daemon_ok != c->expect_ok)
+                _exit(CAP_CHILD_WRONG_VERDICT);
+        if (holders != (daemon_ok ? 1 : 0))
+                _exit(CAP_CHILD_WRONG_HOLDERS);
+        close(fd);
+        _exit(0);
+}
+
+START_TEST(test_capability_of_own_user_namespace_is_not_honoured) {
+        /* Both owned by root (the daemon's user). "none": not even its owner may use it without the capability. */
+        static const char channels[] =
+                "[{\"name\": \"private\", \"size\": 4096, \"mode\": \"0600\"},"
+                " {\"name\": \"none\", \"size\": 4096, \"mode\": \"0000\"}]";
+        CapCase cases[] = {
+                { "uid 65534 as root of its own user namespace", "private", .own_userns = true, .expect_ok = false },
+                { "the same, on a mode-0000 channel", "none", .own_userns = true, .expect_ok = false },
+                { "root with CAP_IPC_OWNER", "none", .expect_ok = true },
+                { "root without CAP_IPC_OWNER", "none", .drop_cap = true, .expect_ok = false },
+        };
+        json_t *list, *resp;
+        char *log;
+        int fd;
+
+        test_daemon_write_config(&td, channels);
+        test_start_ok();
+        fd = test_connect(td.socket);
+        list = test_request(fd, "{\"op\":\"list\"}");
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+                int status;
+
+                cases[i].socket = td.socket;
+                cases[i].shm_id = (int) test_jint(test_must_find(list, cases[i].channel), "shm_id");
+                status = test_in_child(cap_child, &cases[i]);
+                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                              "%s, open %s rw: child status %d (30: no user namespace, 31: no full CapEff in it, "
+                              "32: capset, 33: i/o, 34: bad answer, 35: shmat errno, 36: daemon and kernel disagree, "
+                              "37: wrong verdict, 38: status lists a hold it should not, or lacks one)",
+                              cases[i].what, cases[i].channel, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        }
+        json_decref(list);
+        /* Every child has gone: nobody holds anything, and the daemon serves on. */
+        resp = test_request(fd, "{\"op\":\"status\"}");
+        test_assert_ok(resp);
+        ck_assert_uint_eq(json_array_size(json_object_get(test_must_find(resp, "private"), "clients")), 0);
+        ck_assert_uint_eq(json_array_size(json_object_get(test_must_find(resp, "none"), "clients")), 0);
+        json_decref(resp);
+        close(fd);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Refused rw access to channel private"), "log: %s", log);
+        free(log);
+}
+END_TEST
+
+/* ---- status from a daemon that cannot read one channel ---- */
+
+/* An entry the daemon could not fully read: its error, list fields and segment figures, no semaphores. */
+static void assert_unreadable_entry(json_t *e) {
+        char *text = json_dumps(e, JSON_COMPACT);
+
+        ck_assert_msg(json_is_string(json_object_get(e, "error")) &&
+                      strcmp(json_string_value(json_object_get(e, "error")), "EACCES") == 0,
+                      "no EACCES on the unreadable channel: %s", text);
+        ck_assert_msg(json_is_string(json_object_get(e, "message")) &&
+                      json_string_length(json_object_get(e, "message")) > 0, "no message: %s", text);
+        ck_assert_msg(!json_object_get(e, "semaphores"), "semaphores that nobody read: %s", text);
+        /* What could be had: the list fields, and the segment's figures through SHM_STAT_ANY. */
+        ck_assert_str_eq(test_jstr(e, "mode"), "0060");
+        ck_assert_int_eq(test_jint(e, "nsems"), 2);
+        ck_assert_int_ge(test_jint(e, "nattch"), 1);           /* the daemon's own attachment */
+        ck_assert_int_gt(test_jint(e, "cpid"), 0);
+        ck_assert_msg(json_is_array(json_object_get(e, "clients")), "no clients: %s", text);
+        free(text);
+}
+
+/* shmbrokerctl's output for these arguments (malloc'd); it is built next to the daemon. */
+static char *ctl_output(const char *args, int *ret_status) {
+        const char *daemon = SHMBROKERD_PATH, *tail = strstr(daemon, "daemon/shmbrokerd");
+        char cmd[1024], *out = calloc(1, 8192);
+        size_t n = 0;
+        FILE *p;
+
+        ck_assert_ptr_nonnull(tail);
+        ck_assert_ptr_nonnull(out);
+        snprintf(cmd, sizeof cmd, "%.*sclient/shmbrokerctl -s %s %s", (int) (tail - daemon), daemon, td.socket, args);
+        p = popen(cmd, "re");
+        ck_assert_ptr_nonnull(p);
+        n = fread(out, 1, 8191, p);
+        out[n] = 0;
+        *ret_status = pclose(p);
+        return out;
+}
+
+/* The table's line for a channel (malloc'd). */
+static char *table_line(const char *out, const char *name) {
+        size_t n = strlen(name);
+
+        for (const char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+                if (strncmp(l, name, n) == 0 && l[n] == ' ')
+                        return strndup(l, strcspn(l, "\n"));
+        ck_abort_msg("no line for %s in:\n%s", name, out);
+        return NULL;
+}
+
+START_TEST(test_status_survives_unreadable_channel) {
+        /* "wo" gives its owner (the daemon) no bits: without CAP_IPC_OWNER it cannot GETALL its set. */
+        static const char channels[] =
+                "[{\"name\": \"wo\", \"size\": 4096, \"semaphores\": [1, 2], \"mode\": \"0060\"},"
+                " {\"name\": \"mine\", \"size\": 4096, \"semaphores\": [3, 4], \"mode\": \"0600\"}]";
+        json_t *resp, *mine, *sems;
+        char *out, *line;
+        int fd, status;
+
+        /* The daemon's state directory is the socket's: its own, 0700. */
+        ck_assert_int_eq(chown(td.dir, 65534, 65534), 0);
+        ck_assert_int_eq(chmod(td.dir, 0700), 0);
+        td.uid = 65534;
+        td.gid = 65534;
+        test_daemon_write_config(&td, channels);
+        test_start_ok();
+        fd = test_connect(td.socket);
+
+        resp = test_request(fd, "{\"op\":\"status\"}");
+        test_assert_ok(resp);
+        ck_assert_uint_eq(json_array_size(json_object_get(resp, "channels")), 2);
+        mine = test_must_find(resp, "mine");
+        ck_assert_msg(!json_object_get(mine, "error"), "the readable channel has an error");
+        sems = json_object_get(mine, "semaphores");
+        ck_assert_uint_eq(json_array_size(sems), 2);
+        ck_assert_int_eq(test_jint(json_array_get(sems, 0), "value"), 3);
+        ck_assert_int_eq(test_jint(json_array_get(sems, 1), "value"), 4);
+        assert_unreadable_entry(test_must_find(resp, "wo"));
+        json_decref(resp);
+
+        /* Alone, as documented: the same entry in an ok answer, not a refusal of the whole request. */
+        resp = test_request(fd, "{\"op\":\"status\",\"channel\":\"wo\"}");
+        test_assert_ok(resp);
+        ck_assert_uint_eq(json_array_size(json_object_get(resp, "channels")), 1);
+        assert_unreadable_entry(test_must_find(resp, "wo"));
+        json_decref(resp);
+
+        /* Asked again (the answer cache's path): the same. */
+        resp = test_request(fd, "{\"op\":\"status\"}");
+        test_assert_ok(resp);
+        assert_unreadable_entry(test_must_find(resp, "wo"));
+        ck_assert_uint_eq(json_array_size(json_object_get(test_must_find(resp, "mine"), "semaphores")), 2);
+        json_decref(resp);
+        close(fd);
+
+        /* Through the library to the admin's table: the error where the values would be. */
+        out = ctl_output("status", &status);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "shmbrokerctl status: %d\n%s", status, out);
+        line = table_line(out, "wo");
+        ck_assert_msg(strstr(line, " EACCES"), "no EACCES on the line of wo:\n%s", out);
+        free(line);
+        line = table_line(out, "mine");
+        ck_assert_msg(strstr(line, "  3,4"), "no values on the line of mine:\n%s", out);
+        free(line);
+        free(out);
+        out = ctl_output("status wo", &status);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "shmbrokerctl status wo: %d\n%s", status, out);
+        ck_assert_msg(strstr(out, "Error:      EACCES: ") && !strstr(out, "VALUE"), "status wo:\n%s", out);
+        free(out);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -1001,10 +1336,12 @@ int main(void) {
                                  test_line_at_limit_is_served, test_half_sent_request_does_not_stall_others } },
                 { "access", CASE_TIMEOUT, { test_access_follows_kernel_rule, test_clients_cannot_remove_or_reown } },
                 { "lifecycle", CASE_TIMEOUT, { test_sigterm_with_client_attached, test_sigint_with_client_attached,
-                                 test_sigkill_then_restart_reclaims, test_reclaim_spares_foreign_reuse_of_id,
+                                 test_sigkill_then_restart_adopts_or_replaces, test_reclaim_spares_foreign_reuse_of_id,
                                  test_second_daemon_refuses, test_stale_socket_replaced_live_socket_kept,
                                  test_objects_removed_behind_our_back_are_remade, test_status_of_all_repairs_and_drops_as_it_goes,
                                  test_unprivileged_daemon_reclaims_unreadable_objects } },
+                { "capability", CASE_TIMEOUT, { test_capability_of_own_user_namespace_is_not_honoured } },
+                { "unreadable", CASE_TIMEOUT, { test_status_survives_unreadable_channel } },
                 { "resources", CASE_TIMEOUT, { test_fd_exhaustion_pauses_accept, test_derived_key_skips_fixed_keys } },
                 { "start-failures", CASE_TIMEOUT, { test_foreign_fixed_key_fails_start_and_rolls_back, test_foreign_derived_key_moves_on,
                                       test_kernel_limit_refused_before_creating, test_kernel_sem_limit_refused_before_creating,

@@ -1052,6 +1052,63 @@ START_TEST(test_encode_status_fields) {
 }
 END_TEST
 
+/* An entry whose kernel figures the daemon could not all read: what it has, and why the rest is absent. */
+START_TEST(test_encode_status_entry_error) {
+        static const char *const segment_fields[] = { "nattch", "cpid", "lpid", "atime", "dtime", "ctime", NULL };
+        static const char *const semaphores[] = { "semaphores", NULL };
+        ProtoChannel c = status_channel();
+        char *line = NULL;
+        size_t len;
+        json_t *o, *e;
+
+        c.semaphores = NULL;
+        c.n_semaphores = 0;
+        c.error = EACCES;
+        strcpy(c.message, "cannot read the semaphore set");
+        ck_assert_int_eq(proto_encode_channels(PROTO_VIEW_STATUS, &c, 1, &line, &len), 0);
+        o = parse_line(line, len);
+        ck_assert(json_is_true(json_object_get(o, "ok")));
+        e = json_array_get(json_object_get(o, "channels"), 0);
+        assert_has_keys(e, list_fields);
+        assert_has_keys(e, segment_fields);
+        assert_lacks_keys(e, semaphores);                /* absent, not an empty array */
+        assert_json_str(e, "error", "EACCES");
+        assert_json_str(e, "message", "cannot read the semaphore set");
+        ck_assert_uint_eq(json_array_size(json_object_get(e, "clients")), 2);
+        json_decref(o);
+        free(line);
+
+        /* nothing from the kernel at all: only what the daemon knows */
+        c.segment_unread = true;
+        ck_assert_int_eq(proto_encode_channels(PROTO_VIEW_STATUS, &c, 1, &line, &len), 0);
+        o = parse_line(line, len);
+        e = json_array_get(json_object_get(o, "channels"), 0);
+        assert_has_keys(e, list_fields);
+        assert_lacks_keys(e, segment_fields);
+        assert_lacks_keys(e, semaphores);
+        assert_json_str(e, "error", "EACCES");
+        json_decref(o);
+        free(line);
+
+        /* segment_unread means nothing without an error; an error without a wire name is refused */
+        c.error = 0;
+        c.semaphores = test_sems;
+        c.n_semaphores = 2;
+        ck_assert_int_eq(proto_encode_channels(PROTO_VIEW_STATUS, &c, 1, &line, &len), 0);
+        o = parse_line(line, len);
+        e = json_array_get(json_object_get(o, "channels"), 0);
+        assert_has_keys(e, status_only_fields);
+        ck_assert_ptr_null(json_object_get(e, "error"));
+        ck_assert_ptr_null(json_object_get(e, "message"));
+        json_decref(o);
+        free(line);
+        line = NULL;
+        c.error = 9999;
+        ck_assert_int_eq(proto_encode_channels(PROTO_VIEW_STATUS, &c, 1, &line, &len), -EINVAL);
+        ck_assert_ptr_null(line);
+}
+END_TEST
+
 START_TEST(test_encode_reload_fields) {
         char *added[] = { "new1", "new2", NULL };
         char *kept[] = { NULL };
@@ -1369,6 +1426,71 @@ START_TEST(test_round_trip_status) {
 }
 END_TEST
 
+START_TEST(test_round_trip_status_entry_error) {
+        ProtoChannel v[3] = { status_channel(), status_channel(), status_channel() };
+        ProtoResponse res;
+        char *line;
+        size_t len;
+
+        /* 0: complete; 1: semaphores unread; 2: nothing from the kernel */
+        for (size_t i = 1; i < 3; i++) {
+                v[i].semaphores = NULL;
+                v[i].n_semaphores = 0;
+                v[i].error = i == 1 ? EACCES : EPERM;
+                snprintf(v[i].message, sizeof v[i].message, "entry %zu", i);
+        }
+        v[2].segment_unread = true;
+        v[2].nattch = 0;
+        v[2].cpid = v[2].lpid = 0;
+        v[2].atime = v[2].dtime = v[2].ctime = 0;
+        ck_assert_int_eq(proto_encode_channels(PROTO_VIEW_STATUS, v, 3, &line, &len), 0);
+        decode_encoded(PROTO_OP_STATUS, line, len, &res);
+        ck_assert(res.ok);
+        ck_assert_uint_eq(res.n_channels, 3);
+        for (size_t i = 0; i < 3; i++) {
+                assert_channel_eq(PROTO_VIEW_STATUS, &res.channels[i], &v[i]);
+                ck_assert_int_eq(res.channels[i].error, v[i].error);
+                ck_assert_str_eq(res.channels[i].message, v[i].message);
+                ck_assert_int_eq(res.channels[i].segment_unread, v[i].segment_unread);
+        }
+        ck_assert_ptr_null(res.channels[1].semaphores);
+        proto_response_done(&res);
+        free(line);
+}
+END_TEST
+
+START_TEST(test_response_decode_status_entry_error) {
+        /* the list fields of every status entry, then what varies */
+#define ENTRY "{\"name\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,\"nsems\":1," \
+              "\"layout\":\"raw\",\"owner\":\"o\",\"group\":\"g\",\"mode\":\"0060\",\"clients\":[]"
+        static const char unknown[] = "{\"ok\":true,\"channels\":[" ENTRY ",\"error\":\"EWHATEVER\","
+                                      "\"message\":\"new kind\"}]}";
+        ProtoResponse res;
+
+        /* an entry with an error may lack what the daemon could not read; a name we do not know is EPROTO */
+        decode_response_ok(PROTO_OP_STATUS, unknown, strlen(unknown), &res);
+        ck_assert_uint_eq(res.n_channels, 1);
+        ck_assert_int_eq(res.channels[0].error, EPROTO);
+        ck_assert_str_eq(res.channels[0].message, "new kind");
+        ck_assert(res.channels[0].segment_unread);
+        ck_assert_uint_eq(res.channels[0].n_semaphores, 0);
+        proto_response_done(&res);
+
+        /* without an error, nothing may be missing; with one, it needs its message */
+        assert_response_fails(PROTO_OP_STATUS, "{\"ok\":true,\"channels\":[" ENTRY ",\"nattch\":1,\"cpid\":1,"
+                              "\"lpid\":1,\"atime\":0,\"dtime\":0,\"ctime\":0}]}", EBADMSG, "semaphores");
+        assert_response_fails(PROTO_OP_STATUS, "{\"ok\":true,\"channels\":[" ENTRY "}]}", EBADMSG, "nattch");
+        assert_response_fails(PROTO_OP_STATUS, "{\"ok\":true,\"channels\":[" ENTRY ",\"error\":\"EACCES\"}]}",
+                              EBADMSG, "message");
+        assert_response_fails(PROTO_OP_STATUS, "{\"ok\":true,\"channels\":[" ENTRY ",\"error\":13,"
+                              "\"message\":\"m\"}]}", EBADMSG, "error");
+        /* segment figures present must still be whole */
+        assert_response_fails(PROTO_OP_STATUS, "{\"ok\":true,\"channels\":[" ENTRY ",\"error\":\"EACCES\","
+                              "\"message\":\"m\",\"nattch\":1}]}", EBADMSG, "cpid");
+#undef ENTRY
+}
+END_TEST
+
 START_TEST(test_round_trip_reload) {
         char *added[] = { "new.one", "new-two", NULL };
         char *removed[] = { NULL };
@@ -1509,6 +1631,7 @@ static Suite *proto_suite(void) {
         tcase_add_test(tc, test_encode_open_fields);
         tcase_add_test(tc, test_encode_list_fields);
         tcase_add_test(tc, test_encode_status_fields);
+        tcase_add_test(tc, test_encode_status_entry_error);
         tcase_add_test(tc, test_encode_reload_fields);
         tcase_add_test(tc, test_encode_bad_layout);
         suite_add_tcase(s, tc);
@@ -1519,6 +1642,7 @@ static Suite *proto_suite(void) {
         tcase_add_test(tc, test_response_decode_unknown_error_name);
         tcase_add_test(tc, test_response_decode_lenient);
         tcase_add_test(tc, test_response_decode_bad_op);
+        tcase_add_test(tc, test_response_decode_status_entry_error);
         suite_add_tcase(s, tc);
 
         tc = tcase("round trips");
@@ -1528,6 +1652,7 @@ static Suite *proto_suite(void) {
         tcase_add_test(tc, test_round_trip_open);
         tcase_add_test(tc, test_round_trip_list);
         tcase_add_test(tc, test_round_trip_status);
+        tcase_add_test(tc, test_round_trip_status_entry_error);
         tcase_add_test(tc, test_round_trip_reload);
         suite_add_tcase(s, tc);
 

@@ -202,6 +202,19 @@ int shmb_list(shmb_client *c, shmb_channel_status **ret, size_t *ret_n);
 int shmb_status(shmb_client *c, const char *name, shmb_channel_status **ret, size_t *ret_n);
 void shmb_status_free(shmb_channel_status *v, size_t n);
 
+/*
+ * Whether the broker could read all of the kernel's figures for entry i of
+ * an array from shmb_status(): 0 when it could (always, for shmb_list()).
+ * Otherwise the negative errno it met, e.g. -EACCES (the broker has no read
+ * permission on that channel's semaphore set): that entry's semaphores are
+ * then absent (n_semaphores 0), and when the segment's figures could not be
+ * read either, nattch is 0 (never otherwise: the broker keeps every segment
+ * attached). *ret_message, when given, gets the broker's sentence (NULL
+ * for 0), valid until shmb_status_free(). -EINVAL for a NULL v or an i out
+ * of range.
+ */
+int shmb_status_error(const shmb_channel_status *v, size_t i, const char **ret_message);
+
 /* Names of channels a reload touched; NULL-terminated arrays. */
 typedef struct shmb_reload_result {
         char **added, **removed, **changed, **kept;

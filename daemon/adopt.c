@@ -1,0 +1,82 @@
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/adopt.h"
+#include "daemon/channel.h"
+#include "daemon/log.h"
+#include "daemon/reclaim.h"
+
+/* Whether key is the one a fresh start could give this channel. */
+static bool key_fits(const ChannelSpec *spec, const uint8_t *secret, uint32_t key) {
+        if (spec->has_key)
+                return spec->key == key;
+        for (unsigned i = 0; i < CHANNEL_DERIVED_KEY_ATTEMPTS; i++)
+                if (channel_derive_key(secret, spec->name, i) == key)
+                        return true;
+        return false;
+}
+
+/* The live record of an object: kind, key and id. */
+static StateRecord *find_object(StateRecord *v, size_t n, StateKind kind, uint32_t key, int id) {
+        for (size_t i = 0; i < n; i++)
+                if (v[i].kind == kind && !v[i].pending && !v[i].legacy && !v[i].adopted && v[i].key == key &&
+                    v[i].id == id)
+                        return &v[i];
+        return NULL;
+}
+
+/* 1 adopted, 0 not (logged why, where it is worth saying). */
+static int adopt_one(Registry *reg, const Config *cfg, const uint8_t *secret, StateRecord *v, size_t n,
+                     StateRecord *chan) {
+        const ChannelSpec *spec;
+        StateRecord *shm, *sem;
+        Channel *c;
+        char msg[256];
+        int k, r;
+
+        k = config_find_channel(cfg, chan->name);
+        if (k < 0 || registry_find(reg, chan->name))
+                return 0;       /* dropped from the config meanwhile: reclaim removes it */
+        spec = &cfg->channels[k];
+        shm = find_object(v, n, STATE_SHM, chan->key, chan->id);
+        sem = find_object(v, n, STATE_SEM, chan->key, chan->sem_id);
+        if (!shm || !sem)
+                return 0;
+        if (channel_spec_fingerprint(spec) != chan->fingerprint || !key_fits(spec, secret, chan->key)) {
+                log_info("Channel %s changed in the config since the last run; making it anew.", spec->name);
+                return 0;
+        }
+        r = reclaim_prove(shm, false);
+        if (r == 1)
+                r = reclaim_prove(sem, true);
+        if (r != 1) {
+                if (r != -ENOENT)
+                        log_warning("Channel %s: the objects recorded for it (shm id %d, sem id %d) are not provably "
+                                    "the last run's; making it anew.", spec->name, shm->id, sem->id);
+                return 0;
+        }
+        r = channel_adopt(spec, shm, sem, &c, msg, sizeof msg);
+        if (r < 0) {
+                log_warning("Cannot take over %s; making it anew.", msg);
+                return 0;
+        }
+        if (registry_adopt(reg, c) < 0) {
+                /* Not registered: detach and forget it; reclaim removes the objects. */
+                channel_forget(c);
+                return 0;
+        }
+        chan->adopted = shm->adopted = sem->adopted = true;
+        log_notice("Took over channel %s from the previous run (pid %d): key 0x%08x, shm id %d, sem id %d.",
+                   spec->name, (int) shm->pid, chan->key, shm->id, sem->id);
+        return 1;
+}
+
+size_t adopt_channels(Registry *reg, const Config *cfg, const uint8_t *secret, StateRecord *v, size_t n) {
+        size_t adopted = 0;
+
+        for (size_t i = 0; i < n; i++)
+                if (v[i].kind == STATE_CHAN)
+                        adopted += (size_t) adopt_one(reg, cfg, secret, v, n, &v[i]);
+        return adopted;
+}
