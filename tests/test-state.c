@@ -101,6 +101,16 @@ static char *forged_records(const Foreign *f, pid_t claimed_pid) {
         return text;
 }
 
+/* Give the daemon (root's, 0600) state file these records, and start it. */
+static void start_with_records(const char *text) {
+        char path[400];
+
+        state_file_path(path, sizeof path, "state");
+        write_file(path, text, 0600, 0);
+        test_daemon_write_config(&td, one_channel);
+        test_start_ok();
+}
+
 /* A state file another user planted (with records naming root's objects) refuses the start. */
 START_TEST(test_planted_state_file_refused) {
         Foreign f = foreign_objects(0x5151);
@@ -235,15 +245,12 @@ END_TEST
  */
 START_TEST(test_forged_records_spare_foreign_objects) {
         Foreign f = foreign_objects(0x5252);
-        char path[400], *text, *log;
+        char *text, *log;
 
         /* Claim a pid that is not the objects' creator: the daemon's own is not known in advance. */
         text = forged_records(&f, getpid() + 1);
-        state_file_path(path, sizeof path, "state");
-        write_file(path, text, 0600, 0);
+        start_with_records(text);
         free(text);
-        test_daemon_write_config(&td, one_channel);
-        test_start_ok();
         assert_foreign_intact(&f);
         log = test_daemon_log(&td);
         ck_assert_msg(strstr(log, "key 0x00005252, id") && strstr(log, "cannot be proven ours"), "%s", log);
@@ -260,16 +267,13 @@ END_TEST
 /* A record whose creator pid matches a segment's but whose set's ctime is older than the record: the set stays. */
 START_TEST(test_set_older_than_its_record_spared) {
         Foreign f = foreign_objects(0x5353);
-        char path[400], *text;
+        char *text;
 
         /* The set was made now; a record claiming it was made in the future cannot be about it. */
         ck_assert_int_ge(asprintf(&text, "sem %u %d %d %lld 2\n", f.key, f.sem_id, (int) getpid(),
                                   (long long) time(NULL) + 3600), 0);
-        state_file_path(path, sizeof path, "state");
-        write_file(path, text, 0600, 0);
+        start_with_records(text);
         free(text);
-        test_daemon_write_config(&td, one_channel);
-        test_start_ok();
         assert_foreign_intact(&f);
         test_daemon_stop_ok(&td);
         remove_foreign(&f);
