@@ -491,11 +491,13 @@ static int conn_make_room(Conn *conn, size_t grow) {
  * taking our answers (output_max); the rest waits for the next turn.
  */
 static int process_input(Conn *conn) {
-        const ConfigLimits *l = conn->control->limits;
         size_t off = 0, line_len;
         int r = 0;
 
-        for (unsigned n = 0; n < LINES_PER_TURN && !conn->closing && pending_output(conn) < l->output_max; n++) {
+        /* The limits are read afresh for every line: a reload answered here swaps the config they live in. */
+        for (unsigned n = 0; n < LINES_PER_TURN && !conn->closing &&
+                             pending_output(conn) < conn->control->limits->output_max; n++) {
+                const ConfigLimits *l = conn->control->limits;
                 char *resp;
                 size_t resp_len;
 
