@@ -14,6 +14,8 @@ int ipc_stat_shm(int id, struct shmid_ds *ret) {
                 return 0;
         if (errno != EACCES)
                 return -errno;
+        /* Defined before the kernel fills it: valgrind does not know *_STAT_ANY writes it. */
+        *ret = (struct shmid_ds) {};
         got = shmctl(IPC_INDEX(id), SHM_STAT_ANY, ret);
         if (got < 0)
                 return errno == EINVAL ? -EINVAL : -EACCES;
@@ -27,6 +29,7 @@ int ipc_stat_sem(int id, struct semid_ds *ret) {
                 return 0;
         if (errno != EACCES)
                 return -errno;
+        *ret = (struct semid_ds) {};
         got = semctl(IPC_INDEX(id), 0, SEM_STAT_ANY, ret);
         if (got < 0)
                 return errno == EINVAL ? -EINVAL : -EACCES;
