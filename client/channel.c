@@ -16,6 +16,8 @@
  */
 
 #include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,21 +105,49 @@ static void prefault(shmb_channel *ch) {
 #endif
 }
 
-static int setup_ring(shmb_channel *ch) {
-        RingHeader *h = ch->addr;
-        uint64_t stride = ring_slot_stride(ch->info.slot_size);
+/* A sentence for shmb_client_last_message(), written under the lock the calls write theirs with. */
+static void set_message(shmb_client *c, const char *fmt, ...) {
+        va_list ap;
 
+        pthread_mutex_lock(&c->lock);
+        va_start(ap, fmt);
+        vsnprintf(c->last_message, sizeof c->last_message, fmt, ap);
+        va_end(ap);
+        pthread_mutex_unlock(&c->lock);
+}
+
+/*
+ * ring_version: the open answer's (0: it gave none). Both it and the
+ * header must be the layout this library speaks: a ring of another layout
+ * would be read and written wrongly, so it is refused, with a sentence.
+ */
+static int setup_ring(shmb_channel *ch, uint32_t ring_version) {
+        const RingHeader *h = ch->addr;
+        int r;
+
+        if (ring_version == 0) {
+                set_message(ch->client, "channel \"%s\": the broker names no ring layout version (it predates "
+                            "version 3); this library speaks version %d", ch->info.name, RING_VERSION);
+                return -EPROTO;
+        }
+        if (ring_version != RING_VERSION) {
+                set_message(ch->client, "channel \"%s\": the broker's ring layout is version %" PRIu32
+                            "; this library speaks version %d", ch->info.name, ring_version, RING_VERSION);
+                return -EPROTO;
+        }
         /* Trust the broker's figures, and refuse a header that disagrees. */
         if (ch->info.slots == 0 || ch->info.size != ring_segment_size(ch->info.slot_size, ch->info.slots))
                 return -EPROTO;
-        if (h->magic != RING_MAGIC || h->version != RING_VERSION || h->slot_size != ch->info.slot_size ||
-            h->slots != ch->info.slots || h->slot_stride != stride || h->data_offset != RING_HEADER_SIZE)
+        if (h->magic == RING_MAGIC && h->version != RING_VERSION) {
+                set_message(ch->client, "channel \"%s\": the ring header is layout version %" PRIu32
+                            "; this library speaks version %d", ch->info.name, h->version, RING_VERSION);
                 return -EPROTO;
-        ch->ring = h;
-        ch->slots = (char *) ch->addr + RING_HEADER_SIZE;
-        ch->stride = stride;
-        /* The fast path is the default: a short, adaptive spin, never on the peer's CPU. */
-        ch->spin_us = SHMB_DEFAULT_SPIN_US;
+        }
+        if (h->slot_size != ch->info.slot_size || h->slots != ch->info.slots)
+                return -EPROTO;
+        r = ring_channel_init(ch, ch->addr, ch->info.size);
+        if (r < 0)
+                return r;
         if (ch->access == SHMB_RW)
                 prefault(ch);
         return 0;
@@ -138,23 +168,21 @@ void info_from_proto(const ProtoChannel *pc, shmb_channel_info *ret) {
         snprintf(ret->name, sizeof ret->name, "%s", pc->name);
 }
 
-/* Detach, give the hold back and free. keep_message: the close leaves the connection's last message alone. */
+/*
+ * Detach, give the hold back and free. keep_message: the close leaves the
+ * connection's last message alone. The connection decides whether the hold
+ * goes (not while another handle of the name needs it, nor for a stale
+ * handle, whose name is another channel's now).
+ */
 static int channel_free(shmb_channel *ch, bool keep_message) {
-        ProtoRequest req = { .op = PROTO_OP_CLOSE };
-        ProtoResponse res;
         int r = 0;
 
         if (!ch)
                 return 0;
         if (ch->addr && shmdt(ch->addr) < 0)
                 r = -errno;
-        if (ch->client && ch->info.name[0]) {
-                strcpy(req.channel, ch->info.name);
-                /* Best effort: a broker that is gone has dropped the hold already. A closed
-                 * connection answers -ENOTCONN (asked under its lock: another thread may close it). */
-                if ((keep_message ? client_call_keep_message : client_call)(ch->client, &req, &res) == 0)
-                        proto_response_done(&res);
-        }
+        if (ch->client)
+                client_hold_remove(ch->client, &ch->hold, true, keep_message);
         client_unref(ch->client);
         free(ch);
         return r;
@@ -169,6 +197,7 @@ static int channel_free(shmb_channel *ch, bool keep_message) {
  */
 static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, ProtoResponse *res, shmb_access access,
                   shmb_channel **ret) {
+        uint32_t ring_version = 0;
         int r;
 
         ch->access = access;
@@ -176,6 +205,7 @@ static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, Pro
         client_ref(c);
         for (unsigned attempt = 0;; attempt++) {
                 info_from_proto(&res->channels[0], &ch->info);
+                ring_version = res->channels[0].ring_version;
                 proto_response_done(res);
                 r = attach_once(ch);
                 if (r <= 0)
@@ -202,10 +232,12 @@ static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, Pro
                 }
                 ch->sem_base = RING_NSEMS;
                 ch->info.nsems -= RING_NSEMS;
-                r = setup_ring(ch);
+                r = setup_ring(ch, ring_version);
                 if (r < 0)
                         goto fail;
         }
+        /* From now on a reconnection compares the broker's ids with these. */
+        client_hold_attached(c, &ch->hold, ch->info.shm_id, ch->info.sem_id);
         *ret = ch;
         return 0;
 fail:
@@ -236,8 +268,11 @@ int shmb_open(shmb_client *c, const char *name, shmb_access access, shmb_channel
         ch = calloc(1, sizeof *ch);
         if (!ch)
                 return -ENOMEM;
+        /* Listed before the request: a reconnection meanwhile opens it again too. */
+        client_hold_add(c, &ch->hold, name, access);
         r = client_call(c, &req, &res);
         if (r < 0) {
+                client_hold_remove(c, &ch->hold, false, false);
                 free(ch);
                 return r;
         }
@@ -262,6 +297,7 @@ int shmb_open_channel(const char *socket_path, const char *name, shmb_access acc
         r = client_connect(socket_path, &c);
         if (r < 0)
                 return r;
+        client_hold_add(c, &ch->hold, name, access);
         /* hello and open in one round trip: the version check costs no extra wait. */
         r = client_call_n(c, reqs, res, 2);
         if (r == 0) {
@@ -272,6 +308,9 @@ int shmb_open_channel(const char *socket_path, const char *name, shmb_access acc
                 else
                         proto_response_done(&res[1]);
         }
+        /* Not handed to attach(): unlisted here (the hold goes with the connection). */
+        if (ch)
+                client_hold_remove(c, &ch->hold, false, false);
         /* The channel keeps its own reference; the connection lives as long as it. */
         client_unref(c);
         return r;
@@ -303,4 +342,28 @@ unsigned shmb_channel_nsems(const shmb_channel *ch) {
 
 const shmb_channel_info *shmb_channel_get_info(const shmb_channel *ch) {
         return ch ? &ch->info : NULL;
+}
+
+shmb_client *shmb_channel_get_client(const shmb_channel *ch) {
+        return ch ? ch->client : NULL;
+}
+
+int shmb_channel_check(const shmb_channel *ch) {
+        struct shmid_ds ds;
+
+        if (!ch)
+                return -EINVAL;
+        /* The library learned it on reconnecting: the broker's channel of that name is another one. */
+        if (client_hold_is_stale(ch->client, &ch->hold))
+                return -EIDRM;
+        /* A ring says so itself, without a system call: the broker marks it before removing it. */
+        if (ch->ring && __atomic_load_n(&ch->ring->state, __ATOMIC_ACQUIRE) != RING_STATE_LIVE)
+                return -EIDRM;
+        /* The kernel knows it before the broker is back: a removed segment that is still attached
+         * loses its key and is marked for destruction; once detached by all, its id names nothing. */
+        if (shmctl(ch->info.shm_id, IPC_STAT, &ds) < 0)
+                return errno == EINVAL || errno == EIDRM ? -EIDRM : -errno;
+        if ((ds.shm_perm.mode & SHM_DEST) || (uint32_t) ds.shm_perm.__key != ch->info.shm_key)
+                return -EIDRM;
+        return 0;
 }

@@ -2,19 +2,63 @@
  * Connections to the broker: one Unix stream socket, one request at a time
  * under a mutex, answers read with a small buffer. Answers may be longer
  * than a request line (status of many channels), up to CLIENT_ANSWER_MAX.
+ *
+ * A connection outlives its broker. It keeps the list of the channels open
+ * on it (ClientHold, one per handle). When the broker goes away (a round
+ * trip meets end of file, EPIPE or ECONNRESET, or the socket is found
+ * readable between calls, which only its end makes it) the connection is
+ * AWAY; the library connects again when the broker is back and opens every
+ * listed channel again, so the broker's status shows the holds as before.
+ *
+ * No thread does that, as the library plugs into the caller's event loop:
+ * the next broker call tries at once (it waits for the broker anyway), and
+ * shmb_client_process() tries when an attempt is due, never waiting for the
+ * broker. Attempts back off from 50 ms, doubling to 2 s, so a broker that
+ * is back is found within about 2 s of its start, and one that stays away
+ * costs a failed connect() every 2 s. shmb_client_fd() is an epoll
+ * instance watching the socket and a timer armed for the next attempt, so
+ * a loop polls it readable exactly when process() has work; being one fd
+ * for the life of the client, an epoll or sd-event loop registers it once
+ * (a socket or timer swapped under the same number would silently drop out
+ * of the loop's epoll set).
+ *
+ * Rejoining is one non-blocking connect, then hello and an open per channel
+ * name, all in one write, then their answers, read as they come. An open
+ * answered with the ids the handles attached means the broker adopted the
+ * channel (a crash restart): the hold is back and nothing else happens.
+ * Other ids, or a refusal that says the channel is gone, mean the channel
+ * those handles attached was removed: they are marked stale (their data
+ * path sees the removal from the kernel) and the hold this open took is
+ * given back. The library never attaches the new channel behind the
+ * application's back: its mapping would change under live pointers.
+ *
+ * A malformed answer closes the connection for good (CLOSED), as
+ * shmb_disconnect() does: where the stream stands is unknown, and a broker
+ * that breaks the protocol is not one that restarted.
  */
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "client/shmbroker-internal.h"
 #include "common/util.h"
 
 #define CLIENT_ANSWER_MAX (64u * 1024 * 1024)
+#define RECONNECT_MIN_MS 50u
+#define RECONNECT_MAX_MS 2000u
+
+/* call_locked() flags. */
+#define CALL_KEEP_MESSAGE 1u            /* leave c->last_message as the previous call left it */
+#define CALL_NO_RECONNECT 2u            /* a broker that is away is no reason to come back */
 
 static const char *resolve_socket(const char *path) {
         const char *env;
@@ -24,6 +68,18 @@ static const char *resolve_socket(const char *path) {
         /* secure_getenv: a setuid program must not be pointed elsewhere. */
         env = secure_getenv("SHMBROKER_SOCKET");
         return env && *env ? env : SHMB_DEFAULT_SOCKET;
+}
+
+static uint64_t now_ms(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+}
+
+/* The errors by which a socket says that its peer is gone. */
+static bool broker_gone(int r) {
+        return r == -ECONNRESET || r == -EPIPE || r == -ECONNABORTED;
 }
 
 static int send_all(int fd, const char *buf, size_t len) {
@@ -41,13 +97,43 @@ static int send_all(int fd, const char *buf, size_t len) {
         return 0;
 }
 
-/* Read one answer line; *ret_len excludes the newline, which is consumed. */
+/* One recv() into the buffer: 1 when bytes came (or a signal interrupted), 0 when none were there (MSG_DONTWAIT). */
+static int recv_some(shmb_client *c, int flags) {
+        ssize_t n;
+
+        if (c->rlen == c->rcap) {
+                size_t cap = c->rcap ? c->rcap * 2 : 4096;
+                char *p;
+
+                if (c->rcap >= CLIENT_ANSWER_MAX)
+                        return -EMSGSIZE;
+                p = realloc(c->rbuf, cap);
+                if (!p)
+                        return -ENOMEM;
+                c->rbuf = p;
+                c->rcap = cap;
+        }
+        n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, flags);
+        if (n < 0) {
+                if (errno == EINTR)
+                        return 1;
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                        return 0;
+                return -errno;
+        }
+        if (n == 0)
+                return -ECONNRESET;     /* the broker went away */
+        c->rlen += (size_t) n;
+        return 1;
+}
+
+/* Read one answer line; *ret_len excludes the newline, which consume_line() takes. */
 static int read_line(shmb_client *c, char **ret_line, size_t *ret_len) {
-        size_t scanned = 0;
+        size_t scanned = 0;     /* a long answer is scanned once, not once per read */
 
         for (;;) {
                 char *nl = c->rlen > scanned ? memchr(c->rbuf + scanned, '\n', c->rlen - scanned) : NULL;
-                ssize_t n;
+                int r;
 
                 if (nl) {
                         *ret_line = c->rbuf;
@@ -55,27 +141,9 @@ static int read_line(shmb_client *c, char **ret_line, size_t *ret_len) {
                         return 0;
                 }
                 scanned = c->rlen;
-                if (c->rlen == c->rcap) {
-                        size_t cap = c->rcap ? c->rcap * 2 : 4096;
-                        char *p;
-
-                        if (c->rcap >= CLIENT_ANSWER_MAX)
-                                return -EMSGSIZE;
-                        p = realloc(c->rbuf, cap);
-                        if (!p)
-                                return -ENOMEM;
-                        c->rbuf = p;
-                        c->rcap = cap;
-                }
-                n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (n == 0)
-                        return -ECONNRESET;     /* the broker went away */
-                c->rlen += (size_t) n;
+                r = recv_some(c, 0);
+                if (r < 0)
+                        return r;
         }
 }
 
@@ -84,25 +152,414 @@ static void consume_line(shmb_client *c, size_t len) {
         c->rlen -= len + 1;
 }
 
+/* ---- the event fd ---- */
+
+/*
+ * Make the event fd, when there is one, watch what the state calls for:
+ * the socket while there is one (and its room to write while a rejoin has
+ * bytes left to send), and the timer, armed for the next attempt while
+ * away. Failures leave it as it was, to be tried again at the next change:
+ * the loop then learns of the broker from the calls, as without the fd.
+ */
+static void events_sync(shmb_client *c) {
+        struct itimerspec its = {};
+        uint32_t want = 0;
+
+        if (c->event_fd < 0)
+                return;
+        if (c->fd >= 0)
+                want = EPOLLIN | (c->state == CLIENT_REJOINING && c->woff < c->wlen ? EPOLLOUT : 0);
+        if (c->watched_fd >= 0 && (c->watched_fd != c->fd || want == 0)) {
+                (void) epoll_ctl(c->event_fd, EPOLL_CTL_DEL, c->watched_fd, NULL);
+                c->watched_fd = -1;
+        }
+        if (c->fd >= 0 && (c->watched_fd != c->fd || c->watched_events != want)) {
+                struct epoll_event ev = { .events = want, .data.fd = c->fd };
+
+                if (epoll_ctl(c->event_fd, c->watched_fd == c->fd ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, c->fd, &ev) == 0) {
+                        c->watched_fd = c->fd;
+                        c->watched_events = want;
+                }
+        }
+        if (c->state == CLIENT_AWAY) {
+                /* Absolute, and never 0 (which would disarm): a time already past fires at once. */
+                uint64_t at = MAX(c->next_attempt_ms, 1);
+
+                its.it_value.tv_sec = (time_t) (at / 1000);
+                its.it_value.tv_nsec = (long) (at % 1000) * 1000000L;
+        }
+        (void) timerfd_settime(c->timer_fd, TFD_TIMER_ABSTIME, &its, NULL);
+}
+
+static int events_open(shmb_client *c) {
+        _cleanup_(closep) int ep = -1, timer = -1;
+        struct epoll_event ev = { .events = EPOLLIN };
+
+        if (c->event_fd >= 0)
+                return 0;
+        ep = epoll_create1(EPOLL_CLOEXEC);
+        if (ep < 0)
+                return -errno;
+        timer = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+        if (timer < 0)
+                return -errno;
+        ev.data.fd = timer;
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, timer, &ev) < 0)
+                return -errno;
+        c->event_fd = TAKE_FD(ep);
+        c->timer_fd = TAKE_FD(timer);
+        c->watched_fd = -1;
+        events_sync(c);
+        return 0;
+}
+
+/* Take what made the event fd readable, so that it is not readable again for the same reason. */
+static void events_drain(shmb_client *c) {
+        struct epoll_event ev[2];
+        uint64_t expirations;
+
+        if (c->event_fd < 0)
+                return;
+        (void) epoll_wait(c->event_fd, ev, ELEMENTSOF(ev), 0);
+        (void) read(c->timer_fd, &expirations, sizeof expirations);
+}
+
+/* ---- states ---- */
+
+static void rejoin_reset(shmb_client *c) {
+        free(c->wbuf);
+        c->wbuf = NULL;
+        c->wlen = c->woff = 0;
+        free(c->steps);
+        c->steps = NULL;
+        c->n_steps = c->steps_done = 0;
+}
+
+/* Close the socket; with c->lock held, as everything below. */
+static void socket_close(shmb_client *c) {
+        if (c->fd >= 0) {
+                /* Out of the epoll set first: a closed number may be reused by anyone. */
+                if (c->watched_fd == c->fd)
+                        (void) epoll_ctl(c->event_fd, EPOLL_CTL_DEL, c->fd, NULL);
+                c->watched_fd = -1;
+                close(c->fd);
+                c->fd = -1;
+        }
+        c->rlen = 0;
+        rejoin_reset(c);
+}
+
+/* The broker went away: try again at once (a supervisor may have started it already; a refused connect costs nothing). */
+static void went_away(shmb_client *c) {
+        socket_close(c);
+        c->state = CLIENT_AWAY;
+        c->away_error = -ECONNREFUSED;
+        c->backoff_ms = RECONNECT_MIN_MS;
+        c->next_attempt_ms = now_ms();
+        events_sync(c);
+}
+
+/* An attempt failed with r: the next one after the backoff, which doubles up to its cap. */
+static void attempt_failed(shmb_client *c, int r) {
+        socket_close(c);
+        c->state = CLIENT_AWAY;
+        c->away_error = r;
+        c->next_attempt_ms = now_ms() + c->backoff_ms;
+        c->backoff_ms = MIN(c->backoff_ms * 2, RECONNECT_MAX_MS);
+        events_sync(c);
+}
+
+static void closed_for_good(shmb_client *c) {
+        socket_close(c);
+        c->state = CLIENT_CLOSED;
+        events_sync(c);
+}
+
 /*
  * After a failed send, read or decode, where the stream stands is unknown
  * (half an answer buffered, later answers of a pipelined call unread): the
- * next call would read an answer meant for this one. Close the connection,
- * so that later calls fail with -ENOTCONN instead. Called with c->lock held.
+ * next call would read an answer meant for this one. So the socket goes:
+ * the broker's end means it went away (come back when it does); anything
+ * else closes the connection for good, and later calls fail with -ENOTCONN.
  */
-static void connection_lost(shmb_client *c) {
-        if (c->fd >= 0)
-                close(c->fd);
-        c->fd = -1;
-        c->rlen = 0;
+static void call_failed(shmb_client *c, int r) {
+        if (broker_gone(r))
+                went_away(c);
+        else
+                closed_for_good(c);
 }
 
-/* client_call_n(); keep_message: leave c->last_message as the previous call left it. */
-static int call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, bool keep_message) {
-        char *out = NULL, msg[PROTO_MESSAGE_MAX], *line;
-        size_t out_len = 0, got = 0, len;
+/* Between calls the broker never writes: a readable socket has reached its end (or broke the protocol). */
+static bool socket_ended(shmb_client *c) {
+        struct pollfd p = { .fd = c->fd, .events = POLLIN };
+
+        return c->rlen > 0 || poll(&p, 1, 0) > 0;
+}
+
+/* ---- rejoining ---- */
+
+static int rejoin_queue(shmb_client *c, const ProtoRequest *req) {
+        RejoinStep *steps;
+        char *line, *buf;
+        size_t len;
+        int r;
+
+        r = proto_request_encode(req, &line, &len);
+        if (r < 0)
+                return r;
+        steps = realloc(c->steps, (c->n_steps + 1) * sizeof *steps);
+        if (steps)
+                c->steps = steps;
+        buf = steps ? realloc(c->wbuf, c->wlen + len) : NULL;
+        if (!buf) {
+                free(line);
+                return -ENOMEM;
+        }
+        memcpy(buf + c->wlen, line, len);
+        c->wbuf = buf;
+        c->wlen += len;
+        free(line);
+        c->steps[c->n_steps] = (RejoinStep) { .op = req->op };
+        strcpy(c->steps[c->n_steps].channel, req->channel);
+        c->n_steps++;
+        return 0;
+}
+
+static bool open_queued(const shmb_client *c, const char *name) {
+        for (size_t i = 0; i < c->n_steps; i++)
+                if (c->steps[i].op == PROTO_OP_OPEN && streq(c->steps[i].channel, name))
+                        return true;
+        return false;
+}
+
+/*
+ * hello, then one open per channel name with the access of its newest
+ * handle (the list is newest first): the broker keeps one hold per
+ * connection and channel, with the access of the latest open, so this is
+ * the hold it had. Stale handles have no channel to come back to.
+ */
+static int rejoin_start(shmb_client *c) {
+        ProtoRequest req = { .op = PROTO_OP_HELLO, .version = PROTO_VERSION };
+        int r;
+
+        c->state = CLIENT_REJOINING;
+        r = rejoin_queue(c, &req);
+        for (ClientHold *h = c->holds; h && r == 0; h = h->next) {
+                if (h->stale || open_queued(c, h->name))
+                        continue;
+                req = (ProtoRequest) { .op = PROTO_OP_OPEN, .access = h->access == SHMB_RO ? PROTO_ACCESS_RO : PROTO_ACCESS_RW };
+                strcpy(req.channel, h->name);
+                r = rejoin_queue(c, &req);
+        }
+        return r;
+}
+
+/* Refusals of an open that mean the channel a handle attached is no more: gone, or replaced (a restart that takes rights away replaces it). */
+static bool refusal_means_removed(int error) {
+        return error == ENOENT || error == EACCES || error == EIDRM;
+}
+
+/* The broker's answer to opening `name` again: which handles are back, which are stale, and whether the hold is anyone's. */
+static int rejoin_opened(shmb_client *c, const char *name, const ProtoResponse *res) {
+        ProtoRequest req = { .op = PROTO_OP_CLOSE };
+        bool needed = false;
+
+        for (ClientHold *h = c->holds; h; h = h->next) {
+                if (h->stale || !streq(h->name, name))
+                        continue;
+                if (!h->attached)
+                        needed = true;          /* its own open is under way and takes this hold */
+                else if (res->ok && res->channels[0].shm_id == h->shm_id && res->channels[0].sem_id == h->sem_id)
+                        needed = true;          /* adopted: the same objects */
+                else if (res->ok || refusal_means_removed(res->error))
+                        h->stale = true;
+                /* Any other refusal (the broker out of memory) says nothing of the channel: the handle
+                 * stays as it is, without a hold until the next reconnection. */
+        }
+        if (!res->ok || needed)
+                return 0;
+        /* A hold on the new channel that no handle of ours attached: give it back. */
+        strcpy(req.channel, name);
+        return rejoin_queue(c, &req);
+}
+
+static int rejoin_answer(shmb_client *c, const char *line, size_t len) {
+        RejoinStep step = c->steps[c->steps_done++];    /* a copy: rejoin_opened() may grow the array */
+        char msg[PROTO_MESSAGE_MAX];
+        ProtoResponse res;
+        int r;
+
+        r = proto_response_decode(step.op, line, len, &res, msg, sizeof msg);
+        if (r != 0)
+                return r > 0 ? -EPROTO : r;
+        switch (step.op) {
+        case PROTO_OP_HELLO:
+                r = res.ok ? client_check_hello(&res) : -(res.error ?: EPROTO);
+                break;
+        case PROTO_OP_OPEN:
+                r = rejoin_opened(c, step.channel, &res);
+                break;
+        default:
+                r = 0;                  /* a close: nothing depends on it */
+                break;
+        }
+        proto_response_done(&res);
+        return r;
+}
+
+/*
+ * Write what is left of the rejoin and read the answers that are there.
+ * wait: until all are in (a broker call, which waits for the broker
+ * anyway); else return 0 when the socket has nothing more for now.
+ */
+static int rejoin_run(shmb_client *c, bool wait) {
+        for (;;) {
+                struct pollfd p = { .fd = c->fd, .events = POLLIN };
+                char *line;
+                size_t len;
+                int r;
+
+                while (c->woff < c->wlen) {
+                        ssize_t n = send(c->fd, c->wbuf + c->woff, c->wlen - c->woff, MSG_NOSIGNAL | MSG_DONTWAIT);
+
+                        if (n < 0) {
+                                if (errno == EINTR)
+                                        continue;
+                                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                                        break;          /* the broker reads as we read its answers */
+                                return -errno;
+                        }
+                        c->woff += (size_t) n;
+                }
+                while (c->steps_done < c->n_steps) {
+                        char *nl = memchr(c->rbuf ?: "", '\n', c->rlen);
+
+                        if (!nl)
+                                break;
+                        line = c->rbuf;
+                        len = (size_t) (nl - c->rbuf);
+                        r = rejoin_answer(c, line, len);
+                        consume_line(c, len);
+                        if (r < 0)
+                                return r;
+                }
+                if (c->steps_done == c->n_steps) {
+                        rejoin_reset(c);
+                        c->state = CLIENT_UP;
+                        c->backoff_ms = RECONNECT_MIN_MS;
+                        events_sync(c);
+                        return 0;
+                }
+                r = recv_some(c, MSG_DONTWAIT);
+                if (r < 0)
+                        return r;
+                if (r > 0)
+                        continue;
+                if (!wait) {
+                        events_sync(c);         /* EPOLLOUT while requests wait to be written */
+                        return 0;
+                }
+                if (c->woff < c->wlen)
+                        p.events |= POLLOUT;
+                if (poll(&p, 1, -1) < 0 && errno != EINTR)
+                        return -errno;
+        }
+}
+
+/*
+ * One attempt: a non-blocking connect (a missing socket or a refusing one
+ * fails at once, a full backlog too, with EAGAIN), then the rejoin, waited
+ * for or not. A failure schedules the next attempt.
+ */
+static int reconnect(shmb_client *c, bool wait) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int r, flags;
+
+        /* Checked to fit when the client was made. */
+        strcpy(sa.sun_path, c->socket_path);
+        c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (c->fd < 0) {
+                r = -errno;
+                goto fail;
+        }
+        if (connect(c->fd, (struct sockaddr *) &sa, sizeof sa) < 0) {
+                /* A broker stopped cleanly removed its socket: for the caller, the same as nobody listening. */
+                r = errno == ENOENT ? -ECONNREFUSED : -errno;
+                goto fail;
+        }
+        /* Calls read and write blocking, as on the first connection; the rejoin says MSG_DONTWAIT. */
+        flags = fcntl(c->fd, F_GETFL);
+        if (flags < 0 || fcntl(c->fd, F_SETFL, flags & ~O_NONBLOCK) < 0) {
+                r = -errno;
+                goto fail;
+        }
+        r = rejoin_start(c);
+        if (r == 0)
+                r = rejoin_run(c, wait);
+        if (r == 0)
+                return 0;
+fail:
+        attempt_failed(c, r);
+        return r;
+}
+
+/*
+ * Make c ready for a request; every broker call starts here, c->lock held.
+ * reconnect: a broker that is away is tried at once, whatever the backoff
+ * says (the caller asks for it now, and a refused connect costs nothing).
+ */
+static int ready(shmb_client *c, bool reconnect_now) {
+        int r;
+
+        if (c->state == CLIENT_UP && socket_ended(c))
+                went_away(c);
+        switch (c->state) {
+        case CLIENT_UP:
+                return 0;
+        case CLIENT_AWAY:
+                return reconnect_now ? reconnect(c, true) : -ENOTCONN;
+        case CLIENT_REJOINING:
+                r = rejoin_run(c, true);
+                if (r < 0)
+                        attempt_failed(c, r);
+                return r;
+        default:
+                return -ENOTCONN;
+        }
+}
+
+int shmb_client_process(shmb_client *c) {
         int r = 0;
 
+        if (!c)
+                return -EINVAL;
+        pthread_mutex_lock(&c->lock);
+        events_drain(c);
+        if (c->state == CLIENT_UP && socket_ended(c))
+                went_away(c);
+        if (c->state == CLIENT_AWAY)
+                r = now_ms() >= c->next_attempt_ms ? reconnect(c, false) : c->away_error;
+        else if (c->state == CLIENT_REJOINING) {
+                r = rejoin_run(c, false);
+                if (r < 0)
+                        attempt_failed(c, r);
+        } else if (c->state == CLIENT_CLOSED)
+                r = -ENOTCONN;
+        pthread_mutex_unlock(&c->lock);
+        return r;
+}
+
+/* ---- calls ---- */
+
+/* call_n() with c->lock held. */
+static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, unsigned flags) {
+        char *out = NULL, msg[PROTO_MESSAGE_MAX], *line;
+        size_t out_len = 0, got = 0, len;
+        bool keep_message = flags & CALL_KEEP_MESSAGE;
+        int r = 0;
+
+        if (!keep_message)
+                c->last_message[0] = 0;
         /* Pipelined: every request in one write, then the answers in order. */
         for (size_t i = 0; i < n && r == 0; i++) {
                 char *one, *grown;
@@ -122,14 +579,13 @@ static int call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets,
                 out_len += one_len;
                 free(one);
         }
+        if (r == 0)
+                r = ready(c, !(flags & CALL_NO_RECONNECT));
         if (r < 0) {
                 free(out);
                 return r;
         }
-        pthread_mutex_lock(&c->lock);
-        if (!keep_message)
-                c->last_message[0] = 0;
-        r = c->fd < 0 ? -ENOTCONN : send_all(c->fd, out, out_len);
+        r = send_all(c->fd, out, out_len);
         while (r == 0 && got < n) {
                 r = read_line(c, &line, &len);
                 if (r < 0)
@@ -145,16 +601,15 @@ static int call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets,
                 if (r == 0)
                         got++;
         }
-        if (r < 0 && r != -ENOTCONN)
-                connection_lost(c);
-        /* The first refusal is the answer (its message under the lock, as other calls write it too). */
+        if (r < 0)
+                call_failed(c, r);
+        /* The first refusal is the answer. */
         for (size_t i = 0; r == 0 && i < got; i++)
                 if (!rets[i].ok) {
                         if (!keep_message)
                                 snprintf(c->last_message, sizeof c->last_message, "%s", rets[i].message);
                         r = -rets[i].error;
                 }
-        pthread_mutex_unlock(&c->lock);
         free(out);
         /* Every decoded response is released on failure. */
         if (r < 0)
@@ -163,16 +618,25 @@ static int call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets,
         return r;
 }
 
+static int call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, unsigned flags) {
+        int r;
+
+        pthread_mutex_lock(&c->lock);
+        r = call_locked(c, reqs, rets, n, flags);
+        pthread_mutex_unlock(&c->lock);
+        return r;
+}
+
 int client_call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n) {
-        return call_n(c, reqs, rets, n, false);
+        return call_n(c, reqs, rets, n, 0);
 }
 
 int client_call(shmb_client *c, const ProtoRequest *req, ProtoResponse *ret) {
-        return call_n(c, req, ret, 1, false);
+        return call_n(c, req, ret, 1, 0);
 }
 
 int client_call_keep_message(shmb_client *c, const ProtoRequest *req, ProtoResponse *ret) {
-        return call_n(c, req, ret, 1, true);
+        return call_n(c, req, ret, 1, CALL_KEEP_MESSAGE);
 }
 
 int shmb_request_json(shmb_client *c, const char *request, char **ret_answer) {
@@ -189,7 +653,10 @@ int shmb_request_json(shmb_client *c, const char *request, char **ret_answer) {
                 return -E2BIG;
         pthread_mutex_lock(&c->lock);
         c->last_message[0] = 0;
-        r = c->fd < 0 ? -ENOTCONN : send_all(c->fd, request, n);
+        r = ready(c, true);
+        if (r < 0)
+                goto out;
+        r = send_all(c->fd, request, n);
         if (r == 0)
                 r = send_all(c->fd, "\n", 1);
         if (r == 0)
@@ -199,11 +666,79 @@ int shmb_request_json(shmb_client *c, const char *request, char **ret_answer) {
                 consume_line(c, len);
                 if (!*ret_answer)
                         r = -ENOMEM;
-        } else if (r != -ENOTCONN)
-                connection_lost(c);
+        } else
+                call_failed(c, r);
+out:
         pthread_mutex_unlock(&c->lock);
         return r;
 }
+
+/* ---- the list of open channels ---- */
+
+void client_hold_add(shmb_client *c, ClientHold *h, const char *name, shmb_access access) {
+        pthread_mutex_lock(&c->lock);
+        *h = (ClientHold) { .next = c->holds, .listed = true, .access = access };
+        snprintf(h->name, sizeof h->name, "%s", name);
+        if (c->holds)
+                c->holds->prev = h;
+        c->holds = h;
+        pthread_mutex_unlock(&c->lock);
+}
+
+void client_hold_attached(shmb_client *c, ClientHold *h, int shm_id, int sem_id) {
+        pthread_mutex_lock(&c->lock);
+        h->shm_id = shm_id;
+        h->sem_id = sem_id;
+        h->attached = true;
+        pthread_mutex_unlock(&c->lock);
+}
+
+static bool hold_needed(const shmb_client *c, const char *name) {
+        for (const ClientHold *h = c->holds; h; h = h->next)
+                if (!h->stale && streq(h->name, name))
+                        return true;
+        return false;
+}
+
+void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep_message) {
+        ProtoRequest req = { .op = PROTO_OP_CLOSE };
+        ProtoResponse res;
+
+        pthread_mutex_lock(&c->lock);
+        if (h->listed) {
+                if (h->prev)
+                        h->prev->next = h->next;
+                else
+                        c->holds = h->next;
+                if (h->next)
+                        h->next->prev = h->prev;
+                h->prev = h->next = NULL;
+                h->listed = false;
+        }
+        /*
+         * Decided and sent under one lock, so that no open or rejoin of the
+         * same name comes between. A stale handle's name is another
+         * channel's now: its hold, if any, is another handle's. Best effort:
+         * a broker that went away has dropped the hold already.
+         */
+        if (give_back && !h->stale && !hold_needed(c, h->name)) {
+                strcpy(req.channel, h->name);
+                if (call_locked(c, &req, &res, 1, CALL_NO_RECONNECT | (keep_message ? CALL_KEEP_MESSAGE : 0)) == 0)
+                        proto_response_done(&res);
+        }
+        pthread_mutex_unlock(&c->lock);
+}
+
+bool client_hold_is_stale(shmb_client *c, const ClientHold *h) {
+        bool stale;
+
+        pthread_mutex_lock(&c->lock);
+        stale = h->stale;
+        pthread_mutex_unlock(&c->lock);
+        return stale;
+}
+
+/* ---- connecting ---- */
 
 int client_connect(const char *socket_path, shmb_client **ret) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -219,6 +754,13 @@ int client_connect(const char *socket_path, shmb_client **ret) {
                 return -ENOMEM;
         c->refs = 1;
         pthread_mutex_init(&c->lock, NULL);
+        c->fd = c->event_fd = c->timer_fd = c->watched_fd = -1;
+        c->backoff_ms = RECONNECT_MIN_MS;
+        c->socket_path = strdup(path);
+        if (!c->socket_path) {
+                r = -ENOMEM;
+                goto fail;
+        }
         c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (c->fd < 0) {
                 r = -errno;
@@ -270,10 +812,15 @@ void client_ref(shmb_client *c) {
 void client_unref(shmb_client *c) {
         if (!c || __atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) > 0)
                 return;
-        if (c->fd >= 0)
-                close(c->fd);
+        /* Every channel held a reference: the list is empty by now. */
+        socket_close(c);
+        if (c->event_fd >= 0)
+                close(c->event_fd);
+        if (c->timer_fd >= 0)
+                close(c->timer_fd);
         pthread_mutex_destroy(&c->lock);
         free(c->rbuf);
+        free(c->socket_path);
         free(c);
 }
 
@@ -281,16 +828,29 @@ void shmb_disconnect(shmb_client *c) {
         if (!c)
                 return;
         pthread_mutex_lock(&c->lock);
-        if (c->fd >= 0) {
-                close(c->fd);
-                c->fd = -1;
-        }
+        closed_for_good(c);
         pthread_mutex_unlock(&c->lock);
         client_unref(c);
 }
 
-int shmb_client_fd(const shmb_client *c) {
-        return c ? c->fd : -EINVAL;
+int shmb_client_fd(const shmb_client *cc) {
+        /* Made on first use, so that programs that never poll pay no descriptors. Every client is
+         * allocated by client_connect(), never const: the fd is a cache, as a C++ `mutable` would be. */
+        shmb_client *c = (shmb_client *) cc;
+        int r;
+
+        if (!c)
+                return -EINVAL;
+        pthread_mutex_lock(&c->lock);
+        if (c->state == CLIENT_CLOSED)
+                r = -1;
+        else {
+                r = events_open(c);
+                if (r == 0)
+                        r = c->event_fd;
+        }
+        pthread_mutex_unlock(&c->lock);
+        return r;
 }
 
 const char *shmb_client_last_message(const shmb_client *c) {

@@ -18,6 +18,15 @@
  * between) is found by whoever waits at it. Such a waiter never sleeps for
  * long, as no one would wake it; every REPAIR_POLL_MS it checks whether
  * the claimer is still alive, and if not, takes the slot over.
+ *
+ * Removal: the daemon marks a ring it removes (proto/ring.h) and wakes its
+ * sleepers. Each pass of a call's loop reads the state word first (one
+ * load of a line nobody writes while the ring lives: the fast path, one
+ * pass, stays as it was), and a waiting call reads it again while it
+ * spins, before it sleeps and after every wake-up: a removed ring answers
+ * -EIDRM, whatever is still in it. The sleeper's order (word, flag, slot,
+ * state, all sequentially consistent) against the remover's (state, then
+ * word) means it either sees REMOVED or finds the word moved.
  */
 
 #include <errno.h>
@@ -76,6 +85,11 @@ static RingSlot *slot_at(const shmb_channel *ch, uint64_t pos) {
 
 static char *payload(RingSlot *slot) {
         return (char *) slot + RING_SLOT_HEADER;
+}
+
+/* The daemon removed the ring (or is removing it): every call answers -EIDRM from now on. */
+static bool ring_removed(const shmb_channel *ch, int mo) {
+        return __atomic_load_n(&ch->ring->state, mo) != RING_STATE_LIVE;
 }
 
 /*
@@ -226,7 +240,8 @@ static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, const Wa
                 if ((i & 63) == 0) {
                         int64_t now = now_ns();
 
-                        if (now > end)
+                        /* A removed ring never fills this slot: stop now, wait_slot() says why. */
+                        if (now > end || ring_removed(ch, ACQ))
                                 break;
                         /* Yield only once the peer is clearly not answering from another CPU. */
                         if (now - start > SPIN_YIELD_AFTER_NS)
@@ -273,11 +288,42 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, Waiter *
          */
         v = LOAD(w->word, SEQ);
         STORE(w->sleeping, 1, SEQ);
-        if ((int64_t) (LOAD(&slot->seq, SEQ) - target) < 0)
+        /* The state after the word: a removal after this read moves the word, and FUTEX_WAIT returns. */
+        if ((int64_t) (LOAD(&slot->seq, SEQ) - target) < 0 && !ring_removed(ch, SEQ))
                 r = futex_wait(w->word, v, until);
+        /* Whatever woke us (the remover's wake, a signal, the deadline), a removed ring is the answer. */
+        if (ring_removed(ch, SEQ))
+                return -EIDRM;
         if (r == -ETIMEDOUT && until != deadline)
                 return 0;               /* only the poll ran out: look again */
         return r;
+}
+
+int ring_channel_init(shmb_channel *ch, void *addr, uint64_t size) {
+        const RingHeader *h = addr;
+        uint64_t stride;
+
+        if (!ch || !addr || size < RING_HEADER_SIZE)
+                return -EINVAL;
+        /* Another version's header may place anything anywhere: nothing of it is read. */
+        if (h->magic != RING_MAGIC || h->version != RING_VERSION)
+                return -EPROTO;
+        /* A ring of one slot would take a second message over the first: refused, not run wrongly. */
+        if (h->slot_size == 0 || h->slot_size > RING_SLOT_SIZE_MAX || h->slots < RING_SLOTS_MIN ||
+            h->slots > RING_SLOTS_MAX)
+                return -EPROTO;
+        stride = ring_slot_stride(h->slot_size);
+        if (h->slot_stride != stride || h->data_offset != RING_HEADER_SIZE ||
+            size != ring_segment_size(h->slot_size, h->slots))
+                return -EPROTO;
+        ch->ring = addr;
+        ch->slots = (char *) addr + RING_HEADER_SIZE;
+        ch->stride = stride;
+        ch->info.slot_size = h->slot_size;
+        ch->info.slots = h->slots;
+        /* The fast path is the default: a short, adaptive spin, never on the peer's CPU. */
+        ch->spin_us = SHMB_DEFAULT_SPIN_US;
+        return 0;
 }
 
 static int check_ring(const shmb_channel *ch) {
@@ -344,9 +390,15 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
         if (len > ch->info.slot_size)
                 return -EMSGSIZE;
         for (;;) {
-                uint64_t pos = LOAD(&ch->ring->head, RLX);
-                RingSlot *slot = slot_at(ch, pos);
-                int64_t diff = (int64_t) (LOAD(&slot->seq, ACQ) - pos);
+                uint64_t pos;
+                RingSlot *slot;
+                int64_t diff;
+
+                if (ring_removed(ch, ACQ))
+                        return -EIDRM;
+                pos = LOAD(&ch->ring->head, RLX);
+                slot = slot_at(ch, pos);
+                diff = (int64_t) (LOAD(&slot->seq, ACQ) - pos);
 
                 if (diff == 0) {
                         if (!__atomic_compare_exchange_n(&ch->ring->head, &pos, pos + 1, true, RLX, RLX))
@@ -392,9 +444,15 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
         if (size > 0 && !buf)
                 return -EINVAL;
         for (;;) {
-                uint64_t pos = LOAD(&ch->ring->tail, RLX);
-                RingSlot *slot = slot_at(ch, pos);
-                int64_t diff = (int64_t) (LOAD(&slot->seq, ACQ) - (pos + 1));
+                uint64_t pos;
+                RingSlot *slot;
+                int64_t diff;
+
+                if (ring_removed(ch, ACQ))
+                        return -EIDRM;
+                pos = LOAD(&ch->ring->tail, RLX);
+                slot = slot_at(ch, pos);
+                diff = (int64_t) (LOAD(&slot->seq, ACQ) - (pos + 1));
 
                 if (diff == 0) {
                         uint32_t len = LOAD(&slot->len, RLX);

@@ -2,6 +2,12 @@
  * Semaphore operations on a channel's set. Waits use semtimedop(), whose
  * timeout is relative; an EINTR is handed back to the caller rather than
  * retried, so a signal can interrupt a wait as it would a plain semop().
+ *
+ * A removed set: callers already blocked get EIDRM from the kernel, later
+ * ones EINVAL (the id names nothing any more). Both are the channel's
+ * removal, which the library reports as -EIDRM: never the kernel's bare
+ * EINVAL, which would read as a bad argument of ours. A ring channel's
+ * header says the same (proto/ring.h), and is asked first.
  */
 
 #include <errno.h>
@@ -9,6 +15,28 @@
 #include <time.h>
 
 #include "client/shmbroker-internal.h"
+
+union semun {
+        int val;
+        struct semid_ds *buf;
+        unsigned short *array;
+};
+
+/*
+ * semtimedop() said EINVAL although the index (checked against the set's
+ * count at open) and the timeout are valid: then the id no longer names a
+ * set. IPC_STAT confirms it (EINVAL or EIDRM: no such set); a set that is
+ * still there (read, or refused to us: EACCES comes after the lookup)
+ * leaves the EINVAL as it was.
+ */
+static int einval_means_removed(int sem_id) {
+        struct semid_ds ds;
+        union semun arg = { .buf = &ds };
+
+        if (semctl(sem_id, 0, IPC_STAT, arg) < 0 && (errno == EINVAL || errno == EIDRM))
+                return -EIDRM;
+        return -EINVAL;
+}
 
 static int sem_op(shmb_channel *ch, unsigned idx, short delta, bool undo, int timeout_ms) {
         struct sembuf op;
@@ -19,6 +47,9 @@ static int sem_op(shmb_channel *ch, unsigned idx, short delta, bool undo, int ti
         /* Waiting and posting both change a value: the kernel wants write access. */
         if (ch->access == SHMB_RO)
                 return -EACCES;
+        /* The set goes with the ring: once the header says removed, so does every call. */
+        if (ch->ring && __atomic_load_n(&ch->ring->state, __ATOMIC_ACQUIRE) != RING_STATE_LIVE)
+                return -EIDRM;
         op = (struct sembuf) {
                 .sem_num = (unsigned short) (ch->sem_base + idx),
                 .sem_op = delta,
@@ -35,8 +66,9 @@ static int sem_op(shmb_channel *ch, unsigned idx, short delta, bool undo, int ti
         case EAGAIN:
                 return timeout_ms > 0 ? -ETIMEDOUT : -EAGAIN;
         case EIDRM:
+                return -EIDRM;          /* removed while we waited */
         case EINVAL:
-                return -EIDRM;          /* the set is gone: the channel was removed */
+                return einval_means_removed(ch->info.sem_id);
         default:
                 return -errno;
         }

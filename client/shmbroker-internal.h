@@ -9,17 +9,63 @@
 #include "proto/proto.h"
 #include "proto/ring.h"
 
+/*
+ * A handle's entry in its connection's list of open channels: what the
+ * library opens again when it reconnects after a broker restart (client.c).
+ * Every field is under the client's lock.
+ */
+typedef struct ClientHold {
+        struct ClientHold *prev, *next; /* newest first */
+        bool listed;
+        char name[PROTO_NAME_MAX + 1];
+        shmb_access access;
+        int shm_id, sem_id;             /* what the handle attached */
+        bool attached;                  /* the ids are known: its open finished */
+        bool stale;                     /* the broker's channel of that name is another one now */
+} ClientHold;
+
+/* Where a connection stands (client.c has the transitions). */
+typedef enum ClientState {
+        CLIENT_UP,                      /* connected */
+        CLIENT_REJOINING,               /* connected again; hello and re-opens sent, answers due */
+        CLIENT_AWAY,                    /* the broker went away: try again at next_attempt_ms */
+        CLIENT_CLOSED,                  /* shmb_disconnect() or a broken stream: for good */
+} ClientState;
+
+/* A request of a rejoin whose answer is still due. */
+typedef struct RejoinStep {
+        ProtoOp op;                     /* hello, open or close */
+        char channel[PROTO_NAME_MAX + 1];
+} RejoinStep;
+
 struct shmb_client {
-        int fd;                         /* -1 after shmb_disconnect() */
+        int fd;                         /* the socket; -1 unless UP or REJOINING */
         unsigned refs;                  /* the caller's, plus one per open channel */
-        pthread_mutex_t lock;           /* one request/response at a time */
+        pthread_mutex_t lock;           /* one request/response at a time; everything below */
         char *rbuf;                     /* bytes read past the last answer */
         size_t rlen, rcap;
         char last_message[PROTO_MESSAGE_MAX];
+        ClientState state;
+        char *socket_path;              /* resolved at connect: where the broker comes back */
+        ClientHold *holds;              /* the channels open on this connection */
+        /* AWAY */
+        int away_error;                 /* what shmb_client_process() says meanwhile */
+        uint64_t next_attempt_ms;       /* CLOCK_MONOTONIC */
+        unsigned backoff_ms;
+        /* REJOINING: requests not yet written, answers not yet read */
+        char *wbuf;
+        size_t wlen, woff;
+        RejoinStep *steps;
+        size_t n_steps, steps_done;
+        /* shmb_client_fd(): made on first use */
+        int event_fd, timer_fd;
+        int watched_fd;                 /* the socket as event_fd watches it, or -1 */
+        uint32_t watched_events;
 };
 
 struct shmb_channel {
         shmb_client *client;
+        ClientHold hold;                /* on client->holds while open */
         shmb_channel_info info;
         shmb_access access;
         void *addr;
@@ -57,6 +103,33 @@ int client_check_hello(const ProtoResponse *res);
 void client_ref(shmb_client *c);
 void client_unref(shmb_client *c);
 
+/*
+ * The list of channels open on a connection. A handle is listed before its
+ * open request is sent (so that a reconnection meanwhile opens it again
+ * too) and marked attached, with its ids, once the open succeeded.
+ * client_hold_remove() unlists it; give_back: also close its hold at the
+ * broker, unless the handle is stale or another live handle of the same
+ * name on this connection still needs the hold (the broker keeps one hold
+ * per connection and channel). It never reconnects for that: a broker that
+ * went away dropped the hold already. keep_message as for
+ * client_call_keep_message().
+ */
+void client_hold_add(shmb_client *c, ClientHold *h, const char *name, shmb_access access);
+void client_hold_attached(shmb_client *c, ClientHold *h, int shm_id, int sem_id);
+void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep_message);
+/* Whether a reconnection found the handle's channel removed (replaced or gone). */
+bool client_hold_is_stale(shmb_client *c, const ClientHold *h);
+
 /* The public description of a decoded channel. */
 void info_from_proto(const ProtoChannel *pc, shmb_channel_info *ret);
+
+/*
+ * Point ch's ring fields (ring, slots, stride, info.slot_size, info.slots,
+ * the default spin) at the ring whose header is at addr, with size bytes
+ * mapped there. Checks that the header is of the RING_VERSION this library
+ * speaks (-EPROTO otherwise) and that it describes exactly size bytes
+ * (-EPROTO). addr stays the caller's; the caller sets ch->access. Used by
+ * shmb_open() and by the ring tests over a buffer of their own.
+ */
+int ring_channel_init(shmb_channel *ch, void *addr, uint64_t size);
 

@@ -108,6 +108,13 @@ static void remove_objects(Channel *c, State *state) {
         /* No longer a channel to adopt; the objects stay recorded until they are gone. */
         if (state && c->shm_id >= 0)
                 (void) state_drop(state, STATE_CHAN, c->key, c->shm_id);
+        /*
+         * Clients keep their mapping of a removed segment, and its futexes: tell
+         * them through the header, and wake its sleepers, before it goes. Ours to
+         * write only while it still carries the header this daemon wrote.
+         */
+        if (c->addr && c->spec.layout == PROTO_LAYOUT_RING && ring_header_is_ours(c->addr))
+                ring_mark_removed(c->addr);
         /* IPC_RMID while still attached: our attachment keeps the id ours until then. */
         if (c->shm_id >= 0) {
                 if (rmid_done(shmctl(c->shm_id, IPC_RMID, NULL)) && state)
@@ -544,11 +551,15 @@ int channel_adopt(const ChannelSpec *spec, const StateRecord *shm, const StateRe
                         strerror(-r));
                 goto fail;
         }
-        /* A ring is only taken over with the header this daemon wrote: anything else is made anew. */
+        /*
+         * A ring is only taken over with the header this daemon wrote, still live (a
+         * run killed between marking it removed and removing it had given it up):
+         * anything else is made anew.
+         */
         h = c->addr;
         if (spec->layout == PROTO_LAYOUT_RING &&
             (h->magic != RING_MAGIC || h->version != RING_VERSION || h->slot_size != spec->slot_size ||
-             h->slots != spec->slots)) {
+             h->slots != spec->slots || __atomic_load_n(&h->state, __ATOMIC_ACQUIRE) != RING_STATE_LIVE)) {
                 msg_set(msg, msg_size, "channel \"%s\": the ring header of segment %d is not the one configured",
                         spec->name, shm->id);
                 r = -EINVAL;

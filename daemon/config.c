@@ -248,7 +248,7 @@ static int parse_channel(Ctx *ctx, json_t *o, ChannelSpec *c) {
                                     jslot_size ? "slots" : "slot_size");
                 CHECK_FIELD(ctx, json_field_int(jslot_size, "slot_size", 1, RING_SLOT_SIZE_MAX, &i, msg, msg_size));
                 c->slot_size = (uint32_t) i;
-                CHECK_FIELD(ctx, json_field_int(jslots, "slots", 1, RING_SLOTS_MAX, &i, msg, msg_size));
+                CHECK_FIELD(ctx, json_field_int(jslots, "slots", RING_SLOTS_MIN, RING_SLOTS_MAX, &i, msg, msg_size));
                 c->slots = (uint32_t) i;
                 c->size = ring_segment_size(c->slot_size, c->slots);
                 reserved = RING_NSEMS;

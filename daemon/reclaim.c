@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <sys/shm.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -13,6 +14,7 @@
 #include "daemon/log.h"
 #include "daemon/reclaim.h"
 #include "daemon/self.h"
+#include "proto/ring.h"
 
 /* How long after its intent an unrecorded set may have been made (or last set up). */
 #define INTENT_WINDOW_SEC 60
@@ -104,6 +106,30 @@ static void log_unproven(const StateRecord *rec) {
                     rec->kind == STATE_SHM ? "segment" : "semaphore set", rec->key, rec->id);
 }
 
+/*
+ * A killed run's ring may still have clients, asleep on its futexes or about
+ * to send: before its segment goes, tell them as a stop would (see
+ * ring_mark_removed()). Records do not say a segment's layout, so the
+ * header does: only one of this version's rings is written to. Best effort:
+ * a segment we may not attach (a mode without the owner's write bit) is
+ * removed all the same, and its clients learn it at their next open.
+ */
+static void mark_ring_removed(const StateRecord *rec) {
+        void *addr;
+
+        if (rec->size < sizeof(RingHeader))
+                return;
+        addr = shmat(rec->id, NULL, 0);
+        if (addr == (void *) -1) {
+                log_debug("Cannot attach segment %d to tell its ring's clients it is removed: %m, ignoring.",
+                          rec->id);
+                return;
+        }
+        if (ring_header_is_ours(addr))
+                ring_mark_removed(addr);
+        (void) shmdt(addr);
+}
+
 /* 1 settled (removed, gone or not ours), 0 to keep recorded; counts what it saw in *res. */
 static int settle(StateRecord *rec, Proven *proven, ReclaimResult *res) {
         int r;
@@ -131,6 +157,8 @@ static int settle(StateRecord *rec, Proven *proven, ReclaimResult *res) {
                 proven->v[proven->n].key = rec->key;
                 proven->v[proven->n++].pid = rec->pid;
         }
+        if (r > 0 && rec->kind == STATE_SHM)
+                mark_ring_removed(rec);
         if (r > 0 && (rec->kind == STATE_SHM ? shmctl(rec->id, IPC_RMID, NULL) : semctl(rec->id, 0, IPC_RMID)) == 0) {
                 res->removed++;
                 return 1;

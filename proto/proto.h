@@ -92,6 +92,12 @@ typedef struct ProtoChannel {
         ProtoLayout layout;
         uint32_t slot_size;                  /* ring only */
         uint32_t slots;                      /* ring only */
+        /*
+         * open of a ring only: the layout version of its header (proto/ring.h).
+         * Encoding, 0 stands for this build's RING_VERSION, the only one a
+         * daemon writes; decoded, 0 means the answer gave none.
+         */
+        uint32_t ring_version;
 
         char owner[PROTO_IDNAME_MAX + 1];    /* list, status */
         char group[PROTO_IDNAME_MAX + 1];

@@ -14,6 +14,7 @@
 #include "common/json-util.h"
 #include "common/util.h"
 #include "proto.h"
+#include "ring.h"
 
 static int set(json_t *o, const char *key, json_t *v) {
         /* json_object_set_new() takes v even on failure; NULL v means ENOMEM. */
@@ -115,6 +116,10 @@ static int channel_to_json(ProtoChannelView view, const ProtoChannel *c, json_t 
         if (c->layout == PROTO_LAYOUT_RING &&
             (set(o, "slot_size", json_integer(c->slot_size)) < 0 ||
              set(o, "slots", json_integer(c->slots)) < 0))
+                return -ENOMEM;
+        /* Only where a client is about to map the ring: list and status describe, they do not hand out. */
+        if (c->layout == PROTO_LAYOUT_RING && view == PROTO_VIEW_OPEN &&
+            set(o, "ring_version", json_integer(c->ring_version ?: RING_VERSION)) < 0)
                 return -ENOMEM;
         if (view != PROTO_VIEW_OPEN &&
             (set(o, "owner", json_string(c->owner)) < 0 ||
@@ -369,6 +374,9 @@ static int channel_from_json(ProtoChannelView view, json_t *o, ProtoChannel *c, 
         if (c->layout == PROTO_LAYOUT_RING) {
                 GET_INT(o, "slot_size", 1, UINT32_MAX, c->slot_size);
                 GET_INT(o, "slots", 1, UINT32_MAX, c->slots);
+                /* Optional here, as a broker before ring layout 3 sent none: the library judges it. */
+                if (json_object_get(o, "ring_version"))
+                        GET_INT(o, "ring_version", 1, UINT32_MAX, c->ring_version);
         }
         if (view == PROTO_VIEW_OPEN)
                 return 0;

@@ -28,16 +28,40 @@
  * tail, so two repairers cannot both act on one slot. The semaphore
  * RING_SEM_RESERVED is the ring's own, so that a ring always has a set;
  * semaphores the config asks for come after it.
+ *
+ * Removal: System V cannot tell an attached process that its segment was
+ * removed (the mapping lives on), and a futex sleeper in a removed segment
+ * would sleep forever. So whoever removes a ring first stores
+ * RING_STATE_REMOVED in `state` and wakes every sleeper on both futex
+ * words (ring_mark_removed()); clients look at `state` on every call and
+ * after every wake-up. `state` shares the first cache line with the
+ * fields nobody writes after creation, so reading it on every call costs a
+ * hit in a line that stays in every core's cache.
  */
 
+#include <limits.h>
+#include <linux/futex.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define RING_MAGIC UINT32_C(0x52424d53)   /* "SMBR" little-endian */
-#define RING_VERSION 2
+/* 3: `state` (was reserved0) tells clients the ring was removed. */
+#define RING_VERSION 3
 #define RING_HEADER_SIZE 512
 #define RING_SLOT_HEADER 64
 #define RING_SLOT_SIZE_MAX (UINT32_C(1) << 30)
 #define RING_SLOTS_MAX (UINT32_C(1) << 20)
+/* With one slot, "freed for position p + 1" and "full with position p" are one sequence number. */
+#define RING_SLOTS_MIN 2
+
+/* Values of RingHeader.state. */
+enum {
+        RING_STATE_LIVE = 0,
+        RING_STATE_REMOVED = 1,         /* final: the ring's segment is (being) removed */
+};
 
 enum {
         RING_SEM_RESERVED,  /* the ring's own; starts at 1 */
@@ -52,7 +76,7 @@ typedef struct RingHeader {
         uint32_t slot_stride;
         uint32_t data_offset;
         uint32_t nsems_reserved;
-        uint32_t reserved0;
+        uint32_t state;                 /* RING_STATE_*: written at creation and at removal only */
         /*
          * Each side's hot word on its own cache line, and each side's waiting
          * state on another: a publisher reads the peer's sleeping flag after
@@ -82,6 +106,10 @@ typedef struct RingSlot {
 
 _Static_assert(sizeof(RingHeader) <= RING_HEADER_SIZE, "ring header too large");
 _Static_assert(sizeof(RingSlot) <= RING_SLOT_HEADER, "ring slot header size");
+/* Offsets that shmbroker-protocol(7) documents for clients in other languages. */
+_Static_assert(offsetof(RingHeader, state) == 28 && offsetof(RingHeader, head) == 64 &&
+               offsetof(RingHeader, data_seq) == 192 && offsetof(RingHeader, space_seq) == 256,
+               "ring header offsets");
 
 static inline uint64_t ring_slot_stride(uint32_t slot_size) {
         return ((uint64_t) slot_size + RING_SLOT_HEADER + 63) & ~UINT64_C(63);
@@ -89,4 +117,25 @@ static inline uint64_t ring_slot_stride(uint32_t slot_size) {
 
 static inline uint64_t ring_segment_size(uint32_t slot_size, uint32_t slots) {
         return RING_HEADER_SIZE + (uint64_t) slots * ring_slot_stride(slot_size);
+}
+
+/* The header is one this build wrote (or would write): the fields ring_mark_removed() relies on. */
+static inline bool ring_header_is_ours(const RingHeader *h) {
+        return h->magic == RING_MAGIC && h->version == RING_VERSION;
+}
+
+/*
+ * Tell every client of a ring that is about to be removed: store REMOVED,
+ * then move both futex words and wake all their sleepers. The store comes
+ * first and every access is sequentially consistent, as the clients' loads
+ * are: a sleeper that read a futex word before the bump finds the word
+ * moved (FUTEX_WAIT fails with EAGAIN) or is woken, and then reads REMOVED.
+ * Not FUTEX_PRIVATE: the words are shared between processes.
+ */
+static inline void ring_mark_removed(RingHeader *h) {
+        __atomic_store_n(&h->state, (uint32_t) RING_STATE_REMOVED, __ATOMIC_SEQ_CST);
+        __atomic_add_fetch(&h->data_seq, 1, __ATOMIC_SEQ_CST);
+        __atomic_add_fetch(&h->space_seq, 1, __ATOMIC_SEQ_CST);
+        (void) syscall(SYS_futex, &h->data_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+        (void) syscall(SYS_futex, &h->space_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }

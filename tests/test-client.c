@@ -12,12 +12,15 @@
 #include <stddef.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
+#include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -687,14 +690,19 @@ static void doomed_client(unsigned seed) {
                         v++;
                         break;
                 default: {
-                        /* Half a request, straight on the socket. */
-                        shmb_client *c;
+                        /* Half a request, straight on a socket of its own (the library's fd is its event fd). */
+                        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+                        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                        size_t n = strlen(td.socket);
 
-                        if (shmb_connect(NULL, &c) == 0) {
-                                (void) send(shmb_client_fd(c), "{\"op\":\"sta", 11, MSG_NOSIGNAL);
+                        if (n < sizeof sa.sun_path)
+                                memcpy(sa.sun_path, td.socket, n + 1);
+                        if (fd >= 0 && connect(fd, (struct sockaddr *) &sa, sizeof sa) == 0) {
+                                (void) send(fd, "{\"op\":\"sta", 11, MSG_NOSIGNAL);
                                 usleep(rand_r(&seed) % 300);
-                                shmb_disconnect(c);
                         }
+                        if (fd >= 0)
+                                close(fd);
                 }
                 }
         }
@@ -1395,6 +1403,634 @@ START_TEST(test_open_rights_revoked_before_attach_is_eacces) {
 }
 END_TEST
 
+/* ---- removal reaches every handle ---- */
+
+/*
+ * SPEC: once a channel is removed (stop, a reload that drops or replaces it,
+ * a crash restart that replaces it), every call on an old handle, blocked
+ * ones included, answers -EIDRM within 100 ms. Here callers block for good
+ * (timeout -1) in threads of this process or of a holder child: a receiver
+ * on an empty ring ("rx"), a sender on a full one ("tx"), a semaphore wait
+ * on a raw channel ("pair"). The wait for them is bounded generously, so a
+ * slow machine fails nothing; the latency is printed.
+ */
+#define REMOVAL_WAIT_MS 5000
+
+/* The usual channels, "pair" of pair_size bytes, and the rings "rx" and "tx" of `slots`, shared with RACE_GROUP. */
+static char *removal_channels(size_t pair_size, unsigned slots, const char *mode) {
+        char *json;
+
+        ck_assert_int_ge(asprintf(&json,
+                                  "[{\"name\": \"counter\", \"size\": 4096},"
+                                  " {\"name\": \"pair\", \"size\": %zu, \"semaphores\": [1, 0]},"
+                                  " {\"name\": \"ring\", \"layout\": \"ring\", \"slot_size\": 256, \"slots\": 8},"
+                                  " {\"name\": \"secret\", \"size\": 4096, \"mode\": \"0600\"},"
+                                  " {\"name\": \"public\", \"size\": 4096, \"mode\": \"0644\"},"
+                                  " {\"name\": \"rx\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": %u,"
+                                  "  \"semaphores\": [0], \"group\": " RACE_GROUP_JSON ", \"mode\": \"%s\"},"
+                                  " {\"name\": \"tx\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": %u,"
+                                  "  \"semaphores\": [0], \"group\": " RACE_GROUP_JSON ", \"mode\": \"%s\"}]",
+                                  pair_size, slots, mode, slots, mode), 0);
+        return json;
+}
+
+typedef enum BlockedKind {
+        BLOCKED_RECV,
+        BLOCKED_SEND,
+        BLOCKED_SEM_WAIT,
+} BlockedKind;
+
+static const char *const blocked_names[] = { "shmb_recv", "shmb_send", "shmb_sem_wait" };
+
+/* One call that waits without a timeout, in a thread of its own. */
+typedef struct Blocked {
+        shmb_channel *ch;
+        BlockedKind kind;
+        pthread_t thread;
+        int result;
+        int64_t returned_ms;            /* 0 until it returned */
+} Blocked;
+
+static void *blocked_main(void *userdata) {
+        Blocked *b = userdata;
+        char buf[64];
+        ssize_t r;
+
+        switch (b->kind) {
+        case BLOCKED_RECV:
+                r = shmb_recv(b->ch, buf, sizeof buf, -1);
+                break;
+        case BLOCKED_SEND:
+                r = shmb_send(b->ch, "m", 1, -1);
+                break;
+        default:
+                r = shmb_sem_wait(b->ch, 1, -1);
+                break;
+        }
+        b->result = (int) r;
+        __atomic_store_n(&b->returned_ms, test_now_ms(), __ATOMIC_RELEASE);
+        return NULL;
+}
+
+static int64_t blocked_returned(Blocked *b) {
+        return __atomic_load_n(&b->returned_ms, __ATOMIC_ACQUIRE);
+}
+
+/* The wait has begun for real: a ring's sleeping flag is up, or the kernel counts the semaphore's waiter. */
+static bool blocked_is_waiting(Blocked *b) {
+        const RingHeader *h = shmb_channel_addr(b->ch);
+
+        switch (b->kind) {
+        case BLOCKED_RECV:
+                return __atomic_load_n(&h->recv_sleeping, __ATOMIC_SEQ_CST) != 0;
+        case BLOCKED_SEND:
+                return __atomic_load_n(&h->send_sleeping, __ATOMIC_SEQ_CST) != 0;
+        default:
+                return semctl(shmb_channel_get_info(b->ch)->sem_id, 1, GETNCNT) > 0;
+        }
+}
+
+/*
+ * Open rx, tx (filled) and, with_pair, pair; block a receiver, a sender and
+ * a semaphore waiter on them; return once all three wait. No Check
+ * assertions: a holder child calls it too. 0, or a line number that failed.
+ */
+static int block_callers(Blocked *b, bool with_pair) {
+        static const char *const names[] = { "rx", "tx", "pair" };
+        int n = with_pair ? 3 : 2, sent = 0;
+
+        for (int i = 0; i < n; i++) {
+                b[i] = (Blocked) { .kind = (BlockedKind) i };
+                if (shmb_open_channel(NULL, names[i], SHMB_RW, &b[i].ch) < 0)
+                        return __LINE__;
+        }
+        while (shmb_send(b[BLOCKED_SEND].ch, "f", 1, 0) == 0)
+                sent++;
+        if ((unsigned) sent != shmb_channel_get_info(b[BLOCKED_SEND].ch)->slots)
+                return __LINE__;
+        for (int i = 0; i < n; i++)
+                if (pthread_create(&b[i].thread, NULL, blocked_main, &b[i]) != 0)
+                        return __LINE__;
+        for (int i = 0; i < n; i++)
+                for (int64_t until = test_now_ms() + REMOVAL_WAIT_MS; !blocked_is_waiting(&b[i]);) {
+                        if (test_now_ms() > until)
+                                return __LINE__;
+                        usleep(1000);
+                }
+        /* Let them get from the flag into FUTEX_WAIT, where the old library slept for good. */
+        usleep(50000);
+        for (int i = 0; i < n; i++)
+                if (blocked_returned(&b[i]))
+                        return __LINE__;
+        return 0;
+}
+
+/* Wait (bounded) for every blocked call to return; false if one is still blocked. */
+static bool blocked_wait(Blocked *b, int n, int64_t until) {
+        for (int i = 0; i < n; i++)
+                while (!blocked_returned(&b[i])) {
+                        if (test_now_ms() > until)
+                                return false;
+                        usleep(1000);
+                }
+        return true;
+}
+
+/* Every blocked call returned -EIDRM, soon after `since`; so do later calls on the same handles. */
+static void assert_removed_everywhere(Blocked *b, int n, int64_t since, const char *what) {
+        char buf[64];
+
+        for (int i = 0; i < n; i++)
+                ck_assert_msg(blocked_wait(&b[i], 1, since + REMOVAL_WAIT_MS),
+                              "%s: a %s blocked before still waits %d ms later", what, blocked_names[b[i].kind],
+                              REMOVAL_WAIT_MS);
+        for (int i = 0; i < n; i++) {
+                ck_assert_int_eq(pthread_join(b[i].thread, NULL), 0);
+                fprintf(stderr, "removal (%s): a blocked %s returned %s after %" PRId64 " ms\n", what,
+                        blocked_names[b[i].kind], shmb_errno_name(b[i].result) ?: "?", b[i].returned_ms - since);
+                ck_assert_msg(b[i].result == -EIDRM, "%s: a blocked %s returned %d (%s), not -EIDRM", what,
+                              blocked_names[b[i].kind], b[i].result, shmb_strerror(b[i].result));
+        }
+        /* Calls that would not wait: with room in rx, messages in tx and semaphore values to take. */
+        ck_assert_int_eq(shmb_send(b[BLOCKED_RECV].ch, "x", 1, 0), -EIDRM);
+        ck_assert_int_eq(shmb_recv(b[BLOCKED_SEND].ch, buf, sizeof buf, 0), -EIDRM);
+        ck_assert_int_eq(shmb_recv(b[BLOCKED_RECV].ch, buf, sizeof buf, -1), -EIDRM);
+        ck_assert_int_eq(shmb_sem_post(b[BLOCKED_RECV].ch, 0), -EIDRM);          /* a ring's own semaphores too */
+        ck_assert_int_eq(shmb_sem_trywait(b[BLOCKED_SEND].ch, 0), -EIDRM);
+        if (n > BLOCKED_SEM_WAIT) {
+                ck_assert_int_eq(shmb_sem_post(b[BLOCKED_SEM_WAIT].ch, 1), -EIDRM);       /* EINVAL from the kernel */
+                ck_assert_int_eq(shmb_sem_trywait(b[BLOCKED_SEM_WAIT].ch, 0), -EIDRM);
+                ck_assert_int_eq(shmb_lock(b[BLOCKED_SEM_WAIT].ch, 0, 100), -EIDRM);
+        }
+        for (int i = 0; i < n; i++)
+                shmb_close(b[i].ch);
+}
+
+START_TEST(test_stop_reaches_blocked_callers) {
+        char *config = removal_channels(65536, 8, "0660");
+        Blocked b[3];
+        int64_t t;
+        int line;
+
+        reload_to(config);
+        line = block_callers(b, true);
+        ck_assert_msg(line == 0, "setting up the blocked callers failed at line %d", line);
+        t = test_now_ms();
+        test_daemon_stop_ok(&td);
+        assert_removed_everywhere(b, 3, t, "SIGTERM");
+        free(config);
+}
+END_TEST
+
+START_TEST(test_replacing_reload_reaches_blocked_callers) {
+        char *config = removal_channels(65536, 8, "0660"), *replaced = removal_channels(131072, 16, "0660");
+        shmb_channel *fresh;
+        Blocked b[3];
+        char buf[64];
+        int64_t t;
+        int line;
+
+        reload_to(config);
+        line = block_callers(b, true);
+        ck_assert_msg(line == 0, "setting up the blocked callers failed at line %d", line);
+        t = test_now_ms();
+        reload_to(replaced);            /* new slots for the rings, a new size for pair: all three replaced */
+        assert_removed_everywhere(b, 3, t, "replacing reload");
+        /* The new objects live: the removal marked the old header only. */
+        fresh = open_ok("rx", SHMB_RW);
+        ck_assert_uint_eq(shmb_channel_get_info(fresh)->slots, 16);
+        ck_assert_int_eq(shmb_send(fresh, "new", 3, 0), 0);
+        ck_assert_int_eq(shmb_recv(fresh, buf, sizeof buf, 0), 3);
+        shmb_close(fresh);
+        fresh = open_ok("pair", SHMB_RW);
+        ck_assert_int_eq(shmb_sem_post(fresh, 1), 0);
+        ck_assert_int_eq(shmb_sem_wait(fresh, 1, 0), 0);
+        shmb_close(fresh);
+        free(config);
+        free(replaced);
+}
+END_TEST
+
+/* What the holder child reports: each blocked call's result and when it returned (0: never). */
+typedef struct HolderReport {
+        int line;
+        int result[2];
+        int64_t returned_ms[2];
+        int later[2];                   /* a send on rx and a receive on tx afterwards */
+} HolderReport;
+
+static _Noreturn void revoked_holder(int ready, int report) {
+        HolderReport rep = {};
+        Blocked b[2];
+        char buf[64];
+
+        test_drop_privileges(65534, 65534, RACE_GROUP);
+        rep.line = block_callers(b, false);
+        if (write(ready, "r", 1) != 1)
+                _exit(2);
+        if (rep.line == 0) {
+                /* Bounded: the parent reloads at once, and judges the times itself. */
+                (void) blocked_wait(b, 2, test_now_ms() + 2 * REMOVAL_WAIT_MS);
+                for (int i = 0; i < 2; i++) {
+                        rep.result[i] = b[i].result;
+                        rep.returned_ms[i] = blocked_returned(&b[i]);
+                }
+                rep.later[0] = shmb_send(b[BLOCKED_RECV].ch, "x", 1, 0);
+                rep.later[1] = (int) shmb_recv(b[BLOCKED_SEND].ch, buf, sizeof buf, 0);
+        }
+        if (write(report, &rep, sizeof rep) != (ssize_t) sizeof rep)
+                _exit(3);
+        _exit(0);               /* threads still blocked (a failure) end with the process */
+}
+
+START_TEST(test_revoking_reload_reaches_blocked_holder) {
+        char *shared = removal_channels(65536, 8, "0660"), *tightened = removal_channels(65536, 8, "0600");
+        HolderReport rep;
+        int ready[2], report[2], status;
+        char byte;
+        pid_t pid;
+        int64_t t;
+
+        reload_to(shared);
+        ck_assert_int_eq(pipe(ready), 0);
+        ck_assert_int_eq(pipe(report), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                close(ready[0]);
+                close(report[0]);
+                revoked_holder(ready[1], report[1]);
+        }
+        close(ready[1]);
+        close(report[1]);
+        ck_assert_int_eq(read(ready[0], &byte, 1), 1);
+        t = test_now_ms();
+        /* Only the mode changes, but it takes the holder's rights: the rings are replaced. */
+        reload_to(tightened);
+        ck_assert_int_eq(read(report[0], &rep, sizeof rep), (ssize_t) sizeof rep);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "holder: status %d", status);
+        ck_assert_msg(rep.line == 0, "the holder's setup failed at line %d", rep.line);
+        for (int i = 0; i < 2; i++) {
+                ck_assert_msg(rep.returned_ms[i] != 0, "revoking reload: the holder's blocked %s never returned",
+                              blocked_names[i]);
+                fprintf(stderr, "removal (revoking reload): the holder's blocked %s returned %s after %" PRId64 " ms\n",
+                        blocked_names[i], shmb_errno_name(rep.result[i]) ?: "?", rep.returned_ms[i] - t);
+                ck_assert_int_eq(rep.result[i], -EIDRM);
+                ck_assert_int_le(rep.returned_ms[i] - t, REMOVAL_WAIT_MS);
+                ck_assert_int_eq(rep.later[i], -EIDRM);
+        }
+        close(ready[0]);
+        close(report[0]);
+        free(shared);
+        free(tightened);
+}
+END_TEST
+
+/*
+ * A crash leaves clients blocked: they stay blocked (a killed daemon marks
+ * nothing, and an adopted channel goes on working) until the restart
+ * replaces their channel, which reclaim marks before removing it.
+ */
+START_TEST(test_crash_restart_replacing_reaches_blocked_callers) {
+        char *config = removal_channels(65536, 8, "0660"), *replaced = removal_channels(65536, 16, "0660");
+        shmb_channel *kept;
+        Blocked b[2];
+        char buf[64];
+        int64_t t;
+        int line;
+
+        reload_to(config);
+        kept = open_ok("ring", SHMB_RW);
+        line = block_callers(b, false);
+        ck_assert_msg(line == 0, "setting up the blocked callers failed at line %d", line);
+        test_daemon_kill(&td, SIGKILL);
+        usleep(200000);
+        ck_assert_msg(!blocked_returned(&b[0]) && !blocked_returned(&b[1]), "a killed daemon woke blocked callers");
+        test_daemon_write_config(&td, replaced);
+        t = test_now_ms();
+        test_start_ok();
+        assert_removed_everywhere(b, 2, t, "crash restart");
+        /* The unchanged ring was taken over: the old handle still works. */
+        ck_assert_int_eq(shmb_send(kept, "kept", 4, 0), 0);
+        ck_assert_int_eq(shmb_recv(kept, buf, sizeof buf, 0), 4);
+        shmb_close(kept);
+        free(config);
+        free(replaced);
+}
+END_TEST
+
+/* What old_ring_server() answers an open with (made before it forks). */
+static char old_ring_answer[1024];
+
+/* A broker of another ring layout: hello, then old_ring_answer to the open, then "ok" to anything. */
+static void old_ring_server(int lfd) {
+        int fd = accept(lfd, NULL, NULL);
+        size_t lines = 0;
+        char byte;
+
+        if (fd < 0)
+                _exit(1);
+        while (read(fd, &byte, 1) == 1) {
+                const char *answer;
+
+                if (byte != '\n')
+                        continue;
+                answer = lines == 0 ? "{\"ok\":true,\"version\":1,\"server\":\"old\"}\n" :
+                         lines == 1 ? old_ring_answer : "{\"ok\":true}\n";
+                lines++;
+                if (write(fd, answer, strlen(answer)) < 0)
+                        break;
+        }
+        _exit(0);
+}
+
+/* A ring of a layout version this library does not speak is refused, with a sentence saying so. */
+START_TEST(test_ring_of_another_layout_is_eproto) {
+        shmb_channel *ring = open_ok("ring", SHMB_RW), *ch = NULL;
+        const shmb_channel_info *info = shmb_channel_get_info(ring);
+        RingHeader *h = shmb_channel_addr(ring);
+        struct sockaddr_un sa;
+        shmb_client *c;
+        pid_t pid;
+
+        /* The answer says layout 2, about the very objects of "ring": only the version is wrong. */
+        snprintf(old_ring_answer, sizeof old_ring_answer,
+                 "{\"ok\":true,\"channel\":\"ring\",\"shm_key\":%" PRIu32 ",\"shm_id\":%d,\"sem_key\":%" PRIu32
+                 ",\"sem_id\":%d,\"size\":%" PRIu64 ",\"nsems\":%u,\"layout\":\"ring\",\"slot_size\":%" PRIu32
+                 ",\"slots\":%" PRIu32 ",\"ring_version\":2}\n", info->shm_key, info->shm_id, info->sem_key,
+                 info->sem_id, info->size, info->nsems + RING_NSEMS, info->slot_size, info->slots);
+        pid = fake_server_start("old.sock", old_ring_server, &sa);
+        ck_assert_int_eq(shmb_connect(sa.sun_path, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &ch), -EPROTO);
+        ck_assert_ptr_null(ch);
+        ck_assert_msg(strstr(shmb_client_last_message(c), "layout is version 2; this library speaks version 3"),
+                      "message: %s", shmb_client_last_message(c));
+        shmb_disconnect(c);
+        fake_server_stop(pid);
+
+        /* The broker's answer is right, but the header is of layout 2. */
+        h->version = 2;
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &ch), -EPROTO);
+        ck_assert_msg(strstr(shmb_client_last_message(c), "header is layout version 2"), "message: %s",
+                      shmb_client_last_message(c));
+        shmb_disconnect(c);
+        h->version = RING_VERSION;
+        shmb_close(ring);
+}
+END_TEST
+
+/* ---- reconnect: holds survive a broker restart ---- */
+
+/*
+ * This process's holds on `channel`, as the broker's status says, asked on
+ * a plain socket of the test's own; -1 when the broker has no such channel.
+ */
+static int my_holds(const char *channel) {
+        char line[160];
+        int fd = test_connect(td.socket), n = 0;
+        json_t *resp, *e;
+        size_t i;
+
+        snprintf(line, sizeof line, "{\"op\":\"status\",\"channel\":\"%s\"}", channel);
+        resp = test_request(fd, line);
+        close(fd);
+        if (!json_is_true(json_object_get(resp, "ok"))) {
+                json_decref(resp);
+                return -1;
+        }
+        json_array_foreach(json_object_get(test_must_find(resp, channel), "clients"), i, e)
+                if (test_jint(e, "pid") == getpid())
+                        n++;
+        json_decref(resp);
+        return n;
+}
+
+static bool crash_holds_back(void) {
+        return my_holds("pair") == 1 && my_holds("ring") == 1 && my_holds("counter") == 1;
+}
+
+/*
+ * An event loop as an application would run it: poll the clients' fds (20
+ * ms at most), shmb_client_process() each, until done() or 5 s. No call
+ * may take long, and each says connected or broker away, nothing else.
+ */
+static void drive_until(shmb_client *const *cs, size_t n, bool (*done)(void)) {
+        int64_t deadline = test_now_ms() + 5000;
+
+        while (!done()) {
+                struct pollfd p[4];
+
+                ck_assert_uint_le(n, 4);
+                ck_assert_msg(test_now_ms() < deadline, "the library did not re-register within 5 s");
+                for (size_t i = 0; i < n; i++) {
+                        p[i] = (struct pollfd) { .fd = shmb_client_fd(cs[i]), .events = POLLIN };
+                        ck_assert_int_ge(p[i].fd, 0);
+                }
+                ck_assert_int_ge(poll(p, n, 20), 0);
+                for (size_t i = 0; i < n; i++) {
+                        int64_t t = test_now_ms();
+                        int r = shmb_client_process(cs[i]);
+
+                        ck_assert_msg(r == 0 || r == -ECONNREFUSED, "process: %s", shmb_strerror(r));
+                        ck_assert_int_lt(test_now_ms() - t, 500);
+                }
+        }
+}
+
+START_TEST(test_reconnect_after_crash_keeps_holds) {
+        shmb_channel *pair, *ring, *own, *peer;
+        shmb_client *c, *clients[2];
+        int fd, pair_id, ring_id;
+        char buf[256];
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "pair", SHMB_RW, &pair), 0);
+        ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &ring), 0);
+        own = open_ok("counter", SHMB_RW);      /* a private connection, driven through its getter */
+        clients[0] = c;
+        clients[1] = shmb_channel_get_client(own);
+        ck_assert_ptr_nonnull(clients[1]);
+        pair_id = shmb_channel_get_info(pair)->shm_id;
+        ring_id = shmb_channel_get_info(ring)->shm_id;
+        fd = shmb_client_fd(c);
+        ck_assert_int_ge(fd, 0);
+        ck_assert(crash_holds_back());
+        memcpy(shmb_channel_addr(pair), "cookie", 7);
+        ck_assert_int_eq(shmb_send(ring, "before", 6, 1000), 0);
+
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();                        /* same config and state directory: it adopts */
+        ck_assert_int_eq(my_holds("pair"), 0);  /* the broker's records of holds died with it */
+        drive_until(clients, 2, crash_holds_back);
+
+        /* Back without the application seeing anything: same fd, same objects, working. */
+        ck_assert_int_eq(shmb_client_fd(c), fd);
+        ck_assert_int_eq(shmb_client_process(c), 0);
+        {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+
+                ck_assert_int_eq(poll(&p, 1, 0), 0);    /* nothing left to do: no busy loop */
+        }
+        ck_assert_int_eq(shmb_channel_check(pair), 0);
+        ck_assert_int_eq(shmb_channel_check(ring), 0);
+        ck_assert_int_eq(shmb_channel_check(own), 0);
+        ck_assert_str_eq(shmb_channel_addr(pair), "cookie");
+        ck_assert_int_eq(shmb_sem_post(pair, 1), 0);
+        ck_assert_int_eq(shmb_sem_trywait(pair, 1), 0);
+        ck_assert_int_eq(shmb_lock(own, 0, 1000), 0);
+        ck_assert_int_eq(shmb_unlock(own, 0), 0);
+        peer = open_ok("ring", SHMB_RW);        /* a new client lands on the same ring */
+        ck_assert_int_eq(shmb_channel_get_info(peer)->shm_id, ring_id);
+        ck_assert_int_eq(shmb_recv(peer, buf, sizeof buf, 1000), 6);
+        ck_assert_int_eq(memcmp(buf, "before", 6), 0);
+        ck_assert_int_eq(shmb_send(peer, "after", 5, 1000), 0);
+        ck_assert_int_eq(shmb_recv(ring, buf, sizeof buf, 1000), 5);
+        ck_assert_int_eq(memcmp(buf, "after", 5), 0);
+        ck_assert_int_eq(shmb_send(ring, "again", 5, 1000), 0);
+        ck_assert_int_eq(shmb_recv(peer, buf, sizeof buf, 1000), 5);
+        ck_assert_int_eq(shmb_channel_get_info(pair)->shm_id, pair_id);
+
+        /* And the holds go as before. */
+        ck_assert_int_eq(shmb_close(pair), 0);
+        ck_assert_int_eq(my_holds("pair"), 0);
+        ck_assert_int_eq(shmb_close(peer), 0);
+        ck_assert_int_eq(shmb_close(ring), 0);
+        ck_assert_int_eq(my_holds("ring"), 0);
+        ck_assert_int_eq(shmb_close(own), 0);
+        ck_assert_int_eq(my_holds("counter"), 0);
+        shmb_disconnect(c);
+}
+END_TEST
+
+START_TEST(test_reconnect_broker_away_fails_fast) {
+        shmb_channel_status *v;
+        shmb_channel *pair, *other = NULL;
+        shmb_client *c;
+        char *answer = NULL;
+        int64_t end, t, worst = 0;
+        int fd, wakeups = 0;
+        size_t n;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "pair", SHMB_RW, &pair), 0);
+        fd = shmb_client_fd(c);
+        ck_assert_int_ge(fd, 0);
+        test_daemon_kill(&td, SIGKILL);
+        {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+
+                ck_assert_int_eq(poll(&p, 1, 2000), 1); /* the broker's end wakes the loop */
+        }
+
+        /* 1.5 s of an event loop with the broker away: prompt, clear, and woken by the backoff only. */
+        end = test_now_ms() + 1500;
+        while (test_now_ms() < end) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                int woken = poll(&p, 1, 20);
+
+                t = test_now_ms();
+                ck_assert_int_eq(shmb_client_process(c), -ECONNREFUSED);
+                if (test_now_ms() - t > worst)
+                        worst = test_now_ms() - t;
+                if (woken > 0) {
+                        wakeups++;
+                        ck_assert_int_eq(poll(&p, 1, 0), 0);    /* handled: not readable again at once */
+                }
+        }
+        ck_assert_int_lt(worst, 500);
+        /* Attempts at 0, 50, 150, 350, 750, 1550 ms...: a handful, never a spin. */
+        ck_assert_int_ge(wakeups, 3);
+        ck_assert_int_le(wakeups, 10);
+        ck_assert_int_eq(shmb_client_fd(c), fd);
+
+        /* Broker calls: the same clear error at once, whether the socket is left over or gone. */
+        t = test_now_ms();
+        ck_assert_int_eq(shmb_status(c, "pair", &v, &n), -ECONNREFUSED);
+        ck_assert_int_eq(unlink(td.socket), 0);
+        ck_assert_int_eq(shmb_open(c, "counter", SHMB_RW, &other), -ECONNREFUSED);
+        ck_assert_ptr_null(other);
+        ck_assert_int_eq(shmb_request_json(c, "{\"op\":\"list\"}", &answer), -ECONNREFUSED);
+        ck_assert_ptr_null(answer);
+        ck_assert_int_eq(shmb_client_process(c), -ECONNREFUSED);
+        ck_assert_int_lt(test_now_ms() - t, 500);
+        /* Meanwhile the channel works: nobody removed it. */
+        ck_assert_int_eq(shmb_channel_check(pair), 0);
+        ck_assert_int_eq(shmb_sem_post(pair, 1), 0);
+        ck_assert_int_eq(shmb_sem_trywait(pair, 1), 0);
+
+        /* Back: the next call reconnects by itself and re-registers first, no process() needed. */
+        test_start_ok();
+        ck_assert_int_eq(shmb_status(c, "pair", &v, &n), 0);
+        ck_assert_uint_eq(n, 1);
+        ck_assert_uint_eq(v[0].n_clients, 1);
+        ck_assert_int_eq(v[0].clients[0].pid, getpid());
+        shmb_status_free(v, n);
+        ck_assert_int_eq(shmb_client_process(c), 0);
+        ck_assert_int_eq(shmb_close(pair), 0);
+        ck_assert_int_eq(my_holds("pair"), 0);
+        shmb_disconnect(c);
+}
+END_TEST
+
+static shmb_client *stale_client;
+
+static bool stale_rejoined(void) {
+        shmb_channel_status *v;
+        size_t n;
+
+        /* A call waits for the rejoin's answers, so a list that works means it is complete. */
+        if (shmb_client_process(stale_client) != 0 || shmb_list(stale_client, &v, &n) != 0)
+                return false;
+        shmb_status_free(v, n);
+        return true;
+}
+
+START_TEST(test_reconnect_after_stop_marks_handles_stale) {
+        static const char *const without_ring =
+                "[{\"name\": \"counter\", \"size\": 4096},"
+                " {\"name\": \"pair\", \"size\": 65536, \"semaphores\": [1, 0]}]";
+        shmb_channel *old, *old_ring, *fresh;
+        shmb_client *c;
+        int old_shm, old_sem;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "pair", SHMB_RW, &old), 0);
+        ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &old_ring), 0);
+        old_shm = shmb_channel_get_info(old)->shm_id;
+        old_sem = shmb_channel_get_info(old)->sem_id;
+
+        test_daemon_stop_ok(&td);               /* SIGTERM: every channel removed */
+        test_daemon_write_config(&td, without_ring);
+        test_start_ok();                        /* pair made anew (new ids), ring gone */
+        stale_client = c;
+        drive_until(&c, 1, stale_rejoined);
+
+        /* The re-open found other ids (pair) or nothing (ring): no hold kept, nothing attached behind our back. */
+        ck_assert_int_eq(my_holds("pair"), 0);
+        ck_assert_int_eq(my_holds("ring"), -1);
+        ck_assert_int_eq(shmb_channel_get_info(old)->shm_id, old_shm);
+        ck_assert_int_eq(shmb_channel_check(old), -EIDRM);
+        ck_assert_int_eq(shmb_channel_check(old_ring), -EIDRM);
+        ck_assert_int_eq(shmb_sem_post(old, 1), -EIDRM);
+
+        /* Reopening is the application's move; the stale handle's close leaves the new hold alone. */
+        ck_assert_int_eq(shmb_open(c, "pair", SHMB_RW, &fresh), 0);
+        ck_assert_int_ne(shmb_channel_get_info(fresh)->shm_id, old_shm);
+        ck_assert_int_ne(shmb_channel_get_info(fresh)->sem_id, old_sem);
+        ck_assert_int_eq(shmb_channel_check(fresh), 0);
+        ck_assert_int_eq(my_holds("pair"), 1);
+        ck_assert_int_eq(shmb_close(old), 0);
+        ck_assert_int_eq(shmb_close(old_ring), 0);
+        ck_assert_int_eq(my_holds("pair"), 1);
+        ck_assert_int_eq(shmb_sem_post(fresh, 1), 0);
+        ck_assert_int_eq(shmb_close(fresh), 0);
+        ck_assert_int_eq(my_holds("pair"), 0);
+        shmb_disconnect(c);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -1406,14 +2042,19 @@ int main(void) {
                                   test_waiter_sees_channel_removed } },
                 { "ring", CASE_TIMEOUT, { test_ring_mpmc_exactly_once, test_ring_killed_sender_loses_nothing_sent, test_ring_no_lost_wakeups,
                             test_ring_sender_dead_mid_message_is_skipped, test_ring_receiver_dead_mid_message_frees_slot,
-                            test_ring_wait_behind_live_stuck_claim_times_out } },
+                            test_ring_wait_behind_live_stuck_claim_times_out, test_ring_of_another_layout_is_eproto } },
                 { "faults", CASE_TIMEOUT, { test_thousand_clients_killed_at_random } },
                 { "races", CASE_TIMEOUT, { test_open_racing_replacements_is_never_exdev,
                              test_open_replaced_before_attach_old_segment_alive,
                              test_open_replaced_before_attach_old_segment_gone, test_open_removed_before_attach_is_enoent,
                              test_open_rights_revoked_before_attach_is_eacces } },
+                { "removal", CASE_TIMEOUT, { test_stop_reaches_blocked_callers, test_replacing_reload_reaches_blocked_callers,
+                              test_revoking_reload_reaches_blocked_holder,
+                              test_crash_restart_replacing_reaches_blocked_callers } },
                 { "admin", CASE_TIMEOUT, { test_list_and_status_structs } },
                 { "programs", CASE_TIMEOUT, { test_examples_exchange, test_shmbrokerctl } },
+                { "reconnect", CASE_TIMEOUT, { test_reconnect_after_crash_keeps_holds, test_reconnect_broker_away_fails_fast,
+                                 test_reconnect_after_stop_marks_handles_stale } },
         };
 
         return test_main("client", groups, sizeof groups / sizeof groups[0], setup, test_teardown);

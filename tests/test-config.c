@@ -736,6 +736,9 @@ static const Reject top_bad[] = {
           { "\"rng\"", "\"slots\"", "1048576", NULL } },
         { CHANNELS("{\"name\": \"rng\", \"layout\": \"ring\", \"slot_size\": 8, \"slots\": 0}"),
           { "\"rng\"", "\"slots\"", NULL } },
+        /* One slot cannot tell a full ring from an empty one. */
+        { CHANNELS("{\"name\": \"rng\", \"layout\": \"ring\", \"slot_size\": 8, \"slots\": 1}"),
+          { "\"rng\"", "\"slots\"", "2", NULL } },
         { CHANNELS("{\"name\": \"rng\", \"layout\": \"ring\", \"slot_size\": 0, \"slots\": 8}"),
           { "\"rng\"", "\"slot_size\"", NULL } },
         { CHANNELS("{\"name\": \"rng\", \"layout\": \"ring\", \"slot_size\": 1073741825, \"slots\": 8}"),

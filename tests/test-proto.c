@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "proto/proto.h"
+#include "proto/ring.h"
 
 #define ck_assert_msg_contains(msg, needle) \
         ck_assert_msg(strstr((msg), (needle)) != NULL, "message \"%s\" does not mention \"%s\"", (msg), (needle))
@@ -964,12 +965,62 @@ START_TEST(test_encode_open_fields) {
         o = parse_line(line, len);
         assert_has_keys(o, open_fields);
         assert_has_keys(o, ring_fields);
-        ck_assert_uint_eq(json_object_size(o), 9 + 2);
+        ck_assert_uint_eq(json_object_size(o), 9 + 3);
         assert_json_str(o, "layout", "ring");
         assert_json_int(o, "slot_size", 1024);
         assert_json_int(o, "slots", 64);
+        /* The daemon leaves it 0: the layout it writes is this build's. */
+        assert_json_int(o, "ring_version", RING_VERSION);
         json_decref(o);
         free(line);
+}
+END_TEST
+
+/* ring_version: only in open answers of rings, decoded when given, optional for an older broker. */
+START_TEST(test_ring_version_field) {
+        ProtoChannel ring = ring_channel(), raw = raw_channel();
+        ProtoChannel v[2] = { raw_channel(), ring_channel() };
+        char msg[PROTO_MESSAGE_MAX];
+        ProtoResponse res;
+        char *line;
+        size_t len;
+
+        ring.ring_version = 7;
+        ck_assert_int_eq(proto_encode_open(&ring, &line, &len), 0);
+        ck_assert_ptr_nonnull(strstr(line, "\"ring_version\":7"));
+        ck_assert_int_eq(proto_response_decode(PROTO_OP_OPEN, line, len - 1, &res, msg, sizeof msg), 0);
+        ck_assert_uint_eq(res.channels[0].ring_version, 7);
+        proto_response_done(&res);
+        free(line);
+
+        ck_assert_int_eq(proto_encode_open(&raw, &line, &len), 0);
+        ck_assert_ptr_null(strstr(line, "ring_version"));
+        free(line);
+        ck_assert_int_eq(proto_encode_channels(PROTO_VIEW_LIST, v, 2, &line, &len), 0);
+        ck_assert_ptr_null(strstr(line, "ring_version"));
+        free(line);
+
+        /* An answer without it decodes (0: not given); the library refuses the ring then. */
+        static const char without[] = "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,"
+                                      "\"sem_id\":3,\"size\":4,\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2}";
+        ck_assert_int_eq(proto_response_decode(PROTO_OP_OPEN, without, strlen(without), &res, msg, sizeof msg), 0);
+        ck_assert_uint_eq(res.channels[0].ring_version, 0);
+        proto_response_done(&res);
+
+        /* Given, it must be a positive 32-bit integer. */
+        static const char *const bad[] = {
+                "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,"
+                "\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2,\"ring_version\":0}",
+                "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,"
+                "\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2,\"ring_version\":\"3\"}",
+                "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,"
+                "\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2,\"ring_version\":4294967296}",
+        };
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+                ck_assert_int_eq(proto_response_decode(PROTO_OP_OPEN, bad[i], strlen(bad[i]), &res, msg, sizeof msg),
+                                 EBADMSG);
+                ck_assert_msg_contains(msg, "ring_version");
+        }
 }
 END_TEST
 
@@ -1629,6 +1680,7 @@ static Suite *proto_suite(void) {
         tcase_add_test(tc, test_encode_error_no_leak);
         tcase_add_test(tc, test_encode_hello_and_ok);
         tcase_add_test(tc, test_encode_open_fields);
+        tcase_add_test(tc, test_ring_version_field);
         tcase_add_test(tc, test_encode_list_fields);
         tcase_add_test(tc, test_encode_status_fields);
         tcase_add_test(tc, test_encode_status_entry_error);

@@ -27,6 +27,18 @@
  * shared between threads. Operations on a shmb_channel (semaphores, ring
  * send/receive, accessors) may be called from several threads at once; only
  * shmb_close() must not race with other calls on the same channel.
+ *
+ * Broker restarts: a connection outlives its broker. When the broker goes
+ * away the library connects again once it is back and opens the
+ * connection's channels again, so the broker lists their holds as before;
+ * channels the broker adopted (a crash restart) simply keep working. A
+ * channel that was removed meanwhile (a clean stop, a changed config) is
+ * not replaced behind the caller's back: its handle stays attached to the
+ * old objects, its semaphore and ring calls return -EIDRM, and
+ * shmb_channel_check() says -EIDRM; close it and open the channel again.
+ * The library has no thread of its own: it reconnects at the start of the
+ * next call that talks to the broker, and from shmb_client_process(), which
+ * an event loop calls when shmb_client_fd() polls readable.
  */
 
 #include <stddef.h>
@@ -101,13 +113,52 @@ typedef struct shmb_channel_status {
 int shmb_connect(const char *socket_path, shmb_client **ret);
 
 /*
- * Close the connection. Every channel opened on it loses its hold at the
- * broker, but stays attached until shmb_close(). Takes NULL.
+ * Close the connection, for good: it is not reconnected. Every channel
+ * opened on it loses its hold at the broker, but stays attached until
+ * shmb_close(). Takes NULL. Must be the last call on c.
  */
 void shmb_disconnect(shmb_client *c);
 
-/* The connection's socket, e.g. to poll() for a broker that went away. */
+/*
+ * A file descriptor for the caller's event loop (poll, select, epoll,
+ * sd-event): it polls readable when shmb_client_process() has work to do:
+ * the broker closed the connection, answers to the library's reconnection
+ * arrived, or the next reconnection attempt is due. It is an epoll
+ * instance that watches the socket, or a timer while the broker is away,
+ * so its number stays the same for the life of c, across broker restarts:
+ * register it once (a socket swapped under one number would silently drop
+ * out of an epoll set). Watch it for input only; do not read, write or
+ * close it. Made on the first call (two descriptors, close-on-exec), so
+ * programs that never ask pay nothing.
+ * Returns the fd; -1 once the connection is closed for good
+ * (shmb_disconnect(), or a malformed answer); -EINVAL for NULL; -EMFILE,
+ * -ENFILE or -ENOMEM when it cannot be made. Thread-safe.
+ */
 int shmb_client_fd(const shmb_client *c);
+
+/*
+ * Keep the connection across broker restarts; call it when shmb_client_fd()
+ * polls readable, or now and then (every second or so) without a loop.
+ * It notices a broker that went away, connects again when an attempt is
+ * due (after 0 ms, then 50 ms doubling to 2 s between attempts), and
+ * re-registers every channel open on c: in one write, with hello, then
+ * reading the answers as they come, over later calls. It never waits for
+ * the broker: at most one non-blocking connect() and non-blocking reads
+ * and writes. (Every call that talks to the broker also reconnects by
+ * itself, at once and waiting for the answers, so a program that only
+ * makes calls needs none of this to get its connection back; it is what
+ * brings the holds back while the program makes no calls.)
+ * Returns 0 while connected, including while the re-registration's answers
+ * are still due; -ECONNREFUSED while the broker is away (its socket is
+ * missing or nobody listens); other negative errnos of a failed attempt
+ * (-EACCES, -EAGAIN when the broker's backlog is full, -EPROTO, -EMFILE,
+ * -ENOMEM, ...): all of these are tried again by themselves, and the fd
+ * polls readable when the next attempt is due. -ENOTCONN once the
+ * connection is closed for good (shmb_disconnect(), a malformed answer);
+ * -EINVAL for NULL. Thread-safe; it waits for a request that another
+ * thread has in flight on c.
+ */
+int shmb_client_process(shmb_client *c);
 
 /* ---- channels ---- */
 
@@ -126,8 +177,35 @@ int shmb_open(shmb_client *c, const char *name, shmb_access access, shmb_channel
  */
 int shmb_open_channel(const char *socket_path, const char *name, shmb_access access, shmb_channel **ret);
 
-/* Detach, tell the broker (when still connected) and free. Takes NULL. */
+/*
+ * Detach, give the hold back at the broker and free. Takes NULL. The hold
+ * stays while another handle of the same channel is open on the same
+ * connection (the broker keeps one per connection and channel); a stale
+ * handle (see shmb_channel_check()) gives nothing back, as the hold on its
+ * name belongs to the new channel. A broker that is away is not waited
+ * for: it dropped the hold when the connection ended. Returns 0, or the
+ * error of detaching.
+ */
 int shmb_close(shmb_channel *ch);
+
+/*
+ * Whether the channel the handle attached is still the broker's: 0 when
+ * it is (as far as this process can tell), -EIDRM when it was removed:
+ * the kernel marks its segment removed, or the library, reconnecting after
+ * a broker restart, found the channel of that name gone or replaced.
+ * Then close the handle and open the channel again. -EINVAL for NULL.
+ * Never talks to the broker nor blocks. Thread-safe.
+ */
+int shmb_channel_check(const shmb_channel *ch);
+
+/*
+ * The connection a channel uses: for shmb_open(), the one given; for
+ * shmb_open_channel(), its private one, e.g. to drive its reconnection with
+ * shmb_client_fd() and shmb_client_process(). Borrowed: valid until the
+ * channel's shmb_close(); never shmb_disconnect() a private one. NULL for
+ * NULL.
+ */
+shmb_client *shmb_channel_get_client(const shmb_channel *ch);
 
 /* Accessors: never fail on a channel that is open. */
 void *shmb_channel_addr(const shmb_channel *ch);   /* for a ring: the header; use send/recv */
