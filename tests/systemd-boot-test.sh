@@ -5,7 +5,8 @@
 #   1. enable shmbrokerd.socket; a client user opens a channel through the
 #      socket (socket activation starts the service); status checks it;
 #   2. systemctl reload, then restart;
-#   3. SIGKILL the daemon; Restart= brings it back and it reclaims;
+#   3. SIGKILL the daemon; Restart= brings it back and it takes the
+#      unchanged channels over (same ids);
 #   4. systemctl stop: ipcs shows none of the broker's objects.
 # Usage: tests/systemd-boot-test.sh BUILDDIR   (as root; CI runs it)
 set -euo pipefail
@@ -153,8 +154,9 @@ in_ct systemctl restart shmbrokerd.service
 in_ct systemctl is-active --quiet shmbrokerd.service || fail "not active after restart"
 pid2=$(in_ct systemctl show -p MainPID --value shmbrokerd.service)
 [ "$pid2" != "$pid1" ] || fail "restart kept the same pid"
+shm_before=$(in_ct "$ctl" --json list)
 
-# Step 3: SIGKILL; Restart=on-failure brings it back, and it reclaims.
+# Step 3: SIGKILL; Restart=on-failure brings it back, and it takes the channels over.
 in_ct kill -KILL "$pid2"
 pid3=
 for _ in $(seq 100); do
@@ -163,7 +165,8 @@ for _ in $(seq 100); do
 	sleep 0.1
 done
 [ "$pid3" != 0 ] && [ "$pid3" != "$pid2" ] || fail "Restart= did not bring the daemon back"
-in_ct journalctl -u shmbrokerd.service --no-pager | grep -q 'Reclaimed 4 object(s)' || fail "no reclaim after SIGKILL"
+in_ct journalctl -u shmbrokerd.service --no-pager | grep -q 'Took over channel demo' || fail "no take-over after SIGKILL"
+[ "$(in_ct "$ctl" --json list)" = "$shm_before" ] || fail "the channels changed across the crash restart"
 [ "$(in_ct ipcs -m | grep -c '^0x')" -eq 2 ] || { in_ct ipcs; fail "objects doubled or lost after the crash"; }
 out=$(in_ct runuser -u client -- /usr/local/bin/shmb-open frames) || fail "client open after restart: $out"
 
