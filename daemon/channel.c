@@ -567,6 +567,7 @@ int channel_adopt(const ChannelSpec *spec, const StateRecord *shm, const StateRe
         }
         c->shm_id = shm->id;
         c->sem_id = sem->id;
+        c->adopted = true;
         /* The config's owner, group and mode, as a reload would apply them: nobody holds it yet. */
         r = channel_set_perms(c, spec->uid, spec->gid, spec->mode);
         if (r < 0) {

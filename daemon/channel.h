@@ -19,6 +19,7 @@ typedef struct Channel {
         int shm_id;
         int sem_id;
         void *addr;                     /* the daemon's own attachment */
+        bool adopted;                   /* taken over from a crashed run at this start */
         pid_t made_pid;                 /* the daemon that made the objects, and the second */
         int64_t made_since;             /* before: what proves them ours after a crash */
         char owner[PROTO_IDNAME_MAX + 1];  /* spec.uid/gid as names, resolved once */

@@ -516,8 +516,11 @@ int daemon_run(const DaemonOptions *o) {
         return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 
 fail:
-        /* Everything created is removed again. The state files go too, but only
-         * once the previous run's objects were settled: else they would be forgotten. */
+        /* Everything created is removed again; what was taken over from a crashed run is
+         * left as it was, recorded, for the next start. The state files go too, but only
+         * once nothing recorded is left: else it would be forgotten. */
+        if (d.registry)
+                registry_forget_adopted(d.registry);
         daemon_done(&d);
         return EXIT_FAILURE;
 }

@@ -102,6 +102,19 @@ static void entries_drop(Registry *r, Entry *e) {
                 }
 }
 
+void registry_forget_adopted(Registry *r) {
+        for (size_t i = r->n; i-- > 0;) {
+                Entry *e = r->entries[i];
+
+                if (!e->channel->adopted)
+                        continue;
+                entries_drop(r, e);
+                drop_holds(e);
+                channel_forget(e->channel);
+                free(e);
+        }
+}
+
 void registry_remove(Registry *r, Entry *e) {
         entries_drop(r, e);
         entry_free(r, e);

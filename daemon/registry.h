@@ -66,6 +66,12 @@ int registry_create(Registry *r, const ChannelSpec *spec, const uint32_t *fixed,
 int registry_adopt(Registry *r, Channel *c);
 
 /*
+ * Let go of the channels taken over at this start without removing them (a
+ * start that fails): their objects and state records stay for the next start.
+ */
+void registry_forget_adopted(Registry *r);
+
+/*
  * Remove a channel: its holds are dropped, its kernel objects removed
  * (clients still attached keep their mapping until they detach).
  */

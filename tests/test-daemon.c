@@ -546,6 +546,52 @@ START_TEST(test_sigkill_then_restart_adopts_or_replaces) {
 }
 END_TEST
 
+/* A start that fails after taking channels over leaves them, recorded, for the next start. */
+START_TEST(test_failed_start_keeps_adopted_channels) {
+        static const char *const one = "[{\"name\": \"keep\", \"size\": 4096}]";
+        static const char *const plus_blocked =
+                "[{\"name\": \"keep\", \"size\": 4096}, {\"name\": \"blocked\", \"size\": 4096, \"key\": 16963}]";
+        json_t *resp;
+        int fd, shm_id, sem_id, foreign, status;
+        struct shmid_ds ds;
+        char *log;
+
+        test_daemon_write_config(&td, one);
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        shm_id = (int) test_jint(test_must_find(resp, "keep"), "shm_id");
+        sem_id = (int) test_jint(test_must_find(resp, "keep"), "sem_id");
+        json_decref(resp);
+        close(fd);
+        test_daemon_kill(&td, SIGKILL);
+
+        /* The next start takes "keep" over, then fails on a key someone else holds. */
+        foreign = shmget(16963, 4096, IPC_CREAT | IPC_EXCL | 0600);
+        ck_assert_int_ge(foreign, 0);
+        test_daemon_write_config(&td, plus_blocked);
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Took over channel keep") && strstr(log, "already held"), "%s", log);
+        free(log);
+        ck_assert_int_eq(shmctl(shm_id, IPC_STAT, &ds), 0);
+        ck_assert_uint_eq(ds.shm_perm.mode & SHM_DEST, 0);
+
+        /* Fixed, it starts and takes it over again. */
+        ck_assert_int_eq(shmctl(foreign, IPC_RMID, NULL), 0);
+        test_daemon_write_config(&td, one);
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        ck_assert_int_eq(test_jint(test_must_find(resp, "keep"), "shm_id"), shm_id);
+        ck_assert_int_eq(test_jint(test_must_find(resp, "keep"), "sem_id"), sem_id);
+        json_decref(resp);
+        close(fd);
+        test_daemon_stop_ok(&td);
+        assert_nothing_left();
+}
+END_TEST
+
 typedef struct ForeignShm {
         uint32_t key;
         int want_id;
@@ -1336,7 +1382,8 @@ int main(void) {
                                  test_line_at_limit_is_served, test_half_sent_request_does_not_stall_others } },
                 { "access", CASE_TIMEOUT, { test_access_follows_kernel_rule, test_clients_cannot_remove_or_reown } },
                 { "lifecycle", CASE_TIMEOUT, { test_sigterm_with_client_attached, test_sigint_with_client_attached,
-                                 test_sigkill_then_restart_adopts_or_replaces, test_reclaim_spares_foreign_reuse_of_id,
+                                 test_sigkill_then_restart_adopts_or_replaces, test_failed_start_keeps_adopted_channels,
+                                 test_reclaim_spares_foreign_reuse_of_id,
                                  test_second_daemon_refuses, test_stale_socket_replaced_live_socket_kept,
                                  test_objects_removed_behind_our_back_are_remade, test_status_of_all_repairs_and_drops_as_it_goes,
                                  test_unprivileged_daemon_reclaims_unreadable_objects } },
