@@ -105,9 +105,12 @@ static bool rmid_done(int r) {
  * it (and the file is kept at exit, see daemon_done()).
  */
 static void remove_objects(Channel *c, State *state) {
+        StateRecord recs[CHANNEL_RECORDS];
+
+        channel_records(c, recs);
         /* No longer a channel to adopt; the objects stay recorded until they are gone. */
         if (state && c->shm_id >= 0)
-                (void) state_drop(state, STATE_CHAN, c->key, c->shm_id);
+                (void) state_cancel(state, &recs[2]);
         /*
          * Clients keep their mapping of a removed segment, and its futexes: tell
          * them through the header, and wake its sleepers, before it goes. Ours to
@@ -118,7 +121,7 @@ static void remove_objects(Channel *c, State *state) {
         /* IPC_RMID while still attached: our attachment keeps the id ours until then. */
         if (c->shm_id >= 0) {
                 if (rmid_done(shmctl(c->shm_id, IPC_RMID, NULL)) && state)
-                        state_drop(state, STATE_SHM, c->key, c->shm_id);
+                        (void) state_cancel(state, &recs[0]);
                 c->shm_id = -1;
         }
         if (c->addr) {
@@ -131,7 +134,7 @@ static void remove_objects(Channel *c, State *state) {
                 bool gone = ours == 1 ? rmid_done(semctl(c->sem_id, 0, IPC_RMID)) : ours == 0 || ours == -ENOENT;
 
                 if (gone && state)
-                        state_drop(state, STATE_SEM, c->key, c->sem_id);
+                        (void) state_cancel(state, &recs[1]);
                 c->sem_id = -1;
         }
 }
@@ -383,8 +386,13 @@ int channel_remake(Channel **c, State *state, char *msg, size_t msg_size) {
         Channel *fresh = NULL;
         int r;
 
-        /* The old channel is freed next: take its values rather than copy them. */
-        spec.sem_values = TAKE_PTR((*c)->spec.sem_values);
+        /* A copy: freeing the old channel cancels its records, whose digest covers the values. */
+        spec.sem_values = memdup((*c)->spec.sem_values, spec.nsems * sizeof *spec.sem_values);
+        if (!spec.sem_values) {
+                msg_set(msg, msg_size, "out of memory");
+                *c = channel_free(*c, state);   /* as on any failure: *c is NULL */
+                return -ENOMEM;
+        }
         /* The remains go first: the key must be free again. */
         *c = channel_free(*c, state);
         /* Same key as before: clients and admins keep finding it where it was. */

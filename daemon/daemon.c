@@ -93,30 +93,32 @@ static int ensure_dir(const char *path, mode_t mode) {
 }
 
 /*
- * The state directory: --state-dir, else $RUNTIME_DIRECTORY (the first, when
- * systemd lists several), else the socket's directory. Made when missing:
- * 0700 when named for the purpose, 0755 as the socket's directory (clients
- * must reach the socket).
+ * Make the socket's directory (0755: clients must reach the socket) and pick
+ * the state directory: --state-dir, else $RUNTIME_DIRECTORY (the first, when
+ * systemd lists several), else the socket's directory. A state directory
+ * named for the purpose is made 0700 when missing.
  */
 static int state_dir_setup(Daemon *d, char **ret) {
         const char *env = getenv("RUNTIME_DIRECTORY");
-        _cleanup_(freep) char *dir = NULL;
-        mode_t mode = 0700;
+        _cleanup_(freep) char *copy = strdup(d->socket_path), *dir = NULL;
+        const char *socket_dir;
         int r;
 
+        if (!copy)
+                return log_error("Out of memory."), -ENOMEM;
+        socket_dir = dirname(copy);
+        r = ensure_dir(socket_dir, 0755);
+        if (r < 0)
+                return log_error("Failed to create the directory of %s: %s", d->socket_path, strerror(-r)), r;
         if (d->options->state_dir)
                 dir = strdup(d->options->state_dir);
         else if (env && env[0] == '/')
                 dir = strndup(env, strcspn(env, ":"));
-        else {
-                _cleanup_(freep) char *copy = strdup(d->socket_path);
-
-                dir = copy ? strdup(dirname(copy)) : NULL;
-                mode = 0755;
-        }
+        else
+                dir = strdup(socket_dir);
         if (!dir)
                 return log_error("Out of memory."), -ENOMEM;
-        r = ensure_dir(dir, mode);
+        r = ensure_dir(dir, 0700);
         if (r < 0)
                 return log_error("Failed to create the state directory %s: %s", dir, strerror(-r)), r;
         *ret = TAKE_PTR(dir);
@@ -158,28 +160,18 @@ static void log_legacy(const Daemon *d, const StateRecord *v, size_t n) {
 
 static int open_state_and_reclaim(Daemon *d) {
         _cleanup_(freep) StateRecord *v = NULL;
-        _cleanup_(freep) char *dir = NULL, *copy = NULL;
+        _cleanup_(freep) char *dir = NULL;
+        const char *name = strrchr(d->socket_path, '/');
         size_t n = 0, skipped = 0;
         ReclaimResult res;
         char msg[512];
         int r;
 
-        copy = strdup(d->socket_path);
-        if (!copy)
-                return log_error("Out of memory."), -ENOMEM;
-        r = ensure_dir(dirname(copy), 0755);
-        if (r < 0) {
-                log_error("Failed to create the directory of %s: %s", d->socket_path, strerror(-r));
-                return r;
-        }
         r = state_dir_setup(d, &dir);
         if (r < 0)
                 return r;
-        free(copy);
-        copy = strdup(d->socket_path);
-        if (!copy)
-                return log_error("Out of memory."), -ENOMEM;
-        r = state_open(dir, basename(copy), &d->state, msg, sizeof msg);
+        /* The files are named after the socket's last component. */
+        r = state_open(dir, name ? name + 1 : d->socket_path, &d->state, msg, sizeof msg);
         if (r == -EBUSY) {
                 log_error("Another shmbrokerd is running on %s (%s); not starting.", d->socket_path, msg);
                 return r;
@@ -297,7 +289,6 @@ static void notify_status(Daemon *d) {
                           d->last_status[1], d->last_status[1] == 1 ? "" : "s",
                           d->last_status[2], d->last_status[2] == 1 ? "" : "s");
 }
-
 
 /*
  * Re-read the config and apply it (reload.c has the semantics). Returns 0

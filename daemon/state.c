@@ -457,10 +457,8 @@ int state_append_records(State *s, const StateRecord *add, size_t n_add, const S
         return write_all(s->fd, buf, len);
 }
 
-int state_drop(State *s, StateKind kind, uint32_t key, int id) {
-        StateRecord r = { .kind = kind, .key = key, .id = id, .pid = 1 };
-
-        return state_append_records(s, NULL, 0, &r, 1);
+int state_cancel(State *s, const StateRecord *r) {
+        return state_append_records(s, NULL, 0, r, 1);
 }
 
 int state_rewrite(State *s, const StateRecord *v, size_t n) {

@@ -92,8 +92,8 @@ int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped);
  */
 int state_append_records(State *s, const StateRecord *add, size_t n_add, const StateRecord *cancel, size_t n_cancel);
 
-/* Record that the object (or channel: its segment's id) with this id is gone; -errno on write failure. */
-int state_drop(State *s, StateKind kind, uint32_t key, int id);
+/* Record that what r recorded (an object, or a channel) is gone; -errno on write failure. */
+int state_cancel(State *s, const StateRecord *r);
 
 /*
  * Replace the file with one holding exactly these live records: written
