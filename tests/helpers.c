@@ -210,9 +210,18 @@ bool test_daemon_start(TestDaemon *d, int *ret_status, ...) {
                 setenv("NOTIFY_SOCKET", d->notify, 1);
                 if (d->activate && pass_listening_socket(d->socket) < 0)
                         _exit(126);
-                /* As under the shipped unit: setuid() away from root clears every capability. */
-                if (d->uid != 0 && (setgroups(0, NULL) < 0 || setgid(d->gid) < 0 || setuid(d->uid) < 0))
-                        _exit(125);
+                /*
+                 * As under the shipped unit: setuid() away from root clears every capability.
+                 * The binary is opened first: a checkout under /root (0700) is no path for that uid.
+                 */
+                if (d->uid != 0) {
+                        int exe = wrapper ? -1 : open(argv[0], O_RDONLY | O_CLOEXEC);
+
+                        if (setgroups(0, NULL) < 0 || setgid(d->gid) < 0 || setuid(d->uid) < 0)
+                                _exit(125);
+                        if (exe >= 0)
+                                fexecve(exe, (char **) argv, environ);
+                }
                 execvp(argv[0], (char **) argv);
                 _exit(127);
         }
