@@ -357,7 +357,7 @@ int shmb_channel_check(const shmb_channel *ch) {
         if (client_hold_is_stale(ch->client, &ch->hold))
                 return -EIDRM;
         /* A ring says so itself, without a system call: the broker marks it before removing it. */
-        if (ch->ring && __atomic_load_n(&ch->ring->state, __ATOMIC_ACQUIRE) != RING_STATE_LIVE)
+        if (ch->ring && ring_is_removed(ch->ring))
                 return -EIDRM;
         /* The kernel knows it before the broker is back: a removed segment that is still attached
          * loses its key and is marked for destruction; once detached by all, its id names nothing. */

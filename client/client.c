@@ -273,6 +273,11 @@ static void closed_for_good(shmb_client *c) {
         socket_close(c);
         c->state = CLIENT_CLOSED;
         events_sync(c);
+        /* Nothing will poll them again (shmb_client_fd() is -1 now): not kept until the last channel goes. */
+        if (c->timer_fd >= 0)
+                c->timer_fd = (close(c->timer_fd), -1);
+        if (c->event_fd >= 0)
+                c->event_fd = (close(c->event_fd), -1);
 }
 
 /*
@@ -372,7 +377,7 @@ static int rejoin_opened(shmb_client *c, const char *name, const ProtoResponse *
                 else if (res->ok && res->channels[0].shm_id == h->shm_id && res->channels[0].sem_id == h->sem_id)
                         needed = true;          /* adopted: the same objects */
                 else if (res->ok || refusal_means_removed(res->error))
-                        h->stale = true;
+                        __atomic_store_n(&h->stale, true, __ATOMIC_RELEASE);
                 /* Any other refusal (the broker out of memory) says nothing of the channel: the handle
                  * stays as it is, without a hold until the next reconnection. */
         }
@@ -730,12 +735,9 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
 }
 
 bool client_hold_is_stale(shmb_client *c, const ClientHold *h) {
-        bool stale;
-
-        pthread_mutex_lock(&c->lock);
-        stale = h->stale;
-        pthread_mutex_unlock(&c->lock);
-        return stale;
+        /* Without the lock, which a call in flight holds across the broker's answer: this never waits. */
+        (void) c;
+        return __atomic_load_n(&h->stale, __ATOMIC_ACQUIRE);
 }
 
 /* ---- connecting ---- */

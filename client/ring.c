@@ -306,7 +306,7 @@ int ring_channel_init(shmb_channel *ch, void *addr, uint64_t size) {
         if (!ch || !addr || size < RING_HEADER_SIZE)
                 return -EINVAL;
         /* Another version's header may place anything anywhere: nothing of it is read. */
-        if (h->magic != RING_MAGIC || h->version != RING_VERSION)
+        if (!ring_header_is_ours(h))
                 return -EPROTO;
         /* A ring of one slot would take a second message over the first: refused, not run wrongly. */
         if (h->slot_size == 0 || h->slot_size > RING_SLOT_SIZE_MAX || h->slots < RING_SLOTS_MIN ||

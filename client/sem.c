@@ -48,7 +48,7 @@ static int sem_op(shmb_channel *ch, unsigned idx, short delta, bool undo, int ti
         if (ch->access == SHMB_RO)
                 return -EACCES;
         /* The set goes with the ring: once the header says removed, so does every call. */
-        if (ch->ring && __atomic_load_n(&ch->ring->state, __ATOMIC_ACQUIRE) != RING_STATE_LIVE)
+        if (ch->ring && ring_is_removed(ch->ring))
                 return -EIDRM;
         op = (struct sembuf) {
                 .sem_num = (unsigned short) (ch->sem_base + idx),

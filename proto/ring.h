@@ -124,6 +124,11 @@ static inline bool ring_header_is_ours(const RingHeader *h) {
         return h->magic == RING_MAGIC && h->version == RING_VERSION;
 }
 
+/* The broker removed (or is removing) the ring: one acquire load of a line nobody writes per message. */
+static inline bool ring_is_removed(const RingHeader *h) {
+        return __atomic_load_n(&h->state, __ATOMIC_ACQUIRE) != RING_STATE_LIVE;
+}
+
 /*
  * Tell every client of a ring that is about to be removed: store REMOVED,
  * then move both futex words and wake all their sleepers. The store comes
