@@ -178,7 +178,13 @@ bool access_allowed(const Peer *p, const ChannelPerm *perm, bool read, bool writ
                 return true;
         /* Only a refusal by the bits needs the capability, as in the kernel. */
         r = peer_cap_ipc_owner(p);
-        if (r < 0)
-                return p->uid == 0;     /* cannot tell: the rule's fallback */
+        /*
+         * The fallback is for a system that cannot show the capability (no
+         * SO_PEERPIDFD, /proc hidden, another PID namespace). A passing failure
+         * (descriptors or memory run out, which a client can bring about) refuses:
+         * it must not turn into a pass for a root peer that lacks the capability.
+         */
+        if (r == -ENOPROTOOPT || r == -ENOENT || r == -EACCES || r == -ESRCH || r == -ENODATA || r == -EPERM)
+                return p->uid == 0;
         return r > 0;
 }
