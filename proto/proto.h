@@ -60,6 +60,12 @@ typedef struct ProtoRequest {
         bool has_channel;
         char channel[PROTO_NAME_MAX + 1];    /* open, close; status optional */
         ProtoAccess access;                  /* open */
+        /*
+         * open, optional: the ring holder token (proto/ring.h) this client
+         * held before the broker restarted, to take back; never 0.
+         */
+        bool has_holder;
+        uint32_t holder;
 } ProtoRequest;
 
 typedef struct ProtoSemaphore {
@@ -98,6 +104,11 @@ typedef struct ProtoChannel {
          * daemon writes; decoded, 0 means the answer gave none.
          */
         uint32_t ring_version;
+        /*
+         * open of a ring only: the holder token of this connection's hold,
+         * which its claims carry (proto/ring.h). 0: none (on the wire: absent).
+         */
+        uint32_t holder;
 
         char owner[PROTO_IDNAME_MAX + 1];    /* list, status */
         char group[PROTO_IDNAME_MAX + 1];

@@ -28,7 +28,7 @@ static int decode_name(json_t *v, const char *key, char *dst, size_t size, char 
 }
 
 static int decode_fields(json_t *root, ProtoRequest *req, char *msg, size_t msg_size) {
-        json_t *jop = NULL, *jversion = NULL, *jclient = NULL, *jchannel = NULL, *jaccess = NULL;
+        json_t *jop = NULL, *jversion = NULL, *jclient = NULL, *jchannel = NULL, *jaccess = NULL, *jholder = NULL;
         json_error_t jerr;
         const char *s;
         int64_t i;
@@ -40,8 +40,8 @@ static int decode_fields(json_t *root, ProtoRequest *req, char *msg, size_t msg_
                                    "op", &jop, "version", &jversion, "client", &jclient);
                 break;
         case PROTO_OP_OPEN:
-                r = json_unpack_ex(root, &jerr, 0, "{s:o, s:o, s:o !}",
-                                   "op", &jop, "channel", &jchannel, "access", &jaccess);
+                r = json_unpack_ex(root, &jerr, 0, "{s:o, s:o, s:o, s?:o !}",
+                                   "op", &jop, "channel", &jchannel, "access", &jaccess, "holder", &jholder);
                 break;
         case PROTO_OP_CLOSE:
                 r = json_unpack_ex(root, &jerr, 0, "{s:o, s:o !}", "op", &jop, "channel", &jchannel);
@@ -93,6 +93,14 @@ static int decode_fields(json_t *root, ProtoRequest *req, char *msg, size_t msg_
                         return EINVAL;
                 }
                 req->access = (ProtoAccess) r;
+        }
+        if (jholder) {
+                /* A token is never 0 (proto/ring.h): 0 names no holder, and is refused like any other non-token. */
+                r = json_field_int(jholder, "holder", 1, UINT32_MAX, &i, msg, msg_size);
+                if (r)
+                        return r;
+                req->holder = (uint32_t) i;
+                req->has_holder = true;
         }
         return 0;
 }
@@ -164,6 +172,11 @@ int proto_request_encode(const ProtoRequest *req, char **ret_line, size_t *ret_l
                 r = json_object_set_new(o, "channel", json_string(req->channel));
                 if (r == 0)
                         r = json_object_set_new(o, "access", json_string(proto_access_to_string(req->access)));
+                if (r == 0 && req->has_holder) {
+                        if (req->holder == 0)
+                                return -EINVAL;
+                        r = json_object_set_new(o, "holder", json_integer(req->holder));
+                }
                 break;
         case PROTO_OP_CLOSE:
         case PROTO_OP_STATUS:

@@ -121,6 +121,9 @@ static int channel_to_json(ProtoChannelView view, const ProtoChannel *c, json_t 
         if (c->layout == PROTO_LAYOUT_RING && view == PROTO_VIEW_OPEN &&
             set(o, "ring_version", json_integer(c->ring_version ?: RING_VERSION)) < 0)
                 return -ENOMEM;
+        /* This connection's token: only an open hands one out, and only when its hold has one. */
+        if (view == PROTO_VIEW_OPEN && c->holder != 0 && set(o, "holder", json_integer(c->holder)) < 0)
+                return -ENOMEM;
         if (view != PROTO_VIEW_OPEN &&
             (set(o, "owner", json_string(c->owner)) < 0 ||
              set(o, "group", json_string(c->group)) < 0 ||
@@ -378,8 +381,12 @@ static int channel_from_json(ProtoChannelView view, json_t *o, ProtoChannel *c, 
                 if (json_object_get(o, "ring_version"))
                         GET_INT(o, "ring_version", 1, UINT32_MAX, c->ring_version);
         }
-        if (view == PROTO_VIEW_OPEN)
+        if (view == PROTO_VIEW_OPEN) {
+                /* Absent: no token (a raw channel, a ro open, or a broker before ring layout 4). */
+                if (json_object_get(o, "holder"))
+                        GET_INT(o, "holder", 1, UINT32_MAX, c->holder);
                 return 0;
+        }
 
         r = get_str(o, "owner", c->owner, sizeof c->owner, msg, msg_size);
         if (r == 0)

@@ -480,6 +480,16 @@ START_TEST(test_request_decode_open_close) {
         ck_assert_int_eq(r.op, PROTO_OP_OPEN);
         ck_assert_str_eq(r.channel, "x");
         ck_assert_int_eq(r.access, PROTO_ACCESS_RO);
+        ck_assert(!r.has_holder);
+
+        /* The token held before a broker restart, to take back: any 32-bit value but 0. */
+        r = decode_request_ok("{\"op\":\"open\",\"channel\":\"x\",\"access\":\"rw\",\"holder\":4294967295}");
+        ck_assert(r.has_holder);
+        ck_assert_uint_eq(r.holder, UINT32_MAX);
+        r = decode_request_ok("{\"holder\":1,\"op\":\"open\",\"channel\":\"x\",\"access\":\"ro\"}");
+        ck_assert(r.has_holder);
+        ck_assert_uint_eq(r.holder, 1);
+        ck_assert_int_eq(r.access, PROTO_ACCESS_RO);
 
         r = decode_request_ok("{\"op\":\"close\",\"channel\":\"a.b_c-D9\"}");
         ck_assert_int_eq(r.op, PROTO_OP_CLOSE);
@@ -599,6 +609,15 @@ START_TEST(test_request_decode_field_errors) {
                 { "{\"op\":\"hello\",\"version\":1.5}", "\"version\"" },
                 { "{\"op\":\"hello\",\"version\":1099511627776}", "\"version\"" },
                 { "{\"op\":\"hello\",\"version\":1,\"client\":3}", "\"client\"" },
+                /* a holder token: a positive 32-bit integer, and only in an open */
+                { "{\"op\":\"open\",\"channel\":\"x\",\"access\":\"rw\",\"holder\":\"4097\"}", "\"holder\"" },
+                { "{\"op\":\"open\",\"channel\":\"x\",\"access\":\"rw\",\"holder\":1.5}", "\"holder\"" },
+                { "{\"op\":\"open\",\"channel\":\"x\",\"access\":\"rw\",\"holder\":null}", "\"holder\"" },
+                { "{\"op\":\"open\",\"channel\":\"x\",\"access\":\"rw\",\"holder\":true}", "\"holder\"" },
+                { "{\"op\":\"open\",\"channel\":\"x\",\"access\":\"rw\",\"holder\":0}", "\"holder\"" },
+                { "{\"op\":\"open\",\"channel\":\"x\",\"access\":\"rw\",\"holder\":-1}", "\"holder\"" },
+                { "{\"op\":\"open\",\"channel\":\"x\",\"access\":\"rw\",\"holder\":4294967296}", "\"holder\"" },
+                { "{\"op\":\"close\",\"channel\":\"x\",\"holder\":1}", "holder" },
         };
 
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
@@ -675,6 +694,15 @@ static ProtoRequest make_request(ProtoOp op, const char *channel, ProtoAccess ac
         return r;
 }
 
+/* An open that asks for a holder token back. */
+static ProtoRequest make_open_holder(ProtoAccess access, uint32_t holder) {
+        ProtoRequest r = make_request(PROTO_OP_OPEN, "ring", access);
+
+        r.has_holder = true;
+        r.holder = holder;
+        return r;
+}
+
 /* Encode, check the framing, decode again, compare. */
 static void assert_request_round_trip(const ProtoRequest *in) {
         ProtoRequest out;
@@ -698,6 +726,9 @@ static void assert_request_round_trip(const ProtoRequest *in) {
                 break;
         case PROTO_OP_OPEN:
                 ck_assert_int_eq(out.access, in->access);
+                ck_assert_int_eq(out.has_holder, in->has_holder);
+                if (in->has_holder)
+                        ck_assert_uint_eq(out.holder, in->holder);
                 /* fall through */
         case PROTO_OP_CLOSE:
         case PROTO_OP_STATUS:
@@ -721,6 +752,8 @@ START_TEST(test_request_encode_round_trip) {
                 hello_client,
                 make_request(PROTO_OP_OPEN, "cam0.frames", PROTO_ACCESS_RW),
                 make_request(PROTO_OP_OPEN, "x", PROTO_ACCESS_RO),
+                make_open_holder(PROTO_ACCESS_RW, 4097),
+                make_open_holder(PROTO_ACCESS_RO, UINT32_MAX),
                 make_request(PROTO_OP_CLOSE, "a.b_c-D9", 0),
                 make_request(PROTO_OP_LIST, NULL, 0),
                 make_request(PROTO_OP_STATUS, NULL, 0),
@@ -747,6 +780,15 @@ START_TEST(test_request_encode_wire_fields) {
         assert_json_str(o, "op", "open");
         assert_json_str(o, "channel", "ch");
         assert_json_str(o, "access", "ro");
+        json_decref(o);
+        free(line);
+
+        /* "holder" only when asked for, as a JSON integer */
+        req = make_open_holder(PROTO_ACCESS_RW, 4097);
+        ck_assert_int_eq(proto_request_encode(&req, &line, &len), 0);
+        o = parse_line(line, len);
+        assert_exact_keys(o, (const char *const[]) { "op", "channel", "access", "holder", NULL });
+        assert_json_int(o, "holder", 4097);
         json_decref(o);
         free(line);
 
@@ -781,7 +823,9 @@ START_TEST(test_request_encode_invalid) {
         ProtoRequest bad_op = { .op = _PROTO_OP_MAX };
         ProtoRequest bad_access = make_request(PROTO_OP_OPEN, "ok", (ProtoAccess) 7);
         ProtoRequest no_channel = { .op = PROTO_OP_OPEN };
+        ProtoRequest holder_zero = make_open_holder(PROTO_ACCESS_RW, 0);
 
+        assert_request_encode_einval(&holder_zero);     /* 0 is nobody's token */
         assert_request_encode_einval(&bad_op);
         assert_request_encode_einval(&bad_access);
         assert_request_encode_einval(&no_channel);
@@ -1020,6 +1064,69 @@ START_TEST(test_ring_version_field) {
                 ck_assert_int_eq(proto_response_decode(PROTO_OP_OPEN, bad[i], strlen(bad[i]), &res, msg, sizeof msg),
                                  EBADMSG);
                 ck_assert_msg_contains(msg, "ring_version");
+        }
+}
+END_TEST
+
+/* holder: in open answers only, and only when not 0; decoded when given, else 0. */
+START_TEST(test_holder_field) {
+        ProtoChannel ring = ring_channel(), raw = raw_channel();
+        ProtoChannel v[2] = { raw_channel(), ring_channel() };
+        char msg[PROTO_MESSAGE_MAX];
+        ProtoResponse res;
+        char *line;
+        size_t len;
+        json_t *o;
+
+        ring.holder = UINT32_MAX;
+        ck_assert_int_eq(proto_encode_open(&ring, &line, &len), 0);
+        o = parse_line(line, len);
+        assert_json_int(o, "holder", 4294967295LL);
+        json_decref(o);
+        decode_encoded(PROTO_OP_OPEN, line, len, &res);
+        ck_assert_uint_eq(res.channels[0].holder, UINT32_MAX);
+        proto_response_done(&res);
+        free(line);
+
+        ring.holder = 4097;
+        ck_assert_int_eq(proto_encode_open(&ring, &line, &len), 0);
+        decode_encoded(PROTO_OP_OPEN, line, len, &res);
+        ck_assert_uint_eq(res.channels[0].holder, 4097);
+        proto_response_done(&res);
+        free(line);
+
+        /* 0 is absent on the wire, and absent decodes to 0. */
+        ck_assert_int_eq(proto_encode_open(&raw, &line, &len), 0);
+        ck_assert_ptr_null(strstr(line, "holder"));
+        decode_encoded(PROTO_OP_OPEN, line, len, &res);
+        ck_assert_uint_eq(res.channels[0].holder, 0);
+        proto_response_done(&res);
+        free(line);
+
+        /* list and status describe channels, they hand out no token. */
+        v[1].holder = 4097;
+        ck_assert_int_eq(proto_encode_channels(PROTO_VIEW_LIST, v, 2, &line, &len), 0);
+        ck_assert_ptr_null(strstr(line, "holder"));
+        free(line);
+
+        static const char *const bad[] = {
+                "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,"
+                "\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2,\"ring_version\":4,\"holder\":0}",
+                "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,"
+                "\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2,\"ring_version\":4,\"holder\":\"4097\"}",
+                "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,"
+                "\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2,\"ring_version\":4,\"holder\":-1}",
+                "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,"
+                "\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2,\"ring_version\":4,\"holder\":4294967296}",
+                "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,"
+                "\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2,\"ring_version\":4,\"holder\":2.5}",
+                "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,"
+                "\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2,\"ring_version\":4,\"holder\":null}",
+        };
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+                ck_assert_int_eq(proto_response_decode(PROTO_OP_OPEN, bad[i], strlen(bad[i]), &res, msg, sizeof msg),
+                                 EBADMSG);
+                ck_assert_msg_contains(msg, "holder");
         }
 }
 END_TEST
@@ -1681,6 +1788,7 @@ static Suite *proto_suite(void) {
         tcase_add_test(tc, test_encode_hello_and_ok);
         tcase_add_test(tc, test_encode_open_fields);
         tcase_add_test(tc, test_ring_version_field);
+        tcase_add_test(tc, test_holder_field);
         tcase_add_test(tc, test_encode_list_fields);
         tcase_add_test(tc, test_encode_status_fields);
         tcase_add_test(tc, test_encode_status_entry_error);
