@@ -138,6 +138,12 @@ static int setup_ring(shmb_channel *ch, uint32_t ring_version) {
         /* Trust the broker's figures, and refuse a header that disagrees. */
         if (ch->info.slots == 0 || ch->info.size != ring_segment_size(ch->info.slot_size, ch->info.slots))
                 return -EPROTO;
+        /* A claim names its holder: a sender or receiver without a token could not be told from nobody. */
+        if (ch->access == SHMB_RW && ch->hold.token == 0) {
+                set_message(ch->client, "channel \"%s\": the broker gave no holder token for this ring",
+                            ch->info.name);
+                return -EPROTO;
+        }
         if (h->magic == RING_MAGIC && h->version != RING_VERSION) {
                 set_message(ch->client, "channel \"%s\": the ring header is layout version %" PRIu32
                             "; this library speaks version %d", ch->info.name, h->version, RING_VERSION);
@@ -206,6 +212,7 @@ static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, Pro
         for (unsigned attempt = 0;; attempt++) {
                 info_from_proto(&res->channels[0], &ch->info);
                 ring_version = res->channels[0].ring_version;
+                __atomic_store_n(&ch->hold.token, res->channels[0].holder, __ATOMIC_RELAXED);
                 proto_response_done(res);
                 r = attach_once(ch);
                 if (r <= 0)

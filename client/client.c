@@ -337,6 +337,17 @@ static bool open_queued(const shmb_client *c, const char *name) {
         return false;
 }
 
+/* The holder token that the handles of a channel name share (one hold per connection and name), or 0. */
+static uint32_t hold_token(const shmb_client *c, const char *name) {
+        for (const ClientHold *h = c->holds; h; h = h->next) {
+                uint32_t t = __atomic_load_n(&h->token, __ATOMIC_RELAXED);
+
+                if (!h->stale && h->attached && t != 0 && streq(h->name, name))
+                        return t;
+        }
+        return 0;
+}
+
 /*
  * hello, then one open per channel name with the access of its newest
  * handle (the list is newest first): the broker keeps one hold per
@@ -354,6 +365,9 @@ static int rejoin_start(shmb_client *c) {
                         continue;
                 req = (ProtoRequest) { .op = PROTO_OP_OPEN, .access = h->access == SHMB_RO ? PROTO_ACCESS_RO : PROTO_ACCESS_RW };
                 strcpy(req.channel, h->name);
+                /* A ring's claims name the token: ask for the same one, so that they stay ours. */
+                req.holder = hold_token(c, h->name);
+                req.has_holder = req.holder != 0;
                 r = rejoin_queue(c, &req);
         }
         return r;
@@ -374,8 +388,12 @@ static int rejoin_opened(shmb_client *c, const char *name, const ProtoResponse *
                         continue;
                 if (!h->attached)
                         needed = true;          /* its own open is under way and takes this hold */
-                else if (res->ok && res->channels[0].shm_id == h->shm_id && res->channels[0].sem_id == h->sem_id)
+                else if (res->ok && res->channels[0].shm_id == h->shm_id && res->channels[0].sem_id == h->sem_id) {
                         needed = true;          /* adopted: the same objects */
+                        /* Ours again, or a new one if the broker took the old for dead: claims use it from now on. */
+                        if (res->channels[0].holder)
+                                __atomic_store_n(&h->token, res->channels[0].holder, __ATOMIC_RELAXED);
+                }
                 else if (res->ok || refusal_means_removed(res->error))
                         __atomic_store_n(&h->stale, true, __ATOMIC_RELEASE);
                 /* Any other refusal (the broker out of memory) says nothing of the channel: the handle

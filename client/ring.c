@@ -6,18 +6,25 @@
  *
  * Sleeping: a side that finds the ring full (empty) reads the futex word,
  * raises send_sleeping (recv_sleeping), checks the slot once more, and
- * only then sleeps. The other side publishes its slot, issues a full fence,
- * and if the flag is up, exchanges it back to 0, bumps the word and wakes
+ * only then sleeps. The other side publishes its slot, and if the flag is up, exchanges it back to 0, bumps the word and wakes
  * everyone: one wake-up syscall per sleep, not one per message while the
- * sleeper is still getting up. The fences on both sides make the lost
- * wake-up impossible: either the sleeper sees the new slot, or the
+ * sleeper is still getting up. Sequentially consistent accesses on both
+ * sides (the publisher's is its compare-and-swap of seq, which doubles as
+ * the full fence) make the lost wake-up impossible: either the sleeper sees the new slot, or the
  * publisher sees the flag; a sleeper that raised the flag after it was
  * cleared sees the word moved and looks again.
  *
+ * Claims: the owner word's compare-and-swap is the claim, and it names
+ * this handle's holder token; head (tail) follows, moved by the claimer or
+ * by whoever finds the slot claimed. Publish and free are
+ * compare-and-swaps as well: they fail only when a repairer took the slot
+ * from a claimer it judged dead, and then the call starts over.
+ *
  * Repair: a slot claimed but never finished (its claimer was killed in
  * between) is found by whoever waits at it. Such a waiter never sleeps for
- * long, as no one would wake it; every REPAIR_POLL_MS it checks whether
- * the claimer is still alive, and if not, takes the slot over.
+ * long, as no one would wake it; every REPAIR_POLL_MS it asks the holder
+ * table whether the claimer's token is dead (loads only: polling makes no
+ * system call), and if so, takes the slot over.
  *
  * Removal: the daemon marks a ring it removes (proto/ring.h) and wakes its
  * sleepers. Each pass of a call's loop reads the state word first (one
@@ -32,7 +39,6 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <limits.h>
 #include <linux/futex.h>
@@ -57,30 +63,57 @@
 #define MID_COPY_BYTES_PER_PAUSE 128
 #define MID_COPY_PAUSES_MAX 64
 
-/*
- * getpid() is a system call; a ring send records the claimer's pid every
- * time. Cache it, and refresh it in a forked child (pthread_atfork), since
- * a child using a stale pid would let its claims be taken for a dead one's.
- */
-static pid_t cached_pid;
-static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
-
-static void pid_refresh(void) {
-        __atomic_store_n(&cached_pid, getpid(), __ATOMIC_RELAXED);
-}
-
-static void pid_setup(void) {
-        pid_refresh();
-        (void) pthread_atfork(NULL, NULL, pid_refresh);
-}
-
-static int32_t my_pid(void) {
-        pthread_once(&pid_once, pid_setup);
-        return (int32_t) __atomic_load_n(&cached_pid, __ATOMIC_RELAXED);
-}
-
 static RingSlot *slot_at(const shmb_channel *ch, uint64_t pos) {
         return (RingSlot *) (ch->slots + (pos % ch->info.slots) * ch->stride);
+}
+
+static uint32_t my_token(const shmb_channel *ch) {
+        return LOAD(&ch->hold.token, RLX);
+}
+
+/* Someone claimed the slot for pos, and the holder table says it is gone. */
+static bool claimer_dead(const shmb_channel *ch, uint64_t owner, uint64_t pos) {
+        return ring_owner_claims(owner, pos) && ring_token_dead(ch->ring, (uint32_t) owner);
+}
+
+/*
+ * Whether an owner word read at the slot of pos is from before any claim of
+ * pos: the slot's last lap, or never claimed. A later lap's claim (we read
+ * a stale head) is not, and must not be overwritten.
+ */
+static bool owner_before(uint64_t owner, uint64_t pos) {
+        return (uint32_t) owner == 0 || (int32_t) ((uint32_t) (owner >> 32) - (uint32_t) pos) < 0;
+}
+
+/*
+ * Claim the slot of pos, whose seq was just read as want and owner word as
+ * owner: 1 claimed, 0 not (look again), -ENOTCONN. The compare-and-swap fails if anyone claimed it meanwhile; seq is
+ * read again after it, as a caller that slept between its first looks
+ * (2^32 positions: the owner word keeps 32 bits of them) may have claimed
+ * a lap that is over: then the claim is given back.
+ */
+static int claim(const shmb_channel *ch, RingSlot *slot, uint64_t *word, uint64_t owner, uint64_t pos, uint64_t want) {
+        uint32_t token = my_token(ch);
+        uint64_t mine = ring_owner(pos, token);
+
+        /*
+         * A holder the broker counts as gone (our connection ended) would have
+         * its claim repaired under it: a message lost. It claims nothing until
+         * the library has rejoined and has a live token again.
+         */
+        if (ring_token_dead(ch->ring, token))
+                return -ENOTCONN;
+        if (!owner_before(owner, pos) || !__atomic_compare_exchange_n(word, &owner, mine, false, ACQ, RLX))
+                return 0;
+        if (LOAD(&slot->seq, ACQ) == want)
+                return 1;
+        (void) __atomic_compare_exchange_n(word, &mine, owner, false, REL, RLX);
+        return 0;
+}
+
+/* Move a position counter on from pos; whoever finds it behind a claim helps, so a failure is someone's success. */
+static void advance(uint64_t *counter, uint64_t pos) {
+        (void) __atomic_compare_exchange_n(counter, &pos, pos + 1, false, REL, RLX);
 }
 
 static char *payload(RingSlot *slot) {
@@ -105,11 +138,6 @@ static uint32_t count_op(shmb_channel *ch) {
         return n;
 }
 
-/* Known dead: kill() says ESRCH. Unknown (pid 0) or alive: not dead. */
-static bool claimer_dead(int32_t pid) {
-        return pid > 0 && kill((pid_t) pid, 0) < 0 && errno == ESRCH;
-}
-
 static int64_t now_ns(void) {
         struct timespec ts;
 
@@ -125,7 +153,8 @@ static int64_t now_ns(void) {
 typedef struct Waiter {
         uint32_t *word, *sleeping;      /* this side's futex word and flag */
         uint32_t *my_cpu, *peer_cpu;
-        const uint64_t *claims;         /* the other side's position: moved past us = a claim mid-message */
+        const uint64_t *claim;          /* the other side's owner word at the slot waited on */
+        uint64_t claimed_pos;           /* ... and the position a claim of it would name */
         int timeout_ms;
         int64_t deadline;               /* 0: none, or not read yet */
 } Waiter;
@@ -160,10 +189,13 @@ static void futex_wake_all(uint32_t *word) {
         syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-/* Publisher side: after a slot changed hands, wake the sleepers, if any, once. */
+/*
+ * After a slot changed hands by a sequentially consistent compare-and-swap
+ * of its seq (which orders it against the sleeper's flag like a full
+ * fence would), wake the sleepers, if any, once.
+ */
 static void notify(uint32_t *word, uint32_t *sleeping) {
-        __atomic_thread_fence(SEQ);
-        if (LOAD(sleeping, RLX) && __atomic_exchange_n(sleeping, 0, SEQ)) {
+        if (LOAD(sleeping, SEQ) && __atomic_exchange_n(sleeping, 0, SEQ)) {
                 __atomic_add_fetch(word, 1, SEQ);
                 futex_wake_all(word);
         }
@@ -258,23 +290,26 @@ static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, const Wa
  * passes, spinning first when that can pay. Returns 0 to look again, or a
  * negative errno.
  */
-static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, Waiter *w, uint64_t claimed_past) {
+static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, Waiter *w) {
         int64_t deadline, until;
         uint32_t v;
         int r = 0;
 
-        if (w->timeout_ms == 0)
+        /*
+         * A caller that polls calls again at once: one pause here keeps its loop
+         * from taking the slot's line away from the peer that is about to
+         * write it (and from a pipeline flush when it changes).
+         */
+        if (w->timeout_ms == 0) {
+                cpu_relax();
                 return -EAGAIN;
+        }
         until = deadline = deadline_of(w);
         /* Also when someone holds the slot mid-message: almost always it is busy copying. */
         if (spin_for(ch, slot, target, w))
                 return 0;
-        /*
-         * Someone holds the slot mid-message (the other side's counter moved past
-         * it): poll, as a dead claimer wakes no one. Read only now, as that
-         * counter's line is the other side's busiest.
-         */
-        if ((int64_t) (LOAD(w->claims, ACQ) - claimed_past) > 0) {
+        /* Someone holds the slot mid-message: poll, as a dead claimer wakes no one. */
+        if (ring_owner_claims(LOAD(w->claim, ACQ), w->claimed_pos)) {
                 int64_t poll = now_ns() + (int64_t) REPAIR_POLL_MS * 1000000;
 
                 if (!until || poll < until)
@@ -313,11 +348,11 @@ int ring_channel_init(shmb_channel *ch, void *addr, uint64_t size) {
             h->slots > RING_SLOTS_MAX)
                 return -EPROTO;
         stride = ring_slot_stride(h->slot_size);
-        if (h->slot_stride != stride || h->data_offset != RING_HEADER_SIZE ||
-            size != ring_segment_size(h->slot_size, h->slots))
+        if (h->slot_stride != stride || h->data_offset != RING_DATA_OFFSET || h->holders != RING_HOLDERS ||
+            h->holders_offset != RING_HOLDERS_OFFSET || size != ring_segment_size(h->slot_size, h->slots))
                 return -EPROTO;
         ch->ring = addr;
-        ch->slots = (char *) addr + RING_HEADER_SIZE;
+        ch->slots = (char *) addr + RING_DATA_OFFSET;
         ch->stride = stride;
         ch->info.slot_size = h->slot_size;
         ch->info.slots = h->slots;
@@ -338,36 +373,38 @@ static int check_ring(const shmb_channel *ch) {
 
 /*
  * Repair, asked only after a wait at the slot (spin or sleep, or a caller
- * that will not wait) left it as it was: a live peer mid-copy is the common
- * case there, and kill() is a system call. Each returns true when the slot
- * was dealt with (by us or meanwhile by another), so the caller looks again.
+ * that will not wait) left it as it was. Loads and compare-and-swaps only:
+ * a poll that repairs nothing makes no system call. Each returns true when
+ * the slot was dealt with (by us or meanwhile by another), so the caller
+ * looks again.
  */
 
-/* The slot still holds last lap's message, which a receiver took and died reading: free the slot. */
+/* The slot still holds last lap's message, which a receiver claimed and died reading: free the slot. */
 static bool free_dead_receivers_slot(shmb_channel *ch, RingSlot *slot, uint64_t pos) {
         uint64_t last = pos - ch->info.slots, expected = last + 1;
 
-        if (LOAD(&slot->seq, ACQ) != expected || (int64_t) (LOAD(&ch->ring->tail, ACQ) - last) <= 0 ||
-            LOAD(&slot->recv_pos, ACQ) != last || !claimer_dead(slot->recv_pid))
+        if (LOAD(&slot->seq, ACQ) != expected || !claimer_dead(ch, LOAD(&slot->recv_owner, ACQ), last))
                 return false;
-        if (__atomic_compare_exchange_n(&slot->seq, &expected, pos, false, REL, RLX))
+        if (__atomic_compare_exchange_n(&slot->seq, &expected, pos, false, SEQ, RLX)) {
+                advance(&ch->ring->tail, last);         /* if it died before moving tail on */
                 notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
+        }
         return true;
 }
 
 /*
- * A sender claimed pos and died before publishing: that message never was; skip it.
- * seq is read again once the claimer is known dead: a sender may publish,
- * return and exit between a first look and kill(), and that message was sent.
- * Death is final, so after it an unpublished slot stays unpublished.
+ * A sender claimed pos and died before publishing: that message never was.
+ * Tombstone the slot (seq from pos to pos + n: free for the next lap), and
+ * move tail past it. A sender taken for dead that is not finds its publish
+ * refused and sends again.
  */
 static bool skip_dead_senders_slot(shmb_channel *ch, RingSlot *slot, uint64_t pos) {
-        if ((int64_t) (LOAD(&slot->seq, ACQ) - (pos + 1)) >= 0 || (int64_t) (LOAD(&ch->ring->head, ACQ) - pos) <= 0 ||
-            LOAD(&slot->send_pos, ACQ) != pos || !claimer_dead(slot->send_pid) ||
-            (int64_t) (LOAD(&slot->seq, ACQ) - (pos + 1)) >= 0)
+        uint64_t expected = pos;
+
+        if (LOAD(&slot->seq, ACQ) != pos || !claimer_dead(ch, LOAD(&slot->send_owner, ACQ), pos))
                 return false;
-        if (__atomic_compare_exchange_n(&ch->ring->tail, &pos, pos + 1, false, RLX, RLX)) {
-                STORE(&slot->seq, pos + ch->info.slots, REL);
+        if (__atomic_compare_exchange_n(&slot->seq, &expected, pos + ch->info.slots, false, SEQ, RLX)) {
+                advance(&ch->ring->tail, pos);
                 notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
                 /* Receivers asleep at this position wait on the next one now. */
                 notify(&ch->ring->data_seq, &ch->ring->recv_sleeping);
@@ -384,50 +421,64 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
                 return r;
         w = (Waiter) { .word = &ch->ring->space_seq, .sleeping = &ch->ring->send_sleeping,
                        .my_cpu = &ch->ring->send_cpu, .peer_cpu = &ch->ring->recv_cpu,
-                       .claims = &ch->ring->tail, .timeout_ms = timeout_ms };
+                       .timeout_ms = timeout_ms };
         if (len > 0 && !msg)
                 return -EINVAL;
         if (len > ch->info.slot_size)
                 return -EMSGSIZE;
         for (;;) {
-                uint64_t pos;
+                uint64_t pos, owner, expected;
                 RingSlot *slot;
                 int64_t diff;
 
                 if (ring_removed(ch, ACQ))
                         return -EIDRM;
-                pos = LOAD(&ch->ring->head, RLX);
+                pos = LOAD(&ch->ring->head, ACQ);
                 slot = slot_at(ch, pos);
                 diff = (int64_t) (LOAD(&slot->seq, ACQ) - pos);
 
                 if (diff == 0) {
-                        if (!__atomic_compare_exchange_n(&ch->ring->head, &pos, pos + 1, true, RLX, RLX))
+                        owner = LOAD(&slot->send_owner, ACQ);
+                        if (ring_owner_claims(owner, pos)) {
+                                advance(&ch->ring->head, pos);  /* claimed, head not moved yet */
                                 continue;
-                        slot->send_pid = my_pid();
-                        STORE(&slot->send_pos, pos, REL);
+                        }
+                        /* From now on pos is ours, and the slot says whose. */
+                        r = claim(ch, slot, &slot->send_owner, owner, pos, pos);
+                        if (r < 0)
+                                return r;
+                        if (r == 0)
+                                continue;
+                        advance(&ch->ring->head, pos);
                         /* Now and then, so a waiting peer knows whether spinning can pay. */
                         if ((count_op(ch) & 15) == 1)
                                 note_cpu(&ch->ring->send_cpu);
                         STORE(&slot->len, (uint32_t) len, RLX);       /* await_copy() reads it early */
                         if (len)
                                 memcpy(payload(slot), msg, len);
-                        STORE(&slot->seq, pos + 1, REL);
+                        expected = pos;
+                        if (!__atomic_compare_exchange_n(&slot->seq, &expected, pos + 1, false, SEQ, RLX))
+                                continue;       /* taken for dead and skipped: send it again */
                         notify(&ch->ring->data_seq, &ch->ring->recv_sleeping);
                         return 0;
                 }
                 if (diff < 0) {         /* full: the slot still holds last lap's message */
                         uint64_t last = pos - ch->info.slots;
 
-                        if (LOAD(&slot->recv_pos, RLX) == last)
+                        if (ring_owner_claims(LOAD(&slot->recv_owner, RLX), last))
                                 await_copy(ch, slot);
-                        r = wait_slot(ch, slot, pos, &w, last);
+                        w.claim = &slot->recv_owner;
+                        w.claimed_pos = last;
+                        r = wait_slot(ch, slot, pos, &w);
                         /* Also when the deadline passed: a short timeout must not keep a slot stuck. */
                         if (free_dead_receivers_slot(ch, slot, pos))
                                 continue;
                         if (r < 0)
                                 return r;
+                        continue;
                 }
-                /* diff > 0: another producer took pos; look again */
+                /* diff > 0: pos was claimed (and maybe finished) by another; head may lag behind it. */
+                advance(&ch->ring->head, pos);
         }
 }
 
@@ -440,51 +491,66 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                 return r;
         w = (Waiter) { .word = &ch->ring->data_seq, .sleeping = &ch->ring->recv_sleeping,
                        .my_cpu = &ch->ring->recv_cpu, .peer_cpu = &ch->ring->send_cpu,
-                       .claims = &ch->ring->head, .timeout_ms = timeout_ms };
+                       .timeout_ms = timeout_ms };
         if (size > 0 && !buf)
                 return -EINVAL;
         for (;;) {
-                uint64_t pos;
+                uint64_t pos, owner, expected;
                 RingSlot *slot;
                 int64_t diff;
 
                 if (ring_removed(ch, ACQ))
                         return -EIDRM;
-                pos = LOAD(&ch->ring->tail, RLX);
+                pos = LOAD(&ch->ring->tail, ACQ);
                 slot = slot_at(ch, pos);
                 diff = (int64_t) (LOAD(&slot->seq, ACQ) - (pos + 1));
 
                 if (diff == 0) {
-                        uint32_t len = LOAD(&slot->len, RLX);
+                        uint32_t len;
 
+                        owner = LOAD(&slot->recv_owner, ACQ);
+                        if (ring_owner_claims(owner, pos)) {
+                                advance(&ch->ring->tail, pos);
+                                continue;
+                        }
+                        len = LOAD(&slot->len, RLX);
                         if (len > ch->info.slot_size)
                                 len = ch->info.slot_size;       /* a corrupt length never reads out of bounds */
                         if (len > size) {
-                                /* Only if the message is still there: another receiver may have taken it. */
-                                if (LOAD(&slot->seq, ACQ) != pos + 1 || LOAD(&ch->ring->tail, RLX) != pos)
+                                /* Only if the message is still there, unclaimed: another receiver may have taken it. */
+                                if (LOAD(&slot->seq, ACQ) != pos + 1 || LOAD(&slot->recv_owner, ACQ) != owner)
                                         continue;
                                 return -EMSGSIZE;               /* not consumed */
                         }
-                        if (!__atomic_compare_exchange_n(&ch->ring->tail, &pos, pos + 1, true, RLX, RLX))
+                        r = claim(ch, slot, &slot->recv_owner, owner, pos, pos + 1);
+                        if (r < 0)
+                                return r;
+                        if (r == 0)
                                 continue;
-                        slot->recv_pid = my_pid();
-                        STORE(&slot->recv_pos, pos, REL);
+                        advance(&ch->ring->tail, pos);
                         if ((count_op(ch) & 15) == 1)
                                 note_cpu(&ch->ring->recv_cpu);
                         if (len)
                                 memcpy(buf, payload(slot), len);
-                        STORE(&slot->seq, pos + ch->info.slots, REL);
+                        expected = pos + 1;
+                        if (!__atomic_compare_exchange_n(&slot->seq, &expected, pos + ch->info.slots, false, SEQ, RLX))
+                                continue;       /* taken for dead and freed under us: what we read is void */
                         notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
                         return (ssize_t) len;
                 }
                 if (diff < 0) {         /* empty, or a sender is still writing it */
-                        if (LOAD(&slot->send_pos, RLX) == pos)
+                        if (ring_owner_claims(LOAD(&slot->send_owner, RLX), pos))
                                 await_copy(ch, slot);
-                        r = wait_slot(ch, slot, pos + 1, &w, pos);
+                        w.claim = &slot->send_owner;
+                        w.claimed_pos = pos;
+                        r = wait_slot(ch, slot, pos + 1, &w);
                         if (skip_dead_senders_slot(ch, slot, pos))
                                 continue;
                         if (r < 0)
                                 return r;
+                        continue;
                 }
+                /* diff > 0: pos was received or skipped; tail may lag behind it. */
+                advance(&ch->ring->tail, pos);
         }
 }

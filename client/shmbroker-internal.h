@@ -22,6 +22,7 @@ typedef struct ClientHold {
         int shm_id, sem_id;             /* what the handle attached */
         bool attached;                  /* the ids are known: its open finished */
         bool stale;                     /* the broker's channel of that name is another one now */
+        uint32_t token;                 /* a ring's holder token (proto/ring.h); read by the ring without the lock */
 } ClientHold;
 
 /* Where a connection stands (client.c has the transitions). */

@@ -22,6 +22,8 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "common/util.h"
 #include "daemon/access.h"
@@ -35,6 +37,10 @@
 #  else
 #    define SO_PEERPIDFD 77
 #  endif
+#endif
+
+#ifndef SYS_pidfd_open
+#  define SYS_pidfd_open 434            /* Linux 5.3; the same number on every architecture but alpha */
 #endif
 
 int peer_from_socket(int fd, Peer *ret) {
@@ -64,6 +70,7 @@ int peer_from_socket(int fd, Peer *ret) {
                 .groups = groups,
                 .n_groups = glen / sizeof(gid_t),
                 .fd = fd,
+                .pidfd = -1,
         };
         return 0;
 }
@@ -72,6 +79,49 @@ void peer_done(Peer *p) {
         free(p->groups);
         p->groups = NULL;
         p->n_groups = 0;
+        if (p->pidfd >= 0)
+                close(p->pidfd);
+        p->pidfd = -1;
+}
+
+int pidfd_exited(int pidfd) {
+        struct pollfd pfd = { .fd = pidfd, .events = POLLIN };
+        int r = poll(&pfd, 1, 0);
+
+        if (r < 0)
+                return -errno;
+        return r > 0;
+}
+
+int peer_pin_process(Peer *p) {
+        struct pollfd sock = { .fd = p->fd, .events = POLLRDHUP };
+        socklen_t len = sizeof(int);
+        int pidfd = -1;
+
+        if (p->pidfd >= 0)
+                return 0;
+        if (p->pin_tried)
+                return -ESRCH;
+        p->pin_tried = true;
+        if (getsockopt(p->fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0) {
+                p->pidfd = pidfd;
+                return 0;
+        }
+        /* Any other failure (the process is gone: ESRCH, EINVAL) is no reason to trust its pid. */
+        if (errno != ENOPROTOOPT)
+                return -errno;
+        if (p->pid <= 0)
+                return -ESRCH;          /* in a PID namespace we cannot see into */
+        pidfd = (int) syscall(SYS_pidfd_open, p->pid, 0);
+        if (pidfd < 0)
+                return -errno;
+        /* After pidfd_open(): a connection still up then means its peer (or a fork of it) was alive. */
+        if (poll(&sock, 1, 0) < 0 || (sock.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+                close(pidfd);
+                return -ESRCH;
+        }
+        p->pidfd = pidfd;
+        return 0;
 }
 
 bool peer_in_group(const Peer *p, gid_t gid) {

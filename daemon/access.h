@@ -19,11 +19,29 @@ typedef struct Peer {
         gid_t *groups;          /* supplementary groups; owned */
         size_t n_groups;
         int fd;                 /* the connection's socket, borrowed: asked for SO_PEERPIDFD when needed */
+        int pidfd;              /* the connecting process, once pinned (peer_pin_process()); owned; -1: none */
+        bool pin_tried;
 } Peer;
 
 /* Fill *ret from a connected Unix socket, which *ret borrows. Negative errno on failure. */
 int peer_from_socket(int fd, Peer *ret);
+/* Free the groups and close the pidfd. */
 void peer_done(Peer *p);
+
+/*
+ * Keep a pidfd of the process that connected, in p->pidfd, for telling
+ * when it exits: SO_PEERPIDFD (the socket pins that very process), or
+ * where the kernel lacks it (before Linux 6.5), pidfd_open() of its pid,
+ * but only while the connection is not hung up, as a peer that is gone
+ * may have left its pid to another process (a peer that exited under a
+ * fork that keeps its socket still can: that risk is accepted). Tried
+ * once per connection: 0 when p->pidfd is one, else a negative errno
+ * (no pidfd can be had; p->pidfd stays -1).
+ */
+int peer_pin_process(Peer *p);
+
+/* Whether the process of a pidfd has exited (all its threads; a zombie has): 1 yes, 0 no, or a negative errno. */
+int pidfd_exited(int pidfd);
 
 bool peer_in_group(const Peer *p, gid_t gid);
 

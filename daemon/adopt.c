@@ -31,6 +31,7 @@ static int adopt_one(Registry *reg, const Config *cfg, const uint8_t *secret, St
                      StateRecord *chan) {
         const ChannelSpec *spec;
         StateRecord *shm, *sem;
+        size_t orphans;
         Channel *c;
         char msg[256];
         int k, r;
@@ -61,7 +62,7 @@ static int adopt_one(Registry *reg, const Config *cfg, const uint8_t *secret, St
                 log_warning("Cannot take over %s; making it anew.", msg);
                 return 0;
         }
-        if (registry_adopt(reg, c) < 0) {
+        if (registry_adopt(reg, c, &orphans) < 0) {
                 /* Not registered: detach and forget it; reclaim removes the objects. */
                 channel_forget(c);
                 return 0;
@@ -69,6 +70,9 @@ static int adopt_one(Registry *reg, const Config *cfg, const uint8_t *secret, St
         chan->adopted = shm->adopted = sem->adopted = true;
         log_notice("Took over channel %s from the previous run (pid %d): key 0x%08x, shm id %d, sem id %d.",
                    spec->name, (int) shm->pid, chan->key, shm->id, sem->id);
+        if (orphans > 0)
+                log_info("Channel %s: %zu holder(s) of the previous run still live; keeping them until they open "
+                         "the channel again or exit.", spec->name, orphans);
         return 1;
 }
 

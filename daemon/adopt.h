@@ -11,6 +11,9 @@
  * under the current secret), its config digest is unchanged, and a ring's
  * header is intact. Everything else is left to reclaim, which removes it;
  * the channel is then made anew, as a reload replaces a changed channel.
+ * A ring's holder table is taken over too: the killed run's live holders
+ * keep their tokens until they take them back or are found gone
+ * (registry_adopt()).
  */
 
 #include <stddef.h>

@@ -219,24 +219,6 @@ fail_state:
         return r;
 }
 
-static void ring_init(Channel *c) {
-        RingHeader *h = c->addr;
-        uint64_t stride = ring_slot_stride(c->spec.slot_size);
-
-        /* Slot i starts free for the producer's first lap: seq = i. */
-        for (uint32_t i = 0; i < c->spec.slots; i++)
-                ((RingSlot *) ((char *) c->addr + RING_HEADER_SIZE + i * stride))->seq = i;
-        *h = (RingHeader) {
-                .magic = RING_MAGIC,
-                .version = RING_VERSION,
-                .slot_size = c->spec.slot_size,
-                .slots = c->spec.slots,
-                .slot_stride = (uint32_t) ring_slot_stride(c->spec.slot_size),
-                .data_offset = RING_HEADER_SIZE,
-                .nsems_reserved = RING_NSEMS,
-        };
-}
-
 int channel_set_perms(Channel *c, uid_t uid, gid_t gid, mode_t mode) {
         /* IPC_SET reads only uid, gid and mode: no IPC_STAT needed first. */
         struct shmid_ds shm = { .shm_perm = { .uid = uid, .gid = gid, .mode = mode & 0777 } };
@@ -321,8 +303,9 @@ int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n
                 msg_set(msg, msg_size, "channel \"%s\": cannot attach the segment: %s", spec->name, strerror(errno));
                 goto fail;
         }
+        /* A fresh segment is zero-filled by the kernel: what ring_format() expects. */
         if (spec->layout == PROTO_LAYOUT_RING)
-                ring_init(c);
+                ring_format(c->addr, spec->slot_size, spec->slots);
         r = channel_set_perms(c, spec->uid, spec->gid, spec->mode);
         if (r < 0) {
                 msg_set(msg, msg_size, "channel \"%s\": cannot set owner %u, group %u, mode %04o: %s",
@@ -560,14 +543,16 @@ int channel_adopt(const ChannelSpec *spec, const StateRecord *shm, const StateRe
                 goto fail;
         }
         /*
-         * A ring is only taken over with the header this daemon wrote, still live (a
-         * run killed between marking it removed and removing it had given it up):
+         * A ring is only taken over with the header this daemon wrote (its layout
+         * version, its holder table where this build keeps it), still live (a run
+         * killed between marking it removed and removing it had given it up):
          * anything else is made anew.
          */
         h = c->addr;
         if (spec->layout == PROTO_LAYOUT_RING &&
-            (h->magic != RING_MAGIC || h->version != RING_VERSION || h->slot_size != spec->slot_size ||
-             h->slots != spec->slots || __atomic_load_n(&h->state, __ATOMIC_ACQUIRE) != RING_STATE_LIVE)) {
+            (!ring_header_is_ours(h) || h->slot_size != spec->slot_size || h->slots != spec->slots ||
+             h->data_offset != RING_DATA_OFFSET || h->holders != RING_HOLDERS ||
+             h->holders_offset != RING_HOLDERS_OFFSET || ring_is_removed(h))) {
                 msg_set(msg, msg_size, "channel \"%s\": the ring header of segment %d is not the one configured",
                         spec->name, shm->id);
                 r = -EINVAL;

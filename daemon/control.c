@@ -24,6 +24,13 @@
  *    (ENOBUFS), never an older one for a newer one's sake and never another
  *    uid's: long-standing holders keep working while a burst of new
  *    connections is turned away, as the connection caps do at accept.
+ *
+ * A connection whose holds took ring holder tokens watches its peer's
+ * process (the pidfd the registry pinned): when it exits while the
+ * connection is still up (a fork of it holds the socket), its tokens end
+ * then, not at an EOF that may never come. When the connection ends
+ * first, tokens of a process that lives on go to the exit watches
+ * (exit-watch.h), which end them when it exits.
  */
 
 #include <errno.h>
@@ -38,6 +45,7 @@
 
 #include "common/util.h"
 #include "daemon/control.h"
+#include "daemon/exit-watch.h"
 #include "daemon/log.h"
 
 #define IN_CHUNK 512u           /* most requests fit; and malloc serves it from its per-thread cache */
@@ -76,6 +84,7 @@ struct Conn {
         bool closing;           /* answer sent for a fatal error; close once flushed */
         bool eof;
         sd_event_source *timeout;       /* the request timer; when closing, the deadline to take the last answer */
+        sd_event_source *exit_source;   /* the peer's pidfd, once it has one: its process exited */
         LIST_ENTRY(Conn) link;
 };
 
@@ -89,6 +98,7 @@ struct Control {
         bool pause_logged;
         const ConfigLimits *limits;
         int reserve_fd;         /* spent to answer a client when out of descriptors */
+        ExitWatch *exits;       /* borrowed; NULL: tokens end with their connection */
         LIST_HEAD(, Conn) conns;
         size_t n_conns;
         UidAcct **accts;        /* sorted by uid, for lookup at accept */
@@ -268,6 +278,65 @@ static void discard_pending_input(int fd) {
         }
 }
 
+/*
+ * The connection's holds end (the client's registry side, as
+ * client_done()): tokens of a process that lives on are handed to the
+ * exit watches. Called again, it does nothing.
+ */
+static void conn_drop_holds(Conn *conn) {
+        ExitWatch *exits = conn->control->exits;
+        ClientOrphans orphans;
+        int r;
+
+        /* Before the pidfd it watches is closed or handed on. */
+        conn->exit_source = sd_event_source_disable_unref(conn->exit_source);
+        client_done(&conn->client, exits ? &orphans : NULL);
+        if (!exits)
+                return;
+        r = exit_watch_add(exits, &orphans);
+        if (r < 0)
+                log_warning("Failed to watch process %d for its exit: %s; its holder tokens end with its connection.",
+                            (int) conn->client.peer.pid, strerror(-r));
+}
+
+/* The peer's process exited while its connection is up: a fork of it holds the socket. */
+static int on_conn_process_exit(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Conn *conn = userdata;
+        size_t n = client_process_exited(&conn->client);
+
+        if (n > 0)
+                log_debug("Client pid %d exited, but its connection is still open (a fork of it holds it); "
+                          "marked its %zu holder token(s) dead.", (int) conn->client.peer.pid, n);
+        /* A one-shot source: the pidfd stays readable. A token taken later arms it again (conn_watch_process()). */
+        return 0;
+}
+
+/*
+ * Once the registry has pinned the peer's process (its first holder
+ * token), watch it; after each request, arm the watch again: when the
+ * process had exited already, a token taken since ends at the next turn.
+ */
+static void conn_watch_process(Conn *conn) {
+        int r;
+
+        if (conn->client.peer.pidfd < 0 || conn->closing)
+                return;
+        if (conn->exit_source)
+                r = sd_event_source_set_enabled(conn->exit_source, SD_EVENT_ONESHOT);
+        else {
+                r = sd_event_add_io(conn->control->event, &conn->exit_source, conn->client.peer.pidfd, EPOLLIN,
+                                    on_conn_process_exit, conn);
+                if (r >= 0)
+                        r = sd_event_source_set_enabled(conn->exit_source, SD_EVENT_ONESHOT);
+        }
+        if (r < 0) {
+                /* Its tokens then end with the connection, as they did before processes were watched. */
+                log_warning("Failed to watch the process of client pid %d: %s, ignoring.", (int) conn->client.peer.pid,
+                            strerror(-r));
+                conn->exit_source = sd_event_source_disable_unref(conn->exit_source);
+        }
+}
+
 static Conn *conn_free(Conn *conn) {
         if (!conn)
                 return NULL;
@@ -275,7 +344,7 @@ static Conn *conn_free(Conn *conn) {
                 discard_pending_input(conn->fd);
         if (!LIST_EMPTY(&conn->client.holds))
                 log_debug("Client pid %d gone, dropping its holds.", (int) conn->client.peer.pid);
-        client_done(&conn->client);
+        conn_drop_holds(conn);
         sd_event_source_disable_unref(conn->source);
         sd_event_source_disable_unref(conn->more);
         sd_event_source_disable_unref(conn->timeout);
@@ -408,7 +477,7 @@ static int conn_fail(Conn *conn, int err, const char *why) {
         conn->closing = true;
         if (!LIST_EMPTY(&conn->client.holds))
                 log_debug("Client pid %d is being disconnected, dropping its holds.", (int) conn->client.peer.pid);
-        client_done(&conn->client);
+        conn_drop_holds(conn);
         r = proto_encode_error(err, why, &resp, &resp_len);
         if (r >= 0)
                 r = queue_output(conn, resp, resp_len);
@@ -518,6 +587,7 @@ static int process_input(Conn *conn) {
                 r = dispatch_line(conn->control->dispatch, &conn->client, conn->in + off, line_len, &resp, &resp_len);
                 if (r < 0)
                         break;
+                conn_watch_process(conn);
                 off += line_len + 1;
                 /* The last line's buffer goes before its answer is charged: a client that sends one
                  * request at a time never needs both at once. */
@@ -833,7 +903,7 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
         return 0;
 }
 
-int control_new(sd_event *event, Dispatch *dispatch, const ConfigLimits *limits, Control **ret) {
+int control_new(sd_event *event, Dispatch *dispatch, const ConfigLimits *limits, ExitWatch *exits, Control **ret) {
         Control *c = calloc(1, sizeof *c);
 
         if (!c)
@@ -841,6 +911,7 @@ int control_new(sd_event *event, Dispatch *dispatch, const ConfigLimits *limits,
         c->event = sd_event_ref(event);
         c->dispatch = dispatch;
         c->limits = limits;
+        c->exits = exits;
         c->listen_fd = -1;
         c->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         LIST_INIT(&c->conns);
@@ -965,6 +1036,8 @@ Control *control_free(Control *c) {
         if (!c)
                 return NULL;
         control_stop_accepting(c);
+        /* The daemon stops and removes every channel: no process is worth watching now. */
+        c->exits = NULL;
         while (!LIST_EMPTY(&c->conns))
                 conn_free(LIST_FIRST(&c->conns));
         if (c->bound_path) {

@@ -17,14 +17,17 @@
 #include <systemd/sd-event.h>
 
 #include "daemon/dispatch.h"
+#include "daemon/exit-watch.h"
 
 typedef struct Control Control;
 
 /*
  * `limits` is read on every use (not copied), so a reload that swaps the
- * config only needs control_set_limits().
+ * config only needs control_set_limits(). Holder tokens of a connection
+ * that ends while its process lives on go to `exits` (borrowed; NULL:
+ * they end with the connection).
  */
-int control_new(sd_event *event, Dispatch *dispatch, const ConfigLimits *limits, Control **ret);
+int control_new(sd_event *event, Dispatch *dispatch, const ConfigLimits *limits, ExitWatch *exits, Control **ret);
 void control_set_limits(Control *c, const ConfigLimits *limits);
 
 /*

@@ -17,6 +17,7 @@
 #include "daemon/control.h"
 #include "daemon/daemon.h"
 #include "daemon/dispatch.h"
+#include "daemon/exit-watch.h"
 #include "daemon/ipc-limits.h"
 #include "daemon/log.h"
 #include "daemon/reclaim.h"
@@ -33,12 +34,14 @@ typedef struct Daemon {
         Registry *registry;
         Dispatch dispatch;
         Control *control;
+        ExitWatch *exits;               /* processes whose connections closed with holder tokens */
         sd_event *event;
         bool reclaimed;                 /* the previous run's records were settled... */
         StateRecord *unsettled;         /* ...but for these, which must stay recorded */
         size_t n_unsettled;
         size_t last_status[3];          /* channels, clients, holds as last sent in STATUS= */
         sd_event_source *status_timer;
+        sd_event_source *orphan_timer;  /* while adopted rings keep holders of the killed run */
 } Daemon;
 
 /* Whether the state file records nothing alive (a failed read counts as something). */
@@ -51,7 +54,9 @@ static bool state_is_empty(State *state) {
 
 static void daemon_done(Daemon *d) {
         d->status_timer = sd_event_source_disable_unref(d->status_timer);
+        d->orphan_timer = sd_event_source_disable_unref(d->orphan_timer);
         d->control = control_free(d->control);
+        d->exits = exit_watch_free(d->exits);
         d->registry = registry_free(d->registry);
         answer_cache_done(&d->dispatch.answers);
         /*
@@ -445,6 +450,40 @@ static int on_post(sd_event_source *s, void *userdata) {
         return 0;
 }
 
+/*
+ * Once a second: the killed run's holders that nobody took back (holders.h)
+ * are judged again, until none is left. Rejoins and reloads only take
+ * those away, and only a start adds them, so the timer is never armed
+ * again. (The orphans of connections that closed under a live process
+ * are no concern of it: the exit watches end them.)
+ */
+static int on_orphan_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Daemon *d = userdata;
+        size_t left = registry_sweep_orphans(d->registry);
+
+        if (left == 0) {
+                log_debug("Every holder of the previous run is accounted for.");
+                d->orphan_timer = sd_event_source_disable_unref(d->orphan_timer);
+                return 0;
+        }
+        (void) sd_event_source_set_time(s, usec + USEC_PER_SEC);
+        (void) sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+        return 0;
+}
+
+static int arm_orphan_timer(Daemon *d) {
+        uint64_t now;
+        int r;
+
+        if (registry_sweep_orphans(d->registry) == 0)
+                return 0;
+        r = sd_event_now(d->event, CLOCK_MONOTONIC, &now);
+        if (r < 0)
+                return r;
+        return sd_event_add_time(d->event, &d->orphan_timer, CLOCK_MONOTONIC, now + USEC_PER_SEC, 0,
+                                 on_orphan_timer, d);
+}
+
 int daemon_run(const DaemonOptions *o) {
         Daemon d = { .options = o };
         char msg[512];
@@ -475,7 +514,9 @@ int daemon_run(const DaemonOptions *o) {
         }
 
         d.dispatch = (Dispatch) { .registry = d.registry, .config = d.config, .reload = daemon_reload, .userdata = &d };
-        r = control_new(d.event, &d.dispatch, &d.config->limits, &d.control);
+        r = exit_watch_new(d.event, d.registry, &d.exits);
+        if (r >= 0)
+                r = control_new(d.event, &d.dispatch, &d.config->limits, d.exits, &d.control);
         if (r < 0) {
                 log_error("Failed to set up the control socket: %s", strerror(-r));
                 goto fail;
@@ -486,6 +527,8 @@ int daemon_run(const DaemonOptions *o) {
                 goto fail;
         }
         r = sd_event_add_post(d.event, NULL, on_post, &d);
+        if (r >= 0)
+                r = arm_orphan_timer(&d);
         if (r < 0) {
                 log_error("Failed to set up the event loop: %s", strerror(-r));
                 goto fail;

@@ -1,9 +1,13 @@
 #pragma once
 
 /*
- * The daemon as a whole: load the config, lock the state, reclaim what a
- * killed run left, create every channel (or none), listen, report ready,
- * serve on sd-event until SIGTERM/SIGINT, then remove everything it made.
+ * The daemon as a whole: load the config, lock the state, take over or
+ * reclaim what a killed run left, create every channel (or none), listen,
+ * report ready, serve on sd-event until SIGTERM/SIGINT, then remove
+ * everything it made. While a ring taken over still has holders of the
+ * killed run, a timer judges them once a second; holders whose connection
+ * closed while their process lives on are ended when it exits (exit
+ * watches, on the same loop).
  */
 
 typedef struct DaemonOptions {

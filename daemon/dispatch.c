@@ -7,6 +7,7 @@
 #include "common/util.h"
 #include "daemon/dispatch.h"
 #include "daemon/log.h"
+#include "proto/ring.h"
 
 static int answer_error(int err, char **ret_line, size_t *ret_len, const char *fmt, ...) _printf_(4, 5);
 
@@ -74,6 +75,7 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
         Entry *e = find_repaired(d, req->channel, why, sizeof why);
         ChannelPerm perm;
         ProtoChannel pc;
+        uint32_t token;
         int r;
 
         if (!e)
@@ -88,10 +90,18 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
                                     (unsigned) cl->peer.uid, req->channel, proto_access_to_string(req->access),
                                     e->channel->owner, e->channel->group, (unsigned) perm.mode);
         }
-        r = registry_hold(e, cl, req->access, time(NULL));
+        r = registry_hold(e, cl, req->access, req->has_holder ? req->holder : 0, time(NULL), &token);
+        if (r == -EUSERS) {
+                log_info("Refused rw access to channel %s for pid %d: all %d entries of its holder table are live.",
+                         req->channel, (int) cl->peer.pid, RING_HOLDERS);
+                return answer_error(EUSERS, ret_line, ret_len,
+                                    "channel \"%s\" has %d rw holders already, the most a ring takes; "
+                                    "try again when one has closed it", req->channel, RING_HOLDERS);
+        }
         if (r < 0)
                 return r;
         channel_describe(e->channel, &pc);
+        pc.holder = token;
         return proto_encode_open(&pc, ret_line, ret_len);
 }
 

@@ -1,6 +1,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/util.h"
 #include "daemon/registry.h"
@@ -17,6 +18,8 @@ int registry_new(State *state, Registry **ret) {
 }
 
 static void hold_free(Hold *h) {
+        /* Its claims on the ring may be repaired from now on. */
+        holders_release(&h->entry->holders, h->token);
         LIST_REMOVE(h, by_client);
         LIST_REMOVE(h, by_entry);
         h->entry->registry->n_holds--;
@@ -45,7 +48,7 @@ Registry *registry_free(Registry *r) {
         return NULL;
 }
 
-static int registry_add(Registry *r, Channel *c) {
+static int registry_add(Registry *r, Channel *c, Entry **ret) {
         Entry *e;
 
         if (r->n == r->cap) {
@@ -62,15 +65,28 @@ static int registry_add(Registry *r, Channel *c) {
                 return -ENOMEM;
         e->registry = r;
         e->channel = c;
+        holders_init(&e->holders, c->spec.layout == PROTO_LAYOUT_RING ? c->addr : NULL);
         LIST_INIT(&e->holds);
         r->entries[r->n++] = e;
         /* Sorted lazily: adding N channels at start stays O(N log N). */
         r->sorted = false;
+        if (ret)
+                *ret = e;
         return 0;
 }
 
-int registry_adopt(Registry *r, Channel *c) {
-        return registry_add(r, c);
+int registry_adopt(Registry *r, Channel *c, size_t *ret_orphans) {
+        Entry *e;
+        int k;
+
+        k = registry_add(r, c, &e);
+        if (k < 0)
+                return k;
+        if (holders_adopt(&e->holders) > 0)
+                (void) holders_sweep(&e->holders, c->spec.name);
+        if (ret_orphans)
+                *ret_orphans = e->holders.n_orphans;
+        return 0;
 }
 
 int registry_create(Registry *r, const ChannelSpec *spec, const uint32_t *fixed, size_t n_fixed, Channel **ret,
@@ -81,7 +97,7 @@ int registry_create(Registry *r, const ChannelSpec *spec, const uint32_t *fixed,
         k = channel_create(spec, fixed, n_fixed, r->state, &c, msg, msg_size);
         if (k < 0)
                 return k;
-        k = registry_add(r, c);
+        k = registry_add(r, c, NULL);
         if (k < 0) {
                 msg_set(msg, msg_size, "channel \"%s\": cannot register it: %s", spec->name, strerror(-k));
                 channel_free(c, r->state);
@@ -109,6 +125,7 @@ void registry_forget_adopted(Registry *r) {
                 if (!e->channel->adopted)
                         continue;
                 entries_drop(r, e);
+                /* None yet (nobody was served), so no token goes DEAD: the next start judges the table. */
                 drop_holds(e);
                 channel_forget(e->channel);
                 free(e);
@@ -135,6 +152,8 @@ int registry_repair(Registry *r, Entry *e, bool *ret_remade, char *msg, size_t m
                 registry_remove(r, e);
                 return k;
         }
+        /* A new segment, a fresh table: the old one's tokens went with its holds. */
+        holders_init(&e->holders, e->channel->spec.layout == PROTO_LAYOUT_RING ? e->channel->addr : NULL);
         *ret_remade = true;
         return 0;
 }
@@ -170,42 +189,164 @@ Entry *registry_at(Registry *r, size_t i) {
         return i < r->n ? r->entries[i] : NULL;
 }
 
-int registry_hold(Entry *e, Client *cl, ProtoAccess access, int64_t now) {
+static Hold *client_find_hold(Client *cl, Entry *e) {
         Hold *h;
 
         LIST_FOREACH(h, &cl->holds, by_client)
-                if (h->entry == e) {
-                        h->access = access;
-                        return 0;
-                }
-        h = calloc(1, sizeof *h);
-        if (!h)
-                return -ENOMEM;
-        *h = (Hold) { .entry = e, .client = cl, .access = access, .since = now };
-        LIST_INSERT_HEAD(&cl->holds, h, by_client);
-        LIST_INSERT_HEAD(&e->holds, h, by_entry);
-        e->registry->n_holds++;
+                if (h->entry == e)
+                        return h;
+        return NULL;
+}
+
+/* Give h the token it needs for access, unless it has one already (holders.h). */
+static int hold_take_token(Hold *h, ProtoAccess access, uint32_t want) {
+        Holders *hs = &h->entry->holders;
+        pid_t pid = h->client->peer.pid;
+        int k;
+
+        if (h->token != 0 || !holders_is_ring(hs))
+                return 0;
+        if (access == PROTO_ACCESS_RW)
+                k = holders_take(hs, pid, want, &h->token);
+        else if (want == 0)
+                return 0;
+        else
+                k = holders_take_back(hs, pid, want, &h->token);
+        if (k == 0)
+                /* The token lives as long as the process: learn when that ends (without a pidfd, as long as the connection). */
+                (void) peer_pin_process(&h->client->peer);
+        return k == -ENOENT ? 0 : k;
+}
+
+int registry_hold(Entry *e, Client *cl, ProtoAccess access, uint32_t want, int64_t now, uint32_t *ret_token) {
+        _cleanup_(freep) Hold *fresh = NULL;
+        Hold *h = client_find_hold(cl, e);
+        int k;
+
+        if (!h) {
+                fresh = calloc(1, sizeof *fresh);
+                if (!fresh)
+                        return -ENOMEM;
+                *fresh = (Hold) { .entry = e, .client = cl, .since = now };
+                h = fresh;
+        }
+        k = hold_take_token(h, access, want);
+        if (k < 0)
+                return k;
+        h->access = access;
+        if (fresh) {
+                LIST_INSERT_HEAD(&cl->holds, h, by_client);
+                LIST_INSERT_HEAD(&e->holds, h, by_entry);
+                e->registry->n_holds++;
+                fresh = NULL;
+        }
+        *ret_token = h->token;
         return 0;
 }
 
 int registry_release(Entry *e, Client *cl) {
-        Hold *h;
+        Hold *h = client_find_hold(cl, e);
 
-        LIST_FOREACH(h, &cl->holds, by_client)
-                if (h->entry == e) {
-                        hold_free(h);
-                        return 0;
-                }
-        return -ENOENT;
+        if (!h)
+                return -ENOENT;
+        hold_free(h);
+        return 0;
+}
+
+size_t registry_sweep_orphans(Registry *r) {
+        size_t left = 0;
+
+        for (size_t i = 0; i < r->n; i++) {
+                Entry *e = r->entries[i];
+
+                if (e->holders.n_orphans > 0)
+                        left += holders_sweep(&e->holders, e->channel->spec.name);
+        }
+        return left;
+}
+
+static bool orphan_ref_lookup(Registry *r, const OrphanRef *ref, Holders **ret) {
+        Entry *e = registry_find(r, ref->channel);
+
+        if (!e || !holders_is_orphan(&e->holders, ref->token, ref->cookie))
+                return false;
+        *ret = &e->holders;
+        return true;
+}
+
+bool registry_release_orphan(Registry *r, const OrphanRef *ref) {
+        Holders *hs;
+
+        return orphan_ref_lookup(r, ref, &hs) && holders_release_orphan(hs, ref->token, ref->cookie);
+}
+
+bool registry_orphan_alive(Registry *r, const OrphanRef *ref) {
+        Holders *hs;
+
+        return orphan_ref_lookup(r, ref, &hs);
+}
+
+void client_orphans_done(ClientOrphans *o) {
+        if (o->pidfd >= 0)
+                close(o->pidfd);
+        free(o->refs);
+        *o = CLIENT_ORPHANS_NULL;
 }
 
 void client_init(Client *cl) {
-        *cl = (Client) {};
+        *cl = (Client) { .peer.pidfd = -1 };
         LIST_INIT(&cl->holds);
 }
 
-void client_done(Client *cl) {
-        while (!LIST_EMPTY(&cl->holds))
-                hold_free(LIST_FIRST(&cl->holds));
+/* Room for an orphan ref per token the client holds; NULL when it holds none, or memory ran out. */
+static OrphanRef *client_alloc_refs(const Client *cl) {
+        const Hold *h;
+        size_t n = 0;
+
+        LIST_FOREACH(h, &cl->holds, by_client)
+                if (h->token != 0)
+                        n++;
+        return n > 0 ? calloc(n, sizeof(OrphanRef)) : NULL;
+}
+
+void client_done(Client *cl, ClientOrphans *ret_orphans) {
+        _cleanup_(freep) OrphanRef *refs = NULL;
+        size_t n = 0;
+
+        if (ret_orphans)
+                *ret_orphans = CLIENT_ORPHANS_NULL;
+        /* An exited process (a zombie is one) or one we cannot tell about: its tokens end with the connection. */
+        if (ret_orphans && cl->peer.pidfd >= 0 && pidfd_exited(cl->peer.pidfd) == 0)
+                refs = client_alloc_refs(cl);
+        while (!LIST_EMPTY(&cl->holds)) {
+                Hold *h = LIST_FIRST(&cl->holds);
+                Registry *r = h->entry->registry;
+                uint64_t cookie = r->last_cookie + 1;
+
+                if (refs && h->token != 0 && holders_orphan(&h->entry->holders, h->token, cookie) == 0) {
+                        r->last_cookie = cookie;
+                        refs[n] = (OrphanRef) { .token = h->token, .cookie = cookie };
+                        strcpy(refs[n].channel, h->entry->channel->spec.name);
+                        n++;
+                        h->token = 0;   /* an orphan now: not released with its hold */
+                }
+                hold_free(h);
+        }
+        if (n > 0) {
+                *ret_orphans = (ClientOrphans) { .pid = cl->peer.pid, .pidfd = TAKE_FD(cl->peer.pidfd),
+                                                 .refs = TAKE_PTR(refs), .n = n };
+        }
         peer_done(&cl->peer);
+}
+
+size_t client_process_exited(Client *cl) {
+        size_t n = 0;
+        Hold *h;
+
+        LIST_FOREACH(h, &cl->holds, by_client)
+                if (h->token != 0 && !ring_token_dead(h->entry->holders.ring, h->token)) {
+                        holders_release(&h->entry->holders, h->token);
+                        n++;
+                }
+        return n;
 }

@@ -4,7 +4,24 @@
  * The registry: every live channel by name, and the holds on it. A hold is
  * one connection's claim on one channel (connection x channel, as SPEC's
  * `clients` lists them); it ends when the client closes the channel or its
- * connection goes away. Nothing here knows about sockets or JSON.
+ * connection goes away, or when the channel goes (removed, replaced by a
+ * reload, remade after an ipcrm). A hold with rw access on a ring also
+ * holds a token of the ring's holder table (holders.h), from the open that
+ * first needed one until the hold ends, however its access changes
+ * meanwhile.
+ *
+ * A token lives as long as its opener's process, not its connection: a
+ * connection may end under a live process (it disconnected, or we closed
+ * it), and a fork may hold a connection open after its opener died. So
+ * the first token a connection gets pins its process (a pidfd,
+ * peer_pin_process()), and when the connection ends while that process
+ * lives, its tokens stay LIVE as watched orphans (holders.h), which
+ * client_done() hands out for the caller to end when the process exits
+ * (registry_release_orphan()); one that is still up when its process
+ * exits has its tokens ended by client_process_exited(). A connection
+ * whose process could not be pinned ends its tokens with itself. An
+ * explicit close ends the token at once. Nothing here knows about
+ * sockets, event loops or JSON.
  */
 
 #include <stdint.h>
@@ -12,6 +29,7 @@
 
 #include "daemon/access.h"
 #include "daemon/channel.h"
+#include "daemon/holders.h"
 #include "daemon/state.h"
 
 typedef struct Hold Hold;
@@ -28,6 +46,7 @@ struct Hold {
         Client *client;
         ProtoAccess access;
         int64_t since;
+        uint32_t token;                 /* in entry's holder table; 0: none */
         LIST_ENTRY(Hold) by_client;
         LIST_ENTRY(Hold) by_entry;
 };
@@ -35,6 +54,7 @@ struct Hold {
 struct Entry {
         struct Registry *registry;
         Channel *channel;
+        Holders holders;                /* of channel's segment, when it is a ring */
         LIST_HEAD(, Hold) holds;
 };
 
@@ -44,7 +64,32 @@ typedef struct Registry {
         size_t n_holds;         /* over all channels */
         bool sorted;
         State *state;           /* not owned */
+        uint64_t last_cookie;   /* the last given to a watched orphan (holders_orphan()) */
 } Registry;
+
+/*
+ * A token whose hold ended while its opener's process lives on. Named by
+ * value, not by pointer: the channel may be removed or replaced before
+ * the process exits.
+ */
+typedef struct OrphanRef {
+        char channel[PROTO_NAME_MAX + 1];
+        uint32_t token;
+        uint64_t cookie;
+} OrphanRef;
+
+/* What client_done() hands out: the process (pid as the connection saw it, and its pidfd) and its orphans. */
+typedef struct ClientOrphans {
+        pid_t pid;
+        int pidfd;              /* owned; -1: none (and no refs) */
+        OrphanRef *refs;        /* owned */
+        size_t n;
+} ClientOrphans;
+
+#define CLIENT_ORPHANS_NULL ((ClientOrphans) { .pidfd = -1 })
+
+/* Close the pidfd and free the refs; *o is CLIENT_ORPHANS_NULL after. */
+void client_orphans_done(ClientOrphans *o);
 
 int registry_new(State *state, Registry **ret);
 
@@ -60,10 +105,13 @@ int registry_create(Registry *r, const ChannelSpec *spec, const uint32_t *fixed,
                     char *msg, size_t msg_size);
 
 /*
- * Register a channel taken over after a crash (channel_adopt()); the
- * registry owns it from now on, also on failure (-ENOMEM: the caller frees it).
+ * Register a channel taken over after a crash (channel_adopt()). A ring's
+ * LIVE holders are its killed predecessor's openers: orphans, swept at
+ * once (registry_sweep_orphans()). On success the registry owns c and
+ * *ret_orphans, when given, says how many orphans are left; -ENOMEM, and
+ * the caller still owns c.
  */
-int registry_adopt(Registry *r, Channel *c);
+int registry_adopt(Registry *r, Channel *c, size_t *ret_orphans);
 
 /*
  * Let go of the channels taken over at this start without removing them (a
@@ -91,15 +139,57 @@ Entry *registry_find(Registry *r, const char *name);
 /* The i'th channel in name order. */
 Entry *registry_at(Registry *r, size_t i);
 
-/* Hold a channel for a client; holding it again updates the access. -ENOMEM. */
-int registry_hold(Entry *e, Client *cl, ProtoAccess access, int64_t now);
+/*
+ * Hold a channel for a client; holding it again updates the access. On a
+ * ring, an rw hold without a token gets one: `want` (0: none) when it
+ * names an orphan, a token the client held before a broker restart or
+ * before its connection closed, else a new one; a ro hold takes back only
+ * such an orphan. The hold keeps its token until it ends. The client's
+ * first token pins its process (cl->peer.pidfd, when one can be had).
+ * *ret_token is the hold's token (0: none). -ENOMEM, or -EUSERS when the
+ * ring's holder table is full; then nothing changed (no new hold, an
+ * existing one as it was).
+ */
+int registry_hold(Entry *e, Client *cl, ProtoAccess access, uint32_t want, int64_t now, uint32_t *ret_token);
 
-/* Drop the client's hold on e: 0, or -ENOENT when it holds none. */
+/* Drop the client's hold on e (an explicit close: its token ends at once): 0, or -ENOENT when it holds none. */
 int registry_release(Entry *e, Client *cl);
 
+/*
+ * Judge the orphans of every adopted ring (holders_sweep()): those whose
+ * opener is gone are marked dead. Returns how many orphans of a killed
+ * run are left (watched ones are not counted: their process is watched).
+ */
+size_t registry_sweep_orphans(Registry *r);
+
+/*
+ * The process of ref's orphan exited: mark its token DEAD if ref still
+ * names an orphan (the channel is there, and the token was neither taken
+ * back nor ended since). Returns whether it did.
+ */
+bool registry_release_orphan(Registry *r, const OrphanRef *ref);
+
+/* Whether ref still names an orphan (registry_release_orphan() would end it). */
+bool registry_orphan_alive(Registry *r, const OrphanRef *ref);
+
 void client_init(Client *cl);
-/* Drop every hold of the client (its connection is closing) and its peer data. */
-void client_done(Client *cl);
+
+/*
+ * Drop every hold of the client (its connection is closing) and its peer
+ * data. Where the client's process was pinned and still runs, and
+ * ret_orphans is given, its tokens stay LIVE as watched orphans and
+ * *ret_orphans takes them with the pidfd (n == 0 when there were none);
+ * else (NULL, no pidfd, the process exited, or out of memory) they end
+ * at once. Called again, it does nothing.
+ */
+void client_done(Client *cl, ClientOrphans *ret_orphans);
+
+/*
+ * The client's pinned process exited while the connection is still up (a
+ * fork holds it open): end the tokens of its holds (the holds stay, with
+ * tokens that are dead). Returns how many were live.
+ */
+size_t client_process_exited(Client *cl);
 
 static inline size_t registry_count_holds(const Registry *r) {
         return r->n_holds;

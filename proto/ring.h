@@ -19,15 +19,26 @@
  * A single producer and a single consumer thus pay one uncontended CAS and
  * no syscall per message.
  *
- * A slot records who claimed it and for which position, separately for the
- * sender and the receiver. A process killed between its claim and its
- * publish would stall everyone at that slot; whoever waits there checks
- * the claimer, and when it is dead (kill(pid, 0) says ESRCH) skips the
- * slot (a sender died: that message was never sent) or frees it (a
- * receiver died: that message died with it). Claims are CASes on head and
- * tail, so two repairers cannot both act on one slot. The semaphore
- * RING_SEM_RESERVED is the ring's own, so that a ring always has a set;
- * semaphores the config asks for come after it.
+ * Claims name their holder, not a pid. Every rw opener of a ring gets a
+ * holder token from the broker (the `holder` field of the open answer): an
+ * entry of the holder table after the header, which the broker marks DEAD
+ * when that opener's connection ends (close, exit, crash: the socket's EOF
+ * tells the broker, in any PID namespace) and hands out again only under a
+ * new generation. A claim is one compare-and-swap of the slot's owner word
+ * (send_owner/recv_owner) from "not claimed for this position" to
+ * (position, token): who claimed is known from the instant of the claim.
+ * Then head (tail) is moved on, by the claimer or by anyone who finds the
+ * slot claimed ("helping"), so no window exists in which a claim is
+ * anonymous. A waiter that finds a claimed slot unfinished asks the holder
+ * table: a dead token's sender is skipped (a tombstone: seq goes from p to
+ * p + n, the message never was), a dead token's receiver's slot is freed
+ * (seq from p + 1 to p + n: that message died with it). Publishing and
+ * freeing are compare-and-swaps too, so a claimer wrongly taken for dead
+ * (it only can be after a broker restart it did not rejoin in time) finds
+ * its slot taken and starts over: a message is never published into a
+ * slot that was given away. The semaphore RING_SEM_RESERVED is the ring's
+ * own, so that a ring always has a set; semaphores the config asks for
+ * come after it.
  *
  * Removal: System V cannot tell an attached process that its segment was
  * removed (the mapping lives on), and a futex sleeper in a removed segment
@@ -48,9 +59,16 @@
 #include <unistd.h>
 
 #define RING_MAGIC UINT32_C(0x52424d53)   /* "SMBR" little-endian */
-/* 3: `state` (was reserved0) tells clients the ring was removed. */
-#define RING_VERSION 3
+/*
+ * 3: `state` (was reserved0) tells clients the ring was removed.
+ * 4: claims record holder tokens (owner words, holder table), not pids.
+ */
+#define RING_VERSION 4
 #define RING_HEADER_SIZE 512
+#define RING_HOLDERS 256                /* rw openers at once; more are refused (EUSERS) */
+#define RING_HOLDER_SIZE 32
+#define RING_HOLDERS_OFFSET RING_HEADER_SIZE
+#define RING_DATA_OFFSET (RING_HOLDERS_OFFSET + RING_HOLDERS * RING_HOLDER_SIZE)
 #define RING_SLOT_HEADER 64
 #define RING_SLOT_SIZE_MAX (UINT32_C(1) << 30)
 #define RING_SLOTS_MAX (UINT32_C(1) << 20)
@@ -62,6 +80,20 @@ enum {
         RING_STATE_LIVE = 0,
         RING_STATE_REMOVED = 1,         /* final: the ring's segment is (being) removed */
 };
+
+/* Values of RingHolder.word's low half. */
+enum {
+        RING_HOLDER_FREE = 0,           /* never handed out */
+        RING_HOLDER_LIVE = 1,           /* its opener's connection is up (or the broker restarted and waits for it) */
+        RING_HOLDER_DEAD = 2,           /* its connection ended: its claims may be repaired */
+};
+
+/*
+ * A token is (generation << 12) | (index + 1): never 0, and a token of an
+ * entry handed out again (a new generation) no longer matches it.
+ */
+#define RING_TOKEN_INDEX_BITS 12
+#define RING_TOKEN_GEN_MASK ((UINT32_C(1) << (32 - RING_TOKEN_INDEX_BITS)) - 1)
 
 enum {
         RING_SEM_RESERVED,  /* the ring's own; starts at 1 */
@@ -77,6 +109,8 @@ typedef struct RingHeader {
         uint32_t data_offset;
         uint32_t nsems_reserved;
         uint32_t state;                 /* RING_STATE_*: written at creation and at removal only */
+        uint32_t holders;               /* entries in the holder table */
+        uint32_t holders_offset;        /* where it starts: RING_HOLDERS_OFFSET */
         /*
          * Each side's hot word on its own cache line, and each side's waiting
          * state on another: a publisher reads the peer's sleeping flag after
@@ -93,12 +127,31 @@ typedef struct RingHeader {
         uint32_t send_cpu;              /* where a sender last ran + 1 (0: unknown) */
 } RingHeader;
 
+/*
+ * One opener's liveness, written by the broker only. word: generation in
+ * the high half, RING_HOLDER_* in the low half, so one load gives both.
+ * pid and starttime are the broker's own view of the opener (its PID
+ * namespace, /proc/PID/stat field 22), for a broker that restarts after a
+ * crash and must tell which of its predecessor's holders still live;
+ * clients never read them.
+ */
+typedef struct RingHolder {
+        uint64_t word;
+        int32_t pid;
+        uint32_t reserved0;
+        uint64_t starttime;
+        uint64_t reserved1;
+} RingHolder;
+
+/*
+ * owner words: (position & 0xffffffff) << 32 | token; 0 (token 0) is
+ * "never claimed". A slot is claimed for position p when the high half is
+ * p's low 32 bits and the token is not 0.
+ */
 typedef struct RingSlot {
         uint64_t seq;
-        uint64_t send_pos;              /* the position send_pid claimed it for */
-        uint64_t recv_pos;              /* the position recv_pid claimed it for */
-        int32_t send_pid;
-        int32_t recv_pid;
+        uint64_t send_owner;
+        uint64_t recv_owner;
         uint32_t len;
         uint32_t reserved;
         /* payload follows at RING_SLOT_HEADER: slot_size bytes */
@@ -106,9 +159,14 @@ typedef struct RingSlot {
 
 _Static_assert(sizeof(RingHeader) <= RING_HEADER_SIZE, "ring header too large");
 _Static_assert(sizeof(RingSlot) <= RING_SLOT_HEADER, "ring slot header size");
+_Static_assert(sizeof(RingHolder) == RING_HOLDER_SIZE, "ring holder size");
+_Static_assert(RING_HOLDERS < (1u << RING_TOKEN_INDEX_BITS), "holder index fits a token");
 /* Offsets that shmbroker-protocol(7) documents for clients in other languages. */
 _Static_assert(offsetof(RingHeader, state) == 28 && offsetof(RingHeader, head) == 64 &&
-               offsetof(RingHeader, data_seq) == 192 && offsetof(RingHeader, space_seq) == 256,
+               offsetof(RingHeader, holders) == 32 && offsetof(RingHeader, holders_offset) == 36 &&
+               offsetof(RingHeader, data_seq) == 192 && offsetof(RingHeader, space_seq) == 256 &&
+               offsetof(RingSlot, send_owner) == 8 && offsetof(RingSlot, recv_owner) == 16 &&
+               offsetof(RingSlot, len) == 24,
                "ring header offsets");
 
 static inline uint64_t ring_slot_stride(uint32_t slot_size) {
@@ -116,7 +174,68 @@ static inline uint64_t ring_slot_stride(uint32_t slot_size) {
 }
 
 static inline uint64_t ring_segment_size(uint32_t slot_size, uint32_t slots) {
-        return RING_HEADER_SIZE + (uint64_t) slots * ring_slot_stride(slot_size);
+        return RING_DATA_OFFSET + (uint64_t) slots * ring_slot_stride(slot_size);
+}
+
+static inline RingHolder *ring_holder_at(const RingHeader *h, uint32_t index) {
+        return (RingHolder *) ((char *) h + RING_HOLDERS_OFFSET + (uint64_t) index * RING_HOLDER_SIZE);
+}
+
+static inline RingSlot *ring_slot_at(const RingHeader *h, uint64_t pos) {
+        return (RingSlot *) ((char *) h + RING_DATA_OFFSET + (pos % h->slots) * h->slot_stride);
+}
+
+static inline uint32_t ring_token(uint32_t index, uint32_t gen) {
+        return ((gen & RING_TOKEN_GEN_MASK) << RING_TOKEN_INDEX_BITS) | (index + 1);
+}
+
+static inline uint64_t ring_owner(uint64_t pos, uint32_t token) {
+        return (pos << 32) | token;
+}
+
+static inline bool ring_owner_claims(uint64_t owner, uint64_t pos) {
+        return (uint32_t) owner != 0 && (uint32_t) (owner >> 32) == (uint32_t) pos;
+}
+
+/*
+ * Whether the holder a token names is gone: its entry was marked DEAD or
+ * handed out again (generation moved), or the token names no entry (a
+ * corrupt owner word: no live holder wrote it). Token 0 is nobody's.
+ */
+static inline bool ring_token_dead(const RingHeader *h, uint32_t token) {
+        uint32_t index = (token & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1;
+        uint64_t word;
+
+        if (token == 0)
+                return false;
+        if (index >= h->holders)
+                return true;
+        word = __atomic_load_n(&ring_holder_at(h, index)->word, __ATOMIC_ACQUIRE);
+        return (uint32_t) word != RING_HOLDER_LIVE ||
+               ((uint32_t) (word >> 32) & RING_TOKEN_GEN_MASK) != token >> RING_TOKEN_INDEX_BITS;
+}
+
+/*
+ * Lay out a fresh ring in size bytes (ring_segment_size()) of zeroed
+ * memory: slot i free for the first lap's position i, no holder yet.
+ */
+static inline void ring_format(void *addr, uint32_t slot_size, uint32_t slots) {
+        RingHeader *h = addr;
+
+        *h = (RingHeader) {
+                .magic = RING_MAGIC,
+                .version = RING_VERSION,
+                .slot_size = slot_size,
+                .slots = slots,
+                .slot_stride = (uint32_t) ring_slot_stride(slot_size),
+                .data_offset = RING_DATA_OFFSET,
+                .nsems_reserved = RING_NSEMS,
+                .state = RING_STATE_LIVE,
+                .holders = RING_HOLDERS,
+                .holders_offset = RING_HOLDERS_OFFSET,
+        };
+        for (uint32_t i = 0; i < slots; i++)
+                ring_slot_at(h, i)->seq = i;
 }
 
 /* The header is one this build wrote (or would write): the fields ring_mark_removed() relies on. */

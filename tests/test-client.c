@@ -531,24 +531,34 @@ static void claim_mid_message(bool as_sender, int stuck_fd) {
         shmb_channel *ch;
         RingHeader *h;
         RingSlot *slot;
-        uint64_t pos;
+        uint64_t pos, owner, *word;
+        uint32_t token = 0;
 
         if (shmb_open_channel(NULL, "ring", SHMB_RW, &ch) < 0)
                 _exit(2);
         h = shmb_channel_addr(ch);
-        pos = __atomic_load_n(as_sender ? &h->head : &h->tail, __ATOMIC_ACQUIRE);
-        if (!__atomic_compare_exchange_n(as_sender ? &h->head : &h->tail, &pos, pos + 1, false,
-                                         __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
-                _exit(3);
-        slot = (RingSlot *) ((char *) h + RING_HEADER_SIZE + (pos % h->slots) * h->slot_stride);
-        if (as_sender) {
-                slot->send_pid = getpid();
-                __atomic_store_n(&slot->send_pos, pos, __ATOMIC_RELEASE);
-                memset((char *) slot + RING_SLOT_HEADER, 'X', 100);     /* half-written, never published */
-        } else {
-                slot->recv_pid = getpid();
-                __atomic_store_n(&slot->recv_pos, pos, __ATOMIC_RELEASE);
+        /* Our holder token: the broker wrote our pid beside it. */
+        for (uint32_t i = 0; i < h->holders && !token; i++) {
+                const RingHolder *e = ring_holder_at(h, i);
+                uint64_t w = __atomic_load_n(&e->word, __ATOMIC_ACQUIRE);
+
+                if ((uint32_t) w == RING_HOLDER_LIVE && e->pid == getpid())
+                        token = ring_token(i, (uint32_t) (w >> 32));
         }
+        if (!token)
+                _exit(3);
+        /* The claim as the library makes it: the owner word names us; then head/tail moves on. */
+        pos = __atomic_load_n(as_sender ? &h->head : &h->tail, __ATOMIC_ACQUIRE);
+        slot = ring_slot_at(h, pos);
+        word = as_sender ? &slot->send_owner : &slot->recv_owner;
+        owner = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+        if (ring_owner_claims(owner, pos) ||
+            !__atomic_compare_exchange_n(word, &owner, ring_owner(pos, token), false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED) ||
+            !__atomic_compare_exchange_n(as_sender ? &h->head : &h->tail, &pos, pos + 1, false, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_RELAXED))
+                _exit(3);
+        if (as_sender)
+                memset((char *) slot + RING_SLOT_HEADER, 'X', 100);     /* half-written, never published */
         if (stuck_fd >= 0) {
                 /* Not outliving a test that fails while we are stuck. */
                 if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || write(stuck_fd, "x", 1) != 1)
@@ -557,6 +567,31 @@ static void claim_mid_message(bool as_sender, int stuck_fd) {
                         pause();
         }
         _exit(0);
+}
+
+/*
+ * Wait (up to 10 s) until the broker has seen pid's connection end and
+ * marked its holder dead: the ring learns of a death from the broker, not
+ * from the kernel's pid table.
+ */
+static void wait_holder_dead(shmb_channel *ch, pid_t pid) {
+        const RingHeader *h = shmb_channel_addr(ch);
+        int64_t deadline = test_now_ms() + 10000;
+
+        for (;;) {
+                bool live = false;
+
+                for (uint32_t i = 0; i < h->holders; i++) {
+                        const RingHolder *e = ring_holder_at(h, i);
+
+                        if (e->pid == pid && (uint32_t) __atomic_load_n(&e->word, __ATOMIC_ACQUIRE) == RING_HOLDER_LIVE)
+                                live = true;
+                }
+                if (!live)
+                        return;
+                ck_assert_msg(test_now_ms() < deadline, "the broker did not mark pid %d's holder dead", (int) pid);
+                usleep(2000);
+        }
 }
 
 START_TEST(test_ring_sender_dead_mid_message_is_skipped) {
@@ -569,6 +604,7 @@ START_TEST(test_ring_sender_dead_mid_message_is_skipped) {
         if (pid == 0)
                 claim_mid_message(true, -1);
         wait_children(&pid, 1);
+        wait_holder_dead(ch, pid);
         ck_assert_int_eq(shmb_send(ch, "after", 5, 0), 0);
         ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 2000), 6);
         ck_assert_int_eq(memcmp(buf, "before", 6), 0);
@@ -598,6 +634,7 @@ START_TEST(test_ring_receiver_dead_mid_message_frees_slot) {
         if (pid == 0)
                 claim_mid_message(false, -1);
         wait_children(&pid, 1);
+        wait_holder_dead(ch, pid);
         /* A full lap later the dead receiver's slot must be free again, or this times out
          * (a timeout shorter than the 50 ms repair poll must not keep it from being freed). */
         for (uint32_t i = 0; i < 8; i++)
@@ -1751,6 +1788,7 @@ START_TEST(test_ring_of_another_layout_is_eproto) {
         const shmb_channel_info *info = shmb_channel_get_info(ring);
         RingHeader *h = shmb_channel_addr(ring);
         struct sockaddr_un sa;
+        char expected[128];
         shmb_client *c;
         pid_t pid;
 
@@ -1764,8 +1802,8 @@ START_TEST(test_ring_of_another_layout_is_eproto) {
         ck_assert_int_eq(shmb_connect(sa.sun_path, &c), 0);
         ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &ch), -EPROTO);
         ck_assert_ptr_null(ch);
-        ck_assert_msg(strstr(shmb_client_last_message(c), "layout is version 2; this library speaks version 3"),
-                      "message: %s", shmb_client_last_message(c));
+        snprintf(expected, sizeof expected, "layout is version 2; this library speaks version %d", RING_VERSION);
+        ck_assert_msg(strstr(shmb_client_last_message(c), expected), "message: %s", shmb_client_last_message(c));
         shmb_disconnect(c);
         fake_server_stop(pid);
 

@@ -178,8 +178,8 @@ static void check_full_config(const Config *c) {
         ck_assert_uint_eq(f->slot_size, 65536);
         ck_assert_uint_eq(f->slots, 32);
         ck_assert_uint_eq(f->size, ring_segment_size(65536, 32));
-        /* 512 header + 32 slots of 65536 + 64 (slot header) = 65600. */
-        ck_assert_uint_eq(f->size, 512 + 32 * 65600);
+        /* 512 header + 256 holders of 32 bytes + 32 slots of 65536 + 64 (slot header) = 65600. */
+        ck_assert_uint_eq(f->size, 512 + 256 * 32 + 32 * 65600);
         ck_assert_uint_eq(f->nsems, RING_NSEMS);
         ck_assert_ptr_nonnull(f->sem_values);
         ck_assert_uint_eq(f->sem_values[RING_SEM_RESERVED], 1);
@@ -207,7 +207,7 @@ START_TEST(test_ring_with_user_semaphores) {
         const ChannelSpec *s = only_channel(c);
 
         ck_assert_uint_eq(s->size, ring_segment_size(100, 8));
-        ck_assert_uint_eq(s->size, 512 + 8 * 192);      /* 100 + 64-byte slot header, to 64 */
+        ck_assert_uint_eq(s->size, 512 + 256 * 32 + 8 * 192);     /* 100 + 64-byte slot header, to 64 */
         ck_assert_uint_eq(s->nsems, RING_NSEMS + 3);
         ck_assert_uint_eq(s->sem_values[RING_SEM_RESERVED], 1);
         ck_assert_uint_eq(s->sem_values[RING_NSEMS + 0], 5);
@@ -238,7 +238,7 @@ START_TEST(test_ring_with_user_semaphores) {
         c = parse_ok(CHANNELS("{\"name\": \"big\", \"layout\": \"ring\", \"slot_size\": 1, \"slots\": 1048576}"));
         s = only_channel(c);
         ck_assert_uint_eq(s->slots, RING_SLOTS_MAX);
-        ck_assert_uint_eq(s->size, 512 + 1048576ull * 128);
+        ck_assert_uint_eq(s->size, 512 + 256 * 32 + 1048576ull * 128);
         ck_assert_uint_eq(s->sem_values[RING_SEM_RESERVED], 1);
         config_free(c);
 

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -24,6 +25,7 @@
 #include <unistd.h>
 
 #include "daemon/channel.h"
+#include "proto/ring.h"
 #include "tests/helpers.h"
 
 #define CASE_TIMEOUT 30
@@ -1374,6 +1376,770 @@ START_TEST(test_status_survives_unreadable_channel) {
 }
 END_TEST
 
+/* ---- ring holder tokens ---- */
+
+/* A ring for the holder tests, and a raw channel beside it. */
+static const char *const ring_and_raw =
+        "[{\"name\": \"frames\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4, \"mode\": \"0660\"},"
+        " {\"name\": \"plain\", \"size\": 4096}]";
+
+#define HOLDER_WAIT_MS 5000     /* generous: a sweep runs once a second */
+
+/*
+ * Open `channel` with `access` on fd, asking for token `want` back unless 0.
+ * Returns the answer's "holder", 0 when it has none; the answer must be ok.
+ */
+static uint32_t open_holder(int fd, const char *channel, const char *access, uint32_t want) {
+        char req[200];
+        json_t *resp, *holder;
+        uint32_t token = 0;
+
+        if (want)
+                snprintf(req, sizeof req, "{\"op\":\"open\",\"channel\":\"%s\",\"access\":\"%s\",\"holder\":%u}",
+                         channel, access, (unsigned) want);
+        else
+                snprintf(req, sizeof req, "{\"op\":\"open\",\"channel\":\"%s\",\"access\":\"%s\"}", channel, access);
+        resp = test_request(fd, req);
+        test_assert_ok(resp);
+        holder = json_object_get(resp, "holder");
+        if (holder) {
+                ck_assert_msg(json_is_integer(holder) && json_integer_value(holder) > 0 &&
+                              json_integer_value(holder) <= UINT32_MAX, "\"holder\" is not a token");
+                token = (uint32_t) json_integer_value(holder);
+        }
+        json_decref(resp);
+        return token;
+}
+
+/* The segment of a channel, attached read-write (root may: the test judges the table). */
+static RingHeader *attach_ring(const char *channel) {
+        int fd = test_connect(td.socket);
+        json_t *resp = test_request(fd, "{\"op\":\"list\"}");
+        int id = (int) test_jint(test_must_find(resp, channel), "shm_id");
+        RingHeader *h = shmat(id, NULL, 0);
+
+        ck_assert_msg(h != (void *) -1, "shmat %d: %s", id, strerror(errno));
+        ck_assert(ring_header_is_ours(h));
+        ck_assert_uint_eq(h->holders, RING_HOLDERS);
+        json_decref(resp);
+        close(fd);
+        return h;
+}
+
+static RingHolder *holder_entry(const RingHeader *h, uint32_t token) {
+        uint32_t index = (token & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1;
+
+        ck_assert_uint_lt(index, RING_HOLDERS);
+        return ring_holder_at(h, index);
+}
+
+/* The state of token's entry, or -1 when the entry is in another generation. */
+static int holder_state(const RingHeader *h, uint32_t token) {
+        uint64_t word = __atomic_load_n(&holder_entry(h, token)->word, __ATOMIC_ACQUIRE);
+
+        if (((uint32_t) (word >> 32) & RING_TOKEN_GEN_MASK) != token >> RING_TOKEN_INDEX_BITS)
+                return -1;
+        return (int) (uint32_t) word;
+}
+
+/* Wait up to HOLDER_WAIT_MS for token's entry to reach state. */
+static bool wait_holder_state(const RingHeader *h, uint32_t token, int state) {
+        int64_t deadline = test_now_ms() + HOLDER_WAIT_MS;
+
+        while (holder_state(h, token) != state) {
+                if (test_now_ms() > deadline)
+                        return false;
+                usleep(10 * 1000);
+        }
+        return true;
+}
+
+static void assert_live(const RingHeader *h, uint32_t token, pid_t pid) {
+        ck_assert_uint_ne(token, 0);
+        ck_assert_msg(holder_state(h, token) == RING_HOLDER_LIVE, "token %u: state %d, not LIVE",
+                      (unsigned) token, holder_state(h, token));
+        ck_assert(!ring_token_dead(h, token));
+        ck_assert_int_eq(holder_entry(h, token)->pid, pid);
+}
+
+/* The status answer's clients of a channel. */
+static size_t count_clients(int fd, const char *channel) {
+        char req[128];
+        json_t *resp;
+        size_t n;
+
+        snprintf(req, sizeof req, "{\"op\":\"status\",\"channel\":\"%s\"}", channel);
+        resp = test_request(fd, req);
+        test_assert_ok(resp);
+        n = json_array_size(json_object_get(test_must_find(resp, channel), "clients"));
+        json_decref(resp);
+        return n;
+}
+
+/*
+ * Wait up to HOLDER_WAIT_MS until the channel has n clients (asked over
+ * fd): the broker has handled the end of the connections that closed.
+ */
+static bool await_clients(int fd, const char *channel, size_t n) {
+        int64_t deadline = test_now_ms() + HOLDER_WAIT_MS;
+
+        while (count_clients(fd, channel) != n) {
+                if (test_now_ms() > deadline)
+                        return false;
+                usleep(10 * 1000);
+        }
+        return true;
+}
+
+START_TEST(test_holder_tokens_for_rw_openers) {
+        RingHeader *h;
+        uint32_t ta, tb;
+        int a, b, c;
+
+        test_daemon_write_config(&td, ring_and_raw);
+        test_start_ok();
+        h = attach_ring("frames");
+        a = test_connect(td.socket);
+        b = test_connect(td.socket);
+        c = test_connect(td.socket);
+
+        ta = open_holder(a, "frames", "rw", 0);
+        assert_live(h, ta, getpid());
+        ck_assert_uint_ne(holder_entry(h, ta)->starttime, 0);
+        /* Opening again on the same connection is the same hold, and the same token, whatever the access. */
+        ck_assert_uint_eq(open_holder(a, "frames", "rw", 0), ta);
+        ck_assert_uint_eq(open_holder(a, "frames", "ro", 0), ta);
+        ck_assert_uint_eq(open_holder(a, "frames", "rw", 0), ta);
+        /* Another connection is another holder. */
+        tb = open_holder(b, "frames", "rw", 0);
+        ck_assert_uint_ne(tb, ta);
+        assert_live(h, tb, getpid());
+        assert_live(h, ta, getpid());
+        /* Readers claim nothing: no token; nor does a raw channel have a table. */
+        ck_assert_uint_eq(open_holder(c, "frames", "ro", 0), 0);
+        ck_assert_uint_eq(open_holder(c, "plain", "rw", 0), 0);
+        /* Nor does asking for someone else's token give it: it is bound to a's hold. */
+        ck_assert_uint_eq(open_holder(c, "frames", "ro", ta), 0);
+        ck_assert_uint_ne(open_holder(c, "frames", "rw", ta), ta);
+        shmdt(h);
+        close(a);
+        close(b);
+        close(c);
+}
+END_TEST
+
+START_TEST(test_holder_dead_when_hold_ends) {
+        RingHeader *h;
+        uint32_t ta, tb, again;
+        json_t *resp;
+        int a, b;
+
+        test_daemon_write_config(&td, ring_and_raw);
+        test_start_ok();
+        h = attach_ring("frames");
+        a = test_connect(td.socket);
+        b = test_connect(td.socket);
+        ta = open_holder(a, "frames", "rw", 0);
+        tb = open_holder(b, "frames", "rw", 0);
+
+        /* close: DEAD by the time the answer comes, in the same generation. */
+        resp = test_request(a, "{\"op\":\"close\",\"channel\":\"frames\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        ck_assert_int_eq(holder_state(h, ta), RING_HOLDER_DEAD);
+        ck_assert(ring_token_dead(h, ta));
+        assert_live(h, tb, getpid());
+        /* Opening again is a new hold: another token, the dead one stays dead. */
+        again = open_holder(a, "frames", "rw", 0);
+        ck_assert_uint_ne(again, ta);
+        ck_assert(ring_token_dead(h, ta));
+
+        /*
+         * The connection's end (the broker learns it from EOF) is not the
+         * process's: this one lives on, and so does its token (it may still
+         * be copying into a slot it claimed). The holder tests below end it
+         * with the process.
+         */
+        close(b);
+        ck_assert(await_clients(a, "frames", 1));
+        assert_live(h, tb, getpid());
+        assert_live(h, again, getpid());
+        shmdt(h);
+        close(a);
+}
+END_TEST
+
+START_TEST(test_holder_table_full) {
+        static int fds[RING_HOLDERS];
+        static uint32_t tokens[RING_HOLDERS];
+        RingHeader *h;
+        uint32_t reused;
+        json_t *resp;
+        int extra;
+
+        test_daemon_write_config(&td, ring_and_raw);
+        test_start_ok();
+        h = attach_ring("frames");
+        for (int i = 0; i < RING_HOLDERS; i++) {
+                fds[i] = test_connect(td.socket);
+                tokens[i] = open_holder(fds[i], "frames", "rw", 0);
+                ck_assert_uint_ne(tokens[i], 0);
+                for (int k = 0; k < i; k++)
+                        ck_assert_uint_ne(tokens[k], tokens[i]);
+        }
+        extra = test_connect(td.socket);
+        resp = test_request(extra, "{\"op\":\"open\",\"channel\":\"frames\",\"access\":\"rw\"}");
+        test_assert_error(resp, "EUSERS");
+        ck_assert_ptr_nonnull(strstr(test_jstr(resp, "message"), "\"frames\""));
+        ck_assert_ptr_nonnull(strstr(test_jstr(resp, "message"), "256"));
+        json_decref(resp);
+        /* The refusal left no hold behind; a reader still gets in, and raw channels are not concerned. */
+        ck_assert_uint_eq(count_clients(extra, "frames"), RING_HOLDERS);
+        ck_assert_uint_eq(open_holder(extra, "plain", "rw", 0), 0);
+
+        /* One goes (an explicit close: this process lives on): its entry is the one handed out again,
+         * under the next generation. */
+        resp = test_request(fds[17], "{\"op\":\"close\",\"channel\":\"frames\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        close(fds[17]);
+        ck_assert(wait_holder_state(h, tokens[17], RING_HOLDER_DEAD));
+        reused = open_holder(extra, "frames", "rw", 0);
+        ck_assert_ptr_eq(holder_entry(h, reused), holder_entry(h, tokens[17]));
+        ck_assert_uint_eq(reused >> RING_TOKEN_INDEX_BITS, (tokens[17] >> RING_TOKEN_INDEX_BITS) + 1);
+        ck_assert(ring_token_dead(h, tokens[17]));
+        assert_live(h, reused, getpid());
+        ck_assert_uint_eq(count_clients(extra, "frames"), RING_HOLDERS);
+        for (int i = 0; i < RING_HOLDERS; i++)
+                if (i != 17)
+                        close(fds[i]);
+        close(extra);
+        shmdt(h);
+}
+END_TEST
+
+/* A process that opens `frames` rw over its own connection, says its token, and lives until killed. */
+typedef struct Opener {
+        pid_t pid;
+        uint32_t token;
+} Opener;
+
+static void opener_run(int report) {
+        char *line;
+        json_t *v;
+        uint32_t token = 0;
+        int fd;
+
+        /* A failed test must not leave it behind. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+                _exit(1);
+        fd = test_connect(td.socket);
+        test_send(fd, "{\"op\":\"open\",\"channel\":\"frames\",\"access\":\"rw\"}\n", 48);
+        line = test_read_line(fd);
+        v = line ? json_loads(line, 0, NULL) : NULL;
+        if (v && json_is_integer(json_object_get(v, "holder")))
+                token = (uint32_t) json_integer_value(json_object_get(v, "holder"));
+        if (write(report, &token, sizeof token) != sizeof token)
+                _exit(1);
+        /* Keeps the connection: until it dies the broker sees it live. */
+        for (;;)
+                pause();
+}
+
+static Opener opener_start(void) {
+        int report[2];
+        Opener o = {};
+
+        ck_assert_int_eq(pipe2(report, O_CLOEXEC), 0);
+        o.pid = fork();
+        ck_assert_int_ge(o.pid, 0);
+        if (o.pid == 0)
+                opener_run(report[1]);
+        close(report[1]);
+        ck_assert_int_eq(read(report[0], &o.token, sizeof o.token), (ssize_t) sizeof o.token);
+        ck_assert_uint_ne(o.token, 0);
+        close(report[0]);
+        return o;
+}
+
+/* Kill and reap: its pid is free from here on. */
+static void opener_stop(const Opener *o) {
+        int status;
+
+        ck_assert_int_eq(kill(o->pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(o->pid, &status, 0), o->pid);
+}
+
+/*
+ * After a SIGKILL the next broker takes the ring over with its holder
+ * table: the killed run's holders stay LIVE while their process lives (and
+ * can be taken back, once), and go DEAD when it is found gone: exited
+ * before the start, exited after it (the sweep), or its pid now another
+ * process's (start time).
+ */
+START_TEST(test_holder_crash_restart) {
+        Opener live, gone_before, gone_after, reused_pid;
+        uint32_t back, other;
+        RingHeader *h;
+        char *log;
+        int x, y;
+
+        test_daemon_write_config(&td, ring_and_raw);
+        test_start_ok();
+        h = attach_ring("frames");
+        live = opener_start();
+        gone_before = opener_start();
+        gone_after = opener_start();
+        reused_pid = opener_start();
+        assert_live(h, live.token, live.pid);
+        assert_live(h, reused_pid.token, reused_pid.pid);
+
+        test_daemon_kill(&td, SIGKILL);
+        /* Nobody ended those holds: the table still says LIVE. */
+        assert_live(h, gone_before.token, gone_before.pid);
+        opener_stop(&gone_before);
+        /* As if reused_pid's pid had been given to another process since. */
+        holder_entry(h, reused_pid.token)->starttime++;
+
+        test_start_ok();
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Took over channel frames"), "%s", log);
+        free(log);
+        ck_assert_msg(wait_holder_state(h, gone_before.token, RING_HOLDER_DEAD), "an exited holder stays %d",
+                      holder_state(h, gone_before.token));
+        ck_assert_msg(wait_holder_state(h, reused_pid.token, RING_HOLDER_DEAD), "a reused pid's holder stays %d",
+                      holder_state(h, reused_pid.token));
+        assert_live(h, gone_after.token, gone_after.pid);
+        opener_stop(&gone_after);
+        ck_assert_msg(wait_holder_state(h, gone_after.token, RING_HOLDER_DEAD), "a holder that exited later stays %d",
+                      holder_state(h, gone_after.token));
+        /* The sweeps that found those gone left the live one alone. */
+        assert_live(h, live.token, live.pid);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "(it exited); marked it dead") && strstr(log, "(its pid names another process now)"),
+                      "%s", log);
+        free(log);
+
+        /* Taken back over a new connection: the same token, now bound to that hold (and its pid). */
+        x = test_connect(td.socket);
+        back = open_holder(x, "frames", "rw", live.token);
+        ck_assert_uint_eq(back, live.token);
+        assert_live(h, back, getpid());
+        /* Once only: a second asker gets a token of its own, and so does one asking for a dead token. */
+        y = test_connect(td.socket);
+        other = open_holder(y, "frames", "rw", live.token);
+        ck_assert_uint_ne(other, live.token);
+        ck_assert_uint_ne(open_holder(test_connect(td.socket), "frames", "rw", gone_before.token), gone_before.token);
+        assert_live(h, live.token, getpid());
+        /* Bound to x's hold now: it ends with it (an explicit close: this process lives on). */
+        json_decref(test_request(x, "{\"op\":\"close\",\"channel\":\"frames\"}"));
+        ck_assert_int_eq(holder_state(h, live.token), RING_HOLDER_DEAD);
+        close(x);
+        assert_live(h, other, getpid());
+        opener_stop(&live);
+        opener_stop(&reused_pid);
+        close(y);
+        shmdt(h);
+}
+END_TEST
+
+/* A reload that changes a ring in place keeps its holders; one that replaces it starts a fresh table. */
+START_TEST(test_holder_reload) {
+        static const char *const perms_changed =
+                "[{\"name\": \"frames\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4, \"mode\": \"0666\"},"
+                " {\"name\": \"plain\", \"size\": 4096}]";
+        static const char *const grown =
+                "[{\"name\": \"frames\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8, \"mode\": \"0666\"},"
+                " {\"name\": \"plain\", \"size\": 4096}]";
+        RingHeader *old, *fresh;
+        uint32_t ta, tb, tn;
+        json_t *resp;
+        int a, b;
+
+        test_daemon_write_config(&td, ring_and_raw);
+        test_start_ok();
+        old = attach_ring("frames");
+        a = test_connect(td.socket);
+        b = test_connect(td.socket);
+        ta = open_holder(a, "frames", "rw", 0);
+        tb = open_holder(b, "frames", "rw", 0);
+        resp = test_request(b, "{\"op\":\"close\",\"channel\":\"frames\"}");
+        json_decref(resp);
+        ck_assert_int_eq(holder_state(old, tb), RING_HOLDER_DEAD);
+
+        test_daemon_write_config(&td, perms_changed);
+        resp = test_request(a, "{\"op\":\"reload\"}");
+        test_assert_ok(resp);
+        ck_assert_str_eq(json_string_value(json_array_get(json_object_get(resp, "changed"), 0)), "frames");
+        json_decref(resp);
+        assert_live(old, ta, getpid());
+        ck_assert_uint_eq(open_holder(a, "frames", "rw", 0), ta);
+
+        test_daemon_write_config(&td, grown);
+        resp = test_request(a, "{\"op\":\"reload\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        /* The old ring's holds were dropped with it: DEAD there, and the ring marked removed. */
+        ck_assert_int_eq(holder_state(old, ta), RING_HOLDER_DEAD);
+        ck_assert(ring_is_removed(old));
+        fresh = attach_ring("frames");
+        ck_assert_ptr_ne(fresh, old);
+        for (uint32_t i = 0; i < RING_HOLDERS; i++)
+                ck_assert_uint_eq(ring_holder_at(fresh, i)->word, RING_HOLDER_FREE);
+        tn = open_holder(a, "frames", "rw", 0);
+        ck_assert_uint_eq(tn, ring_token(0, 0));
+        assert_live(fresh, tn, getpid());
+        shmdt(old);
+        shmdt(fresh);
+        close(a);
+        close(b);
+}
+END_TEST
+
+/* A ring removed behind the broker's back is made again with a fresh table; the old one's holds ended. */
+START_TEST(test_holder_ring_remade) {
+        RingHeader *old, *fresh;
+        uint32_t ta, tb, tn;
+        int a, b, id;
+        json_t *resp;
+
+        test_daemon_write_config(&td, ring_and_raw);
+        test_start_ok();
+        old = attach_ring("frames");
+        a = test_connect(td.socket);
+        b = test_connect(td.socket);
+        ta = open_holder(a, "frames", "rw", 0);
+        tb = open_holder(b, "frames", "rw", 0);
+        resp = test_request(a, "{\"op\":\"list\"}");
+        id = (int) test_jint(test_must_find(resp, "frames"), "shm_id");
+        json_decref(resp);
+        ck_assert_int_eq(shmctl(id, IPC_RMID, NULL), 0);
+
+        /* The next open notices, and hands out a token of the new segment's table. */
+        tn = open_holder(a, "frames", "rw", 0);
+        ck_assert_uint_eq(tn, ring_token(0, 0));
+        fresh = attach_ring("frames");
+        assert_live(fresh, tn, getpid());
+        for (uint32_t i = 1; i < RING_HOLDERS; i++)
+                ck_assert_uint_eq(ring_holder_at(fresh, i)->word, RING_HOLDER_FREE);
+        ck_assert_int_eq(holder_state(old, ta), RING_HOLDER_DEAD);
+        ck_assert_int_eq(holder_state(old, tb), RING_HOLDER_DEAD);
+        shmdt(old);
+        shmdt(fresh);
+        close(a);
+        close(b);
+}
+END_TEST
+
+/* ---- a token lives as long as its opener's process ---- */
+
+/*
+ * In a child: open `frames` rw on fd, asking for `want` back unless 0.
+ * The answer's holder, 0 when it has none. Nothing that aborts: a child
+ * says what it got, and the test judges.
+ */
+static uint32_t child_open_frames(int fd, uint32_t want) {
+        char req[160];
+        char *line;
+        json_t *v;
+        uint32_t token = 0;
+        int n;
+
+        if (want)
+                n = snprintf(req, sizeof req, "{\"op\":\"open\",\"channel\":\"frames\",\"access\":\"rw\",\"holder\":%u}\n",
+                             (unsigned) want);
+        else
+                n = snprintf(req, sizeof req, "{\"op\":\"open\",\"channel\":\"frames\",\"access\":\"rw\"}\n");
+        if (send(fd, req, (size_t) n, MSG_NOSIGNAL) != n)
+                return 0;
+        line = test_read_line(fd);
+        v = line ? json_loads(line, 0, NULL) : NULL;
+        if (v && json_is_integer(json_object_get(v, "holder")))
+                token = (uint32_t) json_integer_value(json_object_get(v, "holder"));
+        json_decref(v);
+        free(line);
+        return token;
+}
+
+static void child_say(int fd, const void *buf, size_t len) {
+        if (write(fd, buf, len) != (ssize_t) len)
+                _exit(1);
+}
+
+/* In a child: wait for a byte from the test; its end (the test died) ends the child. */
+static char child_await(int fd) {
+        char c;
+
+        if (read(fd, &c, 1) != 1)
+                _exit(1);
+        return c;
+}
+
+/* A child of the test, with the pipes the test talks to it over. */
+typedef struct Child {
+        pid_t pid;
+        int say, hear;          /* the test's ends: what the child says, what the test tells it */
+} Child;
+
+static Child child_start(void (*fn)(int say, int hear)) {
+        int say[2], hear[2];
+        Child c;
+
+        ck_assert_int_eq(pipe2(say, O_CLOEXEC), 0);
+        ck_assert_int_eq(pipe2(hear, O_CLOEXEC), 0);
+        c.pid = fork();
+        ck_assert_int_ge(c.pid, 0);
+        if (c.pid == 0) {
+                /* A failed test must not leave it behind. */
+                if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+                        _exit(1);
+                close(say[0]);
+                close(hear[1]);
+                fn(say[1], hear[0]);
+                _exit(0);
+        }
+        close(say[1]);
+        close(hear[0]);
+        c.say = say[0];
+        c.hear = hear[1];
+        return c;
+}
+
+static void child_hear(const Child *c, void *buf, size_t len) {
+        ck_assert_int_eq(read(c->say, buf, len), (ssize_t) len);
+}
+
+static void child_tell(const Child *c, char what) {
+        ck_assert_int_eq(write(c->hear, &what, 1), 1);
+}
+
+/* Wait until c has exited (a zombie: not reaped, so its pid stays taken) within HOLDER_WAIT_MS. */
+static void child_await_exit(const Child *c) {
+        int pidfd = (int) syscall(SYS_pidfd_open, c->pid, 0);
+        struct pollfd p = { .fd = pidfd, .events = POLLIN };
+        siginfo_t si = {};
+
+        ck_assert_msg(pidfd >= 0, "pidfd_open(%d): %s", (int) c->pid, strerror(errno));
+        ck_assert_msg(poll(&p, 1, HOLDER_WAIT_MS) == 1, "child %d still runs after %d ms", (int) c->pid,
+                      HOLDER_WAIT_MS);
+        close(pidfd);
+        ck_assert_int_eq(waitid(P_PID, (id_t) c->pid, &si, WEXITED | WNOWAIT), 0);
+        ck_assert_int_eq(si.si_pid, c->pid);
+        ck_assert_msg(si.si_code == CLD_EXITED && si.si_status == 0, "child %d: code %d, status %d", (int) c->pid,
+                      si.si_code, si.si_status);
+}
+
+static void child_reap(Child *c) {
+        int status;
+
+        ck_assert_int_eq(waitpid(c->pid, &status, 0), c->pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child %d: status %#x", (int) c->pid, status);
+        close(c->say);
+        close(c->hear);
+}
+
+/* Opens frames rw, says its token, closes the connection; exits when told. */
+static void open_close_live_on(int say, int hear) {
+        int fd = test_connect(td.socket);
+        uint32_t token = child_open_frames(fd, 0);
+
+        close(fd);
+        child_say(say, &token, sizeof token);
+        child_await(hear);
+}
+
+/*
+ * A connection that closes while its process lives on leaves the token
+ * LIVE (a thread of it may be mid-copy into a slot it claimed); the
+ * process's exit (a zombie counts) makes it DEAD.
+ */
+START_TEST(test_holder_lives_with_its_process) {
+        RingHeader *h;
+        uint32_t token;
+        Child c;
+        int fd;
+
+        test_daemon_write_config(&td, ring_and_raw);
+        test_start_ok();
+        h = attach_ring("frames");
+        fd = test_connect(td.socket);
+        c = child_start(open_close_live_on);
+        child_hear(&c, &token, sizeof token);
+        ck_assert_uint_ne(token, 0);
+        /* The broker has read the EOF once the hold is gone from status. */
+        ck_assert(await_clients(fd, "frames", 0));
+        assert_live(h, token, c.pid);
+        /* No sweep judges it either: it stays while the process lives. */
+        usleep(1500 * 1000);
+        assert_live(h, token, c.pid);
+
+        child_tell(&c, 'q');
+        child_await_exit(&c);
+        ck_assert_msg(wait_holder_state(h, token, RING_HOLDER_DEAD), "token %u still %d after its process exited",
+                      (unsigned) token, holder_state(h, token));
+        ck_assert(ring_token_dead(h, token));
+        child_reap(&c);
+        close(fd);
+        shmdt(h);
+}
+END_TEST
+
+/* Opens frames rw, forks a child that keeps the connection (until the test's end of say closes), says both; exits when told. */
+static void open_fork_exit(int say, int hear) {
+        int fd = test_connect(td.socket);
+        uint32_t token = child_open_frames(fd, 0);
+        pid_t heir = fork();
+
+        if (heir < 0)
+                _exit(1);
+        if (heir == 0) {
+                struct pollfd p = { .fd = say };
+
+                /* No PR_SET_PDEATHSIG: it outlives its parent. It ends with the test's end of say (POLLERR). */
+                close(hear);
+                while (poll(&p, 1, -1) < 0 && errno == EINTR)
+                        ;
+                _exit(0);
+        }
+        child_say(say, &token, sizeof token);
+        child_say(say, &heir, sizeof heir);
+        child_await(hear);
+}
+
+/*
+ * The opener exits while a fork of it holds the connection open: no EOF
+ * reaches the broker, yet the token is DEAD, and the hold stays.
+ */
+START_TEST(test_holder_dead_with_its_process_though_a_fork_holds_the_connection) {
+        RingHeader *h;
+        uint32_t token;
+        pid_t heir;
+        Child c;
+        int fd;
+
+        /* The heir is reparented to us when its parent exits, so the test reaps it. */
+        ck_assert_int_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+        test_daemon_write_config(&td, ring_and_raw);
+        test_start_ok();
+        h = attach_ring("frames");
+        fd = test_connect(td.socket);
+        c = child_start(open_fork_exit);
+        child_hear(&c, &token, sizeof token);
+        child_hear(&c, &heir, sizeof heir);
+        ck_assert_uint_ne(token, 0);
+        assert_live(h, token, c.pid);
+
+        child_tell(&c, 'q');
+        child_await_exit(&c);
+        ck_assert_msg(wait_holder_state(h, token, RING_HOLDER_DEAD), "token %u still %d after its process exited",
+                      (unsigned) token, holder_state(h, token));
+        /* The connection is still up, held by the heir. */
+        ck_assert_int_eq(kill(heir, 0), 0);
+        ck_assert_uint_eq(count_clients(fd, "frames"), 1);
+        /* Closes say: the heir ends with it. */
+        child_reap(&c);
+        ck_assert_int_eq(waitpid(heir, NULL, 0), heir);
+        ck_assert(await_clients(fd, "frames", 0));
+        ck_assert_int_eq(holder_state(h, token), RING_HOLDER_DEAD);
+        close(fd);
+        shmdt(h);
+}
+END_TEST
+
+/*
+ * Opens frames rw on two connections, says both tokens, closes both;
+ * when told, opens again asking for the first back, says what it got,
+ * and closes that connection too; exits when told.
+ */
+static void open_twice_rejoin(int say, int hear) {
+        int a = test_connect(td.socket), b = test_connect(td.socket), again;
+        uint32_t ta = child_open_frames(a, 0), tb = child_open_frames(b, 0), back;
+
+        close(a);
+        close(b);
+        child_say(say, &ta, sizeof ta);
+        child_say(say, &tb, sizeof tb);
+        child_await(hear);
+        again = test_connect(td.socket);
+        back = child_open_frames(again, ta);
+        child_say(say, &back, sizeof back);
+        close(again);
+        child_await(hear);
+}
+
+/* Takes back the token the test names, says what it got, closes that connection; exits when told. */
+static void take_back_close_live_on(int say, int hear) {
+        uint32_t want, back;
+        int fd;
+
+        if (read(hear, &want, sizeof want) != sizeof want)
+                _exit(1);
+        fd = test_connect(td.socket);
+        back = child_open_frames(fd, want);
+        close(fd);
+        child_say(say, &back, sizeof back);
+        child_await(hear);
+}
+
+/*
+ * Tokens of connections that closed under a live process can be taken
+ * back with "holder" (a rejoin), by that process or another. Once taken
+ * back, the token is the new hold's, and an orphan of the new holder's
+ * process when that connection closes in turn: the exit of the process
+ * that first held it ends it no more. Each ends once, with the process
+ * that held it last.
+ */
+START_TEST(test_holder_taken_back_after_its_connection_closed) {
+        uint32_t ta, tb, back;
+        RingHeader *h;
+        Child p, q;
+        int fd;
+
+        test_daemon_write_config(&td, ring_and_raw);
+        test_start_ok();
+        h = attach_ring("frames");
+        fd = test_connect(td.socket);
+        p = child_start(open_twice_rejoin);
+        child_hear(&p, &ta, sizeof ta);
+        child_hear(&p, &tb, sizeof tb);
+        ck_assert(await_clients(fd, "frames", 0));
+        assert_live(h, ta, p.pid);
+        assert_live(h, tb, p.pid);
+
+        /* Another process takes tb back, and its connection closes in turn: tb is its orphan now. */
+        q = child_start(take_back_close_live_on);
+        ck_assert_int_eq(write(q.hear, &tb, sizeof tb), (ssize_t) sizeof tb);
+        child_hear(&q, &back, sizeof back);
+        ck_assert_uint_eq(back, tb);
+        ck_assert(await_clients(fd, "frames", 0));
+        assert_live(h, tb, q.pid);
+        /* The first process rejoins: ta is its own again, and its orphan again once that connection closes. */
+        child_tell(&p, 'r');
+        child_hear(&p, &back, sizeof back);
+        ck_assert_uint_eq(back, ta);
+        ck_assert(await_clients(fd, "frames", 0));
+        assert_live(h, ta, p.pid);
+
+        /* Its exit ends ta, and nothing of tb's, which q holds now. */
+        child_tell(&p, 'q');
+        child_await_exit(&p);
+        ck_assert_msg(wait_holder_state(h, ta, RING_HOLDER_DEAD), "token %u still %d after its process exited",
+                      (unsigned) ta, holder_state(h, ta));
+        child_reap(&p);
+        usleep(500 * 1000);
+        assert_live(h, tb, q.pid);
+        /* q's exit ends tb. */
+        child_tell(&q, 'q');
+        child_await_exit(&q);
+        ck_assert_msg(wait_holder_state(h, tb, RING_HOLDER_DEAD), "token %u still %d after its process exited",
+                      (unsigned) tb, holder_state(h, tb));
+        child_reap(&q);
+        ck_assert_int_eq(holder_state(h, ta), RING_HOLDER_DEAD);
+        close(fd);
+        shmdt(h);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -1389,6 +2155,11 @@ int main(void) {
                                  test_unprivileged_daemon_reclaims_unreadable_objects } },
                 { "capability", CASE_TIMEOUT, { test_capability_of_own_user_namespace_is_not_honoured } },
                 { "unreadable", CASE_TIMEOUT, { test_status_survives_unreadable_channel } },
+                { "holders", CASE_TIMEOUT, { test_holder_tokens_for_rw_openers, test_holder_dead_when_hold_ends,
+                                 test_holder_table_full, test_holder_crash_restart, test_holder_reload,
+                                 test_holder_ring_remade, test_holder_lives_with_its_process,
+                                 test_holder_dead_with_its_process_though_a_fork_holds_the_connection,
+                                 test_holder_taken_back_after_its_connection_closed } },
                 { "resources", CASE_TIMEOUT, { test_fd_exhaustion_pauses_accept, test_derived_key_skips_fixed_keys } },
                 { "start-failures", CASE_TIMEOUT, { test_foreign_fixed_key_fails_start_and_rolls_back, test_foreign_derived_key_moves_on,
                                       test_kernel_limit_refused_before_creating, test_kernel_sem_limit_refused_before_creating,

@@ -13,13 +13,11 @@
  * - a ring marked removed answers -EIDRM to every call, blocked ones too.
  *
  * Kills are simulated, not made: a thread claims a position exactly as
- * client/ring.c does (compare-and-swap, then the claimer's pid and position)
- * and abandons it mid-copy. The repair rules judge a claimer by kill(pid, 0),
- * so such a claim records a pid that cannot exist (INT32_MAX, above the
- * kernel's PID_MAX_LIMIT), which kill() answers with ESRCH as it would for a
- * dead process. Not simulated: a kill between the compare-and-swap and the
- * recording of the claim, which the current rules cannot repair (the slot
- * still names the claimer of its previous lap, so waiters poll forever).
+ * client/ring.c does (the owner word's compare-and-swap, naming a holder
+ * token) and abandons it, either at once (before head or tail moved on) or
+ * mid-copy. The token is one of the ring's holder table marked DEAD, as the
+ * broker marks a holder whose connection ended; every handle's own token
+ * is LIVE, as the broker hands them out.
  *
  * Counts are fixed, not run times; every call has a timeout that a correct
  * run never meets; each case has its own Check timeout.
@@ -31,6 +29,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -43,8 +42,6 @@
 #include "client/shmbroker-internal.h"
 
 #define CASE_TIMEOUT 120
-/* No process has this pid: kill(DEAD_PID, 0) fails with ESRCH, as for a dead one. */
-#define DEAD_PID INT32_MAX
 /* Only a broken ring waits this long: the watchdog of every call. */
 #define CALL_TIMEOUT_MS 20000
 #define SLOT_SIZE 200
@@ -111,27 +108,16 @@ static void maybe_delay(uint32_t *seed) {
 
 typedef struct TestRing {
         void *view[2];          /* two mappings of one memfd; or one malloc'd buffer twice */
+        uint32_t holders;       /* entries handed out */
         uint64_t size;
         int memfd;              /* -1: malloc'd */
 } TestRing;
 
-/* A fresh ring, as shmbroker-protocol(7) says the daemon makes it: slot i free for position i. */
-static void ring_format(void *addr, uint32_t slot_size, uint32_t slots) {
-        uint64_t stride = ring_slot_stride(slot_size);
-
-        memset(addr, 0, ring_segment_size(slot_size, slots));
-        *(RingHeader *) addr = (RingHeader) {
-                .magic = RING_MAGIC,
-                .version = RING_VERSION,
-                .slot_size = slot_size,
-                .slots = slots,
-                .slot_stride = (uint32_t) stride,
-                .data_offset = RING_HEADER_SIZE,
-                .nsems_reserved = RING_NSEMS,
-                .state = RING_STATE_LIVE,
-        };
-        for (uint32_t i = 0; i < slots; i++)
-                ((RingSlot *) ((char *) addr + RING_HEADER_SIZE + i * stride))->seq = i;
+/* Hand out holder entry `index` as the broker does, alive or already dead; its token. */
+static uint32_t holder_token(void *ring, uint32_t index, bool live) {
+        STORE(&ring_holder_at(ring, index)->word, (UINT64_C(1) << 32) | (live ? RING_HOLDER_LIVE : RING_HOLDER_DEAD),
+              __ATOMIC_RELEASE);
+        return ring_token(index, 1);
 }
 
 static void ring_make(TestRing *ret, uint32_t slot_size, uint32_t slots, bool memfd) {
@@ -151,7 +137,13 @@ static void ring_make(TestRing *ret, uint32_t slot_size, uint32_t slots, bool me
                 ck_assert_int_eq(posix_memalign(&ret->view[0], 4096, size), 0);
                 ret->view[1] = ret->view[0];
         }
+        memset(ret->view[0], 0, size);  /* as shmget() gives it */
         ring_format(ret->view[0], slot_size, slots);
+}
+
+/* The token of a holder that died: its claims are to be repaired. */
+static uint32_t dead_token(TestRing *r) {
+        return holder_token(r->view[0], r->holders++, false);
 }
 
 static void ring_unmake(TestRing *r) {
@@ -164,7 +156,7 @@ static void ring_unmake(TestRing *r) {
 }
 
 /* A handle as shmb_open() makes one, over one view of the ring. */
-static shmb_channel *handle_new(const TestRing *r, int view, unsigned spin_us) {
+static shmb_channel *handle_new(TestRing *r, int view, unsigned spin_us) {
         shmb_channel *ch = calloc(1, sizeof *ch);
 
         ck_assert_ptr_nonnull(ch);
@@ -173,6 +165,7 @@ static shmb_channel *handle_new(const TestRing *r, int view, unsigned spin_us) {
         ch->info.size = r->size;
         ch->addr = r->view[view];
         ck_assert_int_eq(ring_channel_init(ch, r->view[view], r->size), 0);
+        ch->hold.token = holder_token(r->view[0], r->holders++, true);
         STORE(&ch->spin_us, spin_us, __ATOMIC_RELAXED);
         return ch;
 }
@@ -183,17 +176,37 @@ static RingSlot *slot_of(const shmb_channel *ch, uint64_t pos) {
 
 /* ---- simulated kills: claims made as client/ring.c makes them, then abandoned ---- */
 
-/* A sender claims the free slot at head, writes part of a message, and dies. false: no free slot now. */
-static bool abandon_send(shmb_channel *ch, int32_t pid) {
-        uint64_t pos = LOAD(&ch->ring->head, __ATOMIC_RELAXED);
+/*
+ * The claim itself, as client/ring.c makes it: the owner word of the slot
+ * of pos, from a value of an earlier lap to (pos, token); want is the seq
+ * the slot must still have. Nothing else is written: a claimer killed
+ * right after it has moved neither head nor tail on.
+ */
+static bool claim_as(RingSlot *slot, uint64_t *word, uint64_t pos, uint64_t want, uint32_t token) {
+        uint64_t owner = LOAD(word, __ATOMIC_ACQUIRE);
+
+        if ((uint32_t) owner != 0 && (int32_t) ((uint32_t) (owner >> 32) - (uint32_t) pos) >= 0)
+                return false;
+        if (!__atomic_compare_exchange_n(word, &owner, ring_owner(pos, token), false, __ATOMIC_ACQUIRE,
+                                         __ATOMIC_RELAXED))
+                return false;
+        return LOAD(&slot->seq, __ATOMIC_ACQUIRE) == want;      /* a stale head: caught by the tests' checks */
+}
+
+/*
+ * A sender claims the free slot at head and dies: at once (before moving
+ * head on) or after writing part of a message. false: no free slot now.
+ */
+static bool abandon_send(shmb_channel *ch, uint32_t token, bool at_once) {
+        uint64_t pos = LOAD(&ch->ring->head, __ATOMIC_ACQUIRE);
         RingSlot *slot = slot_of(ch, pos);
         Msg junk = { .producer = UINT32_MAX, .seq = UINT32_MAX, .len = 100 };
 
-        if (LOAD(&slot->seq, __ATOMIC_ACQUIRE) != pos ||
-            !__atomic_compare_exchange_n(&ch->ring->head, &pos, pos + 1, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        if (LOAD(&slot->seq, __ATOMIC_ACQUIRE) != pos || !claim_as(slot, &slot->send_owner, pos, pos, token))
                 return false;
-        slot->send_pid = pid;
-        STORE(&slot->send_pos, pos, __ATOMIC_RELEASE);
+        if (at_once)
+                return true;
+        (void) __atomic_compare_exchange_n(&ch->ring->head, &pos, pos + 1, false, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
         STORE(&slot->len, (uint32_t) (MSG_HEADER + junk.len), __ATOMIC_RELAXED);
         /* Killed mid-copy: a plausible start of a message, never published. */
         memcpy((char *) slot + RING_SLOT_HEADER, &junk, MSG_HEADER + 10);
@@ -202,24 +215,26 @@ static bool abandon_send(shmb_channel *ch, int32_t pid) {
 
 /*
  * A receiver claims the message at tail, reads it, and dies before freeing
- * the slot: that message died with it. A stop marker (empty) is left alone.
- * Returns true with the message in *ret.
+ * the slot (at_once: before even moving tail on): that message died with
+ * it. A stop marker (empty) is left alone. Returns true with the message in
+ * *ret.
  */
-static bool abandon_recv(shmb_channel *ch, int32_t pid, Msg *ret, uint32_t *ret_len) {
-        uint64_t pos = LOAD(&ch->ring->tail, __ATOMIC_RELAXED);
+static bool abandon_recv(shmb_channel *ch, uint32_t token, bool at_once, Msg *ret, uint32_t *ret_len) {
+        uint64_t pos = LOAD(&ch->ring->tail, __ATOMIC_ACQUIRE);
         RingSlot *slot = slot_of(ch, pos);
         uint32_t len;
 
         if (LOAD(&slot->seq, __ATOMIC_ACQUIRE) != pos + 1)
                 return false;
-        /* Stable while tail is pos: nobody else may free or refill it before claiming pos. */
         len = LOAD(&slot->len, __ATOMIC_RELAXED);
-        if (len == 0 || len > sizeof *ret ||
-            !__atomic_compare_exchange_n(&ch->ring->tail, &pos, pos + 1, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        if (len == 0 || len > sizeof *ret || !claim_as(slot, &slot->recv_owner, pos, pos + 1, token))
                 return false;
-        slot->recv_pid = pid;
-        STORE(&slot->recv_pos, pos, __ATOMIC_RELEASE);
-        memcpy(ret, (char *) slot + RING_SLOT_HEADER, len);
+        /* Stable once claimed: nobody else may free or refill it. */
+        len = LOAD(&slot->len, __ATOMIC_RELAXED);
+        if (!at_once)
+                (void) __atomic_compare_exchange_n(&ch->ring->tail, &pos, pos + 1, false, __ATOMIC_RELEASE,
+                                                   __ATOMIC_RELAXED);
+        memcpy(ret, (char *) slot + RING_SLOT_HEADER, len <= sizeof *ret ? len : sizeof *ret);
         *ret_len = len;
         return true;
 }
@@ -239,6 +254,7 @@ typedef struct Run {
         const Plan *plan;
         uint8_t *seen;          /* [producer * per_producer + seq]: how often it was taken */
         uint32_t received, died_with_receiver, abandoned_sends;
+        uint32_t dead_token;    /* a holder the broker marked dead: the simulated kills claim with it */
         pthread_mutex_t lock;
         char failure[512];      /* the first thing that went wrong */
         bool failed;
@@ -305,7 +321,7 @@ static void *producer_main(void *userdata) {
                 /* A dead sender's claim, now and then, at a point that depends on the seed. */
                 if (every && seq % every == w->id % every) {
                         for (int tries = 0; tries < 1000; tries++) {
-                                if (abandon_send(w->ch, DEAD_PID)) {
+                                if (abandon_send(w->ch, w->run->dead_token, next_random(&w->seed) & 1)) {
                                         __atomic_add_fetch(&w->run->abandoned_sends, 1, __ATOMIC_RELAXED);
                                         break;
                                 }
@@ -346,7 +362,7 @@ static void *consumer_main(void *userdata) {
 
                 if (dead_left > 0 && !die_next)
                         die_next = next_random(&w->seed) % 256 == 0;
-                if (die_next && abandon_recv(w->ch, DEAD_PID, &m, &len)) {
+                if (die_next && abandon_recv(w->ch, run->dead_token, next_random(&w->seed) & 1, &m, &len)) {
                         dead_left--;
                         die_next = false;
                         if (take(run, &m, len, "dead receiver of consumer", w->id))
@@ -388,6 +404,7 @@ static void run_plan(const Plan *p, uint32_t seed) {
         run.seen = calloc(total, 1);
         ck_assert_ptr_nonnull(run.seen);
         ring_make(&ring, SLOT_SIZE, p->slots, p->memfd);
+        run.dead_token = dead_token(&ring);
         main_ch = handle_new(&ring, 0, p->spin_us);
         /* Consumers first, so the first messages find them waiting; each thread its own handle, as a process would. */
         for (unsigned i = 0; i < n; i++) {
@@ -475,6 +492,15 @@ START_TEST(test_mpmc_with_dead_claimers) {
 }
 END_TEST
 
+/* Many kills on the smallest ring, every wait a sleep: a dead claim is all the ring has, often. */
+START_TEST(test_mpmc_many_dead_claimers_two_slots) {
+        static const Plan plan = { .producers = 2, .consumers = 2, .per_producer = 3000, .slots = 2,
+                                   .memfd = true, .dead_sends = 15, .dead_recvs = 8 };
+
+        run_plan(&plan, 5);
+}
+END_TEST
+
 /* ---- single-threaded semantics ---- */
 
 START_TEST(test_fifo_limits_and_laps) {
@@ -530,6 +556,12 @@ START_TEST(test_header_must_be_this_version) {
         ck_assert_uint_eq(ch.info.slot_size, SLOT_SIZE);
         ck_assert_int_eq(ring_channel_init(&ch, h, ring.size - 1), -EPROTO);
         ck_assert_int_eq(ring_channel_init(&ch, h, RING_HEADER_SIZE - 1), -EINVAL);
+        h->holders--;
+        ck_assert_int_eq(ring_channel_init(&ch, h, ring.size), -EPROTO);
+        h->holders++;
+        h->holders_offset += 32;
+        ck_assert_int_eq(ring_channel_init(&ch, h, ring.size), -EPROTO);
+        h->holders_offset -= 32;
         h->version = RING_VERSION - 1;
         ck_assert_int_eq(ring_channel_init(&ch, h, ring.size), -EPROTO);
         h->version = RING_VERSION + 1;
@@ -572,6 +604,20 @@ static void *call_main(void *userdata) {
         return NULL;
 }
 
+/* A source buffer whose first touch stalls its sender (test_sender_taken_for_dead_is_told). */
+static struct {
+        char *src;
+        size_t len;
+        int stalled, go;
+} stall;
+
+static void *stalled_send_main(void *userdata) {
+        Call *c = userdata;
+
+        c->result = shmb_send(c->ch, stall.src, SLOT_SIZE, 5000);
+        return NULL;
+}
+
 static void call_start(Call *c, shmb_channel *ch, bool send, int timeout_ms) {
         *c = (Call) { .ch = ch, .send = send, .timeout_ms = timeout_ms };
         ck_assert_int_eq(pthread_create(&c->thread, NULL, call_main, c), 0);
@@ -586,8 +632,8 @@ START_TEST(test_live_sender_claim_is_waited_for) {
 
         ring_make(&ring, SLOT_SIZE, 4, true);
         ch = handle_new(&ring, 0, SHMB_DEFAULT_SPIN_US);
-        /* This live process claims position 0 and is slow to publish. */
-        ck_assert(abandon_send(ch, (int32_t) getpid()));
+        /* This live holder claims position 0 and is slow to publish. */
+        ck_assert(abandon_send(ch, ch->hold.token, false));
         call_start(&recv, handle_new(&ring, 1, SHMB_DEFAULT_SPIN_US), false, 5000);
         usleep(300000);         /* six repair polls */
         ck_assert_int_eq(LOAD(&recv.returned_ms, __ATOMIC_ACQUIRE), 0);
@@ -595,7 +641,8 @@ START_TEST(test_live_sender_claim_is_waited_for) {
         slot->len = 3;
         memcpy((char *) slot + RING_SLOT_HEADER, "pub", 3);
         published = now_ms();
-        STORE(&slot->seq, 1, __ATOMIC_RELEASE);
+        ck_assert(__atomic_compare_exchange_n(&slot->seq, &(uint64_t) { 0 }, 1, false, __ATOMIC_SEQ_CST,
+                                              __ATOMIC_RELAXED));
         ck_assert_int_eq(pthread_join(recv.thread, NULL), 0);
         ck_assert_int_eq(recv.result, 3);
         ck_assert_int_eq(memcmp(recv.buf, "pub", 3), 0);
@@ -618,16 +665,91 @@ START_TEST(test_live_receiver_claim_is_waited_for) {
         m.sum = checksum(&m);
         ck_assert_int_eq(shmb_send(ch, &m, MSG_HEADER + 1, 0), 0);
         ck_assert_int_eq(shmb_send(ch, &m, MSG_HEADER + 1, 0), 0);
-        /* A receiver takes position 0 and is slow to free it; it is alive (this process). */
-        ck_assert(abandon_recv(ch, (int32_t) getpid(), &m, &len));
+        /* A receiver takes position 0 and is slow to free it; it is alive (this handle's holder). */
+        ck_assert(abandon_recv(ch, ch->hold.token, false, &m, &len));
         call_start(&send, handle_new(&ring, 1, SHMB_DEFAULT_SPIN_US), true, 5000);
         usleep(300000);
         ck_assert_int_eq(LOAD(&send.returned_ms, __ATOMIC_ACQUIRE), 0);
-        STORE(&slot_of(ch, 0)->seq, 0 + 2, __ATOMIC_RELEASE);      /* the receiver frees it at last */
+        /* The receiver frees it at last. */
+        ck_assert(__atomic_compare_exchange_n(&slot_of(ch, 0)->seq, &(uint64_t) { 1 }, 0 + 2, false, __ATOMIC_SEQ_CST,
+                                              __ATOMIC_RELAXED));
         ck_assert_int_eq(pthread_join(send.thread, NULL), 0);
         ck_assert_int_eq(send.result, 0);
         free(send.ch);
         free(ch);
+        ring_unmake(&ring);
+}
+END_TEST
+
+/*
+ * A sender taken for dead while it lives (the broker marked its token dead:
+ * after a restart it did not rejoin in time) is stalled mid-copy, inside the
+ * real shmb_send(): its source page faults, and the fault handler waits
+ * until the test has let a receiver skip the slot. Its publish must then
+ * fail, and as its holder is gone it must not claim again: -ENOTCONN, and
+ * nothing half-sent arrives; with a live token again it sends whole.
+ */
+static void on_stall_fault(int sig, siginfo_t *si, void *uc) {
+        (void) sig;
+        (void) uc;
+        if ((char *) si->si_addr < stall.src || (char *) si->si_addr >= stall.src + stall.len)
+                abort();        /* a real crash */
+        STORE(&stall.stalled, 1, __ATOMIC_RELEASE);
+        while (!LOAD(&stall.go, __ATOMIC_ACQUIRE))
+                sched_yield();
+        (void) mprotect(stall.src, stall.len, PROT_READ);
+}
+
+START_TEST(test_sender_taken_for_dead_is_told) {
+        struct sigaction sa = { .sa_sigaction = on_stall_fault, .sa_flags = SA_SIGINFO }, old;
+        long page = sysconf(_SC_PAGESIZE);
+        TestRing ring;
+        shmb_channel *tx, *rx;
+        RingHolder *holder;
+        Call send;
+        char buf[SLOT_SIZE];
+
+        ring_make(&ring, SLOT_SIZE, 4, true);
+        tx = handle_new(&ring, 0, 0);
+        rx = handle_new(&ring, 1, 0);
+        stall.len = (size_t) page;
+        stall.src = mmap(NULL, stall.len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        ck_assert_ptr_ne(stall.src, MAP_FAILED);
+        memset(stall.src, 'S', SLOT_SIZE);
+        ck_assert_int_eq(mprotect(stall.src, stall.len, PROT_NONE), 0);
+        ck_assert_int_eq(sigaction(SIGSEGV, &sa, &old), 0);
+
+        send = (Call) { .ch = tx, .send = true };
+        ck_assert_int_eq(pthread_create(&send.thread, NULL, stalled_send_main, &send), 0);
+        while (!LOAD(&stall.stalled, __ATOMIC_ACQUIRE))
+                sched_yield();
+        /* Claimed, mid-copy: the broker now says its holder is dead. */
+        ck_assert(ring_owner_claims(LOAD(&slot_of(tx, 0)->send_owner, __ATOMIC_ACQUIRE), 0));
+        holder = ring_holder_at(ring.view[0], (tx->hold.token & 0xfff) - 1);
+        STORE(&holder->word, (UINT64_C(1) << 32) | RING_HOLDER_DEAD, __ATOMIC_RELEASE);
+        /* The receiver skips the slot: nothing there for it. */
+        ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_uint_eq(LOAD(&slot_of(tx, 0)->seq, __ATOMIC_ACQUIRE), 0 + 4);
+        STORE(&stall.go, 1, __ATOMIC_RELEASE);
+        ck_assert_int_eq(pthread_join(send.thread, NULL), 0);
+        /* Its publish was refused, and a holder the broker counts as gone claims nothing more: not sent, and told. */
+        ck_assert_int_eq(send.result, -ENOTCONN);
+        ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_send(tx, "x", 1, 0), -ENOTCONN);
+        ck_assert_int_eq(shmb_send(rx, "y", 1, 0), 0);
+        ck_assert_int_eq(shmb_recv(tx, buf, sizeof buf, 0), -ENOTCONN);
+        ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 0), 1);
+        /* Rejoined (a live token again): the message goes through, once, and whole. */
+        tx->hold.token = holder_token(ring.view[0], ring.holders++, true);
+        ck_assert_int_eq(shmb_send(tx, stall.src, SLOT_SIZE, 0), 0);
+        ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 1000), SLOT_SIZE);
+        for (size_t i = 0; i < SLOT_SIZE; i++)
+                ck_assert_int_eq(buf[i], 'S');
+        ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_int_eq(sigaction(SIGSEGV, &old, NULL), 0);
+        munmap(stall.src, stall.len);
+        free(tx);
+        free(rx);
         ring_unmake(&ring);
 }
 END_TEST
@@ -730,8 +852,10 @@ int main(void) {
         tc = tcase_create("repair");
         tcase_set_timeout(tc, CASE_TIMEOUT);
         tcase_add_test(tc, test_mpmc_with_dead_claimers);
+        tcase_add_test(tc, test_mpmc_many_dead_claimers_two_slots);
         tcase_add_test(tc, test_live_sender_claim_is_waited_for);
         tcase_add_test(tc, test_live_receiver_claim_is_waited_for);
+        tcase_add_test(tc, test_sender_taken_for_dead_is_told);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("removal");

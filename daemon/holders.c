@@ -1,0 +1,281 @@
+/*
+ * Holder tables (see holders.h).
+ *
+ * Only this daemon writes a table, and from one thread: a word is loaded
+ * relaxed and stored with release, so a client that loads it with acquire
+ * (ring_token_dead()) sees pid and start time written before it, though
+ * it never reads them. A token is the entry's index + 1 in its low
+ * RING_TOKEN_INDEX_BITS bits and the generation above, so one token names
+ * one entry in one generation.
+ *
+ * An entry is reused FREE first, then DEAD ones in turn from where the
+ * last search ended: each dead entry waits as long as the table allows
+ * before its generation moves on, so generations wrap (after 2^20 reuses
+ * of one entry) as late as possible.
+ *
+ * A watched orphan (holders.h) is judged by whoever watches its process;
+ * the sweep leaves it alone. Its cookie lives beside the bitmap, and
+ * only there: a take-back or a DEAD mark clears it with the orphan bit.
+ *
+ * An orphan of a killed run is judged by what that run recorded: its pid
+ * and start time in our PID namespace. A pid that no longer exists, or
+ * now names a process that started at another time, is proof it is gone.
+ * Anything short of proof keeps it LIVE: a pid 0 (the opener was in a PID
+ * namespace we cannot see), kill() refused with EPERM, /proc unreadable
+ * (hidepid=) or a start time that was not recorded. A zombie counts as
+ * alive: a thread group whose leader exited looks like one too.
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "daemon/holders.h"
+#include "daemon/log.h"
+
+#define INDEX_MASK ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)
+#define STAT_STARTTIME_FIELD 22         /* proc(5): /proc/PID/stat */
+
+void holders_init(Holders *hs, RingHeader *ring) {
+        *hs = (Holders) { .ring = ring };
+}
+
+/* The entry a token names, or UINT32_MAX when it names none. */
+static uint32_t token_index(uint32_t token) {
+        uint32_t i = (token & INDEX_MASK) - 1;
+
+        return i < RING_HOLDERS ? i : UINT32_MAX;
+}
+
+static uint64_t word_load(const Holders *hs, uint32_t i) {
+        return __atomic_load_n(&ring_holder_at(hs->ring, i)->word, __ATOMIC_RELAXED);
+}
+
+static uint32_t word_state(uint64_t word) {
+        return (uint32_t) word;
+}
+
+static uint32_t word_gen(uint64_t word) {
+        return (uint32_t) (word >> 32);
+}
+
+/* The word is LIVE under the generation token carries. */
+static bool word_is_token(uint64_t word, uint32_t token) {
+        return word_state(word) == RING_HOLDER_LIVE &&
+               (word_gen(word) & RING_TOKEN_GEN_MASK) == token >> RING_TOKEN_INDEX_BITS;
+}
+
+static bool is_orphan(const Holders *hs, uint32_t i) {
+        return hs->orphans[i / 64] & (UINT64_C(1) << (i % 64));
+}
+
+/* Make entry i an orphan (cookie 0: of a killed run), or no orphan (on false). */
+static void orphan_set(Holders *hs, uint32_t i, bool on, uint64_t cookie) {
+        uint64_t bit = UINT64_C(1) << (i % 64);
+
+        if (is_orphan(hs, i)) {
+                hs->orphans[i / 64] &= ~bit;
+                hs->n_orphans--;
+                if (hs->cookies[i] != 0)
+                        hs->n_watched--;
+                hs->cookies[i] = 0;
+        }
+        if (!on)
+                return;
+        hs->orphans[i / 64] |= bit;
+        hs->n_orphans++;
+        hs->cookies[i] = cookie;
+        if (cookie != 0)
+                hs->n_watched++;
+}
+
+size_t holders_adopt(Holders *hs) {
+        if (!hs->ring)
+                return 0;
+        for (uint32_t i = 0; i < RING_HOLDERS; i++)
+                if (word_state(word_load(hs, i)) == RING_HOLDER_LIVE)
+                        orphan_set(hs, i, true, 0);
+        return hs->n_orphans;
+}
+
+/*
+ * Field 22 of /proc/PID/stat: when the process started, in clock ticks
+ * after boot. It follows the command name, which may hold spaces and
+ * parentheses: fields are counted from the last ')'.
+ */
+static int read_starttime(pid_t pid, uint64_t *ret) {
+        _cleanup_(closep) int fd = -1;
+        char path[32], buf[1024], *p, *end;
+        unsigned long long v;
+        ssize_t n;
+
+        snprintf(path, sizeof path, "/proc/%d/stat", (int) pid);
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+                return -errno;
+        n = read(fd, buf, sizeof buf - 1);
+        if (n < 0)
+                return -errno;
+        buf[n] = 0;
+        p = strrchr(buf, ')');
+        /* ") " and then field 3: STAT_STARTTIME_FIELD - 3 more fields to skip. */
+        for (int field = 2; p && field < STAT_STARTTIME_FIELD; field++)
+                p = strchr(p + 1, ' ');
+        if (!p)
+                return -EBADMSG;
+        errno = 0;
+        v = strtoull(p + 1, &end, 10);
+        if (errno || end == p + 1 || (*end != ' ' && *end != '\n' && *end))
+                return -EBADMSG;
+        *ret = v;
+        return 0;
+}
+
+/* Make entry i LIVE under gen for pid: who it is first, then the word that clients read. */
+static uint32_t entry_set_live(Holders *hs, uint32_t i, uint32_t gen, pid_t pid) {
+        RingHolder *e = ring_holder_at(hs->ring, i);
+        uint64_t start = 0;
+
+        if (pid <= 0 || read_starttime(pid, &start) < 0)
+                start = 0;      /* unknown: a sweep after a crash then only trusts kill() */
+        e->pid = pid;
+        e->starttime = start;
+        __atomic_store_n(&e->word, (uint64_t) gen << 32 | RING_HOLDER_LIVE, __ATOMIC_RELEASE);
+        return ring_token(i, gen);
+}
+
+int holders_take_back(Holders *hs, pid_t pid, uint32_t want, uint32_t *ret_token) {
+        uint32_t i = token_index(want);
+        uint64_t word;
+
+        if (!hs->ring || i == UINT32_MAX || !is_orphan(hs, i))
+                return -ENOENT;
+        word = word_load(hs, i);
+        if (!word_is_token(word, want))
+                return -ENOENT;
+        orphan_set(hs, i, false, 0);
+        /* Same generation: the claims the opener made before the restart stay its own. */
+        *ret_token = entry_set_live(hs, i, word_gen(word), pid);
+        return 0;
+}
+
+/* An entry to hand out: a FREE one, else the next DEAD one from hs->next. */
+static int pick_entry(Holders *hs, uint32_t *ret_index) {
+        for (uint32_t i = 0; i < RING_HOLDERS; i++)
+                if (word_state(word_load(hs, i)) == RING_HOLDER_FREE) {
+                        *ret_index = i;
+                        return 0;
+                }
+        for (uint32_t k = 0; k < RING_HOLDERS; k++) {
+                uint32_t i = (hs->next + k) % RING_HOLDERS;
+
+                if (word_state(word_load(hs, i)) == RING_HOLDER_DEAD) {
+                        hs->next = (i + 1) % RING_HOLDERS;
+                        *ret_index = i;
+                        return 0;
+                }
+        }
+        return -EUSERS;
+}
+
+int holders_take(Holders *hs, pid_t pid, uint32_t want, uint32_t *ret_token) {
+        uint64_t word;
+        uint32_t i;
+        int r;
+
+        if (!hs->ring)
+                return -EINVAL;
+        if (want != 0 && holders_take_back(hs, pid, want, ret_token) == 0)
+                return 0;
+        r = pick_entry(hs, &i);
+        if (r < 0)
+                return r;
+        /* A DEAD entry is no orphan; unless someone else wrote the table, which must not make it one. */
+        orphan_set(hs, i, false, 0);
+        word = word_load(hs, i);
+        /* A FREE entry was never handed out: its generation 0 names nobody yet. */
+        *ret_token = entry_set_live(hs, i, word_state(word) == RING_HOLDER_FREE ? word_gen(word) : word_gen(word) + 1,
+                                    pid);
+        return 0;
+}
+
+/* Mark entry i DEAD, keeping its generation. */
+static void entry_set_dead(Holders *hs, uint32_t i, uint64_t word) {
+        __atomic_store_n(&ring_holder_at(hs->ring, i)->word, (word & ~UINT64_C(0xffffffff)) | RING_HOLDER_DEAD,
+                         __ATOMIC_RELEASE);
+        orphan_set(hs, i, false, 0);
+}
+
+void holders_release(Holders *hs, uint32_t token) {
+        uint32_t i = token_index(token);
+        uint64_t word;
+
+        if (!hs->ring || token == 0 || i == UINT32_MAX)
+                return;
+        word = word_load(hs, i);
+        if (word_is_token(word, token))
+                entry_set_dead(hs, i, word);
+}
+
+int holders_orphan(Holders *hs, uint32_t token, uint64_t cookie) {
+        uint32_t i = token_index(token);
+
+        if (!hs->ring || token == 0 || i == UINT32_MAX || cookie == 0 || !word_is_token(word_load(hs, i), token))
+                return -ENOENT;
+        /* The word stays as it is: to clients the holder is as alive as it was. */
+        orphan_set(hs, i, true, cookie);
+        return 0;
+}
+
+bool holders_is_orphan(const Holders *hs, uint32_t token, uint64_t cookie) {
+        uint32_t i = token_index(token);
+
+        return hs->ring && token != 0 && i != UINT32_MAX && cookie != 0 && is_orphan(hs, i) &&
+               hs->cookies[i] == cookie && word_is_token(word_load(hs, i), token);
+}
+
+bool holders_release_orphan(Holders *hs, uint32_t token, uint64_t cookie) {
+        if (!holders_is_orphan(hs, token, cookie))
+                return false;
+        entry_set_dead(hs, token_index(token), word_load(hs, token_index(token)));
+        return true;
+}
+
+/* Whether the opener recorded in e is gone for certain; *ret_why says how we know. */
+static bool opener_gone(const RingHolder *e, const char **ret_why) {
+        uint64_t start;
+
+        if (e->pid <= 0)
+                return false;
+        if (kill(e->pid, 0) < 0 && errno == ESRCH) {
+                *ret_why = "it exited";
+                return true;
+        }
+        if (e->starttime != 0 && read_starttime(e->pid, &start) == 0 && start != e->starttime) {
+                *ret_why = "its pid names another process now";
+                return true;
+        }
+        return false;
+}
+
+size_t holders_sweep(Holders *hs, const char *name) {
+        for (uint32_t i = 0; hs->n_orphans > hs->n_watched && i < RING_HOLDERS; i++) {
+                const RingHolder *e = ring_holder_at(hs->ring, i);
+                const char *why = NULL;
+                uint64_t word;
+
+                if (!is_orphan(hs, i) || hs->cookies[i] != 0 || !opener_gone(e, &why))
+                        continue;
+                word = word_load(hs, i);
+                log_info("Channel %s: holder %" PRIu32 " of the previous run (pid %d) is gone (%s); marked it dead.",
+                         name, ring_token(i, word_gen(word)), (int) e->pid, why);
+                entry_set_dead(hs, i, word);
+        }
+        return hs->n_orphans - hs->n_watched;
+}

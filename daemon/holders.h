@@ -1,0 +1,113 @@
+#pragma once
+
+/*
+ * The holder table of a ring (proto/ring.h), as the broker keeps it: who
+ * may claim slots. Every rw opener of a ring gets an entry and a token;
+ * the entry is marked DEAD when the opener is done with it (its hold
+ * ends, and its process with it), and handed out again only under a new
+ * generation, so that a dead opener's token never names a live one. The
+ * table lives in the segment, where clients read it; this side is the
+ * only writer, and keeps in its own memory what the table cannot say:
+ * which LIVE entries no hold has (orphans). They wait for their opener to
+ * take them back over a new connection, or to be found gone. There are
+ * two kinds:
+ *
+ *  - a killed predecessor's: judged by the sweep (pid and start time);
+ *  - watched: a hold ended while its opener's process lived on (its
+ *    connection closed, not the process). The caller watches that
+ *    process and ends the orphan when it exits. A cookie, never reused,
+ *    names each such orphaning, so that a late word of an exit ends only
+ *    the orphan it was meant for, not one the token became later.
+ *
+ * Nothing here knows about holds, connections or processes: the registry
+ * says when a hold begins and ends.
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "proto/ring.h"
+
+typedef struct Holders {
+        RingHeader *ring;               /* the channel's own attachment, borrowed; NULL: not a ring */
+        uint32_t next;                  /* where the search for a DEAD entry to reuse starts */
+        uint32_t n_orphans;             /* of both kinds */
+        uint32_t n_watched;             /* of them, those with a cookie */
+        uint64_t orphans[RING_HOLDERS / 64];    /* LIVE entries that no hold has (taken back) */
+        uint64_t cookies[RING_HOLDERS];         /* a watched orphan's cookie; 0: a killed run's, or none */
+} Holders;
+
+/*
+ * Keep the table of `ring`, a ring's header as this daemon attached it, or
+ * of nothing (NULL: not a ring; every other call is then a no-op that
+ * hands out no token). The table starts as it is in the segment, with no
+ * orphans: a fresh ring's, laid out by ring_format().
+ */
+void holders_init(Holders *hs, RingHeader *ring);
+
+/*
+ * A ring taken over from a killed run: its LIVE entries are its openers',
+ * none of them bound to a hold of ours. They become orphans. Returns how
+ * many.
+ */
+size_t holders_adopt(Holders *hs);
+
+static inline bool holders_is_ring(const Holders *hs) {
+        return hs->ring != NULL;
+}
+
+/*
+ * Bind the orphan that `want` names to an opener with pid `pid` (its
+ * /proc/PID/stat start time is recorded with it): the token stays as it
+ * is, and is no orphan any more. -ENOENT when want names no orphan of that
+ * generation (never handed out, DEAD, bound already, or not a ring).
+ */
+int holders_take_back(Holders *hs, pid_t pid, uint32_t want, uint32_t *ret_token);
+
+/*
+ * A token for an rw opener with pid `pid`: want's entry when it is an
+ * orphan (holders_take_back()), else a FREE entry, else the next DEAD one
+ * in turn under its generation + 1 (its old token stays dead). pid and
+ * start time are written before the entry's word goes LIVE (a release
+ * store). -EUSERS when all RING_HOLDERS entries are LIVE, -EINVAL when
+ * this is not a ring. The caller owns the token until holders_release().
+ */
+int holders_take(Holders *hs, pid_t pid, uint32_t want, uint32_t *ret_token);
+
+/*
+ * The hold that had `token` ended: mark its entry DEAD (a release store;
+ * the generation stays), but only if the entry still holds that token.
+ * Takes 0 (no token) and any value a hold may carry.
+ */
+void holders_release(Holders *hs, uint32_t token);
+
+/*
+ * The hold that had `token` ended, but its opener's process lives on:
+ * the entry stays LIVE, as a watched orphan that `cookie` (not 0, never
+ * given before) names, until holders_release_orphan() with that cookie
+ * or holders_take_back(). -ENOENT when the entry does not hold that
+ * token (nothing changed: release it as usual).
+ */
+int holders_orphan(Holders *hs, uint32_t token, uint64_t cookie);
+
+/* Whether `token` names a watched orphan that `cookie` names. */
+bool holders_is_orphan(const Holders *hs, uint32_t token, uint64_t cookie);
+
+/*
+ * The process of the orphan that `cookie` names exited: mark it DEAD,
+ * but only while it is that orphan (not taken back since, nor made
+ * another). Returns whether it did.
+ */
+bool holders_release_orphan(Holders *hs, uint32_t token, uint64_t cookie);
+
+/*
+ * Judge the opener of every orphan of a killed run (not the watched
+ * ones: their process is watched): gone (kill(pid, 0) says ESRCH, or its
+ * /proc/PID/stat start time is not the recorded one: the pid is another
+ * process's) makes it DEAD; alive, or not to be told, keeps it LIVE.
+ * Logs each one marked dead, naming channel `name`. Returns how many
+ * orphans of a killed run are left.
+ */
+size_t holders_sweep(Holders *hs, const char *name);
