@@ -426,10 +426,28 @@ static void bench_throughput(void) {
 
 /* ---------------------------------------------------------------- latency */
 
-typedef enum Lat { L_RING, L_RING_SPIN, L_PIPE, L_UNIX, L_SEM, L_SPIN } Lat;
+typedef enum Lat { L_RING, L_RING_SPIN, L_RING_POLL, L_PIPE, L_UNIX, L_SEM, L_SPIN } Lat;
+#define N_LAT (L_SPIN + 1)
 
-static const char *const lat_names[] = { "ring (blocking, spin 0)", "ring (default spin)", "pipe", "unix socket",
-                                         "SysV semaphores", "busy-spin floor" };
+static const char *const lat_names[] = { "ring (blocking, spin 0)", "ring (default spin)", "ring (polling, timeout 0)",
+                                         "pipe", "unix socket", "SysV semaphores", "busy-spin floor" };
+
+/* The caller's own busy loop: timeout 0 until it succeeds. */
+static int poll_send(shmb_channel *ch, const void *msg, size_t len) {
+        int r;
+
+        while ((r = shmb_send(ch, msg, len, 0)) == -EAGAIN)
+                ;
+        return r;
+}
+
+static ssize_t poll_recv(shmb_channel *ch, void *buf, size_t size) {
+        ssize_t r;
+
+        while ((r = shmb_recv(ch, buf, size, 0)) == -EAGAIN)
+                ;
+        return r;
+}
 #define LAT_ROUNDS 20000
 #define LAT_WARM 2000
 
@@ -474,7 +492,7 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
 
                 child_setup();
                 pin(same_cpu ? 0 : 1);
-                if (m == L_RING || m == L_RING_SPIN)
+                if (m == L_RING || m == L_RING_SPIN || m == L_RING_POLL)
                         open_pair(m == L_RING, &ping, &pong);
                 signal_fd(ready[1]);
                 for (int i = 0; i < LAT_ROUNDS + LAT_WARM; i++) {
@@ -482,6 +500,10 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
                         case L_RING:
                         case L_RING_SPIN:
                                 if (shmb_recv(ping, buf, sizeof buf, WAIT_FOREVER) != 64 || shmb_send(pong, buf, 64, WAIT_FOREVER) < 0)
+                                        _exit(2);
+                                break;
+                        case L_RING_POLL:
+                                if (poll_recv(ping, buf, sizeof buf) != 64 || poll_send(pong, buf, 64) < 0)
                                         _exit(2);
                                 break;
                         case L_PIPE:
@@ -526,7 +548,7 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
                 char buf[64];
 
                 pin(0);
-                if (m == L_RING || m == L_RING_SPIN)
+                if (m == L_RING || m == L_RING_SPIN || m == L_RING_POLL)
                         open_pair(m == L_RING, &ping, &pong);
                 await_fd(ready[0]);
                 for (int i = 0; i < LAT_ROUNDS + LAT_WARM; i++) {
@@ -537,6 +559,10 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
                         case L_RING_SPIN:
                                 if (shmb_send(ping, msg, 64, WAIT_FOREVER) < 0 || shmb_recv(pong, buf, sizeof buf, WAIT_FOREVER) != 64)
                                         die("ring round trip");
+                                break;
+                        case L_RING_POLL:
+                                if (poll_send(ping, msg, 64) < 0 || poll_recv(pong, buf, sizeof buf) != 64)
+                                        die("ring round trip (polling)");
                                 break;
                         case L_PIPE:
                                 write_all(a[1], msg, 64);
@@ -584,7 +610,7 @@ static void round_trips(Lat m, bool same_cpu, double *samples) {
                 munmap((void *) flag, 4096);
 }
 
-static Stat lat[2][6];          /* [same, cross][method]: median of medians; p99 median */
+static Stat lat[2][N_LAT];      /* [same, cross][method]: median of medians; p99 median */
 
 static void bench_latency(void) {
         static double samples[LAT_ROUNDS];
@@ -595,7 +621,7 @@ static void bench_latency(void) {
                         double med[3], p99[3];
 
                         /* A busy spin on one CPU only measures the scheduler (and would outlast the watchdog). */
-                        if (m == L_SPIN && (!cross || ncpu < 2)) {
+                        if ((m == L_SPIN || m == L_RING_POLL) && (!cross || ncpu < 2)) {
                                 lat[cross][m] = (Stat) {};      /* printed as "-" */
                                 continue;
                         }
@@ -1011,6 +1037,7 @@ static void goals(void) {
         goal(S_LATENCY, "rtt_cross_cpu_vs_best_blocking", lat[1][L_RING].median / best_cross, 1.2, false, "x");
         goal(S_LATENCY, "rtt_spin_cross_cpu_vs_busy_spin", lat[1][L_RING_SPIN].median / lat[1][L_SPIN].median, 5, false, "x");
         goal(S_LATENCY, "rtt_spin_same_cpu_vs_blocking", lat[0][L_RING_SPIN].median / lat[0][L_RING].median, 1.5, false, "x");
+        goal(S_LATENCY, "rtt_poll_vs_default_spin", lat[1][L_RING_POLL].median / lat[1][L_RING_SPIN].median, 1.5, false, "x");
         goal(S_CONTROL, "open_by_name_vs_raw", open_lib.median / open_raw.median, 1.5, false, "x");
         goal(S_CONTROL, "status_vs_echo_4_clients", status_rps[1].median / echo_rps[1].median, 0.7, true, "x");
         goal(S_SCALE, "start_per_channel_vs_raw_4000", start_ch[1].median / raw_ch[1].median, 3, false, "x");
