@@ -1803,7 +1803,7 @@ static int wait_taken(int fd) {
         }
 }
 
-/* Closed for the uid's buffers: ENOBUFS naming the uid and the limit, then EOF. */
+/* Closed for the uid's buffers: ENOBUFS naming the uid and the limit, then the end of the stream. */
 static void expect_nobufs(int fd, int index) {
         char *line;
         json_t *v;
@@ -1818,8 +1818,10 @@ static void expect_nobufs(int fd, int index) {
                     line);
         json_decref(v);
         free(line);
+        /* Closed: EOF, or ECONNRESET when the daemon closed with some of our half line unread (AF_UNIX says so). */
         r = recv_line(fd, 5000, &line);
-        CHILD_CHECK(r == 0, "connection %d: expected EOF after ENOBUFS, got %s", index, recv_result(r));
+        CHILD_CHECK(r == 0 || r == -ECONNRESET, "connection %d: expected EOF after ENOBUFS, got %s", index,
+                    recv_result(r));
 }
 
 /*
