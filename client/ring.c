@@ -97,9 +97,10 @@ static int claim(const shmb_channel *ch, RingSlot *slot, uint64_t *word, uint64_
         uint64_t mine = ring_owner(pos, token);
 
         /*
-         * A holder the broker counts as gone (our connection ended) would have
-         * its claim repaired under it: a message lost. It claims nothing until
-         * the library has rejoined and has a live token again.
+         * A holder the broker counts as gone (it had no pidfd of us when our
+         * connection ended, or a fork gave our hold back) would have its claim
+         * repaired under it: a message lost. It claims nothing until it has a
+         * live token again.
          */
         if (ring_token_dead(ch->ring, token))
                 return -ENOTCONN;

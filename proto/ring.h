@@ -21,10 +21,16 @@
  *
  * Claims name their holder, not a pid. Every rw opener of a ring gets a
  * holder token from the broker (the `holder` field of the open answer): an
- * entry of the holder table after the header, which the broker marks DEAD
- * when that opener's connection ends (close, exit, crash: the socket's EOF
- * tells the broker, in any PID namespace) and hands out again only under a
- * new generation. A claim is one compare-and-swap of the slot's owner word
+ * entry of the holder table after the header, which lives as long as the
+ * opener's process, not its connection. The broker pins that process with
+ * a pidfd when the connection first gets a token, and marks the entry DEAD
+ * when the process exits (all its threads; an unreaped zombie has), in any
+ * PID namespace, even while a fork still holds the socket; a `close` marks
+ * it DEAD at once. A connection that ends under a live process leaves the
+ * entry LIVE (an orphan) until the process exits or takes it back by
+ * opening with its token; where no pidfd could be had, the connection's end
+ * marks it DEAD. An entry is handed out again only under a new generation.
+ * A claim is one compare-and-swap of the slot's owner word
  * (send_owner/recv_owner) from "not claimed for this position" to
  * (position, token): who claimed is known from the instant of the claim.
  * Then head (tail) is moved on, by the claimer or by anyone who finds the
@@ -34,11 +40,11 @@
  * p + n, the message never was), a dead token's receiver's slot is freed
  * (seq from p + 1 to p + n: that message died with it). Publishing and
  * freeing are compare-and-swaps too, so a claimer wrongly taken for dead
- * (it only can be after a broker restart it did not rejoin in time) finds
- * its slot taken and starts over: a message is never published into a
- * slot that was given away. The semaphore RING_SEM_RESERVED is the ring's
- * own, so that a ring always has a set; semaphores the config asks for
- * come after it.
+ * (its token ended while it ran: its connection ended where the broker had
+ * no pidfd, or a fork gave its hold back) finds its slot taken and starts
+ * over: a message is never published into a slot that was given away.
+ * The semaphore RING_SEM_RESERVED is the ring's own, so that a ring always
+ * has a set; semaphores the config asks for come after it.
  *
  * Removal: System V cannot tell an attached process that its segment was
  * removed (the mapping lives on), and a futex sleeper in a removed segment
@@ -84,8 +90,8 @@ enum {
 /* Values of RingHolder.word's low half. */
 enum {
         RING_HOLDER_FREE = 0,           /* never handed out */
-        RING_HOLDER_LIVE = 1,           /* its opener's connection is up (or the broker restarted and waits for it) */
-        RING_HOLDER_DEAD = 2,           /* its connection ended: its claims may be repaired */
+        RING_HOLDER_LIVE = 1,           /* its hold exists, or its opener's process outlived it (an orphan) */
+        RING_HOLDER_DEAD = 2,           /* its opener closed it or exited (see above): its claims may be repaired */
 };
 
 /*
