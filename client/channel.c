@@ -26,6 +26,7 @@
 #include <sys/shm.h>
 
 #include "client/shmbroker-internal.h"
+#include "common/semun.h"
 #include "common/util.h"
 
 /* A documented outcome of attach_once(), not an error: the ids name no object here, or another one. */
@@ -37,12 +38,6 @@
  * is already an admin reloading in a loop, reported as -EIDRM.
  */
 #define OPEN_RETRIES 3
-
-union semun {
-        int val;
-        struct semid_ds *buf;
-        unsigned short *array;
-};
 
 /* shmat(), shmctl() or semctl() by id failed: EINVAL and EIDRM say no such object (any more); the rest is passed on. */
 static int id_error(void) {

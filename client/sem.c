@@ -15,12 +15,7 @@
 #include <time.h>
 
 #include "client/shmbroker-internal.h"
-
-union semun {
-        int val;
-        struct semid_ds *buf;
-        unsigned short *array;
-};
+#include "common/semun.h"
 
 /*
  * semtimedop() said EINVAL although the index (checked against the set's

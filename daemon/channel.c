@@ -21,18 +21,13 @@
 #include <time.h>
 
 #include "common/util.h"
+#include "common/semun.h"
 #include "daemon/channel.h"
 #include "daemon/ipc-stat.h"
 #include "daemon/self.h"
 #include "proto/ring.h"
 
 #define DERIVED_KEY_ATTEMPTS CHANNEL_DERIVED_KEY_ATTEMPTS
-
-union semun {
-        int val;
-        struct semid_ds *buf;
-        unsigned short *array;
-};
 
 uint32_t channel_derive_key(const uint8_t secret[SIPHASH_KEY_SIZE], const char *name, unsigned attempt) {
         /* SipHash of NAME, a NUL and the attempt (little-endian): no name is a prefix of another's input. */

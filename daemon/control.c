@@ -105,14 +105,6 @@ struct Control {
         size_t n_accts, accts_cap;
 };
 
-static uint64_t now_usec(void) {
-        struct timespec ts;
-
-        /* Not sd_event_now(): that is when this loop turn began, and a turn may answer many lines. */
-        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
-}
-
 /* ---- per-uid accounting ---- */
 
 /* Index of uid's entry in the sorted table, or where it would go. */
@@ -482,6 +474,7 @@ static int conn_fail(Conn *conn, int err, const char *why) {
         if (r >= 0)
                 r = queue_output(conn, resp, resp_len);
         if (r >= 0)
+                /* now_usec(), not sd_event_now(): that is when this loop turn began, and a turn may answer many lines. */
                 r = conn_arm_timeout(conn, now_usec() + (uint64_t) conn->control->limits->request_timeout_ms * 1000);
         return r;
 }

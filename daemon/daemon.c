@@ -223,13 +223,6 @@ static int open_state_and_reclaim(Daemon *d) {
 
 #define USEC_PER_SEC 1000000ULL
 
-static uint64_t now_usec(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
-}
-
 static int create_channels(Daemon *d) {
         _cleanup_(freep) const ChannelSpec **specs = NULL;
         const Config *cfg = d->config;

@@ -20,16 +20,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/semun.h"
 #include "daemon/channel.h"
 #include "tests/helpers.h"
 
 #define CASE_TIMEOUT 30
-
-union semun {
-        int val;
-        struct semid_ds *buf;
-        unsigned short *array;
-};
 
 static char notified[16384];
 
