@@ -1528,19 +1528,27 @@ START_TEST(test_holder_tokens_for_rw_openers) {
 }
 END_TEST
 
+/* The daemon on ring_and_raw, its ring "frames" attached, and two connections holding it rw with their tokens. */
+static RingHeader *start_with_two_holders(int *a, int *b, uint32_t *ta, uint32_t *tb) {
+        RingHeader *h;
+
+        test_daemon_write_config(&td, ring_and_raw);
+        test_start_ok();
+        h = attach_ring("frames");
+        *a = test_connect(td.socket);
+        *b = test_connect(td.socket);
+        *ta = open_holder(*a, "frames", "rw", 0);
+        *tb = open_holder(*b, "frames", "rw", 0);
+        return h;
+}
+
 START_TEST(test_holder_dead_when_hold_ends) {
         RingHeader *h;
         uint32_t ta, tb, again;
         json_t *resp;
         int a, b;
 
-        test_daemon_write_config(&td, ring_and_raw);
-        test_start_ok();
-        h = attach_ring("frames");
-        a = test_connect(td.socket);
-        b = test_connect(td.socket);
-        ta = open_holder(a, "frames", "rw", 0);
-        tb = open_holder(b, "frames", "rw", 0);
+        h = start_with_two_holders(&a, &b, &ta, &tb);
 
         /* close: DEAD by the time the answer comes, in the same generation. */
         resp = test_request(a, "{\"op\":\"close\",\"channel\":\"frames\"}");
@@ -1756,13 +1764,7 @@ START_TEST(test_holder_reload) {
         json_t *resp;
         int a, b;
 
-        test_daemon_write_config(&td, ring_and_raw);
-        test_start_ok();
-        old = attach_ring("frames");
-        a = test_connect(td.socket);
-        b = test_connect(td.socket);
-        ta = open_holder(a, "frames", "rw", 0);
-        tb = open_holder(b, "frames", "rw", 0);
+        old = start_with_two_holders(&a, &b, &ta, &tb);
         resp = test_request(b, "{\"op\":\"close\",\"channel\":\"frames\"}");
         json_decref(resp);
         ck_assert_int_eq(holder_state(old, tb), RING_HOLDER_DEAD);
@@ -1803,13 +1805,7 @@ START_TEST(test_holder_ring_remade) {
         int a, b, id;
         json_t *resp;
 
-        test_daemon_write_config(&td, ring_and_raw);
-        test_start_ok();
-        old = attach_ring("frames");
-        a = test_connect(td.socket);
-        b = test_connect(td.socket);
-        ta = open_holder(a, "frames", "rw", 0);
-        tb = open_holder(b, "frames", "rw", 0);
+        old = start_with_two_holders(&a, &b, &ta, &tb);
         resp = test_request(a, "{\"op\":\"list\"}");
         id = (int) test_jint(test_must_find(resp, "frames"), "shm_id");
         json_decref(resp);
