@@ -561,25 +561,39 @@ static void slow_sender(int ev) {
  * so a pid-based receiver takes it for dead and skips its slot: it gets
  * B first, or A torn.
  */
-START_TEST(test_slow_sender_in_other_pid_namespace_is_not_skipped) {
-        shmb_channel *rx = open_ok();
-        const RingHeader *h = shmb_channel_addr(rx);
-        pid_t want = unused_pid(), got = 0, outer;
+/*
+ * Run fn in a new PID namespace as pid `want` (which names nobody here),
+ * and wait until it reports its pid and then its stall in a trap. Returns
+ * the outer child; *ret_ev is the read end of fn's event pipe.
+ */
+static pid_t spawn_stalled_elsewhere(pid_t want, void (*fn)(int fd), int *ret_ev) {
         TrapReport report;
+        pid_t outer, got = 0;
         int ev[2];
-        int64_t t;
 
         ck_assert_int_eq(pipe2(ev, O_CLOEXEC), 0);
         outer = spawn();
         if (outer == 0) {
                 close(ev[0]);
-                in_new_pid_namespace(want, slow_sender, ev[1]);
+                in_new_pid_namespace(want, fn, ev[1]);
         }
         close(ev[1]);
-        read_exact(ev[0], &got, sizeof got, "pid from the sender");
+        read_exact(ev[0], &got, sizeof got, "pid from the child in another PID namespace");
         ck_assert_int_eq(got, want);
         ck_assert_msg(kill(want, 0) < 0 && errno == ESRCH, "pid %d names a process here too", (int) want);
-        read_exact(ev[0], &report, sizeof report, "word of the sender's stall");
+        read_exact(ev[0], &report, sizeof report, "word of its stall");
+        *ret_ev = ev[0];
+        return outer;
+}
+
+START_TEST(test_slow_sender_in_other_pid_namespace_is_not_skipped) {
+        shmb_channel *rx = open_ok();
+        const RingHeader *h = shmb_channel_addr(rx);
+        pid_t want = unused_pid(), outer;
+        int ev;
+        int64_t t;
+
+        outer = spawn_stalled_elsewhere(want, slow_sender, &ev);
         /* It claimed position 0, and is stuck mid-copy for a second. */
         assert_token_live(h, assert_send_claimed(h, 0), "the stalled sender's");
         t = test_now_ms();
@@ -592,7 +606,7 @@ START_TEST(test_slow_sender_in_other_pid_namespace_is_not_skipped) {
         ck_assert_msg(load64(&h->head) == 2 && load64(&h->tail) == 2,
                       "A and B took %" PRIu64 " positions: a live claim was skipped", load64(&h->head));
         assert_exited_ok(outer, "the sender in another PID namespace");
-        close(ev[0]);
+        close(ev);
         shmb_close(rx);
 }
 END_TEST
@@ -620,27 +634,16 @@ static void slow_receiver(int ev) {
 START_TEST(test_slow_receiver_in_other_pid_namespace_keeps_its_slot) {
         shmb_channel *tx = open_ok();
         const RingHeader *h = shmb_channel_addr(tx);
-        pid_t want = unused_pid(), got = 0, outer;
+        pid_t want = unused_pid(), outer;
         static char big[BIG_LEN];
-        TrapReport report;
-        int ev[2];
+        int ev;
         int64_t t;
 
         fill(big, BIG_LEN, 'A');
         ck_assert_int_eq(shmb_send(tx, big, BIG_LEN, 0), 0);
         for (int i = 1; i < SLOTS; i++)
                 send_small(tx, 'C', 0);
-        ck_assert_int_eq(pipe2(ev, O_CLOEXEC), 0);
-        outer = spawn();
-        if (outer == 0) {
-                close(ev[0]);
-                in_new_pid_namespace(want, slow_receiver, ev[1]);
-        }
-        close(ev[1]);
-        read_exact(ev[0], &got, sizeof got, "pid from the receiver");
-        ck_assert_int_eq(got, want);
-        ck_assert_msg(kill(want, 0) < 0 && errno == ESRCH, "pid %d names a process here too", (int) want);
-        read_exact(ev[0], &report, sizeof report, "word of the receiver's stall");
+        outer = spawn_stalled_elsewhere(want, slow_receiver, &ev);
         assert_token_live(h, assert_recv_claimed(h, 0), "the stalled receiver's");
         /* The ring is full; the only room comes when the slow receiver is done. */
         fill(big, BIG_LEN, 'D');
@@ -656,7 +659,7 @@ START_TEST(test_slow_receiver_in_other_pid_namespace_keeps_its_slot) {
         /* Five messages, five positions: no claim was repaired. */
         ck_assert_msg(load64(&h->head) == SLOTS + 1 && load64(&h->tail) == SLOTS + 1,
                       "%d messages took %" PRIu64 " positions", SLOTS + 1, load64(&h->head));
-        close(ev[0]);
+        close(ev);
         shmb_close(tx);
 }
 END_TEST
