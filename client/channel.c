@@ -101,6 +101,7 @@ static void prefault(shmb_channel *ch) {
 }
 
 /* A sentence for shmb_client_last_message(), written under the lock the calls write theirs with. */
+_printf_(2, 3)
 static void set_message(shmb_client *c, const char *fmt, ...) {
         va_list ap;
 
@@ -248,7 +249,7 @@ fail:
         return r;
 }
 
-static int make_open(const char *name, shmb_access access, ProtoRequest *ret) {
+int client_open_request(const char *name, shmb_access access, ProtoRequest *ret) {
         if ((access != SHMB_RW && access != SHMB_RO) || !proto_name_is_valid(name))
                 return -EINVAL;
         *ret = (ProtoRequest) { .op = PROTO_OP_OPEN, .access = access == SHMB_RO ? PROTO_ACCESS_RO : PROTO_ACCESS_RW };
@@ -264,7 +265,7 @@ int shmb_open(shmb_client *c, const char *name, shmb_access access, shmb_channel
 
         if (!c || !ret)
                 return -EINVAL;
-        r = make_open(name, access, &req);
+        r = client_open_request(name, access, &req);
         if (r < 0)
                 return r;
         ch = calloc(1, sizeof *ch);
@@ -290,7 +291,7 @@ int shmb_open_channel(const char *socket_path, const char *name, shmb_access acc
 
         if (!ret)
                 return -EINVAL;
-        r = make_open(name, access, &reqs[1]);
+        r = client_open_request(name, access, &reqs[1]);
         if (r < 0)
                 return r;
         ch = calloc(1, sizeof *ch);

@@ -127,24 +127,30 @@ static int recv_some(shmb_client *c, int flags) {
         return 1;
 }
 
+/* Whether a whole answer line is buffered; from: the bytes before it are known to hold no newline. */
+static bool buffered_line(const shmb_client *c, size_t from, size_t *ret_len) {
+        const char *nl = c->rlen > from ? memchr(c->rbuf + from, '\n', c->rlen - from) : NULL;
+
+        if (!nl)
+                return false;
+        *ret_len = (size_t) (nl - c->rbuf);
+        return true;
+}
+
 /* Read one answer line; *ret_len excludes the newline, which consume_line() takes. */
 static int read_line(shmb_client *c, char **ret_line, size_t *ret_len) {
         size_t scanned = 0;     /* a long answer is scanned once, not once per read */
 
-        for (;;) {
-                char *nl = c->rlen > scanned ? memchr(c->rbuf + scanned, '\n', c->rlen - scanned) : NULL;
+        while (!buffered_line(c, scanned, ret_len)) {
                 int r;
 
-                if (nl) {
-                        *ret_line = c->rbuf;
-                        *ret_len = (size_t) (nl - c->rbuf);
-                        return 0;
-                }
                 scanned = c->rlen;
                 r = recv_some(c, 0);
                 if (r < 0)
                         return r;
         }
+        *ret_line = c->rbuf;
+        return 0;
 }
 
 static void consume_line(shmb_client *c, size_t len) {
@@ -330,8 +336,9 @@ static int rejoin_queue(shmb_client *c, const ProtoRequest *req) {
         return 0;
 }
 
-static bool open_queued(const shmb_client *c, const char *name) {
-        for (size_t i = 0; i < c->n_steps; i++)
+/* Whether the rejoin has an open of name whose answer is still due (none outside REJOINING). */
+static bool open_pending(const shmb_client *c, const char *name) {
+        for (size_t i = c->steps_done; i < c->n_steps; i++)
                 if (c->steps[i].op == PROTO_OP_OPEN && streq(c->steps[i].channel, name))
                         return true;
         return false;
@@ -361,10 +368,11 @@ static int rejoin_start(shmb_client *c) {
         c->state = CLIENT_REJOINING;
         r = rejoin_queue(c, &req);
         for (ClientHold *h = c->holds; h && r == 0; h = h->next) {
-                if (h->stale || open_queued(c, h->name))
+                if (h->stale || open_pending(c, h->name))
                         continue;
-                req = (ProtoRequest) { .op = PROTO_OP_OPEN, .access = h->access == SHMB_RO ? PROTO_ACCESS_RO : PROTO_ACCESS_RW };
-                strcpy(req.channel, h->name);
+                r = client_open_request(h->name, h->access, &req);
+                if (r < 0)
+                        break;
                 /* A ring's claims name the token: ask for the same one, so that they stay ours. */
                 req.holder = hold_token(c, h->name);
                 req.has_holder = req.holder != 0;
@@ -406,6 +414,9 @@ static int rejoin_opened(shmb_client *c, const char *name, const ProtoResponse *
         return rejoin_queue(c, &req);
 }
 
+/* A documented outcome of rejoin_answer() and rejoin_run(), not an error: the broker broke the protocol. */
+#define REJOIN_MALFORMED 1
+
 static int rejoin_answer(shmb_client *c, const char *line, size_t len) {
         RejoinStep step = c->steps[c->steps_done++];    /* a copy: rejoin_opened() may grow the array */
         char msg[PROTO_MESSAGE_MAX];
@@ -414,7 +425,7 @@ static int rejoin_answer(shmb_client *c, const char *line, size_t len) {
 
         r = proto_response_decode(step.op, line, len, &res, msg, sizeof msg);
         if (r != 0)
-                return r > 0 ? -EPROTO : r;
+                return r > 0 ? REJOIN_MALFORMED : r;
         switch (step.op) {
         case PROTO_OP_HELLO:
                 r = res.ok ? client_check_hello(&res) : -(res.error ?: EPROTO);
@@ -434,11 +445,11 @@ static int rejoin_answer(shmb_client *c, const char *line, size_t len) {
  * Write what is left of the rejoin and read the answers that are there.
  * wait: until all are in (a broker call, which waits for the broker
  * anyway); else return 0 when the socket has nothing more for now.
+ * REJOIN_MALFORMED or a negative errno when it failed.
  */
 static int rejoin_run(shmb_client *c, bool wait) {
         for (;;) {
                 struct pollfd p = { .fd = c->fd, .events = POLLIN };
-                char *line;
                 size_t len;
                 int r;
 
@@ -454,16 +465,10 @@ static int rejoin_run(shmb_client *c, bool wait) {
                         }
                         c->woff += (size_t) n;
                 }
-                while (c->steps_done < c->n_steps) {
-                        char *nl = memchr(c->rbuf ?: "", '\n', c->rlen);
-
-                        if (!nl)
-                                break;
-                        line = c->rbuf;
-                        len = (size_t) (nl - c->rbuf);
-                        r = rejoin_answer(c, line, len);
+                while (c->steps_done < c->n_steps && buffered_line(c, 0, &len)) {
+                        r = rejoin_answer(c, c->rbuf, len);
                         consume_line(c, len);
-                        if (r < 0)
+                        if (r != 0)
                                 return r;
                 }
                 if (c->steps_done == c->n_steps) {
@@ -487,6 +492,23 @@ static int rejoin_run(shmb_client *c, bool wait) {
                 if (poll(&p, 1, -1) < 0 && errno != EINTR)
                         return -errno;
         }
+}
+
+/*
+ * rejoin_run(), and what its failure means: a malformed answer closes the
+ * connection for good (-ENOTCONN), as in a call; anything else schedules the
+ * next attempt.
+ */
+static int rejoin_continue(shmb_client *c, bool wait) {
+        int r = rejoin_run(c, wait);
+
+        if (r == REJOIN_MALFORMED) {
+                closed_for_good(c);
+                return -ENOTCONN;
+        }
+        if (r < 0)
+                attempt_failed(c, r);
+        return r;
 }
 
 /*
@@ -518,9 +540,7 @@ static int reconnect(shmb_client *c, bool wait) {
         }
         r = rejoin_start(c);
         if (r == 0)
-                r = rejoin_run(c, wait);
-        if (r == 0)
-                return 0;
+                return rejoin_continue(c, wait);
 fail:
         attempt_failed(c, r);
         return r;
@@ -532,8 +552,6 @@ fail:
  * says (the caller asks for it now, and a refused connect costs nothing).
  */
 static int ready(shmb_client *c, bool reconnect_now) {
-        int r;
-
         if (c->state == CLIENT_UP && socket_ended(c))
                 went_away(c);
         switch (c->state) {
@@ -542,10 +560,7 @@ static int ready(shmb_client *c, bool reconnect_now) {
         case CLIENT_AWAY:
                 return reconnect_now ? reconnect(c, true) : -ENOTCONN;
         case CLIENT_REJOINING:
-                r = rejoin_run(c, true);
-                if (r < 0)
-                        attempt_failed(c, r);
-                return r;
+                return rejoin_continue(c, true);
         default:
                 return -ENOTCONN;
         }
@@ -562,11 +577,9 @@ int shmb_client_process(shmb_client *c) {
                 went_away(c);
         if (c->state == CLIENT_AWAY)
                 r = now_ms() >= c->next_attempt_ms ? reconnect(c, false) : c->away_error;
-        else if (c->state == CLIENT_REJOINING) {
-                r = rejoin_run(c, false);
-                if (r < 0)
-                        attempt_failed(c, r);
-        } else if (c->state == CLIENT_CLOSED)
+        else if (c->state == CLIENT_REJOINING)
+                r = rejoin_continue(c, false);
+        else if (c->state == CLIENT_CLOSED)
                 r = -ENOTCONN;
         pthread_mutex_unlock(&c->lock);
         return r;
@@ -741,10 +754,13 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
         /*
          * Decided and sent under one lock, so that no open or rejoin of the
          * same name comes between. A stale handle's name is another
-         * channel's now: its hold, if any, is another handle's. Best effort:
-         * a broker that went away has dropped the hold already.
+         * channel's now: its hold, if any, is another handle's. A rejoin whose
+         * open of the name is still unanswered gives that hold back itself
+         * (rejoin_opened() finds no handle needing it): a close from here
+         * too would be refused. Best effort: a broker that went away has
+         * dropped the hold already.
          */
-        if (give_back && !h->stale && !hold_needed(c, h->name)) {
+        if (give_back && !h->stale && !hold_needed(c, h->name) && !open_pending(c, h->name)) {
                 strcpy(req.channel, h->name);
                 if (call_locked(c, &req, &res, 1, CALL_NO_RECONNECT | (keep_message ? CALL_KEEP_MESSAGE : 0)) == 0)
                         proto_response_done(&res);

@@ -121,9 +121,12 @@ static char *payload(RingSlot *slot) {
         return (char *) slot + RING_SLOT_HEADER;
 }
 
-/* The daemon removed the ring (or is removing it): every call answers -EIDRM from now on. */
-static bool ring_removed(const shmb_channel *ch, int mo) {
-        return __atomic_load_n(&ch->ring->state, mo) != RING_STATE_LIVE;
+/*
+ * ring_is_removed() (proto/ring.h) as a sleeper reads it: sequentially
+ * consistent, ordered against its futex word and flag (see the top).
+ */
+static bool ring_removed_seq(const shmb_channel *ch) {
+        return LOAD(&ch->ring->state, SEQ) != RING_STATE_LIVE;
 }
 
 /*
@@ -154,8 +157,6 @@ static int64_t now_ns(void) {
 typedef struct Waiter {
         uint32_t *word, *sleeping;      /* this side's futex word and flag */
         uint32_t *my_cpu, *peer_cpu;
-        const uint64_t *claim;          /* the other side's owner word at the slot waited on */
-        uint64_t claimed_pos;           /* ... and the position a claim of it would name */
         int timeout_ms;
         int64_t deadline;               /* 0: none, or not read yet */
 } Waiter;
@@ -274,7 +275,7 @@ static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, const Wa
                         int64_t now = now_ns();
 
                         /* A removed ring never fills this slot: stop now, wait_slot() says why. */
-                        if (now > end || ring_removed(ch, ACQ))
+                        if (now > end || ring_is_removed(ch->ring))
                                 break;
                         /* Yield only once the peer is clearly not answering from another CPU. */
                         if (now - start > SPIN_YIELD_AFTER_NS)
@@ -288,14 +289,21 @@ static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, const Wa
 
 /*
  * Sleep until the slot may have changed (seq - target >= 0) or the deadline
- * passes, spinning first when that can pay. Returns 0 to look again, or a
- * negative errno.
+ * passes, spinning first when that can pay. claim is the other side's owner
+ * word at the slot, and claimed_pos the position a claim of it names: while
+ * that side holds the slot mid-message, wait first as long as its copy takes,
+ * and never sleep past the next repair poll. Returns 0 to look again, or a
+ * negative errno; either way the caller then asks whether the slot needs
+ * repair.
  */
-static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, Waiter *w) {
+static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, const uint64_t *claim, uint64_t claimed_pos,
+                     Waiter *w) {
         int64_t deadline, until;
         uint32_t v;
         int r = 0;
 
+        if (ring_owner_claims(LOAD(claim, RLX), claimed_pos))
+                await_copy(ch, slot);
         /*
          * A caller that polls calls again at once: one pause here keeps its loop
          * from taking the slot's line away from the peer that is about to
@@ -310,7 +318,7 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, Waiter *
         if (spin_for(ch, slot, target, w))
                 return 0;
         /* Someone holds the slot mid-message: poll, as a dead claimer wakes no one. */
-        if (ring_owner_claims(LOAD(w->claim, ACQ), w->claimed_pos)) {
+        if (ring_owner_claims(LOAD(claim, ACQ), claimed_pos)) {
                 int64_t poll = now_ns() + (int64_t) REPAIR_POLL_MS * 1000000;
 
                 if (!until || poll < until)
@@ -325,10 +333,10 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, Waiter *
         v = LOAD(w->word, SEQ);
         STORE(w->sleeping, 1, SEQ);
         /* The state after the word: a removal after this read moves the word, and FUTEX_WAIT returns. */
-        if ((int64_t) (LOAD(&slot->seq, SEQ) - target) < 0 && !ring_removed(ch, SEQ))
+        if ((int64_t) (LOAD(&slot->seq, SEQ) - target) < 0 && !ring_removed_seq(ch))
                 r = futex_wait(w->word, v, until);
         /* Whatever woke us (the remover's wake, a signal, the deadline), a removed ring is the answer. */
-        if (ring_removed(ch, SEQ))
+        if (ring_removed_seq(ch))
                 return -EIDRM;
         if (r == -ETIMEDOUT && until != deadline)
                 return 0;               /* only the poll ran out: look again */
@@ -432,7 +440,7 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
                 RingSlot *slot;
                 int64_t diff;
 
-                if (ring_removed(ch, ACQ))
+                if (ring_is_removed(ch->ring))
                         return -EIDRM;
                 pos = LOAD(&ch->ring->head, ACQ);
                 slot = slot_at(ch, pos);
@@ -464,17 +472,9 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
                         return 0;
                 }
                 if (diff < 0) {         /* full: the slot still holds last lap's message */
-                        uint64_t last = pos - ch->info.slots;
-
-                        if (ring_owner_claims(LOAD(&slot->recv_owner, RLX), last))
-                                await_copy(ch, slot);
-                        w.claim = &slot->recv_owner;
-                        w.claimed_pos = last;
-                        r = wait_slot(ch, slot, pos, &w);
+                        r = wait_slot(ch, slot, pos, &slot->recv_owner, pos - ch->info.slots, &w);
                         /* Also when the deadline passed: a short timeout must not keep a slot stuck. */
-                        if (free_dead_receivers_slot(ch, slot, pos))
-                                continue;
-                        if (r < 0)
+                        if (!free_dead_receivers_slot(ch, slot, pos) && r < 0)
                                 return r;
                         continue;
                 }
@@ -500,7 +500,7 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                 RingSlot *slot;
                 int64_t diff;
 
-                if (ring_removed(ch, ACQ))
+                if (ring_is_removed(ch->ring))
                         return -EIDRM;
                 pos = LOAD(&ch->ring->tail, ACQ);
                 slot = slot_at(ch, pos);
@@ -540,14 +540,8 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                         return (ssize_t) len;
                 }
                 if (diff < 0) {         /* empty, or a sender is still writing it */
-                        if (ring_owner_claims(LOAD(&slot->send_owner, RLX), pos))
-                                await_copy(ch, slot);
-                        w.claim = &slot->send_owner;
-                        w.claimed_pos = pos;
-                        r = wait_slot(ch, slot, pos + 1, &w);
-                        if (skip_dead_senders_slot(ch, slot, pos))
-                                continue;
-                        if (r < 0)
+                        r = wait_slot(ch, slot, pos + 1, &slot->send_owner, pos, &w);
+                        if (!skip_dead_senders_slot(ch, slot, pos) && r < 0)
                                 return r;
                         continue;
                 }

@@ -121,6 +121,9 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
 /* Whether a reconnection found the handle's channel removed (replaced or gone). */
 bool client_hold_is_stale(shmb_client *c, const ClientHold *h);
 
+/* The open request for name with access (-EINVAL for a bad name or access): shmb_open()'s, and a rejoin's. */
+int client_open_request(const char *name, shmb_access access, ProtoRequest *ret);
+
 /* The public description of a decoded channel. */
 void info_from_proto(const ProtoChannel *pc, shmb_channel_info *ret);
 
