@@ -82,6 +82,7 @@ void peer_done(Peer *p) {
         if (p->pidfd >= 0)
                 close(p->pidfd);
         p->pidfd = -1;
+        p->pidfd_from_socket = false;
 }
 
 int pidfd_exited(int pidfd) {
@@ -105,6 +106,7 @@ int peer_pin_process(Peer *p) {
         p->pin_tried = true;
         if (getsockopt(p->fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0) {
                 p->pidfd = pidfd;
+                p->pidfd_from_socket = true;
                 return 0;
         }
         /* Any other failure (the process is gone: ESRCH, EINVAL) is no reason to trust its pid. */
@@ -176,20 +178,27 @@ static int read_proc_status(pid_t pid, uid_t *ret_euid, unsigned long long *ret_
  * for it: 1 yes, 0 no, or a negative errno when that cannot be established.
  */
 static int peer_cap_ipc_owner(const Peer *p) {
-        _cleanup_(closep) int pidfd = -1;
+        _cleanup_(closep) int own = -1;
         struct stat owner, theirs;
-        struct pollfd pfd;
-        socklen_t len = sizeof pidfd;
+        socklen_t len = sizeof own;
         unsigned long long capeff = 0;
         char path[64];
         uid_t euid = 0;
-        int r;
+        int pidfd, r;
 
         if (p->pid <= 0)
                 return -ESRCH;          /* in a PID namespace we cannot see into */
-        /* The socket pins the connecting process's struct pid: this is that very process. */
-        if (getsockopt(p->fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0)
+        /*
+         * The socket pins the connecting process's struct pid: this is that very
+         * process. The one pinned already serves when it came from the socket too
+         * (not from pidfd_open() of a pid, which proves less).
+         */
+        if (p->pidfd >= 0 && p->pidfd_from_socket)
+                pidfd = p->pidfd;
+        else if (getsockopt(p->fd, SOL_SOCKET, SO_PEERPIDFD, &own, &len) < 0)
                 return -errno;          /* ENOPROTOOPT before Linux 6.5 */
+        else
+                pidfd = own;
         r = ipc_owner_userns(&owner);
         if (r < 0)
                 return r;
@@ -205,10 +214,9 @@ static int peer_cap_ipc_owner(const Peer *p) {
          * the process that connected. (Not pidfd_send_signal(): its EPERM,
          * from another user's process or from a seccomp filter, says nothing.)
          */
-        pfd = (struct pollfd) { .fd = pidfd, .events = POLLIN };
-        r = poll(&pfd, 1, 0);
+        r = pidfd_exited(pidfd);
         if (r < 0)
-                return -errno;
+                return r;
         if (r > 0)
                 return -ESRCH;
         return owner.st_dev == theirs.st_dev && owner.st_ino == theirs.st_ino && euid == p->uid &&

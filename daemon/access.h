@@ -20,6 +20,7 @@ typedef struct Peer {
         size_t n_groups;
         int fd;                 /* the connection's socket, borrowed: asked for SO_PEERPIDFD when needed */
         int pidfd;              /* the connecting process, once pinned (peer_pin_process()); owned; -1: none */
+        bool pidfd_from_socket; /* pidfd is SO_PEERPIDFD's, not pidfd_open()'s of a pid */
         bool pin_tried;
 } Peer;
 

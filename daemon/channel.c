@@ -27,8 +27,6 @@
 #include "daemon/self.h"
 #include "proto/ring.h"
 
-#define DERIVED_KEY_ATTEMPTS CHANNEL_DERIVED_KEY_ATTEMPTS
-
 uint32_t channel_derive_key(const uint8_t secret[SIPHASH_KEY_SIZE], const char *name, unsigned attempt) {
         /* SipHash of NAME, a NUL and the attempt (little-endian): no name is a prefix of another's input. */
         uint8_t in[PROTO_NAME_MAX + 1 + 4] = {};
@@ -270,7 +268,7 @@ int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n
                                 spec->name, spec->key);
         } else {
                 r = -EEXIST;
-                for (unsigned i = 0; i < DERIVED_KEY_ATTEMPTS && r == -EEXIST; i++) {
+                for (unsigned i = 0; i < CHANNEL_DERIVED_KEY_ATTEMPTS && r == -EEXIST; i++) {
                         uint32_t key = channel_derive_key(state_secret(state), spec->name, i);
 
                         if (fixed_keys && bsearch(&key, fixed_keys, n_fixed, sizeof key, cmp_u32))
@@ -279,7 +277,7 @@ int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n
                 }
                 if (r == -EEXIST)
                         msg_set(msg, msg_size, "channel \"%s\": all %d keys derived from its name are held by other objects",
-                                spec->name, DERIVED_KEY_ATTEMPTS);
+                                spec->name, CHANNEL_DERIVED_KEY_ATTEMPTS);
         }
         if (r < 0)
                 goto fail;

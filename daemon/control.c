@@ -399,6 +399,17 @@ static bool has_partial_line(const Conn *conn) {
 static int on_conn_timeout(sd_event_source *s, uint64_t usec, void *userdata);
 static int on_conn_more(sd_event_source *s, void *userdata);
 
+/* request_timeout_ms from now (CLOCK_MONOTONIC usec): not sd_event_now(), which is when the loop turn began. */
+static uint64_t conn_deadline_from_now(const Conn *conn) {
+        return now_usec() + (uint64_t) conn->control->limits->request_timeout_ms * 1000;
+}
+
+/* The clock of the unfinished line at line_pos starts now. */
+static void conn_time_line(Conn *conn) {
+        conn->timed_pos = conn->line_pos;
+        conn->deadline = conn_deadline_from_now(conn);
+}
+
 /* Set the connection's one timer to fire at `usec` (CLOCK_MONOTONIC). */
 static int conn_arm_timeout(Conn *conn, uint64_t usec) {
         int r;
@@ -474,8 +485,8 @@ static int conn_fail(Conn *conn, int err, const char *why) {
         if (r >= 0)
                 r = queue_output(conn, resp, resp_len);
         if (r >= 0)
-                /* now_usec(), not sd_event_now(): that is when this loop turn began, and a turn may answer many lines. */
-                r = conn_arm_timeout(conn, now_usec() + (uint64_t) conn->control->limits->request_timeout_ms * 1000);
+                /* From now: a turn may answer many lines. */
+                r = conn_arm_timeout(conn, conn_deadline_from_now(conn));
         return r;
 }
 
@@ -520,22 +531,31 @@ static int conn_update_events(Conn *conn) {
  * Whether conn's buffers may grow by `grow` bytes. Over the uid's
  * buffers_per_uid, the uid's connections newer than conn that hold buffers
  * are closed, newest first, until it fits; if it still does not, conn
- * itself is. Returns 0: go ahead; 1: conn is closing, its buffers dropped,
- * and must not grow; negative errno when conn could not even be failed.
+ * itself is. Newer ones are closed only when closing all of them could make
+ * it fit: else conn alone goes. Returns 0: go ahead; 1: conn is closing,
+ * its buffers dropped, and must not grow; negative errno when conn could
+ * not even be failed.
  */
 static int conn_make_room(Conn *conn, size_t grow) {
         uint32_t max = conn->control->limits->buffers_per_uid;
         UidAcct *a = conn->acct;
+        size_t newer = 0;
         Conn *v, *next;
         int r;
 
         /* A closing connection grows by its last answer only, and is gone soon. */
         if (!a || conn->closing || a->bytes + grow <= max)
                 return 0;
-        for (v = LIST_FIRST(&a->conns); v != conn && a->bytes + grow > max; v = next) {
+        /* Closing ones free nothing more now, empty ones nothing at all. */
+        for (v = LIST_FIRST(&a->conns); v != conn; v = LIST_NEXT(v, uid_link))
+                if (!v->closing)
+                        newer += v->charged;
+        /* Closing them all would not do: spare them. (newer is part of a->bytes.) */
+        v = a->bytes - newer + grow <= max ? LIST_FIRST(&a->conns) : conn;
+        for (; v != conn && a->bytes + grow > max; v = next) {
                 next = LIST_NEXT(v, uid_link);
                 if (v->closing || v->charged == 0)
-                        continue;       /* closing ones free nothing more now, empty ones nothing at all */
+                        continue;
                 r = conn_fail_nobufs(v);
                 if (r >= 0)
                         r = flush_output(v);
@@ -635,12 +655,10 @@ static int read_input(Conn *conn) {
                 if (nl)
                         conn->line_pos = conn->in_pos + (uint64_t) (nl - conn->in) + 1;
                 conn->in_len += (size_t) n;
-                if (has_partial_line(conn) && conn->timed_pos != conn->line_pos) {
-                        /* This line's first bytes came just now: its clock starts here, however
-                         * long answering the lines before it takes. */
-                        conn->timed_pos = conn->line_pos;
-                        conn->deadline = now_usec() + (uint64_t) conn->control->limits->request_timeout_ms * 1000;
-                }
+                /* This line's first bytes came just now: its clock starts here, however
+                 * long answering the lines before it takes. */
+                if (has_partial_line(conn) && conn->timed_pos != conn->line_pos)
+                        conn_time_line(conn);
         }
         return 0;
 }
@@ -658,11 +676,9 @@ static int conn_update_timeout(Conn *conn) {
                 conn->timed_pos = NO_LINE;
                 return conn->timeout ? sd_event_source_set_enabled(conn->timeout, SD_EVENT_OFF) : 0;
         }
-        if (conn->timed_pos != conn->line_pos) {
-                /* Reading again after a pause: the line's end may have been waiting unread, so afresh. */
-                conn->timed_pos = conn->line_pos;
-                conn->deadline = now_usec() + (uint64_t) conn->control->limits->request_timeout_ms * 1000;
-        }
+        /* Reading again after a pause: the line's end may have been waiting unread, so afresh. */
+        if (conn->timed_pos != conn->line_pos)
+                conn_time_line(conn);
         return conn_arm_timeout(conn, conn->deadline);
 }
 

@@ -12,10 +12,15 @@
 static int answer_error(int err, char **ret_line, size_t *ret_len, const char *fmt, ...) _printf_(4, 5);
 
 /*
- * An error answer. An errno the protocol has no name for (ELOOP from a
- * config path, say) is sent as EIO: the message says what it was, and the
- * encoder's refusal must not become a dropped connection.
+ * An errno the protocol has no name for (ELOOP from a config path, say) is
+ * sent as EIO: the message says what it was, and the encoder's refusal must
+ * not become a dropped connection.
  */
+static int wire_errno(int err) {
+        return proto_errno_to_name(err) ? err : EIO;
+}
+
+/* An error answer, its errno as wire_errno() sends it. */
 static int answer_error(int err, char **ret_line, size_t *ret_len, const char *fmt, ...) {
         char msg[PROTO_MESSAGE_MAX];
         va_list ap;
@@ -23,7 +28,7 @@ static int answer_error(int err, char **ret_line, size_t *ret_len, const char *f
         va_start(ap, fmt);
         vsnprintf(msg, sizeof msg, fmt, ap);
         va_end(ap);
-        return proto_encode_error(proto_errno_to_name(err) ? err : EIO, msg, ret_line, ret_len);
+        return proto_encode_error(wire_errno(err), msg, ret_line, ret_len);
 }
 
 static bool dispatch_is_admin(const Dispatch *d, const Peer *p) {
@@ -125,8 +130,8 @@ static int stat_entry(Entry *e, ProtoChannel *pc) {
         if (r < 0)
                 return r;
         /* A figure the kernel refused is this entry's error, never the answer's; the wire names it. */
-        if (pc->error && !proto_errno_to_name(pc->error))
-                pc->error = EIO;
+        if (pc->error)
+                pc->error = wire_errno(pc->error);
         LIST_FOREACH(h, &e->holds, by_entry)
                 n++;
         pc->clients = calloc(n ?: 1, sizeof *pc->clients);

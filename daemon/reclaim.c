@@ -81,23 +81,20 @@ static bool proven_has(const Proven *p, uint32_t key, pid_t pid) {
         return false;
 }
 
+int reclaim_prove(const StateRecord *rec, bool paired) {
+        return rec->kind == STATE_SHM ? shm_is_ours(rec, rec->id) : sem_is_ours(rec, rec->id, paired);
+}
+
 /* Find the object a record names (by id, or an intent's by key) and judge it. */
 static int record_is_ours(StateRecord *rec, const Proven *proven) {
-        int id = rec->id;
-
         if (rec->pending) {
-                id = rec->kind == STATE_SHM ? shmget((key_t) rec->key, 0, 0) : semget((key_t) rec->key, 0, 0);
+                int id = rec->kind == STATE_SHM ? shmget((key_t) rec->key, 0, 0) : semget((key_t) rec->key, 0, 0);
+
                 if (id < 0)
                         return errno == ENOENT ? -ENOENT : -errno;
                 rec->id = id;
         }
-        if (rec->kind == STATE_SHM)
-                return shm_is_ours(rec, id);
-        return sem_is_ours(rec, id, proven_has(proven, rec->key, rec->pid));
-}
-
-int reclaim_prove(const StateRecord *rec, bool paired) {
-        return rec->kind == STATE_SHM ? shm_is_ours(rec, rec->id) : sem_is_ours(rec, rec->id, paired);
+        return reclaim_prove(rec, proven_has(proven, rec->key, rec->pid));
 }
 
 static void log_unproven(const StateRecord *rec) {

@@ -83,6 +83,7 @@ typedef struct Plan {
          */
         const ChannelSpec **later;
         Entry **replace;
+        pid_t *holder;                  /* replaced for its perms (same objects): the holder they refuse */
         size_t n_later;
 } Plan;
 
@@ -91,6 +92,7 @@ static void plan_done(Plan *p) {
         free(p->remove);
         free(p->later);
         free(p->replace);
+        free(p->holder);
 }
 
 /* Whether a channel this plan removes or replaces holds key now. */
@@ -118,8 +120,9 @@ static int plan_make(Registry *reg, const Config *cfg, Plan *p) {
         p->add = calloc(cfg->n_channels + 1, sizeof *p->add);
         p->later = calloc(cfg->n_channels + 1, sizeof *p->later);
         p->replace = calloc(cfg->n_channels + 1, sizeof *p->replace);
+        p->holder = calloc(cfg->n_channels + 1, sizeof *p->holder);
         p->remove = calloc(reg->n + 1, sizeof *p->remove);
-        if (!p->add || !p->later || !p->replace || !p->remove)
+        if (!p->add || !p->later || !p->replace || !p->holder || !p->remove)
                 return -ENOMEM;
 
         for (size_t i = 0; i < reg->n; i++) {
@@ -131,9 +134,10 @@ static int plan_make(Registry *reg, const Config *cfg, Plan *p) {
         for (size_t i = 0; i < cfg->n_channels; i++) {
                 const ChannelSpec *s = &cfg->channels[i];
                 Entry *e = registry_find(reg, s->name);
-                pid_t holder;
+                pid_t holder = 0;
 
                 if (e && (!channel_spec_same_objects(&e->channel->spec, s) || perms_revoke_hold(e, s, &holder))) {
+                        p->holder[p->n_later] = holder;
                         p->replace[p->n_later] = e;
                         p->later[p->n_later++] = s;
                 }
@@ -218,15 +222,13 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                 registry_remove(reg, p->remove[i]);
         }
         for (size_t i = 0; i < p->n_later; i++) {
-                pid_t holder;
-
                 if (!p->replace[i])
                         continue;
-                if (channel_spec_same_objects(&p->replace[i]->channel->spec, p->later[i]) &&
-                    perms_revoke_hold(p->replace[i], p->later[i], &holder))
+                /* Same objects: plan_make() replaces it only for a holder its new perms refuse. */
+                if (channel_spec_same_objects(&p->replace[i]->channel->spec, p->later[i]))
                         log_info("Reload: channel %s: the new owner, group or mode would refuse a current holder "
                                  "(pid %d); replacing the channel instead of changing it in place.",
-                                 p->later[i]->name, (int) holder);
+                                 p->later[i]->name, (int) p->holder[i]);
                 registry_remove(reg, p->replace[i]);
         }
 
