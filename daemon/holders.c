@@ -150,11 +150,28 @@ static uint32_t entry_set_live(Holders *hs, uint32_t i, uint32_t gen, pid_t pid)
         return ring_token(i, gen);
 }
 
+/*
+ * Whether the opener with pid `pid` is the process that entry i was handed
+ * to: the same pid, and (when both are known) the same start time, so a
+ * process that got a dead opener's pid is not it. A pid we cannot see (0)
+ * proves nothing. Tokens are easy to guess from the table that every reader
+ * of the segment sees: without this, anyone could take an orphan back and
+ * close it, and a live claimer would be repaired under it.
+ */
+static bool same_opener(const Holders *hs, uint32_t i, pid_t pid) {
+        const RingHolder *e = ring_holder_at(hs->ring, i);
+        uint64_t start;
+
+        if (pid <= 0 || e->pid != pid)
+                return false;
+        return e->starttime == 0 || (read_starttime(pid, &start) == 0 && start == e->starttime);
+}
+
 int holders_take_back(Holders *hs, pid_t pid, uint32_t want, uint32_t *ret_token) {
         uint32_t i = token_index(want);
         uint64_t word;
 
-        if (!hs->ring || i == UINT32_MAX || !is_orphan(hs, i))
+        if (!hs->ring || i == UINT32_MAX || !is_orphan(hs, i) || !same_opener(hs, i, pid))
                 return -ENOENT;
         word = word_load(hs, i);
         if (!word_is_token(word, want))

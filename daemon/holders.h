@@ -61,8 +61,10 @@ static inline bool holders_is_ring(const Holders *hs) {
 /*
  * Bind the orphan that `want` names to an opener with pid `pid` (its
  * /proc/PID/stat start time is recorded with it): the token stays as it
- * is, and is no orphan any more. -ENOENT when want names no orphan of that
- * generation (never handed out, DEAD, bound already, or not a ring).
+ * is, and is no orphan any more. Only the process the entry was handed to
+ * (same pid and start time) takes it back. -ENOENT when want names no
+ * orphan of that generation (never handed out, DEAD, bound already, not a
+ * ring) or pid is another process.
  */
 int holders_take_back(Holders *hs, pid_t pid, uint32_t want, uint32_t *ret_token);
 

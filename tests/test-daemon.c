@@ -356,6 +356,14 @@ static void access_child(void *userdata) {
         _exit(daemon_ok == c->expect_ok ? 0 : 21);
 }
 
+/* Start the daemon on `channels`; the answer to a list, asked on a connection left open in *ret_fd. */
+static json_t *start_and_list(const char *channels, int *ret_fd) {
+        test_daemon_write_config(&td, channels);
+        test_start_ok();
+        *ret_fd = test_connect(td.socket);
+        return test_request(*ret_fd, "{\"op\":\"list\"}");
+}
+
 START_TEST(test_access_follows_kernel_rule) {
         /* owner root, group 4242; "shared" 0660, "public" 0644, "private" 0600 */
         static const char channels[] =
@@ -374,10 +382,7 @@ START_TEST(test_access_follows_kernel_rule) {
         json_t *list;
         int fd;
 
-        test_daemon_write_config(&td, channels);
-        test_start_ok();
-        fd = test_connect(td.socket);
-        list = test_request(fd, "{\"op\":\"list\"}");
+        list = start_and_list(channels, &fd);
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
                 int status;
 
@@ -488,10 +493,7 @@ START_TEST(test_sigkill_then_restart_adopts_or_replaces) {
         struct sembuf up = { .sem_num = 2, .sem_op = 5 };
         char *addr, *log;
 
-        test_daemon_write_config(&td, two_channels);
-        test_start_ok();
-        fd = test_connect(td.socket);
-        before = test_request(fd, "{\"op\":\"list\"}");
+        before = start_and_list(two_channels, &fd);
         close(fd);
         tel = test_must_find(before, "telemetry");
         fr = test_must_find(before, "frames");
@@ -558,10 +560,7 @@ START_TEST(test_failed_start_keeps_adopted_channels) {
         struct shmid_ds ds;
         char *log;
 
-        test_daemon_write_config(&td, one);
-        test_start_ok();
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\":\"list\"}");
+        resp = start_and_list(one, &fd);
         shm_id = (int) test_jint(test_must_find(resp, "keep"), "shm_id");
         sem_id = (int) test_jint(test_must_find(resp, "keep"), "sem_id");
         json_decref(resp);
@@ -581,10 +580,7 @@ START_TEST(test_failed_start_keeps_adopted_channels) {
 
         /* Fixed, it starts and takes it over again. */
         ck_assert_int_eq(shmctl(foreign, IPC_RMID, NULL), 0);
-        test_daemon_write_config(&td, one);
-        test_start_ok();
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\":\"list\"}");
+        resp = start_and_list(one, &fd);
         ck_assert_int_eq(test_jint(test_must_find(resp, "keep"), "shm_id"), shm_id);
         ck_assert_int_eq(test_jint(test_must_find(resp, "keep"), "sem_id"), sem_id);
         json_decref(resp);
@@ -621,10 +617,7 @@ START_TEST(test_reclaim_spares_foreign_reuse_of_id) {
         struct shmid_ds ds;
         ForeignShm other_key, other_user;
 
-        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096}]");
-        test_start_ok();
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\":\"list\"}");
+        resp = start_and_list("[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096}]", &fd);
         id_a = (int) test_jint(test_find_channel(resp, "a"), "shm_id");
         id_b = (int) test_jint(test_find_channel(resp, "b"), "shm_id");
         key_b = (uint32_t) test_jint(test_find_channel(resp, "b"), "shm_key");
@@ -663,10 +656,7 @@ START_TEST(test_objects_removed_behind_our_back_are_remade) {
         struct semid_ds sds;
         char *log;
 
-        test_daemon_write_config(&td, two_channels);
-        test_start_ok();
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\":\"list\"}");
+        resp = start_and_list(two_channels, &fd);
         ch = test_find_channel(resp, "frames");
         old_shm = (int) test_jint(ch, "shm_id");
         old_sem = (int) test_jint(ch, "sem_id");
@@ -776,10 +766,7 @@ START_TEST(test_derived_key_skips_fixed_keys) {
                  "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096, \"key\": %u}]",
                  channel_derive_key(test_secret, "a", 0));
         test_write_secret(&td, test_secret);
-        test_daemon_write_config(&td, channels);
-        test_start_ok();
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\":\"list\"}");
+        resp = start_and_list(channels, &fd);
         ck_assert_uint_eq((uint32_t) test_jint(test_find_channel(resp, "a"), "shm_key"), channel_derive_key(test_secret, "a", 1));
         ck_assert_uint_eq((uint32_t) test_jint(test_find_channel(resp, "b"), "shm_key"), channel_derive_key(test_secret, "a", 0));
         json_decref(resp);
@@ -898,10 +885,7 @@ START_TEST(test_foreign_derived_key_moves_on) {
         test_write_secret(&td, test_secret);
         foreign = semget((key_t) channel_derive_key(test_secret, "frames", 0), 1, IPC_CREAT | IPC_EXCL | 0600);
         ck_assert_int_ge(foreign, 0);
-        test_daemon_write_config(&td, "[{\"name\": \"frames\", \"size\": 4096}]");
-        test_start_ok();
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\":\"list\"}");
+        resp = start_and_list("[{\"name\": \"frames\", \"size\": 4096}]", &fd);
         ck_assert_uint_eq((uint32_t) test_jint(json_array_get(json_object_get(resp, "channels"), 0), "shm_key"),
                           channel_derive_key(test_secret, "frames", 1));
         json_decref(resp);
@@ -983,10 +967,7 @@ START_TEST(test_clients_cannot_remove_or_reown) {
         Ids ids;
         int fd, status;
 
-        test_daemon_write_config(&td, "[{\"name\": \"g\", \"size\": 4096, \"group\": 4242, \"mode\": \"0660\"}]");
-        test_start_ok();
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\":\"list\"}");
+        resp = start_and_list("[{\"name\": \"g\", \"size\": 4096, \"group\": 4242, \"mode\": \"0660\"}]", &fd);
         ids.shm = (int) test_jint(test_find_channel(resp, "g"), "shm_id");
         ids.sem = (int) test_jint(test_find_channel(resp, "g"), "sem_id");
         json_decref(resp);
@@ -1234,10 +1215,7 @@ START_TEST(test_capability_of_own_user_namespace_is_not_honoured) {
         char *log;
         int fd;
 
-        test_daemon_write_config(&td, channels);
-        test_start_ok();
-        fd = test_connect(td.socket);
-        list = test_request(fd, "{\"op\":\"list\"}");
+        list = start_and_list(channels, &fd);
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
                 int status;
 
@@ -1491,14 +1469,19 @@ static bool await_clients(int fd, const char *channel, size_t n) {
         return true;
 }
 
+/* The daemon on ring_and_raw, with its ring "frames" attached. */
+static RingHeader *start_with_ring(void) {
+        test_daemon_write_config(&td, ring_and_raw);
+        test_start_ok();
+        return attach_ring("frames");
+}
+
 START_TEST(test_holder_tokens_for_rw_openers) {
         RingHeader *h;
         uint32_t ta, tb;
         int a, b, c;
 
-        test_daemon_write_config(&td, ring_and_raw);
-        test_start_ok();
-        h = attach_ring("frames");
+        h = start_with_ring();
         a = test_connect(td.socket);
         b = test_connect(td.socket);
         c = test_connect(td.socket);
@@ -1532,9 +1515,7 @@ END_TEST
 static RingHeader *start_with_two_holders(int *a, int *b, uint32_t *ta, uint32_t *tb) {
         RingHeader *h;
 
-        test_daemon_write_config(&td, ring_and_raw);
-        test_start_ok();
-        h = attach_ring("frames");
+        h = start_with_ring();
         *a = test_connect(td.socket);
         *b = test_connect(td.socket);
         *ta = open_holder(*a, "frames", "rw", 0);
@@ -1585,9 +1566,7 @@ START_TEST(test_holder_table_full) {
         json_t *resp;
         int extra;
 
-        test_daemon_write_config(&td, ring_and_raw);
-        test_start_ok();
-        h = attach_ring("frames");
+        h = start_with_ring();
         for (int i = 0; i < RING_HOLDERS; i++) {
                 fds[i] = test_connect(td.socket);
                 tokens[i] = open_holder(fds[i], "frames", "rw", 0);
@@ -1692,9 +1671,7 @@ START_TEST(test_holder_crash_restart) {
         char *log;
         int x, y;
 
-        test_daemon_write_config(&td, ring_and_raw);
-        test_start_ok();
-        h = attach_ring("frames");
+        h = start_with_ring();
         live = opener_start();
         gone_before = opener_start();
         gone_after = opener_start();
@@ -1728,22 +1705,22 @@ START_TEST(test_holder_crash_restart) {
                       "%s", log);
         free(log);
 
-        /* Taken back over a new connection: the same token, now bound to that hold (and its pid). */
+        /*
+         * Another process (this one) asks for the live opener's token, rw and ro: it gets none of it, and
+         * closing what it got leaves the live opener's token live. Nor does a dead token come back.
+         */
         x = test_connect(td.socket);
         back = open_holder(x, "frames", "rw", live.token);
-        ck_assert_uint_eq(back, live.token);
-        assert_live(h, back, getpid());
-        /* Once only: a second asker gets a token of its own, and so does one asking for a dead token. */
+        ck_assert_uint_ne(back, live.token);
         y = test_connect(td.socket);
-        other = open_holder(y, "frames", "rw", live.token);
-        ck_assert_uint_ne(other, live.token);
-        ck_assert_uint_ne(open_holder(test_connect(td.socket), "frames", "rw", gone_before.token), gone_before.token);
-        assert_live(h, live.token, getpid());
-        /* Bound to x's hold now: it ends with it (an explicit close: this process lives on). */
+        ck_assert_uint_eq(open_holder(y, "frames", "ro", live.token), 0);
+        other = open_holder(test_connect(td.socket), "frames", "rw", gone_before.token);
+        ck_assert_uint_ne(other, gone_before.token);
         json_decref(test_request(x, "{\"op\":\"close\",\"channel\":\"frames\"}"));
-        ck_assert_int_eq(holder_state(h, live.token), RING_HOLDER_DEAD);
+        json_decref(test_request(y, "{\"op\":\"close\",\"channel\":\"frames\"}"));
+        ck_assert_int_eq(holder_state(h, back), RING_HOLDER_DEAD);
         close(x);
-        assert_live(h, other, getpid());
+        assert_live(h, live.token, live.pid);
         opener_stop(&live);
         opener_stop(&reused_pid);
         close(y);
@@ -1934,6 +1911,14 @@ static void child_reap(Child *c) {
         close(c->hear);
 }
 
+/* Tell c to exit, see it exit (not reaped), and its token go DEAD within HOLDER_WAIT_MS. */
+static void end_child_and_await_dead(const Child *c, const RingHeader *h, uint32_t token) {
+        child_tell(c, 'q');
+        child_await_exit(c);
+        ck_assert_msg(wait_holder_state(h, token, RING_HOLDER_DEAD), "token %u still %d after its process exited",
+                      (unsigned) token, holder_state(h, token));
+}
+
 /* Opens frames rw, says its token, closes the connection; exits when told. */
 static void open_close_live_on(int say, int hear) {
         int fd = test_connect(td.socket);
@@ -1955,9 +1940,7 @@ START_TEST(test_holder_lives_with_its_process) {
         Child c;
         int fd;
 
-        test_daemon_write_config(&td, ring_and_raw);
-        test_start_ok();
-        h = attach_ring("frames");
+        h = start_with_ring();
         fd = test_connect(td.socket);
         c = child_start(open_close_live_on);
         child_hear(&c, &token, sizeof token);
@@ -1969,10 +1952,7 @@ START_TEST(test_holder_lives_with_its_process) {
         usleep(1500 * 1000);
         assert_live(h, token, c.pid);
 
-        child_tell(&c, 'q');
-        child_await_exit(&c);
-        ck_assert_msg(wait_holder_state(h, token, RING_HOLDER_DEAD), "token %u still %d after its process exited",
-                      (unsigned) token, holder_state(h, token));
+        end_child_and_await_dead(&c, h, token);
         ck_assert(ring_token_dead(h, token));
         child_reap(&c);
         close(fd);
@@ -2015,9 +1995,7 @@ START_TEST(test_holder_dead_with_its_process_though_a_fork_holds_the_connection)
 
         /* The heir is reparented to us when its parent exits, so the test reaps it. */
         ck_assert_int_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
-        test_daemon_write_config(&td, ring_and_raw);
-        test_start_ok();
-        h = attach_ring("frames");
+        h = start_with_ring();
         fd = test_connect(td.socket);
         c = child_start(open_fork_exit);
         child_hear(&c, &token, sizeof token);
@@ -2025,10 +2003,7 @@ START_TEST(test_holder_dead_with_its_process_though_a_fork_holds_the_connection)
         ck_assert_uint_ne(token, 0);
         assert_live(h, token, c.pid);
 
-        child_tell(&c, 'q');
-        child_await_exit(&c);
-        ck_assert_msg(wait_holder_state(h, token, RING_HOLDER_DEAD), "token %u still %d after its process exited",
-                      (unsigned) token, holder_state(h, token));
+        end_child_and_await_dead(&c, h, token);
         /* The connection is still up, held by the heir. */
         ck_assert_int_eq(kill(heir, 0), 0);
         ck_assert_uint_eq(count_clients(fd, "frames"), 1);
@@ -2079,21 +2054,18 @@ static void take_back_close_live_on(int say, int hear) {
 
 /*
  * Tokens of connections that closed under a live process can be taken
- * back with "holder" (a rejoin), by that process or another. Once taken
- * back, the token is the new hold's, and an orphan of the new holder's
- * process when that connection closes in turn: the exit of the process
- * that first held it ends it no more. Each ends once, with the process
- * that held it last.
+ * back with "holder" (a rejoin), but only by that process: tokens are
+ * easy to guess from the table every reader of the segment sees, and
+ * another process that took one and closed it would have a live claimer
+ * repaired under it. The owner's exit ends all of them, once.
  */
 START_TEST(test_holder_taken_back_after_its_connection_closed) {
-        uint32_t ta, tb, back;
+        uint32_t ta, tb, tq, back;
         RingHeader *h;
         Child p, q;
         int fd;
 
-        test_daemon_write_config(&td, ring_and_raw);
-        test_start_ok();
-        h = attach_ring("frames");
+        h = start_with_ring();
         fd = test_connect(td.socket);
         p = child_start(open_twice_rejoin);
         child_hear(&p, &ta, sizeof ta);
@@ -2102,13 +2074,14 @@ START_TEST(test_holder_taken_back_after_its_connection_closed) {
         assert_live(h, ta, p.pid);
         assert_live(h, tb, p.pid);
 
-        /* Another process takes tb back, and its connection closes in turn: tb is its orphan now. */
+        /* Another process asks for tb: it gets a token of its own, and tb stays p's orphan. */
         q = child_start(take_back_close_live_on);
         ck_assert_int_eq(write(q.hear, &tb, sizeof tb), (ssize_t) sizeof tb);
-        child_hear(&q, &back, sizeof back);
-        ck_assert_uint_eq(back, tb);
+        child_hear(&q, &tq, sizeof tq);
+        ck_assert_uint_ne(tq, tb);
         ck_assert(await_clients(fd, "frames", 0));
-        assert_live(h, tb, q.pid);
+        assert_live(h, tb, p.pid);
+        assert_live(h, tq, q.pid);
         /* The first process rejoins: ta is its own again, and its orphan again once that connection closes. */
         child_tell(&p, 'r');
         child_hear(&p, &back, sizeof back);
@@ -2116,21 +2089,14 @@ START_TEST(test_holder_taken_back_after_its_connection_closed) {
         ck_assert(await_clients(fd, "frames", 0));
         assert_live(h, ta, p.pid);
 
-        /* Its exit ends ta, and nothing of tb's, which q holds now. */
-        child_tell(&p, 'q');
-        child_await_exit(&p);
-        ck_assert_msg(wait_holder_state(h, ta, RING_HOLDER_DEAD), "token %u still %d after its process exited",
-                      (unsigned) ta, holder_state(h, ta));
+        /* Its exit ends both of its tokens; q's own lives until q exits. */
+        end_child_and_await_dead(&p, h, ta);
         child_reap(&p);
-        usleep(500 * 1000);
-        assert_live(h, tb, q.pid);
-        /* q's exit ends tb. */
-        child_tell(&q, 'q');
-        child_await_exit(&q);
-        ck_assert_msg(wait_holder_state(h, tb, RING_HOLDER_DEAD), "token %u still %d after its process exited",
-                      (unsigned) tb, holder_state(h, tb));
+        ck_assert_msg(wait_holder_state(h, tb, RING_HOLDER_DEAD), "tb still %d after its process exited",
+                      holder_state(h, tb));
+        assert_live(h, tq, q.pid);
+        end_child_and_await_dead(&q, h, tq);
         child_reap(&q);
-        ck_assert_int_eq(holder_state(h, ta), RING_HOLDER_DEAD);
         close(fd);
         shmdt(h);
 }
