@@ -26,6 +26,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <pthread.h>
@@ -39,6 +41,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -75,17 +78,17 @@ static size_t n_kids;
 
 /* ---- children ---- */
 
-/* Set in a child that entered seccomp's strict mode (see enter_strict_mode()). */
-static bool strict_mode;
+/* Set in a child under the strict filter: strict mode's rule, read, write, exit and sigreturn only (see enter_strict_filter()). */
+static bool strict_filter;
 
 /*
- * In strict mode with the exit system call itself: exit_group is not
- * allowed there. Not _Noreturn, and called before the _Noreturn
+ * Under the strict filter with the exit system call itself: exit_group is
+ * not allowed there. Not _Noreturn, and called before the _Noreturn
  * child_exit(): under AddressSanitizer a call to a noreturn function
  * first runs __asan_handle_no_return(), which calls sigaltstack().
  */
 static void strict_exit(int code) {
-        if (strict_mode)
+        if (strict_filter)
                 (void) syscall(SYS_exit, code);
 }
 
@@ -94,7 +97,7 @@ static _Noreturn void child_exit(int code) {
         _exit(code);
 }
 
-/* No getpid() here: a child in strict mode may only read, write and exit. */
+/* No getpid() here: a child under the strict filter may only read, write and exit. */
 static _Noreturn void child_fail(int line, const char *what, long long got, long long want, bool values) {
         char msg[400];
         int n;
@@ -121,7 +124,7 @@ static _Noreturn void child_fail(int line, const char *what, long long got, long
                         child_fail(__LINE__, #a, a_, b_, true);         \
         } while (0)
 
-/* A blocking read of exactly len bytes, with nothing but read(): usable in strict mode. */
+/* A blocking read of exactly len bytes, with nothing but read(): usable under the strict filter. */
 static void child_read(int fd, void *buf, size_t len) {
         for (size_t got = 0; got < len;) {
                 ssize_t n = read(fd, (char *) buf + got, len - got);
@@ -170,9 +173,14 @@ typedef struct CloneArgs {
 } CloneArgs;
 
 /*
- * fork() with the child's pid chosen: clone3()'s set_tid (CAP_SYS_ADMIN).
- * Raw, without glibc's fork handlers (nor the library's): only for a child
- * that calls nothing but async-signal-safe functions.
+ * fork() with the child's pid chosen: clone3()'s set_tid (CAP_SYS_ADMIN
+ * in the user namespace that owns the caller's PID namespace), the pid in
+ * that namespace. Raw, without glibc's fork handlers: only for a caller
+ * that is single-threaded (every caller here is a child of fork(), or the
+ * test's own process, which has no other thread), so that no lock is held
+ * by a thread the child lacks. The child may use the library: it keeps no
+ * pid, registers no fork handlers, and takes only default mutexes (which
+ * need no owner tid, the one thing of glibc's that fork() would set anew).
  */
 static pid_t fork_with_pid(pid_t want) {
         pid_t tid = want;
@@ -500,10 +508,10 @@ static pid_t unused_pid(void) {
 
 /*
  * In a child of the test: a new PID namespace, and fn(fd) in a process
- * whose pid there is `want`. Its pid 1 makes it, with fork() (as a program
- * would: a library's fork handlers run), after setting the namespace's
- * last pid, which is that namespace's own sysctl. Exits with fn's exit
- * status; everything dies with the test.
+ * whose pid there is `want`. Its pid 1 makes it with clone3()'s set_tid
+ * (fork_with_pid()): no /proc/sys/kernel/ns_last_pid, which a container
+ * may mount read-only. Exits with fn's exit status; everything dies with
+ * the test.
  */
 static _Noreturn void in_new_pid_namespace(pid_t want, void (*fn)(int fd), int fd) {
         pid_t init;
@@ -513,26 +521,20 @@ static _Noreturn void in_new_pid_namespace(pid_t want, void (*fn)(int fd), int f
         init = fork();
         CHILD_CHECK(init >= 0);
         if (init == 0) {
-                char last[16];
                 pid_t pid;
-                int sysctl;
 
                 /* Our parent is outside the namespace: getppid() says 0 while it lives. */
                 if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != 0)
                         child_exit(127);
-                sysctl = open("/proc/sys/kernel/ns_last_pid", O_WRONLY | O_CLOEXEC);
-                CHILD_CHECK(sysctl >= 0);
-                snprintf(last, sizeof last, "%d", (int) want - 1);
-                child_write(sysctl, last, strlen(last));
-                close(sysctl);
-                pid = fork();
+                pid = fork_with_pid(want);
                 if (pid == 0) {
                         if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != 1)
                                 child_exit(127);
                         fn(fd);
                         child_exit(0);
                 }
-                CHILD_CHECK(pid > 0);
+                /* The errno of a clone3() that failed (EPERM without CAP_SYS_ADMIN), then its pid. */
+                CHILD_EQ(pid < 0 ? errno : 0, 0);
                 CHILD_EQ(pid, want);
                 CHILD_EQ(waitpid(pid, &status, 0), pid);
                 child_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
@@ -676,6 +678,33 @@ static _Noreturn void dying_sender(int ev) {
         child_fail(__LINE__, "a send that should have died returned", 0, 0, false);
 }
 
+/*
+ * Run fn(ev) in a child that dies at its trap (TRAP_DIE); wait for its word
+ * from the trap (into *ret_report unless NULL) and for its death. Returns
+ * its pid, reaped, so it is free to be given out again.
+ */
+static pid_t spawn_to_die(void (*fn)(int ev), const char *who, TrapReport *ret_report) {
+        TrapReport report;
+        char what[80];
+        pid_t pid;
+        int ev[2];
+
+        ck_assert_int_eq(pipe2(ev, O_CLOEXEC), 0);
+        pid = spawn();
+        if (pid == 0) {
+                close(ev[0]);
+                fn(ev[1]);
+        }
+        close(ev[1]);
+        snprintf(what, sizeof what, "word of %s's fault", who);
+        read_exact(ev[0], &report, sizeof report, what);
+        assert_killed(pid, who);
+        close(ev[0]);
+        if (ret_report)
+                *ret_report = report;
+        return pid;
+}
+
 /* A process that only waits to be killed (when the test kills it, or when the test's process dies). */
 static pid_t spawn_sleeper_with_pid(pid_t want) {
         pid_t parent = getpid(), pid;
@@ -701,18 +730,10 @@ static pid_t spawn_sleeper_with_pid(pid_t want) {
 START_TEST(test_dead_sender_with_reused_pid_is_repaired) {
         shmb_channel *rx = open_ok();
         const RingHeader *h = shmb_channel_addr(rx);
-        TrapReport report;
         pid_t dead, twin;
         uint32_t token;
-        int ev[2];
 
-        ck_assert_int_eq(pipe2(ev, O_CLOEXEC), 0);
-        dead = spawn();
-        if (dead == 0)
-                dying_sender(ev[1]);
-        close(ev[1]);
-        read_exact(ev[0], &report, sizeof report, "word of the sender's fault");
-        assert_killed(dead, "the sender");
+        dead = spawn_to_die(dying_sender, "the sender", NULL);
         token = assert_send_claimed(h, 0);
         /* A live process with the dead claimer's pid. */
         twin = spawn_sleeper_with_pid(dead);
@@ -725,7 +746,6 @@ START_TEST(test_dead_sender_with_reused_pid_is_repaired) {
         assert_round_trips(rx);
         ck_assert_int_eq(kill(twin, SIGKILL), 0);
         assert_killed(twin, "the process with the dead sender's pid");
-        close(ev[0]);
         shmb_close(rx);
 }
 END_TEST
@@ -788,6 +808,14 @@ static _Noreturn void claim_and_die(bool sender, int ev) {
         child_fail(__LINE__, "a call that should have died returned", 0, 0, false);
 }
 
+static _Noreturn void sender_dies_right_after_claim(int ev) {
+        claim_and_die(true, ev);
+}
+
+static _Noreturn void receiver_dies_right_after_claim(int ev) {
+        claim_and_die(false, ev);
+}
+
 /*
  * SPEC: who claimed is known from the instant of the claim, so a sender
  * killed right after it, before head moved, is repaired: a live sender
@@ -797,19 +825,12 @@ static _Noreturn void claim_and_die(bool sender, int ev) {
 START_TEST(test_sender_killed_right_after_claim_is_repaired) {
         shmb_channel *rx = open_ok();
         const RingHeader *h = shmb_channel_addr(rx);
-        int shm = test_ipcs_count("-m"), sem = test_ipcs_count("-s"), ev[2];
+        int shm = test_ipcs_count("-m"), sem = test_ipcs_count("-s");
         uint64_t pos = move_off_header_page(rx);
         TrapReport report;
         uint32_t token;
-        pid_t dead;
 
-        ck_assert_int_eq(pipe2(ev, O_CLOEXEC), 0);
-        dead = spawn();
-        if (dead == 0)
-                claim_and_die(true, ev[1]);
-        close(ev[1]);
-        read_exact(ev[0], &report, sizeof report, "word of the sender's fault");
-        assert_killed(dead, "the sender");
+        (void) spawn_to_die(sender_dies_right_after_claim, "the sender", &report);
         token = assert_died_right_after_claim(h, pos, true, &report);
         assert_exited_ok(spawn_sender('B'), "the second sender");
         assert_recv_message(rx, SMALL_LEN, 'B', REPAIR_MS, "the message behind the dead claim");
@@ -818,7 +839,6 @@ START_TEST(test_sender_killed_right_after_claim_is_repaired) {
         assert_round_trips(rx);
         ck_assert_int_eq(test_ipcs_count("-m"), shm);
         ck_assert_int_eq(test_ipcs_count("-s"), sem);
-        close(ev[0]);
         shmb_close(rx);
 }
 END_TEST
@@ -832,24 +852,17 @@ END_TEST
 START_TEST(test_receiver_killed_right_after_claim_is_repaired) {
         shmb_channel *tx = open_ok();
         const RingHeader *h = shmb_channel_addr(tx);
-        int shm = test_ipcs_count("-m"), sem = test_ipcs_count("-s"), ev[2];
+        int shm = test_ipcs_count("-m"), sem = test_ipcs_count("-s");
         uint64_t pos = move_off_header_page(tx);
         char buf[SMALL_LEN];
         TrapReport report;
         uint32_t token;
-        pid_t dead;
 
         for (int i = 0; i < SLOTS; i++)
                 send_small(tx, (char) ('C' + i), 0);
         fill(buf, sizeof buf, 'Z');
         ck_assert_int_eq(shmb_send(tx, buf, sizeof buf, 0), -EAGAIN);
-        ck_assert_int_eq(pipe2(ev, O_CLOEXEC), 0);
-        dead = spawn();
-        if (dead == 0)
-                claim_and_die(false, ev[1]);
-        close(ev[1]);
-        read_exact(ev[0], &report, sizeof report, "word of the receiver's fault");
-        assert_killed(dead, "the receiver");
+        (void) spawn_to_die(receiver_dies_right_after_claim, "the receiver", &report);
         token = assert_died_right_after_claim(h, pos, false, &report);
         ck_assert_msg(shmb_send(tx, buf, sizeof buf, REPAIR_MS) == 0, "a send on the full ring did not get past the dead "
                       "receiver's claim within %d ms", REPAIR_MS);
@@ -861,23 +874,64 @@ START_TEST(test_receiver_killed_right_after_claim_is_repaired) {
         assert_round_trips(tx);
         ck_assert_int_eq(test_ipcs_count("-m"), shm);
         ck_assert_int_eq(test_ipcs_count("-s"), sem);
-        close(ev[0]);
         shmb_close(tx);
 }
 END_TEST
 
 /* ---- polling costs no system call ---- */
 
-/* From here on only read, write, exit and sigreturn: any other system call is SIGKILL. */
-static void enter_strict_mode(void) {
-        CHILD_EQ(prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT, 0, 0, 0), 0);
-        strict_mode = true;
+#if defined(__x86_64__)
+#define STRICT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define STRICT_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+/*
+ * From here on only read, write, exit and sigreturn: any other system call
+ * (or one of another arch's numbering) kills the process, with SIGSYS.
+ * The rule of seccomp's strict mode, as a filter: strict mode cannot be
+ * entered under a filter, which a container (systemd-nspawn) or a service
+ * (SystemCallFilter=) may have put there already, and a filter stacks. No
+ * core file of the kill (SIGSYS dumps core).
+ */
+static void enter_strict_filter(void) {
+#ifdef STRICT_ARCH
+        struct sock_filter code[] = {
+                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, STRICT_ARCH, 1, 0),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_read, 4, 0),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_write, 3, 0),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_exit, 2, 0),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_rt_sigreturn, 1, 0),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = { .len = (unsigned short) ELEMENTS(code), .filter = code };
+
+        CHILD_EQ(setrlimit(RLIMIT_CORE, &(struct rlimit) { 0, 0 }), 0);
+        CHILD_EQ(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        CHILD_EQ(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0), 0);
+        strict_filter = true;
+#else
+        child_fail(__LINE__, "an AUDIT_ARCH_ for this machine's seccomp filter", 0, 0, false);
+#endif
+}
+
+/* The strict filter's kill. */
+static void assert_judged(pid_t pid, const char *who) {
+        int status = reap(pid);
+
+        ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS, "%s was not killed by seccomp: %s %d; %s", who,
+                      WIFEXITED(status) ? "exit status" : "signal",
+                      WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status), complaint());
 }
 
 static void assert_no_syscall(pid_t pid, const char *what) {
         int status = reap(pid);
 
-        ck_assert_msg(!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL,
+        ck_assert_msg(!WIFSIGNALED(status) || WTERMSIG(status) != SIGSYS,
                       "%s: the poller made a system call (seccomp killed it)", what);
         ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: %s %d; %s", what,
                       WIFEXITED(status) ? "exit status" : "signal",
@@ -906,7 +960,7 @@ static void poll_rounds(shmb_channel *ch) {
 static _Noreturn void strict_poller(void) {
         shmb_channel *ch = child_open();
 
-        enter_strict_mode();
+        enter_strict_filter();
         poll_rounds(ch);
         strict_exit(0);
         child_exit(0);
@@ -915,24 +969,24 @@ static _Noreturn void strict_poller(void) {
 /*
  * SPEC: a call that does not wait makes no system call: not on an empty
  * ring, not on a full one, not to publish or free a slot when nobody
- * sleeps. Checked in seccomp's strict mode, where any other system call
- * than read, write, exit and sigreturn kills the caller. (vDSO calls are
- * no system calls here; no call in strict mode has a timeout, so none
- * reads the clock.)
+ * sleeps. Checked under the strict filter (seccomp strict mode's rule),
+ * where any other system call than read, write, exit and sigreturn kills
+ * the caller. (vDSO calls are no system calls here; no call made under
+ * the filter has a timeout, so none reads the clock.)
  */
 START_TEST(test_polls_of_an_idle_ring_make_no_syscall) {
         shmb_channel *peer;
         const RingHeader *h;
         pid_t pid;
 
-        /* The judge: strict mode is enforced here. */
+        /* The judge: the strict filter is enforced here. */
         pid = spawn();
         if (pid == 0) {
-                enter_strict_mode();
+                enter_strict_filter();
                 (void) syscall(SYS_getppid);
                 child_exit(0);
         }
-        assert_killed(pid, "a child that made a system call in strict mode");
+        assert_judged(pid, "a child that made a system call under the strict filter");
 
         pid = spawn();
         if (pid == 0)
@@ -999,7 +1053,7 @@ static _Noreturn void strict_poller_behind_live_claims(int cmd, int ev) {
         /* Once through each call before: what a first call may set up is the idle case's business. */
         CHILD_EQ(shmb_send(ch, &v, sizeof v, 0), 0);
         CHILD_EQ(shmb_recv(ch, buf, sizeof buf, 0), sizeof v);
-        enter_strict_mode();
+        enter_strict_filter();
 
         /* A live sender mid-copy: every receive finds its claim, and asks whether it lives. */
         child_write(cmd, "s", 1);
@@ -1099,9 +1153,7 @@ static void await_asleep(pid_t pid, const RingHeader *h) {
 START_TEST(test_sleeping_receiver_gets_past_a_claim_that_died_meanwhile) {
         shmb_channel *watch = open_ok();
         const RingHeader *h = shmb_channel_addr(watch);
-        TrapReport report;
-        pid_t rx, dead;
-        int ev[2];
+        pid_t rx;
 
         rx = spawn();
         if (rx == 0) {
@@ -1114,19 +1166,12 @@ START_TEST(test_sleeping_receiver_gets_past_a_claim_that_died_meanwhile) {
                 child_exit(0);
         }
         await_asleep(rx, h);
-        ck_assert_int_eq(pipe2(ev, O_CLOEXEC), 0);
-        dead = spawn();
-        if (dead == 0)
-                dying_sender(ev[1]);
-        close(ev[1]);
-        read_exact(ev[0], &report, sizeof report, "word of the sender's fault");
-        assert_killed(dead, "the sender");
+        (void) spawn_to_die(dying_sender, "the sender", NULL);
         assert_send_claimed(h, 0);
         ck_assert_msg(asleep_in_futex(rx), "the receiver woke up for a claim, with no message");
         assert_exited_ok(spawn_sender('B'), "the second sender");
         assert_exited_ok(rx, "the receiver that slept");
         assert_ring_empty(watch);
-        close(ev[0]);
         shmb_close(watch);
 }
 END_TEST
@@ -1210,8 +1255,7 @@ START_TEST(test_dead_claim_stays_dead_when_its_entry_is_reused) {
         shmb_channel *rx = open_ok(), *refused = NULL;
         const RingHeader *h = shmb_channel_addr(rx);
         int ev[2], hold[2], go[2];
-        pid_t filler, dead, heir;
-        TrapReport report;
+        pid_t filler, heir;
         uint32_t token, index;
         uint64_t word;
         char c;
@@ -1232,11 +1276,7 @@ START_TEST(test_dead_claim_stays_dead_when_its_entry_is_reused) {
         close(hold[0]);
         read_exact(ev[0], &c, 1, "word that the holder table is nearly full");
         /* The last FREE entry: a sender that claims position 0 and dies. */
-        dead = spawn();
-        if (dead == 0)
-                dying_sender(ev[1]);
-        read_exact(ev[0], &report, sizeof report, "word of the sender's fault");
-        assert_killed(dead, "the sender");
+        (void) spawn_to_die(dying_sender, "the sender", NULL);
         token = assert_send_claimed(h, 0);
         await_token_dead(h, token, "the dead sender's");
         /* The next opener can only get the dead sender's entry; it keeps it until the end. */
