@@ -1822,10 +1822,10 @@ END_TEST
 /* ---- reconnect: holds survive a broker restart ---- */
 
 /*
- * This process's holds on `channel`, as the broker's status says, asked on
- * a plain socket of the test's own; -1 when the broker has no such channel.
+ * The holds of pid on `channel`, as the broker's status says, asked on a
+ * plain socket of the test's own; -1 when the broker has no such channel.
  */
-static int my_holds(const char *channel) {
+static int holds_of(pid_t pid, const char *channel) {
         char line[160];
         int fd = test_connect(td.socket), n = 0;
         json_t *resp, *e;
@@ -1839,10 +1839,15 @@ static int my_holds(const char *channel) {
                 return -1;
         }
         json_array_foreach(json_object_get(test_must_find(resp, channel), "clients"), i, e)
-                if (test_jint(e, "pid") == getpid())
+                if (test_jint(e, "pid") == pid)
                         n++;
         json_decref(resp);
         return n;
+}
+
+/* This process's holds on `channel`. */
+static int my_holds(const char *channel) {
+        return holds_of(getpid(), channel);
 }
 
 static bool crash_holds_back(void) {
@@ -1926,27 +1931,6 @@ static void crash_receive(shmb_channel *ch, bool *seen, uint32_t n) {
         }
 }
 
-/* Holds of pid on channel, or -1 when the broker has no such channel. */
-static int holds_of(pid_t pid, const char *channel) {
-        char line[160];
-        int fd = test_connect(td.socket), n = 0;
-        json_t *resp, *e;
-        size_t i;
-
-        snprintf(line, sizeof line, "{\"op\":\"status\",\"channel\":\"%s\"}", channel);
-        resp = test_request(fd, line);
-        close(fd);
-        if (!json_is_true(json_object_get(resp, "ok"))) {
-                json_decref(resp);
-                return -1;
-        }
-        json_array_foreach(json_object_get(test_must_find(resp, channel), "clients"), i, e)
-                if (test_jint(e, "pid") == pid)
-                        n++;
-        json_decref(resp);
-        return n;
-}
-
 /*
  * SIGKILL the broker while a sender is mid-stream (blocked on a full ring);
  * restart it: the ring is taken over, so the sender's blocked and later
@@ -1968,8 +1952,12 @@ START_TEST(test_crash_restart_keeps_traffic) {
         if (sender == 0)
                 crash_sender();
         crash_receive(before, seen, 300);
-        /* Let the sender fill the ring (8 slots) and block before the broker dies. */
-        usleep(100000);
+        /* The sender fills the ring (8 slots) and blocks before the broker dies: its sleeping flag is up. */
+        deadline = test_now_ms() + 5000;
+        while (!__atomic_load_n(&((const RingHeader *) shmb_channel_addr(before))->send_sleeping, __ATOMIC_SEQ_CST)) {
+                ck_assert_msg(test_now_ms() < deadline, "the sender did not block on the full ring within 5 s");
+                usleep(1000);
+        }
         test_daemon_kill(&td, SIGKILL);
         crash_receive(before, seen, 100);     /* the data path needs no broker */
         test_start_ok();

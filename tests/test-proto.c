@@ -1020,6 +1020,24 @@ START_TEST(test_encode_open_fields) {
 }
 END_TEST
 
+/* An open answer for a ring channel "c", with `fields` (",\"name\":value...") after its required ones. */
+#define RING_OPEN_ANSWER(fields)                                                                                  \
+        "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,\"nsems\":1," \
+        "\"layout\":\"ring\",\"slot_size\":8,\"slots\":2" fields "}"
+
+/* Each open answer is refused as malformed, with a message that names `field`. */
+static void assert_open_answers_refused(const char *const *answers, size_t n, const char *field) {
+        char msg[PROTO_MESSAGE_MAX];
+        ProtoResponse res;
+
+        for (size_t i = 0; i < n; i++) {
+                ck_assert_msg(proto_response_decode(PROTO_OP_OPEN, answers[i], strlen(answers[i]), &res, msg, sizeof msg) ==
+                                      EBADMSG,
+                              "not refused: %s", answers[i]);
+                ck_assert_msg_contains(msg, field);
+        }
+}
+
 /* ring_version: only in open answers of rings, decoded when given, optional for an older broker. */
 START_TEST(test_ring_version_field) {
         ProtoChannel ring = ring_channel(), raw = raw_channel();
@@ -1045,26 +1063,18 @@ START_TEST(test_ring_version_field) {
         free(line);
 
         /* An answer without it decodes (0: not given); the library refuses the ring then. */
-        static const char without[] = "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,"
-                                      "\"sem_id\":3,\"size\":4,\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2}";
+        static const char without[] = RING_OPEN_ANSWER("");
         ck_assert_int_eq(proto_response_decode(PROTO_OP_OPEN, without, strlen(without), &res, msg, sizeof msg), 0);
         ck_assert_uint_eq(res.channels[0].ring_version, 0);
         proto_response_done(&res);
 
         /* Given, it must be a positive 32-bit integer. */
         static const char *const bad[] = {
-                "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,"
-                "\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2,\"ring_version\":0}",
-                "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,"
-                "\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2,\"ring_version\":\"3\"}",
-                "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,"
-                "\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2,\"ring_version\":4294967296}",
+                RING_OPEN_ANSWER(",\"ring_version\":0"),
+                RING_OPEN_ANSWER(",\"ring_version\":\"3\""),
+                RING_OPEN_ANSWER(",\"ring_version\":4294967296"),
         };
-        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-                ck_assert_int_eq(proto_response_decode(PROTO_OP_OPEN, bad[i], strlen(bad[i]), &res, msg, sizeof msg),
-                                 EBADMSG);
-                ck_assert_msg_contains(msg, "ring_version");
-        }
+        assert_open_answers_refused(bad, sizeof bad / sizeof bad[0], "ring_version");
 }
 END_TEST
 
@@ -1072,7 +1082,6 @@ END_TEST
 START_TEST(test_holder_field) {
         ProtoChannel ring = ring_channel(), raw = raw_channel();
         ProtoChannel v[2] = { raw_channel(), ring_channel() };
-        char msg[PROTO_MESSAGE_MAX];
         ProtoResponse res;
         char *line;
         size_t len;
@@ -1110,24 +1119,14 @@ START_TEST(test_holder_field) {
         free(line);
 
         static const char *const bad[] = {
-                "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,"
-                "\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2,\"ring_version\":4,\"holder\":0}",
-                "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,"
-                "\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2,\"ring_version\":4,\"holder\":\"4097\"}",
-                "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,"
-                "\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2,\"ring_version\":4,\"holder\":-1}",
-                "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,"
-                "\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2,\"ring_version\":4,\"holder\":4294967296}",
-                "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,"
-                "\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2,\"ring_version\":4,\"holder\":2.5}",
-                "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,\"size\":4,"
-                "\"nsems\":1,\"layout\":\"ring\",\"slot_size\":8,\"slots\":2,\"ring_version\":4,\"holder\":null}",
+                RING_OPEN_ANSWER(",\"ring_version\":4,\"holder\":0"),
+                RING_OPEN_ANSWER(",\"ring_version\":4,\"holder\":\"4097\""),
+                RING_OPEN_ANSWER(",\"ring_version\":4,\"holder\":-1"),
+                RING_OPEN_ANSWER(",\"ring_version\":4,\"holder\":4294967296"),
+                RING_OPEN_ANSWER(",\"ring_version\":4,\"holder\":2.5"),
+                RING_OPEN_ANSWER(",\"ring_version\":4,\"holder\":null"),
         };
-        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-                ck_assert_int_eq(proto_response_decode(PROTO_OP_OPEN, bad[i], strlen(bad[i]), &res, msg, sizeof msg),
-                                 EBADMSG);
-                ck_assert_msg_contains(msg, "holder");
-        }
+        assert_open_answers_refused(bad, sizeof bad / sizeof bad[0], "holder");
 }
 END_TEST
 

@@ -623,6 +623,14 @@ static void call_start(Call *c, shmb_channel *ch, bool send, int timeout_ms) {
         ck_assert_int_eq(pthread_create(&c->thread, NULL, call_main, c), 0);
 }
 
+/* Wait (up to 5 s) until a waiter raised its sleeping flag: it is in its wait, past spinning. */
+static void await_flag(const uint32_t *flag) {
+        for (int64_t until = now_ms() + 5000; !LOAD(flag, __ATOMIC_SEQ_CST);) {
+                ck_assert_msg(now_ms() < until, "the call did not go to sleep within 5 s");
+                usleep(1000);
+        }
+}
+
 START_TEST(test_live_sender_claim_is_waited_for) {
         TestRing ring;
         shmb_channel *ch;
@@ -635,7 +643,9 @@ START_TEST(test_live_sender_claim_is_waited_for) {
         /* This live holder claims position 0 and is slow to publish. */
         ck_assert(abandon_send(ch, ch->hold.token, false));
         call_start(&recv, handle_new(&ring, 1, SHMB_DEFAULT_SPIN_US), false, 5000);
-        usleep(300000);         /* six repair polls */
+        /* Not returning is only news once the call waits for the claim: then six repair polls pass. */
+        await_flag(&ch->ring->recv_sleeping);
+        usleep(300000);
         ck_assert_int_eq(LOAD(&recv.returned_ms, __ATOMIC_ACQUIRE), 0);
         slot = slot_of(ch, 0);
         slot->len = 3;
@@ -668,7 +678,8 @@ START_TEST(test_live_receiver_claim_is_waited_for) {
         /* A receiver takes position 0 and is slow to free it; it is alive (this handle's holder). */
         ck_assert(abandon_recv(ch, ch->hold.token, false, &m, &len));
         call_start(&send, handle_new(&ring, 1, SHMB_DEFAULT_SPIN_US), true, 5000);
-        usleep(300000);
+        await_flag(&ch->ring->send_sleeping);
+        usleep(300000);         /* six repair polls */
         ck_assert_int_eq(LOAD(&send.returned_ms, __ATOMIC_ACQUIRE), 0);
         /* The receiver frees it at last. */
         ck_assert(__atomic_compare_exchange_n(&slot_of(ch, 0)->seq, &(uint64_t) { 1 }, 0 + 2, false, __ATOMIC_SEQ_CST,
