@@ -527,6 +527,18 @@ END_TEST
  * finishes: it dies at once, or (stuck_fd >= 0) says so on stuck_fd and
  * stays alive, stuck, until it is killed.
  */
+/* The live holder token of pid in ring h (the broker wrote the pid beside it), or 0. */
+static uint32_t live_token_of(const RingHeader *h, pid_t pid) {
+        for (uint32_t i = 0; i < h->holders; i++) {
+                const RingHolder *e = ring_holder_at(h, i);
+                uint64_t w = __atomic_load_n(&e->word, __ATOMIC_ACQUIRE);
+
+                if ((uint32_t) w == RING_HOLDER_LIVE && e->pid == pid)
+                        return ring_token(i, (uint32_t) (w >> 32));
+        }
+        return 0;
+}
+
 static void claim_mid_message(bool as_sender, int stuck_fd) {
         shmb_channel *ch;
         RingHeader *h;
@@ -537,14 +549,7 @@ static void claim_mid_message(bool as_sender, int stuck_fd) {
         if (shmb_open_channel(NULL, "ring", SHMB_RW, &ch) < 0)
                 _exit(2);
         h = shmb_channel_addr(ch);
-        /* Our holder token: the broker wrote our pid beside it. */
-        for (uint32_t i = 0; i < h->holders && !token; i++) {
-                const RingHolder *e = ring_holder_at(h, i);
-                uint64_t w = __atomic_load_n(&e->word, __ATOMIC_ACQUIRE);
-
-                if ((uint32_t) w == RING_HOLDER_LIVE && e->pid == getpid())
-                        token = ring_token(i, (uint32_t) (w >> 32));
-        }
+        token = live_token_of(h, getpid());
         if (!token)
                 _exit(3);
         /* The claim as the library makes it: the owner word names us; then head/tail moves on. */
@@ -593,6 +598,33 @@ static void wait_holder_dead(shmb_channel *ch, pid_t pid) {
                 usleep(2000);
         }
 }
+
+/*
+ * Two ring handles on one connection share one hold and one token: closing
+ * one must not give the token back, or the other's live claims could be
+ * repaired under it.
+ */
+START_TEST(test_closing_one_of_two_ring_handles_keeps_the_token) {
+        shmb_channel *one, *two;
+        const RingHeader *h;
+        shmb_client *c;
+        uint32_t token;
+        char buf[16];
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &one), 0);
+        ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &two), 0);
+        h = shmb_channel_addr(two);
+        token = live_token_of(h, getpid());
+        ck_assert_uint_ne(token, 0);
+        ck_assert_int_eq(shmb_close(one), 0);
+        ck_assert_msg(!ring_token_dead(h, token), "closing one handle ended the token the other still uses");
+        ck_assert_int_eq(shmb_send(two, "still", 5, 0), 0);
+        ck_assert_int_eq(shmb_recv(two, buf, sizeof buf, 0), 5);
+        ck_assert_int_eq(shmb_close(two), 0);
+        shmb_disconnect(c);
+}
+END_TEST
 
 START_TEST(test_ring_sender_dead_mid_message_is_skipped) {
         shmb_channel *ch = open_ok("ring", SHMB_RW);
@@ -1599,6 +1631,10 @@ static void assert_removed_everywhere(Blocked *b, int n, int64_t since, const ch
                 ck_assert_int_eq(shmb_sem_trywait(b[BLOCKED_SEM_WAIT].ch, 0), -EIDRM);
                 ck_assert_int_eq(shmb_lock(b[BLOCKED_SEM_WAIT].ch, 0, 100), -EIDRM);
         }
+        /* And the handle says so itself, ring or raw. */
+        for (int i = 0; i < n; i++)
+                ck_assert_msg(shmb_channel_check(b[i].ch) == -EIDRM, "%s: shmb_channel_check() of the %s's handle: %d",
+                              what, blocked_names[b[i].kind], shmb_channel_check(b[i].ch));
         for (int i = 0; i < n; i++)
                 shmb_close(b[i].ch);
 }
@@ -2182,6 +2218,7 @@ int main(void) {
                 { "semaphores", CASE_TIMEOUT, { test_lock_counts_exactly, test_killed_lock_holder_releases_lock, test_timeouts_fire,
                                   test_waiter_sees_channel_removed } },
                 { "ring", CASE_TIMEOUT, { test_ring_mpmc_exactly_once, test_ring_killed_sender_loses_nothing_sent, test_ring_no_lost_wakeups,
+                            test_closing_one_of_two_ring_handles_keeps_the_token,
                             test_ring_sender_dead_mid_message_is_skipped, test_ring_receiver_dead_mid_message_frees_slot,
                             test_ring_wait_behind_live_stuck_claim_times_out, test_ring_of_another_layout_is_eproto } },
                 { "faults", CASE_TIMEOUT, { test_thousand_clients_killed_at_random } },
