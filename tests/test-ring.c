@@ -309,6 +309,24 @@ static bool take(Run *run, const Msg *m, ssize_t n, const char *who, unsigned id
         return true;
 }
 
+/* What a stuck ring looked like, for the log of a failed run. */
+static void dump_ring(const shmb_channel *ch, const char *who) {
+        const RingHeader *h = ch->ring;
+
+        fprintf(stderr, "test-ring: %s: head %" PRIu64 " tail %" PRIu64 " recv_sleeping %u send_sleeping %u\n", who,
+                LOAD(&h->head, __ATOMIC_ACQUIRE), LOAD(&h->tail, __ATOMIC_ACQUIRE),
+                LOAD(&h->recv_sleeping, __ATOMIC_ACQUIRE), LOAD(&h->send_sleeping, __ATOMIC_ACQUIRE));
+        for (uint32_t i = 0; i < h->slots; i++) {
+                const RingSlot *slot = ring_slot_at(h, i);
+                uint64_t so = LOAD(&slot->send_owner, __ATOMIC_ACQUIRE), ro = LOAD(&slot->recv_owner, __ATOMIC_ACQUIRE);
+
+                fprintf(stderr, "test-ring:   slot %u: seq %" PRIu64 " send_owner %" PRIu64 "/%s recv_owner %" PRIu64
+                        "/%s\n", i, LOAD(&slot->seq, __ATOMIC_ACQUIRE), so >> 32,
+                        ring_token_dead(h, (uint32_t) so) ? "dead" : "live", ro >> 32,
+                        ring_token_dead(h, (uint32_t) ro) ? "dead" : "live");
+        }
+}
+
 /*
  * A call whose timeout is the watchdog of a stuck ring, not of a slow
  * machine: a worker that others beat to every slot for CALL_TIMEOUT_MS
@@ -320,8 +338,12 @@ static int send_while_moving(shmb_channel *ch, const void *msg, size_t len) {
                 uint64_t before = LOAD(&ch->ring->head, __ATOMIC_ACQUIRE);
                 int r = shmb_send(ch, msg, len, CALL_TIMEOUT_MS);
 
-                if (r != -ETIMEDOUT || LOAD(&ch->ring->head, __ATOMIC_ACQUIRE) == before)
+                if (r != -ETIMEDOUT)
                         return r;
+                if (LOAD(&ch->ring->head, __ATOMIC_ACQUIRE) == before) {
+                        dump_ring(ch, "a send timed out");
+                        return r;
+                }
         }
 }
 
@@ -330,8 +352,12 @@ static ssize_t recv_while_moving(shmb_channel *ch, void *buf, size_t size) {
                 uint64_t before = LOAD(&ch->ring->tail, __ATOMIC_ACQUIRE);
                 ssize_t n = shmb_recv(ch, buf, size, CALL_TIMEOUT_MS);
 
-                if (n != -ETIMEDOUT || LOAD(&ch->ring->tail, __ATOMIC_ACQUIRE) == before)
+                if (n != -ETIMEDOUT)
                         return n;
+                if (LOAD(&ch->ring->tail, __ATOMIC_ACQUIRE) == before) {
+                        dump_ring(ch, "a receive timed out");
+                        return n;
+                }
         }
 }
 
