@@ -101,6 +101,8 @@ struct Control {
         ExitWatch *exits;       /* borrowed; NULL: tokens end with their connection */
         LIST_HEAD(, Conn) conns;
         size_t n_conns;
+        void (*changed)(void *userdata); /* control_on_change() */
+        void *changed_userdata;
         UidAcct **accts;        /* sorted by uid, for lookup at accept */
         size_t n_accts, accts_cap;
 };
@@ -270,6 +272,12 @@ static void discard_pending_input(int fd) {
         }
 }
 
+/* After each event of ours: the counts the daemon reports may have moved. */
+static void control_changed(Control *c) {
+        if (c->changed)
+                c->changed(c->changed_userdata);
+}
+
 /*
  * The connection's holds end (the client's registry side, as
  * client_done()): tokens of a process that lives on are handed to the
@@ -299,6 +307,7 @@ static int on_conn_process_exit(sd_event_source *s, int fd, uint32_t revents, vo
         if (n > 0)
                 log_debug("Client pid %d exited, but its connection is still open (a fork of it holds it); "
                           "marked its %zu holder token(s) dead.", (int) conn->client.peer.pid, n);
+        control_changed(conn->control);
         /* A one-shot source: the pidfd stays readable. A token taken later arms it again (conn_watch_process()). */
         return 0;
 }
@@ -623,6 +632,7 @@ static int process_input(Conn *conn) {
  */
 static int read_input(Conn *conn) {
         while (conn_reading(conn)) {
+                size_t space;
                 ssize_t n;
                 char *nl;
 
@@ -641,7 +651,8 @@ static int read_input(Conn *conn) {
                         conn_recharge(conn, conn->in_cap, cap);
                         conn->in_cap = cap;
                 }
-                n = recv(conn->fd, conn->in + conn->in_len, conn->in_cap - conn->in_len, MSG_DONTWAIT);
+                space = conn->in_cap - conn->in_len;
+                n = recv(conn->fd, conn->in + conn->in_len, space, MSG_DONTWAIT);
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -659,6 +670,10 @@ static int read_input(Conn *conn) {
                  * long answering the lines before it takes. */
                 if (has_partial_line(conn) && conn->timed_pos != conn->line_pos)
                         conn_time_line(conn);
+                /* Less than asked for: the socket is empty now. Its source is level-triggered,
+                 * so what comes later wakes us; asking again would only cost an EAGAIN. */
+                if ((size_t) n < space)
+                        break;
         }
         return 0;
 }
@@ -738,13 +753,19 @@ close:
 }
 
 static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Control *c = ((Conn *) userdata)->control;
+
         conn_service(userdata, revents);
+        control_changed(c);
         return 0;
 }
 
 static int on_conn_more(sd_event_source *s, void *userdata) {
+        Control *c = ((Conn *) userdata)->control;
+
         /* Read too: the end of the line being timed may have come meanwhile. */
         conn_service(userdata, EPOLLIN);
+        control_changed(c);
         return 0;
 }
 
@@ -754,14 +775,15 @@ static int on_conn_more(sd_event_source *s, void *userdata) {
  */
 static int on_conn_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
         Conn *conn = userdata;
+        Control *c = conn->control;
 
         if (conn->closing) {
                 log_debug("Client pid %d did not read its last answer within %" PRIu32 " ms; closing.",
                           (int) conn->client.peer.pid, conn->control->limits->request_timeout_ms);
                 conn_free(conn);
-                return 0;
-        }
-        conn_service(conn, EPOLLIN);
+        } else
+                conn_service(conn, EPOLLIN);
+        control_changed(c);
         return 0;
 }
 
@@ -847,8 +869,7 @@ refuse:
         return -err;
 }
 
-static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        Control *c = userdata;
+static void accept_one(Control *c, int fd) {
         Conn *conn;
         int cfd, r;
 
@@ -871,13 +892,13 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
                         pause_accepting(c, err);
                 else if (err != EAGAIN && err != EINTR && err != ECONNABORTED)
                         log_warning("Failed to accept a connection: %s, ignoring.", strerror(err));
-                return 0;
+                return;
         }
         c->pause_logged = false;
         conn = calloc(1, sizeof *conn);
         if (!conn) {
                 close(cfd);
-                return 0;
+                return;
         }
         conn->fd = cfd;
         conn->control = c;
@@ -889,26 +910,31 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
         if (r < 0) {
                 log_warning("Failed to read peer credentials: %s, dropping connection.", strerror(-r));
                 conn_free(conn);
-                return 0;
+                return;
         }
         r = acct_attach(c, conn);
         if (r < 0) {
                 log_warning("Failed to account a connection: %s, dropping it.", strerror(-r));
                 conn_free(conn);
-                return 0;
+                return;
         }
         r = check_caps(c, conn);
         if (r < 0) {
                 conn_free(conn);
-                return 0;
+                return;
         }
         r = sd_event_add_io(c->event, &conn->source, cfd, EPOLLIN, on_conn_io, conn);
         if (r < 0) {
                 log_warning("Failed to watch a connection: %s, dropping it.", strerror(-r));
                 conn_free(conn);
-                return 0;
+                return;
         }
         log_debug("Connection from pid %d (uid %u).", (int) conn->client.peer.pid, (unsigned) conn->client.peer.uid);
+}
+
+static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        accept_one(userdata, fd);
+        control_changed(userdata);
         return 0;
 }
 
@@ -1035,6 +1061,11 @@ void control_stop_accepting(Control *c) {
                 close(c->listen_fd);
                 c->listen_fd = -1;
         }
+}
+
+void control_on_change(Control *c, void (*fn)(void *userdata), void *userdata) {
+        c->changed = fn;
+        c->changed_userdata = userdata;
 }
 
 size_t control_count_connections(const Control *c) {

@@ -48,6 +48,13 @@ int control_adopt(Control *c, int fd, char *msg, size_t msg_size);
 /* Stop accepting new connections; existing ones keep being served. */
 void control_stop_accepting(Control *c);
 
+/*
+ * Call fn(userdata) after each of the control socket's events (an accept, a
+ * connection's turn, its process's exit): whatever changes the number of
+ * connections or holds happens in one. fn must not free c. NULL: none.
+ */
+void control_on_change(Control *c, void (*fn)(void *userdata), void *userdata);
+
 size_t control_count_connections(const Control *c);
 
 /* Close every connection (dropping their holds), close the listener and

@@ -347,7 +347,7 @@ static int setup_loop(Daemon *d) {
         sigset_t mask;
         int r;
 
-        r = sd_event_default(&d->event);
+        r = sd_event_new(&d->event);
         if (r < 0)
                 return r;
         /* sd-event needs the signals blocked before it can take them as events. */
@@ -418,29 +418,30 @@ static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata) {
 }
 
 /*
- * After each dispatched event: when the figures changed, tell systemd, but
- * at most once a second. sd_notify() blocks when the receiver's datagram
- * queue is full (10 by default), so chatter must never outrun it.
+ * After each event of the control socket: when the figures changed, tell
+ * systemd, but at most once a second. sd_notify() blocks when the
+ * receiver's datagram queue is full (10 by default), so chatter must never
+ * outrun it. (Not a post source: that would cost every event a second turn
+ * of the loop, an epoll_wait() more per request.)
  */
-static int on_post(sd_event_source *s, void *userdata) {
+static void on_counts_changed(void *userdata) {
         Daemon *d = userdata;
         int enabled = SD_EVENT_OFF;
         uint64_t now;
 
         if (!status_changed(d))
-                return 0;
+                return;
         if (d->status_timer && sd_event_source_get_enabled(d->status_timer, &enabled) >= 0 && enabled != SD_EVENT_OFF)
-                return 0;       /* already due */
+                return;         /* already due */
         if (sd_event_now(d->event, CLOCK_MONOTONIC, &now) < 0)
-                return 0;
+                return;
         if (!d->status_timer) {
                 (void) sd_event_add_time(d->event, &d->status_timer, CLOCK_MONOTONIC, now + USEC_PER_SEC, 0,
                                          on_status_timer, d);
-                return 0;
+                return;
         }
         (void) sd_event_source_set_time(d->status_timer, now + USEC_PER_SEC);
         (void) sd_event_source_set_enabled(d->status_timer, SD_EVENT_ONESHOT);
-        return 0;
 }
 
 /*
@@ -519,9 +520,8 @@ int daemon_run(const DaemonOptions *o) {
                 log_error("%s", msg);
                 goto fail;
         }
-        r = sd_event_add_post(d.event, NULL, on_post, &d);
-        if (r >= 0)
-                r = arm_orphan_timer(&d);
+        control_on_change(d.control, on_counts_changed, &d);
+        r = arm_orphan_timer(&d);
         if (r < 0) {
                 log_error("Failed to set up the event loop: %s", strerror(-r));
                 goto fail;
