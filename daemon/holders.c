@@ -3,7 +3,7 @@
  *
  * Only this daemon writes a table, and from one thread: a word is loaded
  * relaxed and stored with release, so a client that loads it with acquire
- * (ring_token_dead()) sees pid and start time written before it, though
+ * (ring_token_dead()) sees pid and id written before it, though
  * it never reads them. A token is the entry's index + 1 in its low
  * RING_TOKEN_INDEX_BITS bits and the generation above, so one token names
  * one entry in one generation.
@@ -18,12 +18,12 @@
  * only there: a take-back or a DEAD mark clears it with the orphan bit.
  *
  * An orphan of a killed run is judged by what that run recorded: its pid
- * and start time in our PID namespace. A pid that no longer exists, or
- * now names a process that started at another time, is proof it is gone.
- * Anything short of proof keeps it LIVE: a pid 0 (the opener was in a PID
- * namespace we cannot see), kill() refused with EPERM, /proc unreadable
- * (hidepid=) or a start time that was not recorded. A zombie counts as
- * alive: a thread group whose leader exited looks like one too.
+ * in our PID namespace and its id (proc-id.h). A pid that no longer
+ * exists, or now names another process, is proof it is gone. Anything
+ * short of proof keeps it LIVE: a pid 0 (the opener was in a PID
+ * namespace we cannot see), /proc unreadable (hidepid=) or an id that was
+ * not recorded. A zombie counts as alive: a thread group whose leader
+ * exited looks like one too.
  */
 
 #include <errno.h>
@@ -38,9 +38,9 @@
 #include "common/util.h"
 #include "daemon/holders.h"
 #include "daemon/log.h"
+#include "daemon/proc-id.h"
 
 #define INDEX_MASK ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)
-#define STAT_STARTTIME_FIELD 22         /* proc(5): /proc/PID/stat */
 
 void holders_init(Holders *hs, RingHeader *ring) {
         *hs = (Holders) { .ring = ring };
@@ -104,55 +104,22 @@ size_t holders_adopt(Holders *hs) {
         return hs->n_orphans;
 }
 
-/*
- * Field 22 of /proc/PID/stat: when the process started, in clock ticks
- * after boot. It follows the command name, which may hold spaces and
- * parentheses: fields are counted from the last ')'.
- */
-static int read_starttime(pid_t pid, uint64_t *ret) {
-        _cleanup_(closep) int fd = -1;
-        char path[32], buf[1024], *p, *end;
-        unsigned long long v;
-        ssize_t n;
-
-        snprintf(path, sizeof path, "/proc/%d/stat", (int) pid);
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        if (fd < 0)
-                return -errno;
-        n = read(fd, buf, sizeof buf - 1);
-        if (n < 0)
-                return -errno;
-        buf[n] = 0;
-        p = strrchr(buf, ')');
-        /* ") " and then field 3: STAT_STARTTIME_FIELD - 3 more fields to skip. */
-        for (int field = 2; p && field < STAT_STARTTIME_FIELD; field++)
-                p = strchr(p + 1, ' ');
-        if (!p)
-                return -EBADMSG;
-        errno = 0;
-        v = strtoull(p + 1, &end, 10);
-        if (errno || end == p + 1 || (*end != ' ' && *end != '\n' && *end))
-                return -EBADMSG;
-        *ret = v;
-        return 0;
-}
-
 /* Make entry i LIVE under gen for pid: who it is first, then the word that clients read. */
-static uint32_t entry_set_live(Holders *hs, uint32_t i, uint32_t gen, pid_t pid) {
+static uint32_t entry_set_live(Holders *hs, uint32_t i, uint32_t gen, pid_t pid, int pidfd) {
         RingHolder *e = ring_holder_at(hs->ring, i);
-        uint64_t start = 0;
+        /* An id not known (0): a sweep after a crash then trusts only a pid that is gone. */
+        ProcId id = proc_id_of(pid, pidfd);
 
-        if (pid <= 0 || read_starttime(pid, &start) < 0)
-                start = 0;      /* unknown: a sweep after a crash then only trusts kill() */
         e->pid = pid;
-        e->starttime = start;
+        e->id_kind = id.kind;
+        e->id = id.value;
         __atomic_store_n(&e->word, (uint64_t) gen << 32 | RING_HOLDER_LIVE, __ATOMIC_RELEASE);
         return ring_token(i, gen);
 }
 
 /*
  * Whether the opener with pid `pid` is the process that entry i was handed
- * to: the same pid, and (when both are known) the same start time, so a
+ * to: the same pid, and (when it is known) the same id (proc-id.h), so a
  * process that got a dead opener's pid is not it. A pid we cannot see (0)
  * proves nothing. Tokens are easy to guess from the table that every reader
  * of the segment sees: without this, anyone could take an orphan back and
@@ -160,14 +127,14 @@ static uint32_t entry_set_live(Holders *hs, uint32_t i, uint32_t gen, pid_t pid)
  */
 static bool same_opener(const Holders *hs, uint32_t i, pid_t pid) {
         const RingHolder *e = ring_holder_at(hs->ring, i);
-        uint64_t start;
+        ProcId id = { .kind = e->id_kind, .value = e->id };
 
         if (pid <= 0 || e->pid != pid)
                 return false;
-        return e->starttime == 0 || (read_starttime(pid, &start) == 0 && start == e->starttime);
+        return id.value == 0 || proc_id_matches(pid, &id) == 1;
 }
 
-int holders_take_back(Holders *hs, pid_t pid, uint32_t want, uint32_t *ret_token) {
+int holders_take_back(Holders *hs, pid_t pid, int pidfd, uint32_t want, uint32_t *ret_token) {
         uint32_t i = token_index(want);
         uint64_t word;
 
@@ -178,7 +145,7 @@ int holders_take_back(Holders *hs, pid_t pid, uint32_t want, uint32_t *ret_token
                 return -ENOENT;
         orphan_set(hs, i, false, 0);
         /* Same generation: the claims the opener made before the restart stay its own. */
-        *ret_token = entry_set_live(hs, i, word_gen(word), pid);
+        *ret_token = entry_set_live(hs, i, word_gen(word), pid, pidfd);
         return 0;
 }
 
@@ -201,14 +168,14 @@ static int pick_entry(Holders *hs, uint32_t *ret_index) {
         return -EUSERS;
 }
 
-int holders_take(Holders *hs, pid_t pid, uint32_t want, uint32_t *ret_token) {
+int holders_take(Holders *hs, pid_t pid, int pidfd, uint32_t want, uint32_t *ret_token) {
         uint64_t word;
         uint32_t i;
         int r;
 
         if (!hs->ring)
                 return -EINVAL;
-        if (want != 0 && holders_take_back(hs, pid, want, ret_token) == 0)
+        if (want != 0 && holders_take_back(hs, pid, pidfd, want, ret_token) == 0)
                 return 0;
         r = pick_entry(hs, &i);
         if (r < 0)
@@ -218,7 +185,7 @@ int holders_take(Holders *hs, pid_t pid, uint32_t want, uint32_t *ret_token) {
         word = word_load(hs, i);
         /* A FREE entry was never handed out: its generation 0 names nobody yet. */
         *ret_token = entry_set_live(hs, i, word_state(word) == RING_HOLDER_FREE ? word_gen(word) : word_gen(word) + 1,
-                                    pid);
+                                    pid, pidfd);
         return 0;
 }
 
@@ -266,19 +233,12 @@ bool holders_release_orphan(Holders *hs, uint32_t token, uint64_t cookie) {
 
 /* Whether the opener recorded in e is gone for certain; *ret_why says how we know. */
 static bool opener_gone(const RingHolder *e, const char **ret_why) {
-        uint64_t start;
+        ProcId id = { .kind = e->id_kind, .value = e->id };
 
-        if (e->pid <= 0)
+        if (e->pid <= 0 || proc_id_matches(e->pid, &id) != 0)
                 return false;
-        if (kill(e->pid, 0) < 0 && errno == ESRCH) {
-                *ret_why = "it exited";
-                return true;
-        }
-        if (e->starttime != 0 && read_starttime(e->pid, &start) == 0 && start != e->starttime) {
-                *ret_why = "its pid names another process now";
-                return true;
-        }
-        return false;
+        *ret_why = kill(e->pid, 0) < 0 && errno == ESRCH ? "it exited" : "its pid names another process now";
+        return true;
 }
 
 size_t holders_sweep(Holders *hs, const char *name) {

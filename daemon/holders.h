@@ -12,7 +12,7 @@
  * take them back over a new connection, or to be found gone. There are
  * two kinds:
  *
- *  - a killed predecessor's: judged by the sweep (pid and start time);
+ *  - a killed predecessor's: judged by the sweep (pid and proc-id.h's id);
  *  - watched: a hold ended while its opener's process lived on (its
  *    connection closed, not the process). The caller watches that
  *    process and ends the orphan when it exits. A cookie, never reused,
@@ -59,24 +59,25 @@ static inline bool holders_is_ring(const Holders *hs) {
 }
 
 /*
- * Bind the orphan that `want` names to an opener with pid `pid` (its
- * /proc/PID/stat start time is recorded with it): the token stays as it
- * is, and is no orphan any more. Only the process the entry was handed to
- * (same pid and start time) takes it back. -ENOENT when want names no
- * orphan of that generation (never handed out, DEAD, bound already, not a
- * ring) or pid is another process.
+ * Bind the orphan that `want` names to an opener with pid `pid` and, when
+ * the caller has one, its pidfd (-1: none), whose id (proc-id.h) is
+ * recorded with it: the token stays as it is, and is no orphan any more.
+ * Only the process the entry was handed to (same pid and id) takes it
+ * back. -ENOENT when want names no orphan of that generation (never handed
+ * out, DEAD, bound already, not a ring) or pid is another process.
  */
-int holders_take_back(Holders *hs, pid_t pid, uint32_t want, uint32_t *ret_token);
+int holders_take_back(Holders *hs, pid_t pid, int pidfd, uint32_t want, uint32_t *ret_token);
 
 /*
- * A token for an rw opener with pid `pid`: want's entry when it is an
- * orphan (holders_take_back()), else a FREE entry, else the next DEAD one
- * in turn under its generation + 1 (its old token stays dead). pid and
- * start time are written before the entry's word goes LIVE (a release
- * store). -EUSERS when all RING_HOLDERS entries are LIVE, -EINVAL when
- * this is not a ring. The caller owns the token until holders_release().
+ * A token for an rw opener with pid `pid` (and pidfd, or -1): want's entry
+ * when it is an orphan (holders_take_back()), else a FREE entry, else the
+ * next DEAD one in turn under its generation + 1 (its old token stays
+ * dead). pid and id are written before the entry's word goes LIVE (a
+ * release store). -EUSERS when all RING_HOLDERS entries are LIVE, -EINVAL
+ * when this is not a ring. The caller owns the token until
+ * holders_release().
  */
-int holders_take(Holders *hs, pid_t pid, uint32_t want, uint32_t *ret_token);
+int holders_take(Holders *hs, pid_t pid, int pidfd, uint32_t want, uint32_t *ret_token);
 
 /*
  * The hold that had `token` ended: mark its entry DEAD (a release store;
@@ -107,8 +108,8 @@ bool holders_release_orphan(Holders *hs, uint32_t token, uint64_t cookie);
 /*
  * Judge the opener of every orphan of a killed run (not the watched
  * ones: their process is watched): gone (kill(pid, 0) says ESRCH, or its
- * /proc/PID/stat start time is not the recorded one: the pid is another
- * process's) makes it DEAD; alive, or not to be told, keeps it LIVE.
+ * id (proc-id.h) is not the recorded one: the pid is another process's)
+ * makes it DEAD; alive, or not to be told, keeps it LIVE.
  * Logs each one marked dead, naming channel `name`. Returns how many
  * orphans of a killed run are left.
  */

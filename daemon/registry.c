@@ -201,20 +201,21 @@ static Hold *client_find_hold(Client *cl, Entry *e) {
 /* Give h the token it needs for access, unless it has one already (holders.h). */
 static int hold_take_token(Hold *h, ProtoAccess access, uint32_t want) {
         Holders *hs = &h->entry->holders;
-        pid_t pid = h->client->peer.pid;
+        Peer *peer = &h->client->peer;
         int k;
 
-        if (h->token != 0 || !holders_is_ring(hs))
+        if (h->token != 0 || !holders_is_ring(hs) || (access != PROTO_ACCESS_RW && want == 0))
                 return 0;
+        /*
+         * The token lives as long as the process: learn when that ends (without a
+         * pidfd, as long as the connection). First, as the pidfd also names the
+         * process in the table cheaply (proc-id.h).
+         */
+        (void) peer_pin_process(peer);
         if (access == PROTO_ACCESS_RW)
-                k = holders_take(hs, pid, want, &h->token);
-        else if (want == 0)
-                return 0;
+                k = holders_take(hs, peer->pid, peer->pidfd, want, &h->token);
         else
-                k = holders_take_back(hs, pid, want, &h->token);
-        if (k == 0)
-                /* The token lives as long as the process: learn when that ends (without a pidfd, as long as the connection). */
-                (void) peer_pin_process(&h->client->peer);
+                k = holders_take_back(hs, peer->pid, peer->pidfd, want, &h->token);
         return k == -ENOENT ? 0 : k;
 }
 

@@ -19,6 +19,7 @@
 #include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -1432,6 +1433,58 @@ static bool wait_holder_state(const RingHeader *h, uint32_t token, int state) {
         return true;
 }
 
+/* Whether this kernel's pidfds are pidfs inodes with numbers of their own (proc-id.c asks the same). */
+static bool pidfs_ids(void) {
+        int fd = (int) syscall(SYS_pidfd_open, getpid(), 0);
+        struct statfs sfs;
+        bool yes;
+
+        ck_assert_int_ge(fd, 0);
+        yes = sizeof(ino_t) >= 8 && sizeof(long) >= 8 && fstatfs(fd, &sfs) == 0 && sfs.f_type == 0x50494446;
+        close(fd);
+        return yes;
+}
+
+/* Field 22 of /proc/PID/stat, counted from after the command name. */
+static uint64_t start_time_of(pid_t pid) {
+        char path[64], buf[1024], *p;
+        unsigned long long v;
+        FILE *f;
+        size_t n;
+
+        snprintf(path, sizeof path, "/proc/%d/stat", (int) pid);
+        f = fopen(path, "re");
+        ck_assert_ptr_nonnull(f);
+        n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        p = strrchr(buf, ')');
+        ck_assert_ptr_nonnull(p);
+        ck_assert_int_eq(sscanf(p + 2, "%*c" "%*d %*d %*d %*d %*d" "%*u %*u %*u %*u %*u %*u %*u" "%*d %*d %*d %*d %*d %*d"
+                                " %llu", &v), 1);
+        return v;
+}
+
+/* This process's id of that kind, as the broker records it. */
+static uint64_t own_id(uint32_t kind) {
+        int fd;
+        struct stat st;
+
+        if (kind == RING_HOLDER_ID_STARTTIME)
+                return start_time_of(getpid());
+        fd = (int) syscall(SYS_pidfd_open, getpid(), 0);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(fstat(fd, &st), 0);
+        close(fd);
+        return st.st_ino;
+}
+
+/* Record token's holder by start time, off by `off`, as a table written without pidfs would. */
+static void set_start_id(RingHeader *h, uint32_t token, pid_t pid, uint64_t off) {
+        holder_entry(h, token)->id_kind = RING_HOLDER_ID_STARTTIME;
+        holder_entry(h, token)->id = start_time_of(pid) + off;
+}
+
 static void assert_live(const RingHeader *h, uint32_t token, pid_t pid) {
         ck_assert_uint_ne(token, 0);
         ck_assert_msg(holder_state(h, token) == RING_HOLDER_LIVE, "token %u: state %d, not LIVE",
@@ -1488,7 +1541,9 @@ START_TEST(test_holder_tokens_for_rw_openers) {
 
         ta = open_holder(a, "frames", "rw", 0);
         assert_live(h, ta, getpid());
-        ck_assert_uint_ne(holder_entry(h, ta)->starttime, 0);
+        /* Who it is, in the way this kernel allows: the pidfd's inode with pidfs, else the start time. */
+        ck_assert_uint_eq(holder_entry(h, ta)->id_kind, pidfs_ids() ? RING_HOLDER_ID_PIDFS : RING_HOLDER_ID_STARTTIME);
+        ck_assert_uint_eq(holder_entry(h, ta)->id, own_id(holder_entry(h, ta)->id_kind));
         /* Opening again on the same connection is the same hold, and the same token, whatever the access. */
         ck_assert_uint_eq(open_holder(a, "frames", "rw", 0), ta);
         ck_assert_uint_eq(open_holder(a, "frames", "ro", 0), ta);
@@ -1662,10 +1717,11 @@ static void opener_stop(const Opener *o) {
  * table: the killed run's holders stay LIVE while their process lives (and
  * can be taken back, once), and go DEAD when it is found gone: exited
  * before the start, exited after it (the sweep), or its pid now another
- * process's (start time).
+ * process's, by either kind of id (a table written where pidfds had no
+ * inodes of their own, or by a build that recorded only start times).
  */
 START_TEST(test_holder_crash_restart) {
-        Opener live, gone_before, gone_after, reused_pid;
+        Opener live, live_by_start, gone_before, gone_after, reused_pid, reused_pid_by_start;
         uint32_t back, other;
         RingHeader *h;
         char *log;
@@ -1673,9 +1729,11 @@ START_TEST(test_holder_crash_restart) {
 
         h = start_with_ring();
         live = opener_start();
+        live_by_start = opener_start();
         gone_before = opener_start();
         gone_after = opener_start();
         reused_pid = opener_start();
+        reused_pid_by_start = opener_start();
         assert_live(h, live.token, live.pid);
         assert_live(h, reused_pid.token, reused_pid.pid);
 
@@ -1684,7 +1742,10 @@ START_TEST(test_holder_crash_restart) {
         assert_live(h, gone_before.token, gone_before.pid);
         opener_stop(&gone_before);
         /* As if reused_pid's pid had been given to another process since. */
-        holder_entry(h, reused_pid.token)->starttime++;
+        holder_entry(h, reused_pid.token)->id++;
+        /* Start times, as where pidfds are no pidfs inodes: one right, one of another process. */
+        set_start_id(h, live_by_start.token, live_by_start.pid, 0);
+        set_start_id(h, reused_pid_by_start.token, reused_pid_by_start.pid, 1);
 
         test_start_ok();
         log = test_daemon_log(&td);
@@ -1694,12 +1755,15 @@ START_TEST(test_holder_crash_restart) {
                       holder_state(h, gone_before.token));
         ck_assert_msg(wait_holder_state(h, reused_pid.token, RING_HOLDER_DEAD), "a reused pid's holder stays %d",
                       holder_state(h, reused_pid.token));
+        ck_assert_msg(wait_holder_state(h, reused_pid_by_start.token, RING_HOLDER_DEAD),
+                      "a reused pid's holder by start time stays %d", holder_state(h, reused_pid_by_start.token));
         assert_live(h, gone_after.token, gone_after.pid);
         opener_stop(&gone_after);
         ck_assert_msg(wait_holder_state(h, gone_after.token, RING_HOLDER_DEAD), "a holder that exited later stays %d",
                       holder_state(h, gone_after.token));
-        /* The sweeps that found those gone left the live one alone. */
+        /* The sweeps that found those gone left the live ones alone. */
         assert_live(h, live.token, live.pid);
+        assert_live(h, live_by_start.token, live_by_start.pid);
         log = test_daemon_log(&td);
         ck_assert_msg(strstr(log, "(it exited); marked it dead") && strstr(log, "(its pid names another process now)"),
                       "%s", log);
@@ -1723,6 +1787,8 @@ START_TEST(test_holder_crash_restart) {
         assert_live(h, live.token, live.pid);
         opener_stop(&live);
         opener_stop(&reused_pid);
+        opener_stop(&live_by_start);
+        opener_stop(&reused_pid_by_start);
         close(y);
         shmdt(h);
 }
