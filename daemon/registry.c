@@ -310,6 +310,15 @@ static OrphanRef *client_alloc_refs(const Client *cl) {
         return n > 0 ? calloc(n, sizeof(OrphanRef)) : NULL;
 }
 
+static bool client_has_tokens(const Client *cl) {
+        const Hold *h;
+
+        LIST_FOREACH(h, &cl->holds, by_client)
+                if (h->token != 0)
+                        return true;
+        return false;
+}
+
 void client_done(Client *cl, ClientOrphans *ret_orphans) {
         _cleanup_(freep) OrphanRef *refs = NULL;
         size_t n = 0;
@@ -317,7 +326,7 @@ void client_done(Client *cl, ClientOrphans *ret_orphans) {
         if (ret_orphans)
                 *ret_orphans = CLIENT_ORPHANS_NULL;
         /* An exited process (a zombie is one) or one we cannot tell about: its tokens end with the connection. */
-        if (ret_orphans && cl->peer.pidfd >= 0 && pidfd_exited(cl->peer.pidfd) == 0)
+        if (ret_orphans && client_has_tokens(cl) && cl->peer.pidfd >= 0 && pidfd_exited(cl->peer.pidfd) == 0)
                 refs = client_alloc_refs(cl);
         while (!LIST_EMPTY(&cl->holds)) {
                 Hold *h = LIST_FIRST(&cl->holds);
