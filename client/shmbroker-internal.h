@@ -47,6 +47,7 @@ struct shmb_client {
         size_t rlen, rcap;
         char last_message[PROTO_MESSAGE_MAX];
         ClientState state;
+        bool unasked;                   /* UP, and nothing asked on this socket yet */
         char *socket_path;              /* resolved at connect: where the broker comes back */
         ClientHold *holds;              /* the channels open on this connection */
         /* AWAY */
