@@ -35,6 +35,16 @@
  * A malformed answer closes the connection for good (CLOSED), as
  * shmb_disconnect() does: where the stream stands is unknown, and a broker
  * that breaks the protocol is not one that restarted.
+ *
+ * Every wait for the broker ends by the call's deadline (timeout_ms from
+ * the call's start, shmb_client_set_timeout()), so no thread waits on the
+ * mutex for longer than that either. The socket's SO_SNDTIMEO and
+ * SO_RCVTIMEO, set once per connection, bound connect(), send() and recv()
+ * without a poll() per call; only a call that has to wait again after
+ * time passed (a partial answer, a rejoin first) shortens SO_RCVTIMEO to
+ * what is left. A broker that does not answer in time is treated as gone:
+ * the call fails with -ETIMEDOUT and the connection comes back as after a
+ * restart, since the late answer would otherwise be read as the next one.
  */
 
 #include <errno.h>
@@ -54,6 +64,8 @@
 
 #define CLIENT_ANSWER_MAX (64u * 1024 * 1024)
 #define RECONNECT_MIN_MS 50u
+#define TIMEOUT_DEFAULT_MS 5000
+#define SHORTEN_SLACK_MS 10
 #define RECONNECT_MAX_MS 2000u
 
 /* call_locked() flags. */
@@ -77,11 +89,60 @@ static uint64_t now_ms(void) {
         return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
 }
 
-/* The errors by which a socket says that its peer is gone. */
+/* The errors by which a socket says that its peer is gone, or as good as gone. */
 static bool broker_gone(int r) {
-        return r == -ECONNRESET || r == -EPIPE || r == -ECONNABORTED;
+        return r == -ECONNRESET || r == -EPIPE || r == -ECONNABORTED || r == -ETIMEDOUT;
 }
 
+static struct timeval timeval_of_ms(int ms) {
+        /* 0 is no timeout to the kernel, and what -1 means here. */
+        return ms < 0 ? (struct timeval) {} : (struct timeval) { .tv_sec = ms / 1000, .tv_usec = ms % 1000 * 1000 };
+}
+
+static int set_socket_timeouts(int fd, int ms) {
+        struct timeval tv = timeval_of_ms(ms);
+
+        if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0 ||
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0)
+                return -errno;
+        return 0;
+}
+
+/* A call begins (c->lock held): its deadline, and the socket's full receive timeout back if a call shortened it. */
+static void call_begin(shmb_client *c) {
+        struct timeval tv = timeval_of_ms(c->timeout_ms);
+
+        c->deadline_ms = c->timeout_ms < 0 ? 0 : now_ms() + (uint64_t) c->timeout_ms;
+        if (c->rcvtimeo_ms != 0 && c->fd >= 0 && setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0)
+                c->rcvtimeo_ms = 0;
+}
+
+/*
+ * Milliseconds left of the call's deadline: -1 none, 0 passed. A blocking
+ * recv() about to wait with less left than SO_RCVTIMEO allows gets
+ * SO_RCVTIMEO shortened (rcvtimeo_ms), so it cannot outlast the deadline.
+ */
+static int time_left(shmb_client *c, bool shorten) {
+        uint64_t now;
+        int left;
+
+        if (c->deadline_ms == 0)
+                return -1;
+        now = now_ms();
+        if (now >= c->deadline_ms)
+                return 0;
+        left = (int) (c->deadline_ms - now);
+        /* Within SHORTEN_SLACK_MS of it, a wait may overrun: not a system call on every call that crossed a tick. */
+        if (shorten && (c->rcvtimeo_ms ? c->rcvtimeo_ms : c->timeout_ms) - left > SHORTEN_SLACK_MS) {
+                struct timeval tv = timeval_of_ms(left);
+
+                if (setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0)
+                        c->rcvtimeo_ms = left;
+        }
+        return left;
+}
+
+/* On a blocking socket: EAGAIN is SO_SNDTIMEO running out. */
 static int send_all(int fd, const char *buf, size_t len) {
         while (len > 0) {
                 ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
@@ -89,7 +150,7 @@ static int send_all(int fd, const char *buf, size_t len) {
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
-                        return -errno;
+                        return errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
                 }
                 buf += n;
                 len -= (size_t) n;
@@ -137,15 +198,20 @@ static bool buffered_line(const shmb_client *c, size_t from, size_t *ret_len) {
         return true;
 }
 
-/* Read one answer line; *ret_len excludes the newline, which consume_line() takes. */
+/*
+ * Read one answer line by the call's deadline; *ret_len excludes the
+ * newline, which consume_line() takes.
+ */
 static int read_line(shmb_client *c, char **ret_line, size_t *ret_len) {
         size_t scanned = 0;     /* a long answer is scanned once, not once per read */
 
         while (!buffered_line(c, scanned, ret_len)) {
                 int r;
 
+                if (time_left(c, true) == 0)
+                        return -ETIMEDOUT;
                 scanned = c->rlen;
-                r = recv_some(c, 0);
+                r = recv_some(c, 0);    /* 0: SO_RCVTIMEO ran out; the deadline decides */
                 if (r < 0)
                         return r;
         }
@@ -460,7 +526,7 @@ static int rejoin_run(shmb_client *c, bool wait) {
         for (;;) {
                 struct pollfd p = { .fd = c->fd, .events = POLLIN };
                 size_t len;
-                int r;
+                int r, left;
 
                 while (c->woff < c->wlen) {
                         ssize_t n = send(c->fd, c->wbuf + c->woff, c->wlen - c->woff, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -498,7 +564,10 @@ static int rejoin_run(shmb_client *c, bool wait) {
                 }
                 if (c->woff < c->wlen)
                         p.events |= POLLOUT;
-                if (poll(&p, 1, -1) < 0 && errno != EINTR)
+                left = time_left(c, false);
+                if (left == 0)
+                        return -ETIMEDOUT;
+                if (poll(&p, 1, left) < 0 && errno != EINTR)
                         return -errno;
         }
 }
@@ -547,6 +616,10 @@ static int reconnect(shmb_client *c, bool wait) {
                 r = -errno;
                 goto fail;
         }
+        c->rcvtimeo_ms = 0;
+        r = set_socket_timeouts(c->fd, c->timeout_ms);
+        if (r < 0)
+                goto fail;
         r = rejoin_start(c);
         if (r == 0)
                 return rejoin_continue(c, wait);
@@ -605,6 +678,7 @@ static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *
 
         if (!keep_message)
                 c->last_message[0] = 0;
+        call_begin(c);
         /* Pipelined: every request in one write, then the answers in order. */
         for (size_t i = 0; i < n && r == 0; i++) {
                 char *one, *grown;
@@ -698,6 +772,7 @@ int shmb_request_json(shmb_client *c, const char *request, char **ret_answer) {
                 return -E2BIG;
         pthread_mutex_lock(&c->lock);
         c->last_message[0] = 0;
+        call_begin(c);
         r = ready(c, true);
         if (r < 0)
                 goto out;
@@ -801,6 +876,7 @@ int client_connect(const char *socket_path, shmb_client **ret) {
         pthread_mutex_init(&c->lock, NULL);
         c->fd = c->event_fd = c->timer_fd = c->watched_fd = -1;
         c->backoff_ms = RECONNECT_MIN_MS;
+        c->timeout_ms = TIMEOUT_DEFAULT_MS;
         c->socket_path = strdup(path);
         if (!c->socket_path) {
                 r = -ENOMEM;
@@ -811,8 +887,12 @@ int client_connect(const char *socket_path, shmb_client **ret) {
                 r = -errno;
                 goto fail;
         }
+        /* Before connect(): a broker that stopped accepting fills its backlog, and connect() waits. */
+        r = set_socket_timeouts(c->fd, c->timeout_ms);
+        if (r < 0)
+                goto fail;
         if (connect(c->fd, (struct sockaddr *) &sa, sizeof sa) < 0) {
-                r = -errno;
+                r = errno == EAGAIN || errno == EINPROGRESS ? -ETIMEDOUT : -errno;
                 goto fail;
         }
         c->unasked = true;
@@ -877,6 +957,21 @@ void shmb_disconnect(shmb_client *c) {
         closed_for_good(c);
         pthread_mutex_unlock(&c->lock);
         client_unref(c);
+}
+
+int shmb_client_set_timeout(shmb_client *c, int timeout_ms) {
+        int r = 0;
+
+        if (!c || (timeout_ms <= 0 && timeout_ms != -1))
+                return -EINVAL;
+        pthread_mutex_lock(&c->lock);
+        c->timeout_ms = timeout_ms;
+        if (c->fd >= 0) {
+                r = set_socket_timeouts(c->fd, timeout_ms);
+                c->rcvtimeo_ms = 0;
+        }
+        pthread_mutex_unlock(&c->lock);
+        return r;
 }
 
 int shmb_client_fd(const shmb_client *cc) {

@@ -2208,6 +2208,142 @@ START_TEST(test_reconnect_after_stop_marks_handles_stale) {
 }
 END_TEST
 
+/* ---- timeouts: a broker that accepts and never answers ---- */
+
+typedef struct TimedCall {
+        shmb_client *c;
+        pthread_t thread;
+        int r;
+        int64_t ms;
+} TimedCall;
+
+static void *timed_list(void *arg) {
+        TimedCall *t = arg;
+        shmb_channel_status *v = NULL;
+        int64_t start = test_now_ms();
+        size_t n;
+
+        t->r = shmb_list(t->c, &v, &n);
+        t->ms = test_now_ms() - start;
+        if (t->r == 0)
+                shmb_status_free(v, n);
+        return NULL;
+}
+
+/*
+ * A stopped broker (SIGSTOP: its backlog still takes connections, and
+ * nothing answers) makes every call return -ETIMEDOUT once its bound
+ * passed, not before and not much later, and a second thread on the same
+ * client is held up by the first for no longer than that either. The
+ * channels keep working meanwhile; once the broker runs again, the next
+ * call reconnects and the hold is listed as before.
+ */
+START_TEST(test_timeout_hung_broker) {
+        shmb_channel_status *v;
+        shmb_channel *pair, *other = NULL;
+        TimedCall second;
+        shmb_client *c;
+        int64_t t;
+        size_t n;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "pair", SHMB_RW, &pair), 0);
+        ck_assert_int_eq(shmb_client_set_timeout(c, 0), -EINVAL);
+        ck_assert_int_eq(shmb_client_set_timeout(c, -2), -EINVAL);
+        ck_assert_int_eq(shmb_client_set_timeout(NULL, 300), -EINVAL);
+        ck_assert_int_eq(shmb_client_set_timeout(c, 300), 0);
+        ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
+
+        second = (TimedCall) { .c = c };
+        t = test_now_ms();
+        ck_assert_int_eq(pthread_create(&second.thread, NULL, timed_list, &second), 0);
+        ck_assert_int_eq(shmb_status(c, "pair", &v, &n), -ETIMEDOUT);
+        t = test_now_ms() - t;
+        ck_assert_int_eq(pthread_join(second.thread, NULL), 0);
+        ck_assert_int_eq(second.r, -ETIMEDOUT);
+        /* Each call waits out its own 300 ms, the second one after the first: 600 ms in all at most (and slack). */
+        ck_assert_int_ge(t, 290);
+        ck_assert_int_ge(second.ms, 290);
+        ck_assert_int_lt(t, 3000);
+        ck_assert_int_lt(second.ms, 3000);
+
+        /* Reconnecting is bounded too: the broker still takes the connection, and never answers it. */
+        t = test_now_ms();
+        ck_assert_int_eq(shmb_open(c, "counter", SHMB_RW, &other), -ETIMEDOUT);
+        ck_assert_ptr_null(other);
+        ck_assert_int_ge(test_now_ms() - t, 290);
+        ck_assert_int_lt(test_now_ms() - t, 3000);
+        ck_assert_int_eq(shmb_sem_post(pair, 1), 0);
+        ck_assert_int_eq(shmb_sem_trywait(pair, 1), 0);
+
+        ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
+        ck_assert_int_eq(shmb_status(c, "pair", &v, &n), 0);
+        ck_assert_uint_eq(n, 1);
+        ck_assert_uint_eq(v[0].n_clients, 1);
+        ck_assert_int_eq(v[0].clients[0].pid, getpid());
+        shmb_status_free(v, n);
+        ck_assert_int_eq(shmb_close(pair), 0);
+        ck_assert_int_eq(my_holds("pair"), 0);
+        shmb_disconnect(c);
+}
+END_TEST
+
+/* The default bound, where no client handle exists yet to set one: 5 s for an open by name. */
+START_TEST(test_timeout_default_open_by_name) {
+        shmb_channel *ch = NULL;
+        int64_t t;
+
+        ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
+        t = test_now_ms();
+        ck_assert_int_eq(shmb_open_channel(NULL, "pair", SHMB_RW, &ch), -ETIMEDOUT);
+        t = test_now_ms() - t;
+        ck_assert_ptr_null(ch);
+        ck_assert_int_ge(t, 4990);
+        ck_assert_int_lt(t, 20000);
+        ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
+}
+END_TEST
+
+/*
+ * A broker whose backlog is full: connect() itself would wait. The
+ * listen backlog is the network namespace's somaxconn, made 1 here in a
+ * namespace of this test's own (a Unix socket with a path is reached
+ * from any).
+ */
+START_TEST(test_timeout_full_backlog_connect) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        shmb_client *c = NULL;
+        int fds[8], n = 0;
+        int64_t t;
+
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(unshare(CLONE_NEWNET), 0);
+        test_write_proc("/proc/sys/net/core/somaxconn", "1");
+        test_start_ok();
+        ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
+        strcpy(sa.sun_path, td.socket);
+        /* Connect until the backlog refuses. */
+        for (; n < 8; n++) {
+                fds[n] = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+                ck_assert_int_ge(fds[n], 0);
+                if (connect(fds[n], (struct sockaddr *) &sa, sizeof sa) < 0) {
+                        ck_assert_int_eq(errno, EAGAIN);
+                        break;
+                }
+        }
+        ck_assert_int_lt(n, 8);
+        t = test_now_ms();
+        ck_assert_int_eq(shmb_connect(NULL, &c), -ETIMEDOUT);
+        t = test_now_ms() - t;
+        ck_assert_ptr_null(c);
+        ck_assert_int_ge(t, 4990);
+        ck_assert_int_lt(t, 20000);
+        for (int i = 0; i <= n; i++)
+                close(fds[i]);
+        ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -2234,6 +2370,8 @@ int main(void) {
                 { "reconnect", CASE_TIMEOUT, { test_reconnect_after_crash_keeps_holds, test_reconnect_broker_away_fails_fast,
                                  test_reconnect_after_stop_marks_handles_stale } },
                 { "crash-restart", CASE_TIMEOUT, { test_crash_restart_keeps_traffic } },
+                { "timeouts", CASE_TIMEOUT, { test_timeout_hung_broker, test_timeout_default_open_by_name,
+                                test_timeout_full_backlog_connect } },
         };
 
         return test_main("client", groups, sizeof groups / sizeof groups[0], setup, test_teardown);

@@ -108,9 +108,24 @@ typedef struct shmb_channel_status {
  * Connect to the broker and check it speaks our protocol version.
  * socket_path: NULL for $SHMBROKER_SOCKET, else SHMB_DEFAULT_SOCKET.
  * *ret is owned by the caller: release it with shmb_disconnect().
- * Errors: -ENOENT/-ECONNREFUSED (no broker), -EACCES, -EPROTO, -ENOMEM.
+ * Errors: -ENOENT/-ECONNREFUSED (no broker), -EACCES, -EPROTO, -ENOMEM,
+ * -ETIMEDOUT (a broker that does not answer within 5 s).
  */
 int shmb_connect(const char *socket_path, shmb_client **ret);
+
+/*
+ * Bound every later call on c that talks to the broker (open, close, list,
+ * status, reload, shmb_request_json, and reconnecting) to timeout_ms in
+ * all, from the call's start: a broker that is stuck, or accepts and never
+ * answers, gives -ETIMEDOUT, never a hang, and a thread that waits for
+ * another's call on c waits no longer than that call's bound. The default
+ * is 5000 ms; -1 waits for ever. A timed-out call leaves the connection as
+ * a broker restart does: the library reconnects (see
+ * shmb_client_process()), and the channels stay attached.
+ * Returns 0, -EINVAL (c NULL, timeout_ms 0 or below -1), or a negative
+ * errno from setting it on the socket. Thread-safe.
+ */
+int shmb_client_set_timeout(shmb_client *c, int timeout_ms);
 
 /*
  * Close the connection, for good: it is not reconnected. Every channel
