@@ -19,17 +19,23 @@
 #define STAT_STARTTIME_FIELD 22         /* proc(5): /proc/PID/stat */
 
 /*
- * Whether pidfds are pidfs inodes with numbers of their own: asked once,
- * the kernel does not change under us. Before pidfs every pidfd is the
- * same anonymous inode; with 32-bit inode numbers they may repeat.
+ * Whether pidfds are pidfs inodes with numbers of their own, and a pid can
+ * be turned into one to check them: asked once, the kernel does not change
+ * under us. Before pidfs every pidfd is the same anonymous inode; with
+ * 32-bit inode numbers they may repeat; and without pidfd_open() (before
+ * Linux 5.3, or under valgrind, which lacks it) an id recorded could never
+ * be checked, so the start time serves instead.
  */
-static bool pidfs_ids(int pidfd) {
+static bool pidfs_ids(void) {
         static int known = -1;
-        struct statfs sfs;
 
-        if (known < 0)
-                known = sizeof(ino_t) >= 8 && sizeof(long) >= 8 && fstatfs(pidfd, &sfs) == 0 &&
+        if (known < 0) {
+                _cleanup_(closep) int fd = (int) syscall(SYS_pidfd_open, getpid(), 0);
+                struct statfs sfs;
+
+                known = sizeof(ino_t) >= 8 && sizeof(long) >= 8 && fd >= 0 && fstatfs(fd, &sfs) == 0 &&
                         sfs.f_type == PIDFS_MAGIC_;
+        }
         return known;
 }
 
@@ -70,7 +76,7 @@ ProcId proc_id_of(pid_t pid, int pidfd) {
         ProcId id = { .kind = RING_HOLDER_ID_STARTTIME };
         struct stat st;
 
-        if (pidfd >= 0 && pidfs_ids(pidfd) && fstat(pidfd, &st) == 0)
+        if (pidfd >= 0 && pidfs_ids() && fstat(pidfd, &st) == 0)
                 return (ProcId) { .kind = RING_HOLDER_ID_PIDFS, .value = st.st_ino };
         if (pid <= 0 || read_starttime(pid, &id.value) < 0)
                 id.value = 0;

@@ -5,9 +5,9 @@
  * broker that restarts after a crash and must judge its predecessor's
  * holders (ring.h RingHolder): the inode of a pidfd where pidfds live in
  * pidfs (Linux 6.9+; 64-bit inode numbers there are never reused while the
- * system runs), else the start time in /proc/PID/stat. The first costs
- * one fstat() of a pidfd the broker keeps anyway; the second a walk
- * through /proc, nine times as long.
+ * system runs) and pidfd_open() works to check it later; else the start
+ * time in /proc/PID/stat. The first costs one fstat() of a pidfd the broker
+ * keeps anyway; the second a walk through /proc, nine times as long.
  */
 
 #include <stdint.h>

@@ -1433,13 +1433,17 @@ static bool wait_holder_state(const RingHeader *h, uint32_t token, int state) {
         return true;
 }
 
-/* Whether this kernel's pidfds are pidfs inodes with numbers of their own (proc-id.c asks the same). */
+/*
+ * Whether this kernel's pidfds are pidfs inodes with numbers of their own,
+ * and pidfd_open() works here (valgrind lacks it): proc-id.c asks the same.
+ */
 static bool pidfs_ids(void) {
         int fd = (int) syscall(SYS_pidfd_open, getpid(), 0);
         struct statfs sfs;
         bool yes;
 
-        ck_assert_int_ge(fd, 0);
+        if (fd < 0)
+                return false;
         yes = sizeof(ino_t) >= 8 && sizeof(long) >= 8 && fstatfs(fd, &sfs) == 0 && sfs.f_type == 0x50494446;
         close(fd);
         return yes;
@@ -1541,8 +1545,13 @@ START_TEST(test_holder_tokens_for_rw_openers) {
 
         ta = open_holder(a, "frames", "rw", 0);
         assert_live(h, ta, getpid());
-        /* Who it is, in the way this kernel allows: the pidfd's inode with pidfs, else the start time. */
-        ck_assert_uint_eq(holder_entry(h, ta)->id_kind, pidfs_ids() ? RING_HOLDER_ID_PIDFS : RING_HOLDER_ID_STARTTIME);
+        /*
+         * Who it is, in the way this kernel allows: the pidfd's inode with pidfs, else the start time. A
+         * daemon run under a wrapper (valgrind lacks pidfd_open()) may only have the start time.
+         */
+        if (!getenv("TEST_DAEMON_WRAPPER"))
+                ck_assert_uint_eq(holder_entry(h, ta)->id_kind,
+                                  pidfs_ids() ? RING_HOLDER_ID_PIDFS : RING_HOLDER_ID_STARTTIME);
         ck_assert_uint_eq(holder_entry(h, ta)->id, own_id(holder_entry(h, ta)->id_kind));
         /* Opening again on the same connection is the same hold, and the same token, whatever the access. */
         ck_assert_uint_eq(open_holder(a, "frames", "rw", 0), ta);
