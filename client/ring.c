@@ -41,6 +41,7 @@
 #include <sched.h>
 #include <stdbool.h>
 #include <limits.h>
+#include <stdint.h>
 #include <linux/futex.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -421,22 +422,20 @@ static bool skip_dead_senders_slot(shmb_channel *ch, RingSlot *slot, uint64_t po
         return true;
 }
 
-int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
-        Waiter w;
+/*
+ * Claim the next slot to send len bytes in (the ring's full loop, waits
+ * and repairs included): 0 with *ret_slot claimed for *ret_pos, its len
+ * set, head moved on; or a negative errno.
+ */
+static inline int send_claim(shmb_channel *ch, size_t len, int timeout_ms, RingSlot **ret_slot, uint64_t *ret_pos) {
+        Waiter w = { .word = &ch->ring->space_seq, .sleeping = &ch->ring->send_sleeping,
+                     .my_cpu = &ch->ring->send_cpu, .peer_cpu = &ch->ring->recv_cpu, .timeout_ms = timeout_ms };
         int r;
 
-        r = check_ring(ch);
-        if (r < 0)
-                return r;
-        w = (Waiter) { .word = &ch->ring->space_seq, .sleeping = &ch->ring->send_sleeping,
-                       .my_cpu = &ch->ring->send_cpu, .peer_cpu = &ch->ring->recv_cpu,
-                       .timeout_ms = timeout_ms };
-        if (len > 0 && !msg)
-                return -EINVAL;
         if (len > ch->info.slot_size)
                 return -EMSGSIZE;
         for (;;) {
-                uint64_t pos, owner, expected;
+                uint64_t pos, owner;
                 RingSlot *slot;
                 int64_t diff;
 
@@ -463,12 +462,8 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
                         if ((count_op(ch) & 15) == 1)
                                 note_cpu(&ch->ring->send_cpu);
                         STORE(&slot->len, (uint32_t) len, RLX);       /* await_copy() reads it early */
-                        if (len)
-                                memcpy(payload(slot), msg, len);
-                        expected = pos;
-                        if (!__atomic_compare_exchange_n(&slot->seq, &expected, pos + 1, false, SEQ, RLX))
-                                continue;       /* taken for dead and skipped: send it again */
-                        notify(&ch->ring->data_seq, &ch->ring->recv_sleeping);
+                        *ret_slot = slot;
+                        *ret_pos = pos;
                         return 0;
                 }
                 if (diff < 0) {         /* full: the slot still holds last lap's message */
@@ -483,20 +478,53 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
         }
 }
 
-ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
-        Waiter w;
+/* Publish the slot claimed for pos: false when a repairer took it from us for dead meanwhile. */
+static bool send_publish(shmb_channel *ch, RingSlot *slot, uint64_t pos) {
+        uint64_t expected = pos;
+
+        if (!__atomic_compare_exchange_n(&slot->seq, &expected, pos + 1, false, SEQ, RLX))
+                return false;
+        notify(&ch->ring->data_seq, &ch->ring->recv_sleeping);
+        return true;
+}
+
+int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
         int r;
 
         r = check_ring(ch);
         if (r < 0)
                 return r;
-        w = (Waiter) { .word = &ch->ring->data_seq, .sleeping = &ch->ring->recv_sleeping,
-                       .my_cpu = &ch->ring->recv_cpu, .peer_cpu = &ch->ring->send_cpu,
-                       .timeout_ms = timeout_ms };
-        if (size > 0 && !buf)
+        if (len > 0 && !msg)
                 return -EINVAL;
         for (;;) {
-                uint64_t pos, owner, expected;
+                RingSlot *slot;
+                uint64_t pos;
+
+                r = send_claim(ch, len, timeout_ms, &slot, &pos);
+                if (r < 0)
+                        return r;
+                if (len)
+                        memcpy(payload(slot), msg, len);
+                if (send_publish(ch, slot, pos))
+                        return 0;
+                /* Taken for dead and skipped: send it again. */
+        }
+}
+
+/*
+ * Claim the next message to receive, whatever its length (the ring's empty
+ * loop, waits and repairs included): its length, with *ret_slot claimed for
+ * *ret_pos and tail moved on; or a negative errno. With max_len, a longer
+ * message is left where it is: -EMSGSIZE.
+ */
+static inline ssize_t recv_claim(shmb_channel *ch, size_t max_len, int timeout_ms, RingSlot **ret_slot,
+                                 uint64_t *ret_pos) {
+        Waiter w = { .word = &ch->ring->data_seq, .sleeping = &ch->ring->recv_sleeping,
+                     .my_cpu = &ch->ring->recv_cpu, .peer_cpu = &ch->ring->send_cpu, .timeout_ms = timeout_ms };
+        int r;
+
+        for (;;) {
+                uint64_t pos, owner;
                 RingSlot *slot;
                 int64_t diff;
 
@@ -517,7 +545,7 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                         len = LOAD(&slot->len, RLX);
                         if (len > ch->info.slot_size)
                                 len = ch->info.slot_size;       /* a corrupt length never reads out of bounds */
-                        if (len > size) {
+                        if (len > max_len) {
                                 /* Only if the message is still there, unclaimed: another receiver may have taken it. */
                                 if (LOAD(&slot->seq, ACQ) != pos + 1 || LOAD(&slot->recv_owner, ACQ) != owner)
                                         continue;
@@ -531,12 +559,8 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                         advance(&ch->ring->tail, pos);
                         if ((count_op(ch) & 15) == 1)
                                 note_cpu(&ch->ring->recv_cpu);
-                        if (len)
-                                memcpy(buf, payload(slot), len);
-                        expected = pos + 1;
-                        if (!__atomic_compare_exchange_n(&slot->seq, &expected, pos + ch->info.slots, false, SEQ, RLX))
-                                continue;       /* taken for dead and freed under us: what we read is void */
-                        notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
+                        *ret_slot = slot;
+                        *ret_pos = pos;
                         return (ssize_t) len;
                 }
                 if (diff < 0) {         /* empty, or a sender is still writing it */
@@ -548,4 +572,154 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                 /* diff > 0: pos was received or skipped; tail may lag behind it. */
                 advance(&ch->ring->tail, pos);
         }
+}
+
+/* Free the slot read at pos: false when a repairer freed it under us (what we read is void). */
+static bool recv_free(shmb_channel *ch, RingSlot *slot, uint64_t pos) {
+        uint64_t expected = pos + 1;
+
+        if (!__atomic_compare_exchange_n(&slot->seq, &expected, pos + ch->info.slots, false, SEQ, RLX))
+                return false;
+        notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
+        return true;
+}
+
+ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
+        int r;
+
+        r = check_ring(ch);
+        if (r < 0)
+                return r;
+        if (size > 0 && !buf)
+                return -EINVAL;
+        for (;;) {
+                RingSlot *slot;
+                uint64_t pos;
+                ssize_t len = recv_claim(ch, size, timeout_ms, &slot, &pos);
+
+                if (len < 0)
+                        return len;
+                if (len)
+                        memcpy(buf, payload(slot), (size_t) len);
+                if (recv_free(ch, slot, pos))
+                        return len;
+        }
+}
+
+/* ---- zero copy ---- */
+
+/*
+ * The slot whose payload buf is, and the position this handle's claim of it
+ * (in *word, send_owner or recv_owner) is for, seq being pos + at while it
+ * lasts: 0, -EINVAL when buf is no such payload or this handle holds no
+ * such claim, -ENOTCONN when it had one and a repairer took it, as the
+ * broker counts this handle's token dead.
+ */
+static int own_claim(shmb_channel *ch, const void *buf, bool send, RingSlot **ret_slot, uint64_t *ret_pos) {
+        uintptr_t off = (uintptr_t) buf - (uintptr_t) ch->slots, index;
+        uint64_t seq, owner, pos;
+        RingSlot *slot;
+
+        if (!buf || (uintptr_t) buf < (uintptr_t) ch->slots || off % ch->stride != RING_SLOT_HEADER)
+                return -EINVAL;
+        index = off / ch->stride;
+        if (index >= ch->info.slots)
+                return -EINVAL;
+        slot = (RingSlot *) (ch->slots + index * ch->stride);
+        seq = LOAD(&slot->seq, ACQ);
+        owner = LOAD(send ? &slot->send_owner : &slot->recv_owner, ACQ);
+        pos = send ? seq : seq - 1;
+        if ((uint32_t) owner != my_token(ch))
+                return -EINVAL;
+        if (pos % ch->info.slots != index || !ring_owner_claims(owner, pos))
+                return ring_token_dead(ch->ring, my_token(ch)) ? -ENOTCONN : -EINVAL;
+        *ret_slot = slot;
+        *ret_pos = pos;
+        return 0;
+}
+
+int shmb_send_reserve(shmb_channel *ch, size_t size, void **ret_buf, int timeout_ms) {
+        RingSlot *slot;
+        uint64_t pos;
+        int r;
+
+        r = check_ring(ch);
+        if (r < 0)
+                return r;
+        if (!ret_buf)
+                return -EINVAL;
+        r = send_claim(ch, size, timeout_ms, &slot, &pos);
+        if (r < 0)
+                return r;
+        *ret_buf = payload(slot);
+        return 0;
+}
+
+int shmb_send_commit(shmb_channel *ch, void *buf, size_t len) {
+        RingSlot *slot;
+        uint64_t pos;
+        int r;
+
+        r = check_ring(ch);
+        if (r < 0)
+                return r;
+        if (len > ch->info.slot_size)
+                return -EMSGSIZE;
+        r = own_claim(ch, buf, true, &slot, &pos);
+        if (r < 0)
+                return r;
+        STORE(&slot->len, (uint32_t) len, RLX);
+        return send_publish(ch, slot, pos) ? 0 : -ENOTCONN;
+}
+
+int shmb_send_abort(shmb_channel *ch, void *buf) {
+        RingSlot *slot;
+        uint64_t pos, expected;
+        int r;
+
+        r = check_ring(ch);
+        if (r < 0)
+                return r;
+        r = own_claim(ch, buf, true, &slot, &pos);
+        if (r < 0)
+                return r;
+        /* As a dead sender's slot is skipped: free for the next lap, and receivers move past it. */
+        expected = pos;
+        if (!__atomic_compare_exchange_n(&slot->seq, &expected, pos + ch->info.slots, false, SEQ, RLX))
+                return -ENOTCONN;
+        advance(&ch->ring->tail, pos);
+        notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
+        notify(&ch->ring->data_seq, &ch->ring->recv_sleeping);
+        return 0;
+}
+
+ssize_t shmb_recv_peek(shmb_channel *ch, const void **ret_buf, int timeout_ms) {
+        RingSlot *slot;
+        uint64_t pos;
+        ssize_t len;
+        int r;
+
+        r = check_ring(ch);
+        if (r < 0)
+                return r;
+        if (!ret_buf)
+                return -EINVAL;
+        len = recv_claim(ch, SIZE_MAX, timeout_ms, &slot, &pos);
+        if (len >= 0)
+                *ret_buf = payload(slot);
+        return len;
+}
+
+int shmb_recv_release(shmb_channel *ch, const void *buf) {
+        RingSlot *slot;
+        uint64_t pos;
+        int r;
+
+        r = check_ring(ch);
+        if (r < 0)
+                return r;
+        r = own_claim(ch, buf, false, &slot, &pos);
+        if (r < 0)
+                return r;
+        return recv_free(ch, slot, pos) ? 0 : -ENOTCONN;
 }

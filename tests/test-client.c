@@ -2208,6 +2208,228 @@ START_TEST(test_reconnect_after_stop_marks_handles_stale) {
 }
 END_TEST
 
+/* ---- zero copy ---- */
+
+/* Where in its own mapping of the segment a handle's pointer lies. */
+static size_t offset_in(const shmb_channel *ch, const void *p) {
+        const char *base = shmb_channel_addr(ch);
+
+        ck_assert((const char *) p >= base && (const char *) p < base + shmb_channel_size(ch));
+        return (size_t) ((const char *) p - base);
+}
+
+/*
+ * Reserve, write in place, commit; peek in place (the same bytes of the
+ * segment, through another handle's mapping), release. Abort leaves no
+ * message. Each pointer is good for one commit, abort or release: a second
+ * one, or any other pointer, is -EINVAL and changes nothing.
+ */
+START_TEST(test_zero_copy_in_place) {
+        shmb_channel *tx = open_ok("ring", SHMB_RW), *rx = open_ok("ring", SHMB_RW), *ro = open_ok("ring", SHMB_RO);
+        const void *in;
+        void *out, *dropped;
+        char buf[256];
+        int x = 0;
+
+        ck_assert_int_eq(shmb_send_reserve(tx, 257, &out, 0), -EMSGSIZE);
+        ck_assert_int_eq(shmb_send_reserve(ro, 8, &out, 0), -EACCES);
+        ck_assert_int_eq(shmb_recv_peek(rx, &in, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_send_reserve(tx, 64, &out, 0), 0);
+        memset(out, 'z', 64);
+        memcpy(out, "zero-copy", 9);
+        /* Not published yet: a receiver that will not wait finds nothing. */
+        ck_assert_int_eq(shmb_recv_peek(rx, &in, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_send_commit(tx, out, 257), -EMSGSIZE);
+        ck_assert_int_eq(shmb_send_commit(tx, (char *) out + 1, 64), -EINVAL);
+        ck_assert_int_eq(shmb_send_commit(tx, &x, 4), -EINVAL);
+        ck_assert_int_eq(shmb_send_commit(rx, out, 64), -EINVAL);      /* another handle's claim */
+        ck_assert_int_eq(shmb_send_commit(tx, out, 64), 0);
+        ck_assert_int_eq(shmb_send_commit(tx, out, 64), -EINVAL);
+        ck_assert_int_eq(shmb_send_abort(tx, out), -EINVAL);
+
+        ck_assert_int_eq(shmb_recv_peek(rx, &in, 1000), 64);
+        ck_assert_uint_eq(offset_in(rx, in), offset_in(tx, out));
+        ck_assert_int_eq(memcmp(in, "zero-copy", 9), 0);
+        ck_assert_int_eq(shmb_recv_release(tx, in), -EINVAL);
+        ck_assert_int_eq(shmb_recv_release(rx, in), 0);
+        ck_assert_int_eq(shmb_recv_release(rx, in), -EINVAL);
+
+        /* An aborted slot is skipped: the receiver gets the next message. */
+        ck_assert_int_eq(shmb_send_reserve(tx, 16, &dropped, 0), 0);
+        memcpy(dropped, "dropped", 7);
+        ck_assert_int_eq(shmb_send_abort(tx, dropped), 0);
+        ck_assert_int_eq(shmb_send_commit(tx, dropped, 7), -EINVAL);
+        ck_assert_int_eq(shmb_send(tx, "kept", 4, 0), 0);
+        ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 1000), 4);
+        ck_assert_int_eq(memcmp(buf, "kept", 4), 0);
+        ck_assert_int_eq(shmb_recv_peek(rx, &in, 0), -EAGAIN);
+
+        /* Two claims at once on one handle, committed out of order: delivered in slot order. */
+        ck_assert_int_eq(shmb_send_reserve(tx, 1, &out, 0), 0);
+        ck_assert_int_eq(shmb_send_reserve(tx, 1, &dropped, 0), 0);
+        memcpy(out, "1", 1);
+        memcpy(dropped, "2", 1);
+        ck_assert_int_eq(shmb_send_commit(tx, dropped, 1), 0);
+        ck_assert_int_eq(shmb_recv_peek(rx, &in, 0), -EAGAIN);         /* the first is not yet published */
+        ck_assert_int_eq(shmb_send_commit(tx, out, 1), 0);
+        ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 1000), 1);
+        ck_assert_int_eq(buf[0], '1');
+        ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 1000), 1);
+        ck_assert_int_eq(buf[0], '2');
+        shmb_close(ro);
+        shmb_close(rx);
+        shmb_close(tx);
+}
+END_TEST
+
+enum { ZC_MESSAGES = 10000 };
+
+static uint32_t zc_sum(const unsigned char *p, size_t n) {
+        uint32_t h = 2166136261u;
+
+        for (size_t i = 0; i < n; i++)
+                h = (h ^ p[i]) * 16777619u;
+        return h;
+}
+
+/* Message i: its number, a checksum of the rest, then (i * 7) % 200 bytes that depend on i. */
+static size_t zc_fill(unsigned char *p, uint32_t i) {
+        size_t n = 8 + (i * 7u) % 200;
+        uint32_t sum;
+
+        memcpy(p, &i, 4);
+        for (size_t k = 8; k < n; k++)
+                p[k] = (unsigned char) (i + k * 31);
+        sum = zc_sum(p + 8, n - 8);
+        memcpy(p + 4, &sum, 4);
+        return n;
+}
+
+/*
+ * 10,000 checksummed messages from another process, through a ring of 8
+ * slots: sent by reserve/commit and shmb_send in turn, received by
+ * peek/release and shmb_recv in turn. None lost, none doubled, in order,
+ * every byte as written.
+ */
+START_TEST(test_zero_copy_across_processes) {
+        shmb_channel *rx = open_ok("ring", SHMB_RW);
+        pid_t pid = fork();
+
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *tx;
+                unsigned char msg[256];
+
+                if (shmb_open_channel(NULL, "ring", SHMB_RW, &tx) < 0)
+                        _exit(2);
+                for (uint32_t i = 0; i < ZC_MESSAGES; i++) {
+                        void *out;
+
+                        if (i % 2 == 0) {
+                                if (shmb_send_reserve(tx, 208, &out, 10000) < 0 ||
+                                    shmb_send_commit(tx, out, zc_fill(out, i)) < 0)
+                                        _exit(3);
+                        } else if (shmb_send(tx, msg, zc_fill(msg, i), 10000) < 0)
+                                _exit(4);
+                }
+                _exit(0);
+        }
+        for (uint32_t i = 0; i < ZC_MESSAGES; i++) {
+                unsigned char buf[256];
+                const unsigned char *p = buf;
+                const void *in;
+                uint32_t got, sum;
+                ssize_t n;
+
+                if (i % 3 == 0) {
+                        n = shmb_recv_peek(rx, &in, 10000);
+                        p = in;
+                } else
+                        n = shmb_recv(rx, buf, sizeof buf, 10000);
+                ck_assert_int_ge(n, 8);
+                memcpy(&got, p, 4);
+                memcpy(&sum, p + 4, 4);
+                ck_assert_uint_eq(got, i);
+                ck_assert_int_eq(n, 8 + (i * 7u) % 200);
+                ck_assert_uint_eq(sum, zc_sum(p + 8, (size_t) n - 8));
+                if (i % 3 == 0)
+                        ck_assert_int_eq(shmb_recv_release(rx, in), 0);
+        }
+        wait_children(&pid, 1);
+        shmb_close(rx);
+}
+END_TEST
+
+/*
+ * A process killed between reserve and commit, or between peek and
+ * release, holds its slot only until the broker marks its token dead:
+ * then receivers skip the unpublished slot, and senders coming round to
+ * the unreleased one free it. Nobody waits for ever.
+ */
+START_TEST(test_zero_copy_killed_mid_claim) {
+        shmb_channel *ch = open_ok("ring", SHMB_RW);
+        char buf[256];
+        int tell[2];
+        pid_t pid;
+        char c;
+
+        ck_assert_int_eq(pipe(tell), 0);
+        /* A sender dies holding a reserved slot. */
+        ck_assert_int_eq(shmb_send(ch, "before", 6, 0), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *tx;
+                void *out;
+
+                if (shmb_open_channel(NULL, "ring", SHMB_RW, &tx) < 0 || shmb_send_reserve(tx, 100, &out, 0) < 0)
+                        _exit(2);
+                memset(out, 'X', 100);
+                (void) !write(tell[1], "r", 1);
+                pause();
+                _exit(0);
+        }
+        ck_assert_int_eq(read(tell[0], &c, 1), 1);
+        ck_assert_int_eq(shmb_send(ch, "after", 5, 0), 0);
+        ck_assert_int_eq(kill(pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 10000), 6);
+        ck_assert_int_eq(memcmp(buf, "before", 6), 0);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 10000), 5);
+        ck_assert_int_eq(memcmp(buf, "after", 5), 0);
+
+        /* A receiver dies holding a peeked message: a full ring's sender frees that slot and goes on. */
+        ck_assert_int_eq(shmb_send(ch, "peeked", 6, 0), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *rx;
+                const void *in;
+
+                if (shmb_open_channel(NULL, "ring", SHMB_RW, &rx) < 0 || shmb_recv_peek(rx, &in, 0) != 6)
+                        _exit(2);
+                (void) !write(tell[1], "p", 1);
+                pause();
+                _exit(0);
+        }
+        ck_assert_int_eq(read(tell[0], &c, 1), 1);
+        ck_assert_int_eq(kill(pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+        /* 8 slots: the eighth send needs the dead receiver's slot. */
+        for (uint32_t i = 0; i < 8; i++)
+                ck_assert_int_eq(shmb_send(ch, &i, sizeof i, 10000), 0);
+        for (uint32_t i = 0; i < 8; i++) {
+                uint32_t v;
+
+                ck_assert_int_eq(shmb_recv(ch, &v, sizeof v, 10000), sizeof v);
+                ck_assert_uint_eq(v, i);
+        }
+        close(tell[0]);
+        close(tell[1]);
+        shmb_close(ch);
+}
+END_TEST
+
 /* ---- timeouts: a broker that accepts and never answers ---- */
 
 typedef struct TimedCall {
@@ -2370,6 +2592,8 @@ int main(void) {
                 { "reconnect", CASE_TIMEOUT, { test_reconnect_after_crash_keeps_holds, test_reconnect_broker_away_fails_fast,
                                  test_reconnect_after_stop_marks_handles_stale } },
                 { "crash-restart", CASE_TIMEOUT, { test_crash_restart_keeps_traffic } },
+                { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_zero_copy_across_processes,
+                                 test_zero_copy_killed_mid_claim } },
                 { "timeouts", CASE_TIMEOUT, { test_timeout_hung_broker, test_timeout_default_open_by_name,
                                 test_timeout_full_backlog_connect } },
         };

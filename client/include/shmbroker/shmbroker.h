@@ -284,6 +284,40 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms);
  */
 ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms);
 
+/*
+ * Zero copy on a ring: the message is written and read where it lies in
+ * the shared segment, with the same ordering and crash guarantees as
+ * shmb_send()/shmb_recv() (each pair is one such call split in two).
+ *
+ * shmb_send_reserve() waits as shmb_send() does for a free slot and
+ * claims it: *ret_buf points to room for up to slot_size bytes (size, at
+ * most slot_size, is only a hint for waiting receivers). Fill it, then
+ * shmb_send_commit() publishes len bytes of it, or shmb_send_abort() gives
+ * the slot up (receivers never see it). Until then receivers wait at that
+ * slot: commit soon. If the process dies in between, receivers skip the
+ * slot once the broker marks its token dead.
+ *
+ * shmb_recv_peek() waits as shmb_recv() does and returns the next
+ * message's length with *ret_buf pointing at it in the segment, read-only
+ * to the caller; shmb_recv_release() frees its slot, after which the
+ * pointer must not be used. Until then senders that come round to that
+ * slot wait: release soon. A receiver that dies in between has its slot
+ * freed (the message is lost, as with a receiver killed in shmb_recv()).
+ *
+ * A handle may hold several claims at once (one per call, from any of its
+ * threads); commit, abort and release name theirs by the pointer given.
+ * Errors as shmb_send()/shmb_recv(); commit, abort and release: -EINVAL
+ * when buf is not a claim this handle holds (already committed, released,
+ * or never reserved), -ENOTCONN when the broker counted this handle gone
+ * and its claim was taken back (the message is lost: reserve again),
+ * -EMSGSIZE (commit) when len is over slot_size.
+ */
+int shmb_send_reserve(shmb_channel *ch, size_t size, void **ret_buf, int timeout_ms);
+int shmb_send_commit(shmb_channel *ch, void *buf, size_t len);
+int shmb_send_abort(shmb_channel *ch, void *buf);
+ssize_t shmb_recv_peek(shmb_channel *ch, const void **ret_buf, int timeout_ms);
+int shmb_recv_release(shmb_channel *ch, const void *buf);
+
 /* ---- admin ---- */
 
 /*
