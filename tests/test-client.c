@@ -2208,6 +2208,39 @@ START_TEST(test_reconnect_after_stop_marks_handles_stale) {
 }
 END_TEST
 
+/* The cleanup helpers end a scope as shmb_close()/shmb_disconnect() would: the holds go with it. */
+static void scoped_channel(shmb_client *c) {
+        __attribute__((cleanup(shmb_closep))) shmb_channel *ch = NULL, *unused = NULL;
+
+        ck_assert_int_eq(shmb_open(c, "pair", SHMB_RW, &ch), 0);
+        ck_assert_int_eq(my_holds("pair"), 1);
+        ck_assert_ptr_null(unused);
+}
+
+static shmb_channel *scoped_client(void) {
+        __attribute__((cleanup(shmb_disconnectp))) shmb_client *c = NULL;
+        shmb_channel *ch;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "counter", SHMB_RW, &ch), 0);
+        ck_assert_int_eq(my_holds("counter"), 1);
+        return ch;
+}
+
+START_TEST(test_cleanup_helpers_end_holds) {
+        shmb_client *c;
+        shmb_channel *left;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        scoped_channel(c);
+        ck_assert_int_eq(my_holds("pair"), 0);          /* closed, while the connection lives on */
+        left = scoped_client();
+        ck_assert_int_eq(my_holds("counter"), 0);       /* its connection ended */
+        ck_assert_int_eq(shmb_close(left), 0);
+        shmb_disconnect(c);
+}
+END_TEST
+
 /* ---- zero copy ---- */
 
 /* Where in its own mapping of the segment a handle's pointer lies. */
@@ -2592,6 +2625,7 @@ int main(void) {
                 { "reconnect", CASE_TIMEOUT, { test_reconnect_after_crash_keeps_holds, test_reconnect_broker_away_fails_fast,
                                  test_reconnect_after_stop_marks_handles_stale } },
                 { "crash-restart", CASE_TIMEOUT, { test_crash_restart_keeps_traffic } },
+                { "cleanup", CASE_TIMEOUT, { test_cleanup_helpers_end_holds } },
                 { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_zero_copy_across_processes,
                                  test_zero_copy_killed_mid_claim } },
                 { "timeouts", CASE_TIMEOUT, { test_timeout_hung_broker, test_timeout_default_open_by_name,

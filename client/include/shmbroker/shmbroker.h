@@ -372,6 +372,25 @@ const char *shmb_strerror(int err);
 /* The errno's name ("ENOENT"), as the wire protocol spells it; NULL if none. */
 const char *shmb_errno_name(int err);
 
+/* ---- scope cleanup ---- */
+
+/*
+ * For __attribute__((cleanup(...))) (GCC, Clang): each takes the address
+ * of a variable, does nothing when it holds NULL, and leaves NULL there.
+ *
+ *     __attribute__((cleanup(shmb_closep))) shmb_channel *ch = NULL;
+ */
+static inline void shmb_closep(shmb_channel **ch) {
+        if (*ch)
+                (void) shmb_close(*ch);
+        *ch = NULL;
+}
+
+static inline void shmb_disconnectp(shmb_client **c) {
+        shmb_disconnect(*c);
+        *c = NULL;
+}
+
 #ifdef __cplusplus
 }
 #endif
