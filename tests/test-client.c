@@ -1006,6 +1006,10 @@ START_TEST(test_examples_exchange) {
         ck_assert_int_eq(run(out, sizeof out, "%s/ring-receiver ring & r=$!; %s/ring-sender ring 50 && wait $r",
                              EXAMPLES_DIR, EXAMPLES_DIR), 0);
         ck_assert_str_eq(out, expect);
+        ck_assert_int_eq(run(out, sizeof out,
+                             "%s/zero-copy-receiver ring & r=$!; %s/zero-copy-sender ring 50 && wait $r",
+                             EXAMPLES_DIR, EXAMPLES_DIR), 0);
+        ck_assert_str_eq(out, expect);
 }
 END_TEST
 
