@@ -521,22 +521,30 @@ int test_ipcs_count(const char *kind) {
         return n;
 }
 
-long test_cpu_ticks(pid_t pid) {
-        char path[64], buf[1024], *p;
-        unsigned long ut, st;
+const char *test_proc_stat_after_name(pid_t pid, char *buf, size_t size) {
+        char path[64], *p;
         FILE *f;
         size_t n;
 
         snprintf(path, sizeof path, "/proc/%d/stat", (int) pid);
         f = fopen(path, "re");
         ck_assert_ptr_nonnull(f);
-        n = fread(buf, 1, sizeof buf - 1, f);
+        n = fread(buf, 1, size - 1, f);
         fclose(f);
         buf[n] = 0;
+        /* The command name may hold spaces and parentheses: the fields follow its last ')'. */
         p = strrchr(buf, ')');
         ck_assert_ptr_nonnull(p);
+        return p + 2;
+}
+
+long test_cpu_ticks(pid_t pid) {
+        char buf[1024];
+        unsigned long ut, st;
+
         /* the fields after the name: state(3) ... utime(14) stime(15) */
-        ck_assert_int_eq(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st), 2);
+        ck_assert_int_eq(sscanf(test_proc_stat_after_name(pid, buf, sizeof buf),
+                                "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st), 2);
         return (long) (ut + st);
 }
 

@@ -111,6 +111,9 @@ extern const uint8_t test_secret[16];
 /* Objects in this IPC namespace, counted by util-linux ipcs. */
 int test_ipcs_count(const char *kind);   /* "-m" or "-s" */
 
+/* The fields of /proc/PID/stat after the command name (state first), read into buf. */
+const char *test_proc_stat_after_name(pid_t pid, char *buf, size_t size);
+
 /* utime + stime of a process, in clock ticks. */
 long test_cpu_ticks(pid_t pid);
 

@@ -1449,23 +1449,14 @@ static bool pidfs_ids(void) {
         return yes;
 }
 
-/* Field 22 of /proc/PID/stat, counted from after the command name. */
+/* Field 22 of /proc/PID/stat. */
 static uint64_t start_time_of(pid_t pid) {
-        char path[64], buf[1024], *p;
         unsigned long long v;
-        FILE *f;
-        size_t n;
+        char buf[1024];
 
-        snprintf(path, sizeof path, "/proc/%d/stat", (int) pid);
-        f = fopen(path, "re");
-        ck_assert_ptr_nonnull(f);
-        n = fread(buf, 1, sizeof buf - 1, f);
-        fclose(f);
-        buf[n] = 0;
-        p = strrchr(buf, ')');
-        ck_assert_ptr_nonnull(p);
-        ck_assert_int_eq(sscanf(p + 2, "%*c" "%*d %*d %*d %*d %*d" "%*u %*u %*u %*u %*u %*u %*u" "%*d %*d %*d %*d %*d %*d"
-                                " %llu", &v), 1);
+        ck_assert_int_eq(sscanf(test_proc_stat_after_name(pid, buf, sizeof buf),
+                                "%*c" "%*d %*d %*d %*d %*d" "%*u %*u %*u %*u %*u %*u %*u" "%*d %*d %*d %*d %*d %*d" " %llu",
+                                &v), 1);
         return v;
 }
 
