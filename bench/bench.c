@@ -3,7 +3,7 @@
  * one machine, then one GOAL line per goal (ratios, as the machine is shared).
  *
  *   data path    ring throughput at 64 B..1 MiB (the library's defaults) vs pipe,
- *                Unix socket, memcpy;
+ *                Unix socket, memcpy, SysV and POSIX message queues, iceoryx;
  *                64 B round trips, same CPU and cross CPU, vs pipe, socket,
  *                System V semaphores and a busy-spin floor
  *   control      open-by-name vs socket + NDJSON round trip + shmat against an
@@ -17,7 +17,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <jansson.h>
+#include <mqueue.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -29,6 +31,8 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/msg.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/sem.h>
@@ -45,6 +49,18 @@
 #include "common/json-util.h"
 #include "common/util.h"
 
+#ifdef HAVE_ICEORYX
+/* Its headers declare `f()` for C; not our warnings to fix. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wstrict-prototypes"
+#include <iceoryx_binding_c/log.h>
+#include <iceoryx_binding_c/publisher.h>
+#include <iceoryx_binding_c/runtime.h>
+#include <iceoryx_binding_c/subscriber.h>
+#include <iceoryx_binding_c/wait_set.h>
+#pragma GCC diagnostic pop
+#endif
+
 #define TRIALS 7
 /*
  * Ring calls wait without a timeout, as the pipe, socket and semaphore
@@ -58,8 +74,10 @@
 #define STR(x) STR_(x)
 
 static char dir[64];
-static char sock_path[128], notify_path[128], cfg_path[128];
+static char sock_path[128], notify_path[128], cfg_path[128], roudi_cfg[128];
 static int ncpu;
+static bool own_ipc_ns;         /* only then may the bench raise the kernel's queue limits */
+static int msq = -1;            /* a SysV message queue being measured, for cleanup() */
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -276,7 +294,7 @@ static shmb_channel *open_ch(const char *name) {
 
 /* ---------------------------------------------------------------- throughput */
 
-typedef enum Method { M_RING, M_PIPE, M_UNIX, M_ZERO_COPY } Method;
+typedef enum Method { M_RING, M_PIPE, M_UNIX, M_ZERO_COPY, M_SYSV_MSG, M_POSIX_MQ } Method;
 
 /* What a receiver that reads every byte of a message in place does with it. */
 static uint64_t sum_words(const void *p, size_t size) {
@@ -288,13 +306,22 @@ static uint64_t sum_words(const void *p, size_t size) {
         return sum;
 }
 
-/* One-way: the child sends n messages of size bytes, the parent receives; returns bytes/s. */
-static double one_way(Method m, const char *ring, size_t size, long n) {
+/*
+ * One-way: the child sends n messages of size bytes, the parent receives; returns bytes/s. The kernel
+ * queues hold slots messages of size bytes, as the ring of that size does.
+ */
+static double one_way(Method m, const char *ring, size_t size, long slots, long n) {
         int ready[2], go[2], fds[2] = { -1, -1 };
-        char *buf = malloc(size);
+        /* Room for a SysV message's type before the bytes; the other methods use buf alone. */
+        long *msg = malloc(sizeof(long) + size);
+        char *buf = (char *) (msg + 1);
+        mqd_t mq = (mqd_t) -1;
         int64_t t0, t1;
         pid_t pid;
 
+        if (!msg)
+                die("out of memory");
+        msg[0] = 1;
         memset(buf, 0x5a, size);
         if (pipe(ready) < 0 || pipe(go) < 0)
                 die("pipe");
@@ -302,6 +329,28 @@ static double one_way(Method m, const char *ring, size_t size, long n) {
                 die("pipe");
         if (m == M_UNIX && socketpair(AF_UNIX, SOCK_STREAM, 0, fds) < 0)
                 die("socketpair");
+        if (m == M_SYSV_MSG) {
+                struct msqid_ds ds;
+
+                msq = msgget(IPC_PRIVATE, IPC_CREAT | 0600);
+                if (msq < 0 || msgctl(msq, IPC_STAT, &ds) < 0)
+                        die("msgget: %s", strerror(errno));
+                ds.msg_qbytes = (msglen_t) (slots * (long) size);
+                if (msgctl(msq, IPC_SET, &ds) < 0)
+                        die("msgctl IPC_SET msg_qbytes=%lu: %s", (unsigned long) ds.msg_qbytes, strerror(errno));
+        }
+        if (m == M_POSIX_MQ) {
+                struct mq_attr attr = { .mq_maxmsg = slots, .mq_msgsize = (long) size };
+                char name[64];
+
+                snprintf(name, sizeof name, "/shmbroker-bench-%d", (int) getpid());
+                mq = mq_open(name, O_RDWR | O_CREAT | O_EXCL, 0600, &attr);
+                if (mq == (mqd_t) -1)
+                        die("mq_open %s (%ld x %zu B): %s", name, slots, size, strerror(errno));
+                /* The descriptors (the child's too, across fork) keep it: a killed bench leaves no name. */
+                if (mq_unlink(name) < 0)
+                        die("mq_unlink %s: %s", name, strerror(errno));
+        }
         watchdog_kick();
         pid = fork();
         if (pid == 0) {
@@ -329,6 +378,14 @@ static double one_way(Method m, const char *ring, size_t size, long n) {
                                 r = shmb_send_commit(ch, out, size);
                                 if (r < 0)
                                         die("commit: %s", shmb_strerror(r));
+                        } else if (m == M_SYSV_MSG) {
+                                while (msgsnd(msq, msg, size, 0) < 0)
+                                        if (errno != EINTR)
+                                                die("msgsnd: %s", strerror(errno));
+                        } else if (m == M_POSIX_MQ) {
+                                while (mq_send(mq, buf, size, 0) < 0)
+                                        if (errno != EINTR)
+                                                die("mq_send: %s", strerror(errno));
                         } else
                                 write_all(fds[1], buf, size);
                 }
@@ -365,6 +422,20 @@ static double one_way(Method m, const char *ring, size_t size, long n) {
                                 sum += sum_words(in, size);
                                 if (shmb_recv_release(ch, in) < 0)
                                         die("release");
+                        } else if (m == M_SYSV_MSG) {
+                                ssize_t r;
+
+                                while ((r = msgrcv(msq, msg, size, 0, 0)) < 0 && errno == EINTR)
+                                        ;
+                                if (r != (ssize_t) size)
+                                        die("msgrcv: %zd (%s)", r, r < 0 ? strerror(errno) : "short");
+                        } else if (m == M_POSIX_MQ) {
+                                ssize_t r;
+
+                                while ((r = mq_receive(mq, buf, size, NULL)) < 0 && errno == EINTR)
+                                        ;
+                                if (r != (ssize_t) size)
+                                        die("mq_receive: %zd (%s)", r, r < 0 ? strerror(errno) : "short");
                         } else
                                 read_all(fds[0], buf, size);
                 }
@@ -378,7 +449,12 @@ static double one_way(Method m, const char *ring, size_t size, long n) {
         close(go[1]);
         if (fds[0] >= 0)
                 close(fds[0]);
-        free(buf);
+        if (msq >= 0 && msgctl(msq, IPC_RMID, NULL) < 0)
+                die("msgctl IPC_RMID: %s", strerror(errno));
+        msq = -1;
+        if (mq != (mqd_t) -1)
+                mq_close(mq);
+        free(msg);
         return (double) size * (double) n / ((double) (t1 - t0) / 1e9);
 }
 
@@ -403,8 +479,10 @@ static double memcpy_rate(size_t size, long n) {
 typedef struct Size {
         const char *label, *ring;
         size_t size;
+        long slots;             /* the ring's (main() configures it); the kernel queues hold as many */
         long n;                 /* messages in a ring trial */
-        long n_base;            /* in a pipe or socket trial */
+        long n_base;            /* in a pipe, socket or kernel queue trial */
+        long n_iox;             /* in an iceoryx trial */
         const char *ring_only;  /* a ring-only row, and what it shows */
 } Size;
 
@@ -416,48 +494,473 @@ typedef struct Size {
  * that matters most here.
  */
 static const Size sizes[] = {
-        { "64 B", "r64", 64, 4000000, 250000, NULL },
-        { "4 KiB", "r4k", 4096, 1000000, 200000, NULL },
-        { "64 KiB", "r64k", 65536, 64000, 16000, NULL },
-        { "1 MiB", "r1m", 1 << 20, 4800, 1200, NULL },
-        { "4 KiB", "r4k-l2", 4096, 1000000, 0, "ring of 1 MiB, within one core's L2 (above: 4 MiB)" },
+        { "64 B", "r64", 64, 1024, 4000000, 250000, 100000, NULL },
+        { "4 KiB", "r4k", 4096, 1024, 1000000, 200000, 100000, NULL },
+        { "64 KiB", "r64k", 65536, 32, 64000, 16000, 32000, NULL },
+        { "1 MiB", "r1m", 1 << 20, 4, 4800, 1200, 4800, NULL },
+        { "4 KiB", "r4k-l2", 4096, 256, 1000000, 0, 0, "ring of 1 MiB, within one core's L2 (above: 4 MiB)" },
 };
 
 #define N_SIZES ELEMENTSOF(sizes)
 
-enum { T_RING, T_PIPE, T_UNIX, T_MEMCPY, T_ZERO_COPY, N_T };
+enum { T_RING, T_PIPE, T_UNIX, T_MEMCPY, T_ZERO_COPY, T_SYSV_MSG, T_POSIX_MQ, T_ICEORYX, N_T };
+static const char *const tput_names[N_T] = { "ring", "pipe", "unix socket", "memcpy", "zero copy", "SysV msg",
+                                             "POSIX mq", "iceoryx" };
 static Stat tput[N_SIZES][N_T];         /* in bytes/s */
+/* Why a column was not measured (NULL: it was). */
+static const char *skip_why[N_T];
+static char sysv_why[160], mq_why[160];
+/* POSIX mq: messages per queue, as the ring's slots unless RLIMIT_MSGQUEUE allows fewer (0: not measured). */
+static long mq_slots[N_SIZES];
+static char mq_note[256];
+
+/* ---------------------------------------------------------------- kernel message queues */
+
+static bool proc_sys_remounted;
+
+/*
+ * Raise a sysctl of the bench's own IPC namespace to at least value. /proc/sys read-only (a container):
+ * remount it writable in a private mount namespace, as tests/helpers.c does. Returns 0 or -errno.
+ */
+static int raise_sysctl(const char *path, long value) {
+        char line[32];
+        long cur = -1;
+        FILE *f = fopen(path, "re");
+        int fd, len;
+
+        if (f) {
+                if (fscanf(f, "%ld", &cur) != 1)
+                        cur = -1;
+                fclose(f);
+        }
+        if (cur >= value)
+                return 0;
+        fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0 && errno == EROFS && !proc_sys_remounted) {
+                if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+                    mount("/proc/sys", "/proc/sys", NULL, MS_REMOUNT | MS_BIND, NULL) < 0)
+                        return -errno;
+                proc_sys_remounted = true;
+                fd = open(path, O_WRONLY | O_CLOEXEC);
+        }
+        if (fd < 0)
+                return -errno;
+        len = snprintf(line, sizeof line, "%ld\n", value);
+        if (write(fd, line, (size_t) len) != len) {
+                int e = errno;
+
+                close(fd);
+                return -e;
+        }
+        close(fd);
+        return 0;
+}
+
+/* Make room for 1 MiB messages and queues as large as the rings, or say why a column is skipped. */
+static void kernel_queues_setup(void) {
+        struct rlimit rl = { RLIM_INFINITY, RLIM_INFINITY };
+        long max_size = 0, max_slots = 0, max_bytes = 0;
+        int r;
+
+        for (size_t s = 0; s < N_SIZES; s++)
+                if (!sizes[s].ring_only) {
+                        max_size = MAX(max_size, (long) sizes[s].size);
+                        max_slots = MAX(max_slots, sizes[s].slots);
+                        max_bytes = MAX(max_bytes, sizes[s].slots * (long) sizes[s].size);
+                }
+        if (!own_ipc_ns) {
+                skip_why[T_SYSV_MSG] = skip_why[T_POSIX_MQ] =
+                        "no private IPC namespace: the bench does not raise the machine's queue limits";
+                return;
+        }
+        if ((r = raise_sysctl("/proc/sys/kernel/msgmax", max_size)) < 0 ||
+            (r = raise_sysctl("/proc/sys/kernel/msgmnb", max_bytes)) < 0) {
+                snprintf(sysv_why, sizeof sysv_why, "cannot raise kernel.msgmax/msgmnb: %s", strerror(-r));
+                skip_why[T_SYSV_MSG] = sysv_why;
+        }
+        if ((r = raise_sysctl("/proc/sys/fs/mqueue/msgsize_max", max_size)) < 0 ||
+            (r = raise_sysctl("/proc/sys/fs/mqueue/msg_max", max_slots)) < 0) {
+                snprintf(mq_why, sizeof mq_why, "cannot raise fs.mqueue.msgsize_max/msg_max: %s", strerror(-r));
+                skip_why[T_POSIX_MQ] = mq_why;
+                return;
+        }
+        /*
+         * A queue's bytes (and ~100 per message of the kernel's) count against RLIMIT_MSGQUEUE, 800 KiB by
+         * default, whose hard limit only CAP_SYS_RESOURCE raises (a container may not have it): then the
+         * queues hold what fits, and a size none fits is not measured.
+         */
+        if (setrlimit(RLIMIT_MSGQUEUE, &rl) < 0) {
+                size_t len = 0;
+
+                if (getrlimit(RLIMIT_MSGQUEUE, &rl) < 0)
+                        die("getrlimit: %s", strerror(errno));
+                rl.rlim_cur = rl.rlim_max;
+                if (setrlimit(RLIMIT_MSGQUEUE, &rl) < 0)
+                        die("setrlimit RLIMIT_MSGQUEUE: %s", strerror(errno));
+                len = (size_t) snprintf(mq_note, sizeof mq_note, "POSIX mq: RLIMIT_MSGQUEUE is %lu KiB (no CAP_SYS_RESOURCE to raise it):",
+                                        (unsigned long) rl.rlim_cur / 1024);
+                for (size_t s = 0; s < N_SIZES; s++) {
+                        if (sizes[s].ring_only)
+                                continue;
+                        mq_slots[s] = MIN(sizes[s].slots, (long) (rl.rlim_cur / (sizes[s].size + 128)));
+                        if (mq_slots[s] < sizes[s].slots && len < sizeof mq_note)
+                                len += (size_t) snprintf(mq_note + len, sizeof mq_note - len, " %s %ld messages,",
+                                                         sizes[s].label, mq_slots[s]);
+                }
+                if (len < sizeof mq_note && mq_note[len - 1] == ',')
+                        mq_note[len - 1] = 0;   /* the other sizes: as many as the ring */
+                return;
+        }
+        for (size_t s = 0; s < N_SIZES; s++)
+                mq_slots[s] = sizes[s].slots;
+}
+
+/* ---------------------------------------------------------------- iceoryx */
+
+static pid_t roudi_pid = -1;
+static int iox_ns = -1;         /* RouDi's mount namespace, which every iceoryx peer joins */
+
+/* SIGTERM; SIGKILL after 5 s. Async-signal-safe (the watchdog calls it through cleanup()). */
+static void roudi_stop(void) {
+        if (roudi_pid > 0) {
+                kill(roudi_pid, SIGTERM);
+                for (int i = 0; i < 500 && waitpid(roudi_pid, NULL, WNOHANG) == 0; i++)
+                        nanosleep(&(struct timespec) { .tv_nsec = 10000000 }, NULL);
+                if (kill(roudi_pid, SIGKILL) == 0)
+                        waitpid(roudi_pid, NULL, 0);
+        }
+        roudi_pid = -1;
+        if (iox_ns >= 0)
+                close(iox_ns);  /* with RouDi gone, its namespace and the tmpfs in it go too */
+        iox_ns = -1;
+        unlink(roudi_cfg);
+}
+
+#ifdef HAVE_ICEORYX
+
+/* Subscriber queue: as many messages as the ring holds, within iceoryx's maximum of 256. */
+static uint64_t iox_queue(const Size *sz) {
+        return (uint64_t) MIN(sz->slots, 256);
+}
+
+/* A chunk is the payload and iceoryx's header (40 bytes in 2.0); 128 leaves room. */
+#define IOX_CHUNK_EXTRA 128
+
+static char iox_why[200];
+static int iox_trial;   /* a service of its own per trial: no peer of an earlier trial can be connected to it */
+static _Noreturn void iox_peer_exit(void);
+
+/*
+ * A RouDi of the bench's own, with one mempool per message size. It and its peers see a /dev/shm and a /tmp
+ * of their own (tmpfs in a private mount namespace): what iceoryx leaves there, killed or not, goes with the
+ * namespace, and another RouDi on the machine is never touched. Returns NULL, or why there is no iceoryx.
+ */
+static const char *roudi_start(void) {
+        int err[2], cfg_fd, e = 0;
+        char cfg_arg[64];
+        FILE *f = fopen(roudi_cfg, "we");
+        int64_t deadline;
+        pid_t probe;
+
+        if (!f)
+                die("cannot write %s", roudi_cfg);
+        fprintf(f, "[general]\nversion = 1\n\n[[segment]]\n");
+        for (size_t s = 0; s < N_SIZES; s++)
+                if (!sizes[s].ring_only)
+                        /* A full queue, one chunk held by the receiver, one loaned by the sender, and spares. */
+                        fprintf(f, "\n[[segment.mempool]]\nsize = %zu\ncount = %" PRIu64 "\n",
+                                sizes[s].size + IOX_CHUNK_EXTRA, iox_queue(&sizes[s]) + 8);
+        if (fclose(f) != 0)
+                die("cannot write %s", roudi_cfg);
+        if (getuid() != 0)
+                return "not root: RouDi needs a mount namespace of its own";
+        cfg_fd = open(roudi_cfg, O_RDONLY);     /* inherited: /tmp is out of RouDi's sight */
+        if (cfg_fd < 0 || pipe2(err, O_CLOEXEC) < 0)
+                die("open %s: %s", roudi_cfg, strerror(errno));
+        snprintf(cfg_arg, sizeof cfg_arg, "/proc/self/fd/%d", cfg_fd);
+        roudi_pid = fork();
+        if (roudi_pid < 0)
+                die("fork: %s", strerror(errno));
+        if (roudi_pid == 0) {
+                int devnull = open("/dev/null", O_WRONLY);
+
+                if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != main_pid)
+                        _exit(1);
+                if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+                    mount("shmbroker-bench", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0 ||
+                    mount("shmbroker-bench", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0) {
+                        e = errno;
+                        (void) !write(err[1], &e, sizeof e);
+                        _exit(1);
+                }
+                /* Chatty even at -l error; when it fails, the probe below says so. */
+                dup2(devnull, STDOUT_FILENO);
+                dup2(devnull, STDERR_FILENO);
+                /* -k 1: a peer that ignores RouDi's SIGTERM at shutdown is killed after 1 s, not 45. */
+                execlp("iox-roudi", "iox-roudi", "-c", cfg_arg, "-l", "error", "-k", "1", (char *) NULL);
+                e = errno;
+                (void) !write(err[1], &e, sizeof e);
+                _exit(127);
+        }
+        close(err[1]);
+        close(cfg_fd);
+        /* EOF with nothing read: it is iox-roudi now. */
+        if (read(err[0], &e, sizeof e) == sizeof e) {
+                close(err[0]);
+                waitpid(roudi_pid, NULL, 0);
+                roudi_pid = -1;
+                snprintf(iox_why, sizeof iox_why, "cannot start iox-roudi: %s", strerror(e));
+                return iox_why;
+        }
+        close(err[0]);
+        {
+                char ns[64];
+
+                snprintf(ns, sizeof ns, "/proc/%d/ns/mnt", (int) roudi_pid);
+                iox_ns = open(ns, O_RDONLY | O_CLOEXEC);
+                if (iox_ns < 0)
+                        die("open %s: %s", ns, strerror(errno));
+        }
+        /* A peer that registers and leaves: RouDi is up and takes peers. */
+        probe = fork();
+        if (probe < 0)
+                die("fork: %s", strerror(errno));
+        if (probe == 0) {
+                child_setup();
+                if (setns(iox_ns, CLONE_NEWNS) < 0)
+                        die("setns: %s", strerror(errno));
+                iox_set_loglevel(Iceoryx_LogLevel_Error);
+                iox_runtime_init("shmbroker-bench-probe");
+                iox_peer_exit();
+        }
+        deadline = now_ns() + 20 * (int64_t) 1000000000;
+        for (;;) {
+                int status;
+                pid_t r = waitpid(probe, &status, WNOHANG);
+
+                if (r == probe && WIFEXITED(status) && WEXITSTATUS(status) == 0)
+                        return NULL;
+                if (r == probe || waitpid(roudi_pid, &status, WNOHANG) == roudi_pid || now_ns() > deadline) {
+                        if (r != probe) {
+                                kill(probe, SIGKILL);
+                                waitpid(probe, NULL, 0);
+                        }
+                        snprintf(iox_why, sizeof iox_why, "iox-roudi did not take a peer within 20 s (%s)",
+                                 r == probe ? "the peer failed" : now_ns() > deadline ? "timeout" : "RouDi exited");
+                        roudi_stop();
+                        return iox_why;
+                }
+                nanosleep(&(struct timespec) { .tv_nsec = 10000000 }, NULL);
+        }
+}
+
+/* In a forked peer: into RouDi's namespace, registered under a name of its own. */
+static void iox_peer_setup(const char *role) {
+        char name[64];
+
+        child_setup();
+        if (setns(iox_ns, CLONE_NEWNS) < 0)
+                die("setns into RouDi's mount namespace: %s", strerror(errno));
+        snprintf(name, sizeof name, "shmbroker-bench-%s-%d", role, (int) getpid());
+        iox_set_loglevel(Iceoryx_LogLevel_Error);
+        iox_runtime_init(name);
+}
+
+/*
+ * exit(), not _exit(): the runtime deregisters from RouDi in its destructor. A peer left registered is one
+ * RouDi signals at its shutdown, by a pid that may be someone else's by then. stdout holds no line of ours.
+ * Not iox_runtime_shutdown() first: in 2.0.3 the destructor then hangs.
+ */
+static _Noreturn void iox_peer_exit(void) {
+        exit(0);
+}
+
+/*
+ * One-way through iceoryx: a child loans, fills (every byte) and publishes n chunks, another takes, reads
+ * every word of, and releases them; a blocking pair (the publisher waits for a full queue, the subscriber
+ * sleeps on a waitset when it is empty), as the ring is. Returns bytes/s.
+ */
+static double iox_one_way(const Size *sz, long n) {
+        int ready[2], go[2], res[2];
+        size_t size = sz->size;
+        char instance[32];
+        int64_t dt;
+        pid_t rx, tx;
+
+        snprintf(instance, sizeof instance, "t%d", iox_trial++);
+        if (pipe(ready) < 0 || pipe(go) < 0 || pipe(res) < 0)
+                die("pipe");
+        watchdog_kick();
+        rx = fork();
+        if (rx == 0) {
+                iox_sub_storage_t sub_storage;
+                iox_ws_storage_t ws_storage;
+                iox_sub_options_t opt;
+                uint64_t sum = 0;
+                iox_sub_t sub;
+                iox_ws_t ws;
+                int64_t t0;
+
+                close(ready[1]);
+                close(go[0]);
+                close(res[0]);
+                iox_peer_setup("rx");
+                pin(0);
+                iox_sub_options_init(&opt);
+                opt.queueCapacity = iox_queue(sz);
+                opt.historyRequest = 0;
+                opt.queueFullPolicy = QueueFullPolicy_BLOCK_PRODUCER;
+                sub = iox_sub_init(&sub_storage, "shmbroker-bench", instance, "throughput", &opt);
+                ws = iox_ws_init(&ws_storage);
+                if (iox_ws_attach_subscriber_state(ws, sub, SubscriberState_HAS_DATA, 0, NULL) != WaitSetResult_SUCCESS)
+                        die("iceoryx: cannot attach the subscriber to a waitset");
+                await_fd(ready[0]);
+                t0 = now_ns();
+                signal_fd(go[1]);
+                for (long i = 0; i < n;) {
+                        const void *in;
+                        enum iox_ChunkReceiveResult r = iox_sub_take_chunk(sub, &in);
+
+                        if (r == ChunkReceiveResult_SUCCESS) {
+                                sum += sum_words(in, size);
+                                iox_sub_release_chunk(sub, in);
+                                i++;
+                        } else if (r == ChunkReceiveResult_NO_CHUNK_AVAILABLE) {
+                                iox_notification_info_t info[1];
+                                uint64_t missed;
+
+                                iox_ws_wait(ws, info, 1, &missed);
+                        } else
+                                die("iceoryx take: result %d", (int) r);
+                }
+                dt = now_ns() - t0;
+                __asm__ __volatile__("" ::"r"(sum));
+                signal_fd(go[1]);       /* all taken: the publisher may go */
+                write_all(res[1], &dt, sizeof dt);
+                iox_ws_detach_subscriber_state(ws, sub, SubscriberState_HAS_DATA);
+                iox_ws_deinit(ws);
+                iox_sub_deinit(sub);
+                iox_peer_exit();
+        }
+        if (rx < 0)
+                die("fork: %s", strerror(errno));
+        tx = fork();
+        if (tx == 0) {
+                iox_pub_storage_t pub_storage;
+                iox_pub_options_t opt;
+                iox_pub_t pub;
+
+                close(ready[0]);
+                close(go[1]);
+                close(res[0]);
+                close(res[1]);
+                iox_peer_setup("tx");
+                pin(1);
+                iox_pub_options_init(&opt);
+                opt.historyCapacity = 0;
+                opt.subscriberTooSlowPolicy = ConsumerTooSlowPolicy_WAIT_FOR_CONSUMER;
+                pub = iox_pub_init(&pub_storage, "shmbroker-bench", instance, "throughput", &opt);
+                /* RouDi connects the two in its discovery loop; what is published before is lost. */
+                while (!iox_pub_has_subscribers(pub))
+                        nanosleep(&(struct timespec) { .tv_nsec = 1000000 }, NULL);
+                signal_fd(ready[1]);
+                await_fd(go[0]);
+                for (long i = 0; i < n; i++) {
+                        enum iox_AllocationResult r;
+                        void *out;
+
+                        /* Not expected (the mempool holds a full queue and more); wait rather than fail. */
+                        while ((r = iox_pub_loan_chunk(pub, &out, (uint32_t) size)) == AllocationResult_RUNNING_OUT_OF_CHUNKS)
+                                sched_yield();
+                        if (r != AllocationResult_SUCCESS)
+                                die("iceoryx loan of %zu B: result %d", size, (int) r);
+                        memset(out, (int) (i & 0xff), size);
+                        iox_pub_publish_chunk(pub, out);
+                }
+                await_fd(go[0]);        /* not gone while chunks of ours are still queued */
+                iox_pub_deinit(pub);
+                iox_peer_exit();
+        }
+        if (tx < 0)
+                die("fork: %s", strerror(errno));
+        /* The peers' ends: with them closed here, a peer that dies is EOF, not a wait for ever. */
+        close(ready[0]);
+        close(ready[1]);
+        close(go[0]);
+        close(go[1]);
+        close(res[1]);
+        read_all(res[0], &dt, sizeof dt);
+        close(res[0]);
+        wait_child(rx);
+        wait_child(tx);
+        return (double) size * (double) n / ((double) dt / 1e9);
+}
+
+#endif /* HAVE_ICEORYX */
 
 static void bench_throughput(void) {
         static double v[N_SIZES][N_T][TRIALS];
 
+        kernel_queues_setup();
+#ifdef HAVE_ICEORYX
+        skip_why[T_ICEORYX] = roudi_start();
+#else
+        skip_why[T_ICEORYX] = "not built: configure found no iceoryx C binding";
+#endif
         /* Trials outer, sizes inner: a few noisy seconds then cost each size one trial, not all of one. */
         for (int t = 0; t < TRIALS; t++)
                 for (size_t s = 0; s < N_SIZES; s++) {
-                        long n = sizes[s].n_base;
+                        const Size *sz = &sizes[s];
+                        long n = sz->n_base;
 
-                        v[s][T_RING][t] = one_way(M_RING, sizes[s].ring, sizes[s].size, sizes[s].n);
-                        if (sizes[s].ring_only)
+                        v[s][T_RING][t] = one_way(M_RING, sz->ring, sz->size, sz->slots, sz->n);
+                        if (sz->ring_only)
                                 continue;
-                        v[s][T_PIPE][t] = one_way(M_PIPE, NULL, sizes[s].size, n);
-                        v[s][T_UNIX][t] = one_way(M_UNIX, NULL, sizes[s].size, n);
-                        v[s][T_MEMCPY][t] = memcpy_rate(sizes[s].size, sizes[s].n);
-                        v[s][T_ZERO_COPY][t] = one_way(M_ZERO_COPY, sizes[s].ring, sizes[s].size, sizes[s].n);
+                        v[s][T_PIPE][t] = one_way(M_PIPE, NULL, sz->size, sz->slots, n);
+                        v[s][T_UNIX][t] = one_way(M_UNIX, NULL, sz->size, sz->slots, n);
+                        v[s][T_MEMCPY][t] = memcpy_rate(sz->size, sz->n);
+                        v[s][T_ZERO_COPY][t] = one_way(M_ZERO_COPY, sz->ring, sz->size, sz->slots, sz->n);
+                        if (!skip_why[T_SYSV_MSG])
+                                v[s][T_SYSV_MSG][t] = one_way(M_SYSV_MSG, NULL, sz->size, sz->slots, n);
+                        if (!skip_why[T_POSIX_MQ] && mq_slots[s] > 0)
+                                v[s][T_POSIX_MQ][t] = one_way(M_POSIX_MQ, NULL, sz->size, mq_slots[s], n);
+#ifdef HAVE_ICEORYX
+                        if (!skip_why[T_ICEORYX])
+                                v[s][T_ICEORYX][t] = iox_one_way(sz, sz->n_iox);
+#endif
                 }
-        printf("\n%-26s %14s %14s %14s %14s %14s\n", "one-way throughput", "ring", "pipe", "unix socket", "memcpy",
-               "zero copy");
+        roudi_stop();
+        printf("\n%-26s", "one-way throughput");
+        for (int k = 0; k < N_T; k++)
+                printf(" %14s", tput_names[k]);
+        printf("\n");
         for (size_t s = 0; s < N_SIZES; s++) {
                 printf("%-10s %-15s", sizes[s].label, "MB/s (spread)");
                 for (int k = 0; k < (sizes[s].ring_only ? 1 : N_T); k++) {
+                        if (skip_why[k] || (k == T_POSIX_MQ && mq_slots[s] == 0)) {
+                                printf(" %14s", "-");
+                                continue;
+                        }
                         tput[s][k] = stat_of(v[s][k], TRIALS);
                         printf(" %7.0f (%3.0f%%)", tput[s][k].median / 1e6,
                                100 * (tput[s][k].max - tput[s][k].min) / tput[s][k].median);
                 }
                 printf("%s%s\n", sizes[s].ring_only ? "  " : "", sizes[s].ring_only ? sizes[s].ring_only : "");
-                if (s == 0)
-                        printf("%-10s %-15s %14.2f %14.2f %14.2f\n", "", "M msg/s", tput[0][0].median / 64 / 1e6,
-                               tput[0][1].median / 64 / 1e6, tput[0][2].median / 64 / 1e6);
+                if (s == 0) {
+                        printf("%-10s %-15s", "", "M msg/s");
+                        for (int k = 0; k < N_T; k++)
+                                if (k == T_MEMCPY || skip_why[k])
+                                        printf(" %14s", "-");
+                                else
+                                        printf(" %14.2f", tput[0][k].median / 64 / 1e6);
+                        printf("\n");
+                }
         }
+        for (int k = 0; k < N_T; k++)
+                if (skip_why[k])
+                        printf("%s: not measured: %s\n", tput_names[k], skip_why[k]);
+        if (mq_note[0])
+                printf("%s\n", mq_note);
 }
 
 /* ---------------------------------------------------------------- latency */
@@ -769,6 +1272,10 @@ static void cleanup(void) {
 
         echo_stop();
         daemon_stop();
+        roudi_stop();
+        if (msq >= 0)
+                msgctl(msq, IPC_RMID, NULL);
+        msq = -1;
         for (size_t i = 0; i < ELEMENTSOF(daemon_files); i++) {
                 strcpy(path, sock_path);
                 strcat(path, daemon_files[i]);
@@ -1071,8 +1578,18 @@ static void goals(void) {
          * Replaces ring_vs_memcpy_1MiB, which set a transfer between cores against a copy within one
          * cache: it followed where the VM placed the two processes, not the ring.
          */
+        /* Best of the kernel's byte streams and message queues (a skipped column's median is 0). */
         goal(S_THROUGHPUT, "zero_copy_1MiB_vs_best_kernel",
-             tput[3][T_ZERO_COPY].median / MAX(tput[3][T_PIPE].median, tput[3][T_UNIX].median), 2, true, "x");
+             tput[3][T_ZERO_COPY].median / MAX(MAX(tput[3][T_PIPE].median, tput[3][T_UNIX].median),
+                                               MAX(tput[3][T_SYSV_MSG].median, tput[3][T_POSIX_MQ].median)),
+             2, true, "x");
+        /* Only with iceoryx measured: a bench built or run without it has no such goal. */
+        if (!skip_why[T_ICEORYX] && tput[3][T_ICEORYX].median > 0) {
+                goal(S_THROUGHPUT, "zero_copy_1MiB_vs_iceoryx", tput[3][T_ZERO_COPY].median / tput[3][T_ICEORYX].median,
+                     1.5, true, "x");
+                goal(S_THROUGHPUT, "ring_vs_iceoryx_64B_msgs", tput[0][T_RING].median / tput[0][T_ICEORYX].median, 10,
+                     true, "x");
+        }
         goal(S_THROUGHPUT, "ring_vs_unix_64KiB", tput[2][0].median / tput[2][2].median, 5, true, "x");
         goal(S_LATENCY, "rtt_same_cpu_vs_best_blocking", lat[0][L_RING].median / best_same, 1.2, false, "x");
         goal(S_LATENCY, "rtt_cross_cpu_vs_best_blocking", lat[1][L_RING].median / best_cross, 1.2, false, "x");
@@ -1126,12 +1643,15 @@ int main(int argc, char **argv) {
         }
         if (unshare(CLONE_NEWIPC) < 0)
                 fprintf(stderr, "bench: no private IPC namespace (%s); running in the machine's\n", strerror(errno));
+        else
+                own_ipc_ns = true;
         strcpy(dir, "/tmp/shmbroker-bench-XXXXXX");
         if (!mkdtemp(dir))
                 die("mkdtemp");
         snprintf(sock_path, sizeof sock_path, "%s/s.sock", dir);
         snprintf(notify_path, sizeof notify_path, "%s/notify", dir);
         snprintf(cfg_path, sizeof cfg_path, "%s/c.json", dir);
+        snprintf(roudi_cfg, sizeof roudi_cfg, "%s/roudi.toml", dir);
         snprintf(echo_path, sizeof echo_path, "%s/echo.sock", dir);
 
         printf("shmbroker benchmark: %d CPUs; medians of %d trials (spread = (max-min)/median)\n", ncpu, TRIALS);
