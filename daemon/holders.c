@@ -111,8 +111,8 @@ static uint32_t entry_set_live(Holders *hs, uint32_t i, uint32_t gen, pid_t pid,
         ProcId id = proc_id_of(pid, pidfd);
 
         e->pid = pid;
-        e->id_kind = id.kind;
-        e->id = id.value;
+        e->starttime = id.starttime;
+        e->pidfs_ino = id.pidfs_ino;
         __atomic_store_n(&e->word, (uint64_t) gen << 32 | RING_HOLDER_LIVE, __ATOMIC_RELEASE);
         return ring_token(i, gen);
 }
@@ -127,11 +127,11 @@ static uint32_t entry_set_live(Holders *hs, uint32_t i, uint32_t gen, pid_t pid,
  */
 static bool same_opener(const Holders *hs, uint32_t i, pid_t pid) {
         const RingHolder *e = ring_holder_at(hs->ring, i);
-        ProcId id = { .kind = e->id_kind, .value = e->id };
+        ProcId id = { .starttime = e->starttime, .pidfs_ino = e->pidfs_ino };
 
         if (pid <= 0 || e->pid != pid)
                 return false;
-        return id.value == 0 || proc_id_matches(pid, &id) == 1;
+        return (id.starttime == 0 && id.pidfs_ino == 0) || proc_id_matches(pid, &id) == 1;
 }
 
 int holders_take_back(Holders *hs, pid_t pid, int pidfd, uint32_t want, uint32_t *ret_token) {
@@ -233,7 +233,7 @@ bool holders_release_orphan(Holders *hs, uint32_t token, uint64_t cookie) {
 
 /* Whether the opener recorded in e is gone for certain; *ret_why says how we know. */
 static bool opener_gone(const RingHolder *e, const char **ret_why) {
-        ProcId id = { .kind = e->id_kind, .value = e->id };
+        ProcId id = { .starttime = e->starttime, .pidfs_ino = e->pidfs_ino };
 
         if (e->pid <= 0 || proc_id_matches(e->pid, &id) != 0)
                 return false;

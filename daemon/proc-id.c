@@ -73,13 +73,13 @@ static int read_starttime(pid_t pid, uint64_t *ret) {
 }
 
 ProcId proc_id_of(pid_t pid, int pidfd) {
-        ProcId id = { .kind = RING_HOLDER_ID_STARTTIME };
+        ProcId id = {};
         struct stat st;
 
         if (pidfd >= 0 && pidfs_ids() && fstat(pidfd, &st) == 0)
-                return (ProcId) { .kind = RING_HOLDER_ID_PIDFS, .value = st.st_ino };
-        if (pid <= 0 || read_starttime(pid, &id.value) < 0)
-                id.value = 0;
+                id.pidfs_ino = st.st_ino;
+        else if (pid <= 0 || read_starttime(pid, &id.starttime) < 0)
+                id.starttime = 0;
         return id;
 }
 
@@ -93,21 +93,18 @@ int proc_id_matches(pid_t pid, const ProcId *id) {
                 return -ESRCH;          /* in a PID namespace we cannot see into */
         if (kill(pid, 0) < 0 && errno == ESRCH)
                 return 0;
-        if (id->value == 0)
-                return -ENODATA;
-        switch (id->kind) {
-        case RING_HOLDER_ID_PIDFS:
+        if (id->pidfs_ino != 0) {
                 pidfd = (int) syscall(SYS_pidfd_open, pid, 0);
+                /* ENOENT (EINVAL before 6.9): pid is a thread's now, not a process's: another one. */
                 if (pidfd < 0)
-                        return errno == ESRCH ? 0 : -errno;
+                        return errno == ESRCH || errno == ENOENT || errno == EINVAL ? 0 : -errno;
                 if (fstat(pidfd, &st) < 0)
                         return -errno;
-                return st.st_ino == id->value;
-        case RING_HOLDER_ID_STARTTIME:
-                /* Unreadable (hidepid=) proves nothing: only a start time that differs does. */
-                r = read_starttime(pid, &start);
-                return r < 0 ? r : start == id->value;
-        default:
-                return -EOPNOTSUPP;
+                return st.st_ino == id->pidfs_ino;
         }
+        if (id->starttime == 0)
+                return -ENODATA;
+        /* Unreadable (hidepid=) proves nothing: only a start time that differs does. */
+        r = read_starttime(pid, &start);
+        return r < 0 ? r : start == id->starttime;
 }

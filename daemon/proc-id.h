@@ -13,16 +13,15 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "proto/ring.h"
-
+/* One of the two is set (ring.h RingHolder keeps both fields); both 0: not known. */
 typedef struct ProcId {
-        uint32_t kind;          /* RING_HOLDER_ID_* */
-        uint64_t value;         /* 0: not known */
+        uint64_t starttime;
+        uint64_t pidfs_ino;
 } ProcId;
 
 /*
  * The id of the process pid, through pidfd when one is given (-1: none;
- * it must be pid's). A process whose id cannot be read gets value 0.
+ * it must be pid's). A process whose id cannot be read gets neither.
  */
 ProcId proc_id_of(pid_t pid, int pidfd);
 

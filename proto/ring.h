@@ -94,12 +94,6 @@ enum {
         RING_HOLDER_DEAD = 2,           /* its opener closed it or exited (see above): its claims may be repaired */
 };
 
-/* What RingHolder.id is. 0 is what builds before id_kind wrote (reserved then). */
-enum {
-        RING_HOLDER_ID_STARTTIME = 0,   /* /proc/PID/stat field 22 */
-        RING_HOLDER_ID_PIDFS = 1,       /* the inode of a pidfd of it (pidfs, 64-bit: unique while the system runs) */
-};
-
 /*
  * A token is (generation << 12) | (index + 1): never 0, and a token of an
  * entry handed out again (a new generation) no longer matches it.
@@ -142,17 +136,19 @@ typedef struct RingHeader {
 /*
  * One opener's liveness, written by the broker only. word: generation in
  * the high half, RING_HOLDER_* in the low half, so one load gives both.
- * pid, id_kind and id are the broker's own view of the opener (its PID
- * namespace; RING_HOLDER_ID_*), for a broker that restarts after a crash
+ * pid, starttime and the pidfs inode are the broker's own view of the
+ * opener (its PID namespace), for a broker that restarts after a crash
  * and must tell which of its predecessor's holders still live; clients
- * never read them.
+ * never read them. A broker records one of the two (the other is 0, "not
+ * known"): builds before pidfs_ino read only starttime, and take 0 there
+ * as a process they cannot judge, never as another one.
  */
 typedef struct RingHolder {
         uint64_t word;
         int32_t pid;
-        uint32_t id_kind;
-        uint64_t id;                    /* 0: not known */
-        uint64_t reserved1;
+        uint32_t reserved0;
+        uint64_t starttime;             /* /proc/PID/stat field 22; 0: not known */
+        uint64_t pidfs_ino;             /* the inode of a pidfd of it (pidfs, 64-bit); 0: not known */
 } RingHolder;
 
 /*

@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -1460,24 +1461,42 @@ static uint64_t start_time_of(pid_t pid) {
         return v;
 }
 
-/* This process's id of that kind, as the broker records it. */
-static uint64_t own_id(uint32_t kind) {
-        int fd;
+/* The inode of a pidfd of this process, as the broker records it where pidfds are pidfs inodes. */
+static uint64_t own_pidfs_ino(void) {
+        int fd = (int) syscall(SYS_pidfd_open, getpid(), 0);
         struct stat st;
 
-        if (kind == RING_HOLDER_ID_STARTTIME)
-                return start_time_of(getpid());
-        fd = (int) syscall(SYS_pidfd_open, getpid(), 0);
         ck_assert_int_ge(fd, 0);
         ck_assert_int_eq(fstat(fd, &st), 0);
         close(fd);
         return st.st_ino;
 }
 
+static void *sleep_forever(void *arg) {
+        int *tid = arg;
+
+        __atomic_store_n(tid, (int) syscall(SYS_gettid), __ATOMIC_RELEASE);
+        for (;;)
+                pause();
+        return NULL;
+}
+
+/* The tid of a thread of this process that is not its leader (it lives as long as the process). */
+static pid_t thread_tid(void) {
+        static int tid;
+        pthread_t t;
+
+        ck_assert_int_eq(pthread_create(&t, NULL, sleep_forever, &tid), 0);
+        while (__atomic_load_n(&tid, __ATOMIC_ACQUIRE) == 0)
+                usleep(1000);
+        ck_assert_int_ne(tid, getpid());
+        return tid;
+}
+
 /* Record token's holder by start time, off by `off`, as a table written without pidfs would. */
 static void set_start_id(RingHeader *h, uint32_t token, pid_t pid, uint64_t off) {
-        holder_entry(h, token)->id_kind = RING_HOLDER_ID_STARTTIME;
-        holder_entry(h, token)->id = start_time_of(pid) + off;
+        holder_entry(h, token)->pidfs_ino = 0;
+        holder_entry(h, token)->starttime = start_time_of(pid) + off;
 }
 
 static void assert_live(const RingHeader *h, uint32_t token, pid_t pid) {
@@ -1541,9 +1560,13 @@ START_TEST(test_holder_tokens_for_rw_openers) {
          * daemon run under a wrapper (valgrind lacks pidfd_open()) may only have the start time.
          */
         if (!getenv("TEST_DAEMON_WRAPPER"))
-                ck_assert_uint_eq(holder_entry(h, ta)->id_kind,
-                                  pidfs_ids() ? RING_HOLDER_ID_PIDFS : RING_HOLDER_ID_STARTTIME);
-        ck_assert_uint_eq(holder_entry(h, ta)->id, own_id(holder_entry(h, ta)->id_kind));
+                ck_assert(pidfs_ids() == (holder_entry(h, ta)->pidfs_ino != 0));
+        /* One of the two, and the right one; an earlier build reading the entry finds the start time or 0. */
+        if (holder_entry(h, ta)->pidfs_ino != 0) {
+                ck_assert_uint_eq(holder_entry(h, ta)->pidfs_ino, own_pidfs_ino());
+                ck_assert_uint_eq(holder_entry(h, ta)->starttime, 0);
+        } else
+                ck_assert_uint_eq(holder_entry(h, ta)->starttime, start_time_of(getpid()));
         /* Opening again on the same connection is the same hold, and the same token, whatever the access. */
         ck_assert_uint_eq(open_holder(a, "frames", "rw", 0), ta);
         ck_assert_uint_eq(open_holder(a, "frames", "ro", 0), ta);
@@ -1721,7 +1744,7 @@ static void opener_stop(const Opener *o) {
  * inodes of their own, or by a build that recorded only start times).
  */
 START_TEST(test_holder_crash_restart) {
-        Opener live, live_by_start, gone_before, gone_after, reused_pid, reused_pid_by_start;
+        Opener live, live_by_start, gone_before, gone_after, reused_pid, reused_pid_by_start, thread_pid;
         uint32_t back, other;
         RingHeader *h;
         char *log;
@@ -1734,6 +1757,7 @@ START_TEST(test_holder_crash_restart) {
         gone_after = opener_start();
         reused_pid = opener_start();
         reused_pid_by_start = opener_start();
+        thread_pid = opener_start();
         assert_live(h, live.token, live.pid);
         assert_live(h, reused_pid.token, reused_pid.pid);
 
@@ -1742,7 +1766,16 @@ START_TEST(test_holder_crash_restart) {
         assert_live(h, gone_before.token, gone_before.pid);
         opener_stop(&gone_before);
         /* As if reused_pid's pid had been given to another process since. */
-        holder_entry(h, reused_pid.token)->id++;
+        if (holder_entry(h, reused_pid.token)->pidfs_ino != 0)
+                holder_entry(h, reused_pid.token)->pidfs_ino++;
+        else
+                holder_entry(h, reused_pid.token)->starttime++;
+        /*
+         * As if thread_pid's pid were a thread's now, in a live process (this one): no process has it. Two
+         * clock ticks later than the opener started, so that a start time (which counts ticks) tells them apart too.
+         */
+        usleep((useconds_t) (2000000 / sysconf(_SC_CLK_TCK) + 1000));
+        holder_entry(h, thread_pid.token)->pid = thread_tid();
         /* Start times, as where pidfds are no pidfs inodes: one right, one of another process. */
         set_start_id(h, live_by_start.token, live_by_start.pid, 0);
         set_start_id(h, reused_pid_by_start.token, reused_pid_by_start.pid, 1);
@@ -1757,6 +1790,8 @@ START_TEST(test_holder_crash_restart) {
                       holder_state(h, reused_pid.token));
         ck_assert_msg(wait_holder_state(h, reused_pid_by_start.token, RING_HOLDER_DEAD),
                       "a reused pid's holder by start time stays %d", holder_state(h, reused_pid_by_start.token));
+        ck_assert_msg(wait_holder_state(h, thread_pid.token, RING_HOLDER_DEAD),
+                      "a holder whose pid names a thread now stays %d", holder_state(h, thread_pid.token));
         assert_live(h, gone_after.token, gone_after.pid);
         opener_stop(&gone_after);
         ck_assert_msg(wait_holder_state(h, gone_after.token, RING_HOLDER_DEAD), "a holder that exited later stays %d",
@@ -1789,6 +1824,7 @@ START_TEST(test_holder_crash_restart) {
         opener_stop(&reused_pid);
         opener_stop(&live_by_start);
         opener_stop(&reused_pid_by_start);
+        opener_stop(&thread_pid);
         close(y);
         shmdt(h);
 }
