@@ -422,14 +422,23 @@ static bool skip_dead_senders_slot(shmb_channel *ch, RingSlot *slot, uint64_t po
         return true;
 }
 
+static Waiter send_waiter(shmb_channel *ch, int timeout_ms) {
+        return (Waiter) { .word = &ch->ring->space_seq, .sleeping = &ch->ring->send_sleeping,
+                          .my_cpu = &ch->ring->send_cpu, .peer_cpu = &ch->ring->recv_cpu, .timeout_ms = timeout_ms };
+}
+
+static Waiter recv_waiter(shmb_channel *ch, int timeout_ms) {
+        return (Waiter) { .word = &ch->ring->data_seq, .sleeping = &ch->ring->recv_sleeping,
+                          .my_cpu = &ch->ring->recv_cpu, .peer_cpu = &ch->ring->send_cpu, .timeout_ms = timeout_ms };
+}
+
 /*
  * Claim the next slot to send len bytes in (the ring's full loop, waits
  * and repairs included): 0 with *ret_slot claimed for *ret_pos, its len
- * set, head moved on; or a negative errno.
+ * set, head moved on; or a negative errno. w is the call's, so that a
+ * call that claims again (its claim was taken for dead) keeps its deadline.
  */
-static inline int send_claim(shmb_channel *ch, size_t len, int timeout_ms, RingSlot **ret_slot, uint64_t *ret_pos) {
-        Waiter w = { .word = &ch->ring->space_seq, .sleeping = &ch->ring->send_sleeping,
-                     .my_cpu = &ch->ring->send_cpu, .peer_cpu = &ch->ring->recv_cpu, .timeout_ms = timeout_ms };
+static inline int send_claim(shmb_channel *ch, size_t len, Waiter *w, RingSlot **ret_slot, uint64_t *ret_pos) {
         int r;
 
         if (len > ch->info.slot_size)
@@ -467,7 +476,7 @@ static inline int send_claim(shmb_channel *ch, size_t len, int timeout_ms, RingS
                         return 0;
                 }
                 if (diff < 0) {         /* full: the slot still holds last lap's message */
-                        r = wait_slot(ch, slot, pos, &slot->recv_owner, pos - ch->info.slots, &w);
+                        r = wait_slot(ch, slot, pos, &slot->recv_owner, pos - ch->info.slots, w);
                         /* Also when the deadline passed: a short timeout must not keep a slot stuck. */
                         if (!free_dead_receivers_slot(ch, slot, pos) && r < 0)
                                 return r;
@@ -489,6 +498,7 @@ static bool send_publish(shmb_channel *ch, RingSlot *slot, uint64_t pos) {
 }
 
 int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
+        Waiter w;
         int r;
 
         r = check_ring(ch);
@@ -496,11 +506,12 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
                 return r;
         if (len > 0 && !msg)
                 return -EINVAL;
+        w = send_waiter(ch, timeout_ms);
         for (;;) {
                 RingSlot *slot;
                 uint64_t pos;
 
-                r = send_claim(ch, len, timeout_ms, &slot, &pos);
+                r = send_claim(ch, len, &w, &slot, &pos);
                 if (r < 0)
                         return r;
                 if (len)
@@ -517,10 +528,7 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
  * *ret_pos and tail moved on; or a negative errno. With max_len, a longer
  * message is left where it is: -EMSGSIZE.
  */
-static inline ssize_t recv_claim(shmb_channel *ch, size_t max_len, int timeout_ms, RingSlot **ret_slot,
-                                 uint64_t *ret_pos) {
-        Waiter w = { .word = &ch->ring->data_seq, .sleeping = &ch->ring->recv_sleeping,
-                     .my_cpu = &ch->ring->recv_cpu, .peer_cpu = &ch->ring->send_cpu, .timeout_ms = timeout_ms };
+static inline ssize_t recv_claim(shmb_channel *ch, size_t max_len, Waiter *w, RingSlot **ret_slot, uint64_t *ret_pos) {
         int r;
 
         for (;;) {
@@ -564,7 +572,7 @@ static inline ssize_t recv_claim(shmb_channel *ch, size_t max_len, int timeout_m
                         return (ssize_t) len;
                 }
                 if (diff < 0) {         /* empty, or a sender is still writing it */
-                        r = wait_slot(ch, slot, pos + 1, &slot->send_owner, pos, &w);
+                        r = wait_slot(ch, slot, pos + 1, &slot->send_owner, pos, w);
                         if (!skip_dead_senders_slot(ch, slot, pos) && r < 0)
                                 return r;
                         continue;
@@ -585,6 +593,7 @@ static bool recv_free(shmb_channel *ch, RingSlot *slot, uint64_t pos) {
 }
 
 ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
+        Waiter w;
         int r;
 
         r = check_ring(ch);
@@ -592,10 +601,11 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
                 return r;
         if (size > 0 && !buf)
                 return -EINVAL;
+        w = recv_waiter(ch, timeout_ms);
         for (;;) {
                 RingSlot *slot;
                 uint64_t pos;
-                ssize_t len = recv_claim(ch, size, timeout_ms, &slot, &pos);
+                ssize_t len = recv_claim(ch, size, &w, &slot, &pos);
 
                 if (len < 0)
                         return len;
@@ -629,17 +639,18 @@ static int own_claim(shmb_channel *ch, const void *buf, bool send, RingSlot **re
         seq = LOAD(&slot->seq, ACQ);
         owner = LOAD(send ? &slot->send_owner : &slot->recv_owner, ACQ);
         pos = send ? seq : seq - 1;
-        if ((uint32_t) owner != my_token(ch))
-                return -EINVAL;
-        if (pos % ch->info.slots != index || !ring_owner_claims(owner, pos))
-                return ring_token_dead(ch->ring, my_token(ch)) ? -ENOTCONN : -EINVAL;
-        *ret_slot = slot;
-        *ret_pos = pos;
-        return 0;
+        if ((uint32_t) owner == my_token(ch) && pos % ch->info.slots == index && ring_owner_claims(owner, pos)) {
+                *ret_slot = slot;
+                *ret_pos = pos;
+                return 0;
+        }
+        /* Whatever the slot holds now: a dead token's claims were all taken back (perhaps reused since). */
+        return ring_token_dead(ch->ring, my_token(ch)) ? -ENOTCONN : -EINVAL;
 }
 
 int shmb_send_reserve(shmb_channel *ch, size_t size, void **ret_buf, int timeout_ms) {
         RingSlot *slot;
+        Waiter w;
         uint64_t pos;
         int r;
 
@@ -648,7 +659,8 @@ int shmb_send_reserve(shmb_channel *ch, size_t size, void **ret_buf, int timeout
                 return r;
         if (!ret_buf)
                 return -EINVAL;
-        r = send_claim(ch, size, timeout_ms, &slot, &pos);
+        w = send_waiter(ch, timeout_ms);
+        r = send_claim(ch, size, &w, &slot, &pos);
         if (r < 0)
                 return r;
         *ret_buf = payload(slot);
@@ -695,6 +707,7 @@ int shmb_send_abort(shmb_channel *ch, void *buf) {
 
 ssize_t shmb_recv_peek(shmb_channel *ch, const void **ret_buf, int timeout_ms) {
         RingSlot *slot;
+        Waiter w;
         uint64_t pos;
         ssize_t len;
         int r;
@@ -704,7 +717,8 @@ ssize_t shmb_recv_peek(shmb_channel *ch, const void **ret_buf, int timeout_ms) {
                 return r;
         if (!ret_buf)
                 return -EINVAL;
-        len = recv_claim(ch, SIZE_MAX, timeout_ms, &slot, &pos);
+        w = recv_waiter(ch, timeout_ms);
+        len = recv_claim(ch, SIZE_MAX, &w, &slot, &pos);
         if (len >= 0)
                 *ret_buf = payload(slot);
         return len;

@@ -2255,6 +2255,24 @@ static size_t offset_in(const shmb_channel *ch, const void *p) {
         return (size_t) ((const char *) p - base);
 }
 
+/* Mark dead, as the broker does (the low half of its holder entry's word), the token that claimed buf to send. */
+static void mark_claimer_dead(const shmb_channel *ch, const void *buf) {
+        RingHeader *h = shmb_channel_addr(ch);
+        const RingSlot *slot = (const RingSlot *) ((const char *) buf - RING_SLOT_HEADER);
+        uint32_t token = (uint32_t) __atomic_load_n(&slot->send_owner, __ATOMIC_ACQUIRE);
+
+        for (uint32_t i = 0; i < h->holders; i++) {
+                RingHolder *e = ring_holder_at(h, i);
+                uint64_t word = __atomic_load_n(&e->word, __ATOMIC_ACQUIRE);
+
+                if ((uint32_t) word == RING_HOLDER_LIVE && ring_token(i, (uint32_t) (word >> 32)) == token) {
+                        __atomic_store_n(&e->word, (word & ~UINT64_C(0xffffffff)) | RING_HOLDER_DEAD, __ATOMIC_RELEASE);
+                        return;
+                }
+        }
+        ck_abort_msg("no live holder with token %u", (unsigned) token);
+}
+
 /*
  * Reserve, write in place, commit; peek in place (the same bytes of the
  * segment, through another handle's mapping), release. Abort leaves no
@@ -2279,7 +2297,10 @@ START_TEST(test_zero_copy_in_place) {
         ck_assert_int_eq(shmb_send_commit(tx, out, 257), -EMSGSIZE);
         ck_assert_int_eq(shmb_send_commit(tx, (char *) out + 1, 64), -EINVAL);
         ck_assert_int_eq(shmb_send_commit(tx, &x, 4), -EINVAL);
-        ck_assert_int_eq(shmb_send_commit(rx, out, 64), -EINVAL);      /* another handle's claim */
+        ck_assert_int_eq(shmb_send_commit(rx, out, 64), -EINVAL);      /* not even in rx's mapping */
+        /* The same slot in rx's own mapping: a claim of another handle's token. */
+        ck_assert_int_eq(shmb_send_commit(rx, (char *) shmb_channel_addr(rx) + offset_in(tx, out), 64), -EINVAL);
+        ck_assert_int_eq(shmb_send_abort(rx, (char *) shmb_channel_addr(rx) + offset_in(tx, out)), -EINVAL);
         ck_assert_int_eq(shmb_send_commit(tx, out, 64), 0);
         ck_assert_int_eq(shmb_send_commit(tx, out, 64), -EINVAL);
         ck_assert_int_eq(shmb_send_abort(tx, out), -EINVAL);
@@ -2288,6 +2309,7 @@ START_TEST(test_zero_copy_in_place) {
         ck_assert_uint_eq(offset_in(rx, in), offset_in(tx, out));
         ck_assert_int_eq(memcmp(in, "zero-copy", 9), 0);
         ck_assert_int_eq(shmb_recv_release(tx, in), -EINVAL);
+        ck_assert_int_eq(shmb_recv_release(tx, (char *) shmb_channel_addr(tx) + offset_in(rx, in)), -EINVAL);
         ck_assert_int_eq(shmb_recv_release(rx, in), 0);
         ck_assert_int_eq(shmb_recv_release(rx, in), -EINVAL);
 
@@ -2313,6 +2335,23 @@ START_TEST(test_zero_copy_in_place) {
         ck_assert_int_eq(buf[0], '1');
         ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 1000), 1);
         ck_assert_int_eq(buf[0], '2');
+
+        /*
+         * A handle the broker counts as gone (its token marked dead, as when its process was taken for
+         * exited) has its claims taken back: commit and release say so, rather than -EINVAL.
+         */
+        ck_assert_int_eq(shmb_send_reserve(tx, 1, &out, 0), 0);
+        mark_claimer_dead(tx, out);
+        /* A receiver that waits at the slot repairs it: the claim is skipped, and nothing else is there. */
+        ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 300), -ETIMEDOUT);
+        ck_assert_int_eq(shmb_send_commit(tx, out, 1), -ENOTCONN);
+        /* Also once the slot has gone round and another handle's message fills it. */
+        for (int i = 0; i < 8; i++) {
+                ck_assert_int_eq(shmb_send(rx, "y", 1, 0), 0);
+                ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 0), 1);
+        }
+        ck_assert_int_eq(shmb_send_abort(tx, out), -ENOTCONN);
+        ck_assert_int_eq(shmb_send_reserve(tx, 1, &out, 0), -ENOTCONN);
         shmb_close(ro);
         shmb_close(rx);
         shmb_close(tx);

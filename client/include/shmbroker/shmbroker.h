@@ -305,12 +305,14 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms);
  * freed (the message is lost, as with a receiver killed in shmb_recv()).
  *
  * A handle may hold several claims at once (one per call, from any of its
- * threads); commit, abort and release name theirs by the pointer given.
- * Errors as shmb_send()/shmb_recv(); commit, abort and release: -EINVAL
- * when buf is not a claim this handle holds (already committed, released,
- * or never reserved), -ENOTCONN when the broker counted this handle gone
- * and its claim was taken back (the message is lost: reserve again),
- * -EMSGSIZE (commit) when len is over slot_size.
+ * threads); commit, abort and release name theirs by the pointer given,
+ * which names a slot: a pointer kept past its commit or release names the
+ * handle's next claim of that slot, if it has one. Errors as
+ * shmb_send()/shmb_recv(); commit, abort and release: -EINVAL when buf is
+ * no claim of this handle, -ENOTCONN when the broker counted this handle
+ * gone and its claim was taken back: the message is lost (reserve again),
+ * or, after a peek, what was read may have been overwritten meanwhile
+ * (discard it); -EMSGSIZE (commit) when len is over slot_size.
  */
 int shmb_send_reserve(shmb_channel *ch, size_t size, void **ret_buf, int timeout_ms);
 int shmb_send_commit(shmb_channel *ch, void *buf, size_t len);
