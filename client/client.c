@@ -108,19 +108,18 @@ static int set_socket_timeouts(int fd, int ms) {
         return 0;
 }
 
-/* A call begins (c->lock held): its deadline, and the socket's full receive timeout back if a call shortened it. */
+/* A call begins (c->lock held): its deadline, and the socket's full timeouts back if a call shortened them. */
 static void call_begin(shmb_client *c) {
-        struct timeval tv = timeval_of_ms(c->timeout_ms);
-
         c->deadline_ms = c->timeout_ms < 0 ? 0 : now_ms() + (uint64_t) c->timeout_ms;
-        if (c->rcvtimeo_ms != 0 && c->fd >= 0 && setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0)
+        if (c->rcvtimeo_ms != 0 && c->fd >= 0 && set_socket_timeouts(c->fd, c->timeout_ms) == 0)
                 c->rcvtimeo_ms = 0;
 }
 
 /*
  * Milliseconds left of the call's deadline: -1 none, 0 passed. A blocking
- * recv() about to wait with less left than SO_RCVTIMEO allows gets
- * SO_RCVTIMEO shortened (rcvtimeo_ms), so it cannot outlast the deadline.
+ * send() or recv() about to wait with less left than the socket's timeouts
+ * allow gets them shortened (rcvtimeo_ms), so it cannot outlast the
+ * deadline.
  */
 static int time_left(shmb_client *c, bool shorten) {
         uint64_t now;
@@ -133,20 +132,20 @@ static int time_left(shmb_client *c, bool shorten) {
                 return 0;
         left = (int) (c->deadline_ms - now);
         /* Within SHORTEN_SLACK_MS of it, a wait may overrun: not a system call on every call that crossed a tick. */
-        if (shorten && (c->rcvtimeo_ms ? c->rcvtimeo_ms : c->timeout_ms) - left > SHORTEN_SLACK_MS) {
-                struct timeval tv = timeval_of_ms(left);
-
-                if (setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0)
-                        c->rcvtimeo_ms = left;
-        }
+        if (shorten && (c->rcvtimeo_ms ? c->rcvtimeo_ms : c->timeout_ms) - left > SHORTEN_SLACK_MS &&
+            set_socket_timeouts(c->fd, left) == 0)
+                c->rcvtimeo_ms = left;
         return left;
 }
 
-/* On a blocking socket: EAGAIN is SO_SNDTIMEO running out. */
-static int send_all(int fd, const char *buf, size_t len) {
+/* On a blocking socket: EAGAIN is SO_SNDTIMEO running out; a signal does not start the wait over. */
+static int send_all(shmb_client *c, const char *buf, size_t len) {
         while (len > 0) {
-                ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+                ssize_t n;
 
+                if (time_left(c, true) == 0)
+                        return -ETIMEDOUT;
+                n = send(c->fd, buf, len, MSG_NOSIGNAL);
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -208,8 +207,13 @@ static int read_line(shmb_client *c, char **ret_line, size_t *ret_len) {
         while (!buffered_line(c, scanned, ret_len)) {
                 int r;
 
-                if (time_left(c, true) == 0)
+                if (time_left(c, true) == 0) {
+                        /* What came meanwhile still counts (a wait cut short by a signal, say). */
+                        scanned = c->rlen;
+                        if (recv_some(c, MSG_DONTWAIT) > 0 && buffered_line(c, scanned, ret_len))
+                                break;
                         return -ETIMEDOUT;
+                }
                 scanned = c->rlen;
                 r = recv_some(c, 0);    /* 0: SO_RCVTIMEO ran out; the deadline decides */
                 if (r < 0)
@@ -704,7 +708,7 @@ static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *
                 free(out);
                 return r;
         }
-        r = send_all(c->fd, out, out_len);
+        r = send_all(c, out, out_len);
         while (r == 0 && got < n) {
                 r = read_line(c, &line, &len);
                 if (r < 0)
@@ -776,9 +780,9 @@ int shmb_request_json(shmb_client *c, const char *request, char **ret_answer) {
         r = ready(c, true);
         if (r < 0)
                 goto out;
-        r = send_all(c->fd, request, n);
+        r = send_all(c, request, n);
         if (r == 0)
-                r = send_all(c->fd, "\n", 1);
+                r = send_all(c, "\n", 1);
         if (r == 0)
                 r = read_line(c, &line, &len);
         if (r == 0) {
@@ -891,8 +895,14 @@ int client_connect(const char *socket_path, shmb_client **ret) {
         r = set_socket_timeouts(c->fd, c->timeout_ms);
         if (r < 0)
                 goto fail;
-        if (connect(c->fd, (struct sockaddr *) &sa, sizeof sa) < 0) {
-                r = errno == EAGAIN || errno == EINPROGRESS ? -ETIMEDOUT : -errno;
+        /* A signal in a full backlog's wait is no reason to give up before the bound (nor to wait longer). */
+        call_begin(c);
+        while (connect(c->fd, (struct sockaddr *) &sa, sizeof sa) < 0) {
+                if (errno == EISCONN)
+                        break;
+                if (errno == EINTR && time_left(c, true) != 0)
+                        continue;
+                r = errno == EAGAIN || errno == EINPROGRESS || errno == EINTR ? -ETIMEDOUT : -errno;
                 goto fail;
         }
         c->unasked = true;

@@ -114,11 +114,13 @@ typedef struct shmb_channel_status {
 int shmb_connect(const char *socket_path, shmb_client **ret);
 
 /*
- * Bound every later call on c that talks to the broker (open, close, list,
- * status, reload, shmb_request_json, and reconnecting) to timeout_ms in
- * all, from the call's start: a broker that is stuck, or accepts and never
- * answers, gives -ETIMEDOUT, never a hang, and a thread that waits for
- * another's call on c waits no longer than that call's bound. The default
+ * Bound every later exchange with the broker on c (open, close, list,
+ * status, reload, shmb_request_json, and reconnecting) to timeout_ms from
+ * its start: a broker that is stuck, or accepts and never answers, gives
+ * -ETIMEDOUT, never a hang, and a thread that waits for another's call on
+ * c waits no longer than that call's bound. A call is one exchange, but an
+ * open that finds its channel replaced while attaching asks again (up to
+ * three times). The default
  * is 5000 ms; -1 waits for ever. A timed-out call leaves the connection as
  * a broker restart does: the library reconnects (see
  * shmb_client_process()), and the channels stay attached.
