@@ -313,9 +313,10 @@ static int on_conn_process_exit(sd_event_source *s, int fd, uint32_t revents, vo
 }
 
 /*
- * Once the registry has pinned the peer's process (its first holder
- * token), watch it; after each request, arm the watch again: when the
- * process had exited already, a token taken since ends at the next turn.
+ * Once the registry has pinned the peer's process (when it first asked
+ * for a holder token, granted or not), watch it; after each request, arm
+ * the watch again: when the process had exited already, a token taken
+ * since ends at the next turn.
  */
 static void conn_watch_process(Conn *conn) {
         int r;
