@@ -712,6 +712,9 @@ static bool conn_line_overdue(const Conn *conn) {
 static void conn_service(Conn *conn, uint32_t revents) {
         int r = 0;
 
+        if (revents & EPOLLHUP)
+                conn->client.hung_up = true;
+
         if (revents & EPOLLIN) {
                 r = read_input(conn);
                 if (r < 0)

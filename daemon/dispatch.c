@@ -85,6 +85,17 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
 
         if (!e)
                 return answer_missing(req->channel, why, ret_line, ret_len);
+        /*
+         * A client that gave up (a timed-out call) and closed its socket never learns of
+         * this hold or its holder token: the token would outlive it as an orphan of a live
+         * process, and enough of them fill the ring's table.
+         */
+        if (cl->hung_up) {
+                log_info("Not opening channel %s for pid %d: it hung up before its request was read.",
+                          req->channel, (int) cl->peer.pid);
+                return answer_error(ECONNRESET, ret_line, ret_len,
+                                    "the client hung up before its open was read; nothing was opened");
+        }
         channel_perm(e->channel, &perm);
         if (!access_allowed(&cl->peer, &perm, true, req->access == PROTO_ACCESS_RW)) {
                 log_info("Refused %s access to channel %s for pid %d (uid %u, gid %u).",

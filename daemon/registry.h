@@ -39,6 +39,7 @@ typedef struct Entry Entry;
 typedef struct Client {
         Peer peer;
         LIST_HEAD(, Hold) holds;
+        bool hung_up;           /* its peer closed both ends: no answer will be read */
 } Client;
 
 struct Hold {

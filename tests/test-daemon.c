@@ -1735,6 +1735,55 @@ static void opener_stop(const Opener *o) {
         ck_assert_int_eq(waitpid(o->pid, &status, 0), o->pid);
 }
 
+/* The index of a LIVE holder entry of pid, or -1. */
+static int live_entry_of(const RingHeader *h, pid_t pid) {
+        for (uint32_t i = 0; i < h->holders; i++) {
+                const RingHolder *e = ring_holder_at(h, i);
+
+                if (e->pid == pid && (uint32_t) __atomic_load_n(&e->word, __ATOMIC_ACQUIRE) == RING_HOLDER_LIVE)
+                        return (int) i;
+        }
+        return -1;
+}
+
+/*
+ * A client that sent an open and hung up before the daemon read it (a
+ * call that timed out against a stalled broker) gets no hold and no
+ * holder token: nobody could ever give the token back, and it would stay
+ * live as long as the process, a slot of the ring's table lost.
+ */
+START_TEST(test_open_of_a_hung_up_client_takes_no_token) {
+        const char *open_rw = "{\"op\":\"open\",\"channel\":\"frames\",\"access\":\"rw\"}\n";
+        int64_t deadline;
+        RingHeader *h;
+        char *log;
+        int fd;
+
+        h = start_with_ring();
+        ck_assert_int_eq(live_entry_of(h, getpid()), -1);
+        ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
+        fd = test_connect(td.socket);
+        ck_assert_int_eq(write(fd, open_rw, strlen(open_rw)), (ssize_t) strlen(open_rw));
+        close(fd);
+        ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
+        /* Until the daemon has dealt with it: it says it skipped the open, or a token shows up. */
+        deadline = test_now_ms() + 10000;
+        for (;;) {
+                bool said;
+
+                log = test_daemon_log(&td);
+                said = strstr(log, "hung up before its request was read") != NULL;
+                free(log);
+                if (said || live_entry_of(h, getpid()) >= 0)
+                        break;
+                ck_assert_msg(test_now_ms() < deadline, "the daemon never read the open");
+                usleep(10 * 1000);
+        }
+        ck_assert_msg(live_entry_of(h, getpid()) < 0, "entry %d is live for us", live_entry_of(h, getpid()));
+        shmdt(h);
+}
+END_TEST
+
 /*
  * After a SIGKILL the next broker takes the ring over with its holder
  * table: the killed run's holders stay LIVE while their process lives (and
@@ -2220,7 +2269,8 @@ int main(void) {
                 { "capability", CASE_TIMEOUT, { test_capability_of_own_user_namespace_is_not_honoured } },
                 { "unreadable", CASE_TIMEOUT, { test_status_survives_unreadable_channel } },
                 { "holders", CASE_TIMEOUT, { test_holder_tokens_for_rw_openers, test_holder_dead_when_hold_ends,
-                                 test_holder_table_full, test_holder_crash_restart, test_holder_reload,
+                                 test_holder_table_full, test_holder_crash_restart,
+                                 test_open_of_a_hung_up_client_takes_no_token, test_holder_reload,
                                  test_holder_ring_remade, test_holder_lives_with_its_process,
                                  test_holder_dead_with_its_process_though_a_fork_holds_the_connection,
                                  test_holder_taken_back_after_its_connection_closed } },
