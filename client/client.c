@@ -111,15 +111,15 @@ static int set_socket_timeouts(int fd, int ms) {
 /* A call begins (c->lock held): its deadline, and the socket's full timeouts back if a call shortened them. */
 static void call_begin(shmb_client *c) {
         c->deadline_ms = c->timeout_ms < 0 ? 0 : now_ms() + (uint64_t) c->timeout_ms;
-        if (c->rcvtimeo_ms != 0 && c->fd >= 0 && set_socket_timeouts(c->fd, c->timeout_ms) == 0)
-                c->rcvtimeo_ms = 0;
+        if (c->shortened_ms != 0 && c->fd >= 0 && set_socket_timeouts(c->fd, c->timeout_ms) == 0)
+                c->shortened_ms = 0;
 }
 
 /*
- * Milliseconds left of the call's deadline: -1 none, 0 passed. A blocking
- * send() or recv() about to wait with less left than the socket's timeouts
- * allow gets them shortened (rcvtimeo_ms), so it cannot outlast the
- * deadline.
+ * Milliseconds left of the call's deadline: -1 none, 0 passed. With
+ * shorten, a blocking send() or recv() about to wait with less left than
+ * the socket's timeouts allow gets them shortened (shortened_ms), so it
+ * cannot outlast the deadline.
  */
 static int time_left(shmb_client *c, bool shorten) {
         uint64_t now;
@@ -132,9 +132,9 @@ static int time_left(shmb_client *c, bool shorten) {
                 return 0;
         left = (int) (c->deadline_ms - now);
         /* Within SHORTEN_SLACK_MS of it, a wait may overrun: not a system call on every call that crossed a tick. */
-        if (shorten && (c->rcvtimeo_ms ? c->rcvtimeo_ms : c->timeout_ms) - left > SHORTEN_SLACK_MS &&
+        if (shorten && (c->shortened_ms ? c->shortened_ms : c->timeout_ms) - left > SHORTEN_SLACK_MS &&
             set_socket_timeouts(c->fd, left) == 0)
-                c->rcvtimeo_ms = left;
+                c->shortened_ms = left;
         return left;
 }
 
@@ -620,7 +620,7 @@ static int reconnect(shmb_client *c, bool wait) {
                 r = -errno;
                 goto fail;
         }
-        c->rcvtimeo_ms = 0;
+        c->shortened_ms = 0;
         r = set_socket_timeouts(c->fd, c->timeout_ms);
         if (r < 0)
                 goto fail;
@@ -978,7 +978,7 @@ int shmb_client_set_timeout(shmb_client *c, int timeout_ms) {
         c->timeout_ms = timeout_ms;
         if (c->fd >= 0) {
                 r = set_socket_timeouts(c->fd, timeout_ms);
-                c->rcvtimeo_ms = 0;
+                c->shortened_ms = 0;
         }
         pthread_mutex_unlock(&c->lock);
         return r;

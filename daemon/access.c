@@ -22,11 +22,11 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "common/util.h"
 #include "daemon/access.h"
+#include "daemon/proc-id.h"
 
 /* Older kernel headers lack it (Linux 6.5); the values are per architecture, as for every SO_*. */
 #ifndef SO_PEERPIDFD
@@ -39,9 +39,6 @@
 #  endif
 #endif
 
-#ifndef SYS_pidfd_open
-#  define SYS_pidfd_open 434            /* Linux 5.3; the same number on every architecture but alpha */
-#endif
 
 int peer_from_socket(int fd, Peer *ret) {
         struct ucred cred;
@@ -114,7 +111,7 @@ int peer_pin_process(Peer *p) {
                 return -errno;
         if (p->pid <= 0)
                 return -ESRCH;          /* in a PID namespace we cannot see into */
-        pidfd = (int) syscall(SYS_pidfd_open, p->pid, 0);
+        pidfd = pidfd_of_pid(p->pid);
         if (pidfd < 0)
                 return -errno;
         /* After pidfd_open(): a connection still up then means its peer (or a fork of it) was alive. */

@@ -15,6 +15,10 @@
 #ifndef SYS_pidfd_open
 #  define SYS_pidfd_open 434            /* Linux 5.3; the same number on every architecture but alpha */
 #endif
+
+int pidfd_of_pid(pid_t pid) {
+        return (int) syscall(SYS_pidfd_open, pid, 0);
+}
 #define PIDFS_MAGIC_ 0x50494446
 #define STAT_STARTTIME_FIELD 22         /* proc(5): /proc/PID/stat */
 
@@ -30,7 +34,7 @@ static bool pidfs_ids(void) {
         static int known = -1;
 
         if (known < 0) {
-                _cleanup_(closep) int fd = (int) syscall(SYS_pidfd_open, getpid(), 0);
+                _cleanup_(closep) int fd = pidfd_of_pid(getpid());
                 struct statfs sfs;
 
                 known = sizeof(ino_t) >= 8 && sizeof(long) >= 8 && fd >= 0 && fstatfs(fd, &sfs) == 0 &&
@@ -94,7 +98,7 @@ int proc_id_matches(pid_t pid, const ProcId *id) {
         if (kill(pid, 0) < 0 && errno == ESRCH)
                 return 0;
         if (id->pidfs_ino != 0) {
-                pidfd = (int) syscall(SYS_pidfd_open, pid, 0);
+                pidfd = pidfd_of_pid(pid);
                 /* ENOENT (EINVAL before 6.9): pid is a thread's now, not a process's: another one. */
                 if (pidfd < 0)
                         return errno == ESRCH || errno == ENOENT || errno == EINVAL ? 0 : -errno;

@@ -19,6 +19,9 @@ typedef struct ProcId {
         uint64_t pidfs_ino;
 } ProcId;
 
+/* pidfd_open(pid, 0), which glibc before 2.36 does not wrap: a pidfd, or -1 with errno. */
+int pidfd_of_pid(pid_t pid);
+
 /*
  * The id of the process pid, through pidfd when one is given (-1: none;
  * it must be pid's). A process whose id cannot be read gets neither.
