@@ -677,6 +677,9 @@ int shmb_send_commit(shmb_channel *ch, void *buf, size_t len) {
                 return r;
         if (len > ch->info.slot_size)
                 return -EMSGSIZE;
+        /* A removed ring takes no more messages: nobody would read this one. */
+        if (ring_is_removed(ch->ring))
+                return -EIDRM;
         r = own_claim(ch, buf, true, &slot, &pos);
         if (r < 0)
                 return r;
@@ -692,6 +695,8 @@ int shmb_send_abort(shmb_channel *ch, void *buf) {
         r = check_ring(ch);
         if (r < 0)
                 return r;
+        if (ring_is_removed(ch->ring))
+                return -EIDRM;
         r = own_claim(ch, buf, true, &slot, &pos);
         if (r < 0)
                 return r;
@@ -732,6 +737,8 @@ int shmb_recv_release(shmb_channel *ch, const void *buf) {
         r = check_ring(ch);
         if (r < 0)
                 return r;
+        if (ring_is_removed(ch->ring))
+                return -EIDRM;
         r = own_claim(ch, buf, false, &slot, &pos);
         if (r < 0)
                 return r;

@@ -2506,6 +2506,27 @@ START_TEST(test_zero_copy_killed_mid_claim) {
 }
 END_TEST
 
+/* Removal reaches claims too: once the broker removed the ring, commit, abort and release say so. */
+START_TEST(test_zero_copy_claims_see_removal) {
+        shmb_channel *tx = open_ok("ring", SHMB_RW), *rx = open_ok("ring", SHMB_RW);
+        const void *in;
+        void *out, *kept;
+
+        ck_assert_int_eq(shmb_send(tx, "m", 1, 0), 0);
+        ck_assert_int_eq(shmb_recv_peek(rx, &in, 1000), 1);
+        ck_assert_int_eq(shmb_send_reserve(tx, 8, &out, 0), 0);
+        ck_assert_int_eq(shmb_send_reserve(tx, 8, &kept, 0), 0);
+        test_daemon_stop_ok(&td);               /* SIGTERM: the ring is marked removed, then removed */
+        ck_assert_int_eq(shmb_send_commit(tx, out, 8), -EIDRM);
+        ck_assert_int_eq(shmb_send_abort(tx, kept), -EIDRM);
+        ck_assert_int_eq(shmb_recv_release(rx, in), -EIDRM);
+        ck_assert_int_eq(shmb_send_reserve(tx, 8, &out, 0), -EIDRM);
+        ck_assert_int_eq(shmb_recv_peek(rx, &in, 0), -EIDRM);
+        shmb_close(rx);
+        shmb_close(tx);
+}
+END_TEST
+
 /* ---- timeouts: a broker that accepts and never answers ---- */
 
 typedef struct TimedCall {
@@ -2670,7 +2691,7 @@ int main(void) {
                 { "crash-restart", CASE_TIMEOUT, { test_crash_restart_keeps_traffic } },
                 { "cleanup", CASE_TIMEOUT, { test_cleanup_helpers_end_holds } },
                 { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_zero_copy_across_processes,
-                                 test_zero_copy_killed_mid_claim } },
+                                 test_zero_copy_killed_mid_claim, test_zero_copy_claims_see_removal } },
                 { "timeouts", CASE_TIMEOUT, { test_timeout_hung_broker, test_timeout_default_open_by_name,
                                 test_timeout_full_backlog_connect } },
         };
