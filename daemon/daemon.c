@@ -32,6 +32,7 @@ typedef struct Daemon {
         char *socket_path;              /* fixed at start: a reload cannot move it */
         State *state;
         Registry *registry;
+        Wake *wake;                     /* NULL: rings run without wake-up FIFOs */
         Dispatch dispatch;
         Control *control;
         ExitWatch *exits;               /* processes whose connections closed with holder tokens */
@@ -58,6 +59,7 @@ static void daemon_done(Daemon *d) {
         d->control = control_free(d->control);
         d->exits = exit_watch_free(d->exits);
         d->registry = registry_free(d->registry);
+        d->wake = wake_free(d->wake);
         answer_cache_done(&d->dispatch.answers);
         /*
          * Our records cancel out as the registry removes its channels; what is
@@ -198,6 +200,11 @@ static int open_state_and_reclaim(Daemon *d) {
                 log_error("Failed to set up the channel registry: %s", strerror(-r));
                 return r;
         }
+        /* Before adopting: an adopted ring keeps its FIFOs, which its waiters hold. */
+        r = wake_open(d->socket_path, &d->wake, msg, sizeof msg);
+        if (r < 0)
+                log_warning("No wake-up FIFOs (%s): rings work, but cannot be waited for in an event loop.", msg);
+        d->registry->wake = d->wake;
         /* Before reclaim: what a crash left of an unchanged channel lives on, with its clients. */
         (void) adopt_channels(d->registry, d->config, state_secret(d->state), v, n);
         res = (ReclaimResult) {};
@@ -222,6 +229,12 @@ static int open_state_and_reclaim(Daemon *d) {
 }
 
 #define USEC_PER_SEC 1000000ULL
+
+static bool keeps_wake(const char *name, void *userdata) {
+        Entry *e = registry_find(userdata, name);
+
+        return e && e->has_wake;
+}
 
 static int create_channels(Daemon *d) {
         _cleanup_(freep) const ChannelSpec **specs = NULL;
@@ -266,6 +279,8 @@ static int create_channels(Daemon *d) {
                 log_debug("Created channel %s: key 0x%08x, shm id %d, sem id %d.",
                           c->spec.name, c->key, c->shm_id, c->sem_id);
         }
+        /* What a crash left of rings that were not adopted. */
+        wake_sweep(d->wake, keeps_wake, d->registry);
         return 0;
 }
 

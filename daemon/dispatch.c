@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <limits.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,7 +77,7 @@ static int answer_missing(const char *name, const char *why, char **ret_line, si
 }
 
 static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_line, size_t *ret_len) {
-        char why[PROTO_MESSAGE_MAX];
+        char why[PROTO_MESSAGE_MAX], wake[2][PATH_MAX];
         Entry *e = find_repaired(d, req->channel, why, sizeof why);
         ChannelPerm perm;
         ProtoChannel pc;
@@ -118,6 +119,10 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
                 return r;
         channel_describe(e->channel, &pc);
         pc.holder = token;
+        if (e->has_wake && wake_paths(d->registry->wake, req->channel, wake[0], wake[1], sizeof wake[0]) == 0) {
+                pc.wake_fifos[0] = wake[0];
+                pc.wake_fifos[1] = wake[1];
+        }
         return proto_encode_open(&pc, ret_line, ret_len);
 }
 

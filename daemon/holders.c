@@ -39,6 +39,7 @@
 #include "daemon/holders.h"
 #include "daemon/log.h"
 #include "daemon/proc-id.h"
+#include "daemon/wake.h"
 
 #define INDEX_MASK ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)
 
@@ -194,6 +195,9 @@ static void entry_set_dead(Holders *hs, uint32_t i, uint64_t word) {
         __atomic_store_n(&ring_holder_at(hs->ring, i)->word, (word & ~UINT64_C(0xffffffff)) | RING_HOLDER_DEAD,
                          __ATOMIC_RELEASE);
         orphan_set(hs, i, false, 0);
+        /* A waiter in an event loop may sit behind its claim, which can be repaired only now. */
+        if (hs->name)
+                wake_signal(hs->wake, hs->name);
 }
 
 void holders_release(Holders *hs, uint32_t token) {

@@ -30,8 +30,13 @@
 
 #include "proto/ring.h"
 
+struct Wake;
+
 typedef struct Holders {
         RingHeader *ring;               /* the channel's own attachment, borrowed; NULL: not a ring */
+        /* Signalled when an entry goes DEAD (daemon/wake.h); both borrowed, may be NULL. */
+        const struct Wake *wake;
+        const char *name;
         uint32_t next;                  /* where the search for a DEAD entry to reuse starts */
         uint32_t n_orphans;             /* of both kinds */
         uint32_t n_watched;             /* of them, those with a cookie */

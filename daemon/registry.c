@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
+#include "daemon/log.h"
 #include "daemon/registry.h"
 
 int registry_new(State *state, Registry **ret) {
@@ -34,6 +35,9 @@ static void drop_holds(Entry *e) {
 /* The entry's holds, its kernel objects, and itself. */
 static void entry_free(Registry *r, Entry *e) {
         drop_holds(e);
+        /* After its holds: their DEAD marks signal the FIFOs, which must not come back. */
+        if (e->has_wake)
+                wake_remove(r->wake, e->channel->spec.name);
         channel_free(e->channel, r->state);
         free(e);
 }
@@ -48,7 +52,32 @@ Registry *registry_free(Registry *r) {
         return NULL;
 }
 
-static int registry_add(Registry *r, Channel *c, Entry **ret) {
+/*
+ * A ring's holder table and wake-up FIFOs, for a new entry or a remade
+ * channel. keep: adopted, so its FIFOs (which waiters hold open) stay.
+ * Without FIFOs the ring still works; only shmb_channel_fd() does not.
+ */
+static void entry_init_ring(Registry *r, Entry *e, bool keep) {
+        const ChannelSpec *s = &e->channel->spec;
+        bool ring = s->layout == PROTO_LAYOUT_RING;
+        int k;
+
+        holders_init(&e->holders, ring ? e->channel->addr : NULL);
+        e->has_wake = false;
+        if (!ring || !r->wake)
+                return;
+        k = wake_make(r->wake, s->name, keep, s->uid, s->gid, s->mode);
+        if (k < 0) {
+                log_warning("Channel %s: cannot make its wake-up FIFOs: %s; waiting for it in an event loop "
+                            "will not work.", s->name, strerror(-k));
+                return;
+        }
+        e->has_wake = true;
+        e->holders.wake = r->wake;
+        e->holders.name = s->name;
+}
+
+static int registry_add(Registry *r, Channel *c, bool adopted, Entry **ret) {
         Entry *e;
 
         if (r->n == r->cap) {
@@ -65,7 +94,7 @@ static int registry_add(Registry *r, Channel *c, Entry **ret) {
                 return -ENOMEM;
         e->registry = r;
         e->channel = c;
-        holders_init(&e->holders, c->spec.layout == PROTO_LAYOUT_RING ? c->addr : NULL);
+        entry_init_ring(r, e, adopted);
         LIST_INIT(&e->holds);
         r->entries[r->n++] = e;
         /* Sorted lazily: adding N channels at start stays O(N log N). */
@@ -79,7 +108,7 @@ int registry_adopt(Registry *r, Channel *c, size_t *ret_orphans) {
         Entry *e;
         int k;
 
-        k = registry_add(r, c, &e);
+        k = registry_add(r, c, true, &e);
         if (k < 0)
                 return k;
         if (holders_adopt(&e->holders) > 0)
@@ -97,7 +126,7 @@ int registry_create(Registry *r, const ChannelSpec *spec, const uint32_t *fixed,
         k = channel_create(spec, fixed, n_fixed, r->state, &c, msg, msg_size);
         if (k < 0)
                 return k;
-        k = registry_add(r, c, NULL);
+        k = registry_add(r, c, false, NULL);
         if (k < 0) {
                 msg_set(msg, msg_size, "channel \"%s\": cannot register it: %s", spec->name, strerror(-k));
                 channel_free(c, r->state);
@@ -152,8 +181,8 @@ int registry_repair(Registry *r, Entry *e, bool *ret_remade, char *msg, size_t m
                 registry_remove(r, e);
                 return k;
         }
-        /* A new segment, a fresh table: the old one's tokens went with its holds. */
-        holders_init(&e->holders, e->channel->spec.layout == PROTO_LAYOUT_RING ? e->channel->addr : NULL);
+        /* A new segment, a fresh table (the old one's tokens went with its holds), fresh FIFOs. */
+        entry_init_ring(r, e, false);
         *ret_remade = true;
         return 0;
 }

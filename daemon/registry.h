@@ -31,6 +31,7 @@
 #include "daemon/channel.h"
 #include "daemon/holders.h"
 #include "daemon/state.h"
+#include "daemon/wake.h"
 
 typedef struct Hold Hold;
 typedef struct Entry Entry;
@@ -56,6 +57,7 @@ struct Entry {
         struct Registry *registry;
         Channel *channel;
         Holders holders;                /* of channel's segment, when it is a ring */
+        bool has_wake;                  /* a ring whose wake-up FIFOs exist (daemon/wake.h) */
         LIST_HEAD(, Hold) holds;
 };
 
@@ -65,6 +67,7 @@ typedef struct Registry {
         size_t n_holds;         /* over all channels */
         bool sorted;
         State *state;           /* not owned */
+        Wake *wake;             /* not owned; NULL: rings get no wake-up FIFOs */
         uint64_t last_cookie;   /* the last given to a watched orphan (holders_orphan()) */
 } Registry;
 

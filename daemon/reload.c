@@ -261,6 +261,9 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                         continue;
                 }
                 r = channel_set_perms(e->channel, s->uid, s->gid, s->mode);
+                /* The FIFOs grant what the ring grants. */
+                if (r == 0 && e->has_wake)
+                        r = wake_set_perms(reg->wake, s->name, s->uid, s->gid, s->mode);
                 if (r < 0)
                         log_error("Reload: channel %s: cannot set owner %u, group %u, mode %04o: %s",
                                   s->name, (unsigned) s->uid, (unsigned) s->gid, (unsigned) s->mode, strerror(-r));

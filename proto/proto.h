@@ -109,6 +109,12 @@ typedef struct ProtoChannel {
          * which its claims carry (proto/ring.h). 0: none (on the wire: absent).
          */
         uint32_t holder;
+        /*
+         * open of a ring only: the paths of its wake-up FIFOs, "a message may
+         * be there" and "a slot may be free" (daemon/wake.h); NULL: none.
+         * Decoded, owned (proto_channel_done()); encoded, borrowed.
+         */
+        char *wake_fifos[2];
 
         char owner[PROTO_IDNAME_MAX + 1];    /* list, status */
         char group[PROTO_IDNAME_MAX + 1];

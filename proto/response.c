@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -123,6 +124,9 @@ static int channel_to_json(ProtoChannelView view, const ProtoChannel *c, json_t 
                 return -ENOMEM;
         /* This connection's token: only an open hands one out, and only when its hold has one. */
         if (view == PROTO_VIEW_OPEN && c->holder != 0 && set(o, "holder", json_integer(c->holder)) < 0)
+                return -ENOMEM;
+        if (view == PROTO_VIEW_OPEN && c->wake_fifos[0] && c->wake_fifos[1] &&
+            set(o, "wake_fifos", json_pack("[s, s]", c->wake_fifos[0], c->wake_fifos[1])) < 0)
                 return -ENOMEM;
         if (view != PROTO_VIEW_OPEN &&
             (set(o, "owner", json_string(c->owner)) < 0 ||
@@ -272,6 +276,26 @@ static int get_str(json_t *o, const char *key, char *dst, size_t size, char *msg
         return 0;
 }
 
+/* Optional: absent is none; else two absolute paths. */
+static int get_wake_fifos(json_t *o, ProtoChannel *c, char *msg, size_t msg_size) {
+        json_t *v = json_object_get(o, "wake_fifos");
+
+        if (!v)
+                return 0;
+        if (!json_is_array(v) || json_array_size(v) != 2)
+                return bad(msg, msg_size, "\"wake_fifos\" must be an array of two paths");
+        for (size_t i = 0; i < 2; i++) {
+                const char *p = json_string_value(json_array_get(v, i));
+
+                if (!p || p[0] != '/' || strlen(p) >= PATH_MAX)
+                        return bad(msg, msg_size, "\"wake_fifos\" must be an array of two absolute paths");
+                c->wake_fifos[i] = strdup(p);
+                if (!c->wake_fifos[i])
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
 #define GET_INT(o, key, min, max, dst)                                          \
         do {                                                                    \
                 int64_t _v;                                                     \
@@ -385,7 +409,7 @@ static int channel_from_json(ProtoChannelView view, json_t *o, ProtoChannel *c, 
                 /* Absent: no token (a raw channel, a ro open, or a broker before ring layout 4). */
                 if (json_object_get(o, "holder"))
                         GET_INT(o, "holder", 1, UINT32_MAX, c->holder);
-                return 0;
+                return get_wake_fifos(o, c, msg, msg_size);
         }
 
         r = get_str(o, "owner", c->owner, sizeof c->owner, msg, msg_size);
@@ -541,6 +565,9 @@ int proto_response_decode(ProtoOp op, const char *line, size_t len, ProtoRespons
 void proto_channel_done(ProtoChannel *c) {
         if (!c)
                 return;
+        free(c->wake_fifos[0]);
+        free(c->wake_fifos[1]);
+        c->wake_fifos[0] = c->wake_fifos[1] = NULL;
         free(c->semaphores);
         free(c->clients);
         c->semaphores = NULL;

@@ -68,8 +68,10 @@
 /*
  * 3: `state` (was reserved0) tells clients the ring was removed.
  * 4: claims record holder tokens (owner words, holder table), not pids.
+ * 5: the sleeping flags are bit sets (RING_SLEEP_*): a waiter in an event
+ *    loop raises its own bit, which a version 4 waker would clear unseen.
  */
-#define RING_VERSION 4
+#define RING_VERSION 5
 #define RING_HEADER_SIZE 512
 #define RING_HOLDERS 256                /* rw openers at once; more are refused (EUSERS) */
 #define RING_HOLDER_SIZE 32
@@ -85,6 +87,17 @@
 enum {
         RING_STATE_LIVE = 0,
         RING_STATE_REMOVED = 1,         /* final: the ring's segment is (being) removed */
+};
+
+/*
+ * Bits of recv_sleeping/send_sleeping: who waits for this side. The waker
+ * exchanges the word for 0 and serves every bit it took: FUTEX, by moving
+ * the futex word and waking it; FD (a waiter polling a wake-up FIFO, see
+ * shmb_channel_fd()), by writing a byte into that side's FIFO.
+ */
+enum {
+        RING_SLEEP_FUTEX = 1,
+        RING_SLEEP_FD = 2,
 };
 
 /* Values of RingHolder.word's low half. */
@@ -126,10 +139,10 @@ typedef struct RingHeader {
         _Alignas(64) uint64_t head;     /* next position to claim for sending */
         _Alignas(64) uint64_t tail;     /* next position to claim for receiving */
         _Alignas(64) uint32_t data_seq; /* futex: bumped when a slot is filled and receivers sleep */
-        uint32_t recv_sleeping;         /* raised by a sleeping receiver, cleared by the waker */
+        uint32_t recv_sleeping;         /* RING_SLEEP_* bits raised by waiting receivers, cleared by the waker */
         uint32_t recv_cpu;              /* where a receiver last ran + 1 (0: unknown), to decide spinning */
         _Alignas(64) uint32_t space_seq; /* futex: bumped when a slot is freed and senders sleep */
-        uint32_t send_sleeping;         /* raised by a sleeping sender, cleared by the waker */
+        uint32_t send_sleeping;         /* RING_SLEEP_* bits raised by waiting senders, cleared by the waker */
         uint32_t send_cpu;              /* where a sender last ran + 1 (0: unknown) */
 } RingHeader;
 

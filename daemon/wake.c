@@ -1,0 +1,249 @@
+/*
+ * The wake-up FIFOs of ring channels (see wake.h).
+ *
+ * Every file operation is relative to the directory's descriptor and never
+ * follows a symlink: the directory is checked once, when opened, to be the
+ * daemon's and writable by nobody else, so nothing in it can be planted.
+ */
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "daemon/log.h"
+#include "daemon/self.h"
+#include "daemon/wake.h"
+
+static const char *const suffixes[2] = { ".data", ".space" };
+
+struct Wake {
+        int dirfd;
+        char *path;             /* absolute, for the open answer */
+};
+
+static char *absolute(const char *path) {
+        char cwd[PATH_MAX];
+        char *s;
+
+        if (path[0] == '/')
+                return strdup(path);
+        if (!getcwd(cwd, sizeof cwd))
+                return NULL;
+        if (asprintf(&s, "%s/%s", cwd, path) < 0)
+                return NULL;
+        return s;
+}
+
+int wake_open(const char *socket_path, Wake **ret, char *msg, size_t msg_size) {
+        _cleanup_(freep) char *sock = absolute(socket_path), *path = NULL;
+        struct stat st;
+        Wake *w;
+        int fd;
+
+        if (!sock || asprintf(&path, "%s.wake", sock) < 0) {
+                msg_set(msg, msg_size, "out of memory");
+                return -ENOMEM;
+        }
+        if (mkdir(path, 0755) < 0 && errno != EEXIST) {
+                int err = errno;
+
+                msg_set(msg, msg_size, "cannot create %s: %s", path, strerror(err));
+                return -err;
+        }
+        fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) {
+                int err = errno;
+
+                msg_set(msg, msg_size, "cannot open %s: %s", path, strerror(err));
+                return -err;
+        }
+        if (fstat(fd, &st) < 0 || st.st_uid != self_euid() || (st.st_mode & 022)) {
+                msg_set(msg, msg_size, "%s is not the daemon's own directory (owner uid %u, mode %04o): "
+                        "someone else may have made it", path, (unsigned) st.st_uid, (unsigned) (st.st_mode & 07777));
+                close(fd);
+                return -EPERM;
+        }
+        /* Clients must reach the FIFOs; a umask may have taken bits off. */
+        if ((st.st_mode & 0755) != 0755)
+                (void) fchmod(fd, 0755);
+        w = malloc(sizeof *w);
+        if (!w) {
+                close(fd);
+                msg_set(msg, msg_size, "out of memory");
+                return -ENOMEM;
+        }
+        *w = (Wake) { .dirfd = fd, .path = TAKE_PTR(path) };
+        *ret = w;
+        return 0;
+}
+
+Wake *wake_free(Wake *w) {
+        if (!w)
+                return NULL;
+        close(w->dirfd);
+        /* Empty once every ring is removed; kept (and reused) when a channel is left for the next start. */
+        (void) rmdir(w->path);
+        free(w->path);
+        free(w);
+        return NULL;
+}
+
+static int fifo_name(const char *name, unsigned i, char *buf, size_t size) {
+        int n = snprintf(buf, size, "%s%s", name, suffixes[i]);
+
+        return n < 0 || (size_t) n >= size ? -ENAMETOOLONG : 0;
+}
+
+static void signal_one(const Wake *w, const char *file) {
+        /* O_NONBLOCK: ENXIO at once when nobody has it open for reading, i.e. nobody waits. */
+        int fd = openat(w->dirfd, file, O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+
+        if (fd < 0)
+                return;
+        /* EAGAIN: the FIFO is full of wake-ups already, which is as good. */
+        (void) write(fd, "", 1);
+        close(fd);
+}
+
+/* An existing FIFO of ours at file: 1; nothing there: 0. */
+static int is_fifo(const Wake *w, const char *file) {
+        struct stat st;
+
+        if (fstatat(w->dirfd, file, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                return errno == ENOENT ? 0 : -errno;
+        return S_ISFIFO(st.st_mode);
+}
+
+static int set_perms(const Wake *w, const char *file, uid_t uid, gid_t gid, mode_t mode) {
+        if (fchownat(w->dirfd, file, uid, gid, AT_SYMLINK_NOFOLLOW) < 0)
+                return -errno;
+        /* Not a symlink (nobody else writes the directory), so following is safe. */
+        if (fchmodat(w->dirfd, file, mode & 0777, 0) < 0)
+                return -errno;
+        return 0;
+}
+
+int wake_make(Wake *w, const char *name, bool keep, uid_t uid, gid_t gid, mode_t mode) {
+        char file[NAME_MAX + 1];
+        int r;
+
+        if (!w)
+                return 0;
+        for (unsigned i = 0; i < 2; i++) {
+                r = fifo_name(name, i, file, sizeof file);
+                if (r < 0)
+                        return r;
+                r = is_fifo(w, file);
+                if (r < 0)
+                        return r;
+                if (r == 0 || !keep) {
+                        if (r > 0)
+                                signal_one(w, file);
+                        if (unlinkat(w->dirfd, file, 0) < 0 && errno != ENOENT)
+                                return -errno;
+                        /* 0600 until it has the channel's owner: nobody opens it in between. */
+                        if (mknodat(w->dirfd, file, S_IFIFO | 0600, 0) < 0)
+                                return -errno;
+                }
+                r = set_perms(w, file, uid, gid, mode);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+int wake_set_perms(Wake *w, const char *name, uid_t uid, gid_t gid, mode_t mode) {
+        char file[NAME_MAX + 1];
+        int r;
+
+        if (!w)
+                return 0;
+        for (unsigned i = 0; i < 2; i++) {
+                r = fifo_name(name, i, file, sizeof file);
+                if (r == 0)
+                        r = set_perms(w, file, uid, gid, mode);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+void wake_signal(const Wake *w, const char *name) {
+        char file[NAME_MAX + 1];
+
+        if (!w)
+                return;
+        for (unsigned i = 0; i < 2; i++)
+                if (fifo_name(name, i, file, sizeof file) == 0)
+                        signal_one(w, file);
+}
+
+void wake_remove(Wake *w, const char *name) {
+        char file[NAME_MAX + 1];
+
+        if (!w)
+                return;
+        for (unsigned i = 0; i < 2; i++)
+                if (fifo_name(name, i, file, sizeof file) == 0) {
+                        signal_one(w, file);
+                        (void) unlinkat(w->dirfd, file, 0);
+                }
+}
+
+void wake_sweep(Wake *w, bool (*keep)(const char *name, void *userdata), void *userdata) {
+        DIR *d;
+        int fd;
+
+        if (!w)
+                return;
+        fd = dup(w->dirfd);
+        if (fd < 0)
+                return;
+        d = fdopendir(fd);
+        if (!d) {
+                close(fd);
+                return;
+        }
+        rewinddir(d);
+        for (struct dirent *de; (de = readdir(d));) {
+                char name[NAME_MAX + 1];
+                size_t len = strlen(de->d_name);
+                bool ours = false;
+
+                if (is_fifo(w, de->d_name) != 1)
+                        continue;
+                for (unsigned i = 0; i < 2 && !ours; i++) {
+                        size_t sl = strlen(suffixes[i]);
+
+                        if (len > sl && strcmp(de->d_name + len - sl, suffixes[i]) == 0) {
+                                memcpy(name, de->d_name, len - sl);
+                                name[len - sl] = '\0';
+                                ours = keep(name, userdata);
+                        }
+                }
+                if (ours)
+                        continue;
+                signal_one(w, de->d_name);
+                (void) unlinkat(w->dirfd, de->d_name, 0);
+        }
+        closedir(d);
+}
+
+int wake_paths(const Wake *w, const char *name, char *data, char *space, size_t size) {
+        char *out[2] = { data, space };
+
+        for (unsigned i = 0; i < 2; i++) {
+                int n = snprintf(out[i], size, "%s/%s%s", w->path, name, suffixes[i]);
+
+                if (n < 0 || (size_t) n >= size)
+                        return -ENAMETOOLONG;
+        }
+        return 0;
+}

@@ -1,0 +1,65 @@
+#pragma once
+
+/*
+ * Wake-up FIFOs: how a client that waits for a ring in an event loop
+ * (shmb_channel_fd()) is woken. Futexes cannot be polled, so each ring
+ * channel also has two named FIFOs, NAME.data ("a message may be there")
+ * and NAME.space ("a slot may be free"), in a directory of the daemon's
+ * own next to its socket. A waiter raises a flag in the ring header
+ * (proto/ring.h) and polls a FIFO; whoever publishes or frees a slot and
+ * finds the flag writes a byte into it. Files, not descriptors handed out
+ * by the daemon, because they outlive it: a crash restart that adopts a
+ * channel keeps its FIFOs, so waiters and the senders that connect after
+ * the restart still meet.
+ *
+ * The daemon writes them itself when nobody else will: when it marks a
+ * holder dead (a waiter may be stuck behind that holder's claim, which
+ * only now can be repaired) and when it removes the channel (a waiter must
+ * learn that it was removed).
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+typedef struct Wake Wake;
+
+/*
+ * Make (or take over) the directory SOCKET_PATH.wake, mode 0755. An
+ * existing one must be a directory owned by the daemon's uid and writable
+ * by nobody else, as only then is every file in it ours. Returns 0 with
+ * *ret, or a negative errno with msg saying why (the daemon then runs
+ * without wake-up FIFOs).
+ */
+int wake_open(const char *socket_path, Wake **ret, char *msg, size_t msg_size);
+Wake *wake_free(Wake *w);
+
+/*
+ * Give channel name its two FIFOs with owner uid, group gid and mode (the
+ * channel's, so the kernel grants them as it grants the ring). keep: an
+ * adopted channel, whose existing FIFOs stay (its waiters poll them).
+ * Otherwise any old ones are signalled and replaced. Returns 0 or a
+ * negative errno. w may be NULL: nothing to do.
+ */
+int wake_make(Wake *w, const char *name, bool keep, uid_t uid, gid_t gid, mode_t mode);
+
+/* New owner, group and mode for a channel's FIFOs (a reload changed them). */
+int wake_set_perms(Wake *w, const char *name, uid_t uid, gid_t gid, mode_t mode);
+
+/* Write a byte into both FIFOs of name, if anyone has them open. Never blocks. */
+void wake_signal(const Wake *w, const char *name);
+
+/* Signal, then unlink both FIFOs of name: the channel is removed. */
+void wake_remove(Wake *w, const char *name);
+
+/*
+ * Remove every FIFO in the directory whose channel keep() rejects: what a
+ * crash left of channels that were not adopted. Signalled first.
+ */
+void wake_sweep(Wake *w, bool (*keep)(const char *name, void *userdata), void *userdata);
+
+/*
+ * The paths of name's FIFOs, into data and space (each size bytes).
+ * Returns 0, or -ENAMETOOLONG.
+ */
+int wake_paths(const Wake *w, const char *name, char *data, char *space, size_t size);
