@@ -183,6 +183,7 @@ static int channel_free(shmb_channel *ch, bool keep_message) {
                 return 0;
         if (ch->addr && shmdt(ch->addr) < 0)
                 r = -errno;
+        channel_wake_free(ch);
         if (ch->client)
                 client_hold_remove(ch->client, &ch->hold, true, keep_message);
         client_unref(ch->client);
@@ -208,6 +209,15 @@ static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, Pro
         for (unsigned attempt = 0;; attempt++) {
                 info_from_proto(&res->channels[0], &ch->info);
                 ring_version = res->channels[0].ring_version;
+                /* Taken from the answer; an answer asked again (a replaced channel) names the same. */
+                if (!ch->wake && res->channels[0].wake_fifos[0] && res->channels[0].layout == PROTO_LAYOUT_RING) {
+                        r = channel_wake_new(ch, res->channels[0].wake_fifos);
+                        res->channels[0].wake_fifos[0] = res->channels[0].wake_fifos[1] = NULL;
+                        if (r < 0) {
+                                proto_response_done(res);
+                                goto fail;
+                        }
+                }
                 __atomic_store_n(&ch->hold.token, res->channels[0].holder, __ATOMIC_RELAXED);
                 proto_response_done(res);
                 r = attach_once(ch);

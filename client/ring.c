@@ -157,6 +157,7 @@ static int64_t now_ns(void) {
  */
 typedef struct Waiter {
         uint32_t *word, *sleeping;      /* this side's futex word and flag */
+        unsigned dir;                   /* WAKE_*: which side this is */
         uint32_t *my_cpu, *peer_cpu;
         int timeout_ms;
         int64_t deadline;               /* 0: none, or not read yet */
@@ -197,11 +198,20 @@ static void futex_wake_all(uint32_t *word) {
  * of its seq (which orders it against the sleeper's flag like a full
  * fence would), wake the sleepers, if any, once.
  */
-static void notify(uint32_t *word, uint32_t *sleeping) {
-        if (LOAD(sleeping, SEQ) && __atomic_exchange_n(sleeping, 0, SEQ)) {
+static void notify(shmb_channel *ch, unsigned dir) {
+        uint32_t *word = dir == WAKE_DATA ? &ch->ring->data_seq : &ch->ring->space_seq;
+        uint32_t *sleeping = dir == WAKE_DATA ? &ch->ring->recv_sleeping : &ch->ring->send_sleeping;
+        uint32_t bits;
+
+        if (!LOAD(sleeping, SEQ) || !(bits = __atomic_exchange_n(sleeping, 0, SEQ)))
+                return;
+        /* An unknown bit (a corrupt header) is served as a sleeper: a spurious wake-up at worst. */
+        if (bits & ~(uint32_t) RING_SLEEP_FD) {
                 __atomic_add_fetch(word, 1, SEQ);
                 futex_wake_all(word);
         }
+        if (bits & RING_SLEEP_FD)
+                channel_wake_signal(ch, dir, sleeping);
 }
 
 static void cpu_relax(void) {
@@ -289,6 +299,27 @@ static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, const Wa
 }
 
 /*
+ * A caller that will not wait is about to get -EAGAIN. If it polls the fd
+ * of shmb_channel_fd(), make sure the fd wakes it: empty the side's FIFO,
+ * raise RING_SLEEP_FD, then look again. The order is the futex sleeper's
+ * (flag, then slot, all sequentially consistent against the waker's
+ * publish, then exchange): either the waker sees the bit and writes the
+ * FIFO, or we see the slot changed, and then pass on the wake-up that
+ * emptying the FIFO may have taken from another waiter. 0: look again.
+ */
+static int poll_wait(shmb_channel *ch, RingSlot *slot, uint64_t target, const Waiter *w) {
+        int r = channel_wake_arm(ch, w->dir);
+
+        if (r < 0)
+                return r;       /* -EAGAIN: nobody polls */
+        __atomic_fetch_or(w->sleeping, (uint32_t) RING_SLEEP_FD, SEQ);
+        if ((int64_t) (LOAD(&slot->seq, SEQ) - target) < 0 && !ring_removed_seq(ch))
+                return -EAGAIN;
+        channel_wake_pass_on(ch, w->dir);
+        return 0;
+}
+
+/*
  * Sleep until the slot may have changed (seq - target >= 0) or the deadline
  * passes, spinning first when that can pay. claim is the other side's owner
  * word at the slot, and claimed_pos the position a claim of it names: while
@@ -312,7 +343,7 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, const ui
          */
         if (w->timeout_ms == 0) {
                 cpu_relax();
-                return -EAGAIN;
+                return poll_wait(ch, slot, target, w);
         }
         until = deadline = deadline_of(w);
         /* Also when someone holds the slot mid-message: almost always it is busy copying. */
@@ -332,7 +363,8 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, const ui
          * with the flag down, never to be woken.
          */
         v = LOAD(w->word, SEQ);
-        STORE(w->sleeping, 1, SEQ);
+        /* Or'ed: a waiter on the FIFO may have its bit up (a store would drop it); costs nothing beside a sleep. */
+        __atomic_fetch_or(w->sleeping, (uint32_t) RING_SLEEP_FUTEX, SEQ);
         /* The state after the word: a removal after this read moves the word, and FUTEX_WAIT returns. */
         if ((int64_t) (LOAD(&slot->seq, SEQ) - target) < 0 && !ring_removed_seq(ch))
                 r = futex_wait(w->word, v, until);
@@ -397,7 +429,7 @@ static bool free_dead_receivers_slot(shmb_channel *ch, RingSlot *slot, uint64_t 
                 return false;
         if (__atomic_compare_exchange_n(&slot->seq, &expected, pos, false, SEQ, RLX)) {
                 advance(&ch->ring->tail, last);         /* if it died before moving tail on */
-                notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
+                notify(ch, WAKE_SPACE);
         }
         return true;
 }
@@ -415,20 +447,20 @@ static bool skip_dead_senders_slot(shmb_channel *ch, RingSlot *slot, uint64_t po
                 return false;
         if (__atomic_compare_exchange_n(&slot->seq, &expected, pos + ch->info.slots, false, SEQ, RLX)) {
                 advance(&ch->ring->tail, pos);
-                notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
+                notify(ch, WAKE_SPACE);
                 /* Receivers asleep at this position wait on the next one now. */
-                notify(&ch->ring->data_seq, &ch->ring->recv_sleeping);
+                notify(ch, WAKE_DATA);
         }
         return true;
 }
 
 static Waiter send_waiter(shmb_channel *ch, int timeout_ms) {
-        return (Waiter) { .word = &ch->ring->space_seq, .sleeping = &ch->ring->send_sleeping,
+        return (Waiter) { .word = &ch->ring->space_seq, .sleeping = &ch->ring->send_sleeping, .dir = WAKE_SPACE,
                           .my_cpu = &ch->ring->send_cpu, .peer_cpu = &ch->ring->recv_cpu, .timeout_ms = timeout_ms };
 }
 
 static Waiter recv_waiter(shmb_channel *ch, int timeout_ms) {
-        return (Waiter) { .word = &ch->ring->data_seq, .sleeping = &ch->ring->recv_sleeping,
+        return (Waiter) { .word = &ch->ring->data_seq, .sleeping = &ch->ring->recv_sleeping, .dir = WAKE_DATA,
                           .my_cpu = &ch->ring->recv_cpu, .peer_cpu = &ch->ring->send_cpu, .timeout_ms = timeout_ms };
 }
 
@@ -493,7 +525,7 @@ static bool send_publish(shmb_channel *ch, RingSlot *slot, uint64_t pos) {
 
         if (!__atomic_compare_exchange_n(&slot->seq, &expected, pos + 1, false, SEQ, RLX))
                 return false;
-        notify(&ch->ring->data_seq, &ch->ring->recv_sleeping);
+        notify(ch, WAKE_DATA);
         return true;
 }
 
@@ -588,7 +620,7 @@ static bool recv_free(shmb_channel *ch, RingSlot *slot, uint64_t pos) {
 
         if (!__atomic_compare_exchange_n(&slot->seq, &expected, pos + ch->info.slots, false, SEQ, RLX))
                 return false;
-        notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
+        notify(ch, WAKE_SPACE);
         return true;
 }
 
@@ -705,8 +737,8 @@ int shmb_send_abort(shmb_channel *ch, void *buf) {
         if (!__atomic_compare_exchange_n(&slot->seq, &expected, pos + ch->info.slots, false, SEQ, RLX))
                 return -ENOTCONN;
         advance(&ch->ring->tail, pos);
-        notify(&ch->ring->space_seq, &ch->ring->send_sleeping);
-        notify(&ch->ring->data_seq, &ch->ring->recv_sleeping);
+        notify(ch, WAKE_SPACE);
+        notify(ch, WAKE_DATA);
         return 0;
 }
 

@@ -68,6 +68,28 @@ struct shmb_client {
         uint32_t watched_events;
 };
 
+/* The two sides a ring waiter waits for, and the order of its wake-up FIFOs. */
+enum {
+        WAKE_DATA,              /* a receiver: a message may be there */
+        WAKE_SPACE,             /* a sender: a slot may be free */
+};
+
+/*
+ * A ring's wake-up FIFOs (proto/ring.h RING_SLEEP_FD; channel-fd.c), made
+ * at open when the broker names them. Everything here is for the slow
+ * path: a waker that found RING_SLEEP_FD raised, or a caller of
+ * shmb_channel_fd() about to wait.
+ */
+typedef struct ChannelWake {
+        pthread_mutex_t lock;           /* over the fields below but fd[] reads */
+        char *path[2];
+        int fd[2];                      /* opened on first need (atomic loads); -1: not yet */
+        bool unusable[2];               /* opening failed: do not try on every message */
+        int poll_fd;                    /* the epoll instance shmb_channel_fd() hands out; -1: none yet */
+        int kick_fd;                    /* an eventfd keeping poll_fd readable until the first wait */
+        int poll_dir;                   /* the FIFO poll_fd watches: WAKE_*; -1: none yet */
+} ChannelWake;
+
 struct shmb_channel {
         shmb_client *client;
         ClientHold hold;                /* on client->holds while open */
@@ -79,6 +101,7 @@ struct shmb_channel {
         uint32_t spin_budget_ns;        /* adapts within it */
         uint32_t ops;                   /* ring operations, to publish our CPU now and then */
         /* ring only */
+        ChannelWake *wake;              /* NULL: the broker named no FIFOs */
         RingHeader *ring;
         char *slots;
         uint64_t stride;
@@ -127,6 +150,21 @@ bool client_hold_is_stale(shmb_client *c, const ClientHold *h);
 
 /* The open request for name with access (-EINVAL for a bad name or access): shmb_open()'s, and a rejoin's. */
 int client_open_request(const char *name, shmb_access access, ProtoRequest *ret);
+
+/* channel-fd.c: the wake-up FIFOs. paths are taken (freed on failure too). */
+int channel_wake_new(shmb_channel *ch, char *paths[2]);
+void channel_wake_free(shmb_channel *ch);
+/* A waker found RING_SLEEP_FD in sleeping: write the FIFO of side dir. */
+void channel_wake_signal(shmb_channel *ch, unsigned dir, uint32_t *sleeping);
+/*
+ * A caller of shmb_channel_fd() is about to get -EAGAIN on side dir: point
+ * the fd at that side's FIFO and empty it. Then the caller raises
+ * RING_SLEEP_FD and looks once more. Returns 0, or -EAGAIN when nobody
+ * asked for an fd (the plain -EAGAIN).
+ */
+int channel_wake_arm(shmb_channel *ch, unsigned dir);
+/* The caller armed, then found the slot changed: pass the wake-up on to other waiters. */
+void channel_wake_pass_on(shmb_channel *ch, unsigned dir);
 
 /* The public description of a decoded channel. */
 void info_from_proto(const ProtoChannel *pc, shmb_channel_info *ret);

@@ -322,6 +322,35 @@ int shmb_send_abort(shmb_channel *ch, void *buf);
 ssize_t shmb_recv_peek(shmb_channel *ch, const void **ret_buf, int timeout_ms);
 int shmb_recv_release(shmb_channel *ch, const void *buf);
 
+/*
+ * A file descriptor for an event loop (poll, select, epoll, sd-event)
+ * that polls readable when the ring call on ch that last returned
+ * -EAGAIN (with timeout 0) may now succeed: a receive, when a message may
+ * be there; a send or reserve, when a slot may be free. Until the first
+ * -EAGAIN it polls readable, so a loop may wait before trying. The usual
+ * loop: wait for the fd, then call with timeout 0 until -EAGAIN, then
+ * wait again. It also polls readable when the ring was removed (calls
+ * then return -EIDRM) and when a holder died whose unfinished claim the
+ * next call can now repair. A wake-up may be spurious (another waiter
+ * took the message): the call just returns -EAGAIN again.
+ *
+ * It is an epoll instance over the channel's wake-up FIFOs, which the
+ * broker keeps next to its socket (they outlive a broker restart, so a
+ * wait survives it): watch it for input only; do not read, write or close
+ * it; it lives until shmb_close(). A handle waits for one side at a time:
+ * the side of its latest -EAGAIN. Made on the first call (three
+ * descriptors, close-on-exec); a handle that never asks pays nothing, and
+ * every other handle of the channel pays one write to a FIFO per wait of
+ * this one, only when it makes that wait end.
+ *
+ * Returns the fd (the same on every call); -ENOTSUP (not a ring), -EACCES
+ * (a read-only handle), -EOPNOTSUPP (the broker names no FIFOs: it could
+ * not make them), the error of opening a FIFO (-EACCES, -ENOENT when this
+ * process cannot see the broker's directory), -EMFILE, -ENOMEM. -EINVAL
+ * for NULL. Thread-safe.
+ */
+int shmb_channel_fd(shmb_channel *ch);
+
 /* ---- admin ---- */
 
 /*

@@ -1,0 +1,210 @@
+/*
+ * shmb_channel_fd(): waiting for a ring in an event loop.
+ *
+ * Futexes cannot be polled, so the broker gives each ring two named FIFOs
+ * (named in the open answer; daemon/wake.h): one that a receiver waits on
+ * ("a message may be there") and one for a sender ("a slot may be free").
+ * A caller that asked for an fd and is about to get -EAGAIN on one side
+ * empties that side's FIFO, raises RING_SLEEP_FD in the side's sleeping
+ * flag and looks at the ring once more (ring.c); a publisher or freer that
+ * finds the bit takes it with the flag (one exchange, as for a futex
+ * sleeper) and writes one byte. So a FIFO costs nothing while nobody polls
+ * it, one write per wait when someone does, and the flag that the fast
+ * path already reads is the only thing it looks at.
+ *
+ * The fd handed out is an epoll instance watching the FIFO of the side that
+ * last returned -EAGAIN: its number stays the same when a handle turns
+ * from receiving to sending. Until the first -EAGAIN it watches an eventfd
+ * that stays readable, so a loop that waits before trying does not wait
+ * for ever.
+ *
+ * Several waiters share a FIFO; one that empties it and then finds the ring
+ * changed passes the wake-up on (channel_wake_pass_on()), so emptying it
+ * never swallows another waiter's.
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "client/shmbroker-internal.h"
+#include "common/util.h"
+
+int channel_wake_new(shmb_channel *ch, char *paths[2]) {
+        ChannelWake *w = calloc(1, sizeof *w);
+
+        if (!w) {
+                free(paths[0]);
+                free(paths[1]);
+                return -ENOMEM;
+        }
+        pthread_mutex_init(&w->lock, NULL);
+        for (unsigned i = 0; i < 2; i++) {
+                w->path[i] = paths[i];
+                w->fd[i] = -1;
+        }
+        w->poll_fd = w->kick_fd = w->poll_dir = -1;
+        ch->wake = w;
+        return 0;
+}
+
+void channel_wake_free(shmb_channel *ch) {
+        ChannelWake *w = ch->wake;
+
+        if (!w)
+                return;
+        for (unsigned i = 0; i < 2; i++) {
+                if (w->fd[i] >= 0)
+                        close(w->fd[i]);
+                free(w->path[i]);
+        }
+        if (w->poll_fd >= 0)
+                close(w->poll_fd);
+        if (w->kick_fd >= 0)
+                close(w->kick_fd);
+        pthread_mutex_destroy(&w->lock);
+        free(w);
+        ch->wake = NULL;
+}
+
+/*
+ * Open side dir's FIFO, under the lock. Read and write: a waiter reads it,
+ * a waker writes it, and a FIFO open for both never blocks or reports a
+ * missing peer. A FIFO, not whatever else a path may lead to.
+ */
+static int open_fifo(ChannelWake *w, unsigned dir) {
+        struct stat st;
+        int fd;
+
+        if (w->fd[dir] >= 0)
+                return 0;
+        fd = open(w->path[dir], O_RDWR | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0 || !S_ISFIFO(st.st_mode)) {
+                close(fd);
+                return -EPROTO;
+        }
+        __atomic_store_n(&w->fd[dir], fd, __ATOMIC_RELEASE);
+        return 0;
+}
+
+void channel_wake_signal(shmb_channel *ch, unsigned dir, uint32_t *sleeping) {
+        ChannelWake *w = ch->wake;
+        int fd;
+
+        if (!w)
+                goto cannot;
+        fd = __atomic_load_n(&w->fd[dir], __ATOMIC_ACQUIRE);
+        if (fd < 0) {
+                pthread_mutex_lock(&w->lock);
+                if (!w->unusable[dir] && open_fifo(w, dir) < 0)
+                        w->unusable[dir] = true;
+                fd = w->fd[dir];
+                pthread_mutex_unlock(&w->lock);
+                if (fd < 0)
+                        goto cannot;
+        }
+        /* EAGAIN: the FIFO is full of wake-ups already, as good as one more. */
+        (void) write(fd, "", 1);
+        return;
+cannot:
+        /* Leave the bit for a waker that can reach the FIFO. */
+        __atomic_fetch_or(sleeping, (uint32_t) RING_SLEEP_FD, __ATOMIC_SEQ_CST);
+}
+
+static void drain(int fd) {
+        char buf[64];
+
+        while (read(fd, buf, sizeof buf) > 0)
+                ;
+}
+
+int channel_wake_arm(shmb_channel *ch, unsigned dir) {
+        ChannelWake *w = ch->wake;
+        int r = 0;
+
+        if (!w || __atomic_load_n(&w->poll_fd, __ATOMIC_ACQUIRE) < 0)
+                return -EAGAIN;
+        pthread_mutex_lock(&w->lock);
+        if (w->poll_dir != (int) dir) {
+                struct epoll_event ev = { .events = EPOLLIN };
+
+                /* shmb_channel_fd() opened both. */
+                if (w->poll_dir >= 0)
+                        (void) epoll_ctl(w->poll_fd, EPOLL_CTL_DEL, w->fd[w->poll_dir], NULL);
+                if (epoll_ctl(w->poll_fd, EPOLL_CTL_ADD, w->fd[dir], &ev) < 0)
+                        r = -errno;
+                else {
+                        w->poll_dir = (int) dir;
+                        if (w->kick_fd >= 0) {
+                                (void) epoll_ctl(w->poll_fd, EPOLL_CTL_DEL, w->kick_fd, NULL);
+                                close(w->kick_fd);
+                                w->kick_fd = -1;
+                        }
+                }
+        }
+        if (r == 0)
+                drain(w->fd[dir]);
+        pthread_mutex_unlock(&w->lock);
+        return r;
+}
+
+void channel_wake_pass_on(shmb_channel *ch, unsigned dir) {
+        (void) write(ch->wake->fd[dir], "", 1);
+}
+
+int shmb_channel_fd(shmb_channel *ch) {
+        ChannelWake *w;
+        struct epoll_event ev = { .events = EPOLLIN };
+        int r = 0;
+
+        if (!ch)
+                return -EINVAL;
+        if (!ch->ring)
+                return -ENOTSUP;
+        if (ch->access == SHMB_RO)
+                return -EACCES;
+        w = ch->wake;
+        if (!w)
+                return -EOPNOTSUPP;
+        pthread_mutex_lock(&w->lock);
+        if (w->poll_fd >= 0)
+                goto done;
+        /* Both now: a FIFO we cannot open is this call's error, not a wait that never ends. */
+        for (unsigned i = 0; i < 2 && r == 0; i++)
+                r = open_fifo(w, i);
+        if (r < 0)
+                goto done;
+        w->kick_fd = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (w->kick_fd < 0) {
+                r = -errno;
+                goto done;
+        }
+        r = epoll_create1(EPOLL_CLOEXEC);
+        if (r < 0) {
+                r = -errno;
+                goto done;
+        }
+        if (epoll_ctl(r, EPOLL_CTL_ADD, w->kick_fd, &ev) < 0) {
+                int err = -errno;
+
+                close(r);
+                r = err;
+                goto done;
+        }
+        __atomic_store_n(&w->poll_fd, r, __ATOMIC_RELEASE);
+        r = 0;
+done:
+        if (r < 0 && w->kick_fd >= 0) {
+                close(w->kick_fd);
+                w->kick_fd = -1;
+        }
+        pthread_mutex_unlock(&w->lock);
+        return r < 0 ? r : w->poll_fd;
+}

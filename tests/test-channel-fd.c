@@ -1,0 +1,332 @@
+/*
+ * shmb_channel_fd(): waiting for a ring in a poll loop, end to end with
+ * the real daemon. Every wake-up a test waits for comes from another
+ * process (a child, or the daemon itself), never from the waiter, and each
+ * wait is bounded by WAIT_MS, far above any wake-up but far below the case
+ * timeout: a missing wake-up fails the poll() assertion, not the timeout.
+ */
+
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <shmbroker/shmbroker.h>
+
+#include "common/util.h"
+#include "tests/helpers.h"
+
+#define CASE_TIMEOUT 60
+#define WAIT_MS 10000
+
+static const char channels[] =
+        "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 2, \"mode\": \"0640\"},"
+        " {\"name\": \"raw\", \"size\": 4096}]";
+
+static void setup(void) {
+        test_setup();
+        test_daemon_write_config(&td, channels);
+        test_start_ok();
+        setenv("SHMBROKER_SOCKET", td.socket, 1);
+}
+
+static void teardown(void) {
+        test_teardown();
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+}
+
+static shmb_channel *open_ring(void) {
+        shmb_channel *ch = NULL;
+        int r = shmb_open_channel(NULL, "r", SHMB_RW, &ch);
+
+        ck_assert_msg(r == 0, "open r: %s", shmb_strerror(r));
+        return ch;
+}
+
+/* poll() the fd: 1 readable, 0 not within ms. */
+static int readable(int fd, int ms) {
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        int r = poll(&p, 1, ms);
+
+        ck_assert_int_ge(r, 0);
+        return r;
+}
+
+/* A child that opens the ring itself and does one thing: the wake-up must cross processes. */
+typedef enum { KID_SEND, KID_RECV, KID_RESERVE_AND_HANG } KidJob;
+
+/*
+ * A child stays until linger's write end closes (release_kid()): its exit
+ * would close its hold, and the broker wakes every waiter when a holder
+ * goes, which would hide a wake-up the child itself failed to give.
+ */
+static int linger[2] = { -1, -1 };
+
+static pid_t kid(KidJob job, const char *text, int ready_pipe) {
+        pid_t pid;
+
+        ck_assert_int_eq(pipe2(linger, O_CLOEXEC), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *ch = NULL;
+                char buf[64];
+                void *slot;
+                int r;
+
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                if (shmb_open_channel(NULL, "r", SHMB_RW, &ch) < 0)
+                        _exit(2);
+                switch (job) {
+                case KID_SEND:
+                        r = shmb_send(ch, text, strlen(text), WAIT_MS);
+                        break;
+                case KID_RECV:
+                        r = shmb_recv(ch, buf, sizeof buf, WAIT_MS) < 0 ? -1 : 0;
+                        break;
+                case KID_RESERVE_AND_HANG:
+                        r = shmb_send_reserve(ch, 8, &slot, WAIT_MS);
+                        if (r == 0 && write(ready_pipe, "x", 1) == 1)
+                                for (;;)
+                                        pause();
+                        break;
+                }
+                close(linger[1]);
+                (void) read(linger[0], buf, 1);
+                _exit(r == 0 ? 0 : 3);
+        }
+        close(linger[0]);
+        return pid;
+}
+
+static void release_kid(void) {
+        close(linger[1]);
+        linger[1] = -1;
+}
+
+static void reap_ok(pid_t pid) {
+        int status;
+
+        release_kid();
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+}
+
+static void assert_recv(shmb_channel *ch, const char *want) {
+        char buf[64];
+        ssize_t n = shmb_recv(ch, buf, sizeof buf, 0);
+
+        ck_assert_msg(n == (ssize_t) strlen(want), "recv: %zd (%s)", n, n < 0 ? shmb_strerror((int) n) : "");
+        ck_assert(memcmp(buf, want, (size_t) n) == 0);
+}
+
+START_TEST(test_receiver_woken_by_another_process) {
+        shmb_channel *ch = open_ring();
+        char buf[64];
+        int fd = shmb_channel_fd(ch);
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(shmb_channel_fd(ch), fd);
+        /* Readable before the first try: a loop that waits first must not wait for ever. */
+        ck_assert_int_eq(readable(fd, 0), 1);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_int_eq(readable(fd, 0), 0);
+
+        for (int round = 0; round < 3; round++) {
+                pid_t pid = kid(KID_SEND, "hello", -1);
+
+                ck_assert_msg(readable(fd, WAIT_MS) == 1, "round %d: no wake-up from the sender", round);
+                reap_ok(pid);
+                assert_recv(ch, "hello");
+                ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
+                /* Emptied by the -EAGAIN that armed it again. */
+                ck_assert_int_eq(readable(fd, 0), 0);
+        }
+        shmb_close(ch);
+}
+END_TEST
+
+START_TEST(test_sender_woken_when_a_slot_frees) {
+        shmb_channel *ch = open_ring();
+        int fd = shmb_channel_fd(ch);
+        pid_t pid;
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(shmb_send(ch, "a", 1, 0), 0);
+        ck_assert_int_eq(shmb_send(ch, "b", 1, 0), 0);
+        ck_assert_int_eq(shmb_send(ch, "c", 1, 0), -EAGAIN);
+        ck_assert_int_eq(readable(fd, 0), 0);
+        pid = kid(KID_RECV, NULL, -1);
+        ck_assert_msg(readable(fd, WAIT_MS) == 1, "no wake-up when the receiver freed a slot");
+        reap_ok(pid);
+        ck_assert_int_eq(shmb_send(ch, "c", 1, 0), 0);
+        /* The same fd now waits for the other side: the latest -EAGAIN was a send's. */
+        assert_recv(ch, "b");
+        assert_recv(ch, "c");
+        shmb_close(ch);
+}
+END_TEST
+
+START_TEST(test_removal_wakes_the_waiter) {
+        shmb_channel *ch = open_ring();
+        int fd = shmb_channel_fd(ch), sock;
+        char buf[64];
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_int_eq(readable(fd, 0), 0);
+        test_daemon_write_config(&td, "[{\"name\": \"raw\", \"size\": 4096}]");
+        sock = test_connect(td.socket);
+        json_decref(test_request(sock, "{\"op\":\"reload\"}"));
+        close(sock);
+        ck_assert_msg(readable(fd, WAIT_MS) == 1, "the removal woke nobody");
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EIDRM);
+        shmb_close(ch);
+}
+END_TEST
+
+/*
+ * A sender holds the first slot claimed, and a message waits behind it. The
+ * receiver can only be woken by the broker, when it marks the dead sender's
+ * token: nobody else will ever touch this ring again.
+ */
+START_TEST(test_dead_claimer_wakes_the_waiter) {
+        shmb_channel *ch = open_ring();
+        int fd = shmb_channel_fd(ch), ready[2];
+        char buf[64], c;
+        pid_t pid;
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(pipe(ready), 0);
+        pid = kid(KID_RESERVE_AND_HANG, NULL, ready[1]);
+        ck_assert_int_eq(read(ready[0], &c, 1), 1);
+        ck_assert_int_eq(shmb_send(ch, "behind", 6, 0), 0);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_int_eq(readable(fd, 0), 0);
+        ck_assert_int_eq(kill(pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+        release_kid();
+        ck_assert_msg(readable(fd, WAIT_MS) == 1, "the broker did not wake the waiter when the claimer died");
+        assert_recv(ch, "behind");
+        close(ready[0]);
+        close(ready[1]);
+        shmb_close(ch);
+}
+END_TEST
+
+/* The FIFOs outlive a broker crash: senders that come after the restart still wake an old waiter. */
+START_TEST(test_wait_survives_a_broker_crash) {
+        shmb_channel *ch = open_ring();
+        int fd = shmb_channel_fd(ch);
+        char buf[64], *log;
+        pid_t pid;
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Took over channel r"), "%s", log);
+        free(log);
+        ck_assert_int_eq(readable(fd, 0), 0);
+        pid = kid(KID_SEND, "after", -1);
+        ck_assert_msg(readable(fd, WAIT_MS) == 1, "a sender after the restart did not wake the waiter");
+        reap_ok(pid);
+        assert_recv(ch, "after");
+        shmb_close(ch);
+}
+END_TEST
+
+START_TEST(test_fifos_carry_the_channels_rights_and_go_with_it) {
+        char path[600], dir[400];
+        struct stat st;
+
+        snprintf(dir, sizeof dir, "%s.wake", td.socket);
+        ck_assert_int_eq(stat(dir, &st), 0);
+        ck_assert(S_ISDIR(st.st_mode));
+        ck_assert_uint_eq(st.st_mode & 07777, 0755);
+        for (int i = 0; i < 2; i++) {
+                snprintf(path, sizeof path, "%s/r.%s", dir, i ? "space" : "data");
+                ck_assert_int_eq(lstat(path, &st), 0);
+                ck_assert(S_ISFIFO(st.st_mode));
+                ck_assert_uint_eq(st.st_mode & 07777, 0640);
+                ck_assert_uint_eq(st.st_uid, getuid());
+        }
+        /* Rings only. */
+        snprintf(path, sizeof path, "%s/raw.data", dir);
+        ck_assert_int_ne(lstat(path, &st), 0);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_ne(stat(dir, &st), 0);
+}
+END_TEST
+
+START_TEST(test_raw_and_read_only_handles_have_none) {
+        shmb_channel *raw = NULL, *ro = NULL;
+
+        ck_assert_int_eq(shmb_open_channel(NULL, "raw", SHMB_RW, &raw), 0);
+        ck_assert_int_eq(shmb_channel_fd(raw), -ENOTSUP);
+        ck_assert_int_eq(shmb_open_channel(NULL, "r", SHMB_RO, &ro), 0);
+        ck_assert_int_eq(shmb_channel_fd(ro), -EACCES);
+        ck_assert_int_eq(shmb_channel_fd(NULL), -EINVAL);
+        shmb_close(raw);
+        shmb_close(ro);
+}
+END_TEST
+
+/*
+ * Another user made the directory first (a shared socket directory): the
+ * daemon must neither use nor touch it, and rings still work.
+ */
+START_TEST(test_planted_directory_is_left_alone) {
+        char dir[400], planted[420];
+        struct stat st;
+        shmb_channel *ch;
+        char buf[8];
+
+        test_daemon_stop_ok(&td);
+        snprintf(dir, sizeof dir, "%s.wake", td.socket);
+        snprintf(planted, sizeof planted, "%s/r.data", dir);
+        ck_assert_int_eq(mkdir(dir, 0777), 0);
+        ck_assert_int_eq(chmod(dir, 0777), 0);
+        ck_assert_int_eq(mkfifo(planted, 0666), 0);
+        ck_assert_int_eq(chmod(planted, 0666), 0);
+        ck_assert_int_eq(chown(planted, 65534, 65534), 0);
+        ck_assert_int_eq(chown(dir, 65534, 65534), 0);
+        test_start_ok();
+        ch = open_ring();
+        ck_assert_int_eq(shmb_channel_fd(ch), -EOPNOTSUPP);
+        ck_assert_int_eq(shmb_send(ch, "x", 1, 0), 0);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), 1);
+        shmb_close(ch);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(lstat(planted, &st), 0);
+        ck_assert_uint_eq(st.st_uid, 65534);
+        ck_assert_uint_eq(st.st_mode & 07777, 0666);
+        ck_assert_int_eq(unlink(planted), 0);
+        ck_assert_int_eq(rmdir(dir), 0);
+}
+END_TEST
+
+int main(void) {
+        const TestGroup groups[] = {
+                { "wake-ups", CASE_TIMEOUT, { test_receiver_woken_by_another_process,
+                                              test_sender_woken_when_a_slot_frees } },
+                { "broker-wakes", CASE_TIMEOUT, { test_removal_wakes_the_waiter,
+                                                  test_dead_claimer_wakes_the_waiter } },
+                { "restart", CASE_TIMEOUT, { test_wait_survives_a_broker_crash } },
+                { "fifos", CASE_TIMEOUT, { test_fifos_carry_the_channels_rights_and_go_with_it,
+                                           test_raw_and_read_only_handles_have_none,
+                                           test_planted_directory_is_left_alone } },
+        };
+
+        return test_main("channel-fd", groups, ELEMENTSOF(groups), setup, teardown);
+}
