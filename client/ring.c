@@ -51,6 +51,11 @@
 #include "client/shmbroker-internal.h"
 #include "common/util.h"
 
+/*
+ * SHMB_NO_CHANNEL_FD builds the ring as it was before shmb_channel_fd():
+ * only for the bench, which measures that the fast path did not change.
+ */
+
 #define LOAD(p, mo) __atomic_load_n((p), (mo))
 #define STORE(p, v, mo) __atomic_store_n((p), (v), (mo))
 #define ACQ __ATOMIC_ACQUIRE
@@ -210,8 +215,10 @@ static void notify(shmb_channel *ch, unsigned dir) {
                 __atomic_add_fetch(word, 1, SEQ);
                 futex_wake_all(word);
         }
+#ifndef SHMB_NO_CHANNEL_FD
         if (bits & RING_SLEEP_FD)
                 channel_wake_signal(ch, dir, sleeping);
+#endif
 }
 
 static void cpu_relax(void) {
@@ -308,6 +315,9 @@ static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, const Wa
  * emptying the FIFO may have taken from another waiter. 0: look again.
  */
 static int poll_wait(shmb_channel *ch, RingSlot *slot, uint64_t target, const Waiter *w) {
+#ifdef SHMB_NO_CHANNEL_FD
+        return -EAGAIN;
+#endif
         int r = channel_wake_arm(ch, w->dir);
 
         if (r < 0)
@@ -364,7 +374,11 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, const ui
          */
         v = LOAD(w->word, SEQ);
         /* Or'ed: a waiter on the FIFO may have its bit up (a store would drop it); costs nothing beside a sleep. */
+#ifdef SHMB_NO_CHANNEL_FD
+        STORE(w->sleeping, RING_SLEEP_FUTEX, SEQ);
+#else
         __atomic_fetch_or(w->sleeping, (uint32_t) RING_SLEEP_FUTEX, SEQ);
+#endif
         /* The state after the word: a removal after this read moves the word, and FUTEX_WAIT returns. */
         if ((int64_t) (LOAD(&slot->seq, SEQ) - target) < 0 && !ring_removed_seq(ch))
                 r = futex_wait(w->word, v, until);
