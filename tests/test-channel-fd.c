@@ -29,6 +29,7 @@
 
 static const char channels[] =
         "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 2, \"mode\": \"0640\"},"
+        " {\"name\": \"r2\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4},"
         " {\"name\": \"raw\", \"size\": 4096}]";
 
 static void setup(void) {
@@ -316,6 +317,35 @@ START_TEST(test_planted_directory_is_left_alone) {
 }
 END_TEST
 
+/* examples/poll-receiver: one poll() loop over two rings, each fed by its own sender. */
+START_TEST(test_poll_example_receives_from_two_rings) {
+        static char out[65536];
+        char cmd[1024], *line, *save = NULL;
+        int next[2] = { 1, 1 };
+        size_t n;
+        FILE *p;
+
+        snprintf(cmd, sizeof cmd, "%s/poll-receiver r r2 & r=$!; %s/ring-sender r 30 & a=$!; "
+                 "%s/ring-sender r2 30 && wait $a && wait $r", EXAMPLES_DIR, EXAMPLES_DIR, EXAMPLES_DIR);
+        p = popen(cmd, "re");
+        ck_assert_ptr_nonnull(p);
+        n = fread(out, 1, sizeof out - 1, p);
+        out[n] = '\0';
+        ck_assert_int_eq(pclose(p), 0);
+        /* Interleaved as they came; each channel's own lines in order. */
+        for (line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+                int which = strncmp(line, "r: ", 3) == 0 ? 0 : strncmp(line, "r2: ", 4) == 0 ? 1 : -1;
+                char want[32];
+
+                ck_assert_msg(which >= 0, "unexpected line: %s", line);
+                snprintf(want, sizeof want, "message %d", next[which]++);
+                ck_assert_str_eq(line + (which ? 4 : 3), want);
+        }
+        ck_assert_int_eq(next[0], 31);
+        ck_assert_int_eq(next[1], 31);
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "wake-ups", CASE_TIMEOUT, { test_receiver_woken_by_another_process,
@@ -323,6 +353,7 @@ int main(void) {
                 { "broker-wakes", CASE_TIMEOUT, { test_removal_wakes_the_waiter,
                                                   test_dead_claimer_wakes_the_waiter } },
                 { "restart", CASE_TIMEOUT, { test_wait_survives_a_broker_crash } },
+                { "example", CASE_TIMEOUT, { test_poll_example_receives_from_two_rings } },
                 { "fifos", CASE_TIMEOUT, { test_fifos_carry_the_channels_rights_and_go_with_it,
                                            test_raw_and_read_only_handles_have_none,
                                            test_planted_directory_is_left_alone } },

@@ -1,0 +1,103 @@
+/*
+ * poll-receiver: prints the messages of several ring channels as they come,
+ * from one poll() loop, one line each: "CHANNEL: message". A channel is done
+ * when an empty message arrives, the program when all are; it gives up after
+ * 10 s with nothing to do. It reads each message where it lies (zero copy)
+ * and also watches each channel's connection, so that its holds come back
+ * by themselves after a broker restart.
+ *
+ *   poll-receiver CHANNEL...
+ */
+
+#include <errno.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/types.h>
+
+#include <shmbroker/shmbroker.h>
+
+#define IDLE_MS 10000
+
+/* Print what ch holds now; 1 when its empty message came, 0 when it has no more for now. */
+static int drain(const char *name, shmb_channel *ch) {
+        for (;;) {
+                const void *msg;
+                ssize_t n = shmb_recv_peek(ch, &msg, 0);
+                int r;
+
+                if (n == -EAGAIN)
+                        return 0;       /* the fd polls readable again when there is more */
+                if (n < 0)
+                        return (int) n;
+                if (n > 0)
+                        printf("%s: %.*s\n", name, (int) n, (const char *) msg);
+                r = shmb_recv_release(ch, msg);
+                if (r < 0)
+                        return r;
+                if (n == 0)
+                        return 1;
+        }
+}
+
+int main(int argc, char *argv[]) {
+        int n = argc - 1, left = n, r = 0;
+        shmb_channel **ch = calloc((size_t) (n > 0 ? n : 1), sizeof *ch);
+        struct pollfd *p = calloc((size_t) (n > 0 ? 2 * n : 1), sizeof *p);
+        bool *done = calloc((size_t) (n > 0 ? n : 1), sizeof *done);
+
+        if (n < 1 || argv[1][0] == '-') {
+                fprintf(stderr, "usage: poll-receiver CHANNEL...\n");
+                return 2;
+        }
+        if (!ch || !p || !done) {
+                fprintf(stderr, "poll-receiver: out of memory\n");
+                return 1;
+        }
+        for (int i = 0; i < n && r >= 0; i++) {
+                r = shmb_open_channel(NULL, argv[i + 1], SHMB_RW, &ch[i]);
+                if (r >= 0)
+                        r = p[2 * i].fd = shmb_channel_fd(ch[i]);
+                if (r >= 0)
+                        r = p[2 * i + 1].fd = shmb_client_fd(shmb_channel_get_client(ch[i]));
+                if (r < 0)
+                        fprintf(stderr, "poll-receiver: %s: %s\n", argv[i + 1], shmb_strerror(r));
+                p[2 * i].events = p[2 * i + 1].events = POLLIN;
+        }
+        while (r >= 0 && left > 0) {
+                int k = poll(p, (nfds_t) (2 * n), IDLE_MS);
+
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k <= 0) {
+                        r = k < 0 ? -errno : -ETIMEDOUT;
+                        break;
+                }
+                for (int i = 0; i < n && r >= 0; i++) {
+                        /* Reconnecting is retried by itself: its errors are only news. */
+                        if (p[2 * i + 1].revents)
+                                (void) shmb_client_process(shmb_channel_get_client(ch[i]));
+                        if (!p[2 * i].revents || done[i])
+                                continue;
+                        r = drain(argv[i + 1], ch[i]);
+                        if (r == 1) {
+                                done[i] = true;
+                                left--;
+                                p[2 * i].fd = -1;       /* poll() skips it */
+                                r = 0;
+                        }
+                        if (r < 0)
+                                fprintf(stderr, "poll-receiver: %s: %s\n", argv[i + 1], shmb_strerror(r));
+                }
+        }
+        if (r == -ETIMEDOUT)
+                fprintf(stderr, "poll-receiver: nothing for %d s, giving up\n", IDLE_MS / 1000);
+        fflush(stdout);
+        for (int i = 0; i < n; i++)
+                shmb_close(ch[i]);
+        free(ch);
+        free(p);
+        free(done);
+        return r < 0 ? 1 : 0;
+}
