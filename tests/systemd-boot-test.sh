@@ -89,7 +89,13 @@ int main(int argc, char *argv[]) {
                 fprintf(stderr, "open %s: %s\n", argv[1], shmb_strerror(r));
                 return 1;
         }
-        strcpy(shmb_channel_addr(ch), "written by the client");
+        /* A ring: its wake-up FIFOs must be there and usable by the client's group. */
+        if (argc > 2 && strcmp(argv[2], "fd") == 0 && (r = shmb_channel_fd(ch)) < 0) {
+                fprintf(stderr, "fd %s: %s\n", argv[1], shmb_strerror(r));
+                return 1;
+        }
+        if (argc <= 2)
+                strcpy(shmb_channel_addr(ch), "written by the client");
         printf("opened %s (%zu bytes)\n", argv[1], shmb_channel_size(ch));
         return shmb_close(ch) < 0;
 }
@@ -138,6 +144,8 @@ say "client: $out"
 in_ct systemctl is-active --quiet shmbrokerd.service || fail "socket activation did not start the service"
 in_ct "$ctl" status demo | grep -q 'group shmclients, rw-rw----' || { in_ct "$ctl" status demo; fail "status demo"; }
 in_ct runuser -u client -- "$ctl" list | grep -q frames || fail "list as the client"
+out=$(in_ct runuser -u client -- /usr/local/bin/shmb-open frames fd) || fail "client fd of a ring: $out"
+in_ct test -p /run/shmbroker/shmbroker.sock.wake/frames.data || fail "no wake-up FIFO for the ring"
 pid1=$(in_ct systemctl show -p MainPID --value shmbrokerd.service)
 shm_before=$(in_ct "$ctl" --json list)
 
@@ -168,11 +176,12 @@ done
 in_ct journalctl -u shmbrokerd.service --no-pager | grep -q 'Took over channel demo' || fail "no take-over after SIGKILL"
 [ "$(in_ct "$ctl" --json list)" = "$shm_before" ] || fail "the channels changed across the crash restart"
 [ "$(in_ct ipcs -m | grep -c '^0x')" -eq 2 ] || { in_ct ipcs; fail "objects doubled or lost after the crash"; }
-out=$(in_ct runuser -u client -- /usr/local/bin/shmb-open frames) || fail "client open after restart: $out"
+out=$(in_ct runuser -u client -- /usr/local/bin/shmb-open frames fd) || fail "client open after restart: $out"
 
 # Step 4: stop: nothing of ours is left.
 in_ct systemctl stop shmbrokerd.service shmbrokerd.socket
 left=$(in_ct ipcs -m -s | grep -c '^0x' || true)
 [ "$left" -eq 0 ] || { in_ct ipcs; fail "$left objects left after stop"; }
+in_ct test ! -e /run/shmbroker/shmbroker.sock.wake || fail "wake-up FIFOs left after stop"
 in_ct journalctl -u shmbrokerd.service --no-pager -o cat | tail -n 5 | sed 's/^/boot-test: journal: /'
 say "PASS in $(( $(date +%s) - start )) s"

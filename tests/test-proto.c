@@ -1078,6 +1078,37 @@ START_TEST(test_ring_version_field) {
 }
 END_TEST
 
+/* wake_fifos: in open answers when given, two absolute paths, decoded into owned strings. */
+START_TEST(test_wake_fifos_field) {
+        ProtoChannel ring = ring_channel();
+        char msg[PROTO_MESSAGE_MAX], d[] = "/run/x.wake/r.data", sp[] = "/run/x.wake/r.space";
+        ProtoResponse res;
+        char *line;
+        size_t len;
+
+        ck_assert_int_eq(proto_encode_open(&ring, &line, &len), 0);
+        ck_assert_ptr_null(strstr(line, "wake_fifos"));
+        free(line);
+        ring.wake_fifos[0] = d;
+        ring.wake_fifos[1] = sp;
+        ck_assert_int_eq(proto_encode_open(&ring, &line, &len), 0);
+        ck_assert_ptr_nonnull(strstr(line, "\"wake_fifos\":[\"/run/x.wake/r.data\",\"/run/x.wake/r.space\"]"));
+        ck_assert_int_eq(proto_response_decode(PROTO_OP_OPEN, line, len - 1, &res, msg, sizeof msg), 0);
+        ck_assert_str_eq(res.channels[0].wake_fifos[0], d);
+        ck_assert_str_eq(res.channels[0].wake_fifos[1], sp);
+        proto_response_done(&res);
+        free(line);
+
+        static const char *const bad[] = {
+                RING_OPEN_ANSWER(",\"wake_fifos\":[\"/a\"]"),
+                RING_OPEN_ANSWER(",\"wake_fifos\":[\"/a\",\"b\"]"),
+                RING_OPEN_ANSWER(",\"wake_fifos\":[\"/a\",3]"),
+                RING_OPEN_ANSWER(",\"wake_fifos\":\"/a\""),
+        };
+        assert_open_answers_refused(bad, sizeof bad / sizeof bad[0], "wake_fifos");
+}
+END_TEST
+
 /* holder: in open answers only, and only when not 0; decoded when given, else 0. */
 START_TEST(test_holder_field) {
         ProtoChannel ring = ring_channel(), raw = raw_channel();
@@ -1787,6 +1818,7 @@ static Suite *proto_suite(void) {
         tcase_add_test(tc, test_encode_hello_and_ok);
         tcase_add_test(tc, test_encode_open_fields);
         tcase_add_test(tc, test_ring_version_field);
+        tcase_add_test(tc, test_wake_fifos_field);
         tcase_add_test(tc, test_holder_field);
         tcase_add_test(tc, test_encode_list_fields);
         tcase_add_test(tc, test_encode_status_fields);
