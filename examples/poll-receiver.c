@@ -4,7 +4,8 @@
  * when an empty message arrives, the program when all are; it gives up after
  * 10 s with nothing to do. It reads each message where it lies (zero copy)
  * and also watches each channel's connection, so that its holds come back
- * by themselves after a broker restart.
+ * by themselves after a broker restart, and stdin: a line "quit" ends it
+ * early (at the end of stdin it just stops watching it).
  *
  *   poll-receiver CHANNEL...
  */
@@ -14,7 +15,9 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <shmbroker/shmbroker.h>
 
@@ -44,7 +47,8 @@ static int drain(const char *name, shmb_channel *ch) {
 int main(int argc, char *argv[]) {
         int n = argc - 1, left = n, r = 0;
         shmb_channel **ch = calloc((size_t) (n > 0 ? n : 1), sizeof *ch);
-        struct pollfd *p = calloc((size_t) (n > 0 ? 2 * n : 1), sizeof *p);
+        /* Per channel its fd and its connection's; stdin last. */
+        struct pollfd *p = calloc((size_t) (n > 0 ? 2 * n + 1 : 1), sizeof *p);
         bool *done = calloc((size_t) (n > 0 ? n : 1), sizeof *done);
 
         if (n < 1 || argv[1][0] == '-') {
@@ -65,14 +69,24 @@ int main(int argc, char *argv[]) {
                         fprintf(stderr, "poll-receiver: %s: %s\n", argv[i + 1], shmb_strerror(r));
                 p[2 * i].events = p[2 * i + 1].events = POLLIN;
         }
+        p[2 * n] = (struct pollfd) { .fd = STDIN_FILENO, .events = POLLIN };
         while (r >= 0 && left > 0) {
-                int k = poll(p, (nfds_t) (2 * n), IDLE_MS);
+                int k = poll(p, (nfds_t) (2 * n + 1), IDLE_MS);
 
                 if (k < 0 && errno == EINTR)
                         continue;
                 if (k <= 0) {
                         r = k < 0 ? -errno : -ETIMEDOUT;
                         break;
+                }
+                if (p[2 * n].revents) {
+                        char line[64];
+                        ssize_t got = read(STDIN_FILENO, line, sizeof line - 1);
+
+                        if (got <= 0)
+                                p[2 * n].fd = -1;       /* its end: poll() skips it */
+                        else if (line[got] = '\0', strncmp(line, "quit", 4) == 0)
+                                break;
                 }
                 for (int i = 0; i < n && r >= 0; i++) {
                         /* Reconnecting is retried by itself: its errors are only news. */

@@ -343,6 +343,10 @@ START_TEST(test_poll_example_receives_from_two_rings) {
         }
         ck_assert_int_eq(next[0], 31);
         ck_assert_int_eq(next[1], 31);
+
+        /* stdin is in the same loop: "quit" ends it with nothing sent (else: 10 s idle, then exit 1). */
+        snprintf(cmd, sizeof cmd, "echo quit | %s/poll-receiver r r2", EXAMPLES_DIR);
+        ck_assert_int_eq(system(cmd), 0);
 }
 END_TEST
 
