@@ -51,6 +51,15 @@ int main(int argc, char *argv[]) {
         struct pollfd *p = calloc((size_t) (n > 0 ? 2 * n + 1 : 1), sizeof *p);
         bool *done = calloc((size_t) (n > 0 ? n : 1), sizeof *done);
 
+        if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+                fputs("usage: poll-receiver CHANNEL...\n"
+                      "Waits for several ring channels at once in one poll() loop\n"
+                      "(shmb_channel_fd) and prints \"CHANNEL: message\" for each message as it\n"
+                      "comes. A channel is done at its empty message, the program when all are;\n"
+                      "a line \"quit\" on stdin ends it early; it gives up after 10 s idle.\n"
+                      "Socket: $SHMBROKER_SOCKET if set, else /run/shmbroker/shmbroker.sock.\n", stdout);
+                return 0;
+        }
         if (n < 1 || argv[1][0] == '-') {
                 fprintf(stderr, "usage: poll-receiver CHANNEL...\n");
                 return 2;

@@ -17,7 +17,16 @@ int main(int argc, char *argv[]) {
         shmb_channel *ch;
         int r;
 
-        if (argc != 2) {
+        if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+                fputs("usage: raw-receiver CHANNEL\n"
+                      "Prints the messages raw-sender writes into a raw channel, one per line,\n"
+                      "until an empty one; gives up after 10 s with nothing to read. Format:\n"
+                      "a 32-bit length (host byte order), then the bytes; semaphore 0 means\n"
+                      "\"may be written\", semaphore 1 \"may be read\".\n"
+                      "Socket: $SHMBROKER_SOCKET if set, else /run/shmbroker/shmbroker.sock.\n", stdout);
+                return 0;
+        }
+        if (argc != 2 || argv[1][0] == '-') {
                 fprintf(stderr, "usage: raw-receiver CHANNEL\n");
                 return 2;
         }

@@ -36,7 +36,16 @@ int main(int argc, char *argv[]) {
         long count;
         int r;
 
-        if (argc != 3 || (count = strtol(argv[2], NULL, 10)) < 0) {
+        if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+                fputs("usage: raw-sender CHANNEL COUNT\n"
+                      "Sends COUNT messages \"message 1\" .. \"message COUNT\" through a raw\n"
+                      "channel, then an empty one that ends the receiver. The segment holds a\n"
+                      "32-bit length (host byte order) and then the bytes; semaphore 0 means\n"
+                      "\"may be written\", semaphore 1 \"may be read\" (start them at [1, 0]).\n"
+                      "Socket: $SHMBROKER_SOCKET if set, else /run/shmbroker/shmbroker.sock.\n", stdout);
+                return 0;
+        }
+        if (argc != 3 || argv[1][0] == '-' || (count = strtol(argv[2], NULL, 10)) < 0) {
                 fprintf(stderr, "usage: raw-sender CHANNEL COUNT\n");
                 return 2;
         }

@@ -6,6 +6,7 @@
  */
 
 #include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 #include <sys/types.h>
 
@@ -17,7 +18,14 @@ int main(int argc, char *argv[]) {
         ssize_t n;
         int r;
 
-        if (argc != 2) {
+        if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+                fputs("usage: ring-receiver CHANNEL\n"
+                      "Prints each message of a ring channel on a line of its own until an\n"
+                      "empty message arrives; gives up after 10 s with nothing to receive.\n"
+                      "Socket: $SHMBROKER_SOCKET if set, else /run/shmbroker/shmbroker.sock.\n", stdout);
+                return 0;
+        }
+        if (argc != 2 || argv[1][0] == '-') {
                 fprintf(stderr, "usage: ring-receiver CHANNEL\n");
                 return 2;
         }

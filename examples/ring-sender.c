@@ -17,7 +17,14 @@ int main(int argc, char *argv[]) {
         long count;
         int r = 0;
 
-        if (argc != 3 || (count = strtol(argv[2], NULL, 10)) < 0) {
+        if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+                fputs("usage: ring-sender CHANNEL COUNT\n"
+                      "Sends COUNT messages \"message 1\" .. \"message COUNT\" (no newline)\n"
+                      "through a ring channel, then an empty message that ends the receiver.\n"
+                      "Socket: $SHMBROKER_SOCKET if set, else /run/shmbroker/shmbroker.sock.\n", stdout);
+                return 0;
+        }
+        if (argc != 3 || argv[1][0] == '-' || (count = strtol(argv[2], NULL, 10)) < 0) {
                 fprintf(stderr, "usage: ring-sender CHANNEL COUNT\n");
                 return 2;
         }

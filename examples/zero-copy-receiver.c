@@ -8,6 +8,7 @@
  */
 
 #include <stdio.h>
+#include <string.h>
 #include <sys/types.h>
 
 #include <shmbroker/shmbroker.h>
@@ -18,7 +19,15 @@ int main(int argc, char *argv[]) {
         ssize_t n;
         int r;
 
-        if (argc != 2) {
+        if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+                fputs("usage: zero-copy-receiver CHANNEL\n"
+                      "As ring-receiver, but reads each message where it lies in the ring\n"
+                      "(shmb_recv_peek/shmb_recv_release); ends at an empty message, gives up\n"
+                      "after 10 s with nothing to receive.\n"
+                      "Socket: $SHMBROKER_SOCKET if set, else /run/shmbroker/shmbroker.sock.\n", stdout);
+                return 0;
+        }
+        if (argc != 2 || argv[1][0] == '-') {
                 fprintf(stderr, "usage: zero-copy-receiver CHANNEL\n");
                 return 2;
         }

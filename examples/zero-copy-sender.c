@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 
 #include <shmbroker/shmbroker.h>
@@ -35,7 +36,15 @@ int main(int argc, char *argv[]) {
         long count;
         int r;
 
-        if (argc != 3 || (count = strtol(argv[2], NULL, 10)) < 0) {
+        if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+                fputs("usage: zero-copy-sender CHANNEL COUNT\n"
+                      "As ring-sender, but writes each message straight into its ring slot\n"
+                      "(shmb_send_reserve/shmb_send_commit): \"message 1\" .. \"message COUNT\",\n"
+                      "then an empty message.\n"
+                      "Socket: $SHMBROKER_SOCKET if set, else /run/shmbroker/shmbroker.sock.\n", stdout);
+                return 0;
+        }
+        if (argc != 3 || argv[1][0] == '-' || (count = strtol(argv[2], NULL, 10)) < 0) {
                 fprintf(stderr, "usage: zero-copy-sender CHANNEL COUNT\n");
                 return 2;
         }
