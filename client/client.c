@@ -709,6 +709,13 @@ static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *
                 return r;
         }
         r = send_all(c, out, out_len);
+        /*
+         * A broker that refuses a connection (over a cap) answers at accept and
+         * closes, maybe before our request went out: the answer may still be
+         * there, and it says why, where EPIPE would not.
+         */
+        if ((r == -EPIPE || r == -ECONNRESET) && recv_some(c, MSG_DONTWAIT) > 0 && buffered_line(c, 0, &len))
+                r = 0;
         while (r == 0 && got < n) {
                 r = read_line(c, &line, &len);
                 if (r < 0)
@@ -726,12 +733,13 @@ static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *
         }
         if (r < 0)
                 call_failed(c, r);
-        /* The first refusal is the answer. */
-        for (size_t i = 0; r == 0 && i < got; i++)
+        /* The first refusal is the answer; also when the broker closed after it, as at a refusal at accept. */
+        for (size_t i = 0; i < got; i++)
                 if (!rets[i].ok) {
                         if (!keep_message)
                                 snprintf(c->last_message, sizeof c->last_message, "%s", rets[i].message);
                         r = -rets[i].error;
+                        break;
                 }
         free(out);
         /* Every decoded response is released on failure. */

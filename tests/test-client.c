@@ -2663,6 +2663,34 @@ START_TEST(test_timeout_full_backlog_connect) {
 }
 END_TEST
 
+/*
+ * A broker over its connection cap answers EUSERS at accept and closes. The
+ * client may not have sent its request yet, and then the send fails: the
+ * answer that was already there must still be the outcome, not EPIPE or
+ * ECONNRESET. Which comes first is up to the scheduler, so many tries.
+ */
+START_TEST(test_refusal_at_accept_is_the_answer) {
+        char *text;
+        int held;
+
+        test_daemon_stop_ok(&td);
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"limits\": {\"connections_max\": 1},"
+                                  " \"channels\": [{\"name\": \"pair\", \"size\": 4096}]}\n", td.socket), 0);
+        test_daemon_write_raw_config(&td, text);
+        free(text);
+        test_start_ok();
+        held = test_connect(td.socket);
+        json_decref(test_request(held, "{\"op\":\"hello\",\"version\":1}"));
+        for (int i = 0; i < 300; i++) {
+                shmb_channel *ch = NULL;
+                int r = shmb_open_channel(td.socket, "pair", SHMB_RW, &ch);
+
+                ck_assert_msg(r == -EUSERS, "try %d: %s, not the broker's EUSERS", i, shmb_strerror(r));
+        }
+        close(held);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -2694,6 +2722,7 @@ int main(void) {
                                  test_zero_copy_killed_mid_claim, test_zero_copy_claims_see_removal } },
                 { "timeouts", CASE_TIMEOUT, { test_timeout_hung_broker, test_timeout_default_open_by_name,
                                 test_timeout_full_backlog_connect } },
+                { "refusals", CASE_TIMEOUT, { test_refusal_at_accept_is_the_answer } },
         };
 
         return test_main("client", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
