@@ -11,8 +11,10 @@
 #include <grp.h>
 #include <inttypes.h>
 #include <pwd.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ipc.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 
@@ -192,6 +194,36 @@ static int parse_mode(Ctx *ctx, json_t *v, const char *key, mode_t *ret) {
         return 0;
 }
 
+/*
+ * "key": {"ftok": [PATH, PROJ]}: the key that programs computing theirs with
+ * ftok(3) use, computed now, so that --check-config already fails on a
+ * missing file. ftok() keeps only PROJ's low 8 bits: 1-255, as 0 would not
+ * be what those programs pass.
+ */
+static int parse_ftok_key(Ctx *ctx, json_t *v, uint32_t *ret) {
+        const char *path;
+        json_error_t jerr;
+        char why[256];
+        json_int_t proj;
+        key_t k;
+
+        if (json_unpack_ex(v, &jerr, JSON_STRICT, "{s:[sI]}", "ftok", &path, &proj) < 0) {
+                json_unpack_message(&jerr, why, sizeof why);
+                return fail(ctx, "\"key\" must be an integer or {\"ftok\": [PATH, PROJ]}: %s", why);
+        }
+        if (proj < 1 || proj > 255)
+                return fail(ctx, "\"key\": the ftok project id must be 1-255, not %" PRIdMAX, (intmax_t) proj);
+        if (path[0] != '/')
+                return fail(ctx, "\"key\": the ftok path must be absolute, not \"%.200s\"", path);
+        k = ftok(path, (int) proj);
+        if (k == (key_t) -1)
+                return fail(ctx, "\"key\": ftok(\"%.200s\", %d): %s", path, (int) proj, strerror(errno));
+        if (k == IPC_PRIVATE)
+                return fail(ctx, "\"key\": ftok(\"%.200s\", %d) gives key 0, which is IPC_PRIVATE", path, (int) proj);
+        *ret = (uint32_t) k;
+        return 0;
+}
+
 static int parse_channel(Ctx *ctx, json_t *o, ChannelSpec *c) {
         json_t *jname = NULL, *jlayout = NULL, *jsize = NULL, *jslot_size = NULL, *jslots = NULL,
                *jsems = NULL, *jowner = NULL, *jgroup = NULL, *jmode = NULL, *jkey = NULL;
@@ -289,7 +321,12 @@ static int parse_channel(Ctx *ctx, json_t *o, ChannelSpec *c) {
                 if (r)
                         return r;
         }
-        if (jkey) {
+        if (jkey && json_is_object(jkey)) {
+                r = parse_ftok_key(ctx, jkey, &c->key);
+                if (r)
+                        return r;
+                c->has_key = true;
+        } else if (jkey) {
                 /* 0 is IPC_PRIVATE, which is no key at all. */
                 CHECK_FIELD(ctx, json_field_int(jkey, "key", 1, UINT32_MAX, &i, msg, msg_size));
                 c->key = (uint32_t) i;

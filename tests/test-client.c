@@ -21,6 +21,7 @@
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/sem.h>
+#include <sys/ipc.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -1009,6 +1010,46 @@ START_TEST(test_examples_exchange) {
         ck_assert_int_eq(run(out, sizeof out,
                              "%s/zero-copy-receiver ring & r=$!; %s/zero-copy-sender ring 50 && wait $r",
                              EXAMPLES_DIR, EXAMPLES_DIR), 0);
+        ck_assert_str_eq(out, expect);
+}
+END_TEST
+
+/*
+ * Plain System V programs that find their objects with ftok(): the broker
+ * makes the objects under that key, and they run unchanged, with each
+ * other and with the library's raw-receiver.
+ */
+START_TEST(test_legacy_programs_under_the_broker) {
+        static char out[65536];
+        char expect[65536], path[400], *text;
+        size_t used = 0;
+        json_t *list;
+        int fd;
+
+        for (int i = 1; i <= 20; i++)
+                used += (size_t) snprintf(expect + used, sizeof expect - used, "message %d\n", i);
+        snprintf(path, sizeof path, "%s/legacy.key", td.dir);
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        ck_assert_int_ge(fd, 0);
+        close(fd);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_ge(asprintf(&text, "[{\"name\": \"legacy\", \"size\": 4096, \"semaphores\": [1, 0],"
+                                  " \"key\": {\"ftok\": [\"%s\", 12]}}]", path), 0);
+        test_daemon_write_config(&td, text);
+        free(text);
+        test_start_ok();
+
+        fd = test_connect(td.socket);
+        list = test_request(fd, "{\"op\":\"list\"}");
+        ck_assert_int_eq(test_jint(test_must_find(list, "legacy"), "shm_key"), (json_int_t) (uint32_t) ftok(path, 12));
+        json_decref(list);
+        close(fd);
+
+        ck_assert_int_eq(run(out, sizeof out, "%s/legacy-receiver %s & r=$!; %s/legacy-sender %s 20 && wait $r",
+                             EXAMPLES_DIR, path, EXAMPLES_DIR, path), 0);
+        ck_assert_str_eq(out, expect);
+        ck_assert_int_eq(run(out, sizeof out, "%s/raw-receiver legacy & r=$!; %s/legacy-sender %s 20 && wait $r",
+                             EXAMPLES_DIR, EXAMPLES_DIR, path), 0);
         ck_assert_str_eq(out, expect);
 }
 END_TEST
@@ -2713,7 +2754,8 @@ int main(void) {
                               test_revoking_reload_reaches_blocked_holder,
                               test_crash_restart_replacing_reaches_blocked_callers } },
                 { "admin", CASE_TIMEOUT, { test_list_and_status_structs } },
-                { "programs", CASE_TIMEOUT, { test_examples_exchange, test_shmbrokerctl } },
+                { "programs", CASE_TIMEOUT, { test_examples_exchange, test_shmbrokerctl,
+                                test_legacy_programs_under_the_broker } },
                 { "reconnect", CASE_TIMEOUT, { test_reconnect_after_crash_keeps_holds, test_reconnect_broker_away_fails_fast,
                                  test_reconnect_after_stop_marks_handles_stale } },
                 { "crash-restart", CASE_TIMEOUT, { test_crash_restart_keeps_traffic } },

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ipc.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -650,6 +651,49 @@ START_TEST(test_key_bad) {
 }
 END_TEST
 
+/* {"ftok": [PATH, PROJ]}: the key ftok(3) gives, as programs that compute theirs get it. */
+START_TEST(test_ftok_key_ok) {
+        const char *path = TEST_SRCDIR "/test-config.c";
+        char *text;
+        Config *c;
+
+        ck_assert_int_ge(asprintf(&text, CHANNELS(RAW(", \"key\": {\"ftok\": [\"%s\", 12]}")), path), 0);
+        c = parse_ok(text);
+        ck_assert(only_channel(c)->has_key);
+        ck_assert_uint_eq(only_channel(c)->key, (uint32_t) ftok(path, 12));
+        config_free(c);
+        free(text);
+        /* Another project id, another key. */
+        ck_assert_int_ge(asprintf(&text, CHANNELS(RAW(", \"key\": {\"ftok\": [\"%s\", 255]}")), path), 0);
+        c = parse_ok(text);
+        ck_assert_uint_eq(only_channel(c)->key, (uint32_t) ftok(path, 255));
+        ck_assert_uint_ne(ftok(path, 255), ftok(path, 12));
+        config_free(c);
+        free(text);
+}
+END_TEST
+
+static const Reject ftok_bad[] = {
+        CH_REJECT(", \"key\": {\"ftok\": [\"/nonexistent/shmbroker-test\", 12]}", "ftok",
+                  "/nonexistent/shmbroker-test", "No such file"),
+        CH_REJECT(", \"key\": {\"ftok\": [\"/\", 0]}", "\"key\"", "1-255"),
+        CH_REJECT(", \"key\": {\"ftok\": [\"/\", 256]}", "\"key\"", "1-255"),
+        CH_REJECT(", \"key\": {\"ftok\": [\"relative/file\", 12]}", "\"key\"", "absolute"),
+        CH_REJECT(", \"key\": {\"ftok\": \"/\"}", "\"key\"", "ftok"),
+        CH_REJECT(", \"key\": {\"ftok\": [\"/\", 12, 1]}", "\"key\""),
+        CH_REJECT(", \"key\": {\"ftok\": [\"/\", 12], \"proj\": 1}", "\"key\""),
+        CH_REJECT(", \"key\": {}", "\"key\""),
+        /* Two channels whose ftok keys are the same: both named. */
+        { CHANNELS("{\"name\": \"one\", \"size\": 1, \"key\": {\"ftok\": [\"/\", 7]}},"
+                   "{\"name\": \"two\", \"size\": 1, \"key\": {\"ftok\": [\"/\", 7]}}"),
+          { "\"one\"", "\"two\"", "same \"key\"", NULL } },
+};
+
+START_TEST(test_ftok_key_bad) {
+        run_reject_table(ftok_bad, _i);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 /* names                                                                     */
 
@@ -1266,6 +1310,8 @@ static Suite *config_suite(void) {
         tc = tcase("key");
         tcase_add_test(tc, test_key_ok);
         tcase_add_loop_test(tc, test_key_bad, 0, ELEMENTSOF(key_bad));
+        tcase_add_test(tc, test_ftok_key_ok);
+        tcase_add_loop_test(tc, test_ftok_key_bad, 0, ELEMENTSOF(ftok_bad));
         suite_add_tcase(s, tc);
 
         tc = tcase("names");

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/ipc.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
@@ -1361,6 +1363,54 @@ START_TEST(test_reload_keeping_holders_rights_stays_in_place) {
 }
 END_TEST
 
+/* An ftok key follows its file: another inode at the path is another key, and the channel moves to it. */
+START_TEST(test_ftok_key_follows_a_replaced_file) {
+        char path[400], spare[420], *text;
+        json_t *list;
+        key_t before, after;
+        int fd;
+
+        snprintf(path, sizeof path, "%s/key-file", td.dir);
+        snprintf(spare, sizeof spare, "%s/key-file.new", td.dir);
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        ck_assert_int_ge(fd, 0);
+        close(fd);
+        ck_assert_int_ge(asprintf(&text, "[{\"name\": \"legacy\", \"size\": 4096, \"key\": {\"ftok\": [\"%s\", 12]}}]",
+                                  path), 0);
+        test_daemon_write_config(&td, text);
+        test_start_ok();
+        before = ftok(path, 12);
+        list = list_ok();
+        ck_assert_int_eq(test_jint(test_must_find(list, "legacy"), "shm_key"), (json_int_t) (uint32_t) before);
+        json_decref(list);
+
+        /* Made while the old one exists, so its inode is another; renamed over it. */
+        fd = open(spare, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        ck_assert_int_ge(fd, 0);
+        close(fd);
+        ck_assert_int_eq(rename(spare, path), 0);
+        after = ftok(path, 12);
+        ck_assert_int_ne(after, before);
+        fd = test_connect(td.socket);
+        reload_expect(fd, "", "", "legacy", "");
+        close(fd);
+        list = list_ok();
+        ck_assert_int_eq(test_jint(test_must_find(list, "legacy"), "shm_key"), (json_int_t) (uint32_t) after);
+        json_decref(list);
+        ck_assert_int_eq(test_ipcs_count("-m"), 1);
+
+        /* The file gone: the reload fails and changes nothing. */
+        ck_assert_int_eq(unlink(path), 0);
+        fd = test_connect(td.socket);
+        list = req(fd, "{\"op\":\"reload\"}");
+        test_assert_error(list, "EINVAL");
+        ck_assert_ptr_nonnull(strstr(test_jstr(list, "message"), "ftok"));
+        json_decref(list);
+        close(fd);
+        free(text);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -1373,6 +1423,7 @@ int main(void) {
                                 test_foreign_fixed_key_refused_whole, test_fixed_keys_move_between_channels } },
                 { "signals", CASE_TIMEOUT, { test_sighup_reloads_within_a_second, test_sigterm_after_reloads_removes_everything,
                                test_crash_mid_reload_then_restart } },
+                { "ftok", CASE_TIMEOUT, { test_ftok_key_follows_a_replaced_file } },
         };
 
         return test_main("reload", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
