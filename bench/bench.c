@@ -1319,12 +1319,9 @@ static void bench_open(void) {
         enum { N = 3000 };
         static double v[N];
         static char buf[65536];
-        const shmb_channel_info *info;
         shmb_channel *ch = open_ch("r64");
-        int shmid;
+        int shmid = shmb_channel_shm_id(ch);
 
-        info = shmb_channel_get_info(ch);
-        shmid = info->shm_id;
         for (int i = 0; i < N; i++) {
                 shmb_channel *c;
                 int64_t t0 = now_ns();

@@ -1,129 +1,61 @@
-/* Admin requests: list, status and reload, returned as plain C structs. */
+/*
+ * Admin requests: list, status and reload, handed out as opaque answers.
+ *
+ * An answer keeps the decoded channels (or names) of the broker's reply as
+ * they are, and the getters read them: nothing is copied, and a field the
+ * wire gains later is a new getter, not a new struct layout. The one
+ * translation is of semaphore numbers: the wire counts and lists the
+ * kernel's whole set, the library counts and indexes the caller's
+ * semaphores only, as shmb_open() does (layout_reserved_nsems()).
+ */
 
 #include <errno.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "client/shmbroker-internal.h"
+#include "common/util.h"
 
-/*
- * What shmb_list() and shmb_status() hand out: the caller sees v only. The
- * per-entry errors live in front of it, so that shmb_channel_status keeps
- * its size and layout (callers index arrays of it) and shmb_status_error()
- * finds them from the array alone.
- */
-typedef struct StatusError {
-        int error;                      /* positive errno; 0: the entry is complete */
-        char message[PROTO_MESSAGE_MAX];
-} StatusError;
-
-typedef struct StatusArray {
+struct shmb_status_list {
         size_t n;
-        StatusError *errors;            /* n entries, or NULL when no entry has an error */
-        shmb_channel_status v[];
-} StatusArray;
+        ProtoChannel *channels;         /* the answer's, as decoded; freed with proto_channel_done() */
+};
 
-static StatusArray *status_array_of(const shmb_channel_status *v) {
-        return (StatusArray *) ((char *) v - offsetof(StatusArray, v));
-}
+struct shmb_reload_result {
+        ProtoReloadResult names;        /* NULL-terminated arrays, never NULL themselves */
+};
 
-static int status_from_proto(ProtoChannel *pc, shmb_channel_status *ret) {
-        *ret = (shmb_channel_status) {
-                .mode = pc->mode,
-                .nattch = pc->nattch,
-                .cpid = pc->cpid,
-                .lpid = pc->lpid,
-                .atime = pc->atime,
-                .dtime = pc->dtime,
-                .ctime = pc->ctime,
-                .n_semaphores = pc->n_semaphores,
-                .n_clients = pc->n_clients,
-        };
-        info_from_proto(pc, &ret->info);
-        snprintf(ret->owner, sizeof ret->owner, "%s", pc->owner);
-        snprintf(ret->group, sizeof ret->group, "%s", pc->group);
-        if (pc->n_semaphores) {
-                ret->semaphores = calloc(pc->n_semaphores, sizeof *ret->semaphores);
-                if (!ret->semaphores)
-                        return -ENOMEM;
-                for (size_t i = 0; i < pc->n_semaphores; i++)
-                        ret->semaphores[i] = (shmb_semaphore_status) {
-                                .value = pc->semaphores[i].value,
-                                .ncount = pc->semaphores[i].ncount,
-                                .zcount = pc->semaphores[i].zcount,
-                                .pid = pc->semaphores[i].pid,
-                        };
-        }
-        if (pc->n_clients) {
-                ret->clients = calloc(pc->n_clients, sizeof *ret->clients);
-                if (!ret->clients)
-                        return -ENOMEM;
-                for (size_t i = 0; i < pc->n_clients; i++)
-                        ret->clients[i] = (shmb_client_status) {
-                                .pid = pc->clients[i].pid,
-                                .uid = pc->clients[i].uid,
-                                .access = pc->clients[i].access == PROTO_ACCESS_RO ? SHMB_RO : SHMB_RW,
-                                .since = pc->clients[i].since,
-                        };
-        }
-        return 0;
-}
-
-/* Keep the entries' errors, if any has one. */
-static int status_errors_from_proto(const ProtoResponse *res, StatusArray *a) {
-        for (size_t i = 0; i < res->n_channels; i++) {
-                const ProtoChannel *pc = &res->channels[i];
-
-                if (!pc->error)
-                        continue;
-                if (!a->errors) {
-                        a->errors = calloc(res->n_channels, sizeof *a->errors);
-                        if (!a->errors)
-                                return -ENOMEM;
-                }
-                a->errors[i].error = pc->error;
-                memcpy(a->errors[i].message, pc->message, sizeof pc->message);
-        }
-        return 0;
-}
-
-static int channels_call(shmb_client *c, const ProtoRequest *req, shmb_channel_status **ret, size_t *ret_n) {
-        StatusArray *a;
+static int channels_call(shmb_client *c, const ProtoRequest *req, shmb_status_list **ret) {
+        shmb_status_list *l;
         ProtoResponse res;
         int r;
 
-        if (!c || !ret || !ret_n)
+        if (!c || !ret)
                 return -EINVAL;
-        r = client_call(c, req, &res);
-        if (r < 0)
-                return r;
-        a = calloc(1, sizeof *a + (res.n_channels ?: 1) * sizeof *a->v);
-        if (!a) {
-                proto_response_done(&res);
+        l = calloc(1, sizeof *l);
+        if (!l)
                 return -ENOMEM;
-        }
-        a->n = res.n_channels;
-        r = status_errors_from_proto(&res, a);
-        for (size_t i = 0; r == 0 && i < res.n_channels; i++)
-                r = status_from_proto(&res.channels[i], &a->v[i]);
-        proto_response_done(&res);
+        r = client_call(c, req, &res);
         if (r < 0) {
-                shmb_status_free(a->v, a->n);
+                free(l);
                 return r;
         }
-        *ret = a->v;
-        *ret_n = a->n;
+        /* Take the decoded channels over: the answer is the list. */
+        l->n = res.n_channels;
+        l->channels = TAKE_PTR(res.channels);
+        res.n_channels = 0;
+        proto_response_done(&res);
+        *ret = l;
         return 0;
 }
 
-int shmb_list(shmb_client *c, shmb_channel_status **ret, size_t *ret_n) {
+int shmb_list(shmb_client *c, shmb_status_list **ret) {
         ProtoRequest req = { .op = PROTO_OP_LIST };
 
-        return channels_call(c, &req, ret, ret_n);
+        return channels_call(c, &req, ret);
 }
 
-int shmb_status(shmb_client *c, const char *name, shmb_channel_status **ret, size_t *ret_n) {
+int shmb_status(shmb_client *c, const char *name, shmb_status_list **ret) {
         ProtoRequest req = { .op = PROTO_OP_STATUS };
 
         if (name) {
@@ -132,69 +64,268 @@ int shmb_status(shmb_client *c, const char *name, shmb_channel_status **ret, siz
                 strcpy(req.channel, name);
                 req.has_channel = true;
         }
-        return channels_call(c, &req, ret, ret_n);
+        return channels_call(c, &req, ret);
 }
 
-int shmb_status_error(const shmb_channel_status *v, size_t i, const char **ret_message) {
-        const StatusArray *a;
-
-        if (!v)
-                return -EINVAL;
-        a = status_array_of(v);
-        if (i >= a->n)
-                return -EINVAL;
-        if (!a->errors || a->errors[i].error == 0) {
-                if (ret_message)
-                        *ret_message = NULL;
-                return 0;
-        }
-        if (ret_message)
-                *ret_message = a->errors[i].message;
-        return -a->errors[i].error;
-}
-
-void shmb_status_free(shmb_channel_status *v, size_t n) {
-        StatusArray *a;
-
-        if (!v)
+void shmb_status_free(shmb_status_list *l) {
+        if (!l)
                 return;
-        a = status_array_of(v);
-        for (size_t i = 0; i < n; i++) {
-                free(v[i].semaphores);
-                free(v[i].clients);
-        }
-        free(a->errors);
-        free(a);
+        for (size_t i = 0; i < l->n; i++)
+                proto_channel_done(&l->channels[i]);
+        free(l->channels);
+        free(l);
 }
 
-int shmb_reload(shmb_client *c, shmb_reload_result *ret) {
+/* Entry i, or NULL for a NULL list or an i out of range: what every getter checks first. */
+static const ProtoChannel *entry(const shmb_status_list *l, size_t i) {
+        return l && i < l->n ? &l->channels[i] : NULL;
+}
+
+/* The layout's own semaphores, capped at the set: a malformed answer must not make nsems wrap. */
+static unsigned entry_reserved(const ProtoChannel *pc) {
+        return MIN(layout_reserved_nsems(pc->layout), pc->nsems);
+}
+
+size_t shmb_status_count(const shmb_status_list *l) {
+        return l ? l->n : 0;
+}
+
+const char *shmb_status_name(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? pc->name : NULL;
+}
+
+int shmb_status_layout(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? (int) layout_from_proto(pc->layout) : -EINVAL;
+}
+
+uint64_t shmb_status_size(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? pc->size : 0;
+}
+
+unsigned shmb_status_nsems(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? pc->nsems - entry_reserved(pc) : 0;
+}
+
+unsigned shmb_status_reserved_nsems(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? entry_reserved(pc) : 0;
+}
+
+uint32_t shmb_status_shm_key(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? pc->shm_key : 0;
+}
+
+int shmb_status_shm_id(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? pc->shm_id : -EINVAL;
+}
+
+uint32_t shmb_status_sem_key(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? pc->sem_key : 0;
+}
+
+int shmb_status_sem_id(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? pc->sem_id : -EINVAL;
+}
+
+uint32_t shmb_status_slot_size(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? pc->slot_size : 0;
+}
+
+uint32_t shmb_status_slots(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? pc->slots : 0;
+}
+
+const char *shmb_status_owner(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? pc->owner : NULL;
+}
+
+const char *shmb_status_group(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? pc->group : NULL;
+}
+
+int shmb_status_mode(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? (int) pc->mode : -EINVAL;
+}
+
+uint64_t shmb_status_nattch(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? pc->nattch : 0;
+}
+
+pid_t shmb_status_cpid(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? pc->cpid : 0;
+}
+
+pid_t shmb_status_lpid(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? pc->lpid : 0;
+}
+
+int64_t shmb_status_atime(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? pc->atime : 0;
+}
+
+int64_t shmb_status_dtime(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? pc->dtime : 0;
+}
+
+int64_t shmb_status_ctime(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? pc->ctime : 0;
+}
+
+/* Semaphore k of the kernel's set, whichever getter's numbering it came from. */
+static int set_semaphore(const ProtoChannel *pc, unsigned k, int *ret_value, int *ret_ncount, int *ret_zcount,
+                         pid_t *ret_pid) {
+        const ProtoSemaphore *s;
+
+        /* A list answer, or a set the broker could not read (or a short answer): no figures to give. */
+        if (k >= pc->n_semaphores)
+                return -ENODATA;
+        s = &pc->semaphores[k];
+        if (ret_value)
+                *ret_value = s->value;
+        if (ret_ncount)
+                *ret_ncount = s->ncount;
+        if (ret_zcount)
+                *ret_zcount = s->zcount;
+        if (ret_pid)
+                *ret_pid = s->pid;
+        return 0;
+}
+
+int shmb_status_semaphore(const shmb_status_list *l, size_t i, unsigned idx,
+                          int *ret_value, int *ret_ncount, int *ret_zcount, pid_t *ret_pid) {
+        const ProtoChannel *pc = entry(l, i);
+
+        if (!pc || idx >= pc->nsems - entry_reserved(pc))
+                return -EINVAL;
+        return set_semaphore(pc, entry_reserved(pc) + idx, ret_value, ret_ncount, ret_zcount, ret_pid);
+}
+
+int shmb_status_reserved_semaphore(const shmb_status_list *l, size_t i, unsigned idx,
+                                   int *ret_value, int *ret_ncount, int *ret_zcount, pid_t *ret_pid) {
+        const ProtoChannel *pc = entry(l, i);
+
+        if (!pc || idx >= entry_reserved(pc))
+                return -EINVAL;
+        return set_semaphore(pc, idx, ret_value, ret_ncount, ret_zcount, ret_pid);
+}
+
+size_t shmb_status_nclients(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc ? pc->n_clients : 0;
+}
+
+int shmb_status_client(const shmb_status_list *l, size_t i, size_t k,
+                       pid_t *ret_pid, uid_t *ret_uid, shmb_access *ret_access, int64_t *ret_since) {
+        const ProtoChannel *pc = entry(l, i);
+        const ProtoClient *h;
+
+        if (!pc || k >= pc->n_clients)
+                return -EINVAL;
+        h = &pc->clients[k];
+        if (ret_pid)
+                *ret_pid = h->pid;
+        if (ret_uid)
+                *ret_uid = h->uid;
+        if (ret_access)
+                *ret_access = h->access == PROTO_ACCESS_RO ? SHMB_RO : SHMB_RW;
+        if (ret_since)
+                *ret_since = h->since;
+        return 0;
+}
+
+int shmb_status_error(const shmb_status_list *l, size_t i, const char **ret_message) {
+        const ProtoChannel *pc = entry(l, i);
+
+        if (!pc)
+                return -EINVAL;
+        if (ret_message)
+                *ret_message = pc->error ? pc->message : NULL;
+        return -pc->error;
+}
+
+int shmb_reload(shmb_client *c, shmb_reload_result **ret) {
         ProtoRequest req = { .op = PROTO_OP_RELOAD };
+        shmb_reload_result *rr;
         ProtoResponse res;
         int r;
 
         if (!c || !ret)
                 return -EINVAL;
+        rr = calloc(1, sizeof *rr);
+        if (!rr)
+                return -ENOMEM;
         r = client_call(c, &req, &res);
-        if (r < 0)
+        if (r < 0) {
+                free(rr);
                 return r;
-        /* Same shape: hand the arrays over. */
-        *ret = (shmb_reload_result) {
-                .added = res.reload.added,
-                .removed = res.reload.removed,
-                .changed = res.reload.changed,
-                .kept = res.reload.kept,
-        };
+        }
+        /* The decoder made every array (an answer without one is malformed): hand them over. */
+        rr->names = res.reload;
         res.reload = (ProtoReloadResult) {};
         proto_response_done(&res);
+        *ret = rr;
         return 0;
 }
 
-void shmb_reload_result_free(shmb_reload_result *r) {
-        ProtoReloadResult p;
+const char *const *shmb_reload_result_added(const shmb_reload_result *r) {
+        return r ? (const char *const *) r->names.added : NULL;
+}
 
+const char *const *shmb_reload_result_removed(const shmb_reload_result *r) {
+        return r ? (const char *const *) r->names.removed : NULL;
+}
+
+const char *const *shmb_reload_result_changed(const shmb_reload_result *r) {
+        return r ? (const char *const *) r->names.changed : NULL;
+}
+
+const char *const *shmb_reload_result_kept(const shmb_reload_result *r) {
+        return r ? (const char *const *) r->names.kept : NULL;
+}
+
+void shmb_reload_result_free(shmb_reload_result *r) {
         if (!r)
                 return;
-        p = (ProtoReloadResult) { .added = r->added, .removed = r->removed, .changed = r->changed, .kept = r->kept };
-        proto_reload_result_done(&p);
-        *r = (shmb_reload_result) {};
+        proto_reload_result_done(&r->names);
+        free(r);
 }

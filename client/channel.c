@@ -62,7 +62,7 @@ static int verify_objects(const shmb_channel *ch) {
                 return ATTACH_STALE;
         if (semctl(ch->info.sem_id, 0, IPC_STAT, arg) < 0)
                 return id_error();
-        if ((uint32_t) sem.sem_perm.__key != ch->info.sem_key || sem.sem_nsems != ch->info.nsems)
+        if ((uint32_t) sem.sem_perm.__key != ch->info.sem_key || sem.sem_nsems != ch->info.set_nsems)
                 return ATTACH_STALE;
         return 0;
 }
@@ -155,11 +155,20 @@ static int setup_ring(shmb_channel *ch, uint32_t ring_version) {
         return 0;
 }
 
-void info_from_proto(const ProtoChannel *pc, shmb_channel_info *ret) {
-        *ret = (shmb_channel_info) {
-                .layout = pc->layout == PROTO_LAYOUT_RING ? SHMB_LAYOUT_RING : SHMB_LAYOUT_RAW,
+unsigned layout_reserved_nsems(ProtoLayout layout) {
+        return layout == PROTO_LAYOUT_RING ? RING_NSEMS : 0;
+}
+
+shmb_layout layout_from_proto(ProtoLayout layout) {
+        return layout == PROTO_LAYOUT_RING ? SHMB_LAYOUT_RING : SHMB_LAYOUT_RAW;
+}
+
+/* nsems is left for attach() to set, once it knows the set has the layout's own semaphores. */
+static void info_from_proto(const ProtoChannel *pc, ChannelInfo *ret) {
+        *ret = (ChannelInfo) {
+                .layout = layout_from_proto(pc->layout),
                 .size = pc->size,
-                .nsems = pc->nsems,
+                .set_nsems = pc->nsems,
                 .shm_key = pc->shm_key,
                 .sem_key = pc->sem_key,
                 .shm_id = pc->shm_id,
@@ -208,6 +217,7 @@ static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, Pro
         client_ref(c);
         for (unsigned attempt = 0;; attempt++) {
                 info_from_proto(&res->channels[0], &ch->info);
+                ch->sem_base = layout_reserved_nsems(res->channels[0].layout);
                 ring_version = res->channels[0].ring_version;
                 /* Taken from the answer; an answer asked again (a replaced channel) names the same. */
                 if (!ch->wake && res->channels[0].wake_fifos[0] && res->channels[0].layout == PROTO_LAYOUT_RING) {
@@ -238,13 +248,13 @@ static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, Pro
         }
         if (r < 0)
                 goto fail;
+        /* The layout's own semaphores are not the caller's: its index 0 is the first after them. */
+        if (ch->info.set_nsems < ch->sem_base) {
+                r = -EPROTO;
+                goto fail;
+        }
+        ch->info.nsems = ch->info.set_nsems - ch->sem_base;
         if (ch->info.layout == SHMB_LAYOUT_RING) {
-                if (ch->info.nsems < RING_NSEMS) {
-                        r = -EPROTO;
-                        goto fail;
-                }
-                ch->sem_base = RING_NSEMS;
-                ch->info.nsems -= RING_NSEMS;
                 r = setup_ring(ch, ring_version);
                 if (r < 0)
                         goto fail;
@@ -345,6 +355,18 @@ void *shmb_channel_addr(const shmb_channel *ch) {
         return ch ? ch->addr : NULL;
 }
 
+const char *shmb_channel_name(const shmb_channel *ch) {
+        return ch ? ch->info.name : NULL;
+}
+
+int shmb_channel_layout(const shmb_channel *ch) {
+        return ch ? (int) ch->info.layout : -EINVAL;
+}
+
+int shmb_channel_access(const shmb_channel *ch) {
+        return ch ? (int) ch->access : -EINVAL;
+}
+
 size_t shmb_channel_size(const shmb_channel *ch) {
         return ch ? (size_t) ch->info.size : 0;
 }
@@ -353,8 +375,28 @@ unsigned shmb_channel_nsems(const shmb_channel *ch) {
         return ch ? ch->info.nsems : 0;
 }
 
-const shmb_channel_info *shmb_channel_get_info(const shmb_channel *ch) {
-        return ch ? &ch->info : NULL;
+uint32_t shmb_channel_shm_key(const shmb_channel *ch) {
+        return ch ? ch->info.shm_key : 0;
+}
+
+int shmb_channel_shm_id(const shmb_channel *ch) {
+        return ch ? ch->info.shm_id : -EINVAL;
+}
+
+uint32_t shmb_channel_sem_key(const shmb_channel *ch) {
+        return ch ? ch->info.sem_key : 0;
+}
+
+int shmb_channel_sem_id(const shmb_channel *ch) {
+        return ch ? ch->info.sem_id : -EINVAL;
+}
+
+uint32_t shmb_channel_slot_size(const shmb_channel *ch) {
+        return ch ? ch->info.slot_size : 0;
+}
+
+uint32_t shmb_channel_slots(const shmb_channel *ch) {
+        return ch ? ch->info.slots : 0;
 }
 
 shmb_client *shmb_channel_get_client(const shmb_channel *ch) {

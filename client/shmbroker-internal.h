@@ -89,14 +89,25 @@ typedef struct ChannelWake {
         int kick_fd;                    /* an eventfd keeping poll_fd readable until the first wait */
         int poll_dir;                   /* the FIFO poll_fd watches: WAKE_*; -1: none yet */
 } ChannelWake;
+/* What the broker's open answer said about a channel (shmb_channel_name() and the other getters). */
+typedef struct ChannelInfo {
+        char name[PROTO_NAME_MAX + 1];
+        shmb_layout layout;
+        uint64_t size;                  /* segment bytes */
+        unsigned set_nsems;             /* the kernel's set, the layout's own semaphores included (the wire's nsems) */
+        unsigned nsems;                 /* the caller's: set_nsems less the layout's own */
+        uint32_t shm_key, sem_key;
+        int shm_id, sem_id;
+        uint32_t slot_size, slots;      /* ring only */
+} ChannelInfo;
 
 struct shmb_channel {
         shmb_client *client;
         ClientHold hold;                /* on client->holds while open */
-        shmb_channel_info info;
+        ChannelInfo info;
         shmb_access access;
         void *addr;
-        unsigned sem_base;              /* a ring's own semaphores come first */
+        unsigned sem_base;              /* the layout's own semaphores come first: user index 0 is this one */
         unsigned spin_us;               /* shmb_channel_set_spin() */
         uint32_t spin_budget_ns;        /* adapts within it */
         uint32_t ops;                   /* ring operations, to publish our CPU now and then */
@@ -166,8 +177,15 @@ int channel_wake_arm(shmb_channel *ch, unsigned dir);
 /* The caller armed, then found the slot changed: pass the wake-up on to other waiters. */
 void channel_wake_pass_on(shmb_channel *ch, unsigned dir);
 
-/* The public description of a decoded channel. */
-void info_from_proto(const ProtoChannel *pc, shmb_channel_info *ret);
+/*
+ * How many semaphores at the start of a channel's set its layout keeps for
+ * itself (a ring's RING_NSEMS; none for raw): the library's semaphore
+ * indices, and its nsems, leave them out everywhere (open and status).
+ */
+unsigned layout_reserved_nsems(ProtoLayout layout);
+
+/* The public layout of a wire layout. */
+shmb_layout layout_from_proto(ProtoLayout layout);
 
 /*
  * Point ch's ring fields (ring, slots, stride, info.slot_size, info.slots,

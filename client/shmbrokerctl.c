@@ -77,85 +77,122 @@ static int fail_call(shmb_client *c, const char *what, int r) {
         return *msg || r == -ENOENT || r == -EACCES || r == -EPROTO ? EXIT_REFUSED : EXIT_USAGE;
 }
 
-static void print_list(const shmb_channel_status *v, size_t n) {
+static const char *layout_name(int layout) {
+        return layout == SHMB_LAYOUT_RING ? "ring" : "raw";
+}
+
+/*
+ * Admins see the kernel's set, as ipcs does: the layout's own semaphores
+ * (a ring's) first, then the user's. This is the set's semaphore k.
+ */
+static int set_semaphore(const shmb_status_list *l, size_t i, unsigned k, int *ret_value, int *ret_ncount,
+                         int *ret_zcount, pid_t *ret_pid) {
+        unsigned reserved = shmb_status_reserved_nsems(l, i);
+
+        if (k < reserved)
+                return shmb_status_reserved_semaphore(l, i, k, ret_value, ret_ncount, ret_zcount, ret_pid);
+        return shmb_status_semaphore(l, i, k - reserved, ret_value, ret_ncount, ret_zcount, ret_pid);
+}
+
+static unsigned set_nsems(const shmb_status_list *l, size_t i) {
+        return shmb_status_reserved_nsems(l, i) + shmb_status_nsems(l, i);
+}
+
+static void print_list(const shmb_status_list *l) {
         printf("%-20s %-10s %7s %7s %8s %5s %-6s %-10s %-10s %-9s\n",
                "NAME", "KEY", "SHMID", "SEMID", "SIZE", "NSEMS", "LAYOUT", "OWNER", "GROUP", "PERMS");
-        for (size_t i = 0; i < n; i++) {
-                const shmb_channel_status *s = &v[i];
+        for (size_t i = 0; i < shmb_status_count(l); i++) {
                 char size[16], perms[10];
 
-                format_size(s->info.size, size, sizeof size);
-                format_perms(s->mode, perms);
+                format_size(shmb_status_size(l, i), size, sizeof size);
+                format_perms((unsigned) shmb_status_mode(l, i), perms);
                 printf("%-20s 0x%08" PRIx32 " %7d %7d %8s %5u %-6s %-10s %-10s %-9s\n",
-                       s->info.name, s->info.shm_key, s->info.shm_id, s->info.sem_id, size, s->info.nsems,
-                       s->info.layout == SHMB_LAYOUT_RING ? "ring" : "raw", s->owner, s->group, perms);
+                       shmb_status_name(l, i), shmb_status_shm_key(l, i), shmb_status_shm_id(l, i),
+                       shmb_status_sem_id(l, i), size, set_nsems(l, i), layout_name(shmb_status_layout(l, i)),
+                       shmb_status_owner(l, i), shmb_status_group(l, i), perms);
         }
 }
 
-static void print_status_table(const shmb_channel_status *v, size_t n) {
+static void print_status_table(const shmb_status_list *l) {
         printf("%-20s %-10s %8s %6s %8s %8s %7s  %s\n",
                "NAME", "KEY", "SIZE", "NATTCH", "CPID", "LPID", "CLIENTS", "SEMAPHORES");
-        for (size_t i = 0; i < n; i++) {
-                const shmb_channel_status *s = &v[i];
+        for (size_t i = 0; i < shmb_status_count(l); i++) {
                 char size[16], sems[128] = "", nattch[24] = "-", cpid[16] = "-", lpid[16] = "-";
-                size_t used = 0, k;
-                int err = shmb_status_error(v, i, NULL);
+                size_t used = 0;
+                unsigned k, n = 0;
+                int err = shmb_status_error(l, i, NULL), value = 0;
 
-                format_size(s->info.size, size, sizeof size);
+                format_size(shmb_status_size(l, i), size, sizeof size);
                 /* The broker could not read them: say so rather than show values nobody read. */
                 if (err < 0)
                         snprintf(sems, sizeof sems, "%s", shmb_errno_name(err) ?: "error");
-                for (k = 0; k < s->n_semaphores && used + 16 < sizeof sems; k++)
-                        used += (size_t) snprintf(sems + used, sizeof sems - used, "%s%d", k ? "," : "",
-                                                  s->semaphores[k].value);
-                if (k < s->n_semaphores)        /* only when some were left out */
+                /* n: how many the answer has figures for (none where the broker could not read them). */
+                while (n < set_nsems(l, i) && set_semaphore(l, i, n, NULL, NULL, NULL, NULL) == 0)
+                        n++;
+                for (k = 0; k < n && used + 16 < sizeof sems; k++) {
+                        (void) set_semaphore(l, i, k, &value, NULL, NULL, NULL);
+                        used += (size_t) snprintf(sems + used, sizeof sems - used, "%s%d", k ? "," : "", value);
+                }
+                if (k < n)      /* only when some were left out */
                         snprintf(sems + used, sizeof sems - used, ",...");
                 /* nattch is 0 only when the segment's figures were not read either. */
-                if (s->nattch > 0) {
-                        snprintf(nattch, sizeof nattch, "%" PRIu64, s->nattch);
-                        snprintf(cpid, sizeof cpid, "%d", (int) s->cpid);
-                        snprintf(lpid, sizeof lpid, "%d", (int) s->lpid);
+                if (shmb_status_nattch(l, i) > 0) {
+                        snprintf(nattch, sizeof nattch, "%" PRIu64, shmb_status_nattch(l, i));
+                        snprintf(cpid, sizeof cpid, "%d", (int) shmb_status_cpid(l, i));
+                        snprintf(lpid, sizeof lpid, "%d", (int) shmb_status_lpid(l, i));
                 }
                 printf("%-20s 0x%08" PRIx32 " %8s %6s %8s %8s %7zu  %s\n",
-                       s->info.name, s->info.shm_key, size, nattch, cpid, lpid, s->n_clients, sems);
+                       shmb_status_name(l, i), shmb_status_shm_key(l, i), size, nattch, cpid, lpid,
+                       shmb_status_nclients(l, i), sems);
         }
 }
 
-static void print_status_detail(const shmb_channel_status *v) {
-        const shmb_channel_status *s = &v[0];
+static void print_status_detail(const shmb_status_list *l) {
         char size[16], perms[10], t[32], attached[32] = "";
+        uint64_t nattch = shmb_status_nattch(l, 0);
         const char *why;
-        int err = shmb_status_error(v, 0, &why);
+        int err = shmb_status_error(l, 0, &why);
 
-        format_size(s->info.size, size, sizeof size);
-        format_perms(s->mode, perms);
+        format_size(shmb_status_size(l, 0), size, sizeof size);
+        format_perms((unsigned) shmb_status_mode(l, 0), perms);
         /* nattch is 0 only when the segment's figures were not read. */
-        if (s->nattch > 0)
-                snprintf(attached, sizeof attached, ", %" PRIu64 " attached", s->nattch);
-        printf("Channel:    %s (%s)\n", s->info.name, s->info.layout == SHMB_LAYOUT_RING ? "ring" : "raw");
+        if (nattch > 0)
+                snprintf(attached, sizeof attached, ", %" PRIu64 " attached", nattch);
+        printf("Channel:    %s (%s)\n", shmb_status_name(l, 0), layout_name(shmb_status_layout(l, 0)));
         printf("Segment:    key 0x%08" PRIx32 ", id %d, %s (%" PRIu64 " bytes)%s\n",
-               s->info.shm_key, s->info.shm_id, size, s->info.size, attached);
-        if (s->info.layout == SHMB_LAYOUT_RING)
-                printf("Ring:       %" PRIu32 " slots of %" PRIu32 " bytes\n", s->info.slots, s->info.slot_size);
-        printf("Semaphores: key 0x%08" PRIx32 ", id %d, %u\n", s->info.sem_key, s->info.sem_id, s->info.nsems);
-        printf("Access:     owner %s, group %s, %s\n", s->owner, s->group, perms);
-        if (s->nattch > 0) {
-                format_time(s->ctime, t, sizeof t);
-                printf("Changed:    %s (creator pid %d, last pid %d)\n", t, (int) s->cpid, (int) s->lpid);
+               shmb_status_shm_key(l, 0), shmb_status_shm_id(l, 0), size, shmb_status_size(l, 0), attached);
+        if (shmb_status_layout(l, 0) == SHMB_LAYOUT_RING)
+                printf("Ring:       %" PRIu32 " slots of %" PRIu32 " bytes\n", shmb_status_slots(l, 0),
+                       shmb_status_slot_size(l, 0));
+        printf("Semaphores: key 0x%08" PRIx32 ", id %d, %u\n", shmb_status_sem_key(l, 0), shmb_status_sem_id(l, 0),
+               set_nsems(l, 0));
+        printf("Access:     owner %s, group %s, %s\n", shmb_status_owner(l, 0), shmb_status_group(l, 0), perms);
+        if (nattch > 0) {
+                format_time(shmb_status_ctime(l, 0), t, sizeof t);
+                printf("Changed:    %s (creator pid %d, last pid %d)\n", t, (int) shmb_status_cpid(l, 0),
+                       (int) shmb_status_lpid(l, 0));
         }
         if (err < 0)
                 printf("Error:      %s: %s\n", shmb_errno_name(err) ?: "error", why);
         else {
+                int value, ncount, zcount;
+                pid_t pid;
+
                 printf("\n%5s %7s %7s %7s %8s\n", "SEM", "VALUE", "NCOUNT", "ZCOUNT", "PID");
-                for (size_t k = 0; k < s->n_semaphores; k++)
-                        printf("%5zu %7d %7d %7d %8d\n", k, s->semaphores[k].value, s->semaphores[k].ncount,
-                               s->semaphores[k].zcount, (int) s->semaphores[k].pid);
+                for (unsigned k = 0; set_semaphore(l, 0, k, &value, &ncount, &zcount, &pid) == 0; k++)
+                        printf("%5u %7d %7d %7d %8d\n", k, value, ncount, zcount, (int) pid);
         }
         printf("\n%8s %8s %-6s %s\n", "PID", "UID", "ACCESS", "SINCE");
-        for (size_t k = 0; k < s->n_clients; k++) {
-                format_time(s->clients[k].since, t, sizeof t);
-                printf("%8d %8u %-6s %s\n", (int) s->clients[k].pid, (unsigned) s->clients[k].uid,
-                       s->clients[k].access == SHMB_RO ? "ro" : "rw", t);
+        for (size_t k = 0; k < shmb_status_nclients(l, 0); k++) {
+                shmb_access access;
+                int64_t since;
+                pid_t pid;
+                uid_t uid;
+
+                if (shmb_status_client(l, 0, k, &pid, &uid, &access, &since) < 0)
+                        break;
+                format_time(since, t, sizeof t);
+                printf("%8d %8u %-6s %s\n", (int) pid, (unsigned) uid, access == SHMB_RO ? "ro" : "rw", t);
         }
 }
 
@@ -187,50 +224,48 @@ static int run_json(shmb_client *c, const char *op, const char *channel) {
 }
 
 static int cmd_list(shmb_client *c, const Options *o, int argc, char **argv) {
-        shmb_channel_status *v;
-        size_t n;
+        shmb_status_list *l;
         int r;
 
         if (o->json)
                 return run_json(c, "list", NULL);
-        r = shmb_list(c, &v, &n);
+        r = shmb_list(c, &l);
         if (r < 0)
                 return fail_call(c, "list", r);
-        print_list(v, n);
-        shmb_status_free(v, n);
+        print_list(l);
+        shmb_status_free(l);
         return EXIT_SUCCESS;
 }
 
 static int cmd_status(shmb_client *c, const Options *o, int argc, char **argv) {
         const char *name = argc > 0 ? argv[0] : NULL;
-        shmb_channel_status *v;
-        size_t n;
+        shmb_status_list *l;
         int r;
 
         if (o->json)
                 return run_json(c, "status", name);
-        r = shmb_status(c, name, &v, &n);
+        r = shmb_status(c, name, &l);
         if (r < 0)
                 return fail_call(c, name ? name : "status", r);
-        if (name && n == 1)
-                print_status_detail(v);
+        if (name && shmb_status_count(l) == 1)
+                print_status_detail(l);
         else
-                print_status_table(v, n);
-        shmb_status_free(v, n);
+                print_status_table(l);
+        shmb_status_free(l);
         return EXIT_SUCCESS;
 }
 
-static void print_names(const char *what, char **names) {
+static void print_names(const char *what, const char *const *names) {
         printf("%-8s", what);
         if (!names || !*names)
                 printf(" -");
-        for (char **p = names; p && *p; p++)
+        for (const char *const *p = names; p && *p; p++)
                 printf(" %s", *p);
         printf("\n");
 }
 
 static int cmd_reload(shmb_client *c, const Options *o, int argc, char **argv) {
-        shmb_reload_result res;
+        shmb_reload_result *res;
         int r;
 
         if (o->json)
@@ -238,11 +273,11 @@ static int cmd_reload(shmb_client *c, const Options *o, int argc, char **argv) {
         r = shmb_reload(c, &res);
         if (r < 0)
                 return fail_call(c, "reload", r);
-        print_names("added", res.added);
-        print_names("removed", res.removed);
-        print_names("changed", res.changed);
-        print_names("kept", res.kept);
-        shmb_reload_result_free(&res);
+        print_names("added", shmb_reload_result_added(res));
+        print_names("removed", shmb_reload_result_removed(res));
+        print_names("changed", shmb_reload_result_changed(res));
+        print_names("kept", shmb_reload_result_kept(res));
+        shmb_reload_result_free(res);
         return EXIT_SUCCESS;
 }
 

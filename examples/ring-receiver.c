@@ -34,12 +34,12 @@ int main(int argc, char *argv[]) {
                 fprintf(stderr, "ring-receiver: %s: %s\n", argv[1], shmb_strerror(r));
                 return 1;
         }
-        buf = malloc(shmb_channel_get_info(ch)->slot_size + 1);
+        buf = malloc(shmb_channel_slot_size(ch) + 1);
         if (!buf) {
                 shmb_close(ch);
                 return 1;
         }
-        while ((n = shmb_recv(ch, buf, shmb_channel_get_info(ch)->slot_size, 10000)) > 0)
+        while ((n = shmb_recv(ch, buf, shmb_channel_slot_size(ch), 10000)) > 0)
                 printf("%.*s\n", (int) n, buf);
         if (n < 0)
                 fprintf(stderr, "ring-receiver: %s\n", shmb_strerror((int) n));

@@ -16,7 +16,7 @@
 
 /* Reserve a slot, fill it in place, publish it. */
 static int publish(shmb_channel *ch, long i) {
-        size_t room = shmb_channel_get_info(ch)->slot_size;
+        size_t room = shmb_channel_slot_size(ch);
         void *frame;
         int n, r;
 

@@ -75,17 +75,16 @@ static void wait_children(pid_t *pids, int n) {
 
 START_TEST(test_open_attaches_and_matches_kernel) {
         shmb_channel *ch = open_ok("pair", SHMB_RW);
-        const shmb_channel_info *info = shmb_channel_get_info(ch);
         struct shmid_ds ds;
 
-        ck_assert_str_eq(info->name, "pair");
+        ck_assert_str_eq(shmb_channel_name(ch), "pair");
         ck_assert_uint_eq(shmb_channel_size(ch), 65536);
         ck_assert_uint_eq(shmb_channel_nsems(ch), 2);
-        ck_assert_int_eq(info->layout, SHMB_LAYOUT_RAW);
-        ck_assert_int_eq(shmctl(info->shm_id, IPC_STAT, &ds), 0);
+        ck_assert_int_eq(shmb_channel_layout(ch), SHMB_LAYOUT_RAW);
+        ck_assert_int_eq(shmctl(shmb_channel_shm_id(ch), IPC_STAT, &ds), 0);
         ck_assert_uint_eq(ds.shm_nattch, 2);    /* the daemon's and ours */
         memset(shmb_channel_addr(ch), 0xab, 65536);
-        int id = info->shm_id;
+        int id = shmb_channel_shm_id(ch);
         ck_assert_int_eq(shmb_close(ch), 0);
         ck_assert_int_eq(shmctl(id, IPC_STAT, &ds), 0);
         ck_assert_uint_eq(ds.shm_nattch, 1);    /* detached */
@@ -165,8 +164,7 @@ END_TEST
 
 START_TEST(test_hold_dropped_when_process_exits) {
         shmb_client *c;
-        shmb_channel_status *v;
-        size_t n;
+        shmb_status_list *l;
         pid_t pid = fork();
 
         if (pid == 0) {
@@ -177,10 +175,10 @@ START_TEST(test_hold_dropped_when_process_exits) {
         wait_children(&pid, 1);
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
         for (int tries = 0;; tries++) {
-                ck_assert_int_eq(shmb_status(c, "counter", &v, &n), 0);
-                ck_assert_uint_eq(n, 1);
-                size_t holders = v[0].n_clients;
-                shmb_status_free(v, n);
+                ck_assert_int_eq(shmb_status(c, "counter", &l), 0);
+                ck_assert_uint_eq(shmb_status_count(l), 1);
+                size_t holders = shmb_status_nclients(l, 0);
+                shmb_status_free(l);
                 if (holders == 0)
                         break;
                 ck_assert_msg(tries < 100, "a dead process still holds the channel");
@@ -781,10 +779,9 @@ static void doomed_client(unsigned seed) {
 START_TEST(test_thousand_clients_killed_at_random) {
         enum { CLIENTS = 1000, BATCH = 50 };
         unsigned seed = 12345;
-        shmb_channel_status *v;
+        shmb_status_list *l;
         shmb_channel *ch;
         shmb_client *c;
-        size_t n;
 
         for (int done = 0; done < CLIENTS; done += BATCH) {
                 pid_t pids[BATCH];
@@ -808,10 +805,10 @@ START_TEST(test_thousand_clients_killed_at_random) {
         for (int tries = 0;; tries++) {
                 size_t holders = 0;
 
-                ck_assert_int_eq(shmb_status(c, NULL, &v, &n), 0);
-                for (size_t i = 0; i < n; i++)
-                        holders += v[i].n_clients;
-                shmb_status_free(v, n);
+                ck_assert_int_eq(shmb_status(c, NULL, &l), 0);
+                for (size_t i = 0; i < shmb_status_count(l); i++)
+                        holders += shmb_status_nclients(l, i);
+                shmb_status_free(l);
                 if (holders == 0)
                         break;
                 ck_assert_msg(tries < 200, "%zu holds of dead clients remain", holders);
@@ -924,15 +921,15 @@ static void out_of_step_server(int lfd) {
 
 START_TEST(test_failed_call_closes_the_connection) {
         struct sockaddr_un sa;
-        shmb_channel_status *v = NULL;
+        shmb_status_list *l = NULL;
         shmb_client *c = NULL;
-        size_t n = 99;
         pid_t pid = fake_server_start("step.sock", out_of_step_server, &sa);
 
         ck_assert_int_eq(shmb_connect(sa.sun_path, &c), 0);
-        ck_assert_int_eq(shmb_list(c, &v, &n), -EPROTO);
+        ck_assert_int_eq(shmb_list(c, &l), -EPROTO);
+        ck_assert_ptr_null(l);
         /* The stray answer waiting behind the bad one must not be taken for the next call's. */
-        ck_assert_int_eq(shmb_list(c, &v, &n), -ENOTCONN);
+        ck_assert_int_eq(shmb_list(c, &l), -ENOTCONN);
         ck_assert_int_eq(shmb_client_fd(c), -1);
         shmb_disconnect(c);
         fake_server_stop(pid);
@@ -941,32 +938,38 @@ END_TEST
 
 /* ---- admin API ---- */
 
-START_TEST(test_list_and_status_structs) {
+START_TEST(test_list_and_status_answers) {
         shmb_channel *held = open_ok("public", SHMB_RO);
-        shmb_channel_status *v;
+        shmb_status_list *l;
+        shmb_access access = 0;
         shmb_client *c;
-        size_t n;
+        pid_t pid = 0;
+        int value = -1;
 
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
-        ck_assert_int_eq(shmb_list(c, &v, &n), 0);
-        ck_assert_uint_eq(n, 5);
-        ck_assert_str_eq(v[0].info.name, "counter");    /* sorted by name */
-        ck_assert_str_eq(v[3].info.name, "ring");
-        ck_assert_int_eq(v[3].info.layout, SHMB_LAYOUT_RING);
-        ck_assert_uint_eq(v[3].info.slots, 8);
-        ck_assert_uint_eq(v[4].mode, 0600);
-        shmb_status_free(v, n);
+        ck_assert_int_eq(shmb_list(c, &l), 0);
+        ck_assert_uint_eq(shmb_status_count(l), 5);
+        ck_assert_str_eq(shmb_status_name(l, 0), "counter");    /* sorted by name */
+        ck_assert_str_eq(shmb_status_name(l, 3), "ring");
+        ck_assert_int_eq(shmb_status_layout(l, 3), SHMB_LAYOUT_RING);
+        ck_assert_uint_eq(shmb_status_slots(l, 3), 8);
+        ck_assert_int_eq(shmb_status_mode(l, 4), 0600);
+        shmb_status_free(l);
 
-        ck_assert_int_eq(shmb_status(c, "public", &v, &n), 0);
-        ck_assert_uint_eq(n, 1);
-        ck_assert_uint_eq(v[0].n_clients, 1);
-        ck_assert_int_eq(v[0].clients[0].pid, getpid());
-        ck_assert_int_eq(v[0].clients[0].access, SHMB_RO);
-        ck_assert_uint_eq(v[0].nattch, 2);
-        ck_assert_uint_eq(v[0].n_semaphores, 1);
-        ck_assert_int_eq(v[0].semaphores[0].value, 1);
-        shmb_status_free(v, n);
-        ck_assert_int_eq(shmb_status(c, "nope", &v, &n), -ENOENT);
+        ck_assert_int_eq(shmb_status(c, "public", &l), 0);
+        ck_assert_uint_eq(shmb_status_count(l), 1);
+        ck_assert_uint_eq(shmb_status_nclients(l, 0), 1);
+        ck_assert_int_eq(shmb_status_client(l, 0, 0, &pid, NULL, &access, NULL), 0);
+        ck_assert_int_eq(pid, getpid());
+        ck_assert_int_eq(access, SHMB_RO);
+        ck_assert_uint_eq(shmb_status_nattch(l, 0), 2);
+        ck_assert_uint_eq(shmb_status_nsems(l, 0), 1);
+        ck_assert_int_eq(shmb_status_semaphore(l, 0, 0, &value, NULL, NULL, NULL), 0);
+        ck_assert_int_eq(value, 1);
+        shmb_status_free(l);
+        l = NULL;
+        ck_assert_int_eq(shmb_status(c, "nope", &l), -ENOENT);
+        ck_assert_ptr_null(l);
         shmb_disconnect(c);
         shmb_close(held);
 }
@@ -1143,7 +1146,7 @@ static char *channels_with_pair_size(size_t size) {
 
 /* Write the config and reload; the answer must be a success. */
 static void reload_to(const char *channels_json) {
-        shmb_reload_result res;
+        shmb_reload_result *res;
         shmb_client *c;
         int r;
 
@@ -1151,23 +1154,22 @@ static void reload_to(const char *channels_json) {
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
         r = shmb_reload(c, &res);
         ck_assert_msg(r == 0, "reload: %s (%s)", shmb_strerror(r), shmb_client_last_message(c));
-        shmb_reload_result_free(&res);
+        shmb_reload_result_free(res);
         shmb_disconnect(c);
 }
 
 /* The broker's view of "pair": its ids and how many holds it lists. */
 static void pair_status(int *ret_shm_id, int *ret_sem_id, size_t *ret_holds) {
-        shmb_channel_status *v;
+        shmb_status_list *l;
         shmb_client *c;
-        size_t n;
 
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
-        ck_assert_int_eq(shmb_status(c, "pair", &v, &n), 0);
-        ck_assert_uint_eq(n, 1);
-        *ret_shm_id = v[0].info.shm_id;
-        *ret_sem_id = v[0].info.sem_id;
-        *ret_holds = v[0].n_clients;
-        shmb_status_free(v, n);
+        ck_assert_int_eq(shmb_status(c, "pair", &l), 0);
+        ck_assert_uint_eq(shmb_status_count(l), 1);
+        *ret_shm_id = shmb_status_shm_id(l, 0);
+        *ret_sem_id = shmb_status_sem_id(l, 0);
+        *ret_holds = shmb_status_nclients(l, 0);
+        shmb_status_free(l);
         shmb_disconnect(c);
 }
 
@@ -1178,22 +1180,21 @@ static void pair_status(int *ret_shm_id, int *ret_sem_id, size_t *ret_holds) {
  * attachment by id). For children too: no Check assertions.
  */
 static bool mapping_is_segment(shmb_channel *ch, unsigned char cookie) {
-        const shmb_channel_info *info = shmb_channel_get_info(ch);
         volatile unsigned char *addr = shmb_channel_addr(ch);
+        size_t size = shmb_channel_size(ch);
         struct shmid_ds ds;
         unsigned char *fresh;
         bool same;
 
-        if (shmctl(info->shm_id, IPC_STAT, &ds) < 0 || ds.shm_segsz != info->size ||
-            shmb_channel_size(ch) != info->size)
+        if (shmctl(shmb_channel_shm_id(ch), IPC_STAT, &ds) < 0 || ds.shm_segsz != size || size == 0)
                 return false;
-        if ((uint32_t) ds.shm_perm.__key != info->shm_key && !(ds.shm_perm.mode & SHM_DEST))
+        if ((uint32_t) ds.shm_perm.__key != shmb_channel_shm_key(ch) && !(ds.shm_perm.mode & SHM_DEST))
                 return false;
-        addr[info->size - 1] = cookie;
-        fresh = shmat(info->shm_id, NULL, SHM_RDONLY);
+        addr[size - 1] = cookie;
+        fresh = shmat(shmb_channel_shm_id(ch), NULL, SHM_RDONLY);
         if (fresh == (void *) -1)
                 return false;
-        same = fresh[info->size - 1] == cookie;
+        same = fresh[size - 1] == cookie;
         shmdt(fresh);
         return same;
 }
@@ -1223,13 +1224,13 @@ static _Noreturn void reload_loop(char *const configs[2], int n) {
         if (shmb_connect(NULL, &c) < 0)
                 _exit(2);
         for (int i = 0; i < n; i++) {
-                shmb_reload_result res;
+                shmb_reload_result *res;
 
                 if (!write_file(td.config, configs[i % 2]))
                         _exit(3);
                 if (shmb_reload(c, &res) < 0)
                         _exit(4);
-                shmb_reload_result_free(&res);
+                shmb_reload_result_free(res);
         }
         shmb_disconnect(c);
         _exit(0);
@@ -1266,12 +1267,12 @@ START_TEST(test_open_racing_replacements_is_never_exdev) {
                 /* -EIDRM only when it was replaced again each time the library asked. */
                 ck_assert_msg(r == 0 || r == -EIDRM, "open #%d: %s", i, shmb_strerror(r));
                 if (r == 0) {
-                        const shmb_channel_info *info = shmb_channel_get_info(ch);
+                        size_t size = shmb_channel_size(ch);
 
-                        ck_assert_msg(info->size == PAIR_SIZE || info->size == PAIR_GROWN, "size %" PRIu64, info->size);
+                        ck_assert_msg(size == PAIR_SIZE || size == PAIR_GROWN, "size %zu", size);
                         ck_assert_msg(mapping_is_segment(ch, (unsigned char) i), "open #%d handed out an inconsistent mapping", i);
-                        ids_seen += info->shm_id != last_id;
-                        last_id = info->shm_id;
+                        ids_seen += shmb_channel_shm_id(ch) != last_id;
+                        last_id = shmb_channel_shm_id(ch);
                         ck_assert_int_eq(shmb_close(prev), 0);
                         prev = ch;
                         opened++;
@@ -1341,8 +1342,8 @@ static _Noreturn void race_opener(const Race *race, int report, int go) {
                 snprintf(res.message, sizeof res.message, "%s", shmb_client_last_message(c));
         }
         if (res.r == 0) {
-                res.shm_id = shmb_channel_get_info(ch)->shm_id;
-                res.sem_id = shmb_channel_get_info(ch)->sem_id;
+                res.shm_id = shmb_channel_shm_id(ch);
+                res.sem_id = shmb_channel_sem_id(ch);
                 res.size = shmb_channel_size(ch);
                 res.consistent = mapping_is_segment(ch, 0x5a);
         }
@@ -1600,7 +1601,7 @@ static bool blocked_is_waiting(Blocked *b) {
         case BLOCKED_SEND:
                 return __atomic_load_n(&h->send_sleeping, __ATOMIC_SEQ_CST) != 0;
         default:
-                return semctl(shmb_channel_get_info(b->ch)->sem_id, 1, GETNCNT) > 0;
+                return semctl(shmb_channel_sem_id(b->ch), 1, GETNCNT) > 0;
         }
 }
 
@@ -1620,7 +1621,7 @@ static int block_callers(Blocked *b, bool with_pair) {
         }
         while (shmb_send(b[BLOCKED_SEND].ch, "f", 1, 0) == 0)
                 sent++;
-        if ((unsigned) sent != shmb_channel_get_info(b[BLOCKED_SEND].ch)->slots)
+        if ((unsigned) sent != shmb_channel_slots(b[BLOCKED_SEND].ch))
                 return __LINE__;
         for (int i = 0; i < n; i++)
                 if (pthread_create(&b[i].thread, NULL, blocked_main, &b[i]) != 0)
@@ -1716,7 +1717,7 @@ START_TEST(test_replacing_reload_reaches_blocked_callers) {
         assert_removed_everywhere(b, 3, t, "replacing reload");
         /* The new objects live: the removal marked the old header only. */
         fresh = open_ok("rx", SHMB_RW);
-        ck_assert_uint_eq(shmb_channel_get_info(fresh)->slots, 16);
+        ck_assert_uint_eq(shmb_channel_slots(fresh), 16);
         ck_assert_int_eq(shmb_send(fresh, "new", 3, 0), 0);
         ck_assert_int_eq(shmb_recv(fresh, buf, sizeof buf, 0), 3);
         shmb_close(fresh);
@@ -1866,7 +1867,6 @@ static void old_ring_server(int lfd) {
 /* A ring of a layout version this library does not speak is refused, with a sentence saying so. */
 START_TEST(test_ring_of_another_layout_is_eproto) {
         shmb_channel *ring = open_ok("ring", SHMB_RW), *ch = NULL;
-        const shmb_channel_info *info = shmb_channel_get_info(ring);
         RingHeader *h = shmb_channel_addr(ring);
         struct sockaddr_un sa;
         char expected[128];
@@ -1877,8 +1877,9 @@ START_TEST(test_ring_of_another_layout_is_eproto) {
         snprintf(old_ring_answer, sizeof old_ring_answer,
                  "{\"ok\":true,\"channel\":\"ring\",\"shm_key\":%" PRIu32 ",\"shm_id\":%d,\"sem_key\":%" PRIu32
                  ",\"sem_id\":%d,\"size\":%" PRIu64 ",\"nsems\":%u,\"layout\":\"ring\",\"slot_size\":%" PRIu32
-                 ",\"slots\":%" PRIu32 ",\"ring_version\":2}\n", info->shm_key, info->shm_id, info->sem_key,
-                 info->sem_id, info->size, info->nsems + RING_NSEMS, info->slot_size, info->slots);
+                 ",\"slots\":%" PRIu32 ",\"ring_version\":2}\n", shmb_channel_shm_key(ring), shmb_channel_shm_id(ring),
+                 shmb_channel_sem_key(ring), shmb_channel_sem_id(ring), (uint64_t) shmb_channel_size(ring),
+                 shmb_channel_nsems(ring) + RING_NSEMS, shmb_channel_slot_size(ring), shmb_channel_slots(ring));
         pid = fake_server_start("old.sock", old_ring_server, &sa);
         ck_assert_int_eq(shmb_connect(sa.sun_path, &c), 0);
         ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &ch), -EPROTO);
@@ -2026,8 +2027,8 @@ START_TEST(test_crash_restart_keeps_traffic) {
         pid_t sender;
 
         ck_assert_int_eq(shmb_open_channel(NULL, "ring", SHMB_RW, &before), 0);
-        shm_id = shmb_channel_get_info(before)->shm_id;
-        sem_id = shmb_channel_get_info(before)->sem_id;
+        shm_id = shmb_channel_shm_id(before);
+        sem_id = shmb_channel_sem_id(before);
         sender = fork();
         ck_assert_int_ge(sender, 0);
         if (sender == 0)
@@ -2043,8 +2044,8 @@ START_TEST(test_crash_restart_keeps_traffic) {
         crash_receive(before, seen, 100);     /* the data path needs no broker */
         test_start_ok();
         ck_assert_int_eq(shmb_open_channel(NULL, "ring", SHMB_RW, &after), 0);
-        ck_assert_int_eq(shmb_channel_get_info(after)->shm_id, shm_id);
-        ck_assert_int_eq(shmb_channel_get_info(after)->sem_id, sem_id);
+        ck_assert_int_eq(shmb_channel_shm_id(after), shm_id);
+        ck_assert_int_eq(shmb_channel_sem_id(after), sem_id);
         crash_receive(after, seen, CRASH_MESSAGES - 400);
         for (uint32_t i = 0; i < CRASH_MESSAGES; i++)
                 ck_assert_msg(seen[i], "message %u lost", i);
@@ -2074,8 +2075,8 @@ START_TEST(test_reconnect_after_crash_keeps_holds) {
         clients[0] = c;
         clients[1] = shmb_channel_get_client(own);
         ck_assert_ptr_nonnull(clients[1]);
-        pair_id = shmb_channel_get_info(pair)->shm_id;
-        ring_id = shmb_channel_get_info(ring)->shm_id;
+        pair_id = shmb_channel_shm_id(pair);
+        ring_id = shmb_channel_shm_id(ring);
         fd = shmb_client_fd(c);
         ck_assert_int_ge(fd, 0);
         ck_assert(crash_holds_back());
@@ -2104,7 +2105,7 @@ START_TEST(test_reconnect_after_crash_keeps_holds) {
         ck_assert_int_eq(shmb_lock(own, 0, 1000), 0);
         ck_assert_int_eq(shmb_unlock(own, 0), 0);
         peer = open_ok("ring", SHMB_RW);        /* a new client lands on the same ring */
-        ck_assert_int_eq(shmb_channel_get_info(peer)->shm_id, ring_id);
+        ck_assert_int_eq(shmb_channel_shm_id(peer), ring_id);
         ck_assert_int_eq(shmb_recv(peer, buf, sizeof buf, 1000), 6);
         ck_assert_int_eq(memcmp(buf, "before", 6), 0);
         ck_assert_int_eq(shmb_send(peer, "after", 5, 1000), 0);
@@ -2112,7 +2113,7 @@ START_TEST(test_reconnect_after_crash_keeps_holds) {
         ck_assert_int_eq(memcmp(buf, "after", 5), 0);
         ck_assert_int_eq(shmb_send(ring, "again", 5, 1000), 0);
         ck_assert_int_eq(shmb_recv(peer, buf, sizeof buf, 1000), 5);
-        ck_assert_int_eq(shmb_channel_get_info(pair)->shm_id, pair_id);
+        ck_assert_int_eq(shmb_channel_shm_id(pair), pair_id);
 
         /* And the holds go as before. */
         ck_assert_int_eq(shmb_close(pair), 0);
@@ -2127,13 +2128,13 @@ START_TEST(test_reconnect_after_crash_keeps_holds) {
 END_TEST
 
 START_TEST(test_reconnect_broker_away_fails_fast) {
-        shmb_channel_status *v;
+        shmb_status_list *l;
         shmb_channel *pair, *other = NULL;
         shmb_client *c;
         char *answer = NULL;
         int64_t end, t, worst = 0;
         int fd, wakeups = 0;
-        size_t n;
+        pid_t pid = 0;
 
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
         ck_assert_int_eq(shmb_open(c, "pair", SHMB_RW, &pair), 0);
@@ -2169,7 +2170,7 @@ START_TEST(test_reconnect_broker_away_fails_fast) {
 
         /* Broker calls: the same clear error at once, whether the socket is left over or gone. */
         t = test_now_ms();
-        ck_assert_int_eq(shmb_status(c, "pair", &v, &n), -ECONNREFUSED);
+        ck_assert_int_eq(shmb_status(c, "pair", &l), -ECONNREFUSED);
         ck_assert_int_eq(unlink(td.socket), 0);
         ck_assert_int_eq(shmb_open(c, "counter", SHMB_RW, &other), -ECONNREFUSED);
         ck_assert_ptr_null(other);
@@ -2184,11 +2185,12 @@ START_TEST(test_reconnect_broker_away_fails_fast) {
 
         /* Back: the next call reconnects by itself and re-registers first, no process() needed. */
         test_start_ok();
-        ck_assert_int_eq(shmb_status(c, "pair", &v, &n), 0);
-        ck_assert_uint_eq(n, 1);
-        ck_assert_uint_eq(v[0].n_clients, 1);
-        ck_assert_int_eq(v[0].clients[0].pid, getpid());
-        shmb_status_free(v, n);
+        ck_assert_int_eq(shmb_status(c, "pair", &l), 0);
+        ck_assert_uint_eq(shmb_status_count(l), 1);
+        ck_assert_uint_eq(shmb_status_nclients(l, 0), 1);
+        ck_assert_int_eq(shmb_status_client(l, 0, 0, &pid, NULL, NULL, NULL), 0);
+        ck_assert_int_eq(pid, getpid());
+        shmb_status_free(l);
         ck_assert_int_eq(shmb_client_process(c), 0);
         ck_assert_int_eq(shmb_close(pair), 0);
         ck_assert_int_eq(my_holds("pair"), 0);
@@ -2199,13 +2201,12 @@ END_TEST
 static shmb_client *stale_client;
 
 static bool stale_rejoined(void) {
-        shmb_channel_status *v;
-        size_t n;
+        shmb_status_list *l;
 
         /* A call waits for the rejoin's answers, so a list that works means it is complete. */
-        if (shmb_client_process(stale_client) != 0 || shmb_list(stale_client, &v, &n) != 0)
+        if (shmb_client_process(stale_client) != 0 || shmb_list(stale_client, &l) != 0)
                 return false;
-        shmb_status_free(v, n);
+        shmb_status_free(l);
         return true;
 }
 
@@ -2220,8 +2221,8 @@ START_TEST(test_reconnect_after_stop_marks_handles_stale) {
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
         ck_assert_int_eq(shmb_open(c, "pair", SHMB_RW, &old), 0);
         ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &old_ring), 0);
-        old_shm = shmb_channel_get_info(old)->shm_id;
-        old_sem = shmb_channel_get_info(old)->sem_id;
+        old_shm = shmb_channel_shm_id(old);
+        old_sem = shmb_channel_sem_id(old);
 
         test_daemon_stop_ok(&td);               /* SIGTERM: every channel removed */
         test_daemon_write_config(&td, without_ring);
@@ -2232,15 +2233,15 @@ START_TEST(test_reconnect_after_stop_marks_handles_stale) {
         /* The re-open found other ids (pair) or nothing (ring): no hold kept, nothing attached behind our back. */
         ck_assert_int_eq(my_holds("pair"), 0);
         ck_assert_int_eq(my_holds("ring"), -1);
-        ck_assert_int_eq(shmb_channel_get_info(old)->shm_id, old_shm);
+        ck_assert_int_eq(shmb_channel_shm_id(old), old_shm);
         ck_assert_int_eq(shmb_channel_check(old), -EIDRM);
         ck_assert_int_eq(shmb_channel_check(old_ring), -EIDRM);
         ck_assert_int_eq(shmb_sem_post(old, 1), -EIDRM);
 
         /* Reopening is the application's move; the stale handle's close leaves the new hold alone. */
         ck_assert_int_eq(shmb_open(c, "pair", SHMB_RW, &fresh), 0);
-        ck_assert_int_ne(shmb_channel_get_info(fresh)->shm_id, old_shm);
-        ck_assert_int_ne(shmb_channel_get_info(fresh)->sem_id, old_sem);
+        ck_assert_int_ne(shmb_channel_shm_id(fresh), old_shm);
+        ck_assert_int_ne(shmb_channel_sem_id(fresh), old_sem);
         ck_assert_int_eq(shmb_channel_check(fresh), 0);
         ck_assert_int_eq(my_holds("pair"), 1);
         ck_assert_int_eq(shmb_close(old), 0);
@@ -2579,14 +2580,13 @@ typedef struct TimedCall {
 
 static void *timed_list(void *arg) {
         TimedCall *t = arg;
-        shmb_channel_status *v = NULL;
+        shmb_status_list *l = NULL;
         int64_t start = test_now_ms();
-        size_t n;
 
-        t->r = shmb_list(t->c, &v, &n);
+        t->r = shmb_list(t->c, &l);
         t->ms = test_now_ms() - start;
         if (t->r == 0)
-                shmb_status_free(v, n);
+                shmb_status_free(l);
         return NULL;
 }
 
@@ -2599,12 +2599,12 @@ static void *timed_list(void *arg) {
  * call reconnects and the hold is listed as before.
  */
 START_TEST(test_timeout_hung_broker) {
-        shmb_channel_status *v;
+        shmb_status_list *l;
         shmb_channel *pair, *other = NULL;
         TimedCall second;
         shmb_client *c;
+        pid_t pid = 0;
         int64_t t;
-        size_t n;
 
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
         ck_assert_int_eq(shmb_open(c, "pair", SHMB_RW, &pair), 0);
@@ -2617,7 +2617,7 @@ START_TEST(test_timeout_hung_broker) {
         second = (TimedCall) { .c = c };
         t = test_now_ms();
         ck_assert_int_eq(pthread_create(&second.thread, NULL, timed_list, &second), 0);
-        ck_assert_int_eq(shmb_status(c, "pair", &v, &n), -ETIMEDOUT);
+        ck_assert_int_eq(shmb_status(c, "pair", &l), -ETIMEDOUT);
         t = test_now_ms() - t;
         ck_assert_int_eq(pthread_join(second.thread, NULL), 0);
         ck_assert_int_eq(second.r, -ETIMEDOUT);
@@ -2637,11 +2637,12 @@ START_TEST(test_timeout_hung_broker) {
         ck_assert_int_eq(shmb_sem_trywait(pair, 1), 0);
 
         ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
-        ck_assert_int_eq(shmb_status(c, "pair", &v, &n), 0);
-        ck_assert_uint_eq(n, 1);
-        ck_assert_uint_eq(v[0].n_clients, 1);
-        ck_assert_int_eq(v[0].clients[0].pid, getpid());
-        shmb_status_free(v, n);
+        ck_assert_int_eq(shmb_status(c, "pair", &l), 0);
+        ck_assert_uint_eq(shmb_status_count(l), 1);
+        ck_assert_uint_eq(shmb_status_nclients(l, 0), 1);
+        ck_assert_int_eq(shmb_status_client(l, 0, 0, &pid, NULL, NULL, NULL), 0);
+        ck_assert_int_eq(pid, getpid());
+        shmb_status_free(l);
         ck_assert_int_eq(shmb_close(pair), 0);
         ck_assert_int_eq(my_holds("pair"), 0);
         shmb_disconnect(c);
@@ -2753,7 +2754,7 @@ int main(void) {
                 { "removal", CASE_TIMEOUT, { test_stop_reaches_blocked_callers, test_replacing_reload_reaches_blocked_callers,
                               test_revoking_reload_reaches_blocked_holder,
                               test_crash_restart_replacing_reaches_blocked_callers } },
-                { "admin", CASE_TIMEOUT, { test_list_and_status_structs } },
+                { "admin", CASE_TIMEOUT, { test_list_and_status_answers } },
                 { "programs", CASE_TIMEOUT, { test_examples_exchange, test_shmbrokerctl,
                                 test_legacy_programs_under_the_broker } },
                 { "reconnect", CASE_TIMEOUT, { test_reconnect_after_crash_keeps_holds, test_reconnect_broker_away_fails_fast,

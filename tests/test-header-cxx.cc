@@ -2,7 +2,9 @@
 #include <shmbroker/shmbroker.h>
 
 int main() {
-        shmb_channel_info info = {};
+        const shmb_reload_result *none = nullptr;
+        shmb_access access = SHMB_RW;
 
-        return static_cast<int>(info.size) + (shmb_errno_name(-2) != nullptr ? 0 : 1);
+        return static_cast<int>(shmb_reload_result_kept(none) != nullptr) + (access == SHMB_RO) +
+               (shmb_errno_name(-2) != nullptr ? 0 : 1);
 }

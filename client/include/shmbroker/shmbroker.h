@@ -25,8 +25,10 @@
  *
  * Threads: a shmb_client serialises its requests internally, so it may be
  * shared between threads. Operations on a shmb_channel (semaphores, ring
- * send/receive, accessors) may be called from several threads at once; only
- * shmb_close() must not race with other calls on the same channel.
+ * send/receive, getters) may be called from several threads at once; only
+ * shmb_close() must not race with other calls on the same channel. Answers
+ * (shmb_status_list, shmb_reload_result) never change once made: any
+ * thread may read them; only their free must not race with the reads.
  *
  * Broker restarts: a connection outlives its broker. When the broker goes
  * away the library connects again once it is back and opens the
@@ -54,10 +56,17 @@ extern "C" {
 
 typedef struct shmb_client shmb_client;
 typedef struct shmb_channel shmb_channel;
+typedef struct shmb_status_list shmb_status_list;
+typedef struct shmb_reload_result shmb_reload_result;
 
+/*
+ * How a channel is opened. Neither is 0, so that a zeroed struct field or a
+ * forgotten argument is refused (-EINVAL) instead of being read as a grant
+ * of write access.
+ */
 typedef enum shmb_access {
-        SHMB_RW,                        /* read and write */
-        SHMB_RO,                        /* read only: the segment is attached SHM_RDONLY */
+        SHMB_RO = 1,                    /* read only: the segment is attached SHM_RDONLY */
+        SHMB_RW = 2,                    /* read and write */
 } shmb_access;
 
 typedef enum shmb_layout {
@@ -65,42 +74,20 @@ typedef enum shmb_layout {
         SHMB_LAYOUT_RING,
 } shmb_layout;
 
-/* What a channel is, as the broker describes it. */
-typedef struct shmb_channel_info {
-        char name[65];
-        shmb_layout layout;
-        uint64_t size;                  /* segment bytes */
-        unsigned nsems;                 /* semaphores the caller may use */
-        uint32_t shm_key, sem_key;      /* System V keys, as ipcs prints them */
-        int shm_id, sem_id;
-        uint32_t slot_size, slots;      /* ring only */
-} shmb_channel_info;
-
-typedef struct shmb_semaphore_status {
-        int value, ncount, zcount;
-        pid_t pid;                      /* last to operate on it */
-} shmb_semaphore_status;
-
-typedef struct shmb_client_status {
-        pid_t pid;
-        uid_t uid;
-        shmb_access access;
-        int64_t since;                  /* seconds since the epoch */
-} shmb_client_status;
-
-/* A channel in list or status answers. Status-only fields are zero for list. */
-typedef struct shmb_channel_status {
-        shmb_channel_info info;         /* nsems here counts the whole set */
-        char owner[65], group[65];
-        unsigned mode;
-        uint64_t nattch;
-        pid_t cpid, lpid;
-        int64_t atime, dtime, ctime;
-        shmb_semaphore_status *semaphores;
-        size_t n_semaphores;
-        shmb_client_status *clients;
-        size_t n_clients;
-} shmb_channel_status;
+/*
+ * ABI: what the broker describes (channels, status, reload results) is
+ * read through opaque handles and getters, never public structs, so that
+ * a later version can add figures without breaking programs built
+ * against this one.
+ *
+ * Semaphore counts: "nsems" means one thing everywhere in this library
+ * (shmb_channel_nsems(), shmb_status_nsems()): the semaphores a user of
+ * the channel may use with shmb_sem_*() and shmb_lock(), indexed 0 to
+ * nsems - 1, which are the ones the config's "semaphores" asks for. A
+ * ring keeps semaphores of its set for itself, ahead of those; they are
+ * neither counted nor indexed there (shmb_status_reserved_nsems() counts
+ * them for admins: the kernel's set, as ipcs shows it, is the sum).
+ */
 
 /* ---- connections ---- */
 
@@ -181,16 +168,18 @@ int shmb_client_process(shmb_client *c);
 
 /*
  * Open a channel by name on an existing connection and attach it.
+ * access: SHMB_RO or SHMB_RW; anything else, 0 included, is -EINVAL.
  * The channel keeps a reference to the connection. *ret is owned by the
  * caller: shmb_close() it. Errors: -ENOENT, -EACCES, -EXDEV, -EIDRM,
- * -EINVAL (bad name), broker and socket errors.
+ * -EINVAL (bad name or access), broker and socket errors.
  */
 int shmb_open(shmb_client *c, const char *name, shmb_access access, shmb_channel **ret);
 
 /*
- * One call: connect (socket_path as for shmb_connect()), open and attach.
- * The channel owns its private connection, so its hold lasts until
- * shmb_close() or the process's exit.
+ * One call: connect (socket_path as for shmb_connect()), open and attach;
+ * access and errors as for shmb_open() (a bad name or access is refused
+ * before connecting). The channel owns its private connection, so its
+ * hold lasts until shmb_close() or the process's exit.
  */
 int shmb_open_channel(const char *socket_path, const char *name, shmb_access access, shmb_channel **ret);
 
@@ -224,11 +213,50 @@ int shmb_channel_check(const shmb_channel *ch);
  */
 shmb_client *shmb_channel_get_client(const shmb_channel *ch);
 
-/* Accessors: never fail on a channel that is open. */
-void *shmb_channel_addr(const shmb_channel *ch);   /* for a ring: the header; use send/recv */
+/*
+ * Getters: what the broker said about the channel when the handle opened
+ * it, fixed for the handle's life (a reload or restart that replaces the
+ * channel gives the new one to a new handle; see shmb_channel_check()).
+ * They never fail on an open channel, never block nor talk to the broker,
+ * and are thread-safe. Given NULL, each returns what no open channel
+ * has: NULL, 0 or -EINVAL, as it says.
+ */
+
+/* The attached segment; read-only for SHMB_RO. For a ring, its header: use send/recv. NULL for NULL. */
+void *shmb_channel_addr(const shmb_channel *ch);
+
+/* The channel's name; borrowed, valid until shmb_close(). NULL for NULL. */
+const char *shmb_channel_name(const shmb_channel *ch);
+
+/* A shmb_layout; -EINVAL for NULL. */
+int shmb_channel_layout(const shmb_channel *ch);
+
+/* The handle's access, SHMB_RO or SHMB_RW, as given to the open; -EINVAL for NULL. */
+int shmb_channel_access(const shmb_channel *ch);
+
+/* The segment's bytes (for a ring: header and slots); 0 for NULL. */
 size_t shmb_channel_size(const shmb_channel *ch);
+
+/* The semaphores the caller may use, indices 0 .. n - 1 (see "Semaphore counts" above); 0 for NULL. */
 unsigned shmb_channel_nsems(const shmb_channel *ch);
-const shmb_channel_info *shmb_channel_get_info(const shmb_channel *ch);
+
+/* The segment's System V key, as ipcs prints it; 0 (IPC_PRIVATE, never a channel's) for NULL. */
+uint32_t shmb_channel_shm_key(const shmb_channel *ch);
+
+/* The segment's id, as attached; -EINVAL for NULL. */
+int shmb_channel_shm_id(const shmb_channel *ch);
+
+/* The semaphore set's System V key; 0 for NULL. */
+uint32_t shmb_channel_sem_key(const shmb_channel *ch);
+
+/* The semaphore set's id; -EINVAL for NULL. */
+int shmb_channel_sem_id(const shmb_channel *ch);
+
+/* A ring's largest message in bytes; 0 for a raw channel and NULL. */
+uint32_t shmb_channel_slot_size(const shmb_channel *ch);
+
+/* A ring's number of slots; 0 for a raw channel and NULL. */
+uint32_t shmb_channel_slots(const shmb_channel *ch);
 
 /* ---- semaphores (index 0 .. shmb_channel_nsems() - 1) ---- */
 
@@ -354,34 +382,142 @@ int shmb_channel_fd(shmb_channel *ch);
 /* ---- admin ---- */
 
 /*
- * All channels (list), or their status with kernel figures and holders
- * (status; name NULL for all). *ret is an array of *ret_n entries owned by
- * the caller: free it with shmb_status_free(). -ENOENT for an unknown name.
+ * All channels, sorted by name (list), or their status with the kernel's
+ * figures and the holds (status; name NULL for all). *ret is owned by the
+ * caller: free it with shmb_status_free(). -ENOENT for an unknown name,
+ * -EINVAL for a bad one or a NULL c or ret; broker and socket errors.
+ * Thread-safe as every call on c is.
  */
-int shmb_list(shmb_client *c, shmb_channel_status **ret, size_t *ret_n);
-int shmb_status(shmb_client *c, const char *name, shmb_channel_status **ret, size_t *ret_n);
-void shmb_status_free(shmb_channel_status *v, size_t n);
+int shmb_list(shmb_client *c, shmb_status_list **ret);
+int shmb_status(shmb_client *c, const char *name, shmb_status_list **ret);
+
+/* Free a list or status answer and every string borrowed from it. Takes NULL. */
+void shmb_status_free(shmb_status_list *l);
 
 /*
- * Whether the broker could read all of the kernel's figures for entry i of
- * an array from shmb_status(): 0 when it could (always, for shmb_list()).
- * Otherwise the negative errno it met, e.g. -EACCES (the broker has no read
- * permission on that channel's semaphore set): that entry's semaphores are
- * then absent (n_semaphores 0), and when the segment's figures could not be
- * read either, nattch is 0 (never otherwise: the broker keeps every segment
- * attached). *ret_message, when given, gets the broker's sentence (NULL
- * for 0), valid until shmb_status_free(). -EINVAL for a NULL v or an i out
- * of range.
+ * Getters of entry i (0 .. shmb_status_count() - 1) of a list or status
+ * answer. An answer is not changed after it is made: several threads may
+ * read it at once, and nothing they return goes stale until
+ * shmb_status_free(), which must not race with them. Strings are borrowed
+ * from the answer. Given a NULL l or an i out of range, each returns what
+ * no entry has: NULL, 0 or -EINVAL, as it says. Figures that only status
+ * has (nattch to ctime, semaphores, clients) are 0 in a list answer.
  */
-int shmb_status_error(const shmb_channel_status *v, size_t i, const char **ret_message);
 
-/* Names of channels a reload touched; NULL-terminated arrays. */
-typedef struct shmb_reload_result {
-        char **added, **removed, **changed, **kept;
-} shmb_reload_result;
+/* How many entries; 0 for NULL. */
+size_t shmb_status_count(const shmb_status_list *l);
 
-/* Ask the broker to reload its config (uid 0 or admin_group). */
-int shmb_reload(shmb_client *c, shmb_reload_result *ret);
+/* The channel's name; NULL for no entry. */
+const char *shmb_status_name(const shmb_status_list *l, size_t i);
+
+/* A shmb_layout; -EINVAL for no entry. */
+int shmb_status_layout(const shmb_status_list *l, size_t i);
+
+/* The segment's bytes; 0 for no entry. */
+uint64_t shmb_status_size(const shmb_status_list *l, size_t i);
+
+/* The semaphores a user may use, as shmb_channel_nsems() counts them; 0 for no entry. */
+unsigned shmb_status_nsems(const shmb_status_list *l, size_t i);
+
+/*
+ * The semaphores the layout keeps for itself (a ring's one; 0 for raw),
+ * which come first in the kernel's set: the set has this plus
+ * shmb_status_nsems() semaphores, and user semaphore k is the kernel's
+ * number this + k. For admin tools that show the set as ipcs does. 0 for
+ * no entry.
+ */
+unsigned shmb_status_reserved_nsems(const shmb_status_list *l, size_t i);
+
+/* System V keys (0 for no entry) and ids (-EINVAL for no entry). */
+uint32_t shmb_status_shm_key(const shmb_status_list *l, size_t i);
+int shmb_status_shm_id(const shmb_status_list *l, size_t i);
+uint32_t shmb_status_sem_key(const shmb_status_list *l, size_t i);
+int shmb_status_sem_id(const shmb_status_list *l, size_t i);
+
+/* A ring's slot size and number of slots; 0 for a raw channel and for no entry. */
+uint32_t shmb_status_slot_size(const shmb_status_list *l, size_t i);
+uint32_t shmb_status_slots(const shmb_status_list *l, size_t i);
+
+/* Owner and group, as names (decimal ids where the broker knows no name); NULL for no entry. */
+const char *shmb_status_owner(const shmb_status_list *l, size_t i);
+const char *shmb_status_group(const shmb_status_list *l, size_t i);
+
+/* The permission bits, e.g. 0660; -EINVAL for no entry. */
+int shmb_status_mode(const shmb_status_list *l, size_t i);
+
+/*
+ * The segment's figures, as shmctl(IPC_STAT) gives them (times in seconds
+ * since the epoch). nattch is never 0 in a status entry whose figures were
+ * read (the broker keeps every segment attached): 0 means they were not
+ * (see shmb_status_error()), or a list answer. 0 for no entry.
+ */
+uint64_t shmb_status_nattch(const shmb_status_list *l, size_t i);
+pid_t shmb_status_cpid(const shmb_status_list *l, size_t i);
+pid_t shmb_status_lpid(const shmb_status_list *l, size_t i);
+int64_t shmb_status_atime(const shmb_status_list *l, size_t i);
+int64_t shmb_status_dtime(const shmb_status_list *l, size_t i);
+int64_t shmb_status_ctime(const shmb_status_list *l, size_t i);
+
+/*
+ * User semaphore idx (0 .. shmb_status_nsems() - 1, the index shmb_sem_*()
+ * takes) of entry i: its value, the processes waiting for it to grow
+ * (ncount) and to be zero (zcount), and the last pid to operate on it.
+ * Each ret_* may be NULL; none is touched on failure. -EINVAL for no
+ * entry or an idx out of range; -ENODATA when the answer has no figures
+ * (a list answer, or the broker could not read the set: see
+ * shmb_status_error()).
+ */
+int shmb_status_semaphore(const shmb_status_list *l, size_t i, unsigned idx,
+                          int *ret_value, int *ret_ncount, int *ret_zcount, pid_t *ret_pid);
+
+/* The same for the layout's own semaphore idx (0 .. shmb_status_reserved_nsems() - 1). */
+int shmb_status_reserved_semaphore(const shmb_status_list *l, size_t i, unsigned idx,
+                                   int *ret_value, int *ret_ncount, int *ret_zcount, pid_t *ret_pid);
+
+/* The holds on entry i's channel: one per connection and channel, not per process. 0 for no entry. */
+size_t shmb_status_nclients(const shmb_status_list *l, size_t i);
+
+/*
+ * Hold k (0 .. shmb_status_nclients() - 1) of entry i: the holder's pid
+ * and uid, its access (SHMB_RO or SHMB_RW) and when it opened (seconds
+ * since the epoch). Each ret_* may be NULL; none is touched on failure.
+ * -EINVAL for no entry or a k out of range.
+ */
+int shmb_status_client(const shmb_status_list *l, size_t i, size_t k,
+                       pid_t *ret_pid, uid_t *ret_uid, shmb_access *ret_access, int64_t *ret_since);
+
+/*
+ * Whether the broker could read all of the kernel's figures for entry i
+ * of a status answer: 0 when it could (always, for a list answer).
+ * Otherwise the negative errno it met, e.g. -EACCES (the broker has no
+ * read permission on that channel's semaphore set): the entry's
+ * semaphores are then absent (-ENODATA), and when the segment's figures
+ * could not be read either, nattch is 0. *ret_message, when given, gets
+ * the broker's sentence (NULL for 0), borrowed from l. -EINVAL for no
+ * entry.
+ */
+int shmb_status_error(const shmb_status_list *l, size_t i, const char **ret_message);
+
+/*
+ * Ask the broker to reload its config (uid 0 or admin_group). *ret is
+ * owned by the caller: free it with shmb_reload_result_free(). Errors:
+ * -EACCES, the config's (-EINVAL, ...; the broker's sentence in
+ * shmb_client_last_message()), broker and socket errors.
+ */
+int shmb_reload(shmb_client *c, shmb_reload_result **ret);
+
+/*
+ * The names of the channels the reload added, removed, changed (replaced)
+ * and kept as they were: NULL-terminated arrays, empty ones included,
+ * borrowed from r until shmb_reload_result_free(). NULL for a NULL r.
+ * Thread-safe (r does not change).
+ */
+const char *const *shmb_reload_result_added(const shmb_reload_result *r);
+const char *const *shmb_reload_result_removed(const shmb_reload_result *r);
+const char *const *shmb_reload_result_changed(const shmb_reload_result *r);
+const char *const *shmb_reload_result_kept(const shmb_reload_result *r);
+
+/* Free a reload result and its names. Takes NULL. */
 void shmb_reload_result_free(shmb_reload_result *r);
 
 /*
