@@ -82,7 +82,7 @@ static pid_t kid(KidJob job, const char *text, int ready_pipe) {
                 shmb_channel *ch = NULL;
                 char buf[64];
                 void *slot;
-                int r;
+                int r = -1;
 
                 (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
                 if (shmb_open_channel(NULL, "r", SHMB_RW, &ch) < 0)
