@@ -10,10 +10,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/posix_acl.h>
+#include <linux/posix_acl_xattr.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include "common/util.h"
@@ -121,13 +125,60 @@ static int is_fifo(const Wake *w, const char *file) {
         return S_ISFIFO(st.st_mode);
 }
 
-static int set_perms(const Wake *w, const char *file, uid_t uid, gid_t gid, mode_t mode) {
+/* Without ACLs: the channel's owner and group by chown (CAP_CHOWN for a group the daemon is not in). */
+static int chown_perms(const Wake *w, const char *file, uid_t uid, gid_t gid, mode_t mode) {
         if (fchownat(w->dirfd, file, uid, gid, AT_SYMLINK_NOFOLLOW) < 0)
                 return -errno;
         /* Not a symlink (nobody else writes the directory), so following is safe. */
         if (fchmodat(w->dirfd, file, mode & 0777, 0) < 0)
                 return -errno;
         return 0;
+}
+
+/*
+ * The FIFO grants what the channel grants, read and write bits only. The
+ * daemon stays its owner and gives the channel's owner and group their bits
+ * in the FIFO's ACL: the owner of a file may set its ACL, while giving it
+ * to a group the daemon is not in would need CAP_CHOWN (and the shipped
+ * unit filters chown altogether). The daemon keeps read and write for
+ * itself: it signals the FIFO when a holder dies. Where the file system
+ * has no ACLs, chown does it instead.
+ */
+static int set_perms(const Wake *w, const char *file, uid_t uid, gid_t gid, mode_t mode) {
+        struct {
+                struct posix_acl_xattr_header h;
+                struct posix_acl_xattr_entry e[6];
+        } acl = { .h.a_version = POSIX_ACL_XATTR_VERSION };
+        const unsigned rw = ACL_READ | ACL_WRITE;
+        unsigned n = 0;
+        struct stat st;
+        int fd, r = 0;
+
+        /* Read-only and non-blocking: never waits for a writer, and the ACL goes on the file opened. */
+        fd = openat(w->dirfd, file, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0 || !S_ISFIFO(st.st_mode)) {
+                close(fd);
+                return -EPROTO;
+        }
+        /* Sorted by tag, then id, as the kernel requires. */
+#define ENTRY(tag, perm, id) (acl.e[n++] = (struct posix_acl_xattr_entry) { (tag), (perm), (uint32_t) (id) })
+        ENTRY(ACL_USER_OBJ, rw, ACL_UNDEFINED_ID);
+        if (uid != st.st_uid)
+                ENTRY(ACL_USER, (mode >> 6) & rw, uid);
+        ENTRY(ACL_GROUP_OBJ, gid == st.st_gid ? (mode >> 3) & rw : 0, ACL_UNDEFINED_ID);
+        if (gid != st.st_gid)
+                ENTRY(ACL_GROUP, (mode >> 3) & rw, gid);
+        ENTRY(ACL_MASK, rw, ACL_UNDEFINED_ID);
+        ENTRY(ACL_OTHER, mode & rw, ACL_UNDEFINED_ID);
+#undef ENTRY
+        if (fsetxattr(fd, "system.posix_acl_access", &acl, sizeof acl.h + n * sizeof acl.e[0], 0) < 0)
+                r = -errno;
+        close(fd);
+        if (r == -EOPNOTSUPP)
+                r = chown_perms(w, file, uid, gid, mode);
+        return r;
 }
 
 int wake_make(Wake *w, const char *name, bool keep, uid_t uid, gid_t gid, mode_t mode) {
