@@ -46,10 +46,9 @@ static int drain(const char *name, shmb_channel *ch) {
 
 int main(int argc, char *argv[]) {
         int n = argc - 1, left = n, r = 0;
-        shmb_channel **ch = calloc((size_t) (n > 0 ? n : 1), sizeof *ch);
-        /* Per channel its fd and its connection's; stdin last. */
-        struct pollfd *p = calloc((size_t) (n > 0 ? 2 * n + 1 : 1), sizeof *p);
-        bool *done = calloc((size_t) (n > 0 ? n : 1), sizeof *done);
+        shmb_channel **ch;
+        struct pollfd *p;
+        bool *done;
 
         if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
                 fputs("usage: poll-receiver CHANNEL...\n"
@@ -64,8 +63,15 @@ int main(int argc, char *argv[]) {
                 fprintf(stderr, "usage: poll-receiver CHANNEL...\n");
                 return 2;
         }
+        ch = calloc((size_t) n, sizeof *ch);
+        /* Per channel its fd and its connection's; stdin last. */
+        p = calloc((size_t) (2 * n + 1), sizeof *p);
+        done = calloc((size_t) n, sizeof *done);
         if (!ch || !p || !done) {
                 fprintf(stderr, "poll-receiver: out of memory\n");
+                free(ch);
+                free(p);
+                free(done);
                 return 1;
         }
         for (int i = 0; i < n && r >= 0; i++) {
