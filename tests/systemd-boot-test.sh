@@ -12,52 +12,12 @@
 set -euo pipefail
 builddir=$(cd "${1:?usage: $0 BUILDDIR}" && pwd)
 srcdir=$(cd "$(dirname "$0")/.." && pwd)
-cache=${SHMBROKER_NSPAWN_CACHE:-/var/tmp/shmbroker-nspawn-root}
-suite=${SHMBROKER_NSPAWN_SUITE:-$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")}
-work=$(mktemp -d /var/tmp/shmbroker-boot-XXXXXX)
-root=$work/root
-nspawn_pid=
-start=$(date +%s)
+test_name=boot-test
+# shellcheck source=tests/nspawn.sh
+. "$srcdir/tests/nspawn.sh"
 
-say() { printf 'boot-test: %s\n' "$*"; }
-fail() { say "FAILED: $*"; exit 1; }
-
-cleanup() {
-	if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
-		in_ct systemctl poweroff >/dev/null 2>&1 || true
-		for _ in $(seq 50); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.2; done
-		kill -9 "$nspawn_pid" 2>/dev/null || true
-	fi
-	[ -n "${KEEP_WORK:-}" ] && echo "kept $work" || rm -rf "$work"
-}
-trap cleanup EXIT
-
-[ "$(id -u)" -eq 0 ] || { say "needs root"; exit 77; }
-for t in debootstrap systemd-nspawn nsenter; do
-	command -v "$t" >/dev/null || fail "$t is missing (apt-get install debootstrap systemd-container)"
-done
-
-# The mirror this machine already uses: no host is named in the repository.
-mirror() {
-	local m
-	m=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-	[ -n "$m" ] || m=$(awk '$1 == "deb" && $0 !~ /security/ {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' \
-		/etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)
-	echo "$m"
-}
-
-# 1. The root, built once and kept.
-if [ ! -f "$cache/.shmbroker-root-ok" ]; then
-	m=$(mirror)
-	[ -n "$m" ] || fail "no Debian mirror in /etc/apt sources"
-	say "building a $suite root in $cache from the machine's mirror (once)"
-	rm -rf "$cache"
-	debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,libjansson4,util-linux,procps \
-		"$suite" "$cache" "$m" >"$work/debootstrap.log" 2>&1 || { tail -n 30 "$work/debootstrap.log"; fail "debootstrap"; }
-	touch "$cache/.shmbroker-root-ok"
-fi
-say "copying the cached root"
-cp -a "$cache" "$root"
+# 1. The cached root, copied.
+nspawn_setup
 
 # 2. This build, installed as a distribution would.
 make -s -C "$builddir" install DESTDIR="$root" >"$work/install.log" 2>&1 || { cat "$work/install.log"; fail "make install"; }
@@ -77,57 +37,12 @@ cat >"$root$etc/shmbroker/shmbroker.json" <<CONF
 }
 CONF
 # A client program outside the tree, built against the installed library.
-cat >"$work/shmb-open.c" <<'PROG'
-#include <stdio.h>
-#include <string.h>
-#include <shmbroker/shmbroker.h>
-int main(int argc, char *argv[]) {
-        shmb_channel *ch;
-        int r = shmb_open_channel(NULL, argv[1], SHMB_RW, &ch);
-
-        if (r < 0) {
-                fprintf(stderr, "open %s: %s\n", argv[1], shmb_strerror(r));
-                return 1;
-        }
-        /* A ring: its wake-up FIFOs must be there and usable by the client's group. */
-        if (argc > 2 && strcmp(argv[2], "fd") == 0 && (r = shmb_channel_fd(ch)) < 0) {
-                fprintf(stderr, "fd %s: %s\n", argv[1], shmb_strerror(r));
-                return 1;
-        }
-        if (argc <= 2)
-                strcpy(shmb_channel_addr(ch), "written by the client");
-        printf("opened %s (%zu bytes)\n", argv[1], shmb_channel_size(ch));
-        return shmb_close(ch) < 0;
-}
-PROG
 pcdir=$(dirname "$(find "$root" -name libshmbroker.pc | head -n 1)")
-# shellcheck disable=SC2046
-PKG_CONFIG_SYSROOT_DIR=$root PKG_CONFIG_PATH=$pcdir cc -o "$root/usr/local/bin/shmb-open" "$work/shmb-open.c" \
-	$(PKG_CONFIG_SYSROOT_DIR=$root PKG_CONFIG_PATH=$pcdir pkg-config --cflags --libs libshmbroker) -Wl,-rpath,"$prefix/lib"
+nspawn_build_client "$root" "$pcdir" "$root/usr/local/bin/shmb-open" "$prefix/lib"
 echo "$prefix/lib" >"$root/etc/ld.so.conf.d/shmbroker.conf"
 
 # 3. Boot it.
-say "booting the container"
-systemd-nspawn --boot -D "$root" --keep-unit --register=no --console=pipe --quiet >"$work/console.log" 2>&1 &
-nspawn_pid=$!
-init=
-# The container's pid 1 is nspawn's child once it has become systemd.
-for _ in $(seq 200); do
-	init=$(pgrep -P "$nspawn_pid" -x systemd | head -n 1 || true)
-	[ -n "$init" ] && break
-	sleep 0.1
-done
-[ -n "$init" ] || fail "the container did not start"
-in_ct() { nsenter -t "$init" -a "$@"; }
-# Right after exec, systemd is not yet reachable on its bus: ask until it answers.
-state=
-for _ in $(seq 300); do
-	state=$(timeout 90 nsenter -t "$init" -a systemctl is-system-running --wait 2>/dev/null || true)
-	case $state in running|degraded) break;; esac
-	sleep 0.2
-done
-say "container is $state after $(( $(date +%s) - start )) s"
-case $state in running|degraded) ;; *) fail "the container did not boot ($state)";; esac
+nspawn_boot
 
 ctl=$prefix/bin/shmbrokerctl
 in_ct ldconfig
