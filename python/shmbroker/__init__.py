@@ -1,0 +1,683 @@
+"""Open shmbroker shared-memory channels by name, from Python.
+
+shmbrokerd owns named System V shared-memory channels; this package is the
+Python face of its C client library, libshmbroker (see libshmbroker(3)),
+through ctypes: no third-party modules.
+
+    import shmbroker
+
+    with shmbroker.open_channel("telemetry") as ch:     # "rw" by default
+        with ch.locked(0):                              # semaphore 0 as a lock
+            ch.buffer[:5] = b"hello"                    # the segment itself
+
+    with shmbroker.open_channel("frames") as ring:      # a "ring" channel
+        ring.send(b"message 1")
+        data = ring.recv(timeout=10.0)                  # bytes
+
+The socket: every call that takes socket=None uses $SHMBROKER_SOCKET when
+set, else DEFAULT_SOCKET.
+
+Channels (open_channel() returns a Channel)
+    .buffer          the whole segment as a memoryview, writable for "rw",
+                     read-only for "ro"; for a ring that is its header, as
+                     shmb_channel_addr() (use send/recv)
+    .sem_wait(i), .sem_post(i)      counting semaphores of the channel
+    .lock(i), .unlock(i), .locked(i)  semaphore i as a lock that the kernel
+                     gives back should its holder die (SEM_UNDO)
+    .send(data), .recv(), .recv_into(buf)   messages on a ring
+    .peek(), .reserve(size)         the same, zero copy: a message read or
+                     written where it lies in the segment
+    .fileno()        for select/poll/selectors: readable when the ring call
+                     that last raised BlockingIOError may succeed
+    .close()         or use the channel as a context manager
+
+Admin: list() and status() return the daemon's description of its channels.
+
+Timeouts are seconds (int or float), as in Python's own APIs: None waits for
+ever, 0 does not wait at all, anything else waits at most that long
+(rounded up to a millisecond; at most TIMEOUT_MAX). Where a call with
+timeout 0 would have to wait it raises BlockingIOError, which is OSError
+with errno EAGAIN; a timeout that passes raises TimeoutError (OSError with
+ETIMEDOUT). A signal does not end a wait: its Python handler runs and the
+wait goes on with what is left of its timeout, unless the handler raises
+(Ctrl-C's KeyboardInterrupt does), as PEP 475 has it for Python's own calls.
+
+Errors raise OSError with the library's errno and its sentence
+(shmb_strerror()); OSError picks the subclass, so catch what fits:
+FileNotFoundError (ENOENT: no such channel, or no broker socket there),
+PermissionError (EACCES), BlockingIOError (EAGAIN), TimeoutError
+(ETIMEDOUT), or OSError and compare e.errno with the errno module's names:
+errno.EIDRM (the broker removed the channel: open it again), errno.EMSGSIZE,
+errno.ENOTSUP (a ring call on a raw channel), errno.EINVAL (a bad name or
+semaphore index), errno.EXDEV (another IPC namespace than the broker's).
+Calls on a closed channel raise ValueError, as files do.
+
+Memory: no memoryview this package hands out ever points at memory that is
+no longer mapped. A Channel maps its segment once; .buffer, .peek() and
+.reserve() views are views of that mapping, and each keeps it mapped:
+close() makes the channel unusable at once (its methods raise ValueError),
+and the segment is detached and the broker's hold given back
+(shmb_close()) when the channel is closed and the last view of it is gone
+(or when the process ends).
+So a view kept after close() still reads (and, for "rw", writes) the
+segment, and status() still lists the hold. Views of a message (peek(),
+reserve()) are released when their message is released, committed or
+aborted, so that nothing writes to a slot it no longer owns; a slice or
+memoryview() taken of one is a view of its own, which then reads (or
+writes) whatever the slot holds next: copy what you keep. Memory mapped
+read-only ("ro") is exposed only through read-only views. (A view's .obj is
+the ctypes array underneath; writing through that bypasses all this, and
+on "ro" kills the process with SIGSEGV, as any misuse of ctypes may.)
+
+Threads: every blocking call releases the GIL. A channel may be used from
+several threads at once; close() while another thread waits in a call on
+the same channel takes effect when that call returns.
+
+Processes: do not use a channel inherited through fork(); open it anew in
+the child (a ring's claims name their process). A forked child that drops
+an inherited channel never gives its parent's hold back.
+
+The C library: $SHMBROKER_LIBRARY names the libshmbroker.so.N to load when
+set; otherwise the installed package loads the library it was installed
+with (the path `make install` wrote into shmbroker._config); a source tree
+without either asks ctypes.util.find_library("shmbroker").
+"""
+
+import contextlib
+import ctypes
+import errno
+import json
+import operator
+import os
+import weakref
+
+from . import _capi
+from ._capi import TIMEOUT_MAX
+
+__all__ = ["open_channel", "list", "status", "Channel", "PeekedMessage", "Reservation",
+           "DEFAULT_SOCKET", "TIMEOUT_MAX"]
+
+DEFAULT_SOCKET = "/run/shmbroker/shmbroker.sock"
+
+_lib = _capi.lib
+
+# Counts os.fork()s into this process: an inherited channel is not ours to close.
+_forks = [0]
+
+
+def _count_fork():
+    _forks[0] += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
+
+def _close_handle(handle, forks):
+    # The segment's last view is gone: detach and give the hold back, unless
+    # this is a forked child holding a copy.
+    if forks == _forks[0]:
+        _lib.shmb_close(handle)
+
+
+def _cstring(value, what):
+    """A str, bytes or path-like argument as a C string; None stays NULL."""
+    if value is None:
+        return None
+    b = os.fsencode(value)
+    if b"\0" in b:
+        raise ValueError("%s contains a null character" % what)
+    return b
+
+
+def _index(i):
+    i = operator.index(i)
+    if i < 0:
+        raise ValueError("semaphore index must not be negative")
+    return i
+
+
+def _bytes_arg(data):
+    """(pointer argument, length) for a bytes-like object; str is refused."""
+    if isinstance(data, bytes):
+        return data, len(data)
+    if isinstance(data, str):
+        raise TypeError("a message is bytes-like, not str: encode it")
+    mv = memoryview(data)
+    if mv.readonly or not mv.c_contiguous:
+        b = mv.tobytes()
+        return b, len(b)
+    if mv.nbytes == 0:
+        return None, 0
+    return (ctypes.c_char * mv.nbytes).from_buffer(mv), mv.nbytes
+
+
+def _finish(r, exc_type):
+    # Raise a failed release/commit/abort, unless an exception is already on its way.
+    if r < 0 and exc_type is None:
+        raise _capi.error(r)
+
+
+class Channel:
+    """An open shmbroker channel, its segment mapped.
+
+    Channel(name, access="rw", socket=None) is open_channel(name, access,
+    socket). Use it as a context manager, or call close().
+    """
+
+    __slots__ = ("_name", "_access", "_size", "_nsems", "_handle", "_addr", "_base")
+
+    def __init__(self, name, access="rw", socket=None):
+        """Open and map the channel: see open_channel()."""
+        if access not in _capi.ACCESS:
+            raise ValueError('access must be "rw" or "ro", not %r' % (access,))
+        handle = ctypes.c_void_p()
+        if name is None:
+            raise TypeError("a channel name is a str")
+        _capi.check(_lib.shmb_open_channel(_cstring(socket, "socket"), _cstring(name, "name"),
+                                           _capi.ACCESS[access], ctypes.byref(handle)), name)
+        self._name = name
+        self._access = access
+        self._size = _lib.shmb_channel_size(handle)
+        self._nsems = _lib.shmb_channel_nsems(handle)
+        self._handle = handle.value
+        self._addr = _lib.shmb_channel_addr(handle)
+        segment = (ctypes.c_char * self._size).from_address(self._addr)
+        # The mapping lives as long as the array: every view below holds it.
+        # Not at exit: the process's end detaches it and ends the hold, and a
+        # daemon thread may still be inside a call on the handle.
+        weakref.finalize(segment, _close_handle, self._handle, _forks[0]).atexit = False
+        base = memoryview(segment).cast("B")
+        self._base = base.toreadonly() if access == "ro" else base
+
+    def _live(self):
+        """(handle, base), or ValueError once closed.
+
+        Callers keep base in a local until their C call returned: while it
+        lives, the segment cannot be garbage, so the handle is not closed
+        under the call (by another thread's close()).
+        """
+        handle, base = self._handle, self._base
+        if handle is None:
+            raise ValueError("operation on a closed channel")
+        return handle, base
+
+    @property
+    def name(self):
+        """The channel's name, as given to open_channel()."""
+        return self._name
+
+    @property
+    def access(self):
+        """Either "rw" or "ro", as given to open_channel()."""
+        return self._access
+
+    @property
+    def size(self):
+        """The segment's size in bytes (for a ring: its header and slots)."""
+        return self._size
+
+    @property
+    def nsems(self):
+        """How many semaphores the caller may use (for a ring: not the ring's own)."""
+        return self._nsems
+
+    @property
+    def closed(self):
+        """True once close() was called."""
+        return self._handle is None
+
+    @property
+    def buffer(self):
+        """The whole segment as a memoryview of bytes (format "B").
+
+        Writable for an "rw" channel, read-only for "ro". For a ring this is
+        its header and slots, as shmb_channel_addr(): use send() and recv().
+        A new view on each access; it keeps the segment mapped even after
+        close() (see the module's help on memory).
+        """
+        _, base = self._live()
+        return base[:]
+
+    def fileno(self):
+        """A file descriptor that polls readable when a ring call may succeed.
+
+        As shmb_channel_fd(): readable when the ring call on this channel
+        that last raised BlockingIOError (timeout 0) may now succeed: a
+        receive when a message may be there, a send or reserve when a slot
+        may be free; readable until the first BlockingIOError, and when the
+        ring was removed. The loop: wait for it (selectors, select, poll),
+        call with timeout=0 until BlockingIOError, wait again; a wake-up may
+        be spurious. Watch it for reading only; do not read, write or close
+        it: it is the channel's, and lives until the channel is detached,
+        so unregister it before close(). Raises OSError (ENOTSUP for a raw
+        channel, EACCES for "ro").
+        """
+        handle, base = self._live()
+        return _capi.check(_lib.shmb_channel_fd(handle))
+
+    def close(self):
+        """Close the channel: further calls on it raise ValueError.
+
+        The segment is detached and the broker's hold given back at once,
+        or, if views of the segment (buffer, peek, reserve) still exist, when
+        the last of them is gone. Closing twice does nothing.
+        """
+        self._handle = None
+        self._base = None
+
+    def __enter__(self):
+        """The channel itself (ValueError if closed)."""
+        self._live()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        """close() it."""
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self.closed else "size=%d nsems=%d" % (self._size, self._nsems)
+        return "<shmbroker.Channel %r %s %s>" % (self._name, self._access, state)
+
+    # ---- semaphores ----
+
+    def sem_wait(self, i, timeout=None):
+        """Decrement semaphore i, waiting while it is 0.
+
+        timeout: None waits for ever, 0 tries once (BlockingIOError), else
+        seconds (TimeoutError). Without SEM_UNDO: a counting semaphore.
+        OSError EINVAL for an index out of range, EIDRM once the channel is
+        removed.
+        """
+        handle, base = self._live()
+        i = _index(i)
+        _capi.waiting(lambda ms: _lib.shmb_sem_wait(handle, i, ms), timeout)
+
+    def sem_post(self, i):
+        """Increment semaphore i (OSError ERANGE above 32767, EACCES for "ro")."""
+        handle, base = self._live()
+        _capi.check(_lib.shmb_sem_post(handle, _index(i)))
+
+    def lock(self, i=0, timeout=None):
+        """Take semaphore i as a lock (decrement it, with SEM_UNDO).
+
+        Should this process die holding it, the kernel gives it back. Pair
+        each lock() with an unlock() in the same process. timeout as for
+        sem_wait().
+        """
+        handle, base = self._live()
+        i = _index(i)
+        _capi.waiting(lambda ms: _lib.shmb_lock(handle, i, ms), timeout)
+
+    def unlock(self, i=0):
+        """Give back a lock taken with lock(i)."""
+        handle, base = self._live()
+        _capi.check(_lib.shmb_unlock(handle, _index(i)))
+
+    @contextlib.contextmanager
+    def locked(self, i=0, timeout=None):
+        """Hold lock i for a with block: lock(i, timeout), then unlock(i)."""
+        self.lock(i, timeout)
+        try:
+            yield self
+        finally:
+            self.unlock(i)
+
+    # ---- ring channels ----
+
+    def send(self, data, timeout=None):
+        """Send one message, a bytes-like object of at most the slot size.
+
+        Waits while the ring is full: timeout None for ever, 0 not at all
+        (BlockingIOError), else seconds (TimeoutError). A receiver sees all
+        of it or nothing. OSError EMSGSIZE when it is longer than a slot,
+        ENOTSUP on a raw channel, EACCES on "ro". An empty message is a
+        message too (the examples use it to say "done").
+        """
+        handle, base = self._live()
+        ptr, n = _bytes_arg(data)
+        _capi.waiting(lambda ms: _lib.shmb_send(handle, ptr, n, ms), timeout)
+
+    def _peek(self, handle, base, timeout):
+        ptr = ctypes.c_void_p()
+        n = _capi.waiting(lambda ms: _lib.shmb_recv_peek(handle, ctypes.byref(ptr), ms), timeout)
+        off = ptr.value - self._addr
+        if not 0 <= off <= off + n <= len(base):
+            _lib.shmb_recv_release(handle, ptr)
+            raise OSError(errno.EPROTO, "the library pointed outside the segment")
+        return ptr.value, off, n
+
+    def recv(self, timeout=None):
+        """Receive the next message as bytes (b"" for an empty message).
+
+        Waits while the ring is empty: timeout None for ever, 0 not at all
+        (BlockingIOError), else seconds (TimeoutError). Each message goes to
+        one receiver. OSError ENOTSUP on a raw channel, EACCES on "ro",
+        EIDRM once the channel is removed.
+        """
+        handle, base = self._live()
+        ptr, off, n = self._peek(handle, base, timeout)
+        try:
+            data = base[off:off + n].tobytes()
+        finally:
+            r = _lib.shmb_recv_release(handle, ptr)
+        _capi.check(r)
+        return data
+
+    def recv_into(self, buffer, timeout=None):
+        """Receive the next message into a writable bytes-like buffer.
+
+        Returns its length. A message longer than the buffer stays in the
+        ring (OSError EMSGSIZE): call again with a buffer of the slot size.
+        Waits as recv() does.
+        """
+        handle, base = self._live()
+        mv = memoryview(buffer)
+        if mv.readonly:
+            raise TypeError("recv_into() needs a writable buffer")
+        size = mv.nbytes
+        dest = (ctypes.c_char * size).from_buffer(mv) if size else None
+        return _capi.waiting(lambda ms: _lib.shmb_recv(handle, dest, size, ms), timeout)
+
+    def peek(self, timeout=None):
+        """Read the next message where it lies in the ring (zero copy).
+
+        Waits as recv() does, then returns a PeekedMessage; the slot stays
+        claimed until its release(). As a context manager it gives its
+        read-only memoryview and releases the message at the end of the
+        block:
+
+            with ch.peek() as view:
+                handle(view)        # bytes(view) copies
+
+        Senders that come round to the slot wait meanwhile: release soon.
+        """
+        handle, base = self._live()
+        ptr, off, n = self._peek(handle, base, timeout)
+        try:
+            return PeekedMessage(handle, base, ptr, base[off:off + n].toreadonly())
+        except BaseException:
+            _lib.shmb_recv_release(handle, ptr)
+            raise
+
+    def reserve(self, size, timeout=None):
+        """Claim a slot to write a message of up to size bytes in place.
+
+        Waits as send() does for a free slot and returns a Reservation: fill
+        its view (or index it as a buffer), then commit(n) sends its first n
+        bytes; abort() gives the slot up unsent. As a context manager it
+        aborts at the end of the block unless committed (also when the
+        block raises):
+
+            with ch.reserve(len(data)) as slot:
+                slot[:len(data)] = data
+                slot.commit(len(data))
+
+        size is at most the slot size (OSError EMSGSIZE otherwise).
+        Receivers wait at the slot until then: commit soon.
+        """
+        handle, base = self._live()
+        size = operator.index(size)
+        if size < 0:
+            raise ValueError("size must not be negative")
+        ptr = ctypes.c_void_p()
+        _capi.waiting(lambda ms: _lib.shmb_send_reserve(handle, size, ctypes.byref(ptr), ms), timeout)
+        try:
+            off = ptr.value - self._addr
+            if not 0 <= off <= off + size <= len(base):
+                raise OSError(errno.EPROTO, "the library pointed outside the segment")
+            return Reservation(handle, base, ptr.value, base[off:off + size])
+        except BaseException:
+            _lib.shmb_send_abort(handle, ptr)
+            raise
+
+
+class PeekedMessage:
+    """A message of a ring read in place: Channel.peek() makes them.
+
+    view is a read-only memoryview of the message in the segment, valid
+    until release(). As a context manager it returns view and releases the
+    message when the block ends. Releasing frees the slot for senders and
+    releases view (it then raises ValueError on use); a slice or memoryview
+    taken of it stays usable but reads whatever the slot holds next. A
+    message never released is released when this object is garbage.
+    """
+
+    __slots__ = ("_view", "_handle", "_base", "_ptr")
+
+    def __init__(self, handle, base, ptr, view):
+        """Made by Channel.peek(), not by hand."""
+        self._view = view
+        self._handle = handle
+        self._base = base       # keeps the segment mapped until released
+        self._ptr = ptr
+
+    @property
+    def view(self):
+        """The message: a read-only memoryview into its slot, until release()."""
+        return self._view
+
+    def __len__(self):
+        """The message's length in bytes."""
+        return self._view.nbytes
+
+    def release(self):
+        """Free the message's slot and release view. Again: does nothing.
+
+        OSError ENOTCONN when the broker counted this process gone and took
+        the claim back: what was read may have been overwritten, discard it.
+        """
+        self._release(None)
+
+    def _release(self, exc_type):
+        handle, self._handle = self._handle, None
+        # Kept until the C call returned: it may be what keeps the handle open.
+        base, self._base = self._base, None
+        if handle is None:
+            return
+        try:
+            self._view.release()
+        except BufferError:
+            pass            # exported (e.g. to ctypes): it will read the next message
+        _finish(_lib.shmb_recv_release(handle, self._ptr), exc_type)
+
+    def __enter__(self):
+        """view."""
+        return self._view
+
+    def __exit__(self, exc_type, exc, tb):
+        """release() it (its errors only when the block raised none)."""
+        self._release(exc_type)
+
+    def __del__(self):
+        try:
+            self._release(BaseException)
+        except Exception:
+            pass
+
+    def __repr__(self):
+        if self._handle is None:
+            return "<shmbroker.PeekedMessage released>"
+        return "<shmbroker.PeekedMessage %d bytes>" % self._view.nbytes
+
+
+class Reservation:
+    """A slot of a ring claimed for a message written in place.
+
+    Channel.reserve() makes them. view is a writable memoryview of the
+    reserved size; a Reservation also takes indexing and slice assignment
+    (slot[0:3] = b"abc") and len(). commit(n) sends the first n bytes,
+    abort() gives the slot up; either releases view. As a context manager
+    it returns itself and aborts at the end of the block unless committed.
+    A reservation never finished is aborted when this object is garbage.
+    Do not keep slices of view past the commit: they write into a slot
+    that is no longer yours.
+    """
+
+    __slots__ = ("_view", "_handle", "_base", "_ptr")
+
+    def __init__(self, handle, base, ptr, view):
+        """Made by Channel.reserve(), not by hand."""
+        self._view = view
+        self._handle = handle
+        self._base = base       # keeps the segment mapped until finished
+        self._ptr = ptr
+
+    @property
+    def view(self):
+        """The reserved room: a writable memoryview into the slot, until commit or abort."""
+        return self._view
+
+    def _take(self):
+        """(handle, base) of a pending reservation, now finished; (None, None) after.
+
+        The caller keeps base until its C call returned: it may be the last
+        reference that keeps the channel's handle open.
+        """
+        handle, self._handle = self._handle, None
+        base, self._base = self._base, None
+        if handle is not None:
+            try:
+                self._view.release()
+            except BufferError:
+                pass
+        return handle, base
+
+    def commit(self, n=None):
+        """Send the first n bytes of view (all of it by default) as one message.
+
+        OSError ENOTCONN when the broker counted this process gone and took
+        the slot back: the message is lost, reserve again. ValueError when
+        already committed or aborted, or n is out of range.
+        """
+        if self._handle is None:
+            raise ValueError("the reservation was already committed or aborted")
+        size = self._view.nbytes
+        n = size if n is None else operator.index(n)
+        if not 0 <= n <= size:
+            raise ValueError("n must be between 0 and %d" % size)
+        handle, base = self._take()
+        _capi.check(_lib.shmb_send_commit(handle, self._ptr, n))
+
+    def abort(self):
+        """Give the slot up: no receiver sees it. After commit or abort: nothing."""
+        self._abort(None)
+
+    def _abort(self, exc_type):
+        handle, base = self._take()
+        if handle is not None:
+            _finish(_lib.shmb_send_abort(handle, self._ptr), exc_type)
+
+    @property
+    def done(self):
+        """True once committed or aborted."""
+        return self._handle is None
+
+    def __len__(self):
+        """The reserved size in bytes."""
+        return self._view.nbytes
+
+    def __getitem__(self, key):
+        """view[key]."""
+        return self._view[key]
+
+    def __setitem__(self, key, value):
+        """view[key] = value."""
+        self._view[key] = value
+
+    def __enter__(self):
+        """The reservation itself."""
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        """abort() unless committed (its errors only when the block raised none)."""
+        self._abort(exc_type)
+
+    def __del__(self):
+        try:
+            self._abort(BaseException)
+        except Exception:
+            pass
+
+    def __repr__(self):
+        if self._handle is None:
+            return "<shmbroker.Reservation done>"
+        return "<shmbroker.Reservation %d bytes>" % self._view.nbytes
+
+
+def open_channel(name, access="rw", socket=None):
+    """Open the channel called name and map its segment; returns a Channel.
+
+    access: "rw" (read and write) or "ro" (the segment is mapped read-only;
+    semaphore posts and ring calls raise PermissionError). socket: the
+    broker's socket path; None for $SHMBROKER_SOCKET, else DEFAULT_SOCKET.
+    The channel holds its own connection to the broker, so the broker lists
+    the hold until close() (see Channel.close) or the process's exit.
+
+    Raises FileNotFoundError (no such channel, or no socket at that path),
+    PermissionError (its owner, group and mode do not allow this access),
+    OSError EINVAL (a bad name), EXDEV (the broker runs in another IPC
+    namespace), ECONNREFUSED (no broker listening), ETIMEDOUT (a broker
+    that does not answer within 5 s).
+    """
+    return Channel(name, access, socket)
+
+
+def _request(request, socket):
+    """Send one raw request on a connection of its own; the answer as a dict."""
+    client = ctypes.c_void_p()
+    _capi.check(_lib.shmb_connect(_cstring(socket, "socket"), ctypes.byref(client)))
+    try:
+        answer = ctypes.c_void_p()
+        _capi.check(_lib.shmb_request_json(client, json.dumps(request).encode(), ctypes.byref(answer)))
+        try:
+            text = ctypes.string_at(answer.value)
+        finally:
+            _capi.free(answer)
+    finally:
+        _lib.shmb_disconnect(client)
+    try:
+        result = json.loads(text)
+    except ValueError:
+        result = None
+    if not isinstance(result, dict):
+        raise OSError(errno.EPROTO, "the broker's answer is not a JSON object")
+    if result.get("ok") is not True:
+        name = result.get("error")
+        message = result.get("message") or "the broker refused the request"
+        code = getattr(errno, name, None) if isinstance(name, str) and name.startswith("E") else None
+        if not isinstance(code, int):
+            raise OSError(errno.EPROTO, "%s (%s)" % (message, name))
+        raise OSError(code, message)
+    return result
+
+
+def list(socket=None):
+    """Every channel of the broker, as a list of dicts (its "list" answer).
+
+    One dict per channel, the daemon's JSON object as it sent it:
+    name, size, nsems, layout, shm_key, shm_id, sem_key, sem_id, owner,
+    group, mode (an octal string), and for rings slot_size and slots.
+    socket as for open_channel(). Raises OSError as open_channel() does for
+    the connection. (Inside this package's namespace this shadows the
+    built-in list: call it as shmbroker.list().)
+    """
+    return _request({"op": "list"}, socket)["channels"]
+
+
+def status(name=None, socket=None):
+    """The status of one channel or of all, as a list of dicts.
+
+    The daemon's "status" answer: its "channels" list, with one dict (for
+    name) or one per channel (name None), each as list() gives plus the
+    kernel's figures: nattch, cpid, lpid, atime, dtime, ctime, semaphores
+    (a list of {value, ncount, zcount, pid}) and clients (one
+    {pid, uid, access, since} per hold). A list even for one name, so that
+    both calls return the same shape. Raises FileNotFoundError for an
+    unknown name, OSError with the errno of the daemon's "error" for other
+    refusals (its "message" is the text).
+    """
+    request = {"op": "status"}
+    if name is not None:
+        request["channel"] = name
+    return _request(request, socket)["channels"]
+

@@ -1,0 +1,175 @@
+"""The C library underneath: loading it, its prototypes, errors and timeouts.
+
+Nothing here is public API. The binding calls libshmbroker through ctypes;
+every call that may block releases the GIL (ctypes.CDLL does), so other
+Python threads run meanwhile.
+
+Which library is loaded, first match wins:
+
+1. $SHMBROKER_LIBRARY, a path to libshmbroker.so.N (the tests use it to run
+   against the build tree's library);
+2. the full path substituted into _config.py by `make install` (the library
+   installed together with this package);
+3. whatever ctypes.util.find_library("shmbroker") finds (running from a source
+   tree without either).
+"""
+
+import ctypes
+import ctypes.util
+import errno
+import math
+import os
+import time
+
+# The numbers of `enum shmb_access` in <shmbroker/shmbroker.h> (API 1), kept
+# in this one place.
+ACCESS = {
+    "rw": 2,    # SHMB_RW
+    "ro": 1,    # SHMB_RO
+}
+
+# The longest timeout the C calls take: an int of milliseconds.
+TIMEOUT_MAX = (2**31 - 1) / 1000.0
+
+
+def _library_path():
+    path = os.environ.get("SHMBROKER_LIBRARY")
+    if path:
+        return path
+    try:
+        from . import _config
+        return _config.LIBRARY
+    except ImportError:
+        pass
+    return ctypes.util.find_library("shmbroker") or "libshmbroker.so"
+
+
+LIBRARY = _library_path()
+
+try:
+    lib = ctypes.CDLL(LIBRARY, use_errno=False)
+except OSError as e:
+    raise ImportError("shmbroker: cannot load the C library %s (%s); "
+                      "set SHMBROKER_LIBRARY to the path of libshmbroker.so.N" % (LIBRARY, e)) from None
+
+# free(3) for the answers of shmb_request_json(); the process's own libc.
+_libc = ctypes.CDLL(None)
+free = _libc.free
+free.argtypes = [ctypes.c_void_p]
+free.restype = None
+
+_p = ctypes.c_void_p
+_pp = ctypes.POINTER(ctypes.c_void_p)
+_int = ctypes.c_int
+_uint = ctypes.c_uint
+_size = ctypes.c_size_t
+_ssize = ctypes.c_ssize_t
+_str = ctypes.c_char_p
+
+# name: (restype, argtypes); only these calls, none that may change shape.
+_PROTOTYPES = {
+    "shmb_connect": (_int, [_str, _pp]),
+    "shmb_disconnect": (None, [_p]),
+    "shmb_client_set_timeout": (_int, [_p, _int]),
+    "shmb_request_json": (_int, [_p, _str, _pp]),
+    "shmb_open_channel": (_int, [_str, _str, _int, _pp]),
+    "shmb_close": (_int, [_p]),
+    "shmb_channel_addr": (_p, [_p]),
+    "shmb_channel_size": (_size, [_p]),
+    "shmb_channel_nsems": (_uint, [_p]),
+    "shmb_channel_fd": (_int, [_p]),
+    "shmb_sem_wait": (_int, [_p, _uint, _int]),
+    "shmb_sem_post": (_int, [_p, _uint]),
+    "shmb_sem_trywait": (_int, [_p, _uint]),
+    "shmb_lock": (_int, [_p, _uint, _int]),
+    "shmb_unlock": (_int, [_p, _uint]),
+    "shmb_send": (_int, [_p, _p, _size, _int]),
+    "shmb_recv": (_ssize, [_p, _p, _size, _int]),
+    "shmb_send_reserve": (_int, [_p, _size, _pp, _int]),
+    "shmb_send_commit": (_int, [_p, _p, _size]),
+    "shmb_send_abort": (_int, [_p, _p]),
+    "shmb_recv_peek": (_ssize, [_p, _pp, _int]),
+    "shmb_recv_release": (_int, [_p, _p]),
+    "shmb_strerror": (_str, [_int]),
+    "shmb_errno_name": (_str, [_int]),
+}
+
+for _name, (_res, _args) in _PROTOTYPES.items():
+    try:
+        _f = getattr(lib, _name)
+    except AttributeError:
+        raise ImportError("shmbroker: %s has no %s(): not a libshmbroker this binding can use"
+                          % (LIBRARY, _name)) from None
+    _f.restype = _res
+    _f.argtypes = _args
+
+
+def strerror(err):
+    """shmb_strerror() of a positive or negative errno, as str."""
+    return lib.shmb_strerror(-abs(err)).decode("utf-8", "replace")
+
+
+def error(err, filename=None):
+    """The OSError for a positive or negative errno.
+
+    OSError() itself picks the subclass: FileNotFoundError for ENOENT,
+    PermissionError for EACCES, BlockingIOError for EAGAIN, TimeoutError for
+    ETIMEDOUT, and so on.
+    """
+    err = abs(err)
+    if filename is None:
+        return OSError(err, strerror(err))
+    return OSError(err, strerror(err), filename)
+
+
+def check(r, filename=None):
+    """r when it is not negative; raise its OSError otherwise."""
+    if r < 0:
+        raise error(r, filename)
+    return r
+
+
+def timeout_ms(timeout):
+    """Seconds as Python's APIs take them to the C calls' milliseconds.
+
+    None: -1 (wait for ever); 0: 0 (do not wait); otherwise rounded up, so
+    a tiny positive timeout still waits a little instead of not at all.
+    """
+    if timeout is None:
+        return -1
+    try:
+        if isinstance(timeout, (str, bytes, bytearray)):
+            raise TypeError
+        t = float(timeout)
+    except (TypeError, ValueError):
+        raise TypeError("timeout must be None or a number of seconds, not %s"
+                        % type(timeout).__name__) from None
+    if math.isnan(t) or t < 0:
+        raise ValueError("timeout must be None or a non-negative number of seconds")
+    if t > TIMEOUT_MAX:
+        raise OverflowError("timeout is too large (at most %g s)" % TIMEOUT_MAX)
+    return math.ceil(t * 1000)
+
+
+def waiting(call, timeout):
+    """Run call(ms) for a timeout in seconds; its result, or raise.
+
+    As PEP 475 has it for Python's own blocking calls: a wait that a signal
+    interrupts is resumed with what is left of its timeout, after the
+    signal's Python handler ran; if the handler raises, that exception ends
+    the wait instead.
+    """
+    ms = timeout_ms(timeout)
+    deadline = time.monotonic() + ms / 1000.0 if ms > 0 else None
+    while True:
+        r = call(ms)
+        if r >= 0:
+            return r
+        if r != -errno.EINTR:
+            raise error(r)
+        # The loop's next round runs the Python signal handlers first.
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise error(errno.ETIMEDOUT)
+            ms = max(1, math.ceil(left * 1000))
