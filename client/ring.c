@@ -203,13 +203,16 @@ static void futex_wake_all(uint32_t *word) {
  * of its seq (which orders it against the sleeper's flag like a full
  * fence would), wake the sleepers, if any, once.
  */
-static void notify(shmb_channel *ch, unsigned dir) {
+/*
+ * Someone waits for this side: wake them. Out of line and cold, so that
+ * notify(), which every publish and free runs, stays a load and a branch
+ * (inlined, the fd branch made the compiler save registers on every call:
+ * 64 B messages ran 6-8% slower).
+ */
+static __attribute__((noinline, cold)) void wake_waiters(shmb_channel *ch, unsigned dir, uint32_t *sleeping) {
         uint32_t *word = dir == WAKE_DATA ? &ch->ring->data_seq : &ch->ring->space_seq;
-        uint32_t *sleeping = dir == WAKE_DATA ? &ch->ring->recv_sleeping : &ch->ring->send_sleeping;
-        uint32_t bits;
+        uint32_t bits = __atomic_exchange_n(sleeping, 0, SEQ);
 
-        if (!LOAD(sleeping, SEQ) || !(bits = __atomic_exchange_n(sleeping, 0, SEQ)))
-                return;
         /* An unknown bit (a corrupt header) is served as a sleeper: a spurious wake-up at worst. */
         if (bits & ~(uint32_t) RING_SLEEP_FD) {
                 __atomic_add_fetch(word, 1, SEQ);
@@ -219,6 +222,13 @@ static void notify(shmb_channel *ch, unsigned dir) {
         if (bits & RING_SLEEP_FD)
                 channel_wake_signal(ch, dir, sleeping);
 #endif
+}
+
+static inline void notify(shmb_channel *ch, unsigned dir) {
+        uint32_t *sleeping = dir == WAKE_DATA ? &ch->ring->recv_sleeping : &ch->ring->send_sleeping;
+
+        if (LOAD(sleeping, SEQ))
+                wake_waiters(ch, dir, sleeping);
 }
 
 static void cpu_relax(void) {
@@ -317,7 +327,7 @@ static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, const Wa
 static int poll_wait(shmb_channel *ch, RingSlot *slot, uint64_t target, const Waiter *w) {
 #ifdef SHMB_NO_CHANNEL_FD
         return -EAGAIN;
-#endif
+#else
         int r = channel_wake_arm(ch, w->dir);
 
         if (r < 0)
@@ -327,6 +337,7 @@ static int poll_wait(shmb_channel *ch, RingSlot *slot, uint64_t target, const Wa
                 return -EAGAIN;
         channel_wake_pass_on(ch, w->dir);
         return 0;
+#endif
 }
 
 /*
