@@ -157,7 +157,8 @@ static int setup_ring(shmb_channel *ch, uint32_t ring_version) {
 
 void info_from_proto(const ProtoChannel *pc, shmb_channel_info *ret) {
         *ret = (shmb_channel_info) {
-                .layout = pc->layout == PROTO_LAYOUT_RING ? SHMB_LAYOUT_RING : SHMB_LAYOUT_RAW,
+                .layout = pc->layout == PROTO_LAYOUT_RING ? SHMB_LAYOUT_RING :
+                          pc->layout == PROTO_LAYOUT_BROADCAST ? SHMB_LAYOUT_BROADCAST : SHMB_LAYOUT_RAW,
                 .size = pc->size,
                 .nsems = pc->nsems,
                 .shm_key = pc->shm_key,
@@ -181,6 +182,7 @@ static int channel_free(shmb_channel *ch, bool keep_message) {
 
         if (!ch)
                 return 0;
+        bcast_channel_free(ch);
         if (ch->addr && shmdt(ch->addr) < 0)
                 r = -errno;
         if (ch->client)
@@ -200,6 +202,7 @@ static int channel_free(shmb_channel *ch, bool keep_message) {
 static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, ProtoResponse *res, shmb_access access,
                   shmb_channel **ret) {
         uint32_t ring_version = 0;
+        ProtoChannel opened;            /* the answer's figures, for a broadcast channel (its arrays are not used) */
         int r;
 
         ch->access = access;
@@ -207,6 +210,7 @@ static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, Pro
         client_ref(c);
         for (unsigned attempt = 0;; attempt++) {
                 info_from_proto(&res->channels[0], &ch->info);
+                opened = res->channels[0];
                 ring_version = res->channels[0].ring_version;
                 __atomic_store_n(&ch->hold.token, res->channels[0].holder, __ATOMIC_RELAXED);
                 proto_response_done(res);
@@ -236,6 +240,10 @@ static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, Pro
                 ch->sem_base = RING_NSEMS;
                 ch->info.nsems -= RING_NSEMS;
                 r = setup_ring(ch, ring_version);
+                if (r < 0)
+                        goto fail;
+        } else if (ch->info.layout == SHMB_LAYOUT_BROADCAST) {
+                r = bcast_channel_setup(ch, &opened);
                 if (r < 0)
                         goto fail;
         }
@@ -361,6 +369,8 @@ int shmb_channel_check(const shmb_channel *ch) {
                 return -EIDRM;
         /* A ring says so itself, without a system call: the broker marks it before removing it. */
         if (ch->ring && ring_is_removed(ch->ring))
+                return -EIDRM;
+        if (ch->bcast && bcast_channel_removed(ch))
                 return -EIDRM;
         /* The kernel knows it before the broker is back: a removed segment that is still attached
          * loses its key and is marked for destruction; once detached by all, its id names nothing. */

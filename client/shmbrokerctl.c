@@ -77,8 +77,12 @@ static int fail_call(shmb_client *c, const char *what, int r) {
         return *msg || r == -ENOENT || r == -EACCES || r == -EPROTO ? EXIT_REFUSED : EXIT_USAGE;
 }
 
+static const char *layout_name(shmb_layout l) {
+        return l == SHMB_LAYOUT_RING ? "ring" : l == SHMB_LAYOUT_BROADCAST ? "broadcast" : "raw";
+}
+
 static void print_list(const shmb_channel_status *v, size_t n) {
-        printf("%-20s %-10s %7s %7s %8s %5s %-6s %-10s %-10s %-9s\n",
+        printf("%-20s %-10s %7s %7s %8s %5s %-9s %-10s %-10s %-9s\n",
                "NAME", "KEY", "SHMID", "SEMID", "SIZE", "NSEMS", "LAYOUT", "OWNER", "GROUP", "PERMS");
         for (size_t i = 0; i < n; i++) {
                 const shmb_channel_status *s = &v[i];
@@ -86,9 +90,9 @@ static void print_list(const shmb_channel_status *v, size_t n) {
 
                 format_size(s->info.size, size, sizeof size);
                 format_perms(s->mode, perms);
-                printf("%-20s 0x%08" PRIx32 " %7d %7d %8s %5u %-6s %-10s %-10s %-9s\n",
+                printf("%-20s 0x%08" PRIx32 " %7d %7d %8s %5u %-9s %-10s %-10s %-9s\n",
                        s->info.name, s->info.shm_key, s->info.shm_id, s->info.sem_id, size, s->info.nsems,
-                       s->info.layout == SHMB_LAYOUT_RING ? "ring" : "raw", s->owner, s->group, perms);
+                       layout_name(s->info.layout), s->owner, s->group, perms);
         }
 }
 
@@ -132,11 +136,13 @@ static void print_status_detail(const shmb_channel_status *v) {
         /* nattch is 0 only when the segment's figures were not read. */
         if (s->nattch > 0)
                 snprintf(attached, sizeof attached, ", %" PRIu64 " attached", s->nattch);
-        printf("Channel:    %s (%s)\n", s->info.name, s->info.layout == SHMB_LAYOUT_RING ? "ring" : "raw");
+        printf("Channel:    %s (%s)\n", s->info.name, layout_name(s->info.layout));
         printf("Segment:    key 0x%08" PRIx32 ", id %d, %s (%" PRIu64 " bytes)%s\n",
                s->info.shm_key, s->info.shm_id, size, s->info.size, attached);
         if (s->info.layout == SHMB_LAYOUT_RING)
                 printf("Ring:       %" PRIu32 " slots of %" PRIu32 " bytes\n", s->info.slots, s->info.slot_size);
+        if (s->info.layout == SHMB_LAYOUT_BROADCAST)
+                printf("Broadcast:  %" PRIu32 " slots of %" PRIu32 " bytes\n", s->info.slots, s->info.slot_size);
         printf("Semaphores: key 0x%08" PRIx32 ", id %d, %u\n", s->info.sem_key, s->info.sem_id, s->info.nsems);
         printf("Access:     owner %s, group %s, %s\n", s->owner, s->group, perms);
         if (s->nattch > 0) {
@@ -201,6 +207,57 @@ static int cmd_list(shmb_client *c, const Options *o, int argc, char **argv) {
         return EXIT_SUCCESS;
 }
 
+/*
+ * The subscribers of broadcast channels (status "subscriptions", which the
+ * C structs do not carry): asked again as JSON, so the figures are a
+ * moment newer than the table's. `name` NULL: every channel's, each row
+ * naming its channel.
+ */
+static void print_subscriptions(shmb_client *c, const char *name) {
+        json_t *req = json_pack("{s:s}", "op", "status"), *ans = NULL, *channels, *ch;
+        char *text = NULL, *answer = NULL;
+        bool header = false;
+        size_t i;
+
+        if (!req || (name && json_object_set_new(req, "channel", json_string(name)) < 0))
+                goto out;
+        text = json_dumps(req, JSON_COMPACT);
+        if (!text || shmb_request_json(c, text, &answer) < 0)
+                goto out;
+        ans = json_loads(answer, 0, NULL);
+        channels = json_object_get(ans, "channels");
+        json_array_foreach(channels, i, ch) {
+                json_t *subs = json_object_get(ch, "subscriptions"), *e;
+                size_t k;
+
+                if (!json_is_array(subs))
+                        continue;
+                if (!header) {
+                        if (name)
+                                printf("\n%8s %20s %12s %12s\n", "PID", "POSITION", "LAG", "DROPPED");
+                        else
+                                printf("\n%-20s %8s %20s %12s %12s\n", "SUBSCRIBERS OF", "PID", "POSITION", "LAG",
+                                       "DROPPED");
+                        header = true;
+                }
+                json_array_foreach(subs, k, e) {
+                        if (!name)
+                                printf("%-20s ", json_string_value(json_object_get(ch, "name")) ?: "?");
+                        printf("%8" JSON_INTEGER_FORMAT " %20" JSON_INTEGER_FORMAT " %12" JSON_INTEGER_FORMAT
+                               " %12" JSON_INTEGER_FORMAT "\n",
+                               json_integer_value(json_object_get(e, "pid")),
+                               json_integer_value(json_object_get(e, "position")),
+                               json_integer_value(json_object_get(e, "lag")),
+                               json_integer_value(json_object_get(e, "dropped")));
+                }
+        }
+out:
+        json_decref(ans);
+        json_decref(req);
+        free(answer);
+        free(text);
+}
+
 static int cmd_status(shmb_client *c, const Options *o, int argc, char **argv) {
         const char *name = argc > 0 ? argv[0] : NULL;
         shmb_channel_status *v;
@@ -216,6 +273,11 @@ static int cmd_status(shmb_client *c, const Options *o, int argc, char **argv) {
                 print_status_detail(v);
         else
                 print_status_table(v, n);
+        for (size_t i = 0; i < n; i++)
+                if (v[i].info.layout == SHMB_LAYOUT_BROADCAST) {
+                        print_subscriptions(c, name);
+                        break;
+                }
         shmb_status_free(v, n);
         return EXIT_SUCCESS;
 }
