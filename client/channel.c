@@ -160,7 +160,8 @@ unsigned layout_reserved_nsems(ProtoLayout layout) {
 }
 
 shmb_layout layout_from_proto(ProtoLayout layout) {
-        return layout == PROTO_LAYOUT_RING ? SHMB_LAYOUT_RING : SHMB_LAYOUT_RAW;
+        return layout == PROTO_LAYOUT_RING ? SHMB_LAYOUT_RING :
+               layout == PROTO_LAYOUT_BROADCAST ? SHMB_LAYOUT_BROADCAST : SHMB_LAYOUT_RAW;
 }
 
 /* nsems is left for attach() to set, once it knows the set has the layout's own semaphores. */
@@ -190,6 +191,7 @@ static int channel_free(shmb_channel *ch, bool keep_message) {
 
         if (!ch)
                 return 0;
+        bcast_channel_free(ch);
         if (ch->addr && shmdt(ch->addr) < 0)
                 r = -errno;
         channel_wake_free(ch);
@@ -210,6 +212,7 @@ static int channel_free(shmb_channel *ch, bool keep_message) {
 static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, ProtoResponse *res, shmb_access access,
                   shmb_channel **ret) {
         uint32_t ring_version = 0;
+        ProtoChannel opened;            /* the answer's figures, for a broadcast channel (its arrays are not used) */
         int r;
 
         ch->access = access;
@@ -218,6 +221,7 @@ static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, Pro
         for (unsigned attempt = 0;; attempt++) {
                 info_from_proto(&res->channels[0], &ch->info);
                 ch->sem_base = layout_reserved_nsems(res->channels[0].layout);
+                opened = res->channels[0];
                 ring_version = res->channels[0].ring_version;
                 /* Taken from the answer; an answer asked again (a replaced channel) names the same. */
                 if (!ch->wake && res->channels[0].wake_fifos[0] && res->channels[0].layout == PROTO_LAYOUT_RING) {
@@ -256,6 +260,10 @@ static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, Pro
         ch->info.nsems = ch->info.set_nsems - ch->sem_base;
         if (ch->info.layout == SHMB_LAYOUT_RING) {
                 r = setup_ring(ch, ring_version);
+                if (r < 0)
+                        goto fail;
+        } else if (ch->info.layout == SHMB_LAYOUT_BROADCAST) {
+                r = bcast_channel_setup(ch, &opened);
                 if (r < 0)
                         goto fail;
         }
@@ -413,6 +421,8 @@ int shmb_channel_check(const shmb_channel *ch) {
                 return -EIDRM;
         /* A ring says so itself, without a system call: the broker marks it before removing it. */
         if (ch->ring && ring_is_removed(ch->ring))
+                return -EIDRM;
+        if (ch->bcast && bcast_channel_removed(ch))
                 return -EIDRM;
         /* The kernel knows it before the broker is back: a removed segment that is still attached
          * loses its key and is marked for destruction; once detached by all, its id names nothing. */

@@ -25,7 +25,12 @@ const char *shmb_strerror(int err) {
         case EBADMSG: return "a ring message was corrupt";
         case E2BIG: return "the request was too long for the broker";
         case ENOMEM: return "out of memory";
-        case EOPNOTSUPP: return "not supported: the channel is not a ring, or the broker does not offer this request";
+        case EOPNOTSUPP: return "not supported: the channel is not a ring or broadcast channel (or a broadcast "
+                                "publisher tried to receive), or the broker does not offer this request";
+        case ESTALE: return "the broadcast message was overwritten while it was held (the subscriber fell behind); "
+                            "it is counted as dropped";
+        case EBUSY: return "busy (for an open: the connection holds that broadcast channel already, as a subscriber "
+                           "or a publisher; a subscriber needs a connection of its own)";
         default: return strerror(-err);
         }
 }

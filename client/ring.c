@@ -558,6 +558,10 @@ int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms) {
         Waiter w;
         int r;
 
+        /* Broadcast channels: client/broadcast.c. */
+        if (ch && ch->bcast)
+                return bcast_send(ch, msg, len, timeout_ms);
+
         r = check_ring(ch);
         if (r < 0)
                 return r;
@@ -653,6 +657,10 @@ ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms) {
         Waiter w;
         int r;
 
+        /* Broadcast channels: client/broadcast.c. */
+        if (ch && ch->bcast)
+                return bcast_recv(ch, buf, size, timeout_ms);
+
         r = check_ring(ch);
         if (r < 0)
                 return r;
@@ -711,6 +719,10 @@ int shmb_send_reserve(shmb_channel *ch, size_t size, void **ret_buf, int timeout
         uint64_t pos;
         int r;
 
+        /* Broadcast channels: client/broadcast.c. */
+        if (ch && ch->bcast)
+                return bcast_send_reserve(ch, size, ret_buf, timeout_ms);
+
         r = check_ring(ch);
         if (r < 0)
                 return r;
@@ -728,6 +740,10 @@ int shmb_send_commit(shmb_channel *ch, void *buf, size_t len) {
         RingSlot *slot;
         uint64_t pos;
         int r;
+
+        /* Broadcast channels: client/broadcast.c. */
+        if (ch && ch->bcast)
+                return bcast_send_commit(ch, buf, len);
 
         r = check_ring(ch);
         if (r < 0)
@@ -748,6 +764,10 @@ int shmb_send_abort(shmb_channel *ch, void *buf) {
         RingSlot *slot;
         uint64_t pos, expected;
         int r;
+
+        /* Broadcast channels: client/broadcast.c. */
+        if (ch && ch->bcast)
+                return bcast_send_abort(ch, buf);
 
         r = check_ring(ch);
         if (r < 0)
@@ -774,6 +794,10 @@ ssize_t shmb_recv_peek(shmb_channel *ch, const void **ret_buf, int timeout_ms) {
         ssize_t len;
         int r;
 
+        /* Broadcast channels: client/broadcast.c. */
+        if (ch && ch->bcast)
+                return bcast_recv_peek(ch, ret_buf, timeout_ms);
+
         r = check_ring(ch);
         if (r < 0)
                 return r;
@@ -790,6 +814,10 @@ int shmb_recv_release(shmb_channel *ch, const void *buf) {
         RingSlot *slot;
         uint64_t pos;
         int r;
+
+        /* Broadcast channels: client/broadcast.c. */
+        if (ch && ch->bcast)
+                return bcast_recv_release(ch, buf);
 
         r = check_ring(ch);
         if (r < 0)

@@ -116,6 +116,8 @@ struct shmb_channel {
         RingHeader *ring;
         char *slots;
         uint64_t stride;
+        /* broadcast only (client/broadcast.c) */
+        struct BcastHandle *bcast;
 };
 
 /*
@@ -196,4 +198,30 @@ shmb_layout layout_from_proto(ProtoLayout layout);
  * shmb_open() and by the ring tests over a buffer of their own.
  */
 int ring_channel_init(shmb_channel *ch, void *addr, uint64_t size);
+
+/* ---- broadcast channels (client/broadcast.c, proto/broadcast.h) ---- */
+
+typedef struct BcastHandle BcastHandle;
+
+/*
+ * Set ch up as a broadcast publisher (rw) or subscriber (ro) once its data
+ * segment is attached and checked: pc is the open answer (its broadcast
+ * fields). Checks the header against it (-EPROTO), attaches the table
+ * segment read-write and checks it (-EIDRM when it is not the one meant),
+ * takes the channel's own semaphore off ch->info.nsems, and subscribes an
+ * ro handle at the current head. On failure nothing is left attached.
+ */
+int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc);
+/* Unsubscribe, detach the table and free; for any handle (a no-op unless broadcast). */
+void bcast_channel_free(shmb_channel *ch);
+bool bcast_channel_removed(const shmb_channel *ch);
+
+/* What shmb_send() and friends do on a broadcast handle (ch->bcast set). */
+int bcast_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms);
+ssize_t bcast_recv(shmb_channel *ch, void *buf, size_t size, int timeout_ms);
+int bcast_send_reserve(shmb_channel *ch, size_t size, void **ret_buf, int timeout_ms);
+int bcast_send_commit(shmb_channel *ch, void *buf, size_t len);
+int bcast_send_abort(shmb_channel *ch, void *buf);
+ssize_t bcast_recv_peek(shmb_channel *ch, const void **ret_buf, int timeout_ms);
+int bcast_recv_release(shmb_channel *ch, const void *buf);
 

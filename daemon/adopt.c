@@ -30,7 +30,7 @@ static StateRecord *find_object(StateRecord *v, size_t n, StateKind kind, uint32
 static int adopt_one(Registry *reg, const Config *cfg, const uint8_t *secret, StateRecord *v, size_t n,
                      StateRecord *chan) {
         const ChannelSpec *spec;
-        StateRecord *shm, *sem;
+        StateRecord *shm, *sem, *table = NULL;
         size_t orphans;
         Channel *c;
         char msg[256];
@@ -57,7 +57,20 @@ static int adopt_one(Registry *reg, const Config *cfg, const uint8_t *secret, St
                                     "the last run's; making it anew.", spec->name, shm->id, sem->id);
                 return 0;
         }
-        r = channel_adopt(spec, shm, sem, &c, msg, sizeof msg);
+        /* A broadcast channel's second segment: the one its header names, recorded and proven as ours too. */
+        if (spec->layout == PROTO_LAYOUT_BROADCAST) {
+                uint32_t table_key;
+                int table_id;
+
+                if (channel_table_of(shm, &table_key, &table_id) < 0 ||
+                    !(table = find_object(v, n, STATE_SHM, table_key, table_id)) || table == shm ||
+                    reclaim_prove(table, false) != 1) {
+                        log_warning("Channel %s: its subscriber table segment is not provably the last run's; "
+                                    "making it anew.", spec->name);
+                        return 0;
+                }
+        }
+        r = channel_adopt(spec, shm, sem, table, &c, msg, sizeof msg);
         if (r < 0) {
                 log_warning("Cannot take over %s; making it anew.", msg);
                 return 0;
@@ -68,6 +81,8 @@ static int adopt_one(Registry *reg, const Config *cfg, const uint8_t *secret, St
                 return 0;
         }
         chan->adopted = shm->adopted = sem->adopted = true;
+        if (table)
+                table->adopted = true;
         log_notice("Took over channel %s from the previous run (pid %d): key 0x%08x, shm id %d, sem id %d.",
                    spec->name, (int) shm->pid, chan->key, shm->id, sem->id);
         if (orphans > 0)

@@ -30,10 +30,24 @@ static bool clients_equal(const ProtoChannel *a, const ProtoChannel *b) {
         return true;
 }
 
+static bool subscriptions_equal(const ProtoChannel *a, const ProtoChannel *b) {
+        if (a->n_subscriptions != b->n_subscriptions)
+                return false;
+        for (size_t i = 0; i < a->n_subscriptions; i++) {
+                const ProtoSubscription *x = &a->subscriptions[i], *y = &b->subscriptions[i];
+
+                if (x->pid != y->pid || x->position != y->position || x->lag != y->lag || x->dropped != y->dropped)
+                        return false;
+        }
+        return true;
+}
+
 static bool channel_equal(const ProtoChannel *a, const ProtoChannel *b) {
         return streq(a->name, b->name) && a->shm_key == b->shm_key && a->shm_id == b->shm_id &&
                a->sem_key == b->sem_key && a->sem_id == b->sem_id && a->size == b->size && a->nsems == b->nsems &&
                a->layout == b->layout && a->slot_size == b->slot_size && a->slots == b->slots &&
+               a->subscribers == b->subscribers && a->overflow == b->overflow && a->table_key == b->table_key &&
+               a->table_id == b->table_id && subscriptions_equal(a, b) &&
                streq(a->owner, b->owner) && streq(a->group, b->group) && a->mode == b->mode &&
                a->nattch == b->nattch && a->cpid == b->cpid && a->lpid == b->lpid && a->atime == b->atime &&
                a->dtime == b->dtime && a->ctime == b->ctime && semaphores_equal(a, b) && clients_equal(a, b) &&
@@ -44,6 +58,7 @@ static int channel_copy(const ProtoChannel *from, ProtoChannel *to) {
         *to = *from;
         to->semaphores = NULL;
         to->clients = NULL;
+        to->subscriptions = NULL;
         if (from->n_semaphores > 0) {
                 to->semaphores = memdup(from->semaphores, from->n_semaphores * sizeof *from->semaphores);
                 if (!to->semaphores)
@@ -52,6 +67,11 @@ static int channel_copy(const ProtoChannel *from, ProtoChannel *to) {
         if (from->n_clients > 0) {
                 to->clients = memdup(from->clients, from->n_clients * sizeof *from->clients);
                 if (!to->clients)
+                        goto fail;
+        }
+        if (from->n_subscriptions > 0) {
+                to->subscriptions = memdup(from->subscriptions, from->n_subscriptions * sizeof *from->subscriptions);
+                if (!to->subscriptions)
                         goto fail;
         }
         return 0;

@@ -25,7 +25,16 @@
 #include "daemon/channel.h"
 #include "daemon/ipc-stat.h"
 #include "daemon/self.h"
+#include "proto/broadcast.h"
 #include "proto/ring.h"
+
+/*
+ * A broadcast channel's table segment takes a key derived from the
+ * channel's name like a channel's own, from candidates of its own (this
+ * bit set in the attempt), for fixed-key channels too: nobody else can
+ * tell it in advance.
+ */
+#define TABLE_KEY_DOMAIN 0x80000000u
 
 uint32_t channel_derive_key(const uint8_t secret[SIPHASH_KEY_SIZE], const char *name, unsigned attempt) {
         /* SipHash of NAME, a NUL and the attempt (little-endian): no name is a prefix of another's input. */
@@ -92,6 +101,26 @@ static bool rmid_done(int r) {
         return r == 0 || errno == EINVAL || errno == EIDRM;
 }
 
+static StateRecord table_record(const Channel *c) {
+        return (StateRecord) { .kind = STATE_SHM, .key = c->table_key, .id = c->table_id, .pid = c->made_pid,
+                               .since = c->made_since, .size = bcast_table_size(c->spec.subscribers) };
+}
+
+/* A broadcast channel's table: removed (while still attached, so the id stays ours), its record dropped once gone. */
+static void remove_table(Channel *c, State *state) {
+        if (c->table_id >= 0) {
+                StateRecord rec = table_record(c);
+
+                if (rmid_done(shmctl(c->table_id, IPC_RMID, NULL)) && state)
+                        (void) state_cancel(state, &rec);
+                c->table_id = -1;
+        }
+        if (c->table_addr) {
+                shmdt(c->table_addr);
+                c->table_addr = NULL;
+        }
+}
+
 /*
  * Remove the objects, and forget in the state file only those that are gone:
  * one that could not be removed stays recorded, so the next start removes
@@ -111,6 +140,9 @@ static void remove_objects(Channel *c, State *state) {
          */
         if (c->addr && c->spec.layout == PROTO_LAYOUT_RING && ring_header_is_ours(c->addr))
                 ring_mark_removed(c->addr);
+        if (c->addr && c->spec.layout == PROTO_LAYOUT_BROADCAST && bcast_header_is_ours(c->addr))
+                bcast_mark_removed(c->addr, c->table_addr);
+        remove_table(c, state);
         /* IPC_RMID while still attached: our attachment keeps the id ours until then. */
         if (c->shm_id >= 0) {
                 if (rmid_done(shmctl(c->shm_id, IPC_RMID, NULL)) && state)
@@ -192,7 +224,7 @@ static int try_key(Channel *c, uint32_t key, State *state, char *msg, size_t msg
                 return r;
         }
         {
-                StateRecord ids[3];
+                StateRecord ids[CHANNEL_RECORDS];
 
                 c->made_pid = getpid();
                 c->made_since = since;
@@ -214,14 +246,20 @@ fail_state:
 
 int channel_set_perms(Channel *c, uid_t uid, gid_t gid, mode_t mode) {
         /* IPC_SET reads only uid, gid and mode: no IPC_STAT needed first. */
-        struct shmid_ds shm = { .shm_perm = { .uid = uid, .gid = gid, .mode = mode & 0777 } };
+        struct shmid_ds shm = { .shm_perm = { .uid = uid, .gid = gid, .mode = mode & 0777 } }, table = {};
         struct semid_ds sem = {};
 
         sem.sem_perm.uid = uid;
         sem.sem_perm.gid = gid;
         sem.sem_perm.mode = mode & 0777;
+        /* A broadcast channel's table: read and write wherever the channel may be read (proto/broadcast.h). */
+        table.shm_perm.uid = uid;
+        table.shm_perm.gid = gid;
+        table.shm_perm.mode = bcast_table_mode(mode);
         /* The set first: once the segment's uid changes we may no longer be its owner. */
-        if (semctl(c->sem_id, 0, IPC_SET, &sem) < 0 || shmctl(c->shm_id, IPC_SET, &shm) < 0)
+        if (semctl(c->sem_id, 0, IPC_SET, &sem) < 0 ||
+            (c->table_id >= 0 && shmctl(c->table_id, IPC_SET, &table) < 0) ||
+            shmctl(c->shm_id, IPC_SET, &shm) < 0)
                 return -errno;
         c->spec.uid = uid;
         c->spec.gid = gid;
@@ -242,8 +280,70 @@ static int channel_new(const ChannelSpec *spec, Channel **ret) {
                 free(c);
                 return -ENOMEM;
         }
-        c->shm_id = c->sem_id = -1;
+        c->shm_id = c->sem_id = c->table_id = -1;
         *ret = c;
+        return 0;
+}
+
+/* Make the table segment under key, recording its intent first and its id after: 0, -EEXIST (held), or an error with msg. */
+static int try_table_key(Channel *c, uint32_t key, State *state, char *msg, size_t msg_size) {
+        StateRecord intent = { .kind = STATE_SHM, .key = key, .id = -1, .pending = true, .pid = c->made_pid,
+                               .since = c->made_since, .size = bcast_table_size(c->spec.subscribers) }, rec;
+        int r, id;
+
+        r = state_append_records(state, &intent, 1, NULL, 0);
+        if (r < 0)
+                goto fail_state;
+        id = shmget((key_t) key, intent.size, IPC_CREAT | IPC_EXCL | 0600);
+        if (id < 0) {
+                r = -errno;
+                (void) state_append_records(state, NULL, 0, &intent, 1);
+                if (r != -EEXIST)
+                        msg_set(msg, msg_size, "channel \"%s\": cannot create its subscriber table segment: %s",
+                                c->spec.name, shmget_why(-r));
+                return r;
+        }
+        c->table_key = key;
+        c->table_id = id;
+        rec = table_record(c);
+        r = state_append_records(state, &rec, 1, &intent, 1);
+        if (r < 0) {
+                (void) shmctl(id, IPC_RMID, NULL);
+                c->table_id = -1;
+                goto fail_state;
+        }
+        return 0;
+fail_state:
+        msg_set(msg, msg_size, "channel \"%s\": cannot record its subscriber table in %s: %s",
+                c->spec.name, state_path(state), strerror(-r));
+        return r;
+}
+
+/* A broadcast channel's second segment (proto/broadcast.h), attached: keys as for the channel's own. */
+static int make_table(Channel *c, const uint32_t *fixed_keys, size_t n_fixed, State *state, char *msg,
+                      size_t msg_size) {
+        int r = -EEXIST;
+
+        for (unsigned i = 0; i < CHANNEL_DERIVED_KEY_ATTEMPTS && r == -EEXIST; i++) {
+                uint32_t key = channel_derive_key(state_secret(state), c->spec.name, TABLE_KEY_DOMAIN | i);
+
+                if (key == c->key || (fixed_keys && bsearch(&key, fixed_keys, n_fixed, sizeof key, cmp_u32)))
+                        continue;
+                r = try_table_key(c, key, state, msg, msg_size);
+        }
+        if (r == -EEXIST)
+                msg_set(msg, msg_size, "channel \"%s\": all %d keys derived for its subscriber table are held by "
+                        "other objects", c->spec.name, CHANNEL_DERIVED_KEY_ATTEMPTS);
+        if (r < 0)
+                return r;
+        c->table_addr = shmat(c->table_id, NULL, 0);
+        if (c->table_addr == (void *) -1) {
+                c->table_addr = NULL;
+                r = -errno;
+                msg_set(msg, msg_size, "channel \"%s\": cannot attach its subscriber table: %s", c->spec.name,
+                        strerror(-r));
+                return r;
+        }
         return 0;
 }
 
@@ -299,6 +399,14 @@ int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n
         /* A fresh segment is zero-filled by the kernel: what ring_format() expects. */
         if (spec->layout == PROTO_LAYOUT_RING)
                 ring_format(c->addr, spec->slot_size, spec->slots);
+        if (spec->layout == PROTO_LAYOUT_BROADCAST) {
+                r = make_table(c, fixed_keys, n_fixed, state, msg, msg_size);
+                if (r < 0)
+                        goto fail;
+                bcast_format(c->addr, spec->slot_size, spec->slots, spec->subscribers,
+                             spec->overflow == PROTO_OVERFLOW_DROP ? BCAST_OVERFLOW_DROP : BCAST_OVERFLOW_BLOCK,
+                             c->table_key, c->table_id, c->table_addr);
+        }
         r = channel_set_perms(c, spec->uid, spec->gid, spec->mode);
         if (r < 0) {
                 msg_set(msg, msg_size, "channel \"%s\": cannot set owner %u, group %u, mode %04o: %s",
@@ -334,6 +442,19 @@ static int check_segment(const Channel *c, struct shmid_ds *ret_shm) {
         return 0;
 }
 
+/* A broadcast channel's table is still ours (an admin may ipcrm it too). */
+static int check_table(const Channel *c) {
+        struct shmid_ds ds;
+        int r;
+
+        if (c->spec.layout != PROTO_LAYOUT_BROADCAST)
+                return 0;
+        r = ipc_stat_shm(c->table_id, &ds);
+        if (r < 0)
+                return r == -EINVAL ? -EIDRM : r;
+        return (uint32_t) ds.shm_perm.__key == c->table_key ? 0 : -EIDRM;
+}
+
 static int check_set(const Channel *c) {
         int r = ipc_is_ours(c->sem_id, c->key, false);
 
@@ -346,6 +467,8 @@ static int check_set(const Channel *c) {
 static int check_objects(const Channel *c, struct shmid_ds *ret_shm) {
         int r = check_segment(c, ret_shm);
 
+        if (r >= 0)
+                r = check_table(c);
         return r < 0 ? r : check_set(c);
 }
 
@@ -396,6 +519,10 @@ void channel_describe(const Channel *c, ProtoChannel *ret) {
                 .layout = c->spec.layout,
                 .slot_size = c->spec.slot_size,
                 .slots = c->spec.slots,
+                .subscribers = c->spec.subscribers,
+                .overflow = c->spec.overflow,
+                .table_key = c->table_key,
+                .table_id = c->table_id,
                 .mode = c->spec.mode,
         };
         strcpy(ret->name, c->spec.name);
@@ -440,6 +567,41 @@ static void stat_failed(const Channel *c, ProtoChannel *ret, const char *what, i
                 msg_set(ret->message, sizeof ret->message, "cannot read %s: %s", what, strerror(err));
 }
 
+/*
+ * The subscribers that publishers count (proto/broadcast.h): a LIVE
+ * subscriber token whose cursor carries it. Positions come from the
+ * table, which subscribers write: a report, clamped to head.
+ */
+static int read_subscriptions(const Channel *c, ProtoChannel *ret) {
+        const BcastHeader *h = c->addr;
+        const RingHolder *holders = bcast_subscriber_at(h, 0);
+        uint64_t head = __atomic_load_n(&h->head, __ATOMIC_ACQUIRE);
+        ProtoSubscription *v;
+        size_t n = 0;
+
+        v = calloc(c->spec.subscribers ?: 1, sizeof *v);
+        if (!v)
+                return -ENOMEM;
+        for (uint32_t i = 0; i < c->spec.subscribers; i++) {
+                const BcastCursor *cur = bcast_cursor_at(c->table_addr, i);
+                uint32_t token = bcast_live_token(holders, i);
+                uint64_t pos;
+
+                if (token == 0 || __atomic_load_n(&cur->token, __ATOMIC_ACQUIRE) != token)
+                        continue;
+                pos = MIN(__atomic_load_n(&cur->position, __ATOMIC_ACQUIRE), head);
+                v[n++] = (ProtoSubscription) {
+                        .pid = holders[i].pid > 0 ? holders[i].pid : 0,
+                        .position = pos,
+                        .lag = head - pos,
+                        .dropped = __atomic_load_n(&cur->dropped, __ATOMIC_RELAXED),
+                };
+        }
+        ret->subscriptions = v;
+        ret->n_subscriptions = n;
+        return 0;
+}
+
 int channel_stat(const Channel *c, ProtoChannel *ret) {
         ProtoSemaphore *sems = NULL;
         struct shmid_ds shm;
@@ -462,7 +624,11 @@ int channel_stat(const Channel *c, ProtoChannel *ret) {
         ret->atime = shm.shm_atime;
         ret->dtime = shm.shm_dtime;
         ret->ctime = shm.shm_ctime;
-        r = check_set(c);
+        if (c->spec.layout == PROTO_LAYOUT_BROADCAST && c->table_addr && read_subscriptions(c, ret) < 0)
+                return -ENOMEM;
+        r = check_table(c);
+        if (r >= 0)
+                r = check_set(c);
         if (r >= 0)
                 r = read_semaphores(c, &sems);
         if (r == -EIDRM || r == -ENOMEM)
@@ -477,7 +643,7 @@ int channel_stat(const Channel *c, ProtoChannel *ret) {
         return 0;
 }
 
-void channel_records(const Channel *c, StateRecord ret[CHANNEL_RECORDS]) {
+size_t channel_records(const Channel *c, StateRecord ret[CHANNEL_RECORDS]) {
         ret[0] = (StateRecord) { .kind = STATE_SHM, .key = c->key, .id = c->shm_id, .pid = c->made_pid,
                                  .since = c->made_since, .size = c->spec.size };
         ret[1] = (StateRecord) { .kind = STATE_SEM, .key = c->key, .id = c->sem_id, .pid = c->made_pid,
@@ -485,6 +651,10 @@ void channel_records(const Channel *c, StateRecord ret[CHANNEL_RECORDS]) {
         ret[2] = (StateRecord) { .kind = STATE_CHAN, .key = c->key, .id = c->shm_id, .sem_id = c->sem_id,
                                  .fingerprint = channel_spec_fingerprint(&c->spec) };
         strcpy(ret[2].name, c->spec.name);
+        if (c->table_id < 0)
+                return 3;
+        ret[3] = table_record(c);
+        return 4;
 }
 
 uint64_t channel_spec_fingerprint(const ChannelSpec *s) {
@@ -499,6 +669,12 @@ uint64_t channel_spec_fingerprint(const ChannelSpec *s) {
         };
         uint64_t h = siphash24(zero_key, &fixed, sizeof fixed);
 
+        /* Mixed in for broadcast channels only, so the other layouts' digests stay what older runs recorded. */
+        if (s->layout == PROTO_LAYOUT_BROADCAST) {
+                uint32_t broadcast[2] = { s->subscribers, (uint32_t) s->overflow };
+
+                h ^= siphash24(zero_key, broadcast, sizeof broadcast) * 3;
+        }
         return h ^ siphash24(zero_key, s->sem_values, s->nsems * sizeof *s->sem_values);
 }
 
@@ -513,10 +689,46 @@ void channel_perm(const Channel *c, ChannelPerm *ret) {
         };
 }
 
-int channel_adopt(const ChannelSpec *spec, const StateRecord *shm, const StateRecord *sem, Channel **ret, char *msg,
-                  size_t msg_size) {
+/* A killed run's ring header is the one configured, still live: anything else is made anew. */
+static bool ring_header_fits(const ChannelSpec *spec, const RingHeader *h) {
+        return ring_header_is_ours(h) && h->slot_size == spec->slot_size && h->slots == spec->slots &&
+               h->data_offset == RING_DATA_OFFSET && h->holders == RING_HOLDERS &&
+               h->holders_offset == RING_HOLDERS_OFFSET && !ring_is_removed(h);
+}
+
+static bool bcast_header_fits(const ChannelSpec *spec, const BcastHeader *h, const StateRecord *table) {
+        return bcast_header_is_ours(h) && h->slot_size == spec->slot_size && h->slots == spec->slots &&
+               h->slot_stride == bcast_slot_stride(spec->slot_size) &&
+               h->data_offset == bcast_data_offset(spec->subscribers) && h->publishers == BCAST_PUBLISHERS &&
+               h->publishers_offset == BCAST_HOLDERS_OFFSET && h->subscribers == spec->subscribers &&
+               h->subscribers_offset == BCAST_SUBSCRIBERS_OFFSET &&
+               h->overflow == (spec->overflow == PROTO_OVERFLOW_DROP ? BCAST_OVERFLOW_DROP : BCAST_OVERFLOW_BLOCK) &&
+               h->table_size == bcast_table_size(spec->subscribers) && table && h->table_key == table->key &&
+               h->table_id == table->id && table->size == h->table_size && !bcast_is_removed(h);
+}
+
+int channel_table_of(const StateRecord *shm, uint32_t *ret_key, int *ret_id) {
+        const BcastHeader *h;
+        int r = 0;
+
+        if (shm->size < sizeof(BcastHeader))
+                return -EPROTO;
+        h = shmat(shm->id, NULL, SHM_RDONLY);
+        if (h == (void *) -1)
+                return -errno;
+        if (!bcast_header_is_ours(h))
+                r = -EPROTO;
+        else {
+                *ret_key = h->table_key;
+                *ret_id = h->table_id;
+        }
+        (void) shmdt(h);
+        return r;
+}
+
+int channel_adopt(const ChannelSpec *spec, const StateRecord *shm, const StateRecord *sem, const StateRecord *table,
+                  Channel **ret, char *msg, size_t msg_size) {
         Channel *c = NULL;
-        const RingHeader *h;
         int r;
 
         r = channel_new(spec, &c);
@@ -536,20 +748,38 @@ int channel_adopt(const ChannelSpec *spec, const StateRecord *shm, const StateRe
                 goto fail;
         }
         /*
-         * A ring is only taken over with the header this daemon wrote (its layout
-         * version, its holder table where this build keeps it), still live (a run
-         * killed between marking it removed and removing it had given it up):
-         * anything else is made anew.
+         * A ring or broadcast channel is only taken over with the header this
+         * daemon wrote (its layout version, its holder tables where this build
+         * keeps them), still live (a run killed between marking it removed and
+         * removing it had given it up): anything else is made anew.
          */
-        h = c->addr;
-        if (spec->layout == PROTO_LAYOUT_RING &&
-            (!ring_header_is_ours(h) || h->slot_size != spec->slot_size || h->slots != spec->slots ||
-             h->data_offset != RING_DATA_OFFSET || h->holders != RING_HOLDERS ||
-             h->holders_offset != RING_HOLDERS_OFFSET || ring_is_removed(h))) {
-                msg_set(msg, msg_size, "channel \"%s\": the ring header of segment %d is not the one configured",
+        if ((spec->layout == PROTO_LAYOUT_RING && !ring_header_fits(spec, c->addr)) ||
+            (spec->layout == PROTO_LAYOUT_BROADCAST && !bcast_header_fits(spec, c->addr, table))) {
+                msg_set(msg, msg_size, "channel \"%s\": the header of segment %d is not the one configured",
                         spec->name, shm->id);
                 r = -EINVAL;
                 goto fail;
+        }
+        if (spec->layout == PROTO_LAYOUT_BROADCAST) {
+                struct shmid_ds ds;
+
+                /* The record was proven; the size is checked as the clients will. */
+                c->table_addr = shmat(table->id, NULL, 0);
+                if (c->table_addr == (void *) -1) {
+                        c->table_addr = NULL;
+                        r = -errno;
+                        msg_set(msg, msg_size, "channel \"%s\": cannot attach its table segment %d: %s", spec->name,
+                                table->id, strerror(-r));
+                        goto fail;
+                }
+                if (shmctl(table->id, IPC_STAT, &ds) < 0 || ds.shm_segsz != table->size) {
+                        msg_set(msg, msg_size, "channel \"%s\": its table segment %d is not the one recorded",
+                                spec->name, table->id);
+                        r = -EINVAL;
+                        goto fail;
+                }
+                c->table_key = table->key;
+                c->table_id = table->id;
         }
         c->shm_id = shm->id;
         c->sem_id = sem->id;
@@ -565,6 +795,7 @@ int channel_adopt(const ChannelSpec *spec, const StateRecord *shm, const StateRe
         return 0;
 fail:
         /* Not taken over: the objects stay as they were, for reclaim to judge. */
+        c->table_id = -1;
         channel_forget(c);
         return r;
 }
@@ -574,6 +805,8 @@ Channel *channel_forget(Channel *c) {
                 return NULL;
         if (c->addr)
                 shmdt(c->addr);
+        if (c->table_addr)
+                shmdt(c->table_addr);
         free(c->spec.sem_values);
         free(c);
         return NULL;

@@ -19,6 +19,10 @@ typedef struct Channel {
         int shm_id;
         int sem_id;
         void *addr;                     /* the daemon's own attachment */
+        /* broadcast only: the subscriber table, a second segment (proto/broadcast.h) */
+        uint32_t table_key;
+        int table_id;                   /* -1: none */
+        void *table_addr;
         bool adopted;                   /* taken over from a crashed run at this start */
         pid_t made_pid;                 /* the daemon that made the objects, and the second */
         int64_t made_since;             /* before: what proves them ours after a crash */
@@ -35,9 +39,13 @@ typedef struct Channel {
  */
 uint32_t channel_derive_key(const uint8_t secret[SIPHASH_KEY_SIZE], const char *name, unsigned attempt);
 
-/* The state records of the channel: its two objects, and the channel itself. */
-#define CHANNEL_RECORDS 3
-void channel_records(const Channel *c, StateRecord ret[CHANNEL_RECORDS]);
+/*
+ * The state records of the channel: its two objects, the channel itself,
+ * and a broadcast channel's table segment (when it exists) last. Returns
+ * how many (3 or 4).
+ */
+#define CHANNEL_RECORDS 4
+size_t channel_records(const Channel *c, StateRecord ret[CHANNEL_RECORDS]);
 
 /*
  * A digest of what a channel's objects are made of (layout, sizes,
@@ -48,12 +56,21 @@ uint64_t channel_spec_fingerprint(const ChannelSpec *s);
 
 /*
  * Take over the objects a killed run made for `spec` (their records, which
- * the caller proved): attach the segment, check a ring's header, and apply
- * the configured owner, group and mode. On failure nothing is changed,
- * nothing removed, and msg says why.
+ * the caller proved; `table`, a broadcast channel's table segment, NULL
+ * otherwise): attach the segment(s), check a ring's or broadcast channel's
+ * header, and apply the configured owner, group and mode. On failure
+ * nothing is changed, nothing removed, and msg says why.
  */
-int channel_adopt(const ChannelSpec *spec, const StateRecord *shm, const StateRecord *sem, Channel **ret, char *msg,
-                  size_t msg_size);
+int channel_adopt(const ChannelSpec *spec, const StateRecord *shm, const StateRecord *sem, const StateRecord *table,
+                  Channel **ret, char *msg, size_t msg_size);
+
+/*
+ * The table segment a killed run's broadcast channel names in its header
+ * (segment `shm`, attached read-only for the look): 0 with its key and id,
+ * -EPROTO when the segment holds no broadcast header of this version, or a
+ * negative errno from attaching it.
+ */
+int channel_table_of(const StateRecord *shm, uint32_t *ret_key, int *ret_id);
 
 /* Detach and free, leaving the objects and their records as they are. Takes NULL; returns NULL. */
 Channel *channel_forget(Channel *c);

@@ -22,6 +22,7 @@
 #include "common/util.h"
 #include "daemon/config.h"
 #include "daemon/self.h"
+#include "proto/broadcast.h"
 #include "proto/ring.h"
 
 /* Where a message is about: the file, and the channel when there is one. */
@@ -224,9 +225,33 @@ static int parse_ftok_key(Ctx *ctx, json_t *v, uint32_t *ret) {
         return 0;
 }
 
+/* A broadcast channel's own keys; slot_size and slots are parsed already. */
+static int parse_broadcast(Ctx *ctx, json_t *jsubscribers, json_t *joverflow, ChannelSpec *c) {
+        const char *s;
+        int64_t i;
+        int r;
+
+        c->subscribers = CONFIG_DEFAULT_SUBSCRIBERS;
+        if (jsubscribers) {
+                CHECK_FIELD(ctx, json_field_int(jsubscribers, "subscribers", 1, BCAST_SUBSCRIBERS_MAX, &i, msg, msg_size));
+                c->subscribers = (uint32_t) i;
+        }
+        c->overflow = PROTO_OVERFLOW_BLOCK;
+        if (joverflow) {
+                CHECK_FIELD(ctx, json_field_string(joverflow, "overflow", &s, msg, msg_size));
+                r = proto_overflow_from_string(s);
+                if (r < 0)
+                        return fail(ctx, "\"overflow\" must be \"block\" or \"drop\", not \"%.32s\"", s);
+                c->overflow = (ProtoOverflow) r;
+        }
+        c->size = bcast_segment_size(c->slot_size, c->slots, c->subscribers);
+        return 0;
+}
+
 static int parse_channel(Ctx *ctx, json_t *o, ChannelSpec *c) {
         json_t *jname = NULL, *jlayout = NULL, *jsize = NULL, *jslot_size = NULL, *jslots = NULL,
-               *jsems = NULL, *jowner = NULL, *jgroup = NULL, *jmode = NULL, *jkey = NULL;
+               *jsems = NULL, *jowner = NULL, *jgroup = NULL, *jmode = NULL, *jkey = NULL, *jsubscribers = NULL,
+               *joverflow = NULL;
         char why[256];
         json_error_t jerr;
         const char *s;
@@ -247,10 +272,10 @@ static int parse_channel(Ctx *ctx, json_t *o, ChannelSpec *c) {
         strcpy(c->name, s);
         ctx->channel = c->name;
 
-        if (json_unpack_ex(o, &jerr, 0, "{s:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o !}",
+        if (json_unpack_ex(o, &jerr, 0, "{s:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o !}",
                            "name", &jname, "layout", &jlayout, "size", &jsize, "slot_size", &jslot_size,
                            "slots", &jslots, "semaphores", &jsems, "owner", &jowner, "group", &jgroup,
-                           "mode", &jmode, "key", &jkey) < 0) {
+                           "mode", &jmode, "key", &jkey, "subscribers", &jsubscribers, "overflow", &joverflow) < 0) {
                 json_unpack_message(&jerr, why, sizeof why);
                 return fail(ctx, "%s", why);
         }
@@ -260,30 +285,44 @@ static int parse_channel(Ctx *ctx, json_t *o, ChannelSpec *c) {
                 CHECK_FIELD(ctx, json_field_string(jlayout, "layout", &s, msg, msg_size));
                 r = proto_layout_from_string(s);
                 if (r < 0)
-                        return fail(ctx, "\"layout\" must be \"raw\" or \"ring\", not \"%.32s\"", s);
+                        return fail(ctx, "\"layout\" must be \"raw\", \"ring\" or \"broadcast\", not \"%.32s\"", s);
                 c->layout = (ProtoLayout) r;
         }
 
+        if (c->layout != PROTO_LAYOUT_BROADCAST && (jsubscribers || joverflow))
+                return fail(ctx, "\"%s\" is only for \"layout\": \"broadcast\"",
+                            jsubscribers ? "subscribers" : "overflow");
         if (c->layout == PROTO_LAYOUT_RAW) {
                 if (jslot_size || jslots)
-                        return fail(ctx, "\"%s\" is only for \"layout\": \"ring\"", jslot_size ? "slot_size" : "slots");
+                        return fail(ctx, "\"%s\" is only for \"layout\": \"ring\" or \"broadcast\"",
+                                    jslot_size ? "slot_size" : "slots");
                 if (!jsize)
                         return fail(ctx, "missing key \"size\"");
                 r = parse_size(ctx, jsize, &c->size);
                 if (r)
                         return r;
         } else {
+                const char *what = c->layout == PROTO_LAYOUT_RING ? "a ring" : "a broadcast channel";
+
                 if (jsize)
-                        return fail(ctx, "\"size\" is not allowed for a ring: it follows from \"slot_size\" and \"slots\"");
+                        return fail(ctx, "\"size\" is not allowed for %s: it follows from \"slot_size\" and \"slots\"",
+                                    what);
                 if (!jslot_size || !jslots)
-                        return fail(ctx, "missing key \"%s\" (a ring needs \"slot_size\" and \"slots\")",
-                                    jslot_size ? "slots" : "slot_size");
+                        return fail(ctx, "missing key \"%s\" (%s needs \"slot_size\" and \"slots\")",
+                                    jslot_size ? "slots" : "slot_size", what);
                 CHECK_FIELD(ctx, json_field_int(jslot_size, "slot_size", 1, RING_SLOT_SIZE_MAX, &i, msg, msg_size));
                 c->slot_size = (uint32_t) i;
                 CHECK_FIELD(ctx, json_field_int(jslots, "slots", RING_SLOTS_MIN, RING_SLOTS_MAX, &i, msg, msg_size));
                 c->slots = (uint32_t) i;
-                c->size = ring_segment_size(c->slot_size, c->slots);
-                reserved = RING_NSEMS;
+                if (c->layout == PROTO_LAYOUT_RING) {
+                        c->size = ring_segment_size(c->slot_size, c->slots);
+                        reserved = RING_NSEMS;
+                } else {
+                        r = parse_broadcast(ctx, jsubscribers, joverflow, c);
+                        if (r)
+                                return r;
+                        reserved = BCAST_NSEMS;
+                }
         }
 
         if (jsems) {

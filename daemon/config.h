@@ -18,12 +18,15 @@
 #define CONFIG_FILE_MAX (16u * 1024 * 1024)
 #define CONFIG_NSEMS_MAX 32000          /* the largest SEMMSL Linux allows */
 #define CONFIG_SEMVMX 32767
+#define CONFIG_DEFAULT_SUBSCRIBERS 16   /* a broadcast channel's, when "subscribers" is not given */
 
 typedef struct ChannelSpec {
         char name[PROTO_NAME_MAX + 1];
         ProtoLayout layout;
-        uint64_t size;                  /* segment bytes; for a ring, computed */
-        uint32_t slot_size, slots;      /* ring only */
+        uint64_t size;                  /* segment bytes; for a ring or broadcast, computed */
+        uint32_t slot_size, slots;      /* ring and broadcast only */
+        uint32_t subscribers;           /* broadcast only: the most at once */
+        ProtoOverflow overflow;         /* broadcast only */
         unsigned nsems;                 /* whole set, ring's reserved ones included */
         unsigned short *sem_values;     /* nsems initial values */
         uid_t uid;

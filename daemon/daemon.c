@@ -142,10 +142,8 @@ static int save_state(Daemon *d) {
         /* What the last crash left and reclaim could not settle stays recorded too. */
         for (size_t i = 0; i < d->n_unsettled; i++)
                 v[n++] = d->unsettled[i];
-        for (size_t i = 0; i < d->registry->n; i++) {
-                channel_records(registry_at(d->registry, i)->channel, v + n);
-                n += CHANNEL_RECORDS;
-        }
+        for (size_t i = 0; i < d->registry->n; i++)
+                n += channel_records(registry_at(d->registry, i)->channel, v + n);
         return state_rewrite(d->state, v, n);
 }
 

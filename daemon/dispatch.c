@@ -108,12 +108,25 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
                                     e->channel->owner, e->channel->group, (unsigned) perm.mode);
         }
         r = registry_hold(e, cl, req->access, req->has_holder ? req->holder : 0, time(NULL), &token);
+        if (r == -EUSERS && e->channel->spec.layout == PROTO_LAYOUT_BROADCAST && req->access == PROTO_ACCESS_RO) {
+                log_info("Refused a subscription to channel %s for pid %d: all %u of its subscribers are live.",
+                         req->channel, (int) cl->peer.pid, e->channel->spec.subscribers);
+                return answer_error(EUSERS, ret_line, ret_len,
+                                    "channel \"%s\" has %u subscribers already, the most it takes (\"subscribers\"); "
+                                    "try again when one has closed it", req->channel, e->channel->spec.subscribers);
+        }
+        if (r == -EBUSY)
+                return answer_error(EBUSY, ret_line, ret_len,
+                                    "channel \"%s\" is open on this connection already as a %s; a broadcast "
+                                    "subscriber needs a connection of its own (shmb_open_channel() makes one)",
+                                    req->channel, req->access == PROTO_ACCESS_RO ? "publisher or subscriber" : "subscriber");
         if (r == -EUSERS) {
                 log_info("Refused rw access to channel %s for pid %d: all %d entries of its holder table are live.",
                          req->channel, (int) cl->peer.pid, RING_HOLDERS);
                 return answer_error(EUSERS, ret_line, ret_len,
-                                    "channel \"%s\" has %d rw holders already, the most a ring takes; "
-                                    "try again when one has closed it", req->channel, RING_HOLDERS);
+                                    "channel \"%s\" has %d rw holders already, the most a %s takes; "
+                                    "try again when one has closed it", req->channel, RING_HOLDERS,
+                                    e->channel->spec.layout == PROTO_LAYOUT_BROADCAST ? "broadcast channel" : "ring");
         }
         if (r < 0)
                 return r;

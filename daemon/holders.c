@@ -43,19 +43,31 @@
 
 #define INDEX_MASK ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)
 
+void holders_init_table(Holders *hs, RingHolder *table, uint32_t n) {
+        *hs = (Holders) { .table = table, .n = MIN(n, (uint32_t) RING_HOLDERS) };
+}
+
 void holders_init(Holders *hs, RingHeader *ring) {
-        *hs = (Holders) { .ring = ring };
+        holders_init_table(hs, ring ? ring_holder_at(ring, 0) : NULL, RING_HOLDERS);
+}
+
+bool holders_token_dead(const Holders *hs, uint32_t token) {
+        return hs->table && bcast_token_dead(hs->table, hs->n, token);
+}
+
+static RingHolder *entry_at(const Holders *hs, uint32_t i) {
+        return &hs->table[i];
 }
 
 /* The entry a token names, or UINT32_MAX when it names none. */
-static uint32_t token_index(uint32_t token) {
+static uint32_t token_index(const Holders *hs, uint32_t token) {
         uint32_t i = (token & INDEX_MASK) - 1;
 
-        return i < RING_HOLDERS ? i : UINT32_MAX;
+        return i < hs->n ? i : UINT32_MAX;
 }
 
 static uint64_t word_load(const Holders *hs, uint32_t i) {
-        return __atomic_load_n(&ring_holder_at(hs->ring, i)->word, __ATOMIC_RELAXED);
+        return __atomic_load_n(&entry_at(hs, i)->word, __ATOMIC_RELAXED);
 }
 
 static uint32_t word_state(uint64_t word) {
@@ -97,9 +109,9 @@ static void orphan_set(Holders *hs, uint32_t i, bool on, uint64_t cookie) {
 }
 
 size_t holders_adopt(Holders *hs) {
-        if (!hs->ring)
+        if (!hs->table)
                 return 0;
-        for (uint32_t i = 0; i < RING_HOLDERS; i++)
+        for (uint32_t i = 0; i < hs->n; i++)
                 if (word_state(word_load(hs, i)) == RING_HOLDER_LIVE)
                         orphan_set(hs, i, true, 0);
         return hs->n_orphans;
@@ -107,7 +119,7 @@ size_t holders_adopt(Holders *hs) {
 
 /* Make entry i LIVE under gen for pid: who it is first, then the word that clients read. */
 static uint32_t entry_set_live(Holders *hs, uint32_t i, uint32_t gen, pid_t pid, int pidfd) {
-        RingHolder *e = ring_holder_at(hs->ring, i);
+        RingHolder *e = entry_at(hs, i);
         /* An id not known (0): a sweep after a crash then trusts only a pid that is gone. */
         ProcId id = proc_id_of(pid, pidfd);
 
@@ -127,7 +139,7 @@ static uint32_t entry_set_live(Holders *hs, uint32_t i, uint32_t gen, pid_t pid,
  * close it, and a live claimer would be repaired under it.
  */
 static bool same_opener(const Holders *hs, uint32_t i, pid_t pid) {
-        const RingHolder *e = ring_holder_at(hs->ring, i);
+        const RingHolder *e = entry_at(hs, i);
         ProcId id = { .starttime = e->starttime, .pidfs_ino = e->pidfs_ino };
 
         if (pid <= 0 || e->pid != pid)
@@ -136,10 +148,10 @@ static bool same_opener(const Holders *hs, uint32_t i, pid_t pid) {
 }
 
 int holders_take_back(Holders *hs, pid_t pid, int pidfd, uint32_t want, uint32_t *ret_token) {
-        uint32_t i = token_index(want);
+        uint32_t i = token_index(hs, want);
         uint64_t word;
 
-        if (!hs->ring || i == UINT32_MAX || !is_orphan(hs, i) || !same_opener(hs, i, pid))
+        if (!hs->table || i == UINT32_MAX || !is_orphan(hs, i) || !same_opener(hs, i, pid))
                 return -ENOENT;
         word = word_load(hs, i);
         if (!word_is_token(word, want))
@@ -152,16 +164,16 @@ int holders_take_back(Holders *hs, pid_t pid, int pidfd, uint32_t want, uint32_t
 
 /* An entry to hand out: a FREE one, else the next DEAD one from hs->next. */
 static int pick_entry(Holders *hs, uint32_t *ret_index) {
-        for (uint32_t i = 0; i < RING_HOLDERS; i++)
+        for (uint32_t i = 0; i < hs->n; i++)
                 if (word_state(word_load(hs, i)) == RING_HOLDER_FREE) {
                         *ret_index = i;
                         return 0;
                 }
-        for (uint32_t k = 0; k < RING_HOLDERS; k++) {
-                uint32_t i = (hs->next + k) % RING_HOLDERS;
+        for (uint32_t k = 0; k < hs->n; k++) {
+                uint32_t i = (hs->next + k) % hs->n;
 
                 if (word_state(word_load(hs, i)) == RING_HOLDER_DEAD) {
-                        hs->next = (i + 1) % RING_HOLDERS;
+                        hs->next = (i + 1) % hs->n;
                         *ret_index = i;
                         return 0;
                 }
@@ -174,7 +186,7 @@ int holders_take(Holders *hs, pid_t pid, int pidfd, uint32_t want, uint32_t *ret
         uint32_t i;
         int r;
 
-        if (!hs->ring)
+        if (!hs->table)
                 return -EINVAL;
         if (want != 0 && holders_take_back(hs, pid, pidfd, want, ret_token) == 0)
                 return 0;
@@ -192,7 +204,7 @@ int holders_take(Holders *hs, pid_t pid, int pidfd, uint32_t want, uint32_t *ret
 
 /* Mark entry i DEAD, keeping its generation. */
 static void entry_set_dead(Holders *hs, uint32_t i, uint64_t word) {
-        __atomic_store_n(&ring_holder_at(hs->ring, i)->word, (word & ~UINT64_C(0xffffffff)) | RING_HOLDER_DEAD,
+        __atomic_store_n(&entry_at(hs, i)->word, (word & ~UINT64_C(0xffffffff)) | RING_HOLDER_DEAD,
                          __ATOMIC_RELEASE);
         orphan_set(hs, i, false, 0);
         /* A waiter in an event loop may sit behind its claim, which can be repaired only now. */
@@ -201,10 +213,10 @@ static void entry_set_dead(Holders *hs, uint32_t i, uint64_t word) {
 }
 
 void holders_release(Holders *hs, uint32_t token) {
-        uint32_t i = token_index(token);
+        uint32_t i = token_index(hs, token);
         uint64_t word;
 
-        if (!hs->ring || token == 0 || i == UINT32_MAX)
+        if (!hs->table || token == 0 || i == UINT32_MAX)
                 return;
         word = word_load(hs, i);
         if (word_is_token(word, token))
@@ -212,9 +224,9 @@ void holders_release(Holders *hs, uint32_t token) {
 }
 
 int holders_orphan(Holders *hs, uint32_t token, uint64_t cookie) {
-        uint32_t i = token_index(token);
+        uint32_t i = token_index(hs, token);
 
-        if (!hs->ring || token == 0 || i == UINT32_MAX || cookie == 0 || !word_is_token(word_load(hs, i), token))
+        if (!hs->table || token == 0 || i == UINT32_MAX || cookie == 0 || !word_is_token(word_load(hs, i), token))
                 return -ENOENT;
         /* The word stays as it is: to clients the holder is as alive as it was. */
         orphan_set(hs, i, true, cookie);
@@ -222,16 +234,16 @@ int holders_orphan(Holders *hs, uint32_t token, uint64_t cookie) {
 }
 
 bool holders_is_orphan(const Holders *hs, uint32_t token, uint64_t cookie) {
-        uint32_t i = token_index(token);
+        uint32_t i = token_index(hs, token);
 
-        return hs->ring && token != 0 && i != UINT32_MAX && cookie != 0 && is_orphan(hs, i) &&
+        return hs->table && token != 0 && i != UINT32_MAX && cookie != 0 && is_orphan(hs, i) &&
                hs->cookies[i] == cookie && word_is_token(word_load(hs, i), token);
 }
 
 bool holders_release_orphan(Holders *hs, uint32_t token, uint64_t cookie) {
         if (!holders_is_orphan(hs, token, cookie))
                 return false;
-        entry_set_dead(hs, token_index(token), word_load(hs, token_index(token)));
+        entry_set_dead(hs, token_index(hs, token), word_load(hs, token_index(hs, token)));
         return true;
 }
 
@@ -246,8 +258,8 @@ static bool opener_gone(const RingHolder *e, const char **ret_why) {
 }
 
 size_t holders_sweep(Holders *hs, const char *name) {
-        for (uint32_t i = 0; hs->n_orphans > hs->n_watched && i < RING_HOLDERS; i++) {
-                const RingHolder *e = ring_holder_at(hs->ring, i);
+        for (uint32_t i = 0; hs->n_orphans > hs->n_watched && i < hs->n; i++) {
+                const RingHolder *e = entry_at(hs, i);
                 const char *why = NULL;
                 uint64_t word;
 

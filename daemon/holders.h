@@ -1,8 +1,9 @@
 #pragma once
 
 /*
- * The holder table of a ring (proto/ring.h), as the broker keeps it: who
- * may claim slots. Every rw opener of a ring gets an entry and a token;
+ * A holder table of a ring (proto/ring.h) or of a broadcast channel
+ * (proto/broadcast.h: one for publishers, one for subscribers), as the
+ * broker keeps it: who may claim slots, or read. Every rw opener of a ring gets an entry and a token;
  * the entry is marked DEAD when the opener is done with it (its hold
  * ends, and its process with it), and handed out again only under a new
  * generation, so that a dead opener's token never names a live one. The
@@ -28,12 +29,14 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "proto/broadcast.h"
 #include "proto/ring.h"
 
 struct Wake;
 
 typedef struct Holders {
-        RingHeader *ring;               /* the channel's own attachment, borrowed; NULL: not a ring */
+        RingHolder *table;              /* in the channel's own attachment, borrowed; NULL: no table */
+        uint32_t n;                     /* its entries, at most RING_HOLDERS */
         /* Signalled when an entry goes DEAD (daemon/wake.h); both borrowed, may be NULL. */
         const struct Wake *wake;
         const char *name;
@@ -52,6 +55,12 @@ typedef struct Holders {
  */
 void holders_init(Holders *hs, RingHeader *ring);
 
+/* The same for the n entries (at most RING_HOLDERS) at `table` (NULL: none). */
+void holders_init_table(Holders *hs, RingHolder *table, uint32_t n);
+
+/* Whether token names no LIVE entry of the table (bcast_token_dead()); false for 0 and without a table. */
+bool holders_token_dead(const Holders *hs, uint32_t token);
+
 /*
  * A ring taken over from a killed run: its LIVE entries are its openers',
  * none of them bound to a hold of ours. They become orphans. Returns how
@@ -59,8 +68,9 @@ void holders_init(Holders *hs, RingHeader *ring);
  */
 size_t holders_adopt(Holders *hs);
 
+/* Whether there is a table (a ring, or one side of a broadcast channel). */
 static inline bool holders_is_ring(const Holders *hs) {
-        return hs->ring != NULL;
+        return hs->table != NULL;
 }
 
 /*
@@ -78,7 +88,7 @@ int holders_take_back(Holders *hs, pid_t pid, int pidfd, uint32_t want, uint32_t
  * when it is an orphan (holders_take_back()), else a FREE entry, else the
  * next DEAD one in turn under its generation + 1 (its old token stays
  * dead). pid and id are written before the entry's word goes LIVE (a
- * release store). -EUSERS when all RING_HOLDERS entries are LIVE, -EINVAL
+ * release store). -EUSERS when all the table's entries are LIVE, -EINVAL
  * when this is not a ring. The caller owns the token until
  * holders_release().
  */

@@ -6,6 +6,7 @@
 
 #include "common/util.h"
 #include "daemon/ipc-limits.h"
+#include "proto/broadcast.h"
 
 int ipc_limits_read(IpcLimits *ret) {
         struct shminfo shminfo;
@@ -39,7 +40,7 @@ int ipc_limits_read(IpcLimits *ret) {
 }
 
 int ipc_limits_check(const IpcLimits *l, const ChannelSpec *const *v, size_t n, char *msg, size_t msg_size) {
-        uint64_t pages = 0, sems = 0;
+        uint64_t pages = 0, sems = 0, segments = n;
 
         for (size_t i = 0; i < n; i++) {
                 const ChannelSpec *c = v[i];
@@ -67,6 +68,11 @@ int ipc_limits_check(const IpcLimits *l, const ChannelSpec *const *v, size_t n, 
                         }
                 pages += (c->size + l->page_size - 1) / l->page_size;
                 sems += c->nsems;
+                /* A broadcast channel's subscriber table is a segment of its own (proto/broadcast.h). */
+                if (c->layout == PROTO_LAYOUT_BROADCAST) {
+                        segments++;
+                        pages += (bcast_table_size(c->subscribers) + l->page_size - 1) / l->page_size;
+                }
         }
         {
                 /* The totals against the system-wide limits, what is in use counted in. */
@@ -74,7 +80,7 @@ int ipc_limits_check(const IpcLimits *l, const ChannelSpec *const *v, size_t n, 
                         uint64_t need, used, limit;
                         const char *what, *limit_name;
                 } totals[] = {
-                        { n, l->shm_ids_used, l->shmmni, "segments", "kernel.shmmni" },
+                        { segments, l->shm_ids_used, l->shmmni, "segments", "kernel.shmmni" },
                         { pages, l->shm_pages_used, l->shmall, "pages of shared memory", "kernel.shmall" },
                         { n, l->sem_sets_used, l->semmni, "semaphore sets", "SEMMNI, the fourth field of kernel.sem," },
                         { sems, l->sem_sems_used, l->semmns, "semaphores", "SEMMNS, the second field of kernel.sem," },

@@ -14,6 +14,7 @@
 #include "daemon/log.h"
 #include "daemon/reclaim.h"
 #include "daemon/self.h"
+#include "proto/broadcast.h"
 #include "proto/ring.h"
 
 /* How long after its intent an unrecorded set may have been made (or last set up). */
@@ -104,9 +105,9 @@ static void log_unproven(const StateRecord *rec) {
 }
 
 /*
- * A killed run's ring may still have clients, asleep on its futexes or about
- * to send: before its segment goes, tell them as a stop would (see
- * ring_mark_removed()). Records do not say a segment's layout, so the
+ * A killed run's ring or broadcast channel may still have clients, asleep on
+ * its futexes or about to send: before its segment goes, tell them as a stop
+ * would (see ring_mark_removed(), bcast_mark_removed()). Records do not say a segment's layout, so the
  * header does: only one of this version's rings is written to. Best effort:
  * a segment we may not attach (a mode without the owner's write bit) is
  * removed all the same, and its clients learn it at their next open.
@@ -124,6 +125,9 @@ static void mark_ring_removed(const StateRecord *rec) {
         }
         if (ring_header_is_ours(addr))
                 ring_mark_removed(addr);
+        /* A broadcast channel's: its table (a record of its own) may be gone first; waiters for space poll. */
+        else if (rec->size >= sizeof(BcastHeader) && bcast_header_is_ours(addr))
+                bcast_mark_removed(addr, NULL);
         (void) shmdt(addr);
 }
 

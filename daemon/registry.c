@@ -18,9 +18,14 @@ int registry_new(State *state, Registry **ret) {
         return 0;
 }
 
+/* The table h's token is in. */
+static Holders *hold_holders(Hold *h) {
+        return h->subscriber ? &h->entry->subs : &h->entry->holders;
+}
+
 static void hold_free(Hold *h) {
-        /* Its claims on the ring may be repaired from now on. */
-        holders_release(&h->entry->holders, h->token);
+        /* Its claims on the ring may be repaired from now on; a subscriber no longer holds publishers back. */
+        holders_release(hold_holders(h), h->token);
         LIST_REMOVE(h, by_client);
         LIST_REMOVE(h, by_entry);
         h->entry->registry->n_holds--;
@@ -52,6 +57,20 @@ Registry *registry_free(Registry *r) {
         return NULL;
 }
 
+/* The holder tables of e's channel, as its segment has them (fresh, or a killed run's). */
+static void entry_init_holders(Entry *e) {
+        Channel *c = e->channel;
+
+        holders_init_table(&e->subs, NULL, 0);
+        if (c->spec.layout == PROTO_LAYOUT_RING)
+                holders_init(&e->holders, c->addr);
+        else if (c->spec.layout == PROTO_LAYOUT_BROADCAST) {
+                holders_init_table(&e->holders, bcast_publisher_at(c->addr, 0), BCAST_PUBLISHERS);
+                holders_init_table(&e->subs, bcast_subscriber_at(c->addr, 0), c->spec.subscribers);
+        } else
+                holders_init(&e->holders, NULL);
+}
+
 /*
  * A ring's holder table and wake-up FIFOs, for a new entry or a remade
  * channel. keep: adopted, so its FIFOs (which waiters hold open) stay.
@@ -62,7 +81,7 @@ static void entry_init_ring(Registry *r, Entry *e, bool keep) {
         bool ring = s->layout == PROTO_LAYOUT_RING;
         int k;
 
-        holders_init(&e->holders, ring ? e->channel->addr : NULL);
+        entry_init_holders(e);
         e->has_wake = false;
         if (!ring || !r->wake)
                 return;
@@ -113,8 +132,10 @@ int registry_adopt(Registry *r, Channel *c, size_t *ret_orphans) {
                 return k;
         if (holders_adopt(&e->holders) > 0)
                 (void) holders_sweep(&e->holders, c->spec.name);
+        if (holders_adopt(&e->subs) > 0)
+                (void) holders_sweep(&e->subs, c->spec.name);
         if (ret_orphans)
-                *ret_orphans = e->holders.n_orphans;
+                *ret_orphans = e->holders.n_orphans + e->subs.n_orphans;
         return 0;
 }
 
@@ -227,13 +248,35 @@ static Hold *client_find_hold(Client *cl, Entry *e) {
         return NULL;
 }
 
+/*
+ * A broadcast hold's token says what it is: a subscriber's is its cursor,
+ * so another open on the same connection may share the token only as
+ * another publisher (or when it asks for this very token).
+ */
+static int hold_check_broadcast(const Hold *h, ProtoAccess access, uint32_t want) {
+        if (h->token == 0)
+                return 0;
+        if (!h->subscriber && access == PROTO_ACCESS_RW)
+                return 0;
+        if (h->subscriber && access == PROTO_ACCESS_RO && want == h->token)
+                return 0;
+        return -EBUSY;
+}
+
 /* Give h the token it needs for access, unless it has one already (holders.h). */
 static int hold_take_token(Hold *h, ProtoAccess access, uint32_t want) {
-        Holders *hs = &h->entry->holders;
+        bool broadcast = h->entry->channel->spec.layout == PROTO_LAYOUT_BROADCAST;
+        bool subscriber = broadcast && access == PROTO_ACCESS_RO;
+        Holders *hs = subscriber ? &h->entry->subs : &h->entry->holders;
         Peer *peer = &h->client->peer;
         int k;
 
-        if (h->token != 0 || !holders_is_ring(hs) || (access != PROTO_ACCESS_RW && want == 0))
+        if (broadcast) {
+                k = hold_check_broadcast(h, access, want);
+                if (k < 0)
+                        return k;
+        }
+        if (h->token != 0 || !holders_is_ring(hs) || (!broadcast && access != PROTO_ACCESS_RW && want == 0))
                 return 0;
         /*
          * The token lives as long as the process: learn when that ends (without a
@@ -241,10 +284,12 @@ static int hold_take_token(Hold *h, ProtoAccess access, uint32_t want) {
          * process in the table cheaply (proc-id.h).
          */
         (void) peer_pin_process(peer);
-        if (access == PROTO_ACCESS_RW)
+        if (access == PROTO_ACCESS_RW || broadcast)
                 k = holders_take(hs, peer->pid, peer->pidfd, want, &h->token);
         else
                 k = holders_take_back(hs, peer->pid, peer->pidfd, want, &h->token);
+        if (k == 0)
+                h->subscriber = subscriber;
         return k == -ENOENT ? 0 : k;
 }
 
@@ -291,16 +336,19 @@ size_t registry_sweep_orphans(Registry *r) {
 
                 if (e->holders.n_orphans > 0)
                         left += holders_sweep(&e->holders, e->channel->spec.name);
+                if (e->subs.n_orphans > 0)
+                        left += holders_sweep(&e->subs, e->channel->spec.name);
         }
         return left;
 }
 
 static bool orphan_ref_lookup(Registry *r, const OrphanRef *ref, Holders **ret) {
         Entry *e = registry_find(r, ref->channel);
+        Holders *hs = !e ? NULL : ref->subscriber ? &e->subs : &e->holders;
 
-        if (!e || !holders_is_orphan(&e->holders, ref->token, ref->cookie))
+        if (!hs || !holders_is_orphan(hs, ref->token, ref->cookie))
                 return false;
-        *ret = &e->holders;
+        *ret = hs;
         return true;
 }
 
@@ -362,9 +410,9 @@ void client_done(Client *cl, ClientOrphans *ret_orphans) {
                 Registry *r = h->entry->registry;
                 uint64_t cookie = r->last_cookie + 1;
 
-                if (refs && h->token != 0 && holders_orphan(&h->entry->holders, h->token, cookie) == 0) {
+                if (refs && h->token != 0 && holders_orphan(hold_holders(h), h->token, cookie) == 0) {
                         r->last_cookie = cookie;
-                        refs[n] = (OrphanRef) { .token = h->token, .cookie = cookie };
+                        refs[n] = (OrphanRef) { .token = h->token, .cookie = cookie, .subscriber = h->subscriber };
                         strcpy(refs[n].channel, h->entry->channel->spec.name);
                         n++;
                         h->token = 0;   /* an orphan now: not released with its hold */
@@ -383,8 +431,8 @@ size_t client_process_exited(Client *cl) {
         Hold *h;
 
         LIST_FOREACH(h, &cl->holds, by_client)
-                if (h->token != 0 && !ring_token_dead(h->entry->holders.ring, h->token)) {
-                        holders_release(&h->entry->holders, h->token);
+                if (h->token != 0 && !holders_token_dead(hold_holders(h), h->token)) {
+                        holders_release(hold_holders(h), h->token);
                         n++;
                 }
         return n;

@@ -48,7 +48,8 @@ struct Hold {
         Client *client;
         ProtoAccess access;
         int64_t since;
-        uint32_t token;                 /* in entry's holder table; 0: none */
+        uint32_t token;                 /* in entry's holder table (subs for a subscriber); 0: none */
+        bool subscriber;                /* a broadcast channel's ro hold: its token is in entry->subs */
         LIST_ENTRY(Hold) by_client;
         LIST_ENTRY(Hold) by_entry;
 };
@@ -56,7 +57,8 @@ struct Hold {
 struct Entry {
         struct Registry *registry;
         Channel *channel;
-        Holders holders;                /* of channel's segment, when it is a ring */
+        Holders holders;                /* of channel's segment, when it is a ring; a broadcast channel's publishers */
+        Holders subs;                   /* a broadcast channel's subscribers */
         bool has_wake;                  /* a ring whose wake-up FIFOs exist (daemon/wake.h) */
         LIST_HEAD(, Hold) holds;
 };
@@ -78,6 +80,7 @@ typedef struct Registry {
  */
 typedef struct OrphanRef {
         char channel[PROTO_NAME_MAX + 1];
+        bool subscriber;                /* the token is in the subscriber table of a broadcast channel */
         uint32_t token;
         uint64_t cookie;
 } OrphanRef;
@@ -148,11 +151,16 @@ Entry *registry_at(Registry *r, size_t i);
  * ring, an rw hold without a token gets one: `want` (0: none) when it
  * names an orphan, a token the client held before a broker restart or
  * before its connection closed, else a new one; a ro hold takes back only
- * such an orphan. The hold keeps its token until it ends. The client's
- * first token pins its process (cl->peer.pidfd, when one can be had).
- * *ret_token is the hold's token (0: none). -ENOMEM, or -EUSERS when the
- * ring's holder table is full; then nothing changed (no new hold, an
- * existing one as it was).
+ * such an orphan. On a broadcast channel every hold gets a token the same
+ * way: rw from the publisher table, ro from the subscriber table; a
+ * subscriber's token is its place in the cursor table, so a connection
+ * holds a broadcast channel as one subscriber or as publishers, never
+ * both, and never as two subscribers: another open of it that would need
+ * a second token is -EBUSY. The hold keeps its token until it ends. The
+ * client's first token pins its process (cl->peer.pidfd, when one can be
+ * had). *ret_token is the hold's token (0: none). -ENOMEM, -EBUSY, or
+ * -EUSERS when the holder table is full; then nothing changed (no new
+ * hold, an existing one as it was).
  */
 int registry_hold(Entry *e, Client *cl, ProtoAccess access, uint32_t want, int64_t now, uint32_t *ret_token);
 

@@ -11,7 +11,8 @@
 /* Whether the kernel objects of a and b would be the same (all but perms). */
 static bool channel_spec_same_objects(const ChannelSpec *a, const ChannelSpec *b) {
         return a->layout == b->layout && a->size == b->size && a->slot_size == b->slot_size &&
-               a->slots == b->slots && a->nsems == b->nsems &&
+               a->slots == b->slots && a->nsems == b->nsems && a->subscribers == b->subscribers &&
+               a->overflow == b->overflow &&
                memcmp(a->sem_values, b->sem_values, a->nsems * sizeof *a->sem_values) == 0 &&
                a->has_key == b->has_key && (!a->has_key || a->key == b->key);
 }

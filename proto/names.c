@@ -28,6 +28,12 @@ static const char *const access_names[_PROTO_ACCESS_MAX] = {
 static const char *const layout_names[_PROTO_LAYOUT_MAX] = {
         [PROTO_LAYOUT_RAW] = "raw",
         [PROTO_LAYOUT_RING] = "ring",
+        [PROTO_LAYOUT_BROADCAST] = "broadcast",
+};
+
+static const char *const overflow_names[_PROTO_OVERFLOW_MAX] = {
+        [PROTO_OVERFLOW_BLOCK] = "block",
+        [PROTO_OVERFLOW_DROP] = "drop",
 };
 
 static int lookup(const char *const *table, size_t n, const char *s) {
@@ -61,6 +67,14 @@ const char *proto_layout_to_string(ProtoLayout l) {
 
 int proto_layout_from_string(const char *s) {
         return lookup(layout_names, _PROTO_LAYOUT_MAX, s);
+}
+
+const char *proto_overflow_to_string(ProtoOverflow o) {
+        return (unsigned) o < _PROTO_OVERFLOW_MAX ? overflow_names[o] : NULL;
+}
+
+int proto_overflow_from_string(const char *s) {
+        return lookup(overflow_names, _PROTO_OVERFLOW_MAX, s);
 }
 
 #define E(x) { x, #x }

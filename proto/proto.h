@@ -49,8 +49,16 @@ typedef enum ProtoAccess {
 typedef enum ProtoLayout {
         PROTO_LAYOUT_RAW,
         PROTO_LAYOUT_RING,
+        PROTO_LAYOUT_BROADCAST,
         _PROTO_LAYOUT_MAX,
 } ProtoLayout;
+
+/* What a broadcast channel does when its slowest subscriber is `slots` behind. */
+typedef enum ProtoOverflow {
+        PROTO_OVERFLOW_BLOCK,
+        PROTO_OVERFLOW_DROP,
+        _PROTO_OVERFLOW_MAX,
+} ProtoOverflow;
 
 typedef struct ProtoRequest {
         ProtoOp op;
@@ -75,6 +83,14 @@ typedef struct ProtoSemaphore {
         pid_t pid;
 } ProtoSemaphore;
 
+/* status of a broadcast channel: one subscriber, as its cursor (proto/broadcast.h) reports it. */
+typedef struct ProtoSubscription {
+        pid_t pid;                           /* of its opener, as the broker sees it; 0: not known */
+        uint64_t position;                   /* the next position it reads */
+        uint64_t lag;                        /* head - position: published, not yet read by it */
+        uint64_t dropped;                    /* what it lost (drop mode) */
+} ProtoSubscription;
+
 typedef struct ProtoClient {
         pid_t pid;
         uid_t uid;
@@ -96,17 +112,20 @@ typedef struct ProtoChannel {
         uint64_t size;
         unsigned nsems;
         ProtoLayout layout;
-        uint32_t slot_size;                  /* ring only */
-        uint32_t slots;                      /* ring only */
+        uint32_t slot_size;                  /* ring and broadcast only */
+        uint32_t slots;                      /* ring and broadcast only */
         /*
-         * open of a ring only: the layout version of its header (proto/ring.h).
-         * Encoding, 0 stands for this build's RING_VERSION, the only one a
-         * daemon writes; decoded, 0 means the answer gave none.
+         * open of a ring or broadcast channel only: the layout version of its
+         * header (proto/ring.h, proto/broadcast.h). Encoding, 0 stands for
+         * this build's RING_VERSION or BCAST_VERSION, the only ones a daemon
+         * writes; decoded, 0 means the answer gave none.
          */
         uint32_t ring_version;
         /*
-         * open of a ring only: the holder token of this connection's hold,
-         * which its claims carry (proto/ring.h). 0: none (on the wire: absent).
+         * open of a ring or broadcast channel only: the holder token of this
+         * connection's hold, which its claims carry (proto/ring.h); of a
+         * broadcast subscriber, its entry in the subscriber table too
+         * (proto/broadcast.h). 0: none (on the wire: absent).
          */
         uint32_t holder;
         /*
@@ -115,6 +134,11 @@ typedef struct ProtoChannel {
          * Decoded, owned (proto_channel_done()); encoded, borrowed.
          */
         char *wake_fifos[2];
+        /* broadcast only: the most subscribers at once, the overflow policy, and the table segment */
+        uint32_t subscribers;
+        ProtoOverflow overflow;
+        uint32_t table_key;
+        int table_id;
 
         char owner[PROTO_IDNAME_MAX + 1];    /* list, status */
         char group[PROTO_IDNAME_MAX + 1];
@@ -127,6 +151,8 @@ typedef struct ProtoChannel {
         size_t n_semaphores;
         ProtoClient *clients;
         size_t n_clients;
+        ProtoSubscription *subscriptions;    /* broadcast only */
+        size_t n_subscriptions;
 
         /*
          * status only: the daemon could not read all of this channel's kernel
@@ -173,6 +199,8 @@ const char *proto_access_to_string(ProtoAccess a);
 int proto_access_from_string(const char *s);
 const char *proto_layout_to_string(ProtoLayout l);
 int proto_layout_from_string(const char *s);
+const char *proto_overflow_to_string(ProtoOverflow o);
+int proto_overflow_from_string(const char *s);
 
 /* "ENOENT" for ENOENT; NULL for an errno without a wire name. */
 const char *proto_errno_to_name(int err);

@@ -14,6 +14,7 @@
 
 #include "common/json-util.h"
 #include "common/util.h"
+#include "broadcast.h"
 #include "proto.h"
 #include "ring.h"
 
@@ -62,6 +63,24 @@ static json_t *clients_to_json(const ProtoChannel *c) {
         return TAKE_PTR(a);
 }
 
+static json_t *subscriptions_to_json(const ProtoChannel *c) {
+        _cleanup_(json_decrefp) json_t *a = json_array();
+
+        if (!a)
+                return NULL;
+        for (size_t i = 0; i < c->n_subscriptions; i++) {
+                const ProtoSubscription *s = &c->subscriptions[i];
+
+                /* Positions are 64-bit counters; JSON integers here are signed 64-bit: clamp, never wrap. */
+                if (json_array_append_new(a, json_pack("{s:i, s:I, s:I, s:I}", "pid", (int) s->pid,
+                                                       "position", (json_int_t) MIN(s->position, (uint64_t) INT64_MAX),
+                                                       "lag", (json_int_t) MIN(s->lag, (uint64_t) INT64_MAX),
+                                                       "dropped", (json_int_t) MIN(s->dropped, (uint64_t) INT64_MAX))) < 0)
+                        return NULL;
+        }
+        return TAKE_PTR(a);
+}
+
 /*
  * The status fields. What the daemon could not read is left out rather than
  * sent as zeros (a zero semaphore is a real value); the entry then says why
@@ -87,6 +106,8 @@ static int status_to_json(const ProtoChannel *c, json_t *o) {
         if (!c->error && set(o, "semaphores", semaphores_to_json(c)) < 0)
                 return -ENOMEM;
         if (set(o, "clients", clients_to_json(c)) < 0)
+                return -ENOMEM;
+        if (c->layout == PROTO_LAYOUT_BROADCAST && set(o, "subscriptions", subscriptions_to_json(c)) < 0)
                 return -ENOMEM;
         if (!c->error)
                 return 0;
@@ -114,13 +135,27 @@ static int channel_to_json(ProtoChannelView view, const ProtoChannel *c, json_t 
                       "layout", layout);
         if (!o)
                 return -ENOMEM;
-        if (c->layout == PROTO_LAYOUT_RING &&
+        if ((c->layout == PROTO_LAYOUT_RING || c->layout == PROTO_LAYOUT_BROADCAST) &&
             (set(o, "slot_size", json_integer(c->slot_size)) < 0 ||
              set(o, "slots", json_integer(c->slots)) < 0))
                 return -ENOMEM;
+        if (c->layout == PROTO_LAYOUT_BROADCAST) {
+                const char *overflow = proto_overflow_to_string(c->overflow);
+
+                if (!overflow)
+                        return -EINVAL;
+                if (set(o, "subscribers", json_integer(c->subscribers)) < 0 ||
+                    set(o, "overflow", json_string(overflow)) < 0 ||
+                    set(o, "table_key", json_integer((json_int_t) c->table_key)) < 0 ||
+                    set(o, "table_id", json_integer(c->table_id)) < 0)
+                        return -ENOMEM;
+        }
         /* Only where a client is about to map the ring: list and status describe, they do not hand out. */
         if (c->layout == PROTO_LAYOUT_RING && view == PROTO_VIEW_OPEN &&
             set(o, "ring_version", json_integer(c->ring_version ?: RING_VERSION)) < 0)
+                return -ENOMEM;
+        if (c->layout == PROTO_LAYOUT_BROADCAST && view == PROTO_VIEW_OPEN &&
+            set(o, "ring_version", json_integer(c->ring_version ?: BCAST_VERSION)) < 0)
                 return -ENOMEM;
         /* This connection's token: only an open hands one out, and only when its hold has one. */
         if (view == PROTO_VIEW_OPEN && c->holder != 0 && set(o, "holder", json_integer(c->holder)) < 0)
@@ -355,6 +390,27 @@ static int clients_from_json(json_t *a, ProtoChannel *c, char *msg, size_t msg_s
         return 0;
 }
 
+static int subscriptions_from_json(json_t *a, ProtoChannel *c, char *msg, size_t msg_size) {
+        size_t i;
+        json_t *e;
+
+        if (!json_is_array(a))
+                return bad(msg, msg_size, "\"subscriptions\" must be an array");
+        c->subscriptions = calloc(json_array_size(a) ?: 1, sizeof *c->subscriptions);
+        if (!c->subscriptions)
+                return -ENOMEM;
+        json_array_foreach(a, i, e) {
+                ProtoSubscription *s = &c->subscriptions[i];
+
+                GET_INT(e, "pid", 0, INT32_MAX, s->pid);
+                GET_INT(e, "position", 0, INT64_MAX, s->position);
+                GET_INT(e, "lag", 0, INT64_MAX, s->lag);
+                GET_INT(e, "dropped", 0, INT64_MAX, s->dropped);
+                c->n_subscriptions++;
+        }
+        return 0;
+}
+
 /* A status entry's own "error" and "message", when the daemon could not read all its figures. */
 static int entry_error_from_json(json_t *o, ProtoChannel *c, char *msg, size_t msg_size) {
         json_t *m = json_object_get(o, "message");
@@ -376,7 +432,7 @@ static int entry_error_from_json(json_t *o, ProtoChannel *c, char *msg, size_t m
 }
 
 static int channel_from_json(ProtoChannelView view, json_t *o, ProtoChannel *c, char *msg, size_t msg_size) {
-        char layout[8], mode[8];
+        char layout[16], mode[8], overflow[16];
         char *end;
         int r;
 
@@ -398,12 +454,24 @@ static int channel_from_json(ProtoChannelView view, json_t *o, ProtoChannel *c, 
         if (r < 0)
                 return bad(msg, msg_size, "unknown \"layout\"");
         c->layout = (ProtoLayout) r;
-        if (c->layout == PROTO_LAYOUT_RING) {
+        if (c->layout == PROTO_LAYOUT_RING || c->layout == PROTO_LAYOUT_BROADCAST) {
                 GET_INT(o, "slot_size", 1, UINT32_MAX, c->slot_size);
                 GET_INT(o, "slots", 1, UINT32_MAX, c->slots);
                 /* Optional here, as a broker before ring layout 3 sent none: the library judges it. */
                 if (json_object_get(o, "ring_version"))
                         GET_INT(o, "ring_version", 1, UINT32_MAX, c->ring_version);
+        }
+        if (c->layout == PROTO_LAYOUT_BROADCAST) {
+                GET_INT(o, "subscribers", 1, UINT32_MAX, c->subscribers);
+                GET_INT(o, "table_key", 0, UINT32_MAX, c->table_key);
+                GET_INT(o, "table_id", 0, INT32_MAX, c->table_id);
+                r = get_str(o, "overflow", overflow, sizeof overflow, msg, msg_size);
+                if (r)
+                        return r;
+                r = proto_overflow_from_string(overflow);
+                if (r < 0)
+                        return bad(msg, msg_size, "unknown \"overflow\"");
+                c->overflow = (ProtoOverflow) r;
         }
         if (view == PROTO_VIEW_OPEN) {
                 /* Absent: no token (a raw channel, a ro open, or a broker before ring layout 4). */
@@ -442,6 +510,12 @@ static int channel_from_json(ProtoChannelView view, json_t *o, ProtoChannel *c, 
         }
         if (!c->error || json_object_get(o, "semaphores")) {
                 r = semaphores_from_json(json_object_get(o, "semaphores"), c, msg, msg_size);
+                if (r)
+                        return r;
+        }
+        /* Absent from a broker before broadcast channels, and from other layouts. */
+        if (json_object_get(o, "subscriptions")) {
+                r = subscriptions_from_json(json_object_get(o, "subscriptions"), c, msg, msg_size);
                 if (r)
                         return r;
         }
@@ -570,9 +644,11 @@ void proto_channel_done(ProtoChannel *c) {
         c->wake_fifos[0] = c->wake_fifos[1] = NULL;
         free(c->semaphores);
         free(c->clients);
+        free(c->subscriptions);
         c->semaphores = NULL;
         c->clients = NULL;
-        c->n_semaphores = c->n_clients = 0;
+        c->subscriptions = NULL;
+        c->n_semaphores = c->n_clients = c->n_subscriptions = 0;
 }
 
 static void strv_free(char **v) {

@@ -4,7 +4,7 @@
 set -u
 status=0
 for ex in raw-sender raw-receiver ring-sender ring-receiver zero-copy-sender zero-copy-receiver poll-receiver \
-	  legacy-sender legacy-receiver; do
+	  legacy-sender legacy-receiver broadcast-publisher broadcast-subscriber; do
 	prog=examples/$ex
 	out=$("$prog" --help) || { echo "$ex --help: exit $?"; status=1; continue; }
 	case $out in "usage: $ex "*) ;; *) echo "$ex --help printed: $out"; status=1;; esac

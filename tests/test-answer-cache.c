@@ -95,6 +95,50 @@ START_TEST(test_each_change_reencodes) {
 }
 END_TEST
 
+/* A broadcast channel's fields and subscriptions count too: a lag that moved is a new answer. */
+START_TEST(test_broadcast_changes_reencode) {
+        AnswerCache cache = {};
+        ProtoSubscription subs[2] = { { 300, 8, 0, 0 }, { 301, 9, 1, 0 } };
+        ProtoChannel c = channel();
+        char *prev = NULL;
+        size_t len;
+
+        c.layout = PROTO_LAYOUT_BROADCAST;
+        c.slot_size = 64;
+        c.slots = 8;
+        c.subscribers = 4;
+        c.table_key = 0x99;
+        c.table_id = 3;
+        c.subscriptions = subs;
+        c.n_subscriptions = 1;
+        for (int step = 0; step < 9; step++) {
+                char *line;
+
+                switch (step) {
+                case 1: subs[0].lag = 1; break;
+                case 2: subs[0].position = 9; break;
+                case 3: subs[0].dropped = 5; break;
+                case 4: subs[0].pid = 302; break;
+                case 5: c.n_subscriptions = 2; break;
+                case 6: c.overflow = PROTO_OVERFLOW_DROP; break;
+                case 7: c.table_id = 4; break;
+                case 8: c.subscribers = 5; break;
+                }
+                ck_assert_int_eq(answer_cache_encode(&cache, PROTO_VIEW_STATUS, &c, 1, &line, &len), 0);
+                if (prev)
+                        ck_assert_msg(strcmp(prev, line) != 0, "step %d gave the previous answer", step);
+                free(prev);
+                prev = line;
+                assert_answer(&cache, PROTO_VIEW_STATUS, &c, 1);
+        }
+        free(prev);
+        /* The copy is the cache's own: changing the caller's array afterwards is seen. */
+        subs[1].lag = 40;
+        assert_answer(&cache, PROTO_VIEW_STATUS, &c, 1);
+        answer_cache_done(&cache);
+}
+END_TEST
+
 /* The cache holds copies: the caller's arrays may change or go after the call. */
 START_TEST(test_keeps_copies) {
         AnswerCache cache = {};
@@ -129,6 +173,7 @@ int main(void) {
         tcase_set_timeout(tc, 10);
         tcase_add_test(tc, test_same_figures_same_bytes);
         tcase_add_test(tc, test_each_change_reencodes);
+        tcase_add_test(tc, test_broadcast_changes_reencode);
         tcase_add_test(tc, test_keeps_copies);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);

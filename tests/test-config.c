@@ -24,6 +24,7 @@
 #include "common/util.h"
 #include "daemon/config.h"
 #include "daemon/ipc-limits.h"
+#include "proto/broadcast.h"
 #include "proto/ring.h"
 
 #define SRC "test.json"
@@ -38,6 +39,8 @@
 #define RAW(extra) "{\"name\": \"chan\", \"size\": 4096" extra "}"
 /* A ring channel named "rng" with the extra members given (leading comma). */
 #define RING(extra) "{\"name\": \"rng\", \"layout\": \"ring\", \"slot_size\": 100, \"slots\": 8" extra "}"
+/* A broadcast channel named "bc" with the extra members given (leading comma). */
+#define BCAST(extra) "{\"name\": \"bc\", \"layout\": \"broadcast\", \"slot_size\": 100, \"slots\": 8" extra "}"
 
 /* ------------------------------------------------------------------------ */
 /* helpers                                                                   */
@@ -247,6 +250,42 @@ START_TEST(test_ring_with_user_semaphores) {
         c = parse_ok(CHANNELS("{\"name\": \"r\", \"layout\": \"raw\", \"size\": 10}"));
         ck_assert_int_eq(only_channel(c)->layout, PROTO_LAYOUT_RAW);
         ck_assert_uint_eq(only_channel(c)->size, 10);
+        config_free(c);
+}
+END_TEST
+
+START_TEST(test_broadcast) {
+        Config *c = parse_ok(CHANNELS(BCAST("")));
+        const ChannelSpec *s = only_channel(c);
+
+        /* Defaults: 16 subscribers, block. */
+        ck_assert_int_eq(s->layout, PROTO_LAYOUT_BROADCAST);
+        ck_assert_uint_eq(s->slot_size, 100);
+        ck_assert_uint_eq(s->slots, 8);
+        ck_assert_uint_eq(s->subscribers, CONFIG_DEFAULT_SUBSCRIBERS);
+        ck_assert_uint_eq(s->subscribers, 16);
+        ck_assert_int_eq(s->overflow, PROTO_OVERFLOW_BLOCK);
+        ck_assert_uint_eq(s->size, bcast_segment_size(100, 8, 16));
+        /* 512 header + 256 publisher holders + 16 subscriber holders of 32 bytes + 8 slots of 192. */
+        ck_assert_uint_eq(s->size, 512 + 256 * 32 + 16 * 32 + 8 * 192);
+        ck_assert_uint_eq(s->nsems, BCAST_NSEMS);
+        ck_assert_uint_eq(s->sem_values[BCAST_SEM_RESERVED], 1);
+        config_free(c);
+
+        c = parse_ok(CHANNELS(BCAST(", \"subscribers\": 1, \"overflow\": \"drop\", \"semaphores\": [0, 7]")));
+        s = only_channel(c);
+        ck_assert_uint_eq(s->subscribers, 1);
+        ck_assert_int_eq(s->overflow, PROTO_OVERFLOW_DROP);
+        /* Holders to a multiple of 64 bytes: 1 entry takes 64. */
+        ck_assert_uint_eq(s->size, 512 + 256 * 32 + 64 + 8 * 192);
+        ck_assert_uint_eq(s->nsems, BCAST_NSEMS + 2);
+        ck_assert_uint_eq(s->sem_values[BCAST_SEM_RESERVED], 1);
+        ck_assert_uint_eq(s->sem_values[BCAST_NSEMS + 1], 7);
+        config_free(c);
+
+        c = parse_ok(CHANNELS(BCAST(", \"subscribers\": 256, \"overflow\": \"block\"")));
+        ck_assert_uint_eq(only_channel(c)->subscribers, BCAST_SUBSCRIBERS_MAX);
+        ck_assert_int_eq(only_channel(c)->overflow, PROTO_OVERFLOW_BLOCK);
         config_free(c);
 }
 END_TEST
@@ -789,6 +828,22 @@ static const Reject top_bad[] = {
           { "\"rng\"", "\"slot_size\"", NULL } },
         { CHANNELS("{\"name\": \"rng\", \"layout\": \"ring\", \"slot_size\": \"64K\", \"slots\": 8}"),
           { "\"rng\"", "\"slot_size\"", NULL } },
+        /* Broadcast errors. */
+        { CHANNELS("{\"name\": \"bc\", \"layout\": \"broadcast\", \"slots\": 8}"), { "\"bc\"", "\"slot_size\"", NULL } },
+        { CHANNELS("{\"name\": \"bc\", \"layout\": \"broadcast\", \"slot_size\": 8}"), { "\"bc\"", "\"slots\"", NULL } },
+        { CHANNELS(BCAST(", \"size\": 4096")), { "\"bc\"", "\"size\"", "broadcast", NULL } },
+        { CHANNELS(BCAST(", \"subscribers\": 0")), { "\"bc\"", "\"subscribers\"", NULL } },
+        { CHANNELS(BCAST(", \"subscribers\": 257")), { "\"bc\"", "\"subscribers\"", "256", NULL } },
+        { CHANNELS(BCAST(", \"subscribers\": \"4\"")), { "\"bc\"", "\"subscribers\"", NULL } },
+        { CHANNELS(BCAST(", \"overflow\": \"wait\"")), { "\"bc\"", "\"overflow\"", "wait", NULL } },
+        { CHANNELS(BCAST(", \"overflow\": true")), { "\"bc\"", "\"overflow\"", NULL } },
+        { CHANNELS(BCAST(", \"subscriber\": 4")), { "\"bc\"", "subscriber", "unknown", NULL } },
+        { CHANNELS("{\"name\": \"bc\", \"layout\": \"broadcast\", \"slot_size\": 8, \"slots\": 1}"),
+          { "\"bc\"", "\"slots\"", "2", NULL } },
+        /* Broadcast keys anywhere else. */
+        { CHANNELS(RING(", \"subscribers\": 4")), { "\"rng\"", "\"subscribers\"", "broadcast", NULL } },
+        { CHANNELS(RING(", \"overflow\": \"drop\"")), { "\"rng\"", "\"overflow\"", "broadcast", NULL } },
+        CH_REJECT(", \"overflow\": \"block\"", "\"overflow\"", "broadcast"),
         /* A later channel's error names that channel, not the first. */
         { CHANNELS("{\"name\": \"good\", \"size\": 1}, {\"name\": \"bad\", \"size\": 0}"),
           { "\"bad\"", "channels[1]", "\"size\"", NULL } },
@@ -976,6 +1031,21 @@ START_TEST(test_load_bad_config_names_path) {
 }
 END_TEST
 
+/* The bundled example config is valid, and shows every layout. */
+START_TEST(test_load_example) {
+        char msg[MSG_SIZE] = "";
+        Config *c = NULL;
+        bool seen[_PROTO_LAYOUT_MAX] = {};
+
+        ck_assert_msg(config_load(TEST_SRCDIR "/../examples/shmbroker.json", &c, msg, sizeof msg) == 0, "%s", msg);
+        for (size_t i = 0; i < c->n_channels; i++)
+                seen[c->channels[i].layout] = true;
+        for (int l = 0; l < _PROTO_LAYOUT_MAX; l++)
+                ck_assert_msg(seen[l], "no %s channel in the example", proto_layout_to_string((ProtoLayout) l));
+        config_free(c);
+}
+END_TEST
+
 START_TEST(test_load_missing) {
         char dir[] = "/tmp/test-config-dir-XXXXXX", path[128], msg[MSG_SIZE] = "";
         Config *c = NULL;
@@ -1137,6 +1207,29 @@ START_TEST(test_limits_shmmni) {
 }
 END_TEST
 
+/* A broadcast channel takes two segments (its table is one of its own) and the table's pages. */
+START_TEST(test_limits_broadcast_table) {
+        IpcLimits l = roomy_limits();
+        ChannelSpec a = spec("a", 1, 1), b = spec("bc", 4096, 1);
+        const ChannelSpec *v[] = { &a, &b };
+        char msg[MSG_SIZE] = "";
+
+        b.layout = PROTO_LAYOUT_BROADCAST;
+        b.subscribers = 4;
+        l.shmmni = 3;
+        l.shm_ids_used = 0;
+        ck_assert_int_eq(ipc_limits_check(&l, v, 2, msg, sizeof msg), 0);
+        l.shmmni = 2;
+        expect_enospc(&l, v, 2, "kernel.shmmni", "3 segments");
+        /* 1 + 1 + 1 pages (the table: 256 + 4 * 64 bytes). */
+        l = roomy_limits();
+        l.shmall = 3;
+        ck_assert_int_eq(ipc_limits_check(&l, v, 2, msg, sizeof msg), 0);
+        l.shmall = 2;
+        expect_enospc(&l, v, 2, "kernel.shmall");
+}
+END_TEST
+
 START_TEST(test_limits_shmall) {
         IpcLimits l = roomy_limits();
         /* 4097 bytes take 2 pages, 1 byte takes 1: 3 pages in all. */
@@ -1284,6 +1377,7 @@ static Suite *config_suite(void) {
         tcase_add_test(tc, test_full_config);
         tcase_add_test(tc, test_ring_with_user_semaphores);
         tcase_add_test(tc, test_ring_semaphore_count_limit);
+        tcase_add_test(tc, test_broadcast);
         tcase_add_test(tc, test_defaults);
         tcase_add_test(tc, test_no_channels);
         tcase_add_test(tc, test_socket);
@@ -1341,6 +1435,7 @@ static Suite *config_suite(void) {
         tcase_add_test(tc, test_load_round_trip);
         tcase_add_test(tc, test_load_bad_config_names_path);
         tcase_add_test(tc, test_load_missing);
+        tcase_add_test(tc, test_load_example);
         tcase_add_test(tc, test_load_unreadable);
         suite_add_tcase(s, tc);
 
@@ -1356,6 +1451,7 @@ static Suite *config_suite(void) {
         tcase_add_test(tc, test_limits_semvmx);
         tcase_add_test(tc, test_limits_shmmni);
         tcase_add_test(tc, test_limits_shmall);
+        tcase_add_test(tc, test_limits_broadcast_table);
         tcase_add_test(tc, test_limits_semmni);
         tcase_add_test(tc, test_limits_semmns);
         tcase_add_test(tc, test_limits_from_config);

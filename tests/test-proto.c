@@ -186,6 +186,33 @@ static ProtoChannel ring_channel(void) {
         };
 }
 
+static ProtoChannel broadcast_channel(void) {
+        return (ProtoChannel) {
+                .name = "news",
+                .shm_key = 0x5342e004u,
+                .shm_id = 12,
+                .sem_key = 0x5342e004u,
+                .sem_id = 13,
+                .size = 8704 + 128 + 8 * 1088,
+                .nsems = 1,
+                .layout = PROTO_LAYOUT_BROADCAST,
+                .slot_size = 1024,
+                .slots = 8,
+                .subscribers = 4,
+                .overflow = PROTO_OVERFLOW_DROP,
+                .table_key = 0xfedcba98u,       /* high bit set: must stay unsigned */
+                .table_id = 2147483647,
+                .owner = "root",
+                .group = "video",
+                .mode = 0640,
+        };
+}
+
+static ProtoSubscription test_subscriptions[2] = {
+        { .pid = 300, .position = 8, .lag = 0, .dropped = 0 },
+        { .pid = 0, .position = UINT64_C(1) << 40, .lag = 17, .dropped = 123456789012ull },
+};
+
 static ProtoSemaphore test_sems[2] = {
         { .value = 1, .ncount = 0, .zcount = 2, .pid = 4242 },
         { .value = 0, .ncount = 5, .zcount = 0, .pid = 0 },
@@ -221,9 +248,15 @@ static void assert_channel_eq(ProtoChannelView view, const ProtoChannel *got, co
         ck_assert_uint_eq(got->size, want->size);
         ck_assert_uint_eq(got->nsems, want->nsems);
         ck_assert_int_eq(got->layout, want->layout);
-        if (want->layout == PROTO_LAYOUT_RING) {
+        if (want->layout == PROTO_LAYOUT_RING || want->layout == PROTO_LAYOUT_BROADCAST) {
                 ck_assert_uint_eq(got->slot_size, want->slot_size);
                 ck_assert_uint_eq(got->slots, want->slots);
+        }
+        if (want->layout == PROTO_LAYOUT_BROADCAST) {
+                ck_assert_uint_eq(got->subscribers, want->subscribers);
+                ck_assert_int_eq(got->overflow, want->overflow);
+                ck_assert_uint_eq(got->table_key, want->table_key);
+                ck_assert_int_eq(got->table_id, want->table_id);
         }
         if (view == PROTO_VIEW_OPEN)
                 return;
@@ -253,6 +286,13 @@ static void assert_channel_eq(ProtoChannelView view, const ProtoChannel *got, co
                 ck_assert_uint_eq(got->clients[i].uid, want->clients[i].uid);
                 ck_assert_int_eq(got->clients[i].access, want->clients[i].access);
                 ck_assert_int_eq(got->clients[i].since, want->clients[i].since);
+        }
+        ck_assert_uint_eq(got->n_subscriptions, want->n_subscriptions);
+        for (size_t i = 0; i < want->n_subscriptions; i++) {
+                ck_assert_int_eq(got->subscriptions[i].pid, want->subscriptions[i].pid);
+                ck_assert_uint_eq(got->subscriptions[i].position, want->subscriptions[i].position);
+                ck_assert_uint_eq(got->subscriptions[i].lag, want->subscriptions[i].lag);
+                ck_assert_uint_eq(got->subscriptions[i].dropped, want->subscriptions[i].dropped);
         }
 }
 
@@ -296,6 +336,13 @@ START_TEST(test_access_and_layout_names) {
 
         ck_assert_str_eq(proto_layout_to_string(PROTO_LAYOUT_RAW), "raw");
         ck_assert_str_eq(proto_layout_to_string(PROTO_LAYOUT_RING), "ring");
+        ck_assert_str_eq(proto_layout_to_string(PROTO_LAYOUT_BROADCAST), "broadcast");
+        ck_assert_str_eq(proto_overflow_to_string(PROTO_OVERFLOW_BLOCK), "block");
+        ck_assert_str_eq(proto_overflow_to_string(PROTO_OVERFLOW_DROP), "drop");
+        for (int o = 0; o < _PROTO_OVERFLOW_MAX; o++)
+                ck_assert_int_eq(proto_overflow_from_string(proto_overflow_to_string((ProtoOverflow) o)), o);
+        ck_assert_ptr_null(proto_overflow_to_string(_PROTO_OVERFLOW_MAX));
+        ck_assert_int_eq(proto_overflow_from_string("Drop"), -EINVAL);
         for (int l = 0; l < _PROTO_LAYOUT_MAX; l++)
                 ck_assert_int_eq(proto_layout_from_string(proto_layout_to_string((ProtoLayout) l)), l);
         ck_assert_ptr_null(proto_layout_to_string(_PROTO_LAYOUT_MAX));
@@ -1538,9 +1585,9 @@ START_TEST(test_round_trip_hello_ok) {
 END_TEST
 
 START_TEST(test_round_trip_open) {
-        const ProtoChannel chans[] = { raw_channel(), ring_channel() };
+        const ProtoChannel chans[] = { raw_channel(), ring_channel(), broadcast_channel() };
 
-        for (size_t i = 0; i < 2; i++) {
+        for (size_t i = 0; i < 3; i++) {
                 ProtoResponse res;
                 char *line;
                 size_t len;
@@ -1611,6 +1658,60 @@ START_TEST(test_round_trip_status) {
         ck_assert_uint_eq(res.channels[1].n_clients, 0);
         proto_response_done(&res);
         free(line);
+}
+END_TEST
+
+/* A broadcast channel: its own fields in every view, its subscriptions in status, its layout version in open. */
+START_TEST(test_round_trip_broadcast) {
+        ProtoChannel c = broadcast_channel();
+        ProtoResponse res;
+        char *line;
+        size_t len;
+
+        c.holder = 4097;
+        ck_assert_int_eq(proto_encode_open(&c, &line, &len), 0);
+        ck_assert_ptr_nonnull(strstr(line, "\"layout\":\"broadcast\""));
+        ck_assert_ptr_nonnull(strstr(line, "\"overflow\":\"drop\""));
+        ck_assert_ptr_nonnull(strstr(line, "\"ring_version\":1"));
+        decode_encoded(PROTO_OP_OPEN, line, len, &res);
+        assert_channel_eq(PROTO_VIEW_OPEN, &res.channels[0], &c);
+        ck_assert_uint_eq(res.channels[0].ring_version, 1);
+        ck_assert_uint_eq(res.channels[0].holder, 4097);
+        proto_response_done(&res);
+        free(line);
+
+        c.holder = 0;
+        c.subscriptions = test_subscriptions;
+        c.n_subscriptions = 2;
+        c.semaphores = test_sems;
+        c.n_semaphores = 1;
+        c.nattch = 2;
+        ck_assert_int_eq(proto_encode_channels(PROTO_VIEW_STATUS, &c, 1, &line, &len), 0);
+        decode_encoded(PROTO_OP_STATUS, line, len, &res);
+        assert_channel_eq(PROTO_VIEW_STATUS, &res.channels[0], &c);
+        proto_response_done(&res);
+        free(line);
+
+        /* A status entry of a broadcast channel that nobody subscribes to: an empty array, not none. */
+        c.n_subscriptions = 0;
+        ck_assert_int_eq(proto_encode_channels(PROTO_VIEW_STATUS, &c, 1, &line, &len), 0);
+        ck_assert_ptr_nonnull(strstr(line, "\"subscriptions\":[]"));
+        free(line);
+        /* Other layouts carry none of it. */
+        c = ring_channel();
+        ck_assert_int_eq(proto_encode_channels(PROTO_VIEW_STATUS, &c, 1, &line, &len), 0);
+        ck_assert_ptr_null(strstr(line, "subscri"));
+        ck_assert_ptr_null(strstr(line, "overflow"));
+        free(line);
+        /* A broadcast answer without its fields, or with an unknown overflow, is malformed. */
+        assert_response_fails(PROTO_OP_OPEN, "{\"ok\":true,\"channel\":\"b\",\"shm_key\":1,\"shm_id\":1,"
+                              "\"sem_key\":1,\"sem_id\":1,\"size\":9000,\"nsems\":1,\"layout\":\"broadcast\","
+                              "\"slot_size\":8,\"slots\":2,\"subscribers\":1,\"table_key\":5,\"table_id\":6}",
+                              EBADMSG, "overflow");
+        assert_response_fails(PROTO_OP_OPEN, "{\"ok\":true,\"channel\":\"b\",\"shm_key\":1,\"shm_id\":1,"
+                              "\"sem_key\":1,\"sem_id\":1,\"size\":9000,\"nsems\":1,\"layout\":\"broadcast\","
+                              "\"slot_size\":8,\"slots\":2,\"subscribers\":1,\"table_key\":5,\"table_id\":6,"
+                              "\"overflow\":\"later\"}", EBADMSG, "overflow");
 }
 END_TEST
 
@@ -1841,6 +1942,7 @@ static Suite *proto_suite(void) {
         tcase_add_test(tc, test_round_trip_error_long_message);
         tcase_add_test(tc, test_round_trip_hello_ok);
         tcase_add_test(tc, test_round_trip_open);
+        tcase_add_test(tc, test_round_trip_broadcast);
         tcase_add_test(tc, test_round_trip_list);
         tcase_add_test(tc, test_round_trip_status);
         tcase_add_test(tc, test_round_trip_status_entry_error);

@@ -72,6 +72,7 @@ typedef enum shmb_access {
 typedef enum shmb_layout {
         SHMB_LAYOUT_RAW,
         SHMB_LAYOUT_RING,
+        SHMB_LAYOUT_BROADCAST,          /* publish/subscribe: rw handles publish, ro handles subscribe */
 } shmb_layout;
 
 /*
@@ -378,6 +379,43 @@ int shmb_recv_release(shmb_channel *ch, const void *buf);
  * for NULL. Thread-safe.
  */
 int shmb_channel_fd(shmb_channel *ch);
+/* ---- broadcast channels ---- */
+
+/*
+ * On a broadcast channel (layout SHMB_LAYOUT_BROADCAST) an rw handle is a
+ * publisher and an ro handle a subscriber: every subscriber receives every
+ * message published after its open, in one order, whoever published it.
+ * shmb_send(), shmb_recv() and the zero-copy calls above work as on a
+ * ring, with these differences:
+ *  - a subscriber's shmb_send() and shmb_send_reserve() are -EACCES; a
+ *    publisher's shmb_recv() and shmb_recv_peek() are -EOPNOTSUPP;
+ *  - shmb_recv_peek() does not consume: the message stays the subscriber's
+ *    next until shmb_recv_release() (a second peek returns it again), so a
+ *    subscriber handle holds one peek at a time: threads that share one
+ *    take messages with shmb_recv() (each message goes to one of them);
+ *  - with "overflow": "block" a publisher waits (as a ring's sender on a
+ *    full ring: -EAGAIN with timeout 0) until the slowest subscriber has
+ *    read the message `slots` back; a subscriber that dies or closes stops
+ *    counting once the broker marks it (its process exit is seen at once);
+ *  - with "overflow": "drop" a publisher never waits; a subscriber that
+ *    fell `slots` behind loses the oldest messages and goes on with the
+ *    oldest still there. A message overwritten while peeked at makes
+ *    shmb_recv_release() return -ESTALE: discard what was read.
+ * A connection subscribes at most once to a channel: a second ro open of
+ * it on the same shmb_client (or an ro and an rw open) is -EBUSY; use
+ * shmb_open_channel(), which makes a connection per handle. More than the
+ * channel's "subscribers" at once are refused with -EUSERS.
+ */
+
+/*
+ * How many messages the subscriber ch lost so far because it fell behind
+ * (or was overwritten while it held a peek): 0 with *ret set. Positions
+ * lost are counted, including one an aborted reserve had left empty.
+ * Always 0 for a publisher and in block mode unless something wrote the
+ * subscriber's cursor for it. -EINVAL for NULL, -EOPNOTSUPP when ch is not
+ * a broadcast channel. Thread-safe.
+ */
+int shmb_channel_dropped(shmb_channel *ch, uint64_t *ret);
 
 /* ---- admin ---- */
 

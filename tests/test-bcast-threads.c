@@ -1,0 +1,399 @@
+/*
+ * The broadcast layout alone (client/broadcast.c over proto/broadcast.h),
+ * without a broker: the test makes the two segments itself (IPC_PRIVATE,
+ * in a private IPC namespace), plays the broker's part in the holder
+ * tables, and runs publishers and subscribers as threads, many of them on
+ * few cores, so that claims, overruns and wake-ups interleave in every
+ * way. Subscribers attach the data segment read-only, as the library does.
+ */
+
+#include <check.h>
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/shm.h>
+#include <unistd.h>
+
+#include "client/shmbroker-internal.h"
+#include "proto/broadcast.h"
+
+#define CASE_TIMEOUT 120
+#define SLOT_SIZE 64
+#define MESSAGES 20000
+#define PUBLISHERS 3
+
+typedef struct Bus {
+        int data_id, table_id;
+        uint32_t slots, subscribers;
+        bool drop;
+        BcastHeader *admin;             /* the broker's attachment */
+} Bus;
+
+static void bus_make(Bus *b, uint32_t slots, uint32_t subscribers, bool drop) {
+        uint64_t size = bcast_segment_size(SLOT_SIZE, slots, subscribers);
+        void *table;
+
+        ck_assert_int_eq(unshare(CLONE_NEWIPC), 0);
+        *b = (Bus) { .slots = slots, .subscribers = subscribers, .drop = drop };
+        b->data_id = shmget(IPC_PRIVATE, size, IPC_CREAT | 0600);
+        b->table_id = shmget(IPC_PRIVATE, bcast_table_size(subscribers), IPC_CREAT | 0600);
+        ck_assert_int_ge(b->data_id, 0);
+        ck_assert_int_ge(b->table_id, 0);
+        b->admin = shmat(b->data_id, NULL, 0);
+        table = shmat(b->table_id, NULL, 0);
+        ck_assert_ptr_ne(b->admin, (void *) -1);
+        ck_assert_ptr_ne(table, (void *) -1);
+        bcast_format(b->admin, SLOT_SIZE, slots, subscribers, drop ? BCAST_OVERFLOW_DROP : BCAST_OVERFLOW_BLOCK, 0,
+                     b->table_id, table);
+        shmdt(table);
+}
+
+/* The broker's part: entry index of a table made LIVE (or DEAD) under generation gen; its token. */
+static uint32_t holder_set(RingHolder *table, uint32_t index, uint32_t gen, uint32_t state) {
+        __atomic_store_n(&table[index].word, (uint64_t) gen << 32 | state, __ATOMIC_RELEASE);
+        return ring_token(index, gen);
+}
+
+static shmb_channel *handle_new(Bus *b, bool subscriber, uint32_t index) {
+        shmb_channel *ch = calloc(1, sizeof *ch);
+        ProtoChannel pc = {
+                .ring_version = BCAST_VERSION, .slot_size = SLOT_SIZE, .slots = b->slots,
+                .subscribers = b->subscribers, .overflow = b->drop ? PROTO_OVERFLOW_DROP : PROTO_OVERFLOW_BLOCK,
+                .table_key = 0, .table_id = b->table_id,
+        };
+        RingHolder *table = subscriber ? bcast_subscriber_at(b->admin, 0) : bcast_publisher_at(b->admin, 0);
+        int r;
+
+        ck_assert_ptr_nonnull(ch);
+        ch->access = subscriber ? SHMB_RO : SHMB_RW;
+        ch->addr = shmat(b->data_id, NULL, subscriber ? SHM_RDONLY : 0);
+        ck_assert_ptr_ne(ch->addr, (void *) -1);
+        ch->info.layout = SHMB_LAYOUT_BROADCAST;
+        ch->info.size = bcast_segment_size(SLOT_SIZE, b->slots, b->subscribers);
+        ch->info.nsems = BCAST_NSEMS;
+        ch->hold.token = holder_set(table, index, 1, RING_HOLDER_LIVE);
+        r = bcast_channel_setup(ch, &pc);
+        ck_assert_msg(r == 0, "setup: %d", r);
+        return ch;
+}
+
+static void handle_free(shmb_channel *ch) {
+        bcast_channel_free(ch);
+        shmdt(ch->addr);
+        free(ch);
+}
+
+/* Message: publisher id, its sequence number, a checksum of the two; some padding that depends on them. */
+typedef struct Msg {
+        uint32_t id, seq, sum;
+        uint8_t pad[SLOT_SIZE - 12];
+} Msg;
+
+static size_t msg_fill(Msg *m, uint32_t id, uint32_t seq) {
+        size_t n = 12 + (seq * 7 + id) % (SLOT_SIZE - 12);
+
+        m->id = id;
+        m->seq = seq;
+        m->sum = (id * 2654435761u) ^ (seq * 40503u) ^ 0x5bd1e995u;
+        for (size_t k = 12; k < n; k++)
+                m->pad[k - 12] = (uint8_t) (seq + k * id);
+        return n;
+}
+
+static bool msg_ok(const Msg *m, size_t n) {
+        if (n < 12 || m->id >= PUBLISHERS || m->sum != ((m->id * 2654435761u) ^ (m->seq * 40503u) ^ 0x5bd1e995u) ||
+            n != 12 + (m->seq * 7 + m->id) % (SLOT_SIZE - 12))
+                return false;
+        for (size_t k = 12; k < n; k++)
+                if (m->pad[k - 12] != (uint8_t) (m->seq + k * m->id))
+                        return false;
+        return true;
+}
+
+typedef struct Pub {
+        shmb_channel *ch;
+        uint32_t id;
+        bool zero_copy;
+        int failed;
+} Pub;
+
+static void *pub_main(void *userdata) {
+        Pub *p = userdata;
+
+        for (uint32_t i = 0; i < MESSAGES && !p->failed; i++) {
+                Msg m;
+                void *out;
+                int r;
+
+                if (p->zero_copy && i % 2) {
+                        r = shmb_send_reserve(p->ch, SLOT_SIZE, &out, 60000);
+                        if (r == 0)
+                                r = shmb_send_commit(p->ch, out, msg_fill(out, p->id, i));
+                } else
+                        r = shmb_send(p->ch, &m, msg_fill(&m, p->id, i), 60000);
+                if (r < 0)
+                        p->failed = r;
+                if (i % 97 == 0)
+                        sched_yield();
+        }
+        return NULL;
+}
+
+/*
+ * A publisher that dies again and again between reserve and commit: it
+ * claims a slot, fills it with what no subscriber may ever take, and the
+ * "broker" marks its token dead and hands the entry out again under the
+ * next generation, as to a new opener.
+ */
+typedef struct Zombie {
+        shmb_channel *ch;
+        RingHolder *table;
+        uint32_t index;
+        int deaths;
+        int failed;
+} Zombie;
+
+#define ZOMBIE_INDEX 100
+
+static void *zombie_main(void *userdata) {
+        Zombie *z = userdata;
+
+        for (uint32_t gen = 1; gen <= (uint32_t) z->deaths; gen++) {
+                void *out;
+                int r = shmb_send_reserve(z->ch, SLOT_SIZE, &out, 60000);
+
+                if (r < 0) {
+                        z->failed = r;
+                        return NULL;
+                }
+                memset(out, 0xee, SLOT_SIZE);   /* id 0xeeeeeeee: never a message */
+                sched_yield();
+                holder_set(z->table, z->index, gen, RING_HOLDER_DEAD);
+                __atomic_store_n(&z->ch->hold.token, holder_set(z->table, z->index, gen + 1, RING_HOLDER_LIVE),
+                                 __ATOMIC_RELAXED);
+                /* Its claim is gone: commit says so. */
+                if (shmb_send_commit(z->ch, out, 12) != -ENOTCONN && shmb_send_commit(z->ch, out, 12) != -EINVAL) {
+                        z->failed = -EPROTO;
+                        return NULL;
+                }
+        }
+        return NULL;
+}
+
+/* A subscriber thread: every message it takes is intact and, per publisher, later than the last it took. */
+typedef struct Sub {
+        shmb_channel *ch;
+        bool zero_copy;
+        uint32_t got;                   /* messages taken */
+        uint32_t next[PUBLISHERS];      /* per publisher: the lowest sequence number it may take next */
+        uint8_t *seen;                  /* [PUBLISHERS * MESSAGES]: shared by the threads of one handle */
+        int failed;
+        volatile bool *stop;
+} Sub;
+
+static void *sub_main(void *userdata) {
+        Sub *s = userdata;
+
+        while (!*s->stop && !s->failed) {
+                Msg m;
+                const void *in;
+                const Msg *p = &m;
+                uint32_t id, seq;
+                ssize_t n;
+                bool ok;
+
+                if (s->zero_copy && s->got % 3 == 0) {
+                        n = shmb_recv_peek(s->ch, &in, 20);
+                        p = in;
+                } else
+                        n = shmb_recv(s->ch, &m, sizeof m, 20);
+                if (n == -ETIMEDOUT)
+                        continue;
+                if (n < 0) {
+                        s->failed = (int) n;
+                        break;
+                }
+                /* Read while it is ours; a peeked one is judged only once its release says it stayed intact. */
+                ok = msg_ok(p, (size_t) n);
+                id = p->id;
+                seq = p->seq;
+                if (p != &m) {
+                        int r = shmb_recv_release(s->ch, in);
+
+                        if (r == -ESTALE)
+                                continue;       /* overwritten while we looked (drop mode): counted as dropped */
+                        if (r < 0) {
+                                s->failed = r;
+                                break;
+                        }
+                }
+                if (!ok) {
+                        s->failed = -EBADMSG;
+                        break;
+                }
+                if (seq < s->next[id]) {
+                        s->failed = -EILSEQ;
+                        break;
+                }
+                s->next[id] = seq + 1;
+                if (__atomic_fetch_add(&s->seen[id * MESSAGES + seq], 1, __ATOMIC_RELAXED) != 0) {
+                        s->failed = -EEXIST;    /* a message twice on one handle */
+                        break;
+                }
+                s->got++;
+        }
+        return NULL;
+}
+
+/*
+ * PUBLISHERS publishers, three subscriber handles, the last read by two
+ * threads at once. Block mode: every handle gets every message exactly once.
+ * Drop mode: whatever each gets is intact and in order, and what it got plus
+ * what it was told it lost covers everything from its first message on.
+ */
+static void run(bool drop, bool zero_copy, uint32_t slots, int deaths) {
+        enum { HANDLES = 3, THREADS = 4 };
+        volatile bool stop = false;
+        Pub pubs[PUBLISHERS];
+        Sub subs[THREADS];
+        Zombie zombie = { .index = ZOMBIE_INDEX, .deaths = deaths };
+        pthread_t pt[PUBLISHERS], st[THREADS], zt;
+        shmb_channel *sh[HANDLES];
+        uint8_t *seen[HANDLES];
+        Bus bus;
+
+        bus_make(&bus, slots, 4, drop);
+        for (int h = 0; h < HANDLES; h++) {
+                sh[h] = handle_new(&bus, true, (uint32_t) h);
+                seen[h] = calloc(PUBLISHERS * MESSAGES, 1);
+        }
+        for (int t = 0; t < THREADS; t++) {
+                int h = t < HANDLES ? t : HANDLES - 1;
+
+                /* Two threads share the last handle: they take its messages with shmb_recv() (a peek is one thread's). */
+                subs[t] = (Sub) { .ch = sh[h], .zero_copy = zero_copy && h < HANDLES - 1, .seen = seen[h], .stop = &stop };
+                ck_assert_int_eq(pthread_create(&st[t], NULL, sub_main, &subs[t]), 0);
+        }
+        if (deaths) {
+                zombie.ch = handle_new(&bus, false, ZOMBIE_INDEX);
+                zombie.table = bcast_publisher_at(bus.admin, 0);
+                ck_assert_int_eq(pthread_create(&zt, NULL, zombie_main, &zombie), 0);
+        }
+        for (uint32_t p = 0; p < PUBLISHERS; p++) {
+                pubs[p] = (Pub) { .ch = handle_new(&bus, false, p), .id = p, .zero_copy = zero_copy };
+                ck_assert_int_eq(pthread_create(&pt[p], NULL, pub_main, &pubs[p]), 0);
+        }
+        for (uint32_t p = 0; p < PUBLISHERS; p++) {
+                ck_assert_int_eq(pthread_join(pt[p], NULL), 0);
+                ck_assert_msg(pubs[p].failed == 0, "publisher %u: %d", p, pubs[p].failed);
+        }
+        if (deaths) {
+                ck_assert_int_eq(pthread_join(zt, NULL), 0);
+                ck_assert_msg(zombie.failed == 0, "the dying publisher: %d", zombie.failed);
+        }
+        /* Everything is published: wait (an upper bound only) until every handle has accounted for all of it. */
+        for (int64_t waited = 0;; waited++) {
+                bool done = true;
+
+                for (int h = 0; h < HANDLES; h++) {
+                        uint64_t dropped = 0, got = 0;
+
+                        ck_assert_int_eq(shmb_channel_dropped(sh[h], &dropped), 0);
+                        for (size_t k = 0; k < PUBLISHERS * MESSAGES; k++)
+                                got += __atomic_load_n(&seen[h][k], __ATOMIC_RELAXED);
+                        if (got + dropped < PUBLISHERS * MESSAGES)
+                                done = false;
+                }
+                if (done)
+                        break;
+                for (int t = 0; t < THREADS; t++)
+                        ck_assert_msg(subs[t].failed == 0, "subscriber thread %d: %d", t, subs[t].failed);
+                ck_assert_msg(waited < 90000, "the subscribers did not finish within 90 s");
+                usleep(1000);
+        }
+        stop = true;
+        for (int t = 0; t < THREADS; t++) {
+                ck_assert_int_eq(pthread_join(st[t], NULL), 0);
+                ck_assert_msg(subs[t].failed == 0, "subscriber thread %d: %d", t, subs[t].failed);
+        }
+        for (int h = 0; h < HANDLES; h++) {
+                uint64_t dropped, got = 0;
+
+                ck_assert_int_eq(shmb_channel_dropped(sh[h], &dropped), 0);
+                for (size_t k = 0; k < PUBLISHERS * MESSAGES; k++)
+                        got += seen[h][k];
+                if (!drop) {
+                        ck_assert_uint_eq(dropped, 0);
+                        ck_assert_uint_eq(got, PUBLISHERS * MESSAGES);
+                } else {
+                        /* Positions lost are counted, a dead publisher's empty ones among them when they were. */
+                        ck_assert_uint_ge(got + dropped, PUBLISHERS * MESSAGES);
+                        ck_assert_uint_le(got + dropped, PUBLISHERS * MESSAGES + (uint64_t) deaths);
+                }
+                free(seen[h]);
+                handle_free(sh[h]);
+        }
+        for (uint32_t p = 0; p < PUBLISHERS; p++)
+                handle_free(pubs[p].ch);
+        if (deaths)
+                handle_free(zombie.ch);
+}
+
+START_TEST(test_block_every_message_once) {
+        run(false, false, 8, 0);
+}
+END_TEST
+
+START_TEST(test_block_zero_copy_two_slots) {
+        run(false, true, 2, 0);
+}
+END_TEST
+
+START_TEST(test_drop_intact_and_counted) {
+        run(true, false, 8, 0);
+}
+END_TEST
+
+START_TEST(test_drop_zero_copy) {
+        run(true, true, 4, 0);
+}
+END_TEST
+
+/* Publishers dying mid-message, a thousand times: subscribers skip their positions, publishers repair the slots. */
+START_TEST(test_block_dead_publishers_repaired) {
+        run(false, true, 4, 1000);
+}
+END_TEST
+
+START_TEST(test_drop_dead_publishers_repaired) {
+        run(true, false, 4, 1000);
+}
+END_TEST
+
+int main(void) {
+        Suite *s = suite_create("bcast-threads");
+        TCase *tc = tcase_create("threads");
+        SRunner *sr;
+        int failed;
+
+        if (unshare(CLONE_NEWIPC) < 0) {
+                fprintf(stderr, "SKIP: cannot create IPC namespaces here (needs root)\n");
+                return 77;
+        }
+        tcase_set_timeout(tc, CASE_TIMEOUT);
+        tcase_add_test(tc, test_block_every_message_once);
+        tcase_add_test(tc, test_block_zero_copy_two_slots);
+        tcase_add_test(tc, test_drop_intact_and_counted);
+        tcase_add_test(tc, test_drop_zero_copy);
+        tcase_add_test(tc, test_block_dead_publishers_repaired);
+        tcase_add_test(tc, test_drop_dead_publishers_repaired);
+        suite_add_tcase(s, tc);
+        sr = srunner_create(s);
+        srunner_run_all(sr, CK_ENV);
+        failed = srunner_ntests_failed(sr);
+        srunner_free(sr);
+        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

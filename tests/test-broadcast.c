@@ -1,0 +1,1368 @@
+/*
+ * Broadcast channels end to end: the real daemon in a private IPC
+ * namespace, the library in this process and in forked ones, the kernel
+ * as the judge of what an ro opener may write. Nothing here depends on
+ * timing: waits are for events (pipes, the broker's marks), and timeouts
+ * are only upper bounds that a correct run never reaches.
+ */
+
+#include <check.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ptrace.h>
+#include <sys/shm.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+/* After <sys/ptrace.h>: struct ptrace_syscall_info, which glibc does not declare. */
+#include <linux/ptrace.h>
+
+#include <shmbroker/shmbroker.h>
+
+#include "proto/broadcast.h"
+#include "common/util.h"
+#include "tests/helpers.h"
+
+#define CASE_TIMEOUT 120
+#define SLOTS 8
+#define SLOT_SIZE 256
+#define BIG_SLOT (1024 * 1024)
+
+static const char *const channels =
+        "[{\"name\": \"news\", \"layout\": \"broadcast\", \"slot_size\": 256, \"slots\": 8, \"subscribers\": 4},"
+        " {\"name\": \"feed\", \"layout\": \"broadcast\", \"slot_size\": 256, \"slots\": 8, \"subscribers\": 4,"
+        "  \"overflow\": \"drop\"},"
+        " {\"name\": \"pair\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4, \"subscribers\": 2},"
+        " {\"name\": \"big\", \"layout\": \"broadcast\", \"slot_size\": 1048576, \"slots\": 2, \"subscribers\": 3},"
+        " {\"name\": \"plain\", \"size\": 4096}]";
+
+static void setup(void) {
+        test_setup();
+        test_daemon_write_config(&td, channels);
+        test_start_ok();
+        setenv("SHMBROKER_SOCKET", td.socket, 1);
+}
+
+static shmb_channel *open_ok(const char *name, shmb_access access) {
+        shmb_channel *ch = NULL;
+        int r = shmb_open_channel(NULL, name, access, &ch);
+
+        ck_assert_msg(r == 0, "open %s: %s", name, shmb_strerror(r));
+        return ch;
+}
+
+static void wait_ok(pid_t pid, const char *what) {
+        int status;
+
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: wait status 0x%x", what, status);
+}
+
+static void send_ok(shmb_channel *ch, const void *msg, size_t len) {
+        int r = shmb_send(ch, msg, len, 10000);
+
+        ck_assert_msg(r == 0, "send: %s", shmb_strerror(r));
+}
+
+static void send_u32(shmb_channel *ch, uint32_t v) {
+        send_ok(ch, &v, sizeof v);
+}
+
+static uint32_t recv_u32(shmb_channel *ch) {
+        uint32_t v = 0;
+        ssize_t n = shmb_recv(ch, &v, sizeof v, 10000);
+
+        ck_assert_msg(n == sizeof v, "recv: %s", n < 0 ? shmb_strerror((int) n) : "short");
+        return v;
+}
+
+static uint64_t dropped_of(shmb_channel *ch) {
+        uint64_t n = UINT64_MAX;
+
+        ck_assert_int_eq(shmb_channel_dropped(ch, &n), 0);
+        return n;
+}
+
+static size_t offset_in(shmb_channel *ch, const void *p) {
+        return (size_t) ((const char *) p - (const char *) shmb_channel_addr(ch));
+}
+
+/* A status answer's entry for name, as JSON (the caller decrefs resp). */
+static json_t *status_of(const char *name, json_t **ret_resp) {
+        int fd = test_connect(td.socket);
+        char line[128];
+        json_t *resp;
+
+        snprintf(line, sizeof line, "{\"op\": \"status\", \"channel\": \"%s\"}", name);
+        resp = test_request(fd, line);
+        close(fd);
+        test_assert_ok(resp);
+        *ret_resp = resp;
+        return test_must_find(resp, name);
+}
+
+/* A pipe for "I am ready" from children, read one byte per child. */
+typedef struct Ready {
+        int fd[2];
+} Ready;
+
+static void ready_init(Ready *r) {
+        ck_assert_int_eq(pipe(r->fd), 0);
+}
+
+static void ready_tell(Ready *r) {
+        (void) !write(r->fd[1], "r", 1);
+}
+
+/* A child that failed before it was ready says so, rather than leave the parent waiting. */
+static _Noreturn void ready_fail(Ready *r, int status) {
+        (void) !write(r->fd[1], "f", 1);
+        _exit(status);
+}
+
+static void ready_await(Ready *r, int n) {
+        for (int i = 0; i < n; i++) {
+                char c;
+
+                ck_assert_int_eq(read(r->fd[0], &c, 1), 1);
+                ck_assert_msg(c == 'r', "a child failed before it was ready");
+        }
+}
+
+static void ready_done(Ready *r) {
+        close(r->fd[0]);
+        close(r->fd[1]);
+}
+
+/* ---- the open answer and the two segments ---- */
+
+START_TEST(test_open_answer_and_segments) {
+        int fd = test_connect(td.socket);
+        json_t *rw, *ro, *resp, *e;
+        shmb_channel *pub, *sub;
+        struct shmid_ds ds;
+
+        rw = test_request(fd, "{\"op\": \"open\", \"channel\": \"news\", \"access\": \"rw\"}");
+        test_assert_ok(rw);
+        ck_assert_str_eq(test_jstr(rw, "layout"), "broadcast");
+        ck_assert_int_eq(test_jint(rw, "slot_size"), SLOT_SIZE);
+        ck_assert_int_eq(test_jint(rw, "slots"), SLOTS);
+        ck_assert_int_eq(test_jint(rw, "ring_version"), BCAST_VERSION);
+        ck_assert_int_eq(test_jint(rw, "subscribers"), 4);
+        ck_assert_str_eq(test_jstr(rw, "overflow"), "block");
+        ck_assert_int_gt(test_jint(rw, "holder"), 0);
+        ck_assert_int_eq(test_jint(rw, "size"), (json_int_t) bcast_segment_size(SLOT_SIZE, SLOTS, 4));
+        /* The table: a segment of its own, under its own key, of the documented size. */
+        ck_assert_int_eq(shmctl((int) test_jint(rw, "table_id"), IPC_STAT, &ds), 0);
+        ck_assert_uint_eq((uint32_t) ds.shm_perm.__key, (uint32_t) test_jint(rw, "table_key"));
+        ck_assert_uint_ne((uint32_t) ds.shm_perm.__key, (uint32_t) test_jint(rw, "shm_key"));
+        ck_assert_uint_eq(ds.shm_segsz, bcast_table_size(4));
+        /* Writable for every class that may read the channel (0660 here). */
+        ck_assert_uint_eq(ds.shm_perm.mode & 0777, 0660);
+        close(fd);
+
+        /* A second connection subscribes: its token is an entry of the subscriber table. */
+        fd = test_connect(td.socket);
+        ro = test_request(fd, "{\"op\": \"open\", \"channel\": \"news\", \"access\": \"ro\"}");
+        test_assert_ok(ro);
+        ck_assert_int_gt(test_jint(ro, "holder"), 0);
+        ck_assert_int_lt(test_jint(ro, "holder") & 0xfff, 5);
+        /* The same connection cannot subscribe twice (its token is its cursor), nor publish as well. */
+        for (int i = 0; i < 2; i++) {
+                json_t *busy = test_request(fd, i == 0 ? "{\"op\": \"open\", \"channel\": \"news\", \"access\": \"ro\"}"
+                                                       : "{\"op\": \"open\", \"channel\": \"news\", \"access\": \"rw\"}");
+
+                test_assert_error(busy, "EBUSY");
+                json_decref(busy);
+        }
+        close(fd);
+        json_decref(rw);
+        json_decref(ro);
+
+        /* Every broadcast channel is two segments and one set: the kernel's count says so. */
+        ck_assert_int_eq(test_ipcs_count("-m"), 5 + 4);
+        ck_assert_int_eq(test_ipcs_count("-s"), 5);
+
+        pub = open_ok("news", SHMB_RW);
+        sub = open_ok("news", SHMB_RO);
+        ck_assert_int_eq(shmb_channel_layout(sub), SHMB_LAYOUT_BROADCAST);
+        ck_assert_uint_eq(shmb_channel_slots(sub), SLOTS);
+        ck_assert_uint_eq(shmb_channel_slot_size(sub), SLOT_SIZE);
+        ck_assert_uint_eq(shmb_channel_nsems(sub), 0);
+        ck_assert_int_eq(shmb_channel_check(sub), 0);
+
+        /* list names the layout and the table. */
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"list\"}");
+        e = test_must_find(resp, "feed");
+        ck_assert_str_eq(test_jstr(e, "layout"), "broadcast");
+        ck_assert_str_eq(test_jstr(e, "overflow"), "drop");
+        ck_assert_int_eq(test_jint(e, "subscribers"), 4);
+        ck_assert_int_ge(test_jint(e, "table_id"), 0);
+        json_decref(resp);
+        close(fd);
+        shmb_close(sub);
+        shmb_close(pub);
+}
+END_TEST
+
+/* An ro opener is a subscriber: it cannot publish, and the kernel refuses its writes to the segment. */
+START_TEST(test_ro_cannot_publish) {
+        shmb_channel *sub = open_ok("news", SHMB_RO), *pub = open_ok("news", SHMB_RW);
+        const void *in;
+        void *out;
+        char buf[16];
+        pid_t pid;
+        int status;
+
+        ck_assert_int_eq(shmb_send(sub, "x", 1, 0), -EACCES);
+        ck_assert_int_eq(shmb_send_reserve(sub, 1, &out, 0), -EACCES);
+        ck_assert_int_eq(shmb_recv(pub, buf, sizeof buf, 0), -EOPNOTSUPP);
+        ck_assert_int_eq(shmb_recv_peek(pub, &in, 0), -EOPNOTSUPP);
+        ck_assert_int_eq(shmb_send(pub, "x", 1, 0), 0);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 1000), 1);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), -EAGAIN);
+        /* A write through the subscriber's mapping, to any byte (the head here), faults. */
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                signal(SIGSEGV, SIG_DFL);
+                ((volatile BcastHeader *) shmb_channel_addr(sub))->head = 0;
+                _exit(0);
+        }
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV, "status 0x%x", status);
+        /* dropped is a subscriber's figure; other layouts have none. */
+        ck_assert_uint_eq(dropped_of(sub), 0);
+        ck_assert_uint_eq(dropped_of(pub), 0);
+        shmb_close(sub);
+        shmb_close(pub);
+        {
+                shmb_channel *plain = open_ok("plain", SHMB_RW);
+                uint64_t n;
+
+                ck_assert_int_eq(shmb_channel_dropped(plain, &n), -EOPNOTSUPP);
+                ck_assert_int_eq(shmb_channel_dropped(NULL, &n), -EINVAL);
+                shmb_close(plain);
+        }
+}
+END_TEST
+
+/*
+ * The kernel's view, not root's: a user who may only read the channel
+ * (mode 0644, "other") subscribes and receives, the table's mode letting it
+ * write its cursor; it may not publish (the broker refuses rw), and one of
+ * another mode's "other" class (0640) may not subscribe at all.
+ */
+START_TEST(test_unprivileged_subscriber) {
+        shmb_channel *pub;
+        Ready ready;
+        pid_t pid;
+
+        test_daemon_stop_ok(&td);
+        test_daemon_write_config(&td,
+                "[{\"name\": \"public\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4, \"mode\": \"0644\"},"
+                " {\"name\": \"group\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4, \"mode\": \"0640\"}]");
+        test_start_ok();
+        pub = open_ok("public", SHMB_RW);
+        ready_init(&ready);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *sub, *no = NULL;
+                char buf[64];
+
+                test_drop_privileges(65534, 65534, 0);
+                if (shmb_open_channel(NULL, "public", SHMB_RW, &no) != -EACCES ||
+                    shmb_open_channel(NULL, "group", SHMB_RO, &no) != -EACCES)
+                        ready_fail(&ready, 2);
+                if (shmb_open_channel(NULL, "public", SHMB_RO, &sub) < 0)
+                        ready_fail(&ready, 3);
+                ready_tell(&ready);
+                if (shmb_recv(sub, buf, sizeof buf, 10000) != 5 || memcmp(buf, "hello", 5) != 0)
+                        _exit(4);
+                /* A second message, with the publisher waiting for this one's cursor (block mode, 4 slots). */
+                for (int i = 0; i < 8; i++)
+                        if (shmb_recv(sub, buf, sizeof buf, 10000) != 1 || buf[0] != 'a' + i)
+                                _exit(5);
+                shmb_close(sub);
+                _exit(0);
+        }
+        ready_await(&ready, 1);
+        send_ok(pub, "hello", 5);
+        for (int i = 0; i < 8; i++)
+                send_ok(pub, &(char) { (char) ('a' + i) }, 1);
+        wait_ok(pid, "unprivileged subscriber");
+        ready_done(&ready);
+        shmb_close(pub);
+}
+END_TEST
+
+/* ---- delivery ---- */
+
+enum { ORDER_MESSAGES = 3000 };
+
+static uint32_t fnv(const unsigned char *p, size_t n) {
+        uint32_t h = 2166136261u;
+
+        for (size_t i = 0; i < n; i++)
+                h = (h ^ p[i]) * 16777619u;
+        return h;
+}
+
+/* Message i of publisher id: id, i, a checksum, then bytes that depend on both; 12..255 bytes. */
+static size_t fill(unsigned char *p, uint32_t id, uint32_t i) {
+        size_t n = 12 + (i * 13u + id * 7u) % 244;
+        uint32_t sum;
+
+        memcpy(p, &id, 4);
+        memcpy(p + 4, &i, 4);
+        for (size_t k = 12; k < n; k++)
+                p[k] = (unsigned char) (i * 31 + k * 7 + id);
+        sum = fnv(p + 12, n - 12);
+        memcpy(p + 8, &sum, 4);
+        return n;
+}
+
+static void publisher_main(const char *name, uint32_t id, uint32_t count, bool zero_copy) {
+        shmb_channel *ch;
+        unsigned char msg[SLOT_SIZE];
+
+        if (shmb_open_channel(NULL, name, SHMB_RW, &ch) < 0)
+                _exit(2);
+        for (uint32_t i = 0; i < count; i++) {
+                void *out;
+
+                if (zero_copy && i % 2 == 0) {
+                        if (shmb_send_reserve(ch, SLOT_SIZE, &out, 30000) < 0 ||
+                            shmb_send_commit(ch, out, fill(out, id, i)) < 0)
+                                _exit(3);
+                } else if (shmb_send(ch, msg, fill(msg, id, i), 30000) < 0)
+                        _exit(4);
+        }
+        shmb_close(ch);
+        _exit(0);
+}
+
+/*
+ * A subscriber: every message of each of n_pubs publishers, each in its
+ * order, all intact; it writes the order it saw them in (one digest) to
+ * out, so that subscribers can be compared.
+ */
+static void subscriber_main(const char *name, uint32_t n_pubs, uint32_t count, bool zero_copy, Ready *ready, int out) {
+        uint32_t next[4] = {}, digest = 2166136261u;
+        shmb_channel *ch;
+
+        if (shmb_open_channel(NULL, name, SHMB_RO, &ch) < 0)
+                ready_fail(ready, 2);
+        ready_tell(ready);
+        for (uint32_t k = 0; k < n_pubs * count; k++) {
+                unsigned char buf[SLOT_SIZE];
+                const unsigned char *p = buf;
+                const void *in;
+                uint32_t id, i, sum;
+                ssize_t n;
+
+                if (zero_copy && k % 3 == 0) {
+                        n = shmb_recv_peek(ch, &in, 30000);
+                        p = in;
+                } else
+                        n = shmb_recv(ch, buf, sizeof buf, 30000);
+                if (n < 12)
+                        _exit(3);
+                memcpy(&id, p, 4);
+                memcpy(&i, p + 4, 4);
+                memcpy(&sum, p + 8, 4);
+                if (id >= n_pubs || i != next[id] || sum != fnv(p + 12, (size_t) n - 12) ||
+                    (size_t) n != 12 + (i * 13u + id * 7u) % 244)
+                        _exit(4);
+                next[id]++;
+                digest = (digest ^ (id << 16 | (i & 0xffff))) * 16777619u;
+                if (zero_copy && k % 3 == 0 && shmb_recv_release(ch, in) < 0)
+                        _exit(5);
+        }
+        {
+                uint64_t dropped;
+                char c;
+
+                /* Nothing more, nothing lost. */
+                if (shmb_recv(ch, &c, 1, 0) != -EAGAIN || shmb_channel_dropped(ch, &dropped) < 0 || dropped != 0)
+                        _exit(6);
+        }
+        (void) !write(out, &digest, sizeof digest);
+        shmb_close(ch);
+        _exit(0);
+}
+
+static void run_delivery(const char *name, uint32_t n_subs, uint32_t n_pubs, bool zero_copy) {
+        pid_t subs[4], pubs[4];
+        uint32_t digests[4];
+        int out[2];
+        Ready ready;
+
+        ready_init(&ready);
+        ck_assert_int_eq(pipe(out), 0);
+        for (uint32_t s = 0; s < n_subs; s++) {
+                subs[s] = fork();
+                ck_assert_int_ge(subs[s], 0);
+                if (subs[s] == 0)
+                        subscriber_main(name, n_pubs, ORDER_MESSAGES, zero_copy, &ready, out[1]);
+        }
+        /* Everyone subscribed before the first message: each must see all of them. */
+        ready_await(&ready, (int) n_subs);
+        for (uint32_t p = 0; p < n_pubs; p++) {
+                pubs[p] = fork();
+                ck_assert_int_ge(pubs[p], 0);
+                if (pubs[p] == 0)
+                        publisher_main(name, p, ORDER_MESSAGES, zero_copy);
+        }
+        for (uint32_t p = 0; p < n_pubs; p++)
+                wait_ok(pubs[p], "publisher");
+        for (uint32_t s = 0; s < n_subs; s++)
+                wait_ok(subs[s], "subscriber");
+        for (uint32_t s = 0; s < n_subs; s++)
+                ck_assert_int_eq(read(out[0], &digests[s], sizeof digests[s]), sizeof digests[s]);
+        /* One order for all: the order of positions. */
+        for (uint32_t s = 1; s < n_subs; s++)
+                ck_assert_uint_eq(digests[s], digests[0]);
+        close(out[0]);
+        close(out[1]);
+        ready_done(&ready);
+}
+
+START_TEST(test_one_subscriber_gets_all_in_order) {
+        run_delivery("news", 1, 1, false);
+}
+END_TEST
+
+START_TEST(test_three_subscribers_two_publishers) {
+        run_delivery("news", 3, 2, false);
+}
+END_TEST
+
+START_TEST(test_zero_copy_both_sides_across_processes) {
+        run_delivery("news", 3, 2, true);
+}
+END_TEST
+
+/* A subscriber receives only what is published after it subscribed. */
+START_TEST(test_late_subscriber_sees_only_later) {
+        shmb_channel *pub = open_ok("news", SHMB_RW), *early = open_ok("news", SHMB_RO), *late;
+        char buf[16];
+
+        send_ok(pub, "a", 1);
+        send_ok(pub, "b", 1);
+        late = open_ok("news", SHMB_RO);
+        ck_assert_int_eq(shmb_recv(late, buf, sizeof buf, 0), -EAGAIN);
+        send_ok(pub, "c", 1);
+        ck_assert_int_eq(shmb_recv(late, buf, sizeof buf, 1000), 1);
+        ck_assert_int_eq(buf[0], 'c');
+        ck_assert_int_eq(shmb_recv(late, buf, sizeof buf, 0), -EAGAIN);
+        for (const char *want = "abc"; *want; want++) {
+                ck_assert_int_eq(shmb_recv(early, buf, sizeof buf, 1000), 1);
+                ck_assert_int_eq(buf[0], *want);
+        }
+        /* A message longer than the buffer is not consumed. */
+        send_ok(pub, "longer", 6);
+        ck_assert_int_eq(shmb_recv(late, buf, 3, 0), -EMSGSIZE);
+        ck_assert_int_eq(shmb_recv(late, buf, sizeof buf, 0), 6);
+        ck_assert_int_eq(memcmp(buf, "longer", 6), 0);
+        ck_assert_uint_eq(dropped_of(late), 0);
+        shmb_close(late);
+        shmb_close(early);
+        shmb_close(pub);
+}
+END_TEST
+
+/* ---- block mode ---- */
+
+/* The publisher waits for the slowest subscriber: `slots` ahead of it, a send that will not wait is -EAGAIN. */
+START_TEST(test_block_publisher_waits_for_slowest) {
+        shmb_channel *pub = open_ok("news", SHMB_RW), *fast = open_ok("news", SHMB_RO), *slow = open_ok("news", SHMB_RO);
+        void *out;
+
+        for (uint32_t i = 0; i < SLOTS; i++) {
+                ck_assert_int_eq(shmb_send(pub, &i, sizeof i, 0), 0);
+                ck_assert_uint_eq(recv_u32(fast), i);
+        }
+        ck_assert_int_eq(shmb_send(pub, "x", 1, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_send_reserve(pub, 1, &out, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_send(pub, "x", 1, 50), -ETIMEDOUT);
+        /* One read by the slowest frees one slot, and only one. */
+        ck_assert_uint_eq(recv_u32(slow), 0);
+        send_u32(pub, SLOTS);
+        ck_assert_int_eq(shmb_send(pub, "x", 1, 0), -EAGAIN);
+        /* A subscriber that closes stops holding the publisher back at once. */
+        shmb_close(slow);
+        for (uint32_t i = SLOTS + 1; i < 3 * SLOTS; i++) {
+                ck_assert_int_eq(shmb_send(pub, &i, sizeof i, 0), i < 2 * SLOTS ? 0 : -EAGAIN);
+                if (i >= 2 * SLOTS)
+                        break;
+        }
+        for (uint32_t i = SLOTS; i < 2 * SLOTS; i++)
+                ck_assert_uint_eq(recv_u32(fast), i);
+        ck_assert_uint_eq(dropped_of(fast), 0);
+        shmb_close(fast);
+        shmb_close(pub);
+}
+END_TEST
+
+/* A publisher blocked in a send with no timeout goes on when the slowest reads. */
+typedef struct SendCall {
+        shmb_channel *ch;
+        uint32_t value;
+        int timeout_ms;
+        int result;
+} SendCall;
+
+static void *send_thread(void *userdata) {
+        SendCall *c = userdata;
+
+        c->result = shmb_send(c->ch, &c->value, sizeof c->value, c->timeout_ms);
+        return NULL;
+}
+
+
+/*
+ * A subscriber killed with SIGKILL, mid-peek even, stops blocking the
+ * publisher once the broker marks its token dead (it sees the exit through
+ * its pidfd): a send that waits succeeds, and a live subscriber misses
+ * nothing.
+ */
+START_TEST(test_block_killed_subscriber_stops_blocking) {
+        shmb_channel *pub = open_ok("news", SHMB_RW), *live = open_ok("news", SHMB_RO);
+        Ready ready;
+        pid_t pid;
+
+        ready_init(&ready);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *sub;
+                const void *in;
+
+                if (shmb_open_channel(NULL, "news", SHMB_RO, &sub) < 0)
+                        ready_fail(&ready, 2);
+                ready_tell(&ready);
+                if (shmb_recv_peek(sub, &in, 30000) < 0)
+                        ready_fail(&ready, 3);
+                ready_tell(&ready);
+                pause();
+                _exit(0);
+        }
+        ready_await(&ready, 1);
+        for (uint32_t i = 0; i < SLOTS; i++)
+                send_u32(pub, i);
+        ready_await(&ready, 1);         /* it holds message 0 */
+        for (uint32_t i = 0; i < SLOTS; i++)
+                ck_assert_uint_eq(recv_u32(live), i);
+        ck_assert_int_eq(shmb_send(pub, "x", 1, 0), -EAGAIN);
+        ck_assert_int_eq(kill(pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+        /* Within a poll of the broker marking it: an upper bound only. */
+        for (uint32_t i = SLOTS; i < 2 * SLOTS; i++)
+                send_u32(pub, i);
+        for (uint32_t i = SLOTS; i < 2 * SLOTS; i++)
+                ck_assert_uint_eq(recv_u32(live), i);
+        ck_assert_uint_eq(dropped_of(live), 0);
+        ready_done(&ready);
+        shmb_close(live);
+        shmb_close(pub);
+}
+END_TEST
+
+/* ---- drop mode ---- */
+
+/* The publisher never waits; a lagging subscriber gets the newest and is told exactly what it lost. */
+START_TEST(test_drop_never_blocks_and_counts_exactly) {
+        shmb_channel *pub = open_ok("feed", SHMB_RW), *lag = open_ok("feed", SHMB_RO), *keep = open_ok("feed", SHMB_RO);
+        uint32_t v;
+
+        for (uint32_t i = 0; i < 3; i++) {
+                send_u32(pub, i);
+                ck_assert_uint_eq(recv_u32(keep), i);
+        }
+        for (uint32_t i = 3; i < 100; i++) {
+                ck_assert_int_eq(shmb_send(pub, &i, sizeof i, 0), 0);
+                ck_assert_uint_eq(recv_u32(keep), i);
+        }
+        /* 100 sent; the newest 8 are there: 92..99. */
+        for (uint32_t i = 100 - SLOTS; i < 100; i++)
+                ck_assert_uint_eq(recv_u32(lag), i);
+        ck_assert_int_eq(shmb_recv(lag, &v, sizeof v, 0), -EAGAIN);
+        ck_assert_uint_eq(dropped_of(lag), 100 - SLOTS);
+        ck_assert_uint_eq(dropped_of(keep), 0);
+        /* It goes on from there, losing nothing more while it keeps up. */
+        for (uint32_t i = 100; i < 103; i++) {
+                send_u32(pub, i);
+                ck_assert_uint_eq(recv_u32(lag), i);
+        }
+        ck_assert_uint_eq(dropped_of(lag), 100 - SLOTS);
+
+        /* Zero copy: a peeked message overwritten meanwhile is -ESTALE at release, and counted. */
+        {
+                const void *in, *again;
+                uint64_t before = dropped_of(lag);
+
+                send_u32(pub, 1000);
+                ck_assert_int_eq(shmb_recv_peek(lag, &in, 1000), 4);
+                /* A peek does not consume: the same message again. */
+                ck_assert_int_eq(shmb_recv_peek(lag, &again, 0), 4);
+                ck_assert_ptr_eq(in, again);
+                for (uint32_t i = 0; i < SLOTS; i++)
+                        send_u32(pub, 2000 + i);
+                ck_assert_int_eq(shmb_recv_release(lag, in), -ESTALE);
+                ck_assert_uint_eq(dropped_of(lag), before + 1);
+                for (uint32_t i = 0; i < SLOTS; i++)
+                        ck_assert_uint_eq(recv_u32(lag), 2000 + i);
+                ck_assert_uint_eq(dropped_of(lag), before + 1);
+        }
+        shmb_close(keep);
+        shmb_close(lag);
+        shmb_close(pub);
+}
+END_TEST
+
+/*
+ * Drop mode under way: a publisher in another process that never waits,
+ * a subscriber that reads slower. Whatever it gets is in order and intact,
+ * and what it got plus what it was told it lost is exactly what was sent.
+ */
+START_TEST(test_drop_accounting_under_load) {
+        enum { N = 20000 };
+        shmb_channel *sub = open_ok("feed", SHMB_RO);
+        uint32_t got = 0, last = 0;
+        bool any = false;
+        pid_t pid = fork();
+
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *pub;
+                unsigned char msg[SLOT_SIZE];
+
+                if (shmb_open_channel(NULL, "feed", SHMB_RW, &pub) < 0)
+                        _exit(2);
+                for (uint32_t i = 0; i < N; i++)
+                        if (shmb_send(pub, msg, fill(msg, 0, i), 0) < 0)
+                                _exit(3);
+                /* The end marker, once the reader has certainly caught up with everything else. */
+                _exit(0);
+        }
+        wait_ok(pid, "publisher");
+        for (;;) {
+                unsigned char buf[SLOT_SIZE];
+                uint32_t id, i, sum;
+                ssize_t n = shmb_recv(sub, buf, sizeof buf, 0);
+
+                if (n == -EAGAIN)
+                        break;
+                ck_assert_int_ge(n, 12);
+                memcpy(&id, buf, 4);
+                memcpy(&i, buf + 4, 4);
+                memcpy(&sum, buf + 8, 4);
+                ck_assert_uint_eq(sum, fnv(buf + 12, (size_t) n - 12));
+                ck_assert(!any || i > last);
+                any = true;
+                last = i;
+                got++;
+        }
+        ck_assert_uint_eq(last, N - 1);
+        ck_assert_uint_eq(got + dropped_of(sub), N);
+        shmb_close(sub);
+}
+END_TEST
+
+/* ---- zero copy ---- */
+
+START_TEST(test_zero_copy_in_place) {
+        shmb_channel *pub = open_ok("news", SHMB_RW), *sub = open_ok("news", SHMB_RO);
+        const void *in;
+        void *out, *skipped;
+        char buf[SLOT_SIZE];
+        int x = 0;
+
+        ck_assert_int_eq(shmb_send_reserve(pub, SLOT_SIZE + 1, &out, 0), -EMSGSIZE);
+        ck_assert_int_eq(shmb_send_reserve(pub, 64, &out, 0), 0);
+        memcpy(out, "in place", 8);
+        /* Not published yet. */
+        ck_assert_int_eq(shmb_recv_peek(sub, &in, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_send_commit(pub, out, SLOT_SIZE + 1), -EMSGSIZE);
+        ck_assert_int_eq(shmb_send_commit(pub, (char *) out + 1, 8), -EINVAL);
+        ck_assert_int_eq(shmb_send_commit(pub, &x, 8), -EINVAL);
+        ck_assert_int_eq(shmb_send_commit(pub, out, 8), 0);
+        ck_assert_int_eq(shmb_send_commit(pub, out, 8), -EINVAL);
+        ck_assert_int_eq(shmb_recv_peek(sub, &in, 1000), 8);
+        /* The very bytes the publisher wrote, where it wrote them. */
+        ck_assert_uint_eq(offset_in(sub, in), offset_in(pub, out));
+        ck_assert_int_eq(memcmp(in, "in place", 8), 0);
+        ck_assert_int_eq(shmb_recv_release(sub, &x), -EINVAL);
+        ck_assert_int_eq(shmb_recv_release(sub, in), 0);
+        ck_assert_int_eq(shmb_recv_release(sub, in), -EINVAL);
+        /* An aborted reserve is no message. */
+        ck_assert_int_eq(shmb_send_reserve(pub, 8, &skipped, 0), 0);
+        ck_assert_int_eq(shmb_send_abort(pub, skipped), 0);
+        ck_assert_int_eq(shmb_send_abort(pub, skipped), -EINVAL);
+        send_ok(pub, "next", 4);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 1000), 4);
+        ck_assert_int_eq(memcmp(buf, "next", 4), 0);
+        ck_assert_uint_eq(dropped_of(sub), 0);
+        /* Two reserves at once, committed out of order: delivered in position order. */
+        ck_assert_int_eq(shmb_send_reserve(pub, 1, &out, 0), 0);
+        ck_assert_int_eq(shmb_send_reserve(pub, 1, &skipped, 0), 0);
+        memcpy(out, "1", 1);
+        memcpy(skipped, "2", 1);
+        ck_assert_int_eq(shmb_send_commit(pub, skipped, 1), 0);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_send_commit(pub, out, 1), 0);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 1000), 1);
+        ck_assert_int_eq(buf[0], '1');
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 1000), 1);
+        ck_assert_int_eq(buf[0], '2');
+        shmb_close(sub);
+        shmb_close(pub);
+}
+END_TEST
+
+/*
+ * A 1 MiB frame to 3 subscribers: the publisher writes it once, in place;
+ * each subscriber reads it where it lies (the same offset in every
+ * mapping), so nothing is copied per subscriber.
+ */
+START_TEST(test_one_mib_frame_to_three_subscribers) {
+        shmb_channel *pub = open_ok("big", SHMB_RW), *subs[3];
+        const void *in[3];
+        unsigned char *out;
+        uint32_t sum;
+
+        for (int i = 0; i < 3; i++)
+                subs[i] = open_ok("big", SHMB_RO);
+        ck_assert_int_eq(shmb_send_reserve(pub, BIG_SLOT, (void **) &out, 1000), 0);
+        for (size_t k = 0; k < BIG_SLOT; k++)
+                out[k] = (unsigned char) (k * 2654435761u >> 24);
+        sum = fnv(out, BIG_SLOT);
+        ck_assert_int_eq(shmb_send_commit(pub, out, BIG_SLOT), 0);
+        for (int i = 0; i < 3; i++) {
+                ck_assert_int_eq(shmb_recv_peek(subs[i], &in[i], 1000), BIG_SLOT);
+                ck_assert_uint_eq(offset_in(subs[i], in[i]), offset_in(pub, out));
+                ck_assert_uint_eq(fnv(in[i], BIG_SLOT), sum);
+        }
+        /* Block mode, 2 slots: the publisher's next-but-one frame waits for all three releases. */
+        ck_assert_int_eq(shmb_send(pub, "f", 1, 0), 0);
+        ck_assert_int_eq(shmb_send(pub, "g", 1, 0), -EAGAIN);
+        for (int i = 0; i < 3; i++) {
+                ck_assert_int_eq(shmb_recv_release(subs[i], in[i]), 0);
+                if (i < 2)
+                        ck_assert_int_eq(shmb_send(pub, "g", 1, 0), -EAGAIN);
+        }
+        ck_assert_int_eq(shmb_send(pub, "g", 1, 0), 0);
+        for (int i = 0; i < 3; i++)
+                shmb_close(subs[i]);
+        shmb_close(pub);
+}
+END_TEST
+
+/*
+ * A publisher killed between reserve and commit does not wedge anyone:
+ * subscribers skip its position once the broker marks it dead, and
+ * publishers coming round to its slot repair it.
+ */
+START_TEST(test_publisher_killed_mid_reserve) {
+        shmb_channel *pub = open_ok("news", SHMB_RW), *sub = open_ok("news", SHMB_RO);
+        Ready ready;
+        pid_t pid;
+
+        ready_init(&ready);
+        send_u32(pub, 1);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *dying;
+                void *out;
+
+                if (shmb_open_channel(NULL, "news", SHMB_RW, &dying) < 0 || shmb_send_reserve(dying, 4, &out, 0) < 0)
+                        ready_fail(&ready, 2);
+                memcpy(out, "dead", 4);
+                ready_tell(&ready);
+                pause();
+                _exit(0);
+        }
+        ready_await(&ready, 1);
+        send_u32(pub, 2);
+        ck_assert_uint_eq(recv_u32(sub), 1);
+        /* Message 2 is behind the unfinished claim. */
+        ck_assert_int_eq(shmb_recv(sub, &(uint32_t) { 0 }, 4, 0), -EAGAIN);
+        ck_assert_int_eq(kill(pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+        ck_assert_uint_eq(recv_u32(sub), 2);
+        /* Round the channel twice: the dead claim's slot is taken again. */
+        for (uint32_t i = 3; i < 3 + 2 * SLOTS; i++) {
+                send_u32(pub, i);
+                ck_assert_uint_eq(recv_u32(sub), i);
+        }
+        ck_assert_uint_eq(dropped_of(sub), 0);
+        ready_done(&ready);
+        shmb_close(sub);
+        shmb_close(pub);
+}
+END_TEST
+
+/* ---- limits ---- */
+
+/* More subscribers than "subscribers" at once: EUSERS, until one closes. */
+START_TEST(test_subscriber_limit) {
+        shmb_channel *a = open_ok("pair", SHMB_RO), *b = open_ok("pair", SHMB_RO), *c = NULL, *pub;
+        shmb_client *cl;
+
+        ck_assert_int_eq(shmb_open_channel(NULL, "pair", SHMB_RO, &c), -EUSERS);
+        ck_assert_ptr_null(c);
+        /* Publishers are not subscribers: they still get in. */
+        pub = open_ok("pair", SHMB_RW);
+        shmb_close(a);
+        c = open_ok("pair", SHMB_RO);
+        /* One connection subscribes once. */
+        ck_assert_int_eq(shmb_connect(NULL, &cl), 0);
+        shmb_close(b);
+        ck_assert_int_eq(shmb_open(cl, "pair", SHMB_RO, &a), 0);
+        ck_assert_int_eq(shmb_open(cl, "pair", SHMB_RO, &b), -EBUSY);
+        ck_assert_ptr_nonnull(strstr(shmb_client_last_message(cl), "connection of its own"));
+        /* Both subscribers still get everything. */
+        send_ok(pub, "m", 1);
+        {
+                char buf[8];
+
+                ck_assert_int_eq(shmb_recv(a, buf, sizeof buf, 1000), 1);
+                ck_assert_int_eq(shmb_recv(c, buf, sizeof buf, 1000), 1);
+        }
+        shmb_close(a);
+        shmb_disconnect(cl);
+        shmb_close(c);
+        shmb_close(pub);
+}
+END_TEST
+
+/* ---- removal ---- */
+
+typedef struct RecvCall {
+        shmb_channel *ch;
+        ssize_t result;
+} RecvCall;
+
+static void *recv_thread(void *userdata) {
+        RecvCall *c = userdata;
+        char buf[SLOT_SIZE];
+
+        c->result = shmb_recv(c->ch, buf, sizeof buf, -1);
+        return NULL;
+}
+
+/* The table segment of a channel, attached read-only for the test to watch its flags. */
+static const BcastTable *table_of(const char *name) {
+        json_t *resp, *e = status_of(name, &resp);
+        const void *t = shmat((int) test_jint(e, "table_id"), NULL, SHM_RDONLY);
+
+        ck_assert_ptr_ne(t, (void *) -1);
+        json_decref(resp);
+        return t;
+}
+
+static void await_flag(const uint32_t *flag) {
+        int64_t end = test_now_ms() + 20000;
+
+        while (!__atomic_load_n(flag, __ATOMIC_SEQ_CST)) {
+                ck_assert_msg(test_now_ms() < end, "nobody went to sleep");
+                usleep(1000);
+        }
+}
+
+/*
+ * The broker's stop reaches a subscriber asleep for want of messages and a
+ * publisher asleep for want of space: both return -EIDRM, and so does
+ * every later call. Then nothing of the channel is left in the kernel.
+ */
+START_TEST(test_removal_wakes_sleepers) {
+        shmb_channel *sub = open_ok("news", SHMB_RO), *slow = open_ok("news", SHMB_RO), *pub = open_ok("news", SHMB_RW);
+        RecvCall rc = { .ch = sub, .result = 1 };
+        SendCall sc = { .ch = pub, .value = 9, .timeout_ms = -1, .result = 1 };
+        const BcastTable *table = table_of("news");
+        const void *in;
+        void *out;
+        pthread_t rt, st;
+        int64_t t;
+
+        shmb_channel_set_spin(sub, 0);
+        shmb_channel_set_spin(pub, 0);
+        for (uint32_t i = 0; i < SLOTS; i++) {
+                send_u32(pub, i);
+                ck_assert_uint_eq(recv_u32(sub), i);
+        }
+        ck_assert_int_eq(pthread_create(&rt, NULL, recv_thread, &rc), 0);
+        ck_assert_int_eq(pthread_create(&st, NULL, send_thread, &sc), 0);
+        await_flag(&table->sub_sleeping);
+        await_flag(&table->pub_sleeping);
+        t = test_now_ms();
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(pthread_join(rt, NULL), 0);
+        ck_assert_int_eq(pthread_join(st, NULL), 0);
+        t = test_now_ms() - t;
+        ck_assert_int_eq(rc.result, -EIDRM);
+        ck_assert_int_eq(sc.result, -EIDRM);
+        ck_assert_msg(t < 20000, "took %" PRId64 " ms", t);
+        ck_assert_int_eq(shmb_channel_check(sub), -EIDRM);
+        ck_assert_int_eq(shmb_send(pub, "x", 1, 0), -EIDRM);
+        ck_assert_int_eq(shmb_send_reserve(pub, 1, &out, 0), -EIDRM);
+        ck_assert_int_eq(shmb_recv(slow, &(uint32_t) { 0 }, 4, 0), -EIDRM);
+        ck_assert_int_eq(shmb_recv_peek(slow, &in, 0), -EIDRM);
+        shmdt(table);
+        shmb_close(slow);
+        shmb_close(sub);
+        shmb_close(pub);
+        /* Both segments and the set of every channel: gone once the last attachment is. */
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+}
+END_TEST
+
+/* ---- sleeping and waking ---- */
+
+/*
+ * A subscriber asleep for want of messages is woken by the publish itself,
+ * not by its poll: the publisher found its flag up and took it down (only a
+ * waker does), and the call returns with the message.
+ */
+START_TEST(test_sleeping_subscriber_is_woken_by_publish) {
+        shmb_channel *pub = open_ok("news", SHMB_RW), *sub = open_ok("news", SHMB_RO);
+        const BcastTable *table = table_of("news");
+        RecvCall rc = { .ch = sub, .result = 0 };
+        pthread_t t;
+
+        shmb_channel_set_spin(sub, 0);
+        ck_assert_int_eq(pthread_create(&t, NULL, recv_thread, &rc), 0);
+        await_flag(&table->sub_sleeping);
+        send_ok(pub, "wake", 4);
+        ck_assert_uint_eq(__atomic_load_n(&table->sub_sleeping, __ATOMIC_SEQ_CST), 0);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        ck_assert_int_eq(rc.result, 4);
+        shmdt(table);
+        shmb_close(sub);
+        shmb_close(pub);
+}
+END_TEST
+
+/*
+ * A publisher asleep for want of space (block mode) is woken by the slowest
+ * subscriber's read: it took the publisher's flag down before returning.
+ */
+START_TEST(test_block_sleeping_publisher_is_woken) {
+        shmb_channel *pub = open_ok("news", SHMB_RW), *sub = open_ok("news", SHMB_RO);
+        SendCall call = { .ch = pub, .value = SLOTS, .timeout_ms = -1, .result = 1 };
+        const BcastTable *table = table_of("news");
+        pthread_t t;
+
+        shmb_channel_set_spin(pub, 0);
+        for (uint32_t i = 0; i < SLOTS; i++)
+                send_u32(pub, i);
+        ck_assert_int_eq(pthread_create(&t, NULL, send_thread, &call), 0);
+        await_flag(&table->pub_sleeping);
+        ck_assert_uint_eq(recv_u32(sub), 0);
+        ck_assert_uint_eq(__atomic_load_n(&table->pub_sleeping, __ATOMIC_SEQ_CST), 0);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        ck_assert_int_eq(call.result, 0);
+        for (uint32_t i = 1; i <= SLOTS; i++)
+                ck_assert_uint_eq(recv_u32(sub), i);
+        shmdt(table);
+        shmb_close(sub);
+        shmb_close(pub);
+}
+END_TEST
+
+/*
+ * No system call per message while nobody sleeps: a publisher and a
+ * subscriber that keeps up (block mode, so the cursor and the publisher's
+ * flag are in play), 1000 messages each way, counted by ptrace between two
+ * getppid() markers. Drop mode too.
+ */
+static _Noreturn void fast_path_child(const char *name) {
+        shmb_channel *pub, *sub;
+        uint32_t v;
+
+        if (ptrace(PTRACE_TRACEME, 0, NULL, NULL) < 0)
+                _exit(77);
+        raise(SIGSTOP);
+        if (shmb_open_channel(NULL, name, SHMB_RW, &pub) < 0 || shmb_open_channel(NULL, name, SHMB_RO, &sub) < 0)
+                _exit(2);
+        (void) syscall(SYS_getppid);
+        for (uint32_t i = 0; i < 1000; i++)
+                if (shmb_send(pub, &i, sizeof i, 0) < 0 || shmb_recv(sub, &v, sizeof v, 0) != sizeof v || v != i)
+                        _exit(3);
+        (void) syscall(SYS_getppid);
+        _exit(0);
+}
+
+static void count_fast_path(const char *name) {
+        int status, sig = 0, markers = 0, between = 0;
+        pid_t pid = fork();
+
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0)
+                fast_path_child(name);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
+                fprintf(stderr, "ptrace(PTRACE_TRACEME) is not permitted here: the system calls are not counted\n");
+                return;
+        }
+        ck_assert(WIFSTOPPED(status));
+        ck_assert_int_eq(ptrace(PTRACE_SETOPTIONS, pid, NULL, (void *) (long) (PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL)), 0);
+        for (;;) {
+                struct ptrace_syscall_info si;
+
+                ck_assert_int_eq(ptrace(PTRACE_SYSCALL, pid, NULL, (void *) (long) sig), 0);
+                ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+                if (WIFEXITED(status)) {
+                        ck_assert_int_eq(WEXITSTATUS(status), 0);
+                        break;
+                }
+                ck_assert(WIFSTOPPED(status));
+                if (WSTOPSIG(status) != (SIGTRAP | 0x80)) {
+                        sig = WSTOPSIG(status);
+                        continue;
+                }
+                sig = 0;
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, pid, (void *) sizeof si, &si), 0);
+                if (si.op != PTRACE_SYSCALL_INFO_ENTRY)
+                        continue;
+                if (si.entry.nr == SYS_getppid)
+                        markers++;
+                else if (markers == 1)
+                        between++;
+        }
+        ck_assert_int_eq(markers, 2);
+        ck_assert_msg(between == 0, "%s: %d system calls for 1000 messages", name, between);
+}
+
+START_TEST(test_no_system_call_per_message) {
+        count_fast_path("news");
+        count_fast_path("feed");
+}
+END_TEST
+
+/* ---- a hostile subscriber ---- */
+
+/*
+ * Anyone who may subscribe may write the whole subscriber table. A cursor
+ * written ahead of its subscriber lets the publisher overwrite what that
+ * subscriber had not read: it notices, counts it, and goes on in order. A
+ * cursor written behind holds a block-mode publisher up only until its
+ * subscriber next waits (it writes its cursor again). Flags and futex words
+ * scribbled over cost no hang. Nothing crashes or reads out of bounds.
+ */
+START_TEST(test_forged_table_costs_only_messages) {
+        shmb_channel *pub = open_ok("news", SHMB_RW), *victim = open_ok("news", SHMB_RO);
+        json_t *resp, *e = status_of("news", &resp);
+        BcastTable *table = shmat((int) test_jint(e, "table_id"), NULL, 0);
+        BcastCursor *cur = NULL;
+        uint32_t v;
+
+        json_decref(resp);
+        ck_assert_ptr_ne(table, (void *) -1);
+        for (uint32_t i = 0; i < 4; i++)
+                if (bcast_cursor_at(table, i)->token != 0)
+                        cur = bcast_cursor_at(table, i);
+        ck_assert_ptr_nonnull(cur);
+
+        /* Ahead: far beyond head. The publisher takes it as caught up. */
+        for (uint32_t i = 0; i < SLOTS; i++)
+                send_u32(pub, i);
+        ck_assert_int_eq(shmb_send(pub, "x", 1, 0), -EAGAIN);
+        __atomic_store_n(&cur->position, UINT64_MAX, __ATOMIC_SEQ_CST);
+        for (uint32_t i = SLOTS; i < 2 * SLOTS; i++)
+                ck_assert_int_eq(shmb_send(pub, &i, sizeof i, 0), 0);
+        /* The victim lost 0..7, knows it, and reads 8..15 in order. */
+        for (uint32_t i = SLOTS; i < 2 * SLOTS; i++)
+                ck_assert_uint_eq(recv_u32(victim), i);
+        ck_assert_uint_eq(dropped_of(victim), SLOTS);
+
+        /* Behind: the publisher waits, until the victim waits and writes its cursor again. */
+        __atomic_store_n(&cur->position, 0, __ATOMIC_SEQ_CST);
+        ck_assert_int_eq(shmb_send(pub, "x", 1, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_recv(victim, &v, sizeof v, 10), -ETIMEDOUT);
+        for (uint32_t i = 0; i < SLOTS; i++)
+                ck_assert_int_eq(shmb_send(pub, &i, sizeof i, 0), 0);
+        for (uint32_t i = 0; i < SLOTS; i++)
+                ck_assert_uint_eq(recv_u32(victim), i);
+
+        /* Its token cleared: not counted, so it may be overrun (and count it), then it is counted again. */
+        __atomic_store_n(&cur->token, 0, __ATOMIC_SEQ_CST);
+        for (uint32_t i = 0; i < 3 * SLOTS; i++)
+                ck_assert_int_eq(shmb_send(pub, &i, sizeof i, 0), 0);
+        for (uint32_t i = 2 * SLOTS; i < 3 * SLOTS; i++)
+                ck_assert_uint_eq(recv_u32(victim), i);
+        ck_assert_uint_eq(dropped_of(victim), 3 * SLOTS);
+        ck_assert_int_eq(shmb_recv(victim, &v, sizeof v, 10), -ETIMEDOUT);
+        ck_assert_uint_ne(__atomic_load_n(&cur->token, __ATOMIC_SEQ_CST), 0);
+
+        /* Flags and words scribbled over: calls still return, by their timeouts at the latest. */
+        memset(table, 0xff, BCAST_TABLE_HEADER_SIZE);
+        ck_assert_int_eq(shmb_recv(victim, &v, sizeof v, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_recv(victim, &v, sizeof v, 20), -ETIMEDOUT);
+        send_u32(pub, 77);
+        ck_assert_uint_eq(recv_u32(victim), 77);
+        /* And garbage in every cursor. */
+        memset((char *) table + BCAST_TABLE_HEADER_SIZE, 0xa5, 4 * BCAST_CURSOR_SIZE);
+        send_u32(pub, 78);
+        ck_assert_uint_eq(recv_u32(victim), 78);
+        shmdt(table);
+        shmb_close(victim);
+        shmb_close(pub);
+}
+END_TEST
+
+/* ---- status, reload, crash restart ---- */
+
+/* Run a shell command line; capture stdout+stderr into out; return the exit code. */
+static int run(char *out, size_t size, const char *fmt, ...) {
+        char cmd[1024];
+        va_list ap;
+        FILE *p;
+        size_t n;
+        int status;
+
+        va_start(ap, fmt);
+        vsnprintf(cmd, sizeof cmd, fmt, ap);
+        va_end(ap);
+        p = popen(cmd, "re");
+        ck_assert_ptr_nonnull(p);
+        n = fread(out, 1, size - 1, p);
+        out[n] = 0;
+        status = pclose(p);
+        ck_assert(WIFEXITED(status));
+        return WEXITSTATUS(status);
+}
+
+/* The subscription of pid in a status entry (NULL when it has none). */
+static json_t *subscription_of(json_t *e, pid_t pid) {
+        json_t *a = json_object_get(e, "subscriptions"), *x;
+        size_t i;
+
+        ck_assert(json_is_array(a));
+        json_array_foreach(a, i, x)
+                if (test_jint(x, "pid") == pid)
+                        return x;
+        return NULL;
+}
+
+START_TEST(test_status_shows_subscribers_lag) {
+        shmb_channel *pub = open_ok("news", SHMB_RW), *sub = open_ok("news", SHMB_RO);
+        json_t *resp, *e, *x;
+        static char out[16384];
+        char row[64];
+        int64_t position;
+
+        e = status_of("news", &resp);
+        ck_assert_uint_eq(json_array_size(json_object_get(e, "subscriptions")), 1);
+        x = subscription_of(e, getpid());
+        ck_assert_ptr_nonnull(x);
+        ck_assert_int_eq(test_jint(x, "lag"), 0);
+        ck_assert_int_eq(test_jint(x, "dropped"), 0);
+        position = test_jint(x, "position");
+        json_decref(resp);
+
+        for (uint32_t i = 0; i < 5; i++)
+                send_u32(pub, i);
+        e = status_of("news", &resp);
+        x = subscription_of(e, getpid());
+        ck_assert_int_eq(test_jint(x, "lag"), 5);
+        ck_assert_int_eq(test_jint(x, "position"), position);
+        json_decref(resp);
+        ck_assert_uint_eq(recv_u32(sub), 0);
+        ck_assert_uint_eq(recv_u32(sub), 1);
+        e = status_of("news", &resp);
+        x = subscription_of(e, getpid());
+        ck_assert_int_eq(test_jint(x, "lag"), 3);
+        ck_assert_int_eq(test_jint(x, "position"), position + 2);
+        json_decref(resp);
+
+        /* shmbrokerctl prints them: the detail of one channel, and after the table of all. */
+        ck_assert_int_eq(run(out, sizeof out, "%s status news 2>&1", SHMBROKERCTL_PATH), 0);
+        ck_assert_msg(strstr(out, "Broadcast:  8 slots of 256 bytes") && strstr(out, "LAG"), "%s", out);
+        snprintf(row, sizeof row, "%8d %20" PRId64 " %12d %12d\n", (int) getpid(), position + 2, 3, 0);
+        ck_assert_msg(strstr(out, row), "no row \"%s\" in: %s", row, out);
+        ck_assert_int_eq(run(out, sizeof out, "%s status 2>&1", SHMBROKERCTL_PATH), 0);
+        ck_assert_msg(strstr(out, "SUBSCRIBERS OF") && strstr(out, "news "), "%s", out);
+        ck_assert_int_eq(run(out, sizeof out, "%s list 2>&1", SHMBROKERCTL_PATH), 0);
+        ck_assert_msg(strstr(out, " broadcast "), "%s", out);
+
+        /* A closed subscriber is gone from the list at once. */
+        shmb_close(sub);
+        e = status_of("news", &resp);
+        ck_assert_uint_eq(json_array_size(json_object_get(e, "subscriptions")), 0);
+        json_decref(resp);
+        shmb_close(pub);
+}
+END_TEST
+
+static int cmp_str(const void *a, const void *b) {
+        return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/* A NULL-terminated list, sorted, as one space-separated string (static). */
+static const char *names_text(char **names) {
+        static char buf[512];
+        char *v[32];
+        size_t n = 0, used = 0;
+
+        for (; names && names[n] && n < 32; n++)
+                v[n] = names[n];
+        qsort(v, n, sizeof *v, cmp_str);
+        buf[0] = 0;
+        for (size_t i = 0; i < n; i++)
+                used += (size_t) snprintf(buf + used, sizeof buf - used, "%s%s", i ? " " : "", v[i]);
+        return buf;
+}
+
+static bool names_are(char **names, const char *want) {
+        return streq(names_text(names), want);
+}
+
+/* A reload that changes "subscribers", "overflow" or "slots" replaces the channel; one that does not keeps it. */
+START_TEST(test_reload_replaces_changed_broadcast) {
+        shmb_channel *news = open_ok("news", SHMB_RO), *feed = open_ok("feed", SHMB_RO), *pair = open_ok("pair", SHMB_RO);
+        shmb_reload_result *res;
+        shmb_client *c;
+        char buf[8];
+
+        test_daemon_write_config(&td,
+                "[{\"name\": \"news\", \"layout\": \"broadcast\", \"slot_size\": 256, \"slots\": 8, \"subscribers\": 5},"
+                " {\"name\": \"feed\", \"layout\": \"broadcast\", \"slot_size\": 256, \"slots\": 8, \"subscribers\": 4,"
+                "  \"overflow\": \"block\"},"
+                " {\"name\": \"pair\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4, \"subscribers\": 2,"
+                "  \"mode\": \"0604\"},"
+                " {\"name\": \"big\", \"layout\": \"broadcast\", \"slot_size\": 1048576, \"slots\": 3, \"subscribers\": 3},"
+                " {\"name\": \"plain\", \"size\": 4096}]");
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_reload(c, &res), 0);
+        ck_assert_msg(names_are((char **) shmb_reload_result_changed(res), "big feed news pair"), "changed: %s",
+                      names_text((char **) shmb_reload_result_changed(res)));
+        ck_assert_msg(names_are((char **) shmb_reload_result_kept(res), "plain"), "kept: %s",
+                      names_text((char **) shmb_reload_result_kept(res)));
+        shmb_reload_result_free(res);
+        ck_assert_int_eq(shmb_recv(news, buf, sizeof buf, -1), -EIDRM);
+        ck_assert_int_eq(shmb_recv(feed, buf, sizeof buf, -1), -EIDRM);
+        /* Only its mode changed, and its holder keeps its rights: in place, the table's mode along (rw where r). */
+        ck_assert_int_eq(shmb_recv(pair, buf, sizeof buf, 0), -EAGAIN);
+        {
+                json_t *resp, *e = status_of("pair", &resp);
+                struct shmid_ds ds;
+
+                ck_assert_int_eq(test_jint(e, "shm_id"), shmb_channel_shm_id(pair));
+                ck_assert_int_eq(shmctl((int) test_jint(e, "table_id"), IPC_STAT, &ds), 0);
+                ck_assert_uint_eq(ds.shm_perm.mode & 0777, 0606);
+                ck_assert_int_eq(shmctl((int) test_jint(e, "shm_id"), IPC_STAT, &ds), 0);
+                ck_assert_uint_eq(ds.shm_perm.mode & 0777, 0604);
+                json_decref(resp);
+        }
+        shmb_close(news);
+        shmb_close(feed);
+        shmb_close(pair);
+        shmb_disconnect(c);
+        /* The old objects went with the last attachment: two segments per broadcast channel, no more. */
+        ck_assert_int_eq(test_ipcs_count("-m"), 5 + 4);
+}
+END_TEST
+
+/*
+ * A broker killed with SIGKILL and started again takes broadcast channels
+ * over (both segments, the same ids): publishers and subscribers attached
+ * before keep working, and new ones join them. A channel whose config
+ * changed meanwhile is made anew, and nothing of the old one is left.
+ */
+START_TEST(test_crash_restart_adopts_broadcast) {
+        shmb_channel *pub = open_ok("news", SHMB_RW), *sub = open_ok("news", SHMB_RO), *late;
+        json_t *resp, *e;
+        int shm_id, table_id;
+
+        e = status_of("news", &resp);
+        shm_id = (int) test_jint(e, "shm_id");
+        table_id = (int) test_jint(e, "table_id");
+        json_decref(resp);
+        send_u32(pub, 1);
+        test_daemon_kill(&td, SIGKILL);
+        send_u32(pub, 2);                       /* the data path needs no broker */
+        test_start_ok();
+        e = status_of("news", &resp);
+        ck_assert_int_eq(test_jint(e, "shm_id"), shm_id);
+        ck_assert_int_eq(test_jint(e, "table_id"), table_id);
+        json_decref(resp);
+        ck_assert_int_eq(test_ipcs_count("-m"), 5 + 4);
+        late = open_ok("news", SHMB_RO);
+        send_u32(pub, 3);
+        for (uint32_t i = 1; i <= 3; i++)
+                ck_assert_uint_eq(recv_u32(sub), i);
+        ck_assert_uint_eq(recv_u32(late), 3);
+        ck_assert_uint_eq(dropped_of(sub), 0);
+
+        /* Changed while the broker was down: replaced, the old objects removed once detached. */
+        test_daemon_kill(&td, SIGKILL);
+        test_daemon_write_config(&td,
+                "[{\"name\": \"news\", \"layout\": \"broadcast\", \"slot_size\": 256, \"slots\": 8, \"subscribers\": 4,"
+                "  \"overflow\": \"drop\"}]");
+        test_start_ok();
+        ck_assert_int_eq(shmb_recv(sub, &(uint32_t) { 0 }, 4, -1), -EIDRM);
+        ck_assert_int_eq(shmb_send(pub, "x", 1, -1), -EIDRM);
+        shmb_close(late);
+        shmb_close(sub);
+        shmb_close(pub);
+        ck_assert_int_eq(test_ipcs_count("-m"), 2);
+        ck_assert_int_eq(test_ipcs_count("-s"), 1);
+}
+END_TEST
+
+/* The examples: two subscribers print the same 50 lines, which one publisher sent once. */
+START_TEST(test_examples_publish_to_two_subscribers) {
+        static char out[65536];
+        char expect[65536];
+        size_t used = 0;
+
+        for (int i = 1; i <= 50; i++)
+                used += (size_t) snprintf(expect + used, sizeof expect - used, "message %d\n", i);
+        ck_assert_int_eq(run(out, sizeof out, "%s/broadcast-subscriber news & s=$!; %s/broadcast-publisher news 50 1 && wait $s",
+                             EXAMPLES_DIR, EXAMPLES_DIR), 0);
+        ck_assert_str_eq(out, expect);
+        /* Two at once: each prints all 50 (their outputs go to separate files, then one after the other). */
+        ck_assert_int_eq(run(out, sizeof out,
+                             "cd %s; %s/broadcast-subscriber news >a & a=$!; %s/broadcast-subscriber news >b & b=$!;"
+                             " %s/broadcast-publisher news 50 2 && wait $a && wait $b && cat a b", td.dir,
+                             EXAMPLES_DIR, EXAMPLES_DIR, EXAMPLES_DIR), 0);
+        ck_assert_uint_eq(strlen(out), 2 * strlen(expect));
+        ck_assert_int_eq(strncmp(out, expect, strlen(expect)), 0);
+        ck_assert_str_eq(out + strlen(expect), expect);
+}
+END_TEST
+
+int main(void) {
+        const TestGroup groups[] = {
+                { "open", CASE_TIMEOUT, { test_open_answer_and_segments, test_ro_cannot_publish,
+                            test_unprivileged_subscriber } },
+                { "delivery", CASE_TIMEOUT, { test_one_subscriber_gets_all_in_order, test_three_subscribers_two_publishers,
+                                test_late_subscriber_sees_only_later } },
+                { "block", CASE_TIMEOUT, { test_block_publisher_waits_for_slowest,
+                             test_block_killed_subscriber_stops_blocking } },
+                { "wake", CASE_TIMEOUT, { test_sleeping_subscriber_is_woken_by_publish,
+                            test_block_sleeping_publisher_is_woken, test_no_system_call_per_message } },
+                { "drop", CASE_TIMEOUT, { test_drop_never_blocks_and_counts_exactly, test_drop_accounting_under_load } },
+                { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_one_mib_frame_to_three_subscribers,
+                                 test_zero_copy_both_sides_across_processes, test_publisher_killed_mid_reserve } },
+                { "limits", CASE_TIMEOUT, { test_subscriber_limit, test_forged_table_costs_only_messages } },
+                { "removal", CASE_TIMEOUT, { test_removal_wakes_sleepers } },
+                { "admin", CASE_TIMEOUT, { test_status_shows_subscribers_lag, test_reload_replaces_changed_broadcast,
+                             test_crash_restart_adopts_broadcast } },
+                { "programs", CASE_TIMEOUT, { test_examples_publish_to_two_subscribers } },
+        };
+
+        return test_main("broadcast", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
+}
