@@ -2042,8 +2042,105 @@ static void bench_scale(void) {
 static int misses, goals_run;
 
 /* Sections asked for on the command line (none: all); goals of the others are not printed. */
-enum { S_THROUGHPUT = 1, S_LATENCY = 2, S_CONTROL = 4, S_SCALE = 8 };
-static unsigned sections = S_THROUGHPUT | S_LATENCY | S_CONTROL | S_SCALE;
+/* ---------------------------------------------------------------- broadcast */
+
+#define BCAST_FRAME (1u << 20)
+#define BCAST_FRAMES 300
+static Stat bcast_mbps[2];     /* publisher MB/s with 1 and with 3 subscribers */
+
+/*
+ * One trial: the publisher writes BCAST_FRAMES frames of 1 MiB in place (reserve, fill every byte, commit)
+ * on the "block" broadcast channel b1m, which n subscribers read in place: each peeks a frame, reads one
+ * byte of every 4 KiB page (so it holds the slot as long as looking at it takes, and the pages cross to its
+ * CPU), and releases it. The frame is written once whatever n is: the publisher's rate should not fall
+ * with n but for the subscribers' share of the two CPUs. MB/s from the first reserve to the last commit.
+ */
+static double bcast_trial(int n) {
+        int ready[2];
+        pid_t kids[3];
+        shmb_channel *pub;
+        int64_t t0, t;
+        char c;
+
+        if (pipe(ready) < 0)
+                die("pipe");
+        for (int k = 0; k < n; k++) {
+                kids[k] = fork();
+                if (kids[k] < 0)
+                        die("fork");
+                if (kids[k] == 0) {
+                        shmb_channel *sub;
+                        volatile unsigned sum = 0;
+                        ssize_t len;
+                        int r;
+
+                        child_setup();
+                        r = shmb_open_channel(sock_path, "b1m", SHMB_RO, &sub);
+                        if (r < 0 || write(ready[1], "x", 1) != 1)
+                                _exit(1);
+                        do {
+                                const void *m;
+
+                                len = shmb_recv_peek(sub, &m, WAIT_FOREVER);
+                                if (len < 0)
+                                        _exit(2);
+                                for (ssize_t i = 0; i < len; i += 4096)
+                                        sum += ((const unsigned char *) m)[i];
+                                if (shmb_recv_release(sub, m) < 0)
+                                        _exit(3);
+                        } while (len > 0);
+                        shmb_close(sub);
+                        _exit(0);
+                }
+        }
+        /* Every subscriber is in before the first frame: each must see all of them. */
+        for (int k = 0; k < n; k++)
+                if (read(ready[0], &c, 1) != 1)
+                        die("a broadcast subscriber did not start");
+        pub = open_ch("b1m");
+        t0 = now_ns();
+        for (int i = 0; i <= BCAST_FRAMES; i++) {
+                size_t len = i < BCAST_FRAMES ? BCAST_FRAME : 0;        /* then an empty frame: the end */
+                void *buf;
+
+                if (shmb_send_reserve(pub, len, &buf, WAIT_FOREVER) < 0)
+                        die("broadcast reserve");
+                memset(buf, i, len);
+                if (shmb_send_commit(pub, buf, len) < 0)
+                        die("broadcast commit");
+        }
+        t = now_ns() - t0;
+        for (int k = 0; k < n; k++)
+                wait_child(kids[k]);
+        shmb_close(pub);
+        close(ready[0]);
+        close(ready[1]);
+        return (double) BCAST_FRAMES * BCAST_FRAME / (double) t * 1e3;
+}
+
+static void bench_broadcast(void) {
+        double v[2][TRIALS];
+        static const int subs[2] = { 1, 3 };
+
+        /* Alternating trial by trial: a noisy spell costs both a trial, not one of them all. */
+        for (int t = 0; t < TRIALS; t++)
+                for (int k = 0; k < 2; k++) {
+                        watchdog_kick();
+                        v[k][t] = bcast_trial(subs[k]);
+                }
+        printf("\n%-26s %14s %14s %14s\n", "broadcast 1 MiB (block)", "median", "min", "max");
+        for (int k = 0; k < 2; k++) {
+                char label[40];
+
+                bcast_mbps[k] = stat_of(v[k], TRIALS);
+                snprintf(label, sizeof label, "publisher, %d subscriber%s", subs[k], subs[k] == 1 ? "" : "s");
+                printf("%-26s %9.0f MB/s %9.0f MB/s %9.0f MB/s\n", label, bcast_mbps[k].median, bcast_mbps[k].min,
+                       bcast_mbps[k].max);
+        }
+}
+
+enum { S_THROUGHPUT = 1, S_LATENCY = 2, S_CONTROL = 4, S_SCALE = 8, S_BROADCAST = 16 };
+static unsigned sections = S_THROUGHPUT | S_LATENCY | S_CONTROL | S_SCALE | S_BROADCAST;
 
 /* note, when given, follows in parentheses: which trials, or the figures behind the ratio. */
 static void goal_note(unsigned section, const char *name, double measured, double target, bool at_least,
@@ -2146,6 +2243,9 @@ static void goals(void) {
         }
         TPUT_GOAL("ring_vs_unix_64KiB", &tput[2][T_RING], 5, &tput[2][T_UNIX]);
         fast_goal();
+        /* The frame is written once: three subscribers may cost the publisher only their share of the CPUs. */
+        goal(S_BROADCAST, "broadcast_3_subscribers_1MiB_vs_1", bcast_mbps[1].median / bcast_mbps[0].median, 0.8,
+             true, "x");
         goal(S_LATENCY, "rtt_same_cpu_vs_best_blocking", lat[0][L_RING].median / best_same, 1.2, false, "x");
         goal(S_LATENCY, "rtt_cross_cpu_vs_best_blocking", lat[1][L_RING].median / best_cross, 1.2, false, "x");
         goal(S_LATENCY, "rtt_spin_cross_cpu_vs_busy_spin", lat[1][L_RING_SPIN].median / lat[1][L_SPIN].median, 5, false, "x");
@@ -2170,7 +2270,7 @@ static void goals(void) {
 }
 
 static void usage(void) {
-        fprintf(stderr, "usage: bench [--pin] [throughput|latency|control|scale]...  (default: all, unpinned)\n");
+        fprintf(stderr, "usage: bench [--pin] [throughput|latency|control|scale|broadcast]...  (default: all, unpinned)\n");
         exit(2);
 }
 
@@ -2221,7 +2321,7 @@ int main(int argc, char **argv) {
         if (argc > 2 && (streq(argv[1], "--trial") || streq(argv[1], "--probe-fd")))
                 return helper_main(argc, argv);
         for (int i = 1, named = 0; i < argc; i++) {
-                static const char *const names[] = { "throughput", "latency", "control", "scale" };
+                static const char *const names[] = { "throughput", "latency", "control", "scale", "broadcast" };
                 size_t k = 0;
 
                 if (streq(argv[i], "--pin")) {
@@ -2265,12 +2365,16 @@ int main(int argc, char **argv) {
                         "{\"name\": \"r1m\", \"layout\": \"ring\", \"slot_size\": 1048576, \"slots\": 4},"
                         "{\"name\": \"ping\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8},"
                         "{\"name\": \"pong\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8},"
-                        "{\"name\": \"probe\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8}");
+                        "{\"name\": \"probe\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8},"
+                        "{\"name\": \"b1m\", \"layout\": \"broadcast\", \"slot_size\": 1048576, \"slots\": 4,"
+                        " \"subscribers\": 3}");
         watchdog_kick();
         daemon_start();
         echo_start();
         if (sections & S_THROUGHPUT)
                 bench_throughput();
+        if (sections & S_BROADCAST)
+                bench_broadcast();
         if (sections & S_LATENCY)
                 bench_latency();
         if (sections & S_CONTROL) {
