@@ -57,6 +57,7 @@
 #define SPIN_YIELD_AFTER_NS 2000
 
 struct BcastHandle {
+        shmb_channel *ch;               /* whose handle this is: its wake-up FIFOs (channel-fd.c) */
         BcastHeader *h;                 /* the data segment (ch->addr) */
         BcastTable *t;                  /* the table segment, attached read-write */
         char *slots;
@@ -120,12 +121,52 @@ static int futex_wait_until(uint32_t *word, uint32_t expected, int64_t deadline,
         return -errno;                  /* EINTR */
 }
 
-/* After a sequentially consistent change the sleeper waits for: wake it, if its flag is up, once. */
-static void notify(uint32_t *word, uint32_t *sleeping) {
-        if (LOAD(sleeping, SEQ) && __atomic_exchange_n(sleeping, 0, SEQ)) {
+/*
+ * Someone waits: serve every bit taken with the flag (RING_SLEEP_*, as in a
+ * ring): a futex sleeper by moving the word and waking it, an event loop's
+ * waiter by its side's wake-up FIFO. Out of line, so that notify() stays a
+ * load and a branch.
+ */
+static __attribute__((noinline, cold)) void wake_waiters(BcastHandle *b, uint32_t *word, uint32_t *sleeping,
+                                                           unsigned dir) {
+        uint32_t bits = __atomic_exchange_n(sleeping, 0, SEQ);
+
+        if (bits & ~(uint32_t) RING_SLEEP_FD) {
                 __atomic_add_fetch(word, 1, SEQ);
                 (void) syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
         }
+#ifndef SHMB_NO_CHANNEL_FD
+        if (bits & RING_SLEEP_FD)
+                channel_wake_signal(b->ch, dir, sleeping);
+#else
+        (void) b;
+        (void) dir;
+#endif
+}
+
+/* After a sequentially consistent change the waiters wait for: wake them, if the flag is up, once. */
+static inline void notify(BcastHandle *b, uint32_t *word, uint32_t *sleeping, unsigned dir) {
+        if (LOAD(sleeping, SEQ))
+                wake_waiters(b, word, sleeping, dir);
+}
+
+/*
+ * A caller that will not wait is about to get -EAGAIN: if it polls the fd
+ * of shmb_channel_fd(), empty the side's FIFO, raise RING_SLEEP_FD and let
+ * the caller look again (the ring's poll_wait()). true: it armed.
+ */
+static bool arm_fd(BcastHandle *b, uint32_t *sleeping, unsigned dir) {
+#ifdef SHMB_NO_CHANNEL_FD
+        (void) b;
+        (void) sleeping;
+        (void) dir;
+        return false;
+#else
+        if (channel_wake_arm(b->ch, dir) < 0)
+                return false;
+        __atomic_fetch_or(sleeping, (uint32_t) RING_SLEEP_FD, SEQ);
+        return true;
+#endif
 }
 
 static bool removed(const BcastHandle *b) {
@@ -196,6 +237,15 @@ static int wait_slot(shmb_channel *ch, BcastHandle *b, Wait *w, BcastSlot *slot,
 
         if (w->timeout_ms == 0) {
                 cpu_relax();
+                if (!arm_fd(b, &b->t->sub_sleeping, WAKE_DATA))
+                        return -EAGAIN;
+                /* A subscriber about to wait in an event loop tells block-mode publishers where it is. */
+                if (before_sleep)
+                        before_sleep(ch, b);
+                if (LOAD(&slot->seq, SEQ) != seen || removed_seq(b)) {
+                        channel_wake_pass_on(ch, WAKE_DATA);
+                        return 0;
+                }
                 return -EAGAIN;
         }
         (void) deadline_of(w);
@@ -205,7 +255,7 @@ static int wait_slot(shmb_channel *ch, BcastHandle *b, Wait *w, BcastSlot *slot,
                 before_sleep(ch, b);
         /* The word first, then the flag: a waker that clears the flag also moves the word (see the ring). */
         v = LOAD(&b->h->data_seq, SEQ);
-        STORE(&b->t->sub_sleeping, 1, SEQ);
+        __atomic_fetch_or(&b->t->sub_sleeping, (uint32_t) RING_SLEEP_FUTEX, SEQ);     /* an fd waiter's bit stays */
         if (LOAD(&slot->seq, SEQ) == seen && !removed_seq(b))
                 r = futex_wait_until(&b->h->data_seq, v, w->deadline,
                                      claimed ? BCAST_REPAIR_POLL_MS : BCAST_POLL_MS);
@@ -237,7 +287,7 @@ static void report(BcastHandle *b, uint64_t pos) {
                 return;
         }
         STORE(&cur->position, pos, SEQ);
-        notify(&b->t->space_seq, &b->t->pub_sleeping);
+        notify(b, &b->t->space_seq, &b->t->pub_sleeping, WAKE_SPACE);
 }
 
 /*
@@ -496,11 +546,20 @@ static int wait_space(BcastHandle *b, uint64_t pos, Wait *w) {
         STORE(&b->limit, limit, RLX);
         if (pos < limit)
                 return 0;
-        if (w->timeout_ms == 0)
+        if (w->timeout_ms == 0) {
+                if (!arm_fd(b, &b->t->pub_sleeping, WAKE_SPACE))
+                        return -EAGAIN;
+                limit = slowest(b, LOAD(&b->h->head, SEQ)) + b->n;
+                STORE(&b->limit, limit, RLX);
+                if (pos < limit || removed_seq(b)) {
+                        channel_wake_pass_on(b->ch, WAKE_SPACE);
+                        return 0;
+                }
                 return -EAGAIN;
+        }
         (void) deadline_of(w);
         v = LOAD(&b->t->space_seq, SEQ);
-        STORE(&b->t->pub_sleeping, 1, SEQ);
+        __atomic_fetch_or(&b->t->pub_sleeping, (uint32_t) RING_SLEEP_FUTEX, SEQ);
         limit = slowest(b, LOAD(&b->h->head, SEQ)) + b->n;
         STORE(&b->limit, limit, RLX);
         if (pos < limit)
@@ -535,7 +594,7 @@ static bool repair(BcastHandle *b, BcastSlot *slot, uint64_t s, uint64_t owner) 
         if (!claimer_dead(b, owner, o))
                 return false;
         if (CAS(&slot->seq, &s, bcast_seq(o, BCAST_SEQ_SKIPPED), SEQ))
-                notify(&b->h->data_seq, &b->t->sub_sleeping);   /* subscribers waiting at o move on */
+                notify(b, &b->h->data_seq, &b->t->sub_sleeping, WAKE_DATA);   /* subscribers waiting at o move on */
         return true;
 }
 
@@ -618,7 +677,7 @@ static bool pub_finish(BcastHandle *b, BcastSlot *slot, uint64_t pos, unsigned k
 
         if (!CAS(&slot->seq, &expected, bcast_seq(pos, kind), SEQ))
                 return false;
-        notify(&b->h->data_seq, &b->t->sub_sleeping);
+        notify(b, &b->h->data_seq, &b->t->sub_sleeping, WAKE_DATA);
         return true;
 }
 
@@ -782,6 +841,7 @@ int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc) {
                 .subs = bcast_subscriber_at(h, 0),
                 .reg_index = NO_CURSOR,
         };
+        b->ch = ch;
         ch->bcast = b;
         ch->sem_base = BCAST_NSEMS;
         ch->info.nsems -= BCAST_NSEMS;
@@ -803,7 +863,7 @@ void bcast_channel_free(shmb_channel *ch) {
         cur = b->subscriber ? my_cursor(b) : NULL;
         if (cur && LOAD(&cur->token, RLX) == LOAD(&b->reg_token, RLX)) {
                 STORE(&cur->token, 0, SEQ);
-                notify(&b->t->space_seq, &b->t->pub_sleeping);
+                notify(b, &b->t->space_seq, &b->t->pub_sleeping, WAKE_SPACE);
         }
         (void) shmdt(b->t);
         free(b);

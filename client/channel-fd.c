@@ -170,9 +170,10 @@ int shmb_channel_fd(shmb_channel *ch) {
 #ifdef SHMB_NO_CHANNEL_FD
         return -EOPNOTSUPP;     /* the bench's build without fd waiters */
 #endif
-        if (!ch->ring)
+        if (!ch->ring && !ch->bcast)
                 return -ENOTSUP;
-        if (ch->access == SHMB_RO)
+        /* A ring's receivers move shared positions too; a broadcast subscriber is ro and waits for data. */
+        if (ch->ring && ch->access == SHMB_RO)
                 return -EACCES;
         w = ch->wake;
         if (!w)

@@ -224,7 +224,8 @@ static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, Pro
                 opened = res->channels[0];
                 ring_version = res->channels[0].ring_version;
                 /* Taken from the answer; an answer asked again (a replaced channel) names the same. */
-                if (!ch->wake && res->channels[0].wake_fifos[0] && res->channels[0].layout == PROTO_LAYOUT_RING) {
+                if (!ch->wake && res->channels[0].wake_fifos[0] &&
+                    (res->channels[0].layout == PROTO_LAYOUT_RING || res->channels[0].layout == PROTO_LAYOUT_BROADCAST)) {
                         r = channel_wake_new(ch, res->channels[0].wake_fifos);
                         res->channels[0].wake_fifos[0] = res->channels[0].wake_fifos[1] = NULL;
                         if (r < 0) {

@@ -78,22 +78,24 @@ static void entry_init_holders(Entry *e) {
  */
 static void entry_init_ring(Registry *r, Entry *e, bool keep) {
         const ChannelSpec *s = &e->channel->spec;
-        bool ring = s->layout == PROTO_LAYOUT_RING;
+        bool ring = s->layout == PROTO_LAYOUT_RING, bcast = s->layout == PROTO_LAYOUT_BROADCAST;
+        /* A broadcast subscriber opens ro yet raises and empties its FIFO: read grants write, as on its table. */
+        mode_t mode = bcast ? s->mode | ((s->mode & 0444) >> 1) : s->mode;
         int k;
 
         entry_init_holders(e);
         e->has_wake = false;
-        if (!ring || !r->wake)
+        if ((!ring && !bcast) || !r->wake)
                 return;
-        k = wake_make(r->wake, s->name, keep, s->uid, s->gid, s->mode);
+        k = wake_make(r->wake, s->name, keep, s->uid, s->gid, mode);
         if (k < 0) {
                 log_warning("Channel %s: cannot make its wake-up FIFOs: %s; waiting for it in an event loop "
                             "will not work.", s->name, strerror(-k));
                 return;
         }
         e->has_wake = true;
-        e->holders.wake = r->wake;
-        e->holders.name = s->name;
+        e->holders.wake = e->subs.wake = r->wake;
+        e->holders.name = e->subs.name = s->name;
 }
 
 static int registry_add(Registry *r, Channel *c, bool adopted, Entry **ret) {

@@ -1,5 +1,6 @@
 /*
- * poll-receiver: prints the messages of several ring channels as they come,
+ * poll-receiver: prints the messages of several ring or broadcast channels
+ * (as a subscriber) as they come,
  * from one poll() loop, one line each: "CHANNEL: message". A channel is done
  * when an empty message arrives, the program when all are; it gives up after
  * 10 s with nothing to do. It reads each message where it lies (zero copy)
@@ -52,7 +53,8 @@ int main(int argc, char *argv[]) {
 
         if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
                 fputs("usage: poll-receiver CHANNEL...\n"
-                      "Waits for several ring channels at once in one poll() loop\n"
+                      "Waits for several ring or broadcast channels (as a subscriber) at once\n"
+                      "in one poll() loop\n"
                       "(shmb_channel_fd) and prints \"CHANNEL: message\" for each message as it\n"
                       "comes. A channel is done at its empty message, the program when all are;\n"
                       "a line \"quit\" on stdin ends it early; it gives up after 10 s idle.\n"
@@ -76,6 +78,12 @@ int main(int argc, char *argv[]) {
         }
         for (int i = 0; i < n && r >= 0; i++) {
                 r = shmb_open_channel(NULL, argv[i + 1], SHMB_RW, &ch[i]);
+                /* On a broadcast channel rw publishes: subscribe (ro) instead. */
+                if (r >= 0 && shmb_channel_layout(ch[i]) == SHMB_LAYOUT_BROADCAST) {
+                        shmb_close(ch[i]);
+                        ch[i] = NULL;
+                        r = shmb_open_channel(NULL, argv[i + 1], SHMB_RO, &ch[i]);
+                }
                 if (r >= 0)
                         r = p[2 * i].fd = shmb_channel_fd(ch[i]);
                 if (r >= 0)

@@ -153,6 +153,11 @@
  *   however slow, never loses a message this way.
  *
  * Sleeping and waking (no system call per message)
+ *   The flags are bit sets, as the ring's (RING_SLEEP_FUTEX, RING_SLEEP_FD
+ *   in proto/ring.h): a waiter raises its bit with an atomic or, the waker
+ *   exchanges the word for 0 and serves each bit it took; a waiter in an
+ *   event loop (shmb_channel_fd()) is served by a byte in the channel's
+ *   wake-up FIFO of its side (data for subscribers, space for publishers).
  *   Subscribers (and a publisher waiting for the lap before to be
  *   published) sleep on the futex word `data_seq` of the data header after
  *   raising `sub_sleeping` in the table; a publisher that published reads

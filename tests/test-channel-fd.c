@@ -30,6 +30,8 @@
 static const char channels[] =
         "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 2, \"group\": 4242, \"mode\": \"0660\"},"
         " {\"name\": \"r2\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4},"
+        " {\"name\": \"news\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 2, \"subscribers\": 2,"
+        "  \"mode\": \"0640\"},"
         " {\"name\": \"raw\", \"size\": 4096}]";
 
 static void setup(void) {
@@ -360,6 +362,71 @@ START_TEST(test_planted_directory_is_left_alone) {
 }
 END_TEST
 
+/* A process that publishes one message on "news" and stays until released. */
+static pid_t publisher_kid(const char *text) {
+        pid_t pid;
+
+        ck_assert_int_eq(pipe2(linger, O_CLOEXEC), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *ch = NULL;
+                char c;
+                int r;
+
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                if (shmb_open_channel(NULL, "news", SHMB_RW, &ch) < 0)
+                        _exit(2);
+                r = shmb_send(ch, text, strlen(text), WAIT_MS);
+                close(linger[1]);
+                (void) read(linger[0], &c, 1);
+                _exit(r == 0 ? 0 : 3);
+        }
+        close(linger[0]);
+        return pid;
+}
+
+/*
+ * Broadcast: a subscriber (ro) waits for data through its fd, a block-mode
+ * publisher for room. Each wake-up comes from another handle: the
+ * subscriber's from a publisher process, the publisher's from the
+ * subscriber reading (which tells the publisher it moved).
+ */
+START_TEST(test_broadcast_subscriber_and_publisher_wait_through_the_fd) {
+        shmb_channel *sub = NULL, *pub = NULL;
+        char buf[64];
+        int sfd, pfd;
+        pid_t pid;
+
+        ck_assert_int_eq(shmb_open_channel(NULL, "news", SHMB_RO, &sub), 0);
+        sfd = shmb_channel_fd(sub);
+        ck_assert_int_ge(sfd, 0);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_int_eq(readable(sfd, 0), 0);
+        pid = publisher_kid("news 1");
+        ck_assert_msg(readable(sfd, WAIT_MS) == 1, "no wake-up from the publisher");
+        reap_ok(pid);
+        assert_recv(sub, "news 1");
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), -EAGAIN);
+
+        /* Two slots, one subscriber that does not read: the third publish waits for room. */
+        ck_assert_int_eq(shmb_open_channel(NULL, "news", SHMB_RW, &pub), 0);
+        pfd = shmb_channel_fd(pub);
+        ck_assert_int_ge(pfd, 0);
+        ck_assert_int_eq(shmb_send(pub, "a", 1, 0), 0);
+        ck_assert_int_eq(shmb_send(pub, "b", 1, 0), 0);
+        ck_assert_int_eq(shmb_send(pub, "c", 1, 0), -EAGAIN);
+        ck_assert_int_eq(readable(pfd, 0), 0);
+        assert_recv(sub, "a");
+        ck_assert_msg(readable(pfd, WAIT_MS) == 1, "the subscriber's read did not wake the publisher");
+        ck_assert_int_eq(shmb_send(pub, "c", 1, 0), 0);
+        assert_recv(sub, "b");
+        assert_recv(sub, "c");
+        shmb_close(pub);
+        shmb_close(sub);
+}
+END_TEST
+
 /* examples/poll-receiver: one poll() loop over two rings, each fed by its own sender. */
 START_TEST(test_poll_example_receives_from_two_rings) {
         static char out[65536];
@@ -387,6 +454,27 @@ START_TEST(test_poll_example_receives_from_two_rings) {
         ck_assert_int_eq(next[0], 31);
         ck_assert_int_eq(next[1], 31);
 
+        /* A ring and a broadcast channel (subscribed), published to once the subscriber is in. */
+        snprintf(cmd, sizeof cmd, "%s/poll-receiver r news & r=$!; %s/ring-sender r 30 & a=$!; "
+                 "%s/broadcast-publisher news 30 1 && wait $a && wait $r", EXAMPLES_DIR, EXAMPLES_DIR, EXAMPLES_DIR);
+        p = popen(cmd, "re");
+        ck_assert_ptr_nonnull(p);
+        n = fread(out, 1, sizeof out - 1, p);
+        out[n] = '\0';
+        ck_assert_int_eq(pclose(p), 0);
+        next[0] = next[1] = 1;
+        save = NULL;
+        for (line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+                int which = strncmp(line, "r: ", 3) == 0 ? 0 : strncmp(line, "news: ", 6) == 0 ? 1 : -1;
+                char want[32];
+
+                ck_assert_msg(which >= 0, "unexpected line: %s", line);
+                snprintf(want, sizeof want, "message %d", next[which]++);
+                ck_assert_str_eq(line + (which ? 6 : 3), want);
+        }
+        ck_assert_int_eq(next[0], 31);
+        ck_assert_int_eq(next[1], 31);
+
         /* stdin is in the same loop: "quit" ends it with nothing sent (else: 10 s idle, then exit 1). */
         snprintf(cmd, sizeof cmd, "echo quit | %s/poll-receiver r r2", EXAMPLES_DIR);
         ck_assert_int_eq(system(cmd), 0);
@@ -401,6 +489,7 @@ int main(void) {
                                                   test_dead_claimer_wakes_the_waiter } },
                 { "restart", CASE_TIMEOUT, { test_wait_survives_a_broker_crash } },
                 { "example", CASE_TIMEOUT, { test_poll_example_receives_from_two_rings } },
+                { "broadcast", CASE_TIMEOUT, { test_broadcast_subscriber_and_publisher_wait_through_the_fd } },
                 { "fifos", CASE_TIMEOUT, { test_fifos_carry_the_channels_rights_and_go_with_it,
                                            test_raw_and_read_only_handles_have_none,
                                            test_planted_directory_is_left_alone } },

@@ -372,8 +372,11 @@ int shmb_recv_release(shmb_channel *ch, const void *buf);
  * every other handle of the channel pays one write to a FIFO per wait of
  * this one, only when it makes that wait end.
  *
- * Returns the fd (the same on every call); -ENOTSUP (not a ring), -EACCES
- * (a read-only handle), -EOPNOTSUPP (the broker names no FIFOs: it could
+ * On a broadcast channel a subscriber waits for messages and a publisher
+ * (in block mode) for room, the same way.
+ *
+ * Returns the fd (the same on every call); -ENOTSUP (not a ring nor a
+ * broadcast channel), -EACCES (a read-only handle of a ring), -EOPNOTSUPP (the broker names no FIFOs: it could
  * not make them), the error of opening a FIFO (-EACCES, -ENOENT when this
  * process cannot see the broker's directory), -EMFILE, -ENOMEM. -EINVAL
  * for NULL. Thread-safe.
