@@ -427,53 +427,50 @@ START_TEST(test_broadcast_subscriber_and_publisher_wait_through_the_fd) {
 }
 END_TEST
 
-/* examples/poll-receiver: one poll() loop over two rings, each fed by its own sender. */
-START_TEST(test_poll_example_receives_from_two_rings) {
+/*
+ * Run cmd, a poll-receiver over two channels and their senders, and check
+ * its output: the two channels' lines interleaved as they came, each
+ * channel's own "message 1" .. "message count" in order.
+ */
+static void assert_two_streams(const char *cmd, const char *first, const char *second, int count) {
         static char out[65536];
-        char cmd[1024], *line, *save = NULL;
+        const char *prefix[2] = { first, second };
+        char *line, *save = NULL;
         int next[2] = { 1, 1 };
         size_t n;
         FILE *p;
 
-        snprintf(cmd, sizeof cmd, "%s/poll-receiver r r2 & r=$!; %s/ring-sender r 30 & a=$!; "
-                 "%s/ring-sender r2 30 && wait $a && wait $r", EXAMPLES_DIR, EXAMPLES_DIR, EXAMPLES_DIR);
         p = popen(cmd, "re");
         ck_assert_ptr_nonnull(p);
         n = fread(out, 1, sizeof out - 1, p);
         out[n] = '\0';
         ck_assert_int_eq(pclose(p), 0);
-        /* Interleaved as they came; each channel's own lines in order. */
         for (line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-                int which = strncmp(line, "r: ", 3) == 0 ? 0 : strncmp(line, "r2: ", 4) == 0 ? 1 : -1;
-                char want[32];
+                char want[96];
+                int which = -1;
 
+                for (int k = 0; k < 2 && which < 0; k++)
+                        if (strncmp(line, prefix[k], strlen(prefix[k])) == 0 && line[strlen(prefix[k])] == ':')
+                                which = k;
                 ck_assert_msg(which >= 0, "unexpected line: %s", line);
-                snprintf(want, sizeof want, "message %d", next[which]++);
-                ck_assert_str_eq(line + (which ? 4 : 3), want);
+                snprintf(want, sizeof want, "%s: message %d", prefix[which], next[which]++);
+                ck_assert_str_eq(line, want);
         }
-        ck_assert_int_eq(next[0], 31);
-        ck_assert_int_eq(next[1], 31);
+        ck_assert_int_eq(next[0], count + 1);
+        ck_assert_int_eq(next[1], count + 1);
+}
 
+/* examples/poll-receiver: one poll() loop over two channels, each fed by its own sender; and stdin. */
+START_TEST(test_poll_example_receives_from_two_rings) {
+        char cmd[1024];
+
+        snprintf(cmd, sizeof cmd, "%s/poll-receiver r r2 & r=$!; %s/ring-sender r 30 & a=$!; "
+                 "%s/ring-sender r2 30 && wait $a && wait $r", EXAMPLES_DIR, EXAMPLES_DIR, EXAMPLES_DIR);
+        assert_two_streams(cmd, "r", "r2", 30);
         /* A ring and a broadcast channel (subscribed), published to once the subscriber is in. */
         snprintf(cmd, sizeof cmd, "%s/poll-receiver r news & r=$!; %s/ring-sender r 30 & a=$!; "
                  "%s/broadcast-publisher news 30 1 && wait $a && wait $r", EXAMPLES_DIR, EXAMPLES_DIR, EXAMPLES_DIR);
-        p = popen(cmd, "re");
-        ck_assert_ptr_nonnull(p);
-        n = fread(out, 1, sizeof out - 1, p);
-        out[n] = '\0';
-        ck_assert_int_eq(pclose(p), 0);
-        next[0] = next[1] = 1;
-        save = NULL;
-        for (line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-                int which = strncmp(line, "r: ", 3) == 0 ? 0 : strncmp(line, "news: ", 6) == 0 ? 1 : -1;
-                char want[32];
-
-                ck_assert_msg(which >= 0, "unexpected line: %s", line);
-                snprintf(want, sizeof want, "message %d", next[which]++);
-                ck_assert_str_eq(line + (which ? 6 : 3), want);
-        }
-        ck_assert_int_eq(next[0], 31);
-        ck_assert_int_eq(next[1], 31);
+        assert_two_streams(cmd, "r", "news", 30);
 
         /* stdin is in the same loop: "quit" ends it with nothing sent (else: 10 s idle, then exit 1). */
         snprintf(cmd, sizeof cmd, "echo quit | %s/poll-receiver r r2", EXAMPLES_DIR);
