@@ -124,6 +124,22 @@ static void reap_ok(pid_t pid) {
         ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
 }
 
+/*
+ * A child that held the channel exited: the broker marks its holder dead
+ * and writes both FIFOs (see test_dead_claimer_wakes_the_waiter), at a time
+ * of its own. Wait for that wake-up on fd, then for one round trip, which
+ * the broker (one thread) answers only after it wrote both, so that later
+ * checks see no wake-up but their own.
+ */
+static void settle_child_exit(int fd) {
+        int sock;
+
+        ck_assert_msg(readable(fd, WAIT_MS) == 1, "the broker did not signal a holder's exit");
+        sock = test_connect(td.socket);
+        json_decref(test_request(sock, "{\"op\":\"hello\",\"version\":1}"));
+        close(sock);
+}
+
 static void assert_recv(shmb_channel *ch, const char *want) {
         char buf[64];
         ssize_t n = shmb_recv(ch, buf, sizeof buf, 0);
@@ -148,10 +164,13 @@ START_TEST(test_receiver_woken_by_another_process) {
                 pid_t pid = kid(KID_SEND, "hello", -1);
 
                 ck_assert_msg(readable(fd, WAIT_MS) == 1, "round %d: no wake-up from the sender", round);
-                reap_ok(pid);
                 assert_recv(ch, "hello");
                 ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
-                /* Emptied by the -EAGAIN that armed it again. */
+                /* Emptied by the -EAGAIN that armed it again (the sender lives on: nothing else writes). */
+                ck_assert_int_eq(readable(fd, 0), 0);
+                reap_ok(pid);
+                settle_child_exit(fd);
+                ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
                 ck_assert_int_eq(readable(fd, 0), 0);
         }
         shmb_close(ch);
@@ -405,8 +424,12 @@ START_TEST(test_broadcast_subscriber_and_publisher_wait_through_the_fd) {
         ck_assert_int_eq(readable(sfd, 0), 0);
         pid = publisher_kid("news 1");
         ck_assert_msg(readable(sfd, WAIT_MS) == 1, "no wake-up from the publisher");
-        reap_ok(pid);
         assert_recv(sub, "news 1");
+        /* Emptied, so that only the broker's signal of the publisher's exit wakes it next. */
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_int_eq(readable(sfd, 0), 0);
+        reap_ok(pid);
+        settle_child_exit(sfd);
         ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), -EAGAIN);
 
         /* Two slots, one subscriber that does not read: the third publish waits for room. */
