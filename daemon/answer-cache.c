@@ -12,7 +12,7 @@ static bool semaphores_equal(const ProtoChannel *a, const ProtoChannel *b) {
         for (size_t i = 0; i < a->n_semaphores; i++) {
                 const ProtoSemaphore *x = &a->semaphores[i], *y = &b->semaphores[i];
 
-                if (x->value != y->value || x->ncount != y->ncount || x->zcount != y->zcount || x->pid != y->pid)
+                if (x->value != y->value || x->has_counts != y->has_counts || x->ncount != y->ncount || x->zcount != y->zcount || x->pid != y->pid)
                         return false;
         }
         return true;
@@ -42,9 +42,20 @@ static bool subscriptions_equal(const ProtoChannel *a, const ProtoChannel *b) {
         return true;
 }
 
+static bool sem_names_equal(const ProtoChannel *a, const ProtoChannel *b) {
+        if (!a->sem_names || !b->sem_names)
+                return a->sem_names == b->sem_names;
+        for (unsigned i = 0; i < a->nsems; i++)
+                if (!streq(a->sem_names[i], b->sem_names[i]))
+                        return false;
+        return true;
+}
+
 static bool channel_equal(const ProtoChannel *a, const ProtoChannel *b) {
-        return streq(a->name, b->name) && a->shm_key == b->shm_key && a->shm_id == b->shm_id &&
+        return streq(a->name, b->name) && a->kind == b->kind && streq(a->shm_name, b->shm_name) &&
+               streq(a->table_name, b->table_name) && a->shm_key == b->shm_key && a->shm_id == b->shm_id &&
                a->sem_key == b->sem_key && a->sem_id == b->sem_id && a->size == b->size && a->nsems == b->nsems &&
+               sem_names_equal(a, b) &&
                a->layout == b->layout && a->slot_size == b->slot_size && a->slots == b->slots &&
                a->subscribers == b->subscribers && a->overflow == b->overflow && a->table_key == b->table_key &&
                a->table_id == b->table_id && subscriptions_equal(a, b) &&
@@ -59,6 +70,17 @@ static int channel_copy(const ProtoChannel *from, ProtoChannel *to) {
         to->semaphores = NULL;
         to->clients = NULL;
         to->subscriptions = NULL;
+        to->sem_names = NULL;
+        /* Only an open answer names wake-up FIFOs or descriptors, and open answers are not cached. */
+        to->wake_fifos[0] = to->wake_fifos[1] = NULL;
+        if (from->sem_names) {
+                to->sem_names = calloc(from->nsems + 1, sizeof *to->sem_names);
+                if (!to->sem_names)
+                        goto fail;
+                for (unsigned i = 0; i < from->nsems; i++)
+                        if (!(to->sem_names[i] = strdup(from->sem_names[i])))
+                                goto fail;
+        }
         if (from->n_semaphores > 0) {
                 to->semaphores = memdup(from->semaphores, from->n_semaphores * sizeof *from->semaphores);
                 if (!to->semaphores)

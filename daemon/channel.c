@@ -550,7 +550,7 @@ static int read_semaphores(const Channel *c, ProtoSemaphore **ret) {
 
                 if (ncnt < 0 || zcnt < 0 || pid < 0)
                         return errno == EINVAL ? -EIDRM : -errno;
-                sems[i] = (ProtoSemaphore) { .value = values[i], .ncount = ncnt, .zcount = zcnt, .pid = pid };
+                sems[i] = (ProtoSemaphore) { .value = values[i], .has_counts = true, .ncount = ncnt, .zcount = zcnt, .pid = pid };
         }
         *ret = TAKE_PTR(sems);
         return 0;

@@ -31,6 +31,11 @@ static const char *const layout_names[_PROTO_LAYOUT_MAX] = {
         [PROTO_LAYOUT_BROADCAST] = "broadcast",
 };
 
+static const char *const kind_names[_PROTO_KIND_MAX] = {
+        [PROTO_KIND_SYSV] = "sysv",
+        [PROTO_KIND_POSIX] = "posix",
+};
+
 static const char *const overflow_names[_PROTO_OVERFLOW_MAX] = {
         [PROTO_OVERFLOW_BLOCK] = "block",
         [PROTO_OVERFLOW_DROP] = "drop",
@@ -75,6 +80,14 @@ const char *proto_overflow_to_string(ProtoOverflow o) {
 
 int proto_overflow_from_string(const char *s) {
         return lookup(overflow_names, _PROTO_OVERFLOW_MAX, s);
+}
+
+const char *proto_kind_to_string(ProtoKind k) {
+        return (unsigned) k < _PROTO_KIND_MAX ? kind_names[k] : NULL;
+}
+
+int proto_kind_from_string(const char *s) {
+        return lookup(kind_names, _PROTO_KIND_MAX, s);
 }
 
 #define E(x) { x, #x }

@@ -53,6 +53,16 @@ typedef enum ProtoLayout {
         _PROTO_LAYOUT_MAX,
 } ProtoLayout;
 
+/* Which family of kernel objects a channel is made of. */
+typedef enum ProtoKind {
+        PROTO_KIND_SYSV,                     /* shmget + semget */
+        PROTO_KIND_POSIX,                    /* shm_open + mmap, one sem_open semaphore per semaphore */
+        _PROTO_KIND_MAX,
+} ProtoKind;
+
+/* A POSIX object's name as shm_open()/sem_open() take it: "/shmbroker.NAME.table", "/shmbroker.NAME.65535". */
+#define PROTO_POSIX_NAME_MAX (sizeof "/shmbroker." - 1 + PROTO_NAME_MAX + sizeof ".table" - 1 + 8)
+
 /* What a broadcast channel does when its slowest subscriber is `slots` behind. */
 typedef enum ProtoOverflow {
         PROTO_OVERFLOW_BLOCK,
@@ -74,10 +84,14 @@ typedef struct ProtoRequest {
          */
         bool has_holder;
         uint32_t holder;
+        /* open, optional (posix channels only): hand over the descriptors with SCM_RIGHTS */
+        bool fd;
 } ProtoRequest;
 
 typedef struct ProtoSemaphore {
         int value;
+        /* System V only: a POSIX semaphore has no waiter counts or last pid (absent on the wire) */
+        bool has_counts;
         int ncount;
         int zcount;
         pid_t pid;
@@ -105,6 +119,23 @@ typedef struct ProtoClient {
  */
 typedef struct ProtoChannel {
         char name[PROTO_NAME_MAX + 1];
+        ProtoKind kind;
+        /*
+         * posix only (then the four System V key/id fields are absent on the
+         * wire): the segment's name, a broadcast channel's table segment's
+         * name, and one name per semaphore (nsems of them). Decoded, owned
+         * (proto_channel_done()); encoded, borrowed.
+         */
+        char shm_name[PROTO_POSIX_NAME_MAX + 1];
+        char table_name[PROTO_POSIX_NAME_MAX + 1];
+        char **sem_names;
+        /*
+         * open of a posix channel with "fd": true only: how many descriptors
+         * the answer line carries with SCM_RIGHTS, in this order: the
+         * segment, a broadcast channel's table, then one per semaphore file.
+         */
+        unsigned n_fds;
+#define PROTO_FDS_MAX 64
         uint32_t shm_key;
         int shm_id;
         uint32_t sem_key;
@@ -201,6 +232,8 @@ const char *proto_layout_to_string(ProtoLayout l);
 int proto_layout_from_string(const char *s);
 const char *proto_overflow_to_string(ProtoOverflow o);
 int proto_overflow_from_string(const char *s);
+const char *proto_kind_to_string(ProtoKind k);
+int proto_kind_from_string(const char *s);
 
 /* "ENOENT" for ENOENT; NULL for an errno without a wire name. */
 const char *proto_errno_to_name(int err);

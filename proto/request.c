@@ -28,7 +28,8 @@ static int decode_name(json_t *v, const char *key, char *dst, size_t size, char 
 }
 
 static int decode_fields(json_t *root, ProtoRequest *req, char *msg, size_t msg_size) {
-        json_t *jop = NULL, *jversion = NULL, *jclient = NULL, *jchannel = NULL, *jaccess = NULL, *jholder = NULL;
+        json_t *jop = NULL, *jversion = NULL, *jclient = NULL, *jchannel = NULL, *jaccess = NULL, *jholder = NULL,
+               *jfd = NULL;
         json_error_t jerr;
         const char *s;
         int64_t i;
@@ -40,8 +41,9 @@ static int decode_fields(json_t *root, ProtoRequest *req, char *msg, size_t msg_
                                    "op", &jop, "version", &jversion, "client", &jclient);
                 break;
         case PROTO_OP_OPEN:
-                r = json_unpack_ex(root, &jerr, 0, "{s:o, s:o, s:o, s?:o !}",
-                                   "op", &jop, "channel", &jchannel, "access", &jaccess, "holder", &jholder);
+                r = json_unpack_ex(root, &jerr, 0, "{s:o, s:o, s:o, s?:o, s?:o !}",
+                                   "op", &jop, "channel", &jchannel, "access", &jaccess, "holder", &jholder,
+                                   "fd", &jfd);
                 break;
         case PROTO_OP_CLOSE:
                 r = json_unpack_ex(root, &jerr, 0, "{s:o, s:o !}", "op", &jop, "channel", &jchannel);
@@ -101,6 +103,13 @@ static int decode_fields(json_t *root, ProtoRequest *req, char *msg, size_t msg_
                         return r;
                 req->holder = (uint32_t) i;
                 req->has_holder = true;
+        }
+        if (jfd) {
+                if (!json_is_boolean(jfd)) {
+                        msg_set(msg, msg_size, "\"fd\" must be true or false");
+                        return EINVAL;
+                }
+                req->fd = json_is_true(jfd);
         }
         return 0;
 }
@@ -177,6 +186,8 @@ int proto_request_encode(const ProtoRequest *req, char **ret_line, size_t *ret_l
                                 return -EINVAL;
                         r = json_object_set_new(o, "holder", json_integer(req->holder));
                 }
+                if (r == 0 && req->fd)
+                        r = json_object_set_new(o, "fd", json_true());
                 break;
         case PROTO_OP_CLOSE:
         case PROTO_OP_STATUS:

@@ -38,9 +38,12 @@ static json_t *semaphores_to_json(const ProtoChannel *c) {
         for (size_t i = 0; i < c->n_semaphores; i++) {
                 const ProtoSemaphore *s = &c->semaphores[i];
 
-                if (json_array_append_new(a, json_pack("{s:i, s:i, s:i, s:i}", "value", s->value,
-                                                       "ncount", s->ncount, "zcount", s->zcount,
-                                                       "pid", (int) s->pid)) < 0)
+                json_t *e = s->has_counts ?
+                        json_pack("{s:i, s:i, s:i, s:i}", "value", s->value, "ncount", s->ncount,
+                                  "zcount", s->zcount, "pid", (int) s->pid) :
+                        json_pack("{s:i}", "value", s->value);
+
+                if (json_array_append_new(a, e) < 0)
                         return NULL;
         }
         return TAKE_PTR(a);
@@ -95,7 +98,8 @@ static int status_to_json(const ProtoChannel *c, json_t *o) {
                 if (!name)
                         return -EINVAL;
         }
-        if (!(c->error && c->segment_unread) &&
+        /* A POSIX segment is a file: the kernel keeps no attach count, creator or times for it. */
+        if (c->kind == PROTO_KIND_SYSV && !(c->error && c->segment_unread) &&
             (set(o, "nattch", json_integer((json_int_t) c->nattch)) < 0 ||
              set(o, "cpid", json_integer(c->cpid)) < 0 ||
              set(o, "lpid", json_integer(c->lpid)) < 0 ||
@@ -120,21 +124,48 @@ static int status_to_json(const ProtoChannel *c, json_t *o) {
         return 0;
 }
 
+static json_t *sem_names_to_json(const ProtoChannel *c) {
+        _cleanup_(json_decrefp) json_t *a = json_array();
+
+        if (!a)
+                return NULL;
+        for (unsigned i = 0; i < c->nsems; i++)
+                if (!c->sem_names || !c->sem_names[i] ||
+                    json_array_append_new(a, json_string(c->sem_names[i])) < 0)
+                        return NULL;
+        return TAKE_PTR(a);
+}
+
+/* The kernel objects' names: keys and ids for System V, shm_open()/sem_open() names for POSIX. */
+static int objects_to_json(const ProtoChannel *c, json_t *o) {
+        if (c->kind == PROTO_KIND_SYSV)
+                return set(o, "shm_key", json_integer((json_int_t) c->shm_key)) < 0 ||
+                       set(o, "shm_id", json_integer(c->shm_id)) < 0 ||
+                       set(o, "sem_key", json_integer((json_int_t) c->sem_key)) < 0 ||
+                       set(o, "sem_id", json_integer(c->sem_id)) < 0 ? -ENOMEM : 0;
+        if (c->shm_name[0] != '/')
+                return -EINVAL;
+        return set(o, "shm_name", json_string(c->shm_name)) < 0 ||
+               set(o, "sem_names", sem_names_to_json(c)) < 0 ? -ENOMEM : 0;
+}
+
 static int channel_to_json(ProtoChannelView view, const ProtoChannel *c, json_t **ret) {
         _cleanup_(json_decrefp) json_t *o = NULL;
         const char *layout = proto_layout_to_string(c->layout);
+        const char *kind = proto_kind_to_string(c->kind);
         int r;
 
-        if (!layout)
+        if (!layout || !kind)
                 return -EINVAL;
-        o = json_pack("{s:s, s:I, s:i, s:I, s:i, s:I, s:I, s:s}",
-                      view == PROTO_VIEW_OPEN ? "channel" : "name", c->name,
-                      "shm_key", (json_int_t) c->shm_key, "shm_id", c->shm_id,
-                      "sem_key", (json_int_t) c->sem_key, "sem_id", c->sem_id,
+        o = json_pack("{s:s, s:s, s:I, s:I, s:s}",
+                      view == PROTO_VIEW_OPEN ? "channel" : "name", c->name, "kind", kind,
                       "size", (json_int_t) c->size, "nsems", (json_int_t) c->nsems,
                       "layout", layout);
         if (!o)
                 return -ENOMEM;
+        r = objects_to_json(c, o);
+        if (r < 0)
+                return r;
         if ((c->layout == PROTO_LAYOUT_RING || c->layout == PROTO_LAYOUT_BROADCAST) &&
             (set(o, "slot_size", json_integer(c->slot_size)) < 0 ||
              set(o, "slots", json_integer(c->slots)) < 0))
@@ -145,9 +176,13 @@ static int channel_to_json(ProtoChannelView view, const ProtoChannel *c, json_t 
                 if (!overflow)
                         return -EINVAL;
                 if (set(o, "subscribers", json_integer(c->subscribers)) < 0 ||
-                    set(o, "overflow", json_string(overflow)) < 0 ||
-                    set(o, "table_key", json_integer((json_int_t) c->table_key)) < 0 ||
-                    set(o, "table_id", json_integer(c->table_id)) < 0)
+                    set(o, "overflow", json_string(overflow)) < 0)
+                        return -ENOMEM;
+                if (c->kind == PROTO_KIND_SYSV &&
+                    (set(o, "table_key", json_integer((json_int_t) c->table_key)) < 0 ||
+                     set(o, "table_id", json_integer(c->table_id)) < 0))
+                        return -ENOMEM;
+                if (c->kind == PROTO_KIND_POSIX && set(o, "table_name", json_string(c->table_name)) < 0)
                         return -ENOMEM;
         }
         /* Only where a client is about to map the ring: list and status describe, they do not hand out. */
@@ -159,6 +194,8 @@ static int channel_to_json(ProtoChannelView view, const ProtoChannel *c, json_t 
                 return -ENOMEM;
         /* This connection's token: only an open hands one out, and only when its hold has one. */
         if (view == PROTO_VIEW_OPEN && c->holder != 0 && set(o, "holder", json_integer(c->holder)) < 0)
+                return -ENOMEM;
+        if (view == PROTO_VIEW_OPEN && c->n_fds > 0 && set(o, "fds", json_integer(c->n_fds)) < 0)
                 return -ENOMEM;
         if (view == PROTO_VIEW_OPEN && c->wake_fifos[0] && c->wake_fifos[1] &&
             set(o, "wake_fifos", json_pack("[s, s]", c->wake_fifos[0], c->wake_fifos[1])) < 0)
@@ -331,6 +368,63 @@ static int get_wake_fifos(json_t *o, ProtoChannel *c, char *msg, size_t msg_size
         return 0;
 }
 
+/* Absent: a broker before POSIX channels, so System V. */
+static int kind_from_json(json_t *o, ProtoChannel *c, char *msg, size_t msg_size) {
+        char kind[16];
+        int r;
+
+        if (!json_object_get(o, "kind")) {
+                c->kind = PROTO_KIND_SYSV;
+                return 0;
+        }
+        r = get_str(o, "kind", kind, sizeof kind, msg, msg_size);
+        if (r)
+                return r;
+        r = proto_kind_from_string(kind);
+        if (r < 0)
+                return bad(msg, msg_size, "unknown \"kind\"");
+        c->kind = (ProtoKind) r;
+        return 0;
+}
+
+/* A name as shm_open()/sem_open() take it: one leading slash and no other. */
+static int posix_name_from_json(json_t *o, const char *key, char dst[PROTO_POSIX_NAME_MAX + 1],
+                                char *msg, size_t msg_size) {
+        char why[64];
+        int r;
+
+        r = get_str(o, key, dst, PROTO_POSIX_NAME_MAX + 1, msg, msg_size);
+        if (r)
+                return r;
+        if (dst[0] != '/' || strchr(dst + 1, '/') || !dst[1] || strcmp(dst, "/.") == 0 || strcmp(dst, "/..") == 0) {
+                snprintf(why, sizeof why, "\"%s\" must be a POSIX object name", key);
+                return bad(msg, msg_size, why);
+        }
+        return 0;
+}
+
+static int sem_names_from_json(json_t *o, ProtoChannel *c, char *msg, size_t msg_size) {
+        json_t *a = json_object_get(o, "sem_names");
+        size_t i;
+        json_t *e;
+
+        if (!json_is_array(a) || json_array_size(a) != c->nsems)
+                return bad(msg, msg_size, "\"sem_names\" must be an array of \"nsems\" names");
+        c->sem_names = calloc(c->nsems + 1, sizeof *c->sem_names);
+        if (!c->sem_names)
+                return -ENOMEM;
+        json_array_foreach(a, i, e) {
+                const char *p = json_string_value(e);
+
+                if (!p || p[0] != '/' || strchr(p + 1, '/') || strlen(p) > PROTO_POSIX_NAME_MAX)
+                        return bad(msg, msg_size, "\"sem_names\" must hold POSIX object names");
+                c->sem_names[i] = strdup(p);
+                if (!c->sem_names[i])
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
 #define GET_INT(o, key, min, max, dst)                                          \
         do {                                                                    \
                 int64_t _v;                                                     \
@@ -352,11 +446,15 @@ static int semaphores_from_json(json_t *a, ProtoChannel *c, char *msg, size_t ms
         json_array_foreach(a, i, e) {
                 ProtoSemaphore *s = &c->semaphores[i];
 
+                c->n_semaphores++;
                 GET_INT(e, "value", 0, INT32_MAX, s->value);
+                /* A POSIX semaphore has its value only. */
+                if (c->kind == PROTO_KIND_POSIX)
+                        continue;
+                s->has_counts = true;
                 GET_INT(e, "ncount", 0, INT32_MAX, s->ncount);
                 GET_INT(e, "zcount", 0, INT32_MAX, s->zcount);
                 GET_INT(e, "pid", 0, INT32_MAX, s->pid);
-                c->n_semaphores++;
         }
         return 0;
 }
@@ -441,12 +539,24 @@ static int channel_from_json(ProtoChannelView view, json_t *o, ProtoChannel *c, 
         r = get_str(o, view == PROTO_VIEW_OPEN ? "channel" : "name", c->name, sizeof c->name, msg, msg_size);
         if (r)
                 return r;
-        GET_INT(o, "shm_key", 0, UINT32_MAX, c->shm_key);
-        GET_INT(o, "shm_id", 0, INT32_MAX, c->shm_id);
-        GET_INT(o, "sem_key", 0, UINT32_MAX, c->sem_key);
-        GET_INT(o, "sem_id", 0, INT32_MAX, c->sem_id);
+        r = kind_from_json(o, c, msg, msg_size);
+        if (r)
+                return r;
         GET_INT(o, "size", 1, INT64_MAX, c->size);
         GET_INT(o, "nsems", 0, UINT32_MAX, c->nsems);
+        if (c->kind == PROTO_KIND_SYSV) {
+                GET_INT(o, "shm_key", 0, UINT32_MAX, c->shm_key);
+                GET_INT(o, "shm_id", 0, INT32_MAX, c->shm_id);
+                GET_INT(o, "sem_key", 0, UINT32_MAX, c->sem_key);
+                GET_INT(o, "sem_id", 0, INT32_MAX, c->sem_id);
+        } else {
+                c->shm_id = c->sem_id = c->table_id = -1;
+                r = posix_name_from_json(o, "shm_name", c->shm_name, msg, msg_size);
+                if (r == 0)
+                        r = sem_names_from_json(o, c, msg, msg_size);
+                if (r)
+                        return r;
+        }
         r = get_str(o, "layout", layout, sizeof layout, msg, msg_size);
         if (r)
                 return r;
@@ -463,8 +573,14 @@ static int channel_from_json(ProtoChannelView view, json_t *o, ProtoChannel *c, 
         }
         if (c->layout == PROTO_LAYOUT_BROADCAST) {
                 GET_INT(o, "subscribers", 1, UINT32_MAX, c->subscribers);
-                GET_INT(o, "table_key", 0, UINT32_MAX, c->table_key);
-                GET_INT(o, "table_id", 0, INT32_MAX, c->table_id);
+                if (c->kind == PROTO_KIND_SYSV) {
+                        GET_INT(o, "table_key", 0, UINT32_MAX, c->table_key);
+                        GET_INT(o, "table_id", 0, INT32_MAX, c->table_id);
+                } else {
+                        r = posix_name_from_json(o, "table_name", c->table_name, msg, msg_size);
+                        if (r)
+                                return r;
+                }
                 r = get_str(o, "overflow", overflow, sizeof overflow, msg, msg_size);
                 if (r)
                         return r;
@@ -477,6 +593,8 @@ static int channel_from_json(ProtoChannelView view, json_t *o, ProtoChannel *c, 
                 /* Absent: no token (a raw channel, a ro open, or a broker before ring layout 4). */
                 if (json_object_get(o, "holder"))
                         GET_INT(o, "holder", 1, UINT32_MAX, c->holder);
+                if (json_object_get(o, "fds"))
+                        GET_INT(o, "fds", 1, PROTO_FDS_MAX, c->n_fds);
                 return get_wake_fifos(o, c, msg, msg_size);
         }
 
@@ -498,7 +616,7 @@ static int channel_from_json(ProtoChannelView view, json_t *o, ProtoChannel *c, 
         if (r)
                 return r;
         /* An entry with an error may lack the figures the daemon could not read; any other may not. */
-        if (c->error && !json_object_get(o, "nattch"))
+        if (c->kind == PROTO_KIND_POSIX || (c->error && !json_object_get(o, "nattch")))
                 c->segment_unread = true;
         else {
                 GET_INT(o, "nattch", 0, INT64_MAX, c->nattch);
@@ -636,12 +754,20 @@ int proto_response_decode(ProtoOp op, const char *line, size_t len, ProtoRespons
         return 0;
 }
 
+static void strv_free(char **v) {
+        for (char **p = v; p && *p; p++)
+                free(*p);
+        free(v);
+}
+
 void proto_channel_done(ProtoChannel *c) {
         if (!c)
                 return;
         free(c->wake_fifos[0]);
         free(c->wake_fifos[1]);
         c->wake_fifos[0] = c->wake_fifos[1] = NULL;
+        strv_free(c->sem_names);
+        c->sem_names = NULL;
         free(c->semaphores);
         free(c->clients);
         free(c->subscriptions);
@@ -649,12 +775,6 @@ void proto_channel_done(ProtoChannel *c) {
         c->clients = NULL;
         c->subscriptions = NULL;
         c->n_semaphores = c->n_clients = c->n_subscriptions = 0;
-}
-
-static void strv_free(char **v) {
-        for (char **p = v; p && *p; p++)
-                free(*p);
-        free(v);
 }
 
 void proto_reload_result_done(ProtoReloadResult *r) {

@@ -10,7 +10,7 @@
 
 #include "daemon/answer-cache.h"
 
-static ProtoSemaphore sems[2] = { { 1, 0, 0, 100 }, { 0, 2, 0, 101 } };
+static ProtoSemaphore sems[2] = { { 1, true, 0, 0, 100 }, { 0, true, 2, 0, 101 } };
 static ProtoClient clients[1] = { { 4242, 1000, PROTO_ACCESS_RW, 1700000000 } };
 
 static ProtoChannel channel(void) {

@@ -214,8 +214,8 @@ static ProtoSubscription test_subscriptions[2] = {
 };
 
 static ProtoSemaphore test_sems[2] = {
-        { .value = 1, .ncount = 0, .zcount = 2, .pid = 4242 },
-        { .value = 0, .ncount = 5, .zcount = 0, .pid = 0 },
+        { .value = 1, .has_counts = true, .ncount = 0, .zcount = 2, .pid = 4242 },
+        { .value = 0, .has_counts = true, .ncount = 5, .zcount = 0, .pid = 0 },
 };
 
 static ProtoClient test_clients[2] = {
@@ -901,11 +901,11 @@ END_TEST
 /* response encode                                                           */
 
 static const char *const open_fields[] = {
-        "ok", "channel", "shm_key", "shm_id", "sem_key", "sem_id", "size", "nsems", "layout", NULL,
+        "ok", "channel", "kind", "shm_key", "shm_id", "sem_key", "sem_id", "size", "nsems", "layout", NULL,
 };
 static const char *const ring_fields[] = { "slot_size", "slots", NULL };
 static const char *const list_fields[] = {
-        "name", "size", "nsems", "layout", "shm_key", "shm_id", "sem_key", "sem_id",
+        "name", "kind", "size", "nsems", "layout", "shm_key", "shm_id", "sem_key", "sem_id",
         "owner", "group", "mode", NULL,
 };
 static const char *const status_only_fields[] = {
@@ -1056,7 +1056,7 @@ START_TEST(test_encode_open_fields) {
         o = parse_line(line, len);
         assert_has_keys(o, open_fields);
         assert_has_keys(o, ring_fields);
-        ck_assert_uint_eq(json_object_size(o), 9 + 3);
+        ck_assert_uint_eq(json_object_size(o), 10 + 3);
         assert_json_str(o, "layout", "ring");
         assert_json_int(o, "slot_size", 1024);
         assert_json_int(o, "slots", 64);
