@@ -60,8 +60,8 @@ typedef enum ProtoKind {
         _PROTO_KIND_MAX,
 } ProtoKind;
 
-/* A POSIX object's name as shm_open()/sem_open() take it: "/shmbroker.NAME.table", "/shmbroker.NAME.65535". */
-#define PROTO_POSIX_NAME_MAX (sizeof "/shmbroker." - 1 + PROTO_NAME_MAX + sizeof ".table" - 1 + 8)
+/* A POSIX object's name as shm_open()/sem_open() take it (proto/posix.h): "/shmbroker-table.NAME", "/shmbroker.NAME.65535". */
+#define PROTO_POSIX_NAME_MAX (sizeof "/shmbroker-table." - 1 + PROTO_NAME_MAX + 8)
 
 /* What a broadcast channel does when its slowest subscriber is `slots` behind. */
 typedef enum ProtoOverflow {
