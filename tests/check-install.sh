@@ -22,7 +22,8 @@ libdir=$(PKG_CONFIG_PATH=$(dirname "$pc") pkg-config --variable=libdir libshmbro
 cp "$top_srcdir/examples/ring-sender.c" "$top_srcdir/examples/ring-receiver.c" "$stage/"
 doc=$(find "$stage" -path '*/doc/shmbroker/shmbroker.json' | head -n 1)
 [ -n "$doc" ] || { echo "check-install: the example config is not under \$(docdir)"; exit 1; }
-for page in shmbrokerd.8 shmbroker.json.5 shmbrokerctl.1 libshmbroker.3 shmbroker-protocol.7; do
+for page in shmbrokerd.8 shmbroker.json.5 shmbrokerctl.1 libshmbroker.3 shmbroker-protocol.7 \
+	shmbroker-ring.7; do
 	find "$stage" -name "$page" | grep -q . || { echo "check-install: man page $page not installed"; exit 1; }
 done
 export PKG_CONFIG_SYSROOT_DIR="$stage" PKG_CONFIG_PATH="$(dirname "$pc")"
