@@ -3,8 +3,12 @@
 /*
  * The layout of a `broadcast` channel (publish/subscribe): the contract
  * between the daemon, which creates and formats it, and the client library
- * (client/broadcast.c), which moves messages through it. Normative for
- * clients in other languages too (shmbroker-protocol(7) repeats it).
+ * (client/broadcast.c), which moves messages through it.
+ *
+ * man/shmbroker-ring.7 (BROADCAST LAYOUT) is normative: it gives every
+ * field's offset, initial value and writer, the memory order of every
+ * access, and the sleep/wake, repair and removal rules. This header and
+ * the essay below follow it; where they disagree, the page is right.
  *
  * An rw opener is a publisher, an ro opener a subscriber. Every subscriber
  * receives every message published after it subscribed, in one order (the
@@ -190,6 +194,11 @@
 
 #define BCAST_MAGIC UINT32_C(0x42424d53)        /* "SMBB" little-endian */
 #define BCAST_TABLE_MAGIC UINT32_C(0x54424d53)  /* "SMBT" */
+/*
+ * 1: the only version. Its first builds raised the sleeping flags by
+ *    storing 1 (any non-zero value a futex sleeper); the bit sets
+ *    (RING_SLEEP_*) came with shmb_channel_fd() under the same number.
+ */
 #define BCAST_VERSION 1
 #define BCAST_HEADER_SIZE 512
 #define BCAST_PUBLISHERS RING_HOLDERS           /* rw openers at once; more are refused (EUSERS) */
@@ -223,7 +232,7 @@ enum {
 };
 
 enum {
-        BCAST_SEM_RESERVED,             /* the channel's own; starts at 1 (as a ring's) */
+        BCAST_SEM_RESERVED,             /* the channel's own; starts at 1; unused (as a ring's) */
         BCAST_NSEMS,
 };
 
@@ -280,7 +289,7 @@ _Static_assert(sizeof(BcastTable) <= BCAST_TABLE_HEADER_SIZE, "broadcast table h
 _Static_assert(sizeof(BcastCursor) <= BCAST_CURSOR_SIZE, "broadcast cursor too large");
 _Static_assert(sizeof(BcastSlot) <= BCAST_SLOT_HEADER, "broadcast slot header too large");
 _Static_assert(BCAST_SUBSCRIBERS_MAX < (1u << RING_TOKEN_INDEX_BITS), "subscriber index fits a token");
-/* Offsets that shmbroker-protocol(7) documents for clients in other languages. */
+/* Offsets that shmbroker-ring(7) documents for clients in other languages. */
 _Static_assert(offsetof(BcastHeader, state) == 28 && offsetof(BcastHeader, subscribers) == 40 &&
                offsetof(BcastHeader, overflow) == 48 && offsetof(BcastHeader, table_key) == 52 &&
                offsetof(BcastHeader, table_size) == 60 && offsetof(BcastHeader, head) == 64 &&
@@ -289,6 +298,11 @@ _Static_assert(offsetof(BcastHeader, state) == 28 && offsetof(BcastHeader, subsc
                offsetof(BcastCursor, token) == 8 && offsetof(BcastCursor, dropped) == 16 &&
                offsetof(BcastSlot, owner) == 8 && offsetof(BcastSlot, len) == 16,
                "broadcast layout offsets");
+_Static_assert(offsetof(BcastHeader, data_offset) == 20 && offsetof(BcastHeader, nsems_reserved) == 24 &&
+               offsetof(BcastHeader, publishers) == 32 && offsetof(BcastHeader, publishers_offset) == 36 &&
+               offsetof(BcastHeader, subscribers_offset) == 44 && offsetof(BcastHeader, table_id) == 56 &&
+               offsetof(BcastTable, subscribers) == 8 && BCAST_SUBSCRIBERS_OFFSET == 8704,
+               "the rest of shmbroker-ring(7)'s broadcast offsets");
 
 static inline uint64_t bcast_seq(uint64_t pos, unsigned kind) {
         return pos << 2 | kind;

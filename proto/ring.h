@@ -5,6 +5,11 @@
  * which writes the header when it creates the channel, and the client
  * library, which moves messages through it.
  *
+ * man/shmbroker-ring.7 is normative: it gives every field's offset,
+ * initial value and writer, the memory order of every access, and the
+ * sleep/wake, repair and removal rules. This header follows it; where the
+ * two disagree, the page is right and this file is the bug.
+ *
  *   [ header: RING_HEADER_SIZE bytes ][ slot 0 ][ slot 1 ] ... [ slot n-1 ]
  *
  * The ring is a bounded multi-producer/multi-consumer queue with a sequence
@@ -115,7 +120,7 @@ enum {
 #define RING_TOKEN_GEN_MASK ((UINT32_C(1) << (32 - RING_TOKEN_INDEX_BITS)) - 1)
 
 enum {
-        RING_SEM_RESERVED,  /* the ring's own; starts at 1 */
+        RING_SEM_RESERVED,  /* the ring's own; starts at 1; nothing operates on it (shmbroker-ring(7), SEMAPHORES) */
         RING_NSEMS,
 };
 
@@ -138,7 +143,7 @@ typedef struct RingHeader {
          */
         _Alignas(64) uint64_t head;     /* next position to claim for sending */
         _Alignas(64) uint64_t tail;     /* next position to claim for receiving */
-        _Alignas(64) uint32_t data_seq; /* futex: bumped when a slot is filled and receivers sleep */
+        _Alignas(64) uint32_t data_seq; /* futex: bumped when a slot is filled or skipped and a receiver sleeps */
         uint32_t recv_sleeping;         /* RING_SLEEP_* bits raised by waiting receivers, cleared by the waker */
         uint32_t recv_cpu;              /* where a receiver last ran + 1 (0: unknown), to decide spinning */
         _Alignas(64) uint32_t space_seq; /* futex: bumped when a slot is freed and senders sleep */
@@ -167,7 +172,8 @@ typedef struct RingHolder {
 /*
  * owner words: (position & 0xffffffff) << 32 | token; 0 (token 0) is
  * "never claimed". A slot is claimed for position p when the high half is
- * p's low 32 bits and the token is not 0.
+ * p's low 32 bits and the token is not 0. A fresh slot i has seq = i and
+ * everything else 0 (ring_format()).
  */
 typedef struct RingSlot {
         uint64_t seq;
@@ -182,13 +188,21 @@ _Static_assert(sizeof(RingHeader) <= RING_HEADER_SIZE, "ring header too large");
 _Static_assert(sizeof(RingSlot) <= RING_SLOT_HEADER, "ring slot header size");
 _Static_assert(sizeof(RingHolder) == RING_HOLDER_SIZE, "ring holder size");
 _Static_assert(RING_HOLDERS < (1u << RING_TOKEN_INDEX_BITS), "holder index fits a token");
-/* Offsets that shmbroker-protocol(7) documents for clients in other languages. */
+/* Offsets that shmbroker-ring(7) documents for clients in other languages. */
 _Static_assert(offsetof(RingHeader, state) == 28 && offsetof(RingHeader, head) == 64 &&
                offsetof(RingHeader, holders) == 32 && offsetof(RingHeader, holders_offset) == 36 &&
                offsetof(RingHeader, data_seq) == 192 && offsetof(RingHeader, space_seq) == 256 &&
                offsetof(RingSlot, send_owner) == 8 && offsetof(RingSlot, recv_owner) == 16 &&
                offsetof(RingSlot, len) == 24,
                "ring header offsets");
+_Static_assert(offsetof(RingHeader, slot_size) == 8 && offsetof(RingHeader, slots) == 12 &&
+               offsetof(RingHeader, slot_stride) == 16 && offsetof(RingHeader, data_offset) == 20 &&
+               offsetof(RingHeader, nsems_reserved) == 24 && offsetof(RingHeader, tail) == 128 &&
+               offsetof(RingHeader, recv_sleeping) == 196 && offsetof(RingHeader, recv_cpu) == 200 &&
+               offsetof(RingHeader, send_sleeping) == 260 && offsetof(RingHeader, send_cpu) == 264 &&
+               offsetof(RingHolder, pid) == 8 && offsetof(RingHolder, starttime) == 16 &&
+               offsetof(RingHolder, pidfs_ino) == 24 && RING_DATA_OFFSET == 8704,
+               "the rest of shmbroker-ring(7)'s ring offsets");
 
 static inline uint64_t ring_slot_stride(uint32_t slot_size) {
         return ((uint64_t) slot_size + RING_SLOT_HEADER + 63) & ~UINT64_C(63);
@@ -272,9 +286,11 @@ static inline bool ring_is_removed(const RingHeader *h) {
 /*
  * Tell every client of a ring that is about to be removed: store REMOVED,
  * then move both futex words and wake all their sleepers. The store comes
- * first and every access is sequentially consistent, as the clients' loads
- * are: a sleeper that read a futex word before the bump finds the word
- * moved (FUTEX_WAIT fails with EAGAIN) or is woken, and then reads REMOVED.
+ * first and every access is sequentially consistent, as a sleeper's loads
+ * of the word and of `state` are: a sleeper that read a futex word before
+ * the bump finds the word moved (FUTEX_WAIT fails with EAGAIN) or is woken,
+ * and then reads REMOVED. The wake-up FIFOs (RING_SLEEP_FD waiters) are
+ * not served here: the daemon writes them itself (daemon/wake.h).
  * Not FUTEX_PRIVATE: the words are shared between processes.
  */
 static inline void ring_mark_removed(RingHeader *h) {
