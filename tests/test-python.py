@@ -16,6 +16,7 @@ namespaces cannot be made (not root).
 import ctypes
 import errno
 import gc
+import hashlib
 import json
 import os
 import selectors
@@ -54,7 +55,11 @@ CHANNELS = [
     {"name": "ring2", "layout": "ring", "slot_size": 256, "slots": 8},
     {"name": "small", "layout": "ring", "slot_size": 16, "slots": 2},
     {"name": "secret", "size": 4096, "mode": "0600"},
+    {"name": "news", "layout": "broadcast", "slot_size": 256, "slots": 8, "subscribers": 4},
+    {"name": "feed", "layout": "broadcast", "slot_size": 256, "slots": 8, "subscribers": 4,
+     "overflow": "drop"},
 ]
+BCAST_SLOTS = 8
 NAMES = {c["name"] for c in CHANNELS}
 
 
@@ -90,6 +95,77 @@ def in_child(fn, *args):
 
 def messages(n):
     return [b"message %d" % i for i in range(1, n + 1)]
+
+
+def bcast_message(i):
+    """Message i of a broadcast run: its number, then 0..240 bytes that depend on it."""
+    filler = hashlib.sha256(b"%d" % i).digest() * 8
+    return b"%06d:" % i + filler[:i * 37 % 241]
+
+
+def checksum(msgs):
+    """A digest of messages in order, each with its length (so no two runs collide by splitting)."""
+    h = hashlib.sha256()
+    for m in msgs:
+        h.update(len(m).to_bytes(4, "little"))
+        h.update(m)
+    return h.hexdigest()
+
+
+# A broadcast subscriber in a process of its own (the system python3 that
+# runs the tests, with this environment): opens CHANNEL "ro", says
+# "subscribed", receives N messages (recv, or peek: zero copy, its view
+# checked and released at the end of each with block), and prints the count,
+# the checksum, whether a message more was there, and its dropped count.
+SUBSCRIBER = r"""
+import hashlib, sys, shmbroker
+name, n, how = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with shmbroker.open_channel(name, "ro") as ch:
+    print("subscribed", flush=True)
+    h = hashlib.sha256()
+    for i in range(1, n + 1):
+        if how == "peek":
+            with ch.peek(timeout=30) as view:
+                if not (isinstance(view, memoryview) and view.readonly and view.obj is ch.buffer.obj):
+                    sys.exit("message %d: not a read-only view into the segment" % i)
+                data = bytes(view)
+            try:
+                view[0]
+                sys.exit("message %d: the view was not released at the end of the with block" % i)
+            except ValueError:
+                pass
+        else:
+            data = ch.recv(timeout=30)
+        if not data.startswith(b"%06d:" % i):
+            sys.exit("message %d: got %r" % (i, data[:16]))
+        h.update(len(data).to_bytes(4, "little"))
+        h.update(data)
+    try:
+        ch.recv(timeout=0)
+        extra = "more"
+    except BlockingIOError:
+        extra = "nomore"
+    print(n, h.hexdigest(), extra, ch.dropped, flush=True)
+"""
+
+# A broadcast publisher in a process of its own: opens CHANNEL "rw", says
+# "ready", then publishes each line it reads (without its newline) and says
+# "sent"; exits at the end of its input.
+PUBLISHER = r"""
+import sys, shmbroker
+with shmbroker.open_channel(sys.argv[1], "rw") as ch:
+    print("ready", flush=True)
+    for line in sys.stdin:
+        ch.send(line.rstrip("\n").encode(), timeout=30)
+        print("sent", flush=True)
+"""
+
+
+def python_child(script, *args, stdin=None):
+    """sys.executable running script with args, its stdout a pipe (text), killed should we die."""
+    return subprocess.Popen([sys.executable, "-c", script] + [str(a) for a in args],
+                            stdin=stdin, stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL))
 
 
 class Daemon:
@@ -512,6 +588,150 @@ class TestRing(BrokerTest):
         with self.assertRaises(OSError) as cm:
             ring.send(b"x")
         self.assertEqual(cm.exception.errno, errno.EIDRM)
+
+
+class TestBroadcast(BrokerTest):
+
+    def reap(self, procs):
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            p.stdout.close()
+            if p.stdin:
+                p.stdin.close()
+
+    def test_two_subscribers_get_every_message(self):
+        # Two subscriber processes (one copies, one peeks in place), one
+        # publisher (here; send and reserve in turn): each subscriber gets
+        # all N, in order, nothing more. N is many laps of the 8 slots, so
+        # the publisher ("overflow": "block") waits for the slower one.
+        n = 40 * BCAST_SLOTS
+        subs = [python_child(SUBSCRIBER, "news", n, how) for how in ("recv", "peek")]
+        self.addCleanup(self.reap, subs)
+        for p in subs:
+            self.assertEqual(p.stdout.readline(), "subscribed\n")
+        self.assertEqual(sorted(c["access"] for c in shmbroker.status("news")[0]["clients"]), ["ro", "ro"])
+        sent = [bcast_message(i) for i in range(1, n + 1)]
+        with shmbroker.open_channel("news") as pub:
+            for i, m in enumerate(sent):
+                if i % 2:
+                    with pub.reserve(len(m), timeout=30) as slot:
+                        slot[:] = m
+                        slot.commit()
+                else:
+                    pub.send(m, timeout=30)
+            self.assertEqual(pub.dropped, 0)
+        expected = "%d %s nomore 0" % (n, checksum(sent))
+        for p in subs:
+            out = p.stdout.read()
+            self.assertEqual(p.wait(30), 0, out)
+            self.assertEqual(out.strip(), expected)
+
+    def test_peek_in_place_and_roles(self):
+        pub = self.open("news")
+        sub = self.open("news", "ro")
+        pub.send(b"first")
+        with pub.reserve(6) as slot:
+            slot[:] = b"second"
+            slot.commit()
+        with sub.peek(timeout=0) as view:
+            self.assertIsInstance(view, memoryview)
+            self.assertTrue(view.readonly)
+            self.assertIs(view.obj, sub.buffer.obj)     # in the mapped segment: no copy
+            self.assertEqual(bytes(view), b"first")
+            with self.assertRaises(TypeError):
+                view[0] = 1
+        with self.assertRaises(ValueError):
+            view[0]                     # released with its message
+        self.assertEqual(sub.recv(timeout=0), b"second")  # the release consumed the first
+        with self.assertRaises(BlockingIOError):
+            sub.peek(timeout=0)
+        # A subscriber does not publish; a publisher does not receive.
+        with self.assertRaises(PermissionError):
+            sub.send(b"x")
+        with self.assertRaises(PermissionError):
+            sub.reserve(1)
+        for call in (lambda: pub.recv(timeout=0), lambda: pub.peek(timeout=0)):
+            with self.assertRaises(OSError) as cm:
+                call()
+            self.assertEqual(cm.exception.errno, errno.EOPNOTSUPP)
+
+    def test_lagging_drop_subscriber_counts_what_it_lost(self):
+        pub = self.open("feed")
+        lag = self.open("feed", "ro")
+        self.assertEqual(lag.dropped, 0)
+        n = 3 * BCAST_SLOTS
+        for i in range(1, n + 1):
+            pub.send(b"%d" % i, timeout=0)      # "drop": a publisher never waits
+        # It fell behind: the newest SLOTS are there, the rest counted lost.
+        got = [lag.recv(timeout=0) for _ in range(BCAST_SLOTS)]
+        self.assertEqual(got, [b"%d" % i for i in range(n - BCAST_SLOTS + 1, n + 1)])
+        with self.assertRaises(BlockingIOError):
+            lag.recv(timeout=0)
+        self.assertEqual(lag.dropped, n - BCAST_SLOTS)
+        self.assertEqual(pub.dropped, 0)
+        # Keeping up, it loses nothing more.
+        pub.send(b"next", timeout=0)
+        self.assertEqual(lag.recv(timeout=0), b"next")
+        self.assertEqual(lag.dropped, n - BCAST_SLOTS)
+        # A peeked message overwritten before its release: ESTALE, and one more lost.
+        pub.send(b"held", timeout=0)
+        with self.assertRaises(OSError) as cm:
+            with lag.peek(timeout=0) as view:
+                self.assertEqual(bytes(view), b"held")
+                for i in range(BCAST_SLOTS):
+                    pub.send(b"over %d" % i, timeout=0)
+        self.assertEqual(cm.exception.errno, errno.ESTALE)
+        self.assertEqual(lag.dropped, n - BCAST_SLOTS + 1)
+        self.assertEqual([lag.recv(timeout=0) for _ in range(BCAST_SLOTS)],
+                         [b"over %d" % i for i in range(BCAST_SLOTS)])
+        # Other layouts have no such count.
+        for name in ("pair", "ring"):
+            with self.assertRaises(OSError) as cm:
+                self.open(name).dropped
+            self.assertEqual(cm.exception.errno, errno.EOPNOTSUPP)
+        lag.close()
+        with self.assertRaises(ValueError):
+            lag.dropped
+
+    def test_subscriber_fileno_with_selectors(self):
+        # The publisher is another process that stays alive until the end:
+        # a holder's exit wakes the fd too, which would hide a missing wake-up.
+        sub = self.open("news", "ro")
+        sel = selectors.DefaultSelector()
+        self.addCleanup(sel.close)
+        key = sel.register(sub.fileno(), selectors.EVENT_READ)
+        pub = python_child(PUBLISHER, "news", stdin=subprocess.PIPE)
+        self.addCleanup(self.reap, [pub])
+        self.assertEqual(pub.stdout.readline(), "ready\n")
+
+        def publish(text):
+            pub.stdin.write(text + "\n")
+            pub.stdin.flush()
+            self.assertEqual(pub.stdout.readline(), "sent\n")
+
+        def nothing_more():
+            with self.assertRaises(BlockingIOError):
+                sub.recv(timeout=0)
+            # Not before: nothing published since that BlockingIOError.
+            self.assertEqual(sel.select(timeout=0), [])
+
+        nothing_more()
+        publish("one")
+        self.assertEqual([k for k, _ in sel.select(timeout=30)], [key])
+        self.assertEqual(sub.recv(timeout=0), b"one")
+        nothing_more()
+        publish("two")
+        publish("three")
+        self.assertEqual([k for k, _ in sel.select(timeout=30)], [key])
+        with sub.peek(timeout=0) as view:
+            self.assertEqual(bytes(view), b"two")
+        self.assertEqual(sub.recv(timeout=0), b"three")
+        nothing_more()
+        pub.stdin.close()
+        self.assertEqual(pub.wait(30), 0)
+        sel.unregister(key.fd)
 
 
 class TestErrors(BrokerTest):

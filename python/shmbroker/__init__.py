@@ -14,6 +14,14 @@ through ctypes: no third-party modules.
         ring.send(b"message 1")
         data = ring.recv(timeout=10.0)                  # bytes
 
+Broadcast channels (layout "broadcast", publish/subscribe) take the same
+calls: an "rw" channel is a publisher (send, reserve), an "ro" one a
+subscriber (recv, recv_into, peek, fileno), which receives every message
+published after its open, in the order they were published. A subscriber's
+peek() does not consume: the message stays its next until released. On a
+channel with "overflow": "drop" a subscriber that falls `slots` behind loses
+the oldest messages; .dropped counts them.
+
 The socket: every call that takes socket=None uses $SHMBROKER_SOCKET when
 set, else DEFAULT_SOCKET.
 
@@ -29,6 +37,7 @@ Channels (open_channel() returns a Channel)
                      written where it lies in the segment
     .fileno()        for select/poll/selectors: readable when the ring call
                      that last raised BlockingIOError may succeed
+    .dropped         what a broadcast subscriber lost by falling behind
     .close()         or use the channel as a context manager
 
 Admin: list() and status() return the daemon's description of its channels.
@@ -249,11 +258,30 @@ class Channel:
         call with timeout=0 until BlockingIOError, wait again; a wake-up may
         be spurious. Watch it for reading only; do not read, write or close
         it: it is the channel's, and lives until the channel is detached,
-        so unregister it before close(). Raises OSError (ENOTSUP for a raw
-        channel, EACCES for "ro").
+        so unregister it before close(). On a broadcast channel a
+        subscriber ("ro") waits for messages and a publisher (overflow
+        "block") for room, the same way. Raises OSError (ENOTSUP for a raw
+        channel, EACCES for an "ro" ring).
         """
         handle, base = self._live()
         return _capi.check(_lib.shmb_channel_fd(handle))
+
+    @property
+    def dropped(self):
+        """How many messages this broadcast subscriber lost, as an int.
+
+        As shmb_channel_dropped(): on a channel with "overflow": "drop", the
+        messages a subscriber ("ro") missed because it fell `slots` behind
+        the publishers, or because a message it held with peek() was
+        overwritten (its release then raised OSError ESTALE). Counted since
+        the open; it only grows. Always 0 for a publisher ("rw") and with
+        "overflow": "block". OSError EOPNOTSUPP when the channel is not a
+        broadcast channel; ValueError once closed.
+        """
+        handle, base = self._live()
+        n = ctypes.c_uint64()
+        _capi.check(_lib.shmb_channel_dropped(handle, ctypes.byref(n)))
+        return n.value
 
     def close(self):
         """Close the channel: further calls on it raise ValueError.
@@ -331,7 +359,9 @@ class Channel:
         (BlockingIOError), else seconds (TimeoutError). A receiver sees all
         of it or nothing. OSError EMSGSIZE when it is longer than a slot,
         ENOTSUP on a raw channel, EACCES on "ro". An empty message is a
-        message too (the examples use it to say "done").
+        message too (the examples use it to say "done"). On a broadcast
+        channel this publishes: every subscriber gets it; with overflow
+        "drop" it never waits.
         """
         handle, base = self._live()
         ptr, n = _bytes_arg(data)
@@ -350,9 +380,11 @@ class Channel:
         """Receive the next message as bytes (b"" for an empty message).
 
         Waits while the ring is empty: timeout None for ever, 0 not at all
-        (BlockingIOError), else seconds (TimeoutError). Each message goes to
-        one receiver. OSError ENOTSUP on a raw channel, EACCES on "ro",
-        EIDRM once the channel is removed.
+        (BlockingIOError), else seconds (TimeoutError). On a ring each
+        message goes to one receiver; on a broadcast channel each "ro"
+        subscriber gets every message (a publisher's recv() raises OSError
+        EOPNOTSUPP). OSError ENOTSUP on a raw channel, EACCES on an "ro"
+        ring, EIDRM once the channel is removed.
         """
         handle, base = self._live()
         ptr, off, n = self._peek(handle, base, timeout)
@@ -390,6 +422,10 @@ class Channel:
                 handle(view)        # bytes(view) copies
 
         Senders that come round to the slot wait meanwhile: release soon.
+        On a broadcast channel the message stays this subscriber's next
+        until released (peek again before that and it is the same message:
+        hold one peek at a time per channel); with overflow "drop" it may be
+        overwritten meanwhile, and release() then raises OSError ESTALE.
         """
         handle, base = self._live()
         ptr, off, n = self._peek(handle, base, timeout)
@@ -465,6 +501,9 @@ class PeekedMessage:
 
         OSError ENOTCONN when the broker counted this process gone and took
         the claim back: what was read may have been overwritten, discard it.
+        OSError ESTALE (broadcast, overflow "drop"): publishers overwrote
+        the message while it was held; discard what was read (the channel's
+        dropped counts it).
         """
         self._release(None)
 

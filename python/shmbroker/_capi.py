@@ -78,6 +78,7 @@ _PROTOTYPES = {
     "shmb_channel_size": (_size, [_p]),
     "shmb_channel_nsems": (_uint, [_p]),
     "shmb_channel_fd": (_int, [_p]),
+    "shmb_channel_dropped": (_int, [_p, ctypes.POINTER(ctypes.c_uint64)]),
     "shmb_sem_wait": (_int, [_p, _uint, _int]),
     "shmb_sem_post": (_int, [_p, _uint]),
     "shmb_sem_trywait": (_int, [_p, _uint]),
