@@ -811,3 +811,12 @@ Channel *channel_forget(Channel *c) {
         free(c);
         return NULL;
 }
+
+void channel_mark_removed(const Channel *c) {
+        if (!c || !c->addr)
+                return;
+        if (c->spec.layout == PROTO_LAYOUT_RING && ring_header_is_ours(c->addr))
+                ring_mark_removed(c->addr);
+        if (c->spec.layout == PROTO_LAYOUT_BROADCAST && bcast_header_is_ours(c->addr))
+                bcast_mark_removed(c->addr, c->table_addr);
+}

@@ -133,3 +133,12 @@ typedef struct ChannelPerm {
 } ChannelPerm;
 
 void channel_perm(const Channel *c, ChannelPerm *ret);
+
+/*
+ * Tell the clients of a ring or broadcast channel that it is going: store
+ * REMOVED in its header and wake its futex sleepers (channel_free() does
+ * it too). Called before anything else wakes its waiters, so that a waiter
+ * woken for another reason never reads the channel as live again. Takes
+ * NULL; idempotent.
+ */
+void channel_mark_removed(const Channel *c);

@@ -39,6 +39,12 @@ static void drop_holds(Entry *e) {
 
 /* The entry's holds, its kernel objects, and itself. */
 static void entry_free(Registry *r, Entry *e) {
+        /*
+         * REMOVED first: dropping the holds and removing the FIFOs wake
+         * waiters in event loops, and one that then read the ring as live
+         * would arm again, for a FIFO that nobody will ever write.
+         */
+        channel_mark_removed(e->channel);
         drop_holds(e);
         /* After its holds: their DEAD marks signal the FIFOs, which must not come back. */
         if (e->has_wake)
@@ -196,7 +202,8 @@ int registry_repair(Registry *r, Entry *e, bool *ret_remade, char *msg, size_t m
         k = channel_check(e->channel);
         if (k != -EIDRM)
                 return 0;       /* intact, or cannot tell (e.g. EACCES): leave it be */
-        /* Holders were attached to objects that are gone; their holds go too. */
+        /* Holders were attached to objects that are gone; their holds go too (REMOVED first, see entry_free()). */
+        channel_mark_removed(e->channel);
         drop_holds(e);
         k = channel_remake(&e->channel, r->state, msg, msg_size);
         if (k < 0) {

@@ -9,19 +9,23 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <shmbroker/shmbroker.h>
 
 #include "common/util.h"
+#include "proto/ring.h"
 #include "tests/helpers.h"
 
 #define CASE_TIMEOUT 60
@@ -211,6 +215,89 @@ START_TEST(test_removal_wakes_the_waiter) {
         json_decref(test_request(sock, "{\"op\":\"reload\"}"));
         close(sock);
         ck_assert_msg(readable(fd, WAIT_MS) == 1, "the removal woke nobody");
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EIDRM);
+        shmb_close(ch);
+}
+END_TEST
+
+/*
+ * A waiter woken by the removal looks at the ring at once; if it still
+ * reads LIVE, it arms again, and nothing will ever write its FIFO after
+ * that. So the ring must read REMOVED by the time the broker writes the
+ * FIFO. The race is microseconds wide, so instead of hoping to hit it the
+ * test stops the daemon at each write(2) into a ".data" FIFO (ptrace) and
+ * reads the ring's state right there.
+ */
+static void reload_to_raw_only(void *userdata) {
+        int sock = test_connect(td.socket);
+
+        (void) userdata;
+        json_decref(test_request(sock, "{\"op\":\"reload\"}"));
+        close(sock);
+}
+
+static bool is_data_fifo(pid_t pid, uint64_t fd) {
+        char link[64], target[512];
+        ssize_t n;
+
+        snprintf(link, sizeof link, "/proc/%d/fd/%" PRIu64, (int) pid, fd);
+        n = readlink(link, target, sizeof target - 1);
+        if (n < 0)
+                return false;
+        target[n] = 0;
+        return n > 5 && streq(target + n - 5, ".data");
+}
+
+START_TEST(test_removal_marked_before_the_fifo_is_written) {
+        shmb_channel *ch = open_ring();
+        const RingHeader *h = shmb_channel_addr(ch);
+        int fd = shmb_channel_fd(ch), status, writes = 0, live_at_write = 0;
+        char buf[64];
+        pid_t reloader;
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);   /* armed: the broker will write our FIFO */
+        test_daemon_write_config(&td, "[{\"name\": \"raw\", \"size\": 4096}]");
+        ck_assert_int_eq(ptrace(PTRACE_SEIZE, td.pid, 0, PTRACE_O_TRACESYSGOOD), 0);
+        ck_assert_int_eq(ptrace(PTRACE_INTERRUPT, td.pid, 0, 0), 0);
+        ck_assert_int_eq(waitpid(td.pid, &status, 0), td.pid);
+        reloader = fork();
+        ck_assert_int_ge(reloader, 0);
+        if (reloader == 0) {
+                reload_to_raw_only(NULL);
+                _exit(0);
+        }
+        /* Until the reload answered: the removal happens before the answer. */
+        while (waitpid(reloader, &status, WNOHANG) == 0) {
+                struct __ptrace_syscall_info info;
+                int sig = 0;
+
+                ck_assert_int_eq(ptrace(PTRACE_SYSCALL, td.pid, 0, 0), 0);
+                ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
+                ck_assert(WIFSTOPPED(status));
+                if (WSTOPSIG(status) != (SIGTRAP | 0x80)) {
+                        if (WSTOPSIG(status) != SIGTRAP && status >> 16 != PTRACE_EVENT_STOP)
+                                sig = WSTOPSIG(status);
+                        if (sig) {
+                                /* Pass a real signal on at the next resume. */
+                                ck_assert_int_eq(ptrace(PTRACE_SYSCALL, td.pid, 0, sig), 0);
+                                ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
+                        }
+                        continue;
+                }
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+                if (info.op == PTRACE_SYSCALL_INFO_ENTRY && info.entry.nr == SYS_write &&
+                    is_data_fifo(td.pid, info.entry.args[0])) {
+                        writes++;
+                        if (!ring_is_removed(h))
+                                live_at_write++;
+                }
+        }
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        ck_assert_msg(writes > 0, "the removal wrote no FIFO");
+        ck_assert_msg(live_at_write == 0, "%d of %d FIFO writes at removal came while the ring still read LIVE",
+                      live_at_write, writes);
         ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EIDRM);
         shmb_close(ch);
 }
@@ -505,7 +592,7 @@ int main(void) {
         const TestGroup groups[] = {
                 { "wake-ups", CASE_TIMEOUT, { test_receiver_woken_by_another_process,
                                               test_sender_woken_when_a_slot_frees } },
-                { "broker-wakes", CASE_TIMEOUT, { test_removal_wakes_the_waiter,
+                { "broker-wakes", CASE_TIMEOUT, { test_removal_wakes_the_waiter, test_removal_marked_before_the_fifo_is_written,
                                                   test_dead_claimer_wakes_the_waiter } },
                 { "restart", CASE_TIMEOUT, { test_wait_survives_a_broker_crash } },
                 { "example", CASE_TIMEOUT, { test_poll_example_receives_from_two_rings } },
