@@ -411,6 +411,52 @@ START_TEST(test_open_fds_pipelined) {
 }
 END_TEST
 
+/* The daemon's open descriptors, counted in /proc. */
+static int daemon_fd_count(void) {
+        char path[64];
+        struct dirent *e;
+        int n = 0;
+        DIR *d;
+
+        snprintf(path, sizeof path, "/proc/%d/fd", (int) td.pid);
+        d = opendir(path);
+        ck_assert_ptr_nonnull(d);
+        while ((e = readdir(d)))
+                n += e->d_name[0] != '.';
+        closedir(d);
+        return n;
+}
+
+/* A client that asks for descriptors and never reads holds at most one answer's worth, and none once gone. */
+START_TEST(test_open_fds_unread) {
+        const char *req = "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"ro\", \"fd\": true}\n";
+        int fd, base, held;
+        json_t *resp;
+
+        test_daemon_write_config(&td, "[" RAW1 "]");
+        test_start_ok();
+        fd = test_connect(td.socket);
+        /* A request answered: the connection is accepted and counted before the baseline. */
+        resp = test_request(fd, "{\"op\": \"hello\", \"version\": 1}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        base = daemon_fd_count();
+        for (int i = 0; i < 200; i++)
+                test_send(fd, req, strlen(req));
+        /* The daemon answers what it can; whatever it has read, it holds at most 4 descriptors for us. */
+        for (int i = 0; i < 20; i++) {
+                held = daemon_fd_count() - base;
+                ck_assert_msg(held >= 0 && held <= 4, "the daemon holds %d descriptors for an unread client", held);
+                usleep(10 * 1000);
+        }
+        close(fd);
+        /* Gone: the connection and every descriptor held for it are closed. */
+        for (int64_t deadline = test_now_ms() + 5000; daemon_fd_count() >= base && test_now_ms() < deadline;)
+                usleep(10 * 1000);
+        ck_assert_int_eq(daemon_fd_count(), base - 1);
+}
+END_TEST
+
 /* A file somebody else put at a channel's name fails the start, and stays exactly as it was. */
 static void check_foreign(const char *name) {
         static const char content[] = "somebody else's data\n";
@@ -685,7 +731,7 @@ END_TEST
 int main(void) {
         const TestGroup groups[] = {
                 { "files", CASE_TIMEOUT, { test_files_made, test_status_list, test_check_config } },
-                { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined } },
+                { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_removed_behind_back } },
                 { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt } },
