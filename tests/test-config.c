@@ -1032,17 +1032,21 @@ START_TEST(test_load_bad_config_names_path) {
 }
 END_TEST
 
-/* The bundled example config is valid, and shows every layout. */
+/* The bundled example config is valid, and shows every layout and every kind. */
 START_TEST(test_load_example) {
         char msg[MSG_SIZE] = "";
         Config *c = NULL;
-        bool seen[_PROTO_LAYOUT_MAX] = {};
+        bool seen[_PROTO_LAYOUT_MAX] = {}, kinds[_PROTO_KIND_MAX] = {};
 
         ck_assert_msg(config_load(TEST_SRCDIR "/../examples/shmbroker.json", &c, msg, sizeof msg) == 0, "%s", msg);
-        for (size_t i = 0; i < c->n_channels; i++)
+        for (size_t i = 0; i < c->n_channels; i++) {
                 seen[c->channels[i].layout] = true;
+                kinds[c->channels[i].kind] = true;
+        }
         for (int l = 0; l < _PROTO_LAYOUT_MAX; l++)
                 ck_assert_msg(seen[l], "no %s channel in the example", proto_layout_to_string((ProtoLayout) l));
+        for (int k = 0; k < _PROTO_KIND_MAX; k++)
+                ck_assert_msg(kinds[k], "no %s channel in the example", proto_kind_to_string((ProtoKind) k));
         config_free(c);
 }
 END_TEST
