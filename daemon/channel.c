@@ -846,6 +846,11 @@ void channel_perm(const Channel *c, ChannelPerm *ret) {
                 .cgid = self_egid(),
                 .mode = c->spec.mode,
         };
+        /* A file has no creator: only its owner and group count, as for open(2). */
+        if (c->spec.kind == PROTO_KIND_POSIX) {
+                ret->cuid = ret->uid;
+                ret->cgid = ret->gid;
+        }
 }
 
 /* A killed run's ring header is the one configured, still live: anything else is made anew. */

@@ -411,6 +411,78 @@ START_TEST(test_open_fds_pipelined) {
 }
 END_TEST
 
+typedef struct AccessCase {
+        const char *channel, *access;
+        uid_t uid;
+        gid_t gid, extra_group;
+        bool expect_ok;
+} AccessCase;
+
+/* In a child with dropped privileges: the daemon's answer (with descriptors) and open(2)'s must agree. */
+static void access_child(void *userdata) {
+        const AccessCase *c = userdata;
+        bool rw = strcmp(c->access, "rw") == 0, daemon_ok, kernel_ok;
+        int fd, fds[PROTO_FDS_MAX], k;
+        char req[256], path[128];
+        json_t *resp;
+        size_t n;
+
+        test_drop_privileges(c->uid, c->gid, c->extra_group);
+        fd = test_connect(td.socket);
+        snprintf(req, sizeof req, "{\"op\": \"open\", \"channel\": \"%s\", \"access\": \"%s\", \"fd\": true}",
+                 c->channel, c->access);
+        resp = test_request_fds(fd, req, fds, PROTO_FDS_MAX, &n);
+        daemon_ok = json_is_true(json_object_get(resp, "ok"));
+        if (!daemon_ok && strcmp(test_jstr(resp, "error"), "EACCES") != 0)
+                _exit(13);
+        if (daemon_ok && (n == 0 || (fcntl(fds[0], F_GETFL) & O_ACCMODE) != (rw ? O_RDWR : O_RDONLY)))
+                _exit(14);
+        /* The kernel's own verdict on the same file. */
+        snprintf(path, sizeof path, PSEM_DIR "/shmbroker.%s", c->channel);
+        k = open(path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+        kernel_ok = k >= 0;
+        if (k >= 0)
+                close(k);
+        else if (errno != EACCES)
+                _exit(16);
+        if (daemon_ok != kernel_ok)
+                _exit(20);
+        _exit(daemon_ok == c->expect_ok ? 0 : 21);
+}
+
+/* Who may open a posix channel: the files' owner, group and mode, as open(2) decides. */
+START_TEST(test_access_follows_file_rule) {
+        static const char channels[] =
+                "[{\"name\": \"shared\", \"kind\": \"posix\", \"size\": 4096, \"group\": 4242, \"mode\": \"0660\"},"
+                " {\"name\": \"public\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0644\"},"
+                " {\"name\": \"private\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0600\"},"
+                " {\"name\": \"theirs\", \"kind\": \"posix\", \"size\": 4096, \"owner\": 65534, \"mode\": \"0400\"}]";
+        AccessCase cases[] = {
+                { "shared", "rw", NOBODY, NOBODY, 0, false },   /* other: no bits */
+                { "shared", "ro", NOBODY, NOBODY, 0, false },
+                { "shared", "rw", NOBODY, NOBODY, 4242, true }, /* supplementary group */
+                { "shared", "rw", NOBODY, 4242, 0, true },      /* primary group */
+                { "public", "ro", NOBODY, NOBODY, 0, true },    /* other: r-- */
+                { "public", "rw", NOBODY, NOBODY, 0, false },
+                { "private", "ro", NOBODY, 4242, 4242, false },
+                { "theirs", "ro", NOBODY, NOBODY, 0, true },    /* the owner: r-- */
+                { "theirs", "rw", NOBODY, NOBODY, 0, false },
+        };
+
+        test_daemon_write_config(&td, channels);
+        test_start_ok();
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+                int status = test_in_child(access_child, &cases[i]);
+
+                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                              "case %zu (%s %s as %u/%u+%u): child status %d (20: daemon and kernel disagree, "
+                              "21: wrong verdict)", i, cases[i].channel, cases[i].access, (unsigned) cases[i].uid,
+                              (unsigned) cases[i].gid, (unsigned) cases[i].extra_group,
+                              WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        }
+}
+END_TEST
+
 /* The daemon's open descriptors, counted in /proc. */
 static int daemon_fd_count(void) {
         char path[64];
@@ -730,7 +802,7 @@ END_TEST
 
 int main(void) {
         const TestGroup groups[] = {
-                { "files", CASE_TIMEOUT, { test_files_made, test_status_list, test_check_config } },
+                { "files", CASE_TIMEOUT, { test_files_made, test_status_list, test_check_config, test_access_follows_file_rule } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_removed_behind_back } },
