@@ -712,7 +712,7 @@ static int stat_posix(const Channel *c, ProtoChannel *ret) {
         r = posix_objects_check(&c->posix);
         if (r < 0)
                 return r;
-        r = posix_objects_stat(&c->posix, &uid, &gid, &mode);
+        r = posix_objects_stat(&c->posix, &uid, &gid, &mode, &ret->size);
         if (r < 0)
                 return r;
         id_to_name(uid, false, ret->owner, sizeof ret->owner);

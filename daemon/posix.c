@@ -529,7 +529,12 @@ int posix_objects_open_fds(const PosixObjects *p, bool rw, int ret_fds[PROTO_FDS
 
                 if (f->fd < 0)
                         continue;
-                r = reopen_fd(f, rw);
+                /*
+                 * A broadcast channel's table is written by every opener (a subscriber's
+                 * cursor is its own entry), as its mode grants wherever the channel may
+                 * be read: read-write for ro openers too, or they could not subscribe.
+                 */
+                r = reopen_fd(f, rw || role == POSIX_ROLE_TABLE);
                 if (r < 0)
                         goto fail;
                 ret_fds[n++] = r;
@@ -547,7 +552,7 @@ fail:
         return r;
 }
 
-int posix_objects_stat(const PosixObjects *p, uid_t *ret_uid, gid_t *ret_gid, mode_t *ret_mode) {
+int posix_objects_stat(const PosixObjects *p, uid_t *ret_uid, gid_t *ret_gid, mode_t *ret_mode, uint64_t *ret_size) {
         struct stat st;
 
         if (fstat(p->shm.fd, &st) < 0)
@@ -555,6 +560,7 @@ int posix_objects_stat(const PosixObjects *p, uid_t *ret_uid, gid_t *ret_gid, mo
         *ret_uid = st.st_uid;
         *ret_gid = st.st_gid;
         *ret_mode = st.st_mode & 0777;
+        *ret_size = (uint64_t) st.st_size;
         return 0;
 }
 

@@ -357,6 +357,22 @@ START_TEST(test_open_fds) {
         assert_fd_is(fds[2], "sem.shmbroker.bc1.0", O_RDWR);
         close_all(fds, n);
 
+        /* A subscriber: read-only segment and semaphore, but the table it writes its cursor to read-write. */
+        {
+                int fd2 = test_connect(td.socket);
+
+                resp = test_request_fds(fd2, "{\"op\": \"open\", \"channel\": \"bc1\", \"access\": \"ro\", \"fd\": true}",
+                                        fds, PROTO_FDS_MAX, &n);
+                test_assert_ok(resp);
+                json_decref(resp);
+                ck_assert_uint_eq(n, 3);
+                assert_fd_is(fds[0], "shmbroker.bc1", O_RDONLY);
+                assert_fd_is(fds[1], "shmbroker-table.bc1", O_RDWR);
+                assert_fd_is(fds[2], "sem.shmbroker.bc1.0", O_RDONLY);
+                close_all(fds, n);
+                close(fd2);
+        }
+
         /* Without "fd": names only, no descriptors. */
         resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"ro\"}", fds,
                                 PROTO_FDS_MAX, &n);
