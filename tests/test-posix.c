@@ -677,11 +677,16 @@ START_TEST(test_reload) {
         ck_assert_int_eq(test_ipcs_count("-m"), 0);
         ck_assert_int_eq(test_ipcs_count("-s"), 0);
 
-        /* And back: the files go, System V objects come. */
-        test_daemon_write_config(&td, "[" RING1 ", " SV1 "]");
+        /* And back: the files go, System V objects come; ring1's group and mode change in place. */
+        test_daemon_write_config(&td, "[" SV1 ", {\"name\": \"ring1\", \"kind\": \"posix\", \"layout\": \"ring\", "
+                                 "\"slot_size\": 64, \"slots\": 8, \"group\": 4321, \"mode\": \"0640\"}]");
         resp = test_request(fd, "{\"op\": \"reload\"}");
         test_assert_ok(resp);
+        ck_assert_uint_eq(json_array_size(json_object_get(resp, "changed")), 2);
         json_decref(resp);
+        ck_assert_uint_eq(shm_stat("shmbroker.ring1").st_ino, ring_before.st_ino);
+        assert_file("shmbroker.ring1", (off_t) ring_segment_size(64, 8), 0, GID, 0640);
+        assert_file("sem.shmbroker.ring1.0", sizeof(PosixSemFile), 0, GID, 0640);
         ck_assert(!shm_exists("shmbroker.sv1"));
         ck_assert(!shm_exists("sem.shmbroker.sv1.0"));
         ck_assert_int_eq(test_ipcs_count("-m"), 1);
@@ -726,6 +731,64 @@ START_TEST(test_crash_reclaim) {
         assert_listing(before);
         ck_assert_int_eq(test_ipcs_count("-m"), 1);
         test_daemon_stop_ok(&td);
+        free(before);
+}
+END_TEST
+
+/* Plant somebody else's file at path (content, owner nobody, an old mtime); its stat in *ret. */
+static void plant(const char *path, struct stat *ret) {
+        struct timespec times[2] = { { .tv_sec = 1000000000 }, { .tv_sec = 1000000000 } };
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        ck_assert_int_eq(write(fd, "planted\n", 8), 8);
+        ck_assert_int_eq(fchown(fd, NOBODY, NOBODY), 0);
+        ck_assert_int_eq(futimens(fd, times), 0);
+        close(fd);
+        ck_assert_int_eq(lstat(path, ret), 0);
+}
+
+static void assert_unchanged(const char *path, const struct stat *a) {
+        struct stat b;
+
+        ck_assert_msg(lstat(path, &b) == 0, "%s is gone", path);
+        ck_assert_msg(a->st_ino == b.st_ino && a->st_uid == b.st_uid && a->st_mode == b.st_mode &&
+                      a->st_size == b.st_size && b.st_mtim.tv_sec == 1000000000 &&
+                      a->st_ctim.tv_sec == b.st_ctim.tv_sec && a->st_ctim.tv_nsec == b.st_ctim.tv_nsec,
+                      "%s was touched", path);
+}
+
+/* Reclaim unlinks only the recorded inodes: a file put at a name after the crash stays. */
+START_TEST(test_crash_reclaim_spares_replaced) {
+        char *before = shm_listing(), *log;
+        struct stat planted;
+        int status = 0;
+
+        test_daemon_write_config(&td, "[" RAW1 "]");
+        test_start_ok();
+        test_daemon_kill(&td, SIGKILL);
+        /* While no daemon runs, raw1's semaphore 1 is replaced by somebody else's file. */
+        ck_assert_int_eq(unlink(PSEM_DIR "/sem.shmbroker.raw1.1"), 0);
+        plant(PSEM_DIR "/sem.shmbroker.raw1.1", &planted);
+
+        /* Still configured: not taken over (a file is not the recorded one), and not made again over it. */
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        td.pid = -1;
+        log = log_now();
+        ck_assert_msg(strstr(log, PSEM_DIR "/sem.shmbroker.raw1.1"), "the log does not name the file:\n%s", log);
+        free(log);
+        assert_unchanged(PSEM_DIR "/sem.shmbroker.raw1.1", &planted);
+
+        /* Dropped from the config: the recorded files go, the planted one stays. */
+        test_daemon_write_config(&td, "[" SV1 "]");
+        test_start_ok();
+        ck_assert(!shm_exists("shmbroker.raw1"));
+        ck_assert(!shm_exists("sem.shmbroker.raw1.0"));
+        ck_assert(!shm_exists("sem.shmbroker.raw1.2"));
+        assert_unchanged(PSEM_DIR "/sem.shmbroker.raw1.1", &planted);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(unlink(PSEM_DIR "/sem.shmbroker.raw1.1"), 0);
+        assert_listing(before);
         free(before);
 }
 END_TEST
@@ -822,7 +885,7 @@ int main(void) {
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_removed_behind_back } },
-                { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt } },
+                { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt, test_crash_reclaim_spares_replaced } },
         };
 
         return test_main("posix", groups, sizeof groups / sizeof *groups, posix_setup, test_teardown);
