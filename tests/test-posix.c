@@ -21,6 +21,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "proto/broadcast.h"
@@ -173,11 +174,25 @@ START_TEST(test_files_made) {
         ck_assert(!shm_exists("sem.shmbroker.raw1.3"));
         ck_assert(!shm_exists("shmbroker-table.raw1"));
 
-        /* The broker's fields behind the sem_t. */
+        /* The broker's fields behind the sem_t, and a lock that a dead holder does not keep. */
         s = map_name("sem.shmbroker.raw1.1", &size);
         ck_assert_uint_eq(s->magic, PSEM_MAGIC);
         ck_assert_uint_eq(s->version, PSEM_VERSION);
         ck_assert_uint_eq(s->state, PSEM_STATE_LIVE);
+        {
+                pid_t pid = fork();
+                int status;
+
+                ck_assert_int_ge(pid, 0);
+                if (pid == 0)
+                        _exit(pthread_mutex_lock((pthread_mutex_t *) &s->lock) == 0 ? 0 : 1);
+                ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+                ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+                /* Robust and process-shared: the next locker gets it, told that its holder died. */
+                ck_assert_int_eq(pthread_mutex_lock((pthread_mutex_t *) &s->lock), EOWNERDEAD);
+                ck_assert_int_eq(pthread_mutex_consistent((pthread_mutex_t *) &s->lock), 0);
+                ck_assert_int_eq(pthread_mutex_unlock((pthread_mutex_t *) &s->lock), 0);
+        }
         munmap((void *) s, size);
 
         /* A ring: its header in the file, its reserved semaphore free. */
