@@ -869,6 +869,18 @@ START_TEST(test_removed_behind_back) {
         ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.1"), 0);
         ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.2"), 5);
         close(fd);
+        /* Made again as configured: a crash restart takes the new files over. */
+        {
+                struct stat seg = shm_stat("shmbroker.raw1");
+                char *log;
+
+                test_daemon_kill(&td, SIGKILL);
+                test_start_ok();
+                log = log_now();
+                ck_assert_msg(strstr(log, "Took over channel raw1"), "raw1 was not adopted:\n%s", log);
+                free(log);
+                ck_assert_uint_eq(shm_stat("shmbroker.raw1").st_ino, seg.st_ino);
+        }
         test_daemon_stop_ok(&td);
         assert_listing(before);
         free(before);
