@@ -586,9 +586,11 @@ int channel_remake(Channel **c, State *state, char *msg, size_t msg_size) {
         }
         /* The remains go first: the key must be free again. */
         *c = channel_free(*c, state);
-        /* Same key as before: clients and admins keep finding it where it was. */
-        spec.has_key = true;
-        spec.key = key;
+        /* Same key as before: clients and admins keep finding it where it was. (Files keep their names.) */
+        if (spec.kind == PROTO_KIND_SYSV) {
+                spec.has_key = true;
+                spec.key = key;
+        }
         r = channel_create(&spec, NULL, 0, state, &fresh, msg, msg_size);
         if (r == 0) {
                 /* Remember the channel as configured, not as pinned here, so a reload compares right. */
