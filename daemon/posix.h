@@ -115,7 +115,11 @@ int posix_objects_sem_value(const PosixObjects *p, unsigned idx, int *ret);
  * Crash reclaim of one recorded file (STATE_POSIX): unlink it when its
  * name still names the recorded inode, a regular file of ours, after
  * telling a semaphore's waiters (a segment's ring or broadcast header is
- * the caller's: `mark`, when given, is called on its mapping first).
+ * the caller's: `mark`, when given, is called on its mapping first). An
+ * intent (pending: made, perhaps, but not recorded) is unlinked only when
+ * the file is as the daemon leaves it before recording it: ours, 0600,
+ * one link, empty or of the intended size, changed within a minute after
+ * the intent.
  * 1 removed, 0 not ours (untouched), -ENOENT gone, another -errno kept.
  */
 int posix_reclaim_file(const StateRecord *rec, void (*mark)(void *addr, size_t size));

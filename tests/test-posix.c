@@ -22,6 +22,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "proto/broadcast.h"
@@ -808,6 +809,54 @@ START_TEST(test_crash_reclaim_spares_replaced) {
 }
 END_TEST
 
+/* Append a line to the daemon's state file, as a run killed at that point would have left it. */
+static void state_append(const char *line) {
+        char path[512];
+        FILE *f;
+
+        snprintf(path, sizeof path, "%s.state", td.socket);
+        f = fopen(path, "a");
+        ck_assert_ptr_nonnull(f);
+        fputs(line, f);
+        fclose(f);
+}
+
+/*
+ * A run killed between making a file and recording its inode leaves an
+ * intent: the next start removes the file when it is as that run left it
+ * (ours, 0600, empty or of the intended size, new), and nothing else.
+ */
+START_TEST(test_crash_reclaim_intent) {
+        char *before = shm_listing(), line[256];
+        struct stat planted;
+        long now = (long) time(NULL);
+        int fd;
+
+        test_daemon_write_config(&td, "[" SV1 "]");
+        test_start_ok();
+        test_daemon_kill(&td, SIGKILL);
+        /* The killed run's pid: a live one's would be as good, the file carries none. */
+        fd = open(PSEM_DIR "/shmbroker.gone", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(fchmod(fd, 0600), 0);
+        close(fd);
+        snprintf(line, sizeof line, "pposix -1 0 0 %d %ld 4096 gone\n", (int) getpid(), now - 1);
+        state_append(line);
+        /* Another intent, whose name holds somebody else's file: left alone. */
+        plant(PSEM_DIR "/sem.shmbroker.gone.0", &planted);
+        snprintf(line, sizeof line, "pposix 0 0 0 %d %ld 88 gone\n", (int) getpid(), now - 1);
+        state_append(line);
+
+        test_start_ok();
+        ck_assert(!shm_exists("shmbroker.gone"));
+        assert_unchanged(PSEM_DIR "/sem.shmbroker.gone.0", &planted);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(unlink(PSEM_DIR "/sem.shmbroker.gone.0"), 0);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
 /* SIGKILL and a start with the same config: the same files, contents kept. */
 START_TEST(test_crash_adopt) {
         char *before = shm_listing(), *log;
@@ -912,7 +961,8 @@ int main(void) {
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_removed_behind_back } },
-                { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt, test_crash_reclaim_spares_replaced } },
+                { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt, test_crash_reclaim_spares_replaced,
+                                           test_crash_reclaim_intent } },
         };
 
         return test_main("posix", groups, sizeof groups / sizeof *groups, posix_setup, test_teardown);
