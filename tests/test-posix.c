@@ -844,7 +844,8 @@ START_TEST(test_crash_reclaim_intent) {
         state_append(line);
         /* Another intent, whose name holds somebody else's file: left alone. */
         plant(PSEM_DIR "/sem.shmbroker.gone.0", &planted);
-        snprintf(line, sizeof line, "pposix 0 0 0 %d %ld 88 gone\n", (int) getpid(), now - 1);
+        /* Of the intended size and new: only its owner and mode tell it apart. */
+        snprintf(line, sizeof line, "pposix 0 0 0 %d %ld 8 gone\n", (int) getpid(), now - 1);
         state_append(line);
 
         test_start_ok();
