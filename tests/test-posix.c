@@ -515,6 +515,37 @@ START_TEST(test_access_follows_file_rule) {
 }
 END_TEST
 
+/*
+ * A daemon without privileges (as the shipped unit runs it) gives files
+ * its own user and group; another group needs CAP_CHOWN, and the start
+ * says so and leaves nothing behind.
+ */
+START_TEST(test_unprivileged_daemon) {
+        char *before = shm_listing(), *log;
+        int status = 0;
+
+        ck_assert_int_eq(chown(td.dir, NOBODY, NOBODY), 0);
+        ck_assert_int_eq(chmod(td.dir, 0700), 0);
+        td.uid = NOBODY;
+        td.gid = NOBODY;
+        test_daemon_write_config(&td, "[{\"name\": \"mine\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0640\"}]");
+        test_start_ok();
+        assert_file("shmbroker.mine", 4096, NOBODY, NOBODY, 0640);
+        assert_file("sem.shmbroker.mine.0", sizeof(PosixSemFile), NOBODY, NOBODY, 0640);
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+
+        test_daemon_write_config(&td, "[{\"name\": \"mine\", \"kind\": \"posix\", \"size\": 4096}, " RAW1 "]");
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        td.pid = -1;
+        log = log_now();
+        ck_assert_msg(strstr(log, "CAP_CHOWN") && strstr(log, "\"raw1\""), "the log does not say why:\n%s", log);
+        free(log);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
 /* The daemon's open descriptors, counted in /proc. */
 static int daemon_fd_count(void) {
         char path[64];
@@ -958,7 +989,8 @@ END_TEST
 
 int main(void) {
         const TestGroup groups[] = {
-                { "files", CASE_TIMEOUT, { test_files_made, test_status_list, test_check_config, test_access_follows_file_rule } },
+                { "files", CASE_TIMEOUT, { test_files_made, test_status_list, test_check_config, test_access_follows_file_rule,
+                                           test_unprivileged_daemon } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_removed_behind_back } },
