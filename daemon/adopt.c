@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/util.h"
 #include "daemon/adopt.h"
 #include "daemon/channel.h"
 #include "daemon/log.h"
@@ -26,6 +27,51 @@ static StateRecord *find_object(StateRecord *v, size_t n, StateKind kind, uint32
         return NULL;
 }
 
+/*
+ * A posix channel: its files' records (STATE_POSIX under its name), which
+ * posix_objects_adopt() proves by inode, owner and type at their names.
+ */
+static int adopt_posix(Registry *reg, const ChannelSpec *spec, StateRecord *v, size_t n, StateRecord *chan) {
+        _cleanup_(freep) StateRecord *recs = NULL;
+        size_t k = 0, orphans;
+        Channel *c;
+        char msg[512];
+        int r;
+
+        recs = calloc(n ?: 1, sizeof *recs);
+        if (!recs)
+                return 0;
+        for (size_t i = 0; i < n; i++)
+                if (v[i].kind == STATE_POSIX && !v[i].adopted && streq(v[i].name, spec->name))
+                        recs[k++] = v[i];
+        r = channel_adopt_posix(spec, recs, k, &c, msg, sizeof msg);
+        if (r < 0) {
+                log_warning("Cannot take over %s; making it anew.", msg);
+                return 0;
+        }
+        if (registry_adopt(reg, c, &orphans) < 0) {
+                channel_forget(c);
+                return 0;
+        }
+        /* Only the files it took: another record under this name (a leftover) is reclaim's. */
+        for (size_t i = 0; i < n; i++)
+                if (v[i].kind == STATE_POSIX && !v[i].adopted && streq(v[i].name, spec->name)) {
+                        PosixFile *f = v[i].id == POSIX_ROLE_SEGMENT ? &c->posix.shm :
+                                       v[i].id == POSIX_ROLE_TABLE ? &c->posix.table :
+                                       (unsigned) v[i].id < c->posix.nsems ? &c->posix.sems[v[i].id] : NULL;
+
+                        if (f && f->fd >= 0 && (uint64_t) f->dev == v[i].dev && (uint64_t) f->ino == v[i].ino)
+                                v[i].adopted = true;
+                }
+        chan->adopted = true;
+        log_notice("Took over channel %s from the previous run: %s and its %u semaphore file(s).", spec->name,
+                   c->posix.shm_name, c->posix.nsems);
+        if (orphans > 0)
+                log_info("Channel %s: %zu holder(s) of the previous run still live; keeping them until they open "
+                         "the channel again or exit.", spec->name, orphans);
+        return 1;
+}
+
 /* 1 adopted, 0 not (logged why, where it is worth saying). */
 static int adopt_one(Registry *reg, const Config *cfg, const uint8_t *secret, StateRecord *v, size_t n,
                      StateRecord *chan) {
@@ -40,6 +86,13 @@ static int adopt_one(Registry *reg, const Config *cfg, const uint8_t *secret, St
         if (k < 0 || registry_find(reg, chan->name))
                 return 0;       /* dropped from the config meanwhile: reclaim removes it */
         spec = &cfg->channels[k];
+        if (spec->kind == PROTO_KIND_POSIX) {
+                if (channel_spec_fingerprint(spec) != chan->fingerprint) {
+                        log_info("Channel %s changed in the config since the last run; making it anew.", spec->name);
+                        return 0;
+                }
+                return adopt_posix(reg, spec, v, n, chan);
+        }
         shm = find_object(v, n, STATE_SHM, chan->key, chan->id);
         sem = find_object(v, n, STATE_SEM, chan->key, chan->sem_id);
         if (!shm || !sem)

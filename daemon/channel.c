@@ -126,9 +126,15 @@ static void remove_table(Channel *c, State *state) {
  * one that could not be removed stays recorded, so the next start removes
  * it (and the file is kept at exit, see daemon_done()).
  */
+static void remove_posix(Channel *c, State *state);
+
 static void remove_objects(Channel *c, State *state) {
         StateRecord recs[CHANNEL_RECORDS];
 
+        if (c->spec.kind == PROTO_KIND_POSIX) {
+                remove_posix(c, state);
+                return;
+        }
         channel_records(c, recs);
         /* No longer a channel to adopt; the objects stay recorded until they are gone. */
         if (state && c->shm_id >= 0)
@@ -244,7 +250,24 @@ fail_state:
         return r;
 }
 
+static void remember_perms(Channel *c, uid_t uid, gid_t gid, mode_t mode) {
+        c->spec.uid = uid;
+        c->spec.gid = gid;
+        c->spec.mode = mode & 0777;
+        id_to_name(uid, false, c->owner, sizeof c->owner);
+        id_to_name(gid, true, c->group, sizeof c->group);
+}
+
 int channel_set_perms(Channel *c, uid_t uid, gid_t gid, mode_t mode) {
+        if (c->spec.kind == PROTO_KIND_POSIX) {
+                /* A broadcast channel's table: read and write wherever the channel may be read (proto/broadcast.h). */
+                int r = posix_objects_set_perms(&c->posix, uid, gid, mode, bcast_table_mode(mode));
+
+                if (r < 0)
+                        return r;
+                remember_perms(c, uid, gid, mode);
+                return 0;
+        }
         /* IPC_SET reads only uid, gid and mode: no IPC_STAT needed first. */
         struct shmid_ds shm = { .shm_perm = { .uid = uid, .gid = gid, .mode = mode & 0777 } }, table = {};
         struct semid_ds sem = {};
@@ -261,11 +284,7 @@ int channel_set_perms(Channel *c, uid_t uid, gid_t gid, mode_t mode) {
             (c->table_id >= 0 && shmctl(c->table_id, IPC_SET, &table) < 0) ||
             shmctl(c->shm_id, IPC_SET, &shm) < 0)
                 return -errno;
-        c->spec.uid = uid;
-        c->spec.gid = gid;
-        c->spec.mode = mode & 0777;
-        id_to_name(uid, false, c->owner, sizeof c->owner);
-        id_to_name(gid, true, c->group, sizeof c->group);
+        remember_perms(c, uid, gid, mode);
         return 0;
 }
 
@@ -281,6 +300,7 @@ static int channel_new(const ChannelSpec *spec, Channel **ret) {
                 return -ENOMEM;
         }
         c->shm_id = c->sem_id = c->table_id = -1;
+        posix_objects_init(&c->posix);
         *ret = c;
         return 0;
 }
@@ -347,6 +367,73 @@ static int make_table(Channel *c, const uint32_t *fixed_keys, size_t n_fixed, St
         return 0;
 }
 
+/* The header of a fresh ring or broadcast segment (zero-filled, by the kernel or by ftruncate()). */
+static void format_segment(Channel *c) {
+        const ChannelSpec *spec = &c->spec;
+
+        if (spec->layout == PROTO_LAYOUT_RING)
+                ring_format(c->addr, spec->slot_size, spec->slots);
+        if (spec->layout == PROTO_LAYOUT_BROADCAST)
+                bcast_format(c->addr, spec->slot_size, spec->slots, spec->subscribers,
+                             spec->overflow == PROTO_OVERFLOW_DROP ? BCAST_OVERFLOW_DROP : BCAST_OVERFLOW_BLOCK,
+                             c->table_key, c->table_id, c->table_addr);
+}
+
+static StateRecord chan_record(const Channel *c) {
+        StateRecord rec = { .kind = STATE_CHAN, .key = c->key, .id = c->shm_id, .sem_id = c->sem_id,
+                            .fingerprint = channel_spec_fingerprint(&c->spec) };
+
+        /* A posix channel's objects are its files' records, found by its name. */
+        if (c->spec.kind == PROTO_KIND_POSIX)
+                rec.id = rec.sem_id = 0;
+        strcpy(rec.name, c->spec.name);
+        return rec;
+}
+
+/* The posix side of channel_create(): files instead of keys (daemon/posix.h). */
+static int create_posix(Channel *c, State *state, char *msg, size_t msg_size) {
+        const ChannelSpec *spec = &c->spec;
+        StateRecord rec;
+        int r;
+
+        r = posix_objects_create(spec, bcast_table_size(spec->subscribers), state, &c->posix, msg, msg_size);
+        if (r < 0)
+                return r;
+        c->made_pid = c->posix.made_pid;
+        c->made_since = c->posix.made_since;
+        c->addr = c->posix.shm.addr;
+        c->table_addr = c->posix.table.addr;
+        /* No System V table: clients find it by name (proto/posix.h). */
+        format_segment(c);
+        r = channel_set_perms(c, spec->uid, spec->gid, spec->mode);
+        if (r < 0) {
+                msg_set(msg, msg_size, "channel \"%s\": cannot set owner %u, group %u, mode %04o: %s",
+                        spec->name, (unsigned) spec->uid, (unsigned) spec->gid, (unsigned) spec->mode, strerror(-r));
+                return r;
+        }
+        rec = chan_record(c);
+        r = state ? state_append_records(state, &rec, 1, NULL, 0) : 0;
+        if (r < 0)
+                msg_set(msg, msg_size, "channel \"%s\": cannot record it in %s: %s", spec->name, state_path(state),
+                        strerror(-r));
+        return r;
+}
+
+/* The posix side of remove_objects(): tell the clients, then unlink what is still ours. */
+static void remove_posix(Channel *c, State *state) {
+        if (state && c->posix.shm.fd >= 0) {
+                StateRecord rec = chan_record(c);
+
+                (void) state_cancel(state, &rec);
+        }
+        if (c->addr && c->spec.layout == PROTO_LAYOUT_RING && ring_header_is_ours(c->addr))
+                ring_mark_removed(c->addr);
+        if (c->addr && c->spec.layout == PROTO_LAYOUT_BROADCAST && bcast_header_is_ours(c->addr))
+                bcast_mark_removed(c->addr, c->table_addr);
+        posix_objects_remove(&c->posix, state);
+        c->addr = c->table_addr = NULL;
+}
+
 int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n_fixed, State *state,
                    Channel **ret, char *msg, size_t msg_size) {
         Channel *c = NULL;
@@ -357,6 +444,13 @@ int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n
         if (r < 0) {
                 msg_set(msg, msg_size, "channel \"%s\": out of memory", spec->name);
                 return r;
+        }
+        if (spec->kind == PROTO_KIND_POSIX) {
+                r = create_posix(c, state, msg, msg_size);
+                if (r < 0)
+                        goto fail;
+                *ret = c;
+                return 0;
         }
 
         if (spec->has_key) {
@@ -396,17 +490,13 @@ int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n
                 msg_set(msg, msg_size, "channel \"%s\": cannot attach the segment: %s", spec->name, strerror(errno));
                 goto fail;
         }
-        /* A fresh segment is zero-filled by the kernel: what ring_format() expects. */
-        if (spec->layout == PROTO_LAYOUT_RING)
-                ring_format(c->addr, spec->slot_size, spec->slots);
         if (spec->layout == PROTO_LAYOUT_BROADCAST) {
                 r = make_table(c, fixed_keys, n_fixed, state, msg, msg_size);
                 if (r < 0)
                         goto fail;
-                bcast_format(c->addr, spec->slot_size, spec->slots, spec->subscribers,
-                             spec->overflow == PROTO_OVERFLOW_DROP ? BCAST_OVERFLOW_DROP : BCAST_OVERFLOW_BLOCK,
-                             c->table_key, c->table_id, c->table_addr);
         }
+        /* A fresh segment is zero-filled by the kernel: what ring_format() expects. */
+        format_segment(c);
         r = channel_set_perms(c, spec->uid, spec->gid, spec->mode);
         if (r < 0) {
                 msg_set(msg, msg_size, "channel \"%s\": cannot set owner %u, group %u, mode %04o: %s",
@@ -475,6 +565,8 @@ static int check_objects(const Channel *c, struct shmid_ds *ret_shm) {
 int channel_check(const Channel *c) {
         struct shmid_ds shm;
 
+        if (c->spec.kind == PROTO_KIND_POSIX)
+                return posix_objects_check(&c->posix);
         return check_objects(c, &shm);
 }
 
@@ -524,7 +616,14 @@ void channel_describe(const Channel *c, ProtoChannel *ret) {
                 .table_key = c->table_key,
                 .table_id = c->table_id,
                 .mode = c->spec.mode,
+                .kind = c->spec.kind,
         };
+        if (c->spec.kind == PROTO_KIND_POSIX) {
+                /* Borrowed by the encoder: the channel owns them. */
+                strcpy(ret->shm_name, c->posix.shm_name);
+                strcpy(ret->table_name, c->posix.table_name);
+                ret->sem_names = c->posix.sem_names;
+        }
         strcpy(ret->name, c->spec.name);
         strcpy(ret->owner, c->owner);
         strcpy(ret->group, c->group);
@@ -602,12 +701,58 @@ static int read_subscriptions(const Channel *c, ProtoChannel *ret) {
         return 0;
 }
 
+/* A posix channel's status: the files' own owner, group and mode (fstat), the semaphores' values. */
+static int stat_posix(const Channel *c, ProtoChannel *ret) {
+        _cleanup_(freep) ProtoSemaphore *sems = NULL;
+        uid_t uid;
+        gid_t gid;
+        mode_t mode;
+        int r;
+
+        r = posix_objects_check(&c->posix);
+        if (r < 0)
+                return r;
+        r = posix_objects_stat(&c->posix, &uid, &gid, &mode);
+        if (r < 0)
+                return r;
+        id_to_name(uid, false, ret->owner, sizeof ret->owner);
+        id_to_name(gid, true, ret->group, sizeof ret->group);
+        ret->mode = mode;
+        /* A POSIX segment has no attach count, creator pid or times: absent, not zero. */
+        ret->segment_unread = true;
+        sems = calloc(c->spec.nsems ?: 1, sizeof *sems);
+        if (!sems)
+                return -ENOMEM;
+        for (unsigned i = 0; i < c->spec.nsems; i++) {
+                r = posix_objects_sem_value(&c->posix, i, &sems[i].value);
+                if (r < 0)
+                        return r;
+        }
+        if (c->spec.layout == PROTO_LAYOUT_BROADCAST && c->table_addr && read_subscriptions(c, ret) < 0)
+                return -ENOMEM;
+        ret->semaphores = TAKE_PTR(sems);
+        ret->n_semaphores = c->spec.nsems;
+        return 0;
+}
+
 int channel_stat(const Channel *c, ProtoChannel *ret) {
         ProtoSemaphore *sems = NULL;
         struct shmid_ds shm;
         int r;
 
         channel_describe(c, ret);
+        if (c->spec.kind == PROTO_KIND_POSIX) {
+                /* Owned from here on, as proto_channel_done() frees them: never the channel's own. */
+                char **names = calloc(c->posix.nsems + 1, sizeof *names);
+
+                ret->sem_names = names;
+                if (!names)
+                        return -ENOMEM;
+                for (unsigned i = 0; i < c->posix.nsems; i++)
+                        if (!(names[i] = strdup(c->posix.sem_names[i])))
+                                return -ENOMEM;
+                return stat_posix(c, ret);
+        }
         /* One stat of each object says whether it is still ours. */
         r = check_segment(c, &shm);
         if (r < 0) {
@@ -643,14 +788,22 @@ int channel_stat(const Channel *c, ProtoChannel *ret) {
         return 0;
 }
 
+size_t channel_count_records(const Channel *c) {
+        if (c->spec.kind == PROTO_KIND_POSIX)
+                return 1 + (c->posix.shm.fd >= 0) + (c->posix.table.fd >= 0) + c->posix.nsems;
+        return c->table_id < 0 ? 3 : 4;
+}
+
 size_t channel_records(const Channel *c, StateRecord ret[CHANNEL_RECORDS]) {
+        if (c->spec.kind == PROTO_KIND_POSIX) {
+                ret[0] = chan_record(c);
+                return 1 + posix_objects_records(&c->posix, c->spec.name, ret + 1);
+        }
         ret[0] = (StateRecord) { .kind = STATE_SHM, .key = c->key, .id = c->shm_id, .pid = c->made_pid,
                                  .since = c->made_since, .size = c->spec.size };
         ret[1] = (StateRecord) { .kind = STATE_SEM, .key = c->key, .id = c->sem_id, .pid = c->made_pid,
                                  .since = c->made_since, .size = c->spec.nsems };
-        ret[2] = (StateRecord) { .kind = STATE_CHAN, .key = c->key, .id = c->shm_id, .sem_id = c->sem_id,
-                                 .fingerprint = channel_spec_fingerprint(&c->spec) };
-        strcpy(ret[2].name, c->spec.name);
+        ret[2] = chan_record(c);
         if (c->table_id < 0)
                 return 3;
         ret[3] = table_record(c);
@@ -674,6 +827,12 @@ uint64_t channel_spec_fingerprint(const ChannelSpec *s) {
                 uint32_t broadcast[2] = { s->subscribers, (uint32_t) s->overflow };
 
                 h ^= siphash24(zero_key, broadcast, sizeof broadcast) * 3;
+        }
+        /* Likewise the kind, for posix channels only: a changed kind makes the channel anew. */
+        if (s->kind == PROTO_KIND_POSIX) {
+                static const char posix[] = "posix";
+
+                h ^= siphash24(zero_key, posix, sizeof posix) * 5;
         }
         return h ^ siphash24(zero_key, s->sem_values, s->nsems * sizeof *s->sem_values);
 }
@@ -803,6 +962,10 @@ fail:
 Channel *channel_forget(Channel *c) {
         if (!c)
                 return NULL;
+        if (c->spec.kind == PROTO_KIND_POSIX) {
+                posix_objects_close(&c->posix);
+                c->addr = c->table_addr = NULL;
+        }
         if (c->addr)
                 shmdt(c->addr);
         if (c->table_addr)
@@ -810,4 +973,60 @@ Channel *channel_forget(Channel *c) {
         free(c->spec.sem_values);
         free(c);
         return NULL;
+}
+
+/* A killed run's posix broadcast header: as bcast_header_fits(), with no System V table to name. */
+static bool posix_header_fits(const ChannelSpec *spec, const void *addr, const PosixObjects *p) {
+        const BcastHeader *h = addr;
+
+        if (spec->layout == PROTO_LAYOUT_RING)
+                return p->shm.size >= sizeof(RingHeader) && ring_header_fits(spec, addr);
+        if (spec->layout != PROTO_LAYOUT_BROADCAST)
+                return true;
+        return p->shm.size >= sizeof *h && bcast_header_is_ours(h) && h->slot_size == spec->slot_size &&
+               h->slots == spec->slots && h->slot_stride == bcast_slot_stride(spec->slot_size) &&
+               h->data_offset == bcast_data_offset(spec->subscribers) && h->publishers == BCAST_PUBLISHERS &&
+               h->publishers_offset == BCAST_HOLDERS_OFFSET && h->subscribers == spec->subscribers &&
+               h->subscribers_offset == BCAST_SUBSCRIBERS_OFFSET &&
+               h->overflow == (spec->overflow == PROTO_OVERFLOW_DROP ? BCAST_OVERFLOW_DROP : BCAST_OVERFLOW_BLOCK) &&
+               h->table_size == bcast_table_size(spec->subscribers) && p->table.size == h->table_size &&
+               !bcast_is_removed(h);
+}
+
+int channel_adopt_posix(const ChannelSpec *spec, const StateRecord *recs, size_t n, Channel **ret, char *msg,
+                        size_t msg_size) {
+        Channel *c = NULL;
+        int r;
+
+        r = channel_new(spec, &c);
+        if (r < 0) {
+                msg_set(msg, msg_size, "channel \"%s\": out of memory", spec->name);
+                return r;
+        }
+        r = posix_objects_adopt(spec, recs, n, &c->posix, msg, msg_size);
+        if (r < 0)
+                goto fail;
+        c->made_pid = c->posix.made_pid;
+        c->made_since = c->posix.made_since;
+        c->addr = c->posix.shm.addr;
+        c->table_addr = c->posix.table.addr;
+        if (c->posix.shm.size != spec->size || !posix_header_fits(spec, c->addr, &c->posix)) {
+                msg_set(msg, msg_size, "channel \"%s\": the header of %s is not the one configured", spec->name,
+                        c->posix.shm_name);
+                r = -EINVAL;
+                goto fail;
+        }
+        c->adopted = true;
+        r = channel_set_perms(c, spec->uid, spec->gid, spec->mode);
+        if (r < 0) {
+                msg_set(msg, msg_size, "channel \"%s\": cannot set owner %u, group %u, mode %04o: %s", spec->name,
+                        (unsigned) spec->uid, (unsigned) spec->gid, (unsigned) spec->mode, strerror(-r));
+                goto fail;
+        }
+        *ret = c;
+        return 0;
+fail:
+        /* Not taken over: the files stay as they were, for reclaim to judge. */
+        channel_forget(c);
+        return r;
 }

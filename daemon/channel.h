@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "daemon/config.h"
+#include "daemon/posix.h"
 #include "daemon/state.h"
 #include "proto/proto.h"
 
@@ -23,6 +24,8 @@ typedef struct Channel {
         uint32_t table_key;
         int table_id;                   /* -1: none */
         void *table_addr;
+        /* posix only (key 0, ids -1): its files; addr and table_addr are their mappings */
+        PosixObjects posix;
         bool adopted;                   /* taken over from a crashed run at this start */
         pid_t made_pid;                 /* the daemon that made the objects, and the second */
         int64_t made_since;             /* before: what proves them ours after a crash */
@@ -40,12 +43,14 @@ typedef struct Channel {
 uint32_t channel_derive_key(const uint8_t secret[SIPHASH_KEY_SIZE], const char *name, unsigned attempt);
 
 /*
- * The state records of the channel: its two objects, the channel itself,
- * and a broadcast channel's table segment (when it exists) last. Returns
- * how many (3 or 4).
+ * The state records of the channel. System V: its two objects, the channel
+ * itself, and a broadcast channel's table segment (when it exists) last
+ * (3 or 4). posix: the channel, then its files (segment, table,
+ * semaphores). Returns how many; channel_count_records() says beforehand.
  */
-#define CHANNEL_RECORDS 4
+#define CHANNEL_RECORDS (1 + POSIX_RECORDS_MAX)
 size_t channel_records(const Channel *c, StateRecord ret[CHANNEL_RECORDS]);
+size_t channel_count_records(const Channel *c);
 
 /*
  * A digest of what a channel's objects are made of (layout, sizes,
@@ -63,6 +68,15 @@ uint64_t channel_spec_fingerprint(const ChannelSpec *s);
  */
 int channel_adopt(const ChannelSpec *spec, const StateRecord *shm, const StateRecord *sem, const StateRecord *table,
                   Channel **ret, char *msg, size_t msg_size);
+
+/*
+ * Take over the files a killed run made for a posix channel `spec`
+ * (`recs`: its STATE_POSIX records, proven by posix_objects_adopt()):
+ * map them, check a ring's or broadcast channel's header, apply the
+ * configured owner, group and mode. On failure nothing is changed.
+ */
+int channel_adopt_posix(const ChannelSpec *spec, const StateRecord *recs, size_t n, Channel **ret, char *msg,
+                        size_t msg_size);
 
 /*
  * The table segment a killed run's broadcast channel names in its header
@@ -93,13 +107,17 @@ int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n
  */
 Channel *channel_free(Channel *c, State *state);
 
-/* Fill the open/list view of *ret from what the daemon knows. No syscalls. */
+/*
+ * Fill the open/list view of *ret from what the daemon knows. No syscalls.
+ * A posix channel's sem_names are borrowed from c: not for proto_channel_done().
+ */
 void channel_describe(const Channel *c, ProtoChannel *ret);
 
 /*
  * Fill the status view: IPC_STAT of both objects and every semaphore's
- * value, waiters and last pid. ret->semaphores is malloc'd (free with
- * proto_channel_done()). -EIDRM when an object was removed behind our back,
+ * value, waiters and last pid (posix: fstat of its files, semaphore
+ * values only). ret->semaphores (and a posix channel's sem_names) are
+ * malloc'd (free with proto_channel_done()). -EIDRM when an object was removed behind our back,
  * -ENOMEM. Figures the kernel will not give (a mode without the owner's
  * read bit, for a daemon without CAP_IPC_OWNER: GETALL has no *_STAT_ANY)
  * are not a failure: 0, with ret->error and ret->message saying what could

@@ -251,7 +251,7 @@ static int parse_broadcast(Ctx *ctx, json_t *jsubscribers, json_t *joverflow, Ch
 static int parse_channel(Ctx *ctx, json_t *o, ChannelSpec *c) {
         json_t *jname = NULL, *jlayout = NULL, *jsize = NULL, *jslot_size = NULL, *jslots = NULL,
                *jsems = NULL, *jowner = NULL, *jgroup = NULL, *jmode = NULL, *jkey = NULL, *jsubscribers = NULL,
-               *joverflow = NULL;
+               *joverflow = NULL, *jkind = NULL;
         char why[256];
         json_error_t jerr;
         const char *s;
@@ -272,13 +272,27 @@ static int parse_channel(Ctx *ctx, json_t *o, ChannelSpec *c) {
         strcpy(c->name, s);
         ctx->channel = c->name;
 
-        if (json_unpack_ex(o, &jerr, 0, "{s:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o !}",
+        if (json_unpack_ex(o, &jerr, 0, "{s:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o, s?:o !}",
                            "name", &jname, "layout", &jlayout, "size", &jsize, "slot_size", &jslot_size,
                            "slots", &jslots, "semaphores", &jsems, "owner", &jowner, "group", &jgroup,
-                           "mode", &jmode, "key", &jkey, "subscribers", &jsubscribers, "overflow", &joverflow) < 0) {
+                           "mode", &jmode, "key", &jkey, "subscribers", &jsubscribers, "overflow", &joverflow,
+                           "kind", &jkind) < 0) {
                 json_unpack_message(&jerr, why, sizeof why);
                 return fail(ctx, "%s", why);
         }
+
+        c->kind = PROTO_KIND_SYSV;
+        if (jkind) {
+                CHECK_FIELD(ctx, json_field_string(jkind, "kind", &s, msg, msg_size));
+                r = proto_kind_from_string(s);
+                if (r < 0)
+                        return fail(ctx, "\"kind\" must be \"sysv\" or \"posix\", not \"%.32s\"", s);
+                c->kind = (ProtoKind) r;
+        }
+        /* Keys name System V objects; a posix channel's objects are named files. */
+        if (c->kind == PROTO_KIND_POSIX && jkey)
+                return fail(ctx, "\"key\" is only for \"kind\": \"sysv\" (a posix channel's objects have names, "
+                            "not System V keys)");
 
         c->layout = PROTO_LAYOUT_RAW;
         if (jlayout) {
@@ -340,6 +354,10 @@ static int parse_channel(Ctx *ctx, json_t *o, ChannelSpec *c) {
         }
         if (reserved)
                 c->sem_values[RING_SEM_RESERVED] = 1;
+        /* Every descriptor of an open answer travels in one SCM_RIGHTS message: segment, table, semaphores. */
+        if (c->kind == PROTO_KIND_POSIX && c->nsems > PROTO_FDS_MAX - 2)
+                return fail(ctx, "a posix channel has at most %d semaphores (one file each), not %u",
+                            PROTO_FDS_MAX - 2, c->nsems);
 
         c->uid = self_euid();
         c->gid = self_egid();

@@ -22,6 +22,7 @@
 
 typedef struct ChannelSpec {
         char name[PROTO_NAME_MAX + 1];
+        ProtoKind kind;                 /* sysv (shmget, semget) or posix (files in /dev/shm) */
         ProtoLayout layout;
         uint64_t size;                  /* segment bytes; for a ring or broadcast, computed */
         uint32_t slot_size, slots;      /* ring and broadcast only */

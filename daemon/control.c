@@ -81,6 +81,16 @@ struct Conn {
         uint64_t deadline;              /* CLOCK_MONOTONIC usec, while timed_pos is set */
         char *out;
         size_t out_len, out_off, out_cap;
+        uint64_t out_sent;              /* stream offset of out[out_off]: bytes sent so far */
+        /*
+         * Descriptors for the answer that starts at stream offset fds_pos
+         * (SCM_RIGHTS with its first byte). One answer's at most: lines
+         * after it wait until they are sent, so a client that does not read
+         * holds at most PROTO_FDS_MAX of our descriptors.
+         */
+        int fds[PROTO_FDS_MAX];
+        size_t n_fds;
+        uint64_t fds_pos;
         bool closing;           /* answer sent for a fatal error; close once flushed */
         bool eof;
         sd_event_source *timeout;       /* the request timer; when closing, the deadline to take the last answer */
@@ -204,7 +214,17 @@ static void conn_drop_input(Conn *conn) {
         conn->in_len = conn->in_cap = 0;
 }
 
+/* Descriptors whose answer will not be sent (or were sent): ours to close. */
+static void conn_close_fds(Conn *conn) {
+        while (conn->n_fds > 0)
+                close(conn->fds[--conn->n_fds]);
+}
+
 static void conn_drop_output(Conn *conn) {
+        /* Whatever is dropped unsent takes its descriptors along. */
+        if (pending_output(conn) > 0)
+                conn_close_fds(conn);
+        conn->out_sent += pending_output(conn);
         conn_recharge(conn, conn->out_cap, 0);
         free(conn->out);
         conn->out = NULL;
@@ -240,6 +260,8 @@ static void conn_trim_output(Conn *conn) {
 
                 keep = nl ? (size_t) (nl - (conn->out + conn->out_off)) + 1 : pending_output(conn);
         }
+        /* Descriptors go with their line's first byte: a line already begun has none pending. */
+        conn_close_fds(conn);
         if (keep == 0) {
                 conn_drop_output(conn);
                 return;
@@ -364,10 +386,46 @@ static Conn *conn_free(Conn *conn) {
         return NULL;
 }
 
+/*
+ * Send up to len bytes from buf, with the pending descriptors when they
+ * belong to its first byte (the kernel delivers them with it).
+ */
+static ssize_t send_some(Conn *conn, const char *buf, size_t len) {
+        union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(sizeof(int) * PROTO_FDS_MAX)];
+        } control;
+        struct iovec iov = { .iov_base = (void *) buf, .iov_len = len };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+        struct cmsghdr *cm;
+        ssize_t n;
+
+        if (conn->n_fds == 0)
+                return send(conn->fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        /* Up to the answer's start without them; from there, with them. */
+        if (conn->fds_pos > conn->out_sent) {
+                iov.iov_len = MIN(len, (size_t) (conn->fds_pos - conn->out_sent));
+                return send(conn->fd, buf, iov.iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        }
+        memset(&control, 0, sizeof control);
+        mh.msg_control = control.buf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * conn->n_fds);
+        cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * conn->n_fds);
+        memcpy(CMSG_DATA(cm), conn->fds, sizeof(int) * conn->n_fds);
+        n = sendmsg(conn->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        /* Sent (the peer has its own copies now): ours go. */
+        if (n > 0)
+                conn_close_fds(conn);
+        return n;
+}
+
 /* Returns 0, or -errno when the connection is broken. */
 static int flush_output(Conn *conn) {
         while (pending_output(conn) > 0) {
-                ssize_t n = send(conn->fd, conn->out + conn->out_off, pending_output(conn), MSG_NOSIGNAL | MSG_DONTWAIT);
+                ssize_t n = send_some(conn, conn->out + conn->out_off, pending_output(conn));
 
                 if (n < 0) {
                         if (errno == EINTR)
@@ -377,6 +435,7 @@ static int flush_output(Conn *conn) {
                         return -errno;
                 }
                 conn->out_off += (size_t) n;
+                conn->out_sent += (uint64_t) n;
         }
         /* Nothing queued costs nothing. */
         conn_drop_output(conn);
@@ -435,7 +494,8 @@ static int conn_arm_timeout(Conn *conn, uint64_t usec) {
 
 static int conn_make_room(Conn *conn, size_t grow);
 
-static int queue_output(Conn *conn, char *line, size_t len) {
+/* Queue an answer line; fds (n_fds, taken: closed on failure) go with its first byte. */
+static int queue_output_fds(Conn *conn, char *line, size_t len, const int *fds, size_t n_fds) {
         /* Every encoder allocates the line with a NUL after its newline: len + 1 bytes. */
         size_t cap = conn->out ? pending_output(conn) + len : len + 1;
         char *n;
@@ -445,8 +505,16 @@ static int queue_output(Conn *conn, char *line, size_t len) {
                 r = conn_make_room(conn, cap - conn->out_cap);
                 if (r != 0) {
                         free(line);
+                        for (size_t i = 0; i < n_fds; i++)
+                                close(fds[i]);
                         return r < 0 ? r : 0;   /* closing: the answer is not wanted */
                 }
+        }
+        /* process_input() answers no line while descriptors wait: there is room. */
+        if (n_fds > 0) {
+                memcpy(conn->fds, fds, n_fds * sizeof *fds);
+                conn->n_fds = n_fds;
+                conn->fds_pos = conn->out_sent + pending_output(conn);
         }
         /* flush_output() frees the buffer whenever it empties: none means nothing queued. */
         if (!conn->out) {
@@ -465,6 +533,7 @@ static int queue_output(Conn *conn, char *line, size_t len) {
         n = realloc(conn->out, cap);
         if (!n) {
                 free(line);
+                conn_close_fds(conn);
                 return -ENOMEM;
         }
         memcpy(n + conn->out_len, line, len);
@@ -474,6 +543,10 @@ static int queue_output(Conn *conn, char *line, size_t len) {
         conn->out_cap = cap;
         free(line);
         return 0;
+}
+
+static int queue_output(Conn *conn, char *line, size_t len) {
+        return queue_output_fds(conn, line, len, NULL, 0);
 }
 
 /*
@@ -530,7 +603,9 @@ static int conn_update_events(Conn *conn) {
         if (r < 0)
                 return r;
         /* Complete lines left after a turn: nothing else would wake us for bytes already read. */
-        if (conn->closing || pending_output(conn) >= conn->control->limits->output_max || !has_line(conn))
+        /* Descriptors waiting to go: the next line is answered once they went (EPOLLOUT wakes us). */
+        if (conn->closing || conn->n_fds > 0 || pending_output(conn) >= conn->control->limits->output_max ||
+            !has_line(conn))
                 return conn->more ? sd_event_source_set_enabled(conn->more, SD_EVENT_OFF) : 0;
         if (!conn->more)
                 return sd_event_add_defer(conn->control->event, &conn->more, on_conn_more, conn);
@@ -587,9 +662,11 @@ static int process_input(Conn *conn) {
         int r = 0;
 
         /* The limits are read afresh for every line: a reload answered here swaps the config they live in. */
-        for (unsigned n = 0; n < LINES_PER_TURN && !conn->closing &&
+        for (unsigned n = 0; n < LINES_PER_TURN && !conn->closing && conn->n_fds == 0 &&
                              pending_output(conn) < conn->control->limits->output_max; n++) {
                 const ConfigLimits *l = conn->control->limits;
+                int fds[PROTO_FDS_MAX];
+                size_t n_fds = 0;
                 char *resp;
                 size_t resp_len;
 
@@ -607,7 +684,8 @@ static int process_input(Conn *conn) {
                         r = conn_fail(conn, E2BIG, why);
                         break;
                 }
-                r = dispatch_line(conn->control->dispatch, &conn->client, conn->in + off, line_len, &resp, &resp_len);
+                r = dispatch_line(conn->control->dispatch, &conn->client, conn->in + off, line_len, &resp, &resp_len,
+                                  fds, &n_fds);
                 if (r < 0)
                         break;
                 conn_watch_process(conn);
@@ -619,7 +697,7 @@ static int process_input(Conn *conn) {
                         off = 0;
                 }
                 /* May close conn for its uid's memory, which drops the input: consuming then takes nothing. */
-                r = queue_output(conn, resp, resp_len);
+                r = queue_output_fds(conn, resp, resp_len, fds, n_fds);
                 if (r < 0)
                         break;
         }

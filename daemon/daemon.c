@@ -134,9 +134,12 @@ static int state_dir_setup(Daemon *d, char **ret) {
 
 /* Rewrite the state file to exactly the live objects (at start, after a reload). */
 static int save_state(Daemon *d) {
-        _cleanup_(freep) StateRecord *v = calloc(CHANNEL_RECORDS * d->registry->n + d->n_unsettled + 1, sizeof *v);
-        size_t n = 0;
+        _cleanup_(freep) StateRecord *v = NULL;
+        size_t n = 0, total = d->n_unsettled + 1;
 
+        for (size_t i = 0; i < d->registry->n; i++)
+                total += channel_count_records(registry_at(d->registry, i)->channel);
+        v = calloc(total, sizeof *v);
         if (!v)
                 return -ENOMEM;
         /* What the last crash left and reclaim could not settle stays recorded too. */
@@ -274,8 +277,12 @@ static int create_channels(Daemon *d) {
                 r = registry_create(d->registry, specs[i], cfg->fixed_keys, cfg->n_fixed_keys, &c, msg, sizeof msg);
                 if (r < 0)
                         return log_error("%s", msg), r;
-                log_debug("Created channel %s: key 0x%08x, shm id %d, sem id %d.",
-                          c->spec.name, c->key, c->shm_id, c->sem_id);
+                if (c->spec.kind == PROTO_KIND_POSIX)
+                        log_debug("Created channel %s: %s and %u semaphore file(s).", c->spec.name,
+                                  c->posix.shm_name, c->spec.nsems);
+                else
+                        log_debug("Created channel %s: key 0x%08x, shm id %d, sem id %d.",
+                                  c->spec.name, c->key, c->shm_id, c->sem_id);
         }
         /* What a crash left of rings that were not adopted. */
         wake_sweep(d->wake, keeps_wake, d->registry);

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/util.h"
 #include "daemon/dispatch.h"
@@ -62,7 +63,10 @@ static Entry *find_repaired(Dispatch *d, const char *name, char *why, size_t why
                 log_error("Channel %s was removed behind the daemon's back and cannot be made again: %s", name, why);
                 return NULL;
         }
-        if (remade)
+        if (remade && e->channel->spec.kind == PROTO_KIND_POSIX)
+                log_warning("Channel %s: its files were removed or replaced behind the daemon's back; made them "
+                            "again (%s).", name, e->channel->posix.shm_name);
+        else if (remade)
                 log_warning("Channel %s was removed behind the daemon's back; made it again under key 0x%08" PRIx32
                             " (shm id %d, sem id %d).", name, e->channel->key, e->channel->shm_id, e->channel->sem_id);
         return e;
@@ -76,16 +80,23 @@ static int answer_missing(const char *name, const char *why, char **ret_line, si
         return answer_error(ENOENT, ret_line, ret_len, "no channel named \"%s\"", name);
 }
 
-static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_line, size_t *ret_len) {
+static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_line, size_t *ret_len,
+                   int ret_fds[PROTO_FDS_MAX], size_t *ret_n_fds) {
         char why[PROTO_MESSAGE_MAX], wake[2][PATH_MAX];
         Entry *e = find_repaired(d, req->channel, why, sizeof why);
+        int fds[PROTO_FDS_MAX];
         ChannelPerm perm;
         ProtoChannel pc;
         uint32_t token;
-        int r;
+        int r, n_fds = 0;
 
         if (!e)
                 return answer_missing(req->channel, why, ret_line, ret_len);
+        /* Descriptors of System V objects do not exist: keys and ids are the way in. */
+        if (req->fd && e->channel->spec.kind != PROTO_KIND_POSIX)
+                return answer_error(EINVAL, ret_line, ret_len,
+                                    "channel \"%s\" is a System V channel: \"fd\" is only for \"kind\": \"posix\" "
+                                    "channels; open it by its keys and ids", req->channel);
         /*
          * A client that gave up (a timed-out call) and closed its socket never learns of
          * this hold or its holder token: the token would outlive it as an orphan of a live
@@ -130,13 +141,33 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
         }
         if (r < 0)
                 return r;
+        if (req->fd) {
+                n_fds = posix_objects_open_fds(&e->channel->posix, req->access == PROTO_ACCESS_RW, fds);
+                if (n_fds < 0) {
+                        log_error("Cannot open the files of channel %s for pid %d: %s", req->channel,
+                                  (int) cl->peer.pid, strerror(-n_fds));
+                        (void) registry_release(e, cl);
+                        return answer_error(-n_fds, ret_line, ret_len,
+                                            "cannot open the files of channel \"%s\" to hand them over: %s",
+                                            req->channel, strerror(-n_fds));
+                }
+        }
         channel_describe(e->channel, &pc);
         pc.holder = token;
+        pc.n_fds = (unsigned) n_fds;
         if (e->has_wake && wake_paths(d->registry->wake, req->channel, wake[0], wake[1], sizeof wake[0]) == 0) {
                 pc.wake_fifos[0] = wake[0];
                 pc.wake_fifos[1] = wake[1];
         }
-        return proto_encode_open(&pc, ret_line, ret_len);
+        r = proto_encode_open(&pc, ret_line, ret_len);
+        if (r < 0) {
+                while (n_fds > 0)
+                        close(fds[--n_fds]);
+                return r;
+        }
+        memcpy(ret_fds, fds, (size_t) n_fds * sizeof *fds);
+        *ret_n_fds = (size_t) n_fds;
+        return r;
 }
 
 static int do_close(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_line, size_t *ret_len) {
@@ -303,11 +334,13 @@ static int do_reload(Dispatch *d, Client *cl, char **ret_line, size_t *ret_len) 
         return r;
 }
 
-int dispatch_line(Dispatch *d, Client *cl, const char *line, size_t len, char **ret_line, size_t *ret_len) {
+int dispatch_line(Dispatch *d, Client *cl, const char *line, size_t len, char **ret_line, size_t *ret_len,
+                  int ret_fds[PROTO_FDS_MAX], size_t *ret_n_fds) {
         char msg[PROTO_MESSAGE_MAX];
         ProtoRequest req;
         int r;
 
+        *ret_n_fds = 0;
         r = proto_request_decode(line, len, &req, msg, sizeof msg);
         if (r > 0)
                 return proto_encode_error(r, msg, ret_line, ret_len);
@@ -318,7 +351,7 @@ int dispatch_line(Dispatch *d, Client *cl, const char *line, size_t len, char **
         case PROTO_OP_HELLO:
                 return do_hello(&req, ret_line, ret_len);
         case PROTO_OP_OPEN:
-                return do_open(d, cl, &req, ret_line, ret_len);
+                return do_open(d, cl, &req, ret_line, ret_len, ret_fds, ret_n_fds);
         case PROTO_OP_CLOSE:
                 return do_close(d, cl, &req, ret_line, ret_len);
         case PROTO_OP_LIST:

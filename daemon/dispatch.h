@@ -25,7 +25,11 @@ typedef struct Dispatch {
 /*
  * Answer one request line (without its newline) from client `cl`.
  * *ret_line is malloc'd, newline-terminated and owned by the caller.
+ * An open of a posix channel with "fd": true also hands back descriptors
+ * (*ret_n_fds of them in ret_fds, owned by the caller) that must go with
+ * the first byte of that line (SCM_RIGHTS); otherwise *ret_n_fds is 0.
  * Negative errno (-ENOMEM) only when no answer could be built.
  */
-int dispatch_line(Dispatch *d, Client *cl, const char *line, size_t len, char **ret_line, size_t *ret_len);
+int dispatch_line(Dispatch *d, Client *cl, const char *line, size_t len, char **ret_line, size_t *ret_len,
+                  int ret_fds[PROTO_FDS_MAX], size_t *ret_n_fds);
 

@@ -40,11 +40,16 @@ int ipc_limits_read(IpcLimits *ret) {
 }
 
 int ipc_limits_check(const IpcLimits *l, const ChannelSpec *const *v, size_t n, char *msg, size_t msg_size) {
-        uint64_t pages = 0, sems = 0, segments = n;
+        uint64_t pages = 0, sems = 0, segments = 0, sets = 0;
 
         for (size_t i = 0; i < n; i++) {
                 const ChannelSpec *c = v[i];
 
+                /* System V limits: a posix channel's files count against /dev/shm, which creation reports. */
+                if (c->kind == PROTO_KIND_POSIX)
+                        continue;
+                segments++;
+                sets++;
                 if (c->size > l->shmmax) {
                         msg_set(msg, msg_size, "channel \"%s\": size %" PRIu64 " bytes exceeds kernel.shmmax (%" PRIu64 ")",
                                 c->name, c->size, l->shmmax);
@@ -82,7 +87,7 @@ int ipc_limits_check(const IpcLimits *l, const ChannelSpec *const *v, size_t n, 
                 } totals[] = {
                         { segments, l->shm_ids_used, l->shmmni, "segments", "kernel.shmmni" },
                         { pages, l->shm_pages_used, l->shmall, "pages of shared memory", "kernel.shmall" },
-                        { n, l->sem_sets_used, l->semmni, "semaphore sets", "SEMMNI, the fourth field of kernel.sem," },
+                        { sets, l->sem_sets_used, l->semmni, "semaphore sets", "SEMMNI, the fourth field of kernel.sem," },
                         { sems, l->sem_sems_used, l->semmns, "semaphores", "SEMMNS, the second field of kernel.sem," },
                 };
 

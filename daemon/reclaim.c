@@ -12,6 +12,7 @@
 
 #include "daemon/ipc-stat.h"
 #include "daemon/log.h"
+#include "daemon/posix.h"
 #include "daemon/reclaim.h"
 #include "daemon/self.h"
 #include "proto/broadcast.h"
@@ -131,6 +132,38 @@ static void mark_ring_removed(const StateRecord *rec) {
         (void) shmdt(addr);
 }
 
+/* A killed run's posix segment: its ring's or broadcast channel's clients learn of the removal as above. */
+static void mark_posix_segment(void *addr, size_t size) {
+        if (size >= sizeof(RingHeader) && ring_header_is_ours(addr))
+                ring_mark_removed(addr);
+        else if (size >= sizeof(BcastHeader) && bcast_header_is_ours(addr))
+                bcast_mark_removed(addr, NULL);
+}
+
+/* A posix channel's file: its record names the inode, which must still be ours at its name. */
+static int settle_posix(const StateRecord *rec, ReclaimResult *res) {
+        char name[256] = "?";
+        int r = posix_reclaim_file(rec, rec->id == POSIX_ROLE_SEGMENT ? mark_posix_segment : NULL);
+
+        if (r == 1) {
+                res->removed++;
+                return 1;
+        }
+        if (r == -ENOENT) {
+                res->gone++;
+                return 1;
+        }
+        (void) posix_record_file_name(rec, name, sizeof name);
+        if (r == 0) {
+                log_warning("%s/%s is not the file the last run made (another inode, owner or type); leaving it "
+                            "untouched.", PSEM_DIR, name);
+                res->foreign++;
+                return 1;
+        }
+        log_warning("Cannot reclaim %s/%s: %s; keeping it recorded.", PSEM_DIR, name, strerror(-r));
+        return 0;
+}
+
 /* 1 settled (removed, gone or not ours), 0 to keep recorded; counts what it saw in *res. */
 static int settle(StateRecord *rec, Proven *proven, ReclaimResult *res) {
         int r;
@@ -142,6 +175,8 @@ static int settle(StateRecord *rec, Proven *proven, ReclaimResult *res) {
                 res->foreign++;
                 return 1;
         }
+        if (rec->kind == STATE_POSIX)
+                return settle_posix(rec, res);
         r = record_is_ours(rec, proven);
         if (r == -ENOENT) {
                 /* An intent whose object was never made is no object at all. */
@@ -187,6 +222,7 @@ void reclaim_records(StateRecord *v, size_t n, ReclaimResult *ret) {
         /* Segments before sets (a set's proof is its segment's); recorded objects before intents. */
         for (int pass = 0; pass < 4; pass++)
                 for (size_t i = 0; i < n; i++)
+                        /* A posix file needs no other's proof: it goes with the segments. */
                         if ((v[i].kind == STATE_SEM) == (pass >= 2) && v[i].pending == (pass % 2 == 1))
                                 keep[i] = !settle(&v[i], &proven, &res);
         for (size_t i = 0; i < n; i++)

@@ -10,7 +10,7 @@
 
 /* Whether the kernel objects of a and b would be the same (all but perms). */
 static bool channel_spec_same_objects(const ChannelSpec *a, const ChannelSpec *b) {
-        return a->layout == b->layout && a->size == b->size && a->slot_size == b->slot_size &&
+        return a->kind == b->kind && a->layout == b->layout && a->size == b->size && a->slot_size == b->slot_size &&
                a->slots == b->slots && a->nsems == b->nsems && a->subscribers == b->subscribers &&
                a->overflow == b->overflow &&
                memcmp(a->sem_values, b->sem_values, a->nsems * sizeof *a->sem_values) == 0 &&
@@ -175,6 +175,8 @@ static int check_limits(const Plan *p, char *msg, size_t msg_size) {
         if (r)
                 return r;
         for (size_t i = 0; i < p->n_add; i++) {
+                if (p->add[i]->kind == PROTO_KIND_POSIX)
+                        continue;
                 l.shm_ids_used++;
                 l.shm_pages_used += (p->add[i]->size + l.page_size - 1) / l.page_size;
                 l.sem_sets_used++;
@@ -184,8 +186,8 @@ static int check_limits(const Plan *p, char *msg, size_t msg_size) {
                 const Entry *e = i < p->n_remove ? p->remove[i] : p->replace[i - p->n_remove];
                 struct shmid_ds ds;
 
-                if (!e)
-                        continue;       /* a later add: it frees nothing */
+                if (!e || e->channel->spec.kind == PROTO_KIND_POSIX)
+                        continue;       /* a later add, or files: no System V objects freed */
                 /* A set goes at once; a segment a client still has attached lives on
                  * (and keeps its id and pages) until the last detach. */
                 l.sem_sets_used -= MIN(l.sem_sets_used, UINT64_C(1));

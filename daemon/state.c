@@ -22,8 +22,8 @@
 #include "common/util.h"
 #include "daemon/state.h"
 
-#define STATE_HEADER "# shmbroker state v2: objects this daemon created (kind key id pid since size;" \
-                     " chan key shm-id sem-id fingerprint name)\n"
+#define STATE_HEADER "# shmbroker state v3: objects this daemon created (kind key id pid since size;" \
+                     " chan key shm-id sem-id fingerprint name; posix role dev ino pid since size name)\n"
 #define SECRET_TEXT_LEN (2 * SIPHASH_KEY_SIZE + 1)      /* hex and a newline */
 
 struct State {
@@ -37,7 +37,7 @@ struct State {
 };
 
 static const char *kind_name(StateKind k) {
-        return k == STATE_SHM ? "shm" : k == STATE_SEM ? "sem" : "chan";
+        return k == STATE_SHM ? "shm" : k == STATE_SEM ? "sem" : k == STATE_POSIX ? "posix" : "chan";
 }
 
 /* Why a file (or the directory) we are about to trust is not ours alone; NULL when it is. */
@@ -334,6 +334,23 @@ static int parse_line(const char *line, bool *ret_add, StateRecord *ret) {
                 *ret_add = add;
                 return 0;
         }
+        /* v3: a posix channel's file. Older versions skip these lines as malformed (and never made such files). */
+        if (strncmp(p, "posix ", 6) == 0) {
+                uint64_t dev, ino;
+
+                if (sscanf(p, "posix %d %" SCNu64 " %" SCNu64 " %d %lld %llu %64s", &id, &dev, &ino, &pid, &since,
+                           &size, ret->name) != 7 || id < -2 || pid <= 0 || since < 0)
+                        return -EINVAL;
+                ret->kind = STATE_POSIX;
+                ret->id = id;
+                ret->dev = dev;
+                ret->ino = ino;
+                ret->pid = pid;
+                ret->since = since;
+                ret->size = size;
+                *ret_add = add;
+                return 0;
+        }
         k = sscanf(p, "%7s %" SCNu32 " %d %d %lld %llu", kind, &key, &id, &pid, &since, &size);
         if (k < 2)
                 return -EINVAL;
@@ -368,8 +385,11 @@ static int parse_line(const char *line, bool *ret_add, StateRecord *ret) {
 static bool same_record(const StateRecord *a, const StateRecord *b) {
         if (a->kind != b->kind || a->key != b->key || a->pending != b->pending || a->legacy != b->legacy)
                 return false;
+        /* Every posix channel's record has key 0 and id 0: its name tells them apart. */
         if (a->kind == STATE_CHAN)
-                return a->id == b->id;
+                return a->id == b->id && a->sem_id == b->sem_id && streq(a->name, b->name);
+        if (a->kind == STATE_POSIX)
+                return a->id == b->id && a->dev == b->dev && a->ino == b->ino && streq(a->name, b->name);
         if (!a->pending)
                 return a->id == b->id;
         return a->pid == b->pid && a->since == b->since && a->size == b->size;
@@ -436,12 +456,15 @@ static int format_record(char *line, size_t size, const StateRecord *r, bool add
         if (r->kind == STATE_CHAN)
                 return snprintf(line, size, "%schan %" PRIu32 " %d %d %016" PRIx64 " %s\n", add ? "" : "-", r->key,
                                 r->id, r->sem_id, r->fingerprint, r->name[0] ? r->name : "-");
+        if (r->kind == STATE_POSIX)
+                return snprintf(line, size, "%sposix %d %" PRIu64 " %" PRIu64 " %d %" PRId64 " %" PRIu64 " %s\n",
+                                add ? "" : "-", r->id, r->dev, r->ino, (int) r->pid, r->since, r->size, r->name);
         return snprintf(line, size, "%s%s%s %" PRIu32 " %d %d %" PRId64 " %" PRIu64 "\n", add ? "" : "-",
                         r->pending ? "p" : "", kind_name(r->kind), r->key, r->pending ? -1 : r->id, (int) r->pid,
                         r->since, r->size);
 }
 
-#define RECORD_MAX 160      /* a channel record: numbers and a 64-byte name */
+#define RECORD_MAX 224      /* a channel or posix file record: numbers and a 64-byte name */
 #define APPEND_MAX 6
 
 int state_append_records(State *s, const StateRecord *add, size_t n_add, const StateRecord *cancel, size_t n_cancel) {

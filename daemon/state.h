@@ -34,6 +34,7 @@ typedef enum StateKind {
         STATE_SHM,
         STATE_SEM,
         STATE_CHAN,     /* a channel: which objects are whose, for adoption after a crash */
+        STATE_POSIX,    /* a posix channel's file in /dev/shm (daemon/posix.h) */
 } StateKind;
 
 /*
@@ -53,6 +54,8 @@ typedef struct StateRecord {
         pid_t pid;
         int64_t since;
         uint64_t size;
+        /* STATE_POSIX only (id: the file's role, name: its channel's): what proves the file ours */
+        uint64_t dev, ino;
         /* STATE_CHAN only: */
         int sem_id;
         uint64_t fingerprint;   /* of the config that made it (channel_spec_fingerprint()) */

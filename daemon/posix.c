@@ -1,0 +1,595 @@
+/*
+ * A posix channel's files (see posix.h).
+ *
+ * Every name is reached through a descriptor of /dev/shm and *at() calls
+ * with O_NOFOLLOW / AT_SYMLINK_NOFOLLOW. /dev/shm is sticky, so nobody but
+ * the daemon's uid (and root) can rename or unlink our files, but before
+ * we unlink a name we look again all the same: it must still be the inode
+ * we recorded, a regular file owned by our uid.
+ *
+ * A semaphore's file is made by hand where sem_open("/shmbroker.NAME.I")
+ * looks for it (glibc: /dev/shm/sem.shmbroker.NAME.I, a process-shared
+ * sem_t at offset 0), so that we get its descriptor for fchown/fstat and
+ * the room behind the sem_t for the broker's own fields (PosixSemFile).
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "daemon/posix.h"
+#include "daemon/self.h"
+
+static int open_dir(void) {
+        int fd = open(PSEM_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+        return fd < 0 ? -errno : fd;
+}
+
+/* The file name in PSEM_DIR of role `role` of channel `name`. */
+static int file_name(const char *name, int role, char *buf, size_t size) {
+        int k;
+
+        if (role == POSIX_ROLE_SEGMENT)
+                k = posix_shm_name(buf, size, name);
+        else if (role == POSIX_ROLE_TABLE)
+                k = posix_table_name(buf, size, name);
+        else if (role >= 0)
+                k = posix_sem_name(buf, size, name, (unsigned) role);
+        else
+                return -EINVAL;
+        if (k < 0 || (size_t) k >= size)
+                return -ENAMETOOLONG;
+        /* shm_open("/X") keeps its segment in PSEM_DIR/X, sem_open("/X") its semaphore in PSEM_DIR/sem.X. */
+        if (role < 0)
+                memmove(buf, buf + 1, strlen(buf));
+        else {
+                size_t prefix = strlen(PSEM_FILE_PREFIX);
+
+                if ((size_t) k + prefix > size)
+                        return -ENAMETOOLONG;
+                memmove(buf + prefix, buf + 1, strlen(buf));
+                memcpy(buf, PSEM_FILE_PREFIX, prefix);
+        }
+        return 0;
+}
+
+int posix_record_file_name(const StateRecord *rec, char *buf, size_t size) {
+        return file_name(rec->name, rec->id, buf, size);
+}
+
+static void file_init(PosixFile *f) {
+        *f = (PosixFile) { .fd = -1 };
+}
+
+static void file_close(PosixFile *f) {
+        if (f->addr)
+                (void) munmap(f->addr, f->size);
+        if (f->fd >= 0)
+                close(f->fd);
+        file_init(f);
+}
+
+/* Whether st is a file this daemon may treat as its own: a regular file of our uid. */
+static bool stat_is_ours(const struct stat *st) {
+        return S_ISREG(st->st_mode) && st->st_uid == self_euid();
+}
+
+static int file_map(PosixFile *f) {
+        void *a = mmap(NULL, f->size, PROT_READ | PROT_WRITE, MAP_SHARED, f->fd, 0);
+
+        if (a == MAP_FAILED)
+                return -errno;
+        f->addr = a;
+        return 0;
+}
+
+/*
+ * Make dir/name: O_EXCL, 0600, sized, mapped. -EEXIST when the name is
+ * taken (nothing touched); other failures unlink what was made.
+ */
+static int file_create(int dir, const char *name, size_t size, PosixFile *ret) {
+        PosixFile f;
+        struct stat st;
+        int r;
+
+        file_init(&f);
+        f.size = size;
+        f.fd = openat(dir, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (f.fd < 0)
+                return -errno;
+        if (fstat(f.fd, &st) < 0 || ftruncate(f.fd, (off_t) size) < 0) {
+                r = -errno;
+                goto fail;
+        }
+        f.dev = st.st_dev;
+        f.ino = st.st_ino;
+        r = file_map(&f);
+        if (r < 0)
+                goto fail;
+        *ret = f;
+        return 0;
+fail:
+        /* Ours: made with O_EXCL a moment ago, in a sticky directory. */
+        (void) unlinkat(dir, name, 0);
+        file_close(&f);
+        return r;
+}
+
+/* Unlink dir/name if it still names (dev, ino), a regular file of ours. 1 removed, 0 not ours, -ENOENT, -errno. */
+static int unlink_if_ours(int dir, const char *name, dev_t dev, ino_t ino) {
+        struct stat st;
+
+        if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                return -errno;
+        if (st.st_dev != dev || st.st_ino != ino || !stat_is_ours(&st))
+                return 0;
+        if (unlinkat(dir, name, 0) < 0)
+                return errno == ENOENT ? -ENOENT : -errno;
+        return 1;
+}
+
+static StateRecord file_record(const PosixFile *f, const char *channel, int role, pid_t pid, int64_t since) {
+        StateRecord rec = { .kind = STATE_POSIX, .id = role, .dev = (uint64_t) f->dev, .ino = (uint64_t) f->ino,
+                            .pid = pid, .since = since, .size = f->size };
+
+        snprintf(rec.name, sizeof rec.name, "%s", channel);
+        return rec;
+}
+
+/* A semaphore's file, as the library expects it (proto/posix.h); 0600 still. */
+static int sem_file_init(PosixFile *f, unsigned value) {
+        PosixSemFile *s = f->addr;
+        pthread_mutexattr_t attr;
+        int r;
+
+        if (sem_init(&s->sem, 1, value) < 0)
+                return -errno;
+        r = pthread_mutexattr_init(&attr);
+        if (r == 0)
+                r = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+        if (r == 0)
+                r = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+        if (r == 0)
+                r = pthread_mutex_init(&s->lock, &attr);
+        (void) pthread_mutexattr_destroy(&attr);
+        if (r != 0)
+                return -r;
+        s->magic = PSEM_MAGIC;
+        s->version = PSEM_VERSION;
+        __atomic_store_n(&s->state, (uint32_t) PSEM_STATE_LIVE, __ATOMIC_RELEASE);
+        return 0;
+}
+
+/* Removal reaches the waiters: REMOVED first, then one post each passes on (proto/posix.h). */
+static void sem_file_mark_removed(void *addr, size_t size) {
+        PosixSemFile *s = addr;
+
+        if (size < sizeof *s || s->magic != PSEM_MAGIC || s->version != PSEM_VERSION)
+                return;
+        __atomic_store_n(&s->state, (uint32_t) PSEM_STATE_REMOVED, __ATOMIC_RELEASE);
+        (void) sem_post(&s->sem);
+}
+
+void posix_objects_init(PosixObjects *p) {
+        *p = (PosixObjects) {};
+        file_init(&p->shm);
+        file_init(&p->table);
+}
+
+static int objects_names(PosixObjects *p, const ChannelSpec *spec) {
+        posix_shm_name(p->shm_name, sizeof p->shm_name, spec->name);
+        if (spec->layout == PROTO_LAYOUT_BROADCAST)
+                posix_table_name(p->table_name, sizeof p->table_name, spec->name);
+        p->sem_names = calloc(spec->nsems + 1, sizeof *p->sem_names);
+        p->sems = calloc(spec->nsems ?: 1, sizeof *p->sems);
+        if (!p->sem_names || !p->sems)
+                return -ENOMEM;
+        for (unsigned i = 0; i < spec->nsems; i++)
+                file_init(&p->sems[i]);
+        for (unsigned i = 0; i < spec->nsems; i++) {
+                p->sem_names[i] = strprintf("/shmbroker.%s.%u", spec->name, i);
+                if (!p->sem_names[i])
+                        return -ENOMEM;
+        }
+        p->nsems = spec->nsems;
+        return 0;
+}
+
+static void objects_free_names(PosixObjects *p) {
+        if (p->sem_names)
+                for (unsigned i = 0; p->sem_names[i]; i++)
+                        free(p->sem_names[i]);
+        free(p->sem_names);
+        free(p->sems);
+        p->sem_names = NULL;
+        p->sems = NULL;
+}
+
+/* The file of role `role`, or NULL. */
+static PosixFile *objects_file(PosixObjects *p, int role) {
+        if (role == POSIX_ROLE_SEGMENT)
+                return &p->shm;
+        if (role == POSIX_ROLE_TABLE)
+                return &p->table;
+        return role >= 0 && (unsigned) role < p->nsems && p->sems ? &p->sems[role] : NULL;
+}
+
+/* Make one file and record it. */
+static int create_one(int dir, PosixObjects *p, const char *channel, int role, size_t size, State *state,
+                      char *msg, size_t msg_size) {
+        PosixFile *f = objects_file(p, role);
+        char name[NAME_MAX + 1];
+        StateRecord rec;
+        int r;
+
+        r = file_name(channel, role, name, sizeof name);
+        if (r < 0) {
+                msg_set(msg, msg_size, "channel \"%s\": its file names are too long", channel);
+                return r;
+        }
+        r = file_create(dir, name, size, f);
+        if (r == -EEXIST) {
+                msg_set(msg, msg_size, "channel \"%s\": %s/%s already exists and was not made by this daemon; "
+                        "it is left untouched (remove it if it is a leftover)", channel, PSEM_DIR, name);
+                return r;
+        }
+        if (r < 0) {
+                msg_set(msg, msg_size, "channel \"%s\": cannot create %s/%s of %zu bytes: %s", channel, PSEM_DIR,
+                        name, size, strerror(-r));
+                return r;
+        }
+        if (!state)
+                return 0;
+        rec = file_record(f, channel, role, p->made_pid, p->made_since);
+        r = state_append_records(state, &rec, 1, NULL, 0);
+        if (r < 0) {
+                msg_set(msg, msg_size, "channel \"%s\": cannot record %s/%s in %s: %s", channel, PSEM_DIR, name,
+                        state_path(state), strerror(-r));
+                (void) unlink_if_ours(dir, name, f->dev, f->ino);
+                file_close(f);
+        }
+        return r;
+}
+
+int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *state, PosixObjects *ret,
+                         char *msg, size_t msg_size) {
+        _cleanup_(closep) int dir = -1;
+        PosixObjects p;
+        int r;
+
+        posix_objects_init(&p);
+        p.made_pid = getpid();
+        p.made_since = (int64_t) time(NULL);
+        r = objects_names(&p, spec);
+        if (r < 0) {
+                msg_set(msg, msg_size, "channel \"%s\": out of memory", spec->name);
+                goto fail;
+        }
+        dir = open_dir();
+        if (dir < 0) {
+                r = dir;
+                msg_set(msg, msg_size, "channel \"%s\": cannot open %s: %s", spec->name, PSEM_DIR, strerror(-r));
+                goto fail;
+        }
+        r = create_one(dir, &p, spec->name, POSIX_ROLE_SEGMENT, spec->size, state, msg, msg_size);
+        if (r == 0 && spec->layout == PROTO_LAYOUT_BROADCAST)
+                r = create_one(dir, &p, spec->name, POSIX_ROLE_TABLE, table_size, state, msg, msg_size);
+        for (unsigned i = 0; r == 0 && i < spec->nsems; i++) {
+                r = create_one(dir, &p, spec->name, (int) i, sizeof(PosixSemFile), state, msg, msg_size);
+                if (r == 0) {
+                        r = sem_file_init(&p.sems[i], spec->sem_values[i]);
+                        if (r < 0)
+                                msg_set(msg, msg_size, "channel \"%s\": cannot initialise semaphore %u: %s",
+                                        spec->name, i, strerror(-r));
+                }
+        }
+        if (r < 0)
+                goto fail;
+        *ret = p;
+        return 0;
+fail:
+        posix_objects_remove(&p, state);
+        return r;
+}
+
+/* Open a recorded file again: the same inode, ours, of the recorded size; mapped. */
+static int adopt_one(int dir, const StateRecord *rec, PosixFile *ret) {
+        char name[NAME_MAX + 1];
+        PosixFile f;
+        struct stat st;
+        int r;
+
+        file_init(&f);
+        r = posix_record_file_name(rec, name, sizeof name);
+        if (r < 0)
+                return r;
+        f.fd = openat(dir, name, O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        if (f.fd < 0)
+                return -errno;
+        if (fstat(f.fd, &st) < 0) {
+                r = -errno;
+                goto fail;
+        }
+        if ((uint64_t) st.st_dev != rec->dev || (uint64_t) st.st_ino != rec->ino || !stat_is_ours(&st) ||
+            (uint64_t) st.st_size != rec->size) {
+                r = -ESTALE;
+                goto fail;
+        }
+        f.dev = st.st_dev;
+        f.ino = st.st_ino;
+        f.size = (size_t) rec->size;
+        r = file_map(&f);
+        if (r < 0)
+                goto fail;
+        *ret = f;
+        return 0;
+fail:
+        file_close(&f);
+        return r;
+}
+
+static const StateRecord *find_role(const StateRecord *recs, size_t n, int role) {
+        for (size_t i = 0; i < n; i++)
+                if (recs[i].id == role)
+                        return &recs[i];
+        return NULL;
+}
+
+int posix_objects_adopt(const ChannelSpec *spec, const StateRecord *recs, size_t n, PosixObjects *ret,
+                        char *msg, size_t msg_size) {
+        _cleanup_(closep) int dir = -1;
+        const StateRecord *rec;
+        PosixObjects p;
+        int r;
+
+        posix_objects_init(&p);
+        r = objects_names(&p, spec);
+        if (r < 0) {
+                msg_set(msg, msg_size, "channel \"%s\": out of memory", spec->name);
+                goto fail;
+        }
+        dir = open_dir();
+        if (dir < 0) {
+                r = dir;
+                msg_set(msg, msg_size, "channel \"%s\": cannot open %s: %s", spec->name, PSEM_DIR, strerror(-r));
+                goto fail;
+        }
+        for (int role = POSIX_ROLE_TABLE; role < (int) spec->nsems; role++) {
+                PosixFile *f = objects_file(&p, role);
+
+                if (role == POSIX_ROLE_TABLE && spec->layout != PROTO_LAYOUT_BROADCAST)
+                        continue;
+                rec = find_role(recs, n, role);
+                r = rec ? adopt_one(dir, rec, f) : -ENOENT;
+                if (r == 0 && role >= 0) {
+                        const PosixSemFile *s = f->addr;
+
+                        if (f->size != sizeof *s || s->magic != PSEM_MAGIC || s->version != PSEM_VERSION ||
+                            __atomic_load_n(&s->state, __ATOMIC_ACQUIRE) != PSEM_STATE_LIVE)
+                                r = -EPROTO;
+                }
+                if (r < 0) {
+                        char name[NAME_MAX + 1] = "?";
+
+                        (void) file_name(spec->name, role, name, sizeof name);
+                        msg_set(msg, msg_size, "channel \"%s\": %s/%s is %s", spec->name, PSEM_DIR, name,
+                                r == -ENOENT ? "not recorded or gone" :
+                                r == -ESTALE ? "not the file recorded" :
+                                r == -EPROTO ? "not a live semaphore of this version" : strerror(-r));
+                        goto fail;
+                }
+                if (role == POSIX_ROLE_SEGMENT || role == POSIX_ROLE_TABLE) {
+                        p.made_pid = rec->pid;
+                        p.made_since = rec->since;
+                }
+        }
+        *ret = p;
+        return 0;
+fail:
+        posix_objects_close(&p);
+        return r;
+}
+
+static int file_set_perms(PosixFile *f, uid_t uid, gid_t gid, mode_t mode) {
+        if (f->fd < 0)
+                return 0;
+        if (fchown(f->fd, uid, gid) < 0 || fchmod(f->fd, mode & 0777) < 0)
+                return -errno;
+        return 0;
+}
+
+int posix_objects_set_perms(PosixObjects *p, uid_t uid, gid_t gid, mode_t mode, mode_t table_mode) {
+        int r;
+
+        /* The segment last: a client that can open it finds everything else ready. */
+        r = file_set_perms(&p->table, uid, gid, table_mode);
+        for (unsigned i = 0; r == 0 && i < p->nsems; i++)
+                r = file_set_perms(&p->sems[i], uid, gid, mode);
+        return r < 0 ? r : file_set_perms(&p->shm, uid, gid, mode);
+}
+
+/* Each name still names our file. */
+int posix_objects_check(const PosixObjects *p) {
+        _cleanup_(closep) int dir = open_dir();
+
+        if (dir < 0)
+                return dir;
+        for (int role = POSIX_ROLE_TABLE; role < (int) p->nsems; role++) {
+                const PosixFile *f = objects_file((PosixObjects *) p, role);
+                char name[NAME_MAX + 1];
+                struct stat st;
+                int r;
+
+                if (f->fd < 0)
+                        continue;
+                r = file_name(p->shm_name + strlen("/shmbroker."), role, name, sizeof name);
+                if (r < 0)
+                        return r;
+                if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+                        if (errno == ENOENT)
+                                return -EIDRM;
+                        return -errno;
+                }
+                if (st.st_dev != f->dev || st.st_ino != f->ino)
+                        return -EIDRM;
+        }
+        return 0;
+}
+
+void posix_objects_remove(PosixObjects *p, State *state) {
+        _cleanup_(closep) int dir = open_dir();
+        const char *channel = p->shm_name + strlen("/shmbroker.");
+
+        /* Semaphores first: their waiters learn of the removal while the segment is still there. */
+        for (unsigned i = 0; p->sems && i < p->nsems; i++)
+                if (p->sems[i].addr)
+                        sem_file_mark_removed(p->sems[i].addr, p->sems[i].size);
+        for (int role = POSIX_ROLE_TABLE; dir >= 0 && role < (int) p->nsems; role++) {
+                PosixFile *f = objects_file(p, role);
+                char name[NAME_MAX + 1];
+                int r;
+
+                if (!f || f->fd < 0 || file_name(channel, role, name, sizeof name) < 0)
+                        continue;
+                r = unlink_if_ours(dir, name, f->dev, f->ino);
+                /* Gone now, or before: its record goes. Another file at the name: ours may still exist. */
+                if ((r == 1 || r == -ENOENT) && state) {
+                        StateRecord rec = file_record(f, channel, role, p->made_pid, p->made_since);
+
+                        (void) state_cancel(state, &rec);
+                }
+        }
+        posix_objects_close(p);
+}
+
+void posix_objects_close(PosixObjects *p) {
+        file_close(&p->shm);
+        file_close(&p->table);
+        for (unsigned i = 0; p->sems && i < p->nsems; i++)
+                file_close(&p->sems[i]);
+        objects_free_names(p);
+        p->nsems = 0;
+}
+
+size_t posix_objects_records(const PosixObjects *p, const char *channel, StateRecord *ret) {
+        size_t n = 0;
+
+        for (int role = POSIX_ROLE_TABLE; role < (int) p->nsems; role++) {
+                const PosixFile *f = objects_file((PosixObjects *) p, role);
+
+                if (f && f->fd >= 0)
+                        ret[n++] = file_record(f, channel, role, p->made_pid, p->made_since);
+        }
+        /* Made first, recorded first: the segment before the table. */
+        if (n >= 2 && ret[0].id == POSIX_ROLE_TABLE && ret[1].id == POSIX_ROLE_SEGMENT) {
+                StateRecord t = ret[0];
+
+                ret[0] = ret[1];
+                ret[1] = t;
+        }
+        return n;
+}
+
+/* A new open file description of our file, with the access mode asked for. */
+static int reopen_fd(const PosixFile *f, bool rw) {
+        char path[64];
+        int fd;
+
+        snprintf(path, sizeof path, "/proc/self/fd/%d", f->fd);
+        /* A magic link to our own open file: followed, and checked below all the same. */
+        fd = open(path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        {
+                struct stat st;
+
+                if (fstat(fd, &st) < 0 || st.st_dev != f->dev || st.st_ino != f->ino) {
+                        close(fd);
+                        return -EIDRM;
+                }
+        }
+        return fd;
+}
+
+int posix_objects_open_fds(const PosixObjects *p, bool rw, int ret_fds[PROTO_FDS_MAX]) {
+        int n = 0, r = 0;
+
+        for (int role = POSIX_ROLE_SEGMENT; role >= POSIX_ROLE_TABLE; role--) {
+                const PosixFile *f = role == POSIX_ROLE_SEGMENT ? &p->shm : &p->table;
+
+                if (f->fd < 0)
+                        continue;
+                r = reopen_fd(f, rw);
+                if (r < 0)
+                        goto fail;
+                ret_fds[n++] = r;
+        }
+        for (unsigned i = 0; i < p->nsems && n < PROTO_FDS_MAX; i++) {
+                r = reopen_fd(&p->sems[i], rw);
+                if (r < 0)
+                        goto fail;
+                ret_fds[n++] = r;
+        }
+        return n;
+fail:
+        while (n > 0)
+                close(ret_fds[--n]);
+        return r;
+}
+
+int posix_objects_stat(const PosixObjects *p, uid_t *ret_uid, gid_t *ret_gid, mode_t *ret_mode) {
+        struct stat st;
+
+        if (fstat(p->shm.fd, &st) < 0)
+                return -errno;
+        *ret_uid = st.st_uid;
+        *ret_gid = st.st_gid;
+        *ret_mode = st.st_mode & 0777;
+        return 0;
+}
+
+int posix_objects_sem_value(const PosixObjects *p, unsigned idx, int *ret) {
+        PosixSemFile *s;
+
+        if (idx >= p->nsems || !p->sems[idx].addr)
+                return -EINVAL;
+        s = p->sems[idx].addr;
+        if (sem_getvalue(&s->sem, ret) < 0)
+                return -errno;
+        return 0;
+}
+
+int posix_reclaim_file(const StateRecord *rec, void (*mark)(void *addr, size_t size)) {
+        _cleanup_(closep) int dir = -1;
+        char name[NAME_MAX + 1];
+        PosixFile f;
+        int r;
+
+        r = posix_record_file_name(rec, name, sizeof name);
+        if (r < 0)
+                return 0;       /* no name of ours: nothing to touch */
+        dir = open_dir();
+        if (dir < 0)
+                return dir;
+        /* Opened (O_NOFOLLOW, the recorded inode, ours) only to tell its waiters. */
+        r = adopt_one(dir, rec, &f);
+        if (r == 0) {
+                if (rec->id >= 0)
+                        sem_file_mark_removed(f.addr, f.size);
+                else if (mark)
+                        mark(f.addr, f.size);
+                file_close(&f);
+        }
+        r = unlink_if_ours(dir, name, (dev_t) rec->dev, (ino_t) rec->ino);
+        return r;
+}

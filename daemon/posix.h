@@ -1,0 +1,122 @@
+#pragma once
+
+/*
+ * A posix channel's files in /dev/shm (proto/posix.h names them): made,
+ * checked, opened again and unlinked safely. Nothing here knows about
+ * layouts or clients; channel.c formats a ring's header in the mapping and
+ * dispatches to these functions by kind.
+ *
+ * Every file is made with O_CREAT|O_EXCL|O_NOFOLLOW and mode 0600, so a
+ * name somebody else holds fails the channel and that file is never
+ * opened, changed or removed; it gets its owner, group and mode (fchown,
+ * fchmod) only once initialised. Each is recorded in the state file with
+ * its device and inode as soon as it exists, and a name is unlinked only
+ * while it still names that inode, a regular file owned by the daemon's
+ * uid.
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "daemon/config.h"
+#include "daemon/state.h"
+#include "proto/posix.h"
+#include "proto/proto.h"
+
+/* Roles of a file, as its state record's id says: a semaphore's is its index (>= 0). */
+#define POSIX_ROLE_SEGMENT (-1)
+#define POSIX_ROLE_TABLE (-2)
+
+/* One file of a channel, mapped for the channel's life. */
+typedef struct PosixFile {
+        int fd;                         /* O_RDWR, the daemon's own; -1: none */
+        dev_t dev;
+        ino_t ino;
+        void *addr;                     /* MAP_SHARED of the whole file; NULL: none */
+        size_t size;
+} PosixFile;
+
+typedef struct PosixObjects {
+        char shm_name[PROTO_POSIX_NAME_MAX + 1];     /* as shm_open() takes it: "/shmbroker.NAME" */
+        char table_name[PROTO_POSIX_NAME_MAX + 1];   /* "" unless broadcast */
+        char **sem_names;                            /* nsems, as sem_open() takes them */
+        unsigned nsems;
+        PosixFile shm, table;
+        PosixFile *sems;                             /* nsems */
+        pid_t made_pid;                              /* what the records say: their maker and its time */
+        int64_t made_since;
+} PosixObjects;
+
+/* No files, nothing open: what posix_objects_close() may take. */
+void posix_objects_init(PosixObjects *p);
+
+/* Most records a channel's files take: segment, table, one per semaphore. */
+#define POSIX_RECORDS_MAX (2 + PROTO_FDS_MAX)
+
+/*
+ * Make the files for `spec` (segment of spec->size zero bytes, a broadcast
+ * channel's table of `table_size` bytes, the semaphores with their initial
+ * values), each recorded in `state` (may be NULL) as soon as it exists,
+ * all still 0600 and owned by the daemon. On failure whatever was made is
+ * removed again and msg names the file and says why; an existing name is
+ * -EEXIST and that file is left untouched.
+ */
+int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *state, PosixObjects *ret,
+                         char *msg, size_t msg_size);
+
+/*
+ * Open again the files a killed run made for `spec`, as `recs` (n of
+ * them, STATE_POSIX of this channel) record them: by name with
+ * O_NOFOLLOW, each the recorded inode, a regular file of ours of the
+ * recorded size, semaphores with this version's layout. Nothing is
+ * changed; on failure msg says why and nothing is kept open.
+ */
+int posix_objects_adopt(const ChannelSpec *spec, const StateRecord *recs, size_t n, PosixObjects *ret,
+                        char *msg, size_t msg_size);
+
+/* Give every file its owner, group and mode (the table: bcast_table_mode() for table_mode). */
+int posix_objects_set_perms(PosixObjects *p, uid_t uid, gid_t gid, mode_t mode, mode_t table_mode);
+
+/* 0 when every name still names our file; -EIDRM when one was removed or replaced; -errno otherwise. */
+int posix_objects_check(const PosixObjects *p);
+
+/*
+ * Tell the semaphores' waiters (PSEM_STATE_REMOVED and one post each),
+ * unlink every name that is still ours, cancel the records of the files
+ * that are gone (state may be NULL) and close everything. A name that
+ * now names another file is left alone and its record kept.
+ */
+void posix_objects_remove(PosixObjects *p, State *state);
+
+/* Unmap and close, leaving the files and their records. */
+void posix_objects_close(PosixObjects *p);
+
+/* The records of the files, in the order made: segment, table, semaphores. Returns how many. */
+size_t posix_objects_records(const PosixObjects *p, const char *channel, StateRecord *ret);
+
+/*
+ * Fresh descriptors for a client, in proto/posix.h's order: O_RDWR for rw,
+ * O_RDONLY for ro (a new open file description of each file, through
+ * /proc/self/fd). Returns how many (at most PROTO_FDS_MAX) or -errno with
+ * none left open.
+ */
+int posix_objects_open_fds(const PosixObjects *p, bool rw, int ret_fds[PROTO_FDS_MAX]);
+
+/* The segment's owner, group and permission bits as the kernel sees them (fstat). */
+int posix_objects_stat(const PosixObjects *p, uid_t *ret_uid, gid_t *ret_gid, mode_t *ret_mode);
+
+/* A semaphore's value (sem_getvalue on the daemon's mapping). */
+int posix_objects_sem_value(const PosixObjects *p, unsigned idx, int *ret);
+
+/*
+ * Crash reclaim of one recorded file (STATE_POSIX): unlink it when its
+ * name still names the recorded inode, a regular file of ours, after
+ * telling a semaphore's waiters (a segment's ring or broadcast header is
+ * the caller's: `mark`, when given, is called on its mapping first).
+ * 1 removed, 0 not ours (untouched), -ENOENT gone, another -errno kept.
+ */
+int posix_reclaim_file(const StateRecord *rec, void (*mark)(void *addr, size_t size));
+
+/* The file name in /dev/shm (no directory) of a record's file. */
+int posix_record_file_name(const StateRecord *rec, char *buf, size_t size);
