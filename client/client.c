@@ -598,7 +598,9 @@ static int rejoin_opened(shmb_client *c, const char *name, const ProtoResponse *
                         if (res->channels[0].holder)
                                 __atomic_store_n(&h->token, res->channels[0].holder, __ATOMIC_RELAXED);
                 }
-                else if (res->ok || refusal_means_removed(res->error))
+                /* EINVAL to a posix hold's "fd": the name is a System V channel's now. */
+                else if (res->ok || refusal_means_removed(res->error) ||
+                         (h->kind == PROTO_KIND_POSIX && res->error == EINVAL))
                         __atomic_store_n(&h->stale, true, __ATOMIC_RELEASE);
                 /* Any other refusal (the broker out of memory) says nothing of the channel: the handle
                  * stays as it is, without a hold until the next reconnection. */

@@ -121,7 +121,7 @@ int posix_lock(shmb_channel *ch, unsigned idx, int timeout_ms) {
                 if (r == EBUSY)
                         return -EAGAIN;                 /* trylock: timeout_ms 0 */
                 if (r != ETIMEDOUT)
-                        return -r;                      /* EDEADLK: this thread holds it already */
+                        return -r;
                 if (removed(f))
                         return -EIDRM;
                 if (now_ns() >= deadline)

@@ -301,8 +301,8 @@ int shmb_sem_trywait(shmb_channel *ch, unsigned idx);
  * died gives the lock to the next locker, which gets 0, as on System V
  * (what the dead holder left half-written is the caller's to judge).
  * Unlike a semaphore, the mutex belongs to the thread that locked it:
- * shmb_unlock() from another thread, or without the lock, gives -EPERM;
- * shmb_lock() by its holder gives -EDEADLK. Both are -EACCES on an ro
+ * shmb_unlock() from another thread, or without the lock, gives -EPERM
+ * (shmb_lock() by its holder waits, as on System V). Both are -EACCES on an ro
  * handle, and a removal is seen within 50 ms (-EIDRM).
  */
 int shmb_lock(shmb_channel *ch, unsigned idx, int timeout_ms);
