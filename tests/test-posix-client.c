@@ -30,6 +30,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <shmbroker/shmbroker.h>
@@ -420,7 +421,13 @@ START_TEST(test_removal_ends_blocked_calls) {
         test_daemon_stop_ok(&td);
         td.pid = -1;
         for (int i = 0; i < _BLOCK_MAX; i++) {
-                ck_assert_int_eq(pthread_join(t[i], NULL), 0);
+                /* Bounded, so that a call that never returns fails here rather than at the case timeout. */
+                struct timespec until;
+
+                ck_assert_int_eq(clock_gettime(CLOCK_REALTIME, &until), 0);
+                until.tv_sec += WAIT_MS / 1000;
+                ck_assert_msg(pthread_timedjoin_np(t[i], NULL, &until) == 0, "%s still blocked %d s after the stop",
+                              names[i], WAIT_MS / 1000);
                 ck_assert_msg(b[i].result == -EIDRM, "%s: %s", names[i], shmb_strerror(b[i].result));
                 ck_assert_msg(b[i].returned_ms - removed_ms < REMOVAL_MS, "%s returned %lld ms after the stop",
                               names[i], (long long) (b[i].returned_ms - removed_ms));
@@ -501,6 +508,19 @@ START_TEST(test_no_descriptor_is_left_open) {
                 ck_assert_int_eq(shmb_connect(NULL, &c), 0);
                 ck_assert_int_eq(shmb_open(c, names[i], SHMB_RW, &ch), 0);
                 ck_assert_int_eq(shmb_close(ch), 0);
+                shmb_disconnect(c);
+        }
+        /* Descriptors that come with an answer nobody maps (a raw request's) are closed, not kept. */
+        {
+                shmb_client *c = NULL;
+                char *answer = NULL;
+
+                ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+                ck_assert_int_eq(shmb_request_json(c, "{\"op\": \"open\", \"channel\": \"news\", \"access\": \"rw\", "
+                                                      "\"fd\": true}", &answer), 0);
+                ck_assert_ptr_nonnull(strstr(answer, "\"fds\""));
+                free(answer);
+                ck_assert_int_eq(fd_count(), before + 1);       /* the socket alone */
                 shmb_disconnect(c);
         }
         ck_assert_int_eq(fd_count(), before);
