@@ -42,7 +42,7 @@ static int adopt_posix(Registry *reg, const ChannelSpec *spec, StateRecord *v, s
         if (!recs)
                 return 0;
         for (size_t i = 0; i < n; i++)
-                if (v[i].kind == STATE_POSIX && !v[i].adopted && streq(v[i].name, spec->name))
+                if (v[i].kind == STATE_POSIX && !v[i].pending && !v[i].adopted && streq(v[i].name, spec->name))
                         recs[k++] = v[i];
         r = channel_adopt_posix(spec, recs, k, &c, msg, sizeof msg);
         if (r < 0) {
@@ -55,7 +55,7 @@ static int adopt_posix(Registry *reg, const ChannelSpec *spec, StateRecord *v, s
         }
         /* Only the files it took: another record under this name (a leftover) is reclaim's. */
         for (size_t i = 0; i < n; i++)
-                if (v[i].kind == STATE_POSIX && !v[i].adopted && streq(v[i].name, spec->name)) {
+                if (v[i].kind == STATE_POSIX && !v[i].pending && !v[i].adopted && streq(v[i].name, spec->name)) {
                         PosixFile *f = v[i].id == POSIX_ROLE_SEGMENT ? &c->posix.shm :
                                        v[i].id == POSIX_ROLE_TABLE ? &c->posix.table :
                                        (unsigned) v[i].id < c->posix.nsems ? &c->posix.sems[v[i].id] : NULL;

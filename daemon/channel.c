@@ -586,9 +586,11 @@ int channel_remake(Channel **c, State *state, char *msg, size_t msg_size) {
         }
         /* The remains go first: the key must be free again. */
         *c = channel_free(*c, state);
-        /* Same key as before: clients and admins keep finding it where it was. */
-        spec.has_key = true;
-        spec.key = key;
+        /* Same key as before: clients and admins keep finding it where it was. (Files keep their names.) */
+        if (spec.kind == PROTO_KIND_SYSV) {
+                spec.has_key = true;
+                spec.key = key;
+        }
         r = channel_create(&spec, NULL, 0, state, &fresh, msg, msg_size);
         if (r == 0) {
                 /* Remember the channel as configured, not as pinned here, so a reload compares right. */
@@ -712,7 +714,7 @@ static int stat_posix(const Channel *c, ProtoChannel *ret) {
         r = posix_objects_check(&c->posix);
         if (r < 0)
                 return r;
-        r = posix_objects_stat(&c->posix, &uid, &gid, &mode);
+        r = posix_objects_stat(&c->posix, &uid, &gid, &mode, &ret->size);
         if (r < 0)
                 return r;
         id_to_name(uid, false, ret->owner, sizeof ret->owner);
@@ -846,6 +848,11 @@ void channel_perm(const Channel *c, ChannelPerm *ret) {
                 .cgid = self_egid(),
                 .mode = c->spec.mode,
         };
+        /* A file has no creator: only its owner and group count, as for open(2). */
+        if (c->spec.kind == PROTO_KIND_POSIX) {
+                ret->cuid = ret->uid;
+                ret->cgid = ret->gid;
+        }
 }
 
 /* A killed run's ring header is the one configured, still live: anything else is made anew. */

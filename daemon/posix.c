@@ -224,12 +224,17 @@ static PosixFile *objects_file(PosixObjects *p, int role) {
         return role >= 0 && (unsigned) role < p->nsems && p->sems ? &p->sems[role] : NULL;
 }
 
-/* Make one file and record it. */
+/*
+ * Make one file and record it: its intent first (name, maker, time, size),
+ * then in one write its device and inode with the intent cancelled, so a
+ * kill at any point leaves a record that reclaim can judge.
+ */
 static int create_one(int dir, PosixObjects *p, const char *channel, int role, size_t size, State *state,
                       char *msg, size_t msg_size) {
         PosixFile *f = objects_file(p, role);
         char name[NAME_MAX + 1];
-        StateRecord rec;
+        StateRecord rec, intent = { .kind = STATE_POSIX, .pending = true, .id = role, .pid = p->made_pid,
+                                    .since = p->made_since, .size = size };
         int r;
 
         r = file_name(channel, role, name, sizeof name);
@@ -237,7 +242,16 @@ static int create_one(int dir, PosixObjects *p, const char *channel, int role, s
                 msg_set(msg, msg_size, "channel \"%s\": its file names are too long", channel);
                 return r;
         }
+        snprintf(intent.name, sizeof intent.name, "%s", channel);
+        r = state ? state_append_records(state, &intent, 1, NULL, 0) : 0;
+        if (r < 0) {
+                msg_set(msg, msg_size, "channel \"%s\": cannot record %s/%s in %s: %s", channel, PSEM_DIR, name,
+                        state_path(state), strerror(-r));
+                return r;
+        }
         r = file_create(dir, name, size, f);
+        if (r < 0 && state)
+                (void) state_append_records(state, NULL, 0, &intent, 1);
         if (r == -EEXIST) {
                 msg_set(msg, msg_size, "channel \"%s\": %s/%s already exists and was not made by this daemon; "
                         "it is left untouched (remove it if it is a leftover)", channel, PSEM_DIR, name);
@@ -251,7 +265,7 @@ static int create_one(int dir, PosixObjects *p, const char *channel, int role, s
         if (!state)
                 return 0;
         rec = file_record(f, channel, role, p->made_pid, p->made_since);
-        r = state_append_records(state, &rec, 1, NULL, 0);
+        r = state_append_records(state, &rec, 1, &intent, 1);
         if (r < 0) {
                 msg_set(msg, msg_size, "channel \"%s\": cannot record %s/%s in %s: %s", channel, PSEM_DIR, name,
                         state_path(state), strerror(-r));
@@ -269,7 +283,8 @@ int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *st
 
         posix_objects_init(&p);
         p.made_pid = getpid();
-        p.made_since = (int64_t) time(NULL);
+        /* A second before now: a file made from here on has a ctime no earlier. */
+        p.made_since = (int64_t) time(NULL) - 1;
         r = objects_names(&p, spec);
         if (r < 0) {
                 msg_set(msg, msg_size, "channel \"%s\": out of memory", spec->name);
@@ -529,7 +544,12 @@ int posix_objects_open_fds(const PosixObjects *p, bool rw, int ret_fds[PROTO_FDS
 
                 if (f->fd < 0)
                         continue;
-                r = reopen_fd(f, rw);
+                /*
+                 * A broadcast channel's table is written by every opener (a subscriber's
+                 * cursor is its own entry), as its mode grants wherever the channel may
+                 * be read: read-write for ro openers too, or they could not subscribe.
+                 */
+                r = reopen_fd(f, rw || role == POSIX_ROLE_TABLE);
                 if (r < 0)
                         goto fail;
                 ret_fds[n++] = r;
@@ -547,7 +567,7 @@ fail:
         return r;
 }
 
-int posix_objects_stat(const PosixObjects *p, uid_t *ret_uid, gid_t *ret_gid, mode_t *ret_mode) {
+int posix_objects_stat(const PosixObjects *p, uid_t *ret_uid, gid_t *ret_gid, mode_t *ret_mode, uint64_t *ret_size) {
         struct stat st;
 
         if (fstat(p->shm.fd, &st) < 0)
@@ -555,6 +575,7 @@ int posix_objects_stat(const PosixObjects *p, uid_t *ret_uid, gid_t *ret_gid, mo
         *ret_uid = st.st_uid;
         *ret_gid = st.st_gid;
         *ret_mode = st.st_mode & 0777;
+        *ret_size = (uint64_t) st.st_size;
         return 0;
 }
 
@@ -569,6 +590,26 @@ int posix_objects_sem_value(const PosixObjects *p, unsigned idx, int *ret) {
         return 0;
 }
 
+/*
+ * An intent whose file was made but not yet recorded: only a file as the
+ * daemon leaves it for that moment is taken for it (a regular file of our
+ * uid, one link, still mode 0600, empty or of the intended size, changed
+ * within INTENT_WINDOW_SEC after the intent).
+ */
+#define INTENT_WINDOW_SEC 60
+
+static int reclaim_intent(int dir, const StateRecord *rec, const char *name) {
+        struct stat st;
+
+        if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                return -errno;
+        if (!stat_is_ours(&st) || st.st_nlink != 1 || (st.st_mode & 07777) != 0600 ||
+            (st.st_size != 0 && (uint64_t) st.st_size != rec->size) || st.st_ctim.tv_sec < rec->since ||
+            st.st_ctim.tv_sec > rec->since + INTENT_WINDOW_SEC)
+                return 0;
+        return unlink_if_ours(dir, name, st.st_dev, st.st_ino);
+}
+
 int posix_reclaim_file(const StateRecord *rec, void (*mark)(void *addr, size_t size)) {
         _cleanup_(closep) int dir = -1;
         char name[NAME_MAX + 1];
@@ -581,6 +622,9 @@ int posix_reclaim_file(const StateRecord *rec, void (*mark)(void *addr, size_t s
         dir = open_dir();
         if (dir < 0)
                 return dir;
+        /* Never initialised, never handed out: nobody waits on it. */
+        if (rec->pending)
+                return reclaim_intent(dir, rec, name);
         /* Opened (O_NOFOLLOW, the recorded inode, ours) only to tell its waiters. */
         r = adopt_one(dir, rec, &f);
         if (r == 0) {

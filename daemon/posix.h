@@ -17,6 +17,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "daemon/config.h"
@@ -97,14 +98,15 @@ size_t posix_objects_records(const PosixObjects *p, const char *channel, StateRe
 
 /*
  * Fresh descriptors for a client, in proto/posix.h's order: O_RDWR for rw,
- * O_RDONLY for ro (a new open file description of each file, through
- * /proc/self/fd). Returns how many (at most PROTO_FDS_MAX) or -errno with
+ * O_RDONLY for ro, but a broadcast table O_RDWR always (every opener
+ * writes it; its mode lets every reader write). Each is a new open file
+ * description of the file, through /proc/self/fd. Returns how many (at most PROTO_FDS_MAX) or -errno with
  * none left open.
  */
 int posix_objects_open_fds(const PosixObjects *p, bool rw, int ret_fds[PROTO_FDS_MAX]);
 
-/* The segment's owner, group and permission bits as the kernel sees them (fstat). */
-int posix_objects_stat(const PosixObjects *p, uid_t *ret_uid, gid_t *ret_gid, mode_t *ret_mode);
+/* The segment's owner, group, permission bits and size as the kernel sees them (fstat). */
+int posix_objects_stat(const PosixObjects *p, uid_t *ret_uid, gid_t *ret_gid, mode_t *ret_mode, uint64_t *ret_size);
 
 /* A semaphore's value (sem_getvalue on the daemon's mapping). */
 int posix_objects_sem_value(const PosixObjects *p, unsigned idx, int *ret);
@@ -113,7 +115,11 @@ int posix_objects_sem_value(const PosixObjects *p, unsigned idx, int *ret);
  * Crash reclaim of one recorded file (STATE_POSIX): unlink it when its
  * name still names the recorded inode, a regular file of ours, after
  * telling a semaphore's waiters (a segment's ring or broadcast header is
- * the caller's: `mark`, when given, is called on its mapping first).
+ * the caller's: `mark`, when given, is called on its mapping first). An
+ * intent (pending: made, perhaps, but not recorded) is unlinked only when
+ * the file is as the daemon leaves it before recording it: ours, 0600,
+ * one link, empty or of the intended size, changed within a minute after
+ * the intent.
  * 1 removed, 0 not ours (untouched), -ENOENT gone, another -errno kept.
  */
 int posix_reclaim_file(const StateRecord *rec, void (*mark)(void *addr, size_t size));

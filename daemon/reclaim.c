@@ -150,10 +150,18 @@ static int settle_posix(const StateRecord *rec, ReclaimResult *res) {
                 return 1;
         }
         if (r == -ENOENT) {
-                res->gone++;
+                /* An intent whose file was never made is no file at all. */
+                if (!rec->pending)
+                        res->gone++;
                 return 1;
         }
         (void) posix_record_file_name(rec, name, sizeof name);
+        if (r == 0 && rec->pending) {
+                log_warning("%s/%s is not a file the last run was making (another owner, mode, size or time); "
+                            "leaving it untouched.", PSEM_DIR, name);
+                res->foreign++;
+                return 1;
+        }
         if (r == 0) {
                 log_warning("%s/%s is not the file the last run made (another inode, owner or type); leaving it "
                             "untouched.", PSEM_DIR, name);

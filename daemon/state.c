@@ -23,7 +23,7 @@
 #include "daemon/state.h"
 
 #define STATE_HEADER "# shmbroker state v3: objects this daemon created (kind key id pid since size;" \
-                     " chan key shm-id sem-id fingerprint name; posix role dev ino pid since size name)\n"
+                     " chan key shm-id sem-id fingerprint name; [p]posix role dev ino pid since size name)\n"
 #define SECRET_TEXT_LEN (2 * SIPHASH_KEY_SIZE + 1)      /* hex and a newline */
 
 struct State {
@@ -335,11 +335,12 @@ static int parse_line(const char *line, bool *ret_add, StateRecord *ret) {
                 return 0;
         }
         /* v3: a posix channel's file. Older versions skip these lines as malformed (and never made such files). */
-        if (strncmp(p, "posix ", 6) == 0) {
+        if (strncmp(p, "posix ", 6) == 0 || strncmp(p, "pposix ", 7) == 0) {
                 uint64_t dev, ino;
 
-                if (sscanf(p, "posix %d %" SCNu64 " %" SCNu64 " %d %lld %llu %64s", &id, &dev, &ino, &pid, &since,
-                           &size, ret->name) != 7 || id < -2 || pid <= 0 || since < 0)
+                ret->pending = p[1] == 'p';
+                if (sscanf(p + ret->pending, "posix %d %" SCNu64 " %" SCNu64 " %d %lld %llu %64s", &id, &dev, &ino,
+                           &pid, &since, &size, ret->name) != 7 || id < -2 || pid <= 0 || since < 0)
                         return -EINVAL;
                 ret->kind = STATE_POSIX;
                 ret->id = id;
@@ -389,7 +390,8 @@ static bool same_record(const StateRecord *a, const StateRecord *b) {
         if (a->kind == STATE_CHAN)
                 return a->id == b->id && a->sem_id == b->sem_id && streq(a->name, b->name);
         if (a->kind == STATE_POSIX)
-                return a->id == b->id && a->dev == b->dev && a->ino == b->ino && streq(a->name, b->name);
+                return a->id == b->id && a->dev == b->dev && a->ino == b->ino && streq(a->name, b->name) &&
+                       (!a->pending || (a->pid == b->pid && a->since == b->since && a->size == b->size));
         if (!a->pending)
                 return a->id == b->id;
         return a->pid == b->pid && a->since == b->since && a->size == b->size;
@@ -457,8 +459,9 @@ static int format_record(char *line, size_t size, const StateRecord *r, bool add
                 return snprintf(line, size, "%schan %" PRIu32 " %d %d %016" PRIx64 " %s\n", add ? "" : "-", r->key,
                                 r->id, r->sem_id, r->fingerprint, r->name[0] ? r->name : "-");
         if (r->kind == STATE_POSIX)
-                return snprintf(line, size, "%sposix %d %" PRIu64 " %" PRIu64 " %d %" PRId64 " %" PRIu64 " %s\n",
-                                add ? "" : "-", r->id, r->dev, r->ino, (int) r->pid, r->since, r->size, r->name);
+                return snprintf(line, size, "%s%sposix %d %" PRIu64 " %" PRIu64 " %d %" PRId64 " %" PRIu64 " %s\n",
+                                add ? "" : "-", r->pending ? "p" : "", r->id, r->pending ? 0 : r->dev,
+                                r->pending ? 0 : r->ino, (int) r->pid, r->since, r->size, r->name);
         return snprintf(line, size, "%s%s%s %" PRIu32 " %d %d %" PRId64 " %" PRIu64 "\n", add ? "" : "-",
                         r->pending ? "p" : "", kind_name(r->kind), r->key, r->pending ? -1 : r->id, (int) r->pid,
                         r->since, r->size);

@@ -436,6 +436,69 @@ json_t *test_request(int fd, const char *line) {
         return v;
 }
 
+/* One byte (0: EOF) and the descriptors that came with it, appended to fds. */
+static ssize_t recv_byte_fds(int fd, char *ret, int *fds, size_t max, size_t *n) {
+        union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(sizeof(int) * 253)];
+        } control;
+        struct iovec iov = { .iov_base = ret, .iov_len = 1 };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                             .msg_controllen = sizeof control.buf };
+        ssize_t k = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+
+        ck_assert_msg(k >= 0, "recvmsg: %s", strerror(errno));
+        ck_assert_msg(!(mh.msg_flags & MSG_CTRUNC), "descriptors were cut off (MSG_CTRUNC)");
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+                size_t count;
+
+                if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+                        continue;
+                count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                ck_assert_msg(*n + count <= max, "%zu descriptors, more than the %zu expected", *n + count, max);
+                memcpy(fds + *n, CMSG_DATA(cm), count * sizeof(int));
+                *n += count;
+        }
+        return k;
+}
+
+json_t *test_request_fds(int fd, const char *line, int *ret_fds, size_t max, size_t *ret_n) {
+        int64_t deadline = test_now_ms() + READ_TIMEOUT_MS;
+        size_t cap = 4096, len = 0, n = 0;
+        char *buf = malloc(cap);
+        json_error_t err;
+        json_t *v;
+
+        ck_assert_ptr_nonnull(buf);
+        if (line) {
+                test_send(fd, line, strlen(line));
+                test_send(fd, "\n", 1);
+        }
+        for (;;) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                int left = (int) (deadline - test_now_ms());
+
+                ck_assert_msg(left > 0 && poll(&p, 1, left) > 0, "no answer within %d ms", READ_TIMEOUT_MS);
+                if (len + 1 >= cap) {
+                        cap *= 2;
+                        buf = realloc(buf, cap);
+                        ck_assert_ptr_nonnull(buf);
+                }
+                /* One byte at a time, as test_read_line(): never the next line's (or its descriptors). */
+                ck_assert_msg(recv_byte_fds(fd, buf + len, ret_fds, max, &n) == 1,
+                              "connection closed instead of answering %s", line ? line : "(pipelined)");
+                if (buf[len] == '\n')
+                        break;
+                len++;
+        }
+        buf[len] = 0;
+        v = json_loads(buf, 0, &err);
+        ck_assert_msg(v != NULL, "answer is not JSON: %s", buf);
+        free(buf);
+        *ret_n = n;
+        return v;
+}
+
 void test_assert_error(json_t *resp, const char *name) {
         char *text = json_dumps(resp, JSON_COMPACT);
 

@@ -92,6 +92,14 @@ char *test_read_line(int fd);
 /* Send a line (a newline is added) and parse the one-line answer. */
 json_t *test_request(int fd, const char *line);
 
+/*
+ * As test_request() (line NULL: send nothing, read the next answer),
+ * reading with recvmsg(): descriptors that come with
+ * the answer (SCM_RIGHTS) go to ret_fds (at most max; more fail the test),
+ * their count to *ret_n.
+ */
+json_t *test_request_fds(int fd, const char *line, int *ret_fds, size_t max, size_t *ret_n);
+
 /* Assert an error answer with this errno name. */
 void test_assert_error(json_t *resp, const char *name);
 void test_assert_ok(json_t *resp);

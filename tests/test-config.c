@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
+#include "daemon/channel.h"
 #include "daemon/config.h"
 #include "daemon/ipc-limits.h"
 #include "proto/broadcast.h"
@@ -1031,17 +1032,21 @@ START_TEST(test_load_bad_config_names_path) {
 }
 END_TEST
 
-/* The bundled example config is valid, and shows every layout. */
+/* The bundled example config is valid, and shows every layout and every kind. */
 START_TEST(test_load_example) {
         char msg[MSG_SIZE] = "";
         Config *c = NULL;
-        bool seen[_PROTO_LAYOUT_MAX] = {};
+        bool seen[_PROTO_LAYOUT_MAX] = {}, kinds[_PROTO_KIND_MAX] = {};
 
         ck_assert_msg(config_load(TEST_SRCDIR "/../examples/shmbroker.json", &c, msg, sizeof msg) == 0, "%s", msg);
-        for (size_t i = 0; i < c->n_channels; i++)
+        for (size_t i = 0; i < c->n_channels; i++) {
                 seen[c->channels[i].layout] = true;
+                kinds[c->channels[i].kind] = true;
+        }
         for (int l = 0; l < _PROTO_LAYOUT_MAX; l++)
                 ck_assert_msg(seen[l], "no %s channel in the example", proto_layout_to_string((ProtoLayout) l));
+        for (int k = 0; k < _PROTO_KIND_MAX; k++)
+                ck_assert_msg(kinds[k], "no %s channel in the example", proto_kind_to_string((ProtoKind) k));
         config_free(c);
 }
 END_TEST
@@ -1362,6 +1367,57 @@ END_TEST
 
 /* ------------------------------------------------------------------------ */
 
+/* ------------------------------------------------------------------------ */
+/* kind                                                                      */
+
+START_TEST(test_kind) {
+        Config *c = parse_ok(CHANNELS(RAW("")));
+
+        /* Default: System V, as every config before "kind" meant. */
+        ck_assert_int_eq(only_channel(c)->kind, PROTO_KIND_SYSV);
+        config_free(c);
+        c = parse_ok(CHANNELS(RAW(", \"kind\": \"sysv\", \"key\": 77")));
+        ck_assert_int_eq(only_channel(c)->kind, PROTO_KIND_SYSV);
+        config_free(c);
+        /* Every layout may be posix. */
+        c = parse_ok(CHANNELS(RAW(", \"kind\": \"posix\", \"semaphores\": [1, 0, 3]") ","
+                              RING(", \"kind\": \"posix\"") "," BCAST(", \"kind\": \"posix\"")));
+        ck_assert_uint_eq(c->n_channels, 3);
+        for (size_t i = 0; i < 3; i++)
+                ck_assert_int_eq(c->channels[i].kind, PROTO_KIND_POSIX);
+        ck_assert_uint_eq(c->channels[0].nsems, 3);
+        ck_assert_uint_eq(c->channels[0].sem_values[2], 3);
+        ck_assert_uint_eq(c->n_fixed_keys, 0);
+        config_free(c);
+}
+END_TEST
+
+static const Reject kind_bad[] = {
+        /* Keys are System V's: a posix channel names its files. */
+        { CHANNELS(RAW(", \"kind\": \"posix\", \"key\": 77")), { "\"chan\"", "\"key\"", "sysv" } },
+        { CHANNELS(RING(", \"kind\": \"posix\", \"key\": {\"ftok\": [\"/\", 1]}")), { "\"rng\"", "\"key\"" } },
+        { CHANNELS(RAW(", \"kind\": \"POSIX\"")), { "\"chan\"", "\"kind\"", "POSIX" } },
+        { CHANNELS(RAW(", \"kind\": 1")), { "\"chan\"", "kind" } },
+        /* One file per semaphore, all handed over in one message. */
+        { CHANNELS(RAW(", \"kind\": \"posix\", \"semaphores\": 63")), { "\"chan\"", "62" } },
+};
+
+START_TEST(test_kind_bad) {
+        run_reject_table(kind_bad, _i);
+}
+END_TEST
+
+/* What a crash restart compares: a changed kind is a changed channel. */
+START_TEST(test_kind_fingerprint) {
+        Config *a = parse_ok(CHANNELS(RAW("")));
+        Config *b = parse_ok(CHANNELS(RAW(", \"kind\": \"posix\"")));
+
+        ck_assert_uint_ne(channel_spec_fingerprint(&a->channels[0]), channel_spec_fingerprint(&b->channels[0]));
+        config_free(a);
+        config_free(b);
+}
+END_TEST
+
 static TCase *tcase(const char *name) {
         TCase *tc = tcase_create(name);
 
@@ -1382,6 +1438,12 @@ static Suite *config_suite(void) {
         tcase_add_test(tc, test_no_channels);
         tcase_add_test(tc, test_socket);
         tcase_add_test(tc, test_admin_group);
+        suite_add_tcase(s, tc);
+
+        tc = tcase("kind");
+        tcase_add_test(tc, test_kind);
+        tcase_add_loop_test(tc, test_kind_bad, 0, ELEMENTSOF(kind_bad));
+        tcase_add_test(tc, test_kind_fingerprint);
         suite_add_tcase(s, tc);
 
         tc = tcase("size");

@@ -1,0 +1,969 @@
+/*
+ * End-to-end tests of posix channels ("kind": "posix"): the real
+ * shmbrokerd makes files in /dev/shm, hands them over by name and by
+ * descriptor, and removes exactly what it made. Every case runs in a
+ * private IPC namespace (the fixture) and a mount namespace of its own
+ * with a fresh tmpfs on /dev/shm, so the judge is stat(2), sem_open(3)
+ * and a listing of that directory, and the host's /dev/shm never sees
+ * anything of ours.
+ */
+
+#include <check.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proto/broadcast.h"
+#include "proto/posix.h"
+#include "proto/proto.h"
+#include "proto/ring.h"
+#include "tests/helpers.h"
+
+#define CASE_TIMEOUT 60
+#define GID 4321                /* a group no user has: only the numbers matter */
+#define NOBODY 65534
+
+#define RAW1 "{\"name\": \"raw1\", \"kind\": \"posix\", \"size\": 5000, \"semaphores\": [1, 0, 5], " \
+             "\"group\": \"4321\", \"mode\": \"0640\"}"
+#define RING1 "{\"name\": \"ring1\", \"kind\": \"posix\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8, " \
+              "\"mode\": \"0600\"}"
+#define BC1 "{\"name\": \"bc1\", \"kind\": \"posix\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 8, " \
+            "\"subscribers\": 4, \"mode\": \"0640\"}"
+#define SV1 "{\"name\": \"sv1\", \"size\": 4096}"
+
+/* The fixture's IPC namespace, and a mount namespace whose /dev/shm is an empty tmpfs of its own. */
+static void posix_setup(void) {
+        test_setup();
+        ck_assert_msg(unshare(CLONE_NEWNS) == 0, "unshare(CLONE_NEWNS): %s", strerror(errno));
+        ck_assert_msg(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0, "mount private: %s", strerror(errno));
+        ck_assert_msg(mount("tmpfs", "/dev/shm", "tmpfs", 0, "mode=1777") == 0, "mount tmpfs: %s", strerror(errno));
+}
+
+static int cmp_str(const void *a, const void *b) {
+        return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/* The names in /dev/shm with their inodes, sorted, one a line (malloc'd). */
+static char *shm_listing(void) {
+        char *names[256], *text = NULL;
+        size_t n = 0, len = 0;
+        DIR *d = opendir(PSEM_DIR);
+        struct dirent *e;
+        FILE *f;
+
+        ck_assert_ptr_nonnull(d);
+        while ((e = readdir(d)))
+                if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+                        ck_assert_uint_lt(n, 256);
+                        ck_assert_int_ge(asprintf(&names[n++], "%s %lu", e->d_name, (unsigned long) e->d_ino), 0);
+                }
+        closedir(d);
+        qsort(names, n, sizeof *names, cmp_str);
+        f = open_memstream(&text, &len);
+        ck_assert_ptr_nonnull(f);
+        for (size_t i = 0; i < n; i++) {
+                fprintf(f, "%s\n", names[i]);
+                free(names[i]);
+        }
+        fclose(f);
+        return text;
+}
+
+static void assert_listing(const char *before) {
+        char *now = shm_listing();
+
+        ck_assert_msg(strcmp(before, now) == 0, "/dev/shm was:\n%s\nand is now:\n%s", before, now);
+        free(now);
+}
+
+static bool shm_exists(const char *name) {
+        char path[256];
+        struct stat st;
+
+        snprintf(path, sizeof path, PSEM_DIR "/%s", name);
+        return lstat(path, &st) == 0;
+}
+
+static struct stat shm_stat(const char *name) {
+        char path[256];
+        struct stat st;
+
+        snprintf(path, sizeof path, PSEM_DIR "/%s", name);
+        ck_assert_msg(lstat(path, &st) == 0, "%s: %s", path, strerror(errno));
+        return st;
+}
+
+static void assert_file(const char *name, off_t size, uid_t uid, gid_t gid, mode_t mode) {
+        struct stat st = shm_stat(name);
+
+        ck_assert_msg(S_ISREG(st.st_mode), "%s is not a regular file", name);
+        ck_assert_msg(st.st_size == size, "%s: size %lld, expected %lld", name, (long long) st.st_size,
+                      (long long) size);
+        ck_assert_msg(st.st_uid == uid && st.st_gid == gid, "%s: owner %u:%u, expected %u:%u", name,
+                      (unsigned) st.st_uid, (unsigned) st.st_gid, (unsigned) uid, (unsigned) gid);
+        ck_assert_msg((st.st_mode & 07777) == mode, "%s: mode %04o, expected %04o", name,
+                      (unsigned) (st.st_mode & 07777), (unsigned) mode);
+}
+
+/* A semaphore's value as any program sees it: sem_open() by name, sem_getvalue(). */
+static int sem_value_by_name(const char *name) {
+        sem_t *s = sem_open(name, 0);
+        int v = -1;
+
+        ck_assert_msg(s != SEM_FAILED, "sem_open(%s): %s", name, strerror(errno));
+        ck_assert_int_eq(sem_getvalue(s, &v), 0);
+        sem_close(s);
+        return v;
+}
+
+/* Map a whole file of /dev/shm shared, read-write. */
+static void *map_name(const char *name, size_t *ret_size) {
+        char path[256];
+        struct stat st;
+        void *a;
+        int fd;
+
+        snprintf(path, sizeof path, PSEM_DIR "/%s", name);
+        fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        ck_assert_int_eq(fstat(fd, &st), 0);
+        a = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        ck_assert_ptr_ne(a, MAP_FAILED);
+        close(fd);
+        *ret_size = (size_t) st.st_size;
+        return a;
+}
+
+static char *log_now(void) {
+        return test_daemon_log(&td);
+}
+
+/* ------------------------------------------------------------------------ */
+
+/* Files with the configured size, owner, group, mode and initial values, as the kernel and sem_open() see them. */
+START_TEST(test_files_made) {
+        size_t size;
+        const PosixSemFile *s;
+        const RingHeader *ring;
+        char *before = shm_listing();
+
+        test_daemon_write_config(&td, "[" RAW1 ", " RING1 ", " BC1 "]");
+        test_start_ok();
+
+        assert_file("shmbroker.raw1", 5000, 0, GID, 0640);
+        for (unsigned i = 0; i < 3; i++) {
+                char name[64];
+
+                snprintf(name, sizeof name, "sem.shmbroker.raw1.%u", i);
+                assert_file(name, sizeof(PosixSemFile), 0, GID, 0640);
+        }
+        ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.0"), 1);
+        ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.1"), 0);
+        ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.2"), 5);
+        ck_assert(!shm_exists("sem.shmbroker.raw1.3"));
+        ck_assert(!shm_exists("shmbroker-table.raw1"));
+
+        /* The broker's fields behind the sem_t, and a lock that a dead holder does not keep. */
+        s = map_name("sem.shmbroker.raw1.1", &size);
+        ck_assert_uint_eq(s->magic, PSEM_MAGIC);
+        ck_assert_uint_eq(s->version, PSEM_VERSION);
+        ck_assert_uint_eq(s->state, PSEM_STATE_LIVE);
+        {
+                pid_t pid = fork();
+                int status;
+
+                ck_assert_int_ge(pid, 0);
+                if (pid == 0)
+                        _exit(pthread_mutex_lock((pthread_mutex_t *) &s->lock) == 0 ? 0 : 1);
+                ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+                ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+                /* Robust and process-shared: the next locker gets it, told that its holder died. */
+                ck_assert_int_eq(pthread_mutex_lock((pthread_mutex_t *) &s->lock), EOWNERDEAD);
+                ck_assert_int_eq(pthread_mutex_consistent((pthread_mutex_t *) &s->lock), 0);
+                ck_assert_int_eq(pthread_mutex_unlock((pthread_mutex_t *) &s->lock), 0);
+        }
+        munmap((void *) s, size);
+
+        /* A ring: its header in the file, its reserved semaphore free. */
+        assert_file("shmbroker.ring1", (off_t) ring_segment_size(64, 8), 0, 0, 0600);
+        assert_file("sem.shmbroker.ring1.0", sizeof(PosixSemFile), 0, 0, 0600);
+        ck_assert_int_eq(sem_value_by_name("/shmbroker.ring1.0"), 1);
+        ring = map_name("shmbroker.ring1", &size);
+        ck_assert(ring_header_is_ours(ring));
+        ck_assert_uint_eq(ring->slots, 8);
+        munmap((void *) ring, size);
+
+        /* A broadcast channel: its table beside it, read and write wherever the channel may be read. */
+        assert_file("shmbroker.bc1", (off_t) bcast_segment_size(64, 8, 4), 0, 0, 0640);
+        assert_file("shmbroker-table.bc1", bcast_table_size(4), 0, 0, bcast_table_mode(0640));
+        assert_file("sem.shmbroker.bc1.0", sizeof(PosixSemFile), 0, 0, 0640);
+
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
+/* status and list: kind and names, no keys and no kernel figures POSIX does not have; stat agrees. */
+START_TEST(test_status_list) {
+        int fd;
+        json_t *resp, *e, *sems;
+        struct stat st;
+        char mode[8];
+
+        test_daemon_write_config(&td, "[" RAW1 ", " BC1 ", " SV1 "]");
+        test_start_ok();
+        fd = test_connect(td.socket);
+
+        resp = test_request(fd, "{\"op\": \"status\"}");
+        test_assert_ok(resp);
+        e = test_must_find(resp, "raw1");
+        ck_assert_str_eq(test_jstr(e, "kind"), "posix");
+        ck_assert_str_eq(test_jstr(e, "shm_name"), "/shmbroker.raw1");
+        sems = json_object_get(e, "sem_names");
+        ck_assert_uint_eq(json_array_size(sems), 3);
+        ck_assert_str_eq(json_string_value(json_array_get(sems, 2)), "/shmbroker.raw1.2");
+        ck_assert_int_eq(test_jint(e, "size"), 5000);
+        for (const char *const *k = (const char *const[]) { "nattch", "cpid", "lpid", "atime", "dtime", "ctime",
+                                                             "shm_key", "shm_id", "sem_key", "sem_id", NULL };
+             *k; k++)
+                ck_assert_msg(!json_object_get(e, *k), "posix status has \"%s\"", *k);
+        /* What ls -l says is what status says. */
+        st = shm_stat("shmbroker.raw1");
+        ck_assert_str_eq(test_jstr(e, "owner"), "root");
+        ck_assert_str_eq(test_jstr(e, "group"), "4321");
+        ck_assert_uint_eq(st.st_gid, GID);
+        snprintf(mode, sizeof mode, "%04o", (unsigned) (st.st_mode & 0777));
+        ck_assert_str_eq(test_jstr(e, "mode"), mode);
+        sems = json_object_get(e, "semaphores");
+        ck_assert_uint_eq(json_array_size(sems), 3);
+        ck_assert_int_eq(test_jint(json_array_get(sems, 0), "value"), 1);
+        ck_assert_int_eq(test_jint(json_array_get(sems, 2), "value"), 5);
+        ck_assert_ptr_null(json_object_get(json_array_get(sems, 0), "ncount"));
+        /* A value changed by any program shows. */
+        {
+                sem_t *s = sem_open("/shmbroker.raw1.2", 0);
+
+                ck_assert_ptr_ne(s, SEM_FAILED);
+                ck_assert_int_eq(sem_post(s), 0);
+                sem_close(s);
+        }
+        json_decref(resp);
+        resp = test_request(fd, "{\"op\": \"status\", \"channel\": \"raw1\"}");
+        e = test_must_find(resp, "raw1");
+        ck_assert_int_eq(test_jint(json_array_get(json_object_get(e, "semaphores"), 2), "value"), 6);
+        json_decref(resp);
+
+        resp = test_request(fd, "{\"op\": \"status\", \"channel\": \"bc1\"}");
+        e = test_must_find(resp, "bc1");
+        ck_assert_str_eq(test_jstr(e, "table_name"), "/shmbroker-table.bc1");
+        json_decref(resp);
+
+        resp = test_request(fd, "{\"op\": \"list\"}");
+        e = test_must_find(resp, "raw1");
+        ck_assert_str_eq(test_jstr(e, "kind"), "posix");
+        ck_assert_str_eq(test_jstr(e, "shm_name"), "/shmbroker.raw1");
+        ck_assert_uint_eq(json_array_size(json_object_get(e, "sem_names")), 3);
+        ck_assert_ptr_null(json_object_get(e, "shm_key"));
+        e = test_must_find(resp, "sv1");
+        ck_assert_str_eq(test_jstr(e, "kind"), "sysv");
+        ck_assert_ptr_nonnull(json_object_get(e, "shm_key"));
+        json_decref(resp);
+        close(fd);
+}
+END_TEST
+
+static void assert_fd_is(int fd, const char *name, int accmode) {
+        struct stat a, b = shm_stat(name);
+        int fl = fcntl(fd, F_GETFL);
+
+        ck_assert_int_ge(fl, 0);
+        ck_assert_msg((fl & O_ACCMODE) == accmode, "%s: access mode %d, expected %d", name, fl & O_ACCMODE, accmode);
+        ck_assert_int_eq(fstat(fd, &a), 0);
+        ck_assert_msg(a.st_dev == b.st_dev && a.st_ino == b.st_ino, "descriptor is not %s", name);
+}
+
+static void close_all(int *fds, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                close(fds[i]);
+}
+
+/* "fd": true hands over the files in order, rw or ro as asked, and mmap() enforces it. */
+START_TEST(test_open_fds) {
+        int fd, fds[PROTO_FDS_MAX];
+        size_t n;
+        json_t *resp;
+        char *w, *r;
+
+        test_daemon_write_config(&td, "[" RAW1 ", " BC1 ", " SV1 "]");
+        test_start_ok();
+        fd = test_connect(td.socket);
+
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"rw\", \"fd\": true}", fds,
+                                PROTO_FDS_MAX, &n);
+        test_assert_ok(resp);
+        ck_assert_uint_eq(n, 4);
+        ck_assert_int_eq(test_jint(resp, "fds"), 4);
+        ck_assert_str_eq(test_jstr(resp, "kind"), "posix");
+        ck_assert_str_eq(test_jstr(resp, "shm_name"), "/shmbroker.raw1");
+        ck_assert_ptr_null(json_object_get(resp, "shm_key"));
+        json_decref(resp);
+        assert_fd_is(fds[0], "shmbroker.raw1", O_RDWR);
+        assert_fd_is(fds[1], "sem.shmbroker.raw1.0", O_RDWR);
+        assert_fd_is(fds[2], "sem.shmbroker.raw1.1", O_RDWR);
+        assert_fd_is(fds[3], "sem.shmbroker.raw1.2", O_RDWR);
+        w = mmap(NULL, 5000, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+        ck_assert_ptr_ne(w, MAP_FAILED);
+        strcpy(w, "through the handed-over descriptor");
+        close_all(fds, n);
+
+        /* ro, on a connection of its own: read-only descriptors, which cannot be mapped for writing. */
+        {
+                int fd2 = test_connect(td.socket);
+
+                resp = test_request_fds(fd2, "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"ro\", \"fd\": true}",
+                                        fds, PROTO_FDS_MAX, &n);
+                test_assert_ok(resp);
+                json_decref(resp);
+                ck_assert_uint_eq(n, 4);
+                for (size_t i = 0; i < n; i++) {
+                        char name[64];
+
+                        if (i == 0)
+                                strcpy(name, "shmbroker.raw1");
+                        else
+                                snprintf(name, sizeof name, "sem.shmbroker.raw1.%zu", i - 1);
+                        assert_fd_is(fds[i], name, O_RDONLY);
+                }
+                errno = 0;
+                ck_assert_ptr_eq(mmap(NULL, 5000, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0), MAP_FAILED);
+                ck_assert_int_eq(errno, EACCES);
+                ck_assert_ptr_eq(mmap(NULL, sizeof(PosixSemFile), PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0),
+                                 MAP_FAILED);
+                r = mmap(NULL, 5000, PROT_READ, MAP_SHARED, fds[0], 0);
+                ck_assert_ptr_ne(r, MAP_FAILED);
+                ck_assert_str_eq(r, "through the handed-over descriptor");
+                munmap(r, 5000);
+                close_all(fds, n);
+                close(fd2);
+        }
+        munmap(w, 5000);
+
+        /* A broadcast channel: segment, table, then its semaphore. */
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"bc1\", \"access\": \"rw\", \"fd\": true}", fds,
+                                PROTO_FDS_MAX, &n);
+        test_assert_ok(resp);
+        ck_assert_str_eq(test_jstr(resp, "table_name"), "/shmbroker-table.bc1");
+        json_decref(resp);
+        ck_assert_uint_eq(n, 3);
+        assert_fd_is(fds[0], "shmbroker.bc1", O_RDWR);
+        assert_fd_is(fds[1], "shmbroker-table.bc1", O_RDWR);
+        assert_fd_is(fds[2], "sem.shmbroker.bc1.0", O_RDWR);
+        close_all(fds, n);
+
+        /* A subscriber: read-only segment and semaphore, but the table it writes its cursor to read-write. */
+        {
+                int fd2 = test_connect(td.socket);
+
+                resp = test_request_fds(fd2, "{\"op\": \"open\", \"channel\": \"bc1\", \"access\": \"ro\", \"fd\": true}",
+                                        fds, PROTO_FDS_MAX, &n);
+                test_assert_ok(resp);
+                json_decref(resp);
+                ck_assert_uint_eq(n, 3);
+                assert_fd_is(fds[0], "shmbroker.bc1", O_RDONLY);
+                assert_fd_is(fds[1], "shmbroker-table.bc1", O_RDWR);
+                assert_fd_is(fds[2], "sem.shmbroker.bc1.0", O_RDONLY);
+                close_all(fds, n);
+                close(fd2);
+        }
+
+        /* Without "fd": names only, no descriptors. */
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"ro\"}", fds,
+                                PROTO_FDS_MAX, &n);
+        test_assert_ok(resp);
+        ck_assert_uint_eq(n, 0);
+        ck_assert_ptr_null(json_object_get(resp, "fds"));
+        ck_assert_str_eq(test_jstr(resp, "shm_name"), "/shmbroker.raw1");
+        json_decref(resp);
+
+        /* A System V channel has no descriptors to give. */
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"sv1\", \"access\": \"rw\", \"fd\": true}", fds,
+                                PROTO_FDS_MAX, &n);
+        test_assert_error(resp, "EINVAL");
+        ck_assert_uint_eq(n, 0);
+        json_decref(resp);
+        close(fd);
+}
+END_TEST
+
+/* Descriptors travel with their own answer line, however the requests are pipelined. */
+START_TEST(test_open_fds_pipelined) {
+        const char *req = "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"ro\", \"fd\": true}\n"
+                          "{\"op\": \"list\"}\n";
+        int fd, fds[PROTO_FDS_MAX];
+        size_t n;
+        json_t *resp;
+
+        test_daemon_write_config(&td, "[" RAW1 "]");
+        test_start_ok();
+        fd = test_connect(td.socket);
+        /* Three opens and three lists in one write: each open's answer carries 4, each list's none. */
+        {
+                char all[512] = "";
+
+                for (int i = 0; i < 3; i++)
+                        strcat(all, req);
+                test_send(fd, all, strlen(all));
+        }
+        for (int i = 0; i < 6; i++) {
+                resp = test_request_fds(fd, NULL, fds, PROTO_FDS_MAX, &n);
+                test_assert_ok(resp);
+                if (i % 2 == 0) {
+                        ck_assert_msg(n == 4 && json_object_get(resp, "fds"), "answer %d: %zu descriptors", i, n);
+                        assert_fd_is(fds[0], "shmbroker.raw1", O_RDONLY);
+                        assert_fd_is(fds[3], "sem.shmbroker.raw1.2", O_RDONLY);
+                } else
+                        ck_assert_msg(n == 0 && json_object_get(resp, "channels"), "answer %d: %zu descriptors", i, n);
+                json_decref(resp);
+                close_all(fds, n);
+        }
+        close(fd);
+}
+END_TEST
+
+typedef struct AccessCase {
+        const char *channel, *access;
+        uid_t uid;
+        gid_t gid, extra_group;
+        bool expect_ok;
+} AccessCase;
+
+/* In a child with dropped privileges: the daemon's answer (with descriptors) and open(2)'s must agree. */
+static void access_child(void *userdata) {
+        const AccessCase *c = userdata;
+        bool rw = strcmp(c->access, "rw") == 0, daemon_ok, kernel_ok;
+        int fd, fds[PROTO_FDS_MAX], k;
+        char req[256], path[128];
+        json_t *resp;
+        size_t n;
+
+        test_drop_privileges(c->uid, c->gid, c->extra_group);
+        fd = test_connect(td.socket);
+        snprintf(req, sizeof req, "{\"op\": \"open\", \"channel\": \"%s\", \"access\": \"%s\", \"fd\": true}",
+                 c->channel, c->access);
+        resp = test_request_fds(fd, req, fds, PROTO_FDS_MAX, &n);
+        daemon_ok = json_is_true(json_object_get(resp, "ok"));
+        if (!daemon_ok && strcmp(test_jstr(resp, "error"), "EACCES") != 0)
+                _exit(13);
+        if (daemon_ok && (n == 0 || (fcntl(fds[0], F_GETFL) & O_ACCMODE) != (rw ? O_RDWR : O_RDONLY)))
+                _exit(14);
+        /* The kernel's own verdict on the same file. */
+        snprintf(path, sizeof path, PSEM_DIR "/shmbroker.%s", c->channel);
+        k = open(path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+        kernel_ok = k >= 0;
+        if (k >= 0)
+                close(k);
+        else if (errno != EACCES)
+                _exit(16);
+        if (daemon_ok != kernel_ok)
+                _exit(20);
+        _exit(daemon_ok == c->expect_ok ? 0 : 21);
+}
+
+/* Who may open a posix channel: the files' owner, group and mode, as open(2) decides. */
+START_TEST(test_access_follows_file_rule) {
+        static const char channels[] =
+                "[{\"name\": \"shared\", \"kind\": \"posix\", \"size\": 4096, \"group\": 4242, \"mode\": \"0660\"},"
+                " {\"name\": \"public\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0644\"},"
+                " {\"name\": \"private\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0600\"},"
+                " {\"name\": \"theirs\", \"kind\": \"posix\", \"size\": 4096, \"owner\": 65534, \"mode\": \"0400\"}]";
+        AccessCase cases[] = {
+                { "shared", "rw", NOBODY, NOBODY, 0, false },   /* other: no bits */
+                { "shared", "ro", NOBODY, NOBODY, 0, false },
+                { "shared", "rw", NOBODY, NOBODY, 4242, true }, /* supplementary group */
+                { "shared", "rw", NOBODY, 4242, 0, true },      /* primary group */
+                { "public", "ro", NOBODY, NOBODY, 0, true },    /* other: r-- */
+                { "public", "rw", NOBODY, NOBODY, 0, false },
+                { "private", "ro", NOBODY, 4242, 4242, false },
+                { "theirs", "ro", NOBODY, NOBODY, 0, true },    /* the owner: r-- */
+                { "theirs", "rw", NOBODY, NOBODY, 0, false },
+        };
+
+        test_daemon_write_config(&td, channels);
+        test_start_ok();
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+                int status = test_in_child(access_child, &cases[i]);
+
+                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                              "case %zu (%s %s as %u/%u+%u): child status %d (20: daemon and kernel disagree, "
+                              "21: wrong verdict)", i, cases[i].channel, cases[i].access, (unsigned) cases[i].uid,
+                              (unsigned) cases[i].gid, (unsigned) cases[i].extra_group,
+                              WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        }
+}
+END_TEST
+
+/* The daemon's open descriptors, counted in /proc. */
+static int daemon_fd_count(void) {
+        char path[64];
+        struct dirent *e;
+        int n = 0;
+        DIR *d;
+
+        snprintf(path, sizeof path, "/proc/%d/fd", (int) td.pid);
+        d = opendir(path);
+        ck_assert_ptr_nonnull(d);
+        while ((e = readdir(d)))
+                n += e->d_name[0] != '.';
+        closedir(d);
+        return n;
+}
+
+/* A client that asks for descriptors and never reads holds at most one answer's worth, and none once gone. */
+START_TEST(test_open_fds_unread) {
+        const char *req = "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"ro\", \"fd\": true}\n";
+        int fd, base, held;
+        json_t *resp;
+
+        test_daemon_write_config(&td, "[" RAW1 "]");
+        test_start_ok();
+        fd = test_connect(td.socket);
+        /* A request answered: the connection is accepted and counted before the baseline. */
+        resp = test_request(fd, "{\"op\": \"hello\", \"version\": 1}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        base = daemon_fd_count();
+        for (int i = 0; i < 200; i++)
+                test_send(fd, req, strlen(req));
+        /* The daemon answers what it can; whatever it has read, it holds at most 4 descriptors for us. */
+        for (int i = 0; i < 20; i++) {
+                held = daemon_fd_count() - base;
+                ck_assert_msg(held >= 0 && held <= 4, "the daemon holds %d descriptors for an unread client", held);
+                usleep(10 * 1000);
+        }
+        close(fd);
+        /* Gone: the connection and every descriptor held for it are closed. */
+        for (int64_t deadline = test_now_ms() + 5000; daemon_fd_count() >= base && test_now_ms() < deadline;)
+                usleep(10 * 1000);
+        ck_assert_int_eq(daemon_fd_count(), base - 1);
+}
+END_TEST
+
+/* A file somebody else put at a channel's name fails the start, and stays exactly as it was. */
+static void check_foreign(const char *name) {
+        static const char content[] = "somebody else's data\n";
+        struct timespec times[2] = { { .tv_sec = 1000000000 }, { .tv_sec = 1000000000 } };
+        char path[256], buf[64] = "", *before, *log;
+        struct stat a, b;
+        int status = 0, fd;
+
+        snprintf(path, sizeof path, PSEM_DIR "/%s", name);
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(write(fd, content, strlen(content)), (ssize_t) strlen(content));
+        ck_assert_int_eq(fchown(fd, NOBODY, NOBODY), 0);
+        ck_assert_int_eq(fchmod(fd, 0644), 0);
+        ck_assert_int_eq(futimens(fd, times), 0);
+        close(fd);
+        ck_assert_int_eq(lstat(path, &a), 0);
+        before = shm_listing();
+
+        test_daemon_write_config(&td, "[" RING1 ", " RAW1 "]");
+        ck_assert_msg(!test_daemon_start(&td, &status, NULL), "the daemon started over a foreign %s", name);
+        td.pid = -1;
+        log = log_now();
+        ck_assert_msg(strstr(log, path), "the log does not name %s:\n%s", path, log);
+        free(log);
+
+        ck_assert_int_eq(lstat(path, &b), 0);
+        ck_assert(a.st_ino == b.st_ino && a.st_uid == b.st_uid && a.st_gid == b.st_gid && a.st_mode == b.st_mode &&
+                  a.st_size == b.st_size);
+        ck_assert_int_eq(b.st_mtim.tv_sec, 1000000000);
+        ck_assert_int_eq(b.st_mtim.tv_nsec, 0);
+        ck_assert_int_eq(b.st_ctim.tv_sec, a.st_ctim.tv_sec);
+        ck_assert_int_eq(b.st_ctim.tv_nsec, a.st_ctim.tv_nsec);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(read(fd, buf, sizeof buf - 1), (ssize_t) strlen(content));
+        ck_assert_str_eq(buf, content);
+        close(fd);
+        /* What the start made before it met the name (the ring, raw1's first files) is gone again. */
+        assert_listing(before);
+        free(before);
+}
+
+START_TEST(test_foreign_segment) {
+        check_foreign("shmbroker.raw1");
+}
+END_TEST
+
+START_TEST(test_foreign_semaphore) {
+        check_foreign("sem.shmbroker.raw1.1");
+}
+END_TEST
+
+/* Stop removes every file, after telling the clients that still map them. */
+START_TEST(test_stop_removes) {
+        int fd, fds[PROTO_FDS_MAX];
+        size_t n, ring_size;
+        char *before;
+        json_t *resp;
+        PosixSemFile *sem;
+        RingHeader *ring;
+
+        /* Somebody else's file stays. */
+        fd = open(PSEM_DIR "/other", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        close(fd);
+        before = shm_listing();
+        test_daemon_write_config(&td, "[" RAW1 ", " RING1 ", " BC1 "]");
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"rw\", \"fd\": true}", fds,
+                                PROTO_FDS_MAX, &n);
+        test_assert_ok(resp);
+        json_decref(resp);
+        sem = mmap(NULL, sizeof *sem, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+        ck_assert_ptr_ne(sem, MAP_FAILED);
+        close_all(fds, n);
+        ring = map_name("shmbroker.ring1", &ring_size);
+        ck_assert(!ring_is_removed(ring));
+        close(fd);
+
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+        /* The semaphore said REMOVED and was posted once (1 + 1); the ring's header says removed. */
+        ck_assert_uint_eq(__atomic_load_n(&sem->state, __ATOMIC_ACQUIRE), PSEM_STATE_REMOVED);
+        {
+                int v = -1;
+
+                ck_assert_int_eq(sem_getvalue(&sem->sem, &v), 0);
+                ck_assert_int_eq(v, 2);
+        }
+        ck_assert(ring_is_removed(ring));
+        munmap(sem, sizeof *sem);
+        munmap(ring, ring_size);
+        free(before);
+}
+END_TEST
+
+/* A reload that drops a channel removes its files, and one that changes the kind replaces the objects. */
+START_TEST(test_reload) {
+        char *before = shm_listing();
+        struct stat ring_before;
+        json_t *resp;
+        int fd;
+
+        test_daemon_write_config(&td, "[" RAW1 ", " RING1 ", " SV1 "]");
+        test_start_ok();
+        ring_before = shm_stat("shmbroker.ring1");
+        ck_assert_int_eq(test_ipcs_count("-m"), 1);
+
+        /* raw1 dropped, sv1 becomes posix, ring1 kept. */
+        test_daemon_write_config(&td, "[" RING1 ", {\"name\": \"sv1\", \"kind\": \"posix\", \"size\": 4096}]");
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"reload\"}");
+        test_assert_ok(resp);
+        ck_assert_str_eq(json_string_value(json_array_get(json_object_get(resp, "removed"), 0)), "raw1");
+        ck_assert_str_eq(json_string_value(json_array_get(json_object_get(resp, "changed"), 0)), "sv1");
+        ck_assert_str_eq(json_string_value(json_array_get(json_object_get(resp, "kept"), 0)), "ring1");
+        json_decref(resp);
+        ck_assert(!shm_exists("shmbroker.raw1"));
+        for (unsigned i = 0; i < 3; i++) {
+                char name[64];
+
+                snprintf(name, sizeof name, "sem.shmbroker.raw1.%u", i);
+                ck_assert_msg(!shm_exists(name), "%s is still there", name);
+        }
+        ck_assert_uint_eq(shm_stat("shmbroker.ring1").st_ino, ring_before.st_ino);
+        ck_assert(shm_exists("shmbroker.sv1"));
+        ck_assert(shm_exists("sem.shmbroker.sv1.0"));
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+
+        /* And back: the files go, System V objects come; ring1's group and mode change in place. */
+        test_daemon_write_config(&td, "[" SV1 ", {\"name\": \"ring1\", \"kind\": \"posix\", \"layout\": \"ring\", "
+                                 "\"slot_size\": 64, \"slots\": 8, \"group\": 4321, \"mode\": \"0640\"}]");
+        resp = test_request(fd, "{\"op\": \"reload\"}");
+        test_assert_ok(resp);
+        ck_assert_uint_eq(json_array_size(json_object_get(resp, "changed")), 2);
+        json_decref(resp);
+        ck_assert_uint_eq(shm_stat("shmbroker.ring1").st_ino, ring_before.st_ino);
+        assert_file("shmbroker.ring1", (off_t) ring_segment_size(64, 8), 0, GID, 0640);
+        assert_file("sem.shmbroker.ring1.0", sizeof(PosixSemFile), 0, GID, 0640);
+        ck_assert(!shm_exists("shmbroker.sv1"));
+        ck_assert(!shm_exists("sem.shmbroker.sv1.0"));
+        ck_assert_int_eq(test_ipcs_count("-m"), 1);
+        close(fd);
+
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
+/* SIGKILL, then a start whose config lost the channels: reclaim removes their files. */
+START_TEST(test_crash_reclaim) {
+        char *before = shm_listing(), *log;
+
+        test_daemon_write_config(&td, "[" RAW1 ", " BC1 ", " RING1 "]");
+        test_start_ok();
+        test_daemon_kill(&td, SIGKILL);
+        ck_assert(shm_exists("shmbroker.raw1"));
+
+        /* ring1 stays; the others are gone from the config. */
+        test_daemon_write_config(&td, "[" RING1 "]");
+        test_start_ok();
+        ck_assert(!shm_exists("shmbroker.raw1"));
+        ck_assert(!shm_exists("sem.shmbroker.raw1.2"));
+        ck_assert(!shm_exists("shmbroker.bc1"));
+        ck_assert(!shm_exists("shmbroker-table.bc1"));
+        ck_assert(!shm_exists("sem.shmbroker.bc1.0"));
+        ck_assert(shm_exists("shmbroker.ring1"));
+        log = log_now();
+        ck_assert_msg(strstr(log, "Took over channel ring1"), "ring1 was not adopted:\n%s", log);
+        free(log);
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+
+        /* A crash with a changed kind: the posix files go, the channel is made as System V. */
+        test_daemon_write_config(&td, "[{\"name\": \"x\", \"kind\": \"posix\", \"size\": 4096}]");
+        test_start_ok();
+        test_daemon_kill(&td, SIGKILL);
+        test_daemon_write_config(&td, "[{\"name\": \"x\", \"size\": 4096}]");
+        test_start_ok();
+        assert_listing(before);
+        ck_assert_int_eq(test_ipcs_count("-m"), 1);
+        test_daemon_stop_ok(&td);
+        free(before);
+}
+END_TEST
+
+/* Plant somebody else's file at path (content, owner nobody, an old mtime); its stat in *ret. */
+static void plant(const char *path, struct stat *ret) {
+        struct timespec times[2] = { { .tv_sec = 1000000000 }, { .tv_sec = 1000000000 } };
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        ck_assert_int_eq(write(fd, "planted\n", 8), 8);
+        ck_assert_int_eq(fchown(fd, NOBODY, NOBODY), 0);
+        ck_assert_int_eq(futimens(fd, times), 0);
+        close(fd);
+        ck_assert_int_eq(lstat(path, ret), 0);
+}
+
+static void assert_unchanged(const char *path, const struct stat *a) {
+        struct stat b;
+
+        ck_assert_msg(lstat(path, &b) == 0, "%s is gone", path);
+        ck_assert_msg(a->st_ino == b.st_ino && a->st_uid == b.st_uid && a->st_mode == b.st_mode &&
+                      a->st_size == b.st_size && b.st_mtim.tv_sec == 1000000000 &&
+                      a->st_ctim.tv_sec == b.st_ctim.tv_sec && a->st_ctim.tv_nsec == b.st_ctim.tv_nsec,
+                      "%s was touched", path);
+}
+
+/* Reclaim unlinks only the recorded inodes: a file put at a name after the crash stays. */
+START_TEST(test_crash_reclaim_spares_replaced) {
+        char *before = shm_listing(), *log;
+        struct stat planted;
+        int status = 0;
+
+        test_daemon_write_config(&td, "[" RAW1 "]");
+        test_start_ok();
+        test_daemon_kill(&td, SIGKILL);
+        /* While no daemon runs, raw1's semaphore 1 is replaced by somebody else's file. */
+        ck_assert_int_eq(unlink(PSEM_DIR "/sem.shmbroker.raw1.1"), 0);
+        plant(PSEM_DIR "/sem.shmbroker.raw1.1", &planted);
+
+        /* Still configured: not taken over (a file is not the recorded one), and not made again over it. */
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        td.pid = -1;
+        log = log_now();
+        ck_assert_msg(strstr(log, PSEM_DIR "/sem.shmbroker.raw1.1"), "the log does not name the file:\n%s", log);
+        free(log);
+        assert_unchanged(PSEM_DIR "/sem.shmbroker.raw1.1", &planted);
+
+        /* Dropped from the config: the recorded files go, the planted one stays. */
+        test_daemon_write_config(&td, "[" SV1 "]");
+        test_start_ok();
+        ck_assert(!shm_exists("shmbroker.raw1"));
+        ck_assert(!shm_exists("sem.shmbroker.raw1.0"));
+        ck_assert(!shm_exists("sem.shmbroker.raw1.2"));
+        assert_unchanged(PSEM_DIR "/sem.shmbroker.raw1.1", &planted);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(unlink(PSEM_DIR "/sem.shmbroker.raw1.1"), 0);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
+/* Append a line to the daemon's state file, as a run killed at that point would have left it. */
+static void state_append(const char *line) {
+        char path[512];
+        FILE *f;
+
+        snprintf(path, sizeof path, "%s.state", td.socket);
+        f = fopen(path, "a");
+        ck_assert_ptr_nonnull(f);
+        fputs(line, f);
+        fclose(f);
+}
+
+/*
+ * A run killed between making a file and recording its inode leaves an
+ * intent: the next start removes the file when it is as that run left it
+ * (ours, 0600, empty or of the intended size, new), and nothing else.
+ */
+START_TEST(test_crash_reclaim_intent) {
+        char *before = shm_listing(), line[256];
+        struct stat planted;
+        long now = (long) time(NULL);
+        int fd;
+
+        test_daemon_write_config(&td, "[" SV1 "]");
+        test_start_ok();
+        test_daemon_kill(&td, SIGKILL);
+        /* The killed run's pid: a live one's would be as good, the file carries none. */
+        fd = open(PSEM_DIR "/shmbroker.gone", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(fchmod(fd, 0600), 0);
+        close(fd);
+        snprintf(line, sizeof line, "pposix -1 0 0 %d %ld 4096 gone\n", (int) getpid(), now - 1);
+        state_append(line);
+        /* Another intent, whose name holds somebody else's file: left alone. */
+        plant(PSEM_DIR "/sem.shmbroker.gone.0", &planted);
+        snprintf(line, sizeof line, "pposix 0 0 0 %d %ld 88 gone\n", (int) getpid(), now - 1);
+        state_append(line);
+
+        test_start_ok();
+        ck_assert(!shm_exists("shmbroker.gone"));
+        assert_unchanged(PSEM_DIR "/sem.shmbroker.gone.0", &planted);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(unlink(PSEM_DIR "/sem.shmbroker.gone.0"), 0);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
+/* SIGKILL and a start with the same config: the same files, contents kept. */
+START_TEST(test_crash_adopt) {
+        char *before = shm_listing(), *log;
+        struct stat seg, sem;
+        size_t size;
+        char *data;
+        int fd, fds[PROTO_FDS_MAX];
+        size_t n;
+        json_t *resp;
+
+        test_daemon_write_config(&td, "[" RAW1 ", " RING1 "]");
+        test_start_ok();
+        data = map_name("shmbroker.raw1", &size);
+        strcpy(data, "kept across a crash");
+        munmap(data, size);
+        seg = shm_stat("shmbroker.raw1");
+        sem = shm_stat("sem.shmbroker.raw1.2");
+        test_daemon_kill(&td, SIGKILL);
+
+        test_start_ok();
+        log = log_now();
+        ck_assert_msg(strstr(log, "Took over channel raw1"), "raw1 was not adopted:\n%s", log);
+        free(log);
+        ck_assert_uint_eq(shm_stat("shmbroker.raw1").st_ino, seg.st_ino);
+        ck_assert_uint_eq(shm_stat("sem.shmbroker.raw1.2").st_ino, sem.st_ino);
+        ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.2"), 5);
+        fd = test_connect(td.socket);
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"ro\", \"fd\": true}", fds,
+                                PROTO_FDS_MAX, &n);
+        test_assert_ok(resp);
+        json_decref(resp);
+        data = mmap(NULL, 5000, PROT_READ, MAP_SHARED, fds[0], 0);
+        ck_assert_ptr_ne(data, MAP_FAILED);
+        ck_assert_str_eq(data, "kept across a crash");
+        munmap(data, 5000);
+        close_all(fds, n);
+        close(fd);
+
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
+/* A file removed behind the daemon's back is noticed at the next open, and the channel made again. */
+START_TEST(test_removed_behind_back) {
+        char *before = shm_listing();
+        json_t *resp;
+        int fd;
+
+        test_daemon_write_config(&td, "[" RAW1 "]");
+        test_start_ok();
+        ck_assert_int_eq(unlink(PSEM_DIR "/sem.shmbroker.raw1.1"), 0);
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"rw\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        assert_file("sem.shmbroker.raw1.1", sizeof(PosixSemFile), 0, GID, 0640);
+        ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.1"), 0);
+        ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.2"), 5);
+        close(fd);
+        /* Made again as configured: a crash restart takes the new files over. */
+        {
+                struct stat seg = shm_stat("shmbroker.raw1");
+                char *log;
+
+                test_daemon_kill(&td, SIGKILL);
+                test_start_ok();
+                log = log_now();
+                ck_assert_msg(strstr(log, "Took over channel raw1"), "raw1 was not adopted:\n%s", log);
+                free(log);
+                ck_assert_uint_eq(shm_stat("shmbroker.raw1").st_ino, seg.st_ino);
+        }
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
+/* --check-config validates the kind and touches nothing. */
+START_TEST(test_check_config) {
+        char *before = shm_listing();
+        int status = 0;
+
+        test_daemon_write_config(&td, "[" RAW1 "]");
+        ck_assert(!test_daemon_start(&td, &status, "--check-config", NULL));
+        td.pid = -1;
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d", status);
+        assert_listing(before);
+        test_daemon_write_config(&td, "[{\"name\": \"k\", \"kind\": \"posix\", \"size\": 4096, \"key\": 5}]");
+        ck_assert(!test_daemon_start(&td, &status, "--check-config", NULL));
+        td.pid = -1;
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %d", status);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
+int main(void) {
+        const TestGroup groups[] = {
+                { "files", CASE_TIMEOUT, { test_files_made, test_status_list, test_check_config, test_access_follows_file_rule } },
+                { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread } },
+                { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
+                { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_removed_behind_back } },
+                { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt, test_crash_reclaim_spares_replaced,
+                                           test_crash_reclaim_intent } },
+        };
+
+        return test_main("posix", groups, sizeof groups / sizeof *groups, posix_setup, test_teardown);
+}
