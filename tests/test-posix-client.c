@@ -534,6 +534,8 @@ START_TEST(test_hold_survives_a_broker_crash) {
         int64_t deadline;
         size_t held = 0;
 
+        int fds_before = fd_count();
+
         strcpy(shmb_channel_addr(ch), "kept");
         test_daemon_kill(&td, SIGKILL);
         test_start_ok();
@@ -549,10 +551,54 @@ START_TEST(test_hold_survives_a_broker_crash) {
                 usleep(20 * 1000);
         }
         ck_assert_uint_eq(held, 1);
+        /* The descriptors that came with the rejoin's open were looked at and closed. */
+        ck_assert_int_eq(fd_count(), fds_before);
         ck_assert_int_eq(shmb_channel_check(ch), 0);
         ck_assert_int_eq(shmb_sem_trywait(ch, 0), 0);
         ck_assert_str_eq(shmb_channel_addr(ch), "kept");
         ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+/* A clean stop removes the files; the broker started again makes new ones: the handle is stale, its hold not taken again. */
+START_TEST(test_handle_is_stale_after_a_stop_and_start) {
+        shmb_channel *ch = must_open("raw", SHMB_RW);
+        shmb_status_list *l = NULL;
+        int64_t deadline;
+        int r = -1;
+
+        test_daemon_stop_ok(&td);
+        td.pid = -1;
+        ck_assert_int_eq(shmb_channel_check(ch), -EIDRM);
+        ck_assert_int_eq(shmb_sem_post(ch, 0), -EIDRM);
+        test_start_ok();
+        deadline = test_now_ms() + WAIT_MS;
+        while (test_now_ms() < deadline && (r = shmb_status(shmb_channel_get_client(ch), "raw", &l)) < 0)
+                usleep(20 * 1000);
+        ck_assert_msg(r == 0, "status: %s", shmb_strerror(r));
+        /* The same name, another file: the rejoin gave back the hold it took. */
+        ck_assert_uint_eq(shmb_status_nclients(l, 0), 0);
+        shmb_status_free(l);
+        ck_assert_int_eq(shmb_channel_check(ch), -EIDRM);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+START_TEST(test_shmbrokerctl_shows_kind_and_names) {
+        char cmd[512], out[8192];
+        FILE *p;
+        size_t n;
+
+        snprintf(cmd, sizeof cmd, "%s list 2>&1 && %s status raw 2>&1", SHMBROKERCTL_PATH, SHMBROKERCTL_PATH);
+        p = popen(cmd, "r");
+        ck_assert_ptr_nonnull(p);
+        n = fread(out, 1, sizeof out - 1, p);
+        out[n] = 0;
+        ck_assert_int_eq(pclose(p), 0);
+        ck_assert_msg(strstr(out, "KIND") && strstr(out, " posix ") && strstr(out, " sysv "), "%s", out);
+        ck_assert_msg(strstr(out, "/shmbroker.ring"), "%s", out);
+        ck_assert_msg(strstr(out, "Segment:    posix /shmbroker.raw"), "%s", out);
+        ck_assert_msg(strstr(out, "/shmbroker.raw.1"), "%s", out);
 }
 END_TEST
 
@@ -566,7 +612,9 @@ int main(void) {
                 { "removal", CASE_TIMEOUT, { test_removal_ends_blocked_calls } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open } },
-                { "restart", CASE_TIMEOUT, { test_hold_survives_a_broker_crash } },
+                { "restart", CASE_TIMEOUT, { test_hold_survives_a_broker_crash,
+                                             test_handle_is_stale_after_a_stop_and_start } },
+                { "ctl", CASE_TIMEOUT, { test_shmbrokerctl_shows_kind_and_names } },
         };
 
         return test_main("posix-client", groups, ELEMENTSOF(groups), setup, teardown);
