@@ -16,6 +16,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <semaphore.h>
@@ -560,6 +561,44 @@ START_TEST(test_hold_survives_a_broker_crash) {
 }
 END_TEST
 
+/* An event loop waits for a posix ring as for a System V one (the wake-up FIFOs do not care about the kind). */
+START_TEST(test_channel_fd_wakes_on_a_message_from_another_process) {
+        shmb_channel *ch = must_open("ring", SHMB_RW);
+        struct pollfd p = { .events = POLLIN };
+        char buf[64];
+        int linger[2];
+        pid_t pid;
+
+        /* The child stays until the parent saw the message: the broker wakes every waiter when a holder goes. */
+        ck_assert_int_eq(pipe2(linger, O_CLOEXEC), 0);
+        p.fd = shmb_channel_fd(ch);
+        ck_assert_int_ge(p.fd, 0);
+        /* The first -EAGAIN arms the fd; only then may it stay quiet. */
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *c2 = NULL;
+
+                if (shmb_open_channel(NULL, "ring", SHMB_RW, &c2) < 0)
+                        _exit(2);
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                close(linger[1]);
+                if (shmb_send(c2, "x", 1, WAIT_MS) < 0)
+                        _exit(3);
+                (void) read(linger[0], buf, 1);
+                _exit(0);
+        }
+        close(linger[0]);
+        while (p.revents == 0)
+                ck_assert_int_eq(poll(&p, 1, WAIT_MS), 1);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), 1);
+        close(linger[1]);
+        reap_ok(pid);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
 /* A clean stop removes the files; the broker started again makes new ones: the handle is stale, its hold not taken again. */
 START_TEST(test_handle_is_stale_after_a_stop_and_start) {
         shmb_channel *ch = must_open("raw", SHMB_RW);
@@ -615,6 +654,7 @@ int main(void) {
                 { "restart", CASE_TIMEOUT, { test_hold_survives_a_broker_crash,
                                              test_handle_is_stale_after_a_stop_and_start } },
                 { "ctl", CASE_TIMEOUT, { test_shmbrokerctl_shows_kind_and_names } },
+                { "channel-fd", CASE_TIMEOUT, { test_channel_fd_wakes_on_a_message_from_another_process } },
         };
 
         return test_main("posix-client", groups, ELEMENTSOF(groups), setup, teardown);
