@@ -163,9 +163,10 @@ static int send_all(shmb_client *c, const char *buf, size_t len) {
 #define PENDING_FDS_MAX (4 * PROTO_FDS_MAX)
 
 /*
- * Keep the descriptors that came with a read ending at rbuf[last]: a
- * stream socket never reads past the bytes that carried descriptors (the
- * kernel ends the read there), so they belong to the line holding `last`.
+ * Keep the descriptors that came with a read ending at rbuf[last]. A Unix
+ * stream socket ends a read with the bytes that carried descriptors (or
+ * inside them, when the buffer is full), and the broker sends them with
+ * their answer's first byte: they belong to the line holding `last`.
  */
 static void fds_received(shmb_client *c, struct msghdr *mh, size_t last) {
         for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {
