@@ -407,8 +407,11 @@ static int create_posix(Channel *c, State *state, char *msg, size_t msg_size) {
         format_segment(c);
         r = channel_set_perms(c, spec->uid, spec->gid, spec->mode);
         if (r < 0) {
-                msg_set(msg, msg_size, "channel \"%s\": cannot set owner %u, group %u, mode %04o: %s",
-                        spec->name, (unsigned) spec->uid, (unsigned) spec->gid, (unsigned) spec->mode, strerror(-r));
+                /* Unlike IPC_SET, chown(2) of a file is a privilege: say which one is missing. */
+                msg_set(msg, msg_size, "channel \"%s\": cannot set owner %u, group %u, mode %04o of its files: %s%s",
+                        spec->name, (unsigned) spec->uid, (unsigned) spec->gid, (unsigned) spec->mode, strerror(-r),
+                        r == -EPERM ? " (without CAP_CHOWN a file can only be given the daemon's own user as owner "
+                                      "and a group the daemon's user is a member of)" : "");
                 return r;
         }
         rec = chan_record(c);

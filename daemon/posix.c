@@ -64,6 +64,9 @@ static int file_name(const char *name, int role, char *buf, size_t size) {
 }
 
 int posix_record_file_name(const StateRecord *rec, char *buf, size_t size) {
+        /* Only a channel name makes a name of ours: never a path elsewhere. */
+        if (!proto_name_is_valid(rec->name))
+                return -EINVAL;
         return file_name(rec->name, rec->id, buf, size);
 }
 

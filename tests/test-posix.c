@@ -150,6 +150,29 @@ static char *log_now(void) {
         return test_daemon_log(&td);
 }
 
+/* Plant somebody else's file at path (content, owner nobody, an old mtime); its stat in *ret. */
+static void plant(const char *path, struct stat *ret) {
+        struct timespec times[2] = { { .tv_sec = 1000000000 }, { .tv_sec = 1000000000 } };
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        ck_assert_int_eq(write(fd, "planted\n", 8), 8);
+        ck_assert_int_eq(fchown(fd, NOBODY, NOBODY), 0);
+        ck_assert_int_eq(futimens(fd, times), 0);
+        close(fd);
+        ck_assert_int_eq(lstat(path, ret), 0);
+}
+
+static void assert_unchanged(const char *path, const struct stat *a) {
+        struct stat b;
+
+        ck_assert_msg(lstat(path, &b) == 0, "%s is gone", path);
+        ck_assert_msg(a->st_ino == b.st_ino && a->st_uid == b.st_uid && a->st_mode == b.st_mode &&
+                      a->st_size == b.st_size && b.st_mtim.tv_sec == 1000000000 &&
+                      a->st_ctim.tv_sec == b.st_ctim.tv_sec && a->st_ctim.tv_nsec == b.st_ctim.tv_nsec,
+                      "%s was touched", path);
+}
+
 /* ------------------------------------------------------------------------ */
 
 /* Files with the configured size, owner, group, mode and initial values, as the kernel and sem_open() see them. */
@@ -515,6 +538,37 @@ START_TEST(test_access_follows_file_rule) {
 }
 END_TEST
 
+/*
+ * A daemon without privileges (as the shipped unit runs it) gives files
+ * its own user and group; another group needs CAP_CHOWN, and the start
+ * says so and leaves nothing behind.
+ */
+START_TEST(test_unprivileged_daemon) {
+        char *before = shm_listing(), *log;
+        int status = 0;
+
+        ck_assert_int_eq(chown(td.dir, NOBODY, NOBODY), 0);
+        ck_assert_int_eq(chmod(td.dir, 0700), 0);
+        td.uid = NOBODY;
+        td.gid = NOBODY;
+        test_daemon_write_config(&td, "[{\"name\": \"mine\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0640\"}]");
+        test_start_ok();
+        assert_file("shmbroker.mine", 4096, NOBODY, NOBODY, 0640);
+        assert_file("sem.shmbroker.mine.0", sizeof(PosixSemFile), NOBODY, NOBODY, 0640);
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+
+        test_daemon_write_config(&td, "[{\"name\": \"mine\", \"kind\": \"posix\", \"size\": 4096}, " RAW1 "]");
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        td.pid = -1;
+        log = log_now();
+        ck_assert_msg(strstr(log, "CAP_CHOWN") && strstr(log, "\"raw1\""), "the log does not say why:\n%s", log);
+        free(log);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
 /* The daemon's open descriptors, counted in /proc. */
 static int daemon_fd_count(void) {
         char path[64];
@@ -714,6 +768,36 @@ START_TEST(test_reload) {
 }
 END_TEST
 
+/* A reload that would add a channel over somebody else's file fails, names it, and changes nothing. */
+START_TEST(test_reload_foreign) {
+        char *before, *msg;
+        struct stat planted, ring;
+        json_t *resp;
+        int fd;
+
+        test_daemon_write_config(&td, "[" RING1 "]");
+        test_start_ok();
+        ring = shm_stat("shmbroker.ring1");
+        plant(PSEM_DIR "/sem.shmbroker.raw1.2", &planted);
+        before = shm_listing();
+        test_daemon_write_config(&td, "[" RING1 ", " RAW1 "]");
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"reload\"}");
+        test_assert_error(resp, "EEXIST");
+        msg = strdup(test_jstr(resp, "message"));
+        json_decref(resp);
+        ck_assert_msg(strstr(msg, PSEM_DIR "/sem.shmbroker.raw1.2"), "the answer does not name the file: %s", msg);
+        free(msg);
+        assert_unchanged(PSEM_DIR "/sem.shmbroker.raw1.2", &planted);
+        assert_listing(before);
+        ck_assert_uint_eq(shm_stat("shmbroker.ring1").st_ino, ring.st_ino);
+        close(fd);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(unlink(PSEM_DIR "/sem.shmbroker.raw1.2"), 0);
+        free(before);
+}
+END_TEST
+
 /* SIGKILL, then a start whose config lost the channels: reclaim removes their files. */
 START_TEST(test_crash_reclaim) {
         char *before = shm_listing(), *log;
@@ -750,29 +834,6 @@ START_TEST(test_crash_reclaim) {
         free(before);
 }
 END_TEST
-
-/* Plant somebody else's file at path (content, owner nobody, an old mtime); its stat in *ret. */
-static void plant(const char *path, struct stat *ret) {
-        struct timespec times[2] = { { .tv_sec = 1000000000 }, { .tv_sec = 1000000000 } };
-        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-
-        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
-        ck_assert_int_eq(write(fd, "planted\n", 8), 8);
-        ck_assert_int_eq(fchown(fd, NOBODY, NOBODY), 0);
-        ck_assert_int_eq(futimens(fd, times), 0);
-        close(fd);
-        ck_assert_int_eq(lstat(path, ret), 0);
-}
-
-static void assert_unchanged(const char *path, const struct stat *a) {
-        struct stat b;
-
-        ck_assert_msg(lstat(path, &b) == 0, "%s is gone", path);
-        ck_assert_msg(a->st_ino == b.st_ino && a->st_uid == b.st_uid && a->st_mode == b.st_mode &&
-                      a->st_size == b.st_size && b.st_mtim.tv_sec == 1000000000 &&
-                      a->st_ctim.tv_sec == b.st_ctim.tv_sec && a->st_ctim.tv_nsec == b.st_ctim.tv_nsec,
-                      "%s was touched", path);
-}
 
 /* Reclaim unlinks only the recorded inodes: a file put at a name after the crash stays. */
 START_TEST(test_crash_reclaim_spares_replaced) {
@@ -844,7 +905,8 @@ START_TEST(test_crash_reclaim_intent) {
         state_append(line);
         /* Another intent, whose name holds somebody else's file: left alone. */
         plant(PSEM_DIR "/sem.shmbroker.gone.0", &planted);
-        snprintf(line, sizeof line, "pposix 0 0 0 %d %ld 88 gone\n", (int) getpid(), now - 1);
+        /* Of the intended size and new: only its owner and mode tell it apart. */
+        snprintf(line, sizeof line, "pposix 0 0 0 %d %ld 8 gone\n", (int) getpid(), now - 1);
         state_append(line);
 
         test_start_ok();
@@ -957,10 +1019,11 @@ END_TEST
 
 int main(void) {
         const TestGroup groups[] = {
-                { "files", CASE_TIMEOUT, { test_files_made, test_status_list, test_check_config, test_access_follows_file_rule } },
+                { "files", CASE_TIMEOUT, { test_files_made, test_status_list, test_check_config, test_access_follows_file_rule,
+                                           test_unprivileged_daemon } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
-                { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_removed_behind_back } },
+                { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back } },
                 { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt, test_crash_reclaim_spares_replaced,
                                            test_crash_reclaim_intent } },
         };
