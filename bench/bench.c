@@ -3,6 +3,7 @@
  * one machine, then one GOAL line per goal (ratios, as the machine is shared).
  *
  *   data path    ring throughput at 64 B..1 MiB (the library's defaults) vs pipe,
+ *                a 4 KiB ring of a posix channel vs the same of System V,
  *                Unix socket, memcpy, SysV and POSIX message queues, iceoryx,
  *                unpinned unless --pin, each trial classed by whether its two
  *                processes shared a CPU; the 64 B ring through the library as
@@ -580,6 +581,8 @@ static const Size sizes[] = {
 };
 
 #define N_SIZES ELEMENTSOF(sizes)
+/* The row whose ring has a posix twin ("p4k"). */
+#define POSIX_SIZE 1
 
 enum { T_RING, T_PIPE, T_UNIX, T_MEMCPY, T_ZERO_COPY, T_SYSV_MSG, T_POSIX_MQ, T_ICEORYX, N_T };
 static const char *const tput_names[N_T] = { "ring", "pipe", "unix socket", "memcpy", "zero copy", "SysV msg",
@@ -654,6 +657,8 @@ static Mode basis_of(const Cell *const *c, size_t n) {
 }
 
 static Cell tput[N_SIZES][N_T];         /* in bytes/s */
+/* The 4 KiB ring of a posix channel ("p4k", as "r4k" but files in /dev/shm), trial by trial beside "r4k". */
+static Cell posix_4k;
 
 /*
  * fast_path_unchanged_64B: 64 B one-way through the library as built (a
@@ -1283,7 +1288,12 @@ static void bench_throughput(void) {
                         const Size *sz = &sizes[s];
                         long n = sz->n_base;
 
+                        /* The posix twin of the 4 KiB ring right beside it, taking turns to go first. */
+                        if (s == POSIX_SIZE && t % 2)
+                                cell_add(&posix_4k, one_way(M_RING, "p4k", sz->size, sz->slots, sz->n), true);
                         cell_add(&tput[s][T_RING], one_way(M_RING, sz->ring, sz->size, sz->slots, sz->n), true);
+                        if (s == POSIX_SIZE && !(t % 2))
+                                cell_add(&posix_4k, one_way(M_RING, "p4k", sz->size, sz->slots, sz->n), true);
                         if (sz->ring_only)
                                 continue;
                         cell_add(&tput[s][T_PIPE], one_way(M_PIPE, NULL, sz->size, sz->slots, n), true);
@@ -1339,6 +1349,9 @@ static void bench_throughput(void) {
                         printf("\n");
                 }
         }
+        printf("%-10s %-15s", "4 KiB", "posix ring MB/s");
+        print_cell(&posix_4k, MODE_ALL, 1e6);
+        printf("  (channel of kind posix, beside the ring column's System V one, trial by trial)\n");
         printf("(a row without \"two CPUs\" and \"one CPU\" lines had both processes of every trial on two CPUs)\n");
         {
                 int n = 0;
@@ -2242,6 +2255,8 @@ static void goals(void) {
                 TPUT_GOAL("ring_vs_iceoryx_64B_msgs", &tput[0][T_RING], 10, &tput[0][T_ICEORYX]);
         }
         TPUT_GOAL("ring_vs_unix_64KiB", &tput[2][T_RING], 5, &tput[2][T_UNIX]);
+        /* The same ring code on a file mapping (posix) as on a System V segment: it may cost little. */
+        TPUT_GOAL("posix_ring_vs_sysv_ring_4KiB", &posix_4k, 0.9, &tput[POSIX_SIZE][T_RING]);
         fast_goal();
         /* The frame is written once: three subscribers may cost the publisher only their share of the CPUs. */
         goal(S_BROADCAST, "broadcast_3_subscribers_1MiB_vs_1", bcast_mbps[1].median / bcast_mbps[0].median, 0.8,
@@ -2347,6 +2362,11 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "bench: no private IPC namespace (%s); running in the machine's\n", strerror(errno));
         else
                 own_ipc_ns = true;
+        /* A /dev/shm of its own for the posix channel's files: a killed bench leaves none in the machine's. */
+        if (own_ipc_ns && (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+                           mount("tmpfs", "/dev/shm", "tmpfs", 0, "mode=1777") < 0))
+                fprintf(stderr, "bench: no private /dev/shm (%s); the posix channel's files go to the machine's\n",
+                        strerror(errno));
         strcpy(dir, "/tmp/shmbroker-bench-XXXXXX");
         if (!mkdtemp(dir))
                 die("mkdtemp");
@@ -2360,6 +2380,8 @@ int main(int argc, char **argv) {
                ncpu, TRIALS, pin_tput ? "pinned (sender CPU 1, receiver CPU 0)" : "unpinned");
         write_config(0, "{\"name\": \"r64\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 1024},"
                         "{\"name\": \"r4k\", \"layout\": \"ring\", \"slot_size\": 4096, \"slots\": 1024},"
+                        "{\"name\": \"p4k\", \"kind\": \"posix\", \"layout\": \"ring\", \"slot_size\": 4096,"
+                        " \"slots\": 1024},"
                         "{\"name\": \"r4k-l2\", \"layout\": \"ring\", \"slot_size\": 4096, \"slots\": 256},"
                         "{\"name\": \"r64k\", \"layout\": \"ring\", \"slot_size\": 65536, \"slots\": 32},"
                         "{\"name\": \"r1m\", \"layout\": \"ring\", \"slot_size\": 1048576, \"slots\": 4},"

@@ -129,7 +129,7 @@ uint32_t shmb_status_shm_key(const shmb_status_list *l, size_t i) {
 int shmb_status_shm_id(const shmb_status_list *l, size_t i) {
         const ProtoChannel *pc = entry(l, i);
 
-        return pc ? pc->shm_id : -EINVAL;
+        return !pc ? -EINVAL : pc->kind == PROTO_KIND_POSIX ? -EOPNOTSUPP : pc->shm_id;
 }
 
 uint32_t shmb_status_sem_key(const shmb_status_list *l, size_t i) {
@@ -141,7 +141,27 @@ uint32_t shmb_status_sem_key(const shmb_status_list *l, size_t i) {
 int shmb_status_sem_id(const shmb_status_list *l, size_t i) {
         const ProtoChannel *pc = entry(l, i);
 
-        return pc ? pc->sem_id : -EINVAL;
+        return !pc ? -EINVAL : pc->kind == PROTO_KIND_POSIX ? -EOPNOTSUPP : pc->sem_id;
+}
+
+int shmb_status_kind(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return !pc ? -EINVAL : pc->kind == PROTO_KIND_POSIX ? SHMB_KIND_POSIX : SHMB_KIND_SYSV;
+}
+
+const char *shmb_status_shm_name(const shmb_status_list *l, size_t i) {
+        const ProtoChannel *pc = entry(l, i);
+
+        return pc && pc->kind == PROTO_KIND_POSIX ? pc->shm_name : NULL;
+}
+
+const char *shmb_status_sem_name(const shmb_status_list *l, size_t i, unsigned idx) {
+        const ProtoChannel *pc = entry(l, i);
+
+        if (!pc || pc->kind != PROTO_KIND_POSIX || !pc->sem_names || idx >= pc->nsems - entry_reserved(pc))
+                return NULL;
+        return pc->sem_names[entry_reserved(pc) + idx];
 }
 
 uint32_t shmb_status_slot_size(const shmb_status_list *l, size_t i) {
@@ -221,12 +241,13 @@ static int set_semaphore(const ProtoChannel *pc, unsigned k, int *ret_value, int
         s = &pc->semaphores[k];
         if (ret_value)
                 *ret_value = s->value;
+        /* A POSIX semaphore has a value only: the others are "not known", never a made-up 0. */
         if (ret_ncount)
-                *ret_ncount = s->ncount;
+                *ret_ncount = s->has_counts ? s->ncount : -1;
         if (ret_zcount)
-                *ret_zcount = s->zcount;
+                *ret_zcount = s->has_counts ? s->zcount : -1;
         if (ret_pid)
-                *ret_pid = s->pid;
+                *ret_pid = s->has_counts ? s->pid : 0;
         return 0;
 }
 

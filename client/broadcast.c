@@ -30,13 +30,17 @@
  */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/shm.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -788,11 +792,93 @@ int bcast_send_abort(shmb_channel *ch, void *buf) {
 
 /* ---- opening and closing ---- */
 
+/* The table, read-write for every opener (its mode says so), checked like the channel's segment. */
+static int table_attach(const ProtoChannel *pc, void **ret) {
+        struct shmid_ds ds;
+        void *table;
+
+        table = shmat(pc->table_id, NULL, 0);
+        if (table == (void *) -1)
+                return errno == EINVAL || errno == EIDRM ? -EIDRM : -errno;
+        if (shmctl(pc->table_id, IPC_STAT, &ds) < 0 || (uint32_t) ds.shm_perm.__key != pc->table_key ||
+            ds.shm_segsz != bcast_table_size(pc->subscribers)) {
+                (void) shmdt(table);
+                return -EIDRM;          /* replaced between the answer and now */
+        }
+        *ret = table;
+        return 0;
+}
+
+/*
+ * A descriptor of the same file, read-write: what a subscriber needs of
+ * the table when the broker handed it over read-only, as it does every
+ * file of an ro open. The table's mode lets every reader write
+ * (bcast_table_mode()), so the kernel grants it; opened through our own
+ * /proc/self/fd, it is the very file, whatever our namespaces, and
+ * checked to be.
+ */
+static int reopen_rw(int fd, const struct stat *st) {
+        char path[64];
+        struct stat st2;
+        int rw;
+
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        rw = open(path, O_RDWR | O_CLOEXEC);
+        if (rw < 0)
+                return -errno;
+        if (fstat(rw, &st2) < 0 || st2.st_dev != st->st_dev || st2.st_ino != st->st_ino) {
+                close(rw);
+                return -EIDRM;
+        }
+        return rw;
+}
+
+/*
+ * A posix channel's table: the file of the descriptor the broker handed
+ * over (client/posix-map.c), mapped read-write for every opener, of the
+ * size the header says. The descriptor is closed once mapped.
+ */
+static int table_map(shmb_channel *ch, const BcastHeader *h, void **ret) {
+        struct stat st;
+        void *table;
+        int r = 0;
+
+        if (fstat(ch->table_fd, &st) < 0)
+                r = -errno;
+        else if (!S_ISREG(st.st_mode) || (uint64_t) st.st_size != h->table_size)
+                r = -EPROTO;
+        else if ((fcntl(ch->table_fd, F_GETFL) & O_ACCMODE) == O_RDONLY) {
+                r = reopen_rw(ch->table_fd, &st);
+                if (r >= 0) {
+                        close(ch->table_fd);
+                        ch->table_fd = r;
+                        r = 0;
+                }
+        }
+        if (r == 0) {
+                table = mmap(NULL, h->table_size, PROT_READ | PROT_WRITE, MAP_SHARED, ch->table_fd, 0);
+                if (table == MAP_FAILED)
+                        r = -errno;
+                else
+                        *ret = table;
+        }
+        ch->table_fd = (close(ch->table_fd), -1);
+        return r;
+}
+
+static void table_detach(shmb_channel *ch, BcastHandle *b) {
+        if (ch->info.kind == PROTO_KIND_POSIX)
+                (void) munmap(b->t, bcast_table_size(b->subscribers));
+        else
+                (void) shmdt(b->t);
+}
+
 int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc) {
         const BcastHeader *h = ch->addr;
-        struct shmid_ds ds;
+        bool posix = ch->info.kind == PROTO_KIND_POSIX;
         BcastHandle *b;
-        void *table;
+        void *table = NULL;
+        int r;
 
         if (pc->ring_version != BCAST_VERSION)
                 return -EPROTO;
@@ -806,25 +892,22 @@ int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc) {
             h->slot_stride != bcast_slot_stride(pc->slot_size) || h->data_offset != bcast_data_offset(pc->subscribers) ||
             h->publishers != BCAST_PUBLISHERS || h->publishers_offset != BCAST_HOLDERS_OFFSET ||
             h->subscribers != pc->subscribers || h->subscribers_offset != BCAST_SUBSCRIBERS_OFFSET ||
-            h->table_key != pc->table_key || h->table_id != pc->table_id ||
+            (!posix && (h->table_key != pc->table_key || h->table_id != pc->table_id)) ||
             h->table_size != bcast_table_size(pc->subscribers) ||
             h->overflow != (pc->overflow == PROTO_OVERFLOW_DROP ? BCAST_OVERFLOW_DROP : BCAST_OVERFLOW_BLOCK))
                 return -EPROTO;
         /* Both kinds of opener name themselves with a token: a subscriber's is its cursor. */
         if (my_token(ch) == 0)
                 return -EPROTO;
-        /* The table, read-write for every opener (its mode says so), checked like the channel's segment. */
-        table = shmat(pc->table_id, NULL, 0);
-        if (table == (void *) -1)
-                return errno == EINVAL || errno == EIDRM ? -EIDRM : -errno;
-        if (shmctl(pc->table_id, IPC_STAT, &ds) < 0 || (uint32_t) ds.shm_perm.__key != pc->table_key ||
-            ds.shm_segsz != bcast_table_size(pc->subscribers)) {
-                (void) shmdt(table);
-                return -EIDRM;          /* replaced between the answer and now */
-        }
+        r = posix ? table_map(ch, h, &table) : table_attach(pc, &table);
+        if (r < 0)
+                return r;
         b = calloc(1, sizeof *b);
         if (!b) {
-                (void) shmdt(table);
+                if (posix)
+                        (void) munmap(table, h->table_size);
+                else
+                        (void) shmdt(table);
                 return -ENOMEM;
         }
         *b = (BcastHandle) {
@@ -865,7 +948,7 @@ void bcast_channel_free(shmb_channel *ch) {
                 STORE(&cur->token, 0, SEQ);
                 notify(b, &b->t->space_seq, &b->t->pub_sleeping, WAKE_SPACE);
         }
-        (void) shmdt(b->t);
+        table_detach(ch, b);
         free(b);
         ch->bcast = NULL;
 }

@@ -24,6 +24,7 @@
 #include <sys/mman.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
+#include <sys/stat.h>
 
 #include "client/shmbroker-internal.h"
 #include "common/semun.h"
@@ -100,9 +101,7 @@ static void prefault(shmb_channel *ch) {
 #endif
 }
 
-/* A sentence for shmb_client_last_message(), written under the lock the calls write theirs with. */
-_printf_(2, 3)
-static void set_message(shmb_client *c, const char *fmt, ...) {
+void client_set_message(shmb_client *c, const char *fmt, ...) {
         va_list ap;
 
         pthread_mutex_lock(&c->lock);
@@ -122,12 +121,12 @@ static int setup_ring(shmb_channel *ch, uint32_t ring_version) {
         int r;
 
         if (ring_version == 0) {
-                set_message(ch->client, "channel \"%s\": the broker names no ring layout version (it predates "
+                client_set_message(ch->client, "channel \"%s\": the broker names no ring layout version (it predates "
                             "version 3); this library speaks version %d", ch->info.name, RING_VERSION);
                 return -EPROTO;
         }
         if (ring_version != RING_VERSION) {
-                set_message(ch->client, "channel \"%s\": the broker's ring layout is version %" PRIu32
+                client_set_message(ch->client, "channel \"%s\": the broker's ring layout is version %" PRIu32
                             "; this library speaks version %d", ch->info.name, ring_version, RING_VERSION);
                 return -EPROTO;
         }
@@ -136,12 +135,12 @@ static int setup_ring(shmb_channel *ch, uint32_t ring_version) {
                 return -EPROTO;
         /* A claim names its holder: a sender or receiver without a token could not be told from nobody. */
         if (ch->access == SHMB_RW && ch->hold.token == 0) {
-                set_message(ch->client, "channel \"%s\": the broker gave no holder token for this ring",
+                client_set_message(ch->client, "channel \"%s\": the broker gave no holder token for this ring",
                             ch->info.name);
                 return -EPROTO;
         }
         if (h->magic == RING_MAGIC && h->version != RING_VERSION) {
-                set_message(ch->client, "channel \"%s\": the ring header is layout version %" PRIu32
+                client_set_message(ch->client, "channel \"%s\": the ring header is layout version %" PRIu32
                             "; this library speaks version %d", ch->info.name, h->version, RING_VERSION);
                 return -EPROTO;
         }
@@ -167,6 +166,7 @@ shmb_layout layout_from_proto(ProtoLayout layout) {
 /* nsems is left for attach() to set, once it knows the set has the layout's own semaphores. */
 static void info_from_proto(const ProtoChannel *pc, ChannelInfo *ret) {
         *ret = (ChannelInfo) {
+                .kind = pc->kind,
                 .layout = layout_from_proto(pc->layout),
                 .size = pc->size,
                 .set_nsems = pc->nsems,
@@ -178,6 +178,7 @@ static void info_from_proto(const ProtoChannel *pc, ChannelInfo *ret) {
                 .slots = pc->slots,
         };
         snprintf(ret->name, sizeof ret->name, "%s", pc->name);
+        snprintf(ret->shm_name, sizeof ret->shm_name, "%s", pc->kind == PROTO_KIND_POSIX ? pc->shm_name : "");
 }
 
 /*
@@ -192,7 +193,9 @@ static int channel_free(shmb_channel *ch, bool keep_message) {
         if (!ch)
                 return 0;
         bcast_channel_free(ch);
-        if (ch->addr && shmdt(ch->addr) < 0)
+        if (ch->info.kind == PROTO_KIND_POSIX)
+                posix_unmap(ch);
+        else if (ch->addr && shmdt(ch->addr) < 0)
                 r = -errno;
         channel_wake_free(ch);
         if (ch->client)
@@ -209,10 +212,12 @@ static int channel_free(shmb_channel *ch, bool keep_message) {
  * request, to ask again when the ids went stale (see the top of this file).
  * Takes ch and the answer; *ret is set only on success.
  */
-static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, ProtoResponse *res, shmb_access access,
-                  shmb_channel **ret) {
+static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, ProtoResponse *res, ClientFds *fds,
+                  shmb_access access, shmb_channel **ret) {
         uint32_t ring_version = 0;
         ProtoChannel opened;            /* the answer's figures, for a broadcast channel (its arrays are not used) */
+        ProtoRequest fd_req = {};
+        struct stat st = {};
         int r;
 
         ch->access = access;
@@ -234,6 +239,33 @@ static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, Pro
                         }
                 }
                 __atomic_store_n(&ch->hold.token, res->channels[0].holder, __ATOMIC_RELAXED);
+                /*
+                 * A posix channel is mapped from the descriptors the broker hands
+                 * over (client/posix-map.c says why never by name). The kind is
+                 * not known before the first answer, and the broker refuses
+                 * "fd" for a System V channel: so a posix channel is asked for
+                 * again, with "fd", on the same connection (its one hold stays).
+                 */
+                if (res->channels[0].kind == PROTO_KIND_POSIX && !fd_req.fd) {
+                        fd_req = *req;
+                        fd_req.fd = true;
+                        /* The same hold: a broadcast subscriber's token is its cursor, asked for by name. */
+                        fd_req.holder = res->channels[0].holder;
+                        fd_req.has_holder = fd_req.holder != 0;
+                        proto_response_done(res);
+                        r = client_call_fds(c, &fd_req, res, 1, fds);
+                        if (r < 0)
+                                break;
+                        continue;
+                }
+                /* The descriptors are the objects themselves: nothing can have gone stale in between. */
+                if (res->channels[0].kind == PROTO_KIND_POSIX) {
+                        r = posix_map(ch, &res->channels[0], fds);
+                        if (r == 0 && fstat(ch->shm_fd, &st) < 0)
+                                r = -errno;
+                        proto_response_done(res);
+                        break;
+                }
                 proto_response_done(res);
                 r = attach_once(ch);
                 if (r <= 0)
@@ -269,13 +301,23 @@ static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, Pro
                         goto fail;
         }
         /* From now on a reconnection compares the broker's ids with these. */
-        client_hold_attached(c, &ch->hold, ch->info.shm_id, ch->info.sem_id);
+        client_hold_attached(c, &ch->hold, ch->info.kind, ch->info.shm_id, ch->info.sem_id, st.st_dev, st.st_ino);
+        client_fds_close(fds);
         *ret = ch;
         return 0;
 fail:
+        client_fds_close(fds);
         /* Detach and give the hold back, keeping the message that says why the open failed. */
         channel_free(ch, true);
         return r;
+}
+
+static shmb_channel *channel_new(void) {
+        shmb_channel *ch = calloc(1, sizeof *ch);
+
+        if (ch)
+                ch->shm_fd = ch->table_fd = -1;
+        return ch;
 }
 
 int client_open_request(const char *name, shmb_access access, ProtoRequest *ret) {
@@ -289,6 +331,7 @@ int client_open_request(const char *name, shmb_access access, ProtoRequest *ret)
 int shmb_open(shmb_client *c, const char *name, shmb_access access, shmb_channel **ret) {
         ProtoRequest req;
         ProtoResponse res;
+        ClientFds fds;
         shmb_channel *ch;
         int r;
 
@@ -297,23 +340,24 @@ int shmb_open(shmb_client *c, const char *name, shmb_access access, shmb_channel
         r = client_open_request(name, access, &req);
         if (r < 0)
                 return r;
-        ch = calloc(1, sizeof *ch);
+        ch = channel_new();
         if (!ch)
                 return -ENOMEM;
         /* Listed before the request: a reconnection meanwhile opens it again too. */
         client_hold_add(c, &ch->hold, name, access);
-        r = client_call(c, &req, &res);
+        r = client_call_fds(c, &req, &res, 1, &fds);
         if (r < 0) {
                 client_hold_remove(c, &ch->hold, false, false);
                 free(ch);
                 return r;
         }
-        return attach(ch, c, &req, &res, access, ret);
+        return attach(ch, c, &req, &res, &fds, access, ret);
 }
 
 int shmb_open_channel(const char *socket_path, const char *name, shmb_access access, shmb_channel **ret) {
         ProtoRequest reqs[2] = { { .op = PROTO_OP_HELLO, .version = PROTO_VERSION } };
         ProtoResponse res[2];
+        ClientFds fds[2];
         _cleanup_(freep) shmb_channel *ch = NULL;
         shmb_client *c;
         int r;
@@ -323,7 +367,7 @@ int shmb_open_channel(const char *socket_path, const char *name, shmb_access acc
         r = client_open_request(name, access, &reqs[1]);
         if (r < 0)
                 return r;
-        ch = calloc(1, sizeof *ch);
+        ch = channel_new();
         if (!ch)
                 return -ENOMEM;
         r = client_connect(socket_path, &c);
@@ -331,14 +375,17 @@ int shmb_open_channel(const char *socket_path, const char *name, shmb_access acc
                 return r;
         client_hold_add(c, &ch->hold, name, access);
         /* hello and open in one round trip: the version check costs no extra wait. */
-        r = client_call_n(c, reqs, res, 2);
+        r = client_call_fds(c, reqs, res, 2, fds);
         if (r == 0) {
                 r = client_check_hello(&res[0]);
                 proto_response_done(&res[0]);
+                client_fds_close(&fds[0]);
                 if (r == 0)
-                        r = attach(TAKE_PTR(ch), c, &reqs[1], &res[1], access, ret);
-                else
+                        r = attach(TAKE_PTR(ch), c, &reqs[1], &res[1], &fds[1], access, ret);
+                else {
                         proto_response_done(&res[1]);
+                        client_fds_close(&fds[1]);
+                }
         }
         /* Not handed to attach(): unlisted here (the hold goes with the connection). */
         if (ch)
@@ -389,7 +436,7 @@ uint32_t shmb_channel_shm_key(const shmb_channel *ch) {
 }
 
 int shmb_channel_shm_id(const shmb_channel *ch) {
-        return ch ? ch->info.shm_id : -EINVAL;
+        return !ch ? -EINVAL : ch->info.kind == PROTO_KIND_POSIX ? -EOPNOTSUPP : ch->info.shm_id;
 }
 
 uint32_t shmb_channel_sem_key(const shmb_channel *ch) {
@@ -397,7 +444,15 @@ uint32_t shmb_channel_sem_key(const shmb_channel *ch) {
 }
 
 int shmb_channel_sem_id(const shmb_channel *ch) {
-        return ch ? ch->info.sem_id : -EINVAL;
+        return !ch ? -EINVAL : ch->info.kind == PROTO_KIND_POSIX ? -EOPNOTSUPP : ch->info.sem_id;
+}
+
+int shmb_channel_kind(const shmb_channel *ch) {
+        return !ch ? -EINVAL : ch->info.kind == PROTO_KIND_POSIX ? SHMB_KIND_POSIX : SHMB_KIND_SYSV;
+}
+
+const char *shmb_channel_shm_name(const shmb_channel *ch) {
+        return ch && ch->info.kind == PROTO_KIND_POSIX ? ch->info.shm_name : NULL;
 }
 
 uint32_t shmb_channel_slot_size(const shmb_channel *ch) {
@@ -425,6 +480,8 @@ int shmb_channel_check(const shmb_channel *ch) {
                 return -EIDRM;
         if (ch->bcast && bcast_channel_removed(ch))
                 return -EIDRM;
+        if (ch->info.kind == PROTO_KIND_POSIX)
+                return posix_removed(ch) ? -EIDRM : 0;
         /* The kernel knows it before the broker is back: a removed segment that is still attached
          * loses its key and is marked for destruction; once detached by all, its id names nothing. */
         if (shmctl(ch->info.shm_id, IPC_STAT, &ds) < 0)

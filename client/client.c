@@ -50,10 +50,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <sys/un.h>
 #include <time.h>
@@ -157,8 +159,89 @@ static int send_all(shmb_client *c, const char *buf, size_t len) {
         return 0;
 }
 
-/* One recv() into the buffer: 1 when bytes came (or a signal interrupted), 0 when none were there (MSG_DONTWAIT). */
+/* Descriptors received but not yet handed out with their line: a bound, so a broker cannot make us hoard them. */
+#define PENDING_FDS_MAX (4 * PROTO_FDS_MAX)
+
+/*
+ * Keep the descriptors that came with a read ending at rbuf[last]. A Unix
+ * stream socket ends a read with the bytes that carried descriptors (or
+ * inside them, when the buffer is full), and the broker sends them with
+ * their answer's first byte: they belong to the line holding `last`.
+ */
+static void fds_received(shmb_client *c, struct msghdr *mh, size_t last) {
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {
+                size_t n;
+
+                if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+                        continue;
+                n = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                for (size_t i = 0; i < n; i++) {
+                        int fd;
+                        PendingFd *p = NULL;
+
+                        memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+                        if (c->n_pending_fds < PENDING_FDS_MAX)
+                                p = realloc(c->pending_fds, (c->n_pending_fds + 1) * sizeof *p);
+                        if (!p) {
+                                close(fd);      /* unwanted or no memory: closed, never leaked */
+                                continue;
+                        }
+                        c->pending_fds = p;
+                        p[c->n_pending_fds++] = (PendingFd) { .fd = fd, .end = last };
+                }
+        }
+}
+
+/*
+ * Hand out (to out, up to PROTO_FDS_MAX) or close the descriptors of the
+ * line rbuf[0 .. len] (newline included); out NULL: close them.
+ */
+static void take_line_fds(shmb_client *c, size_t len, ClientFds *out) {
+        size_t kept = 0;
+
+        for (size_t i = 0; i < c->n_pending_fds; i++) {
+                PendingFd p = c->pending_fds[i];
+
+                if (p.end > len)
+                        c->pending_fds[kept++] = p;
+                else if (out && out->n < PROTO_FDS_MAX)
+                        out->fd[out->n++] = p.fd;
+                else
+                        close(p.fd);
+        }
+        c->n_pending_fds = kept;
+}
+
+static void pending_fds_close(shmb_client *c) {
+        take_line_fds(c, SIZE_MAX, NULL);
+        free(c->pending_fds);
+        c->pending_fds = NULL;
+}
+
+void client_fds_close(ClientFds *fds) {
+        for (unsigned i = 0; i < fds->n; i++)
+                if (fds->fd[i] >= 0)
+                        close(fds->fd[i]);
+        fds->n = 0;
+}
+
+/*
+ * One recvmsg() into the buffer: 1 when bytes came (or a signal
+ * interrupted), 0 when none were there (MSG_DONTWAIT). Descriptors are
+ * received close-on-exec, kept with the bytes they came with.
+ */
 static int recv_some(shmb_client *c, int flags) {
+        union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(PROTO_FDS_MAX * sizeof(int))];
+        } control;
+        struct iovec iov;
+        struct msghdr mh = {
+                .msg_iov = &iov,
+                .msg_iovlen = 1,
+                .msg_control = control.buf,
+                .msg_controllen = sizeof control.buf,
+        };
         ssize_t n;
 
         if (c->rlen == c->rcap) {
@@ -173,7 +256,8 @@ static int recv_some(shmb_client *c, int flags) {
                 c->rbuf = p;
                 c->rcap = cap;
         }
-        n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, flags);
+        iov = (struct iovec) { .iov_base = c->rbuf + c->rlen, .iov_len = c->rcap - c->rlen };
+        n = recvmsg(c->fd, &mh, flags | MSG_CMSG_CLOEXEC);
         if (n < 0) {
                 if (errno == EINTR)
                         return 1;
@@ -181,6 +265,9 @@ static int recv_some(shmb_client *c, int flags) {
                         return 0;
                 return -errno;
         }
+        /* Descriptors always come with at least one byte of a line. */
+        if (n > 0)
+                fds_received(c, &mh, c->rlen + (size_t) n - 1);
         if (n == 0)
                 return -ECONNRESET;     /* the broker went away */
         c->rlen += (size_t) n;
@@ -223,7 +310,11 @@ static int read_line(shmb_client *c, char **ret_line, size_t *ret_len) {
         return 0;
 }
 
+/* Drop the line rbuf[0 .. len] and its newline, closing the descriptors that came with it and nobody took. */
 static void consume_line(shmb_client *c, size_t len) {
+        take_line_fds(c, len, NULL);
+        for (size_t i = 0; i < c->n_pending_fds; i++)
+                c->pending_fds[i].end -= len + 1;
         memmove(c->rbuf, c->rbuf + len + 1, c->rlen - len - 1);
         c->rlen -= len + 1;
 }
@@ -322,6 +413,7 @@ static void socket_close(shmb_client *c) {
                 c->fd = -1;
         }
         c->rlen = 0;
+        pending_fds_close(c);
         rejoin_reset(c);
 }
 
@@ -434,6 +526,14 @@ static uint32_t hold_token(const shmb_client *c, const char *name) {
         return 0;
 }
 
+/* Whether a handle of name attached a posix channel (the handles of a name share one channel, unless stale). */
+static bool hold_is_posix(const shmb_client *c, const char *name) {
+        for (const ClientHold *h = c->holds; h; h = h->next)
+                if (!h->stale && h->attached && h->kind == PROTO_KIND_POSIX && streq(h->name, name))
+                        return true;
+        return false;
+}
+
 /*
  * hello, then one open per channel name with the access of its newest
  * handle (the list is newest first): the broker keeps one hold per
@@ -452,6 +552,8 @@ static int rejoin_start(shmb_client *c) {
                 r = client_open_request(h->name, h->access, &req);
                 if (r < 0)
                         break;
+                /* A posix channel is known by its segment's file, which only its descriptor shows. */
+                req.fd = hold_is_posix(c, h->name);
                 /* A ring's claims name the token: ask for the same one, so that they stay ours. */
                 req.holder = hold_token(c, h->name);
                 req.has_holder = req.holder != 0;
@@ -465,8 +567,24 @@ static bool refusal_means_removed(int error) {
         return error == ENOENT || error == EACCES || error == EIDRM;
 }
 
+/*
+ * Whether an open answer names the objects that h attached: the same ids
+ * for System V; for posix the same segment file (device and inode, of the
+ * descriptor that came with the answer: names are reused by a new channel).
+ */
+static bool same_objects(const ClientHold *h, const ProtoResponse *res, const ClientFds *fds) {
+        const ProtoChannel *pc = &res->channels[0];
+        struct stat st;
+
+        if (pc->kind != h->kind)
+                return false;
+        if (h->kind == PROTO_KIND_SYSV)
+                return pc->shm_id == h->shm_id && pc->sem_id == h->sem_id;
+        return fds->n > 0 && fstat(fds->fd[0], &st) == 0 && st.st_dev == h->dev && st.st_ino == h->ino;
+}
+
 /* The broker's answer to opening `name` again: which handles are back, which are stale, and whether the hold is anyone's. */
-static int rejoin_opened(shmb_client *c, const char *name, const ProtoResponse *res) {
+static int rejoin_opened(shmb_client *c, const char *name, const ProtoResponse *res, const ClientFds *fds) {
         ProtoRequest req = { .op = PROTO_OP_CLOSE };
         bool needed = false;
 
@@ -475,13 +593,15 @@ static int rejoin_opened(shmb_client *c, const char *name, const ProtoResponse *
                         continue;
                 if (!h->attached)
                         needed = true;          /* its own open is under way and takes this hold */
-                else if (res->ok && res->channels[0].shm_id == h->shm_id && res->channels[0].sem_id == h->sem_id) {
+                else if (res->ok && same_objects(h, res, fds)) {
                         needed = true;          /* adopted: the same objects */
                         /* Ours again, or a new one if the broker took the old for dead: claims use it from now on. */
                         if (res->channels[0].holder)
                                 __atomic_store_n(&h->token, res->channels[0].holder, __ATOMIC_RELAXED);
                 }
-                else if (res->ok || refusal_means_removed(res->error))
+                /* EINVAL to a posix hold's "fd": the name is a System V channel's now. */
+                else if (res->ok || refusal_means_removed(res->error) ||
+                         (h->kind == PROTO_KIND_POSIX && res->error == EINVAL))
                         __atomic_store_n(&h->stale, true, __ATOMIC_RELEASE);
                 /* Any other refusal (the broker out of memory) says nothing of the channel: the handle
                  * stays as it is, without a hold until the next reconnection. */
@@ -496,7 +616,8 @@ static int rejoin_opened(shmb_client *c, const char *name, const ProtoResponse *
 /* A documented outcome of rejoin_answer() and rejoin_run(), not an error: the broker broke the protocol. */
 #define REJOIN_MALFORMED 1
 
-static int rejoin_answer(shmb_client *c, const char *line, size_t len) {
+/* fds: the descriptors that came with the line (a posix open's), looked at only. */
+static int rejoin_answer(shmb_client *c, const char *line, size_t len, const ClientFds *fds) {
         RejoinStep step = c->steps[c->steps_done++];    /* a copy: rejoin_opened() may grow the array */
         char msg[PROTO_MESSAGE_MAX];
         ProtoResponse res;
@@ -510,7 +631,7 @@ static int rejoin_answer(shmb_client *c, const char *line, size_t len) {
                 r = res.ok ? client_check_hello(&res) : -(res.error ?: EPROTO);
                 break;
         case PROTO_OP_OPEN:
-                r = rejoin_opened(c, step.channel, &res);
+                r = rejoin_opened(c, step.channel, &res, fds);
                 break;
         default:
                 r = 0;                  /* a close: nothing depends on it */
@@ -545,7 +666,11 @@ static int rejoin_run(shmb_client *c, bool wait) {
                         c->woff += (size_t) n;
                 }
                 while (c->steps_done < c->n_steps && buffered_line(c, 0, &len)) {
-                        r = rejoin_answer(c, c->rbuf, len);
+                        ClientFds fds = {};
+
+                        take_line_fds(c, len, &fds);
+                        r = rejoin_answer(c, c->rbuf, len, &fds);
+                        client_fds_close(&fds);
                         consume_line(c, len);
                         if (r != 0)
                                 return r;
@@ -674,7 +799,8 @@ int shmb_client_process(shmb_client *c) {
 /* ---- calls ---- */
 
 /* call_n() with c->lock held. */
-static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, unsigned flags) {
+static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, unsigned flags,
+                       ClientFds *fds) {
         char *out = NULL, msg[PROTO_MESSAGE_MAX], *line;
         size_t out_len = 0, got = 0, len;
         bool keep_message = flags & CALL_KEEP_MESSAGE;
@@ -682,6 +808,8 @@ static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *
 
         if (!keep_message)
                 c->last_message[0] = 0;
+        for (size_t i = 0; fds && i < n; i++)
+                fds[i].n = 0;
         call_begin(c);
         /* Pipelined: every request in one write, then the answers in order. */
         for (size_t i = 0; i < n && r == 0; i++) {
@@ -721,6 +849,8 @@ static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *
                 if (r < 0)
                         break;
                 r = proto_response_decode(reqs[got].op, line, len, &rets[got], msg, sizeof msg);
+                if (fds)
+                        take_line_fds(c, len, &fds[got]);
                 consume_line(c, len);
                 if (r > 0) {
                         if (!keep_message)
@@ -742,32 +872,39 @@ static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *
                         break;
                 }
         free(out);
-        /* Every decoded response is released on failure. */
+        /* Every decoded response is released on failure, and every descriptor closed. */
         if (r < 0)
                 for (size_t i = 0; i < got; i++)
                         proto_response_done(&rets[i]);
+        for (size_t i = 0; r < 0 && fds && i < n; i++)
+                client_fds_close(&fds[i]);
         return r;
 }
 
-static int call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, unsigned flags) {
+static int call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, unsigned flags,
+                  ClientFds *fds) {
         int r;
 
         pthread_mutex_lock(&c->lock);
-        r = call_locked(c, reqs, rets, n, flags);
+        r = call_locked(c, reqs, rets, n, flags, fds);
         pthread_mutex_unlock(&c->lock);
         return r;
 }
 
 int client_call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n) {
-        return call_n(c, reqs, rets, n, 0);
+        return call_n(c, reqs, rets, n, 0, NULL);
+}
+
+int client_call_fds(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, ClientFds *fds) {
+        return call_n(c, reqs, rets, n, 0, fds);
 }
 
 int client_call(shmb_client *c, const ProtoRequest *req, ProtoResponse *ret) {
-        return call_n(c, req, ret, 1, 0);
+        return call_n(c, req, ret, 1, 0, NULL);
 }
 
 int client_call_keep_message(shmb_client *c, const ProtoRequest *req, ProtoResponse *ret) {
-        return call_n(c, req, ret, 1, CALL_KEEP_MESSAGE);
+        return call_n(c, req, ret, 1, CALL_KEEP_MESSAGE, NULL);
 }
 
 int shmb_request_json(shmb_client *c, const char *request, char **ret_answer) {
@@ -817,10 +954,13 @@ void client_hold_add(shmb_client *c, ClientHold *h, const char *name, shmb_acces
         pthread_mutex_unlock(&c->lock);
 }
 
-void client_hold_attached(shmb_client *c, ClientHold *h, int shm_id, int sem_id) {
+void client_hold_attached(shmb_client *c, ClientHold *h, ProtoKind kind, int shm_id, int sem_id, dev_t dev, ino_t ino) {
         pthread_mutex_lock(&c->lock);
+        h->kind = kind;
         h->shm_id = shm_id;
         h->sem_id = sem_id;
+        h->dev = dev;
+        h->ino = ino;
         h->attached = true;
         pthread_mutex_unlock(&c->lock);
 }
@@ -858,7 +998,7 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
          */
         if (give_back && !h->stale && !hold_needed(c, h->name) && !open_pending(c, h->name)) {
                 strcpy(req.channel, h->name);
-                if (call_locked(c, &req, &res, 1, CALL_NO_RECONNECT | (keep_message ? CALL_KEEP_MESSAGE : 0)) == 0)
+                if (call_locked(c, &req, &res, 1, CALL_NO_RECONNECT | (keep_message ? CALL_KEEP_MESSAGE : 0), NULL) == 0)
                         proto_response_done(&res);
         }
         pthread_mutex_unlock(&c->lock);

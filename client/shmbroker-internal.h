@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <sys/types.h>
 
 #include "client/include/shmbroker/shmbroker.h"
 #include "proto/proto.h"
@@ -19,7 +20,10 @@ typedef struct ClientHold {
         bool listed;
         char name[PROTO_NAME_MAX + 1];
         shmb_access access;
-        int shm_id, sem_id;             /* what the handle attached */
+        ProtoKind kind;                 /* what the handle attached: */
+        int shm_id, sem_id;             /* System V: the ids */
+        dev_t dev;                      /* posix: the segment file's device and inode */
+        ino_t ino;
         bool attached;                  /* the ids are known: its open finished */
         bool stale;                     /* the broker's channel of that name is another one now */
         uint32_t token;                 /* a ring's holder token (proto/ring.h); read by the ring without the lock */
@@ -33,6 +37,21 @@ typedef enum ClientState {
         CLIENT_CLOSED,                  /* shmb_disconnect() or a broken stream: for good */
 } ClientState;
 
+/*
+ * Descriptors an answer line carried (SCM_RIGHTS; a posix open with "fd":
+ * true). Whoever takes them closes them.
+ */
+typedef struct ClientFds {
+        int fd[PROTO_FDS_MAX];
+        unsigned n;
+} ClientFds;
+
+/* A descriptor that came with answer bytes, not yet handed out with its line. */
+typedef struct PendingFd {
+        int fd;
+        size_t end;                     /* the offset in rbuf of the last byte that came with it */
+} PendingFd;
+
 /* A request of a rejoin whose answer is still due. */
 typedef struct RejoinStep {
         ProtoOp op;                     /* hello, open or close */
@@ -45,6 +64,8 @@ struct shmb_client {
         pthread_mutex_t lock;           /* one request/response at a time; everything below */
         char *rbuf;                     /* bytes read past the last answer */
         size_t rlen, rcap;
+        PendingFd *pending_fds;         /* received with bytes of rbuf, in order */
+        size_t n_pending_fds;
         char last_message[PROTO_MESSAGE_MAX];
         ClientState state;
         bool unasked;                   /* UP, and nothing asked on this socket yet */
@@ -92,6 +113,8 @@ typedef struct ChannelWake {
 /* What the broker's open answer said about a channel (shmb_channel_name() and the other getters). */
 typedef struct ChannelInfo {
         char name[PROTO_NAME_MAX + 1];
+        ProtoKind kind;
+        char shm_name[PROTO_POSIX_NAME_MAX + 1];        /* posix only; "" for System V */
         shmb_layout layout;
         uint64_t size;                  /* segment bytes */
         unsigned set_nsems;             /* the kernel's set, the layout's own semaphores included (the wire's nsems) */
@@ -118,6 +141,10 @@ struct shmb_channel {
         uint64_t stride;
         /* broadcast only (client/broadcast.c) */
         struct BcastHandle *bcast;
+        /* posix only (client/posix-map.c): the objects come as descriptors, not ids */
+        int shm_fd;                     /* the segment's, kept: its identity and link count; -1: none */
+        int table_fd;                   /* a broadcast table's, until bcast_channel_setup() maps it; -1: none */
+        struct PosixSemFile **psems;    /* set_nsems mapped semaphore files (NULL entries: not mapped) */
 };
 
 /*
@@ -129,6 +156,18 @@ int client_call(shmb_client *c, const ProtoRequest *req, ProtoResponse *ret);
 
 /* The same for n requests sent in one write (pipelined), answers in order. */
 int client_call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n);
+
+/*
+ * client_call_n() that also hands out the descriptors each answer line
+ * carried: fds[i] for answer i (fds may be NULL: then none are wanted).
+ * On success the caller owns and closes them; on failure none are left
+ * open. Descriptors of lines nobody wants, or past PROTO_FDS_MAX, are
+ * closed as they are read, never leaked.
+ */
+int client_call_fds(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, ClientFds *fds);
+
+/* Close what fds holds; n becomes 0. */
+void client_fds_close(ClientFds *fds);
 
 /*
  * client_call() that leaves c->last_message as it was: for the close that
@@ -156,13 +195,34 @@ void client_unref(shmb_client *c);
  * client_call_keep_message().
  */
 void client_hold_add(shmb_client *c, ClientHold *h, const char *name, shmb_access access);
-void client_hold_attached(shmb_client *c, ClientHold *h, int shm_id, int sem_id);
+void client_hold_attached(shmb_client *c, ClientHold *h, ProtoKind kind, int shm_id, int sem_id, dev_t dev, ino_t ino);
 void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep_message);
 /* Whether a reconnection found the handle's channel removed (replaced or gone). */
 bool client_hold_is_stale(shmb_client *c, const ClientHold *h);
 
 /* The open request for name with access (-EINVAL for a bad name or access): shmb_open()'s, and a rejoin's. */
 int client_open_request(const char *name, shmb_access access, ProtoRequest *ret);
+
+/* A sentence for shmb_client_last_message(), written under the client's lock. */
+__attribute__((format(printf, 2, 3))) void client_set_message(shmb_client *c, const char *fmt, ...);
+
+/*
+ * posix-map.c: map what a posix open answer pc handed over (fds, in the
+ * order of proto/posix.h) into ch: the segment at ch->addr, the semaphore
+ * files at ch->psems; the descriptors it keeps (the segment's, a
+ * broadcast table's) are taken out of fds (-1 there), the caller closes
+ * the rest. On failure the caller still calls posix_unmap().
+ */
+int posix_map(shmb_channel *ch, const ProtoChannel *pc, ClientFds *fds);
+void posix_unmap(shmb_channel *ch);
+/* Whether the segment's file was unlinked (the broker removed the channel). */
+bool posix_removed(const shmb_channel *ch);
+
+/* posix-sem.c: shmb_sem_*() and shmb_lock() on a posix channel's semaphore files; idx is the set's index. */
+int posix_sem_wait(shmb_channel *ch, unsigned idx, int timeout_ms);
+int posix_sem_post(shmb_channel *ch, unsigned idx);
+int posix_lock(shmb_channel *ch, unsigned idx, int timeout_ms);
+int posix_unlock(shmb_channel *ch, unsigned idx);
 
 /* channel-fd.c: the wake-up FIFOs. paths are taken (freed on failure too). */
 int channel_wake_new(shmb_channel *ch, char *paths[2]);
@@ -207,7 +267,8 @@ typedef struct BcastHandle BcastHandle;
  * Set ch up as a broadcast publisher (rw) or subscriber (ro) once its data
  * segment is attached and checked: pc is the open answer (its broadcast
  * fields). Checks the header against it (-EPROTO), attaches the table
- * segment read-write and checks it (-EIDRM when it is not the one meant),
+ * segment read-write and checks it (-EIDRM when it is not the one meant;
+ * of a posix channel, maps ch->table_fd's file instead, and closes it),
  * takes the channel's own semaphore off ch->info.nsems, and subscribes an
  * ro handle at the current head. On failure nothing is left attached.
  */

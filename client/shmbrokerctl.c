@@ -98,18 +98,41 @@ static unsigned set_nsems(const shmb_status_list *l, size_t i) {
         return shmb_status_reserved_nsems(l, i) + shmb_status_nsems(l, i);
 }
 
+static bool is_posix(const shmb_status_list *l, size_t i) {
+        return shmb_status_kind(l, i) == SHMB_KIND_POSIX;
+}
+
+/* The KEY column: a System V key, or "-" for a posix channel, which has names instead. */
+static void format_key(const shmb_status_list *l, size_t i, char buf[static 16]) {
+        if (is_posix(l, i))
+                snprintf(buf, 16, "-");
+        else
+                snprintf(buf, 16, "0x%08" PRIx32, shmb_status_shm_key(l, i));
+}
+
+/* An id column: the System V id, or "-" for a posix channel. */
+static void format_id(int id, char buf[static 16]) {
+        if (id < 0)
+                snprintf(buf, 16, "-");
+        else
+                snprintf(buf, 16, "%d", id);
+}
+
 static void print_list(const shmb_status_list *l) {
-        printf("%-20s %-10s %7s %7s %8s %5s %-9s %-10s %-10s %-9s\n",
-               "NAME", "KEY", "SHMID", "SEMID", "SIZE", "NSEMS", "LAYOUT", "OWNER", "GROUP", "PERMS");
+        printf("%-20s %-5s %-10s %7s %7s %8s %5s %-9s %-10s %-10s %-9s %s\n",
+               "NAME", "KIND", "KEY", "SHMID", "SEMID", "SIZE", "NSEMS", "LAYOUT", "OWNER", "GROUP", "PERMS", "SHM NAME");
         for (size_t i = 0; i < shmb_status_count(l); i++) {
-                char size[16], perms[10];
+                char size[16], perms[10], key[16], shm_id[16], sem_id[16];
 
                 format_size(shmb_status_size(l, i), size, sizeof size);
                 format_perms((unsigned) shmb_status_mode(l, i), perms);
-                printf("%-20s 0x%08" PRIx32 " %7d %7d %8s %5u %-9s %-10s %-10s %-9s\n",
-                       shmb_status_name(l, i), shmb_status_shm_key(l, i), shmb_status_shm_id(l, i),
-                       shmb_status_sem_id(l, i), size, set_nsems(l, i), layout_name(shmb_status_layout(l, i)),
-                       shmb_status_owner(l, i), shmb_status_group(l, i), perms);
+                format_key(l, i, key);
+                format_id(shmb_status_shm_id(l, i), shm_id);
+                format_id(shmb_status_sem_id(l, i), sem_id);
+                printf("%-20s %-5s %-10s %7s %7s %8s %5u %-9s %-10s %-10s %-9s %s\n",
+                       shmb_status_name(l, i), is_posix(l, i) ? "posix" : "sysv", key, shm_id, sem_id, size,
+                       set_nsems(l, i), layout_name(shmb_status_layout(l, i)), shmb_status_owner(l, i),
+                       shmb_status_group(l, i), perms, shmb_status_shm_name(l, i) ?: "-");
         }
 }
 
@@ -117,7 +140,7 @@ static void print_status_table(const shmb_status_list *l) {
         printf("%-20s %-10s %8s %6s %8s %8s %7s  %s\n",
                "NAME", "KEY", "SIZE", "NATTCH", "CPID", "LPID", "CLIENTS", "SEMAPHORES");
         for (size_t i = 0; i < shmb_status_count(l); i++) {
-                char size[16], sems[128] = "", nattch[24] = "-", cpid[16] = "-", lpid[16] = "-";
+                char size[16], sems[128] = "", nattch[24] = "-", cpid[16] = "-", lpid[16] = "-", key[16];
                 size_t used = 0;
                 unsigned k, n = 0;
                 int err = shmb_status_error(l, i, NULL), value = 0;
@@ -141,8 +164,9 @@ static void print_status_table(const shmb_status_list *l) {
                         snprintf(cpid, sizeof cpid, "%d", (int) shmb_status_cpid(l, i));
                         snprintf(lpid, sizeof lpid, "%d", (int) shmb_status_lpid(l, i));
                 }
-                printf("%-20s 0x%08" PRIx32 " %8s %6s %8s %8s %7zu  %s\n",
-                       shmb_status_name(l, i), shmb_status_shm_key(l, i), size, nattch, cpid, lpid,
+                format_key(l, i, key);
+                printf("%-20s %-10s %8s %6s %8s %8s %7zu  %s\n",
+                       shmb_status_name(l, i), key, size, nattch, cpid, lpid,
                        shmb_status_nclients(l, i), sems);
         }
 }
@@ -159,16 +183,23 @@ static void print_status_detail(const shmb_status_list *l) {
         if (nattch > 0)
                 snprintf(attached, sizeof attached, ", %" PRIu64 " attached", nattch);
         printf("Channel:    %s (%s)\n", shmb_status_name(l, 0), layout_name(shmb_status_layout(l, 0)));
-        printf("Segment:    key 0x%08" PRIx32 ", id %d, %s (%" PRIu64 " bytes)%s\n",
-               shmb_status_shm_key(l, 0), shmb_status_shm_id(l, 0), size, shmb_status_size(l, 0), attached);
+        if (is_posix(l, 0))
+                printf("Segment:    posix %s, %s (%" PRIu64 " bytes)\n", shmb_status_shm_name(l, 0) ?: "?", size,
+                       shmb_status_size(l, 0));
+        else
+                printf("Segment:    key 0x%08" PRIx32 ", id %d, %s (%" PRIu64 " bytes)%s\n",
+                       shmb_status_shm_key(l, 0), shmb_status_shm_id(l, 0), size, shmb_status_size(l, 0), attached);
         if (shmb_status_layout(l, 0) == SHMB_LAYOUT_RING)
                 printf("Ring:       %" PRIu32 " slots of %" PRIu32 " bytes\n", shmb_status_slots(l, 0),
                        shmb_status_slot_size(l, 0));
         if (shmb_status_layout(l, 0) == SHMB_LAYOUT_BROADCAST)
                 printf("Broadcast:  %" PRIu32 " slots of %" PRIu32 " bytes\n", shmb_status_slots(l, 0),
                        shmb_status_slot_size(l, 0));
-        printf("Semaphores: key 0x%08" PRIx32 ", id %d, %u\n", shmb_status_sem_key(l, 0), shmb_status_sem_id(l, 0),
-               set_nsems(l, 0));
+        if (is_posix(l, 0))
+                printf("Semaphores: posix, %u\n", set_nsems(l, 0));
+        else
+                printf("Semaphores: key 0x%08" PRIx32 ", id %d, %u\n", shmb_status_sem_key(l, 0),
+                       shmb_status_sem_id(l, 0), set_nsems(l, 0));
         printf("Access:     owner %s, group %s, %s\n", shmb_status_owner(l, 0), shmb_status_group(l, 0), perms);
         if (nattch > 0) {
                 format_time(shmb_status_ctime(l, 0), t, sizeof t);
@@ -181,9 +212,22 @@ static void print_status_detail(const shmb_status_list *l) {
                 int value, ncount, zcount;
                 pid_t pid;
 
-                printf("\n%5s %7s %7s %7s %8s\n", "SEM", "VALUE", "NCOUNT", "ZCOUNT", "PID");
-                for (unsigned k = 0; set_semaphore(l, 0, k, &value, &ncount, &zcount, &pid) == 0; k++)
-                        printf("%5u %7d %7d %7d %8d\n", k, value, ncount, zcount, (int) pid);
+                printf("\n%5s %7s %7s %7s %8s%s\n", "SEM", "VALUE", "NCOUNT", "ZCOUNT", "PID",
+                       is_posix(l, 0) ? "  NAME" : "");
+                for (unsigned k = 0; set_semaphore(l, 0, k, &value, &ncount, &zcount, &pid) == 0; k++) {
+                        char nc[16], zc[16], p[16];
+
+                        /* -1 and 0: figures a POSIX semaphore does not have */
+                        format_id(ncount, nc);
+                        format_id(zcount, zc);
+                        format_id(is_posix(l, 0) ? -1 : (int) pid, p);
+                        printf("%5u %7d %7s %7s %8s", k, value, nc, zc, p);
+                        /* k counts the layout's own semaphores too; the names are of user semaphores */
+                        if (is_posix(l, 0))
+                                printf("  %s", k >= shmb_status_reserved_nsems(l, 0) ?
+                                       shmb_status_sem_name(l, 0, k - shmb_status_reserved_nsems(l, 0)) ?: "-" : "-");
+                        printf("\n");
+                }
         }
         printf("\n%8s %8s %-6s %s\n", "PID", "UID", "ACCESS", "SINCE");
         for (size_t k = 0; k < shmb_status_nclients(l, 0); k++) {

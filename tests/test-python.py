@@ -42,6 +42,9 @@ CASE_TIMEOUT = 60           # seconds, per test
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 30.0
 CLONE_NEWIPC = 0x08000000
+CLONE_NEWNS = 0x00020000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
 PR_SET_PDEATHSIG = 1
 NOBODY = 65534
 
@@ -58,6 +61,7 @@ CHANNELS = [
     {"name": "news", "layout": "broadcast", "slot_size": 256, "slots": 8, "subscribers": 4},
     {"name": "feed", "layout": "broadcast", "slot_size": 256, "slots": 8, "subscribers": 4,
      "overflow": "drop"},
+    {"name": "pposix", "kind": "posix", "size": 4096, "semaphores": [1, 0]},
 ]
 BCAST_SLOTS = 8
 NAMES = {c["name"] for c in CHANNELS}
@@ -247,6 +251,10 @@ class BrokerTest(unittest.TestCase):
         self.addCleanup(signal.alarm, 0)
         if libc.unshare(CLONE_NEWIPC) != 0:
             self.fail("unshare(CLONE_NEWIPC): %s" % os.strerror(ctypes.get_errno()))
+        # A /dev/shm of the test's own, for the posix channel's files: the host's never sees them.
+        if (libc.unshare(CLONE_NEWNS) != 0 or libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0 or
+                libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", 0, b"mode=1777") != 0):
+            self.fail("a mount namespace with its own /dev/shm: %s" % os.strerror(ctypes.get_errno()))
         self.dir = tempfile.mkdtemp(dir=run_dir)
         self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
         os.chmod(self.dir, 0o755)        # dropped-privilege children reach the socket
@@ -298,6 +306,27 @@ class TestRaw(BrokerTest):
             with shmbroker.open_channel("pair", "ro") as ch:
                 assert bytes(ch.buffer[:5]) == b"hello", bytes(ch.buffer[:5])
         self.assertChild(other_process)
+
+    def test_posix_channel(self):
+        rw = self.open("pposix")
+        ro = self.open("pposix", "ro")
+        self.assertEqual((rw.kind, rw.shm_name, rw.size, rw.nsems), ("posix", "/shmbroker.pposix", 4096, 2))
+        self.assertEqual((self.open("pair").kind, self.open("pair").shm_name), ("sysv", None))
+        rw.buffer[:5] = b"hello"
+        self.assertEqual(bytes(ro.buffer[:5]), b"hello")
+        self.assertTrue(ro.buffer.readonly)
+        rw.sem_wait(0, timeout=0)
+        with self.assertRaises(OSError) as cm:
+            ro.sem_post(1)
+        self.assertEqual(cm.exception.errno, errno.EACCES)
+        rw.sem_post(1)
+        entry = {c["name"]: c for c in shmbroker.list()}["pposix"]
+        self.assertEqual((entry["kind"], entry["shm_name"]), ("posix", "/shmbroker.pposix"))
+        self.assertNotIn("shm_id", entry)
+        status = shmbroker.status("pposix")[0]
+        self.assertEqual([s["value"] for s in status["semaphores"]], [0, 1])
+        self.assertNotIn("ncount", status["semaphores"][0])
+        self.assertNotIn("nattch", status)
 
     def test_semaphores_across_processes(self):
         # As the raw example pair: semaphore 0 "may write" (1), 1 "may read" (0).

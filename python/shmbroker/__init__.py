@@ -173,7 +173,7 @@ class Channel:
     socket). Use it as a context manager, or call close().
     """
 
-    __slots__ = ("_name", "_access", "_size", "_nsems", "_handle", "_addr", "_base")
+    __slots__ = ("_name", "_access", "_size", "_nsems", "_kind", "_shm_name", "_handle", "_addr", "_base")
 
     def __init__(self, name, access="rw", socket=None):
         """Open and map the channel: see open_channel()."""
@@ -188,6 +188,9 @@ class Channel:
         self._access = access
         self._size = _lib.shmb_channel_size(handle)
         self._nsems = _lib.shmb_channel_nsems(handle)
+        self._kind = _capi.KINDS.get(_lib.shmb_channel_kind(handle), "sysv")
+        shm_name = _lib.shmb_channel_shm_name(handle)
+        self._shm_name = shm_name.decode() if shm_name is not None else None
         self._handle = handle.value
         self._addr = _lib.shmb_channel_addr(handle)
         segment = (ctypes.c_char * self._size).from_address(self._addr)
@@ -229,6 +232,20 @@ class Channel:
     def nsems(self):
         """How many semaphores the caller may use (for a ring: not the ring's own)."""
         return self._nsems
+
+    @property
+    def kind(self):
+        """Either "sysv" (a System V segment and set) or "posix" (files in the broker's /dev/shm)."""
+        return self._kind
+
+    @property
+    def shm_name(self):
+        """A posix channel's segment name, as shm_open() takes it; None for a System V channel.
+
+        The library maps the descriptor the broker handed over, never this
+        name, which in another mount namespace may name another file.
+        """
+        return self._shm_name
 
     @property
     def closed(self):
@@ -694,8 +711,10 @@ def list(socket=None):
     """Every channel of the broker, as a list of dicts (its "list" answer).
 
     One dict per channel, the daemon's JSON object as it sent it:
-    name, size, nsems, layout, shm_key, shm_id, sem_key, sem_id, owner,
-    group, mode (an octal string), and for rings slot_size and slots.
+    name, kind ("sysv" or "posix"), size, nsems, layout, owner, group,
+    mode (an octal string), for System V channels shm_key, shm_id,
+    sem_key and sem_id, for posix channels shm_name and sem_names instead,
+    and for rings slot_size and slots.
     socket as for open_channel(). Raises OSError as open_channel() does for
     the connection. (Inside this package's namespace this shadows the
     built-in list: call it as shmbroker.list().)
@@ -709,7 +728,8 @@ def status(name=None, socket=None):
     The daemon's "status" answer: its "channels" list, with one dict (for
     name) or one per channel (name None), each as list() gives plus the
     kernel's figures: nattch, cpid, lpid, atime, dtime, ctime, semaphores
-    (a list of {value, ncount, zcount, pid}) and clients (one
+    (a list of {value, ncount, zcount, pid}; a posix channel has no segment
+    figures and its semaphores a value only: the others are absent) and clients (one
     {pid, uid, access, since} per hold). A list even for one name, so that
     both calls return the same shape. Raises FileNotFoundError for an
     unknown name, OSError with the errno of the daemon's "error" for other

@@ -28,6 +28,12 @@ ACCESS = {
     "ro": 1,    # SHMB_RO
 }
 
+# shmb_kind values, as the config and the broker's answers name them.
+KINDS = {
+    0: "sysv",  # SHMB_KIND_SYSV
+    1: "posix", # SHMB_KIND_POSIX
+}
+
 # The longest timeout the C calls take: an int of milliseconds.
 TIMEOUT_MAX = (2**31 - 1) / 1000.0
 
@@ -77,6 +83,8 @@ _PROTOTYPES = {
     "shmb_channel_addr": (_p, [_p]),
     "shmb_channel_size": (_size, [_p]),
     "shmb_channel_nsems": (_uint, [_p]),
+    "shmb_channel_kind": (_int, [_p]),
+    "shmb_channel_shm_name": (_str, [_p]),
     "shmb_channel_fd": (_int, [_p]),
     "shmb_channel_dropped": (_int, [_p, ctypes.POINTER(ctypes.c_uint64)]),
     "shmb_sem_wait": (_int, [_p, _uint, _int]),

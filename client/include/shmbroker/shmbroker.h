@@ -69,6 +69,12 @@ typedef enum shmb_access {
         SHMB_RW = 2,                    /* read and write */
 } shmb_access;
 
+/* Which kernel objects a channel is made of (its config's "kind"). */
+typedef enum shmb_kind {
+        SHMB_KIND_SYSV,                 /* a System V segment and semaphore set (keys and ids) */
+        SHMB_KIND_POSIX,                /* files in the broker's /dev/shm: a segment, one per semaphore (names) */
+} shmb_kind;
+
 typedef enum shmb_layout {
         SHMB_LAYOUT_RAW,
         SHMB_LAYOUT_RING,
@@ -241,16 +247,28 @@ size_t shmb_channel_size(const shmb_channel *ch);
 /* The semaphores the caller may use, indices 0 .. n - 1 (see "Semaphore counts" above); 0 for NULL. */
 unsigned shmb_channel_nsems(const shmb_channel *ch);
 
-/* The segment's System V key, as ipcs prints it; 0 (IPC_PRIVATE, never a channel's) for NULL. */
+/* A shmb_kind; -EINVAL for NULL. */
+int shmb_channel_kind(const shmb_channel *ch);
+
+/*
+ * A posix channel's segment name, as shm_open() takes it
+ * ("/shmbroker.NAME"); borrowed, valid until shmb_close(). NULL for a
+ * System V channel and NULL. The library maps the descriptor the broker
+ * handed over, never this name: in another mount namespace the name may
+ * be another file, or none.
+ */
+const char *shmb_channel_shm_name(const shmb_channel *ch);
+
+/* The segment's System V key, as ipcs prints it; 0 (IPC_PRIVATE, never a channel's) for a posix channel and NULL. */
 uint32_t shmb_channel_shm_key(const shmb_channel *ch);
 
-/* The segment's id, as attached; -EINVAL for NULL. */
+/* The segment's id, as attached; -EOPNOTSUPP for a posix channel, -EINVAL for NULL. */
 int shmb_channel_shm_id(const shmb_channel *ch);
 
-/* The semaphore set's System V key; 0 for NULL. */
+/* The semaphore set's System V key; 0 for a posix channel and NULL. */
 uint32_t shmb_channel_sem_key(const shmb_channel *ch);
 
-/* The semaphore set's id; -EINVAL for NULL. */
+/* The semaphore set's id; -EOPNOTSUPP for a posix channel, -EINVAL for NULL. */
 int shmb_channel_sem_id(const shmb_channel *ch);
 
 /* A ring's largest message in bytes; 0 for a raw channel and NULL. */
@@ -275,6 +293,17 @@ int shmb_sem_trywait(shmb_channel *ch, unsigned idx);
 /*
  * Locks: like wait/post, but with SEM_UNDO, so the kernel gives the lock
  * back if the holder dies. Pair each lock with an unlock in the same process.
+ *
+ * On a posix channel (POSIX semaphores have no SEM_UNDO) the lock is a
+ * robust process-shared mutex kept in semaphore idx's file, apart from
+ * the semaphore's value, which shmb_sem_*() alone count: lock and sem
+ * calls on the same index do not exclude each other there. A holder that
+ * died gives the lock to the next locker, which gets 0, as on System V
+ * (what the dead holder left half-written is the caller's to judge).
+ * Unlike a semaphore, the mutex belongs to the thread that locked it:
+ * shmb_unlock() from another thread, or without the lock, gives -EPERM
+ * (shmb_lock() by its holder waits, as on System V). Both are -EACCES on an ro
+ * handle, and a removal is seen within 50 ms (-EIDRM).
  */
 int shmb_lock(shmb_channel *ch, unsigned idx, int timeout_ms);
 int shmb_unlock(shmb_channel *ch, unsigned idx);
@@ -469,11 +498,23 @@ unsigned shmb_status_nsems(const shmb_status_list *l, size_t i);
  */
 unsigned shmb_status_reserved_nsems(const shmb_status_list *l, size_t i);
 
-/* System V keys (0 for no entry) and ids (-EINVAL for no entry). */
+/* A shmb_kind; -EINVAL for no entry. */
+int shmb_status_kind(const shmb_status_list *l, size_t i);
+
+/* System V keys (0 for a posix channel and no entry) and ids (-EOPNOTSUPP for a posix channel, -EINVAL for no entry). */
 uint32_t shmb_status_shm_key(const shmb_status_list *l, size_t i);
 int shmb_status_shm_id(const shmb_status_list *l, size_t i);
 uint32_t shmb_status_sem_key(const shmb_status_list *l, size_t i);
 int shmb_status_sem_id(const shmb_status_list *l, size_t i);
+
+/*
+ * A posix channel's names, as shm_open() and sem_open() take them: its
+ * segment's ("/shmbroker.NAME") and user semaphore idx's (0 ..
+ * shmb_status_nsems() - 1). NULL for a System V channel, no entry or an
+ * idx out of range.
+ */
+const char *shmb_status_shm_name(const shmb_status_list *l, size_t i);
+const char *shmb_status_sem_name(const shmb_status_list *l, size_t i, unsigned idx);
 
 /* A ring's slot size and number of slots; 0 for a raw channel and for no entry. */
 uint32_t shmb_status_slot_size(const shmb_status_list *l, size_t i);
@@ -490,7 +531,8 @@ int shmb_status_mode(const shmb_status_list *l, size_t i);
  * The segment's figures, as shmctl(IPC_STAT) gives them (times in seconds
  * since the epoch). nattch is never 0 in a status entry whose figures were
  * read (the broker keeps every segment attached): 0 means they were not
- * (see shmb_status_error()), or a list answer. 0 for no entry.
+ * (see shmb_status_error()), a list answer, or a posix channel, whose
+ * segment is a file without these figures. 0 for no entry.
  */
 uint64_t shmb_status_nattch(const shmb_status_list *l, size_t i);
 pid_t shmb_status_cpid(const shmb_status_list *l, size_t i);
@@ -503,6 +545,8 @@ int64_t shmb_status_ctime(const shmb_status_list *l, size_t i);
  * User semaphore idx (0 .. shmb_status_nsems() - 1, the index shmb_sem_*()
  * takes) of entry i: its value, the processes waiting for it to grow
  * (ncount) and to be zero (zcount), and the last pid to operate on it.
+ * A POSIX semaphore (a posix channel's) has a value only: ncount and
+ * zcount are then -1 and pid 0, "not known".
  * Each ret_* may be NULL; none is touched on failure. -EINVAL for no
  * entry or an idx out of range; -ENODATA when the answer has no figures
  * (a list answer, or the broker could not read the set: see

@@ -1,0 +1,135 @@
+/*
+ * Semaphores and locks of a posix channel: one semaphore file each,
+ * mapped as a PosixSemFile (proto/posix.h, client/posix-map.c). sem.c
+ * checks the index, the access (an ro handle maps them read-only, so it
+ * gets -EACCES here before any write could fault) and a ring's removal
+ * first, and passes the set's index.
+ *
+ * POSIX semaphores have no EIDRM: the broker marks `state` removed and
+ * posts once before it unlinks the file. So every wait is cut into slices
+ * of at most PSEM_POLL_MS and looks at `state` between them and when it
+ * wakes; a waiter that woke on a removed semaphore posts once (the next
+ * waiter wakes too) and says -EIDRM. A removal is seen within a slice
+ * even if a foreign program took the broker's post.
+ *
+ * shmb_lock() is the file's robust process-shared mutex, not the
+ * semaphore: POSIX semaphores have no SEM_UNDO, and a robust mutex is
+ * what the kernel hands on when its holder dies (EOWNERDEAD). As with
+ * System V's SEM_UNDO, the next locker is then simply given the lock.
+ */
+
+#include <errno.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "client/shmbroker-internal.h"
+#include "proto/posix.h"
+
+#define NS_PER_MS INT64_C(1000000)
+#define NS_PER_S INT64_C(1000000000)
+
+static int64_t now_ns(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t) ts.tv_sec * NS_PER_S + ts.tv_nsec;
+}
+
+/* The end of a wait's deadline on CLOCK_MONOTONIC; timeout_ms -1: none. */
+static int64_t deadline_of(int timeout_ms) {
+        return timeout_ms < 0 ? INT64_MAX : now_ns() + timeout_ms * NS_PER_MS;
+}
+
+/* The end of the next slice: the deadline, or PSEM_POLL_MS from now if that comes first. */
+static struct timespec slice_end(int64_t deadline) {
+        int64_t end = now_ns() + PSEM_POLL_MS * NS_PER_MS;
+
+        if (deadline < end)
+                end = deadline;
+        return (struct timespec) { .tv_sec = end / NS_PER_S, .tv_nsec = end % NS_PER_S };
+}
+
+static bool removed(PosixSemFile *f) {
+        return __atomic_load_n(&f->state, __ATOMIC_ACQUIRE) == PSEM_STATE_REMOVED;
+}
+
+int posix_sem_wait(shmb_channel *ch, unsigned idx, int timeout_ms) {
+        PosixSemFile *f = ch->psems[idx];
+        int64_t deadline = deadline_of(timeout_ms);
+
+        if (removed(f))
+                return -EIDRM;
+        for (;;) {
+                struct timespec ts = slice_end(deadline);
+                int r = timeout_ms == 0 ? sem_trywait(&f->sem) : sem_clockwait(&f->sem, CLOCK_MONOTONIC, &ts);
+
+                if (r == 0) {
+                        if (!removed(f))
+                                return 0;
+                        (void) sem_post(&f->sem);       /* the broker's wake-up (or a late post): on to the next waiter */
+                        return -EIDRM;
+                }
+                if (errno == EAGAIN)
+                        return -EAGAIN;                 /* sem_trywait(): timeout_ms 0 */
+                if (errno != ETIMEDOUT)
+                        return -errno;                  /* EINTR: a signal ends the wait, as System V's does */
+                if (removed(f))
+                        return -EIDRM;
+                if (now_ns() >= deadline)
+                        return -ETIMEDOUT;
+        }
+}
+
+int posix_sem_post(shmb_channel *ch, unsigned idx) {
+        PosixSemFile *f = ch->psems[idx];
+
+        if (removed(f))
+                return -EIDRM;
+        if (sem_post(&f->sem) == 0)
+                return 0;
+        /* Past SEM_VALUE_MAX: System V's semop() says ERANGE for the same. */
+        return errno == EOVERFLOW ? -ERANGE : -errno;
+}
+
+int posix_lock(shmb_channel *ch, unsigned idx, int timeout_ms) {
+        PosixSemFile *f = ch->psems[idx];
+        int64_t deadline = deadline_of(timeout_ms);
+
+        if (removed(f))
+                return -EIDRM;
+        for (;;) {
+                struct timespec ts = slice_end(deadline);
+                int r = timeout_ms == 0 ? pthread_mutex_trylock(&f->lock) :
+                                          pthread_mutex_clocklock(&f->lock, CLOCK_MONOTONIC, &ts);
+
+                /* Its holder died holding it: ours now, made usable again (what SEM_UNDO gives System V). */
+                if (r == EOWNERDEAD) {
+                        r = pthread_mutex_consistent(&f->lock);
+                        if (r != 0) {
+                                (void) pthread_mutex_unlock(&f->lock);
+                                return -r;
+                        }
+                }
+                if (r == 0) {
+                        if (!removed(f))
+                                return 0;
+                        (void) pthread_mutex_unlock(&f->lock);
+                        return -EIDRM;
+                }
+                if (r == EBUSY)
+                        return -EAGAIN;                 /* trylock: timeout_ms 0 */
+                if (r != ETIMEDOUT)
+                        return -r;
+                if (removed(f))
+                        return -EIDRM;
+                if (now_ns() >= deadline)
+                        return -ETIMEDOUT;
+        }
+}
+
+int posix_unlock(shmb_channel *ch, unsigned idx) {
+        /* Not after a removal: a holder gives its lock back whatever became of the channel. */
+        return -pthread_mutex_unlock(&ch->psems[idx]->lock);
+}

@@ -1,0 +1,661 @@
+/*
+ * Posix channels ("kind": "posix") from the library's side, end to end
+ * with the real daemon: mapping the descriptors it hands over, semaphores
+ * and locks on the semaphore files, removal, broadcast, and nothing left
+ * behind (no descriptor in the client, no file in /dev/shm).
+ *
+ * Every case runs in its own IPC namespace (the fixture) and its own mount
+ * namespace with a fresh tmpfs on /dev/shm, so the files the daemon makes
+ * are this case's alone and the host's /dev/shm never sees them. Waits are
+ * bounded by WAIT_MS, far above any wake-up and below the case timeout;
+ * the removal bound (REMOVAL_MS) is a correctness bound, 40 times what the
+ * library promises (PSEM_POLL_MS), not a speed measurement.
+ */
+
+#include <check.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <shmbroker/shmbroker.h>
+
+#include "common/util.h"
+#include "proto/ring.h"
+#include "tests/helpers.h"
+
+#define CASE_TIMEOUT 60
+#define WAIT_MS 10000
+#define REMOVAL_MS 2000
+#define N_BCAST 200
+
+static const char channels[] =
+        "[{\"name\": \"raw\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [2, 0]},"
+        " {\"name\": \"lock\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1]},"
+        " {\"name\": \"ring\", \"kind\": \"posix\", \"layout\": \"ring\", \"slot_size\": 4096, \"slots\": 4},"
+        " {\"name\": \"news\", \"kind\": \"posix\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 8,"
+        "  \"subscribers\": 2},"
+        " {\"name\": \"sysv\", \"size\": 4096}]";
+
+/* A private mount namespace with an empty tmpfs on /dev/shm: the caller's own. */
+static void enter_fresh_dev_shm(void) {
+        ck_assert_msg(unshare(CLONE_NEWNS) == 0, "unshare(CLONE_NEWNS): %s", strerror(errno));
+        ck_assert_int_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0);
+        ck_assert_msg(mount("tmpfs", "/dev/shm", "tmpfs", 0, "mode=1777") == 0, "mount /dev/shm: %s", strerror(errno));
+}
+
+/* Entries of /dev/shm in this mount namespace. */
+static int dev_shm_count(void) {
+        DIR *d = opendir("/dev/shm");
+        struct dirent *e;
+        int n = 0;
+
+        ck_assert_ptr_nonnull(d);
+        while ((e = readdir(d)))
+                if (!streq(e->d_name, ".") && !streq(e->d_name, ".."))
+                        n++;
+        closedir(d);
+        return n;
+}
+
+static int fd_count(void) {
+        DIR *d = opendir("/proc/self/fd");
+        int n = 0;
+
+        ck_assert_ptr_nonnull(d);
+        while (readdir(d))
+                n++;
+        closedir(d);
+        return n;
+}
+
+static void setup(void) {
+        test_setup();
+        enter_fresh_dev_shm();
+        test_daemon_write_config(&td, channels);
+        test_start_ok();
+        setenv("SHMBROKER_SOCKET", td.socket, 1);
+}
+
+static void teardown(void) {
+        test_teardown();
+        /* The daemon stopped: every file it made is gone, and nothing of System V is left. */
+        ck_assert_int_eq(dev_shm_count(), 0);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+}
+
+static shmb_channel *must_open(const char *name, shmb_access access) {
+        shmb_channel *ch = NULL;
+        int r = shmb_open_channel(NULL, name, access, &ch);
+
+        ck_assert_msg(r == 0, "open %s: %s", name, shmb_strerror(r));
+        return ch;
+}
+
+static void reap_ok(pid_t pid) {
+        int status;
+
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child failed: status 0x%x", status);
+}
+
+START_TEST(test_raw_mapping_is_shared_between_processes) {
+        shmb_channel *ch = must_open("raw", SHMB_RW);
+        char *p = shmb_channel_addr(ch);
+        pid_t pid;
+
+        ck_assert_int_eq(shmb_channel_kind(ch), SHMB_KIND_POSIX);
+        ck_assert_str_eq(shmb_channel_shm_name(ch), "/shmbroker.raw");
+        ck_assert_int_eq(shmb_channel_shm_id(ch), -EOPNOTSUPP);
+        ck_assert_uint_eq(shmb_channel_size(ch), 4096);
+        ck_assert_uint_eq(shmb_channel_nsems(ch), 2);
+        ck_assert_int_eq(shmb_channel_check(ch), 0);
+        strcpy(p, "from the parent");
+
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *c2 = NULL;
+
+                if (shmb_open_channel(NULL, "raw", SHMB_RW, &c2) < 0)
+                        _exit(2);
+                if (strcmp(shmb_channel_addr(c2), "from the parent") != 0)
+                        _exit(3);
+                strcpy((char *) shmb_channel_addr(c2) + 2048, "from the child");
+                _exit(shmb_close(c2) == 0 ? 0 : 4);
+        }
+        reap_ok(pid);
+        ck_assert_str_eq(p + 2048, "from the child");
+
+        /* A System V channel of the same broker reports its kind too. */
+        {
+                shmb_channel *sv = must_open("sysv", SHMB_RW);
+
+                ck_assert_int_eq(shmb_channel_kind(sv), SHMB_KIND_SYSV);
+                ck_assert_ptr_null(shmb_channel_shm_name(sv));
+                ck_assert_int_ge(shmb_channel_shm_id(sv), 0);
+                ck_assert_int_eq(shmb_close(sv), 0);
+        }
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+/*
+ * The client in another IPC and mount namespace, with an empty /dev/shm of
+ * its own where a same-named file is planted: it maps the broker's ring
+ * through the descriptors, and messages go both ways.
+ */
+START_TEST(test_ring_from_other_namespaces_through_the_fds) {
+        shmb_channel *ch = must_open("ring", SHMB_RW);
+        char buf[4096];
+        int got_ping[2];
+        ssize_t n;
+        pid_t pid;
+
+        ck_assert_int_eq(pipe2(got_ping, O_CLOEXEC), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *c2 = NULL;
+                char planted[4096], got[64];
+                struct stat st;
+                int fd;
+
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                if (unshare(CLONE_NEWIPC | CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+                    mount("tmpfs", "/dev/shm", "tmpfs", 0, "mode=1777") < 0)
+                        _exit(2);
+                /* A decoy where shm_open("/shmbroker.ring") would look in this namespace. */
+                memset(planted, 'X', sizeof planted);
+                fd = open("/dev/shm/shmbroker.ring", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+                if (fd < 0 || ftruncate(fd, 0) < 0)
+                        _exit(3);
+                for (int i = 0; i < 64; i++)
+                        if (write(fd, planted, sizeof planted) != (ssize_t) sizeof planted)
+                                _exit(3);
+                if (shmb_open_channel(NULL, "ring", SHMB_RW, &c2) < 0)
+                        _exit(4);
+                /* What is mapped is the broker's ring, not the decoy. */
+                if (((const RingHeader *) shmb_channel_addr(c2))->magic != RING_MAGIC)
+                        _exit(5);
+                n = shmb_recv(c2, got, sizeof got, WAIT_MS);
+                if (n != 4 || memcmp(got, "ping", 4) != 0 || write(got_ping[1], "x", 1) != 1)
+                        _exit(6);
+                if (shmb_send(c2, "pong", 4, WAIT_MS) < 0)
+                        _exit(7);
+                /* The decoy is as planted, and the only file here. */
+                if (fstat(fd, &st) < 0 || st.st_size != 64 * 4096 || pread(fd, got, 8, 0) != 8 ||
+                    memcmp(got, "XXXXXXXX", 8) != 0 || dev_shm_count() != 1)
+                        _exit(8);
+                _exit(shmb_close(c2) == 0 ? 0 : 9);
+        }
+        /* One ring, one receiver per message: the parent receives only once the child took the ping. */
+        close(got_ping[1]);
+        ck_assert_int_eq(shmb_send(ch, "ping", 4, WAIT_MS), 0);
+        ck_assert_int_eq(read(got_ping[0], buf, 1), 1);
+        close(got_ping[0]);
+        n = shmb_recv(ch, buf, sizeof buf, WAIT_MS);
+        ck_assert_int_eq(n, 4);
+        ck_assert_int_eq(memcmp(buf, "pong", 4), 0);
+        reap_ok(pid);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+/* Open `name` over a socket of our own with "fd": true; returns how many descriptors came (into fds). */
+static int raw_open_fds(const char *name, const char *access, int fds[64]) {
+        char req[256], line[8192], control[CMSG_SPACE(64 * sizeof(int))];
+        struct iovec iov = { .iov_base = line, .iov_len = sizeof line - 1 };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+                             .msg_controllen = sizeof control };
+        int sock = test_connect(td.socket), n = 0;
+        ssize_t got;
+
+        snprintf(req, sizeof req, "{\"op\": \"open\", \"channel\": \"%s\", \"access\": \"%s\", \"fd\": true}\n",
+                 name, access);
+        test_send(sock, req, strlen(req));
+        got = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+        ck_assert_int_gt(got, 0);
+        line[got] = 0;
+        ck_assert_msg(strstr(line, "\"ok\": true") || strstr(line, "\"ok\":true"), "open answer: %s", line);
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+                if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+                        n = (int) ((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+                        memcpy(fds, CMSG_DATA(cm), (size_t) n * sizeof(int));
+                }
+        close(sock);
+        return n;
+}
+
+START_TEST(test_read_only_open_cannot_write) {
+        shmb_channel *ro = must_open("raw", SHMB_RO), *rw = must_open("raw", SHMB_RW);
+        int fds[64], n;
+        void *p;
+
+        /* The descriptors of an ro open refuse a writable mapping, whatever the caller's uid. */
+        n = raw_open_fds("raw", "ro", fds);
+        ck_assert_int_eq(n, 3);
+        p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+        ck_assert_ptr_eq(p, MAP_FAILED);
+        ck_assert_int_eq(errno, EACCES);
+        p = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fds[0], 0);
+        ck_assert_ptr_ne(p, MAP_FAILED);
+        ck_assert_int_eq(munmap(p, 4096), 0);
+        for (int i = 0; i < n; i++)
+                close(fds[i]);
+
+        /* The library's ro mapping cannot be made writable either. */
+        ck_assert_int_eq(mprotect(shmb_channel_addr(ro), 4096, PROT_READ | PROT_WRITE), -1);
+        ck_assert_int_eq(errno, EACCES);
+        strcpy(shmb_channel_addr(rw), "seen read-only");
+        ck_assert_str_eq(shmb_channel_addr(ro), "seen read-only");
+
+        /* Semaphores and locks: -EACCES, not a fault on the read-only semaphore file. */
+        ck_assert_int_eq(shmb_sem_post(ro, 0), -EACCES);
+        ck_assert_int_eq(shmb_sem_wait(ro, 0, 0), -EACCES);
+        ck_assert_int_eq(shmb_sem_trywait(ro, 0), -EACCES);
+        ck_assert_int_eq(shmb_lock(ro, 0, 0), -EACCES);
+        ck_assert_int_eq(shmb_unlock(ro, 0), -EACCES);
+        ck_assert_int_eq(shmb_close(ro), 0);
+        ck_assert_int_eq(shmb_close(rw), 0);
+}
+END_TEST
+
+START_TEST(test_semaphores_across_processes) {
+        shmb_channel *ch = must_open("raw", SHMB_RW);
+        shmb_status_list *l = NULL;
+        int value = -2, ncount = 0;
+        sem_t *named;
+        pid_t pid;
+
+        /* Initial values as configured: [2, 0]. */
+        ck_assert_int_eq(shmb_sem_trywait(ch, 0), 0);
+        ck_assert_int_eq(shmb_sem_trywait(ch, 0), 0);
+        ck_assert_int_eq(shmb_sem_trywait(ch, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_sem_trywait(ch, 1), -EAGAIN);
+        ck_assert_int_eq(shmb_sem_wait(ch, 1, 20), -ETIMEDOUT);
+        ck_assert_int_eq(shmb_sem_post(ch, 5), -EINVAL);
+
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *c2 = NULL;
+
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                if (shmb_open_channel(NULL, "raw", SHMB_RW, &c2) < 0)
+                        _exit(2);
+                if (shmb_sem_wait(c2, 1, WAIT_MS) < 0)
+                        _exit(3);
+                _exit(shmb_sem_post(c2, 0) == 0 ? 0 : 4);
+        }
+        ck_assert_int_eq(shmb_sem_post(ch, 1), 0);
+        ck_assert_int_eq(shmb_sem_wait(ch, 0, WAIT_MS), 0);
+        reap_ok(pid);
+
+        /* A program that only knows sem_open() sees the same semaphore, here in the broker's namespace. */
+        ck_assert_int_eq(shmb_sem_post(ch, 0), 0);
+        named = sem_open("/shmbroker.raw.0", 0);
+        ck_assert_ptr_ne(named, SEM_FAILED);
+        ck_assert_int_eq(sem_getvalue(named, &value), 0);
+        ck_assert_int_eq(value, 1);
+        ck_assert_int_eq(sem_close(named), 0);
+
+        /* status: the value, and no made-up counts. */
+        ck_assert_int_eq(shmb_status(shmb_channel_get_client(ch), "raw", &l), 0);
+        ck_assert_int_eq(shmb_status_kind(l, 0), SHMB_KIND_POSIX);
+        ck_assert_str_eq(shmb_status_shm_name(l, 0), "/shmbroker.raw");
+        ck_assert_str_eq(shmb_status_sem_name(l, 0, 1), "/shmbroker.raw.1");
+        ck_assert_ptr_null(shmb_status_sem_name(l, 0, 2));
+        ck_assert_int_eq(shmb_status_semaphore(l, 0, 0, &value, &ncount, NULL, NULL), 0);
+        ck_assert_int_eq(value, 1);
+        ck_assert_int_eq(ncount, -1);
+        ck_assert_uint_eq(shmb_status_nattch(l, 0), 0);
+        ck_assert_int_eq(shmb_status_shm_id(l, 0), -EOPNOTSUPP);
+        shmb_status_free(l);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+START_TEST(test_killed_lock_holder_does_not_keep_the_lock) {
+        shmb_channel *ch = must_open("lock", SHMB_RW);
+        int ready[2];
+        char c;
+        pid_t pid;
+
+        ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *c2 = NULL;
+
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                if (shmb_open_channel(NULL, "lock", SHMB_RW, &c2) < 0 || shmb_lock(c2, 0, WAIT_MS) < 0)
+                        _exit(2);
+                if (write(ready[1], "x", 1) != 1)
+                        _exit(3);
+                for (;;)
+                        pause();
+        }
+        close(ready[1]);
+        ck_assert_int_eq(read(ready[0], &c, 1), 1);
+        close(ready[0]);
+        /* Held by the child: not ours. */
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_lock(ch, 0, 100), -ETIMEDOUT);
+        ck_assert_int_eq(kill(pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+        /* Its holder died: the next locker gets it, and it works as a lock from then on. */
+        ck_assert_int_eq(shmb_lock(ch, 0, WAIT_MS), 0);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        ck_assert_int_eq(shmb_unlock(ch, 0), -EPERM);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+typedef enum { BLOCK_SEM, BLOCK_LOCK, BLOCK_RECV, _BLOCK_MAX } BlockKind;
+
+typedef struct Blocked {
+        BlockKind kind;
+        shmb_channel *ch;
+        int result;
+        int64_t returned_ms;
+} Blocked;
+
+static void *blocked_call(void *userdata) {
+        Blocked *b = userdata;
+        char buf[4096];
+
+        switch (b->kind) {
+        case BLOCK_SEM:
+                b->result = shmb_sem_wait(b->ch, 1, -1);
+                break;
+        case BLOCK_LOCK:
+                b->result = shmb_lock(b->ch, 0, -1);
+                break;
+        default:
+                b->result = (int) shmb_recv(b->ch, buf, sizeof buf, -1);
+                break;
+        }
+        b->returned_ms = test_now_ms();
+        return NULL;
+}
+
+START_TEST(test_removal_ends_blocked_calls) {
+        static const char *const names[] = { "raw", "lock", "ring" };
+        shmb_channel *holder = must_open("lock", SHMB_RW);
+        Blocked b[_BLOCK_MAX];
+        pthread_t t[_BLOCK_MAX];
+        int64_t removed_ms;
+
+        /* The lock is held, semaphore 1 is 0, the ring is empty: all three block. */
+        ck_assert_int_eq(shmb_lock(holder, 0, 0), 0);
+        for (int i = 0; i < _BLOCK_MAX; i++) {
+                b[i] = (Blocked) { .kind = (BlockKind) i, .ch = must_open(names[i], SHMB_RW), .result = 1 };
+                ck_assert_int_eq(pthread_create(&t[i], NULL, blocked_call, &b[i]), 0);
+        }
+        /* Not needed for correctness (a call that starts after the removal gets -EIDRM at once), only so they block first. */
+        usleep(200 * 1000);
+        for (int i = 0; i < _BLOCK_MAX; i++)
+                ck_assert_msg(__atomic_load_n(&b[i].result, __ATOMIC_RELAXED) == 1, "%s returned before the removal",
+                              names[i]);
+        removed_ms = test_now_ms();
+        test_daemon_stop_ok(&td);
+        td.pid = -1;
+        for (int i = 0; i < _BLOCK_MAX; i++) {
+                /* Bounded, so that a call that never returns fails here rather than at the case timeout. */
+                struct timespec until;
+
+                ck_assert_int_eq(clock_gettime(CLOCK_REALTIME, &until), 0);
+                until.tv_sec += WAIT_MS / 1000;
+                ck_assert_msg(pthread_timedjoin_np(t[i], NULL, &until) == 0, "%s still blocked %d s after the stop",
+                              names[i], WAIT_MS / 1000);
+                ck_assert_msg(b[i].result == -EIDRM, "%s: %s", names[i], shmb_strerror(b[i].result));
+                ck_assert_msg(b[i].returned_ms - removed_ms < REMOVAL_MS, "%s returned %lld ms after the stop",
+                              names[i], (long long) (b[i].returned_ms - removed_ms));
+                ck_assert_int_eq(shmb_channel_check(b[i].ch), -EIDRM);
+                ck_assert_int_eq(shmb_close(b[i].ch), 0);
+        }
+        ck_assert_int_eq(shmb_sem_post(holder, 0), -EIDRM);
+        ck_assert_int_eq(shmb_unlock(holder, 0), 0);
+        ck_assert_int_eq(shmb_close(holder), 0);
+        ck_assert_int_eq(dev_shm_count(), 0);
+}
+END_TEST
+
+typedef struct Subscriber {
+        shmb_channel *ch;
+        int got;                        /* messages received in order */
+        int error;
+} Subscriber;
+
+static void *subscribe(void *userdata) {
+        Subscriber *s = userdata;
+
+        for (int i = 0; i < N_BCAST; i++) {
+                char buf[64], want[64];
+                ssize_t n = shmb_recv(s->ch, buf, sizeof buf, WAIT_MS);
+
+                snprintf(want, sizeof want, "message %d", i);
+                if (n < 0) {
+                        s->error = (int) n;
+                        break;
+                }
+                if ((size_t) n != strlen(want) || memcmp(buf, want, (size_t) n) != 0)
+                        break;
+                s->got++;
+        }
+        return NULL;
+}
+
+START_TEST(test_broadcast_reaches_every_subscriber) {
+        Subscriber s[2] = { { .ch = must_open("news", SHMB_RO) }, { .ch = must_open("news", SHMB_RO) } };
+        shmb_channel *pub = must_open("news", SHMB_RW);
+        pthread_t t[2];
+
+        ck_assert_int_eq(shmb_channel_kind(pub), SHMB_KIND_POSIX);
+        for (int i = 0; i < 2; i++)
+                ck_assert_int_eq(pthread_create(&t[i], NULL, subscribe, &s[i]), 0);
+        /* Block mode with 8 slots: 200 messages need the subscribers to keep up through the table. */
+        for (int i = 0; i < N_BCAST; i++) {
+                char msg[64];
+                int r;
+
+                snprintf(msg, sizeof msg, "message %d", i);
+                r = shmb_send(pub, msg, strlen(msg), WAIT_MS);
+                ck_assert_msg(r == 0, "send %d: %s", i, shmb_strerror(r));
+        }
+        for (int i = 0; i < 2; i++) {
+                ck_assert_int_eq(pthread_join(t[i], NULL), 0);
+                ck_assert_msg(s[i].got == N_BCAST, "subscriber %d got %d of %d (%s)", i, s[i].got, N_BCAST,
+                              shmb_strerror(s[i].error));
+                ck_assert_int_eq(shmb_close(s[i].ch), 0);
+        }
+        ck_assert_int_eq(shmb_close(pub), 0);
+}
+END_TEST
+
+START_TEST(test_no_descriptor_is_left_open) {
+        static const char *const names[] = { "raw", "lock", "ring", "news", "sysv" };
+        int before = fd_count();
+
+        for (size_t i = 0; i < ELEMENTSOF(names); i++) {
+                shmb_channel *rw = must_open(names[i], SHMB_RW), *ro = must_open(names[i], SHMB_RO);
+                shmb_client *c = NULL;
+                shmb_channel *ch = NULL;
+
+                ck_assert_int_eq(shmb_close(ro), 0);
+                ck_assert_int_eq(shmb_close(rw), 0);
+                /* Two handles on one connection, the second of the same channel. */
+                ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+                ck_assert_int_eq(shmb_open(c, names[i], SHMB_RW, &ch), 0);
+                ck_assert_int_eq(shmb_close(ch), 0);
+                shmb_disconnect(c);
+        }
+        /* Descriptors that come with an answer nobody maps (a raw request's) are closed, not kept. */
+        {
+                shmb_client *c = NULL;
+                char *answer = NULL;
+
+                ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+                ck_assert_int_eq(shmb_request_json(c, "{\"op\": \"open\", \"channel\": \"news\", \"access\": \"rw\", "
+                                                      "\"fd\": true}", &answer), 0);
+                ck_assert_ptr_nonnull(strstr(answer, "\"fds\""));
+                free(answer);
+                ck_assert_int_eq(fd_count(), before + 1);       /* the socket alone */
+                shmb_disconnect(c);
+        }
+        ck_assert_int_eq(fd_count(), before);
+}
+END_TEST
+
+/* A broker crash and restart adopts the files: the hold comes back, the handle stays good. */
+START_TEST(test_hold_survives_a_broker_crash) {
+        shmb_channel *ch = must_open("raw", SHMB_RW);
+        shmb_status_list *l = NULL;
+        int64_t deadline;
+        size_t held = 0;
+
+        int fds_before = fd_count();
+
+        strcpy(shmb_channel_addr(ch), "kept");
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();
+        /* The next broker call reconnects and opens it again (the broker may take a moment to accept). */
+        deadline = test_now_ms() + WAIT_MS;
+        while (test_now_ms() < deadline) {
+                if (shmb_status(shmb_channel_get_client(ch), "raw", &l) == 0) {
+                        held = shmb_status_nclients(l, 0);
+                        shmb_status_free(l);
+                        if (held == 1)
+                                break;
+                }
+                usleep(20 * 1000);
+        }
+        ck_assert_uint_eq(held, 1);
+        /* The descriptors that came with the rejoin's open were looked at and closed. */
+        ck_assert_int_eq(fd_count(), fds_before);
+        ck_assert_int_eq(shmb_channel_check(ch), 0);
+        ck_assert_int_eq(shmb_sem_trywait(ch, 0), 0);
+        ck_assert_str_eq(shmb_channel_addr(ch), "kept");
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+/* An event loop waits for a posix ring as for a System V one (the wake-up FIFOs do not care about the kind). */
+START_TEST(test_channel_fd_wakes_on_a_message_from_another_process) {
+        shmb_channel *ch = must_open("ring", SHMB_RW);
+        struct pollfd p = { .events = POLLIN };
+        char buf[64];
+        int linger[2];
+        pid_t pid;
+
+        /* The child stays until the parent saw the message: the broker wakes every waiter when a holder goes. */
+        ck_assert_int_eq(pipe2(linger, O_CLOEXEC), 0);
+        p.fd = shmb_channel_fd(ch);
+        ck_assert_int_ge(p.fd, 0);
+        /* The first -EAGAIN arms the fd; only then may it stay quiet. */
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *c2 = NULL;
+
+                if (shmb_open_channel(NULL, "ring", SHMB_RW, &c2) < 0)
+                        _exit(2);
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                close(linger[1]);
+                if (shmb_send(c2, "x", 1, WAIT_MS) < 0)
+                        _exit(3);
+                (void) read(linger[0], buf, 1);
+                _exit(0);
+        }
+        close(linger[0]);
+        while (p.revents == 0)
+                ck_assert_int_eq(poll(&p, 1, WAIT_MS), 1);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), 1);
+        close(linger[1]);
+        reap_ok(pid);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+/* A clean stop removes the files; the broker started again makes new ones: the handle is stale, its hold not taken again. */
+START_TEST(test_handle_is_stale_after_a_stop_and_start) {
+        shmb_channel *ch = must_open("raw", SHMB_RW);
+        shmb_status_list *l = NULL;
+        int64_t deadline;
+        int r = -1;
+
+        test_daemon_stop_ok(&td);
+        td.pid = -1;
+        ck_assert_int_eq(shmb_channel_check(ch), -EIDRM);
+        ck_assert_int_eq(shmb_sem_post(ch, 0), -EIDRM);
+        test_start_ok();
+        deadline = test_now_ms() + WAIT_MS;
+        while (test_now_ms() < deadline && (r = shmb_status(shmb_channel_get_client(ch), "raw", &l)) < 0)
+                usleep(20 * 1000);
+        ck_assert_msg(r == 0, "status: %s", shmb_strerror(r));
+        /* The same name, another file: the rejoin gave back the hold it took. */
+        ck_assert_uint_eq(shmb_status_nclients(l, 0), 0);
+        shmb_status_free(l);
+        ck_assert_int_eq(shmb_channel_check(ch), -EIDRM);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+START_TEST(test_shmbrokerctl_shows_kind_and_names) {
+        char cmd[512], out[8192];
+        FILE *p;
+        size_t n;
+
+        snprintf(cmd, sizeof cmd, "%s list 2>&1 && %s status raw 2>&1", SHMBROKERCTL_PATH, SHMBROKERCTL_PATH);
+        p = popen(cmd, "r");
+        ck_assert_ptr_nonnull(p);
+        n = fread(out, 1, sizeof out - 1, p);
+        out[n] = 0;
+        ck_assert_int_eq(pclose(p), 0);
+        ck_assert_msg(strstr(out, "KIND") && strstr(out, " posix ") && strstr(out, " sysv "), "%s", out);
+        ck_assert_msg(strstr(out, "/shmbroker.ring"), "%s", out);
+        ck_assert_msg(strstr(out, "Segment:    posix /shmbroker.raw"), "%s", out);
+        ck_assert_msg(strstr(out, "/shmbroker.raw.1"), "%s", out);
+}
+END_TEST
+
+int main(void) {
+        const TestGroup groups[] = {
+                { "mapping", CASE_TIMEOUT, { test_raw_mapping_is_shared_between_processes,
+                                             test_ring_from_other_namespaces_through_the_fds,
+                                             test_read_only_open_cannot_write } },
+                { "semaphores", CASE_TIMEOUT, { test_semaphores_across_processes,
+                                                test_killed_lock_holder_does_not_keep_the_lock } },
+                { "removal", CASE_TIMEOUT, { test_removal_ends_blocked_calls } },
+                { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
+                { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open } },
+                { "restart", CASE_TIMEOUT, { test_hold_survives_a_broker_crash,
+                                             test_handle_is_stale_after_a_stop_and_start } },
+                { "ctl", CASE_TIMEOUT, { test_shmbrokerctl_shows_kind_and_names } },
+                { "channel-fd", CASE_TIMEOUT, { test_channel_fd_wakes_on_a_message_from_another_process } },
+        };
+
+        return test_main("posix-client", groups, ELEMENTSOF(groups), setup, teardown);
+}
