@@ -810,32 +810,8 @@ static int table_attach(const ProtoChannel *pc, void **ret) {
 }
 
 /*
- * A descriptor of the same file, read-write: what a subscriber needs of
- * the table when the broker handed it over read-only, as it does every
- * file of an ro open. The table's mode lets every reader write
- * (bcast_table_mode()), so the kernel grants it; opened through our own
- * /proc/self/fd, it is the very file, whatever our namespaces, and
- * checked to be.
- */
-static int reopen_rw(int fd, const struct stat *st) {
-        char path[64];
-        struct stat st2;
-        int rw;
-
-        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-        rw = open(path, O_RDWR | O_CLOEXEC);
-        if (rw < 0)
-                return -errno;
-        if (fstat(rw, &st2) < 0 || st2.st_dev != st->st_dev || st2.st_ino != st->st_ino) {
-                close(rw);
-                return -EIDRM;
-        }
-        return rw;
-}
-
-/*
  * A posix channel's table: the file of the descriptor the broker handed
- * over (client/posix-map.c), mapped read-write for every opener, of the
+ * over (client/posix-map.c), read-write for every opener, mapped read-write, of the
  * size the header says. The descriptor is closed once mapped.
  */
 static int table_map(shmb_channel *ch, const BcastHeader *h, void **ret) {
@@ -847,14 +823,9 @@ static int table_map(shmb_channel *ch, const BcastHeader *h, void **ret) {
                 r = -errno;
         else if (!S_ISREG(st.st_mode) || (uint64_t) st.st_size != h->table_size)
                 r = -EPROTO;
-        else if ((fcntl(ch->table_fd, F_GETFL) & O_ACCMODE) == O_RDONLY) {
-                r = reopen_rw(ch->table_fd, &st);
-                if (r >= 0) {
-                        close(ch->table_fd);
-                        ch->table_fd = r;
-                        r = 0;
-                }
-        }
+        /* The broker hands the table over read-write even to an ro opener: a subscriber writes its cursor there. */
+        else if ((fcntl(ch->table_fd, F_GETFL) & O_ACCMODE) != O_RDWR)
+                r = -EPROTO;
         if (r == 0) {
                 table = mmap(NULL, h->table_size, PROT_READ | PROT_WRITE, MAP_SHARED, ch->table_fd, 0);
                 if (table == MAP_FAILED)

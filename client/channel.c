@@ -216,7 +216,6 @@ static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, Pro
                   shmb_access access, shmb_channel **ret) {
         uint32_t ring_version = 0;
         ProtoChannel opened;            /* the answer's figures, for a broadcast channel (its arrays are not used) */
-        ProtoRequest fd_req = {};
         struct stat st = {};
         int r;
 
@@ -239,25 +238,6 @@ static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, Pro
                         }
                 }
                 __atomic_store_n(&ch->hold.token, res->channels[0].holder, __ATOMIC_RELAXED);
-                /*
-                 * A posix channel is mapped from the descriptors the broker hands
-                 * over (client/posix-map.c says why never by name). The kind is
-                 * not known before the first answer, and the broker refuses
-                 * "fd" for a System V channel: so a posix channel is asked for
-                 * again, with "fd", on the same connection (its one hold stays).
-                 */
-                if (res->channels[0].kind == PROTO_KIND_POSIX && !fd_req.fd) {
-                        fd_req = *req;
-                        fd_req.fd = true;
-                        /* The same hold: a broadcast subscriber's token is its cursor, asked for by name. */
-                        fd_req.holder = res->channels[0].holder;
-                        fd_req.has_holder = fd_req.holder != 0;
-                        proto_response_done(res);
-                        r = client_call_fds(c, &fd_req, res, 1, fds);
-                        if (r < 0)
-                                break;
-                        continue;
-                }
                 /* The descriptors are the objects themselves: nothing can have gone stale in between. */
                 if (res->channels[0].kind == PROTO_KIND_POSIX) {
                         r = posix_map(ch, &res->channels[0], fds);
@@ -323,7 +303,14 @@ static shmb_channel *channel_new(void) {
 int client_open_request(const char *name, shmb_access access, ProtoRequest *ret) {
         if ((access != SHMB_RW && access != SHMB_RO) || !proto_name_is_valid(name))
                 return -EINVAL;
-        *ret = (ProtoRequest) { .op = PROTO_OP_OPEN, .access = access == SHMB_RO ? PROTO_ACCESS_RO : PROTO_ACCESS_RW };
+        /*
+         * Always "fd": a posix channel is mapped from the descriptors the
+         * broker hands over (client/posix-map.c says why never by name), and
+         * the kind is not known before the answer; a System V channel has
+         * none to give, and the broker ignores it there.
+         */
+        *ret = (ProtoRequest) { .op = PROTO_OP_OPEN, .access = access == SHMB_RO ? PROTO_ACCESS_RO : PROTO_ACCESS_RW,
+                                .fd = true };
         strcpy(ret->channel, name);
         return 0;
 }

@@ -526,14 +526,6 @@ static uint32_t hold_token(const shmb_client *c, const char *name) {
         return 0;
 }
 
-/* Whether a handle of name attached a posix channel (the handles of a name share one channel, unless stale). */
-static bool hold_is_posix(const shmb_client *c, const char *name) {
-        for (const ClientHold *h = c->holds; h; h = h->next)
-                if (!h->stale && h->attached && h->kind == PROTO_KIND_POSIX && streq(h->name, name))
-                        return true;
-        return false;
-}
-
 /*
  * hello, then one open per channel name with the access of its newest
  * handle (the list is newest first): the broker keeps one hold per
@@ -552,8 +544,6 @@ static int rejoin_start(shmb_client *c) {
                 r = client_open_request(h->name, h->access, &req);
                 if (r < 0)
                         break;
-                /* A posix channel is known by its segment's file, which only its descriptor shows. */
-                req.fd = hold_is_posix(c, h->name);
                 /* A ring's claims name the token: ask for the same one, so that they stay ours. */
                 req.holder = hold_token(c, h->name);
                 req.has_holder = req.holder != 0;
@@ -599,9 +589,7 @@ static int rejoin_opened(shmb_client *c, const char *name, const ProtoResponse *
                         if (res->channels[0].holder)
                                 __atomic_store_n(&h->token, res->channels[0].holder, __ATOMIC_RELAXED);
                 }
-                /* EINVAL to a posix hold's "fd": the name is a System V channel's now. */
-                else if (res->ok || refusal_means_removed(res->error) ||
-                         (h->kind == PROTO_KIND_POSIX && res->error == EINVAL))
+                else if (res->ok || refusal_means_removed(res->error))
                         __atomic_store_n(&h->stale, true, __ATOMIC_RELEASE);
                 /* Any other refusal (the broker out of memory) says nothing of the channel: the handle
                  * stays as it is, without a hold until the next reconnection. */

@@ -92,11 +92,6 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
 
         if (!e)
                 return answer_missing(req->channel, why, ret_line, ret_len);
-        /* Descriptors of System V objects do not exist: keys and ids are the way in. */
-        if (req->fd && e->channel->spec.kind != PROTO_KIND_POSIX)
-                return answer_error(EINVAL, ret_line, ret_len,
-                                    "channel \"%s\" is a System V channel: \"fd\" is only for \"kind\": \"posix\" "
-                                    "channels; open it by its keys and ids", req->channel);
         /*
          * A client that gave up (a timed-out call) and closed its socket never learns of
          * this hold or its holder token: the token would outlive it as an orphan of a live
@@ -141,7 +136,8 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
         }
         if (r < 0)
                 return r;
-        if (req->fd) {
+        /* System V objects have no descriptors: "fd" asks for nothing there, so a client may always ask. */
+        if (req->fd && e->channel->spec.kind == PROTO_KIND_POSIX) {
                 n_fds = posix_objects_open_fds(&e->channel->posix, req->access == PROTO_ACCESS_RW, fds);
                 if (n_fds < 0) {
                         log_error("Cannot open the files of channel %s for pid %d: %s", req->channel,

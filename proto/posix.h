@@ -26,10 +26,12 @@
  *   semaphore: the kernel hands it to the next locker when its holder
  *   dies (EOWNERDEAD), so a crashed holder never keeps it.
  *
- * Descriptors handed over with an open answer ("fd": true; SCM_RIGHTS on
- * the answer line), in this order: the segment, a broadcast channel's
- * table, then one per semaphore file. All O_RDWR for an `rw` open, O_RDONLY
- * for `ro`, so mmap() enforces the access the broker granted.
+ * Descriptors handed over with an open answer ("fd": true, ignored for a
+ * System V channel; SCM_RIGHTS on the answer line), in this order: the
+ * segment, a broadcast channel's table, then one per semaphore file. All
+ * O_RDWR for an `rw` open, O_RDONLY for `ro`, so mmap() enforces the
+ * access the broker granted; except the table, always O_RDWR, as every
+ * subscriber (an `ro` opener) writes its cursor there.
  */
 
 #include <pthread.h>
