@@ -895,6 +895,16 @@ int channel_table_of(const StateRecord *shm, uint32_t *ret_key, int *ret_id) {
         return r;
 }
 
+/* The config's owner, group and mode on taken-over objects, as a reload would apply them: nobody holds them yet. */
+static int adopt_perms(Channel *c, const ChannelSpec *spec, char *msg, size_t msg_size) {
+        int r = channel_set_perms(c, spec->uid, spec->gid, spec->mode);
+
+        if (r < 0)
+                msg_set(msg, msg_size, "channel \"%s\": cannot set owner %u, group %u, mode %04o: %s", spec->name,
+                        (unsigned) spec->uid, (unsigned) spec->gid, (unsigned) spec->mode, strerror(-r));
+        return r;
+}
+
 int channel_adopt(const ChannelSpec *spec, const StateRecord *shm, const StateRecord *sem, const StateRecord *table,
                   Channel **ret, char *msg, size_t msg_size) {
         Channel *c = NULL;
@@ -953,13 +963,9 @@ int channel_adopt(const ChannelSpec *spec, const StateRecord *shm, const StateRe
         c->shm_id = shm->id;
         c->sem_id = sem->id;
         c->adopted = true;
-        /* The config's owner, group and mode, as a reload would apply them: nobody holds it yet. */
-        r = channel_set_perms(c, spec->uid, spec->gid, spec->mode);
-        if (r < 0) {
-                msg_set(msg, msg_size, "channel \"%s\": cannot set owner %u, group %u, mode %04o: %s", spec->name,
-                        (unsigned) spec->uid, (unsigned) spec->gid, (unsigned) spec->mode, strerror(-r));
+        r = adopt_perms(c, spec, msg, msg_size);
+        if (r < 0)
                 goto fail;
-        }
         *ret = c;
         return 0;
 fail:
@@ -1036,12 +1042,9 @@ int channel_adopt_posix(const ChannelSpec *spec, const StateRecord *recs, size_t
                 goto fail;
         }
         c->adopted = true;
-        r = channel_set_perms(c, spec->uid, spec->gid, spec->mode);
-        if (r < 0) {
-                msg_set(msg, msg_size, "channel \"%s\": cannot set owner %u, group %u, mode %04o: %s", spec->name,
-                        (unsigned) spec->uid, (unsigned) spec->gid, (unsigned) spec->mode, strerror(-r));
+        r = adopt_perms(c, spec, msg, msg_size);
+        if (r < 0)
                 goto fail;
-        }
         *ret = c;
         return 0;
 fail:

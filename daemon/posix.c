@@ -278,6 +278,23 @@ static int create_one(int dir, PosixObjects *p, const char *channel, int role, s
         return r;
 }
 
+/* What making or adopting starts with: the files' names, and the directory they are in. */
+static int objects_begin(PosixObjects *p, const ChannelSpec *spec, int *ret_dir, char *msg, size_t msg_size) {
+        int r = objects_names(p, spec);
+
+        if (r < 0) {
+                msg_set(msg, msg_size, "channel \"%s\": out of memory", spec->name);
+                return r;
+        }
+        *ret_dir = open_dir();
+        if (*ret_dir < 0) {
+                msg_set(msg, msg_size, "channel \"%s\": cannot open %s: %s", spec->name, PSEM_DIR,
+                        strerror(-*ret_dir));
+                return *ret_dir;
+        }
+        return 0;
+}
+
 int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *state, PosixObjects *ret,
                          char *msg, size_t msg_size) {
         _cleanup_(closep) int dir = -1;
@@ -288,17 +305,9 @@ int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *st
         p.made_pid = getpid();
         /* A second before now: a file made from here on has a ctime no earlier. */
         p.made_since = (int64_t) time(NULL) - 1;
-        r = objects_names(&p, spec);
-        if (r < 0) {
-                msg_set(msg, msg_size, "channel \"%s\": out of memory", spec->name);
+        r = objects_begin(&p, spec, &dir, msg, msg_size);
+        if (r < 0)
                 goto fail;
-        }
-        dir = open_dir();
-        if (dir < 0) {
-                r = dir;
-                msg_set(msg, msg_size, "channel \"%s\": cannot open %s: %s", spec->name, PSEM_DIR, strerror(-r));
-                goto fail;
-        }
         r = create_one(dir, &p, spec->name, POSIX_ROLE_SEGMENT, spec->size, state, msg, msg_size);
         if (r == 0 && spec->layout == PROTO_LAYOUT_BROADCAST)
                 r = create_one(dir, &p, spec->name, POSIX_ROLE_TABLE, table_size, state, msg, msg_size);
@@ -371,17 +380,9 @@ int posix_objects_adopt(const ChannelSpec *spec, const StateRecord *recs, size_t
         int r;
 
         posix_objects_init(&p);
-        r = objects_names(&p, spec);
-        if (r < 0) {
-                msg_set(msg, msg_size, "channel \"%s\": out of memory", spec->name);
+        r = objects_begin(&p, spec, &dir, msg, msg_size);
+        if (r < 0)
                 goto fail;
-        }
-        dir = open_dir();
-        if (dir < 0) {
-                r = dir;
-                msg_set(msg, msg_size, "channel \"%s\": cannot open %s: %s", spec->name, PSEM_DIR, strerror(-r));
-                goto fail;
-        }
         for (int role = POSIX_ROLE_TABLE; role < (int) spec->nsems; role++) {
                 PosixFile *f = objects_file(&p, role);
 
