@@ -53,6 +53,25 @@ int channel_wake_new(shmb_channel *ch, char *paths[2]) {
         return 0;
 }
 
+int channel_wake_take_fds(shmb_channel *ch, int data, int space) {
+        ChannelWake *w = ch->wake;
+        int fd[2] = { data, space }, r = 0;
+        struct stat st;
+
+        for (unsigned i = 0; i < 2 && r == 0; i++)
+                if (fstat(fd[i], &st) < 0 || !S_ISFIFO(st.st_mode))
+                        r = -EPROTO;
+        if (r < 0) {
+                close(data);
+                close(space);
+                return r;
+        }
+        /* Before anyone can call shmb_channel_fd(): the handle is not returned yet. */
+        w->fd[WAKE_DATA] = data;
+        w->fd[WAKE_SPACE] = space;
+        return 0;
+}
+
 void channel_wake_free(shmb_channel *ch) {
         ChannelWake *w = ch->wake;
 

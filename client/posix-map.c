@@ -61,7 +61,10 @@ int posix_map(shmb_channel *ch, const ProtoChannel *pc, ClientFds *fds) {
         void *addr;
         int r;
 
-        if (pc->n_fds != want || fds->n != want) {
+        /* Two more: the wake-up FIFOs (data, space), for a client that may not see them by path. */
+        bool fifos = ch->wake && pc->n_fds == want + 2;
+
+        if (pc->n_fds != want + 2 * fifos || fds->n != pc->n_fds) {
                 client_set_message(ch->client, "channel \"%s\": the broker handed over %u descriptors (its answer "
                                    "says %u), not the %u of a posix channel with %u semaphores", ch->info.name,
                                    fds->n, pc->n_fds, want, pc->nsems);
@@ -93,7 +96,7 @@ int posix_map(shmb_channel *ch, const ProtoChannel *pc, ClientFds *fds) {
                         return r;
                 }
         }
-        return 0;
+        return fifos ? channel_wake_take_fds(ch, take_fd(fds, next), take_fd(fds, next + 1)) : 0;
 }
 
 void posix_unmap(shmb_channel *ch) {

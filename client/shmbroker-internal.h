@@ -226,6 +226,8 @@ int posix_unlock(shmb_channel *ch, unsigned idx);
 
 /* channel-fd.c: the wake-up FIFOs. paths are taken (freed on failure too). */
 int channel_wake_new(shmb_channel *ch, char *paths[2]);
+/* The FIFOs as the broker handed them over (a posix channel's): used instead of the paths. Takes both fds. */
+int channel_wake_take_fds(shmb_channel *ch, int data, int space);
 void channel_wake_free(shmb_channel *ch);
 /* A waker found RING_SLEEP_FD in sleeping: write the FIFO of side dir. */
 void channel_wake_signal(shmb_channel *ch, unsigned dir, uint32_t *sleeping);

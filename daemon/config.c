@@ -354,10 +354,13 @@ static int parse_channel(Ctx *ctx, json_t *o, ChannelSpec *c) {
         }
         if (reserved)
                 c->sem_values[RING_SEM_RESERVED] = 1;
-        /* Every descriptor of an open answer travels in one SCM_RIGHTS message: segment, table, semaphores. */
-        if (c->kind == PROTO_KIND_POSIX && c->nsems > PROTO_FDS_MAX - 2)
+        /*
+         * Every descriptor of an open answer travels in one SCM_RIGHTS
+         * message: segment, table, semaphores, the two wake-up FIFOs.
+         */
+        if (c->kind == PROTO_KIND_POSIX && c->nsems > PROTO_FDS_MAX - 4)
                 return fail(ctx, "a posix channel has at most %d semaphores (one file each), not %u",
-                            PROTO_FDS_MAX - 2, c->nsems);
+                            PROTO_FDS_MAX - 4, c->nsems);
 
         c->uid = self_euid();
         c->gid = self_egid();

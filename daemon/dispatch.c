@@ -150,11 +150,20 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
         }
         channel_describe(e->channel, &pc);
         pc.holder = token;
-        pc.n_fds = (unsigned) n_fds;
         if (e->has_wake && wake_paths(d->registry->wake, req->channel, wake[0], wake[1], sizeof wake[0]) == 0) {
                 pc.wake_fifos[0] = wake[0];
                 pc.wake_fifos[1] = wake[1];
+                /*
+                 * A posix channel's descriptors let a client in another mount
+                 * namespace map it; its FIFOs come too (the last two), or it
+                 * could not wait in an event loop there. Without them it still
+                 * works, only not through shmb_channel_fd().
+                 */
+                if (n_fds > 0 && n_fds + 2 <= PROTO_FDS_MAX &&
+                    wake_open_fds(d->registry->wake, req->channel, fds + n_fds) == 0)
+                        n_fds += 2;
         }
+        pc.n_fds = (unsigned) n_fds;
         r = proto_encode_open(&pc, ret_line, ret_len);
         if (r < 0) {
                 while (n_fds > 0)

@@ -298,3 +298,32 @@ int wake_paths(const Wake *w, const char *name, char *data, char *space, size_t 
         }
         return 0;
 }
+
+int wake_open_fds(const Wake *w, const char *name, int ret[2]) {
+        char file[NAME_MAX + 1];
+        struct stat st;
+        int fds[2] = { -1, -1 }, r = 0;
+
+        for (unsigned i = 0; i < 2 && r == 0; i++) {
+                r = fifo_name(name, i, file, sizeof file);
+                if (r < 0)
+                        break;
+                /* Read and write, as the library opens them by path: it never blocks, nor misses a peer. */
+                fds[i] = openat(w->dirfd, file, O_RDWR | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+                if (fds[i] < 0)
+                        r = -errno;
+                else if (fstat(fds[i], &st) < 0)
+                        r = -errno;
+                else if (!S_ISFIFO(st.st_mode))
+                        r = -EPROTO;
+        }
+        if (r < 0) {
+                for (unsigned i = 0; i < 2; i++)
+                        if (fds[i] >= 0)
+                                close(fds[i]);
+                return r;
+        }
+        ret[0] = fds[0];
+        ret[1] = fds[1];
+        return 0;
+}

@@ -63,3 +63,11 @@ void wake_sweep(Wake *w, bool (*keep)(const char *name, void *userdata), void *u
  * Returns 0, or -ENAMETOOLONG.
  */
 int wake_paths(const Wake *w, const char *name, char *data, char *space, size_t size);
+
+/*
+ * Open name's FIFOs (data, then space) read-write for handing over with a
+ * posix channel's descriptors: a client that sees the broker's socket but
+ * not this directory (a container given the socket alone) can still wait
+ * through them. Returns 0 with both in ret, or a negative errno (none open).
+ */
+int wake_open_fds(const Wake *w, const char *name, int ret[2]);

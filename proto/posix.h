@@ -31,7 +31,9 @@
  * segment, a broadcast channel's table, then one per semaphore file. All
  * O_RDWR for an `rw` open, O_RDONLY for `ro`, so mmap() enforces the
  * access the broker granted; except the table, always O_RDWR, as every
- * subscriber (an `ro` opener) writes its cursor there.
+ * subscriber (an `ro` opener) writes its cursor there. Last, when the
+ * answer names wake_fifos, two more: those FIFOs (data, space), O_RDWR,
+ * for a client that cannot reach them by path.
  */
 
 #include <pthread.h>

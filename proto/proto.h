@@ -132,10 +132,12 @@ typedef struct ProtoChannel {
         /*
          * open of a posix channel with "fd": true only: how many descriptors
          * the answer line carries with SCM_RIGHTS, in this order: the
-         * segment, a broadcast channel's table, then one per semaphore file.
+         * segment, a broadcast channel's table, one per semaphore file, and
+         * last, when the answer names wake_fifos and two more came, those
+         * FIFOs (data, space).
          */
         unsigned n_fds;
-#define PROTO_FDS_MAX 64
+#define PROTO_FDS_MAX 66
         uint32_t shm_key;
         int shm_id;
         uint32_t sem_key;

@@ -599,6 +599,70 @@ START_TEST(test_channel_fd_wakes_on_a_message_from_another_process) {
 }
 END_TEST
 
+/*
+ * A container given the broker's socket and nothing else of its directory
+ * (docker -v SOCKET:SOCKET) cannot open the wake-up FIFOs by path: they
+ * come with the channel's descriptors. The waiter here has the FIFOs'
+ * directory hidden under an empty tmpfs.
+ */
+START_TEST(test_channel_fd_with_only_the_socket_visible) {
+        char wake_dir[sizeof td.socket + 8], fifo[sizeof wake_dir + 16], c;
+        int armed[2], linger[2];
+        shmb_channel *ch = must_open("ring", SHMB_RW);
+        pid_t pid;
+
+        snprintf(wake_dir, sizeof wake_dir, "%s.wake", td.socket);
+        snprintf(fifo, sizeof fifo, "%s/ring.data", wake_dir);
+        ck_assert_int_eq(access(fifo, F_OK), 0);
+        ck_assert_int_eq(pipe2(armed, O_CLOEXEC), 0);
+        ck_assert_int_eq(pipe2(linger, O_CLOEXEC), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                struct pollfd p = { .events = POLLIN };
+                shmb_channel *w = NULL;
+                char buf[64];
+
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                close(armed[0]);
+                close(linger[1]);
+                if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+                    mount("tmpfs", wake_dir, "tmpfs", 0, "mode=0755") < 0)
+                        _exit(2);
+                if (access(fifo, F_OK) == 0)
+                        _exit(3);       /* the FIFOs must really be out of sight */
+                if (shmb_open_channel(td.socket, "ring", SHMB_RW, &w) < 0)
+                        _exit(5);
+                p.fd = shmb_channel_fd(w);
+                if (p.fd < 0 || shmb_recv(w, buf, sizeof buf, 0) != -EAGAIN)
+                        _exit(6);
+                if (write(armed[1], "a", 1) != 1)
+                        _exit(7);
+                while (p.revents == 0)
+                        if (poll(&p, 1, WAIT_MS) != 1)
+                                _exit(8);       /* no wake-up */
+                if (shmb_recv(w, buf, sizeof buf, 0) != 1 || buf[0] != 'x')
+                        _exit(9);
+                (void) read(linger[0], buf, 1);
+                _exit(0);
+        }
+        close(armed[1]);
+        close(linger[0]);
+        if (read(armed[0], &c, 1) != 1) {
+                int status;
+
+                ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+                ck_abort_msg("the waiter gave up before it waited (exit %d: 5 open, 6 shmb_channel_fd or its arming)",
+                             WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        }
+        ck_assert_int_eq(shmb_send(ch, "x", 1, WAIT_MS), 0);
+        close(linger[1]);
+        reap_ok(pid);
+        close(armed[0]);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
 /* A clean stop removes the files; the broker started again makes new ones: the handle is stale, its hold not taken again. */
 START_TEST(test_handle_is_stale_after_a_stop_and_start) {
         shmb_channel *ch = must_open("raw", SHMB_RW);
@@ -654,7 +718,8 @@ int main(void) {
                 { "restart", CASE_TIMEOUT, { test_hold_survives_a_broker_crash,
                                              test_handle_is_stale_after_a_stop_and_start } },
                 { "ctl", CASE_TIMEOUT, { test_shmbrokerctl_shows_kind_and_names } },
-                { "channel-fd", CASE_TIMEOUT, { test_channel_fd_wakes_on_a_message_from_another_process } },
+                { "channel-fd", CASE_TIMEOUT, { test_channel_fd_wakes_on_a_message_from_another_process,
+                                                test_channel_fd_with_only_the_socket_visible } },
         };
 
         return test_main("posix-client", groups, ELEMENTSOF(groups), setup, teardown);

@@ -318,6 +318,25 @@ static void assert_fd_is(int fd, const char *name, int accmode) {
         ck_assert_msg(a.st_dev == b.st_dev && a.st_ino == b.st_ino, "descriptor is not %s", name);
 }
 
+/* fds[0..1] are the wake-up FIFOs the answer names, read-write. */
+static void assert_fifo_fds(const int *fds, json_t *resp) {
+        json_t *paths = json_object_get(resp, "wake_fifos");
+
+        ck_assert_msg(json_array_size(paths) == 2, "the answer names no wake-up FIFOs");
+        for (size_t i = 0; i < 2; i++) {
+                struct stat a, b;
+                int fl = fcntl(fds[i], F_GETFL);
+
+                ck_assert_int_ge(fl, 0);
+                ck_assert_int_eq(fl & O_ACCMODE, O_RDWR);
+                ck_assert_int_eq(fstat(fds[i], &a), 0);
+                ck_assert_int_eq(stat(json_string_value(json_array_get(paths, i)), &b), 0);
+                ck_assert(S_ISFIFO(a.st_mode));
+                ck_assert_msg(a.st_dev == b.st_dev && a.st_ino == b.st_ino, "descriptor %zu is not %s", i,
+                              json_string_value(json_array_get(paths, i)));
+        }
+}
+
 static void close_all(int *fds, size_t n) {
         for (size_t i = 0; i < n; i++)
                 close(fds[i]);
@@ -384,16 +403,18 @@ START_TEST(test_open_fds) {
         }
         munmap(w, 5000);
 
-        /* A broadcast channel: segment, table, then its semaphore. */
+        /* A broadcast channel: segment, table, its semaphore, then its wake-up FIFOs (data, space). */
         resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"bc1\", \"access\": \"rw\", \"fd\": true}", fds,
                                 PROTO_FDS_MAX, &n);
         test_assert_ok(resp);
         ck_assert_str_eq(test_jstr(resp, "table_name"), "/shmbroker-table.bc1");
-        json_decref(resp);
-        ck_assert_uint_eq(n, 3);
+        ck_assert_uint_eq(n, 5);
+        ck_assert_int_eq(json_integer_value(json_object_get(resp, "fds")), 5);
         assert_fd_is(fds[0], "shmbroker.bc1", O_RDWR);
         assert_fd_is(fds[1], "shmbroker-table.bc1", O_RDWR);
         assert_fd_is(fds[2], "sem.shmbroker.bc1.0", O_RDWR);
+        assert_fifo_fds(fds + 3, resp);
+        json_decref(resp);
         close_all(fds, n);
 
         /* A subscriber: read-only segment and semaphore, but the table it writes its cursor to read-write. */
@@ -403,11 +424,12 @@ START_TEST(test_open_fds) {
                 resp = test_request_fds(fd2, "{\"op\": \"open\", \"channel\": \"bc1\", \"access\": \"ro\", \"fd\": true}",
                                         fds, PROTO_FDS_MAX, &n);
                 test_assert_ok(resp);
-                json_decref(resp);
-                ck_assert_uint_eq(n, 3);
+                ck_assert_uint_eq(n, 5);
                 assert_fd_is(fds[0], "shmbroker.bc1", O_RDONLY);
                 assert_fd_is(fds[1], "shmbroker-table.bc1", O_RDWR);
                 assert_fd_is(fds[2], "sem.shmbroker.bc1.0", O_RDONLY);
+                assert_fifo_fds(fds + 3, resp);
+                json_decref(resp);
                 close_all(fds, n);
                 close(fd2);
         }
