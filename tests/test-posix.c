@@ -823,6 +823,45 @@ START_TEST(test_reload_foreign) {
 }
 END_TEST
 
+/*
+ * Stop and a removing reload unlink a name only while it is still the file
+ * they made: one put there meanwhile (here: after ours was unlinked behind
+ * the daemon's back) stays, as it was.
+ */
+START_TEST(test_stop_and_reload_spare_replaced) {
+        char *before = shm_listing();
+        struct stat planted_sem, planted_seg;
+        json_t *resp;
+        int fd;
+
+        test_daemon_write_config(&td, "[" RAW1 ", " RING1 "]");
+        test_start_ok();
+        ck_assert_int_eq(unlink(PSEM_DIR "/shmbroker.ring1"), 0);
+        plant(PSEM_DIR "/shmbroker.ring1", &planted_seg);
+        /* Reload without ring1: its other files go, the planted segment stays. */
+        test_daemon_write_config(&td, "[" RAW1 "]");
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"reload\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        close(fd);
+        ck_assert(!shm_exists("sem.shmbroker.ring1.0"));
+        assert_unchanged(PSEM_DIR "/shmbroker.ring1", &planted_seg);
+        /* Stop: raw1's files go, the file planted at its semaphore 1 stays. */
+        ck_assert_int_eq(unlink(PSEM_DIR "/sem.shmbroker.raw1.1"), 0);
+        plant(PSEM_DIR "/sem.shmbroker.raw1.1", &planted_sem);
+        test_daemon_stop_ok(&td);
+        ck_assert(!shm_exists("shmbroker.raw1"));
+        ck_assert(!shm_exists("sem.shmbroker.raw1.0"));
+        assert_unchanged(PSEM_DIR "/sem.shmbroker.raw1.1", &planted_sem);
+        assert_unchanged(PSEM_DIR "/shmbroker.ring1", &planted_seg);
+        ck_assert_int_eq(unlink(PSEM_DIR "/sem.shmbroker.raw1.1"), 0);
+        ck_assert_int_eq(unlink(PSEM_DIR "/shmbroker.ring1"), 0);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
 /* SIGKILL, then a start whose config lost the channels: reclaim removes their files. */
 START_TEST(test_crash_reclaim) {
         char *before = shm_listing(), *log;
@@ -1048,7 +1087,8 @@ int main(void) {
                                            test_unprivileged_daemon } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
-                { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back } },
+                { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back,
+                                             test_stop_and_reload_spare_replaced } },
                 { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt, test_crash_reclaim_spares_replaced,
                                            test_crash_reclaim_intent } },
         };
