@@ -442,6 +442,56 @@ START_TEST(test_removal_ends_blocked_calls) {
 }
 END_TEST
 
+/*
+ * A reload reaches blocked callers as a stop does: "raw" and "ring"
+ * dropped, "lock" replaced (its size changed). Each blocked call returns
+ * -EIDRM, and the files of the dropped channels are gone.
+ */
+START_TEST(test_reload_ends_blocked_calls) {
+        static const char *const names[] = { "raw", "lock", "ring" };
+        shmb_channel *holder = must_open("lock", SHMB_RW);
+        shmb_reload_result *res;
+        Blocked b[_BLOCK_MAX];
+        pthread_t t[_BLOCK_MAX];
+        shmb_client *c;
+        int64_t removed_ms;
+
+        ck_assert_int_eq(shmb_lock(holder, 0, 0), 0);
+        for (int i = 0; i < _BLOCK_MAX; i++) {
+                b[i] = (Blocked) { .kind = (BlockKind) i, .ch = must_open(names[i], SHMB_RW), .result = 1 };
+                ck_assert_int_eq(pthread_create(&t[i], NULL, blocked_call, &b[i]), 0);
+        }
+        /* Not needed for correctness (a call that starts after the removal gets -EIDRM at once), only so they block first. */
+        usleep(200 * 1000);
+        test_daemon_write_config(&td,
+                                 "[{\"name\": \"lock\", \"kind\": \"posix\", \"size\": 8192, \"semaphores\": [1]}]");
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        removed_ms = test_now_ms();
+        ck_assert_int_eq(shmb_reload(c, &res), 0);
+        shmb_reload_result_free(res);
+        shmb_disconnect(c);
+        for (int i = 0; i < _BLOCK_MAX; i++) {
+                struct timespec until;
+
+                ck_assert_int_eq(clock_gettime(CLOCK_REALTIME, &until), 0);
+                until.tv_sec += WAIT_MS / 1000;
+                ck_assert_msg(pthread_timedjoin_np(t[i], NULL, &until) == 0, "%s still blocked %d s after the reload",
+                              names[i], WAIT_MS / 1000);
+                ck_assert_msg(b[i].result == -EIDRM, "%s: %s", names[i], shmb_strerror(b[i].result));
+                ck_assert_msg(b[i].returned_ms - removed_ms < REMOVAL_MS, "%s returned %lld ms after the reload",
+                              names[i], (long long) (b[i].returned_ms - removed_ms));
+                ck_assert_int_eq(shmb_channel_check(b[i].ch), -EIDRM);
+                ck_assert_int_eq(shmb_close(b[i].ch), 0);
+        }
+        ck_assert_int_eq(shmb_sem_post(holder, 0), -EIDRM);
+        ck_assert_int_eq(shmb_unlock(holder, 0), 0);
+        ck_assert_int_eq(shmb_close(holder), 0);
+        ck_assert_int_eq(access("/dev/shm/shmbroker.raw", F_OK), -1);
+        ck_assert_int_eq(access("/dev/shm/shmbroker.ring", F_OK), -1);
+        ck_assert_int_eq(access("/dev/shm/shmbroker.lock", F_OK), 0);
+}
+END_TEST
+
 typedef struct Subscriber {
         shmb_channel *ch;
         int got;                        /* messages received in order */
@@ -712,7 +762,7 @@ int main(void) {
                                              test_read_only_open_cannot_write } },
                 { "semaphores", CASE_TIMEOUT, { test_semaphores_across_processes,
                                                 test_killed_lock_holder_does_not_keep_the_lock } },
-                { "removal", CASE_TIMEOUT, { test_removal_ends_blocked_calls } },
+                { "removal", CASE_TIMEOUT, { test_removal_ends_blocked_calls, test_reload_ends_blocked_calls } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open } },
                 { "restart", CASE_TIMEOUT, { test_hold_survives_a_broker_crash,
