@@ -90,22 +90,36 @@ size_t shmb_status_count(const shmb_status_list *l) {
         return l ? l->n : 0;
 }
 
-const char *shmb_status_name(const shmb_status_list *l, size_t i) {
-        const ProtoChannel *pc = entry(l, i);
+/*
+ * The getters that hand a field of entry i out as the answer has it, or
+ * `none` for a NULL list or an i out of range: one line each.
+ */
+#define STATUS_FIELD(type, field, none)                                         \
+        type shmb_status_##field(const shmb_status_list *l, size_t i) {        \
+                const ProtoChannel *pc = entry(l, i);                           \
+                                                                                \
+                return pc ? pc->field : (none);                                 \
+        }
 
-        return pc ? pc->name : NULL;
-}
+STATUS_FIELD(const char *, name, NULL)
+STATUS_FIELD(uint64_t, size, 0)
+STATUS_FIELD(uint32_t, shm_key, 0)
+STATUS_FIELD(uint32_t, sem_key, 0)
+STATUS_FIELD(uint32_t, slot_size, 0)
+STATUS_FIELD(uint32_t, slots, 0)
+STATUS_FIELD(const char *, owner, NULL)
+STATUS_FIELD(const char *, group, NULL)
+STATUS_FIELD(uint64_t, nattch, 0)
+STATUS_FIELD(pid_t, cpid, 0)
+STATUS_FIELD(pid_t, lpid, 0)
+STATUS_FIELD(int64_t, atime, 0)
+STATUS_FIELD(int64_t, dtime, 0)
+STATUS_FIELD(int64_t, ctime, 0)
 
 int shmb_status_layout(const shmb_status_list *l, size_t i) {
         const ProtoChannel *pc = entry(l, i);
 
         return pc ? (int) layout_from_proto(pc->layout) : -EINVAL;
-}
-
-uint64_t shmb_status_size(const shmb_status_list *l, size_t i) {
-        const ProtoChannel *pc = entry(l, i);
-
-        return pc ? pc->size : 0;
 }
 
 unsigned shmb_status_nsems(const shmb_status_list *l, size_t i) {
@@ -120,22 +134,10 @@ unsigned shmb_status_reserved_nsems(const shmb_status_list *l, size_t i) {
         return pc ? entry_reserved(pc) : 0;
 }
 
-uint32_t shmb_status_shm_key(const shmb_status_list *l, size_t i) {
-        const ProtoChannel *pc = entry(l, i);
-
-        return pc ? pc->shm_key : 0;
-}
-
 int shmb_status_shm_id(const shmb_status_list *l, size_t i) {
         const ProtoChannel *pc = entry(l, i);
 
         return !pc ? -EINVAL : pc->kind == PROTO_KIND_POSIX ? -EOPNOTSUPP : pc->shm_id;
-}
-
-uint32_t shmb_status_sem_key(const shmb_status_list *l, size_t i) {
-        const ProtoChannel *pc = entry(l, i);
-
-        return pc ? pc->sem_key : 0;
 }
 
 int shmb_status_sem_id(const shmb_status_list *l, size_t i) {
@@ -164,70 +166,10 @@ const char *shmb_status_sem_name(const shmb_status_list *l, size_t i, unsigned i
         return pc->sem_names[entry_reserved(pc) + idx];
 }
 
-uint32_t shmb_status_slot_size(const shmb_status_list *l, size_t i) {
-        const ProtoChannel *pc = entry(l, i);
-
-        return pc ? pc->slot_size : 0;
-}
-
-uint32_t shmb_status_slots(const shmb_status_list *l, size_t i) {
-        const ProtoChannel *pc = entry(l, i);
-
-        return pc ? pc->slots : 0;
-}
-
-const char *shmb_status_owner(const shmb_status_list *l, size_t i) {
-        const ProtoChannel *pc = entry(l, i);
-
-        return pc ? pc->owner : NULL;
-}
-
-const char *shmb_status_group(const shmb_status_list *l, size_t i) {
-        const ProtoChannel *pc = entry(l, i);
-
-        return pc ? pc->group : NULL;
-}
-
 int shmb_status_mode(const shmb_status_list *l, size_t i) {
         const ProtoChannel *pc = entry(l, i);
 
         return pc ? (int) pc->mode : -EINVAL;
-}
-
-uint64_t shmb_status_nattch(const shmb_status_list *l, size_t i) {
-        const ProtoChannel *pc = entry(l, i);
-
-        return pc ? pc->nattch : 0;
-}
-
-pid_t shmb_status_cpid(const shmb_status_list *l, size_t i) {
-        const ProtoChannel *pc = entry(l, i);
-
-        return pc ? pc->cpid : 0;
-}
-
-pid_t shmb_status_lpid(const shmb_status_list *l, size_t i) {
-        const ProtoChannel *pc = entry(l, i);
-
-        return pc ? pc->lpid : 0;
-}
-
-int64_t shmb_status_atime(const shmb_status_list *l, size_t i) {
-        const ProtoChannel *pc = entry(l, i);
-
-        return pc ? pc->atime : 0;
-}
-
-int64_t shmb_status_dtime(const shmb_status_list *l, size_t i) {
-        const ProtoChannel *pc = entry(l, i);
-
-        return pc ? pc->dtime : 0;
-}
-
-int64_t shmb_status_ctime(const shmb_status_list *l, size_t i) {
-        const ProtoChannel *pc = entry(l, i);
-
-        return pc ? pc->ctime : 0;
 }
 
 /* Semaphore k of the kernel's set, whichever getter's numbering it came from. */

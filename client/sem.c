@@ -46,6 +46,14 @@ static int sem_op(shmb_channel *ch, unsigned idx, short delta, bool undo, int ti
         /* The set goes with the ring: once the header says removed, so does every call. */
         if (ch->ring && ring_is_removed(ch->ring))
                 return -EIDRM;
+        /* A posix channel's semaphores are files of their own (posix-sem.c), after the same checks. */
+        if (ch->info.kind == PROTO_KIND_POSIX) {
+                unsigned k = ch->sem_base + idx;
+
+                if (undo)
+                        return delta < 0 ? posix_lock(ch, k, timeout_ms) : posix_unlock(ch, k);
+                return delta < 0 ? posix_sem_wait(ch, k, timeout_ms) : posix_sem_post(ch, k);
+        }
         op = (struct sembuf) {
                 .sem_num = (unsigned short) (ch->sem_base + idx),
                 .sem_op = delta,
@@ -70,28 +78,8 @@ static int sem_op(shmb_channel *ch, unsigned idx, short delta, bool undo, int ti
         }
 }
 
-/* A posix channel's semaphores are files of their own (posix-sem.c); the same checks come first. */
-static int posix_check(shmb_channel *ch, unsigned idx) {
-        if (!ch || idx >= ch->info.nsems)
-                return -EINVAL;
-        if (ch->access == SHMB_RO)
-                return -EACCES;
-        if (ch->ring && ring_is_removed(ch->ring))
-                return -EIDRM;
-        return 0;
-}
-
-static bool is_posix(const shmb_channel *ch) {
-        return ch && ch->info.kind == PROTO_KIND_POSIX;
-}
-
 int shmb_sem_wait(shmb_channel *ch, unsigned idx, int timeout_ms) {
-        int r;
-
-        if (!is_posix(ch))
-                return sem_op(ch, idx, -1, false, timeout_ms);
-        r = posix_check(ch, idx);
-        return r < 0 ? r : posix_sem_wait(ch, ch->sem_base + idx, timeout_ms);
+        return sem_op(ch, idx, -1, false, timeout_ms);
 }
 
 int shmb_sem_trywait(shmb_channel *ch, unsigned idx) {
@@ -99,28 +87,13 @@ int shmb_sem_trywait(shmb_channel *ch, unsigned idx) {
 }
 
 int shmb_sem_post(shmb_channel *ch, unsigned idx) {
-        int r;
-
-        if (!is_posix(ch))
-                return sem_op(ch, idx, 1, false, -1);
-        r = posix_check(ch, idx);
-        return r < 0 ? r : posix_sem_post(ch, ch->sem_base + idx);
+        return sem_op(ch, idx, 1, false, -1);
 }
 
 int shmb_lock(shmb_channel *ch, unsigned idx, int timeout_ms) {
-        int r;
-
-        if (!is_posix(ch))
-                return sem_op(ch, idx, -1, true, timeout_ms);
-        r = posix_check(ch, idx);
-        return r < 0 ? r : posix_lock(ch, ch->sem_base + idx, timeout_ms);
+        return sem_op(ch, idx, -1, true, timeout_ms);
 }
 
 int shmb_unlock(shmb_channel *ch, unsigned idx) {
-        int r;
-
-        if (!is_posix(ch))
-                return sem_op(ch, idx, 1, true, -1);
-        r = posix_check(ch, idx);
-        return r < 0 ? r : posix_unlock(ch, ch->sem_base + idx);
+        return sem_op(ch, idx, 1, true, -1);
 }

@@ -37,6 +37,7 @@
 #include <shmbroker/shmbroker.h>
 
 #include "common/util.h"
+#include "proto/posix.h"
 #include "proto/ring.h"
 #include "tests/helpers.h"
 
@@ -578,6 +579,105 @@ START_TEST(test_no_descriptor_is_left_open) {
 }
 END_TEST
 
+/* Lines of /proc/self/maps: one more for each mapping left behind. */
+static int map_count(void) {
+        FILE *f = fopen("/proc/self/maps", "re");
+        int n = 0, ch;
+
+        ck_assert_ptr_nonnull(f);
+        while ((ch = fgetc(f)) != EOF)
+                n += ch == '\n';
+        fclose(f);
+        return n;
+}
+
+static char half_answer[4096];
+static int half_fds[3];
+
+/* A stand-in broker: greets, then answers the open with half_answer and half_fds. */
+static void half_good_server(int lfd) {
+        union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(sizeof half_fds)];
+        } control = {};
+        struct iovec iov = { .iov_base = half_answer, .iov_len = strlen(half_answer) };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                             .msg_controllen = sizeof control.buf };
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        int fd = accept(lfd, NULL, NULL);
+        static const char hello[] = "{\"ok\":true,\"version\":1,\"server\":\"fake\"}\n";
+        unsigned lines = 0;
+        char byte;
+
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof half_fds);
+        memcpy(CMSG_DATA(cm), half_fds, sizeof half_fds);
+        while (fd >= 0 && read(fd, &byte, 1) == 1) {
+                if (byte != '\n')
+                        continue;
+                if (lines++ == 0 ? write(fd, hello, strlen(hello)) < 0 : sendmsg(fd, &mh, 0) < 0)
+                        break;
+        }
+        _exit(0);
+}
+
+/*
+ * An open that fails halfway through mapping (the segment and semaphore 0
+ * mapped, semaphore 1 not a semaphore file) unmaps and closes everything.
+ */
+START_TEST(test_open_failing_halfway_leaves_nothing) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), fd = test_connect(td.socket), maps, fds;
+        shmb_channel *ch = NULL;
+        size_t n = 0;
+        json_t *resp;
+        char *line;
+        pid_t pid;
+
+        /* The broker's own answer and descriptors for "raw" (a segment, two semaphore files)... */
+        json_decref(test_request(fd, "{\"op\":\"hello\",\"version\":1}"));
+        resp = test_request_fds(fd, "{\"op\":\"open\",\"channel\":\"raw\",\"access\":\"rw\",\"fd\":true}", half_fds,
+                                ELEMENTSOF(half_fds), &n);
+        test_assert_ok(resp);
+        ck_assert_uint_eq(n, ELEMENTSOF(half_fds));
+        line = json_dumps(resp, JSON_COMPACT);
+        ck_assert_ptr_nonnull(line);
+        ck_assert_int_lt(snprintf(half_answer, sizeof half_answer, "%s\n", line), (int) sizeof half_answer);
+        free(line);
+        json_decref(resp);
+        /* ...but the second semaphore file is all zeroes: no PSEM_MAGIC. */
+        close(half_fds[2]);
+        half_fds[2] = memfd_create("not-a-semaphore", MFD_CLOEXEC);
+        ck_assert_int_ge(half_fds[2], 0);
+        ck_assert_int_eq(ftruncate(half_fds[2], sizeof(PosixSemFile)), 0);
+
+        ck_assert_int_ge(lfd, 0);
+        ck_assert_int_lt(snprintf(sa.sun_path, sizeof sa.sun_path, "%s/half.sock", td.dir), (int) sizeof sa.sun_path);
+        ck_assert_int_eq(bind(lfd, (struct sockaddr *) &sa, sizeof sa), 0);
+        ck_assert_int_eq(listen(lfd, 4), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                half_good_server(lfd);
+        }
+        close(lfd);
+        for (size_t i = 0; i < ELEMENTSOF(half_fds); i++)
+                close(half_fds[i]);
+        close(fd);
+
+        fds = fd_count();
+        maps = map_count();
+        ck_assert_int_eq(shmb_open_channel(sa.sun_path, "raw", SHMB_RW, &ch), -EPROTO);
+        ck_assert_ptr_null(ch);
+        ck_assert_int_eq(fd_count(), fds);
+        ck_assert_int_eq(map_count(), maps);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+}
+END_TEST
+
 /* A broker crash and restart adopts the files: the hold comes back, the handle stays good. */
 START_TEST(test_hold_survives_a_broker_crash) {
         shmb_channel *ch = must_open("raw", SHMB_RW);
@@ -764,7 +864,8 @@ int main(void) {
                                                 test_killed_lock_holder_does_not_keep_the_lock } },
                 { "removal", CASE_TIMEOUT, { test_removal_ends_blocked_calls, test_reload_ends_blocked_calls } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
-                { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open } },
+                { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,
+                                               test_open_failing_halfway_leaves_nothing } },
                 { "restart", CASE_TIMEOUT, { test_hold_survives_a_broker_crash,
                                              test_handle_is_stale_after_a_stop_and_start } },
                 { "ctl", CASE_TIMEOUT, { test_shmbrokerctl_shows_kind_and_names } },
