@@ -221,9 +221,8 @@ static void conn_close_fds(Conn *conn) {
 }
 
 static void conn_drop_output(Conn *conn) {
-        /* Whatever is dropped unsent takes its descriptors along. */
-        if (pending_output(conn) > 0)
-                conn_close_fds(conn);
+        /* Whatever is dropped unsent takes its descriptors along (sent ones were closed already). */
+        conn_close_fds(conn);
         conn->out_sent += pending_output(conn);
         conn_recharge(conn, conn->out_cap, 0);
         free(conn->out);
