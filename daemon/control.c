@@ -221,9 +221,8 @@ static void conn_close_fds(Conn *conn) {
 }
 
 static void conn_drop_output(Conn *conn) {
-        /* Whatever is dropped unsent takes its descriptors along. */
-        if (pending_output(conn) > 0)
-                conn_close_fds(conn);
+        /* Whatever is dropped unsent takes its descriptors along (sent ones were closed already). */
+        conn_close_fds(conn);
         conn->out_sent += pending_output(conn);
         conn_recharge(conn, conn->out_cap, 0);
         free(conn->out);
@@ -498,6 +497,7 @@ static int conn_make_room(Conn *conn, size_t grow);
 static int queue_output_fds(Conn *conn, char *line, size_t len, const int *fds, size_t n_fds) {
         /* Every encoder allocates the line with a NUL after its newline: len + 1 bytes. */
         size_t cap = conn->out ? pending_output(conn) + len : len + 1;
+        uint64_t pos;
         char *n;
         int r;
 
@@ -510,38 +510,41 @@ static int queue_output_fds(Conn *conn, char *line, size_t len, const int *fds, 
                         return r < 0 ? r : 0;   /* closing: the answer is not wanted */
                 }
         }
-        /* process_input() answers no line while descriptors wait: there is room. */
-        if (n_fds > 0) {
-                memcpy(conn->fds, fds, n_fds * sizeof *fds);
-                conn->n_fds = n_fds;
-                conn->fds_pos = conn->out_sent + pending_output(conn);
-        }
+        pos = conn->out_sent + pending_output(conn);
         /* flush_output() frees the buffer whenever it empties: none means nothing queued. */
         if (!conn->out) {
                 conn->out = line;
                 conn->out_len = len;
                 conn->out_cap = len + 1;
                 conn_recharge(conn, 0, conn->out_cap);
-                return 0;
-        }
-        /* Compact, then append. */
-        if (conn->out_off > 0) {
-                memmove(conn->out, conn->out + conn->out_off, conn->out_len - conn->out_off);
-                conn->out_len -= conn->out_off;
-                conn->out_off = 0;
-        }
-        n = realloc(conn->out, cap);
-        if (!n) {
+        } else {
+                /* Compact, then append. */
+                if (conn->out_off > 0) {
+                        memmove(conn->out, conn->out + conn->out_off, conn->out_len - conn->out_off);
+                        conn->out_len -= conn->out_off;
+                        conn->out_off = 0;
+                }
+                n = realloc(conn->out, cap);
+                if (!n) {
+                        /* Only this line's: descriptors already pending belong to a line still queued. */
+                        free(line);
+                        for (size_t i = 0; i < n_fds; i++)
+                                close(fds[i]);
+                        return -ENOMEM;
+                }
+                memcpy(n + conn->out_len, line, len);
+                conn->out = n;
+                conn->out_len += len;
+                conn_recharge(conn, conn->out_cap, cap);
+                conn->out_cap = cap;
                 free(line);
-                conn_close_fds(conn);
-                return -ENOMEM;
         }
-        memcpy(n + conn->out_len, line, len);
-        conn->out = n;
-        conn->out_len += len;
-        conn_recharge(conn, conn->out_cap, cap);
-        conn->out_cap = cap;
-        free(line);
+        /* process_input() answers no line while descriptors wait: there is room. */
+        if (n_fds > 0) {
+                memcpy(conn->fds, fds, n_fds * sizeof *fds);
+                conn->n_fds = n_fds;
+                conn->fds_pos = pos;
+        }
         return 0;
 }
 

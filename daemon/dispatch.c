@@ -80,6 +80,37 @@ static int answer_missing(const char *name, const char *why, char **ret_line, si
         return answer_error(ENOENT, ret_line, ret_len, "no channel named \"%s\"", name);
 }
 
+static void close_fds(int *fds, int n) {
+        while (n > 0)
+                close(fds[--n]);
+}
+
+/* The answer to registry_hold() failing with r: a refusal the client is told of, or r itself. */
+static int answer_hold_refused(const Entry *e, const Client *cl, const ProtoRequest *req, int r, char **ret_line,
+                               size_t *ret_len) {
+        if (r == -EUSERS && e->channel->spec.layout == PROTO_LAYOUT_BROADCAST && req->access == PROTO_ACCESS_RO) {
+                log_info("Refused a subscription to channel %s for pid %d: all %u of its subscribers are live.",
+                         req->channel, (int) cl->peer.pid, e->channel->spec.subscribers);
+                return answer_error(EUSERS, ret_line, ret_len,
+                                    "channel \"%s\" has %u subscribers already, the most it takes (\"subscribers\"); "
+                                    "try again when one has closed it", req->channel, e->channel->spec.subscribers);
+        }
+        if (r == -EBUSY)
+                return answer_error(EBUSY, ret_line, ret_len,
+                                    "channel \"%s\" is open on this connection already as a %s; a broadcast "
+                                    "subscriber needs a connection of its own (shmb_open_channel() makes one)",
+                                    req->channel, req->access == PROTO_ACCESS_RO ? "publisher or subscriber" : "subscriber");
+        if (r == -EUSERS) {
+                log_info("Refused rw access to channel %s for pid %d: all %d entries of its holder table are live.",
+                         req->channel, (int) cl->peer.pid, RING_HOLDERS);
+                return answer_error(EUSERS, ret_line, ret_len,
+                                    "channel \"%s\" has %d rw holders already, the most a %s takes; "
+                                    "try again when one has closed it", req->channel, RING_HOLDERS,
+                                    e->channel->spec.layout == PROTO_LAYOUT_BROADCAST ? "broadcast channel" : "ring");
+        }
+        return r;
+}
+
 static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_line, size_t *ret_len,
                    int ret_fds[PROTO_FDS_MAX], size_t *ret_n_fds) {
         char why[PROTO_MESSAGE_MAX], wake[2][PATH_MAX];
@@ -113,40 +144,25 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
                                     (unsigned) cl->peer.uid, req->channel, proto_access_to_string(req->access),
                                     e->channel->owner, e->channel->group, (unsigned) perm.mode);
         }
-        r = registry_hold(e, cl, req->access, req->has_holder ? req->holder : 0, time(NULL), &token);
-        if (r == -EUSERS && e->channel->spec.layout == PROTO_LAYOUT_BROADCAST && req->access == PROTO_ACCESS_RO) {
-                log_info("Refused a subscription to channel %s for pid %d: all %u of its subscribers are live.",
-                         req->channel, (int) cl->peer.pid, e->channel->spec.subscribers);
-                return answer_error(EUSERS, ret_line, ret_len,
-                                    "channel \"%s\" has %u subscribers already, the most it takes (\"subscribers\"); "
-                                    "try again when one has closed it", req->channel, e->channel->spec.subscribers);
-        }
-        if (r == -EBUSY)
-                return answer_error(EBUSY, ret_line, ret_len,
-                                    "channel \"%s\" is open on this connection already as a %s; a broadcast "
-                                    "subscriber needs a connection of its own (shmb_open_channel() makes one)",
-                                    req->channel, req->access == PROTO_ACCESS_RO ? "publisher or subscriber" : "subscriber");
-        if (r == -EUSERS) {
-                log_info("Refused rw access to channel %s for pid %d: all %d entries of its holder table are live.",
-                         req->channel, (int) cl->peer.pid, RING_HOLDERS);
-                return answer_error(EUSERS, ret_line, ret_len,
-                                    "channel \"%s\" has %d rw holders already, the most a %s takes; "
-                                    "try again when one has closed it", req->channel, RING_HOLDERS,
-                                    e->channel->spec.layout == PROTO_LAYOUT_BROADCAST ? "broadcast channel" : "ring");
-        }
-        if (r < 0)
-                return r;
-        /* System V objects have no descriptors: "fd" asks for nothing there, so a client may always ask. */
+        /*
+         * System V objects have no descriptors: "fd" asks for nothing there, so a client may always ask.
+         * Opened before the hold: failing here must leave a hold this connection has from an earlier
+         * open as it was (releasing would end its token under the client's feet).
+         */
         if (req->fd && e->channel->spec.kind == PROTO_KIND_POSIX) {
                 n_fds = posix_objects_open_fds(&e->channel->posix, req->access == PROTO_ACCESS_RW, fds);
                 if (n_fds < 0) {
                         log_error("Cannot open the files of channel %s for pid %d: %s", req->channel,
                                   (int) cl->peer.pid, strerror(-n_fds));
-                        (void) registry_release(e, cl);
                         return answer_error(-n_fds, ret_line, ret_len,
                                             "cannot open the files of channel \"%s\" to hand them over: %s",
                                             req->channel, strerror(-n_fds));
                 }
+        }
+        r = registry_hold(e, cl, req->access, req->has_holder ? req->holder : 0, time(NULL), &token);
+        if (r < 0) {
+                close_fds(fds, n_fds);
+                return answer_hold_refused(e, cl, req, r, ret_line, ret_len);
         }
         channel_describe(e->channel, &pc);
         pc.holder = token;
@@ -166,8 +182,7 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
         pc.n_fds = (unsigned) n_fds;
         r = proto_encode_open(&pc, ret_line, ret_len);
         if (r < 0) {
-                while (n_fds > 0)
-                        close(fds[--n_fds]);
+                close_fds(fds, n_fds);
                 return r;
         }
         memcpy(ret_fds, fds, (size_t) n_fds * sizeof *fds);

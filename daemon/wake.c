@@ -125,6 +125,22 @@ static int is_fifo(const Wake *w, const char *file) {
         return S_ISFIFO(st.st_mode);
 }
 
+/*
+ * Open our FIFO at file with flags (non-blocking, never through a symlink),
+ * *ret_st its stat: the descriptor, or -errno (-EPROTO: not a FIFO).
+ */
+static int open_fifo(const Wake *w, const char *file, int flags, struct stat *ret_st) {
+        int fd = openat(w->dirfd, file, flags | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, ret_st) < 0 || !S_ISFIFO(ret_st->st_mode)) {
+                close(fd);
+                return -EPROTO;
+        }
+        return fd;
+}
+
 /* Without ACLs: the channel's owner and group by chown (CAP_CHOWN for a group the daemon is not in). */
 static int chown_perms(const Wake *w, const char *file, uid_t uid, gid_t gid, mode_t mode) {
         if (fchownat(w->dirfd, file, uid, gid, AT_SYMLINK_NOFOLLOW) < 0)
@@ -154,14 +170,10 @@ static int set_perms(const Wake *w, const char *file, uid_t uid, gid_t gid, mode
         struct stat st;
         int fd, r = 0;
 
-        /* Read-only and non-blocking: never waits for a writer, and the ACL goes on the file opened. */
-        fd = openat(w->dirfd, file, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+        /* Read-only: never waits for a writer, and the ACL goes on the file opened. */
+        fd = open_fifo(w, file, O_RDONLY, &st);
         if (fd < 0)
-                return -errno;
-        if (fstat(fd, &st) < 0 || !S_ISFIFO(st.st_mode)) {
-                close(fd);
-                return -EPROTO;
-        }
+                return fd;
         /* Sorted by tag, then id, as the kernel requires. */
 #define ENTRY(tag, perm, id) (acl.e[n++] = (struct posix_acl_xattr_entry) { (tag), (perm), (uint32_t) (id) })
         ENTRY(ACL_USER_OBJ, rw, ACL_UNDEFINED_ID);
@@ -302,26 +314,18 @@ int wake_paths(const Wake *w, const char *name, char *data, char *space, size_t 
 int wake_open_fds(const Wake *w, const char *name, int ret[2]) {
         char file[NAME_MAX + 1];
         struct stat st;
-        int fds[2] = { -1, -1 }, r = 0;
+        int fds[2], r;
 
-        for (unsigned i = 0; i < 2 && r == 0; i++) {
+        for (unsigned i = 0; i < 2; i++) {
                 r = fifo_name(name, i, file, sizeof file);
-                if (r < 0)
-                        break;
                 /* Read and write, as the library opens them by path: it never blocks, nor misses a peer. */
-                fds[i] = openat(w->dirfd, file, O_RDWR | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
-                if (fds[i] < 0)
-                        r = -errno;
-                else if (fstat(fds[i], &st) < 0)
-                        r = -errno;
-                else if (!S_ISFIFO(st.st_mode))
-                        r = -EPROTO;
-        }
-        if (r < 0) {
-                for (unsigned i = 0; i < 2; i++)
-                        if (fds[i] >= 0)
-                                close(fds[i]);
-                return r;
+                if (r >= 0)
+                        r = fds[i] = open_fifo(w, file, O_RDWR, &st);
+                if (r < 0) {
+                        if (i > 0)
+                                close(fds[0]);
+                        return r;
+                }
         }
         ret[0] = fds[0];
         ret[1] = fds[1];

@@ -139,6 +139,51 @@ START_TEST(test_broadcast_changes_reencode) {
 }
 END_TEST
 
+/* A posix channel's names count too, and so do semaphore counts that went missing. */
+START_TEST(test_posix_changes_reencode) {
+        AnswerCache cache = {};
+        char sem0[] = "/shmb.t.sem0", sem1[] = "/shmb.t.sem1";
+        char *names[3] = { sem0, sem1, NULL };
+        ProtoSemaphore s2[2];
+        ProtoChannel c = channel();
+        char *prev = NULL;
+        size_t len;
+
+        memcpy(s2, sems, sizeof s2);
+        c.semaphores = s2;
+        c.sem_names = names;
+        for (int step = 0; step < 7; step++) {
+                char *line;
+
+                switch (step) {
+                case 1: c.kind = PROTO_KIND_POSIX; strcpy(c.shm_name, "/shmb.t"); break;
+                case 2: strcpy(c.shm_name, "/shmb.u"); break;
+                case 3: sem1[strlen(sem1) - 1] = '2'; break;
+                case 4: s2[0].has_counts = false; break;
+                case 5:
+                        c.layout = PROTO_LAYOUT_BROADCAST;
+                        c.slot_size = 64;
+                        c.slots = 8;
+                        c.subscribers = 4;
+                        strcpy(c.table_name, "/shmb.t.table");
+                        break;
+                case 6: strcpy(c.table_name, "/shmb.u.table"); break;
+                }
+                ck_assert_int_eq(answer_cache_encode(&cache, PROTO_VIEW_STATUS, &c, 1, &line, &len), 0);
+                if (prev)
+                        ck_assert_msg(strcmp(prev, line) != 0, "step %d gave the previous answer", step);
+                free(prev);
+                prev = line;
+                assert_answer(&cache, PROTO_VIEW_STATUS, &c, 1);
+        }
+        free(prev);
+        /* The names are the cache's own copies: changing the caller's afterwards is seen. */
+        sem0[strlen(sem0) - 1] = '9';
+        assert_answer(&cache, PROTO_VIEW_STATUS, &c, 1);
+        answer_cache_done(&cache);
+}
+END_TEST
+
 /* The cache holds copies: the caller's arrays may change or go after the call. */
 START_TEST(test_keeps_copies) {
         AnswerCache cache = {};
@@ -173,6 +218,7 @@ int main(void) {
         tcase_set_timeout(tc, 10);
         tcase_add_test(tc, test_same_figures_same_bytes);
         tcase_add_test(tc, test_each_change_reencodes);
+        tcase_add_test(tc, test_posix_changes_reencode);
         tcase_add_test(tc, test_broadcast_changes_reencode);
         tcase_add_test(tc, test_keeps_copies);
         suite_add_tcase(s, tc);
