@@ -173,9 +173,12 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
                  * A posix channel's descriptors let a client in another mount
                  * namespace map it; its FIFOs come too (the last two), or it
                  * could not wait in an event loop there. Without them it still
-                 * works, only not through shmb_channel_fd().
+                 * works, only not through shmb_channel_fd(). Only to an opener
+                 * that may wait: an ro ring opener may not (and is not
+                 * granted the FIFOs' write bit by path either).
                  */
                 if (n_fds > 0 && n_fds + 2 <= PROTO_FDS_MAX &&
+                    (req->access == PROTO_ACCESS_RW || e->channel->spec.layout == PROTO_LAYOUT_BROADCAST) &&
                     wake_open_fds(d->registry->wake, req->channel, fds + n_fds) == 0)
                         n_fds += 2;
         }

@@ -349,9 +349,29 @@ START_TEST(test_open_fds) {
         json_t *resp;
         char *w, *r;
 
-        test_daemon_write_config(&td, "[" RAW1 ", " BC1 ", " SV1 "]");
+        test_daemon_write_config(&td, "[" RAW1 ", " BC1 ", " SV1 ", " RING1 "]");
         test_start_ok();
         fd = test_connect(td.socket);
+
+        /* A ring: segment and its semaphore, then its FIFOs for a rw opener only (an ro one may not wait on it). */
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"ring1\", \"access\": \"rw\", \"fd\": true}",
+                                fds, PROTO_FDS_MAX, &n);
+        test_assert_ok(resp);
+        ck_assert_uint_eq(n, 4);
+        assert_fd_is(fds[0], "shmbroker.ring1", O_RDWR);
+        assert_fd_is(fds[1], "sem.shmbroker.ring1.0", O_RDWR);
+        assert_fifo_fds(fds + 2, resp);
+        json_decref(resp);
+        close_all(fds, n);
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"ring1\", \"access\": \"ro\", \"fd\": true}",
+                                fds, PROTO_FDS_MAX, &n);
+        test_assert_ok(resp);
+        ck_assert_uint_eq(n, 2);
+        ck_assert_int_eq(json_integer_value(json_object_get(resp, "fds")), 2);
+        assert_fd_is(fds[0], "shmbroker.ring1", O_RDONLY);
+        assert_fd_is(fds[1], "sem.shmbroker.ring1.0", O_RDONLY);
+        json_decref(resp);
+        close_all(fds, n);
 
         resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"rw\", \"fd\": true}", fds,
                                 PROTO_FDS_MAX, &n);
