@@ -66,9 +66,12 @@ int channel_wake_take_fds(shmb_channel *ch, int data, int space) {
                 close(space);
                 return r;
         }
-        /* Before anyone can call shmb_channel_fd(): the handle is not returned yet. */
-        w->fd[WAKE_DATA] = data;
-        w->fd[WAKE_SPACE] = space;
+        /* Before anyone can call shmb_channel_fd(): the handle is not returned yet. Replaces what a path gave. */
+        for (unsigned i = 0; i < 2; i++) {
+                if (w->fd[i] >= 0)
+                        close(w->fd[i]);
+                w->fd[i] = fd[i];
+        }
         return 0;
 }
 

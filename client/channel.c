@@ -254,7 +254,9 @@ static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, Pro
                         r = -EIDRM;     /* replaced again each time we asked */
                         break;
                 }
-                r = client_call(c, req, res);
+                /* With its descriptors: the channel of that name may be a posix one now. */
+                client_fds_close(fds);
+                r = client_call_fds(c, req, res, 1, fds);
                 if (r < 0)
                         break;  /* ENOENT: removed meanwhile; EACCES: our rights went with the old objects */
                 if (res->channels[0].shm_id == ch->info.shm_id && res->channels[0].sem_id == ch->info.sem_id) {
