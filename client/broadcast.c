@@ -837,11 +837,12 @@ static int table_map(shmb_channel *ch, const BcastHeader *h, void **ret) {
         return r;
 }
 
-static void table_detach(shmb_channel *ch, BcastHandle *b) {
+/* Undo table_map() or table_attach(), whichever the channel's kind took. */
+static void table_detach(const shmb_channel *ch, void *table, uint32_t subscribers) {
         if (ch->info.kind == PROTO_KIND_POSIX)
-                (void) munmap(b->t, bcast_table_size(b->subscribers));
+                (void) munmap(table, bcast_table_size(subscribers));
         else
-                (void) shmdt(b->t);
+                (void) shmdt(table);
 }
 
 int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc) {
@@ -875,10 +876,7 @@ int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc) {
                 return r;
         b = calloc(1, sizeof *b);
         if (!b) {
-                if (posix)
-                        (void) munmap(table, h->table_size);
-                else
-                        (void) shmdt(table);
+                table_detach(ch, table, pc->subscribers);
                 return -ENOMEM;
         }
         *b = (BcastHandle) {
@@ -919,7 +917,7 @@ void bcast_channel_free(shmb_channel *ch) {
                 STORE(&cur->token, 0, SEQ);
                 notify(b, &b->t->space_seq, &b->t->pub_sleeping, WAKE_SPACE);
         }
-        table_detach(ch, b);
+        table_detach(ch, b->t, b->subscribers);
         free(b);
         ch->bcast = NULL;
 }

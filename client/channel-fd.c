@@ -53,13 +53,19 @@ int channel_wake_new(shmb_channel *ch, char *paths[2]) {
         return 0;
 }
 
+/* A wake-up FIFO, not whatever else a path or a descriptor may lead to. */
+static bool is_fifo(int fd) {
+        struct stat st;
+
+        return fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode);
+}
+
 int channel_wake_take_fds(shmb_channel *ch, int data, int space) {
         ChannelWake *w = ch->wake;
         int fd[2] = { data, space }, r = 0;
-        struct stat st;
 
         for (unsigned i = 0; i < 2 && r == 0; i++)
-                if (fstat(fd[i], &st) < 0 || !S_ISFIFO(st.st_mode))
+                if (!is_fifo(fd[i]))
                         r = -EPROTO;
         if (r < 0) {
                 close(data);
@@ -100,7 +106,6 @@ void channel_wake_free(shmb_channel *ch) {
  * missing peer. A FIFO, not whatever else a path may lead to.
  */
 static int open_fifo(ChannelWake *w, unsigned dir) {
-        struct stat st;
         int fd;
 
         if (w->fd[dir] >= 0)
@@ -108,7 +113,7 @@ static int open_fifo(ChannelWake *w, unsigned dir) {
         fd = open(w->path[dir], O_RDWR | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
                 return -errno;
-        if (fstat(fd, &st) < 0 || !S_ISFIFO(st.st_mode)) {
+        if (!is_fifo(fd)) {
                 close(fd);
                 return -EPROTO;
         }

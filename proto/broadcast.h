@@ -366,16 +366,7 @@ static inline uint32_t bcast_token_index(uint32_t token, uint32_t n) {
  * Token 0 is nobody's.
  */
 static inline bool bcast_token_dead(const RingHolder *table, uint32_t n, uint32_t token) {
-        uint32_t index = bcast_token_index(token, n);
-        uint64_t word;
-
-        if (token == 0)
-                return false;
-        if (index == UINT32_MAX)
-                return true;
-        word = __atomic_load_n(&table[index].word, __ATOMIC_ACQUIRE);
-        return (uint32_t) word != RING_HOLDER_LIVE ||
-               ((uint32_t) (word >> 32) & RING_TOKEN_GEN_MASK) != token >> RING_TOKEN_INDEX_BITS;
+        return ring_holders_token_dead(table, n, token);
 }
 
 /* The token that holder entry `index` carries now, or 0 when it is not LIVE. */

@@ -233,21 +233,27 @@ static inline bool ring_owner_claims(uint64_t owner, uint64_t pos) {
 }
 
 /*
- * Whether the holder a token names is gone: its entry was marked DEAD or
- * handed out again (generation moved), or the token names no entry (a
- * corrupt owner word: no live holder wrote it). Token 0 is nobody's.
+ * Whether the holder a token names, in the holder table of n entries at
+ * `table`, is gone: its entry was marked DEAD or handed out again
+ * (generation moved), or the token names no entry (a corrupt owner word:
+ * no live holder wrote it). Token 0 is nobody's.
  */
-static inline bool ring_token_dead(const RingHeader *h, uint32_t token) {
+static inline bool ring_holders_token_dead(const RingHolder *table, uint32_t n, uint32_t token) {
         uint32_t index = (token & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1;
         uint64_t word;
 
         if (token == 0)
                 return false;
-        if (index >= h->holders)
+        if (index >= n)
                 return true;
-        word = __atomic_load_n(&ring_holder_at(h, index)->word, __ATOMIC_ACQUIRE);
+        word = __atomic_load_n(&table[index].word, __ATOMIC_ACQUIRE);
         return (uint32_t) word != RING_HOLDER_LIVE ||
                ((uint32_t) (word >> 32) & RING_TOKEN_GEN_MASK) != token >> RING_TOKEN_INDEX_BITS;
+}
+
+/* The same for a ring's own table of h->holders entries. */
+static inline bool ring_token_dead(const RingHeader *h, uint32_t token) {
+        return ring_holders_token_dead(ring_holder_at(h, 0), h->holders, token);
 }
 
 /*

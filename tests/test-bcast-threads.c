@@ -174,8 +174,9 @@ static void *zombie_main(void *userdata) {
                 holder_set(z->table, z->index, gen, RING_HOLDER_DEAD);
                 __atomic_store_n(&z->ch->hold.token, holder_set(z->table, z->index, gen + 1, RING_HOLDER_LIVE),
                                  __ATOMIC_RELAXED);
-                /* Its claim is gone: commit says so. */
-                if (shmb_send_commit(z->ch, out, 12) != -ENOTCONN && shmb_send_commit(z->ch, out, 12) != -EINVAL) {
+                /* Its claim is gone: commit says so (one call: a second would find nothing to commit either way). */
+                r = shmb_send_commit(z->ch, out, 12);
+                if (r != -ENOTCONN && r != -EINVAL) {
                         z->failed = -EPROTO;
                         return NULL;
                 }
