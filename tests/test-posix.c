@@ -1023,6 +1023,82 @@ START_TEST(test_removed_behind_back) {
 }
 END_TEST
 
+/* Holds "g" rw as NOBODY in group GID until told to go (its pipe closes). */
+static pid_t group_holder(int *ret_go) {
+        int ready[2], go[2];
+        pid_t pid;
+        char c;
+
+        ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
+        ck_assert_int_eq(pipe2(go, O_CLOEXEC), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                json_t *resp;
+                int fd;
+
+                close(ready[0]);
+                close(go[1]);
+                test_drop_privileges(NOBODY, GID, 0);
+                fd = test_connect(td.socket);
+                resp = test_request(fd, "{\"op\": \"open\", \"channel\": \"g\", \"access\": \"rw\"}");
+                if (!json_is_true(json_object_get(resp, "ok")))
+                        _exit(2);
+                json_decref(resp);
+                if (write(ready[1], "x", 1) != 1)
+                        _exit(3);
+                (void) read(go[0], &c, 1);
+                close(fd);
+                _exit(0);
+        }
+        close(ready[1]);
+        close(go[0]);
+        ck_assert_int_eq(read(ready[0], &c, 1), 1);
+        close(ready[0]);
+        *ret_go = go[1];
+        return pid;
+}
+
+/*
+ * A reload that gives a posix channel another group takes the rights of a
+ * holder that had them only through the old group: its descriptors and
+ * mappings cannot be taken back, so the channel is replaced, not changed
+ * in place (a file's old group is no creator group that would still admit it).
+ */
+START_TEST(test_reload_group_refuses_holder) {
+        struct stat seg;
+        char *log;
+        json_t *resp;
+        int fd, go, status;
+        pid_t holder;
+
+        test_daemon_write_config(&td, "[{\"name\": \"g\", \"kind\": \"posix\", \"size\": 4096, \"group\": 4321, "
+                                 "\"mode\": \"0660\"}]");
+        test_start_ok();
+        holder = group_holder(&go);
+        seg = shm_stat("shmbroker.g");
+
+        test_daemon_write_config(&td, "[{\"name\": \"g\", \"kind\": \"posix\", \"size\": 4096, \"group\": 4322, "
+                                 "\"mode\": \"0660\"}]");
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"reload\"}");
+        test_assert_ok(resp);
+        ck_assert_str_eq(json_string_value(json_array_get(json_object_get(resp, "changed"), 0)), "g");
+        json_decref(resp);
+        close(fd);
+        ck_assert_msg(shm_stat("shmbroker.g").st_ino != seg.st_ino, "changed in place under a holder it refuses");
+        assert_file("shmbroker.g", 4096, 0, 4322, 0660);
+        log = log_now();
+        ck_assert_msg(strstr(log, "would refuse a current holder"), "the log does not say why:\n%s", log);
+        free(log);
+
+        close(go);
+        ck_assert_int_eq(waitpid(holder, &status, 0), holder);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "holder status %d", status);
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
 /* --check-config validates the kind and touches nothing. */
 START_TEST(test_check_config) {
         char *before = shm_listing();
@@ -1048,7 +1124,8 @@ int main(void) {
                                            test_unprivileged_daemon } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
-                { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back } },
+                { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back,
+                                             test_reload_group_refuses_holder } },
                 { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt, test_crash_reclaim_spares_replaced,
                                            test_crash_reclaim_intent } },
         };
