@@ -12,7 +12,8 @@
  * fchmod) only once initialised. Each is recorded in the state file with
  * its device and inode as soon as it exists, and a name is unlinked only
  * while it still names that inode, a regular file owned by the daemon's
- * uid.
+ * uid, or (a file the daemon still holds open, so the inode cannot have
+ * been freed and its number reused) by the owner the daemon gave it.
  */
 
 #include <stdbool.h>
@@ -34,6 +35,7 @@ typedef struct PosixFile {
         int fd;                         /* O_RDWR, the daemon's own; -1: none */
         dev_t dev;
         ino_t ino;
+        uid_t uid;                      /* the owner the daemon gave it (its own, until set_perms) */
         void *addr;                     /* MAP_SHARED of the whole file; NULL: none */
         size_t size;
 } PosixFile;
@@ -84,9 +86,11 @@ int posix_objects_check(const PosixObjects *p);
 
 /*
  * Tell the semaphores' waiters (PSEM_STATE_REMOVED and one post each),
- * unlink every name that is still ours, cancel the records of the files
- * that are gone (state may be NULL) and close everything. A name that
- * now names another file is left alone and its record kept.
+ * unlink every name that still names the file the daemon holds (a regular
+ * file owned by the daemon or by whom set_perms gave it), cancel the
+ * records of the files that are gone (state may be NULL) and close
+ * everything. A name that now names another file is left alone; a file
+ * that could not be unlinked keeps its record.
  */
 void posix_objects_remove(PosixObjects *p, State *state);
 

@@ -798,7 +798,7 @@ START_TEST(test_reload_foreign) {
         char *before, *msg;
         struct stat planted, ring;
         json_t *resp;
-        int fd;
+        int fd, fds_before;
 
         test_daemon_write_config(&td, "[" RING1 "]");
         test_start_ok();
@@ -807,6 +807,9 @@ START_TEST(test_reload_foreign) {
         before = shm_listing();
         test_daemon_write_config(&td, "[" RING1 ", " RAW1 "]");
         fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"hello\", \"version\": 1}");
+        json_decref(resp);
+        fds_before = daemon_fd_count();
         resp = test_request(fd, "{\"op\": \"reload\"}");
         test_assert_error(resp, "EEXIST");
         msg = strdup(test_jstr(resp, "message"));
@@ -815,6 +818,8 @@ START_TEST(test_reload_foreign) {
         free(msg);
         assert_unchanged(PSEM_DIR "/sem.shmbroker.raw1.2", &planted);
         assert_listing(before);
+        /* The files it made before it met the name are closed again, with /dev/shm's descriptor. */
+        ck_assert_int_eq(daemon_fd_count(), fds_before);
         ck_assert_uint_eq(shm_stat("shmbroker.ring1").st_ino, ring.st_ino);
         close(fd);
         test_daemon_stop_ok(&td);
@@ -1023,6 +1028,44 @@ START_TEST(test_removed_behind_back) {
 }
 END_TEST
 
+/*
+ * A channel whose configured owner is not the daemon's user: its files are
+ * that user's, yet a stop removes them (the daemon holds them open, so
+ * their inodes are still the ones it made), and the next start makes them
+ * again instead of failing over its own leftovers. A reload that drops
+ * the channel removes them too.
+ */
+START_TEST(test_other_owner_removed) {
+        static const char theirs[] = "{\"name\": \"theirs\", \"kind\": \"posix\", \"layout\": \"ring\", \"slot_size\": 64, "
+                                     "\"slots\": 8, \"owner\": 65534, \"mode\": \"0600\"}";
+        char config[512], *before = shm_listing();
+        json_t *resp;
+        int fd;
+
+        snprintf(config, sizeof config, "[%s]", theirs);
+        test_daemon_write_config(&td, config);
+        test_start_ok();
+        assert_file("shmbroker.theirs", (off_t) ring_segment_size(64, 8), NOBODY, 0, 0600);
+        assert_file("sem.shmbroker.theirs.0", sizeof(PosixSemFile), NOBODY, 0, 0600);
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+
+        test_start_ok();
+        assert_file("shmbroker.theirs", (off_t) ring_segment_size(64, 8), NOBODY, 0, 0600);
+        test_daemon_write_config(&td, "[" SV1 "]");
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"reload\"}");
+        test_assert_ok(resp);
+        ck_assert_str_eq(json_string_value(json_array_get(json_object_get(resp, "removed"), 0)), "theirs");
+        json_decref(resp);
+        close(fd);
+        assert_listing(before);
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
 /* Holds "g" rw as NOBODY in group GID until told to go (its pipe closes). */
 static pid_t group_holder(int *ret_go) {
         int ready[2], go[2];
@@ -1099,6 +1142,24 @@ START_TEST(test_reload_group_refuses_holder) {
 }
 END_TEST
 
+/* A file that cannot be mapped (a size no address space holds) fails the start and is not left behind. */
+START_TEST(test_create_failure_removes) {
+        char *before = shm_listing(), *log;
+        int status = 0;
+
+        test_daemon_write_config(&td, "[" RING1 ", {\"name\": \"huge\", \"kind\": \"posix\", \"size\": "
+                                 "\"4194304T\"}]");
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        td.pid = -1;
+        log = log_now();
+        ck_assert_msg(strstr(log, PSEM_DIR "/shmbroker.huge"), "the log does not name the file:\n%s", log);
+        ck_assert_msg(!strstr(log, "may be left"), "the file was left:\n%s", log);
+        free(log);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
 /* --check-config validates the kind and touches nothing. */
 START_TEST(test_check_config) {
         char *before = shm_listing();
@@ -1125,7 +1186,8 @@ int main(void) {
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back,
-                                             test_reload_group_refuses_holder } },
+                                             test_reload_group_refuses_holder, test_other_owner_removed,
+                                             test_create_failure_removes } },
                 { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt, test_crash_reclaim_spares_replaced,
                                            test_crash_reclaim_intent } },
         };
