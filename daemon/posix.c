@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,9 +75,102 @@ static void file_init(PosixFile *f) {
         *f = (PosixFile) { .fd = -1, .uid = (uid_t) -1 };
 }
 
+/*
+ * The daemon's mappings of its files, guarded against SIGBUS. A client
+ * holding an rw descriptor may ftruncate(2) a file; the daemon's next
+ * access beyond the new end (a ring's holder table, a semaphore's post
+ * at removal, a status) would kill it. The handler maps private zero
+ * pages over the rest of the mapping the fault hit and marks it hit, so
+ * the access completes on memory nobody else sees, and
+ * posix_objects_check() reports the file replaced. A fault anywhere else
+ * is left to the default action. The daemon has one thread: the list
+ * changes only outside any access to a mapping, so never under the handler.
+ */
+typedef struct Guard {
+        uintptr_t start, end;           /* whole pages */
+        volatile sig_atomic_t hit;
+} Guard;
+
+static struct {
+        Guard *v;
+        size_t n, cap;
+        size_t page;
+        bool installed;
+} guards;
+
+static void on_sigbus(int sig, siginfo_t *si, void *context) {
+        uintptr_t a = (uintptr_t) si->si_addr;
+        int saved = errno;
+
+        (void) context;
+        /* Only a fault of our own access (not a kill(2) of SIGBUS) on a guarded mapping. */
+        for (size_t i = 0; si->si_code > 0 && i < guards.n; i++) {
+                Guard *g = &guards.v[i];
+                uintptr_t page = a & ~(uintptr_t) (guards.page - 1);
+
+                if (a < g->start || a >= g->end)
+                        continue;
+                if (mmap((void *) page, g->end - page, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+                        break;
+                g->hit = 1;
+                errno = saved;
+                return;
+        }
+        /* Not ours: as without a handler (a fault recurs at once, a sent signal is sent again). */
+        signal(sig, SIG_DFL);
+        if (si->si_code <= 0)
+                raise(sig);
+        errno = saved;
+}
+
+static Guard *guard_find(const void *addr) {
+        for (size_t i = 0; addr && i < guards.n; i++)
+                if (guards.v[i].start == (uintptr_t) addr)
+                        return &guards.v[i];
+        return NULL;
+}
+
+static int guard_add(void *addr, size_t size) {
+        if (!guards.installed) {
+                struct sigaction sa = { .sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO };
+                long page = sysconf(_SC_PAGESIZE);
+
+                guards.page = page > 0 ? (size_t) page : 4096;
+                sigemptyset(&sa.sa_mask);
+                if (sigaction(SIGBUS, &sa, NULL) < 0)
+                        return -errno;
+                guards.installed = true;
+        }
+        if (guards.n == guards.cap) {
+                size_t cap = guards.cap ? 2 * guards.cap : 64;
+                Guard *v = reallocarray(guards.v, cap, sizeof *v);
+
+                if (!v)
+                        return -ENOMEM;
+                guards.v = v;
+                guards.cap = cap;
+        }
+        guards.v[guards.n] = (Guard) {
+                .start = (uintptr_t) addr,
+                .end = (uintptr_t) addr + (size + guards.page - 1) / guards.page * guards.page,
+        };
+        guards.n++;
+        return 0;
+}
+
+static void guard_remove(const void *addr) {
+        Guard *g = guard_find(addr);
+
+        if (g)
+                *g = guards.v[--guards.n];
+}
+
 static void file_close(PosixFile *f) {
-        if (f->addr)
+        if (f->addr) {
+                guard_remove(f->addr);
                 (void) munmap(f->addr, f->size);
+        }
         if (f->fd >= 0)
                 close(f->fd);
         file_init(f);
@@ -108,9 +202,15 @@ static bool stat_is_recorded(const struct stat *st, const void *userdata) {
 
 static int file_map(PosixFile *f) {
         void *a = mmap(NULL, f->size, PROT_READ | PROT_WRITE, MAP_SHARED, f->fd, 0);
+        int r;
 
         if (a == MAP_FAILED)
                 return -errno;
+        r = guard_add(a, f->size);
+        if (r < 0) {
+                (void) munmap(a, f->size);
+                return r;
+        }
         f->addr = a;
         return 0;
 }
@@ -491,6 +591,7 @@ int posix_objects_check(const PosixObjects *p) {
         for (int role = POSIX_ROLE_TABLE; role < (int) p->nsems; role++) {
                 const PosixFile *f = objects_file((PosixObjects *) p, role);
                 char name[NAME_MAX + 1];
+                const Guard *g;
                 struct stat st;
                 int r;
 
@@ -505,6 +606,12 @@ int posix_objects_check(const PosixObjects *p) {
                         return -errno;
                 }
                 if (st.st_dev != f->dev || st.st_ino != f->ino)
+                        return -EIDRM;
+                /* Truncated (or grown) through a client's descriptor: the mappings no longer hold the channel. */
+                if (fstat(f->fd, &st) < 0)
+                        return -errno;
+                g = guard_find(f->addr);
+                if ((uint64_t) st.st_size != f->size || (g && g->hit))
                         return -EIDRM;
         }
         return 0;

@@ -14,6 +14,13 @@
  * while it still names that inode, a regular file owned by the daemon's
  * uid, or (a file the daemon still holds open, so the inode cannot have
  * been freed and its number reused) by the owner the daemon gave it.
+ *
+ * A client with an rw descriptor can ftruncate(2) a file under the
+ * daemon's own mapping; the daemon's access beyond the new end would
+ * raise SIGBUS. Every mapping made here is guarded: such a fault maps
+ * private zero pages over the rest of that mapping instead, and
+ * posix_objects_check() then reports the file replaced (-EIDRM), so the
+ * channel is made anew.
  */
 
 #include <stdbool.h>
@@ -81,7 +88,11 @@ int posix_objects_adopt(const ChannelSpec *spec, const StateRecord *recs, size_t
 /* Give every file its owner, group and mode (the table: bcast_table_mode() for table_mode). */
 int posix_objects_set_perms(PosixObjects *p, uid_t uid, gid_t gid, mode_t mode, mode_t table_mode);
 
-/* 0 when every name still names our file; -EIDRM when one was removed or replaced; -errno otherwise. */
+/*
+ * 0 when every name still names our file, of its size; -EIDRM when one was
+ * removed, replaced or resized (truncated under the daemon's mapping);
+ * -errno otherwise.
+ */
 int posix_objects_check(const PosixObjects *p);
 
 /*

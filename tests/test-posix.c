@@ -1066,6 +1066,66 @@ START_TEST(test_other_owner_removed) {
 }
 END_TEST
 
+/*
+ * An rw client may ftruncate(2) the files it was handed. The daemon's own
+ * mappings then end early; it must neither die of SIGBUS touching them
+ * (status, holders, removal) nor keep serving the broken files: the next
+ * open or status makes the channel anew, and a stop still removes all.
+ */
+START_TEST(test_truncated_by_client) {
+        int fd, fds[PROTO_FDS_MAX];
+        char *before = shm_listing();
+        struct stat seg = {};
+        size_t n;
+        json_t *resp;
+
+        test_daemon_write_config(&td, "[" RING1 ", " RAW1 "]");
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"ring1\", \"access\": \"rw\", \"fd\": true}", fds,
+                                PROTO_FDS_MAX, &n);
+        test_assert_ok(resp);
+        json_decref(resp);
+        seg = shm_stat("shmbroker.ring1");
+        ck_assert_int_eq(ftruncate(fds[0], 0), 0);      /* the segment, under the ring's header */
+        ck_assert_int_eq(ftruncate(fds[1], 0), 0);      /* its semaphore */
+        close_all(fds, n);
+        /* The daemon touches the ring's holder table as the holder goes. */
+        close(fd);
+
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"status\", \"channel\": \"ring1\"}");
+        json_decref(resp);
+        resp = test_request(fd, "{\"op\": \"open\", \"channel\": \"ring1\", \"access\": \"rw\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        /* Made anew, whole. */
+        ck_assert_uint_ne(shm_stat("shmbroker.ring1").st_ino, seg.st_ino);
+        assert_file("shmbroker.ring1", (off_t) ring_segment_size(64, 8), 0, 0, 0600);
+        assert_file("sem.shmbroker.ring1.0", sizeof(PosixSemFile), 0, 0, 0600);
+
+        /* Truncated right before a stop: the removal marks and posts survive it, and nothing is left. */
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"rw\", \"fd\": true}", fds,
+                                PROTO_FDS_MAX, &n);
+        test_assert_ok(resp);
+        json_decref(resp);
+        for (size_t i = 0; i < n; i++)
+                ck_assert_int_eq(ftruncate(fds[i], 0), 0);
+        close_all(fds, n);
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"ring1\", \"access\": \"rw\", \"fd\": true}", fds,
+                                PROTO_FDS_MAX, &n);
+        test_assert_ok(resp);
+        json_decref(resp);
+        ck_assert_int_eq(ftruncate(fds[0], 0), 0);
+        ck_assert_int_eq(ftruncate(fds[1], 0), 0);
+        close_all(fds, n);
+        close(fd);
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
 /* Holds "g" rw as NOBODY in group GID until told to go (its pipe closes). */
 static pid_t group_holder(int *ret_go) {
         int ready[2], go[2];
@@ -1186,8 +1246,8 @@ int main(void) {
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back,
-                                             test_reload_group_refuses_holder, test_other_owner_removed,
-                                             test_create_failure_removes } },
+                                             test_other_owner_removed, test_truncated_by_client,
+                                             test_reload_group_refuses_holder, test_create_failure_removes } },
                 { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt, test_crash_reclaim_spares_replaced,
                                            test_crash_reclaim_intent } },
         };
