@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,74 +72,207 @@ int posix_record_file_name(const StateRecord *rec, char *buf, size_t size) {
 }
 
 static void file_init(PosixFile *f) {
-        *f = (PosixFile) { .fd = -1 };
+        *f = (PosixFile) { .fd = -1, .uid = (uid_t) -1 };
+}
+
+/*
+ * The daemon's mappings of its files, guarded against SIGBUS. A client
+ * holding an rw descriptor may ftruncate(2) a file; the daemon's next
+ * access beyond the new end (a ring's holder table, a semaphore's post
+ * at removal, a status) would kill it. The handler maps private zero
+ * pages over the rest of the mapping the fault hit and marks it hit, so
+ * the access completes on memory nobody else sees, and
+ * posix_objects_check() reports the file replaced. A fault anywhere else
+ * is left to the default action. The daemon has one thread: the list
+ * changes only outside any access to a mapping, so never under the handler.
+ */
+typedef struct Guard {
+        uintptr_t start, end;           /* whole pages */
+        volatile sig_atomic_t hit;
+} Guard;
+
+static struct {
+        Guard *v;
+        size_t n, cap;
+        size_t page;
+        bool installed;
+} guards;
+
+static void on_sigbus(int sig, siginfo_t *si, void *context) {
+        uintptr_t a = (uintptr_t) si->si_addr;
+        int saved = errno;
+
+        (void) context;
+        /* Only a fault of our own access (not a kill(2) of SIGBUS) on a guarded mapping. */
+        for (size_t i = 0; si->si_code > 0 && i < guards.n; i++) {
+                Guard *g = &guards.v[i];
+                uintptr_t page = a & ~(uintptr_t) (guards.page - 1);
+
+                if (a < g->start || a >= g->end)
+                        continue;
+                if (mmap((void *) page, g->end - page, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+                        break;
+                g->hit = 1;
+                errno = saved;
+                return;
+        }
+        /* Not ours: as without a handler (a fault recurs at once, a sent signal is sent again). */
+        signal(sig, SIG_DFL);
+        if (si->si_code <= 0)
+                raise(sig);
+        errno = saved;
+}
+
+static Guard *guard_find(const void *addr) {
+        for (size_t i = 0; addr && i < guards.n; i++)
+                if (guards.v[i].start == (uintptr_t) addr)
+                        return &guards.v[i];
+        return NULL;
+}
+
+static int guard_add(void *addr, size_t size) {
+        if (!guards.installed) {
+                struct sigaction sa = { .sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO };
+                long page = sysconf(_SC_PAGESIZE);
+
+                guards.page = page > 0 ? (size_t) page : 4096;
+                sigemptyset(&sa.sa_mask);
+                if (sigaction(SIGBUS, &sa, NULL) < 0)
+                        return -errno;
+                guards.installed = true;
+        }
+        if (guards.n == guards.cap) {
+                size_t cap = guards.cap ? 2 * guards.cap : 64;
+                Guard *v = reallocarray(guards.v, cap, sizeof *v);
+
+                if (!v)
+                        return -ENOMEM;
+                guards.v = v;
+                guards.cap = cap;
+        }
+        guards.v[guards.n] = (Guard) {
+                .start = (uintptr_t) addr,
+                .end = (uintptr_t) addr + (size + guards.page - 1) / guards.page * guards.page,
+        };
+        guards.n++;
+        return 0;
+}
+
+static void guard_remove(const void *addr) {
+        Guard *g = guard_find(addr);
+
+        if (g)
+                *g = guards.v[--guards.n];
 }
 
 static void file_close(PosixFile *f) {
-        if (f->addr)
+        if (f->addr) {
+                guard_remove(f->addr);
                 (void) munmap(f->addr, f->size);
+        }
         if (f->fd >= 0)
                 close(f->fd);
         file_init(f);
 }
 
-/* Whether st is a file this daemon may treat as its own: a regular file of our uid. */
+/* Whether st is a file this daemon may treat as its own without holding it: a regular file of our uid. */
 static bool stat_is_ours(const struct stat *st) {
         return S_ISREG(st->st_mode) && st->st_uid == self_euid();
 }
 
+/*
+ * Whether st is f, which the daemon holds open (so its inode number cannot
+ * have been reused): that inode, a regular file, owned by the daemon or by
+ * the owner the daemon gave it.
+ */
+static bool stat_is_file(const struct stat *st, const void *userdata) {
+        const PosixFile *f = userdata;
+
+        return f->fd >= 0 && st->st_dev == f->dev && st->st_ino == f->ino && S_ISREG(st->st_mode) &&
+               (st->st_uid == self_euid() || st->st_uid == f->uid);
+}
+
+/* Whether st is the file rec records: that inode, a regular file of our uid. */
+static bool stat_is_recorded(const struct stat *st, const void *userdata) {
+        const StateRecord *rec = userdata;
+
+        return (uint64_t) st->st_dev == rec->dev && (uint64_t) st->st_ino == rec->ino && stat_is_ours(st);
+}
+
 static int file_map(PosixFile *f) {
         void *a = mmap(NULL, f->size, PROT_READ | PROT_WRITE, MAP_SHARED, f->fd, 0);
+        int r;
 
         if (a == MAP_FAILED)
                 return -errno;
+        r = guard_add(a, f->size);
+        if (r < 0) {
+                (void) munmap(a, f->size);
+                return r;
+        }
         f->addr = a;
         return 0;
 }
 
 /*
- * Make dir/name: O_EXCL, 0600, sized, mapped. -EEXIST when the name is
- * taken (nothing touched); other failures unlink what was made.
+ * Unlink dir/name if lstat shows what is_ours accepts. 1 removed, 0 not
+ * ours (untouched), -ENOENT gone, another -errno.
  */
-static int file_create(int dir, const char *name, size_t size, PosixFile *ret) {
+static int unlink_checked(int dir, const char *name, bool (*is_ours)(const struct stat *st, const void *userdata),
+                          const void *userdata) {
+        struct stat st;
+
+        if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                return -errno;
+        if (!is_ours(&st, userdata))
+                return 0;
+        if (unlinkat(dir, name, 0) < 0)
+                return -errno;
+        return 1;
+}
+
+/*
+ * Make dir/name: O_EXCL, 0600, sized, mapped. -EEXIST when the name is
+ * taken (nothing touched); on another failure what was made is unlinked
+ * when it can be proven ours, and *ret_left says whether a file may
+ * still be there (its intent must then stay recorded, for reclaim).
+ */
+static int file_create(int dir, const char *name, size_t size, PosixFile *ret, bool *ret_left) {
         PosixFile f;
         struct stat st;
-        int r;
+        int r, k;
 
+        *ret_left = false;
         file_init(&f);
         f.size = size;
         f.fd = openat(dir, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (f.fd < 0)
                 return -errno;
-        if (fstat(f.fd, &st) < 0 || ftruncate(f.fd, (off_t) size) < 0) {
+        if (fstat(f.fd, &st) < 0) {
+                /* Nothing to compare the name with: the intent covers it. */
                 r = -errno;
+                *ret_left = true;
                 goto fail;
         }
         f.dev = st.st_dev;
         f.ino = st.st_ino;
+        f.uid = st.st_uid;
+        if (ftruncate(f.fd, (off_t) size) < 0) {
+                r = -errno;
+                goto fail_unlink;
+        }
         r = file_map(&f);
         if (r < 0)
-                goto fail;
+                goto fail_unlink;
         *ret = f;
         return 0;
+fail_unlink:
+        k = unlink_checked(dir, name, stat_is_file, &f);
+        *ret_left = k != 1 && k != -ENOENT;
 fail:
-        /* Ours: made with O_EXCL a moment ago, in a sticky directory. */
-        (void) unlinkat(dir, name, 0);
         file_close(&f);
         return r;
-}
-
-/* Unlink dir/name if it still names (dev, ino), a regular file of ours. 1 removed, 0 not ours, -ENOENT, -errno. */
-static int unlink_if_ours(int dir, const char *name, dev_t dev, ino_t ino) {
-        struct stat st;
-
-        if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-                return -errno;
-        if (st.st_dev != dev || st.st_ino != ino || !stat_is_ours(&st))
-                return 0;
-        if (unlinkat(dir, name, 0) < 0)
-                return errno == ENOENT ? -ENOENT : -errno;
-        return 1;
 }
 
 static StateRecord file_record(const PosixFile *f, const char *channel, int role, pid_t pid, int64_t since) {
@@ -236,9 +370,10 @@ static int create_one(int dir, PosixObjects *p, const char *channel, int role, s
                       char *msg, size_t msg_size) {
         PosixFile *f = objects_file(p, role);
         char name[NAME_MAX + 1];
-        StateRecord rec, intent = { .kind = STATE_POSIX, .pending = true, .id = role, .pid = p->made_pid,
-                                    .since = p->made_since, .size = size };
-        int r;
+        StateRecord recs[2], intent = { .kind = STATE_POSIX, .pending = true, .id = role, .pid = p->made_pid,
+                                        .since = p->made_since, .size = size };
+        bool left;
+        int r, k;
 
         r = file_name(channel, role, name, sizeof name);
         if (r < 0) {
@@ -252,8 +387,9 @@ static int create_one(int dir, PosixObjects *p, const char *channel, int role, s
                         state_path(state), strerror(-r));
                 return r;
         }
-        r = file_create(dir, name, size, f);
-        if (r < 0 && state)
+        r = file_create(dir, name, size, f, &left);
+        /* Nothing made, or made and gone again: no intent to keep. A file that may be left keeps it. */
+        if (r < 0 && !left && state)
                 (void) state_append_records(state, NULL, 0, &intent, 1);
         if (r == -EEXIST) {
                 msg_set(msg, msg_size, "channel \"%s\": %s/%s already exists and was not made by this daemon; "
@@ -261,19 +397,23 @@ static int create_one(int dir, PosixObjects *p, const char *channel, int role, s
                 return r;
         }
         if (r < 0) {
-                msg_set(msg, msg_size, "channel \"%s\": cannot create %s/%s of %zu bytes: %s", channel, PSEM_DIR,
-                        name, size, strerror(-r));
+                msg_set(msg, msg_size, "channel \"%s\": cannot create %s/%s of %zu bytes: %s%s", channel, PSEM_DIR,
+                        name, size, strerror(-r), left ? " (it may be left, recorded for the next start)" : "");
                 return r;
         }
         if (!state)
                 return 0;
-        rec = file_record(f, channel, role, p->made_pid, p->made_since);
-        r = state_append_records(state, &rec, 1, &intent, 1);
+        recs[0] = file_record(f, channel, role, p->made_pid, p->made_since);
+        recs[1] = intent;
+        r = state_append_records(state, &recs[0], 1, &recs[1], 1);
         if (r < 0) {
                 msg_set(msg, msg_size, "channel \"%s\": cannot record %s/%s in %s: %s", channel, PSEM_DIR, name,
                         state_path(state), strerror(-r));
-                (void) unlink_if_ours(dir, name, f->dev, f->ino);
+                k = unlink_checked(dir, name, stat_is_file, f);
                 file_close(f);
+                /* Gone: neither the record (a failed write may keep its first part) nor the intent is needed. */
+                if (k == 1 || k == -ENOENT)
+                        (void) state_append_records(state, NULL, 0, recs, 2);
         }
         return r;
 }
@@ -354,6 +494,7 @@ static int adopt_one(int dir, const StateRecord *rec, PosixFile *ret) {
         }
         f.dev = st.st_dev;
         f.ino = st.st_ino;
+        f.uid = st.st_uid;
         f.size = (size_t) rec->size;
         r = file_map(&f);
         if (r < 0)
@@ -422,7 +563,11 @@ fail:
 static int file_set_perms(PosixFile *f, uid_t uid, gid_t gid, mode_t mode) {
         if (f->fd < 0)
                 return 0;
-        if (fchown(f->fd, uid, gid) < 0 || fchmod(f->fd, mode & 0777) < 0)
+        if (fchown(f->fd, uid, gid) < 0)
+                return -errno;
+        /* Its owner now: what removal accepts besides the daemon's own uid. */
+        f->uid = uid;
+        if (fchmod(f->fd, mode & 0777) < 0)
                 return -errno;
         return 0;
 }
@@ -446,6 +591,7 @@ int posix_objects_check(const PosixObjects *p) {
         for (int role = POSIX_ROLE_TABLE; role < (int) p->nsems; role++) {
                 const PosixFile *f = objects_file((PosixObjects *) p, role);
                 char name[NAME_MAX + 1];
+                const Guard *g;
                 struct stat st;
                 int r;
 
@@ -460,6 +606,12 @@ int posix_objects_check(const PosixObjects *p) {
                         return -errno;
                 }
                 if (st.st_dev != f->dev || st.st_ino != f->ino)
+                        return -EIDRM;
+                /* Truncated (or grown) through a client's descriptor: the mappings no longer hold the channel. */
+                if (fstat(f->fd, &st) < 0)
+                        return -errno;
+                g = guard_find(f->addr);
+                if ((uint64_t) st.st_size != f->size || (g && g->hit))
                         return -EIDRM;
         }
         return 0;
@@ -480,7 +632,7 @@ void posix_objects_remove(PosixObjects *p, State *state) {
 
                 if (!f || f->fd < 0 || file_name(channel, role, name, sizeof name) < 0)
                         continue;
-                r = unlink_if_ours(dir, name, f->dev, f->ino);
+                r = unlink_checked(dir, name, stat_is_file, f);
                 /* Gone now, or before: its record goes. Another file at the name: ours may still exist. */
                 if ((r == 1 || r == -ENOENT) && state) {
                         StateRecord rec = file_record(f, channel, role, p->made_pid, p->made_since);
@@ -603,6 +755,7 @@ int posix_objects_sem_value(const PosixObjects *p, unsigned idx, int *ret) {
 #define INTENT_WINDOW_SEC 60
 
 static int reclaim_intent(int dir, const StateRecord *rec, const char *name) {
+        StateRecord found;
         struct stat st;
 
         if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
@@ -611,7 +764,11 @@ static int reclaim_intent(int dir, const StateRecord *rec, const char *name) {
             (st.st_size != 0 && (uint64_t) st.st_size != rec->size) || st.st_ctim.tv_sec < rec->since ||
             st.st_ctim.tv_sec > rec->since + INTENT_WINDOW_SEC)
                 return 0;
-        return unlink_if_ours(dir, name, st.st_dev, st.st_ino);
+        /* The inode just judged, looked at again right before the unlink. */
+        found = *rec;
+        found.dev = (uint64_t) st.st_dev;
+        found.ino = (uint64_t) st.st_ino;
+        return unlink_checked(dir, name, stat_is_recorded, &found);
 }
 
 int posix_reclaim_file(const StateRecord *rec, void (*mark)(void *addr, size_t size)) {
@@ -638,6 +795,5 @@ int posix_reclaim_file(const StateRecord *rec, void (*mark)(void *addr, size_t s
                         mark(f.addr, f.size);
                 file_close(&f);
         }
-        r = unlink_if_ours(dir, name, (dev_t) rec->dev, (ino_t) rec->ino);
-        return r;
+        return unlink_checked(dir, name, stat_is_recorded, rec);
 }

@@ -12,7 +12,15 @@
  * fchmod) only once initialised. Each is recorded in the state file with
  * its device and inode as soon as it exists, and a name is unlinked only
  * while it still names that inode, a regular file owned by the daemon's
- * uid.
+ * uid, or (a file the daemon still holds open, so the inode cannot have
+ * been freed and its number reused) by the owner the daemon gave it.
+ *
+ * A client with an rw descriptor can ftruncate(2) a file under the
+ * daemon's own mapping; the daemon's access beyond the new end would
+ * raise SIGBUS. Every mapping made here is guarded: such a fault maps
+ * private zero pages over the rest of that mapping instead, and
+ * posix_objects_check() then reports the file replaced (-EIDRM), so the
+ * channel is made anew.
  */
 
 #include <stdbool.h>
@@ -34,6 +42,7 @@ typedef struct PosixFile {
         int fd;                         /* O_RDWR, the daemon's own; -1: none */
         dev_t dev;
         ino_t ino;
+        uid_t uid;                      /* the owner the daemon gave it (its own, until set_perms) */
         void *addr;                     /* MAP_SHARED of the whole file; NULL: none */
         size_t size;
 } PosixFile;
@@ -79,14 +88,20 @@ int posix_objects_adopt(const ChannelSpec *spec, const StateRecord *recs, size_t
 /* Give every file its owner, group and mode (the table: bcast_table_mode() for table_mode). */
 int posix_objects_set_perms(PosixObjects *p, uid_t uid, gid_t gid, mode_t mode, mode_t table_mode);
 
-/* 0 when every name still names our file; -EIDRM when one was removed or replaced; -errno otherwise. */
+/*
+ * 0 when every name still names our file, of its size; -EIDRM when one was
+ * removed, replaced or resized (truncated under the daemon's mapping);
+ * -errno otherwise.
+ */
 int posix_objects_check(const PosixObjects *p);
 
 /*
  * Tell the semaphores' waiters (PSEM_STATE_REMOVED and one post each),
- * unlink every name that is still ours, cancel the records of the files
- * that are gone (state may be NULL) and close everything. A name that
- * now names another file is left alone and its record kept.
+ * unlink every name that still names the file the daemon holds (a regular
+ * file owned by the daemon or by whom set_perms gave it), cancel the
+ * records of the files that are gone (state may be NULL) and close
+ * everything. A name that now names another file is left alone; a file
+ * that could not be unlinked keeps its record.
  */
 void posix_objects_remove(PosixObjects *p, State *state);
 

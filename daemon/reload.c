@@ -39,6 +39,11 @@ static bool perms_revoke_hold(Entry *e, const ChannelSpec *s, pid_t *ret_pid) {
         perm.uid = s->uid;
         perm.gid = s->gid;
         perm.mode = s->mode;
+        /* A file has no creator (channel_perm() gives its owner and group): the new ones alone count. */
+        if (e->channel->spec.kind == PROTO_KIND_POSIX) {
+                perm.cuid = perm.uid;
+                perm.cgid = perm.gid;
+        }
         LIST_FOREACH(h, &e->holds, by_entry)
                 if (!access_allowed(&h->client->peer, &perm, true, h->access == PROTO_ACCESS_RW)) {
                         *ret_pid = h->client->peer.pid;

@@ -818,7 +818,7 @@ START_TEST(test_reload_foreign) {
         char *before, *msg;
         struct stat planted, ring;
         json_t *resp;
-        int fd;
+        int fd, fds_before;
 
         test_daemon_write_config(&td, "[" RING1 "]");
         test_start_ok();
@@ -827,6 +827,9 @@ START_TEST(test_reload_foreign) {
         before = shm_listing();
         test_daemon_write_config(&td, "[" RING1 ", " RAW1 "]");
         fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"hello\", \"version\": 1}");
+        json_decref(resp);
+        fds_before = daemon_fd_count();
         resp = test_request(fd, "{\"op\": \"reload\"}");
         test_assert_error(resp, "EEXIST");
         msg = strdup(test_jstr(resp, "message"));
@@ -835,6 +838,8 @@ START_TEST(test_reload_foreign) {
         free(msg);
         assert_unchanged(PSEM_DIR "/sem.shmbroker.raw1.2", &planted);
         assert_listing(before);
+        /* The files it made before it met the name are closed again, with /dev/shm's descriptor. */
+        ck_assert_int_eq(daemon_fd_count(), fds_before);
         ck_assert_uint_eq(shm_stat("shmbroker.ring1").st_ino, ring.st_ino);
         close(fd);
         test_daemon_stop_ok(&td);
@@ -1082,6 +1087,198 @@ START_TEST(test_removed_behind_back) {
 }
 END_TEST
 
+/*
+ * A channel whose configured owner is not the daemon's user: its files are
+ * that user's, yet a stop removes them (the daemon holds them open, so
+ * their inodes are still the ones it made), and the next start makes them
+ * again instead of failing over its own leftovers. A reload that drops
+ * the channel removes them too.
+ */
+START_TEST(test_other_owner_removed) {
+        static const char theirs[] = "{\"name\": \"theirs\", \"kind\": \"posix\", \"layout\": \"ring\", \"slot_size\": 64, "
+                                     "\"slots\": 8, \"owner\": 65534, \"mode\": \"0600\"}";
+        char config[512], *before = shm_listing();
+        json_t *resp;
+        int fd;
+
+        snprintf(config, sizeof config, "[%s]", theirs);
+        test_daemon_write_config(&td, config);
+        test_start_ok();
+        assert_file("shmbroker.theirs", (off_t) ring_segment_size(64, 8), NOBODY, 0, 0600);
+        assert_file("sem.shmbroker.theirs.0", sizeof(PosixSemFile), NOBODY, 0, 0600);
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+
+        test_start_ok();
+        assert_file("shmbroker.theirs", (off_t) ring_segment_size(64, 8), NOBODY, 0, 0600);
+        test_daemon_write_config(&td, "[" SV1 "]");
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"reload\"}");
+        test_assert_ok(resp);
+        ck_assert_str_eq(json_string_value(json_array_get(json_object_get(resp, "removed"), 0)), "theirs");
+        json_decref(resp);
+        close(fd);
+        assert_listing(before);
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
+/*
+ * An rw client may ftruncate(2) the files it was handed. The daemon's own
+ * mappings then end early; it must neither die of SIGBUS touching them
+ * (status, holders, removal) nor keep serving the broken files: the next
+ * open or status makes the channel anew, and a stop still removes all.
+ */
+START_TEST(test_truncated_by_client) {
+        int fd, fds[PROTO_FDS_MAX];
+        char *before = shm_listing();
+        struct stat seg = {};
+        size_t n;
+        json_t *resp;
+
+        test_daemon_write_config(&td, "[" RING1 ", " RAW1 "]");
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"ring1\", \"access\": \"rw\", \"fd\": true}", fds,
+                                PROTO_FDS_MAX, &n);
+        test_assert_ok(resp);
+        json_decref(resp);
+        seg = shm_stat("shmbroker.ring1");
+        ck_assert_int_eq(ftruncate(fds[0], 0), 0);      /* the segment, under the ring's header */
+        ck_assert_int_eq(ftruncate(fds[1], 0), 0);      /* its semaphore */
+        close_all(fds, n);
+        /* The daemon touches the ring's holder table as the holder goes. */
+        close(fd);
+
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"status\", \"channel\": \"ring1\"}");
+        json_decref(resp);
+        resp = test_request(fd, "{\"op\": \"open\", \"channel\": \"ring1\", \"access\": \"rw\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        /* Made anew, whole. */
+        ck_assert_uint_ne(shm_stat("shmbroker.ring1").st_ino, seg.st_ino);
+        assert_file("shmbroker.ring1", (off_t) ring_segment_size(64, 8), 0, 0, 0600);
+        assert_file("sem.shmbroker.ring1.0", sizeof(PosixSemFile), 0, 0, 0600);
+
+        /* Truncated right before a stop: the removal marks and posts survive it, and nothing is left. */
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"rw\", \"fd\": true}", fds,
+                                PROTO_FDS_MAX, &n);
+        test_assert_ok(resp);
+        json_decref(resp);
+        for (size_t i = 0; i < n; i++)
+                ck_assert_int_eq(ftruncate(fds[i], 0), 0);
+        close_all(fds, n);
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"ring1\", \"access\": \"rw\", \"fd\": true}", fds,
+                                PROTO_FDS_MAX, &n);
+        test_assert_ok(resp);
+        json_decref(resp);
+        ck_assert_int_eq(ftruncate(fds[0], 0), 0);
+        ck_assert_int_eq(ftruncate(fds[1], 0), 0);
+        close_all(fds, n);
+        close(fd);
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
+/* Holds "g" rw as NOBODY in group GID until told to go (its pipe closes). */
+static pid_t group_holder(int *ret_go) {
+        int ready[2], go[2];
+        pid_t pid;
+        char c;
+
+        ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
+        ck_assert_int_eq(pipe2(go, O_CLOEXEC), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                json_t *resp;
+                int fd;
+
+                close(ready[0]);
+                close(go[1]);
+                test_drop_privileges(NOBODY, GID, 0);
+                fd = test_connect(td.socket);
+                resp = test_request(fd, "{\"op\": \"open\", \"channel\": \"g\", \"access\": \"rw\"}");
+                if (!json_is_true(json_object_get(resp, "ok")))
+                        _exit(2);
+                json_decref(resp);
+                if (write(ready[1], "x", 1) != 1)
+                        _exit(3);
+                (void) read(go[0], &c, 1);
+                close(fd);
+                _exit(0);
+        }
+        close(ready[1]);
+        close(go[0]);
+        ck_assert_int_eq(read(ready[0], &c, 1), 1);
+        close(ready[0]);
+        *ret_go = go[1];
+        return pid;
+}
+
+/*
+ * A reload that gives a posix channel another group takes the rights of a
+ * holder that had them only through the old group: its descriptors and
+ * mappings cannot be taken back, so the channel is replaced, not changed
+ * in place (a file's old group is no creator group that would still admit it).
+ */
+START_TEST(test_reload_group_refuses_holder) {
+        struct stat seg;
+        char *log;
+        json_t *resp;
+        int fd, go, status;
+        pid_t holder;
+
+        test_daemon_write_config(&td, "[{\"name\": \"g\", \"kind\": \"posix\", \"size\": 4096, \"group\": 4321, "
+                                 "\"mode\": \"0660\"}]");
+        test_start_ok();
+        holder = group_holder(&go);
+        seg = shm_stat("shmbroker.g");
+
+        test_daemon_write_config(&td, "[{\"name\": \"g\", \"kind\": \"posix\", \"size\": 4096, \"group\": 4322, "
+                                 "\"mode\": \"0660\"}]");
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"reload\"}");
+        test_assert_ok(resp);
+        ck_assert_str_eq(json_string_value(json_array_get(json_object_get(resp, "changed"), 0)), "g");
+        json_decref(resp);
+        close(fd);
+        ck_assert_msg(shm_stat("shmbroker.g").st_ino != seg.st_ino, "changed in place under a holder it refuses");
+        assert_file("shmbroker.g", 4096, 0, 4322, 0660);
+        log = log_now();
+        ck_assert_msg(strstr(log, "would refuse a current holder"), "the log does not say why:\n%s", log);
+        free(log);
+
+        close(go);
+        ck_assert_int_eq(waitpid(holder, &status, 0), holder);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "holder status %d", status);
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
+/* A file that cannot be mapped (a size no address space holds) fails the start and is not left behind. */
+START_TEST(test_create_failure_removes) {
+        char *before = shm_listing(), *log;
+        int status = 0;
+
+        test_daemon_write_config(&td, "[" RING1 ", {\"name\": \"huge\", \"kind\": \"posix\", \"size\": "
+                                 "\"4194304T\"}]");
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        td.pid = -1;
+        log = log_now();
+        ck_assert_msg(strstr(log, PSEM_DIR "/shmbroker.huge"), "the log does not name the file:\n%s", log);
+        ck_assert_msg(!strstr(log, "may be left"), "the file was left:\n%s", log);
+        free(log);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
 /* --check-config validates the kind and touches nothing. */
 START_TEST(test_check_config) {
         char *before = shm_listing();
@@ -1108,7 +1305,9 @@ int main(void) {
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back,
-                                             test_stop_and_reload_spare_replaced } },
+                                             test_stop_and_reload_spare_replaced, test_other_owner_removed,
+                                             test_truncated_by_client, test_reload_group_refuses_holder,
+                                             test_create_failure_removes } },
                 { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt, test_crash_reclaim_spares_replaced,
                                            test_crash_reclaim_intent } },
         };
