@@ -43,12 +43,28 @@
 
 #define INDEX_MASK ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)
 
-void holders_init_table(Holders *hs, RingHolder *table, uint32_t n) {
-        *hs = (Holders) { .table = table, .n = MIN(n, (uint32_t) RING_HOLDERS) };
+void holders_done(Holders *hs) {
+        free(hs->orphans);
+        *hs = (Holders) {};
 }
 
-void holders_init(Holders *hs, RingHeader *ring) {
-        holders_init_table(hs, ring ? ring_holder_at(ring, 0) : NULL, RING_HOLDERS);
+int holders_init_table(Holders *hs, RingHolder *table, uint32_t n) {
+        uint64_t *v;
+
+        holders_done(hs);
+        n = MIN(n, (uint32_t) RING_HOLDERS);
+        if (!table || n == 0)
+                return 0;
+        /* The bitmap, then the cookies. */
+        v = calloc(RING_HOLDERS / 64 + n, sizeof *v);
+        if (!v)
+                return -ENOMEM;
+        *hs = (Holders) { .table = table, .n = n, .orphans = v, .cookies = v + RING_HOLDERS / 64 };
+        return 0;
+}
+
+int holders_init(Holders *hs, RingHeader *ring) {
+        return holders_init_table(hs, ring ? ring_holder_at(ring, 0) : NULL, RING_HOLDERS);
 }
 
 bool holders_token_dead(const Holders *hs, uint32_t token) {

@@ -43,20 +43,29 @@ typedef struct Holders {
         uint32_t next;                  /* where the search for a DEAD entry to reuse starts */
         uint32_t n_orphans;             /* of both kinds */
         uint32_t n_watched;             /* of them, those with a cookie */
-        uint64_t orphans[RING_HOLDERS / 64];    /* LIVE entries that no hold has (taken back) */
-        uint64_t cookies[RING_HOLDERS];         /* a watched orphan's cookie; 0: a killed run's, or none */
+        /*
+         * Beside a table only (NULL without one), one allocation: raw
+         * channels, most of a large config, then cost no page each.
+         */
+        uint64_t *orphans;              /* bitmap: LIVE entries that no hold has (taken back) */
+        uint64_t *cookies;              /* per entry: a watched orphan's cookie; 0: a killed run's, or none */
 } Holders;
 
 /*
  * Keep the table of `ring`, a ring's header as this daemon attached it, or
  * of nothing (NULL: not a ring; every other call is then a no-op that
  * hands out no token). The table starts as it is in the segment, with no
- * orphans: a fresh ring's, laid out by ring_format().
+ * orphans: a fresh ring's, laid out by ring_format(). hs is zeroed or was
+ * initialised before (what it kept is freed). 0, or -ENOMEM: then hs has
+ * no table.
  */
-void holders_init(Holders *hs, RingHeader *ring);
+int holders_init(Holders *hs, RingHeader *ring);
 
 /* The same for the n entries (at most RING_HOLDERS) at `table` (NULL: none). */
-void holders_init_table(Holders *hs, RingHolder *table, uint32_t n);
+int holders_init_table(Holders *hs, RingHolder *table, uint32_t n);
+
+/* Free what hs keeps beside the table (not the table: the segment's). hs has no table after. */
+void holders_done(Holders *hs);
 
 /* Whether token names no LIVE entry of the table (bcast_token_dead()); false for 0 and without a table. */
 bool holders_token_dead(const Holders *hs, uint32_t token);

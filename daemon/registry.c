@@ -37,6 +37,11 @@ static void drop_holds(Entry *e) {
                 hold_free(LIST_FIRST(&e->holds));
 }
 
+static void entry_done_holders(Entry *e) {
+        holders_done(&e->holders);
+        holders_done(&e->subs);
+}
+
 /* The entry's holds, its kernel objects, and itself. */
 static void entry_free(Registry *r, Entry *e) {
         /*
@@ -50,6 +55,7 @@ static void entry_free(Registry *r, Entry *e) {
         if (e->has_wake)
                 wake_remove(r->wake, e->channel->spec.name);
         channel_free(e->channel, r->state);
+        entry_done_holders(e);
         free(e);
 }
 
@@ -63,49 +69,56 @@ Registry *registry_free(Registry *r) {
         return NULL;
 }
 
-/* The holder tables of e's channel, as its segment has them (fresh, or a killed run's). */
-static void entry_init_holders(Entry *e) {
+/* The holder tables of e's channel, as its segment has them (fresh, or a killed run's). 0 or -ENOMEM. */
+static int entry_init_holders(Entry *e) {
         Channel *c = e->channel;
 
-        holders_init_table(&e->subs, NULL, 0);
+        holders_done(&e->subs);
         if (c->spec.layout == PROTO_LAYOUT_RING)
-                holders_init(&e->holders, c->addr);
-        else if (c->spec.layout == PROTO_LAYOUT_BROADCAST) {
-                holders_init_table(&e->holders, bcast_publisher_at(c->addr, 0), BCAST_PUBLISHERS);
-                holders_init_table(&e->subs, bcast_subscriber_at(c->addr, 0), c->spec.subscribers);
-        } else
-                holders_init(&e->holders, NULL);
+                return holders_init(&e->holders, c->addr);
+        if (c->spec.layout == PROTO_LAYOUT_BROADCAST) {
+                int k = holders_init_table(&e->holders, bcast_publisher_at(c->addr, 0), BCAST_PUBLISHERS);
+
+                return k < 0 ? k : holders_init_table(&e->subs, bcast_subscriber_at(c->addr, 0), c->spec.subscribers);
+        }
+        holders_done(&e->holders);
+        return 0;
 }
+
 
 /*
  * A ring's holder table and wake-up FIFOs, for a new entry or a remade
  * channel. keep: adopted, so its FIFOs (which waiters hold open) stay.
  * Without FIFOs the ring still works; only shmb_channel_fd() does not.
  */
-static void entry_init_ring(Registry *r, Entry *e, bool keep) {
+static int entry_init_ring(Registry *r, Entry *e, bool keep) {
         const ChannelSpec *s = &e->channel->spec;
         bool ring = s->layout == PROTO_LAYOUT_RING, bcast = s->layout == PROTO_LAYOUT_BROADCAST;
         /* A broadcast subscriber opens ro yet raises and empties its FIFO: read grants write, as on its table. */
         mode_t mode = bcast ? s->mode | ((s->mode & 0444) >> 1) : s->mode;
         int k;
 
-        entry_init_holders(e);
         e->has_wake = false;
+        k = entry_init_holders(e);
+        if (k < 0)
+                return k;
         if ((!ring && !bcast) || !r->wake)
-                return;
+                return 0;
         k = wake_make(r->wake, s->name, keep, s->uid, s->gid, mode);
         if (k < 0) {
                 log_warning("Channel %s: cannot make its wake-up FIFOs: %s; waiting for it in an event loop "
                             "will not work.", s->name, strerror(-k));
-                return;
+                return 0;
         }
         e->has_wake = true;
         e->holders.wake = e->subs.wake = r->wake;
         e->holders.name = e->subs.name = s->name;
+        return 0;
 }
 
 static int registry_add(Registry *r, Channel *c, bool adopted, Entry **ret) {
         Entry *e;
+        int k;
 
         if (r->n == r->cap) {
                 size_t cap = r->cap ? r->cap * 2 : 16;
@@ -121,8 +134,13 @@ static int registry_add(Registry *r, Channel *c, bool adopted, Entry **ret) {
                 return -ENOMEM;
         e->registry = r;
         e->channel = c;
-        entry_init_ring(r, e, adopted);
         LIST_INIT(&e->holds);
+        k = entry_init_ring(r, e, adopted);
+        if (k < 0) {
+                entry_done_holders(e);
+                free(e);
+                return k;
+        }
         r->entries[r->n++] = e;
         /* Sorted lazily: adding N channels at start stays O(N log N). */
         r->sorted = false;
@@ -186,6 +204,7 @@ void registry_forget_adopted(Registry *r) {
                 /* None yet (nobody was served), so no token goes DEAD: the next start judges the table. */
                 drop_holds(e);
                 channel_forget(e->channel);
+                entry_done_holders(e);
                 free(e);
         }
 }
@@ -212,7 +231,13 @@ int registry_repair(Registry *r, Entry *e, bool *ret_remade, char *msg, size_t m
                 return k;
         }
         /* A new segment, a fresh table (the old one's tokens went with its holds), fresh FIFOs. */
-        entry_init_ring(r, e, false);
+        k = entry_init_ring(r, e, false);
+        if (k < 0) {
+                msg_set(msg, msg_size, "channel \"%s\": cannot keep its holder table: %s", e->channel->spec.name,
+                        strerror(-k));
+                registry_remove(r, e);
+                return k;
+        }
         *ret_remade = true;
         return 0;
 }
