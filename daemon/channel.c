@@ -197,9 +197,9 @@ static int try_key(Channel *c, uint32_t key, State *state, char *msg, size_t msg
         /* A second before now: the set's ctime, which proves it ours, is no earlier. */
         int64_t since = (int64_t) time(NULL) - 1;
         StateRecord intents[2] = {
-                { .kind = STATE_SHM, .key = key, .id = -1, .pending = true, .pid = getpid(), .since = since,
+                { .kind = STATE_SHM, .key = key, .id = -1, .pending = true, .pid = self_pid(), .since = since,
                   .size = s->size },
-                { .kind = STATE_SEM, .key = key, .id = -1, .pending = true, .pid = getpid(), .since = since,
+                { .kind = STATE_SEM, .key = key, .id = -1, .pending = true, .pid = self_pid(), .since = since,
                   .size = s->nsems },
         };
         int r;
@@ -232,7 +232,7 @@ static int try_key(Channel *c, uint32_t key, State *state, char *msg, size_t msg
         {
                 StateRecord ids[CHANNEL_RECORDS];
 
-                c->made_pid = getpid();
+                c->made_pid = self_pid();
                 c->made_since = since;
                 channel_records(c, ids);
 

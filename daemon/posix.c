@@ -442,7 +442,7 @@ int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *st
         int r;
 
         posix_objects_init(&p);
-        p.made_pid = getpid();
+        p.made_pid = self_pid();
         /* A second before now: a file made from here on has a ctime no earlier. */
         p.made_since = (int64_t) time(NULL) - 1;
         r = objects_begin(&p, spec, &dir, msg, msg_size);

@@ -11,3 +11,10 @@
 
 uid_t self_euid(void);
 gid_t self_egid(void);
+
+/*
+ * Our pid, asked once per process (three times per channel at start
+ * before). A fork asks again: the child of a test that links the daemon's
+ * library is another process.
+ */
+pid_t self_pid(void);
