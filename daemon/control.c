@@ -25,6 +25,14 @@
  *    uid's: long-standing holders keep working while a burst of new
  *    connections is turned away, as the connection caps do at accept.
  *
+ * A turn takes the bytes it reads off the socket only after it sent its
+ * answers (MSG_PEEK, then a recv() of as many). Taking them frees the
+ * client's send buffer, and a client blocked in recv() on its socket is
+ * woken for that too (unix_write_space() wakes every sleeper, whatever it
+ * waits for): before its answer, that was a wake-up for nothing, and on
+ * a machine where waking another CPU costs microseconds it was 14% of the
+ * daemon's time under status load. After the answer that client is awake.
+ *
  * A connection whose holds took ring holder tokens watches its peer's
  * process (the pidfd the registry pinned): when it exits while the
  * connection is still up (a fork of it holds the socket), its tokens end
@@ -76,6 +84,7 @@ struct Conn {
         char *in;
         size_t in_len, in_cap;
         uint64_t in_pos;                /* stream offset of in[0]: bytes consumed so far */
+        size_t unconsumed;              /* read with MSG_PEEK, still in the socket: taken at the turn's end */
         uint64_t line_pos;              /* stream offset where the last, unterminated line starts */
         uint64_t timed_pos;             /* the line the request timer runs for, or NO_LINE */
         uint64_t deadline;              /* CLOCK_MONOTONIC usec, while timed_pos is set */
@@ -363,7 +372,8 @@ static void conn_watch_process(Conn *conn) {
 static Conn *conn_free(Conn *conn) {
         if (!conn)
                 return NULL;
-        if (conn->closing && conn->fd >= 0)
+        /* Peeked bytes too: an error between a peek and its take leaves them in the socket. */
+        if ((conn->closing || conn->unconsumed > 0) && conn->fd >= 0)
                 discard_pending_input(conn->fd);
         if (!LIST_EMPTY(&conn->client.holds))
                 log_debug("Client pid %d gone, dropping its holds.", (int) conn->client.peer.pid);
@@ -709,6 +719,28 @@ static int process_input(Conn *conn) {
 }
 
 /*
+ * Take what read_input() peeked off the socket: the same bytes, since only
+ * we read it. 0, or a negative errno (a short take is -EIO: the stream
+ * would be out of step).
+ */
+static int conn_take_peeked(Conn *conn) {
+        static char sink[4096];
+
+        while (conn->unconsumed > 0) {
+                ssize_t n = recv(conn->fd, sink, MIN(conn->unconsumed, sizeof sink), MSG_DONTWAIT);
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return errno == EAGAIN ? -EIO : -errno;
+                if (n == 0)
+                        return -EIO;
+                conn->unconsumed -= (size_t) n;
+        }
+        return 0;
+}
+
+/*
  * Read all the client has sent, up to a full buffer: seeing where its last
  * line starts is what times that line from its first byte. 0, or -errno.
  */
@@ -717,6 +749,7 @@ static int read_input(Conn *conn) {
                 size_t space;
                 ssize_t n;
                 char *nl;
+                int k;
 
                 if (conn->in_len == conn->in_cap) {
                         size_t cap = MIN(conn->in_cap ? conn->in_cap * 2 : IN_CHUNK, (size_t) PROTO_LINE_MAX);
@@ -734,7 +767,7 @@ static int read_input(Conn *conn) {
                         conn->in_cap = cap;
                 }
                 space = conn->in_cap - conn->in_len;
-                n = recv(conn->fd, conn->in + conn->in_len, space, MSG_DONTWAIT);
+                n = recv(conn->fd, conn->in + conn->in_len, space, MSG_DONTWAIT | MSG_PEEK);
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -744,6 +777,7 @@ static int read_input(Conn *conn) {
                         conn->eof = true;
                         return 0;
                 }
+                conn->unconsumed = (size_t) n;
                 nl = memrchr(conn->in + conn->in_len, '\n', (size_t) n);
                 if (nl)
                         conn->line_pos = conn->in_pos + (uint64_t) (nl - conn->in) + 1;
@@ -756,6 +790,10 @@ static int read_input(Conn *conn) {
                  * so what comes later wakes us; asking again would only cost an EAGAIN. */
                 if ((size_t) n < space)
                         break;
+                /* More may wait, and the next peek would see these bytes again: taken now. */
+                k = conn_take_peeked(conn);
+                if (k < 0)
+                        return k;
         }
         return 0;
 }
@@ -818,6 +856,9 @@ static void conn_service(Conn *conn, uint32_t revents) {
                 r = process_input(conn);
         if (r >= 0)
                 r = flush_output(conn);
+        /* After the answers (see the top); before the loop would see the bytes as new. */
+        if (r >= 0)
+                r = conn_take_peeked(conn);
         if (r < 0)
                 goto close;
         /* At the client's end, the lines it completed are still answered first. */
