@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
@@ -232,6 +233,107 @@ START_TEST(test_pipelined_requests_in_order) {
         ck_assert_ptr_nonnull(strstr(line, "\"channels\""));
         free(line);
         close(fd);
+}
+END_TEST
+
+/*
+ * A client blocked in recv() for its answer is woken once, by the answer:
+ * taking its request off the socket frees its send buffer, which wakes
+ * every sleeper on the socket (unix_write_space()), so the daemon takes it
+ * only after answering. The daemon is stopped while the client goes to
+ * sleep, and its answer (status of 300 channels) takes long enough that a
+ * client woken by the read would run and sleep again before its first
+ * byte, which is all the client waits for here.
+ */
+typedef struct {
+        int fd;
+        pid_t tid;
+        volatile bool sending;
+        long switches;
+        char *line;
+} Sleeper;
+
+static void *sleeper_main(void *userdata) {
+        static const char req[] = "{\"op\":\"status\"}\n";
+        Sleeper *s = userdata;
+        struct timeval timeout = { .tv_sec = 10 };
+        struct rusage before, after;
+        char first;
+
+        s->tid = (pid_t) syscall(SYS_gettid);
+        ck_assert_int_eq(send(s->fd, req, sizeof req - 1, MSG_NOSIGNAL), (ssize_t) sizeof req - 1);
+        ck_assert_int_eq(setsockopt(s->fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout), 0);
+        ck_assert_int_eq(getrusage(RUSAGE_THREAD, &before), 0);
+        __atomic_store_n(&s->sending, true, __ATOMIC_RELEASE);
+        /* A blocking recv() as the library's (test_read_line() polls, which that wake-up passes by). */
+        ck_assert_int_eq(recv(s->fd, &first, 1, MSG_PEEK), 1);
+        ck_assert_int_eq(getrusage(RUSAGE_THREAD, &after), 0);
+        s->switches = after.ru_nvcsw - before.ru_nvcsw;
+        s->line = test_read_line(s->fd);
+        return NULL;
+}
+
+/* The state letter of /proc/PID/task/TID/stat (or of PID itself with tid 0). */
+static char task_state(pid_t pid, pid_t tid) {
+        char path[64], buf[512];
+        const char *after;
+
+        if (tid)
+                snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int) pid, (int) tid);
+        else
+                snprintf(path, sizeof path, "/proc/%d/stat", (int) pid);
+        FILE *f = fopen(path, "re");
+        size_t n;
+
+        ck_assert_ptr_nonnull(f);
+        n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        after = strrchr(buf, ')');
+        ck_assert_ptr_nonnull(after);
+        return after[2];
+}
+
+START_TEST(test_client_waiting_for_its_answer_is_woken_once) {
+        Sleeper s = {};
+        pthread_t thread;
+        size_t len = 0, cap = 64 * 1024;
+        char *channels = malloc(cap);
+        json_t *resp;
+        int64_t deadline;
+
+        ck_assert_ptr_nonnull(channels);
+        len += (size_t) snprintf(channels + len, cap - len, "[");
+        for (int i = 0; i < 300; i++)
+                len += (size_t) snprintf(channels + len, cap - len, "%s{\"name\": \"c%d\", \"size\": 4096}", i ? "," : "", i);
+        snprintf(channels + len, cap - len, "]");
+        test_daemon_write_config(&td, channels);
+        free(channels);
+        test_start_ok();
+        s.fd = test_connect(td.socket);
+        /* Accepted and served once: the stop below finds nothing half done. */
+        resp = test_request(s.fd, "{\"op\":\"hello\",\"version\":1}");
+        test_assert_ok(resp);
+        json_decref(resp);
+
+        ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
+        for (deadline = test_now_ms() + 5000; task_state(td.pid, 0) != 'T'; usleep(1000))
+                ck_assert_msg(test_now_ms() < deadline, "the daemon did not stop");
+        ck_assert_int_eq(pthread_create(&thread, NULL, sleeper_main, &s), 0);
+        /* After its send, the only sleep the client has is the recv() for its answer. */
+        for (deadline = test_now_ms() + 5000;
+             !__atomic_load_n(&s.sending, __ATOMIC_ACQUIRE) || task_state(getpid(), s.tid) != 'S'; usleep(1000))
+                ck_assert_msg(test_now_ms() < deadline, "the client did not go to sleep");
+        ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
+        ck_assert_int_eq(pthread_join(thread, NULL), 0);
+
+        resp = json_loads(s.line, 0, NULL);
+        test_assert_ok(resp);
+        ck_assert_uint_eq(json_array_size(json_object_get(resp, "channels")), 300);
+        json_decref(resp);
+        free(s.line);
+        ck_assert_msg(s.switches == 1, "the client slept %ld times waiting for one answer", s.switches);
+        close(s.fd);
 }
 END_TEST
 
@@ -2256,7 +2358,8 @@ END_TEST
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
-                { "serve", CASE_TIMEOUT, { test_list_matches_kernel, test_open_status_close, test_pipelined_requests_in_order } },
+                { "serve", CASE_TIMEOUT, { test_list_matches_kernel, test_open_status_close, test_pipelined_requests_in_order,
+                                 test_client_waiting_for_its_answer_is_woken_once } },
                 { "bad-input", CASE_TIMEOUT, { test_errors_keep_serving, test_overlong_line_closes_only_that_connection,
                                  test_line_at_limit_is_served, test_half_sent_request_does_not_stall_others } },
                 { "access", CASE_TIMEOUT, { test_access_follows_kernel_rule, test_clients_cannot_remove_or_reown } },
