@@ -1021,6 +1021,17 @@ static void accept_one(Control *c, int fd) {
                 return;
         }
         c->pause_logged = false;
+        /*
+         * An out-of-band byte (MSG_OOB) is skipped by the peek of read_input()
+         * but keeps the socket readable: alone, it would wake the loop for
+         * ever. Inline, a peek sees it as the take does, as a byte of the line.
+         */
+        if (setsockopt(cfd, SOL_SOCKET, SO_OOBINLINE, &(int) { 1 }, sizeof(int)) < 0) {
+                log_warning("Failed to read a connection's out-of-band data inline: %s, dropping it.",
+                            strerror(errno));
+                close(cfd);
+                return;
+        }
         conn = calloc(1, sizeof *conn);
         if (!conn) {
                 close(cfd);

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <linux/sockios.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/sem.h>
@@ -243,7 +245,9 @@ END_TEST
  * only after answering. The daemon is stopped while the client goes to
  * sleep, and its answer (status of 300 channels) takes long enough that a
  * client woken by the read would run and sleep again before its first
- * byte, which is all the client waits for here.
+ * byte, which is all the client waits for here. (On a machine too busy to
+ * run the woken client within those milliseconds, a daemon that reads
+ * first could still pass: this can miss the fault, never invent it.)
  */
 typedef struct {
         int fd;
@@ -311,10 +315,22 @@ START_TEST(test_client_waiting_for_its_answer_is_woken_once) {
         free(channels);
         test_start_ok();
         s.fd = test_connect(td.socket);
-        /* Accepted and served once: the stop below finds nothing half done. */
         resp = test_request(s.fd, "{\"op\":\"hello\",\"version\":1}");
         test_assert_ok(resp);
         json_decref(resp);
+        /*
+         * Accepted, answered, and the hello taken off the socket (the daemon
+         * takes it after answering): otherwise a stop between the two would
+         * leave that take to wake the sleeper below first.
+         */
+        for (deadline = test_now_ms() + 5000;; usleep(1000)) {
+                int queued;
+
+                ck_assert_int_eq(ioctl(s.fd, SIOCOUTQ, &queued), 0);
+                if (queued == 0)
+                        break;
+                ck_assert_msg(test_now_ms() < deadline, "the daemon did not take the hello");
+        }
 
         ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
         for (deadline = test_now_ms() + 5000; task_state(td.pid, 0) != 'T'; usleep(1000))
@@ -334,6 +350,53 @@ START_TEST(test_client_waiting_for_its_answer_is_woken_once) {
         free(s.line);
         ck_assert_msg(s.switches == 1, "the client slept %ld times waiting for one answer", s.switches);
         close(s.fd);
+}
+END_TEST
+
+/*
+ * An out-of-band byte (MSG_OOB, Linux 5.15) is skipped by a peek but taken
+ * by a plain recv(): alone in the socket, it must neither keep the
+ * connection readable for ever (a daemon spinning at 100%) nor hide the
+ * request after it. The daemon reads it inline, as a byte of the stream.
+ */
+START_TEST(test_out_of_band_byte_neither_spins_nor_stalls) {
+        int fd, other;
+        long before;
+        char *line;
+        json_t *resp;
+
+        test_daemon_write_config(&td, two_channels);
+        test_start_ok();
+        fd = test_connect(td.socket);
+        if (send(fd, "x", 1, MSG_OOB | MSG_NOSIGNAL) != 1) {
+                /* A kernel without MSG_OOB on Unix sockets: nothing to test. */
+                ck_assert_msg(errno == EOPNOTSUPP || errno == EINVAL, "send MSG_OOB: %s", strerror(errno));
+                close(fd);
+                return;
+        }
+        usleep(200000);
+        before = test_cpu_ticks(td.pid);
+        usleep(1000000);
+        /* Idle, not spinning: a spin would burn ~100 ticks a second. */
+        ck_assert_int_lt(test_cpu_ticks(td.pid) - before, 20);
+        /* The byte is the start of a line like any other: this one is not JSON. */
+        test_send(fd, "{\"op\":\"list\"}\n", 14);
+        line = test_read_line(fd);
+        ck_assert_ptr_nonnull(line);
+        resp = json_loads(line, 0, NULL);
+        test_assert_error(resp, "EBADMSG");
+        json_decref(resp);
+        free(line);
+        /* And the stream goes on in step. */
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        other = test_connect(td.socket);
+        resp = test_request(other, "{\"op\":\"list\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        close(other);
+        close(fd);
 }
 END_TEST
 
@@ -2361,7 +2424,8 @@ int main(void) {
                 { "serve", CASE_TIMEOUT, { test_list_matches_kernel, test_open_status_close, test_pipelined_requests_in_order,
                                  test_client_waiting_for_its_answer_is_woken_once } },
                 { "bad-input", CASE_TIMEOUT, { test_errors_keep_serving, test_overlong_line_closes_only_that_connection,
-                                 test_line_at_limit_is_served, test_half_sent_request_does_not_stall_others } },
+                                 test_line_at_limit_is_served, test_half_sent_request_does_not_stall_others,
+                                 test_out_of_band_byte_neither_spins_nor_stalls } },
                 { "access", CASE_TIMEOUT, { test_access_follows_kernel_rule, test_clients_cannot_remove_or_reown } },
                 { "lifecycle", CASE_TIMEOUT, { test_sigterm_with_client_attached, test_sigint_with_client_attached,
                                  test_sigkill_then_restart_adopts_or_replaces, test_failed_start_keeps_adopted_channels,
