@@ -52,7 +52,7 @@ static void entry_free(Registry *r, Entry *e) {
         channel_mark_removed(e->channel);
         drop_holds(e);
         /* After its holds: their DEAD marks signal the FIFOs, which must not come back. */
-        if (e->has_wake)
+        if (e->has_wake && e->channel)
                 wake_remove(r->wake, e->channel->spec.name);
         channel_free(e->channel, r->state);
         entry_done_holders(e);
@@ -85,7 +85,6 @@ static int entry_init_holders(Entry *e) {
         return 0;
 }
 
-
 /*
  * A ring's holder table and wake-up FIFOs, for a new entry or a remade
  * channel. keep: adopted, so its FIFOs (which waiters hold open) stay.
@@ -98,10 +97,11 @@ static int entry_init_ring(Registry *r, Entry *e, bool keep) {
         mode_t mode = bcast ? s->mode | ((s->mode & 0444) >> 1) : s->mode;
         int k;
 
-        e->has_wake = false;
+        /* On failure the FIFOs that exist stay the entry's: entry_free() removes them. */
         k = entry_init_holders(e);
         if (k < 0)
                 return k;
+        e->has_wake = false;
         if ((!ring && !bcast) || !r->wake)
                 return 0;
         k = wake_make(r->wake, s->name, keep, s->uid, s->gid, mode);
@@ -215,6 +215,7 @@ void registry_remove(Registry *r, Entry *e) {
 }
 
 int registry_repair(Registry *r, Entry *e, bool *ret_remade, char *msg, size_t msg_size) {
+        char name[sizeof e->channel->spec.name];
         int k;
 
         *ret_remade = false;
@@ -224,9 +225,13 @@ int registry_repair(Registry *r, Entry *e, bool *ret_remade, char *msg, size_t m
         /* Holders were attached to objects that are gone; their holds go too (REMOVED first, see entry_free()). */
         channel_mark_removed(e->channel);
         drop_holds(e);
+        strcpy(name, e->channel->spec.name);
         k = channel_remake(&e->channel, r->state, msg, msg_size);
         if (k < 0) {
-                /* Nothing left to serve: forget the entry (its channel is already freed). */
+                /* Nothing left to serve: forget the entry (its channel is already freed), FIFOs too. */
+                if (e->has_wake)
+                        wake_remove(r->wake, name);
+                e->has_wake = false;
                 registry_remove(r, e);
                 return k;
         }

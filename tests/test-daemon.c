@@ -923,6 +923,41 @@ START_TEST(test_status_of_all_repairs_and_drops_as_it_goes) {
 }
 END_TEST
 
+/* A ring that cannot be made again (a stranger took its key) takes its wake-up FIFOs with it. */
+START_TEST(test_ring_that_cannot_be_remade_leaves_no_fifo) {
+        char data[400], space[400];
+        json_t *resp;
+        int fd, shm, foreign;
+        struct stat st;
+
+        test_daemon_write_config(&td, "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8,"
+                                      "  \"key\": 1593835611}]");
+        test_start_ok();
+        snprintf(data, sizeof data, "%s.wake/r.data", td.socket);
+        snprintf(space, sizeof space, "%s.wake/r.space", td.socket);
+        ck_assert_int_eq(stat(data, &st), 0);
+        ck_assert_int_eq(stat(space, &st), 0);
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        shm = (int) test_jint(test_find_channel(resp, "r"), "shm_id");
+        json_decref(resp);
+
+        ck_assert_int_eq(shmctl(shm, IPC_RMID, NULL), 0);
+        foreign = shmget((key_t) 1593835611, 4096, IPC_CREAT | IPC_EXCL | 0600);
+        ck_assert_int_ge(foreign, 0);
+        resp = test_request(fd, "{\"op\":\"status\"}");
+        test_assert_ok(resp);
+        ck_assert_uint_eq(json_array_size(json_object_get(resp, "channels")), 0);
+        json_decref(resp);
+        ck_assert_msg(stat(data, &st) != 0 && errno == ENOENT, "%s is left", data);
+        ck_assert_msg(stat(space, &st) != 0 && errno == ENOENT, "%s is left", space);
+        ck_assert_int_eq(shmctl(foreign, IPC_RMID, NULL), 0);
+        close(fd);
+        test_daemon_stop_ok(&td);
+        assert_nothing_left();
+}
+END_TEST
+
 START_TEST(test_derived_key_skips_fixed_keys) {
         char channels[256];
         json_t *resp;
@@ -2432,6 +2467,7 @@ int main(void) {
                                  test_reclaim_spares_foreign_reuse_of_id,
                                  test_second_daemon_refuses, test_stale_socket_replaced_live_socket_kept,
                                  test_objects_removed_behind_our_back_are_remade, test_status_of_all_repairs_and_drops_as_it_goes,
+                                 test_ring_that_cannot_be_remade_leaves_no_fifo,
                                  test_unprivileged_daemon_reclaims_unreadable_objects } },
                 { "capability", CASE_TIMEOUT, { test_capability_of_own_user_namespace_is_not_honoured } },
                 { "unreadable", CASE_TIMEOUT, { test_status_survives_unreadable_channel } },
