@@ -94,6 +94,9 @@ static int attach_once(shmb_channel *ch) {
  * of a 4 MiB channel took 1024 of them, with the publisher held up behind
  * it in block mode. A small channel faults in quickly anyway, and
  * prefaulting it would only slow every open down; a huge one is capped.
+ * Pages nobody wrote yet are allocated by this, and charged to the
+ * opener's memory cgroup, as its first lap would have; a failure is
+ * ignored (the first lap then faults).
  */
 #define PREFAULT_MIN (1u << 20)
 #define PREFAULT_MAX (256u << 20)

@@ -730,11 +730,6 @@ START_TEST(test_zero_copy_in_place) {
 }
 END_TEST
 
-/*
- * A 1 MiB frame to 3 subscribers: the publisher writes it once, in place;
- * each subscriber reads it where it lies (the same offset in every
- * mapping), so nothing is copied per subscriber.
- */
 /* KiB of the mapping that holds addr that are in this process's page tables (smaps Rss), -1: no such mapping. */
 static long mapped_kib(const void *addr) {
         FILE *f = fopen("/proc/self/smaps", "re");
@@ -794,6 +789,11 @@ START_TEST(test_large_channel_mapped_at_open) {
 }
 END_TEST
 
+/*
+ * A 1 MiB frame to 3 subscribers: the publisher writes it once, in place;
+ * each subscriber reads it where it lies (the same offset in every
+ * mapping), so nothing is copied per subscriber.
+ */
 START_TEST(test_one_mib_frame_to_three_subscribers) {
         shmb_channel *pub = open_ok("big", SHMB_RW), *subs[3];
         const void *in[3];
