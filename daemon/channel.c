@@ -237,7 +237,7 @@ static int try_key(Channel *c, uint32_t key, State *state, char *msg, size_t msg
                 channel_records(c, ids);
 
                 /* The ids cover the objects from now on; the intents would only be checked again at every restart. */
-                r = state_append_records(state, ids, 3, intents, 2);
+                r = state_defer_records(state, ids, 3, intents, 2);
                 if (r < 0)
                         goto fail_state;
         }

@@ -316,7 +316,7 @@ static void notify_status(Daemon *d) {
 static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size_t msg_size) {
         Daemon *d = userdata;
         Config *cfg = NULL;
-        int r;
+        int r, k;
 
         msg_set(msg, msg_size, "out of memory");       /* what is left when nothing more is said */
         (void) sd_notifyf(false, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=Reloading %s",
@@ -327,8 +327,15 @@ static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size
         if (r == 0 && !d->options->socket_path && !streq(cfg->socket, d->socket_path))
                 log_warning("Reload: \"socket\" changed to %s; moving the socket needs a restart, ignoring.",
                             cfg->socket);
-        if (r == 0)
+        if (r == 0) {
+                /* As at start (state.h); save_state() below rewrites the file anyway. */
+                state_batch_begin(d->state);
                 r = reload_apply(d->registry, cfg, ret, msg, msg_size);
+                k = state_batch_end(d->state);
+                if (k < 0)
+                        log_warning("Failed to record the reload's channels in %s: %s; the next start may "
+                                    "make them again.", state_path(d->state), strerror(-k));
+        }
         if (r != 0) {
                 /* A bad config or a refused plan changes nothing; running out of memory
                  * midway (r < 0) may leave the additions made so far. */
@@ -501,7 +508,7 @@ static int arm_orphan_timer(Daemon *d) {
 int daemon_run(const DaemonOptions *o) {
         Daemon d = { .options = o };
         char msg[512];
-        int r;
+        int r, k;
 
         r = load_config(o, &d.config);
         if (r < 0)
@@ -521,7 +528,14 @@ int daemon_run(const DaemonOptions *o) {
         r = open_state_and_reclaim(&d);
         if (r < 0)
                 goto fail;
+        /* Each channel's ids go out with the next one's intents: one write a channel (state.h). */
+        state_batch_begin(d.state);
         r = create_channels(&d);
+        k = state_batch_end(d.state);
+        if (r >= 0 && k < 0) {
+                log_error("Failed to record the channels in %s: %s", state_path(d.state), strerror(-k));
+                r = k;
+        }
         if (r < 0) {
                 log_error("Start failed; removing the %zu channel(s) already created.", d.registry->n);
                 goto fail;

@@ -34,6 +34,9 @@ struct State {
         char *lock_path;        /* full paths, for messages */
         char *path;
         uint8_t secret[SIPHASH_KEY_SIZE];
+        bool batch;
+        char *deferred;         /* record lines for the next write (state_defer_records()) */
+        size_t deferred_len, deferred_cap;
 };
 
 static const char *kind_name(StateKind k) {
@@ -470,17 +473,66 @@ static int format_record(char *line, size_t size, const StateRecord *r, bool add
 #define RECORD_MAX 224      /* a channel or posix file record: numbers and a 64-byte name */
 #define APPEND_MAX 6
 
+/* The lines of add, then of cancel, at the end of s->deferred (grown as needed). */
+static int defer_lines(State *s, const StateRecord *add, size_t n_add, const StateRecord *cancel, size_t n_cancel) {
+        size_t need = s->deferred_len + (n_add + n_cancel) * RECORD_MAX + 1;
+
+        if (n_add + n_cancel > APPEND_MAX)
+                return -EINVAL;
+        if (need > s->deferred_cap) {
+                size_t cap = MAX(need, s->deferred_cap * 2);
+                char *p = realloc(s->deferred, cap);
+
+                if (!p)
+                        return -ENOMEM;
+                s->deferred = p;
+                s->deferred_cap = cap;
+        }
+        for (size_t i = 0; i < n_add + n_cancel; i++)
+                s->deferred_len += (size_t) format_record(s->deferred + s->deferred_len, s->deferred_cap - s->deferred_len,
+                                                          i < n_add ? &add[i] : &cancel[i - n_add], i < n_add);
+        return 0;
+}
+
+/* Everything deferred, in one write() with O_APPEND: never interleaved; a kill can cut it only at a page boundary. */
+static int flush_deferred(State *s) {
+        int r = write_all(s->fd, s->deferred, s->deferred_len);
+
+        s->deferred_len = 0;
+        return r;
+}
+
 int state_append_records(State *s, const StateRecord *add, size_t n_add, const StateRecord *cancel, size_t n_cancel) {
         char buf[APPEND_MAX * RECORD_MAX];
         size_t len = 0;
 
         if (n_add + n_cancel > APPEND_MAX)
                 return -EINVAL;
+        /* Behind what was deferred: a cancellation never comes before the record it cancels. */
+        if (s->deferred_len > 0) {
+                int r = defer_lines(s, add, n_add, cancel, n_cancel);
+
+                return r < 0 ? r : flush_deferred(s);
+        }
         for (size_t i = 0; i < n_add + n_cancel; i++)
                 len += (size_t) format_record(buf + len, sizeof buf - len, i < n_add ? &add[i] : &cancel[i - n_add],
                                               i < n_add);
-        /* One write() with O_APPEND: never interleaved; a kill can cut it only at a page boundary. */
         return write_all(s->fd, buf, len);
+}
+
+int state_defer_records(State *s, const StateRecord *add, size_t n_add, const StateRecord *cancel, size_t n_cancel) {
+        if (!s->batch)
+                return state_append_records(s, add, n_add, cancel, n_cancel);
+        return defer_lines(s, add, n_add, cancel, n_cancel);
+}
+
+void state_batch_begin(State *s) {
+        s->batch = true;
+}
+
+int state_batch_end(State *s) {
+        s->batch = false;
+        return s->deferred_len > 0 ? flush_deferred(s) : 0;
 }
 
 int state_cancel(State *s, const StateRecord *r) {
@@ -507,6 +559,7 @@ int state_rewrite(State *s, const StateRecord *v, size_t n) {
                 return r;
         close(s->fd);
         s->fd = fd;
+        s->deferred_len = 0;
         return 0;
 }
 
@@ -541,6 +594,7 @@ State *state_free(State *s) {
         free(s->path);
         free(s->lock_path);
         free(s->name);
+        free(s->deferred);
         free(s);
         return NULL;
 }

@@ -95,12 +95,29 @@ int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped);
  */
 int state_append_records(State *s, const StateRecord *add, size_t n_add, const StateRecord *cancel, size_t n_cancel);
 
+/*
+ * Inside a batch (state_batch_begin() to state_batch_end(): a start's or a
+ * reload's channels), the same as state_append_records(), but the records
+ * go out with the next append of any kind, or at state_batch_end(), in the
+ * same write(): a channel's ids with the next channel's intents, one write
+ * per channel instead of two. Only for what follows the thing it records
+ * (ids of objects made under intents): a kill before the write leaves the
+ * intents, by which the next start still finds and removes those objects;
+ * what a batch made is then made again, not taken over. Outside a batch it
+ * writes at once. -EINVAL as state_append_records(); -ENOMEM.
+ */
+int state_defer_records(State *s, const StateRecord *add, size_t n_add, const StateRecord *cancel, size_t n_cancel);
+void state_batch_begin(State *s);
+/* Ends the batch and writes what it deferred: 0 or -errno. */
+int state_batch_end(State *s);
+
 /* Record that what r recorded (an object, or a channel) is gone; -errno on write failure. */
 int state_cancel(State *s, const StateRecord *r);
 
 /*
  * Replace the file with one holding exactly these live records: written
- * under a fresh name (O_EXCL) and renamed over the old one.
+ * under a fresh name (O_EXCL) and renamed over the old one. Records
+ * deferred so far are dropped once it succeeds: v covers them.
  */
 int state_rewrite(State *s, const StateRecord *v, size_t n);
 

@@ -10,12 +10,15 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ptrace.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -426,6 +429,116 @@ START_TEST(test_runtime_directory_default) {
 }
 END_TEST
 
+/*
+ * A daemon killed at any write to its state file during a reload that
+ * adds channels leaves nothing the next start cannot account for: every
+ * object it made is either recorded or covered by an intent written before
+ * it was made (a start and a reload write a channel's ids with the next
+ * channel's intents). ptrace stops the daemon at each write(2) into the
+ * state file in turn, and SIGKILL ends it there; the next start takes over
+ * or reclaims what it left, and its stop must leave ipcs empty.
+ */
+static bool is_state_file(pid_t pid, uint64_t fd) {
+        char link[64], target[512];
+        ssize_t n;
+
+        snprintf(link, sizeof link, "/proc/%d/fd/%" PRIu64, (int) pid, fd);
+        n = readlink(link, target, sizeof target - 1);
+        if (n < 0)
+                return false;
+        target[n] = 0;
+        return n > 6 && strcmp(target + n - 6, ".state") == 0;
+}
+
+static void request_reload(void) {
+        int sock = test_connect(td.socket);
+        char c;
+
+        test_send(sock, "{\"op\":\"reload\"}\n", 16);
+        /* An answer or the end of the daemon: either way this one is done. */
+        (void) read(sock, &c, 1);
+        _exit(0);
+}
+
+/* Let the daemon run to its next system call entry or exit: whether it stopped at one. */
+static bool next_syscall_stop(pid_t pid) {
+        int status, sig = 0;
+
+        for (;;) {
+                ck_assert_int_eq(ptrace(PTRACE_SYSCALL, pid, 0, sig), 0);
+                ck_assert_int_eq(waitpid(pid, &status, __WALL), pid);
+                if (!WIFSTOPPED(status))
+                        return false;
+                if (WSTOPSIG(status) == (SIGTRAP | 0x80))
+                        return true;
+                /* A real signal goes on with the next resume; a group stop or event stop does not. */
+                sig = WSTOPSIG(status) != SIGTRAP && status >> 16 != PTRACE_EVENT_STOP ? WSTOPSIG(status) : 0;
+        }
+}
+
+START_TEST(test_reload_killed_at_each_state_write_leaves_nothing) {
+        static const char *const before = "[{\"name\": \"a\", \"size\": 4096}]";
+        static const char *const after =
+                "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096, \"semaphores\": [1, 2]},"
+                " {\"name\": \"c\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8},"
+                " {\"name\": \"d\", \"size\": 8192}]";
+        int k;
+
+        for (k = 1;; k++) {
+                int writes = 0, status, fd;
+                bool killed = false;
+                pid_t reloader;
+                json_t *list;
+
+                test_daemon_write_config(&td, before);
+                test_start_ok();
+                test_daemon_write_config(&td, after);
+                ck_assert_int_eq(ptrace(PTRACE_SEIZE, td.pid, 0, PTRACE_O_TRACESYSGOOD), 0);
+                ck_assert_int_eq(ptrace(PTRACE_INTERRUPT, td.pid, 0, 0), 0);
+                ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
+                reloader = fork();
+                ck_assert_int_ge(reloader, 0);
+                if (reloader == 0)
+                        request_reload();
+                while (waitpid(reloader, &status, WNOHANG) == 0) {
+                        struct __ptrace_syscall_info info;
+
+                        ck_assert(next_syscall_stop(td.pid));
+                        ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+                        if (info.op != PTRACE_SYSCALL_INFO_ENTRY || info.entry.nr != SYS_write ||
+                            !is_state_file(td.pid, info.entry.args[0]) || ++writes < k)
+                                continue;
+                        ck_assert_int_eq(kill(td.pid, SIGKILL), 0);
+                        ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
+                        ck_assert(WIFSIGNALED(status));
+                        td.pid = -1;
+                        killed = true;
+                        ck_assert_int_eq(waitpid(reloader, &status, 0), reloader);
+                        break;
+                }
+                if (!killed) {
+                        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+                        test_daemon_stop_ok(&td);
+                        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+                        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+                        break;          /* the reload wrote fewer than k times: every write was a kill point */
+                }
+                test_start_ok();
+                fd = test_connect(td.socket);
+                list = test_request(fd, "{\"op\":\"list\"}");
+                ck_assert_uint_eq(json_array_size(json_object_get(list, "channels")), 4);
+                json_decref(list);
+                close(fd);
+                test_daemon_stop_ok(&td);
+                ck_assert_msg(test_ipcs_count("-m") == 0 && test_ipcs_count("-s") == 0,
+                              "killed at state write %d of the reload: %d segment(s) and %d set(s) left", k,
+                              test_ipcs_count("-m"), test_ipcs_count("-s"));
+        }
+        /* Three channels added: at least their intents and records were kill points. */
+        ck_assert_int_ge(k, 4);
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "planted", CASE_TIMEOUT,
@@ -435,6 +548,7 @@ int main(void) {
                 { "forged", CASE_TIMEOUT, { test_forged_records_spare_foreign_objects, test_set_older_than_its_record_spared } },
                 { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_secret_checks, test_state_dir_option,
                            test_runtime_directory_default } },
+                { "crash", CASE_TIMEOUT, { test_reload_killed_at_each_state_write_leaves_nothing } },
         };
 
         return test_main("state", groups, sizeof groups / sizeof groups[0], test_setup, test_teardown);
