@@ -630,13 +630,32 @@ static int daemon_fd_count(void) {
         return n;
 }
 
-/* A client that asks for descriptors and never reads holds at most one answer's worth, and none once gone. */
+/*
+ * A client that asks for descriptors and never reads holds at most one
+ * answer's worth in the daemon, and none once gone. Answers that fit in the
+ * socket leave the daemon with their descriptors at once, so the socket is
+ * filled first (lists of 100 channels, more than it takes, far less than
+ * output_max): the first descriptor answer then waits in the daemon, and
+ * the requests behind it must wait for it to go.
+ */
 START_TEST(test_open_fds_unread) {
         const char *req = "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"ro\", \"fd\": true}\n";
-        int fd, base, held;
+        size_t len = 0, cap = 16384;
+        char *text = malloc(cap);
+        int fd, base, held = 0;
+        int64_t deadline;
         json_t *resp;
 
-        test_daemon_write_config(&td, "[" RAW1 "]");
+        ck_assert_ptr_nonnull(text);
+        len += (size_t) snprintf(text + len, cap - len, "{\"version\": 1, \"socket\": \"%s\", "
+                                 "\"limits\": {\"output_max\": 67108864, \"buffers_per_uid\": 134217728}, "
+                                 "\"channels\": [" RAW1, td.socket);
+        for (int i = 0; i < 100; i++)
+                len += (size_t) snprintf(text + len, cap - len, ", {\"name\": \"c%d\", \"size\": 4096}", i);
+        ck_assert_uint_lt(len + 4, cap);
+        snprintf(text + len, cap - len, "]}\n");
+        test_daemon_write_raw_config(&td, text);
+        free(text);
         test_start_ok();
         fd = test_connect(td.socket);
         /* A request answered: the connection is accepted and counted before the baseline. */
@@ -644,17 +663,24 @@ START_TEST(test_open_fds_unread) {
         test_assert_ok(resp);
         json_decref(resp);
         base = daemon_fd_count();
+        for (int i = 0; i < 64; i++)
+                test_send(fd, "{\"op\": \"list\"}\n", 15);
         for (int i = 0; i < 200; i++)
                 test_send(fd, req, strlen(req));
-        /* The daemon answers what it can; whatever it has read, it holds at most 4 descriptors for us. */
-        for (int i = 0; i < 20; i++) {
+        /* The first descriptor answer waits behind the lists, with its 4 descriptors; no more come. */
+        for (deadline = test_now_ms() + 5000; held < 4 && test_now_ms() < deadline; usleep(10 * 1000)) {
                 held = daemon_fd_count() - base;
                 ck_assert_msg(held >= 0 && held <= 4, "the daemon holds %d descriptors for an unread client", held);
+        }
+        ck_assert_msg(held == 4, "the daemon never held the first answer's descriptors (%d)", held);
+        for (int i = 0; i < 20; i++) {
+                held = daemon_fd_count() - base;
+                ck_assert_msg(held == 4, "the daemon holds %d descriptors for an unread client", held);
                 usleep(10 * 1000);
         }
         close(fd);
         /* Gone: the connection and every descriptor held for it are closed. */
-        for (int64_t deadline = test_now_ms() + 5000; daemon_fd_count() >= base && test_now_ms() < deadline;)
+        for (deadline = test_now_ms() + 5000; daemon_fd_count() >= base && test_now_ms() < deadline;)
                 usleep(10 * 1000);
         ck_assert_int_eq(daemon_fd_count(), base - 1);
 }
