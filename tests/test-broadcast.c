@@ -520,13 +520,38 @@ typedef struct SendCall {
         uint32_t value;
         int timeout_ms;
         int result;
+        pid_t tid;              /* the thread's, once it runs */
 } SendCall;
 
 static void *send_thread(void *userdata) {
         SendCall *c = userdata;
 
+        __atomic_store_n(&c->tid, (pid_t) syscall(SYS_gettid), __ATOMIC_RELEASE);
         c->result = shmb_send(c->ch, &c->value, sizeof c->value, c->timeout_ms);
         return NULL;
+}
+
+/* The state letter of a thread of this process ('S': asleep). */
+static char thread_state(pid_t tid) {
+        char buf[512];
+
+        return test_proc_stat_after_name(tid, buf, sizeof buf)[0];
+}
+
+/*
+ * Wait until the thread that raised a sleeping flag is asleep: after the
+ * flag, its only sleep is the futex wait. Then a waker's FUTEX_WAKE is what
+ * must make it runnable, before the waker's call returns; a sleep bounded
+ * by BCAST_POLL_MS would end by itself, too late to tell the two apart.
+ */
+static void await_asleep(const pid_t *tid) {
+        int64_t end = test_now_ms() + 20000;
+        pid_t t;
+
+        while ((t = __atomic_load_n(tid, __ATOMIC_ACQUIRE)) == 0 || thread_state(t) != 'S') {
+                ck_assert_msg(test_now_ms() < end, "the waiter did not go to sleep");
+                usleep(1000);
+        }
 }
 
 
@@ -911,12 +936,14 @@ END_TEST
 typedef struct RecvCall {
         shmb_channel *ch;
         ssize_t result;
+        pid_t tid;              /* the thread's, once it runs */
 } RecvCall;
 
 static void *recv_thread(void *userdata) {
         RecvCall *c = userdata;
         char buf[SLOT_SIZE];
 
+        __atomic_store_n(&c->tid, (pid_t) syscall(SYS_gettid), __ATOMIC_RELEASE);
         c->result = shmb_recv(c->ch, buf, sizeof buf, -1);
         return NULL;
 }
@@ -1004,8 +1031,11 @@ START_TEST(test_sleeping_subscriber_is_woken_by_publish) {
         shmb_channel_set_spin(sub, 0);
         ck_assert_int_eq(pthread_create(&t, NULL, recv_thread, &rc), 0);
         await_flag(&table->sub_sleeping);
+        await_asleep(&rc.tid);
         send_ok(pub, "wake", 4);
         ck_assert_uint_eq(__atomic_load_n(&table->sub_sleeping, __ATOMIC_SEQ_CST), 0);
+        /* Woken by the publish itself (FUTEX_WAKE), not left to its poll. */
+        ck_assert_msg(thread_state(rc.tid) != 'S', "the publish left the subscriber asleep");
         ck_assert_int_eq(pthread_join(t, NULL), 0);
         ck_assert_int_eq(rc.result, 4);
         shmdt(table);
@@ -1029,8 +1059,11 @@ START_TEST(test_block_sleeping_publisher_is_woken) {
                 send_u32(pub, i);
         ck_assert_int_eq(pthread_create(&t, NULL, send_thread, &call), 0);
         await_flag(&table->pub_sleeping);
+        await_asleep(&call.tid);
         ck_assert_uint_eq(recv_u32(sub), 0);
         ck_assert_uint_eq(__atomic_load_n(&table->pub_sleeping, __ATOMIC_SEQ_CST), 0);
+        /* Woken by the read itself (FUTEX_WAKE), not left to its poll. */
+        ck_assert_msg(thread_state(call.tid) != 'S', "the read left the publisher asleep");
         ck_assert_int_eq(pthread_join(t, NULL), 0);
         ck_assert_int_eq(call.result, 0);
         for (uint32_t i = 1; i <= SLOTS; i++)
