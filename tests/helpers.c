@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <grp.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -599,6 +600,19 @@ const char *test_proc_stat_after_name(pid_t pid, char *buf, size_t size) {
         p = strrchr(buf, ')');
         ck_assert_ptr_nonnull(p);
         return p + 2;
+}
+
+bool test_fd_path_ends_with(pid_t pid, uint64_t fd, const char *suffix) {
+        char link[64], target[512];
+        size_t k = strlen(suffix);
+        ssize_t n;
+
+        snprintf(link, sizeof link, "/proc/%d/fd/%" PRIu64, (int) pid, fd);
+        n = readlink(link, target, sizeof target - 1);
+        if (n < 0)
+                return false;
+        target[n] = 0;
+        return (size_t) n > k && strcmp(target + n - k, suffix) == 0;
 }
 
 long test_cpu_ticks(pid_t pid) {

@@ -122,6 +122,9 @@ int test_ipcs_count(const char *kind);   /* "-m" or "-s" */
 /* The fields of /proc/PID/stat after the command name (state first), read into buf. */
 const char *test_proc_stat_after_name(pid_t pid, char *buf, size_t size);
 
+/* Whether descriptor fd of process pid names a path ending in suffix (false when it is gone). */
+bool test_fd_path_ends_with(pid_t pid, uint64_t fd, const char *suffix);
+
 /* utime + stime of a process, in clock ticks. */
 long test_cpu_ticks(pid_t pid);
 

@@ -236,18 +236,6 @@ static void reload_to_raw_only(void *userdata) {
         close(sock);
 }
 
-static bool is_data_fifo(pid_t pid, uint64_t fd) {
-        char link[64], target[512];
-        ssize_t n;
-
-        snprintf(link, sizeof link, "/proc/%d/fd/%" PRIu64, (int) pid, fd);
-        n = readlink(link, target, sizeof target - 1);
-        if (n < 0)
-                return false;
-        target[n] = 0;
-        return n > 5 && streq(target + n - 5, ".data");
-}
-
 START_TEST(test_removal_marked_before_the_fifo_is_written) {
         shmb_channel *ch = open_ring();
         const RingHeader *h = shmb_channel_addr(ch);
@@ -287,7 +275,7 @@ START_TEST(test_removal_marked_before_the_fifo_is_written) {
                 }
                 ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
                 if (info.op == PTRACE_SYSCALL_INFO_ENTRY && info.entry.nr == SYS_write &&
-                    is_data_fifo(td.pid, info.entry.args[0])) {
+                    test_fd_path_ends_with(td.pid, info.entry.args[0], ".data")) {
                         writes++;
                         if (!ring_is_removed(h))
                                 live_at_write++;

@@ -10,7 +10,6 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -438,18 +437,6 @@ END_TEST
  * state file in turn, and SIGKILL ends it there; the next start takes over
  * or reclaims what it left, and its stop must leave ipcs empty.
  */
-static bool is_state_file(pid_t pid, uint64_t fd) {
-        char link[64], target[512];
-        ssize_t n;
-
-        snprintf(link, sizeof link, "/proc/%d/fd/%" PRIu64, (int) pid, fd);
-        n = readlink(link, target, sizeof target - 1);
-        if (n < 0)
-                return false;
-        target[n] = 0;
-        return n > 6 && strcmp(target + n - 6, ".state") == 0;
-}
-
 static void request_reload(void) {
         int sock = test_connect(td.socket);
         char c;
@@ -506,7 +493,7 @@ START_TEST(test_reload_killed_at_each_state_write_leaves_nothing) {
                         ck_assert(next_syscall_stop(td.pid));
                         ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
                         if (info.op != PTRACE_SYSCALL_INFO_ENTRY || info.entry.nr != SYS_write ||
-                            !is_state_file(td.pid, info.entry.args[0]) || ++writes < k)
+                            !test_fd_path_ends_with(td.pid, info.entry.args[0], ".state") || ++writes < k)
                                 continue;
                         ck_assert_int_eq(kill(td.pid, SIGKILL), 0);
                         ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
