@@ -531,11 +531,23 @@ static void *send_thread(void *userdata) {
         return NULL;
 }
 
-/* The state letter of a thread of this process ('S': asleep). */
+/* The state letter of a thread of this process ('S': asleep), or 0 once it has exited. */
 static char thread_state(pid_t tid) {
-        char buf[512];
+        char path[64], buf[512];
+        const char *after;
+        FILE *f;
+        size_t n;
 
-        return test_proc_stat_after_name(tid, buf, sizeof buf)[0];
+        snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int) tid);
+        f = fopen(path, "re");
+        if (!f)
+                return 0;       /* woken, returned and gone already */
+        n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        /* The command name may hold spaces and parentheses: the state follows its last ')'. */
+        after = strrchr(buf, ')');
+        return after && after[1] == ' ' ? after[2] : 0;
 }
 
 /*
