@@ -36,6 +36,23 @@ static void assert_answer(AnswerCache *cache, ProtoChannelView view, const Proto
         free(want);
 }
 
+/*
+ * A step changed one field of c: the cached status answer must change
+ * (the previous one, *prev, is replaced by the new) and be what a fresh
+ * encoding gives.
+ */
+static void assert_step_changes(AnswerCache *cache, const ProtoChannel *c, char **prev, int step) {
+        char *line;
+        size_t len;
+
+        ck_assert_int_eq(answer_cache_encode(cache, PROTO_VIEW_STATUS, c, 1, &line, &len), 0);
+        if (*prev)
+                ck_assert_msg(strcmp(*prev, line) != 0, "step %d gave the previous answer", step);
+        free(*prev);
+        *prev = line;
+        assert_answer(cache, PROTO_VIEW_STATUS, c, 1);
+}
+
 START_TEST(test_same_figures_same_bytes) {
         AnswerCache cache = {};
         ProtoChannel c = channel();
@@ -55,14 +72,12 @@ START_TEST(test_each_change_reencodes) {
         ProtoClient c2[2];
         ProtoChannel c = channel(), two[2];
         char *prev = NULL;
-        size_t len;
 
         memcpy(s2, sems, sizeof s2);
         memcpy(c2, clients, sizeof clients);
         c.semaphores = s2;
         c.clients = c2;
         for (int step = 0; step < 12; step++) {
-                char *line;
 
                 switch (step) {
                 case 1: s2[1].value = 3; break;
@@ -77,12 +92,7 @@ START_TEST(test_each_change_reencodes) {
                 case 10: strcpy(c.owner, "daemon"); break;
                 case 11: c.mode = 0600; break;
                 }
-                ck_assert_int_eq(answer_cache_encode(&cache, PROTO_VIEW_STATUS, &c, 1, &line, &len), 0);
-                if (prev)
-                        ck_assert_msg(strcmp(prev, line) != 0, "step %d gave the previous answer", step);
-                free(prev);
-                prev = line;
-                assert_answer(&cache, PROTO_VIEW_STATUS, &c, 1);
+                assert_step_changes(&cache, &c, &prev, step);
         }
         free(prev);
         /* Another view or another count of channels is another answer. */
@@ -101,7 +111,6 @@ START_TEST(test_broadcast_changes_reencode) {
         ProtoSubscription subs[2] = { { 300, 8, 0, 0 }, { 301, 9, 1, 0 } };
         ProtoChannel c = channel();
         char *prev = NULL;
-        size_t len;
 
         c.layout = PROTO_LAYOUT_BROADCAST;
         c.slot_size = 64;
@@ -112,7 +121,6 @@ START_TEST(test_broadcast_changes_reencode) {
         c.subscriptions = subs;
         c.n_subscriptions = 1;
         for (int step = 0; step < 9; step++) {
-                char *line;
 
                 switch (step) {
                 case 1: subs[0].lag = 1; break;
@@ -124,12 +132,7 @@ START_TEST(test_broadcast_changes_reencode) {
                 case 7: c.table_id = 4; break;
                 case 8: c.subscribers = 5; break;
                 }
-                ck_assert_int_eq(answer_cache_encode(&cache, PROTO_VIEW_STATUS, &c, 1, &line, &len), 0);
-                if (prev)
-                        ck_assert_msg(strcmp(prev, line) != 0, "step %d gave the previous answer", step);
-                free(prev);
-                prev = line;
-                assert_answer(&cache, PROTO_VIEW_STATUS, &c, 1);
+                assert_step_changes(&cache, &c, &prev, step);
         }
         free(prev);
         /* The copy is the cache's own: changing the caller's array afterwards is seen. */
@@ -147,13 +150,11 @@ START_TEST(test_posix_changes_reencode) {
         ProtoSemaphore s2[2];
         ProtoChannel c = channel();
         char *prev = NULL;
-        size_t len;
 
         memcpy(s2, sems, sizeof s2);
         c.semaphores = s2;
         c.sem_names = names;
         for (int step = 0; step < 7; step++) {
-                char *line;
 
                 switch (step) {
                 case 1: c.kind = PROTO_KIND_POSIX; strcpy(c.shm_name, "/shmb.t"); break;
@@ -169,12 +170,7 @@ START_TEST(test_posix_changes_reencode) {
                         break;
                 case 6: strcpy(c.table_name, "/shmb.u.table"); break;
                 }
-                ck_assert_int_eq(answer_cache_encode(&cache, PROTO_VIEW_STATUS, &c, 1, &line, &len), 0);
-                if (prev)
-                        ck_assert_msg(strcmp(prev, line) != 0, "step %d gave the previous answer", step);
-                free(prev);
-                prev = line;
-                assert_answer(&cache, PROTO_VIEW_STATUS, &c, 1);
+                assert_step_changes(&cache, &c, &prev, step);
         }
         free(prev);
         /* The names are the cache's own copies: changing the caller's afterwards is seen. */

@@ -401,44 +401,59 @@ static void *blocked_call(void *userdata) {
         return NULL;
 }
 
-START_TEST(test_removal_ends_blocked_calls) {
-        static const char *const names[] = { "raw", "lock", "ring" };
-        shmb_channel *holder = must_open("lock", SHMB_RW);
-        Blocked b[_BLOCK_MAX];
-        pthread_t t[_BLOCK_MAX];
-        int64_t removed_ms;
+static const char *const blocked_names[_BLOCK_MAX] = { "raw", "lock", "ring" };
 
-        /* The lock is held, semaphore 1 is 0, the ring is empty: all three block. */
+/*
+ * holder takes the lock, then each kind of call blocks in a thread of its
+ * own: the lock, semaphore 1 (0) and the empty ring.
+ */
+static shmb_channel *start_blocked_calls(Blocked b[_BLOCK_MAX], pthread_t t[_BLOCK_MAX]) {
+        shmb_channel *holder = must_open("lock", SHMB_RW);
+
         ck_assert_int_eq(shmb_lock(holder, 0, 0), 0);
         for (int i = 0; i < _BLOCK_MAX; i++) {
-                b[i] = (Blocked) { .kind = (BlockKind) i, .ch = must_open(names[i], SHMB_RW), .result = 1 };
+                b[i] = (Blocked) { .kind = (BlockKind) i, .ch = must_open(blocked_names[i], SHMB_RW), .result = 1 };
                 ck_assert_int_eq(pthread_create(&t[i], NULL, blocked_call, &b[i]), 0);
         }
         /* Not needed for correctness (a call that starts after the removal gets -EIDRM at once), only so they block first. */
         usleep(200 * 1000);
         for (int i = 0; i < _BLOCK_MAX; i++)
                 ck_assert_msg(__atomic_load_n(&b[i].result, __ATOMIC_RELAXED) == 1, "%s returned before the removal",
-                              names[i]);
-        removed_ms = test_now_ms();
-        test_daemon_stop_ok(&td);
-        td.pid = -1;
+                              blocked_names[i]);
+        return holder;
+}
+
+/* Every blocked call returned -EIDRM within REMOVAL_MS of removed_ms (`what`: the removal), and so does the holder. */
+static void assert_blocked_calls_ended(Blocked b[_BLOCK_MAX], pthread_t t[_BLOCK_MAX], shmb_channel *holder,
+                                       int64_t removed_ms, const char *what) {
         for (int i = 0; i < _BLOCK_MAX; i++) {
                 /* Bounded, so that a call that never returns fails here rather than at the case timeout. */
                 struct timespec until;
 
                 ck_assert_int_eq(clock_gettime(CLOCK_REALTIME, &until), 0);
                 until.tv_sec += WAIT_MS / 1000;
-                ck_assert_msg(pthread_timedjoin_np(t[i], NULL, &until) == 0, "%s still blocked %d s after the stop",
-                              names[i], WAIT_MS / 1000);
-                ck_assert_msg(b[i].result == -EIDRM, "%s: %s", names[i], shmb_strerror(b[i].result));
-                ck_assert_msg(b[i].returned_ms - removed_ms < REMOVAL_MS, "%s returned %lld ms after the stop",
-                              names[i], (long long) (b[i].returned_ms - removed_ms));
+                ck_assert_msg(pthread_timedjoin_np(t[i], NULL, &until) == 0, "%s still blocked %d s after the %s",
+                              blocked_names[i], WAIT_MS / 1000, what);
+                ck_assert_msg(b[i].result == -EIDRM, "%s: %s", blocked_names[i], shmb_strerror(b[i].result));
+                ck_assert_msg(b[i].returned_ms - removed_ms < REMOVAL_MS, "%s returned %lld ms after the %s",
+                              blocked_names[i], (long long) (b[i].returned_ms - removed_ms), what);
                 ck_assert_int_eq(shmb_channel_check(b[i].ch), -EIDRM);
                 ck_assert_int_eq(shmb_close(b[i].ch), 0);
         }
         ck_assert_int_eq(shmb_sem_post(holder, 0), -EIDRM);
         ck_assert_int_eq(shmb_unlock(holder, 0), 0);
         ck_assert_int_eq(shmb_close(holder), 0);
+}
+
+START_TEST(test_removal_ends_blocked_calls) {
+        Blocked b[_BLOCK_MAX];
+        pthread_t t[_BLOCK_MAX];
+        shmb_channel *holder = start_blocked_calls(b, t);
+        int64_t removed_ms = test_now_ms();
+
+        test_daemon_stop_ok(&td);
+        td.pid = -1;
+        assert_blocked_calls_ended(b, t, holder, removed_ms, "stop");
         ck_assert_int_eq(dev_shm_count(), 0);
 }
 END_TEST
@@ -449,21 +464,13 @@ END_TEST
  * -EIDRM, and the files of the dropped channels are gone.
  */
 START_TEST(test_reload_ends_blocked_calls) {
-        static const char *const names[] = { "raw", "lock", "ring" };
-        shmb_channel *holder = must_open("lock", SHMB_RW);
-        shmb_reload_result *res;
         Blocked b[_BLOCK_MAX];
         pthread_t t[_BLOCK_MAX];
+        shmb_channel *holder = start_blocked_calls(b, t);
+        shmb_reload_result *res;
         shmb_client *c;
         int64_t removed_ms;
 
-        ck_assert_int_eq(shmb_lock(holder, 0, 0), 0);
-        for (int i = 0; i < _BLOCK_MAX; i++) {
-                b[i] = (Blocked) { .kind = (BlockKind) i, .ch = must_open(names[i], SHMB_RW), .result = 1 };
-                ck_assert_int_eq(pthread_create(&t[i], NULL, blocked_call, &b[i]), 0);
-        }
-        /* Not needed for correctness (a call that starts after the removal gets -EIDRM at once), only so they block first. */
-        usleep(200 * 1000);
         test_daemon_write_config(&td,
                                  "[{\"name\": \"lock\", \"kind\": \"posix\", \"size\": 8192, \"semaphores\": [1]}]");
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
@@ -471,22 +478,7 @@ START_TEST(test_reload_ends_blocked_calls) {
         ck_assert_int_eq(shmb_reload(c, &res), 0);
         shmb_reload_result_free(res);
         shmb_disconnect(c);
-        for (int i = 0; i < _BLOCK_MAX; i++) {
-                struct timespec until;
-
-                ck_assert_int_eq(clock_gettime(CLOCK_REALTIME, &until), 0);
-                until.tv_sec += WAIT_MS / 1000;
-                ck_assert_msg(pthread_timedjoin_np(t[i], NULL, &until) == 0, "%s still blocked %d s after the reload",
-                              names[i], WAIT_MS / 1000);
-                ck_assert_msg(b[i].result == -EIDRM, "%s: %s", names[i], shmb_strerror(b[i].result));
-                ck_assert_msg(b[i].returned_ms - removed_ms < REMOVAL_MS, "%s returned %lld ms after the reload",
-                              names[i], (long long) (b[i].returned_ms - removed_ms));
-                ck_assert_int_eq(shmb_channel_check(b[i].ch), -EIDRM);
-                ck_assert_int_eq(shmb_close(b[i].ch), 0);
-        }
-        ck_assert_int_eq(shmb_sem_post(holder, 0), -EIDRM);
-        ck_assert_int_eq(shmb_unlock(holder, 0), 0);
-        ck_assert_int_eq(shmb_close(holder), 0);
+        assert_blocked_calls_ended(b, t, holder, removed_ms, "reload");
         ck_assert_int_eq(access("/dev/shm/shmbroker.raw", F_OK), -1);
         ck_assert_int_eq(access("/dev/shm/shmbroker.ring", F_OK), -1);
         ck_assert_int_eq(access("/dev/shm/shmbroker.lock", F_OK), 0);
