@@ -88,6 +88,13 @@ static void assert_listing(const char *before) {
         free(now);
 }
 
+/* Stop the daemon: /dev/shm must be as it was before (then before is freed). */
+static void stop_and_assert_listing(char *before) {
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+        free(before);
+}
+
 static bool shm_exists(const char *name) {
         char path[256];
         struct stat st;
@@ -233,9 +240,7 @@ START_TEST(test_files_made) {
         assert_file("shmbroker-table.bc1", bcast_table_size(4), 0, 0, bcast_table_mode(0640));
         assert_file("sem.shmbroker.bc1.0", sizeof(PosixSemFile), 0, 0, 0640);
 
-        test_daemon_stop_ok(&td);
-        assert_listing(before);
-        free(before);
+        stop_and_assert_listing(before);
 }
 END_TEST
 
@@ -833,9 +838,7 @@ START_TEST(test_reload) {
         ck_assert_int_eq(test_ipcs_count("-m"), 1);
         close(fd);
 
-        test_daemon_stop_ok(&td);
-        assert_listing(before);
-        free(before);
+        stop_and_assert_listing(before);
 }
 END_TEST
 
@@ -1072,9 +1075,7 @@ START_TEST(test_crash_adopt) {
         close_all(fds, n);
         close(fd);
 
-        test_daemon_stop_ok(&td);
-        assert_listing(before);
-        free(before);
+        stop_and_assert_listing(before);
 }
 END_TEST
 
@@ -1107,9 +1108,7 @@ START_TEST(test_removed_behind_back) {
                 free(log);
                 ck_assert_uint_eq(shm_stat("shmbroker.raw1").st_ino, seg.st_ino);
         }
-        test_daemon_stop_ok(&td);
-        assert_listing(before);
-        free(before);
+        stop_and_assert_listing(before);
 }
 END_TEST
 
@@ -1145,9 +1144,7 @@ START_TEST(test_other_owner_removed) {
         json_decref(resp);
         close(fd);
         assert_listing(before);
-        test_daemon_stop_ok(&td);
-        assert_listing(before);
-        free(before);
+        stop_and_assert_listing(before);
 }
 END_TEST
 
@@ -1205,9 +1202,7 @@ START_TEST(test_truncated_by_client) {
         ck_assert_int_eq(ftruncate(fds[1], 0), 0);
         close_all(fds, n);
         close(fd);
-        test_daemon_stop_ok(&td);
-        assert_listing(before);
-        free(before);
+        stop_and_assert_listing(before);
 }
 END_TEST
 
