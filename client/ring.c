@@ -21,10 +21,12 @@
  * from a claimer it judged dead, and then the call starts over.
  *
  * Repair: a slot claimed but never finished (its claimer was killed in
- * between) is found by whoever waits at it. Such a waiter never sleeps for
- * long, as no one would wake it; every REPAIR_POLL_MS it asks the holder
- * table whether the claimer's token is dead (loads only: polling makes no
- * system call), and if so, takes the slot over.
+ * between) is found by whoever waits at it. A waiter that saw the claim
+ * never sleeps for long: every REPAIR_POLL_MS it asks the holder table
+ * whether the claimer's token is dead (loads only: polling makes no
+ * system call), and if so, takes the slot over. One that slept before the
+ * claim was made is woken by the broker when it marks the claimer dead
+ * (ring_wake_sleepers()): with every slot dead-claimed, nobody else would.
  *
  * Removal: the daemon marks a ring it removes (proto/ring.h) and wakes its
  * sleepers. Each pass of a call's loop reads the state word first (one
@@ -352,6 +354,7 @@ static int poll_wait(shmb_channel *ch, RingSlot *slot, uint64_t target, const Wa
 static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, const uint64_t *claim, uint64_t claimed_pos,
                      Waiter *w) {
         int64_t deadline, until;
+        uint64_t owner;
         uint32_t v;
         int r = 0;
 
@@ -370,13 +373,6 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, const ui
         /* Also when someone holds the slot mid-message: almost always it is busy copying. */
         if (spin_for(ch, slot, target, w))
                 return 0;
-        /* Someone holds the slot mid-message: poll, as a dead claimer wakes no one. */
-        if (ring_owner_claims(LOAD(claim, ACQ), claimed_pos)) {
-                int64_t poll = now_ns() + (int64_t) REPAIR_POLL_MS * 1000000;
-
-                if (!until || poll < until)
-                        until = poll;
-        }
         /*
          * The word first, then the flag: a waker that clears our flag (perhaps for
          * another slot) also moves the word, so our FUTEX_WAIT returns at once and
@@ -390,6 +386,21 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, const ui
 #else
         __atomic_fetch_or(w->sleeping, (uint32_t) RING_SLEEP_FUTEX, SEQ);
 #endif
+        /*
+         * Someone holds the slot mid-message: poll, as its claim may be left by a
+         * death the broker marked before it saw our flag (ring_wake_sleepers()).
+         * After the flag: a claimer that dies later finds it up, and is marked
+         * dead with a wake-up. A claimer dead already is repaired at once.
+         */
+        owner = LOAD(claim, SEQ);
+        if (ring_owner_claims(owner, claimed_pos)) {
+                int64_t poll = now_ns() + (int64_t) REPAIR_POLL_MS * 1000000;
+
+                if (ring_token_dead(ch->ring, (uint32_t) owner))
+                        return 0;
+                if (!until || poll < until)
+                        until = poll;
+        }
         /* The state after the word: a removal after this read moves the word, and FUTEX_WAIT returns. */
         if ((int64_t) (LOAD(&slot->seq, SEQ) - target) < 0 && !ring_removed_seq(ch))
                 r = futex_wait(w->word, v, until);

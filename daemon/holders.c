@@ -64,7 +64,11 @@ int holders_init_table(Holders *hs, RingHolder *table, uint32_t n) {
 }
 
 int holders_init(Holders *hs, RingHeader *ring) {
-        return holders_init_table(hs, ring ? ring_holder_at(ring, 0) : NULL, RING_HOLDERS);
+        int r = holders_init_table(hs, ring ? ring_holder_at(ring, 0) : NULL, RING_HOLDERS);
+
+        if (r >= 0 && hs->table)
+                hs->ring = ring;
+        return r;
 }
 
 bool holders_token_dead(const Holders *hs, uint32_t token) {
@@ -223,7 +227,9 @@ static void entry_set_dead(Holders *hs, uint32_t i, uint64_t word) {
         __atomic_store_n(&entry_at(hs, i)->word, (word & ~UINT64_C(0xffffffff)) | RING_HOLDER_DEAD,
                          __ATOMIC_RELEASE);
         orphan_set(hs, i, false, 0);
-        /* A waiter in an event loop may sit behind its claim, which can be repaired only now. */
+        /* A waiter may sit behind its claim, which can be repaired only now: in FUTEX_WAIT, or in an event loop. */
+        if (hs->ring)
+                ring_wake_sleepers(hs->ring);
         if (hs->name)
                 wake_signal(hs->wake, hs->name);
 }

@@ -36,6 +36,7 @@ struct Wake;
 
 typedef struct Holders {
         RingHolder *table;              /* in the channel's own attachment, borrowed; NULL: no table */
+        RingHeader *ring;               /* the ring whose table it is, borrowed: its sleepers are woken at a death */
         uint32_t n;                     /* its entries, at most RING_HOLDERS */
         /* Signalled when an entry goes DEAD (daemon/wake.h); both borrowed, may be NULL. */
         const struct Wake *wake;

@@ -290,6 +290,29 @@ static inline bool ring_is_removed(const RingHeader *h) {
 }
 
 /*
+ * Wake the ring's futex sleepers after a holder was marked DEAD: a waiter
+ * that looked at its slot before the dead holder claimed it sleeps without
+ * polling, and the claim is never finished, so nothing else would wake it.
+ * Woken, it finds the claim dead and repairs it. Only a side whose flag is
+ * up is woken: the fence orders the caller's DEAD store before the flag
+ * loads, as a sleeper's raising of its flag is ordered before its loads of
+ * the claim and of the holder's entry, so either the caller sees the flag
+ * or the sleeper sees the dead claim. The flag is left up (a later waker
+ * makes one wake-up more). FIFOs are the daemon's to write, as below.
+ */
+static inline void ring_wake_sleepers(RingHeader *h) {
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&h->recv_sleeping, __ATOMIC_SEQ_CST) & RING_SLEEP_FUTEX) {
+                __atomic_add_fetch(&h->data_seq, 1, __ATOMIC_SEQ_CST);
+                (void) syscall(SYS_futex, &h->data_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+        }
+        if (__atomic_load_n(&h->send_sleeping, __ATOMIC_SEQ_CST) & RING_SLEEP_FUTEX) {
+                __atomic_add_fetch(&h->space_seq, 1, __ATOMIC_SEQ_CST);
+                (void) syscall(SYS_futex, &h->space_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+        }
+}
+
+/*
  * Tell every client of a ring that is about to be removed: store REMOVED,
  * then move both futex words and wake all their sleepers. The store comes
  * first and every access is sequentially consistent, as a sleeper's loads

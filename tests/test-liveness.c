@@ -284,6 +284,14 @@ static void child_send(shmb_channel *ch, size_t len, char seed) {
         CHILD_EQ(shmb_send(ch, buf, len, WAIT_MS), 0);
 }
 
+/* A small message, sent with no timeout: the test bounds the wait by reaping. */
+static void child_send_waiting(shmb_channel *ch, char seed) {
+        char buf[SMALL_LEN];
+
+        fill(buf, sizeof buf, seed);
+        CHILD_EQ(shmb_send(ch, buf, sizeof buf, -1), 0);
+}
+
 /* ---- the trap ---- */
 
 typedef enum TrapMode {
@@ -1136,21 +1144,24 @@ static bool asleep_in_futex(pid_t pid) {
         return strtol(buf, NULL, 10) == SYS_futex;
 }
 
-static void await_asleep(pid_t pid, const RingHeader *h) {
+/* The waiter pid is asleep in FUTEX_WAIT with its side's flag (recv_sleeping, send_sleeping) up. */
+static void await_asleep(pid_t pid, const uint32_t *flag, const char *who) {
         for (int64_t until = test_now_ms() + WAIT_MS;
-             !(__atomic_load_n(&h->recv_sleeping, __ATOMIC_SEQ_CST) && asleep_in_futex(pid));) {
-                ck_assert_msg(test_now_ms() < until, "the receiver did not fall asleep within %d ms", WAIT_MS);
+             !(__atomic_load_n(flag, __ATOMIC_SEQ_CST) && asleep_in_futex(pid));) {
+                ck_assert_msg(test_now_ms() < until, "%s did not fall asleep within %d ms", who, WAIT_MS);
                 usleep(1000);
         }
 }
 
 /*
- * A receiver already asleep (no timeout) when a sender claims the slot it
- * waits at and dies: nobody wakes it for the dead claim, but the next
- * sender's message does, and then it gets past the dead claim to that
- * message.
+ * A receiver already asleep (no timeout) when senders claim every slot and
+ * die, one by one. No sender that comes later can publish (each slot still
+ * waits for its dead claim to be skipped), and only a receiver skips one:
+ * unless the broker wakes the sleeper when it marks a claimer dead, both
+ * sides sleep for ever. Woken, it skips each dead claim and sleeps again,
+ * without a message, until B comes.
  */
-START_TEST(test_sleeping_receiver_gets_past_a_claim_that_died_meanwhile) {
+START_TEST(test_sleeping_receiver_skips_claims_that_died_meanwhile) {
         shmb_channel *watch = open_ok();
         const RingHeader *h = shmb_channel_addr(watch);
         pid_t rx;
@@ -1165,14 +1176,64 @@ START_TEST(test_sleeping_receiver_gets_past_a_claim_that_died_meanwhile) {
                 shmb_close(ch);
                 child_exit(0);
         }
-        await_asleep(rx, h);
-        (void) spawn_to_die(dying_sender, "the sender", NULL);
-        assert_send_claimed(h, 0);
-        ck_assert_msg(asleep_in_futex(rx), "the receiver woke up for a claim, with no message");
-        assert_exited_ok(spawn_sender('B'), "the second sender");
+        await_asleep(rx, &h->recv_sleeping, "the receiver");
+        for (int i = 0; i < SLOTS; i++)
+                (void) spawn_to_die(dying_sender, "a sender", NULL);
+        for (int64_t until = test_now_ms() + WAIT_MS; load64(&h->tail) != SLOTS;) {
+                ck_assert_msg(test_now_ms() < until, "the sleeping receiver got past %" PRIu64 " of %d dead claims in "
+                              "%d ms", load64(&h->tail), SLOTS, WAIT_MS);
+                usleep(1000);
+        }
+        await_asleep(rx, &h->recv_sleeping, "the receiver, past the dead claims,");
+        assert_exited_ok(spawn_sender('B'), "the sender after the dead ones");
         assert_exited_ok(rx, "the receiver that slept");
         assert_ring_empty(watch);
+        assert_round_trips(watch);
         shmb_close(watch);
+}
+END_TEST
+
+/* Takes the next message in place, and is killed before it gives the slot back. */
+static _Noreturn void peek_and_die(int ev) {
+        shmb_channel *ch = child_open();
+        TrapReport report = {};
+        const void *msg;
+
+        CHILD_EQ(shmb_recv_peek(ch, &msg, WAIT_MS), SMALL_LEN);
+        child_write(ev, &report, sizeof report);
+        (void) raise(SIGKILL);
+        child_exit(1);
+}
+
+/*
+ * The mirror: a sender asleep on the full ring (no timeout) when receivers
+ * take every message in place and are killed holding them. Nothing is left
+ * to receive, so no receiver frees a slot or wakes it; the broker, marking
+ * them dead, must. It frees the slot and sends Z, which nobody else took.
+ */
+START_TEST(test_sleeping_sender_gets_past_receivers_that_died_meanwhile) {
+        shmb_channel *rx = open_ok();
+        const RingHeader *h = shmb_channel_addr(rx);
+        pid_t tx;
+
+        for (int i = 0; i < SLOTS; i++)
+                send_small(rx, (char) ('C' + i), 0);
+        tx = spawn();
+        if (tx == 0) {
+                shmb_channel *ch = child_open();
+
+                child_send_waiting(ch, 'Z');
+                shmb_close(ch);
+                child_exit(0);
+        }
+        await_asleep(tx, &h->send_sleeping, "the sender");
+        for (int i = 0; i < SLOTS; i++)
+                (void) spawn_to_die(peek_and_die, "a receiver", NULL);
+        assert_exited_ok(tx, "the sender that slept on the full ring");
+        assert_recv_message(rx, SMALL_LEN, 'Z', WAIT_MS, "the message of the sender that slept");
+        assert_ring_empty(rx);
+        assert_round_trips(rx);
+        shmb_close(rx);
 }
 END_TEST
 
@@ -1598,7 +1659,8 @@ int main(void) {
                            test_receiver_killed_right_after_claim_is_repaired } },
                 { "no-syscall", CASE_TIMEOUT, { test_polls_of_an_idle_ring_make_no_syscall,
                                 test_polls_behind_a_live_claim_make_no_syscall } },
-                { "sleepers", CASE_TIMEOUT, { test_sleeping_receiver_gets_past_a_claim_that_died_meanwhile } },
+                { "sleepers", CASE_TIMEOUT, { test_sleeping_receiver_skips_claims_that_died_meanwhile,
+                              test_sleeping_sender_gets_past_receivers_that_died_meanwhile } },
                 { "holders", CASE_TIMEOUT, { test_dead_claim_stays_dead_when_its_entry_is_reused,
                              test_claim_taken_for_dead_starts_over } },
                 /* Where a hold and its process end apart: a fork keeps the hold, a disconnect ends it mid-copy. */

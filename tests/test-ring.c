@@ -239,6 +239,16 @@ static bool abandon_recv(shmb_channel *ch, uint32_t token, bool at_once, Msg *re
         return true;
 }
 
+/*
+ * What the broker does after it marks a claimer dead: wake the ring's
+ * sleepers, some of which may wait behind the claim with no poll (they
+ * looked before it was made). The simulated kills claim with a token that
+ * is dead already, so the test does it right after the claim.
+ */
+static void broker_marked_dead(shmb_channel *ch) {
+        ring_wake_sleepers(ch->ring);
+}
+
 /* ---- the model check ---- */
 
 typedef struct Plan {
@@ -374,6 +384,7 @@ static void *producer_main(void *userdata) {
                 if (every && seq % every == w->id % every) {
                         for (int tries = 0; tries < 1000; tries++) {
                                 if (abandon_send(w->ch, w->run->dead_token, next_random(&w->seed) & 1)) {
+                                        broker_marked_dead(w->ch);
                                         __atomic_add_fetch(&w->run->abandoned_sends, 1, __ATOMIC_RELAXED);
                                         break;
                                 }
@@ -415,6 +426,7 @@ static void *consumer_main(void *userdata) {
                 if (dead_left > 0 && !die_next)
                         die_next = next_random(&w->seed) % 256 == 0;
                 if (die_next && abandon_recv(w->ch, run->dead_token, next_random(&w->seed) & 1, &m, &len)) {
+                        broker_marked_dead(w->ch);
                         dead_left--;
                         die_next = false;
                         if (take(run, &m, len, "dead receiver of consumer", w->id))
