@@ -141,9 +141,12 @@ static void ring_make(TestRing *ret, uint32_t slot_size, uint32_t slots, bool me
         ring_format(ret->view[0], slot_size, slots);
 }
 
-/* The token of a holder that died: its claims are to be repaired. */
-static uint32_t dead_token(TestRing *r) {
-        return holder_token(r->view[0], r->holders++, false);
+/* The next entry, handed out live: from the main thread, or from workers as they run. */
+static uint32_t next_token(TestRing *r) {
+        uint32_t index = __atomic_fetch_add(&r->holders, 1, __ATOMIC_RELAXED);
+
+        ck_assert_uint_lt(index, RING_HOLDERS);
+        return holder_token(r->view[0], index, true);
 }
 
 static void ring_unmake(TestRing *r) {
@@ -165,7 +168,7 @@ static shmb_channel *handle_new(TestRing *r, int view, unsigned spin_us) {
         ch->info.size = r->size;
         ch->addr = r->view[view];
         ck_assert_int_eq(ring_channel_init(ch, r->view[view], r->size), 0);
-        ch->hold.token = holder_token(r->view[0], r->holders++, true);
+        ch->hold.token = next_token(r);
         STORE(&ch->spin_us, spin_us, __ATOMIC_RELAXED);
         return ch;
 }
@@ -240,13 +243,19 @@ static bool abandon_recv(shmb_channel *ch, uint32_t token, bool at_once, Msg *re
 }
 
 /*
- * What the broker does after it marks a claimer dead: wake the ring's
- * sleepers, some of which may wait behind the claim with no poll (they
- * looked before it was made). The simulated kills claim with a token that
- * is dead already, so the test does it right after the claim.
+ * A simulated kill claims with a token of its own, live while it claims
+ * and writes (or reads): a real claimer does nothing after its death, and
+ * a claim made dead could be repaired, and the slot refilled, under the
+ * simulation's own copy. Then the broker's part, as when the process
+ * ends: the entry marked dead, and the ring's sleepers woken (some may
+ * wait behind the claim with no poll: they looked before it was made).
  */
-static void broker_marked_dead(shmb_channel *ch) {
-        ring_wake_sleepers(ch->ring);
+static void broker_marks_dead(TestRing *r, uint32_t token) {
+        uint32_t index = (token & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1;
+
+        STORE(&ring_holder_at(r->view[0], index)->word, (UINT64_C(1) << 32) | RING_HOLDER_DEAD,
+              __ATOMIC_RELEASE);
+        ring_wake_sleepers(r->view[0]);
 }
 
 /* ---- the model check ---- */
@@ -264,7 +273,7 @@ typedef struct Run {
         const Plan *plan;
         uint8_t *seen;          /* [producer * per_producer + seq]: how often it was taken */
         uint32_t received, died_with_receiver, abandoned_sends;
-        uint32_t dead_token;    /* a holder the broker marked dead: the simulated kills claim with it */
+        TestRing *ring;         /* the simulated kills take holder entries of it */
         pthread_mutex_t lock;
         char failure[512];      /* the first thing that went wrong */
         bool failed;
@@ -382,14 +391,16 @@ static void *producer_main(void *userdata) {
 
                 /* A dead sender's claim, now and then, at a point that depends on the seed. */
                 if (every && seq % every == w->id % every) {
+                        uint32_t doomed = next_token(w->run->ring);
+
                         for (int tries = 0; tries < 1000; tries++) {
-                                if (abandon_send(w->ch, w->run->dead_token, next_random(&w->seed) & 1)) {
-                                        broker_marked_dead(w->ch);
+                                if (abandon_send(w->ch, doomed, next_random(&w->seed) & 1)) {
                                         __atomic_add_fetch(&w->run->abandoned_sends, 1, __ATOMIC_RELAXED);
                                         break;
                                 }
                                 sched_yield();
                         }
+                        broker_marks_dead(w->run->ring, doomed);
                 }
                 for (uint32_t i = 0; i < m.len; i++)
                         m.data[i] = (unsigned char) next_random(&w->seed);
@@ -410,7 +421,7 @@ static void *consumer_main(void *userdata) {
         const Plan *p = run->plan;
         int64_t *last = calloc(p->producers, sizeof *last);
         unsigned dead_left = p->dead_recvs;
-        bool die_next = false;          /* the dice said so; done at the next message there is */
+        uint32_t doomed = 0;            /* the dice said die: done at the next message there is, with this token */
 
         if (!last) {
                 run_fail(run, "consumer %u: out of memory", w->id);
@@ -423,12 +434,12 @@ static void *consumer_main(void *userdata) {
                 ssize_t n;
                 uint32_t len;
 
-                if (dead_left > 0 && !die_next)
-                        die_next = next_random(&w->seed) % 256 == 0;
-                if (die_next && abandon_recv(w->ch, run->dead_token, next_random(&w->seed) & 1, &m, &len)) {
-                        broker_marked_dead(w->ch);
+                if (dead_left > 0 && !doomed && next_random(&w->seed) % 256 == 0)
+                        doomed = next_token(run->ring);
+                if (doomed && abandon_recv(w->ch, doomed, next_random(&w->seed) & 1, &m, &len)) {
+                        broker_marks_dead(run->ring, doomed);
                         dead_left--;
-                        die_next = false;
+                        doomed = 0;
                         if (take(run, &m, len, "dead receiver of consumer", w->id))
                                 __atomic_add_fetch(&run->died_with_receiver, 1, __ATOMIC_RELAXED);
                         continue;
@@ -468,7 +479,7 @@ static void run_plan(const Plan *p, uint32_t seed) {
         run.seen = calloc(total, 1);
         ck_assert_ptr_nonnull(run.seen);
         ring_make(&ring, SLOT_SIZE, p->slots, p->memfd);
-        run.dead_token = dead_token(&ring);
+        run.ring = &ring;
         main_ch = handle_new(&ring, 0, p->spin_us);
         /* Consumers first, so the first messages find them waiting; each thread its own handle, as a process would. */
         for (unsigned i = 0; i < n; i++) {
