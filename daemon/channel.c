@@ -101,18 +101,39 @@ static bool rmid_done(int r) {
         return r == 0 || errno == EINVAL || errno == EIDRM;
 }
 
+/*
+ * An object removed (or gone) is forgotten; one that could not be removed
+ * (err: why) stays recorded, past rewrites too.
+ */
+static void settle(State *state, const StateRecord *rec, bool gone, int err) {
+        if (!state)
+                return;
+        if (gone)
+                (void) state_cancel(state, rec);
+        else
+                (void) state_keep(state, rec, err);
+}
+
+/* IPC_RMID's result as settle() takes it: gone, or why not. */
+static bool rmid_settled(int r, int *ret_err) {
+        *ret_err = r < 0 ? errno : 0;
+        return rmid_done(r);
+}
+
 static StateRecord table_record(const Channel *c) {
         return (StateRecord) { .kind = STATE_SHM, .key = c->table_key, .id = c->table_id, .pid = c->made_pid,
                                .since = c->made_since, .size = bcast_table_size(c->spec.subscribers) };
 }
 
-/* A broadcast channel's table: removed (while still attached, so the id stays ours), its record dropped once gone. */
+/* A broadcast channel's table: removed (while still attached, so the id stays ours), its record settled. */
 static void remove_table(Channel *c, State *state) {
         if (c->table_id >= 0) {
                 StateRecord rec = table_record(c);
 
-                if (rmid_done(shmctl(c->table_id, IPC_RMID, NULL)) && state)
-                        (void) state_cancel(state, &rec);
+                int err;
+                bool gone = rmid_settled(shmctl(c->table_id, IPC_RMID, NULL), &err);
+
+                settle(state, &rec, gone, err);
                 c->table_id = -1;
         }
         if (c->table_addr) {
@@ -151,8 +172,10 @@ static void remove_objects(Channel *c, State *state) {
         remove_table(c, state);
         /* IPC_RMID while still attached: our attachment keeps the id ours until then. */
         if (c->shm_id >= 0) {
-                if (rmid_done(shmctl(c->shm_id, IPC_RMID, NULL)) && state)
-                        (void) state_cancel(state, &recs[0]);
+                int err;
+                bool gone = rmid_settled(shmctl(c->shm_id, IPC_RMID, NULL), &err);
+
+                settle(state, &recs[0], gone, err);
                 c->shm_id = -1;
         }
         if (c->addr) {
@@ -161,11 +184,10 @@ static void remove_objects(Channel *c, State *state) {
         }
         /* A set removed behind our back may have given its id to someone else. */
         if (c->sem_id >= 0) {
-                int ours = ipc_is_ours(c->sem_id, c->key, false);
-                bool gone = ours == 1 ? rmid_done(semctl(c->sem_id, 0, IPC_RMID)) : ours == 0 || ours == -ENOENT;
+                int ours = ipc_is_ours(c->sem_id, c->key, false), err = ours < 0 ? -ours : 0;
+                bool gone = ours == 1 ? rmid_settled(semctl(c->sem_id, 0, IPC_RMID), &err) : ours == 0 || ours == -ENOENT;
 
-                if (gone && state)
-                        (void) state_cancel(state, &recs[1]);
+                settle(state, &recs[1], gone, err);
                 c->sem_id = -1;
         }
 }

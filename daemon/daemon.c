@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <libgen.h>
+#include <limits.h>
 #include <time.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -20,6 +21,7 @@
 #include "daemon/exit-watch.h"
 #include "daemon/ipc-limits.h"
 #include "daemon/log.h"
+#include "daemon/posix.h"
 #include "daemon/reclaim.h"
 #include "daemon/registry.h"
 #include "daemon/reload.h"
@@ -53,12 +55,39 @@ static bool state_is_empty(State *state) {
         return state_read(state, &v, &n, &skipped) == 0 && n == 0;
 }
 
+/* Name the objects that could not be removed since the from-th: they stay recorded for the next start. */
+static void log_kept(const Daemon *d, size_t from) {
+        const StateRecord *rec;
+        int err;
+
+        for (size_t i = from; (rec = state_kept(d->state, i, &err)); i++) {
+                char what[NAME_MAX + 64];
+
+                if (rec->kind == STATE_POSIX) {
+                        char name[NAME_MAX + 1];
+
+                        if (posix_record_file_name(rec, name, sizeof name) < 0)
+                                snprintf(name, sizeof name, "(a file of channel %s)", rec->name);
+                        snprintf(what, sizeof what, "%s/%s", PSEM_DIR, name);
+                } else
+                        snprintf(what, sizeof what, "the %s with key 0x%08x, id %d",
+                                 rec->kind == STATE_SHM ? "segment" : "semaphore set", rec->key, rec->id);
+                log_warning("Failed to remove %s: %s; it stays recorded in %s, and the next start removes it.", what,
+                            strerror(err), state_path(d->state));
+        }
+}
+
 static void daemon_done(Daemon *d) {
+        size_t kept;
+
         d->status_timer = sd_event_source_disable_unref(d->status_timer);
         d->orphan_timer = sd_event_source_disable_unref(d->orphan_timer);
         d->control = control_free(d->control);
         d->exits = exit_watch_free(d->exits);
+        kept = d->state ? state_n_kept(d->state) : 0;
         d->registry = registry_free(d->registry);
+        if (d->state)
+                log_kept(d, kept);
         d->wake = wake_free(d->wake);
         answer_cache_done(&d->dispatch.answers);
         /*
@@ -328,9 +357,12 @@ static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size
                 log_warning("Reload: \"socket\" changed to %s; moving the socket needs a restart, ignoring.",
                             cfg->socket);
         if (r == 0) {
+                size_t kept = state_n_kept(d->state);
+
                 /* As at start (state.h); save_state() below rewrites the file anyway. */
                 state_batch_begin(d->state);
                 r = reload_apply(d->registry, cfg, ret, msg, msg_size);
+                log_kept(d, kept);
                 k = state_batch_end(d->state);
                 if (k < 0)
                         log_warning("Failed to record the reload's channels in %s: %s; the next start may "

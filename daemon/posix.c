@@ -628,16 +628,33 @@ void posix_objects_remove(PosixObjects *p, State *state) {
         for (int role = POSIX_ROLE_TABLE; dir >= 0 && role < (int) p->nsems; role++) {
                 PosixFile *f = objects_file(p, role);
                 char name[NAME_MAX + 1];
+                StateRecord rec;
                 int r;
 
                 if (!f || f->fd < 0 || file_name(channel, role, name, sizeof name) < 0)
                         continue;
                 r = unlink_checked(dir, name, stat_is_file, f);
-                /* Gone now, or before: its record goes. Another file at the name: ours may still exist. */
-                if ((r == 1 || r == -ENOENT) && state) {
+                if (!state)
+                        continue;
+                rec = file_record(f, channel, role, p->made_pid, p->made_since);
+                /*
+                 * Gone now, or before: its record goes. Not unlinked: it stays
+                 * recorded, for the next start. Another file at the name: ours
+                 * was unlinked (or renamed, and then no name finds it).
+                 */
+                if (r == 1 || r == -ENOENT)
+                        (void) state_cancel(state, &rec);
+                else if (r < 0)
+                        (void) state_keep(state, &rec, -r);
+        }
+        /* No directory: nothing was unlinked, and all of it stays recorded. */
+        for (int role = POSIX_ROLE_TABLE; dir < 0 && state && role < (int) p->nsems; role++) {
+                PosixFile *f = objects_file(p, role);
+
+                if (f && f->fd >= 0) {
                         StateRecord rec = file_record(f, channel, role, p->made_pid, p->made_since);
 
-                        (void) state_cancel(state, &rec);
+                        (void) state_keep(state, &rec, -dir);
                 }
         }
         posix_objects_close(p);

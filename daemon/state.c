@@ -37,6 +37,9 @@ struct State {
         bool batch;
         char *deferred;         /* record lines for the next write (state_defer_records()) */
         size_t deferred_len, deferred_cap;
+        StateRecord *kept;      /* objects that could not be removed (state_keep()) */
+        int *kept_err;          /* and why */
+        size_t n_kept;
 };
 
 static const char *kind_name(StateKind k) {
@@ -539,6 +542,33 @@ int state_cancel(State *s, const StateRecord *r) {
         return state_append_records(s, NULL, 0, r, 1);
 }
 
+int state_keep(State *s, const StateRecord *r, int err) {
+        StateRecord *v = reallocarray(s->kept, s->n_kept + 1, sizeof *v);
+        int *e;
+
+        if (!v)
+                return -ENOMEM;
+        s->kept = v;
+        e = reallocarray(s->kept_err, s->n_kept + 1, sizeof *e);
+        if (!e)
+                return -ENOMEM;
+        s->kept_err = e;
+        s->kept[s->n_kept] = *r;
+        s->kept_err[s->n_kept++] = err;
+        return 0;
+}
+
+size_t state_n_kept(const State *s) {
+        return s->n_kept;
+}
+
+const StateRecord *state_kept(const State *s, size_t i, int *ret_err) {
+        if (i >= s->n_kept)
+                return NULL;
+        *ret_err = s->kept_err[i];
+        return &s->kept[i];
+}
+
 int state_rewrite(State *s, const StateRecord *v, size_t n) {
         _cleanup_(freep) char *text = NULL, *name = NULL;
         size_t len = strlen(STATE_HEADER);
@@ -547,12 +577,14 @@ int state_rewrite(State *s, const StateRecord *v, size_t n) {
         name = strprintf("%s.state", s->name);
         if (!name)
                 return -ENOMEM;
-        text = malloc(len + n * RECORD_MAX + 1);
+        text = malloc(len + (n + s->n_kept) * RECORD_MAX + 1);
         if (!text)
                 return -ENOMEM;
         memcpy(text, STATE_HEADER, len);
         for (size_t i = 0; i < n; i++)
                 len += (size_t) format_record(text + len, RECORD_MAX, &v[i], true);
+        for (size_t i = 0; i < s->n_kept; i++)
+                len += (size_t) format_record(text + len, RECORD_MAX, &s->kept[i], true);
         /* O_APPEND from the start: after the rename this descriptor is the state file. */
         r = replace_file(s, name, text, len, O_APPEND, &fd);
         if (r < 0)
@@ -595,6 +627,8 @@ State *state_free(State *s) {
         free(s->lock_path);
         free(s->name);
         free(s->deferred);
+        free(s->kept);
+        free(s->kept_err);
         free(s);
         return NULL;
 }

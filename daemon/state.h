@@ -115,9 +115,24 @@ int state_batch_end(State *s);
 int state_cancel(State *s, const StateRecord *r);
 
 /*
- * Replace the file with one holding exactly these live records: written
- * under a fresh name (O_EXCL) and renamed over the old one. Records
- * deferred so far are dropped once it succeeds: v covers them.
+ * An object that could not be removed (err: why, a positive errno): it
+ * stays recorded (its record is not cancelled), and every later
+ * state_rewrite() writes r as well, so that the next start's reclaim finds
+ * it however the live records changed. For the rest of this run; 0 or
+ * -ENOMEM (then a rewrite may drop it).
+ */
+int state_keep(State *s, const StateRecord *r, int err);
+
+/* How many records state_keep() was given. */
+size_t state_n_kept(const State *s);
+
+/* The i-th of them (oldest first), with its err in *ret_err; NULL past the end. */
+const StateRecord *state_kept(const State *s, size_t i, int *ret_err);
+
+/*
+ * Replace the file with one holding exactly these live records and the
+ * kept ones: written under a fresh name (O_EXCL) and renamed over the old
+ * one. Records deferred so far are dropped once it succeeds: v covers them.
  */
 int state_rewrite(State *s, const StateRecord *v, size_t n);
 

@@ -12,12 +12,14 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <sched.h>
 #include <semaphore.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -916,6 +918,55 @@ START_TEST(test_stop_and_reload_spare_replaced) {
 }
 END_TEST
 
+/* Make a file immutable, or not: then even root cannot unlink it (tmpfs has the flag since Linux 6.0). */
+static void set_immutable(const char *path, bool on) {
+        int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC), flags = 0;
+
+        ck_assert_msg(fd >= 0, "open %s: %s", path, strerror(errno));
+        ck_assert_msg(ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0, "FS_IOC_GETFLAGS %s: %s", path, strerror(errno));
+        flags = on ? flags | FS_IMMUTABLE_FL : flags & ~FS_IMMUTABLE_FL;
+        ck_assert_msg(ioctl(fd, FS_IOC_SETFLAGS, &flags) == 0, "FS_IOC_SETFLAGS %s: %s", path, strerror(errno));
+        close(fd);
+}
+
+/*
+ * A removing reload that cannot unlink a file keeps it recorded, past the
+ * rewrite of the state file that ends every reload: the daemon says so, its
+ * stop leaves the state file, and the next start removes the file once it
+ * may go. Nothing the daemon made is forgotten.
+ */
+START_TEST(test_reload_keeps_what_it_could_not_remove) {
+        char *before = shm_listing(), *log;
+        json_t *resp;
+        int fd;
+
+        test_daemon_write_config(&td, "[" RAW1 ", " RING1 "]");
+        test_start_ok();
+        set_immutable(PSEM_DIR "/shmbroker.ring1", true);
+        test_daemon_write_config(&td, "[" RAW1 "]");
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"reload\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        close(fd);
+        ck_assert(!shm_exists("sem.shmbroker.ring1.0"));
+        ck_assert(shm_exists("shmbroker.ring1"));
+        log = log_now();
+        ck_assert_msg(strstr(log, "shmbroker.ring1") && strstr(log, "next start"),
+                      "the daemon did not say it kept shmbroker.ring1:\n%s", log);
+        free(log);
+        test_daemon_stop_ok(&td);
+        ck_assert(shm_exists("shmbroker.ring1"));
+        set_immutable(PSEM_DIR "/shmbroker.ring1", false);
+        test_start_ok();
+        ck_assert_msg(!shm_exists("shmbroker.ring1"), "the start after the reload did not remove the file it "
+                      "could not remove");
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
 /* SIGKILL, then a start whose config lost the channels: reclaim removes their files. */
 START_TEST(test_crash_reclaim) {
         char *before = shm_listing(), *log;
@@ -1328,7 +1379,7 @@ int main(void) {
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back,
                                              test_stop_and_reload_spare_replaced, test_other_owner_removed,
                                              test_truncated_by_client, test_reload_group_refuses_holder,
-                                             test_create_failure_removes } },
+                                             test_create_failure_removes, test_reload_keeps_what_it_could_not_remove } },
                 { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt, test_crash_reclaim_spares_replaced,
                                            test_crash_reclaim_intent } },
         };
