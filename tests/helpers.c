@@ -177,12 +177,10 @@ char *test_daemon_wait_notify(TestDaemon *d, const char *what, int timeout_ms) {
         return NULL;
 }
 
-bool test_daemon_start(TestDaemon *d, int *ret_status, ...) {
+static void daemon_spawn(TestDaemon *d, va_list ap) {
         const char *argv[48];
         char *wrapper = getenv("TEST_DAEMON_WRAPPER") ? strdup(getenv("TEST_DAEMON_WRAPPER")) : NULL;
-        int argc = 0, status;
-        int64_t deadline;
-        va_list ap;
+        int argc = 0;
 
         /* e.g. TEST_DAEMON_WRAPPER="valgrind --error-exitcode=99": run the daemon under it. */
         for (char *w = wrapper ? strtok(wrapper, " ") : NULL; w && argc < 16; w = strtok(NULL, " "))
@@ -190,10 +188,8 @@ bool test_daemon_start(TestDaemon *d, int *ret_status, ...) {
         argv[argc++] = SHMBROKERD_PATH;
         argv[argc++] = "-c";
         argv[argc++] = d->config;
-        va_start(ap, ret_status);
         for (const char *a; (a = va_arg(ap, const char *)) && argc < 47;)
                 argv[argc++] = a;
-        va_end(ap);
         argv[argc] = NULL;
 
         if (d->notify_fd < 0)
@@ -211,6 +207,8 @@ bool test_daemon_start(TestDaemon *d, int *ret_status, ...) {
                 setenv("NOTIFY_SOCKET", d->notify, 1);
                 if (d->activate && pass_listening_socket(d->socket) < 0)
                         _exit(126);
+                if (d->stop_before_exec)
+                        (void) raise(SIGSTOP);
                 /*
                  * As under the shipped unit: setuid() away from root clears every capability.
                  * The binary is opened first: a checkout under /root (0700) is no path for that uid.
@@ -227,8 +225,29 @@ bool test_daemon_start(TestDaemon *d, int *ret_status, ...) {
                 _exit(127);
         }
         free(wrapper);      /* the child has its own copy */
+}
 
-        deadline = test_now_ms() + START_TIMEOUT_MS;
+void test_daemon_spawn(TestDaemon *d, ...) {
+        va_list ap;
+
+        va_start(ap, d);
+        daemon_spawn(d, ap);
+        va_end(ap);
+}
+
+bool test_daemon_start(TestDaemon *d, int *ret_status, ...) {
+        va_list ap;
+
+        va_start(ap, ret_status);
+        daemon_spawn(d, ap);
+        va_end(ap);
+        return test_daemon_wait_ready(d, ret_status);
+}
+
+bool test_daemon_wait_ready(TestDaemon *d, int *ret_status) {
+        int64_t deadline = test_now_ms() + START_TIMEOUT_MS;
+        int status;
+
         while (test_now_ms() < deadline) {
                 struct pollfd p = { .fd = d->notify_fd, .events = POLLIN };
                 char buf[512];

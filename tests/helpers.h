@@ -25,6 +25,7 @@ typedef struct TestDaemon {
         char notified[8192];            /* every notify datagram so far, '|'-separated */
         bool activate;                  /* pass a listening socket as systemd would (LISTEN_FDS) */
         bool keep_notify;               /* keep reading notifications after READY=1 */
+        bool stop_before_exec;          /* the child stops itself (SIGSTOP) before it runs the daemon: to trace it */
         uid_t uid;                      /* not 0: run the daemon as uid:gid, without groups or capabilities */
         gid_t gid;
 } TestDaemon;
@@ -50,6 +51,10 @@ void test_daemon_write_raw_config(TestDaemon *td, const char *text);
  * (its exit status is then in *ret_status, when given).
  */
 bool test_daemon_start(TestDaemon *td, int *ret_status, ...);
+
+/* The two halves of test_daemon_start(): fork and exec (td->pid), then wait for READY=1. */
+void test_daemon_spawn(TestDaemon *td, ...);
+bool test_daemon_wait_ready(TestDaemon *td, int *ret_status);
 
 /*
  * Wait up to timeout_ms for a notify datagram containing `what`; returns

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ptrace.h>
+#include <sys/socket.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/stat.h>
@@ -526,6 +527,97 @@ START_TEST(test_reload_killed_at_each_state_write_leaves_nothing) {
 }
 END_TEST
 
+/* Whether a READY=1 came on the notify socket meanwhile (without waiting). */
+static bool ready_sent(void) {
+        char buf[512];
+        ssize_t n;
+
+        while ((n = recv(td.notify_fd, buf, sizeof buf - 1, MSG_DONTWAIT)) > 0) {
+                buf[n] = 0;
+                if (strstr(buf, "READY=1"))
+                        return true;
+        }
+        return false;
+}
+
+/*
+ * The same for a start: the daemon writes its state file before it makes
+ * each channel's objects (their intents) and after (their ids, with the
+ * next channel's intents), and rewrites it once. A SIGKILL at each of those
+ * writes in turn; the next start must serve every channel with exactly the
+ * objects they need (none of the killed run's left over), and its stop must
+ * leave ipcs empty.
+ */
+START_TEST(test_start_killed_at_each_state_write_leaves_nothing) {
+        static const char *const channels =
+                "[{\"name\": \"a\", \"size\": 4096, \"semaphores\": [1, 2]},"
+                " {\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8},"
+                " {\"name\": \"b\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 8, \"subscribers\": 2},"
+                " {\"name\": \"d\", \"size\": 8192}]";
+        int k;
+
+        test_daemon_write_config(&td, channels);
+        for (k = 1;; k++) {
+                int writes = 0, status, fd;
+                bool killed = false;
+                json_t *list;
+
+                td.stop_before_exec = true;
+                test_daemon_spawn(&td, NULL);
+                td.stop_before_exec = false;
+                ck_assert_int_eq(waitpid(td.pid, &status, WUNTRACED), td.pid);
+                ck_assert(WIFSTOPPED(status));
+                /* Traced from where it stopped itself, before exec: the ptrace resumes it, stop by stop. */
+                ck_assert_int_eq(ptrace(PTRACE_SEIZE, td.pid, 0, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL), 0);
+                ck_assert_int_eq(ptrace(PTRACE_INTERRUPT, td.pid, 0, 0), 0);
+                ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
+                /* Ends its job-control stop, which would hold it again once it is detached. */
+                ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
+                while (!ready_sent()) {
+                        struct __ptrace_syscall_info info;
+
+                        ck_assert_msg(next_syscall_stop(td.pid), "the daemon ended before it was ready");
+                        ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+                        if (info.op != PTRACE_SYSCALL_INFO_ENTRY || info.entry.nr != SYS_write ||
+                            !(test_fd_path_ends_with(td.pid, info.entry.args[0], ".state") ||
+                              test_fd_path_ends_with(td.pid, info.entry.args[0], ".state.new")) ||
+                            ++writes < k)
+                                continue;
+                        ck_assert_int_eq(kill(td.pid, SIGKILL), 0);
+                        ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
+                        ck_assert(WIFSIGNALED(status));
+                        td.pid = -1;
+                        killed = true;
+                        break;
+                }
+                if (!killed) {
+                        /* Ready before its k-th write: every write of a start was a kill point. */
+                        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+                        test_daemon_stop_ok(&td);
+                        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+                        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+                        break;
+                }
+                test_start_ok();
+                fd = test_connect(td.socket);
+                list = test_request(fd, "{\"op\":\"list\"}");
+                ck_assert_uint_eq(json_array_size(json_object_get(list, "channels")), 4);
+                json_decref(list);
+                close(fd);
+                /* Five segments (b has two: data and table) and four sets: the killed run's are gone. */
+                ck_assert_msg(test_ipcs_count("-m") == 5 && test_ipcs_count("-s") == 4,
+                              "killed at state write %d of the start: the next start has %d segment(s) and %d "
+                              "set(s), not 5 and 4", k, test_ipcs_count("-m"), test_ipcs_count("-s"));
+                test_daemon_stop_ok(&td);
+                ck_assert_msg(test_ipcs_count("-m") == 0 && test_ipcs_count("-s") == 0,
+                              "killed at state write %d of the start: %d segment(s) and %d set(s) left", k,
+                              test_ipcs_count("-m"), test_ipcs_count("-s"));
+        }
+        /* Four channels: at least the rewrite and each channel's intents were kill points. */
+        ck_assert_int_ge(k, 6);
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "planted", CASE_TIMEOUT,
@@ -535,7 +627,8 @@ int main(void) {
                 { "forged", CASE_TIMEOUT, { test_forged_records_spare_foreign_objects, test_set_older_than_its_record_spared } },
                 { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_secret_checks, test_state_dir_option,
                            test_runtime_directory_default } },
-                { "crash", CASE_TIMEOUT, { test_reload_killed_at_each_state_write_leaves_nothing } },
+                { "crash", CASE_TIMEOUT, { test_reload_killed_at_each_state_write_leaves_nothing,
+                                           test_start_killed_at_each_state_write_leaves_nothing } },
         };
 
         return test_main("state", groups, sizeof groups / sizeof groups[0], test_setup, test_teardown);
