@@ -44,7 +44,7 @@ static int adopt_posix(Registry *reg, const ChannelSpec *spec, StateRecord *v, s
         for (size_t i = 0; i < n; i++)
                 if (v[i].kind == STATE_POSIX && !v[i].pending && !v[i].adopted && streq(v[i].name, spec->name))
                         recs[k++] = v[i];
-        r = channel_adopt_posix(spec, recs, k, &c, msg, sizeof msg);
+        r = channel_adopt_posix(spec, recs, k, reg->state, &c, msg, sizeof msg);
         if (r < 0) {
                 log_warning("Cannot take over %s; making it anew.", msg);
                 return 0;

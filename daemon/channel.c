@@ -280,10 +280,10 @@ static void remember_perms(Channel *c, uid_t uid, gid_t gid, mode_t mode) {
         id_to_name(gid, true, c->group, sizeof c->group);
 }
 
-int channel_set_perms(Channel *c, uid_t uid, gid_t gid, mode_t mode) {
+int channel_set_perms(Channel *c, State *state, uid_t uid, gid_t gid, mode_t mode) {
         if (c->spec.kind == PROTO_KIND_POSIX) {
                 /* A broadcast channel's table: read and write wherever the channel may be read (proto/broadcast.h). */
-                int r = posix_objects_set_perms(&c->posix, uid, gid, mode, bcast_table_mode(mode));
+                int r = posix_objects_set_perms(&c->posix, state, uid, gid, mode, bcast_table_mode(mode));
 
                 if (r < 0)
                         return r;
@@ -427,7 +427,7 @@ static int create_posix(Channel *c, State *state, char *msg, size_t msg_size) {
         c->table_addr = c->posix.table.addr;
         /* No System V table: clients find it by name (proto/posix.h). */
         format_segment(c);
-        r = channel_set_perms(c, spec->uid, spec->gid, spec->mode);
+        r = channel_set_perms(c, state, spec->uid, spec->gid, spec->mode);
         if (r < 0) {
                 /* Unlike IPC_SET, chown(2) of a file is a privilege: say which one is missing. */
                 msg_set(msg, msg_size, "channel \"%s\": cannot set owner %u, group %u, mode %04o of its files: %s%s",
@@ -522,7 +522,7 @@ int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n
         }
         /* A fresh segment is zero-filled by the kernel: what ring_format() expects. */
         format_segment(c);
-        r = channel_set_perms(c, spec->uid, spec->gid, spec->mode);
+        r = channel_set_perms(c, state, spec->uid, spec->gid, spec->mode);
         if (r < 0) {
                 msg_set(msg, msg_size, "channel \"%s\": cannot set owner %u, group %u, mode %04o: %s",
                         spec->name, (unsigned) spec->uid, (unsigned) spec->gid, (unsigned) spec->mode, strerror(-r));
@@ -922,8 +922,8 @@ int channel_table_of(const StateRecord *shm, uint32_t *ret_key, int *ret_id) {
 }
 
 /* The config's owner, group and mode on taken-over objects, as a reload would apply them: nobody holds them yet. */
-static int adopt_perms(Channel *c, const ChannelSpec *spec, char *msg, size_t msg_size) {
-        int r = channel_set_perms(c, spec->uid, spec->gid, spec->mode);
+static int adopt_perms(Channel *c, const ChannelSpec *spec, State *state, char *msg, size_t msg_size) {
+        int r = channel_set_perms(c, state, spec->uid, spec->gid, spec->mode);
 
         if (r < 0)
                 msg_set(msg, msg_size, "channel \"%s\": cannot set owner %u, group %u, mode %04o: %s", spec->name,
@@ -989,7 +989,7 @@ int channel_adopt(const ChannelSpec *spec, const StateRecord *shm, const StateRe
         c->shm_id = shm->id;
         c->sem_id = sem->id;
         c->adopted = true;
-        r = adopt_perms(c, spec, msg, msg_size);
+        r = adopt_perms(c, spec, NULL, msg, msg_size);
         if (r < 0)
                 goto fail;
         *ret = c;
@@ -1044,8 +1044,8 @@ static bool posix_header_fits(const ChannelSpec *spec, const void *addr, const P
                !bcast_is_removed(h);
 }
 
-int channel_adopt_posix(const ChannelSpec *spec, const StateRecord *recs, size_t n, Channel **ret, char *msg,
-                        size_t msg_size) {
+int channel_adopt_posix(const ChannelSpec *spec, const StateRecord *recs, size_t n, State *state, Channel **ret,
+                        char *msg, size_t msg_size) {
         Channel *c = NULL;
         int r;
 
@@ -1068,7 +1068,7 @@ int channel_adopt_posix(const ChannelSpec *spec, const StateRecord *recs, size_t
                 goto fail;
         }
         c->adopted = true;
-        r = adopt_perms(c, spec, msg, msg_size);
+        r = adopt_perms(c, spec, state, msg, msg_size);
         if (r < 0)
                 goto fail;
         *ret = c;

@@ -73,10 +73,11 @@ int channel_adopt(const ChannelSpec *spec, const StateRecord *shm, const StateRe
  * Take over the files a killed run made for a posix channel `spec`
  * (`recs`: its STATE_POSIX records, proven by posix_objects_adopt()):
  * map them, check a ring's or broadcast channel's header, apply the
- * configured owner, group and mode. On failure nothing is changed.
+ * configured owner, group and mode (a new owner recorded in state). On
+ * failure nothing is changed.
  */
-int channel_adopt_posix(const ChannelSpec *spec, const StateRecord *recs, size_t n, Channel **ret, char *msg,
-                        size_t msg_size);
+int channel_adopt_posix(const ChannelSpec *spec, const StateRecord *recs, size_t n, State *state, Channel **ret,
+                        char *msg, size_t msg_size);
 
 /*
  * The table segment a killed run's broadcast channel names in its header
@@ -140,8 +141,12 @@ int channel_check(const Channel *c);
  */
 int channel_remake(Channel **c, State *state, char *msg, size_t msg_size);
 
-/* Apply owner, group and mode in place with IPC_SET. */
-int channel_set_perms(Channel *c, uid_t uid, gid_t gid, mode_t mode);
+/*
+ * Apply owner, group and mode in place: IPC_SET, or chown and chmod of a
+ * posix channel's files, which are recorded in state under a new owner
+ * first (NULL: not recorded; see posix_objects_set_perms()).
+ */
+int channel_set_perms(Channel *c, State *state, uid_t uid, gid_t gid, mode_t mode);
 
 /* The kernel's rule for who may use an object, for the access check. */
 typedef struct ChannelPerm {

@@ -193,11 +193,16 @@ static bool stat_is_file(const struct stat *st, const void *userdata) {
                (st->st_uid == self_euid() || st->st_uid == f->uid);
 }
 
-/* Whether st is the file rec records: that inode, a regular file of our uid. */
+/*
+ * Whether st is the file rec records: that inode, a regular file of our uid
+ * or of the owner we gave it (recorded before the chown, so a kill in
+ * between leaves it ours).
+ */
 static bool stat_is_recorded(const struct stat *st, const void *userdata) {
         const StateRecord *rec = userdata;
 
-        return (uint64_t) st->st_dev == rec->dev && (uint64_t) st->st_ino == rec->ino && stat_is_ours(st);
+        return (uint64_t) st->st_dev == rec->dev && (uint64_t) st->st_ino == rec->ino && S_ISREG(st->st_mode) &&
+               (st->st_uid == self_euid() || (rec->uid != (uid_t) -1 && st->st_uid == rec->uid));
 }
 
 static int file_map(PosixFile *f) {
@@ -277,7 +282,7 @@ fail:
 
 static StateRecord file_record(const PosixFile *f, const char *channel, int role, pid_t pid, int64_t since) {
         StateRecord rec = { .kind = STATE_POSIX, .id = role, .dev = (uint64_t) f->dev, .ino = (uint64_t) f->ino,
-                            .pid = pid, .since = since, .size = f->size };
+                            .pid = pid, .since = since, .size = f->size, .uid = f->uid };
 
         snprintf(rec.name, sizeof rec.name, "%s", channel);
         return rec;
@@ -371,7 +376,7 @@ static int create_one(int dir, PosixObjects *p, const char *channel, int role, s
         PosixFile *f = objects_file(p, role);
         char name[NAME_MAX + 1];
         StateRecord recs[2], intent = { .kind = STATE_POSIX, .pending = true, .id = role, .pid = p->made_pid,
-                                        .since = p->made_since, .size = size };
+                                        .since = p->made_since, .size = size, .uid = (uid_t) -1 };
         bool left;
         int r, k;
 
@@ -487,8 +492,7 @@ static int adopt_one(int dir, const StateRecord *rec, PosixFile *ret) {
                 r = -errno;
                 goto fail;
         }
-        if ((uint64_t) st.st_dev != rec->dev || (uint64_t) st.st_ino != rec->ino || !stat_is_ours(&st) ||
-            (uint64_t) st.st_size != rec->size) {
+        if (!stat_is_recorded(&st, rec) || (uint64_t) st.st_size != rec->size) {
                 r = -ESTALE;
                 goto fail;
         }
@@ -560,26 +564,58 @@ fail:
         return r;
 }
 
-static int file_set_perms(PosixFile *f, uid_t uid, gid_t gid, mode_t mode) {
+/*
+ * Record f as owned by uid instead of its present owner: the record is what
+ * a restart after a crash proves the file ours by. First the record, then
+ * the chown: a kill in between leaves a file of ours, which proves itself.
+ */
+static int record_owner(const PosixObjects *p, PosixFile *f, int role, uid_t uid, State *state) {
+        const char *channel = p->shm_name + strlen("/shmbroker.");
+        StateRecord old, moved;
+
+        if (!state || f->uid == uid)
+                return 0;
+        old = file_record(f, channel, role, p->made_pid, p->made_since);
+        moved = old;
+        moved.uid = uid;
+        return state_append_records(state, &moved, 1, &old, 1);
+}
+
+static int file_set_perms(const PosixObjects *p, PosixFile *f, int role, uid_t uid, gid_t gid, mode_t mode,
+                          State *state) {
+        int r;
+
         if (f->fd < 0)
                 return 0;
-        if (fchown(f->fd, uid, gid) < 0)
-                return -errno;
-        /* Its owner now: what removal accepts besides the daemon's own uid. */
+        r = record_owner(p, f, role, uid, state);
+        if (r < 0)
+                return r;
+        if (fchown(f->fd, uid, gid) < 0) {
+                r = -errno;
+                /* The owner stays: so does its record (one that failed to go back proves nothing worse). */
+                if (state && f->uid != uid) {
+                        PosixFile moved = *f;
+
+                        moved.uid = uid;
+                        (void) record_owner(p, &moved, role, f->uid, state);
+                }
+                return r;
+        }
+        /* Its owner now: what removal and a restart's proof accept besides the daemon's own uid. */
         f->uid = uid;
         if (fchmod(f->fd, mode & 0777) < 0)
                 return -errno;
         return 0;
 }
 
-int posix_objects_set_perms(PosixObjects *p, uid_t uid, gid_t gid, mode_t mode, mode_t table_mode) {
+int posix_objects_set_perms(PosixObjects *p, State *state, uid_t uid, gid_t gid, mode_t mode, mode_t table_mode) {
         int r;
 
         /* The segment last: a client that can open it finds everything else ready. */
-        r = file_set_perms(&p->table, uid, gid, table_mode);
+        r = file_set_perms(p, &p->table, POSIX_ROLE_TABLE, uid, gid, table_mode, state);
         for (unsigned i = 0; r == 0 && i < p->nsems; i++)
-                r = file_set_perms(&p->sems[i], uid, gid, mode);
-        return r < 0 ? r : file_set_perms(&p->shm, uid, gid, mode);
+                r = file_set_perms(p, &p->sems[i], (int) i, uid, gid, mode, state);
+        return r < 0 ? r : file_set_perms(p, &p->shm, POSIX_ROLE_SEGMENT, uid, gid, mode, state);
 }
 
 /* Each name still names our file. */

@@ -78,15 +78,21 @@ int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *st
 /*
  * Open again the files a killed run made for `spec`, as `recs` (n of
  * them, STATE_POSIX of this channel) record them: by name with
- * O_NOFOLLOW, each the recorded inode, a regular file of ours of the
+ * O_NOFOLLOW, each the recorded inode, a regular file of ours (or of the
+ * owner its record names) of the
  * recorded size, semaphores with this version's layout. Nothing is
  * changed; on failure msg says why and nothing is kept open.
  */
 int posix_objects_adopt(const ChannelSpec *spec, const StateRecord *recs, size_t n, PosixObjects *ret,
                         char *msg, size_t msg_size);
 
-/* Give every file its owner, group and mode (the table: bcast_table_mode() for table_mode). */
-int posix_objects_set_perms(PosixObjects *p, uid_t uid, gid_t gid, mode_t mode, mode_t table_mode);
+/*
+ * Give every file its owner, group and mode (the table: bcast_table_mode()
+ * for table_mode). A file given another owner is recorded under it in
+ * state first (NULL: not recorded), so that a restart after a crash still
+ * proves it ours. 0, or a negative errno from recording or the system.
+ */
+int posix_objects_set_perms(PosixObjects *p, State *state, uid_t uid, gid_t gid, mode_t mode, mode_t table_mode);
 
 /*
  * 0 when every name still names our file, of its size; -EIDRM when one was

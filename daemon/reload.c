@@ -268,7 +268,7 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                                 return -ENOMEM;
                         continue;
                 }
-                r = channel_set_perms(e->channel, s->uid, s->gid, s->mode);
+                r = channel_set_perms(e->channel, reg->state, s->uid, s->gid, s->mode);
                 /* The FIFOs grant what the ring grants. */
                 if (r == 0 && e->has_wake)
                         r = wake_set_perms(reg->wake, s->name, s->uid, s->gid,

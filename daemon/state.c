@@ -23,7 +23,7 @@
 #include "daemon/state.h"
 
 #define STATE_HEADER "# shmbroker state v3: objects this daemon created (kind key id pid since size;" \
-                     " chan key shm-id sem-id fingerprint name; [p]posix role dev ino pid since size name)\n"
+                     " chan key shm-id sem-id fingerprint name; [p]posix role dev ino pid since size name [uid])\n"
 #define SECRET_TEXT_LEN (2 * SIPHASH_KEY_SIZE + 1)      /* hex and a newline */
 
 struct State {
@@ -325,7 +325,7 @@ static int parse_line(const char *line, bool *ret_add, StateRecord *ret) {
         long long since;
         unsigned long long size;
 
-        *ret = (StateRecord) { .id = -1 };
+        *ret = (StateRecord) { .id = -1, .uid = (uid_t) -1 };
         if (strncmp(p, "chan ", 5) == 0) {
                 uint64_t fp;
 
@@ -343,11 +343,16 @@ static int parse_line(const char *line, bool *ret_add, StateRecord *ret) {
         /* v3: a posix channel's file. Older versions skip these lines as malformed (and never made such files). */
         if (strncmp(p, "posix ", 6) == 0 || strncmp(p, "pposix ", 7) == 0) {
                 uint64_t dev, ino;
+                unsigned uid;
 
                 ret->pending = p[1] == 'p';
-                if (sscanf(p + ret->pending, "posix %d %" SCNu64 " %" SCNu64 " %d %lld %llu %64s", &id, &dev, &ino,
-                           &pid, &since, &size, ret->name) != 7 || id < -2 || pid <= 0 || since < 0)
+                /* The owner came later: a line without it (or a reader that stops before it) proves by our uid. */
+                k = sscanf(p + ret->pending, "posix %d %" SCNu64 " %" SCNu64 " %d %lld %llu %64s %u", &id, &dev, &ino,
+                           &pid, &since, &size, ret->name, &uid);
+                if (k < 7 || id < -2 || pid <= 0 || since < 0)
                         return -EINVAL;
+                if (k == 8 && uid != (unsigned) (uid_t) -1)
+                        ret->uid = (uid_t) uid;
                 ret->kind = STATE_POSIX;
                 ret->id = id;
                 ret->dev = dev;
@@ -395,8 +400,10 @@ static bool same_record(const StateRecord *a, const StateRecord *b) {
         /* Every posix channel's record has key 0 and id 0: its name tells them apart. */
         if (a->kind == STATE_CHAN)
                 return a->id == b->id && a->sem_id == b->sem_id && streq(a->name, b->name);
+        /* The owner only where both say it: a record is moved to a new owner by a cancel of the old one. */
         if (a->kind == STATE_POSIX)
                 return a->id == b->id && a->dev == b->dev && a->ino == b->ino && streq(a->name, b->name) &&
+                       (a->uid == (uid_t) -1 || b->uid == (uid_t) -1 || a->uid == b->uid) &&
                        (!a->pending || (a->pid == b->pid && a->since == b->since && a->size == b->size));
         if (!a->pending)
                 return a->id == b->id;
@@ -464,10 +471,14 @@ static int format_record(char *line, size_t size, const StateRecord *r, bool add
         if (r->kind == STATE_CHAN)
                 return snprintf(line, size, "%schan %" PRIu32 " %d %d %016" PRIx64 " %s\n", add ? "" : "-", r->key,
                                 r->id, r->sem_id, r->fingerprint, r->name[0] ? r->name : "-");
-        if (r->kind == STATE_POSIX)
+        if (r->kind == STATE_POSIX && (r->pending || r->uid == (uid_t) -1))
                 return snprintf(line, size, "%s%sposix %d %" PRIu64 " %" PRIu64 " %d %" PRId64 " %" PRIu64 " %s\n",
                                 add ? "" : "-", r->pending ? "p" : "", r->id, r->pending ? 0 : r->dev,
                                 r->pending ? 0 : r->ino, (int) r->pid, r->since, r->size, r->name);
+        if (r->kind == STATE_POSIX)
+                return snprintf(line, size, "%sposix %d %" PRIu64 " %" PRIu64 " %d %" PRId64 " %" PRIu64 " %s %u\n",
+                                add ? "" : "-", r->id, r->dev, r->ino, (int) r->pid, r->since, r->size, r->name,
+                                (unsigned) r->uid);
         return snprintf(line, size, "%s%s%s %" PRIu32 " %d %d %" PRId64 " %" PRIu64 "\n", add ? "" : "-",
                         r->pending ? "p" : "", kind_name(r->kind), r->key, r->pending ? -1 : r->id, (int) r->pid,
                         r->since, r->size);

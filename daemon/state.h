@@ -56,6 +56,7 @@ typedef struct StateRecord {
         uint64_t size;
         /* STATE_POSIX only (id: the file's role, name: its channel's): what proves the file ours */
         uint64_t dev, ino;
+        uid_t uid;              /* the owner the daemon gave the file; (uid_t) -1: not recorded (its own) */
         /* STATE_CHAN only: */
         int sem_id;
         uint64_t fingerprint;   /* of the config that made it (channel_spec_fingerprint()) */

@@ -1004,6 +1004,61 @@ START_TEST(test_crash_reclaim) {
 }
 END_TEST
 
+/*
+ * A channel whose files belong to another owner (here nobody's uid, given
+ * at start or by a reload) is the daemon's all the same: after a SIGKILL
+ * the next start takes it over, with its contents, and a start whose
+ * config dropped it removes its files. Proof by owner alone would take
+ * them for someone else's: the start failed over them, and they stayed.
+ */
+START_TEST(test_crash_other_owner) {
+        char *before = shm_listing(), *log;
+        struct stat seg;
+        json_t *resp;
+        size_t size;
+        char *data;
+        int fd;
+
+        test_daemon_write_config(&td, "[{\"name\": \"o1\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1], "
+                                 "\"owner\": 65534, \"mode\": \"0660\"}]");
+        test_start_ok();
+        seg = shm_stat("shmbroker.o1");
+        ck_assert_uint_eq(seg.st_uid, 65534);
+        data = map_name("shmbroker.o1", &size);
+        strcpy(data, "kept across a crash");
+        munmap(data, size);
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();
+        log = log_now();
+        ck_assert_msg(strstr(log, "Took over channel o1"), "o1 was not adopted:\n%s", log);
+        free(log);
+        ck_assert_uint_eq(shm_stat("shmbroker.o1").st_ino, seg.st_ino);
+        data = map_name("shmbroker.o1", &size);
+        ck_assert_str_eq(data, "kept across a crash");
+        munmap(data, size);
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+
+        /* The owner given by a reload, then a crash, then a start without the channel: its files go. */
+        test_daemon_write_config(&td, "[{\"name\": \"o2\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1]}]");
+        test_start_ok();
+        test_daemon_write_config(&td, "[{\"name\": \"o2\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1], "
+                                 "\"owner\": 65534}]");
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"reload\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        close(fd);
+        ck_assert_uint_eq(shm_stat("sem.shmbroker.o2.0").st_uid, 65534);
+        test_daemon_kill(&td, SIGKILL);
+        test_daemon_write_config(&td, "[" RAW1 "]");
+        test_start_ok();
+        ck_assert_msg(!shm_exists("shmbroker.o2") && !shm_exists("sem.shmbroker.o2.0"),
+                      "the files of o2, another owner's, were not reclaimed");
+        stop_and_assert_listing(before);
+}
+END_TEST
+
 /* Reclaim unlinks only the recorded inodes: a file put at a name after the crash stays. */
 START_TEST(test_crash_reclaim_spares_replaced) {
         char *before = shm_listing(), *log;
@@ -1381,7 +1436,7 @@ int main(void) {
                                              test_truncated_by_client, test_reload_group_refuses_holder,
                                              test_create_failure_removes, test_reload_keeps_what_it_could_not_remove } },
                 { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt, test_crash_reclaim_spares_replaced,
-                                           test_crash_reclaim_intent } },
+                                           test_crash_reclaim_intent, test_crash_other_owner } },
         };
 
         return test_main("posix", groups, sizeof groups / sizeof *groups, posix_setup, test_teardown);
