@@ -97,6 +97,16 @@ static void stop_and_assert_listing(char *before) {
         free(before);
 }
 
+/* Reload over a connection of its own, which must succeed: the answer, to free. */
+static json_t *reload_ok(void) {
+        int fd = test_connect(td.socket);
+        json_t *resp = test_request(fd, "{\"op\": \"reload\"}");
+
+        test_assert_ok(resp);
+        close(fd);
+        return resp;
+}
+
 static bool shm_exists(const char *name) {
         char path[256];
         struct stat st;
@@ -887,8 +897,6 @@ END_TEST
 START_TEST(test_stop_and_reload_spare_replaced) {
         char *before = shm_listing();
         struct stat planted_sem, planted_seg;
-        json_t *resp;
-        int fd;
 
         test_daemon_write_config(&td, "[" RAW1 ", " RING1 "]");
         test_start_ok();
@@ -896,11 +904,7 @@ START_TEST(test_stop_and_reload_spare_replaced) {
         plant(PSEM_DIR "/shmbroker.ring1", &planted_seg);
         /* Reload without ring1: its other files go, the planted segment stays. */
         test_daemon_write_config(&td, "[" RAW1 "]");
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\": \"reload\"}");
-        test_assert_ok(resp);
-        json_decref(resp);
-        close(fd);
+        json_decref(reload_ok());
         ck_assert(!shm_exists("sem.shmbroker.ring1.0"));
         assert_unchanged(PSEM_DIR "/shmbroker.ring1", &planted_seg);
         /* Stop: raw1's files go, the file planted at its semaphore 1 stays. */
@@ -937,18 +941,12 @@ static void set_immutable(const char *path, bool on) {
  */
 START_TEST(test_reload_keeps_what_it_could_not_remove) {
         char *before = shm_listing(), *log;
-        json_t *resp;
-        int fd;
 
         test_daemon_write_config(&td, "[" RAW1 ", " RING1 "]");
         test_start_ok();
         set_immutable(PSEM_DIR "/shmbroker.ring1", true);
         test_daemon_write_config(&td, "[" RAW1 "]");
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\": \"reload\"}");
-        test_assert_ok(resp);
-        json_decref(resp);
-        close(fd);
+        json_decref(reload_ok());
         ck_assert(!shm_exists("sem.shmbroker.ring1.0"));
         ck_assert(shm_exists("shmbroker.ring1"));
         log = log_now();
@@ -1014,10 +1012,8 @@ END_TEST
 START_TEST(test_crash_other_owner) {
         char *before = shm_listing(), *log;
         struct stat seg;
-        json_t *resp;
         size_t size;
         char *data;
-        int fd;
 
         test_daemon_write_config(&td, "[{\"name\": \"o1\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1], "
                                  "\"owner\": 65534, \"mode\": \"0660\"}]");
@@ -1044,11 +1040,7 @@ START_TEST(test_crash_other_owner) {
         test_start_ok();
         test_daemon_write_config(&td, "[{\"name\": \"o2\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1], "
                                  "\"owner\": 65534}]");
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\": \"reload\"}");
-        test_assert_ok(resp);
-        json_decref(resp);
-        close(fd);
+        json_decref(reload_ok());
         ck_assert_uint_eq(shm_stat("sem.shmbroker.o2.0").st_uid, 65534);
         test_daemon_kill(&td, SIGKILL);
         test_daemon_write_config(&td, "[" RAW1 "]");
@@ -1230,7 +1222,6 @@ START_TEST(test_other_owner_removed) {
                                      "\"slots\": 8, \"owner\": 65534, \"mode\": \"0600\"}";
         char config[512], *before = shm_listing();
         json_t *resp;
-        int fd;
 
         snprintf(config, sizeof config, "[%s]", theirs);
         test_daemon_write_config(&td, config);
@@ -1243,12 +1234,9 @@ START_TEST(test_other_owner_removed) {
         test_start_ok();
         assert_file("shmbroker.theirs", (off_t) ring_segment_size(64, 8), NOBODY, 0, 0600);
         test_daemon_write_config(&td, "[" SV1 "]");
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\": \"reload\"}");
-        test_assert_ok(resp);
+        resp = reload_ok();
         ck_assert_str_eq(json_string_value(json_array_get(json_object_get(resp, "removed"), 0)), "theirs");
         json_decref(resp);
-        close(fd);
         assert_listing(before);
         stop_and_assert_listing(before);
 }
@@ -1358,7 +1346,7 @@ START_TEST(test_reload_group_refuses_holder) {
         struct stat seg;
         char *log;
         json_t *resp;
-        int fd, go, status;
+        int go, status;
         pid_t holder;
 
         test_daemon_write_config(&td, "[{\"name\": \"g\", \"kind\": \"posix\", \"size\": 4096, \"group\": 4321, "
@@ -1369,12 +1357,9 @@ START_TEST(test_reload_group_refuses_holder) {
 
         test_daemon_write_config(&td, "[{\"name\": \"g\", \"kind\": \"posix\", \"size\": 4096, \"group\": 4322, "
                                  "\"mode\": \"0660\"}]");
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\": \"reload\"}");
-        test_assert_ok(resp);
+        resp = reload_ok();
         ck_assert_str_eq(json_string_value(json_array_get(json_object_get(resp, "changed"), 0)), "g");
         json_decref(resp);
-        close(fd);
         ck_assert_msg(shm_stat("shmbroker.g").st_ino != seg.st_ino, "changed in place under a holder it refuses");
         assert_file("shmbroker.g", 4096, 0, 4322, 0660);
         log = log_now();
