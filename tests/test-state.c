@@ -464,70 +464,16 @@ static bool next_syscall_stop(pid_t pid) {
         }
 }
 
-START_TEST(test_reload_killed_at_each_state_write_leaves_nothing) {
-        static const char *const before = "[{\"name\": \"a\", \"size\": 4096}]";
-        static const char *const after =
-                "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096, \"semaphores\": [1, 2]},"
-                " {\"name\": \"c\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8},"
-                " {\"name\": \"d\", \"size\": 8192}]";
-        int k;
+/* The reloading child of the reload case: done once it has exited. */
+static pid_t reloader;
 
-        for (k = 1;; k++) {
-                int writes = 0, status, fd;
-                bool killed = false;
-                pid_t reloader;
-                json_t *list;
+static bool reload_done(void) {
+        int status;
 
-                test_daemon_write_config(&td, before);
-                test_start_ok();
-                test_daemon_write_config(&td, after);
-                ck_assert_int_eq(ptrace(PTRACE_SEIZE, td.pid, 0, PTRACE_O_TRACESYSGOOD), 0);
-                ck_assert_int_eq(ptrace(PTRACE_INTERRUPT, td.pid, 0, 0), 0);
-                ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
-                reloader = fork();
-                ck_assert_int_ge(reloader, 0);
-                if (reloader == 0)
-                        request_reload();
-                while (waitpid(reloader, &status, WNOHANG) == 0) {
-                        struct __ptrace_syscall_info info;
-
-                        ck_assert(next_syscall_stop(td.pid));
-                        ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
-                        if (info.op != PTRACE_SYSCALL_INFO_ENTRY || info.entry.nr != SYS_write ||
-                            !test_fd_path_ends_with(td.pid, info.entry.args[0], ".state") || ++writes < k)
-                                continue;
-                        ck_assert_int_eq(kill(td.pid, SIGKILL), 0);
-                        ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
-                        ck_assert(WIFSIGNALED(status));
-                        td.pid = -1;
-                        killed = true;
-                        ck_assert_int_eq(waitpid(reloader, &status, 0), reloader);
-                        break;
-                }
-                if (!killed) {
-                        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
-                        test_daemon_stop_ok(&td);
-                        ck_assert_int_eq(test_ipcs_count("-m"), 0);
-                        ck_assert_int_eq(test_ipcs_count("-s"), 0);
-                        break;          /* the reload wrote fewer than k times: every write was a kill point */
-                }
-                test_start_ok();
-                fd = test_connect(td.socket);
-                list = test_request(fd, "{\"op\":\"list\"}");
-                ck_assert_uint_eq(json_array_size(json_object_get(list, "channels")), 4);
-                json_decref(list);
-                close(fd);
-                test_daemon_stop_ok(&td);
-                ck_assert_msg(test_ipcs_count("-m") == 0 && test_ipcs_count("-s") == 0,
-                              "killed at state write %d of the reload: %d segment(s) and %d set(s) left", k,
-                              test_ipcs_count("-m"), test_ipcs_count("-s"));
-        }
-        /* Three channels added: at least their intents and records were kill points. */
-        ck_assert_int_ge(k, 4);
+        return waitpid(reloader, &status, WNOHANG) == reloader;
 }
-END_TEST
 
-/* Whether a READY=1 came on the notify socket meanwhile (without waiting). */
+/* Whether a READY=1 came on the notify socket meanwhile (without waiting): a start is done. */
 static bool ready_sent(void) {
         char buf[512];
         ssize_t n;
@@ -539,6 +485,96 @@ static bool ready_sent(void) {
         }
         return false;
 }
+
+static bool is_state_file(pid_t pid, uint64_t fd) {
+        return test_fd_path_ends_with(pid, fd, ".state") || test_fd_path_ends_with(pid, fd, ".state.new");
+}
+
+/*
+ * Run the traced daemon (in a ptrace-stop) until its k-th write(2) into its
+ * state file, and SIGKILL it there: true. false when done() said the work
+ * ended first: then it runs on, untraced, and is stopped, and must leave
+ * nothing.
+ */
+static bool kill_at_state_write(int k, bool (*done)(void)) {
+        int writes = 0, status;
+
+        while (!done()) {
+                struct __ptrace_syscall_info info;
+
+                ck_assert_msg(next_syscall_stop(td.pid), "the daemon ended by itself");
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+                if (info.op != PTRACE_SYSCALL_INFO_ENTRY || info.entry.nr != SYS_write ||
+                    !is_state_file(td.pid, info.entry.args[0]) || ++writes < k)
+                        continue;
+                ck_assert_int_eq(kill(td.pid, SIGKILL), 0);
+                ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
+                ck_assert(WIFSIGNALED(status));
+                td.pid = -1;
+                return true;
+        }
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+        return false;
+}
+
+/*
+ * After a kill at state write k of `what`: the next start serves all four
+ * channels, with exactly shm segments and sem sets (-1: not counted), and
+ * its stop leaves ipcs empty.
+ */
+static void assert_next_start_cleans_up(int k, const char *what, int shm, int sem) {
+        json_t *list;
+        int fd;
+
+        test_start_ok();
+        fd = test_connect(td.socket);
+        list = test_request(fd, "{\"op\":\"list\"}");
+        ck_assert_uint_eq(json_array_size(json_object_get(list, "channels")), 4);
+        json_decref(list);
+        close(fd);
+        if (shm >= 0)
+                ck_assert_msg(test_ipcs_count("-m") == shm && test_ipcs_count("-s") == sem,
+                              "killed at state write %d of the %s: the next start has %d segment(s) and %d set(s), "
+                              "not %d and %d", k, what, test_ipcs_count("-m"), test_ipcs_count("-s"), shm, sem);
+        test_daemon_stop_ok(&td);
+        ck_assert_msg(test_ipcs_count("-m") == 0 && test_ipcs_count("-s") == 0,
+                      "killed at state write %d of the %s: %d segment(s) and %d set(s) left", k, what,
+                      test_ipcs_count("-m"), test_ipcs_count("-s"));
+}
+
+START_TEST(test_reload_killed_at_each_state_write_leaves_nothing) {
+        static const char *const before = "[{\"name\": \"a\", \"size\": 4096}]";
+        static const char *const after =
+                "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096, \"semaphores\": [1, 2]},"
+                " {\"name\": \"c\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8},"
+                " {\"name\": \"d\", \"size\": 8192}]";
+        int k;
+
+        for (k = 1;; k++) {
+                int status;
+
+                test_daemon_write_config(&td, before);
+                test_start_ok();
+                test_daemon_write_config(&td, after);
+                ck_assert_int_eq(ptrace(PTRACE_SEIZE, td.pid, 0, PTRACE_O_TRACESYSGOOD), 0);
+                ck_assert_int_eq(ptrace(PTRACE_INTERRUPT, td.pid, 0, 0), 0);
+                ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
+                reloader = fork();
+                ck_assert_int_ge(reloader, 0);
+                if (reloader == 0)
+                        request_reload();
+                if (!kill_at_state_write(k, reload_done))
+                        break;          /* the reload wrote fewer than k times: every write was a kill point */
+                ck_assert_int_eq(waitpid(reloader, &status, 0), reloader);
+                assert_next_start_cleans_up(k, "reload", -1, -1);
+        }
+        /* Three channels added: at least their intents and records were kill points. */
+        ck_assert_int_ge(k, 4);
+}
+END_TEST
 
 /*
  * The same for a start: the daemon writes its state file before it makes
@@ -558,9 +594,7 @@ START_TEST(test_start_killed_at_each_state_write_leaves_nothing) {
 
         test_daemon_write_config(&td, channels);
         for (k = 1;; k++) {
-                int writes = 0, status, fd;
-                bool killed = false;
-                json_t *list;
+                int status;
 
                 td.stop_before_exec = true;
                 test_daemon_spawn(&td, NULL);
@@ -573,45 +607,10 @@ START_TEST(test_start_killed_at_each_state_write_leaves_nothing) {
                 ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
                 /* Ends its job-control stop, which would hold it again once it is detached. */
                 ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
-                while (!ready_sent()) {
-                        struct __ptrace_syscall_info info;
-
-                        ck_assert_msg(next_syscall_stop(td.pid), "the daemon ended before it was ready");
-                        ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
-                        if (info.op != PTRACE_SYSCALL_INFO_ENTRY || info.entry.nr != SYS_write ||
-                            !(test_fd_path_ends_with(td.pid, info.entry.args[0], ".state") ||
-                              test_fd_path_ends_with(td.pid, info.entry.args[0], ".state.new")) ||
-                            ++writes < k)
-                                continue;
-                        ck_assert_int_eq(kill(td.pid, SIGKILL), 0);
-                        ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
-                        ck_assert(WIFSIGNALED(status));
-                        td.pid = -1;
-                        killed = true;
-                        break;
-                }
-                if (!killed) {
-                        /* Ready before its k-th write: every write of a start was a kill point. */
-                        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
-                        test_daemon_stop_ok(&td);
-                        ck_assert_int_eq(test_ipcs_count("-m"), 0);
-                        ck_assert_int_eq(test_ipcs_count("-s"), 0);
-                        break;
-                }
-                test_start_ok();
-                fd = test_connect(td.socket);
-                list = test_request(fd, "{\"op\":\"list\"}");
-                ck_assert_uint_eq(json_array_size(json_object_get(list, "channels")), 4);
-                json_decref(list);
-                close(fd);
+                if (!kill_at_state_write(k, ready_sent))
+                        break;          /* ready before its k-th write: every write of a start was a kill point */
                 /* Five segments (b has two: data and table) and four sets: the killed run's are gone. */
-                ck_assert_msg(test_ipcs_count("-m") == 5 && test_ipcs_count("-s") == 4,
-                              "killed at state write %d of the start: the next start has %d segment(s) and %d "
-                              "set(s), not 5 and 4", k, test_ipcs_count("-m"), test_ipcs_count("-s"));
-                test_daemon_stop_ok(&td);
-                ck_assert_msg(test_ipcs_count("-m") == 0 && test_ipcs_count("-s") == 0,
-                              "killed at state write %d of the start: %d segment(s) and %d set(s) left", k,
-                              test_ipcs_count("-m"), test_ipcs_count("-s"));
+                assert_next_start_cleans_up(k, "start", 5, 4);
         }
         /* Four channels: at least the rewrite and each channel's intents were kill points. */
         ck_assert_int_ge(k, 6);
