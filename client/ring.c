@@ -94,6 +94,24 @@ static bool owner_before(uint64_t owner, uint64_t pos) {
 }
 
 /*
+ * ring_token_dead() with a sequentially consistent load of the entry, for
+ * right after a claim's compare-and-swap (a plain load on x86, and the line
+ * is in cache: the claim looked at it just before).
+ */
+static bool token_dead_after_claim(const shmb_channel *ch, uint32_t token) {
+        uint32_t index = (token & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1;
+        uint64_t word;
+
+        if (token == 0)
+                return false;
+        if (index >= ch->ring->holders)
+                return true;
+        word = LOAD(&ring_holder_at(ch->ring, index)->word, SEQ);
+        return (uint32_t) word != RING_HOLDER_LIVE ||
+               ((uint32_t) (word >> 32) & RING_TOKEN_GEN_MASK) != token >> RING_TOKEN_INDEX_BITS;
+}
+
+/*
  * Claim the slot of pos, whose seq was just read as want and owner word as
  * owner: 1 claimed, 0 not (look again), -ENOTCONN. The compare-and-swap fails if anyone claimed it meanwhile; seq is
  * read again after it, as a caller that slept between its first looks
@@ -112,8 +130,18 @@ static int claim(const shmb_channel *ch, RingSlot *slot, uint64_t *word, uint64_
          */
         if (ring_token_dead(ch->ring, token))
                 return -ENOTCONN;
-        if (!owner_before(owner, pos) || !__atomic_compare_exchange_n(word, &owner, mine, false, ACQ, RLX))
+        if (!owner_before(owner, pos) || !__atomic_compare_exchange_n(word, &owner, mine, false, SEQ, RLX))
                 return 0;
+        /*
+         * Marked dead between that look and the claim: the broker's wake-up for
+         * it came before the claim existed, and none comes again, so a waiter
+         * that slept before the claim would never learn of it. Given back. Both
+         * sequentially consistent: a mark after this load wakes after the claim.
+         */
+        if (token_dead_after_claim(ch, token)) {
+                (void) __atomic_compare_exchange_n(word, &mine, owner, false, REL, RLX);
+                return -ENOTCONN;
+        }
         if (LOAD(&slot->seq, ACQ) == want)
                 return 1;
         (void) __atomic_compare_exchange_n(word, &mine, owner, false, REL, RLX);

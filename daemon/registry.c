@@ -160,6 +160,13 @@ int registry_adopt(Registry *r, Channel *c, size_t *ret_orphans) {
                 (void) holders_sweep(&e->holders, c->spec.name);
         if (holders_adopt(&e->subs) > 0)
                 (void) holders_sweep(&e->subs, c->spec.name);
+        /*
+         * The killed run may have died between marking a holder dead and waking
+         * the sleepers behind its claims: an entry dead already is never marked
+         * again, so wake them now.
+         */
+        if (e->holders.ring)
+                ring_wake_sleepers(e->holders.ring);
         if (ret_orphans)
                 *ret_orphans = e->holders.n_orphans + e->subs.n_orphans;
         return 0;

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -718,4 +719,19 @@ int test_main(const char *suite_name, const TestGroup *groups, size_t n_groups, 
         srunner_free(sr);
         nftw(run_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
         return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
+bool test_next_syscall_stop(pid_t pid) {
+        int status, sig = 0;
+
+        for (;;) {
+                ck_assert_int_eq(ptrace(PTRACE_SYSCALL, pid, 0, sig), 0);
+                ck_assert_int_eq(waitpid(pid, &status, __WALL), pid);
+                if (!WIFSTOPPED(status))
+                        return false;
+                if (WSTOPSIG(status) == (SIGTRAP | 0x80))
+                        return true;
+                /* A real signal goes on with the next resume; a group stop or event stop does not. */
+                sig = WSTOPSIG(status) != SIGTRAP && status >> 16 != PTRACE_EVENT_STOP ? WSTOPSIG(status) : 0;
+        }
 }

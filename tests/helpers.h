@@ -57,6 +57,13 @@ void test_daemon_spawn(TestDaemon *td, ...);
 bool test_daemon_wait_ready(TestDaemon *td, int *ret_status);
 
 /*
+ * Let a process traced with PTRACE_SEIZE and PTRACE_O_TRACESYSGOOD (in a
+ * ptrace-stop) run to its next system call entry or exit, passing real
+ * signals on: whether it stopped at one (false: it ended).
+ */
+bool test_next_syscall_stop(pid_t pid);
+
+/*
  * Wait up to timeout_ms for a notify datagram containing `what`; returns
  * the whole datagram (malloc'd) or NULL. Every datagram read on the way is
  * appended to td->notified (for order checks).

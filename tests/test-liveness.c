@@ -28,6 +28,7 @@
 #include <inttypes.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
+#include <linux/futex.h>
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <pthread.h>
@@ -41,6 +42,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -1237,6 +1239,66 @@ START_TEST(test_sleeping_sender_gets_past_receivers_that_died_meanwhile) {
 }
 END_TEST
 
+/*
+ * The broker marks a holder dead, then wakes the sleepers: a broker killed
+ * between the two (here at its FUTEX_WAKE) left the sender of the test
+ * above asleep, and its successor, which takes the ring over, finds the
+ * entry dead already and never marks it again. It must wake the sleepers
+ * of every ring it takes over.
+ */
+START_TEST(test_broker_killed_before_its_wake_up_is_made_good) {
+        shmb_channel *rx = open_ok();
+        const RingHeader *h = shmb_channel_addr(rx);
+        int status;
+        pid_t tx, peeker;
+        int ev[2];
+
+        for (int i = 0; i < SLOTS; i++)
+                send_small(rx, (char) ('C' + i), 0);
+        tx = spawn();
+        if (tx == 0) {
+                shmb_channel *ch = child_open();
+
+                child_send_waiting(ch, 'Z');
+                child_exit(0);
+        }
+        await_asleep(tx, &h->send_sleeping, "the sender");
+        ck_assert_int_eq(pipe2(ev, O_CLOEXEC), 0);
+        peeker = spawn();
+        if (peeker == 0) {
+                close(ev[0]);
+                peek_and_die(ev[1]);
+        }
+        close(ev[1]);
+        /* Traced from here: the peeker's open is answered stop by stop; its death is marked, then the wake. */
+        ck_assert_int_eq(ptrace(PTRACE_SEIZE, td.pid, 0, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL), 0);
+        ck_assert_int_eq(ptrace(PTRACE_INTERRUPT, td.pid, 0, 0), 0);
+        ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
+        for (;;) {
+                struct __ptrace_syscall_info info;
+
+                ck_assert_msg(test_next_syscall_stop(td.pid), "the broker ended by itself");
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+                if (info.op == PTRACE_SYSCALL_INFO_ENTRY && info.entry.nr == SYS_futex &&
+                    (info.entry.args[1] & FUTEX_CMD_MASK) == FUTEX_WAKE)
+                        break;
+        }
+        ck_assert_int_eq(kill(td.pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
+        td.pid = -1;
+        assert_killed(peeker, "the receiver that took C in place");
+        close(ev[0]);
+        ck_assert_msg(asleep_in_futex(tx), "the sender is not asleep: the test stopped the wrong wake-up");
+        test_start_ok();
+        assert_exited_ok(tx, "the sender that slept through the broker's crash");
+        for (int i = 1; i < SLOTS; i++)
+                assert_recv_message(rx, SMALL_LEN, (char) ('C' + i), WAIT_MS, "a message behind the dead claim");
+        assert_recv_message(rx, SMALL_LEN, 'Z', WAIT_MS, "the message of the sender that slept");
+        assert_ring_empty(rx);
+        shmb_close(rx);
+}
+END_TEST
+
 /* ---- where a hold and its process end apart ---- */
 
 /* Opens the ring, forks a child that outlives it holding its connection, and dies mid-send. */
@@ -1660,7 +1722,8 @@ int main(void) {
                 { "no-syscall", CASE_TIMEOUT, { test_polls_of_an_idle_ring_make_no_syscall,
                                 test_polls_behind_a_live_claim_make_no_syscall } },
                 { "sleepers", CASE_TIMEOUT, { test_sleeping_receiver_skips_claims_that_died_meanwhile,
-                              test_sleeping_sender_gets_past_receivers_that_died_meanwhile } },
+                              test_sleeping_sender_gets_past_receivers_that_died_meanwhile,
+                              test_broker_killed_before_its_wake_up_is_made_good } },
                 { "holders", CASE_TIMEOUT, { test_dead_claim_stays_dead_when_its_entry_is_reused,
                              test_claim_taken_for_dead_starts_over } },
                 /* Where a hold and its process end apart: a fork keeps the hold, a disconnect ends it mid-copy. */

@@ -448,22 +448,6 @@ static void request_reload(void) {
         _exit(0);
 }
 
-/* Let the daemon run to its next system call entry or exit: whether it stopped at one. */
-static bool next_syscall_stop(pid_t pid) {
-        int status, sig = 0;
-
-        for (;;) {
-                ck_assert_int_eq(ptrace(PTRACE_SYSCALL, pid, 0, sig), 0);
-                ck_assert_int_eq(waitpid(pid, &status, __WALL), pid);
-                if (!WIFSTOPPED(status))
-                        return false;
-                if (WSTOPSIG(status) == (SIGTRAP | 0x80))
-                        return true;
-                /* A real signal goes on with the next resume; a group stop or event stop does not. */
-                sig = WSTOPSIG(status) != SIGTRAP && status >> 16 != PTRACE_EVENT_STOP ? WSTOPSIG(status) : 0;
-        }
-}
-
 /* The reloading child of the reload case: done once it has exited. */
 static pid_t reloader;
 
@@ -502,7 +486,7 @@ static bool kill_at_state_write(int k, bool (*done)(void)) {
         while (!done()) {
                 struct __ptrace_syscall_info info;
 
-                ck_assert_msg(next_syscall_stop(td.pid), "the daemon ended by itself");
+                ck_assert_msg(test_next_syscall_stop(td.pid), "the daemon ended by itself");
                 ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
                 if (info.op != PTRACE_SYSCALL_INFO_ENTRY || info.entry.nr != SYS_write ||
                     !is_state_file(td.pid, info.entry.args[0]) || ++writes < k)
