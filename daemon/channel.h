@@ -73,8 +73,10 @@ int channel_adopt(const ChannelSpec *spec, const StateRecord *shm, const StateRe
  * Take over the files a killed run made for a posix channel `spec`
  * (`recs`: its STATE_POSIX records, proven by posix_objects_adopt()):
  * map them, check a ring's or broadcast channel's header, apply the
- * configured owner, group and mode (a new owner recorded in state). On
- * failure nothing is changed.
+ * configured owner, group and mode (a new owner recorded in state first).
+ * On failure nothing is removed, but files may have their new owner (or
+ * the daemon's, on the way to it): the state file says so, and a later
+ * start proves them by it.
  */
 int channel_adopt_posix(const ChannelSpec *spec, const StateRecord *recs, size_t n, State *state, Channel **ret,
                         char *msg, size_t msg_size);

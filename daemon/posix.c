@@ -3,9 +3,12 @@
  *
  * Every name is reached through a descriptor of /dev/shm and *at() calls
  * with O_NOFOLLOW / AT_SYMLINK_NOFOLLOW. /dev/shm is sticky, so nobody but
- * the daemon's uid (and root) can rename or unlink our files, but before
- * we unlink a name we look again all the same: it must still be the inode
- * we recorded, a regular file owned by our uid.
+ * the daemon's uid, the owner it gave a file, and root can rename or unlink
+ * our files; before we unlink a name we look again all the same: it must
+ * still be the inode we recorded, a regular file owned by our uid or by
+ * the owner we recorded it under. Another user's file never qualifies; the
+ * owner's own could only by taking a recorded inode number, which tmpfs
+ * hands out again only after about 2^32 files (never, with inode64).
  *
  * A semaphore's file is made by hand where sem_open("/shmbroker.NAME.I")
  * looks for it (glibc: /dev/shm/sem.shmbroker.NAME.I, a process-shared
@@ -564,45 +567,44 @@ fail:
         return r;
 }
 
-/*
- * Record f as owned by uid instead of its present owner: the record is what
- * a restart after a crash proves the file ours by. First the record, then
- * the chown: a kill in between leaves a file of ours, which proves itself.
- */
-static int record_owner(const PosixObjects *p, PosixFile *f, int role, uid_t uid, State *state) {
+/* Move f's record from owner `from` to owner `to`: the new record and the old one's cancellation in one write. */
+static int record_owner(const PosixObjects *p, const PosixFile *f, int role, uid_t from, uid_t to, State *state) {
         const char *channel = p->shm_name + strlen("/shmbroker.");
-        StateRecord old, moved;
+        StateRecord old = file_record(f, channel, role, p->made_pid, p->made_since), moved;
 
-        if (!state || f->uid == uid)
+        if (!state || from == to)
                 return 0;
-        old = file_record(f, channel, role, p->made_pid, p->made_since);
+        old.uid = from;
         moved = old;
-        moved.uid = uid;
+        moved.uid = to;
         return state_append_records(state, &moved, 1, &old, 1);
 }
 
+/*
+ * A restart after a crash proves a file ours by its record: the recorded
+ * inode, owned by the daemon's user or by the owner the record names. So
+ * the file is never owned by a user its record does not name, whenever the
+ * daemon is killed: from another user it goes to the daemon's own first,
+ * and its record moves to the new owner while the daemon owns it.
+ * f->uid is the owner the record names.
+ */
 static int file_set_perms(const PosixObjects *p, PosixFile *f, int role, uid_t uid, gid_t gid, mode_t mode,
                           State *state) {
         int r;
 
         if (f->fd < 0)
                 return 0;
-        r = record_owner(p, f, role, uid, state);
-        if (r < 0)
-                return r;
-        if (fchown(f->fd, uid, gid) < 0) {
-                r = -errno;
-                /* The owner stays: so does its record (one that failed to go back proves nothing worse). */
-                if (state && f->uid != uid) {
-                        PosixFile moved = *f;
-
-                        moved.uid = uid;
-                        (void) record_owner(p, &moved, role, f->uid, state);
-                }
-                return r;
+        if (f->uid != uid) {
+                if (f->uid != self_euid() && fchown(f->fd, self_euid(), (gid_t) -1) < 0)
+                        return -errno;
+                r = record_owner(p, f, role, f->uid, uid, state);
+                if (r < 0)
+                        return r;
+                f->uid = uid;
         }
-        /* Its owner now: what removal and a restart's proof accept besides the daemon's own uid. */
-        f->uid = uid;
+        /* Failing, it stays the daemon's (or as it was): a record names it either way. */
+        if (fchown(f->fd, uid, gid) < 0)
+                return -errno;
         if (fchmod(f->fd, mode & 0777) < 0)
                 return -errno;
         return 0;

@@ -22,6 +22,8 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1051,6 +1053,89 @@ START_TEST(test_crash_other_owner) {
 }
 END_TEST
 
+/* A reload in a child of ours, which ends when the answer (or the daemon's end) came. */
+static pid_t spawn_reload(void) {
+        pid_t pid = fork();
+
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                int fd = test_connect(td.socket);
+                char c;
+
+                test_send(fd, "{\"op\":\"reload\"}\n", 16);
+                (void) read(fd, &c, 1);
+                _exit(0);
+        }
+        return pid;
+}
+
+/*
+ * A reload that moves a channel from one owner to another (neither the
+ * daemon's user), killed at each of its state writes and chowns in turn:
+ * whatever step it died at, each file is owned by the daemon's user or by
+ * the owner its record names, so the next start takes the channel over,
+ * and its stop leaves /dev/shm as it was.
+ */
+START_TEST(test_owner_change_killed_at_each_step) {
+        char *before = shm_listing(), *log;
+        int k;
+
+        for (k = 1;; k++) {
+                int steps = 0, status;
+                bool killed = false;
+                pid_t reloader;
+
+                test_daemon_write_config(&td, "[{\"name\": \"o3\", \"kind\": \"posix\", \"size\": 4096, "
+                                         "\"semaphores\": [1], \"owner\": 65534}]");
+                test_start_ok();
+                test_daemon_write_config(&td, "[{\"name\": \"o3\", \"kind\": \"posix\", \"size\": 4096, "
+                                         "\"semaphores\": [1], \"owner\": 65533}]");
+                ck_assert_int_eq(ptrace(PTRACE_SEIZE, td.pid, 0, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL), 0);
+                ck_assert_int_eq(ptrace(PTRACE_INTERRUPT, td.pid, 0, 0), 0);
+                ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
+                reloader = spawn_reload();
+                while (waitpid(reloader, &status, WNOHANG) == 0) {
+                        struct __ptrace_syscall_info info;
+
+                        ck_assert(test_next_syscall_stop(td.pid));
+                        ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+                        if (info.op != PTRACE_SYSCALL_INFO_ENTRY ||
+                            !(info.entry.nr == SYS_fchown ||
+                              (info.entry.nr == SYS_write &&
+                               test_fd_path_ends_with(td.pid, info.entry.args[0], ".state"))) ||
+                            ++steps < k)
+                                continue;
+                        ck_assert_int_eq(kill(td.pid, SIGKILL), 0);
+                        ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
+                        td.pid = -1;
+                        killed = true;
+                        ck_assert_int_eq(waitpid(reloader, &status, 0), reloader);
+                        break;
+                }
+                if (!killed) {
+                        /* The reload took fewer than k steps: every one was a kill point. */
+                        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+                        test_daemon_stop_ok(&td);
+                        assert_listing(before);
+                        break;
+                }
+                if (!test_daemon_start(&td, NULL, NULL)) {
+                        log = log_now();
+                        ck_abort_msg("killed at step %d of the owner change, the next start failed:\n%s", k, log);
+                }
+                log = log_now();
+                ck_assert_msg(strstr(log, "Took over channel o3"), "killed at step %d of the owner change, the next "
+                              "start did not take o3 over:\n%s", k, log);
+                free(log);
+                test_daemon_stop_ok(&td);
+                assert_listing(before);
+        }
+        /* Two files, each recorded anew and given its owner. */
+        ck_assert_int_ge(k, 5);
+        free(before);
+}
+END_TEST
+
 /* Reclaim unlinks only the recorded inodes: a file put at a name after the crash stays. */
 START_TEST(test_crash_reclaim_spares_replaced) {
         char *before = shm_listing(), *log;
@@ -1421,7 +1506,8 @@ int main(void) {
                                              test_truncated_by_client, test_reload_group_refuses_holder,
                                              test_create_failure_removes, test_reload_keeps_what_it_could_not_remove } },
                 { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt, test_crash_reclaim_spares_replaced,
-                                           test_crash_reclaim_intent, test_crash_other_owner } },
+                                           test_crash_reclaim_intent, test_crash_other_owner,
+                                           test_owner_change_killed_at_each_step } },
         };
 
         return test_main("posix", groups, sizeof groups / sizeof *groups, posix_setup, test_teardown);
