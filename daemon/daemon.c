@@ -72,7 +72,7 @@ static void log_kept(const Daemon *d, size_t from) {
                 } else
                         snprintf(what, sizeof what, "the %s with key 0x%08x, id %d",
                                  rec->kind == STATE_SHM ? "segment" : "semaphore set", rec->key, rec->id);
-                log_warning("Failed to remove %s: %s; it stays recorded in %s, and the next start removes it.", what,
+                log_warning("Failed to remove %s: %s; it stays recorded in %s, and the next start tries again.", what,
                             strerror(err), state_path(d->state));
         }
 }

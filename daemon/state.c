@@ -26,6 +26,11 @@
                      " chan key shm-id sem-id fingerprint name; [p]posix role dev ino pid since size name [uid])\n"
 #define SECRET_TEXT_LEN (2 * SIPHASH_KEY_SIZE + 1)      /* hex and a newline */
 
+typedef struct KeptRecord {
+        StateRecord rec;
+        int err;                /* why it could not be removed */
+} KeptRecord;
+
 struct State {
         int dir_fd;
         int lock_fd;
@@ -37,8 +42,7 @@ struct State {
         bool batch;
         char *deferred;         /* record lines for the next write (state_defer_records()) */
         size_t deferred_len, deferred_cap;
-        StateRecord *kept;      /* objects that could not be removed (state_keep()) */
-        int *kept_err;          /* and why */
+        KeptRecord *kept;       /* objects that could not be removed (state_keep()) */
         size_t n_kept;
 };
 
@@ -554,18 +558,12 @@ int state_cancel(State *s, const StateRecord *r) {
 }
 
 int state_keep(State *s, const StateRecord *r, int err) {
-        StateRecord *v = reallocarray(s->kept, s->n_kept + 1, sizeof *v);
-        int *e;
+        KeptRecord *v = reallocarray(s->kept, s->n_kept + 1, sizeof *v);
 
         if (!v)
                 return -ENOMEM;
         s->kept = v;
-        e = reallocarray(s->kept_err, s->n_kept + 1, sizeof *e);
-        if (!e)
-                return -ENOMEM;
-        s->kept_err = e;
-        s->kept[s->n_kept] = *r;
-        s->kept_err[s->n_kept++] = err;
+        s->kept[s->n_kept++] = (KeptRecord) { .rec = *r, .err = err };
         return 0;
 }
 
@@ -576,8 +574,8 @@ size_t state_n_kept(const State *s) {
 const StateRecord *state_kept(const State *s, size_t i, int *ret_err) {
         if (i >= s->n_kept)
                 return NULL;
-        *ret_err = s->kept_err[i];
-        return &s->kept[i];
+        *ret_err = s->kept[i].err;
+        return &s->kept[i].rec;
 }
 
 int state_rewrite(State *s, const StateRecord *v, size_t n) {
@@ -595,7 +593,7 @@ int state_rewrite(State *s, const StateRecord *v, size_t n) {
         for (size_t i = 0; i < n; i++)
                 len += (size_t) format_record(text + len, RECORD_MAX, &v[i], true);
         for (size_t i = 0; i < s->n_kept; i++)
-                len += (size_t) format_record(text + len, RECORD_MAX, &s->kept[i], true);
+                len += (size_t) format_record(text + len, RECORD_MAX, &s->kept[i].rec, true);
         /* O_APPEND from the start: after the rename this descriptor is the state file. */
         r = replace_file(s, name, text, len, O_APPEND, &fd);
         if (r < 0)
@@ -639,7 +637,6 @@ State *state_free(State *s) {
         free(s->name);
         free(s->deferred);
         free(s->kept);
-        free(s->kept_err);
         free(s);
         return NULL;
 }
