@@ -198,8 +198,8 @@ static bool stat_is_file(const struct stat *st, const void *userdata) {
 
 /*
  * Whether st is the file rec records: that inode, a regular file of our uid
- * or of the owner we gave it (recorded before the chown, so a kill in
- * between leaves it ours).
+ * or of the owner the record names (file_set_perms() keeps file and record
+ * in step, whenever a kill comes).
  */
 static bool stat_is_recorded(const struct stat *st, const void *userdata) {
         const StateRecord *rec = userdata;
