@@ -118,7 +118,9 @@ static bool token_dead_after_claim(const shmb_channel *ch, uint32_t token) {
  * (2^32 positions: the owner word keeps 32 bits of them) may have claimed
  * a lap that is over: then the claim is given back.
  */
-static int claim(const shmb_channel *ch, RingSlot *slot, uint64_t *word, uint64_t owner, uint64_t pos, uint64_t want) {
+static inline void notify(shmb_channel *ch, unsigned dir);
+
+static int claim(shmb_channel *ch, RingSlot *slot, uint64_t *word, uint64_t owner, uint64_t pos, uint64_t want) {
         uint32_t token = my_token(ch);
         uint64_t mine = ring_owner(pos, token);
 
@@ -135,12 +137,16 @@ static int claim(const shmb_channel *ch, RingSlot *slot, uint64_t *word, uint64_
         /*
          * Marked dead between that look and the claim: the broker's wake-up for
          * it came before the claim existed, and none comes again, so a waiter
-         * that slept before the claim would never learn of it. Given back. Both
-         * sequentially consistent: a mark after this load wakes after the claim.
+         * that slept before the claim would never learn of it if we died now.
+         * Wake them ourselves (sequentially consistent against their flags, as
+         * the broker's is; a mark after our load wakes after the claim). The
+         * claim stays: given back, it would leave a hole that others already
+         * moved head (tail) past. Repaired under us, our publish (free) fails,
+         * and the call gives up with -ENOTCONN; else it completes.
          */
         if (token_dead_after_claim(ch, token)) {
-                (void) __atomic_compare_exchange_n(word, &mine, owner, false, REL, RLX);
-                return -ENOTCONN;
+                notify(ch, WAKE_DATA);
+                notify(ch, WAKE_SPACE);
         }
         if (LOAD(&slot->seq, ACQ) == want)
                 return 1;

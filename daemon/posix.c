@@ -501,7 +501,8 @@ static int adopt_one(int dir, const StateRecord *rec, PosixFile *ret) {
         }
         f.dev = st.st_dev;
         f.ino = st.st_ino;
-        f.uid = st.st_uid;
+        /* The owner the record names (file_set_perms()): the file may be the daemon's on its way to it. */
+        f.uid = rec->uid != (uid_t) -1 ? rec->uid : st.st_uid;
         f.size = (size_t) rec->size;
         r = file_map(&f);
         if (r < 0)
@@ -513,8 +514,9 @@ fail:
         return r;
 }
 
+/* The newest record of a role: a file's record moves (a new owner) by an add before the old one's cancel. */
 static const StateRecord *find_role(const StateRecord *recs, size_t n, int role) {
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = n; i-- > 0;)
                 if (recs[i].id == role)
                         return &recs[i];
         return NULL;
@@ -595,15 +597,27 @@ static int file_set_perms(const PosixObjects *p, PosixFile *f, int role, uid_t u
         if (f->fd < 0)
                 return 0;
         if (f->uid != uid) {
-                if (f->uid != self_euid() && fchown(f->fd, self_euid(), (gid_t) -1) < 0)
+                uid_t was = f->uid;
+
+                if (was != self_euid() && fchown(f->fd, self_euid(), (gid_t) -1) < 0)
                         return -errno;
-                r = record_owner(p, f, role, f->uid, uid, state);
-                if (r < 0)
+                r = record_owner(p, f, role, was, uid, state);
+                if (r < 0) {
+                        /* Back to the owner its record still names, as best we can. */
+                        (void) fchown(f->fd, was, (gid_t) -1);
                         return r;
+                }
                 f->uid = uid;
-        }
-        /* Failing, it stays the daemon's (or as it was): a record names it either way. */
-        if (fchown(f->fd, uid, gid) < 0)
+                if (fchown(f->fd, uid, gid) < 0) {
+                        r = -errno;
+                        /* The same way back: the record first, while the file is the daemon's. */
+                        if (record_owner(p, f, role, uid, was, state) == 0) {
+                                f->uid = was;
+                                (void) fchown(f->fd, was, (gid_t) -1);
+                        }
+                        return r;
+                }
+        } else if (fchown(f->fd, uid, gid) < 0)
                 return -errno;
         if (fchmod(f->fd, mode & 0777) < 0)
                 return -errno;

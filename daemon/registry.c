@@ -167,6 +167,8 @@ int registry_adopt(Registry *r, Channel *c, size_t *ret_orphans) {
          */
         if (e->holders.ring)
                 ring_wake_sleepers(e->holders.ring);
+        if (e->has_wake)
+                wake_signal(r->wake, c->spec.name);
         if (ret_orphans)
                 *ret_orphans = e->holders.n_orphans + e->subs.n_orphans;
         return 0;

@@ -1249,9 +1249,9 @@ END_TEST
 START_TEST(test_broker_killed_before_its_wake_up_is_made_good) {
         shmb_channel *rx = open_ok();
         const RingHeader *h = shmb_channel_addr(rx);
-        int status;
+        int status, ev[2], go[2];
         pid_t tx, peeker;
-        int ev[2];
+        char c = 'g';
 
         for (int i = 0; i < SLOTS; i++)
                 send_small(rx, (char) ('C' + i), 0);
@@ -1264,16 +1264,22 @@ START_TEST(test_broker_killed_before_its_wake_up_is_made_good) {
         }
         await_asleep(tx, &h->send_sleeping, "the sender");
         ck_assert_int_eq(pipe2(ev, O_CLOEXEC), 0);
+        ck_assert_int_eq(pipe2(go, O_CLOEXEC), 0);
         peeker = spawn();
         if (peeker == 0) {
                 close(ev[0]);
+                close(go[1]);
+                /* Not before the broker is traced: its open and its death must be answered stop by stop. */
+                child_read(go[0], &c, 1);
                 peek_and_die(ev[1]);
         }
         close(ev[1]);
-        /* Traced from here: the peeker's open is answered stop by stop; its death is marked, then the wake. */
+        close(go[0]);
         ck_assert_int_eq(ptrace(PTRACE_SEIZE, td.pid, 0, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL), 0);
         ck_assert_int_eq(ptrace(PTRACE_INTERRUPT, td.pid, 0, 0), 0);
         ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
+        ck_assert_int_eq(write(go[1], &c, 1), 1);
+        close(go[1]);
         for (;;) {
                 struct __ptrace_syscall_info info;
 
@@ -1288,6 +1294,8 @@ START_TEST(test_broker_killed_before_its_wake_up_is_made_good) {
         td.pid = -1;
         assert_killed(peeker, "the receiver that took C in place");
         close(ev[0]);
+        /* Killed after the mark, before the wake-up: the claim's holder is dead, and its sleeper still asleep. */
+        ck_assert(ring_token_dead(h, assert_recv_claimed(h, 0)));
         ck_assert_msg(asleep_in_futex(tx), "the sender is not asleep: the test stopped the wrong wake-up");
         test_start_ok();
         assert_exited_ok(tx, "the sender that slept through the broker's crash");
