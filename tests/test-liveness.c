@@ -1195,6 +1195,24 @@ START_TEST(test_sleeping_receiver_skips_claims_that_died_meanwhile) {
 }
 END_TEST
 
+/* Fill the ring with C, D, ...; a child then sends Z with no timeout: returned once it sleeps on the full ring. */
+static pid_t spawn_sleeping_sender(shmb_channel *rx, const RingHeader *h) {
+        pid_t tx;
+
+        for (int i = 0; i < SLOTS; i++)
+                send_small(rx, (char) ('C' + i), 0);
+        tx = spawn();
+        if (tx == 0) {
+                shmb_channel *ch = child_open();
+
+                child_send_waiting(ch, 'Z');
+                shmb_close(ch);
+                child_exit(0);
+        }
+        await_asleep(tx, &h->send_sleeping, "the sender");
+        return tx;
+}
+
 /* Takes the next message in place, and is killed before it gives the slot back. */
 static _Noreturn void peek_and_die(int ev) {
         shmb_channel *ch = child_open();
@@ -1218,17 +1236,7 @@ START_TEST(test_sleeping_sender_gets_past_receivers_that_died_meanwhile) {
         const RingHeader *h = shmb_channel_addr(rx);
         pid_t tx;
 
-        for (int i = 0; i < SLOTS; i++)
-                send_small(rx, (char) ('C' + i), 0);
-        tx = spawn();
-        if (tx == 0) {
-                shmb_channel *ch = child_open();
-
-                child_send_waiting(ch, 'Z');
-                shmb_close(ch);
-                child_exit(0);
-        }
-        await_asleep(tx, &h->send_sleeping, "the sender");
+        tx = spawn_sleeping_sender(rx, h);
         for (int i = 0; i < SLOTS; i++)
                 (void) spawn_to_die(peek_and_die, "a receiver", NULL);
         assert_exited_ok(tx, "the sender that slept on the full ring");
@@ -1253,16 +1261,7 @@ START_TEST(test_broker_killed_before_its_wake_up_is_made_good) {
         pid_t tx, peeker;
         char c = 'g';
 
-        for (int i = 0; i < SLOTS; i++)
-                send_small(rx, (char) ('C' + i), 0);
-        tx = spawn();
-        if (tx == 0) {
-                shmb_channel *ch = child_open();
-
-                child_send_waiting(ch, 'Z');
-                child_exit(0);
-        }
-        await_asleep(tx, &h->send_sleeping, "the sender");
+        tx = spawn_sleeping_sender(rx, h);
         ck_assert_int_eq(pipe2(ev, O_CLOEXEC), 0);
         ck_assert_int_eq(pipe2(go, O_CLOEXEC), 0);
         peeker = spawn();
