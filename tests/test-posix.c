@@ -1184,6 +1184,57 @@ static void state_append(const char *line) {
 }
 
 /*
+ * Records written by a version before the owner field ("posix ROLE DEV INO
+ * PID SINCE SIZE NAME", no UID): a daemon upgraded across a crash still
+ * takes the channel over, and says nothing is malformed.
+ */
+START_TEST(test_crash_adopt_records_of_an_older_version) {
+        char *before = shm_listing(), *log, path[512], *text = NULL, *out;
+        size_t len = 0, n = 0;
+        FILE *f;
+
+        test_daemon_write_config(&td, "[" RAW1 "]");
+        test_start_ok();
+        test_daemon_kill(&td, SIGKILL);
+        snprintf(path, sizeof path, "%s.state", td.socket);
+        f = fopen(path, "re");
+        ck_assert_ptr_nonnull(f);
+        out = calloc(1, 65536);
+        ck_assert_ptr_nonnull(out);
+        while (getline(&text, &len, f) > 0) {
+                char *p = text + (text[0] == '-');
+                int fields = 0;
+
+                /* A file's line loses its ninth field, the owner. */
+                if (strncmp(p, "posix ", 6) == 0) {
+                        for (char *q = p; *q && *q != '\n'; q++)
+                                if (*q == ' ' && ++fields == 8) {
+                                        strcpy(q, "\n");
+                                        n++;
+                                        break;
+                                }
+                }
+                strcat(out, text);
+        }
+        fclose(f);
+        free(text);
+        ck_assert_msg(n > 0, "no posix file line with an owner in %s", path);
+        f = fopen(path, "we");
+        ck_assert_ptr_nonnull(f);
+        fputs(out, f);
+        fclose(f);
+        free(out);
+
+        test_start_ok();
+        log = log_now();
+        ck_assert_msg(strstr(log, "Took over channel raw1") && !strstr(log, "malformed"),
+                      "raw1's records of an older version were not taken over:\n%s", log);
+        free(log);
+        stop_and_assert_listing(before);
+}
+END_TEST
+
+/*
  * A run killed between making a file and recording its inode leaves an
  * intent: the next start removes the file when it is as that run left it
  * (ours, 0600, empty or of the intended size, new), and nothing else.
@@ -1507,7 +1558,8 @@ int main(void) {
                                              test_create_failure_removes, test_reload_keeps_what_it_could_not_remove } },
                 { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt, test_crash_reclaim_spares_replaced,
                                            test_crash_reclaim_intent, test_crash_other_owner,
-                                           test_owner_change_killed_at_each_step } },
+                                           test_owner_change_killed_at_each_step,
+                                           test_crash_adopt_records_of_an_older_version } },
         };
 
         return test_main("posix", groups, sizeof groups / sizeof *groups, posix_setup, test_teardown);
