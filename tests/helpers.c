@@ -14,6 +14,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
+#include <sys/syscall.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -734,4 +735,65 @@ bool test_next_syscall_stop(pid_t pid) {
                 /* A real signal goes on with the next resume; a group stop or event stop does not. */
                 sig = WSTOPSIG(status) != SIGTRAP && status >> 16 != PTRACE_EVENT_STOP ? WSTOPSIG(status) : 0;
         }
+}
+
+bool test_at_state_write(pid_t pid, uint64_t nr, uint64_t arg0) {
+        return nr == SYS_write &&
+               (test_fd_path_ends_with(pid, arg0, ".state") || test_fd_path_ends_with(pid, arg0, ".state.new"));
+}
+
+bool test_daemon_kill_at(TestDaemon *d, int k, TestKillPoint at, bool (*done)(void)) {
+        int points = 0, status;
+
+        while (!done()) {
+                struct __ptrace_syscall_info info;
+
+                ck_assert_msg(test_next_syscall_stop(d->pid), "the daemon ended by itself");
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, d->pid, sizeof info, &info), 0);
+                if (info.op != PTRACE_SYSCALL_INFO_ENTRY || !at(d->pid, info.entry.nr, info.entry.args[0]) ||
+                    ++points < k)
+                        continue;
+                ck_assert_int_eq(kill(d->pid, SIGKILL), 0);
+                ck_assert_int_eq(waitpid(d->pid, &status, __WALL), d->pid);
+                ck_assert(WIFSIGNALED(status));
+                d->pid = -1;
+                return true;
+        }
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, d->pid, 0, 0), 0);
+        return false;
+}
+
+void test_daemon_trace(TestDaemon *d) {
+        int status;
+
+        ck_assert_int_eq(ptrace(PTRACE_SEIZE, d->pid, 0, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL), 0);
+        ck_assert_int_eq(ptrace(PTRACE_INTERRUPT, d->pid, 0, 0), 0);
+        ck_assert_int_eq(waitpid(d->pid, &status, __WALL), d->pid);
+}
+
+void test_daemon_spawn_traced(TestDaemon *d) {
+        int status;
+
+        d->stop_before_exec = true;
+        test_daemon_spawn(d, NULL);
+        d->stop_before_exec = false;
+        ck_assert_int_eq(waitpid(d->pid, &status, WUNTRACED), d->pid);
+        ck_assert(WIFSTOPPED(status));
+        /* Traced from where it stopped itself, before exec: the ptrace resumes it, stop by stop. */
+        test_daemon_trace(d);
+        /* Ends its job-control stop, which would hold it again once it is detached. */
+        ck_assert_int_eq(kill(d->pid, SIGCONT), 0);
+}
+
+bool test_daemon_ready_sent(TestDaemon *d) {
+        char buf[512];
+        ssize_t n;
+
+        while ((n = recv(d->notify_fd, buf, sizeof buf - 1, MSG_DONTWAIT)) > 0) {
+                buf[n] = 0;
+                record_notify(d, buf);
+                if (strstr(buf, "READY=1"))
+                        return true;
+        }
+        return false;
 }

@@ -63,6 +63,28 @@ bool test_daemon_wait_ready(TestDaemon *td, int *ret_status);
  */
 bool test_next_syscall_stop(pid_t pid);
 
+/* A kill point: whether the daemon pid, stopped at the entry of system call nr with first argument arg0, is at one. */
+typedef bool (*TestKillPoint)(pid_t pid, uint64_t nr, uint64_t arg0);
+
+/* A write(2) into the daemon's state file (or the one it is rewriting). */
+bool test_at_state_write(pid_t pid, uint64_t nr, uint64_t arg0);
+
+/*
+ * Run td's daemon, traced and in a ptrace-stop, until the k-th kill point:
+ * SIGKILL it there and reap it (td->pid -1), true. false when done() says
+ * the work ended first: it is then detached and runs on.
+ */
+bool test_daemon_kill_at(TestDaemon *td, int k, TestKillPoint at, bool (*done)(void));
+
+/* Spawn td's daemon traced from before its exec, in a ptrace-stop. */
+void test_daemon_spawn_traced(TestDaemon *td);
+
+/* Trace td's running daemon from now on: it is left in a ptrace-stop. */
+void test_daemon_trace(TestDaemon *td);
+
+/* Whether READY=1 came on td's notify socket meanwhile (without waiting). */
+bool test_daemon_ready_sent(TestDaemon *td);
+
 /*
  * Wait up to timeout_ms for a notify datagram containing `what`; returns
  * the whole datagram (malloc'd) or NULL. Every datagram read on the way is

@@ -1274,9 +1274,7 @@ START_TEST(test_broker_killed_before_its_wake_up_is_made_good) {
         }
         close(ev[1]);
         close(go[0]);
-        ck_assert_int_eq(ptrace(PTRACE_SEIZE, td.pid, 0, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL), 0);
-        ck_assert_int_eq(ptrace(PTRACE_INTERRUPT, td.pid, 0, 0), 0);
-        ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
+        test_daemon_trace(&td);
         ck_assert_int_eq(write(go[1], &c, 1), 1);
         close(go[1]);
         for (;;) {

@@ -1069,68 +1069,69 @@ static pid_t spawn_reload(void) {
         return pid;
 }
 
+static bool at_state_write_or_chown(pid_t pid, uint64_t nr, uint64_t arg0) {
+        return nr == SYS_fchown || test_at_state_write(pid, nr, arg0);
+}
+
+static pid_t reloader;
+
+static bool reload_done(void) {
+        int status;
+
+        return waitpid(reloader, &status, WNOHANG) == reloader;
+}
+
+static bool start_done(void) {
+        return test_daemon_ready_sent(&td);
+}
+
 /*
  * A reload that moves a channel from one owner to another (neither the
- * daemon's user), killed at each of its state writes and chowns in turn:
- * whatever step it died at, each file is owned by the daemon's user or by
- * the owner its record names, so the next start takes the channel over,
- * and its stop leaves /dev/shm as it was.
+ * daemon's user), killed at each of its state writes and chowns in turn;
+ * then the next start, which takes the files over and finishes giving them
+ * their owner, killed at each of its own, until one gets ready. Whatever
+ * step each died at, every file is owned by the daemon's user or by the
+ * owner its newest record names: the start that gets ready takes the
+ * channel over (the same inodes, the new owner), and its stop leaves
+ * /dev/shm as it was.
  */
 START_TEST(test_owner_change_killed_at_each_step) {
         char *before = shm_listing(), *log;
-        int k;
+        int k, j = 0;
 
         for (k = 1;; k++) {
-                int steps = 0, status;
-                bool killed = false;
-                pid_t reloader;
+                struct stat seg;
 
                 test_daemon_write_config(&td, "[{\"name\": \"o3\", \"kind\": \"posix\", \"size\": 4096, "
                                          "\"semaphores\": [1], \"owner\": 65534}]");
                 test_start_ok();
+                seg = shm_stat("shmbroker.o3");
                 test_daemon_write_config(&td, "[{\"name\": \"o3\", \"kind\": \"posix\", \"size\": 4096, "
                                          "\"semaphores\": [1], \"owner\": 65533}]");
-                ck_assert_int_eq(ptrace(PTRACE_SEIZE, td.pid, 0, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL), 0);
-                ck_assert_int_eq(ptrace(PTRACE_INTERRUPT, td.pid, 0, 0), 0);
-                ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
+                test_daemon_trace(&td);
                 reloader = spawn_reload();
-                while (waitpid(reloader, &status, WNOHANG) == 0) {
-                        struct __ptrace_syscall_info info;
-
-                        ck_assert(test_next_syscall_stop(td.pid));
-                        ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
-                        if (info.op != PTRACE_SYSCALL_INFO_ENTRY ||
-                            !(info.entry.nr == SYS_fchown ||
-                              (info.entry.nr == SYS_write &&
-                               test_fd_path_ends_with(td.pid, info.entry.args[0], ".state"))) ||
-                            ++steps < k)
-                                continue;
-                        ck_assert_int_eq(kill(td.pid, SIGKILL), 0);
-                        ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
-                        td.pid = -1;
-                        killed = true;
-                        ck_assert_int_eq(waitpid(reloader, &status, 0), reloader);
-                        break;
-                }
-                if (!killed) {
+                if (!test_daemon_kill_at(&td, k, at_state_write_or_chown, reload_done)) {
                         /* The reload took fewer than k steps: every one was a kill point. */
-                        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
                         test_daemon_stop_ok(&td);
                         assert_listing(before);
                         break;
                 }
-                if (!test_daemon_start(&td, NULL, NULL)) {
-                        log = log_now();
-                        ck_abort_msg("killed at step %d of the owner change, the next start failed:\n%s", k, log);
+                ck_assert_int_eq(waitpid(reloader, NULL, 0), reloader);
+                for (j = 1;; j++) {
+                        test_daemon_spawn_traced(&td);
+                        if (!test_daemon_kill_at(&td, j, at_state_write_or_chown, start_done))
+                                break;
                 }
                 log = log_now();
-                ck_assert_msg(strstr(log, "Took over channel o3"), "killed at step %d of the owner change, the next "
-                              "start did not take o3 over:\n%s", k, log);
+                ck_assert_msg(shm_stat("shmbroker.o3").st_ino == seg.st_ino && shm_stat("shmbroker.o3").st_uid == 65533,
+                              "killed at step %d of the owner change and step %d of the next start: o3 was not "
+                              "taken over with its new owner (uid %u):\n%s", k, j - 1,
+                              (unsigned) shm_stat("shmbroker.o3").st_uid, log);
                 free(log);
                 test_daemon_stop_ok(&td);
                 assert_listing(before);
         }
-        /* Two files, each recorded anew and given its owner. */
+        /* Two files, each recorded anew and given its owner; the start after a kill had steps too. */
         ck_assert_int_ge(k, 5);
         free(before);
 }

@@ -457,47 +457,18 @@ static bool reload_done(void) {
         return waitpid(reloader, &status, WNOHANG) == reloader;
 }
 
-/* Whether a READY=1 came on the notify socket meanwhile (without waiting): a start is done. */
 static bool ready_sent(void) {
-        char buf[512];
-        ssize_t n;
-
-        while ((n = recv(td.notify_fd, buf, sizeof buf - 1, MSG_DONTWAIT)) > 0) {
-                buf[n] = 0;
-                if (strstr(buf, "READY=1"))
-                        return true;
-        }
-        return false;
-}
-
-static bool is_state_file(pid_t pid, uint64_t fd) {
-        return test_fd_path_ends_with(pid, fd, ".state") || test_fd_path_ends_with(pid, fd, ".state.new");
+        return test_daemon_ready_sent(&td);
 }
 
 /*
- * Run the traced daemon (in a ptrace-stop) until its k-th write(2) into its
- * state file, and SIGKILL it there: true. false when done() said the work
- * ended first: then it runs on, untraced, and is stopped, and must leave
- * nothing.
+ * Run the traced daemon until its k-th write(2) into its state file, and
+ * SIGKILL it there: true. false when done() said the work ended first:
+ * then it runs on, untraced, and is stopped, and must leave nothing.
  */
 static bool kill_at_state_write(int k, bool (*done)(void)) {
-        int writes = 0, status;
-
-        while (!done()) {
-                struct __ptrace_syscall_info info;
-
-                ck_assert_msg(test_next_syscall_stop(td.pid), "the daemon ended by itself");
-                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
-                if (info.op != PTRACE_SYSCALL_INFO_ENTRY || info.entry.nr != SYS_write ||
-                    !is_state_file(td.pid, info.entry.args[0]) || ++writes < k)
-                        continue;
-                ck_assert_int_eq(kill(td.pid, SIGKILL), 0);
-                ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
-                ck_assert(WIFSIGNALED(status));
-                td.pid = -1;
+        if (test_daemon_kill_at(&td, k, test_at_state_write, done))
                 return true;
-        }
-        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
         test_daemon_stop_ok(&td);
         ck_assert_int_eq(test_ipcs_count("-m"), 0);
         ck_assert_int_eq(test_ipcs_count("-s"), 0);
@@ -543,9 +514,7 @@ START_TEST(test_reload_killed_at_each_state_write_leaves_nothing) {
                 test_daemon_write_config(&td, before);
                 test_start_ok();
                 test_daemon_write_config(&td, after);
-                ck_assert_int_eq(ptrace(PTRACE_SEIZE, td.pid, 0, PTRACE_O_TRACESYSGOOD), 0);
-                ck_assert_int_eq(ptrace(PTRACE_INTERRUPT, td.pid, 0, 0), 0);
-                ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
+                test_daemon_trace(&td);
                 reloader = fork();
                 ck_assert_int_ge(reloader, 0);
                 if (reloader == 0)
@@ -578,19 +547,7 @@ START_TEST(test_start_killed_at_each_state_write_leaves_nothing) {
 
         test_daemon_write_config(&td, channels);
         for (k = 1;; k++) {
-                int status;
-
-                td.stop_before_exec = true;
-                test_daemon_spawn(&td, NULL);
-                td.stop_before_exec = false;
-                ck_assert_int_eq(waitpid(td.pid, &status, WUNTRACED), td.pid);
-                ck_assert(WIFSTOPPED(status));
-                /* Traced from where it stopped itself, before exec: the ptrace resumes it, stop by stop. */
-                ck_assert_int_eq(ptrace(PTRACE_SEIZE, td.pid, 0, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL), 0);
-                ck_assert_int_eq(ptrace(PTRACE_INTERRUPT, td.pid, 0, 0), 0);
-                ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
-                /* Ends its job-control stop, which would hold it again once it is detached. */
-                ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
+                test_daemon_spawn_traced(&td);
                 if (!kill_at_state_write(k, ready_sent))
                         break;          /* ready before its k-th write: every write of a start was a kill point */
                 /* Five segments (b has two: data and table) and four sets: the killed run's are gone. */
