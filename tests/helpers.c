@@ -797,3 +797,41 @@ bool test_daemon_ready_sent(TestDaemon *d) {
         }
         return false;
 }
+
+bool test_td_ready(void) {
+        return test_daemon_ready_sent(&td);
+}
+
+static pid_t reloader = -1;
+
+void test_reload_async(void) {
+        reloader = fork();
+        ck_assert_int_ge(reloader, 0);
+        if (reloader == 0) {
+                int fd = test_connect(td.socket);
+                char c;
+
+                test_send(fd, "{\"op\":\"reload\"}\n", 16);
+                (void) read(fd, &c, 1);
+                _exit(0);
+        }
+}
+
+bool test_reload_done(void) {
+        int status;
+
+        if (reloader < 0)
+                return true;
+        if (waitpid(reloader, &status, WNOHANG) != reloader)
+                return false;
+        reloader = -1;
+        return true;
+}
+
+void test_reload_wait(void) {
+        int status;
+
+        if (reloader >= 0)
+                ck_assert_int_eq(waitpid(reloader, &status, 0), reloader);
+        reloader = -1;
+}

@@ -85,6 +85,18 @@ void test_daemon_trace(TestDaemon *td);
 /* Whether READY=1 came on td's notify socket meanwhile (without waiting). */
 bool test_daemon_ready_sent(TestDaemon *td);
 
+/* The same for the test's daemon td, as a done() of test_daemon_kill_at(). */
+bool test_td_ready(void);
+
+/*
+ * Ask td's daemon to reload from a child of ours, which ends once the
+ * answer (or the daemon's end) came. test_reload_done() says whether it
+ * has (as a done() of test_daemon_kill_at()); test_reload_wait() waits.
+ */
+void test_reload_async(void);
+bool test_reload_done(void);
+void test_reload_wait(void);
+
 /*
  * Wait up to timeout_ms for a notify datagram containing `what`; returns
  * the whole datagram (malloc'd) or NULL. Every datagram read on the way is

@@ -1053,36 +1053,8 @@ START_TEST(test_crash_other_owner) {
 }
 END_TEST
 
-/* A reload in a child of ours, which ends when the answer (or the daemon's end) came. */
-static pid_t spawn_reload(void) {
-        pid_t pid = fork();
-
-        ck_assert_int_ge(pid, 0);
-        if (pid == 0) {
-                int fd = test_connect(td.socket);
-                char c;
-
-                test_send(fd, "{\"op\":\"reload\"}\n", 16);
-                (void) read(fd, &c, 1);
-                _exit(0);
-        }
-        return pid;
-}
-
 static bool at_state_write_or_chown(pid_t pid, uint64_t nr, uint64_t arg0) {
         return nr == SYS_fchown || test_at_state_write(pid, nr, arg0);
-}
-
-static pid_t reloader;
-
-static bool reload_done(void) {
-        int status;
-
-        return waitpid(reloader, &status, WNOHANG) == reloader;
-}
-
-static bool start_done(void) {
-        return test_daemon_ready_sent(&td);
 }
 
 /*
@@ -1109,17 +1081,17 @@ START_TEST(test_owner_change_killed_at_each_step) {
                 test_daemon_write_config(&td, "[{\"name\": \"o3\", \"kind\": \"posix\", \"size\": 4096, "
                                          "\"semaphores\": [1], \"owner\": 65533}]");
                 test_daemon_trace(&td);
-                reloader = spawn_reload();
-                if (!test_daemon_kill_at(&td, k, at_state_write_or_chown, reload_done)) {
+                test_reload_async();
+                if (!test_daemon_kill_at(&td, k, at_state_write_or_chown, test_reload_done)) {
                         /* The reload took fewer than k steps: every one was a kill point. */
                         test_daemon_stop_ok(&td);
                         assert_listing(before);
                         break;
                 }
-                ck_assert_int_eq(waitpid(reloader, NULL, 0), reloader);
+                test_reload_wait();
                 for (j = 1;; j++) {
                         test_daemon_spawn_traced(&td);
-                        if (!test_daemon_kill_at(&td, j, at_state_write_or_chown, start_done))
+                        if (!test_daemon_kill_at(&td, j, at_state_write_or_chown, test_td_ready))
                                 break;
                 }
                 log = log_now();

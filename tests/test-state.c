@@ -438,29 +438,6 @@ END_TEST
  * state file in turn, and SIGKILL ends it there; the next start takes over
  * or reclaims what it left, and its stop must leave ipcs empty.
  */
-static void request_reload(void) {
-        int sock = test_connect(td.socket);
-        char c;
-
-        test_send(sock, "{\"op\":\"reload\"}\n", 16);
-        /* An answer or the end of the daemon: either way this one is done. */
-        (void) read(sock, &c, 1);
-        _exit(0);
-}
-
-/* The reloading child of the reload case: done once it has exited. */
-static pid_t reloader;
-
-static bool reload_done(void) {
-        int status;
-
-        return waitpid(reloader, &status, WNOHANG) == reloader;
-}
-
-static bool ready_sent(void) {
-        return test_daemon_ready_sent(&td);
-}
-
 /*
  * Run the traced daemon until its k-th write(2) into its state file, and
  * SIGKILL it there: true. false when done() said the work ended first:
@@ -509,19 +486,14 @@ START_TEST(test_reload_killed_at_each_state_write_leaves_nothing) {
         int k;
 
         for (k = 1;; k++) {
-                int status;
-
                 test_daemon_write_config(&td, before);
                 test_start_ok();
                 test_daemon_write_config(&td, after);
                 test_daemon_trace(&td);
-                reloader = fork();
-                ck_assert_int_ge(reloader, 0);
-                if (reloader == 0)
-                        request_reload();
-                if (!kill_at_state_write(k, reload_done))
+                test_reload_async();
+                if (!kill_at_state_write(k, test_reload_done))
                         break;          /* the reload wrote fewer than k times: every write was a kill point */
-                ck_assert_int_eq(waitpid(reloader, &status, 0), reloader);
+                test_reload_wait();
                 assert_next_start_cleans_up(k, "reload", -1, -1);
         }
         /* Three channels added: at least their intents and records were kill points. */
@@ -548,7 +520,7 @@ START_TEST(test_start_killed_at_each_state_write_leaves_nothing) {
         test_daemon_write_config(&td, channels);
         for (k = 1;; k++) {
                 test_daemon_spawn_traced(&td);
-                if (!kill_at_state_write(k, ready_sent))
+                if (!kill_at_state_write(k, test_td_ready))
                         break;          /* ready before its k-th write: every write of a start was a kill point */
                 /* Five segments (b has two: data and table) and four sets: the killed run's are gone. */
                 assert_next_start_cleans_up(k, "start", 5, 4);
