@@ -94,24 +94,6 @@ static bool owner_before(uint64_t owner, uint64_t pos) {
 }
 
 /*
- * ring_token_dead() with a sequentially consistent load of the entry, for
- * right after a claim's compare-and-swap (a plain load on x86, and the line
- * is in cache: the claim looked at it just before).
- */
-static bool token_dead_after_claim(const shmb_channel *ch, uint32_t token) {
-        uint32_t index = (token & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1;
-        uint64_t word;
-
-        if (token == 0)
-                return false;
-        if (index >= ch->ring->holders)
-                return true;
-        word = LOAD(&ring_holder_at(ch->ring, index)->word, SEQ);
-        return (uint32_t) word != RING_HOLDER_LIVE ||
-               ((uint32_t) (word >> 32) & RING_TOKEN_GEN_MASK) != token >> RING_TOKEN_INDEX_BITS;
-}
-
-/*
  * Claim the slot of pos, whose seq was just read as want and owner word as
  * owner: 1 claimed, 0 not (look again), -ENOTCONN. The compare-and-swap fails if anyone claimed it meanwhile; seq is
  * read again after it, as a caller that slept between its first looks
@@ -144,7 +126,7 @@ static int claim(shmb_channel *ch, RingSlot *slot, uint64_t *word, uint64_t owne
          * moved head (tail) past. Repaired under us, our publish (free) fails,
          * and the call gives up with -ENOTCONN; else it completes.
          */
-        if (token_dead_after_claim(ch, token)) {
+        if (ring_token_dead(ch->ring, token)) {
                 notify(ch, WAKE_DATA);
                 notify(ch, WAKE_SPACE);
         }

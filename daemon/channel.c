@@ -114,10 +114,11 @@ static void settle(State *state, const StateRecord *rec, bool gone, int err) {
                 (void) state_keep(state, rec, err);
 }
 
-/* IPC_RMID's result as settle() takes it: gone, or why not. */
-static bool rmid_settled(int r, int *ret_err) {
-        *ret_err = r < 0 ? errno : 0;
-        return rmid_done(r);
+/* The same for an IPC_RMID that returned r (errno still its). */
+static void settle_rmid(State *state, const StateRecord *rec, int r) {
+        int err = r < 0 ? errno : 0;
+
+        settle(state, rec, rmid_done(r), err);
 }
 
 static StateRecord table_record(const Channel *c) {
@@ -130,10 +131,7 @@ static void remove_table(Channel *c, State *state) {
         if (c->table_id >= 0) {
                 StateRecord rec = table_record(c);
 
-                int err;
-                bool gone = rmid_settled(shmctl(c->table_id, IPC_RMID, NULL), &err);
-
-                settle(state, &rec, gone, err);
+                settle_rmid(state, &rec, shmctl(c->table_id, IPC_RMID, NULL));
                 c->table_id = -1;
         }
         if (c->table_addr) {
@@ -172,10 +170,7 @@ static void remove_objects(Channel *c, State *state) {
         remove_table(c, state);
         /* IPC_RMID while still attached: our attachment keeps the id ours until then. */
         if (c->shm_id >= 0) {
-                int err;
-                bool gone = rmid_settled(shmctl(c->shm_id, IPC_RMID, NULL), &err);
-
-                settle(state, &recs[0], gone, err);
+                settle_rmid(state, &recs[0], shmctl(c->shm_id, IPC_RMID, NULL));
                 c->shm_id = -1;
         }
         if (c->addr) {
@@ -184,10 +179,12 @@ static void remove_objects(Channel *c, State *state) {
         }
         /* A set removed behind our back may have given its id to someone else. */
         if (c->sem_id >= 0) {
-                int ours = ipc_is_ours(c->sem_id, c->key, false), err = ours < 0 ? -ours : 0;
-                bool gone = ours == 1 ? rmid_settled(semctl(c->sem_id, 0, IPC_RMID), &err) : ours == 0 || ours == -ENOENT;
+                int ours = ipc_is_ours(c->sem_id, c->key, false);
 
-                settle(state, &recs[1], gone, err);
+                if (ours == 1)
+                        settle_rmid(state, &recs[1], semctl(c->sem_id, 0, IPC_RMID));
+                else
+                        settle(state, &recs[1], ours == 0 || ours == -ENOENT, -ours);
                 c->sem_id = -1;
         }
 }

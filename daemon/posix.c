@@ -677,7 +677,7 @@ void posix_objects_remove(PosixObjects *p, State *state) {
         for (unsigned i = 0; p->sems && i < p->nsems; i++)
                 if (p->sems[i].addr)
                         sem_file_mark_removed(p->sems[i].addr, p->sems[i].size);
-        for (int role = POSIX_ROLE_TABLE; dir >= 0 && role < (int) p->nsems; role++) {
+        for (int role = POSIX_ROLE_TABLE; role < (int) p->nsems; role++) {
                 PosixFile *f = objects_file(p, role);
                 char name[NAME_MAX + 1];
                 StateRecord rec;
@@ -685,7 +685,8 @@ void posix_objects_remove(PosixObjects *p, State *state) {
 
                 if (!f || f->fd < 0 || file_name(channel, role, name, sizeof name) < 0)
                         continue;
-                r = unlink_checked(dir, name, stat_is_file, f);
+                /* No directory: nothing is unlinked, and all of it stays recorded. */
+                r = dir < 0 ? dir : unlink_checked(dir, name, stat_is_file, f);
                 if (!state)
                         continue;
                 rec = file_record(f, channel, role, p->made_pid, p->made_since);
@@ -698,16 +699,6 @@ void posix_objects_remove(PosixObjects *p, State *state) {
                         (void) state_cancel(state, &rec);
                 else if (r < 0)
                         (void) state_keep(state, &rec, -r);
-        }
-        /* No directory: nothing was unlinked, and all of it stays recorded. */
-        for (int role = POSIX_ROLE_TABLE; dir < 0 && state && role < (int) p->nsems; role++) {
-                PosixFile *f = objects_file(p, role);
-
-                if (f && f->fd >= 0) {
-                        StateRecord rec = file_record(f, channel, role, p->made_pid, p->made_since);
-
-                        (void) state_keep(state, &rec, -dir);
-                }
         }
         posix_objects_close(p);
 }

@@ -475,14 +475,16 @@ static int format_record(char *line, size_t size, const StateRecord *r, bool add
         if (r->kind == STATE_CHAN)
                 return snprintf(line, size, "%schan %" PRIu32 " %d %d %016" PRIx64 " %s\n", add ? "" : "-", r->key,
                                 r->id, r->sem_id, r->fingerprint, r->name[0] ? r->name : "-");
-        if (r->kind == STATE_POSIX && (r->pending || r->uid == (uid_t) -1))
-                return snprintf(line, size, "%s%sposix %d %" PRIu64 " %" PRIu64 " %d %" PRId64 " %" PRIu64 " %s\n",
-                                add ? "" : "-", r->pending ? "p" : "", r->id, r->pending ? 0 : r->dev,
-                                r->pending ? 0 : r->ino, (int) r->pid, r->since, r->size, r->name);
-        if (r->kind == STATE_POSIX)
-                return snprintf(line, size, "%sposix %d %" PRIu64 " %" PRIu64 " %d %" PRId64 " %" PRIu64 " %s %u\n",
-                                add ? "" : "-", r->id, r->dev, r->ino, (int) r->pid, r->since, r->size, r->name,
-                                (unsigned) r->uid);
+        if (r->kind == STATE_POSIX) {
+                int n = snprintf(line, size, "%s%sposix %d %" PRIu64 " %" PRIu64 " %d %" PRId64 " %" PRIu64 " %s",
+                                 add ? "" : "-", r->pending ? "p" : "", r->id, r->pending ? 0 : r->dev,
+                                 r->pending ? 0 : r->ino, (int) r->pid, r->since, r->size, r->name);
+
+                /* The owner last, where there is one: a reader of the version before stops short of it. */
+                if (!r->pending && r->uid != (uid_t) -1)
+                        n += snprintf(line + n, size - (size_t) n, " %u", (unsigned) r->uid);
+                return n + snprintf(line + n, size - (size_t) n, "\n");
+        }
         return snprintf(line, size, "%s%s%s %" PRIu32 " %d %d %" PRId64 " %" PRIu64 "\n", add ? "" : "-",
                         r->pending ? "p" : "", kind_name(r->kind), r->key, r->pending ? -1 : r->id, (int) r->pid,
                         r->since, r->size);
