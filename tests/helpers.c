@@ -835,3 +835,10 @@ void test_reload_wait(void) {
                 ck_assert_int_eq(waitpid(reloader, &status, 0), reloader);
         reloader = -1;
 }
+
+void test_assert_lists(int fd) {
+        json_t *resp = test_request(fd, "{\"op\":\"list\"}");
+
+        test_assert_ok(resp);
+        json_decref(resp);
+}

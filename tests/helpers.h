@@ -110,6 +110,9 @@ int test_daemon_kill(TestDaemon *td, int sig);
 /* SIGTERM, reap, and fail unless it exited with status 0 (with its log). */
 void test_daemon_stop_ok(TestDaemon *td);
 
+/* A list request on fd must be answered ok: the daemon serves that connection. */
+void test_assert_lists(int fd);
+
 /* CLOCK_MONOTONIC in milliseconds. */
 int64_t test_now_ms(void);
 

@@ -388,13 +388,9 @@ START_TEST(test_out_of_band_byte_neither_spins_nor_stalls) {
         json_decref(resp);
         free(line);
         /* And the stream goes on in step. */
-        resp = test_request(fd, "{\"op\":\"list\"}");
-        test_assert_ok(resp);
-        json_decref(resp);
+        test_assert_lists(fd);
         other = test_connect(td.socket);
-        resp = test_request(other, "{\"op\":\"list\"}");
-        test_assert_ok(resp);
-        json_decref(resp);
+        test_assert_lists(other);
         close(other);
         close(fd);
 }
@@ -403,7 +399,6 @@ END_TEST
 START_TEST(test_overlong_line_closes_only_that_connection) {
         size_t big = 70000;
         char *junk = malloc(big);
-        json_t *resp;
         char *line;
         int bad, good;
 
@@ -420,9 +415,7 @@ START_TEST(test_overlong_line_closes_only_that_connection) {
         ck_assert_ptr_null(test_read_line(bad));        /* then EOF */
         free(junk);
 
-        resp = test_request(good, "{\"op\":\"list\"}");
-        test_assert_ok(resp);
-        json_decref(resp);
+        test_assert_lists(good);
         close(bad);
         close(good);
 }
@@ -451,7 +444,6 @@ START_TEST(test_line_at_limit_is_served) {
 END_TEST
 
 START_TEST(test_half_sent_request_does_not_stall_others) {
-        json_t *resp;
         int slow, fast;
 
         test_daemon_write_config(&td, two_channels);
@@ -459,9 +451,7 @@ START_TEST(test_half_sent_request_does_not_stall_others) {
         slow = test_connect(td.socket);
         test_send(slow, "{\"op\":\"li", 9);
         fast = test_connect(td.socket);
-        resp = test_request(fast, "{\"op\":\"list\"}");
-        test_assert_ok(resp);
-        json_decref(resp);
+        test_assert_lists(fast);
         /* The slow one finishes later and is answered. */
         test_send(slow, "st\"}\n", 5);
         {
@@ -980,7 +970,6 @@ START_TEST(test_fd_exhaustion_pauses_accept) {
         enum { N = 40 };
         int conns[N], fd;
         long before;
-        json_t *resp;
 
         test_daemon_write_config(&td, two_channels);
         setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=24:24", 1);
@@ -1016,9 +1005,7 @@ START_TEST(test_fd_exhaustion_pauses_accept) {
         for (int i = 0; i < N; i++)
                 close(conns[i]);
         fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\":\"list\"}");
-        test_assert_ok(resp);
-        json_decref(resp);
+        test_assert_lists(fd);
         close(fd);
 }
 END_TEST
@@ -1182,7 +1169,6 @@ END_TEST
 
 START_TEST(test_second_daemon_refuses) {
         int status = 0;
-        json_t *resp;
         char *log;
         int fd;
         TestDaemon second = td;
@@ -1199,9 +1185,7 @@ START_TEST(test_second_daemon_refuses) {
         free(log);
         /* The first one's socket is still there and answers; nothing doubled. */
         fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\":\"list\"}");
-        test_assert_ok(resp);
-        json_decref(resp);
+        test_assert_lists(fd);
         close(fd);
         ck_assert_int_eq(test_ipcs_count("-m"), 2);
 }

@@ -1004,6 +1004,35 @@ START_TEST(test_crash_reclaim) {
 }
 END_TEST
 
+#define KEPT "kept across a crash"
+
+/* Write KEPT into a channel's segment file, then SIGKILL the daemon: that file's stat. */
+static struct stat mark_and_kill(const char *file) {
+        struct stat st = shm_stat(file);
+        size_t size;
+        char *data = map_name(file, &size);
+
+        strcpy(data, KEPT);
+        munmap(data, size);
+        test_daemon_kill(&td, SIGKILL);
+        return st;
+}
+
+/* The start after that kill took the channel over: it says so, and the segment is the same file, KEPT in it. */
+static void assert_taken_over(const char *channel, const char *file, const struct stat *seg) {
+        char *log = log_now(), what[128];
+        size_t size;
+        char *data;
+
+        snprintf(what, sizeof what, "Took over channel %s", channel);
+        ck_assert_msg(strstr(log, what), "%s was not taken over:\n%s", channel, log);
+        free(log);
+        ck_assert_uint_eq(shm_stat(file).st_ino, seg->st_ino);
+        data = map_name(file, &size);
+        ck_assert_str_eq(data, KEPT);
+        munmap(data, size);
+}
+
 /*
  * A channel whose files belong to another owner (here nobody's uid, given
  * at start or by a reload) is the daemon's all the same: after a SIGKILL
@@ -1012,28 +1041,16 @@ END_TEST
  * them for someone else's: the start failed over them, and they stayed.
  */
 START_TEST(test_crash_other_owner) {
-        char *before = shm_listing(), *log;
+        char *before = shm_listing();
         struct stat seg;
-        size_t size;
-        char *data;
 
         test_daemon_write_config(&td, "[{\"name\": \"o1\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1], "
                                  "\"owner\": 65534, \"mode\": \"0660\"}]");
         test_start_ok();
-        seg = shm_stat("shmbroker.o1");
-        ck_assert_uint_eq(seg.st_uid, 65534);
-        data = map_name("shmbroker.o1", &size);
-        strcpy(data, "kept across a crash");
-        munmap(data, size);
-        test_daemon_kill(&td, SIGKILL);
+        ck_assert_uint_eq(shm_stat("shmbroker.o1").st_uid, 65534);
+        seg = mark_and_kill("shmbroker.o1");
         test_start_ok();
-        log = log_now();
-        ck_assert_msg(strstr(log, "Took over channel o1"), "o1 was not adopted:\n%s", log);
-        free(log);
-        ck_assert_uint_eq(shm_stat("shmbroker.o1").st_ino, seg.st_ino);
-        data = map_name("shmbroker.o1", &size);
-        ck_assert_str_eq(data, "kept across a crash");
-        munmap(data, size);
+        assert_taken_over("o1", "shmbroker.o1", &seg);
         test_daemon_stop_ok(&td);
         assert_listing(before);
 
@@ -1164,11 +1181,12 @@ static void state_append(const char *line) {
 START_TEST(test_crash_adopt_records_of_an_older_version) {
         char *before = shm_listing(), *log, path[512], *text = NULL, *out;
         size_t len = 0, n = 0;
+        struct stat seg;
         FILE *f;
 
         test_daemon_write_config(&td, "[" RAW1 "]");
         test_start_ok();
-        test_daemon_kill(&td, SIGKILL);
+        seg = mark_and_kill("shmbroker.raw1");
         snprintf(path, sizeof path, "%s.state", td.socket);
         f = fopen(path, "re");
         ck_assert_ptr_nonnull(f);
@@ -1199,9 +1217,9 @@ START_TEST(test_crash_adopt_records_of_an_older_version) {
         free(out);
 
         test_start_ok();
+        assert_taken_over("raw1", "shmbroker.raw1", &seg);
         log = log_now();
-        ck_assert_msg(strstr(log, "Took over channel raw1") && !strstr(log, "malformed"),
-                      "raw1's records of an older version were not taken over:\n%s", log);
+        ck_assert_msg(!strstr(log, "malformed"), "records of an older version were taken for malformed:\n%s", log);
         free(log);
         stop_and_assert_listing(before);
 }
@@ -1246,9 +1264,8 @@ END_TEST
 
 /* SIGKILL and a start with the same config: the same files, contents kept. */
 START_TEST(test_crash_adopt) {
-        char *before = shm_listing(), *log;
+        char *before = shm_listing();
         struct stat seg, sem;
-        size_t size;
         char *data;
         int fd, fds[PROTO_FDS_MAX];
         size_t n;
@@ -1256,18 +1273,11 @@ START_TEST(test_crash_adopt) {
 
         test_daemon_write_config(&td, "[" RAW1 ", " RING1 "]");
         test_start_ok();
-        data = map_name("shmbroker.raw1", &size);
-        strcpy(data, "kept across a crash");
-        munmap(data, size);
-        seg = shm_stat("shmbroker.raw1");
         sem = shm_stat("sem.shmbroker.raw1.2");
-        test_daemon_kill(&td, SIGKILL);
+        seg = mark_and_kill("shmbroker.raw1");
 
         test_start_ok();
-        log = log_now();
-        ck_assert_msg(strstr(log, "Took over channel raw1"), "raw1 was not adopted:\n%s", log);
-        free(log);
-        ck_assert_uint_eq(shm_stat("shmbroker.raw1").st_ino, seg.st_ino);
+        assert_taken_over("raw1", "shmbroker.raw1", &seg);
         ck_assert_uint_eq(shm_stat("sem.shmbroker.raw1.2").st_ino, sem.st_ino);
         ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.2"), 5);
         fd = test_connect(td.socket);
@@ -1277,7 +1287,7 @@ START_TEST(test_crash_adopt) {
         json_decref(resp);
         data = mmap(NULL, 5000, PROT_READ, MAP_SHARED, fds[0], 0);
         ck_assert_ptr_ne(data, MAP_FAILED);
-        ck_assert_str_eq(data, "kept across a crash");
+        ck_assert_str_eq(data, KEPT);
         munmap(data, 5000);
         close_all(fds, n);
         close(fd);
