@@ -842,3 +842,24 @@ void test_assert_lists(int fd) {
         test_assert_ok(resp);
         json_decref(resp);
 }
+
+char test_task_state(pid_t pid, pid_t tid) {
+        char path[64], buf[512];
+        const char *after;
+        FILE *f;
+        size_t n;
+
+        if (tid)
+                snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int) pid, (int) tid);
+        else
+                snprintf(path, sizeof path, "/proc/%d/stat", (int) pid);
+        f = fopen(path, "re");
+        if (!f)
+                return 0;
+        n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        /* The command name may hold spaces and parentheses: the state follows its last ')'. */
+        after = strrchr(buf, ')');
+        return after && after[1] == ' ' ? after[2] : 0;
+}

@@ -110,6 +110,9 @@ int test_daemon_kill(TestDaemon *td, int sig);
 /* SIGTERM, reap, and fail unless it exited with status 0 (with its log). */
 void test_daemon_stop_ok(TestDaemon *td);
 
+/* The state letter of a task ('S': asleep, 'T': stopped) of process pid (tid 0: pid itself), or 0 once it is gone. */
+char test_task_state(pid_t pid, pid_t tid);
+
 /* A list request on fd must be answered ok: the daemon serves that connection. */
 void test_assert_lists(int fd);
 

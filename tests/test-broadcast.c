@@ -531,25 +531,6 @@ static void *send_thread(void *userdata) {
         return NULL;
 }
 
-/* The state letter of a thread of this process ('S': asleep), or 0 once it has exited. */
-static char thread_state(pid_t tid) {
-        char path[64], buf[512];
-        const char *after;
-        FILE *f;
-        size_t n;
-
-        snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int) tid);
-        f = fopen(path, "re");
-        if (!f)
-                return 0;       /* woken, returned and gone already */
-        n = fread(buf, 1, sizeof buf - 1, f);
-        fclose(f);
-        buf[n] = 0;
-        /* The command name may hold spaces and parentheses: the state follows its last ')'. */
-        after = strrchr(buf, ')');
-        return after && after[1] == ' ' ? after[2] : 0;
-}
-
 /*
  * Wait until the thread that raised a sleeping flag is asleep: after the
  * flag, its only sleep is the futex wait. Then a waker's FUTEX_WAKE is what
@@ -560,7 +541,7 @@ static void await_asleep(const pid_t *tid) {
         int64_t end = test_now_ms() + 20000;
         pid_t t;
 
-        while ((t = __atomic_load_n(tid, __ATOMIC_ACQUIRE)) == 0 || thread_state(t) != 'S') {
+        while ((t = __atomic_load_n(tid, __ATOMIC_ACQUIRE)) == 0 || test_task_state(getpid(), t) != 'S') {
                 ck_assert_msg(test_now_ms() < end, "the waiter did not go to sleep");
                 usleep(1000);
         }
@@ -1047,7 +1028,7 @@ START_TEST(test_sleeping_subscriber_is_woken_by_publish) {
         send_ok(pub, "wake", 4);
         ck_assert_uint_eq(__atomic_load_n(&table->sub_sleeping, __ATOMIC_SEQ_CST), 0);
         /* Woken by the publish itself (FUTEX_WAKE), not left to its poll. */
-        ck_assert_msg(thread_state(rc.tid) != 'S', "the publish left the subscriber asleep");
+        ck_assert_msg(test_task_state(getpid(), rc.tid) != 'S', "the publish left the subscriber asleep");
         ck_assert_int_eq(pthread_join(t, NULL), 0);
         ck_assert_int_eq(rc.result, 4);
         shmdt(table);
@@ -1075,7 +1056,7 @@ START_TEST(test_block_sleeping_publisher_is_woken) {
         ck_assert_uint_eq(recv_u32(sub), 0);
         ck_assert_uint_eq(__atomic_load_n(&table->pub_sleeping, __ATOMIC_SEQ_CST), 0);
         /* Woken by the read itself (FUTEX_WAKE), not left to its poll. */
-        ck_assert_msg(thread_state(call.tid) != 'S', "the read left the publisher asleep");
+        ck_assert_msg(test_task_state(getpid(), call.tid) != 'S', "the read left the publisher asleep");
         ck_assert_int_eq(pthread_join(t, NULL), 0);
         ck_assert_int_eq(call.result, 0);
         for (uint32_t i = 1; i <= SLOTS; i++)

@@ -277,27 +277,6 @@ static void *sleeper_main(void *userdata) {
         return NULL;
 }
 
-/* The state letter of /proc/PID/task/TID/stat (or of PID itself with tid 0). */
-static char task_state(pid_t pid, pid_t tid) {
-        char path[64], buf[512];
-        const char *after;
-
-        if (tid)
-                snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int) pid, (int) tid);
-        else
-                snprintf(path, sizeof path, "/proc/%d/stat", (int) pid);
-        FILE *f = fopen(path, "re");
-        size_t n;
-
-        ck_assert_ptr_nonnull(f);
-        n = fread(buf, 1, sizeof buf - 1, f);
-        fclose(f);
-        buf[n] = 0;
-        after = strrchr(buf, ')');
-        ck_assert_ptr_nonnull(after);
-        return after[2];
-}
-
 START_TEST(test_client_waiting_for_its_answer_is_woken_once) {
         Sleeper s = {};
         pthread_t thread;
@@ -333,12 +312,12 @@ START_TEST(test_client_waiting_for_its_answer_is_woken_once) {
         }
 
         ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
-        for (deadline = test_now_ms() + 5000; task_state(td.pid, 0) != 'T'; usleep(1000))
+        for (deadline = test_now_ms() + 5000; test_task_state(td.pid, 0) != 'T'; usleep(1000))
                 ck_assert_msg(test_now_ms() < deadline, "the daemon did not stop");
         ck_assert_int_eq(pthread_create(&thread, NULL, sleeper_main, &s), 0);
         /* After its send, the only sleep the client has is the recv() for its answer. */
         for (deadline = test_now_ms() + 5000;
-             !__atomic_load_n(&s.sending, __ATOMIC_ACQUIRE) || task_state(getpid(), s.tid) != 'S'; usleep(1000))
+             !__atomic_load_n(&s.sending, __ATOMIC_ACQUIRE) || test_task_state(getpid(), s.tid) != 'S'; usleep(1000))
                 ck_assert_msg(test_now_ms() < deadline, "the client did not go to sleep");
         ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
         ck_assert_int_eq(pthread_join(thread, NULL), 0);
