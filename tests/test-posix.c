@@ -939,10 +939,12 @@ static void set_immutable(const char *path, bool on) {
  * A removing reload that cannot unlink a file keeps it recorded, past the
  * rewrite of the state file that ends every reload: the daemon says so, its
  * stop leaves the state file, and the next start removes the file once it
- * may go. Nothing the daemon made is forgotten.
+ * may go. The same for a stop that cannot unlink one. Nothing the daemon
+ * made is forgotten.
  */
 START_TEST(test_reload_keeps_what_it_could_not_remove) {
         char *before = shm_listing(), *log;
+        struct stat raw;
 
         test_daemon_write_config(&td, "[" RAW1 ", " RING1 "]");
         test_start_ok();
@@ -955,12 +957,21 @@ START_TEST(test_reload_keeps_what_it_could_not_remove) {
         ck_assert_msg(strstr(log, "shmbroker.ring1") && strstr(log, "next start"),
                       "the daemon did not say it kept shmbroker.ring1:\n%s", log);
         free(log);
+        raw = shm_stat("shmbroker.raw1");
+        set_immutable(PSEM_DIR "/shmbroker.raw1", true);
         test_daemon_stop_ok(&td);
-        ck_assert(shm_exists("shmbroker.ring1"));
+        log = log_now();
+        ck_assert_msg(strstr(log, "Failed to remove " PSEM_DIR "/shmbroker.raw1"),
+                      "the stop did not say it kept shmbroker.raw1:\n%s", log);
+        free(log);
+        ck_assert(shm_exists("shmbroker.ring1") && shm_exists("shmbroker.raw1"));
         set_immutable(PSEM_DIR "/shmbroker.ring1", false);
+        set_immutable(PSEM_DIR "/shmbroker.raw1", false);
         test_start_ok();
         ck_assert_msg(!shm_exists("shmbroker.ring1"), "the start after the reload did not remove the file it "
                       "could not remove");
+        ck_assert_msg(shm_stat("shmbroker.raw1").st_ino != raw.st_ino, "the start after the stop did not remove "
+                      "the file the stop could not remove");
         test_daemon_stop_ok(&td);
         assert_listing(before);
         free(before);
@@ -1127,12 +1138,14 @@ START_TEST(test_owner_change_killed_at_each_step) {
 END_TEST
 
 /* Reclaim unlinks only the recorded inodes: a file put at a name after the crash stays. */
-START_TEST(test_crash_reclaim_spares_replaced) {
-        char *before = shm_listing(), *log;
+/* raw1 (as channel, its JSON) crashes, and somebody else's file takes the name of its semaphore 1. */
+static void assert_reclaim_spares_replaced(const char *channel) {
+        char *before = shm_listing(), *log, cfg[512];
         struct stat planted;
         int status = 0;
 
-        test_daemon_write_config(&td, "[" RAW1 "]");
+        snprintf(cfg, sizeof cfg, "[%s]", channel);
+        test_daemon_write_config(&td, cfg);
         test_start_ok();
         test_daemon_kill(&td, SIGKILL);
         /* While no daemon runs, raw1's semaphore 1 is replaced by somebody else's file. */
@@ -1158,6 +1171,21 @@ START_TEST(test_crash_reclaim_spares_replaced) {
         ck_assert_int_eq(unlink(PSEM_DIR "/sem.shmbroker.raw1.1"), 0);
         assert_listing(before);
         free(before);
+}
+
+START_TEST(test_crash_reclaim_spares_replaced) {
+        assert_reclaim_spares_replaced(RAW1);
+}
+END_TEST
+
+/*
+ * The same when the files were given to the user who planted the file: the
+ * record names that owner, yet the planted file is another inode, and
+ * stays. An owner cannot make the daemon take or unlink its own file.
+ */
+START_TEST(test_crash_reclaim_spares_owners_planted_file) {
+        assert_reclaim_spares_replaced("{\"name\": \"raw1\", \"kind\": \"posix\", \"size\": 5000, "
+                                       "\"semaphores\": [1, 0, 5], \"owner\": 65534}");
 }
 END_TEST
 
@@ -1542,7 +1570,8 @@ int main(void) {
                 { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt, test_crash_reclaim_spares_replaced,
                                            test_crash_reclaim_intent, test_crash_other_owner,
                                            test_owner_change_killed_at_each_step,
-                                           test_crash_adopt_records_of_an_older_version } },
+                                           test_crash_adopt_records_of_an_older_version,
+                                           test_crash_reclaim_spares_owners_planted_file } },
         };
 
         return test_main("posix", groups, sizeof groups / sizeof *groups, posix_setup, test_teardown);
