@@ -542,6 +542,15 @@ int daemon_run(const DaemonOptions *o) {
         char msg[512];
         int r, k;
 
+        /*
+         * A wake-up FIFO's last reader may go between our open and our write
+         * (a client exiting, or racing us on purpose): EPIPE is then the
+         * answer, not our death. Sockets send with MSG_NOSIGNAL already.
+         */
+        if (sigaction(SIGPIPE, &(struct sigaction) { .sa_handler = SIG_IGN }, NULL) < 0) {
+                log_error("Failed to ignore SIGPIPE: %s", strerror(errno));
+                return EXIT_FAILURE;
+        }
         r = load_config(o, &d.config);
         if (r < 0)
                 return EXIT_FAILURE;

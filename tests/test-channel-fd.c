@@ -246,9 +246,7 @@ START_TEST(test_removal_marked_before_the_fifo_is_written) {
         ck_assert_int_ge(fd, 0);
         ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);   /* armed: the broker will write our FIFO */
         test_daemon_write_config(&td, "[{\"name\": \"raw\", \"size\": 4096}]");
-        ck_assert_int_eq(ptrace(PTRACE_SEIZE, td.pid, 0, PTRACE_O_TRACESYSGOOD), 0);
-        ck_assert_int_eq(ptrace(PTRACE_INTERRUPT, td.pid, 0, 0), 0);
-        ck_assert_int_eq(waitpid(td.pid, &status, 0), td.pid);
+        test_daemon_trace(&td);
         reloader = fork();
         ck_assert_int_ge(reloader, 0);
         if (reloader == 0) {
@@ -258,21 +256,8 @@ START_TEST(test_removal_marked_before_the_fifo_is_written) {
         /* Until the reload answered: the removal happens before the answer. */
         while (waitpid(reloader, &status, WNOHANG) == 0) {
                 struct __ptrace_syscall_info info;
-                int sig = 0;
 
-                ck_assert_int_eq(ptrace(PTRACE_SYSCALL, td.pid, 0, 0), 0);
-                ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
-                ck_assert(WIFSTOPPED(status));
-                if (WSTOPSIG(status) != (SIGTRAP | 0x80)) {
-                        if (WSTOPSIG(status) != SIGTRAP && status >> 16 != PTRACE_EVENT_STOP)
-                                sig = WSTOPSIG(status);
-                        if (sig) {
-                                /* Pass a real signal on at the next resume. */
-                                ck_assert_int_eq(ptrace(PTRACE_SYSCALL, td.pid, 0, sig), 0);
-                                ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
-                        }
-                        continue;
-                }
+                ck_assert(test_next_syscall_stop(td.pid));
                 ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
                 if (info.op == PTRACE_SYSCALL_INFO_ENTRY && info.entry.nr == SYS_write &&
                     test_fd_path_ends_with(td.pid, info.entry.args[0], ".data")) {
@@ -316,6 +301,48 @@ START_TEST(test_dead_claimer_wakes_the_waiter) {
         assert_recv(ch, "behind");
         close(ready[0]);
         close(ready[1]);
+        shmb_close(ch);
+}
+END_TEST
+
+/*
+ * A waiter that closes its FIFO between the broker's open and its write (a
+ * client that exits then, or one that races the broker on purpose) must
+ * not take the broker down: the write fails with EPIPE, whose SIGPIPE
+ * kills by default. The broker is stopped at that write by ptrace while
+ * the only reader goes.
+ */
+START_TEST(test_fifo_closed_under_the_brokers_write_spares_it) {
+        shmb_channel *ch = open_ring();
+        char path[400];
+        int reader, fd;
+        pid_t pid;
+
+        snprintf(path, sizeof path, "%s.wake/r.data", td.socket);
+        reader = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+        ck_assert_int_ge(reader, 0);
+        pid = kid(KID_SEND, "x", -1);
+        /* Sent: the holder has its token, and lingers until released. */
+        ck_assert_int_eq(shmb_recv(ch, path, sizeof path, WAIT_MS), 1);
+        test_daemon_trace(&td);
+        /* The holder goes: the broker marks it dead and writes the FIFOs of its ring. */
+        release_kid();
+        for (;;) {
+                struct __ptrace_syscall_info info;
+
+                ck_assert_msg(test_next_syscall_stop(td.pid), "the broker ended before it wrote the FIFO");
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+                if (info.op == PTRACE_SYSCALL_INFO_ENTRY && info.entry.nr == SYS_write &&
+                    test_fd_path_ends_with(td.pid, info.entry.args[0], ".data"))
+                        break;
+        }
+        close(reader);
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        reap_ok(pid);
+        fd = test_connect(td.socket);
+        test_assert_lists(fd);
+        close(fd);
+        ck_assert_int_eq(kill(td.pid, 0), 0);
         shmb_close(ch);
 }
 END_TEST
@@ -591,6 +618,7 @@ int main(void) {
                 { "broker-wakes", CASE_TIMEOUT, { test_removal_wakes_the_waiter, test_removal_marked_before_the_fifo_is_written,
                                                   test_dead_claimer_wakes_the_waiter } },
                 { "restart", CASE_TIMEOUT, { test_wait_survives_a_broker_crash } },
+                { "hostile", CASE_TIMEOUT, { test_fifo_closed_under_the_brokers_write_spares_it } },
                 { "example", CASE_TIMEOUT, { test_poll_example_receives_from_two_rings } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_subscriber_and_publisher_wait_through_the_fd } },
                 { "fifos", CASE_TIMEOUT, { test_fifos_carry_the_channels_rights_and_go_with_it,
