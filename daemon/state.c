@@ -44,6 +44,7 @@ struct State {
         size_t deferred_len, deferred_cap;
         KeptRecord *kept;       /* objects that could not be removed (state_keep()) */
         size_t n_kept;
+        bool kept_lost;         /* one of them could not be kept: no rewrite may drop the file's lines */
 };
 
 static const char *kind_name(StateKind k) {
@@ -629,8 +630,11 @@ int state_cancel(State *s, const StateRecord *r) {
 int state_keep(State *s, const StateRecord *r, int err) {
         KeptRecord *v = reallocarray(s->kept, s->n_kept + 1, sizeof *v);
 
-        if (!v)
+        if (!v) {
+                /* The file still holds its record, uncancelled: it is kept by never replacing the file. */
+                s->kept_lost = true;
                 return -ENOMEM;
+        }
         s->kept = v;
         s->kept[s->n_kept++] = (KeptRecord) { .rec = *r, .err = err };
         return 0;
@@ -652,6 +656,8 @@ int state_rewrite(State *s, const StateRecord *v, size_t n) {
         size_t len = strlen(STATE_HEADER);
         int fd = -1, r;
 
+        if (s->kept_lost)
+                return -ENOMEM;
         name = strprintf("%s.state", s->name);
         if (!name)
                 return -ENOMEM;

@@ -120,7 +120,8 @@ int state_cancel(State *s, const StateRecord *r);
  * stays recorded (its record is not cancelled), and every later
  * state_rewrite() writes r as well, so that the next start's reclaim finds
  * it however the live records changed. For the rest of this run; 0 or
- * -ENOMEM (then a rewrite may drop it).
+ * -ENOMEM (then every later state_rewrite() fails with -ENOMEM and leaves
+ * the file, which holds r, as it is: it only grows until the next start).
  */
 int state_keep(State *s, const StateRecord *r, int err);
 
@@ -134,6 +135,7 @@ const StateRecord *state_kept(const State *s, size_t i, int *ret_err);
  * Replace the file with one holding exactly these live records and the
  * kept ones: written under a fresh name (O_EXCL) and renamed over the old
  * one. Records deferred so far are dropped once it succeeds: v covers them.
+ * -ENOMEM without a change once a state_keep() failed.
  */
 int state_rewrite(State *s, const StateRecord *v, size_t n);
 

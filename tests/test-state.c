@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "daemon/channel.h"
+#include "daemon/state.h"
 #include "tests/helpers.h"
 
 #define CASE_TIMEOUT 60
@@ -530,6 +531,60 @@ START_TEST(test_start_killed_at_each_state_write_leaves_nothing) {
 }
 END_TEST
 
+
+/* Linked with -Wl,--wrap=reallocarray: the daemon code's calls come here; fail_allocs > 0 fails that many. */
+void *__real_reallocarray(void *p, size_t n, size_t size);
+void *__wrap_reallocarray(void *p, size_t n, size_t size);
+static int fail_allocs;
+
+void *__wrap_reallocarray(void *p, size_t n, size_t size) {
+        if (fail_allocs > 0) {
+                fail_allocs--;
+                errno = ENOMEM;
+                return NULL;
+        }
+        return __real_reallocarray(p, n, size);
+}
+
+static bool state_holds(State *s, const StateRecord *r) {
+        StateRecord *v = NULL;
+        size_t n = 0, skipped = 0;
+        bool found = false;
+
+        ck_assert_int_eq(state_read(s, &v, &n, &skipped), 0);
+        for (size_t i = 0; i < n; i++)
+                found |= v[i].kind == r->kind && v[i].key == r->key && v[i].id == r->id;
+        free(v);
+        return found;
+}
+
+/*
+ * An object that could not be removed stays recorded through every
+ * rewrite (state_keep()). When even keeping its record in memory fails
+ * (ENOMEM), a rewrite must not drop it: the file, which still holds it,
+ * is then left as it is.
+ */
+START_TEST(test_record_kept_without_memory_survives_rewrite) {
+        char msg[512];
+        State *s = NULL;
+        StateRecord live = { .kind = STATE_SHM, .key = 0x1234, .id = 7, .pid = 1, .since = 1, .size = 4096 },
+                    stuck = { .kind = STATE_SHM, .key = 0x5678, .id = 8, .pid = 1, .since = 1, .size = 4096 };
+
+        ck_assert_msg(state_open(td.dir, "unit.sock", &s, msg, sizeof msg) == 0, "%s", msg);
+        ck_assert_int_eq(state_append_records(s, &live, 1, NULL, 0), 0);
+        ck_assert_int_eq(state_append_records(s, &stuck, 1, NULL, 0), 0);
+        /* Its removal failed, and so does keeping it. */
+        fail_allocs = 1;
+        ck_assert_int_eq(state_keep(s, &stuck, EPERM), -ENOMEM);
+        fail_allocs = 0;
+        /* The rewrite after a reload lists the live objects only. */
+        (void) state_rewrite(s, &live, 1);
+        ck_assert_msg(state_holds(s, &stuck), "the record of an object that could not be removed was dropped");
+        ck_assert(state_holds(s, &live));
+        state_free(s);
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "planted", CASE_TIMEOUT,
@@ -541,6 +596,7 @@ int main(void) {
                            test_runtime_directory_default } },
                 { "crash", CASE_TIMEOUT, { test_reload_killed_at_each_state_write_leaves_nothing,
                                            test_start_killed_at_each_state_write_leaves_nothing } },
+                { "memory", CASE_TIMEOUT, { test_record_kept_without_memory_survives_rewrite } },
         };
 
         return test_main("state", groups, sizeof groups / sizeof groups[0], test_setup, test_teardown);
