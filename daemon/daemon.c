@@ -89,7 +89,7 @@ static void daemon_done(Daemon *d) {
         if (d->state)
                 log_kept(d, kept);
         d->wake = wake_free(d->wake);
-        answer_cache_done(&d->dispatch.answers);
+        dispatch_done(&d->dispatch);
         /*
          * Our records cancel out as the registry removes its channels; what is
          * left (unsettled records, an object that could not be removed) keeps

@@ -19,8 +19,14 @@ typedef struct Dispatch {
         /* Reload the config (admin op); NULL when reload is not offered. */
         int (*reload)(void *userdata, ProtoReloadResult *ret, char *msg, size_t msg_size);
         void *userdata;
-        AnswerCache answers;            /* the last list/status answer; answer_cache_done() it */
+        AnswerCache answers;            /* the last list/status answer */
+        /* The answers that never change (hello's, a bare ok), encoded once; NULL until first needed. */
+        char *hello_line, *ok_line;
+        size_t hello_len, ok_len;
 } Dispatch;
+
+/* Free what d keeps between requests (its answers); d stays usable. */
+void dispatch_done(Dispatch *d);
 
 /*
  * Answer one request line (without its newline) from client `cl`.
