@@ -526,11 +526,20 @@ static uint32_t hold_token(const shmb_client *c, const char *name) {
         return 0;
 }
 
+/* The strongest access among the live handles of `name`: what the broker's one hold of it stood for. */
+static shmb_access strongest_access(const shmb_client *c, const char *name) {
+        for (const ClientHold *h = c->holds; h; h = h->next)
+                if (!h->stale && streq(h->name, name) && h->access == SHMB_RW)
+                        return SHMB_RW;
+        return SHMB_RO;
+}
+
 /*
- * hello, then one open per channel name with the access of its newest
- * handle (the list is newest first): the broker keeps one hold per
- * connection and channel, with the access of the latest open, so this is
- * the hold it had. Stale handles have no channel to come back to.
+ * hello, then one open per channel name with the strongest access of its
+ * handles: the broker keeps one hold per connection and channel, which a
+ * read-write open makes read-write until it ends (a mapping handed out
+ * read-write cannot be taken back), so this is the hold it had. Stale
+ * handles have no channel to come back to.
  */
 static int rejoin_start(shmb_client *c) {
         ProtoRequest req = { .op = PROTO_OP_HELLO, .version = PROTO_VERSION };
@@ -541,7 +550,7 @@ static int rejoin_start(shmb_client *c) {
         for (ClientHold *h = c->holds; h && r == 0; h = h->next) {
                 if (h->stale || open_pending(c, h->name))
                         continue;
-                r = client_open_request(h->name, h->access, &req);
+                r = client_open_request(h->name, strongest_access(c, h->name), &req);
                 if (r < 0)
                         break;
                 /* A ring's claims name the token: ask for the same one, so that they stay ours. */

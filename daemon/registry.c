@@ -356,7 +356,12 @@ int registry_hold(Entry *e, Client *cl, ProtoAccess access, uint32_t want, int64
         k = hold_take_token(h, access, want);
         if (k < 0)
                 return k;
-        h->access = access;
+        /*
+         * Never lowered: a read-write mapping handed out for this hold cannot
+         * be taken back, so a reload must judge the hold by it until it ends.
+         */
+        if (fresh || access == PROTO_ACCESS_RW)
+                h->access = access;
         if (fresh) {
                 LIST_INSERT_HEAD(&cl->holds, h, by_client);
                 LIST_INSERT_HEAD(&e->holds, h, by_entry);

@@ -2127,6 +2127,64 @@ START_TEST(test_reconnect_after_crash_keeps_holds) {
 }
 END_TEST
 
+/* The access of this process's (one) hold on `channel`, as status lists it: "rw", "ro", or "" without one. */
+static const char *my_access(const char *channel) {
+        static char access[8];
+        int fd = test_connect(td.socket);
+        char line[160];
+        json_t *resp, *e;
+        size_t i;
+
+        access[0] = 0;
+        snprintf(line, sizeof line, "{\"op\":\"status\",\"channel\":\"%s\"}", channel);
+        resp = test_request(fd, line);
+        close(fd);
+        ck_assert(json_is_true(json_object_get(resp, "ok")));
+        json_array_foreach(json_object_get(test_must_find(resp, channel), "clients"), i, e)
+                if (test_jint(e, "pid") == getpid())
+                        snprintf(access, sizeof access, "%s", test_jstr(e, "access"));
+        json_decref(resp);
+        return access;
+}
+
+static bool pair_held(void) {
+        return my_holds("pair") == 1;
+}
+
+/*
+ * A handle opened read-write, then another read-only on the same client:
+ * one hold, judged by the read-write mapping it was handed (a reload that
+ * takes write away must replace the channel), before and after the
+ * library re-registers it with a broker that crashed.
+ */
+START_TEST(test_reconnect_keeps_the_strongest_access) {
+        shmb_channel *rw, *ro;
+        shmb_client *c;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "pair", SHMB_RW, &rw), 0);
+        ck_assert_int_eq(shmb_open(c, "pair", SHMB_RO, &ro), 0);
+        ck_assert_int_eq(my_holds("pair"), 1);
+        ck_assert_str_eq(my_access("pair"), "rw");
+
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();
+        drive_until(&c, 1, pair_held);
+        /* The broker answered the open before it listed the hold: take that answer in. */
+        ck_assert_int_eq(shmb_client_process(c), 0);
+        ck_assert_str_eq(my_access("pair"), "rw");
+        ck_assert_int_eq(shmb_channel_check(rw), 0);
+        ck_assert_int_eq(shmb_channel_check(ro), 0);
+
+        /* The read-write mapping is gone: the hold still stands for what it was handed, until it ends. */
+        ck_assert_int_eq(shmb_close(rw), 0);
+        ck_assert_int_eq(my_holds("pair"), 1);
+        ck_assert_int_eq(shmb_close(ro), 0);
+        ck_assert_int_eq(my_holds("pair"), 0);
+        shmb_disconnect(c);
+}
+END_TEST
+
 START_TEST(test_reconnect_broker_away_fails_fast) {
         shmb_status_list *l;
         shmb_channel *pair, *other = NULL;
@@ -2757,7 +2815,8 @@ int main(void) {
                 { "admin", CASE_TIMEOUT, { test_list_and_status_answers } },
                 { "programs", CASE_TIMEOUT, { test_examples_exchange, test_shmbrokerctl,
                                 test_legacy_programs_under_the_broker } },
-                { "reconnect", CASE_TIMEOUT, { test_reconnect_after_crash_keeps_holds, test_reconnect_broker_away_fails_fast,
+                { "reconnect", CASE_TIMEOUT, { test_reconnect_after_crash_keeps_holds, test_reconnect_keeps_the_strongest_access,
+                                 test_reconnect_broker_away_fails_fast,
                                  test_reconnect_after_stop_marks_handles_stale } },
                 { "crash-restart", CASE_TIMEOUT, { test_crash_restart_keeps_traffic } },
                 { "cleanup", CASE_TIMEOUT, { test_cleanup_helpers_end_holds } },

@@ -1237,13 +1237,18 @@ static size_t status_holders(const char *name) {
         return n;
 }
 
-START_TEST(test_revoking_reload_replaces_held_channel) {
-        static const Holding holdings[] = { { "c", "rw" } };
+/*
+ * The holder of `holdings` (the first read-write) loses its rights to a
+ * reload that makes c's mode `mode` (from 0660, its group's): the channel
+ * is replaced.
+ */
+static void assert_revoking_reload_replaces(const Holding *holdings, size_t n, const char *mode) {
+        char *config;
         struct sembuf op = { .sem_num = 0, .sem_op = 1, .sem_flg = IPC_NOWAIT };
         struct shmid_ds ds;
         json_t *before, *after, *ch;
         Holder holder;
-        Held held;
+        Held all[2], held;
         char *fresh, *log, pid_text[32];
         int admin;
 
@@ -1251,15 +1256,19 @@ START_TEST(test_revoking_reload_replaces_held_channel) {
                 "[{\"name\": \"c\", \"size\": 4096, \"semaphores\": [1], \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0660\"},"
                 " {\"name\": \"other\", \"size\": 4096}]");
         test_start_ok();
-        holder_start(&holder, holdings, 1, &held);
+        ck_assert_uint_le(n, 2);
+        holder_start(&holder, holdings, n, all);
+        held = all[0];
         before = list_ok();
         ck_assert_int_eq(test_jint(test_must_find(before, "c"), "shm_id"), held.shm_id);
         ck_assert_uint_eq(status_holders("c"), 1);
 
         /* The group loses its rights: the holder must lose the live data with them. */
-        test_daemon_write_config(&td,
-                "[{\"name\": \"c\", \"size\": 4096, \"semaphores\": [1], \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0600\"},"
-                " {\"name\": \"other\", \"size\": 4096}]");
+        ck_assert_int_ge(asprintf(&config,
+                                  "[{\"name\": \"c\", \"size\": 4096, \"semaphores\": [1], \"group\": " HOLDER_GROUP_JSON
+                                  ", \"mode\": \"%s\"}, {\"name\": \"other\", \"size\": 4096}]", mode), 0);
+        test_daemon_write_config(&td, config);
+        free(config);
         admin = test_connect(td.socket);
         reload_expect(admin, "", "", "c", "other");
 
@@ -1270,8 +1279,8 @@ START_TEST(test_revoking_reload_replaces_held_channel) {
                       "a reload that revoked a holder's rights kept the objects it has attached (shm %d, sem %d)",
                       held.shm_id, held.sem_id);
         ck_assert_int_eq(test_jint(ch, "shm_key"), test_jint(test_must_find(before, "c"), "shm_key"));
-        ck_assert_str_eq(test_jstr(ch, "mode"), "0600");
-        assert_kernel_channel(ch, 4096, 0600, 1);
+        ck_assert_str_eq(test_jstr(ch, "mode"), mode);
+        assert_kernel_channel(ch, 4096, (mode_t) strtoul(mode, NULL, 8), 1);
         ck_assert_int_eq(test_jint(test_must_find(after, "other"), "shm_id"),
                          test_jint(test_must_find(before, "other"), "shm_id"));
         /* Nobody is listed as holding it any more. */
@@ -1283,7 +1292,7 @@ START_TEST(test_revoking_reload_replaces_held_channel) {
         ck_assert_msg(errno == EIDRM || errno == EINVAL, "semop on the old set: %s", strerror(errno));
         shm_stat(held.shm_id, &ds);
         ck_assert_msg(ds.shm_perm.mode & SHM_DEST, "the old segment is not marked for removal");
-        ck_assert_uint_eq(ds.shm_nattch, 1);
+        ck_assert_uint_eq(ds.shm_nattch, n);     /* every holding attached it */
 
         /* What the holder writes through its old mapping reaches nobody; it cannot reopen. */
         ck_assert_int_eq(holder_command(&holder, 'w'), 'k');
@@ -1308,6 +1317,24 @@ START_TEST(test_revoking_reload_replaces_held_channel) {
         json_decref(before);
         json_decref(after);
         close(admin);
+}
+
+START_TEST(test_revoking_reload_replaces_held_channel) {
+        static const Holding holdings[] = { { "c", "rw" } };
+
+        assert_revoking_reload_replaces(holdings, 1, "0600");
+}
+END_TEST
+
+/*
+ * Opened read-write, then again read-only on the same connection: one
+ * hold, but the read-write mapping it was handed stays. A reload that
+ * takes write away (and leaves read) must still replace the channel.
+ */
+START_TEST(test_revoking_reload_reaches_rw_mapping_behind_ro_reopen) {
+        static const Holding holdings[] = { { "c", "rw" }, { "c", "ro" } };
+
+        assert_revoking_reload_replaces(holdings, 2, "0640");
 }
 END_TEST
 
@@ -1416,7 +1443,9 @@ int main(void) {
         const TestGroup groups[] = {
                 { "reload-op", CASE_TIMEOUT, { test_add_remove_keep_change_in_one_reload, test_kept_channel_untouched_byte_for_byte,
                                  test_mode_change_in_place, test_size_change_while_held_replaces,
-                                 test_revoking_reload_replaces_held_channel, test_reload_keeping_holders_rights_stays_in_place } },
+                                 test_revoking_reload_replaces_held_channel,
+                                 test_revoking_reload_reaches_rw_mapping_behind_ro_reopen,
+                                 test_reload_keeping_holders_rights_stays_in_place } },
                 { "refusals", CASE_TIMEOUT, { test_broken_config_changes_nothing, test_reload_needs_root_or_admin_group,
                                 test_kernel_limit_refused_whole, test_swap_at_kernel_limit_all_or_nothing,
                                 test_replace_attached_at_kernel_limit_keeps_channel,
