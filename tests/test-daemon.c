@@ -998,7 +998,7 @@ START_TEST(test_unprivileged_daemon_reclaims_unreadable_objects) {
 
         ck_assert_int_eq(chown(td.dir, 65534, 65534), 0);
         test_daemon_write_config(&td, "[{\"name\": \"wo\", \"size\": 4096, \"mode\": \"0060\", \"key\": 4242}]");
-        setenv("TEST_DAEMON_WRAPPER", "setpriv --reuid 65534 --regid 65534 --clear-groups --inh-caps=-all", 1);
+        setenv("TEST_DAEMON_WRAPPER", "setpriv --reuid 65534 --regid 65534 --clear-groups --inh-caps=-all --pdeathsig SIGKILL", 1);
         test_start_ok();
         fd = test_connect(td.socket);
         resp = test_request(fd, "{\"op\":\"status\"}");
@@ -1226,7 +1226,10 @@ typedef struct CapCase {
         const char *channel;
         bool own_userns;        /* uid 65534, made root of a user namespace of its own */
         bool drop_cap;          /* root without CAP_IPC_OWNER in its effective set */
-        bool expect_ok;
+        bool keep_cap;          /* uid 65534 that kept CAP_IPC_OWNER in the initial user namespace */
+        bool kernel_differs;    /* the daemon cannot see the capability: its verdict and the kernel's must differ */
+        bool expect_ok;         /* the daemon's verdict */
+        pid_t hidden_from;      /* not 0: a daemon whose /proc must not show this peer to the daemon's user */
         const char *socket;     /* filled in by the test */
         int shm_id;
 } CapCase;
@@ -1242,6 +1245,8 @@ enum {
         CAP_CHILD_DISAGREE,             /* the daemon and the kernel disagree */
         CAP_CHILD_WRONG_VERDICT,        /* both agree, but not as expected */
         CAP_CHILD_WRONG_HOLDERS,        /* status lists a hold the daemon should not have recorded, or lacks one */
+        CAP_CHILD_KEEP_FAILED,          /* uid 65534 could not keep CAP_IPC_OWNER */
+        CAP_CHILD_AGREE,                /* the daemon and the kernel agree where the daemon cannot know */
 };
 
 static void write_file_or_exit(const char *path, const char *text) {
@@ -1289,6 +1294,67 @@ static void drop_effective_cap(unsigned cap) {
                 _exit(CAP_CHILD_DROP_FAILED);
 }
 
+/* uid 65534 with CAP_IPC_OWNER (and nothing else) where the kernel looks for it: the initial user namespace. */
+static void become_nobody_with_cap_ipc_owner(void) {
+        struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+        struct __user_cap_data_struct d[_LINUX_CAPABILITY_U32S_3] = {};
+
+        /* setuid() away from 0 empties the permitted set too, unless told to keep it. */
+        if (prctl(PR_SET_KEEPCAPS, 1) < 0)
+                _exit(CAP_CHILD_KEEP_FAILED);
+        test_drop_privileges(65534, 65534, 0);
+        d[CAP_IPC_OWNER / 32].permitted = d[CAP_IPC_OWNER / 32].effective = 1u << (CAP_IPC_OWNER % 32);
+        if (syscall(SYS_capset, &h, d) < 0 || getuid() != 65534 || geteuid() != 65534 ||
+            !cap_effective(CAP_IPC_OWNER) || cap_effective(CAP_SYS_ADMIN))
+                _exit(CAP_CHILD_KEEP_FAILED);
+}
+
+/* The daemon's user in test_capability_that_cannot_be_seen_is_root_only: neither a peer's uid nor 0. */
+#define HIDDEN_DAEMON_UID 65533
+#define HIDDEN_DAEMON_UID_TEXT_(x) #x
+#define HIDDEN_DAEMON_UID_TEXT(x) HIDDEN_DAEMON_UID_TEXT_(x)
+
+typedef struct HideProbe {
+        pid_t daemon;
+        pid_t pid;
+} HideProbe;
+
+/* Exit statuses of hide_probe(). */
+enum {
+        HIDE_NO_NS = 50,        /* cannot enter the daemon's mount namespace */
+        HIDE_NOT_THERE,         /* not even root sees the pid in that /proc: the probe would prove nothing */
+        HIDE_VISIBLE,           /* the daemon's user sees it */
+        HIDE_WRONG_ERRNO,       /* hidden, but not as hidepid=invisible hides (ENOENT) */
+        HIDE_NO_GO,             /* the peer it waited for never said go */
+};
+
+/*
+ * In a throwaway child (it enters another mount namespace and drops to the
+ * daemon's user): whether /proc/PID, in the /proc the daemon sees, is
+ * hidden from the daemon's user, as ProtectProc=invisible (the shipped
+ * unit) hides it. Without that, another user's /proc/PID/ns/user would
+ * still refuse a daemon without CAP_SYS_PTRACE (EACCES), into the same
+ * fallback: the verdicts alone could not tell the two apart.
+ */
+static void hide_probe(void *userdata) {
+        const HideProbe *hp = userdata;
+        char path[64];
+        struct stat st;
+        int ns;
+
+        snprintf(path, sizeof path, "/proc/%d/ns/mnt", (int) hp->daemon);
+        ns = open(path, O_RDONLY | O_CLOEXEC);
+        if (ns < 0 || setns(ns, CLONE_NEWNS) < 0)
+                _exit(HIDE_NO_NS);
+        snprintf(path, sizeof path, "/proc/%d", (int) hp->pid);
+        if (stat(path, &st) < 0)
+                _exit(HIDE_NOT_THERE);
+        test_drop_privileges(HIDDEN_DAEMON_UID, HIDDEN_DAEMON_UID, 0);
+        if (stat(path, &st) == 0)
+                _exit(HIDE_VISIBLE);
+        _exit(errno == ENOENT ? 0 : HIDE_WRONG_ERRNO);
+}
+
 /* The holders status lists for the channel, from an answer line; -1 when the answer is not as it must be. */
 static int holders_in_status(const char *line, const char *channel) {
         json_t *v = json_loads(line, 0, NULL), *e, *clients;
@@ -1320,12 +1386,40 @@ static void cap_child(void *userdata) {
         char req[256], *line;
         bool daemon_ok, kernel_ok;
         void *addr;
-        int fd, holders;
+        int fd, holders, go[2] = { -1, -1 }, probe_status;
+        pid_t probe = 0;
 
+        /*
+         * The probe is forked while we are still root (it must enter the daemon's
+         * mount namespace), and looks once we are the peer the daemon will see.
+         */
+        if (c->hidden_from > 0) {
+                if (pipe2(go, O_CLOEXEC) < 0 || (probe = fork()) < 0)
+                        _exit(CAP_CHILD_IO);
+                if (probe == 0) {
+                        char b;
+
+                        close(go[1]);
+                        if (read(go[0], &b, 1) != 1)
+                                _exit(HIDE_NO_GO);
+                        hide_probe(&(HideProbe) { .daemon = c->hidden_from, .pid = getppid() });
+                }
+                close(go[0]);
+        }
         if (c->own_userns)
                 become_root_of_own_userns();
+        if (c->keep_cap)
+                become_nobody_with_cap_ipc_owner();
         if (c->drop_cap)
                 drop_effective_cap(CAP_IPC_OWNER);
+        if (probe > 0) {
+                if (write(go[1], "g", 1) != 1 || waitpid(probe, &probe_status, 0) != probe)
+                        _exit(CAP_CHILD_IO);
+                /* Its own reason (HIDE_*) as ours: a peer the daemon can see would test nothing here. */
+                if (!WIFEXITED(probe_status) || WEXITSTATUS(probe_status) != 0)
+                        _exit(WIFEXITED(probe_status) ? WEXITSTATUS(probe_status) : CAP_CHILD_IO);
+                close(go[1]);
+        }
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         strcpy(sa.sun_path, c->socket);
         if (fd < 0 || connect(fd, (struct sockaddr *) &sa, sizeof sa) < 0)
@@ -1355,8 +1449,10 @@ static void cap_child(void *userdata) {
                 shmdt(addr);
         else if (errno != EACCES)
                 _exit(CAP_CHILD_KERNEL_ERRNO);
-        if (daemon_ok != kernel_ok)
+        if (!c->kernel_differs && daemon_ok != kernel_ok)
                 _exit(CAP_CHILD_DISAGREE);
+        if (c->kernel_differs && daemon_ok == kernel_ok)
+                _exit(CAP_CHILD_AGREE);
         if (daemon_ok != c->expect_ok)
                 _exit(CAP_CHILD_WRONG_VERDICT);
         if (holders != (daemon_ok ? 1 : 0))
@@ -1404,6 +1500,110 @@ START_TEST(test_capability_of_own_user_namespace_is_not_honoured) {
         log = test_daemon_log(&td);
         ck_assert_msg(strstr(log, "Refused rw access to channel private"), "log: %s", log);
         free(log);
+}
+END_TEST
+
+/*
+ * The wrapper of a daemon that cannot see its peers' /proc: a mount
+ * namespace of its own (the TEST_DAEMON_WRAPPER runs it under unshare)
+ * whose /proc is a fresh procfs with hidepid=invisible, then the daemon as
+ * HIDDEN_DAEMON_UID without groups or capabilities. setuid() clears the
+ * parent-death signal the helpers set, hence --pdeathsig: a failed test
+ * skips its teardown, and the daemon must not outlive it.
+ */
+static const char hidden_proc_wrapper[] =
+        "#!/bin/sh\n"
+        "mount -t proc -o hidepid=invisible proc /proc || {\n"
+        "        echo \"hidden /proc wrapper: cannot mount a procfs with hidepid=invisible\" >&2\n"
+        "        exit 1\n"
+        "}\n"
+        "exec setpriv --reuid " HIDDEN_DAEMON_UID_TEXT(HIDDEN_DAEMON_UID) " --regid " HIDDEN_DAEMON_UID_TEXT(HIDDEN_DAEMON_UID)
+        " --clear-groups --inh-caps=-all --bounding-set=-all \\\n"
+        "        --pdeathsig SIGKILL -- \"$@\"\n";
+
+START_TEST(test_capability_that_cannot_be_seen_is_root_only) {
+        /*
+         * Owned by the daemon's user, so the bits let no peer below through:
+         * "mine" 0600 (which the daemon itself can still read), "none" 0000.
+         * Only CAP_IPC_OWNER would, and the daemon cannot see who holds it.
+         */
+        static const char channels[] =
+                "[{\"name\": \"mine\", \"size\": 4096, \"mode\": \"0600\"},"
+                " {\"name\": \"none\", \"size\": 4096, \"mode\": \"0000\"}]";
+        /*
+         * README, "Security and threat model": where the capability cannot be
+         * proven (/proc of that process hidden), "uid 0 passes and nobody else".
+         * So the daemon and the kernel must disagree on two kinds of peer: that is the
+         * documented limitation, asserted as such.
+         */
+        CapCase cases[] = {
+                { "uid 65534 holding CAP_IPC_OWNER, hidden from the daemon", "mine", .keep_cap = true,
+                  .kernel_differs = true, .expect_ok = false },
+                { "the same, on a mode-0000 channel", "none", .keep_cap = true, .kernel_differs = true, .expect_ok = false },
+                { "root with CAP_IPC_OWNER, hidden from the daemon", "none", .expect_ok = true },
+                { "root without CAP_IPC_OWNER, hidden from the daemon", "none", .drop_cap = true,
+                  .kernel_differs = true, .expect_ok = true },
+        };
+        char script[400], wrapper[512], *log;
+        json_t *list, *resp;
+        int fd, status = 0;
+        bool started;
+        FILE *f;
+
+        snprintf(script, sizeof script, "%s/hidden-proc-wrapper", td.dir);
+        f = fopen(script, "wxe");
+        ck_assert_msg(f && fputs(hidden_proc_wrapper, f) >= 0 && fclose(f) == 0 && chmod(script, 0755) == 0,
+                      "cannot write %s: %s", script, strerror(errno));
+        /* The state and socket directory must be the daemon's user's own, or it refuses to start. */
+        ck_assert_int_eq(chown(td.dir, HIDDEN_DAEMON_UID, HIDDEN_DAEMON_UID), 0);
+        test_daemon_write_config(&td, channels);
+        snprintf(wrapper, sizeof wrapper, "unshare --mount --propagation private %s", script);
+        setenv("TEST_DAEMON_WRAPPER", wrapper, 1);
+        started = test_daemon_start(&td, &status, NULL);
+        unsetenv("TEST_DAEMON_WRAPPER");
+        if (!started) {
+                log = test_daemon_log(&td);
+                ck_abort_msg("no daemon behind a hidden /proc (status %d): this test needs a private mount "
+                             "namespace and procfs's hidepid=invisible (Linux 5.8), it cannot be skipped; log:\n%s",
+                             status, log);
+        }
+        /* The setup really hides: in the daemon's /proc, its user cannot see this (root's) process. */
+        status = test_in_child(hide_probe, &(HideProbe) { .daemon = td.pid, .pid = getpid() });
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                      "the daemon's /proc does not hide root's processes from uid %d: probe status %d "
+                      "(50: cannot enter its mount namespace, 51: root does not see the pid there either, "
+                      "52: visible, 53: hidden otherwise than by hidepid=invisible)",
+                      HIDDEN_DAEMON_UID, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+
+        fd = test_connect(td.socket);
+        list = test_request(fd, "{\"op\":\"list\"}");
+        test_assert_ok(list);
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+                cases[i].socket = td.socket;
+                cases[i].shm_id = (int) test_jint(test_must_find(list, cases[i].channel), "shm_id");
+                cases[i].hidden_from = td.pid;
+                status = test_in_child(cap_child, &cases[i]);
+                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                              "%s, open %s rw: child status %d (32: capset, 33: i/o, 34: bad answer, 35: shmat errno, "
+                              "36: daemon and kernel disagree, 37: wrong verdict of the daemon, 38: status lists a hold "
+                              "it should not, or lacks one, 39: uid 65534 could not keep CAP_IPC_OWNER, 40: daemon and "
+                              "kernel agree where the daemon cannot know; 50-53: this peer is not hidden from the "
+                              "daemon, as for the probe above; 54: the probe was not told to look)",
+                              cases[i].what, cases[i].channel, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        }
+        json_decref(list);
+        /* Every child has gone: nobody holds anything, and the daemon serves on. */
+        resp = test_request(fd, "{\"op\":\"status\"}");
+        test_assert_ok(resp);
+        ck_assert_uint_eq(json_array_size(json_object_get(test_must_find(resp, "mine"), "clients")), 0);
+        ck_assert_uint_eq(json_array_size(json_object_get(test_must_find(resp, "none"), "clients")), 0);
+        json_decref(resp);
+        close(fd);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Refused rw access to channel mine"), "log: %s", log);
+        free(log);
+        test_daemon_stop_ok(&td);
+        assert_nothing_left();
 }
 END_TEST
 
@@ -2432,7 +2632,8 @@ int main(void) {
                                  test_objects_removed_behind_our_back_are_remade, test_status_of_all_repairs_and_drops_as_it_goes,
                                  test_ring_that_cannot_be_remade_leaves_no_fifo,
                                  test_unprivileged_daemon_reclaims_unreadable_objects } },
-                { "capability", CASE_TIMEOUT, { test_capability_of_own_user_namespace_is_not_honoured } },
+                { "capability", CASE_TIMEOUT, { test_capability_of_own_user_namespace_is_not_honoured,
+                                 test_capability_that_cannot_be_seen_is_root_only } },
                 { "unreadable", CASE_TIMEOUT, { test_status_survives_unreadable_channel } },
                 { "holders", CASE_TIMEOUT, { test_holder_tokens_for_rw_openers, test_holder_dead_when_hold_ends,
                                  test_holder_table_full, test_holder_crash_restart,
