@@ -171,10 +171,11 @@ static int read_proc_status(pid_t pid, uid_t *ret_euid, unsigned long long *ret_
 }
 
 /*
- * Whether the connecting process holds CAP_IPC_OWNER where the kernel looks
- * for it: 1 yes, 0 no, or a negative errno when that cannot be established.
+ * Whether the connecting process holds one of the capabilities in `caps`
+ * (bit n: capability n) where the kernel looks for it: 1 yes, 0 no, or a
+ * negative errno when that cannot be established.
  */
-static int peer_cap_ipc_owner(const Peer *p) {
+static int peer_has_cap(const Peer *p, unsigned long long caps) {
         _cleanup_(closep) int own = -1;
         struct stat owner, theirs;
         socklen_t len = sizeof own;
@@ -217,7 +218,7 @@ static int peer_cap_ipc_owner(const Peer *p) {
         if (r > 0)
                 return -ESRCH;
         return owner.st_dev == theirs.st_dev && owner.st_ino == theirs.st_ino && euid == p->uid &&
-               (capeff >> CAP_IPC_OWNER) & 1;
+               (capeff & caps) != 0;
 }
 
 bool access_allowed(const Peer *p, const ChannelPerm *perm, bool read, bool write) {
@@ -231,15 +232,23 @@ bool access_allowed(const Peer *p, const ChannelPerm *perm, bool read, bool writ
                 granted >>= 3;
         if ((granted & want & 7u) == want)
                 return true;
-        /* Only a refusal by the bits needs the capability, as in the kernel. */
-        r = peer_cap_ipc_owner(p);
+        /*
+         * Only a refusal by the bits needs a capability, as in the kernel: the
+         * one it looks at for System V objects, or for files the ones open(2)
+         * does (reading alone may also come from CAP_DAC_READ_SEARCH).
+         */
+        r = peer_has_cap(p, !perm->files ? 1ULL << CAP_IPC_OWNER :
+                                write ? 1ULL << CAP_DAC_OVERRIDE :
+                                (1ULL << CAP_DAC_OVERRIDE) | (1ULL << CAP_DAC_READ_SEARCH));
         /*
          * The fallback is for a system that cannot show the capability (no
          * SO_PEERPIDFD, /proc hidden, another PID namespace). A passing failure
          * (descriptors or memory run out, which a client can bring about) refuses:
          * it must not turn into a pass for a root peer that lacks the capability.
+         * Files get no fallback: their descriptors are the access itself, where
+         * a System V id still meets the kernel's own check at shmat()/semop().
          */
         if (r == -ENOPROTOOPT || r == -ENOENT || r == -EACCES || r == -ESRCH || r == -ENODATA || r == -EPERM)
-                return p->uid == 0;
+                return p->uid == 0 && !perm->files;
         return r > 0;
 }

@@ -70,5 +70,10 @@ bool peer_in_group(const Peer *p, gid_t gid);
  * The capability is read at each refusal by the bits, not cached. A peer
  * in an ancestor user namespace is refused although the kernel would let
  * it attach: we cannot see that far up.
+ *
+ * Files (perm->files, a posix channel) follow open(2) instead: the
+ * capability is CAP_DAC_OVERRIDE (reading: or CAP_DAC_READ_SEARCH), proven
+ * the same way, and there is no fallback: the descriptors the daemon hands
+ * over are the access itself, which no later kernel check guards.
  */
 bool access_allowed(const Peer *p, const ChannelPerm *perm, bool read, bool write);

@@ -876,6 +876,7 @@ void channel_perm(const Channel *c, ChannelPerm *ret) {
         };
         /* A file has no creator: only its owner and group count, as for open(2). */
         if (c->spec.kind == PROTO_KIND_POSIX) {
+                ret->files = true;
                 ret->cuid = ret->uid;
                 ret->cgid = ret->gid;
         }

@@ -155,6 +155,7 @@ typedef struct ChannelPerm {
         uid_t uid, cuid;
         gid_t gid, cgid;
         mode_t mode;
+        bool files;     /* posix: handed over as descriptors, judged by open(2)'s rule */
 } ChannelPerm;
 
 void channel_perm(const Channel *c, ChannelPerm *ret);

@@ -4,6 +4,7 @@
 #include <ftw.h>
 #include <grp.h>
 #include <inttypes.h>
+#include <linux/capability.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -687,6 +688,18 @@ void test_drop_privileges(uid_t uid, gid_t gid, gid_t supplementary) {
                 _exit(90);
         if (setgid(gid) < 0 || setuid(uid) < 0)
                 _exit(91);
+}
+
+void test_drop_effective_caps(uint64_t mask) {
+        struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+        struct __user_cap_data_struct d[_LINUX_CAPABILITY_U32S_3];
+
+        if (syscall(SYS_capget, &h, d) < 0)
+                _exit(92);
+        d[0].effective &= ~(uint32_t) mask;
+        d[1].effective &= ~(uint32_t) (mask >> 32);
+        if (syscall(SYS_capset, &h, d) < 0)
+                _exit(92);
 }
 
 int test_main(const char *suite_name, const TestGroup *groups, size_t n_groups, void (*setup)(void),

@@ -189,6 +189,9 @@ int test_in_child(void (*fn)(void *), void *userdata);
 /* Drop to uid/gid with one supplementary group (or none when 0). */
 void test_drop_privileges(uid_t uid, gid_t gid, gid_t supplementary);
 
+/* Take the capabilities in `mask` (bit n: capability n) out of the effective set; exits 92 on failure. */
+void test_drop_effective_caps(uint64_t mask);
+
 /* A TCase of an end-to-end program: its name, timeout (seconds) and tests. */
 typedef struct TestGroup {
         const char *name;

@@ -12,6 +12,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <linux/capability.h>
 #include <linux/fs.h>
 #include <sched.h>
 #include <semaphore.h>
@@ -535,6 +537,11 @@ typedef struct AccessCase {
         uid_t uid;
         gid_t gid, extra_group;
         bool expect_ok;
+        /* uid 0 only: capabilities taken out of its effective set, instead of dropping to uid/gid */
+        bool root;
+        uint64_t drop_caps;
+        /* the daemon cannot see the peer's capabilities: its verdict and open(2)'s must differ */
+        bool kernel_differs;
 } AccessCase;
 
 /* In a child with dropped privileges: the daemon's answer (with descriptors) and open(2)'s must agree. */
@@ -546,7 +553,10 @@ static void access_child(void *userdata) {
         json_t *resp;
         size_t n;
 
-        test_drop_privileges(c->uid, c->gid, c->extra_group);
+        if (c->root)
+                test_drop_effective_caps(c->drop_caps);
+        else
+                test_drop_privileges(c->uid, c->gid, c->extra_group);
         fd = test_connect(td.socket);
         snprintf(req, sizeof req, "{\"op\": \"open\", \"channel\": \"%s\", \"access\": \"%s\", \"fd\": true}",
                  c->channel, c->access);
@@ -564,10 +574,72 @@ static void access_child(void *userdata) {
                 close(k);
         else if (errno != EACCES)
                 _exit(16);
-        if (daemon_ok != kernel_ok)
+        if (daemon_ok != kernel_ok && !c->kernel_differs)
                 _exit(20);
+        if (daemon_ok == kernel_ok && c->kernel_differs)
+                _exit(22);
         _exit(daemon_ok == c->expect_ok ? 0 : 21);
 }
+
+static void run_access_cases(const AccessCase *cases, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                int status = test_in_child(access_child, (void *) &cases[i]);
+
+                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                              "case %zu (%s %s as %s %u/%u+%u, %#" PRIx64 " dropped): child status %d (20: daemon and "
+                              "kernel disagree, 21: wrong verdict, 22: they agree where the daemon cannot know, "
+                              "92: capset)", i, cases[i].channel, cases[i].access, cases[i].root ? "root" : "uid",
+                              (unsigned) cases[i].uid, (unsigned) cases[i].gid, (unsigned) cases[i].extra_group,
+                              cases[i].drop_caps, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        }
+}
+
+#define CAP(c) (UINT64_C(1) << (c))
+
+/*
+ * Where the bits refuse, a posix channel's descriptors are the access
+ * itself (the client never opens the files): they go only to a peer that
+ * open(2) would let in, by the capabilities open(2) looks at
+ * (CAP_DAC_OVERRIDE; CAP_DAC_READ_SEARCH for reading), not CAP_IPC_OWNER,
+ * which files ignore. And a peer whose capabilities the daemon cannot see
+ * gets the bits' verdict, root or not: handed over, the descriptors would
+ * give a root process stripped of its capabilities what its own open(2)
+ * is refused.
+ */
+START_TEST(test_capability_is_the_file_rule) {
+        static const AccessCase proven[] = {
+                { "theirs", "rw", .root = true, .expect_ok = true },
+                { "theirs", "rw", .root = true, .drop_caps = CAP(CAP_DAC_OVERRIDE) | CAP(CAP_DAC_READ_SEARCH) },
+                { "theirs", "ro", .root = true, .drop_caps = CAP(CAP_DAC_OVERRIDE) | CAP(CAP_DAC_READ_SEARCH) },
+                { "theirs", "ro", .root = true, .drop_caps = CAP(CAP_DAC_OVERRIDE), .expect_ok = true },
+                { "theirs", "rw", .root = true, .drop_caps = CAP(CAP_DAC_OVERRIDE) },
+        };
+        static const AccessCase unseen[] = {
+                { "mine", "ro", .root = true, .kernel_differs = true },
+                { "mine", "ro", .root = true, .drop_caps = CAP(CAP_DAC_OVERRIDE) | CAP(CAP_DAC_READ_SEARCH) },
+        };
+        char secret[sizeof td.socket + 8];
+
+        /* A daemon as root reads its peers' /proc: their capabilities are proven. */
+        test_daemon_write_config(&td, "[{\"name\": \"theirs\", \"kind\": \"posix\", \"size\": 4096, "
+                                      "\"owner\": 65534, \"mode\": \"0600\"}]");
+        test_start_ok();
+        run_access_cases(proven, sizeof proven / sizeof proven[0]);
+        test_daemon_stop_ok(&td);
+
+        /* As the shipped unit runs it, as another user, it cannot read root's /proc/PID/ns/user. */
+        snprintf(secret, sizeof secret, "%s.secret", td.socket);
+        ck_assert_int_eq(unlink(secret), 0);     /* root's, from the run above: the new user's own or none */
+        ck_assert_int_eq(chown(td.dir, NOBODY, NOBODY), 0);
+        ck_assert_int_eq(chmod(td.dir, 0711), 0);        /* a peer without CAP_DAC_* must reach the socket */
+        td.uid = NOBODY;
+        td.gid = NOBODY;
+        test_daemon_write_config(&td, "[{\"name\": \"mine\", \"kind\": \"posix\", \"size\": 4096, "
+                                      "\"mode\": \"0600\"}]");
+        test_start_ok();
+        run_access_cases(unseen, sizeof unseen / sizeof unseen[0]);
+}
+END_TEST
 
 /* Who may open a posix channel: the files' owner, group and mode, as open(2) decides. */
 START_TEST(test_access_follows_file_rule) {
@@ -1560,7 +1632,7 @@ END_TEST
 int main(void) {
         const TestGroup groups[] = {
                 { "files", CASE_TIMEOUT, { test_files_made, test_status_list, test_check_config, test_access_follows_file_rule,
-                                           test_unprivileged_daemon } },
+                                           test_capability_is_the_file_rule, test_unprivileged_daemon } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back,
