@@ -1456,6 +1456,42 @@ static void cap_child(void *userdata) {
         _exit(0);
 }
 
+/* Each case in a child of its own (cap_child()), against the channels of `list`; hidden_from: see CapCase. */
+static void run_cap_cases(CapCase *cases, size_t n, json_t *list, pid_t hidden_from) {
+        for (size_t i = 0; i < n; i++) {
+                int status;
+
+                cases[i].socket = td.socket;
+                cases[i].shm_id = (int) test_jint(test_must_find(list, cases[i].channel), "shm_id");
+                cases[i].hidden_from = hidden_from;
+                status = test_in_child(cap_child, &cases[i]);
+                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                              "%s, open %s rw: child status %d (30: no user namespace, 31: no full CapEff in it, "
+                              "32: capset, 33: i/o, 34: bad answer, 35: shmat errno, 36: daemon and kernel disagree, "
+                              "37: wrong verdict of the daemon, 38: status lists a hold it should not, or lacks one, "
+                              "39: uid 65534 could not keep CAP_IPC_OWNER, 40: daemon and kernel agree where the "
+                              "daemon cannot know; 50-53: this peer is not hidden from the daemon, as for the probe; "
+                              "54: the probe was not told to look)",
+                              cases[i].what, cases[i].channel, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        }
+}
+
+/* Every child has gone: nobody holds a or b, the daemon serves on, and it logged refusing a. */
+static void assert_cap_cases_left_no_holds(int fd, const char *a, const char *b) {
+        json_t *resp = test_request(fd, "{\"op\":\"status\"}");
+        char *log, refused[128];
+
+        test_assert_ok(resp);
+        ck_assert_uint_eq(json_array_size(json_object_get(test_must_find(resp, a), "clients")), 0);
+        ck_assert_uint_eq(json_array_size(json_object_get(test_must_find(resp, b), "clients")), 0);
+        json_decref(resp);
+        close(fd);
+        log = test_daemon_log(&td);
+        snprintf(refused, sizeof refused, "Refused rw access to channel %s", a);
+        ck_assert_msg(strstr(log, refused), "log: %s", log);
+        free(log);
+}
+
 START_TEST(test_capability_of_own_user_namespace_is_not_honoured) {
         /* Both owned by root (the daemon's user). "none": not even its owner may use it without the capability. */
         static const char channels[] =
@@ -1467,34 +1503,13 @@ START_TEST(test_capability_of_own_user_namespace_is_not_honoured) {
                 { "root with CAP_IPC_OWNER", "none", .expect_ok = true },
                 { "root without CAP_IPC_OWNER", "none", .drop_cap = true, .expect_ok = false },
         };
-        json_t *list, *resp;
-        char *log;
+        json_t *list;
         int fd;
 
         list = start_and_list(channels, &fd);
-        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-                int status;
-
-                cases[i].socket = td.socket;
-                cases[i].shm_id = (int) test_jint(test_must_find(list, cases[i].channel), "shm_id");
-                status = test_in_child(cap_child, &cases[i]);
-                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                              "%s, open %s rw: child status %d (30: no user namespace, 31: no full CapEff in it, "
-                              "32: capset, 33: i/o, 34: bad answer, 35: shmat errno, 36: daemon and kernel disagree, "
-                              "37: wrong verdict, 38: status lists a hold it should not, or lacks one)",
-                              cases[i].what, cases[i].channel, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-        }
+        run_cap_cases(cases, sizeof cases / sizeof cases[0], list, 0);
         json_decref(list);
-        /* Every child has gone: nobody holds anything, and the daemon serves on. */
-        resp = test_request(fd, "{\"op\":\"status\"}");
-        test_assert_ok(resp);
-        ck_assert_uint_eq(json_array_size(json_object_get(test_must_find(resp, "private"), "clients")), 0);
-        ck_assert_uint_eq(json_array_size(json_object_get(test_must_find(resp, "none"), "clients")), 0);
-        json_decref(resp);
-        close(fd);
-        log = test_daemon_log(&td);
-        ck_assert_msg(strstr(log, "Refused rw access to channel private"), "log: %s", log);
-        free(log);
+        assert_cap_cases_left_no_holds(fd, "private", "none");
 }
 END_TEST
 
@@ -1540,7 +1555,7 @@ START_TEST(test_capability_that_cannot_be_seen_is_root_only) {
                   .kernel_differs = true, .expect_ok = true },
         };
         char script[400], wrapper[512], *log;
-        json_t *list, *resp;
+        json_t *list;
         int fd, status = 0;
         bool started;
         FILE *f;
@@ -1573,30 +1588,9 @@ START_TEST(test_capability_that_cannot_be_seen_is_root_only) {
         fd = test_connect(td.socket);
         list = test_request(fd, "{\"op\":\"list\"}");
         test_assert_ok(list);
-        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-                cases[i].socket = td.socket;
-                cases[i].shm_id = (int) test_jint(test_must_find(list, cases[i].channel), "shm_id");
-                cases[i].hidden_from = td.pid;
-                status = test_in_child(cap_child, &cases[i]);
-                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                              "%s, open %s rw: child status %d (32: capset, 33: i/o, 34: bad answer, 35: shmat errno, "
-                              "36: daemon and kernel disagree, 37: wrong verdict of the daemon, 38: status lists a hold "
-                              "it should not, or lacks one, 39: uid 65534 could not keep CAP_IPC_OWNER, 40: daemon and "
-                              "kernel agree where the daemon cannot know; 50-53: this peer is not hidden from the "
-                              "daemon, as for the probe above; 54: the probe was not told to look)",
-                              cases[i].what, cases[i].channel, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-        }
+        run_cap_cases(cases, sizeof cases / sizeof cases[0], list, td.pid);
         json_decref(list);
-        /* Every child has gone: nobody holds anything, and the daemon serves on. */
-        resp = test_request(fd, "{\"op\":\"status\"}");
-        test_assert_ok(resp);
-        ck_assert_uint_eq(json_array_size(json_object_get(test_must_find(resp, "mine"), "clients")), 0);
-        ck_assert_uint_eq(json_array_size(json_object_get(test_must_find(resp, "none"), "clients")), 0);
-        json_decref(resp);
-        close(fd);
-        log = test_daemon_log(&td);
-        ck_assert_msg(strstr(log, "Refused rw access to channel mine"), "log: %s", log);
-        free(log);
+        assert_cap_cases_left_no_holds(fd, "mine", "none");
         test_daemon_stop_ok(&td);
         assert_nothing_left();
 }
