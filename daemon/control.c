@@ -620,8 +620,18 @@ static int conn_update_events(Conn *conn) {
         if (conn->closing || conn->n_fds > 0 || pending_output(conn) >= conn->control->limits->output_max ||
             !has_line(conn))
                 return conn->more ? sd_event_source_set_enabled(conn->more, SD_EVENT_OFF) : 0;
-        if (!conn->more)
-                return sd_event_add_defer(conn->control->event, &conn->more, on_conn_more, conn);
+        if (!conn->more) {
+                r = sd_event_add_defer(conn->control->event, &conn->more, on_conn_more, conn);
+                /*
+                 * Below every socket, timer and signal: sd-event keeps a defer source
+                 * pending once it was, first in line at its priority for good, so at
+                 * theirs a client that never stops sending would be served turn after
+                 * turn while nobody else was, not even SIGTERM.
+                 */
+                if (r >= 0)
+                        r = sd_event_source_set_priority(conn->more, SD_EVENT_PRIORITY_NORMAL + 1);
+                return r;
+        }
         return sd_event_source_set_enabled(conn->more, SD_EVENT_ONESHOT);
 }
 

@@ -1939,13 +1939,99 @@ START_TEST(test_buffers_per_uid) {
 }
 END_TEST
 
+/*
+ * The flood of test_one_client_cannot_starve_the_others: a connection that
+ * sends hellos without pause while a child of its own reads every answer.
+ * Writes a byte to `started` once 10000 answers came back.
+ */
+static _Noreturn void hello_flood(int started) {
+        static char burst[2000 * 27];
+        int fd = test_connect(td.socket);
+        pid_t reader;
+
+        for (size_t i = 0; i < sizeof burst / 27; i++)
+                memcpy(burst + 27 * i, "{\"op\":\"hello\",\"version\":1}\n", 27);
+        reader = fork();
+        if (reader < 0)
+                _exit(1);
+        if (reader == 0) {
+                static char buf[65536];
+                size_t lines = 0;
+                ssize_t n;
+
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                while ((n = recv(fd, buf, sizeof buf, 0)) > 0) {
+                        size_t before = lines;
+
+                        for (ssize_t i = 0; i < n; i++)
+                                lines += buf[i] == '\n';
+                        if (before < 10000 && lines >= 10000 && write(started, "s", 1) != 1)
+                                _exit(1);
+                }
+                _exit(0);
+        }
+        for (;;)
+                if (send(fd, burst, sizeof burst, MSG_NOSIGNAL) < 0)
+                        _exit(0);       /* the daemon went away */
+}
+
+/*
+ * One connection that pipelines requests without pause, reading its
+ * answers as they come, is served turn by turn with everyone else: it
+ * must hold up neither another client's request nor the daemon's signals.
+ * (sd-event keeps a defer source pending once it was, and first in line at
+ * its priority: a connection's "more lines to answer" source, armed after
+ * every turn, came before every socket and the signals for ever.)
+ */
+START_TEST(test_one_client_cannot_starve_the_others) {
+        int started[2], fd, r, status = 0;
+        int64_t deadline;
+        pid_t flood;
+        char c, *line;
+
+        start_with("", one_public_channel);
+        ck_assert_int_eq(pipe(started), 0);
+        flood = fork();
+        ck_assert_int_ge(flood, 0);
+        if (flood == 0) {
+                close(started[0]);
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                hello_flood(started[1]);
+        }
+        close(started[1]);
+        ck_assert_msg(read(started[0], &c, 1) == 1, "the flood never got 10000 answers");
+
+        /* Another client, while the flood goes on. */
+        fd = test_connect(td.socket);
+        test_send(fd, "{\"op\":\"hello\",\"version\":1}\n", 27);
+        r = recv_line(fd, 10000, &line);
+        ck_assert_msg(r == 1, "another client's hello was not answered within 10 s of a flood: %s", recv_result(r));
+        free(line);
+        close(fd);
+        ck_assert_msg(waitpid(flood, &status, WNOHANG) == 0, "the flood ended early (status %d)", status);
+
+        /* And the daemon's own signals. */
+        ck_assert_int_eq(kill(td.pid, SIGTERM), 0);
+        deadline = test_now_ms() + 10000;
+        while ((r = waitpid(td.pid, &status, WNOHANG)) == 0 && test_now_ms() < deadline)
+                usleep(10000);
+        ck_assert_msg(r == td.pid, "SIGTERM did not stop the daemon within 10 s of a flood");
+        td.pid = -1;
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "daemon status %d", status);
+        kill(flood, SIGKILL);
+        waitpid(flood, NULL, 0);
+        close(started[0]);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
                 { "limits", CASE_TIMEOUT, { test_request_max, test_connections_per_uid, test_connections_max,
                                             test_request_timeout, test_request_timeout_restarts_per_line } },
                 { "slow-reader", HEAVY_TIMEOUT, { test_slow_reader, test_stalled_reader_not_timed_out,
-                                                    test_pipelined_burst_answered, test_unread_close_drops_holds } },
+                                                    test_pipelined_burst_answered, test_unread_close_drops_holds,
+                                                    test_one_client_cannot_starve_the_others } },
                 { "socket", CASE_TIMEOUT, { test_socket_mode_0600_group, test_socket_mode_0660_group } },
                 { "storm", HEAVY_TIMEOUT, { test_connection_storm } },
                 { "hostile-input", CASE_TIMEOUT, { test_hostile_input } },
