@@ -57,6 +57,10 @@
 #include "daemon/log.h"
 
 #define IN_CHUNK 512u           /* most requests fit; and malloc serves it from its per-thread cache */
+#ifndef SO_PASSRIGHTS
+#define SO_PASSRIGHTS 83        /* Linux 6.16; the asm-generic value, as on x86 and arm */
+#endif
+
 #define LINES_PER_TURN 64u      /* answered per turn: bounds one turn's work, and how far a deadline overshoots */
 #define ACCEPT_PAUSE_USEC (100 * 1000)
 #define NO_LINE UINT64_MAX
@@ -1119,6 +1123,28 @@ static int socket_is_live(const char *path) {
         return errno == ECONNREFUSED || errno == ENOENT ? 0 : -errno;
 }
 
+/*
+ * Clients have no descriptors to send us, and one they did would be closed
+ * by our recv(): a close that its sender can make block for as long as it
+ * likes (a TCP socket with SO_LINGER and bytes that cannot go, a FUSE
+ * file), and the whole loop with it. Refused on the listening socket, which
+ * every connection inherits from the moment it is made (before accept()),
+ * their sendmsg() fails with EPERM. Connections that were queued on a socket
+ * systemd passed before we got here are not covered. Kernels before 6.16
+ * have no such switch: said once, and served as before.
+ */
+static int refuse_descriptors(int listen_fd, char *msg, size_t msg_size) {
+        if (setsockopt(listen_fd, SOL_SOCKET, SO_PASSRIGHTS, &(int) { 0 }, sizeof(int)) == 0)
+                return 0;
+        if (errno == ENOPROTOOPT) {
+                log_warning("This kernel cannot refuse descriptors sent to the socket (SO_PASSRIGHTS, Linux 6.16): "
+                            "a client that sends one whose close blocks stalls the daemon meanwhile.");
+                return 0;
+        }
+        msg_set(msg, msg_size, "cannot refuse descriptors on the socket: %s", strerror(errno));
+        return -errno;
+}
+
 int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char *msg, size_t msg_size) {
         _cleanup_(closep) int fd = -1;
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -1157,6 +1183,11 @@ int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char 
                 msg_set(msg, msg_size, "cannot bind %s: %s", path, strerror(errno));
                 return r;
         }
+        r = refuse_descriptors(fd, msg, msg_size);
+        if (r < 0) {
+                unlink(path);
+                return r;
+        }
         c->bound_path = strdup(path);
         if (!c->bound_path) {
                 unlink(path);
@@ -1188,6 +1219,9 @@ int control_adopt(Control *c, int fd, char *msg, size_t msg_size) {
                 msg_set(msg, msg_size, "cannot set up the socket passed by systemd: %s", strerror(errno));
                 return r;
         }
+        r = refuse_descriptors(fd, msg, msg_size);
+        if (r < 0)
+                return r;
         r = sd_event_add_io(c->event, &c->listen_source, fd, EPOLLIN, on_accept, c);
         if (r < 0) {
                 msg_set(msg, msg_size, "cannot watch the socket passed by systemd: %s", strerror(-r));

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -23,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/sockios.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -2024,6 +2027,102 @@ START_TEST(test_one_client_cannot_starve_the_others) {
 }
 END_TEST
 
+/*
+ * The stalling descriptor of test_descriptor_sent_to_the_daemon_cannot_stall_it:
+ * a TCP socket, in a network namespace of its own, whose unsent bytes its
+ * peer never takes, with a long SO_LINGER: the last close() of it blocks for
+ * that long. Sent to the daemon with a request line; `report` gets the
+ * sendmsg() result (0, or its errno) as one byte. Then waits to be killed,
+ * keeping the peer unread (a fatal signal cuts a lingering close short).
+ */
+static _Noreturn void send_lingering_socket(int report) {
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        struct linger lg = { .l_onoff = 1, .l_linger = 60 };
+        struct ifreq ifr = { .ifr_name = "lo" };
+        socklen_t len = sizeof sa;
+        int srv, t, peer, a, small = 4096;
+        char line[] = "{\"op\":\"list\"}\n", buf[65536] = { 0 }, cbuf[CMSG_SPACE(sizeof(int))] = { 0 }, result;
+        struct iovec iov = { .iov_base = line, .iov_len = strlen(line) };
+        struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf };
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (unshare(CLONE_NEWNET) < 0)
+                _exit(40);
+        srv = socket(AF_INET, SOCK_STREAM, 0);
+        if (srv < 0 || ioctl(srv, SIOCGIFFLAGS, &ifr) < 0)
+                _exit(41);
+        ifr.ifr_flags |= IFF_UP;
+        if (ioctl(srv, SIOCSIFFLAGS, &ifr) < 0 ||
+            setsockopt(srv, SOL_SOCKET, SO_RCVBUF, &small, sizeof small) < 0 ||
+            bind(srv, (struct sockaddr *) &sa, sizeof sa) < 0 || listen(srv, 1) < 0 ||
+            getsockname(srv, (struct sockaddr *) &sa, &len) < 0)
+                _exit(42);
+        t = socket(AF_INET, SOCK_STREAM, 0);
+        if (t < 0 || setsockopt(t, SOL_SOCKET, SO_SNDBUF, &small, sizeof small) < 0 ||
+            connect(t, (struct sockaddr *) &sa, sizeof sa) < 0 || (peer = accept(srv, NULL, NULL)) < 0)
+                _exit(43);
+        /* Full both ways: the peer takes nothing more, so the last bytes can never go. */
+        while (send(t, buf, sizeof buf, MSG_DONTWAIT) > 0)
+                ;
+        if (setsockopt(t, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) < 0)
+                _exit(44);
+        a = test_connect(td.socket);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &t, sizeof t);
+        result = sendmsg(a, &msg, MSG_NOSIGNAL) < 0 ? (char) errno : 0;
+        if (write(report, &result, 1) != 1)
+                _exit(45);
+        /* Taken, the daemon's copy is the last; refused, ours is, and its close would block here. */
+        if (result == 0)
+                close(t);
+        for (;;)
+                pause();
+}
+
+/*
+ * A client may send the daemon descriptors with a request (SCM_RIGHTS);
+ * the daemon wants none, and closing one can block its caller for as long
+ * as the descriptor's sender likes (a TCP socket with SO_LINGER and bytes
+ * that cannot go; a FUSE file). Whatever becomes of such a descriptor, the
+ * daemon must serve everyone else meanwhile.
+ */
+START_TEST(test_descriptor_sent_to_the_daemon_cannot_stall_it) {
+        int report[2], fd, r, status = 0;
+        pid_t sender;
+        char result, *line;
+
+        start_with("", one_public_channel);
+        ck_assert_int_eq(pipe(report), 0);
+        sender = fork();
+        ck_assert_int_ge(sender, 0);
+        if (sender == 0) {
+                close(report[0]);
+                send_lingering_socket(report[1]);
+        }
+        close(report[1]);
+        if (read(report[0], &result, 1) != 1) {
+                waitpid(sender, &status, 0);
+                ck_abort_msg("the sender could not set up its socket: status %d (40: unshare, 41-44: loopback TCP)",
+                             WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        }
+        ck_assert_msg(result == 0 || result == EPERM, "sendmsg to the daemon: %s", strerror(result));
+        fd = test_connect(td.socket);
+        test_send(fd, "{\"op\":\"hello\",\"version\":1}\n", 27);
+        r = recv_line(fd, 10000, &line);
+        ck_assert_msg(r == 1, "a hello was not answered within 10 s of a lingering socket sent to the daemon "
+                      "(sendmsg: %s): %s", result ? strerror(result) : "taken", recv_result(r));
+        free(line);
+        close(fd);
+        kill(sender, SIGKILL);
+        waitpid(sender, NULL, 0);
+        close(report[0]);
+        assert_daemon_alive();
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -2034,7 +2133,7 @@ int main(void) {
                                                     test_one_client_cannot_starve_the_others } },
                 { "socket", CASE_TIMEOUT, { test_socket_mode_0600_group, test_socket_mode_0660_group } },
                 { "storm", HEAVY_TIMEOUT, { test_connection_storm } },
-                { "hostile-input", CASE_TIMEOUT, { test_hostile_input } },
+                { "hostile-input", CASE_TIMEOUT, { test_hostile_input, test_descriptor_sent_to_the_daemon_cannot_stall_it } },
                 { "access-matrix", CASE_TIMEOUT, { test_access_matrix } },
                 { "buffers", CASE_TIMEOUT, { test_buffers_per_uid } },
         };
