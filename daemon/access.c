@@ -235,10 +235,12 @@ bool access_allowed(const Peer *p, const ChannelPerm *perm, bool read, bool writ
         /*
          * Only a refusal by the bits needs a capability, as in the kernel: the
          * one it looks at for System V objects, or for files the ones open(2)
-         * does (reading alone may also come from CAP_DAC_READ_SEARCH).
+         * does (reading alone may also come from CAP_DAC_READ_SEARCH, unless
+         * a reader is handed a file read-write, as a broadcast subscriber its
+         * table: the bits grant that with read, a capability does not).
          */
         r = peer_has_cap(p, !perm->files ? 1ULL << CAP_IPC_OWNER :
-                                write ? 1ULL << CAP_DAC_OVERRIDE :
+                                write || perm->readers_write ? 1ULL << CAP_DAC_OVERRIDE :
                                 (1ULL << CAP_DAC_OVERRIDE) | (1ULL << CAP_DAC_READ_SEARCH));
         /*
          * The fallback is for a system that cannot show the capability (no

@@ -72,7 +72,8 @@ bool peer_in_group(const Peer *p, gid_t gid);
  * it attach: we cannot see that far up.
  *
  * Files (perm->files, a posix channel) follow open(2) instead: the
- * capability is CAP_DAC_OVERRIDE (reading: or CAP_DAC_READ_SEARCH), proven
+ * capability is CAP_DAC_OVERRIDE (reading: or CAP_DAC_READ_SEARCH, unless
+ * perm->readers_write: readers are handed files read-write), proven
  * the same way, and there is no fallback: the descriptors the daemon hands
  * over are the access itself, which no later kernel check guards.
  */

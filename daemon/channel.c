@@ -877,6 +877,7 @@ void channel_perm(const Channel *c, ChannelPerm *ret) {
         /* A file has no creator: only its owner and group count, as for open(2). */
         if (c->spec.kind == PROTO_KIND_POSIX) {
                 ret->files = true;
+                ret->readers_write = c->spec.layout == PROTO_LAYOUT_BROADCAST;
                 ret->cuid = ret->uid;
                 ret->cgid = ret->gid;
         }

@@ -156,6 +156,7 @@ typedef struct ChannelPerm {
         gid_t gid, cgid;
         mode_t mode;
         bool files;     /* posix: handed over as descriptors, judged by open(2)'s rule */
+        bool readers_write;     /* some of them go read-write to ro openers too (a broadcast table, its FIFOs) */
 } ChannelPerm;
 
 void channel_perm(const Channel *c, ChannelPerm *ret);

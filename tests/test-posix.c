@@ -542,6 +542,8 @@ typedef struct AccessCase {
         uint64_t drop_caps;
         /* the daemon cannot see the peer's capabilities: its verdict and open(2)'s must differ */
         bool kernel_differs;
+        /* a broadcast channel: its table comes read-write to ro openers too, and open(2) must agree on that */
+        bool table;
 } AccessCase;
 
 /* In a child with dropped privileges: the daemon's answer (with descriptors) and open(2)'s must agree. */
@@ -574,6 +576,15 @@ static void access_child(void *userdata) {
                 close(k);
         else if (errno != EACCES)
                 _exit(16);
+        if (c->table && kernel_ok) {
+                snprintf(path, sizeof path, PSEM_DIR "/shmbroker-table.%s", c->channel);
+                k = open(path, O_RDWR | O_CLOEXEC);
+                kernel_ok = k >= 0;
+                if (k >= 0)
+                        close(k);
+                else if (errno != EACCES)
+                        _exit(16);
+        }
         if (daemon_ok != kernel_ok && !c->kernel_differs)
                 _exit(20);
         if (daemon_ok == kernel_ok && c->kernel_differs)
@@ -613,6 +624,9 @@ START_TEST(test_capability_is_the_file_rule) {
                 { "theirs", "ro", .root = true, .drop_caps = CAP(CAP_DAC_OVERRIDE) | CAP(CAP_DAC_READ_SEARCH) },
                 { "theirs", "ro", .root = true, .drop_caps = CAP(CAP_DAC_OVERRIDE), .expect_ok = true },
                 { "theirs", "rw", .root = true, .drop_caps = CAP(CAP_DAC_OVERRIDE) },
+                /* A subscriber writes its cursor into the table: reading alone is not enough. */
+                { "bcx", "ro", .root = true, .drop_caps = CAP(CAP_DAC_OVERRIDE), .table = true },
+                { "bcx", "ro", .root = true, .table = true, .expect_ok = true },
         };
         static const AccessCase unseen[] = {
                 { "mine", "ro", .root = true, .kernel_differs = true },
@@ -622,7 +636,10 @@ START_TEST(test_capability_is_the_file_rule) {
 
         /* A daemon as root reads its peers' /proc: their capabilities are proven. */
         test_daemon_write_config(&td, "[{\"name\": \"theirs\", \"kind\": \"posix\", \"size\": 4096, "
-                                      "\"owner\": 65534, \"mode\": \"0600\"}]");
+                                      "\"owner\": 65534, \"mode\": \"0600\"},"
+                                      " {\"name\": \"bcx\", \"kind\": \"posix\", \"layout\": \"broadcast\", "
+                                      "\"slot_size\": 64, \"slots\": 8, \"subscribers\": 4, \"owner\": 65534, "
+                                      "\"mode\": \"0600\"}]");
         test_start_ok();
         run_access_cases(proven, sizeof proven / sizeof proven[0]);
         test_daemon_stop_ok(&td);
