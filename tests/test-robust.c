@@ -2029,7 +2029,8 @@ END_TEST
 
 /*
  * The stalling descriptor of test_descriptor_sent_to_the_daemon_cannot_stall_it:
- * a TCP socket, in a network namespace of its own, whose unsent bytes its
+ * a TCP socket, in a network namespace of its own where we may bring its
+ * loopback up (else on the machine's loopback), whose unsent bytes its
  * peer never takes, with a long SO_LINGER: the last close() of it blocks for
  * that long. Sent to the daemon with a request line; `report` gets the
  * sendmsg() result (0, or its errno) as one byte. Then waits to be killed,
@@ -2040,21 +2041,29 @@ static _Noreturn void send_lingering_socket(int report) {
         struct linger lg = { .l_onoff = 1, .l_linger = 60 };
         struct ifreq ifr = { .ifr_name = "lo" };
         socklen_t len = sizeof sa;
-        int srv, t, peer, a, small = 4096;
+        int host_net, srv, t, peer, a, small = 4096;
         char line[] = "{\"op\":\"list\"}\n", buf[65536] = { 0 }, cbuf[CMSG_SPACE(sizeof(int))] = { 0 }, result;
         struct iovec iov = { .iov_base = line, .iov_len = strlen(line) };
         struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf };
         struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
 
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (unshare(CLONE_NEWNET) < 0)
+        host_net = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+        if (host_net < 0 || unshare(CLONE_NEWNET) < 0)
                 _exit(40);
         srv = socket(AF_INET, SOCK_STREAM, 0);
         if (srv < 0 || ioctl(srv, SIOCGIFFLAGS, &ifr) < 0)
                 _exit(41);
         ifr.ifr_flags |= IFF_UP;
-        if (ioctl(srv, SIOCSIFFLAGS, &ifr) < 0 ||
-            setsockopt(srv, SOL_SOCKET, SO_RCVBUF, &small, sizeof small) < 0 ||
+        /* Without CAP_NET_ADMIN (a container), back to the machine's own loopback: a port of the kernel's choosing. */
+        if (ioctl(srv, SIOCSIFFLAGS, &ifr) < 0) {
+                int err = errno;
+
+                close(srv);
+                if (err != EPERM || setns(host_net, CLONE_NEWNET) < 0 || (srv = socket(AF_INET, SOCK_STREAM, 0)) < 0)
+                        _exit(42);
+        }
+        if (setsockopt(srv, SOL_SOCKET, SO_RCVBUF, &small, sizeof small) < 0 ||
             bind(srv, (struct sockaddr *) &sa, sizeof sa) < 0 || listen(srv, 1) < 0 ||
             getsockname(srv, (struct sockaddr *) &sa, &len) < 0)
                 _exit(42);
