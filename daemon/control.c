@@ -46,6 +46,8 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -64,6 +66,8 @@
 #define LINES_PER_TURN 64u      /* answered per turn: bounds one turn's work, and how far a deadline overshoots */
 #define ACCEPT_PAUSE_USEC (100 * 1000)
 #define NO_LINE UINT64_MAX
+#define FDS_RETRY_MIN_USEC 1000                 /* held descriptors: first look again after 1 ms, */
+#define FDS_RETRY_MAX_USEC (250 * 1000)         /* then ever later, up to 4 times a second */
 
 typedef struct Conn Conn;
 typedef struct UidAcct UidAcct;
@@ -104,6 +108,16 @@ struct Conn {
         int fds[PROTO_FDS_MAX];
         size_t n_fds;
         uint64_t fds_pos;
+        /*
+         * Descriptors sent stay in the client's socket until it reads them, and
+         * the kernel charges them to our open-file limit: the next answer's wait
+         * until it has read all we sent (fds_held). Nothing wakes us when it does
+         * (the socket stays writable): fds_retry looks again, backing off.
+         */
+        bool fds_in_flight;
+        bool fds_held;
+        uint64_t fds_retry_usec;
+        sd_event_source *fds_retry;
         bool closing;           /* answer sent for a fatal error; close once flushed */
         bool eof;
         sd_event_source *timeout;       /* the request timer; when closing, the deadline to take the last answer */
@@ -231,6 +245,8 @@ static void conn_drop_input(Conn *conn) {
 static void conn_close_fds(Conn *conn) {
         while (conn->n_fds > 0)
                 close(conn->fds[--conn->n_fds]);
+        /* Nothing left to hold back (sent, or dropped with the output of a failing connection). */
+        conn->fds_held = false;
 }
 
 static void conn_drop_output(Conn *conn) {
@@ -385,6 +401,7 @@ static Conn *conn_free(Conn *conn) {
         sd_event_source_disable_unref(conn->source);
         sd_event_source_disable_unref(conn->more);
         sd_event_source_disable_unref(conn->timeout);
+        sd_event_source_disable_unref(conn->fds_retry);
         if (conn->fd >= 0)
                 close(conn->fd);
         LIST_REMOVE(conn, link);
@@ -399,9 +416,18 @@ static Conn *conn_free(Conn *conn) {
         return NULL;
 }
 
+/* Whether the client has yet to read some of what we sent (SIOCOUTQ: our bytes still in its socket). */
+static bool client_has_unread(const Conn *conn) {
+        int unread = 0;
+
+        /* Unknown: as before this check, rather than an answer held for good. */
+        return ioctl(conn->fd, SIOCOUTQ, &unread) == 0 && unread > 0;
+}
+
 /*
  * Send up to len bytes from buf, with the pending descriptors when they
- * belong to its first byte (the kernel delivers them with it).
+ * belong to its first byte (the kernel delivers them with it); held back
+ * (EAGAIN, fds_held) while the client has not read the last ones.
  */
 static ssize_t send_some(Conn *conn, const char *buf, size_t len) {
         union {
@@ -420,6 +446,12 @@ static ssize_t send_some(Conn *conn, const char *buf, size_t len) {
                 iov.iov_len = MIN(len, (size_t) (conn->fds_pos - conn->out_sent));
                 return send(conn->fd, buf, iov.iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
         }
+        if (conn->fds_in_flight && client_has_unread(conn)) {
+                conn->fds_held = true;
+                errno = EAGAIN;
+                return -1;
+        }
+        conn->fds_in_flight = conn->fds_held = false;
         memset(&control, 0, sizeof control);
         mh.msg_control = control.buf;
         mh.msg_controllen = CMSG_SPACE(sizeof(int) * conn->n_fds);
@@ -430,8 +462,11 @@ static ssize_t send_some(Conn *conn, const char *buf, size_t len) {
         memcpy(CMSG_DATA(cm), conn->fds, sizeof(int) * conn->n_fds);
         n = sendmsg(conn->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         /* Sent (the peer has its own copies now): ours go. */
-        if (n > 0)
+        if (n > 0) {
                 conn_close_fds(conn);
+                conn->fds_in_flight = true;
+                conn->fds_retry_usec = 0;
+        }
         return n;
 }
 
@@ -608,19 +643,46 @@ static int conn_fail_nobufs(Conn *conn) {
         return conn_fail(conn, ENOBUFS, why);
 }
 
+static int on_conn_fds_retry(sd_event_source *s, uint64_t usec, void *userdata);
+
+/* While an answer's descriptors are held, look again after a wait that doubles up to FDS_RETRY_MAX_USEC. */
+static int conn_update_fds_retry(Conn *conn) {
+        uint64_t at;
+        int r;
+
+        if (!conn->fds_held)
+                return conn->fds_retry ? sd_event_source_set_enabled(conn->fds_retry, SD_EVENT_OFF) : 0;
+        conn->fds_retry_usec = MIN(MAX(conn->fds_retry_usec * 2, FDS_RETRY_MIN_USEC), FDS_RETRY_MAX_USEC);
+        at = now_usec() + conn->fds_retry_usec;
+        /* Slack of a quarter: the retries of many held connections come in one wake-up. */
+        if (!conn->fds_retry)
+                return sd_event_add_time(conn->control->event, &conn->fds_retry, CLOCK_MONOTONIC, at,
+                                         conn->fds_retry_usec / 4, on_conn_fds_retry, conn);
+        r = sd_event_source_set_time(conn->fds_retry, at);
+        if (r >= 0)
+                r = sd_event_source_set_time_accuracy(conn->fds_retry, conn->fds_retry_usec / 4);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(conn->fds_retry, SD_EVENT_ONESHOT);
+        return r;
+}
+
 static int conn_update_events(Conn *conn) {
         uint32_t events = 0;
         int r;
 
         if (conn_reading(conn))
                 events |= EPOLLIN;
-        if (pending_output(conn) > 0)
+        /* Held descriptors wait for the client to read, which EPOLLOUT does not tell: it would spin. */
+        if (pending_output(conn) > 0 && !conn->fds_held)
                 events |= EPOLLOUT;
         r = sd_event_source_set_io_events(conn->source, events);
         if (r < 0)
                 return r;
+        r = conn_update_fds_retry(conn);
+        if (r < 0)
+                return r;
         /* Complete lines left after a turn: nothing else would wake us for bytes already read. */
-        /* Descriptors waiting to go: the next line is answered once they went (EPOLLOUT wakes us). */
+        /* Descriptors waiting to go: the next line is answered once they went (EPOLLOUT or fds_retry wakes us). */
         if (conn->closing || conn->n_fds > 0 || pending_output(conn) >= conn->control->limits->output_max ||
             !has_line(conn))
                 return conn->more ? sd_event_source_set_enabled(conn->more, SD_EVENT_OFF) : 0;
@@ -896,6 +958,15 @@ static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userda
         Control *c = ((Conn *) userdata)->control;
 
         conn_service(userdata, revents);
+        control_changed(c);
+        return 0;
+}
+
+static int on_conn_fds_retry(sd_event_source *s, uint64_t usec, void *userdata) {
+        Control *c = ((Conn *) userdata)->control;
+
+        /* The flush in the turn sends the held answer if the client has read the last. */
+        conn_service(userdata, 0);
         control_changed(c);
         return 0;
 }

@@ -15,6 +15,7 @@
 #include <inttypes.h>
 #include <linux/capability.h>
 #include <linux/fs.h>
+#include <linux/sockios.h>
 #include <sched.h>
 #include <semaphore.h>
 #include <signal.h>
@@ -25,6 +26,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/ptrace.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -791,6 +793,51 @@ START_TEST(test_open_fds_unread) {
         for (deadline = test_now_ms() + 5000; daemon_fd_count() >= base && test_now_ms() < deadline;)
                 usleep(10 * 1000);
         ck_assert_int_eq(daemon_fd_count(), base - 1);
+}
+END_TEST
+
+/*
+ * Descriptors a client has not read yet sit in its socket, and the kernel
+ * charges them to the daemon's open-file limit: a client that asks for
+ * descriptors and never reads them must not run that up. At most one
+ * answer's descriptors are in flight per connection; the next answer waits
+ * until the client has read what came before, then comes.
+ */
+START_TEST(test_open_fds_in_flight_bounded) {
+        const char *req = "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"ro\", \"fd\": true}\n";
+        int fd, fds[PROTO_FDS_MAX], unread = -1;
+        char peek[4096], *nl;
+        int64_t deadline;
+        json_t *resp;
+        ssize_t k;
+        size_t n;
+
+        test_daemon_write_config(&td, "[" RAW1 "]");
+        test_start_ok();
+        fd = test_connect(td.socket);
+        for (int i = 0; i < 40; i++)
+                test_send(fd, req, strlen(req));
+        /* The daemon asleep again has done all it will for now (it was woken by our sends). */
+        for (deadline = test_now_ms() + 5000; test_task_state(td.pid, 0) != 'S' && test_now_ms() < deadline;)
+                usleep(1000);
+        ck_assert_int_eq(test_task_state(td.pid, 0), 'S');
+        k = recv(fd, peek, sizeof peek - 1, MSG_PEEK);
+        ck_assert_int_gt(k, 0);
+        peek[k] = 0;
+        nl = strchr(peek, '\n');
+        ck_assert_ptr_nonnull(nl);
+        ck_assert_int_eq(ioctl(fd, SIOCINQ, &unread), 0);
+        ck_assert_msg(unread == nl + 1 - peek, "%d bytes wait unread: more than the first answer's %d",
+                      unread, (int) (nl + 1 - peek));
+        /* Read, each answer comes, with its own descriptors. */
+        for (int i = 0; i < 40; i++) {
+                resp = test_request_fds(fd, NULL, fds, PROTO_FDS_MAX, &n);
+                test_assert_ok(resp);
+                ck_assert_msg(n == 4, "answer %d: %zu descriptors", i, n);
+                json_decref(resp);
+                close_all(fds, n);
+        }
+        close(fd);
 }
 END_TEST
 
@@ -1650,7 +1697,8 @@ int main(void) {
         const TestGroup groups[] = {
                 { "files", CASE_TIMEOUT, { test_files_made, test_status_list, test_check_config, test_access_follows_file_rule,
                                            test_capability_is_the_file_rule, test_unprivileged_daemon } },
-                { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread } },
+                { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread,
+                                         test_open_fds_in_flight_bounded } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back,
                                              test_stop_and_reload_spare_replaced, test_other_owner_removed,
