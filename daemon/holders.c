@@ -222,16 +222,20 @@ int holders_take(Holders *hs, pid_t pid, int pidfd, uint32_t want, uint32_t *ret
         return 0;
 }
 
+void holders_wake_waiters(const Holders *hs) {
+        if (hs->ring)
+                ring_wake_sleepers(hs->ring);
+        if (hs->name)
+                wake_signal(hs->wake, hs->name);
+}
+
 /* Mark entry i DEAD, keeping its generation. */
 static void entry_set_dead(Holders *hs, uint32_t i, uint64_t word) {
         __atomic_store_n(&entry_at(hs, i)->word, (word & ~UINT64_C(0xffffffff)) | RING_HOLDER_DEAD,
                          __ATOMIC_RELEASE);
         orphan_set(hs, i, false, 0);
-        /* A waiter may sit behind its claim, which can be repaired only now: in FUTEX_WAIT, or in an event loop. */
-        if (hs->ring)
-                ring_wake_sleepers(hs->ring);
-        if (hs->name)
-                wake_signal(hs->wake, hs->name);
+        /* A waiter may sit behind its claim, which can be repaired only now. */
+        holders_wake_waiters(hs);
 }
 
 void holders_release(Holders *hs, uint32_t token) {

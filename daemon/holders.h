@@ -68,6 +68,14 @@ int holders_init_table(Holders *hs, RingHolder *table, uint32_t n);
 /* Free what hs keeps beside the table (not the table: the segment's). hs has no table after. */
 void holders_done(Holders *hs);
 
+/*
+ * Wake whoever waits on the channel: a ring's futex sleepers whose flag is
+ * up (ring_wake_sleepers()), and its FIFO waiters, in an event loop. Done
+ * whenever an entry goes DEAD; a waiter behind a claim of it can only now
+ * repair it.
+ */
+void holders_wake_waiters(const Holders *hs);
+
 /* Whether token names no LIVE entry of the table (bcast_token_dead()); false for 0 and without a table. */
 bool holders_token_dead(const Holders *hs, uint32_t token);
 

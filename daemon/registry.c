@@ -165,10 +165,7 @@ int registry_adopt(Registry *r, Channel *c, size_t *ret_orphans) {
          * the sleepers behind its claims: an entry dead already is never marked
          * again, so wake them now.
          */
-        if (e->holders.ring)
-                ring_wake_sleepers(e->holders.ring);
-        if (e->has_wake)
-                wake_signal(r->wake, c->spec.name);
+        holders_wake_waiters(&e->holders);
         if (ret_orphans)
                 *ret_orphans = e->holders.n_orphans + e->subs.n_orphans;
         return 0;
