@@ -221,6 +221,9 @@ static void daemon_spawn(TestDaemon *d, va_list ap) {
 
                         if (setgroups(0, NULL) < 0 || setgid(d->gid) < 0 || setuid(d->uid) < 0)
                                 _exit(125);
+                        /* setuid() cleared the parent-death signal: set it again. */
+                        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() == 1)
+                                _exit(127);
                         if (exe >= 0)
                                 fexecve(exe, (char **) argv, environ);
                 }

@@ -1907,7 +1907,9 @@ END_TEST
  * The holds of pid on `channel`, as the broker's status says, asked on a
  * plain socket of the test's own; -1 when the broker has no such channel.
  */
-static int holds_of(pid_t pid, const char *channel) {
+/* The holds of process pid on `channel` as status lists them (-1: status failed); the last one's access in *access. */
+static int holds_access_of(pid_t pid, const char *channel, const char **access) {
+        static char last[8];
         char line[160];
         int fd = test_connect(td.socket), n = 0;
         json_t *resp, *e;
@@ -1916,15 +1918,24 @@ static int holds_of(pid_t pid, const char *channel) {
         snprintf(line, sizeof line, "{\"op\":\"status\",\"channel\":\"%s\"}", channel);
         resp = test_request(fd, line);
         close(fd);
+        last[0] = 0;
+        if (access)
+                *access = last;
         if (!json_is_true(json_object_get(resp, "ok"))) {
                 json_decref(resp);
                 return -1;
         }
         json_array_foreach(json_object_get(test_must_find(resp, channel), "clients"), i, e)
-                if (test_jint(e, "pid") == pid)
+                if (test_jint(e, "pid") == pid) {
+                        snprintf(last, sizeof last, "%s", test_jstr(e, "access"));
                         n++;
+                }
         json_decref(resp);
         return n;
+}
+
+static int holds_of(pid_t pid, const char *channel) {
+        return holds_access_of(pid, channel, NULL);
 }
 
 /* This process's holds on `channel`. */
@@ -2129,21 +2140,9 @@ END_TEST
 
 /* The access of this process's (one) hold on `channel`, as status lists it: "rw", "ro", or "" without one. */
 static const char *my_access(const char *channel) {
-        static char access[8];
-        int fd = test_connect(td.socket);
-        char line[160];
-        json_t *resp, *e;
-        size_t i;
+        const char *access;
 
-        access[0] = 0;
-        snprintf(line, sizeof line, "{\"op\":\"status\",\"channel\":\"%s\"}", channel);
-        resp = test_request(fd, line);
-        close(fd);
-        ck_assert(json_is_true(json_object_get(resp, "ok")));
-        json_array_foreach(json_object_get(test_must_find(resp, channel), "clients"), i, e)
-                if (test_jint(e, "pid") == getpid())
-                        snprintf(access, sizeof access, "%s", test_jstr(e, "access"));
-        json_decref(resp);
+        ck_assert_int_ge(holds_access_of(getpid(), channel, &access), 0);
         return access;
 }
 
@@ -2179,6 +2178,7 @@ START_TEST(test_reconnect_keeps_the_strongest_access) {
         /* The read-write mapping is gone: the hold still stands for what it was handed, until it ends. */
         ck_assert_int_eq(shmb_close(rw), 0);
         ck_assert_int_eq(my_holds("pair"), 1);
+        ck_assert_str_eq(my_access("pair"), "rw");
         ck_assert_int_eq(shmb_close(ro), 0);
         ck_assert_int_eq(my_holds("pair"), 0);
         shmb_disconnect(c);

@@ -681,15 +681,7 @@ START_TEST(test_access_follows_file_rule) {
 
         test_daemon_write_config(&td, channels);
         test_start_ok();
-        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-                int status = test_in_child(access_child, &cases[i]);
-
-                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                              "case %zu (%s %s as %u/%u+%u): child status %d (20: daemon and kernel disagree, "
-                              "21: wrong verdict)", i, cases[i].channel, cases[i].access, (unsigned) cases[i].uid,
-                              (unsigned) cases[i].gid, (unsigned) cases[i].extra_group,
-                              WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-        }
+        run_access_cases(cases, sizeof cases / sizeof cases[0]);
 }
 END_TEST
 
@@ -1090,7 +1082,7 @@ START_TEST(test_reload_keeps_what_it_could_not_remove) {
         ck_assert(!shm_exists("sem.shmbroker.ring1.0"));
         ck_assert(shm_exists("shmbroker.ring1"));
         log = log_now();
-        ck_assert_msg(strstr(log, "shmbroker.ring1") && strstr(log, "next start"),
+        ck_assert_msg(strstr(log, "Failed to remove " PSEM_DIR "/shmbroker.ring1"),
                       "the daemon did not say it kept shmbroker.ring1:\n%s", log);
         free(log);
         raw = shm_stat("shmbroker.raw1");
@@ -1233,7 +1225,7 @@ static bool at_state_write_or_chown(pid_t pid, uint64_t nr, uint64_t arg0) {
  */
 START_TEST(test_owner_change_killed_at_each_step) {
         char *before = shm_listing(), *log;
-        int k, j = 0;
+        int k, j = 0, max_j = 0;
 
         for (k = 1;; k++) {
                 struct stat seg;
@@ -1258,6 +1250,8 @@ START_TEST(test_owner_change_killed_at_each_step) {
                         if (!test_daemon_kill_at(&td, j, at_state_write_or_chown, test_td_ready))
                                 break;
                 }
+                if (j > max_j)
+                        max_j = j;
                 log = log_now();
                 ck_assert_msg(shm_stat("shmbroker.o3").st_ino == seg.st_ino && shm_stat("shmbroker.o3").st_uid == 65533,
                               "killed at step %d of the owner change and step %d of the next start: o3 was not "
@@ -1269,6 +1263,7 @@ START_TEST(test_owner_change_killed_at_each_step) {
         }
         /* Two files, each recorded anew and given its owner; the start after a kill had steps too. */
         ck_assert_int_ge(k, 5);
+        ck_assert_int_ge(max_j, 2);
         free(before);
 }
 END_TEST
