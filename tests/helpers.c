@@ -4,7 +4,10 @@
 #include <ftw.h>
 #include <grp.h>
 #include <inttypes.h>
+#include <linux/audit.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -180,6 +183,47 @@ char *test_daemon_wait_notify(TestDaemon *d, const char *what, int timeout_ms) {
         return NULL;
 }
 
+#ifndef SO_PASSRIGHTS
+#define SO_PASSRIGHTS 83
+#endif
+#if defined(__x86_64__)
+#define FILTER_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define FILTER_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+/*
+ * In the daemon's child: from here on setsockopt(SOL_SOCKET, SO_PASSRIGHTS)
+ * fails with err, as on a kernel without the switch (ENOPROTOOPT) or under
+ * a filter that forbids it; every other call runs. Compares the low words of
+ * the arguments (level and optname are ints). 0, or -1 (errno set).
+ */
+static int deny_passrights(int err) {
+#ifdef FILTER_ARCH
+        struct sock_filter code[] = {
+                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, FILTER_ARCH, 0, 7),
+                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_setsockopt, 0, 5),
+                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SOL_SOCKET, 0, 3),
+                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SO_PASSRIGHTS, 0, 1),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((uint32_t) err & SECCOMP_RET_DATA)),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = { .len = (unsigned short) ELEMENTS(code), .filter = code };
+
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+                return -1;
+        return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+#else
+        (void) err;
+        errno = ENOSYS;
+        return -1;
+#endif
+}
+
 static void daemon_spawn(TestDaemon *d, va_list ap) {
         const char *argv[48];
         char *wrapper = getenv("TEST_DAEMON_WRAPPER") ? strdup(getenv("TEST_DAEMON_WRAPPER")) : NULL;
@@ -210,6 +254,8 @@ static void daemon_spawn(TestDaemon *d, va_list ap) {
                 setenv("NOTIFY_SOCKET", d->notify, 1);
                 if (d->activate && pass_listening_socket(d->socket) < 0)
                         _exit(126);
+                if (d->passrights_errno && deny_passrights(d->passrights_errno) < 0)
+                        _exit(124);
                 if (d->stop_before_exec)
                         (void) raise(SIGSTOP);
                 /*

@@ -2156,6 +2156,85 @@ START_TEST(test_descriptor_sent_to_the_daemon_cannot_stall_it) {
 }
 END_TEST
 
+/*
+ * A descriptor on a request line, sent with sendmsg(): 0 when the socket took
+ * it, else the errno. The line is answered either way.
+ */
+static int send_with_descriptor(int fd, const char *line) {
+        char cbuf[CMSG_SPACE(sizeof(int))] = { 0 };
+        struct iovec iov = { .iov_base = (void *) line, .iov_len = strlen(line) };
+        struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf };
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        int passed = open("/dev/null", O_RDONLY | O_CLOEXEC), r;
+
+        ck_assert_int_ge(passed, 0);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &passed, sizeof passed);
+        r = sendmsg(fd, &msg, MSG_NOSIGNAL) < 0 ? errno : 0;
+        close(passed);
+        return r;
+}
+
+/* How much the daemon's log holds so far: where the next start's lines begin. */
+static size_t log_length(void) {
+        struct stat st;
+
+        return stat(td.log, &st) == 0 ? (size_t) st.st_size : 0;
+}
+
+/*
+ * A kernel without SO_PASSRIGHTS (before 6.16), played by a seccomp filter
+ * that fails the call with ENOPROTOOPT: the daemon says at start that it
+ * cannot refuse descriptors, then serves, also a client that sends one. Any
+ * other failure of the switch (here EPERM) is an error that stops the start,
+ * named. Both on a socket of its own and on one passed as systemd would.
+ */
+START_TEST(test_socket_that_cannot_refuse_descriptors) {
+        static const char *const warning = "This kernel cannot refuse descriptors sent to the socket (SO_PASSRIGHTS";
+
+        for (int activate = 0; activate < 2; activate++) {
+                int status = 0, fd;
+                char *log, *line;
+                size_t seen = log_length();
+
+                test_daemon_write_config(&td, one_public_channel);
+                td.activate = activate;
+                td.passrights_errno = ENOPROTOOPT;
+                test_start_ok();
+                log = test_daemon_log(&td);
+                ck_assert_msg(strstr(log + seen, warning), "no warning of a socket that takes descriptors (activated: %d): %s",
+                              activate, log);
+                free(log);
+                fd = test_connect(td.socket);
+                ck_assert_msg(send_with_descriptor(fd, "{\"op\":\"hello\",\"version\":1}\n") == 0,
+                              "the filter did not stand in for an older kernel: the socket refused a descriptor");
+                ck_assert_msg(recv_line(fd, 10000, &line) == 1, "a hello that came with a descriptor was not answered");
+                ck_assert_msg(strstr(line, "\"ok\":true"), "hello with a descriptor: %s", line);
+                free(line);
+                close(fd);
+                assert_hello_answered("after a descriptor was sent");
+                test_daemon_stop_ok(&td);
+
+                td.passrights_errno = EPERM;
+                seen = log_length();
+                ck_assert_msg(!test_daemon_start(&td, &status, NULL), "started with a socket it could not switch (activated: %d)",
+                              activate);
+                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) != 0 && WEXITSTATUS(status) < 124,
+                              "a start that cannot refuse descriptors: status %d", status);
+                log = test_daemon_log(&td);
+                ck_assert_msg(strstr(log + seen, "cannot refuse descriptors on the socket: Operation not permitted"),
+                              "the failed switch is not named (activated: %d): %s", activate, log);
+                free(log);
+                td.passrights_errno = 0;
+                /* The channels it made before it gave up are gone with it. */
+                ck_assert_int_eq(test_ipcs_count("-m"), 0);
+                ck_assert_int_eq(test_ipcs_count("-s"), 0);
+        }
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -2166,7 +2245,8 @@ int main(void) {
                                                     test_one_client_cannot_starve_the_others } },
                 { "socket", CASE_TIMEOUT, { test_socket_mode_0600_group, test_socket_mode_0660_group } },
                 { "storm", HEAVY_TIMEOUT, { test_connection_storm } },
-                { "hostile-input", CASE_TIMEOUT, { test_hostile_input, test_descriptor_sent_to_the_daemon_cannot_stall_it } },
+                { "hostile-input", CASE_TIMEOUT, { test_hostile_input, test_descriptor_sent_to_the_daemon_cannot_stall_it,
+                                           test_socket_that_cannot_refuse_descriptors } },
                 { "access-matrix", CASE_TIMEOUT, { test_access_matrix } },
                 { "buffers", CASE_TIMEOUT, { test_buffers_per_uid } },
         };
