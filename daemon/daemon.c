@@ -55,9 +55,14 @@ static bool state_is_empty(State *state) {
         return state_read(state, &v, &n, &skipped) == 0 && n == 0;
 }
 
-/* Name the objects that could not be removed since the from-th: they stay recorded for the next start. */
-static void log_kept(const Daemon *d, size_t from) {
+/*
+ * Name the objects that could not be removed since the from-th (and count
+ * those since the lost-th that there was no memory to name): they stay
+ * recorded for the next start.
+ */
+static void log_kept(const Daemon *d, size_t from, size_t lost) {
         const StateRecord *rec;
+        size_t n_lost = state_n_lost(d->state) - lost;
         int err;
 
         for (size_t i = from; (rec = state_kept(d->state, i, &err)); i++) {
@@ -75,19 +80,23 @@ static void log_kept(const Daemon *d, size_t from) {
                 log_warning("Failed to remove %s: %s; it stays recorded in %s, and the next start tries again.", what,
                             strerror(err), state_path(d->state));
         }
+        if (n_lost > 0)
+                log_warning("Failed to remove %zu more object(s), which there was no memory to name; they stay recorded "
+                            "in %s, and the next start tries again.", n_lost, state_path(d->state));
 }
 
 static void daemon_done(Daemon *d) {
-        size_t kept;
+        size_t kept, lost;
 
         d->status_timer = sd_event_source_disable_unref(d->status_timer);
         d->orphan_timer = sd_event_source_disable_unref(d->orphan_timer);
         d->control = control_free(d->control);
         d->exits = exit_watch_free(d->exits);
         kept = d->state ? state_n_kept(d->state) : 0;
+        lost = d->state ? state_n_lost(d->state) : 0;
         d->registry = registry_free(d->registry);
         if (d->state)
-                log_kept(d, kept);
+                log_kept(d, kept, lost);
         d->wake = wake_free(d->wake);
         dispatch_done(&d->dispatch);
         /*
@@ -357,12 +366,12 @@ static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size
                 log_warning("Reload: \"socket\" changed to %s; moving the socket needs a restart, ignoring.",
                             cfg->socket);
         if (r == 0) {
-                size_t kept = state_n_kept(d->state);
+                size_t kept = state_n_kept(d->state), lost = state_n_lost(d->state);
 
                 /* As at start (state.h); save_state() below rewrites the file anyway. */
                 state_batch_begin(d->state);
                 r = reload_apply(d->registry, cfg, ret, msg, msg_size);
-                log_kept(d, kept);
+                log_kept(d, kept, lost);
                 k = state_batch_end(d->state);
                 if (k < 0)
                         log_warning("Failed to record the reload's channels in %s: %s; the next start may "

@@ -44,7 +44,7 @@ struct State {
         size_t deferred_len, deferred_cap;
         KeptRecord *kept;       /* objects that could not be removed (state_keep()) */
         size_t n_kept;
-        bool kept_lost;         /* one of them could not be kept: no rewrite may drop the file's lines */
+        size_t n_lost;          /* of them could not be kept: no rewrite may drop the file's lines */
 };
 
 static const char *kind_name(StateKind k) {
@@ -632,7 +632,7 @@ int state_keep(State *s, const StateRecord *r, int err) {
 
         if (!v) {
                 /* The file still holds its record, uncancelled: it is kept by never replacing the file. */
-                s->kept_lost = true;
+                s->n_lost++;
                 return -ENOMEM;
         }
         s->kept = v;
@@ -642,6 +642,10 @@ int state_keep(State *s, const StateRecord *r, int err) {
 
 size_t state_n_kept(const State *s) {
         return s->n_kept;
+}
+
+size_t state_n_lost(const State *s) {
+        return s->n_lost;
 }
 
 const StateRecord *state_kept(const State *s, size_t i, int *ret_err) {
@@ -656,7 +660,7 @@ int state_rewrite(State *s, const StateRecord *v, size_t n) {
         size_t len = strlen(STATE_HEADER);
         int fd = -1, r;
 
-        if (s->kept_lost)
+        if (s->n_lost > 0)
                 return -ENOMEM;
         name = strprintf("%s.state", s->name);
         if (!name)

@@ -125,8 +125,9 @@ int state_cancel(State *s, const StateRecord *r);
  */
 int state_keep(State *s, const StateRecord *r, int err);
 
-/* How many records state_keep() was given. */
+/* How many records state_keep() was given, and kept (n_kept) or not, for want of memory (n_lost). */
 size_t state_n_kept(const State *s);
+size_t state_n_lost(const State *s);
 
 /* The i-th of them (oldest first), with its err in *ret_err; NULL past the end. */
 const StateRecord *state_kept(const State *s, size_t i, int *ret_err);

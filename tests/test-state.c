@@ -577,6 +577,9 @@ START_TEST(test_record_kept_without_memory_survives_rewrite) {
         fail_allocs = 1;
         ck_assert_int_eq(state_keep(s, &stuck, EPERM), -ENOMEM);
         fail_allocs = 0;
+        /* Not among those named at the stop, but counted there. */
+        ck_assert_uint_eq(state_n_kept(s), 0);
+        ck_assert_uint_eq(state_n_lost(s), 1);
         /* The rewrite after a reload lists the live objects only. */
         (void) state_rewrite(s, &live, 1);
         ck_assert_msg(state_holds(s, &stuck), "the record of an object that could not be removed was dropped");
