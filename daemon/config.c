@@ -600,7 +600,7 @@ int config_load(const char *path, Config **ret, char *msg, size_t msg_size) {
         struct stat st;
         size_t got = 0;
 
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
         if (fd < 0 || fstat(fd, &st) < 0) {
                 int err = errno;
 

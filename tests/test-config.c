@@ -1090,6 +1090,30 @@ START_TEST(test_load_unreadable) {
 }
 END_TEST
 
+/*
+ * A config path that is a FIFO (a mistake, or a file an editor or a deploy
+ * tool swapped) is refused at once like any other file that is not a
+ * regular file: open(2) of a FIFO for reading waits for a writer, and the
+ * daemon loads the config on its event loop, so a wait there would freeze
+ * a reload, every client and even SIGTERM. The case timeout catches a hang.
+ */
+START_TEST(test_load_fifo) {
+        char dir[] = "/tmp/test-config-fifo-XXXXXX", path[128], msg[MSG_SIZE] = "";
+        Config *c = NULL;
+        int r;
+
+        ck_assert_ptr_nonnull(mkdtemp(dir));
+        snprintf(path, sizeof path, "%s/shmbroker.json", dir);
+        ck_assert_int_eq(mkfifo(path, 0600), 0);
+        r = config_load(path, &c, msg, sizeof msg);
+        ck_assert_int_gt(r, 0);
+        ck_assert_ptr_null(c);
+        ck_assert_msg_contains(msg, path);
+        ck_assert_int_eq(unlink(path), 0);
+        ck_assert_int_eq(rmdir(dir), 0);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 /* ipc_limits_check                                                          */
 
@@ -1499,6 +1523,7 @@ static Suite *config_suite(void) {
         tcase_add_test(tc, test_load_missing);
         tcase_add_test(tc, test_load_example);
         tcase_add_test(tc, test_load_unreadable);
+        tcase_add_test(tc, test_load_fifo);
         suite_add_tcase(s, tc);
 
         tc = tcase("limits");
