@@ -7,6 +7,7 @@
 #include "daemon/ipc-stat.h"
 #include "daemon/log.h"
 #include "daemon/reload.h"
+#include "proto/broadcast.h"
 
 /* Whether the kernel objects of a and b would be the same (all but perms). */
 static bool channel_spec_same_objects(const ChannelSpec *a, const ChannelSpec *b) {
@@ -184,6 +185,11 @@ static int check_limits(const Plan *p, char *msg, size_t msg_size) {
                         continue;
                 l.shm_ids_used++;
                 l.shm_pages_used += (p->add[i]->size + l.page_size - 1) / l.page_size;
+                /* A broadcast channel's subscriber table is a segment of its own, as ipc_limits_check() counts it. */
+                if (p->add[i]->layout == PROTO_LAYOUT_BROADCAST) {
+                        l.shm_ids_used++;
+                        l.shm_pages_used += (bcast_table_size(p->add[i]->subscribers) + l.page_size - 1) / l.page_size;
+                }
                 l.sem_sets_used++;
                 l.sem_sems_used += p->add[i]->nsems;
         }
@@ -197,6 +203,13 @@ static int check_limits(const Plan *p, char *msg, size_t msg_size) {
                  * (and keeps its id and pages) until the last detach. */
                 l.sem_sets_used -= MIN(l.sem_sets_used, UINT64_C(1));
                 l.sem_sems_used -= MIN(l.sem_sems_used, (uint64_t) e->channel->spec.nsems);
+                /* The daemon has both attached: more than one attach is a client's. */
+                if (e->channel->table_id >= 0 && ipc_stat_shm(e->channel->table_id, &ds) == 0 && ds.shm_nattch <= 1) {
+                        uint64_t pages = (bcast_table_size(e->channel->spec.subscribers) + l.page_size - 1) / l.page_size;
+
+                        l.shm_ids_used -= MIN(l.shm_ids_used, UINT64_C(1));
+                        l.shm_pages_used -= MIN(l.shm_pages_used, pages);
+                }
                 if (ipc_stat_shm(e->channel->shm_id, &ds) < 0 || ds.shm_nattch > 1)
                         continue;
                 l.shm_ids_used -= MIN(l.shm_ids_used, UINT64_C(1));

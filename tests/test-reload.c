@@ -871,6 +871,67 @@ START_TEST(test_foreign_fixed_key_refused_whole) {
 }
 END_TEST
 
+/*
+ * A broadcast channel is two segments (its own and its subscriber table).
+ * The reload plan must count both for a channel it adds before it judges
+ * the replacements that come after the removals: here r (raw, 1 segment)
+ * becomes a broadcast channel and x (broadcast) is new, 4 segments where
+ * kernel.shmmni allows 3. The reload must be refused whole (ENOSPC), not
+ * answered ok with r gone.
+ */
+START_TEST(test_added_broadcast_counts_its_table_at_kernel_limit) {
+        json_t *before, *resp, *after;
+        int fd;
+
+        test_daemon_write_config(&td, "[{\"name\": \"r\", \"size\": 4096}]");
+        test_start_ok();
+        before = list_ok();
+        test_write_proc("/proc/sys/kernel/shmmni", "3");
+
+        test_daemon_write_config(&td,
+                "[{\"name\": \"r\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4},"
+                " {\"name\": \"x\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4}]");
+        fd = test_connect(td.socket);
+        resp = req(fd, "{\"op\":\"reload\"}");
+        after = list_ok();
+        ck_assert_msg(test_find_channel(after, "r"), "the reload lost channel r (answer: %s)",
+                      json_dumps(resp, JSON_COMPACT));
+        test_assert_error(resp, "ENOSPC");
+        assert_message_contains(resp, "kernel.shmmni");
+        assert_same_channels(before, after);
+        assert_ipcs(1, 1);
+        json_decref(resp);
+        json_decref(after);
+        json_decref(before);
+        close(fd);
+}
+END_TEST
+
+/*
+ * The other side of the same count: replacing a broadcast channel frees
+ * both its segments. At kernel.shmmni = 2, changing its slots fits exactly
+ * (a start with the new file works) and must not be refused.
+ */
+START_TEST(test_replaced_broadcast_frees_its_table_at_kernel_limit) {
+        json_t *after;
+        int fd;
+
+        test_daemon_write_config(&td, "[{\"name\": \"r\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4}]");
+        test_start_ok();
+        assert_ipcs(2, 1);
+        test_write_proc("/proc/sys/kernel/shmmni", "2");
+
+        test_daemon_write_config(&td, "[{\"name\": \"r\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 8}]");
+        fd = test_connect(td.socket);
+        reload_expect(fd, "", "", "r", "");
+        after = list_ok();
+        ck_assert_int_eq(test_jint(test_must_find(after, "r"), "slots"), 8);
+        json_decref(after);
+        assert_ipcs(2, 1);
+        close(fd);
+}
+END_TEST
+
 /* ---- signals ---- */
 
 /*
@@ -1449,7 +1510,9 @@ int main(void) {
                 { "refusals", CASE_TIMEOUT, { test_broken_config_changes_nothing, test_reload_needs_root_or_admin_group,
                                 test_kernel_limit_refused_whole, test_swap_at_kernel_limit_all_or_nothing,
                                 test_replace_attached_at_kernel_limit_keeps_channel,
-                                test_foreign_fixed_key_refused_whole, test_fixed_keys_move_between_channels } },
+                                test_foreign_fixed_key_refused_whole, test_fixed_keys_move_between_channels,
+                                test_added_broadcast_counts_its_table_at_kernel_limit,
+                                test_replaced_broadcast_frees_its_table_at_kernel_limit } },
                 { "signals", CASE_TIMEOUT, { test_sighup_reloads_within_a_second, test_sigterm_after_reloads_removes_everything,
                                test_crash_mid_reload_then_restart } },
                 { "ftok", CASE_TIMEOUT, { test_ftok_key_follows_a_replaced_file } },
