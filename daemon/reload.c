@@ -105,10 +105,12 @@ static void plan_done(Plan *p) {
 /* Whether a channel this plan removes or replaces holds key now. */
 static bool plan_frees_key(const Plan *p, uint32_t key) {
         for (size_t i = 0; i < p->n_remove; i++)
-                if (p->remove[i]->channel->key == key)
+                if (p->remove[i]->channel->key == key ||
+                    (p->remove[i]->channel->table_id >= 0 && p->remove[i]->channel->table_key == key))
                         return true;
         for (size_t i = 0; i < p->n_later; i++)
-                if (p->replace[i] && p->replace[i]->channel->key == key)
+                if (p->replace[i] && (p->replace[i]->channel->key == key ||
+                                      (p->replace[i]->channel->table_id >= 0 && p->replace[i]->channel->table_key == key)))
                         return true;
         return false;
 }
@@ -121,6 +123,20 @@ static bool plan_creates(const Plan *p, const ChannelSpec *s) {
                 if (p->later[i] == s)
                         return true;
         return false;
+}
+
+/*
+ * Whether e, a channel with derived keys, holds a key that the new file
+ * fixes for a channel: a start would derive another, so the reload moves it
+ * too (a replacement), which frees the key for the channel that fixes it.
+ */
+static bool derived_key_now_fixed(const Config *cfg, const Entry *e) {
+        const Channel *c = e->channel;
+
+        if (c->spec.kind == PROTO_KIND_POSIX)
+                return false;
+        return (!c->spec.has_key && bsearch(&c->key, cfg->fixed_keys, cfg->n_fixed_keys, sizeof c->key, cmp_u32)) ||
+               (c->table_id >= 0 && bsearch(&c->table_key, cfg->fixed_keys, cfg->n_fixed_keys, sizeof c->key, cmp_u32));
 }
 
 static int plan_make(Registry *reg, const Config *cfg, Plan *p) {
@@ -143,7 +159,8 @@ static int plan_make(Registry *reg, const Config *cfg, Plan *p) {
                 Entry *e = registry_find(reg, s->name);
                 pid_t holder = 0;
 
-                if (e && (!channel_spec_same_objects(&e->channel->spec, s) || perms_revoke_hold(e, s, &holder))) {
+                if (e && (!channel_spec_same_objects(&e->channel->spec, s) || derived_key_now_fixed(cfg, e) ||
+                          perms_revoke_hold(e, s, &holder))) {
                         p->holder[p->n_later] = holder;
                         p->replace[p->n_later] = e;
                         p->later[p->n_later++] = s;

@@ -932,6 +932,49 @@ START_TEST(test_replaced_broadcast_frees_its_table_at_kernel_limit) {
 }
 END_TEST
 
+/*
+ * A new channel whose fixed key is the key that a kept channel of this
+ * daemon got derived. A start with the same file gives the kept channel
+ * another derived key (derived keys skip the file's fixed keys). A reload
+ * may do the same or refuse; it must not claim that the key is held by an
+ * object this daemon did not create, and advise ipcrm, which would remove
+ * the daemon's own live channel.
+ */
+START_TEST(test_fixed_key_of_kept_channel) {
+        json_t *list, *resp, *after;
+        char *channels;
+        json_int_t key;
+        int fd;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
+        test_start_ok();
+        list = list_ok();
+        key = test_jint(test_must_find(list, "a"), "shm_key");
+        ck_assert_int_ge(asprintf(&channels, "[{\"name\": \"a\", \"size\": 4096},"
+                                             " {\"name\": \"b\", \"size\": 4096, \"key\": %lld}]", (long long) key), 0);
+        test_daemon_write_config(&td, channels);
+        free(channels);
+        fd = test_connect(td.socket);
+        resp = req(fd, "{\"op\":\"reload\"}");
+        after = list_ok();
+        if (json_is_true(json_object_get(resp, "ok"))) {
+                ck_assert_int_eq(test_jint(test_must_find(after, "b"), "shm_key"), key);
+                ck_assert_int_ne(test_jint(test_must_find(after, "a"), "shm_key"), key);
+                assert_ipcs(2, 2);
+        } else {
+                const char *msg = test_jstr(resp, "message");
+
+                ck_assert_msg(!strstr(msg, "did not create") && !strstr(msg, "ipcrm"),
+                              "the refusal blames a foreign object for the daemon's own channel a: %s", msg);
+                assert_same_channels(list, after);
+        }
+        json_decref(resp);
+        json_decref(after);
+        json_decref(list);
+        close(fd);
+}
+END_TEST
+
 /* ---- signals ---- */
 
 /*
@@ -1512,7 +1555,8 @@ int main(void) {
                                 test_replace_attached_at_kernel_limit_keeps_channel,
                                 test_foreign_fixed_key_refused_whole, test_fixed_keys_move_between_channels,
                                 test_added_broadcast_counts_its_table_at_kernel_limit,
-                                test_replaced_broadcast_frees_its_table_at_kernel_limit } },
+                                test_replaced_broadcast_frees_its_table_at_kernel_limit,
+                                test_fixed_key_of_kept_channel } },
                 { "signals", CASE_TIMEOUT, { test_sighup_reloads_within_a_second, test_sigterm_after_reloads_removes_everything,
                                test_crash_mid_reload_then_restart } },
                 { "ftok", CASE_TIMEOUT, { test_ftok_key_follows_a_replaced_file } },
