@@ -1651,6 +1651,73 @@ START_TEST(test_reload_group_refuses_holder) {
 }
 END_TEST
 
+/*
+ * A daemon without CAP_CHOWN (as the shipped unit runs it) cannot give a
+ * posix channel a group its user is not a member of. shmbroker.json(5)
+ * says that this "fails the start or the reload with a message that says
+ * so"; a reload that only changes the group (in place) must then be
+ * refused, not answered ok with the channel listed as changed while its
+ * files keep the old group.
+ */
+START_TEST(test_unprivileged_reload_group_refused) {
+        json_t *resp;
+        int fd;
+
+        ck_assert_int_eq(chown(td.dir, NOBODY, NOBODY), 0);
+        ck_assert_int_eq(chmod(td.dir, 0700), 0);
+        td.uid = NOBODY;
+        td.gid = NOBODY;
+        test_daemon_write_config(&td, "[{\"name\": \"mine\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0640\"}]");
+        test_start_ok();
+        assert_file("shmbroker.mine", 4096, NOBODY, NOBODY, 0640);
+
+        test_daemon_write_config(&td, "[{\"name\": \"mine\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0640\", "
+                                      "\"group\": 4242}]");
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"reload\"}");
+        close(fd);
+        ck_assert_msg(!json_is_true(json_object_get(resp, "ok")), "the reload claims success: %s",
+                      json_dumps(resp, JSON_COMPACT));
+        ck_assert_msg(strstr(test_jstr(resp, "message"), "CAP_CHOWN") && strstr(test_jstr(resp, "message"), "\"mine\""),
+                      "the refusal does not say why: %s", test_jstr(resp, "message"));
+        json_decref(resp);
+        assert_file("shmbroker.mine", 4096, NOBODY, NOBODY, 0640);
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
+/*
+ * /dev/shm is world-writable: another user may fill it. ftruncate(2) makes
+ * a sparse file whatever the room, so a ring whose header the daemon then
+ * writes has no page behind it. The start must fail, naming the channel,
+ * instead of serving a ring whose header never reached the file (clients
+ * that map it die of SIGBUS).
+ */
+START_TEST(test_full_dev_shm_fails_the_start) {
+        char filler[256], *log;
+        int status = 0, fd;
+
+        ck_assert_msg(mount("tmpfs", "/dev/shm", "tmpfs", MS_REMOUNT, "size=256k") == 0, "remount: %s", strerror(errno));
+        snprintf(filler, sizeof filler, PSEM_DIR "/someone-elses");
+        fd = open(filler, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        for (char page[4096] = { 1 }; write(fd, page, sizeof page) == (ssize_t) sizeof page;)
+                ;
+        close(fd);
+
+        test_daemon_write_config(&td, "[" RING1 "]");
+        if (test_daemon_start(&td, &status, NULL)) {
+                log = log_now();
+                ck_abort_msg("the daemon serves a ring in a full /dev/shm:\n%s", log);
+        }
+        td.pid = -1;
+        log = log_now();
+        ck_assert_msg(strstr(log, "\"ring1\""), "the log does not name the channel:\n%s", log);
+        free(log);
+        ck_assert_int_eq(unlink(filler), 0);
+}
+END_TEST
+
 /* A file that cannot be mapped (a size no address space holds) fails the start and is not left behind. */
 START_TEST(test_create_failure_removes) {
         char *before = shm_listing(), *log;
@@ -1691,7 +1758,8 @@ END_TEST
 int main(void) {
         const TestGroup groups[] = {
                 { "files", CASE_TIMEOUT, { test_files_made, test_status_list, test_check_config, test_access_follows_file_rule,
-                                           test_capability_is_the_file_rule, test_unprivileged_daemon } },
+                                           test_capability_is_the_file_rule, test_unprivileged_daemon,
+                                           test_unprivileged_reload_group_refused, test_full_dev_shm_fails_the_start } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread,
                                          test_open_fds_in_flight_bounded } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
