@@ -7,6 +7,7 @@
 #include "daemon/ipc-stat.h"
 #include "daemon/log.h"
 #include "daemon/reload.h"
+#include "daemon/self.h"
 #include "proto/broadcast.h"
 
 /* Whether the kernel objects of a and b would be the same (all but perms). */
@@ -235,6 +236,30 @@ static int check_limits(const Plan *p, char *msg, size_t msg_size) {
         return ipc_limits_check(&l, p->later, p->n_later, msg, msg_size);
 }
 
+/*
+ * A posix channel's files take their owner and group by chown(2), which
+ * needs CAP_CHOWN for anyone but our own user and groups (IPC_SET has no
+ * such rule). Checked before anything changes, for every posix channel
+ * this reload makes or re-perms: a late failure would leave the files as
+ * they were while the answer said changed.
+ */
+static int check_posix_perms(Registry *reg, const Config *cfg, const Plan *p, char *msg, size_t msg_size) {
+        for (size_t i = 0; i < cfg->n_channels; i++) {
+                const ChannelSpec *s = &cfg->channels[i];
+                const Entry *e = plan_creates(p, s) ? NULL : registry_find(reg, s->name);
+
+                if (s->kind != PROTO_KIND_POSIX || (e && same_perms(&e->channel->spec, s)))
+                        continue;
+                if (!self_may_chown(s->uid, s->gid)) {
+                        msg_set(msg, msg_size, "channel \"%s\": cannot give its files owner %u and group %u: without "
+                                "CAP_CHOWN a file can only be given the daemon's own user as owner and a group the "
+                                "daemon's user is a member of", s->name, (unsigned) s->uid, (unsigned) s->gid);
+                        return EPERM;
+                }
+        }
+        return 0;
+}
+
 static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadResult *res, char *msg, size_t msg_size) {
         int r;
 
@@ -321,6 +346,8 @@ int reload_apply(Registry *reg, const Config *cfg, ProtoReloadResult *ret, char 
         r = plan_make(reg, cfg, &p);
         if (r == 0)
                 r = check_limits(&p, msg, msg_size);
+        if (r == 0)
+                r = check_posix_perms(reg, cfg, &p, msg, msg_size);
         if (r == 0)
                 r = apply(reg, cfg, &p, &res, msg, msg_size);
         plan_done(&p);

@@ -1,5 +1,8 @@
+#include <linux/capability.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "daemon/self.h"
@@ -46,4 +49,36 @@ pid_t self_pid(void) {
         if (pid_known == 0)
                 pid_known = getpid();
         return pid_known;
+}
+
+static bool has_cap_chown(void) {
+        struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+        struct __user_cap_data_struct d[_LINUX_CAPABILITY_U32S_3] = {};
+
+        if (syscall(SYS_capget, &h, d) < 0)
+                return false;
+        return d[CAP_CHOWN / 32].effective & (1u << (CAP_CHOWN % 32));
+}
+
+static bool in_groups(gid_t gid) {
+        int n = getgroups(0, NULL);
+        gid_t *v;
+        bool found = false;
+
+        if (gid == self_egid())
+                return true;
+        if (n <= 0)
+                return false;
+        v = calloc((size_t) n, sizeof *v);
+        if (!v)
+                return false;
+        n = getgroups(n, v);
+        for (int i = 0; i < n && !found; i++)
+                found = v[i] == gid;
+        free(v);
+        return found;
+}
+
+bool self_may_chown(uid_t uid, gid_t gid) {
+        return (uid == self_euid() && in_groups(gid)) || has_cap_chown();
 }

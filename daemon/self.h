@@ -7,6 +7,7 @@
  * use (the daemon has one thread).
  */
 
+#include <stdbool.h>
 #include <sys/types.h>
 
 uid_t self_euid(void);
@@ -18,3 +19,13 @@ gid_t self_egid(void);
  * library is another process.
  */
 pid_t self_pid(void);
+
+/*
+ * Whether chown(2) would let us give a file of ours owner uid and group
+ * gid: our own uid, and our gid or a supplementary group, or anything
+ * with CAP_CHOWN in our effective set. Asked at each call (groups may be
+ * many; calls are per reload, not per request). A prediction, for a
+ * refusal before anything changes: the chown itself may still fail (an id
+ * this user namespace does not map).
+ */
+bool self_may_chown(uid_t uid, gid_t gid);
