@@ -270,6 +270,16 @@ static int file_create(int dir, const char *name, size_t size, PosixFile *ret, b
                 r = -errno;
                 goto fail_unlink;
         }
+        /*
+         * Every page now: a sparse file in a full /dev/shm (anyone may fill it)
+         * would make the first touch of a page a SIGBUS, ours or a client's.
+         * ENOSPC here is a clear failure to make the channel instead.
+         */
+        if (size > 0) {
+                r = -posix_fallocate(f.fd, 0, (off_t) size);
+                if (r < 0)
+                        goto fail_unlink;
+        }
         r = file_map(&f);
         if (r < 0)
                 goto fail_unlink;

@@ -1686,6 +1686,38 @@ START_TEST(test_unprivileged_reload_group_refused) {
 }
 END_TEST
 
+/*
+ * /dev/shm is world-writable: another user may fill it. ftruncate(2) makes
+ * a sparse file whatever the room, so a ring whose header the daemon then
+ * writes has no page behind it. The start must fail, naming the channel,
+ * instead of serving a ring whose header never reached the file (clients
+ * that map it die of SIGBUS).
+ */
+START_TEST(test_full_dev_shm_fails_the_start) {
+        char filler[256], *log;
+        int status = 0, fd;
+
+        ck_assert_msg(mount("tmpfs", "/dev/shm", "tmpfs", MS_REMOUNT, "size=256k") == 0, "remount: %s", strerror(errno));
+        snprintf(filler, sizeof filler, PSEM_DIR "/someone-elses");
+        fd = open(filler, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        for (char page[4096] = { 1 }; write(fd, page, sizeof page) == (ssize_t) sizeof page;)
+                ;
+        close(fd);
+
+        test_daemon_write_config(&td, "[" RING1 "]");
+        if (test_daemon_start(&td, &status, NULL)) {
+                log = log_now();
+                ck_abort_msg("the daemon serves a ring in a full /dev/shm:\n%s", log);
+        }
+        td.pid = -1;
+        log = log_now();
+        ck_assert_msg(strstr(log, "\"ring1\""), "the log does not name the channel:\n%s", log);
+        free(log);
+        ck_assert_int_eq(unlink(filler), 0);
+}
+END_TEST
+
 /* A file that cannot be mapped (a size no address space holds) fails the start and is not left behind. */
 START_TEST(test_create_failure_removes) {
         char *before = shm_listing(), *log;
@@ -1727,7 +1759,7 @@ int main(void) {
         const TestGroup groups[] = {
                 { "files", CASE_TIMEOUT, { test_files_made, test_status_list, test_check_config, test_access_follows_file_rule,
                                            test_capability_is_the_file_rule, test_unprivileged_daemon,
-                                           test_unprivileged_reload_group_refused } },
+                                           test_unprivileged_reload_group_refused, test_full_dev_shm_fails_the_start } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread,
                                          test_open_fds_in_flight_bounded } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
