@@ -540,6 +540,18 @@ class TestRing(BrokerTest):
         ring.send(b"x")
         self.assertEqual(ring.recv(timeout=1e-6), b"x")   # rounded up, not down to "do not wait"
 
+    def test_zero_timeout_is_a_timeout_error(self):
+        # SPEC.md, Python binding: "None waits forever, 0 does not wait; a
+        # timeout raises TimeoutError". BlockingIOError (EAGAIN) as README has
+        # it, and a TimeoutError as the SPEC has it: both at once.
+        ring = self.open("ring")
+        pair = self.open("pair")
+        for call in (lambda: ring.recv(timeout=0), lambda: ring.peek(timeout=0),
+                     lambda: pair.sem_wait(1, timeout=0)):
+            with self.assertRaises(TimeoutError) as cm:
+                call()
+            self.assertIsInstance(cm.exception, BlockingIOError)
+
     def test_signals_do_not_end_a_wait(self):
         # PEP 475: a handler that returns lets the wait go on; one that raises ends it.
         ring = self.open("ring")
@@ -816,6 +828,24 @@ class TestErrors(BrokerTest):
             self.open("ring", "ro").send(b"x")
 
 
+    def test_semaphore_index_beyond_unsigned_is_refused(self):
+        # An index that does not fit the C call's unsigned int must be refused,
+        # not cut to its low 32 bits (2**32 + 1 would be semaphore 1).
+        pair = self.open("pair")                    # semaphores [1, 0]
+        for call in (lambda: pair.sem_post(2**32 + 1), lambda: pair.sem_wait(2**32, timeout=0),
+                     lambda: pair.lock(2**32, timeout=0), lambda: pair.unlock(2**32 + 1)):
+            with self.assertRaises((OSError, ValueError, OverflowError)):
+                call()
+        self.assertEqual([s["value"] for s in shmbroker.status("pair")[0]["semaphores"]], [1, 0])
+
+    def test_reserve_size_beyond_size_t_is_emsgsize(self):
+        ring = self.open("ring")
+        with self.assertRaises((OSError, OverflowError)) as cm:
+            ring.reserve(2**64, timeout=0)
+        if isinstance(cm.exception, OSError) and not isinstance(cm.exception, OverflowError):
+            self.assertEqual(cm.exception.errno, errno.EMSGSIZE)
+
+
 class TestAdmin(BrokerTest):
 
     def test_list(self):
@@ -952,6 +982,54 @@ class TestClose(BrokerTest):
         box[0].sem_post(1)
         self.assertEqual(shmbroker.status("pair")[0]["semaphores"][1]["value"], 1)
         box[0].close()
+
+
+class TestRestart(BrokerTest):
+
+    def test_holds_come_back_after_a_crash_restart(self):
+        # SPEC.md, Channel lifecycle: "Holds survive a broker restart: the
+        # library notices that its connection dropped, reconnects when the
+        # broker is back and re-registers its open channels, so status lists
+        # it again; the application sees nothing". A Python program that keeps
+        # using its channel must be listed again.
+        pair = self.open("pair")
+        ring = self.open("ring")
+        self.assertEqual(self.holds("pair"), [(os.getpid(), "rw")])
+        self.daemon.kill()                          # SIGKILL: a crash
+        os.unlink(os.path.join(self.dir, "notify"))
+        self.daemon.start()                         # adopts the unchanged channels
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pair.sem_post(1)
+            pair.sem_wait(1, timeout=1)
+            ring.send(b"x", timeout=1)
+            self.assertEqual(ring.recv(timeout=1), b"x")
+            if self.holds("pair") and self.holds("ring"):
+                break
+            time.sleep(0.1)
+        self.assertEqual(self.holds("pair"), [(os.getpid(), "rw")])
+        self.assertEqual(self.holds("ring"), [(os.getpid(), "rw")])
+
+    def test_a_waiter_blocked_through_the_restart_rejoins(self):
+        # The program makes no call at all: one thread sits in recv(None)
+        # from before the crash until after the restart. Its wait must still
+        # bring the hold back, then take the message that ends it.
+        ring = self.open("ring")
+        got = []
+        waiter = threading.Thread(target=lambda: got.append(ring.recv()))
+        waiter.start()
+        self.daemon.kill()
+        os.unlink(os.path.join(self.dir, "notify"))
+        self.daemon.start()
+        deadline = time.monotonic() + 10
+        while not self.holds("ring") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(self.holds("ring"), [(os.getpid(), "rw")], "a blocked waiter's hold did not come back")
+        self.assertTrue(waiter.is_alive(), "the wait ended without a message")
+        with shmbroker.open_channel("ring", socket=self.daemon.socket) as sender:
+            sender.send(b"after")
+        waiter.join(10)
+        self.assertEqual(got, [b"after"])
 
 
 class TestExamples(BrokerTest):

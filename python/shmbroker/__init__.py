@@ -42,12 +42,17 @@ Channels (open_channel() returns a Channel)
 
 Admin: list() and status() return the daemon's description of its channels.
 
+Broker restarts: a channel keeps working while the broker is away. Once it
+is back, the channel's own calls (at most once a second) and its waits
+(every second) register its hold again, as libshmbroker(3) describes under
+BROKER RESTARTS; nothing else is needed.
+
 Timeouts are seconds (int or float), as in Python's own APIs: None waits for
 ever, 0 does not wait at all, anything else waits at most that long
 (rounded up to a millisecond; at most TIMEOUT_MAX). Where a call with
 timeout 0 would have to wait it raises BlockingIOError, which is OSError
-with errno EAGAIN; a timeout that passes raises TimeoutError (OSError with
-ETIMEDOUT). A signal does not end a wait: its Python handler runs and the
+with errno EAGAIN (and also a TimeoutError: a timeout of 0 has passed at
+once); a timeout that passes raises TimeoutError (OSError with ETIMEDOUT). A signal does not end a wait: its Python handler runs and the
 wait goes on with what is left of its timeout, unless the handler raises
 (Ctrl-C's KeyboardInterrupt does), as PEP 475 has it for Python's own calls.
 
@@ -98,6 +103,7 @@ import errno
 import json
 import operator
 import os
+import time
 import weakref
 
 from . import _capi
@@ -142,6 +148,9 @@ def _index(i):
     i = operator.index(i)
     if i < 0:
         raise ValueError("semaphore index must not be negative")
+    if i > 0xFFFFFFFF:
+        # The C call takes an unsigned int: ctypes would keep the low 32 bits, another semaphore.
+        raise _capi.error(errno.EINVAL)
     return i
 
 
@@ -173,7 +182,8 @@ class Channel:
     socket). Use it as a context manager, or call close().
     """
 
-    __slots__ = ("_name", "_access", "_size", "_nsems", "_kind", "_shm_name", "_handle", "_addr", "_base")
+    __slots__ = ("_name", "_access", "_size", "_nsems", "_kind", "_shm_name", "_handle", "_addr", "_base",
+                 "_rejoin_at")
 
     def __init__(self, name, access="rw", socket=None):
         """Open and map the channel: see open_channel()."""
@@ -192,6 +202,7 @@ class Channel:
         shm_name = _lib.shmb_channel_shm_name(handle)
         self._shm_name = shm_name.decode() if shm_name is not None else None
         self._handle = handle.value
+        self._rejoin_at = time.monotonic() + _capi.TICK_S
         self._addr = _lib.shmb_channel_addr(handle)
         segment = (ctypes.c_char * self._size).from_address(self._addr)
         # The mapping lives as long as the array: every view below holds it.
@@ -211,7 +222,22 @@ class Channel:
         handle, base = self._handle, self._base
         if handle is None:
             raise ValueError("operation on a closed channel")
+        self._rejoin(handle)
         return handle, base
+
+    def _rejoin(self, handle):
+        """Drive the library's reconnection, at most once a second.
+
+        The C library has no thread: after a broker restart it registers the
+        channel's hold again (and a ring's holder token) only when the
+        program calls it. A Python program never sees that call, so the
+        channel's own calls make it, and a long wait makes it between its
+        slices (_capi.waiting()).
+        """
+        now = time.monotonic()
+        if now >= self._rejoin_at:
+            self._rejoin_at = now + _capi.TICK_S
+            _lib.shmb_client_process(_lib.shmb_channel_get_client(handle))
 
     @property
     def name(self):
@@ -335,7 +361,8 @@ class Channel:
         """
         handle, base = self._live()
         i = _index(i)
-        _capi.waiting(lambda ms: _lib.shmb_sem_wait(handle, i, ms), timeout)
+        _capi.waiting(lambda ms: _lib.shmb_sem_wait(handle, i, ms), timeout,
+                      lambda: self._rejoin(handle))
 
     def sem_post(self, i):
         """Increment semaphore i (OSError ERANGE above 32767, EACCES for "ro")."""
@@ -351,7 +378,8 @@ class Channel:
         """
         handle, base = self._live()
         i = _index(i)
-        _capi.waiting(lambda ms: _lib.shmb_lock(handle, i, ms), timeout)
+        _capi.waiting(lambda ms: _lib.shmb_lock(handle, i, ms), timeout,
+                      lambda: self._rejoin(handle))
 
     def unlock(self, i=0):
         """Give back a lock taken with lock(i)."""
@@ -382,11 +410,13 @@ class Channel:
         """
         handle, base = self._live()
         ptr, n = _bytes_arg(data)
-        _capi.waiting(lambda ms: _lib.shmb_send(handle, ptr, n, ms), timeout)
+        _capi.waiting(lambda ms: _lib.shmb_send(handle, ptr, n, ms), timeout,
+                      lambda: self._rejoin(handle))
 
     def _peek(self, handle, base, timeout):
         ptr = ctypes.c_void_p()
-        n = _capi.waiting(lambda ms: _lib.shmb_recv_peek(handle, ctypes.byref(ptr), ms), timeout)
+        n = _capi.waiting(lambda ms: _lib.shmb_recv_peek(handle, ctypes.byref(ptr), ms), timeout,
+                          lambda: self._rejoin(handle))
         off = ptr.value - self._addr
         if not 0 <= off <= off + n <= len(base):
             _lib.shmb_recv_release(handle, ptr)
@@ -425,7 +455,8 @@ class Channel:
             raise TypeError("recv_into() needs a writable buffer")
         size = mv.nbytes
         dest = (ctypes.c_char * size).from_buffer(mv) if size else None
-        return _capi.waiting(lambda ms: _lib.shmb_recv(handle, dest, size, ms), timeout)
+        return _capi.waiting(lambda ms: _lib.shmb_recv(handle, dest, size, ms), timeout,
+                             lambda: self._rejoin(handle))
 
     def peek(self, timeout=None):
         """Read the next message where it lies in the ring (zero copy).
@@ -472,8 +503,11 @@ class Channel:
         size = operator.index(size)
         if size < 0:
             raise ValueError("size must not be negative")
+        if size > len(base):
+            raise _capi.error(errno.EMSGSIZE)       # never fits; and past size_t ctypes would wrap it
         ptr = ctypes.c_void_p()
-        _capi.waiting(lambda ms: _lib.shmb_send_reserve(handle, size, ctypes.byref(ptr), ms), timeout)
+        _capi.waiting(lambda ms: _lib.shmb_send_reserve(handle, size, ctypes.byref(ptr), ms), timeout,
+                      lambda: self._rejoin(handle))
         try:
             off = ptr.value - self._addr
             if not 0 <= off <= off + size <= len(base):

@@ -100,6 +100,8 @@ _PROTOTYPES = {
     "shmb_recv_peek": (_ssize, [_p, _pp, _int]),
     "shmb_recv_release": (_int, [_p, _p]),
     "shmb_strerror": (_str, [_int]),
+    "shmb_channel_get_client": (_p, [_p]),
+    "shmb_client_process": (_int, [_p]),
     "shmb_errno_name": (_str, [_int]),
 }
 
@@ -118,6 +120,14 @@ def strerror(err):
     return lib.shmb_strerror(-abs(err)).decode("utf-8", "replace")
 
 
+class WouldBlock(BlockingIOError, TimeoutError):
+    """EAGAIN: a call with timeout 0 that would have to wait.
+
+    A BlockingIOError, as OSError picks for EAGAIN, and a TimeoutError too:
+    timeout 0 is a timeout that has passed at once.
+    """
+
+
 def error(err, filename=None):
     """The OSError for a positive or negative errno.
 
@@ -126,9 +136,10 @@ def error(err, filename=None):
     ETIMEDOUT, and so on.
     """
     err = abs(err)
+    cls = WouldBlock if err == errno.EAGAIN else OSError
     if filename is None:
-        return OSError(err, strerror(err))
-    return OSError(err, strerror(err), filename)
+        return cls(err, strerror(err))
+    return cls(err, strerror(err), filename)
 
 
 def check(r, filename=None):
@@ -136,6 +147,10 @@ def check(r, filename=None):
     if r < 0:
         raise error(r, filename)
     return r
+
+
+# The longest a wait goes without driving the reconnection (libshmbroker(3): "every second or so").
+TICK_S = 1
 
 
 def timeout_ms(timeout):
@@ -160,20 +175,25 @@ def timeout_ms(timeout):
     return math.ceil(t * 1000)
 
 
-def waiting(call, timeout):
+def waiting(call, timeout, tick=None):
     """Run call(ms) for a timeout in seconds; its result, or raise.
 
     As PEP 475 has it for Python's own blocking calls: a wait that a signal
     interrupts is resumed with what is left of its timeout, after the
     signal's Python handler ran; if the handler raises, that exception ends
-    the wait instead.
+    the wait instead. With tick, no C call waits longer than TICK_S: tick()
+    runs between them (the library's reconnection has no thread of its own).
     """
     ms = timeout_ms(timeout)
     deadline = time.monotonic() + ms / 1000.0 if ms > 0 else None
     while True:
-        r = call(ms)
+        sliced = tick is not None and (ms < 0 or ms > TICK_S * 1000)
+        r = call(TICK_S * 1000 if sliced else ms)
         if r >= 0:
             return r
+        if r == -errno.ETIMEDOUT and sliced:
+            tick()
+            r = -errno.EINTR            # as after a signal: on with what is left
         if r != -errno.EINTR:
             raise error(r)
         # The loop's next round runs the Python signal handlers first.
