@@ -410,6 +410,15 @@ static void help(FILE *f) {
                    "Exit status: 0 ok, 1 refused by the daemon, 2 usage or connection error.\n");
 }
 
+/* r, unless what went to stdout did not all arrive: a script would take an empty table for an answer. */
+static int written(int r) {
+        if (fflush(stdout) != 0 || ferror(stdout)) {
+                fprintf(stderr, "shmbrokerctl: cannot write to standard output: %s\n", strerror(errno));
+                return EXIT_USAGE;
+        }
+        return r;
+}
+
 int main(int argc, char *argv[]) {
         static const struct option options[] = {
                 { "socket", required_argument, NULL, 's' },
@@ -422,7 +431,8 @@ int main(int argc, char *argv[]) {
         shmb_client *c;
         int opt, r, nargs;
 
-        while ((opt = getopt_long(argc, argv, "+s:jhV", options, NULL)) >= 0)
+        opterr = 0;     /* one line on stderr, and it is ours */
+        while ((opt = getopt_long(argc, argv, "+:s:jhV", options, NULL)) >= 0)
                 switch (opt) {
                 case 's':
                         o.socket = optarg;
@@ -432,12 +442,18 @@ int main(int argc, char *argv[]) {
                         break;
                 case 'h':
                         help(stdout);
-                        return EXIT_SUCCESS;
+                        return written(EXIT_SUCCESS);
                 case 'V':
                         printf("shmbrokerctl %s\n", PACKAGE_VERSION);
-                        return EXIT_SUCCESS;
+                        return written(EXIT_SUCCESS);
+                case ':':
+                        fprintf(stderr, "shmbrokerctl: option %s needs an argument; see --help\n", argv[optind - 1]);
+                        return EXIT_USAGE;
                 default:
-                        fprintf(stderr, "shmbrokerctl: see --help\n");
+                        if (optopt)
+                                fprintf(stderr, "shmbrokerctl: unknown option -%c; see --help\n", optopt);
+                        else
+                                fprintf(stderr, "shmbrokerctl: unknown option %s; see --help\n", argv[optind - 1]);
                         return EXIT_USAGE;
                 }
         if (optind >= argc) {
@@ -464,7 +480,7 @@ int main(int argc, char *argv[]) {
                 }
                 r = commands[i].run(c, &o, nargs, argv + optind + 1);
                 shmb_disconnect(c);
-                return r;
+                return written(r);
         }
         fprintf(stderr, "shmbrokerctl: unknown command '%s'; see --help\n", argv[optind]);
         return EXIT_USAGE;

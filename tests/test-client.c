@@ -1091,6 +1091,15 @@ START_TEST(test_shmbrokerctl) {
         ck_assert_int_eq(run(out, sizeof out, "%s list extra 2>&1", SHMBROKERCTL_PATH), 2);
         ck_assert_int_eq(run(out, sizeof out, "%s -s /nonexistent.sock list 2>&1", SHMBROKERCTL_PATH), 2);
         ck_assert_ptr_nonnull(strstr(out, "/nonexistent.sock"));
+        /* SPEC: "2 on usage or connection errors, with a one-line message on stderr": getopt's too. */
+        ck_assert_int_eq(run(out, sizeof out, "%s -x list 2>&1 >/dev/null", SHMBROKERCTL_PATH), 2);
+        ck_assert_msg(*out && strchr(out, '\n') == out + strlen(out) - 1, "not one line: %s", out);
+        ck_assert_int_eq(run(out, sizeof out, "%s -s 2>&1 >/dev/null", SHMBROKERCTL_PATH), 2);
+        ck_assert_msg(*out && strchr(out, '\n') == out + strlen(out) - 1, "not one line: %s", out);
+        /* Output that could not be written is no success (a script would take the empty table for one). */
+        ck_assert_int_ne(run(out, sizeof out, "%s list 2>&1 >/dev/full", SHMBROKERCTL_PATH), 0);
+        ck_assert_ptr_nonnull(strstr(out, "shmbrokerctl: "));
+        ck_assert_int_ne(run(out, sizeof out, "%s --json list 2>&1 >/dev/full", SHMBROKERCTL_PATH), 0);
         ck_assert_int_eq(run(out, sizeof out, "%s --help", SHMBROKERCTL_PATH), 0);
         ck_assert_ptr_nonnull(strstr(out, "Usage:"));
         ck_assert_int_eq(run(out, sizeof out, "%s --version", SHMBROKERCTL_PATH), 0);
