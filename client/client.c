@@ -974,6 +974,16 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
         ProtoResponse res;
 
         pthread_mutex_lock(&c->lock);
+        /*
+         * A ring or broadcast hold whose connection went away: a broker that
+         * crashed and came back adopted its token and keeps it live, claims and
+         * subscriber place included, for as long as this process lives, unless
+         * told. Come back first, with the hold still listed, so the rejoin takes
+         * the token back and the close below ends it. A broker still away ends
+         * it when the process does.
+         */
+        if (give_back && h->listed && !h->stale && __atomic_load_n(&h->token, __ATOMIC_RELAXED) != 0)
+                (void) ready(c, true);
         if (h->listed) {
                 if (h->prev)
                         h->prev->next = h->next;
@@ -990,8 +1000,8 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
          * channel's now: its hold, if any, is another handle's. A rejoin whose
          * open of the name is still unanswered gives that hold back itself
          * (rejoin_opened() finds no handle needing it): a close from here
-         * too would be refused. Best effort: a broker that went away has
-         * dropped the hold already.
+         * too would be refused. Best effort: a broker that is still away
+         * (see above) cannot be told.
          */
         if (give_back && !h->stale && !hold_needed(c, h->name) && !open_pending(c, h->name)) {
                 strcpy(req.channel, h->name);

@@ -1408,6 +1408,31 @@ START_TEST(test_crash_restart_adopts_broadcast) {
 }
 END_TEST
 
+/*
+ * A subscription closed after a broker crash, before the library got
+ * round to reconnecting, is over: its process lives on, but it must not
+ * keep a place among the channel's subscribers for ever.
+ */
+START_TEST(test_subscription_closed_after_crash_frees_its_place) {
+        shmb_channel *a = open_ok("pair", SHMB_RO), *b = open_ok("pair", SHMB_RO), *c = NULL;
+        int r = -EUSERS;
+
+        ck_assert_int_eq(shmb_open_channel(NULL, "pair", SHMB_RO, &c), -EUSERS);
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();
+        ck_assert_int_eq(shmb_close(a), 0);
+        ck_assert_int_eq(shmb_close(b), 0);
+        /* Upper bound only: the broker judges the killed run's holders once a second. */
+        for (int i = 0; i < 100 && r == -EUSERS; i++) {
+                r = shmb_open_channel(NULL, "pair", SHMB_RO, &c);
+                if (r == -EUSERS)
+                        usleep(100 * 1000);
+        }
+        ck_assert_msg(r == 0, "a subscription after two were closed: %s", shmb_strerror(r));
+        shmb_close(c);
+}
+END_TEST
+
 /* The examples: two subscribers print the same 50 lines, which one publisher sent once. */
 START_TEST(test_examples_publish_to_two_subscribers) {
         static char out[65536];
@@ -1447,7 +1472,8 @@ int main(void) {
                 { "limits", CASE_TIMEOUT, { test_subscriber_limit, test_forged_table_costs_only_messages } },
                 { "removal", CASE_TIMEOUT, { test_removal_wakes_sleepers } },
                 { "admin", CASE_TIMEOUT, { test_status_shows_subscribers_lag, test_reload_replaces_changed_broadcast,
-                             test_crash_restart_adopts_broadcast } },
+                             test_crash_restart_adopts_broadcast,
+                             test_subscription_closed_after_crash_frees_its_place } },
                 { "programs", CASE_TIMEOUT, { test_examples_publish_to_two_subscribers } },
         };
 

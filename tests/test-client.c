@@ -2800,6 +2800,30 @@ START_TEST(test_refusal_at_accept_is_the_answer) {
 }
 END_TEST
 
+/*
+ * A handle closed with a claim still open, after a broker crash and before
+ * the library reconnected: its process lives on, but the claim is over, as
+ * a close with the broker up makes it. Receivers must get past its slot.
+ */
+START_TEST(test_claim_closed_after_crash_is_repaired) {
+        shmb_channel *s1 = open_ok("ring", SHMB_RW), *s2 = open_ok("ring", SHMB_RW), *rx = open_ok("ring", SHMB_RW);
+        char buf[256];
+        void *p;
+        ssize_t n;
+
+        ck_assert_int_eq(shmb_send_reserve(s1, 8, &p, 1000), 0);
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();
+        ck_assert_int_eq(shmb_close(s1), 0);
+        ck_assert_int_eq(shmb_send(s2, "after", 5, 1000), 0);
+        /* Upper bound only: a repaired slot is passed at once. */
+        n = shmb_recv(rx, buf, sizeof buf, 10000);
+        ck_assert_msg(n == 5, "recv behind a closed handle's claim: %s", n < 0 ? shmb_strerror((int) n) : "short");
+        shmb_close(s2);
+        shmb_close(rx);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -2830,7 +2854,8 @@ int main(void) {
                 { "crash-restart", CASE_TIMEOUT, { test_crash_restart_keeps_traffic } },
                 { "cleanup", CASE_TIMEOUT, { test_cleanup_helpers_end_holds } },
                 { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_zero_copy_across_processes,
-                                 test_zero_copy_killed_mid_claim, test_zero_copy_claims_see_removal } },
+                                 test_zero_copy_killed_mid_claim, test_zero_copy_claims_see_removal,
+                                 test_claim_closed_after_crash_is_repaired } },
                 { "timeouts", CASE_TIMEOUT, { test_timeout_hung_broker, test_timeout_default_open_by_name,
                                 test_timeout_full_backlog_connect } },
                 { "refusals", CASE_TIMEOUT, { test_refusal_at_accept_is_the_answer } },
