@@ -411,20 +411,28 @@ static int on_hup(sd_event_source *s, const struct signalfd_siginfo *si, void *u
         return 0;
 }
 
-static int setup_loop(Daemon *d) {
+/*
+ * sd-event needs the signals blocked before it can take them as events;
+ * blocked from the start of daemon_run(), one that comes before the loop
+ * waits for it (a SIGTERM then stops the daemon once it served, a SIGHUP
+ * reloads).
+ */
+static int block_loop_signals(void) {
         sigset_t mask;
+
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGHUP);
+        return sigprocmask(SIG_BLOCK, &mask, NULL) < 0 ? -errno : 0;
+}
+
+static int setup_loop(Daemon *d) {
         int r;
 
         r = sd_event_new(&d->event);
         if (r < 0)
                 return r;
-        /* sd-event needs the signals blocked before it can take them as events. */
-        sigemptyset(&mask);
-        sigaddset(&mask, SIGTERM);
-        sigaddset(&mask, SIGINT);
-        sigaddset(&mask, SIGHUP);
-        if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
-                return -errno;
         r = sd_event_add_signal(d->event, NULL, SIGTERM, on_exit_signal, d);
         if (r >= 0)
                 r = sd_event_add_signal(d->event, NULL, SIGINT, on_exit_signal, d);
@@ -558,6 +566,12 @@ int daemon_run(const DaemonOptions *o) {
          */
         if (sigaction(SIGPIPE, &(struct sigaction) { .sa_handler = SIG_IGN }, NULL) < 0) {
                 log_error("Failed to ignore SIGPIPE: %s", strerror(errno));
+                return EXIT_FAILURE;
+        }
+        /* Held from here, not only once the loop takes them: a SIGHUP during the start would kill us. */
+        r = block_loop_signals();
+        if (r < 0) {
+                log_error("Failed to block SIGTERM, SIGINT and SIGHUP: %s", strerror(-r));
                 return EXIT_FAILURE;
         }
         r = load_config(o, &d.config);

@@ -13,6 +13,9 @@
 #include <string.h>
 #include <fcntl.h>
 #include <sys/ipc.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
@@ -1010,6 +1013,45 @@ START_TEST(test_fixed_keys_move_between_channels) {
 }
 END_TEST
 
+/* Whether the traced daemon, at a system call's entry, opens path (the call's second argument). */
+static bool opening(pid_t pid, const struct __ptrace_syscall_info *info, const char *path) {
+        char got[sizeof td.config] = "";
+        struct iovec local = { got, sizeof got - 1 }, remote = { (void *) (uintptr_t) info->entry.args[1], sizeof got - 1 };
+
+        if (info->op != PTRACE_SYSCALL_INFO_ENTRY || info->entry.nr != SYS_openat)
+                return false;
+        /* A short read (the string near the end of a mapping) still holds the name. */
+        return process_vm_readv(pid, &local, 1, &remote, 1, 0) > 0 && strcmp(got, path) == 0;
+}
+
+/*
+ * SIGHUP reloads; one that comes while the daemon is still starting (here:
+ * as it opens its config) must not kill it, as the default action of an
+ * unblocked SIGHUP does. The start reads the config anyway.
+ */
+START_TEST(test_sighup_during_start_is_not_fatal) {
+        struct __ptrace_syscall_info info;
+        int status = 0;
+        json_t *list;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
+        test_daemon_spawn_traced(&td);
+        do {
+                ck_assert_msg(test_next_syscall_stop(td.pid), "the daemon ended before it opened its config");
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+        } while (!opening(td.pid, &info, td.config));
+        ck_assert_int_eq(kill(td.pid, SIGHUP), 0);
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        ck_assert_msg(test_daemon_wait_ready(&td, &status), "a SIGHUP at start ended the daemon: %s",
+                      WIFSIGNALED(status) ? strsignal(WTERMSIG(status)) : "exited");
+        list = list_ok();
+        ck_assert_ptr_nonnull(test_find_channel(list, "a"));
+        json_decref(list);
+        test_daemon_stop_ok(&td);
+        assert_ipcs(0, 0);
+}
+END_TEST
+
 START_TEST(test_sighup_reloads_within_a_second) {
         json_t *before, *resp, *ch = NULL;
         int64_t start;
@@ -1557,7 +1599,8 @@ int main(void) {
                                 test_added_broadcast_counts_its_table_at_kernel_limit,
                                 test_replaced_broadcast_frees_its_table_at_kernel_limit,
                                 test_fixed_key_of_kept_channel } },
-                { "signals", CASE_TIMEOUT, { test_sighup_reloads_within_a_second, test_sigterm_after_reloads_removes_everything,
+                { "signals", CASE_TIMEOUT, { test_sighup_during_start_is_not_fatal, test_sighup_reloads_within_a_second,
+                               test_sigterm_after_reloads_removes_everything,
                                test_crash_mid_reload_then_restart } },
                 { "ftok", CASE_TIMEOUT, { test_ftok_key_follows_a_replaced_file } },
         };
