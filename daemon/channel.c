@@ -160,12 +160,12 @@ static void remove_objects(Channel *c, State *state) {
                 (void) state_cancel(state, &recs[2]);
         /*
          * Clients keep their mapping of a removed segment, and its futexes: tell
-         * them through the header, and wake its sleepers, before it goes. Ours to
-         * write only while it still carries the header this daemon wrote.
+         * them through the header, and wake its sleepers, before it goes. Whatever
+         * a writer did to its magic since: this run formatted or validated it.
          */
-        if (c->addr && c->spec.layout == PROTO_LAYOUT_RING && ring_header_is_ours(c->addr))
+        if (c->addr && c->spec.layout == PROTO_LAYOUT_RING)
                 ring_mark_removed(c->addr);
-        if (c->addr && c->spec.layout == PROTO_LAYOUT_BROADCAST && bcast_header_is_ours(c->addr))
+        if (c->addr && c->spec.layout == PROTO_LAYOUT_BROADCAST)
                 bcast_mark_removed(c->addr, c->table_addr);
         remove_table(c, state);
         /* IPC_RMID while still attached: our attachment keeps the id ours until then. */
@@ -448,9 +448,9 @@ static void remove_posix(Channel *c, State *state) {
 
                 (void) state_cancel(state, &rec);
         }
-        if (c->addr && c->spec.layout == PROTO_LAYOUT_RING && ring_header_is_ours(c->addr))
+        if (c->addr && c->spec.layout == PROTO_LAYOUT_RING)
                 ring_mark_removed(c->addr);
-        if (c->addr && c->spec.layout == PROTO_LAYOUT_BROADCAST && bcast_header_is_ours(c->addr))
+        if (c->addr && c->spec.layout == PROTO_LAYOUT_BROADCAST)
                 bcast_mark_removed(c->addr, c->table_addr);
         posix_objects_remove(&c->posix, state);
         c->addr = c->table_addr = NULL;
@@ -1019,9 +1019,9 @@ Channel *channel_forget(Channel *c) {
 void channel_mark_removed(const Channel *c) {
         if (!c || !c->addr)
                 return;
-        if (c->spec.layout == PROTO_LAYOUT_RING && ring_header_is_ours(c->addr))
+        if (c->spec.layout == PROTO_LAYOUT_RING)
                 ring_mark_removed(c->addr);
-        if (c->spec.layout == PROTO_LAYOUT_BROADCAST && bcast_header_is_ours(c->addr))
+        if (c->spec.layout == PROTO_LAYOUT_BROADCAST)
                 bcast_mark_removed(c->addr, c->table_addr);
 }
 

@@ -325,11 +325,16 @@ static int sem_file_init(PosixFile *f, unsigned value) {
         return 0;
 }
 
-/* Removal reaches the waiters: REMOVED first, then one post each passes on (proto/posix.h). */
-static void sem_file_mark_removed(void *addr, size_t size) {
+/*
+ * Removal reaches the waiters: REMOVED first, then one post each passes on
+ * (proto/posix.h). made: we initialised (or validated) the file in this run,
+ * so it has our layout whatever a writer did to its magic since; a previous
+ * run's file must still show it.
+ */
+static void sem_file_mark_removed(void *addr, size_t size, bool made) {
         PosixSemFile *s = addr;
 
-        if (size < sizeof *s || s->magic != PSEM_MAGIC || s->version != PSEM_VERSION)
+        if (size < sizeof *s || (!made && (s->magic != PSEM_MAGIC || s->version != PSEM_VERSION)))
                 return;
         __atomic_store_n(&s->state, (uint32_t) PSEM_STATE_REMOVED, __ATOMIC_RELEASE);
         (void) sem_post(&s->sem);
@@ -686,7 +691,7 @@ void posix_objects_remove(PosixObjects *p, State *state) {
         /* Semaphores first: their waiters learn of the removal while the segment is still there. */
         for (unsigned i = 0; p->sems && i < p->nsems; i++)
                 if (p->sems[i].addr)
-                        sem_file_mark_removed(p->sems[i].addr, p->sems[i].size);
+                        sem_file_mark_removed(p->sems[i].addr, p->sems[i].size, true);
         for (int role = POSIX_ROLE_TABLE; role < (int) p->nsems; role++) {
                 PosixFile *f = objects_file(p, role);
                 char name[NAME_MAX + 1];
@@ -860,7 +865,7 @@ int posix_reclaim_file(const StateRecord *rec, void (*mark)(void *addr, size_t s
         r = adopt_one(dir, rec, &f);
         if (r == 0) {
                 if (rec->id >= 0)
-                        sem_file_mark_removed(f.addr, f.size);
+                        sem_file_mark_removed(f.addr, f.size, false);
                 else if (mark)
                         mark(f.addr, f.size);
                 file_close(&f);

@@ -1710,6 +1710,31 @@ START_TEST(test_stop_reaches_blocked_callers) {
 }
 END_TEST
 
+/*
+ * Any rw holder may write any byte of a ring, its header's magic included
+ * (a bug, or malice). That must not let it keep the other holders from
+ * learning that the channel is gone: the daemon made the header itself and
+ * knows where state and the futex words are, so its stop reaches the
+ * blocked callers all the same.
+ */
+START_TEST(test_stop_reaches_blocked_callers_of_a_scribbled_header) {
+        char *config = removal_channels(65536, 8, "0660");
+        Blocked b[3];
+        int64_t t;
+        int line;
+
+        reload_to(config);
+        line = block_callers(b, true);
+        ck_assert_msg(line == 0, "setting up the blocked callers failed at line %d", line);
+        for (int i = BLOCKED_RECV; i <= BLOCKED_SEND; i++)
+                __atomic_store_n(&((RingHeader *) shmb_channel_addr(b[i].ch))->magic, 0, __ATOMIC_SEQ_CST);
+        t = test_now_ms();
+        test_daemon_stop_ok(&td);
+        assert_removed_everywhere(b, 3, t, "SIGTERM, headers scribbled on");
+        free(config);
+}
+END_TEST
+
 START_TEST(test_replacing_reload_reaches_blocked_callers) {
         char *config = removal_channels(65536, 8, "0660"), *replaced = removal_channels(131072, 16, "0660");
         shmb_channel *fresh;
@@ -2843,6 +2868,7 @@ int main(void) {
                              test_open_replaced_before_attach_old_segment_gone, test_open_removed_before_attach_is_enoent,
                              test_open_rights_revoked_before_attach_is_eacces } },
                 { "removal", CASE_TIMEOUT, { test_stop_reaches_blocked_callers, test_replacing_reload_reaches_blocked_callers,
+                              test_stop_reaches_blocked_callers_of_a_scribbled_header,
                               test_revoking_reload_reaches_blocked_holder,
                               test_crash_restart_replacing_reaches_blocked_callers } },
                 { "admin", CASE_TIMEOUT, { test_list_and_status_answers } },

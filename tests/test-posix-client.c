@@ -16,11 +16,13 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <semaphore.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -458,6 +460,42 @@ START_TEST(test_removal_ends_blocked_calls) {
 }
 END_TEST
 
+/* Zero the magic of a channel's semaphore file, as any rw holder may. */
+static void scribble_sem_magic(const char *channel, unsigned sem) {
+        char path[PATH_MAX];
+        uint32_t zero = 0;
+        int fd;
+
+        snprintf(path, sizeof path, PSEM_DIR "/" PSEM_FILE_PREFIX "shmbroker.%s.%u", channel, sem);
+        fd = open(path, O_RDWR | O_CLOEXEC);
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        ck_assert_int_eq(pwrite(fd, &zero, sizeof zero, offsetof(PosixSemFile, magic)), (ssize_t) sizeof zero);
+        close(fd);
+}
+
+/*
+ * Any rw holder may write any byte of the files, the magic of a semaphore
+ * or a ring header included. That must not keep the others from learning
+ * that the channel is gone: the daemon made the files in this run and knows
+ * their layout, so its stop reaches the blocked callers all the same.
+ */
+START_TEST(test_removal_ends_blocked_calls_of_scribbled_files) {
+        Blocked b[_BLOCK_MAX];
+        pthread_t t[_BLOCK_MAX];
+        shmb_channel *holder = start_blocked_calls(b, t);
+        int64_t removed_ms;
+
+        scribble_sem_magic("raw", 1);
+        scribble_sem_magic("lock", 0);
+        __atomic_store_n(&((RingHeader *) shmb_channel_addr(b[BLOCK_RECV].ch))->magic, 0, __ATOMIC_SEQ_CST);
+        removed_ms = test_now_ms();
+        test_daemon_stop_ok(&td);
+        td.pid = -1;
+        assert_blocked_calls_ended(b, t, holder, removed_ms, "stop, files scribbled on");
+        ck_assert_int_eq(dev_shm_count(), 0);
+}
+END_TEST
+
 /*
  * A reload reaches blocked callers as a stop does: "raw" and "ring"
  * dropped, "lock" replaced (its size changed). Each blocked call returns
@@ -860,7 +898,8 @@ int main(void) {
                                              test_read_only_open_cannot_write } },
                 { "semaphores", CASE_TIMEOUT, { test_semaphores_across_processes,
                                                 test_killed_lock_holder_does_not_keep_the_lock } },
-                { "removal", CASE_TIMEOUT, { test_removal_ends_blocked_calls, test_reload_ends_blocked_calls } },
+                { "removal", CASE_TIMEOUT, { test_removal_ends_blocked_calls, test_removal_ends_blocked_calls_of_scribbled_files,
+                                             test_reload_ends_blocked_calls } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,
                                                test_open_failing_halfway_leaves_nothing } },
