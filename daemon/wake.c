@@ -152,7 +152,23 @@ static int chown_perms(const Wake *w, const char *file, uid_t uid, gid_t gid, mo
 }
 
 /*
- * The FIFO grants what the channel grants, read and write bits only. The
+ * A class's bits on a FIFO: read and write where the channel lets it both
+ * read and write (it takes part in the ring: it may wait and wake), else
+ * none. One that could only read would drain the bytes written for a
+ * waiter, which then sleeps on past its message. (A broadcast channel's
+ * mode comes here with its readers' write bits added: they write cursors.)
+ */
+static mode_t fifo_mode(mode_t mode) {
+        mode_t m = 0;
+
+        for (int shift = 0; shift <= 6; shift += 3)
+                if (((mode >> shift) & 6) == 6)
+                        m |= (mode_t) 6 << shift;
+        return m;
+}
+
+/*
+ * The FIFO grants what the channel grants to those that take part (fifo_mode()). The
  * daemon stays its owner and gives the channel's owner and group their bits
  * in the FIFO's ACL: the owner of a file may set its ACL, while giving it
  * to a group the daemon is not in would need CAP_CHOWN (and the shipped
@@ -170,6 +186,7 @@ static int set_perms(const Wake *w, const char *file, uid_t uid, gid_t gid, mode
         struct stat st;
         int fd, r = 0;
 
+        mode = fifo_mode(mode);
         /* Read-only: never waits for a writer, and the ACL goes on the file opened. */
         fd = open_fifo(w, file, O_RDONLY, &st);
         if (fd < 0)

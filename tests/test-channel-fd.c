@@ -453,6 +453,50 @@ START_TEST(test_fifos_carry_the_channels_rights_and_go_with_it) {
 }
 END_TEST
 
+/*
+ * A ring's ro openers cannot take part (shmb_channel_fd() refuses them
+ * EACCES), so its FIFOs must give them nothing: one that could read a FIFO
+ * would take the byte a waker wrote for an rw waiter in an event loop, which
+ * then sleeps on, past a message that is there, for as long as its poll
+ * lets it. The group that may only read the ring may neither read nor
+ * write its FIFOs.
+ */
+static int open_flags;
+
+static void open_as_nobody_flags(void *userdata) {
+        int fd;
+
+        (void) userdata;
+        test_drop_privileges(65534, 65534, child_group);
+        fd = open(fifo_path, open_flags | O_NONBLOCK | O_CLOEXEC);
+        _exit(fd >= 0 ? 0 : errno);
+}
+
+START_TEST(test_read_only_class_gets_no_fifo) {
+        char path[600];
+        int fd, status;
+
+        test_daemon_write_config(&td,
+                "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 2, \"group\": 4242,"
+                " \"mode\": \"0640\"}]");
+        fd = test_connect(td.socket);
+        test_assert_ok(test_request(fd, "{\"op\":\"reload\"}"));
+        close(fd);
+        for (int i = 0; i < 2; i++) {
+                snprintf(path, sizeof path, "%s.wake/r.%s", td.socket, i ? "space" : "data");
+                fifo_path = path;
+                child_group = 4242;
+                for (int k = 0; k < 2; k++) {
+                        open_flags = k ? O_WRONLY : O_RDONLY;
+                        status = test_in_child(open_as_nobody_flags, NULL);
+                        ck_assert(WIFEXITED(status));
+                        ck_assert_msg(WEXITSTATUS(status) == EACCES, "the ring's read-only group may open %s %s",
+                                      path, k ? "O_WRONLY" : "O_RDONLY");
+                }
+        }
+}
+END_TEST
+
 START_TEST(test_raw_and_read_only_handles_have_none) {
         shmb_channel *raw = NULL, *ro = NULL;
 
@@ -631,6 +675,7 @@ int main(void) {
                 { "example", CASE_TIMEOUT, { test_poll_example_receives_from_two_rings } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_subscriber_and_publisher_wait_through_the_fd } },
                 { "fifos", CASE_TIMEOUT, { test_fifos_carry_the_channels_rights_and_go_with_it,
+                                           test_read_only_class_gets_no_fifo,
                                            test_raw_and_read_only_handles_have_none,
                                            test_planted_directory_is_left_alone } },
         };
