@@ -407,6 +407,9 @@ static ssize_t sub_next(shmb_channel *ch, BcastHandle *b, Wait *w, BcastSlot **r
                         continue;
                 }
                 if (q > c) {
+                        /* Lapped: never past head, which publishers move before they write (else a scribble). */
+                        if (q > LOAD(&b->h->head, ACQ))
+                                return -EPROTO;
                         sub_overrun(b, c);
                         continue;
                 }
@@ -640,6 +643,9 @@ static int pub_claim(shmb_channel *ch, BcastHandle *b, size_t len, Wait *w, Bcas
                 s = LOAD(&slot->seq, ACQ);
                 q = bcast_seq_pos(s);
                 if (q >= pos) {
+                        /* A lap on while head is still pos: never, but for a writer's scribble. */
+                        if (q - pos >= b->n && LOAD(&b->h->head, ACQ) == pos)
+                                return -EPROTO;
                         advance_head(b, pos);           /* claimed by another; head lags behind it */
                         continue;
                 }

@@ -567,6 +567,9 @@ static inline int send_claim(shmb_channel *ch, size_t len, Waiter *w, RingSlot *
                         continue;
                 }
                 /* diff > 0: pos was claimed (and maybe finished) by another; head may lag behind it. */
+                /* More than a lap on while head is still pos: never, but for a writer's scribble. */
+                if (diff > (int64_t) ch->info.slots && LOAD(&ch->ring->head, ACQ) == pos)
+                        return -EPROTO;
                 advance(&ch->ring->head, pos);
         }
 }
@@ -666,6 +669,9 @@ static inline ssize_t recv_claim(shmb_channel *ch, size_t max_len, Waiter *w, Ri
                         continue;
                 }
                 /* diff > 0: pos was received or skipped; tail may lag behind it. */
+                /* More than a lap on while tail is still pos: never, but for a writer's scribble. */
+                if (diff > (int64_t) ch->info.slots && LOAD(&ch->ring->tail, ACQ) == pos)
+                        return -EPROTO;
                 advance(&ch->ring->tail, pos);
         }
 }

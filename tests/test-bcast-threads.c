@@ -374,6 +374,38 @@ START_TEST(test_drop_dead_publishers_repaired) {
 }
 END_TEST
 
+/*
+ * Anyone who may publish may write any byte of the segment. Slots that all
+ * say "published, far ahead" must not make a publisher or a subscriber
+ * step head or its cursor on one position at a time for 2^40 turns: no slot
+ * is ever more than a lap ahead of head, so that is corruption, -EPROTO,
+ * whatever the timeout. The case timeout is what fails a library that loops.
+ */
+START_TEST(test_corrupt_seqs_are_refused) {
+        Bus b;
+        shmb_channel *pub, *sub;
+
+        bus_make(&b, 4, 2, true);
+        pub = handle_new(&b, false, 0);
+        sub = handle_new(&b, true, 0);
+        for (uint32_t i = 0; i < b.slots; i++)
+                __atomic_store_n(&bcast_slot_at(b.admin, i)->seq, bcast_seq(UINT64_C(1) << 40, BCAST_SEQ_PUBLISHED),
+                                 __ATOMIC_SEQ_CST);
+        for (int timeout = -1; timeout <= 50; timeout += 51) {
+                char buf[SLOT_SIZE];
+                const void *in;
+                void *out;
+
+                ck_assert_int_eq(shmb_send(pub, "m", 1, timeout), -EPROTO);
+                ck_assert_int_eq(shmb_send_reserve(pub, 1, &out, timeout), -EPROTO);
+                ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, timeout), -EPROTO);
+                ck_assert_int_eq(shmb_recv_peek(sub, &in, timeout), -EPROTO);
+        }
+        handle_free(sub);
+        handle_free(pub);
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("bcast-threads");
         TCase *tc = tcase_create("threads");
@@ -391,6 +423,7 @@ int main(void) {
         tcase_add_test(tc, test_drop_zero_copy);
         tcase_add_test(tc, test_block_dead_publishers_repaired);
         tcase_add_test(tc, test_drop_dead_publishers_repaired);
+        tcase_add_test(tc, test_corrupt_seqs_are_refused);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_ENV);

@@ -659,6 +659,38 @@ START_TEST(test_header_must_be_this_version) {
 }
 END_TEST
 
+/*
+ * Anyone who may open a ring rw may write any byte of it. A header whose
+ * slots all say "done, far ahead" (seq 2^62) must not turn a call into a
+ * loop that moves head or tail on one position at a time for 2^62 turns:
+ * no slot is ever more than a lap ahead of head or tail, so such a ring is
+ * corrupt, -EPROTO, whatever the timeout (for ever included). The Check
+ * timeout is what fails a library that loops; a correct one takes no time.
+ */
+START_TEST(test_corrupt_seqs_do_not_outlast_the_timeout) {
+        TestRing ring;
+        shmb_channel *ch;
+        char buf[SLOT_SIZE];
+
+        ring_make(&ring, SLOT_SIZE, 4, false);
+        ch = handle_new(&ring, 0, 0);
+        for (uint64_t i = 0; i < 4; i++)
+                STORE(&slot_of(ch, i)->seq, UINT64_C(1) << 62, __ATOMIC_SEQ_CST);
+
+        for (int timeout = -1; timeout <= 50; timeout += 51) {
+                void *p;
+                const void *in;
+
+                ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, timeout), -EPROTO);
+                ck_assert_int_eq(shmb_recv_peek(ch, &in, timeout), -EPROTO);
+                ck_assert_int_eq(shmb_send(ch, "m", 1, timeout), -EPROTO);
+                ck_assert_int_eq(shmb_send_reserve(ch, 1, &p, timeout), -EPROTO);
+        }
+        free(ch);
+        ring_unmake(&ring);
+}
+END_TEST
+
 /* ---- live claims are waited for, never repaired ---- */
 
 typedef struct Call {
@@ -926,6 +958,7 @@ int main(void) {
         tcase_set_timeout(tc, CASE_TIMEOUT);
         tcase_add_test(tc, test_fifo_limits_and_laps);
         tcase_add_test(tc, test_header_must_be_this_version);
+        tcase_add_test(tc, test_corrupt_seqs_do_not_outlast_the_timeout);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("mpmc");
