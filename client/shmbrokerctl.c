@@ -66,11 +66,19 @@ static void format_time(int64_t t, char *buf, size_t size) {
                 strftime(buf, size, "%Y-%m-%d %H:%M:%S", &tm);
 }
 
+/* The daemon's message, shown as one line: a control character (an escape sequence, a newline) as '?'. */
+static void print_message(const char *what, const char *msg) {
+        fprintf(stderr, "shmbrokerctl: %s: ", what);
+        for (const unsigned char *p = (const unsigned char *) msg; *p; p++)
+                fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, stderr);
+        fputc('\n', stderr);
+}
+
 static int fail_call(shmb_client *c, const char *what, int r) {
         const char *msg = c ? shmb_client_last_message(c) : "";
 
         if (*msg)
-                fprintf(stderr, "shmbrokerctl: %s: %s\n", what, msg);
+                print_message(what, msg);
         else
                 fprintf(stderr, "shmbrokerctl: %s: %s\n", what, shmb_strerror(r));
         /* The daemon's refusals have wire names; anything else is our side. */
