@@ -846,6 +846,44 @@ class TestErrors(BrokerTest):
             self.assertEqual(cm.exception.errno, errno.EMSGSIZE)
 
 
+class TestMalformedAnswers(unittest.TestCase):
+    """A broker that answers list with something else than a list of channels: OSError EPROTO, never KeyError."""
+
+    def serve(self, answer):
+        # Answers hello as a broker does, then every other line with answer.
+        directory = tempfile.mkdtemp(prefix="shmbroker-fake-")
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "fake.sock")
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+        server.listen(4)
+        self.addCleanup(server.close)
+
+        def run():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rb") as lines:
+                for line in lines:
+                    reply = b'{"ok":true,"version":1,"server":"fake"}' if b'"hello"' in line else answer
+                    conn.sendall(reply + b"\n")
+        threading.Thread(target=run, daemon=True).start()
+        return path
+
+    def setUp(self):
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.alarm(CASE_TIMEOUT)
+        self.addCleanup(signal.alarm, 0)
+
+    def test_answers_without_a_channel_list(self):
+        for answer in (b'{"ok":true}', b'{"ok":true,"channels":5}', b'{"ok":true,"channels":[1]}'):
+            with self.subTest(answer=answer):
+                with self.assertRaises(OSError) as cm:
+                    shmbroker.list(socket=self.serve(answer))
+                self.assertEqual(cm.exception.errno, errno.EPROTO)
+
+
 class TestAdmin(BrokerTest):
 
     def test_list(self):

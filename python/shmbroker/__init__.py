@@ -741,6 +741,14 @@ def _request(request, socket):
     return result
 
 
+def _channels(answer):
+    """The "channels" list of a list or status answer: OSError EPROTO unless it is a list of objects."""
+    channels = answer.get("channels")
+    if not isinstance(channels, type([])) or not all(isinstance(c, dict) for c in channels):
+        raise OSError(errno.EPROTO, "the broker's answer has no list of channel objects")
+    return channels
+
+
 def list(socket=None):
     """Every channel of the broker, as a list of dicts (its "list" answer).
 
@@ -753,7 +761,7 @@ def list(socket=None):
     the connection. (Inside this package's namespace this shadows the
     built-in list: call it as shmbroker.list().)
     """
-    return _request({"op": "list"}, socket)["channels"]
+    return _channels(_request({"op": "list"}, socket))
 
 
 def status(name=None, socket=None):
@@ -772,5 +780,5 @@ def status(name=None, socket=None):
     request = {"op": "status"}
     if name is not None:
         request["channel"] = name
-    return _request(request, socket)["channels"]
+    return _channels(_request(request, socket))
 
