@@ -204,9 +204,57 @@ static void log_legacy(const Daemon *d, const StateRecord *v, size_t n) {
         }
 }
 
+/*
+ * What a run of this configuration under another socket name left (the
+ * file's "socket" changed, then a crash: the next start names its files
+ * after the new socket, and nothing else would ever look at the old ones).
+ * Their objects are reclaimed as a crash's are, not adopted: moving the
+ * socket needs a restart, which makes every channel anew. Only files whose
+ * lock names this configuration's real path, and whose lock is free.
+ */
+static void reclaim_previous_runs(Daemon *d, const char *dir, const char *owner) {
+        char **names = NULL;
+        int r;
+
+        r = state_previous_names(d->state, owner, &names);
+        if (r < 0) {
+                log_warning("Failed to look for the files of earlier runs in %s: %s", dir, strerror(-r));
+                return;
+        }
+        for (char **name = names; *name; name++) {
+                _cleanup_(freep) StateRecord *v = NULL;
+                size_t n = 0, skipped = 0;
+                ReclaimResult res = {};
+                State *old = NULL;
+                char msg[512];
+
+                r = state_open(dir, *name, &old, msg, sizeof msg);
+                if (r < 0) {
+                        /* -EBUSY: a daemon runs on it (this configuration, another socket): its own. */
+                        if (r != -EBUSY)
+                                log_warning("Failed to open the files of an earlier run (%s): %s", *name, msg);
+                        continue;
+                }
+                r = state_read(old, &v, &n, &skipped);
+                if (r == 0) {
+                        reclaim_records(v, n, &res);
+                        log_notice("Reclaimed %zu object(s) left by a run of this configuration on socket %s "
+                                   "(%zu already gone, %zu not provably ours and left alone).", res.removed, *name,
+                                   res.gone, res.foreign);
+                }
+                if (r == 0 && res.kept == 0)
+                        state_remove_files(old);
+                else
+                        log_warning("Keeping %s: %s.", state_path(old),
+                                    r < 0 ? strerror(-r) : "some of its objects could not be verified or removed");
+                state_free(old);
+        }
+        strv_free(names);
+}
+
 static int open_state_and_reclaim(Daemon *d) {
         _cleanup_(freep) StateRecord *v = NULL;
-        _cleanup_(freep) char *dir = NULL;
+        _cleanup_(freep) char *dir = NULL, *owner = NULL;
         const char *name = strrchr(d->socket_path, '/');
         size_t n = 0, skipped = 0;
         ReclaimResult res;
@@ -226,6 +274,11 @@ static int open_state_and_reclaim(Daemon *d) {
                 log_error("Failed to open the state directory: %s", msg);
                 return r;
         }
+        /* Only a socket the file names: two --socket runs of one file are two daemons, not one moved. */
+        owner = d->options->socket_path ? NULL : realpath(d->options->config_path, NULL);
+        r = state_set_owner(d->state, owner ?: "");
+        if (r < 0)
+                log_warning("Failed to write %s: %s", state_lock_path(d->state), strerror(-r));
         r = state_read(d->state, &v, &n, &skipped);
         if (r < 0) {
                 log_error("Failed to read %s: %s", state_path(d->state), strerror(-r));
@@ -255,6 +308,8 @@ static int open_state_and_reclaim(Daemon *d) {
                         log_warning("%zu recorded object(s) could not be verified or removed; keeping them in %s.",
                                     res.kept, state_path(d->state));
         }
+        if (owner)
+                reclaim_previous_runs(d, dir, owner);
         /* What could not be settled stays recorded (a later start tries again), and so is
          * every rewrite of the file after this one (reload compacts it); adopted channels too. */
         d->n_unsettled = res.kept;

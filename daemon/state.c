@@ -9,7 +9,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -680,6 +682,85 @@ int state_rewrite(State *s, const StateRecord *v, size_t n) {
         close(s->fd);
         s->fd = fd;
         s->deferred_len = 0;
+        return 0;
+}
+
+int state_set_owner(State *s, const char *owner) {
+        size_t len = strlen(owner);
+
+        if (ftruncate(s->lock_fd, 0) < 0)
+                return -errno;
+        if (len > 0 && (pwrite(s->lock_fd, owner, len, 0) != (ssize_t) len || pwrite(s->lock_fd, "\n", 1, len) != 1))
+                return errno ? -errno : -EIO;
+        return 0;
+}
+
+void strv_free(char **v) {
+        for (char **p = v; p && *p; p++)
+                free(*p);
+        free(v);
+}
+
+/* Whether dir_fd/lock_name is a lock file of ours (as open_own_file() would take it) that names owner. */
+static bool lock_names_owner(int dir_fd, const char *lock_name, const char *owner) {
+        _cleanup_(closep) int fd = openat(dir_fd, lock_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        size_t len = strlen(owner);
+        char buf[PATH_MAX + 2];
+        struct stat st;
+        ssize_t n;
+
+        if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022))
+                return false;
+        n = pread(fd, buf, sizeof buf, 0);
+        return n == (ssize_t) len + 1 && memcmp(buf, owner, len) == 0 && buf[len] == '\n';
+}
+
+int state_previous_names(State *s, const char *owner, char ***ret) {
+        _cleanup_(closep) int fd = -1;
+        char **v = calloc(1, sizeof *v);
+        size_t n = 0;
+        DIR *d = NULL;
+        int r = 0;
+
+        if (!v)
+                return -ENOMEM;
+        if (!*owner)
+                goto done;
+        fd = openat(s->dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        d = fd < 0 ? NULL : fdopendir(fd);
+        if (!d) {
+                r = -errno;
+                goto done;
+        }
+        fd = -1;        /* the DIR has it */
+        for (struct dirent *e; (e = readdir(d));) {
+                size_t len = strlen(e->d_name);
+                char **w, *name;
+
+                if (len <= 5 || strcmp(e->d_name + len - 5, ".lock") != 0)
+                        continue;
+                if ((len - 5 == strlen(s->name) && strncmp(e->d_name, s->name, len - 5) == 0) ||
+                    !lock_names_owner(dirfd(d), e->d_name, owner))
+                        continue;
+                name = strndup(e->d_name, len - 5);
+                w = name ? reallocarray(v, n + 2, sizeof *v) : NULL;
+                if (!w) {
+                        free(name);
+                        r = -ENOMEM;
+                        goto done;
+                }
+                v = w;
+                v[n++] = name;
+                v[n] = NULL;
+        }
+done:
+        if (d)
+                closedir(d);
+        if (r < 0) {
+                strv_free(v);
+                return r;
+        }
+        *ret = v;
         return 0;
 }
 

@@ -978,6 +978,104 @@ START_TEST(test_fixed_key_of_kept_channel) {
 }
 END_TEST
 
+/*
+ * "socket" changed in the file: a reload ignores it (moving the socket needs
+ * a restart). If the daemon is then killed and started again on the same
+ * file and state directory, as systemd's Restart= does, the previous run's
+ * channels must be adopted or removed, never left in the kernel: the state
+ * directory is the same one.
+ */
+START_TEST(test_socket_changed_then_crash_leaves_nothing) {
+        char old_socket[sizeof td.socket];
+        int fd;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, "
+                                      "{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4}]");
+        test_start_ok();
+        assert_ipcs(2, 2);
+        strcpy(old_socket, td.socket);
+        ck_assert_int_lt(snprintf(td.socket, sizeof td.socket, "%s/moved.sock", td.dir), (int) sizeof td.socket);
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, "
+                                      "{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4}]");
+        fd = test_connect(old_socket);
+        reload_expect(fd, "", "", "", "a,r");
+        close(fd);
+        test_daemon_kill(&td, SIGKILL);
+
+        test_start_ok();
+        assert_ipcs(2, 2);
+        test_daemon_stop_ok(&td);
+        assert_ipcs(0, 0);
+}
+END_TEST
+
+/* The shm_id the daemon on socket gives channel name. */
+static int shm_id_of(const char *socket, const char *name) {
+        int fd = test_connect(socket), id;
+        json_t *list = test_request(fd, "{\"op\":\"list\"}");
+
+        close(fd);
+        id = (int) test_jint(test_must_find(list, name), "shm_id");
+        json_decref(list);
+        return id;
+}
+
+/* A second daemon in td's directory: its own files beside td's, named after `name`. */
+static void other_daemon_init(TestDaemon *d, const char *name) {
+        *d = td;
+        d->pid = -1;
+        d->notify_fd = -1;
+        d->notified[0] = '\0';
+        ck_assert_int_lt(snprintf(d->config, sizeof d->config, "%s/%s.json", td.dir, name), (int) sizeof d->config);
+        ck_assert_int_lt(snprintf(d->socket, sizeof d->socket, "%s/%s.sock", td.dir, name), (int) sizeof d->socket);
+        ck_assert_int_lt(snprintf(d->log, sizeof d->log, "%s/%s.log", td.dir, name), (int) sizeof d->log);
+        ck_assert_int_lt(snprintf(d->notify, sizeof d->notify, "%s/%s.notify", td.dir, name), (int) sizeof d->notify);
+}
+
+/*
+ * The other side of test_socket_changed_then_crash_leaves_nothing: what a
+ * start reclaims under another socket name is only a dead run of its own
+ * configuration. Beside it in the same directory: the files of another
+ * configuration's daemon that crashed (its next start takes its channels
+ * over), and a live daemon of the same configuration on the old socket.
+ * Neither loses an object.
+ */
+START_TEST(test_files_of_other_daemons_are_left_alone) {
+        TestDaemon other, moved;
+        json_t *list;
+        int status = 0, o_id;
+
+        other_daemon_init(&other, "other");
+        test_daemon_write_config(&other, "[{\"name\": \"o\", \"size\": 4096}]");
+        ck_assert_msg(test_daemon_start(&other, &status, NULL), "the other daemon did not start (%d)", status);
+        o_id = shm_id_of(other.socket, "o");
+        test_daemon_kill(&other, SIGKILL);
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
+        test_start_ok();
+        /* The file now names another socket; td still runs on its own. */
+        other_daemon_init(&moved, "moved");
+        strcpy(moved.config, td.config);
+        test_daemon_write_config(&moved, "[{\"name\": \"a\", \"size\": 4096}]");
+        ck_assert_msg(test_daemon_start(&moved, &status, NULL), "the moved daemon did not start (%d)", status);
+        assert_ipcs(3, 3);
+        list = list_ok();               /* td, on the old socket, still serves its channel */
+        ck_assert_ptr_nonnull(test_find_channel(list, "a"));
+        json_decref(list);
+        test_daemon_stop_ok(&moved);
+        test_daemon_stop_ok(&td);
+
+        /* The crashed daemon's next start finds its channel, unchanged, and takes it over. */
+        ck_assert_msg(test_daemon_start(&other, &status, NULL), "the other daemon did not start again (%d)", status);
+        ck_assert_int_eq(shm_id_of(other.socket, "o"), o_id);
+        assert_ipcs(1, 1);
+        test_daemon_stop_ok(&other);
+        assert_ipcs(0, 0);
+        close(other.notify_fd);
+        close(moved.notify_fd);
+}
+END_TEST
+
 /* ---- signals ---- */
 
 /*
@@ -1598,7 +1696,8 @@ int main(void) {
                                 test_foreign_fixed_key_refused_whole, test_fixed_keys_move_between_channels,
                                 test_added_broadcast_counts_its_table_at_kernel_limit,
                                 test_replaced_broadcast_frees_its_table_at_kernel_limit,
-                                test_fixed_key_of_kept_channel } },
+                                test_fixed_key_of_kept_channel, test_socket_changed_then_crash_leaves_nothing,
+                                test_files_of_other_daemons_are_left_alone } },
                 { "signals", CASE_TIMEOUT, { test_sighup_during_start_is_not_fatal, test_sighup_reloads_within_a_second,
                                test_sigterm_after_reloads_removes_everything,
                                test_crash_mid_reload_then_restart } },
