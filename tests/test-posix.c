@@ -685,6 +685,17 @@ START_TEST(test_access_follows_file_rule) {
 }
 END_TEST
 
+/* The daemon as nobody (its directory made nobody's), serving posix channel "mine", 0640, as its own. */
+static void start_as_nobody_with_mine(void) {
+        ck_assert_int_eq(chown(td.dir, NOBODY, NOBODY), 0);
+        ck_assert_int_eq(chmod(td.dir, 0700), 0);
+        td.uid = NOBODY;
+        td.gid = NOBODY;
+        test_daemon_write_config(&td, "[{\"name\": \"mine\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0640\"}]");
+        test_start_ok();
+        assert_file("shmbroker.mine", 4096, NOBODY, NOBODY, 0640);
+}
+
 /*
  * A daemon without privileges (as the shipped unit runs it) gives files
  * its own user and group; another group needs CAP_CHOWN, and the start
@@ -694,13 +705,7 @@ START_TEST(test_unprivileged_daemon) {
         char *before = shm_listing(), *log;
         int status = 0;
 
-        ck_assert_int_eq(chown(td.dir, NOBODY, NOBODY), 0);
-        ck_assert_int_eq(chmod(td.dir, 0700), 0);
-        td.uid = NOBODY;
-        td.gid = NOBODY;
-        test_daemon_write_config(&td, "[{\"name\": \"mine\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0640\"}]");
-        test_start_ok();
-        assert_file("shmbroker.mine", 4096, NOBODY, NOBODY, 0640);
+        start_as_nobody_with_mine();
         assert_file("sem.shmbroker.mine.0", sizeof(PosixSemFile), NOBODY, NOBODY, 0640);
         test_daemon_stop_ok(&td);
         assert_listing(before);
@@ -1663,13 +1668,7 @@ START_TEST(test_unprivileged_reload_group_refused) {
         json_t *resp;
         int fd;
 
-        ck_assert_int_eq(chown(td.dir, NOBODY, NOBODY), 0);
-        ck_assert_int_eq(chmod(td.dir, 0700), 0);
-        td.uid = NOBODY;
-        td.gid = NOBODY;
-        test_daemon_write_config(&td, "[{\"name\": \"mine\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0640\"}]");
-        test_start_ok();
-        assert_file("shmbroker.mine", 4096, NOBODY, NOBODY, 0640);
+        start_as_nobody_with_mine();
 
         test_daemon_write_config(&td, "[{\"name\": \"mine\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0640\", "
                                       "\"group\": 4242}]");
