@@ -9,9 +9,12 @@
 #include "daemon/reclaim.h"
 
 /* Whether key is the one a fresh start could give this channel. */
-static bool key_fits(const ChannelSpec *spec, const uint8_t *secret, uint32_t key) {
+static bool key_fits(const Config *cfg, const ChannelSpec *spec, const uint8_t *secret, uint32_t key) {
         if (spec->has_key)
                 return spec->key == key;
+        /* A key the file now fixes for a channel is one a fresh start would skip. */
+        if (bsearch(&key, cfg->fixed_keys, cfg->n_fixed_keys, sizeof key, cmp_u32))
+                return false;
         for (unsigned i = 0; i < CHANNEL_DERIVED_KEY_ATTEMPTS; i++)
                 if (channel_derive_key(secret, spec->name, i) == key)
                         return true;
@@ -97,7 +100,7 @@ static int adopt_one(Registry *reg, const Config *cfg, const uint8_t *secret, St
         sem = find_object(v, n, STATE_SEM, chan->key, chan->sem_id);
         if (!shm || !sem)
                 return 0;
-        if (channel_spec_fingerprint(spec) != chan->fingerprint || !key_fits(spec, secret, chan->key)) {
+        if (channel_spec_fingerprint(spec) != chan->fingerprint || !key_fits(cfg, spec, secret, chan->key)) {
                 log_info("Channel %s changed in the config since the last run; making it anew.", spec->name);
                 return 0;
         }
@@ -116,6 +119,7 @@ static int adopt_one(Registry *reg, const Config *cfg, const uint8_t *secret, St
                 int table_id;
 
                 if (channel_table_of(shm, &table_key, &table_id) < 0 ||
+                    bsearch(&table_key, cfg->fixed_keys, cfg->n_fixed_keys, sizeof table_key, cmp_u32) ||
                     !(table = find_object(v, n, STATE_SHM, table_key, table_id)) || table == shm ||
                     reclaim_prove(table, false) != 1) {
                         log_warning("Channel %s: its subscriber table segment is not provably the last run's; "

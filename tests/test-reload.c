@@ -1076,6 +1076,43 @@ START_TEST(test_files_of_other_daemons_are_left_alone) {
 }
 END_TEST
 
+/*
+ * The start-side twin of test_fixed_key_of_kept_channel: "a" got a derived
+ * key, the daemon is killed, and the file now fixes that key for a new
+ * channel "b". A fresh start with this file derives "a" another key
+ * (derived keys skip fixed ones); the restart after the crash, as systemd's
+ * Restart= makes it, must start too, with "b" on its key, not fail for
+ * ever blaming a foreign object (the daemon's own "a") and advising ipcrm.
+ */
+START_TEST(test_crash_restart_fixed_key_of_adopted_channel) {
+        json_t *list;
+        char *channels;
+        json_int_t key;
+        int status = 0;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
+        test_start_ok();
+        list = list_ok();
+        key = test_jint(test_must_find(list, "a"), "shm_key");
+        json_decref(list);
+        test_daemon_kill(&td, SIGKILL);
+
+        ck_assert_int_ge(asprintf(&channels, "[{\"name\": \"a\", \"size\": 4096},"
+                                             " {\"name\": \"b\", \"size\": 4096, \"key\": %lld}]", (long long) key), 0);
+        test_daemon_write_config(&td, channels);
+        free(channels);
+        ck_assert_msg(test_daemon_start(&td, &status, NULL),
+                      "the restart after a crash failed (status %d) where a fresh start with the file works", status);
+        list = list_ok();
+        ck_assert_int_eq(test_jint(test_must_find(list, "b"), "shm_key"), key);
+        ck_assert_int_ne(test_jint(test_must_find(list, "a"), "shm_key"), key);
+        json_decref(list);
+        assert_ipcs(2, 2);
+        test_daemon_stop_ok(&td);
+        assert_ipcs(0, 0);
+}
+END_TEST
+
 /* ---- signals ---- */
 
 /*
@@ -1698,6 +1735,7 @@ int main(void) {
                                 test_replaced_broadcast_frees_its_table_at_kernel_limit,
                                 test_fixed_key_of_kept_channel, test_socket_changed_then_crash_leaves_nothing,
                                 test_files_of_other_daemons_are_left_alone } },
+                { "restarts", CASE_TIMEOUT, { test_crash_restart_fixed_key_of_adopted_channel } },
                 { "signals", CASE_TIMEOUT, { test_sighup_during_start_is_not_fatal, test_sighup_reloads_within_a_second,
                                test_sigterm_after_reloads_removes_everything,
                                test_crash_mid_reload_then_restart } },
