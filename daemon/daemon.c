@@ -252,6 +252,31 @@ static void reclaim_previous_runs(Daemon *d, const char *dir, const char *owner)
         strv_free(names);
 }
 
+/*
+ * What names this configuration in a lock file (state_set_owner()): the
+ * path as given, made absolute, and the file it resolves to, one a line.
+ * Either may be what stays the same: a deploy that swaps a symlink to a new
+ * file keeps the first, a start from another directory the second. NULL
+ * (no claim) without memory or a working directory.
+ */
+static char *config_owner(const char *path) {
+        _cleanup_(freep) char *real = realpath(path, NULL);
+        char *abs, *both;
+
+        if (path[0] == '/')
+                abs = strdup(path);
+        else {
+                _cleanup_(freep) char *cwd = getcwd(NULL, 0);
+
+                abs = cwd ? strprintf("%s/%s", cwd, path) : NULL;
+        }
+        if (!abs || !real || streq(abs, real))
+                return abs;
+        both = strprintf("%s\n%s", abs, real);
+        free(abs);
+        return both;
+}
+
 static int open_state_and_reclaim(Daemon *d) {
         _cleanup_(freep) StateRecord *v = NULL;
         _cleanup_(freep) char *dir = NULL, *owner = NULL;
@@ -275,7 +300,7 @@ static int open_state_and_reclaim(Daemon *d) {
                 return r;
         }
         /* Only a socket the file names: two --socket runs of one file are two daemons, not one moved. */
-        owner = d->options->socket_path ? NULL : realpath(d->options->config_path, NULL);
+        owner = d->options->socket_path ? NULL : config_owner(d->options->config_path);
         r = state_set_owner(d->state, owner ?: "");
         if (r < 0)
                 log_warning("Failed to write %s: %s", state_lock_path(d->state), strerror(-r));

@@ -701,18 +701,34 @@ void strv_free(char **v) {
         free(v);
 }
 
-/* Whether dir_fd/lock_name is a lock file of ours (as open_own_file() would take it) that names owner. */
+/* Whether some line of a (len bytes, lines ended by '\n') is a line of b (lines ended by '\n' or its end). */
+static bool share_a_line(const char *a, size_t len, const char *b) {
+        for (const char *l = a, *end; l < a + len && (end = memchr(l, '\n', (size_t) (a + len - l))); l = end + 1)
+                for (const char *m = b; *m;) {
+                        size_t k = strcspn(m, "\n");
+
+                        if (k > 0 && k == (size_t) (end - l) && memcmp(l, m, k) == 0)
+                                return true;
+                        m += k + (m[k] == '\n');
+                }
+        return false;
+}
+
+/*
+ * Whether dir_fd/lock_name is a lock file of ours (as open_own_file() would
+ * take it) that shares a line with owner: the same configuration by the
+ * path it was given or the file it resolved to (daemon.c).
+ */
 static bool lock_names_owner(int dir_fd, const char *lock_name, const char *owner) {
         _cleanup_(closep) int fd = openat(dir_fd, lock_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-        size_t len = strlen(owner);
-        char buf[PATH_MAX + 2];
+        char buf[2 * PATH_MAX + 2];
         struct stat st;
         ssize_t n;
 
         if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022))
                 return false;
         n = pread(fd, buf, sizeof buf, 0);
-        return n == (ssize_t) len + 1 && memcmp(buf, owner, len) == 0 && buf[len] == '\n';
+        return n > 0 && share_a_line(buf, (size_t) n, owner);
 }
 
 int state_previous_names(State *s, const char *owner, char ***ret) {

@@ -76,15 +76,16 @@ typedef struct State State;
 int state_open(const char *dir, const char *name, State **ret, char *msg, size_t msg_size);
 
 /*
- * Write owner (the configuration's real path, say) into s's lock file, so
- * that a later start of the same owner under another socket name finds
- * these files (state_previous_names()). "" claims nothing. 0 or -errno.
+ * Write owner (lines that name the configuration: its paths) into s's lock
+ * file, so that a later start of the same owner under another socket name
+ * finds these files (state_previous_names(): one line in common is
+ * enough). "" claims nothing. 0 or -errno.
  */
 int state_set_owner(State *s, const char *owner);
 
 /*
  * The names (as state_open() takes them) of the other state files in s's
- * directory whose lock file names owner: files of an earlier run of the
+ * directory whose lock file shares a line with owner: files of an earlier run of the
  * same configuration under another socket name, which nothing else will
  * reclaim. NULL-terminated, malloc'd with its strings (free with
  * strv_free()); not locked here: state_open() of one says whether a

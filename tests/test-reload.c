@@ -1113,6 +1113,41 @@ START_TEST(test_crash_restart_fixed_key_of_adopted_channel) {
 }
 END_TEST
 
+/*
+ * As test_socket_changed_then_crash_leaves_nothing, with the config path a
+ * symlink that a deploy swaps to a new file (a Kubernetes ConfigMap's
+ * ..data link, NixOS's /etc/static, a "current" link): the path the daemon
+ * is started with is the same, the file it resolves to is not. The crashed
+ * run under the old socket must still be reclaimed.
+ */
+START_TEST(test_socket_changed_by_symlink_swap_then_crash_leaves_nothing) {
+        char target[sizeof td.config + 8], link_tmp[sizeof td.config + 8];
+        const char *channels = "[{\"name\": \"a\", \"size\": 4096}]";
+
+        ck_assert_int_lt(snprintf(target, sizeof target, "%s.v1", td.config), (int) sizeof target);
+        ck_assert_int_lt(snprintf(link_tmp, sizeof link_tmp, "%s.ln", td.config), (int) sizeof link_tmp);
+        ck_assert_int_eq(symlink(target, td.config), 0);
+        test_daemon_write_config(&td, channels);        /* through the link: into .v1 */
+        test_start_ok();
+        assert_ipcs(1, 1);
+        test_daemon_kill(&td, SIGKILL);
+
+        /* The deploy: a new file that moves the socket, and the link swapped to it. */
+        ck_assert_int_lt(snprintf(td.socket, sizeof td.socket, "%s/moved.sock", td.dir), (int) sizeof td.socket);
+        target[strlen(target) - 1] = '2';
+        ck_assert_int_eq(symlink(target, link_tmp), 0);
+        ck_assert_int_eq(rename(link_tmp, td.config), 0);
+        test_daemon_write_config(&td, channels);        /* into .v2 */
+
+        test_start_ok();
+        ck_assert_msg(test_ipcs_count("-m") == 1, "the crashed run's segment was left in the kernel: %d segments",
+                      test_ipcs_count("-m"));
+        assert_ipcs(1, 1);
+        test_daemon_stop_ok(&td);
+        assert_ipcs(0, 0);
+}
+END_TEST
+
 /* ---- signals ---- */
 
 /*
@@ -1735,7 +1770,8 @@ int main(void) {
                                 test_replaced_broadcast_frees_its_table_at_kernel_limit,
                                 test_fixed_key_of_kept_channel, test_socket_changed_then_crash_leaves_nothing,
                                 test_files_of_other_daemons_are_left_alone } },
-                { "restarts", CASE_TIMEOUT, { test_crash_restart_fixed_key_of_adopted_channel } },
+                { "restarts", CASE_TIMEOUT, { test_crash_restart_fixed_key_of_adopted_channel,
+                                test_socket_changed_by_symlink_swap_then_crash_leaves_nothing } },
                 { "signals", CASE_TIMEOUT, { test_sighup_during_start_is_not_fatal, test_sighup_reloads_within_a_second,
                                test_sigterm_after_reloads_removes_everything,
                                test_crash_mid_reload_then_restart } },
