@@ -224,6 +224,31 @@ static int deny_passrights(int err) {
 #endif
 }
 
+/* In the daemon's child: chown(2) and its kin fail with EPERM from here on (SystemCallFilter=~@privileged). */
+static int deny_chown(void) {
+#ifdef FILTER_ARCH
+        struct sock_filter code[] = {
+                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, FILTER_ARCH, 0, 6),
+                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_fchown, 3, 0),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_fchownat, 2, 0),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_chown, 1, 0),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_lchown, 0, 1),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = { .len = (unsigned short) ELEMENTS(code), .filter = code };
+
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+                return -1;
+        return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+#else
+        errno = ENOSYS;
+        return -1;
+#endif
+}
+
 static void daemon_spawn(TestDaemon *d, va_list ap) {
         const char *argv[48];
         char *wrapper = getenv("TEST_DAEMON_WRAPPER") ? strdup(getenv("TEST_DAEMON_WRAPPER")) : NULL;
@@ -255,6 +280,8 @@ static void daemon_spawn(TestDaemon *d, va_list ap) {
                 if (d->activate && pass_listening_socket(d->socket) < 0)
                         _exit(126);
                 if (d->passrights_errno && deny_passrights(d->passrights_errno) < 0)
+                        _exit(124);
+                if (d->deny_chown && deny_chown() < 0)
                         _exit(124);
                 if (d->stop_before_exec)
                         (void) raise(SIGSTOP);

@@ -27,6 +27,7 @@ typedef struct TestDaemon {
         bool keep_notify;               /* keep reading notifications after READY=1 */
         bool stop_before_exec;          /* the child stops itself (SIGSTOP) before it runs the daemon: to trace it */
         int passrights_errno;           /* not 0: its setsockopt(SO_PASSRIGHTS) fails so (a seccomp filter) */
+        bool deny_chown;                /* every chown call fails with EPERM, as under the shipped unit's filter */
         uid_t uid;                      /* not 0: run the daemon as uid:gid, without groups or capabilities */
         gid_t gid;
 } TestDaemon;

@@ -1686,6 +1686,20 @@ START_TEST(test_unprivileged_reload_group_refused) {
 END_TEST
 
 /*
+ * The shipped unit filters chown(2) altogether (SystemCallFilter=
+ * ~@privileged, EPERM). A posix channel of the daemon's own user and
+ * group needs no chown, so it must start there: the files are made with
+ * those ids already, and giving them the same ones again is no call.
+ */
+START_TEST(test_own_ids_need_no_chown) {
+        td.deny_chown = true;
+        start_as_nobody_with_mine();
+        assert_file("sem.shmbroker.mine.0", sizeof(PosixSemFile), NOBODY, NOBODY, 0640);
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
+/*
  * /dev/shm is world-writable: another user may fill it. ftruncate(2) makes
  * a sparse file whatever the room, so a ring whose header the daemon then
  * writes has no page behind it. The start must fail, naming the channel,
@@ -1758,7 +1772,8 @@ int main(void) {
         const TestGroup groups[] = {
                 { "files", CASE_TIMEOUT, { test_files_made, test_status_list, test_check_config, test_access_follows_file_rule,
                                            test_capability_is_the_file_rule, test_unprivileged_daemon,
-                                           test_unprivileged_reload_group_refused, test_full_dev_shm_fails_the_start } },
+                                           test_unprivileged_reload_group_refused, test_own_ids_need_no_chown,
+                                           test_full_dev_shm_fails_the_start } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread,
                                          test_open_fds_in_flight_bounded } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
