@@ -25,6 +25,13 @@ awk -v s="$score" 'BEGIN { exit !(s != "" && s + 0 <= 1.0) }' || {
 bad=$(grep -E '^(PrivateIPC|DynamicUser|PrivateUsers)=(yes|true|1)|^SystemCallFilter=.*@ipc|^RestrictAddressFamilies=~.*AF_UNIX|^RemoveIPC=yes' \
 	"$tmp/shmbrokerd.service" || true)
 [ -z "$bad" ] || { echo "check-units: the service takes away what clients share: $bad"; exit 1; }
+# The kernel gives an object's group rights to its creator's group too: were the daemon's group the
+# socket's, every client (all in it, to reach the socket) would get every channel's group rights.
+daemon_group=$(sed -n 's/^Group=//p' "$tmp/shmbrokerd.service")
+[ -n "$daemon_group" ] && [ "$daemon_group" != "$(sed -n 's/^SocketGroup=//p' "$tmp/shmbrokerd.socket")" ] || {
+	echo "check-units: the daemon's Group= ($daemon_group) must be set, and not be the socket's group"; exit 1; }
+grep -q "^u shmbroker -:$daemon_group " "$srcdir/systemd/sysusers.d/shmbroker.conf" || {
+	echo "check-units: sysusers.d does not make $daemon_group the shmbroker user's primary group"; exit 1; }
 grep -q '^Type=notify' "$tmp/shmbrokerd.service" && grep -q '^WatchdogSec=' "$tmp/shmbrokerd.service" &&
 	grep -q '^SocketMode=0660' "$tmp/shmbrokerd.socket" || { echo "check-units: missing Type=notify, WatchdogSec= or SocketMode=0660"; exit 1; }
 echo "check-units: verify clean; exposure $score"

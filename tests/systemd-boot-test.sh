@@ -32,7 +32,8 @@ cat >"$root$etc/shmbroker/shmbroker.json" <<CONF
   "admin_group": "shmbroker-admin",
   "channels": [
     { "name": "demo", "size": 65536, "group": "shmclients", "mode": "0660" },
-    { "name": "frames", "layout": "ring", "slot_size": 1024, "slots": 16, "group": "shmclients", "mode": "0660" }
+    { "name": "frames", "layout": "ring", "slot_size": 1024, "slots": 16, "group": "shmclients", "mode": "0660" },
+    { "name": "camera", "kind": "posix", "size": 65536 }
   ]
 }
 CONF
@@ -48,6 +49,7 @@ ctl=$prefix/bin/shmbrokerctl
 in_ct ldconfig
 in_ct groupadd -f shmclients
 in_ct useradd -M -G shmbroker,shmclients client
+in_ct useradd -M -G shmbroker outsider
 in_ct id shmbroker >/dev/null || fail "sysusers.d did not create the shmbroker user"
 in_ct test -d /run/shmbroker || fail "tmpfiles.d did not create /run/shmbroker"
 
@@ -59,6 +61,12 @@ say "client: $out"
 in_ct systemctl is-active --quiet shmbrokerd.service || fail "socket activation did not start the service"
 in_ct "$ctl" status demo | grep -q 'group shmclients, rw-rw----' || { in_ct "$ctl" status demo; fail "status demo"; }
 in_ct runuser -u client -- "$ctl" list | grep -q frames || fail "list as the client"
+# A posix channel of the daemon's own ids starts under the unit's system call filter (no chown needed).
+in_ct "$ctl" status camera | grep -q posix || { in_ct "$ctl" status camera; fail "status camera"; }
+# A client that may reach the socket but is not in a channel's group gets nothing of it: the daemon's
+# group, the objects' creator group, is not the socket's.
+out=$(in_ct runuser -u outsider -- /usr/local/bin/shmb-open demo 2>&1) && fail "an outsider opened demo: $out"
+printf '%s\n' "$out" | grep -qi 'permission denied' || fail "an outsider's open of demo: $out"
 out=$(in_ct runuser -u client -- /usr/local/bin/shmb-open frames fd) || fail "client fd of a ring: $out"
 in_ct test -p /run/shmbroker/shmbroker.sock.wake/frames.data || fail "no wake-up FIFO for the ring"
 pid1=$(in_ct systemctl show -p MainPID --value shmbrokerd.service)
@@ -98,5 +106,7 @@ in_ct systemctl stop shmbrokerd.service shmbrokerd.socket
 left=$(in_ct ipcs -m -s | grep -c '^0x' || true)
 [ "$left" -eq 0 ] || { in_ct ipcs; fail "$left objects left after stop"; }
 in_ct test ! -e /run/shmbroker/shmbroker.sock.wake || fail "wake-up FIFOs left after stop"
+left=$(in_ct sh -c 'ls /dev/shm | grep -c shmbroker' || true)
+[ "$left" -eq 0 ] || { in_ct ls -l /dev/shm; fail "$left posix files left after stop"; }
 in_ct journalctl -u shmbrokerd.service --no-pager -o cat | tail -n 5 | sed 's/^/boot-test: journal: /'
 say "PASS in $(( $(date +%s) - start )) s"

@@ -78,6 +78,8 @@ in_ct sh -c 'cd /root/debs && DEBIAN_FRONTEND=noninteractive apt-get install -y 
 grep -E '^(Setting up|Unpacking) ' "$work/apt-install.log" | sed "s/^/$test_name: apt: /"
 in_ct id shmbroker >/dev/null || fail "sysusers.d did not create the shmbroker user"
 in_ct getent group shmbroker-admin >/dev/null || fail "sysusers.d did not create the shmbroker-admin group"
+[ "$(in_ct id -gn shmbroker)" = shmbrokerd ] || fail "the shmbroker user's primary group is not shmbrokerd"
+in_ct getent group shmbroker >/dev/null || fail "sysusers.d did not create the socket's group shmbroker"
 in_ct test -d /run/shmbroker || fail "tmpfiles.d did not create /run/shmbroker"
 [ "$(in_ct stat -c %U:%G /run/shmbroker)" = shmbroker:shmbroker ] || fail "/run/shmbroker is not shmbroker's"
 [ "$(in_ct systemctl is-enabled shmbrokerd.socket)" = enabled ] || fail "the package did not enable shmbrokerd.socket"
