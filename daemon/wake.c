@@ -196,7 +196,8 @@ static int set_perms(const Wake *w, const char *file, uid_t uid, gid_t gid, mode
         ENTRY(ACL_USER_OBJ, rw, ACL_UNDEFINED_ID);
         if (uid != st.st_uid)
                 ENTRY(ACL_USER, (mode >> 6) & rw, uid);
-        ENTRY(ACL_GROUP_OBJ, gid == st.st_gid ? (mode >> 3) & rw : 0, ACL_UNDEFINED_ID);
+        /* The FIFO's group is the daemon's, the ring's creator group, which the kernel gives the group bits too. */
+        ENTRY(ACL_GROUP_OBJ, (mode >> 3) & rw, ACL_UNDEFINED_ID);
         if (gid != st.st_gid)
                 ENTRY(ACL_GROUP, (mode >> 3) & rw, gid);
         ENTRY(ACL_MASK, rw, ACL_UNDEFINED_ID);

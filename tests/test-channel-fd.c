@@ -9,6 +9,7 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
@@ -497,6 +498,46 @@ START_TEST(test_read_only_class_gets_no_fifo) {
 }
 END_TEST
 
+/*
+ * The kernel gives a ring's group rights to its creator's group (the
+ * daemon's) as well as to the channel's group, so a client in the
+ * daemon's group takes part in the ring; its FIFOs must let it in as well.
+ * (A FIFO's own group is the daemon's: an ACL entry for it that gave
+ * nothing would shut that client out, also from what "other" grants.)
+ */
+/* As nobody, but in the daemon's group (root's: the test runs it as root), as its primary group. */
+static void open_in_creator_group(void *userdata) {
+        int fd;
+
+        (void) userdata;
+        if (setgroups(0, NULL) < 0 || setgid(getegid()) < 0 || setuid(65534) < 0)
+                _exit(90);
+        fd = open(fifo_path, open_flags | O_NONBLOCK | O_CLOEXEC);
+        _exit(fd >= 0 ? 0 : errno);
+}
+
+START_TEST(test_creator_group_gets_the_fifos) {
+        char path[600];
+        int fd, status;
+
+        test_daemon_write_config(&td,
+                "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 2, \"group\": 4242,"
+                " \"mode\": \"0666\"}]");
+        fd = test_connect(td.socket);
+        test_assert_ok(test_request(fd, "{\"op\":\"reload\"}"));
+        close(fd);
+        for (int i = 0; i < 2; i++) {
+                snprintf(path, sizeof path, "%s.wake/r.%s", td.socket, i ? "space" : "data");
+                fifo_path = path;
+                open_flags = O_RDWR;
+                status = test_in_child(open_in_creator_group, NULL);
+                ck_assert(WIFEXITED(status));
+                ck_assert_msg(WEXITSTATUS(status) == 0, "a member of the ring's creator group may not open %s: %s",
+                              path, strerror(WEXITSTATUS(status)));
+        }
+}
+END_TEST
+
 START_TEST(test_raw_and_read_only_handles_have_none) {
         shmb_channel *raw = NULL, *ro = NULL;
 
@@ -675,7 +716,7 @@ int main(void) {
                 { "example", CASE_TIMEOUT, { test_poll_example_receives_from_two_rings } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_subscriber_and_publisher_wait_through_the_fd } },
                 { "fifos", CASE_TIMEOUT, { test_fifos_carry_the_channels_rights_and_go_with_it,
-                                           test_read_only_class_gets_no_fifo,
+                                           test_read_only_class_gets_no_fifo, test_creator_group_gets_the_fifos,
                                            test_raw_and_read_only_handles_have_none,
                                            test_planted_directory_is_left_alone } },
         };
