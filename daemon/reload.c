@@ -1,6 +1,9 @@
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "common/util.h"
 #include "daemon/ipc-limits.h"
@@ -9,6 +12,7 @@
 #include "daemon/reload.h"
 #include "daemon/self.h"
 #include "proto/broadcast.h"
+#include "proto/posix.h"
 
 /* Whether the kernel objects of a and b would be the same (all but perms). */
 static bool channel_spec_same_objects(const ChannelSpec *a, const ChannelSpec *b) {
@@ -260,6 +264,48 @@ static int check_posix_perms(Registry *reg, const Config *cfg, const Plan *p, ch
         return 0;
 }
 
+/* The bytes a posix channel's files take in PSEM_DIR: its segment, table and semaphores, whole pages each. */
+static uint64_t posix_bytes(const ChannelSpec *s, uint64_t page) {
+        uint64_t sem = (sizeof(PosixSemFile) + page - 1) / page * page, n = (s->size + page - 1) / page * page;
+
+        if (s->layout == PROTO_LAYOUT_BROADCAST)
+                n += (bcast_table_size(s->subscribers) + page - 1) / page * page;
+        return n + (uint64_t) s->nsems * sem;
+}
+
+/*
+ * The posix channels this reload makes get every page at once, and the
+ * replacements and late adds are made after the removals, too late to turn
+ * back: /dev/shm must have room for all of them now. Removed files count
+ * for nothing, as a holder's descriptor or mapping keeps their pages.
+ */
+static int check_dev_shm(const Plan *p, char *msg, size_t msg_size) {
+        uint64_t need = 0, room, page = (uint64_t) sysconf(_SC_PAGESIZE);
+        struct statvfs vfs;
+
+        for (size_t i = 0; i < p->n_add + p->n_later; i++) {
+                const ChannelSpec *s = i < p->n_add ? p->add[i] : p->later[i - p->n_add];
+
+                if (s->kind == PROTO_KIND_POSIX)
+                        need += posix_bytes(s, page);
+        }
+        if (need == 0)
+                return 0;
+        if (statvfs(PSEM_DIR, &vfs) < 0) {
+                int err = errno;
+
+                msg_set(msg, msg_size, "cannot tell the room in %s: %s", PSEM_DIR, strerror(err));
+                return err;
+        }
+        room = (uint64_t) vfs.f_bavail * vfs.f_frsize;
+        if (need > room) {
+                msg_set(msg, msg_size, "the reload's posix channels need %" PRIu64 " bytes in %s, which has %" PRIu64
+                        " free (files it removes may still be held, so they count for nothing)", need, PSEM_DIR, room);
+                return ENOSPC;
+        }
+        return 0;
+}
+
 static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadResult *res, char *msg, size_t msg_size) {
         int r;
 
@@ -348,6 +394,8 @@ int reload_apply(Registry *reg, const Config *cfg, ProtoReloadResult *ret, char 
                 r = check_limits(&p, msg, msg_size);
         if (r == 0)
                 r = check_posix_perms(reg, cfg, &p, msg, msg_size);
+        if (r == 0)
+                r = check_dev_shm(&p, msg, msg_size);
         if (r == 0)
                 r = apply(reg, cfg, &p, &res, msg, msg_size);
         plan_done(&p);

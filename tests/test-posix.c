@@ -1731,6 +1731,39 @@ START_TEST(test_full_dev_shm_fails_the_start) {
 }
 END_TEST
 
+/*
+ * A posix channel whose size a reload changes is replaced: its old files go
+ * first, and a holder keeps their pages. In a /dev/shm with room for the new
+ * size but not for both, the new file cannot be given its pages. The reload
+ * must then fail and change nothing (the man page: a full /dev/shm "fails
+ * the start or the reload, naming the channel"), not answer ok with the
+ * channel gone.
+ */
+START_TEST(test_full_dev_shm_fails_a_replacing_reload) {
+        json_t *resp, *list;
+        int fd, hold;
+
+        ck_assert_msg(mount("tmpfs", "/dev/shm", "tmpfs", MS_REMOUNT, "size=1m") == 0, "remount: %s", strerror(errno));
+        test_daemon_write_config(&td, "[{\"name\": \"p\", \"kind\": \"posix\", \"size\": \"400K\"}]");
+        test_start_ok();
+        hold = open(PSEM_DIR "/shmbroker.p", O_RDONLY | O_CLOEXEC);     /* a client's hold on the old pages */
+        ck_assert_int_ge(hold, 0);
+
+        test_daemon_write_config(&td, "[{\"name\": \"p\", \"kind\": \"posix\", \"size\": \"700K\"}]");
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"reload\"}");
+        list = test_request(fd, "{\"op\": \"list\"}");
+        close(fd);
+        ck_assert_msg(test_find_channel(list, "p"), "the reload lost channel p: %s", json_dumps(resp, JSON_COMPACT));
+        ck_assert_msg(!json_is_true(json_object_get(resp, "ok")), "the reload claims success: %s",
+                      json_dumps(resp, JSON_COMPACT));
+        json_decref(resp);
+        json_decref(list);
+        close(hold);
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
 /* A file that cannot be mapped (a size no address space holds) fails the start and is not left behind. */
 START_TEST(test_create_failure_removes) {
         char *before = shm_listing(), *log;
@@ -1773,7 +1806,7 @@ int main(void) {
                 { "files", CASE_TIMEOUT, { test_files_made, test_status_list, test_check_config, test_access_follows_file_rule,
                                            test_capability_is_the_file_rule, test_unprivileged_daemon,
                                            test_unprivileged_reload_group_refused, test_own_ids_need_no_chown,
-                                           test_full_dev_shm_fails_the_start } },
+                                           test_full_dev_shm_fails_the_start, test_full_dev_shm_fails_a_replacing_reload } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread,
                                          test_open_fds_in_flight_bounded } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
