@@ -462,6 +462,16 @@ END_TEST
  * lets it. The group that may only read the ring may neither read nor
  * write its FIFOs.
  */
+/* Reload the config just written, and fail unless it went through. */
+static void reload_ok(void) {
+        int fd = test_connect(td.socket);
+        json_t *resp = test_request(fd, "{\"op\":\"reload\"}");
+
+        test_assert_ok(resp);
+        json_decref(resp);
+        close(fd);
+}
+
 static int open_flags;
 
 static void open_as_nobody_flags(void *userdata) {
@@ -475,14 +485,12 @@ static void open_as_nobody_flags(void *userdata) {
 
 START_TEST(test_read_only_class_gets_no_fifo) {
         char path[600];
-        int fd, status;
+        int status;
 
         test_daemon_write_config(&td,
                 "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 2, \"group\": 4242,"
                 " \"mode\": \"0640\"}]");
-        fd = test_connect(td.socket);
-        test_assert_ok(test_request(fd, "{\"op\":\"reload\"}"));
-        close(fd);
+        reload_ok();
         for (int i = 0; i < 2; i++) {
                 snprintf(path, sizeof path, "%s.wake/r.%s", td.socket, i ? "space" : "data");
                 fifo_path = path;
@@ -518,14 +526,12 @@ static void open_in_creator_group(void *userdata) {
 
 START_TEST(test_creator_group_gets_the_fifos) {
         char path[600];
-        int fd, status;
+        int status;
 
         test_daemon_write_config(&td,
                 "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 2, \"group\": 4242,"
                 " \"mode\": \"0666\"}]");
-        fd = test_connect(td.socket);
-        test_assert_ok(test_request(fd, "{\"op\":\"reload\"}"));
-        close(fd);
+        reload_ok();
         for (int i = 0; i < 2; i++) {
                 snprintf(path, sizeof path, "%s.wake/r.%s", td.socket, i ? "space" : "data");
                 fifo_path = path;
