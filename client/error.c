@@ -10,7 +10,8 @@ const char *shmb_strerror(int err) {
         case 0: return "success";
         case ENOENT: return "no such channel, or no broker socket at that path";
         case EACCES: return "permission denied: the channel's owner, group and mode do not allow this access";
-        case EPROTO: return "the broker does not speak this protocol version, or answered malformed data";
+        case EPROTO: return "protocol error: the broker does not speak this protocol version or answered malformed "
+                            "data, or a ring's shared state is corrupt";
         case EIDRM: return "the channel was removed (the broker stopped or reloaded it)";
         case EXDEV: return "the channel's objects are not visible here: this process is in another IPC namespace "
                            "than shmbrokerd (e.g. a unit with PrivateIPC=)";

@@ -623,7 +623,7 @@ static inline ssize_t recv_claim(shmb_channel *ch, size_t max_len, Waiter *w, Ri
         int r;
 
         for (;;) {
-                uint64_t pos, owner;
+                uint64_t pos, owner, seq;
                 RingSlot *slot;
                 int64_t diff;
 
@@ -631,7 +631,8 @@ static inline ssize_t recv_claim(shmb_channel *ch, size_t max_len, Waiter *w, Ri
                         return -EIDRM;
                 pos = LOAD(&ch->ring->tail, ACQ);
                 slot = slot_at(ch, pos);
-                diff = (int64_t) (LOAD(&slot->seq, ACQ) - (pos + 1));
+                seq = LOAD(&slot->seq, ACQ);
+                diff = (int64_t) (seq - (pos + 1));
 
                 if (diff == 0) {
                         uint32_t len;
@@ -668,9 +669,13 @@ static inline ssize_t recv_claim(shmb_channel *ch, size_t max_len, Waiter *w, Ri
                                 return r;
                         continue;
                 }
-                /* diff > 0: pos was received or skipped; tail may lag behind it. */
-                /* More than a lap on while tail is still pos: never, but for a writer's scribble. */
-                if (diff > (int64_t) ch->info.slots && LOAD(&ch->ring->tail, ACQ) == pos)
+                /*
+                 * diff > 0: pos was received or skipped; tail may lag behind it, by
+                 * more than a lap too (a send aborted at pos with tail behind it,
+                 * then again a lap later). But no slot is ever more than a lap
+                 * ahead of head: every seq names a position a sender read there.
+                 */
+                if (diff > (int64_t) ch->info.slots && (int64_t) (seq - ch->info.slots - LOAD(&ch->ring->head, ACQ)) > 0)
                         return -EPROTO;
                 advance(&ch->ring->tail, pos);
         }

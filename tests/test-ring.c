@@ -691,6 +691,43 @@ START_TEST(test_corrupt_seqs_do_not_outlast_the_timeout) {
 }
 END_TEST
 
+/*
+ * A zero-copy send aborted while older messages wait: its slot is a
+ * tombstone that tail has not passed yet. One lap later the same slot is
+ * claimed and aborted again, before any receiver looked: the slot's seq is
+ * then pos + 2n - 1 ahead of tail's position + 1, with tail still there.
+ * A healthy ring, only used through the library: every message must come.
+ */
+START_TEST(test_abort_a_lap_later_is_no_corruption) {
+        TestRing ring;
+        shmb_channel *ch;
+        char buf[SLOT_SIZE];
+        void *p;
+        ssize_t n;
+
+        ring_make(&ring, SLOT_SIZE, 8, false);
+        ch = handle_new(&ring, 0, 0);
+        ck_assert_int_eq(shmb_send(ch, "a", 1, 0), 0);                 /* pos 0 */
+        ck_assert_int_eq(shmb_send_reserve(ch, 1, &p, 0), 0);          /* pos 1 */
+        ck_assert_int_eq(shmb_send_abort(ch, p), 0);                   /* tail stays at 0 */
+        for (int i = 2; i < 8; i++)
+                ck_assert_int_eq(shmb_send(ch, "b", 1, 0), 0);         /* pos 2..7 */
+        n = shmb_recv(ch, buf, sizeof buf, 0);                         /* pos 0: tail now 1 */
+        ck_assert_int_eq(n, 1);
+        ck_assert_int_eq(shmb_send(ch, "c", 1, 0), 0);                 /* pos 8 */
+        ck_assert_int_eq(shmb_send_reserve(ch, 1, &p, 0), 0);          /* pos 9, slot 1 again */
+        ck_assert_int_eq(shmb_send_abort(ch, p), 0);
+        for (int i = 2; i < 8; i++) {
+                n = shmb_recv(ch, buf, sizeof buf, 0);
+                ck_assert_msg(n == 1 && buf[0] == 'b', "receive %d: %s", i, n < 0 ? strerror((int) -n) : "wrong");
+        }
+        n = shmb_recv(ch, buf, sizeof buf, 0);
+        ck_assert_msg(n == 1 && buf[0] == 'c', "last receive: %s", n < 0 ? strerror((int) -n) : "wrong");
+        free(ch);
+        ring_unmake(&ring);
+}
+END_TEST
+
 /* ---- live claims are waited for, never repaired ---- */
 
 typedef struct Call {
@@ -959,6 +996,11 @@ int main(void) {
         tcase_add_test(tc, test_fifo_limits_and_laps);
         tcase_add_test(tc, test_header_must_be_this_version);
         tcase_add_test(tc, test_corrupt_seqs_do_not_outlast_the_timeout);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("abort-lap");
+        tcase_set_timeout(tc, CASE_TIMEOUT);
+        tcase_add_test(tc, test_abort_a_lap_later_is_no_corruption);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("mpmc");
