@@ -982,8 +982,12 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
          * the token back and the close below ends it. A broker still away ends
          * it when the process does.
          */
-        if (give_back && h->listed && !h->stale && __atomic_load_n(&h->token, __ATOMIC_RELAXED) != 0)
+        if (give_back && h->listed && !h->stale && __atomic_load_n(&h->token, __ATOMIC_RELAXED) != 0 &&
+            (c->state != CLIENT_AWAY || now_ms() >= c->next_attempt_ms)) {
+                /* Its own bound, from now; none before the backoff: a hung broker costs one close its bound, not each. */
+                call_begin(c);
                 (void) ready(c, true);
+        }
         if (h->listed) {
                 if (h->prev)
                         h->prev->next = h->next;

@@ -2849,6 +2849,49 @@ START_TEST(test_claim_closed_after_crash_is_repaired) {
 }
 END_TEST
 
+/*
+ * The same, closed more than the connection's timeout after its last call,
+ * to a broker that is slow to answer (stopped for a moment): the close
+ * reconnects within the timeout counted from the close, not from that
+ * earlier call's start.
+ */
+static void *cont_later(void *arg) {
+        usleep(100 * 1000);
+        kill(*(pid_t *) arg, SIGCONT);
+        return NULL;
+}
+
+START_TEST(test_claim_closed_long_after_last_call_is_repaired) {
+        shmb_client *c = NULL;
+        shmb_channel *s1 = NULL, *s2 = open_ok("ring", SHMB_RW), *rx = open_ok("ring", SHMB_RW);
+        pthread_t t;
+        char buf[256];
+        void *p;
+        ssize_t n;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_client_set_timeout(c, 2000), 0);
+        ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &s1), 0);
+        ck_assert_int_eq(shmb_send_reserve(s1, 8, &p, 1000), 0);
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();
+        /* The timeout of the open's call has passed. */
+        usleep(2100 * 1000);
+        /* The broker answers 100 ms late, well within the close's 2 s. */
+        ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
+        ck_assert_int_eq(pthread_create(&t, NULL, cont_later, &td.pid), 0);
+        ck_assert_int_eq(shmb_close(s1), 0);
+        pthread_join(t, NULL);
+        ck_assert_int_eq(shmb_send(s2, "after", 5, 1000), 0);
+        /* Upper bound only: a repaired slot is passed at once. */
+        n = shmb_recv(rx, buf, sizeof buf, 10000);
+        ck_assert_msg(n == 5, "recv behind a closed handle's claim: %s", n < 0 ? shmb_strerror((int) n) : "short");
+        shmb_close(s2);
+        shmb_close(rx);
+        shmb_disconnect(c);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -2882,6 +2925,7 @@ int main(void) {
                 { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_zero_copy_across_processes,
                                  test_zero_copy_killed_mid_claim, test_zero_copy_claims_see_removal,
                                  test_claim_closed_after_crash_is_repaired } },
+                { "close-after-crash", CASE_TIMEOUT, { test_claim_closed_long_after_last_call_is_repaired } },
                 { "timeouts", CASE_TIMEOUT, { test_timeout_hung_broker, test_timeout_default_open_by_name,
                                 test_timeout_full_backlog_connect } },
                 { "refusals", CASE_TIMEOUT, { test_refusal_at_accept_is_the_answer } },
