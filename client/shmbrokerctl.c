@@ -66,11 +66,20 @@ static void format_time(int64_t t, char *buf, size_t size) {
                 strftime(buf, size, "%Y-%m-%d %H:%M:%S", &tm);
 }
 
-/* The daemon's message, shown as one line: a control character (an escape sequence, a newline) as '?'. */
+/*
+ * The daemon's message, shown as one line: a control character (an escape
+ * sequence, a newline; also a C1 control, U+0080-U+009F, which some
+ * terminals act on) as '?'.
+ */
 static void print_message(const char *what, const char *msg) {
         fprintf(stderr, "shmbrokerctl: %s: ", what);
-        for (const unsigned char *p = (const unsigned char *) msg; *p; p++)
-                fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, stderr);
+        for (const unsigned char *p = (const unsigned char *) msg; *p; p++) {
+                if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) {
+                        fputc('?', stderr);
+                        p++;
+                } else
+                        fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, stderr);
+        }
         fputc('\n', stderr);
 }
 
@@ -271,8 +280,7 @@ static int run_json(shmb_client *c, const char *op, const char *channel) {
         ans = json_loads(answer, 0, NULL);
         ok = json_is_true(json_object_get(ans, "ok"));
         if (!ok)
-                fprintf(stderr, "shmbrokerctl: %s: %s\n", op,
-                        json_string_value(json_object_get(ans, "message")) ?: "refused");
+                print_message(op, json_string_value(json_object_get(ans, "message")) ?: "refused");
         json_decref(ans);
         free(answer);
         return ok ? EXIT_SUCCESS : EXIT_REFUSED;
@@ -458,10 +466,11 @@ int main(int argc, char *argv[]) {
                         fprintf(stderr, "shmbrokerctl: option %s needs an argument; see --help\n", argv[optind - 1]);
                         return EXIT_USAGE;
                 default:
-                        if (optopt)
+                        /* A long option (unknown, or given an argument it takes none of) is named as it was written. */
+                        if (optopt && strncmp(argv[optind - 1], "--", 2) != 0)
                                 fprintf(stderr, "shmbrokerctl: unknown option -%c; see --help\n", optopt);
                         else
-                                fprintf(stderr, "shmbrokerctl: unknown option %s; see --help\n", argv[optind - 1]);
+                                fprintf(stderr, "shmbrokerctl: bad option %s; see --help\n", argv[optind - 1]);
                         return EXIT_USAGE;
                 }
         if (optind >= argc) {

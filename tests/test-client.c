@@ -1126,11 +1126,16 @@ START_TEST(test_shmbrokerctl) {
 
         /* A refusal quoting the config (an unknown key: an escape sequence) reaches the terminal as one line of text. */
         test_daemon_write_raw_config(&td, "{\"version\": 1, \"socket\": \"x\", \"channels\": [], "
-                                          "\"\\u001b]0;owned\\u0007\\nsecond line\": 1}\n");
+                                          "\"\\u001b]0;owned\\u0007\\u009b2J\\nsecond line\": 1}\n");
         ck_assert_int_eq(run(out, sizeof out, "%s reload 2>&1", SHMBROKERCTL_PATH), 1);
         ck_assert_msg(strstr(out, "owned") && !strchr(out, '\033') && !strchr(out, '\007') &&
-                              strchr(out, '\n') == out + strlen(out) - 1,
+                              !strstr(out, "\302\233") && strchr(out, '\n') == out + strlen(out) - 1,
                       "the daemon's message reached the terminal as it was: %s", out);
+        /* The same refusal under --json: stderr gets the same one line of text (stdout is the answer, as JSON). */
+        ck_assert_int_eq(run(out, sizeof out, "%s --json reload 2>&1 >/dev/null", SHMBROKERCTL_PATH), 1);
+        ck_assert_msg(strstr(out, "owned") && !strchr(out, '\033') && !strchr(out, '\007') &&
+                              strchr(out, '\n') == out + strlen(out) - 1,
+                      "--json: the daemon's message reached the terminal as it was: %s", out);
 }
 END_TEST
 
