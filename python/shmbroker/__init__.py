@@ -52,9 +52,10 @@ ever, 0 does not wait at all, anything else waits at most that long
 (rounded up to a millisecond; at most TIMEOUT_MAX). Where a call with
 timeout 0 would have to wait it raises BlockingIOError, which is OSError
 with errno EAGAIN (and also a TimeoutError: a timeout of 0 has passed at
-once); a timeout that passes raises TimeoutError (OSError with ETIMEDOUT). A signal does not end a wait: its Python handler runs and the
-wait goes on with what is left of its timeout, unless the handler raises
-(Ctrl-C's KeyboardInterrupt does), as PEP 475 has it for Python's own calls.
+once); a timeout that passes raises TimeoutError (OSError with ETIMEDOUT).
+A signal does not end a wait: its Python handler runs and the wait goes on
+with what is left of its timeout, unless the handler raises (Ctrl-C's
+KeyboardInterrupt does), as PEP 475 has it for Python's own calls.
 
 Errors raise OSError with the library's errno and its sentence
 (shmb_strerror()); OSError picks the subclass, so catch what fits:
@@ -105,6 +106,8 @@ import operator
 import os
 import time
 import weakref
+
+from time import monotonic as _monotonic
 
 from . import _capi
 from ._capi import TIMEOUT_MAX
@@ -222,7 +225,8 @@ class Channel:
         handle, base = self._handle, self._base
         if handle is None:
             raise ValueError("operation on a closed channel")
-        self._rejoin(handle)
+        if _monotonic() >= self._rejoin_at:
+            self._rejoin(handle)
         return handle, base
 
     def _rejoin(self, handle):
@@ -361,8 +365,7 @@ class Channel:
         """
         handle, base = self._live()
         i = _index(i)
-        _capi.waiting(lambda ms: _lib.shmb_sem_wait(handle, i, ms), timeout,
-                      lambda: self._rejoin(handle))
+        _capi.waiting(lambda ms: _lib.shmb_sem_wait(handle, i, ms), timeout, self, handle)
 
     def sem_post(self, i):
         """Increment semaphore i (OSError ERANGE above 32767, EACCES for "ro")."""
@@ -378,8 +381,7 @@ class Channel:
         """
         handle, base = self._live()
         i = _index(i)
-        _capi.waiting(lambda ms: _lib.shmb_lock(handle, i, ms), timeout,
-                      lambda: self._rejoin(handle))
+        _capi.waiting(lambda ms: _lib.shmb_lock(handle, i, ms), timeout, self, handle)
 
     def unlock(self, i=0):
         """Give back a lock taken with lock(i)."""
@@ -410,13 +412,11 @@ class Channel:
         """
         handle, base = self._live()
         ptr, n = _bytes_arg(data)
-        _capi.waiting(lambda ms: _lib.shmb_send(handle, ptr, n, ms), timeout,
-                      lambda: self._rejoin(handle))
+        _capi.waiting(lambda ms: _lib.shmb_send(handle, ptr, n, ms), timeout, self, handle)
 
     def _peek(self, handle, base, timeout):
         ptr = ctypes.c_void_p()
-        n = _capi.waiting(lambda ms: _lib.shmb_recv_peek(handle, ctypes.byref(ptr), ms), timeout,
-                          lambda: self._rejoin(handle))
+        n = _capi.waiting(lambda ms: _lib.shmb_recv_peek(handle, ctypes.byref(ptr), ms), timeout, self, handle)
         off = ptr.value - self._addr
         if not 0 <= off <= off + n <= len(base):
             _lib.shmb_recv_release(handle, ptr)
@@ -455,8 +455,7 @@ class Channel:
             raise TypeError("recv_into() needs a writable buffer")
         size = mv.nbytes
         dest = (ctypes.c_char * size).from_buffer(mv) if size else None
-        return _capi.waiting(lambda ms: _lib.shmb_recv(handle, dest, size, ms), timeout,
-                             lambda: self._rejoin(handle))
+        return _capi.waiting(lambda ms: _lib.shmb_recv(handle, dest, size, ms), timeout, self, handle)
 
     def peek(self, timeout=None):
         """Read the next message where it lies in the ring (zero copy).
@@ -506,8 +505,7 @@ class Channel:
         if size > len(base):
             raise _capi.error(errno.EMSGSIZE)       # never fits; and past size_t ctypes would wrap it
         ptr = ctypes.c_void_p()
-        _capi.waiting(lambda ms: _lib.shmb_send_reserve(handle, size, ctypes.byref(ptr), ms), timeout,
-                      lambda: self._rejoin(handle))
+        _capi.waiting(lambda ms: _lib.shmb_send_reserve(handle, size, ctypes.byref(ptr), ms), timeout, self, handle)
         try:
             off = ptr.value - self._addr
             if not 0 <= off <= off + size <= len(base):

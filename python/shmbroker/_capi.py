@@ -175,24 +175,25 @@ def timeout_ms(timeout):
     return math.ceil(t * 1000)
 
 
-def waiting(call, timeout, tick=None):
+def waiting(call, timeout, channel=None, handle=None):
     """Run call(ms) for a timeout in seconds; its result, or raise.
 
     As PEP 475 has it for Python's own blocking calls: a wait that a signal
     interrupts is resumed with what is left of its timeout, after the
     signal's Python handler ran; if the handler raises, that exception ends
-    the wait instead. With tick, no C call waits longer than TICK_S: tick()
-    runs between them (the library's reconnection has no thread of its own).
+    the wait instead. With a channel, no C call waits longer than TICK_S, and
+    channel._rejoin(handle) runs between them (the library's reconnection
+    has no thread of its own).
     """
     ms = timeout_ms(timeout)
     deadline = time.monotonic() + ms / 1000.0 if ms > 0 else None
     while True:
-        sliced = tick is not None and (ms < 0 or ms > TICK_S * 1000)
+        sliced = channel is not None and (ms < 0 or ms > TICK_S * 1000)
         r = call(TICK_S * 1000 if sliced else ms)
         if r >= 0:
             return r
         if r == -errno.ETIMEDOUT and sliced:
-            tick()
+            channel._rejoin(handle)
             r = -errno.EINTR            # as after a signal: on with what is left
         if r != -errno.EINTR:
             raise error(r)
