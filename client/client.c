@@ -983,8 +983,11 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
          * it when the process does.
          */
         if (give_back && h->listed && !h->stale && __atomic_load_n(&h->token, __ATOMIC_RELAXED) != 0 &&
-            (c->state != CLIENT_AWAY || now_ms() >= c->next_attempt_ms)) {
-                /* Its own bound, from now; none before the backoff: a hung broker costs one close its bound, not each. */
+            (c->state != CLIENT_AWAY || c->away_error != -ETIMEDOUT || now_ms() >= c->next_attempt_ms)) {
+                /*
+                 * Its own bound, from now. A refused connect costs nothing, so the backoff is
+                 * kept only after a hang: a hung broker costs one close its bound, not each.
+                 */
                 call_begin(c);
                 (void) ready(c, true);
         }

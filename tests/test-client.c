@@ -2897,6 +2897,41 @@ START_TEST(test_claim_closed_long_after_last_call_is_repaired) {
 }
 END_TEST
 
+
+/*
+ * As test_claim_closed_after_crash_is_repaired, for a program that drives
+ * its reconnection (shmb_client_process(), as the man page asks): its
+ * attempts while the broker was away failed, so the next is some way off
+ * when the broker is back and the handle is closed. The close must still
+ * end the token (a refused connect costs nothing): nothing else will while
+ * the process lives, and the ring is stuck behind the claim.
+ */
+START_TEST(test_claim_closed_during_backoff_is_repaired) {
+        shmb_channel *s1 = open_ok("ring", SHMB_RW), *s2 = open_ok("ring", SHMB_RW), *rx = open_ok("ring", SHMB_RW);
+        shmb_client *c = shmb_channel_get_client(s1);
+        char buf[256];
+        void *p;
+        ssize_t n;
+
+        ck_assert_int_eq(shmb_send_reserve(s1, 8, &p, 1000), 0);
+        test_daemon_kill(&td, SIGKILL);
+        /* Attempts at once, then 50, 100, 200, 400 and 800 ms later: the next is 1.6 s after the last. */
+        for (int i = 0; i < 6; i++) {
+                if (i > 0)
+                        usleep((useconds_t) (50u << (i - 1)) * 1000 + 5000);
+                ck_assert_int_eq(shmb_client_process(c), -ECONNREFUSED);
+        }
+        test_start_ok();
+        ck_assert_int_eq(shmb_close(s1), 0);
+        ck_assert_int_eq(shmb_send(s2, "after", 5, 1000), 0);
+        /* Upper bound only: a repaired slot is passed at once. */
+        n = shmb_recv(rx, buf, sizeof buf, 10000);
+        ck_assert_msg(n == 5, "recv behind a closed handle's claim: %s", n < 0 ? shmb_strerror((int) n) : "short");
+        shmb_close(s2);
+        shmb_close(rx);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -2930,7 +2965,8 @@ int main(void) {
                 { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_zero_copy_across_processes,
                                  test_zero_copy_killed_mid_claim, test_zero_copy_claims_see_removal,
                                  test_claim_closed_after_crash_is_repaired } },
-                { "close-after-crash", CASE_TIMEOUT, { test_claim_closed_long_after_last_call_is_repaired } },
+                { "close-after-crash", CASE_TIMEOUT, { test_claim_closed_long_after_last_call_is_repaired,
+                                 test_claim_closed_during_backoff_is_repaired } },
                 { "timeouts", CASE_TIMEOUT, { test_timeout_hung_broker, test_timeout_default_open_by_name,
                                 test_timeout_full_backlog_connect } },
                 { "refusals", CASE_TIMEOUT, { test_refusal_at_accept_is_the_answer } },
