@@ -448,7 +448,14 @@ int main(int argc, char *argv[]) {
         int opt, r, nargs;
 
         opterr = 0;     /* one line on stderr, and it is ours */
-        while ((opt = getopt_long(argc, argv, "+:s:jhV", options, NULL)) >= 0)
+        for (;;) {
+                /* The argument getopt looks at: within a group of short options optind stays. */
+                const char *arg = optind < argc ? argv[optind] : "";
+                bool is_long = strncmp(arg, "--", 2) == 0;
+
+                opt = getopt_long(argc, argv, "+:s:jhV", options, NULL);
+                if (opt < 0)
+                        break;
                 switch (opt) {
                 case 's':
                         o.socket = optarg;
@@ -463,16 +470,20 @@ int main(int argc, char *argv[]) {
                         printf("shmbrokerctl %s\n", PACKAGE_VERSION);
                         return written(EXIT_SUCCESS);
                 case ':':
-                        fprintf(stderr, "shmbrokerctl: option %s needs an argument; see --help\n", argv[optind - 1]);
+                        if (is_long)
+                                fprintf(stderr, "shmbrokerctl: option %s needs an argument; see --help\n", arg);
+                        else
+                                fprintf(stderr, "shmbrokerctl: option -%c needs an argument; see --help\n", optopt);
                         return EXIT_USAGE;
                 default:
                         /* A long option (unknown, or given an argument it takes none of) is named as it was written. */
-                        if (optopt && strncmp(argv[optind - 1], "--", 2) != 0)
-                                fprintf(stderr, "shmbrokerctl: unknown option -%c; see --help\n", optopt);
+                        if (is_long)
+                                fprintf(stderr, "shmbrokerctl: bad option %s; see --help\n", arg);
                         else
-                                fprintf(stderr, "shmbrokerctl: bad option %s; see --help\n", argv[optind - 1]);
+                                fprintf(stderr, "shmbrokerctl: unknown option -%c; see --help\n", optopt);
                         return EXIT_USAGE;
                 }
+        }
         if (optind >= argc) {
                 fprintf(stderr, "shmbrokerctl: a command is needed (list, status, reload); see --help\n");
                 return EXIT_USAGE;

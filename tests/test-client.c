@@ -1094,6 +1094,9 @@ START_TEST(test_shmbrokerctl) {
         /* SPEC: "2 on usage or connection errors, with a one-line message on stderr": getopt's too. */
         ck_assert_int_eq(run(out, sizeof out, "%s -x list 2>&1 >/dev/null", SHMBROKERCTL_PATH), 2);
         ck_assert_msg(*out && strchr(out, '\n') == out + strlen(out) - 1, "not one line: %s", out);
+        /* The option at fault is named, not the long one before it (a short option's group keeps optind). */
+        ck_assert_int_eq(run(out, sizeof out, "%s --json -xh list 2>&1 >/dev/null", SHMBROKERCTL_PATH), 2);
+        ck_assert_msg(strstr(out, "-x") && !strstr(out, "--json"), "bad option named: %s", out);
         ck_assert_int_eq(run(out, sizeof out, "%s -s 2>&1 >/dev/null", SHMBROKERCTL_PATH), 2);
         ck_assert_msg(*out && strchr(out, '\n') == out + strlen(out) - 1, "not one line: %s", out);
         /* Output that could not be written is no success (a script would take the empty table for one). */
