@@ -104,7 +104,7 @@ static int entry_init_ring(Registry *r, Entry *e, bool keep) {
         e->has_wake = false;
         if ((!ring && !bcast) || !r->wake)
                 return 0;
-        k = wake_make(r->wake, s->name, keep, s->uid, s->gid, mode);
+        k = wake_make(r->wake, s->name, keep, s->uid, s->gid, mode, s->kind == PROTO_KIND_SYSV);
         if (k < 0) {
                 log_warning("Channel %s: cannot make its wake-up FIFOs: %s; waiting for it in an event loop "
                             "will not work.", s->name, strerror(-k));

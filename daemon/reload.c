@@ -298,7 +298,8 @@ static int check_dev_shm(const Plan *p, char *msg, size_t msg_size) {
                 return err;
         }
         room = (uint64_t) vfs.f_bavail * vfs.f_frsize;
-        if (need > room) {
+        /* No blocks at all: a tmpfs of size=0 or a ramfs, without a limit. */
+        if (vfs.f_blocks > 0 && need > room) {
                 msg_set(msg, msg_size, "the reload's posix channels need %" PRIu64 " bytes in %s, which has %" PRIu64
                         " free (files it removes may still be held, so they count for nothing)", need, PSEM_DIR, room);
                 return ENOSPC;
@@ -374,7 +375,8 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                 if (r == 0 && e->has_wake)
                         r = wake_set_perms(reg->wake, s->name, s->uid, s->gid,
                                            s->layout == PROTO_LAYOUT_BROADCAST ? s->mode | ((s->mode & 0444) >> 1)
-                                                                               : s->mode);
+                                                                               : s->mode,
+                                           s->kind == PROTO_KIND_SYSV);
                 if (r < 0)
                         log_error("Reload: channel %s: cannot set owner %u, group %u, mode %04o: %s",
                                   s->name, (unsigned) s->uid, (unsigned) s->gid, (unsigned) s->mode, strerror(-r));

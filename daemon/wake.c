@@ -176,7 +176,7 @@ static mode_t fifo_mode(mode_t mode) {
  * itself: it signals the FIFO when a holder dies. Where the file system
  * has no ACLs, chown does it instead.
  */
-static int set_perms(const Wake *w, const char *file, uid_t uid, gid_t gid, mode_t mode) {
+static int set_perms(const Wake *w, const char *file, uid_t uid, gid_t gid, mode_t mode, bool creator) {
         struct {
                 struct posix_acl_xattr_header h;
                 struct posix_acl_xattr_entry e[6];
@@ -196,8 +196,8 @@ static int set_perms(const Wake *w, const char *file, uid_t uid, gid_t gid, mode
         ENTRY(ACL_USER_OBJ, rw, ACL_UNDEFINED_ID);
         if (uid != st.st_uid)
                 ENTRY(ACL_USER, (mode >> 6) & rw, uid);
-        /* The FIFO's group is the daemon's, the ring's creator group, which the kernel gives the group bits too. */
-        ENTRY(ACL_GROUP_OBJ, (mode >> 3) & rw, ACL_UNDEFINED_ID);
+        /* The FIFO's group is the daemon's: a System V ring's creator group, with the group bits too. */
+        ENTRY(ACL_GROUP_OBJ, creator || gid == st.st_gid ? (mode >> 3) & rw : 0, ACL_UNDEFINED_ID);
         if (gid != st.st_gid)
                 ENTRY(ACL_GROUP, (mode >> 3) & rw, gid);
         ENTRY(ACL_MASK, rw, ACL_UNDEFINED_ID);
@@ -211,7 +211,7 @@ static int set_perms(const Wake *w, const char *file, uid_t uid, gid_t gid, mode
         return r;
 }
 
-int wake_make(Wake *w, const char *name, bool keep, uid_t uid, gid_t gid, mode_t mode) {
+int wake_make(Wake *w, const char *name, bool keep, uid_t uid, gid_t gid, mode_t mode, bool creator) {
         char file[NAME_MAX + 1];
         int r;
 
@@ -233,14 +233,14 @@ int wake_make(Wake *w, const char *name, bool keep, uid_t uid, gid_t gid, mode_t
                         if (mknodat(w->dirfd, file, S_IFIFO | 0600, 0) < 0)
                                 return -errno;
                 }
-                r = set_perms(w, file, uid, gid, mode);
+                r = set_perms(w, file, uid, gid, mode, creator);
                 if (r < 0)
                         return r;
         }
         return 0;
 }
 
-int wake_set_perms(Wake *w, const char *name, uid_t uid, gid_t gid, mode_t mode) {
+int wake_set_perms(Wake *w, const char *name, uid_t uid, gid_t gid, mode_t mode, bool creator) {
         char file[NAME_MAX + 1];
         int r;
 
@@ -249,7 +249,7 @@ int wake_set_perms(Wake *w, const char *name, uid_t uid, gid_t gid, mode_t mode)
         for (unsigned i = 0; i < 2; i++) {
                 r = fifo_name(name, i, file, sizeof file);
                 if (r == 0)
-                        r = set_perms(w, file, uid, gid, mode);
+                        r = set_perms(w, file, uid, gid, mode, creator);
                 if (r < 0)
                         return r;
         }

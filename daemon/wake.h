@@ -36,15 +36,17 @@ Wake *wake_free(Wake *w);
 
 /*
  * Give channel name its two FIFOs with owner uid, group gid and mode (the
- * channel's, so the kernel grants them as it grants the ring). keep: an
- * adopted channel, whose existing FIFOs stay (its waiters poll them).
- * Otherwise any old ones are signalled and replaced. Returns 0 or a
- * negative errno. w may be NULL: nothing to do.
+ * channel's, so the kernel grants them as it grants the ring). creator: a
+ * System V channel, whose group rights the kernel also gives the daemon's
+ * own group (a file has no creator group). keep: an adopted channel, whose
+ * existing FIFOs stay (its waiters poll them). Otherwise any old ones are
+ * signalled and replaced. Returns 0 or a negative errno. w may be NULL:
+ * nothing to do.
  */
-int wake_make(Wake *w, const char *name, bool keep, uid_t uid, gid_t gid, mode_t mode);
+int wake_make(Wake *w, const char *name, bool keep, uid_t uid, gid_t gid, mode_t mode, bool creator);
 
 /* New owner, group and mode for a channel's FIFOs (a reload changed them). */
-int wake_set_perms(Wake *w, const char *name, uid_t uid, gid_t gid, mode_t mode);
+int wake_set_perms(Wake *w, const char *name, uid_t uid, gid_t gid, mode_t mode, bool creator);
 
 /* Write a byte into both FIFOs of name, if anyone has them open. Never blocks. */
 void wake_signal(const Wake *w, const char *name);

@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <inttypes.h>
 #include <linux/capability.h>
 #include <linux/fs.h>
@@ -1764,6 +1765,75 @@ START_TEST(test_full_dev_shm_fails_a_replacing_reload) {
 }
 END_TEST
 
+
+/*
+ * A /dev/shm without a size limit (tmpfs size=0, as some hosts and
+ * containers mount it) reports no blocks and none free: it has room for
+ * anything memory has. A reload that adds a posix channel there must go
+ * through, as a start with the same file does.
+ */
+START_TEST(test_unlimited_dev_shm_takes_a_reload) {
+        json_t *resp;
+        int fd;
+
+        ck_assert_msg(mount("tmpfs", "/dev/shm", "tmpfs", MS_REMOUNT, "size=0") == 0, "remount: %s", strerror(errno));
+        test_daemon_write_config(&td, "[{\"name\": \"raw\", \"size\": 4096}]");
+        test_start_ok();
+        test_daemon_write_config(&td, "[{\"name\": \"raw\", \"size\": 4096},"
+                                      " {\"name\": \"p\", \"kind\": \"posix\", \"size\": 4096}]");
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"reload\"}");
+        close(fd);
+        ck_assert_msg(json_is_true(json_object_get(resp, "ok")), "the reload was refused: %s",
+                      json_dumps(resp, JSON_COMPACT));
+        json_decref(resp);
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
+/* As nobody, with the daemon's group (root's: the test runs it as root) as its own: 0, or why open(2) failed. */
+static const char *creator_path;
+
+static void open_in_daemons_group(void *userdata) {
+        int fd;
+
+        (void) userdata;
+        if (setgroups(0, NULL) < 0 || setgid(getegid()) < 0 || setuid(NOBODY) < 0)
+                _exit(90);
+        fd = open(creator_path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+        _exit(fd >= 0 ? 0 : errno);
+}
+
+/*
+ * A posix ring's file has one group, the channel's: the daemon's group gets
+ * nothing of it (files have no creator group, unlike System V objects).
+ * Its FIFOs must then give that group nothing either: a process that may
+ * not touch the ring could otherwise drain the bytes written for its waiters.
+ */
+START_TEST(test_posix_ring_fifos_give_the_daemons_group_nothing) {
+        char path[600];
+        int status;
+
+        test_daemon_write_config(&td, "[{\"name\": \"r\", \"kind\": \"posix\", \"layout\": \"ring\", \"slot_size\": 64,"
+                                      " \"slots\": 2, \"group\": 4242, \"mode\": \"0660\"}]");
+        test_start_ok();
+        creator_path = PSEM_DIR "/shmbroker.r";
+        status = test_in_child(open_in_daemons_group, NULL);
+        ck_assert(WIFEXITED(status));
+        ck_assert_msg(WEXITSTATUS(status) == EACCES, "the daemon's group opened the posix ring: %s",
+                      WEXITSTATUS(status) ? strerror(WEXITSTATUS(status)) : "ok");
+        for (int i = 0; i < 2; i++) {
+                snprintf(path, sizeof path, "%s.wake/r.%s", td.socket, i ? "space" : "data");
+                creator_path = path;
+                status = test_in_child(open_in_daemons_group, NULL);
+                ck_assert(WIFEXITED(status));
+                ck_assert_msg(WEXITSTATUS(status) == EACCES, "a process refused the posix ring opened its FIFO %s (%s)",
+                              path, WEXITSTATUS(status) ? strerror(WEXITSTATUS(status)) : "ok");
+        }
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
 /* A file that cannot be mapped (a size no address space holds) fails the start and is not left behind. */
 START_TEST(test_create_failure_removes) {
         char *before = shm_listing(), *log;
@@ -1806,7 +1876,9 @@ int main(void) {
                 { "files", CASE_TIMEOUT, { test_files_made, test_status_list, test_check_config, test_access_follows_file_rule,
                                            test_capability_is_the_file_rule, test_unprivileged_daemon,
                                            test_unprivileged_reload_group_refused, test_own_ids_need_no_chown,
-                                           test_full_dev_shm_fails_the_start, test_full_dev_shm_fails_a_replacing_reload } },
+                                           test_full_dev_shm_fails_the_start, test_full_dev_shm_fails_a_replacing_reload,
+                                           test_posix_ring_fifos_give_the_daemons_group_nothing,
+                                           test_unlimited_dev_shm_takes_a_reload } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread,
                                          test_open_fds_in_flight_bounded } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
