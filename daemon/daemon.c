@@ -263,6 +263,11 @@ static char *config_owner(const char *path) {
         _cleanup_(freep) char *real = realpath(path, NULL);
         char *abs, *both;
 
+        /* A descriptor's name (/dev/stdin, /proc/self/fd/N) is anyone's: only the file it resolves to names ours. */
+        if (!real)
+                return NULL;
+        if (strncmp(path, "/dev/", 5) == 0 || strncmp(path, "/proc/", 6) == 0)
+                return TAKE_PTR(real);
         if (path[0] == '/')
                 abs = strdup(path);
         else {
