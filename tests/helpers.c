@@ -227,19 +227,28 @@ static int deny_passrights(int err) {
 /* In the daemon's child: chown(2) and its kin fail with EPERM from here on (SystemCallFilter=~@privileged). */
 static int deny_chown(void) {
 #ifdef FILTER_ARCH
-        struct sock_filter code[] = {
-                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, FILTER_ARCH, 0, 6),
-                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_fchown, 3, 0),
-                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_fchownat, 2, 0),
-                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_chown, 1, 0),
-                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_lchown, 0, 1),
-                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* chown and lchown only where the arch has them (not the generic table of aarch64). */
+        static const uint32_t calls[] = {
+                SYS_fchown, SYS_fchownat,
+#ifdef SYS_chown
+                SYS_chown,
+#endif
+#ifdef SYS_lchown
+                SYS_lchown,
+#endif
         };
+        enum { N = ELEMENTS(calls) };
+        struct sock_filter code[5 + N];
         struct sock_fprog prog = { .len = (unsigned short) ELEMENTS(code), .filter = code };
 
+        /* [0-2] the arch (another: allow), the number; [3..] one test each; [3+N] allow; [4+N] EPERM. */
+        code[0] = (struct sock_filter) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+        code[1] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, FILTER_ARCH, 0, N + 1);
+        code[2] = (struct sock_filter) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+        for (unsigned i = 0; i < N; i++)
+                code[3 + i] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, calls[i], N - i, 0);
+        code[3 + N] = (struct sock_filter) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+        code[4 + N] = (struct sock_filter) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
         if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
                 return -1;
         return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
