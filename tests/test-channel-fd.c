@@ -506,13 +506,6 @@ START_TEST(test_read_only_class_gets_no_fifo) {
 }
 END_TEST
 
-/*
- * The kernel gives a ring's group rights to its creator's group (the
- * daemon's) as well as to the channel's group, so a client in the
- * daemon's group takes part in the ring; its FIFOs must let it in as well.
- * (A FIFO's own group is the daemon's: an ACL entry for it that gave
- * nothing would shut that client out, also from what "other" grants.)
- */
 /* As nobody, but in the daemon's group (root's: the test runs it as root), as its primary group. */
 static void open_in_creator_group(void *userdata) {
         int fd;
@@ -524,6 +517,13 @@ static void open_in_creator_group(void *userdata) {
         _exit(fd >= 0 ? 0 : errno);
 }
 
+/*
+ * The kernel gives a ring's group rights to its creator's group (the
+ * daemon's) as well as to the channel's group, so a client in the
+ * daemon's group takes part in the ring; its FIFOs must let it in as well.
+ * (A FIFO's own group is the daemon's: an ACL entry for it that gave
+ * nothing would shut that client out, also from what "other" grants.)
+ */
 START_TEST(test_creator_group_gets_the_fifos) {
         char path[600];
         int status;

@@ -2833,6 +2833,19 @@ START_TEST(test_refusal_at_accept_is_the_answer) {
 }
 END_TEST
 
+/* A message sent on s2 after a handle with an open claim was closed reaches rx: the claim was repaired. Closes both. */
+static void assert_ring_passes_the_closed_claim(shmb_channel *s2, shmb_channel *rx) {
+        char buf[256];
+        ssize_t n;
+
+        ck_assert_int_eq(shmb_send(s2, "after", 5, 1000), 0);
+        /* Upper bound only: a repaired slot is passed at once. */
+        n = shmb_recv(rx, buf, sizeof buf, 10000);
+        ck_assert_msg(n == 5, "recv behind a closed handle's claim: %s", n < 0 ? shmb_strerror((int) n) : "short");
+        shmb_close(s2);
+        shmb_close(rx);
+}
+
 /*
  * A handle closed with a claim still open, after a broker crash and before
  * the library reconnected: its process lives on, but the claim is over, as
@@ -2840,20 +2853,13 @@ END_TEST
  */
 START_TEST(test_claim_closed_after_crash_is_repaired) {
         shmb_channel *s1 = open_ok("ring", SHMB_RW), *s2 = open_ok("ring", SHMB_RW), *rx = open_ok("ring", SHMB_RW);
-        char buf[256];
         void *p;
-        ssize_t n;
 
         ck_assert_int_eq(shmb_send_reserve(s1, 8, &p, 1000), 0);
         test_daemon_kill(&td, SIGKILL);
         test_start_ok();
         ck_assert_int_eq(shmb_close(s1), 0);
-        ck_assert_int_eq(shmb_send(s2, "after", 5, 1000), 0);
-        /* Upper bound only: a repaired slot is passed at once. */
-        n = shmb_recv(rx, buf, sizeof buf, 10000);
-        ck_assert_msg(n == 5, "recv behind a closed handle's claim: %s", n < 0 ? shmb_strerror((int) n) : "short");
-        shmb_close(s2);
-        shmb_close(rx);
+        assert_ring_passes_the_closed_claim(s2, rx);
 }
 END_TEST
 
@@ -2873,9 +2879,7 @@ START_TEST(test_claim_closed_long_after_last_call_is_repaired) {
         shmb_client *c = NULL;
         shmb_channel *s1 = NULL, *s2 = open_ok("ring", SHMB_RW), *rx = open_ok("ring", SHMB_RW);
         pthread_t t;
-        char buf[256];
         void *p;
-        ssize_t n;
 
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
         ck_assert_int_eq(shmb_client_set_timeout(c, 2000), 0);
@@ -2890,12 +2894,7 @@ START_TEST(test_claim_closed_long_after_last_call_is_repaired) {
         ck_assert_int_eq(pthread_create(&t, NULL, cont_later, &td.pid), 0);
         ck_assert_int_eq(shmb_close(s1), 0);
         pthread_join(t, NULL);
-        ck_assert_int_eq(shmb_send(s2, "after", 5, 1000), 0);
-        /* Upper bound only: a repaired slot is passed at once. */
-        n = shmb_recv(rx, buf, sizeof buf, 10000);
-        ck_assert_msg(n == 5, "recv behind a closed handle's claim: %s", n < 0 ? shmb_strerror((int) n) : "short");
-        shmb_close(s2);
-        shmb_close(rx);
+        assert_ring_passes_the_closed_claim(s2, rx);
         shmb_disconnect(c);
 }
 END_TEST
@@ -2912,9 +2911,7 @@ END_TEST
 START_TEST(test_claim_closed_during_backoff_is_repaired) {
         shmb_channel *s1 = open_ok("ring", SHMB_RW), *s2 = open_ok("ring", SHMB_RW), *rx = open_ok("ring", SHMB_RW);
         shmb_client *c = shmb_channel_get_client(s1);
-        char buf[256];
         void *p;
-        ssize_t n;
 
         ck_assert_int_eq(shmb_send_reserve(s1, 8, &p, 1000), 0);
         test_daemon_kill(&td, SIGKILL);
@@ -2926,12 +2923,7 @@ START_TEST(test_claim_closed_during_backoff_is_repaired) {
         }
         test_start_ok();
         ck_assert_int_eq(shmb_close(s1), 0);
-        ck_assert_int_eq(shmb_send(s2, "after", 5, 1000), 0);
-        /* Upper bound only: a repaired slot is passed at once. */
-        n = shmb_recv(rx, buf, sizeof buf, 10000);
-        ck_assert_msg(n == 5, "recv behind a closed handle's claim: %s", n < 0 ? shmb_strerror((int) n) : "short");
-        shmb_close(s2);
-        shmb_close(rx);
+        assert_ring_passes_the_closed_claim(s2, rx);
 }
 END_TEST
 
