@@ -67,6 +67,13 @@ static inline size_t strv_length(char *const *v) {
         return n;
 }
 
+/* Free a NULL-terminated list of malloc'd strings, and the list (NULL: nothing). */
+static inline void strv_free(char **v) {
+        for (char **p = v; p && *p; p++)
+                free(*p);
+        free(v);
+}
+
 /* qsort/bsearch comparison of uint32_t values. */
 static inline int cmp_u32(const void *a, const void *b) {
         uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;

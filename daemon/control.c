@@ -1205,15 +1205,18 @@ static int socket_is_live(const char *path) {
  * have no such switch: said once, and served as before.
  */
 static int refuse_descriptors(int listen_fd, char *msg, size_t msg_size) {
+        int err;
+
         if (setsockopt(listen_fd, SOL_SOCKET, SO_PASSRIGHTS, &(int) { 0 }, sizeof(int)) == 0)
                 return 0;
-        if (errno == ENOPROTOOPT) {
+        err = errno;
+        if (err == ENOPROTOOPT) {
                 log_warning("This kernel cannot refuse descriptors sent to the socket (SO_PASSRIGHTS, Linux 6.16): "
                             "a client that sends one whose close blocks stalls the daemon meanwhile.");
                 return 0;
         }
-        msg_set(msg, msg_size, "cannot refuse descriptors on the socket: %s", strerror(errno));
-        return -errno;
+        msg_set(msg, msg_size, "cannot refuse descriptors on the socket: %s", strerror(err));
+        return -err;
 }
 
 int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char *msg, size_t msg_size) {

@@ -257,7 +257,7 @@ static void reclaim_previous_runs(Daemon *d, const char *dir, const char *owner)
  * path as given, made absolute, and the file it resolves to, one a line.
  * Either may be what stays the same: a deploy that swaps a symlink to a new
  * file keeps the first, a start from another directory the second. NULL
- * (no claim) without memory or a working directory.
+ * (no claim) when the path does not resolve, or without memory.
  */
 static char *config_owner(const char *path) {
         _cleanup_(freep) char *real = realpath(path, NULL);
@@ -275,7 +275,7 @@ static char *config_owner(const char *path) {
 
                 abs = cwd ? strprintf("%s/%s", cwd, path) : NULL;
         }
-        if (!abs || !real || streq(abs, real))
+        if (!abs || streq(abs, real))
                 return abs;
         both = strprintf("%s\n%s", abs, real);
         free(abs);

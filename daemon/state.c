@@ -695,12 +695,6 @@ int state_set_owner(State *s, const char *owner) {
         return 0;
 }
 
-void strv_free(char **v) {
-        for (char **p = v; p && *p; p++)
-                free(*p);
-        free(v);
-}
-
 /* Whether some line of a (len bytes, lines ended by '\n') is a line of b (lines ended by '\n' or its end). */
 static bool share_a_line(const char *a, size_t len, const char *b) {
         for (const char *l = a, *end; l < a + len && (end = memchr(l, '\n', (size_t) (a + len - l))); l = end + 1)
@@ -725,7 +719,7 @@ static bool lock_names_owner(int dir_fd, const char *lock_name, const char *owne
         struct stat st;
         ssize_t n;
 
-        if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022))
+        if (fd < 0 || fstat(fd, &st) < 0 || untrusted_why(&st, false, 022, buf, sizeof buf))
                 return false;
         n = pread(fd, buf, sizeof buf, 0);
         return n > 0 && share_a_line(buf, (size_t) n, owner);

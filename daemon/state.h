@@ -92,7 +92,6 @@ int state_set_owner(State *s, const char *owner);
  * daemon still runs on it. 0 or -errno.
  */
 int state_previous_names(State *s, const char *owner, char ***ret);
-void strv_free(char **v);
 
 /* The key secret for derived System V keys; valid while s lives. */
 const uint8_t *state_secret(const State *s);

@@ -768,12 +768,6 @@ int proto_response_decode(ProtoOp op, const char *line, size_t len, ProtoRespons
         return 0;
 }
 
-static void strv_free(char **v) {
-        for (char **p = v; p && *p; p++)
-                free(*p);
-        free(v);
-}
-
 void proto_channel_done(ProtoChannel *c) {
         if (!c)
                 return;
