@@ -458,6 +458,15 @@ static int objects_begin(PosixObjects *p, const ChannelSpec *spec, int *ret_dir,
         return 0;
 }
 
+/* The files below, each given every page (file_create()). */
+uint64_t posix_objects_bytes(const ChannelSpec *spec, uint64_t table_size, uint64_t page) {
+        uint64_t n = (spec->size + page - 1) / page * page, sem = (sizeof(PosixSemFile) + page - 1) / page * page;
+
+        if (spec->layout == PROTO_LAYOUT_BROADCAST)
+                n += (table_size + page - 1) / page * page;
+        return n + (uint64_t) spec->nsems * sem;
+}
+
 int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *state, PosixObjects *ret,
                          char *msg, size_t msg_size) {
         _cleanup_(closep) int dir = -1;

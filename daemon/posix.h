@@ -75,6 +75,9 @@ void posix_objects_init(PosixObjects *p);
 int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *state, PosixObjects *ret,
                          char *msg, size_t msg_size);
 
+/* The bytes of /dev/shm that posix_objects_create() with these arguments takes: whole pages of each file. */
+uint64_t posix_objects_bytes(const ChannelSpec *spec, uint64_t table_size, uint64_t page);
+
 /*
  * Open again the files a killed run made for `spec`, as `recs` (n of
  * them, STATE_POSIX of this channel) record them: by name with

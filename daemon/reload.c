@@ -9,10 +9,10 @@
 #include "daemon/ipc-limits.h"
 #include "daemon/ipc-stat.h"
 #include "daemon/log.h"
+#include "daemon/posix.h"
 #include "daemon/reload.h"
 #include "daemon/self.h"
 #include "proto/broadcast.h"
-#include "proto/posix.h"
 
 /* Whether the kernel objects of a and b would be the same (all but perms). */
 static bool channel_spec_same_objects(const ChannelSpec *a, const ChannelSpec *b) {
@@ -264,15 +264,6 @@ static int check_posix_perms(Registry *reg, const Config *cfg, const Plan *p, ch
         return 0;
 }
 
-/* The bytes a posix channel's files take in PSEM_DIR: its segment, table and semaphores, whole pages each. */
-static uint64_t posix_bytes(const ChannelSpec *s, uint64_t page) {
-        uint64_t sem = (sizeof(PosixSemFile) + page - 1) / page * page, n = (s->size + page - 1) / page * page;
-
-        if (s->layout == PROTO_LAYOUT_BROADCAST)
-                n += (bcast_table_size(s->subscribers) + page - 1) / page * page;
-        return n + (uint64_t) s->nsems * sem;
-}
-
 /*
  * The posix channels this reload makes get every page at once, and the
  * replacements and late adds are made after the removals, too late to turn
@@ -287,7 +278,7 @@ static int check_dev_shm(const Plan *p, char *msg, size_t msg_size) {
                 const ChannelSpec *s = i < p->n_add ? p->add[i] : p->later[i - p->n_add];
 
                 if (s->kind == PROTO_KIND_POSIX)
-                        need += posix_bytes(s, page);
+                        need += posix_objects_bytes(s, bcast_table_size(s->subscribers), page);
         }
         if (need == 0)
                 return 0;
