@@ -93,8 +93,6 @@ static int entry_init_holders(Entry *e) {
 static int entry_init_ring(Registry *r, Entry *e, bool keep) {
         const ChannelSpec *s = &e->channel->spec;
         bool ring = s->layout == PROTO_LAYOUT_RING, bcast = s->layout == PROTO_LAYOUT_BROADCAST;
-        /* A broadcast subscriber opens ro yet raises and empties its FIFO: read grants write, as on its table. */
-        mode_t mode = bcast ? s->mode | ((s->mode & 0444) >> 1) : s->mode;
         int k;
 
         /* On failure the FIFOs that exist stay the entry's: entry_free() removes them. */
@@ -104,7 +102,7 @@ static int entry_init_ring(Registry *r, Entry *e, bool keep) {
         e->has_wake = false;
         if ((!ring && !bcast) || !r->wake)
                 return 0;
-        k = wake_make(r->wake, s->name, keep, s->uid, s->gid, mode, s->kind == PROTO_KIND_SYSV);
+        k = wake_make(r->wake, s, keep);
         if (k < 0) {
                 log_warning("Channel %s: cannot make its wake-up FIFOs: %s; waiting for it in an event loop "
                             "will not work.", s->name, strerror(-k));

@@ -152,14 +152,15 @@ static int chown_perms(const Wake *w, const char *file, uid_t uid, gid_t gid, mo
 }
 
 /*
- * A class's bits on a FIFO: read and write where the channel lets it both
- * read and write (it takes part in the ring: it may wait and wake), else
- * none. One that could only read would drain the bytes written for a
- * waiter, which then sleeps on past its message. (A broadcast channel's
- * mode comes here with its readers' write bits added: they write cursors.)
+ * A class's bits on s's FIFOs: read and write where the channel lets it
+ * both read and write (it takes part in the ring: it may wait and wake),
+ * else none. One that could only read would drain the bytes written for a
+ * waiter, which then sleeps on past its message. A broadcast subscriber
+ * opens ro yet raises and empties its FIFO: there read grants write, as
+ * on its table.
  */
-static mode_t fifo_mode(mode_t mode) {
-        mode_t m = 0;
+static mode_t fifo_mode(const ChannelSpec *s) {
+        mode_t mode = s->layout == PROTO_LAYOUT_BROADCAST ? s->mode | ((s->mode & 0444) >> 1) : s->mode, m = 0;
 
         for (int shift = 0; shift <= 6; shift += 3)
                 if (((mode >> shift) & 6) == 6)
@@ -176,7 +177,11 @@ static mode_t fifo_mode(mode_t mode) {
  * itself: it signals the FIFO when a holder dies. Where the file system
  * has no ACLs, chown does it instead.
  */
-static int set_perms(const Wake *w, const char *file, uid_t uid, gid_t gid, mode_t mode, bool creator) {
+static int set_perms(const Wake *w, const char *file, const ChannelSpec *s) {
+        const uid_t uid = s->uid;
+        const gid_t gid = s->gid;
+        const mode_t mode = fifo_mode(s);
+        const bool creator = s->kind == PROTO_KIND_SYSV;
         struct {
                 struct posix_acl_xattr_header h;
                 struct posix_acl_xattr_entry e[6];
@@ -186,7 +191,6 @@ static int set_perms(const Wake *w, const char *file, uid_t uid, gid_t gid, mode
         struct stat st;
         int fd, r = 0;
 
-        mode = fifo_mode(mode);
         /* Read-only: never waits for a writer, and the ACL goes on the file opened. */
         fd = open_fifo(w, file, O_RDONLY, &st);
         if (fd < 0)
@@ -211,14 +215,14 @@ static int set_perms(const Wake *w, const char *file, uid_t uid, gid_t gid, mode
         return r;
 }
 
-int wake_make(Wake *w, const char *name, bool keep, uid_t uid, gid_t gid, mode_t mode, bool creator) {
+int wake_make(Wake *w, const ChannelSpec *s, bool keep) {
         char file[NAME_MAX + 1];
         int r;
 
         if (!w)
                 return 0;
         for (unsigned i = 0; i < 2; i++) {
-                r = fifo_name(name, i, file, sizeof file);
+                r = fifo_name(s->name, i, file, sizeof file);
                 if (r < 0)
                         return r;
                 r = is_fifo(w, file);
@@ -233,23 +237,23 @@ int wake_make(Wake *w, const char *name, bool keep, uid_t uid, gid_t gid, mode_t
                         if (mknodat(w->dirfd, file, S_IFIFO | 0600, 0) < 0)
                                 return -errno;
                 }
-                r = set_perms(w, file, uid, gid, mode, creator);
+                r = set_perms(w, file, s);
                 if (r < 0)
                         return r;
         }
         return 0;
 }
 
-int wake_set_perms(Wake *w, const char *name, uid_t uid, gid_t gid, mode_t mode, bool creator) {
+int wake_set_perms(Wake *w, const ChannelSpec *s) {
         char file[NAME_MAX + 1];
         int r;
 
         if (!w)
                 return 0;
         for (unsigned i = 0; i < 2; i++) {
-                r = fifo_name(name, i, file, sizeof file);
+                r = fifo_name(s->name, i, file, sizeof file);
                 if (r == 0)
-                        r = set_perms(w, file, uid, gid, mode, creator);
+                        r = set_perms(w, file, s);
                 if (r < 0)
                         return r;
         }

@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "daemon/config.h"
+
 typedef struct Wake Wake;
 
 /*
@@ -35,18 +37,18 @@ int wake_open(const char *socket_path, Wake **ret, char *msg, size_t msg_size);
 Wake *wake_free(Wake *w);
 
 /*
- * Give channel name its two FIFOs with owner uid, group gid and mode (the
- * channel's, so the kernel grants them as it grants the ring). creator: a
- * System V channel, whose group rights the kernel also gives the daemon's
- * own group (a file has no creator group). keep: an adopted channel, whose
- * existing FIFOs stay (its waiters poll them). Otherwise any old ones are
- * signalled and replaced. Returns 0 or a negative errno. w may be NULL:
- * nothing to do.
+ * Give channel s its two FIFOs, granted to whoever takes part in the ring
+ * as the kernel grants the ring itself: its owner, group and mode, read
+ * and write together (a broadcast channel's readers write too), and for a
+ * System V channel the daemon's own group, its creator group, as well.
+ * keep: an adopted channel, whose existing FIFOs stay (its waiters poll
+ * them). Otherwise any old ones are signalled and replaced. Returns 0 or a
+ * negative errno. w may be NULL: nothing to do.
  */
-int wake_make(Wake *w, const char *name, bool keep, uid_t uid, gid_t gid, mode_t mode, bool creator);
+int wake_make(Wake *w, const ChannelSpec *s, bool keep);
 
-/* New owner, group and mode for a channel's FIFOs (a reload changed them). */
-int wake_set_perms(Wake *w, const char *name, uid_t uid, gid_t gid, mode_t mode, bool creator);
+/* The same grants again, for the owner, group or mode a reload gave s. */
+int wake_set_perms(Wake *w, const ChannelSpec *s);
 
 /* Write a byte into both FIFOs of name, if anyone has them open. Never blocks. */
 void wake_signal(const Wake *w, const char *name);
