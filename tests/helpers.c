@@ -768,6 +768,35 @@ int test_in_child(void (*fn)(void *), void *userdata) {
         return status;
 }
 
+typedef struct OpenAs {
+        uid_t uid;
+        gid_t gid;
+        const char *path;
+        int flags;
+} OpenAs;
+
+#define OPEN_AS_NO_IDS 255      /* no errno */
+
+static void open_as_child(void *userdata) {
+        const OpenAs *o = userdata;
+        int fd;
+
+        if (setgroups(0, NULL) < 0 || setgid(o->gid) < 0 || setuid(o->uid) < 0)
+                _exit(OPEN_AS_NO_IDS);
+        fd = open(o->path, o->flags | O_NONBLOCK | O_CLOEXEC);
+        _exit(fd >= 0 ? 0 : errno);
+}
+
+int test_open_as(uid_t uid, gid_t gid, const char *path, int flags) {
+        OpenAs o = { .uid = uid, .gid = gid, .path = path, .flags = flags };
+        int status = test_in_child(open_as_child, &o);
+
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) != OPEN_AS_NO_IDS,
+                      "a child could not become uid %u, gid %u to open %s (status %d)", (unsigned) uid, (unsigned) gid,
+                      path, status);
+        return WEXITSTATUS(status);
+}
+
 void test_drop_privileges(uid_t uid, gid_t gid, gid_t supplementary) {
         if (supplementary ? setgroups(1, &supplementary) : setgroups(0, NULL))
                 _exit(90);

@@ -188,6 +188,13 @@ void test_write_proc(const char *path, const char *value);
 /* Run `fn` in a forked child; returns its wait status. */
 int test_in_child(void (*fn)(void *), void *userdata);
 
+/*
+ * open(path, flags | O_NONBLOCK) in a child process running as uid, with
+ * gid its only group: 0, or the errno. Fails the test if the child could
+ * not take those ids.
+ */
+int test_open_as(uid_t uid, gid_t gid, const char *path, int flags);
+
 /* Drop to uid/gid with one supplementary group (or none when 0). */
 void test_drop_privileges(uid_t uid, gid_t gid, gid_t supplementary);
 

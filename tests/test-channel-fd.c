@@ -388,26 +388,9 @@ START_TEST(test_wait_survives_a_broker_crash) {
 }
 END_TEST
 
-/* A child as uid 65534 with one supplementary group (0: none): 0 when it may open the FIFO read-write, else errno. */
-static const char *fifo_path;
-static gid_t child_group;
-
-static void open_as_nobody(void *userdata) {
-        int fd;
-
-        test_drop_privileges(65534, 65534, child_group);
-        fd = open(fifo_path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
-        _exit(fd >= 0 ? 0 : errno);
-}
-
+/* Whether nobody, in group (or in nobody's, for 0) only, may open path read-write: 0, else the errno. */
 static int open_errno_as(gid_t group, const char *path) {
-        int status;
-
-        fifo_path = path;
-        child_group = group;
-        status = test_in_child(open_as_nobody, NULL);
-        ck_assert(WIFEXITED(status));
-        return WEXITSTATUS(status);
+        return test_open_as(65534, group ? group : 65534, path, O_RDWR);
 }
 
 /*
@@ -472,20 +455,8 @@ static void reload_ok(void) {
         close(fd);
 }
 
-static int open_flags;
-
-static void open_as_nobody_flags(void *userdata) {
-        int fd;
-
-        (void) userdata;
-        test_drop_privileges(65534, 65534, child_group);
-        fd = open(fifo_path, open_flags | O_NONBLOCK | O_CLOEXEC);
-        _exit(fd >= 0 ? 0 : errno);
-}
-
 START_TEST(test_read_only_class_gets_no_fifo) {
         char path[600];
-        int status;
 
         test_daemon_write_config(&td,
                 "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 2, \"group\": 4242,"
@@ -493,40 +464,24 @@ START_TEST(test_read_only_class_gets_no_fifo) {
         reload_ok();
         for (int i = 0; i < 2; i++) {
                 snprintf(path, sizeof path, "%s.wake/r.%s", td.socket, i ? "space" : "data");
-                fifo_path = path;
-                child_group = 4242;
-                for (int k = 0; k < 2; k++) {
-                        open_flags = k ? O_WRONLY : O_RDONLY;
-                        status = test_in_child(open_as_nobody_flags, NULL);
-                        ck_assert(WIFEXITED(status));
-                        ck_assert_msg(WEXITSTATUS(status) == EACCES, "the ring's read-only group may open %s %s",
-                                      path, k ? "O_WRONLY" : "O_RDONLY");
-                }
+                for (int k = 0; k < 2; k++)
+                        ck_assert_msg(test_open_as(65534, 4242, path, k ? O_WRONLY : O_RDONLY) == EACCES,
+                                      "the ring's read-only group may open %s %s", path, k ? "O_WRONLY" : "O_RDONLY");
         }
 }
 END_TEST
 
-/* As nobody, but in the daemon's group (root's: the test runs it as root), as its primary group. */
-static void open_in_creator_group(void *userdata) {
-        int fd;
-
-        (void) userdata;
-        if (setgroups(0, NULL) < 0 || setgid(getegid()) < 0 || setuid(65534) < 0)
-                _exit(90);
-        fd = open(fifo_path, open_flags | O_NONBLOCK | O_CLOEXEC);
-        _exit(fd >= 0 ? 0 : errno);
-}
-
 /*
  * The kernel gives a ring's group rights to its creator's group (the
- * daemon's) as well as to the channel's group, so a client in the
- * daemon's group takes part in the ring; its FIFOs must let it in as well.
- * (A FIFO's own group is the daemon's: an ACL entry for it that gave
- * nothing would shut that client out, also from what "other" grants.)
+ * daemon's: root's, as the test runs it) as well as to the channel's
+ * group, so a client in the daemon's group takes part in the ring; its
+ * FIFOs must let it in as well. (A FIFO's own group is the daemon's: an
+ * ACL entry for it that gave nothing would shut that client out, also
+ * from what "other" grants.)
  */
 START_TEST(test_creator_group_gets_the_fifos) {
         char path[600];
-        int status;
+        int r;
 
         test_daemon_write_config(&td,
                 "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 2, \"group\": 4242,"
@@ -534,12 +489,8 @@ START_TEST(test_creator_group_gets_the_fifos) {
         reload_ok();
         for (int i = 0; i < 2; i++) {
                 snprintf(path, sizeof path, "%s.wake/r.%s", td.socket, i ? "space" : "data");
-                fifo_path = path;
-                open_flags = O_RDWR;
-                status = test_in_child(open_in_creator_group, NULL);
-                ck_assert(WIFEXITED(status));
-                ck_assert_msg(WEXITSTATUS(status) == 0, "a member of the ring's creator group may not open %s: %s",
-                              path, strerror(WEXITSTATUS(status)));
+                r = test_open_as(65534, getegid(), path, O_RDWR);
+                ck_assert_msg(r == 0, "a member of the ring's creator group may not open %s: %s", path, strerror(r));
         }
 }
 END_TEST

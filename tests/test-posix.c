@@ -1791,44 +1791,26 @@ START_TEST(test_unlimited_dev_shm_takes_a_reload) {
 }
 END_TEST
 
-/* As nobody, with the daemon's group (root's: the test runs it as root) as its own: 0, or why open(2) failed. */
-static const char *creator_path;
-
-static void open_in_daemons_group(void *userdata) {
-        int fd;
-
-        (void) userdata;
-        if (setgroups(0, NULL) < 0 || setgid(getegid()) < 0 || setuid(NOBODY) < 0)
-                _exit(90);
-        fd = open(creator_path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
-        _exit(fd >= 0 ? 0 : errno);
-}
-
 /*
- * A posix ring's file has one group, the channel's: the daemon's group gets
- * nothing of it (files have no creator group, unlike System V objects).
- * Its FIFOs must then give that group nothing either: a process that may
- * not touch the ring could otherwise drain the bytes written for its waiters.
+ * A posix ring's file has one group, the channel's: the daemon's group (root's,
+ * as the test runs it) gets nothing of it (files have no creator group, unlike
+ * System V objects). Its FIFOs must then give that group nothing either: a
+ * process that may not touch the ring could otherwise drain its waiters' bytes.
  */
 START_TEST(test_posix_ring_fifos_give_the_daemons_group_nothing) {
         char path[600];
-        int status;
+        int r;
 
         test_daemon_write_config(&td, "[{\"name\": \"r\", \"kind\": \"posix\", \"layout\": \"ring\", \"slot_size\": 64,"
                                       " \"slots\": 2, \"group\": 4242, \"mode\": \"0660\"}]");
         test_start_ok();
-        creator_path = PSEM_DIR "/shmbroker.r";
-        status = test_in_child(open_in_daemons_group, NULL);
-        ck_assert(WIFEXITED(status));
-        ck_assert_msg(WEXITSTATUS(status) == EACCES, "the daemon's group opened the posix ring: %s",
-                      WEXITSTATUS(status) ? strerror(WEXITSTATUS(status)) : "ok");
+        r = test_open_as(NOBODY, getegid(), PSEM_DIR "/shmbroker.r", O_RDWR);
+        ck_assert_msg(r == EACCES, "the daemon's group opened the posix ring: %s", r ? strerror(r) : "ok");
         for (int i = 0; i < 2; i++) {
                 snprintf(path, sizeof path, "%s.wake/r.%s", td.socket, i ? "space" : "data");
-                creator_path = path;
-                status = test_in_child(open_in_daemons_group, NULL);
-                ck_assert(WIFEXITED(status));
-                ck_assert_msg(WEXITSTATUS(status) == EACCES, "a process refused the posix ring opened its FIFO %s (%s)",
-                              path, WEXITSTATUS(status) ? strerror(WEXITSTATUS(status)) : "ok");
+                r = test_open_as(NOBODY, getegid(), path, O_RDWR);
+                ck_assert_msg(r == EACCES, "a process refused the posix ring opened its FIFO %s (%s)", path,
+                              r ? strerror(r) : "ok");
         }
         test_daemon_stop_ok(&td);
 }
