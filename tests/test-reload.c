@@ -1194,15 +1194,9 @@ static bool opening(pid_t pid, const struct __ptrace_syscall_info *info, const c
         return process_vm_readv(pid, &local, 1, &remote, 1, 0) > 0 && strcmp(got, path) == 0;
 }
 
-/*
- * SIGHUP reloads; one that comes while the daemon is still starting (here:
- * as it opens its config) must not kill it, as the default action of an
- * unblocked SIGHUP does. The start reads the config anyway.
- */
-START_TEST(test_sighup_during_start_is_not_fatal) {
+/* Start td's daemon on one channel, traced; as it opens its config, send it sig and let it run on untraced. */
+static void signal_at_config_open(int sig) {
         struct __ptrace_syscall_info info;
-        int status = 0;
-        json_t *list;
 
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
         test_daemon_spawn_traced(&td);
@@ -1210,14 +1204,47 @@ START_TEST(test_sighup_during_start_is_not_fatal) {
                 ck_assert_msg(test_next_syscall_stop(td.pid), "the daemon ended before it opened its config");
                 ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
         } while (!opening(td.pid, &info, td.config));
-        ck_assert_int_eq(kill(td.pid, SIGHUP), 0);
+        ck_assert_int_eq(kill(td.pid, sig), 0);
         ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+}
+
+/*
+ * SIGHUP reloads; one that comes while the daemon is still starting (here:
+ * as it opens its config) must not kill it, as the default action of an
+ * unblocked SIGHUP does. The start reads the config anyway.
+ */
+START_TEST(test_sighup_during_start_is_not_fatal) {
+        int status = 0;
+        json_t *list;
+
+        signal_at_config_open(SIGHUP);
         ck_assert_msg(test_daemon_wait_ready(&td, &status), "a SIGHUP at start ended the daemon: %s",
                       WIFSIGNALED(status) ? strsignal(WTERMSIG(status)) : "exited");
         list = list_ok();
         ck_assert_ptr_nonnull(test_find_channel(list, "a"));
         json_decref(list);
         test_daemon_stop_ok(&td);
+        assert_ipcs(0, 0);
+}
+END_TEST
+
+/*
+ * The same for SIGTERM: held from the first step, it stops the daemon once
+ * it serves (READY=1 first, as systemd expects of a start), removing
+ * everything, exit 0; not the default action's death mid-start.
+ */
+START_TEST(test_sigterm_during_start_stops_once_serving) {
+        char *ready;
+        int status = 0;
+
+        signal_at_config_open(SIGTERM);
+        ck_assert_int_eq(waitpid(td.pid, &status, 0), td.pid);
+        td.pid = -1;
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a SIGTERM at start: status %d%s%s", status,
+                      WIFSIGNALED(status) ? ", killed by " : "", WIFSIGNALED(status) ? strsignal(WTERMSIG(status)) : "");
+        ready = test_daemon_wait_notify(&td, "READY=1", 1000);
+        ck_assert_msg(ready, "stopped without READY=1 first: %s", td.notified);
+        free(ready);
         assert_ipcs(0, 0);
 }
 END_TEST
@@ -1772,7 +1799,8 @@ int main(void) {
                                 test_files_of_other_daemons_are_left_alone } },
                 { "restarts", CASE_TIMEOUT, { test_crash_restart_fixed_key_of_adopted_channel,
                                 test_socket_changed_by_symlink_swap_then_crash_leaves_nothing } },
-                { "signals", CASE_TIMEOUT, { test_sighup_during_start_is_not_fatal, test_sighup_reloads_within_a_second,
+                { "signals", CASE_TIMEOUT, { test_sighup_during_start_is_not_fatal, test_sigterm_during_start_stops_once_serving,
+                               test_sighup_reloads_within_a_second,
                                test_sigterm_after_reloads_removes_everything,
                                test_crash_mid_reload_then_restart } },
                 { "ftok", CASE_TIMEOUT, { test_ftok_key_follows_a_replaced_file } },
