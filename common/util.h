@@ -110,6 +110,18 @@ static inline char *strprintf(const char *fmt, ...) {
         return r < 0 ? NULL : s;
 }
 
+/* path made absolute against the working directory (not resolved); malloc'd, NULL on failure. */
+static inline char *path_absolute(const char *path) {
+        char *cwd, *s;
+
+        if (path[0] == '/')
+                return strdup(path);
+        cwd = getcwd(NULL, 0);
+        s = cwd ? strprintf("%s/%s", cwd, path) : NULL;
+        free(cwd);
+        return s;
+}
+
 /* Copy a string that must fit; returns -ENAMETOOLONG otherwise. */
 static inline int strcpy_checked(char *dst, size_t size, const char *src) {
         size_t n = strlen(src);

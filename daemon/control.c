@@ -57,6 +57,7 @@
 #include "daemon/control.h"
 #include "daemon/exit-watch.h"
 #include "daemon/log.h"
+#include "daemon/self.h"
 
 #define IN_CHUNK 512u           /* most requests fit; and malloc serves it from its per-thread cache */
 #ifndef SO_PASSRIGHTS
@@ -1219,9 +1220,8 @@ static int refuse_descriptors(int listen_fd, char *msg, size_t msg_size) {
         return -err;
 }
 
-int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char *msg, size_t msg_size) {
-        _cleanup_(closep) int fd = -1;
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+int control_remove_stale_socket(const char *path, bool own_only, char *msg, size_t msg_size) {
+        struct sockaddr_un sa;
         struct stat st;
         int r;
 
@@ -1229,28 +1229,48 @@ int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char 
                 msg_set(msg, msg_size, "socket path %s is too long", path);
                 return -ENAMETOOLONG;
         }
-        strcpy(sa.sun_path, path);
-        if (lstat(path, &st) == 0) {
-                if (!S_ISSOCK(st.st_mode)) {
-                        msg_set(msg, msg_size, "%s exists and is not a socket; not replacing it", path);
-                        return -EEXIST;
-                }
-                r = socket_is_live(path);
-                if (r > 0) {
-                        msg_set(msg, msg_size, "a server is already listening on %s", path);
-                        return -EADDRINUSE;
-                }
-                if (r < 0) {
-                        msg_set(msg, msg_size, "cannot tell whether a server still listens on %s (%s); not replacing it",
-                                path, strerror(-r));
-                        return r;
-                }
-                if (unlink(path) < 0 && errno != ENOENT) {
-                        r = -errno;
-                        msg_set(msg, msg_size, "cannot remove the stale socket %s: %s", path, strerror(errno));
-                        return r;
-                }
+        if (lstat(path, &st) < 0) {
+                if (errno == ENOENT)
+                        return 0;
+                r = -errno;
+                msg_set(msg, msg_size, "cannot examine %s: %s", path, strerror(errno));
+                return r;
         }
+        if (!S_ISSOCK(st.st_mode)) {
+                msg_set(msg, msg_size, "%s exists and is not a socket; not replacing it", path);
+                return -EEXIST;
+        }
+        if (own_only && st.st_uid != self_euid()) {
+                msg_set(msg, msg_size, "%s is another user's socket (uid %u)", path, (unsigned) st.st_uid);
+                return -EPERM;
+        }
+        r = socket_is_live(path);
+        if (r > 0) {
+                msg_set(msg, msg_size, "a server is already listening on %s", path);
+                return -EADDRINUSE;
+        }
+        if (r < 0) {
+                msg_set(msg, msg_size, "cannot tell whether a server still listens on %s (%s); not replacing it",
+                        path, strerror(-r));
+                return r;
+        }
+        if (unlink(path) < 0 && errno != ENOENT) {
+                r = -errno;
+                msg_set(msg, msg_size, "cannot remove the stale socket %s: %s", path, strerror(errno));
+                return r;
+        }
+        return 0;
+}
+
+int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char *msg, size_t msg_size) {
+        _cleanup_(closep) int fd = -1;
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int r;
+
+        r = control_remove_stale_socket(path, false, msg, msg_size);
+        if (r < 0)
+                return r;
+        strcpy(sa.sun_path, path);
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0 || bind(fd, (struct sockaddr *) &sa, sizeof sa) < 0) {
                 r = -errno;

@@ -14,6 +14,7 @@
  * connections are answered ENOBUFS and closed, no other uid's.
  */
 
+#include <stdbool.h>
 #include <systemd/sd-event.h>
 
 #include "daemon/dispatch.h"
@@ -37,6 +38,14 @@ void control_set_limits(Control *c, const ConfigLimits *limits);
  * (-EEXIST). The socket gets `mode`, and `group` unless it is (gid_t) -1.
  * msg says which.
  */
+/*
+ * Unlink the socket file at path if nobody listens on it (a crashed run's):
+ * 0 when it is gone, or was never there. Refused, with msg saying why:
+ * not a socket (-EEXIST), a live server (-EADDRINUSE), a socket of another
+ * uid when own_only (-EPERM), or one that cannot be told.
+ */
+int control_remove_stale_socket(const char *path, bool own_only, char *msg, size_t msg_size);
+
 int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char *msg, size_t msg_size);
 
 /*

@@ -105,7 +105,7 @@ static void daemon_done(Daemon *d) {
          * the file for the next start to reclaim.
          */
         if (d->state && d->reclaimed && state_is_empty(d->state))
-                state_remove_files(d->state);
+                state_remove_files(d->state, false);
         d->state = state_free(d->state);
         free(d->unsettled);
         d->unsettled = NULL;
@@ -205,6 +205,27 @@ static void log_legacy(const Daemon *d, const StateRecord *v, size_t n) {
 }
 
 /*
+ * The files of a dead run whose objects are all settled: what it made beside
+ * its socket (the lock file names the socket; one written by an older
+ * version does not, and those stay), the socket itself when it bound it,
+ * then its state files and its key secret, which no run derives keys from
+ * again.
+ */
+static void remove_previous_run(State *old) {
+        bool bound = false;
+        _cleanup_(freep) char *socket_path = state_recorded_socket(old, &bound);
+        char msg[512];
+
+        if (socket_path) {
+                wake_remove_dir(socket_path);
+                /* Not one systemd passed: a connect to see if it is live could start a service. */
+                if (bound && control_remove_stale_socket(socket_path, true, msg, sizeof msg) < 0)
+                        log_warning("Leaving the socket of an earlier run: %s.", msg);
+        }
+        state_remove_files(old, true);
+}
+
+/*
  * What a run of this configuration under another socket name left (the
  * file's "socket" changed, then a crash: the next start names its files
  * after the new socket, and nothing else would ever look at the old ones).
@@ -243,7 +264,7 @@ static void reclaim_previous_runs(Daemon *d, const char *dir, const char *owner)
                                    res.gone, res.foreign);
                 }
                 if (r == 0 && res.kept == 0)
-                        state_remove_files(old);
+                        remove_previous_run(old);
                 else
                         log_warning("Keeping %s: %s.", state_path(old),
                                     r < 0 ? strerror(-r) : "some of its objects could not be verified or removed");
@@ -268,13 +289,7 @@ static char *config_owner(const char *path) {
                 return NULL;
         if (strncmp(path, "/dev/", 5) == 0 || strncmp(path, "/proc/", 6) == 0)
                 return TAKE_PTR(real);
-        if (path[0] == '/')
-                abs = strdup(path);
-        else {
-                _cleanup_(freep) char *cwd = getcwd(NULL, 0);
-
-                abs = cwd ? strprintf("%s/%s", cwd, path) : NULL;
-        }
+        abs = path_absolute(path);
         if (!abs || streq(abs, real))
                 return abs;
         both = strprintf("%s\n%s", abs, real);
@@ -284,7 +299,7 @@ static char *config_owner(const char *path) {
 
 static int open_state_and_reclaim(Daemon *d) {
         _cleanup_(freep) StateRecord *v = NULL;
-        _cleanup_(freep) char *dir = NULL, *owner = NULL;
+        _cleanup_(freep) char *dir = NULL, *owner = NULL, *socket_abs = NULL;
         const char *name = strrchr(d->socket_path, '/');
         size_t n = 0, skipped = 0;
         ReclaimResult res;
@@ -306,7 +321,9 @@ static int open_state_and_reclaim(Daemon *d) {
         }
         /* Only a socket the file names: two --socket runs of one file are two daemons, not one moved. */
         owner = d->options->socket_path ? NULL : config_owner(d->options->config_path);
-        r = state_set_owner(d->state, owner ?: "");
+        socket_abs = path_absolute(d->socket_path);
+        /* Whether systemd passes the socket, asked without taking it (listen_or_adopt() does). */
+        r = state_set_owner(d->state, owner ?: "", socket_abs, sd_listen_fds(false) <= 0);
         if (r < 0)
                 log_warning("Failed to write %s: %s", state_lock_path(d->state), strerror(-r));
         r = state_read(d->state, &v, &n, &skipped);

@@ -685,14 +685,51 @@ int state_rewrite(State *s, const StateRecord *v, size_t n) {
         return 0;
 }
 
-int state_set_owner(State *s, const char *owner) {
-        size_t len = strlen(owner);
+/*
+ * The socket's line: its path after a word, where the owner's lines are
+ * absolute paths, so that no line of one can be taken for the other.
+ */
+#define SOCKET_BOUND "socket:"
+#define SOCKET_PASSED "passed-socket:"
 
+int state_set_owner(State *s, const char *owner, const char *socket_path, bool bound) {
+        _cleanup_(freep) char *text = NULL;
+        const char *word = bound ? SOCKET_BOUND : SOCKET_PASSED;
+        size_t len;
+
+        if (socket_path)
+                text = strprintf("%s%s%s%s\n", owner, *owner ? "\n" : "", word, socket_path);
+        else
+                text = *owner ? strprintf("%s\n", owner) : strdup("");
+        if (!text)
+                return -ENOMEM;
+        len = strlen(text);
         if (ftruncate(s->lock_fd, 0) < 0)
                 return -errno;
-        if (len > 0 && (pwrite(s->lock_fd, owner, len, 0) != (ssize_t) len || pwrite(s->lock_fd, "\n", 1, len) != 1))
+        errno = 0;
+        if (len > 0 && pwrite(s->lock_fd, text, len, 0) != (ssize_t) len)
                 return errno ? -errno : -EIO;
         return 0;
+}
+
+char *state_recorded_socket(const State *s, bool *ret_bound) {
+        char buf[3 * PATH_MAX + 32];
+        ssize_t n = pread(s->lock_fd, buf, sizeof buf - 1, 0);
+
+        if (n <= 0)
+                return NULL;
+        buf[n] = '\0';
+        for (char *l = buf, *end; (end = strchr(l, '\n')); l = end + 1)
+                for (int bound = 0; bound < 2; bound++) {
+                        const char *word = bound ? SOCKET_BOUND : SOCKET_PASSED;
+                        size_t k = strlen(word);
+
+                        if (strncmp(l, word, k) == 0 && l[k] == '/') {
+                                *ret_bound = bound;
+                                return strndup(l + k, (size_t) (end - l) - k);
+                        }
+                }
+        return NULL;
 }
 
 /* Whether some line of a (len bytes, lines ended by '\n') is a line of b (lines ended by '\n' or its end). */
@@ -774,13 +811,17 @@ done:
         return 0;
 }
 
-void state_remove_files(State *s) {
-        _cleanup_(freep) char *state_name = NULL, *lock_name = NULL;
+void state_remove_files(State *s, bool secret) {
+        _cleanup_(freep) char *state_name = NULL, *lock_name = NULL, *secret_name = NULL;
 
         state_name = strprintf("%s.state", s->name);
         lock_name = strprintf("%s.lock", s->name);
+        secret_name = secret ? strprintf("%s.secret", s->name) : NULL;
         if (state_name)
                 (void) unlinkat(s->dir_fd, state_name, 0);
+        /* Before the lock: whoever takes the name next finds no secret of ours and makes a new one. */
+        if (secret_name)
+                (void) unlinkat(s->dir_fd, secret_name, 0);
         if (lock_name)
                 (void) unlinkat(s->dir_fd, lock_name, 0);
 }

@@ -79,9 +79,18 @@ int state_open(const char *dir, const char *name, State **ret, char *msg, size_t
  * Write owner (lines that name the configuration: its paths) into s's lock
  * file, so that a later start of the same owner under another socket name
  * finds these files (state_previous_names(): one line in common is
- * enough). "" claims nothing. 0 or -errno.
+ * enough). "" claims nothing. socket_path (absolute, or NULL) is recorded
+ * too, for that start to remove what this run made beside its socket
+ * (state_recorded_socket()); bound: the run binds it, rather than being
+ * passed it by systemd, whose socket it is. 0 or -errno.
  */
-int state_set_owner(State *s, const char *owner);
+int state_set_owner(State *s, const char *owner, const char *socket_path, bool bound);
+
+/*
+ * The socket path s's lock file records (state_set_owner()), malloc'd,
+ * with whether that run bound it itself; NULL when none, or without memory.
+ */
+char *state_recorded_socket(const State *s, bool *ret_bound);
 
 /*
  * The names (as state_open() takes them) of the other state files in s's
@@ -158,8 +167,12 @@ const StateRecord *state_kept(const State *s, size_t i, int *ret_err);
  */
 int state_rewrite(State *s, const StateRecord *v, size_t n);
 
-/* Remove the lock and state files (on a clean exit); the secret stays. */
-void state_remove_files(State *s);
+/*
+ * Remove the lock and state files: on a clean exit, when the secret stays
+ * (the next start derives the same keys); with secret, of a dead run under
+ * a name that is no longer ours, whose keys nothing derives again.
+ */
+void state_remove_files(State *s, bool secret);
 
 /* Close and unlock, leaving the files. Takes NULL; returns NULL. */
 State *state_free(State *s);

@@ -32,21 +32,9 @@ struct Wake {
         char *path;             /* absolute, for the open answer */
 };
 
-static char *absolute(const char *path) {
-        char cwd[PATH_MAX];
-        char *s;
-
-        if (path[0] == '/')
-                return strdup(path);
-        if (!getcwd(cwd, sizeof cwd))
-                return NULL;
-        if (asprintf(&s, "%s/%s", cwd, path) < 0)
-                return NULL;
-        return s;
-}
-
-int wake_open(const char *socket_path, Wake **ret, char *msg, size_t msg_size) {
-        _cleanup_(freep) char *sock = absolute(socket_path), *path = NULL;
+/* SOCKET_PATH.wake as a Wake, made first when create; -ENOENT when it is missing and not to be made. */
+static int wake_take(const char *socket_path, bool create, Wake **ret, char *msg, size_t msg_size) {
+        _cleanup_(freep) char *sock = path_absolute(socket_path), *path = NULL;
         struct stat st;
         Wake *w;
         int fd;
@@ -55,7 +43,7 @@ int wake_open(const char *socket_path, Wake **ret, char *msg, size_t msg_size) {
                 msg_set(msg, msg_size, "out of memory");
                 return -ENOMEM;
         }
-        if (mkdir(path, 0755) < 0 && errno != EEXIST) {
+        if (create && mkdir(path, 0755) < 0 && errno != EEXIST) {
                 int err = errno;
 
                 msg_set(msg, msg_size, "cannot create %s: %s", path, strerror(err));
@@ -75,7 +63,7 @@ int wake_open(const char *socket_path, Wake **ret, char *msg, size_t msg_size) {
                 return -EPERM;
         }
         /* Clients must reach the FIFOs; a umask may have taken bits off. */
-        if ((st.st_mode & 0755) != 0755)
+        if (create && (st.st_mode & 0755) != 0755)
                 (void) fchmod(fd, 0755);
         w = malloc(sizeof *w);
         if (!w) {
@@ -86,6 +74,26 @@ int wake_open(const char *socket_path, Wake **ret, char *msg, size_t msg_size) {
         *w = (Wake) { .dirfd = fd, .path = TAKE_PTR(path) };
         *ret = w;
         return 0;
+}
+
+int wake_open(const char *socket_path, Wake **ret, char *msg, size_t msg_size) {
+        return wake_take(socket_path, true, ret, msg, msg_size);
+}
+
+static bool keep_none(const char *name, void *userdata) {
+        (void) name;
+        (void) userdata;
+        return false;
+}
+
+void wake_remove_dir(const char *socket_path) {
+        Wake *w;
+        char msg[1];
+
+        if (wake_take(socket_path, false, &w, msg, sizeof msg) < 0)
+                return;
+        wake_sweep(w, keep_none, NULL);
+        wake_free(w);
 }
 
 Wake *wake_free(Wake *w) {

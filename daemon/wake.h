@@ -37,6 +37,13 @@ int wake_open(const char *socket_path, Wake **ret, char *msg, size_t msg_size);
 Wake *wake_free(Wake *w);
 
 /*
+ * Remove SOCKET_PATH.wake of a dead run (the socket it was made for is no
+ * longer ours): every FIFO in it, each signalled first, then the directory.
+ * Only a directory wake_open() would take; anything else there keeps it.
+ */
+void wake_remove_dir(const char *socket_path);
+
+/*
  * Give channel s its two FIFOs, granted to whoever takes part in the ring
  * as the kernel grants the ring itself: its owner, group and mode, read
  * and write together (a broadcast channel's readers write too), and for a

@@ -986,6 +986,7 @@ END_TEST
  * directory is the same one.
  */
 START_TEST(test_socket_changed_then_crash_leaves_nothing) {
+        static const char *const suffixes[] = { "", ".lock", ".state", ".secret", ".wake" };
         char old_socket[sizeof td.socket];
         int fd;
 
@@ -1004,6 +1005,14 @@ START_TEST(test_socket_changed_then_crash_leaves_nothing) {
 
         test_start_ok();
         assert_ipcs(2, 2);
+        /* "and then its files": the crashed run's socket and wake-up FIFOs, and its key secret, are garbage now. */
+        for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
+                char path[sizeof old_socket + 16];
+
+                snprintf(path, sizeof path, "%s%s", old_socket, suffixes[i]);
+                ck_assert_msg(access(path, F_OK) < 0 && errno == ENOENT, "%s is left: %s", path,
+                              access(path, F_OK) == 0 ? "exists" : strerror(errno));
+        }
         test_daemon_stop_ok(&td);
         assert_ipcs(0, 0);
 }
