@@ -368,13 +368,36 @@ static shmb_channel *open_ch(const char *name) {
 
 typedef enum Method { M_RING, M_PIPE, M_UNIX, M_ZERO_COPY, M_SYSV_MSG, M_POSIX_MQ } Method;
 
-/* What a receiver that reads every byte of a message in place does with it. */
-static uint64_t sum_words(const void *p, size_t size) {
-        const uint64_t *w = p;
-        uint64_t sum = 0;
+/*
+ * What a receiver that reads every byte of a message in place does with it:
+ * a sum of its 64-bit words, as wide as the CPU adds them, four lanes at a
+ * time. A one-word-at-a-time loop adds about 10 GB/s here, half of what one
+ * core reads out of the other's writes (20 GB/s): that measured the sum,
+ * not the transport. The iceoryx receiver sums with it too; the kernel's
+ * receivers touch every byte in their copy out.
+ */
+typedef uint64_t Words __attribute__((vector_size(32), aligned(8)));
 
-        for (size_t i = 0; i < size / 8; i++)
-                sum += w[i];
+#if defined(__x86_64__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+static uint64_t sum_words(const void *p, size_t size) {
+        const Words *w = p;
+        const uint64_t *tail = p;
+        Words a = { 0 }, b = { 0 }, c = { 0 }, d = { 0 };
+        size_t n = size / (4 * sizeof(Words));
+        uint64_t sum;
+
+        for (size_t i = 0; i < n; i++) {
+                a += w[4 * i];
+                b += w[4 * i + 1];
+                c += w[4 * i + 2];
+                d += w[4 * i + 3];
+        }
+        a += b + c + d;
+        sum = a[0] + a[1] + a[2] + a[3];
+        for (size_t i = n * 4 * sizeof(Words) / 8; i < size / 8; i++)
+                sum += tail[i];
         return sum;
 }
 
