@@ -27,6 +27,9 @@
 #include "client/shmbroker-internal.h"
 #include "proto/posix.h"
 
+/* The highest value a System V semaphore takes (the kernel's SEMVMX, which no header exports). */
+#define SEMVMX_SYSV 32767
+
 #define NS_PER_MS INT64_C(1000000)
 #define NS_PER_S INT64_C(1000000000)
 
@@ -84,9 +87,17 @@ int posix_sem_wait(shmb_channel *ch, unsigned idx, int timeout_ms) {
 
 int posix_sem_post(shmb_channel *ch, unsigned idx) {
         PosixSemFile *f = ch->psems[idx];
+        int value;
 
         if (removed(f))
                 return -EIDRM;
+        /*
+         * System V's cap (SEMVMX), so that a program bounded by it works on
+         * both kinds. sem_t has no compare-and-post: posts that race at the
+         * cap may pass it (the manual says so).
+         */
+        if (sem_getvalue(&f->sem, &value) == 0 && value >= SEMVMX_SYSV)
+                return -ERANGE;
         if (sem_post(&f->sem) == 0)
                 return 0;
         /* Past SEM_VALUE_MAX: System V's semop() says ERANGE for the same. */

@@ -891,6 +891,38 @@ START_TEST(test_shmbrokerctl_shows_kind_and_names) {
 }
 END_TEST
 
+/*
+ * libshmbroker(3), ERRORS: "-ERANGE shmb_sem_post() or shmb_unlock() would
+ * raise a semaphore above 32767", and README: "semaphores ... work as on
+ * System V". A posix semaphore at 32767 must refuse a post as the System V
+ * one beside it does, and keep its value.
+ */
+START_TEST(test_post_past_semvmx_is_erange_as_on_system_v) {
+        static const char *const names[] = { "sysv-top", "posix-top" };
+
+        test_daemon_stop_ok(&td);
+        test_daemon_write_config(&td, "[{\"name\": \"sysv-top\", \"size\": 4096, \"semaphores\": [32766]},"
+                                      " {\"name\": \"posix-top\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [32766]}]");
+        test_start_ok();
+        for (size_t i = 0; i < 2; i++) {
+                shmb_channel *ch = must_open(names[i], SHMB_RW);
+                shmb_client *c = NULL;
+                shmb_status_list *l = NULL;
+                int value = -1;
+
+                ck_assert_int_eq(shmb_sem_post(ch, 0), 0);      /* 32767: SEMVMX */
+                ck_assert_msg(shmb_sem_post(ch, 0) == -ERANGE, "%s: a post past 32767 did not fail with -ERANGE", names[i]);
+                ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+                ck_assert_int_eq(shmb_status(c, names[i], &l), 0);
+                ck_assert_int_eq(shmb_status_semaphore(l, 0, 0, &value, NULL, NULL, NULL), 0);
+                ck_assert_msg(value == 32767, "%s: value %d after the refused post", names[i], value);
+                shmb_status_free(l);
+                shmb_disconnect(c);
+                ck_assert_int_eq(shmb_close(ch), 0);
+        }
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "mapping", CASE_TIMEOUT, { test_raw_mapping_is_shared_between_processes,
@@ -907,6 +939,7 @@ int main(void) {
                 { "restart", CASE_TIMEOUT, { test_hold_survives_a_broker_crash,
                                              test_handle_is_stale_after_a_stop_and_start } },
                 { "ctl", CASE_TIMEOUT, { test_shmbrokerctl_shows_kind_and_names } },
+                { "semvmx", CASE_TIMEOUT, { test_post_past_semvmx_is_erange_as_on_system_v } },
                 { "channel-fd", CASE_TIMEOUT, { test_channel_fd_wakes_on_a_message_from_another_process,
                                                 test_channel_fd_with_only_the_socket_visible } },
         };
