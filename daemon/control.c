@@ -132,6 +132,8 @@ struct Control {
         int listen_fd;
         sd_event_source *listen_source;
         char *bound_path;       /* unlinked on exit; NULL for an inherited socket */
+        dev_t bound_dev;        /* the file bind() made there (another server may bind the path later) */
+        ino_t bound_ino;
         sd_event_source *resume_source;
         bool pause_logged;
         const ConfigLimits *limits;
@@ -1265,6 +1267,7 @@ int control_remove_stale_socket(const char *path, bool own_only, char *msg, size
 int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char *msg, size_t msg_size) {
         _cleanup_(closep) int fd = -1;
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct stat st;
         int r;
 
         r = control_remove_stale_socket(path, false, msg, msg_size);
@@ -1287,6 +1290,11 @@ int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char 
                 unlink(path);
                 msg_set(msg, msg_size, "cannot listen on %s: out of memory", path);
                 return -ENOMEM;
+        }
+        /* What bind() made: a stop unlinks the path only while it still names this file. */
+        if (lstat(path, &st) == 0) {
+                c->bound_dev = st.st_dev;
+                c->bound_ino = st.st_ino;
         }
         /* Every request is checked against the peer's credentials as well. */
         if (chmod(path, mode) < 0 || (group != (gid_t) -1 && chown(path, (uid_t) -1, group) < 0) ||
@@ -1356,7 +1364,11 @@ Control *control_free(Control *c) {
         while (!LIST_EMPTY(&c->conns))
                 conn_free(LIST_FIRST(&c->conns));
         if (c->bound_path) {
-                unlink(c->bound_path);
+                struct stat st;
+
+                if (lstat(c->bound_path, &st) == 0 && S_ISSOCK(st.st_mode) &&
+                    st.st_dev == c->bound_dev && st.st_ino == c->bound_ino)
+                        unlink(c->bound_path);
                 free(c->bound_path);
         }
         if (c->reserve_fd >= 0)

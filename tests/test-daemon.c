@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -2605,6 +2606,161 @@ START_TEST(test_holder_taken_back_after_its_connection_closed) {
 }
 END_TEST
 
+/* ---- the command line (shmbrokerd(8): OPTIONS, EXIT STATUS) ---- */
+
+/* Run a shell command; its stdout (stderr too when the command says 2>&1) in out; its exit status. */
+static int run_cmd(char *out, size_t size, const char *fmt, ...) {
+        char cmd[2048];
+        va_list ap;
+        FILE *p;
+        size_t n;
+        int status;
+
+        va_start(ap, fmt);
+        vsnprintf(cmd, sizeof cmd, fmt, ap);
+        va_end(ap);
+        p = popen(cmd, "re");
+        ck_assert_ptr_nonnull(p);
+        n = fread(out, 1, size - 1, p);
+        out[n] = 0;
+        status = pclose(p);
+        ck_assert_msg(WIFEXITED(status), "%s: status %d", cmd, status);
+        return WEXITSTATUS(status);
+}
+
+/*
+ * shmbrokerd(8), EXIT STATUS: "2 Usage error: an unknown option, a missing
+ * option argument, or an unexpected argument", with nothing started; --help
+ * and --version print on standard output and exit 0; --check-config prints
+ * "PATH: configuration OK (N channels)" on standard output.
+ */
+START_TEST(test_command_line_usage_and_exit_codes) {
+        static const char *const usage_errors[] = { "--no-such-option", "-q", "-c", "--socket", "--state-dir",
+                                                    "--check-config extra", "stray-argument" };
+        char out[4096], expect[700];
+
+        test_daemon_write_config(&td, two_channels);
+        for (size_t i = 0; i < sizeof usage_errors / sizeof usage_errors[0]; i++) {
+                /* stderr only: stdout must stay empty; the config is valid, so only the usage can fail it. */
+                int rc = run_cmd(out, sizeof out, "cd %s && %s -c %s %s 2>/dev/null", td.dir, SHMBROKERD_PATH,
+                                 td.config, usage_errors[i]);
+
+                ck_assert_msg(rc == 2, "shmbrokerd %s: exit %d, not 2", usage_errors[i], rc);
+                ck_assert_msg(out[0] == 0, "shmbrokerd %s wrote to stdout: %s", usage_errors[i], out);
+                rc = run_cmd(out, sizeof out, "cd %s && %s -c %s %s 2>&1 >/dev/null", td.dir, SHMBROKERD_PATH,
+                             td.config, usage_errors[i]);
+                ck_assert_msg(*out && strchr(out, '\n') == out + strlen(out) - 1,
+                              "shmbrokerd %s: not one line on stderr: %s", usage_errors[i], out);
+        }
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+        ck_assert_int_ne(access(td.socket, F_OK), 0);
+
+        ck_assert_int_eq(run_cmd(out, sizeof out, "%s --help 2>/dev/null", SHMBROKERD_PATH), 0);
+        ck_assert_ptr_nonnull(strstr(out, "Usage:"));
+        ck_assert_int_eq(run_cmd(out, sizeof out, "%s -h 2>/dev/null", SHMBROKERD_PATH), 0);
+        ck_assert_ptr_nonnull(strstr(out, "Usage:"));
+        ck_assert_int_eq(run_cmd(out, sizeof out, "%s --version 2>/dev/null", SHMBROKERD_PATH), 0);
+        ck_assert_str_eq(out, "shmbrokerd " PACKAGE_VERSION "\n");
+
+        ck_assert_int_eq(run_cmd(out, sizeof out, "%s --check-config -c %s 2>/dev/null", SHMBROKERD_PATH, td.config), 0);
+        snprintf(expect, sizeof expect, "%s: configuration OK (2 channels)\n", td.config);
+        ck_assert_str_eq(out, expect);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+}
+END_TEST
+
+/*
+ * shmbrokerd(8), Start: "a file that is not a socket ... is left alone and
+ * the start fails". A config whose "socket" names a data file by mistake
+ * must not cost that file; a symbolic link there is neither followed nor
+ * removed.
+ */
+START_TEST(test_non_socket_at_socket_path_left_alone) {
+        char target[400], link_to[400], *log;
+        struct stat st;
+        int status = 0;
+        FILE *f;
+
+        test_daemon_write_config(&td, two_channels);
+        f = fopen(td.socket, "we");
+        ck_assert_ptr_nonnull(f);
+        ck_assert_int_ge(fputs("precious data\n", f), 0);
+        ck_assert_int_eq(fclose(f), 0);
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "exit status %d", status);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, td.socket) && strstr(log, "not a socket"), "log does not name the file: %s", log);
+        free(log);
+        f = fopen(td.socket, "re");
+        ck_assert_ptr_nonnull(f);
+        ck_assert_ptr_nonnull(fgets(target, sizeof target, f));
+        fclose(f);
+        ck_assert_str_eq(target, "precious data\n");
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+        ck_assert_int_eq(unlink(td.socket), 0);
+
+        /* A symbolic link there (to a file, or dangling): left as it is, its target too. */
+        snprintf(target, sizeof target, "%s/target", td.dir);
+        f = fopen(target, "we");
+        ck_assert_ptr_nonnull(f);
+        fclose(f);
+        ck_assert_int_eq(symlink(target, td.socket), 0);
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "exit status %d", status);
+        ck_assert_int_eq(lstat(td.socket, &st), 0);
+        ck_assert(S_ISLNK(st.st_mode));
+        ck_assert_int_eq(readlink(td.socket, link_to, sizeof link_to - 1), (ssize_t) strlen(target));
+        ck_assert_int_eq(stat(target, &st), 0);
+        ck_assert(S_ISREG(st.st_mode) && st.st_size == 0);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+
+        /* Once the path is free, the same config starts. */
+        ck_assert_int_eq(unlink(td.socket), 0);
+        test_start_ok();
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
+/*
+ * README, "One daemon per socket": "a socket file where a server still
+ * answers is never unlinked". A daemon's stop removes the socket it bound,
+ * not whatever has come to its path since: here another daemon (another
+ * state directory, so another lock) listens there once the first one's
+ * socket file was removed.
+ */
+START_TEST(test_stop_unlinks_only_its_own_socket) {
+        TestDaemon other = td;
+        char state[400];
+        int fd;
+
+        test_daemon_write_config(&td, "[{\"name\": \"first\", \"size\": 4096}]");
+        test_start_ok();
+        ck_assert_int_eq(unlink(td.socket), 0);
+
+        /* The second daemon: same socket path, its own config, log, notify socket and state directory. */
+        snprintf(other.config, sizeof other.config, "%s/other.json", td.dir);
+        snprintf(other.log, sizeof other.log, "%s/other.log", td.dir);
+        snprintf(other.notify, sizeof other.notify, "%s/other.notify", td.dir);
+        snprintf(state, sizeof state, "%s/other-state", td.dir);
+        other.pid = 0;
+        other.notify_fd = -1;
+        test_daemon_write_config(&other, "[{\"name\": \"second\", \"size\": 4096}]");
+        ck_assert(test_daemon_start(&other, NULL, "--state-dir", state, NULL));
+
+        test_daemon_stop_ok(&td);
+        ck_assert_msg(access(td.socket, F_OK) == 0, "the first daemon's stop removed the second one's live socket");
+        fd = test_connect(td.socket);
+        json_t *resp = test_request(fd, "{\"op\":\"list\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        close(fd);
+        test_daemon_stop_ok(&other);
+        ck_assert_int_ne(access(td.socket, F_OK), 0);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -2634,6 +2790,8 @@ int main(void) {
                 { "start-failures", CASE_TIMEOUT, { test_foreign_fixed_key_fails_start_and_rolls_back, test_foreign_derived_key_moves_on,
                                       test_kernel_limit_refused_before_creating, test_kernel_sem_limit_refused_before_creating,
                                       test_check_config_touches_no_ipc } },
+                { "command-line", CASE_TIMEOUT, { test_command_line_usage_and_exit_codes,
+                                 test_non_socket_at_socket_path_left_alone, test_stop_unlinks_only_its_own_socket } },
         };
 
         return test_main("daemon", groups, sizeof groups / sizeof groups[0], test_setup, test_teardown);
