@@ -2927,6 +2927,51 @@ START_TEST(test_claim_closed_during_backoff_is_repaired) {
 }
 END_TEST
 
+/*
+ * libshmbroker(3), ERRORS: -ENAMETOOLONG for a socket path that does not fit
+ * (107 bytes); shmb_request_json(): -EINVAL for a request containing a
+ * newline, -E2BIG for one over 65536 bytes with its newline, neither sent
+ * (the connection goes on); shmb_recv(): "A message longer than size is not
+ * consumed: the call fails with -EMSGSIZE and a later call with a buffer of
+ * slot_size bytes gets it".
+ */
+START_TEST(test_library_refuses_before_sending) {
+        static char big[65537];
+        char path[200], buf[256], *answer = NULL;
+        shmb_client *c = NULL;
+        shmb_channel *ring;
+
+        memset(path, 'p', sizeof path);
+        path[0] = '/';
+        path[sizeof path - 1] = 0;
+        ck_assert_int_eq(shmb_connect(path, &c), -ENAMETOOLONG);
+        ck_assert_ptr_null(c);
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_request_json(c, "{\"op\":\"list\"}\n{\"op\":\"reload\"}", &answer), -EINVAL);
+        ck_assert_ptr_null(answer);
+        /* 65536 bytes, 65537 with the newline: one too many. */
+        memset(big, ' ', sizeof big - 1);
+        memcpy(big, "{\"op\":\"list\"", 12);
+        big[sizeof big - 2] = '}';
+        ck_assert_int_eq(shmb_request_json(c, big, &answer), -E2BIG);
+        ck_assert_ptr_null(answer);
+        /* Nothing of either was sent: the next answer is the next request's own. */
+        ck_assert_int_eq(shmb_request_json(c, "{\"op\":\"hello\",\"version\":1}", &answer), 0);
+        ck_assert_msg(strstr(answer, "\"version\":1") && !strstr(answer, "\"channels\""), "answer: %s", answer);
+        free(answer);
+
+        ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &ring), 0);
+        ck_assert_int_eq(shmb_send(ring, "0123456789", 10, 0), 0);
+        ck_assert_int_eq(shmb_recv(ring, buf, 9, 0), -EMSGSIZE);
+        ck_assert_int_eq(shmb_recv(ring, buf, sizeof buf, 0), 10);
+        ck_assert(memcmp(buf, "0123456789", 10) == 0);
+        ck_assert_int_eq(shmb_recv(ring, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_close(ring), 0);
+        shmb_disconnect(c);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -2940,6 +2985,7 @@ int main(void) {
                             test_closing_one_of_two_ring_handles_keeps_the_token,
                             test_ring_sender_dead_mid_message_is_skipped, test_ring_receiver_dead_mid_message_frees_slot,
                             test_ring_wait_behind_live_stuck_claim_times_out, test_ring_of_another_layout_is_eproto } },
+                { "library-refusals", CASE_TIMEOUT, { test_library_refuses_before_sending } },
                 { "faults", CASE_TIMEOUT, { test_thousand_clients_killed_at_random } },
                 { "races", CASE_TIMEOUT, { test_open_racing_replacements_is_never_exdev,
                              test_open_replaced_before_attach_old_segment_alive,

@@ -639,6 +639,71 @@ static void reload_child(void *userdata) {
         _exit(strcmp(json_string_value(json_object_get(resp, "error")), c->expect_error) == 0 ? 0 : 22);
 }
 
+/*
+ * shmbroker.json(5), RELOAD: "limits and admin_group take effect at once
+ * (existing connections are not closed). A changed socket is logged and
+ * ignored".
+ */
+START_TEST(test_limits_admin_group_and_socket_at_reload) {
+        ReloadChild admin = { .uid = 65534, .gid = 65534, .extra_group = 4242 };
+        ReloadChild refused = { .uid = 65534, .gid = 65534, .extra_group = 4242, .expect_error = "EACCES" };
+        char *text, *log, moved[400];
+        json_t *resp;
+        int fds[3], extra, status;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
+        test_start_ok();
+        admin.socket = refused.socket = td.socket;
+        /* Not yet an admin group: the member is refused. */
+        status = test_in_child(reload_child, &refused);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "before: child status %d", status);
+        for (size_t i = 0; i < 3; i++)
+                fds[i] = test_connect(td.socket);
+
+        /* One uid may now hold 2 connections, group 4242 may reload, and the socket "moves". */
+        snprintf(moved, sizeof moved, "%s/moved.sock", td.dir);
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"admin_group\": 4242, "
+                                         "\"limits\": {\"connections_per_uid\": 2}, "
+                                         "\"channels\": [{\"name\": \"a\", \"size\": 4096}]}\n", moved), 0);
+        test_daemon_write_raw_config(&td, text);
+        free(text);
+        reload_expect(fds[0], "", "", "", "a");
+
+        /* The three connections made before stay served... */
+        for (size_t i = 0; i < 3; i++) {
+                resp = req(fds[i], "{\"op\":\"list\"}");
+                test_assert_ok(resp);
+                json_decref(resp);
+        }
+        /* ...a new one is over the new cap at once... */
+        extra = test_connect(td.socket);
+        {
+                char *line = test_read_line(extra);
+
+                ck_assert_msg(line && strstr(line, "\"EUSERS\""), "a third connection of uid 0: %s", line ? line : "(closed)");
+                free(line);
+        }
+        close(extra);
+        /* ...the admin group counts at once, and the socket stayed where it was. */
+        drain_notify();
+        status = test_in_child(reload_child, &admin);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "admin: child status %d", status);
+        ck_assert_int_ne(access(moved, F_OK), 0);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, moved) && strstr(log, "restart"), "the moved socket is not logged: %s", log);
+        free(log);
+
+        /* Taken away again: the group is refused at once. */
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
+        reload_expect(fds[1], "", "", "", "a");
+        drain_notify();
+        status = test_in_child(reload_child, &refused);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "after: child status %d", status);
+        for (size_t i = 0; i < 3; i++)
+                close(fds[i]);
+}
+END_TEST
+
 START_TEST(test_reload_needs_root_or_admin_group) {
         ReloadChild plain = { .uid = 65534, .gid = 65534, .expect_error = "EACCES" };
         ReloadChild other_group = { .uid = 65534, .gid = 65534, .extra_group = 4243, .expect_error = "EACCES" };
@@ -1798,6 +1863,7 @@ int main(void) {
                                  test_revoking_reload_replaces_held_channel,
                                  test_revoking_reload_reaches_rw_mapping_behind_ro_reopen,
                                  test_reload_keeping_holders_rights_stays_in_place } },
+                { "top-level-keys", CASE_TIMEOUT, { test_limits_admin_group_and_socket_at_reload } },
                 { "refusals", CASE_TIMEOUT, { test_broken_config_changes_nothing, test_reload_needs_root_or_admin_group,
                                 test_kernel_limit_refused_whole, test_swap_at_kernel_limit_all_or_nothing,
                                 test_replace_attached_at_kernel_limit_keeps_channel,
