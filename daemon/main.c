@@ -1,8 +1,11 @@
 /* shmbrokerd: command line only; the daemon lives in daemon.c. */
 
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
 
 #include "daemon/config.h"
 #include "daemon/daemon.h"
@@ -21,6 +24,14 @@ static void help(void) {
                "  -v, --verbose       log debug messages\n"
                "  -h, --help          show this help\n"
                "      --version       show the version\n");
+}
+
+/* r, or 1 when what was printed on stdout did not reach it (a full disk, a closed pipe): not a success. */
+static int stdout_written(int r) {
+        if (fflush(stdout) == 0 && !ferror(stdout))
+                return r;
+        fprintf(stderr, "shmbrokerd: cannot write to standard output: %s\n", strerror(errno));
+        return r == EXIT_SUCCESS ? EXIT_FAILURE : r;
 }
 
 int main(int argc, char *argv[]) {
@@ -58,10 +69,10 @@ int main(int argc, char *argv[]) {
                         break;
                 case 'h':
                         help();
-                        return EXIT_SUCCESS;
+                        return stdout_written(EXIT_SUCCESS);
                 case ARG_VERSION:
                         printf("shmbrokerd %s\n", PACKAGE_VERSION);
-                        return EXIT_SUCCESS;
+                        return stdout_written(EXIT_SUCCESS);
                 default:
                         return 2;
                 }
@@ -69,6 +80,12 @@ int main(int argc, char *argv[]) {
                 fprintf(stderr, "shmbrokerd: unexpected argument '%s'; see --help\n", argv[optind]);
                 return 2;
         }
+        /* As the file's "socket" is checked: before anything is named after it (the state files). */
+        if (o.socket_path && (!*o.socket_path || strlen(o.socket_path) >= sizeof(((struct sockaddr_un *) NULL)->sun_path))) {
+                fprintf(stderr, "shmbrokerd: --socket must be a path of 1-%zu bytes\n",
+                        sizeof(((struct sockaddr_un *) NULL)->sun_path) - 1);
+                return 2;
+        }
         log_setup(o.log_level);
-        return check ? daemon_check_config(&o) : daemon_run(&o);
+        return check ? stdout_written(daemon_check_config(&o)) : daemon_run(&o);
 }

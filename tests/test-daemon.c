@@ -5,6 +5,7 @@
  */
 
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
@@ -2636,8 +2637,10 @@ static int run_cmd(char *out, size_t size, const char *fmt, ...) {
  */
 START_TEST(test_command_line_usage_and_exit_codes) {
         static const char *const usage_errors[] = { "--no-such-option", "-q", "-c", "--socket", "--state-dir",
-                                                    "--check-config extra", "stray-argument" };
+                                                    "--check-config extra", "stray-argument", "--socket ''",
+                                                    "--socket $(printf '%0120d' 0)" };
         char out[4096], expect[700];
+        DIR *dir;
 
         test_daemon_write_config(&td, two_channels);
         for (size_t i = 0; i < sizeof usage_errors / sizeof usage_errors[0]; i++) {
@@ -2655,6 +2658,20 @@ START_TEST(test_command_line_usage_and_exit_codes) {
         ck_assert_int_eq(test_ipcs_count("-m"), 0);
         ck_assert_int_eq(test_ipcs_count("-s"), 0);
         ck_assert_int_ne(access(td.socket, F_OK), 0);
+        /* Nothing named after a socket that is refused: no key secret made before the check. */
+        dir = opendir(td.dir);
+        ck_assert_ptr_nonnull(dir);
+        for (struct dirent *e; (e = readdir(dir));)
+                ck_assert_msg(!strstr(e->d_name, ".secret") && !strstr(e->d_name, ".lock"), "%s/%s was made", td.dir,
+                              e->d_name);
+        closedir(dir);
+
+        /* What was printed must have reached stdout for a success. */
+        ck_assert_int_eq(run_cmd(out, sizeof out, "%s --version >/dev/full 2>/dev/null; echo $?", SHMBROKERD_PATH), 0);
+        ck_assert_str_eq(out, "1\n");
+        ck_assert_int_eq(run_cmd(out, sizeof out, "%s --check-config -c %s >/dev/full 2>/dev/null; echo $?",
+                                 SHMBROKERD_PATH, td.config), 0);
+        ck_assert_str_eq(out, "1\n");
 
         ck_assert_int_eq(run_cmd(out, sizeof out, "%s --help 2>/dev/null", SHMBROKERD_PATH), 0);
         ck_assert_ptr_nonnull(strstr(out, "Usage:"));
