@@ -502,8 +502,10 @@ int main(int argc, char *argv[]) {
                         /* Name the path the library tried: an empty variable counts as unset. */
                         const char *env = getenv("SHMBROKER_SOCKET");
 
+                        /* The kernel's word for a socket we may not reach: the library's EACCES text is a channel's. */
                         fprintf(stderr, "shmbrokerctl: cannot connect to %s: %s\n",
-                                o.socket ?: env && *env ? env : SHMB_DEFAULT_SOCKET, shmb_strerror(r));
+                                o.socket ?: env && *env ? env : SHMB_DEFAULT_SOCKET,
+                                r == -EACCES || r == -EPERM ? strerror(-r) : shmb_strerror(r));
                         return EXIT_USAGE;
                 }
                 r = commands[i].run(c, &o, nargs, argv + optind + 1);

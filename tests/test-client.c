@@ -24,6 +24,7 @@
 #include <sys/ipc.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -1059,7 +1060,9 @@ END_TEST
 
 START_TEST(test_shmbrokerctl) {
         static char out[65536];
+        struct stat st;
         json_t *j;
+        int rc;
 
         ck_assert_int_eq(run(out, sizeof out, "%s list 2>&1", SHMBROKERCTL_PATH), 0);
         ck_assert_ptr_nonnull(strstr(out, "NAME"));
@@ -1091,7 +1094,15 @@ START_TEST(test_shmbrokerctl) {
         ck_assert_int_eq(run(out, sizeof out, "%s list extra 2>&1", SHMBROKERCTL_PATH), 2);
         ck_assert_int_eq(run(out, sizeof out, "%s -s /nonexistent.sock list 2>&1", SHMBROKERCTL_PATH), 2);
         ck_assert_ptr_nonnull(strstr(out, "/nonexistent.sock"));
-        /* SPEC: "2 on usage or connection errors, with a one-line message on stderr": getopt's too. */
+        /* A socket the user may not reach: the kernel's reason, not the text of a channel's refusal. */
+        ck_assert_int_eq(stat(td.socket, &st), 0);
+        ck_assert_int_eq(chmod(td.socket, 0600), 0);
+        rc = run(out, sizeof out, "setpriv --reuid=65534 --regid=65534 --clear-groups %s -s %s list 2>&1",
+                 SHMBROKERCTL_PATH, td.socket);
+        ck_assert_int_eq(chmod(td.socket, st.st_mode & 07777), 0);
+        ck_assert_int_eq(rc, 2);
+        ck_assert_msg(strstr(out, strerror(EACCES)) && !strstr(out, "channel"), "connect refused: %s", out);
+        /* shmbrokerctl(1): "2 on usage or connection errors, with a one-line message on stderr": getopt's too. */
         ck_assert_int_eq(run(out, sizeof out, "%s -x list 2>&1 >/dev/null", SHMBROKERCTL_PATH), 2);
         ck_assert_msg(*out && strchr(out, '\n') == out + strlen(out) - 1, "not one line: %s", out);
         /* The option at fault is named, not the long one before it (a short option's group keeps optind). */
@@ -1546,7 +1557,7 @@ END_TEST
 /* ---- removal reaches every handle ---- */
 
 /*
- * SPEC: once a channel is removed (stop, a reload that drops or replaces it,
+ * Promised: once a channel is removed (stop, a reload that drops or replaces it,
  * a crash restart that replaces it), every call on an old handle, blocked
  * ones included, answers -EIDRM within 100 ms. Here callers block for good
  * (timeout -1) in threads of this process or of a holder child: a receiver

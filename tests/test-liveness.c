@@ -568,7 +568,7 @@ static void slow_sender(int ev) {
 }
 
 /*
- * SPEC: a live claimer is never skipped, however slow, in any PID
+ * Promised: a live claimer is never skipped, however slow, in any PID
  * namespace. The sender's pid in its namespace names no process in ours,
  * so a pid-based receiver takes it for dead and skips its slot: it gets
  * B first, or A torn.
@@ -733,7 +733,7 @@ static pid_t spawn_sleeper_with_pid(pid_t want) {
 }
 
 /*
- * SPEC: a dead claimer is repaired even when its pid names a live process
+ * Promised: a dead claimer is repaired even when its pid names a live process
  * now. A pid-based receiver asks kill(pid, 0), hears "alive", and waits
  * behind the dead claim forever.
  */
@@ -827,7 +827,7 @@ static _Noreturn void receiver_dies_right_after_claim(int ev) {
 }
 
 /*
- * SPEC: who claimed is known from the instant of the claim, so a sender
+ * Promised: who claimed is known from the instant of the claim, so a sender
  * killed right after it, before head moved, is repaired: a live sender
  * gets past its slot, and the receiver gets that sender's message. The
  * kernel's objects stay as they were.
@@ -854,7 +854,7 @@ START_TEST(test_sender_killed_right_after_claim_is_repaired) {
 END_TEST
 
 /*
- * SPEC: the same for a receiver killed right after its claim, before tail
+ * Promised: the same for a receiver killed right after its claim, before tail
  * moved: a sender waiting on the full ring gets its slot; the message the
  * receiver claimed died with it (proto/ring.h), and the rest arrive in
  * order.
@@ -977,7 +977,7 @@ static _Noreturn void strict_poller(void) {
 }
 
 /*
- * SPEC: a call that does not wait makes no system call: not on an empty
+ * Promised: a call that does not wait makes no system call: not on an empty
  * ring, not on a full one, not to publish or free a slot when nobody
  * sleeps. Checked under the strict filter (seccomp strict mode's rule),
  * where any other system call than read, write, exit and sigreturn kills
@@ -1097,7 +1097,7 @@ static _Noreturn void strict_poller_behind_live_claims(int cmd, int ev) {
 }
 
 /*
- * SPEC: asking whether a claimer lives costs no system call: the holder
+ * Promised: asking whether a claimer lives costs no system call: the holder
  * table is memory. A pid-based poll asks kill(pid, 0) every time it finds
  * a claim mid-message.
  */
@@ -1646,7 +1646,7 @@ static void assert_position_0_kept(shmb_channel *rx, const RingHeader *h, uint32
 }
 
 /*
- * SPEC: publish is a compare-and-swap, so a claimer whose slot was given
+ * Promised: publish is a compare-and-swap, so a claimer whose slot was given
  * away starts over (or, its token dead, gives up): its message arrives
  * once, whole, or not at all. A connection's end alone no longer makes
  * the broker take a claimer for dead (the next test); where it still

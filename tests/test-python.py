@@ -541,9 +541,9 @@ class TestRing(BrokerTest):
         self.assertEqual(ring.recv(timeout=1e-6), b"x")   # rounded up, not down to "do not wait"
 
     def test_zero_timeout_is_a_timeout_error(self):
-        # SPEC.md, Python binding: "None waits forever, 0 does not wait; a
+        # The binding promises: "None waits forever, 0 does not wait; a
         # timeout raises TimeoutError". BlockingIOError (EAGAIN) as README has
-        # it, and a TimeoutError as the SPEC has it: both at once.
+        # it, and a TimeoutError as promised: both at once.
         ring = self.open("ring")
         pair = self.open("pair")
         for call in (lambda: ring.recv(timeout=0), lambda: ring.peek(timeout=0),
@@ -1025,7 +1025,7 @@ class TestClose(BrokerTest):
 class TestRestart(BrokerTest):
 
     def test_holds_come_back_after_a_crash_restart(self):
-        # SPEC.md, Channel lifecycle: "Holds survive a broker restart: the
+        # Promised for every channel: "Holds survive a broker restart: the
         # library notices that its connection dropped, reconnects when the
         # broker is back and re-registers its open channels, so status lists
         # it again; the application sees nothing". A Python program that keeps

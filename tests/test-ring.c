@@ -960,7 +960,7 @@ static void removal_ends_blocked_calls(unsigned spin_us) {
                               calls[i].result);
                 fprintf(stderr, "test-ring: spin %u us: a blocked %s returned -EIDRM %" PRId64 " ms after removal\n",
                         spin_us, calls[i].send ? "send" : "recv", calls[i].returned_ms - marked);
-                /* SPEC: 100 ms. Bounded loosely, so a loaded machine does not fail it; the figure is printed. */
+                /* Promised: 100 ms. Bounded loosely, so a loaded machine does not fail it; the figure is printed. */
                 ck_assert_int_le(calls[i].returned_ms - marked, 5000);
                 free(calls[i].ch);
         }
