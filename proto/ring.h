@@ -257,9 +257,14 @@ static inline bool ring_holders_token_dead(const RingHolder *table, uint32_t n, 
                ((uint32_t) (word >> 32) & RING_TOKEN_GEN_MASK) != token >> RING_TOKEN_INDEX_BITS;
 }
 
-/* The same for a ring's own table of h->holders entries. */
+/*
+ * The same for a ring's own table: RING_HOLDERS entries, which h->holders
+ * was checked to say when the ring was opened. Not h->holders itself: any
+ * writer may change it since, and a token past the real table would be
+ * read past it (a fault in every other process on the ring).
+ */
 static inline bool ring_token_dead(const RingHeader *h, uint32_t token) {
-        return ring_holders_token_dead(ring_holder_at(h, 0), h->holders, token);
+        return ring_holders_token_dead(ring_holder_at(h, 0), RING_HOLDERS, token);
 }
 
 /*

@@ -692,6 +692,54 @@ START_TEST(test_corrupt_seqs_do_not_outlast_the_timeout) {
 END_TEST
 
 /*
+ * Any rw opener can write the header. A scribbled holder count, with an
+ * owner word naming a holder past the real table, must not make a waiter
+ * read past the segment: the library knows the table's size from the
+ * header it checked at open (ring_channel_init()), and a token past it is
+ * nobody's. The ring is mapped with nothing but PROT_NONE after it, so a
+ * read past it faults, as it does for a System V segment.
+ */
+START_TEST(test_scribbled_holder_count_reads_nothing_past_the_ring) {
+        uint64_t size = ring_segment_size(SLOT_SIZE, 4), mapped = (size + 4095) & ~UINT64_C(4095);
+        uint64_t guard = (uint64_t) (1u << RING_TOKEN_INDEX_BITS) * RING_HOLDER_SIZE + RING_HOLDERS_OFFSET;
+        char buf[SLOT_SIZE], *area;
+        RingHeader *h;
+        shmb_channel *ch;
+        TestRing ring;
+        uint64_t pos;
+        void *addr;
+        int fd;
+
+        fd = memfd_create("test-ring-guard", MFD_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(ftruncate(fd, (off_t) size), 0);
+        area = mmap(NULL, mapped + guard, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        ck_assert_ptr_ne(area, MAP_FAILED);
+        addr = mmap(area, mapped, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+        ck_assert_ptr_eq(addr, area);
+        ring_format(addr, SLOT_SIZE, 4);
+        ring = (TestRing) { .view = { addr, addr }, .size = size, .memfd = fd };
+        ch = handle_new(&ring, 0, 0);
+
+        /* The scribble: the most holders a token can name, and a claim at tail by the last of them. */
+        h = addr;
+        STORE(&h->holders, (UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1, __ATOMIC_SEQ_CST);
+        pos = LOAD(&h->tail, __ATOMIC_ACQUIRE);
+        STORE(&slot_of(ch, pos)->send_owner, ring_owner(pos, ring_token((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 2, 0)),
+              __ATOMIC_SEQ_CST);
+
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 50), -ETIMEDOUT);
+        ck_assert_int_eq(shmb_send(ch, "m", 1, 0), 0);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), 1);
+
+        free(ch);
+        ck_assert_int_eq(munmap(area, mapped + guard), 0);
+        close(fd);
+}
+END_TEST
+
+/*
  * A zero-copy send aborted while older messages wait: its slot is a
  * tombstone that tail has not passed yet. One lap later the same slot is
  * claimed and aborted again, before any receiver looked: the slot's seq is
@@ -996,6 +1044,7 @@ int main(void) {
         tcase_add_test(tc, test_fifo_limits_and_laps);
         tcase_add_test(tc, test_header_must_be_this_version);
         tcase_add_test(tc, test_corrupt_seqs_do_not_outlast_the_timeout);
+        tcase_add_test(tc, test_scribbled_holder_count_reads_nothing_past_the_ring);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("abort-lap");
