@@ -341,6 +341,10 @@ static int open_state_and_reclaim(Daemon *d) {
         }
         /* Before adopting: an adopted ring keeps its FIFOs, which its waiters hold. */
         r = wake_open(d->socket_path, &d->wake, msg, sizeof msg);
+        if (r == -EBUSY) {
+                log_error("Another shmbrokerd is running on %s (%s); not starting.", d->socket_path, msg);
+                return r;
+        }
         if (r < 0)
                 log_warning("No wake-up FIFOs (%s): rings work, but cannot be waited for in an event loop.", msg);
         d->registry->wake = d->wake;
@@ -375,6 +379,13 @@ static bool keeps_wake(const char *name, void *userdata) {
         Entry *e = registry_find(userdata, name);
 
         return e && e->has_wake;
+}
+
+/* At a failed start: only what was taken over stays (with its waiters), for the next start. */
+static bool keeps_adopted_wake(const char *name, void *userdata) {
+        Entry *e = registry_find(userdata, name);
+
+        return e && e->has_wake && e->channel->adopted;
 }
 
 static int create_channels(Daemon *d) {
@@ -746,8 +757,11 @@ fail:
         /* Everything created is removed again; what was taken over from a crashed run is
          * left as it was, recorded, for the next start. The state files go too, but only
          * once nothing recorded is left: else it would be forgotten. */
-        if (d.registry)
+        if (d.registry) {
+                /* The FIFOs of rings reclaimed, not taken over, as a start that succeeds sweeps them. */
+                wake_sweep(d.wake, keeps_adopted_wake, d.registry);
                 registry_forget_adopted(d.registry);
+        }
         daemon_done(&d);
         return EXIT_FAILURE;
 }

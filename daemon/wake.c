@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/file.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -61,6 +62,19 @@ static int wake_take(const char *socket_path, bool create, Wake **ret, char *msg
                         "someone else may have made it", path, (unsigned) st.st_uid, (unsigned) (st.st_mode & 07777));
                 close(fd);
                 return -EPERM;
+        }
+        /*
+         * The lock file guards one state directory only: another daemon on
+         * this socket path (another --state-dir) would share the directory.
+         * Held as long as the descriptor (the daemon's life).
+         */
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+                int err = errno == EWOULDBLOCK ? EBUSY : errno;
+
+                msg_set(msg, msg_size, err == EBUSY ? "another shmbrokerd uses %s" : "cannot lock %s: %s", path,
+                        strerror(err));
+                close(fd);
+                return -err;
         }
         /* Clients must reach the FIFOs; a umask may have taken bits off. */
         if (create && (st.st_mode & 0755) != 0755)

@@ -29,9 +29,11 @@ typedef struct Wake Wake;
 /*
  * Make (or take over) the directory SOCKET_PATH.wake, mode 0755. An
  * existing one must be a directory owned by the daemon's uid and writable
- * by nobody else, as only then is every file in it ours. Returns 0 with
+ * by nobody else, as only then is every file in it ours. It is locked
+ * (flock(2)) while *ret lives: -EBUSY when another daemon holds it (one on
+ * the same socket path with another state directory). Returns 0 with
  * *ret, or a negative errno with msg saying why (the daemon then runs
- * without wake-up FIFOs).
+ * without wake-up FIFOs; on -EBUSY it must not start).
  */
 int wake_open(const char *socket_path, Wake **ret, char *msg, size_t msg_size);
 Wake *wake_free(Wake *w);
@@ -39,7 +41,8 @@ Wake *wake_free(Wake *w);
 /*
  * Remove SOCKET_PATH.wake of a dead run (the socket it was made for is no
  * longer ours): every FIFO in it, each signalled first, then the directory.
- * Only a directory wake_open() would take; anything else there keeps it.
+ * Only a directory wake_open() would take, and not one a live daemon
+ * holds; anything else there keeps it.
  */
 void wake_remove_dir(const char *socket_path);
 

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
+#include <sys/shm.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -542,6 +543,74 @@ START_TEST(test_planted_directory_is_left_alone) {
 }
 END_TEST
 
+/*
+ * A second daemon started on the same socket but another state directory
+ * (its own lock, so nothing stops it early) fails: a server listens there.
+ * On its way it must not touch the running daemon's wake-up FIFOs or their
+ * directory: they are not its own.
+ */
+START_TEST(test_failed_second_daemon_leaves_the_fifos) {
+        char dir[400], path[600], state2[400];
+        TestDaemon td2 = td;
+        struct stat before[2], after;
+        shmb_channel *ch;
+        int status = 0;
+
+        snprintf(dir, sizeof dir, "%s.wake", td.socket);
+        for (int i = 0; i < 2; i++) {
+                snprintf(path, sizeof path, "%s/r2.%s", dir, i ? "space" : "data");
+                ck_assert_int_eq(lstat(path, &before[i]), 0);
+        }
+        snprintf(state2, sizeof state2, "%s/state2", td.dir);
+        td2.pid = -1;
+        td2.notify_fd = -1;
+        snprintf(td2.notify, sizeof td2.notify, "%s/notify2", td.dir);
+        snprintf(td2.log, sizeof td2.log, "%s/daemon2.log", td.dir);
+        ck_assert(!test_daemon_start(&td2, &status, "--state-dir", state2, NULL));
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+
+        ck_assert_msg(stat(dir, &after) == 0 && S_ISDIR(after.st_mode), "the running daemon's %s is gone", dir);
+        for (int i = 0; i < 2; i++) {
+                snprintf(path, sizeof path, "%s/r2.%s", dir, i ? "space" : "data");
+                ck_assert_msg(lstat(path, &after) == 0, "%s is gone", path);
+                ck_assert_msg(after.st_ino == before[i].st_ino, "%s was replaced", path);
+        }
+        /* And the running daemon still hands out a working fd. */
+        ch = NULL;
+        ck_assert_int_eq(shmb_open_channel(NULL, "r2", SHMB_RW, &ch), 0);
+        ck_assert_int_ge(shmb_channel_fd(ch), 0);
+        shmb_close(ch);
+}
+END_TEST
+
+/*
+ * A crash, then a start that fails (a fixed key another program holds) with
+ * the rings no longer configured: the start reclaims the killed run's rings
+ * and, having nothing left to record, removes its state files; the rings'
+ * FIFOs (and so their directory) must go with them, or nothing ever removes them.
+ */
+START_TEST(test_failed_restart_removes_the_reclaimed_rings_fifos) {
+        char dir[400], lock[400];
+        struct stat st;
+        int status = 0, foreign;
+
+        test_daemon_kill(&td, SIGKILL);
+        snprintf(dir, sizeof dir, "%s.wake", td.socket);
+        ck_assert_int_eq(stat(dir, &st), 0);
+        foreign = shmget((key_t) 0x4242, 4096, IPC_CREAT | IPC_EXCL | 0600);
+        ck_assert_int_ge(foreign, 0);
+        test_daemon_write_config(&td, "[{\"name\": \"fixed\", \"size\": 4096, \"key\": 16962}]");
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+        ck_assert_int_eq(shmctl(foreign, IPC_RMID, NULL), 0);
+        /* Everything of the killed run's is reclaimed, so its record is gone... */
+        snprintf(lock, sizeof lock, "%s.lock", td.socket);
+        ck_assert_int_ne(lstat(lock, &st), 0);
+        /* ...and so must be the FIFOs of the rings it removed. */
+        ck_assert_msg(lstat(dir, &st) < 0 && errno == ENOENT, "%s (and the removed rings' FIFOs in it) is left", dir);
+}
+END_TEST
+
 /* A process that publishes one message on "news" and stays until released. */
 static pid_t publisher_kid(const char *text) {
         pid_t pid;
@@ -668,14 +737,16 @@ int main(void) {
                                               test_sender_woken_when_a_slot_frees } },
                 { "broker-wakes", CASE_TIMEOUT, { test_removal_wakes_the_waiter, test_removal_marked_before_the_fifo_is_written,
                                                   test_dead_claimer_wakes_the_waiter } },
-                { "restart", CASE_TIMEOUT, { test_wait_survives_a_broker_crash } },
+                { "restart", CASE_TIMEOUT, { test_wait_survives_a_broker_crash,
+                                            test_failed_restart_removes_the_reclaimed_rings_fifos } },
                 { "hostile", CASE_TIMEOUT, { test_fifo_closed_under_the_brokers_write_spares_it } },
                 { "example", CASE_TIMEOUT, { test_poll_example_receives_from_two_rings } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_subscriber_and_publisher_wait_through_the_fd } },
                 { "fifos", CASE_TIMEOUT, { test_fifos_carry_the_channels_rights_and_go_with_it,
                                            test_read_only_class_gets_no_fifo, test_creator_group_gets_the_fifos,
                                            test_raw_and_read_only_handles_have_none,
-                                           test_planted_directory_is_left_alone } },
+                                           test_planted_directory_is_left_alone,
+                                           test_failed_second_daemon_leaves_the_fifos } },
         };
 
         return test_main("channel-fd", groups, ELEMENTSOF(groups), setup, teardown);

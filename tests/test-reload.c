@@ -1151,6 +1151,46 @@ START_TEST(test_files_of_other_daemons_are_left_alone) {
 END_TEST
 
 /*
+ * What a start reclaims of a dead run under its old socket name is that
+ * run's own: when another daemon (another configuration, another state
+ * directory) serves on the old socket path by now, its wake-up FIFOs and
+ * their directory, beside that socket, are not the dead run's to remove.
+ */
+START_TEST(test_previous_run_spares_a_live_daemon_on_its_old_socket) {
+        char state[400], state2[400], fifo[700];
+        TestDaemon live;
+        struct stat st;
+        int status = 0;
+
+        ck_assert_int_lt(snprintf(state, sizeof state, "%s/state", td.dir), (int) sizeof state);
+        ck_assert_int_lt(snprintf(state2, sizeof state2, "%s/state2", td.dir), (int) sizeof state2);
+        test_daemon_write_config(&td, "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4}]");
+        ck_assert_msg(test_daemon_start(&td, &status, "--state-dir", state, NULL), "no start (%d)", status);
+        test_daemon_kill(&td, SIGKILL);
+
+        /* Another daemon now serves on the dead run's socket path, with its own state directory. */
+        other_daemon_init(&live, "live");
+        strcpy(live.socket, td.socket);
+        test_daemon_write_config(&live, "[{\"name\": \"x\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4}]");
+        ck_assert_msg(test_daemon_start(&live, &status, "--state-dir", state2, NULL), "the live daemon did not start (%d)",
+                      status);
+        ck_assert_int_lt(snprintf(fifo, sizeof fifo, "%s.wake/x.data", live.socket), (int) sizeof fifo);
+        ck_assert_int_eq(lstat(fifo, &st), 0);
+
+        /* td's file moves its socket; its restart reclaims the dead run under the old name. */
+        ck_assert_int_lt(snprintf(td.socket, sizeof td.socket, "%s/moved.sock", td.dir), (int) sizeof td.socket);
+        test_daemon_write_config(&td, "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4}]");
+        ck_assert_msg(test_daemon_start(&td, &status, "--state-dir", state, NULL), "no restart (%d)", status);
+        ck_assert_msg(lstat(fifo, &st) == 0 && S_ISFIFO(st.st_mode), "the live daemon's %s was removed", fifo);
+
+        test_daemon_stop_ok(&td);
+        test_daemon_stop_ok(&live);
+        assert_ipcs(0, 0);
+        close(live.notify_fd);
+}
+END_TEST
+
+/*
  * The start-side twin of test_fixed_key_of_kept_channel: "a" got a derived
  * key, the daemon is killed, and the file now fixes that key for a new
  * channel "b". A fresh start with this file derives "a" another key
@@ -1873,7 +1913,8 @@ int main(void) {
                                 test_fixed_key_of_kept_channel, test_socket_changed_then_crash_leaves_nothing,
                                 test_files_of_other_daemons_are_left_alone } },
                 { "restarts", CASE_TIMEOUT, { test_crash_restart_fixed_key_of_adopted_channel,
-                                test_socket_changed_by_symlink_swap_then_crash_leaves_nothing } },
+                                test_socket_changed_by_symlink_swap_then_crash_leaves_nothing,
+                                test_previous_run_spares_a_live_daemon_on_its_old_socket } },
                 { "signals", CASE_TIMEOUT, { test_sighup_during_start_is_not_fatal, test_sigterm_during_start_stops_once_serving,
                                test_sighup_reloads_within_a_second,
                                test_sigterm_after_reloads_removes_everything,
