@@ -128,7 +128,7 @@ static int open_own_file(State *s, const char *dir, const char *name, int flags,
  * old inode just before must not trust its lock: after flock() succeeds,
  * the name has to still be the inode we hold, or we try again.
  */
-static int take_lock(State *s, const char *dir, char *msg, size_t msg_size) {
+static int take_lock(State *s, const char *dir, bool *ret_created, char *msg, size_t msg_size) {
         _cleanup_(freep) char *name = NULL;
         int r;
 
@@ -139,7 +139,7 @@ static int take_lock(State *s, const char *dir, char *msg, size_t msg_size) {
                 _cleanup_(closep) int fd = -1;
                 struct stat a, b;
 
-                r = open_own_file(s, dir, name, O_RDWR, 022, &fd, NULL, msg, msg_size);
+                r = open_own_file(s, dir, name, O_RDWR, 022, &fd, ret_created, msg, msg_size);
                 if (r < 0)
                         return r;
                 if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
@@ -271,7 +271,8 @@ bad:
 }
 
 int state_open(const char *dir, const char *name, State **ret, char *msg, size_t msg_size) {
-        _cleanup_(freep) char *state_name = NULL;
+        _cleanup_(freep) char *state_name = NULL, *lock_name = NULL;
+        bool lock_created = false;
         State *s;
         int r;
 
@@ -283,7 +284,8 @@ int state_open(const char *dir, const char *name, State **ret, char *msg, size_t
         s->lock_path = strprintf("%s/%s.lock", dir, name);
         s->path = strprintf("%s/%s.state", dir, name);
         state_name = strprintf("%s.state", name);
-        if (!s->name || !s->lock_path || !s->path || !state_name) {
+        lock_name = strprintf("%s.lock", name);
+        if (!s->name || !s->lock_path || !s->path || !state_name || !lock_name) {
                 msg_set(msg, msg_size, "out of memory");
                 r = -ENOMEM;
                 goto fail;
@@ -298,17 +300,21 @@ int state_open(const char *dir, const char *name, State **ret, char *msg, size_t
         r = check_fd(s->dir_fd, dir, NULL, true, 022, msg, msg_size);
         if (r < 0)
                 goto fail;
-        r = take_lock(s, dir, msg, msg_size);
+        r = take_lock(s, dir, &lock_created, msg, msg_size);
         if (r < 0)
                 goto fail;
         r = load_secret(s, dir, msg, msg_size);
         if (r < 0)
-                goto fail;
+                goto fail_lock;
         r = open_own_file(s, dir, state_name, O_RDWR | O_APPEND, 022, &s->fd, NULL, msg, msg_size);
         if (r < 0)
-                goto fail;
+                goto fail_lock;
         *ret = s;
         return 0;
+fail_lock:
+        /* Made by this start, still held: it goes. One a crashed run left stays (it names that run's config). */
+        if (lock_created)
+                (void) unlinkat(s->dir_fd, lock_name, 0);
 fail:
         state_free(s);
         return r;

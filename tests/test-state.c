@@ -390,6 +390,28 @@ START_TEST(test_secret_checks) {
 }
 END_TEST
 
+/* A start refused over its secret or its state file leaves no lock behind (the lock is removed on a clean stop). */
+START_TEST(test_refused_start_leaves_no_lock) {
+        char secret[400], state[400], lock[400];
+        struct stat st;
+
+        test_daemon_write_config(&td, one_channel);
+        state_file_path(secret, sizeof secret, "secret");
+        state_file_path(state, sizeof state, "state");
+        state_file_path(lock, sizeof lock, "lock");
+
+        write_file(secret, "not hex\n", 0600, 0);
+        assert_start_refused(secret, "hex digits");
+        ck_assert_msg(lstat(lock, &st) < 0 && errno == ENOENT, "a refused start left %s", lock);
+        ck_assert_int_eq(unlink(secret), 0);
+
+        ck_assert_int_eq(mkfifo(state, 0600), 0);
+        assert_start_refused(state, "is not a regular file");
+        ck_assert_msg(lstat(lock, &st) < 0 && errno == ENOENT, "a refused start left %s", lock);
+        ck_assert_int_eq(unlink(state), 0);
+}
+END_TEST
+
 /* --state-dir: the files go there (made 0700 when missing), none beside the socket. */
 START_TEST(test_state_dir_option) {
         char dir[300], path[400];
@@ -595,7 +617,7 @@ int main(void) {
                     test_foreign_state_dir_refused, test_fifo_state_refused, test_symlinks_refused,
                     test_planted_state_new_not_used } },
                 { "forged", CASE_TIMEOUT, { test_forged_records_spare_foreign_objects, test_set_older_than_its_record_spared } },
-                { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_secret_checks, test_state_dir_option,
+                { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_secret_checks, test_refused_start_leaves_no_lock, test_state_dir_option,
                            test_runtime_directory_default } },
                 { "crash", CASE_TIMEOUT, { test_reload_killed_at_each_state_write_leaves_nothing,
                                            test_start_killed_at_each_state_write_leaves_nothing } },
