@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
 #include <sys/resource.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
@@ -243,94 +244,58 @@ END_TEST
 /*
  * A client blocked in recv() for its answer is woken once, by the answer:
  * taking its request off the socket frees its send buffer, which wakes
- * every sleeper on the socket (unix_write_space()), so the daemon takes it
- * only after answering. The daemon is stopped while the client goes to
- * sleep, and its answer (status of 300 channels) takes long enough that a
- * client woken by the read would run and sleep again before its first
- * byte, which is all the client waits for here. (On a machine too busy to
- * run the woken client within those milliseconds, a daemon that reads
- * first could still pass: this can miss the fault, never invent it.)
+ * every sleeper on the socket (unix_write_space()), so the daemon must take
+ * it only after answering. Shown by the order of the daemon's system calls
+ * on the connection, traced: a take (a recv() without MSG_PEEK, or a
+ * read()) before the first send is the fault. Timing plays no part.
  */
-typedef struct {
-        int fd;
-        pid_t tid;
-        volatile bool sending;
-        long switches;
-        char *line;
-} Sleeper;
-
-static void *sleeper_main(void *userdata) {
-        static const char req[] = "{\"op\":\"status\"}\n";
-        Sleeper *s = userdata;
-        struct timeval timeout = { .tv_sec = 10 };
-        struct rusage before, after;
-        char first;
-
-        s->tid = (pid_t) syscall(SYS_gettid);
-        ck_assert_int_eq(send(s->fd, req, sizeof req - 1, MSG_NOSIGNAL), (ssize_t) sizeof req - 1);
-        ck_assert_int_eq(setsockopt(s->fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout), 0);
-        ck_assert_int_eq(getrusage(RUSAGE_THREAD, &before), 0);
-        __atomic_store_n(&s->sending, true, __ATOMIC_RELEASE);
-        /* A blocking recv() as the library's (test_read_line() polls, which that wake-up passes by). */
-        ck_assert_int_eq(recv(s->fd, &first, 1, MSG_PEEK), 1);
-        ck_assert_int_eq(getrusage(RUSAGE_THREAD, &after), 0);
-        s->switches = after.ru_nvcsw - before.ru_nvcsw;
-        s->line = test_read_line(s->fd);
-        return NULL;
-}
-
 START_TEST(test_client_waiting_for_its_answer_is_woken_once) {
-        Sleeper s = {};
-        pthread_t thread;
-        size_t len = 0, cap = 64 * 1024;
-        char *channels = malloc(cap);
+        static const char req[] = "{\"op\":\"status\"}\n";
+        bool answered = false, taken_first = false;
+        long conn = -1;
         json_t *resp;
-        int64_t deadline;
+        char *line;
+        int fd;
 
-        ck_assert_ptr_nonnull(channels);
-        len += (size_t) snprintf(channels + len, cap - len, "[");
-        for (int i = 0; i < 300; i++)
-                len += (size_t) snprintf(channels + len, cap - len, "%s{\"name\": \"c%d\", \"size\": 4096}", i ? "," : "", i);
-        snprintf(channels + len, cap - len, "]");
-        test_daemon_write_config(&td, channels);
-        free(channels);
+        test_daemon_write_config(&td, two_channels);
         test_start_ok();
-        s.fd = test_connect(td.socket);
-        resp = test_request(s.fd, "{\"op\":\"hello\",\"version\":1}");
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"hello\",\"version\":1}");
         test_assert_ok(resp);
         json_decref(resp);
-        /*
-         * Accepted, answered, and the hello taken off the socket (the daemon
-         * takes it after answering): otherwise a stop between the two would
-         * leave that take to wake the sleeper below first.
-         */
-        for (deadline = test_now_ms() + 5000;; usleep(1000)) {
-                int queued;
 
-                ck_assert_int_eq(ioctl(s.fd, SIOCOUTQ, &queued), 0);
-                if (queued == 0)
-                        break;
-                ck_assert_msg(test_now_ms() < deadline, "the daemon did not take the hello");
+        test_daemon_trace(&td);
+        test_send(fd, req, sizeof req - 1);
+        while (!answered) {
+                struct __ptrace_syscall_info info;
+                uint64_t nr, *a;
+
+                ck_assert(test_next_syscall_stop(td.pid));
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+                if (info.op != PTRACE_SYSCALL_INFO_ENTRY)
+                        continue;
+                nr = info.entry.nr;
+                a = info.entry.args;
+                /* The connection is the socket of the daemon's first peek: it has no other client. */
+                if (conn < 0 && nr == SYS_recvfrom && (a[3] & MSG_PEEK))
+                        conn = (long) a[0];
+                if (conn < 0 || (long) a[0] != conn)
+                        continue;
+                if (nr == SYS_sendto || nr == SYS_sendmsg || nr == SYS_write)
+                        answered = true;
+                else if ((nr == SYS_recvfrom && !(a[3] & MSG_PEEK)) || (nr == SYS_recvmsg && !(a[2] & MSG_PEEK)) ||
+                         nr == SYS_read)
+                        taken_first = true;
         }
-
-        ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
-        for (deadline = test_now_ms() + 5000; test_task_state(td.pid, 0) != 'T'; usleep(1000))
-                ck_assert_msg(test_now_ms() < deadline, "the daemon did not stop");
-        ck_assert_int_eq(pthread_create(&thread, NULL, sleeper_main, &s), 0);
-        /* After its send, the only sleep the client has is the recv() for its answer. */
-        for (deadline = test_now_ms() + 5000;
-             !__atomic_load_n(&s.sending, __ATOMIC_ACQUIRE) || test_task_state(getpid(), s.tid) != 'S'; usleep(1000))
-                ck_assert_msg(test_now_ms() < deadline, "the client did not go to sleep");
-        ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
-        ck_assert_int_eq(pthread_join(thread, NULL), 0);
-
-        resp = json_loads(s.line, 0, NULL);
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        line = test_read_line(fd);
+        resp = json_loads(line, 0, NULL);
         test_assert_ok(resp);
-        ck_assert_uint_eq(json_array_size(json_object_get(resp, "channels")), 300);
         json_decref(resp);
-        free(s.line);
-        ck_assert_msg(s.switches == 1, "the client slept %ld times waiting for one answer", s.switches);
-        close(s.fd);
+        free(line);
+        ck_assert_msg(!taken_first, "the daemon took the request off the socket before it answered: a wake-up for "
+                                    "nothing of a client blocked in recv()");
+        close(fd);
 }
 END_TEST
 
