@@ -140,8 +140,23 @@ static __attribute__((noinline, cold)) void wake_waiters(BcastHandle *b, uint32_
                 (void) syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
         }
 #ifndef SHMB_NO_CHANNEL_FD
-        if (bits & RING_SLEEP_FD)
-                channel_wake_signal(b->ch, dir, sleeping);
+        if (!(bits & RING_SLEEP_FD))
+                return;
+        /* Each subscriber that waits on its own FIFO: its flag is taken as the channel's was, one byte each. */
+        for (uint32_t i = 0; dir == WAKE_DATA && i < b->subscribers; i++) {
+                BcastCursor *cur = bcast_cursor_at(b->t, i);
+
+                if (!(LOAD(&cur->sleeping, SEQ) & RING_SLEEP_FD) ||
+                    !(__atomic_exchange_n(&cur->sleeping, 0, SEQ) & RING_SLEEP_FD))
+                        continue;
+                if (!channel_wake_signal_sub(b->ch, i, b->subscribers)) {
+                        /* Out of our reach: left for a waker that can reach it. */
+                        __atomic_fetch_or(&cur->sleeping, (uint32_t) RING_SLEEP_FD, SEQ);
+                        __atomic_fetch_or(sleeping, (uint32_t) RING_SLEEP_FD, SEQ);
+                }
+        }
+        /* And the channel's FIFO: publishers waiting for a lap, subscribers with no FIFO of their own. */
+        channel_wake_signal(b->ch, dir, sleeping);
 #else
         (void) b;
         (void) dir;
@@ -157,19 +172,30 @@ static inline void notify(BcastHandle *b, uint32_t *word, uint32_t *sleeping, un
 /*
  * A caller that will not wait is about to get -EAGAIN: if it polls the fd
  * of shmb_channel_fd(), empty the side's FIFO, raise RING_SLEEP_FD and let
- * the caller look again (the ring's poll_wait()). true: it armed.
+ * the caller look again (the ring's poll_wait()). A subscriber with a
+ * cursor waits on its own FIFO: the bit goes into its cursor first (cur),
+ * then the channel's flag. The side armed (WAKE_OWN: nobody else waits on
+ * that FIFO), or -1: not armed.
  */
-static bool arm_fd(BcastHandle *b, uint32_t *sleeping, unsigned dir) {
+static int arm_fd(BcastHandle *b, uint32_t *sleeping, unsigned dir, BcastCursor *cur) {
 #ifdef SHMB_NO_CHANNEL_FD
         (void) b;
         (void) sleeping;
         (void) dir;
-        return false;
+        (void) cur;
+        return -1;
 #else
-        if (channel_wake_arm(b->ch, dir) < 0)
-                return false;
+        int armed;
+
+        if (cur && dir == WAKE_DATA && channel_wake_own_ready(b->ch))
+                dir = WAKE_OWN;
+        armed = channel_wake_arm(b->ch, dir);
+        if (armed < 0)
+                return -1;
+        if (armed == WAKE_OWN)
+                __atomic_fetch_or(&cur->sleeping, (uint32_t) RING_SLEEP_FD, SEQ);
         __atomic_fetch_or(sleeping, (uint32_t) RING_SLEEP_FD, SEQ);
-        return true;
+        return armed;
 #endif
 }
 
@@ -229,6 +255,12 @@ static bool spin_for(shmb_channel *ch, const BcastHandle *b, const uint64_t *seq
         return false;
 }
 
+static BcastCursor *my_cursor(const BcastHandle *b) {
+        uint32_t i = LOAD(&b->reg_index, RLX);
+
+        return i == NO_CURSOR ? NULL : bcast_cursor_at(b->t, i);
+}
+
 /*
  * Wait until the slot's seq moves on from `seen` (a publish, a skip, or a
  * repair), sleeping on data_seq with sub_sleeping raised: 0 to look again,
@@ -240,14 +272,19 @@ static int wait_slot(shmb_channel *ch, BcastHandle *b, Wait *w, BcastSlot *slot,
         int r = 0;
 
         if (w->timeout_ms == 0) {
+                int armed;
+
                 cpu_relax();
-                if (!arm_fd(b, &b->t->sub_sleeping, WAKE_DATA))
-                        return -EAGAIN;
                 /* A subscriber about to wait in an event loop tells block-mode publishers where it is. */
                 if (before_sleep)
                         before_sleep(ch, b);
+                armed = arm_fd(b, &b->t->sub_sleeping, WAKE_DATA, b->subscriber ? my_cursor(b) : NULL);
+                if (armed < 0)
+                        return -EAGAIN;
                 if (LOAD(&slot->seq, SEQ) != seen || removed_seq(b)) {
-                        channel_wake_pass_on(ch, WAKE_DATA);
+                        /* Emptying a FIFO that others wait on may have taken their wake-up. */
+                        if (armed != WAKE_OWN)
+                                channel_wake_pass_on(ch, (unsigned) armed);
                         return 0;
                 }
                 return -EAGAIN;
@@ -269,12 +306,6 @@ static int wait_slot(shmb_channel *ch, BcastHandle *b, Wait *w, BcastSlot *slot,
 }
 
 /* ---- subscribers ---- */
-
-static BcastCursor *my_cursor(const BcastHandle *b) {
-        uint32_t i = LOAD(&b->reg_index, RLX);
-
-        return i == NO_CURSOR ? NULL : bcast_cursor_at(b->t, i);
-}
 
 /*
  * Tell the publishers where this subscriber is: a release store after the
@@ -308,8 +339,14 @@ static void sub_register(shmb_channel *ch, BcastHandle *b, bool first) {
         STORE(&b->reg_token, token, RLX);
         if (index == UINT32_MAX || bcast_token_dead(b->subs, b->subscribers, token)) {
                 STORE(&b->reg_index, NO_CURSOR, RLX);
+#ifndef SHMB_NO_CHANNEL_FD
+                channel_wake_set_own(ch, UINT32_MAX);
+#endif
                 return;
         }
+#ifndef SHMB_NO_CHANNEL_FD
+        channel_wake_set_own(ch, index);
+#endif
         cur = bcast_cursor_at(b->t, index);
         if (first)
                 STORE(&b->cursor, LOAD(&b->h->head, SEQ), SEQ);
@@ -554,7 +591,7 @@ static int wait_space(BcastHandle *b, uint64_t pos, Wait *w) {
         if (pos < limit)
                 return 0;
         if (w->timeout_ms == 0) {
-                if (!arm_fd(b, &b->t->pub_sleeping, WAKE_SPACE))
+                if (arm_fd(b, &b->t->pub_sleeping, WAKE_SPACE, NULL) < 0)
                         return -EAGAIN;
                 limit = slowest(b, LOAD(&b->h->head, SEQ)) + b->n;
                 STORE(&b->limit, limit, RLX);

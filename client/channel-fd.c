@@ -25,6 +25,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -44,10 +47,11 @@ int channel_wake_new(shmb_channel *ch, char *paths[2]) {
                 return -ENOMEM;
         }
         pthread_mutex_init(&w->lock, NULL);
-        for (unsigned i = 0; i < 2; i++) {
-                w->path[i] = paths[i];
+        for (unsigned i = 0; i < WAKE_FIFOS; i++) {
+                w->path[i] = i < 2 ? paths[i] : NULL;
                 w->fd[i] = -1;
         }
+        w->own_index = UINT32_MAX;
         w->poll_fd = w->kick_fd = w->poll_dir = -1;
         ch->wake = w;
         return 0;
@@ -86,11 +90,15 @@ void channel_wake_free(shmb_channel *ch) {
 
         if (!w)
                 return;
-        for (unsigned i = 0; i < 2; i++) {
+        for (unsigned i = 0; i < WAKE_FIFOS; i++) {
                 if (w->fd[i] >= 0)
                         close(w->fd[i]);
                 free(w->path[i]);
         }
+        for (uint32_t i = 0; i < w->n_sub_fds; i++)
+                if (w->sub_fds[i] >= 0)
+                        close(w->sub_fds[i]);
+        free(w->sub_fds);
         if (w->poll_fd >= 0)
                 close(w->poll_fd);
         if (w->kick_fd >= 0)
@@ -110,6 +118,8 @@ static int open_fifo(ChannelWake *w, unsigned dir) {
 
         if (w->fd[dir] >= 0)
                 return 0;
+        if (!w->path[dir])
+                return -ENOENT;
         fd = open(w->path[dir], O_RDWR | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
                 return -errno;
@@ -160,6 +170,9 @@ int channel_wake_arm(shmb_channel *ch, unsigned dir) {
         if (!w || __atomic_load_n(&w->poll_fd, __ATOMIC_ACQUIRE) < 0)
                 return -EAGAIN;
         pthread_mutex_lock(&w->lock);
+        /* A subscriber's own FIFO that went meanwhile (another cursor, none opened yet): the channel's. */
+        if (dir == WAKE_OWN && w->fd[WAKE_OWN] < 0)
+                dir = WAKE_DATA;
         if (w->poll_dir != (int) dir) {
                 struct epoll_event ev = { .events = EPOLLIN };
 
@@ -180,11 +193,81 @@ int channel_wake_arm(shmb_channel *ch, unsigned dir) {
         if (r == 0)
                 drain(w->fd[dir]);
         pthread_mutex_unlock(&w->lock);
-        return r;
+        return r < 0 ? r : (int) dir;
 }
 
 void channel_wake_pass_on(shmb_channel *ch, unsigned dir) {
         (void) write(ch->wake->fd[dir], "", 1);
+}
+
+void channel_wake_set_own(shmb_channel *ch, uint32_t index) {
+        ChannelWake *w = ch->wake;
+        char *path = NULL;
+        int fd;
+
+        if (!w || __atomic_load_n(&w->own_index, __ATOMIC_ACQUIRE) == index)
+                return;
+        pthread_mutex_lock(&w->lock);
+        if (index != UINT32_MAX)
+                path = strprintf("%s.%" PRIu32, w->path[WAKE_DATA], index);
+        fd = w->fd[WAKE_OWN];
+        if (fd >= 0) {
+                /* The fd stops watching the old one: the next wait points it at the new one. */
+                if (w->poll_dir == WAKE_OWN) {
+                        (void) epoll_ctl(w->poll_fd, EPOLL_CTL_DEL, fd, NULL);
+                        w->poll_dir = -1;
+                }
+                __atomic_store_n(&w->fd[WAKE_OWN], -1, __ATOMIC_RELEASE);
+                close(fd);
+        }
+        free(w->path[WAKE_OWN]);
+        w->path[WAKE_OWN] = path;
+        w->unusable[WAKE_OWN] = false;
+        /* Opened now if an fd was asked for already: a wait never opens a file. */
+        if (path && w->poll_fd >= 0 && open_fifo(w, WAKE_OWN) < 0)
+                w->unusable[WAKE_OWN] = true;
+        __atomic_store_n(&w->own_index, index, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&w->lock);
+}
+
+bool channel_wake_own_ready(shmb_channel *ch) {
+        ChannelWake *w = ch->wake;
+
+        return w && __atomic_load_n(&w->fd[WAKE_OWN], __ATOMIC_ACQUIRE) >= 0;
+}
+
+bool channel_wake_signal_sub(shmb_channel *ch, uint32_t index, uint32_t n) {
+        ChannelWake *w = ch->wake;
+        char path[PATH_MAX];
+        int fd = -1;
+
+        if (!w || index >= n)
+                return false;
+        pthread_mutex_lock(&w->lock);
+        if (!w->sub_fds) {
+                w->sub_fds = malloc(n * sizeof *w->sub_fds);
+                for (uint32_t i = 0; w->sub_fds && i < n; i++)
+                        w->sub_fds[i] = -1;
+                w->n_sub_fds = w->sub_fds ? n : 0;
+        }
+        if (index < w->n_sub_fds) {
+                fd = w->sub_fds[index];
+                /* Read and write, as the others: the open neither blocks nor fails for want of a reader. */
+                if (fd < 0 && snprintf(path, sizeof path, "%s.%" PRIu32, w->path[WAKE_DATA], index) < (int) sizeof path) {
+                        fd = open(path, O_RDWR | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+                        if (fd >= 0 && !is_fifo(fd)) {
+                                close(fd);
+                                fd = -1;
+                        }
+                        w->sub_fds[index] = fd;
+                }
+        }
+        pthread_mutex_unlock(&w->lock);
+        if (fd < 0)
+                return false;
+        /* EAGAIN: full of wake-ups already. */
+        (void) write(fd, "", 1);
+        return true;
 }
 
 int shmb_channel_fd(shmb_channel *ch) {
@@ -213,6 +296,9 @@ int shmb_channel_fd(shmb_channel *ch) {
                 r = open_fifo(w, i);
         if (r < 0)
                 goto done;
+        /* A subscriber's own: without it (its name is out of reach) it waits on the channel's, as before. */
+        if (w->path[WAKE_OWN] && open_fifo(w, WAKE_OWN) < 0)
+                w->unusable[WAKE_OWN] = true;
         w->kick_fd = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);
         if (w->kick_fd < 0) {
                 r = -errno;

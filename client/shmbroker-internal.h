@@ -93,6 +93,8 @@ struct shmb_client {
 enum {
         WAKE_DATA,              /* a receiver: a message may be there */
         WAKE_SPACE,             /* a sender: a slot may be free */
+        WAKE_OWN,               /* a broadcast subscriber: a message may be there, on its own FIFO */
+        WAKE_FIFOS,
 };
 
 /*
@@ -103,9 +105,12 @@ enum {
  */
 typedef struct ChannelWake {
         pthread_mutex_t lock;           /* over the fields below but fd[] reads */
-        char *path[2];
-        int fd[2];                      /* opened on first need (atomic loads); -1: not yet */
-        bool unusable[2];               /* opening failed: do not try on every message */
+        char *path[WAKE_FIFOS];         /* WAKE_OWN's: NULL but for a subscriber with a cursor */
+        int fd[WAKE_FIFOS];             /* opened on first need (atomic loads); -1: not yet */
+        bool unusable[WAKE_FIFOS];      /* opening failed: do not try on every message */
+        uint32_t own_index;             /* the cursor whose FIFO path[WAKE_OWN] is */
+        int *sub_fds;                   /* a publisher's: subscriber i's FIFO, opened on first need; -1 */
+        uint32_t n_sub_fds;
         int poll_fd;                    /* the epoll instance shmb_channel_fd() hands out; -1: none yet */
         int kick_fd;                    /* an eventfd keeping poll_fd readable until the first wait */
         int poll_dir;                   /* the FIFO poll_fd watches: WAKE_*; -1: none yet */
@@ -234,12 +239,26 @@ void channel_wake_signal(shmb_channel *ch, unsigned dir, uint32_t *sleeping);
 /*
  * A caller of shmb_channel_fd() is about to get -EAGAIN on side dir: point
  * the fd at that side's FIFO and empty it. Then the caller raises
- * RING_SLEEP_FD and looks once more. Returns 0, or -EAGAIN when nobody
- * asked for an fd (the plain -EAGAIN).
+ * RING_SLEEP_FD and looks once more. Returns the side it armed (WAKE_OWN
+ * may turn into WAKE_DATA, when the subscriber has no FIFO of its own), or
+ * -EAGAIN when nobody asked for an fd (the plain -EAGAIN).
  */
 int channel_wake_arm(shmb_channel *ch, unsigned dir);
 /* The caller armed, then found the slot changed: pass the wake-up on to other waiters. */
 void channel_wake_pass_on(shmb_channel *ch, unsigned dir);
+/*
+ * A broadcast subscriber's cursor is index now (UINT32_MAX: it has none):
+ * its own FIFO (WAKE_OWN) is that cursor's. Whether it can wait on it:
+ * channel_wake_own_ready().
+ */
+void channel_wake_set_own(shmb_channel *ch, uint32_t index);
+bool channel_wake_own_ready(shmb_channel *ch);
+/*
+ * A publisher took RING_SLEEP_FD from cursor index's flag: write that
+ * subscriber's FIFO (n: the channel's subscribers). false: it cannot be
+ * reached from here (the caller leaves the bit for a waker that can).
+ */
+bool channel_wake_signal_sub(shmb_channel *ch, uint32_t index, uint32_t n);
 
 /*
  * How many semaphores at the start of a channel's set its layout keeps for

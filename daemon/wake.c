@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <linux/posix_acl.h>
 #include <linux/posix_acl_xattr.h>
@@ -127,6 +128,31 @@ static int fifo_name(const char *name, unsigned i, char *buf, size_t size) {
         return n < 0 || (size_t) n >= size ? -ENAMETOOLONG : 0;
 }
 
+/* Subscriber i's own FIFO of broadcast channel name: NAME.data.I (proto/broadcast.h). */
+static int sub_fifo_name(const char *name, uint32_t i, char *buf, size_t size) {
+        int n = snprintf(buf, size, "%s%s.%" PRIu32, name, suffixes[0], i);
+
+        return n < 0 || (size_t) n >= size ? -ENAMETOOLONG : 0;
+}
+
+/*
+ * Whether file is a subscriber's FIFO (NAME.data.DIGITS), with NAME into
+ * name. Unambiguous: every other FIFO's name ends in .data or .space.
+ */
+static bool sub_fifo_channel(const char *file, char *name, size_t size) {
+        const char *dot = strrchr(file, '.');
+        size_t sl = strlen(suffixes[0]), len;
+
+        if (!dot || !dot[1] || strspn(dot + 1, "0123456789") != strlen(dot + 1))
+                return false;
+        len = (size_t) (dot - file);
+        if (len <= sl || strncmp(dot - sl, suffixes[0], sl) != 0 || len - sl >= size)
+                return false;
+        memcpy(name, file, len - sl);
+        name[len - sl] = '\0';
+        return true;
+}
+
 static void signal_one(const Wake *w, const char *file) {
         /* O_NONBLOCK: ENXIO at once when nobody has it open for reading, i.e. nobody waits. */
         int fd = openat(w->dirfd, file, O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
@@ -145,6 +171,37 @@ static int is_fifo(const Wake *w, const char *file) {
         if (fstatat(w->dirfd, file, &st, AT_SYMLINK_NOFOLLOW) < 0)
                 return errno == ENOENT ? 0 : -errno;
         return S_ISFIFO(st.st_mode);
+}
+
+static void remove_one(const Wake *w, const char *file) {
+        signal_one(w, file);
+        (void) unlinkat(w->dirfd, file, 0);
+}
+
+/*
+ * fn on every subscriber FIFO of channel name in the directory, found by
+ * name: as many as the channel had when they were made, whatever it has now.
+ */
+static void for_each_sub_fifo(const Wake *w, const char *name, void (*fn)(const Wake *w, const char *file)) {
+        DIR *d;
+        int fd = dup(w->dirfd);
+
+        if (fd < 0)
+                return;
+        d = fdopendir(fd);
+        if (!d) {
+                close(fd);
+                return;
+        }
+        rewinddir(d);
+        for (struct dirent *de; (de = readdir(d));) {
+                char channel[NAME_MAX + 1];
+
+                if (sub_fifo_channel(de->d_name, channel, sizeof channel) && streq(channel, name) &&
+                    is_fifo(w, de->d_name) == 1)
+                        fn(w, de->d_name);
+        }
+        closedir(d);
 }
 
 /*
@@ -237,29 +294,44 @@ static int set_perms(const Wake *w, const char *file, const ChannelSpec *s) {
         return r;
 }
 
+/* Make (or with keep, take as it is) our FIFO at file, with s's grants. */
+static int make_one(Wake *w, const char *file, const ChannelSpec *s, bool keep) {
+        int r = is_fifo(w, file);
+
+        if (r < 0)
+                return r;
+        if (r == 0 || !keep) {
+                if (r > 0)
+                        signal_one(w, file);
+                if (unlinkat(w->dirfd, file, 0) < 0 && errno != ENOENT)
+                        return -errno;
+                /* 0600 until it has the channel's owner: nobody opens it in between. */
+                if (mknodat(w->dirfd, file, S_IFIFO | 0600, 0) < 0)
+                        return -errno;
+        }
+        return set_perms(w, file, s);
+}
+
 int wake_make(Wake *w, const ChannelSpec *s, bool keep) {
         char file[NAME_MAX + 1];
         int r;
 
         if (!w)
                 return 0;
+        /* A channel made anew: the subscriber FIFOs of what had the name go, however many it had. */
+        if (!keep)
+                for_each_sub_fifo(w, s->name, remove_one);
+        for (uint32_t i = 0; s->layout == PROTO_LAYOUT_BROADCAST && i < s->subscribers; i++) {
+                r = sub_fifo_name(s->name, i, file, sizeof file);
+                if (r == 0)
+                        r = make_one(w, file, s, keep);
+                if (r < 0)
+                        return r;
+        }
         for (unsigned i = 0; i < 2; i++) {
                 r = fifo_name(s->name, i, file, sizeof file);
-                if (r < 0)
-                        return r;
-                r = is_fifo(w, file);
-                if (r < 0)
-                        return r;
-                if (r == 0 || !keep) {
-                        if (r > 0)
-                                signal_one(w, file);
-                        if (unlinkat(w->dirfd, file, 0) < 0 && errno != ENOENT)
-                                return -errno;
-                        /* 0600 until it has the channel's owner: nobody opens it in between. */
-                        if (mknodat(w->dirfd, file, S_IFIFO | 0600, 0) < 0)
-                                return -errno;
-                }
-                r = set_perms(w, file, s);
+                if (r == 0)
+                        r = make_one(w, file, s, keep);
                 if (r < 0)
                         return r;
         }
@@ -279,6 +351,13 @@ int wake_set_perms(Wake *w, const ChannelSpec *s) {
                 if (r < 0)
                         return r;
         }
+        for (uint32_t i = 0; s->layout == PROTO_LAYOUT_BROADCAST && i < s->subscribers; i++) {
+                r = sub_fifo_name(s->name, i, file, sizeof file);
+                if (r == 0)
+                        r = set_perms(w, file, s);
+                if (r < 0)
+                        return r;
+        }
         return 0;
 }
 
@@ -290,6 +369,7 @@ void wake_signal(const Wake *w, const char *name) {
         for (unsigned i = 0; i < 2; i++)
                 if (fifo_name(name, i, file, sizeof file) == 0)
                         signal_one(w, file);
+        for_each_sub_fifo(w, name, signal_one);
 }
 
 void wake_remove(Wake *w, const char *name) {
@@ -298,10 +378,9 @@ void wake_remove(Wake *w, const char *name) {
         if (!w)
                 return;
         for (unsigned i = 0; i < 2; i++)
-                if (fifo_name(name, i, file, sizeof file) == 0) {
-                        signal_one(w, file);
-                        (void) unlinkat(w->dirfd, file, 0);
-                }
+                if (fifo_name(name, i, file, sizeof file) == 0)
+                        remove_one(w, file);
+        for_each_sub_fifo(w, name, remove_one);
 }
 
 void wake_sweep(Wake *w, bool (*keep)(const char *name, void *userdata), void *userdata) {
@@ -326,6 +405,8 @@ void wake_sweep(Wake *w, bool (*keep)(const char *name, void *userdata), void *u
 
                 if (is_fifo(w, de->d_name) != 1)
                         continue;
+                if (sub_fifo_channel(de->d_name, name, sizeof name))
+                        ours = keep(name, userdata);
                 for (unsigned i = 0; i < 2 && !ours; i++) {
                         size_t sl = strlen(suffixes[i]);
 

@@ -47,7 +47,10 @@ Wake *wake_free(Wake *w);
 void wake_remove_dir(const char *socket_path);
 
 /*
- * Give channel s its two FIFOs, granted to whoever takes part in the ring
+ * Give channel s its two FIFOs (a broadcast channel also one per cursor,
+ * NAME.data.I, which the subscriber of cursor I alone waits on: the
+ * channel's would let one subscriber empty the byte written for another),
+ * granted to whoever takes part in the ring
  * as the kernel grants the ring itself: its owner, group and mode, read
  * and write together (a broadcast channel's readers write too), and for a
  * System V channel the daemon's own group, its creator group, as well.

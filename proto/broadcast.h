@@ -169,7 +169,17 @@
  *   wakes all: one wake per sleep, as in the ring. A block-mode publisher
  *   waiting for space sleeps on `space_seq` after raising `pub_sleeping`
  *   (both in the table); a subscriber that moved its cursor reads the flag
- *   the same way. Futex waits on a read-only mapping are allowed (FUTEX_WAIT
+ *   the same way. An event loop's subscriber waits on a FIFO of its own,
+ *   NAME.data.I for cursor I (the broker makes one per cursor), not the
+ *   channel's: subscribers do not wait for the same thing (each has its own
+ *   position), so one that empties a shared FIFO at its wait may swallow
+ *   the byte another one needs. It raises RING_SLEEP_FD in its cursor's
+ *   `sleeping`, then in `sub_sleeping`, then looks again; a publisher that
+ *   takes RING_SLEEP_FD from `sub_sleeping` exchanges every cursor's
+ *   `sleeping` for 0 and writes a byte into the FIFO of each that had the
+ *   bit, and one into the channel's data FIFO, where a publisher waiting
+ *   for the lap before (or a subscriber that can reach no FIFO of its own)
+ *   waits. Futex waits on a read-only mapping are allowed (FUTEX_WAIT
  *   only reads the word). Sleeps are bounded: BCAST_REPAIR_POLL_MS while a
  *   claim or a subscriber may be dead, BCAST_POLL_MS otherwise (a flag
  *   cleared by someone else costs at most that). A subscriber rewrites its
@@ -195,11 +205,16 @@
 #define BCAST_MAGIC UINT32_C(0x42424d53)        /* "SMBB" little-endian */
 #define BCAST_TABLE_MAGIC UINT32_C(0x54424d53)  /* "SMBT" */
 /*
- * 1: the only version. Its first builds raised the sleeping flags by
- *    storing 1 (any non-zero value a futex sleeper); the bit sets
- *    (RING_SLEEP_*) came with shmb_channel_fd() under the same number.
+ * 1: its first builds raised the sleeping flags by storing 1 (any
+ *    non-zero value a futex sleeper); the bit sets (RING_SLEEP_*) came with
+ *    shmb_channel_fd() under the same number.
+ * 2: a subscriber that waits in an event loop waits on a FIFO of its own,
+ *    flagged in its cursor's `sleeping` (reserved, 0, in 1): with one FIFO
+ *    for all, a subscriber that caught up emptied the byte written for
+ *    another. A publisher of 1 would not write these FIFOs, hence the new
+ *    number.
  */
-#define BCAST_VERSION 1
+#define BCAST_VERSION 2
 #define BCAST_HEADER_SIZE 512
 #define BCAST_PUBLISHERS RING_HOLDERS           /* rw openers at once; more are refused (EUSERS) */
 #define BCAST_SUBSCRIBERS_MAX RING_HOLDERS      /* the largest "subscribers" */
@@ -272,7 +287,7 @@ typedef struct BcastTable {
 typedef struct BcastCursor {
         uint64_t position;              /* the next position it reads */
         uint32_t token;                 /* its token while it is subscribed; 0: nobody */
-        uint32_t reserved;
+        uint32_t sleeping;              /* RING_SLEEP_FD: it waits on its own FIFO; cleared by the waker */
         uint64_t dropped;               /* what it lost so far (drop mode), for status */
 } BcastCursor;
 
@@ -295,7 +310,8 @@ _Static_assert(offsetof(BcastHeader, state) == 28 && offsetof(BcastHeader, subsc
                offsetof(BcastHeader, table_size) == 60 && offsetof(BcastHeader, head) == 64 &&
                offsetof(BcastHeader, data_seq) == 128 && offsetof(BcastTable, sub_sleeping) == 64 &&
                offsetof(BcastTable, space_seq) == 128 && offsetof(BcastTable, pub_sleeping) == 132 &&
-               offsetof(BcastCursor, token) == 8 && offsetof(BcastCursor, dropped) == 16 &&
+               offsetof(BcastCursor, token) == 8 && offsetof(BcastCursor, sleeping) == 12 &&
+               offsetof(BcastCursor, dropped) == 16 &&
                offsetof(BcastSlot, owner) == 8 && offsetof(BcastSlot, len) == 16,
                "broadcast layout offsets");
 _Static_assert(offsetof(BcastHeader, data_offset) == 20 && offsetof(BcastHeader, nsems_reserved) == 24 &&

@@ -681,6 +681,42 @@ START_TEST(test_broadcast_subscriber_and_publisher_wait_through_the_fd) {
 END_TEST
 
 /*
+ * Two subscribers of one broadcast channel wait through their fds. The
+ * wake-up of a message must reach both: the one that reads it first and
+ * goes back to waiting (-EAGAIN, which empties the shared FIFO) must not
+ * take it from the other, whose message still waits. Else the other's
+ * loop sleeps with a message to read, and in block mode the publishers
+ * wait for it for ever.
+ */
+START_TEST(test_broadcast_one_subscribers_wait_keeps_anothers_wakeup) {
+        shmb_channel *a = NULL, *b = NULL;
+        char buf[64];
+        int afd, bfd;
+        pid_t pid;
+
+        ck_assert_int_eq(shmb_open_channel(NULL, "news", SHMB_RO, &a), 0);
+        ck_assert_int_eq(shmb_open_channel(NULL, "news", SHMB_RO, &b), 0);
+        afd = shmb_channel_fd(a);
+        bfd = shmb_channel_fd(b);
+        ck_assert_int_ge(afd, 0);
+        ck_assert_int_ge(bfd, 0);
+        ck_assert_int_eq(shmb_recv(a, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_recv(b, buf, sizeof buf, 0), -EAGAIN);
+        pid = publisher_kid("news 1");
+        ck_assert_msg(readable(afd, WAIT_MS) == 1, "no wake-up from the publisher");
+        /* A's loop runs first: it reads, and waits again. */
+        assert_recv(a, "news 1");
+        ck_assert_int_eq(shmb_recv(a, buf, sizeof buf, 0), -EAGAIN);
+        /* B's message is still there: its fd must say so. */
+        ck_assert_msg(readable(bfd, WAIT_MS) == 1, "B's wake-up was taken by A's wait: a message waits unseen");
+        assert_recv(b, "news 1");
+        reap_ok(pid);
+        shmb_close(a);
+        shmb_close(b);
+}
+END_TEST
+
+/*
  * Run cmd, a poll-receiver over two channels and their senders, and check
  * its output: the two channels' lines interleaved as they came, each
  * channel's own "message 1" .. "message count" in order.
@@ -741,7 +777,8 @@ int main(void) {
                                             test_failed_restart_removes_the_reclaimed_rings_fifos } },
                 { "hostile", CASE_TIMEOUT, { test_fifo_closed_under_the_brokers_write_spares_it } },
                 { "example", CASE_TIMEOUT, { test_poll_example_receives_from_two_rings } },
-                { "broadcast", CASE_TIMEOUT, { test_broadcast_subscriber_and_publisher_wait_through_the_fd } },
+                { "broadcast", CASE_TIMEOUT, { test_broadcast_subscriber_and_publisher_wait_through_the_fd,
+                                              test_broadcast_one_subscribers_wait_keeps_anothers_wakeup } },
                 { "fifos", CASE_TIMEOUT, { test_fifos_carry_the_channels_rights_and_go_with_it,
                                            test_read_only_class_gets_no_fifo, test_creator_group_gets_the_fifos,
                                            test_raw_and_read_only_handles_have_none,
