@@ -112,11 +112,19 @@ void wake_remove_dir(const char *socket_path) {
 }
 
 Wake *wake_free(Wake *w) {
+        struct stat ours, there;
+
         if (!w)
                 return NULL;
+        /*
+         * Empty once every ring is removed; kept (and reused) when a channel is
+         * left for the next start. Only while the path still names our
+         * directory: another daemon may have made one there since.
+         */
+        if (fstat(w->dirfd, &ours) == 0 && lstat(w->path, &there) == 0 && ours.st_dev == there.st_dev &&
+            ours.st_ino == there.st_ino)
+                (void) rmdir(w->path);
         close(w->dirfd);
-        /* Empty once every ring is removed; kept (and reused) when a channel is left for the next start. */
-        (void) rmdir(w->path);
         free(w->path);
         free(w);
         return NULL;

@@ -2708,18 +2708,23 @@ END_TEST
 /*
  * README, "One daemon per socket": "a socket file where a server still
  * answers is never unlinked". A daemon's stop removes the socket it bound,
- * not whatever has come to its path since: here another daemon (another
- * state directory, so another lock) listens there once the first one's
- * socket file was removed.
+ * and the directory of its FIFOs, not whatever has come to their paths
+ * since: here another daemon (another state directory, so another lock)
+ * listens there once the first one's socket file and FIFO directory were
+ * moved away (with them in place it would refuse to start).
  */
 START_TEST(test_stop_unlinks_only_its_own_socket) {
         TestDaemon other = td;
-        char state[400];
+        char state[400], wake[400], moved[420];
+        struct stat st;
         int fd;
 
         test_daemon_write_config(&td, "[{\"name\": \"first\", \"size\": 4096}]");
         test_start_ok();
         ck_assert_int_eq(unlink(td.socket), 0);
+        snprintf(wake, sizeof wake, "%s.wake", td.socket);
+        snprintf(moved, sizeof moved, "%s.moved", wake);
+        ck_assert_int_eq(rename(wake, moved), 0);
 
         /* The second daemon: same socket path, its own config, log, notify socket and state directory. */
         snprintf(other.config, sizeof other.config, "%s/other.json", td.dir);
@@ -2733,6 +2738,8 @@ START_TEST(test_stop_unlinks_only_its_own_socket) {
 
         test_daemon_stop_ok(&td);
         ck_assert_msg(access(td.socket, F_OK) == 0, "the first daemon's stop removed the second one's live socket");
+        ck_assert_msg(stat(wake, &st) == 0, "the first daemon's stop removed the second one's FIFO directory");
+        ck_assert_int_eq(rmdir(moved), 0);
         fd = test_connect(td.socket);
         json_t *resp = test_request(fd, "{\"op\":\"list\"}");
         test_assert_ok(resp);
