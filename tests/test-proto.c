@@ -1672,10 +1672,10 @@ START_TEST(test_round_trip_broadcast) {
         ck_assert_int_eq(proto_encode_open(&c, &line, &len), 0);
         ck_assert_ptr_nonnull(strstr(line, "\"layout\":\"broadcast\""));
         ck_assert_ptr_nonnull(strstr(line, "\"overflow\":\"drop\""));
-        ck_assert_ptr_nonnull(strstr(line, "\"ring_version\":1"));
+        ck_assert_ptr_nonnull(strstr(line, "\"ring_version\":2"));
         decode_encoded(PROTO_OP_OPEN, line, len, &res);
         assert_channel_eq(PROTO_VIEW_OPEN, &res.channels[0], &c);
-        ck_assert_uint_eq(res.channels[0].ring_version, 1);
+        ck_assert_uint_eq(res.channels[0].ring_version, 2);
         ck_assert_uint_eq(res.channels[0].holder, 4097);
         proto_response_done(&res);
         free(line);
