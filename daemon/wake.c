@@ -181,6 +181,23 @@ static int is_fifo(const Wake *w, const char *file) {
         return S_ISFIFO(st.st_mode);
 }
 
+/* A listing of the directory from its start, on a descriptor of its own; NULL on failure. */
+static DIR *dir_stream(const Wake *w) {
+        int fd = dup(w->dirfd);
+        DIR *d;
+
+        if (fd < 0)
+                return NULL;
+        d = fdopendir(fd);
+        if (!d) {
+                close(fd);
+                return NULL;
+        }
+        /* The descriptor is a dup: its offset is shared with the last listing's. */
+        rewinddir(d);
+        return d;
+}
+
 static void remove_one(const Wake *w, const char *file) {
         signal_one(w, file);
         (void) unlinkat(w->dirfd, file, 0);
@@ -191,17 +208,10 @@ static void remove_one(const Wake *w, const char *file) {
  * name: as many as the channel had when they were made, whatever it has now.
  */
 static void for_each_sub_fifo(const Wake *w, const char *name, void (*fn)(const Wake *w, const char *file)) {
-        DIR *d;
-        int fd = dup(w->dirfd);
+        DIR *d = dir_stream(w);
 
-        if (fd < 0)
+        if (!d)
                 return;
-        d = fdopendir(fd);
-        if (!d) {
-                close(fd);
-                return;
-        }
-        rewinddir(d);
         for (struct dirent *de; (de = readdir(d));) {
                 char channel[NAME_MAX + 1];
 
@@ -392,20 +402,10 @@ void wake_remove(Wake *w, const char *name) {
 }
 
 void wake_sweep(Wake *w, bool (*keep)(const char *name, void *userdata), void *userdata) {
-        DIR *d;
-        int fd;
+        DIR *d = w ? dir_stream(w) : NULL;
 
-        if (!w)
+        if (!d)
                 return;
-        fd = dup(w->dirfd);
-        if (fd < 0)
-                return;
-        d = fdopendir(fd);
-        if (!d) {
-                close(fd);
-                return;
-        }
-        rewinddir(d);
         for (struct dirent *de; (de = readdir(d));) {
                 char name[NAME_MAX + 1];
                 size_t len = strlen(de->d_name);

@@ -990,3 +990,22 @@ char test_task_state(pid_t pid, pid_t tid) {
         after = strrchr(buf, ')');
         return after && after[1] == ' ' ? after[2] : 0;
 }
+
+int test_run(char *out, size_t size, const char *fmt, ...) {
+        char cmd[2048];
+        va_list ap;
+        FILE *p;
+        size_t n;
+        int status;
+
+        va_start(ap, fmt);
+        vsnprintf(cmd, sizeof cmd, fmt, ap);
+        va_end(ap);
+        p = popen(cmd, "re");
+        ck_assert_ptr_nonnull(p);
+        n = fread(out, 1, size - 1, p);
+        out[n] = 0;
+        status = pclose(p);
+        ck_assert_msg(WIFEXITED(status), "%s: status %d", cmd, status);
+        return WEXITSTATUS(status);
+}

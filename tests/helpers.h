@@ -189,6 +189,13 @@ void test_write_proc(const char *path, const char *value);
 int test_in_child(void (*fn)(void *), void *userdata);
 
 /*
+ * Run a shell command line (printf-style, up to 2 KiB); its stdout (stderr
+ * too when the line says 2>&1) into out, cut to size; its exit status. A
+ * command killed by a signal fails the test.
+ */
+int test_run(char *out, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/*
  * open(path, flags | O_NONBLOCK) in a child process running as uid, with
  * gid its only group: 0, or the errno. Fails the test if the child could
  * not take those ids.

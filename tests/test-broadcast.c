@@ -1210,26 +1210,6 @@ END_TEST
 
 /* ---- status, reload, crash restart ---- */
 
-/* Run a shell command line; capture stdout+stderr into out; return the exit code. */
-static int run(char *out, size_t size, const char *fmt, ...) {
-        char cmd[1024];
-        va_list ap;
-        FILE *p;
-        size_t n;
-        int status;
-
-        va_start(ap, fmt);
-        vsnprintf(cmd, sizeof cmd, fmt, ap);
-        va_end(ap);
-        p = popen(cmd, "re");
-        ck_assert_ptr_nonnull(p);
-        n = fread(out, 1, size - 1, p);
-        out[n] = 0;
-        status = pclose(p);
-        ck_assert(WIFEXITED(status));
-        return WEXITSTATUS(status);
-}
-
 /* The subscription of pid in a status entry (NULL when it has none). */
 static json_t *subscription_of(json_t *e, pid_t pid) {
         json_t *a = json_object_get(e, "subscriptions"), *x;
@@ -1274,13 +1254,13 @@ START_TEST(test_status_shows_subscribers_lag) {
         json_decref(resp);
 
         /* shmbrokerctl prints them: the detail of one channel, and after the table of all. */
-        ck_assert_int_eq(run(out, sizeof out, "%s status news 2>&1", SHMBROKERCTL_PATH), 0);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s status news 2>&1", SHMBROKERCTL_PATH), 0);
         ck_assert_msg(strstr(out, "Broadcast:  8 slots of 256 bytes") && strstr(out, "LAG"), "%s", out);
         snprintf(row, sizeof row, "%8d %20" PRId64 " %12d %12d\n", (int) getpid(), position + 2, 3, 0);
         ck_assert_msg(strstr(out, row), "no row \"%s\" in: %s", row, out);
-        ck_assert_int_eq(run(out, sizeof out, "%s status 2>&1", SHMBROKERCTL_PATH), 0);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s status 2>&1", SHMBROKERCTL_PATH), 0);
         ck_assert_msg(strstr(out, "SUBSCRIBERS OF") && strstr(out, "news "), "%s", out);
-        ck_assert_int_eq(run(out, sizeof out, "%s list 2>&1", SHMBROKERCTL_PATH), 0);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s list 2>&1", SHMBROKERCTL_PATH), 0);
         ck_assert_msg(strstr(out, " broadcast "), "%s", out);
 
         /* A closed subscriber is gone from the list at once. */
@@ -1441,11 +1421,11 @@ START_TEST(test_examples_publish_to_two_subscribers) {
 
         for (int i = 1; i <= 50; i++)
                 used += (size_t) snprintf(expect + used, sizeof expect - used, "message %d\n", i);
-        ck_assert_int_eq(run(out, sizeof out, "%s/broadcast-subscriber news & s=$!; %s/broadcast-publisher news 50 1 && wait $s",
+        ck_assert_int_eq(test_run(out, sizeof out, "%s/broadcast-subscriber news & s=$!; %s/broadcast-publisher news 50 1 && wait $s",
                              EXAMPLES_DIR, EXAMPLES_DIR), 0);
         ck_assert_str_eq(out, expect);
         /* Two at once: each prints all 50 (their outputs go to separate files, then one after the other). */
-        ck_assert_int_eq(run(out, sizeof out,
+        ck_assert_int_eq(test_run(out, sizeof out,
                              "cd %s; %s/broadcast-subscriber news >a & a=$!; %s/broadcast-subscriber news >b & b=$!;"
                              " %s/broadcast-publisher news 50 2 && wait $a && wait $b && cat a b", td.dir,
                              EXAMPLES_DIR, EXAMPLES_DIR, EXAMPLES_DIR), 0);

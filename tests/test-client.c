@@ -978,26 +978,6 @@ END_TEST
 
 /* ---- programs: examples and shmbrokerctl ---- */
 
-/* Run a shell command line; capture stdout+stderr into out; return the exit code. */
-static int run(char *out, size_t size, const char *fmt, ...) {
-        char cmd[2048];
-        va_list ap;
-        FILE *p;
-        size_t n;
-        int status;
-
-        va_start(ap, fmt);
-        vsnprintf(cmd, sizeof cmd, fmt, ap);
-        va_end(ap);
-        p = popen(cmd, "re");
-        ck_assert_ptr_nonnull(p);
-        n = fread(out, 1, size - 1, p);
-        out[n] = 0;
-        status = pclose(p);
-        ck_assert(WIFEXITED(status));
-        return WEXITSTATUS(status);
-}
-
 START_TEST(test_examples_exchange) {
         static char out[65536];
         char expect[65536];
@@ -1005,13 +985,13 @@ START_TEST(test_examples_exchange) {
 
         for (int i = 1; i <= 50; i++)
                 used += (size_t) snprintf(expect + used, sizeof expect - used, "message %d\n", i);
-        ck_assert_int_eq(run(out, sizeof out, "%s/raw-receiver pair & r=$!; %s/raw-sender pair 50 && wait $r",
+        ck_assert_int_eq(test_run(out, sizeof out, "%s/raw-receiver pair & r=$!; %s/raw-sender pair 50 && wait $r",
                              EXAMPLES_DIR, EXAMPLES_DIR), 0);
         ck_assert_str_eq(out, expect);
-        ck_assert_int_eq(run(out, sizeof out, "%s/ring-receiver ring & r=$!; %s/ring-sender ring 50 && wait $r",
+        ck_assert_int_eq(test_run(out, sizeof out, "%s/ring-receiver ring & r=$!; %s/ring-sender ring 50 && wait $r",
                              EXAMPLES_DIR, EXAMPLES_DIR), 0);
         ck_assert_str_eq(out, expect);
-        ck_assert_int_eq(run(out, sizeof out,
+        ck_assert_int_eq(test_run(out, sizeof out,
                              "%s/zero-copy-receiver ring & r=$!; %s/zero-copy-sender ring 50 && wait $r",
                              EXAMPLES_DIR, EXAMPLES_DIR), 0);
         ck_assert_str_eq(out, expect);
@@ -1049,10 +1029,10 @@ START_TEST(test_legacy_programs_under_the_broker) {
         json_decref(list);
         close(fd);
 
-        ck_assert_int_eq(run(out, sizeof out, "%s/legacy-receiver %s & r=$!; %s/legacy-sender %s 20 && wait $r",
+        ck_assert_int_eq(test_run(out, sizeof out, "%s/legacy-receiver %s & r=$!; %s/legacy-sender %s 20 && wait $r",
                              EXAMPLES_DIR, path, EXAMPLES_DIR, path), 0);
         ck_assert_str_eq(out, expect);
-        ck_assert_int_eq(run(out, sizeof out, "%s/raw-receiver legacy & r=$!; %s/legacy-sender %s 20 && wait $r",
+        ck_assert_int_eq(test_run(out, sizeof out, "%s/raw-receiver legacy & r=$!; %s/legacy-sender %s 20 && wait $r",
                              EXAMPLES_DIR, EXAMPLES_DIR, path), 0);
         ck_assert_str_eq(out, expect);
 }
@@ -1064,59 +1044,59 @@ START_TEST(test_shmbrokerctl) {
         json_t *j;
         int rc;
 
-        ck_assert_int_eq(run(out, sizeof out, "%s list 2>&1", SHMBROKERCTL_PATH), 0);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s list 2>&1", SHMBROKERCTL_PATH), 0);
         ck_assert_ptr_nonnull(strstr(out, "NAME"));
         ck_assert_ptr_nonnull(strstr(out, "counter"));
         ck_assert_ptr_nonnull(strstr(out, "rw-------"));        /* secret's 0600 */
         ck_assert_ptr_nonnull(strstr(out, " 64K "));            /* pair's size, readable */
         ck_assert_ptr_nonnull(strstr(out, "0x"));
 
-        ck_assert_int_eq(run(out, sizeof out, "%s -s %s --json list 2>/dev/null", SHMBROKERCTL_PATH, td.socket), 0);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s -s %s --json list 2>/dev/null", SHMBROKERCTL_PATH, td.socket), 0);
         j = json_loads(out, 0, NULL);
         ck_assert_msg(j && json_is_true(json_object_get(j, "ok")), "not the daemon's answer: %s", out);
         ck_assert_uint_eq(json_array_size(json_object_get(j, "channels")), 5);
         json_decref(j);
 
-        ck_assert_int_eq(run(out, sizeof out, "%s status ring 2>&1", SHMBROKERCTL_PATH), 0);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s status ring 2>&1", SHMBROKERCTL_PATH), 0);
         ck_assert_ptr_nonnull(strstr(out, "8 slots of 256 bytes"));
-        ck_assert_int_eq(run(out, sizeof out, "%s status 2>&1", SHMBROKERCTL_PATH), 0);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s status 2>&1", SHMBROKERCTL_PATH), 0);
         ck_assert_ptr_nonnull(strstr(out, "NATTCH"));
 
         /* Refused: exit 1 and one line on stderr. */
-        ck_assert_int_eq(run(out, sizeof out, "%s status nope 2>&1 >/dev/null", SHMBROKERCTL_PATH), 1);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s status nope 2>&1 >/dev/null", SHMBROKERCTL_PATH), 1);
         ck_assert_ptr_nonnull(strstr(out, "no channel named \"nope\""));
         ck_assert_ptr_eq(strchr(out, '\n'), out + strlen(out) - 1);
-        ck_assert_int_eq(run(out, sizeof out, "%s --json status nope 2>/dev/null", SHMBROKERCTL_PATH), 1);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s --json status nope 2>/dev/null", SHMBROKERCTL_PATH), 1);
         ck_assert_ptr_nonnull(strstr(out, "\"ENOENT\""));
         /* Usage and connection errors: exit 2. */
-        ck_assert_int_eq(run(out, sizeof out, "%s 2>&1", SHMBROKERCTL_PATH), 2);
-        ck_assert_int_eq(run(out, sizeof out, "%s frobnicate 2>&1", SHMBROKERCTL_PATH), 2);
-        ck_assert_int_eq(run(out, sizeof out, "%s list extra 2>&1", SHMBROKERCTL_PATH), 2);
-        ck_assert_int_eq(run(out, sizeof out, "%s -s /nonexistent.sock list 2>&1", SHMBROKERCTL_PATH), 2);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s 2>&1", SHMBROKERCTL_PATH), 2);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s frobnicate 2>&1", SHMBROKERCTL_PATH), 2);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s list extra 2>&1", SHMBROKERCTL_PATH), 2);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s -s /nonexistent.sock list 2>&1", SHMBROKERCTL_PATH), 2);
         ck_assert_ptr_nonnull(strstr(out, "/nonexistent.sock"));
         /* A socket the user may not reach: the kernel's reason, not the text of a channel's refusal. */
         ck_assert_int_eq(stat(td.socket, &st), 0);
         ck_assert_int_eq(chmod(td.socket, 0600), 0);
-        rc = run(out, sizeof out, "setpriv --reuid=65534 --regid=65534 --clear-groups %s -s %s list 2>&1",
+        rc = test_run(out, sizeof out, "setpriv --reuid=65534 --regid=65534 --clear-groups %s -s %s list 2>&1",
                  SHMBROKERCTL_PATH, td.socket);
         ck_assert_int_eq(chmod(td.socket, st.st_mode & 07777), 0);
         ck_assert_int_eq(rc, 2);
         ck_assert_msg(strstr(out, strerror(EACCES)) && !strstr(out, "channel"), "connect refused: %s", out);
         /* shmbrokerctl(1): "2 on usage or connection errors, with a one-line message on stderr": getopt's too. */
-        ck_assert_int_eq(run(out, sizeof out, "%s -x list 2>&1 >/dev/null", SHMBROKERCTL_PATH), 2);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s -x list 2>&1 >/dev/null", SHMBROKERCTL_PATH), 2);
         ck_assert_msg(*out && strchr(out, '\n') == out + strlen(out) - 1, "not one line: %s", out);
         /* The option at fault is named, not the long one before it (a short option's group keeps optind). */
-        ck_assert_int_eq(run(out, sizeof out, "%s --json -xh list 2>&1 >/dev/null", SHMBROKERCTL_PATH), 2);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s --json -xh list 2>&1 >/dev/null", SHMBROKERCTL_PATH), 2);
         ck_assert_msg(strstr(out, "-x") && !strstr(out, "--json"), "bad option named: %s", out);
-        ck_assert_int_eq(run(out, sizeof out, "%s -s 2>&1 >/dev/null", SHMBROKERCTL_PATH), 2);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s -s 2>&1 >/dev/null", SHMBROKERCTL_PATH), 2);
         ck_assert_msg(*out && strchr(out, '\n') == out + strlen(out) - 1, "not one line: %s", out);
         /* Output that could not be written is no success (a script would take the empty table for one). */
-        ck_assert_int_ne(run(out, sizeof out, "%s list 2>&1 >/dev/full", SHMBROKERCTL_PATH), 0);
+        ck_assert_int_ne(test_run(out, sizeof out, "%s list 2>&1 >/dev/full", SHMBROKERCTL_PATH), 0);
         ck_assert_ptr_nonnull(strstr(out, "shmbrokerctl: "));
-        ck_assert_int_ne(run(out, sizeof out, "%s --json list 2>&1 >/dev/full", SHMBROKERCTL_PATH), 0);
-        ck_assert_int_eq(run(out, sizeof out, "%s --help", SHMBROKERCTL_PATH), 0);
+        ck_assert_int_ne(test_run(out, sizeof out, "%s --json list 2>&1 >/dev/full", SHMBROKERCTL_PATH), 0);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s --help", SHMBROKERCTL_PATH), 0);
         ck_assert_ptr_nonnull(strstr(out, "Usage:"));
-        ck_assert_int_eq(run(out, sizeof out, "%s --version", SHMBROKERCTL_PATH), 0);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s --version", SHMBROKERCTL_PATH), 0);
         ck_assert_ptr_nonnull(strstr(out, PACKAGE_VERSION));
 
         /* The status table elides semaphore values only when some do not fit: 57 one-digit values just fit. */
@@ -1124,7 +1104,7 @@ START_TEST(test_shmbrokerctl) {
         test_daemon_write_config(&td, "[{\"name\": \"fits\", \"size\": 4096, \"semaphores\": 57},"
                                       " {\"name\": \"elided\", \"size\": 4096, \"semaphores\": 70}]");
         test_start_ok();
-        ck_assert_int_eq(run(out, sizeof out, "%s status 2>&1", SHMBROKERCTL_PATH), 0);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s status 2>&1", SHMBROKERCTL_PATH), 0);
         {
                 char *fits = strstr(out, "\nfits "), *elided = strstr(out, "\nelided ");
 
@@ -1141,12 +1121,12 @@ START_TEST(test_shmbrokerctl) {
         /* A refusal quoting the config (an unknown key: an escape sequence) reaches the terminal as one line of text. */
         test_daemon_write_raw_config(&td, "{\"version\": 1, \"socket\": \"x\", \"channels\": [], "
                                           "\"\\u001b]0;owned\\u0007\\u009b2J\\nsecond line\": 1}\n");
-        ck_assert_int_eq(run(out, sizeof out, "%s reload 2>&1", SHMBROKERCTL_PATH), 1);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s reload 2>&1", SHMBROKERCTL_PATH), 1);
         ck_assert_msg(strstr(out, "owned") && !strchr(out, '\033') && !strchr(out, '\007') &&
                               !strstr(out, "\302\233") && strchr(out, '\n') == out + strlen(out) - 1,
                       "the daemon's message reached the terminal as it was: %s", out);
         /* The same refusal under --json: stderr gets the same one line of text (stdout is the answer, as JSON). */
-        ck_assert_int_eq(run(out, sizeof out, "%s --json reload 2>&1 >/dev/null", SHMBROKERCTL_PATH), 1);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s --json reload 2>&1 >/dev/null", SHMBROKERCTL_PATH), 1);
         ck_assert_msg(strstr(out, "owned") && !strchr(out, '\033') && !strchr(out, '\007') &&
                               strchr(out, '\n') == out + strlen(out) - 1,
                       "--json: the daemon's message reached the terminal as it was: %s", out);

@@ -2574,26 +2574,6 @@ END_TEST
 
 /* ---- the command line (shmbrokerd(8): OPTIONS, EXIT STATUS) ---- */
 
-/* Run a shell command; its stdout (stderr too when the command says 2>&1) in out; its exit status. */
-static int run_cmd(char *out, size_t size, const char *fmt, ...) {
-        char cmd[2048];
-        va_list ap;
-        FILE *p;
-        size_t n;
-        int status;
-
-        va_start(ap, fmt);
-        vsnprintf(cmd, sizeof cmd, fmt, ap);
-        va_end(ap);
-        p = popen(cmd, "re");
-        ck_assert_ptr_nonnull(p);
-        n = fread(out, 1, size - 1, p);
-        out[n] = 0;
-        status = pclose(p);
-        ck_assert_msg(WIFEXITED(status), "%s: status %d", cmd, status);
-        return WEXITSTATUS(status);
-}
-
 /*
  * shmbrokerd(8), EXIT STATUS: "2 Usage error: an unknown option, a missing
  * option argument, or an unexpected argument", with nothing started; --help
@@ -2610,12 +2590,12 @@ START_TEST(test_command_line_usage_and_exit_codes) {
         test_daemon_write_config(&td, two_channels);
         for (size_t i = 0; i < sizeof usage_errors / sizeof usage_errors[0]; i++) {
                 /* stderr only: stdout must stay empty; the config is valid, so only the usage can fail it. */
-                int rc = run_cmd(out, sizeof out, "cd %s && %s -c %s %s 2>/dev/null", td.dir, SHMBROKERD_PATH,
+                int rc = test_run(out, sizeof out, "cd %s && %s -c %s %s 2>/dev/null", td.dir, SHMBROKERD_PATH,
                                  td.config, usage_errors[i]);
 
                 ck_assert_msg(rc == 2, "shmbrokerd %s: exit %d, not 2", usage_errors[i], rc);
                 ck_assert_msg(out[0] == 0, "shmbrokerd %s wrote to stdout: %s", usage_errors[i], out);
-                rc = run_cmd(out, sizeof out, "cd %s && %s -c %s %s 2>&1 >/dev/null", td.dir, SHMBROKERD_PATH,
+                rc = test_run(out, sizeof out, "cd %s && %s -c %s %s 2>&1 >/dev/null", td.dir, SHMBROKERD_PATH,
                              td.config, usage_errors[i]);
                 ck_assert_msg(*out && strchr(out, '\n') == out + strlen(out) - 1,
                               "shmbrokerd %s: not one line on stderr: %s", usage_errors[i], out);
@@ -2632,20 +2612,20 @@ START_TEST(test_command_line_usage_and_exit_codes) {
         closedir(dir);
 
         /* What was printed must have reached stdout for a success. */
-        ck_assert_int_eq(run_cmd(out, sizeof out, "%s --version >/dev/full 2>/dev/null; echo $?", SHMBROKERD_PATH), 0);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s --version >/dev/full 2>/dev/null; echo $?", SHMBROKERD_PATH), 0);
         ck_assert_str_eq(out, "1\n");
-        ck_assert_int_eq(run_cmd(out, sizeof out, "%s --check-config -c %s >/dev/full 2>/dev/null; echo $?",
+        ck_assert_int_eq(test_run(out, sizeof out, "%s --check-config -c %s >/dev/full 2>/dev/null; echo $?",
                                  SHMBROKERD_PATH, td.config), 0);
         ck_assert_str_eq(out, "1\n");
 
-        ck_assert_int_eq(run_cmd(out, sizeof out, "%s --help 2>/dev/null", SHMBROKERD_PATH), 0);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s --help 2>/dev/null", SHMBROKERD_PATH), 0);
         ck_assert_ptr_nonnull(strstr(out, "Usage:"));
-        ck_assert_int_eq(run_cmd(out, sizeof out, "%s -h 2>/dev/null", SHMBROKERD_PATH), 0);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s -h 2>/dev/null", SHMBROKERD_PATH), 0);
         ck_assert_ptr_nonnull(strstr(out, "Usage:"));
-        ck_assert_int_eq(run_cmd(out, sizeof out, "%s --version 2>/dev/null", SHMBROKERD_PATH), 0);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s --version 2>/dev/null", SHMBROKERD_PATH), 0);
         ck_assert_str_eq(out, "shmbrokerd " PACKAGE_VERSION "\n");
 
-        ck_assert_int_eq(run_cmd(out, sizeof out, "%s --check-config -c %s 2>/dev/null", SHMBROKERD_PATH, td.config), 0);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s --check-config -c %s 2>/dev/null", SHMBROKERD_PATH, td.config), 0);
         snprintf(expect, sizeof expect, "%s: configuration OK (2 channels)\n", td.config);
         ck_assert_str_eq(out, expect);
         ck_assert_int_eq(test_ipcs_count("-m"), 0);
