@@ -31,15 +31,56 @@ static const char *const suffixes[2] = { ".data", ".space" };
 
 struct Wake {
         int dirfd;
+        int lock_fd;            /* LOCK_NAME in the directory, held with flock() */
         char *path;             /* absolute, for the open answer */
 };
+
+/*
+ * The lock of the directory: a file only the daemon's user may open. Not
+ * the directory itself, which every client may open (it must reach the
+ * FIFOs), and so could hold a lock on to keep the daemon from starting.
+ * Not a FIFO: sweeps pass it by.
+ */
+#define LOCK_NAME ".lock"
+
+/*
+ * Take dirfd's lock file: 0 with *ret_fd, -EBUSY when another daemon holds
+ * it, or another -errno. As the state lock (daemon/state.c): the name must
+ * still be the file locked, as a stop unlinks it.
+ */
+static int take_dir_lock(int dirfd, int *ret_fd) {
+        for (int attempt = 0; attempt < 8; attempt++) {
+                struct stat a, b;
+                int fd = openat(dirfd, LOCK_NAME, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+
+                if (fd < 0)
+                        return -errno;
+                if (fstat(fd, &a) < 0 || !S_ISREG(a.st_mode) || a.st_uid != self_euid() || (a.st_mode & 077)) {
+                        close(fd);
+                        return -EPERM;
+                }
+                if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+                        int err = errno == EWOULDBLOCK ? EBUSY : errno;
+
+                        close(fd);
+                        return -err;
+                }
+                if (fstatat(dirfd, LOCK_NAME, &b, AT_SYMLINK_NOFOLLOW) == 0 && a.st_dev == b.st_dev &&
+                    a.st_ino == b.st_ino) {
+                        *ret_fd = fd;
+                        return 0;
+                }
+                close(fd);
+        }
+        return -EBUSY;
+}
 
 /* SOCKET_PATH.wake as a Wake, made first when create; -ENOENT when it is missing and not to be made. */
 static int wake_take(const char *socket_path, bool create, Wake **ret, char *msg, size_t msg_size) {
         _cleanup_(freep) char *sock = path_absolute(socket_path), *path = NULL;
         struct stat st;
+        int fd, lock_fd = -1, r;
         Wake *w;
-        int fd;
 
         if (!sock || asprintf(&path, "%s.wake", sock) < 0) {
                 msg_set(msg, msg_size, "out of memory");
@@ -65,28 +106,32 @@ static int wake_take(const char *socket_path, bool create, Wake **ret, char *msg
                 return -EPERM;
         }
         /*
-         * The lock file guards one state directory only: another daemon on
+         * The state lock guards one state directory only: another daemon on
          * this socket path (another --state-dir) would share the directory.
          * Held as long as the descriptor (the daemon's life).
          */
-        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-                int err = errno == EWOULDBLOCK ? EBUSY : errno;
-
-                msg_set(msg, msg_size, err == EBUSY ? "another shmbrokerd uses %s" : "cannot lock %s: %s", path,
-                        strerror(err));
+        r = take_dir_lock(fd, &lock_fd);
+        if (r < 0) {
+                if (r == -EBUSY)
+                        msg_set(msg, msg_size, "another shmbrokerd uses %s", path);
+                else if (r == -EPERM)
+                        msg_set(msg, msg_size, "%s/%s is not the daemon's own file", path, LOCK_NAME);
+                else
+                        msg_set(msg, msg_size, "cannot lock %s: %s", path, strerror(-r));
                 close(fd);
-                return -err;
+                return r;
         }
         /* Clients must reach the FIFOs; a umask may have taken bits off. */
         if (create && (st.st_mode & 0755) != 0755)
                 (void) fchmod(fd, 0755);
         w = malloc(sizeof *w);
         if (!w) {
+                close(lock_fd);
                 close(fd);
                 msg_set(msg, msg_size, "out of memory");
                 return -ENOMEM;
         }
-        *w = (Wake) { .dirfd = fd, .path = TAKE_PTR(path) };
+        *w = (Wake) { .dirfd = fd, .lock_fd = lock_fd, .path = TAKE_PTR(path) };
         *ret = w;
         return 0;
 }
@@ -122,8 +167,12 @@ Wake *wake_free(Wake *w) {
          * directory: another daemon may have made one there since.
          */
         if (fstat(w->dirfd, &ours) == 0 && lstat(w->path, &there) == 0 && ours.st_dev == there.st_dev &&
-            ours.st_ino == there.st_ino)
+            ours.st_ino == there.st_ino) {
+                /* Still held: whoever opened it meanwhile finds the name gone and tries again. */
+                (void) unlinkat(w->dirfd, LOCK_NAME, 0);
                 (void) rmdir(w->path);
+        }
+        close(w->lock_fd);
         close(w->dirfd);
         free(w->path);
         free(w);
