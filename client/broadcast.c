@@ -173,27 +173,29 @@ static inline void notify(BcastHandle *b, uint32_t *word, uint32_t *sleeping, un
  * A caller that will not wait is about to get -EAGAIN: if it polls the fd
  * of shmb_channel_fd(), empty the side's FIFO, raise RING_SLEEP_FD and let
  * the caller look again (the ring's poll_wait()). A subscriber with a
- * cursor waits on its own FIFO: the bit goes into its cursor first (cur),
- * then the channel's flag. The side armed (WAKE_OWN: nobody else waits on
- * that FIFO), or -1: not armed.
+ * cursor waits on its own FIFO: the bit goes into that cursor first, then
+ * the channel's flag. The side armed (WAKE_OWN: nobody else waits on that
+ * FIFO), or -1: not armed.
  */
-static int arm_fd(BcastHandle *b, uint32_t *sleeping, unsigned dir, BcastCursor *cur) {
+static int arm_fd(BcastHandle *b, uint32_t *sleeping, unsigned dir, bool subscriber) {
 #ifdef SHMB_NO_CHANNEL_FD
         (void) b;
         (void) sleeping;
         (void) dir;
-        (void) cur;
+        (void) subscriber;
         return -1;
 #else
+        uint32_t own = UINT32_MAX;
         int armed;
 
-        if (cur && dir == WAKE_DATA && channel_wake_own_ready(b->ch))
+        if (subscriber && dir == WAKE_DATA && channel_wake_own_ready(b->ch))
                 dir = WAKE_OWN;
-        armed = channel_wake_arm(b->ch, dir);
+        armed = channel_wake_arm(b->ch, dir, &own);
         if (armed < 0)
                 return -1;
-        if (armed == WAKE_OWN)
-                __atomic_fetch_or(&cur->sleeping, (uint32_t) RING_SLEEP_FD, SEQ);
+        /* The cursor of the FIFO armed: another thread may have moved this handle to another since. */
+        if (armed == WAKE_OWN && own < b->subscribers)
+                __atomic_fetch_or(&bcast_cursor_at(b->t, own)->sleeping, (uint32_t) RING_SLEEP_FD, SEQ);
         __atomic_fetch_or(sleeping, (uint32_t) RING_SLEEP_FD, SEQ);
         return armed;
 #endif
@@ -278,7 +280,7 @@ static int wait_slot(shmb_channel *ch, BcastHandle *b, Wait *w, BcastSlot *slot,
                 /* A subscriber about to wait in an event loop tells block-mode publishers where it is. */
                 if (before_sleep)
                         before_sleep(ch, b);
-                armed = arm_fd(b, &b->t->sub_sleeping, WAKE_DATA, b->subscriber ? my_cursor(b) : NULL);
+                armed = arm_fd(b, &b->t->sub_sleeping, WAKE_DATA, b->subscriber && my_cursor(b));
                 if (armed < 0)
                         return -EAGAIN;
                 if (LOAD(&slot->seq, SEQ) != seen || removed_seq(b)) {
@@ -591,7 +593,7 @@ static int wait_space(BcastHandle *b, uint64_t pos, Wait *w) {
         if (pos < limit)
                 return 0;
         if (w->timeout_ms == 0) {
-                if (arm_fd(b, &b->t->pub_sleeping, WAKE_SPACE, NULL) < 0)
+                if (arm_fd(b, &b->t->pub_sleeping, WAKE_SPACE, false) < 0)
                         return -EAGAIN;
                 limit = slowest(b, LOAD(&b->h->head, SEQ)) + b->n;
                 STORE(&b->limit, limit, RLX);

@@ -95,10 +95,6 @@ void channel_wake_free(shmb_channel *ch) {
                         close(w->fd[i]);
                 free(w->path[i]);
         }
-        for (uint32_t i = 0; i < w->n_sub_fds; i++)
-                if (w->sub_fds[i] >= 0)
-                        close(w->sub_fds[i]);
-        free(w->sub_fds);
         if (w->poll_fd >= 0)
                 close(w->poll_fd);
         if (w->kick_fd >= 0)
@@ -163,7 +159,7 @@ static void drain(int fd) {
                 ;
 }
 
-int channel_wake_arm(shmb_channel *ch, unsigned dir) {
+int channel_wake_arm(shmb_channel *ch, unsigned dir, uint32_t *ret_own) {
         ChannelWake *w = ch->wake;
         int r = 0;
 
@@ -192,6 +188,9 @@ int channel_wake_arm(shmb_channel *ch, unsigned dir) {
         }
         if (r == 0)
                 drain(w->fd[dir]);
+        /* Under the lock: the cursor whose FIFO this is, whatever another thread makes it next. */
+        if (ret_own)
+                *ret_own = w->own_index;
         pthread_mutex_unlock(&w->lock);
         return r < 0 ? r : (int) dir;
 }
@@ -239,34 +238,30 @@ bool channel_wake_own_ready(shmb_channel *ch) {
 bool channel_wake_signal_sub(shmb_channel *ch, uint32_t index, uint32_t n) {
         ChannelWake *w = ch->wake;
         char path[PATH_MAX];
-        int fd = -1;
+        int fd, k;
 
         if (!w || index >= n)
                 return false;
-        pthread_mutex_lock(&w->lock);
-        if (!w->sub_fds) {
-                w->sub_fds = malloc(n * sizeof *w->sub_fds);
-                for (uint32_t i = 0; w->sub_fds && i < n; i++)
-                        w->sub_fds[i] = -1;
-                w->n_sub_fds = w->sub_fds ? n : 0;
-        }
-        if (index < w->n_sub_fds) {
-                fd = w->sub_fds[index];
-                /* Read and write, as the others: the open neither blocks nor fails for want of a reader. */
-                if (fd < 0 && snprintf(path, sizeof path, "%s.%" PRIu32, w->path[WAKE_DATA], index) < (int) sizeof path) {
-                        fd = open(path, O_RDWR | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
-                        if (fd >= 0 && !is_fifo(fd)) {
-                                close(fd);
-                                fd = -1;
-                        }
-                        w->sub_fds[index] = fd;
-                }
-        }
-        pthread_mutex_unlock(&w->lock);
+        /* The data FIFO's path is set at open and never changes: read without the lock. */
+        k = snprintf(path, sizeof path, "%s.%" PRIu32, w->path[WAKE_DATA], index);
+        if (k < 0 || (size_t) k >= sizeof path)
+                return false;
+        /*
+         * Opened for each wake-up, not kept: a publisher would hold one
+         * descriptor per waiting subscriber, hundreds, which its program
+         * never asked for. Read and write, as the others: the open neither
+         * blocks nor fails for want of a reader.
+         */
+        fd = open(path, O_RDWR | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
                 return false;
+        if (!is_fifo(fd)) {
+                close(fd);
+                return false;
+        }
         /* EAGAIN: full of wake-ups already. */
         (void) write(fd, "", 1);
+        close(fd);
         return true;
 }
 

@@ -346,7 +346,7 @@ static int poll_wait(shmb_channel *ch, RingSlot *slot, uint64_t target, const Wa
 #ifdef SHMB_NO_CHANNEL_FD
         return -EAGAIN;
 #else
-        int r = channel_wake_arm(ch, w->dir);
+        int r = channel_wake_arm(ch, w->dir, NULL);
 
         if (r < 0)
                 return r;       /* -EAGAIN: nobody polls */

@@ -109,8 +109,6 @@ typedef struct ChannelWake {
         int fd[WAKE_FIFOS];             /* opened on first need (atomic loads); -1: not yet */
         bool unusable[WAKE_FIFOS];      /* opening failed: do not try on every message */
         uint32_t own_index;             /* the cursor whose FIFO path[WAKE_OWN] is */
-        int *sub_fds;                   /* a publisher's: subscriber i's FIFO, opened on first need; -1 */
-        uint32_t n_sub_fds;
         int poll_fd;                    /* the epoll instance shmb_channel_fd() hands out; -1: none yet */
         int kick_fd;                    /* an eventfd keeping poll_fd readable until the first wait */
         int poll_dir;                   /* the FIFO poll_fd watches: WAKE_*; -1: none yet */
@@ -241,9 +239,10 @@ void channel_wake_signal(shmb_channel *ch, unsigned dir, uint32_t *sleeping);
  * the fd at that side's FIFO and empty it. Then the caller raises
  * RING_SLEEP_FD and looks once more. Returns the side it armed (WAKE_OWN
  * may turn into WAKE_DATA, when the subscriber has no FIFO of its own), or
- * -EAGAIN when nobody asked for an fd (the plain -EAGAIN).
+ * -EAGAIN when nobody asked for an fd (the plain -EAGAIN); *ret_own (if
+ * given) is the cursor whose FIFO WAKE_OWN was.
  */
-int channel_wake_arm(shmb_channel *ch, unsigned dir);
+int channel_wake_arm(shmb_channel *ch, unsigned dir, uint32_t *ret_own);
 /* The caller armed, then found the slot changed: pass the wake-up on to other waiters. */
 void channel_wake_pass_on(shmb_channel *ch, unsigned dir);
 /*

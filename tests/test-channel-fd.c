@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/ptrace.h>
 #include <sys/shm.h>
 #include <sys/stat.h>
@@ -38,6 +40,7 @@ static const char channels[] =
         " {\"name\": \"r2\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4},"
         " {\"name\": \"news\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 2, \"subscribers\": 2,"
         "  \"mode\": \"0640\"},"
+        " {\"name\": \"wide\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4, \"subscribers\": 48},"
         " {\"name\": \"raw\", \"size\": 4096}]";
 
 static void setup(void) {
@@ -584,6 +587,56 @@ START_TEST(test_failed_second_daemon_leaves_the_fifos) {
 END_TEST
 
 /*
+ * The FIFOs' directory is 0755 (clients must reach the FIFOs), so any
+ * local user may open it, and flock(2) needs no more than an open
+ * descriptor. Such a user, waiting for a lock on it while the broker
+ * runs, has it the moment the broker dies: that must not keep the broker
+ * from coming back after the crash.
+ */
+START_TEST(test_another_users_lock_on_the_fifo_directory_does_not_stop_a_restart) {
+        char dir[400], c;
+        int locked[2], status;
+        pid_t pid;
+
+        snprintf(dir, sizeof dir, "%s.wake", td.socket);
+        ck_assert_int_eq(pipe2(locked, O_CLOEXEC), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                int fd;
+
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                close(locked[0]);
+                test_drop_privileges(65534, 65534, 0);
+                fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                /* The broker holds it: wait in line, and have it the moment the broker is gone. */
+                if (fd < 0 || write(locked[1], "o", 1) != 1 || flock(fd, LOCK_SH) < 0)
+                        _exit(2);
+                if (write(locked[1], "l", 1) != 1)
+                        _exit(3);
+                for (;;)
+                        pause();
+        }
+        close(locked[1]);
+        ck_assert_msg(read(locked[0], &c, 1) == 1, "nobody could not open %s", dir);
+        test_daemon_kill(&td, SIGKILL);
+        ck_assert_msg(read(locked[0], &c, 1) == 1 && c == 'l', "nobody could not lock %s", dir);
+        close(locked[0]);
+        status = 0;
+        if (!test_daemon_start(&td, &status, NULL)) {
+                char *log = test_daemon_log(&td);
+
+                kill(pid, SIGKILL);
+                (void) waitpid(pid, NULL, 0);
+                ck_abort_msg("uid 65534's flock on %s kept the broker from restarting (status %d): %s", dir, status,
+                             log);
+        }
+        kill(pid, SIGKILL);
+        ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+}
+END_TEST
+
+/*
  * A crash, then a start that fails (a fixed key another program holds) with
  * the rings no longer configured: the start reclaims the killed run's rings
  * and, having nothing left to record, removes its state files; the rings'
@@ -717,6 +770,84 @@ START_TEST(test_broadcast_one_subscribers_wait_keeps_anothers_wakeup) {
 END_TEST
 
 /*
+ * libshmbroker(3): "A handle that never calls it pays nothing". A
+ * publisher that never asked for an fd wakes 48 subscribers that wait in
+ * event loops; it runs with room for 16 more descriptors than it had
+ * after its open (a modest RLIMIT_NOFILE). Every subscriber must be woken,
+ * and the publisher must not be left holding a descriptor per subscriber.
+ */
+#define WIDE 48
+START_TEST(test_broadcast_publisher_wakes_many_subscribers_without_a_descriptor_each) {
+        shmb_channel *subs[WIDE];
+        struct pollfd p[WIDE];
+        int ready[2], done[2], status;
+        char buf[64], c;
+        pid_t pid;
+
+        for (int i = 0; i < WIDE; i++) {
+                subs[i] = NULL;
+                ck_assert_int_eq(shmb_open_channel(NULL, "wide", SHMB_RO, &subs[i]), 0);
+                p[i] = (struct pollfd) { .fd = shmb_channel_fd(subs[i]), .events = POLLIN };
+                ck_assert_int_ge(p[i].fd, 0);
+                ck_assert_int_eq(shmb_recv(subs[i], buf, sizeof buf, 0), -EAGAIN);
+        }
+        ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
+        ck_assert_int_eq(pipe2(done, O_CLOEXEC), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *pub = NULL;
+                struct rlimit rl;
+                int before, after, fd;
+
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                close(ready[0]);
+                close(done[1]);
+                if (shmb_open_channel(NULL, "wide", SHMB_RW, &pub) < 0)
+                        _exit(2);
+                /* The highest descriptor now, and room for 16 more. */
+                fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                if (fd < 0)
+                        _exit(3);
+                before = fd;
+                close(fd);
+                rl.rlim_cur = rl.rlim_max = (rlim_t) before + 16;
+                if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                        _exit(4);
+                if (shmb_send(pub, "m", 1, WAIT_MS) < 0)
+                        _exit(5);
+                /* -1: the library took every descriptor the program had left. */
+                after = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                if (after >= 0)
+                        close(after);
+                if (write(ready[1], "r", 1) != 1)
+                        _exit(7);
+                (void) read(done[0], &c, 1);
+                _exit(after < 0 ? 6 : after - before > 4 ? 8 : 0);
+        }
+        close(ready[1]);
+        close(done[0]);
+        if (read(ready[0], &c, 1) != 1) {
+                ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+                ck_abort_msg("the publisher gave up: exit %d (5: its send failed)", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        }
+        for (int i = 0; i < WIDE; i++) {
+                /* The send returned: every byte is written already. */
+                ck_assert_msg(readable(p[i].fd, 0) == 1, "subscriber %d of %d was not woken", i, WIDE);
+                ck_assert_int_eq(shmb_recv(subs[i], buf, sizeof buf, 0), 1);
+        }
+        close(done[1]);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                      "publisher exit %d (6: out of descriptors; 8: it keeps one per subscriber)",
+                      WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        close(ready[0]);
+        for (int i = 0; i < WIDE; i++)
+                shmb_close(subs[i]);
+}
+END_TEST
+
+/*
  * Run cmd, a poll-receiver over two channels and their senders, and check
  * its output: the two channels' lines interleaved as they came, each
  * channel's own "message 1" .. "message count" in order.
@@ -778,12 +909,14 @@ int main(void) {
                 { "hostile", CASE_TIMEOUT, { test_fifo_closed_under_the_brokers_write_spares_it } },
                 { "example", CASE_TIMEOUT, { test_poll_example_receives_from_two_rings } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_subscriber_and_publisher_wait_through_the_fd,
-                                              test_broadcast_one_subscribers_wait_keeps_anothers_wakeup } },
+                                              test_broadcast_one_subscribers_wait_keeps_anothers_wakeup,
+                                              test_broadcast_publisher_wakes_many_subscribers_without_a_descriptor_each } },
                 { "fifos", CASE_TIMEOUT, { test_fifos_carry_the_channels_rights_and_go_with_it,
                                            test_read_only_class_gets_no_fifo, test_creator_group_gets_the_fifos,
                                            test_raw_and_read_only_handles_have_none,
                                            test_planted_directory_is_left_alone,
-                                           test_failed_second_daemon_leaves_the_fifos } },
+                                           test_failed_second_daemon_leaves_the_fifos,
+                                           test_another_users_lock_on_the_fifo_directory_does_not_stop_a_restart } },
         };
 
         return test_main("channel-fd", groups, ELEMENTSOF(groups), setup, teardown);
