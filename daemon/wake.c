@@ -162,16 +162,18 @@ Wake *wake_free(Wake *w) {
         if (!w)
                 return NULL;
         /*
+         * The lock, in our directory wherever it went, still held: whoever
+         * opened it meanwhile finds the name gone and tries again.
+         */
+        (void) unlinkat(w->dirfd, LOCK_NAME, 0);
+        /*
          * Empty once every ring is removed; kept (and reused) when a channel is
          * left for the next start. Only while the path still names our
          * directory: another daemon may have made one there since.
          */
         if (fstat(w->dirfd, &ours) == 0 && lstat(w->path, &there) == 0 && ours.st_dev == there.st_dev &&
-            ours.st_ino == there.st_ino) {
-                /* Still held: whoever opened it meanwhile finds the name gone and tries again. */
-                (void) unlinkat(w->dirfd, LOCK_NAME, 0);
+            ours.st_ino == there.st_ino)
                 (void) rmdir(w->path);
-        }
         close(w->lock_fd);
         close(w->dirfd);
         free(w->path);
