@@ -26,6 +26,7 @@
 #include "daemon/log.h"
 #include "daemon/self.h"
 #include "daemon/wake.h"
+#include "proto/broadcast.h"
 
 static const char *const suffixes[2] = { ".data", ".space" };
 
@@ -255,22 +256,19 @@ static void remove_one(const Wake *w, const char *file) {
 }
 
 /*
- * fn on every subscriber FIFO of channel name in the directory, found by
- * name: as many as the channel had when they were made, whatever it has now.
+ * fn on the subscriber FIFOs of channel name, as many as there are: the daemon makes them 0 to n - 1 with no gap, and only it
+ * writes the directory, so the first missing one is the end. A lookup per
+ * FIFO, not a listing of the whole directory, which would make a start
+ * with many broadcast channels quadratic.
  */
 static void for_each_sub_fifo(const Wake *w, const char *name, void (*fn)(const Wake *w, const char *file)) {
-        DIR *d = dir_stream(w);
+        char file[NAME_MAX + 1];
 
-        if (!d)
-                return;
-        for (struct dirent *de; (de = readdir(d));) {
-                char channel[NAME_MAX + 1];
-
-                if (sub_fifo_channel(de->d_name, channel, sizeof channel) && streq(channel, name) &&
-                    is_fifo(w, de->d_name) == 1)
-                        fn(w, de->d_name);
+        for (uint32_t i = 0; i < BCAST_SUBSCRIBERS_MAX; i++) {
+                if (sub_fifo_name(name, i, file, sizeof file) < 0 || is_fifo(w, file) != 1)
+                        return;
+                fn(w, file);
         }
-        closedir(d);
 }
 
 /*

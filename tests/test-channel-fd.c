@@ -7,6 +7,7 @@
  */
 
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -458,6 +459,67 @@ static void reload_ok(void) {
         json_decref(resp);
         close(fd);
 }
+
+/* The FIFOs in the directory whose names start with prefix, as one sorted, space-separated string. */
+static char *fifos_named(const char *prefix) {
+        char dir[600], *list = NULL;
+        struct dirent **names;
+        size_t len = 0;
+        FILE *f = open_memstream(&list, &len);
+        bool first = true;
+        int n;
+
+        ck_assert_ptr_nonnull(f);
+        snprintf(dir, sizeof dir, "%s.wake", td.socket);
+        n = scandir(dir, &names, NULL, versionsort);
+        ck_assert_int_ge(n, 0);
+        for (int i = 0; i < n; i++) {
+                if (strncmp(names[i]->d_name, prefix, strlen(prefix)) == 0) {
+                        fprintf(f, "%s%s", first ? "" : " ", names[i]->d_name);
+                        first = false;
+                }
+                free(names[i]);
+        }
+        free(names);
+        ck_assert_int_eq(fclose(f), 0);
+        return list;
+}
+
+/*
+ * A broadcast channel has a FIFO per cursor (NAME.data.I) beside the two
+ * of the channel. A reload that changes its subscribers makes the new set
+ * and leaves none of the old; one that makes it a ring leaves the ring's
+ * two; the stop leaves nothing.
+ */
+START_TEST(test_cursor_fifos_follow_the_channel) {
+        char *list, dir[600];
+        struct stat st;
+
+        list = fifos_named("news.");
+        ck_assert_str_eq(list, "news.data news.data.0 news.data.1 news.space");
+        free(list);
+        test_daemon_write_config(&td, "[{\"name\": \"news\", \"layout\": \"broadcast\", \"slot_size\": 64,"
+                                      " \"slots\": 2, \"subscribers\": 3}]");
+        reload_ok();
+        list = fifos_named("news.");
+        ck_assert_str_eq(list, "news.data news.data.0 news.data.1 news.data.2 news.space");
+        free(list);
+        test_daemon_write_config(&td, "[{\"name\": \"news\", \"layout\": \"broadcast\", \"slot_size\": 64,"
+                                      " \"slots\": 2, \"subscribers\": 1}]");
+        reload_ok();
+        list = fifos_named("news.");
+        ck_assert_str_eq(list, "news.data news.data.0 news.space");
+        free(list);
+        test_daemon_write_config(&td, "[{\"name\": \"news\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 2}]");
+        reload_ok();
+        list = fifos_named("news.");
+        ck_assert_str_eq(list, "news.data news.space");
+        free(list);
+        test_daemon_stop_ok(&td);
+        snprintf(dir, sizeof dir, "%s.wake", td.socket);
+        ck_assert_msg(stat(dir, &st) < 0 && errno == ENOENT, "%s is left after the stop", dir);
+}
+END_TEST
 
 START_TEST(test_read_only_class_gets_no_fifo) {
         char path[600];
@@ -913,6 +975,7 @@ int main(void) {
                                               test_broadcast_publisher_wakes_many_subscribers_without_a_descriptor_each } },
                 { "fifos", CASE_TIMEOUT, { test_fifos_carry_the_channels_rights_and_go_with_it,
                                            test_read_only_class_gets_no_fifo, test_creator_group_gets_the_fifos,
+                                           test_cursor_fifos_follow_the_channel,
                                            test_raw_and_read_only_handles_have_none,
                                            test_planted_directory_is_left_alone,
                                            test_failed_second_daemon_leaves_the_fifos,
