@@ -32,13 +32,6 @@ int control_new(sd_event *event, Dispatch *dispatch, const ConfigLimits *limits,
 void control_set_limits(Control *c, const ConfigLimits *limits);
 
 /*
- * Bind and listen on `path` (its directory must exist): a stale socket file
- * is replaced, but a socket where a server still
- * answers is not (-EADDRINUSE), nor is a path that is not a socket
- * (-EEXIST). The socket gets `mode`, and `group` unless it is (gid_t) -1.
- * msg says which.
- */
-/*
  * Unlink the socket file at path if nobody listens on it (a crashed run's):
  * 0 when it is gone, or was never there. Refused, with msg saying why:
  * not a socket (-EEXIST), a live server (-EADDRINUSE), a socket of another
@@ -46,6 +39,14 @@ void control_set_limits(Control *c, const ConfigLimits *limits);
  */
 int control_remove_stale_socket(const char *path, bool own_only, char *msg, size_t msg_size);
 
+/*
+ * Bind and listen on `path` (its directory must exist): a stale socket file
+ * is replaced (control_remove_stale_socket()), but a socket where a server
+ * still answers is not (-EADDRINUSE), nor is a path that is not a socket
+ * (-EEXIST). The socket gets `mode`, and `group` unless it is (gid_t) -1.
+ * The stop unlinks the path only while it names the socket bound here.
+ * msg says which.
+ */
 int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char *msg, size_t msg_size);
 
 /*
