@@ -13,7 +13,7 @@ static bool key_fits(const Config *cfg, const ChannelSpec *spec, const uint8_t *
         if (spec->has_key)
                 return spec->key == key;
         /* A key the file now fixes for a channel is one a fresh start would skip. */
-        if (bsearch(&key, cfg->fixed_keys, cfg->n_fixed_keys, sizeof key, cmp_u32))
+        if (config_key_is_fixed(cfg, key))
                 return false;
         for (unsigned i = 0; i < CHANNEL_DERIVED_KEY_ATTEMPTS; i++)
                 if (channel_derive_key(secret, spec->name, i) == key)
@@ -119,7 +119,7 @@ static int adopt_one(Registry *reg, const Config *cfg, const uint8_t *secret, St
                 int table_id;
 
                 if (channel_table_of(shm, &table_key, &table_id) < 0 ||
-                    bsearch(&table_key, cfg->fixed_keys, cfg->n_fixed_keys, sizeof table_key, cmp_u32) ||
+                    config_key_is_fixed(cfg, table_key) ||
                     !(table = find_object(v, n, STATE_SHM, table_key, table_id)) || table == shm ||
                     reclaim_prove(table, false) != 1) {
                         log_warning("Channel %s: its subscriber table segment is not provably the last run's; "

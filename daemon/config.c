@@ -650,3 +650,7 @@ int config_find_channel(const Config *c, const char *name) {
                         return (int) i;
         return -ENOENT;
 }
+
+bool config_key_is_fixed(const Config *c, uint32_t key) {
+        return bsearch(&key, c->fixed_keys, c->n_fixed_keys, sizeof key, cmp_u32) != NULL;
+}

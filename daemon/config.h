@@ -90,3 +90,6 @@ Config *config_free(Config *c);
 
 /* Index of the channel named `name`, or -ENOENT. */
 int config_find_channel(const Config *c, const char *name);
+
+/* Whether some channel of c fixes System V key `key` ("key"): one that derived keys skip. */
+bool config_key_is_fixed(const Config *c, uint32_t key);

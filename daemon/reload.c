@@ -107,15 +107,18 @@ static void plan_done(Plan *p) {
         free(p->holder);
 }
 
+/* Whether channel c holds System V key `key`: its segment's and set's, or its subscriber table's. */
+static bool channel_holds_key(const Channel *c, uint32_t key) {
+        return c->key == key || (c->table_id >= 0 && c->table_key == key);
+}
+
 /* Whether a channel this plan removes or replaces holds key now. */
 static bool plan_frees_key(const Plan *p, uint32_t key) {
         for (size_t i = 0; i < p->n_remove; i++)
-                if (p->remove[i]->channel->key == key ||
-                    (p->remove[i]->channel->table_id >= 0 && p->remove[i]->channel->table_key == key))
+                if (channel_holds_key(p->remove[i]->channel, key))
                         return true;
         for (size_t i = 0; i < p->n_later; i++)
-                if (p->replace[i] && (p->replace[i]->channel->key == key ||
-                                      (p->replace[i]->channel->table_id >= 0 && p->replace[i]->channel->table_key == key)))
+                if (p->replace[i] && channel_holds_key(p->replace[i]->channel, key))
                         return true;
         return false;
 }
@@ -140,8 +143,8 @@ static bool derived_key_now_fixed(const Config *cfg, const Entry *e) {
 
         if (c->spec.kind == PROTO_KIND_POSIX)
                 return false;
-        return (!c->spec.has_key && bsearch(&c->key, cfg->fixed_keys, cfg->n_fixed_keys, sizeof c->key, cmp_u32)) ||
-               (c->table_id >= 0 && bsearch(&c->table_key, cfg->fixed_keys, cfg->n_fixed_keys, sizeof c->key, cmp_u32));
+        return (!c->spec.has_key && config_key_is_fixed(cfg, c->key)) ||
+               (c->table_id >= 0 && config_key_is_fixed(cfg, c->table_key));
 }
 
 static int plan_make(Registry *reg, const Config *cfg, Plan *p) {
