@@ -256,10 +256,11 @@ static void remove_one(const Wake *w, const char *file) {
 }
 
 /*
- * fn on the subscriber FIFOs of channel name, as many as there are: the daemon makes them 0 to n - 1 with no gap, and only it
- * writes the directory, so the first missing one is the end. A lookup per
- * FIFO, not a listing of the whole directory, which would make a start
- * with many broadcast channels quadratic.
+ * fn on the subscriber FIFOs of channel name, as many as there are: the
+ * daemon makes them 0 to n - 1 with no gap, and only it writes the
+ * directory, so the first missing one is the end. A lookup per FIFO, not a
+ * listing of the whole directory, which would make a start with many
+ * broadcast channels quadratic.
  */
 static void for_each_sub_fifo(const Wake *w, const char *name, void (*fn)(const Wake *w, const char *file)) {
         char file[NAME_MAX + 1];
@@ -269,6 +270,42 @@ static void for_each_sub_fifo(const Wake *w, const char *name, void (*fn)(const 
                         return;
                 fn(w, file);
         }
+}
+
+/* fn on every FIFO of channel name there is: the channel's two, then its subscribers'. */
+static void for_each_fifo(const Wake *w, const char *name, void (*fn)(const Wake *w, const char *file)) {
+        char file[NAME_MAX + 1];
+
+        for (unsigned i = 0; i < 2; i++)
+                if (fifo_name(name, i, file, sizeof file) == 0)
+                        fn(w, file);
+        for_each_sub_fifo(w, name, fn);
+}
+
+/*
+ * fn on every FIFO channel s is to have, made or not: the channel's two,
+ * and one per cursor of a broadcast channel. Stops at the first failure.
+ */
+static int for_each_fifo_of(Wake *w, const ChannelSpec *s, bool keep,
+                            int (*fn)(Wake *w, const char *file, const ChannelSpec *s, bool keep)) {
+        char file[NAME_MAX + 1];
+        int r;
+
+        for (unsigned i = 0; i < 2; i++) {
+                r = fifo_name(s->name, i, file, sizeof file);
+                if (r == 0)
+                        r = fn(w, file, s, keep);
+                if (r < 0)
+                        return r;
+        }
+        for (uint32_t i = 0; s->layout == PROTO_LAYOUT_BROADCAST && i < s->subscribers; i++) {
+                r = sub_fifo_name(s->name, i, file, sizeof file);
+                if (r == 0)
+                        r = fn(w, file, s, keep);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
 }
 
 /*
@@ -380,74 +417,31 @@ static int make_one(Wake *w, const char *file, const ChannelSpec *s, bool keep) 
 }
 
 int wake_make(Wake *w, const ChannelSpec *s, bool keep) {
-        char file[NAME_MAX + 1];
-        int r;
-
         if (!w)
                 return 0;
         /* A channel made anew: the subscriber FIFOs of what had the name go, however many it had. */
         if (!keep)
                 for_each_sub_fifo(w, s->name, remove_one);
-        for (uint32_t i = 0; s->layout == PROTO_LAYOUT_BROADCAST && i < s->subscribers; i++) {
-                r = sub_fifo_name(s->name, i, file, sizeof file);
-                if (r == 0)
-                        r = make_one(w, file, s, keep);
-                if (r < 0)
-                        return r;
-        }
-        for (unsigned i = 0; i < 2; i++) {
-                r = fifo_name(s->name, i, file, sizeof file);
-                if (r == 0)
-                        r = make_one(w, file, s, keep);
-                if (r < 0)
-                        return r;
-        }
-        return 0;
+        return for_each_fifo_of(w, s, keep, make_one);
+}
+
+static int perms_one(Wake *w, const char *file, const ChannelSpec *s, bool keep) {
+        (void) keep;
+        return set_perms(w, file, s);
 }
 
 int wake_set_perms(Wake *w, const ChannelSpec *s) {
-        char file[NAME_MAX + 1];
-        int r;
-
-        if (!w)
-                return 0;
-        for (unsigned i = 0; i < 2; i++) {
-                r = fifo_name(s->name, i, file, sizeof file);
-                if (r == 0)
-                        r = set_perms(w, file, s);
-                if (r < 0)
-                        return r;
-        }
-        for (uint32_t i = 0; s->layout == PROTO_LAYOUT_BROADCAST && i < s->subscribers; i++) {
-                r = sub_fifo_name(s->name, i, file, sizeof file);
-                if (r == 0)
-                        r = set_perms(w, file, s);
-                if (r < 0)
-                        return r;
-        }
-        return 0;
+        return w ? for_each_fifo_of(w, s, true, perms_one) : 0;
 }
 
 void wake_signal(const Wake *w, const char *name) {
-        char file[NAME_MAX + 1];
-
-        if (!w)
-                return;
-        for (unsigned i = 0; i < 2; i++)
-                if (fifo_name(name, i, file, sizeof file) == 0)
-                        signal_one(w, file);
-        for_each_sub_fifo(w, name, signal_one);
+        if (w)
+                for_each_fifo(w, name, signal_one);
 }
 
 void wake_remove(Wake *w, const char *name) {
-        char file[NAME_MAX + 1];
-
-        if (!w)
-                return;
-        for (unsigned i = 0; i < 2; i++)
-                if (fifo_name(name, i, file, sizeof file) == 0)
-                        remove_one(w, file);
-        for_each_sub_fifo(w, name, remove_one);
+        if (w)
+                for_each_fifo(w, name, remove_one);
 }
 
 void wake_sweep(Wake *w, bool (*keep)(const char *name, void *userdata), void *userdata) {
