@@ -149,7 +149,7 @@ static __attribute__((noinline, cold)) void wake_waiters(BcastHandle *b, uint32_
                 if (!(LOAD(&cur->sleeping, SEQ) & RING_SLEEP_FD) ||
                     !(__atomic_exchange_n(&cur->sleeping, 0, SEQ) & RING_SLEEP_FD))
                         continue;
-                if (!channel_wake_signal_sub(b->ch, i, b->subscribers)) {
+                if (!channel_wake_signal_sub(b->ch, i)) {
                         /* Out of our reach: left for a waker that can reach it. */
                         __atomic_fetch_or(&cur->sleeping, (uint32_t) RING_SLEEP_FD, SEQ);
                         __atomic_fetch_or(sleeping, (uint32_t) RING_SLEEP_FD, SEQ);
@@ -186,11 +186,9 @@ static int arm_fd(BcastHandle *b, uint32_t *sleeping, unsigned dir, bool subscri
         return -1;
 #else
         uint32_t own = UINT32_MAX;
-        int armed;
+        /* Its own FIFO, which the arm turns into the channel's when there is none. */
+        int armed = channel_wake_arm(b->ch, subscriber && dir == WAKE_DATA ? WAKE_OWN : dir, &own);
 
-        if (subscriber && dir == WAKE_DATA && channel_wake_own_ready(b->ch))
-                dir = WAKE_OWN;
-        armed = channel_wake_arm(b->ch, dir, &own);
         if (armed < 0)
                 return -1;
         /* The cursor of the FIFO armed: another thread may have moved this handle to another since. */
@@ -280,7 +278,7 @@ static int wait_slot(shmb_channel *ch, BcastHandle *b, Wait *w, BcastSlot *slot,
                 /* A subscriber about to wait in an event loop tells block-mode publishers where it is. */
                 if (before_sleep)
                         before_sleep(ch, b);
-                armed = arm_fd(b, &b->t->sub_sleeping, WAKE_DATA, b->subscriber && my_cursor(b));
+                armed = arm_fd(b, &b->t->sub_sleeping, WAKE_DATA, b->subscriber);
                 if (armed < 0)
                         return -EAGAIN;
                 if (LOAD(&slot->seq, SEQ) != seen || removed_seq(b)) {

@@ -199,16 +199,23 @@ void channel_wake_pass_on(shmb_channel *ch, unsigned dir) {
         (void) write(ch->wake->fd[dir], "", 1);
 }
 
+/* Cursor index's own FIFO: the channel's data FIFO's path, a dot and the index (proto/broadcast.h). */
+static int own_fifo_path(const ChannelWake *w, uint32_t index, char *buf, size_t size) {
+        int k = snprintf(buf, size, "%s.%" PRIu32, w->path[WAKE_DATA], index);
+
+        return k < 0 || (size_t) k >= size ? -ENAMETOOLONG : 0;
+}
+
 void channel_wake_set_own(shmb_channel *ch, uint32_t index) {
         ChannelWake *w = ch->wake;
-        char *path = NULL;
+        char buf[PATH_MAX], *path = NULL;
         int fd;
 
         if (!w || __atomic_load_n(&w->own_index, __ATOMIC_ACQUIRE) == index)
                 return;
         pthread_mutex_lock(&w->lock);
-        if (index != UINT32_MAX)
-                path = strprintf("%s.%" PRIu32, w->path[WAKE_DATA], index);
+        if (index != UINT32_MAX && own_fifo_path(w, index, buf, sizeof buf) == 0)
+                path = strdup(buf);
         fd = w->fd[WAKE_OWN];
         if (fd >= 0) {
                 /* The fd stops watching the old one: the next wait points it at the new one. */
@@ -221,30 +228,20 @@ void channel_wake_set_own(shmb_channel *ch, uint32_t index) {
         }
         free(w->path[WAKE_OWN]);
         w->path[WAKE_OWN] = path;
-        w->unusable[WAKE_OWN] = false;
-        /* Opened now if an fd was asked for already: a wait never opens a file. */
-        if (path && w->poll_fd >= 0 && open_fifo(w, WAKE_OWN) < 0)
-                w->unusable[WAKE_OWN] = true;
+        /* Opened now if an fd was asked for already: a wait never opens a file. Not there: it waits on the channel's. */
+        if (path && w->poll_fd >= 0)
+                (void) open_fifo(w, WAKE_OWN);
         __atomic_store_n(&w->own_index, index, __ATOMIC_RELEASE);
         pthread_mutex_unlock(&w->lock);
 }
 
-bool channel_wake_own_ready(shmb_channel *ch) {
-        ChannelWake *w = ch->wake;
-
-        return w && __atomic_load_n(&w->fd[WAKE_OWN], __ATOMIC_ACQUIRE) >= 0;
-}
-
-bool channel_wake_signal_sub(shmb_channel *ch, uint32_t index, uint32_t n) {
+bool channel_wake_signal_sub(shmb_channel *ch, uint32_t index) {
         ChannelWake *w = ch->wake;
         char path[PATH_MAX];
-        int fd, k;
+        int fd;
 
-        if (!w || index >= n)
-                return false;
         /* The data FIFO's path is set at open and never changes: read without the lock. */
-        k = snprintf(path, sizeof path, "%s.%" PRIu32, w->path[WAKE_DATA], index);
-        if (k < 0 || (size_t) k >= sizeof path)
+        if (!w || own_fifo_path(w, index, path, sizeof path) < 0)
                 return false;
         /*
          * Opened for each wake-up, not kept: a publisher would hold one
@@ -291,9 +288,9 @@ int shmb_channel_fd(shmb_channel *ch) {
                 r = open_fifo(w, i);
         if (r < 0)
                 goto done;
-        /* A subscriber's own: without it (its name is out of reach) it waits on the channel's, as before. */
-        if (w->path[WAKE_OWN] && open_fifo(w, WAKE_OWN) < 0)
-                w->unusable[WAKE_OWN] = true;
+        /* A subscriber's own: without it (its name is out of reach) it waits on the channel's. */
+        if (w->path[WAKE_OWN])
+                (void) open_fifo(w, WAKE_OWN);
         w->kick_fd = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);
         if (w->kick_fd < 0) {
                 r = -errno;

@@ -107,7 +107,7 @@ typedef struct ChannelWake {
         pthread_mutex_t lock;           /* over the fields below but fd[] reads */
         char *path[WAKE_FIFOS];         /* WAKE_OWN's: NULL but for a subscriber with a cursor */
         int fd[WAKE_FIFOS];             /* opened on first need (atomic loads); -1: not yet */
-        bool unusable[WAKE_FIFOS];      /* opening failed: do not try on every message */
+        bool unusable[2];               /* a waker's open of WAKE_DATA or WAKE_SPACE failed: not on every message */
         uint32_t own_index;             /* the cursor whose FIFO path[WAKE_OWN] is */
         int poll_fd;                    /* the epoll instance shmb_channel_fd() hands out; -1: none yet */
         int kick_fd;                    /* an eventfd keeping poll_fd readable until the first wait */
@@ -247,17 +247,16 @@ int channel_wake_arm(shmb_channel *ch, unsigned dir, uint32_t *ret_own);
 void channel_wake_pass_on(shmb_channel *ch, unsigned dir);
 /*
  * A broadcast subscriber's cursor is index now (UINT32_MAX: it has none):
- * its own FIFO (WAKE_OWN) is that cursor's. Whether it can wait on it:
- * channel_wake_own_ready().
+ * its own FIFO (WAKE_OWN) is that cursor's. Without one it can open, its
+ * waits arm the channel's (channel_wake_arm()).
  */
 void channel_wake_set_own(shmb_channel *ch, uint32_t index);
-bool channel_wake_own_ready(shmb_channel *ch);
 /*
  * A publisher took RING_SLEEP_FD from cursor index's flag: write that
- * subscriber's FIFO (n: the channel's subscribers). false: it cannot be
- * reached from here (the caller leaves the bit for a waker that can).
+ * subscriber's FIFO. false: it cannot be reached from here (the caller
+ * leaves the bit for a waker that can).
  */
-bool channel_wake_signal_sub(shmb_channel *ch, uint32_t index, uint32_t n);
+bool channel_wake_signal_sub(shmb_channel *ch, uint32_t index);
 
 /*
  * How many semaphores at the start of a channel's set its layout keeps for
