@@ -458,13 +458,17 @@ static int objects_begin(PosixObjects *p, const ChannelSpec *spec, int *ret_dir,
         return 0;
 }
 
+static uint64_t whole_pages(uint64_t bytes, uint64_t page) {
+        return (bytes + page - 1) / page * page;
+}
+
 /* The files below, each given every page (file_create()). */
 uint64_t posix_objects_bytes(const ChannelSpec *spec, uint64_t table_size, uint64_t page) {
-        uint64_t n = (spec->size + page - 1) / page * page, sem = (sizeof(PosixSemFile) + page - 1) / page * page;
+        uint64_t n = whole_pages(spec->size, page);
 
         if (spec->layout == PROTO_LAYOUT_BROADCAST)
-                n += (table_size + page - 1) / page * page;
-        return n + (uint64_t) spec->nsems * sem;
+                n += whole_pages(table_size, page);
+        return n + (uint64_t) spec->nsems * whole_pages(sizeof(PosixSemFile), page);
 }
 
 int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *state, PosixObjects *ret,

@@ -104,7 +104,6 @@ import errno
 import json
 import operator
 import os
-import time
 import weakref
 
 from time import monotonic as _monotonic
@@ -205,7 +204,7 @@ class Channel:
         shm_name = _lib.shmb_channel_shm_name(handle)
         self._shm_name = shm_name.decode() if shm_name is not None else None
         self._handle = handle.value
-        self._rejoin_at = time.monotonic() + _capi.TICK_S
+        self._rejoin_at = _monotonic() + _capi.TICK_S
         self._addr = _lib.shmb_channel_addr(handle)
         segment = (ctypes.c_char * self._size).from_address(self._addr)
         # The mapping lives as long as the array: every view below holds it.
@@ -238,7 +237,7 @@ class Channel:
         channel's own calls make it, and a long wait makes it between its
         slices (_capi.waiting()).
         """
-        now = time.monotonic()
+        now = _monotonic()
         if now >= self._rejoin_at:
             self._rejoin_at = now + _capi.TICK_S
             _lib.shmb_client_process(_lib.shmb_channel_get_client(handle))
