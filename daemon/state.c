@@ -16,12 +16,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/util.h"
+#include "daemon/lock-file.h"
 #include "daemon/state.h"
 
 #define STATE_HEADER "# shmbroker state v3: objects this daemon created (kind key id pid since size;" \
@@ -123,43 +123,43 @@ static int open_own_file(State *s, const char *dir, const char *name, int flags,
         return 0;
 }
 
-/*
- * The lock file is unlinked on a clean exit, so a daemon that opened the
- * old inode just before must not trust its lock: after flock() succeeds,
- * the name has to still be the inode we hold, or we try again.
- */
+typedef struct LockOpen {
+        State *s;
+        const char *dir;
+        bool *created;
+        char *msg;
+        size_t msg_size;
+} LockOpen;
+
+/* lock_file_take()'s open: as every state file, with its message on failure. */
+static int lock_open(int dir_fd, const char *name, void *userdata) {
+        LockOpen *o = userdata;
+        int fd, r;
+
+        (void) dir_fd;
+        r = open_own_file(o->s, o->dir, name, O_RDWR, 022, &fd, o->created, o->msg, o->msg_size);
+        return r < 0 ? r : fd;
+}
+
+/* The lock file (daemon/lock-file.h), into s->lock_fd; *ret_created: this call made it. */
 static int take_lock(State *s, const char *dir, bool *ret_created, char *msg, size_t msg_size) {
         _cleanup_(freep) char *name = NULL;
+        LockOpen o = { s, dir, ret_created, msg, msg_size };
         int r;
 
         name = strprintf("%s.lock", s->name);
         if (!name)
                 return -ENOMEM;
-        for (int attempt = 0; attempt < 8; attempt++) {
-                _cleanup_(closep) int fd = -1;
-                struct stat a, b;
-
-                r = open_own_file(s, dir, name, O_RDWR, 022, &fd, ret_created, msg, msg_size);
-                if (r < 0)
-                        return r;
-                if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-                        r = errno == EWOULDBLOCK ? -EBUSY : -errno;
-                        if (r == -EBUSY)
-                                msg_set(msg, msg_size, "its lock %s is held", s->lock_path);
-                        else
-                                msg_set(msg, msg_size, "cannot lock %s: %s", s->lock_path, strerror(-r));
-                        return r;
-                }
-                if (fstat(fd, &a) < 0)
-                        return -errno;
-                if (fstatat(s->dir_fd, name, &b, AT_SYMLINK_NOFOLLOW) == 0 && a.st_dev == b.st_dev &&
-                    a.st_ino == b.st_ino) {
-                        s->lock_fd = TAKE_FD(fd);
-                        return 0;
-                }
-        }
-        msg_set(msg, msg_size, "cannot lock %s: it keeps being replaced", s->lock_path);
-        return -EBUSY;
+        msg_set(msg, msg_size, "%s", "");
+        r = lock_file_take(s->dir_fd, name, lock_open, &o, &s->lock_fd);
+        if (r == -EBUSY)
+                msg_set(msg, msg_size, "its lock %s is held", s->lock_path);
+        else if (r == -ESTALE) {
+                msg_set(msg, msg_size, "cannot lock %s: it keeps being replaced", s->lock_path);
+                r = -EBUSY;
+        } else if (r < 0 && !*msg)
+                msg_set(msg, msg_size, "cannot lock %s: %s", s->lock_path, strerror(-r));
+        return r;
 }
 
 static int write_all(int fd, const char *buf, size_t len) {

@@ -18,11 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/file.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
 #include "common/util.h"
+#include "daemon/lock-file.h"
 #include "daemon/log.h"
 #include "daemon/self.h"
 #include "daemon/wake.h"
@@ -44,36 +44,19 @@ struct Wake {
  */
 #define LOCK_NAME ".lock"
 
-/*
- * Take dirfd's lock file: 0 with *ret_fd, -EBUSY when another daemon holds
- * it, or another -errno. As the state lock (daemon/state.c): the name must
- * still be the file locked, as a stop unlinks it.
- */
-static int take_dir_lock(int dirfd, int *ret_fd) {
-        for (int attempt = 0; attempt < 8; attempt++) {
-                struct stat a, b;
-                int fd = openat(dirfd, LOCK_NAME, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+/* lock_file_take()'s open: made 0600 when missing; -EPERM unless it is the daemon's own regular file. */
+static int lock_open(int dirfd, const char *name, void *userdata) {
+        struct stat st;
+        int fd = openat(dirfd, name, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
 
-                if (fd < 0)
-                        return -errno;
-                if (fstat(fd, &a) < 0 || !S_ISREG(a.st_mode) || a.st_uid != self_euid() || (a.st_mode & 077)) {
-                        close(fd);
-                        return -EPERM;
-                }
-                if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-                        int err = errno == EWOULDBLOCK ? EBUSY : errno;
-
-                        close(fd);
-                        return -err;
-                }
-                if (fstatat(dirfd, LOCK_NAME, &b, AT_SYMLINK_NOFOLLOW) == 0 && a.st_dev == b.st_dev &&
-                    a.st_ino == b.st_ino) {
-                        *ret_fd = fd;
-                        return 0;
-                }
+        (void) userdata;
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != self_euid() || (st.st_mode & 077)) {
                 close(fd);
+                return -EPERM;
         }
-        return -EBUSY;
+        return fd;
 }
 
 /* SOCKET_PATH.wake as a Wake, made first when create; -ENOENT when it is missing and not to be made. */
@@ -111,7 +94,9 @@ static int wake_take(const char *socket_path, bool create, Wake **ret, char *msg
          * this socket path (another --state-dir) would share the directory.
          * Held as long as the descriptor (the daemon's life).
          */
-        r = take_dir_lock(fd, &lock_fd);
+        r = lock_file_take(fd, LOCK_NAME, lock_open, NULL, &lock_fd);
+        if (r == -ESTALE)
+                r = -EBUSY;
         if (r < 0) {
                 if (r == -EBUSY)
                         msg_set(msg, msg_size, "another shmbrokerd uses %s", path);
