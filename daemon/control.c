@@ -1280,6 +1280,13 @@ int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char 
                 msg_set(msg, msg_size, "cannot bind %s: %s", path, strerror(errno));
                 return r;
         }
+        /* What bind() made: a stop unlinks the path only while it still names this file. */
+        if (lstat(path, &st) < 0) {
+                r = -errno;
+                msg_set(msg, msg_size, "cannot examine %s after binding it: %s", path, strerror(errno));
+                unlink(path);
+                return r;
+        }
         r = refuse_descriptors(fd, msg, msg_size);
         if (r < 0) {
                 unlink(path);
@@ -1291,11 +1298,8 @@ int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char 
                 msg_set(msg, msg_size, "cannot listen on %s: out of memory", path);
                 return -ENOMEM;
         }
-        /* What bind() made: a stop unlinks the path only while it still names this file. */
-        if (lstat(path, &st) == 0) {
-                c->bound_dev = st.st_dev;
-                c->bound_ino = st.st_ino;
-        }
+        c->bound_dev = st.st_dev;
+        c->bound_ino = st.st_ino;
         /* Every request is checked against the peer's credentials as well. */
         if (chmod(path, mode) < 0 || (group != (gid_t) -1 && chown(path, (uid_t) -1, group) < 0) ||
             listen(fd, SOMAXCONN) < 0) {
