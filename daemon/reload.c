@@ -328,11 +328,16 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
         for (size_t i = 0; i < p->n_later; i++) {
                 if (!p->replace[i])
                         continue;
-                /* Same objects: plan_make() replaces it only for a holder its new perms refuse. */
-                if (channel_spec_same_objects(&p->replace[i]->channel->spec, p->later[i]))
-                        log_info("Reload: channel %s: the new owner, group or mode would refuse a current holder "
-                                 "(pid %d); replacing the channel instead of changing it in place.",
-                                 p->later[i]->name, (int) p->holder[i]);
+                /* Same objects: replaced for a key the file now fixes, or for a holder the new perms refuse. */
+                if (channel_spec_same_objects(&p->replace[i]->channel->spec, p->later[i])) {
+                        if (derived_key_now_fixed(cfg, p->replace[i]))
+                                log_info("Reload: channel %s: its key is now fixed for another channel; moving it to "
+                                         "a key of its own, as a start would.", p->later[i]->name);
+                        else
+                                log_info("Reload: channel %s: the new owner, group or mode would refuse a current "
+                                         "holder (pid %d); replacing the channel instead of changing it in place.",
+                                         p->later[i]->name, (int) p->holder[i]);
+                }
                 registry_remove(reg, p->replace[i]);
         }
 
