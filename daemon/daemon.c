@@ -343,6 +343,8 @@ static int open_state_and_reclaim(Daemon *d) {
         r = wake_open(d->socket_path, &d->wake, msg, sizeof msg);
         if (r == -EBUSY) {
                 log_error("Another shmbrokerd is running on %s (%s); not starting.", d->socket_path, msg);
+                /* Its state directory is another: what this start made there would name a run that never was. */
+                state_remove_made(d->state);
                 return r;
         }
         if (r < 0)

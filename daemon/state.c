@@ -47,6 +47,7 @@ struct State {
         KeptRecord *kept;       /* objects that could not be removed (state_keep()) */
         size_t n_kept;
         size_t n_lost;          /* of them could not be kept: no rewrite may drop the file's lines */
+        bool made_lock, made_secret, made_state;        /* by state_open(): state_remove_made() */
 };
 
 static const char *kind_name(StateKind k) {
@@ -241,6 +242,7 @@ static int load_secret(State *s, const char *dir, char *msg, size_t msg_size) {
                 r = replace_file(s, name, text, SECRET_TEXT_LEN, 0, NULL);
                 if (r < 0)
                         msg_set(msg, msg_size, "cannot write %s/%s: %s", dir, name, strerror(-r));
+                s->made_secret = r == 0;
                 return r;
         }
         if (fd < 0) {
@@ -271,8 +273,7 @@ bad:
 }
 
 int state_open(const char *dir, const char *name, State **ret, char *msg, size_t msg_size) {
-        _cleanup_(freep) char *state_name = NULL, *lock_name = NULL;
-        bool lock_created = false;
+        _cleanup_(freep) char *state_name = NULL;
         State *s;
         int r;
 
@@ -284,8 +285,7 @@ int state_open(const char *dir, const char *name, State **ret, char *msg, size_t
         s->lock_path = strprintf("%s/%s.lock", dir, name);
         s->path = strprintf("%s/%s.state", dir, name);
         state_name = strprintf("%s.state", name);
-        lock_name = strprintf("%s.lock", name);
-        if (!s->name || !s->lock_path || !s->path || !state_name || !lock_name) {
+        if (!s->name || !s->lock_path || !s->path || !state_name) {
                 msg_set(msg, msg_size, "out of memory");
                 r = -ENOMEM;
                 goto fail;
@@ -300,21 +300,19 @@ int state_open(const char *dir, const char *name, State **ret, char *msg, size_t
         r = check_fd(s->dir_fd, dir, NULL, true, 022, msg, msg_size);
         if (r < 0)
                 goto fail;
-        r = take_lock(s, dir, &lock_created, msg, msg_size);
+        r = take_lock(s, dir, &s->made_lock, msg, msg_size);
         if (r < 0)
                 goto fail;
         r = load_secret(s, dir, msg, msg_size);
         if (r < 0)
-                goto fail_lock;
-        r = open_own_file(s, dir, state_name, O_RDWR | O_APPEND, 022, &s->fd, NULL, msg, msg_size);
+                goto fail_made;
+        r = open_own_file(s, dir, state_name, O_RDWR | O_APPEND, 022, &s->fd, &s->made_state, msg, msg_size);
         if (r < 0)
-                goto fail_lock;
+                goto fail_made;
         *ret = s;
         return 0;
-fail_lock:
-        /* Made by this start, still held: it goes. One a crashed run left stays (it names that run's config). */
-        if (lock_created)
-                (void) unlinkat(s->dir_fd, lock_name, 0);
+fail_made:
+        state_remove_made(s);
 fail:
         state_free(s);
         return r;
@@ -815,6 +813,20 @@ done:
         }
         *ret = v;
         return 0;
+}
+
+void state_remove_made(State *s) {
+        const char *const suffixes[] = { ".state", ".secret", ".lock" };
+        const bool made[] = { s->made_state, s->made_secret, s->made_lock };
+
+        /* The lock last, still held: whoever takes the name next finds nothing of ours. */
+        for (size_t i = 0; i < ELEMENTSOF(suffixes); i++) {
+                _cleanup_(freep) char *name = made[i] ? strprintf("%s%s", s->name, suffixes[i]) : NULL;
+
+                if (name)
+                        (void) unlinkat(s->dir_fd, name, 0);
+        }
+        s->made_state = s->made_secret = s->made_lock = false;
 }
 
 void state_remove_files(State *s, bool secret) {

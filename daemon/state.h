@@ -168,6 +168,13 @@ const StateRecord *state_kept(const State *s, size_t i, int *ret_err);
 int state_rewrite(State *s, const StateRecord *v, size_t n);
 
 /*
+ * Remove the files state_open() made (not found there): a start refused
+ * before it made anything else, so that it leaves nothing. A lock or state
+ * file a crashed run left stays: it names that run and what it made.
+ */
+void state_remove_made(State *s);
+
+/*
  * Remove the lock and state files: on a clean exit, when the secret stays
  * (the next start derives the same keys); with secret, of a dead run under
  * a name that is no longer ours, whose keys nothing derives again.

@@ -649,6 +649,35 @@ START_TEST(test_failed_second_daemon_leaves_the_fifos) {
 END_TEST
 
 /*
+ * shmbrokerd(8), EXIT STATUS 1: "Everything created is removed again before
+ * exiting." The second daemon refused over the FIFOs' directory made its
+ * lock, state and key secret in its own state directory on its way: they
+ * must go with it (its lock names a run that never ran, which a later start
+ * of that state directory would take for a crashed one to reclaim).
+ */
+START_TEST(test_failed_second_daemon_leaves_no_state_files) {
+        static const char *const suffixes[] = { ".lock", ".state", ".secret" };
+        char path[600], state2[400];
+        TestDaemon td2 = td;
+        int status = 0;
+
+        snprintf(state2, sizeof state2, "%s/state2", td.dir);
+        td2.pid = -1;
+        td2.notify_fd = -1;
+        snprintf(td2.notify, sizeof td2.notify, "%s/notify2", td.dir);
+        snprintf(td2.log, sizeof td2.log, "%s/daemon2.log", td.dir);
+        ck_assert(!test_daemon_start(&td2, &status, "--state-dir", state2, NULL));
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+        for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
+                struct stat st;
+
+                snprintf(path, sizeof path, "%s/shmbroker.sock%s", state2, suffixes[i]);
+                ck_assert_msg(lstat(path, &st) < 0 && errno == ENOENT, "the refused start left %s", path);
+        }
+}
+END_TEST
+
+/*
  * The FIFOs' directory is 0755 (clients must reach the FIFOs), so any
  * local user may open it, and flock(2) needs no more than an open
  * descriptor. Such a user, waiting for a lock on it while the broker
@@ -979,6 +1008,7 @@ int main(void) {
                                            test_raw_and_read_only_handles_have_none,
                                            test_planted_directory_is_left_alone,
                                            test_failed_second_daemon_leaves_the_fifos,
+                                           test_failed_second_daemon_leaves_no_state_files,
                                            test_another_users_lock_on_the_fifo_directory_does_not_stop_a_restart } },
         };
 
