@@ -242,6 +242,30 @@ static void reload_to_raw_only(void *userdata) {
         close(sock);
 }
 
+/*
+ * A subscriber in an event loop waits on its own FIFO alone: the channel's
+ * removal (here by a reload) must write that one too, or the subscriber
+ * sleeps on for ever in its poll on a channel that is gone.
+ */
+START_TEST(test_removal_wakes_a_subscriber_on_its_own_fifo) {
+        shmb_channel *sub = NULL;
+        char buf[64];
+        int fd;
+
+        ck_assert_int_eq(shmb_open_channel(NULL, "news", SHMB_RO, &sub), 0);
+        fd = shmb_channel_fd(sub);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), -EAGAIN);        /* armed on its own FIFO */
+        ck_assert_int_eq(readable(fd, 0), 0);
+        test_daemon_write_config(&td, "[{\"name\": \"raw\", \"size\": 4096}]");
+        reload_to_raw_only(NULL);
+        /* The reload answered: the removal, and its wake-ups, came before. */
+        ck_assert_msg(readable(fd, 0) == 1, "the removal did not wake the subscriber's own FIFO");
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), -EIDRM);
+        shmb_close(sub);
+}
+END_TEST
+
 START_TEST(test_removal_marked_before_the_fifo_is_written) {
         shmb_channel *ch = open_ring();
         const RingHeader *h = shmb_channel_addr(ch);
@@ -518,6 +542,33 @@ START_TEST(test_cursor_fifos_follow_the_channel) {
         test_daemon_stop_ok(&td);
         snprintf(dir, sizeof dir, "%s.wake", td.socket);
         ck_assert_msg(stat(dir, &st) < 0 && errno == ENOENT, "%s is left after the stop", dir);
+}
+END_TEST
+
+/*
+ * A cursor's FIFO grants what the channel's FIFOs grant (a subscriber
+ * reads the channel and so empties and writes its FIFO): the channel's
+ * group may open it, another user may not, and a reload that takes the
+ * group's rights away takes them from every cursor's FIFO too.
+ */
+START_TEST(test_cursor_fifos_carry_the_channels_rights) {
+        char path[600];
+
+        test_daemon_write_config(&td, "[{\"name\": \"news\", \"layout\": \"broadcast\", \"slot_size\": 64,"
+                                      " \"slots\": 2, \"subscribers\": 2, \"group\": 4242, \"mode\": \"0640\"}]");
+        reload_ok();
+        for (int i = 0; i < 2; i++) {
+                snprintf(path, sizeof path, "%s.wake/news.data.%d", td.socket, i);
+                ck_assert_msg(open_errno_as(4242, path) == 0, "the channel's group may not open %s", path);
+                ck_assert_msg(open_errno_as(4243, path) == EACCES, "another user may open %s", path);
+        }
+        test_daemon_write_config(&td, "[{\"name\": \"news\", \"layout\": \"broadcast\", \"slot_size\": 64,"
+                                      " \"slots\": 2, \"subscribers\": 2, \"group\": 4242, \"mode\": \"0600\"}]");
+        reload_ok();
+        for (int i = 0; i < 2; i++) {
+                snprintf(path, sizeof path, "%s.wake/news.data.%d", td.socket, i);
+                ck_assert_msg(open_errno_as(4242, path) == EACCES, "the group keeps %s after its rights went", path);
+        }
 }
 END_TEST
 
@@ -993,7 +1044,8 @@ int main(void) {
         const TestGroup groups[] = {
                 { "wake-ups", CASE_TIMEOUT, { test_receiver_woken_by_another_process,
                                               test_sender_woken_when_a_slot_frees } },
-                { "broker-wakes", CASE_TIMEOUT, { test_removal_wakes_the_waiter, test_removal_marked_before_the_fifo_is_written,
+                { "broker-wakes", CASE_TIMEOUT, { test_removal_wakes_the_waiter, test_removal_wakes_a_subscriber_on_its_own_fifo,
+                                                test_removal_marked_before_the_fifo_is_written,
                                                   test_dead_claimer_wakes_the_waiter } },
                 { "restart", CASE_TIMEOUT, { test_wait_survives_a_broker_crash,
                                             test_failed_restart_removes_the_reclaimed_rings_fifos } },
@@ -1005,6 +1057,7 @@ int main(void) {
                 { "fifos", CASE_TIMEOUT, { test_fifos_carry_the_channels_rights_and_go_with_it,
                                            test_read_only_class_gets_no_fifo, test_creator_group_gets_the_fifos,
                                            test_cursor_fifos_follow_the_channel,
+                                           test_cursor_fifos_carry_the_channels_rights,
                                            test_raw_and_read_only_handles_have_none,
                                            test_planted_directory_is_left_alone,
                                            test_failed_second_daemon_leaves_the_fifos,

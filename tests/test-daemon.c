@@ -2614,6 +2614,8 @@ START_TEST(test_command_line_usage_and_exit_codes) {
         /* What was printed must have reached stdout for a success. */
         ck_assert_int_eq(test_run(out, sizeof out, "%s --version >/dev/full 2>/dev/null; echo $?", SHMBROKERD_PATH), 0);
         ck_assert_str_eq(out, "1\n");
+        ck_assert_int_eq(test_run(out, sizeof out, "%s --help >/dev/full 2>/dev/null; echo $?", SHMBROKERD_PATH), 0);
+        ck_assert_str_eq(out, "1\n");
         ck_assert_int_eq(test_run(out, sizeof out, "%s --check-config -c %s >/dev/full 2>/dev/null; echo $?",
                                  SHMBROKERD_PATH, td.config), 0);
         ck_assert_str_eq(out, "1\n");

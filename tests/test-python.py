@@ -877,11 +877,12 @@ class TestMalformedAnswers(unittest.TestCase):
         self.addCleanup(signal.alarm, 0)
 
     def test_answers_without_a_channel_list(self):
-        for answer in (b'{"ok":true}', b'{"ok":true,"channels":5}', b'{"ok":true,"channels":[1]}'):
-            with self.subTest(answer=answer):
-                with self.assertRaises(OSError) as cm:
-                    shmbroker.list(socket=self.serve(answer))
-                self.assertEqual(cm.exception.errno, errno.EPROTO)
+        for call in (shmbroker.list, shmbroker.status):
+            for answer in (b'{"ok":true}', b'{"ok":true,"channels":5}', b'{"ok":true,"channels":[1]}'):
+                with self.subTest(call=call.__name__, answer=answer):
+                    with self.assertRaises(OSError) as cm:
+                        call(socket=self.serve(answer))
+                    self.assertEqual(cm.exception.errno, errno.EPROTO)
 
 
 class TestAdmin(BrokerTest):
