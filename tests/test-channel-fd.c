@@ -660,6 +660,24 @@ START_TEST(test_planted_directory_is_left_alone) {
 END_TEST
 
 /*
+ * Start a second daemon on td's socket and configuration, with a state
+ * directory of its own (so its state lock is free), state2 (its path,
+ * written there): it must refuse to start, exit 1.
+ */
+static void second_daemon_refused(char *state2, size_t size) {
+        TestDaemon td2 = td;
+        int status = 0;
+
+        snprintf(state2, size, "%s/state2", td.dir);
+        td2.pid = -1;
+        td2.notify_fd = -1;
+        snprintf(td2.notify, sizeof td2.notify, "%s/notify2", td.dir);
+        snprintf(td2.log, sizeof td2.log, "%s/daemon2.log", td.dir);
+        ck_assert(!test_daemon_start(&td2, &status, "--state-dir", state2, NULL));
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "the second daemon: status %d", status);
+}
+
+/*
  * A second daemon started on the same socket but another state directory
  * (its own lock, so nothing stops it early) fails: a server listens there.
  * On its way it must not touch the running daemon's wake-up FIFOs or their
@@ -667,23 +685,15 @@ END_TEST
  */
 START_TEST(test_failed_second_daemon_leaves_the_fifos) {
         char dir[400], path[600], state2[400];
-        TestDaemon td2 = td;
         struct stat before[2], after;
         shmb_channel *ch;
-        int status = 0;
 
         snprintf(dir, sizeof dir, "%s.wake", td.socket);
         for (int i = 0; i < 2; i++) {
                 snprintf(path, sizeof path, "%s/r2.%s", dir, i ? "space" : "data");
                 ck_assert_int_eq(lstat(path, &before[i]), 0);
         }
-        snprintf(state2, sizeof state2, "%s/state2", td.dir);
-        td2.pid = -1;
-        td2.notify_fd = -1;
-        snprintf(td2.notify, sizeof td2.notify, "%s/notify2", td.dir);
-        snprintf(td2.log, sizeof td2.log, "%s/daemon2.log", td.dir);
-        ck_assert(!test_daemon_start(&td2, &status, "--state-dir", state2, NULL));
-        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+        second_daemon_refused(state2, sizeof state2);
 
         ck_assert_msg(stat(dir, &after) == 0 && S_ISDIR(after.st_mode), "the running daemon's %s is gone", dir);
         for (int i = 0; i < 2; i++) {
@@ -709,16 +719,8 @@ END_TEST
 START_TEST(test_failed_second_daemon_leaves_no_state_files) {
         static const char *const suffixes[] = { ".lock", ".state", ".secret" };
         char path[600], state2[400];
-        TestDaemon td2 = td;
-        int status = 0;
 
-        snprintf(state2, sizeof state2, "%s/state2", td.dir);
-        td2.pid = -1;
-        td2.notify_fd = -1;
-        snprintf(td2.notify, sizeof td2.notify, "%s/notify2", td.dir);
-        snprintf(td2.log, sizeof td2.log, "%s/daemon2.log", td.dir);
-        ck_assert(!test_daemon_start(&td2, &status, "--state-dir", state2, NULL));
-        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+        second_daemon_refused(state2, sizeof state2);
         for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
                 struct stat st;
 

@@ -104,13 +104,20 @@ static void stop_and_assert_listing(char *before) {
         free(before);
 }
 
-/* Reload over a connection of its own, which must succeed: the answer, to free. */
-static json_t *reload_ok(void) {
+/* Reload over a connection of its own: the answer, to free. */
+static json_t *reload_answer(void) {
         int fd = test_connect(td.socket);
         json_t *resp = test_request(fd, "{\"op\": \"reload\"}");
 
-        test_assert_ok(resp);
         close(fd);
+        return resp;
+}
+
+/* The same, and it must succeed. */
+static json_t *reload_ok(void) {
+        json_t *resp = reload_answer();
+
+        test_assert_ok(resp);
         return resp;
 }
 
@@ -1667,15 +1674,12 @@ END_TEST
  */
 START_TEST(test_unprivileged_reload_group_refused) {
         json_t *resp;
-        int fd;
 
         start_as_nobody_with_mine();
 
         test_daemon_write_config(&td, "[{\"name\": \"mine\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0640\", "
                                       "\"group\": 4242}]");
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\": \"reload\"}");
-        close(fd);
+        resp = reload_answer();
         ck_assert_msg(!json_is_true(json_object_get(resp, "ok")), "the reload claims success: %s",
                       json_dumps(resp, JSON_COMPACT));
         ck_assert_msg(strstr(test_jstr(resp, "message"), "CAP_CHOWN") && strstr(test_jstr(resp, "message"), "\"mine\""),
@@ -1774,16 +1778,13 @@ END_TEST
  */
 START_TEST(test_unlimited_dev_shm_takes_a_reload) {
         json_t *resp;
-        int fd;
 
         ck_assert_msg(mount("tmpfs", "/dev/shm", "tmpfs", MS_REMOUNT, "size=0") == 0, "remount: %s", strerror(errno));
         test_daemon_write_config(&td, "[{\"name\": \"raw\", \"size\": 4096}]");
         test_start_ok();
         test_daemon_write_config(&td, "[{\"name\": \"raw\", \"size\": 4096},"
                                       " {\"name\": \"p\", \"kind\": \"posix\", \"size\": 4096}]");
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\": \"reload\"}");
-        close(fd);
+        resp = reload_answer();
         ck_assert_msg(json_is_true(json_object_get(resp, "ok")), "the reload was refused: %s",
                       json_dumps(resp, JSON_COMPACT));
         json_decref(resp);
