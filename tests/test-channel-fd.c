@@ -74,6 +74,19 @@ static int readable(int fd, int ms) {
         return r;
 }
 
+/* A subscriber of "news" that waits in an event loop, armed (its receive said -EAGAIN): its fd in *ret_fd. */
+static shmb_channel *waiting_subscriber(int *ret_fd) {
+        shmb_channel *sub = NULL;
+        char buf[64];
+
+        ck_assert_int_eq(shmb_open_channel(NULL, "news", SHMB_RO, &sub), 0);
+        *ret_fd = shmb_channel_fd(sub);
+        ck_assert_int_ge(*ret_fd, 0);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_int_eq(readable(*ret_fd, 0), 0);
+        return sub;
+}
+
 /* A child that opens the ring itself and does one thing: the wake-up must cross processes. */
 typedef enum { KID_SEND, KID_RECV, KID_RESERVE_AND_HANG } KidJob;
 
@@ -252,11 +265,7 @@ START_TEST(test_removal_wakes_a_subscriber_on_its_own_fifo) {
         char buf[64];
         int fd;
 
-        ck_assert_int_eq(shmb_open_channel(NULL, "news", SHMB_RO, &sub), 0);
-        fd = shmb_channel_fd(sub);
-        ck_assert_int_ge(fd, 0);
-        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), -EAGAIN);        /* armed on its own FIFO */
-        ck_assert_int_eq(readable(fd, 0), 0);
+        sub = waiting_subscriber(&fd);                                          /* armed on its own FIFO */
         test_daemon_write_config(&td, "[{\"name\": \"raw\", \"size\": 4096}]");
         reload_to_raw_only(NULL);
         /* The reload answered: the removal, and its wake-ups, came before. */
@@ -844,11 +853,7 @@ START_TEST(test_broadcast_subscriber_and_publisher_wait_through_the_fd) {
         int sfd, pfd;
         pid_t pid;
 
-        ck_assert_int_eq(shmb_open_channel(NULL, "news", SHMB_RO, &sub), 0);
-        sfd = shmb_channel_fd(sub);
-        ck_assert_int_ge(sfd, 0);
-        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), -EAGAIN);
-        ck_assert_int_eq(readable(sfd, 0), 0);
+        sub = waiting_subscriber(&sfd);
         pid = publisher_kid("news 1");
         ck_assert_msg(readable(sfd, WAIT_MS) == 1, "no wake-up from the publisher");
         assert_recv(sub, "news 1");
@@ -886,19 +891,11 @@ END_TEST
  * wait for it for ever.
  */
 START_TEST(test_broadcast_one_subscribers_wait_keeps_anothers_wakeup) {
-        shmb_channel *a = NULL, *b = NULL;
         char buf[64];
         int afd, bfd;
+        shmb_channel *a = waiting_subscriber(&afd), *b = waiting_subscriber(&bfd);
         pid_t pid;
 
-        ck_assert_int_eq(shmb_open_channel(NULL, "news", SHMB_RO, &a), 0);
-        ck_assert_int_eq(shmb_open_channel(NULL, "news", SHMB_RO, &b), 0);
-        afd = shmb_channel_fd(a);
-        bfd = shmb_channel_fd(b);
-        ck_assert_int_ge(afd, 0);
-        ck_assert_int_ge(bfd, 0);
-        ck_assert_int_eq(shmb_recv(a, buf, sizeof buf, 0), -EAGAIN);
-        ck_assert_int_eq(shmb_recv(b, buf, sizeof buf, 0), -EAGAIN);
         pid = publisher_kid("news 1");
         ck_assert_msg(readable(afd, WAIT_MS) == 1, "no wake-up from the publisher");
         /* A's loop runs first: it reads, and waits again. */
