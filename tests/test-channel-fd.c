@@ -581,6 +581,29 @@ START_TEST(test_cursor_fifos_carry_the_channels_rights) {
 }
 END_TEST
 
+/*
+ * A crash, then a start with fewer subscribers for the broadcast channel:
+ * the channel is made anew (not adopted), and the killed run's cursor
+ * FIFOs past the new count must go with the old channel, not stay for
+ * ever beside the new one (the start's sweep keeps every FIFO named after
+ * a configured channel).
+ */
+START_TEST(test_crash_restart_with_fewer_subscribers_leaves_no_cursor_fifo) {
+        char *list;
+
+        list = fifos_named("news.");
+        ck_assert_str_eq(list, "news.data news.data.0 news.data.1 news.space");
+        free(list);
+        test_daemon_kill(&td, SIGKILL);
+        test_daemon_write_config(&td, "[{\"name\": \"news\", \"layout\": \"broadcast\", \"slot_size\": 64,"
+                                      " \"slots\": 2, \"subscribers\": 1}]");
+        test_start_ok();
+        list = fifos_named("news.");
+        ck_assert_str_eq(list, "news.data news.data.0 news.space");
+        free(list);
+}
+END_TEST
+
 START_TEST(test_read_only_class_gets_no_fifo) {
         char path[600];
 
@@ -1056,6 +1079,7 @@ int main(void) {
                 { "fifos", CASE_TIMEOUT, { test_fifos_carry_the_channels_rights_and_go_with_it,
                                            test_read_only_class_gets_no_fifo, test_creator_group_gets_the_fifos,
                                            test_cursor_fifos_follow_the_channel,
+                                           test_crash_restart_with_fewer_subscribers_leaves_no_cursor_fifo,
                                            test_cursor_fifos_carry_the_channels_rights,
                                            test_raw_and_read_only_handles_have_none,
                                            test_planted_directory_is_left_alone,

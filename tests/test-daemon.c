@@ -2698,7 +2698,6 @@ END_TEST
 START_TEST(test_stop_unlinks_only_its_own_socket) {
         TestDaemon other = td;
         char state[400], wake[400], moved[420];
-        struct stat st;
         int fd;
 
         test_daemon_write_config(&td, "[{\"name\": \"first\", \"size\": 4096}]");
@@ -2720,7 +2719,7 @@ START_TEST(test_stop_unlinks_only_its_own_socket) {
 
         test_daemon_stop_ok(&td);
         ck_assert_msg(access(td.socket, F_OK) == 0, "the first daemon's stop removed the second one's live socket");
-        ck_assert_msg(stat(wake, &st) == 0, "the first daemon's stop removed the second one's FIFO directory");
+        /* Its FIFO directory holds its lock, so no stop could remove it: test_stop_removes_only_its_own_fifo_directory. */
         ck_assert_int_eq(rmdir(moved), 0);
         fd = test_connect(td.socket);
         json_t *resp = test_request(fd, "{\"op\":\"list\"}");
@@ -2729,6 +2728,30 @@ START_TEST(test_stop_unlinks_only_its_own_socket) {
         close(fd);
         test_daemon_stop_ok(&other);
         ck_assert_int_ne(access(td.socket, F_OK), 0);
+}
+END_TEST
+
+/*
+ * The FIFO-directory half of test_stop_unlinks_only_its_own_socket, where
+ * it can fail: a live daemon's directory always holds its .lock, so rmdir()
+ * refuses it whatever the stop checks. An empty directory that came to the
+ * path after ours was moved away (another daemon's, before it made its
+ * lock) must survive the stop too; ours, moved, is emptied.
+ */
+START_TEST(test_stop_removes_only_its_own_fifo_directory) {
+        char wake[400], moved[420];
+        struct stat st;
+
+        test_daemon_write_config(&td, "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 2}]");
+        test_start_ok();
+        snprintf(wake, sizeof wake, "%s.wake", td.socket);
+        snprintf(moved, sizeof moved, "%s.moved", wake);
+        ck_assert_int_eq(rename(wake, moved), 0);
+        ck_assert_int_eq(mkdir(wake, 0755), 0);
+        test_daemon_stop_ok(&td);
+        ck_assert_msg(stat(wake, &st) == 0 && S_ISDIR(st.st_mode), "the stop removed a directory it did not make");
+        ck_assert_int_eq(rmdir(wake), 0);
+        ck_assert_int_eq(rmdir(moved), 0);
 }
 END_TEST
 
@@ -2762,7 +2785,8 @@ int main(void) {
                                       test_kernel_limit_refused_before_creating, test_kernel_sem_limit_refused_before_creating,
                                       test_check_config_touches_no_ipc } },
                 { "command-line", CASE_TIMEOUT, { test_command_line_usage_and_exit_codes,
-                                 test_non_socket_at_socket_path_left_alone, test_stop_unlinks_only_its_own_socket } },
+                                 test_non_socket_at_socket_path_left_alone, test_stop_unlinks_only_its_own_socket,
+                                 test_stop_removes_only_its_own_fifo_directory } },
         };
 
         return test_main("daemon", groups, sizeof groups / sizeof groups[0], test_setup, test_teardown);
