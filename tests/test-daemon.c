@@ -263,6 +263,15 @@ START_TEST(test_client_waiting_for_its_answer_is_woken_once) {
         resp = test_request(fd, "{\"op\":\"hello\",\"version\":1}");
         test_assert_ok(resp);
         json_decref(resp);
+        /* The hello taken off the socket too (after its answer): a take the trace below would count. */
+        for (int64_t deadline = test_now_ms() + 5000;; usleep(1000)) {
+                int queued;
+
+                ck_assert_int_eq(ioctl(fd, SIOCOUTQ, &queued), 0);
+                if (queued == 0)
+                        break;
+                ck_assert_msg(test_now_ms() < deadline, "the daemon did not take the hello");
+        }
 
         test_daemon_trace(&td);
         test_send(fd, req, sizeof req - 1);
@@ -276,12 +285,12 @@ START_TEST(test_client_waiting_for_its_answer_is_woken_once) {
                         continue;
                 nr = info.entry.nr;
                 a = info.entry.args;
-                /* The connection is the socket of the daemon's first peek: it has no other client. */
-                if (conn < 0 && nr == SYS_recvfrom && (a[3] & MSG_PEEK))
+                /* The connection is the socket of the daemon's first receive, peek or not: it has no other client. */
+                if (conn < 0 && (nr == SYS_recvfrom || nr == SYS_recvmsg))
                         conn = (long) a[0];
                 if (conn < 0 || (long) a[0] != conn)
                         continue;
-                if (nr == SYS_sendto || nr == SYS_sendmsg || nr == SYS_write)
+                if (nr == SYS_sendto || nr == SYS_sendmsg || nr == SYS_write || nr == SYS_writev)
                         answered = true;
                 else if ((nr == SYS_recvfrom && !(a[3] & MSG_PEEK)) || (nr == SYS_recvmsg && !(a[2] & MSG_PEEK)) ||
                          nr == SYS_read)
@@ -2679,6 +2688,14 @@ START_TEST(test_non_socket_at_socket_path_left_alone) {
         ck_assert_int_eq(stat(target, &st), 0);
         ck_assert(S_ISREG(st.st_mode) && st.st_size == 0);
         ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        /* Dangling: neither followed (bind() would make a socket where it points) nor removed. */
+        ck_assert_int_eq(unlink(td.socket), 0);
+        ck_assert_int_eq(symlink("/nonexistent-shmbroker-target", td.socket), 0);
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "exit status %d", status);
+        ck_assert_int_eq(lstat(td.socket, &st), 0);
+        ck_assert(S_ISLNK(st.st_mode));
+        ck_assert_int_ne(lstat("/nonexistent-shmbroker-target", &st), 0);
 
         /* Once the path is free, the same config starts. */
         ck_assert_int_eq(unlink(td.socket), 0);
