@@ -2859,21 +2859,15 @@ START_TEST(test_claim_closed_after_crash_is_repaired) {
 END_TEST
 
 /*
- * The same, closed more than the connection's timeout after its last call,
- * to a broker that is slow to answer (stopped for a moment): the close
- * reconnects within the timeout counted from the close, not from that
- * earlier call's start.
+ * The same, closed more than the connection's timeout after its last call:
+ * the close reconnects within the timeout counted from the close, not from
+ * that earlier call's start, which has passed (a close that took that
+ * deadline would give up at once, and the claim would stay).
  */
-static void *cont_later(void *arg) {
-        usleep(100 * 1000);
-        kill(*(pid_t *) arg, SIGCONT);
-        return NULL;
-}
 
 START_TEST(test_claim_closed_long_after_last_call_is_repaired) {
         shmb_client *c = NULL;
         shmb_channel *s1 = NULL, *s2 = open_ok("ring", SHMB_RW), *rx = open_ok("ring", SHMB_RW);
-        pthread_t t;
         void *p;
 
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
@@ -2882,13 +2876,9 @@ START_TEST(test_claim_closed_long_after_last_call_is_repaired) {
         ck_assert_int_eq(shmb_send_reserve(s1, 8, &p, 1000), 0);
         test_daemon_kill(&td, SIGKILL);
         test_start_ok();
-        /* The timeout of the open's call has passed. */
+        /* The timeout of the open's call has passed (at least this long, however slow the machine). */
         usleep(2100 * 1000);
-        /* The broker answers 100 ms late, well within the close's 2 s. */
-        ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
-        ck_assert_int_eq(pthread_create(&t, NULL, cont_later, &td.pid), 0);
         ck_assert_int_eq(shmb_close(s1), 0);
-        pthread_join(t, NULL);
         assert_ring_passes_the_closed_claim(s2, rx);
         shmb_disconnect(c);
 }
