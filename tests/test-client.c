@@ -2744,6 +2744,61 @@ START_TEST(test_timeout_hung_broker) {
 }
 END_TEST
 
+/*
+ * libshmbroker(3), shmb_close(): "for a ring or broadcast handle whose
+ * connection went away, the library connects again first (within the
+ * timeout; after a broker that hung, not before the next attempt is due,
+ * so that a hung broker costs one close its timeout, not every close)";
+ * client.c: "Attempts back off from 50 ms". Six ring handles on one
+ * connection; the broker crashes and its restart hangs (SIGSTOP: its
+ * backlog takes the connection, nothing answers). Closing them one after
+ * the other: the first waits out the bound, and no later one waits for the
+ * broker again unless the backoff's first step (50 ms) passed since the
+ * last one that did.
+ */
+START_TEST(test_hung_broker_costs_one_close_its_timeout) {
+        enum { N = 6, BOUND_MS = 1000, BACKOFF_MIN_MS = 50 };
+        shmb_channel *h[N];
+        shmb_client *c;
+        int64_t start[N], took[N], last_wait_end = -1;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_client_set_timeout(c, BOUND_MS), 0);
+        for (int i = 0; i < N; i++)
+                ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &h[i]), 0);
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();
+        ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
+        for (int64_t deadline = test_now_ms() + 5000; test_task_state(td.pid, 0) != 'T';) {
+                ck_assert_msg(test_now_ms() < deadline, "the broker did not stop within 5 s");
+                usleep(1000);
+        }
+
+        for (int i = 0; i < N; i++) {
+                start[i] = test_now_ms();
+                ck_assert_int_eq(shmb_close(h[i]), 0);
+                took[i] = test_now_ms() - start[i];
+        }
+        ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
+        /* The first close met the hung broker (it tried, and waited out its bound)... */
+        ck_assert_msg(took[0] >= BOUND_MS - 10, "the first close took %lld ms, not the %d ms bound: no hung broker met",
+                      (long long) took[0], BOUND_MS);
+        ck_assert_msg(took[0] < BOUND_MS + 5000, "the first close took %lld ms, far past its %d ms bound",
+                      (long long) took[0], BOUND_MS);
+        /* ...the others do not, before the next attempt is due. */
+        for (int i = 0; i < N; i++) {
+                if (took[i] < BOUND_MS / 2)
+                        continue;
+                ck_assert_msg(last_wait_end < 0 || start[i] - last_wait_end >= BACKOFF_MIN_MS,
+                              "close %d waited %lld ms for the hung broker, %lld ms after an earlier close did "
+                              "(the next attempt was not due)", i, (long long) took[i],
+                              (long long) (start[i] - last_wait_end));
+                last_wait_end = start[i] + took[i];
+        }
+        shmb_disconnect(c);
+}
+END_TEST
+
 /* The default bound, where no client handle exists yet to set one: 5 s for an open by name. */
 START_TEST(test_timeout_default_open_by_name) {
         shmb_channel *ch = NULL;
@@ -2994,7 +3049,7 @@ int main(void) {
                 { "close-after-crash", CASE_TIMEOUT, { test_claim_closed_long_after_last_call_is_repaired,
                                  test_claim_closed_during_backoff_is_repaired } },
                 { "timeouts", CASE_TIMEOUT, { test_timeout_hung_broker, test_timeout_default_open_by_name,
-                                test_timeout_full_backlog_connect } },
+                                test_timeout_full_backlog_connect, test_hung_broker_costs_one_close_its_timeout } },
                 { "refusals", CASE_TIMEOUT, { test_refusal_at_accept_is_the_answer } },
         };
 

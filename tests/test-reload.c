@@ -6,13 +6,16 @@
  */
 
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
 #include <sys/ipc.h>
+#include <sys/mount.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -1194,6 +1197,134 @@ START_TEST(test_previous_run_spares_a_live_daemon_on_its_old_socket) {
 }
 END_TEST
 
+/* The lock file of a daemon on socket (the default state directory: the socket's, td's). */
+static char *lock_text(const char *socket) {
+        char path[sizeof td.socket + 8], *text = calloc(1, 4096);
+        FILE *f;
+
+        ck_assert_ptr_nonnull(text);
+        ck_assert_int_lt(snprintf(path, sizeof path, "%s.lock", socket), (int) sizeof path);
+        f = fopen(path, "re");
+        ck_assert_msg(f, "%s: %s", path, strerror(errno));
+        (void) fread(text, 1, 4095, f);
+        fclose(f);
+        return text;
+}
+
+static bool lock_exists(const char *socket) {
+        char path[sizeof td.socket + 8];
+
+        ck_assert_int_lt(snprintf(path, sizeof path, "%s.lock", socket), (int) sizeof path);
+        return access(path, F_OK) == 0;
+}
+
+/*
+ * shmbrokerd(8), CRASH RECLAIM: "a daemon started with --socket claims no
+ * configuration file that way, and another configuration's files are left
+ * to its own next start". A --socket run of td's file crashes; a start of
+ * the same file on the file's own socket must not take that run for a
+ * dead run of its own configuration that moved its socket: the crashed
+ * run's channel stays for its own next start, which takes it over.
+ */
+START_TEST(test_socket_option_run_claims_no_configuration) {
+        TestDaemon alt;
+        char *lock;
+        int status = 0, a_id;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
+        other_daemon_init(&alt, "alt");
+        strcpy(alt.config, td.config);
+        ck_assert_msg(test_daemon_start(&alt, &status, "--socket", alt.socket, NULL),
+                      "the --socket run did not start (%d)", status);
+        a_id = shm_id_of(alt.socket, "a");
+        lock = lock_text(alt.socket);
+        ck_assert_msg(!strstr(lock, td.config), "the --socket run's lock names the configuration:\n%s", lock);
+        free(lock);
+        test_daemon_kill(&alt, SIGKILL);
+
+        /* The same file, on the socket it names. */
+        test_start_ok();
+        ck_assert_msg(shm_exists(a_id) && lock_exists(alt.socket),
+                      "a start of the file reclaimed what a --socket run of it left (segment %s, lock %s)",
+                      shm_exists(a_id) ? "kept" : "removed", lock_exists(alt.socket) ? "kept" : "removed");
+        assert_ipcs(2, 2);
+        test_daemon_stop_ok(&td);
+
+        /* The --socket run's own next start takes its channel over. */
+        ck_assert_msg(test_daemon_start(&alt, &status, "--socket", alt.socket, NULL), "no restart (%d)", status);
+        ck_assert_int_eq(shm_id_of(alt.socket, "a"), a_id);
+        assert_ipcs(1, 1);
+        test_daemon_stop_ok(&alt);
+        assert_ipcs(0, 0);
+        close(alt.notify_fd);
+}
+END_TEST
+
+/* Start d with -c /dev/stdin, its standard input the file `file`. */
+static void start_on_stdin(TestDaemon *d, const char *file) {
+        int saved = dup(STDIN_FILENO), fd = open(file, O_RDONLY | O_CLOEXEC), status = 0;
+        bool ok;
+
+        ck_assert_int_ge(saved, 0);
+        ck_assert_msg(fd >= 0, "%s: %s", file, strerror(errno));
+        ck_assert_int_eq(dup2(fd, STDIN_FILENO), STDIN_FILENO);
+        close(fd);
+        strcpy(d->config, "/dev/stdin");
+        ok = test_daemon_start(d, &status, NULL);
+        ck_assert_int_eq(dup2(saved, STDIN_FILENO), STDIN_FILENO);
+        close(saved);
+        ck_assert_msg(ok, "the daemon on /dev/stdin < %s did not start (status %d)", file, status);
+}
+
+/*
+ * shmbrokerd(8), CRASH RECLAIM: a run is known "by its lock file, which
+ * names the configuration file (the path the daemon was given, made
+ * absolute, and the file it resolves to...)", and daemon.c: "A
+ * descriptor's name (/dev/stdin, /proc/self/fd/N) is anyone's: only the
+ * file it resolves to names ours." Two configurations fed on standard
+ * input: a start of the one must not reclaim what a crashed run of the
+ * other left (they share the name /dev/stdin, not a file); a start of the
+ * same file, by its path, with its socket moved, does reclaim it.
+ */
+START_TEST(test_stdin_config_run_claims_only_the_resolved_file) {
+        TestDaemon x, y;
+        char x_file[sizeof td.config], y_file[sizeof td.config];
+        int x_id;
+
+        other_daemon_init(&x, "x");
+        other_daemon_init(&y, "y");
+        strcpy(x_file, x.config);
+        strcpy(y_file, y.config);
+        test_daemon_write_config(&x, "[{\"name\": \"x\", \"size\": 4096}]");
+        test_daemon_write_config(&y, "[{\"name\": \"y\", \"size\": 4096}]");
+        start_on_stdin(&x, x_file);
+        x_id = shm_id_of(x.socket, "x");
+        test_daemon_kill(&x, SIGKILL);
+
+        /* Another file on /dev/stdin: x's files are another configuration's. */
+        start_on_stdin(&y, y_file);
+        ck_assert_msg(shm_exists(x_id) && lock_exists(x.socket),
+                      "a run of another file on /dev/stdin reclaimed what a crashed one left (segment %s, lock %s)",
+                      shm_exists(x_id) ? "kept" : "removed", lock_exists(x.socket) ? "kept" : "removed");
+        assert_ipcs(2, 2);
+        test_daemon_stop_ok(&y);
+        assert_ipcs(1, 1);
+
+        /* x's own file, by its path, now naming another socket: the crashed run is its own, and is reclaimed. */
+        strcpy(td.config, x_file);
+        test_daemon_write_config(&td, "[{\"name\": \"x\", \"size\": 4096}]");
+        test_start_ok();
+        ck_assert_msg(!shm_exists(x_id) && !lock_exists(x.socket),
+                      "a run of the file the crashed /dev/stdin run resolved to left its files (segment %s, lock %s)",
+                      shm_exists(x_id) ? "kept" : "removed", lock_exists(x.socket) ? "kept" : "removed");
+        assert_ipcs(1, 1);
+        test_daemon_stop_ok(&td);
+        assert_ipcs(0, 0);
+        close(x.notify_fd);
+        close(y.notify_fd);
+}
+END_TEST
+
 /*
  * The start-side twin of test_fixed_key_of_kept_channel: "a" got a derived
  * key, the daemon is killed, and the file now fixes that key for a new
@@ -1364,6 +1495,97 @@ START_TEST(test_sigterm_during_start_stops_once_serving) {
         ck_assert_msg(ready, "stopped without READY=1 first: %s", td.notified);
         free(ready);
         assert_ipcs(0, 0);
+}
+END_TEST
+
+/* Objects in use in this IPC namespace: segments, without running ipcs at every system call. */
+static int shm_used(void) {
+        struct shm_info info;
+
+        ck_assert_int_ge(shmctl(0, SHM_INFO, (struct shmid_ds *) &info), 0);
+        return info.used_ids;
+}
+
+/* Entries of a directory, but for the names in `keep` (NULL-terminated), one a line (malloc'd). */
+static char *dir_entries_but(const char *path, const char *const *keep) {
+        char *text = NULL;
+        size_t len = 0;
+        DIR *d = opendir(path);
+        FILE *f = open_memstream(&text, &len);
+
+        ck_assert_msg(d, "%s: %s", path, strerror(errno));
+        ck_assert_ptr_nonnull(f);
+        for (struct dirent *e; (e = readdir(d));) {
+                bool kept = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+
+                for (const char *const *k = keep; *k && !kept; k++)
+                        kept = !strcmp(e->d_name, *k);
+                if (!kept)
+                        fprintf(f, "%s\n", e->d_name);
+        }
+        closedir(d);
+        fclose(f);
+        return text;
+}
+
+/*
+ * shmbrokerd(8), SIGNALS: SIGTERM and SIGINT "Stop: remove every object,
+ * the socket file (when bound by the daemon) and the state files, and exit
+ * 0. [...] These three are held from the daemon's first step: one that
+ * comes while it is still starting is acted on once it serves." A SIGINT
+ * in the middle of the start, when a posix channel's files and a System V
+ * channel's segment exist and more channels are still to be made (the
+ * daemon traced to that system call, so no machine is too fast for it):
+ * the daemon still serves (READY=1), then stops with status 0, leaving no
+ * IPC object, nothing in /dev/shm (a tmpfs of this test's own), and of its
+ * files in the state directory only the key secret, which a stop keeps.
+ */
+START_TEST(test_sigint_during_start_removes_everything_made_so_far) {
+        static const char *const keep[] = { "shmbroker.json", "daemon.log", "notify", "shmbroker.sock.secret", NULL };
+        struct __ptrace_syscall_info info;
+        char *ready, *left;
+        bool some_files = false;
+        int status = 0;
+
+        ck_assert_msg(unshare(CLONE_NEWNS) == 0, "unshare(CLONE_NEWNS): %s", strerror(errno));
+        ck_assert_int_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0);
+        ck_assert_msg(mount("tmpfs", "/dev/shm", "tmpfs", 0, "mode=1777") == 0, "mount tmpfs: %s", strerror(errno));
+        test_daemon_write_config(&td, "[{\"name\": \"p\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1]},"
+                                      " {\"name\": \"a\", \"size\": 4096},"
+                                      " {\"name\": \"q\", \"kind\": \"posix\", \"layout\": \"ring\", \"slot_size\": 64,"
+                                      " \"slots\": 4},"
+                                      " {\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4}]");
+        test_daemon_spawn_traced(&td);
+        do {
+                ck_assert_msg(test_next_syscall_stop(td.pid), "the daemon ended before it made its first channels");
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+                if (info.op != PTRACE_SYSCALL_INFO_ENTRY || shm_used() == 0)
+                        continue;
+                left = dir_entries_but("/dev/shm", keep + 4);
+                some_files = *left;
+                free(left);
+        } while (!some_files);
+        /* Mid-start: "r" is still to be made, and READY=1 to come. */
+        ck_assert_int_eq(shm_used(), 1);
+        ck_assert_msg(!test_daemon_ready_sent(&td), "READY=1 came before the channels were all made");
+        ck_assert_int_eq(kill(td.pid, SIGINT), 0);
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+
+        ck_assert_int_eq(waitpid(td.pid, &status, 0), td.pid);
+        td.pid = -1;
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a SIGINT at start: status %d%s%s", status,
+                      WIFSIGNALED(status) ? ", killed by " : "", WIFSIGNALED(status) ? strsignal(WTERMSIG(status)) : "");
+        ready = test_daemon_wait_notify(&td, "READY=1", 1000);
+        ck_assert_msg(ready, "stopped without READY=1 first: %s", td.notified);
+        free(ready);
+        assert_ipcs(0, 0);
+        left = dir_entries_but("/dev/shm", keep + 4);
+        ck_assert_msg(!*left, "a SIGINT at start left in /dev/shm:\n%s", left);
+        free(left);
+        /* The default state directory is the socket's: td's own. */
+        left = dir_entries_but(td.dir, keep);
+        ck_assert_msg(!*left, "a SIGINT at start left beside the socket:\n%s", left);
+        free(left);
 }
 END_TEST
 
@@ -1918,8 +2140,11 @@ int main(void) {
                                 test_files_of_other_daemons_are_left_alone } },
                 { "restarts", CASE_TIMEOUT, { test_crash_restart_fixed_key_of_adopted_channel,
                                 test_socket_changed_by_symlink_swap_then_crash_leaves_nothing,
-                                test_previous_run_spares_a_live_daemon_on_its_old_socket } },
+                                test_previous_run_spares_a_live_daemon_on_its_old_socket,
+                                test_socket_option_run_claims_no_configuration,
+                                test_stdin_config_run_claims_only_the_resolved_file } },
                 { "signals", CASE_TIMEOUT, { test_sighup_during_start_is_not_fatal, test_sigterm_during_start_stops_once_serving,
+                               test_sigint_during_start_removes_everything_made_so_far,
                                test_sighup_reloads_within_a_second,
                                test_sigterm_after_reloads_removes_everything,
                                test_crash_mid_reload_then_restart } },

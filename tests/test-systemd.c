@@ -7,12 +7,15 @@
  */
 
 #include <check.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -169,6 +172,62 @@ START_TEST(test_socket_activation) {
 }
 END_TEST
 
+/*
+ * shmbrokerd(8), CRASH RECLAIM: a start that reclaims a crashed run under
+ * its old socket name removes "the socket file itself when that run bound
+ * it (not one systemd passed it)", and daemon.c: "Not one systemd passed:
+ * a connect to see if it is live could start a service." A run on a
+ * socket systemd passed crashes; its file then names another socket, and
+ * the next start reclaims the crashed run. The passed socket, which
+ * systemd still holds (here: the test, with a duplicate of the daemon's
+ * descriptor), must see no connection in its accept queue, and stay.
+ */
+START_TEST(test_reclaim_never_connects_to_a_passed_socket) {
+        char old_socket[sizeof td.socket], old_lock[sizeof td.socket + 8];
+        struct stat before, after;
+        int pidfd, listen_fd, accepting = 0, conn;
+        socklen_t len = sizeof accepting;
+
+        test_daemon_write_config(&td, two_channels);
+        td.activate = true;
+        test_start_ok();
+        td.activate = false;
+        /* systemd's own reference to the listening socket: fd 3 of the daemon. */
+        pidfd = (int) syscall(SYS_pidfd_open, td.pid, 0);
+        ck_assert_msg(pidfd >= 0, "pidfd_open: %s", strerror(errno));
+        listen_fd = (int) syscall(SYS_pidfd_getfd, pidfd, 3, 0);
+        ck_assert_msg(listen_fd >= 0, "pidfd_getfd: %s", strerror(errno));
+        close(pidfd);
+        ck_assert_int_eq(getsockopt(listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len), 0);
+        ck_assert_int_eq(accepting, 1);
+        ck_assert_int_eq(fcntl(listen_fd, F_SETFL, O_NONBLOCK), 0);
+        ck_assert_int_eq(stat(td.socket, &before), 0);
+        test_daemon_kill(&td, SIGKILL);
+
+        /* The file moves the socket; the next start (binding its own) reclaims the crashed run. */
+        strcpy(old_socket, td.socket);
+        ck_assert_int_lt(snprintf(old_lock, sizeof old_lock, "%s.lock", old_socket), (int) sizeof old_lock);
+        ck_assert_int_eq(access(old_lock, F_OK), 0);
+        ck_assert_int_lt(snprintf(td.socket, sizeof td.socket, "%s/moved.sock", td.dir), (int) sizeof td.socket);
+        test_daemon_write_config(&td, two_channels);
+        test_start_ok();
+        ck_assert_msg(access(old_lock, F_OK) < 0 && errno == ENOENT, "the crashed run was not reclaimed: %s is left",
+                      old_lock);
+        ck_assert_int_eq(test_ipcs_count("-m"), 2);
+        ck_assert_int_eq(test_ipcs_count("-s"), 2);
+
+        conn = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        ck_assert_msg(conn < 0 && errno == EAGAIN, "the reclaim connected to the socket systemd passed (%s)",
+                      conn >= 0 ? "a connection was queued" : strerror(errno));
+        ck_assert_msg(stat(old_socket, &after) == 0 && after.st_ino == before.st_ino,
+                      "the socket systemd passed was removed or replaced");
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+        close(listen_fd);
+}
+END_TEST
+
 START_TEST(test_journal_priority_prefixes) {
         struct stat st;
         char env[64], *log;
@@ -198,7 +257,8 @@ int main(void) {
                 { "notify", CASE_TIMEOUT, { test_ready_only_after_objects_exist, test_status_follows_clients,
                               test_reload_and_stop_notifications, test_extend_timeout_for_many_channels } },
                 { "watchdog", CASE_TIMEOUT, { test_watchdog_pings, test_no_watchdog_without_watchdog_usec } },
-                { "activation", CASE_TIMEOUT, { test_socket_activation } },
+                { "activation", CASE_TIMEOUT, { test_socket_activation,
+                                  test_reclaim_never_connects_to_a_passed_socket } },
                 { "journal", CASE_TIMEOUT, { test_journal_priority_prefixes } },
         };
 
