@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "common/util.h"
@@ -920,9 +921,45 @@ int channel_table_of(const StateRecord *shm, uint32_t *ret_key, int *ret_id) {
         return r;
 }
 
-/* The config's owner, group and mode on taken-over objects, as a reload would apply them: nobody holds them yet. */
+bool channel_perms_may_revoke(uid_t uid, gid_t gid, mode_t mode, const ChannelSpec *to) {
+        /* The same owner and group, and no bit dropped: everyone keeps every right. Anything else may not. */
+        return uid != to->uid || gid != to->gid || (mode & ~to->mode & 0777) != 0;
+}
+
+bool channel_has_unnamed_holders(const Channel *c, size_t named) {
+        struct shmid_ds ds;
+
+        /* A file's mappings are counted nowhere. */
+        if (c->spec.kind == PROTO_KIND_POSIX || ipc_stat_shm(c->shm_id, &ds) < 0)
+                return true;
+        return ds.shm_nattch > (c->addr ? 1u : 0u) + named;
+}
+
+/*
+ * The config's owner, group and mode on taken-over objects. Processes of
+ * the last run may still have them mapped, and none of them has come back
+ * to be judged yet: a change that may take a right away from one of them
+ * makes the channel anew instead, as a reload replaces a channel whose new
+ * rights refuse a holder (the kernel cannot revoke a mapping).
+ */
 static int adopt_perms(Channel *c, const ChannelSpec *spec, State *state, char *msg, size_t msg_size) {
-        int r = channel_set_perms(c, state, spec->uid, spec->gid, spec->mode);
+        struct shmid_ds ds;
+        struct stat st;
+        bool revokes;
+        int r;
+
+        if (spec->kind == PROTO_KIND_POSIX)
+                revokes = fstat(c->posix.shm.fd, &st) < 0 ||
+                          channel_perms_may_revoke(st.st_uid, st.st_gid, st.st_mode, spec);
+        else
+                revokes = ipc_stat_shm(c->shm_id, &ds) < 0 ||
+                          channel_perms_may_revoke(ds.shm_perm.uid, ds.shm_perm.gid, ds.shm_perm.mode, spec);
+        if (revokes && channel_has_unnamed_holders(c, 0)) {
+                msg_set(msg, msg_size, "channel \"%s\": its new owner, group or mode may take a right away from a "
+                        "process that still has it mapped", spec->name);
+                return -EPERM;
+        }
+        r = channel_set_perms(c, state, spec->uid, spec->gid, spec->mode);
 
         if (r < 0)
                 msg_set(msg, msg_size, "channel \"%s\": cannot set owner %u, group %u, mode %04o: %s", spec->name,

@@ -162,6 +162,21 @@ typedef struct ChannelPerm {
 void channel_perm(const Channel *c, ChannelPerm *ret);
 
 /*
+ * Whether owner uid, group gid and mode may refuse someone a right that
+ * the old ones grant, when the holders cannot all be judged one by one.
+ */
+bool channel_perms_may_revoke(uid_t uid, gid_t gid, mode_t mode, const ChannelSpec *to);
+
+/*
+ * Whether c may be mapped by processes the daemon cannot name, besides its
+ * own attach and `named` that it can: the last run's holders not back
+ * yet, one that disconnected, one that attached by id. System V counts a
+ * segment's attaches; a posix channel's file mappings are counted
+ * nowhere, so it always may.
+ */
+bool channel_has_unnamed_holders(const Channel *c, size_t named);
+
+/*
  * Tell the clients of a ring or broadcast channel that it is going: store
  * REMOVED in its header and wake its futex sleepers (channel_free() does
  * it too). Called before anything else wakes its waiters, so that a waiter

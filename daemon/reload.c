@@ -32,10 +32,11 @@ static bool same_perms(const ChannelSpec *a, const ChannelSpec *b) {
  * it holds (ro: read; rw: read and write). The kernel checks rights only at
  * shmat() and semop(): IPC_SET cannot take back a mapping that exists, so a
  * change that does must replace the objects instead. The first such holder
- * goes to *ret_pid, for the log.
+ * goes to *ret_pid, for the log; -1 for one that holds no connection's hold.
  */
 static bool perms_revoke_hold(Entry *e, const ChannelSpec *s, pid_t *ret_pid) {
         ChannelPerm perm;
+        size_t named = 0;
         Hold *h;
 
         if (same_perms(&e->channel->spec, s))
@@ -50,12 +51,17 @@ static bool perms_revoke_hold(Entry *e, const ChannelSpec *s, pid_t *ret_pid) {
                 perm.cuid = perm.uid;
                 perm.cgid = perm.gid;
         }
-        LIST_FOREACH(h, &e->holds, by_entry)
+        LIST_FOREACH(h, &e->holds, by_entry) {
                 if (!access_allowed(&h->client->peer, &perm, true, h->access == PROTO_ACCESS_RW)) {
                         *ret_pid = h->client->peer.pid;
                         return true;
                 }
-        return false;
+                named++;
+        }
+        /* Nobody to judge for those (pid -1): a change that may refuse anyone anything refuses them. */
+        *ret_pid = -1;
+        return channel_perms_may_revoke(e->channel->spec.uid, e->channel->spec.gid, e->channel->spec.mode, s) &&
+               channel_has_unnamed_holders(e->channel, named);
 }
 
 /* Append a copy of name to a NULL-terminated, owned list. */
@@ -333,10 +339,15 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                         if (derived_key_now_fixed(cfg, p->replace[i]))
                                 log_info("Reload: channel %s: its key is now fixed for another channel; moving it to "
                                          "a key of its own, as a start would.", p->later[i]->name);
-                        else
+                        else if (p->holder[i] >= 0)
                                 log_info("Reload: channel %s: the new owner, group or mode would refuse a current "
                                          "holder (pid %d); replacing the channel instead of changing it in place.",
                                          p->later[i]->name, (int) p->holder[i]);
+                        else
+                                log_info("Reload: channel %s: the new owner, group or mode may take a right away "
+                                         "from a process that has it mapped without holding it through a "
+                                         "connection; replacing the channel instead of changing it in place.",
+                                         p->later[i]->name);
                 }
                 registry_remove(reg, p->replace[i]);
         }

@@ -403,9 +403,9 @@ END_TEST
 START_TEST(test_mode_change_in_place) {
         struct shmid_ds shm;
         struct semid_ds sem;
-        json_t *before, *after;
+        json_t *before, *after, *resp;
         char *addr;
-        int fd, shm_id, sem_id;
+        int fd, holder, shm_id, sem_id;
 
         test_daemon_write_config(&td,
                 "[{\"name\": \"m\", \"size\": 4096, \"semaphores\": [2, 9], \"group\": 100, \"mode\": \"0660\"},"
@@ -414,6 +414,11 @@ START_TEST(test_mode_change_in_place) {
         before = list_ok();
         shm_id = (int) test_jint(test_must_find(before, "m"), "shm_id");
         sem_id = (int) test_jint(test_must_find(before, "m"), "sem_id");
+        /* Held through a connection, so that the daemon can judge that root keeps its rights. */
+        holder = test_connect(td.socket);
+        resp = req(holder, "{\"op\":\"open\",\"channel\":\"m\",\"access\":\"rw\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
         addr = shmat(shm_id, NULL, 0);
         ck_assert_ptr_ne(addr, (void *) -1);
         strcpy(addr, "kept across a mode change");
@@ -449,6 +454,53 @@ START_TEST(test_mode_change_in_place) {
         }
         ck_assert_int_eq(shmdt(addr), 0);
         assert_ipcs(2, 2);
+
+        json_decref(before);
+        json_decref(after);
+        close(holder);
+        close(fd);
+}
+END_TEST
+
+/*
+ * shmbrokerd(8), Reload: a process attached without holding the channel
+ * through a connection cannot be judged, so a change that may take a right
+ * away from anyone replaces the channel; one that takes nothing away stays
+ * in place. Here the test attaches by id, as a program that knows the id
+ * (or a fixed key) may.
+ */
+START_TEST(test_mode_change_with_unnamed_attach) {
+        json_t *before, *after;
+        char *addr, *log;
+        int fd, shm_id;
+
+        test_daemon_write_config(&td, "[{\"name\": \"m\", \"size\": 4096, \"group\": 100, \"mode\": \"0640\"}]");
+        test_start_ok();
+        before = list_ok();
+        shm_id = (int) test_jint(test_must_find(before, "m"), "shm_id");
+        addr = shmat(shm_id, NULL, 0);
+        ck_assert_ptr_ne(addr, (void *) -1);
+        fd = test_connect(td.socket);
+
+        /* Loosened: nobody loses anything; in place. */
+        test_daemon_write_config(&td, "[{\"name\": \"m\", \"size\": 4096, \"group\": 100, \"mode\": \"0660\"}]");
+        reload_expect(fd, "", "", "m", "");
+        after = list_ok();
+        ck_assert_int_eq(test_jint(test_must_find(after, "m"), "shm_id"), shm_id);
+        json_decref(after);
+
+        /* Tightened: the attach nobody holds through a connection may lose a right; replaced. */
+        test_daemon_write_config(&td, "[{\"name\": \"m\", \"size\": 4096, \"group\": 100, \"mode\": \"0600\"}]");
+        reload_expect(fd, "", "", "m", "");
+        after = list_ok();
+        ck_assert_msg(test_jint(test_must_find(after, "m"), "shm_id") != shm_id,
+                      "a tightening reload kept segment %d, which a process attached without a connection", shm_id);
+        ck_assert_str_eq(test_jstr(test_must_find(after, "m"), "mode"), "0600");
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "from a process that has it mapped without holding it"), "log: %s", log);
+        free(log);
+        ck_assert_int_eq(shmdt(addr), 0);
+        assert_ipcs(1, 1);
 
         json_decref(before);
         json_decref(after);
@@ -1865,8 +1917,9 @@ static void holder_start(Holder *ret, const Holding *holdings, size_t n, Held *h
         int cmd[2], report[2];
         pid_t pid;
 
-        ck_assert_int_eq(pipe(cmd), 0);
-        ck_assert_int_eq(pipe(report), 0);
+        /* Close-on-exec: a daemon started while the holder lives must not keep its command pipe open. */
+        ck_assert_int_eq(pipe2(cmd, O_CLOEXEC), 0);
+        ck_assert_int_eq(pipe2(report, O_CLOEXEC), 0);
         pid = fork();
         ck_assert_int_ge(pid, 0);
         if (pid == 0) {
@@ -2021,6 +2074,96 @@ START_TEST(test_revoking_reload_reaches_rw_mapping_behind_ro_reopen) {
 }
 END_TEST
 
+/*
+ * The same revocation, but by a crash restart on the tightened config: the
+ * holder is still attached (and its process alive) while the new daemon
+ * takes the channel over. shmbrokerd(8), CRASH RECLAIM: owner, group and
+ * mode are set as configured "unless that may take a right away from
+ * anyone ... while a process may still have it mapped": adopting it with
+ * the new mode would leave the holder writing into the live segment that
+ * everyone else now opens.
+ */
+START_TEST(test_revoking_crash_restart_replaces_held_channel) {
+        static const Holding holdings[] = { { "c", "rw" } };
+        struct shmid_ds ds;
+        json_t *before, *after, *ch;
+        Holder holder;
+        Held held;
+
+        test_daemon_write_config(&td,
+                "[{\"name\": \"c\", \"size\": 4096, \"semaphores\": [1], \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0660\"}]");
+        test_start_ok();
+        holder_start(&holder, holdings, 1, &held);
+        before = list_ok();
+        ck_assert_int_eq(test_jint(test_must_find(before, "c"), "shm_id"), held.shm_id);
+
+        test_daemon_kill(&td, SIGKILL);
+        test_daemon_write_config(&td,
+                "[{\"name\": \"c\", \"size\": 4096, \"semaphores\": [1], \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0600\"}]");
+        test_start_ok();
+
+        after = list_ok();
+        ch = test_must_find(after, "c");
+        ck_assert_str_eq(test_jstr(ch, "mode"), "0600");
+        ck_assert_msg(test_jint(ch, "shm_id") != held.shm_id && test_jint(ch, "sem_id") != held.sem_id,
+                      "a crash restart that revoked an attached holder's rights took over the objects it has "
+                      "attached (shm %d, sem %d)", held.shm_id, held.sem_id);
+        shm_stat(held.shm_id, &ds);
+        ck_assert_msg(ds.shm_perm.mode & SHM_DEST, "the old segment is not marked for removal");
+
+        holder_stop(&holder);
+        ck_assert_msg(!shm_exists(held.shm_id), "old segment %d outlived its last detach", held.shm_id);
+        assert_ipcs(1, 1);
+        json_decref(before);
+        json_decref(after);
+}
+END_TEST
+
+/*
+ * The same, by a reload soon after a crash restart that kept the channel:
+ * the holder of the previous run is still attached but has not come back
+ * through a connection, so the daemon cannot judge it, and the tightening
+ * replaces the channel.
+ */
+START_TEST(test_revoking_reload_after_crash_restart_replaces_held_channel) {
+        static const Holding holdings[] = { { "c", "rw" } };
+        struct shmid_ds ds;
+        json_t *after, *ch;
+        Holder holder;
+        Held held;
+        int admin;
+
+        test_daemon_write_config(&td,
+                "[{\"name\": \"c\", \"size\": 4096, \"semaphores\": [1], \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0660\"}]");
+        test_start_ok();
+        holder_start(&holder, holdings, 1, &held);
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();
+        after = list_ok();
+        ck_assert_int_eq(test_jint(test_must_find(after, "c"), "shm_id"), held.shm_id);
+        json_decref(after);
+
+        test_daemon_write_config(&td,
+                "[{\"name\": \"c\", \"size\": 4096, \"semaphores\": [1], \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0600\"}]");
+        admin = test_connect(td.socket);
+        reload_expect(admin, "", "", "c", "");
+        after = list_ok();
+        ch = test_must_find(after, "c");
+        ck_assert_str_eq(test_jstr(ch, "mode"), "0600");
+        ck_assert_msg(test_jint(ch, "shm_id") != held.shm_id && test_jint(ch, "sem_id") != held.sem_id,
+                      "a reload that may revoke the rights of a holder not back since the crash kept the objects "
+                      "it has attached (shm %d, sem %d)", held.shm_id, held.sem_id);
+        shm_stat(held.shm_id, &ds);
+        ck_assert_msg(ds.shm_perm.mode & SHM_DEST, "the old segment is not marked for removal");
+
+        holder_stop(&holder);
+        ck_assert_msg(!shm_exists(held.shm_id), "old segment %d outlived its last detach", held.shm_id);
+        assert_ipcs(1, 1);
+        json_decref(after);
+        close(admin);
+}
+END_TEST
+
 START_TEST(test_reload_keeping_holders_rights_stays_in_place) {
         /* "l" is loosened; "w" loses group write, which its ro holder never had; "free" is tightened,
          * but held only by root (the test itself), whom the owner bits still admit. */
@@ -2125,10 +2268,13 @@ int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
                 { "reload-op", CASE_TIMEOUT, { test_add_remove_keep_change_in_one_reload, test_kept_channel_untouched_byte_for_byte,
-                                 test_mode_change_in_place, test_size_change_while_held_replaces,
+                                 test_mode_change_in_place, test_mode_change_with_unnamed_attach,
+                                 test_size_change_while_held_replaces,
                                  test_revoking_reload_replaces_held_channel,
                                  test_revoking_reload_reaches_rw_mapping_behind_ro_reopen,
-                                 test_reload_keeping_holders_rights_stays_in_place } },
+                                 test_reload_keeping_holders_rights_stays_in_place,
+                                 test_revoking_crash_restart_replaces_held_channel,
+                                 test_revoking_reload_after_crash_restart_replaces_held_channel } },
                 { "top-level-keys", CASE_TIMEOUT, { test_limits_admin_group_and_socket_at_reload } },
                 { "refusals", CASE_TIMEOUT, { test_broken_config_changes_nothing, test_reload_needs_root_or_admin_group,
                                 test_kernel_limit_refused_whole, test_swap_at_kernel_limit_all_or_nothing,
