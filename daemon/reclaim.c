@@ -21,7 +21,15 @@
 /* How long after its intent an unrecorded set may have been made (or last set up). */
 #define INTENT_WINDOW_SEC 60
 
-/* 1 provably ours, 0 not provably ours, or a negative errno (-ENOENT: no such object). */
+/* shm_is_ours(): the recorded segment, removed by someone else while still attached. */
+#define SHM_REMOVED_ATTACHED 2
+
+/*
+ * 1 provably ours, 0 not provably ours, SHM_REMOVED_ATTACHED, or a negative
+ * errno (-ENOENT: no such object). A segment removed (an ipcrm after the
+ * crash) while clients still have it attached lives on with the key
+ * IPC_PRIVATE; its id, creator and size still say it is the one recorded.
+ */
 static int shm_is_ours(const StateRecord *rec, int id) {
         struct shmid_ds ds;
         int r;
@@ -31,8 +39,12 @@ static int shm_is_ours(const StateRecord *rec, int id) {
                 return -ENOENT;
         if (r < 0)
                 return r;
-        return (uint32_t) ds.shm_perm.__key == rec->key && ds.shm_perm.cuid == self_euid() &&
-               ds.shm_cpid == rec->pid && ds.shm_segsz == rec->size;
+        if (ds.shm_perm.cuid != self_euid() || ds.shm_cpid != rec->pid || ds.shm_segsz != rec->size)
+                return 0;
+        if ((uint32_t) ds.shm_perm.__key == rec->key)
+                return 1;
+        return !rec->pending && ds.shm_perm.__key == IPC_PRIVATE && (ds.shm_perm.mode & SHM_DEST) ?
+               SHM_REMOVED_ATTACHED : 0;
 }
 
 /*
@@ -83,8 +95,15 @@ static bool proven_has(const Proven *p, uint32_t key, pid_t pid) {
         return false;
 }
 
-int reclaim_prove(const StateRecord *rec, bool paired) {
+static int prove(const StateRecord *rec, bool paired) {
         return rec->kind == STATE_SHM ? shm_is_ours(rec, rec->id) : sem_is_ours(rec, rec->id, paired);
+}
+
+int reclaim_prove(const StateRecord *rec, bool paired) {
+        int r = prove(rec, paired);
+
+        /* Removed already: nothing to take over. */
+        return r == SHM_REMOVED_ATTACHED ? -ENOENT : r;
 }
 
 /* Find the object a record names (by id, or an intent's by key) and judge it. */
@@ -96,7 +115,7 @@ static int record_is_ours(StateRecord *rec, const Proven *proven) {
                         return errno == ENOENT ? -ENOENT : -errno;
                 rec->id = id;
         }
-        return reclaim_prove(rec, proven_has(proven, rec->key, rec->pid));
+        return prove(rec, proven_has(proven, rec->key, rec->pid));
 }
 
 static void log_unproven(const StateRecord *rec) {
@@ -186,6 +205,17 @@ static int settle(StateRecord *rec, Proven *proven, ReclaimResult *res) {
         if (rec->kind == STATE_POSIX)
                 return settle_posix(rec, res);
         r = record_is_ours(rec, proven);
+        if (r == SHM_REMOVED_ATTACHED) {
+                /* Proven ours all the same: its run's set may be paired with it. */
+                if (!proven_has(proven, rec->key, rec->pid)) {
+                        proven->v[proven->n].key = rec->key;
+                        proven->v[proven->n++].pid = rec->pid;
+                }
+                /* Its ring's clients may sleep on it still: nobody else will tell them. */
+                mark_ring_removed(rec);
+                res->gone++;
+                return 1;
+        }
         if (r == -ENOENT) {
                 /* An intent whose object was never made is no object at all. */
                 if (!rec->pending)

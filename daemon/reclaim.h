@@ -46,7 +46,8 @@ void reclaim_records(StateRecord *v, size_t n, ReclaimResult *ret);
 /*
  * Whether a recorded (not pending) segment or set is provably the one its
  * record names, by the rules above; `paired`: its run's segment under the
- * same key was proven. 1 yes, 0 no, -ENOENT gone, another negative errno
- * when it cannot be read.
+ * same key was proven. 1 yes, 0 no, -ENOENT gone (or a segment removed
+ * already, that only its clients keep), another negative errno when it
+ * cannot be read.
  */
 int reclaim_prove(const StateRecord *rec, bool paired);
