@@ -107,7 +107,12 @@ static void cpu_relax(void) {
 #endif
 }
 
-/* Not FUTEX_PRIVATE: the words are shared between processes. 0: look again (woken, moved, or the poll ran out). */
+#define FUTEX_POLLED 1
+
+/*
+ * Not FUTEX_PRIVATE: the words are shared between processes. 0: look again
+ * (woken, or the word moved); FUTEX_POLLED: look again, the poll ran out.
+ */
 static int futex_wait_until(uint32_t *word, uint32_t expected, int64_t deadline, int poll_ms) {
         int64_t now = now_ns(), until = now + (int64_t) poll_ms * 1000000;
         struct timespec ts;
@@ -121,7 +126,7 @@ static int futex_wait_until(uint32_t *word, uint32_t expected, int64_t deadline,
         if (syscall(SYS_futex, word, FUTEX_WAIT, expected, &ts, NULL, 0) == 0 || errno == EAGAIN)
                 return 0;
         if (errno == ETIMEDOUT)
-                return deadline && until == deadline ? -ETIMEDOUT : 0;
+                return deadline && until == deadline ? -ETIMEDOUT : FUTEX_POLLED;
         return -errno;                  /* EINTR */
 }
 
@@ -199,12 +204,24 @@ static int arm_fd(BcastHandle *b, uint32_t *sleeping, unsigned dir, bool subscri
 #endif
 }
 
+/* Removed, or gone (channel_gone(): the handle went stale at a rejoin, or a wait found the objects removed). */
 static bool removed(const BcastHandle *b) {
-        return bcast_is_removed(b->h);
+        return bcast_is_removed(b->h) || channel_gone(b->ch);
 }
 
 static bool removed_seq(const BcastHandle *b) {
-        return LOAD(&b->h->state, SEQ) != BCAST_STATE_LIVE;
+        return LOAD(&b->h->state, SEQ) != BCAST_STATE_LIVE || channel_gone(b->ch);
+}
+
+/*
+ * A poll ran out: nobody marks a channel removed while the broker was away
+ * (an ipcrm or rm after a crash), so a sleeper asks the kernel whether its
+ * objects are still there (channel_check_gone()).
+ */
+static int after_poll(const BcastHandle *b, int r) {
+        if (r != FUTEX_POLLED)
+                return r;
+        return channel_check_gone(b->ch);
 }
 
 static BcastSlot *slot_at(const BcastHandle *b, uint64_t pos) {
@@ -302,7 +319,7 @@ static int wait_slot(shmb_channel *ch, BcastHandle *b, Wait *w, BcastSlot *slot,
                                      claimed ? BCAST_REPAIR_POLL_MS : BCAST_POLL_MS);
         if (removed_seq(b))
                 return -EIDRM;
-        return r;
+        return after_poll(b, r);
 }
 
 /* ---- subscribers ---- */
@@ -613,7 +630,7 @@ static int wait_space(BcastHandle *b, uint64_t pos, Wait *w) {
         r = futex_wait_until(&b->t->space_seq, v, w->deadline, BCAST_REPAIR_POLL_MS);
         if (removed_seq(b))
                 return -EIDRM;
-        return r;
+        return after_poll(b, r);
 }
 
 /* Move head on from pos; a failure is someone else's success. */

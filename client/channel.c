@@ -465,13 +465,20 @@ shmb_client *shmb_channel_get_client(const shmb_channel *ch) {
         return ch ? ch->client : NULL;
 }
 
+int channel_check_gone(shmb_channel *ch) {
+        if (shmb_channel_check(ch) != -EIDRM)
+                return 0;
+        __atomic_store_n(&ch->gone, true, __ATOMIC_RELEASE);
+        return -EIDRM;
+}
+
 int shmb_channel_check(const shmb_channel *ch) {
         struct shmid_ds ds;
 
         if (!ch)
                 return -EINVAL;
-        /* The library learned it on reconnecting: the broker's channel of that name is another one. */
-        if (client_hold_is_stale(ch->client, &ch->hold))
+        /* The library learned it on reconnecting (the broker's channel of that name is another one), or a wait did. */
+        if (channel_gone(ch))
                 return -EIDRM;
         /* A ring says so itself, without a system call: the broker marks it before removing it. */
         if (ch->ring && ring_is_removed(ch->ring))

@@ -27,9 +27,9 @@
  * answered with the ids the handles attached means the broker adopted the
  * channel (a crash restart): the hold is back and nothing else happens.
  * Other ids, or a refusal that says the channel is gone, mean the channel
- * those handles attached was removed: they are marked stale (their data
- * path sees the removal from the kernel) and the hold this open took is
- * given back. The library never attaches the new channel behind the
+ * those handles attached was removed: they are marked stale (their ring,
+ * broadcast and semaphore calls say -EIDRM from then on, and a sleeper
+ * sees it at its next poll) and the hold this open took is given back. The library never attaches the new channel behind the
  * application's back: its mapping would change under live pointers.
  *
  * A malformed answer closes the connection for good (CLOSED), as

@@ -10,7 +10,8 @@
  * of at most PSEM_POLL_MS and looks at `state` between them and when it
  * wakes; a waiter that woke on a removed semaphore posts once (the next
  * waiter wakes too) and says -EIDRM. A removal is seen within a slice
- * even if a foreign program took the broker's post.
+ * even if a foreign program took the broker's post, and so is one nobody
+ * marked (the files removed while the broker was away).
  *
  * shmb_lock() is the file's robust process-shared mutex, not the
  * semaphore: POSIX semaphores have no SEM_UNDO, and a robust mutex is
@@ -58,6 +59,15 @@ static bool removed(PosixSemFile *f) {
         return __atomic_load_n(&f->state, __ATOMIC_ACQUIRE) == PSEM_STATE_REMOVED;
 }
 
+/*
+ * Between slices: also a channel removed while the broker was away (an rm
+ * after a crash), which nobody marked, as the kernel tells it
+ * (channel_check_gone(): a stale handle, or an unlinked segment file).
+ */
+static bool removed_now(shmb_channel *ch, PosixSemFile *f) {
+        return removed(f) || channel_check_gone(ch) == -EIDRM;
+}
+
 int posix_sem_wait(shmb_channel *ch, unsigned idx, int timeout_ms) {
         PosixSemFile *f = ch->psems[idx];
         int64_t deadline = deadline_of(timeout_ms);
@@ -78,7 +88,7 @@ int posix_sem_wait(shmb_channel *ch, unsigned idx, int timeout_ms) {
                         return -EAGAIN;                 /* sem_trywait(): timeout_ms 0 */
                 if (errno != ETIMEDOUT)
                         return -errno;                  /* EINTR: a signal ends the wait, as System V's does */
-                if (removed(f))
+                if (removed_now(ch, f))
                         return -EIDRM;
                 if (now_ns() >= deadline)
                         return -ETIMEDOUT;
@@ -133,7 +143,7 @@ int posix_lock(shmb_channel *ch, unsigned idx, int timeout_ms) {
                         return -EAGAIN;                 /* trylock: timeout_ms 0 */
                 if (r != ETIMEDOUT)
                         return -r;
-                if (removed(f))
+                if (removed_now(ch, f))
                         return -EIDRM;
                 if (now_ns() >= deadline)
                         return -ETIMEDOUT;

@@ -66,6 +66,7 @@
 #define SEQ __ATOMIC_SEQ_CST
 
 #define REPAIR_POLL_MS 50
+#define GONE_POLL_MS 1000
 #define SPIN_YIELD_AFTER_NS 2000
 /* A pause is ~25 ns on the machines measured; values from a sweep at 4 KiB. */
 #define MID_COPY_BYTES_PER_PAUSE 128
@@ -151,6 +152,17 @@ static char *payload(RingSlot *slot) {
  */
 static bool ring_removed_seq(const shmb_channel *ch) {
         return LOAD(&ch->ring->state, SEQ) != RING_STATE_LIVE;
+}
+
+/*
+ * Removed, or gone as channel_gone() says: the handle went stale at a
+ * rejoin, or a wait found the objects removed. A ring that was removed
+ * while the broker was away (an ipcrm or rm after a crash) was never
+ * marked REMOVED, and its peers may keep using it: their messages reach
+ * nobody who opens the channel now.
+ */
+static bool ring_gone(const shmb_channel *ch) {
+        return ring_is_removed(ch->ring) || channel_gone(ch);
 }
 
 /*
@@ -417,14 +429,25 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, const ui
                 if (!until || poll < until)
                         until = poll;
         }
+        /*
+         * Never asleep for longer than GONE_POLL_MS either: nobody marks a ring
+         * that was removed while the broker was away, so a sleeper asks the
+         * kernel (shmb_channel_check()) whether its objects are still there.
+         */
+        {
+                int64_t poll = now_ns() + (int64_t) GONE_POLL_MS * 1000000;
+
+                if (!until || poll < until)
+                        until = poll;
+        }
         /* The state after the word: a removal after this read moves the word, and FUTEX_WAIT returns. */
         if ((int64_t) (LOAD(&slot->seq, SEQ) - target) < 0 && !ring_removed_seq(ch))
                 r = futex_wait(w->word, v, until);
         /* Whatever woke us (the remover's wake, a signal, the deadline), a removed ring is the answer. */
-        if (ring_removed_seq(ch))
+        if (ring_removed_seq(ch) || channel_gone(ch))
                 return -EIDRM;
         if (r == -ETIMEDOUT && until != deadline)
-                return 0;               /* only the poll ran out: look again */
+                return channel_check_gone(ch);  /* only a poll ran out: look again, unless the objects went */
         return r;
 }
 
@@ -532,7 +555,7 @@ static inline int send_claim(shmb_channel *ch, size_t len, Waiter *w, RingSlot *
                 RingSlot *slot;
                 int64_t diff;
 
-                if (ring_is_removed(ch->ring))
+                if (ring_gone(ch))
                         return -EIDRM;
                 pos = LOAD(&ch->ring->head, ACQ);
                 slot = slot_at(ch, pos);
@@ -627,7 +650,7 @@ static inline ssize_t recv_claim(shmb_channel *ch, size_t max_len, Waiter *w, Ri
                 RingSlot *slot;
                 int64_t diff;
 
-                if (ring_is_removed(ch->ring))
+                if (ring_gone(ch))
                         return -EIDRM;
                 pos = LOAD(&ch->ring->tail, ACQ);
                 slot = slot_at(ch, pos);
@@ -789,7 +812,7 @@ int shmb_send_commit(shmb_channel *ch, void *buf, size_t len) {
         if (len > ch->info.slot_size)
                 return -EMSGSIZE;
         /* A removed ring takes no more messages: nobody would read this one. */
-        if (ring_is_removed(ch->ring))
+        if (ring_gone(ch))
                 return -EIDRM;
         r = own_claim(ch, buf, true, &slot, &pos);
         if (r < 0)
@@ -810,7 +833,7 @@ int shmb_send_abort(shmb_channel *ch, void *buf) {
         r = check_ring(ch);
         if (r < 0)
                 return r;
-        if (ring_is_removed(ch->ring))
+        if (ring_gone(ch))
                 return -EIDRM;
         r = own_claim(ch, buf, true, &slot, &pos);
         if (r < 0)
@@ -860,7 +883,7 @@ int shmb_recv_release(shmb_channel *ch, const void *buf) {
         r = check_ring(ch);
         if (r < 0)
                 return r;
-        if (ring_is_removed(ch->ring))
+        if (ring_gone(ch))
                 return -EIDRM;
         r = own_claim(ch, buf, false, &slot, &pos);
         if (r < 0)

@@ -43,8 +43,8 @@ static int sem_op(shmb_channel *ch, unsigned idx, short delta, bool undo, int ti
         /* Waiting and posting both change a value: the kernel wants write access. */
         if (ch->access == SHMB_RO)
                 return -EACCES;
-        /* The set goes with the ring: once the header says removed, so does every call. */
-        if (ch->ring && ring_is_removed(ch->ring))
+        /* The set goes with the ring: once the header says removed, so does every call; as when the handle is gone. */
+        if ((ch->ring && ring_is_removed(ch->ring)) || channel_gone(ch))
                 return -EIDRM;
         /* A posix channel's semaphores are files of their own (posix-sem.c), after the same checks. */
         if (ch->info.kind == PROTO_KIND_POSIX) {

@@ -137,6 +137,7 @@ struct shmb_channel {
         unsigned spin_us;               /* shmb_channel_set_spin() */
         uint32_t spin_budget_ns;        /* adapts within it */
         uint32_t ops;                   /* ring operations, to publish our CPU now and then */
+        bool gone;                      /* a wait found its objects removed (channel_gone()); atomic */
         /* ring only */
         ChannelWake *wake;              /* NULL: the broker named no FIFOs */
         RingHeader *ring;
@@ -202,6 +203,23 @@ void client_hold_attached(shmb_client *c, ClientHold *h, ProtoKind kind, int shm
 void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep_message);
 /* Whether a reconnection found the handle's channel removed (replaced or gone). */
 bool client_hold_is_stale(shmb_client *c, const ClientHold *h);
+
+/*
+ * Whether every call on ch says -EIDRM without asking the kernel: its
+ * handle went stale at a rejoin, or a wait found its objects removed.
+ * Two memory loads; any thread.
+ */
+static inline bool channel_gone(const shmb_channel *ch) {
+        return __atomic_load_n(&ch->gone, __ATOMIC_ACQUIRE) || __atomic_load_n(&ch->hold.stale, __ATOMIC_ACQUIRE);
+}
+
+/*
+ * For a wait whose poll ran out: whether ch's objects were removed while
+ * nobody could mark them (an ipcrm or rm while the broker was away), as
+ * shmb_channel_check() asks the kernel. -EIDRM (and channel_gone() from
+ * then on) or 0. One system call.
+ */
+int channel_check_gone(shmb_channel *ch);
 
 /* The open request for name with access (-EINVAL for a bad name or access): shmb_open()'s, and a rejoin's. */
 int client_open_request(const char *name, shmb_access access, ProtoRequest *ret);

@@ -32,6 +32,12 @@ typedef struct Bus {
         BcastHeader *admin;             /* the broker's attachment */
 } Bus;
 
+/* The library's kernel check of a long sleep (client/channel.c): these rings live in this process's memory. */
+int channel_check_gone(shmb_channel *ch) {
+        (void) ch;
+        return 0;
+}
+
 static void bus_make(Bus *b, uint32_t slots, uint32_t subscribers, bool drop) {
         uint64_t size = bcast_segment_size(SLOT_SIZE, slots, subscribers);
         void *table;

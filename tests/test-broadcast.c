@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/ptrace.h>
+#include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -1008,6 +1009,62 @@ START_TEST(test_removal_wakes_sleepers) {
 }
 END_TEST
 
+/* Join t, failing if it does not end within 20 s. */
+static void join_bounded(pthread_t t, const char *what) {
+        struct timespec until;
+
+        ck_assert_int_eq(clock_gettime(CLOCK_REALTIME, &until), 0);
+        until.tv_sec += 20;
+        ck_assert_msg(pthread_timedjoin_np(t, NULL, &until) == 0, "%s still blocked 20 s after its channel went",
+                      what);
+}
+
+/*
+ * A crash, then an administrator removes the dead daemon's objects
+ * (ipcrm), and no broker comes back to mark them: libshmbroker(3), a wait
+ * that sleeps long asks the kernel now and then whether its objects are
+ * still there. The sleeping subscriber and publisher both end with -EIDRM.
+ */
+START_TEST(test_objects_removed_while_broker_is_away_wake_sleepers) {
+        shmb_channel *sub = open_ok("news", SHMB_RO), *slow = open_ok("news", SHMB_RO), *pub = open_ok("news", SHMB_RW);
+        RecvCall rc = { .ch = sub, .result = 1 };
+        SendCall sc = { .ch = pub, .value = 9, .timeout_ms = -1, .result = 1 };
+        const BcastTable *table = table_of("news");
+        json_t *resp, *e = status_of("news", &resp);
+        int table_id = (int) test_jint(e, "table_id");
+        pthread_t rt, st;
+
+        json_decref(resp);
+        shmb_channel_set_spin(sub, 0);
+        shmb_channel_set_spin(pub, 0);
+        /* sub has read all, slow nothing: one waits for a message, the other (block mode) for space. */
+        for (uint32_t i = 0; i < SLOTS; i++) {
+                send_u32(pub, i);
+                ck_assert_uint_eq(recv_u32(sub), i);
+        }
+        ck_assert_int_eq(pthread_create(&rt, NULL, recv_thread, &rc), 0);
+        ck_assert_int_eq(pthread_create(&st, NULL, send_thread, &sc), 0);
+        await_flag(&table->sub_sleeping);
+        await_flag(&table->pub_sleeping);
+        shmdt(table);
+        test_daemon_kill(&td, SIGKILL);
+        ck_assert_int_eq(shmctl(shmb_channel_shm_id(pub), IPC_RMID, NULL), 0);
+        ck_assert_int_eq(shmctl(table_id, IPC_RMID, NULL), 0);
+        ck_assert_int_eq(semctl(shmb_channel_sem_id(pub), 0, IPC_RMID), 0);
+        join_bounded(st, "a publisher");
+        join_bounded(rt, "a subscriber");
+        ck_assert_int_eq(sc.result, -EIDRM);
+        ck_assert_int_eq(rc.result, -EIDRM);
+        ck_assert_int_eq(shmb_channel_check(sub), -EIDRM);
+        ck_assert_int_eq(shmb_send(pub, "x", 1, 0), -EIDRM);
+        shmb_close(slow);
+        shmb_close(sub);
+        shmb_close(pub);
+        /* The rest of the dead run's objects go with the next start's reclaim. */
+        test_start_ok();
+}
+END_TEST
+
 /* ---- sleeping and waking ---- */
 
 /*
@@ -1450,7 +1507,8 @@ int main(void) {
                                  test_large_channel_mapped_at_open,
                                  test_zero_copy_both_sides_across_processes, test_publisher_killed_mid_reserve } },
                 { "limits", CASE_TIMEOUT, { test_subscriber_limit, test_forged_table_costs_only_messages } },
-                { "removal", CASE_TIMEOUT, { test_removal_wakes_sleepers } },
+                { "removal", CASE_TIMEOUT, { test_removal_wakes_sleepers,
+                                             test_objects_removed_while_broker_is_away_wake_sleepers } },
                 { "admin", CASE_TIMEOUT, { test_status_shows_subscribers_lag, test_reload_replaces_changed_broadcast,
                              test_crash_restart_adopts_broadcast,
                              test_subscription_closed_after_crash_frees_its_place } },

@@ -2175,6 +2175,94 @@ START_TEST(test_reconnect_after_crash_keeps_holds) {
 }
 END_TEST
 
+/*
+ * A crash, then an administrator removes the dead daemon's segments with
+ * ipcrm(1) (the usual cleanup of "stale segments after a crash"), then the
+ * daemon starts again. The kernel gave the removed segments the key
+ * IPC_PRIVATE, so the restart cannot prove them its own and makes the
+ * channels anew; the library, rejoining, marks the handles stale and
+ * shmb_channel_check() says -EIDRM. The callers blocked on the old rings
+ * must learn it too (libshmbroker(3): a stale handle's "semaphore and ring
+ * calls return -EIDRM"), not sleep for ever in a ring nobody will write.
+ */
+static shmb_channel *ipcrm_handles[2];
+
+static bool ipcrm_handles_stale(void) {
+        return shmb_channel_check(ipcrm_handles[0]) == -EIDRM && shmb_channel_check(ipcrm_handles[1]) == -EIDRM;
+}
+
+START_TEST(test_crash_ipcrm_restart_reaches_blocked_callers) {
+        char *config = removal_channels(65536, 8, "0660");
+        shmb_client *cs[2];
+        Blocked b[2];
+        int64_t t;
+        int line;
+
+        reload_to(config);
+        line = block_callers(b, false);
+        ck_assert_msg(line == 0, "setting up the blocked callers failed at line %d", line);
+        test_daemon_kill(&td, SIGKILL);
+        for (int i = 0; i < 2; i++) {
+                ck_assert_int_eq(shmctl(shmb_channel_shm_id(b[i].ch), IPC_RMID, NULL), 0);
+                ipcrm_handles[i] = b[i].ch;
+                cs[i] = shmb_channel_get_client(b[i].ch);
+        }
+        test_start_ok();
+        /*
+         * shmbrokerd(8), CRASH RECLAIM: the start tells a removed ring's clients,
+         * as a stop would, when its id, creator and size say it is the one
+         * recorded (the kernel took its key).
+         */
+        for (int i = 0; i < 2; i++) {
+                const RingHeader *h = shmat(shmb_channel_shm_id(b[i].ch), NULL, SHM_RDONLY);
+
+                ck_assert_ptr_ne(h, (void *) -1);
+                ck_assert_msg(ring_is_removed(h), "the restart did not mark the removed ring %d removed",
+                              shmb_channel_shm_id(b[i].ch));
+                ck_assert_int_eq(shmdt(h), 0);
+        }
+        /* The application drives its connections, as the manual asks; the handles are stale. */
+        drive_until(cs, 2, ipcrm_handles_stale);
+        for (int64_t end = test_now_ms() + 500; test_now_ms() < end;)
+                for (int i = 0; i < 2; i++) {
+                        (void) shmb_client_process(cs[i]);
+                        usleep(20000);
+                }
+        t = test_now_ms();
+        assert_removed_everywhere(b, 2, t, "crash, ipcrm, restart");
+        free(config);
+}
+END_TEST
+
+/*
+ * The same cleanup with no broker to come back, and nobody driving the
+ * connections: the waiters cannot learn it from a rejoin, nor from a
+ * broker that marks the rings. libshmbroker(3): a wait that sleeps long
+ * asks the kernel now and then whether its objects are still there, so
+ * each returns -EIDRM, and every later call on the handle too.
+ */
+START_TEST(test_crash_ipcrm_without_broker_reaches_blocked_callers) {
+        char *config = removal_channels(65536, 8, "0660");
+        Blocked b[3];
+        int64_t t;
+        int line;
+
+        reload_to(config);
+        line = block_callers(b, true);
+        ck_assert_msg(line == 0, "setting up the blocked callers failed at line %d", line);
+        test_daemon_kill(&td, SIGKILL);
+        t = test_now_ms();
+        for (int i = 0; i < 3; i++) {
+                ck_assert_int_eq(shmctl(shmb_channel_shm_id(b[i].ch), IPC_RMID, NULL), 0);
+                ck_assert_int_eq(semctl(shmb_channel_sem_id(b[i].ch), 0, IPC_RMID), 0);
+        }
+        assert_removed_everywhere(b, 3, t, "crash, ipcrm, no broker");
+        /* The rest of the dead run's objects go with the next start's reclaim. */
+        test_start_ok();
+        free(config);
+}
+END_TEST
+
 /* The access of this process's (one) hold on `channel`, as status lists it: "rw", "ro", or "" without one. */
 static const char *my_access(const char *channel) {
         const char *access;
@@ -3034,7 +3122,9 @@ int main(void) {
                 { "removal", CASE_TIMEOUT, { test_stop_reaches_blocked_callers, test_replacing_reload_reaches_blocked_callers,
                               test_stop_reaches_blocked_callers_of_a_scribbled_header,
                               test_revoking_reload_reaches_blocked_holder,
-                              test_crash_restart_replacing_reaches_blocked_callers } },
+                              test_crash_restart_replacing_reaches_blocked_callers,
+                              test_crash_ipcrm_restart_reaches_blocked_callers,
+                              test_crash_ipcrm_without_broker_reaches_blocked_callers } },
                 { "admin", CASE_TIMEOUT, { test_list_and_status_answers } },
                 { "programs", CASE_TIMEOUT, { test_examples_exchange, test_shmbrokerctl,
                                 test_legacy_programs_under_the_broker } },

@@ -460,6 +460,49 @@ START_TEST(test_removal_ends_blocked_calls) {
 }
 END_TEST
 
+/* Unlink every file in /dev/shm (this test's own tmpfs) and its semaphore directory. */
+static void remove_dev_shm_files(void) {
+        DIR *d = opendir(PSEM_DIR);
+
+        ck_assert_ptr_nonnull(d);
+        for (struct dirent *e; (e = readdir(d));)
+                if (e->d_name[0] != '.')
+                        ck_assert_msg(unlinkat(dirfd(d), e->d_name, 0) == 0, "%s: %s", e->d_name, strerror(errno));
+        closedir(d);
+}
+
+/*
+ * A crash, then an administrator removes the dead daemon's files (rm), and
+ * no broker comes back to mark anything: libshmbroker(3), a wait that
+ * sleeps long asks the kernel now and then whether its objects are still
+ * there, so the blocked calls end with -EIDRM, and the handles say so.
+ */
+START_TEST(test_files_removed_while_broker_is_away_end_blocked_calls) {
+        Blocked b[_BLOCK_MAX];
+        pthread_t t[_BLOCK_MAX];
+        shmb_channel *holder = start_blocked_calls(b, t);
+
+        test_daemon_kill(&td, SIGKILL);
+        remove_dev_shm_files();
+        for (int i = 0; i < _BLOCK_MAX; i++) {
+                struct timespec until;
+
+                ck_assert_int_eq(clock_gettime(CLOCK_REALTIME, &until), 0);
+                until.tv_sec += WAIT_MS / 1000;
+                ck_assert_msg(pthread_timedjoin_np(t[i], NULL, &until) == 0, "%s still blocked %d s after the files went",
+                              blocked_names[i], WAIT_MS / 1000);
+                ck_assert_msg(b[i].result == -EIDRM, "%s: %s", blocked_names[i], shmb_strerror(b[i].result));
+                ck_assert_int_eq(shmb_channel_check(b[i].ch), -EIDRM);
+                ck_assert_int_eq(shmb_close(b[i].ch), 0);
+        }
+        ck_assert_int_eq(shmb_unlock(holder, 0), 0);
+        ck_assert_int_eq(shmb_close(holder), 0);
+        ck_assert_int_eq(dev_shm_count(), 0);
+        /* The dead run's System V channel goes with the next start's reclaim. */
+        test_start_ok();
+}
+END_TEST
+
 /* Zero the magic of a channel's semaphore file, as any rw holder may. */
 static void scribble_sem_magic(const char *channel, unsigned sem) {
         char path[PATH_MAX];
@@ -932,6 +975,7 @@ int main(void) {
                                                 test_killed_lock_holder_does_not_keep_the_lock } },
                 { "removal", CASE_TIMEOUT, { test_removal_ends_blocked_calls,
                                              test_removal_ends_blocked_calls_of_scribbled_files,
+                                             test_files_removed_while_broker_is_away_end_blocked_calls,
                                              test_reload_ends_blocked_calls } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,

@@ -104,6 +104,12 @@ static void maybe_delay(uint32_t *seed) {
         }
 }
 
+/* The library's kernel check of a long sleep (client/channel.c): these rings live in this process's memory. */
+int channel_check_gone(shmb_channel *ch) {
+        (void) ch;
+        return 0;
+}
+
 /* ---- a ring of this process's memory ---- */
 
 typedef struct TestRing {
