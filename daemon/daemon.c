@@ -90,6 +90,8 @@ static void daemon_done(Daemon *d) {
 
         d->status_timer = sd_event_source_disable_unref(d->status_timer);
         d->orphan_timer = sd_event_source_disable_unref(d->orphan_timer);
+        /* Before the connections go: their holds' deaths wake clients, which must find the channels removed. */
+        registry_mark_removed(d->registry);
         d->control = control_free(d->control);
         d->exits = exit_watch_free(d->exits);
         kept = d->state ? state_n_kept(d->state) : 0;

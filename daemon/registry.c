@@ -59,6 +59,11 @@ static void entry_free(Registry *r, Entry *e) {
         free(e);
 }
 
+void registry_mark_removed(Registry *r) {
+        for (size_t i = 0; r && i < r->n; i++)
+                channel_mark_removed(r->entries[i]->channel);
+}
+
 Registry *registry_free(Registry *r) {
         if (!r)
                 return NULL;

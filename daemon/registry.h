@@ -101,6 +101,13 @@ void client_orphans_done(ClientOrphans *o);
 int registry_new(State *state, Registry **ret);
 
 /* Remove every channel's kernel objects and free. Takes NULL; returns NULL. */
+/*
+ * Mark every channel's ring or broadcast header removed (channel_mark_removed()),
+ * before a stop drops the holds: a client that woke for its token's death
+ * must read the channel removed, not itself dropped from a live one.
+ */
+void registry_mark_removed(Registry *r);
+
 Registry *registry_free(Registry *r);
 
 /*

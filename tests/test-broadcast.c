@@ -8,6 +8,7 @@
 
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
@@ -1009,6 +1010,66 @@ START_TEST(test_removal_wakes_sleepers) {
 }
 END_TEST
 
+/* The path a traced process passes an openat() at its entry (arg1), read from its memory. */
+static void tracee_path(pid_t pid, uint64_t addr, char *buf, size_t size) {
+        char mem[64];
+        ssize_t n;
+        int fd;
+
+        snprintf(mem, sizeof mem, "/proc/%d/mem", (int) pid);
+        fd = open(mem, O_RDONLY | O_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        n = pread(fd, buf, size - 1, (off_t) addr);
+        close(fd);
+        buf[n > 0 ? n : 0] = 0;
+        buf[strnlen(buf, size - 1)] = 0;
+}
+
+/*
+ * The stop drops every hold (their tokens turn DEAD, and the FIFOs of the
+ * waiters are written) and removes the channels. libshmbroker(3): a
+ * handle whose token the ring's holder table says is dead gets -ENOTCONN,
+ * where a stop's promise is -EIDRM; so the channel must read removed
+ * before the first wake-up of the stop. The daemon is
+ * traced through its stop to the first open of one of the channel's
+ * FIFOs, where the test reads the header.
+ */
+START_TEST(test_stop_marks_removed_before_its_first_wakeup) {
+        shmb_channel *pub = open_ok("news", SHMB_RW), *sub = open_ok("news", SHMB_RO);
+        const BcastHeader *h = shmb_channel_addr(pub);
+        bool met = false;
+        char buf[SLOT_SIZE];
+        int status;
+
+        /* An event-loop subscriber with its flag up: the stop writes its FIFO. */
+        ck_assert_int_ge(shmb_channel_fd(sub), 0);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), -EAGAIN);
+        test_daemon_trace(&td);
+        ck_assert_int_eq(kill(td.pid, SIGTERM), 0);
+        while (!met && test_next_syscall_stop(td.pid)) {
+                struct ptrace_syscall_info info;
+                char path[256];
+
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, (void *) sizeof info, &info), 0);
+                if (info.op != PTRACE_SYSCALL_INFO_ENTRY || info.entry.nr != SYS_openat)
+                        continue;
+                tracee_path(td.pid, info.entry.args[1], path, sizeof path);
+                if (strncmp(path, "news.", 5) != 0)
+                        continue;
+                met = true;
+                ck_assert_msg(bcast_is_removed(h), "the stop opened FIFO %s of a channel that still reads live", path);
+        }
+        ck_assert_msg(met, "the stop wrote no FIFO of the channel");
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        ck_assert_int_eq(waitpid(td.pid, &status, 0), td.pid);
+        td.pid = -1;
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        ck_assert_int_eq(shmb_send(pub, "x", 1, 0), -EIDRM);
+        shmb_close(sub);
+        shmb_close(pub);
+}
+END_TEST
+
 /* Join t, failing if it does not end within 20 s. */
 static void join_bounded(pthread_t t, const char *what) {
         struct timespec until;
@@ -1508,7 +1569,8 @@ int main(void) {
                                  test_zero_copy_both_sides_across_processes, test_publisher_killed_mid_reserve } },
                 { "limits", CASE_TIMEOUT, { test_subscriber_limit, test_forged_table_costs_only_messages } },
                 { "removal", CASE_TIMEOUT, { test_removal_wakes_sleepers,
-                                             test_objects_removed_while_broker_is_away_wake_sleepers } },
+                                             test_objects_removed_while_broker_is_away_wake_sleepers,
+                                             test_stop_marks_removed_before_its_first_wakeup } },
                 { "admin", CASE_TIMEOUT, { test_status_shows_subscribers_lag, test_reload_replaces_changed_broadcast,
                              test_crash_restart_adopts_broadcast,
                              test_subscription_closed_after_crash_frees_its_place } },
