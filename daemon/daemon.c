@@ -117,6 +117,15 @@ static void daemon_done(Daemon *d) {
         d->socket_path = NULL;
 }
 
+/* A config that names another owner is accepted, with this warning (at start, reload and --check-config). */
+static void warn_foreign_owners(const Config *cfg) {
+        for (size_t i = 0; i < cfg->n_channels; i++)
+                if (cfg->channels[i].owner_set && cfg->channels[i].uid != self_euid())
+                        log_warning("Channel %s: owner uid %u is not the daemon's; that user can remove the channel "
+                                    "or change its permissions. Prefer \"group\" and \"mode\".",
+                                    cfg->channels[i].name, (unsigned) cfg->channels[i].uid);
+}
+
 static int load_config(const DaemonOptions *o, Config **ret) {
         char msg[1024];
         int r;
@@ -407,11 +416,8 @@ static int create_channels(Daemon *d) {
                 /* Taken over from a crashed run: it exists already. */
                 if (!registry_find(d->registry, cfg->channels[i].name))
                         specs[n++] = &cfg->channels[i];
-                if (cfg->channels[i].owner_set && cfg->channels[i].uid != self_euid())
-                        log_warning("Channel %s: owner uid %u is not the daemon's; that user can remove the channel "
-                                    "or change its permissions. Prefer \"group\" and \"mode\".",
-                                    cfg->channels[i].name, (unsigned) cfg->channels[i].uid);
         }
+        warn_foreign_owners(cfg);
 
         r = ipc_limits_read(&limits);
         if (r < 0)
@@ -484,6 +490,8 @@ static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size
                             cfg->socket);
         if (r == 0) {
                 size_t kept = state_n_kept(d->state), lost = state_n_lost(d->state);
+
+                warn_foreign_owners(cfg);
 
                 /* As at start (state.h); save_state() below rewrites the file anyway. */
                 state_batch_begin(d->state);
@@ -775,6 +783,7 @@ int daemon_check_config(const DaemonOptions *o) {
 
         if (load_config(o, &c) < 0)
                 return EXIT_FAILURE;
+        warn_foreign_owners(c);
         printf("%s: configuration OK (%zu channel%s)\n", o->config_path, c->n_channels,
                c->n_channels == 1 ? "" : "s");
         config_free(c);

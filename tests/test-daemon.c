@@ -1192,6 +1192,14 @@ START_TEST(test_check_config_touches_no_ipc) {
         ck_assert_ptr_nonnull(strstr(log, "unknown group \"no-such-group-here\""));
         free(log);
         ck_assert_int_eq(test_ipcs_count("-s"), 0);
+
+        /* shmbroker.json(5): another owner is accepted with a warning, here as at start and reload. */
+        test_daemon_write_config(&td, "[{\"name\": \"x\", \"size\": 4096, \"owner\": 65534}]");
+        ck_assert(!test_daemon_start(&td, &status, "--check-config", NULL));
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Channel x: owner uid 65534 is not the daemon's"), "log: %s", log);
+        free(log);
 }
 END_TEST
 

@@ -508,6 +508,23 @@ START_TEST(test_mode_change_with_unnamed_attach) {
 }
 END_TEST
 
+/* shmbroker.json(5): a config that names another owner is accepted with a warning, at reload as at start. */
+START_TEST(test_reload_warns_of_another_owner) {
+        char *log;
+        int fd;
+
+        test_daemon_write_config(&td, "[{\"name\": \"m\", \"size\": 4096}]");
+        test_start_ok();
+        test_daemon_write_config(&td, "[{\"name\": \"m\", \"size\": 4096, \"owner\": 65534}]");
+        fd = test_connect(td.socket);
+        reload_expect(fd, "", "", "m", "");
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Channel m: owner uid 65534 is not the daemon's"), "log: %s", log);
+        free(log);
+        close(fd);
+}
+END_TEST
+
 START_TEST(test_size_change_while_held_replaces) {
         struct sembuf op = { .sem_num = 0, .sem_op = 1 };
         struct shmid_ds ds;
@@ -2268,7 +2285,7 @@ int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
                 { "reload-op", CASE_TIMEOUT, { test_add_remove_keep_change_in_one_reload, test_kept_channel_untouched_byte_for_byte,
-                                 test_mode_change_in_place, test_mode_change_with_unnamed_attach,
+                                 test_mode_change_in_place, test_mode_change_with_unnamed_attach, test_reload_warns_of_another_owner,
                                  test_size_change_while_held_replaces,
                                  test_revoking_reload_replaces_held_channel,
                                  test_revoking_reload_reaches_rw_mapping_behind_ro_reopen,
