@@ -2185,6 +2185,18 @@ END_TEST
  * must learn it too (libshmbroker(3): a stale handle's "semaphore and ring
  * calls return -EIDRM"), not sleep for ever in a ring nobody will write.
  */
+/* The removal channels, callers blocked on them (block_callers()), then the broker SIGKILLed. */
+static void block_callers_then_crash(Blocked *b, bool with_pair) {
+        char *config = removal_channels(65536, 8, "0660");
+        int line;
+
+        reload_to(config);
+        free(config);
+        line = block_callers(b, with_pair);
+        ck_assert_msg(line == 0, "setting up the blocked callers failed at line %d", line);
+        test_daemon_kill(&td, SIGKILL);
+}
+
 static shmb_channel *ipcrm_handles[2];
 
 static bool ipcrm_handles_stale(void) {
@@ -2192,16 +2204,11 @@ static bool ipcrm_handles_stale(void) {
 }
 
 START_TEST(test_crash_ipcrm_restart_reaches_blocked_callers) {
-        char *config = removal_channels(65536, 8, "0660");
         shmb_client *cs[2];
         Blocked b[2];
         int64_t t;
-        int line;
 
-        reload_to(config);
-        line = block_callers(b, false);
-        ck_assert_msg(line == 0, "setting up the blocked callers failed at line %d", line);
-        test_daemon_kill(&td, SIGKILL);
+        block_callers_then_crash(b, false);
         for (int i = 0; i < 2; i++) {
                 ck_assert_int_eq(shmctl(shmb_channel_shm_id(b[i].ch), IPC_RMID, NULL), 0);
                 ipcrm_handles[i] = b[i].ch;
@@ -2230,7 +2237,6 @@ START_TEST(test_crash_ipcrm_restart_reaches_blocked_callers) {
                 }
         t = test_now_ms();
         assert_removed_everywhere(b, 2, t, "crash, ipcrm, restart");
-        free(config);
 }
 END_TEST
 
@@ -2242,15 +2248,10 @@ END_TEST
  * each returns -EIDRM, and every later call on the handle too.
  */
 START_TEST(test_crash_ipcrm_without_broker_reaches_blocked_callers) {
-        char *config = removal_channels(65536, 8, "0660");
         Blocked b[3];
         int64_t t;
-        int line;
 
-        reload_to(config);
-        line = block_callers(b, true);
-        ck_assert_msg(line == 0, "setting up the blocked callers failed at line %d", line);
-        test_daemon_kill(&td, SIGKILL);
+        block_callers_then_crash(b, true);
         t = test_now_ms();
         for (int i = 0; i < 3; i++) {
                 ck_assert_int_eq(shmctl(shmb_channel_shm_id(b[i].ch), IPC_RMID, NULL), 0);
@@ -2259,7 +2260,6 @@ START_TEST(test_crash_ipcrm_without_broker_reaches_blocked_callers) {
         assert_removed_everywhere(b, 3, t, "crash, ipcrm, no broker");
         /* The rest of the dead run's objects go with the next start's reclaim. */
         test_start_ok();
-        free(config);
 }
 END_TEST
 

@@ -2092,6 +2092,27 @@ START_TEST(test_revoking_reload_reaches_rw_mapping_behind_ro_reopen) {
 END_TEST
 
 /*
+ * Channel c, now 0600, is new objects, while the holder of the old ones
+ * (which lost its rights to the change: `what`) keeps its mapping of a
+ * segment marked for removal, which goes with its last detach.
+ */
+static void assert_replaced_under_holder(Holder *holder, const Held *held, const char *what) {
+        json_t *after = list_ok(), *ch = test_must_find(after, "c");
+        struct shmid_ds ds;
+
+        ck_assert_str_eq(test_jstr(ch, "mode"), "0600");
+        ck_assert_msg(test_jint(ch, "shm_id") != held->shm_id && test_jint(ch, "sem_id") != held->sem_id,
+                      "%s that may revoke an attached holder's rights kept the objects it has attached (shm %d, "
+                      "sem %d)", what, held->shm_id, held->sem_id);
+        shm_stat(held->shm_id, &ds);
+        ck_assert_msg(ds.shm_perm.mode & SHM_DEST, "the old segment is not marked for removal");
+        holder_stop(holder);
+        ck_assert_msg(!shm_exists(held->shm_id), "old segment %d outlived its last detach", held->shm_id);
+        assert_ipcs(1, 1);
+        json_decref(after);
+}
+
+/*
  * The same revocation, but by a crash restart on the tightened config: the
  * holder is still attached (and its process alive) while the new daemon
  * takes the channel over. shmbrokerd(8), CRASH RECLAIM: owner, group and
@@ -2102,8 +2123,7 @@ END_TEST
  */
 START_TEST(test_revoking_crash_restart_replaces_held_channel) {
         static const Holding holdings[] = { { "c", "rw" } };
-        struct shmid_ds ds;
-        json_t *before, *after, *ch;
+        json_t *before;
         Holder holder;
         Held held;
 
@@ -2119,20 +2139,8 @@ START_TEST(test_revoking_crash_restart_replaces_held_channel) {
                 "[{\"name\": \"c\", \"size\": 4096, \"semaphores\": [1], \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0600\"}]");
         test_start_ok();
 
-        after = list_ok();
-        ch = test_must_find(after, "c");
-        ck_assert_str_eq(test_jstr(ch, "mode"), "0600");
-        ck_assert_msg(test_jint(ch, "shm_id") != held.shm_id && test_jint(ch, "sem_id") != held.sem_id,
-                      "a crash restart that revoked an attached holder's rights took over the objects it has "
-                      "attached (shm %d, sem %d)", held.shm_id, held.sem_id);
-        shm_stat(held.shm_id, &ds);
-        ck_assert_msg(ds.shm_perm.mode & SHM_DEST, "the old segment is not marked for removal");
-
-        holder_stop(&holder);
-        ck_assert_msg(!shm_exists(held.shm_id), "old segment %d outlived its last detach", held.shm_id);
-        assert_ipcs(1, 1);
+        assert_replaced_under_holder(&holder, &held, "a crash restart");
         json_decref(before);
-        json_decref(after);
 }
 END_TEST
 
@@ -2144,8 +2152,7 @@ END_TEST
  */
 START_TEST(test_revoking_reload_after_crash_restart_replaces_held_channel) {
         static const Holding holdings[] = { { "c", "rw" } };
-        struct shmid_ds ds;
-        json_t *after, *ch;
+        json_t *after;
         Holder holder;
         Held held;
         int admin;
@@ -2164,19 +2171,7 @@ START_TEST(test_revoking_reload_after_crash_restart_replaces_held_channel) {
                 "[{\"name\": \"c\", \"size\": 4096, \"semaphores\": [1], \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0600\"}]");
         admin = test_connect(td.socket);
         reload_expect(admin, "", "", "c", "");
-        after = list_ok();
-        ch = test_must_find(after, "c");
-        ck_assert_str_eq(test_jstr(ch, "mode"), "0600");
-        ck_assert_msg(test_jint(ch, "shm_id") != held.shm_id && test_jint(ch, "sem_id") != held.sem_id,
-                      "a reload that may revoke the rights of a holder not back since the crash kept the objects "
-                      "it has attached (shm %d, sem %d)", held.shm_id, held.sem_id);
-        shm_stat(held.shm_id, &ds);
-        ck_assert_msg(ds.shm_perm.mode & SHM_DEST, "the old segment is not marked for removal");
-
-        holder_stop(&holder);
-        ck_assert_msg(!shm_exists(held.shm_id), "old segment %d outlived its last detach", held.shm_id);
-        assert_ipcs(1, 1);
-        json_decref(after);
+        assert_replaced_under_holder(&holder, &held, "a reload after a crash restart");
         close(admin);
 }
 END_TEST
