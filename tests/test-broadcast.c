@@ -963,6 +963,24 @@ static void await_flag(const uint32_t *flag) {
 }
 
 /*
+ * rc's subscriber reads all of a lap, and another (opened before, never
+ * reading) nothing: then rc waits for a message and sc's publisher (block
+ * mode) for space, each in a thread of its own (*rt, *st), both asleep.
+ */
+static void put_to_sleep(RecvCall *rc, SendCall *sc, const BcastTable *table, pthread_t *rt, pthread_t *st) {
+        shmb_channel_set_spin(rc->ch, 0);
+        shmb_channel_set_spin(sc->ch, 0);
+        for (uint32_t i = 0; i < SLOTS; i++) {
+                send_u32(sc->ch, i);
+                ck_assert_uint_eq(recv_u32(rc->ch), i);
+        }
+        ck_assert_int_eq(pthread_create(rt, NULL, recv_thread, rc), 0);
+        ck_assert_int_eq(pthread_create(st, NULL, send_thread, sc), 0);
+        await_flag(&table->sub_sleeping);
+        await_flag(&table->pub_sleeping);
+}
+
+/*
  * The broker's stop reaches a subscriber asleep for want of messages and a
  * publisher asleep for want of space: both return -EIDRM, and so does
  * every later call. Then nothing of the channel is left in the kernel.
@@ -977,16 +995,7 @@ START_TEST(test_removal_wakes_sleepers) {
         pthread_t rt, st;
         int64_t t;
 
-        shmb_channel_set_spin(sub, 0);
-        shmb_channel_set_spin(pub, 0);
-        for (uint32_t i = 0; i < SLOTS; i++) {
-                send_u32(pub, i);
-                ck_assert_uint_eq(recv_u32(sub), i);
-        }
-        ck_assert_int_eq(pthread_create(&rt, NULL, recv_thread, &rc), 0);
-        ck_assert_int_eq(pthread_create(&st, NULL, send_thread, &sc), 0);
-        await_flag(&table->sub_sleeping);
-        await_flag(&table->pub_sleeping);
+        put_to_sleep(&rc, &sc, table, &rt, &st);
         t = test_now_ms();
         test_daemon_stop_ok(&td);
         ck_assert_int_eq(pthread_join(rt, NULL), 0);
@@ -1096,17 +1105,7 @@ START_TEST(test_objects_removed_while_broker_is_away_wake_sleepers) {
         pthread_t rt, st;
 
         json_decref(resp);
-        shmb_channel_set_spin(sub, 0);
-        shmb_channel_set_spin(pub, 0);
-        /* sub has read all, slow nothing: one waits for a message, the other (block mode) for space. */
-        for (uint32_t i = 0; i < SLOTS; i++) {
-                send_u32(pub, i);
-                ck_assert_uint_eq(recv_u32(sub), i);
-        }
-        ck_assert_int_eq(pthread_create(&rt, NULL, recv_thread, &rc), 0);
-        ck_assert_int_eq(pthread_create(&st, NULL, send_thread, &sc), 0);
-        await_flag(&table->sub_sleeping);
-        await_flag(&table->pub_sleeping);
+        put_to_sleep(&rc, &sc, table, &rt, &st);
         shmdt(table);
         test_daemon_kill(&td, SIGKILL);
         ck_assert_int_eq(shmctl(shmb_channel_shm_id(pub), IPC_RMID, NULL), 0);

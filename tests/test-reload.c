@@ -1546,24 +1546,29 @@ START_TEST(test_sighup_during_start_is_not_fatal) {
 }
 END_TEST
 
+/* td's daemon, signalled (`sig`) while it started, served (READY=1), then stopped with status 0, leaving no object. */
+static void assert_stopped_after_ready(const char *sig) {
+        char *ready;
+        int status = 0;
+
+        ck_assert_int_eq(waitpid(td.pid, &status, 0), td.pid);
+        td.pid = -1;
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a %s at start: status %d%s%s", sig, status,
+                      WIFSIGNALED(status) ? ", killed by " : "", WIFSIGNALED(status) ? strsignal(WTERMSIG(status)) : "");
+        ready = test_daemon_wait_notify(&td, "READY=1", 1000);
+        ck_assert_msg(ready, "stopped without READY=1 first: %s", td.notified);
+        free(ready);
+        assert_ipcs(0, 0);
+}
+
 /*
  * The same for SIGTERM: held from the first step, it stops the daemon once
  * it serves (READY=1 first, as systemd expects of a start), removing
  * everything, exit 0; not the default action's death mid-start.
  */
 START_TEST(test_sigterm_during_start_stops_once_serving) {
-        char *ready;
-        int status = 0;
-
         signal_at_config_open(SIGTERM);
-        ck_assert_int_eq(waitpid(td.pid, &status, 0), td.pid);
-        td.pid = -1;
-        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a SIGTERM at start: status %d%s%s", status,
-                      WIFSIGNALED(status) ? ", killed by " : "", WIFSIGNALED(status) ? strsignal(WTERMSIG(status)) : "");
-        ready = test_daemon_wait_notify(&td, "READY=1", 1000);
-        ck_assert_msg(ready, "stopped without READY=1 first: %s", td.notified);
-        free(ready);
-        assert_ipcs(0, 0);
+        assert_stopped_after_ready("SIGTERM");
 }
 END_TEST
 
@@ -1612,9 +1617,8 @@ static char *dir_entries_but(const char *path, const char *const *keep) {
 START_TEST(test_sigint_during_start_removes_everything_made_so_far) {
         static const char *const keep[] = { "shmbroker.json", "daemon.log", "notify", "shmbroker.sock.secret", NULL };
         struct __ptrace_syscall_info info;
-        char *ready, *left;
+        char *left;
         bool some_files = false;
-        int status = 0;
 
         ck_assert_msg(unshare(CLONE_NEWNS) == 0, "unshare(CLONE_NEWNS): %s", strerror(errno));
         ck_assert_int_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0);
@@ -1640,14 +1644,7 @@ START_TEST(test_sigint_during_start_removes_everything_made_so_far) {
         ck_assert_int_eq(kill(td.pid, SIGINT), 0);
         ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
 
-        ck_assert_int_eq(waitpid(td.pid, &status, 0), td.pid);
-        td.pid = -1;
-        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a SIGINT at start: status %d%s%s", status,
-                      WIFSIGNALED(status) ? ", killed by " : "", WIFSIGNALED(status) ? strsignal(WTERMSIG(status)) : "");
-        ready = test_daemon_wait_notify(&td, "READY=1", 1000);
-        ck_assert_msg(ready, "stopped without READY=1 first: %s", td.notified);
-        free(ready);
-        assert_ipcs(0, 0);
+        assert_stopped_after_ready("SIGINT");
         left = dir_entries_but("/dev/shm", keep + 4);
         ck_assert_msg(!*left, "a SIGINT at start left in /dev/shm:\n%s", left);
         free(left);
