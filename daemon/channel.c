@@ -954,17 +954,22 @@ static int adopt_perms(Channel *c, const ChannelSpec *spec, State *state, char *
         else
                 revokes = ipc_stat_shm(c->shm_id, &ds) < 0 ||
                           channel_perms_may_revoke(ds.shm_perm.uid, ds.shm_perm.gid, ds.shm_perm.mode, spec);
-        if (revokes && channel_has_unnamed_holders(c, 0)) {
-                msg_set(msg, msg_size, "channel \"%s\": its new owner, group or mode may take a right away from a "
-                        "process that still has it mapped", spec->name);
-                return -EPERM;
-        }
+        if (revokes && channel_has_unnamed_holders(c, 0))
+                goto refuse;
         r = channel_set_perms(c, state, spec->uid, spec->gid, spec->mode);
-
-        if (r < 0)
+        if (r < 0) {
                 msg_set(msg, msg_size, "channel \"%s\": cannot set owner %u, group %u, mode %04o: %s", spec->name,
                         (unsigned) spec->uid, (unsigned) spec->gid, (unsigned) spec->mode, strerror(-r));
-        return r;
+                return r;
+        }
+        /* Counted again under the new rights: an attachment made in between was made under the old ones. */
+        if (revokes && channel_has_unnamed_holders(c, 0))
+                goto refuse;
+        return 0;
+refuse:
+        msg_set(msg, msg_size, "channel \"%s\": its new owner, group or mode may take a right away from a "
+                "process that still has it mapped", spec->name);
+        return -EPERM;
 }
 
 int channel_adopt(const ChannelSpec *spec, const StateRecord *shm, const StateRecord *sem, const StateRecord *table,

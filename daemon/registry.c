@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -364,6 +365,9 @@ int registry_hold(Entry *e, Client *cl, ProtoAccess access, uint32_t want, int64
          */
         if (fresh || access == PROTO_ACCESS_RW)
                 h->access = access;
+        /* Each open may attach once more, and only the last close of the name is told: never lowered either. */
+        if (h->opens < UINT_MAX)
+                h->opens++;
         if (fresh) {
                 LIST_INSERT_HEAD(&cl->holds, h, by_client);
                 LIST_INSERT_HEAD(&e->holds, h, by_entry);

@@ -49,6 +49,7 @@ struct Hold {
         ProtoAccess access;
         int64_t since;
         uint32_t token;                 /* in entry's holder table (subs for a subscriber); 0: none */
+        unsigned opens;                 /* opens answered on it: the attachments it may have (never lowered) */
         bool subscriber;                /* a broadcast channel's ro hold: its token is in entry->subs */
         LIST_ENTRY(Hold) by_client;
         LIST_ENTRY(Hold) by_entry;
@@ -100,7 +101,6 @@ void client_orphans_done(ClientOrphans *o);
 
 int registry_new(State *state, Registry **ret);
 
-/* Remove every channel's kernel objects and free. Takes NULL; returns NULL. */
 /*
  * Mark every channel's ring or broadcast header removed (channel_mark_removed()),
  * before a stop drops the holds: a client that woke for its token's death
@@ -108,6 +108,7 @@ int registry_new(State *state, Registry **ret);
  */
 void registry_mark_removed(Registry *r);
 
+/* Remove every channel's kernel objects and free. Takes NULL; returns NULL. */
 Registry *registry_free(Registry *r);
 
 /*

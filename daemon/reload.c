@@ -34,9 +34,24 @@ static bool same_perms(const ChannelSpec *a, const ChannelSpec *b) {
  * change that does must replace the objects instead. The first such holder
  * goes to *ret_pid, for the log; -1 for one that holds no connection's hold.
  */
+/*
+ * Whether e may be mapped by a process the daemon cannot judge, which a
+ * change from owner uid, group gid and mode to s's may take a right from:
+ * its holds account for as many attachments as they had opens answered.
+ */
+static bool perms_revoke_unnamed(Entry *e, uid_t uid, gid_t gid, mode_t mode, const ChannelSpec *s) {
+        size_t named = 0;
+        Hold *h;
+
+        if (!channel_perms_may_revoke(uid, gid, mode, s))
+                return false;
+        LIST_FOREACH(h, &e->holds, by_entry)
+                named += h->opens;
+        return channel_has_unnamed_holders(e->channel, named);
+}
+
 static bool perms_revoke_hold(Entry *e, const ChannelSpec *s, pid_t *ret_pid) {
         ChannelPerm perm;
-        size_t named = 0;
         Hold *h;
 
         if (same_perms(&e->channel->spec, s))
@@ -51,17 +66,14 @@ static bool perms_revoke_hold(Entry *e, const ChannelSpec *s, pid_t *ret_pid) {
                 perm.cuid = perm.uid;
                 perm.cgid = perm.gid;
         }
-        LIST_FOREACH(h, &e->holds, by_entry) {
+        LIST_FOREACH(h, &e->holds, by_entry)
                 if (!access_allowed(&h->client->peer, &perm, true, h->access == PROTO_ACCESS_RW)) {
                         *ret_pid = h->client->peer.pid;
                         return true;
                 }
-                named++;
-        }
         /* Nobody to judge for those (pid -1): a change that may refuse anyone anything refuses them. */
         *ret_pid = -1;
-        return channel_perms_may_revoke(e->channel->spec.uid, e->channel->spec.gid, e->channel->spec.mode, s) &&
-               channel_has_unnamed_holders(e->channel, named);
+        return perms_revoke_unnamed(e, e->channel->spec.uid, e->channel->spec.gid, e->channel->spec.mode, s);
 }
 
 /* Append a copy of name to a NULL-terminated, owned list. */
@@ -371,6 +383,7 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
         /* 4. The rest: owner, group and mode in place (no holder loses a right: plan_make()), or untouched. */
         for (size_t i = 0; i < cfg->n_channels; i++) {
                 const ChannelSpec *s = &cfg->channels[i];
+                ChannelSpec old;
                 Entry *e = plan_creates(p, s) ? NULL : registry_find(reg, s->name);
 
                 if (!e)
@@ -380,6 +393,7 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                                 return -ENOMEM;
                         continue;
                 }
+                old = e->channel->spec;
                 r = channel_set_perms(e->channel, reg->state, s->uid, s->gid, s->mode);
                 /* The FIFOs grant what the ring grants. */
                 if (r == 0 && e->has_wake)
@@ -387,6 +401,24 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                 if (r < 0)
                         log_error("Reload: channel %s: cannot set owner %u, group %u, mode %04o: %s",
                                   s->name, (unsigned) s->uid, (unsigned) s->gid, (unsigned) s->mode, strerror(-r));
+                /*
+                 * Counted again under the new rights, which nobody they refuse can
+                 * attach with any more: an attachment made since the plan counted
+                 * was made under the old ones, by someone it cannot judge.
+                 */
+                else if (perms_revoke_unnamed(e, old.uid, old.gid, old.mode, s)) {
+                        char why[512];
+
+                        log_info("Reload: channel %s: a process attached it while the reload ran; replacing the "
+                                 "channel instead of changing it in place.", s->name);
+                        registry_remove(reg, e);
+                        if (registry_create(reg, s, cfg->fixed_keys, cfg->n_fixed_keys, NULL, why, sizeof why) < 0) {
+                                log_error("Reload: %s; the channel is gone until a later reload.", why);
+                                if (names_add(&res->removed, s->name) < 0)
+                                        return -ENOMEM;
+                                continue;
+                        }
+                }
                 if (names_add(&res->changed, s->name) < 0)
                         return -ENOMEM;
         }

@@ -3100,6 +3100,43 @@ START_TEST(test_library_refuses_before_sending) {
 }
 END_TEST
 
+/*
+ * shmbroker.json(5), Reload: an owner, group or mode change is applied in
+ * place "when every current holder keeps what it holds"; only "a process
+ * mapping it without a hold the daemon can judge" counts as losing a
+ * right. One process with two handles of a channel (libshmbroker(3): "use
+ * one handle per side") holds it through one connection, and keeps every
+ * right here (root, the owner): the channel must stay in place.
+ */
+START_TEST(test_two_handles_of_one_holder_keep_channel_in_place) {
+        shmb_channel *one, *two;
+        shmb_client *c;
+        int shm_id;
+        char *config;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "public", SHMB_RW, &one), 0);
+        ck_assert_int_eq(shmb_open(c, "public", SHMB_RW, &two), 0);
+        shm_id = shmb_channel_shm_id(one);
+
+        /* 0644 to 0640: others lose read; the owner, the only holder, keeps everything. */
+        ck_assert_int_ge(asprintf(&config,
+                                  "[{\"name\": \"counter\", \"size\": 4096},"
+                                  " {\"name\": \"pair\", \"size\": 65536, \"semaphores\": [1, 0]},"
+                                  " {\"name\": \"ring\", \"layout\": \"ring\", \"slot_size\": 256, \"slots\": 8},"
+                                  " {\"name\": \"secret\", \"size\": 4096, \"mode\": \"0600\"},"
+                                  " {\"name\": \"public\", \"size\": 4096, \"mode\": \"0640\"}]"), 0);
+        reload_to(config);
+        free(config);
+        ck_assert_msg(shmb_channel_check(one) == 0 && shmb_channel_check(two) == 0,
+                      "a reload that took nothing from the only holder (two handles, one connection) replaced "
+                      "segment %d", shm_id);
+        ck_assert_int_eq(shmb_close(one), 0);
+        ck_assert_int_eq(shmb_close(two), 0);
+        shmb_disconnect(c);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -3126,6 +3163,7 @@ int main(void) {
                               test_crash_ipcrm_restart_reaches_blocked_callers,
                               test_crash_ipcrm_without_broker_reaches_blocked_callers } },
                 { "admin", CASE_TIMEOUT, { test_list_and_status_answers } },
+                { "reload-holders", CASE_TIMEOUT, { test_two_handles_of_one_holder_keep_channel_in_place } },
                 { "programs", CASE_TIMEOUT, { test_examples_exchange, test_shmbrokerctl,
                                 test_legacy_programs_under_the_broker } },
                 { "reconnect", CASE_TIMEOUT, { test_reconnect_after_crash_keeps_holds, test_reconnect_keeps_the_strongest_access,

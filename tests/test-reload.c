@@ -2173,6 +2173,100 @@ START_TEST(test_revoking_reload_after_crash_restart_replaces_held_channel) {
 }
 END_TEST
 
+/*
+ * shmbrokerd(8), Reload: "a change that may take any right away from
+ * anyone ... replaces the channel whenever such a process may exist" (one
+ * that attached by id). The daemon counts the segment's attachments when
+ * it plans the reload, but sets the new mode only later, after it made
+ * and removed the other channels of the plan: a process of the group that
+ * attaches by id in between (here: while the daemon is stopped at the
+ * entry of its IPC_SET) is not counted, the mode is changed in place, and
+ * it keeps writing into the live segment that it no longer has any right
+ * to and that every new opener gets.
+ */
+START_TEST(test_attach_between_plan_and_ipc_set_is_judged) {
+        struct __ptrace_syscall_info info;
+        int cmd[2], report[2], shm_id;
+        json_t *list;
+        bool met = false;
+        char verdict = 0, *addr;
+        pid_t pid;
+
+        test_daemon_write_config(&td,
+                "[{\"name\": \"m\", \"size\": 4096, \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0660\"},"
+                " {\"name\": \"other\", \"size\": 4096}]");
+        test_start_ok();
+        list = list_ok();
+        shm_id = (int) test_jint(test_must_find(list, "m"), "shm_id");
+        json_decref(list);
+
+        /* A group member, who loses every right to the reload below. */
+        ck_assert_int_eq(pipe2(cmd, O_CLOEXEC), 0);
+        ck_assert_int_eq(pipe2(report, O_CLOEXEC), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                char c, *a = NULL;
+
+                close(cmd[1]);
+                close(report[0]);
+                test_drop_privileges(65534, 65534, HOLDER_GROUP);
+                while (read(cmd[0], &c, 1) == 1) {
+                        if (c == 'a') {
+                                a = shmat(shm_id, NULL, 0);
+                                c = a == (void *) -1 ? 'n' : 'y';
+                        } else {
+                                strcpy(a, "still writing");
+                                c = 'w';
+                        }
+                        if (write(report[1], &c, 1) != 1)
+                                _exit(1);
+                }
+                _exit(0);
+        }
+        close(cmd[0]);
+        close(report[1]);
+
+        /* Tightened, with a channel added too: the plan's work comes before the in-place change. */
+        test_daemon_write_config(&td,
+                "[{\"name\": \"m\", \"size\": 4096, \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0600\"},"
+                " {\"name\": \"other\", \"size\": 4096}, {\"name\": \"added\", \"size\": 4096}]");
+        test_daemon_trace(&td);
+        test_reload_async();
+        while (!met && test_next_syscall_stop(td.pid)) {
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+                if (info.op != PTRACE_SYSCALL_INFO_ENTRY || info.entry.nr != SYS_shmctl ||
+                    (int) info.entry.args[0] != shm_id || (info.entry.args[1] & 0xff) != IPC_SET)
+                        continue;
+                met = true;
+                /* The reload has planned: now the group member attaches by id, as it still may. */
+                ck_assert_int_eq(write(cmd[1], "a", 1), 1);
+                ck_assert_int_eq(read(report[0], &verdict, 1), 1);
+                ck_assert_int_eq(verdict, 'y');
+        }
+        ck_assert_msg(met, "the reload set no mode on segment %d", shm_id);
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        test_reload_wait();
+
+        list = list_ok();
+        ck_assert_str_eq(test_jstr(test_must_find(list, "m"), "mode"), "0600");
+        if (test_jint(test_must_find(list, "m"), "shm_id") == shm_id) {
+                ck_assert_int_eq(write(cmd[1], "w", 1), 1);
+                ck_assert_int_eq(read(report[0], &verdict, 1), 1);
+                addr = shmat(shm_id, NULL, SHM_RDONLY);
+                ck_assert_ptr_ne(addr, (void *) -1);
+                ck_assert_msg(strcmp(addr, "still writing") != 0,
+                              "changed in place while a process it refuses now had it mapped: that process writes "
+                              "into the live segment %d that new openers get", shm_id);
+                shmdt(addr);
+        }
+        json_decref(list);
+        close(cmd[1]);
+        ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+        close(report[0]);
+}
+END_TEST
+
 START_TEST(test_reload_keeping_holders_rights_stays_in_place) {
         /* "l" is loosened; "w" loses group write, which its ro holder never had; "free" is tightened,
          * but held only by root (the test itself), whom the owner bits still admit. */
@@ -2284,6 +2378,7 @@ int main(void) {
                                  test_reload_keeping_holders_rights_stays_in_place,
                                  test_revoking_crash_restart_replaces_held_channel,
                                  test_revoking_reload_after_crash_restart_replaces_held_channel } },
+                { "reload-toctou", CASE_TIMEOUT, { test_attach_between_plan_and_ipc_set_is_judged } },
                 { "top-level-keys", CASE_TIMEOUT, { test_limits_admin_group_and_socket_at_reload } },
                 { "refusals", CASE_TIMEOUT, { test_broken_config_changes_nothing, test_reload_needs_root_or_admin_group,
                                 test_kernel_limit_refused_whole, test_swap_at_kernel_limit_all_or_nothing,
