@@ -214,6 +214,15 @@ static bool removed_seq(const BcastHandle *b) {
 }
 
 /*
+ * This publisher's token is dead, or its claim was taken: -ENOTCONN, unless
+ * the channel went (a stop marks it removed before it drops the holds), so
+ * that a removal says -EIDRM whichever the caller saw first.
+ */
+static int dropped(const BcastHandle *b) {
+        return removed(b) ? -EIDRM : -ENOTCONN;
+}
+
+/*
  * A poll ran out: nobody marks a channel removed while the broker was away
  * (an ipcrm or rm after a crash), so a sleeper asks the kernel whether its
  * objects are still there (channel_check_gone()).
@@ -669,7 +678,7 @@ static int claim(shmb_channel *ch, BcastHandle *b, BcastSlot *slot, uint64_t own
         uint64_t mine = ring_owner(pos, token);
 
         if (token == 0 || bcast_token_dead(b->pubs, BCAST_PUBLISHERS, token))
-                return -ENOTCONN;
+                return dropped(b);
         if (!owner_before(owner, pos) || !CAS(&slot->owner, &owner, mine, ACQ))
                 return 0;
         if (CAS(&slot->seq, &s, bcast_seq(pos, BCAST_SEQ_WRITING), RLX)) {
@@ -810,7 +819,7 @@ static int own_claim(shmb_channel *ch, BcastHandle *b, const void *buf, BcastSlo
                 *ret_pos = pos;
                 return 0;
         }
-        return bcast_token_dead(b->pubs, BCAST_PUBLISHERS, my_token(ch)) ? -ENOTCONN : -EINVAL;
+        return bcast_token_dead(b->pubs, BCAST_PUBLISHERS, my_token(ch)) ? dropped(b) : -EINVAL;
 }
 
 int bcast_send_commit(shmb_channel *ch, void *buf, size_t len) {
@@ -830,7 +839,7 @@ int bcast_send_commit(shmb_channel *ch, void *buf, size_t len) {
         if (r < 0)
                 return r;
         STORE(&slot->len, (uint32_t) len, RLX);
-        return pub_finish(b, slot, pos, BCAST_SEQ_PUBLISHED) ? 0 : -ENOTCONN;
+        return pub_finish(b, slot, pos, BCAST_SEQ_PUBLISHED) ? 0 : dropped(b);
 }
 
 int bcast_send_abort(shmb_channel *ch, void *buf) {
@@ -847,7 +856,7 @@ int bcast_send_abort(shmb_channel *ch, void *buf) {
         r = own_claim(ch, b, buf, &slot, &pos);
         if (r < 0)
                 return r;
-        return pub_finish(b, slot, pos, BCAST_SEQ_SKIPPED) ? 0 : -ENOTCONN;
+        return pub_finish(b, slot, pos, BCAST_SEQ_SKIPPED) ? 0 : dropped(b);
 }
 
 /* ---- opening and closing ---- */

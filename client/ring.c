@@ -102,6 +102,7 @@ static bool owner_before(uint64_t owner, uint64_t pos) {
  * a lap that is over: then the claim is given back.
  */
 static inline void notify(shmb_channel *ch, unsigned dir);
+static int dropped(const shmb_channel *ch);
 
 static int claim(shmb_channel *ch, RingSlot *slot, uint64_t *word, uint64_t owner, uint64_t pos, uint64_t want) {
         uint32_t token = my_token(ch);
@@ -114,7 +115,7 @@ static int claim(shmb_channel *ch, RingSlot *slot, uint64_t *word, uint64_t owne
          * live token again.
          */
         if (ring_token_dead(ch->ring, token))
-                return -ENOTCONN;
+                return dropped(ch);
         if (!owner_before(owner, pos) || !__atomic_compare_exchange_n(word, &owner, mine, false, SEQ, RLX))
                 return 0;
         /*
@@ -163,6 +164,15 @@ static bool ring_removed_seq(const shmb_channel *ch) {
  */
 static bool ring_gone(const shmb_channel *ch) {
         return ring_is_removed(ch->ring) || channel_gone(ch);
+}
+
+/*
+ * This handle's token is dead, or its claim was taken: -ENOTCONN, unless
+ * the channel went (a stop marks it removed before it drops the holds), so
+ * that a removal says -EIDRM whichever the caller saw first.
+ */
+static int dropped(const shmb_channel *ch) {
+        return ring_gone(ch) ? -EIDRM : -ENOTCONN;
 }
 
 /*
@@ -771,7 +781,7 @@ static int own_claim(shmb_channel *ch, const void *buf, bool send, RingSlot **re
                 return 0;
         }
         /* Whatever the slot holds now: a dead token's claims were all taken back (perhaps reused since). */
-        return ring_token_dead(ch->ring, my_token(ch)) ? -ENOTCONN : -EINVAL;
+        return ring_token_dead(ch->ring, my_token(ch)) ? dropped(ch) : -EINVAL;
 }
 
 int shmb_send_reserve(shmb_channel *ch, size_t size, void **ret_buf, int timeout_ms) {
@@ -818,7 +828,7 @@ int shmb_send_commit(shmb_channel *ch, void *buf, size_t len) {
         if (r < 0)
                 return r;
         STORE(&slot->len, (uint32_t) len, RLX);
-        return send_publish(ch, slot, pos) ? 0 : -ENOTCONN;
+        return send_publish(ch, slot, pos) ? 0 : dropped(ch);
 }
 
 int shmb_send_abort(shmb_channel *ch, void *buf) {
@@ -841,7 +851,7 @@ int shmb_send_abort(shmb_channel *ch, void *buf) {
         /* As a dead sender's slot is skipped: free for the next lap, and receivers move past it. */
         expected = pos;
         if (!__atomic_compare_exchange_n(&slot->seq, &expected, pos + ch->info.slots, false, SEQ, RLX))
-                return -ENOTCONN;
+                return dropped(ch);
         advance(&ch->ring->tail, pos);
         notify(ch, WAKE_SPACE);
         notify(ch, WAKE_DATA);
@@ -888,5 +898,5 @@ int shmb_recv_release(shmb_channel *ch, const void *buf) {
         r = own_claim(ch, buf, false, &slot, &pos);
         if (r < 0)
                 return r;
-        return recv_free(ch, slot, pos) ? 0 : -ENOTCONN;
+        return recv_free(ch, slot, pos) ? 0 : dropped(ch);
 }
