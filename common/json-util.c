@@ -11,7 +11,7 @@ static const char *json_type_name(const json_t *v) {
         case JSON_ARRAY: return "an array";
         case JSON_STRING: return "a string";
         case JSON_INTEGER: return "an integer";
-        case JSON_REAL: return "a number with a fraction";
+        case JSON_REAL: return "a number with a fraction or an exponent";
         case JSON_TRUE:
         case JSON_FALSE: return "a boolean";
         default: return "null";
