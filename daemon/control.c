@@ -66,6 +66,7 @@
 
 #define LINES_PER_TURN 64u      /* answered per turn: bounds one turn's work, and how far a deadline overshoots */
 #define ACCEPT_PAUSE_USEC (100 * 1000)
+#define ACCEPTS_PER_TURN SOMAXCONN      /* at most one full backlog (listen()) per wake-up */
 #define NO_LINE UINT64_MAX
 #define FDS_RETRY_MIN_USEC 1000                 /* held descriptors: first look again after 1 ms, */
 #define FDS_RETRY_MAX_USEC (250 * 1000)         /* then ever later, up to 4 times a second */
@@ -1083,7 +1084,8 @@ refuse:
         return -err;
 }
 
-static void accept_one(Control *c, int fd) {
+/* Accept one connection: true when another may be waiting, false when the queue is empty or accept paused. */
+static bool accept_one(Control *c, int fd) {
         Conn *conn;
         int cfd, r;
 
@@ -1106,7 +1108,7 @@ static void accept_one(Control *c, int fd) {
                         pause_accepting(c, err);
                 else if (err != EAGAIN && err != EINTR && err != ECONNABORTED)
                         log_warning("Failed to accept a connection: %s, ignoring.", strerror(err));
-                return;
+                return err == EINTR || err == ECONNABORTED;
         }
         c->pause_logged = false;
         /*
@@ -1118,12 +1120,12 @@ static void accept_one(Control *c, int fd) {
                 log_warning("Failed to read a connection's out-of-band data inline: %s, dropping it.",
                             strerror(errno));
                 close(cfd);
-                return;
+                return true;
         }
         conn = calloc(1, sizeof *conn);
         if (!conn) {
                 close(cfd);
-                return;
+                return true;
         }
         conn->fd = cfd;
         conn->control = c;
@@ -1135,30 +1137,38 @@ static void accept_one(Control *c, int fd) {
         if (r < 0) {
                 log_warning("Failed to read peer credentials: %s, dropping connection.", strerror(-r));
                 conn_free(conn);
-                return;
+                return true;
         }
         r = acct_attach(c, conn);
         if (r < 0) {
                 log_warning("Failed to account a connection: %s, dropping it.", strerror(-r));
                 conn_free(conn);
-                return;
+                return true;
         }
         r = check_caps(c, conn);
         if (r < 0) {
                 conn_free(conn);
-                return;
+                return true;
         }
         r = sd_event_add_io(c->event, &conn->source, cfd, EPOLLIN, on_conn_io, conn);
         if (r < 0) {
                 log_warning("Failed to watch a connection: %s, dropping it.", strerror(-r));
                 conn_free(conn);
-                return;
+                return true;
         }
         log_debug("Connection from pid %d (uid %u).", (int) conn->client.peer.pid, (unsigned) conn->client.peer.uid);
+        return true;
 }
 
+/*
+ * Everything queued, not one connection per turn: the listening socket is
+ * one source among every busy connection's, so one per turn made a client
+ * queued behind another uid's burst of connections wait a turn of every
+ * busy connection for each connection ahead of it. Bounded by the backlog.
+ */
 static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        accept_one(userdata, fd);
+        for (unsigned i = 0; i < ACCEPTS_PER_TURN && accept_one(userdata, fd); i++)
+                ;
         control_changed(userdata);
         return 0;
 }

@@ -28,15 +28,20 @@
 #include <netinet/in.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
 #include <sys/resource.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+/* After <sys/ptrace.h>: struct ptrace_syscall_info, which glibc does not declare. */
+#include <linux/ptrace.h>
 
 #include "proto/proto.h"
 #include "tests/helpers.h"
@@ -1328,6 +1333,47 @@ static void storm_close_all(int *fds, int total, int admin) {
         json_decref(resp);
 }
 
+/*
+ * shmbrokerd(8): "one that never stops sending is served in turn with
+ * everyone else". The listening socket is one source among every busy
+ * connection's: accepting one connection per turn made a client queued
+ * behind another uid's burst wait a whole turn of every busy connection for
+ * each connection ahead of it (an attack helper locked everyone out that
+ * way with 1000 busy connections of one uid). So one wake-up takes every
+ * connection queued: the daemon, traced, must accept all of them before it
+ * waits for events again.
+ */
+START_TEST(test_one_wakeup_accepts_every_queued_connection) {
+        enum { QUEUED = 8 };
+        int fds[QUEUED], accepted = 0;
+        uint64_t nr = UINT64_MAX;       /* the call the daemon is in */
+        bool accepting = false;
+
+        start_with("", one_public_channel);
+        test_daemon_trace(&td);
+        /* The daemon is held: these wait in its backlog. */
+        for (int i = 0; i < QUEUED; i++)
+                fds[i] = test_connect(td.socket);
+        while (accepted < QUEUED) {
+                struct ptrace_syscall_info info;
+
+                ck_assert_msg(test_next_syscall_stop(td.pid), "the daemon ended");
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, (void *) sizeof info, &info), 0);
+                if (info.op == PTRACE_SYSCALL_INFO_ENTRY) {
+                        nr = info.entry.nr;
+                        accepting |= nr == SYS_accept4;
+                        ck_assert_msg(!accepting || (nr != SYS_epoll_wait && nr != SYS_epoll_pwait),
+                                      "the daemon waited for events again after accepting %d of %d queued "
+                                      "connections", accepted, QUEUED);
+                } else if (info.op == PTRACE_SYSCALL_INFO_EXIT && nr == SYS_accept4 && !info.exit.is_error)
+                        accepted++;
+        }
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        for (int i = 0; i < QUEUED; i++)
+                close(fds[i]);
+}
+END_TEST
+
 START_TEST(test_connection_storm) {
         int *fds, admin, shm_before, sem_before, served, refused;
         struct rlimit rl;
@@ -2244,7 +2290,7 @@ int main(void) {
                                                     test_pipelined_burst_answered, test_unread_close_drops_holds,
                                                     test_one_client_cannot_starve_the_others } },
                 { "socket", CASE_TIMEOUT, { test_socket_mode_0600_group, test_socket_mode_0660_group } },
-                { "storm", HEAVY_TIMEOUT, { test_connection_storm } },
+                { "storm", HEAVY_TIMEOUT, { test_connection_storm, test_one_wakeup_accepts_every_queued_connection } },
                 { "hostile-input", CASE_TIMEOUT, { test_hostile_input, test_descriptor_sent_to_the_daemon_cannot_stall_it,
                                            test_socket_that_cannot_refuse_descriptors } },
                 { "access-matrix", CASE_TIMEOUT, { test_access_matrix } },
