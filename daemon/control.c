@@ -638,8 +638,8 @@ static int conn_fail_nobufs(Conn *conn) {
         uint32_t max = conn->control->limits->buffers_per_uid;
         char why[160];
 
-        log_info("Closing a connection of pid %d: uid %u's connections would buffer more than %" PRIu32
-                 " bytes (buffers_per_uid).", (int) conn->client.peer.pid, (unsigned) conn->client.peer.uid, max);
+        log_client(LOG_INFO, "Closing a connection of pid %d: uid %u's connections would buffer more than %" PRIu32
+                   " bytes (buffers_per_uid).", (int) conn->client.peer.pid, (unsigned) conn->client.peer.uid, max);
         snprintf(why, sizeof why, "uid %u's connections would buffer more than %" PRIu32
                  " bytes, the most allowed; its newest are closed first", (unsigned) conn->client.peer.uid, max);
         conn_drop_input(conn);
@@ -769,8 +769,8 @@ static int process_input(Conn *conn) {
                 if (r == E2BIG) {
                         char why[128];
 
-                        log_info("Client pid %d sent a request line over %" PRIu32 " bytes; closing its connection.",
-                                 (int) conn->client.peer.pid, l->request_max);
+                        log_client(LOG_INFO, "Client pid %d sent a request line over %" PRIu32 " bytes; closing its "
+                                   "connection.", (int) conn->client.peer.pid, l->request_max);
                         snprintf(why, sizeof why, "request line exceeds %" PRIu32 " bytes; closing the connection",
                                  l->request_max);
                         off = conn->in_len;
@@ -927,8 +927,8 @@ static void conn_service(Conn *conn, uint32_t revents) {
         if (conn_line_overdue(conn)) {
                 char why[128];
 
-                log_info("Client pid %d left a request half-sent for %" PRIu32 " ms; closing its connection.",
-                         (int) conn->client.peer.pid, conn->control->limits->request_timeout_ms);
+                log_client(LOG_INFO, "Client pid %d left a request half-sent for %" PRIu32 " ms; closing its "
+                           "connection.", (int) conn->client.peer.pid, conn->control->limits->request_timeout_ms);
                 snprintf(why, sizeof why, "request not completed within %" PRIu32 " ms; closing the connection",
                          conn->control->limits->request_timeout_ms);
                 r = conn_fail(conn, ETIMEDOUT, why);
@@ -1077,8 +1077,8 @@ static int check_caps(Control *c, Conn *conn) {
         }
         return 0;
 refuse:
-        log_info("Refused a connection from pid %d (uid %u): %s.", (int) conn->client.peer.pid,
-                 (unsigned) conn->client.peer.uid, why);
+        log_client(LOG_INFO, "Refused a connection from pid %d (uid %u): %s.", (int) conn->client.peer.pid,
+                   (unsigned) conn->client.peer.uid, why);
         refuse(conn->fd, err, why);
         conn->fd = -1;
         return -err;

@@ -123,8 +123,8 @@ static void close_fds(int *fds, int n) {
 static int answer_hold_refused(const Entry *e, const Client *cl, const ProtoRequest *req, int r, char **ret_line,
                                size_t *ret_len) {
         if (r == -EUSERS && e->channel->spec.layout == PROTO_LAYOUT_BROADCAST && req->access == PROTO_ACCESS_RO) {
-                log_info("Refused a subscription to channel %s for pid %d: all %u of its subscribers are live.",
-                         req->channel, (int) cl->peer.pid, e->channel->spec.subscribers);
+                log_client(LOG_INFO, "Refused a subscription to channel %s for pid %d: all %u of its subscribers "
+                           "are live.", req->channel, (int) cl->peer.pid, e->channel->spec.subscribers);
                 return answer_error(EUSERS, ret_line, ret_len,
                                     "channel \"%s\" has %u subscribers already, the most it takes (\"subscribers\"); "
                                     "try again when one has closed it", req->channel, e->channel->spec.subscribers);
@@ -135,8 +135,8 @@ static int answer_hold_refused(const Entry *e, const Client *cl, const ProtoRequ
                                     "subscriber needs a connection of its own (shmb_open_channel() makes one)",
                                     req->channel, req->access == PROTO_ACCESS_RO ? "publisher or subscriber" : "subscriber");
         if (r == -EUSERS) {
-                log_info("Refused rw access to channel %s for pid %d: all %d entries of its holder table are live.",
-                         req->channel, (int) cl->peer.pid, RING_HOLDERS);
+                log_client(LOG_INFO, "Refused rw access to channel %s for pid %d: all %d entries of its holder "
+                           "table are live.", req->channel, (int) cl->peer.pid, RING_HOLDERS);
                 return answer_error(EUSERS, ret_line, ret_len,
                                     "channel \"%s\" has %d rw holders already, the most a %s takes; "
                                     "try again when one has closed it", req->channel, RING_HOLDERS,
@@ -163,16 +163,16 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
          * process, and enough of them fill the ring's table.
          */
         if (cl->hung_up) {
-                log_info("Not opening channel %s for pid %d: it hung up before its request was read.",
-                          req->channel, (int) cl->peer.pid);
+                log_client(LOG_INFO, "Not opening channel %s for pid %d: it hung up before its request was read.",
+                            req->channel, (int) cl->peer.pid);
                 return answer_error(ECONNRESET, ret_line, ret_len,
                                     "the client hung up before its open was read; nothing was opened");
         }
         channel_perm(e->channel, &perm);
         if (!access_allowed(&cl->peer, &perm, true, req->access == PROTO_ACCESS_RW)) {
-                log_info("Refused %s access to channel %s for pid %d (uid %u, gid %u).",
-                         proto_access_to_string(req->access), req->channel, (int) cl->peer.pid,
-                         (unsigned) cl->peer.uid, (unsigned) cl->peer.gid);
+                log_client(LOG_INFO, "Refused %s access to channel %s for pid %d (uid %u, gid %u).",
+                           proto_access_to_string(req->access), req->channel, (int) cl->peer.pid,
+                           (unsigned) cl->peer.uid, (unsigned) cl->peer.gid);
                 return answer_error(EACCES, ret_line, ret_len,
                                     "uid %u may not open channel \"%s\" %s (owner %s, group %s, mode %04o)",
                                     (unsigned) cl->peer.uid, req->channel, proto_access_to_string(req->access),
@@ -186,8 +186,8 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
         if (req->fd && e->channel->spec.kind == PROTO_KIND_POSIX) {
                 n_fds = posix_objects_open_fds(&e->channel->posix, req->access == PROTO_ACCESS_RW, fds);
                 if (n_fds < 0) {
-                        log_error("Cannot open the files of channel %s for pid %d: %s", req->channel,
-                                  (int) cl->peer.pid, strerror(-n_fds));
+                        log_client(LOG_ERR, "Cannot open the files of channel %s for pid %d: %s", req->channel,
+                                    (int) cl->peer.pid, strerror(-n_fds));
                         return answer_error(-n_fds, ret_line, ret_len,
                                             "cannot open the files of channel \"%s\" to hand them over: %s",
                                             req->channel, strerror(-n_fds));
@@ -375,8 +375,8 @@ static int do_reload(Dispatch *d, Client *cl, char **ret_line, size_t *ret_len) 
         int r;
 
         if (!dispatch_is_admin(d, &cl->peer)) {
-                log_info("Refused reload for pid %d (uid %u): not root and not in the admin group.",
-                         (int) cl->peer.pid, (unsigned) cl->peer.uid);
+                log_client(LOG_INFO, "Refused reload for pid %d (uid %u): not root and not in the admin group.",
+                           (int) cl->peer.pid, (unsigned) cl->peer.uid);
                 return answer_error(EACCES, ret_line, ret_len, "reload needs uid 0 or membership of the admin group");
         }
         if (!d->reload)

@@ -1,8 +1,10 @@
+#include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "daemon/log.h"
 
@@ -19,19 +21,54 @@ void log_setup(int level) {
                  st.st_dev == dev && st.st_ino == ino;
 }
 
-void log_full(int level, const char *fmt, ...) {
+static void log_va(int level, const char *fmt, va_list ap) {
         char line[2048];
-        va_list ap;
         int saved = errno;
 
-        if (level > max_level)
-                return;
-        va_start(ap, fmt);
         vsnprintf(line, sizeof line, fmt, ap);
-        va_end(ap);
         if (prefix)
                 fprintf(stderr, "<%d>%s\n", level, line);
         else
                 fprintf(stderr, "shmbrokerd: %s\n", line);
         errno = saved;
+}
+
+void log_full(int level, const char *fmt, ...) {
+        va_list ap;
+
+        if (level > max_level)
+                return;
+        va_start(ap, fmt);
+        log_va(level, fmt, ap);
+        va_end(ap);
+}
+
+void log_client(int level, const char *fmt, ...) {
+        static struct {
+                time_t begin;           /* of the interval, CLOCK_MONOTONIC seconds */
+                unsigned lines;         /* logged in it */
+                unsigned long long left_out;
+        } limit;
+        struct timespec now;
+        va_list ap;
+
+        if (level > max_level)
+                return;
+        (void) clock_gettime(CLOCK_MONOTONIC, &now);
+        if (limit.lines == 0 || now.tv_sec - limit.begin >= LOG_CLIENT_INTERVAL_SEC) {
+                if (limit.left_out > 0)
+                        log_full(LOG_NOTICE, "Left %llu more messages about clients out of the log in %d s.",
+                                 limit.left_out, LOG_CLIENT_INTERVAL_SEC);
+                limit.begin = now.tv_sec;
+                limit.lines = 0;
+                limit.left_out = 0;
+        }
+        if (limit.lines >= LOG_CLIENT_BURST) {
+                limit.left_out++;
+                return;
+        }
+        limit.lines++;
+        va_start(ap, fmt);
+        log_va(level, fmt, ap);
+        va_end(ap);
 }

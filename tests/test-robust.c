@@ -2281,6 +2281,63 @@ START_TEST(test_socket_that_cannot_refuse_descriptors) {
 }
 END_TEST
 
+#define REFUSED_OPENS 5000
+
+/* uid 65534 asks, REFUSED_OPENS times, for a channel it may not open: each is answered EACCES. */
+static void refused_opens_child(void *userdata) {
+        static const char req[] = "{\"op\":\"open\",\"channel\":\"private\",\"access\":\"ro\"}\n";
+        const char *sock = userdata;
+        int fd;
+
+        test_drop_privileges(65534, 65534, 0);
+        fd = try_connect(sock);
+        CHILD_CHECK(fd >= 0, "connect: %s", strerror(-fd));
+        for (int i = 0; i < REFUSED_OPENS; i += 100) {
+                char *line;
+
+                for (int k = 0; k < 100; k++)
+                        CHILD_CHECK(send_all(fd, req, sizeof req - 1) == 0, "send: %m");
+                for (int k = 0; k < 100; k++) {
+                        int r = recv_line(fd, 5000, &line);
+
+                        CHILD_CHECK(r == 1, "open %d: expected an answer, got %s", i + k, recv_result(r));
+                        CHILD_CHECK(strstr(line, "\"EACCES\"") != NULL, "open %d: %s", i + k, line);
+                        free(line);
+                }
+        }
+        close(fd);
+}
+
+/*
+ * shmbrokerd(8), LOGGING: what clients can make the daemon log is limited
+ * (a burst, then a count of what was left out). One unprivileged client
+ * that repeats a refused request must not write a line per request,
+ * megabytes a second, filling the journal (or tripping journald's own rate
+ * limit, which would then drop the daemon's other messages too). Found by
+ * an attack helper, whose test this is.
+ */
+START_TEST(test_refused_requests_do_not_flood_the_log) {
+        size_t lines = 0, bytes = 0;
+        FILE *f;
+        int ch;
+
+        start_with("", "[{\"name\": \"private\", \"size\": 4096, \"mode\": \"0600\"}]");
+        child_run(refused_opens_child, td.socket);
+        assert_daemon_alive();
+        /* The whole file: test_daemon_log() returns only its first 64 KiB. */
+        f = fopen(td.log, "re");
+        ck_assert_ptr_nonnull(f);
+        while ((ch = fgetc(f)) != EOF) {
+                bytes++;
+                lines += ch == '\n';
+        }
+        fclose(f);
+        ck_assert_msg(lines < REFUSED_OPENS / 10,
+                      "%d refused opens of one unprivileged client wrote %zu log lines (%zu bytes)",
+                      REFUSED_OPENS, lines, bytes);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -2295,6 +2352,7 @@ int main(void) {
                                            test_socket_that_cannot_refuse_descriptors } },
                 { "access-matrix", CASE_TIMEOUT, { test_access_matrix } },
                 { "buffers", CASE_TIMEOUT, { test_buffers_per_uid } },
+                { "log", CASE_TIMEOUT, { test_refused_requests_do_not_flood_the_log } },
         };
 
         return test_main("robust", groups, sizeof groups / sizeof groups[0], test_setup, test_teardown);
