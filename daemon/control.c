@@ -1084,8 +1084,13 @@ refuse:
         return -err;
 }
 
-/* Accept one connection: true when another may be waiting, false when the queue is empty or accept paused. */
-static bool accept_one(Control *c, int fd) {
+/*
+ * Accept one connection: true when another may be waiting, false when the
+ * queue is empty, accept paused, or (not `first` of this wake-up) out of
+ * descriptors: those just accepted may be closed ones, whose descriptors
+ * their turn gives back, so nobody is refused for them yet.
+ */
+static bool accept_one(Control *c, int fd, bool first) {
         Conn *conn;
         int cfd, r;
 
@@ -1093,6 +1098,8 @@ static bool accept_one(Control *c, int fd) {
         if (cfd < 0) {
                 int err = errno;
 
+                if ((err == EMFILE || err == ENFILE) && !first)
+                        return false;
                 if (err == EMFILE || err == ENFILE) {
                         /* Spend the reserve descriptor to tell one waiting client why. */
                         if (c->reserve_fd >= 0) {
@@ -1111,6 +1118,15 @@ static bool accept_one(Control *c, int fd) {
                 return err == EINTR || err == ECONNABORTED;
         }
         c->pause_logged = false;
+        /*
+         * Closed already with nothing sent (a connect flood's): nothing to
+         * answer, and its descriptor goes now, not at its turn, so that a
+         * wake-up that takes many such never runs out of descriptors for them.
+         */
+        if (recv(cfd, &(char) { 0 }, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+                close(cfd);
+                return true;
+        }
         /*
          * An out-of-band byte (MSG_OOB) is skipped by the peek of read_input()
          * but keeps the socket readable: alone, it would wake the loop for
@@ -1167,7 +1183,7 @@ static bool accept_one(Control *c, int fd) {
  * busy connection for each connection ahead of it. Bounded by the backlog.
  */
 static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        for (unsigned i = 0; i < ACCEPTS_PER_TURN && accept_one(userdata, fd); i++)
+        for (unsigned i = 0; i < ACCEPTS_PER_TURN && accept_one(userdata, fd, i == 0); i++)
                 ;
         control_changed(userdata);
         return 0;
