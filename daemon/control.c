@@ -48,6 +48,7 @@
 #include <string.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -79,6 +80,7 @@ struct UidAcct {
         uid_t uid;
         size_t n_conns;
         size_t bytes;                   /* capacity of their in and out buffers */
+        size_t fds;                     /* descriptors held for their answers (Conn.n_fds) */
         LIST_HEAD(, Conn) conns;        /* newest first */
 };
 
@@ -146,6 +148,7 @@ struct Control {
         void *changed_userdata;
         UidAcct **accts;        /* sorted by uid, for lookup at accept */
         size_t n_accts, accts_cap;
+        size_t fds_per_uid;     /* descriptors one uid's unread answers may hold: a quarter of ours */
 };
 
 /* ---- per-uid accounting ---- */
@@ -196,6 +199,7 @@ static int acct_attach(Control *c, Conn *conn) {
         LIST_INSERT_HEAD(&a->conns, conn, uid_link);
         a->n_conns++;
         a->bytes += conn->charged;
+        a->fds += conn->n_fds;
         conn->acct = a;
         return 0;
 }
@@ -212,6 +216,7 @@ static void acct_detach(Conn *conn) {
         conn->acct = NULL;
         LIST_REMOVE(conn, uid_link);
         a->bytes -= conn->charged;
+        a->fds -= conn->n_fds;
         conn->charged = 0;
         if (--a->n_conns > 0)
                 return;
@@ -245,10 +250,18 @@ static void conn_drop_input(Conn *conn) {
         conn->in_len = conn->in_cap = 0;
 }
 
+/* conn holds n descriptors for an answer now; its uid's count follows. */
+static void conn_count_fds(Conn *conn, size_t n) {
+        if (conn->acct)
+                conn->acct->fds = conn->acct->fds - conn->n_fds + n;
+        conn->n_fds = n;
+}
+
 /* Descriptors whose answer will not be sent (or were sent): ours to close. */
 static void conn_close_fds(Conn *conn) {
-        while (conn->n_fds > 0)
-                close(conn->fds[--conn->n_fds]);
+        for (size_t i = 0; i < conn->n_fds; i++)
+                close(conn->fds[i]);
+        conn_count_fds(conn, 0);
         /* Nothing left to hold back (sent, or dropped with the output of a failing connection). */
         conn->fds_held = false;
 }
@@ -595,7 +608,7 @@ static int queue_output_fds(Conn *conn, char *line, size_t len, const int *fds, 
         /* process_input() answers no line while descriptors wait: there is room. */
         if (n_fds > 0) {
                 memcpy(conn->fds, fds, n_fds * sizeof *fds);
-                conn->n_fds = n_fds;
+                conn_count_fds(conn, n_fds);
                 conn->fds_pos = pos;
         }
         return 0;
@@ -777,6 +790,9 @@ static int process_input(Conn *conn) {
                         r = conn_fail(conn, E2BIG, why);
                         break;
                 }
+                /* One uid's unread answers hold a quarter of our descriptors at most: the rest is everyone else's. */
+                conn->client.fd_room = conn->acct && conn->acct->fds < conn->control->fds_per_uid ?
+                                       conn->control->fds_per_uid - conn->acct->fds : 0;
                 r = dispatch_line(conn->control->dispatch, &conn->client, conn->in + off, line_len, &resp, &resp_len,
                                   fds, &n_fds);
                 if (r < 0)
@@ -1191,6 +1207,7 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
 
 int control_new(sd_event *event, Dispatch *dispatch, const ConfigLimits *limits, ExitWatch *exits, Control **ret) {
         Control *c = calloc(1, sizeof *c);
+        struct rlimit rl;
 
         if (!c)
                 return -ENOMEM;
@@ -1201,6 +1218,9 @@ int control_new(sd_event *event, Dispatch *dispatch, const ConfigLimits *limits,
         c->listen_fd = -1;
         c->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         LIST_INIT(&c->conns);
+        /* After the daemon raised its limit (raise_fd_limit()); one answer's worth at least. */
+        c->fds_per_uid = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ?
+                         MAX((size_t) rl.rlim_cur / 4, (size_t) PROTO_FDS_MAX) : SIZE_MAX;
         *ret = c;
         return 0;
 }

@@ -41,6 +41,7 @@ typedef struct Client {
         Peer peer;
         LIST_HEAD(, Hold) holds;
         bool hung_up;           /* its peer closed both ends: no answer will be read */
+        size_t fd_room;         /* descriptors its uid may still be handed (set before each request) */
 } Client;
 
 struct Hold {

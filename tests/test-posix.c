@@ -17,6 +17,7 @@
 #include <linux/capability.h>
 #include <linux/fs.h>
 #include <linux/sockios.h>
+#include <poll.h>
 #include <sched.h>
 #include <semaphore.h>
 #include <signal.h>
@@ -26,6 +27,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -798,6 +800,88 @@ START_TEST(test_open_fds_unread) {
         for (deadline = test_now_ms() + 5000; daemon_fd_count() >= base && test_now_ms() < deadline;)
                 usleep(10 * 1000);
         ck_assert_int_eq(daemon_fd_count(), base - 1);
+}
+END_TEST
+
+#define FD_HOG_CONNS 16
+
+/*
+ * Each connection may leave one answer's descriptors in the daemon by not
+ * reading (63 for a channel of 62 semaphores). shmbrokerd(8), LIMITS: one
+ * uid's unread answers hold a quarter of the daemon's descriptors at most.
+ * uid 65534, within connections_per_uid, must not exhaust the daemon's
+ * open-file limit, so that another user can still connect and be handed a
+ * channel's descriptors (an attack helper's test: before the limit, root's
+ * open failed with EMFILE).
+ */
+START_TEST(test_unread_descriptors_of_one_uid_leave_room_for_others) {
+        static const char req[] = "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}\n";
+        int ready[2], fds[PROTO_FDS_MAX], fd, prev = -1, now, stable = 0;
+        size_t n_fds = 0;
+        char *text, c;
+        json_t *resp;
+        pid_t pid;
+
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", "
+                                  "\"limits\": {\"connections_per_uid\": %d}, \"channels\": ["
+                                  "{\"name\": \"many\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": 62, "
+                                  "\"mode\": \"0666\"}]}\n", td.socket, FD_HOG_CONNS), 0);
+        test_daemon_write_raw_config(&td, text);
+        free(text);
+        /* A modest limit: room for the channel and every connection, not for 64 descriptors each. */
+        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=512:512", 1);
+        test_start_ok();
+        unsetenv("TEST_DAEMON_WRAPPER");
+
+        ck_assert_int_eq(pipe(ready), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                int conns[FD_HOG_CONNS];
+
+                close(ready[0]);
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                test_drop_privileges(65534, 65534, 0);
+                for (int i = 0; i < FD_HOG_CONNS; i++) {
+                        conns[i] = test_connect(td.socket);
+                        /* Two opens, nothing read: the first answer's descriptors go, the second's wait. */
+                        test_send(conns[i], req, sizeof req - 1);
+                        test_send(conns[i], req, sizeof req - 1);
+                }
+                for (int i = 0; i < FD_HOG_CONNS; i++) {
+                        struct pollfd p = { .fd = conns[i], .events = POLLIN };
+
+                        if (poll(&p, 1, 5000) != 1)
+                                _exit(2);
+                }
+                if (write(ready[1], "r", 1) != 1)
+                        _exit(3);
+                pause();
+                _exit(0);
+        }
+        close(ready[1]);
+        ck_assert_msg(read(ready[0], &c, 1) == 1, "uid 65534's connections got no answers");
+        /* Until the daemon's descriptors stop moving: every second open answered or refused. */
+        for (int64_t deadline = test_now_ms() + 5000; stable < 20 && test_now_ms() < deadline; usleep(10 * 1000)) {
+                now = daemon_fd_count();
+                stable = now == prev ? stable + 1 : 0;
+                prev = now;
+        }
+        fd = test_connect(td.socket);
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}", fds,
+                                PROTO_FDS_MAX, &n_fds);
+        ck_assert_msg(json_is_true(json_object_get(resp, "ok")),
+                      "root's open was refused while uid 65534 left %d connections' answers unread "
+                      "(the daemon holds %d descriptors): %s %s", FD_HOG_CONNS, daemon_fd_count(),
+                      json_string_value(json_object_get(resp, "error")), json_string_value(json_object_get(resp, "message")));
+        ck_assert_uint_eq(n_fds, 1 + 62);      /* the segment and each semaphore's file */
+        for (size_t i = 0; i < n_fds; i++)
+                close(fds[i]);
+        json_decref(resp);
+        close(fd);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        close(ready[0]);
 }
 END_TEST
 
@@ -1879,7 +1963,8 @@ int main(void) {
                                            test_posix_ring_fifos_give_the_daemons_group_nothing,
                                            test_unlimited_dev_shm_takes_a_reload } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread,
-                                         test_open_fds_in_flight_bounded } },
+                                         test_open_fds_in_flight_bounded,
+                                         test_unread_descriptors_of_one_uid_leave_room_for_others } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back,
                                              test_stop_and_reload_spare_replaced, test_other_owner_removed,
