@@ -139,15 +139,18 @@ int64_t test_now_ms(void) {
 }
 
 /* As systemd's socket activation: a bound, listening socket as fd 3. */
-static int pass_listening_socket(const char *path) {
+static int pass_listening_socket(const char *path, int given) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        int fd = given > 0 ? given : socket(AF_UNIX, SOCK_STREAM, 0);
         char pid[16];
 
         strcpy(sa.sun_path, path);
-        unlink(path);
-        if (fd < 0 || bind(fd, (struct sockaddr *) &sa, sizeof sa) < 0 || listen(fd, 16) < 0)
-                return -1;
+        if (given <= 0) {
+                unlink(path);
+                if (fd < 0 || bind(fd, (struct sockaddr *) &sa, sizeof sa) < 0 || listen(fd, 16) < 0)
+                        return -1;
+        }
+        /* dup2() clears close-on-exec on 3; a given socket's own number goes with the exec if it has it. */
         if (fd != 3 && (dup2(fd, 3) < 0 || close(fd) < 0))
                 return -1;
         snprintf(pid, sizeof pid, "%d", (int) getpid());
@@ -286,7 +289,7 @@ static void daemon_spawn(TestDaemon *d, va_list ap) {
                 if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() == 1)
                         _exit(127);
                 setenv("NOTIFY_SOCKET", d->notify, 1);
-                if (d->activate && pass_listening_socket(d->socket) < 0)
+                if (d->activate && pass_listening_socket(d->socket, d->activate_fd) < 0)
                         _exit(126);
                 if (d->passrights_errno && deny_passrights(d->passrights_errno) < 0)
                         _exit(124);

@@ -24,6 +24,7 @@ typedef struct TestDaemon {
         int notify_fd;
         char notified[8192];            /* every notify datagram so far, '|'-separated */
         bool activate;                  /* pass a listening socket as systemd would (LISTEN_FDS) */
+        int activate_fd;                /* with activate, not 0: pass this one (the test keeps its copy, as systemd) */
         bool keep_notify;               /* keep reading notifications after READY=1 */
         bool stop_before_exec;          /* the child stops itself (SIGSTOP) before it runs the daemon: to trace it */
         int passrights_errno;           /* not 0: its setsockopt(SO_PASSRIGHTS) fails so (a seccomp filter) */

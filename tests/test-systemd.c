@@ -15,7 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -179,28 +179,27 @@ END_TEST
  * a connect to see if it is live could start a service." A run on a
  * socket systemd passed crashes; its file then names another socket, and
  * the next start reclaims the crashed run. The passed socket, which
- * systemd still holds (here: the test, with a duplicate of the daemon's
- * descriptor), must see no connection in its accept queue, and stay.
+ * systemd still holds (here: the test, which made it and passed it), must
+ * see no connection in its accept queue, and stay.
  */
 START_TEST(test_reclaim_never_connects_to_a_passed_socket) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
         char old_socket[sizeof td.socket], old_lock[sizeof td.socket + 8];
         struct stat before, after;
-        int pidfd, listen_fd, accepting = 0, conn;
-        socklen_t len = sizeof accepting;
+        int listen_fd, conn;
 
+        /* The listening socket as systemd makes it, and keeps its own reference to. */
+        strcpy(sa.sun_path, td.socket);
+        listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        ck_assert_int_ge(listen_fd, 0);
+        ck_assert_int_eq(bind(listen_fd, (struct sockaddr *) &sa, sizeof sa), 0);
+        ck_assert_int_eq(listen(listen_fd, 16), 0);
         test_daemon_write_config(&td, two_channels);
         td.activate = true;
+        td.activate_fd = listen_fd;
         test_start_ok();
         td.activate = false;
-        /* systemd's own reference to the listening socket: fd 3 of the daemon. */
-        pidfd = (int) syscall(SYS_pidfd_open, td.pid, 0);
-        ck_assert_msg(pidfd >= 0, "pidfd_open: %s", strerror(errno));
-        listen_fd = (int) syscall(SYS_pidfd_getfd, pidfd, 3, 0);
-        ck_assert_msg(listen_fd >= 0, "pidfd_getfd: %s", strerror(errno));
-        close(pidfd);
-        ck_assert_int_eq(getsockopt(listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len), 0);
-        ck_assert_int_eq(accepting, 1);
-        ck_assert_int_eq(fcntl(listen_fd, F_SETFL, O_NONBLOCK), 0);
+        td.activate_fd = 0;
         ck_assert_int_eq(stat(td.socket, &before), 0);
         test_daemon_kill(&td, SIGKILL);
 
