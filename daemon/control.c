@@ -67,7 +67,7 @@
 
 #define LINES_PER_TURN 64u      /* answered per turn: bounds one turn's work, and how far a deadline overshoots */
 #define ACCEPT_PAUSE_USEC (100 * 1000)
-#define ACCEPTS_PER_TURN SOMAXCONN      /* at most one full backlog (listen()) per wake-up */
+#define ACCEPTS_MIN 64u                 /* per wake-up at least; at most one per connection served, or a backlog */
 #define NO_LINE UINT64_MAX
 #define FDS_RETRY_MIN_USEC 1000                 /* held descriptors: first look again after 1 ms, */
 #define FDS_RETRY_MAX_USEC (250 * 1000)         /* then ever later, up to 4 times a second */
@@ -80,7 +80,7 @@ struct UidAcct {
         uid_t uid;
         size_t n_conns;
         size_t bytes;                   /* capacity of their in and out buffers */
-        size_t fds;                     /* descriptors held for their answers (Conn.n_fds) */
+        size_t fds;                     /* held for their answers, or sent and unread (n_fds, n_in_flight) */
         LIST_HEAD(, Conn) conns;        /* newest first */
 };
 
@@ -119,7 +119,9 @@ struct Conn {
          * (the socket stays writable): fds_retry looks again, backing off.
          */
         bool fds_in_flight;
+        size_t n_in_flight;             /* how many, counted in the uid's fds until seen read */
         bool fds_held;
+        bool lingering;                 /* done, but what it was sent is unread: kept until read or hung up */
         uint64_t fds_retry_usec;
         sd_event_source *fds_retry;
         bool closing;           /* answer sent for a fatal error; close once flushed */
@@ -199,7 +201,7 @@ static int acct_attach(Control *c, Conn *conn) {
         LIST_INSERT_HEAD(&a->conns, conn, uid_link);
         a->n_conns++;
         a->bytes += conn->charged;
-        a->fds += conn->n_fds;
+        a->fds += conn->n_fds + conn->n_in_flight;
         conn->acct = a;
         return 0;
 }
@@ -216,7 +218,7 @@ static void acct_detach(Conn *conn) {
         conn->acct = NULL;
         LIST_REMOVE(conn, uid_link);
         a->bytes -= conn->charged;
-        a->fds -= conn->n_fds;
+        a->fds -= conn->n_fds + conn->n_in_flight;
         conn->charged = 0;
         if (--a->n_conns > 0)
                 return;
@@ -255,6 +257,14 @@ static void conn_count_fds(Conn *conn, size_t n) {
         if (conn->acct)
                 conn->acct->fds = conn->acct->fds - conn->n_fds + n;
         conn->n_fds = n;
+}
+
+/* conn's client has n descriptors it was sent and has not read (as far as we know); its uid's count follows. */
+static void conn_count_in_flight(Conn *conn, size_t n) {
+        if (conn->acct)
+                conn->acct->fds = conn->acct->fds - conn->n_in_flight + n;
+        conn->n_in_flight = n;
+        conn->fds_in_flight = n > 0;
 }
 
 /* Descriptors whose answer will not be sent (or were sent): ours to close. */
@@ -468,7 +478,8 @@ static ssize_t send_some(Conn *conn, const char *buf, size_t len) {
                 errno = EAGAIN;
                 return -1;
         }
-        conn->fds_in_flight = conn->fds_held = false;
+        conn_count_in_flight(conn, 0);
+        conn->fds_held = false;
         memset(&control, 0, sizeof control);
         mh.msg_control = control.buf;
         mh.msg_controllen = CMSG_SPACE(sizeof(int) * conn->n_fds);
@@ -478,10 +489,12 @@ static ssize_t send_some(Conn *conn, const char *buf, size_t len) {
         cm->cmsg_len = CMSG_LEN(sizeof(int) * conn->n_fds);
         memcpy(CMSG_DATA(cm), conn->fds, sizeof(int) * conn->n_fds);
         n = sendmsg(conn->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-        /* Sent (the peer has its own copies now): ours go. */
+        /* Sent (the peer has its own copies now): ours go, and count as in flight until read. */
         if (n > 0) {
+                size_t sent = conn->n_fds;
+
                 conn_close_fds(conn);
-                conn->fds_in_flight = true;
+                conn_count_in_flight(conn, sent);
                 conn->fds_retry_usec = 0;
         }
         return n;
@@ -667,7 +680,7 @@ static int conn_update_fds_retry(Conn *conn) {
         uint64_t at;
         int r;
 
-        if (!conn->fds_held)
+        if (!conn->fds_held && !conn->lingering)
                 return conn->fds_retry ? sd_event_source_set_enabled(conn->fds_retry, SD_EVENT_OFF) : 0;
         conn->fds_retry_usec = MIN(MAX(conn->fds_retry_usec * 2, FDS_RETRY_MIN_USEC), FDS_RETRY_MAX_USEC);
         at = now_usec() + conn->fds_retry_usec;
@@ -760,6 +773,26 @@ static int conn_make_room(Conn *conn, size_t grow) {
 }
 
 /*
+ * The descriptors conn's uid may still be handed. What its clients were
+ * sent counts until seen read; only when that leaves no room for one
+ * answer are they looked at again (one ioctl each), so the usual request
+ * costs nothing.
+ */
+static size_t conn_fd_room(Conn *conn) {
+        size_t max = conn->control->fds_per_uid;
+        UidAcct *a = conn->acct;
+        Conn *v;
+
+        if (!a)
+                return 0;
+        if (a->fds + PROTO_FDS_MAX > max)
+                LIST_FOREACH(v, &a->conns, uid_link)
+                        if (v->n_in_flight > 0 && !client_has_unread(v))
+                                conn_count_in_flight(v, 0);
+        return a->fds < max ? max - a->fds : 0;
+}
+
+/*
  * Answer up to LINES_PER_TURN complete lines, as long as the client keeps
  * taking our answers (output_max); the rest waits for the next turn.
  */
@@ -791,8 +824,7 @@ static int process_input(Conn *conn) {
                         break;
                 }
                 /* One uid's unread answers hold a quarter of our descriptors at most: the rest is everyone else's. */
-                conn->client.fd_room = conn->acct && conn->acct->fds < conn->control->fds_per_uid ?
-                                       conn->control->fds_per_uid - conn->acct->fds : 0;
+                conn->client.fd_room = conn_fd_room(conn);
                 r = dispatch_line(conn->control->dispatch, &conn->client, conn->in + off, line_len, &resp, &resp_len,
                                   fds, &n_fds);
                 if (r < 0)
@@ -920,6 +952,25 @@ static bool conn_line_overdue(const Conn *conn) {
 }
 
 /*
+ * Descriptors sent stay charged to our user until the client reads them,
+ * also once we closed our end, and the kernel refuses our next SCM_RIGHTS
+ * when the charge passes our open-file limit (ETOOMANYREFS, for a daemon
+ * without CAP_SYS_RESOURCE, as under the shipped unit), whoever it was for.
+ * So a connection that is done, or whose last answer was not taken in time,
+ * stays open while its client has not read what it was sent, counted
+ * against connections_per_uid and connections_max, which then bound the
+ * charge; until the client reads (fds_retry looks) or hangs up.
+ */
+static bool conn_must_linger(Conn *conn, uint32_t revents) {
+        if (!conn->fds_in_flight || conn->client.hung_up || (revents & (EPOLLHUP | EPOLLERR)))
+                return false;
+        if (client_has_unread(conn))
+                return true;
+        conn_count_in_flight(conn, 0);
+        return false;
+}
+
+/*
  * One turn for a connection: read what came, send what we can, answer a
  * bounded number of lines, or end it when its half-sent line is overdue.
  * Frees conn when it is done.
@@ -958,8 +1009,11 @@ static void conn_service(Conn *conn, uint32_t revents) {
         if (r < 0)
                 goto close;
         /* At the client's end, the lines it completed are still answered first. */
-        if (pending_output(conn) == 0 && (conn->closing || (conn->eof && !has_line(conn))))
-                goto close;
+        if (pending_output(conn) == 0 && (conn->closing || (conn->eof && !has_line(conn)))) {
+                if (!conn_must_linger(conn, revents))
+                        goto close;
+                conn->lingering = true;
+        }
         if ((revents & (EPOLLHUP | EPOLLERR)) && !(revents & EPOLLIN))
                 goto close;
         r = conn_update_events(conn);
@@ -1008,7 +1062,11 @@ static int on_conn_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
         Conn *conn = userdata;
         Control *c = conn->control;
 
-        if (conn->closing) {
+        if (conn->closing && conn_must_linger(conn, 0)) {
+                conn->lingering = true;
+                if (conn_update_events(conn) < 0)
+                        conn_free(conn);
+        } else if (conn->closing) {
                 log_debug("Client pid %d did not read its last answer within %" PRIu32 " ms; closing.",
                           (int) conn->client.peer.pid, conn->control->limits->request_timeout_ms);
                 conn_free(conn);
@@ -1193,13 +1251,19 @@ static bool accept_one(Control *c, int fd, bool first) {
 }
 
 /*
- * Everything queued, not one connection per turn: the listening socket is
- * one source among every busy connection's, so one per turn made a client
+ * Many queued, not one connection per turn: the listening socket is one
+ * source among every busy connection's, so one per turn made a client
  * queued behind another uid's burst of connections wait a turn of every
- * busy connection for each connection ahead of it. Bounded by the backlog.
+ * busy connection for each connection ahead of it. As many as there are
+ * connections, and so as many as a turn serves: a connect flood then
+ * takes half the loop at most, and a queued client waits a few turns.
  */
 static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        for (unsigned i = 0; i < ACCEPTS_PER_TURN && accept_one(userdata, fd, i == 0); i++)
+        Control *c = userdata;
+        /* As many as there are connections to serve (a flood gets half the loop at most), a backlog at most. */
+        size_t batch = MIN(MAX(c->n_conns, (size_t) ACCEPTS_MIN), (size_t) SOMAXCONN);
+
+        for (size_t i = 0; i < batch && accept_one(c, fd, i == 0); i++)
                 ;
         control_changed(userdata);
         return 0;

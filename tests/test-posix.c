@@ -814,7 +814,7 @@ END_TEST
  * channel's descriptors (an attack helper's test: before the limit, root's
  * open failed with EMFILE).
  */
-START_TEST(test_unread_descriptors_of_one_uid_leave_room_for_others) {
+static void unread_descriptors_of_one_uid_leave_room_for_others(const char *wrapper) {
         static const char req[] = "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}\n";
         int ready[2], fds[PROTO_FDS_MAX], fd, prev = -1, now, stable = 0;
         size_t n_fds = 0;
@@ -829,7 +829,7 @@ START_TEST(test_unread_descriptors_of_one_uid_leave_room_for_others) {
         test_daemon_write_raw_config(&td, text);
         free(text);
         /* A modest limit: room for the channel and every connection, not for 64 descriptors each. */
-        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=512:512", 1);
+        setenv("TEST_DAEMON_WRAPPER", wrapper, 1);
         test_start_ok();
         unsetenv("TEST_DAEMON_WRAPPER");
 
@@ -875,6 +875,140 @@ START_TEST(test_unread_descriptors_of_one_uid_leave_room_for_others) {
                       "(the daemon holds %d descriptors): %s %s", FD_HOG_CONNS, daemon_fd_count(),
                       json_string_value(json_object_get(resp, "error")), json_string_value(json_object_get(resp, "message")));
         ck_assert_uint_eq(n_fds, 1 + 62);      /* the segment and each semaphore's file */
+        for (size_t i = 0; i < n_fds; i++)
+                close(fds[i]);
+        json_decref(resp);
+        close(fd);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        close(ready[0]);
+}
+
+START_TEST(test_unread_descriptors_of_one_uid_leave_room_for_others) {
+        unread_descriptors_of_one_uid_leave_room_for_others("prlimit --nofile=512:512");
+}
+END_TEST
+
+/*
+ * The same under the shipped unit's set-up: the daemon runs as its own
+ * unprivileged user (shmbrokerd.service: User=shmbroker, no capabilities).
+ * README: "the kernel charges them to the daemon's open-file limit": the
+ * descriptors sent and not read yet count, for an unprivileged sender,
+ * against its RLIMIT_NOFILE (too_many_unix_fds(): ETOOMANYREFS), so they
+ * are part of "one user's unread answers" that "hold a quarter of the
+ * daemon's open-file limit at most" too.
+ */
+START_TEST(test_unread_descriptors_of_one_uid_leave_room_for_others_unprivileged) {
+        ck_assert_int_eq(chown(td.dir, 4242, 4242), 0);
+        unread_descriptors_of_one_uid_leave_room_for_others(
+                "prlimit --nofile=512:512 setpriv --reuid 4242 --regid 4242 --clear-groups --inh-caps=-all "
+                "--pdeathsig SIGKILL");
+}
+END_TEST
+
+/*
+ * shmbrokerd(8), LIMITS: past a quarter of the open-file limit "such an
+ * open is refused with EMFILE until they read". Read, the room comes back:
+ * one connection that reads every answer gets the channel's 63 files again
+ * and again, far more often than a quarter (128 of 512) holds.
+ */
+START_TEST(test_read_answers_give_their_descriptors_room_back) {
+        int fds[PROTO_FDS_MAX], fd;
+        size_t n_fds = 0;
+        char *text;
+        json_t *resp;
+
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"channels\": ["
+                                  "{\"name\": \"many\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": 62, "
+                                  "\"mode\": \"0666\"}]}\n", td.socket), 0);
+        test_daemon_write_raw_config(&td, text);
+        free(text);
+        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=512:512", 1);
+        test_start_ok();
+        unsetenv("TEST_DAEMON_WRAPPER");
+        fd = test_connect(td.socket);
+        for (int i = 0; i < 8; i++) {
+                resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}",
+                                        fds, PROTO_FDS_MAX, &n_fds);
+                ck_assert_msg(json_is_true(json_object_get(resp, "ok")), "open %d, every answer read: %s %s", i,
+                              json_string_value(json_object_get(resp, "error")),
+                              json_string_value(json_object_get(resp, "message")));
+                for (size_t k = 0; k < n_fds; k++)
+                        close(fds[k]);
+                json_decref(resp);
+        }
+        close(fd);
+}
+END_TEST
+
+#define FD_LEFT_CONNS 100
+
+/*
+ * README: a client that does not read "has one answer's worth in flight at
+ * most (the kernel charges them to the daemon's open-file limit ...)", and
+ * "one user's unread answers hold a quarter of the daemon's open-file limit
+ * at most". Under the shipped unit the daemon is unprivileged, and what it
+ * sent stays charged to it (ETOOMANYREFS past its RLIMIT_NOFILE) until the
+ * receiver reads it or closes its socket, even after the daemon closed its
+ * end. uid 65534 asks for the files, half-closes, and keeps each socket
+ * unread: had the daemon closed its end once it answered,
+ * connections_per_uid (4) would never apply, and the charge would grow
+ * without bound. root's open must still get its files.
+ */
+START_TEST(test_unread_descriptors_of_closed_connections_leave_room_for_others) {
+        static const char req[] = "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}\n";
+        int ready[2], fds[PROTO_FDS_MAX], fd;
+        size_t n_fds = 0;
+        char *text, c;
+        json_t *resp;
+        pid_t pid;
+
+        ck_assert_int_eq(chown(td.dir, 4242, 4242), 0);
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", "
+                                  "\"limits\": {\"connections_per_uid\": 4}, \"channels\": ["
+                                  "{\"name\": \"many\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": 62, "
+                                  "\"mode\": \"0666\"}]}\n", td.socket), 0);
+        test_daemon_write_raw_config(&td, text);
+        free(text);
+        /* 4096 descriptors: a quarter is 1024, and 100 unread answers of 63 are 6300. */
+        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=4096:4096 setpriv --reuid 4242 --regid 4242 --clear-groups "
+               "--inh-caps=-all --pdeathsig SIGKILL", 1);
+        test_start_ok();
+        unsetenv("TEST_DAEMON_WRAPPER");
+
+        ck_assert_int_eq(pipe(ready), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                close(ready[0]);
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                test_drop_privileges(65534, 65534, 0);
+                for (int i = 0; i < FD_LEFT_CONNS; i++) {
+                        struct pollfd p;
+
+                        fd = test_connect(td.socket);
+                        /* Past connections_per_uid the daemon refuses the connection: the send may find it closed. */
+                        (void) send(fd, req, sizeof req - 1, MSG_NOSIGNAL);
+                        (void) shutdown(fd, SHUT_WR);
+                        /* Answered (or refused); the answer stays unread here. */
+                        p = (struct pollfd) { .fd = fd, .events = POLLIN | POLLRDHUP };
+                        if (poll(&p, 1, 5000) != 1)
+                                _exit(3);
+                }
+                if (write(ready[1], "r", 1) != 1)
+                        _exit(4);
+                pause();
+                _exit(0);
+        }
+        close(ready[1]);
+        ck_assert_msg(read(ready[0], &c, 1) == 1, "uid 65534's connections were not answered");
+        fd = test_connect(td.socket);
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}", fds,
+                                PROTO_FDS_MAX, &n_fds);
+        ck_assert_msg(json_is_true(json_object_get(resp, "ok")), "root's open was refused: %s %s",
+                      json_string_value(json_object_get(resp, "error")),
+                      json_string_value(json_object_get(resp, "message")));
+        ck_assert_uint_eq(n_fds, 1 + 62);
         for (size_t i = 0; i < n_fds; i++)
                 close(fds[i]);
         json_decref(resp);
@@ -1964,7 +2098,10 @@ int main(void) {
                                            test_unlimited_dev_shm_takes_a_reload } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread,
                                          test_open_fds_in_flight_bounded,
-                                         test_unread_descriptors_of_one_uid_leave_room_for_others } },
+                                         test_unread_descriptors_of_one_uid_leave_room_for_others,
+                                         test_unread_descriptors_of_one_uid_leave_room_for_others_unprivileged,
+                                         test_unread_descriptors_of_closed_connections_leave_room_for_others,
+                                         test_read_answers_give_their_descriptors_room_back } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back,
                                              test_stop_and_reload_spare_replaced, test_other_owner_removed,
