@@ -803,6 +803,40 @@ START_TEST(test_open_fds_unread) {
 }
 END_TEST
 
+/* The config of the descriptor tests: one posix channel of 62 semaphores, anyone's. */
+static void write_many_config(int connections_per_uid) {
+        char *text;
+
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", "
+                                  "\"limits\": {\"connections_per_uid\": %d}, \"channels\": ["
+                                  "{\"name\": \"many\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": 62, "
+                                  "\"mode\": \"0666\"}]}\n", td.socket, connections_per_uid), 0);
+        test_daemon_write_raw_config(&td, text);
+        free(text);
+}
+
+/* Root is handed the channel's files while `hog` (a child of ours) hoards; then hog goes. */
+static void assert_root_is_handed_many(pid_t hog, int ready, const char *hoarding) {
+        int fds[PROTO_FDS_MAX], fd = test_connect(td.socket);
+        size_t n_fds = 0;
+        json_t *resp;
+
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}", fds,
+                                PROTO_FDS_MAX, &n_fds);
+        ck_assert_msg(json_is_true(json_object_get(resp, "ok")),
+                      "root's open was refused while uid 65534 %s (the daemon holds %d descriptors): %s %s", hoarding,
+                      daemon_fd_count(), json_string_value(json_object_get(resp, "error")),
+                      json_string_value(json_object_get(resp, "message")));
+        ck_assert_uint_eq(n_fds, 1 + 62);      /* the segment and each semaphore's file */
+        for (size_t i = 0; i < n_fds; i++)
+                close(fds[i]);
+        json_decref(resp);
+        close(fd);
+        kill(hog, SIGKILL);
+        waitpid(hog, NULL, 0);
+        close(ready);
+}
+
 #define FD_HOG_CONNS 16
 
 /*
@@ -816,18 +850,11 @@ END_TEST
  */
 static void unread_descriptors_of_one_uid_leave_room_for_others(const char *wrapper) {
         static const char req[] = "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}\n";
-        int ready[2], fds[PROTO_FDS_MAX], fd, prev = -1, now, stable = 0;
-        size_t n_fds = 0;
-        char *text, c;
-        json_t *resp;
+        int ready[2], prev = -1, now, stable = 0;
+        char c;
         pid_t pid;
 
-        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", "
-                                  "\"limits\": {\"connections_per_uid\": %d}, \"channels\": ["
-                                  "{\"name\": \"many\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": 62, "
-                                  "\"mode\": \"0666\"}]}\n", td.socket, FD_HOG_CONNS), 0);
-        test_daemon_write_raw_config(&td, text);
-        free(text);
+        write_many_config(FD_HOG_CONNS);
         /* A modest limit: room for the channel and every connection, not for 64 descriptors each. */
         setenv("TEST_DAEMON_WRAPPER", wrapper, 1);
         test_start_ok();
@@ -867,21 +894,7 @@ static void unread_descriptors_of_one_uid_leave_room_for_others(const char *wrap
                 stable = now == prev ? stable + 1 : 0;
                 prev = now;
         }
-        fd = test_connect(td.socket);
-        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}", fds,
-                                PROTO_FDS_MAX, &n_fds);
-        ck_assert_msg(json_is_true(json_object_get(resp, "ok")),
-                      "root's open was refused while uid 65534 left %d connections' answers unread "
-                      "(the daemon holds %d descriptors): %s %s", FD_HOG_CONNS, daemon_fd_count(),
-                      json_string_value(json_object_get(resp, "error")), json_string_value(json_object_get(resp, "message")));
-        ck_assert_uint_eq(n_fds, 1 + 62);      /* the segment and each semaphore's file */
-        for (size_t i = 0; i < n_fds; i++)
-                close(fds[i]);
-        json_decref(resp);
-        close(fd);
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        close(ready[0]);
+        assert_root_is_handed_many(pid, ready[0], "left 16 connections' answers unread");
 }
 
 START_TEST(test_unread_descriptors_of_one_uid_leave_room_for_others) {
@@ -957,19 +970,12 @@ END_TEST
  */
 START_TEST(test_unread_descriptors_of_closed_connections_leave_room_for_others) {
         static const char req[] = "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}\n";
-        int ready[2], fds[PROTO_FDS_MAX], fd;
-        size_t n_fds = 0;
-        char *text, c;
-        json_t *resp;
+        int ready[2];
+        char c;
         pid_t pid;
 
         ck_assert_int_eq(chown(td.dir, 4242, 4242), 0);
-        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", "
-                                  "\"limits\": {\"connections_per_uid\": 4}, \"channels\": ["
-                                  "{\"name\": \"many\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": 62, "
-                                  "\"mode\": \"0666\"}]}\n", td.socket), 0);
-        test_daemon_write_raw_config(&td, text);
-        free(text);
+        write_many_config(4);
         /* 4096 descriptors: a quarter is 1024, and 100 unread answers of 63 are 6300. */
         setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=4096:4096 setpriv --reuid 4242 --regid 4242 --clear-groups "
                "--inh-caps=-all --pdeathsig SIGKILL", 1);
@@ -984,9 +990,9 @@ START_TEST(test_unread_descriptors_of_closed_connections_leave_room_for_others) 
                 (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
                 test_drop_privileges(65534, 65534, 0);
                 for (int i = 0; i < FD_LEFT_CONNS; i++) {
+                        int fd = test_connect(td.socket);
                         struct pollfd p;
 
-                        fd = test_connect(td.socket);
                         /* Past connections_per_uid the daemon refuses the connection: the send may find it closed. */
                         (void) send(fd, req, sizeof req - 1, MSG_NOSIGNAL);
                         (void) shutdown(fd, SHUT_WR);
@@ -1002,20 +1008,7 @@ START_TEST(test_unread_descriptors_of_closed_connections_leave_room_for_others) 
         }
         close(ready[1]);
         ck_assert_msg(read(ready[0], &c, 1) == 1, "uid 65534's connections were not answered");
-        fd = test_connect(td.socket);
-        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}", fds,
-                                PROTO_FDS_MAX, &n_fds);
-        ck_assert_msg(json_is_true(json_object_get(resp, "ok")), "root's open was refused: %s %s",
-                      json_string_value(json_object_get(resp, "error")),
-                      json_string_value(json_object_get(resp, "message")));
-        ck_assert_uint_eq(n_fds, 1 + 62);
-        for (size_t i = 0; i < n_fds; i++)
-                close(fds[i]);
-        json_decref(resp);
-        close(fd);
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        close(ready[0]);
+        assert_root_is_handed_many(pid, ready[0], "left 100 answers unread on half-closed connections");
 }
 END_TEST
 
