@@ -137,7 +137,7 @@ struct shmb_channel {
         unsigned spin_us;               /* shmb_channel_set_spin() */
         uint32_t spin_budget_ns;        /* adapts within it */
         uint32_t ops;                   /* ring operations, to publish our CPU now and then */
-        bool gone;                      /* a wait found its objects removed (channel_gone()); atomic */
+        bool gone;                      /* stale, or a wait found its objects removed (channel_gone()); atomic */
         /* ring only */
         ChannelWake *wake;              /* NULL: the broker named no FIFOs */
         RingHeader *ring;
@@ -206,11 +206,13 @@ bool client_hold_is_stale(shmb_client *c, const ClientHold *h);
 
 /*
  * Whether every call on ch says -EIDRM without asking the kernel: its
- * handle went stale at a rejoin, or a wait found its objects removed.
- * Two memory loads; any thread.
+ * handle went stale at a rejoin (client.c sets gone with stale), or a wait
+ * found its objects removed. One relaxed load, on every call of the fast
+ * path: a flag that only ever goes up, seen at the latest by the next poll
+ * of a sleeper. Any thread.
  */
 static inline bool channel_gone(const shmb_channel *ch) {
-        return __atomic_load_n(&ch->gone, __ATOMIC_ACQUIRE) || __atomic_load_n(&ch->hold.stale, __ATOMIC_ACQUIRE);
+        return __atomic_load_n(&ch->gone, __ATOMIC_RELAXED);
 }
 
 /*
