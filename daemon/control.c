@@ -1162,7 +1162,8 @@ refuse:
  * Accept one connection: true when another may be waiting, false when the
  * queue is empty, accept paused, or (not `first` of this wake-up) out of
  * descriptors: those just accepted may be closed ones, whose descriptors
- * their turn gives back, so nobody is refused for them yet.
+ * their turn gives back, so nobody is refused for them yet. After the
+ * first, one found closed with nothing sent is closed at once.
  */
 static bool accept_one(Control *c, int fd, bool first) {
         Conn *conn;
@@ -1196,8 +1197,10 @@ static bool accept_one(Control *c, int fd, bool first) {
          * Closed already with nothing sent (a connect flood's): nothing to
          * answer, and its descriptor goes now, not at its turn, so that a
          * wake-up that takes many such never runs out of descriptors for them.
+         * The first of a wake-up waits for its turn: one is no such run, and
+         * the usual connect costs no system call more.
          */
-        if (recv(cfd, &(char) { 0 }, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+        if (!first && recv(cfd, &(char) { 0 }, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
                 close(cfd);
                 return true;
         }
