@@ -815,6 +815,38 @@ static void write_many_config(int connections_per_uid) {
         free(text);
 }
 
+static const char many_fd_open[] = "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}\n";
+
+/*
+ * Fork a child that, as uid 65534, runs hoard() (0 when done, or an exit
+ * status) and then waits to be killed; once it is done, its pid.
+ */
+static pid_t hog_start(int (*hoard)(void), int *ret_ready, const char *what) {
+        int ready[2], k;
+        char c;
+        pid_t pid;
+
+        ck_assert_int_eq(pipe(ready), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                close(ready[0]);
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                test_drop_privileges(65534, 65534, 0);
+                k = hoard();
+                if (k != 0)
+                        _exit(k);
+                if (write(ready[1], "r", 1) != 1)
+                        _exit(99);
+                pause();
+                _exit(0);
+        }
+        close(ready[1]);
+        ck_assert_msg(read(ready[0], &c, 1) == 1, "uid 65534's connections %s", what);
+        *ret_ready = ready[0];
+        return pid;
+}
+
 /* Root is handed the channel's files while `hog` (a child of ours) hoards; then hog goes. */
 static void assert_root_is_handed_many(pid_t hog, int ready, const char *hoarding) {
         int fds[PROTO_FDS_MAX], fd = test_connect(td.socket);
@@ -839,6 +871,24 @@ static void assert_root_is_handed_many(pid_t hog, int ready, const char *hoardin
 
 #define FD_HOG_CONNS 16
 
+/* FD_HOG_CONNS connections, each with two opens not read: the first answer's descriptors go, the second's wait. */
+static int hoard_held(void) {
+        int conns[FD_HOG_CONNS];
+
+        for (int i = 0; i < FD_HOG_CONNS; i++) {
+                conns[i] = test_connect(td.socket);
+                test_send(conns[i], many_fd_open, sizeof many_fd_open - 1);
+                test_send(conns[i], many_fd_open, sizeof many_fd_open - 1);
+        }
+        for (int i = 0; i < FD_HOG_CONNS; i++) {
+                struct pollfd p = { .fd = conns[i], .events = POLLIN };
+
+                if (poll(&p, 1, 5000) != 1)
+                        return 2;
+        }
+        return 0;
+}
+
 /*
  * Each connection may leave one answer's descriptors in the daemon by not
  * reading (63 for a channel of 62 semaphores). shmbrokerd(8), LIMITS: one
@@ -849,9 +899,7 @@ static void assert_root_is_handed_many(pid_t hog, int ready, const char *hoardin
  * open failed with EMFILE).
  */
 static void unread_descriptors_of_one_uid_leave_room_for_others(const char *wrapper) {
-        static const char req[] = "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}\n";
-        int ready[2], prev = -1, now, stable = 0;
-        char c;
+        int ready, prev = -1, now, stable = 0;
         pid_t pid;
 
         write_many_config(FD_HOG_CONNS);
@@ -859,42 +907,14 @@ static void unread_descriptors_of_one_uid_leave_room_for_others(const char *wrap
         setenv("TEST_DAEMON_WRAPPER", wrapper, 1);
         test_start_ok();
         unsetenv("TEST_DAEMON_WRAPPER");
-
-        ck_assert_int_eq(pipe(ready), 0);
-        pid = fork();
-        ck_assert_int_ge(pid, 0);
-        if (pid == 0) {
-                int conns[FD_HOG_CONNS];
-
-                close(ready[0]);
-                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
-                test_drop_privileges(65534, 65534, 0);
-                for (int i = 0; i < FD_HOG_CONNS; i++) {
-                        conns[i] = test_connect(td.socket);
-                        /* Two opens, nothing read: the first answer's descriptors go, the second's wait. */
-                        test_send(conns[i], req, sizeof req - 1);
-                        test_send(conns[i], req, sizeof req - 1);
-                }
-                for (int i = 0; i < FD_HOG_CONNS; i++) {
-                        struct pollfd p = { .fd = conns[i], .events = POLLIN };
-
-                        if (poll(&p, 1, 5000) != 1)
-                                _exit(2);
-                }
-                if (write(ready[1], "r", 1) != 1)
-                        _exit(3);
-                pause();
-                _exit(0);
-        }
-        close(ready[1]);
-        ck_assert_msg(read(ready[0], &c, 1) == 1, "uid 65534's connections got no answers");
+        pid = hog_start(hoard_held, &ready, "got no answers");
         /* Until the daemon's descriptors stop moving: every second open answered or refused. */
         for (int64_t deadline = test_now_ms() + 5000; stable < 20 && test_now_ms() < deadline; usleep(10 * 1000)) {
                 now = daemon_fd_count();
                 stable = now == prev ? stable + 1 : 0;
                 prev = now;
         }
-        assert_root_is_handed_many(pid, ready[0], "left 16 connections' answers unread");
+        assert_root_is_handed_many(pid, ready, "left 16 connections' answers unread");
 }
 
 START_TEST(test_unread_descriptors_of_one_uid_leave_room_for_others) {
@@ -956,6 +976,22 @@ END_TEST
 
 #define FD_LEFT_CONNS 100
 
+/* FD_LEFT_CONNS connections, each asking for the files and half-closed, none read. */
+static int hoard_half_closed(void) {
+        for (int i = 0; i < FD_LEFT_CONNS; i++) {
+                int fd = test_connect(td.socket);
+                struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
+
+                /* Past connections_per_uid the daemon refuses the connection: the send may find it closed. */
+                (void) send(fd, many_fd_open, sizeof many_fd_open - 1, MSG_NOSIGNAL);
+                (void) shutdown(fd, SHUT_WR);
+                /* Answered (or refused); the answer stays unread here. */
+                if (poll(&p, 1, 5000) != 1)
+                        return 3;
+        }
+        return 0;
+}
+
 /*
  * README: a client that does not read "has one answer's worth in flight at
  * most (the kernel charges them to the daemon's open-file limit ...)", and
@@ -969,9 +1005,7 @@ END_TEST
  * without bound. root's open must still get its files.
  */
 START_TEST(test_unread_descriptors_of_closed_connections_leave_room_for_others) {
-        static const char req[] = "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}\n";
-        int ready[2];
-        char c;
+        int ready;
         pid_t pid;
 
         ck_assert_int_eq(chown(td.dir, 4242, 4242), 0);
@@ -981,34 +1015,8 @@ START_TEST(test_unread_descriptors_of_closed_connections_leave_room_for_others) 
                "--inh-caps=-all --pdeathsig SIGKILL", 1);
         test_start_ok();
         unsetenv("TEST_DAEMON_WRAPPER");
-
-        ck_assert_int_eq(pipe(ready), 0);
-        pid = fork();
-        ck_assert_int_ge(pid, 0);
-        if (pid == 0) {
-                close(ready[0]);
-                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
-                test_drop_privileges(65534, 65534, 0);
-                for (int i = 0; i < FD_LEFT_CONNS; i++) {
-                        int fd = test_connect(td.socket);
-                        struct pollfd p;
-
-                        /* Past connections_per_uid the daemon refuses the connection: the send may find it closed. */
-                        (void) send(fd, req, sizeof req - 1, MSG_NOSIGNAL);
-                        (void) shutdown(fd, SHUT_WR);
-                        /* Answered (or refused); the answer stays unread here. */
-                        p = (struct pollfd) { .fd = fd, .events = POLLIN | POLLRDHUP };
-                        if (poll(&p, 1, 5000) != 1)
-                                _exit(3);
-                }
-                if (write(ready[1], "r", 1) != 1)
-                        _exit(4);
-                pause();
-                _exit(0);
-        }
-        close(ready[1]);
-        ck_assert_msg(read(ready[0], &c, 1) == 1, "uid 65534's connections were not answered");
-        assert_root_is_handed_many(pid, ready[0], "left 100 answers unread on half-closed connections");
+        pid = hog_start(hoard_half_closed, &ready, "were not answered");
+        assert_root_is_handed_many(pid, ready, "left 100 answers unread on half-closed connections");
 }
 END_TEST
 
