@@ -118,10 +118,8 @@ struct Conn {
          * until it has read all we sent (fds_held). Nothing wakes us when it does
          * (the socket stays writable): fds_retry looks again, backing off.
          */
-        bool fds_in_flight;
-        size_t n_in_flight;             /* how many, counted in the uid's fds until seen read */
+        size_t n_in_flight;             /* 0: none; counted in the uid's fds until seen read */
         bool fds_held;
-        bool lingering;                 /* done, but what it was sent is unread: kept until read or hung up */
         uint64_t fds_retry_usec;
         sd_event_source *fds_retry;
         bool closing;           /* answer sent for a fatal error; close once flushed */
@@ -264,7 +262,6 @@ static void conn_count_in_flight(Conn *conn, size_t n) {
         if (conn->acct)
                 conn->acct->fds = conn->acct->fds - conn->n_in_flight + n;
         conn->n_in_flight = n;
-        conn->fds_in_flight = n > 0;
 }
 
 /* Descriptors whose answer will not be sent (or were sent): ours to close. */
@@ -473,7 +470,7 @@ static ssize_t send_some(Conn *conn, const char *buf, size_t len) {
                 iov.iov_len = MIN(len, (size_t) (conn->fds_pos - conn->out_sent));
                 return send(conn->fd, buf, iov.iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
         }
-        if (conn->fds_in_flight && client_has_unread(conn)) {
+        if (conn->n_in_flight > 0 && client_has_unread(conn)) {
                 conn->fds_held = true;
                 errno = EAGAIN;
                 return -1;
@@ -680,7 +677,8 @@ static int conn_update_fds_retry(Conn *conn) {
         uint64_t at;
         int r;
 
-        if (!conn->fds_held && !conn->lingering)
+        /* Also a connection kept only for what it was sent (conn_must_linger()): nothing else wakes it. */
+        if (!conn->fds_held && !(conn->n_in_flight > 0 && (conn->closing || conn->eof)))
                 return conn->fds_retry ? sd_event_source_set_enabled(conn->fds_retry, SD_EVENT_OFF) : 0;
         conn->fds_retry_usec = MIN(MAX(conn->fds_retry_usec * 2, FDS_RETRY_MIN_USEC), FDS_RETRY_MAX_USEC);
         at = now_usec() + conn->fds_retry_usec;
@@ -962,7 +960,7 @@ static bool conn_line_overdue(const Conn *conn) {
  * charge; until the client reads (fds_retry looks) or hangs up.
  */
 static bool conn_must_linger(Conn *conn, uint32_t revents) {
-        if (!conn->fds_in_flight || conn->client.hung_up || (revents & (EPOLLHUP | EPOLLERR)))
+        if (conn->n_in_flight == 0 || conn->client.hung_up || (revents & (EPOLLHUP | EPOLLERR)))
                 return false;
         if (client_has_unread(conn))
                 return true;
@@ -1009,11 +1007,9 @@ static void conn_service(Conn *conn, uint32_t revents) {
         if (r < 0)
                 goto close;
         /* At the client's end, the lines it completed are still answered first. */
-        if (pending_output(conn) == 0 && (conn->closing || (conn->eof && !has_line(conn)))) {
-                if (!conn_must_linger(conn, revents))
-                        goto close;
-                conn->lingering = true;
-        }
+        if (pending_output(conn) == 0 && (conn->closing || (conn->eof && !has_line(conn))) &&
+            !conn_must_linger(conn, revents))
+                goto close;
         if ((revents & (EPOLLHUP | EPOLLERR)) && !(revents & EPOLLIN))
                 goto close;
         r = conn_update_events(conn);
@@ -1063,7 +1059,6 @@ static int on_conn_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
         Control *c = conn->control;
 
         if (conn->closing && conn_must_linger(conn, 0)) {
-                conn->lingering = true;
                 if (conn_update_events(conn) < 0)
                         conn_free(conn);
         } else if (conn->closing) {
