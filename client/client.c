@@ -1023,12 +1023,6 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
         pthread_mutex_unlock(&c->lock);
 }
 
-bool client_hold_is_stale(shmb_client *c, const ClientHold *h) {
-        /* Without the lock, which a call in flight holds across the broker's answer: this never waits. */
-        (void) c;
-        return __atomic_load_n(&h->stale, __ATOMIC_ACQUIRE);
-}
-
 /* ---- connecting ---- */
 
 int client_connect(const char *socket_path, shmb_client **ret) {

@@ -201,8 +201,6 @@ void client_unref(shmb_client *c);
 void client_hold_add(shmb_client *c, ClientHold *h, const char *name, shmb_access access);
 void client_hold_attached(shmb_client *c, ClientHold *h, ProtoKind kind, int shm_id, int sem_id, dev_t dev, ino_t ino);
 void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep_message);
-/* Whether a reconnection found the handle's channel removed (replaced or gone). */
-bool client_hold_is_stale(shmb_client *c, const ClientHold *h);
 
 /*
  * Whether every call on ch says -EIDRM without asking the kernel: its
