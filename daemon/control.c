@@ -199,7 +199,7 @@ static int acct_attach(Control *c, Conn *conn) {
         LIST_INSERT_HEAD(&a->conns, conn, uid_link);
         a->n_conns++;
         a->bytes += conn->charged;
-        a->fds += conn->n_fds + conn->n_in_flight;
+        a->fds += conn->n_fds + conn->n_in_flight;      /* as acct_detach() takes them off */
         conn->acct = a;
         return 0;
 }
@@ -448,6 +448,14 @@ static bool client_has_unread(const Conn *conn) {
         return ioctl(conn->fd, SIOCOUTQ, &unread) == 0 && unread > 0;
 }
 
+/* Whether conn's client has yet to read descriptors we sent; once it has, they stop counting. */
+static bool conn_fds_unread(Conn *conn) {
+        if (conn->n_in_flight > 0 && client_has_unread(conn))
+                return true;
+        conn_count_in_flight(conn, 0);
+        return false;
+}
+
 /*
  * Send up to len bytes from buf, with the pending descriptors when they
  * belong to its first byte (the kernel delivers them with it); held back
@@ -470,12 +478,11 @@ static ssize_t send_some(Conn *conn, const char *buf, size_t len) {
                 iov.iov_len = MIN(len, (size_t) (conn->fds_pos - conn->out_sent));
                 return send(conn->fd, buf, iov.iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
         }
-        if (conn->n_in_flight > 0 && client_has_unread(conn)) {
+        if (conn_fds_unread(conn)) {
                 conn->fds_held = true;
                 errno = EAGAIN;
                 return -1;
         }
-        conn_count_in_flight(conn, 0);
         conn->fds_held = false;
         memset(&control, 0, sizeof control);
         mh.msg_control = control.buf;
@@ -785,8 +792,7 @@ static size_t conn_fd_room(Conn *conn) {
                 return 0;
         if (a->fds + PROTO_FDS_MAX > max)
                 LIST_FOREACH(v, &a->conns, uid_link)
-                        if (v->n_in_flight > 0 && !client_has_unread(v))
-                                conn_count_in_flight(v, 0);
+                        (void) conn_fds_unread(v);
         return a->fds < max ? max - a->fds : 0;
 }
 
@@ -960,12 +966,7 @@ static bool conn_line_overdue(const Conn *conn) {
  * charge; until the client reads (fds_retry looks) or hangs up.
  */
 static bool conn_must_linger(Conn *conn, uint32_t revents) {
-        if (conn->n_in_flight == 0 || conn->client.hung_up || (revents & (EPOLLHUP | EPOLLERR)))
-                return false;
-        if (client_has_unread(conn))
-                return true;
-        conn_count_in_flight(conn, 0);
-        return false;
+        return !conn->client.hung_up && !(revents & (EPOLLHUP | EPOLLERR)) && conn_fds_unread(conn);
 }
 
 /*
