@@ -205,14 +205,15 @@ static int settle(StateRecord *rec, Proven *proven, ReclaimResult *res) {
         if (rec->kind == STATE_POSIX)
                 return settle_posix(rec, res);
         r = record_is_ours(rec, proven);
-        if (r == SHM_REMOVED_ATTACHED) {
-                /* Proven ours all the same: its run's set may be paired with it. */
-                if (!proven_has(proven, rec->key, rec->pid)) {
-                        proven->v[proven->n].key = rec->key;
-                        proven->v[proven->n++].pid = rec->pid;
-                }
-                /* Its ring's clients may sleep on it still: nobody else will tell them. */
+        /* Proven ours, also one removed already (SHM_REMOVED_ATTACHED): its run's set may be paired with it. */
+        if (r > 0 && rec->kind == STATE_SHM && !proven_has(proven, rec->key, rec->pid)) {
+                proven->v[proven->n].key = rec->key;
+                proven->v[proven->n++].pid = rec->pid;
+        }
+        /* Its ring's clients may sleep on it still: nobody else will tell them. */
+        if (r > 0 && rec->kind == STATE_SHM)
                 mark_ring_removed(rec);
+        if (r == SHM_REMOVED_ATTACHED) {
                 res->gone++;
                 return 1;
         }
@@ -227,12 +228,6 @@ static int settle(StateRecord *rec, Proven *proven, ReclaimResult *res) {
                 res->foreign++;         /* not provably ours: never touch it */
                 return 1;
         }
-        if (r > 0 && rec->kind == STATE_SHM && !proven_has(proven, rec->key, rec->pid)) {
-                proven->v[proven->n].key = rec->key;
-                proven->v[proven->n++].pid = rec->pid;
-        }
-        if (r > 0 && rec->kind == STATE_SHM)
-                mark_ring_removed(rec);
         if (r > 0 && (rec->kind == STATE_SHM ? shmctl(rec->id, IPC_RMID, NULL) : semctl(rec->id, 0, IPC_RMID)) == 0) {
                 res->removed++;
                 return 1;
