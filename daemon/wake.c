@@ -112,6 +112,8 @@ static int wake_take(const char *socket_path, bool create, Wake **ret, char *msg
                 (void) fchmod(fd, 0755);
         w = malloc(sizeof *w);
         if (!w) {
+                /* Ours since lock_file_take(): a lock left would keep the directory for good. */
+                (void) unlinkat(fd, LOCK_NAME, 0);
                 close(lock_fd);
                 close(fd);
                 msg_set(msg, msg_size, "out of memory");
