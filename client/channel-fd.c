@@ -109,6 +109,19 @@ void channel_wake_free(shmb_channel *ch) {
  * a waker writes it, and a FIFO open for both never blocks or reports a
  * missing peer. A FIFO, not whatever else a path may lead to.
  */
+/* A FIFO at path, read and write: its descriptor, or -errno (-EPROTO: not a FIFO). */
+static int open_fifo_at(const char *path) {
+        int fd = open(path, O_RDWR | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+
+        if (fd < 0)
+                return -errno;
+        if (!is_fifo(fd)) {
+                close(fd);
+                return -EPROTO;
+        }
+        return fd;
+}
+
 static int open_fifo(ChannelWake *w, unsigned dir) {
         int fd;
 
@@ -116,13 +129,9 @@ static int open_fifo(ChannelWake *w, unsigned dir) {
                 return 0;
         if (!w->path[dir])
                 return -ENOENT;
-        fd = open(w->path[dir], O_RDWR | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+        fd = open_fifo_at(w->path[dir]);
         if (fd < 0)
-                return -errno;
-        if (!is_fifo(fd)) {
-                close(fd);
-                return -EPROTO;
-        }
+                return fd;
         __atomic_store_n(&w->fd[dir], fd, __ATOMIC_RELEASE);
         return 0;
 }
@@ -249,13 +258,9 @@ bool channel_wake_signal_sub(shmb_channel *ch, uint32_t index) {
          * never asked for. Read and write, as the others: the open neither
          * blocks nor fails for want of a reader.
          */
-        fd = open(path, O_RDWR | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+        fd = open_fifo_at(path);
         if (fd < 0)
                 return false;
-        if (!is_fifo(fd)) {
-                close(fd);
-                return false;
-        }
         /* EAGAIN: full of wake-ups already. */
         (void) write(fd, "", 1);
         close(fd);
