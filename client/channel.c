@@ -468,7 +468,7 @@ shmb_client *shmb_channel_get_client(const shmb_channel *ch) {
 int channel_check_gone(shmb_channel *ch) {
         if (shmb_channel_check(ch) != -EIDRM)
                 return 0;
-        __atomic_store_n(&ch->gone, true, __ATOMIC_RELEASE);
+        __atomic_store_n(&ch->hold.gone, true, __ATOMIC_RELEASE);
         return -EIDRM;
 }
 

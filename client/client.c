@@ -50,7 +50,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -601,9 +600,8 @@ static int rejoin_opened(shmb_client *c, const char *name, const ProtoResponse *
                 }
                 else if (res->ok || refusal_means_removed(res->error)) {
                         __atomic_store_n(&h->stale, true, __ATOMIC_RELEASE);
-                        /* Every hold is a handle's: its calls say -EIDRM from now on (channel_gone()). */
-                        __atomic_store_n(&((shmb_channel *) ((char *) h - offsetof(shmb_channel, hold)))->gone, true,
-                                         __ATOMIC_RELEASE);
+                        /* Its handle's calls say -EIDRM from now on (channel_gone()). */
+                        __atomic_store_n(&h->gone, true, __ATOMIC_RELEASE);
                 }
                 /* Any other refusal (the broker out of memory) says nothing of the channel: the handle
                  * stays as it is, without a hold until the next reconnection. */

@@ -26,6 +26,7 @@ typedef struct ClientHold {
         ino_t ino;
         bool attached;                  /* the ids are known: its open finished */
         bool stale;                     /* the broker's channel of that name is another one now */
+        bool gone;                      /* stale, or a wait found its objects removed (channel_gone()); atomic */
         uint32_t token;                 /* a ring's holder token (proto/ring.h); read by the ring without the lock */
 } ClientHold;
 
@@ -137,7 +138,6 @@ struct shmb_channel {
         unsigned spin_us;               /* shmb_channel_set_spin() */
         uint32_t spin_budget_ns;        /* adapts within it */
         uint32_t ops;                   /* ring operations, to publish our CPU now and then */
-        bool gone;                      /* stale, or a wait found its objects removed (channel_gone()); atomic */
         /* ring only */
         ChannelWake *wake;              /* NULL: the broker named no FIFOs */
         RingHeader *ring;
@@ -210,7 +210,7 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
  * of a sleeper. Any thread.
  */
 static inline bool channel_gone(const shmb_channel *ch) {
-        return __atomic_load_n(&ch->gone, __ATOMIC_RELAXED);
+        return __atomic_load_n(&ch->hold.gone, __ATOMIC_RELAXED);
 }
 
 /*
