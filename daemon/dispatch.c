@@ -74,7 +74,7 @@ static int encode_hello(char **ret_line, size_t *ret_len) {
 static int do_hello(Dispatch *d, const ProtoRequest *req, char **ret_line, size_t *ret_len) {
         if (req->version != PROTO_VERSION)
                 return answer_error(EPROTO, ret_line, ret_len,
-                                    "protocol version %d is not supported; this daemon speaks version %d",
+                                    "protocol version %" PRId64 " is not supported; this daemon speaks version %d",
                                     req->version, PROTO_VERSION);
         return constant_answer(&d->hello_line, &d->hello_len, encode_hello, ret_line, ret_len);
 }

@@ -72,7 +72,7 @@ typedef enum ProtoOverflow {
 
 typedef struct ProtoRequest {
         ProtoOp op;
-        int version;                         /* hello */
+        int64_t version;                     /* hello: any integer (only PROTO_VERSION is spoken) */
         bool has_client;
         char client[PROTO_CLIENT_MAX + 1];   /* hello, optional */
         bool has_channel;

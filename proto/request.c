@@ -65,17 +65,11 @@ static int decode_fields(json_t *root, ProtoRequest *req, char *msg, size_t msg_
         }
 
         if (jversion) {
-                /* Any integer is a version; one this far out is merely one the daemon does not speak either. */
-                if (json_is_integer(jversion) &&
-                    (json_integer_value(jversion) < INT32_MIN || json_integer_value(jversion) > INT32_MAX)) {
-                        msg_set(msg, msg_size, "protocol version %" JSON_INTEGER_FORMAT " is not supported; this "
-                                "daemon speaks version %d", json_integer_value(jversion), PROTO_VERSION);
-                        return EPROTO;
-                }
-                r = json_field_int(jversion, "version", INT32_MIN, INT32_MAX, &i, msg, msg_size);
+                /* Any integer is a version: whether the daemon speaks it is do_hello()'s to say (EPROTO). */
+                r = json_field_int(jversion, "version", INT64_MIN, INT64_MAX, &i, msg, msg_size);
                 if (r)
                         return r;
-                req->version = (int) i;
+                req->version = i;
         }
         if (jclient) {
                 r = json_field_string(jclient, "client", &s, msg, msg_size);

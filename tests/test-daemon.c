@@ -197,6 +197,9 @@ START_TEST(test_errors_keep_serving) {
                 { "{\"op\":\"open\",\"channel\":\"nope\",\"access\":\"rw\"}", "ENOENT" },
                 { "{\"op\":\"status\",\"channel\":\"nope\"}", "ENOENT" },
                 { "{\"op\":\"hello\",\"version\":2}", "EPROTO" },
+                /* Any integer is a version the daemon does not speak, however far out of 32 bits. */
+                { "{\"op\":\"hello\",\"version\":1099511627776}", "EPROTO" },
+                { "{\"op\":\"hello\",\"version\":-2147483649}", "EPROTO" },
                 { "{\"op\":\"hello\"}", "EINVAL" },
         };
         json_t *resp;
