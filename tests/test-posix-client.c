@@ -492,6 +492,11 @@ START_TEST(test_files_removed_while_broker_is_away_end_blocked_calls) {
                 ck_assert_msg(pthread_timedjoin_np(t[i], NULL, &until) == 0, "%s still blocked %d s after the files went",
                               blocked_names[i], WAIT_MS / 1000);
                 ck_assert_msg(b[i].result == -EIDRM, "%s: %s", blocked_names[i], shmb_strerror(b[i].result));
+        }
+        /* libshmbroker(3): "and every later call on the handle too", also calls that would not wait. */
+        ck_assert_int_eq(shmb_send(b[BLOCK_RECV].ch, "x", 1, 0), -EIDRM);
+        ck_assert_int_eq(shmb_sem_post(b[BLOCK_SEM].ch, 0), -EIDRM);
+        for (int i = 0; i < _BLOCK_MAX; i++) {
                 ck_assert_int_eq(shmb_channel_check(b[i].ch), -EIDRM);
                 ck_assert_int_eq(shmb_close(b[i].ch), 0);
         }

@@ -974,6 +974,40 @@ START_TEST(test_read_answers_give_their_descriptors_room_back) {
 }
 END_TEST
 
+/*
+ * The same room, given back by answers read on connections that stay open:
+ * what a client read is no longer in flight, whichever connection it came
+ * by. Four connections of root each take the channel's 63 files in turn and
+ * stay open (idle); 4 x 63 is far past a quarter (128 of 512), so each open
+ * after the second is answered only if the daemon sees the earlier ones read.
+ */
+START_TEST(test_read_answers_of_idle_connections_give_their_room_back) {
+        int fds[PROTO_FDS_MAX], conns[4];
+        size_t n_fds = 0;
+        json_t *resp;
+
+        write_many_config(16);
+        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=512:512", 1);
+        test_start_ok();
+        unsetenv("TEST_DAEMON_WRAPPER");
+        for (int i = 0; i < 4; i++) {
+                conns[i] = test_connect(td.socket);
+                resp = test_request_fds(conns[i], "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", "
+                                        "\"fd\": true}", fds, PROTO_FDS_MAX, &n_fds);
+                ck_assert_msg(json_is_true(json_object_get(resp, "ok")),
+                              "open on connection %d, every earlier answer read, the connections idle: %s %s", i,
+                              json_string_value(json_object_get(resp, "error")),
+                              json_string_value(json_object_get(resp, "message")));
+                ck_assert_uint_eq(n_fds, 1 + 62);
+                for (size_t k = 0; k < n_fds; k++)
+                        close(fds[k]);
+                json_decref(resp);
+        }
+        for (int i = 0; i < 4; i++)
+                close(conns[i]);
+}
+END_TEST
+
 #define FD_LEFT_CONNS 100
 
 /* FD_LEFT_CONNS connections, each asking for the files and half-closed, none read. */
@@ -2102,7 +2136,8 @@ int main(void) {
                                          test_unread_descriptors_of_one_uid_leave_room_for_others,
                                          test_unread_descriptors_of_one_uid_leave_room_for_others_unprivileged,
                                          test_unread_descriptors_of_closed_connections_leave_room_for_others,
-                                         test_read_answers_give_their_descriptors_room_back } },
+                                         test_read_answers_give_their_descriptors_room_back,
+                                         test_read_answers_of_idle_connections_give_their_room_back } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back,
                                              test_stop_and_reload_spare_replaced, test_other_owner_removed,

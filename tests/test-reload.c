@@ -508,6 +508,44 @@ START_TEST(test_mode_change_with_unnamed_attach) {
 }
 END_TEST
 
+/*
+ * The same attach by id, beside a holder the daemon can judge (root, who
+ * keeps every right and attached what its open was handed): the holder's
+ * attachment is accounted for, the other one is not, and the tightening
+ * must still replace the channel.
+ */
+START_TEST(test_mode_change_with_unnamed_attach_beside_a_holder) {
+        json_t *resp, *after;
+        char *held, *unnamed;
+        int fd, admin, shm_id;
+
+        test_daemon_write_config(&td, "[{\"name\": \"m\", \"size\": 4096, \"group\": 100, \"mode\": \"0640\"}]");
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = req(fd, "{\"op\":\"open\",\"channel\":\"m\",\"access\":\"rw\"}");
+        test_assert_ok(resp);
+        shm_id = (int) test_jint(resp, "shm_id");
+        json_decref(resp);
+        held = shmat(shm_id, NULL, 0);
+        ck_assert_ptr_ne(held, (void *) -1);
+        unnamed = shmat(shm_id, NULL, 0);       /* as another program that knows the id */
+        ck_assert_ptr_ne(unnamed, (void *) -1);
+
+        test_daemon_write_config(&td, "[{\"name\": \"m\", \"size\": 4096, \"group\": 100, \"mode\": \"0600\"}]");
+        admin = test_connect(td.socket);
+        reload_expect(admin, "", "", "m", "");
+        after = list_ok();
+        ck_assert_msg(test_jint(test_must_find(after, "m"), "shm_id") != shm_id,
+                      "a tightening reload kept segment %d, which a process attached without a connection, beside "
+                      "a holder that keeps its rights", shm_id);
+        json_decref(after);
+        ck_assert_int_eq(shmdt(unnamed), 0);
+        ck_assert_int_eq(shmdt(held), 0);
+        close(admin);
+        close(fd);
+}
+END_TEST
+
 /* shmbroker.json(5): a config that names another owner is accepted with a warning, at reload as at start. */
 START_TEST(test_reload_warns_of_another_owner) {
         char *log;
@@ -2371,7 +2409,9 @@ int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
                 { "reload-op", CASE_TIMEOUT, { test_add_remove_keep_change_in_one_reload, test_kept_channel_untouched_byte_for_byte,
-                                 test_mode_change_in_place, test_mode_change_with_unnamed_attach, test_reload_warns_of_another_owner,
+                                 test_mode_change_in_place, test_mode_change_with_unnamed_attach,
+                                 test_mode_change_with_unnamed_attach_beside_a_holder,
+                                 test_reload_warns_of_another_owner,
                                  test_size_change_while_held_replaces,
                                  test_revoking_reload_replaces_held_channel,
                                  test_revoking_reload_reaches_rw_mapping_behind_ro_reopen,
