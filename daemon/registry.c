@@ -112,8 +112,6 @@ static int entry_init_ring(Registry *r, Entry *e, bool keep) {
         if (k < 0) {
                 log_warning("Channel %s: cannot make its wake-up FIFOs: %s; waiting for it in an event loop "
                             "will not work.", s->name, strerror(-k));
-                /* What it made (a FIFO of mode 0600, say) is nobody's to remove later: has_wake stays false. */
-                wake_remove(r->wake, s->name);
                 return 0;
         }
         e->has_wake = true;

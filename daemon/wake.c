@@ -407,9 +407,15 @@ int wake_make(Wake *w, const ChannelSpec *s, bool keep) {
         if (!w)
                 return 0;
         /* A channel made anew: the subscriber FIFOs of what had the name go, however many it had. */
+        int r;
+
         if (!keep)
                 for_each_sub_fifo(w, s->name, remove_one);
-        return for_each_fifo_of(w, s, keep, make_one);
+        r = for_each_fifo_of(w, s, keep, make_one);
+        /* What it made (a FIFO of mode 0600, say) would be nobody's to remove later. */
+        if (r < 0)
+                for_each_fifo(w, s->name, remove_one);
+        return r;
 }
 
 static int perms_one(Wake *w, const char *file, const ChannelSpec *s, bool keep) {

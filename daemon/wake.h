@@ -56,7 +56,8 @@ void wake_remove_dir(const char *socket_path);
  * System V channel the daemon's own group, its creator group, as well.
  * keep: an adopted channel, whose existing FIFOs stay (its waiters poll
  * them). Otherwise any old ones are signalled and replaced. Returns 0 or a
- * negative errno. w may be NULL: nothing to do.
+ * negative errno, after removing the channel's FIFOs. w may be NULL:
+ * nothing to do.
  */
 int wake_make(Wake *w, const ChannelSpec *s, bool keep);
 

@@ -555,6 +555,35 @@ START_TEST(test_cursor_fifos_follow_the_channel) {
 END_TEST
 
 /*
+ * A channel whose FIFOs cannot all be made (a directory stands at one
+ * cursor's name) works without them and leaves none of those it made: a
+ * FIFO of mode 0600 would be nobody's to remove later.
+ */
+START_TEST(test_half_made_fifos_are_removed) {
+        char blocker[600], *list, *log;
+        shmb_channel *ch;
+
+        snprintf(blocker, sizeof blocker, "%s.wake/half.data.1", td.socket);
+        ck_assert_int_eq(mkdir(blocker, 0700), 0);
+        test_daemon_write_config(&td, "[{\"name\": \"half\", \"layout\": \"broadcast\", \"slot_size\": 64,"
+                                      " \"slots\": 2, \"subscribers\": 3}]");
+        reload_ok();
+        list = fifos_named("half.");
+        ck_assert_str_eq(list, "half.data.1");
+        free(list);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Channel half: cannot make its wake-up FIFOs"), "no warning in: %s", log);
+        free(log);
+        ck_assert_int_eq(shmb_open_channel(NULL, "half", SHMB_RW, &ch), 0);
+        ck_assert_int_eq(shmb_channel_fd(ch), -EOPNOTSUPP);
+        ck_assert_int_eq(shmb_send(ch, "x", 1, 0), 0);
+        shmb_close(ch);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(rmdir(blocker), 0);
+}
+END_TEST
+
+/*
  * A cursor's FIFO grants what the channel's FIFOs grant (a subscriber
  * reads the channel and so empties and writes its FIFO): the channel's
  * group may open it, another user may not, and a reload that takes the
@@ -1078,7 +1107,7 @@ int main(void) {
                                               test_broadcast_publisher_wakes_many_subscribers_without_a_descriptor_each } },
                 { "fifos", CASE_TIMEOUT, { test_fifos_carry_the_channels_rights_and_go_with_it,
                                            test_read_only_class_gets_no_fifo, test_creator_group_gets_the_fifos,
-                                           test_cursor_fifos_follow_the_channel,
+                                           test_cursor_fifos_follow_the_channel, test_half_made_fifos_are_removed,
                                            test_crash_restart_with_fewer_subscribers_leaves_no_cursor_fifo,
                                            test_cursor_fifos_carry_the_channels_rights,
                                            test_raw_and_read_only_handles_have_none,
