@@ -1008,6 +1008,44 @@ START_TEST(test_read_answers_of_idle_connections_give_their_room_back) {
 }
 END_TEST
 
+/*
+ * shmbrokerd(8), LIMITS: one user's unread answers "hold a quarter of the
+ * daemon's open-file limit at most". Under a limit of 512 that is 128: two
+ * answers of the channel's 63 files, never a third. Root, on connections
+ * that each ask once and only peek at the answer (the files stay unread),
+ * gets the files twice, then EMFILE, before any file is opened for it.
+ */
+START_TEST(test_unread_descriptors_stop_at_a_quarter) {
+        int conns[4], granted = 0;
+
+        write_many_config(16);
+        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=512:512", 1);
+        test_start_ok();
+        unsetenv("TEST_DAEMON_WRAPPER");
+        for (int i = 0; i < 4; i++) {
+                struct pollfd p = { .events = POLLIN };
+                char line[1024];
+                ssize_t n;
+
+                conns[i] = p.fd = test_connect(td.socket);
+                test_send(conns[i], many_fd_open, sizeof many_fd_open - 1);
+                ck_assert_int_eq(poll(&p, 1, 10000), 1);
+                /* A peek takes no descriptor: they stay in flight, charged to root. */
+                n = recv(conns[i], line, sizeof line - 1, MSG_PEEK);
+                ck_assert_int_gt(n, 0);
+                line[n] = '\0';
+                if (strstr(line, "\"ok\":true"))
+                        granted++;
+                else
+                        ck_assert_msg(strstr(line, "\"EMFILE\""), "open %d: %s", i, line);
+                ck_assert_msg(granted == (i < 2 ? i + 1 : 2), "after %d opens, %d answers of 63 files in flight: %s",
+                              i + 1, granted, line);
+        }
+        for (int i = 0; i < 4; i++)
+                close(conns[i]);
+}
+END_TEST
+
 #define FD_LEFT_CONNS 100
 
 /* FD_LEFT_CONNS connections, each asking for the files and half-closed, none read. */
@@ -2137,7 +2175,8 @@ int main(void) {
                                          test_unread_descriptors_of_one_uid_leave_room_for_others_unprivileged,
                                          test_unread_descriptors_of_closed_connections_leave_room_for_others,
                                          test_read_answers_give_their_descriptors_room_back,
-                                         test_read_answers_of_idle_connections_give_their_room_back } },
+                                         test_read_answers_of_idle_connections_give_their_room_back,
+                                         test_unread_descriptors_stop_at_a_quarter } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back,
                                              test_stop_and_reload_spare_replaced, test_other_owner_removed,
