@@ -184,6 +184,16 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
          * open as it was (releasing would end its token under the client's feet).
          */
         if (req->fd && e->channel->spec.kind == PROTO_KIND_POSIX) {
+                /* Two more for the FIFOs, perhaps. Its uid's answers not read yet hold the rest of its share. */
+                if (posix_objects_n_fds(&e->channel->posix) + 2 > cl->fd_room) {
+                        log_client(LOG_INFO, "Refused the files of channel %s to pid %d (uid %u): its uid's "
+                                   "connections hold too many descriptors they have not read.", req->channel,
+                                   (int) cl->peer.pid, (unsigned) cl->peer.uid);
+                        return answer_error(EMFILE, ret_line, ret_len,
+                                            "uid %u's connections hold the descriptors of answers they have not "
+                                            "read, as many as one user may; read them, then ask again",
+                                            (unsigned) cl->peer.uid);
+                }
                 n_fds = posix_objects_open_fds(&e->channel->posix, req->access == PROTO_ACCESS_RW, fds);
                 if (n_fds < 0) {
                         /* Out of descriptors, any client may make it happen again and again: as its refusals. */
@@ -196,17 +206,6 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
                         return answer_error(-n_fds, ret_line, ret_len,
                                             "cannot open the files of channel \"%s\" to hand them over: %s",
                                             req->channel, strerror(-n_fds));
-                }
-                /* Two more for the FIFOs, perhaps. Its uid's answers not read yet hold the rest of its share. */
-                if ((size_t) n_fds + 2 > cl->fd_room) {
-                        close_fds(fds, n_fds);
-                        log_client(LOG_INFO, "Refused the files of channel %s to pid %d (uid %u): its uid's "
-                                   "connections hold too many descriptors they have not read.", req->channel,
-                                   (int) cl->peer.pid, (unsigned) cl->peer.uid);
-                        return answer_error(EMFILE, ret_line, ret_len,
-                                            "uid %u's connections hold the descriptors of answers they have not "
-                                            "read, as many as one user may; read them, then ask again",
-                                            (unsigned) cl->peer.uid);
                 }
         }
         r = registry_hold(e, cl, req->access, req->has_holder ? req->holder : 0, time(NULL), &token);

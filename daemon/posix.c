@@ -818,6 +818,12 @@ fail:
         return r;
 }
 
+size_t posix_objects_n_fds(const PosixObjects *p) {
+        size_t n = (p->shm.fd >= 0) + (p->table.fd >= 0);
+
+        return n + MIN((size_t) p->nsems, (size_t) PROTO_FDS_MAX - n);
+}
+
 int posix_objects_stat(const PosixObjects *p, uid_t *ret_uid, gid_t *ret_gid, mode_t *ret_mode, uint64_t *ret_size) {
         struct stat st;
 

@@ -129,6 +129,9 @@ size_t posix_objects_records(const PosixObjects *p, const char *channel, StateRe
  */
 int posix_objects_open_fds(const PosixObjects *p, bool rw, int ret_fds[PROTO_FDS_MAX]);
 
+/* How many descriptors posix_objects_open_fds() would give: to refuse before opening any. */
+size_t posix_objects_n_fds(const PosixObjects *p);
+
 /* The segment's owner, group, permission bits and size as the kernel sees them (fstat). */
 int posix_objects_stat(const PosixObjects *p, uid_t *ret_uid, gid_t *ret_gid, mode_t *ret_mode, uint64_t *ret_size);
 
