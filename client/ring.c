@@ -391,7 +391,8 @@ static int poll_wait(shmb_channel *ch, RingSlot *slot, uint64_t target, const Wa
  */
 static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, const uint64_t *claim, uint64_t claimed_pos,
                      Waiter *w) {
-        int64_t deadline, until;
+        int64_t deadline, until, poll_end;
+        unsigned poll_ms = GONE_POLL_MS;
         uint64_t owner;
         uint32_t v;
         int r = 0;
@@ -432,24 +433,18 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, const ui
          */
         owner = LOAD(claim, SEQ);
         if (ring_owner_claims(owner, claimed_pos)) {
-                int64_t poll = now_ns() + (int64_t) REPAIR_POLL_MS * 1000000;
-
                 if (ring_token_dead(ch->ring, (uint32_t) owner))
                         return 0;
-                if (!until || poll < until)
-                        until = poll;
+                poll_ms = REPAIR_POLL_MS;
         }
         /*
          * Never asleep for longer than GONE_POLL_MS either: nobody marks a ring
          * that was removed while the broker was away, so a sleeper asks the
          * kernel (shmb_channel_check()) whether its objects are still there.
          */
-        {
-                int64_t poll = now_ns() + (int64_t) GONE_POLL_MS * 1000000;
-
-                if (!until || poll < until)
-                        until = poll;
-        }
+        poll_end = now_ns() + (int64_t) poll_ms * 1000000;
+        if (!until || poll_end < until)
+                until = poll_end;
         /* The state after the word: a removal after this read moves the word, and FUTEX_WAIT returns. */
         if ((int64_t) (LOAD(&slot->seq, SEQ) - target) < 0 && !ring_removed_seq(ch))
                 r = futex_wait(w->word, v, until);
