@@ -182,17 +182,16 @@ static inline void notify(BcastHandle *b, uint32_t *word, uint32_t *sleeping, un
  * the channel's flag. The side armed (WAKE_OWN: nobody else waits on that
  * FIFO), or -1: not armed.
  */
-static int arm_fd(BcastHandle *b, uint32_t *sleeping, unsigned dir, bool subscriber) {
+static int arm_fd(BcastHandle *b, uint32_t *sleeping, unsigned dir) {
 #ifdef SHMB_NO_CHANNEL_FD
         (void) b;
         (void) sleeping;
         (void) dir;
-        (void) subscriber;
         return -1;
 #else
         uint32_t own = UINT32_MAX;
         /* Its own FIFO, which the arm turns into the channel's when there is none. */
-        int armed = channel_wake_arm(b->ch, subscriber && dir == WAKE_DATA ? WAKE_OWN : dir, &own);
+        int armed = channel_wake_arm(b->ch, b->subscriber && dir == WAKE_DATA ? WAKE_OWN : dir, &own);
 
         if (armed < 0)
                 return -1;
@@ -304,7 +303,7 @@ static int wait_slot(shmb_channel *ch, BcastHandle *b, Wait *w, BcastSlot *slot,
                 /* A subscriber about to wait in an event loop tells block-mode publishers where it is. */
                 if (before_sleep)
                         before_sleep(ch, b);
-                armed = arm_fd(b, &b->t->sub_sleeping, WAKE_DATA, b->subscriber);
+                armed = arm_fd(b, &b->t->sub_sleeping, WAKE_DATA);
                 if (armed < 0)
                         return -EAGAIN;
                 if (LOAD(&slot->seq, SEQ) != seen || removed_seq(b)) {
@@ -617,7 +616,7 @@ static int wait_space(BcastHandle *b, uint64_t pos, Wait *w) {
         if (pos < limit)
                 return 0;
         if (w->timeout_ms == 0) {
-                if (arm_fd(b, &b->t->pub_sleeping, WAKE_SPACE, false) < 0)
+                if (arm_fd(b, &b->t->pub_sleeping, WAKE_SPACE) < 0)
                         return -EAGAIN;
                 limit = slowest(b, LOAD(&b->h->head, SEQ)) + b->n;
                 STORE(&b->limit, limit, RLX);
