@@ -721,6 +721,51 @@ START_TEST(test_planted_directory_is_left_alone) {
 END_TEST
 
 /*
+ * The directory is the daemon's, but its lock file is not (another user's
+ * file, or the daemon's own that group or others may write): the daemon
+ * neither locks nor removes it, says why, and rings still work without
+ * their FIFOs.
+ */
+START_TEST(test_lock_file_not_its_own_is_left_alone) {
+        static const struct { uid_t uid; mode_t mode; } planted[] = { { 65534, 0600 }, { 0, 0620 } };
+        char dir[400], lock[420];
+        shmb_channel *ch;
+        struct stat st;
+        char buf[8], *log;
+
+        snprintf(dir, sizeof dir, "%s.wake", td.socket);
+        snprintf(lock, sizeof lock, "%s/.lock", dir);
+        for (size_t i = 0; i < ELEMENTSOF(planted); i++) {
+                int fd;
+
+                test_daemon_stop_ok(&td);
+                ck_assert_int_eq(mkdir(dir, 0755), 0);
+                fd = open(lock, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+                ck_assert_int_ge(fd, 0);
+                ck_assert_int_eq(fchown(fd, planted[i].uid, planted[i].uid), 0);
+                ck_assert_int_eq(fchmod(fd, planted[i].mode), 0);
+                close(fd);
+                test_start_ok();
+                log = test_daemon_log(&td);
+                ck_assert_msg(strstr(log, "/.lock is not the daemon's own file"), "lock %zu, no reason in: %s", i, log);
+                free(log);
+                ch = open_ring();
+                ck_assert_int_eq(shmb_channel_fd(ch), -EOPNOTSUPP);
+                ck_assert_int_eq(shmb_send(ch, "x", 1, 0), 0);
+                ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), 1);
+                shmb_close(ch);
+                test_daemon_stop_ok(&td);
+                ck_assert_int_eq(lstat(lock, &st), 0);
+                ck_assert_uint_eq(st.st_uid, planted[i].uid);
+                ck_assert_uint_eq(st.st_mode & 07777, planted[i].mode);
+                ck_assert_int_eq(unlink(lock), 0);
+                ck_assert_int_eq(rmdir(dir), 0);
+                test_start_ok();
+        }
+}
+END_TEST
+
+/*
  * Start a second daemon on td's socket and configuration, with a state
  * directory of its own (so its state lock is free), state2 (its path,
  * written there): it must refuse to start, exit 1.
@@ -1111,10 +1156,11 @@ int main(void) {
                                            test_crash_restart_with_fewer_subscribers_leaves_no_cursor_fifo,
                                            test_cursor_fifos_carry_the_channels_rights,
                                            test_raw_and_read_only_handles_have_none,
-                                           test_planted_directory_is_left_alone,
                                            test_failed_second_daemon_leaves_the_fifos,
-                                           test_failed_second_daemon_leaves_no_state_files,
-                                           test_another_users_lock_on_the_fifo_directory_does_not_stop_a_restart } },
+                                           test_failed_second_daemon_leaves_no_state_files } },
+                { "planted", CASE_TIMEOUT, { test_planted_directory_is_left_alone,
+                                             test_lock_file_not_its_own_is_left_alone,
+                                             test_another_users_lock_on_the_fifo_directory_does_not_stop_a_restart } },
         };
 
         return test_main("channel-fd", groups, ELEMENTSOF(groups), setup, teardown);
