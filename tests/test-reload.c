@@ -1267,11 +1267,11 @@ END_TEST
 /*
  * What a start reclaims of a dead run under its old socket name is that
  * run's own: when another daemon (another configuration, another state
- * directory) serves on the old socket path by now, its wake-up FIFOs and
- * their directory, beside that socket, are not the dead run's to remove.
+ * directory) serves on the old socket path by now, that socket, its
+ * wake-up FIFOs and their directory are not the dead run's to remove.
  */
 START_TEST(test_previous_run_spares_a_live_daemon_on_its_old_socket) {
-        char state[400], state2[400], fifo[700];
+        char state[400], state2[400], fifo[700], *log;
         TestDaemon live;
         struct stat st;
         int status = 0;
@@ -1296,6 +1296,12 @@ START_TEST(test_previous_run_spares_a_live_daemon_on_its_old_socket) {
         test_daemon_write_config(&td, "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4}]");
         ck_assert_msg(test_daemon_start(&td, &status, "--state-dir", state, NULL), "no restart (%d)", status);
         ck_assert_msg(lstat(fifo, &st) == 0 && S_ISFIFO(st.st_mode), "the live daemon's %s was removed", fifo);
+        /* Nor its socket, which the dead run had bound at the same path: still there, and served. */
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Leaving the socket of an earlier run: a server is already listening on"),
+                      "no word of the old socket: %s", log);
+        free(log);
+        ck_assert_int_eq(shm_id_of(live.socket, "x") >= 0, 1);
 
         test_daemon_stop_ok(&td);
         test_daemon_stop_ok(&live);
