@@ -2354,6 +2354,72 @@ START_TEST(test_refused_requests_do_not_flood_the_log) {
 }
 END_TEST
 
+#define LEFT_OUT_OPENS 100
+
+/* uid 65534 asks n times (userdata: an int and the socket, see below) for a channel it may not open. */
+struct RefusedOpens {
+        const char *sock;
+        int n;
+};
+
+static void some_refused_opens_child(void *userdata) {
+        static const char req[] = "{\"op\":\"open\",\"channel\":\"private\",\"access\":\"ro\"}\n";
+        const struct RefusedOpens *o = userdata;
+        int fd;
+
+        test_drop_privileges(65534, 65534, 0);
+        fd = try_connect(o->sock);
+        CHILD_CHECK(fd >= 0, "connect: %s", strerror(-fd));
+        for (int i = 0; i < o->n; i++) {
+                char *line;
+                int r;
+
+                CHILD_CHECK(send_all(fd, req, sizeof req - 1) == 0, "send: %m");
+                r = recv_line(fd, 5000, &line);
+                CHILD_CHECK(r == 1, "open %d: expected an answer, got %s", i, recv_result(r));
+                CHILD_CHECK(strstr(line, "\"EACCES\"") != NULL, "open %d: %s", i, line);
+                free(line);
+        }
+        close(fd);
+}
+
+/*
+ * shmbrokerd(8), LOGGING: past the burst, a count of what was left out.
+ * After a burst of refusals and a quiet interval, the next refusal brings
+ * the notice, and what was logged and what was counted out add up to every
+ * refusal, whichever intervals the burst fell in.
+ */
+START_TEST(test_left_out_client_messages_are_counted) {
+        struct RefusedOpens burst = { td.socket, LEFT_OUT_OPENS }, one = { td.socket, 1 };
+        unsigned long long left = 0, n;
+        size_t logged = 0, notices = 0;
+        char line[1024];
+        FILE *f;
+
+        start_with("", "[{\"name\": \"private\", \"size\": 4096, \"mode\": \"0600\"}]");
+        child_run(some_refused_opens_child, &burst);
+        /* An interval is 10 whole seconds of CLOCK_MONOTONIC: 11 pass one, however the burst fell. */
+        sleep(11);
+        child_run(some_refused_opens_child, &one);
+        assert_daemon_alive();
+        f = fopen(td.log, "re");
+        ck_assert_ptr_nonnull(f);
+        while (fgets(line, sizeof line, f)) {
+                if (strstr(line, "Refused ro access to channel private"))
+                        logged++;
+                else if (sscanf(line, "shmbrokerd: Left %llu more messages about clients out of the log in 10 s.",
+                                &n) == 1) {
+                        left += n;
+                        notices++;
+                }
+        }
+        fclose(f);
+        ck_assert_msg(notices >= 1 && left > 0, "no count of the messages left out (%zu logged)", logged);
+        ck_assert_msg(logged + left == LEFT_OUT_OPENS + 1, "%zu refusals logged and %llu counted out, of %d",
+                      logged, left, LEFT_OUT_OPENS + 1);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -2368,7 +2434,8 @@ int main(void) {
                                            test_socket_that_cannot_refuse_descriptors } },
                 { "access-matrix", CASE_TIMEOUT, { test_access_matrix } },
                 { "buffers", CASE_TIMEOUT, { test_buffers_per_uid } },
-                { "log", CASE_TIMEOUT, { test_refused_requests_do_not_flood_the_log } },
+                { "log", CASE_TIMEOUT, { test_refused_requests_do_not_flood_the_log,
+                                         test_left_out_client_messages_are_counted } },
         };
 
         return test_main("robust", groups, sizeof groups / sizeof groups[0], test_setup, test_teardown);
