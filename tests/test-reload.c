@@ -2228,9 +2228,23 @@ END_TEST
  * it keeps writing into the live segment that it no longer has any right
  * to and that every new opener gets.
  */
-START_TEST(test_attach_between_plan_and_ipc_set_is_judged) {
+/* The kernel's cap on System V segments in this IPC namespace. */
+static void set_shmmni(long n) {
+        FILE *f = fopen("/proc/sys/kernel/shmmni", "we");
+
+        ck_assert_ptr_nonnull(f);
+        ck_assert_int_gt(fprintf(f, "%ld\n", n), 0);
+        ck_assert_int_eq(fclose(f), 0);
+}
+
+/*
+ * Reload m from 0660 to 0600 while a group member attaches it by id at the
+ * daemon's IPC_SET (see below). full: the namespace then has no room for
+ * another segment, so the replacement the re-count asks for cannot be made.
+ */
+static void attach_between_plan_and_ipc_set(bool full) {
         struct __ptrace_syscall_info info;
-        int cmd[2], report[2], shm_id;
+        int cmd[2], report[2], shm_id, admin;
         json_t *list;
         bool met = false;
         char verdict = 0, *addr;
@@ -2287,12 +2301,34 @@ START_TEST(test_attach_between_plan_and_ipc_set_is_judged) {
                 ck_assert_int_eq(write(cmd[1], "a", 1), 1);
                 ck_assert_int_eq(read(report[0], &verdict, 1), 1);
                 ck_assert_int_eq(verdict, 'y');
+                /* m, other and added: none more. */
+                if (full)
+                        set_shmmni(3);
         }
         ck_assert_msg(met, "the reload set no mode on segment %d", shm_id);
         ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
         test_reload_wait();
 
         list = list_ok();
+        if (full) {
+                char *log = test_daemon_log(&td);
+
+                /* Neither the old segment, which the member writes, nor any other: gone, and said so. */
+                ck_assert_msg(!test_find_channel(list, "m"), "channel m is still served, though it could not be remade");
+                ck_assert_msg(strstr(log, "channel m: a process attached it while the reload ran") &&
+                              strstr(log, "the channel is gone until a later reload"), "no word of m: %s", log);
+                free(log);
+                json_decref(list);
+                set_shmmni(4096);
+                test_daemon_write_config(&td,
+                        "[{\"name\": \"m\", \"size\": 4096, \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0600\"},"
+                        " {\"name\": \"other\", \"size\": 4096}, {\"name\": \"added\", \"size\": 4096},"
+                        " {\"name\": \"later\", \"size\": 4096}]");
+                admin = test_connect(td.socket);
+                reload_expect(admin, "later,m", "", "", "added,other");
+                close(admin);
+                list = list_ok();
+        }
         ck_assert_str_eq(test_jstr(test_must_find(list, "m"), "mode"), "0600");
         if (test_jint(test_must_find(list, "m"), "shm_id") == shm_id) {
                 ck_assert_int_eq(write(cmd[1], "w", 1), 1);
@@ -2308,6 +2344,16 @@ START_TEST(test_attach_between_plan_and_ipc_set_is_judged) {
         close(cmd[1]);
         ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
         close(report[0]);
+}
+
+START_TEST(test_attach_between_plan_and_ipc_set_is_judged) {
+        attach_between_plan_and_ipc_set(false);
+}
+END_TEST
+
+/* The same, where the replacement cannot be made: the channel goes (until a later reload), never stays in place. */
+START_TEST(test_attach_between_plan_and_ipc_set_without_room_removes) {
+        attach_between_plan_and_ipc_set(true);
 }
 END_TEST
 
@@ -2424,7 +2470,8 @@ int main(void) {
                                  test_reload_keeping_holders_rights_stays_in_place,
                                  test_revoking_crash_restart_replaces_held_channel,
                                  test_revoking_reload_after_crash_restart_replaces_held_channel } },
-                { "reload-toctou", CASE_TIMEOUT, { test_attach_between_plan_and_ipc_set_is_judged } },
+                { "reload-toctou", CASE_TIMEOUT, { test_attach_between_plan_and_ipc_set_is_judged,
+                                                   test_attach_between_plan_and_ipc_set_without_room_removes } },
                 { "top-level-keys", CASE_TIMEOUT, { test_limits_admin_group_and_socket_at_reload } },
                 { "refusals", CASE_TIMEOUT, { test_broken_config_changes_nothing, test_reload_needs_root_or_admin_group,
                                 test_kernel_limit_refused_whole, test_swap_at_kernel_limit_all_or_nothing,
