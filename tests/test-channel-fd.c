@@ -1008,6 +1008,39 @@ START_TEST(test_broadcast_one_subscribers_wait_keeps_anothers_wakeup) {
 END_TEST
 
 /*
+ * A subscriber's FIFO the publisher cannot open (here: renamed away, as a
+ * FIFO out of its mount namespace's reach would be) keeps the subscriber's
+ * flag up, left for a waker that can reach it: the next publish, with the
+ * FIFO back, must still wake it. Each publish writes the FIFOs before it
+ * returns, so nothing here waits for time to pass.
+ */
+START_TEST(test_broadcast_unreachable_fifo_keeps_the_wakeup_for_later) {
+        char dir[400], from[2][500], to[2][500];
+        shmb_channel *pub = NULL, *sub;
+        int sfd;
+
+        snprintf(dir, sizeof dir, "%s.wake", td.socket);
+        sub = waiting_subscriber(&sfd);
+        ck_assert_int_eq(shmb_open_channel(NULL, "news", SHMB_RW, &pub), 0);
+        for (int i = 0; i < 2; i++) {
+                snprintf(from[i], sizeof from[i], "%s/news.data.%d", dir, i);
+                snprintf(to[i], sizeof to[i], "%s/hidden.%d", dir, i);
+                ck_assert_int_eq(rename(from[i], to[i]), 0);
+        }
+        ck_assert_int_eq(shmb_send(pub, "news 1", 6, 0), 0);
+        ck_assert_msg(readable(sfd, 0) == 0, "woken through a FIFO that was not there");
+        for (int i = 0; i < 2; i++)
+                ck_assert_int_eq(rename(to[i], from[i]), 0);
+        ck_assert_int_eq(shmb_send(pub, "news 2", 6, 0), 0);
+        ck_assert_msg(readable(sfd, 0) == 1, "the wake-up that could not be given was dropped: two messages wait unseen");
+        assert_recv(sub, "news 1");
+        assert_recv(sub, "news 2");
+        shmb_close(pub);
+        shmb_close(sub);
+}
+END_TEST
+
+/*
  * libshmbroker(3): "A handle that never calls it pays nothing". A
  * publisher that never asked for an fd wakes 48 subscribers that wait in
  * event loops; it runs with room for 16 more descriptors than it had
@@ -1149,6 +1182,7 @@ int main(void) {
                 { "example", CASE_TIMEOUT, { test_poll_example_receives_from_two_rings } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_subscriber_and_publisher_wait_through_the_fd,
                                               test_broadcast_one_subscribers_wait_keeps_anothers_wakeup,
+                                              test_broadcast_unreachable_fifo_keeps_the_wakeup_for_later,
                                               test_broadcast_publisher_wakes_many_subscribers_without_a_descriptor_each } },
                 { "fifos", CASE_TIMEOUT, { test_fifos_carry_the_channels_rights_and_go_with_it,
                                            test_read_only_class_gets_no_fifo, test_creator_group_gets_the_fifos,
