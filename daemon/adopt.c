@@ -118,8 +118,13 @@ static int adopt_one(Registry *reg, const Config *cfg, const uint8_t *secret, St
                 uint32_t table_key;
                 int table_id;
 
+                /*
+                 * The header is the publishers' to write: its table key is taken only
+                 * if it is one this channel's table could have had (derived from its
+                 * name), never another channel's segment that a publisher named.
+                 */
                 if (channel_table_of(shm, &table_key, &table_id) < 0 ||
-                    config_key_is_fixed(cfg, table_key) ||
+                    config_key_is_fixed(cfg, table_key) || !channel_table_key_fits(secret, spec->name, table_key) ||
                     !(table = find_object(v, n, STATE_SHM, table_key, table_id)) || table == shm ||
                     reclaim_prove(table, false) != 1) {
                         log_warning("Channel %s: its subscriber table segment is not provably the last run's; "

@@ -359,6 +359,13 @@ fail_state:
         return r;
 }
 
+bool channel_table_key_fits(const uint8_t secret[SIPHASH_KEY_SIZE], const char *name, uint32_t key) {
+        for (unsigned i = 0; i < CHANNEL_DERIVED_KEY_ATTEMPTS; i++)
+                if (channel_derive_key(secret, name, TABLE_KEY_DOMAIN | i) == key)
+                        return true;
+        return false;
+}
+
 /* A broadcast channel's second segment (proto/broadcast.h), attached: keys as for the channel's own. */
 static int make_table(Channel *c, const uint32_t *fixed_keys, size_t n_fixed, State *state, char *msg,
                       size_t msg_size) {

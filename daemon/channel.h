@@ -42,6 +42,9 @@ typedef struct Channel {
  */
 uint32_t channel_derive_key(const uint8_t secret[SIPHASH_KEY_SIZE], const char *name, unsigned attempt);
 
+/* Whether key is one make_table() could have given channel name's subscriber table (a derived table key). */
+bool channel_table_key_fits(const uint8_t secret[SIPHASH_KEY_SIZE], const char *name, uint32_t key);
+
 /*
  * The state records of the channel. System V: its two objects, the channel
  * itself, and a broadcast channel's table segment (when it exists) last

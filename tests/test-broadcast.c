@@ -1506,6 +1506,50 @@ START_TEST(test_crash_restart_adopts_broadcast) {
 END_TEST
 
 /*
+ * A publisher may write any byte of the data header, table_key and
+ * table_id included. At a crash restart the broker must not take that
+ * word for which segment is the channel's table: pointed at another
+ * channel's segment of the same size (here "feed"'s table: both have 4
+ * subscribers), the broker would adopt it as news's table, give it news's
+ * owner, group and mode, and make "feed", whose config did not change,
+ * anew (its clients cut off, its contents gone, its ids changed). Both
+ * channels must come back as they were.
+ */
+START_TEST(test_crash_restart_trusts_no_table_a_publisher_names) {
+        shmb_channel *pub = open_ok("news", SHMB_RW);
+        BcastHeader *h = shmb_channel_addr(pub);
+        json_t *resp, *e;
+        int news_table, feed_shm, feed_table;
+        uint32_t feed_table_key;
+
+        e = status_of("news", &resp);
+        news_table = (int) test_jint(e, "table_id");
+        json_decref(resp);
+        e = status_of("feed", &resp);
+        feed_shm = (int) test_jint(e, "shm_id");
+        feed_table = (int) test_jint(e, "table_id");
+        feed_table_key = (uint32_t) test_jint(e, "table_key");
+        json_decref(resp);
+
+        /* The scribble: news's header names feed's table. */
+        h->table_key = feed_table_key;
+        h->table_id = feed_table;
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();
+
+        e = status_of("feed", &resp);
+        ck_assert_int_eq(test_jint(e, "shm_id"), feed_shm);
+        ck_assert_int_eq(test_jint(e, "table_id"), feed_table);
+        json_decref(resp);
+        e = status_of("news", &resp);
+        ck_assert_int_ne(test_jint(e, "table_id"), feed_table);
+        (void) news_table;
+        json_decref(resp);
+        shmb_close(pub);
+}
+END_TEST
+
+/*
  * A subscription closed after a broker crash, before the library got
  * round to reconnecting, is over: its process lives on, but it must not
  * keep a place among the channel's subscribers for ever.
@@ -1572,6 +1616,7 @@ int main(void) {
                                              test_stop_marks_removed_before_its_first_wakeup } },
                 { "admin", CASE_TIMEOUT, { test_status_shows_subscribers_lag, test_reload_replaces_changed_broadcast,
                              test_crash_restart_adopts_broadcast,
+                             test_crash_restart_trusts_no_table_a_publisher_names,
                              test_subscription_closed_after_crash_frees_its_place } },
                 { "programs", CASE_TIMEOUT, { test_examples_publish_to_two_subscribers } },
         };
