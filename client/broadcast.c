@@ -726,8 +726,13 @@ static int pub_claim(shmb_channel *ch, BcastHandle *b, size_t len, Wait *w, Bcas
                         r = claim(ch, b, slot, owner, pos, s);
                         if (r < 0)
                                 return r;
-                        if (r == 0)
+                        if (r == 0) {
+                                /* A claim of a later lap on a slot still free for pos, head still pos: a scribble. */
+                                if (!owner_before(owner, pos) && LOAD(&slot->seq, ACQ) == s &&
+                                    LOAD(&b->h->head, ACQ) == pos && LOAD(&slot->owner, ACQ) == owner)
+                                        return -EPROTO;
                                 continue;
+                        }
                         advance_head(b, pos);
                         STORE(&slot->len, (uint32_t) len, RLX);
                         *ret_slot = slot;

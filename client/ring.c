@@ -576,8 +576,13 @@ static inline int send_claim(shmb_channel *ch, size_t len, Waiter *w, RingSlot *
                         r = claim(ch, slot, &slot->send_owner, owner, pos, pos);
                         if (r < 0)
                                 return r;
-                        if (r == 0)
+                        if (r == 0) {
+                                /* A claim of a later lap on a slot still free for pos, head still pos: a scribble. */
+                                if (!owner_before(owner, pos) && LOAD(&slot->seq, ACQ) == pos &&
+                                    LOAD(&ch->ring->head, ACQ) == pos && LOAD(&slot->send_owner, ACQ) == owner)
+                                        return -EPROTO;
                                 continue;
+                        }
                         advance(&ch->ring->head, pos);
                         /* Now and then, so a waiting peer knows whether spinning can pay. */
                         if ((count_op(ch) & 15) == 1)
@@ -682,8 +687,13 @@ static inline ssize_t recv_claim(shmb_channel *ch, size_t max_len, Waiter *w, Ri
                         r = claim(ch, slot, &slot->recv_owner, owner, pos, pos + 1);
                         if (r < 0)
                                 return r;
-                        if (r == 0)
+                        if (r == 0) {
+                                /* A claim of a later lap on a message still at pos, tail still pos: a scribble. */
+                                if (!owner_before(owner, pos) && LOAD(&slot->seq, ACQ) == pos + 1 &&
+                                    LOAD(&ch->ring->tail, ACQ) == pos && LOAD(&slot->recv_owner, ACQ) == owner)
+                                        return -EPROTO;
                                 continue;
+                        }
                         advance(&ch->ring->tail, pos);
                         if ((count_op(ch) & 15) == 1)
                                 note_cpu(&ch->ring->recv_cpu);

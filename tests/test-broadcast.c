@@ -1327,6 +1327,32 @@ END_TEST
 
 /* ---- status, reload, crash restart ---- */
 
+/*
+ * Any publisher can write any slot's owner word. One that claims the free
+ * slot at head for a LATER lap while head stays where it is can never come
+ * from a claimer (a claim for pos + slots needs head there first): a
+ * scribble, which must not turn a publish into a loop that neither waits
+ * nor looks at the clock. Every call returns, within its timeout or at
+ * once, for ever (-1) included; the case's timeout fails a library that
+ * loops.
+ */
+START_TEST(test_future_claim_does_not_outlast_the_timeout) {
+        static const int timeouts[] = { 0, 50, -1 };
+        shmb_channel *pub = open_ok("news", SHMB_RW);
+        BcastHeader *h = shmb_channel_addr(pub);
+        uint64_t head = __atomic_load_n(&h->head, __ATOMIC_SEQ_CST);
+
+        __atomic_store_n(&bcast_slot_at(h, head)->owner, ring_owner(head + h->slots, 5), __ATOMIC_SEQ_CST);
+        for (size_t i = 0; i < ELEMENTSOF(timeouts); i++) {
+                int r = shmb_send(pub, "m", 1, timeouts[i]);
+
+                ck_assert_msg(r == -EPROTO || r == -ETIMEDOUT || r == -EAGAIN, "publish, timeout %d: %d", timeouts[i],
+                              r);
+        }
+        shmb_close(pub);
+}
+END_TEST
+
 /* The subscription of pid in a status entry (NULL when it has none). */
 static json_t *subscription_of(json_t *e, pid_t pid) {
         json_t *a = json_object_get(e, "subscriptions"), *x;
@@ -1610,7 +1636,8 @@ int main(void) {
                 { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_one_mib_frame_to_three_subscribers,
                                  test_large_channel_mapped_at_open,
                                  test_zero_copy_both_sides_across_processes, test_publisher_killed_mid_reserve } },
-                { "limits", CASE_TIMEOUT, { test_subscriber_limit, test_forged_table_costs_only_messages } },
+                { "limits", CASE_TIMEOUT, { test_subscriber_limit, test_forged_table_costs_only_messages,
+                                            test_future_claim_does_not_outlast_the_timeout } },
                 { "removal", CASE_TIMEOUT, { test_removal_wakes_sleepers,
                                              test_objects_removed_while_broker_is_away_wake_sleepers,
                                              test_stop_marks_removed_before_its_first_wakeup } },

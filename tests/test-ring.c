@@ -698,6 +698,39 @@ START_TEST(test_corrupt_seqs_do_not_outlast_the_timeout) {
 END_TEST
 
 /*
+ * Any rw opener can write any owner word. One that claims the free slot at
+ * head (or the full slot at tail) for a LATER lap while head (tail) stays
+ * where it is can never come from a claimer (a claim for pos + n needs seq
+ * pos + n first), so it is a scribble: a call must not turn it into a loop
+ * that neither waits nor looks at the clock. Every call returns, within its
+ * timeout or at once; for ever (-1) included. The Check timeout is what
+ * fails a library that loops.
+ */
+START_TEST(test_future_claim_does_not_outlast_the_timeout) {
+        TestRing ring;
+        shmb_channel *ch;
+        char buf[SLOT_SIZE];
+
+        ring_make(&ring, SLOT_SIZE, 4, false);
+        ch = handle_new(&ring, 0, 0);
+        ck_assert_int_eq(shmb_send(ch, "m", 1, 0), 0);
+        /* Head is 1, tail 0 (a message): claims "for the next lap" at both. */
+        STORE(&slot_of(ch, 1)->send_owner, ring_owner(2, 5), __ATOMIC_SEQ_CST);
+        STORE(&slot_of(ch, 0)->recv_owner, ring_owner(1, 5), __ATOMIC_SEQ_CST);
+
+        for (int timeout = -1; timeout <= 50; timeout += 51) {
+                int r = shmb_send(ch, "m", 1, timeout);
+                ssize_t n = shmb_recv(ch, buf, sizeof buf, timeout);
+
+                ck_assert_msg(r == 0 || r == -EPROTO || r == -ETIMEDOUT || r == -EAGAIN, "send: %d", r);
+                ck_assert_msg(n == 1 || n == -EPROTO || n == -ETIMEDOUT || n == -EAGAIN, "recv: %zd", n);
+        }
+        free(ch);
+        ring_unmake(&ring);
+}
+END_TEST
+
+/*
  * Any rw opener can write the header. A scribbled holder count, with an
  * owner word naming a holder past the real table, must not make a waiter
  * read past the segment: the library knows the table's size from the
@@ -1051,6 +1084,7 @@ int main(void) {
         tcase_add_test(tc, test_header_must_be_this_version);
         tcase_add_test(tc, test_corrupt_seqs_do_not_outlast_the_timeout);
         tcase_add_test(tc, test_scribbled_holder_count_reads_nothing_past_the_ring);
+        tcase_add_test(tc, test_future_claim_does_not_outlast_the_timeout);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("abort-lap");
