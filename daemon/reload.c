@@ -288,18 +288,21 @@ static int check_posix_perms(Registry *reg, const Config *cfg, const Plan *p, ch
 /*
  * The posix channels this reload makes get every page at once, and the
  * replacements and late adds are made after the removals, too late to turn
- * back: /dev/shm must have room for all of them now. Removed files count
- * for nothing, as a holder's descriptor or mapping keeps their pages.
+ * back: /dev/shm must have room for all of them now, in bytes and in files
+ * (anyone may use up its inodes with empty files). Removed files count for
+ * nothing, as a holder's descriptor or mapping keeps their pages and inodes.
  */
 static int check_dev_shm(const Plan *p, char *msg, size_t msg_size) {
-        uint64_t need = 0, room, page = (uint64_t) sysconf(_SC_PAGESIZE);
+        uint64_t need = 0, room, page = (uint64_t) sysconf(_SC_PAGESIZE), files = 0;
         struct statvfs vfs;
 
         for (size_t i = 0; i < p->n_add + p->n_later; i++) {
                 const ChannelSpec *s = i < p->n_add ? p->add[i] : p->later[i - p->n_add];
 
-                if (s->kind == PROTO_KIND_POSIX)
+                if (s->kind == PROTO_KIND_POSIX) {
                         need += posix_objects_bytes(s, bcast_table_size(s->subscribers), page);
+                        files += 1 + (s->layout == PROTO_LAYOUT_BROADCAST) + s->nsems;
+                }
         }
         if (need == 0)
                 return 0;
@@ -314,6 +317,12 @@ static int check_dev_shm(const Plan *p, char *msg, size_t msg_size) {
         if (vfs.f_blocks > 0 && need > room) {
                 msg_set(msg, msg_size, "the reload's posix channels need %" PRIu64 " bytes in %s, which has %" PRIu64
                         " free (files it removes may still be held, so they count for nothing)", need, PSEM_DIR, room);
+                return ENOSPC;
+        }
+        if (vfs.f_files > 0 && files > (uint64_t) vfs.f_favail) {
+                msg_set(msg, msg_size, "the reload's posix channels need %" PRIu64 " files in %s, which has room for %"
+                        PRIu64 " more (files it removes may still be held, so they count for nothing)", files, PSEM_DIR,
+                        (uint64_t) vfs.f_favail);
                 return ENOSPC;
         }
         return 0;

@@ -2078,6 +2078,49 @@ END_TEST
 
 
 /*
+ * The same with /dev/shm's inodes, which anyone can use up with empty files
+ * (they take no bytes): the reload's room check must count them too, or the
+ * replaced channel's old files go (a holder keeps their inodes) and the new
+ * ones cannot be made.
+ */
+START_TEST(test_no_inodes_in_dev_shm_fails_a_replacing_reload) {
+        json_t *resp, *list;
+        char path[64];
+        int fd, hold;
+
+        ck_assert_msg(mount("tmpfs", "/dev/shm", "tmpfs", MS_REMOUNT, "size=8m,nr_inodes=32") == 0, "remount: %s",
+                      strerror(errno));
+        test_daemon_write_config(&td, "[{\"name\": \"p\", \"kind\": \"posix\", \"size\": \"64K\", \"semaphores\": [1]}]");
+        test_start_ok();
+        hold = open(PSEM_DIR "/shmbroker.p", O_RDONLY | O_CLOEXEC);     /* a client's hold on the old inode */
+        ck_assert_int_ge(hold, 0);
+        /* Another user's empty files, as many as the inodes go. */
+        for (int i = 0;; i++) {
+                snprintf(path, sizeof path, PSEM_DIR "/someone-elses.%d", i);
+                fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+                if (fd < 0) {
+                        ck_assert_int_eq(errno, ENOSPC);
+                        break;
+                }
+                close(fd);
+        }
+
+        test_daemon_write_config(&td, "[{\"name\": \"p\", \"kind\": \"posix\", \"size\": \"128K\", \"semaphores\": [1]}]");
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"reload\"}");
+        list = test_request(fd, "{\"op\": \"list\"}");
+        close(fd);
+        ck_assert_msg(test_find_channel(list, "p"), "the reload lost channel p: %s", json_dumps(resp, JSON_COMPACT));
+        ck_assert_msg(!json_is_true(json_object_get(resp, "ok")), "the reload claims success: %s",
+                      json_dumps(resp, JSON_COMPACT));
+        json_decref(resp);
+        json_decref(list);
+        close(hold);
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
+/*
  * A /dev/shm without a size limit (tmpfs size=0, as some hosts and
  * containers mount it) reports no blocks and none free: it has room for
  * anything memory has. A reload that adds a posix channel there must go
@@ -2169,6 +2212,7 @@ int main(void) {
                                            test_full_dev_shm_fails_the_start, test_full_dev_shm_fails_a_replacing_reload,
                                            test_posix_ring_fifos_give_the_daemons_group_nothing,
                                            test_unlimited_dev_shm_takes_a_reload } },
+                { "room", CASE_TIMEOUT, { test_no_inodes_in_dev_shm_fails_a_replacing_reload } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread,
                                          test_open_fds_in_flight_bounded,
                                          test_unread_descriptors_of_one_uid_leave_room_for_others,
