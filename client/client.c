@@ -1029,6 +1029,9 @@ int client_connect(const char *socket_path, shmb_client **ret) {
         shmb_client *c;
         int r;
 
+        /* "" names no file: as a socket address it is an abstract one, which any local user may bind. */
+        if (!*path)
+                return -EINVAL;
         r = strcpy_checked(sa.sun_path, sizeof sa.sun_path, path);
         if (r < 0)
                 return r;

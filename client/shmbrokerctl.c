@@ -10,6 +10,7 @@
  */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -67,31 +68,54 @@ static void format_time(int64_t t, char *buf, size_t size) {
 }
 
 /*
- * The daemon's message, shown as one line: a control character (an escape
- * sequence, a newline; also a C1 control, U+0080-U+009F, which some
- * terminals act on) as '?'.
+ * Text for one line of stderr: a control character (an escape sequence, a
+ * newline; also a C1 control, U+0080-U+009F, which some terminals act on)
+ * as '?'. The daemon's messages and the user's own arguments alike.
  */
-static void print_message(const char *what, const char *msg) {
-        fprintf(stderr, "shmbrokerctl: %s: ", what);
-        for (const unsigned char *p = (const unsigned char *) msg; *p; p++) {
+static void print_text(const char *text) {
+        for (const unsigned char *p = (const unsigned char *) text; *p; p++) {
                 if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) {
                         fputc('?', stderr);
                         p++;
                 } else
                         fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, stderr);
         }
+}
+
+static void print_message(const char *what, const char *msg) {
+        fputs("shmbrokerctl: ", stderr);
+        print_text(what);
+        fputs(": ", stderr);
+        print_text(msg);
         fputc('\n', stderr);
 }
 
 static int fail_call(shmb_client *c, const char *what, int r) {
         const char *msg = c ? shmb_client_last_message(c) : "";
 
-        if (*msg)
-                print_message(what, msg);
-        else
-                fprintf(stderr, "shmbrokerctl: %s: %s\n", what, shmb_strerror(r));
+        print_message(what, *msg ? msg : shmb_strerror(r));
         /* The daemon's refusals have wire names; anything else is our side. */
         return *msg || r == -ENOENT || r == -EACCES || r == -EPROTO ? EXIT_REFUSED : EXIT_USAGE;
+}
+
+/*
+ * A request {"op": op} with "channel": name when name is not NULL; NULL,
+ * with the reason said, when name is no UTF-8 text (JSON holds no other).
+ */
+static json_t *request_new(const char *op, const char *name) {
+        json_t *req = json_pack("{s:s}", "op", op), *n = name ? json_string(name) : NULL;
+
+        if (name && !n) {
+                json_decref(req);
+                print_message(name, "a channel name must be UTF-8 text");
+                return NULL;
+        }
+        if (!req || (n && json_object_set_new(req, "channel", n) < 0)) {
+                json_decref(req);
+                print_message(op, strerror(ENOMEM));
+                return NULL;
+        }
+        return req;
 }
 
 static const char *layout_name(int layout) {
@@ -262,16 +286,18 @@ static void print_status_detail(const shmb_status_list *l) {
 
 /* --json: print the daemon's answer; exit by its "ok". */
 static int run_json(shmb_client *c, const char *op, const char *channel) {
-        json_t *req = json_pack("{s:s}", "op", op), *ans;
+        json_t *req = request_new(op, channel), *ans;
         char *text, *answer = NULL;
         int r, ok;
 
-        if (!req || (channel && json_object_set_new(req, "channel", json_string(channel)) < 0))
+        if (!req)
                 return EXIT_USAGE;
         text = json_dumps(req, JSON_COMPACT);
         json_decref(req);
-        if (!text)
+        if (!text) {
+                print_message(op, strerror(ENOMEM));
                 return EXIT_USAGE;
+        }
         r = shmb_request_json(c, text, &answer);
         free(text);
         if (r < 0)
@@ -306,17 +332,26 @@ static int cmd_list(shmb_client *c, const Options *o, int argc, char **argv) {
  * moment newer than the table's. `name` NULL: every channel's, each row
  * naming its channel.
  */
-static void print_subscriptions(shmb_client *c, const char *name) {
-        json_t *req = json_pack("{s:s}", "op", "status"), *ans = NULL, *channels, *ch;
+static int print_subscriptions(shmb_client *c, const char *name) {
+        json_t *req = request_new("status", name), *ans = NULL, *channels, *ch;
         char *text = NULL, *answer = NULL;
         bool header = false;
         size_t i;
+        int r = EXIT_USAGE, asked;
 
-        if (!req || (name && json_object_set_new(req, "channel", json_string(name)) < 0))
+        if (!req)
                 goto out;
         text = json_dumps(req, JSON_COMPACT);
-        if (!text || shmb_request_json(c, text, &answer) < 0)
+        if (!text) {
+                print_message("status", strerror(ENOMEM));
                 goto out;
+        }
+        /* The table without it would say the channel has no subscribers. */
+        asked = shmb_request_json(c, text, &answer);
+        if (asked < 0) {
+                r = fail_call(c, name ? name : "status", asked);
+                goto out;
+        }
         ans = json_loads(answer, 0, NULL);
         channels = json_object_get(ans, "channels");
         json_array_foreach(channels, i, ch) {
@@ -344,11 +379,13 @@ static void print_subscriptions(shmb_client *c, const char *name) {
                                json_integer_value(json_object_get(e, "dropped")));
                 }
         }
+        r = EXIT_SUCCESS;
 out:
         json_decref(ans);
         json_decref(req);
         free(answer);
         free(text);
+        return r;
 }
 
 static int cmd_status(shmb_client *c, const Options *o, int argc, char **argv) {
@@ -365,13 +402,14 @@ static int cmd_status(shmb_client *c, const Options *o, int argc, char **argv) {
                 print_status_detail(l);
         else
                 print_status_table(l);
+        r = EXIT_SUCCESS;
         for (size_t i = 0; i < shmb_status_count(l); i++)
                 if (shmb_status_layout(l, i) == SHMB_LAYOUT_BROADCAST) {
-                        print_subscriptions(c, name);
+                        r = print_subscriptions(c, name);
                         break;
                 }
         shmb_status_free(l);
-        return EXIT_SUCCESS;
+        return r;
 }
 
 static void print_names(const char *what, const char *const *names) {
@@ -447,6 +485,20 @@ int main(int argc, char *argv[]) {
         shmb_client *c;
         int opt, r, nargs;
 
+        /*
+         * A closed standard descriptor would be the next one opened, the
+         * daemon's socket: the table or a message would go to the daemon.
+         * /dev/null stands in for each; a closed stdout is an error at once.
+         */
+        for (int fd = 0; fd <= 2; fd++)
+                if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) {
+                        if (open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd)
+                                return EXIT_USAGE;
+                        if (fd == 1) {
+                                fprintf(stderr, "shmbrokerctl: cannot write to standard output: %s\n", strerror(EBADF));
+                                return EXIT_USAGE;
+                        }
+                }
         opterr = 0;     /* one line on stderr, and it is ours */
         for (;;) {
                 /* The argument getopt looks at: within a group of short options optind stays. */
@@ -458,6 +510,11 @@ int main(int argc, char *argv[]) {
                         break;
                 switch (opt) {
                 case 's':
+                        /* "" names no file, and as a socket address it is an abstract one that anyone may bind. */
+                        if (!*optarg) {
+                                fprintf(stderr, "shmbrokerctl: option -s needs a path, not an empty one; see --help\n");
+                                return EXIT_USAGE;
+                        }
                         o.socket = optarg;
                         break;
                 case 'j':

@@ -3137,6 +3137,207 @@ START_TEST(test_two_handles_of_one_holder_keep_channel_in_place) {
 }
 END_TEST
 
+
+/* ---- shmbrokerctl and shmb_connect() edges ---- */
+
+/*
+ * An empty socket path names no file. Left as it is, connect() takes the
+ * all-NUL sun_path as an abstract address that any local user may bind:
+ * `shmbrokerctl -s "$UNSET"` or shmb_connect("") would talk to whoever
+ * listens there. libshmbroker(3): "socket_path names the socket";
+ * shmbrokerctl(1): "2 Usage or connection error".
+ */
+START_TEST(test_connect_empty_path_reaches_no_abstract_impostor) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };      /* sun_path all NULs */
+        static char out[4096];
+        shmb_client *c = NULL;
+        int l, status;
+        pid_t pid;
+
+        /* A network namespace of its own: its abstract addresses are this test's alone. */
+        ck_assert_msg(unshare(CLONE_NEWNET) == 0, "unshare(CLONE_NEWNET): %s", strerror(errno));
+        l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        ck_assert_int_ge(l, 0);
+        ck_assert_int_eq(bind(l, (struct sockaddr *) &sa, sizeof sa), 0);
+        ck_assert_int_eq(listen(l, 8), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                /* The impostor: answers every hello, and every list with a channel of its own. */
+                for (;;) {
+                        int fd = accept(l, NULL, NULL);
+                        char buf[4096];
+                        ssize_t n;
+
+                        if (fd < 0)
+                                _exit(1);
+                        while ((n = read(fd, buf, sizeof buf - 1)) > 0) {
+                                buf[n] = 0;
+                                if (strstr(buf, "\"hello\""))
+                                        (void) !write(fd, "{\"ok\":true,\"version\":1,\"server\":\"impostor\"}\n", 44);
+                                if (strstr(buf, "\"list\"")) {
+                                        static const char a[] = "{\"ok\":true,\"channels\":[{\"name\":\"IMPOSTOR\",\"kind\":"
+                                                "\"sysv\",\"size\":4096,\"nsems\":1,\"layout\":\"raw\",\"shm_key\":1,"
+                                                "\"shm_id\":1,\"sem_key\":1,\"sem_id\":1,\"owner\":\"root\",\"group\":"
+                                                "\"root\",\"mode\":\"0666\"}]}\n";
+                                        (void) !write(fd, a, sizeof a - 1);
+                                }
+                        }
+                        close(fd);
+                }
+        }
+        close(l);
+
+        ck_assert_int_lt(shmb_connect("", &c), 0);
+        ck_assert_ptr_null(c);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s -s '' list 2>&1", SHMBROKERCTL_PATH), 2);
+        ck_assert_msg(!strstr(out, "IMPOSTOR"), "talked to the abstract socket: %s", out);
+
+        ck_assert_int_eq(kill(pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+}
+END_TEST
+
+/*
+ * shmbrokerctl(1), EXIT STATUS: "On exit status 1 or 2 one line is printed
+ * on standard error". A channel name that is not UTF-8 (--json), or that
+ * holds a newline, must not make that zero lines or two.
+ */
+START_TEST(test_shmbrokerctl_odd_names_one_line) {
+        static char out[4096];
+
+        ck_assert_int_eq(test_run(out, sizeof out, "%s --json status \"$(printf '\\377\\376')\" 2>&1 >/dev/null",
+                                  SHMBROKERCTL_PATH), 2);
+        ck_assert_msg(*out && strchr(out, '\n') == out + strlen(out) - 1, "not one line: \"%s\"", out);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s status \"$(printf 'a\\nb')\" 2>&1 >/dev/null",
+                                  SHMBROKERCTL_PATH), 2);
+        ck_assert_msg(*out && strchr(out, '\n') == out + strlen(out) - 1, "not one line: \"%s\"", out);
+}
+END_TEST
+
+/*
+ * A broker between the client and td's daemon: it passes each request line
+ * on and the daemon's answer back, and records, until the client hangs
+ * up, all the client sent. close_after_status: it hangs up after the first
+ * status answer instead, as a daemon that went away. client: the client's
+ * pid; its exit status goes to *ret_status.
+ */
+static void fake_broker(int l, pid_t client, int *ret_status, bool close_after_status, char *got, size_t size) {
+        struct pollfd p = { .fd = l, .events = POLLIN };
+        size_t len = 0, done = 0;
+        int fd, daemon;
+        ssize_t n;
+
+        *got = '\0';
+        /* Until it connects, or exits without (then its status is taken here). */
+        while (poll(&p, 1, 100) == 0)
+                if (waitpid(client, ret_status, WNOHANG) == client)
+                        return;
+        fd = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        daemon = test_connect(td.socket);
+        while (len < size - 1 && (n = read(fd, got + len, size - 1 - len)) > 0) {
+                char *nl;
+
+                len += (size_t) n;
+                got[len] = '\0';
+                for (; (nl = memchr(got + done, '\n', len - done)); done = (size_t) (nl - got) + 1) {
+                        static const char status_op[] = "{\"op\":\"status\"";
+                        bool status = strncmp(got + done, status_op, sizeof status_op - 1) == 0;
+                        char c;
+
+                        test_send(daemon, got + done, (size_t) (nl - got) + 1 - done);
+                        /* One answer line, byte by byte: nothing of the next is taken. */
+                        do {
+                                ck_assert_int_eq(read(daemon, &c, 1), 1);
+                                ck_assert_int_eq(write(fd, &c, 1), 1);
+                        } while (c != '\n');
+                        if (close_after_status && status)
+                                goto out;
+                }
+        }
+out:
+        close(daemon);
+        close(fd);
+        ck_assert_int_eq(waitpid(client, ret_status, 0), client);
+}
+
+/* td's daemon again, serving broadcast channel "news". */
+static void news_config(void) {
+        test_daemon_stop_ok(&td);
+        test_daemon_write_config(&td, "[{\"name\": \"news\", \"layout\": \"broadcast\", \"slot_size\": 64,"
+                                      " \"slots\": 4, \"subscribers\": 2}]");
+        test_start_ok();
+}
+
+/* Run `shmbrokerctl -s FAKE args` against fake_broker(): its exit status; what the broker was sent in got. */
+static int against_fake_broker(const char *args, bool close_after_status, char *got, size_t size) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int l, status;
+        pid_t pid;
+
+        ck_assert_int_lt(snprintf(sa.sun_path, sizeof sa.sun_path, "%s/fake.sock", td.dir), (int) sizeof sa.sun_path);
+        l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        ck_assert_int_ge(l, 0);
+        ck_assert_int_eq(bind(l, (struct sockaddr *) &sa, sizeof sa), 0);
+        ck_assert_int_eq(listen(l, 8), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                char cmd[1024];
+
+                snprintf(cmd, sizeof cmd, "exec %s -s %s %s 2>/dev/null", SHMBROKERCTL_PATH, sa.sun_path, args);
+                execl("/bin/sh", "sh", "-c", cmd, (char *) NULL);
+                _exit(127);
+        }
+        fake_broker(l, pid, &status, close_after_status, got, size);
+        close(l);
+        unlink(sa.sun_path);
+        ck_assert_msg(WIFEXITED(status), "shmbrokerctl %s: status %d", args, status);
+        return WEXITSTATUS(status);
+}
+
+/*
+ * shmbrokerctl(1): a closed standard output is an error (exit 2). It must
+ * not become the daemon's socket, the next descriptor opened, so that the
+ * table goes to the daemon as garbage requests.
+ */
+START_TEST(test_shmbrokerctl_closed_stdout_sends_nothing_but_requests) {
+        static char got[65536];
+        char *list = strdup("["), *more;
+
+        /* A table longer than stdio's buffer: it is written out while the connection is still up. */
+        ck_assert_ptr_nonnull(list);
+        for (int i = 0; i < 200; i++) {
+                ck_assert_int_ge(asprintf(&more, "%s%s{\"name\": \"chan-%03d\", \"size\": 4096}", list, i ? ", " : "",
+                                          i), 0);
+                free(list);
+                list = more;
+        }
+        ck_assert_int_ge(asprintf(&more, "%s]", list), 0);
+        free(list);
+        test_daemon_stop_ok(&td);
+        test_daemon_write_config(&td, more);
+        free(more);
+        test_start_ok();
+        ck_assert_int_eq(against_fake_broker("list >&-", false, got, sizeof got), 2);
+        ck_assert_msg(!strstr(got, "chan-"), "the broker was sent the table: %.300s", got);
+}
+END_TEST
+
+/*
+ * shmbrokerctl(1): status of a broadcast channel prints a table of its
+ * subscribers after the channel's; a daemon that closes the connection
+ * before that answer is exit 2, not a table that says it has none.
+ */
+START_TEST(test_shmbrokerctl_status_without_subscribers_answer_fails) {
+        static char got[65536];
+
+        news_config();
+        ck_assert_int_eq(against_fake_broker("status news >/dev/null", true, got, sizeof got), 2);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -3179,6 +3380,10 @@ int main(void) {
                 { "timeouts", CASE_TIMEOUT, { test_timeout_hung_broker, test_timeout_default_open_by_name,
                                 test_timeout_full_backlog_connect, test_hung_broker_costs_one_close_its_timeout } },
                 { "refusals", CASE_TIMEOUT, { test_refusal_at_accept_is_the_answer } },
+                { "cli-edges", CASE_TIMEOUT, { test_connect_empty_path_reaches_no_abstract_impostor,
+                                 test_shmbrokerctl_odd_names_one_line,
+                                 test_shmbrokerctl_closed_stdout_sends_nothing_but_requests,
+                                 test_shmbrokerctl_status_without_subscribers_answer_fails } },
         };
 
         return test_main("client", groups, sizeof groups / sizeof groups[0], setup, test_teardown);

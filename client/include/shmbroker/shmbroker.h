@@ -103,7 +103,8 @@ typedef enum shmb_layout {
  * socket_path: NULL for $SHMBROKER_SOCKET, else SHMB_DEFAULT_SOCKET.
  * *ret is owned by the caller: release it with shmb_disconnect().
  * Errors: -ENOENT/-ECONNREFUSED (no broker), -EACCES, -EPROTO, -ENOMEM,
- * -ETIMEDOUT (a broker that does not answer within 5 s).
+ * -ETIMEDOUT (a broker that does not answer within 5 s), -EINVAL for ""
+ * (it names no file: as an address it is an abstract socket anyone may bind).
  */
 int shmb_connect(const char *socket_path, shmb_client **ret);
 
