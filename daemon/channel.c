@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <grp.h>
 #include <inttypes.h>
+#include <linux/capability.h>
 #include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -417,12 +418,33 @@ static StateRecord chan_record(const Channel *c) {
         return rec;
 }
 
+int channel_posix_servable(const ChannelSpec *s, char *msg, size_t msg_size) {
+        static const char *const classes[] = { "others", "group", "owner" };
+        mode_t m = s->mode & 0777, need = (m >> 6 | m >> 3 | m) & 6, own;
+        unsigned cls;
+
+        if (s->kind != PROTO_KIND_POSIX || self_has_cap(CAP_DAC_OVERRIDE))
+                return 0;
+        cls = s->uid == self_euid() ? 2 : self_in_group(s->gid) ? 1 : 0;
+        own = (m >> (3 * cls)) & 6;
+        if ((own & need) == need)
+                return 0;
+        msg_set(msg, msg_size, "channel \"%s\": mode %04o gives the daemon's user (as the files' %s) less read and "
+                "write than it gives others; without CAP_DAC_OVERRIDE the daemon could not open the files to hand "
+                "them out: give the %s the same bits", s->name, (unsigned) m, cls == 2 ? "owner" : cls ? "group" : "others",
+                classes[cls]);
+        return -EPERM;
+}
+
 /* The posix side of channel_create(): files instead of keys (daemon/posix.h). */
 static int create_posix(Channel *c, State *state, char *msg, size_t msg_size) {
         const ChannelSpec *spec = &c->spec;
         StateRecord rec;
         int r;
 
+        r = channel_posix_servable(spec, msg, msg_size);
+        if (r < 0)
+                return r;
         r = posix_objects_create(spec, bcast_table_size(spec->subscribers), state, &c->posix, msg, msg_size);
         if (r < 0)
                 return r;

@@ -42,6 +42,14 @@ typedef struct Channel {
  */
 uint32_t channel_derive_key(const uint8_t secret[SIPHASH_KEY_SIZE], const char *name, unsigned attempt);
 
+/*
+ * 0 when the daemon can hand out channel s's files (system V: always): it
+ * reopens them for each opener with the opener's access, which the kernel
+ * checks against the daemon's own class of s's mode unless it has
+ * CAP_DAC_OVERRIDE. Else -EPERM, with what to change in msg.
+ */
+int channel_posix_servable(const ChannelSpec *s, char *msg, size_t msg_size);
+
 /* Whether key is one make_table() could have given channel name's subscriber table (a derived table key). */
 bool channel_table_key_fits(const uint8_t secret[SIPHASH_KEY_SIZE], const char *name, uint32_t key);
 

@@ -281,6 +281,8 @@ static int check_posix_perms(Registry *reg, const Config *cfg, const Plan *p, ch
                                 "daemon's user is a member of", s->name, (unsigned) s->uid, (unsigned) s->gid);
                         return EPERM;
                 }
+                if (channel_posix_servable(s, msg, msg_size) < 0)
+                        return EPERM;
         }
         return 0;
 }

@@ -51,16 +51,16 @@ pid_t self_pid(void) {
         return pid_known;
 }
 
-static bool has_cap_chown(void) {
+bool self_has_cap(int cap) {
         struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
         struct __user_cap_data_struct d[_LINUX_CAPABILITY_U32S_3] = {};
 
-        if (syscall(SYS_capget, &h, d) < 0)
+        if (cap < 0 || cap >= 32 * _LINUX_CAPABILITY_U32S_3 || syscall(SYS_capget, &h, d) < 0)
                 return false;
-        return d[CAP_CHOWN / 32].effective & (1u << (CAP_CHOWN % 32));
+        return d[cap / 32].effective & (1u << (cap % 32));
 }
 
-static bool in_groups(gid_t gid) {
+bool self_in_group(gid_t gid) {
         int n = getgroups(0, NULL);
         gid_t *v;
         bool found = false;
@@ -80,5 +80,5 @@ static bool in_groups(gid_t gid) {
 }
 
 bool self_may_chown(uid_t uid, gid_t gid) {
-        return (uid == self_euid() && in_groups(gid)) || has_cap_chown();
+        return (uid == self_euid() && self_in_group(gid)) || self_has_cap(CAP_CHOWN);
 }

@@ -29,3 +29,9 @@ pid_t self_pid(void);
  * this user namespace does not map).
  */
 bool self_may_chown(uid_t uid, gid_t gid);
+
+/* Whether capability cap (CAP_*) is in our effective set. Asked at each call. */
+bool self_has_cap(int cap);
+
+/* Whether gid is our effective gid or one of our supplementary groups. Asked at each call. */
+bool self_in_group(gid_t gid);

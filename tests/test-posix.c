@@ -731,6 +731,63 @@ START_TEST(test_unprivileged_daemon) {
 }
 END_TEST
 
+/*
+ * A daemon without CAP_DAC_OVERRIDE (the shipped unit's) reopens a posix
+ * channel's files for each opener with the opener's access, which the
+ * kernel checks against the daemon's own class of the mode: a mode that
+ * gives the daemon's user (the files' owner) less than others ("0066")
+ * could be opened by others but never handed out. The start refuses it and
+ * says what to change, and a reload to such a mode changes nothing; a mode
+ * that gives the owner as much ("0666") is served to others.
+ */
+START_TEST(test_unprivileged_daemon_refuses_a_mode_it_cannot_serve) {
+        char *before = shm_listing(), *log;
+        int status = 0, fd, fds[PROTO_FDS_MAX];
+        json_t *resp;
+        size_t n = 0;
+        pid_t pid;
+
+        ck_assert_int_eq(chown(td.dir, NOBODY, NOBODY), 0);
+        ck_assert_int_eq(chmod(td.dir, 0711), 0);
+        td.uid = NOBODY;
+        td.gid = NOBODY;
+        test_daemon_write_config(&td, "[{\"name\": \"o\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0066\"}]");
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        td.pid = -1;
+        log = log_now();
+        ck_assert_msg(strstr(log, "mode 0066") && strstr(log, "CAP_DAC_OVERRIDE"), "the log does not say why:\n%s", log);
+        free(log);
+        assert_listing(before);
+
+        test_daemon_write_config(&td, "[{\"name\": \"o\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0666\"}]");
+        test_start_ok();
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                test_drop_privileges(4242, 4242, 0);
+                fd = test_connect(td.socket);
+                resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"o\", \"access\": \"rw\", \"fd\": true}",
+                                        fds, PROTO_FDS_MAX, &n);
+                _exit(json_is_true(json_object_get(resp, "ok")) && n == 2 ? 0 : 1);
+        }
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "another user was not handed the files:\n%s",
+                      log_now());
+
+        test_daemon_write_config(&td, "[{\"name\": \"o\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0460\"}]");
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"reload\"}");
+        close(fd);
+        test_assert_error(resp, "EPERM");
+        ck_assert_msg(strstr(test_jstr(resp, "message"), "mode 0460"), "%s", test_jstr(resp, "message"));
+        json_decref(resp);
+        assert_file("shmbroker.o", 4096, NOBODY, NOBODY, 0666);
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
 /* The daemon's open descriptors, counted in /proc. */
 static int daemon_fd_count(void) {
         char path[64];
@@ -2212,7 +2269,8 @@ int main(void) {
                                            test_full_dev_shm_fails_the_start, test_full_dev_shm_fails_a_replacing_reload,
                                            test_posix_ring_fifos_give_the_daemons_group_nothing,
                                            test_unlimited_dev_shm_takes_a_reload } },
-                { "room", CASE_TIMEOUT, { test_no_inodes_in_dev_shm_fails_a_replacing_reload } },
+                { "room", CASE_TIMEOUT, { test_no_inodes_in_dev_shm_fails_a_replacing_reload,
+                                          test_unprivileged_daemon_refuses_a_mode_it_cannot_serve } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread,
                                          test_open_fds_in_flight_bounded,
                                          test_unread_descriptors_of_one_uid_leave_room_for_others,
