@@ -80,6 +80,12 @@ int main(int argc, char *argv[]) {
                 fprintf(stderr, "shmbrokerd: unexpected argument '%s'; see --help\n", argv[optind]);
                 return 2;
         }
+        /* An empty path names nothing: a usage error, as an empty --socket is, not a file that cannot be read. */
+        if (!*o.config_path || (o.state_dir && !*o.state_dir)) {
+                fprintf(stderr, "shmbrokerd: %s must not be empty; see --help\n",
+                        !*o.config_path ? "--config" : "--state-dir");
+                return 2;
+        }
         /* As the file's "socket" is checked: before anything is named after it (the state files). */
         if (o.socket_path && (!*o.socket_path || strlen(o.socket_path) >= sizeof(((struct sockaddr_un *) NULL)->sun_path))) {
                 fprintf(stderr, "shmbrokerd: --socket must be a path of 1-%zu bytes\n",

@@ -2596,14 +2596,14 @@ END_TEST
 
 /*
  * shmbrokerd(8), EXIT STATUS: "2 Usage error: an unknown option, a missing
- * option argument, or an unexpected argument", with nothing started; --help
+ * option argument, an unexpected argument", or an empty path, with nothing started; --help
  * and --version print on standard output and exit 0; --check-config prints
  * "PATH: configuration OK (N channels)" on standard output.
  */
 START_TEST(test_command_line_usage_and_exit_codes) {
         static const char *const usage_errors[] = { "--no-such-option", "-q", "-c", "--socket", "--state-dir",
                                                     "--check-config extra", "stray-argument", "--socket ''",
-                                                    "--socket $(printf '%0120d' 0)" };
+                                                    "--socket $(printf '%0120d' 0)", "--state-dir ''", "-c ''" };
         char out[4096], expect[700];
         DIR *dir;
 
