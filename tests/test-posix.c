@@ -1645,6 +1645,184 @@ START_TEST(test_owner_change_killed_at_each_step) {
 }
 END_TEST
 
+/* Channel x of the replacement tests: replaced by a reload, as a bigger segment asks. */
+#define X_BEFORE "[{\"name\": \"x\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1, 0], \"mode\": \"0600\"}]"
+#define X_AFTER "[{\"name\": \"x\", \"kind\": \"posix\", \"size\": 8192, \"semaphores\": [1, 0], \"mode\": \"0600\"}]"
+
+static const char *const x_names[] = { "shmbroker.x", "sem.shmbroker.x.0", "sem.shmbroker.x.1" };
+
+/*
+ * A reload that replaces a posix channel must never leave its names free
+ * between the old files and the new: /dev/shm is world-writable, and a user
+ * with no right to the channel who creates a file at a free name (inotify
+ * tells it when) takes the channel away for good, since every later reload
+ * and start then fails on that name. The daemon is traced and, after every
+ * system call it makes during the reload, the test looks whether a name of
+ * the channel is free and, if it is, takes it as another user would: no
+ * timing involved.
+ */
+START_TEST(test_replacing_reload_leaves_no_name_free) {
+        bool squatted = false;
+        json_t *list;
+        int fd;
+
+        test_daemon_write_config(&td, X_BEFORE);
+        test_start_ok();
+        test_daemon_write_config(&td, X_AFTER);
+        test_daemon_trace(&td);
+        test_reload_async();
+        while (!squatted && !test_reload_done()) {
+                ck_assert_msg(test_next_syscall_stop(td.pid), "the daemon ended by itself");
+                for (size_t i = 0; i < sizeof x_names / sizeof *x_names && !squatted; i++) {
+                        char path[64];
+
+                        snprintf(path, sizeof path, PSEM_DIR "/%s", x_names[i]);
+                        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+                        if (fd < 0)
+                                continue;
+                        ck_assert_int_eq(fchown(fd, NOBODY, NOBODY), 0);
+                        close(fd);
+                        squatted = true;
+                }
+        }
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        test_reload_wait();
+        fd = test_connect(td.socket);
+        list = test_request(fd, "{\"op\": \"list\"}");
+        close(fd);
+        ck_assert_msg(!squatted && test_find_channel(list, "x"),
+                      "a name of channel x was free during the reload and another user took it; the channel is %s",
+                      test_find_channel(list, "x") ? "still listed" : "gone");
+        json_decref(list);
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
+/*
+ * The same for a channel made again because a client truncated its
+ * segment: the open that finds it so replaces the files, and must leave no
+ * name free either.
+ */
+START_TEST(test_remade_channel_leaves_no_name_free) {
+        int fd, fds[PROTO_FDS_MAX], status;
+        bool squatted = false;
+        json_t *resp, *list;
+        pid_t opener;
+        size_t n;
+
+        test_daemon_write_config(&td, X_BEFORE);
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"x\", \"access\": \"rw\", \"fd\": true}", fds,
+                                PROTO_FDS_MAX, &n);
+        test_assert_ok(resp);
+        json_decref(resp);
+        ck_assert_int_eq(ftruncate(fds[0], 0), 0);
+        close_all(fds, n);
+        close(fd);
+
+        test_daemon_trace(&td);
+        opener = fork();
+        ck_assert_int_ge(opener, 0);
+        if (opener == 0) {
+                char c;
+
+                fd = test_connect(td.socket);
+                test_send(fd, "{\"op\": \"open\", \"channel\": \"x\", \"access\": \"rw\"}\n", 47);
+                (void) read(fd, &c, 1);
+                _exit(0);
+        }
+        while (!squatted && waitpid(opener, &status, WNOHANG) != opener) {
+                ck_assert_msg(test_next_syscall_stop(td.pid), "the daemon ended by itself");
+                for (size_t i = 0; i < sizeof x_names / sizeof *x_names && !squatted; i++) {
+                        char path[64];
+
+                        snprintf(path, sizeof path, PSEM_DIR "/%s", x_names[i]);
+                        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+                        if (fd < 0)
+                                continue;
+                        ck_assert_int_eq(fchown(fd, NOBODY, NOBODY), 0);
+                        close(fd);
+                        squatted = true;
+                }
+        }
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        if (squatted)
+                ck_assert_int_eq(waitpid(opener, &status, 0), opener);
+        fd = test_connect(td.socket);
+        list = test_request(fd, "{\"op\": \"list\"}");
+        close(fd);
+        ck_assert_msg(!squatted && test_find_channel(list, "x"),
+                      "a name of channel x was free while it was made again and another user took it; the channel "
+                      "is %s", test_find_channel(list, "x") ? "still listed" : "gone");
+        ck_assert_uint_ne(shm_stat("shmbroker.x").st_size, 0);
+        json_decref(list);
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
+/* A step of a replacement: a file made, renamed or unlinked in /dev/shm, or a write of the state file. */
+static bool at_file_or_state_write(pid_t pid, uint64_t nr, uint64_t arg0) {
+        return ((nr == SYS_openat || nr == SYS_renameat2 || nr == SYS_unlinkat) &&
+                test_fd_path_ends_with(pid, arg0, "dev/shm")) || test_at_state_write(pid, nr, arg0);
+}
+
+/*
+ * The replacing reload, killed at each of its steps in turn (the making of
+ * a new file, its move into place, the unlink of the old one, each state
+ * write). Wherever it died, every name of the channel still names a file
+ * (the old one or the new: none was free for another user to take), the
+ * next start makes the channel, and its stop leaves /dev/shm as it was:
+ * nothing the killed run made is left, under any name, and another user's
+ * file beside the channel's is untouched.
+ */
+START_TEST(test_replacement_killed_at_each_step) {
+        char *before, *log;
+        struct stat planted;
+        int k;
+
+        /* Another user's, at the name a third semaphore of x would take. */
+        plant(PSEM_DIR "/sem.shmbroker.x.2", &planted);
+        before = shm_listing();
+        for (k = 1;; k++) {
+                json_t *list;
+                int fd;
+
+                test_daemon_write_config(&td, X_BEFORE);
+                test_start_ok();
+                test_daemon_write_config(&td, X_AFTER);
+                test_daemon_trace(&td);
+                test_reload_async();
+                if (!test_daemon_kill_at(&td, k, at_file_or_state_write, test_reload_done)) {
+                        /* The reload took fewer than k steps: every one was a kill point. */
+                        test_reload_wait();
+                        test_daemon_stop_ok(&td);
+                        assert_listing(before);
+                        break;
+                }
+                test_reload_wait();
+                for (size_t i = 0; i < sizeof x_names / sizeof *x_names; i++)
+                        ck_assert_msg(shm_exists(x_names[i]), "killed at step %d of the replacement: %s/%s was free",
+                                      k, PSEM_DIR, x_names[i]);
+                test_start_ok();
+                fd = test_connect(td.socket);
+                list = test_request(fd, "{\"op\": \"list\"}");
+                close(fd);
+                log = log_now();
+                ck_assert_msg(test_find_channel(list, "x"), "killed at step %d of the replacement: the next start "
+                              "has no channel x:\n%s", k, log);
+                free(log);
+                json_decref(list);
+                test_daemon_stop_ok(&td);
+                assert_listing(before);
+                assert_unchanged(PSEM_DIR "/sem.shmbroker.x.2", &planted);
+        }
+        /* Three files, each with its intent, made, moved into place, its old one unlinked, recorded. */
+        ck_assert_int_ge(k, 15);
+        free(before);
+}
+END_TEST
+
 /* Reclaim unlinks only the recorded inodes: a file put at a name after the crash stays. */
 /* raw1 (as channel, its JSON) crashes, and somebody else's file takes the name of its semaphore 1. */
 static void assert_reclaim_spares_replaced(const char *channel) {
@@ -2284,6 +2462,9 @@ int main(void) {
                                              test_stop_and_reload_spare_replaced, test_other_owner_removed,
                                              test_truncated_by_client, test_reload_group_refuses_holder,
                                              test_create_failure_removes, test_reload_keeps_what_it_could_not_remove } },
+                { "replace", CASE_TIMEOUT, { test_replacing_reload_leaves_no_name_free,
+                                             test_remade_channel_leaves_no_name_free,
+                                             test_replacement_killed_at_each_step } },
                 { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt, test_crash_reclaim_spares_replaced,
                                            test_crash_reclaim_intent, test_crash_other_owner,
                                            test_owner_change_killed_at_each_step,
