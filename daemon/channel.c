@@ -436,8 +436,8 @@ int channel_posix_servable(const ChannelSpec *s, char *msg, size_t msg_size) {
         return -EPERM;
 }
 
-/* The posix side of channel_create(): files instead of keys (daemon/posix.h). */
-static int create_posix(Channel *c, State *state, char *msg, size_t msg_size) {
+/* The posix side of channel_create(): files instead of keys (daemon/posix.h), over old's when given. */
+static int create_posix(Channel *c, State *state, PosixObjects *old, char *msg, size_t msg_size) {
         const ChannelSpec *spec = &c->spec;
         StateRecord rec;
         int r;
@@ -445,7 +445,7 @@ static int create_posix(Channel *c, State *state, char *msg, size_t msg_size) {
         r = channel_posix_servable(spec, msg, msg_size);
         if (r < 0)
                 return r;
-        r = posix_objects_create(spec, bcast_table_size(spec->subscribers), state, &c->posix, msg, msg_size);
+        r = posix_objects_create(spec, bcast_table_size(spec->subscribers), state, old, &c->posix, msg, msg_size);
         if (r < 0)
                 return r;
         c->made_pid = c->posix.made_pid;
@@ -471,8 +471,12 @@ static int create_posix(Channel *c, State *state, char *msg, size_t msg_size) {
         return r;
 }
 
-/* The posix side of remove_objects(): tell the clients, then unlink what is still ours. */
-static void remove_posix(Channel *c, State *state) {
+/*
+ * What removing a posix channel starts with: it is no channel any more,
+ * and its clients are told so. Its files stay open and at their names,
+ * for a replacement to take their places (posix_objects_create()).
+ */
+static void retire_posix(Channel *c, State *state) {
         if (state && c->posix.shm.fd >= 0) {
                 StateRecord rec = chan_record(c);
 
@@ -482,12 +486,19 @@ static void remove_posix(Channel *c, State *state) {
                 ring_mark_removed(c->addr);
         if (c->addr && c->spec.layout == PROTO_LAYOUT_BROADCAST)
                 bcast_mark_removed(c->addr, c->table_addr);
-        posix_objects_remove(&c->posix, state);
+        posix_objects_mark_removed(&c->posix);
+        /* The mappings go with the files, wherever that is. */
         c->addr = c->table_addr = NULL;
 }
 
-int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n_fixed, State *state,
-                   Channel **ret, char *msg, size_t msg_size) {
+/* The posix side of remove_objects(): tell the clients, then unlink what is still ours. */
+static void remove_posix(Channel *c, State *state) {
+        retire_posix(c, state);
+        posix_objects_remove(&c->posix, state);
+}
+
+static int create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n_fixed, State *state,
+                  PosixObjects *old, Channel **ret, char *msg, size_t msg_size) {
         Channel *c = NULL;
         union semun arg;
         int r;
@@ -498,7 +509,7 @@ int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n
                 return r;
         }
         if (spec->kind == PROTO_KIND_POSIX) {
-                r = create_posix(c, state, msg, msg_size);
+                r = create_posix(c, state, old, msg, msg_size);
                 if (r < 0)
                         goto fail;
                 *ret = c;
@@ -559,6 +570,27 @@ int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n
         return 0;
 fail:
         channel_free(c, state);
+        return r;
+}
+
+int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n_fixed, State *state,
+                   Channel **ret, char *msg, size_t msg_size) {
+        return create(spec, fixed_keys, n_fixed, state, NULL, ret, msg, msg_size);
+}
+
+int channel_replace(Channel *old, const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n_fixed,
+                    State *state, Channel **ret, char *msg, size_t msg_size) {
+        int r;
+
+        /* System V objects go first: their keys must be free again. */
+        if (old->spec.kind != PROTO_KIND_POSIX || spec->kind != PROTO_KIND_POSIX) {
+                channel_free(old, state);
+                return create(spec, fixed_keys, n_fixed, state, NULL, ret, msg, msg_size);
+        }
+        retire_posix(old, state);
+        r = create(spec, fixed_keys, n_fixed, state, &old->posix, ret, msg, msg_size);
+        /* What of its files is left (none once create_posix() ran): unlinked as at any removal. */
+        channel_free(old, state);
         return r;
 }
 
@@ -636,14 +668,13 @@ int channel_remake(Channel **c, State *state, char *msg, size_t msg_size) {
                 *c = channel_free(*c, state);   /* as on any failure: *c is NULL */
                 return -ENOMEM;
         }
-        /* The remains go first: the key must be free again. */
-        *c = channel_free(*c, state);
         /* Same key as before: clients and admins keep finding it where it was. (Files keep their names.) */
         if (spec.kind == PROTO_KIND_SYSV) {
                 spec.has_key = true;
                 spec.key = key;
         }
-        r = channel_create(&spec, NULL, 0, state, &fresh, msg, msg_size);
+        /* The remains go first, as a key must be free again; a file has its place taken (channel_replace()). */
+        r = channel_replace(*c, &spec, NULL, 0, state, &fresh, msg, msg_size);
         if (r == 0) {
                 /* Remember the channel as configured, not as pinned here, so a reload compares right. */
                 fresh->spec.has_key = configured_has_key;

@@ -122,6 +122,16 @@ int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n
 Channel *channel_free(Channel *c, State *state);
 
 /*
+ * Remove old and make the channel spec anew, as channel_free() and
+ * channel_create() do, old freed in every case. A posix channel's files
+ * are not unlinked first: each new file takes the place of the old one in
+ * one step (posix_objects_create()), so no name is ever free for another
+ * user to take; what no new file replaces goes after.
+ */
+int channel_replace(Channel *old, const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n_fixed,
+                    State *state, Channel **ret, char *msg, size_t msg_size);
+
+/*
  * Fill the open/list view of *ret from what the daemon knows. No syscalls.
  * A posix channel's sem_names are borrowed from c: not for proto_channel_done().
  */

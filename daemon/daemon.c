@@ -269,7 +269,7 @@ static void reclaim_previous_runs(Daemon *d, const char *dir, const char *owner)
                 }
                 r = state_read(old, &v, &n, &skipped);
                 if (r == 0) {
-                        reclaim_records(v, n, &res);
+                        reclaim_records(v, n, state_secret(old), &res);
                         log_notice("Reclaimed %zu object(s) left by a run of this configuration on socket %s "
                                    "(%zu already gone, %zu not provably ours and left alone).", res.removed, *name,
                                    res.gone, res.foreign);
@@ -365,7 +365,7 @@ static int open_state_and_reclaim(Daemon *d) {
         (void) adopt_channels(d->registry, d->config, state_secret(d->state), v, n);
         res = (ReclaimResult) {};
         if (n > 0) {
-                reclaim_records(v, n, &res);
+                reclaim_records(v, n, state_secret(d->state), &res);
                 log_notice("Reclaimed %zu object(s) left by a previous run (%zu already gone, %zu not provably "
                            "ours and left alone).", res.removed, res.gone, res.foreign);
                 if (res.kept > 0)

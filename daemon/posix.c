@@ -32,6 +32,7 @@
 #include "common/util.h"
 #include "daemon/posix.h"
 #include "daemon/self.h"
+#include "daemon/siphash.h"
 
 static int open_dir(void) {
         int fd = open(PSEM_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -72,6 +73,21 @@ int posix_record_file_name(const StateRecord *rec, char *buf, size_t size) {
         if (!proto_name_is_valid(rec->name))
                 return -EINVAL;
         return file_name(rec->name, rec->id, buf, size);
+}
+
+/*
+ * Where the file an intent is for is made and set up before it takes its
+ * name (file_place()): derived from the key secret, so that no other user
+ * can know it in advance, and from the intent, so that crash reclaim finds
+ * it again. No name of a channel begins with a dot.
+ */
+static int temp_name(const uint8_t *secret, const StateRecord *intent, char *buf, size_t size) {
+        char in[sizeof intent->name + 64];
+        int n = snprintf(in, sizeof in, "%s %d %d %lld", intent->name, intent->id, (int) intent->pid,
+                         (long long) intent->since);
+        int k = snprintf(buf, size, ".shmbroker-new.%016" PRIx64, siphash24(secret, in, (size_t) n));
+
+        return k < 0 || (size_t) k >= size ? -ENAMETOOLONG : 0;
 }
 
 static void file_init(PosixFile *f) {
@@ -385,16 +401,53 @@ static PosixFile *objects_file(PosixObjects *p, int role) {
 }
 
 /*
- * Make one file and record it: its intent first (name, maker, time, size),
- * then in one write its device and inode with the intent cancelled, so a
- * kill at any point leaves a record that reclaim can judge.
+ * Put f, made and set up at dir/tmp, at dir/name in one step, so that the
+ * name is never free for another user to take: where nothing is
+ * (RENAME_NOREPLACE), or over `was` (RENAME_EXCHANGE), the file of the
+ * channel it replaces, which then is at tmp for the caller to unlink.
+ * -EEXIST when name holds another file, which is left there (and f at tmp).
  */
-static int create_one(int dir, PosixObjects *p, const char *channel, int role, size_t size, State *state,
-                      char *msg, size_t msg_size) {
+static int file_place(int dir, const char *tmp, const char *name, const PosixFile *was) {
+        struct stat st;
+
+        if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+                if (errno != ENOENT)
+                        return -errno;
+                return renameat2(dir, tmp, dir, name, RENAME_NOREPLACE) < 0 ? -errno : 0;
+        }
+        if (!was || !stat_is_file(&st, was))
+                return -EEXIST;
+        if (renameat2(dir, tmp, dir, name, RENAME_EXCHANGE) < 0)
+                return -errno;
+        /* Only was's owner (or root) can have put another file at name in between: it goes back. */
+        if (fstatat(dir, tmp, &st, AT_SYMLINK_NOFOLLOW) < 0 || !stat_is_file(&st, was)) {
+                (void) renameat2(dir, tmp, dir, name, RENAME_EXCHANGE);
+                return -EEXIST;
+        }
+        return 0;
+}
+
+/*
+ * Make one file and record it: its intent first (name, maker, time, size,
+ * and the file it replaces), then the file under a name derived from the
+ * intent (temp_name()), set up (a semaphore initialised), then put at its
+ * name (file_place()), then in one write its device and inode with the
+ * intent cancelled, so a kill at any point leaves a record that reclaim
+ * can judge. `was`, when the channel had this file before (open, its
+ * waiters told): its record goes with the intent's write, the intent
+ * covering it at either name until it is unlinked, and it comes back when
+ * nothing was put in its place, for the caller to remove the file as any.
+ */
+static int create_one(int dir, PosixObjects *p, PosixFile *was, const PosixObjects *old, const ChannelSpec *spec,
+                      int role, size_t size, State *state, char *msg, size_t msg_size) {
+        static const uint8_t no_secret[SIPHASH_KEY_SIZE];
         PosixFile *f = objects_file(p, role);
-        char name[NAME_MAX + 1];
-        StateRecord recs[2], intent = { .kind = STATE_POSIX, .pending = true, .id = role, .pid = p->made_pid,
-                                        .since = p->made_since, .size = size, .uid = (uid_t) -1 };
+        const char *channel = spec->name;
+        char name[NAME_MAX + 1], tmp[NAME_MAX + 1];
+        StateRecord recs[2], prior = {}, intent = { .kind = STATE_POSIX, .pending = true, .id = role,
+                                                    .pid = p->made_pid, .since = p->made_since, .size = size,
+                                                    .uid = (uid_t) -1 };
+        const char *step = "create";
         bool left;
         int r, k;
 
@@ -404,31 +457,60 @@ static int create_one(int dir, PosixObjects *p, const char *channel, int role, s
                 return r;
         }
         snprintf(intent.name, sizeof intent.name, "%s", channel);
-        r = state ? state_append_records(state, &intent, 1, NULL, 0) : 0;
+        if (was && was->fd < 0)
+                was = NULL;
+        if (was) {
+                prior = file_record(was, channel, role, old->made_pid, old->made_since);
+                intent.dev = prior.dev;
+                intent.ino = prior.ino;
+                intent.uid = prior.uid;
+        }
+        /* Without a state (never in the daemon) nothing is recorded and no secret is needed. */
+        (void) temp_name(state ? state_secret(state) : no_secret, &intent, tmp, sizeof tmp);
+        r = state ? state_append_records(state, &intent, 1, &prior, was ? 1 : 0) : 0;
         if (r < 0) {
                 msg_set(msg, msg_size, "channel \"%s\": cannot record %s/%s in %s: %s", channel, PSEM_DIR, name,
                         state_path(state), strerror(-r));
                 return r;
         }
-        r = file_create(dir, name, size, f, &left);
-        /* Nothing made, or made and gone again: no intent to keep. A file that may be left keeps it. */
+        r = file_create(dir, tmp, size, f, &left);
+        if (r == 0 && role >= 0) {
+                step = "initialise";
+                r = sem_file_init(f, spec->sem_values[role]);
+        }
+        if (r == 0) {
+                step = "move into place";
+                r = file_place(dir, tmp, name, was);
+        }
+        if (r < 0 && f->fd >= 0) {
+                k = unlink_checked(dir, tmp, stat_is_file, f);
+                left = k != 1 && k != -ENOENT;
+                file_close(f);
+        }
+        /* Nothing made, or made and gone again: the intent goes, the replaced file's record comes back. */
         if (r < 0 && !left && state)
-                (void) state_append_records(state, NULL, 0, &intent, 1);
+                (void) state_append_records(state, &prior, was ? 1 : 0, &intent, 1);
         if (r == -EEXIST) {
                 msg_set(msg, msg_size, "channel \"%s\": %s/%s already exists and was not made by this daemon; "
                         "it is left untouched (remove it if it is a leftover)", channel, PSEM_DIR, name);
                 return r;
         }
         if (r < 0) {
-                msg_set(msg, msg_size, "channel \"%s\": cannot create %s/%s of %zu bytes: %s%s", channel, PSEM_DIR,
+                msg_set(msg, msg_size, "channel \"%s\": cannot %s %s/%s of %zu bytes: %s%s", channel, step, PSEM_DIR,
                         name, size, strerror(-r), left ? " (it may be left, recorded for the next start)" : "");
                 return r;
         }
+        /* The replaced file, now at tmp. One that cannot go stays under the intent, for the next start. */
+        k = was ? unlink_checked(dir, tmp, stat_is_file, was) : 1;
+        if (was)
+                file_close(was);
+        if (k < 0 && k != -ENOENT && state)
+                (void) state_keep(state, &intent, -k);
         if (!state)
                 return 0;
         recs[0] = file_record(f, channel, role, p->made_pid, p->made_since);
         recs[1] = intent;
-        r = state_append_records(state, &recs[0], 1, &recs[1], 1);
+        r = state_append_records(state, &recs[0], 1, &recs[1], k < 0 && k != -ENOENT ? 0 : 1);
         if (r < 0) {
                 msg_set(msg, msg_size, "channel \"%s\": cannot record %s/%s in %s: %s", channel, PSEM_DIR, name,
                         state_path(state), strerror(-r));
@@ -471,8 +553,8 @@ uint64_t posix_objects_bytes(const ChannelSpec *spec, uint64_t table_size, uint6
         return n + (uint64_t) spec->nsems * whole_pages(sizeof(PosixSemFile), page);
 }
 
-int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *state, PosixObjects *ret,
-                         char *msg, size_t msg_size) {
+int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *state, PosixObjects *old,
+                         PosixObjects *ret, char *msg, size_t msg_size) {
         _cleanup_(closep) int dir = -1;
         PosixObjects p;
         int r;
@@ -484,24 +566,25 @@ int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *st
         r = objects_begin(&p, spec, &dir, msg, msg_size);
         if (r < 0)
                 goto fail;
-        r = create_one(dir, &p, spec->name, POSIX_ROLE_SEGMENT, spec->size, state, msg, msg_size);
+        r = create_one(dir, &p, old ? &old->shm : NULL, old, spec, POSIX_ROLE_SEGMENT, spec->size, state, msg,
+                       msg_size);
         if (r == 0 && spec->layout == PROTO_LAYOUT_BROADCAST)
-                r = create_one(dir, &p, spec->name, POSIX_ROLE_TABLE, table_size, state, msg, msg_size);
-        for (unsigned i = 0; r == 0 && i < spec->nsems; i++) {
-                r = create_one(dir, &p, spec->name, (int) i, sizeof(PosixSemFile), state, msg, msg_size);
-                if (r == 0) {
-                        r = sem_file_init(&p.sems[i], spec->sem_values[i]);
-                        if (r < 0)
-                                msg_set(msg, msg_size, "channel \"%s\": cannot initialise semaphore %u: %s",
-                                        spec->name, i, strerror(-r));
-                }
-        }
+                r = create_one(dir, &p, old ? &old->table : NULL, old, spec, POSIX_ROLE_TABLE, table_size, state,
+                               msg, msg_size);
+        for (unsigned i = 0; r == 0 && i < spec->nsems; i++)
+                r = create_one(dir, &p, old ? objects_file(old, (int) i) : NULL, old, spec, (int) i,
+                               sizeof(PosixSemFile), state, msg, msg_size);
         if (r < 0)
                 goto fail;
+        /* What the new files did not take the place of goes as any removed file. */
+        if (old)
+                posix_objects_remove(old, state);
         *ret = p;
         return 0;
 fail:
         posix_objects_remove(&p, state);
+        if (old)
+                posix_objects_remove(old, state);
         return r;
 }
 
@@ -704,14 +787,19 @@ int posix_objects_check(const PosixObjects *p) {
         return 0;
 }
 
+void posix_objects_mark_removed(PosixObjects *p) {
+        for (unsigned i = 0; !p->told && p->sems && i < p->nsems; i++)
+                if (p->sems[i].addr)
+                        sem_file_mark_removed(p->sems[i].addr, p->sems[i].size, true);
+        p->told = true;
+}
+
 void posix_objects_remove(PosixObjects *p, State *state) {
         _cleanup_(closep) int dir = open_dir();
         const char *channel = p->shm_name + strlen("/shmbroker.");
 
         /* Semaphores first: their waiters learn of the removal while the segment is still there. */
-        for (unsigned i = 0; p->sems && i < p->nsems; i++)
-                if (p->sems[i].addr)
-                        sem_file_mark_removed(p->sems[i].addr, p->sems[i].size, true);
+        posix_objects_mark_removed(p);
         for (int role = POSIX_ROLE_TABLE; role < (int) p->nsems; role++) {
                 PosixFile *f = objects_file(p, role);
                 char name[NAME_MAX + 1];
@@ -855,12 +943,15 @@ int posix_objects_sem_value(const PosixObjects *p, unsigned idx, int *ret) {
  */
 #define INTENT_WINDOW_SEC 60
 
-static int reclaim_intent(int dir, const StateRecord *rec, const char *name) {
+static int reclaim_intent_at(int dir, const StateRecord *rec, const char *name) {
         StateRecord found;
         struct stat st;
 
         if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
                 return -errno;
+        /* The file it replaces, proven as by its own record; its waiters were told before the intent was written. */
+        if ((rec->dev != 0 || rec->ino != 0) && stat_is_recorded(&st, rec))
+                return unlink_checked(dir, name, stat_is_recorded, rec);
         if (!stat_is_ours(&st) || st.st_nlink != 1 || (st.st_mode & 07777) != 0600 ||
             (st.st_size != 0 && (uint64_t) st.st_size != rec->size) || st.st_ctim.tv_sec < rec->since ||
             st.st_ctim.tv_sec > rec->since + INTENT_WINDOW_SEC)
@@ -869,10 +960,30 @@ static int reclaim_intent(int dir, const StateRecord *rec, const char *name) {
         found = *rec;
         found.dev = (uint64_t) st.st_dev;
         found.ino = (uint64_t) st.st_ino;
+        found.uid = (uid_t) -1;
         return unlink_checked(dir, name, stat_is_recorded, &found);
 }
 
-int posix_reclaim_file(const StateRecord *rec, void (*mark)(void *addr, size_t size)) {
+/* How much a result of reclaim_intent_at() says: kept (an error) over another's file over removed over gone. */
+static int intent_rank(int r) {
+        return r == -ENOENT ? 0 : r == 1 ? 1 : r == 0 ? 2 : 3;
+}
+
+/*
+ * An intent's file, and the file it replaces, are each at its name or at
+ * its temporary name (create_one()), whichever step the kill came at.
+ */
+static int reclaim_intent(int dir, const StateRecord *rec, const char *name, const uint8_t *secret) {
+        char tmp[NAME_MAX + 1];
+        int r = reclaim_intent_at(dir, rec, name), k;
+
+        if (!secret || temp_name(secret, rec, tmp, sizeof tmp) < 0)
+                return r;
+        k = reclaim_intent_at(dir, rec, tmp);
+        return intent_rank(k) > intent_rank(r) ? k : r;
+}
+
+int posix_reclaim_file(const StateRecord *rec, const uint8_t *secret, void (*mark)(void *addr, size_t size)) {
         _cleanup_(closep) int dir = -1;
         char name[NAME_MAX + 1];
         PosixFile f;
@@ -886,7 +997,7 @@ int posix_reclaim_file(const StateRecord *rec, void (*mark)(void *addr, size_t s
                 return dir;
         /* Never initialised, never handed out: nobody waits on it. */
         if (rec->pending)
-                return reclaim_intent(dir, rec, name);
+                return reclaim_intent(dir, rec, name, secret);
         /* Opened (O_NOFOLLOW, the recorded inode, ours) only to tell its waiters. */
         r = adopt_one(dir, rec, &f);
         if (r == 0) {

@@ -15,6 +15,12 @@
  * uid, or (a file the daemon still holds open, so the inode cannot have
  * been freed and its number reused) by the owner the daemon gave it.
  *
+ * A file is made under a temporary name that only the daemon can derive,
+ * set up there and only then put at its name in one step: over the file
+ * it replaces (RENAME_EXCHANGE; that one is unlinked from the temporary
+ * name after) or where nothing is (RENAME_NOREPLACE). So a name of a
+ * channel that is being replaced is never free for another user to take.
+ *
  * A client with an rw descriptor can ftruncate(2) a file under the
  * daemon's own mapping; the daemon's access beyond the new end would
  * raise SIGBUS. Every mapping made here is guarded: such a fault maps
@@ -56,6 +62,7 @@ typedef struct PosixObjects {
         PosixFile *sems;                             /* nsems */
         pid_t made_pid;                              /* what the records say: their maker and its time */
         int64_t made_since;
+        bool told;                                   /* the semaphores' waiters were told of the removal */
 } PosixObjects;
 
 /* No files, nothing open: what posix_objects_close() may take. */
@@ -71,9 +78,16 @@ void posix_objects_init(PosixObjects *p);
  * all still 0600 and owned by the daemon. On failure whatever was made is
  * removed again and msg names the file and says why; an existing name is
  * -EEXIST and that file is left untouched.
+ *
+ * old (NULL: none): the files of the channel this one replaces, still open
+ * and at their names, their waiters told (posix_objects_mark_removed()).
+ * Each new file takes the place of the old one of its role in one step
+ * (the name is never free), and the old one is unlinked. On success or
+ * failure, old is removed and closed: what no new file replaced as
+ * posix_objects_remove() does.
  */
-int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *state, PosixObjects *ret,
-                         char *msg, size_t msg_size);
+int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *state, PosixObjects *old,
+                         PosixObjects *ret, char *msg, size_t msg_size);
 
 /* The bytes of /dev/shm that posix_objects_create() with these arguments takes: whole pages of each file. */
 uint64_t posix_objects_bytes(const ChannelSpec *spec, uint64_t table_size, uint64_t page);
@@ -104,8 +118,11 @@ int posix_objects_set_perms(PosixObjects *p, State *state, uid_t uid, gid_t gid,
  */
 int posix_objects_check(const PosixObjects *p);
 
+/* Tell the semaphores' waiters of the removal (PSEM_STATE_REMOVED and one post each), once. */
+void posix_objects_mark_removed(PosixObjects *p);
+
 /*
- * Tell the semaphores' waiters (PSEM_STATE_REMOVED and one post each),
+ * Tell the semaphores' waiters (posix_objects_mark_removed()),
  * unlink every name that still names the file the daemon holds (a regular
  * file owned by the daemon or by whom set_perms gave it), cancel the
  * records of the files that are gone (state may be NULL) and close
@@ -146,10 +163,13 @@ int posix_objects_sem_value(const PosixObjects *p, unsigned idx, int *ret);
  * intent (pending: made, perhaps, but not recorded) is unlinked only when
  * the file is as the daemon leaves it before recording it: ours, 0600,
  * one link, empty or of the intended size, changed within a minute after
- * the intent.
+ * the intent; it is looked for at its name and at the temporary name the
+ * intent and the run's key secret derive (NULL: its name only). An
+ * intent of a replacement also names the file it replaces, which is
+ * unlinked at either name when it is still that inode, as by its record.
  * 1 removed, 0 not ours (untouched), -ENOENT gone, another -errno kept.
  */
-int posix_reclaim_file(const StateRecord *rec, void (*mark)(void *addr, size_t size));
+int posix_reclaim_file(const StateRecord *rec, const uint8_t *secret, void (*mark)(void *addr, size_t size));
 
 /* The file name in /dev/shm (no directory) of a record's file. */
 int posix_record_file_name(const StateRecord *rec, char *buf, size_t size);

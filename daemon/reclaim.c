@@ -160,9 +160,9 @@ static void mark_posix_segment(void *addr, size_t size) {
 }
 
 /* A posix channel's file: its record names the inode, which must still be ours at its name. */
-static int settle_posix(const StateRecord *rec, ReclaimResult *res) {
+static int settle_posix(const StateRecord *rec, const uint8_t *secret, ReclaimResult *res) {
         char name[256] = "?";
-        int r = posix_reclaim_file(rec, rec->id == POSIX_ROLE_SEGMENT ? mark_posix_segment : NULL);
+        int r = posix_reclaim_file(rec, secret, rec->id == POSIX_ROLE_SEGMENT ? mark_posix_segment : NULL);
 
         if (r == 1) {
                 res->removed++;
@@ -192,7 +192,7 @@ static int settle_posix(const StateRecord *rec, ReclaimResult *res) {
 }
 
 /* 1 settled (removed, gone or not ours), 0 to keep recorded; counts what it saw in *res. */
-static int settle(StateRecord *rec, Proven *proven, ReclaimResult *res) {
+static int settle(StateRecord *rec, Proven *proven, const uint8_t *secret, ReclaimResult *res) {
         int r;
 
         /* A channel record names objects that have records of their own; adopted ones live on. */
@@ -203,7 +203,7 @@ static int settle(StateRecord *rec, Proven *proven, ReclaimResult *res) {
                 return 1;
         }
         if (rec->kind == STATE_POSIX)
-                return settle_posix(rec, res);
+                return settle_posix(rec, secret, res);
         r = record_is_ours(rec, proven);
         /* Proven ours, also one removed already (SHM_REMOVED_ATTACHED): its run's set may be paired with it. */
         if (r > 0 && rec->kind == STATE_SHM && !proven_has(proven, rec->key, rec->pid)) {
@@ -237,7 +237,7 @@ static int settle(StateRecord *rec, Proven *proven, ReclaimResult *res) {
         return 0;                       /* unreadable, or IPC_RMID failed: keep it recorded */
 }
 
-void reclaim_records(StateRecord *v, size_t n, ReclaimResult *ret) {
+void reclaim_records(StateRecord *v, size_t n, const uint8_t *secret, ReclaimResult *ret) {
         ReclaimResult res = {};
         Proven proven = {};
         size_t kept = 0;
@@ -257,7 +257,7 @@ void reclaim_records(StateRecord *v, size_t n, ReclaimResult *ret) {
                 for (size_t i = 0; i < n; i++)
                         /* A posix file needs no other's proof: it goes with the segments. */
                         if ((v[i].kind == STATE_SEM) == (pass >= 2) && v[i].pending == (pass % 2 == 1))
-                                keep[i] = !settle(&v[i], &proven, &res);
+                                keep[i] = !settle(&v[i], &proven, secret, &res);
         for (size_t i = 0; i < n; i++)
                 if (keep[i])
                         v[kept++] = v[i];

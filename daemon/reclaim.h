@@ -38,10 +38,12 @@ typedef struct ReclaimResult {
  * or IPC_RMID failed) are moved to the front of v, and their count is
  * ret->kept: the caller keeps them in the state file, so nothing of ours
  * is ever forgotten. Legacy records are settled as foreign; channel records
- * and records marked adopted are settled without a touch. Never fails as a
+ * and records marked adopted are settled without a touch. secret is the
+ * key secret of the run that wrote them: a posix intent's file may be at
+ * the temporary name it derives (posix_reclaim_file()). Never fails as a
  * whole.
  */
-void reclaim_records(StateRecord *v, size_t n, ReclaimResult *ret);
+void reclaim_records(StateRecord *v, size_t n, const uint8_t *secret, ReclaimResult *ret);
 
 /*
  * Whether a recorded (not pending) segment or set is provably the one its

@@ -43,21 +43,28 @@ static void entry_done_holders(Entry *e) {
         holders_done(&e->subs);
 }
 
-/* The entry's holds, its kernel objects, and itself. */
-static void entry_free(Registry *r, Entry *e) {
+/* The entry's holds and itself: its channel, kernel objects and all, is handed back. */
+static Channel *entry_release(Registry *r, Entry *e) {
+        Channel *c = e->channel;
+
         /*
          * REMOVED first: dropping the holds and removing the FIFOs wake
          * waiters in event loops, and one that then read the ring as live
          * would arm again, for a FIFO that nobody will ever write.
          */
-        channel_mark_removed(e->channel);
+        channel_mark_removed(c);
         drop_holds(e);
         /* After its holds: their DEAD marks signal the FIFOs, which must not come back. */
-        if (e->has_wake && e->channel)
-                wake_remove(r->wake, e->channel->spec.name);
-        channel_free(e->channel, r->state);
+        if (e->has_wake && c)
+                wake_remove(r->wake, c->spec.name);
         entry_done_holders(e);
         free(e);
+        return c;
+}
+
+/* The entry's holds, its kernel objects, and itself. */
+static void entry_free(Registry *r, Entry *e) {
+        channel_free(entry_release(r, e), r->state);
 }
 
 void registry_mark_removed(Registry *r) {
@@ -175,15 +182,11 @@ int registry_adopt(Registry *r, Channel *c, size_t *ret_orphans) {
         return 0;
 }
 
-int registry_create(Registry *r, const ChannelSpec *spec, const uint32_t *fixed, size_t n_fixed, Channel **ret,
-                    char *msg, size_t msg_size) {
-        Channel *c;
-        int k;
+/* Register c, just made; on failure it is removed again. */
+static int registry_add_made(Registry *r, const ChannelSpec *spec, Channel *c, Channel **ret, char *msg,
+                             size_t msg_size) {
+        int k = registry_add(r, c, false, NULL);
 
-        k = channel_create(spec, fixed, n_fixed, r->state, &c, msg, msg_size);
-        if (k < 0)
-                return k;
-        k = registry_add(r, c, false, NULL);
         if (k < 0) {
                 msg_set(msg, msg_size, "channel \"%s\": cannot register it: %s", spec->name, strerror(-k));
                 channel_free(c, r->state);
@@ -192,6 +195,15 @@ int registry_create(Registry *r, const ChannelSpec *spec, const uint32_t *fixed,
         if (ret)
                 *ret = c;
         return 0;
+}
+
+int registry_create(Registry *r, const ChannelSpec *spec, const uint32_t *fixed, size_t n_fixed, Channel **ret,
+                    char *msg, size_t msg_size) {
+        Channel *c;
+        int k;
+
+        k = channel_create(spec, fixed, n_fixed, r->state, &c, msg, msg_size);
+        return k < 0 ? k : registry_add_made(r, spec, c, ret, msg, msg_size);
 }
 
 /* Take e out of the array, keeping the order (a sorted registry stays sorted). */
@@ -222,6 +234,16 @@ void registry_forget_adopted(Registry *r) {
 void registry_remove(Registry *r, Entry *e) {
         entries_drop(r, e);
         entry_free(r, e);
+}
+
+int registry_replace(Registry *r, Entry *e, const ChannelSpec *spec, const uint32_t *fixed, size_t n_fixed,
+                     char *msg, size_t msg_size) {
+        Channel *c;
+        int k;
+
+        entries_drop(r, e);
+        k = channel_replace(entry_release(r, e), spec, fixed, n_fixed, r->state, &c, msg, msg_size);
+        return k < 0 ? k : registry_add_made(r, spec, c, NULL, msg, msg_size);
 }
 
 int registry_repair(Registry *r, Entry *e, bool *ret_remade, char *msg, size_t msg_size) {

@@ -142,6 +142,15 @@ void registry_forget_adopted(Registry *r);
 void registry_remove(Registry *r, Entry *e);
 
 /*
+ * Remove e and create spec's channel in its place, as registry_remove()
+ * and registry_create() would, but a posix channel's names never free in
+ * between (channel_replace()). Negative errno with msg: then e is removed
+ * all the same and nothing is in its place.
+ */
+int registry_replace(Registry *r, Entry *e, const ChannelSpec *spec, const uint32_t *fixed, size_t n_fixed,
+                     char *msg, size_t msg_size);
+
+/*
  * Make sure e's objects still exist; when an admin removed them, drop the
  * holds and make the channel again under its key. Returns 0 (intact, or
  * remade: *ret_remade says which), or a negative errno with msg, in which

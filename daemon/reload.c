@@ -114,6 +114,7 @@ typedef struct Plan {
         const ChannelSpec **later;
         Entry **replace;
         pid_t *holder;                  /* replaced for its perms (same objects): the holder they refuse */
+        bool *in_step3;                 /* a posix channel's replacement: the old one stays until step 3 */
         size_t n_later;
 } Plan;
 
@@ -123,6 +124,7 @@ static void plan_done(Plan *p) {
         free(p->later);
         free(p->replace);
         free(p->holder);
+        free(p->in_step3);
 }
 
 /* Whether channel c holds System V key `key`: its segment's and set's, or its subscriber table's. */
@@ -170,8 +172,9 @@ static int plan_make(Registry *reg, const Config *cfg, Plan *p) {
         p->later = calloc(cfg->n_channels + 1, sizeof *p->later);
         p->replace = calloc(cfg->n_channels + 1, sizeof *p->replace);
         p->holder = calloc(cfg->n_channels + 1, sizeof *p->holder);
+        p->in_step3 = calloc(cfg->n_channels + 1, sizeof *p->in_step3);
         p->remove = calloc(reg->n + 1, sizeof *p->remove);
-        if (!p->add || !p->later || !p->replace || !p->holder || !p->remove)
+        if (!p->add || !p->later || !p->replace || !p->holder || !p->in_step3 || !p->remove)
                 return -ENOMEM;
 
         for (size_t i = 0; i < reg->n; i++) {
@@ -188,6 +191,8 @@ static int plan_make(Registry *reg, const Config *cfg, Plan *p) {
                 if (e && (!channel_spec_same_objects(&e->channel->spec, s) || derived_key_now_fixed(cfg, e) ||
                           perms_revoke_hold(e, s, &holder))) {
                         p->holder[p->n_later] = holder;
+                        /* Files hold no key: the old ones go in step 3, as each new one takes its name. */
+                        p->in_step3[p->n_later] = e->channel->spec.kind == PROTO_KIND_POSIX;
                         p->replace[p->n_later] = e;
                         p->later[p->n_later++] = s;
                 }
@@ -348,7 +353,10 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                 if (names_add(&res->added, p->add[i]->name) < 0)
                         return -ENOMEM;
 
-        /* 2. Remove the dropped ones, and the old objects of the replaced ones: every key they free is free before step 3. */
+        /*
+         * 2. Remove the dropped ones, and the old objects of the replaced ones: every key they free is free
+         * before step 3. A replaced posix channel stays until step 3 replaces it.
+         */
         for (size_t i = 0; i < p->n_remove; i++) {
                 if (names_add(&res->removed, p->remove[i]->channel->spec.name) < 0)
                         return -ENOMEM;
@@ -372,7 +380,8 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                                          "connection; replacing the channel instead of changing it in place.",
                                          p->later[i]->name);
                 }
-                registry_remove(reg, p->replace[i]);
+                if (!p->in_step3[i])
+                        registry_remove(reg, p->replace[i]);
         }
 
         /* 3. Create the replacements and the adds that waited for a key. */
@@ -380,7 +389,11 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                 const ChannelSpec *s = p->later[i];
                 char why[512];
 
-                r = registry_create(reg, s, cfg->fixed_keys, cfg->n_fixed_keys, NULL, why, sizeof why);
+                if (p->in_step3[i])
+                        r = registry_replace(reg, p->replace[i], s, cfg->fixed_keys, cfg->n_fixed_keys, why,
+                                             sizeof why);
+                else
+                        r = registry_create(reg, s, cfg->fixed_keys, cfg->n_fixed_keys, NULL, why, sizeof why);
                 if (r < 0) {
                         log_error("Reload: %s; the channel %s until a later reload.", why,
                                   p->replace[i] ? "is gone" : "is not added");
@@ -422,8 +435,7 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
 
                         log_info("Reload: channel %s: a process attached it while the reload ran; replacing the "
                                  "channel instead of changing it in place.", s->name);
-                        registry_remove(reg, e);
-                        if (registry_create(reg, s, cfg->fixed_keys, cfg->n_fixed_keys, NULL, why, sizeof why) < 0) {
+                        if (registry_replace(reg, e, s, cfg->fixed_keys, cfg->n_fixed_keys, why, sizeof why) < 0) {
                                 log_error("Reload: %s; the channel is gone until a later reload.", why);
                                 if (names_add(&res->removed, s->name) < 0)
                                         return -ENOMEM;

@@ -545,15 +545,16 @@ static size_t format_record(char *line, const StateRecord *r, bool add) {
                 p = put_str(p, r->name[0] ? r->name : "-");
         } else if (r->kind == STATE_POSIX) {
                 p = put_field(p, r->id);
-                p = put_ufield(p, r->pending ? 0 : r->dev);
-                p = put_ufield(p, r->pending ? 0 : r->ino);
+                /* An intent's: the file it replaces, if any (posix.c's create_one()). */
+                p = put_ufield(p, r->dev);
+                p = put_ufield(p, r->ino);
                 p = put_field(p, (int) r->pid);
                 p = put_field(p, r->since);
                 p = put_ufield(p, r->size);
                 *p++ = ' ';
                 p = put_str(p, r->name);
                 /* The owner last, where there is one: a reader of the version before stops short of it. */
-                if (!r->pending && r->uid != (uid_t) -1)
+                if (r->uid != (uid_t) -1)
                         p = put_ufield(p, (unsigned) r->uid);
         } else {
                 p = put_ufield(p, r->key);

@@ -54,7 +54,10 @@ typedef struct StateRecord {
         pid_t pid;
         int64_t since;
         uint64_t size;
-        /* STATE_POSIX only (id: the file's role, name: its channel's): what proves the file ours */
+        /*
+         * STATE_POSIX only (id: the file's role, name: its channel's): what proves the file ours.
+         * An intent's: the file it replaces (dev and ino 0: none), which it covers until that is gone.
+         */
         uint64_t dev, ino;
         uid_t uid;              /* the owner the daemon gave the file; (uid_t) -1: not recorded (its own) */
         /* STATE_CHAN only: */
