@@ -73,7 +73,11 @@ no longer mapped. A Channel maps its segment once; .buffer, .peek() and
 close() makes the channel unusable at once (its methods raise ValueError),
 and the segment is detached and the broker's hold given back
 (shmb_close()) when the channel is closed and the last view of it is gone
-(or when the process ends).
+(or when the process ends). That holds for garbage in reference cycles
+too: whatever __del__ methods the garbage collector calls (a
+PeekedMessage's releases its message, an application's may read a view or
+keep it), the handle is closed only after the collection, once nothing
+refers to it any more.
 So a view kept after close() still reads (and, for "rw", writes) the
 segment, and status() still lists the hold. Views of a message (peek(),
 reserve()) are released when their message is released, committed or
@@ -98,13 +102,15 @@ with (the path `make install` wrote into shmbroker._config); a source tree
 without either asks ctypes.util.find_library("shmbroker").
 """
 
+import atexit
 import contextlib
 import ctypes
 import errno
+import gc
 import json
 import operator
 import os
-import weakref
+import sys
 
 from time import monotonic as _monotonic
 
@@ -129,11 +135,93 @@ def _count_fork():
 os.register_at_fork(after_in_child=_count_fork)
 
 
-def _close_handle(handle, forks):
-    # The segment's last view is gone: detach and give the hold back, unless
-    # this is a forked child holding a copy.
-    if forks == _forks[0]:
-        _lib.shmb_close(handle)
+# When a channel's handle is closed (shmb_close(): the segment detached,
+# the hold given back). Everything that may still use the handle holds its
+# _Handle: the Channel, the mapped segment (and so every view of it), each
+# PeekedMessage and Reservation, and a call in progress (in a local). So
+# the handle must be closed only once nothing refers to its _Handle, and
+# _Handle.__del__ is where that shows; but not every __del__ call means it:
+#
+# - Outside a garbage collection __del__ runs because the reference count
+#   fell to zero: nothing refers to the _Handle, close at once.
+# - In a collection the collector calls the __del__ of every object of the
+#   cyclic garbage (and of what hangs off it) before it clears any of
+#   them, in no set order (PEP 442). The _Handle's may come before a
+#   PeekedMessage's or Reservation's __del__, which release through the
+#   handle, or the application's own, which may read a view; and a __del__
+#   may resurrect what it reaches (keep a view), the _Handle with it. So
+#   there __del__ only puts the _Handle aside (which resurrects it), and
+#   once the collection is over (gc.callbacks "stop") it is closed if
+#   nothing but that list refers to it any more: every other __del__ has
+#   run and the garbage is gone. One still referred to was resurrected
+#   with what uses it, and is looked at again after each collection.
+#
+# Weak references would not do: the collector calls the callbacks of
+# weakrefs to garbage (weakref.finalize) first of all, before any __del__
+# of that garbage, and also for garbage that a __del__ then resurrects.
+# At exit nothing is closed: the process's end detaches the segments and
+# ends the holds, and a daemon thread may still be inside a call.
+class _GCState:
+    collecting = False      # between gc.callbacks "start" and "stop"
+    exiting = False         # set by atexit: close nothing any more
+    aside = []              # _Handles whose __del__ ran during a collection
+
+
+def _close_unreferenced(state=_GCState):
+    """Close the _Handles put aside that nothing else refers to; keep the others aside."""
+    held = state.aside[:]
+    del state.aside[:]
+    held.append(object())           # held exactly as they are, and by nothing else
+    unreferenced = sys.getrefcount(held[-1])
+    for i in range(len(held) - 1):
+        if sys.getrefcount(held[i]) > unreferenced:
+            state.aside.append(held[i])     # resurrected: after the next collection, again
+        else:
+            held[i].close()
+
+
+def _gc_phase(phase, info, state=_GCState):
+    if phase == "start":
+        state.collecting = True
+        return
+    state.collecting = False
+    if state.aside and not state.exiting:
+        _close_unreferenced()
+
+
+def _at_exit(state=_GCState):
+    state.exiting = True
+
+
+gc.callbacks.append(_gc_phase)
+atexit.register(_at_exit)
+
+
+class _Handle:
+    """A shmb_channel handle: ctypes passes it as the pointer (_as_parameter_).
+
+    Closed by close() or when it is garbage, as the comment above says;
+    never in a forked child, whose copy is its parent's handle.
+    """
+
+    __slots__ = ("_as_parameter_", "_forks")
+
+    def __init__(self, ptr):
+        self._as_parameter_ = ctypes.c_void_p(ptr)
+        self._forks = _forks[0]
+
+    def close(self):
+        ptr, self._as_parameter_ = self._as_parameter_, None
+        if ptr is not None and ptr.value and self._forks == _forks[0]:
+            _lib.shmb_close(ptr)
+
+    def __del__(self, state=_GCState):
+        if state.exiting:
+            return
+        if state.collecting:
+            state.aside.append(self)
+        else:
+            self.close()
 
 
 def _cstring(value, what):
@@ -203,14 +291,13 @@ class Channel:
         self._kind = _capi.KINDS.get(_lib.shmb_channel_kind(handle), "sysv")
         shm_name = _lib.shmb_channel_shm_name(handle)
         self._shm_name = shm_name.decode() if shm_name is not None else None
-        self._handle = handle.value
+        self._handle = _Handle(handle.value)
         self._rejoin_at = _monotonic() + _capi.TICK_S
         self._addr = _lib.shmb_channel_addr(handle)
         segment = (ctypes.c_char * self._size).from_address(self._addr)
-        # The mapping lives as long as the array: every view below holds it.
-        # Not at exit: the process's end detaches it and ends the hold, and a
-        # daemon thread may still be inside a call on the handle.
-        weakref.finalize(segment, _close_handle, self._handle, _forks[0]).atexit = False
+        # The mapping lives as long as the array: every view below holds it,
+        # and it holds the handle (see _Handle).
+        segment._shmbroker_handle = self._handle
         base = memoryview(segment).cast("B")
         self._base = base.toreadonly() if access == "ro" else base
 
