@@ -775,6 +775,71 @@ class TestBroadcast(BrokerTest):
         sel.unregister(key.fd)
 
 
+class TestBroadcastRecv(BrokerTest):
+    """recv() on a subscriber is libshmbroker's shmb_recv(): it never fails for a message it may skip.
+
+    Another publisher (or another thread of the subscriber) is made to run
+    in the middle of recv(), at the C library's release of a peeked
+    message, if recv() goes that way; each must still return a message.
+    """
+
+    def during_release(self, action):
+        lib = shmbroker._capi.lib
+        real = lib.shmb_recv_release
+        armed = [True]
+
+        def release(handle, ptr):
+            if armed[0]:
+                armed[0] = False
+                action()
+            return real(handle, ptr)
+        lib.shmb_recv_release = release
+        self.addCleanup(setattr, lib, "shmb_recv_release", real)
+        return armed
+
+    def test_drop_subscriber_recv_skips_what_was_overwritten(self):
+        # libshmbroker(3): a drop subscriber "goes on with the oldest still
+        # there"; a message overwritten while recv() copied it is skipped and
+        # counted, never an error (ESTALE is for a peek the caller held).
+        pub = self.open("feed")
+        sub = self.open("feed", "ro")
+        pub.send(b"old", timeout=0)
+        newer = [b"new %d" % i for i in range(BCAST_SLOTS + 1)]
+        publish = lambda: [pub.send(m, timeout=0) for m in newer]
+        pending = self.during_release(publish)
+        got = sub.recv(timeout=0)
+        self.assertIn(got, [b"old"] + newer)
+        if pending[0]:                  # recv() did not go through a release: the publisher's turn now
+            pending[0] = False
+            publish()
+        rest = []
+        while True:
+            try:
+                rest.append(sub.recv(timeout=0))
+            except BlockingIOError:
+                break
+        self.assertEqual(sub.dropped + 1 + len(rest), 1 + len(newer), "every message received or counted lost")
+
+    def test_threads_sharing_a_subscriber_share_its_messages(self):
+        # libshmbroker(3): threads that share one subscriber take messages
+        # with shmb_recv(), each message to one of them; the package: a
+        # channel may be used from several threads at once. The second recv()
+        # stands for another thread's, run between the first one's peek and
+        # release if recv() takes that way.
+        pub = self.open("news")
+        sub = self.open("news", "ro")
+        pub.send(b"one", timeout=0)
+        pub.send(b"two", timeout=0)
+        other = []
+        pending = self.during_release(lambda: other.append(sub.recv(timeout=0)))
+        first = sub.recv(timeout=0)
+        if pending[0]:                  # recv() did not go through a release: the other thread's turn now
+            other.append(sub.recv(timeout=0))
+        self.assertEqual(sorted(other + [first]), [b"one", b"two"])
+        with self.assertRaises(BlockingIOError):
+            sub.recv(timeout=0)
+
+
 class TestErrors(BrokerTest):
 
     def test_unknown_channel(self):

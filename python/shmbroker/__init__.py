@@ -273,7 +273,7 @@ class Channel:
     """
 
     __slots__ = ("_name", "_access", "_size", "_nsems", "_kind", "_shm_name", "_handle", "_addr", "_base",
-                 "_rejoin_at")
+                 "_rejoin_at", "_slot_size", "_recv_bufs")
 
     def __init__(self, name, access="rw", socket=None):
         """Open and map the channel: see open_channel()."""
@@ -289,6 +289,8 @@ class Channel:
         self._size = _lib.shmb_channel_size(handle)
         self._nsems = _lib.shmb_channel_nsems(handle)
         self._kind = _capi.KINDS.get(_lib.shmb_channel_kind(handle), "sysv")
+        self._slot_size = _lib.shmb_channel_slot_size(handle)
+        self._recv_bufs = []
         shm_name = _lib.shmb_channel_shm_name(handle)
         self._shm_name = shm_name.decode() if shm_name is not None else None
         self._handle = _Handle(handle.value)
@@ -517,15 +519,24 @@ class Channel:
         message goes to one receiver; on a broadcast channel each "ro"
         subscriber gets every message (a publisher's recv() raises OSError
         EOPNOTSUPP). OSError ENOTSUP on a raw channel, EACCES on an "ro"
-        ring, EIDRM once the channel is removed.
+        ring, EIDRM once the channel is removed. A broadcast subscriber
+        with overflow "drop" that fell behind goes on with the oldest
+        message still there (dropped counts what it lost); threads that
+        share a subscriber share its messages, each to one of them.
         """
         handle, base = self._live()
-        ptr, off, n = self._peek(handle, base, timeout)
+        # shmb_recv() into a slot's worth, never peek and release: a message
+        # that a "drop" publisher overwrites meanwhile is skipped, not an
+        # ESTALE, and a subscriber's peek would give another thread the
+        # same message. Each call takes a buffer of its own from the pool
+        # (list.pop() and append() are atomic): threads never share one.
         try:
-            data = base[off:off + n].tobytes()
-        finally:
-            r = _lib.shmb_recv_release(handle, ptr)
-        _capi.check(r)
+            buf = self._recv_bufs.pop()
+        except IndexError:
+            buf = ctypes.create_string_buffer(max(1, self._slot_size))
+        n = _capi.waiting(lambda ms: _lib.shmb_recv(handle, buf, len(buf), ms), timeout, self, handle)
+        data = ctypes.string_at(buf, n)
+        self._recv_bufs.append(buf)
         return data
 
     def recv_into(self, buffer, timeout=None):

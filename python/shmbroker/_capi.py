@@ -84,6 +84,7 @@ _PROTOTYPES = {
     "shmb_channel_size": (_size, [_p]),
     "shmb_channel_nsems": (_uint, [_p]),
     "shmb_channel_kind": (_int, [_p]),
+    "shmb_channel_slot_size": (_uint, [_p]),
     "shmb_channel_shm_name": (_str, [_p]),
     "shmb_channel_fd": (_int, [_p]),
     "shmb_channel_dropped": (_int, [_p, ctypes.POINTER(ctypes.c_uint64)]),
