@@ -1196,6 +1196,52 @@ class TestGarbageCycles(BrokerTest):
         self.assertSurvives(child)
 
 
+class TestInterrupted(BrokerTest):
+    """Ctrl-C while a call waits for the broker: the call's work is undone, nothing stays held.
+
+    The broker is stopped (SIGSTOP), so the call waits in the C library for
+    its answer; once the call's socket exists, SIGINT, then the broker goes
+    on. The library finishes the exchange (it retries after EINTR), and
+    Python's KeyboardInterrupt comes right after the C call returned,
+    before the binding did anything with what it made.
+    """
+
+    def ctrl_c_during(self, call):
+        fds = set(os.listdir("/proc/self/fd"))
+        pid = os.getpid()
+
+        def interrupt():
+            while set(os.listdir("/proc/self/fd")) <= fds:
+                time.sleep(0.005)
+            os.kill(pid, signal.SIGINT)
+            self.daemon.signal(signal.SIGCONT)
+        self.daemon.signal(signal.SIGSTOP)
+        helper = threading.Thread(target=interrupt)
+        helper.start()
+        try:
+            with self.assertRaises(KeyboardInterrupt):
+                call()
+        finally:
+            helper.join()
+            self.daemon.signal(signal.SIGCONT)
+        gc.collect()
+        return fds
+
+    def test_ctrl_c_during_open_keeps_nothing(self):
+        fds = self.ctrl_c_during(lambda: shmbroker.open_channel("pair"))
+        self.assertEqual(self.holds("pair"), [], "an interrupted open_channel() left its hold")
+        self.assertEqual(shmbroker.status("pair")[0]["nattch"], 1, "an interrupted open_channel() left the segment attached")
+        self.assertEqual(set(os.listdir("/proc/self/fd")), fds, "an interrupted open_channel() left its connection open")
+
+    def test_ctrl_c_during_status_keeps_no_socket(self):
+        fds = self.ctrl_c_during(lambda: shmbroker.status("pair"))
+        self.assertEqual(set(os.listdir("/proc/self/fd")), fds, "an interrupted status() left its connection open")
+
+    def test_ctrl_c_during_list_keeps_no_socket(self):
+        fds = self.ctrl_c_during(shmbroker.list)
+        self.assertEqual(set(os.listdir("/proc/self/fd")), fds, "an interrupted list() left its connection open")
+
+
 class TestRestart(BrokerTest):
 
     def test_holds_come_back_after_a_crash_restart(self):

@@ -55,7 +55,10 @@ with errno EAGAIN (and also a TimeoutError: a timeout of 0 has passed at
 once); a timeout that passes raises TimeoutError (OSError with ETIMEDOUT).
 A signal does not end a wait: its Python handler runs and the wait goes on
 with what is left of its timeout, unless the handler raises (Ctrl-C's
-KeyboardInterrupt does), as PEP 475 has it for Python's own calls.
+KeyboardInterrupt does), as PEP 475 has it for Python's own calls. A call
+that such an exception ends keeps nothing it made: an interrupted
+open_channel() gives its hold back, list() and status() close their
+connection.
 
 Errors raise OSError with the library's errno and its sentence
 (shmb_strerror()); OSError picks the subclass, so catch what fits:
@@ -206,9 +209,9 @@ class _Handle:
 
     __slots__ = ("_as_parameter_", "_forks")
 
-    def __init__(self, ptr):
-        self._as_parameter_ = ctypes.c_void_p(ptr)
+    def __init__(self):
         self._forks = _forks[0]
+        self._as_parameter_ = ctypes.c_void_p()     # NULL until the open fills it in
 
     def close(self):
         ptr, self._as_parameter_ = self._as_parameter_, None
@@ -216,7 +219,7 @@ class _Handle:
             _lib.shmb_close(ptr)
 
     def __del__(self, state=_GCState):
-        if state.exiting:
+        if state.exiting or getattr(self, "_as_parameter_", None) is None:
             return
         if state.collecting:
             state.aside.append(self)
@@ -279,11 +282,15 @@ class Channel:
         """Open and map the channel: see open_channel()."""
         if access not in _capi.ACCESS:
             raise ValueError('access must be "rw" or "ro", not %r' % (access,))
-        handle = ctypes.c_void_p()
         if name is None:
             raise TypeError("a channel name is a str")
-        _capi.check(_lib.shmb_open_channel(_cstring(socket, "socket"), _cstring(name, "name"),
-                                           _capi.ACCESS[access], ctypes.byref(handle)), name)
+        c_socket, c_name = _cstring(socket, "socket"), _cstring(name, "name")
+        # Made before the C call, which writes the handle into it: whatever
+        # exception comes after the call returned (Ctrl-C's KeyboardInterrupt
+        # is raised right there), the handle is owned and closed with it.
+        handle = _Handle()
+        _capi.check(_lib.shmb_open_channel(c_socket, c_name, _capi.ACCESS[access],
+                                           ctypes.byref(handle._as_parameter_)), name)
         self._name = name
         self._access = access
         self._size = _lib.shmb_channel_size(handle)
@@ -293,7 +300,7 @@ class Channel:
         self._recv_bufs = []
         shm_name = _lib.shmb_channel_shm_name(handle)
         self._shm_name = shm_name.decode() if shm_name is not None else None
-        self._handle = _Handle(handle.value)
+        self._handle = handle
         self._rejoin_at = _monotonic() + _capi.TICK_S
         self._addr = _lib.shmb_channel_addr(handle)
         segment = (ctypes.c_char * self._size).from_address(self._addr)
@@ -809,17 +816,22 @@ def open_channel(name, access="rw", socket=None):
 
 def _request(request, socket):
     """Send one raw request on a connection of its own; the answer as a dict."""
+    c_socket, line = _cstring(socket, "socket"), json.dumps(request).encode()
+    # Both filled in by the C calls inside the try: an exception right after
+    # either returned (Ctrl-C's KeyboardInterrupt) still frees what it made.
     client = ctypes.c_void_p()
-    _capi.check(_lib.shmb_connect(_cstring(socket, "socket"), ctypes.byref(client)))
+    answer = ctypes.c_void_p()
     try:
-        answer = ctypes.c_void_p()
-        _capi.check(_lib.shmb_request_json(client, json.dumps(request).encode(), ctypes.byref(answer)))
-        try:
-            text = ctypes.string_at(answer.value)
-        finally:
-            _capi.free(answer)
+        _capi.check(_lib.shmb_connect(c_socket, ctypes.byref(client)))
+        _capi.check(_lib.shmb_request_json(client, line, ctypes.byref(answer)))
+        text = ctypes.string_at(answer.value)
     finally:
-        _lib.shmb_disconnect(client)
+        try:
+            if answer.value:
+                _capi.free(answer)
+        finally:
+            if client.value:
+                _lib.shmb_disconnect(client)
     try:
         result = json.loads(text)
     except ValueError:
