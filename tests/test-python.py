@@ -370,6 +370,49 @@ class TestRaw(BrokerTest):
             self.assertChild(try_lock, True)
         self.assertChild(try_lock, False)
 
+    def test_posix_lock_waits_in_short_slices(self):
+        # A posix channel's lock is a robust mutex, whose wait no signal
+        # interrupts: the binding waits in slices of at most 50 ms (the
+        # library's own for posix waits), so that Ctrl-C's KeyboardInterrupt
+        # comes within that, not up to a second late. The C calls are
+        # counted, not timed: each must be given at most 50 ms.
+        ch = self.open("pposix")
+        held, release = threading.Event(), threading.Event()
+        waiter = threading.get_ident()
+        lib = shmbroker._capi.lib
+        real = lib.shmb_lock
+        slices = []
+
+        def lock(handle, i, ms):
+            if threading.get_ident() != waiter:
+                return real(handle, i, ms)
+            slices.append(ms)
+            r = real(handle, i, ms)
+            release.set()               # one slice waited in vain: now the holder lets go
+            return r
+        lib.shmb_lock = lock
+        self.addCleanup(setattr, lib, "shmb_lock", real)
+
+        def holder():                   # the mutex is the thread's that locked it
+            ch.lock(0)
+            held.set()
+            release.wait(CASE_TIMEOUT)
+            ch.unlock(0)
+        for timeout in (None, 10):
+            held.clear()
+            release.clear()
+            del slices[:]
+            thread = threading.Thread(target=holder)
+            thread.start()
+            try:
+                held.wait(CASE_TIMEOUT)
+                ch.lock(0, timeout=timeout)
+                ch.unlock(0)
+            finally:
+                release.set()
+                thread.join()
+            self.assertGreater(len(slices), 1, "the lock was not waited for")
+            self.assertTrue(all(0 < ms <= 50 for ms in slices), "timeout %r: slices of %r ms" % (timeout, slices))
 
 class TestRing(BrokerTest):
 

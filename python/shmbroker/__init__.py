@@ -472,11 +472,17 @@ class Channel:
 
         Should this process die holding it, the kernel gives it back. Pair
         each lock() with an unlock() in the same process. timeout as for
-        sem_wait().
+        sem_wait(). On a posix channel the lock is a robust mutex that
+        belongs to the thread that took it (unlock() it in that thread); no
+        signal interrupts its wait, which goes in slices of 50 ms, so a
+        signal's Python handler (Ctrl-C) runs within 50 ms.
         """
         handle, base = self._live()
         i = _index(i)
-        _capi.waiting(lambda ms: _lib.shmb_lock(handle, i, ms), timeout, self, handle)
+        # A posix channel's lock is a robust mutex, whose wait no signal
+        # interrupts: short slices, so that Ctrl-C is seen within 50 ms.
+        slice_ms = _capi.UNINTERRUPTIBLE_SLICE_MS if self._kind == "posix" else _capi.TICK_S * 1000
+        _capi.waiting(lambda ms: _lib.shmb_lock(handle, i, ms), timeout, self, handle, slice_ms)
 
     def unlock(self, i=0):
         """Give back a lock taken with lock(i)."""
