@@ -895,6 +895,28 @@ class TestErrors(BrokerTest):
         with self.assertRaises(FileNotFoundError):
             shmbroker.open_channel("pair", socket=os.path.join(self.dir, "no.sock"))
 
+    def test_connection_errors_name_the_socket(self):
+        # OSError.filename says what was not found: the channel for the
+        # channel's errors, the socket's path for the broker's.
+        missing = os.path.join(self.dir, "no.sock")
+        for call in (lambda: shmbroker.open_channel("pair", socket=missing),
+                     lambda: shmbroker.list(socket=missing), lambda: shmbroker.status("pair", socket=missing)):
+            with self.assertRaises(FileNotFoundError) as cm:
+                call()
+            self.assertEqual(cm.exception.filename, missing)
+        os.environ["SHMBROKER_SOCKET"] = missing    # socket=None: the path the library tried
+        self.addCleanup(os.environ.__setitem__, "SHMBROKER_SOCKET", self.daemon.socket)
+        for call in (lambda: shmbroker.open_channel("pair"), shmbroker.list):
+            with self.assertRaises(FileNotFoundError) as cm:
+                call()
+            self.assertEqual(cm.exception.filename, missing)
+        os.environ["SHMBROKER_SOCKET"] = self.daemon.socket
+        with self.assertRaises(FileNotFoundError) as cm:
+            shmbroker.open_channel("nope")
+        self.assertEqual(cm.exception.filename, "nope")
+        self.assertEqual(self.holds("pair"), [])
+
+
     def test_refused_without_rights(self):
         def unprivileged():
             os.setgroups([])

@@ -68,7 +68,10 @@ PermissionError (EACCES), BlockingIOError (EAGAIN), TimeoutError
 errno.EIDRM (the broker removed the channel: open it again), errno.EMSGSIZE,
 errno.ENOTSUP (a ring call on a raw channel), errno.EINVAL (a bad name or
 semaphore index), errno.EXDEV (another IPC namespace than the broker's).
-Calls on a closed channel raise ValueError, as files do.
+Calls on a closed channel raise ValueError, as files do. An error of
+reaching the broker (its socket missing or refused, no answer) has the
+socket's path as e.filename; open_channel()'s other errors, about the
+channel, have its name.
 
 Memory: no memoryview this package hands out ever points at memory that is
 no longer mapped. A Channel maps its segment once; .buffer, .peek() and
@@ -201,22 +204,32 @@ atexit.register(_at_exit)
 
 
 class _Handle:
-    """A shmb_channel handle: ctypes passes it as the pointer (_as_parameter_).
+    """A shmb_channel handle and its connection (shmb_client) of its own.
 
-    Closed by close() or when it is garbage, as the comment above says;
-    never in a forked child, whose copy is its parent's handle.
+    ctypes passes it as the channel's pointer (_as_parameter_). Both NULL
+    until the C calls write them in. Closed (the channel, then its
+    connection) by close() or when it is garbage, as the comment above
+    says; never in a forked child, whose copy is its parent's handle.
     """
 
-    __slots__ = ("_as_parameter_", "_forks")
+    __slots__ = ("_as_parameter_", "client", "_forks")
 
     def __init__(self):
         self._forks = _forks[0]
-        self._as_parameter_ = ctypes.c_void_p()     # NULL until the open fills it in
+        self.client = ctypes.c_void_p()
+        self._as_parameter_ = ctypes.c_void_p()
 
     def close(self):
         ptr, self._as_parameter_ = self._as_parameter_, None
-        if ptr is not None and ptr.value and self._forks == _forks[0]:
-            _lib.shmb_close(ptr)
+        client, self.client = self.client, None
+        if self._forks != _forks[0]:
+            return
+        try:
+            if ptr is not None and ptr.value:
+                _lib.shmb_close(ptr)
+        finally:
+            if client is not None and client.value:
+                _lib.shmb_disconnect(client)
 
     def __del__(self, state=_GCState):
         if state.exiting or getattr(self, "_as_parameter_", None) is None:
@@ -285,12 +298,15 @@ class Channel:
         if name is None:
             raise TypeError("a channel name is a str")
         c_socket, c_name = _cstring(socket, "socket"), _cstring(name, "name")
-        # Made before the C call, which writes the handle into it: whatever
-        # exception comes after the call returned (Ctrl-C's KeyboardInterrupt
-        # is raised right there), the handle is owned and closed with it.
+        # Made before the C calls, which write the connection and the handle
+        # into it: whatever exception comes after a call returned (Ctrl-C's
+        # KeyboardInterrupt is raised right there), they are owned and closed
+        # with it. Two calls, not shmb_open_channel(), so that an error says
+        # which it is about: the socket (filename its path) or the channel.
         handle = _Handle()
-        _capi.check(_lib.shmb_open_channel(c_socket, c_name, _capi.ACCESS[access],
-                                           ctypes.byref(handle._as_parameter_)), name)
+        _capi.check(_lib.shmb_connect(c_socket, ctypes.byref(handle.client)), _socket_path(socket))
+        r = _lib.shmb_open(handle.client, c_name, _capi.ACCESS[access], ctypes.byref(handle._as_parameter_))
+        _capi.check(r, _socket_path(socket) if -r in _CONNECTION_ERRORS else name)
         self._name = name
         self._access = access
         self._size = _lib.shmb_channel_size(handle)
@@ -815,9 +831,23 @@ def open_channel(name, access="rw", socket=None):
     PermissionError (its owner, group and mode do not allow this access),
     OSError EINVAL (a bad name), EXDEV (the broker runs in another IPC
     namespace), ECONNREFUSED (no broker listening), ETIMEDOUT (a broker
-    that does not answer within 5 s).
+    that does not answer within 5 s). e.filename tells which: the socket's
+    path for the errors of reaching the broker (so a FileNotFoundError
+    with the path is a missing socket), else the channel's name.
     """
     return Channel(name, access, socket)
+
+
+def _socket_path(socket):
+    """The path the library connects to for socket (None: $SHMBROKER_SOCKET, else the default)."""
+    if socket is None:
+        return os.environ.get("SHMBROKER_SOCKET") or DEFAULT_SOCKET
+    return os.fspath(socket)
+
+
+# Errors of an exchange with the broker, not of what it was asked.
+_CONNECTION_ERRORS = frozenset((errno.ETIMEDOUT, errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED,
+                                errno.EPIPE, errno.ENOTCONN, errno.ESHUTDOWN, errno.EPROTO))
 
 
 def _request(request, socket):
@@ -828,8 +858,8 @@ def _request(request, socket):
     client = ctypes.c_void_p()
     answer = ctypes.c_void_p()
     try:
-        _capi.check(_lib.shmb_connect(c_socket, ctypes.byref(client)))
-        _capi.check(_lib.shmb_request_json(client, line, ctypes.byref(answer)))
+        _capi.check(_lib.shmb_connect(c_socket, ctypes.byref(client)), _socket_path(socket))
+        _capi.check(_lib.shmb_request_json(client, line, ctypes.byref(answer)), _socket_path(socket))
         text = ctypes.string_at(answer.value)
     finally:
         try:
