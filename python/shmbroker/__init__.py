@@ -251,11 +251,11 @@ def _cstring(value, what):
 
 
 def _index(i):
+    """A semaphore index for the C calls: an int (TypeError otherwise), or OSError EINVAL, as out of range."""
     i = operator.index(i)
-    if i < 0:
-        raise ValueError("semaphore index must not be negative")
-    if i > 0xFFFFFFFF:
-        # The C call takes an unsigned int: ctypes would keep the low 32 bits, another semaphore.
+    # The C call takes an unsigned int: ctypes would wrap a negative one and
+    # keep the low 32 bits of a larger one, naming another semaphore.
+    if not 0 <= i <= 0xFFFFFFFF:
         raise _capi.error(errno.EINVAL)
     return i
 
