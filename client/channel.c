@@ -112,7 +112,9 @@ static void prefault(shmb_channel *ch) {
 void client_set_message(shmb_client *c, const char *fmt, ...) {
         va_list ap;
 
-        pthread_mutex_lock(&c->lock);
+        /* Queued behind a hung broker past the bound: the open fails all the same, unexplained. */
+        if (client_lock(c) < 0)
+                return;
         va_start(ap, fmt);
         vsnprintf(c->last_message, sizeof c->last_message, fmt, ap);
         va_end(ap);
@@ -292,7 +294,7 @@ static int attach(shmb_channel *ch, shmb_client *c, const ProtoRequest *req, Pro
                 prefault(ch);
         }
         /* From now on a reconnection compares the broker's ids with these. */
-        client_hold_attached(c, &ch->hold, ch->info.kind, ch->info.shm_id, ch->info.sem_id, st.st_dev, st.st_ino);
+        client_hold_attached(&ch->hold, ch->info.kind, ch->info.shm_id, ch->info.sem_id, st.st_dev, st.st_ino);
         client_fds_close(fds);
         *ret = ch;
         return 0;
@@ -342,7 +344,11 @@ int shmb_open(shmb_client *c, const char *name, shmb_access access, shmb_channel
         if (!ch)
                 return -ENOMEM;
         /* Listed before the request: a reconnection meanwhile opens it again too. */
-        client_hold_add(c, &ch->hold, name, access);
+        r = client_hold_add(c, &ch->hold, name, access);
+        if (r < 0) {
+                free(ch);
+                return r;
+        }
         r = client_call_fds(c, &req, &res, 1, &fds);
         if (r < 0) {
                 client_hold_remove(c, &ch->hold, false, false);
@@ -371,9 +377,10 @@ int shmb_open_channel(const char *socket_path, const char *name, shmb_access acc
         r = client_connect(socket_path, &c);
         if (r < 0)
                 return r;
-        client_hold_add(c, &ch->hold, name, access);
         /* hello and open in one round trip: the version check costs no extra wait. */
-        r = client_call_fds(c, reqs, res, 2, fds);
+        r = client_hold_add(c, &ch->hold, name, access);
+        if (r == 0)
+                r = client_call_fds(c, reqs, res, 2, fds);
         if (r == 0) {
                 r = client_check_hello(&res[0]);
                 proto_response_done(&res[0]);

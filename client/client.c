@@ -37,8 +37,10 @@
  * that breaks the protocol is not one that restarted.
  *
  * Every wait for the broker ends by the call's deadline (timeout_ms from
- * the call's start, shmb_client_set_timeout()), so no thread waits on the
- * mutex for longer than that either. The socket's SO_SNDTIMEO and
+ * the call's start, shmb_client_set_timeout()). A thread queued on the
+ * mutex waits for it no longer than one bound either (client_lock()):
+ * each call queued ahead may hold it for a bound of its own, and an
+ * unbounded wait would add them up. The socket's SO_SNDTIMEO and
  * SO_RCVTIMEO, set once per connection, bound connect(), send() and recv()
  * without a poll() per call; only a call that has to wait again after
  * time passed (a partial answer, a rejoin first) shortens SO_RCVTIMEO to
@@ -108,6 +110,27 @@ static int set_socket_timeouts(int fd, int ms) {
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0)
                 return -errno;
         return 0;
+}
+
+/*
+ * Take c->lock, waiting at most one bound (-ETIMEDOUT then). The bound
+ * read without the lock is the one of the call that holds it:
+ * shmb_client_set_timeout() changes it only with the lock held.
+ */
+int client_lock(shmb_client *c) {
+        int ms = __atomic_load_n(&c->timeout_ms, __ATOMIC_RELAXED);
+        struct timespec at;
+
+        if (ms < 0)
+                return -pthread_mutex_lock(&c->lock);
+        clock_gettime(CLOCK_MONOTONIC, &at);
+        at.tv_sec += ms / 1000;
+        at.tv_nsec += (long) (ms % 1000) * 1000000L;
+        if (at.tv_nsec >= 1000000000L) {
+                at.tv_sec++;
+                at.tv_nsec -= 1000000000L;
+        }
+        return -pthread_mutex_clocklock(&c->lock, CLOCK_MONOTONIC, &at);
 }
 
 /* A call begins (c->lock held): its deadline, and the socket's full timeouts back if a call shortened them. */
@@ -520,7 +543,7 @@ static uint32_t hold_token(const shmb_client *c, const char *name) {
         for (const ClientHold *h = c->holds; h; h = h->next) {
                 uint32_t t = __atomic_load_n(&h->token, __ATOMIC_RELAXED);
 
-                if (!h->stale && h->attached && t != 0 && streq(h->name, name))
+                if (!h->stale && __atomic_load_n(&h->attached, __ATOMIC_ACQUIRE) && t != 0 && streq(h->name, name))
                         return t;
         }
         return 0;
@@ -590,7 +613,7 @@ static int rejoin_opened(shmb_client *c, const char *name, const ProtoResponse *
         for (ClientHold *h = c->holds; h; h = h->next) {
                 if (h->stale || !streq(h->name, name))
                         continue;
-                if (!h->attached)
+                if (!__atomic_load_n(&h->attached, __ATOMIC_ACQUIRE))
                         needed = true;          /* its own open is under way and takes this hold */
                 else if (res->ok && same_objects(h, res, fds)) {
                         needed = true;          /* adopted: the same objects */
@@ -782,7 +805,9 @@ int shmb_client_process(shmb_client *c) {
 
         if (!c)
                 return -EINVAL;
-        pthread_mutex_lock(&c->lock);
+        r = client_lock(c);
+        if (r < 0)
+                return r;
         events_drain(c);
         if (c->state == CLIENT_UP && socket_ended(c))
                 went_away(c);
@@ -885,7 +910,12 @@ static int call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets,
                   ClientFds *fds) {
         int r;
 
-        pthread_mutex_lock(&c->lock);
+        r = client_lock(c);
+        if (r < 0) {
+                for (size_t i = 0; fds && i < n; i++)
+                        fds[i].n = 0;
+                return r;
+        }
         r = call_locked(c, reqs, rets, n, flags, fds);
         pthread_mutex_unlock(&c->lock);
         return r;
@@ -919,7 +949,9 @@ int shmb_request_json(shmb_client *c, const char *request, char **ret_answer) {
                 return -EINVAL;
         if (n + 1 > PROTO_LINE_MAX)
                 return -E2BIG;
-        pthread_mutex_lock(&c->lock);
+        r = client_lock(c);
+        if (r < 0)
+                return r;
         c->last_message[0] = 0;
         call_begin(c);
         r = ready(c, true);
@@ -944,25 +976,28 @@ out:
 
 /* ---- the list of open channels ---- */
 
-void client_hold_add(shmb_client *c, ClientHold *h, const char *name, shmb_access access) {
-        pthread_mutex_lock(&c->lock);
+int client_hold_add(shmb_client *c, ClientHold *h, const char *name, shmb_access access) {
+        int r = client_lock(c);
+
+        if (r < 0)
+                return r;
         *h = (ClientHold) { .next = c->holds, .listed = true, .access = access };
         snprintf(h->name, sizeof h->name, "%s", name);
         if (c->holds)
                 c->holds->prev = h;
         c->holds = h;
         pthread_mutex_unlock(&c->lock);
+        return 0;
 }
 
-void client_hold_attached(shmb_client *c, ClientHold *h, ProtoKind kind, int shm_id, int sem_id, dev_t dev, ino_t ino) {
-        pthread_mutex_lock(&c->lock);
+void client_hold_attached(ClientHold *h, ProtoKind kind, int shm_id, int sem_id, dev_t dev, ino_t ino) {
+        /* Published by attached, without the lock: an open that got its channel must not fail for a queue. */
         h->kind = kind;
         h->shm_id = shm_id;
         h->sem_id = sem_id;
         h->dev = dev;
         h->ino = ino;
-        h->attached = true;
-        pthread_mutex_unlock(&c->lock);
+        __atomic_store_n(&h->attached, true, __ATOMIC_RELEASE);
 }
 
 static bool hold_needed(const shmb_client *c, const char *name) {
@@ -976,7 +1011,15 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
         ProtoRequest req = { .op = PROTO_OP_CLOSE };
         ProtoResponse res;
 
-        pthread_mutex_lock(&c->lock);
+        /*
+         * A call queued ahead that held the lock for a whole bound met a hung
+         * broker: nothing can be given back in time. The hold is unlisted all
+         * the same (the handle's memory goes), once that call is done.
+         */
+        if (client_lock(c) < 0) {
+                give_back = false;
+                pthread_mutex_lock(&c->lock);
+        }
         /*
          * A ring or broadcast hold whose connection went away: a broker that
          * crashed and came back adopted its token and keeps it live, claims and
@@ -1136,8 +1179,10 @@ int shmb_client_set_timeout(shmb_client *c, int timeout_ms) {
 
         if (!c || (timeout_ms <= 0 && timeout_ms != -1))
                 return -EINVAL;
-        pthread_mutex_lock(&c->lock);
-        c->timeout_ms = timeout_ms;
+        r = client_lock(c);
+        if (r < 0)
+                return r;
+        __atomic_store_n(&c->timeout_ms, timeout_ms, __ATOMIC_RELAXED);
         if (c->fd >= 0) {
                 r = set_socket_timeouts(c->fd, timeout_ms);
                 c->shortened_ms = 0;
@@ -1154,7 +1199,9 @@ int shmb_client_fd(const shmb_client *cc) {
 
         if (!c)
                 return -EINVAL;
-        pthread_mutex_lock(&c->lock);
+        r = client_lock(c);
+        if (r < 0)
+                return r;
         if (c->state == CLIENT_CLOSED)
                 r = -1;
         else {

@@ -13,7 +13,8 @@
 /*
  * A handle's entry in its connection's list of open channels: what the
  * library opens again when it reconnects after a broker restart (client.c).
- * Every field is under the client's lock.
+ * Every field is under the client's lock, but the ids and attached,
+ * which client_hold_attached() publishes without it, and token.
  */
 typedef struct ClientHold {
         struct ClientHold *prev, *next; /* newest first */
@@ -24,7 +25,7 @@ typedef struct ClientHold {
         int shm_id, sem_id;             /* System V: the ids */
         dev_t dev;                      /* posix: the segment file's device and inode */
         ino_t ino;
-        bool attached;                  /* the ids are known: its open finished */
+        bool attached;                  /* the ids are known: its open finished; atomic, set after them (release) */
         bool stale;                     /* the broker's channel of that name is another one now */
         bool gone;                      /* stale, or a wait found its objects removed (channel_gone()); atomic */
         uint32_t token;                 /* a ring's holder token (proto/ring.h); read by the ring without the lock */
@@ -180,6 +181,12 @@ void client_fds_close(ClientFds *fds);
  */
 int client_call_keep_message(shmb_client *c, const ProtoRequest *req, ProtoResponse *ret);
 
+/*
+ * Take c->lock, waiting for a call in flight at most its bound (the
+ * connection's timeout): 0, or -ETIMEDOUT without the lock.
+ */
+int client_lock(shmb_client *c);
+
 /* Connect without the hello round trip; the caller sends one (pipelined). */
 int client_connect(const char *socket_path, shmb_client **ret);
 int client_check_hello(const ProtoResponse *res);
@@ -191,6 +198,8 @@ void client_unref(shmb_client *c);
  * The list of channels open on a connection. A handle is listed before its
  * open request is sent (so that a reconnection meanwhile opens it again
  * too) and marked attached, with its ids, once the open succeeded.
+ * client_hold_add() returns -ETIMEDOUT when a call queued ahead held
+ * the lock past the bound (client_lock()).
  * client_hold_remove() unlists it; give_back: also close its hold at the
  * broker, unless the handle is stale or another live handle of the same
  * name on this connection still needs the hold (the broker keeps one hold
@@ -198,8 +207,8 @@ void client_unref(shmb_client *c);
  * went away dropped the hold already. keep_message as for
  * client_call_keep_message().
  */
-void client_hold_add(shmb_client *c, ClientHold *h, const char *name, shmb_access access);
-void client_hold_attached(shmb_client *c, ClientHold *h, ProtoKind kind, int shm_id, int sem_id, dev_t dev, ino_t ino);
+int client_hold_add(shmb_client *c, ClientHold *h, const char *name, shmb_access access);
+void client_hold_attached(ClientHold *h, ProtoKind kind, int shm_id, int sem_id, dev_t dev, ino_t ino);
 void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep_message);
 
 /*

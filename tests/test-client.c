@@ -2887,6 +2887,39 @@ START_TEST(test_hung_broker_costs_one_close_its_timeout) {
 }
 END_TEST
 
+/*
+ * libshmbroker(3), THREAD SAFETY: "a call that waits for another's to
+ * finish waits at most that call's bound (shmb_client_set_timeout()) for
+ * it, then its own". Six threads share one client while the broker is
+ * stopped (SIGSTOP: its backlog takes connections, nothing answers): none
+ * may take much longer than two bounds, however many calls are queued
+ * ahead of it (unbounded, the last one waits out six).
+ */
+START_TEST(test_timeout_queued_threads_bounded) {
+        enum { N = 6, BOUND_MS = 400 };
+        TimedCall calls[N];
+        shmb_client *c;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_client_set_timeout(c, BOUND_MS), 0);
+        ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
+        for (int i = 0; i < N; i++) {
+                calls[i] = (TimedCall) { .c = c };
+                ck_assert_int_eq(pthread_create(&calls[i].thread, NULL, timed_list, &calls[i]), 0);
+        }
+        for (int i = 0; i < N; i++)
+                ck_assert_int_eq(pthread_join(calls[i].thread, NULL), 0);
+        ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
+        for (int i = 0; i < N; i++) {
+                ck_assert_int_eq(calls[i].r, -ETIMEDOUT);
+                ck_assert_msg(calls[i].ms < 3 * BOUND_MS,
+                              "a call on a client shared by %d threads took %lld ms with a %d ms bound", N,
+                              (long long) calls[i].ms, BOUND_MS);
+        }
+        shmb_disconnect(c);
+}
+END_TEST
+
 /* The default bound, where no client handle exists yet to set one: 5 s for an open by name. */
 START_TEST(test_timeout_default_open_by_name) {
         shmb_channel *ch = NULL;
@@ -3379,6 +3412,7 @@ int main(void) {
                                  test_claim_closed_during_backoff_is_repaired } },
                 { "timeouts", CASE_TIMEOUT, { test_timeout_hung_broker, test_timeout_default_open_by_name,
                                 test_timeout_full_backlog_connect, test_hung_broker_costs_one_close_its_timeout } },
+                { "timeouts-queued", CASE_TIMEOUT, { test_timeout_queued_threads_bounded } },
                 { "refusals", CASE_TIMEOUT, { test_refusal_at_accept_is_the_answer } },
                 { "cli-edges", CASE_TIMEOUT, { test_connect_empty_path_reaches_no_abstract_impostor,
                                  test_shmbrokerctl_odd_names_one_line,

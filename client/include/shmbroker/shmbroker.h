@@ -120,7 +120,8 @@ int shmb_connect(const char *socket_path, shmb_client **ret);
  * a broker restart does: the library reconnects (see
  * shmb_client_process()), and the channels stay attached.
  * Returns 0, -EINVAL (c NULL, timeout_ms 0 or below -1), or a negative
- * errno from setting it on the socket. Thread-safe.
+ * errno from setting it on the socket, or -ETIMEDOUT when a call in
+ * flight on c held it up past that call's bound. Thread-safe.
  */
 int shmb_client_set_timeout(shmb_client *c, int timeout_ms);
 
@@ -144,7 +145,8 @@ void shmb_disconnect(shmb_client *c);
  * programs that never ask pay nothing.
  * Returns the fd; -1 once the connection is closed for good
  * (shmb_disconnect(), or a malformed answer); -EINVAL for NULL; -EMFILE,
- * -ENFILE or -ENOMEM when it cannot be made. Thread-safe.
+ * -ENFILE or -ENOMEM when it cannot be made; -ETIMEDOUT when a call in
+ * flight on c held it up past that call's bound. Thread-safe.
  */
 int shmb_client_fd(const shmb_client *c);
 
@@ -168,7 +170,8 @@ int shmb_client_fd(const shmb_client *c);
  * polls readable when the next attempt is due. -ENOTCONN once the
  * connection is closed for good (shmb_disconnect(), a malformed answer);
  * -EINVAL for NULL. Thread-safe; it waits for a request that another
- * thread has in flight on c.
+ * thread has in flight on c, at most that request's bound (then
+ * -ETIMEDOUT, tried again at the next call).
  */
 int shmb_client_process(shmb_client *c);
 
