@@ -47,6 +47,10 @@
  * what is left. A broker that does not answer in time is treated as gone:
  * the call fails with -ETIMEDOUT and the connection comes back as after a
  * restart, since the late answer would otherwise be read as the next one.
+ * But it hung rather than ended, and each attempt at it costs a bound:
+ * the calls queued behind the one that found it hung fail with it, and
+ * closes (which reconnect only to end a token) wait for the next attempt
+ * to be due, a bound later at the soonest (attempt_failed()).
  */
 
 #include <errno.h>
@@ -450,13 +454,24 @@ static void went_away(shmb_client *c) {
         events_sync(c);
 }
 
-/* An attempt failed with r: the next one after the backoff, which doubles up to its cap. */
+/*
+ * An attempt failed with r: the next one after the backoff, which doubles
+ * up to its cap. After a broker that did not answer in time (-ETIMEDOUT),
+ * also not before another bound passed: an attempt at a hung broker costs
+ * its caller the bound (see ready() and client_hold_remove()).
+ */
 static void attempt_failed(shmb_client *c, int r) {
+        unsigned wait = c->backoff_ms;
+
+        if (r == -ETIMEDOUT) {
+                wait = MAX(wait, c->timeout_ms < 0 ? RECONNECT_MAX_MS : MIN((unsigned) c->timeout_ms, RECONNECT_MAX_MS));
+                c->hung_ms = now_ms();
+        }
         socket_close(c);
         c->state = CLIENT_AWAY;
         c->away_error = r;
-        c->next_attempt_ms = now_ms() + c->backoff_ms;
-        c->backoff_ms = MIN(c->backoff_ms * 2, RECONNECT_MAX_MS);
+        c->next_attempt_ms = now_ms() + wait;
+        c->backoff_ms = MIN(wait * 2, RECONNECT_MAX_MS);
         events_sync(c);
 }
 
@@ -475,11 +490,14 @@ static void closed_for_good(shmb_client *c) {
  * After a failed send, read or decode, where the stream stands is unknown
  * (half an answer buffered, later answers of a pipelined call unread): the
  * next call would read an answer meant for this one. So the socket goes:
- * the broker's end means it went away (come back when it does); anything
+ * the broker's end means it went away (come back when it does); no answer
+ * in time, that it hung (come back when the next attempt is due); anything
  * else closes the connection for good, and later calls fail with -ENOTCONN.
  */
 static void call_failed(shmb_client *c, int r) {
-        if (broker_gone(r))
+        if (r == -ETIMEDOUT)
+                attempt_failed(c, r);
+        else if (broker_gone(r))
                 went_away(c);
         else
                 closed_for_good(c);
@@ -784,6 +802,9 @@ fail:
  * Make c ready for a request; every broker call starts here, c->lock held.
  * reconnect: a broker that is away is tried at once, whatever the backoff
  * says (the caller asks for it now, and a refused connect costs nothing).
+ * But a call that was asked before the broker was found hung (it queued
+ * behind the call that found it) fails as that one did: each queued
+ * thread would otherwise wait the bound again, one after the other.
  */
 static int ready(shmb_client *c, bool reconnect_now) {
         if (c->state == CLIENT_UP && socket_ended(c))
@@ -792,7 +813,11 @@ static int ready(shmb_client *c, bool reconnect_now) {
         case CLIENT_UP:
                 return 0;
         case CLIENT_AWAY:
-                return reconnect_now ? reconnect(c, true) : -ENOTCONN;
+                if (!reconnect_now)
+                        return -ENOTCONN;
+                if (c->away_error == -ETIMEDOUT && c->asked_ms < c->hung_ms)
+                        return -ETIMEDOUT;
+                return reconnect(c, true);
         case CLIENT_REJOINING:
                 return rejoin_continue(c, true);
         default:
@@ -908,6 +933,7 @@ static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *
 
 static int call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, unsigned flags,
                   ClientFds *fds) {
+        uint64_t asked = now_ms();
         int r;
 
         r = client_lock(c);
@@ -916,6 +942,7 @@ static int call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets,
                         fds[i].n = 0;
                 return r;
         }
+        c->asked_ms = asked;
         r = call_locked(c, reqs, rets, n, flags, fds);
         pthread_mutex_unlock(&c->lock);
         return r;
@@ -938,6 +965,7 @@ int client_call_keep_message(shmb_client *c, const ProtoRequest *req, ProtoRespo
 }
 
 int shmb_request_json(shmb_client *c, const char *request, char **ret_answer) {
+        uint64_t asked;
         size_t n, len;
         char *line;
         int r;
@@ -949,9 +977,11 @@ int shmb_request_json(shmb_client *c, const char *request, char **ret_answer) {
                 return -EINVAL;
         if (n + 1 > PROTO_LINE_MAX)
                 return -E2BIG;
+        asked = now_ms();
         r = client_lock(c);
         if (r < 0)
                 return r;
+        c->asked_ms = asked;
         c->last_message[0] = 0;
         call_begin(c);
         r = ready(c, true);
@@ -1009,6 +1039,7 @@ static bool hold_needed(const shmb_client *c, const char *name) {
 
 void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep_message) {
         ProtoRequest req = { .op = PROTO_OP_CLOSE };
+        uint64_t asked = now_ms();
         ProtoResponse res;
 
         /*
@@ -1020,6 +1051,7 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
                 give_back = false;
                 pthread_mutex_lock(&c->lock);
         }
+        c->asked_ms = asked;
         /*
          * A ring or broadcast hold whose connection went away: a broker that
          * crashed and came back adopted its token and keeps it live, claims and

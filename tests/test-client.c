@@ -2920,6 +2920,43 @@ START_TEST(test_timeout_queued_threads_bounded) {
 }
 END_TEST
 
+/*
+ * shmb_close(): "a hung broker costs one close its timeout, not every
+ * close", here for a broker that hangs while the connection is up
+ * (SIGSTOP, no crash first). A ring handle and a broadcast subscriber of
+ * one client are closed one after the other: the first waits out the
+ * bound; the second, started as the first ended, long before the next
+ * attempt is due (a bound later, after a hang), does not wait again.
+ */
+START_TEST(test_hung_broker_up_costs_one_close_its_timeout) {
+        enum { BOUND_MS = 1000 };
+        shmb_channel *ring, *sub;
+        shmb_client *c;
+        int64_t t1, t2;
+
+        reload_to("[{\"name\": \"ring\", \"layout\": \"ring\", \"slot_size\": 256, \"slots\": 8},"
+                  " {\"name\": \"news\", \"layout\": \"broadcast\", \"slot_size\": 256, \"slots\": 8, \"subscribers\": 4}]");
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_client_set_timeout(c, BOUND_MS), 0);
+        ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &ring), 0);
+        ck_assert_int_eq(shmb_open(c, "news", SHMB_RO, &sub), 0);
+        ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
+        t1 = test_now_ms();
+        ck_assert_int_eq(shmb_close(ring), 0);
+        t2 = test_now_ms();
+        t1 = t2 - t1;
+        ck_assert_int_eq(shmb_close(sub), 0);
+        t2 = test_now_ms() - t2;
+        ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
+        ck_assert_msg(t1 >= BOUND_MS - 10 && t1 < BOUND_MS + 5000,
+                      "the first close took %lld ms, not about its %d ms bound", (long long) t1, BOUND_MS);
+        ck_assert_msg(t2 < BOUND_MS / 2,
+                      "the second close under a hung broker took %lld ms (bound %d ms): each close waited for it",
+                      (long long) t2, BOUND_MS);
+        shmb_disconnect(c);
+}
+END_TEST
+
 /* The default bound, where no client handle exists yet to set one: 5 s for an open by name. */
 START_TEST(test_timeout_default_open_by_name) {
         shmb_channel *ch = NULL;
@@ -3413,6 +3450,7 @@ int main(void) {
                 { "timeouts", CASE_TIMEOUT, { test_timeout_hung_broker, test_timeout_default_open_by_name,
                                 test_timeout_full_backlog_connect, test_hung_broker_costs_one_close_its_timeout } },
                 { "timeouts-queued", CASE_TIMEOUT, { test_timeout_queued_threads_bounded } },
+                { "timeouts-close", CASE_TIMEOUT, { test_hung_broker_up_costs_one_close_its_timeout } },
                 { "refusals", CASE_TIMEOUT, { test_refusal_at_accept_is_the_answer } },
                 { "cli-edges", CASE_TIMEOUT, { test_connect_empty_path_reaches_no_abstract_impostor,
                                  test_shmbrokerctl_odd_names_one_line,

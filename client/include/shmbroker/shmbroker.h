@@ -118,7 +118,9 @@ int shmb_connect(const char *socket_path, shmb_client **ret);
  * three times). The default
  * is 5000 ms; -1 waits for ever. A timed-out call leaves the connection as
  * a broker restart does: the library reconnects (see
- * shmb_client_process()), and the channels stay attached.
+ * shmb_client_process()), and the channels stay attached. The next call
+ * tries at once; calls of other threads that were waiting for the one that
+ * timed out fail with it (-ETIMEDOUT), without waiting for the broker again.
  * Returns 0, -EINVAL (c NULL, timeout_ms 0 or below -1), or a negative
  * errno from setting it on the socket, or -ETIMEDOUT when a call in
  * flight on c held it up past that call's bound. Thread-safe.
@@ -165,7 +167,9 @@ int shmb_client_fd(const shmb_client *c);
  * Returns 0 while connected, including while the re-registration's answers
  * are still due; -ECONNREFUSED while the broker is away (its socket is
  * missing or nobody listens); other negative errnos of a failed attempt
- * (-EACCES, -EAGAIN when the broker's backlog is full, -EPROTO, -EMFILE,
+ * (-ETIMEDOUT when the broker did not answer a call or an attempt in time:
+ * the next attempt is due a bound later at the soonest, 2 s at most;
+ * -EACCES, -EAGAIN when the broker's backlog is full, -EPROTO, -EMFILE,
  * -ENOMEM, ...): all of these are tried again by themselves, and the fd
  * polls readable when the next attempt is due. -ENOTCONN once the
  * connection is closed for good (shmb_disconnect(), a malformed answer);
@@ -200,8 +204,11 @@ int shmb_open_channel(const char *socket_path, const char *name, shmb_access acc
  * connection (the broker keeps one per connection and channel); a stale
  * handle (see shmb_channel_check()) gives nothing back, as the hold on its
  * name belongs to the new channel. A broker that is away is not waited
- * for: it dropped the hold when the connection ended. Returns 0, or the
- * error of detaching.
+ * for: it dropped the hold when the connection ended. A broker that hung
+ * (a call or attempt on the connection timed out) costs one close its
+ * bound, not every close: the next is not tried before a bound passed.
+ * A close that waited its bound for another thread's call on the
+ * connection gives nothing back. Returns 0, or the error of detaching.
  */
 int shmb_close(shmb_channel *ch);
 
