@@ -984,8 +984,11 @@ void bcast_channel_free(shmb_channel *ch) {
 
         if (!b)
                 return;
-        /* Unsubscribe at once: publishers stop counting this cursor before the broker hears of the close. */
-        cur = b->subscriber ? my_cursor(b) : NULL;
+        /*
+         * Unsubscribe at once: publishers stop counting this cursor before the broker hears of the close.
+         * Not in a child of fork(2): the cursor is the parent's subscriber.
+         */
+        cur = b->subscriber && !client_inherited(ch->client) ? my_cursor(b) : NULL;
         if (cur && LOAD(&cur->token, RLX) == LOAD(&b->reg_token, RLX)) {
                 STORE(&cur->token, 0, SEQ);
                 notify(b, &b->t->space_seq, &b->t->pub_sleeping, WAKE_SPACE);

@@ -125,6 +125,9 @@ int client_lock(shmb_client *c) {
         int ms = __atomic_load_n(&c->timeout_ms, __ATOMIC_RELAXED);
         struct timespec at;
 
+        /* Before the lock: a thread of the parent may have held it at the fork, for ever here. */
+        if (client_inherited(c))
+                return -ECHILD;
         if (ms < 0)
                 return -pthread_mutex_lock(&c->lock);
         clock_gettime(CLOCK_MONOTONIC, &at);
@@ -672,7 +675,10 @@ static int rejoin_answer(shmb_client *c, const char *line, size_t len, const Cli
                 r = res.ok ? client_check_hello(&res) : -(res.error ?: EPROTO);
                 break;
         case PROTO_OP_OPEN:
-                r = rejoin_opened(c, step.channel, &res, fds);
+                if (res.ok && (res.n_channels != 1 || !streq(res.channels[0].name, step.channel)))
+                        r = REJOIN_MALFORMED;
+                else
+                        r = rejoin_opened(c, step.channel, &res, fds);
                 break;
         default:
                 r = 0;                  /* a close: nothing depends on it */
@@ -848,6 +854,12 @@ int shmb_client_process(shmb_client *c) {
 
 /* ---- calls ---- */
 
+/* Whether res can be the answer to req: an open's names the channel asked for. */
+static bool answers_open_of(const ProtoRequest *req, const ProtoResponse *res) {
+        return req->op != PROTO_OP_OPEN || !res->ok ||
+               (res->n_channels == 1 && streq(res->channels[0].name, req->channel));
+}
+
 /* call_n() with c->lock held. */
 static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, unsigned flags,
                        ClientFds *fds) {
@@ -902,6 +914,13 @@ static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *
                 if (fds)
                         take_line_fds(c, len, &fds[got]);
                 consume_line(c, len);
+                /* Another channel's open answer: the stream is out of step (someone else wrote on the socket). */
+                if (r == 0 && !answers_open_of(&reqs[got], &rets[got])) {
+                        proto_response_done(&rets[got]);
+                        snprintf(msg, sizeof msg, "the broker answered the open of \"%s\" with another channel",
+                                 reqs[got].channel);
+                        r = 1;
+                }
                 if (r > 0) {
                         if (!keep_message)
                                 snprintf(c->last_message, sizeof c->last_message, "%s", msg);
@@ -1043,6 +1062,13 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
         ProtoResponse res;
 
         /*
+         * In a child of fork(2) the hold is the parent's, and so are the socket
+         * and the lock's state: nothing is given back, nor the list touched
+         * (the child's copy, which no call walks there: they fail first).
+         */
+        if (client_inherited(c))
+                return;
+        /*
          * A call queued ahead that held the lock for a whole bound met a hung
          * broker: nothing can be given back in time. The hold is unlisted all
          * the same (the handle's memory goes), once that call is done.
@@ -1114,6 +1140,7 @@ int client_connect(const char *socket_path, shmb_client **ret) {
         if (!c)
                 return -ENOMEM;
         c->refs = 1;
+        c->pid = getpid();
         pthread_mutex_init(&c->lock, NULL);
         c->fd = c->event_fd = c->timer_fd = c->watched_fd = -1;
         c->backoff_ms = RECONNECT_MIN_MS;
@@ -1185,7 +1212,9 @@ void client_ref(shmb_client *c) {
 void client_unref(shmb_client *c) {
         if (!c || __atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) > 0)
                 return;
-        /* Every channel held a reference: the list is empty by now. */
+        /* Every channel held a reference: the list is empty by now (but in a child of fork(2), see client_hold_remove()). */
+        if (client_inherited(c))
+                c->watched_fd = -1;     /* the epoll instance is the parent's too: its set stays as it is */
         socket_close(c);
         if (c->event_fd >= 0)
                 close(c->event_fd);
@@ -1200,9 +1229,12 @@ void client_unref(shmb_client *c) {
 void shmb_disconnect(shmb_client *c) {
         if (!c)
                 return;
-        pthread_mutex_lock(&c->lock);
-        closed_for_good(c);
-        pthread_mutex_unlock(&c->lock);
+        /* In a child of fork(2), only the child's copy goes: the connection, its timer and epoll set are the parent's. */
+        if (!client_inherited(c)) {
+                pthread_mutex_lock(&c->lock);
+                closed_for_good(c);
+                pthread_mutex_unlock(&c->lock);
+        }
         client_unref(c);
 }
 

@@ -30,6 +30,8 @@ const char *shmb_strerror(int err) {
                                 "publisher tried to receive), or the broker does not offer this request";
         case ESTALE: return "the broadcast message was overwritten while it was held (the subscriber fell behind); "
                             "it is counted as dropped";
+        case ECHILD: return "the connection belongs to the process that made it: it was inherited through fork(); "
+                            "connect again in this process";
         case EBUSY: return "busy (for an open: the connection holds that broadcast channel already, as a subscriber "
                            "or a publisher; a subscriber needs a connection of its own)";
         default: return strerror(-err);

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "client/include/shmbroker/shmbroker.h"
 #include "proto/proto.h"
@@ -63,6 +64,7 @@ typedef struct RejoinStep {
 struct shmb_client {
         int fd;                         /* the socket; -1 unless UP or REJOINING */
         unsigned refs;                  /* the caller's, plus one per open channel */
+        pid_t pid;                      /* the process that connected: in a child of fork(2), nothing is ours */
         pthread_mutex_t lock;           /* one request/response at a time; everything below */
         char *rbuf;                     /* bytes read past the last answer */
         size_t rlen, rcap;
@@ -185,9 +187,20 @@ int client_call_keep_message(shmb_client *c, const ProtoRequest *req, ProtoRespo
 
 /*
  * Take c->lock, waiting for a call in flight at most its bound (the
- * connection's timeout): 0, or -ETIMEDOUT without the lock.
+ * connection's timeout): 0, or -ETIMEDOUT without the lock; -ECHILD in a
+ * child of fork(2) (client_inherited()).
  */
 int client_lock(shmb_client *c);
+
+/*
+ * Whether c was made by another process than this one: a child of fork(2)
+ * shares the parent's socket, epoll instance and timer, and its copy of
+ * the lock may be held for ever. Its broker calls fail with -ECHILD; its
+ * closes give nothing back. false for NULL.
+ */
+static inline bool client_inherited(const shmb_client *c) {
+        return c && getpid() != c->pid;
+}
 
 /* Connect without the hello round trip; the caller sends one (pipelined). */
 int client_connect(const char *socket_path, shmb_client **ret);

@@ -2957,6 +2957,160 @@ START_TEST(test_hung_broker_up_costs_one_close_its_timeout) {
 }
 END_TEST
 
+/*
+ * A child of fork(2) shares its parent's connection (the socket, the
+ * epoll instance) but not its calls: the library refuses broker calls on
+ * an inherited client (-ECHILD), and a shmb_close() of an inherited handle
+ * gives nothing back, so the parent keeps its hold and its connection
+ * stays in step.
+ */
+START_TEST(test_forked_child_leaves_parents_connection_alone) {
+        shmb_status_list *l;
+        shmb_channel *pair, *counter = NULL;
+        shmb_client *c;
+        pid_t pid;
+        int status;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "pair", SHMB_RW, &pair), 0);
+        ck_assert_int_ge(shmb_client_fd(c), 0);
+        ck_assert_int_eq(my_holds("pair"), 1);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *ch = NULL;
+                int code = 0;
+
+                if (shmb_list(c, &l) != -ECHILD)
+                        code |= 1;
+                if (shmb_open(c, "counter", SHMB_RW, &ch) != -ECHILD || ch)
+                        code |= 2;
+                if (shmb_client_process(c) != -ECHILD || shmb_client_set_timeout(c, 100) != -ECHILD)
+                        code |= 4;
+                /* The mapping is the child's too: raw data and semaphores go on working. */
+                if (shmb_sem_post(pair, 1) != 0)
+                        code |= 8;
+                (void) shmb_close(pair);
+                shmb_disconnect(c);
+                _exit(code);
+        }
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                      "the child's calls on an inherited client were not refused (-ECHILD): exit status %#x", status);
+        ck_assert_msg(my_holds("pair") == 1, "the child's shmb_close() of an inherited handle ended the parent's hold");
+        ck_assert_int_eq(shmb_sem_trywait(pair, 1), 0);
+        /* The parent's connection is where it was: its answers are its own. */
+        ck_assert_int_eq(shmb_status(c, "pair", &l), 0);
+        ck_assert_str_eq(shmb_status_name(l, 0), "pair");
+        shmb_status_free(l);
+        ck_assert_int_eq(shmb_open(c, "counter", SHMB_RW, &counter), 0);
+        ck_assert_str_eq(shmb_channel_name(counter), "counter");
+        ck_assert_int_eq(shmb_close(counter), 0);
+        ck_assert_int_eq(shmb_close(pair), 0);
+        ck_assert_int_eq(my_holds("pair"), 0);
+        shmb_disconnect(c);
+}
+END_TEST
+
+/*
+ * A broadcast subscriber's place is in shared memory: a child's shmb_close()
+ * of an inherited subscriber must leave it to the parent, whose subscriber
+ * the publisher still waits for (block mode: a full channel says -EAGAIN,
+ * rather than overwriting what the parent has not read).
+ */
+START_TEST(test_forked_child_close_keeps_parents_subscriber) {
+        enum { SLOTS = 8 };
+        shmb_channel *pub, *sub;
+        char buf[64];
+        pid_t pid;
+        int status, n = 0;
+
+        reload_to("[{\"name\": \"news\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 8, \"subscribers\": 4}]");
+        pub = open_ok("news", SHMB_RW);
+        sub = open_ok("news", SHMB_RO);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                (void) shmb_close(sub);
+                _exit(0);
+        }
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        while (n <= SLOTS && shmb_send(pub, &n, sizeof n, 0) == 0)
+                n++;
+        ck_assert_msg(n == SLOTS, "the publisher sent %d messages into %d slots: the subscriber was dropped", n, SLOTS);
+        for (int i = 0; i < SLOTS; i++) {
+                ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 1000), (ssize_t) sizeof i);
+                ck_assert_int_eq(memcmp(buf, &i, sizeof i), 0);
+        }
+        ck_assert_int_eq(shmb_close(sub), 0);
+        ck_assert_int_eq(shmb_close(pub), 0);
+}
+END_TEST
+
+/* One line from fd into buf (newline kept, NUL-terminated); false at its end. */
+static bool relay_read_line(int fd, char *buf, size_t size) {
+        size_t n = 0;
+
+        while (n + 1 < size && read(fd, &buf[n], 1) == 1)
+                if (buf[n++] == '\n') {
+                        buf[n] = 0;
+                        return true;
+                }
+        return false;
+}
+
+/*
+ * A relay to the real broker that asks it for "public" whenever its client
+ * asks to open "pair": the stream of a connection out of step, as when
+ * another process wrote on the socket.
+ */
+static void wrong_channel_relay(int lfd) {
+        static const char asked[] = "\"channel\":\"pair\"", stray[] = "\"channel\":\"public\"";
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int c = accept(lfd, NULL, NULL), b = socket(AF_UNIX, SOCK_STREAM, 0);
+        char line[65536], out[65536];
+
+        if (snprintf(sa.sun_path, sizeof sa.sun_path, "%s", td.socket) >= (int) sizeof sa.sun_path ||
+            c < 0 || b < 0 || connect(b, (struct sockaddr *) &sa, sizeof sa) < 0)
+                _exit(1);
+        while (relay_read_line(c, line, sizeof line)) {
+                char *at = strstr(line, asked);
+
+                if (at)
+                        snprintf(out, sizeof out, "%.*s%s%s", (int) (at - line), line, stray, at + strlen(asked));
+                else
+                        snprintf(out, sizeof out, "%s", line);
+                if (write(b, out, strlen(out)) < 0 || !relay_read_line(b, line, sizeof line) ||
+                    write(c, line, strlen(line)) < 0)
+                        break;
+        }
+        _exit(0);
+}
+
+/*
+ * An answer that names another channel than the open asked for is not the
+ * open's answer (a stream out of step): -EPROTO, never a handle to the
+ * wrong channel, and the connection is closed for good.
+ */
+START_TEST(test_open_answer_of_another_channel_is_eproto) {
+        struct sockaddr_un sa;
+        shmb_channel *ch = NULL;
+        shmb_client *c;
+        pid_t pid = fake_server_start("relay.sock", wrong_channel_relay, &sa);
+
+        ck_assert_int_eq(shmb_connect(sa.sun_path, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "counter", SHMB_RW, &ch), 0);
+        ck_assert_str_eq(shmb_channel_name(ch), "counter");
+        ck_assert_int_eq(shmb_close(ch), 0);
+        ch = NULL;
+        ck_assert_int_eq(shmb_open(c, "pair", SHMB_RW, &ch), -EPROTO);
+        ck_assert_msg(!ch, "shmb_open(\"pair\") gave a handle to \"%s\"", ch ? shmb_channel_name(ch) : "");
+        ck_assert_int_eq(shmb_client_fd(c), -1);
+        shmb_disconnect(c);
+        fake_server_stop(pid);
+}
+END_TEST
+
 /* The default bound, where no client handle exists yet to set one: 5 s for an open by name. */
 START_TEST(test_timeout_default_open_by_name) {
         shmb_channel *ch = NULL;
@@ -3451,6 +3605,9 @@ int main(void) {
                                 test_timeout_full_backlog_connect, test_hung_broker_costs_one_close_its_timeout } },
                 { "timeouts-queued", CASE_TIMEOUT, { test_timeout_queued_threads_bounded } },
                 { "timeouts-close", CASE_TIMEOUT, { test_hung_broker_up_costs_one_close_its_timeout } },
+                { "fork", CASE_TIMEOUT, { test_forked_child_leaves_parents_connection_alone,
+                                test_forked_child_close_keeps_parents_subscriber,
+                                test_open_answer_of_another_channel_is_eproto } },
                 { "refusals", CASE_TIMEOUT, { test_refusal_at_accept_is_the_answer } },
                 { "cli-edges", CASE_TIMEOUT, { test_connect_empty_path_reaches_no_abstract_impostor,
                                  test_shmbrokerctl_odd_names_one_line,

@@ -30,6 +30,16 @@
  * (shmb_status_list, shmb_reload_result) never change once made: any
  * thread may read them; only their free must not race with the reads.
  *
+ * fork(2): a connection and its channels belong to the process that made
+ * them. In a child, broker calls on an inherited client (and
+ * shmb_client_process(), shmb_client_fd(), shmb_client_set_timeout())
+ * return -ECHILD without touching the parent's socket; shmb_close() of an
+ * inherited handle detaches and frees the child's copy but gives nothing
+ * back (hold, ring token, broadcast subscriber place stay the parent's);
+ * shmb_disconnect() frees the child's copy. A raw channel's mapping and
+ * semaphores work in the child; ring and broadcast handles must not send
+ * or receive there. Connect and open anew in the child.
+ *
  * Broker restarts: a connection outlives its broker. When the broker goes
  * away the library connects again once it is back and opens the
  * connection's channels again, so the broker lists their holds as before;
