@@ -355,8 +355,10 @@ static void consume_line(shmb_client *c, size_t len) {
  * Make the event fd, when there is one, watch what the state calls for:
  * the socket while there is one (and its room to write while a rejoin has
  * bytes left to send), and the timer, armed for the next attempt while
- * away. Failures leave it as it was, to be tried again at the next change:
- * the loop then learns of the broker from the calls, as without the fd.
+ * away, and to fire at once when closed for good (so that the loop's
+ * shmb_client_process() hears it, and drains it). Failures leave it as it
+ * was, to be tried again at the next change: the loop then learns of the
+ * broker from the calls, as without the fd.
  */
 static void events_sync(shmb_client *c) {
         struct itimerspec its = {};
@@ -378,9 +380,9 @@ static void events_sync(shmb_client *c) {
                         c->watched_events = want;
                 }
         }
-        if (c->state == CLIENT_AWAY) {
+        if (c->state == CLIENT_AWAY || c->state == CLIENT_CLOSED) {
                 /* Absolute, and never 0 (which would disarm): a time already past fires at once. */
-                uint64_t at = MAX(c->next_attempt_ms, 1);
+                uint64_t at = c->state == CLIENT_CLOSED ? 1 : MAX(c->next_attempt_ms, 1);
 
                 its.it_value.tv_sec = (time_t) (at / 1000);
                 its.it_value.tv_nsec = (long) (at % 1000) * 1000000L;
@@ -478,11 +480,19 @@ static void attempt_failed(shmb_client *c, int r) {
         events_sync(c);
 }
 
+/*
+ * For good. The event fd stays open, as the caller's loop may still watch
+ * it (a number closed under a loop is reused by anyone), and readable
+ * once (events_sync()), so that the loop's shmb_client_process() hears
+ * -ENOTCONN; shmb_disconnect() closes it.
+ */
 static void closed_for_good(shmb_client *c) {
         socket_close(c);
         c->state = CLIENT_CLOSED;
         events_sync(c);
-        /* Nothing will poll them again (shmb_client_fd() is -1 now): not kept until the last channel goes. */
+}
+
+static void events_close(shmb_client *c) {
         if (c->timer_fd >= 0)
                 c->timer_fd = (close(c->timer_fd), -1);
         if (c->event_fd >= 0)
@@ -1233,6 +1243,8 @@ void shmb_disconnect(shmb_client *c) {
         if (!client_inherited(c)) {
                 pthread_mutex_lock(&c->lock);
                 closed_for_good(c);
+                /* The last call on c: nothing polls the event fd any more, though channels may keep c. */
+                events_close(c);
                 pthread_mutex_unlock(&c->lock);
         }
         client_unref(c);

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/sem.h>
@@ -933,6 +934,43 @@ START_TEST(test_failed_call_closes_the_connection) {
         ck_assert_int_eq(shmb_list(c, &l), -ENOTCONN);
         ck_assert_int_eq(shmb_client_fd(c), -1);
         shmb_disconnect(c);
+        fake_server_stop(pid);
+}
+END_TEST
+
+/*
+ * shmb_client_fd(): "its number stays the same for the life of c". A loop
+ * that registered it keeps watching it after a malformed answer closed
+ * the connection for good: it stays open, the same epoll instance, and
+ * polls readable once, so that the loop's shmb_client_process() hears
+ * -ENOTCONN (and is not woken for it again and again).
+ */
+START_TEST(test_malformed_answer_keeps_the_event_fd) {
+        struct sockaddr_un sa;
+        struct epoll_event ev = { .events = EPOLLIN };
+        struct stat before, after;
+        shmb_status_list *l = NULL;
+        shmb_client *c = NULL;
+        pid_t pid = fake_server_start("step-fd.sock", out_of_step_server, &sa);
+        int fd, loop;
+
+        ck_assert_int_eq(shmb_connect(sa.sun_path, &c), 0);
+        fd = shmb_client_fd(c);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(fstat(fd, &before), 0);
+        loop = epoll_create1(EPOLL_CLOEXEC);
+        ck_assert_int_ge(loop, 0);
+        ck_assert_int_eq(epoll_ctl(loop, EPOLL_CTL_ADD, fd, &ev), 0);
+        ck_assert_int_eq(shmb_list(c, &l), -EPROTO);
+        ck_assert_msg(fstat(fd, &after) == 0, "the event fd %d the loop watches was closed under it", fd);
+        ck_assert_msg(before.st_dev == after.st_dev && before.st_ino == after.st_ino,
+                      "the event fd %d is another file now", fd);
+        ck_assert_msg(epoll_wait(loop, &ev, 1, 5000) == 1, "the loop was not woken to hear of the closed connection");
+        ck_assert_int_eq(shmb_client_process(c), -ENOTCONN);
+        ck_assert_int_eq(epoll_wait(loop, &ev, 1, 100), 0);
+        ck_assert_int_eq(shmb_client_fd(c), -1);
+        shmb_disconnect(c);
+        close(loop);
         fake_server_stop(pid);
 }
 END_TEST
@@ -3567,7 +3605,7 @@ int main(void) {
         const TestGroup groups[] = {
                 { "open", CASE_TIMEOUT, { test_open_attaches_and_matches_kernel, test_open_errors, test_open_without_rights_is_eacces,
                             test_other_namespace_is_exdev, test_write_through_ro_handle_faults, test_malformed_answers_are_eproto,
-                            test_failed_call_closes_the_connection,
+                            test_failed_call_closes_the_connection, test_malformed_answer_keeps_the_event_fd,
                             test_hold_dropped_when_process_exits } },
                 { "semaphores", CASE_TIMEOUT, { test_lock_counts_exactly, test_killed_lock_holder_releases_lock, test_timeouts_fire,
                                   test_waiter_sees_channel_removed } },

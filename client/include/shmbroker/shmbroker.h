@@ -156,9 +156,12 @@ void shmb_disconnect(shmb_client *c);
  * close it. Made on the first call (two descriptors, close-on-exec), so
  * programs that never ask pay nothing.
  * Returns the fd; -1 once the connection is closed for good
- * (shmb_disconnect(), or a malformed answer); -EINVAL for NULL; -EMFILE,
- * -ENFILE or -ENOMEM when it cannot be made; -ETIMEDOUT when a call in
- * flight on c held it up past that call's bound. Thread-safe.
+ * (shmb_disconnect(), or a malformed answer: the fd handed out before
+ * then stays open until shmb_disconnect(), and polls readable once, so
+ * that the loop's shmb_client_process() says -ENOTCONN); -EINVAL for
+ * NULL; -EMFILE, -ENFILE or -ENOMEM when it cannot be made; -ETIMEDOUT
+ * when a call in flight on c held it up past that call's bound; -ECHILD
+ * in a child of fork(2). Thread-safe.
  */
 int shmb_client_fd(const shmb_client *c);
 
