@@ -1823,6 +1823,222 @@ START_TEST(test_replacement_killed_at_each_step) {
 }
 END_TEST
 
+/*
+ * Channels of the crash restart tests: x (fewer semaphores after the
+ * change) and a broadcast channel bc (its table too), both made anew by
+ * the start after a crash, as a bigger ring asks.
+ */
+#define C_BC(slots) "{\"name\": \"bc\", \"kind\": \"posix\", \"layout\": \"broadcast\", \"slot_size\": 64, " \
+                    "\"slots\": " slots ", \"subscribers\": 4, \"mode\": \"0600\"}"
+#define C_BEFORE "[{\"name\": \"x\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1, 0, 0], " \
+                 "\"mode\": \"0600\"}, " C_BC("8") "]"
+#define C_AFTER "[{\"name\": \"x\", \"kind\": \"posix\", \"size\": 8192, \"semaphores\": [1, 0], " \
+                "\"mode\": \"0600\"}, " C_BC("16") "]"
+
+/* Every name the channels have both before and after the change. */
+static const char *const c_names[] = { "shmbroker.x", "sem.shmbroker.x.0", "sem.shmbroker.x.1", "shmbroker.bc",
+                                       "shmbroker-table.bc" };
+
+/* Take the first free name of c_names as another user would: whether one was free. */
+static bool squat_c_name(void) {
+        for (size_t i = 0; i < sizeof c_names / sizeof *c_names; i++) {
+                char path[64];
+                int fd;
+
+                snprintf(path, sizeof path, PSEM_DIR "/%s", c_names[i]);
+                fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+                if (fd < 0)
+                        continue;
+                ck_assert_int_eq(fchown(fd, NOBODY, NOBODY), 0);
+                close(fd);
+                return true;
+        }
+        return false;
+}
+
+/*
+ * Start the daemon traced from its exec and, after every system call it
+ * makes until it is ready (or ends), take a free name of c_names: whether
+ * one was free. The daemon runs on, or ended (td.pid -1) when it failed.
+ */
+static bool start_squatting(void) {
+        bool squatted = false;
+        int status = 0;
+
+        test_daemon_spawn_traced(&td);
+        while (!squatted && !test_td_ready()) {
+                ck_assert_msg(test_next_syscall_stop(td.pid), "the daemon ended by itself:\n%s", log_now());
+                squatted = squat_c_name();
+        }
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        if (squatted && !test_daemon_wait_ready(&td, &status))
+                td.pid = -1;
+        return squatted;
+}
+
+/*
+ * The start after a crash with a config that changed a posix channel does
+ * not take the channel over but makes it anew: that must leave no name of
+ * the channel free either, or another user who takes it (inotify tells it
+ * when) makes the start fail, and every later one. The start is traced
+ * from its exec and, after every system call, the test takes a name of the
+ * channels if it is free.
+ */
+START_TEST(test_crash_restart_leaves_no_name_free) {
+        char *before = shm_listing(), *log;
+        bool squatted;
+
+        test_daemon_write_config(&td, C_BEFORE);
+        test_start_ok();
+        test_daemon_kill(&td, SIGKILL);
+        test_daemon_write_config(&td, C_AFTER);
+        squatted = start_squatting();
+        log = log_now();
+        ck_assert_msg(!squatted, "a name of a changed channel was free during the start after a crash and another "
+                      "user took it; the start %s:\n%s", td.pid > 0 ? "succeeded" : "failed", log);
+        free(log);
+        ck_assert(!shm_exists("sem.shmbroker.x.2"));
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
+/*
+ * That start, killed at each of its file and state steps in turn: wherever
+ * it died, every name of the changed channels still names a file (none was
+ * free), the next start makes them leaving no name free either, and its
+ * stop leaves /dev/shm as it was, another user's file beside them
+ * untouched.
+ */
+START_TEST(test_crash_restart_killed_at_each_step) {
+        char *before, *log;
+        struct stat planted;
+        bool squatted;
+        int k;
+
+        /* Another user's, at the name a fourth semaphore of x would take. */
+        plant(PSEM_DIR "/sem.shmbroker.x.3", &planted);
+        before = shm_listing();
+        for (k = 1;; k++) {
+                json_t *list;
+                int fd;
+
+                test_daemon_write_config(&td, C_BEFORE);
+                test_start_ok();
+                test_daemon_kill(&td, SIGKILL);
+                test_daemon_write_config(&td, C_AFTER);
+                test_daemon_spawn_traced(&td);
+                if (!test_daemon_kill_at(&td, k, at_file_or_state_write, test_td_ready)) {
+                        /* The start took fewer than k steps: every one was a kill point. */
+                        test_daemon_stop_ok(&td);
+                        assert_listing(before);
+                        break;
+                }
+                for (size_t i = 0; i < sizeof c_names / sizeof *c_names; i++)
+                        ck_assert_msg(shm_exists(c_names[i]), "killed at step %d of the start: %s/%s was free", k,
+                                      PSEM_DIR, c_names[i]);
+                squatted = start_squatting();
+                log = log_now();
+                ck_assert_msg(!squatted, "killed at step %d of the start: a name was free during the next start and "
+                              "another user took it; that start %s:\n%s", k, td.pid > 0 ? "succeeded" : "failed",
+                              log + (strlen(log) > 2000 ? strlen(log) - 2000 : 0));
+                free(log);
+                fd = test_connect(td.socket);
+                list = test_request(fd, "{\"op\": \"list\"}");
+                close(fd);
+                log = log_now();
+                ck_assert_msg(test_find_channel(list, "x") && test_find_channel(list, "bc"),
+                              "killed at step %d of the start: the next start lacks a channel:\n%s", k, log);
+                free(log);
+                json_decref(list);
+                ck_assert_msg(!shm_exists("sem.shmbroker.x.2"), "killed at step %d of the start: the next one left "
+                              "x's third semaphore", k);
+                test_daemon_stop_ok(&td);
+                assert_listing(before);
+                assert_unchanged(PSEM_DIR "/sem.shmbroker.x.3", &planted);
+        }
+        /* Five files replaced, each with its intent, made, moved into place, its old one unlinked, recorded. */
+        ck_assert_int_ge(k, 20);
+        free(before);
+}
+END_TEST
+
+#define C_A "{\"name\": \"a\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0600\"}"
+#define C_X_AFTER "{\"name\": \"x\", \"kind\": \"posix\", \"size\": 8192, \"semaphores\": [1, 0], " \
+                  "\"mode\": \"0600\"}"
+
+/*
+ * A start after a crash that fails (another user's file at a name of a
+ * channel before, or between, the changed ones) removes the old files of
+ * the changed channels it did not make yet, as reclaim would have, and the
+ * new ones it made: /dev/shm is as before, the other user's file untouched.
+ */
+START_TEST(test_crash_restart_failure_removes) {
+        static const char *const configs[] = { "[" C_A ", " C_X_AFTER ", " C_BC("16") "]",
+                                               "[" C_X_AFTER ", " C_A ", " C_BC("16") "]" };
+        struct stat planted;
+        char *before;
+        int status = 0;
+
+        plant(PSEM_DIR "/shmbroker.a", &planted);
+        before = shm_listing();
+        for (size_t i = 0; i < sizeof configs / sizeof *configs; i++) {
+                char *log;
+
+                test_daemon_write_config(&td, C_BEFORE);
+                test_start_ok();
+                test_daemon_kill(&td, SIGKILL);
+                test_daemon_write_config(&td, configs[i]);
+                ck_assert(!test_daemon_start(&td, &status, NULL));
+                td.pid = -1;
+                log = log_now();
+                ck_assert_msg(strstr(log, PSEM_DIR "/shmbroker.a already exists"), "the start did not fail on a:\n%s",
+                              log);
+                free(log);
+                assert_listing(before);
+                assert_unchanged(PSEM_DIR "/shmbroker.a", &planted);
+                /* Nothing is left recorded either: a start and stop leave /dev/shm as it is. */
+                test_daemon_write_config(&td, C_AFTER);
+                test_start_ok();
+                test_daemon_stop_ok(&td);
+                assert_listing(before);
+        }
+        free(before);
+}
+END_TEST
+
+/*
+ * What the changed channel no longer has (a third semaphore, a broadcast
+ * table now that it is a ring) is gone after the start, its waiters told:
+ * the semaphore REMOVED, as at any removal.
+ */
+START_TEST(test_crash_restart_fewer_files) {
+        char *before = shm_listing();
+        PosixSemFile *s;
+        size_t size;
+
+        test_daemon_write_config(&td, C_BEFORE);
+        test_start_ok();
+        s = map_name("sem.shmbroker.x.2", &size);
+        test_daemon_kill(&td, SIGKILL);
+        test_daemon_write_config(&td, "[{\"name\": \"x\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1], "
+                                 "\"mode\": \"0600\"}, {\"name\": \"bc\", \"kind\": \"posix\", \"layout\": \"ring\", "
+                                 "\"slot_size\": 64, \"slots\": 8, \"mode\": \"0600\"}]");
+        test_start_ok();
+        ck_assert(shm_exists("sem.shmbroker.x.0"));
+        ck_assert(!shm_exists("sem.shmbroker.x.1"));
+        ck_assert(!shm_exists("sem.shmbroker.x.2"));
+        ck_assert(shm_exists("shmbroker.bc"));
+        ck_assert(!shm_exists("shmbroker-table.bc"));
+        ck_assert_uint_eq(__atomic_load_n(&s->state, __ATOMIC_ACQUIRE), PSEM_STATE_REMOVED);
+        munmap(s, size);
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
 /* Reclaim unlinks only the recorded inodes: a file put at a name after the crash stays. */
 /* raw1 (as channel, its JSON) crashes, and somebody else's file takes the name of its semaphore 1. */
 static void assert_reclaim_spares_replaced(const char *channel) {
@@ -2465,6 +2681,10 @@ int main(void) {
                 { "replace", CASE_TIMEOUT, { test_replacing_reload_leaves_no_name_free,
                                              test_remade_channel_leaves_no_name_free,
                                              test_replacement_killed_at_each_step } },
+                { "crash-replace", CASE_TIMEOUT, { test_crash_restart_leaves_no_name_free,
+                                                   test_crash_restart_killed_at_each_step,
+                                                   test_crash_restart_fewer_files,
+                                                   test_crash_restart_failure_removes } },
                 { "crash", CASE_TIMEOUT, { test_crash_reclaim, test_crash_adopt, test_crash_reclaim_spares_replaced,
                                            test_crash_reclaim_intent, test_crash_other_owner,
                                            test_owner_change_killed_at_each_step,
