@@ -574,8 +574,13 @@ fail:
 }
 
 int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n_fixed, State *state,
-                   Channel **ret, char *msg, size_t msg_size) {
-        return create(spec, fixed_keys, n_fixed, state, NULL, ret, msg, msg_size);
+                   PosixObjects *old, Channel **ret, char *msg, size_t msg_size) {
+        int r = create(spec, fixed_keys, n_fixed, state, old, ret, msg, msg_size);
+
+        /* What of them is left (none once create_posix() ran): unlinked as at any removal. */
+        if (old)
+                posix_objects_remove(old, state);
+        return r;
 }
 
 int channel_replace(Channel *old, const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n_fixed,

@@ -111,9 +111,15 @@ Channel *channel_forget(Channel *c);
  * the next candidate; a fixed key held by anyone is an error, and the
  * foreign object is left untouched. On failure everything made is removed
  * again and a negative errno is returned with a sentence in msg.
+ *
+ * old (NULL: none): files of a posix channel that this one replaces, open
+ * and at their names, their waiters told (reclaim_posix_take()): each new
+ * file takes the place of the old one of its role in one step
+ * (posix_objects_create()). Removed and closed in every case, what no new
+ * file replaced as posix_objects_remove() does.
  */
 int channel_create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n_fixed, State *state,
-                   Channel **ret, char *msg, size_t msg_size);
+                   PosixObjects *old, Channel **ret, char *msg, size_t msg_size);
 
 /*
  * Remove the objects (IPC_RMID; clients still attached keep their mapping

@@ -28,6 +28,12 @@
 #include "daemon/self.h"
 #include "daemon/state.h"
 
+/* At start: a killed run's files of a posix channel that changed since, until the channel is made. */
+typedef struct Replaced {
+        size_t channel;                 /* its index in config->channels */
+        PosixObjects old;
+} Replaced;
+
 typedef struct Daemon {
         const DaemonOptions *options;
         Config *config;
@@ -42,6 +48,8 @@ typedef struct Daemon {
         bool reclaimed;                 /* the previous run's records were settled... */
         StateRecord *unsettled;         /* ...but for these, which must stay recorded */
         size_t n_unsettled;
+        Replaced *replaced;             /* each one's files are replaced in place by create_channels() */
+        size_t n_replaced;
         size_t last_status[3];          /* channels, clients, holds as last sent in STATUS= */
         sd_event_source *status_timer;
         sd_event_source *orphan_timer;  /* while adopted rings keep holders of the killed run */
@@ -85,6 +93,44 @@ static void log_kept(const Daemon *d, size_t from, size_t lost) {
                             "in %s, and the next start tries again.", n_lost, state_path(d->state));
 }
 
+/*
+ * The files of the killed run's posix channels that the config changed
+ * since: each is taken (reclaim_posix_take()), to be replaced in place
+ * when its channel is made anew, not reclaimed first, which would leave its
+ * names free for another user to take meanwhile.
+ */
+static void take_replaced(Daemon *d, StateRecord *v, size_t n) {
+        const Config *cfg = d->config;
+
+        d->replaced = calloc(cfg->n_channels ?: 1, sizeof *d->replaced);
+        if (!d->replaced)
+                return;         /* reclaim removes them, as any leftovers */
+        for (size_t i = 0; i < cfg->n_channels; i++) {
+                Replaced *rp = &d->replaced[d->n_replaced];
+                size_t k;
+
+                /* Taken over, or System V now: nothing to replace in place. */
+                if (cfg->channels[i].kind != PROTO_KIND_POSIX || registry_find(d->registry, cfg->channels[i].name))
+                        continue;
+                k = reclaim_posix_take(v, n, cfg->channels[i].name, state_secret(d->state), &rp->old);
+                if (k == 0)
+                        continue;
+                rp->channel = i;
+                d->n_replaced++;
+                log_info("Channel %s: %zu file(s) of the previous run are replaced in place as it is made anew.",
+                         cfg->channels[i].name, k);
+        }
+}
+
+/* What create_channels() did not replace (a failed start), removed as reclaim would have. */
+static void remove_replaced(Daemon *d) {
+        for (size_t i = 0; i < d->n_replaced; i++)
+                posix_objects_remove(&d->replaced[i].old, d->state);
+        free(d->replaced);
+        d->replaced = NULL;
+        d->n_replaced = 0;
+}
+
 static void daemon_done(Daemon *d) {
         size_t kept, lost;
 
@@ -97,6 +143,7 @@ static void daemon_done(Daemon *d) {
         kept = d->state ? state_n_kept(d->state) : 0;
         lost = d->state ? state_n_lost(d->state) : 0;
         d->registry = registry_free(d->registry);
+        remove_replaced(d);
         if (d->state)
                 log_kept(d, kept, lost);
         d->wake = wake_free(d->wake);
@@ -188,6 +235,8 @@ static int save_state(Daemon *d) {
 
         for (size_t i = 0; i < d->registry->n; i++)
                 total += channel_count_records(registry_at(d->registry, i)->channel);
+        for (size_t i = 0; i < d->n_replaced; i++)
+                total += 2 + d->replaced[i].old.nsems;
         v = calloc(total, sizeof *v);
         if (!v)
                 return -ENOMEM;
@@ -196,6 +245,10 @@ static int save_state(Daemon *d) {
                 v[n++] = d->unsettled[i];
         for (size_t i = 0; i < d->registry->n; i++)
                 n += channel_records(registry_at(d->registry, i)->channel, v + n);
+        /* The files a start is to replace in place: recorded until then. */
+        for (size_t i = 0; i < d->n_replaced; i++)
+                n += posix_objects_records(&d->replaced[i].old, d->config->channels[d->replaced[i].channel].name,
+                                           v + n);
         return state_rewrite(d->state, v, n);
 }
 
@@ -363,6 +416,8 @@ static int open_state_and_reclaim(Daemon *d) {
         d->registry->wake = d->wake;
         /* Before reclaim: what a crash left of an unchanged channel lives on, with its clients. */
         (void) adopt_channels(d->registry, d->config, state_secret(d->state), v, n);
+        /* Before reclaim too: a changed posix channel's files stay at their names until it is made anew. */
+        take_replaced(d, v, n);
         res = (ReclaimResult) {};
         if (n > 0) {
                 reclaim_records(v, n, state_secret(d->state), &res);
@@ -403,6 +458,7 @@ static bool keeps_adopted_wake(const char *name, void *userdata) {
 
 static int create_channels(Daemon *d) {
         _cleanup_(freep) const ChannelSpec **specs = NULL;
+        _cleanup_(freep) PosixObjects **olds = NULL;
         const Config *cfg = d->config;
         char msg[1024];
         IpcLimits limits;
@@ -410,12 +466,17 @@ static int create_channels(Daemon *d) {
         int r;
 
         specs = calloc(cfg->n_channels ?: 1, sizeof *specs);
-        if (!specs)
+        olds = calloc(cfg->n_channels ?: 1, sizeof *olds);
+        if (!specs || !olds)
                 return log_error("Out of memory."), -ENOMEM;
         for (size_t i = 0; i < cfg->n_channels; i++) {
                 /* Taken over from a crashed run: it exists already. */
-                if (!registry_find(d->registry, cfg->channels[i].name))
-                        specs[n++] = &cfg->channels[i];
+                if (registry_find(d->registry, cfg->channels[i].name))
+                        continue;
+                for (size_t k = 0; k < d->n_replaced; k++)
+                        if (d->replaced[k].channel == i)
+                                olds[n] = &d->replaced[k].old;
+                specs[n++] = &cfg->channels[i];
         }
         warn_foreign_owners(cfg);
 
@@ -435,7 +496,8 @@ static int create_channels(Daemon *d) {
                                           5ULL * USEC_PER_SEC, i + 1, n);
                         extended = now_usec();
                 }
-                r = registry_create(d->registry, specs[i], cfg->fixed_keys, cfg->n_fixed_keys, &c, msg, sizeof msg);
+                r = registry_create(d->registry, specs[i], cfg->fixed_keys, cfg->n_fixed_keys, olds[i], &c, msg,
+                                    sizeof msg);
                 if (r < 0)
                         return log_error("%s", msg), r;
                 if (c->spec.kind == PROTO_KIND_POSIX)
@@ -445,6 +507,8 @@ static int create_channels(Daemon *d) {
                         log_debug("Created channel %s: key 0x%08x, shm id %d, sem id %d.",
                                   c->spec.name, c->key, c->shm_id, c->sem_id);
         }
+        /* Every file to replace was replaced, or removed with its channel's failure. */
+        remove_replaced(d);
         /* What a crash left of rings that were not adopted. */
         wake_sweep(d->wake, keeps_wake, d->registry);
         return 0;

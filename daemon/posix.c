@@ -943,18 +943,27 @@ int posix_objects_sem_value(const PosixObjects *p, unsigned idx, int *ret) {
  */
 #define INTENT_WINDOW_SEC 60
 
+static bool stat_is_intended(const struct stat *st, const StateRecord *rec) {
+        return stat_is_ours(st) && st->st_nlink == 1 && (st->st_mode & 07777) == 0600 &&
+               (st->st_size == 0 || (uint64_t) st->st_size == rec->size) && st->st_ctim.tv_sec >= rec->since &&
+               st->st_ctim.tv_sec <= rec->since + INTENT_WINDOW_SEC;
+}
+
+/* Whether st is the file an intent of a replacement replaces, proven as by its own record. */
+static bool stat_is_replaced(const struct stat *st, const StateRecord *rec) {
+        return (rec->dev != 0 || rec->ino != 0) && stat_is_recorded(st, rec);
+}
+
 static int reclaim_intent_at(int dir, const StateRecord *rec, const char *name) {
         StateRecord found;
         struct stat st;
 
         if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
                 return -errno;
-        /* The file it replaces, proven as by its own record; its waiters were told before the intent was written. */
-        if ((rec->dev != 0 || rec->ino != 0) && stat_is_recorded(&st, rec))
+        /* The file it replaces: its waiters were told before the intent was written. */
+        if (stat_is_replaced(&st, rec))
                 return unlink_checked(dir, name, stat_is_recorded, rec);
-        if (!stat_is_ours(&st) || st.st_nlink != 1 || (st.st_mode & 07777) != 0600 ||
-            (st.st_size != 0 && (uint64_t) st.st_size != rec->size) || st.st_ctim.tv_sec < rec->since ||
-            st.st_ctim.tv_sec > rec->since + INTENT_WINDOW_SEC)
+        if (!stat_is_intended(&st, rec))
                 return 0;
         /* The inode just judged, looked at again right before the unlink. */
         found = *rec;
@@ -1008,4 +1017,80 @@ int posix_reclaim_file(const StateRecord *rec, const uint8_t *secret, void (*mar
                 file_close(&f);
         }
         return unlink_checked(dir, name, stat_is_recorded, rec);
+}
+
+int posix_objects_take(PosixObjects *p, const StateRecord *rec, const uint8_t *secret,
+                       void (*mark)(void *addr, size_t size)) {
+        _cleanup_(closep) int dir = -1;
+        char name[NAME_MAX + 1], tmp[NAME_MAX + 1];
+        StateRecord found = *rec;
+        PosixFile *f, taken;
+        struct stat st;
+        int r;
+
+        if (rec->kind != STATE_POSIX || rec->id < POSIX_ROLE_TABLE || rec->id >= PROTO_FDS_MAX ||
+            (p->shm_name[0] && !streq(p->shm_name + strlen("/shmbroker."), rec->name)) ||
+            posix_record_file_name(rec, name, sizeof name) < 0)
+                return -EINVAL;
+        if (rec->id >= (int) p->nsems) {
+                PosixFile *v = reallocarray(p->sems, (size_t) rec->id + 1, sizeof *v);
+
+                if (!v)
+                        return -ENOMEM;
+                for (unsigned i = p->nsems; i <= (unsigned) rec->id; i++)
+                        file_init(&v[i]);
+                p->sems = v;
+                p->nsems = (unsigned) rec->id + 1;
+        }
+        f = objects_file(p, rec->id);
+        if (!rec->pending && f->fd >= 0)
+                return (uint64_t) f->dev == rec->dev && (uint64_t) f->ino == rec->ino ? 0 : -EEXIST;
+        dir = open_dir();
+        if (dir < 0)
+                return dir;
+        if (rec->pending) {
+                /*
+                 * A start killed while it replaced the file: at its name is the
+                 * file replaced or the one made, told apart as reclaim does, and
+                 * taken as any recorded file; the other one, at the temporary
+                 * name, goes now, as the intent goes with the file taken.
+                 */
+                if (!secret || temp_name(secret, rec, tmp, sizeof tmp) < 0)
+                        return -EINVAL;
+                if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                        return -errno;
+                if (f->fd >= 0 && (st.st_dev != f->dev || st.st_ino != f->ino))
+                        return -EEXIST;
+                if (f->fd < 0 && !stat_is_replaced(&st, rec) &&
+                    (!stat_is_intended(&st, rec) || (uint64_t) st.st_size != rec->size))
+                        return -ESTALE;
+                r = reclaim_intent_at(dir, rec, tmp);
+                if (r < 0 && r != -ENOENT)
+                        return r;
+                if (f->fd >= 0)
+                        return 0;
+                found.pending = false;
+                found.dev = (uint64_t) st.st_dev;
+                found.ino = (uint64_t) st.st_ino;
+                found.size = (uint64_t) st.st_size;
+                if (!stat_is_replaced(&st, rec))
+                        found.uid = (uid_t) -1;
+        }
+        /* As a crash reclaim opens it to tell its waiters: the recorded inode, ours, O_NOFOLLOW. */
+        r = adopt_one(dir, &found, &taken);
+        if (r < 0)
+                return r;
+        if (rec->id >= 0)
+                sem_file_mark_removed(taken.addr, taken.size, false);
+        else if (mark)
+                mark(taken.addr, taken.size);
+        *f = taken;
+        /* The first file's maker and time stand for all: only a removal's record compares them, never a proof. */
+        if (!p->shm_name[0]) {
+                posix_shm_name(p->shm_name, sizeof p->shm_name, rec->name);
+                p->made_pid = rec->pid;
+                p->made_since = rec->since;
+        }
+        p->told = true;
+        return 1;
 }

@@ -104,6 +104,28 @@ int posix_objects_adopt(const ChannelSpec *spec, const StateRecord *recs, size_t
                         char *msg, size_t msg_size);
 
 /*
+ * Take a killed run's file of a channel that is made anew after a crash,
+ * to be replaced in place (posix_objects_create()'s old) instead of
+ * reclaimed first, which would leave its name free for another user to
+ * take: the file rec records, opened as posix_objects_adopt() does (by
+ * name with O_NOFOLLOW, the recorded inode, a regular file of ours or of
+ * the owner the record names, of the recorded size), its waiters told as
+ * crash reclaim tells them (a semaphore REMOVED; a segment's ring or
+ * broadcast header is the caller's: `mark`, when given, is called on its
+ * mapping), and held in p (first posix_objects_init()) as the file of its
+ * role. An intent (a start killed while it made or replaced the file) is
+ * taken for the file at its name when that is the file it replaces or
+ * one it made, as posix_reclaim_file() tells them (secret: the run's key
+ * secret); the other one, at the temporary name, is reclaimed now. Every
+ * file p takes is of one channel; the first one's maker and time are p's.
+ * 1 taken, 0 when p holds that file already, -EEXIST when p holds another
+ * of its role, -EINVAL when rec is not for p, another -errno when the file
+ * is not the one recorded or cannot be opened: then it is reclaim's.
+ */
+int posix_objects_take(PosixObjects *p, const StateRecord *rec, const uint8_t *secret,
+                       void (*mark)(void *addr, size_t size));
+
+/*
  * Give every file its owner, group and mode (the table: bcast_table_mode()
  * for table_mode). A file given another owner is recorded under it in
  * state first (NULL: not recorded), so that a restart after a crash still

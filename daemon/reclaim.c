@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/util.h"
 #include "daemon/ipc-stat.h"
 #include "daemon/log.h"
 #include "daemon/posix.h"
@@ -157,6 +158,38 @@ static void mark_posix_segment(void *addr, size_t size) {
                 ring_mark_removed(addr);
         else if (size >= sizeof(BcastHeader) && bcast_header_is_ours(addr))
                 bcast_mark_removed(addr, NULL);
+}
+
+size_t reclaim_posix_take(StateRecord *v, size_t n, const char *channel, const uint8_t *secret,
+                          PosixObjects *ret) {
+        size_t taken = 0;
+
+        posix_objects_init(ret);
+        /*
+         * Recorded files before intents, and the newest record of a file
+         * first: one moved to a new owner (file_set_perms()) may be
+         * recorded under both. Every record of a file taken is settled with
+         * it: the caller records the file again. Files of several runs (a
+         * start killed while it replaced some) are taken alike; an older
+         * file of a role taken already is reclaim's.
+         */
+        for (int pass = 0; pass < 2; pass++)
+                for (size_t i = n; i-- > 0;) {
+                        int r;
+
+                        if (v[i].kind != STATE_POSIX || v[i].pending != (pass == 1) || v[i].legacy || v[i].adopted ||
+                            !streq(v[i].name, channel))
+                                continue;
+                        r = posix_objects_take(ret, &v[i], secret,
+                                               v[i].id == POSIX_ROLE_SEGMENT ? mark_posix_segment : NULL);
+                        if (r > 0)
+                                taken++;
+                        if (r >= 0)
+                                v[i].adopted = true;
+                }
+        if (taken == 0)
+                posix_objects_close(ret);
+        return taken;
 }
 
 /* A posix channel's file: its record names the inode, which must still be ours at its name. */

@@ -24,6 +24,7 @@
 
 #include <stddef.h>
 
+#include "daemon/posix.h"
 #include "daemon/state.h"
 
 typedef struct ReclaimResult {
@@ -53,3 +54,21 @@ void reclaim_records(StateRecord *v, size_t n, const uint8_t *secret, ReclaimRes
  * cannot be read.
  */
 int reclaim_prove(const StateRecord *rec, bool paired);
+
+/*
+ * A posix channel that a killed run made and the config changed since is
+ * made anew; its old files must not be reclaimed first, or their names are
+ * free for another user to take until the new ones are made. Take the
+ * files v records for `channel` (also an intent's file at its name: a
+ * start killed while it replaced it) that are provably ours, as reclaim
+ * proves them, into *ret (posix_objects_take(); secret: the key secret of
+ * the run that wrote v): opened, their waiters told as reclaim tells them.
+ * Their records are marked .adopted, so that reclaim_records() leaves
+ * them: the caller records the files again and hands *ret to the
+ * channel's creation as the files it replaces (posix_objects_create()'s
+ * old), or removes it (posix_objects_remove()). What is not taken is
+ * reclaim's. Returns how many files were taken (0: none, and *ret holds
+ * nothing).
+ */
+size_t reclaim_posix_take(StateRecord *v, size_t n, const char *channel, const uint8_t *secret,
+                          PosixObjects *ret);

@@ -197,12 +197,12 @@ static int registry_add_made(Registry *r, const ChannelSpec *spec, Channel *c, C
         return 0;
 }
 
-int registry_create(Registry *r, const ChannelSpec *spec, const uint32_t *fixed, size_t n_fixed, Channel **ret,
-                    char *msg, size_t msg_size) {
+int registry_create(Registry *r, const ChannelSpec *spec, const uint32_t *fixed, size_t n_fixed, PosixObjects *old,
+                    Channel **ret, char *msg, size_t msg_size) {
         Channel *c;
         int k;
 
-        k = channel_create(spec, fixed, n_fixed, r->state, &c, msg, msg_size);
+        k = channel_create(spec, fixed, n_fixed, r->state, old, &c, msg, msg_size);
         return k < 0 ? k : registry_add_made(r, spec, c, ret, msg, msg_size);
 }
 

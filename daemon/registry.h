@@ -115,10 +115,11 @@ Registry *registry_free(Registry *r);
 /*
  * Create spec's channel (keys in fixed are left to the channels that name
  * them) and register it; *ret, when given, is the new channel. Negative
- * errno with msg; then nothing was made.
+ * errno with msg; then nothing was made. old (NULL: none): the files it
+ * replaces, removed in every case (channel_create()).
  */
-int registry_create(Registry *r, const ChannelSpec *spec, const uint32_t *fixed, size_t n_fixed, Channel **ret,
-                    char *msg, size_t msg_size);
+int registry_create(Registry *r, const ChannelSpec *spec, const uint32_t *fixed, size_t n_fixed, PosixObjects *old,
+                    Channel **ret, char *msg, size_t msg_size);
 
 /*
  * Register a channel taken over after a crash (channel_adopt()). A ring's

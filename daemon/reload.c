@@ -340,7 +340,7 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
 
         /* 1. Add. On failure, remove what this reload added: nothing else has changed yet. */
         for (size_t i = 0; i < p->n_add; i++) {
-                r = registry_create(reg, p->add[i], cfg->fixed_keys, cfg->n_fixed_keys, NULL, msg, msg_size);
+                r = registry_create(reg, p->add[i], cfg->fixed_keys, cfg->n_fixed_keys, NULL, NULL, msg, msg_size);
                 if (r < 0) {
                         for (size_t k = 0; k < i; k++)
                                 registry_remove(reg, registry_find(reg, p->add[k]->name));
@@ -393,7 +393,8 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                         r = registry_replace(reg, p->replace[i], s, cfg->fixed_keys, cfg->n_fixed_keys, why,
                                              sizeof why);
                 else
-                        r = registry_create(reg, s, cfg->fixed_keys, cfg->n_fixed_keys, NULL, why, sizeof why);
+                        r = registry_create(reg, s, cfg->fixed_keys, cfg->n_fixed_keys, NULL, NULL, why,
+                                            sizeof why);
                 if (r < 0) {
                         log_error("Reload: %s; the channel %s until a later reload.", why,
                                   p->replace[i] ? "is gone" : "is not added");
