@@ -856,19 +856,27 @@ static void garbage_server(int lfd) {
         }
 }
 
+/* A listening stream socket bound at sa (a path, or an abstract address). */
+static int listening_at(const struct sockaddr_un *sa) {
+        int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        ck_assert_int_ge(l, 0);
+        ck_assert_int_eq(bind(l, (const struct sockaddr *) sa, sizeof *sa), 0);
+        ck_assert_int_eq(listen(l, 8), 0);
+        return l;
+}
+
 /*
  * A stand-in broker: serve(lfd) in a child listening on td.dir/name, whose
  * path is put in sa. The child dies with the test. Returns its pid.
  */
 static pid_t fake_server_start(const char *name, void (*serve)(int lfd), struct sockaddr_un *sa) {
-        int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+        int lfd;
         pid_t pid;
 
         *sa = (struct sockaddr_un) { .sun_family = AF_UNIX };
-        ck_assert_int_ge(lfd, 0);
         ck_assert_int_lt(snprintf(sa->sun_path, sizeof sa->sun_path, "%s/%s", td.dir, name), (int) sizeof sa->sun_path);
-        ck_assert_int_eq(bind(lfd, (struct sockaddr *) sa, sizeof *sa), 0);
-        ck_assert_int_eq(listen(lfd, 4), 0);
+        lfd = listening_at(sa);
         pid = fork();
         ck_assert_int_ge(pid, 0);
         if (pid == 0) {
@@ -3418,10 +3426,7 @@ START_TEST(test_connect_empty_path_reaches_no_abstract_impostor) {
 
         /* A network namespace of its own: its abstract addresses are this test's alone. */
         ck_assert_msg(unshare(CLONE_NEWNET) == 0, "unshare(CLONE_NEWNET): %s", strerror(errno));
-        l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        ck_assert_int_ge(l, 0);
-        ck_assert_int_eq(bind(l, (struct sockaddr *) &sa, sizeof sa), 0);
-        ck_assert_int_eq(listen(l, 8), 0);
+        l = listening_at(&sa);
         pid = fork();
         ck_assert_int_ge(pid, 0);
         if (pid == 0) {
@@ -3539,10 +3544,7 @@ static int against_fake_broker(const char *args, bool close_after_status, char *
         pid_t pid;
 
         ck_assert_int_lt(snprintf(sa.sun_path, sizeof sa.sun_path, "%s/fake.sock", td.dir), (int) sizeof sa.sun_path);
-        l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        ck_assert_int_ge(l, 0);
-        ck_assert_int_eq(bind(l, (struct sockaddr *) &sa, sizeof sa), 0);
-        ck_assert_int_eq(listen(l, 8), 0);
+        l = listening_at(&sa);
         pid = fork();
         ck_assert_int_ge(pid, 0);
         if (pid == 0) {

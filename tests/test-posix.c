@@ -1651,6 +1651,23 @@ END_TEST
 
 static const char *const x_names[] = { "shmbroker.x", "sem.shmbroker.x.0", "sem.shmbroker.x.1" };
 
+/* Take the first free one of names as another user would (uid 65534): whether one was free. */
+static bool squat_one_of(const char *const *names, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                char path[64];
+                int fd;
+
+                snprintf(path, sizeof path, PSEM_DIR "/%s", names[i]);
+                fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+                if (fd < 0)
+                        continue;
+                ck_assert_int_eq(fchown(fd, NOBODY, NOBODY), 0);
+                close(fd);
+                return true;
+        }
+        return false;
+}
+
 /*
  * A reload that replaces a posix channel must never leave its names free
  * between the old files and the new: /dev/shm is world-writable, and a user
@@ -1673,17 +1690,7 @@ START_TEST(test_replacing_reload_leaves_no_name_free) {
         test_reload_async();
         while (!squatted && !test_reload_done()) {
                 ck_assert_msg(test_next_syscall_stop(td.pid), "the daemon ended by itself");
-                for (size_t i = 0; i < sizeof x_names / sizeof *x_names && !squatted; i++) {
-                        char path[64];
-
-                        snprintf(path, sizeof path, PSEM_DIR "/%s", x_names[i]);
-                        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-                        if (fd < 0)
-                                continue;
-                        ck_assert_int_eq(fchown(fd, NOBODY, NOBODY), 0);
-                        close(fd);
-                        squatted = true;
-                }
+                squatted = squat_one_of(x_names, sizeof x_names / sizeof *x_names);
         }
         ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
         test_reload_wait();
@@ -1734,17 +1741,7 @@ START_TEST(test_remade_channel_leaves_no_name_free) {
         }
         while (!squatted && waitpid(opener, &status, WNOHANG) != opener) {
                 ck_assert_msg(test_next_syscall_stop(td.pid), "the daemon ended by itself");
-                for (size_t i = 0; i < sizeof x_names / sizeof *x_names && !squatted; i++) {
-                        char path[64];
-
-                        snprintf(path, sizeof path, PSEM_DIR "/%s", x_names[i]);
-                        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-                        if (fd < 0)
-                                continue;
-                        ck_assert_int_eq(fchown(fd, NOBODY, NOBODY), 0);
-                        close(fd);
-                        squatted = true;
-                }
+                squatted = squat_one_of(x_names, sizeof x_names / sizeof *x_names);
         }
         ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
         if (squatted)
@@ -1839,21 +1836,8 @@ END_TEST
 static const char *const c_names[] = { "shmbroker.x", "sem.shmbroker.x.0", "sem.shmbroker.x.1", "shmbroker.bc",
                                        "shmbroker-table.bc" };
 
-/* Take the first free name of c_names as another user would: whether one was free. */
 static bool squat_c_name(void) {
-        for (size_t i = 0; i < sizeof c_names / sizeof *c_names; i++) {
-                char path[64];
-                int fd;
-
-                snprintf(path, sizeof path, PSEM_DIR "/%s", c_names[i]);
-                fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-                if (fd < 0)
-                        continue;
-                ck_assert_int_eq(fchown(fd, NOBODY, NOBODY), 0);
-                close(fd);
-                return true;
-        }
-        return false;
+        return squat_one_of(c_names, sizeof c_names / sizeof *c_names);
 }
 
 /*
