@@ -2478,6 +2478,21 @@ START_TEST(test_full_dev_shm_fails_the_start) {
 }
 END_TEST
 
+/* Reload the config just written: it must fail, channel p stay listed; then close hold and stop. */
+static void assert_reload_refused_keeping_p(int hold) {
+        int fd = test_connect(td.socket);
+        json_t *resp = test_request(fd, "{\"op\": \"reload\"}"), *list = test_request(fd, "{\"op\": \"list\"}");
+
+        close(fd);
+        ck_assert_msg(test_find_channel(list, "p"), "the reload lost channel p: %s", json_dumps(resp, JSON_COMPACT));
+        ck_assert_msg(!json_is_true(json_object_get(resp, "ok")), "the reload claims success: %s",
+                      json_dumps(resp, JSON_COMPACT));
+        json_decref(resp);
+        json_decref(list);
+        close(hold);
+        test_daemon_stop_ok(&td);
+}
+
 /*
  * A posix channel whose size a reload changes is replaced: its old files go
  * first, and a holder keeps their pages. In a /dev/shm with room for the new
@@ -2487,8 +2502,7 @@ END_TEST
  * channel gone.
  */
 START_TEST(test_full_dev_shm_fails_a_replacing_reload) {
-        json_t *resp, *list;
-        int fd, hold;
+        int hold;
 
         ck_assert_msg(mount("tmpfs", "/dev/shm", "tmpfs", MS_REMOUNT, "size=1m") == 0, "remount: %s", strerror(errno));
         test_daemon_write_config(&td, "[{\"name\": \"p\", \"kind\": \"posix\", \"size\": \"400K\"}]");
@@ -2497,17 +2511,7 @@ START_TEST(test_full_dev_shm_fails_a_replacing_reload) {
         ck_assert_int_ge(hold, 0);
 
         test_daemon_write_config(&td, "[{\"name\": \"p\", \"kind\": \"posix\", \"size\": \"700K\"}]");
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\": \"reload\"}");
-        list = test_request(fd, "{\"op\": \"list\"}");
-        close(fd);
-        ck_assert_msg(test_find_channel(list, "p"), "the reload lost channel p: %s", json_dumps(resp, JSON_COMPACT));
-        ck_assert_msg(!json_is_true(json_object_get(resp, "ok")), "the reload claims success: %s",
-                      json_dumps(resp, JSON_COMPACT));
-        json_decref(resp);
-        json_decref(list);
-        close(hold);
-        test_daemon_stop_ok(&td);
+        assert_reload_refused_keeping_p(hold);
 }
 END_TEST
 
@@ -2519,7 +2523,6 @@ END_TEST
  * ones cannot be made.
  */
 START_TEST(test_no_inodes_in_dev_shm_fails_a_replacing_reload) {
-        json_t *resp, *list;
         char path[64];
         int fd, hold;
 
@@ -2541,17 +2544,7 @@ START_TEST(test_no_inodes_in_dev_shm_fails_a_replacing_reload) {
         }
 
         test_daemon_write_config(&td, "[{\"name\": \"p\", \"kind\": \"posix\", \"size\": \"128K\", \"semaphores\": [1]}]");
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\": \"reload\"}");
-        list = test_request(fd, "{\"op\": \"list\"}");
-        close(fd);
-        ck_assert_msg(test_find_channel(list, "p"), "the reload lost channel p: %s", json_dumps(resp, JSON_COMPACT));
-        ck_assert_msg(!json_is_true(json_object_get(resp, "ok")), "the reload claims success: %s",
-                      json_dumps(resp, JSON_COMPACT));
-        json_decref(resp);
-        json_decref(list);
-        close(hold);
-        test_daemon_stop_ok(&td);
+        assert_reload_refused_keeping_p(hold);
 }
 END_TEST
 
