@@ -707,7 +707,7 @@ static int rejoin_answer(shmb_client *c, const char *line, size_t len, const Cli
 static int rejoin_run(shmb_client *c, bool wait) {
         for (;;) {
                 struct pollfd p = { .fd = c->fd, .events = POLLIN };
-                size_t len;
+                size_t len, queued;
                 int r, left;
 
                 while (c->woff < c->wlen) {
@@ -722,6 +722,7 @@ static int rejoin_run(shmb_client *c, bool wait) {
                         }
                         c->woff += (size_t) n;
                 }
+                queued = c->wlen;
                 while (c->steps_done < c->n_steps && buffered_line(c, 0, &len)) {
                         ClientFds fds = {};
 
@@ -732,6 +733,9 @@ static int rejoin_run(shmb_client *c, bool wait) {
                         if (r != 0)
                                 return r;
                 }
+                /* An answer queued a request (a stale hold's close): out with it now, not at the next call. */
+                if (c->wlen != queued)
+                        continue;
                 if (c->steps_done == c->n_steps) {
                         rejoin_reset(c);
                         c->state = CLIENT_UP;

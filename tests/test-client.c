@@ -2483,6 +2483,52 @@ START_TEST(test_reconnect_after_stop_marks_handles_stale) {
 }
 END_TEST
 
+/*
+ * libshmbroker(3), BROKER RESTARTS: when the re-registration finds other
+ * ids, "the handle is marked stale, and the hold that the re-registration
+ * took is given back at once, so the broker lists no hold for it". Also
+ * for a program that drives its connection with shmb_client_process()
+ * alone, call by call ("Without an event loop, call shmb_client_process()
+ * every second or so"), and makes no further call once the answer that
+ * made its handle stale was read: the give-back must not wait for a call
+ * that may never come (a broadcast subscriber's hold takes one of the new
+ * channel's places meanwhile).
+ */
+START_TEST(test_stale_hold_given_back_without_a_further_call) {
+        shmb_channel *old;
+        shmb_client *c;
+        int64_t deadline;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "pair", SHMB_RW, &old), 0);
+        test_daemon_stop_ok(&td);               /* SIGTERM: every channel removed */
+        test_start_ok();                        /* pair made anew: other ids */
+
+        /* Calls until the broker took the re-registration's hold: its answer is then on c's socket. */
+        deadline = test_now_ms() + 5000;
+        for (;;) {
+                int r = shmb_client_process(c);
+
+                ck_assert_msg(r == 0 || r == -ECONNREFUSED, "process: %s", shmb_strerror(r));
+                if (my_holds("pair") == 1)
+                        break;
+                ck_assert_msg(test_now_ms() < deadline, "the library did not re-register within 5 s");
+                usleep(10000);
+        }
+        /* One more call reads that answer (other ids: stale); after it, none. */
+        ck_assert_int_eq(shmb_client_process(c), 0);
+        ck_assert_int_eq(shmb_channel_check(old), -EIDRM);
+        deadline = test_now_ms() + 2000;
+        while (my_holds("pair") != 0) {
+                ck_assert_msg(test_now_ms() < deadline,
+                              "a stale handle's hold on the new channel was not given back without a further call");
+                usleep(10000);
+        }
+        ck_assert_int_eq(shmb_close(old), 0);
+        shmb_disconnect(c);
+}
+END_TEST
+
 /* The cleanup helpers end a scope as shmb_close()/shmb_disconnect() would: the holds go with it. */
 static void scoped_channel(shmb_client *c) {
         __attribute__((cleanup(shmb_closep))) shmb_channel *ch = NULL, *unused = NULL;
@@ -3633,7 +3679,8 @@ int main(void) {
                                 test_legacy_programs_under_the_broker } },
                 { "reconnect", CASE_TIMEOUT, { test_reconnect_after_crash_keeps_holds, test_reconnect_keeps_the_strongest_access,
                                  test_reconnect_broker_away_fails_fast,
-                                 test_reconnect_after_stop_marks_handles_stale } },
+                                 test_reconnect_after_stop_marks_handles_stale,
+                                 test_stale_hold_given_back_without_a_further_call } },
                 { "crash-restart", CASE_TIMEOUT, { test_crash_restart_keeps_traffic } },
                 { "cleanup", CASE_TIMEOUT, { test_cleanup_helpers_end_holds } },
                 { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_zero_copy_across_processes,
