@@ -1,5 +1,6 @@
 #include <errno.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <libgen.h>
@@ -8,6 +9,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
 
@@ -38,6 +40,7 @@ typedef struct Daemon {
         const DaemonOptions *options;
         Config *config;
         char *socket_path;              /* fixed at start: a reload cannot move it */
+        char passed_path[108];          /* where the socket systemd passed is bound ("": none, or unnamed) */
         State *state;
         Registry *registry;
         Wake *wake;                     /* NULL: rings run without wake-up FIFOs */
@@ -642,6 +645,26 @@ static void raise_fd_limit(void) {
 }
 
 /*
+ * Where the socket systemd passed is bound, for the log: clients reach the
+ * daemon there, whatever the configuration's "socket" says (the unit and
+ * the file must agree; a warning when they do not).
+ */
+static void passed_socket_path(Daemon *d) {
+        struct sockaddr_un sa = {};
+        socklen_t len = sizeof sa;
+        struct stat a, b;
+
+        if (getsockname(SD_LISTEN_FDS_START, (struct sockaddr *) &sa, &len) < 0 ||
+            len <= offsetof(struct sockaddr_un, sun_path) || !sa.sun_path[0])
+                return;
+        snprintf(d->passed_path, sizeof d->passed_path, "%.*s", (int) (len - offsetof(struct sockaddr_un, sun_path)),
+                 sa.sun_path);
+        if (stat(d->passed_path, &a) < 0 || stat(d->socket_path, &b) < 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+                log_warning("The socket systemd passed is %s, not %s as configured: clients that use the configured "
+                            "path will not reach this daemon.", d->passed_path, d->socket_path);
+}
+
+/*
  * Take the listening socket from systemd when it passed one (socket
  * activation: neither bound nor unlinked by us), else bind our own.
  */
@@ -661,6 +684,7 @@ static int listen_or_adopt(Daemon *d, char *msg, size_t msg_size) {
                         msg_set(msg, msg_size, "the socket systemd passed is not a listening Unix stream socket");
                         return -EINVAL;
                 }
+                passed_socket_path(d);
                 log_debug("Using the socket passed by systemd.");
                 return control_adopt(d->control, SD_LISTEN_FDS_START, msg, msg_size);
         }
@@ -818,7 +842,7 @@ int daemon_run(const DaemonOptions *o) {
         if (r < 0)
                 log_warning("Failed to enable the watchdog: %s, ignoring.", strerror(-r));
 
-        log_info("Serving %zu channel(s) on %s.", d.registry->n, d.socket_path);
+        log_info("Serving %zu channel(s) on %s.", d.registry->n, d.passed_path[0] ? d.passed_path : d.socket_path);
         (void) sd_notify(false, "READY=1");
         notify_status(&d);
 

@@ -173,6 +173,43 @@ START_TEST(test_socket_activation) {
 END_TEST
 
 /*
+ * A socket passed at another path than the configuration's "socket" (the
+ * unit and the file disagree): the daemon serves it, and its log names
+ * that socket, with a warning that the configured path reaches nothing.
+ */
+START_TEST(test_socket_activation_at_another_path_is_named) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        char *log, serving[sizeof sa.sun_path + 64];
+        json_t *resp;
+        int listen_fd, fd;
+
+        ck_assert_int_lt(snprintf(sa.sun_path, sizeof sa.sun_path, "%s/passed.sock", td.dir), (int) sizeof sa.sun_path);
+        listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        ck_assert_int_ge(listen_fd, 0);
+        ck_assert_int_eq(bind(listen_fd, (struct sockaddr *) &sa, sizeof sa), 0);
+        ck_assert_int_eq(listen(listen_fd, 16), 0);
+        test_daemon_write_config(&td, two_channels);
+        td.activate = true;
+        td.activate_fd = listen_fd;
+        test_start_ok();
+        fd = test_connect(sa.sun_path);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        close(fd);
+        log = test_daemon_log(&td);
+        snprintf(serving, sizeof serving, "Serving 2 channel(s) on %s.", sa.sun_path);
+        ck_assert_msg(strstr(log, serving), "the log does not name the socket served:\n%s", log);
+        ck_assert_msg(strstr(log, "The socket systemd passed is") && strstr(log, td.socket), "no warning:\n%s", log);
+        free(log);
+        test_daemon_stop_ok(&td);
+        td.activate = false;
+        td.activate_fd = 0;
+        close(listen_fd);
+}
+END_TEST
+
+/*
  * shmbrokerd(8), CRASH RECLAIM: a start that reclaims a crashed run under
  * its old socket name removes "the socket file itself when that run bound
  * it (not one systemd passed it)", and daemon.c: "Not one systemd passed:
@@ -256,7 +293,7 @@ int main(void) {
                 { "notify", CASE_TIMEOUT, { test_ready_only_after_objects_exist, test_status_follows_clients,
                               test_reload_and_stop_notifications, test_extend_timeout_for_many_channels } },
                 { "watchdog", CASE_TIMEOUT, { test_watchdog_pings, test_no_watchdog_without_watchdog_usec } },
-                { "activation", CASE_TIMEOUT, { test_socket_activation,
+                { "activation", CASE_TIMEOUT, { test_socket_activation, test_socket_activation_at_another_path_is_named,
                                   test_reclaim_never_connects_to_a_passed_socket } },
                 { "journal", CASE_TIMEOUT, { test_journal_priority_prefixes } },
         };
