@@ -94,8 +94,12 @@ static int fail_call(shmb_client *c, const char *what, int r) {
         const char *msg = c ? shmb_client_last_message(c) : "";
 
         print_message(what, *msg ? msg : shmb_strerror(r));
-        /* The daemon's refusals have wire names; anything else is our side. */
-        return *msg || r == -ENOENT || r == -EACCES || r == -EPROTO ? EXIT_REFUSED : EXIT_USAGE;
+        /*
+         * The daemon's refusals have wire names; anything else is our side.
+         * EPROTO after the connect's hello is an answer that broke the
+         * protocol (the library's words in msg): a connection error.
+         */
+        return r != -EPROTO && (*msg || r == -ENOENT || r == -EACCES) ? EXIT_REFUSED : EXIT_USAGE;
 }
 
 /*
@@ -304,6 +308,12 @@ static int run_json(shmb_client *c, const char *op, const char *channel) {
                 return fail_call(c, op, r);
         puts(answer);
         ans = json_loads(answer, 0, NULL);
+        if (!json_is_object(ans)) {
+                print_message(op, "the daemon's answer is not a JSON object");
+                json_decref(ans);
+                free(answer);
+                return EXIT_USAGE;
+        }
         ok = json_is_true(json_object_get(ans, "ok"));
         if (!ok)
                 print_message(op, json_string_value(json_object_get(ans, "message")) ?: "refused");

@@ -929,6 +929,27 @@ static void out_of_step_server(int lfd) {
         _exit(0);
 }
 
+/*
+ * shmbrokerctl(1): exit 1 is a refusal by the daemon, 2 a connection
+ * error. An answer that breaks the protocol refuses nothing: exit 2, in
+ * table and JSON mode alike.
+ */
+START_TEST(test_shmbrokerctl_malformed_answer_is_a_connection_error) {
+        static const char *const modes[] = { "", "--json" };
+        char out[4096];
+
+        for (size_t i = 0; i < sizeof modes / sizeof *modes; i++) {
+                struct sockaddr_un sa;
+                pid_t pid = fake_server_start("ctl-step.sock", out_of_step_server, &sa);
+
+                ck_assert_msg(test_run(out, sizeof out, "%s -s %s %s list 2>&1 >/dev/null", SHMBROKERCTL_PATH,
+                                       sa.sun_path, modes[i]) == 2, "%s list: %s", modes[i], out);
+                fake_server_stop(pid);
+                unlink(sa.sun_path);
+        }
+}
+END_TEST
+
 START_TEST(test_failed_call_closes_the_connection) {
         struct sockaddr_un sa;
         shmb_status_list *l = NULL;
@@ -3699,7 +3720,8 @@ int main(void) {
                 { "cli-edges", CASE_TIMEOUT, { test_connect_empty_path_reaches_no_abstract_impostor,
                                  test_shmbrokerctl_odd_names_one_line,
                                  test_shmbrokerctl_closed_stdout_sends_nothing_but_requests,
-                                 test_shmbrokerctl_status_without_subscribers_answer_fails } },
+                                 test_shmbrokerctl_status_without_subscribers_answer_fails,
+                                 test_shmbrokerctl_malformed_answer_is_a_connection_error } },
         };
 
         return test_main("client", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
