@@ -630,8 +630,9 @@ const char *const *shmb_reload_result_kept(const shmb_reload_result *r);
 void shmb_reload_result_free(shmb_reload_result *r);
 
 /*
- * The broker's human message for the last refused request on this client
- * (empty when none). Valid until the next request on the same client.
+ * The broker's human message for the last refused request on this client,
+ * or the library's for an answer that broke the protocol (-EPROTO); empty
+ * when none. Valid until the next request on the same client.
  */
 const char *shmb_client_last_message(const shmb_client *c);
 
