@@ -333,6 +333,7 @@ int shmb_open(shmb_client *c, const char *name, shmb_access access, shmb_channel
         ProtoResponse res;
         ClientFds fds;
         shmb_channel *ch;
+        uint64_t asked = client_now_ms();       /* before the hold's add, which may wait behind a hung call */
         int r;
 
         if (!c || !ret)
@@ -349,7 +350,7 @@ int shmb_open(shmb_client *c, const char *name, shmb_access access, shmb_channel
                 free(ch);
                 return r;
         }
-        r = client_call_fds(c, &req, &res, 1, &fds);
+        r = client_call_fds_since(c, &req, &res, 1, &fds, asked);
         if (r < 0) {
                 client_hold_remove(c, &ch->hold, false, false);
                 free(ch);

@@ -441,6 +441,13 @@ static void socket_close(shmb_client *c) {
                 if (c->watched_fd == c->fd)
                         (void) epoll_ctl(c->event_fd, EPOLL_CTL_DEL, c->fd, NULL);
                 c->watched_fd = -1;
+                /*
+                 * A child of fork(2) may hold a copy of the socket: end the
+                 * connection itself, not just our descriptor (but never from
+                 * the child, whose copy is the parent's connection).
+                 */
+                if (!client_inherited(c))
+                        (void) shutdown(c->fd, SHUT_RDWR);
                 close(c->fd);
                 c->fd = -1;
         }
@@ -964,9 +971,9 @@ static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *
         return r;
 }
 
-static int call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, unsigned flags,
-                  ClientFds *fds) {
-        uint64_t asked = now_ms();
+/* A call asked at `asked`, before it first waited for the lock: a hang found since fails it (ready()). */
+static int call_n_since(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, unsigned flags,
+                        ClientFds *fds, uint64_t asked) {
         int r;
 
         r = client_lock(c);
@@ -979,6 +986,20 @@ static int call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets,
         r = call_locked(c, reqs, rets, n, flags, fds);
         pthread_mutex_unlock(&c->lock);
         return r;
+}
+
+static int call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, unsigned flags,
+                  ClientFds *fds) {
+        return call_n_since(c, reqs, rets, n, flags, fds, now_ms());
+}
+
+uint64_t client_now_ms(void) {
+        return now_ms();
+}
+
+int client_call_fds_since(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, ClientFds *fds,
+                          uint64_t asked) {
+        return call_n_since(c, reqs, rets, n, 0, fds, asked);
 }
 
 int client_call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n) {

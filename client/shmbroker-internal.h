@@ -192,6 +192,11 @@ int client_call_keep_message(shmb_client *c, const ProtoRequest *req, ProtoRespo
  */
 int client_lock(shmb_client *c);
 
+/* client_call_fds() for a call asked at `asked` (client_now_ms()), before it first took the lock. */
+uint64_t client_now_ms(void);
+int client_call_fds_since(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, ClientFds *fds,
+                          uint64_t asked);
+
 /*
  * Whether c was made by another process than this one: a child of fork(2)
  * shares the parent's socket, epoll instance and timer, and its copy of

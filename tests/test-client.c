@@ -3033,6 +3033,53 @@ START_TEST(test_timeout_queued_threads_bounded) {
 }
 END_TEST
 
+static void *timed_open(void *arg) {
+        TimedCall *t = arg;
+        shmb_channel *ch = NULL;
+        int64_t start = test_now_ms();
+
+        t->r = shmb_open(t->c, "counter", SHMB_RW, &ch);
+        t->ms = test_now_ms() - start;
+        if (t->r == 0)
+                shmb_close(ch);
+        return NULL;
+}
+
+/*
+ * shmb_client_set_timeout(): "calls of other threads that were waiting for
+ * the one that timed out fail with it (-ETIMEDOUT), without waiting for the
+ * broker again". An open queued behind a call in flight when the broker
+ * hangs (SIGSTOP) is one of them: it returns when that call does, not a
+ * bound later after reconnecting into the hung broker's backlog. (shmb_open()
+ * takes the lock twice, once to list its hold and once for its request, and
+ * the second is what counts as "asked".)
+ */
+START_TEST(test_timeout_queued_open_fails_with_the_hung_call) {
+        enum { BOUND_MS = 1000 };
+        TimedCall first, open;
+        shmb_client *c;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_client_set_timeout(c, BOUND_MS), 0);
+        ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
+        first = (TimedCall) { .c = c };
+        open = (TimedCall) { .c = c };
+        ck_assert_int_eq(pthread_create(&first.thread, NULL, timed_list, &first), 0);
+        /* Queued behind the list for sure: it is in flight (a tenth of its bound), and holds the lock. */
+        usleep(BOUND_MS / 10 * 1000);
+        ck_assert_int_eq(pthread_create(&open.thread, NULL, timed_open, &open), 0);
+        ck_assert_int_eq(pthread_join(first.thread, NULL), 0);
+        ck_assert_int_eq(pthread_join(open.thread, NULL), 0);
+        ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
+        ck_assert_int_eq(first.r, -ETIMEDOUT);
+        ck_assert_int_eq(open.r, -ETIMEDOUT);
+        ck_assert_msg(open.ms < BOUND_MS,
+                      "an open queued behind a call that met a hung broker took %lld ms (bound %d ms): it waited "
+                      "for the broker again instead of failing with that call", (long long) open.ms, BOUND_MS);
+        shmb_disconnect(c);
+}
+END_TEST
+
 /*
  * shmb_close(): "a hung broker costs one close its timeout, not every
  * close", here for a broker that hangs while the connection is up
@@ -3122,6 +3169,45 @@ START_TEST(test_forked_child_leaves_parents_connection_alone) {
         ck_assert_int_eq(shmb_close(pair), 0);
         ck_assert_int_eq(my_holds("pair"), 0);
         shmb_disconnect(c);
+}
+END_TEST
+
+/*
+ * libshmbroker(3): "shmb_disconnect() closes the connection. The broker
+ * then drops every hold taken on it". Also while a child of fork(2) that
+ * never calls the library (a worker, a helper about to do something else)
+ * still has its copy of the socket: the broker must see the connection end
+ * when the process that made it ends it.
+ */
+START_TEST(test_disconnect_ends_the_connection_despite_a_forked_child) {
+        shmb_channel *pair;
+        shmb_client *c;
+        int go[2], status, held = -1;
+        pid_t pid;
+
+        ck_assert_int_eq(pipe(go), 0);
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "pair", SHMB_RW, &pair), 0);
+        ck_assert_int_eq(my_holds("pair"), 1);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                char b;
+
+                close(go[1]);
+                (void) read(go[0], &b, 1);      /* until the parent is done: its end of the pipe closes */
+                _exit(0);
+        }
+        close(go[0]);
+        shmb_disconnect(c);
+        for (int64_t deadline = test_now_ms() + 2000; test_now_ms() < deadline; usleep(10000))
+                if ((held = my_holds("pair")) == 0)
+                        break;
+        close(go[1]);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(held == 0, "2 s after shmb_disconnect() the broker still lists the hold (%d): a forked child's "
+                      "copy of the socket kept the connection open", held);
+        ck_assert_int_eq(shmb_close(pair), 0);
 }
 END_TEST
 
@@ -3711,10 +3797,12 @@ int main(void) {
                                  test_claim_closed_during_backoff_is_repaired } },
                 { "timeouts", CASE_TIMEOUT, { test_timeout_hung_broker, test_timeout_default_open_by_name,
                                 test_timeout_full_backlog_connect, test_hung_broker_costs_one_close_its_timeout } },
-                { "timeouts-queued", CASE_TIMEOUT, { test_timeout_queued_threads_bounded } },
+                { "timeouts-queued", CASE_TIMEOUT, { test_timeout_queued_threads_bounded,
+                                test_timeout_queued_open_fails_with_the_hung_call } },
                 { "timeouts-close", CASE_TIMEOUT, { test_hung_broker_up_costs_one_close_its_timeout } },
                 { "fork", CASE_TIMEOUT, { test_forked_child_leaves_parents_connection_alone,
                                 test_forked_child_close_keeps_parents_subscriber,
+                                test_disconnect_ends_the_connection_despite_a_forked_child,
                                 test_open_answer_of_another_channel_is_eproto } },
                 { "refusals", CASE_TIMEOUT, { test_refusal_at_accept_is_the_answer } },
                 { "cli-edges", CASE_TIMEOUT, { test_connect_empty_path_reaches_no_abstract_impostor,

@@ -1248,6 +1248,32 @@ class TestGarbageCycles(BrokerTest):
             assert own_holds("pair") == [], own_holds("pair")
         self.assertSurvives(child)
 
+    def test_view_kept_by_a_finalizer_then_dropped_needs_no_further_collection(self):
+        # The module's help: the hold is given back "when the channel is
+        # closed and the last view of it is gone". A view that a __del__
+        # resurrected and that the program drops later is gone by its
+        # reference count: the hold must not wait for a collection that a
+        # program with gc.disable() (or one that allocates no more
+        # containers) never runs.
+        class Holder:
+            def __init__(self, view):
+                self.view = view
+                self.me = self
+
+            def __del__(self):
+                Holder.kept = self.view
+
+        def child():
+            with shmbroker.open_channel("pair") as ch:
+                ch.buffer[:4] = b"abcd"
+                Holder(ch.buffer)
+            gc.collect()
+            gc.disable()
+            assert own_holds("pair") == ["rw"], own_holds("pair")
+            del Holder.kept
+            assert own_holds("pair") == [], "the last view is gone, the hold is still listed: %r" % own_holds("pair")
+        self.assertSurvives(child)
+
     def test_peeked_message_in_a_cycle_released_in_any_order(self):
         # Several of them, and their channels, in one cycle: whichever
         # __del__ the collector calls first, each release finds its handle.
