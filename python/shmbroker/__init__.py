@@ -83,7 +83,10 @@ and the segment is detached and the broker's hold given back
 too: whatever __del__ methods the garbage collector calls (a
 PeekedMessage's releases its message, an application's may read a view or
 keep it), the handle is closed only after the collection, once nothing
-refers to it any more.
+refers to it any more. One exception: a view that an application's
+__del__ kept during a collection keeps its channel, once dropped, until
+the next collection or the next open or close of a channel (Python calls
+a __del__ only once, so nothing else can tell when that view goes).
 So a view kept after close() still reads (and, for "rw", writes) the
 segment, and status() still lists the hold. Views of a message (peek(),
 reserve()) are released when their message is released, committed or
@@ -175,15 +178,30 @@ class _GCState:
 
 def _close_unreferenced(state=_GCState):
     """Close the _Handles put aside that nothing else refers to; keep the others aside."""
-    held = state.aside[:]
-    del state.aside[:]
+    held = []
+    # One at a time (list.pop() is atomic): a _Handle another thread puts
+    # aside meanwhile is either taken here or stays for the next time, and
+    # an exception (KeyboardInterrupt) loses none of those not looked at.
+    while True:
+        try:
+            held.append(state.aside.pop())
+        except IndexError:
+            break
     held.append(object())           # held exactly as they are, and by nothing else
     unreferenced = sys.getrefcount(held[-1])
-    for i in range(len(held) - 1):
-        if sys.getrefcount(held[i]) > unreferenced:
-            state.aside.append(held[i])     # resurrected: after the next collection, again
+    while len(held) > 1:
+        h = held.pop(0)
+        if sys.getrefcount(h) > unreferenced:
+            state.aside.append(h)   # resurrected: looked at again later
         else:
-            held[i].close()
+            h.close()
+        del h
+
+
+def _close_aside(state=_GCState):
+    """Between collections: close what a collection set aside and no __del__ keeps any more."""
+    if state.aside and not state.collecting and not state.exiting:
+        _close_unreferenced()
 
 
 def _gc_phase(phase, info, state=_GCState):
@@ -298,15 +316,15 @@ class Channel:
         if name is None:
             raise TypeError("a channel name is a str")
         c_socket, c_name = _cstring(socket, "socket"), _cstring(name, "name")
-        # Made before the C calls, which write the connection and the handle
-        # into it: whatever exception comes after a call returned (Ctrl-C's
-        # KeyboardInterrupt is raised right there), they are owned and closed
-        # with it. Two calls, not shmb_open_channel(), so that an error says
-        # which it is about: the socket (filename its path) or the channel.
+        # Made before the C call, which writes the handle into it: whatever
+        # exception comes after the call returned (Ctrl-C's KeyboardInterrupt
+        # is raised right there), it is owned and closed with it. One call,
+        # hello and open in one round trip; which name an error is about is
+        # told afterwards (_open_error_name()).
+        _close_aside()
         handle = _Handle()
-        _capi.check(_lib.shmb_connect(c_socket, ctypes.byref(handle.client)), _socket_path(socket))
-        r = _lib.shmb_open(handle.client, c_name, _capi.ACCESS[access], ctypes.byref(handle._as_parameter_))
-        _capi.check(r, _socket_path(socket) if -r in _CONNECTION_ERRORS else name)
+        r = _lib.shmb_open_channel(c_socket, c_name, _capi.ACCESS[access], ctypes.byref(handle._as_parameter_))
+        _capi.check(r, _open_error_name(-r, socket, name))
         self._name = name
         self._access = access
         self._size = _lib.shmb_channel_size(handle)
@@ -450,6 +468,7 @@ class Channel:
         """
         self._handle = None
         self._base = None
+        _close_aside()
 
     def __enter__(self):
         """The channel itself (ValueError if closed)."""
@@ -563,10 +582,12 @@ class Channel:
             buf = self._recv_bufs.pop()
         except IndexError:
             buf = ctypes.create_string_buffer(max(1, self._slot_size))
-        n = _capi.waiting(lambda ms: _lib.shmb_recv(handle, buf, len(buf), ms), timeout, self, handle)
-        data = ctypes.string_at(buf, n)
-        self._recv_bufs.append(buf)
-        return data
+        try:
+            n = _capi.waiting(lambda ms: _lib.shmb_recv(handle, buf, len(buf), ms), timeout, self, handle)
+            return ctypes.string_at(buf, n)
+        finally:
+            # Also after BlockingIOError: a loop that polls with timeout 0 takes it again.
+            self._recv_bufs.append(buf)
 
     def recv_into(self, buffer, timeout=None):
         """Receive the next message into a writable bytes-like buffer.
@@ -847,7 +868,20 @@ def _socket_path(socket):
 
 # Errors of an exchange with the broker, not of what it was asked.
 _CONNECTION_ERRORS = frozenset((errno.ETIMEDOUT, errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED,
-                                errno.EPIPE, errno.ENOTCONN, errno.ESHUTDOWN, errno.EPROTO))
+                                errno.EPIPE, errno.ENOTCONN, errno.ESHUTDOWN, errno.EPROTO, errno.ENAMETOOLONG))
+
+
+def _open_error_name(err, socket, name):
+    """The filename for open_channel()'s error err: the socket's path when it is about reaching the broker."""
+    path = _socket_path(socket)
+    if err in _CONNECTION_ERRORS or not path:
+        return path
+    # No such channel, or no socket there; no right to the channel, or none to the socket (connect needs write).
+    if err == errno.ENOENT and not os.path.exists(path):
+        return path
+    if err == errno.EACCES and os.path.exists(path) and not os.access(path, os.W_OK):
+        return path
+    return name
 
 
 def _request(request, socket):

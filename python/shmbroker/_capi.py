@@ -78,7 +78,7 @@ _PROTOTYPES = {
     "shmb_disconnect": (None, [_p]),
     "shmb_client_set_timeout": (_int, [_p, _int]),
     "shmb_request_json": (_int, [_p, _str, _pp]),
-    "shmb_open": (_int, [_p, _str, _int, _pp]),
+    "shmb_open_channel": (_int, [_str, _str, _int, _pp]),
     "shmb_close": (_int, [_p]),
     "shmb_channel_addr": (_p, [_p]),
     "shmb_channel_size": (_size, [_p]),
