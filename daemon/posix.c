@@ -82,9 +82,14 @@ int posix_record_file_name(const StateRecord *rec, char *buf, size_t size) {
  * it again. No name of a channel begins with a dot.
  */
 static int temp_name(const uint8_t *secret, const StateRecord *intent, char *buf, size_t size) {
-        char in[sizeof intent->name + 64];
-        int n = snprintf(in, sizeof in, "%s %d %d %lld", intent->name, intent->id, (int) intent->pid,
-                         (long long) intent->since);
+        char in[sizeof intent->name + 128];
+        /*
+         * The replaced file's inode too: `since` has whole seconds, and a
+         * name seen (inotify) at one replacement must not come again at the
+         * next of the same second, where another user could have taken it.
+         */
+        int n = snprintf(in, sizeof in, "%s %d %d %lld %" PRIu64 " %" PRIu64, intent->name, intent->id,
+                         (int) intent->pid, (long long) intent->since, intent->dev, intent->ino);
         int k = snprintf(buf, size, ".shmbroker-new.%016" PRIx64, siphash24(secret, in, (size_t) n));
 
         return k < 0 || (size_t) k >= size ? -ENAMETOOLONG : 0;
@@ -421,7 +426,9 @@ static int file_place(int dir, const char *tmp, const char *name, const PosixFil
                 return -errno;
         /* Only was's owner (or root) can have put another file at name in between: it goes back. */
         if (fstatat(dir, tmp, &st, AT_SYMLINK_NOFOLLOW) < 0 || !stat_is_file(&st, was)) {
-                (void) renameat2(dir, tmp, dir, name, RENAME_EXCHANGE);
+                /* Nothing at tmp: was's owner unlinked it there, and ours is in place as if we had. */
+                if (renameat2(dir, tmp, dir, name, RENAME_EXCHANGE) < 0 && errno == ENOENT)
+                        return 0;
                 return -EEXIST;
         }
         return 0;
@@ -484,6 +491,9 @@ static int create_one(int dir, PosixObjects *p, PosixFile *was, const PosixObjec
         }
         if (r < 0 && f->fd >= 0) {
                 k = unlink_checked(dir, tmp, stat_is_file, f);
+                /* Wherever a race left it: at its name too, never another's file there. */
+                if (k == -ENOENT || k == 0)
+                        k = unlink_checked(dir, name, stat_is_file, f);
                 left = k != 1 && k != -ENOENT;
                 file_close(f);
         }
@@ -491,8 +501,10 @@ static int create_one(int dir, PosixObjects *p, PosixFile *was, const PosixObjec
         if (r < 0 && !left && state)
                 (void) state_append_records(state, &prior, was ? 1 : 0, &intent, 1);
         if (r == -EEXIST) {
+                /* The temporary name, when that was taken: another user saw it at a replacement of this second. */
                 msg_set(msg, msg_size, "channel \"%s\": %s/%s already exists and was not made by this daemon; "
-                        "it is left untouched (remove it if it is a leftover)", channel, PSEM_DIR, name);
+                        "it is left untouched (remove it if it is a leftover)", channel, PSEM_DIR,
+                        streq(step, "create") ? tmp : name);
                 return r;
         }
         if (r < 0) {

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
@@ -1820,6 +1821,210 @@ START_TEST(test_replacement_killed_at_each_step) {
 }
 END_TEST
 
+/* The names of the temporary files (".shmbroker-new.*") created in /dev/shm, read from inotify fd `in`. */
+static size_t read_temp_names(int in, char names[][NAME_MAX + 1], size_t max) {
+        char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+        size_t n = 0;
+        ssize_t len;
+
+        while ((len = read(in, buf, sizeof buf)) > 0)
+                for (char *p = buf; p < buf + len;) {
+                        const struct inotify_event *ev = (const struct inotify_event *) p;
+
+                        if (ev->len > 0 && strncmp(ev->name, ".shmbroker-new.", 15) == 0 && n < max)
+                                snprintf(names[n++], NAME_MAX + 1, "%s", ev->name);
+                        p += sizeof *ev + ev->len;
+                }
+        return n;
+}
+
+/*
+ * The temporary name is meant to be unknown to other users in advance,
+ * but anyone may watch /dev/shm with inotify and so learn every one the
+ * daemon uses. A replacement of the same channel in the same second (the
+ * second reload of a quick A -> B -> A, or a remake after a truncation)
+ * derives the very same names (channel, role, pid and a since that counts
+ * whole seconds): a user who created a file at a name he saw at the first
+ * one takes the channel away at the second. Each replacement must use a
+ * name that was never shown before.
+ */
+START_TEST(test_replacement_temp_name_not_reused) {
+        for (int attempt = 0; attempt < 3; attempt++) {
+                char seen[16][NAME_MAX + 1], again[16][NAME_MAX + 1];
+                size_t n, m;
+                json_t *resp, *list;
+                time_t t;
+                int in, fd;
+
+                test_daemon_write_config(&td, X_BEFORE);
+                test_start_ok();
+                in = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+                ck_assert_int_ge(in, 0);
+                ck_assert_int_ge(inotify_add_watch(in, PSEM_DIR, IN_CREATE), 0);
+                /* Both replacements at the start of one second, as a fast A -> B -> A does. */
+                t = time(NULL);
+                while (time(NULL) == t)
+                        usleep(1000);
+                test_daemon_write_config(&td, X_AFTER);
+                json_decref(reload_ok());
+                n = read_temp_names(in, seen, 16);
+                ck_assert_uint_ge(n, 1);
+                /* Another user takes each temporary name he was shown. */
+                for (size_t i = 0; i < n; i++)
+                        ck_assert(squat_one_of((const char *const[]) { seen[i] }, 1));
+                (void) read_temp_names(in, again, 16);
+                test_daemon_write_config(&td, X_BEFORE);
+                resp = reload_answer();
+                m = read_temp_names(in, again, 16);
+                close(in);
+                fd = test_connect(td.socket);
+                list = test_request(fd, "{\"op\": \"list\"}");
+                close(fd);
+                ck_assert_msg(test_find_channel(list, "x"), "a replacement used a temporary name another user had "
+                              "seen at the one before and took: channel x is gone (%zu new temporary names; the "
+                              "reload answered %s):\n%s", m, json_dumps(resp, 0), log_now());
+                json_decref(list);
+                json_decref(resp);
+                test_daemon_stop_ok(&td);
+                for (size_t i = 0; i < n; i++) {
+                        char path[NAME_MAX + 16];
+
+                        snprintf(path, sizeof path, PSEM_DIR "/%s", seen[i]);
+                        ck_assert_int_eq(unlink(path), 0);
+                }
+        }
+}
+END_TEST
+
+/* Run fn(arg) in a child as uid/gid 65534: what it returned (0 or an errno). */
+static int as_nobody(int (*fn)(const char *), const char *arg) {
+        int status;
+        pid_t pid = fork();
+
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                if (setresgid(NOBODY, NOBODY, NOBODY) < 0 || setresuid(NOBODY, NOBODY, NOBODY) < 0)
+                        _exit(120);
+                _exit(fn(arg));
+        }
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert(WIFEXITED(status));
+        return WEXITSTATUS(status);
+}
+
+static int unlink_errno(const char *path) {
+        return unlink(path) < 0 ? errno : 0;
+}
+
+/*
+ * The owner the config gives a posix channel owns its files, and /dev/shm
+ * is sticky: he may unlink them. A replacement moves the old file to the
+ * temporary name by RENAME_EXCHANGE and then looks at it there; if its
+ * owner unlinked it in between (inotify names the temporary file), the
+ * exchange back fails, and the new file, the daemon's, is left at the
+ * channel's name with no record: the reload says it "was not made by this
+ * daemon", the stop leaves it, and every later start fails on it. The
+ * daemon is traced and the old file unlinked by its owner right after the
+ * exchange: no timing involved.
+ */
+START_TEST(test_replacement_owner_unlinks_old_file_at_exchange) {
+        char *before = shm_listing(), tmp[NAME_MAX + 32] = "";
+        bool exchanging = false, done = false;
+        json_t *list;
+        int fd, status = 0;
+
+        test_daemon_write_config(&td, "[{\"name\": \"x\", \"kind\": \"posix\", \"size\": 4096, \"owner\": 65534, "
+                                 "\"mode\": \"0600\"}]");
+        test_start_ok();
+        test_daemon_write_config(&td, "[{\"name\": \"x\", \"kind\": \"posix\", \"size\": 8192, \"owner\": 65534, "
+                                 "\"mode\": \"0600\"}]");
+        test_daemon_trace(&td);
+        test_reload_async();
+        while (!test_reload_done()) {
+                struct __ptrace_syscall_info info;
+
+                ck_assert_msg(test_next_syscall_stop(td.pid), "the daemon ended by itself");
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+                if (done)
+                        continue;
+                if (info.op == PTRACE_SYSCALL_INFO_ENTRY && info.entry.nr == SYS_renameat2 &&
+                    info.entry.args[4] == RENAME_EXCHANGE) {
+                        DIR *d = opendir(PSEM_DIR);
+                        struct dirent *e;
+
+                        ck_assert_ptr_nonnull(d);
+                        while ((e = readdir(d)))
+                                if (strncmp(e->d_name, ".shmbroker-new.", 15) == 0)
+                                        snprintf(tmp, sizeof tmp, PSEM_DIR "/%s", e->d_name);
+                        closedir(d);
+                        exchanging = true;
+                } else if (info.op == PTRACE_SYSCALL_INFO_EXIT && exchanging) {
+                        /* The old file, the owner's, is at the temporary name now: he unlinks it. */
+                        ck_assert_int_eq(as_nobody(unlink_errno, tmp), 0);
+                        done = true;
+                }
+        }
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        test_reload_wait();
+        ck_assert(done);
+        fd = test_connect(td.socket);
+        list = test_request(fd, "{\"op\": \"list\"}");
+        close(fd);
+        json_decref(list);
+        test_daemon_stop_ok(&td);
+        /* Whatever became of the channel, nothing the daemon made is left behind... */
+        assert_listing(before);
+        /* ...and the next start makes it. */
+        ck_assert_msg(test_daemon_start(&td, &status, NULL), "the next start failed:\n%s", log_now());
+        test_daemon_stop_ok(&td);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
+/*
+ * The replacing reload killed at each step, and the next start with a
+ * config that no longer has x (or has it as System V): nothing takes x's
+ * files over or replaces them, so crash reclaim alone must find each file
+ * an intent covers, at its name or at the temporary name (the new file
+ * before its move, the old one after the exchange), and remove it: the
+ * stop leaves /dev/shm as it was.
+ */
+START_TEST(test_replacement_killed_then_dropped) {
+        static const char *const next[] = { "[" RING1 "]", "[{\"name\": \"x\", \"size\": 4096}]" };
+        char *before = shm_listing();
+
+        for (size_t c = 0; c < sizeof next / sizeof *next; c++)
+                for (int k = 1;; k++) {
+                        char *now;
+
+                        test_daemon_write_config(&td, X_BEFORE);
+                        test_start_ok();
+                        test_daemon_write_config(&td, X_AFTER);
+                        test_daemon_trace(&td);
+                        test_reload_async();
+                        if (!test_daemon_kill_at(&td, k, at_file_or_state_write, test_reload_done)) {
+                                test_reload_wait();
+                                test_daemon_stop_ok(&td);
+                                assert_listing(before);
+                                /* Three files, each with its intent, made, moved into place, its old one unlinked. */
+                                ck_assert_int_ge(k, 15);
+                                break;
+                        }
+                        test_reload_wait();
+                        test_daemon_write_config(&td, next[c]);
+                        test_start_ok();
+                        test_daemon_stop_ok(&td);
+                        now = shm_listing();
+                        ck_assert_msg(strcmp(before, now) == 0, "killed at step %d of the replacement, then started "
+                                      "with x %s: /dev/shm was:\n%s\nand is now:\n%s", k,
+                                      c == 0 ? "dropped" : "System V", before, now);
+                        free(now);
+                }
+        free(before);
+}
+END_TEST
+
 /*
  * Channels of the crash restart tests: x (fewer semaphores after the
  * change) and a broadcast channel bc (its table too), both made anew by
@@ -2658,6 +2863,9 @@ int main(void) {
                 { "replace", CASE_TIMEOUT, { test_replacing_reload_leaves_no_name_free,
                                              test_remade_channel_leaves_no_name_free,
                                              test_replacement_killed_at_each_step } },
+                { "replace-race", CASE_TIMEOUT, { test_replacement_temp_name_not_reused,
+                                                  test_replacement_owner_unlinks_old_file_at_exchange } },
+                { "replace-crash-drop", CASE_TIMEOUT, { test_replacement_killed_then_dropped } },
                 { "crash-replace", CASE_TIMEOUT, { test_crash_restart_leaves_no_name_free,
                                                    test_crash_restart_killed_at_each_step,
                                                    test_crash_restart_fewer_files,
