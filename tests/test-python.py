@@ -931,6 +931,29 @@ class TestErrors(BrokerTest):
                     raise AssertionError("nobody opened %s %s" % (name, access))
         self.assertChild(unprivileged)
 
+    def test_socket_in_a_directory_without_search_names_the_socket(self):
+        # The module's help: "An error of reaching the broker (its socket
+        # missing or refused, no answer) has the socket's path as
+        # e.filename". A socket behind a directory the user may not search
+        # refuses the connect with EACCES: that is the socket's, not the
+        # channel's (os.path.exists() says False there, as stat fails too).
+        private = os.path.join(self.dir, "private")
+        os.mkdir(private, 0o700)
+        sock = os.path.join(private, "broker.sock")
+        os.symlink(self.daemon.socket, sock)
+
+        def unprivileged():
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            try:
+                shmbroker.open_channel("pair", socket=sock)
+            except PermissionError as e:
+                assert e.filename == sock, "EACCES of the socket names %r" % (e.filename,)
+            else:
+                raise AssertionError("nobody connected through a 0700 directory")
+        self.assertChild(unprivileged)
+
     def test_bad_arguments(self):
         with self.assertRaises(OSError) as cm:
             shmbroker.open_channel("bad name")
@@ -1273,6 +1296,47 @@ class TestGarbageCycles(BrokerTest):
             del Holder.kept
             shmbroker.open_channel("ring").close()
             assert own_holds("pair") == [], "the last view is gone, the hold is still listed: %r" % own_holds("pair")
+        self.assertSurvives(child)
+
+    def test_interrupt_while_closing_set_aside_handles_loses_none(self):
+        # 8ef97b2: "an exception (KeyboardInterrupt) loses none of those not
+        # looked at". Two views kept by __del__ in one collection, then
+        # dropped: the next open closes both handles. A KeyboardInterrupt
+        # right after the first close (Ctrl-C lands between any two
+        # bytecodes) must leave the second for the next open or close.
+        class Holder:
+            kept = []
+
+            def __init__(self, view):
+                self.view = view
+                self.me = self
+
+            def __del__(self):
+                Holder.kept.append(self.view)
+
+        def child():
+            for name in ("pair", "ring"):
+                with shmbroker.open_channel(name) as ch:
+                    Holder(ch.buffer)
+            gc.collect()
+            gc.disable()
+            assert own_holds("pair") == ["rw"] and own_holds("ring") == ["rw"]
+            del Holder.kept[:]
+            real_close = shmbroker._Handle.close
+
+            def close_then_interrupt(handle):
+                real_close(handle)
+                shmbroker._Handle.close = real_close
+                raise KeyboardInterrupt
+            shmbroker._Handle.close = close_then_interrupt
+            try:
+                shmbroker.open_channel("ring2").close()
+            except KeyboardInterrupt:
+                pass
+            shmbroker._Handle.close = real_close
+            shmbroker.open_channel("ring2").close()     # the next open or close looks again
+            left = own_holds("pair") + own_holds("ring")
+            assert left == [], "a set-aside handle was lost, its hold kept: %r" % left
         self.assertSurvives(child)
 
     def test_peeked_message_in_a_cycle_released_in_any_order(self):

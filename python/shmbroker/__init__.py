@@ -189,13 +189,17 @@ def _close_unreferenced(state=_GCState):
             break
     held.append(object())           # held exactly as they are, and by nothing else
     unreferenced = sys.getrefcount(held[-1])
-    while len(held) > 1:
-        h = held.pop(0)
-        if sys.getrefcount(h) > unreferenced:
-            state.aside.append(h)   # resurrected: looked at again later
-        else:
-            h.close()
-        del h
+    try:
+        # Each looked at where it is, as the marker: the same references, whatever the interpreter borrows.
+        while len(held) > 1:
+            if sys.getrefcount(held[0]) > unreferenced:
+                state.aside.append(held.pop(0))     # resurrected: looked at again later
+            else:
+                held[0].close()
+                del held[0]
+    finally:
+        del held[-1]
+        state.aside.extend(held)    # an exception: the rest (a closed one is closed again as a no-op)
 
 
 def _close_aside(state=_GCState):
@@ -879,7 +883,7 @@ def _open_error_name(err, socket, name):
     # No such channel, or no socket there; no right to the channel, or none to the socket (connect needs write).
     if err == errno.ENOENT and not os.path.exists(path):
         return path
-    if err == errno.EACCES and os.path.exists(path) and not os.access(path, os.W_OK):
+    if err == errno.EACCES and not os.access(path, os.W_OK):
         return path
     return name
 
