@@ -2228,31 +2228,28 @@ END_TEST
  * it keeps writing into the live segment that it no longer has any right
  * to and that every new opener gets.
  */
-/* The kernel's cap on System V segments in this IPC namespace. */
-static void set_shmmni(long n) {
-        FILE *f = fopen("/proc/sys/kernel/shmmni", "we");
-
-        ck_assert_ptr_nonnull(f);
-        ck_assert_int_gt(fprintf(f, "%ld\n", n), 0);
-        ck_assert_int_eq(fclose(f), 0);
-}
+/* m's fixed key: its replacement is made under it again, and a stranger may take it first. */
+#define M_KEY 1593835613
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x) STRINGIFY_(x)
 
 /*
  * Reload m from 0660 to 0600 while a group member attaches it by id at the
- * daemon's IPC_SET (see below). full: the namespace then has no room for
- * another segment, so the replacement the re-count asks for cannot be made.
+ * daemon's IPC_SET (see below). taken: right after the daemon removes m to
+ * make it anew, a stranger takes m's key, so the replacement the re-count
+ * asks for cannot be made.
  */
-static void attach_between_plan_and_ipc_set(bool full) {
+static void attach_between_plan_and_ipc_set(bool taken) {
         struct __ptrace_syscall_info info;
-        int cmd[2], report[2], shm_id, admin;
+        int cmd[2], report[2], shm_id, admin, foreign = -1;
         json_t *list;
         bool met = false;
         char verdict = 0, *addr;
         pid_t pid;
 
         test_daemon_write_config(&td,
-                "[{\"name\": \"m\", \"size\": 4096, \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0660\"},"
-                " {\"name\": \"other\", \"size\": 4096}]");
+                "[{\"name\": \"m\", \"size\": 4096, \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0660\","
+                "  \"key\": " STRINGIFY(M_KEY) "}, {\"name\": \"other\", \"size\": 4096}]");
         test_start_ok();
         list = list_ok();
         shm_id = (int) test_jint(test_must_find(list, "m"), "shm_id");
@@ -2287,8 +2284,9 @@ static void attach_between_plan_and_ipc_set(bool full) {
 
         /* Tightened, with a channel added too: the plan's work comes before the in-place change. */
         test_daemon_write_config(&td,
-                "[{\"name\": \"m\", \"size\": 4096, \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0600\"},"
-                " {\"name\": \"other\", \"size\": 4096}, {\"name\": \"added\", \"size\": 4096}]");
+                "[{\"name\": \"m\", \"size\": 4096, \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0600\","
+                "  \"key\": " STRINGIFY(M_KEY) "}, {\"name\": \"other\", \"size\": 4096},"
+                " {\"name\": \"added\", \"size\": 4096}]");
         test_daemon_trace(&td);
         test_reload_async();
         while (!met && test_next_syscall_stop(td.pid)) {
@@ -2301,16 +2299,25 @@ static void attach_between_plan_and_ipc_set(bool full) {
                 ck_assert_int_eq(write(cmd[1], "a", 1), 1);
                 ck_assert_int_eq(read(report[0], &verdict, 1), 1);
                 ck_assert_int_eq(verdict, 'y');
-                /* m, other and added: none more. */
-                if (full)
-                        set_shmmni(3);
         }
         ck_assert_msg(met, "the reload set no mode on segment %d", shm_id);
+        /* Then to the removal of m (the member keeps the segment, whose key the kernel frees), past it. */
+        for (met = false; taken && !met && !test_reload_done() && test_next_syscall_stop(td.pid);) {
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+                met = info.op == PTRACE_SYSCALL_INFO_ENTRY && info.entry.nr == SYS_shmctl &&
+                      (int) info.entry.args[0] == shm_id && (info.entry.args[1] & 0xff) == IPC_RMID;
+        }
+        if (taken) {
+                ck_assert_msg(met, "the reload did not remove segment %d", shm_id);
+                ck_assert(test_next_syscall_stop(td.pid));
+                foreign = shmget((key_t) M_KEY, 4096, IPC_CREAT | IPC_EXCL | 0600);
+                ck_assert_msg(foreign >= 0, "m's key was not free after its removal: %s", strerror(errno));
+        }
         ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
         test_reload_wait();
 
         list = list_ok();
-        if (full) {
+        if (taken) {
                 char *log = test_daemon_log(&td);
 
                 /* Neither the old segment, which the member writes, nor any other: gone, and said so. */
@@ -2319,11 +2326,11 @@ static void attach_between_plan_and_ipc_set(bool full) {
                               strstr(log, "the channel is gone until a later reload"), "no word of m: %s", log);
                 free(log);
                 json_decref(list);
-                set_shmmni(4096);
+                ck_assert_int_eq(shmctl(foreign, IPC_RMID, NULL), 0);
                 test_daemon_write_config(&td,
-                        "[{\"name\": \"m\", \"size\": 4096, \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0600\"},"
-                        " {\"name\": \"other\", \"size\": 4096}, {\"name\": \"added\", \"size\": 4096},"
-                        " {\"name\": \"later\", \"size\": 4096}]");
+                        "[{\"name\": \"m\", \"size\": 4096, \"group\": " HOLDER_GROUP_JSON ", \"mode\": \"0600\","
+                        "  \"key\": " STRINGIFY(M_KEY) "}, {\"name\": \"other\", \"size\": 4096},"
+                        " {\"name\": \"added\", \"size\": 4096}, {\"name\": \"later\", \"size\": 4096}]");
                 admin = test_connect(td.socket);
                 reload_expect(admin, "later,m", "", "", "added,other");
                 close(admin);
@@ -2351,8 +2358,13 @@ START_TEST(test_attach_between_plan_and_ipc_set_is_judged) {
 }
 END_TEST
 
-/* The same, where the replacement cannot be made: the channel goes (until a later reload), never stays in place. */
-START_TEST(test_attach_between_plan_and_ipc_set_without_room_removes) {
+/*
+ * The same, where the replacement cannot be made (a stranger took m's key
+ * the moment the daemon removed m): the channel goes (until a later
+ * reload), never stays in place. No /proc/sys write: it is read-only in a
+ * container.
+ */
+START_TEST(test_attach_between_plan_and_ipc_set_key_taken_removes) {
         attach_between_plan_and_ipc_set(true);
 }
 END_TEST
@@ -2471,7 +2483,7 @@ int main(void) {
                                  test_revoking_crash_restart_replaces_held_channel,
                                  test_revoking_reload_after_crash_restart_replaces_held_channel } },
                 { "reload-toctou", CASE_TIMEOUT, { test_attach_between_plan_and_ipc_set_is_judged,
-                                                   test_attach_between_plan_and_ipc_set_without_room_removes } },
+                                                   test_attach_between_plan_and_ipc_set_key_taken_removes } },
                 { "top-level-keys", CASE_TIMEOUT, { test_limits_admin_group_and_socket_at_reload } },
                 { "refusals", CASE_TIMEOUT, { test_broken_config_changes_nothing, test_reload_needs_root_or_admin_group,
                                 test_kernel_limit_refused_whole, test_swap_at_kernel_limit_all_or_nothing,
