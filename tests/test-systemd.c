@@ -173,6 +173,23 @@ START_TEST(test_socket_activation) {
 END_TEST
 
 /*
+ * Start td's daemon on two_channels with a listening socket bound at sa,
+ * passed as systemd passes it (the test keeps its copy, as systemd does).
+ */
+static int start_on_passed_socket(const struct sockaddr_un *sa) {
+        int listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+
+        ck_assert_int_ge(listen_fd, 0);
+        ck_assert_int_eq(bind(listen_fd, (const struct sockaddr *) sa, sizeof *sa), 0);
+        ck_assert_int_eq(listen(listen_fd, 16), 0);
+        test_daemon_write_config(&td, two_channels);
+        td.activate = true;
+        td.activate_fd = listen_fd;
+        test_start_ok();
+        return listen_fd;
+}
+
+/*
  * A socket passed at another path than the configuration's "socket" (the
  * unit and the file disagree): the daemon serves it, and its log names
  * that socket, with a warning that the configured path reaches nothing.
@@ -184,14 +201,7 @@ START_TEST(test_socket_activation_at_another_path_is_named) {
         int listen_fd, fd;
 
         ck_assert_int_lt(snprintf(sa.sun_path, sizeof sa.sun_path, "%s/passed.sock", td.dir), (int) sizeof sa.sun_path);
-        listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        ck_assert_int_ge(listen_fd, 0);
-        ck_assert_int_eq(bind(listen_fd, (struct sockaddr *) &sa, sizeof sa), 0);
-        ck_assert_int_eq(listen(listen_fd, 16), 0);
-        test_daemon_write_config(&td, two_channels);
-        td.activate = true;
-        td.activate_fd = listen_fd;
-        test_start_ok();
+        listen_fd = start_on_passed_socket(&sa);
         fd = test_connect(sa.sun_path);
         resp = test_request(fd, "{\"op\":\"list\"}");
         test_assert_ok(resp);
@@ -227,14 +237,7 @@ START_TEST(test_reclaim_never_connects_to_a_passed_socket) {
 
         /* The listening socket as systemd makes it, and keeps its own reference to. */
         strcpy(sa.sun_path, td.socket);
-        listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        ck_assert_int_ge(listen_fd, 0);
-        ck_assert_int_eq(bind(listen_fd, (struct sockaddr *) &sa, sizeof sa), 0);
-        ck_assert_int_eq(listen(listen_fd, 16), 0);
-        test_daemon_write_config(&td, two_channels);
-        td.activate = true;
-        td.activate_fd = listen_fd;
-        test_start_ok();
+        listen_fd = start_on_passed_socket(&sa);
         td.activate = false;
         td.activate_fd = 0;
         ck_assert_int_eq(stat(td.socket, &before), 0);
