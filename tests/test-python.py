@@ -1186,6 +1186,17 @@ def own_holds(name):
     return [c["access"] for c in shmbroker.status(name)[0]["clients"] if c["pid"] == os.getpid()]
 
 
+class ViewKeeper:
+    """In a cycle of its own; its __del__ keeps its view (in ViewKeeper.kept), resurrecting it."""
+
+    def __init__(self, view):
+        self.view = view
+        self.me = self
+
+    def __del__(self):
+        ViewKeeper.kept = self.view
+
+
 class TestGarbageCycles(BrokerTest):
     """Channels, views, peeks and reservations that only the cyclic garbage collector frees.
 
@@ -1251,14 +1262,7 @@ class TestGarbageCycles(BrokerTest):
 
     def test_view_kept_by_a_finalizer_in_the_same_cycle(self):
         # A __del__ may resurrect what it reaches: the view it keeps stays mapped.
-        class Holder:
-            def __init__(self, view):
-                self.view = view
-                self.me = self
-
-            def __del__(self):
-                Holder.kept = self.view
-
+        Holder = ViewKeeper
         def child():
             with shmbroker.open_channel("pair") as ch:
                 ch.buffer[:4] = b"abcd"
@@ -1278,14 +1282,7 @@ class TestGarbageCycles(BrokerTest):
         # one that allocates no more containers) runs no collection: its
         # next open or close must give the hold back. (Python calls a
         # __del__ once: nothing can tell the moment the view itself goes.)
-        class Holder:
-            def __init__(self, view):
-                self.view = view
-                self.me = self
-
-            def __del__(self):
-                Holder.kept = self.view
-
+        Holder = ViewKeeper
         def child():
             with shmbroker.open_channel("pair") as ch:
                 ch.buffer[:4] = b"abcd"
