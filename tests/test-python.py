@@ -1400,6 +1400,46 @@ class TestInterrupted(BrokerTest):
         self.assertEqual(set(os.listdir("/proc/self/fd")), fds, "an interrupted list() left its connection open")
 
 
+class TestInterruptedClaims(BrokerTest):
+    """Ctrl-C right after a peek or reserve made its claim: the claim is given up, no slot stays taken.
+
+    The interrupt is placed where a signal's KeyboardInterrupt can come
+    (the first bytecode after the C call returned) by wrapping the waiting
+    call: no timing.
+    """
+
+    def interrupted_after_the_call(self, call):
+        real = shmbroker._capi.waiting
+
+        def waiting(*args, **kwargs):
+            real(*args, **kwargs)
+            raise KeyboardInterrupt
+        shmbroker._capi.waiting = waiting
+        try:
+            with self.assertRaises(KeyboardInterrupt):
+                call()
+        finally:
+            shmbroker._capi.waiting = real
+
+    def assertSlotsFree(self, ring, slots):
+        # Every slot can take a message, and each comes out: no claim was left behind.
+        for i in range(slots):
+            ring.send(b"%d" % i, timeout=0)
+        for i in range(slots):
+            self.assertEqual(ring.recv(timeout=0), b"%d" % i)
+
+    def test_ctrl_c_after_peek_releases(self):
+        with shmbroker.open_channel("ring") as ring:
+            ring.send(b"x")
+            self.interrupted_after_the_call(lambda: ring.peek(timeout=0))
+            self.assertSlotsFree(ring, 8)
+
+    def test_ctrl_c_after_reserve_aborts(self):
+        with shmbroker.open_channel("ring") as ring:
+            self.interrupted_after_the_call(lambda: ring.reserve(8, timeout=0))
+            self.assertSlotsFree(ring, 8)
+
+
 class TestRestart(BrokerTest):
 
     def test_holds_come_back_after_a_crash_restart(self):

@@ -554,14 +554,13 @@ class Channel:
         ptr, n = _bytes_arg(data)
         _capi.waiting(lambda ms: _lib.shmb_send(handle, ptr, n, ms), timeout, self, handle)
 
-    def _peek(self, handle, base, timeout):
-        ptr = ctypes.c_void_p()
+    def _peek(self, handle, base, timeout, ptr):
+        """Peek into ptr (the caller's, so that an exception after the call still finds the claim): (off, n)."""
         n = _capi.waiting(lambda ms: _lib.shmb_recv_peek(handle, ctypes.byref(ptr), ms), timeout, self, handle)
         off = ptr.value - self._addr
         if not 0 <= off <= off + n <= len(base):
-            _lib.shmb_recv_release(handle, ptr)
             raise OSError(errno.EPROTO, "the library pointed outside the segment")
-        return ptr.value, off, n
+        return off, n
 
     def recv(self, timeout=None):
         """Receive the next message as bytes (b"" for an empty message).
@@ -626,11 +625,15 @@ class Channel:
         overwritten meanwhile, and release() then raises OSError ESTALE.
         """
         handle, base = self._live()
-        ptr, off, n = self._peek(handle, base, timeout)
+        # Filled in by the C call inside the try: an exception right after
+        # it returned (Ctrl-C's KeyboardInterrupt) still releases the claim.
+        ptr = ctypes.c_void_p()
         try:
-            return PeekedMessage(handle, base, ptr, base[off:off + n].toreadonly())
+            off, n = self._peek(handle, base, timeout, ptr)
+            return PeekedMessage(handle, base, ptr.value, base[off:off + n].toreadonly())
         except BaseException:
-            _lib.shmb_recv_release(handle, ptr)
+            if ptr.value:
+                _lib.shmb_recv_release(handle, ptr)
             raise
 
     def reserve(self, size, timeout=None):
@@ -655,15 +658,18 @@ class Channel:
             raise ValueError("size must not be negative")
         if size > len(base):
             raise _capi.error(errno.EMSGSIZE)       # never fits; and past size_t ctypes would wrap it
+        # As peek(): the claim is given up on any exception once the call made it.
         ptr = ctypes.c_void_p()
-        _capi.waiting(lambda ms: _lib.shmb_send_reserve(handle, size, ctypes.byref(ptr), ms), timeout, self, handle)
         try:
+            _capi.waiting(lambda ms: _lib.shmb_send_reserve(handle, size, ctypes.byref(ptr), ms), timeout, self,
+                          handle)
             off = ptr.value - self._addr
             if not 0 <= off <= off + size <= len(base):
                 raise OSError(errno.EPROTO, "the library pointed outside the segment")
             return Reservation(handle, base, ptr.value, base[off:off + size])
         except BaseException:
-            _lib.shmb_send_abort(handle, ptr)
+            if ptr.value:
+                _lib.shmb_send_abort(handle, ptr)
             raise
 
 
