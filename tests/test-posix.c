@@ -1766,6 +1766,33 @@ static bool at_file_or_state_write(pid_t pid, uint64_t nr, uint64_t arg0) {
 }
 
 /*
+ * Reload x from X_BEFORE to X_AFTER and kill the daemon at the reload's
+ * k-th file or state step (at_file_or_state_write()): true, or false when
+ * the reload took fewer steps and finished (the daemon then stopped).
+ */
+static bool replacement_killed_at(int k) {
+        test_daemon_write_config(&td, X_BEFORE);
+        test_start_ok();
+        test_daemon_write_config(&td, X_AFTER);
+        test_daemon_trace(&td);
+        test_reload_async();
+        if (!test_daemon_kill_at(&td, k, at_file_or_state_write, test_reload_done)) {
+                test_reload_wait();
+                test_daemon_stop_ok(&td);
+                return false;
+        }
+        test_reload_wait();
+        return true;
+}
+
+/* After a kill at step k of what: each of names still names a file (none was free for another user). */
+static void assert_names_held(const char *const *names, size_t n, int k, const char *what) {
+        for (size_t i = 0; i < n; i++)
+                ck_assert_msg(shm_exists(names[i]), "killed at step %d of %s: %s/%s was free", k, what, PSEM_DIR,
+                              names[i]);
+}
+
+/*
  * The replacing reload, killed at each of its steps in turn (the making of
  * a new file, its move into place, the unlink of the old one, each state
  * write). Wherever it died, every name of the channel still names a file
@@ -1786,22 +1813,12 @@ START_TEST(test_replacement_killed_at_each_step) {
                 json_t *list;
                 int fd;
 
-                test_daemon_write_config(&td, X_BEFORE);
-                test_start_ok();
-                test_daemon_write_config(&td, X_AFTER);
-                test_daemon_trace(&td);
-                test_reload_async();
-                if (!test_daemon_kill_at(&td, k, at_file_or_state_write, test_reload_done)) {
+                if (!replacement_killed_at(k)) {
                         /* The reload took fewer than k steps: every one was a kill point. */
-                        test_reload_wait();
-                        test_daemon_stop_ok(&td);
                         assert_listing(before);
                         break;
                 }
-                test_reload_wait();
-                for (size_t i = 0; i < sizeof x_names / sizeof *x_names; i++)
-                        ck_assert_msg(shm_exists(x_names[i]), "killed at step %d of the replacement: %s/%s was free",
-                                      k, PSEM_DIR, x_names[i]);
+                assert_names_held(x_names, sizeof x_names / sizeof *x_names, k, "the replacement");
                 test_start_ok();
                 fd = test_connect(td.socket);
                 list = test_request(fd, "{\"op\": \"list\"}");
@@ -1998,20 +2015,12 @@ START_TEST(test_replacement_killed_then_dropped) {
                 for (int k = 1;; k++) {
                         char *now;
 
-                        test_daemon_write_config(&td, X_BEFORE);
-                        test_start_ok();
-                        test_daemon_write_config(&td, X_AFTER);
-                        test_daemon_trace(&td);
-                        test_reload_async();
-                        if (!test_daemon_kill_at(&td, k, at_file_or_state_write, test_reload_done)) {
-                                test_reload_wait();
-                                test_daemon_stop_ok(&td);
+                        if (!replacement_killed_at(k)) {
                                 assert_listing(before);
                                 /* Three files, each with its intent, made, moved into place, its old one unlinked. */
                                 ck_assert_int_ge(k, 15);
                                 break;
                         }
-                        test_reload_wait();
                         test_daemon_write_config(&td, next[c]);
                         test_start_ok();
                         test_daemon_stop_ok(&td);
@@ -2124,9 +2133,7 @@ START_TEST(test_crash_restart_killed_at_each_step) {
                         assert_listing(before);
                         break;
                 }
-                for (size_t i = 0; i < sizeof c_names / sizeof *c_names; i++)
-                        ck_assert_msg(shm_exists(c_names[i]), "killed at step %d of the start: %s/%s was free", k,
-                                      PSEM_DIR, c_names[i]);
+                assert_names_held(c_names, sizeof c_names / sizeof *c_names, k, "the start");
                 squatted = start_squatting();
                 log = log_now();
                 ck_assert_msg(!squatted, "killed at step %d of the start: a name was free during the next start and "

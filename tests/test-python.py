@@ -1197,6 +1197,15 @@ class ViewKeeper:
         ViewKeeper.kept = self.view
 
 
+def keep_a_view_past_a_collection():
+    """Open "pair", write b"abcd", close it with its only view in a ViewKeeper's cycle, collect: the view kept, the hold too."""
+    with shmbroker.open_channel("pair") as ch:
+        ch.buffer[:4] = b"abcd"
+        ViewKeeper(ch.buffer)
+    gc.collect()
+    assert own_holds("pair") == ["rw"], own_holds("pair")
+
+
 class TestGarbageCycles(BrokerTest):
     """Channels, views, peeks and reservations that only the cyclic garbage collector frees.
 
@@ -1262,15 +1271,10 @@ class TestGarbageCycles(BrokerTest):
 
     def test_view_kept_by_a_finalizer_in_the_same_cycle(self):
         # A __del__ may resurrect what it reaches: the view it keeps stays mapped.
-        Holder = ViewKeeper
         def child():
-            with shmbroker.open_channel("pair") as ch:
-                ch.buffer[:4] = b"abcd"
-                Holder(ch.buffer)
-            gc.collect()
-            assert bytes(Holder.kept[:4]) == b"abcd"
-            assert own_holds("pair") == ["rw"], own_holds("pair")
-            del Holder.kept
+            keep_a_view_past_a_collection()
+            assert bytes(ViewKeeper.kept[:4]) == b"abcd"
+            del ViewKeeper.kept
             gc.collect()
             assert own_holds("pair") == [], own_holds("pair")
         self.assertSurvives(child)
@@ -1282,15 +1286,10 @@ class TestGarbageCycles(BrokerTest):
         # one that allocates no more containers) runs no collection: its
         # next open or close must give the hold back. (Python calls a
         # __del__ once: nothing can tell the moment the view itself goes.)
-        Holder = ViewKeeper
         def child():
-            with shmbroker.open_channel("pair") as ch:
-                ch.buffer[:4] = b"abcd"
-                Holder(ch.buffer)
-            gc.collect()
+            keep_a_view_past_a_collection()
             gc.disable()
-            assert own_holds("pair") == ["rw"], own_holds("pair")
-            del Holder.kept
+            del ViewKeeper.kept
             shmbroker.open_channel("ring").close()
             assert own_holds("pair") == [], "the last view is gone, the hold is still listed: %r" % own_holds("pair")
         self.assertSurvives(child)
