@@ -404,11 +404,11 @@ static int make_one(Wake *w, const char *file, const ChannelSpec *s, bool keep) 
 }
 
 int wake_make(Wake *w, const ChannelSpec *s, bool keep) {
+        int r;
+
         if (!w)
                 return 0;
         /* A channel made anew: the subscriber FIFOs of what had the name go, however many it had. */
-        int r;
-
         if (!keep)
                 for_each_sub_fifo(w, s->name, remove_one);
         r = for_each_fifo_of(w, s, keep, make_one);
