@@ -966,7 +966,8 @@ static bool conn_line_overdue(const Conn *conn) {
  * charge; until the client reads (fds_retry looks) or hangs up.
  */
 static bool conn_must_linger(Conn *conn, uint32_t revents) {
-        return !conn->client.hung_up && !(revents & (EPOLLHUP | EPOLLERR)) && conn_fds_unread(conn);
+        /* EPOLLHUP: conn_service() set hung_up already. */
+        return !conn->client.hung_up && !(revents & EPOLLERR) && conn_fds_unread(conn);
 }
 
 /*

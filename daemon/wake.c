@@ -414,7 +414,7 @@ int wake_make(Wake *w, const ChannelSpec *s, bool keep) {
         r = for_each_fifo_of(w, s, keep, make_one);
         /* What it made (a FIFO of mode 0600, say) would be nobody's to remove later. */
         if (r < 0)
-                for_each_fifo(w, s->name, remove_one);
+                wake_remove(w, s->name);
         return r;
 }
 
