@@ -674,6 +674,11 @@ static int rejoin_opened(shmb_client *c, const char *name, const ProtoResponse *
         return rejoin_queue(c, &req);
 }
 
+/* Whether res can answer a request op on channel: an open's names the channel asked for. */
+static bool answers_open_of(ProtoOp op, const char *channel, const ProtoResponse *res) {
+        return op != PROTO_OP_OPEN || !res->ok || (res->n_channels == 1 && streq(res->channels[0].name, channel));
+}
+
 /* A documented outcome of rejoin_answer() and rejoin_run(), not an error: the broker broke the protocol. */
 #define REJOIN_MALFORMED 1
 
@@ -692,7 +697,7 @@ static int rejoin_answer(shmb_client *c, const char *line, size_t len, const Cli
                 r = res.ok ? client_check_hello(&res) : -(res.error ?: EPROTO);
                 break;
         case PROTO_OP_OPEN:
-                if (res.ok && (res.n_channels != 1 || !streq(res.channels[0].name, step.channel)))
+                if (!answers_open_of(step.op, step.channel, &res))
                         r = REJOIN_MALFORMED;
                 else
                         r = rejoin_opened(c, step.channel, &res, fds);
@@ -875,12 +880,6 @@ int shmb_client_process(shmb_client *c) {
 
 /* ---- calls ---- */
 
-/* Whether res can be the answer to req: an open's names the channel asked for. */
-static bool answers_open_of(const ProtoRequest *req, const ProtoResponse *res) {
-        return req->op != PROTO_OP_OPEN || !res->ok ||
-               (res->n_channels == 1 && streq(res->channels[0].name, req->channel));
-}
-
 /* call_n() with c->lock held. */
 static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, unsigned flags,
                        ClientFds *fds) {
@@ -936,7 +935,7 @@ static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *
                         take_line_fds(c, len, &fds[got]);
                 consume_line(c, len);
                 /* Another channel's open answer: the stream is out of step (someone else wrote on the socket). */
-                if (r == 0 && !answers_open_of(&reqs[got], &rets[got])) {
+                if (r == 0 && !answers_open_of(reqs[got].op, reqs[got].channel, &rets[got])) {
                         proto_response_done(&rets[got]);
                         snprintf(msg, sizeof msg, "the broker answered the open of \"%s\" with another channel",
                                  reqs[got].channel);
@@ -1251,10 +1250,7 @@ void client_unref(shmb_client *c) {
         if (client_inherited(c))
                 c->watched_fd = -1;     /* the epoll instance is the parent's too: its set stays as it is */
         socket_close(c);
-        if (c->event_fd >= 0)
-                close(c->event_fd);
-        if (c->timer_fd >= 0)
-                close(c->timer_fd);
+        events_close(c);
         pthread_mutex_destroy(&c->lock);
         free(c->rbuf);
         free(c->socket_path);

@@ -109,12 +109,15 @@ static int fail_call(shmb_client *c, const char *what, int r) {
 static json_t *request_new(const char *op, const char *name) {
         json_t *req = json_pack("{s:s}", "op", op), *n = name ? json_string(name) : NULL;
 
-        if (name && !n) {
+        if (name && !n && req) {
                 json_decref(req);
                 print_message(name, "a channel name must be UTF-8 text");
                 return NULL;
         }
+        /* json_object_set_new() takes n, also when it fails; without req, n is still ours. */
         if (!req || (n && json_object_set_new(req, "channel", n) < 0)) {
+                if (!req)
+                        json_decref(n);
                 json_decref(req);
                 print_message(op, strerror(ENOMEM));
                 return NULL;

@@ -226,32 +226,24 @@ atexit.register(_at_exit)
 
 
 class _Handle:
-    """A shmb_channel handle and its connection (shmb_client) of its own.
+    """A shmb_channel handle (its connection is its own: shmb_open_channel()).
 
-    ctypes passes it as the channel's pointer (_as_parameter_). Both NULL
-    until the C calls write them in. Closed (the channel, then its
-    connection) by close() or when it is garbage, as the comment above
-    says; never in a forked child, whose copy is its parent's handle.
+    ctypes passes it as the channel's pointer (_as_parameter_), NULL until
+    the C call writes it in. Closed by close() or when it is garbage, as
+    the comment above says; never in a forked child, whose copy is its
+    parent's handle.
     """
 
-    __slots__ = ("_as_parameter_", "client", "_forks")
+    __slots__ = ("_as_parameter_", "_forks")
 
     def __init__(self):
         self._forks = _forks[0]
-        self.client = ctypes.c_void_p()
         self._as_parameter_ = ctypes.c_void_p()
 
     def close(self):
         ptr, self._as_parameter_ = self._as_parameter_, None
-        client, self.client = self.client, None
-        if self._forks != _forks[0]:
-            return
-        try:
-            if ptr is not None and ptr.value:
-                _lib.shmb_close(ptr)
-        finally:
-            if client is not None and client.value:
-                _lib.shmb_disconnect(client)
+        if ptr is not None and ptr.value and self._forks == _forks[0]:
+            _lib.shmb_close(ptr)
 
     def __del__(self, state=_GCState):
         if state.exiting or getattr(self, "_as_parameter_", None) is None:
@@ -328,7 +320,8 @@ class Channel:
         _close_aside()
         handle = _Handle()
         r = _lib.shmb_open_channel(c_socket, c_name, _capi.ACCESS[access], ctypes.byref(handle._as_parameter_))
-        _capi.check(r, _open_error_name(-r, socket, name))
+        if r < 0:
+            _capi.check(r, _open_error_name(-r, socket, name))
         self._name = name
         self._access = access
         self._size = _lib.shmb_channel_size(handle)
