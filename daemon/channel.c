@@ -431,8 +431,7 @@ int channel_posix_servable(const ChannelSpec *s, char *msg, size_t msg_size) {
                 return 0;
         msg_set(msg, msg_size, "channel \"%s\": mode %04o gives the daemon's user (as the files' %s) less read and "
                 "write than it gives others; without CAP_DAC_OVERRIDE the daemon could not open the files to hand "
-                "them out: give the %s the same bits", s->name, (unsigned) m, cls == 2 ? "owner" : cls ? "group" : "others",
-                classes[cls]);
+                "them out: give the %s the same bits", s->name, (unsigned) m, classes[cls], classes[cls]);
         return -EPERM;
 }
 
@@ -482,10 +481,7 @@ static void retire_posix(Channel *c, State *state) {
 
                 (void) state_cancel(state, &rec);
         }
-        if (c->addr && c->spec.layout == PROTO_LAYOUT_RING)
-                ring_mark_removed(c->addr);
-        if (c->addr && c->spec.layout == PROTO_LAYOUT_BROADCAST)
-                bcast_mark_removed(c->addr, c->table_addr);
+        channel_mark_removed(c);
         posix_objects_mark_removed(&c->posix);
         /* The mappings go with the files, wherever that is. */
         c->addr = c->table_addr = NULL;

@@ -512,17 +512,21 @@ static int create_one(int dir, PosixObjects *p, PosixFile *was, const PosixObjec
                         name, size, strerror(-r), left ? " (it may be left, recorded for the next start)" : "");
                 return r;
         }
-        /* The replaced file, now at tmp. One that cannot go stays under the intent, for the next start. */
-        k = was ? unlink_checked(dir, tmp, stat_is_file, was) : 1;
-        if (was)
+        /*
+         * The replaced file, now at tmp. One that cannot go (its owner's, in
+         * sticky /dev/shm, to a daemon without CAP_FOWNER) is its owner's to
+         * remove: the intent goes all the same, as kept it would have the
+         * next start's reclaim take the live file at the name for its own.
+         */
+        if (was) {
+                (void) unlink_checked(dir, tmp, stat_is_file, was);
                 file_close(was);
-        if (k < 0 && k != -ENOENT && state)
-                (void) state_keep(state, &intent, -k);
+        }
         if (!state)
                 return 0;
         recs[0] = file_record(f, channel, role, p->made_pid, p->made_since);
         recs[1] = intent;
-        r = state_append_records(state, &recs[0], 1, &recs[1], k < 0 && k != -ENOENT ? 0 : 1);
+        r = state_append_records(state, &recs[0], 1, &recs[1], 1);
         if (r < 0) {
                 msg_set(msg, msg_size, "channel \"%s\": cannot record %s/%s in %s: %s", channel, PSEM_DIR, name,
                         state_path(state), strerror(-r));

@@ -28,13 +28,6 @@ static bool same_perms(const ChannelSpec *a, const ChannelSpec *b) {
 }
 
 /*
- * Whether s's owner, group and mode would refuse a current holder of e what
- * it holds (ro: read; rw: read and write). The kernel checks rights only at
- * shmat() and semop(): IPC_SET cannot take back a mapping that exists, so a
- * change that does must replace the objects instead. The first such holder
- * goes to *ret_pid, for the log; -1 for one that holds no connection's hold.
- */
-/*
  * Whether e may be mapped by a process the daemon cannot judge, which a
  * change from owner uid, group gid and mode to s's may take a right from:
  * its holds account for as many attachments as they had opens answered.
@@ -50,6 +43,13 @@ static bool perms_revoke_unnamed(Entry *e, uid_t uid, gid_t gid, mode_t mode, co
         return channel_has_unnamed_holders(e->channel, named);
 }
 
+/*
+ * Whether s's owner, group and mode would refuse a current holder of e what
+ * it holds (ro: read; rw: read and write). The kernel checks rights only at
+ * shmat() and semop(): IPC_SET cannot take back a mapping that exists, so a
+ * change that does must replace the objects instead. The first such holder
+ * goes to *ret_pid, for the log; -1 for one that holds no connection's hold.
+ */
 static bool perms_revoke_hold(Entry *e, const ChannelSpec *s, pid_t *ret_pid) {
         ChannelPerm perm;
         Hold *h;
