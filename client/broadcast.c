@@ -670,7 +670,9 @@ static bool repair(BcastHandle *b, BcastSlot *slot, uint64_t s, uint64_t owner) 
 /*
  * Claim the slot of pos, whose seq (the lap before, finished) was read as
  * s and owner word as owner: 1 claimed and marked WRITING(pos), 0 not
- * (look again), -ENOTCONN when the broker counts this handle gone.
+ * (look again), -ENOTCONN when the broker counts this handle gone, -EPROTO
+ * for a claim of a later lap on a slot still free for pos with head still
+ * pos, which only a scribble makes (looking again would spin for ever).
  */
 static int claim(shmb_channel *ch, BcastHandle *b, BcastSlot *slot, uint64_t owner, uint64_t pos, uint64_t s) {
         uint32_t token = my_token(ch);
@@ -678,7 +680,10 @@ static int claim(shmb_channel *ch, BcastHandle *b, BcastSlot *slot, uint64_t own
 
         if (token == 0 || bcast_token_dead(b->pubs, BCAST_PUBLISHERS, token))
                 return dropped(b);
-        if (!owner_before(owner, pos) || !CAS(&slot->owner, &owner, mine, ACQ))
+        if (!owner_before(owner, pos))
+                return LOAD(&slot->seq, ACQ) == s && LOAD(&b->h->head, ACQ) == pos && LOAD(&slot->owner, ACQ) == owner ?
+                       -EPROTO : 0;
+        if (!CAS(&slot->owner, &owner, mine, ACQ))
                 return 0;
         if (CAS(&slot->seq, &s, bcast_seq(pos, BCAST_SEQ_WRITING), RLX)) {
                 /* The seqlock's first step: WRITING is visible before any byte of the payload. */
@@ -726,13 +731,8 @@ static int pub_claim(shmb_channel *ch, BcastHandle *b, size_t len, Wait *w, Bcas
                         r = claim(ch, b, slot, owner, pos, s);
                         if (r < 0)
                                 return r;
-                        if (r == 0) {
-                                /* A claim of a later lap on a slot still free for pos, head still pos: a scribble. */
-                                if (!owner_before(owner, pos) && LOAD(&slot->seq, ACQ) == s &&
-                                    LOAD(&b->h->head, ACQ) == pos && LOAD(&slot->owner, ACQ) == owner)
-                                        return -EPROTO;
+                        if (r == 0)
                                 continue;
-                        }
                         advance_head(b, pos);
                         STORE(&slot->len, (uint32_t) len, RLX);
                         *ret_slot = slot;

@@ -112,15 +112,19 @@ static bool owner_before(uint64_t owner, uint64_t pos) {
 
 /*
  * Claim the slot of pos, whose seq was just read as want and owner word as
- * owner: 1 claimed, 0 not (look again), -ENOTCONN. The compare-and-swap fails if anyone claimed it meanwhile; seq is
- * read again after it, as a caller that slept between its first looks
- * (2^32 positions: the owner word keeps 32 bits of them) may have claimed
- * a lap that is over: then the claim is given back.
+ * owner, counter (head or tail) as pos: 1 claimed, 0 not (look again),
+ * -ENOTCONN, or -EPROTO for a claim of a later lap on a slot still at pos
+ * with counter still pos, which only a scribble makes (looking again would
+ * spin for ever). The compare-and-swap fails if anyone claimed it
+ * meanwhile; seq is read again after it, as a caller that slept between
+ * its first looks (2^32 positions: the owner word keeps 32 bits of them)
+ * may have claimed a lap that is over: then the claim is given back.
  */
 static inline void notify(shmb_channel *ch, unsigned dir);
 static int dropped(const shmb_channel *ch);
 
-static HOT_PATH int claim(shmb_channel *ch, RingSlot *slot, uint64_t *word, uint64_t owner, uint64_t pos, uint64_t want) {
+static HOT_PATH int claim(shmb_channel *ch, RingSlot *slot, uint64_t *word, const uint64_t *counter, uint64_t owner,
+                           uint64_t pos, uint64_t want) {
         uint32_t token = my_token(ch);
         uint64_t mine = ring_owner(pos, token);
 
@@ -132,7 +136,10 @@ static HOT_PATH int claim(shmb_channel *ch, RingSlot *slot, uint64_t *word, uint
          */
         if (ring_token_dead(ch->ring, token))
                 return dropped(ch);
-        if (!owner_before(owner, pos) || !__atomic_compare_exchange_n(word, &owner, mine, false, SEQ, RLX))
+        if (!owner_before(owner, pos))
+                return LOAD(&slot->seq, ACQ) == want && LOAD(counter, ACQ) == pos && LOAD(word, ACQ) == owner ?
+                       -EPROTO : 0;
+        if (!__atomic_compare_exchange_n(word, &owner, mine, false, SEQ, RLX))
                 return 0;
         /*
          * Marked dead between that look and the claim: the broker's wake-up for
@@ -591,16 +598,11 @@ static inline HOT_PATH int send_claim(shmb_channel *ch, size_t len, Waiter *w, R
                                 continue;
                         }
                         /* From now on pos is ours, and the slot says whose. */
-                        r = claim(ch, slot, &slot->send_owner, owner, pos, pos);
+                        r = claim(ch, slot, &slot->send_owner, &ch->ring->head, owner, pos, pos);
                         if (r < 0)
                                 return r;
-                        if (r == 0) {
-                                /* A claim of a later lap on a slot still free for pos, head still pos: a scribble. */
-                                if (!owner_before(owner, pos) && LOAD(&slot->seq, ACQ) == pos &&
-                                    LOAD(&ch->ring->head, ACQ) == pos && LOAD(&slot->send_owner, ACQ) == owner)
-                                        return -EPROTO;
+                        if (r == 0)
                                 continue;
-                        }
                         advance(&ch->ring->head, pos);
                         /* Now and then, so a waiting peer knows whether spinning can pay. */
                         if ((count_op(ch) & 15) == 1)
@@ -702,16 +704,11 @@ static inline HOT_PATH ssize_t recv_claim(shmb_channel *ch, size_t max_len, Wait
                                         continue;
                                 return -EMSGSIZE;               /* not consumed */
                         }
-                        r = claim(ch, slot, &slot->recv_owner, owner, pos, pos + 1);
+                        r = claim(ch, slot, &slot->recv_owner, &ch->ring->tail, owner, pos, pos + 1);
                         if (r < 0)
                                 return r;
-                        if (r == 0) {
-                                /* A claim of a later lap on a message still at pos, tail still pos: a scribble. */
-                                if (!owner_before(owner, pos) && LOAD(&slot->seq, ACQ) == pos + 1 &&
-                                    LOAD(&ch->ring->tail, ACQ) == pos && LOAD(&slot->recv_owner, ACQ) == owner)
-                                        return -EPROTO;
+                        if (r == 0)
                                 continue;
-                        }
                         advance(&ch->ring->tail, pos);
                         if ((count_op(ch) & 15) == 1)
                                 note_cpu(&ch->ring->recv_cpu);
