@@ -927,7 +927,7 @@ int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc) {
 
         if (pc->ring_version != BCAST_VERSION)
                 return -EPROTO;
-        if (ch->info.nsems < BCAST_NSEMS || pc->subscribers == 0 || pc->subscribers > BCAST_SUBSCRIBERS_MAX ||
+        if (pc->subscribers == 0 || pc->subscribers > BCAST_SUBSCRIBERS_MAX ||
             pc->slots < RING_SLOTS_MIN || pc->slots > RING_SLOTS_MAX || pc->slot_size == 0 ||
             pc->slot_size > RING_SLOT_SIZE_MAX ||
             ch->info.size != bcast_segment_size(pc->slot_size, pc->slots, pc->subscribers))
@@ -968,8 +968,6 @@ int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc) {
         };
         b->ch = ch;
         ch->bcast = b;
-        ch->sem_base = BCAST_NSEMS;
-        ch->info.nsems -= BCAST_NSEMS;
         ch->info.slot_size = h->slot_size;
         ch->info.slots = h->slots;
         ch->spin_us = SHMB_DEFAULT_SPIN_US;

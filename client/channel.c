@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 
 #include "client/shmbroker-internal.h"
+#include "proto/broadcast.h"
 #include "common/semun.h"
 #include "common/util.h"
 
@@ -165,7 +166,7 @@ static int setup_ring(shmb_channel *ch, uint32_t ring_version) {
 }
 
 unsigned layout_reserved_nsems(ProtoLayout layout) {
-        return layout == PROTO_LAYOUT_RING ? RING_NSEMS : 0;
+        return layout == PROTO_LAYOUT_RING ? RING_NSEMS : layout == PROTO_LAYOUT_BROADCAST ? BCAST_NSEMS : 0;
 }
 
 shmb_layout layout_from_proto(ProtoLayout layout) {

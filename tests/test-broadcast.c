@@ -1600,6 +1600,44 @@ START_TEST(test_subscription_closed_after_crash_frees_its_place) {
 }
 END_TEST
 
+/*
+ * libshmbroker(3), Semaphore counts: nsems means the same in
+ * shmb_channel_nsems() and shmb_status_nsems(), index 0 is the config's
+ * first semaphore, and shmb_status_reserved_nsems() counts the layout's own;
+ * shmbroker.json(5): a broadcast channel's set "is as a ring's: semaphore 0
+ * is the channel's own".
+ */
+START_TEST(test_status_semaphores_skip_the_channels_own) {
+        char with_sems[4096];
+        shmb_client *c;
+        shmb_reload_result *res;
+        shmb_status_list *l;
+        shmb_channel *ch;
+        int v = -1, r;
+
+        snprintf(with_sems, sizeof with_sems, "%.*s, {\"name\": \"sems\", \"layout\": \"broadcast\", \"slot_size\": 64,"
+                 " \"slots\": 4, \"semaphores\": [7]}]", (int) strlen(channels) - 1, channels);
+        test_daemon_write_config(&td, with_sems);
+        ck_assert_int_eq(shmb_connect(td.socket, &c), 0);
+        r = shmb_reload(c, &res);
+        ck_assert_msg(r == 0, "reload: %s", shmb_strerror(r));
+        shmb_reload_result_free(res);
+
+        ch = open_ok("sems", SHMB_RW);
+        ck_assert_uint_eq(shmb_channel_nsems(ch), 1);
+        ck_assert_int_eq(shmb_status(c, "sems", &l), 0);
+        ck_assert_uint_eq(shmb_status_nsems(l, 0), shmb_channel_nsems(ch));
+        ck_assert_uint_eq(shmb_status_reserved_nsems(l, 0), 1);
+        ck_assert_int_eq(shmb_status_semaphore(l, 0, 0, &v, NULL, NULL, NULL), 0);
+        ck_assert_int_eq(v, 7);
+        ck_assert_int_eq(shmb_status_reserved_semaphore(l, 0, 0, &v, NULL, NULL, NULL), 0);
+        ck_assert_int_eq(v, 1);
+        shmb_status_free(l);
+        shmb_close(ch);
+        shmb_disconnect(c);
+}
+END_TEST
+
 /* The examples: two subscribers print the same 50 lines, which one publisher sent once. */
 START_TEST(test_examples_publish_to_two_subscribers) {
         static char out[65536];
@@ -1641,7 +1679,7 @@ int main(void) {
                 { "removal", CASE_TIMEOUT, { test_removal_wakes_sleepers,
                                              test_objects_removed_while_broker_is_away_wake_sleepers,
                                              test_stop_marks_removed_before_its_first_wakeup } },
-                { "admin", CASE_TIMEOUT, { test_status_shows_subscribers_lag, test_reload_replaces_changed_broadcast,
+                { "admin", CASE_TIMEOUT, { test_status_shows_subscribers_lag, test_status_semaphores_skip_the_channels_own, test_reload_replaces_changed_broadcast,
                              test_crash_restart_adopts_broadcast,
                              test_crash_restart_trusts_no_table_a_publisher_names,
                              test_subscription_closed_after_crash_frees_its_place } },
