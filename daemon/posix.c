@@ -560,6 +560,40 @@ static uint64_t whole_pages(uint64_t bytes, uint64_t page) {
         return (bytes + page - 1) / page * page;
 }
 
+/* Whether old has a file of role (it is replaced in place: its name never comes free). */
+static bool objects_hold_role(const PosixObjects *old, int role) {
+        if (!old)
+                return false;
+        if (role == POSIX_ROLE_SEGMENT)
+                return old->shm_name[0] != 0;
+        if (role == POSIX_ROLE_TABLE)
+                return old->table_name[0] != 0;
+        return (unsigned) role < old->nsems;
+}
+
+int posix_objects_find_taken(const ChannelSpec *spec, const PosixObjects *old, char *buf, size_t size) {
+        _cleanup_(closep) int dir = open_dir();
+        int last = (int) spec->nsems - 1;
+
+        if (dir < 0)
+                return dir;
+        for (int role = POSIX_ROLE_TABLE; role <= last; role++) {
+                struct stat st;
+                int r;
+
+                if ((role == POSIX_ROLE_TABLE && spec->layout != PROTO_LAYOUT_BROADCAST) || objects_hold_role(old, role))
+                        continue;
+                r = file_name(spec->name, role, buf, size);
+                if (r < 0)
+                        return r;
+                if (fstatat(dir, buf, &st, AT_SYMLINK_NOFOLLOW) == 0)
+                        return 1;
+                if (errno != ENOENT)
+                        return -errno;
+        }
+        return 0;
+}
+
 /* The files below, each given every page (file_create()). */
 uint64_t posix_objects_bytes(const ChannelSpec *spec, uint64_t table_size, uint64_t page) {
         uint64_t n = whole_pages(spec->size, page);

@@ -89,6 +89,15 @@ void posix_objects_init(PosixObjects *p);
 int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *state, PosixObjects *old,
                          PosixObjects *ret, char *msg, size_t msg_size);
 
+/*
+ * Whether a file is at a name that posix_objects_create() with these
+ * arguments would need and that old (NULL: none) does not hold: a name
+ * somebody else took, which would make the creation fail. 1 with the file
+ * name in buf (within PSEM_DIR), 0 when every such name is free, or a
+ * negative errno. Looks only: a name taken after it still fails the creation.
+ */
+int posix_objects_find_taken(const ChannelSpec *spec, const PosixObjects *old, char *buf, size_t size);
+
 /* The bytes of /dev/shm that posix_objects_create() with these arguments takes: whole pages of each file. */
 uint64_t posix_objects_bytes(const ChannelSpec *spec, uint64_t table_size, uint64_t page);
 

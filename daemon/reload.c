@@ -2,6 +2,9 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -335,6 +338,47 @@ static int check_dev_shm(const Plan *p, char *msg, size_t msg_size) {
         return 0;
 }
 
+/*
+ * What step 3 would need and someone else holds now: a fixed key no channel
+ * of ours frees, or a posix file name the replaced channel does not have
+ * (another kind, a table, more semaphores). Step 2 would have removed the
+ * old channel before step 3 met it, and the reload would lose a channel
+ * that it could have refused whole, as step 1 refuses an added channel's.
+ * A key or name taken after this look still fails that channel in step 3.
+ */
+static int check_taken(const Plan *p, char *msg, size_t msg_size) {
+        for (size_t i = 0; i < p->n_later; i++) {
+                const ChannelSpec *s = p->later[i];
+                const Entry *e = p->replace[i];
+                char name[PATH_MAX];
+                int r;
+
+                if (s->kind == PROTO_KIND_POSIX) {
+                        r = posix_objects_find_taken(s, e && e->channel->spec.kind == PROTO_KIND_POSIX ?
+                                                     &e->channel->posix : NULL, name, sizeof name);
+                        if (r < 0) {
+                                msg_set(msg, msg_size, "channel \"%s\": cannot look at the names its files need in %s: %s",
+                                        s->name, PSEM_DIR, strerror(-r));
+                                return -r;
+                        }
+                        if (r > 0) {
+                                msg_set(msg, msg_size, "channel \"%s\": %s/%s already exists and was not made by this "
+                                        "daemon; it is left untouched (remove it if it is a leftover)", s->name,
+                                        PSEM_DIR, name);
+                                return EEXIST;
+                        }
+                } else if (s->has_key && !plan_frees_key(p, s->key) &&
+                           (shmget((key_t) s->key, 0, 0) >= 0 || errno != ENOENT ||
+                            semget((key_t) s->key, 0, 0) >= 0 || errno != ENOENT)) {
+                        msg_set(msg, msg_size, "channel \"%s\": key 0x%08" PRIx32 " is already held by an object this "
+                                "daemon did not create; it is left untouched (remove it with ipcrm, or choose another "
+                                "\"key\")", s->name, s->key);
+                        return EEXIST;
+                }
+        }
+        return 0;
+}
+
 static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadResult *res, char *msg, size_t msg_size) {
         int r;
 
@@ -461,6 +505,8 @@ int reload_apply(Registry *reg, const Config *cfg, ProtoReloadResult *ret, char 
                 r = check_posix_perms(reg, cfg, &p, msg, msg_size);
         if (r == 0)
                 r = check_dev_shm(&p, msg, msg_size);
+        if (r == 0)
+                r = check_taken(&p, msg, msg_size);
         if (r == 0)
                 r = apply(reg, cfg, &p, &res, msg, msg_size);
         plan_done(&p);

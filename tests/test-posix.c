@@ -1396,6 +1396,71 @@ START_TEST(test_reload_foreign) {
 END_TEST
 
 /*
+ * A replacement that needs a name another user holds (a file somebody
+ * planted) must fail the reload as an added channel's does ("A name already
+ * taken by a file it did not create fails the start or reload"), keeping the
+ * running channel, not remove it and answer ok with it in "removed". From
+ * before: the config of channel p, the file planted, the config after.
+ */
+static void replacing_reload_onto_planted(const char *before_cfg, const char *planted_name, const char *after_cfg) {
+        char path[PATH_MAX], *before;
+        struct stat planted;
+        json_t *resp, *list, *old, *now;
+        int fd;
+
+        test_daemon_write_config(&td, before_cfg);
+        test_start_ok();
+        snprintf(path, sizeof path, PSEM_DIR "/%s", planted_name);
+        plant(path, &planted);
+        before = shm_listing();
+        fd = test_connect(td.socket);
+        old = test_request(fd, "{\"op\": \"list\"}");
+        test_daemon_write_config(&td, after_cfg);
+        resp = test_request(fd, "{\"op\": \"reload\"}");
+        test_assert_error(resp, "EEXIST");
+        ck_assert_msg(strstr(test_jstr(resp, "message"), planted_name), "the answer does not name %s", planted_name);
+        json_decref(resp);
+        assert_unchanged(path, &planted);
+        assert_listing(before);
+        list = test_request(fd, "{\"op\": \"list\"}");
+        test_assert_ok(list);
+        now = test_find_channel(list, "p");
+        ck_assert_ptr_nonnull(now);
+        ck_assert_msg(json_equal(test_find_channel(old, "p"), now), "channel p changed");
+        json_decref(list);
+        json_decref(old);
+        close(fd);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(unlink(path), 0);
+        free(before);
+}
+
+/* One semaphore more. */
+START_TEST(test_replacing_reload_onto_foreign_sem_refused) {
+        replacing_reload_onto_planted(
+                "[" RING1 ", {\"name\": \"p\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1]}]",
+                "sem.shmbroker.p.1",
+                "[" RING1 ", {\"name\": \"p\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1, 0]}]");
+}
+END_TEST
+
+/* System V to posix: the segment's name. */
+START_TEST(test_replacing_reload_onto_foreign_segment_refused) {
+        replacing_reload_onto_planted("[" RING1 ", {\"name\": \"p\", \"size\": 4096}]", "shmbroker.p",
+                                      "[" RING1 ", {\"name\": \"p\", \"kind\": \"posix\", \"size\": 4096}]");
+}
+END_TEST
+
+/* Raw to broadcast: the table's name. */
+START_TEST(test_replacing_reload_onto_foreign_table_refused) {
+        replacing_reload_onto_planted(
+                "[" RING1 ", {\"name\": \"p\", \"kind\": \"posix\", \"size\": 4096}]", "shmbroker-table.p",
+                "[" RING1 ", {\"name\": \"p\", \"kind\": \"posix\", \"layout\": \"broadcast\", "
+                "\"slot_size\": 64, \"slots\": 4, \"subscribers\": 2}]");
+}
+END_TEST
+
+/*
  * Stop and a removing reload unlink a name only while it is still the file
  * they made: one put there meanwhile (here: after ours was unlinked behind
  * the daemon's back) stays, as it was.
@@ -2867,6 +2932,9 @@ int main(void) {
                                              test_stop_and_reload_spare_replaced, test_other_owner_removed,
                                              test_truncated_by_client, test_reload_group_refuses_holder,
                                              test_create_failure_removes, test_reload_keeps_what_it_could_not_remove } },
+                { "replace-foreign", CASE_TIMEOUT, { test_replacing_reload_onto_foreign_sem_refused,
+                                                     test_replacing_reload_onto_foreign_segment_refused,
+                                                     test_replacing_reload_onto_foreign_table_refused } },
                 { "replace", CASE_TIMEOUT, { test_replacing_reload_leaves_no_name_free,
                                              test_remade_channel_leaves_no_name_free,
                                              test_replacement_killed_at_each_step } },

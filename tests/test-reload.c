@@ -1055,6 +1055,42 @@ START_TEST(test_foreign_fixed_key_refused_whole) {
 END_TEST
 
 /*
+ * The same foreign key, met by a channel the reload replaces (its "key" is
+ * new) rather than adds: SPEC "A fixed key already held by an object this
+ * daemon did not create is an error that fails the start (or the reload)".
+ * The reload must be refused whole, the running channel kept (same
+ * objects), not removed and answered ok with it in "removed".
+ */
+START_TEST(test_foreign_fixed_key_of_changed_channel_refused_whole) {
+        json_t *before, *resp, *after;
+        struct shmid_ds ds;
+        int fd, foreign_shm;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
+        test_start_ok();
+        before = list_ok();
+        fd = test_connect(td.socket);
+        foreign_shm = shmget(0x4243, 8192, IPC_CREAT | IPC_EXCL | 0644);
+        ck_assert_int_ge(foreign_shm, 0);
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096, \"key\": 16963}]");     /* 0x4243 */
+        resp = req(fd, "{\"op\":\"reload\"}");
+        test_assert_error(resp, "EEXIST");
+        assert_message_contains(resp, "\"a\"");
+        json_decref(resp);
+        after = list_ok();
+        assert_same_channels(before, after);
+        json_decref(after);
+        assert_ipcs(2, 1);
+        shm_stat(foreign_shm, &ds);
+        ck_assert_uint_eq(ds.shm_segsz, 8192);
+        ck_assert_int_eq(ds.shm_cpid, getpid());
+        ck_assert_int_eq(shmctl(foreign_shm, IPC_RMID, NULL), 0);
+        json_decref(before);
+        close(fd);
+}
+END_TEST
+
+/*
  * A broadcast channel is two segments (its own and its subscriber table).
  * The reload plan must count both for a channel it adds before it judges
  * the replacements that come after the removals: here r (raw, 1 segment)
@@ -2504,6 +2540,7 @@ int main(void) {
                                test_sigterm_after_reloads_removes_everything,
                                test_crash_mid_reload_then_restart } },
                 { "ftok", CASE_TIMEOUT, { test_ftok_key_follows_a_replaced_file } },
+                { "refusals-replace", CASE_TIMEOUT, { test_foreign_fixed_key_of_changed_channel_refused_whole } },
         };
 
         return test_main("reload", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
