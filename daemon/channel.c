@@ -527,6 +527,8 @@ static int create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n_
                         if (fixed_keys && bsearch(&key, fixed_keys, n_fixed, sizeof key, cmp_u32))
                                 continue;
                         r = try_key(c, key, state, msg, msg_size);
+                        if (r == -EEXIST && c->first_held_key == 0)
+                                c->first_held_key = key;
                 }
                 if (r == -EEXIST)
                         msg_set(msg, msg_size, "channel \"%s\": all %d keys derived from its name are held by other objects",

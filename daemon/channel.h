@@ -17,6 +17,7 @@
 typedef struct Channel {
         ChannelSpec spec;               /* own copy; sem_values owned */
         uint32_t key;                   /* same key for segment and set */
+        uint32_t first_held_key;        /* made: the first derived key another object held (0: none), for the log */
         int shm_id;
         int sem_id;
         void *addr;                     /* the daemon's own attachment */

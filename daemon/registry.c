@@ -1,10 +1,13 @@
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/shm.h>
 #include <unistd.h>
 
 #include "common/util.h"
+#include "daemon/ipc-stat.h"
 #include "daemon/log.h"
 #include "daemon/registry.h"
 
@@ -191,6 +194,26 @@ static int registry_add_made(Registry *r, const ChannelSpec *spec, Channel *c, C
                 msg_set(msg, msg_size, "channel \"%s\": cannot register it: %s", spec->name, strerror(-k));
                 channel_free(c, r->state);
                 return k;
+        }
+        /*
+         * Derived keys are secret: an object at one is a leftover of a run
+         * whose state file was lost, or of someone who read the secret. Its
+         * holders no longer meet the channel's new clients.
+         */
+        if (c->first_held_key != 0) {
+                int id = shmget((key_t) c->first_held_key, 0, 0);
+                struct shmid_ds ds;
+
+                if (id >= 0 && ipc_stat_shm(id, &ds) == 0)
+                        log_warning("Channel %s: its key 0x%08" PRIx32 " is held by segment %d (creator uid %u, pid "
+                                    "%d), which this daemon cannot prove its own; made the channel at key 0x%08"
+                                    PRIx32 " instead. A leftover of a run whose state file was lost: remove it with "
+                                    "ipcrm once its users are gone.", spec->name, c->first_held_key, id,
+                                    (unsigned) ds.shm_perm.cuid, (int) ds.shm_cpid, c->key);
+                else
+                        log_warning("Channel %s: its key 0x%08" PRIx32 " is held by an object this daemon cannot "
+                                    "prove its own (ipcs -k); made the channel at key 0x%08" PRIx32 " instead.",
+                                    spec->name, c->first_held_key, c->key);
         }
         if (ret)
                 *ret = c;

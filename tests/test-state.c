@@ -10,6 +10,7 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -364,6 +365,50 @@ START_TEST(test_squatted_keys_do_not_stop_channels) {
 }
 END_TEST
 
+/*
+ * A crash whose state file is then lost (emptied here): the restart cannot
+ * prove the old objects its own, so it makes the channel at the next key,
+ * and the holders of the old ones no longer meet its new clients. The log
+ * must say so, naming the key, the object and the key now used.
+ */
+START_TEST(test_lost_state_file_warns_of_held_key) {
+        char path[400], want[128], *log;
+        uint32_t key, now;
+        json_t *resp;
+        int fd, shm_id;
+
+        test_daemon_write_config(&td, one_channel);
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        key = (uint32_t) test_jint(test_must_find(resp, "frames"), "shm_key");
+        shm_id = (int) test_jint(test_must_find(resp, "frames"), "shm_id");
+        json_decref(resp);
+        close(fd);
+        test_daemon_kill(&td, SIGKILL);
+        state_file_path(path, sizeof path, "state");
+        ck_assert_int_eq(truncate(path, 0), 0);
+
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        now = (uint32_t) test_jint(test_must_find(resp, "frames"), "shm_key");
+        json_decref(resp);
+        close(fd);
+        ck_assert_uint_ne(now, key);
+        log = test_daemon_log(&td);
+        snprintf(want, sizeof want, "its key 0x%08" PRIx32 " is held by segment %d", key, shm_id);
+        ck_assert_msg(strstr(log, want), "no warning \"%s\" in:\n%s", want, log);
+        snprintf(want, sizeof want, "at key 0x%08" PRIx32 " instead", now);
+        ck_assert_msg(strstr(log, want), "no \"%s\" in:\n%s", want, log);
+        free(log);
+        test_daemon_stop_ok(&td);
+        /* The old objects are nobody's now: the test removes them, as the warning tells an admin to. */
+        ck_assert_int_eq(shmctl(shm_id, IPC_RMID, NULL), 0);
+        ck_assert_int_eq(semctl(semget((key_t) key, 0, 0), 0, IPC_RMID), 0);
+}
+END_TEST
+
 /* The secret is made 0600 and kept; one others can read, or a damaged one, refuses the start. */
 START_TEST(test_secret_checks) {
         char path[400];
@@ -617,7 +662,8 @@ int main(void) {
                     test_foreign_state_dir_refused, test_fifo_state_refused, test_symlinks_refused,
                     test_planted_state_new_not_used } },
                 { "forged", CASE_TIMEOUT, { test_forged_records_spare_foreign_objects, test_set_older_than_its_record_spared } },
-                { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_secret_checks, test_refused_start_leaves_no_lock, test_state_dir_option,
+                { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_lost_state_file_warns_of_held_key,
+                           test_secret_checks, test_refused_start_leaves_no_lock, test_state_dir_option,
                            test_runtime_directory_default } },
                 { "crash", CASE_TIMEOUT, { test_reload_killed_at_each_state_write_leaves_nothing,
                                            test_start_killed_at_each_state_write_leaves_nothing } },
