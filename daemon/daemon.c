@@ -58,12 +58,41 @@ typedef struct Daemon {
         sd_event_source *orphan_timer;  /* while adopted rings keep holders of the killed run */
 } Daemon;
 
-/* Whether the state file records nothing alive (a failed read counts as something). */
+/* Whether the state file records nothing alive (a failed read, or a line it cannot read, counts as something). */
 static bool state_is_empty(State *state) {
         _cleanup_(freep) StateRecord *v = NULL;
         size_t n, skipped;
 
-        return state_read(state, &v, &n, &skipped) == 0 && n == 0;
+        return state_read(state, &v, &n, &skipped) == 0 && n == 0 && skipped == 0;
+}
+
+/*
+ * Name the lines of state's file that state_read() could not parse (the
+ * first few, as text), which stay in the file: whatever object such a
+ * line recorded is neither reclaimed nor forgotten.
+ */
+static void log_unread(State *state, size_t skipped) {
+        enum { SHOWN = 5, WIDTH = 160 };
+        size_t len, dropped, shown = 0;
+        const char *p = state_unread(state, &len, &dropped), *end = p ? p + len : NULL;
+
+        log_warning("%s: %zu line(s) that this daemon cannot read; kept in the file (their objects, if any, are "
+                    "neither reclaimed nor forgotten: mend or delete the lines, then restart).", state_path(state),
+                    skipped);
+        for (; p && p < end && shown < SHOWN; shown++) {
+                const char *nl = memchr(p, '\n', (size_t) (end - p));
+                char text[WIDTH + 1];
+                size_t k = 0;
+
+                for (const char *c = p; c < nl && k < WIDTH; c++)
+                        text[k++] = *c >= 0x20 && *c < 0x7f ? *c : '?';
+                text[k] = 0;
+                log_warning("%s: unreadable line: %s%s", state_path(state), text, nl - p > WIDTH ? "..." : "");
+                p = nl + 1;
+        }
+        if (skipped > shown)
+                log_warning("%s: and %zu more such line(s)%s.", state_path(state), skipped - shown,
+                            dropped > 0 ? ", some of them too many to keep" : "");
 }
 
 /*
@@ -330,11 +359,14 @@ static void reclaim_previous_runs(Daemon *d, const char *dir, const char *owner)
                                    "(%zu already gone, %zu not provably ours and left alone).", res.removed, *name,
                                    res.gone, res.foreign);
                 }
-                if (r == 0 && res.kept == 0)
+                if (r == 0 && skipped > 0)
+                        log_unread(old, skipped);
+                if (r == 0 && res.kept == 0 && skipped == 0)
                         remove_previous_run(old);
                 else
                         log_warning("Keeping %s: %s.", state_path(old),
-                                    r < 0 ? strerror(-r) : "some of its objects could not be verified or removed");
+                                    r < 0 ? strerror(-r) : skipped > 0 ? "it has lines this daemon cannot read" :
+                                    "some of its objects could not be verified or removed");
                 state_free(old);
         }
         strv_free(names);
@@ -399,7 +431,7 @@ static int open_state_and_reclaim(Daemon *d) {
                 return r;
         }
         if (skipped > 0)
-                log_warning("%s: %zu malformed line(s), ignoring.", state_path(d->state), skipped);
+                log_unread(d->state, skipped);
         log_legacy(d, v, n);
         r = registry_new(d->state, &d->registry);
         if (r < 0) {

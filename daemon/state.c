@@ -47,6 +47,9 @@ struct State {
         KeptRecord *kept;       /* objects that could not be removed (state_keep()) */
         size_t n_kept;
         size_t n_lost;          /* of them could not be kept: no rewrite may drop the file's lines */
+        char *unread;           /* lines the last state_read() could not parse, as they were, each ending in \n */
+        size_t unread_len;
+        size_t unread_dropped;  /* of them beyond UNREAD_MAX: not kept */
         bool made_lock, made_secret, made_state;        /* by state_open(): state_remove_made() */
 };
 
@@ -421,12 +424,46 @@ static bool same_record(const StateRecord *a, const StateRecord *b) {
         return a->pid == b->pid && a->since == b->since && a->size == b->size;
 }
 
+/* What state_read() keeps of lines it cannot parse: a damaged file's first 64 KiB of them. */
+#define UNREAD_MAX 65536
+
+/* Keep a line state_read() could not parse (n bytes, perhaps without its \n) for state_rewrite(). */
+static int keep_unread(State *s, const char *line, size_t n) {
+        bool nl = n > 0 && line[n - 1] == '\n';
+        char *v;
+
+        if (s->unread_len + n + !nl > UNREAD_MAX) {
+                s->unread_dropped++;
+                return 0;
+        }
+        v = realloc(s->unread, s->unread_len + n + !nl);
+        if (!v)
+                return -ENOMEM;
+        memcpy(v + s->unread_len, line, n);
+        s->unread_len += n;
+        if (!nl)
+                v[s->unread_len++] = '\n';
+        s->unread = v;
+        return 0;
+}
+
+const char *state_unread(const State *s, size_t *ret_len, size_t *ret_dropped) {
+        *ret_len = s->unread_len;
+        *ret_dropped = s->unread_dropped;
+        return s->unread;
+}
+
 int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped) {
         _cleanup_(fclosep) FILE *f = NULL;
         _cleanup_(freep) char *line = NULL;
         _cleanup_(freep) StateRecord *v = NULL;
         size_t n = 0, cap = 0, skipped = 0, linecap = 0;
+        ssize_t len;
         int fd;
+
+        free(s->unread);
+        s->unread = NULL;
+        s->unread_len = s->unread_dropped = 0;
 
         /* Through our own checked descriptor: the name may not be ours any more. */
         fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 3);
@@ -440,14 +477,17 @@ int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped) 
         /* Appends go to the end whatever the offset: reading may move it. */
         if (fseeko(f, 0, SEEK_SET) < 0)
                 return -errno;
-        while (getline(&line, &linecap, f) > 0) {
+        while ((len = getline(&line, &linecap, f)) > 0) {
                 StateRecord rec;
                 bool add;
 
                 if (line[0] == '#' || line[0] == '\n')
                         continue;
-                if (parse_line(line, &add, &rec) < 0) {
+                /* A NUL within makes it unparsable too: parse_line() would see less than the line. */
+                if (strlen(line) != (size_t) len || parse_line(line, &add, &rec) < 0) {
                         skipped++;
+                        if (keep_unread(s, line, (size_t) len) < 0)
+                                return -ENOMEM;
                         continue;
                 }
                 if (add) {
@@ -672,7 +712,7 @@ int state_rewrite(State *s, const StateRecord *v, size_t n) {
         name = strprintf("%s.state", s->name);
         if (!name)
                 return -ENOMEM;
-        text = malloc(len + (n + s->n_kept) * RECORD_MAX + 1);
+        text = malloc(len + (n + s->n_kept) * RECORD_MAX + s->unread_len + 1);
         if (!text)
                 return -ENOMEM;
         memcpy(text, STATE_HEADER, len);
@@ -680,6 +720,10 @@ int state_rewrite(State *s, const StateRecord *v, size_t n) {
                 len += format_record(text + len, &v[i], true);
         for (size_t i = 0; i < s->n_kept; i++)
                 len += format_record(text + len, &s->kept[i].rec, true);
+        /* Last: a later start reads them (and warns of them) again, and a record after them still counts. */
+        if (s->unread_len > 0)
+                memcpy(text + len, s->unread, s->unread_len);
+        len += s->unread_len;
         /* O_APPEND from the start: after the rename this descriptor is the state file. */
         r = replace_file(s, name, text, len, O_APPEND, &fd);
         if (r < 0)
@@ -867,6 +911,7 @@ State *state_free(State *s) {
         free(s->name);
         free(s->deferred);
         free(s->kept);
+        free(s->unread);
         free(s);
         return NULL;
 }

@@ -117,6 +117,16 @@ const uint8_t *state_secret(const State *s);
 int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped);
 
 /*
+ * The lines the last state_read() could not parse, as they were (each
+ * ending in a newline; NULL when none), which every state_rewrite() after
+ * it writes back at the end: a record the daemon cannot read now is never
+ * lost, so an admin can mend it and a later start reclaim its object.
+ * The first 64 KiB of them; *ret_dropped says how many lines beyond.
+ * Valid until the next state_read() or state_free().
+ */
+const char *state_unread(const State *s, size_t *ret_len, size_t *ret_dropped);
+
+/*
  * Append the records `add` and then cancel the records `cancel`, in one
  * write(): a channel's two intents before it is made, and after it is made
  * its two ids and its channel record with the intents they replace. At

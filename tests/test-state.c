@@ -409,6 +409,77 @@ START_TEST(test_lost_state_file_warns_of_held_key) {
 }
 END_TEST
 
+/* The whole of a file (malloc'd, NUL-terminated). */
+static char *file_text(const char *path) {
+        char *text = NULL;
+        size_t size = 0;
+        FILE *f = fopen(path, "re"), *m = open_memstream(&text, &size);
+        int c;
+
+        ck_assert_ptr_nonnull(f);
+        ck_assert_ptr_nonnull(m);
+        while ((c = fgetc(f)) != EOF)
+                fputc(c, m);
+        fclose(f);
+        fclose(m);
+        return text;
+}
+
+/*
+ * A record damaged between a crash and the restart (here: the segment's,
+ * its key), of a channel the new config no longer has: the start
+ * cannot prove that segment its own, so it stays; and the line must stay
+ * in the state file (shmbrokerd(8): "What cannot be read stays recorded and
+ * is tried again at the next start"), named in the log, also after a clean
+ * stop, not be dropped by the start's rewrite.
+ */
+START_TEST(test_unreadable_record_stays_recorded) {
+        char path[400], bad[256], *text, *line, *end, *log;
+        json_t *resp;
+        int fd, shm_id;
+
+        test_daemon_write_config(&td, one_channel);
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        shm_id = (int) test_jint(test_must_find(resp, "frames"), "shm_id");
+        json_decref(resp);
+        close(fd);
+        test_daemon_kill(&td, SIGKILL);
+
+        state_file_path(path, sizeof path, "state");
+        text = file_text(path);
+        line = strstr(text, "\nshm ");
+        ck_assert_ptr_nonnull(line);
+        line++;
+        end = strchr(line, '\n');
+        ck_assert_ptr_nonnull(end);
+        /* "shm KEY ID PID SINCE SIZE": the key made unreadable, one byte more. */
+        ck_assert_int_lt(end - line, (ptrdiff_t) sizeof bad - 2);
+        snprintf(bad, sizeof bad, "shm ?%.*s", (int) (end - line - 4), line + 4);
+        memmove(line + strlen(bad), end, strlen(end) + 1);
+        memcpy(line, bad, strlen(bad));
+        write_file(path, text, 0600, 0);
+        free(text);
+
+        test_daemon_write_config(&td, "[{\"name\": \"other\", \"size\": 4096}]");
+        test_start_ok();
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "unreadable line: ") && strstr(log, bad), "the line is not named in:\n%s", log);
+        free(log);
+        text = file_text(path);
+        ck_assert_msg(strstr(text, bad), "the start dropped the line:\n%s", text);
+        free(text);
+        test_daemon_stop_ok(&td);
+        text = file_text(path);
+        ck_assert_msg(strstr(text, bad), "the stop dropped the line:\n%s", text);
+        free(text);
+        /* Unproven, so untouched: the test removes it, as an admin would. */
+        ck_assert_int_eq(shmctl(shm_id, IPC_RMID, NULL), 0);
+        ck_assert_int_eq(unlink(path), 0);
+}
+END_TEST
+
 /* The secret is made 0600 and kept; one others can read, or a damaged one, refuses the start. */
 START_TEST(test_secret_checks) {
         char path[400];
@@ -663,6 +734,7 @@ int main(void) {
                     test_planted_state_new_not_used } },
                 { "forged", CASE_TIMEOUT, { test_forged_records_spare_foreign_objects, test_set_older_than_its_record_spared } },
                 { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_lost_state_file_warns_of_held_key,
+                           test_unreadable_record_stays_recorded,
                            test_secret_checks, test_refused_start_leaves_no_lock, test_state_dir_option,
                            test_runtime_directory_default } },
                 { "crash", CASE_TIMEOUT, { test_reload_killed_at_each_state_write_leaves_nothing,
