@@ -4,9 +4,12 @@
  *
  * A Conn reads what its peer sends into `in` (up to PROTO_LINE_MAX) and
  * answers complete lines through dispatch into `out`, in order. It answers
- * at most LINES_PER_TURN lines per turn of the event loop and comes back
- * for the rest through a defer source, so a client that pipelines
- * thousands of requests holds up neither the others nor its own deadline.
+ * at most LINES_PER_TURN lines per turn of the event loop, shared by its
+ * uid's connections (one with n connections answers LINES_PER_TURN / n a
+ * turn each, at least one), and comes back for the rest through a defer
+ * source, so a client that pipelines thousands of requests holds up neither
+ * the others nor its own deadline, and a uid that opens many connections
+ * gets no more of a round of turns than one with few.
  *
  * What bounds a client:
  *  - Backpressure: with output_max bytes of answers unread we stop reading
@@ -797,15 +800,28 @@ static size_t conn_fd_room(Conn *conn) {
 }
 
 /*
- * Answer up to LINES_PER_TURN complete lines, as long as the client keeps
+ * Lines one turn of conn answers: its uid's share of LINES_PER_TURN. A
+ * request of another uid then waits for one round of that uid's turns,
+ * about LINES_PER_TURN lines (one per connection past that many) however
+ * many connections it pipelines on, not LINES_PER_TURN for each of them.
+ */
+static unsigned lines_per_turn(const Conn *conn) {
+        size_t n = conn->acct ? conn->acct->n_conns : 1;
+
+        return n >= LINES_PER_TURN ? 1 : LINES_PER_TURN / (unsigned) n;
+}
+
+/*
+ * Answer up to lines_per_turn() complete lines, as long as the client keeps
  * taking our answers (output_max); the rest waits for the next turn.
  */
 static int process_input(Conn *conn) {
         size_t off = 0, line_len;
+        unsigned max = lines_per_turn(conn);
         int r = 0;
 
         /* The limits are read afresh for every line: a reload answered here swaps the config they live in. */
-        for (unsigned n = 0; n < LINES_PER_TURN && !conn->closing && conn->n_fds == 0 &&
+        for (unsigned n = 0; n < max && !conn->closing && conn->n_fds == 0 &&
                              pending_output(conn) < conn->control->limits->output_max; n++) {
                 const ConfigLimits *l = conn->control->limits;
                 int fds[PROTO_FDS_MAX];

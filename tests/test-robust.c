@@ -51,6 +51,7 @@
 #endif
 
 #define CASE_TIMEOUT 30
+#define NOBODY 65534
 #define HEAVY_TIMEOUT 120       /* the storm and the slow reader, also under load or sanitizers */
 
 static const char *const one_public_channel = "[{\"name\": \"pub\", \"size\": 4096, \"mode\": \"0644\"}]";
@@ -876,6 +877,119 @@ START_TEST(test_pipelined_burst_answered) {
                 }
         }
         close(fd);
+        assert_daemon_alive();
+}
+END_TEST
+
+#define SHARE_CONNS 24
+#define SHARE_LINES 64
+#define SHARE_STATUS "{\"op\":\"status\",\"channel\":\"pub\"}\n"
+
+/* One byte on fd, or fail the child. */
+static void child_signal(int fd, char c) {
+        if (write(fd, &c, 1) != 1)
+                _exit(3);
+}
+
+static void child_await(int fd) {
+        char c;
+
+        if (read(fd, &c, 1) != 1)
+                _exit(3);
+}
+
+/*
+ * The other uid: SHARE_CONNS connections, each through its hello; then, at
+ * the parent's word, SHARE_LINES status requests on each at once; then all
+ * their answers, and how many of them list no client of "pub", as an int.
+ */
+static void share_child(int ready, int go, int result) {
+        int fds[SHARE_CONNS], before = 0;
+        char *reqs = malloc(SHARE_LINES * strlen(SHARE_STATUS) + 1), *line;
+
+        test_drop_privileges(NOBODY, NOBODY, 0);
+        if (!reqs)
+                _exit(3);
+        reqs[0] = 0;
+        for (int i = 0; i < SHARE_LINES; i++)
+                strcat(reqs, SHARE_STATUS);
+        for (int c = 0; c < SHARE_CONNS; c++) {
+                fds[c] = test_connect(td.socket);
+                test_send(fds[c], "{\"op\":\"hello\",\"version\":1}\n", 27);
+                if (recv_line(fds[c], 5000, &line) != 1)
+                        _exit(4);
+                free(line);
+        }
+        child_signal(ready, 'r');
+        child_await(go);
+        for (int c = 0; c < SHARE_CONNS; c++)
+                test_send(fds[c], reqs, strlen(reqs));
+        child_signal(ready, 's');
+        for (int c = 0; c < SHARE_CONNS; c++)
+                for (int i = 0; i < SHARE_LINES; i++) {
+                        json_t *v, *ch;
+
+                        if (recv_line(fds[c], 10000, &line) != 1)
+                                _exit(5);
+                        v = json_loads(line, 0, NULL);
+                        ch = v ? json_array_get(json_object_get(v, "channels"), 0) : NULL;
+                        if (!ch)
+                                _exit(6);
+                        before += json_array_size(json_object_get(ch, "clients")) == 0;
+                        json_decref(v);
+                        free(line);
+                }
+        if (write(result, &before, sizeof before) != sizeof before)
+                _exit(3);
+        _exit(0);
+}
+
+/*
+ * One uid's connections share a turn's lines (64): a request of another
+ * uid waits for about 64 of that uid's lines, not 64 for each of its
+ * connections. The daemon is stopped while nobody's 24 connections queue 64
+ * status requests each and root queues one open of the same channel; a
+ * status answered before that open lists no client, so such answers count
+ * the lines served first. With a whole turn for each connection, the first
+ * of them alone answered 64 before root's.
+ */
+START_TEST(test_many_connections_of_one_uid_share_a_turn) {
+        int ready[2], go[2], result[2], fd, before = -1, status;
+        char *line, c;
+        pid_t child;
+
+        start_with("", one_public_channel);
+        fd = test_connect(td.socket);
+        ck_assert_int_eq(pipe(ready), 0);
+        ck_assert_int_eq(pipe(go), 0);
+        ck_assert_int_eq(pipe(result), 0);
+        child = fork();
+        ck_assert_int_ge(child, 0);
+        if (child == 0)
+                share_child(ready[1], go[0], result[1]);
+        close(ready[1]);
+        close(go[0]);
+        close(result[1]);
+        ck_assert_int_eq(read(ready[0], &c, 1), 1);
+        ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
+        while (test_task_state(td.pid, 0) != 'T')
+                usleep(1000);
+        ck_assert_int_eq(write(go[1], "g", 1), 1);
+        ck_assert_int_eq(read(ready[0], &c, 1), 1);
+        test_send(fd, "{\"op\":\"open\",\"channel\":\"pub\",\"access\":\"ro\"}\n", 45);
+        ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
+        ck_assert_int_eq(recv_line(fd, 10000, &line), 1);
+        ck_assert_msg(strstr(line, "\"ok\":true"), "open: %s", line);
+        free(line);
+        ck_assert_int_eq(read(result[0], &before, sizeof before), (ssize_t) sizeof before);
+        ck_assert_int_eq(waitpid(child, &status, 0), child);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+        ck_assert_msg(before < SHARE_LINES, "%d of nobody's lines were answered before root's one (64 a turn for each "
+                      "of its %d connections)", before, SHARE_CONNS);
+        close(fd);
+        close(ready[0]);
+        close(go[1]);
+        close(result[0]);
         assert_daemon_alive();
 }
 END_TEST
@@ -2440,6 +2554,7 @@ int main(void) {
                                             test_request_timeout, test_request_timeout_restarts_per_line } },
                 { "slow-reader", HEAVY_TIMEOUT, { test_slow_reader, test_stalled_reader_not_timed_out,
                                                     test_pipelined_burst_answered, test_unread_close_drops_holds,
+                                                    test_many_connections_of_one_uid_share_a_turn,
                                                     test_one_client_cannot_starve_the_others } },
                 { "socket", CASE_TIMEOUT, { test_socket_mode_0600_group, test_socket_mode_0660_group } },
                 { "storm", HEAVY_TIMEOUT, { test_connection_storm, test_one_wakeup_accepts_every_queued_connection } },
