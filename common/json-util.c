@@ -1,5 +1,6 @@
 #include <errno.h>
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/json-util.h"
@@ -60,6 +61,47 @@ int json_field_int(const json_t *v, const char *key, int64_t min, int64_t max, i
         }
         *ret = i;
         return 0;
+}
+
+/* The length of the whole UTF-8 character at s (n bytes left), or 0 when there is none. */
+static size_t utf8_char_len(const unsigned char *s, size_t n) {
+        size_t len = s[0] < 0x80 ? 1 : (s[0] & 0xe0) == 0xc0 ? 2 : (s[0] & 0xf0) == 0xe0 ? 3 :
+                     (s[0] & 0xf8) == 0xf0 ? 4 : 0;
+
+        if (len > n)
+                return 0;
+        for (size_t i = 1; i < len; i++)
+                if ((s[i] & 0xc0) != 0x80)
+                        return 0;
+        return len;
+}
+
+json_t *json_message_string(const char *s) {
+        json_t *v = json_string(s);
+        size_t n, k = 0;
+        char *clean;
+
+        if (v || !s)
+                return v;
+        n = strlen(s);
+        clean = malloc(n + 1);
+        if (!clean)
+                return NULL;
+        for (size_t i = 0; i < n;) {
+                size_t len = utf8_char_len((const unsigned char *) s + i, n - i);
+
+                if (len == 0) {
+                        i++;            /* a stray byte, or a character cut short */
+                        continue;
+                }
+                memcpy(clean + k, s + i, len);
+                k += len;
+                i += len;
+        }
+        clean[k] = 0;
+        v = json_string(clean);
+        free(clean);
+        return v;
 }
 
 int json_dump_line(const json_t *v, char **ret_line, size_t *ret_len) {

@@ -18,6 +18,14 @@ int json_field_string(const json_t *v, const char *key, const char **ret, char *
 int json_field_int(const json_t *v, const char *key, int64_t min, int64_t max, int64_t *ret,
                    char *msg, size_t msg_size);
 
+/*
+ * A JSON string of a message for humans that may quote bytes a peer sent,
+ * cut to a length in bytes (inside a character, perhaps): s without the
+ * bytes that are not part of a whole UTF-8 character. NULL: no memory, or
+ * what is left is still no string jansson takes (an encoded surrogate).
+ */
+json_t *json_message_string(const char *s);
+
 /* Dump compact, newline-terminated, into a malloc'd buffer. -ENOMEM. */
 int json_dump_line(const json_t *v, char **ret_line, size_t *ret_len);
 

@@ -116,7 +116,7 @@ static int status_to_json(const ProtoChannel *c, json_t *o) {
         if (!c->error)
                 return 0;
         /* As in proto_encode_error(): a message that is not UTF-8 must not cost the answer. */
-        m = json_string(c->message);
+        m = json_message_string(c->message);
         if (!m)
                 m = json_string(name);
         if (set(o, "error", json_string(name)) < 0 || set(o, "message", m) < 0)
@@ -238,8 +238,8 @@ int proto_encode_error(int err, const char *message, char **ret_line, size_t *re
 
         if (!name)
                 return -EINVAL;
-        /* A message that is not UTF-8 must not cost the peer its answer. */
-        m = message ? json_string(message) : NULL;
+        /* A message cut inside a character (it may quote the peer's bytes) keeps its words. */
+        m = message ? json_message_string(message) : NULL;
         if (!m)
                 m = json_string(name);
         /* "o" steals m, even when packing fails. */

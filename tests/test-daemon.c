@@ -222,6 +222,47 @@ START_TEST(test_errors_keep_serving) {
 }
 END_TEST
 
+/*
+ * shmbroker-protocol(7), ANSWERS: "message" is "a sentence for humans".
+ * A message that quotes the client's bytes (an unknown op, an unknown key)
+ * and is cut to its limit must be cut between characters, not inside one:
+ * cut inside, it is not UTF-8, and the answer's message becomes the bare
+ * errno name.
+ */
+START_TEST(test_error_message_cut_between_characters) {
+        static const char *const requests[] = {
+                /* "a" then 40 "é": "%.64s" cuts after 63 bytes of the name, inside an "é". */
+                "{\"op\":\"a\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"
+                "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"
+                "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"
+                "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\"}",
+                /* An unknown key of "a" then 100 "é": the key is quoted and cut to the message's limit. */
+                NULL,
+        };
+        char key[1 + 100 * 2 + 1], line[400];
+        json_t *resp;
+        int fd;
+
+        key[0] = 'a';
+        for (int i = 0; i < 100; i++)
+                memcpy(key + 1 + 2 * i, "\xc3\xa9", 2);
+        key[sizeof key - 1] = 0;
+        snprintf(line, sizeof line, "{\"op\":\"list\",\"%s\":1}", key);
+
+        test_daemon_write_config(&td, two_channels);
+        test_start_ok();
+        fd = test_connect(td.socket);
+        for (size_t i = 0; i < 2; i++) {
+                resp = test_request(fd, requests[i] ?: line);
+                test_assert_error(resp, i == 0 ? "EOPNOTSUPP" : "EINVAL");
+                ck_assert_msg(strstr(test_jstr(resp, "message"), i == 0 ? "unknown op" : "unknown key"),
+                              "message is not a sentence: \"%s\"", test_jstr(resp, "message"));
+                json_decref(resp);
+        }
+        close(fd);
+}
+END_TEST
+
 START_TEST(test_pipelined_requests_in_order) {
         const char burst[] = "{\"op\":\"hello\",\"version\":1}\n{\"op\":\"open\",\"channel\":\"nope\",\"access\":\"ro\"}\n{\"op\":\"list\"}\n";
         char *line;
@@ -2788,7 +2829,8 @@ int main(void) {
         const TestGroup groups[] = {
                 { "serve", CASE_TIMEOUT, { test_list_matches_kernel, test_open_status_close, test_pipelined_requests_in_order,
                                  test_client_waiting_for_its_answer_is_woken_once } },
-                { "bad-input", CASE_TIMEOUT, { test_errors_keep_serving, test_overlong_line_closes_only_that_connection,
+                { "bad-input", CASE_TIMEOUT, { test_errors_keep_serving, test_error_message_cut_between_characters,
+                                 test_overlong_line_closes_only_that_connection,
                                  test_line_at_limit_is_served, test_half_sent_request_does_not_stall_others,
                                  test_out_of_band_byte_neither_spins_nor_stalls } },
                 { "access", CASE_TIMEOUT, { test_access_follows_kernel_rule, test_clients_cannot_remove_or_reown } },
