@@ -152,6 +152,7 @@ struct Control {
         UidAcct **accts;        /* sorted by uid, for lookup at accept */
         size_t n_accts, accts_cap;
         size_t fds_per_uid;     /* descriptors one uid's unread answers may hold: a quarter of ours */
+        size_t conns_per_uid;   /* connections one uid may have by our open-file limit: an eighth of it */
 };
 
 /* ---- per-uid accounting ---- */
@@ -1154,6 +1155,11 @@ static int check_caps(Control *c, Conn *conn) {
                          (unsigned) conn->client.peer.uid, l->connections_per_uid);
                 goto refuse;
         }
+        if (a->n_conns > c->conns_per_uid) {
+                snprintf(why, sizeof why, "uid %u already has %zu connections, the most one user may have with the "
+                         "broker's open-file limit", (unsigned) conn->client.peer.uid, c->conns_per_uid);
+                goto refuse;
+        }
         /* Not room for even one small request: it would only be closed at its first byte. */
         if (a->bytes + IN_CHUNK > l->buffers_per_uid) {
                 snprintf(why, sizeof why, "uid %u's connections already buffer %zu bytes of at most %" PRIu32
@@ -1301,6 +1307,12 @@ int control_new(sd_event *event, Dispatch *dispatch, const ConfigLimits *limits,
         /* After the daemon raised its limit (raise_fd_limit()); one answer's worth at least. */
         c->fds_per_uid = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ?
                          MAX((size_t) rl.rlim_cur / 4, (size_t) PROTO_FDS_MAX) : SIZE_MAX;
+        /*
+         * Each connection is a descriptor, and one of a holder a pidfd more: a
+         * uid under connections_per_uid must still not leave everyone else
+         * (admins too) without descriptors when that limit is low.
+         */
+        c->conns_per_uid = c->fds_per_uid == SIZE_MAX ? SIZE_MAX : MAX((size_t) rl.rlim_cur / 8, (size_t) 1);
         *ret = c;
         return 0;
 }

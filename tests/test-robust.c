@@ -633,6 +633,52 @@ START_TEST(test_connections_per_uid) {
 }
 END_TEST
 
+#define FD_LIMIT 200     /* the daemon's open-file limit in the test below: an eighth is 25 connections */
+
+static void per_uid_fd_child(void *userdata) {
+        const char *sock = userdata;
+        int c[FD_LIMIT / 8], x;
+
+        test_drop_privileges(65534, 65534, 0);
+        for (int i = 0; i < FD_LIMIT / 8; i++) {
+                c[i] = try_connect(sock);
+                CHILD_CHECK(c[i] >= 0, "connection %d: %s", i + 1, strerror(-c[i]));
+                request_ok(c[i], "{\"op\":\"list\"}");
+        }
+        x = try_connect(sock);
+        CHILD_CHECK(x >= 0, "connection %d: %s", FD_LIMIT / 8 + 1, strerror(-x));
+        expect_refusal(x, "EUSERS");
+        child_step();   /* the parent checks root is still served */
+}
+
+/*
+ * A daemon whose open-file limit is low (here 200) against a generous
+ * connections_per_uid: one uid gets an eighth of the limit, so it cannot
+ * take the descriptors everyone else (admins too) needs to connect.
+ */
+START_TEST(test_connections_per_uid_bounded_by_fd_limit) {
+        struct rlimit low = { FD_LIMIT, FD_LIMIT };
+        int root;
+        Child c;
+
+        /*
+         * The daemon inherits it, hard limit too, so its raise cannot pass it.
+         * For good in this test's process (Check forks one per test): a
+         * hard limit is not raised again without CAP_SYS_RESOURCE.
+         */
+        ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+        start_with("\"limits\": {\"connections_per_uid\": 1000},", one_public_channel);
+        child_start(&c, per_uid_fd_child, td.socket);
+        child_wait_step(&c);
+        root = test_connect(td.socket);
+        request_ok(root, "{\"op\":\"list\"}");
+        child_go(&c);
+        child_finish(&c);
+        close(root);
+        assert_daemon_alive();
+}
+END_TEST
+
 /* ======================================================================== */
 /* 3. connections_max                                                        */
 /* ======================================================================== */
@@ -2550,7 +2596,8 @@ END_TEST
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
-                { "limits", CASE_TIMEOUT, { test_request_max, test_connections_per_uid, test_connections_max,
+                { "limits", CASE_TIMEOUT, { test_request_max, test_connections_per_uid,
+                                            test_connections_per_uid_bounded_by_fd_limit, test_connections_max,
                                             test_request_timeout, test_request_timeout_restarts_per_line } },
                 { "slow-reader", HEAVY_TIMEOUT, { test_slow_reader, test_stalled_reader_not_timed_out,
                                                     test_pipelined_burst_answered, test_unread_close_drops_holds,
