@@ -564,6 +564,22 @@ START_TEST(test_request_max) {
 }
 END_TEST
 
+/*
+ * Descriptors for n connections of one uid, here and in the daemon, which
+ * inherits the limit and raises its own to the hard one, of which one uid
+ * may have an eighth in connections.
+ */
+static void fd_room_for(int n) {
+        struct rlimit rl;
+
+        ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+        if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 8 * ((rlim_t) n + 256))
+                rl.rlim_max = 8 * ((rlim_t) n + 256);
+        if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur < (rlim_t) n + 256)
+                rl.rlim_cur = (rlim_t) n + 256;
+        ck_assert_msg(setrlimit(RLIMIT_NOFILE, &rl) == 0, "setrlimit: %s", strerror(errno));
+}
+
 /* ======================================================================== */
 /* 2. connections_per_uid                                                    */
 /* ======================================================================== */
@@ -1565,16 +1581,8 @@ END_TEST
 
 START_TEST(test_connection_storm) {
         int *fds, admin, shm_before, sem_before, served, refused;
-        struct rlimit rl;
 
-        /* Room for all of them here; the daemon inherits the limit and raises its own to it. */
-        ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
-        if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < STORM_TOTAL + 256)
-                rl.rlim_max = STORM_TOTAL + 256;
-        if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur < STORM_TOTAL + 256)
-                rl.rlim_cur = STORM_TOTAL + 256;
-        ck_assert_msg(setrlimit(RLIMIT_NOFILE, &rl) == 0, "setrlimit: %s", strerror(errno));
-
+        fd_room_for(STORM_TOTAL);
         start_with("\"limits\": {\"connections_max\": 1500, \"connections_per_uid\": 100000},", one_public_channel);
         fds = calloc(STORM_TOTAL, sizeof *fds);
         ck_assert_ptr_nonnull(fds);
@@ -2148,6 +2156,7 @@ START_TEST(test_buffers_per_uid) {
         int root, other;
         Child c;
 
+        fd_room_for(HOG_CONNS);
         /* The daemon can only say ENOBUFS if the wire's fixed table of errno names has it. */
         ck_assert_msg(proto_errno_to_name(ENOBUFS) != NULL, "ENOBUFS is not in proto's table of errno names");
         small_sanitizer_quarantine();
