@@ -315,6 +315,7 @@ static int channel_new(const ChannelSpec *spec, Channel **ret) {
         if (!c)
                 return -ENOMEM;
         c->spec = *spec;
+        c->spec.ftok_path = NULL;       /* the config's, which a reload frees */
         c->spec.sem_values = memdup(spec->sem_values, spec->nsems * sizeof *spec->sem_values);
         if (!c->spec.sem_values) {
                 free(c);
@@ -514,11 +515,13 @@ static int create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n_
 
         if (spec->has_key) {
                 r = try_key(c, spec->key, state, msg, msg_size);
-                if (r == -EEXIST)
-                        msg_set(msg, msg_size,
-                                "channel \"%s\": key 0x%08" PRIx32 " is already held by an object this daemon did not create; "
-                                "it is left untouched (remove it with ipcrm, or choose another \"key\")",
-                                spec->name, spec->key);
+                if (r == -EEXIST) {
+                        char key[300];
+
+                        msg_set(msg, msg_size, "channel \"%s\": %s is already held by an object this daemon did not "
+                                "create; it is left untouched (%s)", spec->name,
+                                config_key_name(spec, spec->key, key, sizeof key), config_key_advice(spec));
+                }
         } else {
                 r = -EEXIST;
                 for (unsigned i = 0; i < CHANNEL_DERIVED_KEY_ATTEMPTS && r == -EEXIST; i++) {

@@ -201,7 +201,7 @@ static int parse_mode(Ctx *ctx, json_t *v, const char *key, mode_t *ret) {
  * missing file. ftok() keeps only PROJ's low 8 bits: 1-255, as 0 would not
  * be what those programs pass.
  */
-static int parse_ftok_key(Ctx *ctx, json_t *v, uint32_t *ret) {
+static int parse_ftok_key(Ctx *ctx, json_t *v, ChannelSpec *c) {
         const char *path;
         json_error_t jerr;
         char why[256];
@@ -221,7 +221,11 @@ static int parse_ftok_key(Ctx *ctx, json_t *v, uint32_t *ret) {
                 return fail(ctx, "\"key\": ftok(\"%.200s\", %d): %s", path, (int) proj, strerror(errno));
         if (k == IPC_PRIVATE)
                 return fail(ctx, "\"key\": ftok(\"%.200s\", %d) gives key 0, which is IPC_PRIVATE", path, (int) proj);
-        *ret = (uint32_t) k;
+        c->key = (uint32_t) k;
+        c->ftok_path = strdup(path);
+        if (!c->ftok_path)
+                return -ENOMEM;
+        c->ftok_proj = (int) proj;
         return 0;
 }
 
@@ -382,7 +386,7 @@ static int parse_channel(Ctx *ctx, json_t *o, ChannelSpec *c) {
                         return r;
         }
         if (jkey && json_is_object(jkey)) {
-                r = parse_ftok_key(ctx, jkey, &c->key);
+                r = parse_ftok_key(ctx, jkey, c);
                 if (r)
                         return r;
                 c->has_key = true;
@@ -393,6 +397,32 @@ static int parse_channel(Ctx *ctx, json_t *o, ChannelSpec *c) {
                 c->has_key = true;
         }
         return 0;
+}
+
+const char *config_key_name(const ChannelSpec *s, uint32_t key, char *buf, size_t size) {
+        if (s->ftok_path)
+                snprintf(buf, size, "key 0x%08" PRIx32 " (ftok(\"%.200s\", %d))", key, s->ftok_path, s->ftok_proj);
+        else
+                snprintf(buf, size, "key 0x%08" PRIx32, key);
+        return buf;
+}
+
+const char *config_key_advice(const ChannelSpec *s) {
+        return s->ftok_path ? "remove it with ipcrm, or give \"ftok\" another file or project id" :
+                              "remove it with ipcrm, or choose another \"key\"";
+}
+
+/* For two channels on one key: where their keys came from, as far as ftok says ("" when neither is ftok's). */
+static const char *ftok_origin(const ChannelSpec *a, const ChannelSpec *b, char *buf, size_t size) {
+        if (a->ftok_path && b->ftok_path)
+                snprintf(buf, size, " (ftok(\"%.200s\", %d) and ftok(\"%.200s\", %d): ftok keeps only 16 bits of "
+                         "the inode and 8 of the device)", a->ftok_path, a->ftok_proj, b->ftok_path, b->ftok_proj);
+        else if (a->ftok_path || b->ftok_path)
+                snprintf(buf, size, " (ftok(\"%.200s\", %d) gives the other's number)", a->ftok_path ?: b->ftok_path,
+                         a->ftok_path ? a->ftok_proj : b->ftok_proj);
+        else
+                buf[0] = 0;
+        return buf;
 }
 
 static int cmp_spec_ptr_name(const void *a, const void *b) {
@@ -408,6 +438,7 @@ static int cmp_spec_ptr_key(const void *a, const void *b) {
 /* Names and fixed keys must be unique; sorting keeps this O(n log n). */
 static int check_unique(Ctx *ctx, Config *c) {
         _cleanup_(freep) ChannelSpec **v = NULL;
+        char origin[512];
         size_t n = 0;
 
         if (c->n_channels < 2)
@@ -428,8 +459,8 @@ static int check_unique(Ctx *ctx, Config *c) {
         qsort(v, n, sizeof *v, cmp_spec_ptr_key);
         for (size_t i = 1; i < n; i++)
                 if (v[i - 1]->key == v[i]->key)
-                        return fail(ctx, "channels \"%s\" and \"%s\" have the same \"key\" %" PRIu32,
-                                    v[i - 1]->name, v[i]->name, v[i]->key);
+                        return fail(ctx, "channels \"%s\" and \"%s\" have the same \"key\" %" PRIu32 "%s", v[i - 1]->name,
+                                    v[i]->name, v[i]->key, ftok_origin(v[i - 1], v[i], origin, sizeof origin));
         return 0;
 }
 
@@ -633,8 +664,10 @@ int config_load(const char *path, Config **ret, char *msg, size_t msg_size) {
 Config *config_free(Config *c) {
         if (!c)
                 return NULL;
-        for (size_t i = 0; i < c->n_channels; i++)
+        for (size_t i = 0; i < c->n_channels; i++) {
                 free(c->channels[i].sem_values);
+                free(c->channels[i].ftok_path);
+        }
         free(c->channels);
         free(c->fixed_keys);
         free(c->socket);

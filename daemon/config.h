@@ -36,6 +36,9 @@ typedef struct ChannelSpec {
         bool owner_set;                 /* "owner" was given */
         bool has_key;
         uint32_t key;                   /* fixed key, when has_key */
+        /* Where a key from "ftok" came from, for messages: the config's own (NULL in a channel's copy, or none). */
+        char *ftok_path;
+        int ftok_proj;
 } ChannelSpec;
 
 /* Limits on what clients can make the daemon hold ("limits" in the config). */
@@ -93,3 +96,13 @@ int config_find_channel(const Config *c, const char *name);
 
 /* Whether some channel of c fixes System V key `key` ("key"): one that derived keys skip. */
 bool config_key_is_fixed(const Config *c, uint32_t key);
+
+/*
+ * How s's key is named in a message: "key 0x0c00c039", and for a key from
+ * "ftok", " (ftok(\"PATH\", PROJ))" after it, which is what the admin wrote.
+ * Returns buf.
+ */
+const char *config_key_name(const ChannelSpec *s, uint32_t key, char *buf, size_t size);
+
+/* What to do about a fixed key someone else holds, for the end of such a message. */
+const char *config_key_advice(const ChannelSpec *s);

@@ -370,9 +370,11 @@ static int check_taken(const Plan *p, char *msg, size_t msg_size) {
                 } else if (s->has_key && !plan_frees_key(p, s->key) &&
                            (shmget((key_t) s->key, 0, 0) >= 0 || errno != ENOENT ||
                             semget((key_t) s->key, 0, 0) >= 0 || errno != ENOENT)) {
-                        msg_set(msg, msg_size, "channel \"%s\": key 0x%08" PRIx32 " is already held by an object this "
-                                "daemon did not create; it is left untouched (remove it with ipcrm, or choose another "
-                                "\"key\")", s->name, s->key);
+                        char key[300];
+
+                        msg_set(msg, msg_size, "channel \"%s\": %s is already held by an object this daemon did not "
+                                "create; it is left untouched (%s)", s->name, config_key_name(s, s->key, key, sizeof key),
+                                config_key_advice(s));
                         return EEXIST;
                 }
         }

@@ -2505,6 +2505,52 @@ START_TEST(test_ftok_key_follows_a_replaced_file) {
 }
 END_TEST
 
+/*
+ * An ftok key that a foreign object holds: the refusal names the file the key
+ * came from (the config names no key to look for), and the object is untouched.
+ */
+START_TEST(test_ftok_key_held_names_its_file) {
+        char path[400], spare[420], *text;
+        json_t *resp, *list;
+        key_t before, after;
+        int fd, foreign;
+
+        snprintf(path, sizeof path, "%s/key-file", td.dir);
+        snprintf(spare, sizeof spare, "%s/key-file.new", td.dir);
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        ck_assert_int_ge(fd, 0);
+        close(fd);
+        ck_assert_int_ge(asprintf(&text, "[{\"name\": \"legacy\", \"size\": 4096, \"key\": {\"ftok\": [\"%s\", 12]}}]",
+                                  path), 0);
+        test_daemon_write_config(&td, text);
+        test_start_ok();
+        before = ftok(path, 12);
+
+        /* Another file at the path, whose key someone else took first. */
+        fd = open(spare, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        ck_assert_int_ge(fd, 0);
+        close(fd);
+        ck_assert_int_eq(rename(spare, path), 0);
+        after = ftok(path, 12);
+        ck_assert_int_ne(after, before);
+        foreign = shmget(after, 100, IPC_CREAT | IPC_EXCL | 0600);
+        ck_assert_int_ge(foreign, 0);
+
+        fd = test_connect(td.socket);
+        resp = req(fd, "{\"op\":\"reload\"}");
+        test_assert_error(resp, "EEXIST");
+        assert_message_contains(resp, path);
+        json_decref(resp);
+        close(fd);
+        list = list_ok();
+        ck_assert_int_eq(test_jint(test_must_find(list, "legacy"), "shm_key"), (json_int_t) (uint32_t) before);
+        json_decref(list);
+        ck_assert_int_eq(shmget(after, 0, 0), foreign);
+        ck_assert_int_eq(shmctl(foreign, IPC_RMID, NULL), 0);
+        free(text);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -2539,7 +2585,7 @@ int main(void) {
                                test_sighup_reloads_within_a_second,
                                test_sigterm_after_reloads_removes_everything,
                                test_crash_mid_reload_then_restart } },
-                { "ftok", CASE_TIMEOUT, { test_ftok_key_follows_a_replaced_file } },
+                { "ftok", CASE_TIMEOUT, { test_ftok_key_follows_a_replaced_file, test_ftok_key_held_names_its_file } },
                 { "refusals-replace", CASE_TIMEOUT, { test_foreign_fixed_key_of_changed_channel_refused_whole } },
         };
 
