@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -100,7 +101,16 @@ static int adopt_one(Registry *reg, const Config *cfg, const uint8_t *secret, St
         sem = find_object(v, n, STATE_SEM, chan->key, chan->sem_id);
         if (!shm || !sem)
                 return 0;
-        if (channel_spec_fingerprint(spec) != chan->fingerprint || !key_fits(cfg, spec, secret, chan->key)) {
+        /* First: a replaced ftok file changes the key (and so the digest), not the config's text. */
+        if (!key_fits(cfg, spec, secret, chan->key)) {
+                char key[300];
+
+                log_info("Channel %s: its key is %s now, not 0x%08" PRIx32 " as in the last run; making it anew.",
+                         spec->name, spec->has_key ? config_key_name(spec, spec->key, key, sizeof key) :
+                         "another one (the last run's is fixed for another channel now)", chan->key);
+                return 0;
+        }
+        if (channel_spec_fingerprint(spec) != chan->fingerprint) {
                 log_info("Channel %s changed in the config since the last run; making it anew.", spec->name);
                 return 0;
         }

@@ -846,7 +846,8 @@ int daemon_run(const DaemonOptions *o) {
                 r = k;
         }
         if (r < 0) {
-                log_error("Start failed; removing the %zu channel(s) already created.", d.registry->n);
+                log_error("Start failed; removing the %zu channel(s) already created (those taken over from the "
+                          "last run stay for the next start).", registry_n_made(d.registry));
                 goto fail;
         }
 

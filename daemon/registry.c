@@ -254,6 +254,14 @@ void registry_forget_adopted(Registry *r) {
         }
 }
 
+size_t registry_n_made(const Registry *r) {
+        size_t n = 0;
+
+        for (size_t i = 0; i < r->n; i++)
+                n += !r->entries[i]->channel->adopted;
+        return n;
+}
+
 void registry_remove(Registry *r, Entry *e) {
         entries_drop(r, e);
         entry_free(r, e);

@@ -136,6 +136,9 @@ int registry_adopt(Registry *r, Channel *c, size_t *ret_orphans);
  */
 void registry_forget_adopted(Registry *r);
 
+/* How many of r's channels this run made (not taken over from the last). */
+size_t registry_n_made(const Registry *r);
+
 /*
  * Remove a channel: its holds are dropped, its kernel objects removed
  * (clients still attached keep their mapping until they detach).

@@ -2551,6 +2551,51 @@ START_TEST(test_ftok_key_held_names_its_file) {
 }
 END_TEST
 
+/*
+ * A crash, then the ftok file replaced (the config's text unchanged): the
+ * restart makes the channel anew at the new key and the log says why,
+ * naming the file, not that the config changed.
+ */
+START_TEST(test_crash_restart_names_a_replaced_ftok_file) {
+        char path[400], spare[420], want[600], *text, *log;
+        key_t before, after;
+        json_t *list;
+        int fd;
+
+        snprintf(path, sizeof path, "%s/key-file", td.dir);
+        snprintf(spare, sizeof spare, "%s/key-file.new", td.dir);
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        ck_assert_int_ge(fd, 0);
+        close(fd);
+        ck_assert_int_ge(asprintf(&text, "[{\"name\": \"legacy\", \"size\": 4096, \"key\": {\"ftok\": [\"%s\", 12]}}]",
+                                  path), 0);
+        test_daemon_write_config(&td, text);
+        free(text);
+        test_start_ok();
+        before = ftok(path, 12);
+        test_daemon_kill(&td, SIGKILL);
+
+        fd = open(spare, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        ck_assert_int_ge(fd, 0);
+        close(fd);
+        ck_assert_int_eq(rename(spare, path), 0);
+        after = ftok(path, 12);
+        ck_assert_int_ne(after, before);
+        test_start_ok();
+        list = list_ok();
+        ck_assert_int_eq(test_jint(test_must_find(list, "legacy"), "shm_key"), (json_int_t) (uint32_t) after);
+        json_decref(list);
+        log = test_daemon_log(&td);
+        snprintf(want, sizeof want, "its key is key 0x%08x (ftok(\"%s\", 12)) now, not 0x%08x", (unsigned) after, path,
+                 (unsigned) before);
+        ck_assert_msg(strstr(log, want), "no \"%s\" in:\n%s", want, log);
+        ck_assert_msg(!strstr(log, "changed in the config"), "the config did not change:\n%s", log);
+        free(log);
+        /* The last run's objects were reclaimed: only the new ones are left. */
+        ck_assert_int_eq(test_ipcs_count("-m"), 1);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -2585,7 +2630,8 @@ int main(void) {
                                test_sighup_reloads_within_a_second,
                                test_sigterm_after_reloads_removes_everything,
                                test_crash_mid_reload_then_restart } },
-                { "ftok", CASE_TIMEOUT, { test_ftok_key_follows_a_replaced_file, test_ftok_key_held_names_its_file } },
+                { "ftok", CASE_TIMEOUT, { test_ftok_key_follows_a_replaced_file, test_ftok_key_held_names_its_file,
+                                          test_crash_restart_names_a_replaced_ftok_file } },
                 { "refusals-replace", CASE_TIMEOUT, { test_foreign_fixed_key_of_changed_channel_refused_whole } },
         };
 
