@@ -60,10 +60,17 @@ int main(int argc, char *argv[]) {
                 return 2;
         }
         key = ftok(argv[1], PROJ);
-        shmid = key == -1 ? -1 : shmget(key, 0, 0);
+        if (key == -1) {
+                fprintf(stderr, "legacy-sender: ftok %s: %s\n", argv[1], strerror(errno));
+                return 1;
+        }
+        shmid = shmget(key, 0, 0);
         semid = shmid < 0 ? -1 : semget(key, 0, 0);
         if (semid < 0 || shmctl(shmid, IPC_STAT, &ds) < 0 || (base = shmat(shmid, NULL, 0)) == (void *) -1) {
-                fprintf(stderr, "legacy-sender: %s: %s\n", argv[1], strerror(errno));
+                /* The file exists (ftok read it): what is missing is an object at its key. */
+                fprintf(stderr, "legacy-sender: key 0x%08x of %s: %s\n", (unsigned) key, argv[1],
+                        errno == ENOENT ? "no segment and semaphore set at this key (is the broker serving it?)" :
+                        strerror(errno));
                 return 1;
         }
         for (long i = 1; i <= count && r == 0; i++) {
