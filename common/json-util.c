@@ -99,7 +99,7 @@ json_t *json_message_string(const char *s) {
                 i += len;
         }
         clean[k] = 0;
-        v = json_string(clean);
+        v = k > 0 ? json_string(clean) : NULL;
         free(clean);
         return v;
 }

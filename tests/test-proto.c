@@ -930,7 +930,7 @@ START_TEST(test_encode_error) {
         json_decref(o);
         free(line);
 
-        /* no message, or one that is not UTF-8: the name stands in */
+        /* no message, or one with nothing of UTF-8 in it: the name stands in */
         ck_assert_int_eq(proto_encode_error(EACCES, NULL, &line, &len), 0);
         o = parse_line(line, len);
         assert_json_str(o, "error", "EACCES");
@@ -938,10 +938,17 @@ START_TEST(test_encode_error) {
         json_decref(o);
         free(line);
 
-        ck_assert_int_eq(proto_encode_error(EPROTO, "bad \xff byte", &line, &len), 0);
+        ck_assert_int_eq(proto_encode_error(EPROTO, "\xff\xc3", &line, &len), 0);
         o = parse_line(line, len);
         assert_json_str(o, "error", "EPROTO");
         assert_json_str(o, "message", "EPROTO");
+        json_decref(o);
+        free(line);
+
+        /* A stray byte, and a character cut short (a message cut to its length in bytes): the words stay. */
+        ck_assert_int_eq(proto_encode_error(EPROTO, "bad \xff byte in \"caf\xc3\"", &line, &len), 0);
+        o = parse_line(line, len);
+        assert_json_str(o, "message", "bad  byte in \"caf\"");
         json_decref(o);
         free(line);
 }
