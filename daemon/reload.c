@@ -135,6 +135,18 @@ static bool channel_holds_key(const Channel *c, uint32_t key) {
         return c->key == key || (c->table_id >= 0 && c->table_key == key);
 }
 
+/* Whether a channel this plan removes or replaces holds a semaphore set at key now (a table holds a segment only). */
+static bool plan_frees_sem_key(const Plan *p, uint32_t key) {
+        for (size_t i = 0; i < p->n_remove; i++)
+                if (p->remove[i]->channel->spec.kind != PROTO_KIND_POSIX && p->remove[i]->channel->key == key)
+                        return true;
+        for (size_t i = 0; i < p->n_later; i++)
+                if (p->replace[i] && p->replace[i]->channel->spec.kind != PROTO_KIND_POSIX &&
+                    p->replace[i]->channel->key == key)
+                        return true;
+        return false;
+}
+
 /* Whether a channel this plan removes or replaces holds key now. */
 static bool plan_frees_key(const Plan *p, uint32_t key) {
         for (size_t i = 0; i < p->n_remove; i++)
@@ -367,9 +379,9 @@ static int check_taken(const Plan *p, char *msg, size_t msg_size) {
                                         PSEM_DIR, name);
                                 return EEXIST;
                         }
-                } else if (s->has_key && !plan_frees_key(p, s->key) &&
-                           (shmget((key_t) s->key, 0, 0) >= 0 || errno != ENOENT ||
-                            semget((key_t) s->key, 0, 0) >= 0 || errno != ENOENT)) {
+                } else if (s->has_key &&
+                           ((!plan_frees_key(p, s->key) && (shmget((key_t) s->key, 0, 0) >= 0 || errno != ENOENT)) ||
+                            (!plan_frees_sem_key(p, s->key) && (semget((key_t) s->key, 0, 0) >= 0 || errno != ENOENT)))) {
                         char key[300];
 
                         msg_set(msg, msg_size, "channel \"%s\": %s is already held by an object this daemon did not "

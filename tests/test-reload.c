@@ -8,6 +8,7 @@
 #include <check.h>
 #include <dirent.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -1085,6 +1086,44 @@ START_TEST(test_foreign_fixed_key_of_changed_channel_refused_whole) {
         ck_assert_uint_eq(ds.shm_segsz, 8192);
         ck_assert_int_eq(ds.shm_cpid, getpid());
         ck_assert_int_eq(shmctl(foreign_shm, IPC_RMID, NULL), 0);
+        json_decref(before);
+        close(fd);
+}
+END_TEST
+
+/*
+ * A broadcast channel's subscriber table holds a segment at its key, not a
+ * semaphore set: a foreign set may sit at that key. A channel the reload
+ * replaces onto that key (the table moves away, as derived_key_now_fixed()
+ * says) needs a set there too; SPEC "A fixed key already held by an object
+ * this daemon did not create is an error that fails the start (or the
+ * reload)": refused whole, not answered ok with "a" in "removed".
+ */
+START_TEST(test_foreign_set_at_a_tables_key_refused_whole) {
+        json_t *before, *resp, *after;
+        char cfg[512];
+        uint32_t table_key;
+        int fd, foreign_sem;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096, \"key\": 16963},"
+                                      " {\"name\": \"b\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4}]");
+        test_start_ok();
+        before = list_ok();
+        table_key = (uint32_t) test_jint(test_must_find(before, "b"), "table_key");
+        fd = test_connect(td.socket);
+        foreign_sem = semget((key_t) table_key, 1, IPC_CREAT | IPC_EXCL | 0600);
+        ck_assert_int_ge(foreign_sem, 0);
+        snprintf(cfg, sizeof cfg, "[{\"name\": \"a\", \"size\": 4096, \"key\": %" PRIu32 "},"
+                 " {\"name\": \"b\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4}]", table_key);
+        test_daemon_write_config(&td, cfg);
+        resp = req(fd, "{\"op\":\"reload\"}");
+        test_assert_error(resp, "EEXIST");
+        assert_message_contains(resp, "\"a\"");
+        json_decref(resp);
+        after = list_ok();
+        assert_same_channels(before, after);
+        json_decref(after);
+        ck_assert_int_eq(semctl(foreign_sem, 0, IPC_RMID), 0);
         json_decref(before);
         close(fd);
 }
@@ -2632,7 +2671,8 @@ int main(void) {
                                test_crash_mid_reload_then_restart } },
                 { "ftok", CASE_TIMEOUT, { test_ftok_key_follows_a_replaced_file, test_ftok_key_held_names_its_file,
                                           test_crash_restart_names_a_replaced_ftok_file } },
-                { "refusals-replace", CASE_TIMEOUT, { test_foreign_fixed_key_of_changed_channel_refused_whole } },
+                { "refusals-replace", CASE_TIMEOUT, { test_foreign_fixed_key_of_changed_channel_refused_whole,
+                                                      test_foreign_set_at_a_tables_key_refused_whole } },
         };
 
         return test_main("reload", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
