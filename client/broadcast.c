@@ -359,6 +359,7 @@ static void report(BcastHandle *b, uint64_t pos) {
  */
 static void sub_register(shmb_channel *ch, BcastHandle *b, bool first) {
         uint32_t token = my_token(ch), index = bcast_token_index(token, b->subscribers);
+        uint32_t old_token = LOAD(&b->reg_token, RLX), old_index = LOAD(&b->reg_index, RLX);
         BcastCursor *cur;
 
         STORE(&b->reg_token, token, RLX);
@@ -385,6 +386,17 @@ static void sub_register(shmb_channel *ch, BcastHandle *b, bool first) {
                 STORE(&cur->position, head, SEQ);
         }
         STORE(&b->reg_index, index, RLX);
+        /*
+         * A new token at a rejoin (the broker could not hand the old one back: it cannot see our pid)
+         * leaves the old entry live; its cursor must not hold publishers back any more. Only after the
+         * new cursor counts, and only while it still carries our old token.
+         */
+        if (old_index != NO_CURSOR && old_index != index && old_token != 0 && old_token != token) {
+                uint32_t expected = old_token;
+
+                (void) __atomic_compare_exchange_n(&bcast_cursor_at(b->t, old_index)->token, &expected, 0, false,
+                                                   SEQ, RLX);
+        }
 }
 
 /* Before each pass: the token may have changed (a rejoin after a broker restart). */

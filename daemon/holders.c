@@ -151,19 +151,24 @@ static uint32_t entry_set_live(Holders *hs, uint32_t i, uint32_t gen, pid_t pid,
 }
 
 /*
- * Whether the opener with pid `pid` is the process that entry i was handed
- * to: the same pid, and (when it is known) the same id (proc-id.h), so a
- * process that got a dead opener's pid is not it. A pid we cannot see (0)
- * proves nothing. Tokens are easy to guess from the table that every reader
- * of the segment sees: without this, anyone could take an orphan back and
- * close it, and a live claimer would be repaired under it.
+ * Whether the opener with pid `pid` (and pidfd, -1: none) is the process
+ * that entry i was handed to: the same pid, and (when it is known) the same
+ * id (proc-id.h), so a process that got a dead opener's pid is not it. A
+ * pid we cannot see (0: another PID namespace) proves nothing by itself,
+ * but a pidfd names its process wherever it lives, and pidfs never reuses
+ * an inode number: the entry's and the opener's agree only for the same
+ * process. Tokens are easy to guess from the table that every reader of the
+ * segment sees: without this, anyone could take an orphan back and close
+ * it, and a live claimer would be repaired under it.
  */
-static bool same_opener(const Holders *hs, uint32_t i, pid_t pid) {
+static bool same_opener(const Holders *hs, uint32_t i, pid_t pid, int pidfd) {
         const RingHolder *e = entry_at(hs, i);
         ProcId id = { .starttime = e->starttime, .pidfs_ino = e->pidfs_ino };
 
-        if (pid <= 0 || e->pid != pid)
+        if (e->pid != pid)
                 return false;
+        if (pid <= 0)
+                return id.pidfs_ino != 0 && pidfd >= 0 && proc_id_of(pid, pidfd).pidfs_ino == id.pidfs_ino;
         return (id.starttime == 0 && id.pidfs_ino == 0) || proc_id_matches(pid, &id) == 1;
 }
 
@@ -171,7 +176,7 @@ int holders_take_back(Holders *hs, pid_t pid, int pidfd, uint32_t want, uint32_t
         uint32_t i = token_index(hs, want);
         uint64_t word;
 
-        if (!hs->table || i == UINT32_MAX || !is_orphan(hs, i) || !same_opener(hs, i, pid))
+        if (!hs->table || i == UINT32_MAX || !is_orphan(hs, i) || !same_opener(hs, i, pid, pidfd))
                 return -ENOENT;
         word = word_load(hs, i);
         if (!word_is_token(word, want))
