@@ -457,9 +457,14 @@ START_TEST(test_unreadable_record_stays_recorded) {
         /* "shm KEY ID PID SINCE SIZE": the key made unreadable, one byte more. */
         ck_assert_int_lt(end - line, (ptrdiff_t) sizeof bad - 2);
         snprintf(bad, sizeof bad, "shm ?%.*s", (int) (end - line - 4), line + 4);
-        memmove(line + strlen(bad), end, strlen(end) + 1);
-        memcpy(line, bad, strlen(bad));
-        write_file(path, text, 0600, 0);
+        {
+                char *damaged;
+
+                /* One byte longer than the line it replaces: a new text, not an edit in place. */
+                ck_assert_int_ge(asprintf(&damaged, "%.*s%s%s", (int) (line - text), text, bad, end), 0);
+                write_file(path, damaged, 0600, 0);
+                free(damaged);
+        }
         free(text);
 
         test_daemon_write_config(&td, "[{\"name\": \"other\", \"size\": 4096}]");
