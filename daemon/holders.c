@@ -17,13 +17,14 @@
  * the sweep leaves it alone. Its cookie lives beside the bitmap, and
  * only there: a take-back or a DEAD mark clears it with the orphan bit.
  *
- * An orphan of a killed run is judged by what that run recorded: its pid
- * in our PID namespace and its id (proc-id.h). A pid that no longer
- * exists, or now names another process, is proof it is gone. Anything
- * short of proof keeps it LIVE: a pid 0 (the opener was in a PID
- * namespace we cannot see), /proc unreadable (hidepid=) or an id that was
- * not recorded. A zombie counts as alive: a thread group whose leader
- * exited looks like one too.
+ * An orphan of a killed run is judged by what that run recorded: its pid,
+ * when that run's PID namespace is ours, and its id (proc-id.h). A pid that
+ * no longer exists, or now names another process, is proof it is gone.
+ * Anything short of proof keeps it LIVE: a pid 0 (the opener was in a PID
+ * namespace we cannot see), a pid of another PID namespace (we were started
+ * anew in another), /proc unreadable (hidepid=) or an id that was not
+ * recorded. A zombie counts as alive: a thread group whose leader exited
+ * looks like one too.
  */
 
 #include <errno.h>
@@ -33,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/util.h"
@@ -137,6 +139,21 @@ size_t holders_adopt(Holders *hs) {
         return hs->n_orphans;
 }
 
+/* The /proc inode number of our PID namespace (0: not known), which says in whose namespace a recorded pid is. */
+static uint32_t own_pidns(void) {
+        static uint32_t ino = UINT32_MAX;
+        struct stat st;
+
+        if (ino == UINT32_MAX)
+                ino = stat("/proc/self/ns/pid", &st) == 0 && st.st_ino <= UINT32_MAX - 1 ? (uint32_t) st.st_ino : 0;
+        return ino;
+}
+
+/* Whether e's pid names a process in our PID namespace (recorded by a run in it, or by one that did not say). */
+static bool pid_is_ours(const RingHolder *e) {
+        return e->pidns == 0 || e->pidns == own_pidns();
+}
+
 /* Make entry i LIVE under gen for pid: who it is first, then the word that clients read. */
 static uint32_t entry_set_live(Holders *hs, uint32_t i, uint32_t gen, pid_t pid, int pidfd) {
         RingHolder *e = entry_at(hs, i);
@@ -144,6 +161,7 @@ static uint32_t entry_set_live(Holders *hs, uint32_t i, uint32_t gen, pid_t pid,
         ProcId id = proc_id_of(pid, pidfd);
 
         e->pid = pid;
+        e->pidns = own_pidns();
         e->starttime = id.starttime;
         e->pidfs_ino = id.pidfs_ino;
         __atomic_store_n(&e->word, (uint64_t) gen << 32 | RING_HOLDER_LIVE, __ATOMIC_RELEASE);
@@ -165,10 +183,11 @@ static bool same_opener(const Holders *hs, uint32_t i, pid_t pid, int pidfd) {
         const RingHolder *e = entry_at(hs, i);
         ProcId id = { .starttime = e->starttime, .pidfs_ino = e->pidfs_ino };
 
+        /* A pid of another namespace than ours, or one we cannot see: only the pidfd's inode can tell. */
+        if (pid <= 0 || !pid_is_ours(e))
+                return id.pidfs_ino != 0 && pidfd >= 0 && proc_id_of(pid, pidfd).pidfs_ino == id.pidfs_ino;
         if (e->pid != pid)
                 return false;
-        if (pid <= 0)
-                return id.pidfs_ino != 0 && pidfd >= 0 && proc_id_of(pid, pidfd).pidfs_ino == id.pidfs_ino;
         return (id.starttime == 0 && id.pidfs_ino == 0) || proc_id_matches(pid, &id) == 1;
 }
 
@@ -282,7 +301,7 @@ bool holders_release_orphan(Holders *hs, uint32_t token, uint64_t cookie) {
 static bool opener_gone(const RingHolder *e, const char **ret_why) {
         ProcId id = { .starttime = e->starttime, .pidfs_ino = e->pidfs_ino };
 
-        if (e->pid <= 0 || proc_id_matches(e->pid, &id) != 0)
+        if (e->pid <= 0 || !pid_is_ours(e) || proc_id_matches(e->pid, &id) != 0)
                 return false;
         *ret_why = kill(e->pid, 0) < 0 && errno == ESRCH ? "it exited" : "its pid names another process now";
         return true;

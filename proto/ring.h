@@ -164,7 +164,7 @@ typedef struct RingHeader {
 typedef struct RingHolder {
         uint64_t word;
         int32_t pid;
-        uint32_t reserved0;
+        uint32_t pidns;                 /* the /proc inode of the PID namespace pid is of; 0: not recorded */
         uint64_t starttime;             /* /proc/PID/stat field 22; 0: not known */
         uint64_t pidfs_ino;             /* the inode of a pidfd of it (pidfs, 64-bit); 0: not known */
 } RingHolder;
