@@ -244,6 +244,15 @@ static uint32_t my_token(const shmb_channel *ch) {
         return LOAD(&ch->hold.token, RLX);
 }
 
+/* Whether a claim's token is this handle's: its token, or the one a rejoin replaced (claims made before it). */
+static bool token_is_mine(const shmb_channel *ch, uint32_t token) {
+        if (token == my_token(ch))
+                return true;
+        /* Read after the token that replaced it, which was stored (released) after it. */
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        return token != 0 && token == LOAD(&ch->hold.old_token, RLX);
+}
+
 /*
  * Spin until *seqp is no longer `seen`, within the handle's adaptive
  * budget (as the ring's: doubled when it paid, halved when not), yielding
@@ -829,7 +838,7 @@ static int own_claim(shmb_channel *ch, BcastHandle *b, const void *buf, BcastSlo
         s = LOAD(&slot->seq, ACQ);
         owner = LOAD(&slot->owner, ACQ);
         pos = bcast_seq_pos(s);
-        if (bcast_seq_kind(s) == BCAST_SEQ_WRITING && pos % b->n == index && (uint32_t) owner == my_token(ch) &&
+        if (bcast_seq_kind(s) == BCAST_SEQ_WRITING && pos % b->n == index && token_is_mine(ch, (uint32_t) owner) &&
             ring_owner_claims(owner, pos)) {
                 *ret_slot = slot;
                 *ret_pos = pos;

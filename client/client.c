@@ -656,8 +656,14 @@ static int rejoin_opened(shmb_client *c, const char *name, const ProtoResponse *
                 else if (res->ok && same_objects(h, res, fds)) {
                         needed = true;          /* adopted: the same objects */
                         /* Ours again, or a new one if the broker took the old for dead: claims use it from now on. */
-                        if (res->channels[0].holder)
-                                __atomic_store_n(&h->token, res->channels[0].holder, __ATOMIC_RELAXED);
+                        if (res->channels[0].holder) {
+                                uint32_t was = __atomic_load_n(&h->token, __ATOMIC_RELAXED);
+
+                                /* Before the new one: a commit that reads the new token then finds the old too. */
+                                if (was != res->channels[0].holder)
+                                        __atomic_store_n(&h->old_token, was, __ATOMIC_RELAXED);
+                                __atomic_store_n(&h->token, res->channels[0].holder, __ATOMIC_RELEASE);
+                        }
                 }
                 else if (res->ok || refusal_means_removed(res->error)) {
                         __atomic_store_n(&h->stale, true, __ATOMIC_RELEASE);

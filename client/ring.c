@@ -96,6 +96,15 @@ static uint32_t my_token(const shmb_channel *ch) {
         return LOAD(&ch->hold.token, RLX);
 }
 
+/* Whether a claim's token is this handle's: its token, or the one a rejoin replaced (claims made before it). */
+static bool token_is_mine(const shmb_channel *ch, uint32_t token) {
+        if (token == my_token(ch))
+                return true;
+        /* Read after the token that replaced it, which was stored (released) after it. */
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        return token != 0 && token == LOAD(&ch->hold.old_token, RLX);
+}
+
 /* Someone claimed the slot for pos, and the holder table says it is gone. */
 static bool claimer_dead(const shmb_channel *ch, uint64_t owner, uint64_t pos) {
         return ring_owner_claims(owner, pos) && ring_token_dead(ch->ring, (uint32_t) owner);
@@ -795,7 +804,7 @@ static HOT_PATH int own_claim(shmb_channel *ch, const void *buf, bool send, Ring
         seq = LOAD(&slot->seq, ACQ);
         owner = LOAD(send ? &slot->send_owner : &slot->recv_owner, ACQ);
         pos = send ? seq : seq - 1;
-        if ((uint32_t) owner == my_token(ch) && pos % ch->info.slots == index && ring_owner_claims(owner, pos)) {
+        if (token_is_mine(ch, (uint32_t) owner) && pos % ch->info.slots == index && ring_owner_claims(owner, pos)) {
                 *ret_slot = slot;
                 *ret_pos = pos;
                 return 0;

@@ -30,6 +30,11 @@ typedef struct ClientHold {
         bool stale;                     /* the broker's channel of that name is another one now */
         bool gone;                      /* stale, or a wait found its objects removed (channel_gone()); atomic */
         uint32_t token;                 /* a ring's holder token (proto/ring.h); read by the ring without the lock */
+        /*
+         * The token a rejoin replaced (0: none): a broker that could not hand
+         * it back keeps its entry live, and the claims made under it stay ours.
+         */
+        uint32_t old_token;
 } ClientHold;
 
 /* Where a connection stands (client.c has the transitions). */

@@ -261,6 +261,32 @@ static int deny_chown(void) {
 #endif
 }
 
+/*
+ * In the daemon's child: pidfd_open() fails with ENOSYS from here on, so the
+ * daemon cannot tell pidfds apart by inode (proc-id.c pidfs_ids()), as on a
+ * kernel before pidfs (Linux 6.5 to 6.8 still give SO_PEERPIDFD).
+ */
+static int deny_pidfd_open(void) {
+#if defined(FILTER_ARCH) && defined(SYS_pidfd_open)
+        struct sock_filter code[] = {
+                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, FILTER_ARCH, 0, 3),
+                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_pidfd_open, 0, 1),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = { .len = (unsigned short) ELEMENTS(code), .filter = code };
+
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+                return -1;
+        return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+#else
+        errno = ENOSYS;
+        return -1;
+#endif
+}
+
 static void daemon_spawn(TestDaemon *d, va_list ap) {
         const char *argv[48];
         char *wrapper = getenv("TEST_DAEMON_WRAPPER") ? strdup(getenv("TEST_DAEMON_WRAPPER")) : NULL;
@@ -294,6 +320,8 @@ static void daemon_spawn(TestDaemon *d, va_list ap) {
                 if (d->passrights_errno && deny_passrights(d->passrights_errno) < 0)
                         _exit(124);
                 if (d->deny_chown && deny_chown() < 0)
+                        _exit(124);
+                if (d->deny_pidfd_open && deny_pidfd_open() < 0)
                         _exit(124);
                 if (d->stop_before_exec)
                         (void) raise(SIGSTOP);

@@ -29,6 +29,7 @@ typedef struct TestDaemon {
         bool stop_before_exec;          /* the child stops itself (SIGSTOP) before it runs the daemon: to trace it */
         int passrights_errno;           /* not 0: its setsockopt(SO_PASSRIGHTS) fails so (a seccomp filter) */
         bool deny_chown;                /* every chown call fails with EPERM, as under the shipped unit's filter */
+        bool deny_pidfd_open;           /* pidfd_open() fails with ENOSYS: pidfds as a kernel without pidfs gives them */
         uid_t uid;                      /* not 0: run the daemon as uid:gid, without groups or capabilities */
         gid_t gid;
 } TestDaemon;

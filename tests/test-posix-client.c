@@ -1181,6 +1181,51 @@ END_TEST
 
 
 
+/*
+ * Promised (SPEC "Holds survive a broker restart: ... the application sees
+ * nothing unless its channel was removed"; README: a sender that lives,
+ * "however slow and in whatever PID namespace, is never skipped"): a
+ * sender that the broker cannot see by pid holds a reservation over a
+ * broker crash, where pidfds have no inode numbers of their own (before
+ * pidfs: here pidfd_open() is denied the daemon, which is all it looks
+ * at). The restarted broker cannot hand its token back and gives another
+ * (shmbrokerd(8)); the old entry stays live for good. The commit must
+ * still publish, and the receiver get the message, not wait for ever on
+ * a slot claimed under the old token.
+ */
+START_TEST(test_reservation_survives_a_new_token_at_a_rejoin) {
+        shmb_channel *tx, *rx;
+        char buf[16] = "";
+        void *slot = NULL;
+        int r;
+
+        test_daemon_stop_ok(&td);
+        test_daemon_write_config(&td, "[{\"name\": \"ring\", \"kind\": \"posix\", \"layout\": \"ring\", "
+                                      "\"slot_size\": 64, \"slots\": 4}]");
+        td.deny_pidfd_open = true;
+        setenv("TEST_DAEMON_WRAPPER", pid_ns_wrapper, 1);
+        test_start_ok();
+        tx = must_open("ring", SHMB_RW);
+        rx = must_open("ring", SHMB_RW);
+        ck_assert_int_eq(shmb_send_reserve(tx, 1, &slot, WAIT_MS), 0);
+        memcpy(slot, "x", 1);
+        inner_daemon_signal(SIGKILL);
+        test_start_ok();
+        wait_holds(tx, rx, "ring", 2);
+        ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 0), -EAGAIN);
+        r = shmb_send_commit(tx, slot, 1);
+        ck_assert_msg(r == 0, "commit of a reservation held over the restart: %s", shmb_strerror(r));
+        r = (int) shmb_recv(rx, buf, sizeof buf, WAIT_MS);
+        ck_assert_msg(r == 1, "the receiver after the commit: %s", r < 0 ? shmb_strerror(r) : "a message");
+
+        shmb_close(rx);
+        shmb_close(tx);
+        r = inner_daemon_signal(SIGTERM);
+        ck_assert_msg(WIFEXITED(r) && WEXITSTATUS(r) == 0, "daemon stop: status 0x%x", r);
+        unsetenv("TEST_DAEMON_WRAPPER");
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "mapping", CASE_TIMEOUT, { test_raw_mapping_is_shared_between_processes,
@@ -1198,7 +1243,8 @@ int main(void) {
                 { "restart", CASE_TIMEOUT, { test_hold_survives_a_broker_crash,
                                              test_handle_is_stale_after_a_stop_and_start,
                                              test_subscriber_the_broker_cannot_see_survives_a_crash,
-                                             test_live_claimer_survives_a_restart_in_another_pid_namespace } },
+                                             test_live_claimer_survives_a_restart_in_another_pid_namespace,
+                                             test_reservation_survives_a_new_token_at_a_rejoin } },
                 { "ctl", CASE_TIMEOUT, { test_shmbrokerctl_shows_kind_and_names } },
                 { "semvmx", CASE_TIMEOUT, { test_post_past_semvmx_is_erange_as_on_system_v } },
                 { "channel-fd", CASE_TIMEOUT, { test_channel_fd_wakes_on_a_message_from_another_process,
