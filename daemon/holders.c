@@ -139,19 +139,32 @@ size_t holders_adopt(Holders *hs) {
         return hs->n_orphans;
 }
 
-/* The /proc inode number of our PID namespace (0: not known), which says in whose namespace a recorded pid is. */
-static uint32_t own_pidns(void) {
-        static uint32_t ino = UINT32_MAX;
+/* RingHolder.pidns of a broker that could not tell its namespace: no namespace's inode is 1. */
+#define PIDNS_UNKNOWN 1u
+
+/* The /proc inode number of a PID namespace: 0 for none (fd < 0, or not one that fits). */
+static uint32_t pidns_ino(int fd) {
         struct stat st;
 
-        if (ino == UINT32_MAX)
-                ino = stat("/proc/self/ns/pid", &st) == 0 && st.st_ino <= UINT32_MAX - 1 ? (uint32_t) st.st_ino : 0;
+        return fd >= 0 && fstat(fd, &st) == 0 && st.st_ino > PIDNS_UNKNOWN && st.st_ino < UINT32_MAX ?
+               (uint32_t) st.st_ino : 0;
+}
+
+/* Ours, which says in whose namespace a recorded pid is; PIDNS_UNKNOWN when /proc cannot tell. */
+static uint32_t own_pidns(void) {
+        static uint32_t ino;
+
+        if (ino == 0) {
+                _cleanup_(closep) int fd = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
+
+                ino = pidns_ino(fd) ?: PIDNS_UNKNOWN;
+        }
         return ino;
 }
 
 /* Whether e's pid names a process in our PID namespace (recorded by a run in it, or by one that did not say). */
 static bool pid_is_ours(const RingHolder *e) {
-        return e->pidns == 0 || e->pidns == own_pidns();
+        return e->pidns == 0 || (e->pidns == own_pidns() && e->pidns != PIDNS_UNKNOWN);
 }
 
 /* Make entry i LIVE under gen for pid: who it is first, then the word that clients read. */
@@ -301,6 +314,11 @@ bool holders_release_orphan(Holders *hs, uint32_t token, uint64_t cookie) {
 static bool opener_gone(const RingHolder *e, const char **ret_why) {
         ProcId id = { .starttime = e->starttime, .pidfs_ino = e->pidfs_ino };
 
+        /*
+         * A pid of another namespace says nothing here, and whether that namespace
+         * still has live processes cannot be told from ours (its parent's, say):
+         * kept live, never skipped; a claim it left at death stays (shmbrokerd(8)).
+         */
         if (e->pid <= 0 || !pid_is_ours(e) || proc_id_matches(e->pid, &id) != 0)
                 return false;
         *ret_why = kill(e->pid, 0) < 0 && errno == ESRCH ? "it exited" : "its pid names another process now";
