@@ -244,13 +244,8 @@ static uint32_t my_token(const shmb_channel *ch) {
         return LOAD(&ch->hold.token, RLX);
 }
 
-/* Whether a claim's token is this handle's: its token, or the one a rejoin replaced (claims made before it). */
 static bool token_is_mine(const shmb_channel *ch, uint32_t token) {
-        if (token == my_token(ch))
-                return true;
-        /* Read after the token that replaced it, which was stored (released) after it. */
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        return token != 0 && token == LOAD(&ch->hold.old_token, RLX);
+        return hold_token_is_mine(&ch->hold, my_token(ch), token);
 }
 
 /*

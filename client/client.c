@@ -661,7 +661,8 @@ static int rejoin_opened(shmb_client *c, const char *name, const ProtoResponse *
 
                                 /* Before the new one: a commit that reads the new token then finds the old too. */
                                 if (was != res->channels[0].holder)
-                                        __atomic_store_n(&h->old_token, was, __ATOMIC_RELAXED);
+                                        __atomic_store_n(&h->old_tokens[h->n_old++ % HOLD_OLD_TOKENS], was,
+                                                         __ATOMIC_RELAXED);
                                 __atomic_store_n(&h->token, res->channels[0].holder, __ATOMIC_RELEASE);
                         }
                 }

@@ -17,6 +17,9 @@
  * Every field is under the client's lock, but the ids and attached,
  * which client_hold_attached() publishes without it, and token.
  */
+/* Tokens a handle keeps from broker restarts that could not give its own back (ClientHold.old_tokens). */
+#define HOLD_OLD_TOKENS 8
+
 typedef struct ClientHold {
         struct ClientHold *prev, *next; /* newest first */
         bool listed;
@@ -31,10 +34,13 @@ typedef struct ClientHold {
         bool gone;                      /* stale, or a wait found its objects removed (channel_gone()); atomic */
         uint32_t token;                 /* a ring's holder token (proto/ring.h); read by the ring without the lock */
         /*
-         * The token a rejoin replaced (0: none): a broker that could not hand
-         * it back keeps its entry live, and the claims made under it stay ours.
+         * The tokens rejoins replaced, the last HOLD_OLD_TOKENS of them (0:
+         * none): a broker that could not hand one back keeps its entry live,
+         * and the claims made under it stay ours. n_old counts the rejoins
+         * that replaced one; the next goes to old_tokens[n_old % HOLD_OLD_TOKENS].
          */
-        uint32_t old_token;
+        uint32_t old_tokens[HOLD_OLD_TOKENS];
+        uint32_t n_old;
 } ClientHold;
 
 /* Where a connection stands (client.c has the transitions). */
@@ -210,6 +216,22 @@ int client_call_fds_since(shmb_client *c, const ProtoRequest *reqs, ProtoRespons
  */
 static inline bool client_inherited(const shmb_client *c) {
         return c && getpid() != c->pid;
+}
+
+/*
+ * Whether a claim's token is h's: its token (as the caller read it, my),
+ * or one a rejoin replaced (claims made before it). Lock-free: read after
+ * the token that replaced them, which rejoin_opened() stores (releases)
+ * after them.
+ */
+static inline bool hold_token_is_mine(const ClientHold *h, uint32_t my, uint32_t token) {
+        if (token == my)
+                return true;
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        for (unsigned k = 0; token != 0 && k < HOLD_OLD_TOKENS; k++)
+                if (token == __atomic_load_n(&h->old_tokens[k], __ATOMIC_RELAXED))
+                        return true;
+        return false;
 }
 
 /* Connect without the hello round trip; the caller sends one (pipelined). */

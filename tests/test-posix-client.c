@@ -1226,6 +1226,48 @@ START_TEST(test_reservation_survives_a_new_token_at_a_rejoin) {
 }
 END_TEST
 
+/*
+ * Promised (shmbrokerd(8): "a reservation or a peek it made under the old
+ * token stays its own to commit, abort or release"; SPEC "Holds survive a
+ * broker restart"): as test_reservation_survives_a_new_token_at_a_rejoin,
+ * but the broker crashes twice while the reservation is held. Each rejoin
+ * gets another token; the reservation was made under the first.
+ */
+START_TEST(test_reservation_survives_two_new_tokens) {
+        shmb_channel *tx, *rx;
+        char buf[16] = "";
+        void *slot = NULL;
+        int r;
+
+        test_daemon_stop_ok(&td);
+        test_daemon_write_config(&td, "[{\"name\": \"ring\", \"kind\": \"posix\", \"layout\": \"ring\", "
+                                      "\"slot_size\": 64, \"slots\": 4}]");
+        td.deny_pidfd_open = true;
+        setenv("TEST_DAEMON_WRAPPER", pid_ns_wrapper, 1);
+        test_start_ok();
+        tx = must_open("ring", SHMB_RW);
+        rx = must_open("ring", SHMB_RW);
+        ck_assert_int_eq(shmb_send_reserve(tx, 1, &slot, WAIT_MS), 0);
+        memcpy(slot, "x", 1);
+        for (int k = 0; k < 2; k++) {
+                inner_daemon_signal(SIGKILL);
+                test_start_ok();
+                wait_holds(tx, rx, "ring", 2);
+        }
+        ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 0), -EAGAIN);
+        r = shmb_send_commit(tx, slot, 1);
+        ck_assert_msg(r == 0, "commit of a reservation held over two restarts: %s", shmb_strerror(r));
+        r = (int) shmb_recv(rx, buf, sizeof buf, WAIT_MS);
+        ck_assert_msg(r == 1, "the receiver after the commit: %s", r < 0 ? shmb_strerror(r) : "a message");
+
+        shmb_close(rx);
+        shmb_close(tx);
+        r = inner_daemon_signal(SIGTERM);
+        ck_assert_msg(WIFEXITED(r) && WEXITSTATUS(r) == 0, "daemon stop: status 0x%x", r);
+        unsetenv("TEST_DAEMON_WRAPPER");
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "mapping", CASE_TIMEOUT, { test_raw_mapping_is_shared_between_processes,
@@ -1244,7 +1286,8 @@ int main(void) {
                                              test_handle_is_stale_after_a_stop_and_start,
                                              test_subscriber_the_broker_cannot_see_survives_a_crash,
                                              test_live_claimer_survives_a_restart_in_another_pid_namespace,
-                                             test_reservation_survives_a_new_token_at_a_rejoin } },
+                                             test_reservation_survives_a_new_token_at_a_rejoin,
+                                             test_reservation_survives_two_new_tokens } },
                 { "ctl", CASE_TIMEOUT, { test_shmbrokerctl_shows_kind_and_names } },
                 { "semvmx", CASE_TIMEOUT, { test_post_past_semvmx_is_erange_as_on_system_v } },
                 { "channel-fd", CASE_TIMEOUT, { test_channel_fd_wakes_on_a_message_from_another_process,
