@@ -2496,21 +2496,48 @@ START_TEST(test_reload_keeping_holders_rights_stays_in_place) {
 }
 END_TEST
 
-/* An ftok key follows its file: another inode at the path is another key, and the channel moves to it. */
-START_TEST(test_ftok_key_follows_a_replaced_file) {
-        char path[400], spare[420], *text;
-        json_t *list;
-        key_t before, after;
+/* A config of one channel "legacy" keyed by ftok(PATH, 12), PATH a new empty file in td's directory. */
+static void ftok_config(char *path, size_t size) {
+        char *text;
         int fd;
 
-        snprintf(path, sizeof path, "%s/key-file", td.dir);
-        snprintf(spare, sizeof spare, "%s/key-file.new", td.dir);
+        snprintf(path, size, "%s/key-file", td.dir);
         fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
         ck_assert_int_ge(fd, 0);
         close(fd);
         ck_assert_int_ge(asprintf(&text, "[{\"name\": \"legacy\", \"size\": 4096, \"key\": {\"ftok\": [\"%s\", 12]}}]",
                                   path), 0);
         test_daemon_write_config(&td, text);
+        free(text);
+}
+
+/*
+ * Another file at path, made while the old one exists (so its inode is
+ * another) and renamed over it: its key, which must not be `before`.
+ */
+static key_t ftok_replace(const char *path, key_t before) {
+        char spare[420];
+        key_t after;
+        int fd;
+
+        snprintf(spare, sizeof spare, "%s.new", path);
+        fd = open(spare, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        ck_assert_int_ge(fd, 0);
+        close(fd);
+        ck_assert_int_eq(rename(spare, path), 0);
+        after = ftok(path, 12);
+        ck_assert_int_ne(after, before);
+        return after;
+}
+
+/* An ftok key follows its file: another inode at the path is another key, and the channel moves to it. */
+START_TEST(test_ftok_key_follows_a_replaced_file) {
+        char path[400];
+        json_t *list;
+        key_t before, after;
+        int fd;
+
+        ftok_config(path, sizeof path);
         test_start_ok();
         before = ftok(path, 12);
         list = list_ok();
@@ -2518,12 +2545,7 @@ START_TEST(test_ftok_key_follows_a_replaced_file) {
         json_decref(list);
 
         /* Made while the old one exists, so its inode is another; renamed over it. */
-        fd = open(spare, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        ck_assert_int_ge(fd, 0);
-        close(fd);
-        ck_assert_int_eq(rename(spare, path), 0);
-        after = ftok(path, 12);
-        ck_assert_int_ne(after, before);
+        after = ftok_replace(path, before);
         fd = test_connect(td.socket);
         reload_expect(fd, "", "", "legacy", "");
         close(fd);
@@ -2540,7 +2562,6 @@ START_TEST(test_ftok_key_follows_a_replaced_file) {
         ck_assert_ptr_nonnull(strstr(test_jstr(list, "message"), "ftok"));
         json_decref(list);
         close(fd);
-        free(text);
 }
 END_TEST
 
@@ -2549,29 +2570,17 @@ END_TEST
  * came from (the config names no key to look for), and the object is untouched.
  */
 START_TEST(test_ftok_key_held_names_its_file) {
-        char path[400], spare[420], *text;
+        char path[400];
         json_t *resp, *list;
         key_t before, after;
         int fd, foreign;
 
-        snprintf(path, sizeof path, "%s/key-file", td.dir);
-        snprintf(spare, sizeof spare, "%s/key-file.new", td.dir);
-        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        ck_assert_int_ge(fd, 0);
-        close(fd);
-        ck_assert_int_ge(asprintf(&text, "[{\"name\": \"legacy\", \"size\": 4096, \"key\": {\"ftok\": [\"%s\", 12]}}]",
-                                  path), 0);
-        test_daemon_write_config(&td, text);
+        ftok_config(path, sizeof path);
         test_start_ok();
         before = ftok(path, 12);
 
         /* Another file at the path, whose key someone else took first. */
-        fd = open(spare, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        ck_assert_int_ge(fd, 0);
-        close(fd);
-        ck_assert_int_eq(rename(spare, path), 0);
-        after = ftok(path, 12);
-        ck_assert_int_ne(after, before);
+        after = ftok_replace(path, before);
         foreign = shmget(after, 100, IPC_CREAT | IPC_EXCL | 0600);
         ck_assert_int_ge(foreign, 0);
 
@@ -2586,7 +2595,6 @@ START_TEST(test_ftok_key_held_names_its_file) {
         json_decref(list);
         ck_assert_int_eq(shmget(after, 0, 0), foreign);
         ck_assert_int_eq(shmctl(foreign, IPC_RMID, NULL), 0);
-        free(text);
 }
 END_TEST
 
@@ -2596,30 +2604,16 @@ END_TEST
  * naming the file, not that the config changed.
  */
 START_TEST(test_crash_restart_names_a_replaced_ftok_file) {
-        char path[400], spare[420], want[600], *text, *log;
+        char path[400], want[600], *log;
         key_t before, after;
         json_t *list;
-        int fd;
 
-        snprintf(path, sizeof path, "%s/key-file", td.dir);
-        snprintf(spare, sizeof spare, "%s/key-file.new", td.dir);
-        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        ck_assert_int_ge(fd, 0);
-        close(fd);
-        ck_assert_int_ge(asprintf(&text, "[{\"name\": \"legacy\", \"size\": 4096, \"key\": {\"ftok\": [\"%s\", 12]}}]",
-                                  path), 0);
-        test_daemon_write_config(&td, text);
-        free(text);
+        ftok_config(path, sizeof path);
         test_start_ok();
         before = ftok(path, 12);
         test_daemon_kill(&td, SIGKILL);
 
-        fd = open(spare, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        ck_assert_int_ge(fd, 0);
-        close(fd);
-        ck_assert_int_eq(rename(spare, path), 0);
-        after = ftok(path, 12);
-        ck_assert_int_ne(after, before);
+        after = ftok_replace(path, before);
         test_start_ok();
         list = list_ok();
         ck_assert_int_eq(test_jint(test_must_find(list, "legacy"), "shm_key"), (json_int_t) (uint32_t) after);
