@@ -407,9 +407,16 @@ static uint64_t sum_words(const void *p, size_t size) {
  */
 static Trial one_way(Method m, const char *ring, size_t size, long slots, long n) {
         int ready[2], go[2], fds[2] = { -1, -1 };
-        /* Room for a SysV message's type before the bytes; the other methods use buf alone. */
-        long *msg = malloc(sizeof(long) + size);
-        char *buf = (char *) (msg + 1);
+        /*
+         * Room for a SysV message's type before the bytes; the other methods use
+         * buf alone. buf starts a cache line: where malloc() put it depended on
+         * what the dynamic loader had allocated, which differs between this
+         * program and bench-nofd (another library name), and a 64 B message
+         * split across two lines another way is another copy.
+         */
+        char *base = aligned_alloc(64, 64 + size + 64);
+        long *msg = base ? (long *) (base + 64 - sizeof(long)) : NULL;
+        char *buf = base ? base + 64 : NULL;
         mqd_t mq = (mqd_t) -1;
         int64_t t0, t1;
         pid_t pid;
@@ -556,7 +563,7 @@ static Trial one_way(Method m, const char *ring, size_t size, long slots, long n
         msq = -1;
         if (mq != (mqd_t) -1)
                 mq_close(mq);
-        free(msg);
+        free(base);
         return (Trial) { .rate = (double) size * (double) n / ((double) (t1 - t0) / 1e9), .one_cpu = trace_one_cpu() };
 }
 
