@@ -1004,13 +1004,7 @@ START_TEST(test_foreign_fixed_key_refused_whole) {
         foreign_shm = shmget(0x4242, 8192, IPC_CREAT | IPC_EXCL | 0644);
         ck_assert_int_ge(foreign_shm, 0);
         test_daemon_write_config(&td, wanted);
-        resp = req(fd, "{\"op\":\"reload\"}");
-        test_assert_error(resp, "EEXIST");
-        assert_message_contains(resp, "\"fixed\"");
-        json_decref(resp);
-        after = list_ok();
-        assert_same_channels(before, after);
-        json_decref(after);
+        reload_refused(fd, before, "EEXIST", "\"fixed\"", NULL);
         /* "extra" (added first) was rolled back; the foreign segment is untouched. */
         assert_ipcs(2, 1);
         test_read_secret(&td, secret);
@@ -1063,7 +1057,7 @@ END_TEST
  * objects), not removed and answered ok with it in "removed".
  */
 START_TEST(test_foreign_fixed_key_of_changed_channel_refused_whole) {
-        json_t *before, *resp, *after;
+        json_t *before;
         struct shmid_ds ds;
         int fd, foreign_shm;
 
@@ -1074,13 +1068,7 @@ START_TEST(test_foreign_fixed_key_of_changed_channel_refused_whole) {
         foreign_shm = shmget(0x4243, 8192, IPC_CREAT | IPC_EXCL | 0644);
         ck_assert_int_ge(foreign_shm, 0);
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096, \"key\": 16963}]");     /* 0x4243 */
-        resp = req(fd, "{\"op\":\"reload\"}");
-        test_assert_error(resp, "EEXIST");
-        assert_message_contains(resp, "\"a\"");
-        json_decref(resp);
-        after = list_ok();
-        assert_same_channels(before, after);
-        json_decref(after);
+        reload_refused(fd, before, "EEXIST", "\"a\"", NULL);
         assert_ipcs(2, 1);
         shm_stat(foreign_shm, &ds);
         ck_assert_uint_eq(ds.shm_segsz, 8192);
@@ -1100,7 +1088,7 @@ END_TEST
  * reload)": refused whole, not answered ok with "a" in "removed".
  */
 START_TEST(test_foreign_set_at_a_tables_key_refused_whole) {
-        json_t *before, *resp, *after;
+        json_t *before;
         char cfg[512];
         uint32_t table_key;
         int fd, foreign_sem;
@@ -1116,13 +1104,7 @@ START_TEST(test_foreign_set_at_a_tables_key_refused_whole) {
         snprintf(cfg, sizeof cfg, "[{\"name\": \"a\", \"size\": 4096, \"key\": %" PRIu32 "},"
                  " {\"name\": \"b\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4}]", table_key);
         test_daemon_write_config(&td, cfg);
-        resp = req(fd, "{\"op\":\"reload\"}");
-        test_assert_error(resp, "EEXIST");
-        assert_message_contains(resp, "\"a\"");
-        json_decref(resp);
-        after = list_ok();
-        assert_same_channels(before, after);
-        json_decref(after);
+        reload_refused(fd, before, "EEXIST", "\"a\"", NULL);
         ck_assert_int_eq(semctl(foreign_sem, 0, IPC_RMID), 0);
         json_decref(before);
         close(fd);
