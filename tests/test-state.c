@@ -299,6 +299,17 @@ static uint32_t public_key(const char *name, unsigned attempt) {
         return h ? h : 1;
 }
 
+/* Field `field` of channel "frames" in a list answer of td's daemon, on a connection of its own. */
+static json_int_t frames_field(const char *field) {
+        int fd = test_connect(td.socket);
+        json_t *resp = test_request(fd, "{\"op\":\"list\"}");
+        json_int_t v = test_jint(test_must_find(resp, "frames"), field);
+
+        json_decref(resp);
+        close(fd);
+        return v;
+}
+
 static void squat_child(void *userdata) {
         const char *secret_path = userdata;
         int ok = 0;
@@ -326,11 +337,7 @@ START_TEST(test_squatted_keys_do_not_stop_channels) {
         /* The secret exists before the squatter tries: from a first run. */
         test_daemon_write_config(&td, one_channel);
         test_start_ok();
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\":\"list\"}");
-        key = (uint32_t) test_jint(test_must_find(resp, "frames"), "shm_key");
-        json_decref(resp);
-        close(fd);
+        key = (uint32_t) frames_field("shm_key");
         test_daemon_stop_ok(&td);
 
         state_file_path(secret_path, sizeof secret_path, "secret");
@@ -374,27 +381,18 @@ END_TEST
 START_TEST(test_lost_state_file_warns_of_held_key) {
         char path[400], want[128], *log;
         uint32_t key, now;
-        json_t *resp;
-        int fd, shm_id;
+        int shm_id;
 
         test_daemon_write_config(&td, one_channel);
         test_start_ok();
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\":\"list\"}");
-        key = (uint32_t) test_jint(test_must_find(resp, "frames"), "shm_key");
-        shm_id = (int) test_jint(test_must_find(resp, "frames"), "shm_id");
-        json_decref(resp);
-        close(fd);
+        key = (uint32_t) frames_field("shm_key");
+        shm_id = (int) frames_field("shm_id");
         test_daemon_kill(&td, SIGKILL);
         state_file_path(path, sizeof path, "state");
         ck_assert_int_eq(truncate(path, 0), 0);
 
         test_start_ok();
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\":\"list\"}");
-        now = (uint32_t) test_jint(test_must_find(resp, "frames"), "shm_key");
-        json_decref(resp);
-        close(fd);
+        now = (uint32_t) frames_field("shm_key");
         ck_assert_uint_ne(now, key);
         log = test_daemon_log(&td);
         snprintf(want, sizeof want, "its key 0x%08" PRIx32 " is held by segment %d", key, shm_id);
@@ -435,16 +433,11 @@ static char *file_text(const char *path) {
  */
 START_TEST(test_unreadable_record_stays_recorded) {
         char path[400], bad[256], *text, *line, *end, *log;
-        json_t *resp;
-        int fd, shm_id;
+        int shm_id;
 
         test_daemon_write_config(&td, one_channel);
         test_start_ok();
-        fd = test_connect(td.socket);
-        resp = test_request(fd, "{\"op\":\"list\"}");
-        shm_id = (int) test_jint(test_must_find(resp, "frames"), "shm_id");
-        json_decref(resp);
-        close(fd);
+        shm_id = (int) frames_field("shm_id");
         test_daemon_kill(&td, SIGKILL);
 
         state_file_path(path, sizeof path, "state");
