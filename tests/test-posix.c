@@ -186,6 +186,15 @@ static char *log_now(void) {
         return test_daemon_log(&td);
 }
 
+/* The list answer of td's daemon, asked on a connection of its own. */
+static json_t *list_now(void) {
+        int fd = test_connect(td.socket);
+        json_t *list = test_request(fd, "{\"op\": \"list\"}");
+
+        close(fd);
+        return list;
+}
+
 /* Plant somebody else's file at path (content, owner nobody, an old mtime); its stat in *ret. */
 static void plant(const char *path, struct stat *ret) {
         struct timespec times[2] = { { .tv_sec = 1000000000 }, { .tv_sec = 1000000000 } };
@@ -1747,7 +1756,6 @@ static bool squat_one_of(const char *const *names, size_t n) {
 START_TEST(test_replacing_reload_leaves_no_name_free) {
         bool squatted = false;
         json_t *list;
-        int fd;
 
         test_daemon_write_config(&td, X_BEFORE);
         test_start_ok();
@@ -1760,9 +1768,7 @@ START_TEST(test_replacing_reload_leaves_no_name_free) {
         }
         ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
         test_reload_wait();
-        fd = test_connect(td.socket);
-        list = test_request(fd, "{\"op\": \"list\"}");
-        close(fd);
+        list = list_now();
         ck_assert_msg(!squatted && test_find_channel(list, "x"),
                       "a name of channel x was free during the reload and another user took it; the channel is %s",
                       test_find_channel(list, "x") ? "still listed" : "gone");
@@ -1812,9 +1818,7 @@ START_TEST(test_remade_channel_leaves_no_name_free) {
         ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
         if (squatted)
                 ck_assert_int_eq(waitpid(opener, &status, 0), opener);
-        fd = test_connect(td.socket);
-        list = test_request(fd, "{\"op\": \"list\"}");
-        close(fd);
+        list = list_now();
         ck_assert_msg(!squatted && test_find_channel(list, "x"),
                       "a name of channel x was free while it was made again and another user took it; the channel "
                       "is %s", test_find_channel(list, "x") ? "still listed" : "gone");
@@ -1876,7 +1880,6 @@ START_TEST(test_replacement_killed_at_each_step) {
         before = shm_listing();
         for (k = 1;; k++) {
                 json_t *list;
-                int fd;
 
                 if (!replacement_killed_at(k)) {
                         /* The reload took fewer than k steps: every one was a kill point. */
@@ -1885,9 +1888,7 @@ START_TEST(test_replacement_killed_at_each_step) {
                 }
                 assert_names_held(x_names, sizeof x_names / sizeof *x_names, k, "the replacement");
                 test_start_ok();
-                fd = test_connect(td.socket);
-                list = test_request(fd, "{\"op\": \"list\"}");
-                close(fd);
+                list = list_now();
                 log = log_now();
                 ck_assert_msg(test_find_channel(list, "x"), "killed at step %d of the replacement: the next start "
                               "has no channel x:\n%s", k, log);
@@ -1936,7 +1937,7 @@ START_TEST(test_replacement_temp_name_not_reused) {
                 size_t n, m;
                 json_t *resp, *list;
                 time_t t;
-                int in, fd;
+                int in;
 
                 test_daemon_write_config(&td, X_BEFORE);
                 test_start_ok();
@@ -1959,9 +1960,7 @@ START_TEST(test_replacement_temp_name_not_reused) {
                 resp = reload_answer();
                 m = read_temp_names(in, again, 16);
                 close(in);
-                fd = test_connect(td.socket);
-                list = test_request(fd, "{\"op\": \"list\"}");
-                close(fd);
+                list = list_now();
                 ck_assert_msg(test_find_channel(list, "x"), "a replacement used a temporary name another user had "
                               "seen at the one before and took: channel x is gone (%zu new temporary names; the "
                               "reload answered %s):\n%s", m, json_dumps(resp, 0), log_now());
@@ -2013,7 +2012,7 @@ START_TEST(test_replacement_owner_unlinks_old_file_at_exchange) {
         char *before = shm_listing(), tmp[NAME_MAX + 32] = "";
         bool exchanging = false, done = false;
         json_t *list;
-        int fd, status = 0;
+        int status = 0;
 
         test_daemon_write_config(&td, "[{\"name\": \"x\", \"kind\": \"posix\", \"size\": 4096, \"owner\": 65534, "
                                  "\"mode\": \"0600\"}]");
@@ -2049,9 +2048,7 @@ START_TEST(test_replacement_owner_unlinks_old_file_at_exchange) {
         ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
         test_reload_wait();
         ck_assert(done);
-        fd = test_connect(td.socket);
-        list = test_request(fd, "{\"op\": \"list\"}");
-        close(fd);
+        list = list_now();
         json_decref(list);
         test_daemon_stop_ok(&td);
         /* Whatever became of the channel, nothing the daemon made is left behind... */
@@ -2185,7 +2182,6 @@ START_TEST(test_crash_restart_killed_at_each_step) {
         before = shm_listing();
         for (k = 1;; k++) {
                 json_t *list;
-                int fd;
 
                 test_daemon_write_config(&td, C_BEFORE);
                 test_start_ok();
@@ -2205,9 +2201,7 @@ START_TEST(test_crash_restart_killed_at_each_step) {
                               "another user took it; that start %s:\n%s", k, td.pid > 0 ? "succeeded" : "failed",
                               log + (strlen(log) > 2000 ? strlen(log) - 2000 : 0));
                 free(log);
-                fd = test_connect(td.socket);
-                list = test_request(fd, "{\"op\": \"list\"}");
-                close(fd);
+                list = list_now();
                 log = log_now();
                 ck_assert_msg(test_find_channel(list, "x") && test_find_channel(list, "bc"),
                               "killed at step %d of the start: the next start lacks a channel:\n%s", k, log);
