@@ -1025,6 +1025,14 @@ static int inner_daemon_signal(int sig) {
         return status;
 }
 
+/* SIGTERM the daemon under unshare(1), fail unless it exited with 0; the next start runs without the wrapper. */
+static void inner_daemon_stop_ok(void) {
+        int r = inner_daemon_signal(SIGTERM);
+
+        ck_assert_msg(WIFEXITED(r) && WEXITSTATUS(r) == 0, "daemon stop: status 0x%x", r);
+        unsetenv("TEST_DAEMON_WRAPPER");
+}
+
 /* Until the broker lists `n` holds of `name`: each handle's next broker call rejoins it after a restart. */
 static void wait_holds(shmb_channel *a, shmb_channel *b, const char *name, size_t n) {
         int64_t deadline = test_now_ms() + WAIT_MS;
@@ -1123,9 +1131,7 @@ START_TEST(test_subscriber_the_broker_cannot_see_survives_a_crash) {
 
         shmb_close(sub);
         shmb_close(pub);
-        r = inner_daemon_signal(SIGTERM);
-        ck_assert_msg(WIFEXITED(r) && WEXITSTATUS(r) == 0, "daemon stop: status 0x%x", r);
-        unsetenv("TEST_DAEMON_WRAPPER");
+        inner_daemon_stop_ok();
 }
 END_TEST
 
@@ -1173,9 +1179,7 @@ START_TEST(test_live_claimer_survives_a_restart_in_another_pid_namespace) {
 
         shmb_close(rx);
         shmb_close(tx);
-        r = inner_daemon_signal(SIGTERM);
-        ck_assert_msg(WIFEXITED(r) && WEXITSTATUS(r) == 0, "daemon stop: status 0x%x", r);
-        unsetenv("TEST_DAEMON_WRAPPER");
+        inner_daemon_stop_ok();
 }
 END_TEST
 
@@ -1214,9 +1218,7 @@ static void reservation_over_new_tokens(int crashes) {
 
         shmb_close(rx);
         shmb_close(tx);
-        r = inner_daemon_signal(SIGTERM);
-        ck_assert_msg(WIFEXITED(r) && WEXITSTATUS(r) == 0, "daemon stop: status 0x%x", r);
-        unsetenv("TEST_DAEMON_WRAPPER");
+        inner_daemon_stop_ok();
 }
 
 /*
