@@ -227,10 +227,38 @@ static int deny_passrights(int err) {
 #endif
 }
 
-/* In the daemon's child: chown(2) and its kin fail with EPERM from here on (SystemCallFilter=~@privileged). */
-static int deny_chown(void) {
+/* In the daemon's child: the n system calls `calls` fail with err from here on; every other call runs. */
+static int deny_calls(const uint32_t *calls, unsigned n, int err) {
 #ifdef FILTER_ARCH
-        /* chown and lchown only where the arch has them (not the generic table of aarch64). */
+        struct sock_filter code[5 + 8];
+        struct sock_fprog prog = { .len = (unsigned short) (5 + n), .filter = code };
+
+        if (n > ELEMENTS(code) - 5) {
+                errno = E2BIG;
+                return -1;
+        }
+        /* [0-2] the arch (another: allow), the number; [3..] one test each; [3+n] allow; [4+n] err. */
+        code[0] = (struct sock_filter) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+        code[1] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, FILTER_ARCH, 0, n + 1);
+        code[2] = (struct sock_filter) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+        for (unsigned i = 0; i < n; i++)
+                code[3 + i] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, calls[i], n - i, 0);
+        code[3 + n] = (struct sock_filter) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+        code[4 + n] = (struct sock_filter) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((uint32_t) err & SECCOMP_RET_DATA));
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+                return -1;
+        return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+#else
+        (void) calls;
+        (void) n;
+        (void) err;
+        errno = ENOSYS;
+        return -1;
+#endif
+}
+
+/* chown(2) and its kin fail with EPERM (SystemCallFilter=~@privileged); chown and lchown only where the arch has them. */
+static int deny_chown(void) {
         static const uint32_t calls[] = {
                 SYS_fchown, SYS_fchownat,
 #ifdef SYS_chown
@@ -240,47 +268,20 @@ static int deny_chown(void) {
                 SYS_lchown,
 #endif
         };
-        enum { N = ELEMENTS(calls) };
-        struct sock_filter code[5 + N];
-        struct sock_fprog prog = { .len = (unsigned short) ELEMENTS(code), .filter = code };
 
-        /* [0-2] the arch (another: allow), the number; [3..] one test each; [3+N] allow; [4+N] EPERM. */
-        code[0] = (struct sock_filter) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
-        code[1] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, FILTER_ARCH, 0, N + 1);
-        code[2] = (struct sock_filter) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
-        for (unsigned i = 0; i < N; i++)
-                code[3 + i] = (struct sock_filter) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, calls[i], N - i, 0);
-        code[3 + N] = (struct sock_filter) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
-        code[4 + N] = (struct sock_filter) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
-        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-                return -1;
-        return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
-#else
-        errno = ENOSYS;
-        return -1;
-#endif
+        return deny_calls(calls, ELEMENTS(calls), EPERM);
 }
 
 /*
- * In the daemon's child: pidfd_open() fails with ENOSYS from here on, so the
- * daemon cannot tell pidfds apart by inode (proc-id.c pidfs_ids()), as on a
- * kernel before pidfs (Linux 6.5 to 6.8 still give SO_PEERPIDFD).
+ * pidfd_open() fails with ENOSYS, so the daemon cannot tell pidfds apart
+ * by inode (proc-id.c pidfs_ids()), as on a kernel before pidfs (Linux 6.5
+ * to 6.8 still give SO_PEERPIDFD).
  */
 static int deny_pidfd_open(void) {
-#if defined(FILTER_ARCH) && defined(SYS_pidfd_open)
-        struct sock_filter code[] = {
-                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, FILTER_ARCH, 0, 3),
-                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_pidfd_open, 0, 1),
-                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
-                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-        };
-        struct sock_fprog prog = { .len = (unsigned short) ELEMENTS(code), .filter = code };
+#ifdef SYS_pidfd_open
+        static const uint32_t calls[] = { SYS_pidfd_open };
 
-        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-                return -1;
-        return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+        return deny_calls(calls, ELEMENTS(calls), ENOSYS);
 #else
         errno = ENOSYS;
         return -1;
