@@ -405,6 +405,13 @@ static PosixFile *objects_file(PosixObjects *p, int role) {
         return role >= 0 && (unsigned) role < p->nsems && p->sems ? &p->sems[role] : NULL;
 }
 
+/* old's open file of role `role` (old NULL: none), which a new file of that role takes the place of. */
+static PosixFile *objects_held(PosixObjects *old, int role) {
+        PosixFile *f = old ? objects_file(old, role) : NULL;
+
+        return f && f->fd >= 0 ? f : NULL;
+}
+
 /*
  * Put f, made and set up at dir/tmp, at dir/name in one step, so that the
  * name is never free for another user to take: where nothing is
@@ -440,15 +447,15 @@ static int file_place(int dir, const char *tmp, const char *name, const PosixFil
  * intent (temp_name()), set up (a semaphore initialised), then put at its
  * name (file_place()), then in one write its device and inode with the
  * intent cancelled, so a kill at any point leaves a record that reclaim
- * can judge. `was`, when the channel had this file before (open, its
- * waiters told): its record goes with the intent's write, the intent
+ * can judge. `was`, old's file of this role when it has one open (its
+ * waiters told; objects_held()): its record goes with the intent's write, the intent
  * covering it at either name until it is unlinked, and it comes back when
  * nothing was put in its place, for the caller to remove the file as any.
  */
-static int create_one(int dir, PosixObjects *p, PosixFile *was, const PosixObjects *old, const ChannelSpec *spec,
-                      int role, size_t size, State *state, char *msg, size_t msg_size) {
+static int create_one(int dir, PosixObjects *p, PosixObjects *old, const ChannelSpec *spec, int role, size_t size,
+                      State *state, char *msg, size_t msg_size) {
         static const uint8_t no_secret[SIPHASH_KEY_SIZE];
-        PosixFile *f = objects_file(p, role);
+        PosixFile *f = objects_file(p, role), *was = objects_held(old, role);
         const char *channel = spec->name;
         char name[NAME_MAX + 1], tmp[NAME_MAX + 1];
         StateRecord recs[2], prior = {}, intent = { .kind = STATE_POSIX, .pending = true, .id = role,
@@ -464,8 +471,6 @@ static int create_one(int dir, PosixObjects *p, PosixFile *was, const PosixObjec
                 return r;
         }
         snprintf(intent.name, sizeof intent.name, "%s", channel);
-        if (was && was->fd < 0)
-                was = NULL;
         if (was) {
                 prior = file_record(was, channel, role, old->made_pid, old->made_since);
                 intent.dev = prior.dev;
@@ -560,17 +565,6 @@ static uint64_t whole_pages(uint64_t bytes, uint64_t page) {
         return (bytes + page - 1) / page * page;
 }
 
-/* Whether old has a file of role (it is replaced in place: its name never comes free). */
-static bool objects_hold_role(const PosixObjects *old, int role) {
-        if (!old)
-                return false;
-        if (role == POSIX_ROLE_SEGMENT)
-                return old->shm_name[0] != 0;
-        if (role == POSIX_ROLE_TABLE)
-                return old->table_name[0] != 0;
-        return (unsigned) role < old->nsems;
-}
-
 int posix_objects_find_taken(const ChannelSpec *spec, const PosixObjects *old, char *buf, size_t size) {
         _cleanup_(closep) int dir = open_dir();
         int last = (int) spec->nsems - 1;
@@ -581,7 +575,8 @@ int posix_objects_find_taken(const ChannelSpec *spec, const PosixObjects *old, c
                 struct stat st;
                 int r;
 
-                if ((role == POSIX_ROLE_TABLE && spec->layout != PROTO_LAYOUT_BROADCAST) || objects_hold_role(old, role))
+                if ((role == POSIX_ROLE_TABLE && spec->layout != PROTO_LAYOUT_BROADCAST) ||
+                    objects_held((PosixObjects *) old, role))
                         continue;
                 r = file_name(spec->name, role, buf, size);
                 if (r < 0)
@@ -616,14 +611,11 @@ int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *st
         r = objects_begin(&p, spec, &dir, msg, msg_size);
         if (r < 0)
                 goto fail;
-        r = create_one(dir, &p, old ? &old->shm : NULL, old, spec, POSIX_ROLE_SEGMENT, spec->size, state, msg,
-                       msg_size);
+        r = create_one(dir, &p, old, spec, POSIX_ROLE_SEGMENT, spec->size, state, msg, msg_size);
         if (r == 0 && spec->layout == PROTO_LAYOUT_BROADCAST)
-                r = create_one(dir, &p, old ? &old->table : NULL, old, spec, POSIX_ROLE_TABLE, table_size, state,
-                               msg, msg_size);
+                r = create_one(dir, &p, old, spec, POSIX_ROLE_TABLE, table_size, state, msg, msg_size);
         for (unsigned i = 0; r == 0 && i < spec->nsems; i++)
-                r = create_one(dir, &p, old ? objects_file(old, (int) i) : NULL, old, spec, (int) i,
-                               sizeof(PosixSemFile), state, msg, msg_size);
+                r = create_one(dir, &p, old, spec, (int) i, sizeof(PosixSemFile), state, msg, msg_size);
         if (r < 0)
                 goto fail;
         /* What the new files did not take the place of goes as any removed file. */
