@@ -135,27 +135,25 @@ static bool channel_holds_key(const Channel *c, uint32_t key) {
         return c->key == key || (c->table_id >= 0 && c->table_key == key);
 }
 
-/* Whether a channel this plan removes or replaces holds a semaphore set at key now (a table holds a segment only). */
-static bool plan_frees_sem_key(const Plan *p, uint32_t key) {
+/* Whether channel c holds a System V semaphore set at `key` (a subscriber table is a segment only). */
+static bool channel_holds_sem_key(const Channel *c, uint32_t key) {
+        return c->spec.kind != PROTO_KIND_POSIX && c->key == key;
+}
+
+/* Whether a channel this plan removes or replaces holds key now, as `holds` says. */
+static bool plan_frees(const Plan *p, uint32_t key, bool (*holds)(const Channel *c, uint32_t key)) {
         for (size_t i = 0; i < p->n_remove; i++)
-                if (p->remove[i]->channel->spec.kind != PROTO_KIND_POSIX && p->remove[i]->channel->key == key)
+                if (holds(p->remove[i]->channel, key))
                         return true;
         for (size_t i = 0; i < p->n_later; i++)
-                if (p->replace[i] && p->replace[i]->channel->spec.kind != PROTO_KIND_POSIX &&
-                    p->replace[i]->channel->key == key)
+                if (p->replace[i] && holds(p->replace[i]->channel, key))
                         return true;
         return false;
 }
 
 /* Whether a channel this plan removes or replaces holds key now. */
 static bool plan_frees_key(const Plan *p, uint32_t key) {
-        for (size_t i = 0; i < p->n_remove; i++)
-                if (channel_holds_key(p->remove[i]->channel, key))
-                        return true;
-        for (size_t i = 0; i < p->n_later; i++)
-                if (p->replace[i] && channel_holds_key(p->replace[i]->channel, key))
-                        return true;
-        return false;
+        return plan_frees(p, key, channel_holds_key);
 }
 
 static bool plan_creates(const Plan *p, const ChannelSpec *s) {
@@ -350,6 +348,13 @@ static int check_dev_shm(const Plan *p, char *msg, size_t msg_size) {
         return 0;
 }
 
+/* Whether someone else holds key now, a segment or a set there that no channel this plan frees holds. */
+static bool key_held_by_other(const Plan *p, uint32_t key) {
+        if (!plan_frees_key(p, key) && (shmget((key_t) key, 0, 0) >= 0 || errno != ENOENT))
+                return true;
+        return !plan_frees(p, key, channel_holds_sem_key) && (semget((key_t) key, 0, 0) >= 0 || errno != ENOENT);
+}
+
 /*
  * What step 3 would need and someone else holds now: a fixed key no channel
  * of ours frees, or a posix file name the replaced channel does not have
@@ -379,9 +384,7 @@ static int check_taken(const Plan *p, char *msg, size_t msg_size) {
                                         PSEM_DIR, name);
                                 return EEXIST;
                         }
-                } else if (s->has_key &&
-                           ((!plan_frees_key(p, s->key) && (shmget((key_t) s->key, 0, 0) >= 0 || errno != ENOENT)) ||
-                            (!plan_frees_sem_key(p, s->key) && (semget((key_t) s->key, 0, 0) >= 0 || errno != ENOENT)))) {
+                } else if (s->has_key && key_held_by_other(p, s->key)) {
                         char key[300];
 
                         msg_set(msg, msg_size, "channel \"%s\": %s is already held by an object this daemon did not "
