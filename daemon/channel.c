@@ -515,13 +515,8 @@ static int create(const ChannelSpec *spec, const uint32_t *fixed_keys, size_t n_
 
         if (spec->has_key) {
                 r = try_key(c, spec->key, state, msg, msg_size);
-                if (r == -EEXIST) {
-                        char key[300];
-
-                        msg_set(msg, msg_size, "channel \"%s\": %s is already held by an object this daemon did not "
-                                "create; it is left untouched (%s)", spec->name,
-                                config_key_name(spec, spec->key, key, sizeof key), config_key_advice(spec));
-                }
+                if (r == -EEXIST)
+                        config_key_held(spec, msg, msg_size);
         } else {
                 r = -EEXIST;
                 for (unsigned i = 0; i < CHANNEL_DERIVED_KEY_ATTEMPTS && r == -EEXIST; i++) {

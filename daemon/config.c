@@ -407,9 +407,13 @@ const char *config_key_name(const ChannelSpec *s, uint32_t key, char *buf, size_
         return buf;
 }
 
-const char *config_key_advice(const ChannelSpec *s) {
-        return s->ftok_path ? "remove it with ipcrm, or give \"ftok\" another file or project id" :
-                              "remove it with ipcrm, or choose another \"key\"";
+void config_key_held(const ChannelSpec *s, char *msg, size_t msg_size) {
+        char key[300];
+
+        msg_set(msg, msg_size, "channel \"%s\": %s is already held by an object this daemon did not create; it is "
+                "left untouched (%s)", s->name, config_key_name(s, s->key, key, sizeof key),
+                s->ftok_path ? "remove it with ipcrm, or give \"ftok\" another file or project id" :
+                               "remove it with ipcrm, or choose another \"key\"");
 }
 
 /* For two channels on one key: where their keys came from, as far as ftok says ("" when neither is ftok's). */

@@ -104,5 +104,5 @@ bool config_key_is_fixed(const Config *c, uint32_t key);
  */
 const char *config_key_name(const ChannelSpec *s, uint32_t key, char *buf, size_t size);
 
-/* What to do about a fixed key someone else holds, for the end of such a message. */
-const char *config_key_advice(const ChannelSpec *s);
+/* The sentence for s's fixed key held by someone else: which key, from where, and what to do about it. */
+void config_key_held(const ChannelSpec *s, char *msg, size_t msg_size);

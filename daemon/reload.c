@@ -385,11 +385,7 @@ static int check_taken(const Plan *p, char *msg, size_t msg_size) {
                                 return EEXIST;
                         }
                 } else if (s->has_key && key_held_by_other(p, s->key)) {
-                        char key[300];
-
-                        msg_set(msg, msg_size, "channel \"%s\": %s is already held by an object this daemon did not "
-                                "create; it is left untouched (%s)", s->name, config_key_name(s, s->key, key, sizeof key),
-                                config_key_advice(s));
+                        config_key_held(s, msg, msg_size);
                         return EEXIST;
                 }
         }
