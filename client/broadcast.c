@@ -240,14 +240,6 @@ static char *payload(BcastSlot *slot) {
         return (char *) slot + BCAST_SLOT_HEADER;
 }
 
-static uint32_t my_token(const shmb_channel *ch) {
-        return LOAD(&ch->hold.token, RLX);
-}
-
-static bool token_is_mine(const shmb_channel *ch, uint32_t token) {
-        return hold_token_is_mine(&ch->hold, my_token(ch), token);
-}
-
 /*
  * Spin until *seqp is no longer `seen`, within the handle's adaptive
  * budget (as the ring's: doubled when it paid, halved when not), yielding
@@ -362,7 +354,7 @@ static void report(BcastHandle *b, uint64_t pos) {
  * else's now.
  */
 static void sub_register(shmb_channel *ch, BcastHandle *b, bool first) {
-        uint32_t token = my_token(ch), index = bcast_token_index(token, b->subscribers);
+        uint32_t token = channel_token(ch), index = bcast_token_index(token, b->subscribers);
         uint32_t old_token = LOAD(&b->reg_token, RLX), old_index = LOAD(&b->reg_index, RLX);
         BcastCursor *cur;
 
@@ -405,7 +397,7 @@ static void sub_register(shmb_channel *ch, BcastHandle *b, bool first) {
 
 /* Before each pass: the token may have changed (a rejoin after a broker restart). */
 static void sub_sync(shmb_channel *ch, BcastHandle *b) {
-        if (my_token(ch) != LOAD(&b->reg_token, RLX))
+        if (channel_token(ch) != LOAD(&b->reg_token, RLX))
                 sub_register(ch, b, false);
 }
 
@@ -691,7 +683,7 @@ static bool repair(BcastHandle *b, BcastSlot *slot, uint64_t s, uint64_t owner) 
  * pos, which only a scribble makes (looking again would spin for ever).
  */
 static int claim(shmb_channel *ch, BcastHandle *b, BcastSlot *slot, uint64_t owner, uint64_t pos, uint64_t s) {
-        uint32_t token = my_token(ch);
+        uint32_t token = channel_token(ch);
         uint64_t mine = ring_owner(pos, token);
 
         if (token == 0 || bcast_token_dead(b->pubs, BCAST_PUBLISHERS, token))
@@ -833,13 +825,13 @@ static int own_claim(shmb_channel *ch, BcastHandle *b, const void *buf, BcastSlo
         s = LOAD(&slot->seq, ACQ);
         owner = LOAD(&slot->owner, ACQ);
         pos = bcast_seq_pos(s);
-        if (bcast_seq_kind(s) == BCAST_SEQ_WRITING && pos % b->n == index && token_is_mine(ch, (uint32_t) owner) &&
-            ring_owner_claims(owner, pos)) {
+        if (bcast_seq_kind(s) == BCAST_SEQ_WRITING && pos % b->n == index &&
+            channel_token_is_mine(ch, (uint32_t) owner) && ring_owner_claims(owner, pos)) {
                 *ret_slot = slot;
                 *ret_pos = pos;
                 return 0;
         }
-        return bcast_token_dead(b->pubs, BCAST_PUBLISHERS, my_token(ch)) ? dropped(b) : -EINVAL;
+        return bcast_token_dead(b->pubs, BCAST_PUBLISHERS, channel_token(ch)) ? dropped(b) : -EINVAL;
 }
 
 int bcast_send_commit(shmb_channel *ch, void *buf, size_t len) {
@@ -958,7 +950,7 @@ int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc) {
             h->overflow != (pc->overflow == PROTO_OVERFLOW_DROP ? BCAST_OVERFLOW_DROP : BCAST_OVERFLOW_BLOCK))
                 return -EPROTO;
         /* Both kinds of opener name themselves with a token: a subscriber's is its cursor. */
-        if (my_token(ch) == 0)
+        if (channel_token(ch) == 0)
                 return -EPROTO;
         r = posix ? table_map(ch, h, &table) : table_attach(pc, &table);
         if (r < 0)

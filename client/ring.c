@@ -92,14 +92,6 @@ static RingSlot *slot_at(const shmb_channel *ch, uint64_t pos) {
         return (RingSlot *) (ch->slots + (pos % ch->info.slots) * ch->stride);
 }
 
-static uint32_t my_token(const shmb_channel *ch) {
-        return LOAD(&ch->hold.token, RLX);
-}
-
-static bool token_is_mine(const shmb_channel *ch, uint32_t token) {
-        return hold_token_is_mine(&ch->hold, my_token(ch), token);
-}
-
 /* Someone claimed the slot for pos, and the holder table says it is gone. */
 static bool claimer_dead(const shmb_channel *ch, uint64_t owner, uint64_t pos) {
         return ring_owner_claims(owner, pos) && ring_token_dead(ch->ring, (uint32_t) owner);
@@ -129,7 +121,7 @@ static int dropped(const shmb_channel *ch);
 
 static HOT_PATH int claim(shmb_channel *ch, RingSlot *slot, uint64_t *word, const uint64_t *counter, uint64_t owner,
                            uint64_t pos, uint64_t want) {
-        uint32_t token = my_token(ch);
+        uint32_t token = channel_token(ch);
         uint64_t mine = ring_owner(pos, token);
 
         /*
@@ -799,13 +791,14 @@ static HOT_PATH int own_claim(shmb_channel *ch, const void *buf, bool send, Ring
         seq = LOAD(&slot->seq, ACQ);
         owner = LOAD(send ? &slot->send_owner : &slot->recv_owner, ACQ);
         pos = send ? seq : seq - 1;
-        if (token_is_mine(ch, (uint32_t) owner) && pos % ch->info.slots == index && ring_owner_claims(owner, pos)) {
+        if (channel_token_is_mine(ch, (uint32_t) owner) && pos % ch->info.slots == index &&
+            ring_owner_claims(owner, pos)) {
                 *ret_slot = slot;
                 *ret_pos = pos;
                 return 0;
         }
         /* Whatever the slot holds now: a dead token's claims were all taken back (perhaps reused since). */
-        return ring_token_dead(ch->ring, my_token(ch)) ? dropped(ch) : -EINVAL;
+        return ring_token_dead(ch->ring, channel_token(ch)) ? dropped(ch) : -EINVAL;
 }
 
 HOT_PATH int shmb_send_reserve(shmb_channel *ch, size_t size, void **ret_buf, int timeout_ms) {

@@ -218,18 +218,23 @@ static inline bool client_inherited(const shmb_client *c) {
         return c && getpid() != c->pid;
 }
 
+/* A ring or broadcast handle's holder token: read without the lock, as a rejoin may replace it. */
+static inline uint32_t channel_token(const shmb_channel *ch) {
+        return __atomic_load_n(&ch->hold.token, __ATOMIC_RELAXED);
+}
+
 /*
- * Whether a claim's token is h's: its token (as the caller read it, my),
- * or one a rejoin replaced (claims made before it). Lock-free: read after
- * the token that replaced them, which rejoin_opened() stores (releases)
- * after them.
+ * Whether a claim's token is ch's: its token, or one a rejoin replaced
+ * (claims made before it). Lock-free: the replaced ones are read after the
+ * token that replaced them, which rejoin_opened() stores (releases) after
+ * them.
  */
-static inline bool hold_token_is_mine(const ClientHold *h, uint32_t my, uint32_t token) {
-        if (token == my)
+static inline bool channel_token_is_mine(const shmb_channel *ch, uint32_t token) {
+        if (token == channel_token(ch))
                 return true;
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
         for (unsigned k = 0; token != 0 && k < HOLD_OLD_TOKENS; k++)
-                if (token == __atomic_load_n(&h->old_tokens[k], __ATOMIC_RELAXED))
+                if (token == __atomic_load_n(&ch->hold.old_tokens[k], __ATOMIC_RELAXED))
                         return true;
         return false;
 }
