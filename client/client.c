@@ -841,11 +841,12 @@ fail:
  * Make c ready for a request; every broker call starts here, c->lock held.
  * reconnect: a broker that is away is tried at once, whatever the backoff
  * says (the caller asks for it now, and a refused connect costs nothing).
- * But a call that was asked before the broker was found hung (it queued
- * behind the call that found it) fails as that one did: each queued
- * thread would otherwise wait the bound again, one after the other.
+ * But a call that was asked (at `asked`, before it waited for the lock)
+ * before the broker was found hung (it queued behind the call that found
+ * it) fails as that one did: each queued thread would otherwise wait the
+ * bound again, one after the other.
  */
-static int ready(shmb_client *c, bool reconnect_now) {
+static int ready(shmb_client *c, bool reconnect_now, uint64_t asked) {
         if (c->state == CLIENT_UP && socket_ended(c))
                 went_away(c);
         switch (c->state) {
@@ -854,7 +855,7 @@ static int ready(shmb_client *c, bool reconnect_now) {
         case CLIENT_AWAY:
                 if (!reconnect_now)
                         return -ENOTCONN;
-                if (c->away_error == -ETIMEDOUT && c->asked_ms < c->hung_ms)
+                if (c->away_error == -ETIMEDOUT && asked < c->hung_ms)
                         return -ETIMEDOUT;
                 return reconnect(c, true);
         case CLIENT_REJOINING:
@@ -887,9 +888,9 @@ int shmb_client_process(shmb_client *c) {
 
 /* ---- calls ---- */
 
-/* call_n() with c->lock held. */
+/* call_n() with c->lock held, for a call asked at `asked` (see ready()). */
 static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, unsigned flags,
-                       ClientFds *fds) {
+                       ClientFds *fds, uint64_t asked) {
         char *out = NULL, msg[PROTO_MESSAGE_MAX], *line;
         size_t out_len = 0, got = 0, len;
         bool keep_message = flags & CALL_KEEP_MESSAGE;
@@ -920,7 +921,7 @@ static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *
                 free(one);
         }
         if (r == 0)
-                r = ready(c, !(flags & CALL_NO_RECONNECT));
+                r = ready(c, !(flags & CALL_NO_RECONNECT), asked);
         if (r < 0) {
                 free(out);
                 return r;
@@ -988,8 +989,7 @@ static int call_n_since(shmb_client *c, const ProtoRequest *reqs, ProtoResponse 
                         fds[i].n = 0;
                 return r;
         }
-        c->asked_ms = asked;
-        r = call_locked(c, reqs, rets, n, flags, fds);
+        r = call_locked(c, reqs, rets, n, flags, fds, asked);
         pthread_mutex_unlock(&c->lock);
         return r;
 }
@@ -1041,10 +1041,9 @@ int shmb_request_json(shmb_client *c, const char *request, char **ret_answer) {
         r = client_lock(c);
         if (r < 0)
                 return r;
-        c->asked_ms = asked;
         c->last_message[0] = 0;
         call_begin(c);
-        r = ready(c, true);
+        r = ready(c, true, asked);
         if (r < 0)
                 goto out;
         r = send_all(c, request, n);
@@ -1118,7 +1117,6 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
                 give_back = false;
                 pthread_mutex_lock(&c->lock);
         }
-        c->asked_ms = asked;
         /*
          * A ring or broadcast hold whose connection went away: a broker that
          * crashed and came back adopted its token and keeps it live, claims and
@@ -1134,7 +1132,7 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
                  * kept only after a hang: a hung broker costs one close its bound, not each.
                  */
                 call_begin(c);
-                (void) ready(c, true);
+                (void) ready(c, true, asked);
         }
         if (h->listed) {
                 if (h->prev)
@@ -1157,7 +1155,8 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
          */
         if (give_back && !h->stale && !hold_needed(c, h->name) && !open_pending(c, h->name)) {
                 strcpy(req.channel, h->name);
-                if (call_locked(c, &req, &res, 1, CALL_NO_RECONNECT | (keep_message ? CALL_KEEP_MESSAGE : 0), NULL) == 0)
+                if (call_locked(c, &req, &res, 1, CALL_NO_RECONNECT | (keep_message ? CALL_KEEP_MESSAGE : 0), NULL,
+                                asked) == 0)
                         proto_response_done(&res);
         }
         pthread_mutex_unlock(&c->lock);

@@ -86,7 +86,6 @@ struct shmb_client {
         bool unasked;                   /* UP, and nothing asked on this socket yet */
         int timeout_ms;                 /* a call's bound on waiting for the broker; -1: none */
         uint64_t deadline_ms;           /* the current call's, CLOCK_MONOTONIC; 0: none */
-        uint64_t asked_ms;              /* when the current call was made, before it waited for the lock */
         int shortened_ms;               /* both socket timeouts, when a call shortened them below timeout_ms; else 0 */
         char *socket_path;              /* resolved at connect: where the broker comes back */
         ClientHold *holds;              /* the channels open on this connection */
