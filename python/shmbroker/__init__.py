@@ -547,14 +547,6 @@ class Channel:
         ptr, n = _bytes_arg(data)
         _capi.waiting(lambda ms: _lib.shmb_send(handle, ptr, n, ms), timeout, self, handle)
 
-    def _peek(self, handle, base, timeout, ptr):
-        """Peek into ptr (the caller's, so that an exception after the call still finds the claim): (off, n)."""
-        n = _capi.waiting(lambda ms: _lib.shmb_recv_peek(handle, ctypes.byref(ptr), ms), timeout, self, handle)
-        off = ptr.value - self._addr
-        if not 0 <= off <= off + n <= len(base):
-            raise OSError(errno.EPROTO, "the library pointed outside the segment")
-        return off, n
-
     def recv(self, timeout=None):
         """Receive the next message as bytes (b"" for an empty message).
 
@@ -622,7 +614,10 @@ class Channel:
         # it returned (Ctrl-C's KeyboardInterrupt) still releases the claim.
         ptr = ctypes.c_void_p()
         try:
-            off, n = self._peek(handle, base, timeout, ptr)
+            n = _capi.waiting(lambda ms: _lib.shmb_recv_peek(handle, ctypes.byref(ptr), ms), timeout, self, handle)
+            off = ptr.value - self._addr
+            if not 0 <= off <= off + n <= len(base):
+                raise OSError(errno.EPROTO, "the library pointed outside the segment")
             return PeekedMessage(handle, base, ptr.value, base[off:off + n].toreadonly())
         except BaseException:
             if ptr.value:
