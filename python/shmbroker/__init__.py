@@ -209,12 +209,8 @@ def _close_aside(state=_GCState):
 
 
 def _gc_phase(phase, info, state=_GCState):
-    if phase == "start":
-        state.collecting = True
-        return
-    state.collecting = False
-    if state.aside and not state.exiting:
-        _close_unreferenced()
+    state.collecting = phase == "start"
+    _close_aside(state)
 
 
 def _at_exit(state=_GCState):
