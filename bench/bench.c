@@ -414,7 +414,7 @@ static Trial one_way(Method m, const char *ring, size_t size, long slots, long n
          * program and bench-nofd (another library name), and a 64 B message
          * split across two lines another way is another copy.
          */
-        char *base = aligned_alloc(64, 64 + size + 64);
+        char *base = aligned_alloc(64, (64 + size + 64 + 63) / 64 * 64);   /* C11: a multiple of the alignment */
         long *msg = base ? (long *) (base + 64 - sizeof(long)) : NULL;
         char *buf = base ? base + 64 : NULL;
         mqd_t mq = (mqd_t) -1;
