@@ -197,9 +197,11 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
                 n_fds = posix_objects_open_fds(&e->channel->posix, req->access == PROTO_ACCESS_RW, fds);
                 if (n_fds < 0) {
                         /* Out of descriptors, any client may make it happen again and again: as its refusals. */
-                        (n_fds == -EMFILE || n_fds == -ENFILE ? log_client : log_full)(
-                                LOG_ERR, "Cannot open the files of channel %s for pid %d: %s", req->channel,
-                                (int) cl->peer.pid, strerror(-n_fds));
+                        _printf_(2, 3) void (*log_fn)(int, const char *, ...) =
+                                n_fds == -EMFILE || n_fds == -ENFILE ? log_client : log_full;
+
+                        log_fn(LOG_ERR, "Cannot open the files of channel %s for pid %d: %s", req->channel,
+                               (int) cl->peer.pid, strerror(-n_fds));
                         return answer_error(-n_fds, ret_line, ret_len,
                                             "cannot open the files of channel \"%s\" to hand them over: %s",
                                             req->channel, strerror(-n_fds));
