@@ -91,10 +91,7 @@ static const char *resolve_socket(const char *path) {
 }
 
 static uint64_t now_ms(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+        return now_usec() / 1000;
 }
 
 /* The errors by which a socket says that its peer is gone, or as good as gone. */
