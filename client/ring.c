@@ -321,18 +321,6 @@ static void await_copy(const shmb_channel *ch, const RingSlot *slot) {
 }
 
 /*
- * Publish where this side runs (only when it moved: the line is shared).
- */
-static unsigned note_cpu(uint32_t *slot_cpu) {
-        int cpu = sched_getcpu();       /* vDSO: no system call */
-        uint32_t v = cpu < 0 ? 0 : (uint32_t) cpu + 1;
-
-        if (v && LOAD(slot_cpu, RLX) != v)
-                STORE(slot_cpu, v, RLX);
-        return v;
-}
-
-/*
  * Spin on the slot before sleeping, when the channel allows it. The budget
  * adapts: it doubles (up to spin_us) when spinning paid off and halves when
  * it did not; and after a few microseconds the spinner yields, so a peer
@@ -346,7 +334,7 @@ static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, const Wa
         if (max == 0)
                 return false;
         /* On the peer's CPU a spin only delays the peer: sleep at once instead. */
-        here = note_cpu(w->my_cpu);
+        here = channel_note_cpu(w->my_cpu);
         if (here && LOAD(w->peer_cpu, RLX) == here)
                 return false;
         budget = LOAD(&ch->spin_budget_ns, RLX);
@@ -602,7 +590,7 @@ static inline HOT_PATH int send_claim(shmb_channel *ch, size_t len, Waiter *w, R
                         advance(&ch->ring->head, pos);
                         /* Now and then, so a waiting peer knows whether spinning can pay. */
                         if ((count_op(ch) & 15) == 1)
-                                note_cpu(&ch->ring->send_cpu);
+                                channel_note_cpu(&ch->ring->send_cpu);
                         STORE(&slot->len, (uint32_t) len, RLX);       /* await_copy() reads it early */
                         *ret_slot = slot;
                         *ret_pos = pos;
@@ -707,7 +695,7 @@ static inline HOT_PATH ssize_t recv_claim(shmb_channel *ch, size_t max_len, Wait
                                 continue;
                         advance(&ch->ring->tail, pos);
                         if ((count_op(ch) & 15) == 1)
-                                note_cpu(&ch->ring->recv_cpu);
+                                channel_note_cpu(&ch->ring->recv_cpu);
                         *ret_slot = slot;
                         *ret_pos = pos;
                         return (ssize_t) len;

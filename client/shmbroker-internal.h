@@ -3,6 +3,7 @@
 /* Private structures of libshmbroker, shared by its source files. */
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -213,6 +214,20 @@ int client_call_fds_since(shmb_client *c, const ProtoRequest *reqs, ProtoRespons
  * the lock may be held for ever. Its broker calls fail with -ECHILD; its
  * closes give nothing back. false for NULL.
  */
+/*
+ * Publish in *cpu_word where this thread runs, plus 1 (0: not known), as a
+ * hint for peers deciding whether to spin; written only when it moved, as
+ * the line is shared. Returns the value.
+ */
+static inline unsigned channel_note_cpu(uint32_t *cpu_word) {
+        int cpu = sched_getcpu();       /* vDSO: no system call */
+        uint32_t v = cpu < 0 ? 0 : (uint32_t) cpu + 1;
+
+        if (v && __atomic_load_n(cpu_word, __ATOMIC_RELAXED) != v)
+                __atomic_store_n(cpu_word, v, __ATOMIC_RELAXED);
+        return v;
+}
+
 static inline bool client_inherited(const shmb_client *c) {
         return c && getpid() != c->pid;
 }
