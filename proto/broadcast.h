@@ -269,6 +269,7 @@ typedef struct BcastHeader {
         int32_t table_id;               /* and id */
         uint32_t table_size;            /* bcast_table_size(subscribers) */
         _Alignas(64) uint64_t head;     /* next position to claim for publishing */
+        uint32_t pub_cpu;               /* where a publisher last ran + 1 (0: unknown), to decide spinning */
         _Alignas(64) uint32_t data_seq; /* futex: bumped after a publish when someone sleeps */
 } BcastHeader;
 
@@ -308,6 +309,7 @@ _Static_assert(BCAST_SUBSCRIBERS_MAX < (1u << RING_TOKEN_INDEX_BITS), "subscribe
 _Static_assert(offsetof(BcastHeader, state) == 28 && offsetof(BcastHeader, subscribers) == 40 &&
                offsetof(BcastHeader, overflow) == 48 && offsetof(BcastHeader, table_key) == 52 &&
                offsetof(BcastHeader, table_size) == 60 && offsetof(BcastHeader, head) == 64 &&
+               offsetof(BcastHeader, pub_cpu) == 72 &&
                offsetof(BcastHeader, data_seq) == 128 && offsetof(BcastTable, sub_sleeping) == 64 &&
                offsetof(BcastTable, space_seq) == 128 && offsetof(BcastTable, pub_sleeping) == 132 &&
                offsetof(BcastCursor, token) == 8 && offsetof(BcastCursor, sleeping) == 12 &&

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1155,6 +1156,48 @@ START_TEST(test_sleeping_subscriber_is_woken_by_publish) {
 END_TEST
 
 /*
+ * shmbroker-ring(7), pub_cpu: a publisher notes the CPU it runs on, and the
+ * library's subscriber on that CPU sleeps at once instead of spinning,
+ * which there only delays the publisher. With a spin budget of a second, a
+ * subscriber that spun would raise its sleeping flag a second after it
+ * began to wait, whatever the machine's speed.
+ */
+START_TEST(test_subscriber_beside_the_publisher_does_not_spin) {
+        shmb_channel *pub = open_ok("news", SHMB_RW), *sub = open_ok("news", SHMB_RO);
+        const BcastHeader *h = shmb_channel_addr(pub);
+        const BcastTable *table = table_of("news");
+        RecvCall rc = { .ch = sub, .result = 0 };
+        int cpu = sched_getcpu();
+        int64_t start, took;
+        cpu_set_t here;
+        pthread_t t;
+        char buf[8];
+
+        /* This thread and the subscriber's, which inherits it, on one CPU. */
+        ck_assert_int_ge(cpu, 0);
+        CPU_ZERO(&here);
+        CPU_SET(cpu, &here);
+        ck_assert_int_eq(sched_setaffinity(0, sizeof here, &here), 0);
+        send_ok(pub, "hint", 4);
+        ck_assert_uint_eq(__atomic_load_n(&h->pub_cpu, __ATOMIC_RELAXED), (unsigned) cpu + 1);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), 4);
+        ck_assert_int_eq(shmb_channel_set_spin(sub, SHMB_SPIN_MAX_US), 0);
+        start = test_now_ms();
+        ck_assert_int_eq(pthread_create(&t, NULL, recv_thread, &rc), 0);
+        await_flag(&table->sub_sleeping);
+        took = test_now_ms() - start;
+        send_ok(pub, "wake", 4);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        ck_assert_int_eq(rc.result, 4);
+        ck_assert_msg(took < SHMB_SPIN_MAX_US / 1000, "the subscriber on the publisher's CPU spun for %lld ms",
+                      (long long) took);
+        shmdt(table);
+        shmb_close(sub);
+        shmb_close(pub);
+}
+END_TEST
+
+/*
  * A publisher asleep for want of space (block mode) is woken by the slowest
  * subscriber's read: it took the publisher's flag down before returning.
  */
@@ -1669,7 +1712,8 @@ int main(void) {
                 { "block", CASE_TIMEOUT, { test_block_publisher_waits_for_slowest,
                              test_block_killed_subscriber_stops_blocking } },
                 { "wake", CASE_TIMEOUT, { test_sleeping_subscriber_is_woken_by_publish,
-                            test_block_sleeping_publisher_is_woken, test_no_system_call_per_message } },
+                            test_block_sleeping_publisher_is_woken, test_no_system_call_per_message,
+                            test_subscriber_beside_the_publisher_does_not_spin } },
                 { "drop", CASE_TIMEOUT, { test_drop_never_blocks_and_counts_exactly, test_drop_accounting_under_load } },
                 { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_one_mib_frame_to_three_subscribers,
                                  test_large_channel_mapped_at_open,
