@@ -573,7 +573,7 @@ static bool open_pending(const shmb_client *c, const char *name) {
         return false;
 }
 
-/* The holder token that the handles of a channel name share (one hold per connection and name), or 0. */
+/* The holder token that the handles of a channel name share (one hold per connection and name), or 0; c->holds_lock held. */
 static uint32_t hold_token(const shmb_client *c, const char *name) {
         for (const ClientHold *h = c->holds; h; h = h->next) {
                 uint32_t t = __atomic_load_n(&h->token, __ATOMIC_RELAXED);
@@ -584,7 +584,7 @@ static uint32_t hold_token(const shmb_client *c, const char *name) {
         return 0;
 }
 
-/* The strongest access among the live handles of `name`: what the broker's one hold of it stood for. */
+/* The strongest access among the live handles of `name`: what the broker's one hold of it stood for; c->holds_lock held. */
 static shmb_access strongest_access(const shmb_client *c, const char *name) {
         for (const ClientHold *h = c->holds; h; h = h->next)
                 if (!h->stale && streq(h->name, name) && h->access == SHMB_RW)
@@ -605,6 +605,7 @@ static int rejoin_start(shmb_client *c) {
 
         c->state = CLIENT_REJOINING;
         r = rejoin_queue(c, &req);
+        pthread_mutex_lock(&c->holds_lock);
         for (ClientHold *h = c->holds; h && r == 0; h = h->next) {
                 if (h->stale || open_pending(c, h->name))
                         continue;
@@ -616,6 +617,7 @@ static int rejoin_start(shmb_client *c) {
                 req.has_holder = req.holder != 0;
                 r = rejoin_queue(c, &req);
         }
+        pthread_mutex_unlock(&c->holds_lock);
         return r;
 }
 
@@ -645,6 +647,7 @@ static int rejoin_opened(shmb_client *c, const char *name, const ProtoResponse *
         ProtoRequest req = { .op = PROTO_OP_CLOSE };
         bool needed = false;
 
+        pthread_mutex_lock(&c->holds_lock);
         for (ClientHold *h = c->holds; h; h = h->next) {
                 if (h->stale || !streq(h->name, name))
                         continue;
@@ -671,6 +674,7 @@ static int rejoin_opened(shmb_client *c, const char *name, const ProtoResponse *
                 /* Any other refusal (the broker out of memory) says nothing of the channel: the handle
                  * stays as it is, without a hold until the next reconnection. */
         }
+        pthread_mutex_unlock(&c->holds_lock);
         if (!res->ok || needed)
                 return 0;
         /* A hold on the new channel that no handle of ours attached: give it back. */
@@ -1067,11 +1071,13 @@ int client_hold_add(shmb_client *c, ClientHold *h, const char *name, shmb_access
 
         if (r < 0)
                 return r;
+        pthread_mutex_lock(&c->holds_lock);
         *h = (ClientHold) { .next = c->holds, .listed = true, .access = access };
         snprintf(h->name, sizeof h->name, "%s", name);
         if (c->holds)
                 c->holds->prev = h;
         c->holds = h;
+        pthread_mutex_unlock(&c->holds_lock);
         pthread_mutex_unlock(&c->lock);
         return 0;
 }
@@ -1086,6 +1092,7 @@ void client_hold_attached(ClientHold *h, ProtoKind kind, int shm_id, int sem_id,
         __atomic_store_n(&h->attached, true, __ATOMIC_RELEASE);
 }
 
+/* Whether a listed handle that is not stale needs the hold on name; c->holds_lock held. */
 static bool hold_needed(const shmb_client *c, const char *name) {
         for (const ClientHold *h = c->holds; h; h = h->next)
                 if (!h->stale && streq(h->name, name))
@@ -1093,10 +1100,25 @@ static bool hold_needed(const shmb_client *c, const char *name) {
         return false;
 }
 
+/* Take h off c's list, with c->holds_lock held. */
+static void hold_unlink(shmb_client *c, ClientHold *h) {
+        if (!h->listed)
+                return;
+        if (h->prev)
+                h->prev->next = h->next;
+        else
+                c->holds = h->next;
+        if (h->next)
+                h->next->prev = h->prev;
+        h->prev = h->next = NULL;
+        h->listed = false;
+}
+
 void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep_message) {
         ProtoRequest req = { .op = PROTO_OP_CLOSE };
         uint64_t asked = now_ms();
         ProtoResponse res;
+        bool needed;
 
         /*
          * In a child of fork(2) the hold is the parent's, and so are the socket
@@ -1108,11 +1130,16 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
         /*
          * A call queued ahead that held the lock for a whole bound met a hung
          * broker: nothing can be given back in time. The hold is unlisted all
-         * the same (the handle's memory goes), once that call is done.
+         * the same (the handle's memory goes), under the list's own lock:
+         * waiting for c->lock instead would queue this close behind every
+         * call other threads keep making at the hung broker (a mutex is not
+         * fair), each a bound long, for as long as they make them.
          */
         if (client_lock(c) < 0) {
-                give_back = false;
-                pthread_mutex_lock(&c->lock);
+                pthread_mutex_lock(&c->holds_lock);
+                hold_unlink(c, h);
+                pthread_mutex_unlock(&c->holds_lock);
+                return;
         }
         /*
          * A ring or broadcast hold whose connection went away: a broker that
@@ -1131,16 +1158,10 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
                 call_begin(c);
                 (void) ready(c, true, asked);
         }
-        if (h->listed) {
-                if (h->prev)
-                        h->prev->next = h->next;
-                else
-                        c->holds = h->next;
-                if (h->next)
-                        h->next->prev = h->prev;
-                h->prev = h->next = NULL;
-                h->listed = false;
-        }
+        pthread_mutex_lock(&c->holds_lock);
+        hold_unlink(c, h);
+        needed = hold_needed(c, h->name);
+        pthread_mutex_unlock(&c->holds_lock);
         /*
          * Decided and sent under one lock, so that no open or rejoin of the
          * same name comes between. A stale handle's name is another
@@ -1150,7 +1171,7 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
          * too would be refused. Best effort: a broker that is still away
          * (see above) cannot be told.
          */
-        if (give_back && !h->stale && !hold_needed(c, h->name) && !open_pending(c, h->name)) {
+        if (give_back && !h->stale && !needed && !open_pending(c, h->name)) {
                 strcpy(req.channel, h->name);
                 if (call_locked(c, &req, &res, 1, CALL_NO_RECONNECT | (keep_message ? CALL_KEEP_MESSAGE : 0), NULL,
                                 asked) == 0)
@@ -1179,6 +1200,7 @@ int client_connect(const char *socket_path, shmb_client **ret) {
         c->refs = 1;
         c->pid = getpid();
         pthread_mutex_init(&c->lock, NULL);
+        pthread_mutex_init(&c->holds_lock, NULL);
         c->fd = c->event_fd = c->timer_fd = c->watched_fd = -1;
         c->backoff_ms = RECONNECT_MIN_MS;
         c->timeout_ms = TIMEOUT_DEFAULT_MS;
@@ -1255,6 +1277,7 @@ void client_unref(shmb_client *c) {
         socket_close(c);
         events_close(c);
         pthread_mutex_destroy(&c->lock);
+        pthread_mutex_destroy(&c->holds_lock);
         free(c->rbuf);
         free(c->socket_path);
         free(c);

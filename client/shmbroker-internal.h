@@ -78,6 +78,13 @@ struct shmb_client {
         unsigned refs;                  /* the caller's, plus one per open channel */
         pid_t pid;                      /* the process that connected: in a child of fork(2), nothing is ours */
         pthread_mutex_t lock;           /* one request/response at a time; everything below */
+        /*
+         * The links of `holds`, taken inside `lock` and never across a wait:
+         * a close that waited its bound for `lock` (other threads' calls at a
+         * hung broker hold it, call after call) unlinks its hold with this
+         * alone, so it costs that bound and no more.
+         */
+        pthread_mutex_t holds_lock;
         char *rbuf;                     /* bytes read past the last answer */
         size_t rlen, rcap;
         PendingFd *pending_fds;         /* received with bytes of rbuf, in order */

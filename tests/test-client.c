@@ -3122,6 +3122,69 @@ START_TEST(test_hung_broker_up_costs_one_close_its_timeout) {
 }
 END_TEST
 
+typedef struct BusyCaller {
+        shmb_client *c;
+        pthread_t thread;
+        volatile bool stop;
+} BusyCaller;
+
+/* Calls again and again, as a program's worker threads do, each call meeting the hung broker. */
+static void *busy_lists(void *arg) {
+        BusyCaller *b = arg;
+
+        while (!b->stop) {
+                shmb_status_list *l = NULL;
+
+                if (shmb_list(b->c, &l) == 0)
+                        shmb_status_free(l);
+        }
+        return NULL;
+}
+
+/*
+ * shmb_close(): "a hung broker costs one close its bound" and "a close that
+ * waited its bound for another thread's call on the connection gives
+ * nothing back". Also while other threads keep calling on the connection
+ * (each of their calls tries the hung broker for a bound and holds the
+ * lock meanwhile): after its bound the close only has to take its handle
+ * off the connection's list, which must not wait for those calls (a mutex
+ * is not fair: it would queue behind call after call, for ever).
+ */
+START_TEST(test_close_beside_busy_threads_costs_one_bound) {
+        enum { BOUND_MS = 300, THREADS = 4, HANDLES = 4 };
+        BusyCaller busy[THREADS];
+        shmb_channel *ch[HANDLES];
+        shmb_client *c;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_client_set_timeout(c, BOUND_MS), 0);
+        for (int i = 0; i < HANDLES; i++)
+                ck_assert_int_eq(shmb_open(c, i % 2 ? "pair" : "counter", SHMB_RW, &ch[i]), 0);
+        ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
+        for (int i = 0; i < THREADS; i++) {
+                busy[i] = (BusyCaller) { .c = c };
+                ck_assert_int_eq(pthread_create(&busy[i].thread, NULL, busy_lists, &busy[i]), 0);
+        }
+        /* The lock is busy with their calls by now. */
+        usleep(BOUND_MS * 1000);
+        for (int i = 0; i < HANDLES; i++) {
+                int64_t start = test_now_ms(), ms;
+
+                ck_assert_int_eq(shmb_close(ch[i]), 0);
+                ms = test_now_ms() - start;
+                ck_assert_msg(ms < 2 * BOUND_MS,
+                              "close %d beside %d busy threads took %lld ms with a %d ms bound", i, THREADS,
+                              (long long) ms, BOUND_MS);
+        }
+        for (int i = 0; i < THREADS; i++)
+                busy[i].stop = true;
+        for (int i = 0; i < THREADS; i++)
+                ck_assert_int_eq(pthread_join(busy[i].thread, NULL), 0);
+        ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
+        shmb_disconnect(c);
+}
+END_TEST
+
 /*
  * A child of fork(2) shares its parent's connection (the socket, the
  * epoll instance) but not its calls: the library refuses broker calls on
@@ -3804,7 +3867,8 @@ int main(void) {
                                 test_timeout_full_backlog_connect, test_hung_broker_costs_one_close_its_timeout } },
                 { "timeouts-queued", CASE_TIMEOUT, { test_timeout_queued_threads_bounded,
                                 test_timeout_queued_open_fails_with_the_hung_call } },
-                { "timeouts-close", CASE_TIMEOUT, { test_hung_broker_up_costs_one_close_its_timeout } },
+                { "timeouts-close", CASE_TIMEOUT, { test_hung_broker_up_costs_one_close_its_timeout,
+                                test_close_beside_busy_threads_costs_one_bound } },
                 { "fork", CASE_TIMEOUT, { test_forked_child_leaves_parents_connection_alone,
                                 test_forked_child_close_keeps_parents_subscriber,
                                 test_disconnect_ends_the_connection_despite_a_forked_child,
