@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <unistd.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
 
@@ -221,8 +223,22 @@ static int load_config(const DaemonOptions *o, Config **ret) {
         return 0;
 }
 
+/*
+ * mkdir(path, mode); a directory this call made gets exactly mode, as the
+ * umask (a user's 077, a unit's UMask=0077) would otherwise take away the
+ * bits clients need to reach the socket in it. Through a descriptor that
+ * names a directory of ours, so nothing swapped in meanwhile is changed.
+ */
 static int ensure_dir(const char *path, mode_t mode) {
-        if (mkdir(path, mode) < 0 && errno != EEXIST)
+        _cleanup_(closep) int fd = -1;
+        struct stat st;
+
+        if (mkdir(path, mode) < 0)
+                return errno == EEXIST ? 0 : -errno;
+        fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 || fstat(fd, &st) < 0)
+                return -errno;
+        if (st.st_uid == self_euid() && (st.st_mode & 07777) != mode && fchmod(fd, mode) < 0)
                 return -errno;
         return 0;
 }

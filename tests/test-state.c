@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/stat.h>
@@ -546,6 +547,49 @@ START_TEST(test_state_dir_option) {
 }
 END_TEST
 
+/* A child as nobody: exits 0 when it can connect to the socket, else with the errno. */
+static void connect_as_nobody(void *userdata) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd;
+
+        test_drop_privileges(NOBODY, NOBODY, 0);
+        snprintf(sa.sun_path, sizeof sa.sun_path, "%s", (const char *) userdata);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || connect(fd, (struct sockaddr *) &sa, sizeof sa) < 0)
+                _exit(errno ?: 1);
+        _exit(0);
+}
+
+/*
+ * The socket's directory, when the daemon makes it, is 0755 whatever the
+ * umask it was started with (077 is common, and the shipped unit has
+ * UMask=0077): clients of other users must reach the socket in it.
+ */
+START_TEST(test_socket_dir_made_0755_under_umask) {
+        char dir[280];          /* td.dir and "/run", and room for td.socket's name in it */
+        struct stat st;
+        mode_t old;
+        int status;
+        bool ready;
+
+        snprintf(dir, sizeof dir, "%s/run", td.dir);
+        snprintf(td.socket, sizeof td.socket, "%s/shmbroker.sock", dir);
+        test_daemon_write_config(&td, one_channel);
+        old = umask(077);
+        ready = test_daemon_start(&td, &status, NULL);
+        umask(old);
+        ck_assert_msg(ready, "the daemon did not start (status %d)", status);
+        ck_assert_int_eq(stat(td.socket, &st), 0);
+        ck_assert_int_eq(stat(dir, &st), 0);
+        ck_assert_msg((st.st_mode & 07777) == 0755, "the socket's directory was made with mode %04o, not 0755",
+                      (unsigned) (st.st_mode & 07777));
+        status = test_in_child(connect_as_nobody, td.socket);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "another user cannot connect: %s",
+                      strerror(WIFEXITED(status) ? WEXITSTATUS(status) : 0));
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
 /* Under systemd with RuntimeDirectory=, the state goes to $RUNTIME_DIRECTORY (the first it lists). */
 START_TEST(test_runtime_directory_default) {
         char dir[300], env[700], path[400];
@@ -734,7 +778,7 @@ int main(void) {
                 { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_lost_state_file_warns_of_held_key,
                            test_unreadable_record_stays_recorded,
                            test_secret_checks, test_refused_start_leaves_no_lock, test_state_dir_option,
-                           test_runtime_directory_default } },
+                           test_runtime_directory_default, test_socket_dir_made_0755_under_umask } },
                 { "crash", CASE_TIMEOUT, { test_reload_killed_at_each_state_write_leaves_nothing,
                                            test_start_killed_at_each_state_write_leaves_nothing } },
                 { "memory", CASE_TIMEOUT, { test_record_kept_without_memory_survives_rewrite } },
