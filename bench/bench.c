@@ -355,6 +355,16 @@ static void daemon_stop(void) {
         daemon_pid = -1;
 }
 
+/* SIGTERM, then the ns until the daemon exited: every channel removed and the journal read through. */
+static int64_t daemon_stop_timed(void) {
+        int64_t t0 = now_ns();
+
+        if (kill(daemon_pid, SIGTERM) < 0 || waitpid(daemon_pid, NULL, 0) != daemon_pid)
+                die("stopping the daemon: %s", strerror(errno));
+        daemon_pid = -1;
+        return now_ns() - t0;
+}
+
 static shmb_channel *open_ch(const char *name) {
         shmb_channel *ch;
         int r = shmb_open_channel(sock_path, name, SHMB_RW, &ch);
@@ -2009,7 +2019,7 @@ static void bench_status(void) {
 
 /* ---------------------------------------------------------------- scale */
 
-static Stat start_ch[2], raw_ch[2], reload_noop, reload_one;
+static Stat start_ch[2], raw_ch[2], stop_ch[2], reload_noop, reload_one;
 static double rss_mib;
 
 /* The raw kernel cost of making n channels: shmget + semget + IPC_SET x2 + SETALL. */
@@ -2060,21 +2070,24 @@ static void bench_scale(void) {
 
         printf("\n%-26s %14s %14s %14s\n", "scale", "median", "min", "max");
         for (int k = 0; k < 2; k++) {
-                double a[3], b[3];
+                double a[3], b[3], c[3];
 
                 for (int t = 0; t < 3; t++) {
                         watchdog_kick();
                         write_config(counts[k], NULL);
                         a[t] = (double) daemon_start() / counts[k];
-                        daemon_stop();
+                        c[t] = (double) daemon_stop_timed() / counts[k];
                         b[t] = raw_create(counts[k]);
                 }
                 start_ch[k] = stat_of(a, 3);
                 raw_ch[k] = stat_of(b, 3);
+                stop_ch[k] = stat_of(c, 3);
                 printf("start to READY, %4d ch   %11.2f us %11.2f us %11.2f us  per channel\n", counts[k],
                        start_ch[k].median / 1e3, start_ch[k].min / 1e3, start_ch[k].max / 1e3);
                 printf("raw syscalls, %4d ch     %11.2f us %11.2f us %11.2f us  per channel\n", counts[k],
                        raw_ch[k].median / 1e3, raw_ch[k].min / 1e3, raw_ch[k].max / 1e3);
+                printf("stop (SIGTERM to exit), %4d ch %6.2f us %11.2f us %11.2f us  per channel\n", counts[k],
+                       stop_ch[k].median / 1e3, stop_ch[k].min / 1e3, stop_ch[k].max / 1e3);
         }
 
         /* Reload with 4000 channels: nothing changed, then one changed (size toggles). */
@@ -2367,6 +2380,7 @@ static void goals(void) {
         goal(S_CONTROL, "status_vs_echo_4_clients", status_rps[1].median / echo_rps[1].median, 0.7, true, "x");
         goal(S_SCALE, "start_per_channel_vs_raw_4000", start_ch[1].median / raw_ch[1].median, 3, false, "x");
         goal(S_SCALE, "start_per_channel_4000_vs_400", start_ch[1].median / start_ch[0].median, 1.3, false, "x");
+        goal(S_SCALE, "stop_per_channel_4000_vs_400", stop_ch[1].median / stop_ch[0].median, 1.3, false, "x");
         goal(S_SCALE, "reload_1_changed_vs_noop", reload_one.median / reload_noop.median, 5, false, "x");
         goal(S_SCALE, "rss_1000_clients", rss_mib, 32, false, "MiB");
 }
