@@ -439,23 +439,26 @@ static int cmp_spec_ptr_key(const void *a, const void *b) {
         return x < y ? -1 : x > y;
 }
 
-/* Names and fixed keys must be unique; sorting keeps this O(n log n). */
+/*
+ * Names and fixed keys must be unique; sorting keeps this O(n log n). The
+ * channels sorted by name stay, for config_find_channel(): a reload looks
+ * up every running channel, and a linear search made it quadratic.
+ */
 static int check_unique(Ctx *ctx, Config *c) {
         _cleanup_(freep) ChannelSpec **v = NULL;
         char origin[512];
         size_t n = 0;
 
-        if (c->n_channels < 2)
-                return 0;
-        v = calloc(c->n_channels, sizeof *v);
-        if (!v)
+        c->by_name = calloc(c->n_channels ?: 1, sizeof *c->by_name);
+        v = calloc(c->n_channels ?: 1, sizeof *v);
+        if (!c->by_name || !v)
                 return -ENOMEM;
         for (size_t i = 0; i < c->n_channels; i++)
-                v[i] = &c->channels[i];
-        qsort(v, c->n_channels, sizeof *v, cmp_spec_ptr_name);
+                c->by_name[i] = &c->channels[i];
+        qsort(c->by_name, c->n_channels, sizeof *c->by_name, cmp_spec_ptr_name);
         for (size_t i = 1; i < c->n_channels; i++)
-                if (streq(v[i - 1]->name, v[i]->name))
-                        return fail(ctx, "channel name \"%s\" is used twice", v[i]->name);
+                if (streq(c->by_name[i - 1]->name, c->by_name[i]->name))
+                        return fail(ctx, "channel name \"%s\" is used twice", c->by_name[i]->name);
 
         for (size_t i = 0; i < c->n_channels; i++)
                 if (c->channels[i].has_key)
@@ -673,6 +676,7 @@ Config *config_free(Config *c) {
                 free(c->channels[i].ftok_path);
         }
         free(c->channels);
+        free(c->by_name);
         free(c->fixed_keys);
         free(c->socket);
         free(c->admin_group);
@@ -681,11 +685,18 @@ Config *config_free(Config *c) {
         return NULL;
 }
 
+static int cmp_name_spec_ptr(const void *name, const void *spec) {
+        return strcmp(name, (*(ChannelSpec *const *) spec)->name);
+}
+
 int config_find_channel(const Config *c, const char *name) {
-        for (size_t i = 0; i < c->n_channels; i++)
-                if (streq(c->channels[i].name, name))
-                        return (int) i;
-        return -ENOENT;
+        ChannelSpec **p;
+
+        /* bsearch() may not take a NULL array, even of no elements. */
+        if (c->n_channels == 0)
+                return -ENOENT;
+        p = bsearch(name, c->by_name, c->n_channels, sizeof *c->by_name, cmp_name_spec_ptr);
+        return p ? (int) (*p - c->channels) : -ENOENT;
 }
 
 bool config_key_is_fixed(const Config *c, uint32_t key) {

@@ -71,6 +71,7 @@ typedef struct Config {
         gid_t admin_gid;
         ChannelSpec *channels;          /* in file order */
         size_t n_channels;
+        ChannelSpec **by_name;          /* the channels sorted by name */
         uint32_t *fixed_keys;           /* the channels' "key"s, sorted: derived keys skip them */
         size_t n_fixed_keys;
 } Config;
