@@ -79,18 +79,32 @@ static bool perms_revoke_hold(Entry *e, const ChannelSpec *s, pid_t *ret_pid) {
         return perms_revoke_unnamed(e, e->channel->spec.uid, e->channel->spec.gid, e->channel->spec.mode, s);
 }
 
-/* Append a copy of name to a NULL-terminated, owned list. */
-static int names_add(char ***list, const char *name) {
-        size_t n = strv_length(*list);
-        char **v;
+/*
+ * One of the answer's lists as apply() fills it: *v, NULL-terminated and
+ * owned, with its length and room kept (counting it at every name made a
+ * reload of n channels take time in n squared).
+ */
+typedef struct NameList {
+        char ***v;
+        size_t n, cap;
+} NameList;
 
-        v = reallocarray(*list, n + 2, sizeof *v);
-        if (!v)
+/* Append a copy of name. */
+static int names_add(NameList *l, const char *name) {
+        if (l->n + 2 > l->cap) {
+                size_t cap = MAX(l->cap * 2, (size_t) 16);
+                char **v = reallocarray(*l->v, cap, sizeof *v);
+
+                if (!v)
+                        return -ENOMEM;
+                *l->v = v;
+                l->cap = cap;
+        }
+        (*l->v)[l->n] = strdup(name);
+        if (!(*l->v)[l->n])
                 return -ENOMEM;
-        *list = v;
-        v[n] = strdup(name);
-        v[n + 1] = NULL;
-        return v[n] ? 0 : -ENOMEM;
+        (*l->v)[++l->n] = NULL;
+        return 0;
 }
 
 /* Every list present, even when empty: the answer always carries all four. */
@@ -393,6 +407,8 @@ static int check_taken(const Plan *p, char *msg, size_t msg_size) {
 }
 
 static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadResult *res, char *msg, size_t msg_size) {
+        NameList added = { &res->added }, removed = { &res->removed }, changed = { &res->changed },
+                 kept = { &res->kept };
         int r;
 
         /* 1. Add. On failure, remove what this reload added: nothing else has changed yet. */
@@ -407,7 +423,7 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
 
         /* From here on every step is carried out; names record what happened. */
         for (size_t i = 0; i < p->n_add; i++)
-                if (names_add(&res->added, p->add[i]->name) < 0)
+                if (names_add(&added, p->add[i]->name) < 0)
                         return -ENOMEM;
 
         /*
@@ -415,7 +431,7 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
          * before step 3. A replaced posix channel stays until step 3 replaces it.
          */
         for (size_t i = 0; i < p->n_remove; i++) {
-                if (names_add(&res->removed, p->remove[i]->channel->spec.name) < 0)
+                if (names_add(&removed, p->remove[i]->channel->spec.name) < 0)
                         return -ENOMEM;
                 registry_remove(reg, p->remove[i]);
         }
@@ -458,7 +474,7 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                         if (!p->replace[i])
                                 continue;       /* never was: in no list */
                 }
-                if (names_add(r < 0 ? &res->removed : p->replace[i] ? &res->changed : &res->added, s->name) < 0)
+                if (names_add(r < 0 ? &removed : p->replace[i] ? &changed : &added, s->name) < 0)
                         return -ENOMEM;
         }
 
@@ -471,7 +487,7 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                 if (!e)
                         continue;
                 if (same_perms(&e->channel->spec, s)) {
-                        if (names_add(&res->kept, s->name) < 0)
+                        if (names_add(&kept, s->name) < 0)
                                 return -ENOMEM;
                         continue;
                 }
@@ -495,12 +511,12 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                                  "channel instead of changing it in place.", s->name);
                         if (registry_replace(reg, e, s, cfg->fixed_keys, cfg->n_fixed_keys, why, sizeof why) < 0) {
                                 log_error("Reload: %s; the channel is gone until a later reload.", why);
-                                if (names_add(&res->removed, s->name) < 0)
+                                if (names_add(&removed, s->name) < 0)
                                         return -ENOMEM;
                                 continue;
                         }
                 }
-                if (names_add(&res->changed, s->name) < 0)
+                if (names_add(&changed, s->name) < 0)
                         return -ENOMEM;
         }
         return names_complete(res);
