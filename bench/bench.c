@@ -2019,7 +2019,7 @@ static void bench_status(void) {
 
 /* ---------------------------------------------------------------- scale */
 
-static Stat start_ch[2], raw_ch[2], stop_ch[2], reload_noop, reload_one;
+static Stat start_ch[2], raw_ch[2], stop_ch[2], reload_noop, reload_one, reload_noop_400;
 static double rss_mib;
 
 /* The raw kernel cost of making n channels: shmget + semget + IPC_SET x2 + SETALL. */
@@ -2090,11 +2090,20 @@ static void bench_scale(void) {
                        stop_ch[k].median / 1e3, stop_ch[k].min / 1e3, stop_ch[k].max / 1e3);
         }
 
-        /* Reload with 4000 channels: nothing changed, then one changed (size toggles). */
+        /*
+         * Reload with 400 channels, nothing changed, for the cost per channel; then with 4000 (and "toggle"):
+         * nothing changed, then one changed (size toggles).
+         */
         {
-                double noop[5], one[5];
+                double noop[5], one[5], small[5];
 
                 watchdog_kick();
+                write_config(400, NULL);
+                daemon_start();
+                for (int t = 0; t < 5; t++)
+                        small[t] = reload_once();
+                daemon_stop();
+                reload_noop_400 = stat_of(small, 5);
                 write_config(4000, "{\"name\": \"toggle\", \"size\": 4096}");
                 daemon_start();
                 for (int t = 0; t < 5; t++)
@@ -2107,6 +2116,8 @@ static void bench_scale(void) {
                 daemon_stop();
                 reload_noop = stat_of(noop, 5);
                 reload_one = stat_of(one, 5);
+                printf("%-26s %11.2f ms %11.2f ms %11.2f ms\n", "reload, 400, none changed",
+                       reload_noop_400.median / 1e6, reload_noop_400.min / 1e6, reload_noop_400.max / 1e6);
                 printf("%-26s %11.2f ms %11.2f ms %11.2f ms\n", "reload, nothing changed", reload_noop.median / 1e6,
                        reload_noop.min / 1e6, reload_noop.max / 1e6);
                 printf("%-26s %11.2f ms %11.2f ms %11.2f ms\n", "reload, 1 of 4000 changed", reload_one.median / 1e6,
@@ -2382,6 +2393,8 @@ static void goals(void) {
         goal(S_SCALE, "start_per_channel_4000_vs_400", start_ch[1].median / start_ch[0].median, 1.3, false, "x");
         goal(S_SCALE, "stop_per_channel_4000_vs_400", stop_ch[1].median / stop_ch[0].median, 1.3, false, "x");
         goal(S_SCALE, "reload_1_changed_vs_noop", reload_one.median / reload_noop.median, 5, false, "x");
+        goal(S_SCALE, "reload_per_channel_4000_vs_400", reload_noop.median / 4001 / (reload_noop_400.median / 400), 1.3,
+             false, "x");
         goal(S_SCALE, "rss_1000_clients", rss_mib, 32, false, "MiB");
 }
 
