@@ -824,6 +824,7 @@ int bcast_send_reserve(shmb_channel *ch, size_t size, void **ret_buf, int timeou
         r = pub_claim(ch, b, size, &w, &slot, &pos);
         if (r < 0)
                 return r;
+        zc_note(ch, pos, false);
         *ret_buf = payload(slot);
         return 0;
 }
@@ -868,6 +869,8 @@ int bcast_send_commit(shmb_channel *ch, void *buf, size_t len) {
         r = own_claim(ch, b, buf, &slot, &pos);
         if (r < 0)
                 return r;
+        /* Before the publish: once it is out, another thread may claim the slot's next lap. */
+        zc_forget(ch, pos, false);
         STORE(&slot->len, (uint32_t) len, RLX);
         return pub_finish(b, slot, pos, BCAST_SEQ_PUBLISHED) ? 0 : dropped(b);
 }
@@ -886,6 +889,7 @@ int bcast_send_abort(shmb_channel *ch, void *buf) {
         r = own_claim(ch, b, buf, &slot, &pos);
         if (r < 0)
                 return r;
+        zc_forget(ch, pos, false);
         return pub_finish(b, slot, pos, BCAST_SEQ_SKIPPED) ? 0 : dropped(b);
 }
 
@@ -1002,12 +1006,39 @@ int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc) {
         return 0;
 }
 
+/*
+ * A publisher's reservations left open at its close: skip them, as a
+ * publisher coming round would once the broker marked the token dead. It
+ * does not when another handle on the connection shares the hold (and the
+ * token): subscribers would wait at the slot until the process exits.
+ * Not a fork(2) child's copy of the records: those claims are the parent's.
+ */
+static void pub_end_claims(shmb_channel *ch, BcastHandle *b) {
+        if (b->subscriber || client_inherited(ch->client) || removed(b))
+                return;
+        for (uint32_t i = 0; i < b->n; i++) {
+                uint64_t pos, owner;
+                BcastSlot *slot;
+                bool recv;
+
+                if (!zc_claim_of(ch, i, &pos, &recv))
+                        continue;
+                slot = slot_at(b, pos);
+                owner = LOAD(&slot->owner, ACQ);
+                /* Ended meanwhile (repaired, or through another handle's pointer): nothing of ours is left there. */
+                if (LOAD(&slot->seq, ACQ) == bcast_seq(pos, BCAST_SEQ_WRITING) && ring_owner_claims(owner, pos) &&
+                    channel_token_is_mine(ch, (uint32_t) owner))
+                        (void) pub_finish(b, slot, pos, BCAST_SEQ_SKIPPED);
+        }
+}
+
 void bcast_channel_free(shmb_channel *ch) {
         BcastHandle *b = ch->bcast;
         BcastCursor *cur;
 
         if (!b)
                 return;
+        pub_end_claims(ch, b);
         /*
          * Unsubscribe at once: publishers stop counting this cursor before the broker hears of the close.
          * Not in a child of fork(2): the cursor is the parent's subscriber.

@@ -44,6 +44,7 @@
 #include <stdbool.h>
 #include <limits.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <linux/futex.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -759,6 +760,59 @@ HOT_PATH ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout
 /* ---- zero copy ---- */
 
 /*
+ * A handle's open claims, kept so that its close can end them. The broker
+ * ends a closed handle's claims by marking its token dead, but only when
+ * the close gives the hold back: another handle of the channel on the same
+ * connection shares the hold and its token, and a claim the closed handle
+ * left would then stall the ring for everyone until the process exits.
+ * One word per slot ((pos + 1) << 1 | recv; 0: none): a handle holds at
+ * most one claim per slot, as a slot is free for one side at a time.
+ * Written only by the thread that made or ends the claim; the next claim
+ * of the slot comes after the end (through seq), so plain loads and stores
+ * do, and an end clears only its own position's word.
+ */
+static uint64_t zc_word(uint64_t pos, bool recv) {
+        return (pos + 1) << 1 | (uint64_t) recv;
+}
+
+void zc_note(shmb_channel *ch, uint64_t pos, bool recv) {
+        uint64_t *t = LOAD(&ch->zc_claims, ACQ);
+
+        if (!t) {
+                uint64_t *fresh = calloc(ch->info.slots, sizeof *fresh);
+
+                /* The claim stands either way: without the record, only a close that leaves it open waits for the broker's repair. */
+                if (!fresh)
+                        return;
+                if (__atomic_compare_exchange_n(&ch->zc_claims, &t, fresh, false, __ATOMIC_ACQ_REL, ACQ))
+                        t = fresh;
+                else
+                        free(fresh);    /* another thread's came first: t is it */
+        }
+        STORE(&t[pos % ch->info.slots], zc_word(pos, recv), RLX);
+}
+
+void zc_forget(shmb_channel *ch, uint64_t pos, bool recv) {
+        uint64_t *t = LOAD(&ch->zc_claims, ACQ), *w;
+
+        if (!t)
+                return;
+        w = &t[pos % ch->info.slots];
+        if (LOAD(w, RLX) == zc_word(pos, recv))
+                STORE(w, 0, RLX);
+}
+
+bool zc_claim_of(const shmb_channel *ch, uint32_t i, uint64_t *ret_pos, bool *ret_recv) {
+        uint64_t v = ch->zc_claims ? LOAD(&ch->zc_claims[i], RLX) : 0;
+
+        if (v == 0)
+                return false;
+        *ret_pos = (v >> 1) - 1;
+        *ret_recv = v & 1;
+        return true;
+}
+
+/*
  * The slot whose payload buf is, and the position this handle's claim of it
  * (in *word, send_owner or recv_owner) is for, seq being pos + at while it
  * lasts: 0, -EINVAL when buf is no such payload or this handle holds no
@@ -808,6 +862,7 @@ HOT_PATH int shmb_send_reserve(shmb_channel *ch, size_t size, void **ret_buf, in
         r = send_claim(ch, size, &w, &slot, &pos);
         if (r < 0)
                 return r;
+        zc_note(ch, pos, false);
         *ret_buf = payload(slot);
         return 0;
 }
@@ -832,13 +887,28 @@ HOT_PATH int shmb_send_commit(shmb_channel *ch, void *buf, size_t len) {
         r = own_claim(ch, buf, true, &slot, &pos);
         if (r < 0)
                 return r;
+        /* Before the publish: once it is out, another thread may claim the slot's next lap. */
+        zc_forget(ch, pos, false);
         STORE(&slot->len, (uint32_t) len, RLX);
         return send_publish(ch, slot, pos) ? 0 : dropped(ch);
 }
 
+/* Give up the send claim of pos: false when a repairer took the slot from us meanwhile. */
+static bool send_give_back(shmb_channel *ch, RingSlot *slot, uint64_t pos) {
+        uint64_t expected = pos;
+
+        /* As a dead sender's slot is skipped: free for the next lap, and receivers move past it. */
+        if (!__atomic_compare_exchange_n(&slot->seq, &expected, pos + ch->info.slots, false, SEQ, RLX))
+                return false;
+        advance(&ch->ring->tail, pos);
+        notify(ch, WAKE_SPACE);
+        notify(ch, WAKE_DATA);
+        return true;
+}
+
 HOT_PATH int shmb_send_abort(shmb_channel *ch, void *buf) {
         RingSlot *slot;
-        uint64_t pos, expected;
+        uint64_t pos;
         int r;
 
         /* Broadcast channels: client/broadcast.c. */
@@ -853,14 +923,8 @@ HOT_PATH int shmb_send_abort(shmb_channel *ch, void *buf) {
         r = own_claim(ch, buf, true, &slot, &pos);
         if (r < 0)
                 return r;
-        /* As a dead sender's slot is skipped: free for the next lap, and receivers move past it. */
-        expected = pos;
-        if (!__atomic_compare_exchange_n(&slot->seq, &expected, pos + ch->info.slots, false, SEQ, RLX))
-                return dropped(ch);
-        advance(&ch->ring->tail, pos);
-        notify(ch, WAKE_SPACE);
-        notify(ch, WAKE_DATA);
-        return 0;
+        zc_forget(ch, pos, false);
+        return send_give_back(ch, slot, pos) ? 0 : dropped(ch);
 }
 
 HOT_PATH ssize_t shmb_recv_peek(shmb_channel *ch, const void **ret_buf, int timeout_ms) {
@@ -881,8 +945,10 @@ HOT_PATH ssize_t shmb_recv_peek(shmb_channel *ch, const void **ret_buf, int time
                 return -EINVAL;
         w = recv_waiter(ch, timeout_ms);
         len = recv_claim(ch, SIZE_MAX, &w, &slot, &pos);
-        if (len >= 0)
-                *ret_buf = payload(slot);
+        if (len < 0)
+                return len;
+        zc_note(ch, pos, true);
+        *ret_buf = payload(slot);
         return len;
 }
 
@@ -903,5 +969,39 @@ HOT_PATH int shmb_recv_release(shmb_channel *ch, const void *buf) {
         r = own_claim(ch, buf, false, &slot, &pos);
         if (r < 0)
                 return r;
+        zc_forget(ch, pos, true);
         return recv_free(ch, slot, pos) ? 0 : dropped(ch);
+}
+
+/* Whether this handle's token (or one a rejoin replaced) still claims pos at the slot, seq being pos + at. */
+static bool claim_is_mine(const shmb_channel *ch, RingSlot *slot, uint64_t pos, bool recv) {
+        uint64_t owner = LOAD(recv ? &slot->recv_owner : &slot->send_owner, ACQ);
+
+        return LOAD(&slot->seq, ACQ) == pos + recv && ring_owner_claims(owner, pos) &&
+               channel_token_is_mine(ch, (uint32_t) owner);
+}
+
+void ring_channel_free(shmb_channel *ch) {
+        /* A fork(2) child's copy of the records names its parent's claims, which are not its to end. */
+        if (ch->zc_claims && ch->ring && !client_inherited(ch->client) && !ring_gone(ch)) {
+                for (uint32_t i = 0; i < ch->info.slots; i++) {
+                        RingSlot *slot;
+                        uint64_t pos;
+                        bool recv;
+
+                        if (!zc_claim_of(ch, i, &pos, &recv))
+                                continue;
+                        slot = slot_at(ch, pos);
+                        /* Ended meanwhile (repaired, or ended through another handle's pointer): nothing is ours. */
+                        if (!claim_is_mine(ch, slot, pos, recv))
+                                continue;
+                        /* As the broker's repair would end them once the token died: never sent, or read. */
+                        if (recv)
+                                (void) recv_free(ch, slot, pos);
+                        else
+                                (void) send_give_back(ch, slot, pos);
+                }
+        }
+        free(ch->zc_claims);
+        ch->zc_claims = NULL;
 }

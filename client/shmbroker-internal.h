@@ -168,6 +168,12 @@ struct shmb_channel {
         uint64_t stride;
         /* broadcast only (client/broadcast.c) */
         struct BcastHandle *bcast;
+        /*
+         * Ring and broadcast publisher: the zero-copy claims this handle left
+         * open, one word per slot (zc_note() in client/ring.c), so that its
+         * close can end them; NULL until its first reserve or peek.
+         */
+        uint64_t *zc_claims;
         /* posix only (client/posix-map.c): the objects come as descriptors, not ids */
         int shm_fd;                     /* the segment's, kept: its identity and link count; -1: none */
         int table_fd;                   /* a broadcast table's, until bcast_channel_setup() maps it; -1: none */
@@ -377,6 +383,24 @@ shmb_layout layout_from_proto(ProtoLayout layout);
  * shmb_open() and by the ring tests over a buffer of their own.
  */
 int ring_channel_init(shmb_channel *ch, void *addr, uint64_t size);
+
+/*
+ * The zero-copy claims of a handle (ch->zc_claims): zc_note() records the
+ * claim of pos (recv: a peek, else a reserve) once made, zc_forget() drops
+ * it before the call that ends it (commit, abort, release) finishes it.
+ * zc_claim_of() reads slot i's record: false when there is none, else
+ * the position and kind of the claim.
+ */
+void zc_note(shmb_channel *ch, uint64_t pos, bool recv);
+void zc_forget(shmb_channel *ch, uint64_t pos, bool recv);
+bool zc_claim_of(const shmb_channel *ch, uint32_t i, uint64_t *ret_pos, bool *ret_recv);
+
+/*
+ * End the claims a ring handle left open (abort a reservation, release a
+ * peek), unless the handle is a fork(2) child's copy or the ring is gone,
+ * and free ch->zc_claims; for any handle, after bcast_channel_free().
+ */
+void ring_channel_free(shmb_channel *ch);
 
 /* ---- broadcast channels (client/broadcast.c, proto/broadcast.h) ---- */
 

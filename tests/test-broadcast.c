@@ -1703,6 +1703,43 @@ START_TEST(test_examples_publish_to_two_subscribers) {
 }
 END_TEST
 
+/*
+ * A publisher handle closed with a reservation left open skips it at its
+ * close, also when another handle of the channel on the same connection
+ * keeps the hold and with it the token, which the broker then does not
+ * mark dead: subscribers go on at once, not once the process exits.
+ */
+START_TEST(test_close_ends_reservation_of_a_shared_hold) {
+        shmb_channel *sub = open_ok("news", SHMB_RO), *other = open_ok("news", SHMB_RW), *a, *b;
+        shmb_client *c;
+        char buf[SLOT_SIZE];
+        void *out;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "news", SHMB_RW, &a), 0);
+        ck_assert_int_eq(shmb_open(c, "news", SHMB_RW, &b), 0);
+        ck_assert_int_eq(shmb_send_reserve(a, 8, &out, 0), 0);
+        memcpy(out, "left", 4);
+        ck_assert_int_eq(shmb_close(a), 0);
+        send_ok(other, "after", 5);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 5000), 5);
+        ck_assert_int_eq(memcmp(buf, "after", 5), 0);
+
+        /* b's own reservation is b's: a close of another handle of the hold leaves it alone. */
+        ck_assert_int_eq(shmb_open(c, "news", SHMB_RW, &a), 0);
+        ck_assert_int_eq(shmb_send_reserve(b, 8, &out, 0), 0);
+        ck_assert_int_eq(shmb_close(a), 0);
+        memcpy(out, "kept", 4);
+        ck_assert_int_eq(shmb_send_commit(b, out, 4), 0);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 5000), 4);
+        ck_assert_int_eq(memcmp(buf, "kept", 4), 0);
+        shmb_close(b);
+        shmb_close(other);
+        shmb_close(sub);
+        shmb_disconnect(c);
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "open", CASE_TIMEOUT, { test_open_answer_and_segments, test_ro_cannot_publish,
@@ -1718,6 +1755,7 @@ int main(void) {
                 { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_one_mib_frame_to_three_subscribers,
                                  test_large_channel_mapped_at_open,
                                  test_zero_copy_both_sides_across_processes, test_publisher_killed_mid_reserve } },
+                { "zero-copy-close", CASE_TIMEOUT, { test_close_ends_reservation_of_a_shared_hold } },
                 { "limits", CASE_TIMEOUT, { test_subscriber_limit, test_forged_table_costs_only_messages,
                                             test_future_claim_does_not_outlast_the_timeout } },
                 { "removal", CASE_TIMEOUT, { test_removal_wakes_sleepers,

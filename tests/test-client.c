@@ -2870,6 +2870,58 @@ START_TEST(test_zero_copy_claims_see_removal) {
 }
 END_TEST
 
+/*
+ * A handle closed with a reservation or a peek left open ends them at its
+ * close, also when another handle of the ring on the same connection keeps
+ * the hold, and with it the holder token, which the broker then does not
+ * mark dead: the ring goes on at once, not once the process exits.
+ */
+START_TEST(test_zero_copy_close_ends_claims_of_a_shared_hold) {
+        shmb_channel *a, *b, *other = open_ok("ring", SHMB_RW);
+        shmb_client *c;
+        const void *in;
+        void *out;
+        char buf[256];
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &a), 0);
+        ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &b), 0);
+        /* a reserves position 0 and closes; position 1 is another handle's message. */
+        ck_assert_int_eq(shmb_send_reserve(a, 8, &out, 0), 0);
+        memcpy(out, "left", 4);
+        ck_assert_int_eq(shmb_close(a), 0);
+        ck_assert_int_eq(shmb_send(other, "after", 5, 0), 0);
+        ck_assert_int_eq(shmb_recv(other, buf, sizeof buf, 5000), 5);
+        ck_assert_int_eq(memcmp(buf, "after", 5), 0);
+
+        /* A peek left open at a close frees its slot: the eighth send needs it. */
+        ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &a), 0);
+        ck_assert_int_eq(shmb_send(other, "peeked", 6, 0), 0);
+        ck_assert_int_eq(shmb_recv_peek(a, &in, 5000), 6);
+        ck_assert_int_eq(shmb_close(a), 0);
+        for (uint32_t i = 0; i < 8; i++)
+                ck_assert_int_eq(shmb_send(other, &i, sizeof i, 0), 0);
+        for (uint32_t i = 0; i < 8; i++) {
+                uint32_t v;
+
+                ck_assert_int_eq(shmb_recv(other, &v, sizeof v, 5000), sizeof v);
+                ck_assert_uint_eq(v, i);
+        }
+
+        /* b's own claims are b's: a close of another handle of the hold leaves them alone. */
+        ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &a), 0);
+        ck_assert_int_eq(shmb_send_reserve(b, 8, &out, 0), 0);
+        ck_assert_int_eq(shmb_close(a), 0);
+        memcpy(out, "kept", 4);
+        ck_assert_int_eq(shmb_send_commit(b, out, 4), 0);
+        ck_assert_int_eq(shmb_recv(other, buf, sizeof buf, 5000), 4);
+        ck_assert_int_eq(memcmp(buf, "kept", 4), 0);
+        shmb_close(b);
+        shmb_close(other);
+        shmb_disconnect(c);
+}
+END_TEST
+
 /* ---- timeouts: a broker that accepts and never answers ---- */
 
 typedef struct TimedCall {
@@ -3861,6 +3913,7 @@ int main(void) {
                 { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_zero_copy_across_processes,
                                  test_zero_copy_killed_mid_claim, test_zero_copy_claims_see_removal,
                                  test_claim_closed_after_crash_is_repaired } },
+                { "zero-copy-close", CASE_TIMEOUT, { test_zero_copy_close_ends_claims_of_a_shared_hold } },
                 { "close-after-crash", CASE_TIMEOUT, { test_claim_closed_long_after_last_call_is_repaired,
                                  test_claim_closed_during_backoff_is_repaired } },
                 { "timeouts", CASE_TIMEOUT, { test_timeout_hung_broker, test_timeout_default_open_by_name,
