@@ -77,6 +77,7 @@ struct BcastHandle {
         uint64_t limit;
         /* subscriber */
         uint64_t cursor;                /* the next position to read: the handle's own */
+        uint64_t peeked;                /* position + 1 of its last peek (0: none): what a release may take */
         uint64_t dropped;
         uint32_t reg_token;             /* the token the cursor was last written with; 0: none yet */
         uint32_t reg_index;             /* its cursor in the table; NO_CURSOR: none (no live token) */
@@ -560,8 +561,10 @@ ssize_t bcast_recv_peek(shmb_channel *ch, const void **ret_buf, int timeout_ms) 
         if (!ret_buf)
                 return -EINVAL;
         len = sub_next(ch, b, &w, &slot, &c, &s);
-        if (len >= 0)
+        if (len >= 0) {
+                STORE(&b->peeked, c + 1, RLX);
                 *ret_buf = payload(slot);
+        }
         return len;
 }
 
@@ -578,7 +581,11 @@ int bcast_recv_release(shmb_channel *ch, const void *buf) {
                 return -EIDRM;
         c = LOAD(&b->cursor, ACQ);
         slot = slot_at(b, c);
-        if (!buf || buf != payload(slot))
+        /*
+         * The pointer names a slot, which comes round every lap: a peek that
+         * a recv() consumed must not release the message there a lap later.
+         */
+        if (!buf || buf != payload(slot) || LOAD(&b->peeked, RLX) != c + 1)
                 return -EINVAL;
         /* The caller's reads of the message come before this fence: the second look of a seqlock. */
         __atomic_thread_fence(ACQ);

@@ -751,6 +751,33 @@ START_TEST(test_zero_copy_in_place) {
 }
 END_TEST
 
+/*
+ * libshmbroker(3): a peeked message that shmb_recv() consumed cannot be
+ * released any more (-EINVAL). Its pointer names a slot, which comes
+ * round again a lap later: the release must not take the message there,
+ * which was never peeked, from under the subscriber.
+ */
+START_TEST(test_release_of_a_consumed_peek_a_lap_later) {
+        shmb_channel *pub = open_ok("news", SHMB_RW), *sub = open_ok("news", SHMB_RO);
+        const void *in;
+        char buf[SLOT_SIZE];
+
+        for (uint32_t i = 0; i < SLOTS; i++)
+                send_u32(pub, i);
+        ck_assert_int_eq(shmb_recv_peek(sub, &in, 0), (ssize_t) sizeof(uint32_t));
+        ck_assert_uint_eq(recv_u32(sub), 0);    /* consumes what was peeked */
+        send_u32(pub, SLOTS);
+        for (uint32_t i = 1; i < SLOTS; i++)
+                ck_assert_uint_eq(recv_u32(sub), i);
+        /* Message SLOTS sits in the slot that the old pointer names. */
+        ck_assert_int_eq(shmb_recv_release(sub, in), -EINVAL);
+        ck_assert_uint_eq(recv_u32(sub), SLOTS);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), -EAGAIN);
+        shmb_close(sub);
+        shmb_close(pub);
+}
+END_TEST
+
 /* KiB of the mapping that holds addr that are in this process's page tables (smaps Rss), -1: no such mapping. */
 static long mapped_kib(const void *addr) {
         FILE *f = fopen("/proc/self/smaps", "re");
@@ -1752,7 +1779,8 @@ int main(void) {
                             test_block_sleeping_publisher_is_woken, test_no_system_call_per_message,
                             test_subscriber_beside_the_publisher_does_not_spin } },
                 { "drop", CASE_TIMEOUT, { test_drop_never_blocks_and_counts_exactly, test_drop_accounting_under_load } },
-                { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_one_mib_frame_to_three_subscribers,
+                { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_release_of_a_consumed_peek_a_lap_later,
+                                 test_one_mib_frame_to_three_subscribers,
                                  test_large_channel_mapped_at_open,
                                  test_zero_copy_both_sides_across_processes, test_publisher_killed_mid_reserve } },
                 { "zero-copy-close", CASE_TIMEOUT, { test_close_ends_reservation_of_a_shared_hold } },
