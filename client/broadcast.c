@@ -1023,7 +1023,7 @@ int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc) {
 static void pub_end_claims(shmb_channel *ch, BcastHandle *b) {
         if (b->subscriber || client_inherited(ch->client) || removed(b))
                 return;
-        for (uint32_t i = 0; i < b->n; i++) {
+        for (uint64_t i = 0; i <= zc_mask(ch); i++) {
                 uint64_t pos, owner;
                 BcastSlot *slot;
                 bool recv;

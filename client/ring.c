@@ -759,50 +759,19 @@ HOT_PATH ssize_t shmb_recv(shmb_channel *ch, void *buf, size_t size, int timeout
 
 /* ---- zero copy ---- */
 
-/*
- * A handle's open claims, kept so that its close can end them. The broker
- * ends a closed handle's claims by marking its token dead, but only when
- * the close gives the hold back: another handle of the channel on the same
- * connection shares the hold and its token, and a claim the closed handle
- * left would then stall the ring for everyone until the process exits.
- * One word per slot ((pos + 1) << 1 | recv; 0: none): a handle holds at
- * most one claim per slot, as a slot is free for one side at a time.
- * Written only by the thread that made or ends the claim; the next claim
- * of the slot comes after the end (through seq), so plain loads and stores
- * do, and an end clears only its own position's word.
- */
-static uint64_t zc_word(uint64_t pos, bool recv) {
-        return (pos + 1) << 1 | (uint64_t) recv;
+uint64_t *zc_table_new(shmb_channel *ch) {
+        uint64_t *t = NULL, *fresh = calloc(zc_mask(ch) + 1, sizeof *fresh);
+
+        /* The claim stands either way: without the record, only a close that leaves it open waits for the broker's repair. */
+        if (!fresh)
+                return NULL;
+        if (__atomic_compare_exchange_n(&ch->zc_claims, &t, fresh, false, __ATOMIC_ACQ_REL, ACQ))
+                return fresh;
+        free(fresh);    /* another thread's came first: t is it */
+        return t;
 }
 
-void zc_note(shmb_channel *ch, uint64_t pos, bool recv) {
-        uint64_t *t = LOAD(&ch->zc_claims, ACQ);
-
-        if (!t) {
-                uint64_t *fresh = calloc(ch->info.slots, sizeof *fresh);
-
-                /* The claim stands either way: without the record, only a close that leaves it open waits for the broker's repair. */
-                if (!fresh)
-                        return;
-                if (__atomic_compare_exchange_n(&ch->zc_claims, &t, fresh, false, __ATOMIC_ACQ_REL, ACQ))
-                        t = fresh;
-                else
-                        free(fresh);    /* another thread's came first: t is it */
-        }
-        STORE(&t[pos % ch->info.slots], zc_word(pos, recv), RLX);
-}
-
-void zc_forget(shmb_channel *ch, uint64_t pos, bool recv) {
-        uint64_t *t = LOAD(&ch->zc_claims, ACQ), *w;
-
-        if (!t)
-                return;
-        w = &t[pos % ch->info.slots];
-        if (LOAD(w, RLX) == zc_word(pos, recv))
-                STORE(w, 0, RLX);
-}
-
-bool zc_claim_of(const shmb_channel *ch, uint32_t i, uint64_t *ret_pos, bool *ret_recv) {
+bool zc_claim_of(const shmb_channel *ch, uint64_t i, uint64_t *ret_pos, bool *ret_recv) {
         uint64_t v = ch->zc_claims ? LOAD(&ch->zc_claims[i], RLX) : 0;
 
         if (v == 0)
@@ -984,7 +953,7 @@ static bool claim_is_mine(const shmb_channel *ch, RingSlot *slot, uint64_t pos, 
 void ring_channel_free(shmb_channel *ch) {
         /* A fork(2) child's copy of the records names its parent's claims, which are not its to end. */
         if (ch->zc_claims && ch->ring && !client_inherited(ch->client) && !ring_gone(ch)) {
-                for (uint32_t i = 0; i < ch->info.slots; i++) {
+                for (uint64_t i = 0; i <= zc_mask(ch); i++) {
                         RingSlot *slot;
                         uint64_t pos;
                         bool recv;

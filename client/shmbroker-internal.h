@@ -170,8 +170,8 @@ struct shmb_channel {
         struct BcastHandle *bcast;
         /*
          * Ring and broadcast publisher: the zero-copy claims this handle left
-         * open, one word per slot (zc_note() in client/ring.c), so that its
-         * close can end them; NULL until its first reserve or peek.
+         * open (zc_note()), so that its close can end them; NULL until its
+         * first reserve or peek.
          */
         uint64_t *zc_claims;
         /* posix only (client/posix-map.c): the objects come as descriptors, not ids */
@@ -385,15 +385,58 @@ shmb_layout layout_from_proto(ProtoLayout layout);
 int ring_channel_init(shmb_channel *ch, void *addr, uint64_t size);
 
 /*
- * The zero-copy claims of a handle (ch->zc_claims): zc_note() records the
- * claim of pos (recv: a peek, else a reserve) once made, zc_forget() drops
- * it before the call that ends it (commit, abort, release) finishes it.
- * zc_claim_of() reads slot i's record: false when there is none, else
- * the position and kind of the claim.
+ * A handle's open zero-copy claims (ch->zc_claims), kept so that its close
+ * can end them. The broker ends a closed handle's claims by marking its
+ * token dead, but only when the close gives the hold back: another handle
+ * of the channel on the same connection shares the hold and its token, and
+ * a claim the closed handle left would then stall the ring for everyone
+ * until the process exits.
+ *
+ * One word per entry ((pos + 1) << 1 | recv; 0: none) at pos & zc_mask():
+ * the table has the slots rounded up to a power of two entries, so a mask,
+ * not a division, finds the entry on every message; a handle's live claims
+ * all lie within one lap of slots positions, so no two share an entry.
+ * Written only by the thread that made or ends the claim; the next claim
+ * of the slot comes after the end (through seq), so plain loads and stores
+ * do, and an end clears only its own position's word.
+ *
+ * zc_note() records the claim of pos (recv: a peek, else a reserve) once
+ * made, zc_forget() drops it before the call that ends it (commit, abort,
+ * release) finishes it. zc_claim_of() reads entry i (0 to zc_mask()):
+ * false when there is none, else the position and kind of the claim.
  */
-void zc_note(shmb_channel *ch, uint64_t pos, bool recv);
-void zc_forget(shmb_channel *ch, uint64_t pos, bool recv);
-bool zc_claim_of(const shmb_channel *ch, uint32_t i, uint64_t *ret_pos, bool *ret_recv);
+static inline uint64_t zc_mask(const shmb_channel *ch) {
+        uint64_t n = ch->info.slots;
+
+        return n < 2 ? 1 : (UINT64_C(2) << (63 - __builtin_clzll(n - 1))) - 1;
+}
+
+static inline uint64_t zc_word(uint64_t pos, bool recv) {
+        return (pos + 1) << 1 | (uint64_t) recv;
+}
+
+/* ch->zc_claims made (or another thread's, made first); NULL when out of memory. */
+__attribute__((cold)) uint64_t *zc_table_new(shmb_channel *ch);
+
+static inline void zc_note(shmb_channel *ch, uint64_t pos, bool recv) {
+        uint64_t *t = __atomic_load_n(&ch->zc_claims, __ATOMIC_ACQUIRE);
+
+        if (__builtin_expect(!t, 0) && !(t = zc_table_new(ch)))
+                return;
+        __atomic_store_n(&t[pos & zc_mask(ch)], zc_word(pos, recv), __ATOMIC_RELAXED);
+}
+
+static inline void zc_forget(shmb_channel *ch, uint64_t pos, bool recv) {
+        uint64_t *t = __atomic_load_n(&ch->zc_claims, __ATOMIC_ACQUIRE), *w;
+
+        if (!t)
+                return;
+        w = &t[pos & zc_mask(ch)];
+        if (__atomic_load_n(w, __ATOMIC_RELAXED) == zc_word(pos, recv))
+                __atomic_store_n(w, 0, __ATOMIC_RELAXED);
+}
+
+bool zc_claim_of(const shmb_channel *ch, uint64_t i, uint64_t *ret_pos, bool *ret_recv);
 
 /*
  * End the claims a ring handle left open (abort a reservation, release a
