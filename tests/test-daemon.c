@@ -37,6 +37,7 @@
 #include "tests/helpers.h"
 
 #define CASE_TIMEOUT 30
+#define SCALE_TIMEOUT 15    /* far more than linear work needs, far less than quadratic work takes */
 
 /* Two channels: a raw one with a fixed key and a ring with a derived key. */
 static const char *const two_channels =
@@ -700,6 +701,69 @@ START_TEST(test_sigkill_then_restart_adopts_or_replaces) {
         ck_assert_int_eq(shmdt(addr), 0);
         json_decref(before);
         json_decref(after);
+        close(fd);
+        test_daemon_stop_ok(&td);
+        assert_nothing_left();
+}
+END_TEST
+
+/*
+ * A crash restart of many channels takes them all over in time linear in
+ * their number. Each adoption re-sorted the whole registry (an added entry
+ * leaves it unsorted, and the next one's duplicate check looked it up) and
+ * searched every record of the state file for the channel's segment and
+ * set: 16000 channels took 8.7 s to READY=1, 32000 (about as many as a
+ * namespace may have) over 30 s, past the 20 s the helpers wait for
+ * READY=1 and this case's timeout. Now about a second.
+ */
+START_TEST(test_crash_restart_of_many_channels_adopts_in_linear_time) {
+        enum { N = 32000, SAMPLES = 9 };
+        size_t cap = (size_t) N * 40 + 16, len = 0;
+        char *text = malloc(cap), line[128];
+        json_int_t ids[SAMPLES];
+        int fd;
+
+        ck_assert_ptr_nonnull(text);
+        test_write_proc("/proc/sys/kernel/shmmni", "32768");
+        test_write_proc("/proc/sys/kernel/sem", "32000 1024000000 500 32768");
+        len += (size_t) snprintf(text + len, cap - len, "[");
+        for (int i = 0; i < N; i++)
+                len += (size_t) snprintf(text + len, cap - len, "%s{\"name\": \"c%d\", \"size\": 4096}", i ? "," : "", i);
+        len += (size_t) snprintf(text + len, cap - len, "]");
+        ck_assert_uint_lt(len, cap);
+        test_daemon_write_config(&td, text);
+        free(text);
+        test_start_ok();
+        /* A status each (a list of them all is megabytes, which test_read_line() takes a byte at a time). */
+        fd = test_connect(td.socket);
+        for (int k = 0; k < SAMPLES; k++) {
+                char name[16];
+                json_t *resp;
+
+                snprintf(name, sizeof name, "c%d", k * (N - 1) / (SAMPLES - 1));
+                snprintf(line, sizeof line, "{\"op\":\"status\",\"channel\":\"%s\"}", name);
+                resp = test_request(fd, line);
+                ids[k] = test_jint(test_must_find(resp, name), "shm_id");
+                json_decref(resp);
+        }
+        close(fd);
+        test_daemon_kill(&td, SIGKILL);
+
+        test_start_ok();
+        /* Taken over, not made anew: as many objects as channels, the same ids. */
+        ck_assert_int_eq(test_ipcs_count("-m"), N);
+        ck_assert_int_eq(test_ipcs_count("-s"), N);
+        fd = test_connect(td.socket);
+        for (int k = 0; k < SAMPLES; k++) {
+                char name[16];
+                json_t *resp;
+
+                snprintf(name, sizeof name, "c%d", k * (N - 1) / (SAMPLES - 1));
+                snprintf(line, sizeof line, "{\"op\":\"status\",\"channel\":\"%s\"}", name);
+                resp = test_request(fd, line);
+                ck_assert_int_eq(test_jint(test_must_find(resp, name), "shm_id"), ids[k]);
+                json_decref(resp);
+        }
         close(fd);
         test_daemon_stop_ok(&td);
         assert_nothing_left();
@@ -2849,6 +2913,7 @@ int main(void) {
                                  test_objects_removed_behind_our_back_are_remade, test_status_of_all_repairs_and_drops_as_it_goes,
                                  test_ring_that_cannot_be_remade_leaves_no_fifo,
                                  test_unprivileged_daemon_reclaims_unreadable_objects } },
+                { "scale", SCALE_TIMEOUT, { test_crash_restart_of_many_channels_adopts_in_linear_time } },
                 { "capability", CASE_TIMEOUT, { test_capability_of_own_user_namespace_is_not_honoured,
                                  test_capability_that_cannot_be_seen_is_root_only } },
                 { "unreadable", CASE_TIMEOUT, { test_status_survives_unreadable_channel } },
