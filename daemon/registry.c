@@ -32,6 +32,8 @@ static void hold_free(Hold *h) {
         holders_release(hold_holders(h), h->token);
         LIST_REMOVE(h, by_client);
         LIST_REMOVE(h, by_entry);
+        h->client->n_holds--;
+        h->entry->n_holds--;
         h->entry->registry->n_holds--;
         free(h);
 }
@@ -341,12 +343,23 @@ Entry *registry_at(Registry *r, size_t i) {
         return i < r->n ? r->entries[i] : NULL;
 }
 
+/*
+ * Along the shorter list: a client that opens thousands of channels walked
+ * all its holds per open and close (O(n^2) for n channels), and walking the
+ * channel's instead would do the same for thousands of clients of one channel.
+ */
 static Hold *client_find_hold(Client *cl, Entry *e) {
         Hold *h;
 
-        LIST_FOREACH(h, &cl->holds, by_client)
-                if (h->entry == e)
-                        return h;
+        if (cl->n_holds <= e->n_holds) {
+                LIST_FOREACH(h, &cl->holds, by_client)
+                        if (h->entry == e)
+                                return h;
+        } else {
+                LIST_FOREACH(h, &e->holds, by_entry)
+                        if (h->client == cl)
+                                return h;
+        }
         return NULL;
 }
 
@@ -422,6 +435,8 @@ int registry_hold(Entry *e, Client *cl, ProtoAccess access, uint32_t want, int64
         if (fresh) {
                 LIST_INSERT_HEAD(&cl->holds, h, by_client);
                 LIST_INSERT_HEAD(&e->holds, h, by_entry);
+                cl->n_holds++;
+                e->n_holds++;
                 e->registry->n_holds++;
                 fresh = NULL;
         }

@@ -40,6 +40,7 @@ typedef struct Entry Entry;
 typedef struct Client {
         Peer peer;
         LIST_HEAD(, Hold) holds;
+        size_t n_holds;         /* in holds: a hold is looked up along the shorter of its two lists */
         bool hung_up;           /* its peer closed both ends: no answer will be read */
         size_t fd_room;         /* descriptors its uid may still be handed (set before each request) */
 } Client;
@@ -63,6 +64,7 @@ struct Entry {
         Holders subs;                   /* a broadcast channel's subscribers */
         bool has_wake;                  /* a ring whose wake-up FIFOs exist (daemon/wake.h) */
         LIST_HEAD(, Hold) holds;
+        size_t n_holds;                 /* in holds (client_find_hold()) */
 };
 
 typedef struct Registry {
