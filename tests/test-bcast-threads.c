@@ -89,6 +89,7 @@ static shmb_channel *handle_new(Bus *b, bool subscriber, uint32_t index) {
 static void handle_free(shmb_channel *ch) {
         bcast_channel_free(ch);
         shmdt(ch->addr);
+        free(ch->zc_claims);    /* the zero-copy claim records (client/ring.c) */
         free(ch);
 }
 
