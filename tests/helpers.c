@@ -867,6 +867,8 @@ int test_main(const char *suite_name, const TestGroup *groups, size_t n_groups, 
         for (size_t g = 0; g < n_groups; g++) {
                 TCase *tc = tcase_create(groups[g].name);
 
+                /* Its name as its tag too: CK_EXCLUDE_TAGS=NAME leaves it out (this Check has no CK_EXCLUDE_TCASE). */
+                tcase_set_tags(tc, groups[g].name);
                 tcase_set_timeout(tc, groups[g].timeout);
                 tcase_add_checked_fixture(tc, setup, teardown);
                 for (size_t i = 0; i < ELEMENTS(groups[g].tests) && groups[g].tests[i]; i++)
