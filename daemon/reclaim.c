@@ -160,7 +160,7 @@ static void mark_posix_segment(void *addr, size_t size) {
                 bcast_mark_removed(addr, NULL);
 }
 
-size_t reclaim_posix_take(StateRecord *v, size_t n, const char *channel, const uint8_t *secret,
+size_t reclaim_posix_take(StateRecord *v, const size_t *idx, size_t n, const char *channel, const uint8_t *secret,
                           PosixObjects *ret) {
         size_t taken = 0;
 
@@ -174,7 +174,8 @@ size_t reclaim_posix_take(StateRecord *v, size_t n, const char *channel, const u
          * file of a role taken already is reclaim's.
          */
         for (int pass = 0; pass < 2; pass++)
-                for (size_t i = n; i-- > 0;) {
+                for (size_t j = n; j-- > 0;) {
+                        size_t i = idx[j];
                         int r;
 
                         if (v[i].kind != STATE_POSIX || v[i].pending != (pass == 1) || v[i].legacy || v[i].adopted ||
