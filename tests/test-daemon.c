@@ -707,6 +707,44 @@ START_TEST(test_sigkill_then_restart_adopts_or_replaces) {
 }
 END_TEST
 
+/* Raise this IPC namespace's limits, then write a config of n raw channels, "c0" to "c<n-1>". */
+static void write_many_channels(int n) {
+        size_t cap = (size_t) n * 40 + 16, len = 0;
+        char *text = malloc(cap);
+
+        ck_assert_ptr_nonnull(text);
+        test_write_proc("/proc/sys/kernel/shmmni", "32768");
+        test_write_proc("/proc/sys/kernel/sem", "32000 1024000000 500 32768");
+        len += (size_t) snprintf(text + len, cap - len, "[");
+        for (int i = 0; i < n; i++)
+                len += (size_t) snprintf(text + len, cap - len, "%s{\"name\": \"c%d\", \"size\": 4096}", i ? "," : "", i);
+        len += (size_t) snprintf(text + len, cap - len, "]");
+        ck_assert_uint_lt(len, cap);
+        test_daemon_write_config(&td, text);
+        free(text);
+}
+
+/*
+ * The segment ids of samples channels spread over c0 to c<n-1>, by a status
+ * each (a list of them all is megabytes, which test_read_line() takes a
+ * byte at a time).
+ */
+static void sampled_shm_ids(int n, int samples, json_int_t *ids) {
+        int fd = test_connect(td.socket);
+
+        for (int k = 0; k < samples; k++) {
+                char name[16], line[128];
+                json_t *resp;
+
+                snprintf(name, sizeof name, "c%d", k * (n - 1) / (samples - 1));
+                snprintf(line, sizeof line, "{\"op\":\"status\",\"channel\":\"%s\"}", name);
+                resp = test_request(fd, line);
+                ids[k] = test_jint(test_must_find(resp, name), "shm_id");
+                json_decref(resp);
+        }
+        close(fd);
+}
+
 /*
  * A crash restart of many channels takes them all over in time linear in
  * their number. Each adoption re-sorted the whole registry (an added entry
@@ -718,53 +756,20 @@ END_TEST
  */
 START_TEST(test_crash_restart_of_many_channels_adopts_in_linear_time) {
         enum { N = 32000, SAMPLES = 9 };
-        size_t cap = (size_t) N * 40 + 16, len = 0;
-        char *text = malloc(cap), line[128];
-        json_int_t ids[SAMPLES];
-        int fd;
+        json_int_t before[SAMPLES], after[SAMPLES];
 
-        ck_assert_ptr_nonnull(text);
-        test_write_proc("/proc/sys/kernel/shmmni", "32768");
-        test_write_proc("/proc/sys/kernel/sem", "32000 1024000000 500 32768");
-        len += (size_t) snprintf(text + len, cap - len, "[");
-        for (int i = 0; i < N; i++)
-                len += (size_t) snprintf(text + len, cap - len, "%s{\"name\": \"c%d\", \"size\": 4096}", i ? "," : "", i);
-        len += (size_t) snprintf(text + len, cap - len, "]");
-        ck_assert_uint_lt(len, cap);
-        test_daemon_write_config(&td, text);
-        free(text);
+        write_many_channels(N);
         test_start_ok();
-        /* A status each (a list of them all is megabytes, which test_read_line() takes a byte at a time). */
-        fd = test_connect(td.socket);
-        for (int k = 0; k < SAMPLES; k++) {
-                char name[16];
-                json_t *resp;
-
-                snprintf(name, sizeof name, "c%d", k * (N - 1) / (SAMPLES - 1));
-                snprintf(line, sizeof line, "{\"op\":\"status\",\"channel\":\"%s\"}", name);
-                resp = test_request(fd, line);
-                ids[k] = test_jint(test_must_find(resp, name), "shm_id");
-                json_decref(resp);
-        }
-        close(fd);
+        sampled_shm_ids(N, SAMPLES, before);
         test_daemon_kill(&td, SIGKILL);
 
         test_start_ok();
         /* Taken over, not made anew: as many objects as channels, the same ids. */
         ck_assert_int_eq(test_ipcs_count("-m"), N);
         ck_assert_int_eq(test_ipcs_count("-s"), N);
-        fd = test_connect(td.socket);
-        for (int k = 0; k < SAMPLES; k++) {
-                char name[16];
-                json_t *resp;
-
-                snprintf(name, sizeof name, "c%d", k * (N - 1) / (SAMPLES - 1));
-                snprintf(line, sizeof line, "{\"op\":\"status\",\"channel\":\"%s\"}", name);
-                resp = test_request(fd, line);
-                ck_assert_int_eq(test_jint(test_must_find(resp, name), "shm_id"), ids[k]);
-                json_decref(resp);
-        }
-        close(fd);
+        sampled_shm_ids(N, SAMPLES, after);
+        for (int k = 0; k < SAMPLES; k++)
+                ck_assert_int_eq(after[k], before[k]);
         test_daemon_stop_ok(&td);
         assert_nothing_left();
 }
@@ -814,24 +819,14 @@ static void pipeline_ok(int fd, const char *const *lines, size_t n_lines, size_t
  */
 START_TEST(test_open_among_many_holds_of_a_connection) {
         enum { N = 32000, REOPENS = 300000 };
-        size_t cap = (size_t) N * 40 + 16, len = 0;
-        char *text = malloc(cap), **opens = calloc(N, sizeof *opens);
+        char **opens = calloc(N, sizeof *opens);
         const char *first = "{\"op\":\"open\",\"channel\":\"c0\",\"access\":\"ro\"}";
         int fd;
 
-        ck_assert_ptr_nonnull(text);
         ck_assert_ptr_nonnull(opens);
-        test_write_proc("/proc/sys/kernel/shmmni", "32768");
-        test_write_proc("/proc/sys/kernel/sem", "32000 1024000000 500 32768");
-        len += (size_t) snprintf(text + len, cap - len, "[");
-        for (int i = 0; i < N; i++) {
-                len += (size_t) snprintf(text + len, cap - len, "%s{\"name\": \"c%d\", \"size\": 4096}", i ? "," : "", i);
+        for (int i = 0; i < N; i++)
                 ck_assert_int_ge(asprintf(&opens[i], "{\"op\":\"open\",\"channel\":\"c%d\",\"access\":\"ro\"}", i), 0);
-        }
-        len += (size_t) snprintf(text + len, cap - len, "]");
-        ck_assert_uint_lt(len, cap);
-        test_daemon_write_config(&td, text);
-        free(text);
+        write_many_channels(N);
         test_start_ok();
         fd = test_connect(td.socket);
         /* c0 first: its hold is last in the connection's list, which is newest first. */
