@@ -176,6 +176,34 @@ static void sem_values(int id, unsigned short *values) {
 }
 
 /* The kernel agrees with a listed channel: key, size, mode (both objects), semaphore count. */
+/* Start the daemon on channels (a JSON array) and list them. */
+static json_t *start_and_list(const char *channels) {
+        test_daemon_write_config(&td, channels);
+        test_start_ok();
+        return list_ok();
+}
+
+/* A segment of this test's at key, as another user's program would make one. */
+static int foreign_segment(key_t key) {
+        int id = shmget(key, 8192, IPC_CREAT | IPC_EXCL | 0644);
+
+        ck_assert_int_ge(id, 0);
+        return id;
+}
+
+/* The foreign segment is as foreign_segment() made it, unattached: the daemon touched nothing. Then it goes. */
+static void foreign_segment_untouched_remove(int id, key_t key) {
+        struct shmid_ds ds;
+
+        shm_stat(id, &ds);
+        ck_assert_uint_eq(ds.shm_segsz, 8192);
+        ck_assert_uint_eq(ds.shm_perm.mode & 0777, 0644);
+        ck_assert_uint_eq((uint32_t) ds.shm_perm.__key, (uint32_t) key);
+        ck_assert_int_eq(ds.shm_cpid, getpid());
+        ck_assert_uint_eq(ds.shm_nattch, 0);
+        ck_assert_int_eq(shmctl(id, IPC_RMID, NULL), 0);
+}
+
 static void assert_kernel_channel(json_t *ch, size_t size, mode_t mode, unsigned nsems) {
         struct shmid_ds shm;
         struct semid_ds sem;
@@ -475,9 +503,7 @@ START_TEST(test_mode_change_with_unnamed_attach) {
         char *addr, *log;
         int fd, shm_id;
 
-        test_daemon_write_config(&td, "[{\"name\": \"m\", \"size\": 4096, \"group\": 100, \"mode\": \"0640\"}]");
-        test_start_ok();
-        before = list_ok();
+        before = start_and_list("[{\"name\": \"m\", \"size\": 4096, \"group\": 100, \"mode\": \"0640\"}]");
         shm_id = (int) test_jint(test_must_find(before, "m"), "shm_id");
         addr = shmat(shm_id, NULL, 0);
         ck_assert_ptr_ne(addr, (void *) -1);
@@ -663,9 +689,7 @@ START_TEST(test_broken_config_changes_nothing) {
         char *text;
         int fd;
 
-        test_daemon_write_config(&td, good);
-        test_start_ok();
-        before = list_ok();
+        before = start_and_list(good);
         fd = test_connect(td.socket);
 
         /* Syntax error (and it would have dropped "b" and added "c"). */
@@ -873,9 +897,7 @@ START_TEST(test_kernel_limit_refused_whole) {
         json_t *before, *resp, *after;
         int fd;
 
-        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096}]");
-        test_start_ok();
-        before = list_ok();
+        before = start_and_list("[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096}]");
         assert_ipcs(2, 2);
         /* Per-namespace: no room for a third segment. */
         test_write_proc("/proc/sys/kernel/shmmni", "2");
@@ -912,9 +934,7 @@ START_TEST(test_swap_at_kernel_limit_all_or_nothing) {
         json_t *before, *resp, *after;
         int fd;
 
-        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096}]");
-        test_start_ok();
-        before = list_ok();
+        before = start_and_list("[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096}]");
         test_write_proc("/proc/sys/kernel/shmmni", "2");
 
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"c\", \"size\": 4096}]");
@@ -989,20 +1009,16 @@ START_TEST(test_foreign_fixed_key_refused_whole) {
                 "[{\"name\": \"a\", \"size\": 4096},"
                 " {\"name\": \"extra\", \"size\": 4096},"
                 " {\"name\": \"fixed\", \"size\": 4096, \"key\": 16962}]";     /* 0x4242 */
-        struct shmid_ds ds;
         struct semid_ds sds;
         json_t *before, *resp, *after;
         uint8_t secret[16];
         int fd, foreign_shm, foreign_sem;
 
-        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
-        test_start_ok();
-        before = list_ok();
+        before = start_and_list("[{\"name\": \"a\", \"size\": 4096}]");
         fd = test_connect(td.socket);
 
         /* 1. A foreign segment on the key. */
-        foreign_shm = shmget(0x4242, 8192, IPC_CREAT | IPC_EXCL | 0644);
-        ck_assert_int_ge(foreign_shm, 0);
+        foreign_shm = foreign_segment(0x4242);
         test_daemon_write_config(&td, wanted);
         reload_refused(fd, before, "EEXIST", "\"fixed\"", NULL);
         /* "extra" (added first) was rolled back; the foreign segment is untouched. */
@@ -1012,13 +1028,7 @@ START_TEST(test_foreign_fixed_key_refused_whole) {
         ck_assert_int_eq(errno, ENOENT);
         ck_assert_int_eq(semget((key_t) channel_derive_key(secret, "extra", 0), 0, 0), -1);
         ck_assert_int_eq(errno, ENOENT);
-        shm_stat(foreign_shm, &ds);
-        ck_assert_uint_eq(ds.shm_segsz, 8192);
-        ck_assert_uint_eq(ds.shm_perm.mode & 0777, 0644);
-        ck_assert_uint_eq((uint32_t) ds.shm_perm.__key, 0x4242);
-        ck_assert_int_eq(ds.shm_cpid, getpid());
-        ck_assert_uint_eq(ds.shm_nattch, 0);
-        ck_assert_int_eq(shmctl(foreign_shm, IPC_RMID, NULL), 0);
+        foreign_segment_untouched_remove(foreign_shm, 0x4242);
 
         /* 2. A foreign set on the key: the segment the daemon got first must go again. */
         foreign_sem = semget(0x4242, 3, IPC_CREAT | IPC_EXCL | 0600);
@@ -1058,22 +1068,15 @@ END_TEST
  */
 START_TEST(test_foreign_fixed_key_of_changed_channel_refused_whole) {
         json_t *before;
-        struct shmid_ds ds;
         int fd, foreign_shm;
 
-        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
-        test_start_ok();
-        before = list_ok();
+        before = start_and_list("[{\"name\": \"a\", \"size\": 4096}]");
         fd = test_connect(td.socket);
-        foreign_shm = shmget(0x4243, 8192, IPC_CREAT | IPC_EXCL | 0644);
-        ck_assert_int_ge(foreign_shm, 0);
+        foreign_shm = foreign_segment(0x4243);
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096, \"key\": 16963}]");     /* 0x4243 */
         reload_refused(fd, before, "EEXIST", "\"a\"", NULL);
         assert_ipcs(2, 1);
-        shm_stat(foreign_shm, &ds);
-        ck_assert_uint_eq(ds.shm_segsz, 8192);
-        ck_assert_int_eq(ds.shm_cpid, getpid());
-        ck_assert_int_eq(shmctl(foreign_shm, IPC_RMID, NULL), 0);
+        foreign_segment_untouched_remove(foreign_shm, 0x4243);
         json_decref(before);
         close(fd);
 }
@@ -1123,9 +1126,7 @@ START_TEST(test_added_broadcast_counts_its_table_at_kernel_limit) {
         json_t *before, *resp, *after;
         int fd;
 
-        test_daemon_write_config(&td, "[{\"name\": \"r\", \"size\": 4096}]");
-        test_start_ok();
-        before = list_ok();
+        before = start_and_list("[{\"name\": \"r\", \"size\": 4096}]");
         test_write_proc("/proc/sys/kernel/shmmni", "3");
 
         test_daemon_write_config(&td,
@@ -1187,9 +1188,7 @@ START_TEST(test_fixed_key_of_kept_channel) {
         json_int_t key;
         int fd;
 
-        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
-        test_start_ok();
-        list = list_ok();
+        list = start_and_list("[{\"name\": \"a\", \"size\": 4096}]");
         key = test_jint(test_must_find(list, "a"), "shm_key");
         ck_assert_int_ge(asprintf(&channels, "[{\"name\": \"a\", \"size\": 4096},"
                                              " {\"name\": \"b\", \"size\": 4096, \"key\": %lld}]", (long long) key), 0);
@@ -1509,9 +1508,7 @@ START_TEST(test_crash_restart_fixed_key_of_adopted_channel) {
         json_int_t key;
         int status = 0;
 
-        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
-        test_start_ok();
-        list = list_ok();
+        list = start_and_list("[{\"name\": \"a\", \"size\": 4096}]");
         key = test_jint(test_must_find(list, "a"), "shm_key");
         json_decref(list);
         test_daemon_kill(&td, SIGKILL);
