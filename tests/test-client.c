@@ -601,6 +601,22 @@ static void wait_holder_dead(shmb_channel *ch, pid_t pid) {
 }
 
 /*
+ * Send a lap of the test ring's 8 slots on ch, then receive them, in order:
+ * each send finds its slot free within send_ms, so no slot of the lap is
+ * held by a claim that was left.
+ */
+static void send_and_receive_a_lap(shmb_channel *ch, int send_ms, int recv_ms) {
+        for (uint32_t i = 0; i < 8; i++)
+                ck_assert_msg(shmb_send(ch, &i, sizeof i, send_ms) == 0, "send %u of a lap found no free slot", i);
+        for (uint32_t i = 0; i < 8; i++) {
+                uint32_t v;
+
+                ck_assert_int_eq(shmb_recv(ch, &v, sizeof v, recv_ms), sizeof v);
+                ck_assert_uint_eq(v, i);
+        }
+}
+
+/*
  * Two ring handles on one connection share one hold and one token: closing
  * one must not give the token back, or the other's live claims could be
  * repaired under it.
@@ -659,7 +675,6 @@ END_TEST
 
 START_TEST(test_ring_receiver_dead_mid_message_frees_slot) {
         shmb_channel *ch = open_ok("ring", SHMB_RW);
-        uint32_t v;
         pid_t pid;
 
         ck_assert_int_eq(shmb_send(ch, "lost", 4, 0), 0);
@@ -670,12 +685,7 @@ START_TEST(test_ring_receiver_dead_mid_message_frees_slot) {
         wait_holder_dead(ch, pid);
         /* A full lap later the dead receiver's slot must be free again, or this times out
          * (a timeout shorter than the 50 ms repair poll must not keep it from being freed). */
-        for (uint32_t i = 0; i < 8; i++)
-                ck_assert_msg(shmb_send(ch, &i, sizeof i, 10) == 0, "send %u blocked on a dead receiver's slot", i);
-        for (uint32_t i = 0; i < 8; i++) {
-                ck_assert_int_eq(shmb_recv(ch, &v, sizeof v, 1000), sizeof v);
-                ck_assert_uint_eq(v, i);
-        }
+        send_and_receive_a_lap(ch, 10, 1000);
         shmb_close(ch);
 }
 END_TEST
@@ -2835,14 +2845,7 @@ START_TEST(test_zero_copy_killed_mid_claim) {
         ck_assert_int_eq(kill(pid, SIGKILL), 0);
         ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
         /* 8 slots: the eighth send needs the dead receiver's slot. */
-        for (uint32_t i = 0; i < 8; i++)
-                ck_assert_int_eq(shmb_send(ch, &i, sizeof i, 10000), 0);
-        for (uint32_t i = 0; i < 8; i++) {
-                uint32_t v;
-
-                ck_assert_int_eq(shmb_recv(ch, &v, sizeof v, 10000), sizeof v);
-                ck_assert_uint_eq(v, i);
-        }
+        send_and_receive_a_lap(ch, 10000, 10000);
         close(tell[0]);
         close(tell[1]);
         shmb_close(ch);
@@ -2899,14 +2902,7 @@ START_TEST(test_zero_copy_close_ends_claims_of_a_shared_hold) {
         ck_assert_int_eq(shmb_send(other, "peeked", 6, 0), 0);
         ck_assert_int_eq(shmb_recv_peek(a, &in, 5000), 6);
         ck_assert_int_eq(shmb_close(a), 0);
-        for (uint32_t i = 0; i < 8; i++)
-                ck_assert_int_eq(shmb_send(other, &i, sizeof i, 0), 0);
-        for (uint32_t i = 0; i < 8; i++) {
-                uint32_t v;
-
-                ck_assert_int_eq(shmb_recv(other, &v, sizeof v, 5000), sizeof v);
-                ck_assert_uint_eq(v, i);
-        }
+        send_and_receive_a_lap(other, 0, 5000);
 
         /* b's own claims are b's: a close of another handle of the hold leaves them alone. */
         ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &a), 0);
