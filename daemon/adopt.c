@@ -38,12 +38,11 @@ typedef struct Index {
         bool *taken;            /* per config channel: adopted already (a second record of its name is not) */
 } Index;
 
-static StateRecord *index_v;    /* for the qsort() comparators */
-
 #define CMP(a, b) ((a) < (b) ? -1 : (a) > (b) ? 1 : 0)
 
-static int cmp_obj(const void *a, const void *b) {
-        const StateRecord *x = &index_v[*(const size_t *) a], *y = &index_v[*(const size_t *) b];
+/* qsort_r() comparators of record positions; v: the records. */
+static int cmp_obj(const void *a, const void *b, void *v) {
+        const StateRecord *x = (StateRecord *) v + *(const size_t *) a, *y = (StateRecord *) v + *(const size_t *) b;
 
         if (x->kind != y->kind)
                 return x->kind < y->kind ? -1 : 1;
@@ -54,8 +53,8 @@ static int cmp_obj(const void *a, const void *b) {
         return CMP(*(const size_t *) a, *(const size_t *) b);
 }
 
-static int cmp_posix(const void *a, const void *b) {
-        int k = strcmp(index_v[*(const size_t *) a].name, index_v[*(const size_t *) b].name);
+static int cmp_posix(const void *a, const void *b, void *v) {
+        int k = strcmp(((StateRecord *) v)[*(const size_t *) a].name, ((StateRecord *) v)[*(const size_t *) b].name);
 
         return k != 0 ? k : CMP(*(const size_t *) a, *(const size_t *) b);
 }
@@ -82,10 +81,8 @@ static int index_make(Index *ix, StateRecord *v, size_t n, size_t n_channels) {
                 if (v[i].kind == STATE_POSIX && !v[i].pending)
                         ix->posix[ix->n_posix++] = i;
         }
-        index_v = v;
-        qsort(ix->objs, ix->n_objs, sizeof *ix->objs, cmp_obj);
-        qsort(ix->posix, ix->n_posix, sizeof *ix->posix, cmp_posix);
-        index_v = NULL;
+        qsort_r(ix->objs, ix->n_objs, sizeof *ix->objs, cmp_obj, v);
+        qsort_r(ix->posix, ix->n_posix, sizeof *ix->posix, cmp_posix, v);
         return 0;
 }
 
