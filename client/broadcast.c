@@ -71,7 +71,6 @@ struct BcastHandle {
         uint32_t subscribers;
         bool drop;                      /* overflow: drop */
         bool subscriber;                /* an ro handle */
-        uint32_t ops;                   /* publisher: claims, to publish our CPU now and then */
         RingHolder *pubs, *subs;        /* the holder tables */
         /* publisher: in block mode, positions below this may be claimed without reading the cursors */
         uint64_t limit;
@@ -259,9 +258,9 @@ static bool spin_for(shmb_channel *ch, const BcastHandle *b, const uint64_t *seq
          * publisher cut its rate by a fifth. Sleep at once instead.
          */
         if (b->subscriber) {
-                int cpu = sched_getcpu();
+                uint32_t here = channel_cpu();
 
-                if (cpu >= 0 && LOAD(&b->h->pub_cpu, RLX) == (uint32_t) cpu + 1)
+                if (here && LOAD(&b->h->pub_cpu, RLX) == here)
                         return false;
         }
         budget = LOAD(&ch->spin_budget_ns, RLX);
@@ -728,7 +727,6 @@ static int pub_claim(shmb_channel *ch, BcastHandle *b, size_t len, Wait *w, Bcas
         for (;;) {
                 uint64_t pos, s, q, owner;
                 BcastSlot *slot;
-                uint32_t ops;
                 int r;
 
                 if (removed(b))
@@ -763,9 +761,7 @@ static int pub_claim(shmb_channel *ch, BcastHandle *b, size_t len, Wait *w, Bcas
                                 continue;
                         advance_head(b, pos);
                         /* Now and then, so a subscriber knows whether spinning can pay (as the ring's). */
-                        ops = LOAD(&b->ops, RLX) + 1;
-                        STORE(&b->ops, ops, RLX);       /* threads racing may lose a count: a later hint */
-                        if ((ops & 15) == 1)
+                        if ((channel_count_op(ch) & 15) == 1)
                                 channel_note_cpu(&b->h->pub_cpu);
                         STORE(&slot->len, (uint32_t) len, RLX);
                         *ret_slot = slot;

@@ -195,19 +195,6 @@ static int dropped(const shmb_channel *ch) {
         return ring_gone(ch) ? -EIDRM : -ENOTCONN;
 }
 
-/*
- * Not a read-modify-write: on x86 that is a locked instruction, which waits
- * for this message's stores to reach the cache, a cross-core miss for the
- * slot's header; 4 KiB ran 10% slower with it. Threads racing on one handle
- * may lose a count, which only delays a CPU hint.
- */
-static uint32_t count_op(shmb_channel *ch) {
-        uint32_t n = LOAD(&ch->ops, RLX) + 1;
-
-        STORE(&ch->ops, n, RLX);
-        return n;
-}
-
 static int64_t now_ns(void) {
         struct timespec ts;
 
@@ -590,7 +577,7 @@ static inline HOT_PATH int send_claim(shmb_channel *ch, size_t len, Waiter *w, R
                                 continue;
                         advance(&ch->ring->head, pos);
                         /* Now and then, so a waiting peer knows whether spinning can pay. */
-                        if ((count_op(ch) & 15) == 1)
+                        if ((channel_count_op(ch) & 15) == 1)
                                 channel_note_cpu(&ch->ring->send_cpu);
                         STORE(&slot->len, (uint32_t) len, RLX);       /* await_copy() reads it early */
                         *ret_slot = slot;
@@ -695,7 +682,7 @@ static inline HOT_PATH ssize_t recv_claim(shmb_channel *ch, size_t max_len, Wait
                         if (r == 0)
                                 continue;
                         advance(&ch->ring->tail, pos);
-                        if ((count_op(ch) & 15) == 1)
+                        if ((channel_count_op(ch) & 15) == 1)
                                 channel_note_cpu(&ch->ring->recv_cpu);
                         *ret_slot = slot;
                         *ret_pos = pos;

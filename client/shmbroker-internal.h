@@ -12,14 +12,16 @@
 #include "proto/proto.h"
 #include "proto/ring.h"
 
+/* Tokens a handle keeps from broker restarts that could not give its own back (ClientHold.old_tokens). */
+#define HOLD_OLD_TOKENS 8
+
 /*
  * A handle's entry in its connection's list of open channels: what the
  * library opens again when it reconnects after a broker restart (client.c).
  * Every field is under the client's lock, but the ids and attached,
- * which client_hold_attached() publishes without it, and token.
+ * which client_hold_attached() publishes without it, token, and the links
+ * (prev, next, listed), which are under the list's own holds_lock.
  */
-/* Tokens a handle keeps from broker restarts that could not give its own back (ClientHold.old_tokens). */
-#define HOLD_OLD_TOKENS 8
 
 typedef struct ClientHold {
         struct ClientHold *prev, *next; /* newest first */
@@ -221,19 +223,21 @@ uint64_t client_now_ms(void);
 int client_call_fds_since(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, ClientFds *fds,
                           uint64_t asked);
 
+/* Where this thread runs, plus 1 (0: not known): the value of the spinning hints (send_cpu, pub_cpu). */
+static inline uint32_t channel_cpu(void) {
+        int cpu = sched_getcpu();       /* vDSO: no system call */
+
+        return cpu < 0 ? 0 : (uint32_t) cpu + 1;
+}
+
 /*
- * Whether c was made by another process than this one: a child of fork(2)
- * shares the parent's socket, epoll instance and timer, and its copy of
- * the lock may be held for ever. Its broker calls fail with -ECHILD; its
- * closes give nothing back. false for NULL.
- */
-/*
- * Publish in *cpu_word where this thread runs, plus 1 (0: not known), as a
- * hint for peers deciding whether to spin; written only when it moved, as
- * the line is shared. Returns the value.
+ * Publish channel_cpu() in *cpu_word, as a hint for peers deciding whether
+ * to spin; written only when it moved, as the line is shared. Returns it.
+ * Written out, not a call of channel_cpu(): gcc 12 then allocated the
+ * ring's wait_slot() differently, and its machine code is benchmarked.
  */
 static inline unsigned channel_note_cpu(uint32_t *cpu_word) {
-        int cpu = sched_getcpu();       /* vDSO: no system call */
+        int cpu = sched_getcpu();
         uint32_t v = cpu < 0 ? 0 : (uint32_t) cpu + 1;
 
         if (v && __atomic_load_n(cpu_word, __ATOMIC_RELAXED) != v)
@@ -241,6 +245,26 @@ static inline unsigned channel_note_cpu(uint32_t *cpu_word) {
         return v;
 }
 
+/*
+ * Count an operation of ch, to publish its CPU now and then. Not a
+ * read-modify-write: on x86 that is a locked instruction, which waits for
+ * this message's stores to reach the cache, a cross-core miss for the
+ * slot's header; 4 KiB ran 10% slower with it. Threads racing on one
+ * handle may lose a count, which only delays a CPU hint.
+ */
+static inline uint32_t channel_count_op(shmb_channel *ch) {
+        uint32_t n = __atomic_load_n(&ch->ops, __ATOMIC_RELAXED) + 1;
+
+        __atomic_store_n(&ch->ops, n, __ATOMIC_RELAXED);
+        return n;
+}
+
+/*
+ * Whether c was made by another process than this one: a child of fork(2)
+ * shares the parent's socket, epoll instance and timer, and its copy of
+ * the lock may be held for ever. Its broker calls fail with -ECHILD; its
+ * closes give nothing back. false for NULL.
+ */
 static inline bool client_inherited(const shmb_client *c) {
         return c && getpid() != c->pid;
 }
