@@ -40,23 +40,17 @@ typedef struct Index {
 
 #define CMP(a, b) ((a) < (b) ? -1 : (a) > (b) ? 1 : 0)
 
-/* qsort_r() comparators of record positions; v: the records. */
-static int cmp_obj(const void *a, const void *b, void *v) {
-        const StateRecord *x = (StateRecord *) v + *(const size_t *) a, *y = (StateRecord *) v + *(const size_t *) b;
-
-        if (x->kind != y->kind)
-                return x->kind < y->kind ? -1 : 1;
-        if (x->key != y->key)
-                return x->key < y->key ? -1 : 1;
-        if (x->id != y->id)
-                return x->id < y->id ? -1 : 1;
-        return CMP(*(const size_t *) a, *(const size_t *) b);
+/* A record against an object's kind, key and id: the order of the object index. */
+static int obj_cmp(const StateRecord *r, StateKind kind, uint32_t key, int id) {
+        return CMP(r->kind, kind) ?: CMP(r->key, key) ?: CMP(r->id, id);
 }
 
-static int cmp_posix(const void *a, const void *b, void *v) {
-        int k = strcmp(((StateRecord *) v)[*(const size_t *) a].name, ((StateRecord *) v)[*(const size_t *) b].name);
+/* qsort_r() comparator of record positions in v: by object, then by position. */
+static int cmp_obj(const void *a, const void *b, void *v) {
+        size_t i = *(const size_t *) a, j = *(const size_t *) b;
+        const StateRecord *y = (const StateRecord *) v + j;
 
-        return k != 0 ? k : CMP(*(const size_t *) a, *(const size_t *) b);
+        return obj_cmp((const StateRecord *) v + i, y->kind, y->key, y->id) ?: CMP(i, j);
 }
 
 static void index_done(Index *ix) {
@@ -69,82 +63,34 @@ static void index_done(Index *ix) {
 static int index_make(Index *ix, StateRecord *v, size_t n, size_t n_channels) {
         *ix = (Index) { .v = v };
         ix->objs = calloc(n ?: 1, sizeof *ix->objs);
-        ix->posix = calloc(n ?: 1, sizeof *ix->posix);
         ix->taken = calloc(n_channels ?: 1, sizeof *ix->taken);
-        if (!ix->objs || !ix->posix || !ix->taken) {
+        if (!ix->objs || !ix->taken || state_posix_index(v, n, false, &ix->posix, &ix->n_posix) < 0) {
                 index_done(ix);
                 return -ENOMEM;
         }
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = 0; i < n; i++)
                 if ((v[i].kind == STATE_SHM || v[i].kind == STATE_SEM) && !v[i].pending && !v[i].legacy)
                         ix->objs[ix->n_objs++] = i;
-                if (v[i].kind == STATE_POSIX && !v[i].pending)
-                        ix->posix[ix->n_posix++] = i;
-        }
         qsort_r(ix->objs, ix->n_objs, sizeof *ix->objs, cmp_obj, v);
-        qsort_r(ix->posix, ix->n_posix, sizeof *ix->posix, cmp_posix, v);
         return 0;
-}
-
-/* The first of sorted[0..n) whose record less() does not put before the key. */
-static size_t lower_bound(const Index *ix, const size_t *sorted, size_t n, bool (*less)(const StateRecord *r,
-                          const void *key), const void *key) {
-        size_t lo = 0, hi = n;
-
-        while (lo < hi) {
-                size_t mid = lo + (hi - lo) / 2;
-
-                if (less(&ix->v[sorted[mid]], key))
-                        lo = mid + 1;
-                else
-                        hi = mid;
-        }
-        return lo;
-}
-
-typedef struct ObjKey {
-        StateKind kind;
-        uint32_t key;
-        int id;
-} ObjKey;
-
-static bool obj_less(const StateRecord *r, const void *key) {
-        const ObjKey *k = key;
-
-        if (r->kind != k->kind)
-                return r->kind < k->kind;
-        if (r->key != k->key)
-                return r->key < k->key;
-        return r->id < k->id;
-}
-
-static bool posix_less(const StateRecord *r, const void *key) {
-        return strcmp(r->name, key) < 0;
 }
 
 /* The live record of an object: kind, key and id (the first in the file not adopted yet). */
 static StateRecord *find_object(const Index *ix, StateKind kind, uint32_t key, int id) {
-        ObjKey k = { kind, key, id };
+        size_t lo = 0, hi = ix->n_objs;
 
-        for (size_t i = lower_bound(ix, ix->objs, ix->n_objs, obj_less, &k); i < ix->n_objs; i++) {
-                StateRecord *r = &ix->v[ix->objs[i]];
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
 
-                if (r->kind != kind || r->key != key || r->id != id)
-                        break;
-                if (!r->adopted)
-                        return r;
+                if (obj_cmp(&ix->v[ix->objs[mid]], kind, key, id) < 0)
+                        lo = mid + 1;
+                else
+                        hi = mid;
         }
+        for (; lo < ix->n_objs && obj_cmp(&ix->v[ix->objs[lo]], kind, key, id) == 0; lo++)
+                if (!ix->v[ix->objs[lo]].adopted)
+                        return &ix->v[ix->objs[lo]];
         return NULL;
-}
-
-/* The posix file records under channel name: [*ret_first, return value) of ix->posix, in the file's order. */
-static size_t posix_range(const Index *ix, const char *name, size_t *ret_first) {
-        size_t i = lower_bound(ix, ix->posix, ix->n_posix, posix_less, name);
-
-        *ret_first = i;
-        while (i < ix->n_posix && streq(ix->v[ix->posix[i]].name, name))
-                i++;
-        return i;
 }
 
 /*
@@ -153,7 +99,7 @@ static size_t posix_range(const Index *ix, const char *name, size_t *ret_first) 
  */
 static int adopt_posix(Registry *reg, const ChannelSpec *spec, const Index *ix, StateRecord *chan) {
         _cleanup_(freep) StateRecord *recs = NULL;
-        size_t k = 0, orphans, first, end = posix_range(ix, spec->name, &first);
+        size_t k = 0, orphans, first, end = state_posix_range(ix->v, ix->posix, ix->n_posix, spec->name, &first);
         Channel *c;
         char msg[512];
         int r;

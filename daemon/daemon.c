@@ -133,68 +133,29 @@ static void log_kept(const Daemon *d, size_t from, size_t lost) {
  * when its channel is made anew, not reclaimed first, which would leave its
  * names free for another user to take meanwhile.
  */
-typedef struct PosixRef {
-        const char *name;
-        size_t i;
-} PosixRef;
-
-/* By channel name, then by place in the records (reclaim_posix_take() wants each channel's in order). */
-static int cmp_posix_ref(const void *a, const void *b) {
-        const PosixRef *x = a, *y = b;
-        int c = strcmp(x->name, y->name);
-
-        return c ? c : (x->i > y->i) - (x->i < y->i);
-}
-
 static void take_replaced(Daemon *d, StateRecord *v, size_t n) {
         const Config *cfg = d->config;
-        _cleanup_(freep) PosixRef *refs = NULL;
         _cleanup_(freep) size_t *idx = NULL;
-        size_t n_refs = 0;
+        size_t n_idx;
 
-        /*
-         * Each channel's posix records, found by a binary search in an index
-         * sorted by name: a scan of every record per channel made a crash
-         * restart that replaces n posix channels O(n^2).
-         */
-        refs = calloc(n ?: 1, sizeof *refs);
-        idx = calloc(n ?: 1, sizeof *idx);
         d->replaced = calloc(cfg->n_channels ?: 1, sizeof *d->replaced);
-        if (!refs || !idx || !d->replaced) {
+        if (!d->replaced || state_posix_index(v, n, true, &idx, &n_idx) < 0) {
                 free(d->replaced);
                 d->replaced = NULL;
                 return;         /* reclaim removes them, as any leftovers */
         }
-        for (size_t i = 0; i < n; i++)
-                if (v[i].kind == STATE_POSIX)
-                        refs[n_refs++] = (PosixRef) { v[i].name, i };
-        if (n_refs > 0)
-                qsort(refs, n_refs, sizeof *refs, cmp_posix_ref);
-        for (size_t i = 0; i < n_refs; i++)
-                idx[i] = refs[i].i;
-
         for (size_t i = 0; i < cfg->n_channels; i++) {
                 Replaced *rp = &d->replaced[d->n_replaced];
                 const char *name = cfg->channels[i].name;
-                size_t lo = 0, hi = n_refs, end, k;
+                size_t first, end, k;
 
                 /* Taken over, or System V now: nothing to replace in place. */
                 if (cfg->channels[i].kind != PROTO_KIND_POSIX || registry_find(d->registry, name))
                         continue;
-                /* The first of the channel's records in the index, then the end of its run. */
-                while (lo < hi) {
-                        size_t mid = lo + (hi - lo) / 2;
-
-                        if (strcmp(refs[mid].name, name) < 0)
-                                lo = mid + 1;
-                        else
-                                hi = mid;
-                }
-                for (end = lo; end < n_refs && streq(refs[end].name, name); end++)
-                        ;
-                if (end == lo)
+                end = state_posix_range(v, idx, n_idx, name, &first);
+                if (end == first)
                         continue;
-                k = reclaim_posix_take(v, idx + lo, end - lo, name, state_secret(d->state), &rp->old);
+                k = reclaim_posix_take(v, idx + first, end - first, name, state_secret(d->state), &rp->old);
                 if (k == 0)
                         continue;
                 rp->channel = i;

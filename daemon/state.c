@@ -639,6 +639,50 @@ done:
         return r;
 }
 
+/* qsort_r() comparator of record positions in v: by channel name, then by position. */
+static int cmp_posix_position(const void *a, const void *b, void *v) {
+        size_t i = *(const size_t *) a, j = *(const size_t *) b;
+        int k = strcmp(((const StateRecord *) v)[i].name, ((const StateRecord *) v)[j].name);
+
+        return k ? k : (i > j) - (i < j);
+}
+
+/*
+ * A crash restart looks up each posix channel's records, to take its files
+ * over or to replace them in place: a scan of every record per channel
+ * made it take time in the square of the channels.
+ */
+int state_posix_index(const StateRecord *v, size_t n, bool intents, size_t **ret, size_t *ret_n) {
+        size_t *idx = calloc(n ?: 1, sizeof *idx), k = 0;
+
+        if (!idx)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++)
+                if (v[i].kind == STATE_POSIX && (intents || !v[i].pending))
+                        idx[k++] = i;
+        qsort_r(idx, k, sizeof *idx, cmp_posix_position, (void *) v);
+        *ret = idx;
+        *ret_n = k;
+        return 0;
+}
+
+size_t state_posix_range(const StateRecord *v, const size_t *idx, size_t n_idx, const char *name, size_t *ret_first) {
+        size_t lo = 0, hi = n_idx;
+
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+
+                if (strcmp(v[idx[mid]].name, name) < 0)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        *ret_first = lo;
+        while (lo < n_idx && streq(v[idx[lo]].name, name))
+                lo++;
+        return lo;
+}
+
 #define RECORD_MAX 224      /* a channel or posix file record: numbers and a 64-byte name */
 
 /*

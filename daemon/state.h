@@ -117,6 +117,15 @@ const uint8_t *state_secret(const State *s);
 int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped);
 
 /*
+ * The positions of v's STATE_POSIX records (their intents too, when
+ * intents), sorted by channel name, then by position: *ret (free()) with
+ * *ret_n of them. 0, or -ENOMEM. Thread-safe.
+ */
+int state_posix_index(const StateRecord *v, size_t n, bool intents, size_t **ret, size_t *ret_n);
+/* The run of idx (state_posix_index()'s) under channel name: [*ret_first, the return value), in v's order. */
+size_t state_posix_range(const StateRecord *v, const size_t *idx, size_t n_idx, const char *name, size_t *ret_first);
+
+/*
  * The lines the last state_read() could not parse, as they were (each
  * ending in a newline; NULL when none), which every state_rewrite() after
  * it writes back at the end: a record the daemon cannot read now is never
