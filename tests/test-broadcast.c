@@ -1740,7 +1740,7 @@ START_TEST(test_close_ends_reservation_of_a_shared_hold) {
         shmb_channel *sub = open_ok("news", SHMB_RO), *other = open_ok("news", SHMB_RW), *a, *b;
         shmb_client *c;
         char buf[SLOT_SIZE];
-        void *out;
+        void *out, *left;
 
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
         ck_assert_int_eq(shmb_open(c, "news", SHMB_RW, &a), 0);
@@ -1755,11 +1755,17 @@ START_TEST(test_close_ends_reservation_of_a_shared_hold) {
         /* b's own reservation is b's: a close of another handle of the hold leaves it alone. */
         ck_assert_int_eq(shmb_open(c, "news", SHMB_RW, &a), 0);
         ck_assert_int_eq(shmb_send_reserve(b, 8, &out, 0), 0);
+        /* a has a claim of its own, after b's, so that its close has one to end (a skip, no message). */
+        ck_assert_int_eq(shmb_send_reserve(a, 8, &left, 0), 0);
         ck_assert_int_eq(shmb_close(a), 0);
         memcpy(out, "kept", 4);
         ck_assert_int_eq(shmb_send_commit(b, out, 4), 0);
         ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 5000), 4);
         ck_assert_int_eq(memcmp(buf, "kept", 4), 0);
+        /* And a's claim was ended: the next message is not held up behind its slot. */
+        ck_assert_int_eq(shmb_send(other, "next", 4, 0), 0);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 5000), 4);
+        ck_assert_int_eq(memcmp(buf, "next", 4), 0);
         shmb_close(b);
         shmb_close(other);
         shmb_close(sub);

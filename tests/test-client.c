@@ -2883,7 +2883,7 @@ START_TEST(test_zero_copy_close_ends_claims_of_a_shared_hold) {
         shmb_channel *a, *b, *other = open_ok("ring", SHMB_RW);
         shmb_client *c;
         const void *in;
-        void *out;
+        void *out, *left;
         char buf[256];
 
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
@@ -2907,11 +2907,17 @@ START_TEST(test_zero_copy_close_ends_claims_of_a_shared_hold) {
         /* b's own claims are b's: a close of another handle of the hold leaves them alone. */
         ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &a), 0);
         ck_assert_int_eq(shmb_send_reserve(b, 8, &out, 0), 0);
+        /* a has a claim of its own, after b's, so that its close has one to end (a skip, no message). */
+        ck_assert_int_eq(shmb_send_reserve(a, 8, &left, 0), 0);
         ck_assert_int_eq(shmb_close(a), 0);
         memcpy(out, "kept", 4);
         ck_assert_int_eq(shmb_send_commit(b, out, 4), 0);
         ck_assert_int_eq(shmb_recv(other, buf, sizeof buf, 5000), 4);
         ck_assert_int_eq(memcmp(buf, "kept", 4), 0);
+        /* And a's claim was ended: the next message is not held up behind its slot. */
+        ck_assert_int_eq(shmb_send(other, "next", 4, 0), 0);
+        ck_assert_int_eq(shmb_recv(other, buf, sizeof buf, 5000), 4);
+        ck_assert_int_eq(memcmp(buf, "next", 4), 0);
         shmb_close(b);
         shmb_close(other);
         shmb_disconnect(c);
