@@ -1091,15 +1091,13 @@ END_TEST
  * reload)": refused whole, not answered ok with "a" in "removed".
  */
 START_TEST(test_foreign_set_at_a_tables_key_refused_whole) {
-        json_t *before;
+        json_t *before, *after;
         char cfg[512];
         uint32_t table_key;
         int fd, foreign_sem;
 
-        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096, \"key\": 16963},"
-                                      " {\"name\": \"b\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4}]");
-        test_start_ok();
-        before = list_ok();
+        before = start_and_list("[{\"name\": \"a\", \"size\": 4096, \"key\": 16963},"
+                                " {\"name\": \"b\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4}]");
         table_key = (uint32_t) test_jint(test_must_find(before, "b"), "table_key");
         fd = test_connect(td.socket);
         foreign_sem = semget((key_t) table_key, 1, IPC_CREAT | IPC_EXCL | 0600);
@@ -1109,6 +1107,12 @@ START_TEST(test_foreign_set_at_a_tables_key_refused_whole) {
         test_daemon_write_config(&td, cfg);
         reload_refused(fd, before, "EEXIST", "\"a\"", NULL);
         ck_assert_int_eq(semctl(foreign_sem, 0, IPC_RMID), 0);
+        /* The foreign set was what stood in the way: with it gone the same config applies, b's table moved. */
+        reload_expect(fd, "", "", "a,b", "");
+        after = list_ok();
+        ck_assert_int_eq(test_jint(test_must_find(after, "a"), "shm_key"), (json_int_t) table_key);
+        ck_assert_int_ne(test_jint(test_must_find(after, "b"), "table_key"), (json_int_t) table_key);
+        json_decref(after);
         json_decref(before);
         close(fd);
 }
@@ -2550,30 +2554,26 @@ END_TEST
  */
 START_TEST(test_ftok_key_held_names_its_file) {
         char path[400];
-        json_t *resp, *list;
+        json_t *old;
         key_t before, after;
         int fd, foreign;
 
         ftok_config(path, sizeof path);
         test_start_ok();
         before = ftok(path, 12);
+        old = list_ok();
+        ck_assert_int_eq(test_jint(test_must_find(old, "legacy"), "shm_key"), (json_int_t) (uint32_t) before);
 
         /* Another file at the path, whose key someone else took first. */
         after = ftok_replace(path, before);
-        foreign = shmget(after, 100, IPC_CREAT | IPC_EXCL | 0600);
-        ck_assert_int_ge(foreign, 0);
+        foreign = foreign_segment(after);
 
+        /* Refused naming the file; the running channel is the same one (ids too). */
         fd = test_connect(td.socket);
-        resp = req(fd, "{\"op\":\"reload\"}");
-        test_assert_error(resp, "EEXIST");
-        assert_message_contains(resp, path);
-        json_decref(resp);
+        reload_refused(fd, old, "EEXIST", path, NULL);
         close(fd);
-        list = list_ok();
-        ck_assert_int_eq(test_jint(test_must_find(list, "legacy"), "shm_key"), (json_int_t) (uint32_t) before);
-        json_decref(list);
-        ck_assert_int_eq(shmget(after, 0, 0), foreign);
-        ck_assert_int_eq(shmctl(foreign, IPC_RMID, NULL), 0);
+        json_decref(old);
+        foreign_segment_untouched_remove(foreign, after);
 }
 END_TEST
 
