@@ -1010,29 +1010,21 @@ int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc) {
 }
 
 /*
- * A publisher's reservations left open at its close: skip them, as a
+ * A publisher's reservation left open at its close: skipped, as a
  * publisher coming round would once the broker marked the token dead. It
  * does not when another handle on the connection shares the hold (and the
  * token): subscribers would wait at the slot until the process exits.
- * Not a fork(2) child's copy of the records: those claims are the parent's.
  */
-static void pub_end_claims(shmb_channel *ch, BcastHandle *b) {
-        if (b->subscriber || client_inherited(ch->client) || removed(b))
-                return;
-        for (uint64_t i = 0; i <= zc_mask(ch); i++) {
-                uint64_t pos, owner;
-                BcastSlot *slot;
-                bool recv;
+static void pub_end_claim(shmb_channel *ch, uint64_t pos, bool recv) {
+        BcastHandle *b = ch->bcast;
+        BcastSlot *slot = slot_at(b, pos);
+        uint64_t owner = LOAD(&slot->owner, ACQ);
 
-                if (!zc_claim_of(ch, i, &pos, &recv))
-                        continue;
-                slot = slot_at(b, pos);
-                owner = LOAD(&slot->owner, ACQ);
-                /* Ended meanwhile (repaired, or through another handle's pointer): nothing of ours is left there. */
-                if (LOAD(&slot->seq, ACQ) == bcast_seq(pos, BCAST_SEQ_WRITING) && ring_owner_claims(owner, pos) &&
-                    channel_token_is_mine(ch, (uint32_t) owner))
-                        (void) pub_finish(b, slot, pos, BCAST_SEQ_SKIPPED);
-        }
+        (void) recv;    /* a publisher's claims are reservations */
+        /* Ended meanwhile (repaired, or through another handle's pointer): nothing of ours is left there. */
+        if (LOAD(&slot->seq, ACQ) == bcast_seq(pos, BCAST_SEQ_WRITING) && ring_owner_claims(owner, pos) &&
+            channel_token_is_mine(ch, (uint32_t) owner))
+                (void) pub_finish(b, slot, pos, BCAST_SEQ_SKIPPED);
 }
 
 void bcast_channel_free(shmb_channel *ch) {
@@ -1041,7 +1033,9 @@ void bcast_channel_free(shmb_channel *ch) {
 
         if (!b)
                 return;
-        pub_end_claims(ch, b);
+        /* Not a fork(2) child's copy of the records: those claims are the parent's. */
+        if (!b->subscriber && !client_inherited(ch->client) && !removed(b))
+                zc_end_claims(ch, pub_end_claim);
         /*
          * Unsubscribe at once: publishers stop counting this cursor before the broker hears of the close.
          * Not in a child of fork(2): the cursor is the parent's subscriber.

@@ -937,27 +937,33 @@ static bool claim_is_mine(const shmb_channel *ch, RingSlot *slot, uint64_t pos, 
                channel_token_is_mine(ch, (uint32_t) owner);
 }
 
+void zc_end_claims(shmb_channel *ch, void (*end)(shmb_channel *ch, uint64_t pos, bool recv)) {
+        for (uint64_t i = 0; ch->zc_claims && i <= zc_mask(ch); i++) {
+                uint64_t pos;
+                bool recv;
+
+                if (zc_claim_of(ch, i, &pos, &recv))
+                        end(ch, pos, recv);
+        }
+}
+
+/* End a claim of this ring handle, as the broker's repair would once the token died: never sent, or read. */
+static void ring_end_claim(shmb_channel *ch, uint64_t pos, bool recv) {
+        RingSlot *slot = slot_at(ch, pos);
+
+        /* Ended meanwhile (repaired, or ended through another handle's pointer): nothing is ours. */
+        if (!claim_is_mine(ch, slot, pos, recv))
+                return;
+        if (recv)
+                (void) recv_free(ch, slot, pos);
+        else
+                (void) send_give_back(ch, slot, pos);
+}
+
 void ring_channel_free(shmb_channel *ch) {
         /* A fork(2) child's copy of the records names its parent's claims, which are not its to end. */
-        if (ch->zc_claims && ch->ring && !client_inherited(ch->client) && !ring_gone(ch)) {
-                for (uint64_t i = 0; i <= zc_mask(ch); i++) {
-                        RingSlot *slot;
-                        uint64_t pos;
-                        bool recv;
-
-                        if (!zc_claim_of(ch, i, &pos, &recv))
-                                continue;
-                        slot = slot_at(ch, pos);
-                        /* Ended meanwhile (repaired, or ended through another handle's pointer): nothing is ours. */
-                        if (!claim_is_mine(ch, slot, pos, recv))
-                                continue;
-                        /* As the broker's repair would end them once the token died: never sent, or read. */
-                        if (recv)
-                                (void) recv_free(ch, slot, pos);
-                        else
-                                (void) send_give_back(ch, slot, pos);
-                }
-        }
+        if (ch->ring && !client_inherited(ch->client) && !ring_gone(ch))
+                zc_end_claims(ch, ring_end_claim);
         free(ch->zc_claims);
         ch->zc_claims = NULL;
 }

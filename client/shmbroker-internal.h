@@ -461,6 +461,8 @@ static inline void zc_forget(shmb_channel *ch, uint64_t pos, bool recv) {
 }
 
 bool zc_claim_of(const shmb_channel *ch, uint64_t i, uint64_t *ret_pos, bool *ret_recv);
+/* Call end() for each claim ch's records hold (ring and broadcast closes end them so). */
+void zc_end_claims(shmb_channel *ch, void (*end)(shmb_channel *ch, uint64_t pos, bool recv));
 
 /*
  * End the claims a ring handle left open (abort a reservation, release a
