@@ -726,7 +726,7 @@ static const Reject ftok_bad[] = {
         /* Two channels whose ftok keys are the same: both named. */
         { CHANNELS("{\"name\": \"one\", \"size\": 1, \"key\": {\"ftok\": [\"/\", 7]}},"
                    "{\"name\": \"two\", \"size\": 1, \"key\": {\"ftok\": [\"/\", 7]}}"),
-          { "\"one\"", "\"two\"", "same \"key\"", NULL } },
+          { "\"one\"", "\"two\"", "same \"key\"", "ftok(\"/\", 7) and ftok(\"/\", 7)", "16 bits", NULL } },
 };
 
 START_TEST(test_ftok_key_bad) {
