@@ -97,6 +97,7 @@ struct shmb_client {
         int timeout_ms;                 /* a call's bound on waiting for the broker; -1: none */
         uint64_t deadline_ms;           /* the current call's, CLOCK_MONOTONIC; 0: none */
         int shortened_ms;               /* both socket timeouts, when a call shortened them below timeout_ms; else 0 */
+        unsigned answer_spin_us;        /* how long read_line() looks for an answer before it sleeps (adapts) */
         char *socket_path;              /* resolved at connect: where the broker comes back */
         ClientHold *holds;              /* the channels open on this connection */
         /* AWAY */

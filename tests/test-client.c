@@ -3004,6 +3004,83 @@ START_TEST(test_timeout_hung_broker) {
 }
 END_TEST
 
+/* A broker that passes each line on to td's daemon and its answer back, DELAY_MS late. */
+typedef struct SlowBroker {
+        int lfd;
+        int delay_ms;
+        pthread_t thread;
+} SlowBroker;
+
+static void *slow_broker(void *arg) {
+        SlowBroker *b = arg;
+        int fd = accept4(b->lfd, NULL, NULL, SOCK_CLOEXEC), daemon = test_connect(td.socket);
+        char c;
+
+        /* Line by line: a request is one line, and so is its answer. */
+        while (fd >= 0 && read(fd, &c, 1) == 1) {
+                if (write(daemon, &c, 1) != 1)
+                        break;
+                if (c != '\n')
+                        continue;
+                usleep((useconds_t) b->delay_ms * 1000);
+                do {
+                        if (read(daemon, &c, 1) != 1 || write(fd, &c, 1) != 1)
+                                goto out;
+                } while (c != '\n');
+        }
+out:
+        close(daemon);
+        if (fd >= 0)
+                close(fd);
+        return NULL;
+}
+
+static int64_t thread_cpu_us(void) {
+        struct timespec ts;
+
+        ck_assert_int_eq(clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts), 0);
+        return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/*
+ * libshmbroker(3): a call looks for the broker's answer "for at most 100
+ * microseconds" before it sleeps. A broker that answers 100 ms late, five
+ * calls: the caller sleeps through them, where a spin that outlasted its
+ * bound would burn the half second on the CPU.
+ */
+START_TEST(test_slow_broker_is_slept_for_not_spun_for) {
+        enum { CALLS = 5, DELAY_MS = 100 };
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        SlowBroker b = { .delay_ms = DELAY_MS };
+        shmb_status_list *l;
+        shmb_client *c;
+        int64_t cpu, wall;
+
+        ck_assert_int_lt(snprintf(sa.sun_path, sizeof sa.sun_path, "%s/slow.sock", td.dir), (int) sizeof sa.sun_path);
+        b.lfd = listening_at(&sa);
+        ck_assert_int_eq(pthread_create(&b.thread, NULL, slow_broker, &b), 0);
+        ck_assert_int_eq(shmb_connect(sa.sun_path, &c), 0);
+        cpu = thread_cpu_us();
+        wall = test_now_ms();
+        for (int i = 0; i < CALLS; i++) {
+                ck_assert_int_eq(shmb_list(c, &l), 0);
+                ck_assert_uint_ge(shmb_status_count(l), 1);
+                shmb_status_free(l);
+        }
+        cpu = thread_cpu_us() - cpu;
+        wall = test_now_ms() - wall;
+        ck_assert_msg(wall >= CALLS * DELAY_MS, "%d calls took %lld ms: the broker did not delay them", CALLS,
+                      (long long) wall);
+        /* The answers' decoding is CPU time too: a tenth of the wait leaves room for it under valgrind. */
+        ck_assert_msg(cpu < CALLS * DELAY_MS * 1000 / 10, "waiting %lld ms for %d answers took %lld us of CPU",
+                      (long long) wall, CALLS, (long long) cpu);
+        shmb_disconnect(c);
+        ck_assert_int_eq(pthread_join(b.thread, NULL), 0);
+        close(b.lfd);
+        unlink(sa.sun_path);
+}
+END_TEST
+
 /*
  * libshmbroker(3), shmb_close(): "for a ring or broadcast handle whose
  * connection went away, the library connects again first (within the
@@ -3919,7 +3996,8 @@ int main(void) {
                 { "close-after-crash", CASE_TIMEOUT, { test_claim_closed_long_after_last_call_is_repaired,
                                  test_claim_closed_during_backoff_is_repaired } },
                 { "timeouts", CASE_TIMEOUT, { test_timeout_hung_broker, test_timeout_default_open_by_name,
-                                test_timeout_full_backlog_connect, test_hung_broker_costs_one_close_its_timeout } },
+                                test_timeout_full_backlog_connect, test_hung_broker_costs_one_close_its_timeout,
+                                test_slow_broker_is_slept_for_not_spun_for } },
                 { "timeouts-queued", CASE_TIMEOUT, { test_timeout_queued_threads_bounded,
                                 test_timeout_queued_open_fails_with_the_hung_call } },
                 { "timeouts-close", CASE_TIMEOUT, { test_hung_broker_up_costs_one_close_its_timeout,
