@@ -407,6 +407,16 @@ START_TEST(test_name_is_valid) {
         ck_assert(!proto_name_is_valid("\xc3\xa9"));   /* "é" */
         ck_assert(!proto_name_is_valid("a\nb"));
         ck_assert(!proto_name_is_valid("a:b"));
+
+        /* Every byte alone and after a valid one: valid exactly when it is one of the set. */
+        for (int c = 1; c < 256; c++) {
+                static const char set[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-";
+                char one[2] = { (char) c, 0 }, two[3] = { 'x', (char) c, 0 };
+                bool in_set = strchr(set, c) != NULL;
+
+                ck_assert_msg(proto_name_is_valid(one) == in_set, "byte 0x%02x", (unsigned) c);
+                ck_assert_msg(proto_name_is_valid(two) == in_set, "byte 0x%02x after x", (unsigned) c);
+        }
         free(s64);
         free(s65);
 }
