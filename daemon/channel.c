@@ -718,10 +718,12 @@ void channel_describe(const Channel *c, ProtoChannel *ret) {
 /* Every semaphore's value, waiters and last pid. All need read permission on the set. */
 static int read_semaphores(const Channel *c, ProtoSemaphore **ret) {
         _cleanup_(freep) ProtoSemaphore *sems = NULL;
-        _cleanup_(freep) unsigned short *values = NULL;
+        _cleanup_(freep) unsigned short *many = NULL;
+        unsigned short few[16], *values = few;  /* GETALL's, read once: a set of a few needs no block */
         union semun arg;
 
-        values = calloc(c->spec.nsems, sizeof *values);
+        if (c->spec.nsems > ELEMENTSOF(few))
+                values = many = calloc(c->spec.nsems, sizeof *values);
         sems = calloc(c->spec.nsems, sizeof *sems);
         if (!values || !sems)
                 return -ENOMEM;

@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/capability.h>
 #include <linux/sockios.h>
 #include <poll.h>
@@ -1817,6 +1818,57 @@ static char *table_line(const char *out, const char *name) {
         return NULL;
 }
 
+/* Each semaphore's value in order, and again after one moved: sets on either side of read_semaphores()'s stack array. */
+static void assert_semaphore_values(json_t *ch, unsigned n, unsigned moved, int moved_to) {
+        json_t *sems = json_object_get(ch, "semaphores");
+
+        ck_assert_uint_eq(json_array_size(sems), n);
+        for (unsigned i = 0; i < n; i++) {
+                int want = i == moved ? moved_to : (int) (3 * i + 1);
+
+                ck_assert_int_eq(test_jint(json_array_get(sems, i), "value"), want);
+        }
+}
+
+START_TEST(test_status_reads_every_semaphore_of_large_sets) {
+        static const unsigned sizes[] = { 16, 17, 62 };
+        char channels[4096], *p = channels;
+        json_t *resp, *ch;
+        int fd;
+
+        p += sprintf(p, "[");
+        for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+                p += sprintf(p, "%s{\"name\": \"s%u\", \"size\": 4096, \"semaphores\": [", k ? ", " : "", sizes[k]);
+                for (unsigned i = 0; i < sizes[k]; i++)
+                        p += sprintf(p, "%s%u", i ? ", " : "", 3 * i + 1);
+                p += sprintf(p, "]}");
+        }
+        sprintf(p, "]");
+        test_daemon_write_config(&td, channels);
+        test_start_ok();
+        fd = test_connect(td.socket);
+        for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+                char req[128], name[16];
+                unsigned last = sizes[k] - 1;
+
+                snprintf(name, sizeof name, "s%u", sizes[k]);
+                snprintf(req, sizeof req, "{\"op\":\"status\",\"channel\":\"%s\"}", name);
+                resp = test_request(fd, req);
+                test_assert_ok(resp);
+                ch = test_must_find(resp, name);
+                assert_semaphore_values(ch, sizes[k], UINT_MAX, 0);
+                /* The last one moves behind the daemon's back: the next answer shows it. */
+                ck_assert_int_eq(semctl((int) test_jint(ch, "sem_id"), (int) last, SETVAL, 2), 0);
+                json_decref(resp);
+                resp = test_request(fd, req);
+                test_assert_ok(resp);
+                assert_semaphore_values(test_must_find(resp, name), sizes[k], last, 2);
+                json_decref(resp);
+        }
+        close(fd);
+}
+END_TEST
+
 START_TEST(test_status_survives_unreadable_channel) {
         /* "wo" gives its owner (the daemon) no bits: without CAP_IPC_OWNER it cannot GETALL its set. */
         static const char channels[] =
@@ -2971,7 +3023,8 @@ int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
                 { "serve", CASE_TIMEOUT, { test_list_matches_kernel, test_open_status_close, test_pipelined_requests_in_order,
-                                 test_client_waiting_for_its_answer_is_woken_once } },
+                                 test_client_waiting_for_its_answer_is_woken_once,
+                                 test_status_reads_every_semaphore_of_large_sets } },
                 { "bad-input", CASE_TIMEOUT, { test_errors_keep_serving, test_error_message_cut_between_characters,
                                  test_overlong_line_closes_only_that_connection,
                                  test_line_at_limit_is_served, test_half_sent_request_does_not_stall_others,
