@@ -806,6 +806,8 @@ static const Reject top_bad[] = {
           { "duplicate", "size", NULL } },
         /* Unknown and misplaced channel keys. */
         CH_REJECT(", \"mdoe\": \"0660\"", "mdoe", "unknown"),
+        /* Every unknown key is named, in the file's order, among known ones on either side. */
+        CH_REJECT(", \"zz\": 1, \"mode\": \"0660\", \"mdoe\": 1", "unknown key \"zz, mdoe\""),
         CH_REJECT(", \"slot_size\": 64", "\"slot_size\""),
         CH_REJECT(", \"slots\": 4", "\"slots\""),
         CH_REJECT(", \"layout\": \"fifo\"", "\"layout\"", "fifo"),
