@@ -32,6 +32,24 @@ void json_unpack_message(const json_error_t *e, char *msg, size_t msg_size) {
                 msg_set(msg, msg_size, "%s", t);
 }
 
+bool json_take_fields(json_t *o, const JsonField *fields, size_t n) {
+        bool known = true;
+        const char *k;
+        json_t *v;
+
+        json_object_foreach(o, k, v) {
+                size_t f = 0;
+
+                while (f < n && !streq(fields[f].key, k))
+                        f++;
+                if (f < n)
+                        *fields[f].ret = v;
+                else
+                        known = false;
+        }
+        return known;
+}
+
 int json_field_string(const json_t *v, const char *key, const char **ret, char *msg, size_t msg_size) {
         if (!json_is_string(v)) {
                 msg_set(msg, msg_size, "\"%s\" must be a string, not %s", key, json_type_name(v));
