@@ -31,31 +31,52 @@ static int decode_name(json_t *v, const char *key, char *dst, size_t size, char 
 static int decode_fields(json_t *root, ProtoRequest *req, char *msg, size_t msg_size) {
         json_t *jop = NULL, *jversion = NULL, *jclient = NULL, *jchannel = NULL, *jaccess = NULL, *jholder = NULL,
                *jfd = NULL;
+        const JsonField fields[] = {
+                { "op", &jop }, { "version", &jversion }, { "client", &jclient }, { "channel", &jchannel },
+                { "access", &jaccess }, { "holder", &jholder }, { "fd", &jfd },
+        };
+        /* Which of fields each op may carry, and which it must. */
+        static const struct {
+                bool may[7], must[7];
+        } shapes[] = {
+                [PROTO_OP_HELLO] = { { 1, 1, 1 }, { 1, 1 } },
+                [PROTO_OP_OPEN] = { { 1, 0, 0, 1, 1, 1, 1 }, { 1, 0, 0, 1, 1 } },
+                [PROTO_OP_CLOSE] = { { 1, 0, 0, 1 }, { 1, 0, 0, 1 } },
+                [PROTO_OP_STATUS] = { { 1, 0, 0, 1 }, { 1 } },
+        };
+        static const bool op_only[7] = { 1 };
+        const bool *may = (size_t) req->op < ELEMENTSOF(shapes) && shapes[req->op].may[0] ? shapes[req->op].may : op_only;
+        const bool *must = may == op_only ? op_only : shapes[req->op].must;
+        bool fits = json_take_fields(root, fields, ELEMENTSOF(fields));
         json_error_t jerr;
         const char *s;
         int64_t i;
-        int r;
+        int r = 0;
 
-        switch (req->op) {
-        case PROTO_OP_HELLO:
-                r = json_unpack_ex(root, &jerr, 0, "{s:o, s:o, s?:o !}",
-                                   "op", &jop, "version", &jversion, "client", &jclient);
-                break;
-        case PROTO_OP_OPEN:
-                r = json_unpack_ex(root, &jerr, 0, "{s:o, s:o, s:o, s?:o, s?:o !}",
-                                   "op", &jop, "channel", &jchannel, "access", &jaccess, "holder", &jholder,
-                                   "fd", &jfd);
-                break;
-        case PROTO_OP_CLOSE:
-                r = json_unpack_ex(root, &jerr, 0, "{s:o, s:o !}", "op", &jop, "channel", &jchannel);
-                break;
-        case PROTO_OP_STATUS:
-                r = json_unpack_ex(root, &jerr, 0, "{s:o, s?:o !}", "op", &jop, "channel", &jchannel);
-                break;
-        default:
-                r = json_unpack_ex(root, &jerr, 0, "{s:o !}", "op", &jop);
-                break;
-        }
+        /* The usual request, by json_take_fields(); any other goes through the strict unpack, for its message. */
+        for (size_t f = 0; fits && f < ELEMENTSOF(fields); f++)
+                fits = *fields[f].ret ? may[f] : !must[f];
+        if (!fits)
+                switch (req->op) {
+                case PROTO_OP_HELLO:
+                        r = json_unpack_ex(root, &jerr, 0, "{s:o, s:o, s?:o !}",
+                                           "op", &jop, "version", &jversion, "client", &jclient);
+                        break;
+                case PROTO_OP_OPEN:
+                        r = json_unpack_ex(root, &jerr, 0, "{s:o, s:o, s:o, s?:o, s?:o !}",
+                                           "op", &jop, "channel", &jchannel, "access", &jaccess, "holder", &jholder,
+                                           "fd", &jfd);
+                        break;
+                case PROTO_OP_CLOSE:
+                        r = json_unpack_ex(root, &jerr, 0, "{s:o, s:o !}", "op", &jop, "channel", &jchannel);
+                        break;
+                case PROTO_OP_STATUS:
+                        r = json_unpack_ex(root, &jerr, 0, "{s:o, s?:o !}", "op", &jop, "channel", &jchannel);
+                        break;
+                default:
+                        r = json_unpack_ex(root, &jerr, 0, "{s:o !}", "op", &jop);
+                        break;
+                }
         if (r < 0) {
                 char why[PROTO_MESSAGE_MAX];
 
