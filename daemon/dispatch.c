@@ -422,11 +422,14 @@ int dispatch_line(Dispatch *d, Client *cl, const char *line, size_t len, char **
         int r;
 
         *ret_n_fds = 0;
-        r = proto_request_decode(line, len, &req, msg, sizeof msg);
-        if (r > 0)
-                return proto_encode_error(r, msg, ret_line, ret_len);
-        if (r < 0)
-                return r;
+        if (!request_cache_find(&d->requests, line, len, &req)) {
+                r = proto_request_decode(line, len, &req, msg, sizeof msg);
+                if (r > 0)
+                        return proto_encode_error(r, msg, ret_line, ret_len);
+                if (r < 0)
+                        return r;
+                request_cache_store(&d->requests, line, len, &req);
+        }
 
         switch (req.op) {
         case PROTO_OP_HELLO:

@@ -12,6 +12,7 @@
 #include "daemon/answer-cache.h"
 #include "daemon/config.h"
 #include "daemon/registry.h"
+#include "daemon/request-cache.h"
 
 typedef struct Dispatch {
         Registry *registry;
@@ -20,6 +21,7 @@ typedef struct Dispatch {
         int (*reload)(void *userdata, ProtoReloadResult *ret, char *msg, size_t msg_size);
         void *userdata;
         AnswerCache answers;            /* the last list/status answer */
+        RequestCache requests;          /* the lines decoded lately */
         /* The answers that never change (hello's, a bare ok), encoded once; NULL until first needed. */
         char *hello_line, *ok_line;
         size_t hello_len, ok_len;
