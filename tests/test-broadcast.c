@@ -31,6 +31,7 @@
 
 #include "proto/broadcast.h"
 #include "common/util.h"
+#include "tests/client-helpers.h"
 #include "tests/helpers.h"
 
 #define CASE_TIMEOUT 120
@@ -51,14 +52,6 @@ static void setup(void) {
         test_daemon_write_config(&td, channels);
         test_start_ok();
         setenv("SHMBROKER_SOCKET", td.socket, 1);
-}
-
-static shmb_channel *open_ok(const char *name, shmb_access access) {
-        shmb_channel *ch = NULL;
-        int r = shmb_open_channel(NULL, name, access, &ch);
-
-        ck_assert_msg(r == 0, "open %s: %s", name, shmb_strerror(r));
-        return ch;
 }
 
 static void wait_ok(pid_t pid, const char *what) {
@@ -193,8 +186,8 @@ START_TEST(test_open_answer_and_segments) {
         ck_assert_int_eq(test_ipcs_count("-m"), 5 + 4);
         ck_assert_int_eq(test_ipcs_count("-s"), 5);
 
-        pub = open_ok("news", SHMB_RW);
-        sub = open_ok("news", SHMB_RO);
+        pub = test_open_ok("news", SHMB_RW);
+        sub = test_open_ok("news", SHMB_RO);
         ck_assert_int_eq(shmb_channel_layout(sub), SHMB_LAYOUT_BROADCAST);
         ck_assert_uint_eq(shmb_channel_slots(sub), SLOTS);
         ck_assert_uint_eq(shmb_channel_slot_size(sub), SLOT_SIZE);
@@ -218,7 +211,7 @@ END_TEST
 
 /* An ro opener is a subscriber: it cannot publish, and the kernel refuses its writes to the segment. */
 START_TEST(test_ro_cannot_publish) {
-        shmb_channel *sub = open_ok("news", SHMB_RO), *pub = open_ok("news", SHMB_RW);
+        shmb_channel *sub = test_open_ok("news", SHMB_RO), *pub = test_open_ok("news", SHMB_RW);
         const void *in;
         void *out;
         char buf[16];
@@ -248,7 +241,7 @@ START_TEST(test_ro_cannot_publish) {
         shmb_close(sub);
         shmb_close(pub);
         {
-                shmb_channel *plain = open_ok("plain", SHMB_RW);
+                shmb_channel *plain = test_open_ok("plain", SHMB_RW);
                 uint64_t n;
 
                 ck_assert_int_eq(shmb_channel_dropped(plain, &n), -EOPNOTSUPP);
@@ -274,7 +267,7 @@ START_TEST(test_unprivileged_subscriber) {
                 "[{\"name\": \"public\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4, \"mode\": \"0644\"},"
                 " {\"name\": \"group\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4, \"mode\": \"0640\"}]");
         test_start_ok();
-        pub = open_ok("public", SHMB_RW);
+        pub = test_open_ok("public", SHMB_RW);
         ready_init(&ready);
         pid = fork();
         ck_assert_int_ge(pid, 0);
@@ -457,12 +450,12 @@ END_TEST
 
 /* A subscriber receives only what is published after it subscribed. */
 START_TEST(test_late_subscriber_sees_only_later) {
-        shmb_channel *pub = open_ok("news", SHMB_RW), *early = open_ok("news", SHMB_RO), *late;
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *early = test_open_ok("news", SHMB_RO), *late;
         char buf[16];
 
         send_ok(pub, "a", 1);
         send_ok(pub, "b", 1);
-        late = open_ok("news", SHMB_RO);
+        late = test_open_ok("news", SHMB_RO);
         ck_assert_int_eq(shmb_recv(late, buf, sizeof buf, 0), -EAGAIN);
         send_ok(pub, "c", 1);
         ck_assert_int_eq(shmb_recv(late, buf, sizeof buf, 1000), 1);
@@ -488,7 +481,7 @@ END_TEST
 
 /* The publisher waits for the slowest subscriber: `slots` ahead of it, a send that will not wait is -EAGAIN. */
 START_TEST(test_block_publisher_waits_for_slowest) {
-        shmb_channel *pub = open_ok("news", SHMB_RW), *fast = open_ok("news", SHMB_RO), *slow = open_ok("news", SHMB_RO);
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *fast = test_open_ok("news", SHMB_RO), *slow = test_open_ok("news", SHMB_RO);
         void *out;
 
         for (uint32_t i = 0; i < SLOTS; i++) {
@@ -558,7 +551,7 @@ static void await_asleep(const pid_t *tid) {
  * nothing.
  */
 START_TEST(test_block_killed_subscriber_stops_blocking) {
-        shmb_channel *pub = open_ok("news", SHMB_RW), *live = open_ok("news", SHMB_RO);
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *live = test_open_ok("news", SHMB_RO);
         Ready ready;
         pid_t pid;
 
@@ -603,7 +596,7 @@ END_TEST
 
 /* The publisher never waits; a lagging subscriber gets the newest and is told exactly what it lost. */
 START_TEST(test_drop_never_blocks_and_counts_exactly) {
-        shmb_channel *pub = open_ok("feed", SHMB_RW), *lag = open_ok("feed", SHMB_RO), *keep = open_ok("feed", SHMB_RO);
+        shmb_channel *pub = test_open_ok("feed", SHMB_RW), *lag = test_open_ok("feed", SHMB_RO), *keep = test_open_ok("feed", SHMB_RO);
         uint32_t v;
 
         for (uint32_t i = 0; i < 3; i++) {
@@ -658,7 +651,7 @@ END_TEST
  */
 START_TEST(test_drop_accounting_under_load) {
         enum { N = 20000 };
-        shmb_channel *sub = open_ok("feed", SHMB_RO);
+        shmb_channel *sub = test_open_ok("feed", SHMB_RO);
         uint32_t got = 0, last = 0;
         bool any = false;
         pid_t pid = fork();
@@ -703,7 +696,7 @@ END_TEST
 /* ---- zero copy ---- */
 
 START_TEST(test_zero_copy_in_place) {
-        shmb_channel *pub = open_ok("news", SHMB_RW), *sub = open_ok("news", SHMB_RO);
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *sub = test_open_ok("news", SHMB_RO);
         const void *in;
         void *out, *skipped;
         char buf[SLOT_SIZE];
@@ -758,7 +751,7 @@ END_TEST
  * which was never peeked, from under the subscriber.
  */
 START_TEST(test_release_of_a_consumed_peek_a_lap_later) {
-        shmb_channel *pub = open_ok("news", SHMB_RW), *sub = open_ok("news", SHMB_RO);
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *sub = test_open_ok("news", SHMB_RO);
         const void *in;
         char buf[SLOT_SIZE];
 
@@ -819,7 +812,7 @@ static bool populate_supported(void) {
  * a subscriber's first lap of 1024 faults held up a block-mode publisher.
  */
 START_TEST(test_large_channel_mapped_at_open) {
-        shmb_channel *pub = open_ok("big", SHMB_RW), *sub = open_ok("big", SHMB_RO);
+        shmb_channel *pub = test_open_ok("big", SHMB_RW), *sub = test_open_ok("big", SHMB_RO);
         long page = sysconf(_SC_PAGESIZE);
         long size_kib = (long) ((shmb_channel_size(pub) + (size_t) page - 1) / (size_t) page) * (page / 1024);
 
@@ -843,13 +836,13 @@ END_TEST
  * mapping), so nothing is copied per subscriber.
  */
 START_TEST(test_one_mib_frame_to_three_subscribers) {
-        shmb_channel *pub = open_ok("big", SHMB_RW), *subs[3];
+        shmb_channel *pub = test_open_ok("big", SHMB_RW), *subs[3];
         const void *in[3];
         unsigned char *out;
         uint32_t sum;
 
         for (int i = 0; i < 3; i++)
-                subs[i] = open_ok("big", SHMB_RO);
+                subs[i] = test_open_ok("big", SHMB_RO);
         ck_assert_int_eq(shmb_send_reserve(pub, BIG_SLOT, (void **) &out, 1000), 0);
         for (size_t k = 0; k < BIG_SLOT; k++)
                 out[k] = (unsigned char) (k * 2654435761u >> 24);
@@ -881,7 +874,7 @@ END_TEST
  * publishers coming round to its slot repair it.
  */
 START_TEST(test_publisher_killed_mid_reserve) {
-        shmb_channel *pub = open_ok("news", SHMB_RW), *sub = open_ok("news", SHMB_RO);
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *sub = test_open_ok("news", SHMB_RO);
         Ready ready;
         pid_t pid;
 
@@ -924,15 +917,15 @@ END_TEST
 
 /* More subscribers than "subscribers" at once: EUSERS, until one closes. */
 START_TEST(test_subscriber_limit) {
-        shmb_channel *a = open_ok("pair", SHMB_RO), *b = open_ok("pair", SHMB_RO), *c = NULL, *pub;
+        shmb_channel *a = test_open_ok("pair", SHMB_RO), *b = test_open_ok("pair", SHMB_RO), *c = NULL, *pub;
         shmb_client *cl;
 
         ck_assert_int_eq(shmb_open_channel(NULL, "pair", SHMB_RO, &c), -EUSERS);
         ck_assert_ptr_null(c);
         /* Publishers are not subscribers: they still get in. */
-        pub = open_ok("pair", SHMB_RW);
+        pub = test_open_ok("pair", SHMB_RW);
         shmb_close(a);
-        c = open_ok("pair", SHMB_RO);
+        c = test_open_ok("pair", SHMB_RO);
         /* One connection subscribes once. */
         ck_assert_int_eq(shmb_connect(NULL, &cl), 0);
         shmb_close(b);
@@ -1014,7 +1007,7 @@ static void put_to_sleep(RecvCall *rc, SendCall *sc, const BcastTable *table, pt
  * every later call. Then nothing of the channel is left in the kernel.
  */
 START_TEST(test_removal_wakes_sleepers) {
-        shmb_channel *sub = open_ok("news", SHMB_RO), *slow = open_ok("news", SHMB_RO), *pub = open_ok("news", SHMB_RW);
+        shmb_channel *sub = test_open_ok("news", SHMB_RO), *slow = test_open_ok("news", SHMB_RO), *pub = test_open_ok("news", SHMB_RW);
         RecvCall rc = { .ch = sub, .result = 1 };
         SendCall sc = { .ch = pub, .value = 9, .timeout_ms = -1, .result = 1 };
         const BcastTable *table = table_of("news");
@@ -1072,7 +1065,7 @@ static void tracee_path(pid_t pid, uint64_t addr, char *buf, size_t size) {
  * FIFOs, where the test reads the header.
  */
 START_TEST(test_stop_marks_removed_before_its_first_wakeup) {
-        shmb_channel *pub = open_ok("news", SHMB_RW), *sub = open_ok("news", SHMB_RO);
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *sub = test_open_ok("news", SHMB_RO);
         const BcastHeader *h = shmb_channel_addr(pub);
         bool met = false;
         char buf[SLOT_SIZE];
@@ -1124,7 +1117,7 @@ static void join_bounded(pthread_t t, const char *what) {
  * still there. The sleeping subscriber and publisher both end with -EIDRM.
  */
 START_TEST(test_objects_removed_while_broker_is_away_wake_sleepers) {
-        shmb_channel *sub = open_ok("news", SHMB_RO), *slow = open_ok("news", SHMB_RO), *pub = open_ok("news", SHMB_RW);
+        shmb_channel *sub = test_open_ok("news", SHMB_RO), *slow = test_open_ok("news", SHMB_RO), *pub = test_open_ok("news", SHMB_RW);
         RecvCall rc = { .ch = sub, .result = 1 };
         SendCall sc = { .ch = pub, .value = 9, .timeout_ms = -1, .result = 1 };
         const BcastTable *table = table_of("news");
@@ -1161,7 +1154,7 @@ END_TEST
  * waker does), and the call returns with the message.
  */
 START_TEST(test_sleeping_subscriber_is_woken_by_publish) {
-        shmb_channel *pub = open_ok("news", SHMB_RW), *sub = open_ok("news", SHMB_RO);
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *sub = test_open_ok("news", SHMB_RO);
         const BcastTable *table = table_of("news");
         RecvCall rc = { .ch = sub, .result = 0 };
         pthread_t t;
@@ -1190,7 +1183,7 @@ END_TEST
  * began to wait, whatever the machine's speed.
  */
 START_TEST(test_subscriber_beside_the_publisher_does_not_spin) {
-        shmb_channel *pub = open_ok("news", SHMB_RW), *sub = open_ok("news", SHMB_RO);
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *sub = test_open_ok("news", SHMB_RO);
         const BcastHeader *h = shmb_channel_addr(pub);
         const BcastTable *table = table_of("news");
         RecvCall rc = { .ch = sub, .result = 0 };
@@ -1229,7 +1222,7 @@ END_TEST
  * subscriber's read: it took the publisher's flag down before returning.
  */
 START_TEST(test_block_sleeping_publisher_is_woken) {
-        shmb_channel *pub = open_ok("news", SHMB_RW), *sub = open_ok("news", SHMB_RO);
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *sub = test_open_ok("news", SHMB_RO);
         SendCall call = { .ch = pub, .value = SLOTS, .timeout_ms = -1, .result = 1 };
         const BcastTable *table = table_of("news");
         pthread_t t;
@@ -1335,7 +1328,7 @@ END_TEST
  * scribbled over cost no hang. Nothing crashes or reads out of bounds.
  */
 START_TEST(test_forged_table_costs_only_messages) {
-        shmb_channel *pub = open_ok("news", SHMB_RW), *victim = open_ok("news", SHMB_RO);
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *victim = test_open_ok("news", SHMB_RO);
         json_t *resp, *e = status_of("news", &resp);
         BcastTable *table = shmat((int) test_jint(e, "table_id"), NULL, 0);
         BcastCursor *cur = NULL;
@@ -1408,7 +1401,7 @@ END_TEST
  */
 START_TEST(test_future_claim_does_not_outlast_the_timeout) {
         static const int timeouts[] = { 0, 50, -1 };
-        shmb_channel *pub = open_ok("news", SHMB_RW);
+        shmb_channel *pub = test_open_ok("news", SHMB_RW);
         BcastHeader *h = shmb_channel_addr(pub);
         uint64_t head = __atomic_load_n(&h->head, __ATOMIC_SEQ_CST);
 
@@ -1436,7 +1429,7 @@ static json_t *subscription_of(json_t *e, pid_t pid) {
 }
 
 START_TEST(test_status_shows_subscribers_lag) {
-        shmb_channel *pub = open_ok("news", SHMB_RW), *sub = open_ok("news", SHMB_RO);
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *sub = test_open_ok("news", SHMB_RO);
         json_t *resp, *e, *x;
         static char out[16384];
         char row[64];
@@ -1510,7 +1503,7 @@ static bool names_are(char **names, const char *want) {
 
 /* A reload that changes "subscribers", "overflow" or "slots" replaces the channel; one that does not keeps it. */
 START_TEST(test_reload_replaces_changed_broadcast) {
-        shmb_channel *news = open_ok("news", SHMB_RO), *feed = open_ok("feed", SHMB_RO), *pair = open_ok("pair", SHMB_RO);
+        shmb_channel *news = test_open_ok("news", SHMB_RO), *feed = test_open_ok("feed", SHMB_RO), *pair = test_open_ok("pair", SHMB_RO);
         shmb_reload_result *res;
         shmb_client *c;
         char buf[8];
@@ -1561,7 +1554,7 @@ END_TEST
  * changed meanwhile is made anew, and nothing of the old one is left.
  */
 START_TEST(test_crash_restart_adopts_broadcast) {
-        shmb_channel *pub = open_ok("news", SHMB_RW), *sub = open_ok("news", SHMB_RO), *late;
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *sub = test_open_ok("news", SHMB_RO), *late;
         json_t *resp, *e;
         int shm_id, table_id;
 
@@ -1578,7 +1571,7 @@ START_TEST(test_crash_restart_adopts_broadcast) {
         ck_assert_int_eq(test_jint(e, "table_id"), table_id);
         json_decref(resp);
         ck_assert_int_eq(test_ipcs_count("-m"), 5 + 4);
-        late = open_ok("news", SHMB_RO);
+        late = test_open_ok("news", SHMB_RO);
         send_u32(pub, 3);
         for (uint32_t i = 1; i <= 3; i++)
                 ck_assert_uint_eq(recv_u32(sub), i);
@@ -1612,7 +1605,7 @@ END_TEST
  * channels must come back as they were.
  */
 START_TEST(test_crash_restart_trusts_no_table_a_publisher_names) {
-        shmb_channel *pub = open_ok("news", SHMB_RW);
+        shmb_channel *pub = test_open_ok("news", SHMB_RW);
         BcastHeader *h = shmb_channel_addr(pub);
         json_t *resp, *e;
         int news_table, feed_shm, feed_table;
@@ -1651,7 +1644,7 @@ END_TEST
  * keep a place among the channel's subscribers for ever.
  */
 START_TEST(test_subscription_closed_after_crash_frees_its_place) {
-        shmb_channel *a = open_ok("pair", SHMB_RO), *b = open_ok("pair", SHMB_RO), *c = NULL;
+        shmb_channel *a = test_open_ok("pair", SHMB_RO), *b = test_open_ok("pair", SHMB_RO), *c = NULL;
         int r = -EUSERS;
 
         ck_assert_int_eq(shmb_open_channel(NULL, "pair", SHMB_RO, &c), -EUSERS);
@@ -1693,7 +1686,7 @@ START_TEST(test_status_semaphores_skip_the_channels_own) {
         ck_assert_msg(r == 0, "reload: %s", shmb_strerror(r));
         shmb_reload_result_free(res);
 
-        ch = open_ok("sems", SHMB_RW);
+        ch = test_open_ok("sems", SHMB_RW);
         ck_assert_uint_eq(shmb_channel_nsems(ch), 1);
         ck_assert_int_eq(shmb_status(c, "sems", &l), 0);
         ck_assert_uint_eq(shmb_status_nsems(l, 0), shmb_channel_nsems(ch));
@@ -1737,10 +1730,10 @@ END_TEST
  * mark dead: subscribers go on at once, not once the process exits.
  */
 START_TEST(test_close_ends_reservation_of_a_shared_hold) {
-        shmb_channel *sub = open_ok("news", SHMB_RO), *other = open_ok("news", SHMB_RW), *a, *b;
+        shmb_channel *sub = test_open_ok("news", SHMB_RO), *other = test_open_ok("news", SHMB_RW), *a, *b;
         shmb_client *c;
         char buf[SLOT_SIZE];
-        void *out, *left;
+        void *out;
 
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
         ck_assert_int_eq(shmb_open(c, "news", SHMB_RW, &a), 0);
@@ -1753,19 +1746,7 @@ START_TEST(test_close_ends_reservation_of_a_shared_hold) {
         ck_assert_int_eq(memcmp(buf, "after", 5), 0);
 
         /* b's own reservation is b's: a close of another handle of the hold leaves it alone. */
-        ck_assert_int_eq(shmb_open(c, "news", SHMB_RW, &a), 0);
-        ck_assert_int_eq(shmb_send_reserve(b, 8, &out, 0), 0);
-        /* a has a claim of its own, after b's, so that its close has one to end (a skip, no message). */
-        ck_assert_int_eq(shmb_send_reserve(a, 8, &left, 0), 0);
-        ck_assert_int_eq(shmb_close(a), 0);
-        memcpy(out, "kept", 4);
-        ck_assert_int_eq(shmb_send_commit(b, out, 4), 0);
-        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 5000), 4);
-        ck_assert_int_eq(memcmp(buf, "kept", 4), 0);
-        /* And a's claim was ended: the next message is not held up behind its slot. */
-        ck_assert_int_eq(shmb_send(other, "next", 4, 0), 0);
-        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 5000), 4);
-        ck_assert_int_eq(memcmp(buf, "next", 4), 0);
+        test_close_keeps_the_others_claim(c, "news", b, other, sub);
         shmb_close(b);
         shmb_close(other);
         shmb_close(sub);

@@ -37,6 +37,7 @@
 #include <shmbroker/shmbroker.h>
 
 #include "proto/ring.h"
+#include "tests/client-helpers.h"
 #include "tests/helpers.h"
 
 #define CASE_TIMEOUT 60
@@ -56,14 +57,6 @@ static void setup(void) {
         setenv("SHMBROKER_SOCKET", td.socket, 1);
 }
 
-static shmb_channel *open_ok(const char *name, shmb_access access) {
-        shmb_channel *ch = NULL;
-        int r = shmb_open_channel(NULL, name, access, &ch);
-
-        ck_assert_msg(r == 0, "open %s: %s", name, shmb_strerror(r));
-        return ch;
-}
-
 static void wait_children(pid_t *pids, int n) {
         for (int i = 0; i < n; i++) {
                 int status;
@@ -76,7 +69,7 @@ static void wait_children(pid_t *pids, int n) {
 /* ---- connect and open ---- */
 
 START_TEST(test_open_attaches_and_matches_kernel) {
-        shmb_channel *ch = open_ok("pair", SHMB_RW);
+        shmb_channel *ch = test_open_ok("pair", SHMB_RW);
         struct shmid_ds ds;
 
         ck_assert_str_eq(shmb_channel_name(ch), "pair");
@@ -222,7 +215,7 @@ START_TEST(test_lock_counts_exactly) {
                 }
         }
         wait_children(pids, WORKERS);
-        ch = open_ok("counter", SHMB_RO);
+        ch = test_open_ok("counter", SHMB_RO);
         ck_assert_int_eq(*(long *) shmb_channel_addr(ch), WORKERS * INCREMENTS);
         shmb_close(ch);
 }
@@ -247,7 +240,7 @@ START_TEST(test_killed_lock_holder_releases_lock) {
         }
         close(ready[1]);        /* a child that fails is EOF here, not a wait until the case times out */
         ck_assert_int_eq(read(ready[0], &c, 1), 1);
-        ch = open_ok("counter", SHMB_RW);
+        ch = test_open_ok("counter", SHMB_RW);
         ck_assert_int_eq(shmb_lock(ch, 0, 0), -EAGAIN);         /* really held */
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
@@ -258,7 +251,7 @@ START_TEST(test_killed_lock_holder_releases_lock) {
 END_TEST
 
 START_TEST(test_timeouts_fire) {
-        shmb_channel *pair = open_ok("pair", SHMB_RW), *ring = open_ok("ring", SHMB_RW);
+        shmb_channel *pair = test_open_ok("pair", SHMB_RW), *ring = test_open_ok("ring", SHMB_RW);
         char buf[256];
         int64_t t;
 
@@ -302,7 +295,7 @@ START_TEST(test_timeouts_fire) {
 END_TEST
 
 START_TEST(test_waiter_sees_channel_removed) {
-        shmb_channel *ch = open_ok("pair", SHMB_RW);
+        shmb_channel *ch = test_open_ok("pair", SHMB_RW);
         pid_t pid;
 
         /* The daemon stops while we wait: the set goes away under us. */
@@ -423,7 +416,7 @@ START_TEST(test_ring_mpmc_exactly_once) {
                         }
                 if (!done && total == PRODUCERS * PER_PRODUCER) {
                         wait_children(prod, PRODUCERS);
-                        ch = open_ok("ring", SHMB_RW);
+                        ch = test_open_ok("ring", SHMB_RW);
                         for (int i = 0; i < CONSUMERS; i++)
                                 ck_assert_int_eq(shmb_send(ch, "", 0, 5000), 0);
                         shmb_close(ch);
@@ -459,7 +452,7 @@ START_TEST(test_ring_killed_sender_loses_nothing_sent) {
                 }
         }
         close(acks[1]);
-        ch = open_ok("ring", SHMB_RW);
+        ch = test_open_ok("ring", SHMB_RW);
         /* Receive a while, then kill the sender between (or inside) sends. */
         for (int i = 0; i < 5000; i++) {
                 ck_assert_int_eq(shmb_recv(ch, &v, sizeof v, 5000), sizeof v);
@@ -509,7 +502,7 @@ START_TEST(test_ring_no_lost_wakeups) {
                 _exit(0);
         }
         sched_setaffinity(0, sizeof cpus, &cpus);
-        ch = open_ok("ring", SHMB_RW);
+        ch = test_open_ok("ring", SHMB_RW);
         for (uint32_t i = 0; i < N; i++) {
                 uint32_t v;
 
@@ -644,7 +637,7 @@ START_TEST(test_closing_one_of_two_ring_handles_keeps_the_token) {
 END_TEST
 
 START_TEST(test_ring_sender_dead_mid_message_is_skipped) {
-        shmb_channel *ch = open_ok("ring", SHMB_RW);
+        shmb_channel *ch = test_open_ok("ring", SHMB_RW);
         char buf[256];
         pid_t pid;
 
@@ -674,7 +667,7 @@ START_TEST(test_ring_sender_dead_mid_message_is_skipped) {
 END_TEST
 
 START_TEST(test_ring_receiver_dead_mid_message_frees_slot) {
-        shmb_channel *ch = open_ok("ring", SHMB_RW);
+        shmb_channel *ch = test_open_ok("ring", SHMB_RW);
         pid_t pid;
 
         ck_assert_int_eq(shmb_send(ch, "lost", 4, 0), 0);
@@ -698,7 +691,7 @@ END_TEST
  * waiter's own timeout would.
  */
 START_TEST(test_ring_wait_behind_live_stuck_claim_times_out) {
-        shmb_channel *ch = open_ok("ring", SHMB_RW);
+        shmb_channel *ch = test_open_ok("ring", SHMB_RW);
         char buf[256];
         int stuck[2];
         int64_t t, took;
@@ -828,12 +821,12 @@ START_TEST(test_thousand_clients_killed_at_random) {
         }
         shmb_disconnect(c);
         /* The lock is free (SEM_UNDO undid every dead holder). */
-        ch = open_ok("counter", SHMB_RW);
+        ch = test_open_ok("counter", SHMB_RW);
         ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
         ck_assert_int_eq(shmb_unlock(ch, 0), 0);
         shmb_close(ch);
         /* The ring is usable: drain what the dead sent, then a round trip. */
-        ch = open_ok("ring", SHMB_RW);
+        ch = test_open_ok("ring", SHMB_RW);
         {
                 char buf[256];
                 uint32_t x = 0xfeed, y = 0;
@@ -1017,7 +1010,7 @@ END_TEST
 /* ---- admin API ---- */
 
 START_TEST(test_list_and_status_answers) {
-        shmb_channel *held = open_ok("public", SHMB_RO);
+        shmb_channel *held = test_open_ok("public", SHMB_RO);
         shmb_status_list *l;
         shmb_access access = 0;
         shmb_client *c;
@@ -1531,7 +1524,7 @@ static void race_replaced(bool keep_old_attached) {
 
         /* Another client keeps the old segment alive: a stale id then still attaches, to a keyless segment. */
         if (keep_old_attached)
-                old = open_ok("pair", SHMB_RW);
+                old = test_open_ok("pair", SHMB_RW);
         pair_status(&old_shm, &old_sem, &holds);
         if (!race_run(&race, &child)) {
                 shmb_close(old);
@@ -1830,12 +1823,12 @@ START_TEST(test_replacing_reload_reaches_blocked_callers) {
         reload_to(replaced);            /* new slots for the rings, a new size for pair: all three replaced */
         assert_removed_everywhere(b, 3, t, "replacing reload");
         /* The new objects live: the removal marked the old header only. */
-        fresh = open_ok("rx", SHMB_RW);
+        fresh = test_open_ok("rx", SHMB_RW);
         ck_assert_uint_eq(shmb_channel_slots(fresh), 16);
         ck_assert_int_eq(shmb_send(fresh, "new", 3, 0), 0);
         ck_assert_int_eq(shmb_recv(fresh, buf, sizeof buf, 0), 3);
         shmb_close(fresh);
-        fresh = open_ok("pair", SHMB_RW);
+        fresh = test_open_ok("pair", SHMB_RW);
         ck_assert_int_eq(shmb_sem_post(fresh, 1), 0);
         ck_assert_int_eq(shmb_sem_wait(fresh, 1, 0), 0);
         shmb_close(fresh);
@@ -1934,7 +1927,7 @@ START_TEST(test_crash_restart_replacing_reaches_blocked_callers) {
         int line;
 
         reload_to(config);
-        kept = open_ok("ring", SHMB_RW);
+        kept = test_open_ok("ring", SHMB_RW);
         line = block_callers(b, false);
         ck_assert_msg(line == 0, "setting up the blocked callers failed at line %d", line);
         test_daemon_kill(&td, SIGKILL);
@@ -1980,7 +1973,7 @@ static void old_ring_server(int lfd) {
 
 /* A ring of a layout version this library does not speak is refused, with a sentence saying so. */
 START_TEST(test_ring_of_another_layout_is_eproto) {
-        shmb_channel *ring = open_ok("ring", SHMB_RW), *ch = NULL;
+        shmb_channel *ring = test_open_ok("ring", SHMB_RW), *ch = NULL;
         RingHeader *h = shmb_channel_addr(ring);
         struct sockaddr_un sa;
         char expected[128];
@@ -2196,7 +2189,7 @@ START_TEST(test_reconnect_after_crash_keeps_holds) {
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
         ck_assert_int_eq(shmb_open(c, "pair", SHMB_RW, &pair), 0);
         ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &ring), 0);
-        own = open_ok("counter", SHMB_RW);      /* a private connection, driven through its getter */
+        own = test_open_ok("counter", SHMB_RW);      /* a private connection, driven through its getter */
         clients[0] = c;
         clients[1] = shmb_channel_get_client(own);
         ck_assert_ptr_nonnull(clients[1]);
@@ -2229,7 +2222,7 @@ START_TEST(test_reconnect_after_crash_keeps_holds) {
         ck_assert_int_eq(shmb_sem_trywait(pair, 1), 0);
         ck_assert_int_eq(shmb_lock(own, 0, 1000), 0);
         ck_assert_int_eq(shmb_unlock(own, 0), 0);
-        peer = open_ok("ring", SHMB_RW);        /* a new client lands on the same ring */
+        peer = test_open_ok("ring", SHMB_RW);        /* a new client lands on the same ring */
         ck_assert_int_eq(shmb_channel_shm_id(peer), ring_id);
         ck_assert_int_eq(shmb_recv(peer, buf, sizeof buf, 1000), 6);
         ck_assert_int_eq(memcmp(buf, "before", 6), 0);
@@ -2633,7 +2626,7 @@ static void mark_claimer_dead(const shmb_channel *ch, const void *buf) {
  * one, or any other pointer, is -EINVAL and changes nothing.
  */
 START_TEST(test_zero_copy_in_place) {
-        shmb_channel *tx = open_ok("ring", SHMB_RW), *rx = open_ok("ring", SHMB_RW), *ro = open_ok("ring", SHMB_RO);
+        shmb_channel *tx = test_open_ok("ring", SHMB_RW), *rx = test_open_ok("ring", SHMB_RW), *ro = test_open_ok("ring", SHMB_RO);
         const void *in;
         void *out, *dropped;
         char buf[256];
@@ -2741,7 +2734,7 @@ static size_t zc_fill(unsigned char *p, uint32_t i) {
  * every byte as written.
  */
 START_TEST(test_zero_copy_across_processes) {
-        shmb_channel *rx = open_ok("ring", SHMB_RW);
+        shmb_channel *rx = test_open_ok("ring", SHMB_RW);
         pid_t pid = fork();
 
         ck_assert_int_ge(pid, 0);
@@ -2796,7 +2789,7 @@ END_TEST
  * the unreleased one free it. Nobody waits for ever.
  */
 START_TEST(test_zero_copy_killed_mid_claim) {
-        shmb_channel *ch = open_ok("ring", SHMB_RW);
+        shmb_channel *ch = test_open_ok("ring", SHMB_RW);
         char buf[256];
         int tell[2];
         pid_t pid;
@@ -2854,7 +2847,7 @@ END_TEST
 
 /* Removal reaches claims too: once the broker removed the ring, commit, abort and release say so. */
 START_TEST(test_zero_copy_claims_see_removal) {
-        shmb_channel *tx = open_ok("ring", SHMB_RW), *rx = open_ok("ring", SHMB_RW);
+        shmb_channel *tx = test_open_ok("ring", SHMB_RW), *rx = test_open_ok("ring", SHMB_RW);
         const void *in;
         void *out, *kept;
 
@@ -2880,10 +2873,10 @@ END_TEST
  * mark dead: the ring goes on at once, not once the process exits.
  */
 START_TEST(test_zero_copy_close_ends_claims_of_a_shared_hold) {
-        shmb_channel *a, *b, *other = open_ok("ring", SHMB_RW);
+        shmb_channel *a, *b, *other = test_open_ok("ring", SHMB_RW);
         shmb_client *c;
         const void *in;
-        void *out, *left;
+        void *out;
         char buf[256];
 
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
@@ -2905,19 +2898,7 @@ START_TEST(test_zero_copy_close_ends_claims_of_a_shared_hold) {
         send_and_receive_a_lap(other, 0, 5000);
 
         /* b's own claims are b's: a close of another handle of the hold leaves them alone. */
-        ck_assert_int_eq(shmb_open(c, "ring", SHMB_RW, &a), 0);
-        ck_assert_int_eq(shmb_send_reserve(b, 8, &out, 0), 0);
-        /* a has a claim of its own, after b's, so that its close has one to end (a skip, no message). */
-        ck_assert_int_eq(shmb_send_reserve(a, 8, &left, 0), 0);
-        ck_assert_int_eq(shmb_close(a), 0);
-        memcpy(out, "kept", 4);
-        ck_assert_int_eq(shmb_send_commit(b, out, 4), 0);
-        ck_assert_int_eq(shmb_recv(other, buf, sizeof buf, 5000), 4);
-        ck_assert_int_eq(memcmp(buf, "kept", 4), 0);
-        /* And a's claim was ended: the next message is not held up behind its slot. */
-        ck_assert_int_eq(shmb_send(other, "next", 4, 0), 0);
-        ck_assert_int_eq(shmb_recv(other, buf, sizeof buf, 5000), 4);
-        ck_assert_int_eq(memcmp(buf, "next", 4), 0);
+        test_close_keeps_the_others_claim(c, "ring", b, other, other);
         shmb_close(b);
         shmb_close(other);
         shmb_disconnect(c);
@@ -3435,8 +3416,8 @@ START_TEST(test_forked_child_close_keeps_parents_subscriber) {
         int status, n = 0;
 
         reload_to("[{\"name\": \"news\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 8, \"subscribers\": 4}]");
-        pub = open_ok("news", SHMB_RW);
-        sub = open_ok("news", SHMB_RO);
+        pub = test_open_ok("news", SHMB_RW);
+        sub = test_open_ok("news", SHMB_RO);
         pid = fork();
         ck_assert_int_ge(pid, 0);
         if (pid == 0) {
@@ -3623,7 +3604,7 @@ static void assert_ring_passes_the_closed_claim(shmb_channel *s2, shmb_channel *
  * a close with the broker up makes it. Receivers must get past its slot.
  */
 START_TEST(test_claim_closed_after_crash_is_repaired) {
-        shmb_channel *s1 = open_ok("ring", SHMB_RW), *s2 = open_ok("ring", SHMB_RW), *rx = open_ok("ring", SHMB_RW);
+        shmb_channel *s1 = test_open_ok("ring", SHMB_RW), *s2 = test_open_ok("ring", SHMB_RW), *rx = test_open_ok("ring", SHMB_RW);
         void *p;
 
         ck_assert_int_eq(shmb_send_reserve(s1, 8, &p, 1000), 0);
@@ -3643,7 +3624,7 @@ END_TEST
 
 START_TEST(test_claim_closed_long_after_last_call_is_repaired) {
         shmb_client *c = NULL;
-        shmb_channel *s1 = NULL, *s2 = open_ok("ring", SHMB_RW), *rx = open_ok("ring", SHMB_RW);
+        shmb_channel *s1 = NULL, *s2 = test_open_ok("ring", SHMB_RW), *rx = test_open_ok("ring", SHMB_RW);
         void *p;
 
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
@@ -3670,7 +3651,7 @@ END_TEST
  * the process lives, and the ring is stuck behind the claim.
  */
 START_TEST(test_claim_closed_during_backoff_is_repaired) {
-        shmb_channel *s1 = open_ok("ring", SHMB_RW), *s2 = open_ok("ring", SHMB_RW), *rx = open_ok("ring", SHMB_RW);
+        shmb_channel *s1 = test_open_ok("ring", SHMB_RW), *s2 = test_open_ok("ring", SHMB_RW), *rx = test_open_ok("ring", SHMB_RW);
         shmb_client *c = shmb_channel_get_client(s1);
         void *p;
 
