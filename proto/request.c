@@ -35,18 +35,18 @@ static int decode_fields(json_t *root, ProtoRequest *req, char *msg, size_t msg_
                 { "op", &jop }, { "version", &jversion }, { "client", &jclient }, { "channel", &jchannel },
                 { "access", &jaccess }, { "holder", &jholder }, { "fd", &jfd },
         };
-        /* Which of fields each op may carry, and which it must. */
+        /* Which of fields each op may carry, and which it must (an op left out here fits none: the strict unpack). */
         static const struct {
                 bool may[7], must[7];
-        } shapes[] = {
+        } shapes[_PROTO_OP_MAX] = {
                 [PROTO_OP_HELLO] = { { 1, 1, 1 }, { 1, 1 } },
                 [PROTO_OP_OPEN] = { { 1, 0, 0, 1, 1, 1, 1 }, { 1, 0, 0, 1, 1 } },
                 [PROTO_OP_CLOSE] = { { 1, 0, 0, 1 }, { 1, 0, 0, 1 } },
+                [PROTO_OP_LIST] = { { 1 }, { 1 } },
                 [PROTO_OP_STATUS] = { { 1, 0, 0, 1 }, { 1 } },
+                [PROTO_OP_RELOAD] = { { 1 }, { 1 } },
         };
-        static const bool op_only[7] = { 1 };
-        const bool *may = (size_t) req->op < ELEMENTSOF(shapes) && shapes[req->op].may[0] ? shapes[req->op].may : op_only;
-        const bool *must = may == op_only ? op_only : shapes[req->op].must;
+        const bool *may = shapes[req->op].may, *must = shapes[req->op].must;
         bool fits = json_take_fields(root, fields, ELEMENTSOF(fields));
         json_error_t jerr;
         const char *s;
