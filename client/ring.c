@@ -758,7 +758,8 @@ uint64_t *zc_table_new(shmb_channel *ch) {
         return t;
 }
 
-bool zc_claim_of(const shmb_channel *ch, uint64_t i, uint64_t *ret_pos, bool *ret_recv) {
+/* Entry i (0 to zc_mask()) of ch's claim records: false when it holds none, else the claim's position and kind. */
+static bool zc_claim_of(const shmb_channel *ch, uint64_t i, uint64_t *ret_pos, bool *ret_recv) {
         uint64_t v = ch->zc_claims ? LOAD(&ch->zc_claims[i], RLX) : 0;
 
         if (v == 0)

@@ -427,8 +427,7 @@ int ring_channel_init(shmb_channel *ch, void *addr, uint64_t size);
  *
  * zc_note() records the claim of pos (recv: a peek, else a reserve) once
  * made, zc_forget() drops it before the call that ends it (commit, abort,
- * release) finishes it. zc_claim_of() reads entry i (0 to zc_mask()):
- * false when there is none, else the position and kind of the claim.
+ * release) finishes it.
  */
 static inline uint64_t zc_mask(const shmb_channel *ch) {
         uint64_t n = ch->info.slots;
@@ -461,7 +460,6 @@ static inline void zc_forget(shmb_channel *ch, uint64_t pos, bool recv) {
                 __atomic_store_n(w, 0, __ATOMIC_RELAXED);
 }
 
-bool zc_claim_of(const shmb_channel *ch, uint64_t i, uint64_t *ret_pos, bool *ret_recv);
 /* Call end() for each claim ch's records hold (ring and broadcast closes end them so). */
 void zc_end_claims(shmb_channel *ch, void (*end)(shmb_channel *ch, uint64_t pos, bool recv));
 
