@@ -379,13 +379,14 @@ static shmb_channel *open_ch(const char *name) {
 typedef enum Method { M_RING, M_PIPE, M_UNIX, M_ZERO_COPY, M_SYSV_MSG, M_POSIX_MQ, M_BARE_COPY, M_BARE_IN_PLACE } Method;
 
 /*
- * The bare contenders: the least any transport through shared memory can
- * cost on this machine, the ceiling the ring's goals are held against. No
- * library: one mapping of the ring's size, two counters on lines of their
- * own, and sides that never sleep (they yield now and then, so a trial
- * whose two processes share a CPU ends). Copy: in and out, as
- * shmb_send() and shmb_recv() do; in place: filled and summed where they
- * lie, as the zero-copy trial does.
+ * The bare contenders: what a transport through shared memory with no
+ * library moves on this machine, the reference the ring's goals are shown
+ * against (not a strict bound: its sides spin and yield, where the
+ * library's spin, then sleep). One mapping of the ring's size, two
+ * counters on lines of their own, and sides that never sleep (they yield
+ * now and then, so a trial whose two processes share a CPU ends). Copy: in
+ * and out, as shmb_send() and shmb_recv() do; in place: filled and summed
+ * where they lie, as the zero-copy trial does.
  */
 typedef struct BareRing {
         _Alignas(64) uint64_t head;     /* messages written */
@@ -2354,30 +2355,31 @@ static double tput_ratio(const Cell *num, const Cell *const *den, size_t n_den, 
 }
 
 /*
- * ceiling: the bare contender of num's kind (or -1: none), whose ratio against the same den the note shows: what a
- * transport through shared memory reaches on this machine with no library at all, which the goal's target
- * may lie beyond.
+ * ref: the bare contender of num's kind (a cell of tput[]), or NULL: the note shows its ratio against the
+ * same den, what a transport through shared memory reaches on this machine with no library at all, which
+ * the goal's target may lie beyond.
  */
-static void tput_goal(const char *name, const Cell *num, int ceiling, const Cell *const *den, size_t n_den,
-                      double target, size_t row) {
-        const char *basis, *ceiling_basis;
+static void tput_goal(const char *name, const Cell *num, const Cell *ref, const Cell *const *den, size_t n_den,
+                      double target) {
+        const char *basis, *ref_basis;
         double r = tput_ratio(num, den, n_den, &basis), c;
         char note[200];
 
-        if (ceiling < 0) {
+        if (!ref) {
                 goal_note(S_THROUGHPUT, name, r, target, true, "x", basis);
                 return;
         }
-        c = tput_ratio(&tput[row][ceiling], den, n_den, &ceiling_basis);
-        snprintf(note, sizeof note, "%s; %s, no library: %.2fx%s%s", basis, tput_names[ceiling], c,
-                 ceiling_basis == basis ? "" : ", ", ceiling_basis == basis ? "" : ceiling_basis);
+        c = tput_ratio(ref, den, n_den, &ref_basis);
+        /* Its column's name: ref is a cell of tput[]. */
+        snprintf(note, sizeof note, "%s; %s, no library: %.2fx%s%s", basis,
+                 tput_names[(size_t) ((const char *) ref - (const char *) tput) / sizeof *ref % N_T], c,
+                 ref_basis == basis ? "" : ", ", ref_basis == basis ? "" : ref_basis);
         goal_note(S_THROUGHPUT, name, r, target, true, "x", note);
 }
 
-/* row: the size (sizes[]) whose bare contender the ceiling is. */
-#define TPUT_GOAL(name, row, num, ceiling, target, ...) \
-        tput_goal(name, num, ceiling, (const Cell *const[]) { __VA_ARGS__ }, \
-                  sizeof((const Cell *const[]) { __VA_ARGS__ }) / sizeof(const Cell *), target, row)
+#define TPUT_GOAL(name, num, ref, target, ...) \
+        tput_goal(name, num, ref, (const Cell *const[]) { __VA_ARGS__ }, \
+                  sizeof((const Cell *const[]) { __VA_ARGS__ }) / sizeof(const Cell *), target)
 
 /*
  * The median of the pairs' ratios (fast_pairs()), of the kind basis_of() picks among them: each pair ran
@@ -2414,23 +2416,23 @@ static void goals(void) {
         double best_cross = MIN(MIN(lat[1][L_PIPE].median, lat[1][L_UNIX].median), lat[1][L_SEM].median);
 
         printf("\n");
-        TPUT_GOAL("ring_vs_pipe_4KiB", 1, &tput[1][T_RING], T_BARE_COPY, 5, &tput[1][T_PIPE]);
-        TPUT_GOAL("ring_vs_pipe_64B_msgs", 0, &tput[0][T_RING], T_BARE_COPY, 3, &tput[0][T_PIPE]);
+        TPUT_GOAL("ring_vs_pipe_4KiB", &tput[1][T_RING], &tput[1][T_BARE_COPY], 5, &tput[1][T_PIPE]);
+        TPUT_GOAL("ring_vs_pipe_64B_msgs", &tput[0][T_RING], &tput[0][T_BARE_COPY], 3, &tput[0][T_PIPE]);
         /*
          * Replaces ring_vs_memcpy_1MiB, which set a transfer between cores against a copy within one
          * cache: it followed where the VM placed the two processes, not the ring.
          */
         /* Best of the kernel's byte streams and message queues (a skipped column has no trials). */
-        TPUT_GOAL("zero_copy_1MiB_vs_best_kernel", 3, &tput[3][T_ZERO_COPY], T_BARE_IN_PLACE, 2, &tput[3][T_PIPE], &tput[3][T_UNIX],
+        TPUT_GOAL("zero_copy_1MiB_vs_best_kernel", &tput[3][T_ZERO_COPY], &tput[3][T_BARE_IN_PLACE], 2, &tput[3][T_PIPE], &tput[3][T_UNIX],
                   &tput[3][T_SYSV_MSG], &tput[3][T_POSIX_MQ]);
         /* Only with iceoryx measured: a bench built or run without it has no such goal. */
         if (!skip_why[T_ICEORYX] && tput[3][T_ICEORYX].n > 0) {
-                TPUT_GOAL("zero_copy_1MiB_vs_iceoryx", 3, &tput[3][T_ZERO_COPY], T_BARE_IN_PLACE, 1.5, &tput[3][T_ICEORYX]);
-                TPUT_GOAL("ring_vs_iceoryx_64B_msgs", 0, &tput[0][T_RING], T_BARE_COPY, 10, &tput[0][T_ICEORYX]);
+                TPUT_GOAL("zero_copy_1MiB_vs_iceoryx", &tput[3][T_ZERO_COPY], &tput[3][T_BARE_IN_PLACE], 1.5, &tput[3][T_ICEORYX]);
+                TPUT_GOAL("ring_vs_iceoryx_64B_msgs", &tput[0][T_RING], &tput[0][T_BARE_COPY], 10, &tput[0][T_ICEORYX]);
         }
-        TPUT_GOAL("ring_vs_unix_64KiB", 2, &tput[2][T_RING], T_BARE_COPY, 5, &tput[2][T_UNIX]);
+        TPUT_GOAL("ring_vs_unix_64KiB", &tput[2][T_RING], &tput[2][T_BARE_COPY], 5, &tput[2][T_UNIX]);
         /* The same ring code on a file mapping (posix) as on a System V segment: it may cost little. */
-        TPUT_GOAL("posix_ring_vs_sysv_ring_4KiB", POSIX_SIZE, &posix_4k, -1, 0.9, &tput[POSIX_SIZE][T_RING]);
+        TPUT_GOAL("posix_ring_vs_sysv_ring_4KiB", &posix_4k, NULL, 0.9, &tput[POSIX_SIZE][T_RING]);
         fast_goal();
         /* The frame is written once: three subscribers may cost the publisher only their share of the CPUs. */
         goal(S_BROADCAST, "broadcast_3_subscribers_1MiB_vs_1", bcast_mbps[1].median / bcast_mbps[0].median, 0.8,
