@@ -1754,6 +1754,36 @@ START_TEST(test_close_ends_reservation_of_a_shared_hold) {
 }
 END_TEST
 
+/*
+ * A child of fork(2) closing an inherited publisher handle ends nothing of
+ * its parent's: the reservation open across the child's close is still the
+ * parent's to commit, and subscribers get it.
+ */
+START_TEST(test_forked_child_close_leaves_parents_reservation) {
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *sub = test_open_ok("news", SHMB_RO);
+        char buf[SLOT_SIZE];
+        void *out;
+        int status;
+        pid_t pid;
+
+        ck_assert_int_eq(shmb_send_reserve(pub, 8, &out, 0), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                (void) shmb_close(pub);
+                _exit(0);
+        }
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child: wait status 0x%x", status);
+        memcpy(out, "mine", 4);
+        ck_assert_int_eq(shmb_send_commit(pub, out, 4), 0);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 1000), 4);
+        ck_assert_int_eq(memcmp(buf, "mine", 4), 0);
+        shmb_close(sub);
+        shmb_close(pub);
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "open", CASE_TIMEOUT, { test_open_answer_and_segments, test_ro_cannot_publish,
@@ -1770,7 +1800,8 @@ int main(void) {
                                  test_one_mib_frame_to_three_subscribers,
                                  test_large_channel_mapped_at_open,
                                  test_zero_copy_both_sides_across_processes, test_publisher_killed_mid_reserve } },
-                { "zero-copy-close", CASE_TIMEOUT, { test_close_ends_reservation_of_a_shared_hold } },
+                { "zero-copy-close", CASE_TIMEOUT, { test_close_ends_reservation_of_a_shared_hold,
+                                 test_forked_child_close_leaves_parents_reservation } },
                 { "limits", CASE_TIMEOUT, { test_subscriber_limit, test_forged_table_costs_only_messages,
                                             test_future_claim_does_not_outlast_the_timeout } },
                 { "removal", CASE_TIMEOUT, { test_removal_wakes_sleepers,

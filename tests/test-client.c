@@ -3437,6 +3437,41 @@ START_TEST(test_forked_child_close_keeps_parents_subscriber) {
 }
 END_TEST
 
+/*
+ * libshmbroker(3): a child of fork(2) closing an inherited ring handle
+ * gives nothing back and ends nothing of its parent's: the parent's
+ * reservation and peek, open across the child's close, are still the
+ * parent's to commit and to release.
+ */
+START_TEST(test_forked_child_close_leaves_parents_claims) {
+        shmb_channel *ch = test_open_ok("ring", SHMB_RW), *other = test_open_ok("ring", SHMB_RW);
+        const void *in;
+        void *out;
+        char buf[64];
+        int status;
+        pid_t pid;
+
+        ck_assert_int_eq(shmb_send(other, "peek", 4, 0), 0);
+        ck_assert_int_eq(shmb_recv_peek(ch, &in, 0), 4);
+        ck_assert_int_eq(shmb_send_reserve(ch, 8, &out, 0), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                (void) shmb_close(ch);
+                _exit(0);
+        }
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child: wait status 0x%x", status);
+        ck_assert_int_eq(shmb_recv_release(ch, in), 0);
+        memcpy(out, "mine", 4);
+        ck_assert_int_eq(shmb_send_commit(ch, out, 4), 0);
+        ck_assert_int_eq(shmb_recv(other, buf, sizeof buf, 1000), 4);
+        ck_assert_int_eq(memcmp(buf, "mine", 4), 0);
+        shmb_close(other);
+        shmb_close(ch);
+}
+END_TEST
+
 /* One line from fd into buf (newline kept, NUL-terminated); false at its end. */
 static bool relay_read_line(int fd, char *buf, size_t size) {
         size_t n = 0;
@@ -3997,6 +4032,7 @@ int main(void) {
                 { "fork", CASE_TIMEOUT, { test_forked_child_leaves_parents_connection_alone,
                                 test_forked_child_close_keeps_parents_subscriber,
                                 test_disconnect_ends_the_connection_despite_a_forked_child,
+                                test_forked_child_close_leaves_parents_claims,
                                 test_open_answer_of_another_channel_is_eproto } },
                 { "refusals", CASE_TIMEOUT, { test_refusal_at_accept_is_the_answer } },
                 { "cli-edges", CASE_TIMEOUT, { test_connect_empty_path_reaches_no_abstract_impostor,
