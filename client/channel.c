@@ -204,7 +204,8 @@ static int channel_free(shmb_channel *ch, bool keep_message) {
         if (!ch)
                 return 0;
         bcast_channel_free(ch);
-        ring_channel_free(ch);
+        ring_end_left_claims(ch);
+        free(ch->zc_claims);
         if (ch->info.kind == PROTO_KIND_POSIX)
                 posix_unmap(ch);
         else if (ch->addr && shmdt(ch->addr) < 0)

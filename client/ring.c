@@ -961,10 +961,8 @@ static void ring_end_claim(shmb_channel *ch, uint64_t pos, bool recv) {
                 (void) send_give_back(ch, slot, pos);
 }
 
-void ring_channel_free(shmb_channel *ch) {
+void ring_end_left_claims(shmb_channel *ch) {
         /* A fork(2) child's copy of the records names its parent's claims, which are not its to end. */
         if (ch->ring && !client_inherited(ch->client) && !ring_gone(ch))
                 zc_end_claims(ch, ring_end_claim);
-        free(ch->zc_claims);
-        ch->zc_claims = NULL;
 }

@@ -465,10 +465,10 @@ void zc_end_claims(shmb_channel *ch, void (*end)(shmb_channel *ch, uint64_t pos,
 
 /*
  * End the claims a ring handle left open (abort a reservation, release a
- * peek), unless the handle is a fork(2) child's copy or the ring is gone,
- * and free ch->zc_claims; for any handle, after bcast_channel_free().
+ * peek), unless the handle is a fork(2) child's copy or the ring is gone;
+ * nothing for another handle.
  */
-void ring_channel_free(shmb_channel *ch);
+void ring_end_left_claims(shmb_channel *ch);
 
 /* ---- broadcast channels (client/broadcast.c, proto/broadcast.h) ---- */
 
