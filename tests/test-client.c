@@ -2985,94 +2985,6 @@ START_TEST(test_timeout_hung_broker) {
 }
 END_TEST
 
-/* A broker that passes each line on to td's daemon and its answer back: after the first fast_lines, delay_ms late. */
-typedef struct SlowBroker {
-        int lfd;
-        int fast_lines;
-        int delay_ms;
-        pthread_t thread;
-} SlowBroker;
-
-static void *slow_broker(void *arg) {
-        SlowBroker *b = arg;
-        int fd = accept4(b->lfd, NULL, NULL, SOCK_CLOEXEC), daemon = test_connect(td.socket), lines = 0;
-        static char answer[65536];
-        char c;
-
-        /* Line by line: a request is one line, and so is its answer, passed on in one write. */
-        while (fd >= 0 && read(fd, &c, 1) == 1) {
-                size_t len = 0;
-
-                if (write(daemon, &c, 1) != 1)
-                        break;
-                if (c != '\n')
-                        continue;
-                do {
-                        if (len == sizeof answer || read(daemon, &answer[len], 1) != 1)
-                                goto out;
-                } while (answer[len++] != '\n');
-                if (++lines > b->fast_lines)
-                        usleep((useconds_t) b->delay_ms * 1000);
-                if (write(fd, answer, len) != (ssize_t) len)
-                        break;
-        }
-out:
-        close(daemon);
-        if (fd >= 0)
-                close(fd);
-        return NULL;
-}
-
-static int64_t thread_cpu_us(void) {
-        struct timespec ts;
-
-        ck_assert_int_eq(clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts), 0);
-        return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-/*
- * libshmbroker(3): before a call sleeps for an answer, it looks for it
- * "for at most 100 microseconds". A broker that answers 100 ms late, five
- * calls that decode nothing (shmb_request_json()), after one untimed call
- * answered at once (so that valgrind has translated the code): the caller
- * sleeps through them, on about 0.3 ms of CPU in all (2 ms under
- * valgrind). A look that outlasted its bound 50 times over, or ran to the
- * answer, would take more than 5 ms (a bound of 10 ms, tried: 20 ms).
- */
-START_TEST(test_slow_broker_is_slept_for_not_spun_for) {
-        enum { CALLS = 5, DELAY_MS = 100, CPU_MAX_US = 5000 };
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        SlowBroker b = { .fast_lines = 2, .delay_ms = DELAY_MS };       /* the hello and the untimed call */
-        shmb_client *c;
-        int64_t cpu, wall;
-        char *answer;
-
-        ck_assert_int_lt(snprintf(sa.sun_path, sizeof sa.sun_path, "%s/slow.sock", td.dir), (int) sizeof sa.sun_path);
-        b.lfd = listening_at(&sa);
-        ck_assert_int_eq(pthread_create(&b.thread, NULL, slow_broker, &b), 0);
-        ck_assert_int_eq(shmb_connect(sa.sun_path, &c), 0);
-        ck_assert_int_eq(shmb_request_json(c, "{\"op\":\"list\"}", &answer), 0);
-        free(answer);
-        cpu = thread_cpu_us();
-        wall = test_now_ms();
-        for (int i = 0; i < CALLS; i++) {
-                ck_assert_int_eq(shmb_request_json(c, "{\"op\":\"list\"}", &answer), 0);
-                ck_assert_msg(strstr(answer, "\"ok\":true"), "%s", answer);
-                free(answer);
-        }
-        cpu = thread_cpu_us() - cpu;
-        wall = test_now_ms() - wall;
-        ck_assert_msg(wall >= CALLS * DELAY_MS, "%d calls took %lld ms: the broker did not delay them", CALLS,
-                      (long long) wall);
-        ck_assert_msg(cpu < CPU_MAX_US, "waiting %lld ms for %d answers took %lld us of CPU", (long long) wall, CALLS,
-                      (long long) cpu);
-        shmb_disconnect(c);
-        ck_assert_int_eq(pthread_join(b.thread, NULL), 0);
-        close(b.lfd);
-        unlink(sa.sun_path);
-}
-END_TEST
-
 /*
  * libshmbroker(3), shmb_close(): "for a ring or broadcast handle whose
  * connection went away, the library connects again first (within the
@@ -3531,6 +3443,74 @@ START_TEST(test_open_answer_of_another_channel_is_eproto) {
         ck_assert_int_eq(shmb_open(c, "pair", SHMB_RW, &ch), -EPROTO);
         ck_assert_msg(!ch, "shmb_open(\"pair\") gave a handle to \"%s\"", ch ? shmb_channel_name(ch) : "");
         ck_assert_int_eq(shmb_client_fd(c), -1);
+        shmb_disconnect(c);
+        fake_server_stop(pid);
+}
+END_TEST
+
+static int64_t thread_cpu_us(void) {
+        struct timespec ts;
+
+        ck_assert_int_eq(clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts), 0);
+        return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* After its first SLOW_FAST_LINES requests, a relay that passes on each of td's daemon's answers SLOW_DELAY_MS late. */
+enum { SLOW_FAST_LINES = 2, SLOW_DELAY_MS = 100 };
+
+static void slow_relay(int lfd) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int c = accept(lfd, NULL, NULL), b = socket(AF_UNIX, SOCK_STREAM, 0), lines = 0;
+        char line[65536];
+
+        if (snprintf(sa.sun_path, sizeof sa.sun_path, "%s", td.socket) >= (int) sizeof sa.sun_path ||
+            c < 0 || b < 0 || connect(b, (struct sockaddr *) &sa, sizeof sa) < 0)
+                _exit(1);
+        /* Each answer in one write: a caller that reads it in pieces spends its CPU on the pieces. */
+        while (relay_read_line(c, line, sizeof line)) {
+                if (write(b, line, strlen(line)) < 0 || !relay_read_line(b, line, sizeof line))
+                        break;
+                if (++lines > SLOW_FAST_LINES)
+                        usleep(SLOW_DELAY_MS * 1000);
+                if (write(c, line, strlen(line)) < 0)
+                        break;
+        }
+        _exit(0);
+}
+
+/*
+ * libshmbroker(3): before a call sleeps for an answer, it looks for it
+ * "for at most 100 microseconds". A broker that answers 100 ms late, five
+ * calls that decode nothing (shmb_request_json()), after one untimed call
+ * answered at once (so that valgrind has translated the code): the caller
+ * sleeps through them, on about 0.3 ms of CPU in all (2 ms under
+ * valgrind). A look that outlasted its bound 50 times over, or ran to the
+ * answer, would take more than 5 ms (a bound of 10 ms, tried: 20 ms).
+ */
+START_TEST(test_slow_broker_is_slept_for_not_spun_for) {
+        enum { CALLS = 5, CPU_MAX_US = 5000 };
+        struct sockaddr_un sa;
+        pid_t pid = fake_server_start("slow.sock", slow_relay, &sa);    /* the hello and the untimed call at once */
+        shmb_client *c;
+        int64_t cpu, wall;
+        char *answer;
+
+        ck_assert_int_eq(shmb_connect(sa.sun_path, &c), 0);
+        ck_assert_int_eq(shmb_request_json(c, "{\"op\":\"list\"}", &answer), 0);
+        free(answer);
+        cpu = thread_cpu_us();
+        wall = test_now_ms();
+        for (int i = 0; i < CALLS; i++) {
+                ck_assert_int_eq(shmb_request_json(c, "{\"op\":\"list\"}", &answer), 0);
+                ck_assert_msg(strstr(answer, "\"ok\":true"), "%s", answer);
+                free(answer);
+        }
+        cpu = thread_cpu_us() - cpu;
+        wall = test_now_ms() - wall;
+        ck_assert_msg(wall >= CALLS * SLOW_DELAY_MS, "%d calls took %lld ms: the broker did not delay them", CALLS,
+                      (long long) wall);
+        ck_assert_msg(cpu < CPU_MAX_US, "waiting %lld ms for %d answers took %lld us of CPU", (long long) wall, CALLS,
+                      (long long) cpu);
         shmb_disconnect(c);
         fake_server_stop(pid);
 }
