@@ -3516,6 +3516,72 @@ START_TEST(test_slow_broker_is_slept_for_not_spun_for) {
 }
 END_TEST
 
+/* The traced caller of test_late_answers_shrink_the_look_to_none(): calls, each after a getppid() that marks it. */
+static void marked_calls(const char *path, int calls) {
+        shmb_client *c;
+        char *answer;
+
+        if (shmb_connect(path, &c) < 0)
+                _exit(2);
+        for (int i = 0; i < calls; i++) {
+                (void) syscall(SYS_getppid);
+                if (shmb_request_json(c, "{\"op\":\"list\"}", &answer) < 0)
+                        _exit(3);
+                free(answer);
+        }
+        shmb_disconnect(c);
+        _exit(0);
+}
+
+/*
+ * libshmbroker(3): "After an answer that took longer than 100
+ * microseconds, the next look is half as long as the last, down to none
+ * at all". Counted in system calls, not time: a look reads the socket
+ * (recvmsg() with MSG_DONTWAIT) before it first looks at the clock, so a
+ * call with any budget makes at least one such read, and one with none
+ * makes none. A traced caller, one call answered at once, then ten that a
+ * broker answers 100 ms late: the first of those still looks (its budget
+ * is at least 100 us halved by the hello and the first call, were they
+ * slow under the tracing), and from the eighth on, after seven late
+ * answers (100, 50, 25, 12, 6, 3, 1, 0), none does.
+ */
+START_TEST(test_late_answers_shrink_the_look_to_none) {
+        enum { CALLS = 11, NONE_FROM = 9 };     /* call 1 is answered at once; 2 to 11 late */
+        struct sockaddr_un sa;
+        pid_t relay = fake_server_start("late.sock", slow_relay, &sa), pid;
+        int looks[CALLS + 1] = { 0 }, call = 0, status;
+
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                raise(SIGSTOP);
+                marked_calls(sa.sun_path, CALLS);
+        }
+        ck_assert_int_eq(waitpid(pid, &status, WUNTRACED), pid);
+        ck_assert(WIFSTOPPED(status));
+        ck_assert_int_eq(ptrace(PTRACE_SEIZE, pid, 0, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL), 0);
+        ck_assert_int_eq(ptrace(PTRACE_INTERRUPT, pid, 0, 0), 0);
+        ck_assert_int_eq(waitpid(pid, &status, __WALL), pid);
+        ck_assert_int_eq(kill(pid, SIGCONT), 0);
+        while (test_next_syscall_stop(pid)) {
+                struct ptrace_syscall_info si;
+
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, pid, (void *) sizeof si, &si), 0);
+                if (si.op != PTRACE_SYSCALL_INFO_ENTRY)
+                        continue;
+                if (si.entry.nr == SYS_getppid)
+                        call++;
+                else if (si.entry.nr == SYS_recvmsg && (si.entry.args[2] & MSG_DONTWAIT) && call >= 1 && call <= CALLS)
+                        looks[call]++;
+        }
+        ck_assert_int_eq(call, CALLS);
+        ck_assert_msg(looks[2] >= 1, "the first late call did not look for its answer");
+        for (int k = NONE_FROM; k <= CALLS; k++)
+                ck_assert_msg(looks[k] == 0, "call %d, after %d late answers, looked %d times", k, k - 2, looks[k]);
+        fake_server_stop(relay);
+}
+END_TEST
+
 /* The default bound, where no client handle exists yet to set one: 5 s for an open by name. */
 START_TEST(test_timeout_default_open_by_name) {
         shmb_channel *ch = NULL;
@@ -4004,7 +4070,7 @@ int main(void) {
                                  test_claim_closed_during_backoff_is_repaired } },
                 { "timeouts", CASE_TIMEOUT, { test_timeout_hung_broker, test_timeout_default_open_by_name,
                                 test_timeout_full_backlog_connect, test_hung_broker_costs_one_close_its_timeout,
-                                test_slow_broker_is_slept_for_not_spun_for } },
+                                test_slow_broker_is_slept_for_not_spun_for, test_late_answers_shrink_the_look_to_none } },
                 { "timeouts-queued", CASE_TIMEOUT, { test_timeout_queued_threads_bounded,
                                 test_timeout_queued_open_fails_with_the_hung_call } },
                 { "timeouts-close", CASE_TIMEOUT, { test_hung_broker_up_costs_one_close_its_timeout,
