@@ -768,9 +768,40 @@ START_TEST(test_record_kept_without_memory_survives_rewrite) {
 }
 END_TEST
 
-/* A journal record of identity i among n: System V objects, intents, channels; some share a key. */
+/* A read that runs out of memory as its table grows says so, and the next read gets every record. */
+START_TEST(test_read_without_memory_fails_whole) {
+        StateRecord *v = NULL;
+        size_t n = 0, skipped = 0;
+        char msg[512];
+        State *s = NULL;
+
+        ck_assert_msg(state_open(td.dir, "unit.sock", &s, msg, sizeof msg) == 0, "%s", msg);
+        for (unsigned i = 0; i < 40; i++) {
+                StateRecord r = { .kind = STATE_SHM, .key = i, .id = (int) i, .pid = 1, .since = 1, .size = 4096 };
+
+                ck_assert_int_eq(state_append_records(s, &r, 1, NULL, 0), 0);
+        }
+        /* The table's first growth fails: the whole read does, and nothing is half-returned. */
+        fail_allocs = 1;
+        ck_assert_int_eq(state_read(s, &v, &n, &skipped), -ENOMEM);
+        fail_allocs = 0;
+        ck_assert_ptr_null(v);
+        ck_assert_int_eq(state_read(s, &v, &n, &skipped), 0);
+        ck_assert_uint_eq(n, 40);
+        free(v);
+        state_free(s);
+}
+END_TEST
+
+/*
+ * A journal record of identity i among n: System V objects, intents, channels,
+ * and posix files recorded with no owner (-1) or one of two owners; some
+ * share a key, and three identities name each posix file.
+ */
 static StateRecord journal_record(unsigned i) {
-        switch (i % 4) {
+        static const uid_t owners[] = { (uid_t) -1, 1000, 2000 };
+
+        switch (i % 8) {
         case 0:
                 return (StateRecord) { .kind = STATE_SHM, .key = 0x100 + i / 8, .id = (int) i, .pid = 1, .since = 1, .size = 4096 };
         case 1:
@@ -778,8 +809,18 @@ static StateRecord journal_record(unsigned i) {
         case 2:
                 return (StateRecord) { .kind = STATE_SHM, .key = 0x100 + i / 8, .id = -1, .pending = true, .pid = 1,
                                        .since = (int64_t) i, .size = 4096 };
+        case 4:
+        case 5:
+        case 6: {
+                StateRecord r = { .kind = STATE_POSIX, .id = POSIX_ROLE_SEGMENT, .dev = 1, .ino = 100 + i / 8,
+                                  .pid = 1, .since = 1, .size = 4096, .uid = owners[i % 8 - 4] };
+
+                snprintf(r.name, sizeof r.name, "p%u", i / 8);
+                return r;
+        }
         default: {
-                StateRecord r = { .kind = STATE_CHAN, .key = 0x100 + i / 8, .id = (int) i, .sem_id = (int) i + 1 };
+                StateRecord r = { .kind = STATE_CHAN, .key = 0x100 + i / 8, .id = (int) i, .sem_id = (int) i + 1,
+                                  .uid = (uid_t) -1 };
 
                 snprintf(r.name, sizeof r.name, "c%u", i / 2);
                 return r;
@@ -789,7 +830,17 @@ static StateRecord journal_record(unsigned i) {
 
 static bool journal_same(const StateRecord *a, const StateRecord *b) {
         return a->kind == b->kind && a->key == b->key && a->id == b->id && a->pending == b->pending &&
-               a->since == b->since && a->sem_id == b->sem_id && strcmp(a->name, b->name) == 0;
+               a->since == b->since && a->sem_id == b->sem_id && a->dev == b->dev && a->ino == b->ino &&
+               (a->kind != STATE_POSIX || a->uid == b->uid) && strcmp(a->name, b->name) == 0;
+}
+
+/* Whether a drop of b cancels a: the same record, where a posix file's owner matches when either names none. */
+static bool journal_cancels(const StateRecord *a, const StateRecord *b) {
+        StateRecord x = *a, y = *b;
+
+        if (a->kind == STATE_POSIX && (a->uid == (uid_t) -1 || b->uid == (uid_t) -1))
+                x.uid = y.uid;
+        return journal_same(&x, &y);
 }
 
 /*
@@ -819,7 +870,7 @@ START_TEST(test_journal_drops_cancel_the_latest_matching_add) {
                         continue;
                 }
                 for (size_t i = n_model; i-- > 0;)
-                        if (journal_same(&model[i], &r)) {
+                        if (journal_cancels(&model[i], &r)) {
                                 memmove(&model[i], &model[i + 1], (n_model - i - 1) * sizeof *model);
                                 n_model--;
                                 break;
@@ -882,7 +933,7 @@ int main(void) {
                            test_runtime_directory_default, test_socket_dir_made_0755_under_umask } },
                 { "crash", CASE_TIMEOUT, { test_reload_killed_at_each_state_write_leaves_nothing,
                                            test_start_killed_at_each_state_write_leaves_nothing } },
-                { "memory", CASE_TIMEOUT, { test_record_kept_without_memory_survives_rewrite } },
+                { "memory", CASE_TIMEOUT, { test_record_kept_without_memory_survives_rewrite, test_read_without_memory_fails_whole } },
                 { "journal", CASE_TIMEOUT, { test_journal_drops_cancel_the_latest_matching_add,
                                              test_journal_of_many_records_reads_in_linear_time } },
         };
