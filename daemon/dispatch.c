@@ -254,7 +254,7 @@ static int do_close(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret
 
 static int stat_entry(Entry *e, ProtoChannel *pc) {
         Hold *h;
-        size_t i = 0, n = 0;
+        size_t i = 0;
         int r;
 
         r = channel_stat(e->channel, pc);
@@ -263,11 +263,9 @@ static int stat_entry(Entry *e, ProtoChannel *pc) {
         /* A figure the kernel refused is this entry's error, never the answer's; the wire names it. */
         if (pc->error)
                 pc->error = wire_errno(pc->error);
-        LIST_FOREACH(h, &e->holds, by_entry)
-                n++;
-        if (n == 0)
+        if (e->n_holds == 0)
                 return 0;       /* an empty array, without a block to say so */
-        pc->clients = calloc(n, sizeof *pc->clients);
+        pc->clients = calloc(e->n_holds, sizeof *pc->clients);
         if (!pc->clients)
                 return -ENOMEM;
         LIST_FOREACH(h, &e->holds, by_entry)
