@@ -155,7 +155,7 @@ static void take_replaced(Daemon *d, StateRecord *v, size_t n) {
                 end = state_posix_range(v, idx, n_idx, name, &first);
                 if (end == first)
                         continue;
-                k = reclaim_posix_take(v, idx + first, end - first, name, state_secret(d->state), &rp->old);
+                k = reclaim_posix_take(v, idx + first, end - first, state_secret(d->state), &rp->old);
                 if (k == 0)
                         continue;
                 rp->channel = i;

@@ -160,8 +160,7 @@ static void mark_posix_segment(void *addr, size_t size) {
                 bcast_mark_removed(addr, NULL);
 }
 
-size_t reclaim_posix_take(StateRecord *v, const size_t *idx, size_t n, const char *channel, const uint8_t *secret,
-                          PosixObjects *ret) {
+size_t reclaim_posix_take(StateRecord *v, const size_t *idx, size_t n, const uint8_t *secret, PosixObjects *ret) {
         size_t taken = 0;
 
         posix_objects_init(ret);
@@ -178,8 +177,7 @@ size_t reclaim_posix_take(StateRecord *v, const size_t *idx, size_t n, const cha
                         size_t i = idx[j];
                         int r;
 
-                        if (v[i].kind != STATE_POSIX || v[i].pending != (pass == 1) || v[i].legacy || v[i].adopted ||
-                            !streq(v[i].name, channel))
+                        if (v[i].pending != (pass == 1) || v[i].legacy || v[i].adopted)
                                 continue;
                         r = posix_objects_take(ret, &v[i], secret,
                                                v[i].id == POSIX_ROLE_SEGMENT ? mark_posix_segment : NULL);

@@ -59,13 +59,13 @@ int reclaim_prove(const StateRecord *rec, bool paired);
  * A posix channel that a killed run made and the config changed since is
  * made anew; its old files must not be reclaimed first, or their names are
  * free for another user to take until the new ones are made. Take the
- * files v records for `channel` (also an intent's file at its name: a
- * start killed while it replaced it) that are provably ours, as reclaim
- * proves them, into *ret (posix_objects_take(); secret: the key secret of
- * the run that wrote v): opened, their waiters told as reclaim tells them.
- * Only the records v[idx[0]], ..., v[idx[n - 1]] are looked at (idx in
- * ascending order; the caller picks those of `channel`): a start that
- * replaces many channels would scan every record once per channel.
+ * files that the records v[idx[0]], ..., v[idx[n - 1]] name (one
+ * channel's STATE_POSIX records, intents too, in ascending order:
+ * state_posix_range() of state_posix_index(); an intent's file at its
+ * name is a start killed while it replaced it) that are provably ours, as
+ * reclaim proves them, into *ret (posix_objects_take(); secret: the key
+ * secret of the run that wrote v): opened, their waiters told as reclaim
+ * tells them.
  * Their records are marked .adopted, so that reclaim_records() leaves
  * them: the caller records the files again and hands *ret to the
  * channel's creation as the files it replaces (posix_objects_create()'s
@@ -73,5 +73,4 @@ int reclaim_prove(const StateRecord *rec, bool paired);
  * reclaim's. Returns how many files were taken (0: none, and *ret holds
  * nothing).
  */
-size_t reclaim_posix_take(StateRecord *v, const size_t *idx, size_t n, const char *channel, const uint8_t *secret,
-                          PosixObjects *ret);
+size_t reclaim_posix_take(StateRecord *v, const size_t *idx, size_t n, const uint8_t *secret, PosixObjects *ret);
