@@ -16,6 +16,8 @@
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MAX(a, b) ((a) > (b) ? (a) : (b))
+/* -1, 0 or 1 as a is below, equal to or above b: a comparator's answer. */
+#define CMP(a, b) ((a) < (b) ? -1 : (a) > (b) ? 1 : 0)
 #define _cleanup_(f) __attribute__((cleanup(f)))
 #define _printf_(a, b) __attribute__((format(printf, a, b)))
 #define _unused_ __attribute__((unused))
@@ -76,9 +78,7 @@ static inline void strv_free(char **v) {
 
 /* qsort/bsearch comparison of uint32_t values. */
 static inline int cmp_u32(const void *a, const void *b) {
-        uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;
-
-        return x < y ? -1 : x > y;
+        return CMP(*(const uint32_t *) a, *(const uint32_t *) b);
 }
 
 /* Take ownership out of a cleanup variable: `*ret = TAKE_PTR(obj);` */

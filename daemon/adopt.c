@@ -38,8 +38,6 @@ typedef struct Index {
         bool *taken;            /* per config channel: adopted already (a second record of its name is not) */
 } Index;
 
-#define CMP(a, b) ((a) < (b) ? -1 : (a) > (b) ? 1 : 0)
-
 /* A record against an object's kind, key and id: the order of the object index. */
 static int obj_cmp(const StateRecord *r, StateKind kind, uint32_t key, int id) {
         return CMP(r->kind, kind) ?: CMP(r->key, key) ?: CMP(r->id, id);

@@ -449,9 +449,7 @@ static int cmp_spec_ptr_name(const void *a, const void *b) {
 }
 
 static int cmp_spec_ptr_key(const void *a, const void *b) {
-        uint32_t x = (*(ChannelSpec *const *) a)->key, y = (*(ChannelSpec *const *) b)->key;
-
-        return x < y ? -1 : x > y;
+        return CMP((*(ChannelSpec *const *) a)->key, (*(ChannelSpec *const *) b)->key);
 }
 
 /*

@@ -644,7 +644,7 @@ static int cmp_posix_position(const void *a, const void *b, void *v) {
         size_t i = *(const size_t *) a, j = *(const size_t *) b;
         int k = strcmp(((const StateRecord *) v)[i].name, ((const StateRecord *) v)[j].name);
 
-        return k ? k : (i > j) - (i < j);
+        return k ?: CMP(i, j);
 }
 
 /*
