@@ -175,7 +175,6 @@ static void sem_values(int id, unsigned short *values) {
         ck_assert_msg(semctl(id, 0, GETALL, arg) == 0, "semctl(%d, GETALL): %s", id, strerror(errno));
 }
 
-/* The kernel agrees with a listed channel: key, size, mode (both objects), semaphore count. */
 /* Start the daemon on channels (a JSON array) and list them. */
 static json_t *start_and_list(const char *channels) {
         test_daemon_write_config(&td, channels);
@@ -204,6 +203,7 @@ static void foreign_segment_untouched_remove(int id, key_t key) {
         ck_assert_int_eq(shmctl(id, IPC_RMID, NULL), 0);
 }
 
+/* The kernel agrees with a listed channel: key, size, mode (both objects), semaphore count. */
 static void assert_kernel_channel(json_t *ch, size_t size, mode_t mode, unsigned nsems) {
         struct shmid_ds shm;
         struct semid_ds sem;
