@@ -137,7 +137,9 @@ json_t *test_must_find(json_t *resp, const char *name);
 json_int_t test_jint(json_t *o, const char *key);
 const char *test_jstr(json_t *o, const char *key);
 
+/* A connection to the daemon's socket at path; test_try_connect() without asserting: the fd, or -errno (for children). */
 int test_connect(const char *path);
+int test_try_connect(const char *path);
 
 /* Send raw bytes. */
 void test_send(int fd, const char *buf, size_t len);

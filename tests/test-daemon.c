@@ -484,16 +484,14 @@ typedef struct AccessCase {
 /* In a child with dropped privileges: the daemon's answer and the kernel's must agree. */
 static void access_child(void *userdata) {
         const AccessCase *c = userdata;
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
         char req[256], *line;
         bool daemon_ok, kernel_ok;
         void *addr;
         int fd;
 
         test_drop_privileges(c->uid, c->gid, c->extra_group);
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        strcpy(sa.sun_path, c->socket);
-        if (fd < 0 || connect(fd, (struct sockaddr *) &sa, sizeof sa) < 0)
+        fd = test_try_connect(c->socket);
+        if (fd < 0)
                 _exit(10);
         snprintf(req, sizeof req, "{\"op\":\"open\",\"channel\":\"%s\",\"access\":\"%s\"}\n", c->channel, c->access);
         if (send(fd, req, strlen(req), 0) < 0)
@@ -1551,7 +1549,6 @@ static int holders_in_status(const char *line, const char *channel) {
  */
 static void cap_child(void *userdata) {
         const CapCase *c = userdata;
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
         char req[256], *line;
         bool daemon_ok, kernel_ok;
         void *addr;
@@ -1589,9 +1586,8 @@ static void cap_child(void *userdata) {
                         _exit(WIFEXITED(probe_status) ? WEXITSTATUS(probe_status) : CAP_CHILD_IO);
                 close(go[1]);
         }
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        strcpy(sa.sun_path, c->socket);
-        if (fd < 0 || connect(fd, (struct sockaddr *) &sa, sizeof sa) < 0)
+        fd = test_try_connect(c->socket);
+        if (fd < 0)
                 _exit(CAP_CHILD_IO);
         snprintf(req, sizeof req, "{\"op\":\"open\",\"channel\":\"%s\",\"access\":\"rw\"}\n"
                  "{\"op\":\"status\",\"channel\":\"%s\"}\n", c->channel, c->channel);

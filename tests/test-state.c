@@ -16,7 +16,6 @@
 #include <string.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/stat.h>
@@ -549,15 +548,11 @@ END_TEST
 
 /* A child as nobody: exits 0 when it can connect to the socket, else with the errno. */
 static void connect_as_nobody(void *userdata) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
         int fd;
 
         test_drop_privileges(NOBODY, NOBODY, 0);
-        snprintf(sa.sun_path, sizeof sa.sun_path, "%s", (const char *) userdata);
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0 || connect(fd, (struct sockaddr *) &sa, sizeof sa) < 0)
-                _exit(errno ?: 1);
-        _exit(0);
+        fd = test_try_connect(userdata);
+        _exit(fd < 0 ? -fd : 0);
 }
 
 /*
