@@ -169,6 +169,7 @@ struct shmb_channel {
         RingHeader *ring;
         char *slots;
         uint64_t stride;
+        uint64_t ahead;                 /* bytes from a sender's slot to the one it prefetches; 0: none */
         /* broadcast only (client/broadcast.c) */
         struct BcastHandle *bcast;
         /*
@@ -408,6 +409,9 @@ shmb_layout layout_from_proto(ProtoLayout layout);
  * shmb_open() and by the ring tests over a buffer of their own.
  */
 int ring_channel_init(shmb_channel *ch, void *addr, uint64_t size);
+
+/* The slot a sender that just claimed slot prefetches for writing (client/ring.c), or NULL for none. */
+const void *ring_prefetch_target(const shmb_channel *ch, const void *slot);
 
 /*
  * A handle's open zero-copy claims (ch->zc_claims), kept so that its close

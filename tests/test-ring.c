@@ -23,6 +23,9 @@
  * run never meets; each case has its own Check timeout.
  */
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <check.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -40,6 +43,7 @@
 #include <unistd.h>
 
 #include "client/shmbroker-internal.h"
+#include "common/util.h"
 
 #define CASE_TIMEOUT 120
 /* Only a broken ring waits this long: the watchdog of every call. */
@@ -1079,6 +1083,53 @@ START_TEST(test_removal_stops_spinners) {
 }
 END_TEST
 
+/*
+ * Where a sender prefetches (client/ring.c): the slot about 1 KiB on, less
+ * than a lap, wrapping at the end; none for slots larger than that. Every
+ * target is a slot's start inside the ring, or the prefetch would fetch
+ * lines no send writes next.
+ */
+START_TEST(test_sender_prefetches_slots_ahead_within_the_ring) {
+        static const struct { uint32_t slot_size, slots, ahead; } cases[] = {
+                { 64, 1024, 8 },        /* 128 B strides: 8 of them in 1 KiB */
+                { 64, 6, 3 },           /* less than a lap: half of one */
+                { 64, 2, 1 },
+                { 960, 8, 1 },          /* a stride of 1 KiB */
+                { 961, 8, 0 },          /* more: none */
+                { 4096, 4, 0 },
+        };
+        bool has_prefetchw = true;
+
+#if defined(__x86_64__) || defined(__i386__)
+        {
+                unsigned a, b, c, d;
+
+                has_prefetchw = __get_cpuid(0x80000001, &a, &b, &c, &d) &&
+                                (c & bit_PRFCHW);
+        }
+#endif
+        for (size_t k = 0; k < ELEMENTSOF(cases); k++) {
+                TestRing ring;
+                shmb_channel ch = {};
+                uint32_t n = cases[k].slots, ahead = has_prefetchw ? cases[k].ahead : 0;
+
+                ring_make(&ring, cases[k].slot_size, n, false);
+                ck_assert_int_eq(ring_channel_init(&ch, ring.view[0], ring.size), 0);
+                for (uint32_t i = 0; i < n; i++) {
+                        const void *target = ring_prefetch_target(&ch, ch.slots + i * ch.stride);
+
+                        if (ahead == 0)
+                                ck_assert_msg(!target, "slot_size %u: prefetches", cases[k].slot_size);
+                        else
+                                ck_assert_msg(target == ch.slots + (i + ahead) % n * ch.stride,
+                                              "slot_size %u, %u slots: slot %u prefetches %td bytes on", cases[k].slot_size,
+                                              n, i, (const char *) target - (ch.slots + i * ch.stride));
+                }
+                ring_unmake(&ring);
+        }
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("ring");
         SRunner *sr;
@@ -1092,6 +1143,7 @@ int main(void) {
         tcase_add_test(tc, test_corrupt_seqs_do_not_outlast_the_timeout);
         tcase_add_test(tc, test_scribbled_holder_count_reads_nothing_past_the_ring);
         tcase_add_test(tc, test_future_claim_does_not_outlast_the_timeout);
+        tcase_add_test(tc, test_sender_prefetches_slots_ahead_within_the_ring);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("abort-lap");
