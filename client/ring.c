@@ -95,8 +95,9 @@
  * 8.6 to 16 M/s; 4 KiB ones, whose copies stream, did not change, nor did
  * a sender that waits on a slow receiver. A read prefetch (the claim then
  * has to take the line over again) gave 13 M/s; the slot being claimed
- * itself, or the receiver's prefetch of its next slots, made it slower
- * (those are lines the other side is writing).
+ * itself, or the receiver's prefetch of the slots 4 ahead of its own, made
+ * it slower (lines the other side is writing). Strides over 1 KiB (slots
+ * over 960 B) have none.
  */
 #define PREFETCH_AHEAD_BYTES 1024
 
@@ -323,7 +324,13 @@ static void prefetch_for_write(const void *p) {
 #endif
 }
 
-const void *ring_prefetch_target(const shmb_channel *ch, const void *slot) {
+uint64_t ring_prefetch_distance(uint64_t stride, uint32_t slots) {
+        /* Never a lap or more: that would be the slot being filled, or one the receiver is at. */
+        return stride <= PREFETCH_AHEAD_BYTES ? MIN(PREFETCH_AHEAD_BYTES / stride, slots / 2) * stride : 0;
+}
+
+/* Inline in the hot path (GCC made a call of the exported one); ring_prefetch_target() is it for the tests. */
+static inline const char *prefetch_target(const shmb_channel *ch, const void *slot) {
         const char *p = (const char *) slot + ch->ahead;
 
         if (ch->ahead == 0)
@@ -333,9 +340,13 @@ const void *ring_prefetch_target(const shmb_channel *ch, const void *slot) {
         return p;
 }
 
+const void *ring_prefetch_target(const shmb_channel *ch, const void *slot) {
+        return prefetch_target(ch, slot);
+}
+
 /* The header line, which the claim takes, and the payload's first, which the copy writes (every stride has it). */
 static inline void prefetch_ahead(const shmb_channel *ch, const RingSlot *slot) {
-        const char *p = ring_prefetch_target(ch, slot);
+        const char *p = prefetch_target(ch, slot);
 
         if (p) {
                 prefetch_for_write(p);
@@ -518,6 +529,7 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, const ui
 
 int ring_channel_init(shmb_channel *ch, void *addr, uint64_t size) {
         const RingHeader *h = addr;
+        uint32_t slot_size, slots;
         uint64_t stride;
 
         if (!ch || !addr || size < RING_HEADER_SIZE)
@@ -525,23 +537,22 @@ int ring_channel_init(shmb_channel *ch, void *addr, uint64_t size) {
         /* Another version's header may place anything anywhere: nothing of it is read. */
         if (!ring_header_is_ours(h))
                 return -EPROTO;
+        /* Read once: a writer of the segment may change them meanwhile, and the handle keeps what was checked. */
+        slot_size = LOAD(&h->slot_size, RLX);
+        slots = LOAD(&h->slots, RLX);
         /* A ring of one slot would take a second message over the first: refused, not run wrongly. */
-        if (h->slot_size == 0 || h->slot_size > RING_SLOT_SIZE_MAX || h->slots < RING_SLOTS_MIN ||
-            h->slots > RING_SLOTS_MAX)
+        if (slot_size == 0 || slot_size > RING_SLOT_SIZE_MAX || slots < RING_SLOTS_MIN || slots > RING_SLOTS_MAX)
                 return -EPROTO;
-        stride = ring_slot_stride(h->slot_size);
+        stride = ring_slot_stride(slot_size);
         if (h->slot_stride != stride || h->data_offset != RING_DATA_OFFSET || h->holders != RING_HOLDERS ||
-            h->holders_offset != RING_HOLDERS_OFFSET || size != ring_segment_size(h->slot_size, h->slots))
+            h->holders_offset != RING_HOLDERS_OFFSET || size != ring_segment_size(slot_size, slots))
                 return -EPROTO;
         ch->ring = addr;
         ch->slots = (char *) addr + RING_DATA_OFFSET;
         ch->stride = stride;
-        ch->info.slot_size = h->slot_size;
-        ch->info.slots = h->slots;
-        /* Never a lap or more: that would be the slot being filled, or one the receiver is at. */
-        ch->ahead = 0;
-        if (stride <= PREFETCH_AHEAD_BYTES && cpu_prefetches_for_write())
-                ch->ahead = MIN(PREFETCH_AHEAD_BYTES / stride, h->slots / 2) * stride;
+        ch->info.slot_size = slot_size;
+        ch->info.slots = slots;
+        ch->ahead = cpu_prefetches_for_write() ? ring_prefetch_distance(stride, slots) : 0;
         /* The fast path is the default: a short, adaptive spin, never on the peer's CPU. */
         ch->spin_us = SHMB_DEFAULT_SPIN_US;
         return 0;

@@ -412,6 +412,8 @@ int ring_channel_init(shmb_channel *ch, void *addr, uint64_t size);
 
 /* The slot a sender that just claimed slot prefetches for writing (client/ring.c), or NULL for none. */
 const void *ring_prefetch_target(const shmb_channel *ch, const void *slot);
+/* How many bytes ahead a sender prefetches in a ring of these strides and slots on a CPU that can (ch->ahead). */
+uint64_t ring_prefetch_distance(uint64_t stride, uint32_t slots);
 
 /*
  * A handle's open zero-copy claims (ch->zc_claims), kept so that its close

@@ -1085,15 +1085,18 @@ END_TEST
 
 /*
  * Where a sender prefetches (client/ring.c): the slot about 1 KiB on, less
- * than a lap, wrapping at the end; none for slots larger than that. Every
+ * than a lap, wrapping at the end; none for strides over 1 KiB. Every
  * target is a slot's start inside the ring, or the prefetch would fetch
- * lines no send writes next.
+ * lines no send writes next. A CPU without prefetchw prefetches nothing;
+ * the distance and the wrap are checked on every CPU.
  */
 START_TEST(test_sender_prefetches_slots_ahead_within_the_ring) {
         static const struct { uint32_t slot_size, slots, ahead; } cases[] = {
                 { 64, 1024, 8 },        /* 128 B strides: 8 of them in 1 KiB */
                 { 64, 6, 3 },           /* less than a lap: half of one */
                 { 64, 2, 1 },
+                { 100, 64, 5 },         /* 192 B strides: 5 of them, 960 B, not 1 KiB into a slot */
+                { 448, 3, 1 },          /* 512 B strides, 3 slots: 1, not 2 */
                 { 960, 8, 1 },          /* a stride of 1 KiB */
                 { 961, 8, 0 },          /* more: none */
                 { 4096, 4, 0 },
@@ -1111,22 +1114,82 @@ START_TEST(test_sender_prefetches_slots_ahead_within_the_ring) {
         for (size_t k = 0; k < ELEMENTSOF(cases); k++) {
                 TestRing ring;
                 shmb_channel ch = {};
-                uint32_t n = cases[k].slots, ahead = has_prefetchw ? cases[k].ahead : 0;
+                uint32_t n = cases[k].slots, ahead = cases[k].ahead;
 
                 ring_make(&ring, cases[k].slot_size, n, false);
                 ck_assert_int_eq(ring_channel_init(&ch, ring.view[0], ring.size), 0);
+                /* A CPU without prefetchw has none; the distance and the wrap are checked on every CPU. */
+                ck_assert_uint_eq(ch.ahead, has_prefetchw ? ring_prefetch_distance(ch.stride, n) : 0);
+                ch.ahead = ring_prefetch_distance(ch.stride, n);
                 for (uint32_t i = 0; i < n; i++) {
                         const void *target = ring_prefetch_target(&ch, ch.slots + i * ch.stride);
 
                         if (ahead == 0)
                                 ck_assert_msg(!target, "slot_size %u: prefetches", cases[k].slot_size);
-                        else
+                        else {
+                                ck_assert_msg(target, "slot_size %u, %u slots: slot %u prefetches nothing",
+                                              cases[k].slot_size, n, i);
                                 ck_assert_msg(target == ch.slots + (i + ahead) % n * ch.stride,
                                               "slot_size %u, %u slots: slot %u prefetches %td bytes on", cases[k].slot_size,
                                               n, i, (const char *) target - (ch.slots + i * ch.stride));
+                        }
                 }
                 ring_unmake(&ring);
         }
+}
+END_TEST
+
+/*
+ * Another rw holder that rewrites the header's slot count while a handle is
+ * being set up must not leave the handle with figures that disagree:
+ * ring_channel_init() checked the segment's size against one count, so the
+ * handle's slot count and its prefetch distance must both be that count's,
+ * or a send reaches past the ring. Flipping the count for a while finds a
+ * re-read only sometimes; a handle that took one value once is enough.
+ */
+typedef struct Flipper {
+        pthread_t thread;
+        uint32_t *word;
+        int stop;
+} Flipper;
+
+static void *flip_slots_main(void *arg) {
+        Flipper *f = arg;
+
+        while (!LOAD(&f->stop, __ATOMIC_RELAXED)) {
+                STORE(f->word, RING_SLOTS_MAX, __ATOMIC_RELAXED);
+                STORE(f->word, 2, __ATOMIC_RELAXED);
+        }
+        return NULL;
+}
+
+START_TEST(test_slot_count_rewritten_during_init_is_read_once) {
+        TestRing ring;
+        Flipper f = {};
+        uint64_t inits = 0;
+        int64_t end = now_ms() + 3000;
+
+        ring_make(&ring, 64, 2, false);
+        f.word = &((RingHeader *) ring.view[0])->slots;
+        ck_assert_int_eq(pthread_create(&f.thread, NULL, flip_slots_main, &f), 0);
+        for (uint64_t i = 0; now_ms() < end; i++) {
+                shmb_channel ch = {};
+
+                if (ring_channel_init(&ch, ring.view[0], ring.size) != 0)
+                        continue;
+                inits++;
+                if (ch.info.slots != 2 || ch.ahead >= ch.info.slots * ch.stride)
+                        STORE(&f.stop, 1, __ATOMIC_RELAXED);
+                ck_assert_msg(ch.info.slots == 2, "attempt %" PRIu64 ": a ring checked as 2 slots, set up with %" PRIu32,
+                              i, ch.info.slots);
+                ck_assert_msg(ch.ahead < ch.info.slots * ch.stride,
+                              "attempt %" PRIu64 ": prefetches %" PRIu64 " bytes ahead in a ring of %" PRIu64, i,
+                              ch.ahead, ch.info.slots * ch.stride);
+        }
+        STORE(&f.stop, 1, __ATOMIC_RELAXED);
+        pthread_join(f.thread, NULL);
+        ck_assert_uint_gt(inits, 0);
+        ring_unmake(&ring);
 }
 END_TEST
 
@@ -1144,6 +1207,7 @@ int main(void) {
         tcase_add_test(tc, test_scribbled_holder_count_reads_nothing_past_the_ring);
         tcase_add_test(tc, test_future_claim_does_not_outlast_the_timeout);
         tcase_add_test(tc, test_sender_prefetches_slots_ahead_within_the_ring);
+        tcase_add_test(tc, test_slot_count_rewritten_during_init_is_read_once);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("abort-lap");
