@@ -918,22 +918,22 @@ static int table_attach(const ProtoChannel *pc, void **ret) {
 /*
  * A posix channel's table: the file of the descriptor the broker handed
  * over (client/posix-map.c), read-write for every opener, mapped read-write, of the
- * size the header says. The descriptor is closed once mapped.
+ * size the answer implies (the header was checked to say so). The descriptor is closed once mapped.
  */
-static int table_map(shmb_channel *ch, const BcastHeader *h, void **ret) {
+static int table_map(shmb_channel *ch, uint64_t size, void **ret) {
         struct stat st;
         void *table;
         int r = 0;
 
         if (fstat(ch->table_fd, &st) < 0)
                 r = -errno;
-        else if (!S_ISREG(st.st_mode) || (uint64_t) st.st_size != h->table_size)
+        else if (!S_ISREG(st.st_mode) || (uint64_t) st.st_size != size)
                 r = -EPROTO;
         /* The broker hands the table over read-write even to an ro opener: a subscriber writes its cursor there. */
         else if ((fcntl(ch->table_fd, F_GETFL) & O_ACCMODE) != O_RDWR)
                 r = -EPROTO;
         if (r == 0) {
-                table = mmap(NULL, h->table_size, PROT_READ | PROT_WRITE, MAP_SHARED, ch->table_fd, 0);
+                table = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, ch->table_fd, 0);
                 if (table == MAP_FAILED)
                         r = -errno;
                 else
@@ -965,7 +965,11 @@ int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc) {
             pc->slot_size > RING_SLOT_SIZE_MAX ||
             ch->info.size != bcast_segment_size(pc->slot_size, pc->slots, pc->subscribers))
                 return -EPROTO;
-        /* Trust the broker's figures, and refuse a header that disagrees: nothing of another layout is read. */
+        /*
+         * Trust the broker's figures, and refuse a header that disagrees: nothing of another layout is read.
+         * The handle runs on the broker's figures, not on the header read again: a publisher may rewrite it
+         * meanwhile, and a second read would take the rewrite unchecked.
+         */
         if (!bcast_header_is_ours(h) || h->slot_size != pc->slot_size || h->slots != pc->slots ||
             h->slot_stride != bcast_slot_stride(pc->slot_size) || h->data_offset != bcast_data_offset(pc->subscribers) ||
             h->publishers != BCAST_PUBLISHERS || h->publishers_offset != BCAST_HOLDERS_OFFSET ||
@@ -977,7 +981,7 @@ int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc) {
         /* Both kinds of opener name themselves with a token: a subscriber's is its cursor. */
         if (channel_token(ch) == 0)
                 return -EPROTO;
-        r = posix ? table_map(ch, h, &table) : table_attach(pc, &table);
+        r = posix ? table_map(ch, bcast_table_size(pc->subscribers), &table) : table_attach(pc, &table);
         if (r < 0)
                 return r;
         b = calloc(1, sizeof *b);
@@ -988,12 +992,12 @@ int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc) {
         *b = (BcastHandle) {
                 .h = ch->addr,
                 .t = table,
-                .slots = (char *) ch->addr + h->data_offset,
-                .stride = h->slot_stride,
-                .n = h->slots,
-                .slot_size = h->slot_size,
-                .subscribers = h->subscribers,
-                .drop = h->overflow == BCAST_OVERFLOW_DROP,
+                .slots = (char *) ch->addr + bcast_data_offset(pc->subscribers),
+                .stride = bcast_slot_stride(pc->slot_size),
+                .n = pc->slots,
+                .slot_size = pc->slot_size,
+                .subscribers = pc->subscribers,
+                .drop = pc->overflow == PROTO_OVERFLOW_DROP,
                 .subscriber = ch->access == SHMB_RO,
                 .pubs = bcast_publisher_at(h, 0),
                 .subs = bcast_subscriber_at(h, 0),
@@ -1001,8 +1005,8 @@ int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc) {
         };
         b->ch = ch;
         ch->bcast = b;
-        ch->info.slot_size = h->slot_size;
-        ch->info.slots = h->slots;
+        ch->info.slot_size = pc->slot_size;
+        ch->info.slots = pc->slots;
         ch->spin_us = SHMB_DEFAULT_SPIN_US;
         if (b->subscriber)
                 sub_register(ch, b, true);
@@ -1052,6 +1056,16 @@ void bcast_channel_free(shmb_channel *ch) {
 
 bool bcast_channel_removed(const shmb_channel *ch) {
         return removed(ch->bcast);
+}
+
+void bcast_channel_geometry(const shmb_channel *ch, const char **ret_slots, uint64_t *ret_stride, uint32_t *ret_n,
+                            uint32_t *ret_subscribers) {
+        const BcastHandle *b = ch->bcast;
+
+        *ret_slots = b->slots;
+        *ret_stride = b->stride;
+        *ret_n = b->n;
+        *ret_subscribers = b->subscribers;
 }
 
 int shmb_channel_dropped(shmb_channel *ch, uint64_t *ret) {

@@ -493,6 +493,9 @@ int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc);
 /* Unsubscribe, detach the table and free; for any handle (a no-op unless broadcast). */
 void bcast_channel_free(shmb_channel *ch);
 bool bcast_channel_removed(const shmb_channel *ch);
+/* The figures a broadcast handle runs on, for the tests: its slots' address, stride, count and subscribers. */
+void bcast_channel_geometry(const shmb_channel *ch, const char **ret_slots, uint64_t *ret_stride, uint32_t *ret_n,
+                            uint32_t *ret_subscribers);
 
 /* What shmb_send() and friends do on a broadcast handle (ch->bcast set). */
 int bcast_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms);

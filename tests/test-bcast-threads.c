@@ -9,11 +9,13 @@
 
 #include <check.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/shm.h>
 #include <unistd.h>
 
@@ -413,6 +415,84 @@ START_TEST(test_corrupt_seqs_are_refused) {
 }
 END_TEST
 
+/*
+ * A publisher may also rewrite the header while another opener sets its
+ * handle up. bcast_channel_setup() checks the header against the broker's
+ * figures; the handle must then run on what was checked, never on a second
+ * read: a larger slot count, stride or data offset taken after the check
+ * walks a publisher's writes, or a subscriber's reads, past the segment.
+ * The flips find a second read only now and then: one handle is enough.
+ */
+typedef struct Flipper {
+        pthread_t thread;
+        BcastHeader *h;
+        int stop;
+} Flipper;
+
+static void *flip_main(void *userdata) {
+        Flipper *f = userdata;
+        uint32_t slots = f->h->slots, stride = f->h->slot_stride, offset = f->h->data_offset;
+
+        while (!__atomic_load_n(&f->stop, __ATOMIC_RELAXED)) {
+                __atomic_store_n(&f->h->slots, RING_SLOTS_MAX, __ATOMIC_RELAXED);
+                __atomic_store_n(&f->h->slot_stride, stride * 1024, __ATOMIC_RELAXED);
+                __atomic_store_n(&f->h->data_offset, offset * 1024, __ATOMIC_RELAXED);
+                __atomic_store_n(&f->h->slots, slots, __ATOMIC_RELAXED);
+                __atomic_store_n(&f->h->slot_stride, stride, __ATOMIC_RELAXED);
+                __atomic_store_n(&f->h->data_offset, offset, __ATOMIC_RELAXED);
+        }
+        return NULL;
+}
+
+START_TEST(test_header_rewritten_during_setup_is_read_once) {
+        Bus b;
+        Flipper f = {};
+        ProtoChannel pc;
+        shmb_channel *ch = calloc(1, sizeof *ch);
+        uint64_t set_up = 0;
+        time_t end = time(NULL) + 3;
+
+        bus_make(&b, 2, 1, false);
+        pc = (ProtoChannel) { .ring_version = BCAST_VERSION, .slot_size = SLOT_SIZE, .slots = b.slots,
+                              .subscribers = b.subscribers, .overflow = PROTO_OVERFLOW_BLOCK, .table_id = b.table_id };
+        ck_assert_ptr_nonnull(ch);
+        ch->access = SHMB_RW;
+        ch->addr = shmat(b.data_id, NULL, 0);
+        ck_assert_ptr_ne(ch->addr, (void *) -1);
+        ch->info.layout = SHMB_LAYOUT_BROADCAST;
+        ch->info.size = bcast_segment_size(SLOT_SIZE, b.slots, b.subscribers);
+        ch->hold.token = holder_set(bcast_publisher_at(b.admin, 0), 0, 1, RING_HOLDER_LIVE);
+        f.h = b.admin;
+        ck_assert_int_eq(pthread_create(&f.thread, NULL, flip_main, &f), 0);
+        for (uint64_t i = 0; time(NULL) < end; i++) {
+                const char *slots;
+                uint64_t stride;
+                uint32_t n, subscribers;
+                bool right;
+
+                if (bcast_channel_setup(ch, &pc) != 0)
+                        continue;
+                set_up++;
+                bcast_channel_geometry(ch, &slots, &stride, &n, &subscribers);
+                right = n == 2 && ch->info.slots == 2 && ch->info.slot_size == SLOT_SIZE &&
+                        stride == bcast_slot_stride(SLOT_SIZE) && slots == (char *) ch->addr + bcast_data_offset(1) &&
+                        subscribers == 1;
+                if (!right)
+                        __atomic_store_n(&f.stop, 1, __ATOMIC_RELAXED);
+                ck_assert_msg(right, "attempt %" PRIu64 ": checked 2 slots of stride %" PRIu64 " at offset %" PRIu64
+                              ", set up %" PRIu32 " (%" PRIu32 ") of stride %" PRIu64 " at offset %td", i,
+                              (uint64_t) bcast_slot_stride(SLOT_SIZE), (uint64_t) bcast_data_offset(1), n,
+                              ch->info.slots, stride, slots - (char *) ch->addr);
+                bcast_channel_free(ch);
+        }
+        __atomic_store_n(&f.stop, 1, __ATOMIC_RELAXED);
+        pthread_join(f.thread, NULL);
+        ck_assert_uint_gt(set_up, 0);
+        shmdt(ch->addr);
+        free(ch);
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("bcast-threads");
         TCase *tc = tcase_create("threads");
@@ -431,6 +511,7 @@ int main(void) {
         tcase_add_test(tc, test_block_dead_publishers_repaired);
         tcase_add_test(tc, test_drop_dead_publishers_repaired);
         tcase_add_test(tc, test_corrupt_seqs_are_refused);
+        tcase_add_test(tc, test_header_rewritten_during_setup_is_read_once);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_ENV);
