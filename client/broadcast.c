@@ -45,6 +45,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client/prefetch.h"
 #include "client/shmbroker-internal.h"
 #include "common/util.h"
 #include "proto/broadcast.h"
@@ -69,6 +70,7 @@ struct BcastHandle {
         uint32_t n;                     /* slots */
         uint32_t slot_size;
         uint32_t subscribers;
+        uint64_t ahead;                 /* a publisher's prefetch distance (client/prefetch.h); 0: none */
         bool drop;                      /* overflow: drop */
         bool subscriber;                /* an ro handle */
         RingHolder *pubs, *subs;        /* the holder tables */
@@ -760,6 +762,8 @@ static int pub_claim(shmb_channel *ch, BcastHandle *b, size_t len, Wait *w, Bcas
                         if (r == 0)
                                 continue;
                         advance_head(b, pos);
+                        /* The lines of a publish a few on (client/prefetch.h). */
+                        prefetch_slot(prefetch_target(slot, b->ahead, b->slots, b->n * b->stride), BCAST_SLOT_HEADER);
                         /* Now and then, so a subscriber knows whether spinning can pay (as the ring's). */
                         if ((channel_count_op(ch) & 15) == 1)
                                 channel_note_cpu(&b->h->pub_cpu);
@@ -997,6 +1001,7 @@ int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc) {
                 .n = pc->slots,
                 .slot_size = pc->slot_size,
                 .subscribers = pc->subscribers,
+                .ahead = cpu_prefetches_for_write() ? prefetch_distance(bcast_slot_stride(pc->slot_size), pc->slots) : 0,
                 .drop = pc->overflow == PROTO_OVERFLOW_DROP,
                 .subscriber = ch->access == SHMB_RO,
                 .pubs = bcast_publisher_at(h, 0),
@@ -1059,13 +1064,14 @@ bool bcast_channel_removed(const shmb_channel *ch) {
 }
 
 void bcast_channel_geometry(const shmb_channel *ch, const char **ret_slots, uint64_t *ret_stride, uint32_t *ret_n,
-                            uint32_t *ret_subscribers) {
+                            uint32_t *ret_subscribers, uint64_t *ret_ahead) {
         const BcastHandle *b = ch->bcast;
 
         *ret_slots = b->slots;
         *ret_stride = b->stride;
         *ret_n = b->n;
         *ret_subscribers = b->subscribers;
+        *ret_ahead = b->ahead;
 }
 
 int shmb_channel_dropped(shmb_channel *ch, uint64_t *ret) {

@@ -38,9 +38,6 @@
  * word) means it either sees REMOVED or finds the word moved.
  */
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
-#endif
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -54,6 +51,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client/prefetch.h"
 #include "client/shmbroker-internal.h"
 #include "common/util.h"
 
@@ -84,22 +82,6 @@
  * support's cost until the two builds' hot code was found to be the same.
  */
 #define HOT_PATH __attribute__((aligned(64)))
-
-/*
- * How far past the slot it claimed a sender prefetches the next ones, for
- * writing. In a ring of small slots each send otherwise stalls on its
- * slot's two lines, which the receiver's core freed a lap ago: its claim
- * is a locked compare-and-swap, which waits for the header line to come
- * over, and its publish waits for the payload's. Fetched ahead, both are
- * here when it gets to them. On a 2-vCPU guest, 64 B messages went from
- * 8.6 to 16 M/s; 4 KiB ones, whose copies stream, did not change, nor did
- * a sender that waits on a slow receiver. A read prefetch (the claim then
- * has to take the line over again) gave 13 M/s; the slot being claimed
- * itself, or the receiver's prefetch of the slots 4 ahead of its own, made
- * it slower (lines the other side is writing). Strides over 1 KiB (slots
- * over 960 B) have none.
- */
-#define PREFETCH_AHEAD_BYTES 1024
 
 #define REPAIR_POLL_MS 50
 #define GONE_POLL_MS 1000
@@ -299,59 +281,8 @@ static inline void notify(shmb_channel *ch, unsigned dir) {
                 wake_waiters(ch, dir, sleeping);
 }
 
-/* Whether this CPU has a prefetch for writing: an x86 one without it may not take the instruction as a no-op. */
-static bool cpu_prefetches_for_write(void) {
-#if defined(__x86_64__) || defined(__i386__)
-        static int known = -1;          /* cpuid exits a VM: asked once */
-        int k = LOAD(&known, RLX);
-        unsigned a, b, c, d;
-
-        if (k < 0) {
-                k = __get_cpuid(0x80000001, &a, &b, &c, &d) && (c & bit_PRFCHW);
-                STORE(&known, k, RLX);
-        }
-        return k;
-#else
-        return true;
-#endif
-}
-
-static void prefetch_for_write(const void *p) {
-#if defined(__x86_64__) || defined(__i386__)
-        __asm__ __volatile__("prefetchw %0" : : "m"(*(const char *) p));
-#else
-        __builtin_prefetch(p, 1, 3);
-#endif
-}
-
-uint64_t ring_prefetch_distance(uint64_t stride, uint32_t slots) {
-        /* Never a lap or more: that would be the slot being filled, or one the receiver is at. */
-        return stride <= PREFETCH_AHEAD_BYTES ? MIN(PREFETCH_AHEAD_BYTES / stride, slots / 2) * stride : 0;
-}
-
-/* Inline in the hot path (GCC made a call of the exported one); ring_prefetch_target() is it for the tests. */
-static inline const char *prefetch_target(const shmb_channel *ch, const void *slot) {
-        const char *p = (const char *) slot + ch->ahead;
-
-        if (ch->ahead == 0)
-                return NULL;
-        if (p >= ch->slots + ch->info.slots * ch->stride)
-                p -= ch->info.slots * ch->stride;
-        return p;
-}
-
 const void *ring_prefetch_target(const shmb_channel *ch, const void *slot) {
-        return prefetch_target(ch, slot);
-}
-
-/* The header line, which the claim takes, and the payload's first, which the copy writes (every stride has it). */
-static inline void prefetch_ahead(const shmb_channel *ch, const RingSlot *slot) {
-        const char *p = prefetch_target(ch, slot);
-
-        if (p) {
-                prefetch_for_write(p);
-                prefetch_for_write(p + RING_SLOT_HEADER);
-        }
+        return prefetch_target(slot, ch->ahead, ch->slots, ch->info.slots * ch->stride);
 }
 
 static void cpu_relax(void) {
@@ -552,7 +483,7 @@ int ring_channel_init(shmb_channel *ch, void *addr, uint64_t size) {
         ch->stride = stride;
         ch->info.slot_size = slot_size;
         ch->info.slots = slots;
-        ch->ahead = cpu_prefetches_for_write() ? ring_prefetch_distance(stride, slots) : 0;
+        ch->ahead = cpu_prefetches_for_write() ? prefetch_distance(stride, slots) : 0;
         /* The fast path is the default: a short, adaptive spin, never on the peer's CPU. */
         ch->spin_us = SHMB_DEFAULT_SPIN_US;
         return 0;
@@ -654,7 +585,9 @@ static inline HOT_PATH int send_claim(shmb_channel *ch, size_t len, Waiter *w, R
                         if (r == 0)
                                 continue;
                         advance(&ch->ring->head, pos);
-                        prefetch_ahead(ch, slot);
+                        /* The lines of a send a few on (client/prefetch.h). */
+                        prefetch_slot(prefetch_target(slot, ch->ahead, ch->slots, ch->info.slots * ch->stride),
+                                      RING_SLOT_HEADER);
                         /* Now and then, so a waiting peer knows whether spinning can pay. */
                         if ((channel_count_op(ch) & 15) == 1)
                                 channel_note_cpu(&ch->ring->send_cpu);

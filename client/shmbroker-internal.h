@@ -410,10 +410,8 @@ shmb_layout layout_from_proto(ProtoLayout layout);
  */
 int ring_channel_init(shmb_channel *ch, void *addr, uint64_t size);
 
-/* The slot a sender that just claimed slot prefetches for writing (client/ring.c), or NULL for none. */
+/* The slot a sender that just claimed slot prefetches for writing (client/prefetch.h), or NULL for none. */
 const void *ring_prefetch_target(const shmb_channel *ch, const void *slot);
-/* How many bytes ahead a sender prefetches in a ring of these strides and slots on a CPU that can (ch->ahead). */
-uint64_t ring_prefetch_distance(uint64_t stride, uint32_t slots);
 
 /*
  * A handle's open zero-copy claims (ch->zc_claims), kept so that its close
@@ -493,9 +491,12 @@ int bcast_channel_setup(shmb_channel *ch, const ProtoChannel *pc);
 /* Unsubscribe, detach the table and free; for any handle (a no-op unless broadcast). */
 void bcast_channel_free(shmb_channel *ch);
 bool bcast_channel_removed(const shmb_channel *ch);
-/* The figures a broadcast handle runs on, for the tests: its slots' address, stride, count and subscribers. */
+/*
+ * The figures a broadcast handle runs on, for the tests: its slots' address,
+ * stride, count and subscribers, and how far ahead it prefetches.
+ */
 void bcast_channel_geometry(const shmb_channel *ch, const char **ret_slots, uint64_t *ret_stride, uint32_t *ret_n,
-                            uint32_t *ret_subscribers);
+                            uint32_t *ret_subscribers, uint64_t *ret_ahead);
 
 /* What shmb_send() and friends do on a broadcast handle (ch->bcast set). */
 int bcast_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms);

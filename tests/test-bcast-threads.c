@@ -19,6 +19,7 @@
 #include <sys/shm.h>
 #include <unistd.h>
 
+#include "client/prefetch.h"
 #include "client/shmbroker-internal.h"
 #include "proto/broadcast.h"
 
@@ -416,6 +417,31 @@ START_TEST(test_corrupt_seqs_are_refused) {
 END_TEST
 
 /*
+ * A publisher prefetches the slot about 1 KiB past the one it claimed, as a
+ * ring's sender does (client/prefetch.h, where test-ring checks the
+ * target's wrap): 8 slots of 64 B, or half a lap of a short ring.
+ */
+START_TEST(test_publisher_prefetches_less_than_a_lap_ahead) {
+        static const struct { uint32_t slots; uint64_t ahead; } cases[] = { { 1024, 8 * 128 }, { 4, 2 * 128 } };
+
+        for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+                Bus b;
+                shmb_channel *pub;
+                const char *slots;
+                uint64_t stride, ahead;
+                uint32_t n, subscribers;
+
+                bus_make(&b, cases[k].slots, 1, false);
+                pub = handle_new(&b, false, 0);
+                bcast_channel_geometry(pub, &slots, &stride, &n, &subscribers, &ahead);
+                ck_assert_uint_eq(prefetch_distance(stride, n), cases[k].ahead);
+                ck_assert_uint_eq(ahead, cpu_prefetches_for_write() ? cases[k].ahead : 0);
+                handle_free(pub);
+        }
+}
+END_TEST
+
+/*
  * A publisher may also rewrite the header while another opener sets its
  * handle up. bcast_channel_setup() checks the header against the broker's
  * figures; the handle must then run on what was checked, never on a second
@@ -466,17 +492,17 @@ START_TEST(test_header_rewritten_during_setup_is_read_once) {
         ck_assert_int_eq(pthread_create(&f.thread, NULL, flip_main, &f), 0);
         for (uint64_t i = 0; time(NULL) < end; i++) {
                 const char *slots;
-                uint64_t stride;
+                uint64_t stride, ahead;
                 uint32_t n, subscribers;
                 bool right;
 
                 if (bcast_channel_setup(ch, &pc) != 0)
                         continue;
                 set_up++;
-                bcast_channel_geometry(ch, &slots, &stride, &n, &subscribers);
+                bcast_channel_geometry(ch, &slots, &stride, &n, &subscribers, &ahead);
                 right = n == 2 && ch->info.slots == 2 && ch->info.slot_size == SLOT_SIZE &&
                         stride == bcast_slot_stride(SLOT_SIZE) && slots == (char *) ch->addr + bcast_data_offset(1) &&
-                        subscribers == 1;
+                        subscribers == 1 && ahead < 2 * stride;
                 if (!right)
                         __atomic_store_n(&f.stop, 1, __ATOMIC_RELAXED);
                 ck_assert_msg(right, "attempt %" PRIu64 ": checked 2 slots of stride %" PRIu64 " at offset %" PRIu64
@@ -512,6 +538,7 @@ int main(void) {
         tcase_add_test(tc, test_drop_dead_publishers_repaired);
         tcase_add_test(tc, test_corrupt_seqs_are_refused);
         tcase_add_test(tc, test_header_rewritten_during_setup_is_read_once);
+        tcase_add_test(tc, test_publisher_prefetches_less_than_a_lap_ahead);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_ENV);

@@ -23,9 +23,6 @@
  * run never meets; each case has its own Check timeout.
  */
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
-#endif
 #include <check.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -42,6 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client/prefetch.h"
 #include "client/shmbroker-internal.h"
 #include "common/util.h"
 
@@ -1119,8 +1117,8 @@ START_TEST(test_sender_prefetches_slots_ahead_within_the_ring) {
                 ring_make(&ring, cases[k].slot_size, n, false);
                 ck_assert_int_eq(ring_channel_init(&ch, ring.view[0], ring.size), 0);
                 /* A CPU without prefetchw has none; the distance and the wrap are checked on every CPU. */
-                ck_assert_uint_eq(ch.ahead, has_prefetchw ? ring_prefetch_distance(ch.stride, n) : 0);
-                ch.ahead = ring_prefetch_distance(ch.stride, n);
+                ck_assert_uint_eq(ch.ahead, has_prefetchw ? prefetch_distance(ch.stride, n) : 0);
+                ch.ahead = prefetch_distance(ch.stride, n);
                 for (uint32_t i = 0; i < n; i++) {
                         const void *target = ring_prefetch_target(&ch, ch.slots + i * ch.stride);
 
