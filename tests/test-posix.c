@@ -16,6 +16,7 @@
 #include <inttypes.h>
 #include <linux/capability.h>
 #include <linux/fs.h>
+#include <linux/futex.h>
 #include <linux/sockios.h>
 #include <poll.h>
 #include <sched.h>
@@ -2604,6 +2605,51 @@ START_TEST(test_truncated_by_client) {
 }
 END_TEST
 
+/*
+ * An rw client may write anything into a semaphore's file, the sem_t
+ * included. The daemon posts each semaphore once when it removes it (a stop
+ * here); a post must not take the words it finds there as glibc's own:
+ * glibc's sem_post() makes the futex call that the sem_t's "private" word
+ * names, and aborts the process when the kernel refuses it. Semaphore 0 is
+ * given a waiter and a "private" that turns FUTEX_WAKE into no futex
+ * operation at all (ENOSYS: glibc aborts), semaphore 1 one that turns it
+ * into FUTEX_WAIT on the value the post leaves (it would never return).
+ * The words are glibc's layout of a process-shared sem_t with 64-bit
+ * atomics: the value in the low half of the first 8 bytes, the waiters in
+ * the high half, then "private".
+ */
+static void scribble_sem(int fd, uint64_t data, int32_t private) {
+        PosixSemFile *s = mmap(NULL, sizeof *s, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+
+        ck_assert_ptr_ne(s, MAP_FAILED);
+        memcpy(&s->sem, &data, sizeof data);
+        memcpy((char *) &s->sem + sizeof data, &private, sizeof private);
+        ck_assert_int_eq(munmap(s, sizeof *s), 0);
+}
+
+START_TEST(test_scribbled_semaphore_does_not_stop_the_daemon) {
+        char *before = shm_listing();
+        int fd, fds[PROTO_FDS_MAX];
+        size_t n;
+        json_t *resp;
+
+        test_daemon_write_config(&td, "[" RAW1 "]");
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"rw\", \"fd\": true}", fds,
+                                PROTO_FDS_MAX, &n);
+        test_assert_ok(resp);
+        json_decref(resp);
+        ck_assert_uint_eq(n, 4);        /* the segment, then its three semaphores */
+        scribble_sem(fds[1], UINT64_C(1) << 32, (FUTEX_WAKE | FUTEX_PRIVATE_FLAG) ^ 127);
+        scribble_sem(fds[2], UINT64_C(1) << 32, (FUTEX_WAKE | FUTEX_PRIVATE_FLAG) ^ FUTEX_WAIT);
+        close_all(fds, n);
+        close(fd);
+        /* Exits 0 within the stop's timeout, and removes everything. */
+        stop_and_assert_listing(before);
+}
+END_TEST
+
 /* Holds "g" rw as NOBODY in group GID until told to go (its pipe closes). */
 static pid_t group_holder(int *ret_go) {
         int ready[2], go[2];
@@ -2924,7 +2970,8 @@ int main(void) {
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back,
                                              test_stop_and_reload_spare_replaced, test_other_owner_removed,
-                                             test_truncated_by_client, test_reload_group_refuses_holder,
+                                             test_truncated_by_client, test_scribbled_semaphore_does_not_stop_the_daemon,
+                                             test_reload_group_refuses_holder,
                                              test_create_failure_removes, test_reload_keeps_what_it_could_not_remove } },
                 { "replace-foreign", CASE_TIMEOUT, { test_replacing_reload_onto_foreign_sem_refused,
                                                      test_replacing_reload_onto_foreign_segment_refused,
