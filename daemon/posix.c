@@ -20,12 +20,14 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <linux/futex.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -352,13 +354,40 @@ static int sem_file_init(PosixFile *f, unsigned value) {
  * so it has our layout whatever a writer did to its magic since; a previous
  * run's file must still show it.
  */
+/*
+ * sem_post() on a sem_t that any rw opener may have written: glibc's makes
+ * the futex call that the sem_t's own "private" word names, and aborts the
+ * process when the kernel refuses it (or waits in it for ever, FUTEX_WAIT).
+ * So the post is done here as glibc does it on a process-shared sem_t with
+ * 64-bit atomics (the value in the low half of the first 8 bytes, waiters
+ * in the high half), and the wake-up is always a shared FUTEX_WAKE of one,
+ * whatever it returns. A few tries only: a writer that keeps changing the
+ * word must not hold the daemon here (waiters poll; proto/posix.h).
+ */
+static void sem_post_untrusted(sem_t *sem) {
+#if defined(__GLIBC__) && __WORDSIZE == 64
+        uint64_t *data = (uint64_t *) (void *) sem, d = __atomic_load_n(data, __ATOMIC_RELAXED);
+        uint32_t *value = (uint32_t *) (void *) data + (__BYTE_ORDER == __BIG_ENDIAN);
+
+        for (int i = 0;; i++) {
+                if ((uint32_t) d >= SEM_VALUE_MAX || i == 16)
+                        return;
+                if (__atomic_compare_exchange_n(data, &d, d + 1, true, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+                        break;
+        }
+        (void) syscall(SYS_futex, value, FUTEX_WAKE, 1, NULL, NULL, 0);
+#else
+        (void) sem_post(sem);
+#endif
+}
+
 static void sem_file_mark_removed(void *addr, size_t size, bool made) {
         PosixSemFile *s = addr;
 
         if (size < sizeof *s || (!made && (s->magic != PSEM_MAGIC || s->version != PSEM_VERSION)))
                 return;
         __atomic_store_n(&s->state, (uint32_t) PSEM_STATE_REMOVED, __ATOMIC_RELEASE);
-        (void) sem_post(&s->sem);
+        sem_post_untrusted(&s->sem);
 }
 
 void posix_objects_init(PosixObjects *p) {
