@@ -2650,6 +2650,47 @@ START_TEST(test_scribbled_semaphore_does_not_stop_the_daemon) {
 }
 END_TEST
 
+/*
+ * A status reads each posix semaphore's value with sem_getvalue(), which
+ * gives the value word of the sem_t as an int. An rw client may write a
+ * word no post makes (over INT_MAX): the answer must still hold values
+ * that clients accept (0..INT32_MAX, proto/response.c), or one scribble
+ * makes every status answer that lists the channel unreadable to all.
+ */
+START_TEST(test_scribbled_semaphore_value_keeps_status_readable) {
+        char *before = shm_listing();
+        int fd, fds[PROTO_FDS_MAX];
+        json_t *resp, *sems;
+        uint32_t *value;
+        size_t n;
+
+        test_daemon_write_config(&td, "[" RAW1 "]");
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"rw\", \"fd\": true}", fds,
+                                PROTO_FDS_MAX, &n);
+        test_assert_ok(resp);
+        json_decref(resp);
+        ck_assert_uint_eq(n, 4);
+        value = mmap(NULL, sizeof(PosixSemFile), PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+        ck_assert_ptr_ne(value, MAP_FAILED);
+        __atomic_store_n(value, UINT32_C(0x80000000), __ATOMIC_RELAXED);     /* glibc: the value's word */
+        resp = test_request(fd, "{\"op\": \"status\", \"channel\": \"raw1\"}");
+        test_assert_ok(resp);
+        sems = json_object_get(json_array_get(json_object_get(resp, "channels"), 0), "semaphores");
+        for (size_t i = 0; i < json_array_size(sems); i++) {
+                json_int_t v = json_integer_value(json_object_get(json_array_get(sems, i), "value"));
+
+                ck_assert_msg(v >= 0 && v <= INT32_MAX, "semaphore %zu: value %" JSON_INTEGER_FORMAT, i, v);
+        }
+        json_decref(resp);
+        ck_assert_int_eq(munmap(value, sizeof(PosixSemFile)), 0);
+        close_all(fds, n);
+        close(fd);
+        stop_and_assert_listing(before);
+}
+END_TEST
+
 /* Holds "g" rw as NOBODY in group GID until told to go (its pipe closes). */
 static pid_t group_holder(int *ret_go) {
         int ready[2], go[2];
@@ -2971,6 +3012,7 @@ int main(void) {
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back,
                                              test_stop_and_reload_spare_replaced, test_other_owner_removed,
                                              test_truncated_by_client, test_scribbled_semaphore_does_not_stop_the_daemon,
+                                             test_scribbled_semaphore_value_keeps_status_readable,
                                              test_reload_group_refuses_holder,
                                              test_create_failure_removes, test_reload_keeps_what_it_could_not_remove } },
                 { "replace-foreign", CASE_TIMEOUT, { test_replacing_reload_onto_foreign_sem_refused,
