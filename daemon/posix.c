@@ -1003,6 +1003,13 @@ int posix_objects_sem_value(const PosixObjects *p, unsigned idx, int *ret) {
         s = p->sems[idx].addr;
         if (sem_getvalue(&s->sem, ret) < 0)
                 return -errno;
+        /*
+         * Over SEM_VALUE_MAX (an int below 0) no post makes it: a writer of the
+         * file scribbled the sem_t. Reported as the most a post makes, so that
+         * the answer stays one that clients read (values 0..INT32_MAX).
+         */
+        if (*ret < 0)
+                *ret = SEM_VALUE_MAX;
         return 0;
 }
 
