@@ -349,12 +349,6 @@ static int sem_file_init(PosixFile *f, unsigned value) {
 }
 
 /*
- * Removal reaches the waiters: REMOVED first, then one post each passes on
- * (proto/posix.h). made: we initialised (or validated) the file in this run,
- * so it has our layout whatever a writer did to its magic since; a previous
- * run's file must still show it.
- */
-/*
  * sem_post() on a sem_t that any rw opener may have written: glibc's makes
  * the futex call that the sem_t's own "private" word names, and aborts the
  * process when the kernel refuses it (or waits in it for ever, FUTEX_WAIT).
@@ -381,6 +375,12 @@ static void sem_post_untrusted(sem_t *sem) {
 #endif
 }
 
+/*
+ * Removal reaches the waiters: REMOVED first, then one post each passes on
+ * (proto/posix.h). made: we initialised (or validated) the file in this run,
+ * so it has our layout whatever a writer did to its magic since; a previous
+ * run's file must still show it.
+ */
 static void sem_file_mark_removed(void *addr, size_t size, bool made) {
         PosixSemFile *s = addr;
 
