@@ -27,6 +27,7 @@
 
 #include "client/shmbroker-internal.h"
 #include "proto/posix.h"
+#include "proto/sem-t.h"
 
 /* The highest value a System V semaphore takes (the kernel's SEMVMX, which no header exports). */
 #define SEMVMX_SYSV 32767
@@ -76,18 +77,19 @@ int posix_sem_wait(shmb_channel *ch, unsigned idx, int timeout_ms) {
                 return -EIDRM;
         for (;;) {
                 struct timespec ts = slice_end(deadline);
-                int r = timeout_ms == 0 ? sem_trywait(&f->sem) : sem_clockwait(&f->sem, CLOCK_MONOTONIC, &ts);
+                /* Not glibc's sem_*(): any rw opener may write the sem_t, and glibc aborts on some words (proto/sem-t.h). */
+                int r = timeout_ms == 0 ? psem_trywait(&f->sem) : psem_wait_until(&f->sem, &ts);
 
                 if (r == 0) {
                         if (!removed(f))
                                 return 0;
-                        (void) sem_post(&f->sem);       /* the broker's wake-up (or a late post): on to the next waiter */
+                        (void) psem_post(&f->sem, 0);   /* the broker's wake-up (or a late post): on to the next waiter */
                         return -EIDRM;
                 }
-                if (errno == EAGAIN)
-                        return -EAGAIN;                 /* sem_trywait(): timeout_ms 0 */
-                if (errno != ETIMEDOUT)
-                        return -errno;                  /* EINTR: a signal ends the wait, as System V's does */
+                if (r == -EAGAIN)
+                        return -EAGAIN;                 /* timeout_ms 0 */
+                if (r != -ETIMEDOUT)
+                        return r;                       /* EINTR: a signal ends the wait, as System V's does */
                 if (removed_now(ch, f))
                         return -EIDRM;
                 if (now_ns() >= deadline)
@@ -97,7 +99,7 @@ int posix_sem_wait(shmb_channel *ch, unsigned idx, int timeout_ms) {
 
 int posix_sem_post(shmb_channel *ch, unsigned idx) {
         PosixSemFile *f = ch->psems[idx];
-        int value;
+        int r;
 
         if (removed(f))
                 return -EIDRM;
@@ -106,12 +108,11 @@ int posix_sem_post(shmb_channel *ch, unsigned idx) {
          * both kinds. sem_t has no compare-and-post: posts that race at the
          * cap may pass it (the manual says so).
          */
-        if (sem_getvalue(&f->sem, &value) == 0 && value >= SEMVMX_SYSV)
+        if (psem_value(&f->sem) >= SEMVMX_SYSV)
                 return -ERANGE;
-        if (sem_post(&f->sem) == 0)
-                return 0;
+        r = psem_post(&f->sem, 0);
         /* Past SEM_VALUE_MAX: System V's semop() says ERANGE for the same. */
-        return errno == EOVERFLOW ? -ERANGE : -errno;
+        return r == -EOVERFLOW ? -ERANGE : r;
 }
 
 int posix_lock(shmb_channel *ch, unsigned idx, int timeout_ms) {

@@ -20,14 +20,12 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <linux/futex.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,6 +33,7 @@
 #include "daemon/posix.h"
 #include "daemon/self.h"
 #include "daemon/siphash.h"
+#include "proto/sem-t.h"
 
 static int open_dir(void) {
         int fd = open(PSEM_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -349,33 +348,6 @@ static int sem_file_init(PosixFile *f, unsigned value) {
 }
 
 /*
- * sem_post() on a sem_t that any rw opener may have written: glibc's makes
- * the futex call that the sem_t's own "private" word names, and aborts the
- * process when the kernel refuses it (or waits in it for ever, FUTEX_WAIT).
- * So the post is done here as glibc does it on a process-shared sem_t with
- * 64-bit atomics (the value in the low half of the first 8 bytes, waiters
- * in the high half), and the wake-up is always a shared FUTEX_WAKE of one,
- * whatever it returns. A few tries only: a writer that keeps changing the
- * word must not hold the daemon here (waiters poll; proto/posix.h).
- */
-static void sem_post_untrusted(sem_t *sem) {
-#if defined(__GLIBC__) && __WORDSIZE == 64
-        uint64_t *data = (uint64_t *) (void *) sem, d = __atomic_load_n(data, __ATOMIC_RELAXED);
-        uint32_t *value = (uint32_t *) (void *) data + (__BYTE_ORDER == __BIG_ENDIAN);
-
-        for (int i = 0;; i++) {
-                if ((uint32_t) d >= SEM_VALUE_MAX || i == 16)
-                        return;
-                if (__atomic_compare_exchange_n(data, &d, d + 1, true, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
-                        break;
-        }
-        (void) syscall(SYS_futex, value, FUTEX_WAKE, 1, NULL, NULL, 0);
-#else
-        (void) sem_post(sem);
-#endif
-}
-
-/*
  * Removal reaches the waiters: REMOVED first, then one post each passes on
  * (proto/posix.h). made: we initialised (or validated) the file in this run,
  * so it has our layout whatever a writer did to its magic since; a previous
@@ -387,7 +359,13 @@ static void sem_file_mark_removed(void *addr, size_t size, bool made) {
         if (size < sizeof *s || (!made && (s->magic != PSEM_MAGIC || s->version != PSEM_VERSION)))
                 return;
         __atomic_store_n(&s->state, (uint32_t) PSEM_STATE_REMOVED, __ATOMIC_RELEASE);
-        sem_post_untrusted(&s->sem);
+        /*
+         * Not glibc's sem_post(), which a client's words in the sem_t can make
+         * abort or hang (proto/sem-t.h); and a few tries only, so that a writer
+         * that keeps changing the word cannot hold the daemon here (the waiters
+         * also look at state every PSEM_POLL_MS).
+         */
+        (void) psem_post(&s->sem, 16);
 }
 
 void posix_objects_init(PosixObjects *p) {
@@ -1001,15 +979,8 @@ int posix_objects_sem_value(const PosixObjects *p, unsigned idx, int *ret) {
         if (idx >= p->nsems || !p->sems[idx].addr)
                 return -EINVAL;
         s = p->sems[idx].addr;
-        if (sem_getvalue(&s->sem, ret) < 0)
-                return -errno;
-        /*
-         * Over SEM_VALUE_MAX (an int below 0) no post makes it: a writer of the
-         * file scribbled the sem_t. Reported as the most a post makes, so that
-         * the answer stays one that clients read (values 0..INT32_MAX).
-         */
-        if (*ret < 0)
-                *ret = SEM_VALUE_MAX;
+        /* A word over SEM_VALUE_MAX, which only a writer's scribble makes, as SEM_VALUE_MAX: clients read 0..INT32_MAX. */
+        *ret = psem_value(&s->sem);
         return 0;
 }
 

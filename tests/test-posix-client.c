@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/futex.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -335,6 +336,50 @@ START_TEST(test_semaphores_across_processes) {
         ck_assert_uint_eq(shmb_status_nattch(l, 0), 0);
         ck_assert_int_eq(shmb_status_shm_id(l, 0), -EOPNOTSUPP);
         shmb_status_free(l);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+/*
+ * An rw peer may write any byte of a semaphore's file, its sem_t too.
+ * glibc's sem_post() and sem_clockwait() make the futex call that the
+ * sem_t's own "private" word names, and abort the process when the kernel
+ * refuses it (or wait for ever in a FUTEX_WAIT where a wake-up was meant).
+ * The library's calls must do neither, whatever that word says: here one
+ * that makes every call no futex operation at all, one that turns a wake-up
+ * into a wait, and one of all bits. The words are glibc's layout of a
+ * process-shared sem_t with 64-bit atomics: the value in the low half of
+ * the first 8 bytes, waiters in the high half, then "private".
+ */
+static void scribble_sem_words(const char *channel, unsigned sem, uint64_t data, int32_t private) {
+        char path[PATH_MAX];
+        int fd;
+
+        snprintf(path, sizeof path, PSEM_DIR "/" PSEM_FILE_PREFIX "shmbroker.%s.%u", channel, sem);
+        fd = open(path, O_RDWR | O_CLOEXEC);
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        ck_assert_int_eq(pwrite(fd, &data, sizeof data, 0), (ssize_t) sizeof data);
+        ck_assert_int_eq(pwrite(fd, &private, sizeof private, sizeof data), (ssize_t) sizeof private);
+        close(fd);
+}
+
+START_TEST(test_scribbled_sem_t_neither_aborts_nor_hangs_a_caller) {
+        static const int32_t privates[] = { (FUTEX_WAKE | FUTEX_PRIVATE_FLAG) ^ 127,
+                                            (FUTEX_WAKE | FUTEX_PRIVATE_FLAG) ^ FUTEX_WAIT, -1 };
+        shmb_channel *ch = must_open("raw", SHMB_RW);
+
+        for (size_t k = 0; k < ELEMENTSOF(privates); k++) {
+                int64_t t0;
+
+                /* Value 0, and a waiter, so that a post wakes. */
+                scribble_sem_words("raw", 1, UINT64_C(1) << 32, privates[k]);
+                ck_assert_int_eq(shmb_sem_post(ch, 1), 0);
+                ck_assert_int_eq(shmb_sem_wait(ch, 1, WAIT_MS), 0);
+                ck_assert_int_eq(shmb_sem_trywait(ch, 1), -EAGAIN);
+                t0 = test_now_ms();
+                ck_assert_int_eq(shmb_sem_wait(ch, 1, 20), -ETIMEDOUT);
+                ck_assert_int_ge(test_now_ms() - t0, 20);
+        }
         ck_assert_int_eq(shmb_close(ch), 0);
 }
 END_TEST
@@ -1262,6 +1307,7 @@ int main(void) {
                                              test_ring_from_other_namespaces_through_the_fds,
                                              test_read_only_open_cannot_write } },
                 { "semaphores", CASE_TIMEOUT, { test_semaphores_across_processes,
+                                                test_scribbled_sem_t_neither_aborts_nor_hangs_a_caller,
                                                 test_killed_lock_holder_does_not_keep_the_lock } },
                 { "removal", CASE_TIMEOUT, { test_removal_ends_blocked_calls,
                                              test_removal_ends_blocked_calls_of_scribbled_files,
