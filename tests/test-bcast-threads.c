@@ -417,6 +417,34 @@ START_TEST(test_corrupt_seqs_are_refused) {
 END_TEST
 
 /*
+ * A publisher may write a slot's length too. A subscriber never takes more
+ * than a slot from it: a peek and a receive into a slot's buffer say the
+ * slot's size, and a smaller buffer gets -EMSGSIZE.
+ */
+START_TEST(test_scribbled_length_is_cut_to_the_slot) {
+        Bus b;
+        shmb_channel *pub, *sub;
+        char buf[SLOT_SIZE];
+        const void *in;
+
+        bus_make(&b, 4, 1, false);
+        pub = handle_new(&b, false, 0);
+        sub = handle_new(&b, true, 0);
+        for (uint64_t k = 0; k < 3; k++) {
+                ck_assert_int_eq(shmb_send(pub, "m", 1, 0), 0);
+                __atomic_store_n(&bcast_slot_at(b.admin, k)->len, UINT32_MAX, __ATOMIC_SEQ_CST);
+        }
+        ck_assert_int_eq(shmb_recv(sub, buf, SLOT_SIZE - 1, 0), -EMSGSIZE);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), SLOT_SIZE);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), SLOT_SIZE);
+        ck_assert_int_eq(shmb_recv_peek(sub, &in, 0), SLOT_SIZE);
+        ck_assert_int_eq(shmb_recv_release(sub, in), 0);
+        handle_free(sub);
+        handle_free(pub);
+}
+END_TEST
+
+/*
  * A publisher prefetches the slot about 1 KiB past the one it claimed, as a
  * ring's sender does (client/prefetch.h, where test-ring checks the
  * target's wrap): 8 slots of 64 B, or half a lap of a short ring.
@@ -539,6 +567,7 @@ int main(void) {
         tcase_add_test(tc, test_corrupt_seqs_are_refused);
         tcase_add_test(tc, test_header_rewritten_during_setup_is_read_once);
         tcase_add_test(tc, test_publisher_prefetches_less_than_a_lap_ahead);
+        tcase_add_test(tc, test_scribbled_length_is_cut_to_the_slot);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_ENV);

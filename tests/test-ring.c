@@ -740,6 +740,34 @@ START_TEST(test_future_claim_does_not_outlast_the_timeout) {
 END_TEST
 
 /*
+ * Any rw opener can write a slot's length. A receiver never takes more than
+ * a slot from it: a peek says the slot's size, a receive into a buffer of a
+ * slot gets that much, and one into a smaller buffer is -EMSGSIZE, the
+ * message left. Without the cut, a peek would hand the caller 4 GiB past
+ * the payload to read.
+ */
+START_TEST(test_scribbled_length_is_cut_to_the_slot) {
+        TestRing ring;
+        shmb_channel *ch;
+        char buf[SLOT_SIZE];
+        const void *in;
+
+        ring_make(&ring, SLOT_SIZE, 4, false);
+        ch = handle_new(&ring, 0, 0);
+        for (int k = 0; k < 2; k++) {
+                ck_assert_int_eq(shmb_send(ch, "m", 1, 0), 0);
+                STORE(&slot_of(ch, (uint64_t) k)->len, UINT32_MAX, __ATOMIC_SEQ_CST);
+        }
+        ck_assert_int_eq(shmb_recv(ch, buf, SLOT_SIZE - 1, 0), -EMSGSIZE);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), SLOT_SIZE);
+        ck_assert_int_eq(shmb_recv_peek(ch, &in, 0), SLOT_SIZE);
+        ck_assert_int_eq(shmb_recv_release(ch, in), 0);
+        handle_free(ch);
+        ring_unmake(&ring);
+}
+END_TEST
+
+/*
  * Any rw opener can write the header. A scribbled holder count, with an
  * owner word naming a holder past the real table, must not make a waiter
  * read past the segment: the library knows the table's size from the
@@ -1205,6 +1233,7 @@ int main(void) {
         tcase_add_test(tc, test_scribbled_holder_count_reads_nothing_past_the_ring);
         tcase_add_test(tc, test_future_claim_does_not_outlast_the_timeout);
         tcase_add_test(tc, test_sender_prefetches_slots_ahead_within_the_ring);
+        tcase_add_test(tc, test_scribbled_length_is_cut_to_the_slot);
         tcase_add_test(tc, test_slot_count_rewritten_during_init_is_read_once);
         suite_add_tcase(s, tc);
 
