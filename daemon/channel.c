@@ -772,13 +772,15 @@ static int read_subscriptions(const Channel *c, ProtoChannel *ret) {
         for (uint32_t i = 0; i < c->spec.subscribers; i++) {
                 const BcastCursor *cur = bcast_cursor_at(c->table_addr, i);
                 uint32_t token = bcast_live_token(holders, i);
+                /* Once: publishers may write the segment, and a second read could be below 0 (clients refuse that). */
+                int32_t pid = __atomic_load_n(&holders[i].pid, __ATOMIC_RELAXED);
                 uint64_t pos;
 
                 if (token == 0 || __atomic_load_n(&cur->token, __ATOMIC_ACQUIRE) != token)
                         continue;
                 pos = MIN(__atomic_load_n(&cur->position, __ATOMIC_ACQUIRE), head);
                 v[n++] = (ProtoSubscription) {
-                        .pid = holders[i].pid > 0 ? holders[i].pid : 0,
+                        .pid = pid > 0 ? pid : 0,
                         .position = pos,
                         .lag = head - pos,
                         .dropped = __atomic_load_n(&cur->dropped, __ATOMIC_RELAXED),
