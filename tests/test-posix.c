@@ -2547,6 +2547,19 @@ START_TEST(test_other_owner_removed) {
 }
 END_TEST
 
+/* Connect and open channel rw with its descriptors (fds, n of them): the connection. */
+static int open_with_fds(const char *channel, int *fds, size_t *n) {
+        char req[160];
+        int fd = test_connect(td.socket);
+        json_t *resp;
+
+        snprintf(req, sizeof req, "{\"op\": \"open\", \"channel\": \"%s\", \"access\": \"rw\", \"fd\": true}", channel);
+        resp = test_request_fds(fd, req, fds, PROTO_FDS_MAX, n);
+        test_assert_ok(resp);
+        json_decref(resp);
+        return fd;
+}
+
 /*
  * An rw client may ftruncate(2) the files it was handed. The daemon's own
  * mappings then end early; it must neither die of SIGBUS touching them
@@ -2562,11 +2575,7 @@ START_TEST(test_truncated_by_client) {
 
         test_daemon_write_config(&td, "[" RING1 ", " RAW1 "]");
         test_start_ok();
-        fd = test_connect(td.socket);
-        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"ring1\", \"access\": \"rw\", \"fd\": true}", fds,
-                                PROTO_FDS_MAX, &n);
-        test_assert_ok(resp);
-        json_decref(resp);
+        fd = open_with_fds("ring1", fds, &n);
         seg = shm_stat("shmbroker.ring1");
         ck_assert_int_eq(ftruncate(fds[0], 0), 0);      /* the segment, under the ring's header */
         ck_assert_int_eq(ftruncate(fds[1], 0), 0);      /* its semaphore */
@@ -2631,15 +2640,10 @@ START_TEST(test_scribbled_semaphore_does_not_stop_the_daemon) {
         char *before = shm_listing();
         int fd, fds[PROTO_FDS_MAX];
         size_t n;
-        json_t *resp;
 
         test_daemon_write_config(&td, "[" RAW1 "]");
         test_start_ok();
-        fd = test_connect(td.socket);
-        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"rw\", \"fd\": true}", fds,
-                                PROTO_FDS_MAX, &n);
-        test_assert_ok(resp);
-        json_decref(resp);
+        fd = open_with_fds("raw1", fds, &n);
         ck_assert_uint_eq(n, 4);        /* the segment, then its three semaphores */
         scribble_sem(fds[1], UINT64_C(1) << 32, (FUTEX_WAKE | FUTEX_PRIVATE_FLAG) ^ 127);
         scribble_sem(fds[2], UINT64_C(1) << 32, (FUTEX_WAKE | FUTEX_PRIVATE_FLAG) ^ FUTEX_WAIT);
@@ -2651,9 +2655,9 @@ START_TEST(test_scribbled_semaphore_does_not_stop_the_daemon) {
 END_TEST
 
 /*
- * A status reads each posix semaphore's value with sem_getvalue(), which
- * gives the value word of the sem_t as an int. An rw client may write a
- * word no post makes (over INT_MAX): the answer must still hold values
+ * A status reads each posix semaphore's value word from its sem_t (glibc's
+ * sem_getvalue() gives it as an int). An rw client may write a word no
+ * post makes (over INT_MAX): the answer must still hold values
  * that clients accept (0..INT32_MAX, proto/response.c), or one scribble
  * makes every status answer that lists the channel unreadable to all.
  */
@@ -2666,11 +2670,7 @@ START_TEST(test_scribbled_semaphore_value_keeps_status_readable) {
 
         test_daemon_write_config(&td, "[" RAW1 "]");
         test_start_ok();
-        fd = test_connect(td.socket);
-        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"rw\", \"fd\": true}", fds,
-                                PROTO_FDS_MAX, &n);
-        test_assert_ok(resp);
-        json_decref(resp);
+        fd = open_with_fds("raw1", fds, &n);
         ck_assert_uint_eq(n, 4);
         value = mmap(NULL, sizeof(PosixSemFile), PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
         ck_assert_ptr_ne(value, MAP_FAILED);
