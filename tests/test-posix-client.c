@@ -45,6 +45,7 @@
 #include "common/util.h"
 #include "proto/posix.h"
 #include "proto/ring.h"
+#include "proto/sem-t.h"
 #include "tests/helpers.h"
 
 #define CASE_TIMEOUT 60
@@ -380,6 +381,114 @@ START_TEST(test_scribbled_sem_t_neither_aborts_nor_hangs_a_caller) {
                 ck_assert_int_eq(shmb_sem_wait(ch, 1, 20), -ETIMEDOUT);
                 ck_assert_int_ge(test_now_ms() - t0, 20);
         }
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+/*
+ * A program that only knows sem_open() shares a posix channel's semaphore
+ * with the library, as the README promises: a post from either side wakes
+ * a waiter of the other that is asleep in the kernel. The waiter sleeps
+ * first (counted in the sem_t's waiters, and in state S), then the other
+ * process posts; a lost wake-up leaves the waiter to its WAIT_MS deadline,
+ * which fails the case. The library's own waiter is psem_wait_until() in
+ * one long slice (shmb_sem_wait()'s slices of PSEM_POLL_MS would hide a
+ * lost wake-up), then shmb_sem_wait() end to end.
+ */
+static uint32_t sem_waiters(const sem_t *s) {
+        uint64_t d = __atomic_load_n((const uint64_t *) (const void *) s, __ATOMIC_RELAXED);
+
+        return (uint32_t) (d >> 32);
+}
+
+static bool sleeping(pid_t pid) {
+        char path[64], buf[512], *p;
+        ssize_t n;
+        int fd;
+
+        snprintf(path, sizeof path, "/proc/%d/stat", (int) pid);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return false;
+        n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n <= 0)
+                return false;
+        buf[n] = '\0';
+        p = strrchr(buf, ')');
+        return p && p[1] == ' ' && p[2] == 'S';
+}
+
+/* Until pid sleeps counted in as a waiter of s: true, or false after WAIT_MS. */
+static bool waits_asleep(const sem_t *s, pid_t pid) {
+        int64_t end = test_now_ms() + WAIT_MS;
+
+        while (test_now_ms() < end) {
+                if (sem_waiters(s) > 0 && sleeping(pid))
+                        return true;
+                (void) usleep(1000);
+        }
+        return false;
+}
+
+START_TEST(test_glibc_and_library_wake_each_other) {
+        shmb_channel *ch = must_open("raw", SHMB_RW);
+        sem_t *named = sem_open("/shmbroker.raw.1", 0);
+        pid_t pid, parent = getpid();
+
+        ck_assert_ptr_ne(named, SEM_FAILED);
+        ck_assert_int_eq(shmb_sem_trywait(ch, 1), -EAGAIN);
+
+        /* The library posts; glibc's sem_timedwait() in another process, asleep, wakes. */
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                sem_t *s = sem_open("/shmbroker.raw.1", 0);
+                struct timespec at;
+
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                if (s == SEM_FAILED)
+                        _exit(2);
+                clock_gettime(CLOCK_REALTIME, &at);
+                at.tv_sec += WAIT_MS / 1000;
+                _exit(sem_timedwait(s, &at) == 0 ? 0 : 3);
+        }
+        ck_assert_msg(waits_asleep(named, pid), "the glibc waiter never slept");
+        ck_assert_int_eq(shmb_sem_post(ch, 1), 0);
+        reap_ok(pid);
+        ck_assert_int_eq(shmb_sem_trywait(ch, 1), -EAGAIN);
+        ck_assert_uint_eq(sem_waiters(named), 0);
+
+        /* glibc's sem_post() from another process; the library's waiter, asleep, wakes. */
+        for (int round = 0; round < 2; round++) {
+                int r;
+
+                pid = fork();
+                ck_assert_int_ge(pid, 0);
+                if (pid == 0) {
+                        sem_t *s = sem_open("/shmbroker.raw.1", 0);
+
+                        (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                        if (s == SEM_FAILED)
+                                _exit(2);
+                        if (!waits_asleep(s, parent))
+                                _exit(3);
+                        _exit(sem_post(s) == 0 ? 0 : 4);
+                }
+                if (round == 0) {
+                        struct timespec at;
+
+                        clock_gettime(CLOCK_MONOTONIC, &at);
+                        at.tv_sec += WAIT_MS / 1000;
+                        r = psem_wait_until(named, &at);
+                } else
+                        r = shmb_sem_wait(ch, 1, WAIT_MS);
+                ck_assert_msg(r == 0, "round %d: the library's waiter: %s", round, strerror(-r));
+                reap_ok(pid);
+                ck_assert_int_eq(shmb_sem_trywait(ch, 1), -EAGAIN);
+                ck_assert_uint_eq(sem_waiters(named), 0);
+        }
+        ck_assert_int_eq(sem_close(named), 0);
         ck_assert_int_eq(shmb_close(ch), 0);
 }
 END_TEST
@@ -1308,6 +1417,7 @@ int main(void) {
                                              test_read_only_open_cannot_write } },
                 { "semaphores", CASE_TIMEOUT, { test_semaphores_across_processes,
                                                 test_scribbled_sem_t_neither_aborts_nor_hangs_a_caller,
+                                                test_glibc_and_library_wake_each_other,
                                                 test_killed_lock_holder_does_not_keep_the_lock } },
                 { "removal", CASE_TIMEOUT, { test_removal_ends_blocked_calls,
                                              test_removal_ends_blocked_calls_of_scribbled_files,
