@@ -129,6 +129,7 @@ void client_set_message(shmb_client *c, const char *fmt, ...) {
  */
 static int setup_ring(shmb_channel *ch, uint32_t ring_version) {
         const RingHeader *h = ch->addr;
+        uint32_t slot_size, slots;
         int r;
 
         if (ring_version == 0) {
@@ -155,11 +156,17 @@ static int setup_ring(shmb_channel *ch, uint32_t ring_version) {
                             "; this library speaks version %d", ch->info.name, h->version, RING_VERSION);
                 return -EPROTO;
         }
-        if (h->slot_size != ch->info.slot_size || h->slots != ch->info.slots)
-                return -EPROTO;
+        slot_size = ch->info.slot_size;
+        slots = ch->info.slots;
         r = ring_channel_init(ch, ch->addr, ch->info.size);
         if (r < 0)
                 return r;
+        /*
+         * The figures the handle runs on, read once from the header there, must be the broker's: compared
+         * before, the header could change in between to another split of the same size.
+         */
+        if (ch->info.slot_size != slot_size || ch->info.slots != slots)
+                return -EPROTO;
         if (ch->access == SHMB_RW)
                 prefault(ch);
         return 0;

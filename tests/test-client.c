@@ -1307,6 +1307,70 @@ static bool write_file(const char *path, const char *text) {
 #define RACE_RELOADS 150
 #define RACE_MAX_MS 20000
 
+/*
+ * A writer of a ring's segment may rewrite the header while another process
+ * opens the channel: here between the configured 8 slots of 256 B and 10 of
+ * 192 B, the same 2560 bytes of slots. The new handle must run on the
+ * broker's figures or refuse the open (-EPROTO), never on a split the
+ * broker did not give (the header read again after it was checked).
+ */
+typedef struct HeaderFlipper {
+        pthread_t thread;
+        RingHeader *h;
+        int stop;
+} HeaderFlipper;
+
+static void *flip_ring_header(void *userdata) {
+        HeaderFlipper *f = userdata;
+
+        while (!__atomic_load_n(&f->stop, __ATOMIC_RELAXED)) {
+                __atomic_store_n(&f->h->slot_size, 192, __ATOMIC_RELAXED);
+                __atomic_store_n(&f->h->slot_stride, ring_slot_stride(192), __ATOMIC_RELAXED);
+                __atomic_store_n(&f->h->slots, 10, __ATOMIC_RELAXED);
+                __atomic_store_n(&f->h->slot_size, 256, __ATOMIC_RELAXED);
+                __atomic_store_n(&f->h->slot_stride, ring_slot_stride(256), __ATOMIC_RELAXED);
+                __atomic_store_n(&f->h->slots, 8, __ATOMIC_RELAXED);
+        }
+        return NULL;
+}
+
+START_TEST(test_open_runs_on_the_brokers_ring_figures) {
+        shmb_channel *writer = test_open_ok("ring", SHMB_RW);
+        HeaderFlipper f = { .h = shmb_channel_addr(writer) };
+        int64_t end = test_now_ms() + 3000;
+        unsigned opened = 0, refused = 0;
+        shmb_client *c;
+
+        _Static_assert(10 * ((192 + RING_SLOT_HEADER + 63) / 64 * 64) == 8 * ((256 + RING_SLOT_HEADER + 63) / 64 * 64),
+                       "the two splits must be of one size");
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(pthread_create(&f.thread, NULL, flip_ring_header, &f), 0);
+        while (test_now_ms() < end) {
+                shmb_channel *ch;
+                int r = shmb_open(c, "ring", SHMB_RW, &ch);
+                bool right;
+
+                if (r == -EPROTO) {
+                        refused++;
+                        continue;
+                }
+                ck_assert_msg(r == 0, "open: %s", shmb_strerror(r));
+                opened++;
+                right = shmb_channel_slot_size(ch) == 256 && shmb_channel_slots(ch) == 8;
+                if (!right)
+                        __atomic_store_n(&f.stop, 1, __ATOMIC_RELAXED);
+                ck_assert_msg(right, "open %u: a ring of %u slots of %u B, where the broker gave 8 of 256", opened,
+                              shmb_channel_slots(ch), shmb_channel_slot_size(ch));
+                ck_assert_int_eq(shmb_close(ch), 0);
+        }
+        __atomic_store_n(&f.stop, 1, __ATOMIC_RELAXED);
+        ck_assert_int_eq(pthread_join(f.thread, NULL), 0);
+        ck_assert_msg(opened > 0, "no open got through (%u refused)", refused);
+        shmb_disconnect(c);
+        ck_assert_int_eq(shmb_close(writer), 0);
+}
+END_TEST
+
 /* The reloader: replace "pair" n times, alternating between the two configs. Exits 0 when all were done. */
 static _Noreturn void reload_loop(char *const configs[2], int n) {
         shmb_client *c;
@@ -4042,7 +4106,8 @@ int main(void) {
                             test_ring_wait_behind_live_stuck_claim_times_out, test_ring_of_another_layout_is_eproto } },
                 { "library-refusals", CASE_TIMEOUT, { test_library_refuses_before_sending } },
                 { "faults", CASE_TIMEOUT, { test_thousand_clients_killed_at_random } },
-                { "races", CASE_TIMEOUT, { test_open_racing_replacements_is_never_exdev,
+                { "races", CASE_TIMEOUT, { test_open_runs_on_the_brokers_ring_figures,
+                             test_open_racing_replacements_is_never_exdev,
                              test_open_replaced_before_attach_old_segment_alive,
                              test_open_replaced_before_attach_old_segment_gone, test_open_removed_before_attach_is_enoent,
                              test_open_rights_revoked_before_attach_is_eacces } },
