@@ -183,7 +183,7 @@ size_t posix_objects_n_fds(const PosixObjects *p);
 /* The segment's owner, group, permission bits and size as the kernel sees them (fstat). */
 int posix_objects_stat(const PosixObjects *p, uid_t *ret_uid, gid_t *ret_gid, mode_t *ret_mode, uint64_t *ret_size);
 
-/* A semaphore's value (sem_getvalue on the daemon's mapping). */
+/* A semaphore's value, read from the sem_t in the daemon's mapping (proto/sem-t.h: 0 to SEM_VALUE_MAX). */
 int posix_objects_sem_value(const PosixObjects *p, unsigned idx, int *ret);
 
 /*

@@ -1,5 +1,6 @@
 /* A posix semaphore file's sem_t, worked on without trusting its words: proto/sem-t.h. */
 
+#include <endian.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdbool.h>
@@ -9,6 +10,10 @@
 #include <unistd.h>
 
 #include "proto/sem-t.h"
+
+#if !defined(__BYTE_ORDER) || !defined(__LITTLE_ENDIAN) || !defined(__BIG_ENDIAN)
+#error "which half of a sem_t's data is its value depends on the byte order"
+#endif
 
 #if defined(__GLIBC__) && __WORDSIZE == 64 && (__BYTE_ORDER == __LITTLE_ENDIAN || __BYTE_ORDER == __BIG_ENDIAN)
 #define WORDS_KNOWN 1
@@ -111,6 +116,6 @@ int psem_value(const sem_t *sem) {
         int v = 0;
 
         (void) sem_getvalue((sem_t *) sem, &v);
-        return v < 0 ? 0 : v;
+        return v < 0 ? SEM_VALUE_MAX : v;       /* a word above INT_MAX, as glibc gives it */
 #endif
 }
