@@ -115,6 +115,37 @@ int posix_sem_post(shmb_channel *ch, unsigned idx) {
         return r == -EOVERFLOW ? -ERANGE : r;
 }
 
+/*
+ * Whether the lock is still of the kind the broker made. glibc takes a
+ * mutex's kind from its words, here in a file every rw opener may write,
+ * and aborts on some (a priority-inheriting robust mutex whose owner word
+ * names no thread fails "Assertion e != ESRCH || !robust"). With the kind
+ * the broker made, the other words only make a lock wait or fail (a probe
+ * of 3000 random fillings: no abort, no wait past its timeout). So a call
+ * refuses any other kind; a writer that rewrites it in the instant between
+ * this look and glibc's can still end a locker (libshmbroker(3)).
+ */
+static bool lock_kind_ok(const PosixSemFile *f) {
+#ifdef __GLIBC__
+        static int expected = -1;       /* the kind psem_lock_init() gives, asked once */
+        int k = __atomic_load_n(&expected, __ATOMIC_RELAXED);
+
+        if (k < 0) {
+                pthread_mutex_t m;
+
+                if (psem_lock_init(&m) != 0)
+                        return true;    /* cannot tell: as before */
+                k = m.__data.__kind;
+                (void) pthread_mutex_destroy(&m);
+                __atomic_store_n(&expected, k, __ATOMIC_RELAXED);
+        }
+        return __atomic_load_n(&f->lock.__data.__kind, __ATOMIC_RELAXED) == k;
+#else
+        (void) f;
+        return true;
+#endif
+}
+
 int posix_lock(shmb_channel *ch, unsigned idx, int timeout_ms) {
         PosixSemFile *f = ch->psems[idx];
         int64_t deadline = deadline_of(timeout_ms);
@@ -123,7 +154,11 @@ int posix_lock(shmb_channel *ch, unsigned idx, int timeout_ms) {
                 return -EIDRM;
         for (;;) {
                 struct timespec ts = slice_end(deadline);
-                int r = timeout_ms == 0 ? pthread_mutex_trylock(&f->lock) :
+                int r;
+
+                if (!lock_kind_ok(f))
+                        return -EPROTO;
+                r = timeout_ms == 0 ? pthread_mutex_trylock(&f->lock) :
                                           pthread_mutex_clocklock(&f->lock, CLOCK_MONOTONIC, &ts);
 
                 /* Its holder died holding it: ours now, made usable again (what SEM_UNDO gives System V). */
@@ -153,5 +188,7 @@ int posix_lock(shmb_channel *ch, unsigned idx, int timeout_ms) {
 
 int posix_unlock(shmb_channel *ch, unsigned idx) {
         /* Not after a removal: a holder gives its lock back whatever became of the channel. */
+        if (!lock_kind_ok(ch->psems[idx]))
+                return -EPROTO;
         return -pthread_mutex_unlock(&ch->psems[idx]->lock);
 }

@@ -326,19 +326,11 @@ static StateRecord file_record(const PosixFile *f, const char *channel, int role
 /* A semaphore's file, as the library expects it (proto/posix.h); 0600 still. */
 static int sem_file_init(PosixFile *f, unsigned value) {
         PosixSemFile *s = f->addr;
-        pthread_mutexattr_t attr;
         int r;
 
         if (sem_init(&s->sem, 1, value) < 0)
                 return -errno;
-        r = pthread_mutexattr_init(&attr);
-        if (r == 0)
-                r = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-        if (r == 0)
-                r = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-        if (r == 0)
-                r = pthread_mutex_init(&s->lock, &attr);
-        (void) pthread_mutexattr_destroy(&attr);
+        r = psem_lock_init(&s->lock);
         if (r != 0)
                 return -r;
         s->magic = PSEM_MAGIC;

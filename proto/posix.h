@@ -59,6 +59,25 @@ typedef struct PosixSemFile {
         pthread_mutex_t lock;           /* PTHREAD_PROCESS_SHARED, PTHREAD_MUTEX_ROBUST */
 } PosixSemFile;
 
+/*
+ * Make a semaphore file's lock as the broker does and the library expects
+ * it: process-shared and robust, of the default type. 0 or an errno value
+ * (pthread's convention).
+ */
+static inline int psem_lock_init(pthread_mutex_t *m) {
+        pthread_mutexattr_t attr;
+        int r = pthread_mutexattr_init(&attr);
+
+        if (r == 0)
+                r = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+        if (r == 0)
+                r = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+        if (r == 0)
+                r = pthread_mutex_init(m, &attr);
+        (void) pthread_mutexattr_destroy(&attr);
+        return r;
+}
+
 /* Where sem_open() keeps "/NAME": the file /dev/shm/sem.NAME. */
 #define PSEM_DIR "/dev/shm"
 #define PSEM_FILE_PREFIX "sem."

@@ -493,6 +493,46 @@ START_TEST(test_glibc_and_library_wake_each_other) {
 }
 END_TEST
 
+/*
+ * A posix channel's lock is glibc's robust mutex, in a file every rw opener
+ * may write. glibc takes the mutex's kind from the file, and aborts on some:
+ * a priority-inheriting robust one whose owner word names no thread fails
+ * its assertion "e != ESRCH || !robust". A write of the kind alone must not
+ * end a locker: the call refuses a kind that is not the one the broker made.
+ */
+START_TEST(test_scribbled_lock_kind_does_not_abort_a_locker) {
+        shmb_channel *ch = must_open("lock", SHMB_RW);
+        char path[PATH_MAX];
+        pthread_mutex_t m;
+        int fd, owner = 0x3ffffff0, kind;
+
+        /* PI, robust, process-shared: glibc's kind bits, taken from a mutex made so. */
+        {
+                pthread_mutexattr_t a;
+
+                ck_assert_int_eq(pthread_mutexattr_init(&a), 0);
+                ck_assert_int_eq(pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED), 0);
+                ck_assert_int_eq(pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST), 0);
+                ck_assert_int_eq(pthread_mutexattr_setprotocol(&a, PTHREAD_PRIO_INHERIT), 0);
+                ck_assert_int_eq(pthread_mutex_init(&m, &a), 0);
+                kind = m.__data.__kind;
+                pthread_mutex_destroy(&m);
+                pthread_mutexattr_destroy(&a);
+        }
+        snprintf(path, sizeof path, PSEM_DIR "/" PSEM_FILE_PREFIX "shmbroker.lock.0");
+        fd = open(path, O_RDWR | O_CLOEXEC);
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        ck_assert_int_eq(pwrite(fd, &owner, sizeof owner, offsetof(PosixSemFile, lock.__data.__lock)),
+                         (ssize_t) sizeof owner);
+        ck_assert_int_eq(pwrite(fd, &kind, sizeof kind, offsetof(PosixSemFile, lock.__data.__kind)), (ssize_t) sizeof kind);
+        close(fd);
+        ck_assert_int_eq(shmb_lock(ch, 0, 100), -EPROTO);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), -EPROTO);
+        ck_assert_int_eq(shmb_unlock(ch, 0), -EPROTO);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
 START_TEST(test_killed_lock_holder_does_not_keep_the_lock) {
         shmb_channel *ch = must_open("lock", SHMB_RW);
         int ready[2];
@@ -1417,6 +1457,7 @@ int main(void) {
                                              test_read_only_open_cannot_write } },
                 { "semaphores", CASE_TIMEOUT, { test_semaphores_across_processes,
                                                 test_scribbled_sem_t_neither_aborts_nor_hangs_a_caller,
+                                                test_scribbled_lock_kind_does_not_abort_a_locker,
                                                 test_glibc_and_library_wake_each_other,
                                                 test_killed_lock_holder_does_not_keep_the_lock } },
                 { "removal", CASE_TIMEOUT, { test_removal_ends_blocked_calls,
