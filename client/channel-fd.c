@@ -33,10 +33,13 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "client/shmbroker-internal.h"
 #include "common/util.h"
+#include "proto/broadcast.h"
 
 int channel_wake_new(shmb_channel *ch, char *paths[2]) {
         ChannelWake *w = calloc(1, sizeof *w);
@@ -52,7 +55,7 @@ int channel_wake_new(shmb_channel *ch, char *paths[2]) {
                 w->fd[i] = -1;
         }
         w->own_index = UINT32_MAX;
-        w->poll_fd = w->kick_fd = w->poll_dir = -1;
+        w->poll_fd = w->kick_fd = w->timer_fd = w->poll_dir = -1;
         ch->wake = w;
         return 0;
 }
@@ -99,6 +102,8 @@ void channel_wake_free(shmb_channel *ch) {
                 close(w->poll_fd);
         if (w->kick_fd >= 0)
                 close(w->kick_fd);
+        if (w->timer_fd >= 0)
+                close(w->timer_fd);
         pthread_mutex_destroy(&w->lock);
         free(w);
         ch->wake = NULL;
@@ -168,8 +173,16 @@ static void drain(int fd) {
                 ;
 }
 
+static int64_t now_ns(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 int channel_wake_arm(shmb_channel *ch, unsigned dir, uint32_t *ret_own) {
         ChannelWake *w = ch->wake;
+        bool check = false;
         int r = 0;
 
         if (!w || __atomic_load_n(&w->poll_fd, __ATOMIC_ACQUIRE) < 0)
@@ -195,12 +208,33 @@ int channel_wake_arm(shmb_channel *ch, unsigned dir, uint32_t *ret_own) {
                         }
                 }
         }
-        if (r == 0)
+        if (r == 0) {
+                struct itimerspec its = { .it_value = { .tv_sec = w->bound_ms / 1000,
+                                                        .tv_nsec = (long) (w->bound_ms % 1000) * 1000000 } };
+
                 drain(w->fd[dir]);
+                /*
+                 * Bounded as a sleeping call is: the flag just raised may be cleared by
+                 * anyone who may write it (for a broadcast channel, anyone who may
+                 * subscribe), and nobody writes the FIFOs of objects removed while the
+                 * broker was away. Setting the timer again also takes back an expiry.
+                 */
+                (void) timerfd_settime(w->timer_fd, 0, &its, NULL);
+                check = now_ns() - __atomic_load_n(&w->checked_ns, __ATOMIC_RELAXED) >=
+                        (int64_t) w->bound_ms * 1000000;
+                if (check)
+                        __atomic_store_n(&w->checked_ns, now_ns(), __ATOMIC_RELAXED);
+        }
         /* Under the lock: the cursor whose FIFO this is, whatever another thread makes it next. */
         if (ret_own)
                 *ret_own = w->own_index;
         pthread_mutex_unlock(&w->lock);
+        /*
+         * As a sleeping call does once a bound: whether the objects are still there. Gone, the
+         * handle says so from now on (channel_gone()), and the caller's look after arming sees it.
+         */
+        if (check)
+                (void) channel_check_gone(ch);
         return r < 0 ? r : (int) dir;
 }
 
@@ -297,16 +331,18 @@ int shmb_channel_fd(shmb_channel *ch) {
         if (w->path[WAKE_OWN])
                 (void) open_fifo(w, WAKE_OWN);
         w->kick_fd = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (w->kick_fd < 0) {
+        w->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+        if (w->kick_fd < 0 || w->timer_fd < 0) {
                 r = -errno;
                 goto done;
         }
+        w->bound_ms = ch->bcast ? BCAST_POLL_MS : RING_GONE_POLL_MS;
         r = epoll_create1(EPOLL_CLOEXEC);
         if (r < 0) {
                 r = -errno;
                 goto done;
         }
-        if (epoll_ctl(r, EPOLL_CTL_ADD, w->kick_fd, &ev) < 0) {
+        if (epoll_ctl(r, EPOLL_CTL_ADD, w->kick_fd, &ev) < 0 || epoll_ctl(r, EPOLL_CTL_ADD, w->timer_fd, &ev) < 0) {
                 int err = -errno;
 
                 close(r);
@@ -319,6 +355,10 @@ done:
         if (r < 0 && w->kick_fd >= 0) {
                 close(w->kick_fd);
                 w->kick_fd = -1;
+        }
+        if (r < 0 && w->timer_fd >= 0) {
+                close(w->timer_fd);
+                w->timer_fd = -1;
         }
         pthread_mutex_unlock(&w->lock);
         return r < 0 ? r : w->poll_fd;

@@ -84,7 +84,7 @@
 #define HOT_PATH __attribute__((aligned(64)))
 
 #define REPAIR_POLL_MS 50
-#define GONE_POLL_MS 1000
+#define GONE_POLL_MS RING_GONE_POLL_MS
 #define SPIN_YIELD_AFTER_NS 2000
 /* A pause is ~25 ns on the machines measured; values from a sweep at 4 KiB. */
 #define MID_COPY_BYTES_PER_PAUSE 128

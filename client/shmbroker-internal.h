@@ -138,8 +138,14 @@ typedef struct ChannelWake {
         uint32_t own_index;             /* the cursor whose FIFO path[WAKE_OWN] is */
         int poll_fd;                    /* the epoll instance shmb_channel_fd() hands out; -1: none yet */
         int kick_fd;                    /* an eventfd keeping poll_fd readable until the first wait */
+        int timer_fd;                   /* a timerfd bounding each wait on poll_fd (channel_wake_arm()) */
         int poll_dir;                   /* the FIFO poll_fd watches: WAKE_*; -1: none yet */
+        unsigned bound_ms;              /* how long a wait on poll_fd lasts at most: a sleeping call's bound */
+        int64_t checked_ns;             /* when an arm last asked the kernel whether the objects are there */
 } ChannelWake;
+
+/* A sleeping ring call asks the kernel at least this often whether its objects are still there (ring.c). */
+#define RING_GONE_POLL_MS 1000
 /* What the broker's open answer said about a channel (shmb_channel_name() and the other getters). */
 typedef struct ChannelInfo {
         char name[PROTO_NAME_MAX + 1];
@@ -372,7 +378,9 @@ void channel_wake_signal(shmb_channel *ch, unsigned dir, uint32_t *sleeping);
  * RING_SLEEP_FD and looks once more. Returns the side it armed (WAKE_OWN
  * may turn into WAKE_DATA, when the subscriber has no FIFO of its own), or
  * -EAGAIN when nobody asked for an fd (the plain -EAGAIN); *ret_own (if
- * given) is the cursor whose FIFO WAKE_OWN was.
+ * given) is the cursor whose FIFO WAKE_OWN was. Also sets the fd's timer to
+ * the wait's bound and, once a bound, asks the kernel whether the objects
+ * are still there (channel_check_gone()), as a sleeping call does.
  */
 int channel_wake_arm(shmb_channel *ch, unsigned dir, uint32_t *ret_own);
 /* The caller armed, then found the slot changed: pass the wake-up on to other waiters. */

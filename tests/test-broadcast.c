@@ -16,6 +16,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/ptrace.h>
@@ -1388,6 +1389,90 @@ START_TEST(test_forged_table_costs_only_messages) {
 }
 END_TEST
 
+/*
+ * shmbroker-ring(7), Trust: what anyone who may subscribe can do through
+ * the table is "delay wake-ups (a flag cleared; every sleep is bounded)".
+ * So an event-loop waiter (shmb_channel_fd()) whose flags another process
+ * cleared once must still come to poll readable, within a bound, while
+ * messages (or room) come: a missed wake-up costs latency, never a hang.
+ * The other process is a real one, that attaches the table by the id
+ * status gives (its mode lets every reader of the channel write it),
+ * clears the flags once and exits; it never opened the channel, so no
+ * holder of it dies. 5 s is an upper bound: the sleeps are bounded by
+ * BCAST_POLL_MS (500 ms).
+ */
+static void clear_flags_in_child(const char *name, bool space) {
+        json_t *resp, *e = status_of(name, &resp);
+        int table_id = (int) test_jint(e, "table_id");
+        uint32_t subscribers = (uint32_t) test_jint(e, "subscribers");
+        pid_t pid;
+
+        json_decref(resp);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                BcastTable *t = shmat(table_id, NULL, 0);
+
+                if (t == (void *) -1)
+                        _exit(2);
+                if (space)
+                        __atomic_store_n(&t->pub_sleeping, 0, __ATOMIC_SEQ_CST);
+                else {
+                        __atomic_store_n(&t->sub_sleeping, 0, __ATOMIC_SEQ_CST);
+                        for (uint32_t i = 0; i < subscribers; i++)
+                                __atomic_store_n(&bcast_cursor_at(t, i)->sleeping, 0, __ATOMIC_SEQ_CST);
+                }
+                _exit(0);
+        }
+        wait_ok(pid, "the process that cleared the flags");
+}
+
+static bool polls_readable(int fd, int ms) {
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+
+        return poll(&p, 1, ms) == 1 && (p.revents & POLLIN);
+}
+
+START_TEST(test_cleared_flag_does_not_strand_an_event_loop_subscriber) {
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *sub = test_open_ok("news", SHMB_RO);
+        int fd = shmb_channel_fd(sub);
+        uint32_t v;
+
+        ck_assert_int_ge(fd, 0);
+        /* The loop: call with a timeout of 0 until -EAGAIN (which arms the wait), then poll. */
+        ck_assert_int_eq(shmb_recv(sub, &v, sizeof v, 0), -EAGAIN);
+        clear_flags_in_child("news", false);
+        for (uint32_t i = 0; i < 3; i++)
+                send_u32(pub, i);
+        ck_assert_msg(polls_readable(fd, 5000),
+                      "3 messages published, and the event-loop subscriber whose flag was cleared still sleeps");
+        ck_assert_uint_eq(recv_u32(sub), 0);
+        shmb_close(sub);
+        shmb_close(pub);
+}
+END_TEST
+
+START_TEST(test_cleared_flag_does_not_strand_an_event_loop_publisher) {
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *sub = test_open_ok("news", SHMB_RO);
+        int fd = shmb_channel_fd(pub);
+        uint32_t v = 0;
+
+        ck_assert_int_ge(fd, 0);
+        for (uint32_t i = 0; i < SLOTS; i++)
+                send_u32(pub, i);
+        ck_assert_int_eq(shmb_send(pub, &v, sizeof v, 0), -EAGAIN);
+        clear_flags_in_child("news", true);
+        /* The only subscriber reads everything: there is room, and the publisher is to learn it. */
+        for (uint32_t i = 0; i < SLOTS; i++)
+                ck_assert_uint_eq(recv_u32(sub), i);
+        ck_assert_msg(polls_readable(fd, 5000),
+                      "the subscriber read the whole lap, and the event-loop publisher whose flag was cleared still sleeps");
+        ck_assert_int_eq(shmb_send(pub, &v, sizeof v, 0), 0);
+        shmb_close(sub);
+        shmb_close(pub);
+}
+END_TEST
+
 /* ---- status, reload, crash restart ---- */
 
 /*
@@ -1812,6 +1897,8 @@ int main(void) {
                              test_crash_restart_trusts_no_table_a_publisher_names,
                              test_subscription_closed_after_crash_frees_its_place } },
                 { "programs", CASE_TIMEOUT, { test_examples_publish_to_two_subscribers } },
+                { "hostile-fd", CASE_TIMEOUT, { test_cleared_flag_does_not_strand_an_event_loop_subscriber,
+                                                test_cleared_flag_does_not_strand_an_event_loop_publisher } },
         };
 
         return test_main("broadcast", groups, sizeof groups / sizeof groups[0], setup, test_teardown);

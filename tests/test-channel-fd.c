@@ -21,6 +21,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/ptrace.h>
+#include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -423,6 +424,37 @@ START_TEST(test_wait_survives_a_broker_crash) {
         reap_ok(pid);
         assert_recv(ch, "after");
         shmb_close(ch);
+}
+END_TEST
+
+/*
+ * An administrator removes a ring's objects while the broker is away
+ * (killed): nobody marks the ring or writes its FIFOs. A waiter in an event
+ * loop must not sleep on for ever on a channel that is gone: its descriptor
+ * turns readable within the library's bound (a second), and the call then
+ * says -EIDRM, as a sleeping call's does. Before the bound, only a spurious
+ * wake-up (-EAGAIN) may come.
+ */
+START_TEST(test_wait_ends_when_the_objects_go_while_the_broker_is_away) {
+        shmb_channel *ch = open_ring();
+        int fd = shmb_channel_fd(ch), wakes = 0;
+        char buf[64];
+        ssize_t n;
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
+        test_daemon_kill(&td, SIGKILL);
+        ck_assert_int_eq(shmctl(shmb_channel_shm_id(ch), IPC_RMID, NULL), 0);
+        ck_assert_int_eq(semctl(shmb_channel_sem_id(ch), 0, IPC_RMID), 0);
+        do {
+                ck_assert_msg(readable(fd, WAIT_MS) == 1,
+                              "nothing woke the event-loop waiter of a ring removed while the broker was away");
+                n = shmb_recv(ch, buf, sizeof buf, 0);
+                ck_assert_msg(n == -EIDRM || n == -EAGAIN, "recv: %zd", n);
+        } while (n == -EAGAIN && ++wakes < 3);
+        ck_assert_msg(n == -EIDRM, "%d wake-ups, and the ring's removal not noticed", wakes);
+        shmb_close(ch);
+        test_start_ok();
 }
 END_TEST
 
@@ -1176,6 +1208,7 @@ int main(void) {
                                                 test_removal_marked_before_the_fifo_is_written,
                                                   test_dead_claimer_wakes_the_waiter } },
                 { "restart", CASE_TIMEOUT, { test_wait_survives_a_broker_crash,
+                                            test_wait_ends_when_the_objects_go_while_the_broker_is_away,
                                             test_failed_restart_removes_the_reclaimed_rings_fifos } },
                 { "hostile", CASE_TIMEOUT, { test_fifo_closed_under_the_brokers_write_spares_it } },
                 { "example", CASE_TIMEOUT, { test_poll_example_receives_from_two_rings } },
