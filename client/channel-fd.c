@@ -209,21 +209,27 @@ int channel_wake_arm(shmb_channel *ch, unsigned dir, uint32_t *ret_own) {
                 }
         }
         if (r == 0) {
-                struct itimerspec its = { .it_value = { .tv_sec = w->bound_ms / 1000,
-                                                        .tv_nsec = (long) (w->bound_ms % 1000) * 1000000 } };
+                int64_t now = now_ns(), bound = (int64_t) w->bound_ms * 1000000;
 
                 drain(w->fd[dir]);
                 /*
                  * Bounded as a sleeping call is: the flag just raised may be cleared by
                  * anyone who may write it (for a broadcast channel, anyone who may
                  * subscribe), and nobody writes the FIFOs of objects removed while the
-                 * broker was away. Setting the timer again also takes back an expiry.
+                 * broker was away. The timer is set again (which also takes back an
+                 * expiry) only once half of it has run: a system call on every arming
+                 * cost a same-CPU round trip through the fd 0.7 us (2.36 -> 3.04 us).
                  */
-                (void) timerfd_settime(w->timer_fd, 0, &its, NULL);
-                check = now_ns() - __atomic_load_n(&w->checked_ns, __ATOMIC_RELAXED) >=
-                        (int64_t) w->bound_ms * 1000000;
+                if (now >= w->timer_end_ns - bound / 2) {
+                        struct itimerspec its = { .it_value = { .tv_sec = w->bound_ms / 1000,
+                                                                .tv_nsec = (long) (w->bound_ms % 1000) * 1000000 } };
+
+                        (void) timerfd_settime(w->timer_fd, 0, &its, NULL);
+                        w->timer_end_ns = now + bound;
+                }
+                check = now - w->checked_ns >= bound;
                 if (check)
-                        __atomic_store_n(&w->checked_ns, now_ns(), __ATOMIC_RELAXED);
+                        w->checked_ns = now;
         }
         /* Under the lock: the cursor whose FIFO this is, whatever another thread makes it next. */
         if (ret_own)

@@ -141,6 +141,7 @@ typedef struct ChannelWake {
         int timer_fd;                   /* a timerfd bounding each wait on poll_fd (channel_wake_arm()) */
         int poll_dir;                   /* the FIFO poll_fd watches: WAKE_*; -1: none yet */
         unsigned bound_ms;              /* how long a wait on poll_fd lasts at most: a sleeping call's bound */
+        int64_t timer_end_ns;           /* when timer_fd, as last set, expires */
         int64_t checked_ns;             /* when an arm last asked the kernel whether the objects are there */
 } ChannelWake;
 
