@@ -89,16 +89,9 @@ typedef struct Wait {
         int64_t deadline;               /* 0: none, or not read yet */
 } Wait;
 
-static int64_t now_ns(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static int64_t deadline_of(Wait *w) {
         if (w->timeout_ms > 0 && w->deadline == 0)
-                w->deadline = now_ns() + (int64_t) w->timeout_ms * 1000000;
+                w->deadline = client_now_ns() + (int64_t) w->timeout_ms * 1000000;
         return w->deadline;
 }
 
@@ -117,7 +110,7 @@ static void cpu_relax(void) {
  * (woken, or the word moved); FUTEX_POLLED: look again, the poll ran out.
  */
 static int futex_wait_until(uint32_t *word, uint32_t expected, int64_t deadline, int poll_ms) {
-        int64_t now = now_ns(), until = now + (int64_t) poll_ms * 1000000;
+        int64_t now = client_now_ns(), until = now + (int64_t) poll_ms * 1000000;
         struct timespec ts;
 
         if (deadline && deadline <= now)
@@ -267,7 +260,7 @@ static bool spin_for(shmb_channel *ch, const BcastHandle *b, const uint64_t *seq
         }
         budget = LOAD(&ch->spin_budget_ns, RLX);
         budget = budget ? MIN(budget, max) : max;
-        start = now_ns();
+        start = client_now_ns();
         end = start + budget;
         if (w->deadline && end > w->deadline)
                 end = w->deadline;
@@ -277,7 +270,7 @@ static bool spin_for(shmb_channel *ch, const BcastHandle *b, const uint64_t *seq
                         return true;
                 }
                 if ((i & 63) == 0) {
-                        int64_t now = now_ns();
+                        int64_t now = client_now_ns();
 
                         if (now > end || removed(b))
                                 break;

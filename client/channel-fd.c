@@ -173,13 +173,6 @@ static void drain(int fd) {
                 ;
 }
 
-static int64_t now_ns(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 int channel_wake_arm(shmb_channel *ch, unsigned dir, uint32_t *ret_own) {
         ChannelWake *w = ch->wake;
         bool check = false;
@@ -209,7 +202,7 @@ int channel_wake_arm(shmb_channel *ch, unsigned dir, uint32_t *ret_own) {
                 }
         }
         if (r == 0) {
-                int64_t now = now_ns(), bound = (int64_t) w->bound_ms * 1000000;
+                int64_t now = client_now_ns(), bound = (int64_t) w->bound_ms * 1000000;
 
                 drain(w->fd[dir]);
                 /*

@@ -35,21 +35,14 @@
 #define NS_PER_MS INT64_C(1000000)
 #define NS_PER_S INT64_C(1000000000)
 
-static int64_t now_ns(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t) ts.tv_sec * NS_PER_S + ts.tv_nsec;
-}
-
 /* The end of a wait's deadline on CLOCK_MONOTONIC; timeout_ms -1: none. */
 static int64_t deadline_of(int timeout_ms) {
-        return timeout_ms < 0 ? INT64_MAX : now_ns() + timeout_ms * NS_PER_MS;
+        return timeout_ms < 0 ? INT64_MAX : client_now_ns() + timeout_ms * NS_PER_MS;
 }
 
 /* The end of the next slice: the deadline, or PSEM_POLL_MS from now if that comes first. */
 static struct timespec slice_end(int64_t deadline) {
-        int64_t end = now_ns() + PSEM_POLL_MS * NS_PER_MS;
+        int64_t end = client_now_ns() + PSEM_POLL_MS * NS_PER_MS;
 
         if (deadline < end)
                 end = deadline;
@@ -92,7 +85,7 @@ int posix_sem_wait(shmb_channel *ch, unsigned idx, int timeout_ms) {
                         return r;                       /* EINTR: a signal ends the wait, as System V's does */
                 if (removed_now(ch, f))
                         return -EIDRM;
-                if (now_ns() >= deadline)
+                if (client_now_ns() >= deadline)
                         return -ETIMEDOUT;
         }
 }
@@ -181,7 +174,7 @@ int posix_lock(shmb_channel *ch, unsigned idx, int timeout_ms) {
                         return -r;
                 if (removed_now(ch, f))
                         return -EIDRM;
-                if (now_ns() >= deadline)
+                if (client_now_ns() >= deadline)
                         return -ETIMEDOUT;
         }
 }

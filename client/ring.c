@@ -196,13 +196,6 @@ static int dropped(const shmb_channel *ch) {
         return ring_gone(ch) ? -EIDRM : -ENOTCONN;
 }
 
-static int64_t now_ns(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /*
  * One send or receive call's waiting: the side it waits on, and its timeout.
  * The deadline is read off the clock only when the call first has to wait:
@@ -218,7 +211,7 @@ typedef struct Waiter {
 
 static int64_t deadline_of(Waiter *w) {
         if (w->timeout_ms > 0 && w->deadline == 0)
-                w->deadline = now_ns() + (int64_t) w->timeout_ms * 1000000;
+                w->deadline = client_now_ns() + (int64_t) w->timeout_ms * 1000000;
         return w->deadline;
 }
 
@@ -227,7 +220,7 @@ static int futex_wait(uint32_t *word, uint32_t expected, int64_t deadline) {
         struct timespec ts, *tsp = NULL;
 
         if (deadline) {
-                int64_t left = deadline - now_ns();
+                int64_t left = deadline - client_now_ns();
 
                 if (left <= 0)
                         return -ETIMEDOUT;
@@ -281,8 +274,13 @@ static inline void notify(shmb_channel *ch, unsigned dir) {
                 wake_waiters(ch, dir, sleeping);
 }
 
-const void *ring_prefetch_target(const shmb_channel *ch, const void *slot) {
+/* The slot a sender that claimed slot prefetches (client/prefetch.h); inline here, as send_claim() runs it. */
+static inline const char *slot_ahead(const shmb_channel *ch, const void *slot) {
         return prefetch_target(slot, ch->ahead, ch->slots, ch->info.slots * ch->stride);
+}
+
+const void *ring_prefetch_target(const shmb_channel *ch, const void *slot) {
+        return slot_ahead(ch, slot);
 }
 
 static void cpu_relax(void) {
@@ -332,7 +330,7 @@ static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, const Wa
                 return false;
         budget = LOAD(&ch->spin_budget_ns, RLX);
         budget = budget ? MIN(budget, max) : max;
-        start = now_ns();
+        start = client_now_ns();
         end = start + budget;
         if (w->deadline && end > w->deadline)
                 end = w->deadline;      /* a spin never outlasts the caller's timeout */
@@ -342,7 +340,7 @@ static bool spin_for(shmb_channel *ch, RingSlot *slot, uint64_t target, const Wa
                         return true;
                 }
                 if ((i & 63) == 0) {
-                        int64_t now = now_ns();
+                        int64_t now = client_now_ns();
 
                         /* A removed ring never fills this slot: stop now, wait_slot() says why. */
                         if (now > end || ring_is_removed(ch->ring))
@@ -444,7 +442,7 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, const ui
          * that was removed while the broker was away, so a sleeper asks the
          * kernel (shmb_channel_check()) whether its objects are still there.
          */
-        poll_end = now_ns() + (int64_t) poll_ms * 1000000;
+        poll_end = client_now_ns() + (int64_t) poll_ms * 1000000;
         if (!until || poll_end < until)
                 until = poll_end;
         /* The state after the word: a removal after this read moves the word, and FUTEX_WAIT returns. */
@@ -586,8 +584,7 @@ static inline HOT_PATH int send_claim(shmb_channel *ch, size_t len, Waiter *w, R
                                 continue;
                         advance(&ch->ring->head, pos);
                         /* The lines of a send a few on (client/prefetch.h). */
-                        prefetch_slot(prefetch_target(slot, ch->ahead, ch->slots, ch->info.slots * ch->stride),
-                                      RING_SLOT_HEADER);
+                        prefetch_slot(slot_ahead(ch, slot), RING_SLOT_HEADER);
                         /* Now and then, so a waiting peer knows whether spinning can pay. */
                         if ((channel_count_op(ch) & 15) == 1)
                                 channel_note_cpu(&ch->ring->send_cpu);
