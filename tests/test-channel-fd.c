@@ -458,6 +458,92 @@ START_TEST(test_wait_ends_when_the_objects_go_while_the_broker_is_away) {
 }
 END_TEST
 
+/* This process's open descriptors, and the highest of them. */
+static int fds_open(int *ret_highest) {
+        DIR *d = opendir("/proc/self/fd");
+        struct dirent *e;
+        int n = 0, hi = -1;
+
+        if (!d)
+                return -1;
+        while ((e = readdir(d)))
+                if (e->d_name[0] != '.' && atoi(e->d_name) != dirfd(d)) {
+                        n++;
+                        hi = MAX(hi, atoi(e->d_name));
+                }
+        closedir(d);
+        *ret_highest = hi;
+        return n;
+}
+
+/*
+ * shmb_channel_fd() short of descriptors: with every free descriptor under
+ * RLIMIT_NOFILE taken, then given back one at a time, each call fails with
+ * -EMFILE at some step (a FIFO, the eventfd, the timer, the epoll
+ * instance), and what it made for itself it closes again, so calls that
+ * fail again with the same room leave as many descriptors open as the
+ * first (the FIFOs are the handle's, and stay). Once there is room it
+ * works, and a close gives every descriptor back. In a child: the limit is
+ * the child's.
+ */
+START_TEST(test_channel_fd_short_of_descriptors_leaks_nothing) {
+        pid_t pid = fork();
+        int status;
+
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                struct rlimit rl, lim;
+                shmb_channel *ch = NULL;
+                int hi, before = fds_open(&hi), fd = -EMFILE, failed = 0, fillers[1024], n_fillers = 0;
+
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || shmb_open_channel(NULL, "r", SHMB_RW, &ch) < 0)
+                        _exit(2);
+                (void) fds_open(&hi);
+                lim = (struct rlimit) { .rlim_cur = (rlim_t) hi + 1, .rlim_max = rl.rlim_max };
+                if (setrlimit(RLIMIT_NOFILE, &lim) < 0)
+                        _exit(3);
+                /* Every free descriptor under the limit taken: no room at all. */
+                while (n_fillers < (int) ELEMENTSOF(fillers) && (fillers[n_fillers] = dup(0)) >= 0)
+                        n_fillers++;
+                if (n_fillers == (int) ELEMENTSOF(fillers))
+                        _exit(3);
+                for (int room = 0; room <= 8 && fd < 0; room++) {
+                        int first = -1;
+
+                        if (room > 0 && n_fillers > 0)
+                                close(fillers[--n_fillers]);
+                        for (int again = 0; again < 3; again++) {
+                                int n, h;
+
+                                fd = shmb_channel_fd(ch);
+                                if (fd >= 0)
+                                        break;
+                                if (fd != -EMFILE)
+                                        _exit(4);
+                                failed++;
+                                n = fds_open(&h);
+                                if (first < 0)
+                                        first = n;
+                                else if (n != first)
+                                        _exit(5);       /* a failed call left a descriptor of its own open */
+                        }
+                }
+                while (n_fillers > 0)
+                        close(fillers[--n_fillers]);
+                if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || fd < 0)
+                        _exit(6);
+                if (failed < 9)
+                        _exit(7);       /* it failed at fewer than three steps: they were not all tried */
+                if (shmb_recv(ch, (char[64]) { 0 }, 64, 0) != -EAGAIN || shmb_close(ch) != 0)
+                        _exit(8);
+                _exit(fds_open(&hi) == before ? 0 : 9);
+        }
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status 0x%x (see its _exit codes)", status);
+}
+END_TEST
+
 /* Whether nobody, in group (or in nobody's, for 0) only, may open path read-write: 0, else the errno. */
 static int open_errno_as(gid_t group, const char *path) {
         return test_open_as(65534, group ? group : 65534, path, O_RDWR);
@@ -1207,6 +1293,7 @@ int main(void) {
                 { "broker-wakes", CASE_TIMEOUT, { test_removal_wakes_the_waiter, test_removal_wakes_a_subscriber_on_its_own_fifo,
                                                 test_removal_marked_before_the_fifo_is_written,
                                                   test_dead_claimer_wakes_the_waiter } },
+                { "short-of-fds", CASE_TIMEOUT, { test_channel_fd_short_of_descriptors_leaks_nothing } },
                 { "restart", CASE_TIMEOUT, { test_wait_survives_a_broker_crash,
                                             test_wait_ends_when_the_objects_go_while_the_broker_is_away,
                                             test_failed_restart_removes_the_reclaimed_rings_fifos } },
