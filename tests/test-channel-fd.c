@@ -435,8 +435,7 @@ END_TEST
  * says -EIDRM, as a sleeping call's does. Before the bound, only a spurious
  * wake-up (-EAGAIN) may come.
  */
-START_TEST(test_wait_ends_when_the_objects_go_while_the_broker_is_away) {
-        shmb_channel *ch = open_ring();
+static void wait_ends_when_the_objects_go_while_the_broker_is_away(shmb_channel *ch) {
         int fd = shmb_channel_fd(ch), wakes = 0;
         char buf[64];
         ssize_t n;
@@ -448,13 +447,26 @@ START_TEST(test_wait_ends_when_the_objects_go_while_the_broker_is_away) {
         ck_assert_int_eq(semctl(shmb_channel_sem_id(ch), 0, IPC_RMID), 0);
         do {
                 ck_assert_msg(readable(fd, WAIT_MS) == 1,
-                              "nothing woke the event-loop waiter of a ring removed while the broker was away");
+                              "nothing woke the event-loop waiter of a channel removed while the broker was away");
                 n = shmb_recv(ch, buf, sizeof buf, 0);
                 ck_assert_msg(n == -EIDRM || n == -EAGAIN, "recv: %zd", n);
         } while (n == -EAGAIN && ++wakes < 3);
-        ck_assert_msg(n == -EIDRM, "%d wake-ups, and the ring's removal not noticed", wakes);
+        ck_assert_msg(n == -EIDRM, "%d wake-ups, and the channel's removal not noticed", wakes);
         shmb_close(ch);
         test_start_ok();
+}
+
+START_TEST(test_wait_ends_when_the_objects_go_while_the_broker_is_away) {
+        wait_ends_when_the_objects_go_while_the_broker_is_away(open_ring());
+}
+END_TEST
+
+/* The same for a broadcast subscriber, which waits on a FIFO of its own. */
+START_TEST(test_subscriber_wait_ends_when_the_objects_go_while_the_broker_is_away) {
+        shmb_channel *sub = NULL;
+
+        ck_assert_int_eq(shmb_open_channel(NULL, "news", SHMB_RO, &sub), 0);
+        wait_ends_when_the_objects_go_while_the_broker_is_away(sub);
 }
 END_TEST
 
@@ -1296,6 +1308,7 @@ int main(void) {
                 { "short-of-fds", CASE_TIMEOUT, { test_channel_fd_short_of_descriptors_leaks_nothing } },
                 { "restart", CASE_TIMEOUT, { test_wait_survives_a_broker_crash,
                                             test_wait_ends_when_the_objects_go_while_the_broker_is_away,
+                                            test_subscriber_wait_ends_when_the_objects_go_while_the_broker_is_away,
                                             test_failed_restart_removes_the_reclaimed_rings_fifos } },
                 { "hostile", CASE_TIMEOUT, { test_fifo_closed_under_the_brokers_write_spares_it } },
                 { "example", CASE_TIMEOUT, { test_poll_example_receives_from_two_rings } },
