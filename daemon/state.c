@@ -326,25 +326,134 @@ const uint8_t *state_secret(const State *s) {
 }
 
 /*
+ * A record's fields, split at spaces. Each line is parsed by hand: with
+ * sscanf() reading the file back took most of a stop's user time (the
+ * stop reads it to see whether anything is left recorded).
+ */
+typedef struct Field {
+        const char *s;
+        size_t len;
+} Field;
+
+#define FIELDS_MAX 9    /* "posix" and its eight */
+
+/* Up to max fields of line, at runs of spaces, up to its newline. Fields past max are ignored, as sscanf() did. */
+static size_t split_fields(const char *line, Field *f, size_t max) {
+        size_t n = 0;
+
+        for (const char *p = line;;) {
+                while (*p == ' ')
+                        p++;
+                if (*p == '\0' || *p == '\n' || n == max)
+                        return n;
+                f[n].s = p;
+                while (*p != ' ' && *p != '\0' && *p != '\n')
+                        p++;
+                f[n].len = (size_t) (p - f[n].s);
+                n++;
+        }
+}
+
+/* Digits of base (10, or 16 in lower case) and nothing else, at most max. */
+static bool field_unsigned(Field f, unsigned base, uint64_t max, uint64_t *ret) {
+        uint64_t v = 0;
+
+        if (f.len == 0)
+                return false;
+        for (size_t i = 0; i < f.len; i++) {
+                int d = base == 16 ? hex_value(f.s[i]) : (f.s[i] >= '0' && f.s[i] <= '9' ? f.s[i] - '0' : -1);
+
+                if (d < 0 || v > (max - (unsigned) d) / base)
+                        return false;
+                v = v * base + (unsigned) d;
+        }
+        *ret = v;
+        return true;
+}
+
+/* Decimal, with an optional '-', within min..max. */
+static bool field_signed(Field f, int64_t min, int64_t max, int64_t *ret) {
+        bool neg = f.len > 0 && f.s[0] == '-';
+        uint64_t v;
+
+        if (!field_unsigned((Field) { f.s + neg, f.len - neg }, 10, neg ? (uint64_t) -(min + 1) + 1 : (uint64_t) max, &v))
+                return false;
+        *ret = !neg ? (int64_t) v : v == 0 ? 0 : -(int64_t) (v - 1) - 1;
+        return true;
+}
+
+typedef enum FieldType { F_WORD, F_U32, F_U64, F_HEX64, F_INT, F_I64 } FieldType;
+
+typedef struct FieldSpec {
+        FieldType type;
+        void *ret;
+        size_t size;            /* F_WORD: of the buffer, its NUL included */
+} FieldSpec;
+
+static bool field_convert(Field f, const FieldSpec *spec) {
+        uint64_t u;
+        int64_t i;
+
+        switch (spec->type) {
+        case F_WORD:
+                if (f.len >= spec->size)
+                        return false;
+                memcpy(spec->ret, f.s, f.len);
+                ((char *) spec->ret)[f.len] = '\0';
+                return true;
+        case F_U32:
+                if (!field_unsigned(f, 10, UINT32_MAX, &u))
+                        return false;
+                *(uint32_t *) spec->ret = (uint32_t) u;
+                return true;
+        case F_U64:
+                return field_unsigned(f, 10, UINT64_MAX, spec->ret);
+        case F_HEX64:
+                return f.len <= 16 && field_unsigned(f, 16, UINT64_MAX, spec->ret);
+        case F_INT:
+                if (!field_signed(f, INT_MIN, INT_MAX, &i))
+                        return false;
+                *(int *) spec->ret = (int) i;
+                return true;
+        case F_I64:
+                return field_signed(f, INT64_MIN, INT64_MAX, spec->ret);
+        }
+        return false;
+}
+
+/* How many of the fields, from the first, convert as spec says: as sscanf() counts its conversions. */
+static size_t convert_fields(const Field *f, size_t n, const FieldSpec *spec, size_t n_spec) {
+        size_t k = 0;
+
+        while (k < n && k < n_spec && field_convert(f[k], &spec[k]))
+                k++;
+        return k;
+}
+
+/*
  * "KIND KEY ID PID SINCE SIZE", KIND one of shm, sem, pshm, psem (p: an
  * intent, ID -1). A line of the first format ("shm KEY ID", "pshm KEY STAMP
  * SIZE") proves nothing about its creator: it comes back as legacy.
  */
 static int parse_line(const char *line, bool *ret_add, StateRecord *ret) {
         bool add = line[0] != '-';
-        const char *p = add ? line : line + 1;
+        Field f[FIELDS_MAX];
+        size_t n = split_fields(add ? line : line + 1, f, FIELDS_MAX), k;
         char kind[8];
         uint32_t key;
-        int id, pid, k;
-        long long since;
-        unsigned long long size;
+        int id, pid;
+        int64_t since;
+        uint64_t size;
 
         *ret = (StateRecord) { .id = -1, .uid = (uid_t) -1 };
-        if (strncmp(p, "chan ", 5) == 0) {
+        if (n == 0 || !field_convert(f[0], &(FieldSpec) { F_WORD, kind, sizeof kind }))
+                return -EINVAL;
+        if (streq(kind, "chan")) {
                 uint64_t fp;
+                const FieldSpec spec[] = { { F_U32, &key }, { F_INT, &id }, { F_INT, &pid }, { F_HEX64, &fp },
+                                           { F_WORD, ret->name, sizeof ret->name } };
 
-                if (sscanf(p, "chan %" SCNu32 " %d %d %16" SCNx64 " %64s", &key, &id, &pid, &fp, ret->name) != 5 ||
-                    id < 0 || pid < 0)
+                if (convert_fields(f + 1, n - 1, spec, ELEMENTSOF(spec)) != ELEMENTSOF(spec) || id < 0 || pid < 0)
                         return -EINVAL;
                 ret->kind = STATE_CHAN;
                 ret->key = key;
@@ -355,17 +464,19 @@ static int parse_line(const char *line, bool *ret_add, StateRecord *ret) {
                 return 0;
         }
         /* v3: a posix channel's file. Older versions skip these lines as malformed (and never made such files). */
-        if (strncmp(p, "posix ", 6) == 0 || strncmp(p, "pposix ", 7) == 0) {
+        if (streq(kind, "posix") || streq(kind, "pposix")) {
                 uint64_t dev, ino;
-                unsigned uid;
+                uint32_t uid;
+                const FieldSpec spec[] = { { F_INT, &id }, { F_U64, &dev }, { F_U64, &ino }, { F_INT, &pid },
+                                           { F_I64, &since }, { F_U64, &size }, { F_WORD, ret->name, sizeof ret->name },
+                                           { F_U32, &uid } };
 
-                ret->pending = p[1] == 'p';
+                ret->pending = kind[1] == 'p';
                 /* The owner came later: a line without it (or a reader that stops before it) proves by our uid. */
-                k = sscanf(p + ret->pending, "posix %d %" SCNu64 " %" SCNu64 " %d %lld %llu %64s %u", &id, &dev, &ino,
-                           &pid, &since, &size, ret->name, &uid);
+                k = convert_fields(f + 1, n - 1, spec, ELEMENTSOF(spec));
                 if (k < 7 || id < -2 || pid <= 0 || since < 0)
                         return -EINVAL;
-                if (k == 8 && uid != (unsigned) (uid_t) -1)
+                if (k == 8 && uid != (uint32_t) (uid_t) -1)
                         ret->uid = (uid_t) uid;
                 ret->kind = STATE_POSIX;
                 ret->id = id;
@@ -377,7 +488,13 @@ static int parse_line(const char *line, bool *ret_add, StateRecord *ret) {
                 *ret_add = add;
                 return 0;
         }
-        k = sscanf(p, "%7s %" SCNu32 " %d %d %lld %llu", kind, &key, &id, &pid, &since, &size);
+        {
+                const FieldSpec spec[] = { { F_U32, &key }, { F_INT, &id }, { F_INT, &pid }, { F_I64, &since },
+                                           { F_U64, &size } };
+
+                /* As sscanf() counted: the kind is one conversion more. */
+                k = 1 + convert_fields(f + 1, n - 1, spec, ELEMENTSOF(spec));
+        }
         if (k < 2)
                 return -EINVAL;
         if (streq(kind, "pshm") || streq(kind, "psem"))

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/util.h"
 #include "daemon/channel.h"
 #include "daemon/state.h"
 #include "tests/helpers.h"
@@ -882,6 +884,74 @@ START_TEST(test_journal_drops_cancel_the_latest_matching_add) {
 }
 END_TEST
 
+/* Every field of a read record as it was written. */
+static void assert_record_eq(const StateRecord *got, const StateRecord *want, size_t i) {
+        ck_assert_msg(got->kind == want->kind && got->key == want->key && got->id == want->id &&
+                              got->pending == want->pending && !got->legacy && got->pid == want->pid &&
+                              got->since == want->since && got->size == want->size && got->dev == want->dev &&
+                              got->ino == want->ino && got->uid == want->uid && got->sem_id == want->sem_id &&
+                              got->fingerprint == want->fingerprint && strcmp(got->name, want->name) == 0,
+                      "record %zu: kind %d key %u id %d pid %d since %lld size %llu dev %llu ino %llu uid %d sem %d fp %llx "
+                      "name %s", i, (int) got->kind, got->key, got->id, (int) got->pid, (long long) got->since,
+                      (unsigned long long) got->size, (unsigned long long) got->dev, (unsigned long long) got->ino,
+                      (int) got->uid, got->sem_id, (unsigned long long) got->fingerprint, got->name);
+}
+
+/*
+ * Records at the edges of their fields' ranges read back exactly; a line
+ * with a field past its range is unreadable (it stays in the file, as any
+ * such line), not read as another record. The reader once took an id of
+ * 2^32 as id 0, a key of 2^32 as key 0, and a 17-digit fingerprint as 16
+ * digits and a channel named by the 17th.
+ */
+START_TEST(test_records_at_their_limits_read_back_exactly) {
+        static const char *const out_of_range[] = {
+                "shm 5 4294967296 1 0 4096\n",                            /* id past INT_MAX */
+                "sem 4294967296 3 1 0 2\n",                               /* key past 32 bits */
+                "chan 1 2 3 fffffffffffffffff name\n",                    /* 17 hex digits */
+                "shm 5 3 1 9223372036854775808 4096\n",                   /* since past INT64_MAX */
+                "posix 0 18446744073709551616 1 2 0 4096 name\n",         /* dev past 64 bits */
+                "shm 5 3 1 0 -4096\n",                                    /* a negative size */
+        };
+        StateRecord want[5] = {
+                { .kind = STATE_SHM, .key = UINT32_MAX, .id = INT_MAX, .pid = INT_MAX, .since = INT64_MAX,
+                  .size = UINT64_MAX, .uid = (uid_t) -1 },
+                { .kind = STATE_SEM, .key = 0, .id = -1, .pending = true, .pid = 1, .since = 0, .size = 1,
+                  .uid = (uid_t) -1 },
+                { .kind = STATE_CHAN, .key = 7, .id = INT_MAX, .sem_id = 0, .fingerprint = UINT64_MAX, .uid = (uid_t) -1 },
+                { .kind = STATE_POSIX, .id = -2, .pending = true, .dev = UINT64_MAX, .ino = UINT64_MAX, .pid = 2,
+                  .since = INT64_MAX, .size = UINT64_MAX, .uid = 4294967294u },
+                { .kind = STATE_POSIX, .id = 1, .dev = 0, .ino = 1, .pid = 3, .since = 0, .size = 0, .uid = (uid_t) -1 },
+        };
+        StateRecord *v = NULL;
+        size_t n = 0, skipped = 0;
+        char msg[512], path[400];
+        State *s = NULL;
+        int fd;
+
+        memset(want[2].name, 'c', 64);
+        strcpy(want[3].name, "p");
+        strcpy(want[4].name, "q-0.9_Z");
+        ck_assert_msg(state_open(td.dir, "unit.sock", &s, msg, sizeof msg) == 0, "%s", msg);
+        for (size_t i = 0; i < ELEMENTSOF(want); i++)
+                ck_assert_int_eq(state_append_records(s, &want[i], 1, NULL, 0), 0);
+        snprintf(path, sizeof path, "%s/unit.sock.state", td.dir);
+        fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        for (size_t i = 0; i < ELEMENTSOF(out_of_range); i++)
+                ck_assert_int_eq(write(fd, out_of_range[i], strlen(out_of_range[i])), (ssize_t) strlen(out_of_range[i]));
+        close(fd);
+
+        ck_assert_int_eq(state_read(s, &v, &n, &skipped), 0);
+        ck_assert_msg(n == ELEMENTSOF(want), "%zu records read, not %zu", n, ELEMENTSOF(want));
+        for (size_t i = 0; i < n; i++)
+                assert_record_eq(&v[i], &want[i], i);
+        ck_assert_uint_eq(skipped, ELEMENTSOF(out_of_range));
+        free(v);
+        state_free(s);
+}
+END_TEST
+
 /*
  * Reading a journal costs time in proportion to its lines: the stop reads
  * the whole file to see whether anything is left, and a crash restart
@@ -930,7 +1000,8 @@ int main(void) {
                                            test_start_killed_at_each_state_write_leaves_nothing } },
                 { "memory", CASE_TIMEOUT, { test_record_kept_without_memory_survives_rewrite, test_read_without_memory_fails_whole } },
                 { "journal", CASE_TIMEOUT, { test_journal_drops_cancel_the_latest_matching_add,
-                                             test_journal_of_many_records_reads_in_linear_time } },
+                                             test_journal_of_many_records_reads_in_linear_time,
+                                             test_records_at_their_limits_read_back_exactly } },
         };
 
         return test_main("state", groups, sizeof groups / sizeof groups[0], test_setup, test_teardown);
