@@ -708,6 +708,64 @@ START_TEST(test_start_killed_at_each_state_write_leaves_nothing) {
 }
 END_TEST
 
+/*
+ * The same for a stop: it defers its removals' cancellations and writes
+ * them out in batches (state.h), each after what it cancels is gone. A
+ * SIGKILL at each of its state writes in turn, from SIGTERM on, before the
+ * write and after it (a cancellation written before its removal is lost
+ * only by a kill after the write); the next start must serve every channel
+ * with exactly the objects it needs (none of the killed run's left over)
+ * and leave nothing at its own stop.
+ */
+START_TEST(test_stop_killed_at_each_state_write_leaves_nothing) {
+        static const char *const channels =
+                "[{\"name\": \"a\", \"size\": 4096, \"semaphores\": [1, 2]},"
+                " {\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8},"
+                " {\"name\": \"b\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 8, \"subscribers\": 2},"
+                " {\"name\": \"d\", \"size\": 8192}]";
+        int k;
+
+        test_daemon_write_config(&td, channels);
+        for (k = 1;; k++) {
+                int points = 0, status;
+                bool killed = false, in_write = false;
+
+                test_start_ok();
+                test_daemon_trace(&td);
+                ck_assert_int_eq(kill(td.pid, SIGTERM), 0);
+                while (test_next_syscall_stop(td.pid)) {
+                        struct __ptrace_syscall_info info;
+                        bool point;
+
+                        ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+                        /* The stop after a state write's entry is its exit. */
+                        point = in_write ||
+                                (info.op == PTRACE_SYSCALL_INFO_ENTRY &&
+                                 test_at_state_write(td.pid, info.entry.nr, info.entry.args[0]));
+                        in_write = point && !in_write;
+                        if (point && ++points == k) {
+                                ck_assert_int_eq(kill(td.pid, SIGKILL), 0);
+                                ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
+                                ck_assert(WIFSIGNALED(status));
+                                killed = true;
+                                break;
+                        }
+                }
+                td.pid = -1;
+                if (!killed) {
+                        /* It exited before its k-th write: every write of a stop was a kill point. */
+                        ck_assert_msg(test_ipcs_count("-m") == 0 && test_ipcs_count("-s") == 0,
+                                      "a stop left %d segment(s) and %d set(s)", test_ipcs_count("-m"),
+                                      test_ipcs_count("-s"));
+                        break;
+                }
+                assert_next_start_cleans_up(k, "stop", 5, 4);
+        }
+        /* The cancellations' write, at least, was two kill points. */
+        ck_assert_int_ge(k, 3);
+}
+END_TEST
+
 
 /* Linked with -Wl,--wrap=reallocarray: the daemon code's calls come here; fail_allocs > 0 fails that many. */
 void *__real_reallocarray(void *p, size_t n, size_t size);
@@ -997,7 +1055,8 @@ int main(void) {
                            test_secret_checks, test_refused_start_leaves_no_lock, test_state_dir_option,
                            test_runtime_directory_default, test_socket_dir_made_0755_under_umask } },
                 { "crash", CASE_TIMEOUT, { test_reload_killed_at_each_state_write_leaves_nothing,
-                                           test_start_killed_at_each_state_write_leaves_nothing } },
+                                           test_start_killed_at_each_state_write_leaves_nothing,
+                                           test_stop_killed_at_each_state_write_leaves_nothing } },
                 { "memory", CASE_TIMEOUT, { test_record_kept_without_memory_survives_rewrite, test_read_without_memory_fails_whole } },
                 { "journal", CASE_TIMEOUT, { test_journal_drops_cancel_the_latest_matching_add,
                                              test_journal_of_many_records_reads_in_linear_time,
