@@ -185,10 +185,19 @@ static void daemon_done(Daemon *d) {
         d->exits = exit_watch_free(d->exits);
         kept = d->state ? state_n_kept(d->state) : 0;
         lost = d->state ? state_n_lost(d->state) : 0;
+        /* Each removal's cancellations are deferred (state.h): a write per 64 KiB, not three a channel. */
+        if (d->state)
+                state_batch_begin(d->state);
         d->registry = registry_free(d->registry);
         remove_replaced(d);
-        if (d->state)
+        if (d->state) {
+                int r = state_batch_end(d->state);
+
+                if (r < 0)
+                        log_warning("Failed to record the removals in %s: %s; the next start finds the objects gone.",
+                                    state_path(d->state), strerror(-r));
                 log_kept(d, kept, lost);
+        }
         d->wake = wake_free(d->wake);
         dispatch_done(&d->dispatch);
         /*

@@ -937,10 +937,18 @@ int state_append_records(State *s, const StateRecord *add, size_t n_add, const S
         return write_all(s->fd, buf, len);
 }
 
+/* Deferred lines go out once they reach this much: a stop defers every channel's cancellations. */
+#define DEFER_FLUSH (64 * 1024)
+
 int state_defer_records(State *s, const StateRecord *add, size_t n_add, const StateRecord *cancel, size_t n_cancel) {
+        int r;
+
         if (!s->batch)
                 return state_append_records(s, add, n_add, cancel, n_cancel);
-        return defer_lines(s, add, n_add, cancel, n_cancel);
+        r = defer_lines(s, add, n_add, cancel, n_cancel);
+        if (r < 0 || s->deferred_len < DEFER_FLUSH)
+                return r;
+        return flush_deferred(s);
 }
 
 void state_batch_begin(State *s) {
@@ -953,7 +961,7 @@ int state_batch_end(State *s) {
 }
 
 int state_cancel(State *s, const StateRecord *r) {
-        return state_append_records(s, NULL, 0, r, 1);
+        return state_defer_records(s, NULL, 0, r, 1);
 }
 
 int state_keep(State *s, const StateRecord *r, int err) {

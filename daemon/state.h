@@ -146,22 +146,30 @@ const char *state_unread(const State *s, size_t *ret_len, size_t *ret_dropped);
 int state_append_records(State *s, const StateRecord *add, size_t n_add, const StateRecord *cancel, size_t n_cancel);
 
 /*
- * Inside a batch (state_batch_begin() to state_batch_end(): a start's or a
- * reload's channels), the same as state_append_records(), but the records
- * go out with the next append of any kind, or at state_batch_end(), in the
- * same write(): a channel's ids with the next channel's intents, one write
- * per channel instead of two. Only for what follows the thing it records
- * (ids of objects made under intents): a kill before the write leaves the
- * intents, by which the next start still finds and removes those objects;
- * what a batch made is then made again, not taken over. Outside a batch it
- * writes at once. -EINVAL as state_append_records(); -ENOMEM.
+ * Inside a batch (state_batch_begin() to state_batch_end(): a start's, a
+ * reload's or a stop's channels), the same as state_append_records(), but
+ * the records go out with the next append of any kind, or at
+ * state_batch_end(), in the same write(): a channel's ids with the next
+ * channel's intents, one write per channel instead of two; a stop's
+ * cancellations in writes of 64 KiB. Only for what follows the thing it
+ * records (ids of objects made under intents, the cancellation of what was
+ * removed): a kill before the write leaves the intents, by which the next
+ * start still finds and removes those objects (what a batch made is then
+ * made again, not taken over), or the record of what is gone. Outside a
+ * batch it writes at once. -EINVAL as state_append_records(); -ENOMEM.
  */
 int state_defer_records(State *s, const StateRecord *add, size_t n_add, const StateRecord *cancel, size_t n_cancel);
 void state_batch_begin(State *s);
 /* Ends the batch and writes what it deferred: 0 or -errno. */
 int state_batch_end(State *s);
 
-/* Record that what r recorded (an object, or a channel) is gone; -errno on write failure. */
+/*
+ * Record that what r recorded (an object, or a channel) is gone; -errno on
+ * write failure. Inside a batch it is deferred as state_defer_records()
+ * says: a kill before the write leaves the record of something gone, which
+ * the next start finds gone (or, for a channel, marked removed: never taken
+ * over) and forgets.
+ */
 int state_cancel(State *s, const StateRecord *r);
 
 /*
