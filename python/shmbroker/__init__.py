@@ -68,7 +68,10 @@ PermissionError (EACCES), BlockingIOError (EAGAIN), TimeoutError
 errno.EIDRM (the broker removed the channel: open it again), errno.EMSGSIZE,
 errno.ENOTSUP (a ring call on a raw channel), errno.EINVAL (a bad name or
 semaphore index), errno.EXDEV (another IPC namespace than the broker's).
-Calls on a closed channel raise ValueError, as files do. An error of
+An argument no call could take (an access other than "rw" or "ro", a
+null character in a name, a negative timeout or size) raises an OSError
+with errno.EINVAL that is a ValueError too. Calls on a closed channel
+raise ValueError, as files do. An error of
 reaching the broker (its socket missing or refused, no answer) has the
 socket's path as e.filename; open_channel()'s other errors, about the
 channel, have its name.
@@ -256,7 +259,7 @@ def _cstring(value, what):
         return None
     b = os.fsencode(value)
     if b"\0" in b:
-        raise ValueError("%s contains a null character" % what)
+        raise _capi.invalid("%s contains a null character" % what)
     return b
 
 
@@ -304,7 +307,7 @@ class Channel:
     def __init__(self, name, access="rw", socket=None):
         """Open and map the channel: see open_channel()."""
         if access not in _capi.ACCESS:
-            raise ValueError('access must be "rw" or "ro", not %r' % (access,))
+            raise _capi.invalid('access must be "rw" or "ro", not %r' % (access,))
         if name is None:
             raise TypeError("a channel name is a str")
         c_socket, c_name = _cstring(socket, "socket"), _cstring(name, "name")
@@ -639,7 +642,7 @@ class Channel:
         handle, base = self._live()
         size = operator.index(size)
         if size < 0:
-            raise ValueError("size must not be negative")
+            raise _capi.invalid("size must not be negative")
         if size > len(base):
             raise _capi.error(errno.EMSGSIZE)       # never fits; and past size_t ctypes would wrap it
         # As peek(): the claim is given up on any exception once the call made it.
@@ -783,7 +786,7 @@ class Reservation:
         size = self._view.nbytes
         n = size if n is None else operator.index(n)
         if not 0 <= n <= size:
-            raise ValueError("n must be between 0 and %d" % size)
+            raise _capi.invalid("n must be between 0 and %d" % size)
         handle, base = self._take()
         _capi.check(_lib.shmb_send_commit(handle, self._ptr, n))
 

@@ -129,6 +129,20 @@ class WouldBlock(BlockingIOError, TimeoutError):
     """
 
 
+class InvalidArgument(OSError, ValueError):
+    """EINVAL from the binding itself: an argument no call could take.
+
+    An OSError with errno EINVAL, as every error of the library is, and a
+    ValueError too, as Python's own functions raise for such a value (the
+    standard library's io.UnsupportedOperation is both in the same way).
+    """
+
+
+def invalid(message):
+    """The InvalidArgument saying message."""
+    return InvalidArgument(errno.EINVAL, message)
+
+
 def error(err, filename=None):
     """The OSError for a positive or negative errno.
 
@@ -175,7 +189,7 @@ def timeout_ms(timeout):
         raise TypeError("timeout must be None or a number of seconds, not %s"
                         % type(timeout).__name__) from None
     if math.isnan(t) or t < 0:
-        raise ValueError("timeout must be None or a non-negative number of seconds")
+        raise invalid("timeout must be None or a non-negative number of seconds")
     if t > TIMEOUT_MAX:
         raise OverflowError("timeout is too large (at most %g s)" % TIMEOUT_MAX)
     return math.ceil(t * 1000)
