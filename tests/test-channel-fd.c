@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/ptrace.h>
@@ -89,7 +90,7 @@ static shmb_channel *waiting_subscriber(int *ret_fd) {
 }
 
 /* A child that opens the ring itself and does one thing: the wake-up must cross processes. */
-typedef enum { KID_SEND, KID_RECV, KID_RESERVE_AND_HANG } KidJob;
+typedef enum { KID_SEND, KID_RECV, KID_RESERVE_AND_HANG, KID_CLEAR_FLAG_AND_SEND, KID_CLEAR_FLAG_AND_RECV } KidJob;
 
 /*
  * A child stays until linger's write end closes (release_kid()): its exit
@@ -126,6 +127,19 @@ static pid_t kid(KidJob job, const char *text, int ready_pipe) {
                                 for (;;)
                                         pause();
                         break;
+                case KID_CLEAR_FLAG_AND_SEND:
+                case KID_CLEAR_FLAG_AND_RECV: {
+                        /* As any rw opener may: the peer's flag down, then the message (or room) without its wake-up. */
+                        RingHeader *h = shmb_channel_addr(ch);
+                        bool send = job == KID_CLEAR_FLAG_AND_SEND;
+                        uint32_t was = __atomic_exchange_n(send ? &h->recv_sleeping : &h->send_sleeping, 0,
+                                                           __ATOMIC_SEQ_CST);
+
+                        r = send ? shmb_send(ch, text, strlen(text), 0) : (shmb_recv(ch, buf, sizeof buf, 0) < 0 ? -1 : 0);
+                        if (write(ready_pipe, &was, sizeof was) != (ssize_t) sizeof was)
+                                r = -1;
+                        break;
+                }
                 }
                 close(linger[1]);
                 (void) read(linger[0], buf, 1);
@@ -393,6 +407,81 @@ START_TEST(test_fifo_closed_under_the_brokers_write_spares_it) {
         close(fd);
         ck_assert_int_eq(waitpid(td.pid, NULL, WNOHANG), 0);     /* not a zombie either */
         shmb_close(ch);
+}
+END_TEST
+
+/*
+ * shmbroker-ring(7), Trust: any rw opener may write the header, so it may
+ * clear the sleeping flags ("delay wake-ups ... every sleep is bounded"),
+ * and libshmbroker(3) shmb_channel_fd(): "a flag or FIFO that another
+ * process cleared delays a waiter by that bound at most". An event-loop
+ * waiter whose RING_SLEEP_FD bit a peer cleared after it armed, and which
+ * the peer's message (or room) then reached without a byte in its FIFO,
+ * must still come to poll readable and get it: the timer in its epoll set
+ * (the sleeping calls' bound, 1 s) wakes it. The peer is a real process
+ * that clears the bit and then sends (receives) through the library, whose
+ * publish finds no flag; it lingers to the end, as its exit would make the
+ * broker write both FIFOs. The waiter does what an event loop does: poll,
+ * call with a timeout of 0, and poll again on -EAGAIN, WAIT_MS in all.
+ */
+static void cleared_flag_does_not_strand_the_waiter(bool sender) {
+        shmb_channel *ch = open_ring();
+        int fd = shmb_channel_fd(ch), report[2], fifo, queued = -1, wakes = 0;
+        int64_t until;
+        char buf[64], path[400];
+        uint32_t was = 0;
+        ssize_t r;
+        pid_t pid;
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(pipe2(report, O_CLOEXEC), 0);
+        if (sender) {
+                ck_assert_int_eq(shmb_send(ch, "a", 1, 0), 0);
+                ck_assert_int_eq(shmb_send(ch, "b", 1, 0), 0);
+                ck_assert_int_eq(shmb_send(ch, "c", 1, 0), -EAGAIN);
+        } else
+                ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
+        pid = kid(sender ? KID_CLEAR_FLAG_AND_RECV : KID_CLEAR_FLAG_AND_SEND, "hello", report[1]);
+        ck_assert_int_eq(read(report[0], &was, sizeof was), (ssize_t) sizeof was);
+        /* The premises: the peer took down the bit this waiter raised, and so wrote nothing into its FIFO. */
+        ck_assert_msg(was & RING_SLEEP_FD, "the waiter's bit was not up when the peer cleared the flag: %#x", was);
+        snprintf(path, sizeof path, "%s.wake/r.%s", td.socket, sender ? "space" : "data");
+        fifo = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+        ck_assert_int_ge(fifo, 0);
+        ck_assert_int_eq(ioctl(fifo, FIONREAD, &queued), 0);
+        ck_assert_msg(queued == 0, "the peer wrote the FIFO although it cleared the flag (%d bytes)", queued);
+        close(fifo);
+
+        until = test_now_ms() + WAIT_MS;
+        do {
+                int64_t left = until - test_now_ms();
+
+                ck_assert_msg(left > 0 && readable(fd, (int) left) == 1,
+                              "the peer cleared the %s's flag and then %s, and the event-loop %s still sleeps "
+                              "%d ms later (%d wake-ups before)", sender ? "sender" : "receiver",
+                              sender ? "freed a slot" : "sent", sender ? "sender" : "receiver", WAIT_MS, wakes);
+                wakes++;
+                r = sender ? shmb_send(ch, "c", 1, 0) : shmb_recv(ch, buf, sizeof buf, 0);
+        } while (r == -EAGAIN);
+        ck_assert_msg(r == (sender ? 0 : 5), "after the wake-up: %zd (%s)", r, r < 0 ? shmb_strerror((int) r) : "");
+        if (sender) {
+                assert_recv(ch, "b");
+                assert_recv(ch, "c");
+        } else
+                ck_assert(memcmp(buf, "hello", 5) == 0);
+        reap_ok(pid);
+        close(report[0]);
+        close(report[1]);
+        shmb_close(ch);
+}
+
+START_TEST(test_cleared_flag_does_not_strand_an_event_loop_receiver) {
+        cleared_flag_does_not_strand_the_waiter(false);
+}
+END_TEST
+
+START_TEST(test_cleared_flag_does_not_strand_an_event_loop_sender) {
+        cleared_flag_does_not_strand_the_waiter(true);
 }
 END_TEST
 
@@ -1312,7 +1401,9 @@ int main(void) {
                                             test_wait_ends_when_the_objects_go_while_the_broker_is_away,
                                             test_subscriber_wait_ends_when_the_objects_go_while_the_broker_is_away,
                                             test_failed_restart_removes_the_reclaimed_rings_fifos } },
-                { "hostile", CASE_TIMEOUT, { test_fifo_closed_under_the_brokers_write_spares_it } },
+                { "hostile", CASE_TIMEOUT, { test_fifo_closed_under_the_brokers_write_spares_it,
+                                             test_cleared_flag_does_not_strand_an_event_loop_receiver,
+                                             test_cleared_flag_does_not_strand_an_event_loop_sender } },
                 { "example", CASE_TIMEOUT, { test_poll_example_receives_from_two_rings } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_subscriber_and_publisher_wait_through_the_fd,
                                               test_broadcast_one_subscribers_wait_keeps_anothers_wakeup,
