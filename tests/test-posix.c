@@ -34,6 +34,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
+#include <sys/user.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -2691,6 +2692,181 @@ START_TEST(test_scribbled_semaphore_value_keeps_status_readable) {
 }
 END_TEST
 
+#if defined(__x86_64__)
+/*
+ * proto/sem-t.h: the daemon's post at a removal "tries the compare-and-swap
+ * at most tries times ... for a caller that must not be held by a writer
+ * that keeps changing the word". An rw client that rewrites a semaphore's
+ * value word without pause must not hold the daemon in a stop or a reload.
+ * A writer running free on another CPU almost never lands between the
+ * daemon's load and its compare-and-swap (a few nanoseconds apart), so a
+ * post that loops until it wins would pass such a test too. Here the
+ * writer lands there every time: the test traces the daemon with a
+ * hardware watchpoint (x86 debug registers) on its mapping of the word, and
+ * after each of the daemon's accesses writes another value through its own
+ * mapping, as the rw client it is may. Every compare-and-swap then fails;
+ * the daemon must give up the post and go on. SPIN_ACCESSES_MAX of its
+ * accesses are far more than a bounded post makes (one load and 16 tries
+ * per semaphore), and an unbounded one reaches them at once.
+ */
+#define SPIN_ACCESSES_MAX 10000
+#define SPUN "{\"name\": \"spun\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [0]}"
+#define SPUN2 "{\"name\": \"spun2\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [0]}"
+
+static void poke_debugreg(pid_t pid, int i, uint64_t v) {
+        ck_assert_msg(ptrace(PTRACE_POKEUSER, pid, offsetof(struct user, u_debugreg[i]), v) == 0,
+                      "debug register %d: %s", i, strerror(errno));
+}
+
+/* Watch the 8 bytes at addr in pid (stopped) for reads and writes: DR0, its R/W bits 11, its length 8 (10). */
+static void watch_word(pid_t pid, uint64_t addr) {
+        poke_debugreg(pid, 7, 0);
+        poke_debugreg(pid, 0, addr);
+        poke_debugreg(pid, 6, 0);
+        poke_debugreg(pid, 7, 1 | UINT64_C(3) << 16 | UINT64_C(2) << 18);
+}
+
+/* Where the daemon maps the file of channel's semaphore 0 (it keeps it mapped while the channel lives). */
+static uint64_t daemon_sem_address(const char *channel) {
+        char path[64], suffix[96], line[512];
+        uint64_t addr = 0;
+        int found = 0;
+        FILE *f;
+
+        snprintf(path, sizeof path, "/proc/%d/maps", (int) td.pid);
+        snprintf(suffix, sizeof suffix, "/sem.shmbroker.%s.0\n", channel);
+        f = fopen(path, "re");
+        ck_assert_ptr_nonnull(f);
+        while (fgets(line, sizeof line, f)) {
+                size_t n = strlen(line), k = strlen(suffix);
+
+                if (n >= k && strcmp(line + n - k, suffix) == 0 && sscanf(line, "%" SCNx64, &addr) == 1)
+                        found++;
+        }
+        fclose(f);
+        ck_assert_msg(found == 1, "the daemon maps %s's semaphore %d times", channel, found);
+        return addr;
+}
+
+/* The word a client maps: the first 8 bytes of the sem_t, glibc's value (low half) and waiters (high half). */
+static uint64_t *client_sem_word(const char *channel) {
+        int fd, fds[PROTO_FDS_MAX];
+        uint64_t *word;
+        size_t n;
+
+        fd = open_with_fds(channel, fds, &n);
+        ck_assert_uint_eq(n, 2);        /* the segment, then its one semaphore */
+        word = mmap(NULL, sizeof(PosixSemFile), PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+        ck_assert_ptr_ne(word, MAP_FAILED);
+        close_all(fds, n);
+        close(fd);
+        return word;
+}
+
+typedef struct Spinner {
+        uint64_t *word;                 /* the client's mapping of the word the daemon's watchpoint is on */
+        unsigned accesses;              /* the daemon's accesses seen, each followed by a rewrite */
+} Spinner;
+
+/*
+ * Let the traced daemon run, rewriting the word after each of its accesses,
+ * until process `until` (the daemon itself, or a child) ends: its wait
+ * status. The value stays small and the waiter half 0, so a post meets no
+ * overflow or waiter to stop it, only a word that changed.
+ */
+static int spin_until(Spinner *sp, pid_t until) {
+        int sig = 0;
+
+        ck_assert_int_eq(ptrace(PTRACE_CONT, td.pid, 0, 0), 0);
+        for (;;) {
+                int status;
+                pid_t pid = waitpid(-1, &status, __WALL);
+
+                ck_assert_int_gt(pid, 0);
+                if (pid == until && !WIFSTOPPED(status))
+                        return status;
+                if (pid != td.pid || !WIFSTOPPED(status))
+                        ck_abort_msg("process %d ended (status %#x) while the daemon was traced", (int) pid, status);
+                sig = 0;
+                if (WSTOPSIG(status) == SIGTRAP && status >> 16 == 0) {
+                        long dr6 = ptrace(PTRACE_PEEKUSER, td.pid, offsetof(struct user, u_debugreg[6]), 0);
+
+                        ck_assert_msg(dr6 & 1, "a SIGTRAP not of the watchpoint (DR6 %#lx)", dr6);
+                        poke_debugreg(td.pid, 6, 0);
+                        ck_assert_msg(++sp->accesses < SPIN_ACCESSES_MAX,
+                                      "the daemon accessed the semaphore word %d times, each time finding it changed "
+                                      "by a client, and still goes on: its post is not bounded", SPIN_ACCESSES_MAX);
+                        __atomic_store_n(sp->word, (uint32_t) __atomic_load_n(sp->word, __ATOMIC_SEQ_CST) % 1000 + 1,
+                                         __ATOMIC_SEQ_CST);
+                } else if (WSTOPSIG(status) != SIGTRAP && status >> 16 != PTRACE_EVENT_STOP)
+                        sig = WSTOPSIG(status);         /* a real signal (SIGTERM) goes on */
+                ck_assert_int_eq(ptrace(PTRACE_CONT, td.pid, 0, sig), 0);
+        }
+}
+
+/* A child that asks for a reload and exits 0 once it is answered ok. */
+static pid_t reload_kid(void) {
+        pid_t pid = fork();
+
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                int fd = test_connect(td.socket);
+                json_t *resp = test_request(fd, "{\"op\": \"reload\"}");
+                json_t *ok = json_object_get(resp, "ok");
+
+                _exit(json_is_true(ok) ? 0 : 1);
+        }
+        return pid;
+}
+
+START_TEST(test_semaphore_word_spun_by_a_client_does_not_hold_the_daemon) {
+        char *before = shm_listing();
+        Spinner sp = {}, sp2 = {};
+        int status;
+        pid_t pid;
+
+        test_daemon_write_config(&td, "[" SPUN ", " SPUN2 "]");
+        test_start_ok();
+        sp.word = client_sem_word("spun");
+        sp2.word = client_sem_word("spun2");
+
+        /* A reload that removes spun: answered, and the daemon lives on. */
+        test_daemon_trace(&td);
+        watch_word(td.pid, daemon_sem_address("spun"));
+        test_daemon_write_config(&td, "[" SPUN2 "]");
+        pid = reload_kid();
+        status = spin_until(&sp, pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the reload that removed spun: status %#x", status);
+        ck_assert_msg(sp.accesses > 1, "the premise: the removal's post met the changed word (%u accesses)",
+                      sp.accesses);
+        ck_assert(!shm_exists("shmbroker.spun") && !shm_exists("sem.shmbroker.spun.0"));
+
+        /* A stop: spun2 removed, exit 0. */
+        ck_assert_int_eq(ptrace(PTRACE_INTERRUPT, td.pid, 0, 0), 0);
+        for (;;) {
+                ck_assert_int_eq(waitpid(td.pid, &status, __WALL), td.pid);
+                ck_assert(WIFSTOPPED(status));
+                if (status >> 16 == PTRACE_EVENT_STOP)
+                        break;
+                ck_assert_int_eq(ptrace(PTRACE_CONT, td.pid, 0, WSTOPSIG(status) == SIGTRAP ? 0 : WSTOPSIG(status)), 0);
+        }
+        watch_word(td.pid, daemon_sem_address("spun2"));
+        ck_assert_int_eq(kill(td.pid, SIGTERM), 0);
+        status = spin_until(&sp2, td.pid);
+        td.pid = -1;
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the stop: status %#x", status);
+        ck_assert_msg(sp2.accesses > 1, "the premise: the stop's post met the changed word (%u accesses)",
+                      sp2.accesses);
+        ck_assert_int_eq(munmap(sp.word, sizeof(PosixSemFile)), 0);
+        ck_assert_int_eq(munmap(sp2.word, sizeof(PosixSemFile)), 0);
+        assert_listing(before);
+        free(before);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+}
+END_TEST
+#endif
+
 /* Holds "g" rw as NOBODY in group GID until told to go (its pipe closes). */
 static pid_t group_holder(int *ret_go) {
         int ready[2], go[2];
@@ -3015,6 +3191,9 @@ int main(void) {
                                              test_scribbled_semaphore_value_keeps_status_readable,
                                              test_reload_group_refuses_holder,
                                              test_create_failure_removes, test_reload_keeps_what_it_could_not_remove } },
+#if defined(__x86_64__)
+                { "spun", CASE_TIMEOUT, { test_semaphore_word_spun_by_a_client_does_not_hold_the_daemon } },
+#endif
                 { "replace-foreign", CASE_TIMEOUT, { test_replacing_reload_onto_foreign_sem_refused,
                                                      test_replacing_reload_onto_foreign_segment_refused,
                                                      test_replacing_reload_onto_foreign_table_refused } },
