@@ -679,6 +679,13 @@ START_TEST(test_reload_killed_at_each_state_write_leaves_nothing) {
 }
 END_TEST
 
+/* Four channels, one of each layout; five segments (the broadcast one has two) and four sets. */
+static const char *const four_kinds =
+        "[{\"name\": \"a\", \"size\": 4096, \"semaphores\": [1, 2]},"
+        " {\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8},"
+        " {\"name\": \"b\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 8, \"subscribers\": 2},"
+        " {\"name\": \"d\", \"size\": 8192}]";
+
 /*
  * The same for a start: the daemon writes its state file before it makes
  * each channel's objects (their intents) and after (their ids, with the
@@ -688,14 +695,9 @@ END_TEST
  * leave ipcs empty.
  */
 START_TEST(test_start_killed_at_each_state_write_leaves_nothing) {
-        static const char *const channels =
-                "[{\"name\": \"a\", \"size\": 4096, \"semaphores\": [1, 2]},"
-                " {\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8},"
-                " {\"name\": \"b\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 8, \"subscribers\": 2},"
-                " {\"name\": \"d\", \"size\": 8192}]";
         int k;
 
-        test_daemon_write_config(&td, channels);
+        test_daemon_write_config(&td, four_kinds);
         for (k = 1;; k++) {
                 test_daemon_spawn_traced(&td);
                 if (!kill_at_state_write(k, test_td_ready))
@@ -718,14 +720,9 @@ END_TEST
  * and leave nothing at its own stop.
  */
 START_TEST(test_stop_killed_at_each_state_write_leaves_nothing) {
-        static const char *const channels =
-                "[{\"name\": \"a\", \"size\": 4096, \"semaphores\": [1, 2]},"
-                " {\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8},"
-                " {\"name\": \"b\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 8, \"subscribers\": 2},"
-                " {\"name\": \"d\", \"size\": 8192}]";
         int k;
 
-        test_daemon_write_config(&td, channels);
+        test_daemon_write_config(&td, four_kinds);
         for (k = 1;; k++) {
                 int points = 0, status;
                 bool killed = false, in_write = false;
