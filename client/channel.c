@@ -484,6 +484,8 @@ shmb_client *shmb_channel_get_client(const shmb_channel *ch) {
 }
 
 int channel_check_gone(shmb_channel *ch) {
+        /* Relaxed: a wait on another thread that reads an older time only asks once more. */
+        __atomic_store_n(&ch->gone_checked_ns, client_now_ns(), __ATOMIC_RELAXED);
         if (shmb_channel_check(ch) != -EIDRM)
                 return 0;
         __atomic_store_n(&ch->hold.gone, true, __ATOMIC_RELEASE);

@@ -453,6 +453,11 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, const ui
                 return -EIDRM;
         if (r == -ETIMEDOUT && until != deadline)
                 return channel_check_gone(ch);  /* only a poll ran out: look again, unless the objects went */
+        if (r == -ETIMEDOUT) {
+                int k = channel_check_gone_every(ch, GONE_POLL_MS);
+
+                return k < 0 ? k : r;
+        }
         return r;
 }
 

@@ -172,6 +172,7 @@ struct shmb_channel {
         unsigned spin_us;               /* shmb_channel_set_spin() */
         uint32_t spin_budget_ns;        /* adapts within it */
         uint32_t ops;                   /* ring operations, to publish our CPU now and then */
+        int64_t gone_checked_ns;        /* when a wait last asked the kernel for the objects (channel_check_gone()) */
         /* ring only */
         ChannelWake *wake;              /* NULL: the broker named no FIFOs */
         RingHeader *ring;
@@ -350,6 +351,19 @@ static inline bool channel_gone(const shmb_channel *ch) {
  * then on) or 0. One system call.
  */
 int channel_check_gone(shmb_channel *ch);
+
+/*
+ * For a wait that ran out at its caller's deadline: channel_check_gone()
+ * when bound_ms or more have passed since a wait of ch last asked, else 0.
+ * A caller that waits in slices no longer than the poll (the Python binding
+ * waits a second at a time) learns of removed objects too, and a caller
+ * that polls with short timeouts asks once a bound, not at every timeout.
+ */
+static inline int channel_check_gone_every(shmb_channel *ch, int bound_ms) {
+        if (client_now_ns() - __atomic_load_n(&ch->gone_checked_ns, __ATOMIC_RELAXED) < (int64_t) bound_ms * 1000000)
+                return 0;
+        return channel_check_gone(ch);
+}
 
 /* The open request for name with access (-EINVAL for a bad name or access): shmb_open()'s, and a rejoin's. */
 int client_open_request(const char *name, shmb_access access, ProtoRequest *ret);

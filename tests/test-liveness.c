@@ -44,6 +44,8 @@
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1716,6 +1718,56 @@ START_TEST(test_claim_taken_for_dead_spoils_no_later_message) {
 }
 END_TEST
 
+/*
+ * libshmbroker(3), BROKER RESTARTS, "Objects removed while the broker is
+ * away": a call that sleeps in a ring asks the kernel at least once a
+ * second whether its objects are still there, and answers -EIDRM once they
+ * are gone. A program that waits "for ever" in slices of a second or less
+ * (as the Python binding's recv(timeout=None) does, in slices of 1 s) must
+ * learn it too, not time out slice after slice for ever. A sleep was cut
+ * short to ask only when the caller's own deadline was more than a second
+ * away, so such a program waited for ever.
+ */
+static void sliced_waits_see_objects_removed(bool send) {
+        static const int slices_ms[] = { 1000, 300 };
+        shmb_channel *ch[2] = { open_ok(), open_ok() };
+        int shm_id = shmb_channel_shm_id(ch[0]), sem_id = shmb_channel_sem_id(ch[0]);
+        static char buf[SLOT_SIZE];
+        int n = 0;
+        ssize_t r;
+
+        /* A sender waits for room: the ring is full before the broker goes. */
+        while (send && shmb_send(ch[0], buf, SMALL_LEN, 0) == 0)
+                n++;
+        ck_assert_int_eq(n, send ? SLOTS : 0);
+        test_daemon_kill(&td, SIGKILL);
+        ck_assert_int_eq(shmctl(shm_id, IPC_RMID, NULL), 0);
+        ck_assert_int_eq(semctl(sem_id, 0, IPC_RMID), 0);
+        for (size_t k = 0; k < ELEMENTS(slices_ms); k++) {
+                int rounds = 0;
+
+                /* Ten times the poll: plenty of chances to ask the kernel. */
+                do
+                        r = send ? shmb_send(ch[k], buf, SMALL_LEN, slices_ms[k])
+                                 : shmb_recv(ch[k], buf, sizeof buf, slices_ms[k]);
+                while (r == -ETIMEDOUT && ++rounds * slices_ms[k] < 10000);
+                ck_assert_msg(r == -EIDRM, "%s waits of %d ms on a ring whose objects are gone: %zd (%s) after %d rounds",
+                              send ? "send" : "receive", slices_ms[k], r, shmb_strerror((int) r), rounds);
+        }
+        shmb_close(ch[1]);
+        shmb_close(ch[0]);
+}
+
+START_TEST(test_sliced_receives_see_objects_removed_while_the_broker_is_away) {
+        sliced_waits_see_objects_removed(false);
+}
+END_TEST
+
+START_TEST(test_sliced_sends_see_objects_removed_while_the_broker_is_away) {
+        sliced_waits_see_objects_removed(true);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -1728,7 +1780,9 @@ int main(void) {
                                 test_polls_behind_a_live_claim_make_no_syscall } },
                 { "sleepers", CASE_TIMEOUT, { test_sleeping_receiver_skips_claims_that_died_meanwhile,
                               test_sleeping_sender_gets_past_receivers_that_died_meanwhile,
-                              test_broker_killed_before_its_wake_up_is_made_good } },
+                              test_broker_killed_before_its_wake_up_is_made_good,
+                              test_sliced_receives_see_objects_removed_while_the_broker_is_away,
+                              test_sliced_sends_see_objects_removed_while_the_broker_is_away } },
                 { "holders", CASE_TIMEOUT, { test_dead_claim_stays_dead_when_its_entry_is_reused,
                              test_claim_taken_for_dead_starts_over } },
                 /* Where a hold and its process end apart: a fork keeps the hold, a disconnect ends it mid-copy. */
