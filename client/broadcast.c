@@ -220,12 +220,19 @@ static int dropped(const BcastHandle *b) {
 /*
  * A poll ran out: nobody marks a channel removed while the broker was away
  * (an ipcrm or rm after a crash), so a sleeper asks the kernel whether its
- * objects are still there (channel_check_gone()).
+ * objects are still there (channel_check_gone()). So does a wait that ran
+ * out at its caller's deadline, once a poll: a caller waiting in slices
+ * shorter than the poll would never see a poll run out.
  */
 static int after_poll(const BcastHandle *b, int r) {
-        if (r != FUTEX_POLLED)
+        int k;
+
+        if (r == FUTEX_POLLED)
+                return channel_check_gone(b->ch);
+        if (r != -ETIMEDOUT)
                 return r;
-        return channel_check_gone(b->ch);
+        k = channel_check_gone_every(b->ch, BCAST_POLL_MS);
+        return k < 0 ? k : r;
 }
 
 static BcastSlot *slot_at(const BcastHandle *b, uint64_t pos) {

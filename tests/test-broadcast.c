@@ -1147,6 +1147,48 @@ START_TEST(test_objects_removed_while_broker_is_away_wake_sleepers) {
 }
 END_TEST
 
+/*
+ * The same for callers that wait in slices shorter than the sleeping
+ * calls' poll (half a second): each slice ran out at its caller's deadline
+ * before a poll did, so nothing ever asked the kernel and such a caller
+ * timed out for ever. A subscriber (that joined after the ring filled, so
+ * has nothing to read) and a publisher held back by a subscriber that never
+ * reads, each calling with 300 ms, end with -EIDRM.
+ */
+START_TEST(test_sliced_waits_see_objects_removed_while_broker_is_away) {
+        shmb_channel *slow = test_open_ok("news", SHMB_RO), *pub = test_open_ok("news", SHMB_RW), *sub;
+        json_t *resp, *e = status_of("news", &resp);
+        int table_id = (int) test_jint(e, "table_id"), n = 0;
+
+        json_decref(resp);
+        while (shmb_send(pub, "x", 1, 0) == 0)
+                n++;
+        ck_assert_int_eq(n, SLOTS);
+        sub = test_open_ok("news", SHMB_RO);
+        test_daemon_kill(&td, SIGKILL);
+        ck_assert_int_eq(shmctl(shmb_channel_shm_id(pub), IPC_RMID, NULL), 0);
+        ck_assert_int_eq(shmctl(table_id, IPC_RMID, NULL), 0);
+        ck_assert_int_eq(semctl(shmb_channel_sem_id(pub), 0, IPC_RMID), 0);
+        for (int side = 0; side < 2; side++) {
+                char buf[SLOT_SIZE];
+                ssize_t r;
+                int rounds = 0;
+
+                /* Twenty times the poll: plenty of chances to ask the kernel. */
+                do
+                        r = side ? shmb_send(pub, "x", 1, 300) : shmb_recv(sub, buf, sizeof buf, 300);
+                while (r == -ETIMEDOUT && ++rounds < 33);
+                ck_assert_msg(r == -EIDRM, "%s waits of 300 ms on a channel whose objects are gone: %zd (%s) after %d rounds",
+                              side ? "publisher" : "subscriber", r, shmb_strerror((int) r), rounds);
+        }
+        shmb_close(sub);
+        shmb_close(slow);
+        shmb_close(pub);
+        /* The rest of the dead run's objects go with the next start's reclaim. */
+        test_start_ok();
+}
+END_TEST
+
 /* ---- sleeping and waking ---- */
 
 /*
@@ -1891,6 +1933,7 @@ int main(void) {
                                             test_future_claim_does_not_outlast_the_timeout } },
                 { "removal", CASE_TIMEOUT, { test_removal_wakes_sleepers,
                                              test_objects_removed_while_broker_is_away_wake_sleepers,
+                                             test_sliced_waits_see_objects_removed_while_broker_is_away,
                                              test_stop_marks_removed_before_its_first_wakeup } },
                 { "admin", CASE_TIMEOUT, { test_status_shows_subscribers_lag, test_status_semaphores_skip_the_channels_own, test_reload_replaces_changed_broadcast,
                              test_crash_restart_adopts_broadcast,
