@@ -995,12 +995,15 @@ static bool stat_is_replaced(const struct stat *st, const StateRecord *rec) {
         return (rec->dev != 0 || rec->ino != 0) && stat_is_recorded(st, rec);
 }
 
-static int reclaim_intent_at(int dir, const StateRecord *rec, const char *name) {
+static int reclaim_intent_at(int dir, const StateRecord *rec, const char *name, PosixTakenFn taken, void *userdata) {
         StateRecord found;
         struct stat st;
 
         if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
                 return -errno;
+        /* Its channel's file, taken over: whatever the intent made is that file now, or nothing. */
+        if (taken && taken((uint64_t) st.st_dev, (uint64_t) st.st_ino, userdata))
+                return -ENOENT;
         /* The file it replaces: its waiters were told before the intent was written. */
         if (stat_is_replaced(&st, rec))
                 return unlink_checked(dir, name, stat_is_recorded, rec);
@@ -1023,17 +1026,19 @@ static int intent_rank(int r) {
  * An intent's file, and the file it replaces, are each at its name or at
  * its temporary name (create_one()), whichever step the kill came at.
  */
-static int reclaim_intent(int dir, const StateRecord *rec, const char *name, const uint8_t *secret) {
+static int reclaim_intent(int dir, const StateRecord *rec, const char *name, const uint8_t *secret,
+                          PosixTakenFn taken, void *userdata) {
         char tmp[NAME_MAX + 1];
-        int r = reclaim_intent_at(dir, rec, name), k;
+        int r = reclaim_intent_at(dir, rec, name, taken, userdata), k;
 
         if (!secret || temp_name(secret, rec, tmp, sizeof tmp) < 0)
                 return r;
-        k = reclaim_intent_at(dir, rec, tmp);
+        k = reclaim_intent_at(dir, rec, tmp, taken, userdata);
         return intent_rank(k) > intent_rank(r) ? k : r;
 }
 
-int posix_reclaim_file(const StateRecord *rec, const uint8_t *secret, void (*mark)(void *addr, size_t size)) {
+int posix_reclaim_file(const StateRecord *rec, const uint8_t *secret, void (*mark)(void *addr, size_t size),
+                       PosixTakenFn taken, void *userdata) {
         _cleanup_(closep) int dir = -1;
         char name[NAME_MAX + 1];
         PosixFile f;
@@ -1042,12 +1047,15 @@ int posix_reclaim_file(const StateRecord *rec, const uint8_t *secret, void (*mar
         r = posix_record_file_name(rec, name, sizeof name);
         if (r < 0)
                 return 0;       /* no name of ours: nothing to touch */
+        /* Another record of a file taken over (a damaged file may hold two). */
+        if (!rec->pending && taken && taken(rec->dev, rec->ino, userdata))
+                return POSIX_TAKEN_OVER;
         dir = open_dir();
         if (dir < 0)
                 return dir;
         /* Never initialised, never handed out: nobody waits on it. */
         if (rec->pending)
-                return reclaim_intent(dir, rec, name, secret);
+                return reclaim_intent(dir, rec, name, secret, taken, userdata);
         /* Opened (O_NOFOLLOW, the recorded inode, ours) only to tell its waiters. */
         r = adopt_one(dir, rec, &f);
         if (r == 0) {
@@ -1105,7 +1113,7 @@ int posix_objects_take(PosixObjects *p, const StateRecord *rec, const uint8_t *s
                 if (f->fd < 0 && !stat_is_replaced(&st, rec) &&
                     (!stat_is_intended(&st, rec) || (uint64_t) st.st_size != rec->size))
                         return -ESTALE;
-                r = reclaim_intent_at(dir, rec, tmp);
+                r = reclaim_intent_at(dir, rec, tmp, NULL, NULL);
                 if (r < 0 && r != -ENOENT)
                         return r;
                 if (f->fd >= 0)

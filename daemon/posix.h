@@ -198,9 +198,17 @@ int posix_objects_sem_value(const PosixObjects *p, unsigned idx, int *ret);
  * intent and the run's key secret derive (NULL: its name only). An
  * intent of a replacement also names the file it replaces, which is
  * unlinked at either name when it is still that inode, as by its record.
- * 1 removed, 0 not ours (untouched), -ENOENT gone, another -errno kept.
+ * A file for which taken(dev, ino, userdata) says true is one this start
+ * took over with its channel: it is never touched (an intent whose
+ * cancellation the file lost names it too). 1 removed, 0 not ours
+ * (untouched), POSIX_TAKEN_OVER for a record of a file taken over, -ENOENT
+ * gone (for an intent: nothing of it left but a file taken over), another
+ * -errno kept.
  */
-int posix_reclaim_file(const StateRecord *rec, const uint8_t *secret, void (*mark)(void *addr, size_t size));
+#define POSIX_TAKEN_OVER 2
+typedef bool (*PosixTakenFn)(uint64_t dev, uint64_t ino, void *userdata);
+int posix_reclaim_file(const StateRecord *rec, const uint8_t *secret, void (*mark)(void *addr, size_t size),
+                       PosixTakenFn taken, void *userdata);
 
 /* The file name in /dev/shm (no directory) of a record's file. */
 int posix_record_file_name(const StateRecord *rec, char *buf, size_t size);

@@ -96,6 +96,74 @@ static bool proven_has(const Proven *p, uint32_t key, pid_t pid) {
         return false;
 }
 
+/*
+ * The objects this start took over (records marked adopted): sorted System
+ * V objects (kind and id) and posix files (device and inode). A record
+ * that names one of them (an intent whose cancellation the file lost, or a
+ * second record of it) is settled without a touch: it must not remove what
+ * a channel's clients still use.
+ */
+typedef struct Taken {
+        uint64_t *ids;                  /* kind << 32 | id */
+        size_t n_ids;
+        struct { uint64_t dev, ino; } *files;
+        size_t n_files;
+} Taken;
+
+/* A record of an object taken over: untouched, and counted nowhere. */
+#define TAKEN_OVER 3
+
+static int cmp_u64(const void *a, const void *b) {
+        return CMP(*(const uint64_t *) a, *(const uint64_t *) b);
+}
+
+static int cmp_file(const void *a, const void *b) {
+        const uint64_t *x = a, *y = b;
+
+        return CMP(x[0], y[0]) ?: CMP(x[1], y[1]);
+}
+
+static uint64_t taken_id(StateKind kind, int id) {
+        return (uint64_t) kind << 32 | (uint32_t) id;
+}
+
+static int taken_make(const StateRecord *v, size_t n, Taken *ret) {
+        Taken t = { .ids = calloc(n ?: 1, sizeof *t.ids), .files = calloc(n ?: 1, sizeof *t.files) };
+
+        if (!t.ids || !t.files) {
+                free(t.ids);
+                free(t.files);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < n; i++) {
+                if (!v[i].adopted || v[i].pending)
+                        continue;
+                if (v[i].kind == STATE_SHM || v[i].kind == STATE_SEM)
+                        t.ids[t.n_ids++] = taken_id(v[i].kind, v[i].id);
+                else if (v[i].kind == STATE_POSIX) {
+                        t.files[t.n_files].dev = v[i].dev;
+                        t.files[t.n_files++].ino = v[i].ino;
+                }
+        }
+        qsort(t.ids, t.n_ids, sizeof *t.ids, cmp_u64);
+        qsort(t.files, t.n_files, sizeof *t.files, cmp_file);
+        *ret = t;
+        return 0;
+}
+
+static bool taken_has_id(const Taken *t, StateKind kind, int id) {
+        uint64_t k = taken_id(kind, id);
+
+        return bsearch(&k, t->ids, t->n_ids, sizeof *t->ids, cmp_u64) != NULL;
+}
+
+static bool taken_has_file(uint64_t dev, uint64_t ino, void *userdata) {
+        const Taken *t = userdata;
+        uint64_t k[2] = { dev, ino };
+
+        return bsearch(k, t->files, t->n_files, sizeof *t->files, cmp_file) != NULL;
+}
+
 static int prove(const StateRecord *rec, bool paired) {
         return rec->kind == STATE_SHM ? shm_is_ours(rec, rec->id) : sem_is_ours(rec, rec->id, paired);
 }
@@ -107,14 +175,19 @@ int reclaim_prove(const StateRecord *rec, bool paired) {
         return r == SHM_REMOVED_ATTACHED ? -ENOENT : r;
 }
 
-/* Find the object a record names (by id, or an intent's by key) and judge it. */
-static int record_is_ours(StateRecord *rec, const Proven *proven) {
+/* Find the object a record names (by id, or an intent's by key) and judge it; TAKEN_OVER: one taken over. */
+static int record_is_ours(StateRecord *rec, const Proven *proven, const Taken *taken) {
         if (rec->pending) {
                 int id = rec->kind == STATE_SHM ? shmget((key_t) rec->key, 0, 0) : semget((key_t) rec->key, 0, 0);
 
                 if (id < 0)
                         return errno == ENOENT ? -ENOENT : -errno;
                 rec->id = id;
+        }
+        if (taken_has_id(taken, rec->kind, rec->id)) {
+                if (rec->pending)
+                        rec->id = -1;
+                return TAKEN_OVER;
         }
         return prove(rec, proven_has(proven, rec->key, rec->pid));
 }
@@ -192,10 +265,13 @@ size_t reclaim_posix_take(StateRecord *v, const size_t *idx, size_t n, const uin
 }
 
 /* A posix channel's file: its record names the inode, which must still be ours at its name. */
-static int settle_posix(const StateRecord *rec, const uint8_t *secret, ReclaimResult *res) {
+static int settle_posix(const StateRecord *rec, const uint8_t *secret, Taken *taken, ReclaimResult *res) {
         char name[256] = "?";
-        int r = posix_reclaim_file(rec, secret, rec->id == POSIX_ROLE_SEGMENT ? mark_posix_segment : NULL);
+        int r = posix_reclaim_file(rec, secret, rec->id == POSIX_ROLE_SEGMENT ? mark_posix_segment : NULL,
+                                   taken_has_file, taken);
 
+        if (r == POSIX_TAKEN_OVER)
+                return 1;
         if (r == 1) {
                 res->removed++;
                 return 1;
@@ -224,7 +300,7 @@ static int settle_posix(const StateRecord *rec, const uint8_t *secret, ReclaimRe
 }
 
 /* 1 settled (removed, gone or not ours), 0 to keep recorded; counts what it saw in *res. */
-static int settle(StateRecord *rec, Proven *proven, const uint8_t *secret, ReclaimResult *res) {
+static int settle(StateRecord *rec, Proven *proven, Taken *taken, const uint8_t *secret, ReclaimResult *res) {
         int r;
 
         /* A channel record names objects that have records of their own; adopted ones live on. */
@@ -235,8 +311,10 @@ static int settle(StateRecord *rec, Proven *proven, const uint8_t *secret, Recla
                 return 1;
         }
         if (rec->kind == STATE_POSIX)
-                return settle_posix(rec, secret, res);
-        r = record_is_ours(rec, proven);
+                return settle_posix(rec, secret, taken, res);
+        r = record_is_ours(rec, proven, taken);
+        if (r == TAKEN_OVER)
+                return 1;
         /* Proven ours, also one removed already (SHM_REMOVED_ATTACHED): its run's set may be paired with it. */
         if (r > 0 && rec->kind == STATE_SHM && !proven_has(proven, rec->key, rec->pid)) {
                 proven->v[proven->n].key = rec->key;
@@ -272,11 +350,12 @@ static int settle(StateRecord *rec, Proven *proven, const uint8_t *secret, Recla
 void reclaim_records(StateRecord *v, size_t n, const uint8_t *secret, ReclaimResult *ret) {
         ReclaimResult res = {};
         Proven proven = {};
+        Taken taken = {};
         size_t kept = 0;
         bool *keep = calloc(n ?: 1, sizeof *keep);
 
         proven.v = calloc(n ?: 1, sizeof *proven.v);
-        if (!keep || !proven.v) {
+        if (!keep || !proven.v || taken_make(v, n, &taken) < 0) {
                 /* Cannot even plan: keep every record, settle nothing. */
                 free(keep);
                 free(proven.v);
@@ -289,12 +368,14 @@ void reclaim_records(StateRecord *v, size_t n, const uint8_t *secret, ReclaimRes
                 for (size_t i = 0; i < n; i++)
                         /* A posix file needs no other's proof: it goes with the segments. */
                         if ((v[i].kind == STATE_SEM) == (pass >= 2) && v[i].pending == (pass % 2 == 1))
-                                keep[i] = !settle(&v[i], &proven, secret, &res);
+                                keep[i] = !settle(&v[i], &proven, &taken, secret, &res);
         for (size_t i = 0; i < n; i++)
                 if (keep[i])
                         v[kept++] = v[i];
         free(keep);
         free(proven.v);
+        free(taken.ids);
+        free(taken.files);
         res.kept = kept;
         *ret = res;
 }

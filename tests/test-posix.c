@@ -2413,6 +2413,43 @@ START_TEST(test_crash_adopt_records_of_an_older_version) {
 END_TEST
 
 /*
+ * An intent whose cancellation the file lost (a damaged line, or a write
+ * cut at a page boundary) names a file that the next start takes over with
+ * its channel. The intent is then that file's, not a leftover: the start
+ * must not unlink a file of the channel it took over. With the channel's
+ * mode 0600, the taken-over file looks just as the intent's would.
+ */
+START_TEST(test_crash_intent_of_a_taken_over_file_spares_it) {
+        char *before = shm_listing(), path[512], *text = NULL, intent[256] = "";
+        size_t len = 0;
+        struct stat seg, sem1;
+        FILE *f;
+
+        test_daemon_write_config(&td, "[{\"name\": \"solo\", \"kind\": \"posix\", \"size\": 5000,"
+                                      " \"semaphores\": [1, 0], \"mode\": \"0600\"}]");
+        test_start_ok();
+        sem1 = shm_stat("sem.shmbroker.solo.1");
+        snprintf(path, sizeof path, "%s.state", td.socket);
+        f = fopen(path, "re");
+        ck_assert_ptr_nonnull(f);
+        while (getline(&text, &len, f) > 0)
+                if (strncmp(text, "pposix 1 ", 9) == 0 && strlen(text) < sizeof intent)
+                        strcpy(intent, text);
+        fclose(f);
+        free(text);
+        ck_assert_msg(intent[0], "no intent for semaphore 1 in %s", path);
+        seg = mark_and_kill("shmbroker.solo");
+        state_append(intent);
+
+        test_start_ok();
+        assert_taken_over("solo", "shmbroker.solo", &seg);
+        ck_assert_msg(shm_exists("sem.shmbroker.solo.1"), "the start unlinked semaphore 1 of the channel it took over");
+        ck_assert_uint_eq(shm_stat("sem.shmbroker.solo.1").st_ino, sem1.st_ino);
+        stop_and_assert_listing(before);
+}
+END_TEST
+
+/*
  * A run killed between making a file and recording its inode leaves an
  * intent: the next start removes the file when it is as that run left it
  * (ours, 0600, empty or of the intended size, new), and nothing else.
@@ -3222,6 +3259,7 @@ int main(void) {
                                            test_crash_reclaim_intent, test_crash_other_owner,
                                            test_owner_change_killed_at_each_step,
                                            test_crash_adopt_records_of_an_older_version,
+                                           test_crash_intent_of_a_taken_over_file_spares_it,
                                            test_crash_reclaim_spares_owners_planted_file } },
         };
 

@@ -1040,6 +1040,50 @@ START_TEST(test_journal_of_many_records_reads_in_linear_time) {
 }
 END_TEST
 
+/*
+ * The daemon writes a channel's ids and the cancellations of its intents
+ * in one write() (state.c: "a kill can cut it only at a page boundary").
+ * A SIGKILL inside that write, at a page boundary that falls in the
+ * cancellations, leaves the channel's complete records followed by a cut
+ * "-pshm" line: both intents stay live. The next start takes the channel
+ * over; the intents, found by their key, name those very objects, and
+ * must not have them removed under the clients of a channel it took over
+ * (shmbrokerd(8), CRASH RECLAIM: "clients still attached keep working").
+ */
+START_TEST(test_cut_cancellations_spare_the_taken_over_channel) {
+        char path[400], *text, *cut, *log;
+        unsigned key;
+        int shm_id, sem_id, fd;
+        struct shmid_ds ds;
+        struct semid_ds sds;
+
+        test_daemon_write_config(&td, one_channel);
+        test_start_ok();
+        test_daemon_kill(&td, SIGKILL);
+        state_file_path(path, sizeof path, "state");
+        text = file_text(path);
+        ck_assert_ptr_nonnull(text);
+        ck_assert_ptr_nonnull(cut = strstr(text, "\nchan "));
+        ck_assert_int_eq(sscanf(cut, "\nchan %u %d %d", &key, &shm_id, &sem_id), 3);
+        /* Cut inside the first cancellation, as a kill at a page boundary there would. */
+        ck_assert_ptr_nonnull(cut = strstr(cut, "\n-pshm "));
+        fd = open(path, O_WRONLY | O_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(ftruncate(fd, cut - text + 9), 0);
+        close(fd);
+        free(text);
+
+        test_start_ok();
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Took over channel frames"), "%s", log);
+        ck_assert_msg(shmctl(shm_id, IPC_STAT, &ds) == 0 && !(ds.shm_perm.mode & SHM_DEST),
+                      "the taken-over segment %d was removed; the log: %s", shm_id, log);
+        ck_assert_msg(semctl(sem_id, 0, IPC_STAT, &sds) == 0, "the taken-over set %d was removed: %s; the log: %s",
+                      sem_id, strerror(errno), log);
+        free(log);
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "planted", CASE_TIMEOUT,
@@ -1053,7 +1097,8 @@ int main(void) {
                            test_runtime_directory_default, test_socket_dir_made_0755_under_umask } },
                 { "crash", CASE_TIMEOUT, { test_reload_killed_at_each_state_write_leaves_nothing,
                                            test_start_killed_at_each_state_write_leaves_nothing,
-                                           test_stop_killed_at_each_state_write_leaves_nothing } },
+                                           test_stop_killed_at_each_state_write_leaves_nothing,
+                                           test_cut_cancellations_spare_the_taken_over_channel } },
                 { "memory", CASE_TIMEOUT, { test_record_kept_without_memory_survives_rewrite, test_read_without_memory_fails_whole } },
                 { "journal", CASE_TIMEOUT, { test_journal_drops_cancel_the_latest_matching_add,
                                              test_journal_of_many_records_reads_in_linear_time,
