@@ -73,8 +73,19 @@ static bool state_is_empty(State *state) {
  * first few, as text), which stay in the file: whatever object such a
  * line recorded is neither reclaimed nor forgotten.
  */
+enum { LINE_SHOWN = 160 };
+
+/* The first LINE_SHOWN bytes of the n at p, as printable ASCII ('?' for any other byte), in text. */
+static void printable(const char *p, size_t n, char text[static LINE_SHOWN + 1]) {
+        size_t k = 0;
+
+        for (; k < n && k < LINE_SHOWN; k++)
+                text[k] = p[k] >= 0x20 && p[k] < 0x7f ? p[k] : '?';
+        text[k] = 0;
+}
+
 static void log_unread(State *state, size_t skipped) {
-        enum { SHOWN = 5, WIDTH = 160 };
+        enum { SHOWN = 5 };
         size_t len, dropped, shown = 0;
         const char *p = state_unread(state, &len, &dropped), *end = p ? p + len : NULL;
 
@@ -83,13 +94,10 @@ static void log_unread(State *state, size_t skipped) {
                     skipped);
         for (; p && p < end && shown < SHOWN; shown++) {
                 const char *nl = memchr(p, '\n', (size_t) (end - p));
-                char text[WIDTH + 1];
-                size_t k = 0;
+                char text[LINE_SHOWN + 1];
 
-                for (const char *c = p; c < nl && k < WIDTH; c++)
-                        text[k++] = *c >= 0x20 && *c < 0x7f ? *c : '?';
-                text[k] = 0;
-                log_warning("%s: unreadable line: %s%s", state_path(state), text, nl - p > WIDTH ? "..." : "");
+                printable(p, (size_t) (nl - p), text);
+                log_warning("%s: unreadable line: %s%s", state_path(state), text, nl - p > LINE_SHOWN ? "..." : "");
                 p = nl + 1;
         }
         if (skipped > shown)
@@ -466,6 +474,15 @@ static int open_state_and_reclaim(Daemon *d) {
         }
         if (skipped > 0)
                 log_unread(d->state, skipped);
+        if (state_cut_line(d->state)) {
+                const char *cut = state_cut_line(d->state);
+                char text[LINE_SHOWN + 1];
+
+                printable(cut, strlen(cut), text);
+                log_notice("%s: its last line was cut short (a write the last run was killed in); dropped, as what "
+                           "it recorded is covered by the lines before it: %s%s", state_path(d->state), text,
+                           strlen(cut) > LINE_SHOWN ? "..." : "");
+        }
         log_legacy(d, v, n);
         r = registry_new(d->state, &d->registry);
         if (r < 0) {

@@ -47,6 +47,7 @@ struct State {
         KeptRecord *kept;       /* objects that could not be removed (state_keep()) */
         size_t n_kept;
         size_t n_lost;          /* of them could not be kept: no rewrite may drop the file's lines */
+        char *cut;              /* the last line the last state_read() found cut short, dropped */
         char *unread;           /* lines the last state_read() could not parse, as they were, each ending in \n */
         size_t unread_len;
         size_t unread_dropped;  /* of them beyond UNREAD_MAX: not kept */
@@ -564,6 +565,10 @@ static int keep_unread(State *s, const char *line, size_t n) {
         return 0;
 }
 
+const char *state_cut_line(const State *s) {
+        return s->cut;
+}
+
 const char *state_unread(const State *s, size_t *ret_len, size_t *ret_dropped) {
         *ret_len = s->unread_len;
         *ret_dropped = s->unread_dropped;
@@ -703,6 +708,8 @@ int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped) 
         free(s->unread);
         s->unread = NULL;
         s->unread_len = s->unread_dropped = 0;
+        free(s->cut);
+        s->cut = NULL;
 
         /* Through our own checked descriptor: the name may not be ours any more. */
         fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 3);
@@ -722,6 +729,15 @@ int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped) 
 
                 if (line[0] == '#' || line[0] == '\n')
                         continue;
+                /* Only the last line can lack its newline: a write cut by a kill (state.h). */
+                if (line[len - 1] != '\n') {
+                        s->cut = strdup(line);
+                        if (!s->cut) {
+                                r = -ENOMEM;
+                                goto done;
+                        }
+                        continue;
+                }
                 /* A NUL within makes it unparsable too: parse_line() would see less than the line. */
                 if (strlen(line) != (size_t) len || parse_line(line, &add, &rec) < 0) {
                         skipped++;
@@ -1202,6 +1218,7 @@ State *state_free(State *s) {
         free(s->deferred);
         free(s->kept);
         free(s->unread);
+        free(s->cut);
         free(s);
         return NULL;
 }

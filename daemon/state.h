@@ -136,6 +136,16 @@ size_t state_posix_range(const StateRecord *v, const size_t *idx, size_t n_idx, 
 const char *state_unread(const State *s, size_t *ret_len, size_t *ret_dropped);
 
 /*
+ * The last line of the file as the last state_read() found it cut short
+ * (no newline: a write the run that wrote it was killed in), or NULL. Such
+ * a line is dropped, neither read nor kept: whatever it recorded is
+ * covered by what came before it (an intent precedes its objects, and ids
+ * precede the cancellation of their intents). Valid until the next
+ * state_read() or state_free().
+ */
+const char *state_cut_line(const State *s);
+
+/*
  * Append the records `add` and then cancel the records `cancel`, in one
  * write(): a channel's two intents before it is made, and after it is made
  * its two ids and its channel record with the intents they replace. At

@@ -1084,6 +1084,49 @@ START_TEST(test_cut_cancellations_spare_the_taken_over_channel) {
 }
 END_TEST
 
+/*
+ * A kill cuts the daemon's own write, and only the last line can be cut
+ * (writes are appended whole, one at a time, and the kill ends them). Such
+ * a line is the killed run's, and what it recorded is covered by what came
+ * before it (an intent before its objects, ids before the cancellation of
+ * their intents): the next start drops it with a notice, not as a line it
+ * cannot read, which stayed in the file for ever and kept the stop from
+ * removing the state files.
+ */
+START_TEST(test_cut_last_line_is_dropped) {
+        char path[400], *text, *cut, *log;
+        struct stat st;
+        int fd;
+
+        test_daemon_write_config(&td, one_channel);
+        test_start_ok();
+        test_daemon_kill(&td, SIGKILL);
+        state_file_path(path, sizeof path, "state");
+        text = file_text(path);
+        ck_assert_ptr_nonnull(text);
+        /* In the middle of the last line, whatever it is. */
+        ck_assert_ptr_nonnull(cut = strrchr(text, '\n'));
+        *cut = 0;
+        ck_assert_ptr_nonnull(cut = strrchr(text, '\n'));
+        fd = open(path, O_WRONLY | O_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(ftruncate(fd, cut - text + 6), 0);
+        close(fd);
+        free(text);
+
+        test_start_ok();
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "cut short") && !strstr(log, "cannot read"), "%s", log);
+        free(log);
+        test_daemon_stop_ok(&td);
+        ck_assert_msg(stat(path, &st) < 0 && errno == ENOENT, "the stop left %s", path);
+        state_file_path(path, sizeof path, "lock");
+        ck_assert_msg(stat(path, &st) < 0 && errno == ENOENT, "the stop left %s", path);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "planted", CASE_TIMEOUT,
@@ -1098,7 +1141,8 @@ int main(void) {
                 { "crash", CASE_TIMEOUT, { test_reload_killed_at_each_state_write_leaves_nothing,
                                            test_start_killed_at_each_state_write_leaves_nothing,
                                            test_stop_killed_at_each_state_write_leaves_nothing,
-                                           test_cut_cancellations_spare_the_taken_over_channel } },
+                                           test_cut_cancellations_spare_the_taken_over_channel,
+                                           test_cut_last_line_is_dropped } },
                 { "memory", CASE_TIMEOUT, { test_record_kept_without_memory_survives_rewrite, test_read_without_memory_fails_whole } },
                 { "journal", CASE_TIMEOUT, { test_journal_drops_cancel_the_latest_matching_add,
                                              test_journal_of_many_records_reads_in_linear_time,
