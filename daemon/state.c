@@ -522,6 +522,19 @@ static int parse_line(const char *line, bool *ret_add, StateRecord *ret) {
                 ret->legacy = true;
                 return 0;
         }
+        /*
+         * The first format's STAMP and SIZE were written as 64-bit numbers: a segment
+         * of 2 GiB or more, which the int fields above refuse, is legacy all the same.
+         */
+        if (ret->pending && n == 4) {
+                const FieldSpec spec[] = { { F_U32, &key }, { F_I64, &since }, { F_U64, &size } };
+
+                if (convert_fields(f + 1, 3, spec, ELEMENTSOF(spec)) == ELEMENTSOF(spec)) {
+                        ret->key = key;
+                        ret->legacy = true;
+                        return 0;
+                }
+        }
         return -EINVAL;
 }
 
@@ -723,7 +736,7 @@ int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped) 
         /* Appends go to the end whatever the offset: reading may move it. */
         if (fseeko(f, 0, SEEK_SET) < 0)
                 return -errno;
-        while ((len = getline(&line, &linecap, f)) > 0) {
+        for (off_t at = 0; (len = getline(&line, &linecap, f)) > 0; at += len) {
                 StateRecord rec;
                 bool add;
 
@@ -734,6 +747,11 @@ int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped) 
                         s->cut = strdup(line);
                         if (!s->cut) {
                                 r = -ENOMEM;
+                                goto done;
+                        }
+                        /* Out of the file too: the next append would be glued to it, and lost with it. */
+                        if (ftruncate(s->fd, at) < 0) {
+                                r = -errno;
                                 goto done;
                         }
                         continue;

@@ -138,8 +138,9 @@ const char *state_unread(const State *s, size_t *ret_len, size_t *ret_dropped);
 /*
  * The last line of the file as the last state_read() found it cut short
  * (no newline: a write the run that wrote it was killed in), or NULL. Such
- * a line is dropped, neither read nor kept: whatever it recorded is
- * covered by what came before it (an intent precedes its objects, and ids
+ * a line is dropped, neither read nor kept, and cut from the file (the
+ * next append would be glued to it): whatever it recorded is covered by
+ * what came before it (an intent precedes its objects, and ids
  * precede the cancellation of their intents). Valid until the next
  * state_read() or state_free().
  */

@@ -1008,6 +1008,87 @@ START_TEST(test_records_at_their_limits_read_back_exactly) {
 END_TEST
 
 /*
+ * state.h: a last line cut short by a kill "is dropped, neither read nor
+ * kept". It is dropped from what state_read() returns, but it stays at the
+ * end of the file, and the daemon appends to that file before its first
+ * rewrite (a taken-over posix channel's new owner: posix.c record_owner()
+ * writes the moved record and the old one's cancellation). The first
+ * appended line is then glued to the cut one: the moved record becomes an
+ * unreadable line while the cancellation after it still cancels the old
+ * record, so a kill before the rewrite leaves the file recorded nowhere.
+ */
+START_TEST(test_append_after_a_cut_line_is_read_back) {
+        static const char cut[] = "-pshm 7 -1 12";     /* a cancellation cut by a kill: no newline */
+        StateRecord old = { .kind = STATE_POSIX, .id = POSIX_ROLE_SEGMENT, .dev = 5, .ino = 77, .pid = 3,
+                            .since = 100, .size = 4096, .uid = (uid_t) -1 }, moved;
+        StateRecord *v = NULL;
+        size_t n = 0, skipped = 0;
+        char msg[512], path[400];
+        State *s = NULL;
+        int fd;
+
+        strcpy(old.name, "solo");
+        ck_assert_msg(state_open(td.dir, "unit.sock", &s, msg, sizeof msg) == 0, "%s", msg);
+        ck_assert_int_eq(state_append_records(s, &old, 1, NULL, 0), 0);
+        snprintf(path, sizeof path, "%s/unit.sock.state", td.dir);
+        fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        ck_assert_int_eq(write(fd, cut, strlen(cut)), (ssize_t) strlen(cut));
+        close(fd);
+
+        /* The start reads the file: the cut line is dropped. */
+        ck_assert_int_eq(state_read(s, &v, &n, &skipped), 0);
+        ck_assert_uint_eq(n, 1);
+        ck_assert_ptr_nonnull(state_cut_line(s));
+        free(v);
+        v = NULL;
+
+        /* Then gives the file another owner, as record_owner() records it. */
+        moved = old;
+        moved.uid = 1000;
+        old.uid = 0;
+        ck_assert_int_eq(state_append_records(s, &moved, 1, &old, 1), 0);
+
+        /* A kill here: the next start must find the file recorded, under its new owner. */
+        ck_assert_int_eq(state_read(s, &v, &n, &skipped), 0);
+        ck_assert_msg(n == 1 && v[0].kind == STATE_POSIX && v[0].uid == 1000,
+                      "%zu record(s) read (%zu line(s) unreadable): the moved record was glued to the cut line", n,
+                      skipped);
+        ck_assert_uint_eq(skipped, 0);
+        free(v);
+        state_free(s);
+}
+END_TEST
+
+/*
+ * The first format's intent, "pshm KEY STAMP SIZE" (ee61196: STAMP the
+ * creator pid, SIZE the segment's size as PRIu64), of a segment of 2 GiB
+ * or more: read as legacy (named, settled), as the sscanf() reader did, not
+ * left as an unreadable line in the file for ever.
+ */
+START_TEST(test_first_format_intent_of_a_large_segment_is_legacy) {
+        static const char line[] = "pshm 1234 4242 3221225472\n";
+        StateRecord *v = NULL;
+        size_t n = 0, skipped = 0;
+        char msg[512], path[400];
+        State *s = NULL;
+        int fd;
+
+        ck_assert_msg(state_open(td.dir, "unit.sock", &s, msg, sizeof msg) == 0, "%s", msg);
+        snprintf(path, sizeof path, "%s/unit.sock.state", td.dir);
+        fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        ck_assert_int_eq(write(fd, line, strlen(line)), (ssize_t) strlen(line));
+        close(fd);
+        ck_assert_int_eq(state_read(s, &v, &n, &skipped), 0);
+        ck_assert_msg(skipped == 0 && n == 1, "%zu read, %zu unreadable", n, skipped);
+        ck_assert(v[0].kind == STATE_SHM && v[0].pending && v[0].legacy && v[0].key == 1234);
+        free(v);
+        state_free(s);
+}
+END_TEST
+
+/*
  * Reading a journal costs time in proportion to its lines: the stop reads
  * the whole file to see whether anything is left, and a crash restart
  * reads it before it adopts. Each drop was looked for from the end, and
@@ -1146,7 +1227,9 @@ int main(void) {
                 { "memory", CASE_TIMEOUT, { test_record_kept_without_memory_survives_rewrite, test_read_without_memory_fails_whole } },
                 { "journal", CASE_TIMEOUT, { test_journal_drops_cancel_the_latest_matching_add,
                                              test_journal_of_many_records_reads_in_linear_time,
-                                             test_records_at_their_limits_read_back_exactly } },
+                                             test_records_at_their_limits_read_back_exactly,
+                                             test_append_after_a_cut_line_is_read_back,
+                                             test_first_format_intent_of_a_large_segment_is_legacy } },
         };
 
         return test_main("state", groups, sizeof groups / sizeof groups[0], test_setup, test_teardown);
