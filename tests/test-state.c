@@ -635,14 +635,14 @@ static bool kill_at_state_write(int k, bool (*done)(void)) {
  * channels, with exactly shm segments and sem sets (-1: not counted), and
  * its stop leaves ipcs empty.
  */
-static void assert_next_start_cleans_up(int k, const char *what, int shm, int sem) {
+static void assert_next_start_cleans_up(int k, const char *what, size_t channels, int shm, int sem) {
         json_t *list;
         int fd;
 
         test_start_ok();
         fd = test_connect(td.socket);
         list = test_request(fd, "{\"op\":\"list\"}");
-        ck_assert_uint_eq(json_array_size(json_object_get(list, "channels")), 4);
+        ck_assert_uint_eq(json_array_size(json_object_get(list, "channels")), channels);
         json_decref(list);
         close(fd);
         if (shm >= 0)
@@ -672,7 +672,7 @@ START_TEST(test_reload_killed_at_each_state_write_leaves_nothing) {
                 if (!kill_at_state_write(k, test_reload_done))
                         break;          /* the reload wrote fewer than k times: every write was a kill point */
                 test_reload_wait();
-                assert_next_start_cleans_up(k, "reload", -1, -1);
+                assert_next_start_cleans_up(k, "reload", 4, -1, -1);
         }
         /* Three channels added: at least their intents and records were kill points. */
         ck_assert_int_ge(k, 4);
@@ -703,7 +703,7 @@ START_TEST(test_start_killed_at_each_state_write_leaves_nothing) {
                 if (!kill_at_state_write(k, test_td_ready))
                         break;          /* ready before its k-th write: every write of a start was a kill point */
                 /* Five segments (b has two: data and table) and four sets: the killed run's are gone. */
-                assert_next_start_cleans_up(k, "start", 5, 4);
+                assert_next_start_cleans_up(k, "start", 4, 5, 4);
         }
         /* Four channels: at least the rewrite and each channel's intents were kill points. */
         ck_assert_int_ge(k, 6);
@@ -719,10 +719,11 @@ END_TEST
  * with exactly the objects it needs (none of the killed run's left over)
  * and leave nothing at its own stop.
  */
-START_TEST(test_stop_killed_at_each_state_write_leaves_nothing) {
+/* Kill a stop of config's n channels (shm segments, sem sets) at each of its state writes in turn; how many there were. */
+static int stop_killed_at_each_state_write(const char *config, size_t n, int shm, int sem) {
         int k;
 
-        test_daemon_write_config(&td, four_kinds);
+        test_daemon_write_config(&td, config);
         for (k = 1;; k++) {
                 int points = 0, status;
                 bool killed = false, in_write = false;
@@ -754,12 +755,38 @@ START_TEST(test_stop_killed_at_each_state_write_leaves_nothing) {
                         ck_assert_msg(test_ipcs_count("-m") == 0 && test_ipcs_count("-s") == 0,
                                       "a stop left %d segment(s) and %d set(s)", test_ipcs_count("-m"),
                                       test_ipcs_count("-s"));
-                        break;
+                        return k - 1;
                 }
-                assert_next_start_cleans_up(k, "stop", 5, 4);
+                assert_next_start_cleans_up(k, "stop", n, shm, sem);
         }
+}
+
+START_TEST(test_stop_killed_at_each_state_write_leaves_nothing) {
         /* The cancellations' write, at least, was two kill points. */
-        ck_assert_int_ge(k, 3);
+        ck_assert_int_ge(stop_killed_at_each_state_write(four_kinds, 4, 5, 4), 2);
+}
+END_TEST
+
+/*
+ * The same with enough channels that the stop writes its cancellations
+ * out in the middle (per 64 KiB), not only at its end.
+ */
+START_TEST(test_stop_of_many_killed_at_each_state_write_leaves_nothing) {
+        enum { MANY = 1500 };
+        char *config = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&config, &len);
+
+        ck_assert_ptr_nonnull(f);
+        /* The four kinds, then MANY plain channels. */
+        fprintf(f, "%.*s", (int) strlen(four_kinds) - 1, four_kinds);
+        for (int i = 0; i < MANY; i++)
+                fprintf(f, ", {\"name\": \"m%d\", \"size\": 4096}", i);
+        fputs("]", f);
+        ck_assert_int_eq(fclose(f), 0);
+        /* Some 200 KB of cancellations: four writes (eight points) here; three at the least. */
+        ck_assert_int_ge(stop_killed_at_each_state_write(config, 4 + MANY, 5 + MANY, 4 + MANY), 6);
+        free(config);
 }
 END_TEST
 
@@ -1222,6 +1249,7 @@ int main(void) {
                 { "crash", CASE_TIMEOUT, { test_reload_killed_at_each_state_write_leaves_nothing,
                                            test_start_killed_at_each_state_write_leaves_nothing,
                                            test_stop_killed_at_each_state_write_leaves_nothing,
+                                           test_stop_of_many_killed_at_each_state_write_leaves_nothing,
                                            test_cut_cancellations_spare_the_taken_over_channel,
                                            test_cut_last_line_is_dropped } },
                 { "memory", CASE_TIMEOUT, { test_record_kept_without_memory_survives_rewrite, test_read_without_memory_fails_whole } },
