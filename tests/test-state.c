@@ -966,6 +966,18 @@ START_TEST(test_journal_drops_cancel_the_latest_matching_add) {
 }
 END_TEST
 
+/* Append text as it is to the state file of the unit tests' State ("unit.sock" in td.dir), as a writer would. */
+static void append_to_unit_state(const char *text) {
+        char path[400];
+        int fd;
+
+        snprintf(path, sizeof path, "%s/unit.sock.state", td.dir);
+        fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t) strlen(text));
+        close(fd);
+}
+
 /* Every field of a read record as it was written. */
 static void assert_record_eq(const StateRecord *got, const StateRecord *want, size_t i) {
         ck_assert_msg(got->kind == want->kind && got->key == want->key && got->id == want->id &&
@@ -1007,9 +1019,8 @@ START_TEST(test_records_at_their_limits_read_back_exactly) {
         };
         StateRecord *v = NULL;
         size_t n = 0, skipped = 0;
-        char msg[512], path[400];
+        char msg[512];
         State *s = NULL;
-        int fd;
 
         memset(want[2].name, 'c', 64);
         strcpy(want[3].name, "p");
@@ -1017,12 +1028,8 @@ START_TEST(test_records_at_their_limits_read_back_exactly) {
         ck_assert_msg(state_open(td.dir, "unit.sock", &s, msg, sizeof msg) == 0, "%s", msg);
         for (size_t i = 0; i < ELEMENTSOF(want); i++)
                 ck_assert_int_eq(state_append_records(s, &want[i], 1, NULL, 0), 0);
-        snprintf(path, sizeof path, "%s/unit.sock.state", td.dir);
-        fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
-        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
         for (size_t i = 0; i < ELEMENTSOF(out_of_range); i++)
-                ck_assert_int_eq(write(fd, out_of_range[i], strlen(out_of_range[i])), (ssize_t) strlen(out_of_range[i]));
-        close(fd);
+                append_to_unit_state(out_of_range[i]);
 
         ck_assert_int_eq(state_read(s, &v, &n, &skipped), 0);
         ck_assert_msg(n == ELEMENTSOF(want), "%zu records read, not %zu", n, ELEMENTSOF(want));
@@ -1050,18 +1057,13 @@ START_TEST(test_append_after_a_cut_line_is_read_back) {
                             .since = 100, .size = 4096, .uid = (uid_t) -1 }, moved;
         StateRecord *v = NULL;
         size_t n = 0, skipped = 0;
-        char msg[512], path[400];
+        char msg[512];
         State *s = NULL;
-        int fd;
 
         strcpy(old.name, "solo");
         ck_assert_msg(state_open(td.dir, "unit.sock", &s, msg, sizeof msg) == 0, "%s", msg);
         ck_assert_int_eq(state_append_records(s, &old, 1, NULL, 0), 0);
-        snprintf(path, sizeof path, "%s/unit.sock.state", td.dir);
-        fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
-        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
-        ck_assert_int_eq(write(fd, cut, strlen(cut)), (ssize_t) strlen(cut));
-        close(fd);
+        append_to_unit_state(cut);
 
         /* The start reads the file: the cut line is dropped. */
         ck_assert_int_eq(state_read(s, &v, &n, &skipped), 0);
@@ -1097,16 +1099,11 @@ START_TEST(test_first_format_intent_of_a_large_segment_is_legacy) {
         static const char line[] = "pshm 1234 4242 3221225472\n";
         StateRecord *v = NULL;
         size_t n = 0, skipped = 0;
-        char msg[512], path[400];
+        char msg[512];
         State *s = NULL;
-        int fd;
 
         ck_assert_msg(state_open(td.dir, "unit.sock", &s, msg, sizeof msg) == 0, "%s", msg);
-        snprintf(path, sizeof path, "%s/unit.sock.state", td.dir);
-        fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
-        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
-        ck_assert_int_eq(write(fd, line, strlen(line)), (ssize_t) strlen(line));
-        close(fd);
+        append_to_unit_state(line);
         ck_assert_int_eq(state_read(s, &v, &n, &skipped), 0);
         ck_assert_msg(skipped == 0 && n == 1, "%zu read, %zu unreadable", n, skipped);
         ck_assert(v[0].kind == STATE_SHM && v[0].pending && v[0].legacy && v[0].key == 1234);
@@ -1148,6 +1145,28 @@ START_TEST(test_journal_of_many_records_reads_in_linear_time) {
 }
 END_TEST
 
+/* Start one_channel, SIGKILL the daemon: its state file's path in path, and its text (malloc'd). */
+static char *killed_run_state(char *path, size_t size) {
+        char *text;
+
+        test_daemon_write_config(&td, one_channel);
+        test_start_ok();
+        test_daemon_kill(&td, SIGKILL);
+        state_file_path(path, size, "state");
+        text = file_text(path);
+        ck_assert_ptr_nonnull(text);
+        return text;
+}
+
+/* Cut the file at path to its first len bytes, as a kill in the middle of a write leaves it. */
+static void truncate_to(const char *path, off_t len) {
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        ck_assert_int_eq(ftruncate(fd, len), 0);
+        close(fd);
+}
+
 /*
  * The daemon writes a channel's ids and the cancellations of its intents
  * in one write() (state.c: "a kill can cut it only at a page boundary").
@@ -1161,24 +1180,16 @@ END_TEST
 START_TEST(test_cut_cancellations_spare_the_taken_over_channel) {
         char path[400], *text, *cut, *log;
         unsigned key;
-        int shm_id, sem_id, fd;
+        int shm_id, sem_id;
         struct shmid_ds ds;
         struct semid_ds sds;
 
-        test_daemon_write_config(&td, one_channel);
-        test_start_ok();
-        test_daemon_kill(&td, SIGKILL);
-        state_file_path(path, sizeof path, "state");
-        text = file_text(path);
-        ck_assert_ptr_nonnull(text);
+        text = killed_run_state(path, sizeof path);
         ck_assert_ptr_nonnull(cut = strstr(text, "\nchan "));
         ck_assert_int_eq(sscanf(cut, "\nchan %u %d %d", &key, &shm_id, &sem_id), 3);
         /* Cut inside the first cancellation, as a kill at a page boundary there would. */
         ck_assert_ptr_nonnull(cut = strstr(cut, "\n-pshm "));
-        fd = open(path, O_WRONLY | O_CLOEXEC);
-        ck_assert_int_ge(fd, 0);
-        ck_assert_int_eq(ftruncate(fd, cut - text + 9), 0);
-        close(fd);
+        truncate_to(path, cut - text + 9);
         free(text);
 
         test_start_ok();
@@ -1204,22 +1215,13 @@ END_TEST
 START_TEST(test_cut_last_line_is_dropped) {
         char path[400], *text, *cut, *log;
         struct stat st;
-        int fd;
 
-        test_daemon_write_config(&td, one_channel);
-        test_start_ok();
-        test_daemon_kill(&td, SIGKILL);
-        state_file_path(path, sizeof path, "state");
-        text = file_text(path);
-        ck_assert_ptr_nonnull(text);
+        text = killed_run_state(path, sizeof path);
         /* In the middle of the last line, whatever it is. */
         ck_assert_ptr_nonnull(cut = strrchr(text, '\n'));
         *cut = 0;
         ck_assert_ptr_nonnull(cut = strrchr(text, '\n'));
-        fd = open(path, O_WRONLY | O_CLOEXEC);
-        ck_assert_int_ge(fd, 0);
-        ck_assert_int_eq(ftruncate(fd, cut - text + 6), 0);
-        close(fd);
+        truncate_to(path, cut - text + 6);
         free(text);
 
         test_start_ok();
