@@ -221,15 +221,16 @@ static int dropped(const BcastHandle *b) {
  * A poll ran out: nobody marks a channel removed while the broker was away
  * (an ipcrm or rm after a crash), so a sleeper asks the kernel whether its
  * objects are still there (channel_check_gone()). So does a wait that ran
- * out at its caller's deadline, once a poll: a caller waiting in slices
- * shorter than the poll would never see a poll run out.
+ * out at its caller's deadline, or that a signal interrupted, once a poll:
+ * a caller waiting in slices shorter than the poll, or signalled more often,
+ * would never see a poll run out.
  */
 static int after_poll(const BcastHandle *b, int r) {
         int k;
 
         if (r == FUTEX_POLLED)
                 return channel_check_gone(b->ch);
-        if (r != -ETIMEDOUT)
+        if (r != -ETIMEDOUT && r != -EINTR)
                 return r;
         k = channel_check_gone_every(b->ch, BCAST_POLL_MS);
         return k < 0 ? k : r;

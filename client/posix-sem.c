@@ -81,6 +81,8 @@ int posix_sem_wait(shmb_channel *ch, unsigned idx, int timeout_ms) {
                 }
                 if (r == -EAGAIN)
                         return -EAGAIN;                 /* timeout_ms 0 */
+                if (r == -EINTR && (removed(f) || channel_check_gone_every(ch, PSEM_POLL_MS) == -EIDRM))
+                        return -EIDRM;
                 if (r != -ETIMEDOUT)
                         return r;                       /* EINTR: a signal ends the wait, as System V's does */
                 if (removed_now(ch, f))

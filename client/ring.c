@@ -453,7 +453,8 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, const ui
                 return -EIDRM;
         if (r == -ETIMEDOUT && until != deadline)
                 return channel_check_gone(ch);  /* only a poll ran out: look again, unless the objects went */
-        if (r == -ETIMEDOUT) {
+        /* Also a signal: a caller that signals interrupt again and again never sees a poll run out. */
+        if (r == -ETIMEDOUT || r == -EINTR) {
                 int k = channel_check_gone_every(ch, GONE_POLL_MS);
 
                 return k < 0 ? k : r;

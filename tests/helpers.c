@@ -138,6 +138,38 @@ int64_t test_now_ms(void) {
         return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static void on_tick(int sig) {
+        (void) sig;
+}
+
+TestTicker test_ticker_start(int period_ms) {
+        struct sigaction sa = { .sa_handler = on_tick };
+        TestTicker t;
+        pid_t parent = getpid();
+
+        ck_assert_int_eq(sigaction(SIGUSR1, &sa, &t.old), 0);
+        t.pid = fork();
+        ck_assert_int_ge(t.pid, 0);
+        if (t.pid == 0) {
+                if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+                        _exit(127);
+                for (;;) {
+                        (void) kill(parent, SIGUSR1);
+                        (void) nanosleep(&(struct timespec) { .tv_nsec = period_ms * 1000000L }, NULL);
+                }
+        }
+        return t;
+}
+
+void test_ticker_stop(TestTicker *t) {
+        if (t->pid > 0) {
+                (void) kill(t->pid, SIGKILL);
+                (void) waitpid(t->pid, NULL, 0);
+                t->pid = -1;
+        }
+        (void) sigaction(SIGUSR1, &t->old, NULL);
+}
+
 /* As systemd's socket activation: a bound, listening socket as fd 3. */
 static int pass_listening_socket(const char *path, int given) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };

@@ -9,6 +9,7 @@
 
 #include <check.h>
 #include <jansson.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -122,6 +123,19 @@ void test_assert_lists(int fd);
 
 /* CLOCK_MONOTONIC in milliseconds. */
 int64_t test_now_ms(void);
+
+/*
+ * A child that sends SIGUSR1 to this process every period_ms, as a timer
+ * or a profiler would, and this process's SIGUSR1 caught by a handler that
+ * does nothing, without SA_RESTART: every wait it interrupts ends with
+ * EINTR. test_ticker_stop() ends both (the child also dies with us).
+ */
+typedef struct TestTicker {
+        pid_t pid;
+        struct sigaction old;
+} TestTicker;
+TestTicker test_ticker_start(int period_ms);
+void test_ticker_stop(TestTicker *t);
 
 /* The daemon's stderr so far (malloc'd). */
 char *test_daemon_log(const TestDaemon *td);

@@ -1189,6 +1189,51 @@ START_TEST(test_sliced_waits_see_objects_removed_while_broker_is_away) {
 }
 END_TEST
 
+/*
+ * The same for callers whose waits a signal keeps interrupting (a timer, a
+ * profiler): each wait ended with -EINTR before a poll ran out, so nothing
+ * asked the kernel. A subscriber with nothing to read, signalled every
+ * 100 ms (its poll is 500 ms), and a publisher held back by a subscriber
+ * that never reads, signalled every 20 ms (its poll is 50 ms), each
+ * calling again after -EINTR, end with -EIDRM.
+ */
+START_TEST(test_interrupted_waits_see_objects_removed_while_broker_is_away) {
+        shmb_channel *slow = test_open_ok("news", SHMB_RO), *pub = test_open_ok("news", SHMB_RW), *sub;
+        json_t *resp, *e = status_of("news", &resp);
+        int table_id = (int) test_jint(e, "table_id"), n = 0;
+
+        json_decref(resp);
+        while (shmb_send(pub, "x", 1, 0) == 0)
+                n++;
+        ck_assert_int_eq(n, SLOTS);
+        sub = test_open_ok("news", SHMB_RO);
+        test_daemon_kill(&td, SIGKILL);
+        ck_assert_int_eq(shmctl(shmb_channel_shm_id(pub), IPC_RMID, NULL), 0);
+        ck_assert_int_eq(shmctl(table_id, IPC_RMID, NULL), 0);
+        ck_assert_int_eq(semctl(shmb_channel_sem_id(pub), 0, IPC_RMID), 0);
+        for (int side = 0; side < 2; side++) {
+                TestTicker ticker = test_ticker_start(side ? 20 : 100);
+                int64_t until = test_now_ms() + 10000;
+                char buf[SLOT_SIZE];
+                int calls = 0;
+                ssize_t r;
+
+                do {
+                        r = side ? shmb_send(pub, "x", 1, -1) : shmb_recv(sub, buf, sizeof buf, -1);
+                        calls++;
+                } while (r == -EINTR && test_now_ms() < until);
+                test_ticker_stop(&ticker);
+                ck_assert_msg(r == -EIDRM, "%s waits that signals interrupt, on a channel whose objects are gone: %zd "
+                              "(%s) after %d calls", side ? "publisher" : "subscriber", r, shmb_strerror((int) r), calls);
+        }
+        shmb_close(sub);
+        shmb_close(slow);
+        shmb_close(pub);
+        /* The rest of the dead run's objects go with the next start's reclaim. */
+        test_start_ok();
+}
+END_TEST
+
 /* ---- sleeping and waking ---- */
 
 /*
@@ -1934,6 +1979,7 @@ int main(void) {
                 { "removal", CASE_TIMEOUT, { test_removal_wakes_sleepers,
                                              test_objects_removed_while_broker_is_away_wake_sleepers,
                                              test_sliced_waits_see_objects_removed_while_broker_is_away,
+                                             test_interrupted_waits_see_objects_removed_while_broker_is_away,
                                              test_stop_marks_removed_before_its_first_wakeup } },
                 { "admin", CASE_TIMEOUT, { test_status_shows_subscribers_lag, test_status_semaphores_skip_the_channels_own, test_reload_replaces_changed_broadcast,
                              test_crash_restart_adopts_broadcast,

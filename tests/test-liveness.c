@@ -1768,6 +1768,53 @@ START_TEST(test_sliced_sends_see_objects_removed_while_the_broker_is_away) {
 }
 END_TEST
 
+/*
+ * The same for a caller whose waits signals interrupt: libshmbroker(3)
+ * promises that a call that sleeps asks the kernel at least once a second,
+ * and NOTES that a signal ends a ring wait with -EINTR, to be called again.
+ * A program with a periodic signal (a timer, SIGCHLD, a profiler; the
+ * Python binding resumes every wait a handler interrupted, as PEP 475 has
+ * it) has each of its waits cut short before the poll runs out, so the
+ * gone check never ran and it got -EINTR for ever. A child signals us
+ * every 100 ms; a receive and a send without timeout, called again after
+ * each -EINTR, end with -EIDRM.
+ */
+static void interrupted_waits_see_objects_removed(bool send) {
+        shmb_channel *ch = open_ok();
+        int shm_id = shmb_channel_shm_id(ch), sem_id = shmb_channel_sem_id(ch), rounds = 0;
+        static char buf[SLOT_SIZE];
+        TestTicker ticker;
+        int64_t until;
+        ssize_t r;
+
+        while (send && shmb_send(ch, buf, SMALL_LEN, 0) == 0)
+                ;
+        test_daemon_kill(&td, SIGKILL);
+        ck_assert_int_eq(shmctl(shm_id, IPC_RMID, NULL), 0);
+        ck_assert_int_eq(semctl(sem_id, 0, IPC_RMID), 0);
+        ticker = test_ticker_start(100);
+        /* Ten times the poll: plenty of chances to ask the kernel. */
+        until = test_now_ms() + WAIT_MS;
+        do {
+                r = send ? shmb_send(ch, buf, SMALL_LEN, -1) : shmb_recv(ch, buf, sizeof buf, -1);
+                rounds++;
+        } while (r == -EINTR && test_now_ms() < until);
+        test_ticker_stop(&ticker);
+        ck_assert_msg(r == -EIDRM, "%s waits that signals interrupt, on a ring whose objects are gone: %zd (%s) "
+                      "after %d calls in %d ms", send ? "send" : "receive", r, shmb_strerror((int) r), rounds, WAIT_MS);
+        shmb_close(ch);
+}
+
+START_TEST(test_interrupted_receives_see_objects_removed_while_the_broker_is_away) {
+        interrupted_waits_see_objects_removed(false);
+}
+END_TEST
+
+START_TEST(test_interrupted_sends_see_objects_removed_while_the_broker_is_away) {
+        interrupted_waits_see_objects_removed(true);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -1782,7 +1829,9 @@ int main(void) {
                               test_sleeping_sender_gets_past_receivers_that_died_meanwhile,
                               test_broker_killed_before_its_wake_up_is_made_good,
                               test_sliced_receives_see_objects_removed_while_the_broker_is_away,
-                              test_sliced_sends_see_objects_removed_while_the_broker_is_away } },
+                              test_sliced_sends_see_objects_removed_while_the_broker_is_away,
+                              test_interrupted_receives_see_objects_removed_while_the_broker_is_away,
+                              test_interrupted_sends_see_objects_removed_while_the_broker_is_away } },
                 { "holders", CASE_TIMEOUT, { test_dead_claim_stays_dead_when_its_entry_is_reused,
                              test_claim_taken_for_dead_starts_over } },
                 /* Where a hold and its process end apart: a fork keeps the hold, a disconnect ends it mid-copy. */

@@ -705,6 +705,39 @@ START_TEST(test_files_removed_while_broker_is_away_end_blocked_calls) {
 }
 END_TEST
 
+/*
+ * The same for callers whose waits a signal keeps interrupting (a timer, a
+ * profiler): each wait ended with -EINTR before its slice or poll ran out,
+ * so nothing asked the kernel. A semaphore wait signalled every 20 ms (its
+ * slice is 50 ms) and a ring receive signalled every 100 ms (its poll is a
+ * second), each calling again after -EINTR, end with -EIDRM.
+ */
+START_TEST(test_interrupted_waits_see_files_removed_while_broker_is_away) {
+        shmb_channel *ch[2] = { must_open("raw", SHMB_RW), must_open("ring", SHMB_RW) };
+
+        test_daemon_kill(&td, SIGKILL);
+        remove_dev_shm_files();
+        for (int k = 0; k < 2; k++) {
+                TestTicker ticker = test_ticker_start(k ? 100 : 20);
+                int64_t until = test_now_ms() + WAIT_MS;
+                char buf[64];
+                int calls = 0;
+                ssize_t r;
+
+                do {
+                        r = k ? shmb_recv(ch[k], buf, sizeof buf, -1) : shmb_sem_wait(ch[k], 1, -1);
+                        calls++;
+                } while (r == -EINTR && test_now_ms() < until);
+                test_ticker_stop(&ticker);
+                ck_assert_msg(r == -EIDRM, "%s that signals interrupt, on files that are gone: %zd (%s) after %d calls",
+                              k ? "ring receives" : "semaphore waits", r, shmb_strerror((int) r), calls);
+                ck_assert_int_eq(shmb_close(ch[k]), 0);
+        }
+        /* The dead run's System V channel goes with the next start's reclaim. */
+        test_start_ok();
+}
+END_TEST
+
 /* Zero the magic of a channel's semaphore file, as any rw holder may. */
 static void scribble_sem_magic(const char *channel, unsigned sem) {
         char path[PATH_MAX];
@@ -1463,6 +1496,7 @@ int main(void) {
                 { "removal", CASE_TIMEOUT, { test_removal_ends_blocked_calls,
                                              test_removal_ends_blocked_calls_of_scribbled_files,
                                              test_files_removed_while_broker_is_away_end_blocked_calls,
+                                             test_interrupted_waits_see_files_removed_while_broker_is_away,
                                              test_reload_ends_blocked_calls } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,
