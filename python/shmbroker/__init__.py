@@ -45,7 +45,10 @@ Admin: list() and status() return the daemon's description of its channels.
 Broker restarts: a channel keeps working while the broker is away. Once it
 is back, the channel's own calls (at most once a second) and its waits
 (every second) register its hold again, as libshmbroker(3) describes under
-BROKER RESTARTS; nothing else is needed.
+BROKER RESTARTS; nothing else is needed. A wait also learns, within a
+second, of objects an administrator removed while the broker was away
+(EIDRM); a call with timeout 0 does not look, so a program that only polls
+learns it by waiting now and then, or through fileno().
 
 Timeouts are seconds (int or float), as in Python's own APIs: None waits for
 ever, 0 does not wait at all, anything else waits at most that long
