@@ -175,7 +175,6 @@ static void drain(int fd) {
 
 int channel_wake_arm(shmb_channel *ch, unsigned dir, uint32_t *ret_own) {
         ChannelWake *w = ch->wake;
-        bool check = false;
         int r = 0;
 
         if (!w || __atomic_load_n(&w->poll_fd, __ATOMIC_ACQUIRE) < 0)
@@ -220,9 +219,6 @@ int channel_wake_arm(shmb_channel *ch, unsigned dir, uint32_t *ret_own) {
                         (void) timerfd_settime(w->timer_fd, 0, &its, NULL);
                         w->timer_end_ns = now + bound;
                 }
-                check = now - w->checked_ns >= bound;
-                if (check)
-                        w->checked_ns = now;
         }
         /* Under the lock: the cursor whose FIFO this is, whatever another thread makes it next. */
         if (ret_own)
@@ -232,8 +228,8 @@ int channel_wake_arm(shmb_channel *ch, unsigned dir, uint32_t *ret_own) {
          * As a sleeping call does once a bound: whether the objects are still there. Gone, the
          * handle says so from now on (channel_gone()), and the caller's look after arming sees it.
          */
-        if (check)
-                (void) channel_check_gone(ch);
+        if (r == 0)
+                (void) channel_check_gone_every(ch, (int) w->bound_ms);
         return r < 0 ? r : (int) dir;
 }
 

@@ -142,7 +142,6 @@ typedef struct ChannelWake {
         int poll_dir;                   /* the FIFO poll_fd watches: WAKE_*; -1: none yet */
         unsigned bound_ms;              /* how long a wait on poll_fd lasts at most: a sleeping call's bound */
         int64_t timer_end_ns;           /* when timer_fd, as last set, expires */
-        int64_t checked_ns;             /* when an arm last asked the kernel whether the objects are there */
 } ChannelWake;
 
 /* A sleeping ring call asks the kernel at least this often whether its objects are still there (ring.c). */
