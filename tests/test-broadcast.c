@@ -1149,13 +1149,16 @@ END_TEST
 
 /*
  * The same for callers that wait in slices shorter than the sleeping
- * calls' poll (half a second): each slice ran out at its caller's deadline
- * before a poll did, so nothing ever asked the kernel and such a caller
- * timed out for ever. A subscriber (that joined after the ring filled, so
- * has nothing to read) and a publisher held back by a subscriber that never
- * reads, each calling with 300 ms, end with -EIDRM.
+ * calls' poll (half a second; 50 ms for a publisher held back), or whose
+ * waits a signal keeps interrupting (a timer, a profiler): each wait ended
+ * at the caller's deadline or with -EINTR before a poll ran out, so nothing
+ * ever asked the kernel and such a caller waited for ever. A subscriber
+ * (that joined after the ring filled, so has nothing to read) and a
+ * publisher held back by a subscriber that never reads, each calling again
+ * for 10 s, end with -EIDRM: with 300 ms slices, or signalled every 100 ms
+ * (the subscriber) and 20 ms (the publisher).
  */
-START_TEST(test_sliced_waits_see_objects_removed_while_broker_is_away) {
+static void waits_see_objects_removed(bool interrupted) {
         shmb_channel *slow = test_open_ok("news", SHMB_RO), *pub = test_open_ok("news", SHMB_RW), *sub;
         json_t *resp, *e = status_of("news", &resp);
         int table_id = (int) test_jint(e, "table_id"), n = 0;
@@ -1170,16 +1173,23 @@ START_TEST(test_sliced_waits_see_objects_removed_while_broker_is_away) {
         ck_assert_int_eq(shmctl(table_id, IPC_RMID, NULL), 0);
         ck_assert_int_eq(semctl(shmb_channel_sem_id(pub), 0, IPC_RMID), 0);
         for (int side = 0; side < 2; side++) {
+                TestTicker ticker = { .pid = -1 };
+                int64_t until = test_now_ms() + 10000;
+                int timeout_ms = interrupted ? -1 : 300, calls = 0;
                 char buf[SLOT_SIZE];
                 ssize_t r;
-                int rounds = 0;
 
-                /* Twenty times the poll: plenty of chances to ask the kernel. */
-                do
-                        r = side ? shmb_send(pub, "x", 1, 300) : shmb_recv(sub, buf, sizeof buf, 300);
-                while (r == -ETIMEDOUT && ++rounds < 33);
-                ck_assert_msg(r == -EIDRM, "%s waits of 300 ms on a channel whose objects are gone: %zd (%s) after %d rounds",
-                              side ? "publisher" : "subscriber", r, shmb_strerror((int) r), rounds);
+                if (interrupted)
+                        ticker = test_ticker_start(side ? 20 : 100);
+                do {
+                        r = side ? shmb_send(pub, "x", 1, timeout_ms) : shmb_recv(sub, buf, sizeof buf, timeout_ms);
+                        calls++;
+                } while (r == (interrupted ? -EINTR : -ETIMEDOUT) && test_now_ms() < until);
+                if (interrupted)
+                        test_ticker_stop(&ticker);
+                ck_assert_msg(r == -EIDRM, "%s waits %s, on a channel whose objects are gone: %zd (%s) after %d calls",
+                              side ? "publisher" : "subscriber", interrupted ? "that signals interrupt" : "of 300 ms",
+                              r, shmb_strerror((int) r), calls);
         }
         shmb_close(sub);
         shmb_close(slow);
@@ -1187,50 +1197,14 @@ START_TEST(test_sliced_waits_see_objects_removed_while_broker_is_away) {
         /* The rest of the dead run's objects go with the next start's reclaim. */
         test_start_ok();
 }
+
+START_TEST(test_sliced_waits_see_objects_removed_while_broker_is_away) {
+        waits_see_objects_removed(false);
+}
 END_TEST
 
-/*
- * The same for callers whose waits a signal keeps interrupting (a timer, a
- * profiler): each wait ended with -EINTR before a poll ran out, so nothing
- * asked the kernel. A subscriber with nothing to read, signalled every
- * 100 ms (its poll is 500 ms), and a publisher held back by a subscriber
- * that never reads, signalled every 20 ms (its poll is 50 ms), each
- * calling again after -EINTR, end with -EIDRM.
- */
 START_TEST(test_interrupted_waits_see_objects_removed_while_broker_is_away) {
-        shmb_channel *slow = test_open_ok("news", SHMB_RO), *pub = test_open_ok("news", SHMB_RW), *sub;
-        json_t *resp, *e = status_of("news", &resp);
-        int table_id = (int) test_jint(e, "table_id"), n = 0;
-
-        json_decref(resp);
-        while (shmb_send(pub, "x", 1, 0) == 0)
-                n++;
-        ck_assert_int_eq(n, SLOTS);
-        sub = test_open_ok("news", SHMB_RO);
-        test_daemon_kill(&td, SIGKILL);
-        ck_assert_int_eq(shmctl(shmb_channel_shm_id(pub), IPC_RMID, NULL), 0);
-        ck_assert_int_eq(shmctl(table_id, IPC_RMID, NULL), 0);
-        ck_assert_int_eq(semctl(shmb_channel_sem_id(pub), 0, IPC_RMID), 0);
-        for (int side = 0; side < 2; side++) {
-                TestTicker ticker = test_ticker_start(side ? 20 : 100);
-                int64_t until = test_now_ms() + 10000;
-                char buf[SLOT_SIZE];
-                int calls = 0;
-                ssize_t r;
-
-                do {
-                        r = side ? shmb_send(pub, "x", 1, -1) : shmb_recv(sub, buf, sizeof buf, -1);
-                        calls++;
-                } while (r == -EINTR && test_now_ms() < until);
-                test_ticker_stop(&ticker);
-                ck_assert_msg(r == -EIDRM, "%s waits that signals interrupt, on a channel whose objects are gone: %zd "
-                              "(%s) after %d calls", side ? "publisher" : "subscriber", r, shmb_strerror((int) r), calls);
-        }
-        shmb_close(sub);
-        shmb_close(slow);
-        shmb_close(pub);
-        /* The rest of the dead run's objects go with the next start's reclaim. */
-        test_start_ok();
+        waits_see_objects_removed(true);
 }
 END_TEST
 
