@@ -1728,21 +1728,32 @@ END_TEST
  * short to ask only when the caller's own deadline was more than a second
  * away, so such a program waited for ever.
  */
+/*
+ * n handles on the ring, full when full (a sender then waits for room),
+ * then the broker SIGKILLed and its ring's objects removed, as an
+ * administrator's ipcrm would: nobody marks the ring removed.
+ */
+static void orphan_ring(bool full, shmb_channel **ch, size_t n) {
+        static char buf[SMALL_LEN];
+        int k = 0;
+
+        for (size_t i = 0; i < n; i++)
+                ch[i] = open_ok();
+        while (full && shmb_send(ch[0], buf, sizeof buf, 0) == 0)
+                k++;
+        ck_assert_int_eq(k, full ? SLOTS : 0);
+        test_daemon_kill(&td, SIGKILL);
+        ck_assert_int_eq(shmctl(shmb_channel_shm_id(ch[0]), IPC_RMID, NULL), 0);
+        ck_assert_int_eq(semctl(shmb_channel_sem_id(ch[0]), 0, IPC_RMID), 0);
+}
+
 static void sliced_waits_see_objects_removed(bool send) {
         static const int slices_ms[] = { 1000, 300 };
-        shmb_channel *ch[2] = { open_ok(), open_ok() };
-        int shm_id = shmb_channel_shm_id(ch[0]), sem_id = shmb_channel_sem_id(ch[0]);
+        shmb_channel *ch[2];
         static char buf[SLOT_SIZE];
-        int n = 0;
         ssize_t r;
 
-        /* A sender waits for room: the ring is full before the broker goes. */
-        while (send && shmb_send(ch[0], buf, SMALL_LEN, 0) == 0)
-                n++;
-        ck_assert_int_eq(n, send ? SLOTS : 0);
-        test_daemon_kill(&td, SIGKILL);
-        ck_assert_int_eq(shmctl(shm_id, IPC_RMID, NULL), 0);
-        ck_assert_int_eq(semctl(sem_id, 0, IPC_RMID), 0);
+        orphan_ring(send, ch, 2);
         for (size_t k = 0; k < ELEMENTS(slices_ms); k++) {
                 int rounds = 0;
 
@@ -1780,18 +1791,14 @@ END_TEST
  * each -EINTR, end with -EIDRM.
  */
 static void interrupted_waits_see_objects_removed(bool send) {
-        shmb_channel *ch = open_ok();
-        int shm_id = shmb_channel_shm_id(ch), sem_id = shmb_channel_sem_id(ch), rounds = 0;
+        shmb_channel *ch;
         static char buf[SLOT_SIZE];
         TestTicker ticker;
         int64_t until;
+        int rounds = 0;
         ssize_t r;
 
-        while (send && shmb_send(ch, buf, SMALL_LEN, 0) == 0)
-                ;
-        test_daemon_kill(&td, SIGKILL);
-        ck_assert_int_eq(shmctl(shm_id, IPC_RMID, NULL), 0);
-        ck_assert_int_eq(semctl(sem_id, 0, IPC_RMID), 0);
+        orphan_ring(send, &ch, 1);
         ticker = test_ticker_start(100);
         /* Ten times the poll: plenty of chances to ask the kernel. */
         until = test_now_ms() + WAIT_MS;
