@@ -184,11 +184,8 @@ static int record_is_ours(StateRecord *rec, const Proven *proven, const Taken *t
                         return errno == ENOENT ? -ENOENT : -errno;
                 rec->id = id;
         }
-        if (taken_has_id(taken, rec->kind, rec->id)) {
-                if (rec->pending)
-                        rec->id = -1;
-                return TAKEN_OVER;
-        }
+        if (taken_has_id(taken, rec->kind, rec->id))
+                return TAKEN_OVER;      /* settled: the record is not kept, so its id need not go back */
         return prove(rec, proven_has(proven, rec->key, rec->pid));
 }
 
