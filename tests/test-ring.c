@@ -1219,6 +1219,57 @@ START_TEST(test_slot_count_rewritten_during_init_is_read_once) {
 }
 END_TEST
 
+/* Rewrites a ring header's split, field by field, between 8 slots of 256 B and 10 of 192 B (the same size). */
+static void *flip_split_main(void *arg) {
+        Flipper *f = arg;
+        RingHeader *h = (RingHeader *) f->word;
+
+        while (!LOAD(&f->stop, __ATOMIC_RELAXED))
+                for (int k = 0; k < 2; k++) {
+                        STORE(&h->slot_size, k ? 192 : 256, __ATOMIC_RELAXED);
+                        STORE(&h->slot_stride, (uint32_t) ring_slot_stride(k ? 192 : 256), __ATOMIC_RELAXED);
+                        STORE(&h->slots, k ? 10 : 8, __ATOMIC_RELAXED);
+                }
+        return NULL;
+}
+
+/*
+ * The same for the split as a whole: a handle whose init succeeds runs on
+ * one split throughout, its stride the one of the slot size it checked.
+ * One that took its stride from a second read (the header's, rewritten
+ * meanwhile) would place slot k where no peer looks for it.
+ */
+START_TEST(test_split_rewritten_during_init_is_read_once) {
+        TestRing ring;
+        Flipper f = {};
+        uint64_t inits = 0;
+        int64_t end = now_ms() + 3000;
+
+        ring_make(&ring, 256, 8, false);
+        ck_assert_uint_eq(ring.size, ring_segment_size(192, 10));
+        f.word = ring.view[0];
+        ck_assert_int_eq(pthread_create(&f.thread, NULL, flip_split_main, &f), 0);
+        for (uint64_t i = 0; now_ms() < end; i++) {
+                shmb_channel ch = {};
+                bool same;
+
+                if (ring_channel_init(&ch, ring.view[0], ring.size) != 0)
+                        continue;
+                inits++;
+                same = ch.stride == ring_slot_stride(ch.info.slot_size) &&
+                       ring_segment_size(ch.info.slot_size, ch.info.slots) == ring.size;
+                if (!same)
+                        STORE(&f.stop, 1, __ATOMIC_RELAXED);
+                ck_assert_msg(same, "attempt %" PRIu64 ": %" PRIu32 " slots of %" PRIu32 " B set up with a stride of %"
+                              PRIu64, i, ch.info.slots, ch.info.slot_size, ch.stride);
+        }
+        STORE(&f.stop, 1, __ATOMIC_RELAXED);
+        pthread_join(f.thread, NULL);
+        ck_assert_uint_gt(inits, 0);
+        ring_unmake(&ring);
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("ring");
         SRunner *sr;
@@ -1235,6 +1286,7 @@ int main(void) {
         tcase_add_test(tc, test_sender_prefetches_slots_ahead_within_the_ring);
         tcase_add_test(tc, test_scribbled_length_is_cut_to_the_slot);
         tcase_add_test(tc, test_slot_count_rewritten_during_init_is_read_once);
+        tcase_add_test(tc, test_split_rewritten_during_init_is_read_once);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("abort-lap");
