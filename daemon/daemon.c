@@ -653,6 +653,7 @@ static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size
                 if (k < 0)
                         log_warning("Failed to record the reload's channels in %s: %s; the next start may "
                                     "make them again.", state_path(d->state), strerror(-k));
+                state_unreserve(d->state);
         }
         if (r != 0) {
                 /* A bad config or a refused plan changes nothing; running out of memory

@@ -406,6 +406,46 @@ static int check_taken(const Plan *p, char *msg, size_t msg_size) {
         return 0;
 }
 
+/* At most the lines making a channel of spec s writes: per object its intent, record and the intent's cancellation, and
+ * a posix file's predecessor's record; the channel's record. */
+static size_t lines_to_make(const ChannelSpec *s) {
+        size_t objects = (s->layout == PROTO_LAYOUT_BROADCAST) + (s->kind == PROTO_KIND_POSIX ? 1 + s->nsems : 2);
+
+        return 4 * objects + 1;
+}
+
+/*
+ * Room in the state file for every line apply() writes. Step 2 removes
+ * the old objects before step 3 records their replacements, so a full
+ * state directory met there would lose channels (and posix ones even as
+ * they are replaced) that a refusal now keeps.
+ */
+static int reserve_state(Registry *reg, const Config *cfg, const Plan *p, char *msg, size_t msg_size) {
+        size_t lines = 0;
+        int r;
+
+        for (size_t i = 0; i < p->n_add; i++)
+                lines += lines_to_make(p->add[i]);
+        for (size_t i = 0; i < p->n_later; i++)
+                lines += lines_to_make(p->later[i]) + (p->replace[i] ? channel_count_records(p->replace[i]->channel) : 0);
+        for (size_t i = 0; i < p->n_remove; i++)
+                lines += channel_count_records(p->remove[i]->channel);
+        /* Step 4: a posix file given a new owner is recorded again, its old record cancelled. */
+        for (size_t i = 0; i < cfg->n_channels; i++) {
+                const Entry *e = plan_creates(p, &cfg->channels[i]) ? NULL : registry_find(reg, cfg->channels[i].name);
+
+                if (e && !same_perms(&e->channel->spec, &cfg->channels[i]))
+                        lines += 2 * channel_count_records(e->channel);
+        }
+        r = state_reserve(reg->state, lines);
+        if (r < 0) {
+                msg_set(msg, msg_size, "cannot make room in %s to record the reload's channels: %s", state_path(reg->state),
+                        strerror(-r));
+                return -r;
+        }
+        return 0;
+}
+
 static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadResult *res, char *msg, size_t msg_size) {
         NameList added = { &res->added }, removed = { &res->removed }, changed = { &res->changed },
                  kept = { &res->kept };
@@ -536,6 +576,8 @@ int reload_apply(Registry *reg, const Config *cfg, ProtoReloadResult *ret, char 
                 r = check_dev_shm(&p, msg, msg_size);
         if (r == 0)
                 r = check_taken(&p, msg, msg_size);
+        if (r == 0)
+                r = reserve_state(reg, cfg, &p, msg, msg_size);
         if (r == 0)
                 r = apply(reg, cfg, &p, &res, msg, msg_size);
         plan_done(&p);

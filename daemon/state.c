@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "common/util.h"
@@ -983,6 +984,38 @@ int state_defer_records(State *s, const StateRecord *add, size_t n_add, const St
         if (r < 0 || s->deferred_len < DEFER_FLUSH)
                 return r;
         return flush_deferred(s);
+}
+
+int state_reserve(State *s, size_t n_lines) {
+        uint64_t need = (uint64_t) n_lines * RECORD_MAX + s->deferred_len;
+        struct statvfs vfs;
+        struct stat st;
+
+        if (n_lines == 0)
+                return 0;
+        if (fstat(s->fd, &st) < 0)
+                return -errno;
+        if (need > INT64_MAX - (uint64_t) st.st_size)
+                return -EFBIG;
+        /* Blocks past the end (its size kept): the appends fill them, and no one else can take them meanwhile. */
+        if (fallocate(s->fd, FALLOC_FL_KEEP_SIZE, st.st_size, (off_t) need) == 0)
+                return 0;
+        if (errno != EOPNOTSUPP)
+                return -errno;
+        /* A file system without it: the room there is now, which is all it can tell. */
+        if (fstatvfs(s->fd, &vfs) < 0)
+                return -errno;
+        if (vfs.f_blocks > 0 && (uint64_t) vfs.f_bavail * vfs.f_frsize < need)
+                return -ENOSPC;
+        return 0;
+}
+
+void state_unreserve(State *s) {
+        struct stat st;
+
+        /* Cutting at the end frees the blocks past it; the lines are left as they are. */
+        if (fstat(s->fd, &st) == 0)
+                (void) ftruncate(s->fd, st.st_size);
 }
 
 void state_batch_begin(State *s) {

@@ -175,6 +175,18 @@ void state_batch_begin(State *s);
 int state_batch_end(State *s);
 
 /*
+ * Make sure the next n_lines records (and what is deferred) can be
+ * appended: room allocated past the file's end, or where the file system
+ * cannot allocate ahead, free now. For a change that removes objects
+ * before it records their replacements: a write that then fails would lose
+ * a channel that a refusal would have kept. 0, -ENOSPC, or another -errno.
+ * state_unreserve() gives back what the appends did not use, as does a
+ * state_rewrite().
+ */
+int state_reserve(State *s, size_t n_lines);
+void state_unreserve(State *s);
+
+/*
  * Record that what r recorded (an object, or a channel) is gone; -errno on
  * write failure. Inside a batch it is deferred as state_defer_records()
  * says: a kill before the write leaves the record of something gone, which

@@ -2608,6 +2608,116 @@ START_TEST(test_crash_restart_names_a_replaced_ftok_file) {
 }
 END_TEST
 
+
+static void write_sized_channels(int n, unsigned size, const char *kind) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+
+        ck_assert_ptr_nonnull(f);
+        fputc('[', f);
+        for (int i = 0; i < n; i++)
+                fprintf(f, "%s{\"name\": \"c%d\", \"kind\": \"%s\", \"size\": %u}", i ? ", " : "", i, kind, size);
+        fputc(']', f);
+        ck_assert_int_eq(fclose(f), 0);
+        test_daemon_write_config(&td, text);
+        free(text);
+}
+
+/*
+ * shmbrokerd(8), Reload: a reload that cannot make a channel changes
+ * nothing. A full state directory is known before anything is removed: a
+ * reload that resizes every channel must not destroy the channels it
+ * cannot record and still answer ok. Either it is refused whole, naming
+ * the state file, with the channels as before, or every configured channel
+ * is there afterwards.
+ */
+/* The inode of each channel of `names`' list (in its order) as `list` has it: its shared memory file's. */
+static void posix_inodes(json_t *names, json_t *list, ino_t *ret) {
+        json_t *e;
+        size_t i;
+
+        ck_assert_uint_eq(json_array_size(json_object_get(list, "channels")),
+                          json_array_size(json_object_get(names, "channels")));
+        json_array_foreach(json_object_get(names, "channels"), i, e) {
+                json_t *f = test_must_find(list, test_jstr(e, "name"));
+                char path[300];
+                struct stat st;
+
+                ck_assert_int_lt(snprintf(path, sizeof path, "/dev/shm%s", test_jstr(f, "shm_name")), (int) sizeof path);
+                ck_assert_msg(stat(path, &st) == 0, "%s: %s", path, strerror(errno));
+                ret[i] = st.st_ino;
+        }
+}
+
+static void full_state_dir_reload(const char *kind) {
+        char state[400], filler[500];
+        json_t *before, *after, *resp;
+        int status = 0, fd, out;
+        static char block[4096];
+        ino_t ino[2][40];
+
+        ck_assert_int_lt(snprintf(state, sizeof state, "%s/state", td.dir), (int) sizeof state);
+        ck_assert_int_eq(mkdir(state, 0700), 0);
+        ck_assert_int_eq(unshare(CLONE_NEWNS), 0);
+        ck_assert_int_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0);
+        ck_assert_msg(mount("tmpfs", state, "tmpfs", 0, "size=64k,mode=0700") == 0, "mount: %s", strerror(errno));
+        write_sized_channels(40, 4096, kind);
+        ck_assert_msg(test_daemon_start(&td, &status, "--state-dir", state, NULL), "no start (%d)", status);
+        before = list_ok();
+        ck_assert_uint_eq(json_array_size(json_object_get(before, "channels")), 40);
+        if (strcmp(kind, "posix") == 0)
+                posix_inodes(before, before, ino[0]);
+
+        /* The state directory fills up. */
+        ck_assert_int_lt(snprintf(filler, sizeof filler, "%s/filler", state), (int) sizeof filler);
+        out = open(filler, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        ck_assert_int_ge(out, 0);
+        while (write(out, block, sizeof block) > 0)
+                ;
+        close(out);
+
+        write_sized_channels(40, 8192, kind);
+        fd = test_connect(td.socket);
+        resp = req(fd, "{\"op\":\"reload\"}");
+        after = list_ok();
+        if (json_is_true(json_object_get(resp, "ok"))) {
+                ck_assert_msg(json_array_size(json_object_get(after, "channels")) == 40,
+                              "the reload answered ok but left %zu of 40 configured channels",
+                              json_array_size(json_object_get(after, "channels")));
+        } else {
+                const char *why = test_jstr(resp, "message");
+
+                ck_assert_msg(strstr(why, state) != NULL, "the refusal does not name the state directory: %s", why);
+                if (strcmp(kind, "sysv") == 0) {
+                        assert_same_channels(before, after);
+                } else {
+                        posix_inodes(before, after, ino[1]);
+                        for (size_t i = 0; i < 40; i++)
+                                ck_assert_msg(ino[0][i] == ino[1][i], "channel %zu has another file", i);
+                }
+        }
+        if (strcmp(kind, "sysv") == 0)
+                ck_assert_int_eq(test_ipcs_count("-m"), (int) json_array_size(json_object_get(after, "channels")));
+        json_decref(resp);
+        json_decref(before);
+        json_decref(after);
+        close(fd);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(unlink(filler), 0);
+        ck_assert_int_eq(umount2(state, MNT_DETACH), 0);
+}
+
+START_TEST(test_full_state_dir_loses_no_replaced_channel) {
+        full_state_dir_reload("sysv");
+}
+END_TEST
+
+START_TEST(test_full_state_dir_loses_no_replaced_posix_channel) {
+        full_state_dir_reload("posix");
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -2646,6 +2756,8 @@ int main(void) {
                                           test_crash_restart_names_a_replaced_ftok_file } },
                 { "refusals-replace", CASE_TIMEOUT, { test_foreign_fixed_key_of_changed_channel_refused_whole,
                                                       test_foreign_set_at_a_tables_key_refused_whole } },
+                { "reload-failures", CASE_TIMEOUT, { test_full_state_dir_loses_no_replaced_channel,
+                                                     test_full_state_dir_loses_no_replaced_posix_channel } },
         };
 
         return test_main("reload", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
