@@ -536,9 +536,19 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                 /* The FIFOs grant what the ring grants. */
                 if (r == 0 && e->has_wake)
                         r = wake_set_perms(reg->wake, s);
-                if (r < 0)
-                        log_error("Reload: channel %s: cannot set owner %u, group %u, mode %04o: %s",
-                                  s->name, (unsigned) s->uid, (unsigned) s->gid, (unsigned) s->mode, strerror(-r));
+                if (r < 0) {
+                        char why[512];
+
+                        log_error("Reload: channel %s: cannot set owner %u, group %u, mode %04o: %s; replacing "
+                                  "the channel instead.", s->name, (unsigned) s->uid, (unsigned) s->gid,
+                                  (unsigned) s->mode, strerror(-r));
+                        if (registry_replace(reg, e, s, cfg->fixed_keys, cfg->n_fixed_keys, why, sizeof why) < 0) {
+                                log_error("Reload: %s; the channel is gone until a later reload.", why);
+                                if (names_add(&removed, s->name) < 0)
+                                        return -ENOMEM;
+                                continue;
+                        }
+                }
                 /*
                  * Counted again under the new rights, which nobody they refuse can
                  * attach with any more: an attachment made since the plan counted

@@ -2608,6 +2608,44 @@ START_TEST(test_crash_restart_names_a_replaced_ftok_file) {
 }
 END_TEST
 
+/*
+ * shmbroker.json(5): a reload that changes only the mode applies it "in
+ * place with IPC_SET" and lists the channel as changed. Here the set was
+ * removed behind the daemon's back (ipcrm) before the reload, so IPC_SET
+ * fails: the channel must not be listed as changed while it keeps the old
+ * mode. Once the daemon notices the removal (a status) and makes the
+ * channel again, the objects must carry the mode the config names.
+ */
+START_TEST(test_mode_change_on_removed_set_is_applied) {
+        struct semid_ds sem;
+        struct shmid_ds shm;
+        json_t *before, *after, *resp;
+        int fd, sem_id;
+
+        test_daemon_write_config(&td, "[{\"name\": \"m\", \"size\": 4096, \"semaphores\": 1, \"mode\": \"0660\"}]");
+        test_start_ok();
+        before = list_ok();
+        sem_id = (int) test_jint(test_must_find(before, "m"), "sem_id");
+        ck_assert_int_eq(semctl(sem_id, 0, IPC_RMID), 0);
+
+        test_daemon_write_config(&td, "[{\"name\": \"m\", \"size\": 4096, \"semaphores\": 1, \"mode\": \"0664\"}]");
+        fd = test_connect(td.socket);
+        resp = reload_ok(fd);
+        json_decref(resp);
+        /* A status notices the removal and makes the channel again. */
+        resp = req(fd, "{\"op\":\"status\",\"channel\":\"m\"}");
+        json_decref(resp);
+        after = list_ok();
+        ck_assert_str_eq(test_jstr(test_must_find(after, "m"), "mode"), "0664");
+        sem_stat((int) test_jint(test_must_find(after, "m"), "sem_id"), &sem);
+        ck_assert_uint_eq(sem.sem_perm.mode & 0777, 0664);
+        shm_stat((int) test_jint(test_must_find(after, "m"), "shm_id"), &shm);
+        ck_assert_uint_eq(shm.shm_perm.mode & 0777, 0664);
+        json_decref(before);
+        json_decref(after);
+        close(fd);
+}
+END_TEST
 
 static void write_sized_channels(int n, unsigned size, const char *kind) {
         char *text = NULL;
@@ -2756,7 +2794,8 @@ int main(void) {
                                           test_crash_restart_names_a_replaced_ftok_file } },
                 { "refusals-replace", CASE_TIMEOUT, { test_foreign_fixed_key_of_changed_channel_refused_whole,
                                                       test_foreign_set_at_a_tables_key_refused_whole } },
-                { "reload-failures", CASE_TIMEOUT, { test_full_state_dir_loses_no_replaced_channel,
+                { "reload-failures", CASE_TIMEOUT, { test_mode_change_on_removed_set_is_applied,
+                                                     test_full_state_dir_loses_no_replaced_channel,
                                                      test_full_state_dir_loses_no_replaced_posix_channel } },
         };
 
