@@ -1402,10 +1402,55 @@ int control_remove_stale_socket(const char *path, bool own_only, char *msg, size
         return 0;
 }
 
+/*
+ * Give the socket bind() made at path (st: its lstat()) `mode` where the
+ * umask at bind() did not (a default ACL of its directory), and group
+ * `group` unless -1: through a descriptor of that very file, as its
+ * directory may be another user's to write, who could have put a link to
+ * some other file at the path since.
+ */
+static int set_bound_perms(const char *path, const struct stat *st, mode_t mode, gid_t group, char *msg,
+                           size_t msg_size) {
+        _cleanup_(closep) int fd = -1;
+        char self[64];
+        struct stat now;
+        int r;
+
+        if ((st->st_mode & 0777) == mode && group == (gid_t) -1)
+                return 0;
+        fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 || fstat(fd, &now) < 0) {
+                r = -errno;
+                msg_set(msg, msg_size, "cannot open %s to set its mode and group: %s", path, strerror(errno));
+                return r;
+        }
+        if (now.st_dev != st->st_dev || now.st_ino != st->st_ino) {
+                msg_set(msg, msg_size, "%s was replaced right after it was bound; is its directory writable by "
+                        "others?", path);
+                return -ESTALE;
+        }
+        if (group != (gid_t) -1 && fchownat(fd, "", (uid_t) -1, group, AT_EMPTY_PATH) < 0) {
+                r = -errno;
+                msg_set(msg, msg_size, "cannot give %s group %u (socket_group): %s", path, (unsigned) group,
+                        strerror(errno));
+                return r;
+        }
+        /* No fchmod() of an O_PATH descriptor before fchmodat2(); its /proc link names the very file. */
+        snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
+        if ((st->st_mode & 0777) != mode && chmod(self, mode) < 0) {
+                r = -errno;
+                msg_set(msg, msg_size, "cannot give %s mode %04o (socket_mode): %s", path, (unsigned) mode,
+                        strerror(errno));
+                return r;
+        }
+        return 0;
+}
+
 int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char *msg, size_t msg_size) {
         _cleanup_(closep) int fd = -1;
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         struct stat st;
+        mode_t mask;
         int r;
 
         r = control_remove_stale_socket(path, false, msg, msg_size);
@@ -1413,17 +1458,28 @@ int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char 
                 return r;
         strcpy(sa.sun_path, path);
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0 || bind(fd, (struct sockaddr *) &sa, sizeof sa) < 0) {
-                r = -errno;
-                msg_set(msg, msg_size, "cannot bind %s: %s", path, strerror(errno));
+        /*
+         * The mode from the umask, as bind() makes the file: a chmod() by
+         * path after it would follow whatever another user put there since.
+         * The daemon has one thread.
+         */
+        mask = umask(~mode & 0777);
+        r = fd < 0 || bind(fd, (struct sockaddr *) &sa, sizeof sa) < 0 ? -errno : 0;
+        umask(mask);
+        if (r < 0) {
+                msg_set(msg, msg_size, "cannot bind %s: %s", path, strerror(-r));
                 return r;
         }
         /* What bind() made: a stop unlinks the path only while it still names this file. */
         if (lstat(path, &st) < 0) {
                 r = -errno;
                 msg_set(msg, msg_size, "cannot examine %s after binding it: %s", path, strerror(errno));
-                unlink(path);
                 return r;
+        }
+        if (!S_ISSOCK(st.st_mode) || st.st_uid != self_euid()) {
+                msg_set(msg, msg_size, "%s was replaced right after it was bound; is its directory writable by "
+                        "others?", path);
+                return -ESTALE;
         }
         r = refuse_descriptors(fd, msg, msg_size);
         if (r < 0) {
@@ -1439,8 +1495,10 @@ int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char 
         c->bound_dev = st.st_dev;
         c->bound_ino = st.st_ino;
         /* Every request is checked against the peer's credentials as well. */
-        if (chmod(path, mode) < 0 || (group != (gid_t) -1 && chown(path, (uid_t) -1, group) < 0) ||
-            listen(fd, SOMAXCONN) < 0) {
+        r = set_bound_perms(path, &st, mode & 0777, group, msg, msg_size);
+        if (r < 0)
+                return r;
+        if (listen(fd, SOMAXCONN) < 0) {
                 r = -errno;
                 msg_set(msg, msg_size, "cannot listen on %s: %s", path, strerror(errno));
                 return r;

@@ -27,6 +27,7 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
@@ -37,6 +38,7 @@
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1407,6 +1409,106 @@ START_TEST(test_socket_mode_0660_group) {
 }
 END_TEST
 
+/*
+ * Under a directory's default ACL, bind() takes the file's mode bits from
+ * the ACL, not only the umask: socket_mode must hold all the same. The ACL
+ * here gives others nothing; socket_mode gives them read and write.
+ */
+START_TEST(test_socket_mode_holds_under_a_default_acl) {
+        /* system.posix_acl_default: version 2; user::rwx, group::rwx, other::--- (tag, perm, id). */
+        static const struct __attribute__((packed)) {
+                uint32_t version;
+                struct __attribute__((packed)) { uint16_t tag, perm; uint32_t id; } e[3];
+        } acl = { 2, { { 0x01, 7, UINT32_MAX }, { 0x04, 7, UINT32_MAX }, { 0x20, 0, UINT32_MAX } } };
+        char dir[300], *text;
+        struct stat st;
+        int fd;
+
+        ck_assert_int_lt(snprintf(dir, sizeof dir, "%s/acl", td.dir), (int) sizeof dir);
+        ck_assert_int_eq(mkdir(dir, 0755), 0);
+        ck_assert_int_eq(unshare(CLONE_NEWNS), 0);
+        ck_assert_int_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0);
+        /* A tmpfs: ACLs whatever /tmp is. */
+        ck_assert_msg(mount("tmpfs", dir, "tmpfs", 0, "mode=0755") == 0, "mount: %s", strerror(errno));
+        ck_assert_msg(setxattr(dir, "system.posix_acl_default", &acl, sizeof acl, 0) == 0, "setxattr: %s",
+                      strerror(errno));
+        ck_assert_int_lt(snprintf(td.socket, sizeof td.socket, "%s/s.sock", dir), (int) sizeof td.socket);
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"socket_mode\": \"0666\", "
+                                  "\"channels\": %s}\n", td.socket, one_public_channel), 0);
+        test_daemon_write_raw_config(&td, text);
+        free(text);
+        test_start_ok();
+        ck_assert_int_eq(lstat(td.socket, &st), 0);
+        ck_assert_msg((st.st_mode & 0777) == 0666, "socket mode %04o, expected 0666", (unsigned) (st.st_mode & 0777));
+        fd = test_connect(td.socket);
+        request_ok(fd, "{\"op\":\"list\"}");
+        close(fd);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(umount2(dir, MNT_DETACH), 0);
+}
+END_TEST
+
+/*
+ * A socket directory another user may write (no sticky bit): right after
+ * bind() he moves the new socket away and puts a link to a file of root's
+ * at its path. The mode and group meant for the socket must not land on
+ * that file; the daemon refuses to serve a path it no longer has.
+ */
+START_TEST(test_socket_swapped_after_bind_lends_its_rights_to_nothing) {
+        char victim[400], moved[400], *text, *log;
+        bool binding = false, swapped = false;
+        struct stat st;
+        int fd;
+
+        ck_assert_int_lt(snprintf(victim, sizeof victim, "%s/victim", td.dir), (int) sizeof victim);
+        ck_assert_int_lt(snprintf(moved, sizeof moved, "%s/moved", td.dir), (int) sizeof moved);
+        fd = open(victim, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        close(fd);
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"socket_mode\": \"0666\", "
+                                  "\"socket_group\": 4242, \"channels\": %s}\n", td.socket, one_public_channel), 0);
+        test_daemon_write_raw_config(&td, text);
+        free(text);
+
+        test_daemon_spawn_traced(&td);
+        while (!test_td_ready()) {
+                struct __ptrace_syscall_info info;
+
+                if (!test_next_syscall_stop(td.pid)) {
+                        td.pid = -1;
+                        break;
+                }
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+                if (info.op == PTRACE_SYSCALL_INFO_ENTRY)
+                        binding = info.entry.nr == SYS_bind;
+                else if (info.op == PTRACE_SYSCALL_INFO_EXIT && binding && !swapped) {
+                        ck_assert_int_eq(info.exit.rval, 0);
+                        ck_assert_int_eq(rename(td.socket, moved), 0);
+                        ck_assert_int_eq(symlink(victim, td.socket), 0);
+                        swapped = true;
+                }
+        }
+        /* Ready (READY=1 is read), or ended. */
+        if (td.pid > 0)
+                ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        ck_assert(swapped);
+        ck_assert_int_eq(lstat(victim, &st), 0);
+        ck_assert_msg((st.st_mode & 0777) == 0600 && st.st_gid == 0,
+                      "the file linked at the socket's path got mode %04o, group %u", (unsigned) (st.st_mode & 0777),
+                      (unsigned) st.st_gid);
+        log = test_daemon_log(&td);
+        ck_assert_msg(td.pid < 0 && strstr(log, "was replaced right after it was bound"),
+                      "the daemon %s:\n%s", td.pid > 0 ? "serves a path that is not its socket" : "failed", log);
+        free(log);
+        /* The link is the other user's: left where he put it. */
+        ck_assert_int_eq(lstat(td.socket, &st), 0);
+        ck_assert(S_ISLNK(st.st_mode));
+        ck_assert_int_eq(unlink(td.socket), 0);
+        ck_assert_int_eq(unlink(moved), 0);
+        ck_assert_int_eq(unlink(victim), 0);
+}
+END_TEST
+
 /* ======================================================================== */
 /* 7. Connection storm                                                       */
 /* ======================================================================== */
@@ -2612,7 +2714,9 @@ int main(void) {
                                                     test_pipelined_burst_answered, test_unread_close_drops_holds,
                                                     test_many_connections_of_one_uid_share_a_turn,
                                                     test_one_client_cannot_starve_the_others } },
-                { "socket", CASE_TIMEOUT, { test_socket_mode_0600_group, test_socket_mode_0660_group } },
+                { "socket", CASE_TIMEOUT, { test_socket_mode_0600_group, test_socket_mode_0660_group,
+                                                  test_socket_mode_holds_under_a_default_acl,
+                                                  test_socket_swapped_after_bind_lends_its_rights_to_nothing } },
                 { "storm", HEAVY_TIMEOUT, { test_connection_storm, test_one_wakeup_accepts_every_queued_connection } },
                 { "hostile-input", CASE_TIMEOUT, { test_hostile_input, test_descriptor_sent_to_the_daemon_cannot_stall_it,
                                            test_socket_that_cannot_refuse_descriptors } },
