@@ -19,6 +19,7 @@
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -39,6 +40,7 @@
 #  endif
 #endif
 
+static int read_proc_status(pid_t pid, uid_t *ret_euid, unsigned long long *ret_capeff);
 
 int peer_from_socket(int fd, Peer *ret) {
         struct ucred cred;
@@ -68,7 +70,20 @@ int peer_from_socket(int fd, Peer *ret) {
                 .n_groups = glen / sizeof(gid_t),
                 .fd = fd,
                 .pidfd = -1,
+                .caps_err = -ESRCH,     /* in a PID namespace we cannot see into */
         };
+        /*
+         * Its capabilities now, as close to connect() as we get: one it gains
+         * later (an exec of a program with file capabilities, while a fork of
+         * it asks on the same connection) does not count (peer_has_cap()).
+         */
+        if (cred.pid > 0) {
+                uid_t euid = 0;
+
+                ret->caps_err = read_proc_status(cred.pid, &euid, &ret->caps_at_accept);
+                if (ret->caps_err == 0 && euid != cred.uid)
+                        ret->caps_at_accept = 0;
+        }
         return 0;
 }
 
@@ -151,20 +166,23 @@ static int read_proc_status(pid_t pid, uid_t *ret_euid, unsigned long long *ret_
         _cleanup_(fclosep) FILE *f = NULL;
         char path[64], line[256];
         bool have_uid = false, have_cap = false;
-        unsigned long ruid, euid;
-        unsigned long long caps;
 
         snprintf(path, sizeof path, "/proc/%d/status", (int) pid);
         f = fopen(path, "re");
         if (!f)
                 return -errno;
+        /* Read at every accept: prefixes, not sscanf() of every line. A long Groups line comes in pieces of digits. */
         while ((!have_uid || !have_cap) && fgets(line, sizeof line, f)) {
-                if (sscanf(line, "Uid: %lu %lu", &ruid, &euid) == 2) {
-                        *ret_euid = (uid_t) euid;
-                        have_uid = true;
-                } else if (sscanf(line, "CapEff: %llx", &caps) == 1) {
-                        *ret_capeff = caps;
-                        have_cap = true;
+                char *end;
+
+                if (strncmp(line, "Uid:", 4) == 0) {
+                        /* Real, then effective. */
+                        (void) strtoul(line + 4, &end, 10);
+                        *ret_euid = (uid_t) strtoul(end, &end, 10);
+                        have_uid = end != line + 4;
+                } else if (strncmp(line, "CapEff:", 7) == 0) {
+                        *ret_capeff = strtoull(line + 7, &end, 16);
+                        have_cap = end != line + 7;
                 }
         }
         return have_uid && have_cap ? 0 : -ENODATA;
@@ -186,6 +204,8 @@ static int peer_has_cap(const Peer *p, unsigned long long caps) {
 
         if (p->pid <= 0)
                 return -ESRCH;          /* in a PID namespace we cannot see into */
+        if (p->caps_err < 0)
+                return p->caps_err;
         /*
          * The socket pins the connecting process's struct pid: this is that very
          * process. The one pinned already serves when it came from the socket too
@@ -218,7 +238,7 @@ static int peer_has_cap(const Peer *p, unsigned long long caps) {
         if (r > 0)
                 return -ESRCH;
         return owner.st_dev == theirs.st_dev && owner.st_ino == theirs.st_ino && euid == p->uid &&
-               (capeff & caps) != 0;
+               (capeff & p->caps_at_accept & caps) != 0;
 }
 
 bool access_allowed(const Peer *p, const ChannelPerm *perm, bool read, bool write) {

@@ -22,6 +22,8 @@ typedef struct Peer {
         int pidfd;              /* the connecting process, once pinned (peer_pin_process()); owned; -1: none */
         bool pidfd_from_socket; /* pidfd is SO_PEERPIDFD's, not pidfd_open()'s of a pid */
         bool pin_tried;
+        int caps_err;                   /* 0, or why CapEff could not be read at accept */
+        unsigned long long caps_at_accept;      /* CapEff then (0 if its euid had changed): a capability counts only in both */
 } Peer;
 
 /* Fill *ret from a connected Unix socket, which *ret borrows. Negative errno on failure. */
@@ -67,9 +69,13 @@ bool peer_in_group(const Peer *p, gid_t gid);
  *     process not visible to us, as under ProtectProc=invisible, or the
  *     process gone), uid 0 passes and nobody else.
  *
- * The capability is read at each refusal by the bits, not cached. A peer
- * in an ancestor user namespace is refused although the kernel would let
- * it attach: we cannot see that far up.
+ * The capability is read at each refusal by the bits, not cached, and
+ * counts only if CapEff also had it when the connection was accepted: a
+ * process that gains it later by executing a program with file
+ * capabilities must not lend it to a fork sharing the connection. (One
+ * gained between connect() and the accept is not seen.) A peer in an
+ * ancestor user namespace is refused although the kernel would let it
+ * attach: we cannot see that far up.
  *
  * Files (perm->files, a posix channel) follow open(2) instead: the
  * capability is CAP_DAC_OVERRIDE (reading: or CAP_DAC_READ_SEARCH, unless

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <linux/capability.h>
 #include <linux/fs.h>
 #include <linux/futex.h>
@@ -34,7 +35,9 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/user.h>
+#include <sys/xattr.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -679,6 +682,170 @@ START_TEST(test_capability_is_the_file_rule) {
                                       "\"mode\": \"0600\"}]");
         test_start_ok();
         run_access_cases(unseen, sizeof unseen / sizeof unseen[0]);
+}
+END_TEST
+
+/* ---- a capability the connecting process gained after connect() ---- */
+
+/* Exit statuses of exec_child() (and the verdict byte of its sender). */
+enum {
+        EXEC_CHILD_IO = 40,             /* connect, hello, fork or the verdict pipe */
+        EXEC_CHILD_NO_CAPS,             /* the exec did not give the capability: the case would prove nothing */
+        EXEC_CHILD_GRANTED,             /* the daemon handed the files to a process that had no capability */
+        EXEC_CHILD_BAD_ANSWER,          /* neither ok nor EACCES */
+};
+
+static char exec_cap_binary[PATH_MAX];
+
+static bool pid_cap_effective(pid_t pid, unsigned cap) {
+        unsigned long long caps = 0;
+        char path[64], line[256];
+        FILE *f;
+
+        snprintf(path, sizeof path, "/proc/%d/status", (int) pid);
+        f = fopen(path, "re");
+        if (!f)
+                return false;
+        while (fgets(line, sizeof line, f))
+                if (sscanf(line, "CapEff: %llx", &caps) == 1)
+                        break;
+        fclose(f);
+        return (caps >> cap) & 1;
+}
+
+/* One answer line on fd, its descriptors closed; false on EOF, an error or 5 s without it. */
+static bool exec_read_line(int fd, char *buf, size_t size) {
+        size_t len = 0;
+
+        while (len + 1 < size) {
+                union {
+                        struct cmsghdr align;
+                        char buf[CMSG_SPACE(sizeof(int) * PROTO_FDS_MAX)];
+                } control;
+                struct iovec iov = { .iov_base = buf + len, .iov_len = 1 };
+                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                                     .msg_controllen = sizeof control.buf };
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+
+                if (poll(&p, 1, 5000) != 1 || recvmsg(fd, &mh, MSG_CMSG_CLOEXEC) != 1)
+                        return false;
+                for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+                        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+                                for (size_t i = 0; i < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++)
+                                        close(((int *) CMSG_DATA(cm))[i]);
+                if (buf[len++] == '\n')
+                        break;
+        }
+        buf[len] = 0;
+        return true;
+}
+
+/*
+ * The sender: a fork of the connecting process, without any capability,
+ * that asks on the shared connection once the connecting process runs a
+ * binary whose file capabilities give it CAP_DAC_OVERRIDE.
+ */
+static int exec_sender(int fd, pid_t connecting) {
+        static const char req[] = "{\"op\": \"open\", \"channel\": \"secret\", \"access\": \"rw\", \"fd\": true}\n";
+        char line[4096];
+
+        for (int i = 0; i < 500 && !pid_cap_effective(connecting, CAP_DAC_OVERRIDE); i++)
+                usleep(10000);
+        if (!pid_cap_effective(connecting, CAP_DAC_OVERRIDE) || pid_cap_effective(getpid(), CAP_DAC_OVERRIDE))
+                return EXEC_CHILD_NO_CAPS;
+        if (send(fd, req, strlen(req), MSG_NOSIGNAL) != (ssize_t) strlen(req) || !exec_read_line(fd, line, sizeof line))
+                return EXEC_CHILD_IO;
+        if (strstr(line, "\"ok\":true"))
+                return EXEC_CHILD_GRANTED;
+        return strstr(line, "\"error\":\"EACCES\"") ? 0 : EXEC_CHILD_BAD_ANSWER;
+}
+
+static void exec_child(void *userdata) {
+        static const char hello[] = "{\"op\": \"hello\", \"version\": 1}\n";
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        char line[256], v = EXEC_CHILD_IO;
+        int verdict[2], status;
+        struct pollfd p;
+        pid_t conn;
+
+        test_drop_privileges(4242, 4242, 0);
+        if (pipe2(verdict, O_CLOEXEC) < 0)
+                _exit(EXEC_CHILD_IO);
+        conn = fork();
+        if (conn < 0)
+                _exit(EXEC_CHILD_IO);
+        if (conn == 0) {
+                /* Not close-on-exec: the binary run below keeps the connection, as any program does by default. */
+                int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+                pid_t sender;
+
+                strcpy(sa.sun_path, td.socket);
+                /* A request answered first: the daemon has seen this peer before it gains anything. */
+                if (fd < 0 || connect(fd, (struct sockaddr *) &sa, sizeof sa) < 0 ||
+                    send(fd, hello, strlen(hello), MSG_NOSIGNAL) != (ssize_t) strlen(hello) ||
+                    !exec_read_line(fd, line, sizeof line) || !strstr(line, "\"ok\":true"))
+                        _exit(EXEC_CHILD_IO);
+                sender = fork();
+                if (sender < 0)
+                        _exit(EXEC_CHILD_IO);
+                if (sender == 0) {
+                        char r = (char) exec_sender(fd, getppid());
+
+                        _exit(write(verdict[1], &r, 1) == 1 ? 0 : EXEC_CHILD_IO);
+                }
+                execl(exec_cap_binary, "sleep", "30", (char *) NULL);
+                _exit(EXEC_CHILD_IO);
+        }
+        close(verdict[1]);
+        p = (struct pollfd) { .fd = verdict[0], .events = POLLIN };
+        if (poll(&p, 1, 20000) != 1 || read(verdict[0], &v, 1) != 1)
+                v = EXEC_CHILD_IO;
+        (void) kill(conn, SIGKILL);
+        (void) waitpid(conn, &status, 0);
+        _exit(v);
+}
+
+/*
+ * The access rule judges the peer's credentials from connect time
+ * (shmbroker-protocol(7)): a process that connects without a capability,
+ * then runs a binary whose file capabilities give it CAP_DAC_OVERRIDE
+ * (keeping the connection, as exec does), must not let a fork of it that
+ * never had the capability take a posix channel's files through that
+ * connection, where that fork's own open(2) is refused.
+ */
+START_TEST(test_capability_gained_by_exec_after_connect_does_not_count) {
+        static const char sleep_paths[][16] = { "/bin/sleep", "/usr/bin/sleep" };
+        struct vfs_cap_data caps = {
+                .magic_etc = VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE,
+                .data[CAP_DAC_OVERRIDE / 32].permitted = 1u << (CAP_DAC_OVERRIDE % 32),
+        };
+        char cmd[PATH_MAX + 64], out[256], dir[PATH_MAX];
+        int status, k = -1;
+
+        /* A tmpfs of its own, where file capabilities work whatever /tmp is mounted with (nosuid). */
+        ck_assert_int_lt(snprintf(dir, sizeof dir, "%s/caps", td.dir), (int) sizeof dir);
+        ck_assert_int_eq(mkdir(dir, 0755), 0);
+        ck_assert_int_eq(unshare(CLONE_NEWNS), 0);
+        ck_assert_int_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0);
+        ck_assert_msg(mount("tmpfs", dir, "tmpfs", 0, "mode=0755") == 0, "mount: %s", strerror(errno));
+        ck_assert_int_lt(snprintf(exec_cap_binary, sizeof exec_cap_binary, "%s/capsleep", dir),
+                         (int) sizeof exec_cap_binary);
+        for (size_t i = 0; i < sizeof sleep_paths / sizeof sleep_paths[0] && k != 0; i++) {
+                snprintf(cmd, sizeof cmd, "cp %s %s", sleep_paths[i], exec_cap_binary);
+                k = test_run(out, sizeof out, "%s", cmd);
+        }
+        ck_assert_msg(k == 0, "no sleep binary to copy: %s", out);
+        ck_assert_int_eq(chmod(exec_cap_binary, 0755), 0);
+        ck_assert_msg(setxattr(exec_cap_binary, "security.capability", &caps, sizeof caps, 0) == 0,
+                      "setxattr security.capability: %s", strerror(errno));
+        test_daemon_write_config(&td, "[{\"name\": \"secret\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0600\"}]");
+        test_start_ok();
+        status = test_in_child(exec_child, NULL);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                      "child status %d (41: the exec gave no capability, 42: the daemon handed a process without "
+                      "CAP_DAC_OVERRIDE the files of a 0600 channel, 43: neither ok nor EACCES)",
+                      WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        ck_assert_int_eq(umount2(dir, MNT_DETACH), 0);
 }
 END_TEST
 
@@ -3232,6 +3399,7 @@ int main(void) {
                                          test_read_answers_give_their_descriptors_room_back,
                                          test_read_answers_of_idle_connections_give_their_room_back,
                                          test_unread_descriptors_stop_at_a_quarter } },
+                { "cap-exec", CASE_TIMEOUT, { test_capability_gained_by_exec_after_connect_does_not_count } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back,
                                              test_stop_and_reload_spare_replaced, test_other_owner_removed,
