@@ -1184,6 +1184,29 @@ class TestClose(BrokerTest):
         self.assertEqual(shmbroker.status("pair")[0]["semaphores"][1]["value"], 1)
         box[0].close()
 
+    def test_forked_child_keeps_its_parents_claims(self):
+        # The child's copies of a reservation and of a peeked message end a
+        # with block and become garbage there (as at its interpreter's exit):
+        # that must not abort the parent's reservation nor release the
+        # parent's peek, which live in the segment they share.
+        tx = self.open("ring")
+        rx = self.open("ring")
+        tx.send(b"first")
+        box = [tx.reserve(8), rx.peek(timeout=0)]
+
+        def child():
+            with box[0], box[1]:
+                pass
+            box.clear()
+            gc.collect()
+        self.assertChild(child)
+        res, peeked = box
+        res[:4] = b"mine"
+        res.commit(4)                   # not EINVAL: the slot is still the parent's
+        self.assertEqual(bytes(peeked.view), b"first")
+        peeked.release()                # not EINVAL: the claim is still the parent's
+        self.assertEqual(rx.recv(timeout=0), b"mine")
+
 
 def own_holds(name):
     """The holds this process has on channel name, as the broker lists them."""

@@ -109,7 +109,10 @@ the same channel takes effect when that call returns.
 
 Processes: do not use a channel inherited through fork(); open it anew in
 the child (a ring's claims name their process). A forked child that drops
-an inherited channel never gives its parent's hold back.
+an inherited channel never gives its parent's hold back, nor does one that
+drops (or leaves the with block of) an inherited reservation or peeked
+message end its parent's claim: only its explicit commit(), abort() or
+release() acts on it.
 
 The C library: $SHMBROKER_LIBRARY names the libshmbroker.so.N to load when
 set; otherwise the installed package loads the library it was installed
@@ -674,10 +677,11 @@ class PeekedMessage:
     message never released is released when this object is garbage.
     """
 
-    __slots__ = ("_view", "_handle", "_base", "_ptr")
+    __slots__ = ("_view", "_handle", "_base", "_ptr", "_forks")
 
     def __init__(self, handle, base, ptr, view):
         """Made by Channel.peek(), not by hand."""
+        self._forks = _forks[0]
         self._view = view
         self._handle = handle
         self._base = base       # keeps the segment mapped until released
@@ -703,7 +707,7 @@ class PeekedMessage:
         """
         self._release(None)
 
-    def _release(self, exc_type):
+    def _release(self, exc_type, implicit=False):
         handle, self._handle = self._handle, None
         # Kept until the C call returned: it may be what keeps the handle open.
         base, self._base = self._base, None
@@ -713,6 +717,9 @@ class PeekedMessage:
             self._view.release()
         except BufferError:
             pass            # exported (e.g. to ctypes): it will read the next message
+        # A forked child's copy, dropped or left at a block's end: the claim is the parent's.
+        if implicit and self._forks != _forks[0]:
+            return
         _finish(_lib.shmb_recv_release(handle, self._ptr), exc_type)
 
     def __enter__(self):
@@ -721,11 +728,11 @@ class PeekedMessage:
 
     def __exit__(self, exc_type, exc, tb):
         """release() it (its errors only when the block raised none)."""
-        self._release(exc_type)
+        self._release(exc_type, implicit=True)
 
     def __del__(self):
         try:
-            self._release(BaseException)
+            self._release(BaseException, implicit=True)
         except Exception:
             pass
 
@@ -748,10 +755,11 @@ class Reservation:
     that is no longer yours.
     """
 
-    __slots__ = ("_view", "_handle", "_base", "_ptr")
+    __slots__ = ("_view", "_handle", "_base", "_ptr", "_forks")
 
     def __init__(self, handle, base, ptr, view):
         """Made by Channel.reserve(), not by hand."""
+        self._forks = _forks[0]
         self._view = view
         self._handle = handle
         self._base = base       # keeps the segment mapped until finished
@@ -797,9 +805,10 @@ class Reservation:
         """Give the slot up: no receiver sees it. After commit or abort: nothing."""
         self._abort(None)
 
-    def _abort(self, exc_type):
+    def _abort(self, exc_type, implicit=False):
         handle, base = self._take()
-        if handle is not None:
+        # A forked child's copy, dropped or left at a block's end: the slot is the parent's.
+        if handle is not None and not (implicit and self._forks != _forks[0]):
             _finish(_lib.shmb_send_abort(handle, self._ptr), exc_type)
 
     @property
@@ -825,11 +834,11 @@ class Reservation:
 
     def __exit__(self, exc_type, exc, tb):
         """abort() unless committed (its errors only when the block raised none)."""
-        self._abort(exc_type)
+        self._abort(exc_type, implicit=True)
 
     def __del__(self):
         try:
-            self._abort(BaseException)
+            self._abort(BaseException, implicit=True)
         except Exception:
             pass
 
