@@ -360,9 +360,8 @@ int shmb_open(shmb_client *c, const char *name, shmb_access access, shmb_channel
                 free(ch);
                 return r;
         }
-        r = client_call_fds_since(c, &req, &res, 1, &fds, asked);
+        r = client_open_call(c, &ch->hold, &req, &res, &fds, asked);
         if (r < 0) {
-                client_hold_remove(c, &ch->hold, false, false);
                 free(ch);
                 return r;
         }

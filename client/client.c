@@ -628,6 +628,25 @@ static bool open_pending(const shmb_client *c, const char *name) {
         return false;
 }
 
+/*
+ * Whether h stands for the broker's hold of its name: its open was granted
+ * (or it attached). A handle whose open is still to be sent does not: that
+ * open takes a hold of its own, and a hold kept for it would meet it as
+ * another handle's (a broadcast channel's publisher and subscriber may not
+ * share one connection). c->holds_lock held.
+ */
+static bool hold_in_use(const ClientHold *h) {
+        return !h->stale && (h->granted || __atomic_load_n(&h->attached, __ATOMIC_ACQUIRE));
+}
+
+/* Whether a handle of name on c stands for its hold; c->holds_lock held. */
+static bool hold_needed(const shmb_client *c, const char *name) {
+        for (const ClientHold *h = c->holds; h; h = h->next)
+                if (hold_in_use(h) && streq(h->name, name))
+                        return true;
+        return false;
+}
+
 /* The holder token that the handles of a channel name share (one hold per connection and name), or 0; c->holds_lock held. */
 static uint32_t hold_token(const shmb_client *c, const char *name) {
         for (const ClientHold *h = c->holds; h; h = h->next) {
@@ -642,7 +661,7 @@ static uint32_t hold_token(const shmb_client *c, const char *name) {
 /* The strongest access among the live handles of `name`: what the broker's one hold of it stood for; c->holds_lock held. */
 static shmb_access strongest_access(const shmb_client *c, const char *name) {
         for (const ClientHold *h = c->holds; h; h = h->next)
-                if (!h->stale && streq(h->name, name) && h->access == SHMB_RW)
+                if (hold_in_use(h) && streq(h->name, name) && h->access == SHMB_RW)
                         return SHMB_RW;
         return SHMB_RO;
 }
@@ -662,7 +681,8 @@ static int rejoin_start(shmb_client *c) {
         r = rejoin_queue(c, &req);
         pthread_mutex_lock(&c->holds_lock);
         for (ClientHold *h = c->holds; h && r == 0; h = h->next) {
-                if (h->stale || open_pending(c, h->name))
+                /* A name only opens still to be sent have: they take their own hold after this. */
+                if (!hold_in_use(h) || open_pending(c, h->name))
                         continue;
                 r = client_open_request(h->name, strongest_access(c, h->name), &req);
                 if (r < 0)
@@ -706,8 +726,11 @@ static int rejoin_opened(shmb_client *c, const char *name, const ProtoResponse *
         for (ClientHold *h = c->holds; h; h = h->next) {
                 if (h->stale || !streq(h->name, name))
                         continue;
-                if (!__atomic_load_n(&h->attached, __ATOMIC_ACQUIRE))
-                        needed = true;          /* its own open is under way and takes this hold */
+                if (!__atomic_load_n(&h->attached, __ATOMIC_ACQUIRE)) {
+                        /* Granted before the broker went away: its objects are known once it attaches. An open
+                         * still to be sent takes its own hold. */
+                        needed = needed || h->granted;
+                }
                 else if (res->ok && same_objects(h, res, fds)) {
                         needed = true;          /* adopted: the same objects */
                         /* Ours again, or a new one if the broker took the old for dead: claims use it from now on. */
@@ -1147,14 +1170,6 @@ void client_hold_attached(ClientHold *h, ProtoKind kind, int shm_id, int sem_id,
         __atomic_store_n(&h->attached, true, __ATOMIC_RELEASE);
 }
 
-/* Whether a listed handle that is not stale needs the hold on name; c->holds_lock held. */
-static bool hold_needed(const shmb_client *c, const char *name) {
-        for (const ClientHold *h = c->holds; h; h = h->next)
-                if (!h->stale && streq(h->name, name))
-                        return true;
-        return false;
-}
-
 /* Take h off c's list, with c->holds_lock held. */
 static void hold_unlink(shmb_client *c, ClientHold *h) {
         if (!h->listed)
@@ -1233,6 +1248,48 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
                         proto_response_done(&res);
         }
         pthread_mutex_unlock(&c->lock);
+}
+
+int client_open_call(shmb_client *c, ClientHold *h, const ProtoRequest *req, ProtoResponse *res, ClientFds *fds,
+                     uint64_t asked) {
+        ProtoRequest close_req = { .op = PROTO_OP_CLOSE };
+        ProtoResponse close_res;
+        bool needed;
+        int r;
+
+        r = client_lock(c);
+        if (r < 0) {
+                fds->n = 0;
+                pthread_mutex_lock(&c->holds_lock);
+                hold_unlink(c, h);
+                pthread_mutex_unlock(&c->holds_lock);
+                return r;
+        }
+        r = call_locked(c, req, res, 1, 0, fds, asked);
+        pthread_mutex_lock(&c->holds_lock);
+        if (r == 0)
+                h->granted = true;
+        else
+                hold_unlink(c, h);
+        needed = hold_needed(c, h->name);
+        pthread_mutex_unlock(&c->holds_lock);
+        /*
+         * Under the same lock as the answer, so that no other open or close of
+         * the name comes between. A refusal takes no hold, but a close of another
+         * handle meanwhile left the broker's hold to this open, and so may a
+         * rejoin have (with another access: -EBUSY on a broadcast channel). A
+         * close nobody needed is refused, harmlessly; a rejoin still to answer
+         * its open of the name decides itself (rejoin_opened()).
+         */
+        if (r < 0 && !needed && !open_pending(c, h->name)) {
+                strcpy(close_req.channel, h->name);
+                /* Its own bound; never a reconnection: a broker away dropped the hold already. */
+                if (call_locked(c, &close_req, &close_res, 1, CALL_NO_RECONNECT | CALL_KEEP_MESSAGE, NULL,
+                                now_ms()) == 0)
+                        proto_response_done(&close_res);
+        }
+        pthread_mutex_unlock(&c->lock);
+        return r;
 }
 
 /* ---- connecting ---- */

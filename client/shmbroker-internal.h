@@ -32,6 +32,7 @@ typedef struct ClientHold {
         int shm_id, sem_id;             /* System V: the ids */
         dev_t dev;                      /* posix: the segment file's device and inode */
         ino_t ino;
+        bool granted;                   /* the broker answered its open ok: it shares the name's hold; under holds_lock */
         bool attached;                  /* the ids are known: its open finished; atomic, set after them (release) */
         bool stale;                     /* the broker's channel of that name is another one now */
         bool gone;                      /* stale, or a wait found its objects removed (channel_gone()); atomic */
@@ -317,8 +318,9 @@ void client_unref(shmb_client *c);
 
 /*
  * The list of channels open on a connection. A handle is listed before its
- * open request is sent (so that a reconnection meanwhile opens it again
- * too) and marked attached, with its ids, once the open succeeded.
+ * open request is sent, marked granted once the broker answered it ok (a
+ * reconnection from then on opens the name again for it) and attached,
+ * with its ids, once the open succeeded.
  * client_hold_add() returns -ETIMEDOUT when a call queued ahead held
  * the lock past the bound (client_lock()).
  * client_hold_remove() unlists it; give_back: also close its hold at the
@@ -329,6 +331,16 @@ void client_unref(shmb_client *c);
  * client_call_keep_message().
  */
 int client_hold_add(shmb_client *c, ClientHold *h, const char *name, shmb_access access);
+/*
+ * The open of listed handle h (req: client_open_request()'s), as
+ * client_call_fds_since(). Granted, h shares the name's hold from then
+ * on, marked so before any other call can look. Refused (or failed), h is
+ * unlisted, and the name's hold, should the broker keep one that no other
+ * handle was granted (a hold kept for this open by a close or a rejoin
+ * meanwhile), is given back.
+ */
+int client_open_call(shmb_client *c, ClientHold *h, const ProtoRequest *req, ProtoResponse *res, ClientFds *fds,
+                     uint64_t asked);
 void client_hold_attached(ClientHold *h, ProtoKind kind, int shm_id, int sem_id, dev_t dev, ino_t ino);
 void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep_message);
 

@@ -1930,6 +1930,42 @@ START_TEST(test_forked_child_close_leaves_parents_reservation) {
 }
 END_TEST
 
+/*
+ * An open refused after a broker restart leaves no hold behind. The
+ * publisher handle of c went stale with the channel (SIGTERM); the next
+ * open on c reconnects first, and its rejoin opens "feed" again with the
+ * strongest access listed, the refused open's included. That open is
+ * refused (-EBUSY: the rejoin's hold is read-write), and the stale
+ * publisher's close gives nothing back: the hold the rejoin took must not
+ * stay at the broker, listed for no handle, or c could never subscribe to
+ * "feed" again and a subscriber place would be gone for c's life.
+ */
+START_TEST(test_refused_open_after_restart_leaves_no_hold) {
+        shmb_channel *pub, *sub;
+        shmb_client *c;
+        json_t *resp, *e;
+        int r;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "feed", SHMB_RW, &pub), 0);
+        test_daemon_kill(&td, SIGTERM);
+        test_start_ok();
+        r = shmb_open(c, "feed", SHMB_RO, &sub);
+        if (r == 0)
+                shmb_close(sub);
+        ck_assert_int_eq(shmb_channel_check(pub), -EIDRM);
+        shmb_close(pub);
+        e = status_of("feed", &resp);
+        ck_assert_msg(json_array_size(json_object_get(e, "clients")) == 0, "a hold is left with no handle open: %zu",
+                      json_array_size(json_object_get(e, "clients")));
+        json_decref(resp);
+        r = shmb_open(c, "feed", SHMB_RO, &sub);
+        ck_assert_msg(r == 0, "subscribing with no handle of c open: %s", shmb_strerror(r));
+        shmb_close(sub);
+        shmb_disconnect(c);
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "open", CASE_TIMEOUT, { test_open_answer_and_segments, test_ro_cannot_publish,
@@ -1958,7 +1994,8 @@ int main(void) {
                 { "admin", CASE_TIMEOUT, { test_status_shows_subscribers_lag, test_status_semaphores_skip_the_channels_own, test_reload_replaces_changed_broadcast,
                              test_crash_restart_adopts_broadcast,
                              test_crash_restart_trusts_no_table_a_publisher_names,
-                             test_subscription_closed_after_crash_frees_its_place } },
+                             test_subscription_closed_after_crash_frees_its_place,
+                             test_refused_open_after_restart_leaves_no_hold } },
                 { "programs", CASE_TIMEOUT, { test_examples_publish_to_two_subscribers } },
                 { "hostile-fd", CASE_TIMEOUT, { test_cleared_flag_does_not_strand_an_event_loop_subscriber,
                                                 test_cleared_flag_does_not_strand_an_event_loop_publisher } },
