@@ -297,7 +297,12 @@ int state_open(const char *dir, const char *name, State **ret, char *msg, size_t
         }
         s->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (s->dir_fd < 0) {
+                struct stat lst;
+
                 r = -errno;
+                /* O_DIRECTORY|O_NOFOLLOW on a symbolic link fails with ENOTDIR, not ELOOP. */
+                if ((r == -ENOTDIR || r == -ELOOP) && lstat(dir, &lst) == 0 && S_ISLNK(lst.st_mode))
+                        r = -ELOOP;
                 msg_set(msg, msg_size, "cannot open the state directory %s: %s", dir,
                         r == -ELOOP ? "it is a symbolic link" : strerror(-r));
                 goto fail;

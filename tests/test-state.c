@@ -210,6 +210,25 @@ START_TEST(test_symlinks_refused) {
 }
 END_TEST
 
+/* A state directory that is a symbolic link (to a directory of the daemon's own) is refused as one. */
+START_TEST(test_symlinked_state_dir_refused) {
+        char real[300], link_path[300];
+        int status = 0;
+        char *log;
+
+        snprintf(real, sizeof real, "%s/real-state", td.dir);
+        snprintf(link_path, sizeof link_path, "%s/state-link", td.dir);
+        ck_assert_int_eq(mkdir(real, 0700), 0);
+        ck_assert_int_eq(symlink(real, link_path), 0);
+        test_daemon_write_config(&td, one_channel);
+        ck_assert_msg(!test_daemon_start(&td, &status, "--state-dir", link_path, NULL), "the daemon started");
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "exit status %d", status);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, link_path) && strstr(log, "symbolic link"), "%s", log);
+        free(log);
+}
+END_TEST
+
 /*
  * A ".new" somebody placed beside the state file is never written through:
  * the daemon unlinks it and makes its own with O_EXCL, so the live state
@@ -1242,6 +1261,7 @@ int main(void) {
                 { "planted", CASE_TIMEOUT,
                   { test_planted_state_file_refused, test_writable_state_file_refused, test_world_writable_dir_refused,
                     test_foreign_state_dir_refused, test_fifo_state_refused, test_symlinks_refused,
+                    test_symlinked_state_dir_refused,
                     test_planted_state_new_not_used } },
                 { "forged", CASE_TIMEOUT, { test_forged_records_spare_foreign_objects, test_set_older_than_its_record_spared } },
                 { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_lost_state_file_warns_of_held_key,
