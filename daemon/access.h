@@ -22,8 +22,8 @@ typedef struct Peer {
         int pidfd;              /* the connecting process, once pinned (peer_pin_process()); owned; -1: none */
         bool pidfd_from_socket; /* pidfd is SO_PEERPIDFD's, not pidfd_open()'s of a pid */
         bool pin_tried;
-        int caps_err;                   /* 0, or why CapEff could not be read at accept */
-        unsigned long long caps_at_accept;      /* CapEff then (0 if its euid had changed): a capability counts only in both */
+        int caps_err;                   /* 0, or why the effective set could not be read at accept (capget()) */
+        unsigned long long caps_at_accept;      /* the effective set then: a capability counts only in both */
 } Peer;
 
 /* Fill *ret from a connected Unix socket, which *ret borrows. Negative errno on failure. */
