@@ -1090,3 +1090,22 @@ int test_run(char *out, size_t size, const char *fmt, ...) {
         ck_assert_msg(WIFEXITED(status), "%s: status %d", cmd, status);
         return WEXITSTATUS(status);
 }
+
+bool test_pid_cap_effective(pid_t pid, unsigned cap) {
+        unsigned long long caps = 0;
+        char path[64], line[256];
+        FILE *f;
+
+        if (pid == 0)
+                snprintf(path, sizeof path, "/proc/self/status");
+        else
+                snprintf(path, sizeof path, "/proc/%d/status", (int) pid);
+        f = fopen(path, "re");
+        if (!f)
+                return false;
+        while (fgets(line, sizeof line, f))
+                if (sscanf(line, "CapEff: %llx", &caps) == 1)
+                        break;
+        fclose(f);
+        return (caps >> cap) & 1;
+}

@@ -240,3 +240,6 @@ typedef struct TestGroup {
  */
 int test_main(const char *suite_name, const TestGroup *groups, size_t n_groups, void (*setup)(void),
               void (*teardown)(void));
+
+/* Whether capability cap is in the effective set of process pid (0: this one), as /proc/PID/status says. */
+bool test_pid_cap_effective(pid_t pid, unsigned cap);

@@ -1428,20 +1428,6 @@ static void write_file_or_exit(const char *path, const char *text) {
                 _exit(CAP_CHILD_NO_USERNS);
 }
 
-static bool cap_effective(unsigned cap) {
-        unsigned long long caps = 0;
-        char line[256];
-        FILE *f = fopen("/proc/self/status", "re");
-
-        if (!f)
-                return false;
-        while (fgets(line, sizeof line, f))
-                if (sscanf(line, "CapEff: %llx", &caps) == 1)
-                        break;
-        fclose(f);
-        return (caps >> cap) & 1;
-}
-
 /* Root in a user namespace of its own: a full CapEff there, nothing over our IPC namespace. */
 static void become_root_of_own_userns(void) {
         test_drop_privileges(65534, 65534, 0);
@@ -1451,13 +1437,13 @@ static void become_root_of_own_userns(void) {
         write_file_or_exit("/proc/self/setgroups", "deny");
         write_file_or_exit("/proc/self/uid_map", "0 65534 1");
         write_file_or_exit("/proc/self/gid_map", "0 65534 1");
-        if (getuid() != 0 || !cap_effective(CAP_IPC_OWNER))
+        if (getuid() != 0 || !test_pid_cap_effective(0, CAP_IPC_OWNER))
                 _exit(CAP_CHILD_NO_FULL_CAPS);
 }
 
 static void drop_effective_cap(unsigned cap) {
         test_drop_effective_caps(UINT64_C(1) << cap);
-        if (cap_effective(cap))
+        if (test_pid_cap_effective(0, cap))
                 _exit(CAP_CHILD_DROP_FAILED);
 }
 
@@ -1472,7 +1458,7 @@ static void become_nobody_with_cap_ipc_owner(void) {
         test_drop_privileges(65534, 65534, 0);
         d[CAP_IPC_OWNER / 32].permitted = d[CAP_IPC_OWNER / 32].effective = 1u << (CAP_IPC_OWNER % 32);
         if (syscall(SYS_capset, &h, d) < 0 || getuid() != 65534 || geteuid() != 65534 ||
-            !cap_effective(CAP_IPC_OWNER) || cap_effective(CAP_SYS_ADMIN))
+            !test_pid_cap_effective(0, CAP_IPC_OWNER) || test_pid_cap_effective(0, CAP_SYS_ADMIN))
                 _exit(CAP_CHILD_KEEP_FAILED);
 }
 

@@ -697,22 +697,6 @@ enum {
 
 static char exec_cap_binary[PATH_MAX];
 
-static bool pid_cap_effective(pid_t pid, unsigned cap) {
-        unsigned long long caps = 0;
-        char path[64], line[256];
-        FILE *f;
-
-        snprintf(path, sizeof path, "/proc/%d/status", (int) pid);
-        f = fopen(path, "re");
-        if (!f)
-                return false;
-        while (fgets(line, sizeof line, f))
-                if (sscanf(line, "CapEff: %llx", &caps) == 1)
-                        break;
-        fclose(f);
-        return (caps >> cap) & 1;
-}
-
 /* One answer line on fd, its descriptors closed; false on EOF, an error or 5 s without it. */
 static bool exec_read_line(int fd, char *buf, size_t size) {
         size_t len = 0;
@@ -749,9 +733,9 @@ static int exec_sender(int fd, pid_t connecting) {
         static const char req[] = "{\"op\": \"open\", \"channel\": \"secret\", \"access\": \"rw\", \"fd\": true}\n";
         char line[4096];
 
-        for (int i = 0; i < 500 && !pid_cap_effective(connecting, CAP_DAC_OVERRIDE); i++)
+        for (int i = 0; i < 500 && !test_pid_cap_effective(connecting, CAP_DAC_OVERRIDE); i++)
                 usleep(10000);
-        if (!pid_cap_effective(connecting, CAP_DAC_OVERRIDE) || pid_cap_effective(getpid(), CAP_DAC_OVERRIDE))
+        if (!test_pid_cap_effective(connecting, CAP_DAC_OVERRIDE) || test_pid_cap_effective(getpid(), CAP_DAC_OVERRIDE))
                 return EXEC_CHILD_NO_CAPS;
         if (send(fd, req, strlen(req), MSG_NOSIGNAL) != (ssize_t) strlen(req) || !exec_read_line(fd, line, sizeof line))
                 return EXEC_CHILD_IO;
