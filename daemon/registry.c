@@ -10,6 +10,7 @@
 #include "daemon/ipc-stat.h"
 #include "daemon/log.h"
 #include "daemon/registry.h"
+#include "daemon/self.h"
 
 int registry_new(State *state, Registry **ret) {
         Registry *r = calloc(1, sizeof *r);
@@ -198,15 +199,22 @@ static int registry_add_made(Registry *r, const ChannelSpec *spec, Channel *c, C
                 return k;
         }
         /*
-         * Derived keys are secret: an object at one is a leftover of a run
-         * whose state file was lost, or of someone who read the secret. Its
-         * holders no longer meet the channel's new clients.
+         * Derived keys cannot be computed without the secret: an object of
+         * our user's at one is a leftover of a run whose state file was lost,
+         * whose holders no longer meet the channel's new clients. Another
+         * user's took a key that list and status showed (a squat).
          */
         if (c->first_held_key != 0) {
                 int id = shmget((key_t) c->first_held_key, 0, 0);
                 struct shmid_ds ds;
+                bool seen = id >= 0 && ipc_stat_shm(id, &ds) == 0;
 
-                if (id >= 0 && ipc_stat_shm(id, &ds) == 0)
+                if (seen && ds.shm_perm.cuid != self_euid())
+                        log_warning("Channel %s: its key 0x%08" PRIx32 " is held by segment %d of another user "
+                                    "(creator uid %u, pid %d), who may have read the key from list or status; made "
+                                    "the channel at key 0x%08" PRIx32 " instead.", spec->name, c->first_held_key, id,
+                                    (unsigned) ds.shm_perm.cuid, (int) ds.shm_cpid, c->key);
+                else if (seen)
                         log_warning("Channel %s: its key 0x%08" PRIx32 " is held by segment %d (creator uid %u, pid "
                                     "%d), which this daemon cannot prove its own; made the channel at key 0x%08"
                                     PRIx32 " instead. A leftover of a run whose state file was lost: remove it with "

@@ -428,6 +428,47 @@ START_TEST(test_lost_state_file_warns_of_held_key) {
 }
 END_TEST
 
+static void squat_key_as_nobody(void *userdata) {
+        const uint32_t *key = userdata;
+
+        test_drop_privileges(65534, 65534, 0);
+        _exit(shmget((key_t) *key, 4096, IPC_CREAT | IPC_EXCL | 0600) >= 0 ? 0 : 1);
+}
+
+/*
+ * list and status show a channel's derived key to every client: between a
+ * clean stop and the next start another user may take it. The start moves
+ * on to the next key, as for a leftover, but the log must name the other
+ * user's segment as such, not send the admin after a lost state file.
+ */
+START_TEST(test_derived_key_taken_by_another_user_is_named_so) {
+        char want[160], *log;
+        uint32_t key, now;
+        int status, shm_id;
+
+        test_daemon_write_config(&td, one_channel);
+        test_start_ok();
+        key = (uint32_t) frames_field("shm_key");
+        test_daemon_stop_ok(&td);
+        status = test_in_child(squat_key_as_nobody, &key);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "nobody could not take key 0x%08" PRIx32, key);
+        shm_id = shmget((key_t) key, 0, 0);
+        ck_assert_int_ge(shm_id, 0);
+
+        test_start_ok();
+        now = (uint32_t) frames_field("shm_key");
+        ck_assert_uint_ne(now, key);
+        log = test_daemon_log(&td);
+        snprintf(want, sizeof want, "its key 0x%08" PRIx32 " is held by segment %d of another user (creator uid 65534",
+                 key, shm_id);
+        ck_assert_msg(strstr(log, want), "no \"%s\" in:\n%s", want, log);
+        ck_assert_msg(!strstr(log, "state file was lost"), "another user's segment taken for a leftover:\n%s", log);
+        free(log);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(shmctl(shm_id, IPC_RMID, NULL), 0);
+}
+END_TEST
+
 /* The whole of a file (malloc'd, NUL-terminated). */
 static char *file_text(const char *path) {
         char *text = NULL;
@@ -1265,6 +1306,7 @@ int main(void) {
                     test_planted_state_new_not_used } },
                 { "forged", CASE_TIMEOUT, { test_forged_records_spare_foreign_objects, test_set_older_than_its_record_spared } },
                 { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_lost_state_file_warns_of_held_key,
+                                          test_derived_key_taken_by_another_user_is_named_so,
                            test_unreadable_record_stays_recorded,
                            test_secret_checks, test_refused_start_leaves_no_lock, test_state_dir_option,
                            test_runtime_directory_default, test_socket_dir_made_0755_under_umask } },
