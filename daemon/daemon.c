@@ -578,8 +578,8 @@ static int create_channels(Daemon *d) {
         for (size_t i = 0, extended = 0; i < n; i++) {
                 Channel *c;
 
-                /* Many channels may outlast TimeoutStartSec=: ask for more time, a second at a go. */
-                if (i % 64 == 0 && now_usec() - extended > USEC_PER_SEC) {
+                /* A long creation may outlast TimeoutStartSec=: ask for more time as it begins, then each second. */
+                if (now_usec() - extended > USEC_PER_SEC) {
                         (void) sd_notifyf(false, "EXTEND_TIMEOUT_USEC=%llu\nSTATUS=Creating channel %zu of %zu",
                                           5ULL * USEC_PER_SEC, i + 1, n);
                         extended = now_usec();

@@ -13,12 +13,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+/* After <sys/ptrace.h>: struct ptrace_syscall_info, which glibc does not declare. */
+#include <linux/ptrace.h>
 
 #include "tests/helpers.h"
 
@@ -144,6 +149,37 @@ START_TEST(test_extend_timeout_for_many_channels) {
         test_start_ok();
         ck_assert_msg(strstr(td.notified, "EXTEND_TIMEOUT_USEC="), "notified: %s", td.notified);
         ck_assert_int_eq(test_ipcs_count("-m"), 300);
+}
+END_TEST
+
+/*
+ * A start held up after its first channels (stopped here for more than a
+ * second, as a slow kernel might) asks again for more time before the next
+ * channel, not only every 64 channels.
+ */
+START_TEST(test_extend_timeout_again_after_a_slow_second) {
+        int shmgets = 0, status = 0;
+        const char *p;
+        size_t extends = 0;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096},"
+                                      " {\"name\": \"c\", \"size\": 4096}, {\"name\": \"d\", \"size\": 4096}]");
+        test_daemon_spawn_traced(&td);
+        while (shmgets < 2) {
+                struct __ptrace_syscall_info info;
+
+                ck_assert_msg(test_next_syscall_stop(td.pid), "the daemon ended by itself");
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+                shmgets += info.op == PTRACE_SYSCALL_INFO_ENTRY && info.entry.nr == SYS_shmget;
+        }
+        /* At the second channel's segment: held longer than a second. */
+        usleep(1200 * 1000);
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        ck_assert_msg(test_daemon_wait_ready(&td, &status), "no start (%d)", status);
+        for (p = td.notified; (p = strstr(p, "EXTEND_TIMEOUT_USEC=")); p++)
+                extends++;
+        ck_assert_msg(extends >= 2, "%zu EXTEND_TIMEOUT_USEC= in a start held 1.2 s: %s", extends, td.notified);
+        ck_assert_ptr_nonnull(strstr(td.notified, "STATUS=Creating channel 3 of 4"));
 }
 END_TEST
 
@@ -294,7 +330,8 @@ int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
                 { "notify", CASE_TIMEOUT, { test_ready_only_after_objects_exist, test_status_follows_clients,
-                              test_reload_and_stop_notifications, test_extend_timeout_for_many_channels } },
+                              test_reload_and_stop_notifications, test_extend_timeout_for_many_channels,
+                              test_extend_timeout_again_after_a_slow_second } },
                 { "watchdog", CASE_TIMEOUT, { test_watchdog_pings, test_no_watchdog_without_watchdog_usec } },
                 { "activation", CASE_TIMEOUT, { test_socket_activation, test_socket_activation_at_another_path_is_named,
                                   test_reclaim_never_connects_to_a_passed_socket } },
