@@ -1283,9 +1283,8 @@ int client_open_call(shmb_client *c, ClientHold *h, const ProtoRequest *req, Pro
          */
         if (r < 0 && !needed && !open_pending(c, h->name)) {
                 strcpy(close_req.channel, h->name);
-                /* Its own bound; never a reconnection: a broker away dropped the hold already. */
-                if (call_locked(c, &close_req, &close_res, 1, CALL_NO_RECONNECT | CALL_KEEP_MESSAGE, NULL,
-                                now_ms()) == 0)
+                /* Within the open's bound; never a reconnection: a broker away dropped the hold already. */
+                if (call_locked(c, &close_req, &close_res, 1, CALL_NO_RECONNECT | CALL_KEEP_MESSAGE, NULL, asked) == 0)
                         proto_response_done(&close_res);
         }
         pthread_mutex_unlock(&c->lock);

@@ -1950,9 +1950,10 @@ START_TEST(test_refused_open_after_restart_leaves_no_hold) {
         ck_assert_int_eq(shmb_open(c, "feed", SHMB_RW, &pub), 0);
         test_daemon_kill(&td, SIGTERM);
         test_start_ok();
+        /* The stale publisher's hold, taken again by the reconnection, is given back at once (libshmbroker(3)). */
         r = shmb_open(c, "feed", SHMB_RO, &sub);
-        if (r == 0)
-                shmb_close(sub);
+        ck_assert_msg(r == 0, "subscribing after the restart: %s", shmb_strerror(r));
+        shmb_close(sub);
         ck_assert_int_eq(shmb_channel_check(pub), -EIDRM);
         shmb_close(pub);
         e = status_of("feed", &resp);
