@@ -430,12 +430,16 @@ static int reserve_state(Registry *reg, const Config *cfg, const Plan *p, char *
                 lines += lines_to_make(p->later[i]) + (p->replace[i] ? channel_count_records(p->replace[i]->channel) : 0);
         for (size_t i = 0; i < p->n_remove; i++)
                 lines += channel_count_records(p->remove[i]->channel);
-        /* Step 4: a posix file given a new owner is recorded again, its old record cancelled. */
+        /*
+         * Step 4: a posix file given a new owner is recorded again, its old
+         * record cancelled; a channel whose rights cannot be changed in place
+         * is replaced (its records cancelled, a new one made).
+         */
         for (size_t i = 0; i < cfg->n_channels; i++) {
                 const Entry *e = plan_creates(p, &cfg->channels[i]) ? NULL : registry_find(reg, cfg->channels[i].name);
 
                 if (e && !same_perms(&e->channel->spec, &cfg->channels[i]))
-                        lines += 2 * channel_count_records(e->channel);
+                        lines += lines_to_make(&cfg->channels[i]) + channel_count_records(e->channel);
         }
         r = state_reserve(reg->state, lines);
         if (r < 0) {
