@@ -101,6 +101,26 @@ in_ct journalctl -u shmbrokerd.service --no-pager | grep -q 'Took over channel d
 [ "$(in_ct ipcs -m | grep -c '^0x')" -eq 2 ] || { in_ct ipcs; fail "objects doubled or lost after the crash"; }
 out=$(in_ct runuser -u client -- /usr/local/bin/shmb-open frames fd) || fail "client open after restart: $out"
 
+# Step 3b: a crash while the config has an error not yet reloaded. Restart= retries; once the
+# admin fixes the file, the daemon must come back by itself and take the channels over (the
+# socket must not end "failed" with its file removed after StartLimitBurst tries).
+conf_file=$etc/shmbroker/shmbroker.json
+in_ct cp "$conf_file" /root/good.json
+in_ct sh -c "echo '{ broken' >$conf_file"
+in_ct kill -KILL "$(in_ct systemctl show -p MainPID --value shmbrokerd.service)"
+# Wait by state, not by time: past the default burst of 5 starts, or the socket gave up.
+for _ in $(seq 300); do
+	[ "$(in_ct systemctl is-active shmbrokerd.socket)" = failed ] && break
+	[ "$(in_ct systemctl show -p NRestarts --value shmbrokerd.service)" -ge 7 ] && break
+	sleep 0.1
+done
+[ "$(in_ct systemctl is-active shmbrokerd.socket)" = active ] ||
+	fail "a crash with a broken config left shmbrokerd.socket $(in_ct systemctl show -p Result --value shmbrokerd.socket)"
+in_ct cp /root/good.json "$conf_file"
+for _ in $(seq 300); do in_ct systemctl is-active --quiet shmbrokerd.service && break; sleep 0.1; done
+in_ct systemctl is-active --quiet shmbrokerd.service || fail "the daemon did not come back once the config was fixed"
+[ "$(in_ct "$ctl" --json list)" = "$shm_before" ] || fail "the channels were not taken over after the config was fixed"
+
 # Step 4: stop: nothing of ours is left.
 in_ct systemctl stop shmbrokerd.service shmbrokerd.socket
 left=$(in_ct ipcs -m -s | grep -c '^0x' || true)
