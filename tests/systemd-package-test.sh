@@ -189,6 +189,16 @@ in_ct sh -c 'cd /root/debs && DEBIAN_FRONTEND=noninteractive apt-get install -y 
 say "reinstall: the daemon (pid $pid) kept running with its channels"
 say "before purge, /run/shmbroker holds: $(in_ct ls -A /run/shmbroker | tr '\n' ' ')"
 
+# 4b. The daemon dies while the config has an error not yet reloaded, so it cannot come back
+#     before the admin purges: the purge must still leave no object (its state file records them).
+in_ct sh -c "echo '{ broken' >$conf"
+in_ct kill -KILL "$pid"
+for _ in $(seq 300); do
+	[ "$(in_ct systemctl show -p NRestarts --value shmbrokerd.service)" -ge 2 ] && break
+	sleep 0.1
+done
+[ "$(in_ct ipcs -m | grep -c '^0x')" -eq 2 ] || fail "the crash did not leave the 2 segments this step is about"
+
 # 5. Purge: nothing of ours is left.
 in_ct sh -c "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q ${pkgs[*]}" >"$work/apt-purge.log" 2>&1 ||
 	{ tail -n 40 "$work/apt-purge.log"; fail "apt purge"; }
