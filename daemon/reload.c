@@ -406,12 +406,38 @@ static int check_taken(const Plan *p, char *msg, size_t msg_size) {
         return 0;
 }
 
-/* At most the lines making a channel of spec s writes: per object its intent, record and the intent's cancellation, and
- * a posix file's predecessor's record; the channel's record. */
-static size_t lines_to_make(const ChannelSpec *s) {
-        size_t objects = (s->layout == PROTO_LAYOUT_BROADCAST) + (s->kind == PROTO_KIND_POSIX ? 1 + s->nsems : 2);
+/* At most the bytes of one line that a channel of this kind and name writes (state_line_max()). */
+static uint64_t line_bytes(ProtoKind kind, const char *name) {
+        return state_line_max(kind == PROTO_KIND_POSIX, strlen(name));
+}
 
-        return 4 * objects + 1;
+/*
+ * At most the bytes making a channel of spec s writes: per System V object
+ * its intent, its id and the intent's cancellation; per posix file its
+ * intent, its record, the intent's cancellation and the replaced file's
+ * record; the channel's record.
+ */
+static uint64_t bytes_to_make(const ChannelSpec *s) {
+        bool bcast = s->layout == PROTO_LAYOUT_BROADCAST;
+        uint64_t lines = s->kind == PROTO_KIND_POSIX ? 4 * (1 + (uint64_t) bcast + s->nsems) : 3 * (2 + (uint64_t) bcast);
+
+        return (lines + 1) * line_bytes(s->kind, s->name);
+}
+
+/* At most the bytes of cancelling every record of c. */
+static uint64_t bytes_to_remove(const Channel *c) {
+        return channel_count_records(c) * line_bytes(c->spec.kind, c->spec.name);
+}
+
+/* "need N bytes" and the room there is, or why not, for a refusal's message. */
+static void say_room(char *msg, size_t msg_size, const char *what, const char *path, uint64_t need, int err) {
+        struct statvfs vfs;
+
+        if (err == -ENOSPC && statvfs(path, &vfs) == 0)
+                msg_set(msg, msg_size, "%s needs up to %" PRIu64 " bytes in %s, which has %" PRIu64 " free", what, need,
+                        path, (uint64_t) vfs.f_bavail * vfs.f_frsize);
+        else
+                msg_set(msg, msg_size, "%s: cannot make room in %s: %s", what, path, strerror(-err));
 }
 
 /*
@@ -421,33 +447,49 @@ static size_t lines_to_make(const ChannelSpec *s) {
  * they are replaced) that a refusal now keeps.
  */
 static int reserve_state(Registry *reg, const Config *cfg, const Plan *p, char *msg, size_t msg_size) {
-        size_t lines = 0;
+        uint64_t need = 0;
         int r;
 
         for (size_t i = 0; i < p->n_add; i++)
-                lines += lines_to_make(p->add[i]);
+                need += bytes_to_make(p->add[i]);
         for (size_t i = 0; i < p->n_later; i++)
-                lines += lines_to_make(p->later[i]) + (p->replace[i] ? channel_count_records(p->replace[i]->channel) : 0);
+                need += bytes_to_make(p->later[i]) + (p->replace[i] ? bytes_to_remove(p->replace[i]->channel) : 0);
         for (size_t i = 0; i < p->n_remove; i++)
-                lines += channel_count_records(p->remove[i]->channel);
+                need += bytes_to_remove(p->remove[i]->channel);
         /*
          * Step 4: a posix file given a new owner is recorded again, its old
-         * record cancelled; a channel whose rights cannot be changed in place
-         * is replaced (its records cancelled, a new one made).
+         * record cancelled. Rights set in place record nothing; a channel
+         * replaced there after all reserves its own room (replace_reserved()).
          */
         for (size_t i = 0; i < cfg->n_channels; i++) {
                 const Entry *e = plan_creates(p, &cfg->channels[i]) ? NULL : registry_find(reg, cfg->channels[i].name);
 
-                if (e && !same_perms(&e->channel->spec, &cfg->channels[i]))
-                        lines += lines_to_make(&cfg->channels[i]) + channel_count_records(e->channel);
+                if (e && e->channel->spec.kind == PROTO_KIND_POSIX && e->channel->spec.uid != cfg->channels[i].uid)
+                        need += 2 * bytes_to_remove(e->channel);
         }
-        r = state_reserve(reg->state, lines);
+        r = state_reserve(reg->state, need);
         if (r < 0) {
-                msg_set(msg, msg_size, "cannot make room in %s to record the reload's channels: %s", state_path(reg->state),
-                        strerror(-r));
+                say_room(msg, msg_size, "recording the reload's channels", state_path(reg->state), need, r);
                 return -r;
         }
         return 0;
+}
+
+/* Step 4's replacement of e, with room for its records taken first: 0, or a negative errno with why set. */
+static int replace_reserved(Registry *reg, Entry *e, const ChannelSpec *s, const Config *cfg, char *why, size_t size) {
+        uint64_t need = bytes_to_make(s) + bytes_to_remove(e->channel);
+        int r = state_reserve(reg->state, need);
+
+        if (r < 0) {
+                char what[128];
+
+                snprintf(what, sizeof what, "channel \"%s\": recording its replacement", s->name);
+                say_room(why, size, what, state_path(reg->state), need, r);
+                /* As a failed replacement leaves it: gone, its rights not left to whoever kept a mapping. */
+                registry_remove(reg, e);
+                return r;
+        }
+        return registry_replace(reg, e, s, cfg->fixed_keys, cfg->n_fixed_keys, why, size);
 }
 
 static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadResult *res, char *msg, size_t msg_size) {
@@ -546,7 +588,7 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                         log_error("Reload: channel %s: cannot set owner %u, group %u, mode %04o: %s; replacing "
                                   "the channel instead.", s->name, (unsigned) s->uid, (unsigned) s->gid,
                                   (unsigned) s->mode, strerror(-r));
-                        if (registry_replace(reg, e, s, cfg->fixed_keys, cfg->n_fixed_keys, why, sizeof why) < 0) {
+                        if (replace_reserved(reg, e, s, cfg, why, sizeof why) < 0) {
                                 log_error("Reload: %s; the channel is gone until a later reload.", why);
                                 if (names_add(&removed, s->name) < 0)
                                         return -ENOMEM;
@@ -563,7 +605,7 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
 
                         log_info("Reload: channel %s: a process attached it while the reload ran; replacing the "
                                  "channel instead of changing it in place.", s->name);
-                        if (registry_replace(reg, e, s, cfg->fixed_keys, cfg->n_fixed_keys, why, sizeof why) < 0) {
+                        if (replace_reserved(reg, e, s, cfg, why, sizeof why) < 0) {
                                 log_error("Reload: %s; the channel is gone until a later reload.", why);
                                 if (names_add(&removed, s->name) < 0)
                                         return -ENOMEM;

@@ -319,6 +319,8 @@ int state_open(const char *dir, const char *name, State **ret, char *msg, size_t
         r = open_own_file(s, dir, state_name, O_RDWR | O_APPEND, 022, &s->fd, &s->made_state, msg, msg_size);
         if (r < 0)
                 goto fail_made;
+        /* A run killed in a reload leaves the room state_reserve() took past the end: give it back. */
+        state_unreserve(s);
         *ret = s;
         return 0;
 fail_made:
@@ -991,12 +993,22 @@ int state_defer_records(State *s, const StateRecord *add, size_t n_add, const St
         return flush_deferred(s);
 }
 
-int state_reserve(State *s, size_t n_lines) {
-        uint64_t need = (uint64_t) n_lines * RECORD_MAX + s->deferred_len;
+size_t state_line_max(bool posix, size_t name_len) {
+        /* format_record() at the widest: "-p" and "shm"/"sem", key, id, pid, since, size; "-chan", key, ids, fingerprint, name. */
+        size_t object = 2 + 3 + 11 + 12 + 12 + 21 + 21 + 1, chan = 5 + 11 + 12 + 12 + 17 + 1 + name_len + 1;
+
+        /* "-pposix", role, dev, ino, pid, since, size, name, uid. */
+        if (posix)
+                return MAX(chan, 7 + 12 + 21 + 21 + 12 + 21 + 21 + 1 + name_len + 11 + 1);
+        return MAX(object, chan);
+}
+
+int state_reserve(State *s, uint64_t bytes) {
+        uint64_t need = bytes + s->deferred_len;
         struct statvfs vfs;
         struct stat st;
 
-        if (n_lines == 0)
+        if (bytes == 0)
                 return 0;
         if (fstat(s->fd, &st) < 0)
                 return -errno;

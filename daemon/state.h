@@ -175,15 +175,22 @@ void state_batch_begin(State *s);
 int state_batch_end(State *s);
 
 /*
- * Make sure the next n_lines records (and what is deferred) can be
- * appended: room allocated past the file's end, or where the file system
- * cannot allocate ahead, free now. For a change that removes objects
- * before it records their replacements: a write that then fails would lose
- * a channel that a refusal would have kept. 0, -ENOSPC, or another -errno.
- * state_unreserve() gives back what the appends did not use, as does a
- * state_rewrite().
+ * At most the bytes of one record line of a channel whose name is
+ * name_len bytes long: of a posix channel, or of a System V one.
  */
-int state_reserve(State *s, size_t n_lines);
+size_t state_line_max(bool posix, size_t name_len);
+
+/*
+ * Make sure `bytes` more of records (and what is deferred) can be
+ * appended: room allocated past the file's end, or where the file system
+ * cannot allocate ahead, free now (another writer may still fill it). For
+ * a change that removes objects before it records their replacements: a
+ * write that then fails would lose a channel that a refusal would have
+ * kept. 0, -ENOSPC, or another -errno. state_unreserve() gives back what
+ * the appends did not use, as does a state_rewrite(), and state_open()
+ * what a run killed meanwhile left.
+ */
+int state_reserve(State *s, uint64_t bytes);
 void state_unreserve(State *s);
 
 /*

@@ -24,6 +24,7 @@
 #include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -2779,6 +2780,195 @@ START_TEST(test_nearly_full_state_dir_loses_no_replaced_posix_channel) {
 }
 END_TEST
 
+
+/* A tmpfs of `size` at td.dir/state, in a mount namespace of this test's own: the state directory. */
+static void small_state_dir(char *state, size_t state_size, const char *size) {
+        char opts[64];
+
+        ck_assert_int_lt(snprintf(state, state_size, "%s/state", td.dir), (int) state_size);
+        ck_assert_int_eq(mkdir(state, 0700), 0);
+        ck_assert_int_eq(unshare(CLONE_NEWNS), 0);
+        ck_assert_int_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0);
+        snprintf(opts, sizeof opts, "size=%s,mode=0700", size);
+        ck_assert_msg(mount("tmpfs", state, "tmpfs", 0, opts) == 0, "mount: %s", strerror(errno));
+}
+
+/* Fill the file system of dir with dir/filler: its descriptor, to give room back with ftruncate(). */
+static int fill_dir(const char *dir) {
+        static char block[4096];
+        char path[500];
+        int fd;
+
+        ck_assert_int_lt(snprintf(path, sizeof path, "%s/filler", dir), (int) sizeof path);
+        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        while (write(fd, block, sizeof block) > 0)
+                ;
+        return fd;
+}
+
+static void sysv_channels_with_mode(int n, const char *mode) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+
+        ck_assert_ptr_nonnull(f);
+        fputc('[', f);
+        for (int i = 0; i < n; i++)
+                fprintf(f, "%s{\"name\": \"m%d\", \"size\": 4096, \"mode\": \"%s\"}", i ? ", " : "", i, mode);
+        fputc(']', f);
+        ck_assert_int_eq(fclose(f), 0);
+        test_daemon_write_config(&td, text);
+        free(text);
+}
+
+/*
+ * A reload that only widens the mode of System V channels records nothing
+ * (IPC_SET in place): a full state directory must not refuse it. The
+ * reservation counted two lines per channel whose rights change, of any
+ * kind, where only a posix file given a new owner writes.
+ */
+START_TEST(test_full_state_dir_allows_a_mode_change) {
+        char state[400];
+        json_t *resp, *after;
+        int status = 0, fd, filler;
+
+        small_state_dir(state, sizeof state, "64k");
+        sysv_channels_with_mode(12, "0660");
+        ck_assert_msg(test_daemon_start(&td, &status, "--state-dir", state, NULL), "no start (%d)", status);
+        filler = fill_dir(state);
+
+        sysv_channels_with_mode(12, "0664");
+        fd = test_connect(td.socket);
+        resp = req(fd, "{\"op\":\"reload\"}");
+        ck_assert_msg(json_is_true(json_object_get(resp, "ok")), "a mode-only reload with the state directory full "
+                      "was refused: %s", json_string_value(json_object_get(resp, "message")));
+        after = list_ok();
+        for (int i = 0; i < 12; i++) {
+                char name[16];
+
+                snprintf(name, sizeof name, "m%d", i);
+                ck_assert_str_eq(test_jstr(test_must_find(after, name), "mode"), "0664");
+        }
+        json_decref(resp);
+        json_decref(after);
+        close(fd);
+        close(filler);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(umount2(state, MNT_DETACH), 0);
+}
+END_TEST
+
+/*
+ * SPEC, crash restart keeps channels. A reload takes room in the state
+ * file before it changes anything (shmbrokerd(8)); killed in it, the run
+ * leaves that room taken past the file's end. The next start must give it
+ * back: the room the directory had before the reload is there again, and
+ * the start (which writes the file anew) takes over the channels. Here the
+ * directory has just the room the reload takes: found by giving the filler
+ * back a page at a time until a reload is accepted, which is killed at its
+ * first write to the state file.
+ */
+START_TEST(test_reload_killed_in_a_tight_state_dir_restarts) {
+        static const char before[] =
+                "[{\"name\": \"k0\", \"size\": 4096}, {\"name\": \"k1\", \"size\": 4096}, {\"name\": \"k2\", \"size\": 4096},"
+                " {\"name\": \"k3\", \"size\": 4096}, {\"name\": \"k4\", \"size\": 4096}, {\"name\": \"k5\", \"size\": 4096},"
+                " {\"name\": \"k6\", \"size\": 4096}, {\"name\": \"k7\", \"size\": 4096}, {\"name\": \"k8\", \"size\": 4096},"
+                " {\"name\": \"k9\", \"size\": 4096}, {\"name\": \"k10\", \"size\": 4096}, {\"name\": \"k11\", \"size\": 4096},"
+                " {\"name\": \"k12\", \"size\": 4096}, {\"name\": \"k13\", \"size\": 4096}, {\"name\": \"k14\", \"size\": 4096},"
+                " {\"name\": \"k15\", \"size\": 4096}, {\"name\": \"k16\", \"size\": 4096}, {\"name\": \"k17\", \"size\": 4096},"
+                " {\"name\": \"k18\", \"size\": 4096}, {\"name\": \"k19\", \"size\": 4096}, {\"name\": \"k20\", \"size\": 4096},"
+                " {\"name\": \"k21\", \"size\": 4096}, {\"name\": \"k22\", \"size\": 4096}, {\"name\": \"k23\", \"size\": 4096},"
+                " {\"name\": \"k24\", \"size\": 4096}, {\"name\": \"k25\", \"size\": 4096}, {\"name\": \"k26\", \"size\": 4096},"
+                " {\"name\": \"k27\", \"size\": 4096}, {\"name\": \"k28\", \"size\": 4096}, {\"name\": \"k29\", \"size\": 4096},"
+                " {\"name\": \"k30\", \"size\": 4096}, {\"name\": \"k31\", \"size\": 4096}, {\"name\": \"k32\", \"size\": 4096},"
+                " {\"name\": \"k33\", \"size\": 4096}, {\"name\": \"k34\", \"size\": 4096}, {\"name\": \"k35\", \"size\": 4096},"
+                " {\"name\": \"k36\", \"size\": 4096}, {\"name\": \"k37\", \"size\": 4096}, {\"name\": \"k38\", \"size\": 4096},"
+                " {\"name\": \"k39\", \"size\": 4096}";
+        char state[400], config[sizeof before + 2048];
+        int status = 0, filler, k;
+        struct stat st;
+        bool killed = false;
+        json_t *list;
+
+        small_state_dir(state, sizeof state, "256k");
+        snprintf(config, sizeof config, "%s]", before);
+        test_daemon_write_config(&td, config);
+        ck_assert_msg(test_daemon_start(&td, &status, "--state-dir", state, NULL), "no start (%d)", status);
+        filler = fill_dir(state);
+        ck_assert_int_eq(fstat(filler, &st), 0);
+
+        /* The 40 channels stay; 10 are added. */
+        snprintf(config, sizeof config, "%s, {\"name\": \"n0\", \"size\": 4096}, {\"name\": \"n1\", \"size\": 4096},"
+                 " {\"name\": \"n2\", \"size\": 4096}, {\"name\": \"n3\", \"size\": 4096}, {\"name\": \"n4\", \"size\": 4096},"
+                 " {\"name\": \"n5\", \"size\": 4096}, {\"name\": \"n6\", \"size\": 4096}, {\"name\": \"n7\", \"size\": 4096},"
+                 " {\"name\": \"n8\", \"size\": 4096}, {\"name\": \"n9\", \"size\": 4096}]", before);
+        test_daemon_write_config(&td, config);
+        for (k = 0; k < 64 && !killed; k++) {
+                ck_assert_int_ge(st.st_size, 4096);
+                st.st_size -= 4096;
+                ck_assert_int_eq(ftruncate(filler, st.st_size), 0);
+                test_daemon_trace(&td);
+                test_reload_async();
+                /* A refused reload writes nothing: it runs on, untraced. */
+                killed = test_daemon_kill_at(&td, 1, test_at_state_write, test_reload_done);
+                drain_notify();
+        }
+        ck_assert_msg(killed, "no reload accepted with %d pages given back", k);
+        test_reload_wait();
+        close(filler);
+
+        if (!test_daemon_start(&td, &status, "--state-dir", state, NULL)) {
+                char *log = test_daemon_log(&td);
+                size_t len = strlen(log);
+
+                ck_abort_msg("the start after a reload killed in a state directory with just its room failed "
+                             "(%d): ...%s", status, log + (len > 300 ? len - 300 : 0));
+        }
+        list = list_ok();
+        ck_assert_uint_ge(json_array_size(json_object_get(list, "channels")), 40);
+        json_decref(list);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+        ck_assert_int_eq(umount2(state, MNT_DETACH), 0);
+}
+END_TEST
+
+/*
+ * shmbroker.json(5): "a full state directory fails the reload with ENOSPC".
+ * A 64 KiB state directory that the start of 40 channels left two thirds
+ * free is not full: resizing those channels writes about 16 KiB of records
+ * (their removal, intents and ids), yet the reservation (224 bytes for each
+ * of up to 12 lines per channel: 105 KiB) refused it.
+ */
+START_TEST(test_state_dir_with_room_takes_a_resize) {
+        char state[400];
+        struct statvfs vfs;
+        json_t *resp;
+        int status = 0, fd;
+
+        small_state_dir(state, sizeof state, "64k");
+        write_sized_channels(40, 4096, "sysv");
+        ck_assert_msg(test_daemon_start(&td, &status, "--state-dir", state, NULL), "no start (%d)", status);
+        ck_assert_int_eq(statvfs(state, &vfs), 0);
+        ck_assert_uint_ge((uint64_t) vfs.f_bavail * vfs.f_frsize, 32 * 1024);
+
+        write_sized_channels(40, 8192, "sysv");
+        fd = test_connect(td.socket);
+        resp = req(fd, "{\"op\":\"reload\"}");
+        ck_assert_msg(json_is_true(json_object_get(resp, "ok")), "a resize of 40 channels with %llu KiB of 64 free "
+                      "was refused: %s", (unsigned long long) vfs.f_bavail * vfs.f_frsize / 1024,
+                      json_string_value(json_object_get(resp, "message")));
+        json_decref(resp);
+        close(fd);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(umount2(state, MNT_DETACH), 0);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -2822,6 +3012,9 @@ int main(void) {
                                                      test_full_state_dir_loses_no_replaced_posix_channel,
                                                      test_nearly_full_state_dir_loses_no_replaced_channel,
                                                      test_nearly_full_state_dir_loses_no_replaced_posix_channel } },
+                { "reload-state-room", CASE_TIMEOUT, { test_full_state_dir_allows_a_mode_change,
+                                                       test_reload_killed_in_a_tight_state_dir_restarts,
+                                                       test_state_dir_with_room_takes_a_resize } },
         };
 
         return test_main("reload", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
