@@ -536,10 +536,10 @@ static int entry_error_from_json(json_t *o, ProtoChannel *c, char *msg, size_t m
                 return r;
         if (!json_is_string(m))
                 return bad(msg, msg_size, "a channel's \"message\" must be a string");
-        /* As for whole answers: a long message is cut, a name we do not know is still an error. */
+        /* As for whole answers: a long message is cut, a name we do not know is still an error (EIO). */
         snprintf(c->message, sizeof c->message, "%s", json_string_value(m));
         r = proto_errno_from_name(name);
-        c->error = r > 0 ? r : EPROTO;
+        c->error = r > 0 ? r : EIO;
         return 0;
 }
 
@@ -553,6 +553,8 @@ static int channel_from_json(ProtoChannelView view, json_t *o, ProtoChannel *c, 
         r = get_str(o, view == PROTO_VIEW_OPEN ? "channel" : "name", c->name, sizeof c->name, msg, msg_size);
         if (r)
                 return r;
+        if (!proto_name_is_valid(c->name))
+                return bad(msg, msg_size, "a channel's name must be 1-64 of A-Z a-z 0-9 . _ -");
         r = kind_from_json(o, c, msg, msg_size);
         if (r)
                 return r;
@@ -672,6 +674,9 @@ static int names_from_json(json_t *o, const char *key, char ***ret, char *msg, s
         json_array_foreach(a, i, e) {
                 if (!json_is_string(e))
                         return bad(msg, msg_size, "channel names must be strings");
+                /* Printed as they come (shmbrokerctl): a name with a control character could forge a row. */
+                if (!proto_name_is_valid(json_string_value(e)))
+                        return bad(msg, msg_size, "channel names must be 1-64 of A-Z a-z 0-9 . _ -");
                 v[i] = strdup(json_string_value(e));
                 if (!v[i])
                         return -ENOMEM;
@@ -754,7 +759,8 @@ int proto_response_decode(ProtoOp op, const char *line, size_t len, ProtoRespons
                         return bad(msg, msg_size, "\"message\" must be a string");
                 snprintf(res.message, sizeof res.message, "%s", json_string_value(m));
                 r = proto_errno_from_name(res.error_name);
-                res.error = r > 0 ? r : EPROTO;   /* a name we do not know is still an error */
+                /* A name we do not know is still a refusal: EIO, as the daemon names an errno it has no name for. */
+                res.error = r > 0 ? r : EIO;
                 *ret = res;
                 return 0;
         }
