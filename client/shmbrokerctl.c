@@ -25,6 +25,8 @@
 #define EXIT_REFUSED 1
 #define EXIT_USAGE 2
 
+static int write_errno;         /* of the first write to stdout that failed outside stdio's buffer */
+
 typedef struct Options {
         const char *socket;
         bool json;
@@ -80,6 +82,13 @@ static void print_text(const char *text) {
                 } else
                         fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, stderr);
         }
+}
+
+static void print_message_tail(const char *what, const char *msg) {
+        print_text(what);
+        fputs(": ", stderr);
+        print_text(msg);
+        fputc('\n', stderr);
 }
 
 static void print_message(const char *what, const char *msg) {
@@ -309,7 +318,8 @@ static int run_json(shmb_client *c, const char *op, const char *channel) {
         free(text);
         if (r < 0)
                 return fail_call(c, op, r);
-        puts(answer);
+        if (puts(answer) == EOF)
+                write_errno = errno;
         ans = json_loads(answer, 0, NULL);
         if (!json_is_object(ans)) {
                 print_message(op, "the daemon's answer is not a JSON object");
@@ -366,6 +376,15 @@ static int print_subscriptions(shmb_client *c, const char *name) {
                 goto out;
         }
         ans = json_loads(answer, 0, NULL);
+        if (!json_is_object(ans) || !json_is_boolean(json_object_get(ans, "ok"))) {
+                print_message(name ? name : "status", "the daemon's answer for the subscribers breaks the protocol");
+                goto out;
+        }
+        if (!json_is_true(json_object_get(ans, "ok"))) {
+                print_message(name ? name : "status", json_string_value(json_object_get(ans, "message")) ?: "refused");
+                r = EXIT_REFUSED;
+                goto out;
+        }
         channels = json_object_get(ans, "channels");
         json_array_foreach(channels, i, ch) {
                 json_t *subs = json_object_get(ch, "subscriptions"), *e;
@@ -480,7 +499,9 @@ static void help(FILE *f) {
 /* r, unless what went to stdout did not all arrive: a script would take an empty table for an answer. */
 static int written(int r) {
         if (fflush(stdout) != 0 || ferror(stdout)) {
-                fprintf(stderr, "shmbrokerctl: cannot write to standard output: %s\n", strerror(errno));
+                int e = write_errno ? write_errno : errno ? errno : EIO;
+
+                fprintf(stderr, "shmbrokerctl: cannot write to standard output: %s\n", strerror(e));
                 return EXIT_USAGE;
         }
         return r;
@@ -547,8 +568,11 @@ int main(int argc, char *argv[]) {
                         return EXIT_USAGE;
                 default:
                         /* A long option (unknown, or given an argument it takes none of) is named as it was written. */
-                        if (is_long)
-                                fprintf(stderr, "shmbrokerctl: bad option %s; see --help\n", arg);
+                        if (is_long) {
+                                fputs("shmbrokerctl: bad option ", stderr);
+                                print_text(arg);
+                                fputs("; see --help\n", stderr);
+                        }
                         else
                                 fprintf(stderr, "shmbrokerctl: unknown option -%c; see --help\n", optopt);
                         return EXIT_USAGE;
@@ -573,15 +597,17 @@ int main(int argc, char *argv[]) {
                         const char *env = getenv("SHMBROKER_SOCKET");
 
                         /* The kernel's word for a socket we may not reach: the library's EACCES text is a channel's. */
-                        fprintf(stderr, "shmbrokerctl: cannot connect to %s: %s\n",
-                                o.socket ?: env && *env ? env : SHMB_DEFAULT_SOCKET,
-                                r == -EACCES || r == -EPERM ? strerror(-r) : shmb_strerror(r));
+                        fputs("shmbrokerctl: cannot connect to ", stderr);
+                        print_message_tail(o.socket ?: env && *env ? env : SHMB_DEFAULT_SOCKET,
+                                           r == -EACCES || r == -EPERM ? strerror(-r) : shmb_strerror(r));
                         return EXIT_USAGE;
                 }
                 r = commands[i].run(c, &o, nargs, argv + optind + 1);
                 shmb_disconnect(c);
                 return written(r);
         }
-        fprintf(stderr, "shmbrokerctl: unknown command '%s'; see --help\n", argv[optind]);
+        fputs("shmbrokerctl: unknown command '", stderr);
+        print_text(argv[optind]);
+        fputs("'; see --help\n", stderr);
         return EXIT_USAGE;
 }

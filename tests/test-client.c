@@ -4091,6 +4091,163 @@ START_TEST(test_shmbrokerctl_status_without_subscribers_answer_fails) {
 }
 END_TEST
 
+/*
+ * A scripted broker for shmbrokerctl: greets, then answers the n-th request
+ * after the hello with scripted_answers[n] (the last one again once past the
+ * end), one connection after another. Set scripted_answers before
+ * fake_server_start(): the child has its copy.
+ */
+static const char *const *scripted_answers;
+
+static void scripted_server(int lfd) {
+        for (;;) {
+                int c = accept(lfd, NULL, NULL);
+                size_t n = 0, lines = 0;
+                char ch;
+
+                if (c < 0)
+                        _exit(1);
+                while (read(c, &ch, 1) == 1) {
+                        const char *a;
+
+                        if (ch != '\n')
+                                continue;
+                        if (lines++ == 0)
+                                a = "{\"ok\":true,\"version\":1,\"server\":\"fake\"}\n";
+                        else {
+                                a = scripted_answers[n];
+                                if (scripted_answers[n + 1])
+                                        n++;
+                        }
+                        if (write(c, a, strlen(a)) < 0)
+                                break;
+                }
+                close(c);
+        }
+}
+
+/* `shmbrokerctl -s SCRIPTED args` (a shell fragment): its exit status, its output (as args redirect it) in out. */
+static int against_scripted(const char *const *answers, char *out, size_t size, const char *args) {
+        struct sockaddr_un sa;
+        pid_t pid;
+        int r;
+
+        scripted_answers = answers;
+        pid = fake_server_start("scripted.sock", scripted_server, &sa);
+        r = test_run(out, size, "%s -s %s %s", SHMBROKERCTL_PATH, sa.sun_path, args);
+        fake_server_stop(pid);
+        unlink(sa.sun_path);
+        return r;
+}
+
+/*
+ * SPEC, Admin CLI: "Exit 0 on success, 1 on a refused request, 2 on usage
+ * or connection errors". Wire protocol: "error" is an errno name ("ENOENT,
+ * EACCES, ..., ..."): a refusal named with one this build does not know is a
+ * refusal still, in table mode as with --json (which exits 1 already).
+ */
+START_TEST(test_shmbrokerctl_refusal_with_unknown_errno_name_exits_1) {
+        static const char *const answers[] = {
+                "{\"ok\":false,\"error\":\"EROFS\",\"message\":\"the state directory is read-only\"}\n", NULL };
+        static char out[4096];
+
+        ck_assert_int_eq(against_scripted(answers, out, sizeof out, "--json list 2>/dev/null"), 1);
+        ck_assert_msg(against_scripted(answers, out, sizeof out, "list 2>&1") == 1, "table mode: %s", out);
+        ck_assert_ptr_nonnull(strstr(out, "read-only"));
+}
+END_TEST
+
+/* The broadcast channel "news" of a status answer with one subscriber, pid 4242. */
+#define NEWS_STATUS_ANSWER                                                                                      \
+        "{\"ok\":true,\"channels\":[{\"name\":\"news\",\"kind\":\"sysv\",\"size\":4096,\"nsems\":1,"            \
+        "\"layout\":\"broadcast\",\"slot_size\":64,\"slots\":4,\"subscribers\":2,\"table_key\":5,"              \
+        "\"table_id\":5,\"overflow\":\"block\",\"shm_key\":1,\"shm_id\":1,\"sem_key\":1,\"sem_id\":1,"          \
+        "\"owner\":\"root\",\"group\":\"root\",\"mode\":\"0660\",\"nattch\":1,\"cpid\":1,\"lpid\":1,"           \
+        "\"atime\":0,\"dtime\":0,\"ctime\":0,\"semaphores\":[{\"value\":1,\"ncount\":0,\"zcount\":0,"           \
+        "\"pid\":1}],\"clients\":[],\"subscriptions\":[{\"pid\":4242,\"position\":7,\"lag\":1,"                 \
+        "\"dropped\":0}]}]}\n"
+
+/*
+ * shmbrokerctl(1): status of a broadcast channel is followed by its
+ * subscribers, asked again; exit 2 when the daemon "answered with a line
+ * that breaks the protocol", and a refusal (the channel removed meanwhile)
+ * is no success either: either way the table would say it has none.
+ */
+START_TEST(test_shmbrokerctl_subscribers_answer_broken_or_refused_fails) {
+        static const char *const broken[] = { NEWS_STATUS_ANSWER, "not json at all\n", NULL };
+        static const char *const refused[] = {
+                NEWS_STATUS_ANSWER, "{\"ok\":false,\"error\":\"ENOENT\",\"message\":\"no channel named \\\"news\\\"\"}\n",
+                NULL };
+        static char out[65536];
+
+        ck_assert_msg(against_scripted(broken, out, sizeof out, "status news 2>&1") == 2, "broken: %s", out);
+        ck_assert_msg(against_scripted(refused, out, sizeof out, "status news 2>&1") != 0, "refused: %s", out);
+        ck_assert_msg(against_scripted(broken, out, sizeof out, "status 2>&1") == 2, "broken, all: %s", out);
+}
+END_TEST
+
+/*
+ * shmbrokerctl(1): output that cannot be written is exit 2 with a line that
+ * says why. An answer longer than stdio's buffer is written at once by
+ * --json; the reason must be that write's, not whatever errno was left by
+ * the calls after it ("Success").
+ */
+START_TEST(test_shmbrokerctl_write_error_names_its_reason) {
+        static char answer[16384], out[4096];
+        const char *answers[] = { answer, NULL };
+        size_t used = 0;
+
+        used += (size_t) snprintf(answer + used, sizeof answer - used, "{\"ok\":true,\"channels\":[");
+        for (int i = 0; i < 40; i++)
+                used += (size_t) snprintf(answer + used, sizeof answer - used,
+                                          "%s{\"name\":\"chan-%03d\",\"kind\":\"sysv\",\"size\":4096,\"nsems\":1,"
+                                          "\"layout\":\"raw\",\"shm_key\":%d,\"shm_id\":%d,\"sem_key\":%d,\"sem_id\":%d,"
+                                          "\"owner\":\"root\",\"group\":\"root\",\"mode\":\"0660\"}",
+                                          i ? "," : "", i, i + 1, i, i + 1, i);
+        snprintf(answer + used, sizeof answer - used, "]}\n");
+        ck_assert_int_eq(against_scripted(answers, out, sizeof out, "--json list 2>&1 >/dev/full"), 2);
+        ck_assert_msg(strstr(out, strerror(ENOSPC)), "the reason: %s", out);
+}
+END_TEST
+
+/*
+ * shmbrokerctl(1): "On exit status 1 or 2 one line is printed on standard
+ * error"; the program's own comment: control characters in "the user's own
+ * arguments" alike. An unknown command, an unknown long option and a socket
+ * path with a newline must not make two lines.
+ */
+START_TEST(test_shmbrokerctl_odd_arguments_one_line) {
+        static const char *const args[] = {
+                "\"$(printf 'li\\nst')\"", "\"$(printf -- '--js\\non')\" list", "-s \"$(printf '/nonexistent\\nx')\" list",
+        };
+        static char out[4096];
+
+        for (size_t i = 0; i < sizeof args / sizeof *args; i++) {
+                ck_assert_int_eq(test_run(out, sizeof out, "%s %s 2>&1 >/dev/null", SHMBROKERCTL_PATH, args[i]), 2);
+                ck_assert_msg(*out && strchr(out, '\n') == out + strlen(out) - 1, "%s: not one line: \"%s\"", args[i],
+                              out);
+        }
+}
+END_TEST
+
+/*
+ * A channel name is 1-64 of [A-Za-z0-9._-] (SPEC). One in an answer that is
+ * anything else (a newline, an escape sequence) must not reach the
+ * terminal or forge a row of the table a script reads: the answer breaks
+ * the protocol (exit 2), or the name is shown escaped.
+ */
+START_TEST(test_shmbrokerctl_answer_names_cannot_forge_rows) {
+        static const char *const answers[] = {
+                "{\"ok\":true,\"channels\":[{\"name\":\"\\u001b[2Jx\\nforged\",\"kind\":\"sysv\",\"size\":4096,"
+                "\"nsems\":1,\"layout\":\"raw\",\"shm_key\":1,\"shm_id\":1,\"sem_key\":1,\"sem_id\":1,"
+                "\"owner\":\"root\",\"group\":\"root\",\"mode\":\"0660\"}]}\n", NULL };
+        static char out[4096];
+        int r = against_scripted(answers, out, sizeof out, "list 2>/dev/null");
+
+        ck_assert_msg(r == 2 || (!strchr(out, '\033') && !strstr(out, "\nforged")), "exit %d: %s", r, out);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -4151,6 +4308,11 @@ int main(void) {
                                  test_shmbrokerctl_closed_stdout_sends_nothing_but_requests,
                                  test_shmbrokerctl_status_without_subscribers_answer_fails,
                                  test_shmbrokerctl_malformed_answer_is_a_connection_error } },
+                { "cli-review", CASE_TIMEOUT, { test_shmbrokerctl_refusal_with_unknown_errno_name_exits_1,
+                                 test_shmbrokerctl_subscribers_answer_broken_or_refused_fails,
+                                 test_shmbrokerctl_write_error_names_its_reason,
+                                 test_shmbrokerctl_odd_arguments_one_line,
+                                 test_shmbrokerctl_answer_names_cannot_forge_rows } },
         };
 
         return test_main("client", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
