@@ -30,14 +30,6 @@
 #include "proto/broadcast.h"
 #include "proto/ring.h"
 
-/*
- * A broadcast channel's table segment takes a key derived from the
- * channel's name like a channel's own, from candidates of its own (this
- * bit set in the attempt), for fixed-key channels too: nobody else can
- * tell it in advance.
- */
-#define TABLE_KEY_DOMAIN 0x80000000u
-
 uint32_t channel_derive_key(const uint8_t secret[SIPHASH_KEY_SIZE], const char *name, unsigned attempt) {
         /* SipHash of NAME, a NUL and the attempt (little-endian): no name is a prefix of another's input. */
         uint8_t in[PROTO_NAME_MAX + 1 + 4] = {};

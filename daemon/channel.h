@@ -38,6 +38,14 @@ typedef struct Channel {
 #define CHANNEL_DERIVED_KEY_ATTEMPTS 64
 
 /*
+ * A broadcast channel's table segment takes a key derived from the
+ * channel's name like a channel's own, from candidates of its own (this
+ * bit set in the attempt), for fixed-key channels too: nobody else can
+ * tell it in advance.
+ */
+#define TABLE_KEY_DOMAIN 0x80000000u
+
+/*
  * The attempt'th candidate key derived from a channel name under the state
  * directory's secret (SipHash-2-4). Positive, never 0.
  */

@@ -412,14 +412,55 @@ static uint64_t line_bytes(ProtoKind kind, const char *name) {
 }
 
 /*
- * At most the bytes making a channel of spec s writes: per System V object
- * its intent, its id and the intent's cancellation; per posix file its
- * intent, its record, the intent's cancellation and the replaced file's
- * record; the channel's record.
+ * The lines a creation of s writes for derived keys that are held now,
+ * before the one it gets: an intent and its cancellation for both objects
+ * at each (try_key(): 4), and for a table's (2). A key this plan frees
+ * counts as free; one taken after this look costs more, as any race does.
  */
-static uint64_t bytes_to_make(const ChannelSpec *s) {
+static uint64_t held_key_lines(const Config *cfg, const Plan *p, const ChannelSpec *s, const uint8_t *secret) {
+        static const Plan none = {};
+        uint64_t lines = 0;
+
+        /* A step 4 replacement (no plan): its own key counts as held, a line too many. */
+        if (!p)
+                p = &none;
+
+        if (s->kind == PROTO_KIND_POSIX)
+                return 0;
+        for (unsigned i = 0; !s->has_key && i < CHANNEL_DERIVED_KEY_ATTEMPTS; i++) {
+                uint32_t key = channel_derive_key(secret, s->name, i);
+
+                if (cfg->fixed_keys && bsearch(&key, cfg->fixed_keys, cfg->n_fixed_keys, sizeof key, cmp_u32))
+                        continue;
+                if (!key_held_by_other(p, key))
+                        break;
+                lines += 4;
+        }
+        for (unsigned i = 0; s->layout == PROTO_LAYOUT_BROADCAST && i < CHANNEL_DERIVED_KEY_ATTEMPTS; i++) {
+                uint32_t key = channel_derive_key(secret, s->name, TABLE_KEY_DOMAIN | i);
+
+                if (cfg->fixed_keys && bsearch(&key, cfg->fixed_keys, cfg->n_fixed_keys, sizeof key, cmp_u32))
+                        continue;
+                if (!key_held_by_other(p, key))
+                        break;
+                lines += 2;
+        }
+        return lines;
+}
+
+/*
+ * At most the bytes making a channel of spec s writes: per System V object
+ * its intent, its id and the intent's cancellation, and the lines of keys
+ * held (held_key_lines()); per posix file its intent, its record, the
+ * intent's cancellation and the replaced file's record, and the move of
+ * its record to another owner (record and cancellation); the channel's
+ * record.
+ */
+static uint64_t bytes_to_make(const Config *cfg, const Plan *p, const ChannelSpec *s, const uint8_t *secret) {
         bool bcast = s->layout == PROTO_LAYOUT_BROADCAST;
-        uint64_t lines = s->kind == PROTO_KIND_POSIX ? 4 * (1 + (uint64_t) bcast + s->nsems) : 3 * (2 + (uint64_t) bcast);
+        uint64_t lines = s->kind == PROTO_KIND_POSIX ?
+                (4 + 2 * (uint64_t) (s->uid != self_euid())) * (1 + (uint64_t) bcast + s->nsems) :
+                3 * (2 + (uint64_t) bcast) + held_key_lines(cfg, p, s, secret);
 
         return (lines + 1) * line_bytes(s->kind, s->name);
 }
@@ -447,13 +488,15 @@ static void say_room(char *msg, size_t msg_size, const char *what, const char *p
  * they are replaced) that a refusal now keeps.
  */
 static int reserve_state(Registry *reg, const Config *cfg, const Plan *p, char *msg, size_t msg_size) {
+        const uint8_t *secret = state_secret(reg->state);
         uint64_t need = 0;
         int r;
 
         for (size_t i = 0; i < p->n_add; i++)
-                need += bytes_to_make(p->add[i]);
+                need += bytes_to_make(cfg, p, p->add[i], secret);
         for (size_t i = 0; i < p->n_later; i++)
-                need += bytes_to_make(p->later[i]) + (p->replace[i] ? bytes_to_remove(p->replace[i]->channel) : 0);
+                need += bytes_to_make(cfg, p, p->later[i], secret) +
+                        (p->replace[i] ? bytes_to_remove(p->replace[i]->channel) : 0);
         for (size_t i = 0; i < p->n_remove; i++)
                 need += bytes_to_remove(p->remove[i]->channel);
         /*
@@ -477,7 +520,7 @@ static int reserve_state(Registry *reg, const Config *cfg, const Plan *p, char *
 
 /* Step 4's replacement of e, with room for its records taken first: 0, or a negative errno with why set. */
 static int replace_reserved(Registry *reg, Entry *e, const ChannelSpec *s, const Config *cfg, char *why, size_t size) {
-        uint64_t need = bytes_to_make(s) + bytes_to_remove(e->channel);
+        uint64_t need = bytes_to_make(cfg, NULL, s, state_secret(reg->state)) + bytes_to_remove(e->channel);
         int r = state_reserve(reg->state, need);
 
         if (r < 0) {

@@ -2969,6 +2969,82 @@ START_TEST(test_state_dir_with_room_takes_a_resize) {
 }
 END_TEST
 
+static void a_channels(char *config, unsigned size) {
+        char *p = config;
+
+        p += sprintf(p, "[{\"name\": \"base\", \"size\": 4096}");
+        for (int c = 0; c < 10; c++)
+                p += sprintf(p, ", {\"name\": \"a%d\", \"size\": %u}", c, size);
+        sprintf(p, "]");
+        test_daemon_write_config(&td, config);
+}
+
+/*
+ * Derived keys that someone holds (list showed them) cost a creation an
+ * intent and its cancellation for each: the reservation must count them,
+ * or a reload it accepts runs out of room and loses channels. The first
+ * ten candidate keys of ten channels are taken before the start, which
+ * makes them at their eleventh; a reload resizes them, and each tries
+ * the ten again. The state directory gets its room back a page at a time
+ * until a reload is accepted, which must then have made every channel.
+ */
+START_TEST(test_held_derived_keys_are_reserved_for) {
+        char state[400], secret[600], config[2048];
+        int status = 0, filler, squats[100], n = 0, fd, k;
+        const char *base = strrchr(td.socket, '/') + 1;
+        json_t *resp = NULL, *list;
+        struct stat st;
+
+        small_state_dir(state, sizeof state, "128k");
+        /* A secret the test knows, where the daemon keeps it: the candidates are computed here. */
+        ck_assert_int_lt(snprintf(secret, sizeof secret, "%s/%s.secret", state, base), (int) sizeof secret);
+        fd = open(secret, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        for (int i = 0; i < 16; i++)
+                dprintf(fd, "%02x", test_secret[i]);
+        ck_assert_int_eq(write(fd, "\n", 1), 1);
+        close(fd);
+        for (int c = 0; c < 10; c++) {
+                char name[8];
+
+                snprintf(name, sizeof name, "a%d", c);
+                for (unsigned i = 0; i < 10; i++) {
+                        squats[n] = shmget((key_t) channel_derive_key(test_secret, name, i), 4096,
+                                           IPC_CREAT | IPC_EXCL | 0600);
+                        ck_assert_int_ge(squats[n], 0);
+                        n++;
+                }
+        }
+        a_channels(config, 4096);
+        ck_assert_msg(test_daemon_start(&td, &status, "--state-dir", state, NULL), "no start (%d)", status);
+
+        a_channels(config, 8192);
+        filler = fill_dir(state);
+        ck_assert_int_eq(fstat(filler, &st), 0);
+        for (k = 0; k < 32 && st.st_size >= 4096; k++) {
+                st.st_size -= 4096;
+                ck_assert_int_eq(ftruncate(filler, st.st_size), 0);
+                resp = request_once("{\"op\":\"reload\"}");
+                if (json_is_true(json_object_get(resp, "ok")))
+                        break;
+                json_decref(resp);
+                resp = NULL;
+        }
+        ck_assert_msg(resp, "no reload accepted with %d pages given back", k);
+        list = list_ok();
+        ck_assert_msg(json_array_size(json_object_get(list, "channels")) == 11, "the reload accepted with %d page(s) "
+                      "given back made %zu of 11 channels", k + 1, json_array_size(json_object_get(list, "channels")));
+        json_decref(list);
+        json_decref(resp);
+        close(filler);
+        test_daemon_stop_ok(&td);
+        for (int i = 0; i < n; i++)
+                ck_assert_int_eq(shmctl(squats[i], IPC_RMID, NULL), 0);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(umount2(state, MNT_DETACH), 0);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -3013,6 +3089,7 @@ int main(void) {
                                                      test_nearly_full_state_dir_loses_no_replaced_channel,
                                                      test_nearly_full_state_dir_loses_no_replaced_posix_channel } },
                 { "reload-state-room", CASE_TIMEOUT, { test_full_state_dir_allows_a_mode_change,
+                                                       test_held_derived_keys_are_reserved_for,
                                                        test_reload_killed_in_a_tight_state_dir_restarts,
                                                        test_state_dir_with_room_takes_a_resize } },
         };
