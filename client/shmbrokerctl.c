@@ -388,10 +388,18 @@ static int print_subscriptions(shmb_client *c, const char *name) {
         channels = json_object_get(ans, "channels");
         json_array_foreach(channels, i, ch) {
                 json_t *subs = json_object_get(ch, "subscriptions"), *e;
+                const char *ch_name = json_string_value(json_object_get(ch, "name"));
                 size_t k;
 
                 if (!json_is_array(subs))
                         continue;
+                /* Printed at the start of a row: a control character or newline in it could forge others. */
+                if (!ch_name || !*ch_name || strlen(ch_name) > 64 ||
+                    ch_name[strspn(ch_name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")]) {
+                        print_message(name ? name : "status", "the daemon's answer for the subscribers breaks the "
+                                      "protocol (a channel name that is not one)");
+                        goto out;
+                }
                 if (!header) {
                         if (name)
                                 printf("\n%8s %20s %12s %12s\n", "PID", "POSITION", "LAG", "DROPPED");
@@ -402,7 +410,7 @@ static int print_subscriptions(shmb_client *c, const char *name) {
                 }
                 json_array_foreach(subs, k, e) {
                         if (!name)
-                                printf("%-20s ", json_string_value(json_object_get(ch, "name")) ?: "?");
+                                printf("%-20s ", ch_name);
                         printf("%8" JSON_INTEGER_FORMAT " %20" JSON_INTEGER_FORMAT " %12" JSON_INTEGER_FORMAT
                                " %12" JSON_INTEGER_FORMAT "\n",
                                json_integer_value(json_object_get(e, "pid")),

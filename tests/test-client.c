@@ -4181,7 +4181,9 @@ START_TEST(test_shmbrokerctl_subscribers_answer_broken_or_refused_fails) {
         static char out[65536];
 
         ck_assert_msg(against_scripted(broken, out, sizeof out, "status news 2>&1") == 2, "broken: %s", out);
-        ck_assert_msg(against_scripted(refused, out, sizeof out, "status news 2>&1") != 0, "refused: %s", out);
+        /* A refusal is exit 1 (shmbrokerctl(1)), with the daemon's sentence. */
+        ck_assert_msg(against_scripted(refused, out, sizeof out, "status news 2>&1") == 1, "refused: %s", out);
+        ck_assert_msg(strstr(out, "no channel named"), "refused: %s", out);
         ck_assert_msg(against_scripted(broken, out, sizeof out, "status 2>&1") == 2, "broken, all: %s", out);
 }
 END_TEST
@@ -4243,6 +4245,25 @@ START_TEST(test_shmbrokerctl_answer_names_cannot_forge_rows) {
                 "\"owner\":\"root\",\"group\":\"root\",\"mode\":\"0660\"}]}\n", NULL };
         static char out[4096];
         int r = against_scripted(answers, out, sizeof out, "list 2>/dev/null");
+
+        ck_assert_msg(r == 2 || (!strchr(out, '\033') && !strstr(out, "\nforged")), "exit %d: %s", r, out);
+}
+END_TEST
+
+/*
+ * b1dc029: "Channel names in list, status and reload answers are held to
+ * the name rule, so a broker's name with a control character or newline
+ * (printed as it comes) cannot forge table rows". status without a name
+ * prints the subscriber table from a second answer, read as raw JSON, each
+ * row starting with the channel's name.
+ */
+START_TEST(test_shmbrokerctl_subscriber_rows_cannot_be_forged) {
+        static const char *const answers[] = {
+                NEWS_STATUS_ANSWER,
+                "{\"ok\":true,\"channels\":[{\"name\":\"\\u001b[2Jx\\nforged\",\"layout\":\"broadcast\","
+                "\"subscriptions\":[{\"pid\":4242,\"position\":7,\"lag\":1,\"dropped\":0}]}]}\n", NULL };
+        static char out[65536];
+        int r = against_scripted(answers, out, sizeof out, "status 2>/dev/null");
 
         ck_assert_msg(r == 2 || (!strchr(out, '\033') && !strstr(out, "\nforged")), "exit %d: %s", r, out);
 }
@@ -4312,7 +4333,8 @@ int main(void) {
                                  test_shmbrokerctl_subscribers_answer_broken_or_refused_fails,
                                  test_shmbrokerctl_write_error_names_its_reason,
                                  test_shmbrokerctl_odd_arguments_one_line,
-                                 test_shmbrokerctl_answer_names_cannot_forge_rows } },
+                                 test_shmbrokerctl_answer_names_cannot_forge_rows,
+                                 test_shmbrokerctl_subscriber_rows_cannot_be_forged } },
         };
 
         return test_main("client", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
