@@ -2648,7 +2648,8 @@ START_TEST(test_mode_change_on_removed_set_is_applied) {
 }
 END_TEST
 
-static void write_sized_channels(int n, unsigned size, const char *kind) {
+/* A config of n channels PREFIX0..: each with `fields` (JSON members, such as "\"size\": 4096"). */
+static void write_channels(int n, const char *prefix, const char *fields) {
         char *text = NULL;
         size_t len = 0;
         FILE *f = open_memstream(&text, &len);
@@ -2656,11 +2657,44 @@ static void write_sized_channels(int n, unsigned size, const char *kind) {
         ck_assert_ptr_nonnull(f);
         fputc('[', f);
         for (int i = 0; i < n; i++)
-                fprintf(f, "%s{\"name\": \"c%d\", \"kind\": \"%s\", \"size\": %u}", i ? ", " : "", i, kind, size);
+                fprintf(f, "%s{\"name\": \"%s%d\", %s}", i ? ", " : "", prefix, i, fields);
         fputc(']', f);
         ck_assert_int_eq(fclose(f), 0);
         test_daemon_write_config(&td, text);
         free(text);
+}
+
+static void write_sized_channels(int n, unsigned size, const char *kind) {
+        char fields[64];
+
+        snprintf(fields, sizeof fields, "\"kind\": \"%s\", \"size\": %u", kind, size);
+        write_channels(n, "c", fields);
+}
+
+/* A small tmpfs of its own at TD/state (the test's mount namespace): its path in state. */
+static void small_state_dir(char *state, size_t state_size, const char *size) {
+        char opts[64];
+
+        ck_assert_int_lt(snprintf(state, state_size, "%s/state", td.dir), (int) state_size);
+        ck_assert_int_eq(mkdir(state, 0700), 0);
+        ck_assert_int_eq(unshare(CLONE_NEWNS), 0);
+        ck_assert_int_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0);
+        snprintf(opts, sizeof opts, "size=%s,mode=0700", size);
+        ck_assert_msg(mount("tmpfs", state, "tmpfs", 0, opts) == 0, "mount: %s", strerror(errno));
+}
+
+/* Fill the file system of dir with dir/filler: its descriptor, to give room back with ftruncate(). */
+static int fill_dir(const char *dir) {
+        static char block[4096];
+        char path[500];
+        int fd;
+
+        ck_assert_int_lt(snprintf(path, sizeof path, "%s/filler", dir), (int) sizeof path);
+        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        while (write(fd, block, sizeof block) > 0)
+                ;
+        return fd;
 }
 
 /*
@@ -2695,17 +2729,12 @@ static void posix_inodes(json_t *names, json_t *list, ino_t *ret) {
  * and the reload then runs out of room with channels removed.
  */
 static void full_state_dir_reload(const char *kind, off_t room) {
-        char state[400], filler[500];
+        char state[400];
         json_t *before, *after, *resp;
         int status = 0, fd, out;
-        static char block[4096];
         ino_t ino[2][40];
 
-        ck_assert_int_lt(snprintf(state, sizeof state, "%s/state", td.dir), (int) sizeof state);
-        ck_assert_int_eq(mkdir(state, 0700), 0);
-        ck_assert_int_eq(unshare(CLONE_NEWNS), 0);
-        ck_assert_int_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0);
-        ck_assert_msg(mount("tmpfs", state, "tmpfs", 0, "size=64k,mode=0700") == 0, "mount: %s", strerror(errno));
+        small_state_dir(state, sizeof state, "64k");
         write_sized_channels(40, 4096, kind);
         ck_assert_msg(test_daemon_start(&td, &status, "--state-dir", state, NULL), "no start (%d)", status);
         before = list_ok();
@@ -2714,11 +2743,7 @@ static void full_state_dir_reload(const char *kind, off_t room) {
                 posix_inodes(before, before, ino[0]);
 
         /* The state directory fills up. */
-        ck_assert_int_lt(snprintf(filler, sizeof filler, "%s/filler", state), (int) sizeof filler);
-        out = open(filler, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        ck_assert_int_ge(out, 0);
-        while (write(out, block, sizeof block) > 0)
-                ;
+        out = fill_dir(state);
         if (room > 0) {
                 struct stat st;
 
@@ -2755,7 +2780,6 @@ static void full_state_dir_reload(const char *kind, off_t room) {
         json_decref(after);
         close(fd);
         test_daemon_stop_ok(&td);
-        ck_assert_int_eq(unlink(filler), 0);
         ck_assert_int_eq(umount2(state, MNT_DETACH), 0);
 }
 
@@ -2782,46 +2806,6 @@ END_TEST
 
 
 /* A tmpfs of `size` at td.dir/state, in a mount namespace of this test's own: the state directory. */
-static void small_state_dir(char *state, size_t state_size, const char *size) {
-        char opts[64];
-
-        ck_assert_int_lt(snprintf(state, state_size, "%s/state", td.dir), (int) state_size);
-        ck_assert_int_eq(mkdir(state, 0700), 0);
-        ck_assert_int_eq(unshare(CLONE_NEWNS), 0);
-        ck_assert_int_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0);
-        snprintf(opts, sizeof opts, "size=%s,mode=0700", size);
-        ck_assert_msg(mount("tmpfs", state, "tmpfs", 0, opts) == 0, "mount: %s", strerror(errno));
-}
-
-/* Fill the file system of dir with dir/filler: its descriptor, to give room back with ftruncate(). */
-static int fill_dir(const char *dir) {
-        static char block[4096];
-        char path[500];
-        int fd;
-
-        ck_assert_int_lt(snprintf(path, sizeof path, "%s/filler", dir), (int) sizeof path);
-        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        ck_assert_int_ge(fd, 0);
-        while (write(fd, block, sizeof block) > 0)
-                ;
-        return fd;
-}
-
-static void sysv_channels_with_mode(int n, const char *mode) {
-        char *text = NULL;
-        size_t len = 0;
-        FILE *f = open_memstream(&text, &len);
-
-        ck_assert_ptr_nonnull(f);
-        fputc('[', f);
-        for (int i = 0; i < n; i++)
-                fprintf(f, "%s{\"name\": \"m%d\", \"size\": 4096, \"mode\": \"%s\"}", i ? ", " : "", i, mode);
-        fputc(']', f);
-        ck_assert_int_eq(fclose(f), 0);
-        test_daemon_write_config(&td, text);
-        free(text);
-}
-
 /*
  * A reload that only widens the mode of System V channels records nothing
  * (IPC_SET in place): a full state directory must not refuse it. The
@@ -2834,11 +2818,11 @@ START_TEST(test_full_state_dir_allows_a_mode_change) {
         int status = 0, fd, filler;
 
         small_state_dir(state, sizeof state, "64k");
-        sysv_channels_with_mode(12, "0660");
+        write_channels(12, "m", "\"size\": 4096, \"mode\": \"0660\"");
         ck_assert_msg(test_daemon_start(&td, &status, "--state-dir", state, NULL), "no start (%d)", status);
         filler = fill_dir(state);
 
-        sysv_channels_with_mode(12, "0664");
+        write_channels(12, "m", "\"size\": 4096, \"mode\": \"0664\"");
         fd = test_connect(td.socket);
         resp = req(fd, "{\"op\":\"reload\"}");
         ck_assert_msg(json_is_true(json_object_get(resp, "ok")), "a mode-only reload with the state directory full "
