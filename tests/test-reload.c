@@ -2804,8 +2804,6 @@ START_TEST(test_nearly_full_state_dir_loses_no_replaced_posix_channel) {
 }
 END_TEST
 
-
-/* A tmpfs of `size` at td.dir/state, in a mount namespace of this test's own: the state directory. */
 /*
  * A reload that only widens the mode of System V channels records nothing
  * (IPC_SET in place): a full state directory must not refuse it. The
@@ -2989,7 +2987,7 @@ START_TEST(test_held_derived_keys_are_reserved_for) {
         ck_assert_int_eq(write(fd, "\n", 1), 1);
         close(fd);
         for (int c = 0; c < 10; c++) {
-                char name[8];
+                char name[16];
 
                 snprintf(name, sizeof name, "a%d", c);
                 for (unsigned i = 0; i < 10; i++) {
