@@ -405,6 +405,8 @@ int shmb_open_channel(const char *socket_path, const char *name, shmb_access acc
         /* Not handed to attach(): unlisted here (the hold goes with the connection). */
         if (ch)
                 client_hold_remove(c, &ch->hold, false, false);
+        /* The connection goes with the failure, its sentence is kept (shmb_client_last_message(NULL)). */
+        client_keep_refusal(r < 0 ? c : NULL);
         /* The channel keeps its own reference; the connection lives as long as it. */
         client_unref(c);
         return r;

@@ -1368,6 +1368,7 @@ int shmb_connect(const char *socket_path, shmb_client **ret) {
                 r = client_check_hello(&res);
                 proto_response_done(&res);
         }
+        client_keep_refusal(r < 0 ? c : NULL);
         if (r < 0) {
                 shmb_disconnect(c);
                 return r;
@@ -1448,6 +1449,13 @@ int shmb_client_fd(const shmb_client *cc) {
         return r;
 }
 
+/* The broker's sentence for this thread's last connection that ended at its first request (c == NULL below). */
+static _Thread_local char refused_message[PROTO_MESSAGE_MAX];
+
+void client_keep_refusal(const shmb_client *c) {
+        snprintf(refused_message, sizeof refused_message, "%s", c ? c->last_message : "");
+}
+
 const char *shmb_client_last_message(const shmb_client *c) {
-        return c ? c->last_message : "";
+        return c ? c->last_message : refused_message;
 }

@@ -330,6 +330,13 @@ void client_unref(shmb_client *c);
  * went away dropped the hold already. keep_message as for
  * client_call_keep_message().
  */
+/*
+ * Keep c's last message (a connection about to be freed, whose first
+ * request was refused) for shmb_client_last_message(NULL) in this
+ * thread; NULL: a connection that succeeded, which clears it.
+ */
+void client_keep_refusal(const shmb_client *c);
+
 int client_hold_add(shmb_client *c, ClientHold *h, const char *name, shmb_access access);
 /*
  * The open of listed handle h (req: client_open_request()'s), as

@@ -604,10 +604,13 @@ int main(int argc, char *argv[]) {
                         /* Name the path the library tried: an empty variable counts as unset. */
                         const char *env = getenv("SHMBROKER_SOCKET");
 
-                        /* The kernel's word for a socket we may not reach: the library's EACCES text is a channel's. */
+                        /* The broker's sentence for a refusal (which limit); else the kernel's word for a socket we
+                         * may not reach (the library's EACCES text is a channel's), or the library's. */
+                        const char *why = shmb_client_last_message(NULL);
+
                         fputs("shmbrokerctl: cannot connect to ", stderr);
                         print_message_tail(o.socket ?: env && *env ? env : SHMB_DEFAULT_SOCKET,
-                                           r == -EACCES || r == -EPERM ? strerror(-r) : shmb_strerror(r));
+                                           *why ? why : r == -EACCES || r == -EPERM ? strerror(-r) : shmb_strerror(r));
                         return EXIT_USAGE;
                 }
                 r = commands[i].run(c, &o, nargs, argv + optind + 1);

@@ -3725,8 +3725,28 @@ START_TEST(test_refusal_at_accept_is_the_answer) {
                 int r = shmb_open_channel(td.socket, "pair", SHMB_RW, &ch);
 
                 ck_assert_msg(r == -EUSERS, "try %d: %s, not the broker's EUSERS", i, shmb_strerror(r));
+                /* Its sentence says which limit, though the connection is gone (libshmbroker(3)). */
+                ck_assert_msg(strstr(shmb_client_last_message(NULL), "connections"), "try %d: \"%s\"", i,
+                              shmb_client_last_message(NULL));
         }
-        close(held);
+        {
+                shmb_client *c = NULL;
+                char out[1024];
+                int r = shmb_connect(td.socket, &c);
+
+                ck_assert_int_eq(r, -EUSERS);
+                ck_assert_ptr_nonnull(strstr(shmb_client_last_message(NULL), "connections"));
+                /* shmbrokerctl says it too, not only "Too many users". */
+                r = test_run(out, sizeof out, "%s -s %s list 2>&1", SHMBROKERCTL_PATH, td.socket);
+                ck_assert_msg(r == 2 && strstr(out, "connections"), "exit %d: %s", r, out);
+                close(held);
+                /* Room once the broker has seen that close: it may still count it for a while. */
+                for (int i = 0; i < 1000 && (r = shmb_connect(td.socket, &c)) == -EUSERS; i++)
+                        usleep(10 * 1000);
+                ck_assert_int_eq(r, 0);
+                ck_assert_str_eq(shmb_client_last_message(NULL), "");
+                shmb_disconnect(c);
+        }
 }
 END_TEST
 

@@ -633,6 +633,10 @@ void shmb_reload_result_free(shmb_reload_result *r);
  * The broker's human message for the last refused request on this client,
  * or the library's for an answer that broke the protocol (-EPROTO); empty
  * when none. Valid until the next request on the same client.
+ * With c NULL: the same for the calling thread's last shmb_connect() or
+ * shmb_open_channel() that failed at the broker (such as a connection
+ * limit reached), whose client is gone; empty after one that succeeded.
+ * Valid until that thread's next such call.
  */
 const char *shmb_client_last_message(const shmb_client *c);
 
