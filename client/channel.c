@@ -384,6 +384,7 @@ int shmb_open_channel(const char *socket_path, const char *name, shmb_access acc
         ch = channel_new();
         if (!ch)
                 return -ENOMEM;
+        client_keep_refusal(NULL);      /* no sentence of an earlier call for a failure that has none */
         r = client_connect(socket_path, &c);
         if (r < 0)
                 return r;

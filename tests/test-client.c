@@ -3736,6 +3736,13 @@ START_TEST(test_refusal_at_accept_is_the_answer) {
 
                 ck_assert_int_eq(r, -EUSERS);
                 ck_assert_ptr_nonnull(strstr(shmb_client_last_message(NULL), "connections"));
+                /* A failure with no sentence of its own (no socket there) shows no earlier one. */
+                ck_assert_int_lt(shmb_open_channel("/nonexistent/s.sock", "pair", SHMB_RW, &(shmb_channel *) { NULL }),
+                                 0);
+                ck_assert_str_eq(shmb_client_last_message(NULL), "");
+                ck_assert_int_eq(shmb_connect(td.socket, &c), -EUSERS);
+                ck_assert_int_lt(shmb_connect("/nonexistent/s.sock", &c), 0);
+                ck_assert_str_eq(shmb_client_last_message(NULL), "");
                 /* shmbrokerctl says it too, not only "Too many users". */
                 r = test_run(out, sizeof out, "%s -s %s list 2>&1", SHMBROKERCTL_PATH, td.socket);
                 ck_assert_msg(r == 2 && strstr(out, "connections"), "exit %d: %s", r, out);
