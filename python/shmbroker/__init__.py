@@ -326,7 +326,7 @@ class Channel:
         handle = _Handle()
         r = _lib.shmb_open_channel(c_socket, c_name, _capi.ACCESS[access], ctypes.byref(handle._as_parameter_))
         if r < 0:
-            _capi.check(r, _open_error_name(-r, socket, name))
+            _capi.check_connect(r, _open_error_name(-r, socket, name))
         self._name = name
         self._access = access
         self._size = _lib.shmb_channel_size(handle)
@@ -901,7 +901,7 @@ def _request(request, socket):
     client = ctypes.c_void_p()
     answer = ctypes.c_void_p()
     try:
-        _capi.check(_lib.shmb_connect(c_socket, ctypes.byref(client)), _socket_path(socket))
+        _capi.check_connect(_lib.shmb_connect(c_socket, ctypes.byref(client)), _socket_path(socket))
         _capi.check(_lib.shmb_request_json(client, line, ctypes.byref(answer)), _socket_path(socket))
         text = ctypes.string_at(answer.value)
     finally:

@@ -104,6 +104,7 @@ _PROTOTYPES = {
     "shmb_channel_get_client": (_p, [_p]),
     "shmb_client_process": (_int, [_p]),
     "shmb_errno_name": (_str, [_int]),
+    "shmb_client_last_message": (_str, [_p]),
 }
 
 for _name, (_res, _args) in _PROTOTYPES.items():
@@ -143,8 +144,8 @@ def invalid(message):
     return InvalidArgument(errno.EINVAL, message)
 
 
-def error(err, filename=None):
-    """The OSError for a positive or negative errno.
+def error(err, filename=None, message=None):
+    """The OSError for a positive or negative errno, saying message (else its text).
 
     OSError() itself picks the subclass: FileNotFoundError for ENOENT,
     PermissionError for EACCES, BlockingIOError for EAGAIN, TimeoutError for
@@ -152,15 +153,24 @@ def error(err, filename=None):
     """
     err = abs(err)
     cls = WouldBlock if err == errno.EAGAIN else OSError
+    text = message or strerror(err)
     if filename is None:
-        return cls(err, strerror(err))
-    return cls(err, strerror(err), filename)
+        return cls(err, text)
+    return cls(err, text, filename)
 
 
 def check(r, filename=None):
     """r when it is not negative; raise its OSError otherwise."""
     if r < 0:
         raise error(r, filename)
+    return r
+
+
+def check_connect(r, filename=None):
+    """check() for shmb_connect() and shmb_open_channel(), whose connection is gone: the broker's sentence, if any."""
+    if r < 0:
+        said = lib.shmb_client_last_message(None)
+        raise error(r, filename, said.decode("utf-8", "replace") if said else None)
     return r
 
 
