@@ -376,6 +376,7 @@ int shmb_open_channel(const char *socket_path, const char *name, shmb_access acc
         shmb_client *c;
         int r;
 
+        client_keep_refusal(NULL);      /* no sentence of an earlier call for a failure that has none */
         if (!ret)
                 return -EINVAL;
         r = client_open_request(name, access, &reqs[1]);
@@ -384,7 +385,6 @@ int shmb_open_channel(const char *socket_path, const char *name, shmb_access acc
         ch = channel_new();
         if (!ch)
                 return -ENOMEM;
-        client_keep_refusal(NULL);      /* no sentence of an earlier call for a failure that has none */
         r = client_connect(socket_path, &c);
         if (r < 0)
                 return r;

@@ -1358,9 +1358,9 @@ int shmb_connect(const char *socket_path, shmb_client **ret) {
         shmb_client *c;
         int r;
 
+        client_keep_refusal(NULL);      /* no sentence of an earlier call for a failure that has none */
         if (!ret)
                 return -EINVAL;
-        client_keep_refusal(NULL);      /* no sentence of an earlier call for a failure that has none */
         r = client_connect(socket_path, &c);
         if (r < 0)
                 return r;

@@ -3743,6 +3743,10 @@ START_TEST(test_refusal_at_accept_is_the_answer) {
                 ck_assert_int_eq(shmb_connect(td.socket, &c), -EUSERS);
                 ck_assert_int_lt(shmb_connect("/nonexistent/s.sock", &c), 0);
                 ck_assert_str_eq(shmb_client_last_message(NULL), "");
+                /* Nor one refused before it asks anything (a bad name). */
+                ck_assert_int_eq(shmb_connect(td.socket, &c), -EUSERS);
+                ck_assert_int_eq(shmb_open_channel(td.socket, "bad name", SHMB_RW, &(shmb_channel *) { NULL }), -EINVAL);
+                ck_assert_str_eq(shmb_client_last_message(NULL), "");
                 /* shmbrokerctl says it too, not only "Too many users". */
                 r = test_run(out, sizeof out, "%s -s %s list 2>&1", SHMBROKERCTL_PATH, td.socket);
                 ck_assert_msg(r == 2 && strstr(out, "connections"), "exit %d: %s", r, out);
