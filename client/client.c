@@ -1057,9 +1057,10 @@ static int call_locked(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *
         return r;
 }
 
-/* A call asked at `asked`, before it first waited for the lock: a hang found since fails it (ready()). */
-static int call_n_since(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, unsigned flags,
-                        ClientFds *fds, uint64_t asked) {
+static int call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, unsigned flags,
+                  ClientFds *fds) {
+        /* Asked now, before it first waits for the lock: a hang found since fails it (ready()). */
+        uint64_t asked = now_ms();
         int r;
 
         r = client_lock(c);
@@ -1073,18 +1074,8 @@ static int call_n_since(shmb_client *c, const ProtoRequest *reqs, ProtoResponse 
         return r;
 }
 
-static int call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, unsigned flags,
-                  ClientFds *fds) {
-        return call_n_since(c, reqs, rets, n, flags, fds, now_ms());
-}
-
 uint64_t client_now_ms(void) {
         return now_ms();
-}
-
-int client_call_fds_since(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, ClientFds *fds,
-                          uint64_t asked) {
-        return call_n_since(c, reqs, rets, n, 0, fds, asked);
 }
 
 int client_call_n(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n) {

@@ -237,10 +237,8 @@ static inline int64_t client_now_ns(void) {
         return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* client_call_fds() for a call asked at `asked` (client_now_ms()), before it first took the lock. */
+/* Now, for a call's `asked` (client_open_call()): taken before it first waits for the lock. */
 uint64_t client_now_ms(void);
-int client_call_fds_since(shmb_client *c, const ProtoRequest *reqs, ProtoResponse *rets, size_t n, ClientFds *fds,
-                          uint64_t asked);
 
 /* Where this thread runs, plus 1 (0: not known): the value of the spinning hints (send_cpu, pub_cpu). */
 static inline uint32_t channel_cpu(void) {
@@ -340,7 +338,7 @@ void client_keep_refusal(const shmb_client *c);
 int client_hold_add(shmb_client *c, ClientHold *h, const char *name, shmb_access access);
 /*
  * The open of listed handle h (req: client_open_request()'s), as
- * client_call_fds_since(). Granted, h shares the name's hold from then
+ * client_call_fds(), its bound from `asked`. Granted, h shares the name's hold from then
  * on, marked so before any other call can look. Refused (or failed), h is
  * unlisted, and the name's hold, should the broker keep one that no other
  * handle was granted (a hold kept for this open by a close or a rejoin

@@ -22,6 +22,8 @@
 
 #include <shmbroker/shmbroker.h>
 
+#include "proto/proto.h"
+
 #define EXIT_REFUSED 1
 #define EXIT_USAGE 2
 
@@ -93,14 +95,11 @@ static void print_message_tail(const char *what, const char *msg) {
 
 static void print_message(const char *what, const char *msg) {
         fputs("shmbrokerctl: ", stderr);
-        print_text(what);
-        fputs(": ", stderr);
-        print_text(msg);
-        fputc('\n', stderr);
+        print_message_tail(what, msg);
 }
 
 static int fail_call(shmb_client *c, const char *what, int r) {
-        const char *msg = c ? shmb_client_last_message(c) : "";
+        const char *msg = shmb_client_last_message(c);
 
         print_message(what, *msg ? msg : shmb_strerror(r));
         /*
@@ -394,8 +393,7 @@ static int print_subscriptions(shmb_client *c, const char *name) {
                 if (!json_is_array(subs))
                         continue;
                 /* Printed at the start of a row: a control character or newline in it could forge others. */
-                if (!ch_name || !*ch_name || strlen(ch_name) > 64 ||
-                    ch_name[strspn(ch_name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")]) {
+                if (!ch_name || !proto_name_is_valid(ch_name)) {
                         print_message(name ? name : "status", "the daemon's answer for the subscribers breaks the "
                                       "protocol (a channel name that is not one)");
                         goto out;
