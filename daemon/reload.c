@@ -419,32 +419,27 @@ static uint64_t line_bytes(ProtoKind kind, const char *name) {
  */
 static uint64_t held_key_lines(const Config *cfg, const Plan *p, const ChannelSpec *s, const uint8_t *secret) {
         static const Plan none = {};
+        /* The channel's own candidates (unless its key is fixed), then a broadcast table's. */
+        const struct { bool used; unsigned domain, lines; } keys[] = {
+                { !s->has_key, 0, 4 }, { s->layout == PROTO_LAYOUT_BROADCAST, TABLE_KEY_DOMAIN, 2 },
+        };
         uint64_t lines = 0;
 
-        /* A step 4 replacement (no plan): its own key counts as held, a line too many. */
+        /* A step 4 replacement (no plan): its own key counts as held, a few lines too many. */
         if (!p)
                 p = &none;
-
         if (s->kind == PROTO_KIND_POSIX)
                 return 0;
-        for (unsigned i = 0; !s->has_key && i < CHANNEL_DERIVED_KEY_ATTEMPTS; i++) {
-                uint32_t key = channel_derive_key(secret, s->name, i);
+        for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+                for (unsigned i = 0; keys[k].used && i < CHANNEL_DERIVED_KEY_ATTEMPTS; i++) {
+                        uint32_t key = channel_derive_key(secret, s->name, keys[k].domain | i);
 
-                if (cfg->fixed_keys && bsearch(&key, cfg->fixed_keys, cfg->n_fixed_keys, sizeof key, cmp_u32))
-                        continue;
-                if (!key_held_by_other(p, key))
-                        break;
-                lines += 4;
-        }
-        for (unsigned i = 0; s->layout == PROTO_LAYOUT_BROADCAST && i < CHANNEL_DERIVED_KEY_ATTEMPTS; i++) {
-                uint32_t key = channel_derive_key(secret, s->name, TABLE_KEY_DOMAIN | i);
-
-                if (cfg->fixed_keys && bsearch(&key, cfg->fixed_keys, cfg->n_fixed_keys, sizeof key, cmp_u32))
-                        continue;
-                if (!key_held_by_other(p, key))
-                        break;
-                lines += 2;
-        }
+                        if (config_key_is_fixed(cfg, key))
+                                continue;
+                        if (!key_held_by_other(p, key))
+                                break;
+                        lines += keys[k].lines;
+                }
         return lines;
 }
 
@@ -612,6 +607,8 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                 const ChannelSpec *s = &cfg->channels[i];
                 ChannelSpec old;
                 Entry *e = plan_creates(p, s) ? NULL : registry_find(reg, s->name);
+                bool replace = true;
+                char why[512];
 
                 if (!e)
                         continue;
@@ -625,35 +622,25 @@ static int apply(Registry *reg, const Config *cfg, const Plan *p, ProtoReloadRes
                 /* The FIFOs grant what the ring grants. */
                 if (r == 0 && e->has_wake)
                         r = wake_set_perms(reg->wake, s);
-                if (r < 0) {
-                        char why[512];
-
+                if (r < 0)
                         log_error("Reload: channel %s: cannot set owner %u, group %u, mode %04o: %s; replacing "
                                   "the channel instead.", s->name, (unsigned) s->uid, (unsigned) s->gid,
                                   (unsigned) s->mode, strerror(-r));
-                        if (replace_reserved(reg, e, s, cfg, why, sizeof why) < 0) {
-                                log_error("Reload: %s; the channel is gone until a later reload.", why);
-                                if (names_add(&removed, s->name) < 0)
-                                        return -ENOMEM;
-                                continue;
-                        }
-                }
                 /*
                  * Counted again under the new rights, which nobody they refuse can
                  * attach with any more: an attachment made since the plan counted
                  * was made under the old ones, by someone it cannot judge.
                  */
-                else if (perms_revoke_unnamed(e, old.uid, old.gid, old.mode, s)) {
-                        char why[512];
-
+                else if (perms_revoke_unnamed(e, old.uid, old.gid, old.mode, s))
                         log_info("Reload: channel %s: a process attached it while the reload ran; replacing the "
                                  "channel instead of changing it in place.", s->name);
-                        if (replace_reserved(reg, e, s, cfg, why, sizeof why) < 0) {
-                                log_error("Reload: %s; the channel is gone until a later reload.", why);
-                                if (names_add(&removed, s->name) < 0)
-                                        return -ENOMEM;
-                                continue;
-                        }
+                else
+                        replace = false;
+                if (replace && replace_reserved(reg, e, s, cfg, why, sizeof why) < 0) {
+                        log_error("Reload: %s; the channel is gone until a later reload.", why);
+                        if (names_add(&removed, s->name) < 0)
+                                return -ENOMEM;
+                        continue;
                 }
                 if (names_add(&changed, s->name) < 0)
                         return -ENOMEM;
