@@ -1038,6 +1038,55 @@ static void append_to_unit_state(const char *text) {
         close(fd);
 }
 
+/* The state file's size now. */
+static off_t unit_state_size(void) {
+        char path[400];
+        struct stat st;
+
+        snprintf(path, sizeof path, "%s/unit.sock.state", td.dir);
+        ck_assert_int_eq(stat(path, &st), 0);
+        return st.st_size;
+}
+
+/*
+ * state_line_max() counts format_record()'s fields by hand, for what a
+ * reload reserves: every record at its widest, added and cancelled,
+ * pending or not, must fit it, or a change of the format undercounts the
+ * reservation unseen.
+ */
+START_TEST(test_widest_lines_fit_state_line_max) {
+        StateRecord recs[4] = {
+                { .kind = STATE_SHM, .key = UINT32_MAX, .id = INT_MIN, .pid = INT_MIN, .since = INT64_MIN,
+                  .size = UINT64_MAX },
+                { .kind = STATE_SEM, .key = UINT32_MAX, .id = -1, .pending = true, .pid = INT_MIN, .since = INT64_MIN,
+                  .size = UINT64_MAX },
+                { .kind = STATE_CHAN, .key = UINT32_MAX, .id = INT_MIN, .sem_id = INT_MIN, .fingerprint = UINT64_MAX },
+                { .kind = STATE_POSIX, .id = INT_MIN, .pending = true, .pid = INT_MIN, .since = INT64_MIN,
+                  .size = UINT64_MAX, .dev = UINT64_MAX, .ino = UINT64_MAX, .uid = (uid_t) -2 },
+        };
+        char msg[512];
+        State *s = NULL;
+
+        memset(recs[2].name, 'n', 64);
+        memset(recs[3].name, 'n', 64);
+        ck_assert_msg(state_open(td.dir, "unit.sock", &s, msg, sizeof msg) == 0, "%s", msg);
+        for (size_t i = 0; i < sizeof recs / sizeof recs[0]; i++)
+                for (int cancel = 0; cancel < 2; cancel++) {
+                        bool posix = recs[i].kind == STATE_POSIX;
+                        off_t before = unit_state_size(), len;
+
+                        ck_assert_int_eq(state_append_records(s, cancel ? NULL : &recs[i], !cancel, cancel ? &recs[i] : NULL,
+                                                              cancel), 0);
+                        len = unit_state_size() - before;
+                        ck_assert_msg((size_t) len <= state_line_max(posix, strlen(recs[i].name)),
+                                      "record %zu%s: a line of %jd bytes, state_line_max() %zu", i,
+                                      cancel ? " (cancelled)" : "", (intmax_t) len,
+                                      state_line_max(posix, strlen(recs[i].name)));
+                }
+        state_free(s);
+}
+END_TEST
+
 /* Every field of a read record as it was written. */
 static void assert_record_eq(const StateRecord *got, const StateRecord *want, size_t i) {
         ck_assert_msg(got->kind == want->kind && got->key == want->key && got->id == want->id &&
@@ -1307,6 +1356,7 @@ int main(void) {
                 { "forged", CASE_TIMEOUT, { test_forged_records_spare_foreign_objects, test_set_older_than_its_record_spared } },
                 { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_lost_state_file_warns_of_held_key,
                                           test_derived_key_taken_by_another_user_is_named_so,
+                                          test_widest_lines_fit_state_line_max,
                            test_unreadable_record_stays_recorded,
                            test_secret_checks, test_refused_start_leaves_no_lock, test_state_dir_option,
                            test_runtime_directory_default, test_socket_dir_made_0755_under_umask } },
