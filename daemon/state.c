@@ -566,22 +566,19 @@ static bool same_record(const StateRecord *a, const StateRecord *b) {
 /* What state_read() keeps of lines it cannot parse: a damaged file's first 64 KiB of them. */
 #define UNREAD_MAX 65536
 
-/* Keep a line state_read() could not parse (n bytes, perhaps without its \n) for state_rewrite(). */
+/* Keep a line state_read() could not parse (n bytes with its \n: a cut one is dropped) for state_rewrite(). */
 static int keep_unread(State *s, const char *line, size_t n) {
-        bool nl = n > 0 && line[n - 1] == '\n';
         char *v;
 
-        if (s->unread_len + n + !nl > UNREAD_MAX) {
+        if (s->unread_len + n > UNREAD_MAX) {
                 s->unread_dropped++;
                 return 0;
         }
-        v = realloc(s->unread, s->unread_len + n + !nl);
+        v = realloc(s->unread, s->unread_len + n);
         if (!v)
                 return -ENOMEM;
         memcpy(v + s->unread_len, line, n);
         s->unread_len += n;
-        if (!nl)
-                v[s->unread_len++] = '\n';
         s->unread = v;
         return 0;
 }
@@ -748,9 +745,7 @@ int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped) 
                 StateRecord rec;
                 bool add;
 
-                if (line[0] == '#' || line[0] == '\n')
-                        continue;
-                /* Only the last line can lack its newline: a write cut by a kill (state.h). */
+                /* Only the last line can lack its newline: a write cut by a kill (state.h), a comment's too. */
                 if (line[len - 1] != '\n') {
                         s->cut = strdup(line);
                         if (!s->cut) {
@@ -764,6 +759,8 @@ int state_read(State *s, StateRecord **ret, size_t *ret_n, size_t *ret_skipped) 
                         }
                         continue;
                 }
+                if (line[0] == '#' || line[0] == '\n')
+                        continue;
                 /* A NUL within makes it unparsable too: parse_line() would see less than the line. */
                 if (strlen(line) != (size_t) len || parse_line(line, &add, &rec) < 0) {
                         skipped++;

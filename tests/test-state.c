@@ -1198,6 +1198,29 @@ START_TEST(test_append_after_a_cut_line_is_read_back) {
 }
 END_TEST
 
+/* The same for a cut line that begins as a comment does: its "#" does not spare it the cut. */
+START_TEST(test_append_after_a_cut_comment_is_read_back) {
+        StateRecord rec = { .kind = STATE_SHM, .key = 7, .id = 3, .pid = 3, .since = 100, .size = 4096 };
+        StateRecord *v = NULL;
+        size_t n = 0, skipped = 0;
+        char msg[512];
+        State *s = NULL;
+
+        ck_assert_msg(state_open(td.dir, "unit.sock", &s, msg, sizeof msg) == 0, "%s", msg);
+        append_to_unit_state("# shmbroker st");
+        ck_assert_int_eq(state_read(s, &v, &n, &skipped), 0);
+        ck_assert_ptr_nonnull(state_cut_line(s));
+        free(v);
+        v = NULL;
+        ck_assert_int_eq(state_append_records(s, &rec, 1, NULL, 0), 0);
+        ck_assert_int_eq(state_read(s, &v, &n, &skipped), 0);
+        ck_assert_msg(n == 1 && skipped == 0, "%zu record(s) read (%zu unreadable): the record was glued to the cut "
+                      "comment", n, skipped);
+        free(v);
+        state_free(s);
+}
+END_TEST
+
 /*
  * The first format's intent, "pshm KEY STAMP SIZE" (ee61196: STAMP the
  * creator pid, SIZE the segment's size as PRIu64), of a segment of 2 GiB
@@ -1371,6 +1394,7 @@ int main(void) {
                                              test_journal_of_many_records_reads_in_linear_time,
                                              test_records_at_their_limits_read_back_exactly,
                                              test_append_after_a_cut_line_is_read_back,
+                                             test_append_after_a_cut_comment_is_read_back,
                                              test_first_format_intent_of_a_large_segment_is_legacy } },
         };
 
