@@ -1243,42 +1243,26 @@ void client_hold_remove(shmb_client *c, ClientHold *h, bool give_back, bool keep
 
 int client_open_call(shmb_client *c, ClientHold *h, const ProtoRequest *req, ProtoResponse *res, ClientFds *fds,
                      uint64_t asked) {
-        ProtoRequest close_req = { .op = PROTO_OP_CLOSE };
-        ProtoResponse close_res;
-        bool needed;
-        int r;
+        int r = client_lock(c);
+        bool locked = r == 0;
 
-        r = client_lock(c);
-        if (r < 0) {
+        if (locked)
+                r = call_locked(c, req, res, 1, 0, fds, asked);
+        else
                 fds->n = 0;
-                pthread_mutex_lock(&c->holds_lock);
-                hold_unlink(c, h);
-                pthread_mutex_unlock(&c->holds_lock);
-                return r;
-        }
-        r = call_locked(c, req, res, 1, 0, fds, asked);
+        /*
+         * Marked before c->lock goes, so that no close or rejoin of the name
+         * judges h before it is granted. A refusal took no hold, and no other
+         * handle left one to it: those count only granted handles (hold_in_use()).
+         */
         pthread_mutex_lock(&c->holds_lock);
         if (r == 0)
                 h->granted = true;
         else
                 hold_unlink(c, h);
-        needed = hold_needed(c, h->name);
         pthread_mutex_unlock(&c->holds_lock);
-        /*
-         * Under the same lock as the answer, so that no other open or close of
-         * the name comes between. A refusal takes no hold, but a close of another
-         * handle meanwhile left the broker's hold to this open, and so may a
-         * rejoin have (with another access: -EBUSY on a broadcast channel). A
-         * close nobody needed is refused, harmlessly; a rejoin still to answer
-         * its open of the name decides itself (rejoin_opened()).
-         */
-        if (r < 0 && !needed && !open_pending(c, h->name)) {
-                strcpy(close_req.channel, h->name);
-                /* Within the open's bound; never a reconnection: a broker away dropped the hold already. */
-                if (call_locked(c, &close_req, &close_res, 1, CALL_NO_RECONNECT | CALL_KEEP_MESSAGE, NULL, asked) == 0)
-                        proto_response_done(&close_res);
-        }
-        pthread_mutex_unlock(&c->lock);
+        if (locked)
+                pthread_mutex_unlock(&c->lock);
         return r;
 }
 

@@ -338,11 +338,9 @@ void client_keep_refusal(const shmb_client *c);
 int client_hold_add(shmb_client *c, ClientHold *h, const char *name, shmb_access access);
 /*
  * The open of listed handle h (req: client_open_request()'s), as
- * client_call_fds(), its bound from `asked`. Granted, h shares the name's hold from then
- * on, marked so before any other call can look. Refused (or failed), h is
- * unlisted, and the name's hold, should the broker keep one that no other
- * handle was granted (a hold kept for this open by a close or a rejoin
- * meanwhile), is given back.
+ * client_call_fds(), its bound from `asked`. Granted, h shares the name's
+ * hold from then on, marked so before any other call can look; refused (or
+ * failed), h is unlisted.
  */
 int client_open_call(shmb_client *c, ClientHold *h, const ProtoRequest *req, ProtoResponse *res, ClientFds *fds,
                      uint64_t asked);
