@@ -217,23 +217,9 @@ static int dropped(const BcastHandle *b) {
         return removed(b) ? -EIDRM : -ENOTCONN;
 }
 
-/*
- * A poll ran out: nobody marks a channel removed while the broker was away
- * (an ipcrm or rm after a crash), so a sleeper asks the kernel whether its
- * objects are still there (channel_check_gone()). So does a wait that ran
- * out at its caller's deadline, or that a signal interrupted, once a poll:
- * a caller waiting in slices shorter than the poll, or signalled more often,
- * would never see a poll run out.
- */
+/* A futex wait's outcome, FUTEX_POLLED included (channel_after_wait()). */
 static int after_poll(const BcastHandle *b, int r) {
-        int k;
-
-        if (r == FUTEX_POLLED)
-                return channel_check_gone(b->ch);
-        if (r != -ETIMEDOUT && r != -EINTR)
-                return r;
-        k = channel_check_gone_every(b->ch, BCAST_POLL_MS);
-        return k < 0 ? k : r;
+        return channel_after_wait(b->ch, r == FUTEX_POLLED ? 0 : r, r == FUTEX_POLLED, BCAST_POLL_MS);
 }
 
 static BcastSlot *slot_at(const BcastHandle *b, uint64_t pos) {

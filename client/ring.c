@@ -451,15 +451,8 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, const ui
         /* Whatever woke us (the remover's wake, a signal, the deadline), a removed ring is the answer. */
         if (ring_removed_seq(ch) || channel_gone(ch))
                 return -EIDRM;
-        if (r == -ETIMEDOUT && until != deadline)
-                return channel_check_gone(ch);  /* only a poll ran out: look again, unless the objects went */
-        /* Also a signal: a caller that signals interrupt again and again never sees a poll run out. */
-        if (r == -ETIMEDOUT || r == -EINTR) {
-                int k = channel_check_gone_every(ch, GONE_POLL_MS);
-
-                return k < 0 ? k : r;
-        }
-        return r;
+        /* Only a poll ran out: look again, unless the objects went. */
+        return channel_after_wait(ch, r, r == -ETIMEDOUT && until != deadline, GONE_POLL_MS);
 }
 
 int ring_channel_init(shmb_channel *ch, void *addr, uint64_t size) {

@@ -379,6 +379,27 @@ static inline int channel_check_gone_every(shmb_channel *ch, int bound_ms) {
         return channel_check_gone(ch);
 }
 
+/*
+ * The outcome of a sleeping wait on ch that ended with r, where
+ * poll_ran_out says that only the library's poll ended it, not the caller's
+ * deadline. Nobody marks a channel removed while the broker was away (an
+ * ipcrm or rm after a crash), so a poll that ran out asks the kernel
+ * (channel_check_gone()); so does a wait that ran out at the caller's
+ * deadline, or that a signal interrupted, once a bound_ms (a caller waiting
+ * in shorter slices, or signalled more often, never sees a poll run out).
+ * Returns -EIDRM or another error of that look, else r.
+ */
+static inline int channel_after_wait(shmb_channel *ch, int r, bool poll_ran_out, int bound_ms) {
+        int k;
+
+        if (poll_ran_out)
+                return channel_check_gone(ch);
+        if (r != -ETIMEDOUT && r != -EINTR)
+                return r;
+        k = channel_check_gone_every(ch, bound_ms);
+        return k < 0 ? k : r;
+}
+
 /* The open request for name with access (-EINVAL for a bad name or access): shmb_open()'s, and a rejoin's. */
 int client_open_request(const char *name, shmb_access access, ProtoRequest *ret);
 
