@@ -1403,32 +1403,41 @@ int control_remove_stale_socket(const char *path, bool own_only, char *msg, size
 }
 
 /*
- * Give the socket bind() made at path (st: its lstat()) `mode` where the
- * umask at bind() did not (a default ACL of its directory), and group
- * `group` unless -1: through a descriptor of that very file, as its
- * directory may be another user's to write, who could have put a link to
- * some other file at the path since.
+ * The socket bind() just made at path, as a descriptor of that very file
+ * (O_PATH, in *ret_fd) and its fstat() in *ret: its directory may be
+ * another user's to write, who could have put a link to some other file
+ * at the path since. Everything after goes through the descriptor.
  */
-static int set_bound_perms(const char *path, const struct stat *st, mode_t mode, gid_t group, char *msg,
-                           size_t msg_size) {
-        _cleanup_(closep) int fd = -1;
-        char self[64];
-        struct stat now;
-        int r;
+static int open_bound(const char *path, int *ret_fd, struct stat *ret, char *msg, size_t msg_size) {
+        int fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC), r;
 
-        if ((st->st_mode & 0777) == mode && group == (gid_t) -1)
-                return 0;
-        fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-        if (fd < 0 || fstat(fd, &now) < 0) {
+        if (fd < 0 || fstat(fd, ret) < 0) {
                 r = -errno;
-                msg_set(msg, msg_size, "cannot open %s to set its mode and group: %s", path, strerror(errno));
+                msg_set(msg, msg_size, "cannot examine %s after binding it: %s", path, strerror(errno));
+                if (fd >= 0)
+                        close(fd);
                 return r;
         }
-        if (now.st_dev != st->st_dev || now.st_ino != st->st_ino) {
+        if (!S_ISSOCK(ret->st_mode) || ret->st_uid != self_euid()) {
                 msg_set(msg, msg_size, "%s was replaced right after it was bound; is its directory writable by "
                         "others?", path);
+                close(fd);
                 return -ESTALE;
         }
+        *ret_fd = fd;
+        return 0;
+}
+
+/*
+ * Give the bound socket (fd, st: open_bound()'s) `mode` where the umask at
+ * bind() did not (a default ACL of its directory), and group `group`
+ * unless -1.
+ */
+static int set_bound_perms(const char *path, int fd, const struct stat *st, mode_t mode, gid_t group, char *msg,
+                           size_t msg_size) {
+        char self[64];
+        int r;
+
         if (group != (gid_t) -1 && fchownat(fd, "", (uid_t) -1, group, AT_EMPTY_PATH) < 0) {
                 r = -errno;
                 msg_set(msg, msg_size, "cannot give %s group %u (socket_group): %s", path, (unsigned) group,
@@ -1447,7 +1456,7 @@ static int set_bound_perms(const char *path, const struct stat *st, mode_t mode,
 }
 
 int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char *msg, size_t msg_size) {
-        _cleanup_(closep) int fd = -1;
+        _cleanup_(closep) int fd = -1, bound = -1;
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         struct stat st;
         mode_t mask;
@@ -1471,16 +1480,9 @@ int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char 
                 return r;
         }
         /* What bind() made: a stop unlinks the path only while it still names this file. */
-        if (lstat(path, &st) < 0) {
-                r = -errno;
-                msg_set(msg, msg_size, "cannot examine %s after binding it: %s", path, strerror(errno));
+        r = open_bound(path, &bound, &st, msg, msg_size);
+        if (r < 0)
                 return r;
-        }
-        if (!S_ISSOCK(st.st_mode) || st.st_uid != self_euid()) {
-                msg_set(msg, msg_size, "%s was replaced right after it was bound; is its directory writable by "
-                        "others?", path);
-                return -ESTALE;
-        }
         r = refuse_descriptors(fd, msg, msg_size);
         if (r < 0) {
                 unlink(path);
@@ -1495,7 +1497,7 @@ int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char 
         c->bound_dev = st.st_dev;
         c->bound_ino = st.st_ino;
         /* Every request is checked against the peer's credentials as well. */
-        r = set_bound_perms(path, &st, mode & 0777, group, msg, msg_size);
+        r = set_bound_perms(path, bound, &st, mode & 0777, group, msg, msg_size);
         if (r < 0)
                 return r;
         if (listen(fd, SOMAXCONN) < 0) {
