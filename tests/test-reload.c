@@ -2951,6 +2951,51 @@ START_TEST(test_state_dir_with_room_takes_a_resize) {
 }
 END_TEST
 
+/*
+ * shmbrokerd(8): where the state directory's file system cannot set room
+ * aside (no fallocate(2), as on ramfs), a reload goes ahead on what statfs
+ * says is free. Refusing it there would make every resize fail.
+ */
+START_TEST(test_state_dir_without_fallocate_takes_a_resize) {
+        char state[400];
+        json_t *resp, *after;
+        int status = 0, fd, probe;
+
+        ck_assert_int_lt(snprintf(state, sizeof state, "%s/state", td.dir), (int) sizeof state);
+        ck_assert_int_eq(mkdir(state, 0700), 0);
+        ck_assert_int_eq(unshare(CLONE_NEWNS), 0);
+        ck_assert_int_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0);
+        ck_assert_msg(mount("ramfs", state, "ramfs", 0, "mode=0700") == 0, "mount: %s", strerror(errno));
+        /* The premise: this file system has no fallocate. */
+        probe = open(state, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+        ck_assert_int_ge(probe, 0);
+        ck_assert_msg(fallocate(probe, FALLOC_FL_KEEP_SIZE, 0, 4096) < 0 && errno == EOPNOTSUPP,
+                      "ramfs took fallocate: the test needs another file system without it");
+        close(probe);
+
+        write_sized_channels(10, 4096, "sysv");
+        ck_assert_msg(test_daemon_start(&td, &status, "--state-dir", state, NULL), "no start (%d)", status);
+        write_sized_channels(10, 8192, "sysv");
+        fd = test_connect(td.socket);
+        resp = req(fd, "{\"op\":\"reload\"}");
+        ck_assert_msg(json_is_true(json_object_get(resp, "ok")), "a resize on a state directory without fallocate "
+                      "was refused: %s", json_string_value(json_object_get(resp, "message")));
+        after = list_ok();
+        for (int i = 0; i < 10; i++) {
+                char name[16];
+
+                snprintf(name, sizeof name, "c%d", i);
+                ck_assert_int_eq(json_integer_value(json_object_get(test_must_find(after, name), "size")), 8192);
+        }
+        json_decref(after);
+        json_decref(resp);
+        close(fd);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(umount2(state, MNT_DETACH), 0);
+}
+END_TEST
+
 static void a_channels(char *config, unsigned size) {
         char *p = config;
 
@@ -3073,7 +3118,8 @@ int main(void) {
                 { "reload-state-room", CASE_TIMEOUT, { test_full_state_dir_allows_a_mode_change,
                                                        test_held_derived_keys_are_reserved_for,
                                                        test_reload_killed_in_a_tight_state_dir_restarts,
-                                                       test_state_dir_with_room_takes_a_resize } },
+                                                       test_state_dir_with_room_takes_a_resize,
+                                                       test_state_dir_without_fallocate_takes_a_resize } },
         };
 
         return test_main("reload", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
