@@ -2020,6 +2020,135 @@ START_TEST(test_close_racing_an_open_leaves_no_hold) {
 }
 END_TEST
 
+/* The system call thread tid of this process is blocked in (-1 while it runs). */
+static long blocked_in(pid_t tid) {
+        char path[64], text[64] = "";
+        FILE *f;
+
+        snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int) tid);
+        f = fopen(path, "re");
+        ck_assert_ptr_nonnull(f);
+        if (!fgets(text, sizeof text, f))
+                text[0] = '\0';
+        fclose(f);
+        return strncmp(text, "running", 7) == 0 ? -1 : strtol(text, NULL, 10);
+}
+
+/* Wait (5 s at most) until thread tid is blocked in system call nr, or in alt. */
+static void wait_blocked_in(pid_t tid, long nr, long alt, const char *what) {
+        for (int i = 0; i < 5000; i++) {
+                long now = blocked_in(tid);
+
+                if (now == nr || now == alt)
+                        return;
+                usleep(1000);
+        }
+        ck_abort_msg("%s never blocked (system call %ld)", what, blocked_in(tid));
+}
+
+typedef struct Queued {
+        shmb_client *c;
+        shmb_channel *ch;
+        pid_t tid;
+        int r;
+} Queued;
+
+static void *queued_status(void *userdata) {
+        Queued *q = userdata;
+        shmb_status_list *l = NULL;
+
+        __atomic_store_n(&q->tid, gettid(), __ATOMIC_RELEASE);
+        q->r = shmb_status(q->c, "feed", &l);
+        shmb_status_free(l);
+        return NULL;
+}
+
+static void *queued_open(void *userdata) {
+        Queued *q = userdata;
+
+        __atomic_store_n(&q->tid, gettid(), __ATOMIC_RELEASE);
+        q->r = shmb_open(q->c, "feed", SHMB_RW, &q->ch);
+        return NULL;
+}
+
+static void *queued_close(void *userdata) {
+        Queued *q = userdata;
+
+        __atomic_store_n(&q->tid, gettid(), __ATOMIC_RELEASE);
+        q->r = shmb_close(q->ch);
+        return NULL;
+}
+
+static pid_t tid_of(Queued *q) {
+        pid_t tid;
+
+        while ((tid = __atomic_load_n(&q->tid, __ATOMIC_ACQUIRE)) == 0)
+                usleep(1000);
+        return tid;
+}
+
+/*
+ * The race above, made to happen every time. An open lists its handle,
+ * then sends its request; a close of another handle of the same name on
+ * the same client that comes in between must not count the listed, not yet
+ * granted handle as holding the broker's hold: it gives the hold back,
+ * and the open (a publisher's, after a subscriber's close) is granted.
+ * Counted as holding, the close sends nothing, the broker refuses the open
+ * (-EBUSY: still a subscriber), and a hold is left for no handle.
+ *
+ * The order is forced: with the broker stopped, a status call holds the
+ * client's lock; the open waits for the lock, then the close. Released,
+ * the open lists its handle and lets the lock go, which wakes the close:
+ * on the same CPU at a real-time priority, it runs at once, before the
+ * open takes the lock again to send its request.
+ */
+START_TEST(test_close_between_an_open_and_its_request_gives_the_hold_back) {
+        Queued x = {}, o = {}, cl = {};
+        struct sched_param rt = { .sched_priority = 1 };
+        pthread_t tx, to, tc;
+        pthread_attr_t one_cpu;
+        cpu_set_t cpus, cpu;
+        json_t *resp, *e;
+        int cpu_nr = 0;
+
+        ck_assert_int_eq(sched_getaffinity(0, sizeof cpus, &cpus), 0);
+        while (!CPU_ISSET(cpu_nr, &cpus))
+                cpu_nr++;
+        CPU_ZERO(&cpu);
+        CPU_SET(cpu_nr, &cpu);
+        ck_assert_int_eq(pthread_attr_init(&one_cpu), 0);
+        ck_assert_int_eq(pthread_attr_setaffinity_np(&one_cpu, sizeof cpu, &cpu), 0);
+
+        ck_assert_int_eq(shmb_connect(NULL, &x.c), 0);
+        o.c = cl.c = x.c;
+        ck_assert_int_eq(shmb_open(x.c, "feed", SHMB_RO, &cl.ch), 0);
+        ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
+        ck_assert_int_eq(pthread_create(&tx, NULL, queued_status, &x), 0);
+        wait_blocked_in(tid_of(&x), SYS_recvmsg, SYS_poll, "the status call");
+        ck_assert_int_eq(pthread_create(&to, &one_cpu, queued_open, &o), 0);
+        wait_blocked_in(tid_of(&o), SYS_futex, SYS_futex, "the open");
+        ck_assert_int_eq(pthread_create(&tc, &one_cpu, queued_close, &cl), 0);
+        wait_blocked_in(tid_of(&cl), SYS_futex, SYS_futex, "the close");
+        /* Raised once queued: a waiter's place among a lock's waiters is taken by its priority then. */
+        ck_assert_int_eq(pthread_setschedparam(tc, SCHED_FIFO, &rt), 0);
+        ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
+        ck_assert_int_eq(pthread_join(tx, NULL), 0);
+        ck_assert_int_eq(pthread_join(tc, NULL), 0);
+        ck_assert_int_eq(pthread_join(to, NULL), 0);
+        pthread_attr_destroy(&one_cpu);
+
+        ck_assert_int_eq(x.r, 0);
+        ck_assert_int_eq(cl.r, 0);
+        ck_assert_msg(o.r == 0, "the publisher's open after the subscriber's close said %s", shmb_strerror(o.r));
+        ck_assert_int_eq(shmb_close(o.ch), 0);
+        e = status_of("feed", &resp);
+        ck_assert_msg(json_array_size(json_object_get(e, "clients")) == 0, "every handle closed, yet %zu hold(s) listed",
+                      json_array_size(json_object_get(e, "clients")));
+        json_decref(resp);
+        shmb_disconnect(x.c);
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "open", CASE_TIMEOUT, { test_open_answer_and_segments, test_ro_cannot_publish,
@@ -2050,7 +2179,8 @@ int main(void) {
                              test_crash_restart_trusts_no_table_a_publisher_names,
                              test_subscription_closed_after_crash_frees_its_place,
                              test_refused_open_after_restart_leaves_no_hold,
-                             test_close_racing_an_open_leaves_no_hold } },
+                             test_close_racing_an_open_leaves_no_hold,
+                             test_close_between_an_open_and_its_request_gives_the_hold_back } },
                 { "programs", CASE_TIMEOUT, { test_examples_publish_to_two_subscribers } },
                 { "hostile-fd", CASE_TIMEOUT, { test_cleared_flag_does_not_strand_an_event_loop_subscriber,
                                                 test_cleared_flag_does_not_strand_an_event_loop_publisher } },
