@@ -2397,6 +2397,78 @@ START_TEST(test_crash_ipcrm_without_broker_reaches_blocked_callers) {
 }
 END_TEST
 
+/*
+ * The usual cleanup after a crash takes the segments only (ipcrm -m): the
+ * semaphore set of "pair" stays, with a caller blocked in it. The restart
+ * cannot prove the segments its own and makes the channels anew, and the
+ * library, rejoining, marks every handle stale. libshmbroker(3), BROKER
+ * RESTARTS: a stale handle's "semaphore and ring calls return -EIDRM,
+ * callers already blocked in them included", so the semaphore waiter must
+ * learn it as the ring waiters do, not sleep for ever in a set that nobody
+ * will post or remove.
+ */
+static shmb_channel *stale_handles[3];
+
+static bool three_handles_stale(void) {
+        for (int i = 0; i < 3; i++)
+                if (shmb_channel_check(stale_handles[i]) != -EIDRM)
+                        return false;
+        return true;
+}
+
+/* The handles of b rejoin the restarted broker (driven as the manual asks) and are marked stale. */
+static void drive_blocked_until_stale(Blocked *b) {
+        shmb_client *cs[3];
+
+        for (int i = 0; i < 3; i++) {
+                stale_handles[i] = b[i].ch;
+                cs[i] = shmb_channel_get_client(b[i].ch);
+        }
+        drive_until(cs, 3, three_handles_stale);
+}
+
+START_TEST(test_crash_ipcrm_segments_restart_reaches_blocked_semaphore_waiter) {
+        Blocked b[3];
+        int64_t t;
+
+        block_callers_then_crash(b, true);
+        for (int i = 0; i < 3; i++)
+                ck_assert_int_eq(shmctl(shmb_channel_shm_id(b[i].ch), IPC_RMID, NULL), 0);
+        test_start_ok();
+        drive_blocked_until_stale(b);
+        t = test_now_ms();
+        assert_removed_everywhere(b, 3, t, "crash, ipcrm -m, restart");
+}
+END_TEST
+
+/*
+ * A crash, and the state file lost before the restart (a state directory
+ * on a tmpfs that was cleaned, or restored from an old backup): the restart
+ * cannot prove the dead run's objects its own, leaves them as leftovers
+ * and makes every channel at another key. The library rejoins and marks
+ * the handles stale; the callers blocked in the old objects, the
+ * semaphore waiter included, must return -EIDRM as the manual says.
+ */
+START_TEST(test_crash_lost_state_restart_reaches_blocked_callers) {
+        char path[sizeof td.socket + 8];
+        Blocked b[3];
+        int64_t t;
+
+        block_callers_then_crash(b, true);
+        snprintf(path, sizeof path, "%s.state", td.socket);
+        ck_assert_msg(unlink(path) == 0, "%s: %s", path, strerror(errno));
+        test_start_ok();
+        drive_blocked_until_stale(b);
+        t = test_now_ms();
+        assert_removed_everywhere(b, 3, t, "crash, state lost, restart");
+        /* The leftovers are the test's to remove: nobody can prove them the broker's now. */
+        for (int i = 0; i < 3; i++) {
+                (void) shmctl(shmb_channel_shm_id(b[i].ch), IPC_RMID, NULL);
+                (void) semctl(shmb_channel_sem_id(b[i].ch), 0, IPC_RMID);
+        }
+}
+END_TEST
+
 /* The access of this process's (one) hold on `channel`, as status lists it: "rw", "ro", or "" without one. */
 static const char *my_access(const char *channel) {
         const char *access;
@@ -4325,7 +4397,9 @@ int main(void) {
                               test_revoking_reload_reaches_blocked_holder,
                               test_crash_restart_replacing_reaches_blocked_callers,
                               test_crash_ipcrm_restart_reaches_blocked_callers,
-                              test_crash_ipcrm_without_broker_reaches_blocked_callers } },
+                              test_crash_ipcrm_without_broker_reaches_blocked_callers,
+                              test_crash_ipcrm_segments_restart_reaches_blocked_semaphore_waiter,
+                              test_crash_lost_state_restart_reaches_blocked_callers } },
                 { "admin", CASE_TIMEOUT, { test_list_and_status_answers } },
                 { "reload-holders", CASE_TIMEOUT, { test_two_handles_of_one_holder_keep_channel_in_place } },
                 { "programs", CASE_TIMEOUT, { test_examples_exchange, test_shmbrokerctl,
