@@ -34,9 +34,42 @@ static int einval_means_removed(int sem_id) {
         return -EINVAL;
 }
 
+/*
+ * A System V wait, cut into slices of at most RING_GONE_POLL_MS: the kernel
+ * wakes waiters with EIDRM only when the set is removed, and a handle can
+ * go stale while its set lives on (a broker restarted without its state
+ * file leaves the old objects behind and makes the channel anew; the
+ * library learns it at the rejoin). Between slices the wait asks as a
+ * sleeping ring call does (channel_check_gone()), so no caller sleeps for
+ * ever on a channel that the broker no longer has. timeout_ms < 0: none.
+ */
+static int sem_wait_sliced(shmb_channel *ch, struct sembuf *op, int timeout_ms) {
+        int64_t deadline = timeout_ms < 0 ? INT64_MAX : client_now_ns() + (int64_t) timeout_ms * 1000000;
+
+        for (;;) {
+                int64_t left = deadline - client_now_ns(), slice = (int64_t) RING_GONE_POLL_MS * 1000000;
+                struct timespec ts;
+                bool last = left <= slice;
+
+                if (left <= 0)
+                        return -ETIMEDOUT;
+                if (last)
+                        slice = left;
+                ts = (struct timespec) { .tv_sec = slice / 1000000000, .tv_nsec = slice % 1000000000 };
+                if (semtimedop(ch->info.sem_id, op, 1, &ts) == 0)
+                        return 0;
+                if (errno != EAGAIN)
+                        return -errno;
+                if (channel_check_gone(ch) == -EIDRM)
+                        return -EIDRM;
+                if (last)
+                        return -ETIMEDOUT;
+        }
+}
+
 static int sem_op(shmb_channel *ch, unsigned idx, short delta, bool undo, int timeout_ms) {
         struct sembuf op;
-        struct timespec ts, *tsp = NULL;
+        int r;
 
         if (!ch || idx >= ch->info.nsems)
                 return -EINVAL;
@@ -59,22 +92,23 @@ static int sem_op(shmb_channel *ch, unsigned idx, short delta, bool undo, int ti
                 .sem_op = delta,
                 .sem_flg = (short) ((undo ? SEM_UNDO : 0) | (timeout_ms == 0 ? IPC_NOWAIT : 0)),
         };
-        if (timeout_ms > 0) {
-                ts.tv_sec = timeout_ms / 1000;
-                ts.tv_nsec = (long) (timeout_ms % 1000) * 1000000L;
-                tsp = &ts;
-        }
-        if (semtimedop(ch->info.sem_id, &op, 1, tsp) == 0)
-                return 0;
-        switch (errno) {
-        case EAGAIN:
+        /* A post, or a try, never waits: one call. */
+        if (delta > 0 || timeout_ms == 0)
+                r = semop(ch->info.sem_id, &op, 1) == 0 ? 0 : -errno;
+        else
+                r = sem_wait_sliced(ch, &op, timeout_ms);
+        switch (r) {
+        case 0:
+        case -ETIMEDOUT:
+                return r;
+        case -EAGAIN:
                 return timeout_ms > 0 ? -ETIMEDOUT : -EAGAIN;
-        case EIDRM:
+        case -EIDRM:
                 return -EIDRM;          /* removed while we waited */
-        case EINVAL:
+        case -EINVAL:
                 return einval_means_removed(ch->info.sem_id);
         default:
-                return -errno;
+                return r;
         }
 }
 
