@@ -255,6 +255,33 @@ START_TEST(test_removal_wakes_the_waiter) {
 END_TEST
 
 /*
+ * SPEC, channel lifecycle: once a channel is removed, every library call on
+ * the old handle returns -EIDRM. A loop that asks for the descriptor only
+ * after the removal (it registers its fds late, or lazily at the first
+ * -EAGAIN) must learn that the channel is gone, not get -ENOENT, which the
+ * manual gives for a process that cannot see the broker's directory (a
+ * configuration error, not "open the channel again"). Here the broker's
+ * stop removed the FIFOs with the ring, for a ring handle and for a
+ * subscriber.
+ */
+START_TEST(test_fd_asked_after_the_removal_says_removed) {
+        shmb_channel *ch = open_ring(), *sub = NULL;
+        char buf[64];
+
+        ck_assert_int_eq(shmb_open_channel(NULL, "news", SHMB_RO, &sub), 0);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EIDRM);
+        ck_assert_int_eq(shmb_channel_check(sub), -EIDRM);
+        ck_assert_msg(shmb_channel_fd(ch) == -EIDRM, "shmb_channel_fd() of a removed ring: %s",
+                      shmb_strerror(shmb_channel_fd(ch)));
+        ck_assert_msg(shmb_channel_fd(sub) == -EIDRM, "shmb_channel_fd() of a removed broadcast channel: %s",
+                      shmb_strerror(shmb_channel_fd(sub)));
+        shmb_close(ch);
+        shmb_close(sub);
+}
+END_TEST
+
+/*
  * A waiter woken by the removal looks at the ring at once; if it still
  * reads LIVE, it arms again, and nothing will ever write its FIFO after
  * that. So the ring must read REMOVED by the time the broker writes the
@@ -1395,7 +1422,8 @@ int main(void) {
                                               test_sender_woken_when_a_slot_frees } },
                 { "broker-wakes", CASE_TIMEOUT, { test_removal_wakes_the_waiter, test_removal_wakes_a_subscriber_on_its_own_fifo,
                                                 test_removal_marked_before_the_fifo_is_written,
-                                                  test_dead_claimer_wakes_the_waiter } },
+                                                  test_dead_claimer_wakes_the_waiter,
+                                                  test_fd_asked_after_the_removal_says_removed } },
                 { "short-of-fds", CASE_TIMEOUT, { test_channel_fd_short_of_descriptors_leaks_nothing } },
                 { "restart", CASE_TIMEOUT, { test_wait_survives_a_broker_crash,
                                             test_wait_ends_when_the_objects_go_while_the_broker_is_away,
