@@ -317,11 +317,23 @@ int shmb_channel_fd(shmb_channel *ch) {
         pthread_mutex_lock(&w->lock);
         if (w->poll_fd >= 0)
                 goto done;
+        /*
+         * A removed channel's FIFOs went with it, or their names are its
+         * replacement's: say what every other call on the handle says, not
+         * -ENOENT, which would read as a broker directory out of sight.
+         */
+        if (channel_check_gone(ch) == -EIDRM) {
+                r = -EIDRM;
+                goto done;
+        }
         /* Both now: a FIFO we cannot open is this call's error, not a wait that never ends. */
         for (unsigned i = 0; i < 2 && r == 0; i++)
                 r = open_fifo(w, i);
-        if (r < 0)
+        if (r < 0) {
+                if (channel_check_gone(ch) == -EIDRM)
+                        r = -EIDRM;     /* removed while we opened them */
                 goto done;
+        }
         /* A subscriber's own: without it (its name is out of reach) it waits on the channel's. */
         if (w->path[WAKE_OWN])
                 (void) open_fifo(w, WAKE_OWN);
