@@ -19,6 +19,7 @@ import gc
 import hashlib
 import json
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -674,6 +675,62 @@ class TestRing(BrokerTest):
         with self.assertRaises(OSError) as cm:
             ring.send(b"x")
         self.assertEqual(cm.exception.errno, errno.EIDRM)
+
+    def test_removal_reaches_every_blocked_wait(self):
+        """SPEC: callers already blocked when the channel is removed get EIDRM within 100 ms.
+
+        The binding waits in slices and retries an interrupted wait
+        (_capi.waiting()): none of that may turn a removal into a wait
+        that goes on. One wait of each kind, each in a thread of its own;
+        the limit is generous (1 s) and the figures are printed.
+        """
+        ring, pair, pposix = self.open("ring"), self.open("pair"), self.open("pposix")
+        sub = self.open("news", "ro")
+        pposix.lock(0)                  # held here: the thread's lock(0) waits (a robust mutex)
+        self.addCleanup(pposix.unlock, 0)
+
+        def event_loop():
+            fd = sub.fileno()
+            while True:
+                try:
+                    sub.recv(timeout=0)
+                except BlockingIOError:
+                    if not select.select([fd], [], [], 10)[0]:
+                        raise AssertionError("the subscriber's descriptor stayed quiet for 10 s")
+
+        waits = {
+            "ring.recv(None)": lambda: ring.recv(),
+            "pair.sem_wait(1)": lambda: pair.sem_wait(1),
+            "pair.lock(1)": lambda: pair.lock(1),
+            "pposix.sem_wait(1)": lambda: pposix.sem_wait(1),
+            "pposix.lock(0)": lambda: pposix.lock(0),
+            "news fileno() in select": event_loop,
+        }
+        outcome = {}
+
+        def run(name, fn):
+            try:
+                fn()
+                outcome[name] = ("returned", time.monotonic())
+            except OSError as e:
+                outcome[name] = (e.errno, time.monotonic())
+
+        threads = [threading.Thread(target=run, args=item, daemon=True) for item in waits.items()]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)                 # into their waits (none can end before the stop)
+        self.assertEqual(outcome, {})
+        since = time.monotonic()
+        self.daemon.stop_ok()
+        for t in threads:
+            t.join(5)
+        for name in waits:
+            self.assertIn(name, outcome, "%s still waits 5 s after the stop" % name)
+            err, when = outcome[name]
+            sys.stderr.write("removal: %s ended with %s after %d ms\n"
+                             % (name, errno.errorcode.get(err, err), (when - since) * 1000))
+            self.assertEqual(err, errno.EIDRM, name)
+            self.assertLess(when - since, 1.0, name)
 
 
 class TestBroadcast(BrokerTest):
