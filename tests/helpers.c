@@ -337,13 +337,21 @@ static void daemon_spawn(TestDaemon *d, va_list ap) {
 
         if (d->notify_fd < 0)
                 d->notify_fd = open_notify_socket(d);
+        /* With userns_map: the child makes the namespace, the parent (root out here) writes its maps. */
+        int to_parent[2] = { -1, -1 }, to_child[2] = { -1, -1 };
+        if (d->userns_map)
+                ck_assert(pipe2(to_parent, O_CLOEXEC) == 0 && pipe2(to_child, O_CLOEXEC) == 0);
         d->pid = fork();
         ck_assert_int_ge(d->pid, 0);
         if (d->pid == 0) {
                 int log = open(d->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+                char b;
 
                 if (log < 0 || dup2(log, STDERR_FILENO) < 0)
                         _exit(127);
+                if (d->userns_map && (unshare(CLONE_NEWUSER) < 0 || write(to_parent[1], "u", 1) != 1 ||
+                                      read(to_child[0], &b, 1) != 1 || getuid() != 0))
+                        _exit(123);
                 /* A failed test skips its teardown: the daemon must not outlive it. */
                 if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() == 1)
                         _exit(127);
@@ -375,6 +383,23 @@ static void daemon_spawn(TestDaemon *d, va_list ap) {
                 }
                 execvp(argv[0], (char **) argv);
                 _exit(127);
+        }
+        if (d->userns_map) {
+                static const char *const maps[] = { "uid_map", "gid_map" };
+                char b, path[64];
+
+                close(to_parent[1]);
+                close(to_child[0]);
+                /* No answer: the child died (its status tells); else it waits for the maps. */
+                if (read(to_parent[0], &b, 1) == 1) {
+                        for (size_t i = 0; i < 2; i++) {
+                                snprintf(path, sizeof path, "/proc/%d/%s", (int) d->pid, maps[i]);
+                                test_write_proc(path, d->userns_map);
+                        }
+                        ck_assert_int_eq(write(to_child[1], "g", 1), 1);
+                }
+                close(to_parent[0]);
+                close(to_child[1]);
         }
         free(wrapper);      /* the child has its own copy */
 }

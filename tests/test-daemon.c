@@ -561,6 +561,45 @@ START_TEST(test_access_follows_kernel_rule) {
 }
 END_TEST
 
+/*
+ * A daemon in a user namespace that maps only some ids (in a container)
+ * is told a peer's unmapped uid and groups as the overflow ids (65534),
+ * where shmat() compares the real ones: such a peer is neither the owner
+ * nor in the group of a segment whose owner or group is 65534 there, and
+ * its open must be refused, as shmat() refuses it.
+ */
+START_TEST(test_unmapped_peer_is_not_the_overflow_id) {
+        static const char channels[] =
+                "[{\"name\": \"nogroup\", \"size\": 4096, \"group\": 65534, \"mode\": \"0660\"},"
+                " {\"name\": \"nobody\", \"size\": 4096, \"owner\": 65534, \"mode\": \"0600\"}]";
+        AccessCase cases[] = {
+                { "nogroup", "rw", 4242, 4242, 0, false },      /* uid and gid unmapped there: both shown as 65534 */
+                { "nogroup", "ro", 4242, 4242, 0, false },
+                { "nobody", "rw", 4242, 4242, 0, false },
+                { "nobody", "ro", 4242, 4242, 0, false },
+        };
+        json_t *list;
+        int fd;
+
+        /* Maps root and 65534 only, as a container maps a range: 4242 is no id there. */
+        td.userns_map = "0 0 1000\n65534 65534 1\n";
+        list = start_and_list(channels, &fd);
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+                int status;
+
+                cases[i].socket = td.socket;
+                cases[i].shm_id = (int) test_jint(test_find_channel(list, cases[i].channel), "shm_id");
+                status = test_in_child(access_child, &cases[i]);
+                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                              "case %zu (%s %s as %u/%u+%u): child status %d (20: daemon and kernel disagree, 21: wrong verdict)",
+                              i, cases[i].channel, cases[i].access, cases[i].uid, cases[i].gid, cases[i].extra_group,
+                              WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        }
+        json_decref(list);
+        close(fd);
+}
+END_TEST
+
 /* ---- lifecycle ---- */
 
 static void assert_nothing_left(void) {
@@ -3014,6 +3053,7 @@ int main(void) {
                                  test_line_at_limit_is_served, test_half_sent_request_does_not_stall_others,
                                  test_out_of_band_byte_neither_spins_nor_stalls } },
                 { "access", CASE_TIMEOUT, { test_access_follows_kernel_rule, test_clients_cannot_remove_or_reown } },
+                { "unmapped", CASE_TIMEOUT, { test_unmapped_peer_is_not_the_overflow_id } },
                 { "lifecycle", CASE_TIMEOUT, { test_sigterm_with_client_attached, test_sigint_with_client_attached,
                                  test_sigkill_then_restart_adopts_or_replaces, test_failed_start_keeps_adopted_channels,
                                  test_reclaim_spares_foreign_reuse_of_id,

@@ -858,6 +858,38 @@ START_TEST(test_access_follows_file_rule) {
 }
 END_TEST
 
+/*
+ * A daemon in a user namespace that maps only some ids (in a container)
+ * is told a peer's unmapped uid and groups as the overflow ids
+ * (kernel.overflowuid/overflowgid, 65534): SO_PEERCRED and SO_PEERGROUPS
+ * say so, open(2) never does, as it compares the real ids. Such a peer is
+ * neither the owner nor in the group of a file whose owner or group is
+ * 65534 in the daemon's namespace, and the descriptors are the access
+ * itself: the daemon must refuse it as open(2) does. (A peer that really
+ * is in group 65534 cannot be told from one, and is refused too.)
+ */
+START_TEST(test_unmapped_peer_is_not_the_overflow_id) {
+        static const char channels[] =
+                "[{\"name\": \"nogroup\", \"kind\": \"posix\", \"size\": 4096, \"group\": 65534, \"mode\": \"0660\"},"
+                " {\"name\": \"nobody\", \"kind\": \"posix\", \"size\": 4096, \"owner\": 65534, \"mode\": \"0600\"}]";
+        AccessCase cases[] = {
+                { "nogroup", "rw", 4242, 4242, 0, false },      /* uid and gid unmapped there: both shown as 65534 */
+                { "nogroup", "ro", 4242, 4242, 0, false },
+                { "nobody", "ro", 4242, 4242, 0, false },
+                { "nobody", "rw", 4242, 4242, 0, false },
+                /* Really in group 65534 (mapped): open(2) lets it in, the daemon cannot know. */
+                { "nogroup", "rw", 4242, 4242, NOBODY, false, .kernel_differs = true },
+        };
+
+        /* Maps root and 65534 only, as a container maps a range: 4242 is no id there. */
+        td.userns_map = "0 0 1000\n65534 65534 1\n";
+        test_daemon_write_config(&td, channels);
+        test_start_ok();
+        assert_file("shmbroker.nogroup", 4096, 0, NOBODY, 0660);
+        run_access_cases(cases, sizeof cases / sizeof cases[0]);
+}
+END_TEST
+
 /* The daemon as nobody (its directory made nobody's), serving posix channel "mine", 0640, as its own. */
 static void start_as_nobody_with_mine(void) {
         ck_assert_int_eq(chown(td.dir, NOBODY, NOBODY), 0);
@@ -3384,6 +3416,7 @@ int main(void) {
                                          test_read_answers_of_idle_connections_give_their_room_back,
                                          test_unread_descriptors_stop_at_a_quarter } },
                 { "cap-exec", CASE_TIMEOUT, { test_capability_gained_by_exec_after_connect_does_not_count } },
+                { "unmapped", CASE_TIMEOUT, { test_unmapped_peer_is_not_the_overflow_id } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back,
                                              test_stop_and_reload_spare_replaced, test_other_owner_removed,
