@@ -17,6 +17,7 @@
 #include <linux/capability.h>
 #include <linux/nsfs.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,7 +139,65 @@ int peer_pin_process(Peer *p) {
         return 0;
 }
 
+/* The number of ids a uid_map or gid_map maps; 0 when it cannot be read. */
+static unsigned long long map_count(const char *path) {
+        _cleanup_(fclosep) FILE *f = fopen(path, "re");
+        unsigned long long total = 0, inside, outside, count;
+
+        if (!f)
+                return 0;
+        while (fscanf(f, "%llu %llu %llu", &inside, &outside, &count) == 3)
+                total += count;
+        return total;
+}
+
+static unsigned long read_id(const char *path, unsigned long fallback) {
+        _cleanup_(fclosep) FILE *f = fopen(path, "re");
+        unsigned long v;
+
+        return f && fscanf(f, "%lu", &v) == 1 ? v : fallback;
+}
+
+/*
+ * The uid and gid that SO_PEERCRED and SO_PEERGROUPS show for ids our user
+ * namespace does not map (kernel.overflowuid and overflowgid), or -1 where
+ * it maps every id (the initial one does), so that none is shown so. In a
+ * namespace that maps a range (a container), a peer from outside it, or one
+ * that entered it keeping groups of outside, has ids the kernel compares
+ * as they are, and that we see as these. Asked once: maps are written once.
+ */
+static struct {
+        bool known;
+        uid_t uid;
+        gid_t gid;
+} overflow;
+
+static void overflow_read(void) {
+        if (overflow.known)
+                return;
+        /* Unreadable: as if some ids were not mapped, which can only refuse. */
+        overflow.uid = map_count("/proc/self/uid_map") >= UINT32_MAX ? (uid_t) -1 :
+                       (uid_t) read_id("/proc/sys/kernel/overflowuid", 65534);
+        overflow.gid = map_count("/proc/self/gid_map") >= UINT32_MAX ? (gid_t) -1 :
+                       (gid_t) read_id("/proc/sys/kernel/overflowgid", 65534);
+        overflow.known = true;
+}
+
+/*
+ * Whether the peer's uid is uid. The overflow uid never is: it may stand
+ * for any id we do not map, and the kernel compares the real one (a peer
+ * that really has it is refused what the kernel would grant it by owner).
+ */
+static bool peer_is_uid(const Peer *p, uid_t uid) {
+        overflow_read();
+        return p->uid == uid && p->uid != overflow.uid;
+}
+
 bool peer_in_group(const Peer *p, gid_t gid) {
+        overflow_read();
+        /* As for uids: a group we see as the overflow gid may be any of those we do not map. */
+        if (gid == overflow.gid)
+                return false;
         if (p->gid == gid)
                 return true;
         for (size_t i = 0; i < p->n_groups; i++)
@@ -246,7 +305,7 @@ bool access_allowed(const Peer *p, const ChannelPerm *perm, bool read, bool writ
         unsigned granted = perm->mode;
         int r;
 
-        if (p->uid == perm->cuid || p->uid == perm->uid)
+        if (peer_is_uid(p, perm->cuid) || peer_is_uid(p, perm->uid))
                 granted >>= 6;
         else if (peer_in_group(p, perm->cgid) || peer_in_group(p, perm->gid))
                 granted >>= 3;

@@ -52,6 +52,11 @@ bool peer_in_group(const Peer *p, gid_t gid);
  * Whether the peer may use an object with these permissions: `read` and
  * `write` name the bits needed (ro: read; rw: read and write).
  *
+ * In a user namespace that does not map every id, the overflow uid and
+ * gid (what the kernel shows for an id we do not map) never count as the
+ * owner or as a group: they may stand for any id, and the kernel compares
+ * the real one.
+ *
  * Where the bits refuse, the kernel still lets a process with
  * CAP_IPC_OWNER over the IPC namespace's user namespace through, and so
  * does this, by one rule:
