@@ -1344,6 +1344,90 @@ START_TEST(test_unread_descriptors_of_closed_connections_leave_room_for_others) 
 }
 END_TEST
 
+/* FD_LEFT_CONNS connections, each asking for the files and, once answered, shut down both ways but kept open. */
+static int hoard_shut_down(void) {
+        for (int i = 0; i < FD_LEFT_CONNS; i++) {
+                int fd = test_connect(td.socket);
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+
+                (void) send(fd, many_fd_open, sizeof many_fd_open - 1, MSG_NOSIGNAL);
+                /* Answered (or refused); the answer stays unread here. */
+                if (poll(&p, 1, 5000) != 1)
+                        return 3;
+                /* Not a close: the socket, and what waits in it, stays. */
+                (void) shutdown(fd, SHUT_RDWR);
+        }
+        return 0;
+}
+
+/*
+ * The same with the sockets shut down both ways instead of half-closed:
+ * the daemon sees a hang-up (EPOLLHUP), but the client's socket is not
+ * closed, and the unread descriptors in it stay charged to the daemon
+ * (ETOOMANYREFS past its RLIMIT_NOFILE) for as long as the client keeps it.
+ * Had the daemon let go of such a connection at the hang-up,
+ * connections_per_uid (4) would never apply, and root's open would fail.
+ */
+START_TEST(test_unread_descriptors_of_shut_down_connections_leave_room_for_others) {
+        long ticks;
+        int ready;
+        pid_t pid;
+
+        ck_assert_int_eq(chown(td.dir, 4242, 4242), 0);
+        write_many_config(4);
+        /* 4096 descriptors: a quarter is 1024, and 100 unread answers of 63 are 6300. */
+        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=4096:4096 setpriv --reuid 4242 --regid 4242 --clear-groups "
+               "--inh-caps=-all --pdeathsig SIGKILL", 1);
+        test_start_ok();
+        unsetenv("TEST_DAEMON_WRAPPER");
+        pid = hog_start(hoard_shut_down, &ready, "were not answered");
+        ticks = test_cpu_ticks(td.pid);
+        usleep(500 * 1000);
+        /* Kept for the descriptors, a hung-up connection must not wake the loop for ever (a spin takes all 50). */
+        ck_assert_msg(test_cpu_ticks(td.pid) - ticks < 10, "the daemon spun: %ld ticks in 0.5 s",
+                      test_cpu_ticks(td.pid) - ticks);
+        assert_root_is_handed_many(pid, ready, "left 100 answers unread on shut-down connections");
+}
+END_TEST
+
+/* FD_LEFT_CONNS connections, each asking for the files and, once answered, shut down for reading, then asking more. */
+static int hoard_read_shut_down(void) {
+        static const char list[] = "{\"op\": \"list\"}\n";
+
+        for (int i = 0; i < FD_LEFT_CONNS; i++) {
+                int fd = test_connect(td.socket);
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+
+                (void) send(fd, many_fd_open, sizeof many_fd_open - 1, MSG_NOSIGNAL);
+                if (poll(&p, 1, 5000) != 1)
+                        return 3;
+                (void) shutdown(fd, SHUT_RD);
+                /* Its answer cannot be sent (EPIPE): the daemon ends the connection. */
+                (void) send(fd, list, sizeof list - 1, MSG_NOSIGNAL);
+        }
+        return 0;
+}
+
+/*
+ * The same with the sockets shut down for reading only, and a request sent
+ * after: the daemon's answer fails (EPIPE), but the first answer's
+ * descriptors still wait, readable, in the client's socket.
+ */
+START_TEST(test_unread_descriptors_of_read_shut_down_connections_leave_room_for_others) {
+        int ready;
+        pid_t pid;
+
+        ck_assert_int_eq(chown(td.dir, 4242, 4242), 0);
+        write_many_config(4);
+        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=4096:4096 setpriv --reuid 4242 --regid 4242 --clear-groups "
+               "--inh-caps=-all --pdeathsig SIGKILL", 1);
+        test_start_ok();
+        unsetenv("TEST_DAEMON_WRAPPER");
+        pid = hog_start(hoard_read_shut_down, &ready, "were not answered");
+        assert_root_is_handed_many(pid, ready, "left 100 answers unread on connections shut down for reading");
+}
+END_TEST
+
 /*
  * Descriptors a client has not read yet sit in its socket, and the kernel
  * charges them to the daemon's open-file limit: a client that asks for
@@ -3415,6 +3499,8 @@ int main(void) {
                                          test_read_answers_give_their_descriptors_room_back,
                                          test_read_answers_of_idle_connections_give_their_room_back,
                                          test_unread_descriptors_stop_at_a_quarter } },
+                { "fds-shut-down", CASE_TIMEOUT, { test_unread_descriptors_of_shut_down_connections_leave_room_for_others,
+                                                   test_unread_descriptors_of_read_shut_down_connections_leave_room_for_others } },
                 { "cap-exec", CASE_TIMEOUT, { test_capability_gained_by_exec_after_connect_does_not_count } },
                 { "unmapped", CASE_TIMEOUT, { test_unmapped_peer_is_not_the_overflow_id } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
