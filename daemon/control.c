@@ -579,6 +579,7 @@ static int conn_arm_timeout(Conn *conn, uint64_t usec) {
 }
 
 static int conn_make_room(Conn *conn, size_t grow);
+static void conn_end(Conn *conn, uint32_t revents);
 
 /* Queue an answer line; fds (n_fds, taken: closed on failure) go with its first byte. */
 static int queue_output_fds(Conn *conn, char *line, size_t len, const int *fds, size_t n_fds) {
@@ -773,7 +774,7 @@ static int conn_make_room(Conn *conn, size_t grow) {
                 if (r >= 0)
                         r = flush_output(v);
                 if (r < 0 || pending_output(v) == 0 || conn_update_events(v) < 0)
-                        conn_free(v);
+                        conn_end(v, 0);
         }
         if (a->bytes + grow <= max)
                 return 0;
@@ -980,11 +981,49 @@ static bool conn_line_overdue(const Conn *conn) {
  * So a connection that is done, or whose last answer was not taken in time,
  * stays open while its client has not read what it was sent, counted
  * against connections_per_uid and connections_max, which then bound the
- * charge; until the client reads (fds_retry looks) or hangs up.
+ * charge; until the client reads (fds_retry looks) or closes its socket.
+ * A hang-up (EPOLLHUP) is no close: shutdown(SHUT_RDWR) leaves the socket,
+ * and what waits in it, to the client for as long as it likes; a close
+ * frees what waited, and SIOCOUTQ (conn_fds_unread()) then says so. An
+ * error (EPOLLERR) is a close with our bytes unread.
  */
 static bool conn_must_linger(Conn *conn, uint32_t revents) {
-        /* EPOLLHUP: conn_service() set hung_up already. */
-        return !conn->client.hung_up && !(revents & EPOLLERR) && conn_fds_unread(conn);
+        return !(revents & EPOLLERR) && conn_fds_unread(conn);
+}
+
+/*
+ * conn is done, whatever ended it, but its client has yet to read
+ * descriptors it was sent: it stays, closing, with nothing of its holds or
+ * buffers, watched by fds_retry only. Not by its socket: a hang-up is
+ * reported whatever we ask for, and would wake the loop for ever. 0, or a
+ * negative errno when it could not be kept.
+ */
+static int conn_linger(Conn *conn) {
+        int r;
+
+        conn->closing = true;
+        conn_drop_holds(conn);
+        if (conn->unconsumed > 0) {
+                discard_pending_input(conn->fd);
+                conn->unconsumed = 0;
+        }
+        conn_drop_input(conn);
+        conn_drop_output(conn);
+        r = sd_event_source_set_enabled(conn->source, SD_EVENT_OFF);
+        if (r >= 0 && conn->more)
+                r = sd_event_source_set_enabled(conn->more, SD_EVENT_OFF);
+        if (r >= 0 && conn->timeout)
+                r = sd_event_source_set_enabled(conn->timeout, SD_EVENT_OFF);
+        if (r >= 0)
+                r = conn_update_fds_retry(conn);
+        return r;
+}
+
+/* End conn: free it, or keep it while its client has descriptors to read (conn_must_linger()). */
+static void conn_end(Conn *conn, uint32_t revents) {
+        if (conn_must_linger(conn, revents) && conn_linger(conn) >= 0)
+                return;
+        conn_free(conn);
 }
 
 /*
@@ -1040,7 +1079,8 @@ static void conn_service(Conn *conn, uint32_t revents) {
 close:
         if (r < 0 && r != -ECONNRESET && r != -EPIPE)
                 log_debug("Connection of pid %d closed: %s", (int) conn->client.peer.pid, strerror(-r));
-        conn_free(conn);
+        /* Also after a send failed: a client that shut down reading only still has what came before. */
+        conn_end(conn, revents);
 }
 
 static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
