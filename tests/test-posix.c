@@ -1428,6 +1428,85 @@ START_TEST(test_unread_descriptors_of_read_shut_down_connections_leave_room_for_
 }
 END_TEST
 
+#define FD_HOG_UIDS 5
+
+/*
+ * shmbrokerd(8), LIMITS: the descriptors of one user's unread answers count
+ * against a quarter of the daemon's open-file limit, "and everyone else
+ * still gets theirs". The kernel's charge is the daemon's, for all users
+ * together: FD_HOG_UIDS users (one local user with subordinate uids is as
+ * many as it likes), each within its quarter (512 / 4 = 128: two answers
+ * of the channel's 63 files), leave 630 unread, past the daemon's 512, and
+ * its next SCM_RIGHTS fails (ETOOMANYREFS) whoever it is for. Root, who
+ * holds a channel already on its connection, must be handed the files or
+ * told why; not lose its connection and, with it, what it held.
+ */
+START_TEST(test_unread_descriptors_of_many_uids_leave_room_for_others) {
+        int ready[2], fds[PROTO_FDS_MAX], fd;
+        pid_t pids[FD_HOG_UIDS];
+        size_t n_fds = 0;
+        json_t *resp;
+        char c;
+
+        ck_assert_int_eq(chown(td.dir, 4242, 4242), 0);
+        write_many_config(16);
+        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=512:512 setpriv --reuid 4242 --regid 4242 --clear-groups "
+               "--inh-caps=-all --pdeathsig SIGKILL", 1);
+        test_start_ok();
+        unsetenv("TEST_DAEMON_WRAPPER");
+        fd = test_connect(td.socket);
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}",
+                                fds, PROTO_FDS_MAX, &n_fds);
+        test_assert_ok(resp);
+        json_decref(resp);
+        for (size_t i = 0; i < n_fds; i++)
+                close(fds[i]);
+        ck_assert_int_eq(pipe(ready), 0);
+        for (int u = 0; u < FD_HOG_UIDS; u++) {
+                pids[u] = fork();
+                ck_assert_int_ge(pids[u], 0);
+                if (pids[u] == 0) {
+                        (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                        close(ready[0]);
+                        test_drop_privileges(5000 + (uid_t) u, 5000 + (gid_t) u, 0);
+                        /* Two connections, one answer each, peeked at and left unread: 126, within 128. */
+                        for (int i = 0; i < 2; i++) {
+                                int conn = test_connect(td.socket);
+                                struct pollfd p = { .fd = conn, .events = POLLIN };
+
+                                test_send(conn, many_fd_open, sizeof many_fd_open - 1);
+                                if (poll(&p, 1, 5000) != 1)
+                                        _exit(3);
+                        }
+                        if (write(ready[1], "r", 1) != 1)
+                                _exit(99);
+                        pause();
+                        _exit(0);
+                }
+        }
+        close(ready[1]);
+        for (int u = 0; u < FD_HOG_UIDS; u++)
+                ck_assert_msg(read(ready[0], &c, 1) == 1, "a hoarding uid's opens were not answered");
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}",
+                                fds, PROTO_FDS_MAX, &n_fds);
+        ck_assert_msg(json_is_true(json_object_get(resp, "ok")) ||
+                      strcmp(json_string_value(json_object_get(resp, "error")) ?: "", "EMFILE") == 0,
+                      "root's open: %s %s", json_string_value(json_object_get(resp, "error")),
+                      json_string_value(json_object_get(resp, "message")));
+        for (size_t i = 0; i < n_fds; i++)
+                close(fds[i]);
+        json_decref(resp);
+        /* Its first hold is still there: the connection lives. */
+        test_assert_lists(fd);
+        close(fd);
+        for (int u = 0; u < FD_HOG_UIDS; u++) {
+                kill(pids[u], SIGKILL);
+                waitpid(pids[u], NULL, 0);
+        }
+        close(ready[0]);
+}
+END_TEST
+
 /*
  * Descriptors a client has not read yet sit in its socket, and the kernel
  * charges them to the daemon's open-file limit: a client that asks for
@@ -3500,7 +3579,8 @@ int main(void) {
                                          test_read_answers_of_idle_connections_give_their_room_back,
                                          test_unread_descriptors_stop_at_a_quarter } },
                 { "fds-shut-down", CASE_TIMEOUT, { test_unread_descriptors_of_shut_down_connections_leave_room_for_others,
-                                                   test_unread_descriptors_of_read_shut_down_connections_leave_room_for_others } },
+                                                   test_unread_descriptors_of_read_shut_down_connections_leave_room_for_others,
+                                                   test_unread_descriptors_of_many_uids_leave_room_for_others } },
                 { "cap-exec", CASE_TIMEOUT, { test_capability_gained_by_exec_after_connect_does_not_count } },
                 { "unmapped", CASE_TIMEOUT, { test_unmapped_peer_is_not_the_overflow_id } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
