@@ -74,6 +74,7 @@
 #define NO_LINE UINT64_MAX
 #define FDS_RETRY_MIN_USEC 1000                 /* held descriptors: first look again after 1 ms, */
 #define FDS_RETRY_MAX_USEC (250 * 1000)         /* then ever later, up to 4 times a second */
+#define FDS_SWEEP_USEC (10 * 1000)              /* every connection's, for the count of all: 100 times a second at most */
 
 typedef struct Conn Conn;
 typedef struct UidAcct UidAcct;
@@ -152,6 +153,9 @@ struct Control {
         UidAcct **accts;        /* sorted by uid, for lookup at accept */
         size_t n_accts, accts_cap;
         size_t fds_per_uid;     /* descriptors one uid's unread answers may hold: a quarter of ours */
+        size_t fds;             /* held for answers or sent and unread, of every connection (n_fds, n_in_flight) */
+        size_t fds_max;         /* of all uids together: three quarters of ours */
+        uint64_t fds_swept_usec;        /* when every connection's were last looked at (conn_fd_room()) */
         size_t conns_per_uid;   /* connections one uid may have by our open-file limit: an eighth of it */
 };
 
@@ -256,6 +260,7 @@ static void conn_drop_input(Conn *conn) {
 
 /* conn holds n descriptors for an answer now; its uid's count follows. */
 static void conn_count_fds(Conn *conn, size_t n) {
+        conn->control->fds = conn->control->fds - conn->n_fds + n;
         if (conn->acct)
                 conn->acct->fds = conn->acct->fds - conn->n_fds + n;
         conn->n_fds = n;
@@ -263,6 +268,7 @@ static void conn_count_fds(Conn *conn, size_t n) {
 
 /* conn's client has n descriptors it was sent and has not read (as far as we know); its uid's count follows. */
 static void conn_count_in_flight(Conn *conn, size_t n) {
+        conn->control->fds = conn->control->fds - conn->n_in_flight + n;
         if (conn->acct)
                 conn->acct->fds = conn->acct->fds - conn->n_in_flight + n;
         conn->n_in_flight = n;
@@ -439,6 +445,8 @@ static Conn *conn_free(Conn *conn) {
                 (void) sd_event_source_set_enabled(conn->control->listen_source, SD_EVENT_ON);
         conn_drop_input(conn);
         conn_drop_output(conn);
+        /* Ours no longer: what it was sent and did not read is freed with its socket, if not already. */
+        conn_count_in_flight(conn, 0);
         acct_detach(conn);
         free(conn);
         return NULL;
@@ -497,6 +505,17 @@ static ssize_t send_some(Conn *conn, const char *buf, size_t len) {
         cm->cmsg_len = CMSG_LEN(sizeof(int) * conn->n_fds);
         memcpy(CMSG_DATA(cm), conn->fds, sizeof(int) * conn->n_fds);
         n = sendmsg(conn->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        /*
+         * Our charge is past our limit (another process of our user's, as
+         * conn_fd_room() keeps ours below): this client did nothing wrong, and
+         * ending its connection would end its holds. Held, as for its own
+         * unread ones, until others read theirs.
+         */
+        if (n < 0 && errno == ETOOMANYREFS) {
+                conn->fds_held = true;
+                errno = EAGAIN;
+                return -1;
+        }
         /* Sent (the peer has its own copies now): ours go, and count as in flight until read. */
         if (n > 0) {
                 size_t sent = conn->n_fds;
@@ -789,16 +808,34 @@ static int conn_make_room(Conn *conn, size_t grow) {
  * costs nothing.
  */
 static size_t conn_fd_room(Conn *conn) {
-        size_t max = conn->control->fds_per_uid;
+        Control *c = conn->control;
+        size_t max = c->fds_per_uid, own, all;
         UidAcct *a = conn->acct;
         Conn *v;
 
+        conn->client.fd_room_all = false;
         if (!a)
                 return 0;
         if (a->fds + PROTO_FDS_MAX > max)
                 LIST_FOREACH(v, &a->conns, uid_link)
                         (void) conn_fds_unread(v);
-        return a->fds < max ? max - a->fds : 0;
+        /*
+         * The kernel's charge is ours, of all uids together: a few users, each
+         * within its quarter (and one with subordinate uids is as many as it
+         * likes), would otherwise run it past our limit, and every SCM_RIGHTS
+         * of ours would fail, whoever it was for. Every connection is an ioctl:
+         * looked at once per FDS_SWEEP_USEC at most, or a user that keeps the
+         * count high would have each of its opens cost one for each.
+         */
+        if (c->fds + PROTO_FDS_MAX > c->fds_max && now_usec() >= c->fds_swept_usec + FDS_SWEEP_USEC) {
+                LIST_FOREACH(v, &c->conns, link)
+                        (void) conn_fds_unread(v);
+                c->fds_swept_usec = now_usec();
+        }
+        own = a->fds < max ? max - a->fds : 0;
+        all = c->fds < c->fds_max ? c->fds_max - c->fds : 0;
+        conn->client.fd_room_all = all < own;
+        return MIN(own, all);
 }
 
 /*
@@ -1353,6 +1390,13 @@ int control_new(sd_event *event, Dispatch *dispatch, const ConfigLimits *limits,
          * (admins too) without descriptors when that limit is low.
          */
         c->conns_per_uid = c->fds_per_uid == SIZE_MAX ? SIZE_MAX : MAX((size_t) rl.rlim_cur / 8, (size_t) 1);
+        /*
+         * Below our limit, which the kernel compares the charge with: as near as
+         * leaves a quarter for the connections (held ones are ours to keep
+         * open), so that it takes as many users as it can to fill it.
+         */
+        c->fds_max = c->fds_per_uid == SIZE_MAX ? SIZE_MAX :
+                     MAX((size_t) rl.rlim_cur - (size_t) rl.rlim_cur / 4, (size_t) PROTO_FDS_MAX);
         *ret = c;
         return 0;
 }

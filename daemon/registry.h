@@ -43,6 +43,7 @@ typedef struct Client {
         size_t n_holds;         /* in holds: a hold is looked up along the shorter of its two lists */
         bool hung_up;           /* its peer closed both ends: no answer will be read */
         size_t fd_room;         /* descriptors its uid may still be handed (set before each request) */
+        bool fd_room_all;       /* fd_room is what all clients together may still be handed, less than its uid's */
 } Client;
 
 struct Hold {
