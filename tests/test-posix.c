@@ -1428,6 +1428,69 @@ START_TEST(test_unread_descriptors_of_read_shut_down_connections_leave_room_for_
 }
 END_TEST
 
+#define NOBUFS_ROUNDS 25
+
+/*
+ * NOBUFS_ROUNDS rounds of: three connections that each ask for the files
+ * and leave a line half-sent (a buffer, charged to the uid), answers unread;
+ * then an older one that grows past buffers_per_uid, which closes the three
+ * (ENOBUFS, newest first), and ends its line. The three stay open, unread.
+ */
+static int hoard_closed_for_buffers(void) {
+        static char big[40000];
+        int a = test_connect(td.socket);
+
+        memset(big, 'x', sizeof big);
+        for (int round = 0; round < NOBUFS_ROUNDS; round++) {
+                struct pollfd p = { .fd = a, .events = POLLIN };
+                char line[4096];
+
+                for (int i = 0; i < 3; i++) {
+                        struct pollfd q = { .events = POLLIN };
+
+                        q.fd = test_connect(td.socket);
+                        (void) send(q.fd, many_fd_open, sizeof many_fd_open - 1, MSG_NOSIGNAL);
+                        (void) send(q.fd, "{", 1, MSG_NOSIGNAL);
+                        if (poll(&q, 1, 5000) != 1)
+                                return 3;
+                }
+                (void) send(a, big, sizeof big, MSG_NOSIGNAL);
+                (void) send(a, "\n", 1, MSG_NOSIGNAL);
+                /* Its answer (EBADMSG) says the daemon is through with the round. */
+                if (poll(&p, 1, 5000) != 1 || recv(a, line, sizeof line, 0) <= 0)
+                        return 4;
+        }
+        return 0;
+}
+
+/*
+ * The same with connections closed for their uid's buffers
+ * (buffers_per_uid): closed by the daemon, their unread descriptors still
+ * wait in the client's sockets, charged to the daemon. Had the daemon let
+ * go of them at once, connections_per_uid (4) would never apply to them.
+ */
+START_TEST(test_unread_descriptors_of_connections_closed_for_buffers_leave_room_for_others) {
+        int ready;
+        pid_t pid;
+        char *text;
+
+        ck_assert_int_eq(chown(td.dir, 4242, 4242), 0);
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", "
+                                  "\"limits\": {\"connections_per_uid\": 4, \"buffers_per_uid\": 65536}, \"channels\": ["
+                                  "{\"name\": \"many\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": 62, "
+                                  "\"mode\": \"0666\"}]}\n", td.socket), 0);
+        test_daemon_write_raw_config(&td, text);
+        free(text);
+        /* 4096 descriptors: 25 rounds of three unread answers of 63 are 4725. */
+        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=4096:4096 setpriv --reuid 4242 --regid 4242 --clear-groups "
+               "--inh-caps=-all --pdeathsig SIGKILL", 1);
+        test_start_ok();
+        unsetenv("TEST_DAEMON_WRAPPER");
+        pid = hog_start(hoard_closed_for_buffers, &ready, "were not answered");
+        assert_root_is_handed_many(pid, ready, "left answers unread on connections closed for its buffers");
+}
+END_TEST
+
 #define FD_HOG_UIDS 5
 
 /*
@@ -3580,7 +3643,8 @@ int main(void) {
                                          test_unread_descriptors_stop_at_a_quarter } },
                 { "fds-shut-down", CASE_TIMEOUT, { test_unread_descriptors_of_shut_down_connections_leave_room_for_others,
                                                    test_unread_descriptors_of_read_shut_down_connections_leave_room_for_others,
-                                                   test_unread_descriptors_of_many_uids_leave_room_for_others } },
+                                                   test_unread_descriptors_of_many_uids_leave_room_for_others,
+                                                   test_unread_descriptors_of_connections_closed_for_buffers_leave_room_for_others } },
                 { "cap-exec", CASE_TIMEOUT, { test_capability_gained_by_exec_after_connect_does_not_count } },
                 { "unmapped", CASE_TIMEOUT, { test_unmapped_peer_is_not_the_overflow_id } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
