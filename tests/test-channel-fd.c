@@ -1416,6 +1416,44 @@ START_TEST(test_poll_example_receives_from_two_rings) {
 }
 END_TEST
 
+/*
+ * README: the example receivers "give up after 10 s with nothing to read
+ * (exit 1)"; poll-receiver's usage: "it gives up after 10 s idle". A
+ * channel's descriptor turns readable about once a second with nothing to
+ * read (the bound of every wait), which must not count as something to do,
+ * or an event-loop receiver waits for ever. Each receiver here waits on a
+ * channel nobody sends to; each must end with exit 1 after about 10 s.
+ */
+START_TEST(test_example_receivers_give_up_after_10_s_idle) {
+        static const char *const runs[] = { "poll-receiver r2", "poll-receiver news", "poll-receiver r2 news",
+                                            "ring-receiver r2", "zero-copy-receiver r2", "broadcast-subscriber wide" };
+        char cmd[4096], out[4096];
+        size_t used = 0;
+        char *line, *save = NULL;
+        int seen = 0;
+
+        /* All at once (the test takes 10 s, not 60): each prints its name's index, exit status and milliseconds. */
+        for (size_t i = 0; i < ELEMENTSOF(runs); i++)
+                used += (size_t) snprintf(cmd + used, sizeof cmd - used,
+                                          "( s=$(date +%%s%%N); timeout 30 %s/%s </dev/null >/dev/null 2>&1; rc=$?; "
+                                          "echo %zu $rc $(( ($(date +%%s%%N) - s) / 1000000 )) ) & ",
+                                          EXAMPLES_DIR, runs[i], i);
+        ck_assert_int_lt(snprintf(cmd + used, sizeof cmd - used, "wait"), (int) (sizeof cmd - used));
+        ck_assert_int_eq(test_run(out, sizeof out, "%s", cmd), 0);
+        for (line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+                size_t i;
+                int rc;
+                long long ms;
+
+                ck_assert_msg(sscanf(line, "%zu %d %lld", &i, &rc, &ms) == 3 && i < ELEMENTSOF(runs), "%s", line);
+                ck_assert_msg(rc == 1 && ms >= 9500 && ms < 20000, "%s: exit %d after %lld ms, not 1 after 10 s idle",
+                              runs[i], rc, ms);
+                seen++;
+        }
+        ck_assert_int_eq(seen, (int) ELEMENTSOF(runs));
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "wake-ups", CASE_TIMEOUT, { test_receiver_woken_by_another_process,
@@ -1433,6 +1471,7 @@ int main(void) {
                                              test_cleared_flag_does_not_strand_an_event_loop_receiver,
                                              test_cleared_flag_does_not_strand_an_event_loop_sender } },
                 { "example", CASE_TIMEOUT, { test_poll_example_receives_from_two_rings } },
+                { "example-idle", CASE_TIMEOUT, { test_example_receivers_give_up_after_10_s_idle } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_subscriber_and_publisher_wait_through_the_fd,
                                               test_broadcast_one_subscribers_wait_keeps_anothers_wakeup,
                                               test_broadcast_unreachable_fifo_keeps_the_wakeup_for_later,

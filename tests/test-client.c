@@ -1207,6 +1207,205 @@ START_TEST(test_shmbrokerctl) {
 }
 END_TEST
 
+/* The line of out that starts with prefix (cut at its newline, in out), or NULL. */
+static char *line_starting(char *out, const char *prefix) {
+        size_t n = strlen(prefix);
+
+        for (char *line = out; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+                if (strncmp(line, prefix, n) == 0) {
+                        *strchrnul(line, '\n') = '\0';
+                        return line;
+                }
+        return NULL;
+}
+
+static int cmp_words(const void *a, const void *b) {
+        return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/* The whitespace-separated words of line after its first (the label), sorted, as one space-separated string. */
+static const char *words_after_label(char *line) {
+        static char buf[512];
+        char *v[32], *save = NULL, *w;
+        size_t n = 0, used = 0;
+
+        (void) strtok_r(line, " ", &save);
+        while ((w = strtok_r(NULL, " ", &save)) && n < 32)
+                v[n++] = w;
+        qsort(v, n, sizeof *v, cmp_words);
+        buf[0] = '\0';
+        for (size_t i = 0; i < n; i++)
+                used += (size_t) snprintf(buf + used, sizeof buf - used, "%s%s", i ? " " : "", v[i]);
+        return buf;
+}
+
+/*
+ * shmbrokerctl(1), OUTPUT: sizes "in bytes below 1024 (512B), else with a
+ * binary suffix K, M, G, T, P or E and one decimal unless the figure is
+ * whole (4K, 2.0M)"; reload: "Four lines, added, removed, changed and
+ * kept, each followed by the channel names concerned, or - for none".
+ * Scripts read both; each must be exactly as documented.
+ */
+START_TEST(test_shmbrokerctl_sizes_and_reload_lines) {
+        static const struct {
+                const char *name, *size;
+        } rows[] = {
+                { "b512", "512B" }, { "b1023", "1023B" }, { "k4", "4K" }, { "k1-5", "1.5K" }, { "m1", "1M" },
+                { "m2-5", "2.5M" }, { "justunder1m", "1.0M" },
+        };
+        static char out[65536];
+        char prefix[64], token[32], *line;
+
+        test_daemon_stop_ok(&td);
+        test_daemon_write_config(&td, "[{\"name\": \"b512\", \"size\": 512}, {\"name\": \"b1023\", \"size\": 1023},"
+                                      " {\"name\": \"k4\", \"size\": 4096}, {\"name\": \"k1-5\", \"size\": 1536},"
+                                      " {\"name\": \"m1\", \"size\": \"1M\"}, {\"name\": \"m2-5\", \"size\": 2621440},"
+                                      " {\"name\": \"justunder1m\", \"size\": 1048575}]");
+        test_start_ok();
+        for (int pass = 0; pass < 2; pass++) {
+                ck_assert_int_eq(test_run(out, sizeof out, "%s %s 2>&1", SHMBROKERCTL_PATH, pass ? "status" : "list"), 0);
+                for (size_t i = 0; i < sizeof rows / sizeof *rows; i++) {
+                        char *copy = strdup(out);
+
+                        ck_assert_ptr_nonnull(copy);
+                        snprintf(prefix, sizeof prefix, "%s ", rows[i].name);
+                        snprintf(token, sizeof token, " %s ", rows[i].size);
+                        line = line_starting(copy, prefix);
+                        ck_assert_msg(line && strstr(line, token), "%s: no size \"%s\" in the row of %s: %s",
+                                      pass ? "status" : "list", rows[i].size, rows[i].name, line ? line : out);
+                        free(copy);
+                }
+        }
+
+        /* Nothing changed: every line but kept says "-". */
+        ck_assert_int_eq(test_run(out, sizeof out, "%s reload 2>&1", SHMBROKERCTL_PATH), 0);
+        {
+                static const char *const none[] = { "added ", "removed ", "changed " };
+                char *copy;
+
+                for (size_t i = 0; i < 3; i++) {
+                        copy = strdup(out);
+                        ck_assert_ptr_nonnull(copy);
+                        line = line_starting(copy, none[i]);
+                        ck_assert_msg(line, "no \"%s\" line: %s", none[i], out);
+                        ck_assert_str_eq(words_after_label(line), "-");
+                        free(copy);
+                }
+                copy = strdup(out);
+                ck_assert_ptr_nonnull(copy);
+                line = line_starting(copy, "kept ");
+                ck_assert_msg(line, "no kept line: %s", out);
+                ck_assert_str_eq(words_after_label(line), "b1023 b512 justunder1m k1-5 k4 m1 m2-5");
+                free(copy);
+        }
+        /* Exactly four lines. */
+        {
+                int lines = 0;
+
+                for (const char *p = out; (p = strchr(p, '\n')); p++)
+                        lines++;
+                ck_assert_msg(lines == 4, "%d lines: %s", lines, out);
+        }
+
+        /* One of each: b1023 dropped, "new" added, k4 grown, the rest kept. */
+        test_daemon_write_config(&td, "[{\"name\": \"b512\", \"size\": 512}, {\"name\": \"new\", \"size\": 4096},"
+                                      " {\"name\": \"k4\", \"size\": 8192}, {\"name\": \"k1-5\", \"size\": 1536},"
+                                      " {\"name\": \"m1\", \"size\": \"1M\"}, {\"name\": \"m2-5\", \"size\": 2621440},"
+                                      " {\"name\": \"justunder1m\", \"size\": 1048575}]");
+        ck_assert_int_eq(test_run(out, sizeof out, "%s reload 2>&1", SHMBROKERCTL_PATH), 0);
+        {
+                static const struct {
+                        const char *label, *names;
+                } expect[] = {
+                        { "added ", "new" }, { "removed ", "b1023" }, { "changed ", "k4" }, { "kept ", "b512 justunder1m k1-5 m1 m2-5" },
+                };
+
+                for (size_t i = 0; i < sizeof expect / sizeof *expect; i++) {
+                        char *copy = strdup(out);
+
+                        ck_assert_ptr_nonnull(copy);
+                        line = line_starting(copy, expect[i].label);
+                        ck_assert_msg(line, "no \"%s\" line: %s", expect[i].label, out);
+                        ck_assert_msg(strcmp(words_after_label(line), expect[i].names) == 0, "%s: \"%s\", not \"%s\"",
+                                      expect[i].label, words_after_label(line), expect[i].names);
+                        free(copy);
+                }
+        }
+}
+END_TEST
+
+/*
+ * shmbrokerctl(1), status CHANNEL: ACCESS is "ro, or rw once any open of
+ * the channel on that connection was" (shmbroker-protocol(7), HOLDS): a
+ * read-write mapping handed out cannot be taken back, so a later ro open
+ * on the same connection must not show the hold as ro.
+ */
+START_TEST(test_shmbrokerctl_access_column_is_the_holds) {
+        static char out[65536];
+        shmb_channel *rw, *ro;
+        char prefix[32], *line;
+        shmb_client *c;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "counter", SHMB_RW, &rw), 0);
+        ck_assert_int_eq(shmb_open(c, "counter", SHMB_RO, &ro), 0);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s status counter 2>&1", SHMBROKERCTL_PATH), 0);
+        snprintf(prefix, sizeof prefix, "%8d ", (int) getpid());
+        line = line_starting(out, prefix);
+        ck_assert_msg(line, "no hold of pid %d: %s", (int) getpid(), out);
+        ck_assert_msg(strstr(line, " rw "), "a hold opened rw, then ro, shown as: %s", line);
+        shmb_close(ro);
+        shmb_close(rw);
+        shmb_disconnect(c);
+}
+END_TEST
+
+/*
+ * shmbrokerctl(1), EXIT STATUS 2: the daemon "did not answer within 5
+ * seconds (the library's default bound, which the command does not
+ * change)". A broker that takes the connection and never answers must
+ * end the command with exit 2 and one line, after about that bound.
+ */
+START_TEST(test_shmbrokerctl_hung_broker_exits_2_after_the_bound) {
+        static char out[4096];
+        int64_t t;
+        int rc;
+
+        ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
+        t = test_now_ms();
+        rc = test_run(out, sizeof out, "%s list 2>&1 >/dev/null", SHMBROKERCTL_PATH);
+        t = test_now_ms() - t;
+        ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
+        ck_assert_msg(rc == 2, "exit %d after a hung broker: %s", rc, out);
+        ck_assert_msg(*out && strchr(out, '\n') == out + strlen(out) - 1, "not one line: \"%s\"", out);
+        ck_assert_msg(t >= 4900 && t < 20000, "gave up after %lld ms, not the 5 s bound", (long long) t);
+}
+END_TEST
+
+/*
+ * shmbrokerctl(1), EXIT STATUS 2: "an invalid channel name (without
+ * --json; with it, the daemon's EINVAL answer exits 1, but a name that is
+ * not UTF-8 text ... exits 2)". Also: "Options must come before the
+ * command: whatever follows the command is taken as its arguments".
+ */
+START_TEST(test_shmbrokerctl_invalid_name_exit_codes) {
+        static char out[4096];
+        json_t *j;
+
+        ck_assert_int_eq(test_run(out, sizeof out, "%s status 'bad name' 2>&1 >/dev/null", SHMBROKERCTL_PATH), 2);
+        ck_assert_msg(*out && strchr(out, '\n') == out + strlen(out) - 1, "not one line: \"%s\"", out);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s --json status 'bad name' 2>/dev/null", SHMBROKERCTL_PATH), 1);
+        j = json_loads(out, 0, NULL);
+        ck_assert_msg(j && json_is_false(json_object_get(j, "ok")) &&
+                              strcmp(json_string_value(json_object_get(j, "error")) ?: "", "EINVAL") == 0,
+                      "not the daemon's EINVAL answer: %s", out);
+        json_decref(j);
+        /* An option after the command is an argument: list takes none. */
+        ck_assert_int_eq(test_run(out, sizeof out, "%s list --json 2>&1", SHMBROKERCTL_PATH), 2);
+        ck_assert_msg(!strchr(out, '{'), "--json after the command was taken as an option: %s", out);
+}
+END_TEST
+
 /* ---- an open racing a reload that replaces the channel ---- */
 
 /* "pair" as in `channels`, and grown: a reload between the two replaces it (new objects, same key). */
@@ -4440,6 +4639,9 @@ int main(void) {
                                  test_shmbrokerctl_odd_arguments_one_line,
                                  test_shmbrokerctl_answer_names_cannot_forge_rows,
                                  test_shmbrokerctl_subscriber_rows_cannot_be_forged } },
+                { "cli-doc", CASE_TIMEOUT, { test_shmbrokerctl_sizes_and_reload_lines, test_shmbrokerctl_access_column_is_the_holds,
+                                 test_shmbrokerctl_hung_broker_exits_2_after_the_bound,
+                                 test_shmbrokerctl_invalid_name_exit_codes } },
         };
 
         return test_main("client", groups, sizeof groups / sizeof groups[0], setup, test_teardown);

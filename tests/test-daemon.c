@@ -3042,6 +3042,32 @@ START_TEST(test_stop_removes_only_its_own_fifo_directory) {
 }
 END_TEST
 
+/*
+ * shmbrokerd(8), LOGGING: "one line per message" (under the journal each
+ * line carries its own priority prefix, so a second line would be logged
+ * at another priority). A config error quotes what the file holds: an
+ * unknown key with a newline and an escape sequence, a channel name with a
+ * newline. Each error must stay one line of text on stderr.
+ */
+START_TEST(test_config_errors_are_one_line_of_text) {
+        static const char *const configs[] = {
+                "{\"version\": 1, \"socket\": \"x\", \"channels\": [], \"\\u001b[31m\\nFORGED: line\": 1}\n",
+                "{\"version\": 1, \"socket\": \"x\", \"channels\": [{\"name\": \"a\\nFORGED\", \"size\": 4096}]}\n",
+                "{\"version\": 1, \"socket\": \"x\", \"channels\": [{\"name\": \"a\", \"size\": \"4\\u009b2J\"}]}\n",
+        };
+        char out[4096];
+
+        for (size_t i = 0; i < sizeof configs / sizeof *configs; i++) {
+                test_daemon_write_raw_config(&td, configs[i]);
+                ck_assert_int_eq(test_run(out, sizeof out, "%s --check-config -c %s 2>&1 >/dev/null", SHMBROKERD_PATH,
+                                          td.config), 1);
+                ck_assert_msg(*out && strchr(out, '\n') == out + strlen(out) - 1 && !strchr(out, '\033') &&
+                                      !strstr(out, "\302\233"),
+                              "config %zu: not one line of text: \"%s\"", i, out);
+        }
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -3079,6 +3105,7 @@ int main(void) {
                 { "command-line", CASE_TIMEOUT, { test_command_line_usage_and_exit_codes,
                                  test_non_socket_at_socket_path_left_alone, test_stop_unlinks_only_its_own_socket,
                                  test_stop_removes_only_its_own_fifo_directory } },
+                { "log-lines", CASE_TIMEOUT, { test_config_errors_are_one_line_of_text } },
         };
 
         return test_main("daemon", groups, sizeof groups / sizeof groups[0], test_setup, test_teardown);

@@ -1153,6 +1153,7 @@ END_TEST
 
 START_TEST(test_shmbrokerctl_shows_kind_and_names) {
         char cmd[512], out[8192];
+        int seen;
         FILE *p;
         size_t n;
 
@@ -1166,6 +1167,35 @@ START_TEST(test_shmbrokerctl_shows_kind_and_names) {
         ck_assert_msg(strstr(out, "/shmbroker.ring"), "%s", out);
         ck_assert_msg(strstr(out, "Segment:    posix /shmbroker.raw"), "%s", out);
         ck_assert_msg(strstr(out, "/shmbroker.raw.1"), "%s", out);
+
+        /*
+         * shmbrokerctl(1), status: NATTCH is "- for a posix channel, whose
+         * file's mappings the kernel does not count", and "Figures the daemon
+         * could not read are shown as -, never as zeros": no key, no creator
+         * or last pid either. The System V channel beside it has them all.
+         */
+        snprintf(cmd, sizeof cmd, "%s status 2>&1", SHMBROKERCTL_PATH);
+        p = popen(cmd, "r");
+        ck_assert_ptr_nonnull(p);
+        n = fread(out, 1, sizeof out - 1, p);
+        out[n] = 0;
+        ck_assert_int_eq(pclose(p), 0);
+        seen = 0;
+        for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
+                char name[64], key[32], size[32], nattch[32], cpid[32], lpid[32];
+
+                if (sscanf(line, "%63s %31s %31s %31s %31s %31s", name, key, size, nattch, cpid, lpid) != 6 ||
+                    (!streq(name, "raw") && !streq(name, "sysv")))
+                        continue;
+                seen++;
+                if (streq(name, "raw"))
+                        ck_assert_msg(streq(key, "-") && streq(nattch, "-") && streq(cpid, "-") && streq(lpid, "-"),
+                                      "posix row shows figures a file does not have: %s", line);
+                else
+                        ck_assert_msg(strncmp(key, "0x", 2) == 0 && atoi(nattch) >= 1 && atoi(cpid) == td.pid,
+                                      "System V row: %s", line);
+        }
+        ck_assert_int_eq(seen, 2);
 }
 END_TEST
 
