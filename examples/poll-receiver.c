@@ -18,14 +18,25 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <shmbroker/shmbroker.h>
 
 #define IDLE_MS 10000
 
-/* Print what ch holds now; 1 when its empty message came, 0 when it has no more for now. */
-static int drain(const char *name, shmb_channel *ch) {
+static long long now_ms(void) {
+        struct timespec t;
+
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (long long) t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/*
+ * Print what ch holds now; 1 when its empty message came, 0 when it has no
+ * more for now. *got is set when a message came.
+ */
+static int drain(const char *name, shmb_channel *ch, bool *got) {
         for (;;) {
                 const void *msg;
                 ssize_t n = shmb_recv_peek(ch, &msg, 0);
@@ -35,6 +46,7 @@ static int drain(const char *name, shmb_channel *ch) {
                         return 0;       /* the fd polls readable again when there is more */
                 if (n < 0)
                         return (int) n;
+                *got = true;
                 if (n > 0)
                         printf("%s: %.*s\n", name, (int) n, (const char *) msg);
                 r = shmb_recv_release(ch, msg);
@@ -47,6 +59,7 @@ static int drain(const char *name, shmb_channel *ch) {
 
 int main(int argc, char *argv[]) {
         int n = argc - 1, left = n, r = 0;
+        long long idle_since;
         shmb_channel **ch;
         struct pollfd *p;
         bool *done;
@@ -93,15 +106,29 @@ int main(int argc, char *argv[]) {
                 p[2 * i].events = p[2 * i + 1].events = POLLIN;
         }
         p[2 * n] = (struct pollfd) { .fd = STDIN_FILENO, .events = POLLIN };
+        /*
+         * Idle is measured from the last message, not per poll(): a channel's
+         * descriptor also turns readable with nothing to read (about once a
+         * second, the bound of every wait), which is not something to do.
+         */
+        idle_since = now_ms();
         while (r >= 0 && left > 0) {
-                int k = poll(p, (nfds_t) (2 * n + 1), IDLE_MS);
+                long long wait = idle_since + IDLE_MS - now_ms();
+                int k;
 
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k <= 0) {
-                        r = k < 0 ? -errno : -ETIMEDOUT;
+                if (wait <= 0) {
+                        r = -ETIMEDOUT;
                         break;
                 }
+                k = poll(p, (nfds_t) (2 * n + 1), (int) wait);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0) {
+                        r = -errno;
+                        break;
+                }
+                if (k == 0)
+                        continue;       /* the deadline above ends it */
                 if (p[2 * n].revents) {
                         char line[64];
                         ssize_t got = read(STDIN_FILENO, line, sizeof line - 1);
@@ -112,12 +139,16 @@ int main(int argc, char *argv[]) {
                                 break;
                 }
                 for (int i = 0; i < n && r >= 0; i++) {
+                        bool got = false;
+
                         /* Reconnecting is retried by itself: its errors are only news. */
                         if (p[2 * i + 1].revents)
                                 (void) shmb_client_process(shmb_channel_get_client(ch[i]));
                         if (!p[2 * i].revents || done[i])
                                 continue;
-                        r = drain(argv[i + 1], ch[i]);
+                        r = drain(argv[i + 1], ch[i], &got);
+                        if (got)
+                                idle_since = now_ms();
                         if (r == 1) {
                                 done[i] = true;
                                 left--;
