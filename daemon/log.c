@@ -21,11 +21,32 @@ void log_setup(int level) {
                  st.st_dev == dev && st.st_ino == ino;
 }
 
+/*
+ * One message, one line of text: what a message quotes (a config file's
+ * keys and names, a path) may hold a newline, which would start a line of
+ * its own (under the journal: one without the priority prefix, so logged
+ * at another priority), or an escape sequence for whoever reads the log on
+ * a terminal. Each control character, C1 (U+0080-U+009F) included, becomes '?'.
+ */
+static void make_one_line(char *s) {
+        unsigned char *r = (unsigned char *) s, *w = r;
+
+        for (; *r; r++) {
+                if (r[0] == 0xc2 && r[1] >= 0x80 && r[1] <= 0x9f) {
+                        *w++ = '?';
+                        r++;
+                } else
+                        *w++ = *r < 0x20 || *r == 0x7f ? '?' : *r;
+        }
+        *w = '\0';
+}
+
 static void log_va(int level, const char *fmt, va_list ap) {
         char line[2048];
         int saved = errno;
 
         vsnprintf(line, sizeof line, fmt, ap);
+        make_one_line(line);
         if (prefix)
                 fprintf(stderr, "<%d>%s\n", level, line);
         else
