@@ -47,6 +47,11 @@ static void format_size(uint64_t n, char *buf, size_t size) {
                 v /= 1024;
                 u++;
         }
+        /* One decimal would round it up to 1024 of this unit: 1048575 bytes read 1.0M, not 1024.0K. */
+        if (u < 5 && v != (double) (uint64_t) v && v >= 1023.95) {
+                v /= 1024;
+                u++;
+        }
         if (v == (double) (uint64_t) v)
                 snprintf(buf, size, "%.0f%c", v, units[u]);
         else
