@@ -742,6 +742,65 @@ START_TEST(test_connections_max) {
 }
 END_TEST
 
+/* uid 65534 fills connections_max (5) with connections it holds until the parent says go. */
+static void cap_filler(void *userdata) {
+        const char *sock = userdata;
+        int c[5];
+
+        test_drop_privileges(65534, 65534, 0);
+        for (int i = 0; i < 5; i++) {
+                c[i] = try_connect(sock);
+                CHILD_CHECK(c[i] >= 0, "connect %d: %s", i, strerror(-c[i]));
+                request_ok(c[i], "{\"op\":\"list\"}");
+        }
+        child_step();   /* the parent tries its own connections */
+        for (int i = 0; i < 5; i++)
+                close(c[i]);
+}
+
+/* A member of admin_group (4243) past the cap: served, as root is. */
+static void admin_member_child(void *userdata) {
+        const char *sock = userdata;
+        int x;
+
+        test_drop_privileges(4242, 4242, 4243);
+        x = try_connect(sock);
+        CHILD_CHECK(x >= 0, "connect: %s", strerror(-x));
+        request_ok(x, "{\"op\":\"status\"}");
+        close(x);
+}
+
+/*
+ * shmbroker.json(5), connections_max: other users filling the cap must not
+ * lock the administrators out of status and reload. Each admin uid (root,
+ * a member of admin_group) may have 4 connections past it; a fifth is
+ * refused, and so is anyone else.
+ */
+START_TEST(test_admins_keep_connections_past_connections_max) {
+        int admin[4], x;
+        Child filler;
+
+        start_with("\"admin_group\": 4243, \"limits\": {\"connections_max\": 5},", one_public_channel);
+        child_start(&filler, cap_filler, td.socket);
+        child_wait_step(&filler);
+        for (int i = 0; i < 4; i++) {
+                admin[i] = test_connect(td.socket);
+                request_ok(admin[i], "{\"op\":\"status\"}");
+        }
+        request_ok(admin[0], "{\"op\":\"reload\"}");
+        x = test_connect(td.socket);
+        expect_refusal(x, "EUSERS");
+        close(x);
+        child_run(refused_child, td.socket);
+        child_run(admin_member_child, td.socket);
+        child_go(&filler);
+        child_finish(&filler);
+        for (int i = 0; i < 4; i++)
+                close(admin[i]);
+        assert_daemon_alive();
+}
+END_TEST
+
 /* ======================================================================== */
 /* 4. request_timeout_ms                                                     */
 /* ======================================================================== */
@@ -2722,6 +2781,7 @@ int main(void) {
         const TestGroup groups[] = {
                 { "limits", CASE_TIMEOUT, { test_request_max, test_connections_per_uid,
                                             test_connections_per_uid_bounded_by_fd_limit, test_connections_max,
+                                            test_admins_keep_connections_past_connections_max,
                                             test_request_timeout, test_request_timeout_restarts_per_line } },
                 { "slow-reader", HEAVY_TIMEOUT, { test_slow_reader, test_stalled_reader_not_timed_out,
                                                     test_pipelined_burst_answered, test_unread_close_drops_holds,
