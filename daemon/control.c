@@ -72,6 +72,7 @@
 #define ACCEPT_PAUSE_USEC (100 * 1000)
 #define ACCEPTS_MIN 64u                 /* per wake-up at least; at most one per connection served, or a backlog */
 #define NO_LINE UINT64_MAX
+#define ADMIN_RESERVE 4                         /* connections of an admin uid past connections_max */
 #define FDS_RETRY_MIN_USEC 1000                 /* held descriptors: first look again after 1 ms, */
 #define FDS_RETRY_MAX_USEC (250 * 1000)         /* then ever later, up to 4 times a second */
 #define FDS_SWEEP_USEC (10 * 1000)              /* every connection's, for the count of all: 100 times a second at most */
@@ -1221,8 +1222,13 @@ static int check_caps(Control *c, Conn *conn) {
         char why[160];
         int err = EUSERS;
 
-        /* conn itself is already counted, overall and for its uid. */
-        if (c->n_conns > l->connections_max) {
+        /*
+         * conn itself is already counted, overall and for its uid. An admin
+         * uid's first few go past the overall cap, so that users who fill it
+         * do not lock status and reload out; its own caps still hold.
+         */
+        if (c->n_conns > l->connections_max &&
+            !(a->n_conns <= ADMIN_RESERVE && dispatch_is_admin(c->dispatch, &conn->client.peer))) {
                 snprintf(why, sizeof why, "the broker serves at most %" PRIu32 " connections; try again later",
                          l->connections_max);
                 goto refuse;

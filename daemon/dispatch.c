@@ -33,7 +33,7 @@ static int answer_error(int err, char **ret_line, size_t *ret_len, const char *f
         return proto_encode_error(wire_errno(err), msg, ret_line, ret_len);
 }
 
-static bool dispatch_is_admin(const Dispatch *d, const Peer *p) {
+bool dispatch_is_admin(const Dispatch *d, const Peer *p) {
         return p->uid == 0 || (d->config->admin_group && peer_in_group(p, d->config->admin_gid));
 }
 

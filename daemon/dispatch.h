@@ -30,6 +30,9 @@ typedef struct Dispatch {
 /* Free what d keeps between requests (its answers); d stays usable. */
 void dispatch_done(Dispatch *d);
 
+/* Whether p may reload: uid 0, or a member of the config's admin_group (as it stands now). */
+bool dispatch_is_admin(const Dispatch *d, const Peer *p);
+
 /*
  * Answer one request line (without its newline) from client `cl`.
  * *ret_line is malloc'd, newline-terminated and owned by the caller.
