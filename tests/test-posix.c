@@ -1298,6 +1298,23 @@ START_TEST(test_unread_descriptors_stop_at_a_quarter) {
 }
 END_TEST
 
+/*
+ * Start the daemon as uid 4242 with no capabilities (as the shipped unit
+ * runs it) and `nofile` descriptors, on the "many" channel with
+ * connections_per_uid `per_uid`.
+ */
+static void start_unprivileged_many(int per_uid, int nofile) {
+        char wrapper[200];
+
+        ck_assert_int_eq(chown(td.dir, 4242, 4242), 0);
+        write_many_config(per_uid);
+        snprintf(wrapper, sizeof wrapper, "prlimit --nofile=%d:%d setpriv --reuid 4242 --regid 4242 --clear-groups "
+                 "--inh-caps=-all --pdeathsig SIGKILL", nofile, nofile);
+        setenv("TEST_DAEMON_WRAPPER", wrapper, 1);
+        test_start_ok();
+        unsetenv("TEST_DAEMON_WRAPPER");
+}
+
 #define FD_LEFT_CONNS 100
 
 /* FD_LEFT_CONNS connections, each asking for the files and half-closed, none read. */
@@ -1332,13 +1349,8 @@ START_TEST(test_unread_descriptors_of_closed_connections_leave_room_for_others) 
         int ready;
         pid_t pid;
 
-        ck_assert_int_eq(chown(td.dir, 4242, 4242), 0);
-        write_many_config(4);
         /* 4096 descriptors: a quarter is 1024, and 100 unread answers of 63 are 6300. */
-        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=4096:4096 setpriv --reuid 4242 --regid 4242 --clear-groups "
-               "--inh-caps=-all --pdeathsig SIGKILL", 1);
-        test_start_ok();
-        unsetenv("TEST_DAEMON_WRAPPER");
+        start_unprivileged_many(4, 4096);
         pid = hog_start(hoard_half_closed, &ready, "were not answered");
         assert_root_is_handed_many(pid, ready, "left 100 answers unread on half-closed connections");
 }
@@ -1373,13 +1385,8 @@ START_TEST(test_unread_descriptors_of_shut_down_connections_leave_room_for_other
         int ready;
         pid_t pid;
 
-        ck_assert_int_eq(chown(td.dir, 4242, 4242), 0);
-        write_many_config(4);
         /* 4096 descriptors: a quarter is 1024, and 100 unread answers of 63 are 6300. */
-        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=4096:4096 setpriv --reuid 4242 --regid 4242 --clear-groups "
-               "--inh-caps=-all --pdeathsig SIGKILL", 1);
-        test_start_ok();
-        unsetenv("TEST_DAEMON_WRAPPER");
+        start_unprivileged_many(4, 4096);
         pid = hog_start(hoard_shut_down, &ready, "were not answered");
         ticks = test_cpu_ticks(td.pid);
         usleep(500 * 1000);
@@ -1417,12 +1424,7 @@ START_TEST(test_unread_descriptors_of_read_shut_down_connections_leave_room_for_
         int ready;
         pid_t pid;
 
-        ck_assert_int_eq(chown(td.dir, 4242, 4242), 0);
-        write_many_config(4);
-        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=4096:4096 setpriv --reuid 4242 --regid 4242 --clear-groups "
-               "--inh-caps=-all --pdeathsig SIGKILL", 1);
-        test_start_ok();
-        unsetenv("TEST_DAEMON_WRAPPER");
+        start_unprivileged_many(4, 4096);
         pid = hog_start(hoard_read_shut_down, &ready, "were not answered");
         assert_root_is_handed_many(pid, ready, "left 100 answers unread on connections shut down for reading");
 }
@@ -1511,12 +1513,7 @@ START_TEST(test_unread_descriptors_of_many_uids_leave_room_for_others) {
         json_t *resp;
         char c;
 
-        ck_assert_int_eq(chown(td.dir, 4242, 4242), 0);
-        write_many_config(16);
-        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=512:512 setpriv --reuid 4242 --regid 4242 --clear-groups "
-               "--inh-caps=-all --pdeathsig SIGKILL", 1);
-        test_start_ok();
-        unsetenv("TEST_DAEMON_WRAPPER");
+        start_unprivileged_many(16, 512);
         fd = test_connect(td.socket);
         resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}",
                                 fds, PROTO_FDS_MAX, &n_fds);
