@@ -522,6 +522,21 @@ static json_t *start_and_list(const char *channels, int *ret_fd) {
         return test_request(*ret_fd, "{\"op\":\"list\"}");
 }
 
+/* Each case in a child of its own, against the segment `list` names: the daemon and shmat() must agree. */
+static void run_access_cases(AccessCase *cases, size_t n, json_t *list) {
+        for (size_t i = 0; i < n; i++) {
+                int status;
+
+                cases[i].socket = td.socket;
+                cases[i].shm_id = (int) test_jint(test_find_channel(list, cases[i].channel), "shm_id");
+                status = test_in_child(access_child, &cases[i]);
+                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                              "case %zu (%s %s as %u/%u+%u): child status %d (20: daemon and kernel disagree, 21: wrong verdict)",
+                              i, cases[i].channel, cases[i].access, cases[i].uid, cases[i].gid, cases[i].extra_group,
+                              WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        }
+}
+
 START_TEST(test_access_follows_kernel_rule) {
         /* owner root, group 4242; "shared" 0660, "public" 0644, "private" 0600 */
         static const char channels[] =
@@ -541,17 +556,7 @@ START_TEST(test_access_follows_kernel_rule) {
         int fd;
 
         list = start_and_list(channels, &fd);
-        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-                int status;
-
-                cases[i].socket = td.socket;
-                cases[i].shm_id = (int) test_jint(test_find_channel(list, cases[i].channel), "shm_id");
-                status = test_in_child(access_child, &cases[i]);
-                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                              "case %zu (%s %s as %u/%u+%u): child status %d (20: daemon and kernel disagree, 21: wrong verdict)",
-                              i, cases[i].channel, cases[i].access, cases[i].uid, cases[i].gid, cases[i].extra_group,
-                              WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-        }
+        run_access_cases(cases, sizeof cases / sizeof cases[0], list);
         json_decref(list);
         close(fd);
         /* A refusal is logged, and the daemon keeps serving. */
@@ -584,17 +589,7 @@ START_TEST(test_unmapped_peer_is_not_the_overflow_id) {
         /* Maps root and 65534 only, as a container maps a range: 4242 is no id there. */
         td.userns_map = "0 0 1000\n65534 65534 1\n";
         list = start_and_list(channels, &fd);
-        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-                int status;
-
-                cases[i].socket = td.socket;
-                cases[i].shm_id = (int) test_jint(test_find_channel(list, cases[i].channel), "shm_id");
-                status = test_in_child(access_child, &cases[i]);
-                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                              "case %zu (%s %s as %u/%u+%u): child status %d (20: daemon and kernel disagree, 21: wrong verdict)",
-                              i, cases[i].channel, cases[i].access, cases[i].uid, cases[i].gid, cases[i].extra_group,
-                              WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-        }
+        run_access_cases(cases, sizeof cases / sizeof cases[0], list);
         json_decref(list);
         close(fd);
 }
