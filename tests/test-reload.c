@@ -2671,16 +2671,21 @@ static void write_sized_channels(int n, unsigned size, const char *kind) {
         write_channels(n, "c", fields);
 }
 
-/* A small tmpfs of its own at TD/state (the test's mount namespace): its path in state. */
-static void small_state_dir(char *state, size_t state_size, const char *size) {
-        char opts[64];
-
+/* A file system of type fs (options opts) of its own at TD/state (the test's mount namespace): its path in state. */
+static void state_dir_on(char *state, size_t state_size, const char *fs, const char *opts) {
         ck_assert_int_lt(snprintf(state, state_size, "%s/state", td.dir), (int) state_size);
         ck_assert_int_eq(mkdir(state, 0700), 0);
         ck_assert_int_eq(unshare(CLONE_NEWNS), 0);
         ck_assert_int_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0);
+        ck_assert_msg(mount(fs, state, fs, 0, opts) == 0, "mount %s: %s", fs, strerror(errno));
+}
+
+/* A small tmpfs of its own at TD/state: its path in state. */
+static void small_state_dir(char *state, size_t state_size, const char *size) {
+        char opts[64];
+
         snprintf(opts, sizeof opts, "size=%s,mode=0700", size);
-        ck_assert_msg(mount("tmpfs", state, "tmpfs", 0, opts) == 0, "mount: %s", strerror(errno));
+        state_dir_on(state, state_size, "tmpfs", opts);
 }
 
 /* Fill the file system of dir with dir/filler: its descriptor, to give room back with ftruncate(). */
@@ -2961,11 +2966,7 @@ START_TEST(test_state_dir_without_fallocate_takes_a_resize) {
         json_t *resp, *after;
         int status = 0, fd, probe;
 
-        ck_assert_int_lt(snprintf(state, sizeof state, "%s/state", td.dir), (int) sizeof state);
-        ck_assert_int_eq(mkdir(state, 0700), 0);
-        ck_assert_int_eq(unshare(CLONE_NEWNS), 0);
-        ck_assert_int_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0);
-        ck_assert_msg(mount("ramfs", state, "ramfs", 0, "mode=0700") == 0, "mount: %s", strerror(errno));
+        state_dir_on(state, sizeof state, "ramfs", "mode=0700");
         /* The premise: this file system has no fallocate. */
         probe = open(state, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
         ck_assert_int_ge(probe, 0);
