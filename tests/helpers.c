@@ -170,12 +170,19 @@ void test_ticker_stop(TestTicker *t) {
         (void) sigaction(SIGUSR1, &t->old, NULL);
 }
 
-/* As systemd's socket activation: a bound, listening socket as fd 3. */
-static int pass_listening_socket(const char *path, int given) {
+/*
+ * As systemd's socket activation: a bound, listening socket as fd 3 (and
+ * extra, when not 0, as fd 4); LISTEN_PID names the daemon, or with
+ * other_pid its parent, as when the variables were meant for another process.
+ */
+static int pass_listening_socket(const char *path, int given, int extra, bool other_pid) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         int fd = given > 0 ? given : socket(AF_UNIX, SOCK_STREAM, 0);
         char pid[16];
 
+        /* Out of the way first: fd 3 and 4 are about to be overwritten. */
+        if (extra > 0 && (extra = fcntl(extra, F_DUPFD_CLOEXEC, 10)) < 0)
+                return -1;
         strcpy(sa.sun_path, path);
         if (given <= 0) {
                 unlink(path);
@@ -185,8 +192,10 @@ static int pass_listening_socket(const char *path, int given) {
         /* dup2() clears close-on-exec on 3; a given socket's own number goes with the exec if it has it. */
         if (fd != 3 && (dup2(fd, 3) < 0 || close(fd) < 0))
                 return -1;
-        snprintf(pid, sizeof pid, "%d", (int) getpid());
-        setenv("LISTEN_FDS", "1", 1);
+        if (extra > 0 && (dup2(extra, 4) < 0 || close(extra) < 0))
+                return -1;
+        snprintf(pid, sizeof pid, "%d", (int) (other_pid ? getppid() : getpid()));
+        setenv("LISTEN_FDS", extra > 0 ? "2" : "1", 1);
         setenv("LISTEN_PID", pid, 1);
         return 0;
 }
@@ -355,8 +364,9 @@ static void daemon_spawn(TestDaemon *d, va_list ap) {
                 /* A failed test skips its teardown: the daemon must not outlive it. */
                 if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() == 1)
                         _exit(127);
-                setenv("NOTIFY_SOCKET", d->notify, 1);
-                if (d->activate && pass_listening_socket(d->socket, d->activate_fd) < 0)
+                setenv("NOTIFY_SOCKET", d->notify_env ? d->notify_env : d->notify, 1);
+                if (d->activate && pass_listening_socket(d->socket, d->activate_fd, d->activate_extra_fd,
+                                                     d->activate_other_pid) < 0)
                         _exit(126);
                 if (d->passrights_errno && deny_passrights(d->passrights_errno) < 0)
                         _exit(124);

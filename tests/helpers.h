@@ -26,7 +26,10 @@ typedef struct TestDaemon {
         char notified[8192];            /* every notify datagram so far, '|'-separated */
         bool activate;                  /* pass a listening socket as systemd would (LISTEN_FDS) */
         int activate_fd;                /* with activate, not 0: pass this one (the test keeps its copy, as systemd) */
+        int activate_extra_fd;          /* with activate, not 0: pass this one as well, as fd 4 (LISTEN_FDS=2) */
+        bool activate_other_pid;        /* with activate: LISTEN_PID names another process (the daemon's parent) */
         bool keep_notify;               /* keep reading notifications after READY=1 */
+        const char *notify_env;         /* not NULL: the daemon's NOTIFY_SOCKET instead of td.notify (the test reads it, if at all) */
         bool stop_before_exec;          /* the child stops itself (SIGSTOP) before it runs the daemon: to trace it */
         int passrights_errno;           /* not 0: its setsockopt(SO_PASSRIGHTS) fails so (a seccomp filter) */
         bool deny_chown;                /* every chown call fails with EPERM, as under the shipped unit's filter */

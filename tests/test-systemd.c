@@ -9,6 +9,8 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -303,6 +305,378 @@ START_TEST(test_reclaim_never_connects_to_a_passed_socket) {
 }
 END_TEST
 
+/*
+ * shmbrokerd(8): READY=1 "once every channel exists and the socket
+ * listens". The daemon runs traced, one system call at a time; at each
+ * call's exit, while it stands still, the datagrams it sent are read: the
+ * moment READY=1 is among them, a connect() must already be queued (a
+ * socket only bound gives ECONNREFUSED) and every object exist.
+ */
+START_TEST(test_ready_only_once_listening) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd, r;
+
+        test_daemon_write_config(&td, two_channels);
+        test_daemon_spawn_traced(&td);
+        for (;;) {
+                struct __ptrace_syscall_info info;
+
+                ck_assert_msg(test_next_syscall_stop(td.pid), "the daemon ended by itself");
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+                if (info.op == PTRACE_SYSCALL_INFO_EXIT && test_daemon_ready_sent(&td))
+                        break;
+        }
+        strcpy(sa.sun_path, td.socket);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        ck_assert_int_ge(fd, 0);
+        r = connect(fd, (struct sockaddr *) &sa, sizeof sa) < 0 ? -errno : 0;
+        ck_assert_msg(r == 0, "READY=1 came while %s could not take a connection: %s", td.socket, strerror(-r));
+        ck_assert_int_eq(test_ipcs_count("-m"), 2);
+        ck_assert_int_eq(test_ipcs_count("-s"), 2);
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        close(fd);
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
+/*
+ * shmbrokerd(8), SYSTEMD: READY=1 again after each reload "whether it
+ * succeeded or not": systemd, told RELOADING=1, waits for it.
+ */
+START_TEST(test_ready_after_a_failed_reload) {
+        json_t *resp;
+        char *msg;
+        int fd;
+
+        test_daemon_write_config(&td, two_channels);
+        test_start_ok();
+        test_daemon_write_raw_config(&td, "{\"version\": 1, \"channels\": [");
+        for (int via_signal = 0; via_signal < 2; via_signal++) {
+                td.notified[0] = 0;
+                if (via_signal)
+                        ck_assert_int_eq(kill(td.pid, SIGHUP), 0);
+                else {
+                        fd = test_connect(td.socket);
+                        resp = test_request(fd, "{\"op\":\"reload\"}");
+                        ck_assert_msg(!json_is_true(json_object_get(resp, "ok")), "a broken file reloaded");
+                        json_decref(resp);
+                        close(fd);
+                }
+                msg = test_daemon_wait_notify(&td, "RELOADING=1", 3000);
+                ck_assert_msg(msg, "no RELOADING=1 (%s): %s", via_signal ? "SIGHUP" : "request", td.notified);
+                free(msg);
+                msg = strstr(td.notified, "RELOADING=1");
+                if (!strstr(msg, "READY=1"))
+                        msg = test_daemon_wait_notify(&td, "READY=1", 3000);
+                else
+                        msg = strdup("READY=1");
+                ck_assert_msg(msg, "no READY=1 after a failed reload (%s): %s", via_signal ? "SIGHUP" : "request",
+                              td.notified);
+                free(msg);
+        }
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+}
+END_TEST
+
+/* td's daemon, started on sockets the test made as systemd would, must fail with status 1, leaving no object. */
+static void assert_activation_refused(const char *what, const char *logged) {
+        int status = 0;
+        char *log;
+
+        test_daemon_write_config(&td, two_channels);
+        td.activate = true;
+        ck_assert_msg(!test_daemon_start(&td, &status, NULL), "started on %s", what);
+        td.pid = -1;
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "on %s: status %d", what, status);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, logged), "on %s, the log does not say \"%s\":\n%s", what, logged, log);
+        free(log);
+        td.activate = false;
+        td.activate_fd = 0;
+        td.activate_extra_fd = 0;
+}
+
+static int bound_unix(int type, const char *name, bool listening) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_lt(snprintf(sa.sun_path, sizeof sa.sun_path, "%s/%s", td.dir, name), (int) sizeof sa.sun_path);
+        unlink(sa.sun_path);
+        ck_assert_int_eq(bind(fd, (struct sockaddr *) &sa, sizeof sa), 0);
+        if (listening)
+                ck_assert_int_eq(listen(fd, 16), 0);
+        return fd;
+}
+
+/* shmbrokerd(8): "exactly one listening Unix stream socket ... (more than one, or another kind, fails the start)". */
+START_TEST(test_activation_refuses_two_sockets) {
+        int a = bound_unix(SOCK_STREAM, "shmbroker.sock", true), b = bound_unix(SOCK_STREAM, "second.sock", true);
+
+        td.activate_fd = a;
+        td.activate_extra_fd = b;
+        assert_activation_refused("two listening sockets", "passed 2 sockets");
+        close(a);
+        close(b);
+}
+END_TEST
+
+START_TEST(test_activation_refuses_other_kinds) {
+        int dgram = bound_unix(SOCK_DGRAM, "shmbroker.sock", false), pipefd[2];
+        int unlistened = bound_unix(SOCK_STREAM, "unlistened.sock", false);
+        int seqpacket = bound_unix(SOCK_SEQPACKET, "seqpacket.sock", true);
+
+        td.activate_fd = dgram;
+        assert_activation_refused("a datagram socket", "not a listening Unix stream socket");
+        td.activate_fd = unlistened;
+        assert_activation_refused("a stream socket that does not listen", "not a listening Unix stream socket");
+        td.activate_fd = seqpacket;
+        assert_activation_refused("a seqpacket socket", "not a listening Unix stream socket");
+        ck_assert_int_eq(pipe2(pipefd, O_CLOEXEC), 0);
+        td.activate_fd = pipefd[0];
+        assert_activation_refused("a pipe", "not a listening Unix stream socket");
+        close(pipefd[0]);
+        close(pipefd[1]);
+        close(dgram);
+        close(unlistened);
+        close(seqpacket);
+}
+END_TEST
+
+/*
+ * LISTEN_PID names another process: the descriptors are not the daemon's
+ * (sd_listen_fds(3)), so it binds the configured socket itself and never
+ * serves the one at fd 3.
+ */
+START_TEST(test_activation_for_another_pid_is_ignored) {
+        int passed = bound_unix(SOCK_STREAM, "passed.sock", true), conn;
+        char path[sizeof td.dir + 16];
+        json_t *resp;
+        int fd;
+        char *log;
+
+        test_daemon_write_config(&td, two_channels);
+        td.activate = true;
+        td.activate_fd = passed;
+        td.activate_other_pid = true;
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        close(fd);
+        snprintf(path, sizeof path, "%s/passed.sock", td.dir);
+        fd = test_connect(path);
+        conn = accept4(passed, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        ck_assert_msg(conn >= 0, "the daemon took the socket passed for another process");
+        close(conn);
+        close(fd);
+        log = test_daemon_log(&td);
+        ck_assert_msg(!strstr(log, "The socket systemd passed"), "log:\n%s", log);
+        free(log);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(access(td.socket, F_OK), -1);
+        td.activate = false;
+        td.activate_fd = 0;
+        td.activate_other_pid = false;
+        close(passed);
+}
+END_TEST
+
+/*
+ * A NOTIFY_SOCKET whose reader stops reading (a stuck or busy service
+ * manager; net.unix.max_dgram_qlen is 10 by default): status, reload and
+ * watchdog datagrams pile up. That must not stop the daemon serving its
+ * clients, nor stopping on SIGTERM.
+ */
+START_TEST(test_stuck_notify_reader_does_not_stall_serving) {
+        json_t *resp;
+        int fd, status;
+
+        test_daemon_write_config(&td, two_channels);
+        setenv("WATCHDOG_USEC", "100000", 1);
+        test_start_ok();
+        unsetenv("WATCHDOG_USEC");
+        /* From here on nobody reads td.notify_fd: 20 reloads send 60 datagrams, the watchdog 20 a second. */
+        fd = test_connect(td.socket);
+        for (int i = 0; i < 20; i++) {
+                resp = test_request(fd, "{\"op\":\"reload\"}");
+                test_assert_ok(resp);
+                json_decref(resp);
+        }
+        close(fd);
+        status = test_daemon_kill(&td, SIGTERM);
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+END_TEST
+
+/* td's daemon, spawned: wait until its socket answers a list (no READY=1 to wait for), then reload it and stop it. */
+static void assert_serves_without_notify(const char *what) {
+        int64_t deadline = test_now_ms() + 10000;
+        json_t *resp;
+        int fd, status;
+
+        test_daemon_spawn(&td, NULL);
+        while ((fd = test_try_connect(td.socket)) < 0) {
+                ck_assert_msg(test_now_ms() < deadline, "with NOTIFY_SOCKET %s, the socket never listened", what);
+                ck_assert_msg(waitpid(td.pid, &status, WNOHANG) == 0, "with NOTIFY_SOCKET %s, the daemon ended (%d)",
+                              what, status);
+                usleep(10 * 1000);
+        }
+        test_assert_lists(fd);
+        resp = test_request(fd, "{\"op\":\"reload\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        close(fd);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+}
+
+/* NOTIFY_SOCKET naming nothing, or a socket that takes no datagrams: the daemon serves as without it. */
+START_TEST(test_odd_notify_sockets) {
+        char missing[sizeof td.dir + 32];
+        int stream = bound_unix(SOCK_STREAM, "stream-notify", true);
+
+        test_daemon_write_config(&td, two_channels);
+        snprintf(missing, sizeof missing, "%s/no-such-notify", td.dir);
+        td.notify_env = missing;
+        assert_serves_without_notify("naming nothing");
+        snprintf(missing, sizeof missing, "%s/stream-notify", td.dir);
+        assert_serves_without_notify("naming a stream socket");
+        td.notify_env = "relative/notify";
+        assert_serves_without_notify("not absolute");
+        td.notify_env = NULL;
+        close(stream);
+}
+END_TEST
+
+/* NOTIFY_SOCKET in the abstract namespace ("@name"), as some managers use: READY=1 comes there. */
+START_TEST(test_abstract_notify_socket) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        char env[64], buf[512];
+        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0), n;
+        size_t len;
+        bool ready = false;
+
+        ck_assert_int_ge(fd, 0);
+        snprintf(env, sizeof env, "@shmbroker-test-notify-%d", (int) getpid());
+        len = strlen(env);
+        memcpy(sa.sun_path + 1, env + 1, len - 1);
+        ck_assert_int_eq(bind(fd, (struct sockaddr *) &sa, (socklen_t) (offsetof(struct sockaddr_un, sun_path) + len)), 0);
+        test_daemon_write_config(&td, two_channels);
+        td.notify_env = env;
+        test_daemon_spawn(&td, NULL);
+        for (int64_t deadline = test_now_ms() + 10000; !ready && test_now_ms() < deadline;) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+
+                if (poll(&p, 1, 100) <= 0)
+                        continue;
+                n = (int) recv(fd, buf, sizeof buf - 1, 0);
+                if (n > 0) {
+                        buf[n] = 0;
+                        ready = strstr(buf, "READY=1") != NULL;
+                }
+        }
+        ck_assert_msg(ready, "no READY=1 on the abstract socket %s", env);
+        test_daemon_stop_ok(&td);
+        td.notify_env = NULL;
+        close(fd);
+}
+END_TEST
+
+/* Count the occurrences of what in text. */
+static size_t count_of(const char *text, const char *what) {
+        size_t n = 0;
+
+        for (const char *p = text; (p = strstr(p, what)); p++)
+                n++;
+        return n;
+}
+
+/*
+ * shmbrokerd(8): STATUS= "updated when the figures change, at most once a
+ * second" (the receiver's queue is short). A client more every 30 ms for
+ * 1.5 s: one STATUS= at least, three at most (the window may straddle two
+ * seconds' boundaries), and the last figures come after.
+ */
+START_TEST(test_status_at_most_once_a_second) {
+        enum { CLIENTS = 50 };
+        int fds[CLIENTS];
+        char last[64];
+        size_t statuses;
+        char *msg;
+
+        test_daemon_write_config(&td, two_channels);
+        test_start_ok();
+        /* Whatever the start sent: not counted. */
+        while ((msg = test_daemon_wait_notify(&td, "STATUS=", 200)))
+                free(msg);
+        td.notified[0] = 0;
+        /* A new client every 30 ms, each one kept: the figures change all the time. */
+        for (int i = 0; i < CLIENTS; i++) {
+                fds[i] = test_connect(td.socket);
+                test_assert_lists(fds[i]);
+                free(test_daemon_wait_notify(&td, "no such thing", 30));
+        }
+        statuses = count_of(td.notified, "STATUS=");
+        ck_assert_msg(statuses >= 1 && statuses <= 3, "%zu STATUS= in 1.5 s: %s", statuses, td.notified);
+        snprintf(last, sizeof last, "STATUS=2 channels, %d clients, 0 holds", CLIENTS);
+        assert_notified(last, 3000);
+        for (int i = 0; i < CLIENTS; i++)
+                close(fds[i]);
+}
+END_TEST
+
+/*
+ * A storm of SIGHUPs over reloads that replace hundreds of channels each,
+ * then SIGTERM while reloads are still due: every RELOADING=1 gets its
+ * READY=1, STOPPING=1 comes, the daemon exits 0 and leaves no object.
+ */
+START_TEST(test_sighup_storm_then_sigterm) {
+        enum { N = 400 };
+        char *channels[2], *msg;
+        int status = 0;
+        pid_t pid;
+
+        for (int k = 0; k < 2; k++) {
+                char *p = channels[k] = malloc(N * 64 + 16);
+
+                ck_assert_ptr_nonnull(p);
+                p += sprintf(p, "[");
+                for (int i = 0; i < N; i++)
+                        p += sprintf(p, "%s{\"name\": \"c%d\", \"size\": %d}", i ? "," : "", i, 4096 * (k + 1));
+                sprintf(p, "]");
+        }
+        test_daemon_write_config(&td, channels[0]);
+        test_start_ok();
+        td.notified[0] = 0;
+        for (int i = 0; i < 60; i++) {
+                test_daemon_write_config(&td, channels[(i + 1) % 2]);
+                ck_assert_int_eq(kill(td.pid, SIGHUP), 0);
+                free(test_daemon_wait_notify(&td, "no such thing", 2));
+        }
+        ck_assert_int_eq(kill(td.pid, SIGTERM), 0);
+        msg = test_daemon_wait_notify(&td, "STOPPING=1", 10000);
+        ck_assert_msg(msg, "no STOPPING=1 after a SIGHUP storm");
+        free(msg);
+        pid = td.pid;
+        td.pid = -1;
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d", status);
+        ck_assert_msg(count_of(td.notified, "RELOADING=1") >= 1, "no reload in the storm: %s", td.notified);
+        ck_assert_msg(count_of(td.notified, "RELOADING=1") == count_of(td.notified, "READY=1"),
+                      "%zu RELOADING=1 but %zu READY=1", count_of(td.notified, "RELOADING=1"),
+                      count_of(td.notified, "READY=1"));
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+        free(channels[0]);
+        free(channels[1]);
+}
+END_TEST
+
 START_TEST(test_journal_priority_prefixes) {
         struct stat st;
         char env[64], *log;
@@ -331,11 +705,15 @@ int main(void) {
         const TestGroup groups[] = {
                 { "notify", CASE_TIMEOUT, { test_ready_only_after_objects_exist, test_status_follows_clients,
                               test_reload_and_stop_notifications, test_extend_timeout_for_many_channels,
-                              test_extend_timeout_again_after_a_slow_second } },
+                              test_extend_timeout_again_after_a_slow_second, test_ready_only_once_listening,
+                              test_ready_after_a_failed_reload, test_stuck_notify_reader_does_not_stall_serving,
+                              test_sighup_storm_then_sigterm, test_status_at_most_once_a_second } },
                 { "watchdog", CASE_TIMEOUT, { test_watchdog_pings, test_no_watchdog_without_watchdog_usec } },
                 { "activation", CASE_TIMEOUT, { test_socket_activation, test_socket_activation_at_another_path_is_named,
-                                  test_reclaim_never_connects_to_a_passed_socket } },
+                                  test_reclaim_never_connects_to_a_passed_socket, test_activation_refuses_two_sockets,
+                                  test_activation_refuses_other_kinds, test_activation_for_another_pid_is_ignored } },
                 { "journal", CASE_TIMEOUT, { test_journal_priority_prefixes } },
+                { "notify-socket", CASE_TIMEOUT, { test_odd_notify_sockets, test_abstract_notify_socket } },
         };
 
         return test_main("systemd", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
