@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <libgen.h>
@@ -25,6 +26,7 @@
 #include "daemon/exit-watch.h"
 #include "daemon/ipc-limits.h"
 #include "daemon/log.h"
+#include "daemon/notify.h"
 #include "daemon/posix.h"
 #include "daemon/reclaim.h"
 #include "daemon/registry.h"
@@ -58,6 +60,8 @@ typedef struct Daemon {
         size_t last_status[3];          /* channels, clients, holds as last sent in STATUS= */
         sd_event_source *status_timer;
         sd_event_source *orphan_timer;  /* while adopted rings keep holders of the killed run */
+        sd_event_source *watchdog_timer;
+        uint64_t watchdog_usec;         /* WatchdogSec=, from WATCHDOG_USEC (0: none) */
 } Daemon;
 
 /* Whether the state file records nothing alive (a failed read, or a line it cannot read, counts as something). */
@@ -187,6 +191,7 @@ static void daemon_done(Daemon *d) {
 
         d->status_timer = sd_event_source_disable_unref(d->status_timer);
         d->orphan_timer = sd_event_source_disable_unref(d->orphan_timer);
+        d->watchdog_timer = sd_event_source_disable_unref(d->watchdog_timer);
         /* Before the connections go: their holds' deaths wake clients, which must find the channels removed. */
         registry_mark_removed(d->registry);
         d->control = control_free(d->control);
@@ -580,8 +585,8 @@ static int create_channels(Daemon *d) {
 
                 /* A long creation may outlast TimeoutStartSec=: ask for more time as it begins, then each second. */
                 if (now_usec() - extended > USEC_PER_SEC) {
-                        (void) sd_notifyf(false, "EXTEND_TIMEOUT_USEC=%llu\nSTATUS=Creating channel %zu of %zu",
-                                          5ULL * USEC_PER_SEC, i + 1, n);
+                        (void) notify_sendf(false, "EXTEND_TIMEOUT_USEC=%llu\nSTATUS=Creating channel %zu of %zu",
+                                           5ULL * USEC_PER_SEC, i + 1, n);
                         extended = now_usec();
                 }
                 r = registry_create(d->registry, specs[i], cfg->fixed_keys, cfg->n_fixed_keys, olds[i], &c, msg,
@@ -606,7 +611,7 @@ static int on_exit_signal(sd_event_source *s, const struct signalfd_siginfo *si,
         Daemon *d = userdata;
 
         log_info("Received %s, stopping.", strsignal((int) si->ssi_signo));
-        (void) sd_notify(false, "STOPPING=1");
+        (void) notify_send(true, "STOPPING=1");
         control_stop_accepting(d->control);
         return sd_event_exit(sd_event_source_get_event(s), 0);
 }
@@ -615,10 +620,12 @@ static void notify_status(Daemon *d) {
         d->last_status[0] = d->registry->n;
         d->last_status[1] = control_count_connections(d->control);
         d->last_status[2] = registry_count_holds(d->registry);
-        (void) sd_notifyf(false, "STATUS=%zu channel%s, %zu client%s, %zu hold%s",
-                          d->last_status[0], d->last_status[0] == 1 ? "" : "s",
-                          d->last_status[1], d->last_status[1] == 1 ? "" : "s",
-                          d->last_status[2], d->last_status[2] == 1 ? "" : "s");
+        /* Dropped (no room, notify.h): no figure matches, so the next change says it again. */
+        if (notify_sendf(false, "STATUS=%zu channel%s, %zu client%s, %zu hold%s",
+                         d->last_status[0], d->last_status[0] == 1 ? "" : "s",
+                         d->last_status[1], d->last_status[1] == 1 ? "" : "s",
+                         d->last_status[2], d->last_status[2] == 1 ? "" : "s") < 0)
+                d->last_status[0] = SIZE_MAX;
 }
 
 /*
@@ -632,8 +639,8 @@ static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size
         int r, k;
 
         msg_set(msg, msg_size, "out of memory");       /* what is left when nothing more is said */
-        (void) sd_notifyf(false, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=Reloading %s",
-                          (unsigned long long) now_usec(), d->options->config_path);
+        (void) notify_sendf(true, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=Reloading %s",
+                            (unsigned long long) now_usec(), d->options->config_path);
         r = config_load(d->options->config_path, &cfg, msg, msg_size);
         if (r < 0)
                 msg_set(msg, msg_size, "%s: %s", d->options->config_path, strerror(-r));
@@ -660,7 +667,7 @@ static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size
                  * midway (r < 0) may leave the additions made so far. */
                 log_error("Reload failed%s: %s", r > 0 ? ", nothing changed" : "", msg);
                 config_free(cfg);
-                (void) sd_notify(false, "READY=1");
+                (void) notify_send(true, "READY=1");
                 notify_status(d);
                 return r < 0 ? EIO : r;
         }
@@ -674,7 +681,7 @@ static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size
         log_info("Reloaded %s: %zu added, %zu removed, %zu changed, %zu kept.", d->options->config_path,
                  strv_length(ret->added), strv_length(ret->removed), strv_length(ret->changed),
                  strv_length(ret->kept));
-        (void) sd_notify(false, "READY=1");
+        (void) notify_send(true, "READY=1");
         notify_status(d);
         return 0;
 }
@@ -794,10 +801,10 @@ static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata) {
 
 /*
  * After each event of the control socket: when the figures changed, tell
- * systemd, but at most once a second. sd_notify() blocks when the
- * receiver's datagram queue is full (10 by default), so chatter must never
- * outrun it. (Not a post source: that would cost every event a second turn
- * of the loop, an epoll_wait() more per request.)
+ * systemd, but at most once a second: the receiver's datagram queue is
+ * short (10 by default), and notify.c drops what finds it full. (Not a
+ * post source: that would cost every event a second turn of the loop, an
+ * epoll_wait() more per request.)
  */
 static void on_counts_changed(void *userdata) {
         Daemon *d = userdata;
@@ -851,6 +858,40 @@ static int arm_orphan_timer(Daemon *d) {
                 return r;
         return sd_event_add_time(d->event, &d->orphan_timer, CLOCK_MONOTONIC, now + USEC_PER_SEC, 0,
                                  on_orphan_timer, d);
+}
+
+/*
+ * WATCHDOG=1 from the loop itself (a stuck loop stops the pings), between
+ * half and three quarters of WatchdogSec= after the last. Not
+ * sd_event_set_watchdog(): its pings go through sd_notify(), which blocks
+ * the loop while the receiver's queue is full (notify.h).
+ */
+static int on_watchdog(sd_event_source *s, uint64_t usec, void *userdata) {
+        Daemon *d = userdata;
+        uint64_t now;
+
+        (void) notify_send(false, "WATCHDOG=1");
+        if (sd_event_now(d->event, CLOCK_MONOTONIC, &now) < 0)
+                now = usec;
+        (void) sd_event_source_set_time(s, now + d->watchdog_usec / 2);
+        (void) sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+        return 0;
+}
+
+static int arm_watchdog(Daemon *d) {
+        uint64_t now;
+        int r;
+
+        r = sd_watchdog_enabled(false, &d->watchdog_usec);
+        if (r <= 0) {
+                d->watchdog_usec = 0;
+                return r;
+        }
+        r = sd_event_now(d->event, CLOCK_MONOTONIC, &now);
+        if (r < 0)
+                return r;
+        return sd_event_add_time(d->event, &d->watchdog_timer, CLOCK_MONOTONIC, now + d->watchdog_usec / 2,
+                                 d->watchdog_usec / 4, on_watchdog, d);
 }
 
 int daemon_run(const DaemonOptions *o) {
@@ -924,13 +965,12 @@ int daemon_run(const DaemonOptions *o) {
                 log_error("Failed to set up the event loop: %s", strerror(-r));
                 goto fail;
         }
-        /* Pings WATCHDOG=1 at half of WatchdogSec= from the loop itself: a stuck loop stops them. */
-        r = sd_event_set_watchdog(d.event, true);
+        r = arm_watchdog(&d);
         if (r < 0)
                 log_warning("Failed to enable the watchdog: %s, ignoring.", strerror(-r));
 
         log_info("Serving %zu channel(s) on %s.", d.registry->n, d.passed_path[0] ? d.passed_path : d.socket_path);
-        (void) sd_notify(false, "READY=1");
+        (void) notify_send(true, "READY=1");
         notify_status(&d);
 
         r = sd_event_loop(d.event);
