@@ -282,6 +282,32 @@ START_TEST(test_fd_asked_after_the_removal_says_removed) {
 END_TEST
 
 /*
+ * The same after a reload that replaced the ring (another slot count): the
+ * replacement's FIFOs have the old one's names, and opening them would
+ * hand the old handle a descriptor that the new channel's traffic wakes,
+ * while every other call on it says -EIDRM.
+ */
+START_TEST(test_fd_asked_after_a_replacing_reload_says_removed) {
+        shmb_channel *ch = NULL;
+        char buf[64];
+        json_t *resp;
+        int fd;
+
+        ck_assert_int_eq(shmb_open_channel(NULL, "r2", SHMB_RW, &ch), 0);
+        fd = test_connect(td.socket);
+        test_daemon_write_config(&td, "[{\"name\": \"r2\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8}]");
+        resp = test_request(fd, "{\"op\":\"reload\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        close(fd);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EIDRM);
+        ck_assert_msg(shmb_channel_fd(ch) == -EIDRM, "shmb_channel_fd() of a replaced ring: %s",
+                      shmb_strerror(shmb_channel_fd(ch)));
+        shmb_close(ch);
+}
+END_TEST
+
+/*
  * A waiter woken by the removal looks at the ring at once; if it still
  * reads LIVE, it arms again, and nothing will ever write its FIFO after
  * that. So the ring must read REMOVED by the time the broker writes the
@@ -1461,7 +1487,8 @@ int main(void) {
                 { "broker-wakes", CASE_TIMEOUT, { test_removal_wakes_the_waiter, test_removal_wakes_a_subscriber_on_its_own_fifo,
                                                 test_removal_marked_before_the_fifo_is_written,
                                                   test_dead_claimer_wakes_the_waiter,
-                                                  test_fd_asked_after_the_removal_says_removed } },
+                                                  test_fd_asked_after_the_removal_says_removed,
+                                                  test_fd_asked_after_a_replacing_reload_says_removed } },
                 { "short-of-fds", CASE_TIMEOUT, { test_channel_fd_short_of_descriptors_leaks_nothing } },
                 { "restart", CASE_TIMEOUT, { test_wait_survives_a_broker_crash,
                                             test_wait_ends_when_the_objects_go_while_the_broker_is_away,

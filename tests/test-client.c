@@ -1251,7 +1251,7 @@ START_TEST(test_shmbrokerctl_sizes_and_reload_lines) {
                 const char *name, *size;
         } rows[] = {
                 { "b512", "512B" }, { "b1023", "1023B" }, { "k4", "4K" }, { "k1-5", "1.5K" }, { "m1", "1M" },
-                { "m2-5", "2.5M" }, { "justunder1m", "1.0M" },
+                { "m2-5", "2.5M" }, { "justunder1m", "1.0M" }, { "k1023-9", "1023.9K" },
         };
         static char out[65536];
         char prefix[64], token[32], *line;
@@ -1260,7 +1260,8 @@ START_TEST(test_shmbrokerctl_sizes_and_reload_lines) {
         test_daemon_write_config(&td, "[{\"name\": \"b512\", \"size\": 512}, {\"name\": \"b1023\", \"size\": 1023},"
                                       " {\"name\": \"k4\", \"size\": 4096}, {\"name\": \"k1-5\", \"size\": 1536},"
                                       " {\"name\": \"m1\", \"size\": \"1M\"}, {\"name\": \"m2-5\", \"size\": 2621440},"
-                                      " {\"name\": \"justunder1m\", \"size\": 1048575}]");
+                                      " {\"name\": \"justunder1m\", \"size\": 1048525},"
+                                      " {\"name\": \"k1023-9\", \"size\": 1048524}]");
         test_start_ok();
         for (int pass = 0; pass < 2; pass++) {
                 ck_assert_int_eq(test_run(out, sizeof out, "%s %s 2>&1", SHMBROKERCTL_PATH, pass ? "status" : "list"), 0);
@@ -1295,7 +1296,7 @@ START_TEST(test_shmbrokerctl_sizes_and_reload_lines) {
                 ck_assert_ptr_nonnull(copy);
                 line = line_starting(copy, "kept ");
                 ck_assert_msg(line, "no kept line: %s", out);
-                ck_assert_str_eq(words_after_label(line), "b1023 b512 justunder1m k1-5 k4 m1 m2-5");
+                ck_assert_str_eq(words_after_label(line), "b1023 b512 justunder1m k1-5 k1023-9 k4 m1 m2-5");
                 free(copy);
         }
         /* Exactly four lines. */
@@ -1311,13 +1312,14 @@ START_TEST(test_shmbrokerctl_sizes_and_reload_lines) {
         test_daemon_write_config(&td, "[{\"name\": \"b512\", \"size\": 512}, {\"name\": \"new\", \"size\": 4096},"
                                       " {\"name\": \"k4\", \"size\": 8192}, {\"name\": \"k1-5\", \"size\": 1536},"
                                       " {\"name\": \"m1\", \"size\": \"1M\"}, {\"name\": \"m2-5\", \"size\": 2621440},"
-                                      " {\"name\": \"justunder1m\", \"size\": 1048575}]");
+                                      " {\"name\": \"justunder1m\", \"size\": 1048525},"
+                                      " {\"name\": \"k1023-9\", \"size\": 1048524}]");
         ck_assert_int_eq(test_run(out, sizeof out, "%s reload 2>&1", SHMBROKERCTL_PATH), 0);
         {
                 static const struct {
                         const char *label, *names;
                 } expect[] = {
-                        { "added ", "new" }, { "removed ", "b1023" }, { "changed ", "k4" }, { "kept ", "b512 justunder1m k1-5 m1 m2-5" },
+                        { "added ", "new" }, { "removed ", "b1023" }, { "changed ", "k4" }, { "kept ", "b512 justunder1m k1-5 k1023-9 m1 m2-5" },
                 };
 
                 for (size_t i = 0; i < sizeof expect / sizeof *expect; i++) {

@@ -567,6 +567,43 @@ START_TEST(test_access_follows_kernel_rule) {
 END_TEST
 
 /*
+ * Where the daemon's user namespace maps every id (the initial one, as
+ * here), nobody's uid and group 65534 are ids like any other: the
+ * overflow ids of a container's daemon must not be taken for them. A peer
+ * in group 65534, or uid 65534 itself, is let in as shmat() lets it in.
+ */
+START_TEST(test_overflow_ids_are_ids_where_all_are_mapped) {
+        static const char channels[] =
+                "[{\"name\": \"nogroup\", \"size\": 4096, \"group\": 65534, \"mode\": \"0660\"},"
+                " {\"name\": \"nobody\", \"size\": 4096, \"owner\": 65534, \"mode\": \"0600\"}]";
+        AccessCase cases[] = {
+                { "nogroup", "rw", 4242, 4242, 65534, true },   /* supplementary group */
+                { "nogroup", "rw", 4242, 65534, 0, true },      /* primary group */
+                { "nogroup", "rw", 4242, 4242, 0, false },
+                { "nobody", "rw", 65534, 65534, 0, true },
+                { "nobody", "ro", 4242, 4242, 0, false },
+        };
+        json_t *list;
+        int fd;
+
+        list = start_and_list(channels, &fd);
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+                int status;
+
+                cases[i].socket = td.socket;
+                cases[i].shm_id = (int) test_jint(test_find_channel(list, cases[i].channel), "shm_id");
+                status = test_in_child(access_child, &cases[i]);
+                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                              "case %zu (%s %s as %u/%u+%u): child status %d (20: daemon and kernel disagree, 21: wrong verdict)",
+                              i, cases[i].channel, cases[i].access, cases[i].uid, cases[i].gid, cases[i].extra_group,
+                              WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        }
+        json_decref(list);
+        close(fd);
+}
+END_TEST
+
+/*
  * A daemon in a user namespace that maps only some ids (in a container)
  * is told a peer's unmapped uid and groups as the overflow ids (65534),
  * where shmat() compares the real ones: such a peer is neither the owner
@@ -3046,7 +3083,7 @@ END_TEST
  */
 START_TEST(test_config_errors_are_one_line_of_text) {
         static const char *const configs[] = {
-                "{\"version\": 1, \"socket\": \"x\", \"channels\": [], \"\\u001b[31m\\nFORGED: line\": 1}\n",
+                "{\"version\": 1, \"socket\": \"x\", \"channels\": [], \"\\u001b[31m\\nFORGED:\\u007f line\": 1}\n",
                 "{\"version\": 1, \"socket\": \"x\", \"channels\": [{\"name\": \"a\\nFORGED\", \"size\": 4096}]}\n",
                 "{\"version\": 1, \"socket\": \"x\", \"channels\": [{\"name\": \"a\", \"size\": \"4\\u009b2J\"}]}\n",
         };
@@ -3056,7 +3093,7 @@ START_TEST(test_config_errors_are_one_line_of_text) {
                 test_daemon_write_raw_config(&td, configs[i]);
                 ck_assert_int_eq(test_run(out, sizeof out, "%s --check-config -c %s 2>&1 >/dev/null", SHMBROKERD_PATH,
                                           td.config), 1);
-                ck_assert_msg(*out && strchr(out, '\n') == out + strlen(out) - 1 && !strchr(out, '\033') &&
+                ck_assert_msg(*out && strchr(out, '\n') == out + strlen(out) - 1 && !strchr(out, '\033') && !strchr(out, '\177') &&
                                       !strstr(out, "\302\233"),
                               "config %zu: not one line of text: \"%s\"", i, out);
         }
@@ -3074,7 +3111,8 @@ int main(void) {
                                  test_line_at_limit_is_served, test_half_sent_request_does_not_stall_others,
                                  test_out_of_band_byte_neither_spins_nor_stalls } },
                 { "access", CASE_TIMEOUT, { test_access_follows_kernel_rule, test_clients_cannot_remove_or_reown } },
-                { "unmapped", CASE_TIMEOUT, { test_unmapped_peer_is_not_the_overflow_id } },
+                { "unmapped", CASE_TIMEOUT, { test_unmapped_peer_is_not_the_overflow_id,
+                                              test_overflow_ids_are_ids_where_all_are_mapped } },
                 { "lifecycle", CASE_TIMEOUT, { test_sigterm_with_client_attached, test_sigint_with_client_attached,
                                  test_sigkill_then_restart_adopts_or_replaces, test_failed_start_keeps_adopted_channels,
                                  test_reclaim_spares_foreign_reuse_of_id,

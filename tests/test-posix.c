@@ -31,6 +31,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -1564,6 +1565,322 @@ START_TEST(test_unread_descriptors_of_many_uids_leave_room_for_others) {
                 waitpid(pids[u], NULL, 0);
         }
         close(ready[0]);
+}
+END_TEST
+
+/* Open "many" with its files on fd and read the answer: true when handed them (closed at once), else false. */
+static bool many_handed(int fd, char *err, size_t err_size) {
+        int fds[PROTO_FDS_MAX];
+        size_t n_fds = 0;
+        json_t *resp;
+        bool ok;
+
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}", fds,
+                                PROTO_FDS_MAX, &n_fds);
+        ok = json_is_true(json_object_get(resp, "ok"));
+        snprintf(err, err_size, "%s %s", json_string_value(json_object_get(resp, "error")) ?: "",
+                 json_string_value(json_object_get(resp, "message")) ?: "");
+        for (size_t i = 0; i < n_fds; i++)
+                close(fds[i]);
+        json_decref(resp);
+        return ok;
+}
+
+/*
+ * Root is handed the files on a fresh connection within 5 s: what kept the
+ * room may take the daemon a look or two (its retries, its sweeps) to see
+ * gone, but never longer.
+ */
+static void assert_root_is_handed_many_soon(const char *after) {
+        char err[512] = "";
+        bool ok = false;
+
+        for (int64_t deadline = test_now_ms() + 5000; !ok && test_now_ms() < deadline;) {
+                int fd = test_connect(td.socket);
+
+                ok = many_handed(fd, err, sizeof err);
+                close(fd);
+                if (!ok)
+                        usleep(20 * 1000);
+        }
+        ck_assert_msg(ok, "root's open still refused 5 s after %s: %s", after, err);
+}
+
+/* Whether uid 65534 is served a list on a new connection within 5 s (not refused for connections_per_uid). */
+static bool nobody_is_served_soon(void) {
+        for (int64_t deadline = test_now_ms() + 5000; test_now_ms() < deadline; usleep(20 * 1000)) {
+                pid_t pid = fork();
+                int status;
+
+                ck_assert_int_ge(pid, 0);
+                if (pid == 0) {
+                        /* No assertions here: a refusal (EUSERS, then a close) is an answer to try again after. */
+                        char line[4096];
+                        struct pollfd p = { .events = POLLIN };
+                        ssize_t n;
+
+                        test_drop_privileges(65534, 65534, 0);
+                        p.fd = test_try_connect(td.socket);
+                        if (p.fd < 0 || send(p.fd, "{\"op\": \"list\"}\n", 15, MSG_NOSIGNAL) != 15 ||
+                            poll(&p, 1, 5000) != 1 || (n = recv(p.fd, line, sizeof line - 1, 0)) <= 0)
+                                _exit(1);
+                        line[n] = 0;
+                        _exit(strstr(line, "\"error\"") ? 1 : 0);
+                }
+                ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+                if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+                        return true;
+        }
+        return false;
+}
+
+/*
+ * A lingering connection (kept for the descriptors its client has not
+ * read) goes when its client closes its socket: those connections count
+ * against connections_per_uid, and a uid whose processes closed every
+ * socket must be served again. Here uid 65534's hoarder leaves its four
+ * connections shut down (a hang-up), then shut down for reading (a send
+ * that fails), and is killed each time; then its uid asks again.
+ */
+START_TEST(test_lingering_connections_go_when_their_client_closes) {
+        int (*const hoards[])(void) = { hoard_shut_down, hoard_read_shut_down };
+        int ready;
+        pid_t pid;
+
+        ck_assert_int_eq(chown(td.dir, 4242, 4242), 0);
+        write_many_config(4);
+        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=4096:4096 setpriv --reuid 4242 --regid 4242 --clear-groups "
+               "--inh-caps=-all --pdeathsig SIGKILL", 1);
+        test_start_ok();
+        unsetenv("TEST_DAEMON_WRAPPER");
+        for (size_t i = 0; i < sizeof hoards / sizeof *hoards; i++) {
+                pid = hog_start(hoards[i], &ready, "were not answered");
+                kill(pid, SIGKILL);
+                waitpid(pid, NULL, 0);
+                close(ready);
+                ck_assert_msg(nobody_is_served_soon(), "uid 65534 refused 5 s after its client (hoard %zu) was killed",
+                              i);
+        }
+}
+END_TEST
+
+/*
+ * A connection shut down both ways has ended, whatever waits unread in its
+ * socket: the holds it took end with it (shmbrokerd(8): a client's holds
+ * end when its connection does), though the daemon keeps the socket for
+ * the descriptors.
+ */
+START_TEST(test_shut_down_connection_with_unread_descriptors_ends_its_holds) {
+        int fd, lister;
+        struct pollfd p = { .events = POLLIN };
+        json_t *resp;
+        size_t n = SIZE_MAX;
+
+        write_many_config(4);
+        test_start_ok();
+        lister = test_connect(td.socket);
+        fd = p.fd = test_connect(td.socket);
+        test_send(fd, many_fd_open, sizeof many_fd_open - 1);
+        ck_assert_int_eq(poll(&p, 1, 5000), 1);
+        resp = test_request(lister, "{\"op\": \"status\", \"channel\": \"many\"}");
+        ck_assert_uint_eq(json_array_size(json_object_get(test_must_find(resp, "many"), "clients")), 1);
+        json_decref(resp);
+        /* The answer and its 63 files stay unread in the socket. */
+        ck_assert_int_eq(shutdown(fd, SHUT_RDWR), 0);
+        for (int64_t deadline = test_now_ms() + 5000; n != 0 && test_now_ms() < deadline; usleep(10 * 1000)) {
+                resp = test_request(lister, "{\"op\": \"status\", \"channel\": \"many\"}");
+                n = json_array_size(json_object_get(test_must_find(resp, "many"), "clients"));
+                json_decref(resp);
+        }
+        ck_assert_msg(n == 0, "a connection shut down both ways still holds the channel");
+        close(fd);
+        close(lister);
+}
+END_TEST
+
+/*
+ * The budget of all uids together (three quarters of the daemon's
+ * open-file limit) counts what clients were sent and have not read: a
+ * client that closes its socket with an answer unread frees those
+ * descriptors (the kernel drops them with the socket), and they must stop
+ * counting. Ten such closes are 630 descriptors, past 384 of 512: root must
+ * still be handed the files after.
+ */
+START_TEST(test_unread_descriptors_of_closed_sockets_stop_counting) {
+        ck_assert_int_eq(chown(td.dir, 4242, 4242), 0);
+        write_many_config(16);
+        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=512:512 setpriv --reuid 4242 --regid 4242 --clear-groups "
+               "--inh-caps=-all --pdeathsig SIGKILL", 1);
+        test_start_ok();
+        unsetenv("TEST_DAEMON_WRAPPER");
+        for (int i = 0; i < 10; i++) {
+                int fd = test_connect(td.socket);
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+
+                test_send(fd, many_fd_open, sizeof many_fd_open - 1);
+                ck_assert_int_eq(poll(&p, 1, 5000), 1);
+                close(fd);      /* unread */
+        }
+        assert_root_is_handed_many_soon("ten sockets closed with their answers unread");
+}
+END_TEST
+
+/*
+ * The same budget, given back by answers that other uids read on
+ * connections that stay open and idle: their own requests never come to
+ * tell the daemon, which must look (it sweeps every connection when the
+ * budget runs short). FD_HOG_UIDS users each take two answers (630 in
+ * all, past 384 of 512), read them, and stay connected.
+ */
+START_TEST(test_read_answers_of_other_uids_give_the_budget_back) {
+        int ready[2], done[2];
+        pid_t pids[FD_HOG_UIDS];
+        char c;
+
+        ck_assert_int_eq(chown(td.dir, 4242, 4242), 0);
+        write_many_config(16);
+        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=512:512 setpriv --reuid 4242 --regid 4242 --clear-groups "
+               "--inh-caps=-all --pdeathsig SIGKILL", 1);
+        test_start_ok();
+        unsetenv("TEST_DAEMON_WRAPPER");
+        ck_assert_int_eq(pipe(ready), 0);
+        ck_assert_int_eq(pipe(done), 0);
+        for (int u = 0; u < FD_HOG_UIDS; u++) {
+                pids[u] = fork();
+                ck_assert_int_ge(pids[u], 0);
+                if (pids[u] == 0) {
+                        int conns[2];
+
+                        (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                        close(ready[0]);
+                        close(done[1]);
+                        test_drop_privileges(5000 + (uid_t) u, 5000 + (gid_t) u, 0);
+                        /* Asked all at once, before anyone reads: refused ones (EMFILE) are answers too. */
+                        for (int i = 0; i < 2; i++) {
+                                struct pollfd p = { .events = POLLIN };
+
+                                conns[i] = p.fd = test_connect(td.socket);
+                                test_send(conns[i], many_fd_open, sizeof many_fd_open - 1);
+                                if (poll(&p, 1, 5000) != 1)
+                                        _exit(3);
+                        }
+                        if (write(ready[1], "r", 1) != 1 || read(done[0], &c, 1) != 0)
+                                _exit(99);
+                        /* Now read, and stay connected. */
+                        for (int i = 0; i < 2; i++) {
+                                int fds[PROTO_FDS_MAX];
+                                size_t n_fds = 0;
+                                json_t *resp = test_request_fds(conns[i], NULL, fds, PROTO_FDS_MAX, &n_fds);
+
+                                for (size_t k = 0; k < n_fds; k++)
+                                        close(fds[k]);
+                                json_decref(resp);
+                        }
+                        if (write(ready[1], "r", 1) != 1)
+                                _exit(99);
+                        pause();
+                        _exit(0);
+                }
+        }
+        close(ready[1]);
+        close(done[0]);
+        for (int u = 0; u < FD_HOG_UIDS; u++)
+                ck_assert_msg(read(ready[0], &c, 1) == 1, "a hoarding uid's opens were not answered");
+        close(done[1]);         /* read them */
+        for (int u = 0; u < FD_HOG_UIDS; u++)
+                ck_assert_msg(read(ready[0], &c, 1) == 1, "a hoarding uid did not read its answers");
+        assert_root_is_handed_many_soon("every other uid read its answers");
+        for (int u = 0; u < FD_HOG_UIDS; u++) {
+                kill(pids[u], SIGKILL);
+                waitpid(pids[u], NULL, 0);
+        }
+        close(ready[0]);
+}
+END_TEST
+
+/*
+ * The kernel's charge is per user: another process of the daemon's user
+ * that leaves descriptors in flight past the daemon's open-file limit
+ * makes the daemon's SCM_RIGHTS fail (ETOOMANYREFS), which no budget of
+ * the daemon's can prevent. The client whose answer it was did nothing
+ * wrong: its answer waits, and its connection, with its holds, lives.
+ */
+START_TEST(test_descriptors_in_flight_of_the_daemons_user_hold_an_answer_not_the_connection) {
+        int fd, ready[2], sv[2];
+        struct pollfd p = { .events = POLLIN };
+        char c, err[512];
+        pid_t pid;
+
+        ck_assert_int_eq(chown(td.dir, 4242, 4242), 0);
+        write_many_config(16);
+        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=512:512 setpriv --reuid 4242 --regid 4242 --clear-groups "
+               "--inh-caps=-all --pdeathsig SIGKILL", 1);
+        test_start_ok();
+        unsetenv("TEST_DAEMON_WRAPPER");
+        fd = p.fd = test_connect(td.socket);
+        ck_assert_msg(many_handed(fd, err, sizeof err), "first open: %s", err);
+        ck_assert_int_eq(pipe(ready), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                int one = open("/dev/null", O_RDONLY | O_CLOEXEC), fds[200];
+                union {
+                        struct cmsghdr align;
+                        char buf[CMSG_SPACE(sizeof fds)];
+                } cbuf;
+
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                close(ready[0]);
+                /* Its own limit is high: only the daemon's (512) is passed. */
+                if (one < 0 || setrlimit(RLIMIT_NOFILE, &(struct rlimit) { 4096, 4096 }) < 0 ||
+                    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+                        _exit(2);
+                test_drop_privileges(4242, 4242, 0);
+                for (size_t i = 0; i < sizeof fds / sizeof *fds; i++)
+                        fds[i] = one;
+                /* 600 in flight, unread, charged to uid 4242. */
+                for (int k = 0; k < 3; k++) {
+                        struct iovec iov = { .iov_base = "x", .iov_len = 1 };
+                        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.buf,
+                                             .msg_controllen = sizeof cbuf.buf };
+                        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+
+                        cm->cmsg_level = SOL_SOCKET;
+                        cm->cmsg_type = SCM_RIGHTS;
+                        cm->cmsg_len = CMSG_LEN(sizeof fds);
+                        memcpy(CMSG_DATA(cm), fds, sizeof fds);
+                        if (sendmsg(sv[0], &mh, 0) != 1)
+                                _exit(3);
+                }
+                if (write(ready[1], "r", 1) != 1)
+                        _exit(99);
+                pause();
+                _exit(0);
+        }
+        close(ready[1]);
+        ck_assert_msg(read(ready[0], &c, 1) == 1, "uid 4242's descriptors could not be put in flight");
+        test_send(fd, many_fd_open, sizeof many_fd_open - 1);
+        /* Held: nothing comes, the connection does not end (an end would be readable at once). */
+        ck_assert_msg(poll(&p, 1, 500) == 0, "the connection answered or ended while the daemon could not send");
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        close(ready[0]);
+        /* Freed with the other process's sockets: the held answer goes. */
+        {
+                int fds[PROTO_FDS_MAX];
+                size_t n_fds = 0;
+                json_t *resp = test_request_fds(fd, NULL, fds, PROTO_FDS_MAX, &n_fds);
+
+                ck_assert_msg(json_is_true(json_object_get(resp, "ok")), "held open: %s %s",
+                              json_string_value(json_object_get(resp, "error")),
+                              json_string_value(json_object_get(resp, "message")));
+                ck_assert_uint_eq(n_fds, 1 + 62);
+                for (size_t i = 0; i < n_fds; i++)
+                        close(fds[i]);
+                json_decref(resp);
+        }
+        test_assert_lists(fd);
+        close(fd);
 }
 END_TEST
 
@@ -3642,6 +3959,11 @@ int main(void) {
                                                    test_unread_descriptors_of_read_shut_down_connections_leave_room_for_others,
                                                    test_unread_descriptors_of_many_uids_leave_room_for_others,
                                                    test_unread_descriptors_of_connections_closed_for_buffers_leave_room_for_others } },
+                { "fds-linger", CASE_TIMEOUT, { test_lingering_connections_go_when_their_client_closes,
+                                                test_shut_down_connection_with_unread_descriptors_ends_its_holds,
+                                                test_unread_descriptors_of_closed_sockets_stop_counting,
+                                                test_read_answers_of_other_uids_give_the_budget_back,
+                                                test_descriptors_in_flight_of_the_daemons_user_hold_an_answer_not_the_connection } },
                 { "cap-exec", CASE_TIMEOUT, { test_capability_gained_by_exec_after_connect_does_not_count } },
                 { "unmapped", CASE_TIMEOUT, { test_unmapped_peer_is_not_the_overflow_id } },
                 { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
