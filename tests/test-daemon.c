@@ -3100,6 +3100,52 @@ START_TEST(test_config_errors_are_one_line_of_text) {
 }
 END_TEST
 
+/* Whether s is valid UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing past U+10FFFF). */
+static bool valid_utf8(const char *s) {
+        for (const unsigned char *p = (const unsigned char *) s; *p;) {
+                unsigned n = *p < 0x80 ? 1 : *p >= 0xc2 && *p < 0xe0 ? 2 : *p >= 0xe0 && *p < 0xf0 ? 3 :
+                             *p >= 0xf0 && *p < 0xf5 ? 4 : 0;
+                uint32_t c = *p & (0xff >> (n + 1));
+
+                if (n == 0)
+                        return false;
+                for (unsigned i = 1; i < n; i++) {
+                        if ((p[i] & 0xc0) != 0x80)
+                                return false;
+                        c = c << 6 | (p[i] & 0x3f);
+                }
+                if ((n == 3 && c < 0x800) || (n == 4 && (c < 0x10000 || c > 0x10ffff)) || (c >= 0xd800 && c < 0xe000))
+                        return false;
+                p += n;
+        }
+        return true;
+}
+
+/*
+ * A message cut at its buffer's size must not end in half a character:
+ * journalctl shows a message that is not valid UTF-8 as "[blob data]", not
+ * its text. A config path of 600 two-byte characters makes the start's
+ * error longer than any buffer it goes through; with 0 to 3 ASCII bytes
+ * before them, one of the cuts falls inside a character.
+ */
+START_TEST(test_long_messages_are_cut_between_characters) {
+        char path[4096], out[8192];
+
+        for (int pad = 0; pad < 4; pad++) {
+                size_t len = (size_t) snprintf(path, sizeof path, "%s/%.*s", td.dir, pad, "xxx");
+
+                /* In directories of 100 characters: one name of 600 would be too long (ENAMETOOLONG). */
+                for (int i = 0; i < 600; i++)
+                        len += (size_t) snprintf(path + len, sizeof path - len, "%s%s", i % 100 ? "" : "/", "\303\251");
+                snprintf(path + len, sizeof path - len, "/c.json");
+                ck_assert_int_eq(test_run(out, sizeof out, "%s --check-config -c '%s' 2>&1 >/dev/null", SHMBROKERD_PATH,
+                                          path), 1);
+                ck_assert_msg(strlen(out) > 1000 && valid_utf8(out), "pad %d: not valid UTF-8 (%zu bytes): ...%s", pad,
+                              strlen(out), out + (strlen(out) > 40 ? strlen(out) - 40 : 0));
+        }
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -3138,7 +3184,8 @@ int main(void) {
                 { "command-line", CASE_TIMEOUT, { test_command_line_usage_and_exit_codes,
                                  test_non_socket_at_socket_path_left_alone, test_stop_unlinks_only_its_own_socket,
                                  test_stop_removes_only_its_own_fifo_directory } },
-                { "log-lines", CASE_TIMEOUT, { test_config_errors_are_one_line_of_text } },
+                { "log-lines", CASE_TIMEOUT, { test_config_errors_are_one_line_of_text,
+                                               test_long_messages_are_cut_between_characters } },
         };
 
         return test_main("daemon", groups, sizeof groups / sizeof groups[0], test_setup, test_teardown);
