@@ -3146,6 +3146,45 @@ START_TEST(test_long_messages_are_cut_between_characters) {
 }
 END_TEST
 
+/*
+ * Each byte of a logged message that is no valid UTF-8 (RFC 3629) becomes
+ * one '?', each control character (C0, DEL, C1) one '?', and every valid
+ * character stays as it is. The config path goes into the start's error
+ * as given: any byte but '/' and NUL.
+ */
+START_TEST(test_log_replaces_exactly_what_is_no_text) {
+        static const struct {
+                const char *in, *out;
+        } cases[] = {
+                { "\x1f", "?" },                        /* the last C0 control */
+                { "\x7f", "?" },
+                { "\xc2\x85", "?" },                    /* C1: one character, one '?' */
+                { "\xc2\x9f", "?" },                    /* the last C1 */
+                { "\x80", "?" },                        /* a lone continuation byte */
+                { "\xc0\xaf", "??" },                   /* overlong '/' */
+                { "\xc1\xbf", "??" },
+                { "\xe0\x80\xaf", "???" },              /* overlong, 3 bytes */
+                { "\xf0\x80\x80\xaf", "????" },         /* overlong, 4 bytes */
+                { "\xed\xa0\x80", "???" },              /* a surrogate */
+                { "\xf4\x90\x80\x80", "????" },         /* past U+10FFFF */
+                { "\xf5\x80\x80\x80", "????" },
+                { "\xe2\x82x", "??x" },                 /* cut short */
+                { "\xf0\x9f\x98", "???" },              /* cut short by the path's '/' */
+                /* U+00A0, U+20AC, U+1F600, U+10FFFF, U+D7FF, U+E000, U+0800, U+10000: kept */
+                { "\xc2\xa0\xe2\x82\xac\xf0\x9f\x98\x80\xf4\x8f\xbf\xbf\xed\x9f\xbf\xee\x80\x80\xe0\xa0\x80\xf0\x90\x80\x80",
+                  "\xc2\xa0\xe2\x82\xac\xf0\x9f\x98\x80\xf4\x8f\xbf\xbf\xed\x9f\xbf\xee\x80\x80\xe0\xa0\x80\xf0\x90\x80\x80" },
+        };
+        char out[4096], want[512];
+
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+                ck_assert_int_eq(test_run(out, sizeof out, "%s --check-config -c '%s/<%s>/c.json' 2>&1 >/dev/null",
+                                          SHMBROKERD_PATH, td.dir, cases[i].in), 1);
+                snprintf(want, sizeof want, "%s/<%s>/c.json", td.dir, cases[i].out);
+                ck_assert_msg(strstr(out, want), "case %zu: \"%s\" is not in \"%s\"", i, want, out);
+        }
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -3185,7 +3224,8 @@ int main(void) {
                                  test_non_socket_at_socket_path_left_alone, test_stop_unlinks_only_its_own_socket,
                                  test_stop_removes_only_its_own_fifo_directory } },
                 { "log-lines", CASE_TIMEOUT, { test_config_errors_are_one_line_of_text,
-                                               test_long_messages_are_cut_between_characters } },
+                                               test_long_messages_are_cut_between_characters,
+                                               test_log_replaces_exactly_what_is_no_text } },
         };
 
         return test_main("daemon", groups, sizeof groups / sizeof groups[0], test_setup, test_teardown);

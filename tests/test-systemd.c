@@ -7,6 +7,7 @@
  */
 
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -136,6 +137,75 @@ START_TEST(test_no_watchdog_without_watchdog_usec) {
         test_start_ok();
         msg = test_daemon_wait_notify(&td, "WATCHDOG=1", 500);
         ck_assert_ptr_null(msg);
+}
+END_TEST
+
+/*
+ * shmbrokerd(8): WATCHDOG=1 "between half and three quarters of
+ * WatchdogSec= after the last". At 2 s: the first within 1.5 s of READY=1,
+ * the next 1 to 1.5 s later (0.1 s of slack for the test's own wake-ups;
+ * systemd's own bound, WatchdogSec=, is 0.4 s further).
+ */
+START_TEST(test_watchdog_between_half_and_three_quarters) {
+        int64_t ready, first, second;
+        char *msg;
+
+        test_daemon_write_config(&td, two_channels);
+        setenv("WATCHDOG_USEC", "2000000", 1);
+        test_start_ok();
+        unsetenv("WATCHDOG_USEC");
+        ready = test_now_ms();
+        msg = test_daemon_wait_notify(&td, "WATCHDOG=1", 3000);
+        first = test_now_ms();
+        ck_assert_msg(msg, "no WATCHDOG=1 within 3 s of READY=1");
+        free(msg);
+        ck_assert_msg(first - ready <= 1600, "the first WATCHDOG=1 came %lld ms after READY=1",
+                      (long long) (first - ready));
+        msg = test_daemon_wait_notify(&td, "WATCHDOG=1", 3000);
+        second = test_now_ms();
+        ck_assert_msg(msg, "no second WATCHDOG=1 within 3 s of the first");
+        free(msg);
+        ck_assert_msg(second - first >= 900 && second - first <= 1600, "WATCHDOG=1 %lld ms after the last",
+                      (long long) (second - first));
+}
+END_TEST
+
+/*
+ * At a short WatchdogSec= (100 ms) too, each WATCHDOG=1 comes within it of
+ * the last (sd-event's default timer accuracy, 250 ms, would not): 20 in
+ * 2 s at least, where 26 are due.
+ */
+START_TEST(test_watchdog_within_a_short_watchdog_usec) {
+        int pings = 0;
+        char *msg;
+
+        test_daemon_write_config(&td, two_channels);
+        setenv("WATCHDOG_USEC", "100000", 1);
+        test_start_ok();
+        unsetenv("WATCHDOG_USEC");
+        for (int64_t end = test_now_ms() + 2000; test_now_ms() < end;) {
+                msg = test_daemon_wait_notify(&td, "WATCHDOG=1", (int) (end - test_now_ms()));
+                if (!msg)
+                        break;
+                pings++;
+                free(msg);
+        }
+        ck_assert_msg(pings >= 20, "only %d WATCHDOG=1 in 2 s at WATCHDOG_USEC=100000", pings);
+}
+END_TEST
+
+/* sd_watchdog_enabled(3): WATCHDOG_PID naming another process means no watchdog for this one. */
+START_TEST(test_no_watchdog_for_another_pid) {
+        char *msg;
+
+        test_daemon_write_config(&td, two_channels);
+        setenv("WATCHDOG_USEC", "100000", 1);
+        setenv("WATCHDOG_PID", "1", 1);
+        test_start_ok();
+        unsetenv("WATCHDOG_USEC");
+        unsetenv("WATCHDOG_PID");
+        msg = test_daemon_wait_notify(&td, "WATCHDOG=1", 500);
+        ck_assert_msg(!msg, "WATCHDOG=1 although WATCHDOG_PID names another process");
 }
 END_TEST
 
@@ -513,6 +583,335 @@ START_TEST(test_stuck_notify_reader_does_not_stall_serving) {
 }
 END_TEST
 
+/* Send filler datagrams to the notify socket at path until its queue is full: the filler socket, connected. */
+static int fill_notify_queue(const char *path) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0), n = 0;
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_uint_lt(strlen(path), sizeof sa.sun_path);
+        strcpy(sa.sun_path, path);
+        ck_assert_int_eq(connect(fd, (struct sockaddr *) &sa, sizeof sa), 0);
+        while (send(fd, "FILLER=1", 8, MSG_DONTWAIT) == 8)
+                ck_assert_int_lt(++n, 100000);
+        ck_assert_int_eq(errno, EAGAIN);
+        ck_assert_int_gt(n, 0);
+        return fd;
+}
+
+/*
+ * Read fd's datagrams for up to timeout_ms, appending them to seen
+ * ('|'-separated), until one holds what: whether one did.
+ */
+static bool wait_datagram(int fd, const char *what, int timeout_ms, char *seen, size_t size) {
+        for (int64_t deadline = test_now_ms() + timeout_ms; test_now_ms() < deadline;) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                char buf[1024];
+                ssize_t n;
+
+                if (poll(&p, 1, 100) <= 0)
+                        continue;
+                n = recv(fd, buf, sizeof buf - 1, MSG_DONTWAIT);
+                if (n <= 0)
+                        continue;
+                buf[n] = 0;
+                snprintf(seen + strlen(seen), size - strlen(seen), "%s|", buf);
+                if (strstr(buf, what))
+                        return true;
+        }
+        return false;
+}
+
+/*
+ * A manager whose queue is full for longer than the second READY=1 waits
+ * (busy, as in a daemon-reload) must still get READY=1 once it has room:
+ * systemd waits for it, and kills a Type=notify service that never sends
+ * it at TimeoutStartSec=. The queue is full from before the start until
+ * the daemon serves (so its READY=1 found no room), then drained.
+ */
+START_TEST(test_ready_once_a_full_notify_queue_drains) {
+        char path[sizeof td.dir + 32], seen[8192] = "";
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0), filler, c;
+        int64_t deadline = test_now_ms() + 10000;
+
+        ck_assert_int_ge(fd, 0);
+        snprintf(path, sizeof path, "%s/busy-notify", td.dir);
+        strcpy(sa.sun_path, path);
+        unlink(path);
+        ck_assert_int_eq(bind(fd, (struct sockaddr *) &sa, sizeof sa), 0);
+        filler = fill_notify_queue(path);
+        test_daemon_write_config(&td, two_channels);
+        td.notify_env = path;
+        test_daemon_spawn(&td, NULL);
+        /* A list answered: the loop runs, so READY=1 has been tried (before the loop) and found no room. */
+        while ((c = test_try_connect(td.socket)) < 0) {
+                ck_assert_msg(test_now_ms() < deadline, "the socket never listened");
+                usleep(10 * 1000);
+        }
+        test_assert_lists(c);
+        close(c);
+        /* Room now: whatever the daemon sends next, READY=1 must come. */
+        ck_assert_msg(wait_datagram(fd, "READY=1", 5000, seen, sizeof seen),
+                      "no READY=1 once the queue had room: %s", seen);
+        test_daemon_stop_ok(&td);
+        td.notify_env = NULL;
+        close(filler);
+        close(fd);
+}
+END_TEST
+
+/*
+ * RELOADING=1 takes the queue's last place, its READY=1 finds no room:
+ * systemd, told RELOADING=1, waits for READY=1 (and fails the reload at
+ * its timeout), so it must come once there is room.
+ */
+START_TEST(test_ready_after_reloading_once_a_full_notify_queue_drains) {
+        char buf[1024];
+        char *msg;
+        json_t *resp;
+        int filler, fd;
+
+        test_daemon_write_config(&td, two_channels);
+        test_start_ok();
+        while ((msg = test_daemon_wait_notify(&td, "STATUS=", 200)))
+                free(msg);
+        filler = fill_notify_queue(td.notify);
+        ck_assert_int_eq(recv(td.notify_fd, buf, sizeof buf, MSG_DONTWAIT), 8);  /* one place for RELOADING=1 */
+        td.notified[0] = 0;
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"reload\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        msg = test_daemon_wait_notify(&td, "READY=1", 5000);
+        ck_assert_msg(msg, "RELOADING=1 without READY=1: %s", td.notified);
+        free(msg);
+        ck_assert_msg(strstr(td.notified, "RELOADING=1") && strstr(td.notified, "RELOADING=1") < strstr(td.notified, "READY=1"),
+                      "not RELOADING=1 then READY=1: %s", td.notified);
+        close(fd);
+        close(filler);
+}
+END_TEST
+
+/* Whether pid sits in poll() or ppoll(): notify.c waiting for room (the loop's own wait is epoll_wait()). */
+static bool in_poll(pid_t pid) {
+        char path[64], buf[64] = "";
+        long nr = -1;
+        FILE *f;
+
+        snprintf(path, sizeof path, "/proc/%d/syscall", (int) pid);
+        f = fopen(path, "re");
+        if (!f)
+                return false;
+        if (fgets(buf, sizeof buf, f))
+                nr = strtol(buf, NULL, 10);
+        fclose(f);
+#ifdef SYS_poll
+        if (nr == SYS_poll)
+                return true;
+#endif
+        return nr == SYS_ppoll;
+}
+
+/* Read td's notify socket empty. */
+static void drain_notify(void) {
+        char buf[1024];
+        ssize_t n;
+
+        while ((n = recv(td.notify_fd, buf, sizeof buf - 1, MSG_DONTWAIT)) >= 0) {
+                buf[n] = 0;
+                if (strcmp(buf, "FILLER=1"))
+                        snprintf(td.notified + strlen(td.notified), sizeof td.notified - strlen(td.notified), "%s|", buf);
+        }
+}
+
+/*
+ * shmbrokerd(8): a state change "waits up to a second for room, and only
+ * while no earlier one waited in vain": after one waited in vain, a send
+ * that goes through ends that, and the next state change waits again (its
+ * RELOADING=1 comes once the test makes room while the daemon waits).
+ */
+START_TEST(test_state_change_waits_for_room_again_after_a_send_goes_through) {
+        char *msg;
+        int filler, fd, r;
+        json_t *resp;
+
+        test_daemon_write_config(&td, two_channels);
+        test_start_ok();
+        while ((msg = test_daemon_wait_notify(&td, "STATUS=", 200)))
+                free(msg);
+        fd = test_connect(td.socket);
+        /* A reload into a full queue: its RELOADING=1 waits in vain. */
+        filler = fill_notify_queue(td.notify);
+        resp = test_request(fd, "{\"op\":\"reload\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        /* Room again: the next STATUS= (the connection changed the figures) goes through. */
+        drain_notify();
+        td.notified[0] = 0;
+        msg = test_daemon_wait_notify(&td, "STATUS=", 5000);
+        ck_assert_msg(msg, "no STATUS= once the queue had room: %s", td.notified);
+        free(msg);
+        /* Full again; a reload; room made while its RELOADING=1 waits. */
+        close(filler);
+        filler = fill_notify_queue(td.notify);
+        test_send(fd, "{\"op\":\"reload\"}\n", strlen("{\"op\":\"reload\"}\n"));
+        for (int64_t deadline = test_now_ms() + 5000; !in_poll(td.pid);) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+
+                r = poll(&p, 1, 1);
+                ck_assert_msg(r == 0, "the reload was answered and its RELOADING=1 did not wait for room");
+                ck_assert_msg(test_now_ms() < deadline, "the daemon never waited for room");
+        }
+        td.notified[0] = 0;
+        drain_notify();
+        msg = strstr(td.notified, "RELOADING=1") ? strdup("RELOADING=1") :
+                                                    test_daemon_wait_notify(&td, "RELOADING=1", 3000);
+        ck_assert_msg(msg, "RELOADING=1 did not wait for room: %s", td.notified);
+        free(msg);
+        resp = test_request(fd, "{\"op\":\"list\"}");   /* after the reload's answer */
+        json_decref(resp);
+        close(fd);
+        close(filler);
+}
+END_TEST
+
+/* shmbrokerd(8): STOPPING=1 is a state change: it too waits (up to a second) for room. */
+START_TEST(test_stopping_waits_for_room) {
+        int filler, status;
+        pid_t pid;
+        char *msg;
+
+        test_daemon_write_config(&td, two_channels);
+        test_start_ok();
+        while ((msg = test_daemon_wait_notify(&td, "STATUS=", 200)))
+                free(msg);
+        filler = fill_notify_queue(td.notify);
+        ck_assert_int_eq(kill(td.pid, SIGTERM), 0);
+        for (int64_t deadline = test_now_ms() + 5000; !in_poll(td.pid);) {
+                ck_assert_msg(waitpid(td.pid, &status, WNOHANG) == 0, "the daemon stopped without waiting for room");
+                ck_assert_msg(test_now_ms() < deadline, "the daemon never waited for room");
+                usleep(1000);
+        }
+        td.notified[0] = 0;
+        drain_notify();
+        msg = strstr(td.notified, "STOPPING=1") ? strdup("STOPPING=1") : test_daemon_wait_notify(&td, "STOPPING=1", 3000);
+        ck_assert_msg(msg, "STOPPING=1 did not wait for room: %s", td.notified);
+        free(msg);
+        pid = td.pid;
+        td.pid = -1;
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d", status);
+        close(filler);
+}
+END_TEST
+
+/* WATCHDOG=1 is no state change: finding the queue full, the loop goes on at once, it never waits for room. */
+START_TEST(test_watchdog_never_waits_for_room) {
+        json_t *resp;
+        char *msg;
+        int filler, fd;
+
+        test_daemon_write_config(&td, two_channels);
+        setenv("WATCHDOG_USEC", "100000", 1);
+        test_start_ok();
+        unsetenv("WATCHDOG_USEC");
+        msg = test_daemon_wait_notify(&td, "WATCHDOG=1", 2000);
+        ck_assert_ptr_nonnull(msg);
+        free(msg);
+        filler = fill_notify_queue(td.notify);
+        /* 10 pings fall due meanwhile. */
+        for (int64_t end = test_now_ms() + 1000; test_now_ms() < end; usleep(2000))
+                ck_assert_msg(!in_poll(td.pid), "the loop waits for room for WATCHDOG=1");
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        json_decref(resp);
+        close(fd);
+        close(filler);
+}
+END_TEST
+
+/*
+ * A STATUS= that found the queue full is not taken as said: the next event
+ * of the control socket sends the figures again, even when they did not
+ * change since (README: "anything else is dropped" as the next says the same).
+ */
+START_TEST(test_dropped_status_is_sent_again) {
+        json_t *resp;
+        char *msg;
+        int filler, fd;
+
+        test_daemon_write_config(&td, two_channels);
+        test_start_ok();
+        while ((msg = test_daemon_wait_notify(&td, "STATUS=", 200)))
+                free(msg);
+        filler = fill_notify_queue(td.notify);
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"open\",\"channel\":\"a\",\"access\":\"rw\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        /* The STATUS= of the new figures falls due a second later, into the full queue. */
+        usleep(1500 * 1000);
+        td.notified[0] = 0;
+        drain_notify();
+        ck_assert_msg(!strstr(td.notified, "1 client"), "STATUS= went into a full queue: %s", td.notified);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        json_decref(resp);
+        assert_notified("STATUS=2 channels, 1 client, 1 hold", 3000);
+        close(fd);
+        close(filler);
+}
+END_TEST
+
+static size_t count_fds(pid_t pid) {
+        char path[64];
+        struct dirent *e;
+        size_t n = 0;
+        DIR *dir;
+
+        snprintf(path, sizeof path, "/proc/%d/fd", (int) pid);
+        dir = opendir(path);
+        ck_assert_ptr_nonnull(dir);
+        while ((e = readdir(dir)))
+                n += e->d_name[0] != '.';
+        closedir(dir);
+        return n;
+}
+
+/* notify.c opens a socket per message: none of them stays open, sent or not. */
+START_TEST(test_notifications_leave_no_descriptor_open) {
+        json_t *resp;
+        size_t before;
+        int fd, filler;
+        char *msg;
+
+        test_daemon_write_config(&td, two_channels);
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        json_decref(resp);
+        before = count_fds(td.pid);
+        for (int i = 0; i < 10; i++) {
+                resp = test_request(fd, "{\"op\":\"reload\"}");
+                test_assert_ok(resp);
+                json_decref(resp);
+                msg = test_daemon_wait_notify(&td, "READY=1", 3000);
+                ck_assert_ptr_nonnull(msg);
+                free(msg);
+        }
+        /* And into a full queue. */
+        filler = fill_notify_queue(td.notify);
+        for (int i = 0; i < 3; i++) {
+                resp = test_request(fd, "{\"op\":\"reload\"}");
+                test_assert_ok(resp);
+                json_decref(resp);
+        }
+        ck_assert_uint_eq(count_fds(td.pid), before);
+        close(filler);
+        close(fd);
+}
+END_TEST
+
 /* td's daemon, spawned: wait until its socket answers a list (no READY=1 to wait for), then reload it and stop it. */
 static void assert_serves_without_notify(const char *what) {
         int64_t deadline = test_now_ms() + 10000;
@@ -707,13 +1106,21 @@ int main(void) {
                               test_reload_and_stop_notifications, test_extend_timeout_for_many_channels,
                               test_extend_timeout_again_after_a_slow_second, test_ready_only_once_listening,
                               test_ready_after_a_failed_reload, test_stuck_notify_reader_does_not_stall_serving,
-                              test_sighup_storm_then_sigterm, test_status_at_most_once_a_second } },
-                { "watchdog", CASE_TIMEOUT, { test_watchdog_pings, test_no_watchdog_without_watchdog_usec } },
+                              test_sighup_storm_then_sigterm, test_status_at_most_once_a_second,
+                              test_ready_once_a_full_notify_queue_drains,
+                              test_ready_after_reloading_once_a_full_notify_queue_drains } },
+                { "watchdog", CASE_TIMEOUT, { test_watchdog_pings, test_no_watchdog_without_watchdog_usec,
+                                          test_watchdog_between_half_and_three_quarters,
+                                          test_watchdog_within_a_short_watchdog_usec,
+                                          test_no_watchdog_for_another_pid } },
                 { "activation", CASE_TIMEOUT, { test_socket_activation, test_socket_activation_at_another_path_is_named,
                                   test_reclaim_never_connects_to_a_passed_socket, test_activation_refuses_two_sockets,
                                   test_activation_refuses_other_kinds, test_activation_for_another_pid_is_ignored } },
                 { "journal", CASE_TIMEOUT, { test_journal_priority_prefixes } },
-                { "notify-socket", CASE_TIMEOUT, { test_odd_notify_sockets, test_abstract_notify_socket } },
+                { "notify-socket", CASE_TIMEOUT, { test_odd_notify_sockets, test_abstract_notify_socket,
+                                     test_state_change_waits_for_room_again_after_a_send_goes_through,
+                                     test_notifications_leave_no_descriptor_open, test_stopping_waits_for_room,
+                                     test_watchdog_never_waits_for_room, test_dropped_status_is_sent_again } },
         };
 
         return test_main("systemd", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
