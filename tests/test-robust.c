@@ -801,6 +801,57 @@ START_TEST(test_admins_keep_connections_past_connections_max) {
 }
 END_TEST
 
+/* uid 65534 holds 2 connections until the parent says go. */
+static void two_conns_filler(void *userdata) {
+        const char *sock = userdata;
+        int c[2];
+
+        test_drop_privileges(65534, 65534, 0);
+        for (int i = 0; i < 2; i++) {
+                c[i] = try_connect(sock);
+                CHILD_CHECK(c[i] >= 0, "connect %d: %s", i, strerror(-c[i]));
+                request_ok(c[i], "{\"op\":\"list\"}");
+        }
+        child_step();
+        for (int i = 0; i < 2; i++)
+                close(c[i]);
+}
+
+/*
+ * README, connections_max: "root and admin_group members keep 4
+ * connections each past it, so status and reload still work when others
+ * fill it". Root's own clients holding 4 connections below the cap (as a
+ * producer run as root does) must not use them up: with the cap (6) filled
+ * by another uid, root's status is served, 4 times past the cap.
+ */
+START_TEST(test_admin_reserve_not_used_up_by_its_own_clients) {
+        int held[4], admin[5];
+        Child filler;
+
+        start_with("\"limits\": {\"connections_max\": 6},", one_public_channel);
+        for (int i = 0; i < 4; i++) {
+                held[i] = test_connect(td.socket);
+                request_ok(held[i], "{\"op\":\"open\",\"channel\":\"pub\",\"access\":\"rw\"}");
+        }
+        child_start(&filler, two_conns_filler, td.socket);
+        child_wait_step(&filler);
+        for (int i = 0; i < 4; i++) {
+                admin[i] = test_connect(td.socket);
+                request_ok(admin[i], "{\"op\":\"status\"}");
+        }
+        admin[4] = test_connect(td.socket);
+        expect_refusal(admin[4], "EUSERS");
+        child_run(refused_child, td.socket);
+        child_go(&filler);
+        child_finish(&filler);
+        for (int i = 0; i < 5; i++)
+                close(admin[i]);
+        for (int i = 0; i < 4; i++)
+                close(held[i]);
+        assert_daemon_alive();
+}
+END_TEST
+
 /* ======================================================================== */
 /* 4. request_timeout_ms                                                     */
 /* ======================================================================== */
@@ -2782,6 +2833,7 @@ int main(void) {
                 { "limits", CASE_TIMEOUT, { test_request_max, test_connections_per_uid,
                                             test_connections_per_uid_bounded_by_fd_limit, test_connections_max,
                                             test_admins_keep_connections_past_connections_max,
+                                            test_admin_reserve_not_used_up_by_its_own_clients,
                                             test_request_timeout, test_request_timeout_restarts_per_line } },
                 { "slow-reader", HEAVY_TIMEOUT, { test_slow_reader, test_stalled_reader_not_timed_out,
                                                     test_pipelined_burst_answered, test_unread_close_drops_holds,
