@@ -61,6 +61,7 @@ typedef struct Daemon {
         sd_event_source *status_timer;
         sd_event_source *orphan_timer;  /* while adopted rings keep holders of the killed run */
         sd_event_source *watchdog_timer;
+        sd_event_source *notify_retry;  /* while a state change waits for room (notify.h) */
         uint64_t watchdog_usec;         /* WatchdogSec=, from WATCHDOG_USEC (0: none) */
 } Daemon;
 
@@ -192,6 +193,7 @@ static void daemon_done(Daemon *d) {
         d->status_timer = sd_event_source_disable_unref(d->status_timer);
         d->orphan_timer = sd_event_source_disable_unref(d->orphan_timer);
         d->watchdog_timer = sd_event_source_disable_unref(d->watchdog_timer);
+        d->notify_retry = sd_event_source_disable_unref(d->notify_retry);
         /* Before the connections go: their holds' deaths wake clients, which must find the channels removed. */
         registry_mark_removed(d->registry);
         d->control = control_free(d->control);
@@ -616,6 +618,35 @@ static int on_exit_signal(sd_event_source *s, const struct signalfd_siginfo *si,
         return sd_event_exit(sd_event_source_get_event(s), 0);
 }
 
+/* A state change that found no room (notify.h) goes again each second until it goes through. */
+static int on_notify_retry(sd_event_source *s, uint64_t usec, void *userdata) {
+        if (notify_flush() == -EAGAIN) {
+                (void) sd_event_source_set_time(s, usec + USEC_PER_SEC);
+                (void) sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+        }
+        return 0;
+}
+
+/* READY=1, with another try each second while it finds no room: systemd waits for it. */
+static void notify_ready(Daemon *d) {
+        int enabled = SD_EVENT_OFF;
+        uint64_t now;
+
+        if (notify_send(true, "READY=1") != -EAGAIN)
+                return;
+        if (d->notify_retry && sd_event_source_get_enabled(d->notify_retry, &enabled) >= 0 && enabled != SD_EVENT_OFF)
+                return;
+        if (sd_event_now(d->event, CLOCK_MONOTONIC, &now) < 0)
+                return;
+        if (!d->notify_retry) {
+                (void) sd_event_add_time(d->event, &d->notify_retry, CLOCK_MONOTONIC, now + USEC_PER_SEC, 0,
+                                         on_notify_retry, d);
+                return;
+        }
+        (void) sd_event_source_set_time(d->notify_retry, now + USEC_PER_SEC);
+        (void) sd_event_source_set_enabled(d->notify_retry, SD_EVENT_ONESHOT);
+}
+
 static void notify_status(Daemon *d) {
         d->last_status[0] = d->registry->n;
         d->last_status[1] = control_count_connections(d->control);
@@ -667,7 +698,7 @@ static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size
                  * midway (r < 0) may leave the additions made so far. */
                 log_error("Reload failed%s: %s", r > 0 ? ", nothing changed" : "", msg);
                 config_free(cfg);
-                (void) notify_send(true, "READY=1");
+                notify_ready(d);
                 notify_status(d);
                 return r < 0 ? EIO : r;
         }
@@ -681,7 +712,7 @@ static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size
         log_info("Reloaded %s: %zu added, %zu removed, %zu changed, %zu kept.", d->options->config_path,
                  strv_length(ret->added), strv_length(ret->removed), strv_length(ret->changed),
                  strv_length(ret->kept));
-        (void) notify_send(true, "READY=1");
+        notify_ready(d);
         notify_status(d);
         return 0;
 }
@@ -970,7 +1001,7 @@ int daemon_run(const DaemonOptions *o) {
                 log_warning("Failed to enable the watchdog: %s, ignoring.", strerror(-r));
 
         log_info("Serving %zu channel(s) on %s.", d.registry->n, d.passed_path[0] ? d.passed_path : d.socket_path);
-        (void) notify_send(true, "READY=1");
+        notify_ready(&d);
         notify_status(&d);
 
         r = sd_event_loop(d.event);

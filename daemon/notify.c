@@ -18,6 +18,14 @@ enum { STATE_WAIT_MS = 1000 };
 static bool stuck;
 
 /*
+ * The last state change that found no room, until it goes through or a
+ * newer one replaces it: a READY=1 dropped for good would leave systemd
+ * waiting for it (and kill the service at TimeoutStartSec=, or fail the
+ * reload after RELOADING=1) although its queue had room a moment later.
+ */
+static char pending[1024];
+
+/*
  * A socket connected to $NOTIFY_SOCKET (connected, poll() reports whether
  * the receiver has room), one per message as sd_notify() does, so that no
  * descriptor stays open in between: 1 with *ret_fd, 0 when there is no
@@ -87,9 +95,31 @@ int notify_send(bool state, const char *text) {
         r = notify_open(&fd);
         if (r <= 0)
                 return r;
+        if (state)
+                pending[0] = 0;         /* a newer state change says what it would have */
+        else if (pending[0] && send_on(fd, false, pending) == 0)
+                pending[0] = 0;
         r = send_on(fd, state, text);
+        if (state && r == -EAGAIN && strlen(text) < sizeof pending)
+                strcpy(pending, text);
         close(fd);
         return r;
+}
+
+int notify_flush(void) {
+        int fd = -1, r;
+
+        if (!pending[0])
+                return 0;
+        r = notify_open(&fd);
+        if (r > 0) {
+                r = send_on(fd, false, pending);
+                close(fd);
+        }
+        /* Only a full queue is worth another try; anything else would fail the same way again. */
+        if (r != -EAGAIN)
+                pending[0] = 0;
+        return r < 0 ? r : 0;
 }
 
 int notify_sendf(bool state, const char *format, ...) {

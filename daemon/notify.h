@@ -7,7 +7,9 @@
  * thread, and every client with it, would wait too. Here a state change
  * (READY=1, RELOADING=1, STOPPING=1) waits for room up to a second, once:
  * after such a wait in vain, everything is dropped while there is no room,
- * until a send goes through again. Anything else (STATUS=, WATCHDOG=1,
+ * until a send goes through again. The last state change dropped so is
+ * sent before the next message, or by notify_flush(), until it goes
+ * through or a newer one replaces it. Anything else (STATUS=, WATCHDOG=1,
  * EXTEND_TIMEOUT_USEC=) is dropped when there is no room: the next one
  * says the same, newer.
  *
@@ -26,3 +28,10 @@
  */
 int notify_send(bool state, const char *text);
 int notify_sendf(bool state, const char *format, ...) __attribute__((format(printf, 2, 3)));
+
+/*
+ * Send the last state change that found no room, if any, without waiting:
+ * 0 when none is left, -EAGAIN when it still waits for room (try again
+ * later), or another negative errno (then it is given up).
+ */
+int notify_flush(void);
