@@ -86,6 +86,7 @@ struct UidAcct {
         size_t n_conns;
         size_t bytes;                   /* capacity of their in and out buffers */
         size_t fds;                     /* held for their answers, or sent and unread (n_fds, n_in_flight) */
+        size_t n_past_max;              /* an admin's, accepted past connections_max (ADMIN_RESERVE at most) */
         LIST_HEAD(, Conn) conns;        /* newest first */
 };
 
@@ -96,6 +97,7 @@ struct Conn {
         sd_event_source *more;          /* enabled while complete lines wait for another turn */
         Client client;
         UidAcct *acct;                  /* NULL until the peer's uid is known */
+        bool past_max;                  /* an admin's, accepted past connections_max: counted in acct->n_past_max */
         LIST_ENTRY(Conn) uid_link;
         size_t charged;                 /* in_cap + out_cap, as counted in acct->bytes */
         char *in;
@@ -226,6 +228,8 @@ static void acct_detach(Conn *conn) {
         LIST_REMOVE(conn, uid_link);
         a->bytes -= conn->charged;
         a->fds -= conn->n_fds + conn->n_in_flight;
+        a->n_past_max -= conn->past_max;
+        conn->past_max = false;
         conn->charged = 0;
         if (--a->n_conns > 0)
                 return;
@@ -1224,14 +1228,19 @@ static int check_caps(Control *c, Conn *conn) {
 
         /*
          * conn itself is already counted, overall and for its uid. An admin
-         * uid's first few go past the overall cap, so that users who fill it
-         * do not lock status and reload out; its own caps still hold.
+         * uid has a few more past the overall cap, so that users who fill it
+         * do not lock status and reload out; its own caps still hold. Counted
+         * past the cap, not of all its connections: those the admin's own
+         * clients hold below it must not use them up.
          */
-        if (c->n_conns > l->connections_max &&
-            !(a->n_conns <= ADMIN_RESERVE && dispatch_is_admin(c->dispatch, &conn->client.peer))) {
-                snprintf(why, sizeof why, "the broker serves at most %" PRIu32 " connections; try again later",
-                         l->connections_max);
-                goto refuse;
+        if (c->n_conns > l->connections_max) {
+                if (a->n_past_max >= ADMIN_RESERVE || !dispatch_is_admin(c->dispatch, &conn->client.peer)) {
+                        snprintf(why, sizeof why, "the broker serves at most %" PRIu32 " connections; try again later",
+                                 l->connections_max);
+                        goto refuse;
+                }
+                conn->past_max = true;
+                conn->acct->n_past_max++;
         }
         if (a->n_conns > l->connections_per_uid) {
                 snprintf(why, sizeof why, "uid %u already has %" PRIu32 " connections, the most allowed",
