@@ -73,9 +73,10 @@ nspawn_setup() {
 }
 
 # A client program outside the tree, built against an installed library:
-# shmb-open CHANNEL [fd|open|read] opens CHANNEL rw, writes into it (fd
+# shmb-open CHANNEL [fd|open|read|hold] opens CHANNEL rw, writes into it (fd
 # instead: gets the ring's wake-up descriptor; open: nothing more; read:
-# prints the string at the segment's start) and closes it.
+# prints the string at the segment's start; hold: keeps it open until its
+# standard input ends) and closes it.
 nspawn_build_client() {
 	local sysroot=$1 pcdir=$2 out=$3 rpath=${4:-}
 	cat >"$work/shmb-open.c" <<'PROG'
@@ -100,6 +101,11 @@ int main(int argc, char *argv[]) {
         printf("opened %s (%zu bytes)\n", argv[1], shmb_channel_size(ch));
         if (argc > 2 && strcmp(argv[2], "read") == 0)
                 printf("read: %.*s\n", 64, (const char *) shmb_channel_addr(ch));
+        if (argc > 2 && strcmp(argv[2], "hold") == 0) {
+                fflush(stdout);
+                while (getchar() != EOF)
+                        ;
+        }
         return shmb_close(ch) < 0;
 }
 PROG
