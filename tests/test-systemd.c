@@ -143,8 +143,10 @@ END_TEST
 /*
  * shmbrokerd(8): WATCHDOG=1 "between half and three quarters of
  * WatchdogSec= after the last". At 2 s: the first within 1.5 s of READY=1,
- * the next 1 to 1.5 s later (0.1 s of slack for the test's own wake-ups;
- * systemd's own bound, WatchdogSec=, is 0.4 s further).
+ * the next 1 to 1.5 s later. The bounds checked are wider (0.6 to 1.9 s),
+ * as the test reads each ping when a loaded machine lets it: still before
+ * systemd's own bound, WatchdogSec=, and far from a ping at a quarter or
+ * at the whole of it.
  */
 START_TEST(test_watchdog_between_half_and_three_quarters) {
         int64_t ready, first, second;
@@ -159,21 +161,21 @@ START_TEST(test_watchdog_between_half_and_three_quarters) {
         first = test_now_ms();
         ck_assert_msg(msg, "no WATCHDOG=1 within 3 s of READY=1");
         free(msg);
-        ck_assert_msg(first - ready <= 1600, "the first WATCHDOG=1 came %lld ms after READY=1",
+        ck_assert_msg(first - ready <= 1900, "the first WATCHDOG=1 came %lld ms after READY=1",
                       (long long) (first - ready));
         msg = test_daemon_wait_notify(&td, "WATCHDOG=1", 3000);
         second = test_now_ms();
         ck_assert_msg(msg, "no second WATCHDOG=1 within 3 s of the first");
         free(msg);
-        ck_assert_msg(second - first >= 900 && second - first <= 1600, "WATCHDOG=1 %lld ms after the last",
+        ck_assert_msg(second - first >= 600 && second - first <= 1900, "WATCHDOG=1 %lld ms after the last",
                       (long long) (second - first));
 }
 END_TEST
 
 /*
  * At a short WatchdogSec= (100 ms) too, each WATCHDOG=1 comes within it of
- * the last (sd-event's default timer accuracy, 250 ms, would not): 20 in
- * 2 s at least, where 26 are due.
+ * the last (sd-event's default timer accuracy, 250 ms, would not: about 7
+ * in 2 s): 14 in 2 s at least, where 26 are due.
  */
 START_TEST(test_watchdog_within_a_short_watchdog_usec) {
         int pings = 0;
@@ -190,7 +192,7 @@ START_TEST(test_watchdog_within_a_short_watchdog_usec) {
                 pings++;
                 free(msg);
         }
-        ck_assert_msg(pings >= 20, "only %d WATCHDOG=1 in 2 s at WATCHDOG_USEC=100000", pings);
+        ck_assert_msg(pings >= 14, "only %d WATCHDOG=1 in 2 s at WATCHDOG_USEC=100000", pings);
 }
 END_TEST
 
