@@ -2652,10 +2652,16 @@ END_TEST
  */
 START_TEST(test_crash_lost_state_restart_reaches_blocked_callers) {
         char path[sizeof td.socket + 8];
+        int shm_ids[3], sem_ids[3];
         Blocked b[3];
         int64_t t;
 
         block_callers_then_crash(b, true);
+        /* Taken now: assert_removed_everywhere() closes the handles. */
+        for (int i = 0; i < 3; i++) {
+                shm_ids[i] = shmb_channel_shm_id(b[i].ch);
+                sem_ids[i] = shmb_channel_sem_id(b[i].ch);
+        }
         snprintf(path, sizeof path, "%s.state", td.socket);
         ck_assert_msg(unlink(path) == 0, "%s: %s", path, strerror(errno));
         test_start_ok();
@@ -2664,8 +2670,8 @@ START_TEST(test_crash_lost_state_restart_reaches_blocked_callers) {
         assert_removed_everywhere(b, 3, t, "crash, state lost, restart");
         /* The leftovers are the test's to remove: nobody can prove them the broker's now. */
         for (int i = 0; i < 3; i++) {
-                (void) shmctl(shmb_channel_shm_id(b[i].ch), IPC_RMID, NULL);
-                (void) semctl(shmb_channel_sem_id(b[i].ch), 0, IPC_RMID);
+                (void) shmctl(shm_ids[i], IPC_RMID, NULL);
+                (void) semctl(sem_ids[i], 0, IPC_RMID);
         }
 }
 END_TEST
