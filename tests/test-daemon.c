@@ -587,17 +587,7 @@ START_TEST(test_overflow_ids_are_ids_where_all_are_mapped) {
         int fd;
 
         list = start_and_list(channels, &fd);
-        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-                int status;
-
-                cases[i].socket = td.socket;
-                cases[i].shm_id = (int) test_jint(test_find_channel(list, cases[i].channel), "shm_id");
-                status = test_in_child(access_child, &cases[i]);
-                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                              "case %zu (%s %s as %u/%u+%u): child status %d (20: daemon and kernel disagree, 21: wrong verdict)",
-                              i, cases[i].channel, cases[i].access, cases[i].uid, cases[i].gid, cases[i].extra_group,
-                              WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-        }
+        run_access_cases(cases, sizeof cases / sizeof cases[0], list);
         json_decref(list);
         close(fd);
 }

@@ -1318,20 +1318,42 @@ static void start_unprivileged_many(int per_uid, int nofile) {
 
 #define FD_LEFT_CONNS 100
 
-/* FD_LEFT_CONNS connections, each asking for the files and half-closed, none read. */
-static int hoard_half_closed(void) {
+/* How a hoarding client leaves each connection once it asked for the files; none is read, none closed. */
+typedef enum Leave {
+        LEAVE_HALF_CLOSED,      /* shut down for writing, before the answer */
+        LEAVE_SHUT_DOWN,        /* shut down both ways, after the answer */
+        LEAVE_READ_SHUT_DOWN,   /* shut down for reading after the answer, then another request */
+} Leave;
+
+/* FD_LEFT_CONNS connections, each asking for the files and left as `how` says. */
+static int hoard_and_leave(Leave how) {
+        static const char list[] = "{\"op\": \"list\"}\n";
+
         for (int i = 0; i < FD_LEFT_CONNS; i++) {
                 int fd = test_connect(td.socket);
                 struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
 
                 /* Past connections_per_uid the daemon refuses the connection: the send may find it closed. */
                 (void) send(fd, many_fd_open, sizeof many_fd_open - 1, MSG_NOSIGNAL);
-                (void) shutdown(fd, SHUT_WR);
+                if (how == LEAVE_HALF_CLOSED)
+                        (void) shutdown(fd, SHUT_WR);
                 /* Answered (or refused); the answer stays unread here. */
                 if (poll(&p, 1, 5000) != 1)
                         return 3;
+                /* Not a close: the socket, and what waits in it, stays. */
+                if (how == LEAVE_SHUT_DOWN)
+                        (void) shutdown(fd, SHUT_RDWR);
+                if (how == LEAVE_READ_SHUT_DOWN) {
+                        (void) shutdown(fd, SHUT_RD);
+                        /* Its answer cannot be sent (EPIPE): the daemon ends the connection. */
+                        (void) send(fd, list, sizeof list - 1, MSG_NOSIGNAL);
+                }
         }
         return 0;
+}
+
+static int hoard_half_closed(void) {
+        return hoard_and_leave(LEAVE_HALF_CLOSED);
 }
 
 /*
@@ -1357,20 +1379,8 @@ START_TEST(test_unread_descriptors_of_closed_connections_leave_room_for_others) 
 }
 END_TEST
 
-/* FD_LEFT_CONNS connections, each asking for the files and, once answered, shut down both ways but kept open. */
 static int hoard_shut_down(void) {
-        for (int i = 0; i < FD_LEFT_CONNS; i++) {
-                int fd = test_connect(td.socket);
-                struct pollfd p = { .fd = fd, .events = POLLIN };
-
-                (void) send(fd, many_fd_open, sizeof many_fd_open - 1, MSG_NOSIGNAL);
-                /* Answered (or refused); the answer stays unread here. */
-                if (poll(&p, 1, 5000) != 1)
-                        return 3;
-                /* Not a close: the socket, and what waits in it, stays. */
-                (void) shutdown(fd, SHUT_RDWR);
-        }
-        return 0;
+        return hoard_and_leave(LEAVE_SHUT_DOWN);
 }
 
 /*
@@ -1398,22 +1408,8 @@ START_TEST(test_unread_descriptors_of_shut_down_connections_leave_room_for_other
 }
 END_TEST
 
-/* FD_LEFT_CONNS connections, each asking for the files and, once answered, shut down for reading, then asking more. */
 static int hoard_read_shut_down(void) {
-        static const char list[] = "{\"op\": \"list\"}\n";
-
-        for (int i = 0; i < FD_LEFT_CONNS; i++) {
-                int fd = test_connect(td.socket);
-                struct pollfd p = { .fd = fd, .events = POLLIN };
-
-                (void) send(fd, many_fd_open, sizeof many_fd_open - 1, MSG_NOSIGNAL);
-                if (poll(&p, 1, 5000) != 1)
-                        return 3;
-                (void) shutdown(fd, SHUT_RD);
-                /* Its answer cannot be sent (EPIPE): the daemon ends the connection. */
-                (void) send(fd, list, sizeof list - 1, MSG_NOSIGNAL);
-        }
-        return 0;
+        return hoard_and_leave(LEAVE_READ_SHUT_DOWN);
 }
 
 /*
