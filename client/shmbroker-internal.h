@@ -315,6 +315,13 @@ void client_ref(shmb_client *c);
 void client_unref(shmb_client *c);
 
 /*
+ * Keep c's last message (a connection about to be freed, whose first
+ * request was refused) for shmb_client_last_message(NULL) in this
+ * thread; NULL: a connection that succeeded, which clears it.
+ */
+void client_keep_refusal(const shmb_client *c);
+
+/*
  * The list of channels open on a connection. A handle is listed before its
  * open request is sent, marked granted once the broker answered it ok (a
  * reconnection from then on opens the name again for it) and attached,
@@ -328,13 +335,6 @@ void client_unref(shmb_client *c);
  * went away dropped the hold already. keep_message as for
  * client_call_keep_message().
  */
-/*
- * Keep c's last message (a connection about to be freed, whose first
- * request was refused) for shmb_client_last_message(NULL) in this
- * thread; NULL: a connection that succeeded, which clears it.
- */
-void client_keep_refusal(const shmb_client *c);
-
 int client_hold_add(shmb_client *c, ClientHold *h, const char *name, shmb_access access);
 /*
  * The open of listed handle h (req: client_open_request()'s), as
