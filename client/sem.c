@@ -97,19 +97,8 @@ static int sem_op(shmb_channel *ch, unsigned idx, short delta, bool undo, int ti
                 r = semop(ch->info.sem_id, &op, 1) == 0 ? 0 : -errno;
         else
                 r = sem_wait_sliced(ch, &op, timeout_ms);
-        switch (r) {
-        case 0:
-        case -ETIMEDOUT:
-                return r;
-        case -EAGAIN:
-                return timeout_ms > 0 ? -ETIMEDOUT : -EAGAIN;
-        case -EIDRM:
-                return -EIDRM;          /* removed while we waited */
-        case -EINVAL:
-                return einval_means_removed(ch->info.sem_id);
-        default:
-                return r;
-        }
+        /* -EIDRM: removed while we waited; -EAGAIN only from a try, which does not wait. */
+        return r == -EINVAL ? einval_means_removed(ch->info.sem_id) : r;
 }
 
 int shmb_sem_wait(shmb_channel *ch, unsigned idx, int timeout_ms) {
