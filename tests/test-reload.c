@@ -2648,20 +2648,46 @@ START_TEST(test_mode_change_on_removed_set_is_applied) {
 }
 END_TEST
 
-/* A config of n channels PREFIX0..: each with `fields` (JSON members, such as "\"size\": 4096"). */
-static void write_channels(int n, const char *prefix, const char *fields) {
+/*
+ * A config of n channels PREFIX0.., then m channels MORE0..: each with
+ * `fields` (JSON members, such as "\"size\": 4096").
+ */
+static void write_channel_groups(int n, const char *prefix, int m, const char *more, const char *fields) {
         char *text = NULL;
         size_t len = 0;
         FILE *f = open_memstream(&text, &len);
 
         ck_assert_ptr_nonnull(f);
         fputc('[', f);
-        for (int i = 0; i < n; i++)
-                fprintf(f, "%s{\"name\": \"%s%d\", %s}", i ? ", " : "", prefix, i, fields);
+        for (int i = 0; i < n + m; i++)
+                fprintf(f, "%s{\"name\": \"%s%d\", %s}", i ? ", " : "", i < n ? prefix : more, i < n ? i : i - n,
+                        fields);
         fputc(']', f);
         ck_assert_int_eq(fclose(f), 0);
         test_daemon_write_config(&td, text);
         free(text);
+}
+
+static void write_channels(int n, const char *prefix, const char *fields) {
+        write_channel_groups(n, prefix, 0, "", fields);
+}
+
+/* A reload asked on a connection of its own must be accepted: `what` names it in the failure. */
+static void assert_reload_accepted(const char *what) {
+        int fd = test_connect(td.socket);
+        json_t *resp = req(fd, "{\"op\":\"reload\"}");
+
+        ck_assert_msg(json_is_true(json_object_get(resp, "ok")), "%s was refused: %s", what,
+                      json_string_value(json_object_get(resp, "message")));
+        json_decref(resp);
+        close(fd);
+}
+
+/* The end of a state directory test: the daemon stops cleanly, leaves no segment, and the mount goes. */
+static void stop_and_unmount(const char *state) {
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(umount2(state, MNT_DETACH), 0);
 }
 
 static void write_sized_channels(int n, unsigned size, const char *kind) {
@@ -2817,8 +2843,8 @@ END_TEST
  */
 START_TEST(test_full_state_dir_allows_a_mode_change) {
         char state[400];
-        json_t *resp, *after;
-        int status = 0, fd, filler;
+        json_t *after;
+        int status = 0, filler;
 
         small_state_dir(state, sizeof state, "64k");
         write_channels(12, "m", "\"size\": 4096, \"mode\": \"0660\"");
@@ -2826,10 +2852,7 @@ START_TEST(test_full_state_dir_allows_a_mode_change) {
         filler = fill_dir(state);
 
         write_channels(12, "m", "\"size\": 4096, \"mode\": \"0664\"");
-        fd = test_connect(td.socket);
-        resp = req(fd, "{\"op\":\"reload\"}");
-        ck_assert_msg(json_is_true(json_object_get(resp, "ok")), "a mode-only reload with the state directory full "
-                      "was refused: %s", json_string_value(json_object_get(resp, "message")));
+        assert_reload_accepted("a mode-only reload with the state directory full");
         after = list_ok();
         for (int i = 0; i < 12; i++) {
                 char name[16];
@@ -2837,13 +2860,9 @@ START_TEST(test_full_state_dir_allows_a_mode_change) {
                 snprintf(name, sizeof name, "m%d", i);
                 ck_assert_str_eq(test_jstr(test_must_find(after, name), "mode"), "0664");
         }
-        json_decref(resp);
         json_decref(after);
-        close(fd);
         close(filler);
-        test_daemon_stop_ok(&td);
-        ck_assert_int_eq(test_ipcs_count("-m"), 0);
-        ck_assert_int_eq(umount2(state, MNT_DETACH), 0);
+        stop_and_unmount(state);
 }
 END_TEST
 
@@ -2858,40 +2877,20 @@ END_TEST
  * first write to the state file.
  */
 START_TEST(test_reload_killed_in_a_tight_state_dir_restarts) {
-        static const char before[] =
-                "[{\"name\": \"k0\", \"size\": 4096}, {\"name\": \"k1\", \"size\": 4096}, {\"name\": \"k2\", \"size\": 4096},"
-                " {\"name\": \"k3\", \"size\": 4096}, {\"name\": \"k4\", \"size\": 4096}, {\"name\": \"k5\", \"size\": 4096},"
-                " {\"name\": \"k6\", \"size\": 4096}, {\"name\": \"k7\", \"size\": 4096}, {\"name\": \"k8\", \"size\": 4096},"
-                " {\"name\": \"k9\", \"size\": 4096}, {\"name\": \"k10\", \"size\": 4096}, {\"name\": \"k11\", \"size\": 4096},"
-                " {\"name\": \"k12\", \"size\": 4096}, {\"name\": \"k13\", \"size\": 4096}, {\"name\": \"k14\", \"size\": 4096},"
-                " {\"name\": \"k15\", \"size\": 4096}, {\"name\": \"k16\", \"size\": 4096}, {\"name\": \"k17\", \"size\": 4096},"
-                " {\"name\": \"k18\", \"size\": 4096}, {\"name\": \"k19\", \"size\": 4096}, {\"name\": \"k20\", \"size\": 4096},"
-                " {\"name\": \"k21\", \"size\": 4096}, {\"name\": \"k22\", \"size\": 4096}, {\"name\": \"k23\", \"size\": 4096},"
-                " {\"name\": \"k24\", \"size\": 4096}, {\"name\": \"k25\", \"size\": 4096}, {\"name\": \"k26\", \"size\": 4096},"
-                " {\"name\": \"k27\", \"size\": 4096}, {\"name\": \"k28\", \"size\": 4096}, {\"name\": \"k29\", \"size\": 4096},"
-                " {\"name\": \"k30\", \"size\": 4096}, {\"name\": \"k31\", \"size\": 4096}, {\"name\": \"k32\", \"size\": 4096},"
-                " {\"name\": \"k33\", \"size\": 4096}, {\"name\": \"k34\", \"size\": 4096}, {\"name\": \"k35\", \"size\": 4096},"
-                " {\"name\": \"k36\", \"size\": 4096}, {\"name\": \"k37\", \"size\": 4096}, {\"name\": \"k38\", \"size\": 4096},"
-                " {\"name\": \"k39\", \"size\": 4096}";
-        char state[400], config[sizeof before + 2048];
+        char state[400];
         int status = 0, filler, k;
         struct stat st;
         bool killed = false;
         json_t *list;
 
         small_state_dir(state, sizeof state, "256k");
-        snprintf(config, sizeof config, "%s]", before);
-        test_daemon_write_config(&td, config);
+        write_channels(40, "k", "\"size\": 4096");
         ck_assert_msg(test_daemon_start(&td, &status, "--state-dir", state, NULL), "no start (%d)", status);
         filler = fill_dir(state);
         ck_assert_int_eq(fstat(filler, &st), 0);
 
         /* The 40 channels stay; 10 are added. */
-        snprintf(config, sizeof config, "%s, {\"name\": \"n0\", \"size\": 4096}, {\"name\": \"n1\", \"size\": 4096},"
-                 " {\"name\": \"n2\", \"size\": 4096}, {\"name\": \"n3\", \"size\": 4096}, {\"name\": \"n4\", \"size\": 4096},"
-                 " {\"name\": \"n5\", \"size\": 4096}, {\"name\": \"n6\", \"size\": 4096}, {\"name\": \"n7\", \"size\": 4096},"
-                 " {\"name\": \"n8\", \"size\": 4096}, {\"name\": \"n9\", \"size\": 4096}]", before);
-        test_daemon_write_config(&td, config);
+        write_channel_groups(40, "k", 10, "n", "\"size\": 4096");
         for (k = 0; k < 64 && !killed; k++) {
                 ck_assert_int_ge(st.st_size, 4096);
                 st.st_size -= 4096;
@@ -2933,8 +2932,8 @@ END_TEST
 START_TEST(test_state_dir_with_room_takes_a_resize) {
         char state[400];
         struct statvfs vfs;
-        json_t *resp;
-        int status = 0, fd;
+        char what[128];
+        int status = 0;
 
         small_state_dir(state, sizeof state, "64k");
         write_sized_channels(40, 4096, "sysv");
@@ -2943,16 +2942,10 @@ START_TEST(test_state_dir_with_room_takes_a_resize) {
         ck_assert_uint_ge((uint64_t) vfs.f_bavail * vfs.f_frsize, 32 * 1024);
 
         write_sized_channels(40, 8192, "sysv");
-        fd = test_connect(td.socket);
-        resp = req(fd, "{\"op\":\"reload\"}");
-        ck_assert_msg(json_is_true(json_object_get(resp, "ok")), "a resize of 40 channels with %llu KiB of 64 free "
-                      "was refused: %s", (unsigned long long) vfs.f_bavail * vfs.f_frsize / 1024,
-                      json_string_value(json_object_get(resp, "message")));
-        json_decref(resp);
-        close(fd);
-        test_daemon_stop_ok(&td);
-        ck_assert_int_eq(test_ipcs_count("-m"), 0);
-        ck_assert_int_eq(umount2(state, MNT_DETACH), 0);
+        snprintf(what, sizeof what, "a resize of 40 channels with %llu KiB of 64 free",
+                 (unsigned long long) vfs.f_bavail * vfs.f_frsize / 1024);
+        assert_reload_accepted(what);
+        stop_and_unmount(state);
 }
 END_TEST
 
@@ -2963,8 +2956,8 @@ END_TEST
  */
 START_TEST(test_state_dir_without_fallocate_takes_a_resize) {
         char state[400];
-        json_t *resp, *after;
-        int status = 0, fd, probe;
+        json_t *after;
+        int status = 0, probe;
 
         state_dir_on(state, sizeof state, "ramfs", "mode=0700");
         /* The premise: this file system has no fallocate. */
@@ -2977,10 +2970,7 @@ START_TEST(test_state_dir_without_fallocate_takes_a_resize) {
         write_sized_channels(10, 4096, "sysv");
         ck_assert_msg(test_daemon_start(&td, &status, "--state-dir", state, NULL), "no start (%d)", status);
         write_sized_channels(10, 8192, "sysv");
-        fd = test_connect(td.socket);
-        resp = req(fd, "{\"op\":\"reload\"}");
-        ck_assert_msg(json_is_true(json_object_get(resp, "ok")), "a resize on a state directory without fallocate "
-                      "was refused: %s", json_string_value(json_object_get(resp, "message")));
+        assert_reload_accepted("a resize on a state directory without fallocate");
         after = list_ok();
         for (int i = 0; i < 10; i++) {
                 char name[16];
@@ -2989,11 +2979,7 @@ START_TEST(test_state_dir_without_fallocate_takes_a_resize) {
                 ck_assert_int_eq(json_integer_value(json_object_get(test_must_find(after, name), "size")), 8192);
         }
         json_decref(after);
-        json_decref(resp);
-        close(fd);
-        test_daemon_stop_ok(&td);
-        ck_assert_int_eq(test_ipcs_count("-m"), 0);
-        ck_assert_int_eq(umount2(state, MNT_DETACH), 0);
+        stop_and_unmount(state);
 }
 END_TEST
 
