@@ -627,24 +627,27 @@ static int on_notify_retry(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
-/* READY=1, with another try each second while it finds no room: systemd waits for it. */
-static void notify_ready(Daemon *d) {
+/* Fire *s (made with cb on first use) a second from now, unless it is already due. */
+static void arm_in_a_second(Daemon *d, sd_event_source **s, sd_event_time_handler_t cb) {
         int enabled = SD_EVENT_OFF;
         uint64_t now;
 
-        if (notify_send(true, "READY=1") != -EAGAIN)
-                return;
-        if (d->notify_retry && sd_event_source_get_enabled(d->notify_retry, &enabled) >= 0 && enabled != SD_EVENT_OFF)
+        if (*s && sd_event_source_get_enabled(*s, &enabled) >= 0 && enabled != SD_EVENT_OFF)
                 return;
         if (sd_event_now(d->event, CLOCK_MONOTONIC, &now) < 0)
                 return;
-        if (!d->notify_retry) {
-                (void) sd_event_add_time(d->event, &d->notify_retry, CLOCK_MONOTONIC, now + USEC_PER_SEC, 0,
-                                         on_notify_retry, d);
+        if (!*s) {
+                (void) sd_event_add_time(d->event, s, CLOCK_MONOTONIC, now + USEC_PER_SEC, 0, cb, d);
                 return;
         }
-        (void) sd_event_source_set_time(d->notify_retry, now + USEC_PER_SEC);
-        (void) sd_event_source_set_enabled(d->notify_retry, SD_EVENT_ONESHOT);
+        (void) sd_event_source_set_time(*s, now + USEC_PER_SEC);
+        (void) sd_event_source_set_enabled(*s, SD_EVENT_ONESHOT);
+}
+
+/* READY=1, with another try each second while it finds no room: systemd waits for it. */
+static void notify_ready(Daemon *d) {
+        if (notify_send(true, "READY=1") == -EAGAIN)
+                arm_in_a_second(d, &d->notify_retry, on_notify_retry);
 }
 
 static void notify_status(Daemon *d) {
@@ -839,22 +842,9 @@ static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata) {
  */
 static void on_counts_changed(void *userdata) {
         Daemon *d = userdata;
-        int enabled = SD_EVENT_OFF;
-        uint64_t now;
 
-        if (!status_changed(d))
-                return;
-        if (d->status_timer && sd_event_source_get_enabled(d->status_timer, &enabled) >= 0 && enabled != SD_EVENT_OFF)
-                return;         /* already due */
-        if (sd_event_now(d->event, CLOCK_MONOTONIC, &now) < 0)
-                return;
-        if (!d->status_timer) {
-                (void) sd_event_add_time(d->event, &d->status_timer, CLOCK_MONOTONIC, now + USEC_PER_SEC, 0,
-                                         on_status_timer, d);
-                return;
-        }
-        (void) sd_event_source_set_time(d->status_timer, now + USEC_PER_SEC);
-        (void) sd_event_source_set_enabled(d->status_timer, SD_EVENT_ONESHOT);
+        if (status_changed(d))
+                arm_in_a_second(d, &d->status_timer, on_status_timer);
 }
 
 /*
