@@ -1222,7 +1222,7 @@ static void refuse(int fd, int err, const char *why) {
  */
 static int check_caps(Control *c, Conn *conn) {
         const ConfigLimits *l = c->limits;
-        const UidAcct *a = conn->acct;
+        UidAcct *a = conn->acct;
         char why[160];
         int err = EUSERS;
 
@@ -1240,7 +1240,7 @@ static int check_caps(Control *c, Conn *conn) {
                         goto refuse;
                 }
                 conn->past_max = true;
-                conn->acct->n_past_max++;
+                a->n_past_max++;
         }
         if (a->n_conns > l->connections_per_uid) {
                 snprintf(why, sizeof why, "uid %u already has %" PRIu32 " connections, the most allowed",
@@ -1508,22 +1508,20 @@ int control_remove_stale_socket(const char *path, bool own_only, char *msg, size
  * at the path since. Everything after goes through the descriptor.
  */
 static int open_bound(const char *path, int *ret_fd, struct stat *ret, char *msg, size_t msg_size) {
-        int fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC), r;
+        _cleanup_(closep) int fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        int r;
 
         if (fd < 0 || fstat(fd, ret) < 0) {
                 r = -errno;
-                msg_set(msg, msg_size, "cannot examine %s after binding it: %s", path, strerror(errno));
-                if (fd >= 0)
-                        close(fd);
+                msg_set(msg, msg_size, "cannot examine %s after binding it: %s", path, strerror(-r));
                 return r;
         }
         if (!S_ISSOCK(ret->st_mode) || ret->st_uid != self_euid()) {
                 msg_set(msg, msg_size, "%s was replaced right after it was bound; is its directory writable by "
                         "others?", path);
-                close(fd);
                 return -ESTALE;
         }
-        *ret_fd = fd;
+        *ret_fd = TAKE_FD(fd);
         return 0;
 }
 
