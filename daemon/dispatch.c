@@ -185,15 +185,15 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
          */
         if (req->fd && e->channel->spec.kind == PROTO_KIND_POSIX) {
                 /* Two more for the FIFOs, perhaps. Its uid's answers not read yet hold the rest of its share. */
-                if (posix_objects_n_fds(&e->channel->posix) + 2 > cl->fd_room && cl->fd_room_all) {
-                        log_client(LOG_INFO, "Refused the files of channel %s to pid %d (uid %u): the clients "
-                                   "hold too many descriptors they have not read.", req->channel,
-                                   (int) cl->peer.pid, (unsigned) cl->peer.uid);
-                        return answer_error(EMFILE, ret_line, ret_len,
-                                            "the clients hold the descriptors of answers they have not read, "
-                                            "as many as the broker may send; try again later");
-                }
                 if (posix_objects_n_fds(&e->channel->posix) + 2 > cl->fd_room) {
+                        if (cl->fd_room_all) {
+                                log_client(LOG_INFO, "Refused the files of channel %s to pid %d (uid %u): the "
+                                           "clients hold too many descriptors they have not read.", req->channel,
+                                           (int) cl->peer.pid, (unsigned) cl->peer.uid);
+                                return answer_error(EMFILE, ret_line, ret_len,
+                                                    "the clients hold the descriptors of answers they have not "
+                                                    "read, as many as the broker may send; try again later");
+                        }
                         log_client(LOG_INFO, "Refused the files of channel %s to pid %d (uid %u): its uid's "
                                    "connections hold too many descriptors they have not read.", req->channel,
                                    (int) cl->peer.pid, (unsigned) cl->peer.uid);
