@@ -1159,13 +1159,11 @@ static int on_conn_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
         Conn *conn = userdata;
         Control *c = conn->control;
 
-        if (conn->closing && conn_must_linger(conn, 0)) {
-                if (conn_update_events(conn) < 0)
-                        conn_free(conn);
-        } else if (conn->closing) {
+        if (conn->closing) {
                 log_debug("Client pid %d did not read its last answer within %" PRIu32 " ms; closing.",
                           (int) conn->client.peer.pid, conn->control->limits->request_timeout_ms);
-                conn_free(conn);
+                /* Kept, as any connection that ends, while its client has descriptors to read. */
+                conn_end(conn, 0);
         } else
                 conn_service(conn, EPOLLIN);
         control_changed(c);
