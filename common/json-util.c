@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "common/json-util.h"
+#include "common/utf8.h"
 #include "common/util.h"
 
 static const char *json_type_name(const json_t *v) {
@@ -79,19 +80,6 @@ int json_field_int(const json_t *v, const char *key, int64_t min, int64_t max, i
         }
         *ret = i;
         return 0;
-}
-
-/* The length of the whole UTF-8 character at s (n bytes left), or 0 when there is none. */
-static size_t utf8_char_len(const unsigned char *s, size_t n) {
-        size_t len = s[0] < 0x80 ? 1 : (s[0] & 0xe0) == 0xc0 ? 2 : (s[0] & 0xf0) == 0xe0 ? 3 :
-                     (s[0] & 0xf8) == 0xf0 ? 4 : 0;
-
-        if (len > n)
-                return 0;
-        for (size_t i = 1; i < len; i++)
-                if ((s[i] & 0xc0) != 0x80)
-                        return 0;
-        return len;
 }
 
 json_t *json_message_string(const char *s) {

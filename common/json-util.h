@@ -37,9 +37,8 @@ int json_field_int(const json_t *v, const char *key, int64_t min, int64_t max, i
 /*
  * A JSON string of a message for humans that may quote bytes a peer sent,
  * cut to a length in bytes (inside a character, perhaps): s without the
- * bytes that are not part of a whole UTF-8 character (by its shape). NULL:
- * no memory, nothing left, or what is left is still no string jansson
- * takes (an overlong form, a surrogate, a code point past U+10FFFF).
+ * bytes that are not part of a valid UTF-8 character (utf8_char_len()).
+ * NULL: no memory, or nothing left.
  */
 json_t *json_message_string(const char *s);
 

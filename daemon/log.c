@@ -4,9 +4,11 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 
+#include "common/utf8.h"
 #include "daemon/log.h"
 
 static int max_level = LOG_INFO;
@@ -23,28 +25,6 @@ void log_setup(int level) {
 }
 
 /*
- * The length of the valid UTF-8 sequence at s (s[0] >= 0x80), or 0 where
- * there is none: a lone continuation byte, an overlong form, a surrogate,
- * past U+10FFFF, or a sequence cut short (a message cut at its buffer's
- * size, vsnprintf() knowing nothing of characters).
- */
-static size_t utf8_len(const unsigned char *s) {
-        size_t n = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : 2;
-        uint32_t c = s[0] & (0x7f >> n);
-
-        if (s[0] < 0xc2 || s[0] > 0xf4)
-                return 0;
-        for (size_t i = 1; i < n; i++) {
-                if ((s[i] & 0xc0) != 0x80)
-                        return 0;       /* the NUL that ends a cut sequence too */
-                c = c << 6 | (s[i] & 0x3f);
-        }
-        if ((n == 3 && c < 0x800) || (n == 4 && (c < 0x10000 || c > 0x10ffff)) || (c >= 0xd800 && c <= 0xdfff))
-                return 0;
-        return n;
-}
-
-/*
  * One message, one line of text: what a message quotes (a config file's
  * keys and names, a path) may hold a newline, which would start a line of
  * its own (under the journal: one without the priority prefix, so logged
@@ -55,10 +35,10 @@ static size_t utf8_len(const unsigned char *s) {
  * (here or where it was made) may end in half a character.
  */
 static void make_one_line(char *s) {
-        unsigned char *r = (unsigned char *) s, *w = r;
+        unsigned char *r = (unsigned char *) s, *w = r, *end = r + strlen(s);
 
-        while (*r) {
-                size_t n = *r < 0x80 ? 1 : utf8_len(r);
+        while (r < end) {
+                size_t n = utf8_char_len(r, (size_t) (end - r));
 
                 if (n == 0 || (r[0] == 0xc2 && r[1] <= 0x9f)) {
                         *w++ = '?';

@@ -1019,6 +1019,13 @@ START_TEST(test_encode_error) {
         assert_json_str(o, "message", "bad  byte in \"caf\"");
         json_decref(o);
         free(line);
+
+        /* Shapes of UTF-8 that jansson refuses (overlong, surrogate, past U+10FFFF) go; the words stay. */
+        ck_assert_int_eq(proto_encode_error(EPROTO, "a\xc0\xaf" "b\xed\xa0\x80" "c\xf4\x90\x80\x80" "d\xc3\xa9", &line, &len), 0);
+        o = parse_line(line, len);
+        assert_json_str(o, "message", "abcd\xc3\xa9");
+        json_decref(o);
+        free(line);
 }
 END_TEST
 
