@@ -718,8 +718,14 @@ class TestRing(BrokerTest):
         threads = [threading.Thread(target=run, args=item, daemon=True) for item in waits.items()]
         for t in threads:
             t.start()
-        time.sleep(0.3)                 # into their waits (none can end before the stop)
-        self.assertEqual(outcome, {})
+        # Into their waits: each thread asleep at five looks in a row, 20 ms
+        # apart, while this one sleeps too (one waiting for the GIL gets it).
+        asleep, deadline = 0, time.monotonic() + 10
+        while asleep < 5:
+            self.assertLess(time.monotonic(), deadline, "the waits never all slept")
+            time.sleep(0.02)
+            asleep = asleep + 1 if all(thread_sleeps(t.native_id) for t in threads) else 0
+        self.assertEqual(outcome, {})   # none can end before the stop
         since = time.monotonic()
         self.daemon.stop_ok()
         for t in threads:
@@ -731,6 +737,12 @@ class TestRing(BrokerTest):
                              % (name, errno.errorcode.get(err, err), (when - since) * 1000))
             self.assertEqual(err, errno.EIDRM, name)
             self.assertLess(when - since, 1.0, name)
+
+
+def thread_sleeps(tid):
+    """Whether thread tid of this process is asleep (state S in /proc)."""
+    with open("/proc/self/task/%d/stat" % tid) as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "S"
 
 
 class TestBroadcast(BrokerTest):
