@@ -1546,10 +1546,14 @@ START_TEST(test_unread_descriptors_of_many_uids_leave_room_for_others) {
                 ck_assert_msg(read(ready[0], &c, 1) == 1, "a hoarding uid's opens were not answered");
         resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"many\", \"access\": \"ro\", \"fd\": true}",
                                 fds, PROTO_FDS_MAX, &n_fds);
-        ck_assert_msg(json_is_true(json_object_get(resp, "ok")) ||
-                      strcmp(json_string_value(json_object_get(resp, "error")) ?: "", "EMFILE") == 0,
-                      "root's open: %s %s", json_string_value(json_object_get(resp, "error")),
-                      json_string_value(json_object_get(resp, "message")));
+        /*
+         * Three uids' 378 unread fill all but 6 of the 384 all users may hold
+         * (3/4 of 512); the other two were refused. So is root, saying whose
+         * descriptors they are: not its own uid's, which has read its answer.
+         */
+        test_assert_error(resp, "EMFILE");
+        ck_assert_msg(strstr(test_jstr(resp, "message"), "the clients hold the descriptors of answers they have "
+                                                         "not read"), "root's refusal: %s", test_jstr(resp, "message"));
         for (size_t i = 0; i < n_fds; i++)
                 close(fds[i]);
         json_decref(resp);
