@@ -766,14 +766,24 @@ static void cap_filler(void *userdata) {
                 close(c[i]);
 }
 
-/* A member of admin_group (4243) past the cap: served, as root is. */
-static void admin_member_child(void *userdata) {
-        const char *sock = userdata;
+/* uid 4242, a member of group, connects past the cap: served (an admin), or refused (EUSERS). */
+typedef struct MemberTry {
+        const char *sock;
+        gid_t group;
+        bool served;
+} MemberTry;
+
+static void member_child(void *userdata) {
+        const MemberTry *t = userdata;
         int x;
 
-        test_drop_privileges(4242, 4242, 4243);
-        x = try_connect(sock);
+        test_drop_privileges(4242, 4242, t->group);
+        x = try_connect(t->sock);
         CHILD_CHECK(x >= 0, "connect: %s", strerror(-x));
+        if (!t->served) {
+                expect_refusal(x, "EUSERS");
+                return;
+        }
         request_ok(x, "{\"op\":\"status\"}");
         close(x);
 }
@@ -800,11 +810,42 @@ START_TEST(test_admins_keep_connections_past_connections_max) {
         expect_refusal(x, "EUSERS");
         close(x);
         child_run(refused_child, td.socket);
-        child_run(admin_member_child, td.socket);
+        child_run(member_child, &(MemberTry) { td.socket, 4243, true });
         child_go(&filler);
         child_finish(&filler);
         for (int i = 0; i < 4; i++)
                 close(admin[i]);
+        assert_daemon_alive();
+}
+END_TEST
+
+/*
+ * shmbroker.json(5): admin_group "takes effect at once" on a reload, the
+ * reserve past connections_max included. With the cap filled, the old
+ * group's members lose it and the new group's gain it.
+ */
+START_TEST(test_admin_reserve_follows_a_reloaded_admin_group) {
+        Child filler;
+        char *text;
+        int admin;
+
+        start_with("\"admin_group\": 4243, \"limits\": {\"connections_max\": 5},", one_public_channel);
+        child_start(&filler, cap_filler, td.socket);
+        child_wait_step(&filler);
+        child_run(member_child, &(MemberTry) { td.socket, 4243, true });
+        child_run(member_child, &(MemberTry) { td.socket, 4244, false });
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"admin_group\": 4244, "
+                                  "\"limits\": {\"connections_max\": 5}, \"channels\": %s}\n", td.socket,
+                                  one_public_channel), 0);
+        test_daemon_write_raw_config(&td, text);
+        free(text);
+        admin = test_connect(td.socket);
+        request_ok(admin, "{\"op\":\"reload\"}");
+        close(admin);
+        child_run(member_child, &(MemberTry) { td.socket, 4243, false });
+        child_run(member_child, &(MemberTry) { td.socket, 4244, true });
+        child_go(&filler);
+        child_finish(&filler);
         assert_daemon_alive();
 }
 END_TEST
@@ -2843,6 +2884,7 @@ int main(void) {
                                             test_connections_per_uid_bounded_by_fd_limit, test_connections_max,
                                             test_admins_keep_connections_past_connections_max,
                                             test_admin_reserve_not_used_up_by_its_own_clients,
+                                            test_admin_reserve_follows_a_reloaded_admin_group,
                                             test_request_timeout, test_request_timeout_restarts_per_line } },
                 { "slow-reader", HEAVY_TIMEOUT, { test_slow_reader, test_stalled_reader_not_timed_out,
                                                     test_pipelined_burst_answered, test_unread_close_drops_holds,
