@@ -110,6 +110,11 @@ json_t *json_message_string(const char *s) {
         return v;
 }
 
+bool json_error_at_nul(const json_error_t *e, const char *text, size_t len) {
+        /* position counts the bytes read, the one it stopped at included */
+        return e->position > 0 && (size_t) e->position <= len && text[e->position - 1] == '\0';
+}
+
 int json_dump_line(const json_t *v, char **ret_line, size_t *ret_len) {
         char stack[4096], *line;
         size_t n;

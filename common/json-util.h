@@ -42,6 +42,13 @@ int json_field_int(const json_t *v, const char *key, int64_t min, int64_t max, i
  */
 json_t *json_message_string(const char *s);
 
+/*
+ * Whether jansson's error e, loading text of len bytes, is at a raw NUL
+ * byte (never valid JSON): jansson takes it for the end of its input and
+ * says "end of file" about text that goes on.
+ */
+bool json_error_at_nul(const json_error_t *e, const char *text, size_t len);
+
 /* Dump compact, newline-terminated, into a malloc'd buffer. -ENOMEM. */
 int json_dump_line(const json_t *v, char **ret_line, size_t *ret_len);
 

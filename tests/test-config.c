@@ -937,9 +937,11 @@ END_TEST
 
 START_TEST(test_nul_in_text) {
         /* len covers an embedded NUL: jansson must refuse, not truncate. */
-        static const char text[] = "{\"version\": 1}\0garbage";
+        static const char text[] = "{\"version\": 1}\0garbage", later[] = "{\"version\": 1,\n  \0\"channels\": []}";
 
-        expect_reject_text(text, sizeof text - 1, (const char *const[]) { NULL });
+        /* jansson's own words would be "end of file", of a file that goes on. */
+        expect_reject_text(text, sizeof text - 1, (const char *const[]) { SRC ":1:15: a NUL byte", NULL });
+        expect_reject_text(later, sizeof later - 1, (const char *const[]) { SRC ":2:3: a NUL byte", NULL });
 }
 END_TEST
 

@@ -767,6 +767,22 @@ START_TEST(test_request_decode_embedded_nul) {
 }
 END_TEST
 
+/* A raw NUL byte outside a string is where the JSON parser stops reading, so
+ * its own message says "end of file" about a line that goes on; the client
+ * must be told what is wrong with its line instead. */
+START_TEST(test_request_decode_nul_message) {
+        static const char after[] = "{\"op\":\"list\"}\0garbage";
+        static const char before[] = "\0{\"op\":\"list\"}";
+        char msg[PROTO_MESSAGE_MAX] = "";
+        ProtoRequest req;
+
+        assert_request_fails_len(after, sizeof after - 1, EBADMSG, "NUL");
+        assert_request_fails_len(before, sizeof before - 1, EBADMSG, "NUL");
+        ck_assert_int_eq(proto_request_decode(after, sizeof after - 1, &req, msg, sizeof msg), EBADMSG);
+        ck_assert_msg(strstr(msg, "end of file") == NULL, "message \"%s\" speaks of an end of file", msg);
+}
+END_TEST
+
 START_TEST(test_request_decode_len_is_respected) {
         /* The line need not be NUL-terminated: only len bytes are read. */
         static const char buf[] = "{\"op\":\"list\"}{\"op\":\"reload\"}";
@@ -1987,6 +2003,7 @@ static Suite *proto_suite(void) {
         tcase_add_test(tc, test_request_decode_field_errors);
         tcase_add_test(tc, test_request_decode_every_shape);
         tcase_add_test(tc, test_request_decode_embedded_nul);
+        tcase_add_test(tc, test_request_decode_nul_message);
         tcase_add_test(tc, test_request_decode_len_is_respected);
         tcase_add_test(tc, test_request_decode_small_msg_buffer);
         suite_add_tcase(s, tc);
