@@ -1731,6 +1731,36 @@ START_TEST(test_capability_of_own_user_namespace_is_not_honoured) {
 END_TEST
 
 /*
+ * ipcperms() takes the creator's ids for the owner's and the group's too
+ * (shmbroker-protocol(7): "owner or creator", "group or creator group"): the
+ * daemon, root, created the segment of a channel it gave to uid 65534, so
+ * a root peer without CAP_IPC_OWNER has the owner's bits there (of a
+ * channel whose group bits would not do), and a peer whose group is the
+ * daemon's (0) the group's. Both attach: both open.
+ */
+START_TEST(test_creator_ids_count_as_the_kernel_counts_them) {
+        static const char channels[] =
+                "[{\"name\": \"given\", \"size\": 4096, \"owner\": 65534, \"group\": 65534, \"mode\": \"0600\"},"
+                " {\"name\": \"grouped\", \"size\": 4096, \"owner\": 65534, \"group\": 65534, \"mode\": \"0660\"}]";
+        CapCase caps[] = {
+                { "root without CAP_IPC_OWNER, the creator", "given", .drop_cap = true, .expect_ok = true },
+        };
+        AccessCase groups[] = {
+                { "grouped", "rw", 4242, 0, 0, true },         /* primary group: the creator's */
+                { "grouped", "ro", 4242, 4242, 4243, false },  /* neither: other, no bits */
+        };
+        json_t *list;
+        int fd;
+
+        list = start_and_list(channels, &fd);
+        run_cap_cases(caps, sizeof caps / sizeof caps[0], list, 0);
+        run_access_cases(groups, sizeof groups / sizeof groups[0], list);
+        json_decref(list);
+        close(fd);
+}
+END_TEST
+
+/*
  * The wrapper of a daemon that cannot see its peers' /proc: a mount
  * namespace of its own (the TEST_DAEMON_WRAPPER runs it under unshare)
  * whose /proc is a fresh procfs with hidepid=invisible, then the daemon as
@@ -3198,6 +3228,7 @@ int main(void) {
                 { "scale", SCALE_TIMEOUT, { test_crash_restart_of_many_channels_adopts_in_linear_time,
                                             test_open_among_many_holds_of_a_connection } },
                 { "capability", CASE_TIMEOUT, { test_capability_of_own_user_namespace_is_not_honoured,
+                                 test_creator_ids_count_as_the_kernel_counts_them,
                                  test_capability_that_cannot_be_seen_is_root_only } },
                 { "unreadable", CASE_TIMEOUT, { test_status_survives_unreadable_channel } },
                 { "holders", CASE_TIMEOUT, { test_holder_tokens_for_rw_openers, test_holder_dead_when_hold_ends,
