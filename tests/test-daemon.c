@@ -1760,6 +1760,47 @@ START_TEST(test_creator_ids_count_as_the_kernel_counts_them) {
 }
 END_TEST
 
+/* Connected as root, then uid 65534 keeping CAP_IPC_OWNER: 0 when the daemon refused, 21 when it let it in. */
+static void changed_uid_child(void *userdata) {
+        const char *socket = userdata;
+        static const char req[] = "{\"op\":\"open\",\"channel\":\"none\",\"access\":\"rw\"}\n";
+        char *line;
+        int fd;
+
+        fd = test_try_connect(socket);
+        if (fd < 0)
+                _exit(CAP_CHILD_IO);
+        become_nobody_with_cap_ipc_owner();
+        if (send(fd, req, strlen(req), MSG_NOSIGNAL) != (ssize_t) strlen(req))
+                _exit(CAP_CHILD_IO);
+        line = test_read_line(fd);
+        if (!line)
+                _exit(CAP_CHILD_IO);
+        if (strstr(line, "\"ok\":true"))
+                _exit(CAP_CHILD_WRONG_VERDICT);
+        _exit(strstr(line, "\"EACCES\"") ? 0 : CAP_CHILD_BAD_ANSWER);
+}
+
+/*
+ * shmbroker-protocol(7): CapEff counts only while the peer's "effective uid
+ * is still the one it connected with". A root process that connected, then
+ * became uid 65534 keeping CAP_IPC_OWNER, had the capability at the accept
+ * and has it now; but it is not the peer the daemon accepted any more.
+ */
+START_TEST(test_capability_counts_only_under_the_uid_it_connected_with) {
+        json_t *list;
+        int fd, status;
+
+        list = start_and_list("[{\"name\": \"none\", \"size\": 4096, \"mode\": \"0000\"}]", &fd);
+        json_decref(list);
+        status = test_in_child(changed_uid_child, td.socket);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                      "child status %d (33: i/o, 34: bad answer, 37: let in, 39: uid 65534 could not keep "
+                      "CAP_IPC_OWNER)", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        close(fd);
+}
+END_TEST
+
 /*
  * The wrapper of a daemon that cannot see its peers' /proc: a mount
  * namespace of its own (the TEST_DAEMON_WRAPPER runs it under unshare)
@@ -3229,6 +3270,7 @@ int main(void) {
                                             test_open_among_many_holds_of_a_connection } },
                 { "capability", CASE_TIMEOUT, { test_capability_of_own_user_namespace_is_not_honoured,
                                  test_creator_ids_count_as_the_kernel_counts_them,
+                                 test_capability_counts_only_under_the_uid_it_connected_with,
                                  test_capability_that_cannot_be_seen_is_root_only } },
                 { "unreadable", CASE_TIMEOUT, { test_status_survives_unreadable_channel } },
                 { "holders", CASE_TIMEOUT, { test_holder_tokens_for_rw_openers, test_holder_dead_when_hold_ends,
