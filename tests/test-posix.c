@@ -1056,6 +1056,46 @@ START_TEST(test_open_fds_unread) {
 }
 END_TEST
 
+/*
+ * A refused open hands nothing over, and keeps nothing: the files opened to
+ * be handed with it are closed with the refusal. Here the one subscriber a
+ * broadcast channel takes is live, so each further subscription is EUSERS
+ * (shmbroker-protocol(7)) after the daemon opened the channel's files.
+ */
+START_TEST(test_refused_open_keeps_no_descriptors) {
+        const char *sub = "{\"op\": \"open\", \"channel\": \"one\", \"access\": \"ro\", \"fd\": true}";
+        int fds[PROTO_FDS_MAX], a, b, base = -1;
+        size_t n_fds = 0;
+        json_t *resp;
+
+        test_daemon_write_config(&td, "[{\"name\": \"one\", \"kind\": \"posix\", \"layout\": \"broadcast\", "
+                                      "\"slot_size\": 64, \"slots\": 8, \"subscribers\": 1, \"mode\": \"0600\"}]");
+        test_start_ok();
+        a = test_connect(td.socket);
+        resp = test_request_fds(a, sub, fds, PROTO_FDS_MAX, &n_fds);
+        test_assert_ok(resp);
+        json_decref(resp);
+        ck_assert_uint_gt(n_fds, 0);
+        for (size_t i = 0; i < n_fds; i++)
+                close(fds[i]);
+        b = test_connect(td.socket);
+        /* The baseline after b's first refusal: b is accepted, and its process pinned (a pidfd kept). */
+        for (int i = 0; i < 9; i++) {
+                if (i == 1)
+                        base = daemon_fd_count();
+                n_fds = 0;
+                resp = test_request_fds(b, sub, fds, PROTO_FDS_MAX, &n_fds);
+                test_assert_error(resp, "EUSERS");
+                json_decref(resp);
+                ck_assert_uint_eq(n_fds, 0);
+        }
+        /* Each refusal was answered after its files were closed: no wait needed. */
+        ck_assert_int_eq(daemon_fd_count(), base);
+        close(b);
+        close(a);
+}
+END_TEST
+
 /* The config of the descriptor tests: one posix channel of 62 semaphores, anyone's. */
 static void write_many_config(int connections_per_uid) {
         char *text;
@@ -3948,6 +3988,7 @@ int main(void) {
                 { "room", CASE_TIMEOUT, { test_no_inodes_in_dev_shm_fails_a_replacing_reload,
                                           test_unprivileged_daemon_refuses_a_mode_it_cannot_serve } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread,
+                                         test_refused_open_keeps_no_descriptors,
                                          test_open_fds_in_flight_bounded,
                                          test_unread_descriptors_of_one_uid_leave_room_for_others,
                                          test_unread_descriptors_of_one_uid_leave_room_for_others_unprivileged,
