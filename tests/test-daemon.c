@@ -118,6 +118,7 @@ END_TEST
 
 START_TEST(test_open_status_close) {
         json_t *resp, *ch, *clients;
+        time_t before = time(NULL);
         int a, b;
 
         test_daemon_write_config(&td, two_channels);
@@ -147,6 +148,15 @@ START_TEST(test_open_status_close) {
         clients = json_object_get(ch, "clients");
         ck_assert_uint_eq(json_array_size(clients), 2);
         ck_assert_int_eq(test_jint(json_array_get(clients, 0), "pid"), getpid());
+        /* shmbroker-protocol(7): each hold's uid, and since: when it was opened, in seconds since the epoch. */
+        for (size_t i = 0; i < 2; i++) {
+                json_t *c = json_array_get(clients, i);
+
+                ck_assert_int_eq(test_jint(c, "uid"), getuid());
+                ck_assert_str_eq(test_jstr(c, "access"), "rw");
+                ck_assert_int_ge(test_jint(c, "since"), before);
+                ck_assert_int_le(test_jint(c, "since"), time(NULL));
+        }
         ck_assert_int_eq(test_jint(ch, "nattch"), 1);        /* the daemon's own attachment */
         ck_assert_int_eq(test_jint(ch, "cpid"), td.pid);
         ck_assert_uint_eq(json_array_size(json_object_get(ch, "semaphores")), 3);
