@@ -1812,6 +1812,70 @@ START_TEST(test_capability_counts_only_under_the_uid_it_connected_with) {
 END_TEST
 
 /*
+ * In a child (root): P, uid 65534 keeping CAP_IPC_OWNER, connects and
+ * forks Q, which keeps the connection; P exits and stays a zombie (we do
+ * not reap it), so its pid names no other process; then Q asks for "none"
+ * rw. 0 when the daemon refused, CAP_CHILD_WRONG_VERDICT when it let Q in.
+ */
+static void gone_peer_child(void *userdata) {
+        const char *socket = userdata;
+        static const char req[] = "{\"op\":\"open\",\"channel\":\"none\",\"access\":\"rw\"}\n";
+        int go[2], verdict[2];
+        siginfo_t info;
+        char v = CAP_CHILD_IO;
+        pid_t p;
+
+        if (pipe2(go, O_CLOEXEC) < 0 || pipe2(verdict, O_CLOEXEC) < 0 || (p = fork()) < 0)
+                _exit(CAP_CHILD_IO);
+        if (p == 0) {
+                int fd;
+                pid_t q;
+
+                become_nobody_with_cap_ipc_owner();
+                fd = test_try_connect(socket);
+                if (fd < 0 || (q = fork()) < 0)
+                        _exit(CAP_CHILD_IO);
+                if (q == 0) {
+                        char b, *line;
+
+                        if (read(go[0], &b, 1) != 1 || send(fd, req, strlen(req), MSG_NOSIGNAL) != (ssize_t) strlen(req) ||
+                            !(line = test_read_line(fd)))
+                                v = CAP_CHILD_IO;
+                        else
+                                v = strstr(line, "\"ok\":true") ? CAP_CHILD_WRONG_VERDICT :
+                                    strstr(line, "\"EACCES\"") ? 0 : CAP_CHILD_BAD_ANSWER;
+                        _exit(write(verdict[1], &v, 1) == 1 ? 0 : CAP_CHILD_IO);
+                }
+                _exit(0);
+        }
+        close(verdict[1]);
+        /* WNOWAIT: P stays a zombie while Q asks. */
+        if (waitid(P_PID, (id_t) p, &info, WEXITED | WNOWAIT) < 0 || info.si_code != CLD_EXITED || info.si_status != 0 ||
+            write(go[1], "g", 1) != 1 || read(verdict[0], &v, 1) != 1)
+                _exit(CAP_CHILD_IO);
+        _exit(v);
+}
+
+/*
+ * shmbroker-protocol(7): where the capability cannot be proven, "or the
+ * process gone", uid 0 passes and nobody else. The process that connected
+ * has exited (its fork asks on the connection): its CapEff proves nothing.
+ */
+START_TEST(test_capability_of_a_peer_gone_is_not_believed) {
+        json_t *list;
+        int fd, status;
+
+        list = start_and_list("[{\"name\": \"none\", \"size\": 4096, \"mode\": \"0000\"}]", &fd);
+        json_decref(list);
+        status = test_in_child(gone_peer_child, td.socket);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                      "child status %d (33: i/o, 34: bad answer, 37: let in, 39: uid 65534 could not keep "
+                      "CAP_IPC_OWNER)", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        close(fd);
+}
+END_TEST
+
+/*
  * The wrapper of a daemon that cannot see its peers' /proc: a mount
  * namespace of its own (the TEST_DAEMON_WRAPPER runs it under unshare)
  * whose /proc is a fresh procfs with hidepid=invisible, then the daemon as
@@ -3281,6 +3345,7 @@ int main(void) {
                 { "capability", CASE_TIMEOUT, { test_capability_of_own_user_namespace_is_not_honoured,
                                  test_creator_ids_count_as_the_kernel_counts_them,
                                  test_capability_counts_only_under_the_uid_it_connected_with,
+                                 test_capability_of_a_peer_gone_is_not_believed,
                                  test_capability_that_cannot_be_seen_is_root_only } },
                 { "unreadable", CASE_TIMEOUT, { test_status_survives_unreadable_channel } },
                 { "holders", CASE_TIMEOUT, { test_holder_tokens_for_rw_openers, test_holder_dead_when_hold_ends,
