@@ -2934,6 +2934,50 @@ START_TEST(test_holder_dead_with_its_process_though_a_fork_holds_the_connection)
 END_TEST
 
 /*
+ * The hold of a token that died with its process (a fork kept the
+ * connection) ends later, with the connection. By then the token's entry
+ * may be another holder's, under the next generation: releasing the dead
+ * token must leave that holder live (shmbroker-ring(7): one token names
+ * one entry in one generation).
+ */
+START_TEST(test_hold_of_a_dead_token_ends_no_later_holder) {
+        static int fds[RING_HOLDERS - 1];
+        uint32_t token, reused;
+        RingHeader *h;
+        pid_t heir;
+        Child c;
+        int fd;
+
+        ck_assert_int_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+        h = start_with_ring();
+        fd = test_connect(td.socket);
+        c = child_start(open_fork_exit);
+        child_hear(&c, &token, sizeof token);
+        child_hear(&c, &heir, sizeof heir);
+        ck_assert_uint_ne(token, 0);
+        end_child_and_await_dead(&c, h, token);
+        /* Every other entry taken: the next rw opener gets the dead token's, under the next generation. */
+        for (int i = 0; i < RING_HOLDERS - 1; i++) {
+                fds[i] = test_connect(td.socket);
+                ck_assert_uint_ne(open_holder(fds[i], "frames", "rw", 0), 0);
+        }
+        reused = open_holder(fd, "frames", "rw", 0);
+        ck_assert_ptr_eq(holder_entry(h, reused), holder_entry(h, token));
+        ck_assert_uint_ne(reused, token);
+        assert_live(h, reused, getpid());
+        /* The heir goes, and with its connection the dead token's hold. */
+        child_reap(&c);
+        ck_assert_int_eq(waitpid(heir, NULL, 0), heir);
+        ck_assert(await_clients(fd, "frames", RING_HOLDERS));
+        assert_live(h, reused, getpid());
+        for (int i = 0; i < RING_HOLDERS - 1; i++)
+                close(fds[i]);
+        close(fd);
+        shmdt(h);
+}
+END_TEST
+
+/*
  * Opens frames rw on two connections, says both tokens, closes both;
  * when told, opens again asking for the first back, says what it got,
  * and closes that connection too; exits when told.
@@ -3353,6 +3397,7 @@ int main(void) {
                                  test_open_of_a_hung_up_client_takes_no_token, test_holder_reload,
                                  test_holder_ring_remade, test_holder_lives_with_its_process,
                                  test_holder_dead_with_its_process_though_a_fork_holds_the_connection,
+                                 test_hold_of_a_dead_token_ends_no_later_holder,
                                  test_holder_taken_back_after_its_connection_closed } },
                 { "resources", CASE_TIMEOUT, { test_fd_exhaustion_pauses_accept, test_derived_key_skips_fixed_keys } },
                 { "start-failures", CASE_TIMEOUT, { test_foreign_fixed_key_fails_start_and_rolls_back, test_foreign_derived_key_moves_on,
