@@ -2934,6 +2934,43 @@ START_TEST(test_holder_dead_with_its_process_though_a_fork_holds_the_connection)
 END_TEST
 
 /*
+ * A connection the daemon ends (here for an over-long line) loses its
+ * holds when the daemon decides, not when its client takes the last
+ * answer: a client that stops reading must not keep its channels, nor a
+ * ring's holder token live, by leaving that answer unread. Its answers
+ * fill its socket first, so the error answer waits in the daemon; the
+ * request timer, which would end the wait, is set to an hour.
+ */
+START_TEST(test_failed_connection_drops_its_holds_before_its_answer_is_read) {
+        static const char config[] =
+                "[{\"name\": \"frames\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8}], "
+                "\"limits\": {\"request_timeout_ms\": 3600000, \"output_max\": 67108864, "
+                "\"buffers_per_uid\": 134217728}";
+        static const char list[] = "{\"op\":\"list\"}\n";
+        size_t big = 70000;
+        char *junk = malloc(big);
+        int a, b;
+
+        ck_assert_ptr_nonnull(junk);
+        test_daemon_write_config(&td, config);
+        test_start_ok();
+        a = test_connect(td.socket);
+        b = test_connect(td.socket);
+        ck_assert_uint_ne(open_holder(a, "frames", "rw", 0), 0);
+        ck_assert_uint_eq(count_clients(b, "frames"), 1);
+        /* About 1 MB of answers, more than a socket takes: the rest waits in the daemon. */
+        for (int i = 0; i < 4000; i++)
+                test_send(a, list, sizeof list - 1);
+        memset(junk, 'x', big);
+        test_send(a, junk, big);
+        free(junk);
+        ck_assert_msg(await_clients(b, "frames", 0), "the failed connection still holds \"frames\"");
+        close(a);
+        close(b);
+}
+END_TEST
+
+/*
  * The hold of a token that died with its process (a fork kept the
  * connection) ends later, with the connection. By then the token's entry
  * may be another holder's, under the next generation: releasing the dead
@@ -3398,6 +3435,7 @@ int main(void) {
                                  test_holder_ring_remade, test_holder_lives_with_its_process,
                                  test_holder_dead_with_its_process_though_a_fork_holds_the_connection,
                                  test_hold_of_a_dead_token_ends_no_later_holder,
+                                 test_failed_connection_drops_its_holds_before_its_answer_is_read,
                                  test_holder_taken_back_after_its_connection_closed } },
                 { "resources", CASE_TIMEOUT, { test_fd_exhaustion_pauses_accept, test_derived_key_skips_fixed_keys } },
                 { "start-failures", CASE_TIMEOUT, { test_foreign_fixed_key_fails_start_and_rolls_back, test_foreign_derived_key_moves_on,
