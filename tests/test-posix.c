@@ -1096,6 +1096,48 @@ START_TEST(test_refused_open_keeps_no_descriptors) {
 }
 END_TEST
 
+/*
+ * shmbrokerd(8): the descriptors of answers a user has not read count
+ * against a quarter of the daemon's open-file limit, one answer's worth at
+ * least (PROTO_FDS_MAX, 66, with a limit of 256 here). An answer of 63
+ * unread leaves 3: a rw open of a ring is its 2 files and its 2 FIFOs, 4
+ * in all, which must not be handed over past it; once the first answer is
+ * gone, they are.
+ */
+START_TEST(test_fifos_of_an_open_count_against_the_quarter) {
+        const char *hog = "{\"op\": \"open\", \"channel\": \"hog\", \"access\": \"ro\", \"fd\": true}\n";
+        const char *ring = "{\"op\": \"open\", \"channel\": \"ring1\", \"access\": \"rw\", \"fd\": true}";
+        struct pollfd p = { .events = POLLIN };
+        int fds[PROTO_FDS_MAX], a, b;
+        size_t n_fds = 0;
+        json_t *resp;
+
+        test_daemon_write_config(&td, "[{\"name\": \"hog\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": 62}, "
+                                      RING1 "]");
+        setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=256:256", 1);
+        test_start_ok();
+        unsetenv("TEST_DAEMON_WRAPPER");
+        a = test_connect(td.socket);
+        b = test_connect(td.socket);
+        /* Its answer, with 1 + 62 descriptors, arrives and is left unread. */
+        test_send(a, hog, strlen(hog));
+        p.fd = a;
+        ck_assert_int_eq(poll(&p, 1, 5000), 1);
+        resp = test_request_fds(b, ring, fds, PROTO_FDS_MAX, &n_fds);
+        test_assert_error(resp, "EMFILE");
+        ck_assert_uint_eq(n_fds, 0);
+        json_decref(resp);
+        close(a);
+        resp = test_request_fds(b, ring, fds, PROTO_FDS_MAX, &n_fds);
+        test_assert_ok(resp);
+        ck_assert_uint_eq(n_fds, 4);
+        for (size_t i = 0; i < n_fds; i++)
+                close(fds[i]);
+        json_decref(resp);
+        close(b);
+}
+END_TEST
+
 /* The config of the descriptor tests: one posix channel of 62 semaphores, anyone's. */
 static void write_many_config(int connections_per_uid) {
         char *text;
@@ -3989,6 +4031,7 @@ int main(void) {
                                           test_unprivileged_daemon_refuses_a_mode_it_cannot_serve } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread,
                                          test_refused_open_keeps_no_descriptors,
+                                         test_fifos_of_an_open_count_against_the_quarter,
                                          test_open_fds_in_flight_bounded,
                                          test_unread_descriptors_of_one_uid_leave_room_for_others,
                                          test_unread_descriptors_of_one_uid_leave_room_for_others_unprivileged,
