@@ -820,6 +820,42 @@ START_TEST(test_admins_keep_connections_past_connections_max) {
 END_TEST
 
 /*
+ * The admin reserve counts connections past the cap that are open now:
+ * each that closes gives its place back, also while the admin keeps
+ * another connection (and with it the count of its uid).
+ */
+START_TEST(test_admin_reserve_comes_back_as_its_connections_close) {
+        int r[4], x;
+        Child filler;
+
+        start_with("\"limits\": {\"connections_max\": 5},", one_public_channel);
+        child_start(&filler, cap_filler, td.socket);
+        child_wait_step(&filler);
+        for (int i = 0; i < 4; i++) {
+                r[i] = test_connect(td.socket);
+                request_ok(r[i], "{\"op\":\"open\",\"channel\":\"pub\",\"access\":\"rw\"}");
+        }
+        /* Three go (their holds with them, to see them go); r[0] stays. */
+        for (int i = 1; i < 4; i++)
+                close(r[i]);
+        wait_holds(r[0], "pub", 1);
+        for (int i = 1; i < 4; i++) {
+                r[i] = test_connect(td.socket);
+                request_ok(r[i], "{\"op\":\"list\"}");
+        }
+        /* The reserve is used up again. */
+        x = test_connect(td.socket);
+        expect_refusal(x, "EUSERS");
+        close(x);
+        child_go(&filler);
+        child_finish(&filler);
+        for (int i = 0; i < 4; i++)
+                close(r[i]);
+        assert_daemon_alive();
+}
+END_TEST
+
+/*
  * shmbroker.json(5): admin_group "takes effect at once" on a reload, the
  * reserve past connections_max included. With the cap filled, the old
  * group's members lose it and the new group's gain it.
@@ -2883,6 +2919,7 @@ int main(void) {
                 { "limits", CASE_TIMEOUT, { test_request_max, test_connections_per_uid,
                                             test_connections_per_uid_bounded_by_fd_limit, test_connections_max,
                                             test_admins_keep_connections_past_connections_max,
+                                            test_admin_reserve_comes_back_as_its_connections_close,
                                             test_admin_reserve_not_used_up_by_its_own_clients,
                                             test_admin_reserve_follows_a_reloaded_admin_group,
                                             test_request_timeout, test_request_timeout_restarts_per_line } },
