@@ -651,6 +651,31 @@ START_TEST(test_connections_per_uid) {
 }
 END_TEST
 
+/*
+ * A connection refused at accept may have sent its first request already:
+ * the daemon reads it away before closing, so the client reads the
+ * refusal and then a clean end of stream, not ECONNRESET. The daemon is
+ * stopped while the client connects and sends, so the request is there
+ * before the accept.
+ */
+START_TEST(test_refusal_at_accept_ends_in_eof_after_a_request) {
+        static const char req[] = "{\"op\":\"list\"}\n";
+        int a, x;
+
+        start_with("\"limits\": {\"connections_per_uid\": 1},", one_public_channel);
+        a = test_connect(td.socket);
+        request_ok(a, "{\"op\":\"list\"}");
+        ck_assert_int_eq(kill(td.pid, SIGSTOP), 0);
+        x = test_connect(td.socket);
+        test_send(x, req, sizeof req - 1);
+        ck_assert_int_eq(kill(td.pid, SIGCONT), 0);
+        expect_refusal(x, "EUSERS");
+        close(x);
+        close(a);
+        assert_daemon_alive();
+}
+END_TEST
+
 #define FD_LIMIT 200     /* the daemon's open-file limit in the test below: an eighth is 25 connections */
 
 static void per_uid_fd_child(void *userdata) {
@@ -2920,6 +2945,7 @@ int main(void) {
                                             test_connections_per_uid_bounded_by_fd_limit, test_connections_max,
                                             test_admins_keep_connections_past_connections_max,
                                             test_admin_reserve_comes_back_as_its_connections_close,
+                                            test_refusal_at_accept_ends_in_eof_after_a_request,
                                             test_admin_reserve_not_used_up_by_its_own_clients,
                                             test_admin_reserve_follows_a_reloaded_admin_group,
                                             test_request_timeout, test_request_timeout_restarts_per_line } },
