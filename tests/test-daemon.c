@@ -2558,7 +2558,7 @@ END_TEST
  * inodes of their own, or by a build that recorded only start times).
  */
 START_TEST(test_holder_crash_restart) {
-        Opener live, live_by_start, gone_before, gone_after, reused_pid, reused_pid_by_start, thread_pid;
+        Opener live, live_by_start, gone_before, gone_after, reused_pid, reused_pid_by_start, thread_pid, unrecorded;
         uint32_t back, other;
         RingHeader *h;
         char *log;
@@ -2572,6 +2572,7 @@ START_TEST(test_holder_crash_restart) {
         reused_pid = opener_start();
         reused_pid_by_start = opener_start();
         thread_pid = opener_start();
+        unrecorded = opener_start();
         assert_live(h, live.token, live.pid);
         assert_live(h, reused_pid.token, reused_pid.pid);
 
@@ -2593,6 +2594,9 @@ START_TEST(test_holder_crash_restart) {
         /* Start times, as where pidfds are no pidfs inodes: one right, one of another process. */
         set_start_id(h, live_by_start.token, live_by_start.pid, 0);
         set_start_id(h, reused_pid_by_start.token, reused_pid_by_start.pid, 1);
+        /* As if the run that handed it out could not tell who its opener was: no proof it is gone (holders.c). */
+        holder_entry(h, unrecorded.token)->pidfs_ino = 0;
+        holder_entry(h, unrecorded.token)->starttime = 0;
 
         test_start_ok();
         log = test_daemon_log(&td);
@@ -2613,6 +2617,7 @@ START_TEST(test_holder_crash_restart) {
         /* The sweeps that found those gone left the live ones alone. */
         assert_live(h, live.token, live.pid);
         assert_live(h, live_by_start.token, live_by_start.pid);
+        assert_live(h, unrecorded.token, unrecorded.pid);
         log = test_daemon_log(&td);
         ck_assert_msg(strstr(log, "(it exited); marked it dead") && strstr(log, "(its pid names another process now)"),
                       "%s", log);
@@ -2639,6 +2644,7 @@ START_TEST(test_holder_crash_restart) {
         opener_stop(&live_by_start);
         opener_stop(&reused_pid_by_start);
         opener_stop(&thread_pid);
+        opener_stop(&unrecorded);
         close(y);
         shmdt(h);
 }
