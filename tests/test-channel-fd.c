@@ -413,6 +413,39 @@ START_TEST(test_dead_claimer_wakes_the_waiter) {
 END_TEST
 
 /*
+ * A receiver that waits in an event loop behind a reservation (a later
+ * message is committed already) is woken when that reservation is
+ * aborted: the aborted position is skipped and the message behind it is
+ * there. The abort's own wake-up, written before shmb_send_abort()
+ * returns: not the fd's bound (a second), which would make the loop sit
+ * out a message that is ready.
+ */
+START_TEST(test_abort_wakes_the_waiter_behind_it) {
+        shmb_channel *rx = open_ring(), *tx = open_ring();
+        int fd = shmb_channel_fd(rx);
+        void *first, *second;
+        char buf[64];
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(shmb_send_reserve(tx, 8, &first, 0), 0);
+        ck_assert_int_eq(shmb_send_reserve(tx, 8, &second, 0), 0);
+        memcpy(second, "behind", 6);
+        ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_int_eq(readable(fd, 0), 0);
+        ck_assert_int_eq(shmb_send_commit(tx, second, 6), 0);
+        /* Woken by the commit, the receiver still finds the first position claimed: it waits again. */
+        ck_assert_int_eq(readable(fd, 0), 1);
+        ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_int_eq(readable(fd, 0), 0);
+        ck_assert_int_eq(shmb_send_abort(tx, first), 0);
+        ck_assert_msg(readable(fd, 0) == 1, "the abort did not wake the receiver waiting behind it");
+        assert_recv(rx, "behind");
+        shmb_close(tx);
+        shmb_close(rx);
+}
+END_TEST
+
+/*
  * A waiter that closes its FIFO between the broker's open and its write (a
  * client that exits then, or one that races the broker on purpose) must
  * not take the broker down: the write fails with EPIPE, whose SIGPIPE
@@ -1483,6 +1516,7 @@ END_TEST
 int main(void) {
         const TestGroup groups[] = {
                 { "wake-ups", CASE_TIMEOUT, { test_receiver_woken_by_another_process,
+                                              test_abort_wakes_the_waiter_behind_it,
                                               test_sender_woken_when_a_slot_frees } },
                 { "broker-wakes", CASE_TIMEOUT, { test_removal_wakes_the_waiter, test_removal_wakes_a_subscriber_on_its_own_fifo,
                                                 test_removal_marked_before_the_fifo_is_written,
