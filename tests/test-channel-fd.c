@@ -446,6 +446,36 @@ START_TEST(test_abort_wakes_the_waiter_behind_it) {
 END_TEST
 
 /*
+ * A sender that cannot reach the data FIFO (gone from under its name; its
+ * handle has not opened it yet) leaves the receiver's wake-up for a
+ * sender that can: the ring's counterpart of
+ * test_broadcast_unreachable_fifo_keeps_the_wakeup_for_later. Each send is
+ * another handle's, as the first one's FIFO stays unusable to it.
+ */
+START_TEST(test_unreachable_fifo_keeps_the_wakeup_for_later) {
+        shmb_channel *rx = open_ring(), *tx = open_ring(), *later = open_ring();
+        char from[500], to[500], buf[64];
+        int fd = shmb_channel_fd(rx);
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 0), -EAGAIN);
+        snprintf(from, sizeof from, "%s.wake/r.data", td.socket);
+        snprintf(to, sizeof to, "%s.wake/hidden", td.socket);
+        ck_assert_int_eq(rename(from, to), 0);
+        ck_assert_int_eq(shmb_send(tx, "one", 3, 0), 0);
+        ck_assert_msg(readable(fd, 0) == 0, "woken through a FIFO that was not there");
+        ck_assert_int_eq(rename(to, from), 0);
+        ck_assert_int_eq(shmb_send(later, "two", 3, 0), 0);
+        ck_assert_msg(readable(fd, 0) == 1, "the wake-up that could not be given was dropped: two messages wait unseen");
+        assert_recv(rx, "one");
+        assert_recv(rx, "two");
+        shmb_close(later);
+        shmb_close(tx);
+        shmb_close(rx);
+}
+END_TEST
+
+/*
  * A waiter that closes its FIFO between the broker's open and its write (a
  * client that exits then, or one that races the broker on purpose) must
  * not take the broker down: the write fails with EPIPE, whose SIGPIPE
@@ -1530,7 +1560,8 @@ int main(void) {
                                             test_failed_restart_removes_the_reclaimed_rings_fifos } },
                 { "hostile", CASE_TIMEOUT, { test_fifo_closed_under_the_brokers_write_spares_it,
                                              test_cleared_flag_does_not_strand_an_event_loop_receiver,
-                                             test_cleared_flag_does_not_strand_an_event_loop_sender } },
+                                             test_cleared_flag_does_not_strand_an_event_loop_sender,
+                                             test_unreachable_fifo_keeps_the_wakeup_for_later } },
                 { "example", CASE_TIMEOUT, { test_poll_example_receives_from_two_rings } },
                 { "example-idle", CASE_TIMEOUT, { test_example_receivers_give_up_after_10_s_idle } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_subscriber_and_publisher_wait_through_the_fd,
