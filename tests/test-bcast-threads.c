@@ -445,6 +445,49 @@ START_TEST(test_scribbled_length_is_cut_to_the_slot) {
 END_TEST
 
 /*
+ * A reservation taken from its publisher (the broker counted it dead, and
+ * another publisher coming round skipped the slot) answers its commit and
+ * abort with -ENOTCONN, as the ring's do: not -EINVAL, which would read as
+ * a bad pointer. And once the channel is marked removed, a commit or abort
+ * of a reservation still held answers -EIDRM: nobody reads that message.
+ */
+START_TEST(test_taken_or_removed_reservations_say_so) {
+        Bus b;
+        shmb_channel *pub, *other, *sub;
+        RingHolder *pubs;
+        void *out, *kept, *late;
+        char buf[SLOT_SIZE];
+
+        bus_make(&b, 2, 1, true);
+        pubs = bcast_publisher_at(b.admin, 0);
+        pub = handle_new(&b, false, 0);
+        other = handle_new(&b, false, 1);
+        sub = handle_new(&b, true, 0);
+        ck_assert_int_eq(shmb_send_reserve(pub, 8, &out, 0), 0);
+        (void) holder_set(pubs, 0, 1, RING_HOLDER_DEAD);
+        /* Position 1, then 2: the slot of position 0 again, whose claim is a dead publisher's. */
+        ck_assert_int_eq(shmb_send(other, "one", 3, 0), 0);
+        ck_assert_int_eq(shmb_send(other, "two", 3, 0), 0);
+        ck_assert_int_eq(shmb_send_commit(pub, out, 8), -ENOTCONN);
+        ck_assert_int_eq(shmb_send_abort(pub, out), -ENOTCONN);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), 3);
+        ck_assert_int_eq(memcmp(buf, "one", 3), 0);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), 3);
+        ck_assert_int_eq(memcmp(buf, "two", 3), 0);
+
+        ck_assert_int_eq(shmb_send_reserve(other, 8, &kept, 0), 0);
+        ck_assert_int_eq(shmb_send_reserve(other, 8, &late, 0), 0);
+        bcast_mark_removed(b.admin, NULL);
+        ck_assert_int_eq(shmb_send_commit(other, kept, 8), -EIDRM);
+        ck_assert_int_eq(shmb_send_abort(other, late), -EIDRM);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), -EIDRM);
+        handle_free(sub);
+        handle_free(other);
+        handle_free(pub);
+}
+END_TEST
+
+/*
  * A publisher prefetches the slot about 1 KiB past the one it claimed, as a
  * ring's sender does (client/prefetch.h, where test-ring checks the
  * target's wrap): 8 slots of 64 B, or half a lap of a short ring.
@@ -568,6 +611,7 @@ int main(void) {
         tcase_add_test(tc, test_header_rewritten_during_setup_is_read_once);
         tcase_add_test(tc, test_publisher_prefetches_less_than_a_lap_ahead);
         tcase_add_test(tc, test_scribbled_length_is_cut_to_the_slot);
+        tcase_add_test(tc, test_taken_or_removed_reservations_say_so);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_ENV);
