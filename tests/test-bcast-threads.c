@@ -488,6 +488,47 @@ START_TEST(test_taken_or_removed_reservations_say_so) {
 END_TEST
 
 /*
+ * A header that is not this layout's (another magic, or another version of
+ * it) is refused at setup, whatever its figures say: nothing of another
+ * layout is read or written, as a ring's (test-ring's
+ * test_header_must_be_this_version).
+ */
+START_TEST(test_header_of_another_layout_is_refused) {
+        Bus b;
+        ProtoChannel pc;
+        uint32_t *fields[2];
+
+        bus_make(&b, 4, 1, false);
+        fields[0] = &b.admin->magic;
+        fields[1] = &b.admin->version;
+        pc = (ProtoChannel) { .ring_version = BCAST_VERSION, .slot_size = SLOT_SIZE, .slots = b.slots,
+                              .subscribers = b.subscribers, .overflow = PROTO_OVERFLOW_BLOCK, .table_id = b.table_id };
+        for (int k = 0; k < 2; k++) {
+                uint32_t was = *fields[k];
+
+                for (int sub = 0; sub < 2; sub++) {
+                        shmb_channel *ch = calloc(1, sizeof *ch);
+                        RingHolder *table = sub ? bcast_subscriber_at(b.admin, 0) : bcast_publisher_at(b.admin, 0);
+
+                        ck_assert_ptr_nonnull(ch);
+                        ch->access = sub ? SHMB_RO : SHMB_RW;
+                        ch->addr = b.admin;
+                        ch->info.layout = SHMB_LAYOUT_BROADCAST;
+                        ch->info.size = bcast_segment_size(SLOT_SIZE, b.slots, b.subscribers);
+                        ch->hold.token = holder_set(table, 0, 1, RING_HOLDER_LIVE);
+                        *fields[k] = was + 1;
+                        ck_assert_int_eq(bcast_channel_setup(ch, &pc), -EPROTO);
+                        ck_assert_ptr_null(ch->bcast);
+                        *fields[k] = was;
+                        ck_assert_int_eq(bcast_channel_setup(ch, &pc), 0);
+                        bcast_channel_free(ch);
+                        free(ch);
+                }
+        }
+}
+END_TEST
+
+/*
  * A publisher prefetches the slot about 1 KiB past the one it claimed, as a
  * ring's sender does (client/prefetch.h, where test-ring checks the
  * target's wrap): 8 slots of 64 B, or half a lap of a short ring.
@@ -612,6 +653,7 @@ int main(void) {
         tcase_add_test(tc, test_publisher_prefetches_less_than_a_lap_ahead);
         tcase_add_test(tc, test_scribbled_length_is_cut_to_the_slot);
         tcase_add_test(tc, test_taken_or_removed_reservations_say_so);
+        tcase_add_test(tc, test_header_of_another_layout_is_refused);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_ENV);
