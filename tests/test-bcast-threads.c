@@ -12,10 +12,12 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
 #include <sys/shm.h>
 #include <unistd.h>
 
@@ -529,6 +531,86 @@ START_TEST(test_header_of_another_layout_is_refused) {
 END_TEST
 
 /*
+ * A receive's destination whose first touch stalls the copy (as test-ring
+ * stalls a sender's source): the subscriber has read the slot's seq and is
+ * inside its copy when the fault handler waits for the main thread.
+ */
+static struct {
+        char *dst;
+        size_t len;
+        int stalled, go;
+} stall;
+
+static void on_stall_fault(int sig, siginfo_t *si, void *uc) {
+        (void) sig;
+        (void) uc;
+        if ((char *) si->si_addr < stall.dst || (char *) si->si_addr >= stall.dst + stall.len)
+                abort();        /* a real crash */
+        __atomic_store_n(&stall.stalled, 1, __ATOMIC_RELEASE);
+        while (!__atomic_load_n(&stall.go, __ATOMIC_ACQUIRE))
+                sched_yield();
+        (void) mprotect(stall.dst, stall.len, PROT_READ | PROT_WRITE);
+}
+
+typedef struct StalledRecv {
+        shmb_channel *ch;
+        pthread_t thread;
+        ssize_t result;
+} StalledRecv;
+
+static void *stalled_recv_main(void *userdata) {
+        StalledRecv *r = userdata;
+
+        r->result = shmb_recv(r->ch, stall.dst, SLOT_SIZE, 5000);
+        return NULL;
+}
+
+/*
+ * Drop mode: a message overwritten while a subscriber copies it is never
+ * handed out (the seqlock's second look): the copy is thrown away, the
+ * message counted as dropped, and the call returns the oldest message
+ * still there instead, whole.
+ */
+START_TEST(test_drop_overwritten_mid_copy_is_not_handed_out) {
+        struct sigaction sa = { .sa_sigaction = on_stall_fault, .sa_flags = SA_SIGINFO }, old;
+        StalledRecv recv;
+        shmb_channel *pub, *sub;
+        uint64_t dropped;
+        char buf[SLOT_SIZE];
+        Bus b;
+
+        bus_make(&b, 2, 1, true);
+        pub = handle_new(&b, false, 0);
+        sub = handle_new(&b, true, 0);
+        stall.len = (size_t) sysconf(_SC_PAGESIZE);
+        stall.dst = mmap(NULL, stall.len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        ck_assert_ptr_ne(stall.dst, MAP_FAILED);
+        ck_assert_int_eq(sigaction(SIGSEGV, &sa, &old), 0);
+        ck_assert_int_eq(shmb_send(pub, "m0", 2, 0), 0);
+        recv = (StalledRecv) { .ch = sub };
+        ck_assert_int_eq(pthread_create(&recv.thread, NULL, stalled_recv_main, &recv), 0);
+        while (!__atomic_load_n(&stall.stalled, __ATOMIC_ACQUIRE))
+                sched_yield();
+        /* Mid-copy of position 0: positions 1 and 2 go out, and 2 takes the slot of 0 over. */
+        ck_assert_int_eq(shmb_send(pub, "m1", 2, 0), 0);
+        ck_assert_int_eq(shmb_send(pub, "m2", 2, 0), 0);
+        __atomic_store_n(&stall.go, 1, __ATOMIC_RELEASE);
+        ck_assert_int_eq(pthread_join(recv.thread, NULL), 0);
+        ck_assert_int_eq(recv.result, 2);
+        ck_assert_msg(memcmp(stall.dst, "m1", 2) == 0, "handed out \"%.2s\" for the message overwritten mid-copy",
+                      stall.dst);
+        ck_assert_int_eq(shmb_channel_dropped(sub, &dropped), 0);
+        ck_assert_uint_eq(dropped, 1);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), 2);
+        ck_assert_int_eq(memcmp(buf, "m2", 2), 0);
+        ck_assert_int_eq(sigaction(SIGSEGV, &old, NULL), 0);
+        munmap(stall.dst, stall.len);
+        handle_free(sub);
+        handle_free(pub);
+}
+END_TEST
+
+/*
  * A publisher prefetches the slot about 1 KiB past the one it claimed, as a
  * ring's sender does (client/prefetch.h, where test-ring checks the
  * target's wrap): 8 slots of 64 B, or half a lap of a short ring.
@@ -654,6 +736,7 @@ int main(void) {
         tcase_add_test(tc, test_scribbled_length_is_cut_to_the_slot);
         tcase_add_test(tc, test_taken_or_removed_reservations_say_so);
         tcase_add_test(tc, test_header_of_another_layout_is_refused);
+        tcase_add_test(tc, test_drop_overwritten_mid_copy_is_not_handed_out);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_ENV);
