@@ -611,6 +611,35 @@ START_TEST(test_drop_overwritten_mid_copy_is_not_handed_out) {
 END_TEST
 
 /*
+ * A subscriber that closes stops holding block-mode publishers back at
+ * once, not only once the broker hears of the close and marks its entry
+ * dead: here no broker ever does, and the holder table keeps it live.
+ */
+START_TEST(test_closed_subscriber_stops_blocking_at_once) {
+        Bus b;
+        shmb_channel *pub, *slow, *fast;
+        char buf[SLOT_SIZE];
+
+        bus_make(&b, 2, 2, false);
+        pub = handle_new(&b, false, 0);
+        slow = handle_new(&b, true, 0);
+        fast = handle_new(&b, true, 1);
+        ck_assert_int_eq(shmb_send(pub, "m0", 2, 0), 0);
+        ck_assert_int_eq(shmb_send(pub, "m1", 2, 0), 0);
+        ck_assert_int_eq(shmb_recv(fast, buf, sizeof buf, 0), 2);
+        ck_assert_int_eq(shmb_recv(fast, buf, sizeof buf, 0), 2);
+        /* A lap ahead of the slow one, which has read nothing. */
+        ck_assert_int_eq(shmb_send(pub, "m2", 2, 0), -EAGAIN);
+        handle_free(slow);
+        ck_assert_int_eq(shmb_send(pub, "m2", 2, 0), 0);
+        ck_assert_int_eq(shmb_recv(fast, buf, sizeof buf, 0), 2);
+        ck_assert_int_eq(memcmp(buf, "m2", 2), 0);
+        handle_free(fast);
+        handle_free(pub);
+}
+END_TEST
+
+/*
  * A publisher prefetches the slot about 1 KiB past the one it claimed, as a
  * ring's sender does (client/prefetch.h, where test-ring checks the
  * target's wrap): 8 slots of 64 B, or half a lap of a short ring.
@@ -737,6 +766,7 @@ int main(void) {
         tcase_add_test(tc, test_taken_or_removed_reservations_say_so);
         tcase_add_test(tc, test_header_of_another_layout_is_refused);
         tcase_add_test(tc, test_drop_overwritten_mid_copy_is_not_handed_out);
+        tcase_add_test(tc, test_closed_subscriber_stops_blocking_at_once);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_ENV);
