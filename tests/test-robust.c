@@ -2487,6 +2487,43 @@ static void buffer_hog_child(void *userdata) {
         free(partial);
 }
 
+/*
+ * shmbroker.json(5), buffers_per_uid: a single connection that falls
+ * behind reading its answers "can be closed for it" when the limit is
+ * below output_max. Closed also when it never reads again: its ENOBUFS
+ * cannot be written into its full socket, and the connection must still
+ * go within request_timeout_ms, not stay counted (with its holds gone)
+ * for as long as the client keeps its end. Seen in STATUS=: no client.
+ */
+START_TEST(test_connection_closed_for_buffers_goes_unread) {
+        static const char status[] = "{\"op\":\"status\"}\n";
+        char *msg;
+        int fd;
+
+        td.keep_notify = true;
+        start_with("\"limits\": {\"buffers_per_uid\": 65536, \"request_timeout_ms\": 200},", one_public_channel);
+        fd = test_connect(td.socket);
+        request_ok(fd, "{\"op\":\"open\",\"channel\":\"pub\",\"access\":\"ro\"}");
+        msg = test_daemon_wait_notify(&td, "1 client, 1 hold", 5000);
+        ck_assert_msg(msg, "no STATUS= with the client: %s", td.notified);
+        free(msg);
+        /* Answers of about 1 KiB each, unread: past the socket's room and the 64 KiB. */
+        for (int i = 0; i < 20000; i++)
+                if (send(fd, status, sizeof status - 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+                        ck_assert_msg(errno == EAGAIN || errno == EPIPE || errno == ECONNRESET, "send: %s",
+                                      strerror(errno));
+                        if (errno != EAGAIN)
+                                break;
+                        usleep(1000);
+                }
+        msg = test_daemon_wait_notify(&td, "0 clients, 0 holds", 5000);
+        ck_assert_msg(msg, "the connection closed for buffers_per_uid never ended: %s", td.notified);
+        free(msg);
+        close(fd);
+        assert_daemon_alive();
+}
+END_TEST
+
 START_TEST(test_buffers_per_uid) {
         long base_rss, rss;
         int root, other;
@@ -2960,7 +2997,7 @@ int main(void) {
                 { "hostile-input", CASE_TIMEOUT, { test_hostile_input, test_descriptor_sent_to_the_daemon_cannot_stall_it,
                                            test_socket_that_cannot_refuse_descriptors } },
                 { "access-matrix", CASE_TIMEOUT, { test_access_matrix } },
-                { "buffers", CASE_TIMEOUT, { test_buffers_per_uid } },
+                { "buffers", CASE_TIMEOUT, { test_buffers_per_uid, test_connection_closed_for_buffers_goes_unread } },
                 { "log", CASE_TIMEOUT, { test_refused_requests_do_not_flood_the_log,
                                          test_left_out_client_messages_are_counted } },
         };
