@@ -1697,6 +1697,45 @@ START_TEST(test_reload_replaces_changed_broadcast) {
 END_TEST
 
 /*
+ * A change of "subscribers" alone that leaves the data segment's size as it
+ * was (its holder table is rounded to 64 bytes) still replaces the channel:
+ * the header, the table and the limit of subscribers at once all change.
+ */
+START_TEST(test_reload_replaces_broadcast_of_same_size_other_subscribers) {
+        shmb_reload_result *res;
+        shmb_client *c;
+        json_t *resp, *e;
+
+        /* The premise: "pair" with 1 subscriber instead of 2 has a segment of the same size. */
+        ck_assert_uint_eq(bcast_segment_size(64, 4, 1), bcast_segment_size(64, 4, 2));
+        test_daemon_write_config(&td,
+                "[{\"name\": \"news\", \"layout\": \"broadcast\", \"slot_size\": 256, \"slots\": 8, \"subscribers\": 4},"
+                " {\"name\": \"feed\", \"layout\": \"broadcast\", \"slot_size\": 256, \"slots\": 8, \"subscribers\": 4,"
+                "  \"overflow\": \"drop\"},"
+                " {\"name\": \"pair\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4, \"subscribers\": 1},"
+                " {\"name\": \"big\", \"layout\": \"broadcast\", \"slot_size\": 1048576, \"slots\": 2, \"subscribers\": 3},"
+                " {\"name\": \"plain\", \"size\": 4096}]");
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_reload(c, &res), 0);
+        ck_assert_msg(names_are((char **) shmb_reload_result_changed(res), "pair"), "changed: %s",
+                      names_text((char **) shmb_reload_result_changed(res)));
+        shmb_reload_result_free(res);
+        shmb_disconnect(c);
+        e = status_of("pair", &resp);
+        ck_assert_int_eq(test_jint(e, "subscribers"), 1);
+        json_decref(resp);
+        /* The limit is the new one: a second subscriber is refused. */
+        {
+                shmb_channel *one = test_open_ok("pair", SHMB_RO), *two = NULL;
+
+                ck_assert_int_eq(shmb_open_channel(NULL, "pair", SHMB_RO, &two), -EUSERS);
+                ck_assert_ptr_null(two);
+                shmb_close(one);
+        }
+}
+END_TEST
+
+/*
  * A broker killed with SIGKILL and started again takes broadcast channels
  * over (both segments, the same ids): publishers and subscribers attached
  * before keep working, and new ones join them. A channel whose config
@@ -2178,6 +2217,7 @@ int main(void) {
                                              test_interrupted_waits_see_objects_removed_while_broker_is_away,
                                              test_stop_marks_removed_before_its_first_wakeup } },
                 { "admin", CASE_TIMEOUT, { test_status_shows_subscribers_lag, test_status_semaphores_skip_the_channels_own, test_reload_replaces_changed_broadcast,
+                             test_reload_replaces_broadcast_of_same_size_other_subscribers,
                              test_crash_restart_adopts_broadcast,
                              test_crash_restart_trusts_no_table_a_publisher_names,
                              test_subscription_closed_after_crash_frees_its_place,
