@@ -327,6 +327,34 @@ START_TEST(test_add_remove_keep_change_in_one_reload) {
 }
 END_TEST
 
+/* New initial semaphore values alone (same count, size and rights) replace the channel: a start would make them so. */
+START_TEST(test_changed_semaphore_values_replace) {
+        json_t *before, *after;
+        unsigned short v[2];
+        int fd, old_shm, old_sem;
+
+        test_daemon_write_config(&td, "[{\"name\": \"v\", \"size\": 4096, \"semaphores\": [1, 2]}]");
+        test_start_ok();
+        before = list_ok();
+        old_shm = (int) test_jint(test_must_find(before, "v"), "shm_id");
+        old_sem = (int) test_jint(test_must_find(before, "v"), "sem_id");
+
+        test_daemon_write_config(&td, "[{\"name\": \"v\", \"size\": 4096, \"semaphores\": [7, 2]}]");
+        fd = test_connect(td.socket);
+        reload_expect(fd, "", "", "v", "");
+        after = list_ok();
+        sem_values((int) test_jint(test_must_find(after, "v"), "sem_id"), v);
+        ck_assert_uint_eq(v[0], 7);
+        ck_assert_uint_eq(v[1], 2);
+        ck_assert_msg(!shm_exists(old_shm), "the old segment %d still exists", old_shm);
+        ck_assert_msg(!sem_exists(old_sem), "the old set %d still exists", old_sem);
+        assert_ipcs(1, 1);
+        json_decref(before);
+        json_decref(after);
+        close(fd);
+}
+END_TEST
+
 START_TEST(test_kept_channel_untouched_byte_for_byte) {
         static const char *const first =
                 "[{\"name\": \"keep\", \"size\": 16384, \"semaphores\": [1, 0, 7], \"mode\": \"0660\"},"
@@ -3072,6 +3100,7 @@ int main(void) {
                                  test_reload_keeping_holders_rights_stays_in_place,
                                  test_revoking_crash_restart_replaces_held_channel,
                                  test_revoking_reload_after_crash_restart_replaces_held_channel } },
+                { "reload-replace", CASE_TIMEOUT, { test_changed_semaphore_values_replace } },
                 { "reload-toctou", CASE_TIMEOUT, { test_attach_between_plan_and_ipc_set_is_judged,
                                                    test_attach_between_plan_and_ipc_set_key_taken_removes } },
                 { "top-level-keys", CASE_TIMEOUT, { test_limits_admin_group_and_socket_at_reload } },
