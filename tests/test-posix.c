@@ -2440,6 +2440,34 @@ static void assert_taken_over(const char *channel, const char *file, const struc
 }
 
 /*
+ * A crash, then a start whose config gives the channel other initial
+ * semaphore values (its files' sizes and header as they were): a start
+ * makes it anew with the new values, as it does for a System V channel,
+ * rather than taking the old files over.
+ */
+START_TEST(test_crash_changed_values_made_anew) {
+        char *before = shm_listing(), *log;
+        json_t *resp;
+        int fd;
+
+        test_daemon_write_config(&td, "[{\"name\": \"sv\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1]}]");
+        test_start_ok();
+        test_daemon_kill(&td, SIGKILL);
+        test_daemon_write_config(&td, "[{\"name\": \"sv\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [4]}]");
+        test_start_ok();
+        log = log_now();
+        ck_assert_msg(!strstr(log, "Took over channel sv"), "sv was taken over with its old values:\n%s", log);
+        free(log);
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"status\", \"channel\": \"sv\"}");
+        ck_assert_int_eq(test_jint(json_array_get(json_object_get(test_must_find(resp, "sv"), "semaphores"), 0), "value"), 4);
+        json_decref(resp);
+        close(fd);
+        stop_and_assert_listing(before);
+}
+END_TEST
+
+/*
  * A channel whose files belong to another owner (here nobody's uid, given
  * at start or by a reload) is the daemon's all the same: after a SIGKILL
  * the next start takes it over, with its contents, and a start whose
@@ -4089,6 +4117,7 @@ int main(void) {
                                            test_crash_adopt_records_of_an_older_version,
                                            test_crash_intent_of_a_taken_over_file_spares_it,
                                            test_crash_reclaim_spares_owners_planted_file } },
+                { "crash-values", CASE_TIMEOUT, { test_crash_changed_values_made_anew } },
         };
 
         return test_main("posix", groups, sizeof groups / sizeof *groups, posix_setup, test_teardown);
