@@ -1562,6 +1562,35 @@ START_TEST(test_crash_restart_fixed_key_of_adopted_channel) {
 }
 END_TEST
 
+/* The same for a broadcast channel's subscriber table: a key now fixed for another channel is not taken over. */
+START_TEST(test_crash_restart_fixed_key_of_adopted_table) {
+        json_t *list;
+        char *channels;
+        json_int_t key;
+        int status = 0;
+
+        list = start_and_list("[{\"name\": \"bc\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4}]");
+        key = test_jint(test_must_find(list, "bc"), "table_key");
+        json_decref(list);
+        test_daemon_kill(&td, SIGKILL);
+
+        ck_assert_int_ge(asprintf(&channels, "[{\"name\": \"bc\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4},"
+                                             " {\"name\": \"b\", \"size\": 4096, \"key\": %lld}]", (long long) key), 0);
+        test_daemon_write_config(&td, channels);
+        free(channels);
+        ck_assert_msg(test_daemon_start(&td, &status, NULL),
+                      "the restart after a crash failed (status %d) where a fresh start with the file works", status);
+        list = list_ok();
+        ck_assert_int_eq(test_jint(test_must_find(list, "b"), "shm_key"), key);
+        ck_assert_int_ne(test_jint(test_must_find(list, "bc"), "table_key"), key);
+        json_decref(list);
+        /* bc's two segments and set, b's segment and set: nothing of the killed run is left. */
+        assert_ipcs(3, 2);
+        test_daemon_stop_ok(&td);
+        assert_ipcs(0, 0);
+}
+END_TEST
+
 /*
  * As test_socket_changed_then_crash_leaves_nothing, with the config path a
  * symlink that a deploy swaps to a new file (a Kubernetes ConfigMap's
@@ -3113,6 +3142,7 @@ int main(void) {
                                 test_fixed_key_of_kept_channel, test_socket_changed_then_crash_leaves_nothing,
                                 test_files_of_other_daemons_are_left_alone } },
                 { "restarts", CASE_TIMEOUT, { test_crash_restart_fixed_key_of_adopted_channel,
+                                test_crash_restart_fixed_key_of_adopted_table,
                                 test_socket_changed_by_symlink_swap_then_crash_leaves_nothing,
                                 test_previous_run_spares_a_live_daemon_on_its_old_socket,
                                 test_socket_option_run_claims_no_configuration,
