@@ -1278,6 +1278,63 @@ START_TEST(test_journal_of_many_records_reads_in_linear_time) {
 END_TEST
 
 /* Start one_channel, SIGKILL the daemon: its state file's path in path, and its text (malloc'd). */
+/*
+ * Two runs' records of one channel, both objects live and provably the
+ * daemon's (a run that lost its state file made the channel at its next
+ * key; the first run's lines came back after it): the next start takes
+ * one of them over, once, and reclaims the other.
+ */
+START_TEST(test_two_records_of_a_channel_adopt_one) {
+        char path[400], *first, *second, *log;
+        uint32_t key0, key1;
+        int fd, n = 0;
+        json_t *resp, *v;
+        size_t i;
+
+        test_daemon_write_config(&td, one_channel);
+        test_start_ok();
+        key0 = (uint32_t) frames_field("shm_key");
+        test_daemon_kill(&td, SIGKILL);
+        state_file_path(path, sizeof path, "state");
+        first = file_text(path);
+        ck_assert_ptr_nonnull(first);
+        ck_assert_int_eq(truncate(path, 0), 0);
+        test_start_ok();
+        key1 = (uint32_t) frames_field("shm_key");
+        ck_assert_uint_ne(key1, key0);
+        test_daemon_kill(&td, SIGKILL);
+        second = file_text(path);
+        ck_assert_ptr_nonnull(second);
+        /* The second run's records, then the first's. */
+        {
+                char *both = NULL;
+
+                ck_assert_int_ge(asprintf(&both, "%s%s", second, first), 0);
+                write_file(path, both, 0600, 0);
+                free(both);
+        }
+        free(first);
+        free(second);
+
+        test_start_ok();
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Took over channel frames"), "frames was not taken over:\n%s", log);
+        free(log);
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        json_array_foreach(json_object_get(resp, "channels"), i, v)
+                n += streq(test_jstr(v, "name"), "frames");
+        ck_assert_msg(n == 1, "frames is listed %d times", n);
+        json_decref(resp);
+        close(fd);
+        ck_assert_int_eq(test_ipcs_count("-m"), 1);
+        ck_assert_int_eq(test_ipcs_count("-s"), 1);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+}
+END_TEST
+
 static char *killed_run_state(char *path, size_t size) {
         char *text;
 
@@ -1376,7 +1433,8 @@ int main(void) {
                     test_foreign_state_dir_refused, test_fifo_state_refused, test_symlinks_refused,
                     test_symlinked_state_dir_refused,
                     test_planted_state_new_not_used } },
-                { "forged", CASE_TIMEOUT, { test_forged_records_spare_foreign_objects, test_set_older_than_its_record_spared } },
+                { "forged", CASE_TIMEOUT, { test_forged_records_spare_foreign_objects, test_set_older_than_its_record_spared,
+                                            test_two_records_of_a_channel_adopt_one } },
                 { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_lost_state_file_warns_of_held_key,
                                           test_derived_key_taken_by_another_user_is_named_so,
                                           test_widest_lines_fit_state_line_max,
