@@ -290,6 +290,47 @@ START_TEST(test_forged_records_spare_foreign_objects) {
 }
 END_TEST
 
+static void make_segment_as_nobody(void *userdata) {
+        const uint32_t *key = userdata;
+
+        test_drop_privileges(65534, 65534, 0);
+        _exit(shmget((key_t) *key, 8192, IPC_CREAT | IPC_EXCL | 0600) >= 0 ? 0 : 1);
+}
+
+/*
+ * A record that names another user's segment with its true creator pid,
+ * size and key (a pid the daemon's killed run may have had, reused): the
+ * creator's uid is not the daemon's, so the segment is not provably ours
+ * and stays.
+ */
+START_TEST(test_record_of_another_users_segment_spared) {
+        uint32_t key = 0x5454;
+        struct shmid_ds ds;
+        char *text;
+        pid_t pid;
+        int id, status;
+
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0)
+                make_segment_as_nobody(&key);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child could not make the segment");
+        id = shmget((key_t) key, 0, 0);
+        ck_assert_int_ge(id, 0);
+        ck_assert_int_eq(shmctl(id, IPC_STAT, &ds), 0);
+        ck_assert_uint_eq(ds.shm_perm.cuid, 65534);
+        ck_assert_int_eq(ds.shm_cpid, pid);
+        ck_assert_int_ge(asprintf(&text, "shm %u %d %d %lld 8192\n", key, id, (int) pid, (long long) time(NULL) - 1), 0);
+        start_with_records(text);
+        free(text);
+        ck_assert_msg(shmctl(id, IPC_STAT, &ds) == 0, "another user's segment %d was removed: %s", id, strerror(errno));
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(shmctl(id, IPC_RMID, NULL), 0);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+}
+END_TEST
+
 /* A record whose creator pid matches a segment's but whose set's ctime is older than the record: the set stays. */
 START_TEST(test_set_older_than_its_record_spared) {
         Foreign f = foreign_objects(0x5353);
@@ -1434,7 +1475,8 @@ int main(void) {
                     test_symlinked_state_dir_refused,
                     test_planted_state_new_not_used } },
                 { "forged", CASE_TIMEOUT, { test_forged_records_spare_foreign_objects, test_set_older_than_its_record_spared,
-                                            test_two_records_of_a_channel_adopt_one } },
+                                            test_two_records_of_a_channel_adopt_one,
+                                            test_record_of_another_users_segment_spared } },
                 { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_lost_state_file_warns_of_held_key,
                                           test_derived_key_taken_by_another_user_is_named_so,
                                           test_widest_lines_fit_state_line_max,
