@@ -2485,6 +2485,57 @@ START_TEST(test_attach_between_plan_and_ipc_set_key_taken_removes) {
 }
 END_TEST
 
+/*
+ * A replacement that step 3 cannot make (a stranger takes the fixed key the
+ * moment the daemon removed the old objects): the answer lists the channel
+ * as removed, as it is gone, never as changed.
+ */
+START_TEST(test_replacement_failed_in_step_3_is_listed_removed) {
+        struct __ptrace_syscall_info info;
+        int shm_id, fd, foreign;
+        json_t *list, *resp;
+        bool met = false;
+        char *line;
+
+        test_daemon_write_config(&td, "[{\"name\": \"m\", \"size\": 4096, \"key\": " STRINGIFY(M_KEY) "}]");
+        test_start_ok();
+        list = list_ok();
+        shm_id = (int) test_jint(test_must_find(list, "m"), "shm_id");
+        json_decref(list);
+
+        /* A new size: the old objects go in step 2, the new ones are made under the same key in step 3. */
+        test_daemon_write_config(&td, "[{\"name\": \"m\", \"size\": 8192, \"key\": " STRINGIFY(M_KEY) "}]");
+        test_daemon_trace(&td);
+        fd = test_connect(td.socket);
+        test_send(fd, "{\"op\":\"reload\"}\n", 16);
+        while (!met && test_next_syscall_stop(td.pid)) {
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+                met = info.op == PTRACE_SYSCALL_INFO_ENTRY && info.entry.nr == SYS_shmctl &&
+                      (int) info.entry.args[0] == shm_id && (info.entry.args[1] & 0xff) == IPC_RMID;
+        }
+        ck_assert_msg(met, "the reload did not remove segment %d", shm_id);
+        ck_assert(test_next_syscall_stop(td.pid));
+        foreign = shmget((key_t) M_KEY, 4096, IPC_CREAT | IPC_EXCL | 0600);
+        ck_assert_msg(foreign >= 0, "m's key was not free after its removal: %s", strerror(errno));
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+
+        line = test_read_line(fd);
+        ck_assert_ptr_nonnull(line);
+        resp = json_loads(line, 0, NULL);
+        ck_assert_ptr_nonnull(resp);
+        free(line);
+        test_assert_ok(resp);
+        assert_names(resp, "removed", "m");
+        assert_names(resp, "changed", "");
+        json_decref(resp);
+        list = list_ok();
+        ck_assert_ptr_null(test_find_channel(list, "m"));
+        json_decref(list);
+        close(fd);
+        ck_assert_int_eq(shmctl(foreign, IPC_RMID, NULL), 0);
+}
+END_TEST
+
 START_TEST(test_reload_keeping_holders_rights_stays_in_place) {
         /* "l" is loosened; "w" loses group write, which its ro holder never had; "free" is tightened,
          * but held only by root (the test itself), whom the owner bits still admit. */
@@ -3129,7 +3180,8 @@ int main(void) {
                                  test_reload_keeping_holders_rights_stays_in_place,
                                  test_revoking_crash_restart_replaces_held_channel,
                                  test_revoking_reload_after_crash_restart_replaces_held_channel } },
-                { "reload-replace", CASE_TIMEOUT, { test_changed_semaphore_values_replace } },
+                { "reload-replace", CASE_TIMEOUT, { test_changed_semaphore_values_replace,
+                                                    test_replacement_failed_in_step_3_is_listed_removed } },
                 { "reload-toctou", CASE_TIMEOUT, { test_attach_between_plan_and_ipc_set_is_judged,
                                                    test_attach_between_plan_and_ipc_set_key_taken_removes } },
                 { "top-level-keys", CASE_TIMEOUT, { test_limits_admin_group_and_socket_at_reload } },
