@@ -1783,6 +1783,38 @@ START_TEST(test_crash_restart_adopts_broadcast) {
 END_TEST
 
 /*
+ * A table segment removed (ipcrm) while the broker was down, still attached
+ * by a subscriber so that it lives on under IPC_PRIVATE: it is no longer
+ * the channel's, so the channel is not taken over but made anew, and its
+ * clients learn that their channel is gone.
+ */
+START_TEST(test_crash_restart_with_removed_table_makes_anew) {
+        shmb_channel *sub = test_open_ok("news", SHMB_RO);
+        json_t *resp, *e;
+        int shm_id, table_id;
+        char *log;
+
+        e = status_of("news", &resp);
+        shm_id = (int) test_jint(e, "shm_id");
+        table_id = (int) test_jint(e, "table_id");
+        json_decref(resp);
+        test_daemon_kill(&td, SIGKILL);
+        ck_assert_int_eq(shmctl(table_id, IPC_RMID, NULL), 0);
+        test_start_ok();
+        log = test_daemon_log(&td);
+        ck_assert_msg(!strstr(log, "Took over channel news"), "news was taken over with a removed table:\n%s", log);
+        free(log);
+        e = status_of("news", &resp);
+        ck_assert_int_ne(test_jint(e, "shm_id"), shm_id);
+        ck_assert_int_ne(test_jint(e, "table_id"), table_id);
+        json_decref(resp);
+        ck_assert_int_eq(shmb_recv(sub, &(uint32_t) { 0 }, 4, -1), -EIDRM);
+        shmb_close(sub);
+        ck_assert_int_eq(test_ipcs_count("-m"), 5 + 4);
+}
+END_TEST
+
+/*
  * A publisher may write any byte of the data header, table_key and
  * table_id included. At a crash restart the broker must not take that
  * word for which segment is the channel's table: pointed at another
@@ -2220,6 +2252,7 @@ int main(void) {
                              test_reload_replaces_broadcast_of_same_size_other_subscribers,
                              test_crash_restart_adopts_broadcast,
                              test_crash_restart_trusts_no_table_a_publisher_names,
+                             test_crash_restart_with_removed_table_makes_anew,
                              test_subscription_closed_after_crash_frees_its_place,
                              test_refused_open_after_restart_leaves_no_hold,
                              test_close_racing_an_open_leaves_no_hold,
