@@ -347,6 +347,26 @@ START_TEST(test_set_older_than_its_record_spared) {
 }
 END_TEST
 
+/*
+ * A record whose key, id, creator uid and creator pid match a segment (a
+ * pid reused by another of root's programs) but whose size does not: not
+ * the segment the record is about, so it stays.
+ */
+START_TEST(test_segment_of_another_size_spared) {
+        Foreign f = foreign_objects(0x5555);
+        char *text;
+
+        ck_assert_int_ge(asprintf(&text, "shm %u %d %d %lld 4096\n", f.key, f.shm_id, (int) getpid(),
+                                  (long long) time(NULL) - 1), 0);
+        start_with_records(text);
+        free(text);
+        assert_foreign_intact(&f);
+        test_daemon_stop_ok(&td);
+        assert_foreign_intact(&f);
+        remove_foreign(&f);
+}
+END_TEST
+
 /* The first 64 candidate keys of the old, public derivation (FNV-1a of "shmbroker:" NAME, attempt). */
 static uint32_t public_key(const char *name, unsigned attempt) {
         uint32_t h = 2166136261u;
@@ -1476,7 +1496,8 @@ int main(void) {
                     test_planted_state_new_not_used } },
                 { "forged", CASE_TIMEOUT, { test_forged_records_spare_foreign_objects, test_set_older_than_its_record_spared,
                                             test_two_records_of_a_channel_adopt_one,
-                                            test_record_of_another_users_segment_spared } },
+                                            test_record_of_another_users_segment_spared,
+                                            test_segment_of_another_size_spared } },
                 { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_lost_state_file_warns_of_held_key,
                                           test_derived_key_taken_by_another_user_is_named_so,
                                           test_widest_lines_fit_state_line_max,
