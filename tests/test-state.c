@@ -367,6 +367,7 @@ START_TEST(test_segment_of_another_size_spared) {
 }
 END_TEST
 
+
 /* The first 64 candidate keys of the old, public derivation (FNV-1a of "shmbroker:" NAME, attempt). */
 static uint32_t public_key(const char *name, unsigned attempt) {
         uint32_t h = 2166136261u;
@@ -486,6 +487,32 @@ START_TEST(test_lost_state_file_warns_of_held_key) {
         /* The old objects are nobody's now: the test removes them, as the warning tells an admin to. */
         ck_assert_int_eq(shmctl(shm_id, IPC_RMID, NULL), 0);
         ck_assert_int_eq(semctl(semget((key_t) key, 0, 0), 0, IPC_RMID), 0);
+}
+END_TEST
+
+/*
+ * A channel's derived key at which another program holds a semaphore set
+ * but no segment: the daemon makes the segment there, finds the set's key
+ * taken and moves on to its next key; the segment it made at the first
+ * one goes (no record would ever name it again).
+ */
+START_TEST(test_key_of_a_foreign_set_leaves_no_segment) {
+        uint32_t key;
+        int sem_id;
+
+        test_daemon_write_config(&td, one_channel);
+        test_start_ok();
+        key = (uint32_t) frames_field("shm_key");
+        test_daemon_stop_ok(&td);
+        sem_id = semget((key_t) key, 1, IPC_CREAT | IPC_EXCL | 0600);
+        ck_assert_int_ge(sem_id, 0);
+        test_start_ok();
+        ck_assert_uint_ne((uint32_t) frames_field("shm_key"), key);
+        ck_assert_msg(shmget((key_t) key, 0, 0) < 0, "a segment was left at key 0x%08x", key);
+        ck_assert_int_eq(test_ipcs_count("-m"), 1);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(semctl(sem_id, 0, IPC_RMID), 0);
 }
 END_TEST
 
@@ -1497,7 +1524,8 @@ int main(void) {
                 { "forged", CASE_TIMEOUT, { test_forged_records_spare_foreign_objects, test_set_older_than_its_record_spared,
                                             test_two_records_of_a_channel_adopt_one,
                                             test_record_of_another_users_segment_spared,
-                                            test_segment_of_another_size_spared } },
+                                            test_segment_of_another_size_spared,
+                                            test_key_of_a_foreign_set_leaves_no_segment } },
                 { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_lost_state_file_warns_of_held_key,
                                           test_derived_key_taken_by_another_user_is_named_so,
                                           test_widest_lines_fit_state_line_max,
