@@ -710,6 +710,46 @@ static int state_live(const char *kind, int *ret_added) {
  * attachment still works), "frames", whose ring grew meanwhile, is made anew
  * and its old objects are reclaimed.
  */
+/*
+ * A run killed after it marked a ring removed (a stop or a reload that
+ * dropped it) but before the segment went: the next start does not take
+ * that ring over, as every client would get -EIDRM from it for ever; it
+ * makes the channel anew and removes the old segment.
+ */
+START_TEST(test_ring_marked_removed_is_not_taken_over) {
+        json_t *before, *after;
+        int fd, fr_shm;
+        struct shmid_ds ds;
+        char *log;
+        void *addr;
+
+        before = start_and_list(two_channels, &fd);
+        close(fd);
+        fr_shm = (int) test_jint(test_must_find(before, "frames"), "shm_id");
+        json_decref(before);
+        addr = shmat(fr_shm, NULL, 0);
+        ck_assert_ptr_ne(addr, (void *) -1);
+        ring_mark_removed(addr);
+        ck_assert_int_eq(shmdt(addr), 0);
+        test_daemon_kill(&td, SIGKILL);
+
+        test_start_ok();
+        log = test_daemon_log(&td);
+        ck_assert_msg(!strstr(log, "Took over channel frames"), "a ring marked removed was taken over:\n%s", log);
+        ck_assert_msg(strstr(log, "Took over channel telemetry"), "telemetry was not taken over:\n%s", log);
+        free(log);
+        fd = test_connect(td.socket);
+        after = test_request(fd, "{\"op\":\"list\"}");
+        close(fd);
+        ck_assert_int_ne(test_jint(test_must_find(after, "frames"), "shm_id"), fr_shm);
+        json_decref(after);
+        ck_assert_msg(shmctl(fr_shm, IPC_STAT, &ds) < 0, "the old ring's segment %d is left", fr_shm);
+        ck_assert_int_eq(test_ipcs_count("-m"), 2);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+}
+END_TEST
+
 START_TEST(test_sigkill_then_restart_adopts_or_replaces) {
         static const char *const frames_grown =
                 "[{\"name\": \"telemetry\", \"size\": 65536, \"semaphores\": [1, 0, 7], \"group\": 100, \"mode\": \"0640\","
@@ -3426,7 +3466,8 @@ int main(void) {
                                  test_second_daemon_refuses, test_stale_socket_replaced_live_socket_kept,
                                  test_objects_removed_behind_our_back_are_remade, test_status_of_all_repairs_and_drops_as_it_goes,
                                  test_ring_that_cannot_be_remade_leaves_no_fifo,
-                                 test_unprivileged_daemon_reclaims_unreadable_objects } },
+                                 test_unprivileged_daemon_reclaims_unreadable_objects,
+                                 test_ring_marked_removed_is_not_taken_over } },
                 { "scale", SCALE_TIMEOUT, { test_crash_restart_of_many_channels_adopts_in_linear_time,
                                             test_open_among_many_holds_of_a_connection } },
                 { "capability", CASE_TIMEOUT, { test_capability_of_own_user_namespace_is_not_honoured,
