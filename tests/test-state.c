@@ -368,6 +368,35 @@ START_TEST(test_segment_of_another_size_spared) {
 END_TEST
 
 
+/*
+ * Intents (a set the killed run may have made, not recorded by id yet)
+ * naming sets that were used: one set up by another process (its last pid
+ * not the intent's), one operated on (semop) by the intent's own pid.
+ * Both stay: a set the run made and never used would show neither.
+ */
+START_TEST(test_intents_of_used_sets_spared) {
+        int set_up = semget(0x5757, 2, IPC_CREAT | IPC_EXCL | 0600), operated = semget(0x5858, 2, IPC_CREAT | IPC_EXCL | 0600);
+        struct sembuf up = { .sem_num = 0, .sem_op = 1 };
+        struct semid_ds sds;
+        long long since = (long long) time(NULL) - 1;
+        char *text;
+
+        ck_assert_int_ge(set_up, 0);
+        ck_assert_int_ge(operated, 0);
+        ck_assert_int_eq(semctl(set_up, 0, SETVAL, 3), 0);
+        ck_assert_int_eq(semop(operated, &up, 1), 0);
+        ck_assert_int_ge(asprintf(&text, "psem %u -1 %d %lld 2\npsem %u -1 %d %lld 2\n", 0x5757u, (int) getpid() + 1,
+                                  since, 0x5858u, (int) getpid(), since), 0);
+        start_with_records(text);
+        free(text);
+        ck_assert_msg(semctl(set_up, 0, IPC_STAT, &sds) == 0, "the set another process set up was removed");
+        ck_assert_msg(semctl(operated, 0, IPC_STAT, &sds) == 0, "the set that was operated on was removed");
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(semctl(set_up, 0, IPC_RMID), 0);
+        ck_assert_int_eq(semctl(operated, 0, IPC_RMID), 0);
+}
+END_TEST
+
 /* The first 64 candidate keys of the old, public derivation (FNV-1a of "shmbroker:" NAME, attempt). */
 static uint32_t public_key(const char *name, unsigned attempt) {
         uint32_t h = 2166136261u;
@@ -1525,7 +1554,8 @@ int main(void) {
                                             test_two_records_of_a_channel_adopt_one,
                                             test_record_of_another_users_segment_spared,
                                             test_segment_of_another_size_spared,
-                                            test_key_of_a_foreign_set_leaves_no_segment } },
+                                            test_key_of_a_foreign_set_leaves_no_segment,
+                                            test_intents_of_used_sets_spared } },
                 { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_lost_state_file_warns_of_held_key,
                                           test_derived_key_taken_by_another_user_is_named_so,
                                           test_widest_lines_fit_state_line_max,
