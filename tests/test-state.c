@@ -397,6 +397,34 @@ START_TEST(test_intents_of_used_sets_spared) {
 }
 END_TEST
 
+/*
+ * A killed run's segment and set, recorded two minutes before they were
+ * last set up: the set's ctime is past the minute its record alone
+ * vouches for, but the segment of the same run and key (its creator pid
+ * matches) is proven first, and vouches for the set: both are removed. A
+ * set of that age recorded alone is not provably the run's, and stays.
+ */
+START_TEST(test_set_proven_by_its_segment_is_reclaimed) {
+        Foreign f = foreign_objects(0x5959), alone = foreign_objects(0x5a5a);
+        long long since = (long long) time(NULL) - 120;
+        struct shmid_ds ds;
+        struct semid_ds sds;
+        char *text;
+
+        /* The set first in the file: the segment is judged first all the same. */
+        ck_assert_int_ge(asprintf(&text, "sem %u %d %d %lld 2\nshm %u %d %d %lld 8192\nsem %u %d %d %lld 2\n", f.key,
+                                  f.sem_id, (int) getpid(), since, f.key, f.shm_id, (int) getpid(), since, alone.key,
+                                  alone.sem_id, (int) getpid(), since), 0);
+        start_with_records(text);
+        free(text);
+        ck_assert_msg(shmctl(f.shm_id, IPC_STAT, &ds) < 0, "the recorded segment %d was not reclaimed", f.shm_id);
+        ck_assert_msg(semctl(f.sem_id, 0, IPC_STAT, &sds) < 0, "the recorded set %d was not reclaimed", f.sem_id);
+        assert_foreign_intact(&alone);
+        test_daemon_stop_ok(&td);
+        remove_foreign(&alone);
+}
+END_TEST
+
 /* The first 64 candidate keys of the old, public derivation (FNV-1a of "shmbroker:" NAME, attempt). */
 static uint32_t public_key(const char *name, unsigned attempt) {
         uint32_t h = 2166136261u;
@@ -1555,7 +1583,8 @@ int main(void) {
                                             test_record_of_another_users_segment_spared,
                                             test_segment_of_another_size_spared,
                                             test_key_of_a_foreign_set_leaves_no_segment,
-                                            test_intents_of_used_sets_spared } },
+                                            test_intents_of_used_sets_spared,
+                                            test_set_proven_by_its_segment_is_reclaimed } },
                 { "keys", CASE_TIMEOUT, { test_squatted_keys_do_not_stop_channels, test_lost_state_file_warns_of_held_key,
                                           test_derived_key_taken_by_another_user_is_named_so,
                                           test_widest_lines_fit_state_line_max,
