@@ -1815,6 +1815,28 @@ START_TEST(test_crash_restart_with_removed_table_makes_anew) {
 END_TEST
 
 /*
+ * The table segment removed (ipcrm) under a running broker while a
+ * subscriber still has it attached (so its id lives on, keyless): the
+ * channel's objects are not all there any more, and a status makes the
+ * channel anew, as for its data segment, rather than report the old table.
+ */
+START_TEST(test_status_sees_a_removed_table) {
+        shmb_channel *sub = test_open_ok("news", SHMB_RO);
+        json_t *resp, *e;
+        int table_id;
+
+        e = status_of("news", &resp);
+        table_id = (int) test_jint(e, "table_id");
+        json_decref(resp);
+        ck_assert_int_eq(shmctl(table_id, IPC_RMID, NULL), 0);
+        e = status_of("news", &resp);
+        ck_assert_int_ne(test_jint(e, "table_id"), table_id);
+        json_decref(resp);
+        shmb_close(sub);
+}
+END_TEST
+
+/*
  * A publisher may write any byte of the data header, table_key and
  * table_id included. At a crash restart the broker must not take that
  * word for which segment is the channel's table: pointed at another
@@ -2253,6 +2275,7 @@ int main(void) {
                              test_crash_restart_adopts_broadcast,
                              test_crash_restart_trusts_no_table_a_publisher_names,
                              test_crash_restart_with_removed_table_makes_anew,
+                             test_status_sees_a_removed_table,
                              test_subscription_closed_after_crash_frees_its_place,
                              test_refused_open_after_restart_leaves_no_hold,
                              test_close_racing_an_open_leaves_no_hold,
