@@ -708,6 +708,9 @@ START_TEST(test_secret_checks) {
         assert_start_refused(path, "others may read or write it");
         write_file(path, "not hex\n", 0600, 0);
         assert_start_refused(path, "hex digits");
+        /* Of the right length, one digit not hex: refused too, never read as some other secret. */
+        write_file(path, "0123456789abcdef0123456789abcdeg\n", 0600, 0);
+        assert_start_refused(path, "hex digits");
 }
 END_TEST
 
