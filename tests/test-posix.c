@@ -3332,6 +3332,40 @@ START_TEST(test_crash_intent_of_a_taken_over_file_spares_it) {
 END_TEST
 
 /*
+ * A leftover record under the name of a channel the start takes over,
+ * naming a file that channel has no use for (a table of the broadcast
+ * channel the name had before: the channel is raw now), is not the taken
+ * channel's: reclaim removes its file, as it would any recorded leftover,
+ * rather than skipping it as taken over.
+ */
+START_TEST(test_crash_adopt_reclaims_a_leftover_table_of_the_name) {
+        char *before = shm_listing(), line[256];
+        struct stat table, seg;
+        int fd;
+
+        test_daemon_write_config(&td, "[{\"name\": \"solo\", \"kind\": \"posix\", \"size\": 5000,"
+                                      " \"semaphores\": [1, 0], \"mode\": \"0600\"}]");
+        test_start_ok();
+        seg = mark_and_kill("shmbroker.solo");
+        fd = open(PSEM_DIR "/shmbroker-table.solo", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(ftruncate(fd, 4096), 0);
+        ck_assert_int_eq(fstat(fd, &table), 0);
+        close(fd);
+        /* Role -2: a broadcast channel's table. */
+        snprintf(line, sizeof line, "posix -2 %" PRIu64 " %" PRIu64 " %d %ld 4096 solo\n", (uint64_t) table.st_dev,
+                 (uint64_t) table.st_ino, (int) getpid(), (long) time(NULL) - 1);
+        state_append(line);
+
+        test_start_ok();
+        assert_taken_over("solo", "shmbroker.solo", &seg);
+        ck_assert_msg(!shm_exists("shmbroker-table.solo"),
+                      "the recorded table under the taken-over name was skipped as taken over, not reclaimed");
+        stop_and_assert_listing(before);
+}
+END_TEST
+
+/*
  * A run killed between making a file and recording its inode leaves an
  * intent: the next start removes the file when it is as that run left it
  * (ours, 0600, empty or of the intended size, new), and nothing else.
@@ -4156,7 +4190,8 @@ int main(void) {
                                            test_crash_adopt_records_of_an_older_version,
                                            test_crash_intent_of_a_taken_over_file_spares_it,
                                            test_crash_reclaim_spares_owners_planted_file,
-                                           test_crash_reclaim_marks_rings_removed } },
+                                           test_crash_reclaim_marks_rings_removed,
+                                           test_crash_adopt_reclaims_a_leftover_table_of_the_name } },
                 { "crash-values", CASE_TIMEOUT, { test_crash_changed_values_made_anew } },
         };
 
