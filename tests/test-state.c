@@ -1299,6 +1299,69 @@ START_TEST(test_records_at_their_limits_read_back_exactly) {
 END_TEST
 
 /*
+ * A drop cancels the record it names, not one that differs from it in a
+ * field the drop states: of System V objects recorded under one key with
+ * other ids, or of posix intents of one file whose maker, time or size
+ * differ, the ones named go, although the others were added after them (a
+ * drop takes the latest add it matches). Many of each, so that a drop and
+ * a later add it must spare share a bucket of the reader's index.
+ */
+static StateRecord one_field_record(unsigned group, unsigned i) {
+        StateRecord r = { .kind = STATE_POSIX, .id = POSIX_ROLE_SEGMENT, .pending = true, .pid = 10, .since = 100,
+                          .size = 4096, .uid = (uid_t) -1 };
+
+        switch (group) {
+        case 0:
+        case 1:
+                return (StateRecord) { .kind = group == 0 ? STATE_SHM : STATE_SEM, .key = 0x77, .id = (int) i, .pid = 1,
+                                       .since = 1, .size = group == 0 ? 4096 : 2, .uid = (uid_t) -1 };
+        case 2:
+                r.pid = 10 + (pid_t) i;
+                break;
+        case 3:
+                r.since = 100 + i;
+                break;
+        default:
+                r.size = 4096 + i;
+                break;
+        }
+        snprintf(r.name, sizeof r.name, "p%u", group);
+        return r;
+}
+
+START_TEST(test_journal_drop_spares_a_record_differing_in_one_field) {
+        enum { GROUPS = 5, PER_GROUP = 256 };
+        StateRecord *v = NULL, r;
+        size_t n = 0, skipped = 0;
+        char msg[512];
+        State *s = NULL;
+
+        ck_assert_msg(state_open(td.dir, "unit.sock", &s, msg, sizeof msg) == 0, "%s", msg);
+        for (unsigned g = 0; g < GROUPS; g++)
+                for (unsigned i = 0; i < PER_GROUP; i++) {
+                        r = one_field_record(g, i);
+                        ck_assert_int_eq(state_append_records(s, &r, 1, NULL, 0), 0);
+                }
+        /* The older half of each group is dropped. */
+        for (unsigned g = 0; g < GROUPS; g++)
+                for (unsigned i = 0; i < PER_GROUP / 2; i++) {
+                        r = one_field_record(g, i);
+                        ck_assert_int_eq(state_append_records(s, NULL, 0, &r, 1), 0);
+                }
+
+        ck_assert_int_eq(state_read(s, &v, &n, &skipped), 0);
+        ck_assert_uint_eq(skipped, 0);
+        ck_assert_msg(n == GROUPS * PER_GROUP / 2, "%zu records read, not %d", n, GROUPS * PER_GROUP / 2);
+        for (size_t i = 0; i < n; i++) {
+                r = one_field_record((unsigned) (i / (PER_GROUP / 2)), (unsigned) (i % (PER_GROUP / 2) + PER_GROUP / 2));
+                assert_record_eq(&v[i], &r, i);
+        }
+        free(v);
+        state_free(s);
+}
+END_TEST
+
+/*
  * state.h: a last line cut short by a kill "is dropped, neither read nor
  * kept". It is dropped from what state_read() returns, but it stays at the
  * end of the file, and the daemon appends to that file before its first
@@ -1606,7 +1669,8 @@ int main(void) {
                                              test_records_at_their_limits_read_back_exactly,
                                              test_append_after_a_cut_line_is_read_back,
                                              test_append_after_a_cut_comment_is_read_back,
-                                             test_first_format_intent_of_a_large_segment_is_legacy } },
+                                             test_first_format_intent_of_a_large_segment_is_legacy,
+                                             test_journal_drop_spares_a_record_differing_in_one_field } },
         };
 
         return test_main("state", groups, sizeof groups / sizeof groups[0], test_setup, test_teardown);
