@@ -1339,6 +1339,39 @@ START_TEST(test_foreign_derived_key_moves_on) {
 }
 END_TEST
 
+/*
+ * A channel removed behind the daemon's back is made again at the key it
+ * had, where its clients look for it, not at its first derived key: that
+ * one was held by another program at the start and is free again now.
+ */
+START_TEST(test_remade_channel_keeps_the_key_it_moved_to) {
+        uint32_t moved = channel_derive_key(test_secret, "frames", 1);
+        json_t *resp, *ch;
+        int foreign, fd, old_shm;
+
+        test_write_secret(&td, test_secret);
+        foreign = semget((key_t) channel_derive_key(test_secret, "frames", 0), 1, IPC_CREAT | IPC_EXCL | 0600);
+        ck_assert_int_ge(foreign, 0);
+        resp = start_and_list("[{\"name\": \"frames\", \"size\": 4096}]", &fd);
+        ch = test_find_channel(resp, "frames");
+        ck_assert_uint_eq((uint32_t) test_jint(ch, "shm_key"), moved);
+        old_shm = (int) test_jint(ch, "shm_id");
+        json_decref(resp);
+
+        /* The other program is gone, then an admin removes the segment. */
+        ck_assert_int_eq(semctl(foreign, 0, IPC_RMID), 0);
+        ck_assert_int_eq(shmctl(old_shm, IPC_RMID, NULL), 0);
+        resp = test_request(fd, "{\"op\":\"open\",\"channel\":\"frames\",\"access\":\"rw\"}");
+        test_assert_ok(resp);
+        ck_assert_int_ne(test_jint(resp, "shm_id"), old_shm);
+        ck_assert_uint_eq((uint32_t) test_jint(resp, "shm_key"), moved);
+        json_decref(resp);
+        close(fd);
+        test_daemon_stop_ok(&td);
+        assert_nothing_left();
+}
+END_TEST
+
 START_TEST(test_kernel_limit_refused_before_creating) {
         int status = 0;
         char *log;
@@ -3486,6 +3519,7 @@ int main(void) {
                                  test_holder_taken_back_after_its_connection_closed } },
                 { "resources", CASE_TIMEOUT, { test_fd_exhaustion_pauses_accept, test_derived_key_skips_fixed_keys } },
                 { "start-failures", CASE_TIMEOUT, { test_foreign_fixed_key_fails_start_and_rolls_back, test_foreign_derived_key_moves_on,
+                                      test_remade_channel_keeps_the_key_it_moved_to,
                                       test_kernel_limit_refused_before_creating, test_kernel_sem_limit_refused_before_creating,
                                       test_check_config_touches_no_ipc } },
                 { "command-line", CASE_TIMEOUT, { test_command_line_usage_and_exit_codes,
