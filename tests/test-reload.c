@@ -1462,6 +1462,50 @@ START_TEST(test_socket_option_run_claims_no_configuration) {
 }
 END_TEST
 
+/*
+ * The lock file names the socket by its absolute path (daemon.c: "the
+ * owner's lines are absolute paths, so that no line of one can be taken
+ * for the other"). A dead run's lock whose socket line holds a relative
+ * path names no socket: the start that reclaims the run (its socket moved)
+ * removes its objects and files, and leaves what that path would name from
+ * the start's directory (here the very socket the run had bound) as it
+ * leaves the socket of a lock that names none.
+ */
+START_TEST(test_previous_run_lock_with_a_relative_socket_names_none) {
+        char old[sizeof td.socket], path[sizeof td.socket + 8], *lock, *line;
+        struct stat st;
+        FILE *f;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
+        test_start_ok();
+        test_daemon_kill(&td, SIGKILL);
+        strcpy(old, td.socket);
+        ck_assert_msg(lstat(old, &st) == 0 && S_ISSOCK(st.st_mode), "the killed run left no socket at %s", old);
+        lock = lock_text(old);
+        line = strstr(lock, "\nsocket:/");
+        ck_assert_msg(line, "the lock names no bound socket:\n%s", lock);
+        /* From the start's directory, the line's relative path is the socket's. */
+        ck_assert_int_eq(chdir(td.dir), 0);
+        ck_assert_int_lt(snprintf(path, sizeof path, "%s.lock", old), (int) sizeof path);
+        f = fopen(path, "we");
+        ck_assert_ptr_nonnull(f);
+        fprintf(f, "%.*s\nsocket:%s\n", (int) (line - lock), lock, strrchr(old, '/') + 1);
+        fclose(f);
+        free(lock);
+
+        ck_assert_int_lt(snprintf(td.socket, sizeof td.socket, "%s/moved.sock", td.dir), (int) sizeof td.socket);
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
+        test_start_ok();
+        assert_ipcs(1, 1);
+        ck_assert_msg(!lock_exists(old), "the dead run's lock was kept");
+        ck_assert_msg(lstat(old, &st) == 0 && S_ISSOCK(st.st_mode),
+                      "a socket line with a relative path was taken for the socket, which was removed");
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(unlink(old), 0);
+        assert_ipcs(0, 0);
+}
+END_TEST
+
 /* Start d with -c /dev/stdin, its standard input the file `file`. */
 static void start_on_stdin(TestDaemon *d, const char *file) {
         int saved = dup(STDIN_FILENO), fd = open(file, O_RDONLY | O_CLOEXEC), status = 0;
@@ -3198,7 +3242,8 @@ int main(void) {
                                 test_socket_changed_by_symlink_swap_then_crash_leaves_nothing,
                                 test_previous_run_spares_a_live_daemon_on_its_old_socket,
                                 test_socket_option_run_claims_no_configuration,
-                                test_stdin_config_run_claims_only_the_resolved_file } },
+                                test_stdin_config_run_claims_only_the_resolved_file,
+                                test_previous_run_lock_with_a_relative_socket_names_none } },
                 { "signals", CASE_TIMEOUT, { test_sighup_during_start_is_not_fatal, test_sigterm_during_start_stops_once_serving,
                                test_sigint_during_start_removes_everything_made_so_far,
                                test_sighup_reloads_within_a_second,
