@@ -1864,6 +1864,20 @@ static void changed_uid_child(void *userdata) {
         _exit(strstr(line, "\"EACCES\"") ? 0 : CAP_CHILD_BAD_ANSWER);
 }
 
+/* Start with channel "none" (mode 0000) and run child, which must end 0: refused where it must be. */
+static void run_none_child(void (*child)(void *)) {
+        json_t *list;
+        int fd, status;
+
+        list = start_and_list("[{\"name\": \"none\", \"size\": 4096, \"mode\": \"0000\"}]", &fd);
+        json_decref(list);
+        status = test_in_child(child, td.socket);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                      "child status %d (33: i/o, 34: bad answer, 37: let in, 39: uid 65534 could not keep "
+                      "CAP_IPC_OWNER)", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        close(fd);
+}
+
 /*
  * shmbroker-protocol(7): CapEff counts only while the peer's "effective uid
  * is still the one it connected with". A root process that connected, then
@@ -1871,16 +1885,7 @@ static void changed_uid_child(void *userdata) {
  * and has it now; but it is not the peer the daemon accepted any more.
  */
 START_TEST(test_capability_counts_only_under_the_uid_it_connected_with) {
-        json_t *list;
-        int fd, status;
-
-        list = start_and_list("[{\"name\": \"none\", \"size\": 4096, \"mode\": \"0000\"}]", &fd);
-        json_decref(list);
-        status = test_in_child(changed_uid_child, td.socket);
-        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                      "child status %d (33: i/o, 34: bad answer, 37: let in, 39: uid 65534 could not keep "
-                      "CAP_IPC_OWNER)", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-        close(fd);
+        run_none_child(changed_uid_child);
 }
 END_TEST
 
@@ -1935,16 +1940,7 @@ static void gone_peer_child(void *userdata) {
  * has exited (its fork asks on the connection): its CapEff proves nothing.
  */
 START_TEST(test_capability_of_a_peer_gone_is_not_believed) {
-        json_t *list;
-        int fd, status;
-
-        list = start_and_list("[{\"name\": \"none\", \"size\": 4096, \"mode\": \"0000\"}]", &fd);
-        json_decref(list);
-        status = test_in_child(gone_peer_child, td.socket);
-        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                      "child status %d (33: i/o, 34: bad answer, 37: let in, 39: uid 65534 could not keep "
-                      "CAP_IPC_OWNER)", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-        close(fd);
+        run_none_child(gone_peer_child);
 }
 END_TEST
 

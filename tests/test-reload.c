@@ -1572,6 +1572,41 @@ START_TEST(test_stdin_config_run_claims_only_the_resolved_file) {
 END_TEST
 
 /*
+ * Start with first (a channel named name), kill the daemon, and restart
+ * with channel "b" fixed at the key first had in key_field: the restart
+ * must work and give "b" that key, name another. ipcs then shows shm
+ * segments and sem sets.
+ */
+static void crash_restart_with_key_fixed_for_b(const char *first, const char *name, const char *key_field, int shm,
+                                               int sem) {
+        json_t *list;
+        char *channels;
+        json_int_t key;
+        int status = 0;
+
+        ck_assert_int_ge(asprintf(&channels, "[%s]", first), 0);
+        list = start_and_list(channels);
+        free(channels);
+        key = test_jint(test_must_find(list, name), key_field);
+        json_decref(list);
+        test_daemon_kill(&td, SIGKILL);
+
+        ck_assert_int_ge(asprintf(&channels, "[%s, {\"name\": \"b\", \"size\": 4096, \"key\": %lld}]", first,
+                                  (long long) key), 0);
+        test_daemon_write_config(&td, channels);
+        free(channels);
+        ck_assert_msg(test_daemon_start(&td, &status, NULL),
+                      "the restart after a crash failed (status %d) where a fresh start with the file works", status);
+        list = list_ok();
+        ck_assert_int_eq(test_jint(test_must_find(list, "b"), "shm_key"), key);
+        ck_assert_int_ne(test_jint(test_must_find(list, name), key_field), key);
+        json_decref(list);
+        assert_ipcs(shm, sem);
+        test_daemon_stop_ok(&td);
+        assert_ipcs(0, 0);
+}
+
+/*
  * The start-side twin of test_fixed_key_of_kept_channel: "a" got a derived
  * key, the daemon is killed, and the file now fixes that key for a new
  * channel "b". A fresh start with this file derives "a" another key
@@ -1580,58 +1615,18 @@ END_TEST
  * ever blaming a foreign object (the daemon's own "a") and advising ipcrm.
  */
 START_TEST(test_crash_restart_fixed_key_of_adopted_channel) {
-        json_t *list;
-        char *channels;
-        json_int_t key;
-        int status = 0;
-
-        list = start_and_list("[{\"name\": \"a\", \"size\": 4096}]");
-        key = test_jint(test_must_find(list, "a"), "shm_key");
-        json_decref(list);
-        test_daemon_kill(&td, SIGKILL);
-
-        ck_assert_int_ge(asprintf(&channels, "[{\"name\": \"a\", \"size\": 4096},"
-                                             " {\"name\": \"b\", \"size\": 4096, \"key\": %lld}]", (long long) key), 0);
-        test_daemon_write_config(&td, channels);
-        free(channels);
-        ck_assert_msg(test_daemon_start(&td, &status, NULL),
-                      "the restart after a crash failed (status %d) where a fresh start with the file works", status);
-        list = list_ok();
-        ck_assert_int_eq(test_jint(test_must_find(list, "b"), "shm_key"), key);
-        ck_assert_int_ne(test_jint(test_must_find(list, "a"), "shm_key"), key);
-        json_decref(list);
-        assert_ipcs(2, 2);
-        test_daemon_stop_ok(&td);
-        assert_ipcs(0, 0);
+        crash_restart_with_key_fixed_for_b("{\"name\": \"a\", \"size\": 4096}", "a", "shm_key", 2, 2);
 }
 END_TEST
 
-/* The same for a broadcast channel's subscriber table: a key now fixed for another channel is not taken over. */
+/*
+ * The same for a broadcast channel's subscriber table: a key now fixed for
+ * another channel is not taken over. bc's two segments and set, b's
+ * segment and set: nothing of the killed run is left.
+ */
 START_TEST(test_crash_restart_fixed_key_of_adopted_table) {
-        json_t *list;
-        char *channels;
-        json_int_t key;
-        int status = 0;
-
-        list = start_and_list("[{\"name\": \"bc\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4}]");
-        key = test_jint(test_must_find(list, "bc"), "table_key");
-        json_decref(list);
-        test_daemon_kill(&td, SIGKILL);
-
-        ck_assert_int_ge(asprintf(&channels, "[{\"name\": \"bc\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4},"
-                                             " {\"name\": \"b\", \"size\": 4096, \"key\": %lld}]", (long long) key), 0);
-        test_daemon_write_config(&td, channels);
-        free(channels);
-        ck_assert_msg(test_daemon_start(&td, &status, NULL),
-                      "the restart after a crash failed (status %d) where a fresh start with the file works", status);
-        list = list_ok();
-        ck_assert_int_eq(test_jint(test_must_find(list, "b"), "shm_key"), key);
-        ck_assert_int_ne(test_jint(test_must_find(list, "bc"), "table_key"), key);
-        json_decref(list);
-        /* bc's two segments and set, b's segment and set: nothing of the killed run is left. */
-        assert_ipcs(3, 2);
-        test_daemon_stop_ok(&td);
-        assert_ipcs(0, 0);
+        crash_restart_with_key_fixed_for_b("{\"name\": \"bc\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4}",
+                                           "bc", "table_key", 3, 2);
 }
 END_TEST
 
