@@ -3039,7 +3039,13 @@ START_TEST(test_failed_connection_drops_its_holds_before_its_answer_is_read) {
         memset(junk, 'x', big);
         test_send(a, junk, big);
         free(junk);
-        ck_assert_msg(await_clients(b, "frames", 0), "the failed connection still holds \"frames\"");
+        /*
+         * The daemon answers the 4000 lines before it meets the long one, as
+         * slowly as the machine makes it (valgrind, other tests beside it): no
+         * deadline of ours, the case's timeout fails a daemon that keeps the hold.
+         */
+        while (count_clients(b, "frames") != 0)
+                usleep(10 * 1000);
         close(a);
         close(b);
 }
