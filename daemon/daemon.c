@@ -650,16 +650,25 @@ static void notify_ready(Daemon *d) {
                 arm_in_a_second(d, &d->notify_retry, on_notify_retry);
 }
 
+static int on_status_timer(sd_event_source *s, uint64_t usec, void *userdata);
+
 static void notify_status(Daemon *d) {
+        int r;
+
         d->last_status[0] = d->registry->n;
         d->last_status[1] = control_count_connections(d->control);
         d->last_status[2] = registry_count_holds(d->registry);
-        /* Dropped (no room, notify.h): no figure matches, so the next change says it again. */
-        if (notify_sendf(false, "STATUS=%zu channel%s, %zu client%s, %zu hold%s",
+        r = notify_sendf(false, "STATUS=%zu channel%s, %zu client%s, %zu hold%s",
                          d->last_status[0], d->last_status[0] == 1 ? "" : "s",
                          d->last_status[1], d->last_status[1] == 1 ? "" : "s",
-                         d->last_status[2], d->last_status[2] == 1 ? "" : "s") < 0)
-                d->last_status[0] = SIZE_MAX;
+                         d->last_status[2], d->last_status[2] == 1 ? "" : "s");
+        if (r >= 0)
+                return;
+        /* Not sent: no figure matches, so the next change says it again. */
+        d->last_status[0] = SIZE_MAX;
+        /* Dropped for want of room (notify.h): again in a second, not stale until a client comes or goes. */
+        if (r == -EAGAIN)
+                arm_in_a_second(d, &d->status_timer, on_status_timer);
 }
 
 /*
