@@ -78,29 +78,41 @@ static int readable(int fd, int ms) {
 }
 
 /*
- * Whether a wake-up byte waits in ring r's data FIFO (its name in the wake
- * directory: "r.data", or another it was moved to): what a sender wrote
- * since the receiver armed, which empties it. Not the receiver's fd: that
- * also polls readable once the second of its timer has run (a sleeping
- * call's bound), which a loaded machine can take between two steps.
+ * Bytes waiting in the FIFOs that fd, from shmb_channel_fd(), watches (an
+ * epoll set: its members are in /proc/self/fdinfo): the wake-ups written
+ * since the handle armed, which empties them. Not the fd's own readiness:
+ * it also polls readable once its 1 s timer ran (a sleeping call's bound),
+ * which a loaded machine can take between two steps, and which a wait for
+ * a wake-up would take for one.
  */
-static bool wakeup_waits(const char *name) {
-        char path[512];
-        int fd, n = 0;
+static int wakeup_bytes(int fd) {
+        char path[64], line[256];
+        int total = 0, member;
+        FILE *f;
 
-        snprintf(path, sizeof path, "%s.wake/%s", td.socket, name);
-        fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
-        ck_assert_int_eq(ioctl(fd, FIONREAD, &n), 0);
-        close(fd);
-        return n > 0;
+        snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+        f = fopen(path, "re");
+        ck_assert_msg(f, "%s: %s", path, strerror(errno));
+        while (fgets(line, sizeof line, f)) {
+                struct stat st;
+                int n = 0;
+
+                if (sscanf(line, "tfd: %d", &member) != 1 || fstat(member, &st) < 0 || !S_ISFIFO(st.st_mode))
+                        continue;
+                ck_assert_int_eq(ioctl(member, FIONREAD, &n), 0);
+                total += n;
+        }
+        fclose(f);
+        return total;
 }
 
-/* Whether a wake-up byte comes into ring r's FIFO name within WAIT_MS (not the fd's 1 s timer). */
-static bool await_wakeup(const char *name) {
+/* Whether a wake-up comes into fd's FIFOs within WAIT_MS; then fd polls readable too. */
+static bool await_wakeup(int fd) {
         for (int64_t deadline = test_now_ms() + WAIT_MS; test_now_ms() < deadline; usleep(1000))
-                if (wakeup_waits(name))
+                if (wakeup_bytes(fd) > 0) {
+                        ck_assert_int_eq(readable(fd, 0), 1);
                         return true;
+                }
         return false;
 }
 
@@ -113,7 +125,7 @@ static shmb_channel *waiting_subscriber(int *ret_fd) {
         *ret_fd = shmb_channel_fd(sub);
         ck_assert_int_ge(*ret_fd, 0);
         ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), -EAGAIN);
-        ck_assert_int_eq(readable(*ret_fd, 0), 0);
+        ck_assert_int_eq(wakeup_bytes(*ret_fd), 0);
         return sub;
 }
 
@@ -200,7 +212,7 @@ static void reap_ok(pid_t pid) {
 static void settle_child_exit(int fd) {
         int sock;
 
-        ck_assert_msg(readable(fd, WAIT_MS) == 1, "the broker did not signal a holder's exit");
+        ck_assert_msg(await_wakeup(fd), "the broker did not signal a holder's exit");
         sock = test_connect(td.socket);
         json_decref(test_request(sock, "{\"op\":\"hello\",\"version\":1}"));
         close(sock);
@@ -225,21 +237,20 @@ START_TEST(test_receiver_woken_by_another_process) {
         ck_assert_int_eq(readable(fd, 0), 1);
         ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
         /* The FIFO, not the fd: that also polls readable once its 1 s timer ran, which a loaded machine may take. */
-        ck_assert(!wakeup_waits("r.data"));
+        ck_assert_int_eq(wakeup_bytes(fd), 0);
 
         for (int round = 0; round < 3; round++) {
                 pid_t pid = kid(KID_SEND, "hello", -1);
 
-                ck_assert_msg(await_wakeup("r.data"), "round %d: no wake-up from the sender", round);
-                ck_assert_int_eq(readable(fd, 0), 1);
+                ck_assert_msg(await_wakeup(fd), "round %d: no wake-up from the sender", round);
                 assert_recv(ch, "hello");
                 ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
                 /* Emptied by the -EAGAIN that armed it again (the sender lives on: nothing else writes). */
-                ck_assert(!wakeup_waits("r.data"));
+                ck_assert_int_eq(wakeup_bytes(fd), 0);
                 reap_ok(pid);
                 settle_child_exit(fd);
                 ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
-                ck_assert(!wakeup_waits("r.data"));
+                ck_assert_int_eq(wakeup_bytes(fd), 0);
         }
         shmb_close(ch);
 }
@@ -254,10 +265,9 @@ START_TEST(test_sender_woken_when_a_slot_frees) {
         ck_assert_int_eq(shmb_send(ch, "a", 1, 0), 0);
         ck_assert_int_eq(shmb_send(ch, "b", 1, 0), 0);
         ck_assert_int_eq(shmb_send(ch, "c", 1, 0), -EAGAIN);
-        ck_assert(!wakeup_waits("r.space"));
+        ck_assert_int_eq(wakeup_bytes(fd), 0);
         pid = kid(KID_RECV, NULL, -1);
-        ck_assert_msg(await_wakeup("r.space"), "no wake-up when the receiver freed a slot");
-        ck_assert_int_eq(readable(fd, 0), 1);
+        ck_assert_msg(await_wakeup(fd), "no wake-up when the receiver freed a slot");
         reap_ok(pid);
         ck_assert_int_eq(shmb_send(ch, "c", 1, 0), 0);
         /* The same fd now waits for the other side: the latest -EAGAIN was a send's. */
@@ -274,12 +284,12 @@ START_TEST(test_removal_wakes_the_waiter) {
 
         ck_assert_int_ge(fd, 0);
         ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
-        ck_assert_int_eq(readable(fd, 0), 0);
+        ck_assert_int_eq(wakeup_bytes(fd), 0);
         test_daemon_write_config(&td, "[{\"name\": \"raw\", \"size\": 4096}]");
         sock = test_connect(td.socket);
         json_decref(test_request(sock, "{\"op\":\"reload\"}"));
         close(sock);
-        ck_assert_msg(readable(fd, WAIT_MS) == 1, "the removal woke nobody");
+        ck_assert_msg(await_wakeup(fd), "the removal woke nobody");
         ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EIDRM);
         shmb_close(ch);
 }
@@ -487,11 +497,11 @@ START_TEST(test_dead_claimer_wakes_the_waiter) {
         ck_assert_int_eq(read(ready[0], &c, 1), 1);
         ck_assert_int_eq(shmb_send(ch, "behind", 6, 0), 0);
         ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
-        ck_assert_int_eq(readable(fd, 0), 0);
+        ck_assert_int_eq(wakeup_bytes(fd), 0);
         ck_assert_int_eq(kill(pid, SIGKILL), 0);
         ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
         release_kid();
-        ck_assert_msg(readable(fd, WAIT_MS) == 1, "the broker did not wake the waiter when the claimer died");
+        ck_assert_msg(await_wakeup(fd), "the broker did not wake the waiter when the claimer died");
         assert_recv(ch, "behind");
         close(ready[0]);
         close(ready[1]);
@@ -518,16 +528,14 @@ START_TEST(test_abort_wakes_the_waiter_behind_it) {
         ck_assert_int_eq(shmb_send_reserve(tx, 8, &second, 0), 0);
         memcpy(second, "behind", 6);
         ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 0), -EAGAIN);
-        ck_assert(!wakeup_waits("r.data"));
+        ck_assert_int_eq(wakeup_bytes(fd), 0);
         ck_assert_int_eq(shmb_send_commit(tx, second, 6), 0);
         /* Woken by the commit, the receiver still finds the first position claimed: it waits again. */
-        ck_assert(wakeup_waits("r.data"));
-        ck_assert_int_eq(readable(fd, 0), 1);
+        ck_assert(await_wakeup(fd));
         ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 0), -EAGAIN);
-        ck_assert(!wakeup_waits("r.data"));
+        ck_assert_int_eq(wakeup_bytes(fd), 0);
         ck_assert_int_eq(shmb_send_abort(tx, first), 0);
-        ck_assert_msg(wakeup_waits("r.data"), "the abort did not wake the receiver waiting behind it");
-        ck_assert_int_eq(readable(fd, 0), 1);
+        ck_assert_msg(await_wakeup(fd), "the abort did not wake the receiver waiting behind it");
         assert_recv(rx, "behind");
         shmb_close(tx);
         shmb_close(rx);
@@ -552,11 +560,10 @@ START_TEST(test_unreachable_fifo_keeps_the_wakeup_for_later) {
         snprintf(to, sizeof to, "%s.wake/hidden", td.socket);
         ck_assert_int_eq(rename(from, to), 0);
         ck_assert_int_eq(shmb_send(tx, "one", 3, 0), 0);
-        ck_assert_msg(!wakeup_waits("hidden"), "woken through a FIFO that was not there");
+        ck_assert_msg(wakeup_bytes(fd) == 0, "woken through a FIFO that was not there");
         ck_assert_int_eq(rename(to, from), 0);
         ck_assert_int_eq(shmb_send(later, "two", 3, 0), 0);
-        ck_assert_msg(wakeup_waits("r.data"), "the wake-up that could not be given was dropped: two messages wait unseen");
-        ck_assert_int_eq(readable(fd, 0), 1);
+        ck_assert_msg(await_wakeup(fd), "the wake-up that could not be given was dropped: two messages wait unseen");
         assert_recv(rx, "one");
         assert_recv(rx, "two");
         shmb_close(later);
@@ -705,17 +712,17 @@ START_TEST(test_wait_survives_a_broker_crash) {
 
         ck_assert_int_ge(fd, 0);
         ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
-        ck_assert_int_eq(readable(fd, 0), 0);
+        ck_assert_int_eq(wakeup_bytes(fd), 0);
         test_daemon_kill(&td, SIGKILL);
         test_start_ok();
         log = test_daemon_log(&td);
         ck_assert_msg(strstr(log, "Took over channel r"), "%s", log);
         free(log);
-        ck_assert_msg(readable(fd, WAIT_MS) == 1, "the broker that took the ring over did not wake its waiter");
+        ck_assert_msg(await_wakeup(fd), "the broker that took the ring over did not wake its waiter");
         ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
-        ck_assert_int_eq(readable(fd, 0), 0);
+        ck_assert_int_eq(wakeup_bytes(fd), 0);
         pid = kid(KID_SEND, "after", -1);
-        ck_assert_msg(readable(fd, WAIT_MS) == 1, "a sender after the restart did not wake the waiter");
+        ck_assert_msg(await_wakeup(fd), "a sender after the restart did not wake the waiter");
         reap_ok(pid);
         assert_recv(ch, "after");
         shmb_close(ch);
@@ -1378,11 +1385,11 @@ START_TEST(test_broadcast_subscriber_and_publisher_wait_through_the_fd) {
 
         sub = waiting_subscriber(&sfd);
         pid = publisher_kid("news 1");
-        ck_assert_msg(readable(sfd, WAIT_MS) == 1, "no wake-up from the publisher");
+        ck_assert_msg(await_wakeup(sfd), "no wake-up from the publisher");
         assert_recv(sub, "news 1");
         /* Emptied, so that only the broker's signal of the publisher's exit wakes it next. */
         ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), -EAGAIN);
-        ck_assert_int_eq(readable(sfd, 0), 0);
+        ck_assert_int_eq(wakeup_bytes(sfd), 0);
         reap_ok(pid);
         settle_child_exit(sfd);
         ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), -EAGAIN);
@@ -1394,9 +1401,9 @@ START_TEST(test_broadcast_subscriber_and_publisher_wait_through_the_fd) {
         ck_assert_int_eq(shmb_send(pub, "a", 1, 0), 0);
         ck_assert_int_eq(shmb_send(pub, "b", 1, 0), 0);
         ck_assert_int_eq(shmb_send(pub, "c", 1, 0), -EAGAIN);
-        ck_assert_int_eq(readable(pfd, 0), 0);
+        ck_assert_int_eq(wakeup_bytes(pfd), 0);
         assert_recv(sub, "a");
-        ck_assert_msg(readable(pfd, WAIT_MS) == 1, "the subscriber's read did not wake the publisher");
+        ck_assert_msg(await_wakeup(pfd), "the subscriber's read did not wake the publisher");
         ck_assert_int_eq(shmb_send(pub, "c", 1, 0), 0);
         assert_recv(sub, "b");
         assert_recv(sub, "c");
@@ -1420,12 +1427,12 @@ START_TEST(test_broadcast_one_subscribers_wait_keeps_anothers_wakeup) {
         pid_t pid;
 
         pid = publisher_kid("news 1");
-        ck_assert_msg(readable(afd, WAIT_MS) == 1, "no wake-up from the publisher");
+        ck_assert_msg(await_wakeup(afd), "no wake-up from the publisher");
         /* A's loop runs first: it reads, and waits again. */
         assert_recv(a, "news 1");
         ck_assert_int_eq(shmb_recv(a, buf, sizeof buf, 0), -EAGAIN);
         /* B's message is still there: its fd must say so. */
-        ck_assert_msg(readable(bfd, WAIT_MS) == 1, "B's wake-up was taken by A's wait: a message waits unseen");
+        ck_assert_msg(await_wakeup(bfd), "B's wake-up was taken by A's wait: a message waits unseen");
         assert_recv(b, "news 1");
         reap_ok(pid);
         shmb_close(a);
@@ -1454,7 +1461,7 @@ START_TEST(test_broadcast_unreachable_fifo_keeps_the_wakeup_for_later) {
                 ck_assert_int_eq(rename(from[i], to[i]), 0);
         }
         ck_assert_int_eq(shmb_send(pub, "news 1", 6, 0), 0);
-        ck_assert_msg(readable(sfd, 0) == 0, "woken through a FIFO that was not there");
+        ck_assert_msg(wakeup_bytes(sfd) == 0, "woken through a FIFO that was not there");
         for (int i = 0; i < 2; i++)
                 ck_assert_int_eq(rename(to[i], from[i]), 0);
         ck_assert_int_eq(shmb_send(pub, "news 2", 6, 0), 0);
