@@ -1436,6 +1436,59 @@ START_TEST(test_buffers_per_uid_bad) {
 }
 END_TEST
 
+/*
+ * shmbroker.json(5), LIMITS: each limit's documented range, both ends
+ * accepted as given and one past either end refused, naming the key.
+ */
+static const struct {
+        const char *key;
+        uint32_t min, max;
+} limit_ranges[] = {
+        { "request_max", 256, 65536 },
+        { "connections_max", 1, 1000000 },
+        { "connections_per_uid", 1, 1000000 },
+        { "request_timeout_ms", 10, 3600000 },
+        { "output_max", 4096, 1073741824 },
+        { "buffers_per_uid", 65536, 1073741824 },
+};
+
+static uint32_t limit_value(const ConfigLimits *l, const char *key) {
+        if (streq(key, "request_max"))
+                return l->request_max;
+        if (streq(key, "connections_max"))
+                return l->connections_max;
+        if (streq(key, "connections_per_uid"))
+                return l->connections_per_uid;
+        if (streq(key, "request_timeout_ms"))
+                return l->request_timeout_ms;
+        if (streq(key, "output_max"))
+                return l->output_max;
+        ck_assert_str_eq(key, "buffers_per_uid");
+        return l->buffers_per_uid;
+}
+
+START_TEST(test_limit_ranges) {
+        const char *key = limit_ranges[_i].key;
+        const uint64_t ends[2] = { limit_ranges[_i].min, limit_ranges[_i].max };
+        const uint64_t outside[2] = { ends[0] - 1, ends[1] + 1 };
+        char text[256], quoted[64];
+        Config *c;
+
+        snprintf(quoted, sizeof quoted, "\"%s\"", key);
+        for (size_t i = 0; i < 2; i++) {
+                snprintf(text, sizeof text, "{\"version\": 1, \"limits\": {\"%s\": %llu}}", key,
+                         (unsigned long long) ends[i]);
+                c = parse_ok(text);
+                ck_assert_uint_eq(limit_value(&c->limits, key), ends[i]);
+                config_free(c);
+
+                snprintf(text, sizeof text, "{\"version\": 1, \"limits\": {\"%s\": %llu}}", key,
+                         (unsigned long long) outside[i]);
+                expect_reject_text(text, strlen(text), (const char *const[]) { quoted, NULL });
+        }
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 
 /* ------------------------------------------------------------------------ */
@@ -1577,6 +1630,7 @@ static Suite *config_suite(void) {
         tc = tcase("limits");
         tcase_add_test(tc, test_buffers_per_uid_ok);
         tcase_add_loop_test(tc, test_buffers_per_uid_bad, 0, ELEMENTSOF(buffers_per_uid_bad));
+        tcase_add_loop_test(tc, test_limit_ranges, 0, ELEMENTSOF(limit_ranges));
         suite_add_tcase(s, tc);
 
         tc = tcase("ipc-limits");
