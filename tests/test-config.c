@@ -606,6 +606,11 @@ static const Reject owner_mode_bad[] = {
         CH_REJECT(", \"group\": -1", "\"group\"", "-1"),
         CH_REJECT(", \"owner\": 4294967295", "\"owner\""),
         CH_REJECT(", \"group\": 4294967295", "\"group\""),
+        /* 4294967295 is (uid_t) -1, which chown(2) and IPC_SET take as "leave unchanged": as a string too. */
+        CH_REJECT(", \"owner\": \"4294967295\"", "\"owner\"", "4294967295"),
+        CH_REJECT(", \"group\": \"4294967295\"", "\"group\"", "4294967295"),
+        /* "at most four digits" (shmbroker.json(5)), even when the value fits. */
+        CH_REJECT(", \"mode\": \"00660\"", "\"mode\"", "00660"),
         CH_REJECT(", \"owner\": true", "\"owner\""),
         CH_REJECT(", \"group\": 1.5", "\"group\""),
         CH_REJECT(", \"group\": \"\"", "\"group\""),
