@@ -430,6 +430,8 @@ static const Reject size_bad[] = {
         SIZE_REJECT("\"0x10\"", NULL),
         /* 2^34 G = 2^64: does not fit in 64 bits. */
         SIZE_REJECT("\"17179869184G\"", NULL),
+        /* 2^23 T = 2^63: fits in 64 bits, but not below INT64_MAX, the integer form's bound. */
+        SIZE_REJECT("\"8388608T\"", NULL),
         SIZE_REJECT("\"99999999999999999999\"", NULL),
         /* Leading whitespace other than a space must be refused like " 1". */
         SIZE_REJECT("\"\\t1M\"", NULL),
