@@ -303,6 +303,34 @@ START_TEST(test_ring_semaphore_count_limit) {
 }
 END_TEST
 
+/* An array of n zeros as a ring's "semaphores": "[0,0,...]". */
+static char *ring_sem_array_config(size_t n) {
+        char *text = malloc(2 * n + 160), *p;
+
+        ck_assert_ptr_nonnull(text);
+        p = text + sprintf(text, "{\"version\": 1, \"channels\": [{\"name\": \"rng\", \"layout\": \"ring\", "
+                           "\"slot_size\": 100, \"slots\": 8, \"semaphores\": [");
+        for (size_t i = 0; i < n; i++)
+                p += sprintf(p, i ? ",0" : "0");
+        strcpy(p, "]}]}");
+        return text;
+}
+
+/* The same bound for the array form: the ring's own semaphore comes first. */
+START_TEST(test_ring_semaphore_array_limit) {
+        char *text = ring_sem_array_config(CONFIG_NSEMS_MAX - RING_NSEMS);
+        Config *c = parse_ok(text);
+
+        ck_assert_uint_eq(only_channel(c)->nsems, CONFIG_NSEMS_MAX);
+        config_free(c);
+        free(text);
+
+        text = ring_sem_array_config(CONFIG_NSEMS_MAX - RING_NSEMS + 1);
+        expect_reject_text(text, strlen(text), (const char *const[]) { "\"rng\"", "\"semaphores\"", NULL });
+        free(text);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 /* defaults                                                                  */
 
@@ -1564,6 +1592,7 @@ static Suite *config_suite(void) {
         tcase_add_test(tc, test_full_config);
         tcase_add_test(tc, test_ring_with_user_semaphores);
         tcase_add_test(tc, test_ring_semaphore_count_limit);
+        tcase_add_test(tc, test_ring_semaphore_array_limit);
         tcase_add_test(tc, test_broadcast);
         tcase_add_test(tc, test_defaults);
         tcase_add_test(tc, test_no_channels);
