@@ -339,6 +339,9 @@ START_TEST(test_defaults) {
         const ChannelSpec *s = only_channel(c);
 
         ck_assert_str_eq(c->socket, CONFIG_DEFAULT_SOCKET);
+        /* shmbroker.json(5): socket_mode defaults to "0666", socket_group to the daemon's own group. */
+        ck_assert_uint_eq(c->socket_mode, 0666);
+        ck_assert(!c->has_socket_group);
         ck_assert_ptr_null(c->admin_group);
         ck_assert_int_eq(s->layout, PROTO_LAYOUT_RAW);
         ck_assert_uint_eq(s->size, 4096);
