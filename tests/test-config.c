@@ -1155,6 +1155,32 @@ START_TEST(test_load_missing) {
 }
 END_TEST
 
+/*
+ * shmbroker.json(5): "a regular file of at most 16 MiB". A valid config
+ * padded with spaces to exactly CONFIG_FILE_MAX bytes loads; one byte more
+ * is refused before it is read, with EFBIG and the path.
+ */
+START_TEST(test_load_size_limit) {
+        static const char head[] = "{\"version\": 1}";
+        char *text = repeat(' ', CONFIG_FILE_MAX + 1), *path, msg[MSG_SIZE] = "";
+        Config *c = NULL;
+
+        memcpy(text, head, strlen(head));
+        text[CONFIG_FILE_MAX] = 0;
+        path = write_temp(text);
+        ck_assert_int_eq(config_load(path, &c, msg, sizeof msg), 0);
+        ck_assert_ptr_nonnull(c);
+        c = config_free(c);
+
+        ck_assert_int_eq(truncate(path, (off_t) CONFIG_FILE_MAX + 1), 0);
+        ck_assert_int_eq(config_load(path, &c, msg, sizeof msg), EFBIG);
+        ck_assert_ptr_null(c);
+        ck_assert_msg_contains(msg, path);
+        remove_temp(path);
+        free(text);
+}
+END_TEST
+
 START_TEST(test_load_unreadable) {
         bool as_root = geteuid() == 0;
         char *path;
@@ -1663,6 +1689,7 @@ static Suite *config_suite(void) {
         tcase_add_test(tc, test_load_missing);
         tcase_add_test(tc, test_load_example);
         tcase_add_test(tc, test_load_unreadable);
+        tcase_add_test(tc, test_load_size_limit);
         tcase_add_test(tc, test_load_fifo);
         suite_add_tcase(s, tc);
 
