@@ -1502,6 +1502,10 @@ START_TEST(test_response_decode_malformed) {
 }
 END_TEST
 
+/* A POSIX channel's open answer with nsems and the name members given. */
+#define POSIX_OPEN(nsems, names) \
+        "{\"ok\":true,\"channel\":\"c\",\"kind\":\"posix\",\"size\":4,\"nsems\":" nsems ",\"layout\":\"raw\"," names "}"
+
 START_TEST(test_response_decode_bad_results) {
         /* each must fail with EBADMSG naming the field, and leak nothing */
         static const struct {
@@ -1536,10 +1540,37 @@ START_TEST(test_response_decode_bad_results) {
                 { PROTO_OP_RELOAD, "{\"ok\":true,\"added\":[\"a\"],\"removed\":[],\"changed\":[]}", "kept" },
                 { PROTO_OP_RELOAD, "{\"ok\":true,\"added\":[\"a\",1],\"removed\":[],\"changed\":[],\"kept\":[]}",
                   "strings" },
+                /* A segment of no bytes, or more descriptors than one message carries (PROTO_FDS_MAX). */
+                { PROTO_OP_OPEN, "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,"
+                                 "\"size\":0,\"nsems\":1,\"layout\":\"raw\"}", "size" },
+                { PROTO_OP_OPEN, "{\"ok\":true,\"channel\":\"c\",\"shm_key\":1,\"shm_id\":0,\"sem_key\":2,\"sem_id\":3,"
+                                 "\"size\":4,\"nsems\":1,\"layout\":\"raw\",\"fds\":67}", "fds" },
+                /* A mode of no digits is no mode. */
+                { PROTO_OP_LIST, "{\"ok\":true,\"channels\":[{\"name\":\"c\",\"shm_key\":1,\"shm_id\":0,"
+                                 "\"sem_key\":2,\"sem_id\":3,\"size\":4,\"nsems\":1,\"layout\":\"raw\","
+                                 "\"owner\":\"o\",\"group\":\"g\",\"mode\":\"\"}]}", "mode" },
+                /* POSIX names: one leading slash and no other, not "." or "..", one per semaphore. */
+                { PROTO_OP_OPEN, POSIX_OPEN("1", "\"shm_name\":\"/a/b\",\"sem_names\":[\"/s.0\"]"), "shm_name" },
+                { PROTO_OP_OPEN, POSIX_OPEN("1", "\"shm_name\":\"/.\",\"sem_names\":[\"/s.0\"]"), "shm_name" },
+                { PROTO_OP_OPEN, POSIX_OPEN("1", "\"shm_name\":\"/..\",\"sem_names\":[\"/s.0\"]"), "shm_name" },
+                { PROTO_OP_OPEN, POSIX_OPEN("1", "\"shm_name\":\"/s\",\"sem_names\":[\"/d/s.0\"]"), "sem_names" },
+                { PROTO_OP_OPEN, POSIX_OPEN("2", "\"shm_name\":\"/s\",\"sem_names\":[\"/s.0\"]"), "sem_names" },
+                { PROTO_OP_OPEN, POSIX_OPEN("1", "\"shm_name\":\"/s\",\"sem_names\":[\"/s.0\",\"/s.1\"]"),
+                  "sem_names" },
+                /* Names printed as they come (shmbrokerctl) must be channel names. */
+                { PROTO_OP_RELOAD, "{\"ok\":true,\"added\":[\"a\\nb\"],\"removed\":[],\"changed\":[],\"kept\":[]}",
+                  "channel names" },
         };
+
+        static const char posix_ok[] = POSIX_OPEN("1", "\"shm_name\":\"/s\",\"sem_names\":[\"/s.0\"]");
+        ProtoResponse res;
 
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
                 assert_response_fails(cases[i].op, cases[i].line, EBADMSG, cases[i].needle);
+        /* The POSIX rows above differ from this one, which decodes, only where they say. */
+        decode_response_ok(PROTO_OP_OPEN, posix_ok, strlen(posix_ok), &res);
+        ck_assert_str_eq(res.channels[0].sem_names[0], "/s.0");
+        proto_response_done(&res);
 }
 END_TEST
 
