@@ -679,6 +679,9 @@ START_TEST(test_request_decode_field_errors) {
                 { "{\"op\":\"open\",\"channel\":\"x\",\"access\":\"rw\",\"holder\":-1}", "\"holder\"" },
                 { "{\"op\":\"open\",\"channel\":\"x\",\"access\":\"rw\",\"holder\":4294967296}", "\"holder\"" },
                 { "{\"op\":\"close\",\"channel\":\"x\",\"holder\":1}", "holder" },
+                /* "fd" is true or false, nothing that merely looks like one */
+                { "{\"op\":\"open\",\"channel\":\"x\",\"access\":\"rw\",\"fd\":1}", "\"fd\"" },
+                { "{\"op\":\"open\",\"channel\":\"x\",\"access\":\"rw\",\"fd\":\"true\"}", "\"fd\"" },
         };
 
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
