@@ -30,6 +30,7 @@
 /* After <sys/ptrace.h>: struct ptrace_syscall_info, which glibc does not declare. */
 #include <linux/ptrace.h>
 
+#include "daemon/notify.h"
 #include "tests/helpers.h"
 
 #define CASE_TIMEOUT 30
@@ -861,6 +862,82 @@ static void run_until_send_dropped(const char *what) {
  * again a second later, until they go through, with no client coming or
  * going meanwhile (shmbrokerd(8): "tried again each second").
  */
+/* The datagrams waiting on fd, each followed by '|'. */
+static void read_datagrams(int fd, char *seen, size_t size) {
+        char buf[1024];
+        ssize_t n;
+
+        seen[0] = 0;
+        while ((n = recv(fd, buf, sizeof buf - 1, MSG_DONTWAIT)) >= 0) {
+                buf[n] = 0;
+                if (strcmp(buf, "FILLER=1"))
+                        snprintf(seen + strlen(seen), size - strlen(seen), "%s|", buf);
+        }
+        ck_assert_int_eq(errno, EAGAIN);
+}
+
+/*
+ * notify.h, at the unit level: a state change dropped for want of room is
+ * sent before the next message, unless a newer state change replaced it.
+ * A RELOADING=1 sent again after its READY=1 would tell systemd that the
+ * daemon is reloading again, with no READY=1 to follow. One that cannot be
+ * sent for another reason than room is given up.
+ */
+START_TEST(test_dropped_state_change_goes_first_unless_replaced) {
+        char path[sizeof td.dir + 32], seen[4096];
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0), filler, r;
+
+        ck_assert_int_ge(fd, 0);
+        snprintf(path, sizeof path, "%s/unit-notify", td.dir);
+        ck_assert_uint_lt(strlen(path), sizeof sa.sun_path);
+        strcpy(sa.sun_path, path);
+        ck_assert_int_eq(bind(fd, (struct sockaddr *) &sa, sizeof sa), 0);
+        ck_assert_int_eq(setenv("NOTIFY_SOCKET", path, 1), 0);
+
+        /* Replaced: RELOADING=1 finds no room, READY=1 goes through; nothing is left to send. */
+        filler = fill_notify_queue(path);
+        ck_assert_int_eq(notify_send(true, "RELOADING=1"), -EAGAIN);
+        read_datagrams(fd, seen, sizeof seen);
+        ck_assert_str_eq(seen, "");
+        ck_assert_int_eq(notify_send(true, "READY=1"), 0);
+        ck_assert_int_eq(notify_flush(), 0);
+        ck_assert_int_eq(notify_send(false, "STATUS=after"), 0);
+        read_datagrams(fd, seen, sizeof seen);
+        ck_assert_str_eq(seen, "READY=1|STATUS=after|");
+
+        /* Not replaced: the dropped RELOADING=1 goes before the next message, and only once. */
+        close(filler);
+        filler = fill_notify_queue(path);
+        ck_assert_int_eq(notify_send(true, "RELOADING=1"), -EAGAIN);
+        read_datagrams(fd, seen, sizeof seen);
+        ck_assert_str_eq(seen, "");
+        ck_assert_int_eq(notify_send(false, "STATUS=next"), 0);
+        ck_assert_int_eq(notify_flush(), 0);
+        read_datagrams(fd, seen, sizeof seen);
+        ck_assert_str_eq(seen, "RELOADING=1|STATUS=next|");
+
+        /* Given up (notify.h): a flush that fails other than for room leaves nothing to send later. */
+        close(filler);
+        filler = fill_notify_queue(path);
+        ck_assert_int_eq(notify_send(true, "RELOADING=1"), -EAGAIN);
+        close(fd);
+        ck_assert_int_eq(unlink(path), 0);
+        r = notify_flush();
+        ck_assert_msg(r < 0 && r != -EAGAIN, "notify_flush() = %d with no receiver", r);
+        fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(bind(fd, (struct sockaddr *) &sa, sizeof sa), 0);
+        ck_assert_int_eq(notify_send(false, "STATUS=again"), 0);
+        read_datagrams(fd, seen, sizeof seen);
+        ck_assert_str_eq(seen, "STATUS=again|");
+
+        ck_assert_int_eq(unsetenv("NOTIFY_SOCKET"), 0);
+        close(filler);
+        close(fd);
+}
+END_TEST
+
 START_TEST(test_dropped_status_is_sent_again) {
         static const char open_a[] = "{\"op\":\"open\",\"channel\":\"a\",\"access\":\"rw\"}\n";
         json_t *resp;
@@ -1147,7 +1224,8 @@ int main(void) {
                 { "notify-socket", CASE_TIMEOUT, { test_odd_notify_sockets, test_abstract_notify_socket,
                                      test_state_change_waits_for_room_again_after_a_send_goes_through,
                                      test_notifications_leave_no_descriptor_open, test_stopping_waits_for_room,
-                                     test_watchdog_never_waits_for_room, test_dropped_status_is_sent_again } },
+                                     test_watchdog_never_waits_for_room, test_dropped_status_is_sent_again,
+                                     test_dropped_state_change_goes_first_unless_replaced } },
         };
 
         return test_main("systemd", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
