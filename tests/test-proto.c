@@ -1838,6 +1838,24 @@ START_TEST(test_round_trip_broadcast) {
         ck_assert_ptr_null(strstr(line, "subscri"));
         ck_assert_ptr_null(strstr(line, "overflow"));
         free(line);
+        /* 64-bit counters past INT64_MAX are sent as INT64_MAX, never wrapped to a negative (malformed) number. */
+        {
+                ProtoSubscription huge = { .pid = 1, .position = UINT64_MAX, .lag = UINT64_MAX, .dropped = UINT64_MAX };
+                ProtoChannel b = broadcast_channel();
+
+                b.subscriptions = &huge;
+                b.n_subscriptions = 1;
+                b.semaphores = test_sems;
+                b.n_semaphores = 1;
+                ck_assert_int_eq(proto_encode_channels(PROTO_VIEW_STATUS, &b, 1, &line, &len), 0);
+                decode_encoded(PROTO_OP_STATUS, line, len, &res);
+                ck_assert_uint_eq(res.channels[0].n_subscriptions, 1);
+                ck_assert_uint_eq(res.channels[0].subscriptions[0].position, INT64_MAX);
+                ck_assert_uint_eq(res.channels[0].subscriptions[0].lag, INT64_MAX);
+                ck_assert_uint_eq(res.channels[0].subscriptions[0].dropped, INT64_MAX);
+                proto_response_done(&res);
+                free(line);
+        }
         /* A broadcast answer without its fields, or with an unknown overflow, is malformed. */
         assert_response_fails(PROTO_OP_OPEN, "{\"ok\":true,\"channel\":\"b\",\"shm_key\":1,\"shm_id\":1,"
                               "\"sem_key\":1,\"sem_id\":1,\"size\":9000,\"nsems\":1,\"layout\":\"broadcast\","
