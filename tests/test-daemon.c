@@ -3180,6 +3180,31 @@ START_TEST(test_holder_taken_back_after_its_connection_closed) {
 }
 END_TEST
 
+/*
+ * shmbroker-protocol(7), open: "holder" is the token "to take back" for a
+ * ring, whatever the access: an ro open by the orphan's own process binds
+ * it to the new connection (the answer carries it), and that hold's close
+ * ends it, as for an rw take-back.
+ */
+START_TEST(test_holder_taken_back_by_a_read_only_open) {
+        RingHeader *h = start_with_ring();
+        int fd = test_connect(td.socket), a = test_connect(td.socket), b;
+        uint32_t t = open_holder(a, "frames", "rw", 0);
+
+        ck_assert_uint_ne(t, 0);
+        close(a);
+        ck_assert(await_clients(fd, "frames", 0));
+        assert_live(h, t, getpid());
+        b = test_connect(td.socket);
+        ck_assert_uint_eq(open_holder(b, "frames", "ro", t), t);
+        json_decref(test_request(b, "{\"op\":\"close\",\"channel\":\"frames\"}"));
+        ck_assert_int_eq(holder_state(h, t), RING_HOLDER_DEAD);
+        close(b);
+        close(fd);
+        shmdt(h);
+}
+END_TEST
+
 /* ---- the command line (shmbrokerd(8): OPTIONS, EXIT STATUS) ---- */
 
 /*
@@ -3519,6 +3544,7 @@ int main(void) {
                                  test_hold_of_a_dead_token_ends_no_later_holder,
                                  test_failed_connection_drops_its_holds_before_its_answer_is_read,
                                  test_holder_taken_back_after_its_connection_closed } },
+                { "holders-take-back", CASE_TIMEOUT, { test_holder_taken_back_by_a_read_only_open } },
                 { "resources", CASE_TIMEOUT, { test_fd_exhaustion_pauses_accept, test_derived_key_skips_fixed_keys } },
                 { "start-failures", CASE_TIMEOUT, { test_foreign_fixed_key_fails_start_and_rolls_back, test_foreign_derived_key_moves_on,
                                       test_remade_channel_keeps_the_key_it_moved_to,
