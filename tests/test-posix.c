@@ -36,6 +36,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/un.h>
 #include <sys/user.h>
 #include <sys/xattr.h>
@@ -4079,6 +4080,54 @@ START_TEST(test_no_inodes_in_dev_shm_fails_a_replacing_reload) {
 }
 END_TEST
 
+static uint64_t round_to_pages(uint64_t bytes) {
+        uint64_t page = (uint64_t) sysconf(_SC_PAGESIZE);
+
+        return (bytes + page - 1) / page * page;
+}
+
+/*
+ * Every file a replacing reload makes takes room: the segment, a broadcast
+ * channel's table, and a page for each semaphore (the channel's own too).
+ * With room for all of them but one page, and a client holding the old
+ * files, the reload must be refused before it removes anything, as when
+ * the segment alone does not fit (the man page: a full /dev/shm "fails the
+ * start or the reload, naming the channel"), not lose p at the table or a
+ * semaphore after the old files went.
+ */
+START_TEST(test_dev_shm_short_of_the_table_and_semaphores_fails_a_replacing_reload) {
+        uint64_t page = (uint64_t) sysconf(_SC_PAGESIZE), need, room;
+        struct statvfs vfs;
+        int fd, hold, hold_sem;
+
+        ck_assert_msg(mount("tmpfs", "/dev/shm", "tmpfs", MS_REMOUNT, "size=1m") == 0, "remount: %s", strerror(errno));
+        test_daemon_write_config(&td, "[{\"name\": \"p\", \"kind\": \"posix\", \"size\": 4096}]");
+        test_start_ok();
+        hold = open(PSEM_DIR "/shmbroker.p", O_RDONLY | O_CLOEXEC);     /* a client's hold on the old pages */
+        ck_assert_int_ge(hold, 0);
+        hold_sem = open(PSEM_DIR "/sem.shmbroker.p.0", O_RDONLY | O_CLOEXEC);  /* and on its semaphore's */
+        ck_assert_int_ge(hold_sem, 0);
+
+        /* Another user's file leaves one page less than the new p needs. */
+        need = round_to_pages(bcast_segment_size(64, 8, 4)) + round_to_pages(bcast_table_size(4)) +
+               (BCAST_NSEMS + 2) * round_to_pages(sizeof(PosixSemFile));
+        ck_assert_int_eq(statvfs(PSEM_DIR, &vfs), 0);
+        room = (uint64_t) vfs.f_bavail * vfs.f_frsize;
+        ck_assert_uint_gt(room, need);
+        fd = open(PSEM_DIR "/someone-elses", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(posix_fallocate(fd, 0, (off_t) (room - need + page)), 0);
+        close(fd);
+        ck_assert_int_eq(statvfs(PSEM_DIR, &vfs), 0);
+        ck_assert_uint_eq((uint64_t) vfs.f_bavail * vfs.f_frsize, need - page);
+
+        test_daemon_write_config(&td, "[{\"name\": \"p\", \"kind\": \"posix\", \"layout\": \"broadcast\", "
+                                      "\"slot_size\": 64, \"slots\": 8, \"subscribers\": 4, \"semaphores\": [0, 0]}]");
+        assert_reload_refused_keeping_p(hold);
+        close(hold_sem);
+}
+END_TEST
+
 /*
  * A /dev/shm without a size limit (tmpfs size=0, as some hosts and
  * containers mount it) reports no blocks and none free: it has room for
@@ -4172,6 +4221,7 @@ int main(void) {
                                            test_posix_ring_fifos_give_the_daemons_group_nothing,
                                            test_unlimited_dev_shm_takes_a_reload } },
                 { "room", CASE_TIMEOUT, { test_no_inodes_in_dev_shm_fails_a_replacing_reload,
+                                          test_dev_shm_short_of_the_table_and_semaphores_fails_a_replacing_reload,
                                           test_unprivileged_daemon_refuses_a_mode_it_cannot_serve } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread,
                                          test_refused_open_keeps_no_descriptors,
