@@ -3535,6 +3535,46 @@ START_TEST(test_other_owner_removed) {
 }
 END_TEST
 
+/*
+ * Whoever may write the name (the daemon's user, as here, or in sticky
+ * /dev/shm the owner the config gives the files) may put another file
+ * there in one rename(2). The channel's name then no longer reaches the
+ * daemon's file: the next open must notice it as it notices a removal,
+ * and never hand out descriptors of a file that no name reaches while
+ * programs that open the channel by name get the other file.
+ */
+START_TEST(test_replaced_behind_back) {
+        char *before = shm_listing();
+        struct stat at_name;
+        int fd, fds[PROTO_FDS_MAX];
+        size_t n = 0;
+        json_t *resp;
+
+        test_daemon_write_config(&td, "[" RAW1 "]");
+        test_start_ok();
+        /* Another file at the name, of the same size, put there in one step. */
+        fd = open(PSEM_DIR "/planted", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(ftruncate(fd, 5000), 0);
+        close(fd);
+        ck_assert_int_eq(rename(PSEM_DIR "/planted", PSEM_DIR "/shmbroker.raw1"), 0);
+        at_name = shm_stat("shmbroker.raw1");
+
+        /* Not made again over another's file: the channel is gone, and that file left as it is. */
+        fd = test_connect(td.socket);
+        resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"rw\", \"fd\": true}",
+                                fds, PROTO_FDS_MAX, &n);
+        ck_assert_msg(n == 0, "the open handed out %zu descriptors of files no name reaches: %s", n,
+                      json_dumps(resp, JSON_COMPACT));
+        ck_assert_str_eq(json_string_value(json_object_get(resp, "error")), "EIDRM");
+        json_decref(resp);
+        close(fd);
+        ck_assert_uint_eq(shm_stat("shmbroker.raw1").st_ino, at_name.st_ino);
+        ck_assert_int_eq(unlink(PSEM_DIR "/shmbroker.raw1"), 0);
+        stop_and_assert_listing(before);
+}
+END_TEST
+
 /* Connect and open channel rw with its descriptors (fds, n of them): the connection. */
 static int open_with_fds(const char *channel, int *fds, size_t *n) {
         char req[160];
@@ -4275,6 +4315,7 @@ int main(void) {
                                            test_crash_reclaim_spares_owners_planted_file,
                                            test_crash_reclaim_marks_rings_removed,
                                            test_crash_adopt_reclaims_a_leftover_table_of_the_name } },
+                { "replaced-behind", CASE_TIMEOUT, { test_replaced_behind_back } },
                 { "crash-values", CASE_TIMEOUT, { test_crash_changed_values_made_anew } },
         };
 
