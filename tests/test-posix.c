@@ -37,6 +37,7 @@
 #include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/user.h>
 #include <sys/xattr.h>
@@ -2895,6 +2896,51 @@ START_TEST(test_replacement_temp_name_not_reused) {
 }
 END_TEST
 
+/*
+ * Should another user learn a temporary name before the daemon makes its
+ * file there (the name is derived from the state's secret, so only by a
+ * flaw), his file at it must not become the channel's: the daemon makes
+ * the file O_EXCL, and leaves his file untouched. The daemon
+ * is traced, and the file put at the name at the entry of the openat(2)
+ * that makes it: no timing involved.
+ */
+START_TEST(test_replacement_temp_name_taken_before_it_is_made) {
+        char tmp[NAME_MAX + 32] = "", *before = shm_listing();
+        struct stat planted;
+
+        test_daemon_write_config(&td, X_BEFORE);
+        test_start_ok();
+        test_daemon_write_config(&td, X_AFTER);
+        test_daemon_trace(&td);
+        test_reload_async();
+        while (!tmp[0] && !test_reload_done()) {
+                struct __ptrace_syscall_info info;
+                char got[NAME_MAX + 1] = "";
+                struct iovec local = { got, sizeof got - 1 }, remote;
+
+                ck_assert_msg(test_next_syscall_stop(td.pid), "the daemon ended by itself");
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+                if (info.op != PTRACE_SYSCALL_INFO_ENTRY || info.entry.nr != SYS_openat ||
+                    !(info.entry.args[2] & O_CREAT))
+                        continue;
+                remote = (struct iovec) { (void *) (uintptr_t) info.entry.args[1], sizeof got - 1 };
+                if (process_vm_readv(td.pid, &local, 1, &remote, 1, 0) <= 0 ||
+                    strncmp(got, ".shmbroker-new.", 15) != 0)
+                        continue;
+                snprintf(tmp, sizeof tmp, PSEM_DIR "/%s", got);
+                plant(tmp, &planted);
+        }
+        ck_assert_msg(tmp[0], "the replacement made no file at a temporary name");
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        test_reload_wait();
+        assert_unchanged(tmp, &planted);
+        ck_assert(!shm_exists("shmbroker.x") || shm_stat("shmbroker.x").st_ino != planted.st_ino);
+        ck_assert_int_eq(unlink(tmp), 0);
+        /* Whatever the failed replacement made or left of the old x goes with it, or with the stop. */
+        stop_and_assert_listing(before);
+}
+END_TEST
+
 /* Run fn(arg) in a child as uid/gid 65534: what it returned (0 or an errno). */
 static int as_nobody(int (*fn)(const char *), const char *arg) {
         int status;
@@ -4316,6 +4362,7 @@ int main(void) {
                                            test_crash_reclaim_marks_rings_removed,
                                            test_crash_adopt_reclaims_a_leftover_table_of_the_name } },
                 { "replaced-behind", CASE_TIMEOUT, { test_replaced_behind_back } },
+                { "replace-temp-taken", CASE_TIMEOUT, { test_replacement_temp_name_taken_before_it_is_made } },
                 { "crash-values", CASE_TIMEOUT, { test_crash_changed_values_made_anew } },
         };
 
