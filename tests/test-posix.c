@@ -3482,6 +3482,54 @@ START_TEST(test_crash_reclaim_intent) {
 }
 END_TEST
 
+/*
+ * The same, where the daemon's own user made the file at an intent's name
+ * for a purpose of its own: it is the intent's only as the killed run
+ * leaves it, with one link, mode 0600, changed within a minute of the
+ * intent. A file that fails any one of these is left where it is.
+ */
+START_TEST(test_crash_reclaim_intent_spares_files_it_did_not_make) {
+        static const char *const names[] = { "shmbroker.moded", "shmbroker.linked", "shmbroker.older" };
+        char *before = shm_listing(), line[256], path[64];
+        struct stat st[3];
+        long now = (long) time(NULL);
+        int fd;
+
+        test_daemon_write_config(&td, "[" SV1 "]");
+        test_start_ok();
+        test_daemon_kill(&td, SIGKILL);
+        for (size_t i = 0; i < 3; i++) {
+                snprintf(path, sizeof path, PSEM_DIR "/%s", names[i]);
+                fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+                ck_assert_int_ge(fd, 0);
+                ck_assert_int_eq(fchmod(fd, i == 0 ? 0644 : 0600), 0);
+                close(fd);
+        }
+        /* A second name of the file, of which the intent's name is one. */
+        ck_assert_int_eq(link(PSEM_DIR "/shmbroker.linked", PSEM_DIR "/other-name"), 0);
+        for (size_t i = 0; i < 3; i++) {
+                /* The third's intent is older than the file by far more than a minute. */
+                snprintf(line, sizeof line, "pposix -1 0 0 %d %ld 4096 %s\n", (int) getpid(),
+                         i == 2 ? now - 1000 : now - 1, names[i] + strlen("shmbroker."));
+                state_append(line);
+                st[i] = shm_stat(names[i]);
+        }
+
+        test_start_ok();
+        for (size_t i = 0; i < 3; i++)
+                ck_assert_msg(shm_exists(names[i]) && shm_stat(names[i]).st_ino == st[i].st_ino,
+                              "reclaim removed %s, which the killed run did not leave", names[i]);
+        test_daemon_stop_ok(&td);
+        for (size_t i = 0; i < 3; i++) {
+                snprintf(path, sizeof path, PSEM_DIR "/%s", names[i]);
+                ck_assert_int_eq(unlink(path), 0);
+        }
+        ck_assert_int_eq(unlink(PSEM_DIR "/other-name"), 0);
+        assert_listing(before);
+        free(before);
+}
+END_TEST
+
 /* SIGKILL and a start with the same config: the same files, contents kept. */
 START_TEST(test_crash_adopt) {
         char *before = shm_listing();
@@ -4361,6 +4409,7 @@ int main(void) {
                                            test_crash_reclaim_spares_owners_planted_file,
                                            test_crash_reclaim_marks_rings_removed,
                                            test_crash_adopt_reclaims_a_leftover_table_of_the_name } },
+                { "crash-refused", CASE_TIMEOUT, { test_crash_reclaim_intent_spares_files_it_did_not_make } },
                 { "replaced-behind", CASE_TIMEOUT, { test_replaced_behind_back } },
                 { "replace-temp-taken", CASE_TIMEOUT, { test_replacement_temp_name_taken_before_it_is_made } },
                 { "crash-values", CASE_TIMEOUT, { test_crash_changed_values_made_anew } },
