@@ -3530,6 +3530,47 @@ START_TEST(test_crash_reclaim_intent_spares_files_it_did_not_make) {
 }
 END_TEST
 
+/*
+ * A start killed while it made a channel leaves an intent; the next start
+ * takes over the file at the channel's name only when the killed run left
+ * it so (ours, one link, 0600, of the intended size, new). A file the
+ * daemon's user put there for a purpose of its own, of another mode, is
+ * not the channel's: it is neither taken over nor removed.
+ */
+START_TEST(test_crash_restart_takes_over_only_the_intended_file) {
+        char line[256], *log;
+        struct stat st;
+        long now = (long) time(NULL);
+        int fd, status = 0;
+
+        test_daemon_write_config(&td, "[" SV1 "]");
+        test_start_ok();
+        test_daemon_kill(&td, SIGKILL);
+        fd = open(PSEM_DIR "/shmbroker.moded", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(fchmod(fd, 0644), 0);
+        ck_assert_int_eq(ftruncate(fd, 4096), 0);
+        close(fd);
+        snprintf(line, sizeof line, "pposix -1 0 0 %d %ld 4096 moded\n", (int) getpid(), now - 1);
+        state_append(line);
+        st = shm_stat("shmbroker.moded");
+
+        test_daemon_write_config(&td, "[{\"name\": \"moded\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0600\"}]");
+        /* As for any file at the name that the daemon did not make: the start fails on it, and leaves it be. */
+        if (test_daemon_start(&td, &status, NULL)) {
+                log = log_now();
+                ck_abort_msg("the start took over a file the killed run did not leave:\n%s", log);
+        }
+        td.pid = -1;
+        log = log_now();
+        ck_assert_msg(strstr(log, "shmbroker.moded"), "the log does not name the file:\n%s", log);
+        free(log);
+        assert_file("shmbroker.moded", 4096, 0, 0, 0644);
+        ck_assert_uint_eq(shm_stat("shmbroker.moded").st_ino, st.st_ino);
+        ck_assert_int_eq(unlink(PSEM_DIR "/shmbroker.moded"), 0);
+}
+END_TEST
+
 /* SIGKILL and a start with the same config: the same files, contents kept. */
 START_TEST(test_crash_adopt) {
         char *before = shm_listing();
@@ -4409,7 +4450,8 @@ int main(void) {
                                            test_crash_reclaim_spares_owners_planted_file,
                                            test_crash_reclaim_marks_rings_removed,
                                            test_crash_adopt_reclaims_a_leftover_table_of_the_name } },
-                { "crash-refused", CASE_TIMEOUT, { test_crash_reclaim_intent_spares_files_it_did_not_make } },
+                { "crash-refused", CASE_TIMEOUT, { test_crash_reclaim_intent_spares_files_it_did_not_make,
+                                                   test_crash_restart_takes_over_only_the_intended_file } },
                 { "replaced-behind", CASE_TIMEOUT, { test_replaced_behind_back } },
                 { "replace-temp-taken", CASE_TIMEOUT, { test_replacement_temp_name_taken_before_it_is_made } },
                 { "crash-values", CASE_TIMEOUT, { test_crash_changed_values_made_anew } },
