@@ -3605,6 +3605,33 @@ START_TEST(test_crash_adopt) {
 }
 END_TEST
 
+/*
+ * A crash, and a client with a read-write descriptor grew the segment
+ * while no daemon ran: the file at the name is the recorded inode, the
+ * daemon's, but no longer of the recorded size. The start must not take
+ * it over (its mapping would not cover the file) but make raw1 anew, of
+ * its configured size, before it answers anyone.
+ */
+START_TEST(test_crash_adopt_refuses_a_resized_segment) {
+        char *before = shm_listing();
+        struct stat seg;
+        int fd;
+
+        test_daemon_write_config(&td, "[" RAW1 "]");
+        test_start_ok();
+        seg = mark_and_kill("shmbroker.raw1");
+        fd = open(PSEM_DIR "/shmbroker.raw1", O_RDWR | O_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(ftruncate(fd, 3 * 4096), 0);
+        close(fd);
+
+        test_start_ok();
+        ck_assert_msg(shm_stat("shmbroker.raw1").st_ino != seg.st_ino, "the resized segment was taken over");
+        assert_file("shmbroker.raw1", 5000, 0, GID, 0640);
+        stop_and_assert_listing(before);
+}
+END_TEST
+
 /* A file removed behind the daemon's back is noticed at the next open, and the channel made again. */
 START_TEST(test_removed_behind_back) {
         char *before = shm_listing();
@@ -4451,7 +4478,8 @@ int main(void) {
                                            test_crash_reclaim_marks_rings_removed,
                                            test_crash_adopt_reclaims_a_leftover_table_of_the_name } },
                 { "crash-refused", CASE_TIMEOUT, { test_crash_reclaim_intent_spares_files_it_did_not_make,
-                                                   test_crash_restart_takes_over_only_the_intended_file } },
+                                                   test_crash_restart_takes_over_only_the_intended_file,
+                                                   test_crash_adopt_refuses_a_resized_segment } },
                 { "replaced-behind", CASE_TIMEOUT, { test_replaced_behind_back } },
                 { "replace-temp-taken", CASE_TIMEOUT, { test_replacement_temp_name_taken_before_it_is_made } },
                 { "crash-values", CASE_TIMEOUT, { test_crash_changed_values_made_anew } },
