@@ -3632,6 +3632,38 @@ START_TEST(test_crash_adopt_refuses_a_resized_segment) {
 }
 END_TEST
 
+/*
+ * A crash in the middle of a removal, after the semaphores were marked
+ * removed (every waiter told, every later call EIDRM) and before their
+ * files went: the next start finds a recorded semaphore marked removed.
+ * Taken over, it would fail every call on it for good; the start must make
+ * the channel anew, its semaphores live with their configured values.
+ */
+START_TEST(test_crash_adopt_refuses_a_semaphore_marked_removed) {
+        char *before = shm_listing();
+        struct stat sem;
+        PosixSemFile *s;
+        size_t size;
+
+        test_daemon_write_config(&td, "[" RAW1 "]");
+        test_start_ok();
+        sem = shm_stat("sem.shmbroker.raw1.2");
+        s = map_name("sem.shmbroker.raw1.2", &size);
+        test_daemon_kill(&td, SIGKILL);
+        __atomic_store_n(&s->state, (uint32_t) PSEM_STATE_REMOVED, __ATOMIC_RELEASE);
+        munmap(s, size);
+
+        test_start_ok();
+        ck_assert_msg(shm_stat("sem.shmbroker.raw1.2").st_ino != sem.st_ino,
+                      "a semaphore marked removed was taken over");
+        s = map_name("sem.shmbroker.raw1.2", &size);
+        ck_assert_uint_eq(__atomic_load_n(&s->state, __ATOMIC_ACQUIRE), PSEM_STATE_LIVE);
+        munmap(s, size);
+        ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.2"), 5);
+        stop_and_assert_listing(before);
+}
+END_TEST
+
 /* A file removed behind the daemon's back is noticed at the next open, and the channel made again. */
 START_TEST(test_removed_behind_back) {
         char *before = shm_listing();
@@ -4479,7 +4511,8 @@ int main(void) {
                                            test_crash_adopt_reclaims_a_leftover_table_of_the_name } },
                 { "crash-refused", CASE_TIMEOUT, { test_crash_reclaim_intent_spares_files_it_did_not_make,
                                                    test_crash_restart_takes_over_only_the_intended_file,
-                                                   test_crash_adopt_refuses_a_resized_segment } },
+                                                   test_crash_adopt_refuses_a_resized_segment,
+                                                   test_crash_adopt_refuses_a_semaphore_marked_removed } },
                 { "replaced-behind", CASE_TIMEOUT, { test_replaced_behind_back } },
                 { "replace-temp-taken", CASE_TIMEOUT, { test_replacement_temp_name_taken_before_it_is_made } },
                 { "crash-values", CASE_TIMEOUT, { test_crash_changed_values_made_anew } },
