@@ -1102,6 +1102,23 @@ START_TEST(test_read_only_owner_gets_no_fifo) {
 }
 END_TEST
 
+/* A ring that lets every user write it: every user takes part, and may open its FIFOs. */
+START_TEST(test_other_class_gets_the_fifos) {
+        char path[600];
+
+        test_daemon_write_config(&td,
+                "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 2, \"owner\": 65534,"
+                " \"group\": 4242, \"mode\": \"0606\"}]");
+        reload_ok();
+        for (int i = 0; i < 2; i++) {
+                snprintf(path, sizeof path, "%s.wake/r.%s", td.socket, i ? "space" : "data");
+                ck_assert_msg(test_open_as(4243, 4243, path, O_RDWR) == 0, "another user may not open %s", path);
+                /* The group's own entry still counts first: nothing for it. */
+                ck_assert_int_eq(test_open_as(4243, 4242, path, O_RDWR), EACCES);
+        }
+}
+END_TEST
+
 /*
  * The kernel gives a ring's group rights to its creator's group (the
  * daemon's: root's, as the test runs it) as well as to the channel's
@@ -1687,6 +1704,7 @@ int main(void) {
                                               test_broadcast_publisher_wakes_many_subscribers_without_a_descriptor_each } },
                 { "fifos", CASE_TIMEOUT, { test_fifos_carry_the_channels_rights_and_go_with_it,
                                            test_read_only_class_gets_no_fifo, test_read_only_owner_gets_no_fifo,
+                                           test_other_class_gets_the_fifos,
                                            test_creator_group_gets_the_fifos,
                                            test_cursor_fifos_follow_the_channel, test_half_made_fifos_are_removed,
                                            test_crash_restart_with_fewer_subscribers_leaves_no_cursor_fifo,
