@@ -3769,6 +3769,42 @@ START_TEST(test_replaced_behind_back) {
 }
 END_TEST
 
+/*
+ * A ring made again after a file went behind the daemon's back gets fresh
+ * FIFOs, as a replaced one does: a program that still has the old ones
+ * open (a client of the old ring, which may since have lost its rights)
+ * must not drain the wake-ups meant for the new ring's waiters. Whoever
+ * waits on an old one is woken, to find its ring removed.
+ */
+START_TEST(test_remade_ring_gets_fresh_fifos) {
+        char path[600];
+        struct stat old, now;
+        struct pollfd pfd;
+        json_t *resp;
+        int fd, sock;
+
+        test_daemon_write_config(&td, "[" RING1 "]");
+        test_start_ok();
+        snprintf(path, sizeof path, "%s.wake/ring1.data", td.socket);
+        fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(fstat(fd, &old), 0);
+        ck_assert_int_eq(unlink(PSEM_DIR "/sem.shmbroker.ring1.0"), 0);
+
+        sock = test_connect(td.socket);
+        resp = test_request(sock, "{\"op\": \"open\", \"channel\": \"ring1\", \"access\": \"rw\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        close(sock);
+        ck_assert_int_eq(lstat(path, &now), 0);
+        ck_assert_msg(S_ISFIFO(now.st_mode) && now.st_ino != old.st_ino, "the remade ring kept its old FIFO");
+        pfd = (struct pollfd) { .fd = fd, .events = POLLIN };
+        ck_assert_msg(poll(&pfd, 1, 0) == 1, "the remade ring's old FIFO was not written");
+        close(fd);
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
 /* Connect and open channel rw with its descriptors (fds, n of them): the connection. */
 static int open_with_fds(const char *channel, int *fds, size_t *n) {
         char req[160];
@@ -4513,7 +4549,7 @@ int main(void) {
                                                    test_crash_restart_takes_over_only_the_intended_file,
                                                    test_crash_adopt_refuses_a_resized_segment,
                                                    test_crash_adopt_refuses_a_semaphore_marked_removed } },
-                { "replaced-behind", CASE_TIMEOUT, { test_replaced_behind_back } },
+                { "replaced-behind", CASE_TIMEOUT, { test_replaced_behind_back, test_remade_ring_gets_fresh_fifos } },
                 { "replace-temp-taken", CASE_TIMEOUT, { test_replacement_temp_name_taken_before_it_is_made } },
                 { "crash-values", CASE_TIMEOUT, { test_crash_changed_values_made_anew } },
         };
