@@ -3805,6 +3805,32 @@ START_TEST(test_remade_ring_gets_fresh_fifos) {
 }
 END_TEST
 
+/*
+ * A crash, then a start whose config no longer has the ring: its FIFOs go
+ * with it, and whoever still waits on one is woken, to find the ring
+ * removed, rather than sleep on a FIFO nobody will write again.
+ */
+START_TEST(test_crash_restart_wakes_the_fifos_it_sweeps) {
+        char path[600];
+        struct pollfd pfd;
+        int fd;
+
+        test_daemon_write_config(&td, "[" RING1 "]");
+        test_start_ok();
+        snprintf(path, sizeof path, "%s.wake/ring1.data", td.socket);
+        fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        test_daemon_kill(&td, SIGKILL);
+        test_daemon_write_config(&td, "[" SV1 "]");
+        test_start_ok();
+        ck_assert_msg(access(path, F_OK) < 0 && errno == ENOENT, "the dropped ring's FIFO is still there");
+        pfd = (struct pollfd) { .fd = fd, .events = POLLIN };
+        ck_assert_msg(poll(&pfd, 1, 0) == 1, "the dropped ring's FIFO was not written");
+        close(fd);
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
 /* Connect and open channel rw with its descriptors (fds, n of them): the connection. */
 static int open_with_fds(const char *channel, int *fds, size_t *n) {
         char req[160];
@@ -4549,6 +4575,7 @@ int main(void) {
                                                    test_crash_restart_takes_over_only_the_intended_file,
                                                    test_crash_adopt_refuses_a_resized_segment,
                                                    test_crash_adopt_refuses_a_semaphore_marked_removed } },
+                { "swept", CASE_TIMEOUT, { test_crash_restart_wakes_the_fifos_it_sweeps } },
                 { "replaced-behind", CASE_TIMEOUT, { test_replaced_behind_back, test_remade_ring_gets_fresh_fifos } },
                 { "replace-temp-taken", CASE_TIMEOUT, { test_replacement_temp_name_taken_before_it_is_made } },
                 { "crash-values", CASE_TIMEOUT, { test_crash_changed_values_made_anew } },
