@@ -3845,6 +3845,46 @@ static int open_with_fds(const char *channel, int *fds, size_t *n) {
 }
 
 /*
+ * The same, where the client gives the segment its size back after the
+ * daemon's access hit the hole: the daemon's mapping of the lost pages is
+ * its own private memory since, so the ring it serves is no longer the
+ * file. Its size is right again, yet the next open must make it anew.
+ */
+START_TEST(test_truncated_and_regrown_by_client) {
+        int fd, fds[PROTO_FDS_MAX], seg_fd, held;
+        struct stat seg;
+        size_t n;
+        json_t *resp;
+
+        test_daemon_write_config(&td, "[" RING1 "]");
+        test_start_ok();
+        fd = open_with_fds("ring1", fds, &n);
+        held = daemon_fd_count();
+        seg = shm_stat("shmbroker.ring1");
+        seg_fd = dup(fds[0]);
+        ck_assert_int_ge(seg_fd, 0);
+        ck_assert_int_eq(ftruncate(fds[0], 0), 0);
+        close_all(fds, n);
+        /* The daemon touches the ring's holder table as the holder goes, before it closes the connection. */
+        close(fd);
+        for (int64_t deadline = test_now_ms() + 5000; daemon_fd_count() >= held && test_now_ms() < deadline;)
+                usleep(10 * 1000);
+        ck_assert_int_lt(daemon_fd_count(), held);
+        ck_assert_int_eq(ftruncate(seg_fd, seg.st_size), 0);
+        close(seg_fd);
+
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"open\", \"channel\": \"ring1\", \"access\": \"rw\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        close(fd);
+        ck_assert_msg(shm_stat("shmbroker.ring1").st_ino != seg.st_ino,
+                      "the ring was served on from a mapping that no longer is the file");
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
+/*
  * An rw client may ftruncate(2) the files it was handed. The daemon's own
  * mappings then end early; it must neither die of SIGBUS touching them
  * (status, holders, removal) nor keep serving the broken files: the next
@@ -4575,6 +4615,7 @@ int main(void) {
                                                    test_crash_restart_takes_over_only_the_intended_file,
                                                    test_crash_adopt_refuses_a_resized_segment,
                                                    test_crash_adopt_refuses_a_semaphore_marked_removed } },
+                { "regrown", CASE_TIMEOUT, { test_truncated_and_regrown_by_client } },
                 { "swept", CASE_TIMEOUT, { test_crash_restart_wakes_the_fifos_it_sweeps } },
                 { "replaced-behind", CASE_TIMEOUT, { test_replaced_behind_back, test_remade_ring_gets_fresh_fifos } },
                 { "replace-temp-taken", CASE_TIMEOUT, { test_replacement_temp_name_taken_before_it_is_made } },
