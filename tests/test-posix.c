@@ -3664,6 +3664,33 @@ START_TEST(test_crash_adopt_refuses_a_semaphore_marked_removed) {
 }
 END_TEST
 
+/*
+ * The same with a semaphore file whose magic a writer changed while no
+ * daemon ran: not a semaphore of this layout, whatever its state word
+ * says. The start makes the channel anew rather than take it over.
+ */
+START_TEST(test_crash_adopt_refuses_a_semaphore_of_another_magic) {
+        char *before = shm_listing();
+        struct stat sem;
+        PosixSemFile *s;
+        size_t size;
+
+        test_daemon_write_config(&td, "[" RAW1 "]");
+        test_start_ok();
+        sem = shm_stat("sem.shmbroker.raw1.2");
+        s = map_name("sem.shmbroker.raw1.2", &size);
+        test_daemon_kill(&td, SIGKILL);
+        s->magic ^= 1;
+        munmap(s, size);
+
+        test_start_ok();
+        ck_assert_msg(shm_stat("sem.shmbroker.raw1.2").st_ino != sem.st_ino,
+                      "a semaphore file of another magic was taken over");
+        ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.2"), 5);
+        stop_and_assert_listing(before);
+}
+END_TEST
+
 /* A file removed behind the daemon's back is noticed at the next open, and the channel made again. */
 START_TEST(test_removed_behind_back) {
         char *before = shm_listing();
@@ -4614,7 +4641,8 @@ int main(void) {
                 { "crash-refused", CASE_TIMEOUT, { test_crash_reclaim_intent_spares_files_it_did_not_make,
                                                    test_crash_restart_takes_over_only_the_intended_file,
                                                    test_crash_adopt_refuses_a_resized_segment,
-                                                   test_crash_adopt_refuses_a_semaphore_marked_removed } },
+                                                   test_crash_adopt_refuses_a_semaphore_marked_removed,
+                                                   test_crash_adopt_refuses_a_semaphore_of_another_magic } },
                 { "regrown", CASE_TIMEOUT, { test_truncated_and_regrown_by_client } },
                 { "swept", CASE_TIMEOUT, { test_crash_restart_wakes_the_fifos_it_sweeps } },
                 { "replaced-behind", CASE_TIMEOUT, { test_replaced_behind_back, test_remade_ring_gets_fresh_fifos } },
