@@ -1119,6 +1119,23 @@ START_TEST(test_other_class_gets_the_fifos) {
 }
 END_TEST
 
+/* A daemon started under a umask that takes every bit off for others still lets clients reach its FIFOs. */
+START_TEST(test_wake_directory_is_reachable_whatever_the_umask) {
+        char dir[400];
+        struct stat st;
+        mode_t was;
+
+        test_daemon_stop_ok(&td);
+        snprintf(dir, sizeof dir, "%s.wake", td.socket);
+        ck_assert_int_lt(stat(dir, &st), 0);
+        was = umask(077);
+        test_start_ok();
+        umask(was);
+        ck_assert_int_eq(stat(dir, &st), 0);
+        ck_assert_uint_eq(st.st_mode & 07777, 0755);
+}
+END_TEST
+
 /*
  * The kernel gives a ring's group rights to its creator's group (the
  * daemon's: root's, as the test runs it) as well as to the channel's
@@ -1702,6 +1719,7 @@ int main(void) {
                                               test_broadcast_one_subscribers_wait_keeps_anothers_wakeup,
                                               test_broadcast_unreachable_fifo_keeps_the_wakeup_for_later,
                                               test_broadcast_publisher_wakes_many_subscribers_without_a_descriptor_each } },
+                { "wake-umask", CASE_TIMEOUT, { test_wake_directory_is_reachable_whatever_the_umask } },
                 { "fifos", CASE_TIMEOUT, { test_fifos_carry_the_channels_rights_and_go_with_it,
                                            test_read_only_class_gets_no_fifo, test_read_only_owner_gets_no_fifo,
                                            test_other_class_gets_the_fifos,
