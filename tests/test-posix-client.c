@@ -1231,6 +1231,47 @@ START_TEST(test_post_past_semvmx_is_erange_as_on_system_v) {
 }
 END_TEST
 
+/*
+ * libshmbroker(3): shmb_status_sem_name() "returns the name of a posix
+ * channel's user semaphore idx as sem_open(3) takes it". A ring keeps
+ * semaphores of its own before its user's: user semaphore idx must name the
+ * file that shmb_sem_post(ch, idx) raises, not the ring's.
+ */
+START_TEST(test_status_sem_name_is_the_user_semaphore_of_a_ring) {
+        shmb_status_list *l = NULL;
+        shmb_client *c = NULL;
+        shmb_channel *ch;
+
+        test_daemon_stop_ok(&td);
+        test_daemon_write_config(&td, "[{\"name\": \"pring\", \"kind\": \"posix\", \"layout\": \"ring\","
+                                      " \"slot_size\": 64, \"slots\": 4, \"semaphores\": [0, 0]}]");
+        test_start_ok();
+        ch = must_open("pring", SHMB_RW);
+        for (int i = 0; i < 3; i++)
+                ck_assert_int_eq(shmb_sem_post(ch, 1), 0);
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_status(c, "pring", &l), 0);
+        ck_assert_uint_eq(shmb_status_nsems(l, 0), 2);
+        for (unsigned idx = 0; idx < 2; idx++) {
+                const char *name = shmb_status_sem_name(l, 0, idx);
+                sem_t *named;
+                int value = -1;
+
+                ck_assert_ptr_nonnull(name);
+                named = sem_open(name, 0);
+                ck_assert_msg(named != SEM_FAILED, "sem_open(%s): %s", name, strerror(errno));
+                ck_assert_int_eq(sem_getvalue(named, &value), 0);
+                ck_assert_msg(value == (idx == 1 ? 3 : 0), "user semaphore %u is named %s, whose value is %d",
+                              idx, name, value);
+                ck_assert_int_eq(sem_close(named), 0);
+        }
+        ck_assert_ptr_null(shmb_status_sem_name(l, 0, 2));
+        shmb_status_free(l);
+        shmb_disconnect(c);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
 
 /* ---- a broker that cannot see its subscribers' pids ---- */
 
@@ -1539,6 +1580,7 @@ int main(void) {
                                              test_reservation_survives_two_new_tokens } },
                 { "ctl", CASE_TIMEOUT, { test_shmbrokerctl_shows_kind_and_names } },
                 { "semvmx", CASE_TIMEOUT, { test_post_past_semvmx_is_erange_as_on_system_v } },
+                { "status-sem-name", CASE_TIMEOUT, { test_status_sem_name_is_the_user_semaphore_of_a_ring } },
                 { "channel-fd", CASE_TIMEOUT, { test_channel_fd_wakes_on_a_message_from_another_process,
                                                 test_channel_fd_with_only_the_socket_visible } },
         };
