@@ -4179,6 +4179,32 @@ START_TEST(test_library_refuses_before_sending) {
 END_TEST
 
 /*
+ * libshmbroker(3): a name that is no channel name is -EINVAL, refused by
+ * the library before anything is sent, as the other refusals above: so
+ * also while the broker is away, where a request would say -ECONNREFUSED.
+ * A name longer than any channel's must not reach the request, whose name
+ * has room for a channel's only.
+ */
+START_TEST(test_status_of_a_bad_name_is_refused_without_the_broker) {
+        char long_name[300];
+        shmb_status_list *l = NULL;
+        shmb_client *c;
+
+        memset(long_name, 'n', sizeof long_name - 1);
+        long_name[sizeof long_name - 1] = 0;
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(shmb_status(c, "bad name", &l), -EINVAL);
+        ck_assert_int_eq(shmb_status(c, long_name, &l), -EINVAL);
+        ck_assert_int_eq(shmb_status(c, "", &l), -EINVAL);
+        ck_assert_ptr_null(l);
+        /* The broker is away indeed: a good name goes to it. */
+        ck_assert_int_eq(shmb_status(c, "pair", &l), -ECONNREFUSED);
+        shmb_disconnect(c);
+}
+END_TEST
+
+/*
  * shmbroker.json(5), Reload: an owner, group or mode change is applied in
  * place "when every current holder keeps what it holds"; only "a process
  * mapping it without a hold the daemon can judge" counts as losing a
@@ -4601,7 +4627,8 @@ int main(void) {
                             test_closing_one_of_two_ring_handles_keeps_the_token,
                             test_ring_sender_dead_mid_message_is_skipped, test_ring_receiver_dead_mid_message_frees_slot,
                             test_ring_wait_behind_live_stuck_claim_times_out, test_ring_of_another_layout_is_eproto } },
-                { "library-refusals", CASE_TIMEOUT, { test_library_refuses_before_sending } },
+                { "library-refusals", CASE_TIMEOUT, { test_library_refuses_before_sending,
+                                        test_status_of_a_bad_name_is_refused_without_the_broker } },
                 { "faults", CASE_TIMEOUT, { test_thousand_clients_killed_at_random } },
                 { "races", CASE_TIMEOUT, { test_open_runs_on_the_brokers_ring_figures,
                              test_open_racing_replacements_is_never_exdev,
