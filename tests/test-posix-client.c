@@ -1232,6 +1232,34 @@ START_TEST(test_post_past_semvmx_is_erange_as_on_system_v) {
 END_TEST
 
 /*
+ * libshmbroker(3), -EIDRM: semaphore calls on the old handle of a removed
+ * channel "return it from then on". The broker posts each removed
+ * semaphore once to wake its waiters; a program that knows the semaphore
+ * by sem_open(3) may take that post. A try on the handle, which never
+ * waits, must still say -EIDRM, not -EAGAIN as of a live semaphore at 0.
+ */
+START_TEST(test_try_on_a_removed_semaphore_whose_wake_up_was_taken_is_eidrm) {
+        shmb_channel *ch = must_open("raw", SHMB_RW);
+        sem_t *named = sem_open("/shmbroker.raw.1", 0);
+        int value = -1;
+
+        ck_assert_ptr_ne(named, SEM_FAILED);
+        ck_assert_int_eq(shmb_sem_trywait(ch, 1), -EAGAIN);     /* live, at 0 */
+        test_daemon_stop_ok(&td);
+        /* The broker's wake-up, taken by the foreign program. */
+        ck_assert_int_eq(sem_getvalue(named, &value), 0);
+        ck_assert_int_eq(value, 1);
+        ck_assert_int_eq(sem_trywait(named), 0);
+        ck_assert_int_eq(shmb_sem_trywait(ch, 1), -EIDRM);
+        ck_assert_int_eq(shmb_sem_post(ch, 1), -EIDRM);
+        ck_assert_int_eq(sem_getvalue(named, &value), 0);
+        ck_assert_int_eq(value, 0);                             /* the refused post raised nothing */
+        ck_assert_int_eq(sem_close(named), 0);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+/*
  * libshmbroker(3): shmb_status_sem_name() "returns the name of a posix
  * channel's user semaphore idx as sem_open(3) takes it". A ring keeps
  * semaphores of its own before its user's: user semaphore idx must name the
@@ -1568,7 +1596,8 @@ int main(void) {
                                              test_removal_ends_blocked_calls_of_scribbled_files,
                                              test_files_removed_while_broker_is_away_end_blocked_calls,
                                              test_interrupted_waits_see_files_removed_while_broker_is_away,
-                                             test_reload_ends_blocked_calls } },
+                                             test_reload_ends_blocked_calls,
+                                             test_try_on_a_removed_semaphore_whose_wake_up_was_taken_is_eidrm } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,
                                                test_open_failing_halfway_leaves_nothing } },
