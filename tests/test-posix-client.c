@@ -1232,6 +1232,36 @@ START_TEST(test_post_past_semvmx_is_erange_as_on_system_v) {
 END_TEST
 
 /*
+ * The broker posts a removed semaphore once, so that every waiter wakes:
+ * a library waiter that takes that post must pass it on (posix-sem.c), or
+ * a program blocked in sem_wait(3) on the same semaphore, which never looks
+ * at the removal, would sleep for ever. Seen through sem_open(3): the post
+ * is still there once the library's waiter returned.
+ */
+START_TEST(test_woken_waiter_passes_the_removal_wake_up_on) {
+        sem_t *named = sem_open("/shmbroker.raw.1", 0);
+        Blocked b = { .kind = BLOCK_SEM, .ch = must_open("raw", SHMB_RW), .result = 1 };
+        struct timespec until;
+        pthread_t t;
+        int value = -1;
+
+        ck_assert_ptr_ne(named, SEM_FAILED);
+        ck_assert_int_eq(pthread_create(&t, NULL, blocked_call, &b), 0);
+        /* Only so that it blocks first: a wait that starts after the removal takes nothing. */
+        usleep(200 * 1000);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(clock_gettime(CLOCK_REALTIME, &until), 0);
+        until.tv_sec += WAIT_MS / 1000;
+        ck_assert_int_eq(pthread_timedjoin_np(t, NULL, &until), 0);
+        ck_assert_int_eq(b.result, -EIDRM);
+        ck_assert_int_eq(sem_getvalue(named, &value), 0);
+        ck_assert_msg(value == 1, "the removal's wake-up was not passed on: value %d", value);
+        ck_assert_int_eq(sem_close(named), 0);
+        ck_assert_int_eq(shmb_close(b.ch), 0);
+}
+END_TEST
+
+/*
  * libshmbroker(3), -EIDRM: semaphore calls on the old handle of a removed
  * channel "return it from then on". The broker posts each removed
  * semaphore once to wake its waiters; a program that knows the semaphore
@@ -1597,7 +1627,8 @@ int main(void) {
                                              test_files_removed_while_broker_is_away_end_blocked_calls,
                                              test_interrupted_waits_see_files_removed_while_broker_is_away,
                                              test_reload_ends_blocked_calls,
-                                             test_try_on_a_removed_semaphore_whose_wake_up_was_taken_is_eidrm } },
+                                             test_try_on_a_removed_semaphore_whose_wake_up_was_taken_is_eidrm,
+                                             test_woken_waiter_passes_the_removal_wake_up_on } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,
                                                test_open_failing_halfway_leaves_nothing } },
