@@ -3795,6 +3795,72 @@ START_TEST(test_open_answer_of_another_channel_is_eproto) {
 }
 END_TEST
 
+/*
+ * A relay to td's daemon: its first connection ends after the answers to
+ * hello and one open; on the second, a rejoin, its open of "pair" goes out
+ * as one of "public", so that the broker's answer names another channel.
+ */
+static void rejoin_wrong_channel_relay(int lfd) {
+        static const char asked[] = "\"channel\":\"pair\"", stray[] = "\"channel\":\"public\"";
+
+        for (int conn = 0; conn < 2; conn++) {
+                struct sockaddr_un sa = { .sun_family = AF_UNIX };
+                int c = accept(lfd, NULL, NULL), b = socket(AF_UNIX, SOCK_STREAM, 0), lines = 0;
+                char line[65536], out[65536];
+
+                if (snprintf(sa.sun_path, sizeof sa.sun_path, "%s", td.socket) >= (int) sizeof sa.sun_path ||
+                    c < 0 || b < 0 || connect(b, (struct sockaddr *) &sa, sizeof sa) < 0)
+                        _exit(1);
+                while (relay_read_line(c, line, sizeof line)) {
+                        char *at = conn == 1 ? strstr(line, asked) : NULL;
+
+                        if (at)
+                                snprintf(out, sizeof out, "%.*s%s%s", (int) (at - line), line, stray, at + strlen(asked));
+                        else
+                                snprintf(out, sizeof out, "%s", line);
+                        if (write(b, out, strlen(out)) < 0 || !relay_read_line(b, line, sizeof line) ||
+                            write(c, line, strlen(line)) < 0)
+                                break;
+                        if (conn == 0 && ++lines == 2)
+                                break;
+                }
+                close(b);
+                close(c);
+        }
+        _exit(0);
+}
+
+/*
+ * The rejoin's answers are held to what the calls' are: an open answered
+ * with another channel than it asked for is a stream out of step, which
+ * closes the connection for good (-ENOTCONN), never a rejoin that goes on
+ * as if the channel had been replaced.
+ */
+START_TEST(test_rejoin_answer_of_another_channel_closes_the_connection) {
+        struct sockaddr_un sa;
+        shmb_status_list *l = NULL;
+        shmb_channel *ch = NULL;
+        shmb_client *c;
+        pid_t pid = fake_server_start("rejoin-relay.sock", rejoin_wrong_channel_relay, &sa);
+
+        ck_assert_int_eq(shmb_connect(sa.sun_path, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "pair", SHMB_RW, &ch), 0);
+        {
+                /* The relay ends the first connection (which wakes the loop): the next call rejoins first. */
+                struct pollfd p = { .fd = shmb_client_fd(c), .events = POLLIN };
+
+                ck_assert_int_ge(p.fd, 0);
+                ck_assert_int_eq(poll(&p, 1, 10000), 1);
+        }
+        ck_assert_int_eq(shmb_list(c, &l), -ENOTCONN);
+        ck_assert_ptr_null(l);
+        ck_assert_int_eq(shmb_client_fd(c), -1);
+        ck_assert_int_eq(shmb_close(ch), 0);
+        shmb_disconnect(c);
+        fake_server_stop(pid);
+}
+END_TEST
+
 static int64_t thread_cpu_us(void) {
         struct timespec ts;
 
@@ -4670,7 +4736,8 @@ int main(void) {
                                 test_forked_child_close_keeps_parents_subscriber,
                                 test_disconnect_ends_the_connection_despite_a_forked_child,
                                 test_forked_child_close_leaves_parents_claims,
-                                test_open_answer_of_another_channel_is_eproto } },
+                                test_open_answer_of_another_channel_is_eproto,
+                                test_rejoin_answer_of_another_channel_closes_the_connection } },
                 { "refusals", CASE_TIMEOUT, { test_refusal_at_accept_is_the_answer } },
                 { "cli-edges", CASE_TIMEOUT, { test_connect_empty_path_reaches_no_abstract_impostor,
                                  test_shmbrokerctl_odd_names_one_line,
