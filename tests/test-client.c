@@ -3796,6 +3796,52 @@ START_TEST(test_open_answer_of_another_channel_is_eproto) {
 END_TEST
 
 /*
+ * A relay to td's daemon that, on its first connection, writes the answer
+ * to hello twice, in one write: a line nobody asked for, there between
+ * calls. Its later connections pass everything on.
+ */
+static void extra_line_relay(int lfd) {
+        for (int conn = 0;; conn++) {
+                struct sockaddr_un sa = { .sun_family = AF_UNIX };
+                int c = accept(lfd, NULL, NULL), b = socket(AF_UNIX, SOCK_STREAM, 0);
+                char line[65536], twice[2 * sizeof line];
+
+                if (snprintf(sa.sun_path, sizeof sa.sun_path, "%s", td.socket) >= (int) sizeof sa.sun_path ||
+                    c < 0 || b < 0 || connect(b, (struct sockaddr *) &sa, sizeof sa) < 0)
+                        _exit(1);
+                for (int lines = 0; relay_read_line(c, line, sizeof line); lines++) {
+                        if (write(b, line, strlen(line)) < 0 || !relay_read_line(b, line, sizeof line))
+                                break;
+                        snprintf(twice, sizeof twice, "%s%s", line, conn == 0 && lines == 0 ? line : "");
+                        if (write(c, twice, strlen(twice)) < 0)
+                                break;
+                }
+                close(b);
+                close(c);
+        }
+}
+
+/*
+ * Between calls the broker never writes: a line found there is no call's
+ * answer. The next call must not take it for its own (here, the list
+ * would read hello's answer): it leaves that connection and asks again.
+ */
+START_TEST(test_line_between_calls_is_no_answer) {
+        struct sockaddr_un sa;
+        shmb_status_list *l = NULL;
+        shmb_client *c;
+        pid_t pid = fake_server_start("extra-relay.sock", extra_line_relay, &sa);
+
+        ck_assert_int_eq(shmb_connect(sa.sun_path, &c), 0);
+        ck_assert_int_eq(shmb_list(c, &l), 0);
+        ck_assert_uint_gt(shmb_status_count(l), 0);
+        shmb_status_free(l);
+        shmb_disconnect(c);
+        fake_server_stop(pid);
+}
+END_TEST
+
+/*
  * A relay to td's daemon: its first connection ends after the answers to
  * hello and one open; on the second, a rejoin, its open of "pair" goes out
  * as one of "public", so that the broker's answer names another channel.
@@ -4737,7 +4783,8 @@ int main(void) {
                                 test_disconnect_ends_the_connection_despite_a_forked_child,
                                 test_forked_child_close_leaves_parents_claims,
                                 test_open_answer_of_another_channel_is_eproto,
-                                test_rejoin_answer_of_another_channel_closes_the_connection } },
+                                test_rejoin_answer_of_another_channel_closes_the_connection,
+                                test_line_between_calls_is_no_answer } },
                 { "refusals", CASE_TIMEOUT, { test_refusal_at_accept_is_the_answer } },
                 { "cli-edges", CASE_TIMEOUT, { test_connect_empty_path_reaches_no_abstract_impostor,
                                  test_shmbrokerctl_odd_names_one_line,
