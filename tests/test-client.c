@@ -911,6 +911,38 @@ START_TEST(test_malformed_answers_are_eproto) {
 }
 END_TEST
 
+/* A peer that answers every request line with a greeting of protocol version 2. */
+static void version_2_server(int lfd) {
+        static const char answer[] = "{\"ok\":true,\"version\":2,\"server\":\"fake\"}\n";
+
+        for (;;) {
+                int c = accept(lfd, NULL, NULL);
+                char ch;
+
+                if (c < 0)
+                        _exit(0);
+                while (read(c, &ch, 1) == 1)
+                        if (ch == '\n' && write(c, answer, sizeof answer - 1) < 0)
+                                break;
+                close(c);
+        }
+}
+
+/* libshmbroker(3), -EPROTO: "the broker does not speak protocol version 1". */
+START_TEST(test_broker_of_another_version_is_eproto) {
+        struct sockaddr_un sa;
+        shmb_channel *ch = NULL;
+        shmb_client *c = NULL;
+        pid_t pid = fake_server_start("v2.sock", version_2_server, &sa);
+
+        ck_assert_int_eq(shmb_connect(sa.sun_path, &c), -EPROTO);
+        ck_assert_ptr_null(c);
+        ck_assert_int_eq(shmb_open_channel(sa.sun_path, "pair", SHMB_RW, &ch), -EPROTO);
+        ck_assert_ptr_null(ch);
+        fake_server_stop(pid);
+}
+END_TEST
+
 /* A peer that greets properly, then answers the next request with a malformed
  * line followed at once by a well-formed answer that belongs to no request. */
 static void out_of_step_server(int lfd) {
@@ -4732,7 +4764,7 @@ int main(void) {
                 { "open", CASE_TIMEOUT, { test_open_attaches_and_matches_kernel, test_open_errors, test_open_without_rights_is_eacces,
                             test_other_namespace_is_exdev, test_write_through_ro_handle_faults, test_malformed_answers_are_eproto,
                             test_failed_call_closes_the_connection, test_malformed_answer_keeps_the_event_fd,
-                            test_hold_dropped_when_process_exits } },
+                            test_hold_dropped_when_process_exits, test_broker_of_another_version_is_eproto } },
                 { "semaphores", CASE_TIMEOUT, { test_lock_counts_exactly, test_killed_lock_holder_releases_lock, test_timeouts_fire,
                                   test_waiter_sees_channel_removed } },
                 { "ring", CASE_TIMEOUT, { test_ring_mpmc_exactly_once, test_ring_killed_sender_loses_nothing_sent, test_ring_no_lost_wakeups,
