@@ -896,18 +896,23 @@ static void fake_server_stop(pid_t pid) {
         waitpid(pid, NULL, 0);
 }
 
-START_TEST(test_malformed_answers_are_eproto) {
+/* shmb_connect() and shmb_open_channel() to the fake broker server (at name) both fail -EPROTO, handing nothing out. */
+static void assert_connect_and_open_eproto(const char *name, void (*server)(int)) {
         struct sockaddr_un sa;
         shmb_channel *ch = NULL;
         shmb_client *c = NULL;
-        pid_t pid = fake_server_start("garbage.sock", garbage_server, &sa);
+        pid_t pid = fake_server_start(name, server, &sa);
 
-        /* Nothing undecoded may be released: under ASan a bad free fails here. */
         ck_assert_int_eq(shmb_connect(sa.sun_path, &c), -EPROTO);
         ck_assert_ptr_null(c);
         ck_assert_int_eq(shmb_open_channel(sa.sun_path, "pair", SHMB_RW, &ch), -EPROTO);
         ck_assert_ptr_null(ch);
         fake_server_stop(pid);
+}
+
+START_TEST(test_malformed_answers_are_eproto) {
+        /* Nothing undecoded may be released: under ASan a bad free fails here. */
+        assert_connect_and_open_eproto("garbage.sock", garbage_server);
 }
 END_TEST
 
@@ -930,16 +935,7 @@ static void version_2_server(int lfd) {
 
 /* libshmbroker(3), -EPROTO: "the broker does not speak protocol version 1". */
 START_TEST(test_broker_of_another_version_is_eproto) {
-        struct sockaddr_un sa;
-        shmb_channel *ch = NULL;
-        shmb_client *c = NULL;
-        pid_t pid = fake_server_start("v2.sock", version_2_server, &sa);
-
-        ck_assert_int_eq(shmb_connect(sa.sun_path, &c), -EPROTO);
-        ck_assert_ptr_null(c);
-        ck_assert_int_eq(shmb_open_channel(sa.sun_path, "pair", SHMB_RW, &ch), -EPROTO);
-        ck_assert_ptr_null(ch);
-        fake_server_stop(pid);
+        assert_connect_and_open_eproto("v2.sock", version_2_server);
 }
 END_TEST
 

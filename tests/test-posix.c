@@ -3633,13 +3633,11 @@ START_TEST(test_crash_adopt_refuses_a_resized_segment) {
 END_TEST
 
 /*
- * A crash in the middle of a removal, after the semaphores were marked
- * removed (every waiter told, every later call EIDRM) and before their
- * files went: the next start finds a recorded semaphore marked removed.
- * Taken over, it would fail every call on it for good; the start must make
- * the channel anew, its semaphores live with their configured values.
+ * Start with RAW1, kill the daemon, spoil its semaphore 2 with spoil(),
+ * start again: the semaphore must be made anew (another file, live, its
+ * configured value), not taken over; what names the spoiling.
  */
-START_TEST(test_crash_adopt_refuses_a_semaphore_marked_removed) {
+static void assert_spoiled_semaphore_made_anew(void (*spoil)(PosixSemFile *), const char *what) {
         char *before = shm_listing();
         struct stat sem;
         PosixSemFile *s;
@@ -3650,17 +3648,35 @@ START_TEST(test_crash_adopt_refuses_a_semaphore_marked_removed) {
         sem = shm_stat("sem.shmbroker.raw1.2");
         s = map_name("sem.shmbroker.raw1.2", &size);
         test_daemon_kill(&td, SIGKILL);
-        __atomic_store_n(&s->state, (uint32_t) PSEM_STATE_REMOVED, __ATOMIC_RELEASE);
+        spoil(s);
         munmap(s, size);
 
         test_start_ok();
-        ck_assert_msg(shm_stat("sem.shmbroker.raw1.2").st_ino != sem.st_ino,
-                      "a semaphore marked removed was taken over");
+        ck_assert_msg(shm_stat("sem.shmbroker.raw1.2").st_ino != sem.st_ino, "a semaphore %s was taken over", what);
         s = map_name("sem.shmbroker.raw1.2", &size);
         ck_assert_uint_eq(__atomic_load_n(&s->state, __ATOMIC_ACQUIRE), PSEM_STATE_LIVE);
         munmap(s, size);
         ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.2"), 5);
         stop_and_assert_listing(before);
+}
+
+static void mark_removed(PosixSemFile *s) {
+        __atomic_store_n(&s->state, (uint32_t) PSEM_STATE_REMOVED, __ATOMIC_RELEASE);
+}
+
+static void change_magic(PosixSemFile *s) {
+        s->magic ^= 1;
+}
+
+/*
+ * A crash in the middle of a removal, after the semaphores were marked
+ * removed (every waiter told, every later call EIDRM) and before their
+ * files went: the next start finds a recorded semaphore marked removed.
+ * Taken over, it would fail every call on it for good; the start must make
+ * the channel anew, its semaphores live with their configured values.
+ */
+START_TEST(test_crash_adopt_refuses_a_semaphore_marked_removed) {
+        assert_spoiled_semaphore_made_anew(mark_removed, "marked removed");
 }
 END_TEST
 
@@ -3670,24 +3686,7 @@ END_TEST
  * says. The start makes the channel anew rather than take it over.
  */
 START_TEST(test_crash_adopt_refuses_a_semaphore_of_another_magic) {
-        char *before = shm_listing();
-        struct stat sem;
-        PosixSemFile *s;
-        size_t size;
-
-        test_daemon_write_config(&td, "[" RAW1 "]");
-        test_start_ok();
-        sem = shm_stat("sem.shmbroker.raw1.2");
-        s = map_name("sem.shmbroker.raw1.2", &size);
-        test_daemon_kill(&td, SIGKILL);
-        s->magic ^= 1;
-        munmap(s, size);
-
-        test_start_ok();
-        ck_assert_msg(shm_stat("sem.shmbroker.raw1.2").st_ino != sem.st_ino,
-                      "a semaphore file of another magic was taken over");
-        ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.2"), 5);
-        stop_and_assert_listing(before);
+        assert_spoiled_semaphore_made_anew(change_magic, "file of another magic");
 }
 END_TEST
 
