@@ -579,6 +579,16 @@ START_TEST(test_stuck_notify_reader_does_not_stall_serving) {
 }
 END_TEST
 
+/* Start on two_channels and read the start's STATUS= messages, until none came for 200 ms. */
+static void start_quiet(void) {
+        char *msg;
+
+        test_daemon_write_config(&td, two_channels);
+        test_start_ok();
+        while ((msg = test_daemon_wait_notify(&td, "STATUS=", 200)))
+                free(msg);
+}
+
 /* Send filler datagrams to the notify socket at path until its queue is full: the filler socket, connected. */
 static int fill_notify_queue(const char *path) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -668,10 +678,7 @@ START_TEST(test_ready_after_reloading_once_a_full_notify_queue_drains) {
         json_t *resp;
         int filler, fd;
 
-        test_daemon_write_config(&td, two_channels);
-        test_start_ok();
-        while ((msg = test_daemon_wait_notify(&td, "STATUS=", 200)))
-                free(msg);
+        start_quiet();
         filler = fill_notify_queue(td.notify);
         ck_assert_int_eq(recv(td.notify_fd, buf, sizeof buf, MSG_DONTWAIT), 8);  /* one place for RELOADING=1 */
         td.notified[0] = 0;
@@ -732,10 +739,7 @@ START_TEST(test_state_change_waits_for_room_again_after_a_send_goes_through) {
         int filler, fd, r;
         json_t *resp;
 
-        test_daemon_write_config(&td, two_channels);
-        test_start_ok();
-        while ((msg = test_daemon_wait_notify(&td, "STATUS=", 200)))
-                free(msg);
+        start_quiet();
         fd = test_connect(td.socket);
         /* A reload into a full queue: its RELOADING=1 waits in vain. */
         filler = fill_notify_queue(td.notify);
@@ -778,10 +782,7 @@ START_TEST(test_stopping_waits_for_room) {
         pid_t pid;
         char *msg;
 
-        test_daemon_write_config(&td, two_channels);
-        test_start_ok();
-        while ((msg = test_daemon_wait_notify(&td, "STATUS=", 200)))
-                free(msg);
+        start_quiet();
         filler = fill_notify_queue(td.notify);
         ck_assert_int_eq(kill(td.pid, SIGTERM), 0);
         for (int64_t deadline = test_now_ms() + 5000; !in_poll(td.pid);) {
@@ -857,11 +858,6 @@ static void run_until_send_dropped(const char *what) {
         ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
 }
 
-/*
- * A STATUS= that found the queue full is not taken as said: the figures go
- * again a second later, until they go through, with no client coming or
- * going meanwhile (shmbrokerd(8): "tried again each second").
- */
 /* The datagrams waiting on fd, each followed by '|'. */
 static void read_datagrams(int fd, char *seen, size_t size) {
         char buf[1024];
@@ -938,16 +934,18 @@ START_TEST(test_dropped_state_change_goes_first_unless_replaced) {
 }
 END_TEST
 
+/*
+ * A STATUS= that found the queue full is not taken as said: the figures go
+ * again a second later, until they go through, with no client coming or
+ * going meanwhile (shmbrokerd(8): "tried again each second").
+ */
 START_TEST(test_dropped_status_is_sent_again) {
         static const char open_a[] = "{\"op\":\"open\",\"channel\":\"a\",\"access\":\"rw\"}\n";
         json_t *resp;
-        char *msg, *line;
+        char *line;
         int filler, fd;
 
-        test_daemon_write_config(&td, two_channels);
-        test_start_ok();
-        while ((msg = test_daemon_wait_notify(&td, "STATUS=", 200)))
-                free(msg);
+        start_quiet();
         filler = fill_notify_queue(td.notify);
         fd = test_connect(td.socket);
         test_daemon_trace(&td);
