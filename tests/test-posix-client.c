@@ -579,12 +579,14 @@ typedef struct Blocked {
         shmb_channel *ch;
         int result;
         int64_t returned_ms;
+        pid_t tid;              /* the calling thread's, once it is about to call */
 } Blocked;
 
 static void *blocked_call(void *userdata) {
         Blocked *b = userdata;
         char buf[4096];
 
+        __atomic_store_n(&b->tid, (pid_t) syscall(SYS_gettid), __ATOMIC_RELEASE);
         switch (b->kind) {
         case BLOCK_SEM:
                 b->result = shmb_sem_wait(b->ch, 1, -1);
@@ -603,6 +605,27 @@ static void *blocked_call(void *userdata) {
 static const char *const blocked_names[_BLOCK_MAX] = { "raw", "lock", "ring" };
 
 /*
+ * Until b's thread sleeps in its call: five looks in a row, 1 ms apart, so
+ * that a thread caught between two slices of its wait still counts, and
+ * one merely scheduled out before the call does not. A call that started
+ * after the removal would return -EIDRM without waiting, and the tests
+ * below would then pass without testing a waiter.
+ */
+static void await_blocked(const Blocked *b) {
+        int64_t deadline = test_now_ms() + WAIT_MS;
+
+        for (int asleep = 0; asleep < 5; usleep(1000)) {
+                pid_t tid = __atomic_load_n(&b->tid, __ATOMIC_ACQUIRE);
+
+                ck_assert_msg(__atomic_load_n(&b->result, __ATOMIC_RELAXED) == 1, "%s returned before the removal",
+                              blocked_names[b->kind]);
+                ck_assert_msg(test_now_ms() < deadline, "%s did not block within %d ms", blocked_names[b->kind],
+                              WAIT_MS);
+                asleep = tid && test_task_state(getpid(), tid) == 'S' ? asleep + 1 : 0;
+        }
+}
+
+/*
  * holder takes the lock, then each kind of call blocks in a thread of its
  * own: the lock, semaphore 1 (0) and the empty ring.
  */
@@ -614,11 +637,8 @@ static shmb_channel *start_blocked_calls(Blocked b[_BLOCK_MAX], pthread_t t[_BLO
                 b[i] = (Blocked) { .kind = (BlockKind) i, .ch = must_open(blocked_names[i], SHMB_RW), .result = 1 };
                 ck_assert_int_eq(pthread_create(&t[i], NULL, blocked_call, &b[i]), 0);
         }
-        /* Not needed for correctness (a call that starts after the removal gets -EIDRM at once), only so they block first. */
-        usleep(200 * 1000);
         for (int i = 0; i < _BLOCK_MAX; i++)
-                ck_assert_msg(__atomic_load_n(&b[i].result, __ATOMIC_RELAXED) == 1, "%s returned before the removal",
-                              blocked_names[i]);
+                await_blocked(&b[i]);
         return holder;
 }
 
@@ -1247,8 +1267,8 @@ START_TEST(test_woken_waiter_passes_the_removal_wake_up_on) {
 
         ck_assert_ptr_ne(named, SEM_FAILED);
         ck_assert_int_eq(pthread_create(&t, NULL, blocked_call, &b), 0);
-        /* Only so that it blocks first: a wait that starts after the removal takes nothing. */
-        usleep(200 * 1000);
+        /* A wait that starts after the removal takes nothing, and would pass on nothing. */
+        await_blocked(&b);
         test_daemon_stop_ok(&td);
         ck_assert_int_eq(clock_gettime(CLOCK_REALTIME, &until), 0);
         until.tv_sec += WAIT_MS / 1000;
