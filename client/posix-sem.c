@@ -182,8 +182,13 @@ int posix_lock(shmb_channel *ch, unsigned idx, int timeout_ms) {
 }
 
 int posix_unlock(shmb_channel *ch, unsigned idx) {
-        /* Not after a removal: a holder gives its lock back whatever became of the channel. */
-        if (!lock_kind_ok(ch->psems[idx]))
+        PosixSemFile *f = ch->psems[idx];
+        int r;
+
+        if (!lock_kind_ok(f))
                 return -EPROTO;
-        return -pthread_mutex_unlock(&ch->psems[idx]->lock);
+        /* Given back whatever became of the channel, but a removal is told as on System V
+         * (and rather than -EPERM without the lock): what was written under it went nowhere. */
+        r = -pthread_mutex_unlock(&f->lock);
+        return removed(f) ? -EIDRM : r;
 }

@@ -660,7 +660,7 @@ static void assert_blocked_calls_ended(Blocked b[_BLOCK_MAX], pthread_t t[_BLOCK
                 ck_assert_int_eq(shmb_close(b[i].ch), 0);
         }
         ck_assert_int_eq(shmb_sem_post(holder, 0), -EIDRM);
-        ck_assert_int_eq(shmb_unlock(holder, 0), 0);
+        ck_assert_int_eq(shmb_unlock(holder, 0), -EIDRM);
         ck_assert_int_eq(shmb_close(holder), 0);
 }
 
@@ -674,6 +674,31 @@ START_TEST(test_removal_ends_blocked_calls) {
         td.pid = -1;
         assert_blocked_calls_ended(b, t, holder, removed_ms, "stop");
         ck_assert_int_eq(dev_shm_count(), 0);
+}
+END_TEST
+
+/*
+ * SPEC, channel lifecycle: once a channel is removed every semaphore call
+ * on the old handle returns -EIDRM, and the same calls work alike on both
+ * kinds. On System V an unlock after the removal fails with it (the set is
+ * gone); a posix lock's holder must learn it the same way, not get 0, and
+ * an unlock without the lock must not say -EPERM instead.
+ */
+START_TEST(test_unlock_after_removal_is_eidrm) {
+        shmb_channel *px = must_open("lock", SHMB_RW), *sv = must_open("sysv", SHMB_RW);
+
+        ck_assert_int_eq(shmb_lock(px, 0, 0), 0);
+        ck_assert_int_eq(shmb_lock(sv, 0, 0), 0);
+        test_daemon_stop_ok(&td);
+        td.pid = -1;
+        ck_assert_int_eq(shmb_unlock(sv, 0), -EIDRM);
+        ck_assert_int_eq(shmb_unlock(px, 0), -EIDRM);
+        /* Again, now without the lock: still the removal, not -EPERM. */
+        ck_assert_int_eq(shmb_unlock(sv, 0), -EIDRM);
+        ck_assert_int_eq(shmb_unlock(px, 0), -EIDRM);
+        ck_assert_int_eq(shmb_lock(px, 0, 0), -EIDRM);
+        ck_assert_int_eq(shmb_close(px), 0);
+        ck_assert_int_eq(shmb_close(sv), 0);
 }
 END_TEST
 
@@ -1648,7 +1673,8 @@ int main(void) {
                                              test_interrupted_waits_see_files_removed_while_broker_is_away,
                                              test_reload_ends_blocked_calls,
                                              test_try_on_a_removed_semaphore_whose_wake_up_was_taken_is_eidrm,
-                                             test_woken_waiter_passes_the_removal_wake_up_on } },
+                                             test_woken_waiter_passes_the_removal_wake_up_on,
+                                             test_unlock_after_removal_is_eidrm } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,
                                                test_open_failing_halfway_leaves_nothing } },
