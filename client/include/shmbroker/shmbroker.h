@@ -295,10 +295,10 @@ uint32_t shmb_channel_sem_key(const shmb_channel *ch);
 /* The semaphore set's id; -EOPNOTSUPP for a posix channel, -EINVAL for NULL. */
 int shmb_channel_sem_id(const shmb_channel *ch);
 
-/* A ring's largest message in bytes; 0 for a raw channel and NULL. */
+/* A ring's or broadcast channel's largest message in bytes; 0 for a raw channel and NULL. */
 uint32_t shmb_channel_slot_size(const shmb_channel *ch);
 
-/* A ring's number of slots; 0 for a raw channel and NULL. */
+/* A ring's or broadcast channel's number of slots; 0 for a raw channel and NULL. */
 uint32_t shmb_channel_slots(const shmb_channel *ch);
 
 /* ---- semaphores (index 0 .. shmb_channel_nsems() - 1) ---- */
@@ -308,7 +308,7 @@ uint32_t shmb_channel_slots(const shmb_channel *ch);
  * zero), post increments. timeout_ms: -1 forever, 0 try once (-EAGAIN),
  * > 0 at most that long (-ETIMEDOUT). -EINTR when a signal interrupts a
  * wait; -EIDRM when the set was removed; -EINVAL for a bad index;
- * -EACCES for a post on a read-only handle.
+ * -EACCES for any of them on a read-only handle (a wait changes a value too).
  */
 int shmb_sem_wait(shmb_channel *ch, unsigned idx, int timeout_ms);
 int shmb_sem_post(shmb_channel *ch, unsigned idx);
@@ -357,7 +357,8 @@ int shmb_channel_set_spin(shmb_channel *ch, unsigned spin_us);
 /*
  * Send one message of 0..slot_size bytes. Never torn: a receiver sees all
  * of it or nothing. Errors: -EMSGSIZE, -EAGAIN (full, timeout 0),
- * -ETIMEDOUT, -EINTR, -ENOTSUP (not a ring), -EACCES (read-only handle).
+ * -ETIMEDOUT, -EINTR, -EIDRM, -ENOTSUP (neither a ring nor a broadcast
+ * channel), -EACCES (read-only handle).
  */
 int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeout_ms);
 
@@ -420,8 +421,9 @@ int shmb_recv_release(shmb_channel *ch, const void *buf);
  * broker keeps next to its socket (they outlive a broker restart, so a
  * wait survives it): watch it for input only; do not read, write or close
  * it; it lives until shmb_close(). A handle waits for one side at a time:
- * the side of its latest -EAGAIN. Made on the first call (three
- * descriptors, close-on-exec); a handle that never asks pays nothing, and
+ * the side of its latest -EAGAIN. Made on the first call (four
+ * descriptors: the epoll instance, the two FIFOs and a timer; a broadcast
+ * subscriber's own FIFO a fifth; close-on-exec); a handle that never asks pays nothing, and
  * every other handle of the channel pays one write to a FIFO per wait of
  * this one, only when it makes that wait end.
  *
@@ -514,7 +516,8 @@ uint64_t shmb_status_size(const shmb_status_list *l, size_t i);
 unsigned shmb_status_nsems(const shmb_status_list *l, size_t i);
 
 /*
- * The semaphores the layout keeps for itself (a ring's one; 0 for raw),
+ * The semaphores the layout keeps for itself (one for a ring or a
+ * broadcast channel; 0 for raw),
  * which come first in the kernel's set: the set has this plus
  * shmb_status_nsems() semaphores, and user semaphore k is the kernel's
  * number this + k. For admin tools that show the set as ipcs does. 0 for
@@ -540,7 +543,7 @@ int shmb_status_sem_id(const shmb_status_list *l, size_t i);
 const char *shmb_status_shm_name(const shmb_status_list *l, size_t i);
 const char *shmb_status_sem_name(const shmb_status_list *l, size_t i, unsigned idx);
 
-/* A ring's slot size and number of slots; 0 for a raw channel and for no entry. */
+/* A ring's or broadcast channel's slot size and number of slots; 0 for a raw channel and for no entry. */
 uint32_t shmb_status_slot_size(const shmb_status_list *l, size_t i);
 uint32_t shmb_status_slots(const shmb_status_list *l, size_t i);
 
