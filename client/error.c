@@ -1,11 +1,15 @@
 /* Sentences for every error the library returns. */
 
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 
 #include "client/shmbroker-internal.h"
 
 const char *shmb_strerror(int err) {
+        /* -INT_MIN overflows, and no errno is that large. */
+        if (err == INT_MIN)
+                return "unknown error";
         switch (-err) {
         case 0: return "success";
         case ENOENT: return "no such channel, or no broker socket at that path";
@@ -39,5 +43,5 @@ const char *shmb_strerror(int err) {
 }
 
 const char *shmb_errno_name(int err) {
-        return proto_errno_to_name(err < 0 ? -err : err);
+        return proto_errno_to_name(err == INT_MIN ? INT_MAX : err < 0 ? -err : err);
 }
