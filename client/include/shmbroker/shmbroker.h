@@ -432,7 +432,7 @@ int shmb_recv_release(shmb_channel *ch, const void *buf);
  *
  * Returns the fd (the same on every call); -ENOTSUP (not a ring nor a
  * broadcast channel), -EACCES (a read-only handle of a ring), -EOPNOTSUPP (the broker names no FIFOs: it could
- * not make them), the error of opening a FIFO (-EACCES, -ENOENT when this
+ * not make them; the same value as -ENOTSUP on Linux, told apart by shmb_channel_layout()), the error of opening a FIFO (-EACCES, -ENOENT when this
  * process cannot see the broker's directory), -EMFILE, -ENOMEM. -EINVAL
  * for NULL. Thread-safe.
  */
