@@ -803,6 +803,11 @@ static const Reject name_bad[] = {
         { CHANNELS("{\"size\": 1}"), { "\"name\"", "channels[0]", NULL } },
         { CHANNELS("{\"name\": \"ok\", \"size\": 1}, {\"size\": 1}"), { "\"name\"", "channels[1]", NULL } },
         { CHANNELS("{\"name\": 5, \"size\": 1}"), { "\"name\"", NULL } },
+        /* shmbroker.json(5), ERRORS: channel errors name "its index in channels"; a name of the wrong type too. */
+        { CHANNELS("{\"name\": \"ok\", \"size\": 1}, {\"name\": 5, \"size\": 1}"),
+          { "\"name\"", "channels[1]", NULL } },
+        { CHANNELS("{\"name\": \"ok\", \"size\": 1}, {\"name\": null, \"size\": 1}"),
+          { "\"name\"", "channels[1]", NULL } },
         { CHANNELS("{\"name\": \"dup\", \"size\": 1}, {\"name\": \"other\", \"size\": 1},"
                    "{\"name\": \"dup\", \"size\": 2}"),
           { "\"dup\"", "twice", NULL } },
