@@ -269,7 +269,9 @@ static int parse_channel(Ctx *ctx, json_t *o, ChannelSpec *c) {
         jname = json_object_get(o, "name");
         if (!jname)
                 return fail(ctx, "channels[%zu] has no \"name\"", ctx->index);
-        CHECK_FIELD(ctx, json_field_string(jname, "name", &s, msg, msg_size));
+        /* No channel to name yet: the index says which entry it is. */
+        if (json_field_string(jname, "name", &s, why, sizeof why))
+                return fail(ctx, "channels[%zu]: %s", ctx->index, why);
         if (!proto_name_is_valid(s))
                 return fail(ctx, "channels[%zu]: \"name\" must be 1-%d characters of A-Z a-z 0-9 . _ -, not \"%.80s\"",
                             ctx->index, PROTO_NAME_MAX, s);
