@@ -4757,6 +4757,34 @@ START_TEST(test_shmbrokerctl_subscriber_rows_cannot_be_forged) {
 }
 END_TEST
 
+/*
+ * shmbrokerctl(1), EXIT STATUS 2: "the daemon cannot be reached", with one
+ * line that says why. A -s path that is a plain file or a directory is no
+ * socket at all: saying nobody listens "on the socket" sends the admin
+ * looking for a stopped daemon. A missing path is no socket either: the
+ * sentence must not talk of a channel, which the command never named.
+ */
+START_TEST(test_shmbrokerctl_socket_path_not_a_socket_says_so) {
+        static char out[4096];
+        char path[400];
+        int fd;
+
+        snprintf(path, sizeof path, "%s/plain-file", td.dir);
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        ck_assert_int_ge(fd, 0);
+        close(fd);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s -s %s list 2>&1 >/dev/null", SHMBROKERCTL_PATH, path), 2);
+        ck_assert_msg(strstr(out, path) && strstr(out, "not a socket"), "a plain file: \"%s\"", out);
+        ck_assert_int_eq(unlink(path), 0);
+
+        ck_assert_int_eq(test_run(out, sizeof out, "%s -s %s list 2>&1 >/dev/null", SHMBROKERCTL_PATH, td.dir), 2);
+        ck_assert_msg(strstr(out, "not a socket"), "a directory: \"%s\"", out);
+
+        ck_assert_int_eq(test_run(out, sizeof out, "%s -s %s list 2>&1 >/dev/null", SHMBROKERCTL_PATH, path), 2);
+        ck_assert_msg(strstr(out, path) && !strstr(out, "channel"), "a missing path: \"%s\"", out);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -4830,7 +4858,8 @@ int main(void) {
                                  test_shmbrokerctl_subscriber_rows_cannot_be_forged } },
                 { "cli-doc", CASE_TIMEOUT, { test_shmbrokerctl_sizes_and_reload_lines, test_shmbrokerctl_access_column_is_the_holds,
                                  test_shmbrokerctl_hung_broker_exits_2_after_the_bound,
-                                 test_shmbrokerctl_invalid_name_exit_codes } },
+                                 test_shmbrokerctl_invalid_name_exit_codes,
+                                 test_shmbrokerctl_socket_path_not_a_socket_says_so } },
         };
 
         return test_main("client", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
