@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include <shmbroker/shmbroker.h>
@@ -507,6 +508,29 @@ static void help(FILE *f) {
                    "Exit status: 0 ok, 1 refused by the daemon, 2 usage or connection error.\n");
 }
 
+/*
+ * Why shmb_connect(path) failed, for an admin: the broker's sentence for a
+ * refusal (which limit); else the kernel's word for a path we may not reach
+ * or that names nothing (the library's EACCES and ENOENT texts speak of a
+ * channel, which no one named here); and for a refused connect, whether
+ * there is a socket at all: a plain file or a directory refuses too, and
+ * "nobody listening" would send the admin after a stopped daemon.
+ */
+static const char *connect_failure(const char *path, int r) {
+        const char *why = shmb_client_last_message(NULL);
+        struct stat st;
+
+        if (*why)
+                return why;
+        if (r == -EACCES || r == -EPERM)
+                return strerror(-r);
+        if (r == -ENOENT)
+                return "no socket at that path (is shmbrokerd running?)";
+        if ((r == -ECONNREFUSED || r == -ENOTSOCK) && stat(path, &st) == 0 && !S_ISSOCK(st.st_mode))
+                return S_ISDIR(st.st_mode) ? "that is a directory, not a socket" : "that file is not a socket";
+        return shmb_strerror(r);
+}
+
 /* r, unless what went to stdout did not all arrive: a script would take an empty table for an answer. */
 static int written(int r) {
         if (fflush(stdout) != 0 || ferror(stdout)) {
@@ -606,14 +630,10 @@ int main(int argc, char *argv[]) {
                 if (r < 0) {
                         /* Name the path the library tried: an empty variable counts as unset. */
                         const char *env = getenv("SHMBROKER_SOCKET");
-
-                        /* The broker's sentence for a refusal (which limit); else the kernel's word for a socket we
-                         * may not reach (the library's EACCES text is a channel's), or the library's. */
-                        const char *why = shmb_client_last_message(NULL);
+                        const char *path = o.socket ?: env && *env ? env : SHMB_DEFAULT_SOCKET;
 
                         fputs("shmbrokerctl: cannot connect to ", stderr);
-                        print_message_tail(o.socket ?: env && *env ? env : SHMB_DEFAULT_SOCKET,
-                                           *why ? why : r == -EACCES || r == -EPERM ? strerror(-r) : shmb_strerror(r));
+                        print_message_tail(path, connect_failure(path, r));
                         return EXIT_USAGE;
                 }
                 r = commands[i].run(c, &o, nargs, argv + optind + 1);
