@@ -4785,6 +4785,32 @@ START_TEST(test_shmbrokerctl_socket_path_not_a_socket_says_so) {
 }
 END_TEST
 
+/*
+ * shmbrokerctl(1), EXIT STATUS 2: "an invalid channel name (without
+ * --json ...)" is a usage error, and the one line must say what is wrong
+ * with it (the rule), as the daemon's own EINVAL sentence does; not the
+ * library's catch-all "invalid argument (bad name, semaphore index or
+ * access mode)", nor "shmbrokerctl: : ..." for an empty name. As the
+ * other usage errors, it is found before any connection: with no daemon
+ * there, it is still the name that is reported.
+ */
+START_TEST(test_shmbrokerctl_invalid_name_message_says_the_rule) {
+        static const char *const names[] = { "''", "'bad name'", "a/b" };
+        static char out[4096];
+
+        for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+                ck_assert_int_eq(test_run(out, sizeof out, "%s status %s 2>&1 >/dev/null", SHMBROKERCTL_PATH,
+                                          names[i]), 2);
+                ck_assert_msg(strstr(out, "A-Z a-z 0-9 . _ -") && !strstr(out, "semaphore index"), "%s: \"%s\"",
+                              names[i], out);
+                ck_assert_int_eq(test_run(out, sizeof out, "%s -s %s/nonexistent status %s 2>&1 >/dev/null",
+                                          SHMBROKERCTL_PATH, td.dir, names[i]), 2);
+                ck_assert_msg(strstr(out, "A-Z a-z 0-9 . _ -") && !strstr(out, "connect"), "%s, no daemon: \"%s\"",
+                              names[i], out);
+        }
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -4859,7 +4885,8 @@ int main(void) {
                 { "cli-doc", CASE_TIMEOUT, { test_shmbrokerctl_sizes_and_reload_lines, test_shmbrokerctl_access_column_is_the_holds,
                                  test_shmbrokerctl_hung_broker_exits_2_after_the_bound,
                                  test_shmbrokerctl_invalid_name_exit_codes,
-                                 test_shmbrokerctl_socket_path_not_a_socket_says_so } },
+                                 test_shmbrokerctl_socket_path_not_a_socket_says_so,
+                                 test_shmbrokerctl_invalid_name_message_says_the_rule } },
         };
 
         return test_main("client", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
