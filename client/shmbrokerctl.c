@@ -626,6 +626,18 @@ int main(int argc, char *argv[]) {
                                 commands[i].max_args ? "at most one channel name" : "no arguments");
                         return EXIT_USAGE;
                 }
+                /*
+                 * A name no channel can have is a usage error, found before connecting, with the rule said
+                 * (the library's EINVAL text is a catch-all). --json sends it as given: the daemon's answer
+                 * is what that mode prints.
+                 */
+                if (nargs > 0 && !o.json && !proto_name_is_valid(argv[optind + 1])) {
+                        fputs("shmbrokerctl: \"", stderr);
+                        print_text(argv[optind + 1]);
+                        fprintf(stderr, "\" is not a channel name: 1-%d characters of A-Z a-z 0-9 . _ -\n",
+                                PROTO_NAME_MAX);
+                        return EXIT_USAGE;
+                }
                 r = shmb_connect(o.socket, &c);
                 if (r < 0) {
                         /* Name the path the library tried: an empty variable counts as unset. */
