@@ -379,9 +379,15 @@ static int parse_channel(Ctx *ctx, json_t *o, ChannelSpec *c) {
          * Every descriptor of an open answer travels in one SCM_RIGHTS
          * message: segment, table, semaphores, the two wake-up FIFOs.
          */
-        if (c->kind == PROTO_KIND_POSIX && c->nsems > PROTO_FDS_MAX - 4)
+        if (c->kind == PROTO_KIND_POSIX && c->nsems > PROTO_FDS_MAX - 4) {
+                /* Said in what the user wrote: a ring's or broadcast channel's own semaphore is a file too. */
+                if (reserved)
+                        return fail(ctx, "a posix %s has room for at most %u semaphores of \"semaphores\" (one "
+                                    "file each, after its own), not %u", c->layout == PROTO_LAYOUT_RING ? "ring" :
+                                    "broadcast channel", PROTO_FDS_MAX - 4 - reserved, c->nsems - reserved);
                 return fail(ctx, "a posix channel has at most %d semaphores (one file each), not %u",
                             PROTO_FDS_MAX - 4, c->nsems);
+        }
 
         c->uid = self_euid();
         c->gid = self_egid();
