@@ -1247,6 +1247,41 @@ START_TEST(test_fixed_key_of_kept_channel) {
 END_TEST
 
 /*
+ * shmbroker.json(5), RELOAD: "A changed socket is logged and ignored;
+ * moving the socket, and changing socket_mode or socket_group, need a
+ * restart." A changed socket_mode or socket_group is ignored as well, and
+ * must be logged as well: an admin who tightens the socket's mode and
+ * reloads must not be left to believe it applied (SPEC: a change "must not
+ * be silently ignored").
+ */
+START_TEST(test_socket_mode_and_group_changed_at_reload_are_logged) {
+        struct stat before, after;
+        char *text, *log;
+        int fd;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
+        test_start_ok();
+        ck_assert_int_eq(stat(td.socket, &before), 0);
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"socket_mode\": \"0600\", "
+                                         "\"socket_group\": 4242, \"channels\": [{\"name\": \"a\", \"size\": 4096}]}\n",
+                                  td.socket), 0);
+        test_daemon_write_raw_config(&td, text);
+        free(text);
+        fd = test_connect(td.socket);
+        reload_expect(fd, "", "", "", "a");
+        close(fd);
+        /* Ignored, as documented: the socket keeps what it had. */
+        ck_assert_int_eq(stat(td.socket, &after), 0);
+        ck_assert_uint_eq(after.st_mode & 07777, before.st_mode & 07777);
+        ck_assert_uint_eq(after.st_gid, before.st_gid);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "socket_mode") && strstr(log, "socket_group") && strstr(log, "restart"),
+                      "a changed socket_mode or socket_group is not logged: %s", log);
+        free(log);
+}
+END_TEST
+
+/*
  * "socket" changed in the file: a reload ignores it (moving the socket needs
  * a restart). If the daemon is then killed and started again on the same
  * file and state directory, as systemd's Restart= does, the previous run's
@@ -3223,7 +3258,8 @@ int main(void) {
                                                     test_replacement_failed_in_step_3_is_listed_removed } },
                 { "reload-toctou", CASE_TIMEOUT, { test_attach_between_plan_and_ipc_set_is_judged,
                                                    test_attach_between_plan_and_ipc_set_key_taken_removes } },
-                { "top-level-keys", CASE_TIMEOUT, { test_limits_admin_group_and_socket_at_reload } },
+                { "top-level-keys", CASE_TIMEOUT, { test_limits_admin_group_and_socket_at_reload,
+                                 test_socket_mode_and_group_changed_at_reload_are_logged } },
                 { "refusals", CASE_TIMEOUT, { test_broken_config_changes_nothing, test_reload_needs_root_or_admin_group,
                                 test_kernel_limit_refused_whole, test_swap_at_kernel_limit_all_or_nothing,
                                 test_replace_attached_at_kernel_limit_keeps_channel,
