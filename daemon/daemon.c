@@ -45,6 +45,10 @@ typedef struct Daemon {
         Config *config;
         char *socket_path;              /* fixed at start: a reload cannot move it */
         char passed_path[108];          /* where the socket systemd passed is bound ("": none, or unnamed) */
+        bool bound_socket;              /* we bound it, with these (a reload cannot change them): */
+        mode_t socket_mode;
+        bool has_socket_group;
+        gid_t socket_group;
         State *state;
         Registry *registry;
         Wake *wake;                     /* NULL: rings run without wake-up FIFOs */
@@ -690,6 +694,14 @@ static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size
         if (r == 0 && !d->options->socket_path && !streq(cfg->socket, d->socket_path))
                 log_warning("Reload: \"socket\" changed to %s; moving the socket needs a restart, ignoring.",
                             cfg->socket);
+        /* Compared with what the socket got at start: an ignored change stays ignored, and said, at every reload. */
+        if (r == 0 && d->bound_socket && cfg->socket_mode != d->socket_mode)
+                log_warning("Reload: \"socket_mode\" changed to %04o; the socket keeps %04o until a restart, "
+                            "ignoring.", (unsigned) cfg->socket_mode, (unsigned) d->socket_mode);
+        if (r == 0 && d->bound_socket && (cfg->has_socket_group != d->has_socket_group ||
+                                          (cfg->has_socket_group && cfg->socket_group != d->socket_group)))
+                log_warning("Reload: \"socket_group\" changed; the socket keeps its group until a restart, "
+                            "ignoring.");
         if (r == 0) {
                 size_t kept = state_n_kept(d->state), lost = state_n_lost(d->state);
 
@@ -824,6 +836,10 @@ static int listen_or_adopt(Daemon *d, char *msg, size_t msg_size) {
                 log_debug("Using the socket passed by systemd.");
                 return control_adopt(d->control, SD_LISTEN_FDS_START, msg, msg_size);
         }
+        d->bound_socket = true;
+        d->socket_mode = d->config->socket_mode;
+        d->has_socket_group = d->config->has_socket_group;
+        d->socket_group = d->config->socket_group;
         return control_listen(d->control, d->socket_path, d->config->socket_mode,
                               d->config->has_socket_group ? d->config->socket_group : (gid_t) -1, msg, msg_size);
 }
