@@ -1550,6 +1550,32 @@ static int set_bound_perms(const char *path, int fd, const struct stat *st, mode
         return 0;
 }
 
+int control_set_socket_perms(Control *c, mode_t mode, gid_t group, char *msg, size_t msg_size) {
+        _cleanup_(closep) int fd = -1;
+        struct stat st;
+        int r;
+
+        if (!c->bound_path) {
+                msg_set(msg, msg_size, "the socket came from systemd: its unit's SocketMode= and SocketGroup= decide");
+                return -EOPNOTSUPP;
+        }
+        /* Through a descriptor of the file now at the path, as at the bind: never a link to another. */
+        fd = open(c->bound_path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 || fstat(fd, &st) < 0) {
+                r = -errno;
+                if (r == -ENOENT || r == -ELOOP)
+                        goto stale;
+                msg_set(msg, msg_size, "cannot examine %s: %s", c->bound_path, strerror(-r));
+                return r;
+        }
+        if (st.st_dev != c->bound_dev || st.st_ino != c->bound_ino)
+                goto stale;
+        return set_bound_perms(c->bound_path, fd, &st, mode & 0777, group, msg, msg_size);
+stale:
+        msg_set(msg, msg_size, "%s is no longer the socket this daemon bound", c->bound_path);
+        return -ESTALE;
+}
+
 int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char *msg, size_t msg_size) {
         _cleanup_(closep) int fd = -1, bound = -1;
         struct sockaddr_un sa = { .sun_family = AF_UNIX };

@@ -50,6 +50,15 @@ int control_remove_stale_socket(const char *path, bool own_only, char *msg, size
 int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char *msg, size_t msg_size);
 
 /*
+ * Give the socket control_listen() bound `mode`, and `group` unless it is
+ * (gid_t) -1, as a reload asks: only while its path still names that very
+ * socket. 0; -ESTALE (nothing changed) when the path names another file
+ * now or nothing; -EOPNOTSUPP for a socket systemd passed, whose unit
+ * decides them; else a negative errno. msg says which.
+ */
+int control_set_socket_perms(Control *c, mode_t mode, gid_t group, char *msg, size_t msg_size);
+
+/*
  * Serve on a listening socket systemd passed us (socket activation). It is
  * neither bound nor unlinked by us. Takes the fd on success.
  */

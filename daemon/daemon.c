@@ -45,10 +45,6 @@ typedef struct Daemon {
         Config *config;
         char *socket_path;              /* fixed at start: a reload cannot move it */
         char passed_path[108];          /* where the socket systemd passed is bound ("": none, or unnamed) */
-        bool bound_socket;              /* we bound it, with these (a reload cannot change them): */
-        mode_t socket_mode;
-        bool has_socket_group;
-        gid_t socket_group;
         State *state;
         Registry *registry;
         Wake *wake;                     /* NULL: rings run without wake-up FIFOs */
@@ -680,6 +676,34 @@ static void notify_status(Daemon *d) {
  * with *ret filled, or a positive errno with msg when nothing changed (EIO
  * when memory ran out midway).
  */
+/*
+ * socket_mode and socket_group at a reload: given to the socket at once,
+ * as at the start, so that tightening who may connect needs no restart
+ * (connections made already stay). A socket_group taken out goes back to
+ * the default, the daemon's group. A socket systemd passed keeps what its
+ * unit gave it; a failure keeps the old ones. Either is logged, and the
+ * rest of the reload stands.
+ */
+static void reload_socket_perms(Daemon *d, const Config *old, const Config *cfg) {
+        bool changed = cfg->socket_mode != old->socket_mode || cfg->has_socket_group != old->has_socket_group ||
+                       (cfg->has_socket_group && cfg->socket_group != old->socket_group);
+        gid_t group = cfg->has_socket_group ? cfg->socket_group : old->has_socket_group ? self_egid() : (gid_t) -1;
+        char msg[512];
+        int r;
+
+        if (!changed)
+                return;
+        r = control_set_socket_perms(d->control, cfg->socket_mode, group, msg, sizeof msg);
+        if (r < 0)
+                log_warning("Reload: socket_mode or socket_group changed, but the socket keeps the old ones: %s.",
+                            msg);
+        else if (group == (gid_t) -1)
+                log_info("Reload: the socket now has mode %04o.", (unsigned) cfg->socket_mode);
+        else
+                log_info("Reload: the socket now has mode %04o and group %u.", (unsigned) cfg->socket_mode,
+                         (unsigned) group);
+}
+
 static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size_t msg_size) {
         Daemon *d = userdata;
         Config *cfg = NULL;
@@ -694,14 +718,6 @@ static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size
         if (r == 0 && !d->options->socket_path && !streq(cfg->socket, d->socket_path))
                 log_warning("Reload: \"socket\" changed to %s; moving the socket needs a restart, ignoring.",
                             cfg->socket);
-        /* Compared with what the socket got at start: an ignored change stays ignored, and said, at every reload. */
-        if (r == 0 && d->bound_socket && cfg->socket_mode != d->socket_mode)
-                log_warning("Reload: \"socket_mode\" changed to %04o; the socket keeps %04o until a restart, "
-                            "ignoring.", (unsigned) cfg->socket_mode, (unsigned) d->socket_mode);
-        if (r == 0 && d->bound_socket && (cfg->has_socket_group != d->has_socket_group ||
-                                          (cfg->has_socket_group && cfg->socket_group != d->socket_group)))
-                log_warning("Reload: \"socket_group\" changed; the socket keeps its group until a restart, "
-                            "ignoring.");
         if (r == 0) {
                 size_t kept = state_n_kept(d->state), lost = state_n_lost(d->state);
 
@@ -726,6 +742,7 @@ static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size
                 notify_status(d);
                 return r < 0 ? EIO : r;
         }
+        reload_socket_perms(d, d->config, cfg);
         config_free(d->config);
         d->config = cfg;
         d->dispatch.config = cfg;
@@ -836,10 +853,6 @@ static int listen_or_adopt(Daemon *d, char *msg, size_t msg_size) {
                 log_debug("Using the socket passed by systemd.");
                 return control_adopt(d->control, SD_LISTEN_FDS_START, msg, msg_size);
         }
-        d->bound_socket = true;
-        d->socket_mode = d->config->socket_mode;
-        d->has_socket_group = d->config->has_socket_group;
-        d->socket_group = d->config->socket_group;
         return control_listen(d->control, d->socket_path, d->config->socket_mode,
                               d->config->has_socket_group ? d->config->socket_group : (gid_t) -1, msg, msg_size);
 }

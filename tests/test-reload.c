@@ -1246,38 +1246,79 @@ START_TEST(test_fixed_key_of_kept_channel) {
 }
 END_TEST
 
-/*
- * shmbroker.json(5), RELOAD: "A changed socket is logged and ignored;
- * moving the socket, and changing socket_mode or socket_group, need a
- * restart." A changed socket_mode or socket_group is ignored as well, and
- * must be logged as well: an admin who tightens the socket's mode and
- * reloads must not be left to believe it applied (SPEC: a change "must not
- * be silently ignored").
- */
-START_TEST(test_socket_mode_and_group_changed_at_reload_are_logged) {
-        struct stat before, after;
-        char *text, *log;
+/* Write a config of channel "a" whose top level also has extra (", \"socket_mode\": ..."), and reload it. */
+static void reload_top_level(const char *extra) {
+        char *text;
         int fd;
 
-        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
-        test_start_ok();
-        ck_assert_int_eq(stat(td.socket, &before), 0);
-        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"socket_mode\": \"0600\", "
-                                         "\"socket_group\": 4242, \"channels\": [{\"name\": \"a\", \"size\": 4096}]}\n",
-                                  td.socket), 0);
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\"%s, \"channels\": [{\"name\": \"a\", "
+                                         "\"size\": 4096}]}\n", td.socket, extra), 0);
         test_daemon_write_raw_config(&td, text);
         free(text);
         fd = test_connect(td.socket);
         reload_expect(fd, "", "", "", "a");
         close(fd);
-        /* Ignored, as documented: the socket keeps what it had. */
-        ck_assert_int_eq(stat(td.socket, &after), 0);
-        ck_assert_uint_eq(after.st_mode & 07777, before.st_mode & 07777);
-        ck_assert_uint_eq(after.st_gid, before.st_gid);
+}
+
+/*
+ * shmbroker.json(5), RELOAD: socket_mode and socket_group take effect at
+ * a reload, as at the start: tightening who may connect needs no restart.
+ * A socket_group taken out goes back to the daemon's group. Only the
+ * socket the daemon bound is changed: a file put at its path since keeps
+ * its mode, and the reload says why.
+ */
+START_TEST(test_socket_mode_and_group_apply_at_reload) {
+        struct stat before, st;
+        char *log, moved[PATH_MAX];
+        int fd;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
+        test_start_ok();
+        ck_assert_int_eq(stat(td.socket, &before), 0);
+        ck_assert_uint_eq(before.st_mode & 0777, 0666);
+        ck_assert_uint_ne(before.st_gid, 4243);
+
+        reload_top_level(", \"socket_mode\": \"0600\", \"socket_group\": 4243");
+        ck_assert_int_eq(stat(td.socket, &st), 0);
+        ck_assert_msg((st.st_mode & 0777) == 0600, "socket mode %04o after the reload", (unsigned) (st.st_mode & 0777));
+        ck_assert_uint_eq(st.st_gid, 4243);
+        ck_assert_uint_eq(st.st_ino, before.st_ino);
+
+        /* Back to the defaults: 0666 and the daemon's group. */
+        reload_top_level("");
+        ck_assert_int_eq(stat(td.socket, &st), 0);
+        ck_assert_uint_eq(st.st_mode & 0777, 0666);
+        ck_assert_uint_eq(st.st_gid, before.st_gid);
+
+        /* Another file at the path: left alone. */
+        ck_assert_int_lt(snprintf(moved, sizeof moved, "%s.moved", td.socket), (int) sizeof moved);
+        ck_assert_int_eq(rename(td.socket, moved), 0);
+        fd = open(td.socket, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(fchmod(fd, 0644), 0);
+        close(fd);
+        {
+                /* Reached by its new name: the reload is asked over the moved socket. */
+                char *text;
+                int c;
+
+                ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"socket_mode\": \"0600\", "
+                                                 "\"channels\": [{\"name\": \"a\", \"size\": 4096}]}\n", td.socket), 0);
+                test_daemon_write_raw_config(&td, text);
+                free(text);
+                c = test_connect(moved);
+                reload_expect(c, "", "", "", "a");
+                close(c);
+        }
+        ck_assert_int_eq(stat(td.socket, &st), 0);
+        ck_assert_uint_eq(st.st_mode & 0777, 0644);
+        ck_assert_int_eq(stat(moved, &st), 0);
+        ck_assert_uint_eq(st.st_mode & 0777, 0666);
         log = test_daemon_log(&td);
-        ck_assert_msg(strstr(log, "socket_mode") && strstr(log, "socket_group") && strstr(log, "restart"),
-                      "a changed socket_mode or socket_group is not logged: %s", log);
+        ck_assert_msg(strstr(log, "no longer the socket this daemon bound"), "the refused change is not logged: %s", log);
         free(log);
+        ck_assert_int_eq(unlink(td.socket), 0);
+        ck_assert_int_eq(rename(moved, td.socket), 0);
 }
 END_TEST
 
@@ -3259,7 +3300,7 @@ int main(void) {
                 { "reload-toctou", CASE_TIMEOUT, { test_attach_between_plan_and_ipc_set_is_judged,
                                                    test_attach_between_plan_and_ipc_set_key_taken_removes } },
                 { "top-level-keys", CASE_TIMEOUT, { test_limits_admin_group_and_socket_at_reload,
-                                 test_socket_mode_and_group_changed_at_reload_are_logged } },
+                                 test_socket_mode_and_group_apply_at_reload } },
                 { "refusals", CASE_TIMEOUT, { test_broken_config_changes_nothing, test_reload_needs_root_or_admin_group,
                                 test_kernel_limit_refused_whole, test_swap_at_kernel_limit_all_or_nothing,
                                 test_replace_attached_at_kernel_limit_keeps_channel,
