@@ -1,6 +1,7 @@
 #include "common/utf8.h"
 
 #include <stdint.h>
+#include <string.h>
 
 size_t utf8_char_len(const unsigned char *s, size_t n) {
         size_t len;
@@ -24,4 +25,19 @@ size_t utf8_char_len(const unsigned char *s, size_t n) {
         if ((len == 3 && c < 0x800) || (len == 4 && (c < 0x10000 || c > 0x10ffff)) || (c >= 0xd800 && c <= 0xdfff))
                 return 0;
         return len;
+}
+
+bool utf8_valid(const char *s) {
+        const unsigned char *p = (const unsigned char *) s;
+        size_t left = strlen(s);
+
+        while (left > 0) {
+                size_t n = utf8_char_len(p, left);
+
+                if (n == 0)
+                        return false;
+                p += n;
+                left -= n;
+        }
+        return true;
 }

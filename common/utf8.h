@@ -1,5 +1,6 @@
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /*
@@ -9,3 +10,6 @@
  * decoder both the log and the wire's messages use.
  */
 size_t utf8_char_len(const unsigned char *s, size_t n);
+
+/* Whether the NUL-terminated s is UTF-8 throughout, as a JSON string must be. */
+bool utf8_valid(const char *s);

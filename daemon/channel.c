@@ -24,6 +24,7 @@
 
 #include "common/util.h"
 #include "common/semun.h"
+#include "common/utf8.h"
 #include "daemon/channel.h"
 #include "daemon/ipc-stat.h"
 #include "daemon/self.h"
@@ -71,18 +72,23 @@ static void id_to_name(uint32_t id, bool group, char *buf, size_t size) {
         }
 }
 
+/*
+ * A name goes into list and status answers as a JSON string: one that is
+ * not UTF-8 (the user and group databases hold bytes) is shown as the id,
+ * as one with no name is, rather than failing every such answer.
+ */
 static void id_to_name_uncached(uint32_t id, bool group, char *buf, size_t size) {
         if (group) {
                 struct group *g = getgrgid(id);
 
-                if (g && strlen(g->gr_name) < size) {
+                if (g && strlen(g->gr_name) < size && utf8_valid(g->gr_name)) {
                         strcpy(buf, g->gr_name);
                         return;
                 }
         } else {
                 struct passwd *p = getpwuid(id);
 
-                if (p && strlen(p->pw_name) < size) {
+                if (p && strlen(p->pw_name) < size && utf8_valid(p->pw_name)) {
                         strcpy(buf, p->pw_name);
                         return;
                 }

@@ -6,6 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/utf8.h"
 #include "common/util.h"
 #include "daemon/dispatch.h"
 #include "daemon/log.h"
@@ -222,7 +223,14 @@ static int do_open(Dispatch *d, Client *cl, const ProtoRequest *req, char **ret_
         }
         channel_describe(e->channel, &pc);
         pc.holder = token;
-        if (e->has_wake && wake_paths(d->registry->wake, req->channel, wake[0], wake[1], sizeof wake[0]) == 0) {
+        /*
+         * The FIFOs' paths come from the socket's, which is bytes (--socket):
+         * one that is not UTF-8 cannot be a JSON string, so it is left out,
+         * as FIFOs the daemon could not make are, rather than failing the
+         * encoder and with it the connection.
+         */
+        if (e->has_wake && wake_paths(d->registry->wake, req->channel, wake[0], wake[1], sizeof wake[0]) == 0 &&
+            utf8_valid(wake[0]) && utf8_valid(wake[1])) {
                 pc.wake_fifos[0] = wake[0];
                 pc.wake_fifos[1] = wake[1];
                 /*

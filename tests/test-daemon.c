@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
@@ -452,6 +453,70 @@ START_TEST(test_line_at_limit_is_served) {
         test_assert_ok(resp);
         json_decref(resp);
         free(req);
+        close(fd);
+}
+END_TEST
+
+/*
+ * shmbroker-protocol(7), FRAMING: "The daemon answers every request line
+ * with exactly one answer line"; OPEN: wake_fifos is "Absent when the
+ * daemon could not make them". The FIFOs live beside the socket, whose path
+ * (--socket) is bytes, not text: a path that is not UTF-8 cannot go into a
+ * JSON answer, and an open of a ring must then be answered without the
+ * field (the ring works without it), not by closing the connection.
+ */
+START_TEST(test_ring_open_answered_when_socket_path_is_not_text) {
+        char sock[sizeof td.socket];
+        json_t *resp;
+        int status = 0, fd;
+
+        snprintf(sock, sizeof sock, "%s/s\xff.sock", td.dir);
+        test_daemon_write_config(&td, "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4}]");
+        ck_assert_msg(test_daemon_start(&td, &status, "--socket", sock, NULL), "the daemon did not start (%d)", status);
+        fd = test_connect(sock);
+        resp = test_request(fd, "{\"op\":\"open\",\"channel\":\"r\",\"access\":\"rw\"}");
+        test_assert_ok(resp);
+        ck_assert_ptr_null(json_object_get(resp, "wake_fifos"));
+        json_decref(resp);
+        /* The connection goes on. */
+        test_assert_lists(fd);
+        close(fd);
+}
+END_TEST
+
+/*
+ * shmbroker-protocol(7), VALUES: owner and group are "the user or group
+ * name, or the id in decimal where it has no name", in answers that are
+ * JSON (UTF-8). The group database holds bytes: a group whose name is not
+ * UTF-8 must still let list and status be answered, not close the
+ * connection. A private mount namespace lends the daemon such a database.
+ */
+START_TEST(test_list_answered_when_group_name_is_not_text) {
+        char path[sizeof td.dir + 16];
+        json_t *resp, *ch;
+        FILE *f;
+        int fd;
+
+        snprintf(path, sizeof path, "%s/group", td.dir);
+        f = fopen(path, "we");
+        ck_assert_ptr_nonnull(f);
+        fputs("root:x:0:\nb\xe9" "d:x:4343:\n", f);
+        ck_assert_int_eq(fclose(f), 0);
+        ck_assert_msg(unshare(CLONE_NEWNS) == 0, "unshare(CLONE_NEWNS): %s", strerror(errno));
+        ck_assert_msg(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0, "mount private: %s", strerror(errno));
+        ck_assert_msg(mount(path, "/etc/group", NULL, MS_BIND, NULL) == 0, "bind %s: %s", path, strerror(errno));
+
+        test_daemon_write_config(&td, "[{\"name\": \"g\", \"size\": 4096, \"group\": \"4343\"}]");
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        test_assert_ok(resp);
+        ch = test_must_find(resp, "g");
+        ck_assert_str_eq(test_jstr(ch, "group"), "4343");
+        json_decref(resp);
+        resp = test_request(fd, "{\"op\":\"status\",\"channel\":\"g\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
         close(fd);
 }
 END_TEST
@@ -3516,6 +3581,8 @@ int main(void) {
                 { "bad-input", CASE_TIMEOUT, { test_errors_keep_serving, test_error_message_cut_between_characters,
                                  test_overlong_line_closes_only_that_connection,
                                  test_line_at_limit_is_served, test_half_sent_request_does_not_stall_others,
+                                 test_ring_open_answered_when_socket_path_is_not_text,
+                                 test_list_answered_when_group_name_is_not_text,
                                  test_out_of_band_byte_neither_spins_nor_stalls } },
                 { "access", CASE_TIMEOUT, { test_access_follows_kernel_rule, test_clients_cannot_remove_or_reown } },
                 { "unmapped", CASE_TIMEOUT, { test_unmapped_peer_is_not_the_overflow_id,
