@@ -265,6 +265,24 @@ START_TEST(test_socket_activation) {
         test_assert_ok(resp);
         ck_assert_uint_eq(json_array_size(json_object_get(resp, "channels")), 2);
         json_decref(resp);
+        /* A reload leaves its mode to the unit (SocketMode=), and says so. */
+        {
+                char *text, *log;
+                struct stat st;
+
+                ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"socket_mode\": \"0600\", "
+                                                 "\"channels\": %s}\n", td.socket, two_channels), 0);
+                test_daemon_write_raw_config(&td, text);
+                free(text);
+                resp = test_request(fd, "{\"op\":\"reload\"}");
+                test_assert_ok(resp);
+                json_decref(resp);
+                ck_assert_int_eq(stat(td.socket, &st), 0);
+                ck_assert_uint_eq(st.st_mode & 0777, before.st_mode & 0777);
+                log = test_daemon_log(&td);
+                ck_assert_msg(strstr(log, "the socket came from systemd"), "not logged:\n%s", log);
+                free(log);
+        }
         close(fd);
         status = test_daemon_kill(&td, SIGTERM);
         ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
