@@ -38,7 +38,17 @@ const char *shmb_strerror(int err) {
                             "connect again in this process";
         case EBUSY: return "busy (for an open: the connection holds that broadcast channel already, as a subscriber "
                            "or a publisher; a subscriber needs a connection of its own)";
-        default: return strerror(-err);
+        default:
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+        {
+                /* strerror() words a number that is no errno in a buffer its next call reuses: not static. */
+                const char *d = strerrordesc_np(-err);
+
+                return d ? d : "unknown error";
+        }
+#else
+                return strerror(-err);
+#endif
         }
 }
 

@@ -107,6 +107,11 @@ START_TEST(test_open_errors) {
         ck_assert_str_eq(shmb_errno_name(-EACCES), "EACCES");
         /* Any int, even one whose negation overflows (the UBSan build traps on that). */
         ck_assert_str_eq(shmb_strerror(INT_MIN), "unknown error");
+        /* The C library's sentence for an errno of its own; none of a per-thread buffer for a number that is none. */
+        ck_assert_str_eq(shmb_strerror(-ENOSPC), strerror(ENOSPC));
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+        ck_assert_str_eq(shmb_strerror(-4000), "unknown error");
+#endif
         ck_assert_ptr_null(shmb_errno_name(INT_MIN));
 }
 END_TEST
