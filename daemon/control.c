@@ -1550,9 +1550,19 @@ static int set_bound_perms(const char *path, int fd, const struct stat *st, mode
         return 0;
 }
 
+/* chmod() of the file an O_PATH descriptor names (no fchmod() of one before fchmodat2()). */
+static int chmod_bound(int fd, mode_t mode) {
+        char self[64];
+
+        snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
+        return chmod(self, mode) < 0 ? -errno : 0;
+}
+
 int control_set_socket_perms(Control *c, mode_t mode, gid_t group, char *msg, size_t msg_size) {
         _cleanup_(closep) int fd = -1;
         struct stat st;
+        mode_t narrow;
+        bool chowned = false;
         int r;
 
         if (!c->bound_path) {
@@ -1570,7 +1580,43 @@ int control_set_socket_perms(Control *c, mode_t mode, gid_t group, char *msg, si
         }
         if (st.st_dev != c->bound_dev || st.st_ino != c->bound_ino)
                 goto stale;
-        return set_bound_perms(c->bound_path, fd, &st, mode & 0777, group, msg, msg_size);
+        /*
+         * The socket listens meanwhile, and connect() is judged by its mode
+         * and group at that moment: first only the bits both the old and
+         * the new mode give, then the group, then the new mode, so that no
+         * one may connect in between whom neither would let. A failure puts
+         * the old ones back, so that it changes nothing, as the log says.
+         */
+        mode &= 0777;
+        narrow = st.st_mode & mode & 0777;
+        r = narrow != (st.st_mode & 0777) ? chmod_bound(fd, narrow) : 0;
+        if (r < 0) {
+                msg_set(msg, msg_size, "cannot give %s mode %04o (socket_mode): %s", c->bound_path, (unsigned) mode,
+                        strerror(-r));
+                return r;
+        }
+        if (group != (gid_t) -1 && group != st.st_gid) {
+                if (fchownat(fd, "", (uid_t) -1, group, AT_EMPTY_PATH) < 0) {
+                        r = -errno;
+                        msg_set(msg, msg_size, "cannot give %s group %u (socket_group): %s", c->bound_path,
+                                (unsigned) group, strerror(-r));
+                        goto undo;
+                }
+                chowned = true;
+        }
+        r = mode != narrow ? chmod_bound(fd, mode) : 0;
+        if (r < 0) {
+                msg_set(msg, msg_size, "cannot give %s mode %04o (socket_mode): %s", c->bound_path, (unsigned) mode,
+                        strerror(-r));
+                goto undo;
+        }
+        return 0;
+undo:
+        if ((chowned && fchownat(fd, "", (uid_t) -1, st.st_gid, AT_EMPTY_PATH) < 0) ||
+            (narrow != (st.st_mode & 0777) && chmod_bound(fd, st.st_mode & 0777) < 0))
+                msg_set(msg + strlen(msg), msg_size - strlen(msg), "; and putting back mode %04o and group %u "
+                        "failed too: check it by hand", (unsigned) (st.st_mode & 0777), (unsigned) st.st_gid);
+        return r;
 stale:
         msg_set(msg, msg_size, "%s is no longer the socket this daemon bound", c->bound_path);
         return -ESTALE;

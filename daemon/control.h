@@ -52,9 +52,11 @@ int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char 
 /*
  * Give the socket control_listen() bound `mode`, and `group` unless it is
  * (gid_t) -1, as a reload asks: only while its path still names that very
- * socket. 0; -ESTALE (nothing changed) when the path names another file
- * now or nothing; -EOPNOTSUPP for a socket systemd passed, whose unit
- * decides them; else a negative errno. msg says which.
+ * socket, and never wider meanwhile than both the old and the new ones
+ * allow (it listens). 0; -ESTALE (nothing changed) when the path names
+ * another file now or nothing; -EOPNOTSUPP for a socket systemd passed,
+ * whose unit decides them; else a negative errno, with the old mode and
+ * group put back (msg says if that failed too). msg says which.
  */
 int control_set_socket_perms(Control *c, mode_t mode, gid_t group, char *msg, size_t msg_size);
 

@@ -63,6 +63,9 @@ typedef struct Daemon {
         sd_event_source *watchdog_timer;
         sd_event_source *notify_retry;  /* while a state change waits for room (notify.h) */
         uint64_t watchdog_usec;         /* WatchdogSec=, from WATCHDOG_USEC (0: none) */
+        /* What the socket was last given, not what the config last said: a refused change is tried again. */
+        mode_t socket_mode;
+        gid_t socket_group;             /* (gid_t) -1: the group bind() gave it */
 } Daemon;
 
 /* Whether the state file records nothing alive (a failed read, or a line it cannot read, counts as something). */
@@ -672,28 +675,29 @@ static void notify_status(Daemon *d) {
 }
 
 /*
- * Re-read the config and apply it (reload.c has the semantics). Returns 0
- * with *ret filled, or a positive errno with msg when nothing changed (EIO
- * when memory ran out midway).
- */
-/*
  * socket_mode and socket_group at a reload: given to the socket at once,
  * as at the start, so that tightening who may connect needs no restart
  * (connections made already stay). A socket_group taken out goes back to
- * the default, the daemon's group. A socket systemd passed keeps what its
- * unit gave it; a failure keeps the old ones. Either is logged, and the
- * rest of the reload stands.
+ * the default, the daemon's group. Compared with what the socket was
+ * given, not with the previous config: a change refused (the path names
+ * another file for a while) is tried again by the next reload. A socket
+ * systemd passed keeps what its unit gave it; a failure keeps the old ones
+ * (control.h). Either is logged, and the rest of the reload stands.
  */
-static void reload_socket_perms(Daemon *d, const Config *old, const Config *cfg) {
-        bool changed = cfg->socket_mode != old->socket_mode || cfg->has_socket_group != old->has_socket_group ||
-                       (cfg->has_socket_group && cfg->socket_group != old->socket_group);
-        gid_t group = cfg->has_socket_group ? cfg->socket_group : old->has_socket_group ? self_egid() : (gid_t) -1;
+static void reload_socket_perms(Daemon *d, const Config *cfg) {
+        gid_t group = cfg->has_socket_group ? cfg->socket_group :
+                      d->socket_group != (gid_t) -1 ? self_egid() : (gid_t) -1;
         char msg[512];
         int r;
 
-        if (!changed)
+        if (cfg->socket_mode == d->socket_mode && group == d->socket_group)
                 return;
         r = control_set_socket_perms(d->control, cfg->socket_mode, group, msg, sizeof msg);
+        /* The unit's say is no failure to try again: logged once per change. */
+        if (r >= 0 || r == -EOPNOTSUPP) {
+                d->socket_mode = cfg->socket_mode;
+                d->socket_group = group;
+        }
         if (r < 0)
                 log_warning("Reload: socket_mode or socket_group changed, but the socket keeps the old ones: %s.",
                             msg);
@@ -704,6 +708,11 @@ static void reload_socket_perms(Daemon *d, const Config *old, const Config *cfg)
                          (unsigned) group);
 }
 
+/*
+ * Re-read the config and apply it (reload.c has the semantics). Returns 0
+ * with *ret filled, or a positive errno with msg when nothing changed (EIO
+ * when memory ran out midway).
+ */
 static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size_t msg_size) {
         Daemon *d = userdata;
         Config *cfg = NULL;
@@ -742,7 +751,7 @@ static int daemon_reload(void *userdata, ProtoReloadResult *ret, char *msg, size
                 notify_status(d);
                 return r < 0 ? EIO : r;
         }
-        reload_socket_perms(d, d->config, cfg);
+        reload_socket_perms(d, cfg);
         config_free(d->config);
         d->config = cfg;
         d->dispatch.config = cfg;
@@ -836,6 +845,10 @@ static void passed_socket_path(Daemon *d) {
 static int listen_or_adopt(Daemon *d, char *msg, size_t msg_size) {
         int n = sd_listen_fds(true);
 
+        /* Also under systemd: a reload compares with these (reload_socket_perms()). */
+        d->socket_mode = d->config->socket_mode;
+        d->socket_group = d->config->has_socket_group ? d->config->socket_group : (gid_t) -1;
+
         if (n < 0) {
                 msg_set(msg, msg_size, "cannot read the sockets passed by systemd: %s", strerror(-n));
                 return n;
@@ -853,8 +866,7 @@ static int listen_or_adopt(Daemon *d, char *msg, size_t msg_size) {
                 log_debug("Using the socket passed by systemd.");
                 return control_adopt(d->control, SD_LISTEN_FDS_START, msg, msg_size);
         }
-        return control_listen(d->control, d->socket_path, d->config->socket_mode,
-                              d->config->has_socket_group ? d->config->socket_group : (gid_t) -1, msg, msg_size);
+        return control_listen(d->control, d->socket_path, d->socket_mode, d->socket_group, msg, msg_size);
 }
 
 static bool status_changed(const Daemon *d) {

@@ -1323,6 +1323,176 @@ START_TEST(test_socket_mode_and_group_apply_at_reload) {
 END_TEST
 
 /*
+ * shmbroker.json(5), RELOAD: socket_mode and socket_group "take effect at
+ * once", "only while its path still names the socket the daemon bound".
+ * A reload refused because the path named another file must not make the
+ * next one, once the socket is back at its path, think there is nothing to
+ * do: the file still says 0600, so the socket must get it.
+ */
+START_TEST(test_socket_perms_refused_at_reload_are_applied_by_the_next) {
+        char *text, moved[PATH_MAX];
+        struct stat st;
+        int c;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
+        test_start_ok();
+        ck_assert_int_lt(snprintf(moved, sizeof moved, "%s.moved", td.socket), (int) sizeof moved);
+        ck_assert_int_eq(rename(td.socket, moved), 0);
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"socket_mode\": \"0600\", "
+                                         "\"channels\": [{\"name\": \"a\", \"size\": 4096}]}\n", td.socket), 0);
+        test_daemon_write_raw_config(&td, text);
+        free(text);
+        c = test_connect(moved);
+        reload_expect(c, "", "", "", "a");
+        close(c);
+        ck_assert_int_eq(stat(moved, &st), 0);
+        ck_assert_uint_eq(st.st_mode & 0777, 0666);
+
+        /* Back at its path: the same file again. */
+        ck_assert_int_eq(rename(moved, td.socket), 0);
+        c = test_connect(td.socket);
+        reload_expect(c, "", "", "", "a");
+        close(c);
+        ck_assert_int_eq(stat(td.socket, &st), 0);
+        ck_assert_msg((st.st_mode & 0777) == 0600, "the config says 0600, the socket has %04o",
+                      (unsigned) (st.st_mode & 0777));
+}
+END_TEST
+
+/*
+ * shmbroker.json(5), RELOAD: a refused change of socket_mode and
+ * socket_group is logged and "a failure keeps the old ones" (daemon.c):
+ * not a new group with the old mode. Here the mode cannot be set (the
+ * daemon sets it through /proc/self/fd, hidden by an empty mount), after
+ * the group could: the socket must have both old ones or both new ones, and
+ * the log must say which.
+ */
+START_TEST(test_socket_perms_at_reload_all_or_nothing) {
+        static const char *const changes[] = {
+                /* Wider: the group first, then a mode it cannot set. */
+                ", \"socket_mode\": \"0660\", \"socket_group\": 4243",
+                /* Narrower: no mode it can set at all. */
+                ", \"socket_mode\": \"0400\", \"socket_group\": 4243",
+        };
+        struct stat before, st;
+        char fddir[64], *log, *text;
+
+        ck_assert_msg(unshare(CLONE_NEWNS) == 0, "unshare(CLONE_NEWNS): %s", strerror(errno));
+        ck_assert_msg(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0, "mount private: %s", strerror(errno));
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"socket_mode\": \"0600\", "
+                                         "\"channels\": [{\"name\": \"a\", \"size\": 4096}]}\n", td.socket), 0);
+        test_daemon_write_raw_config(&td, text);
+        free(text);
+        test_start_ok();
+        ck_assert_int_eq(stat(td.socket, &before), 0);
+        ck_assert_uint_eq(before.st_mode & 0777, 0600);
+        ck_assert_uint_ne(before.st_gid, 4243);
+        snprintf(fddir, sizeof fddir, "/proc/%d/fd", (int) td.pid);
+        ck_assert_msg(mount("none", fddir, "tmpfs", 0, NULL) == 0, "mount on %s: %s", fddir, strerror(errno));
+
+        for (size_t i = 0; i < sizeof changes / sizeof *changes; i++) {
+                reload_top_level(changes[i]);
+                ck_assert_int_eq(stat(td.socket, &st), 0);
+                log = test_daemon_log(&td);
+                ck_assert_msg((st.st_mode & 0777) == 0600 && st.st_gid == before.st_gid,
+                              "%s: half a change or more: mode %04o, group %u; the log says:\n%s", changes[i],
+                              (unsigned) (st.st_mode & 0777), (unsigned) st.st_gid, log);
+                ck_assert_msg(strstr(log, "the socket keeps the old ones"), "not logged:\n%s", log);
+                free(log);
+        }
+        ck_assert_int_eq(umount(fddir), 0);
+}
+END_TEST
+
+/*
+ * The socket listens while a reload changes its mode and group, and
+ * connect() is judged by them at that moment: from (0660, group 4243) to
+ * (0600, group 4244), no member of 4244 may connect at any point, as
+ * neither the old nor the new ones let one. The socket is looked at on
+ * every system call the daemon makes during the reload.
+ */
+START_TEST(test_socket_perms_at_reload_never_wider_than_both) {
+        struct stat st;
+        unsigned stops = 0;
+        char *text;
+
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"socket_mode\": \"0660\", "
+                                         "\"socket_group\": 4243, \"channels\": [{\"name\": \"a\", \"size\": 4096}]}\n",
+                                  td.socket), 0);
+        test_daemon_write_raw_config(&td, text);
+        free(text);
+        test_start_ok();
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"socket_mode\": \"0600\", "
+                                         "\"socket_group\": 4244, \"channels\": [{\"name\": \"a\", \"size\": 4096}]}\n",
+                                  td.socket), 0);
+        test_daemon_write_raw_config(&td, text);
+        free(text);
+        test_daemon_trace(&td);
+        test_reload_async();
+        while (!test_reload_done() && test_next_syscall_stop(td.pid)) {
+                ck_assert_int_eq(stat(td.socket, &st), 0);
+                stops++;
+                ck_assert_msg(st.st_gid != 4244 || !(st.st_mode & 0020),
+                              "group 4244 may connect meanwhile: mode %04o (stop %u)", (unsigned) (st.st_mode & 0777),
+                              stops);
+        }
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        test_reload_wait();
+        ck_assert_int_eq(stat(td.socket, &st), 0);
+        ck_assert_uint_eq(st.st_mode & 0777, 0600);
+        ck_assert_uint_eq(st.st_gid, 4244);
+}
+END_TEST
+
+/*
+ * shmbroker.json(5), RELOAD: socket_group alone takes effect at once too
+ * (the mode unchanged), and taken out alone gives the socket the daemon's
+ * group again. A socket whose path names nothing now is "no longer the
+ * socket the daemon bound", and the log says so.
+ */
+START_TEST(test_socket_group_alone_applies_at_reload) {
+        struct stat before, st;
+        char *log, *text, linked[PATH_MAX];
+        int c;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
+        test_start_ok();
+        ck_assert_int_eq(stat(td.socket, &before), 0);
+        ck_assert_uint_ne(before.st_gid, 4243);
+        ck_assert_uint_ne(before.st_gid, 4244);
+
+        reload_top_level(", \"socket_group\": 4243");
+        ck_assert_int_eq(stat(td.socket, &st), 0);
+        ck_assert_uint_eq(st.st_gid, 4243);
+        reload_top_level(", \"socket_group\": 4244");
+        ck_assert_int_eq(stat(td.socket, &st), 0);
+        ck_assert_uint_eq(st.st_gid, 4244);
+        reload_top_level("");
+        ck_assert_int_eq(stat(td.socket, &st), 0);
+        ck_assert_uint_eq(st.st_gid, before.st_gid);
+        ck_assert_uint_eq(st.st_mode & 0777, 0666);
+
+        /* Nothing at the path: reached by another name of the same socket. */
+        ck_assert_int_lt(snprintf(linked, sizeof linked, "%s.link", td.socket), (int) sizeof linked);
+        ck_assert_int_eq(link(td.socket, linked), 0);
+        ck_assert_int_eq(unlink(td.socket), 0);
+        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"socket_mode\": \"0600\", "
+                                         "\"channels\": [{\"name\": \"a\", \"size\": 4096}]}\n", td.socket), 0);
+        test_daemon_write_raw_config(&td, text);
+        free(text);
+        c = test_connect(linked);
+        reload_expect(c, "", "", "", "a");
+        close(c);
+        ck_assert_int_eq(stat(linked, &st), 0);
+        ck_assert_uint_eq(st.st_mode & 0777, 0666);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "no longer the socket this daemon bound"), "the refused change is not logged: %s", log);
+        free(log);
+        ck_assert_int_eq(rename(linked, td.socket), 0);
+}
+END_TEST
+
+/*
  * "socket" changed in the file: a reload ignores it (moving the socket needs
  * a restart). If the daemon is then killed and started again on the same
  * file and state directory, as systemd's Restart= does, the previous run's
@@ -3300,7 +3470,11 @@ int main(void) {
                 { "reload-toctou", CASE_TIMEOUT, { test_attach_between_plan_and_ipc_set_is_judged,
                                                    test_attach_between_plan_and_ipc_set_key_taken_removes } },
                 { "top-level-keys", CASE_TIMEOUT, { test_limits_admin_group_and_socket_at_reload,
-                                 test_socket_mode_and_group_apply_at_reload } },
+                                 test_socket_mode_and_group_apply_at_reload,
+                                 test_socket_perms_refused_at_reload_are_applied_by_the_next,
+                                 test_socket_perms_at_reload_all_or_nothing,
+                                 test_socket_perms_at_reload_never_wider_than_both,
+                                 test_socket_group_alone_applies_at_reload } },
                 { "refusals", CASE_TIMEOUT, { test_broken_config_changes_nothing, test_reload_needs_root_or_admin_group,
                                 test_kernel_limit_refused_whole, test_swap_at_kernel_limit_all_or_nothing,
                                 test_replace_attached_at_kernel_limit_keeps_channel,
