@@ -4783,7 +4783,7 @@ START_TEST(test_shmbrokerctl_socket_path_not_a_socket_says_so) {
         ck_assert_int_eq(unlink(path), 0);
 
         ck_assert_int_eq(test_run(out, sizeof out, "%s -s %s list 2>&1 >/dev/null", SHMBROKERCTL_PATH, td.dir), 2);
-        ck_assert_msg(strstr(out, "not a socket"), "a directory: \"%s\"", out);
+        ck_assert_msg(strstr(out, "directory, not a socket"), "a directory: \"%s\"", out);
 
         ck_assert_int_eq(test_run(out, sizeof out, "%s -s %s list 2>&1 >/dev/null", SHMBROKERCTL_PATH, path), 2);
         ck_assert_msg(strstr(out, path) && !strstr(out, "channel"), "a missing path: \"%s\"", out);

@@ -1595,6 +1595,7 @@ static const Reject kind_bad[] = {
         { CHANNELS(RAW(", \"kind\": \"posix\", \"semaphores\": 63")), { "\"chan\"", "62" } },
         /* A ring's own semaphore is a file too: the message counts what the user wrote, and says the room left. */
         { CHANNELS(RING(", \"kind\": \"posix\", \"semaphores\": 62")), { "\"rng\"", "61", "not 62" } },
+        { CHANNELS(BCAST(", \"kind\": \"posix\", \"semaphores\": 62")), { "\"bc\"", "broadcast channel", "61", "not 62" } },
 };
 
 START_TEST(test_kind_bad) {

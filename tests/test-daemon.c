@@ -521,6 +521,45 @@ START_TEST(test_list_answered_when_group_name_is_not_text) {
 }
 END_TEST
 
+/*
+ * The same for a user name that is not UTF-8 (owner), and a name that is
+ * UTF-8 beyond ASCII is still shown as the name: only bytes no JSON string
+ * can hold fall back to the id.
+ */
+START_TEST(test_list_answered_when_user_name_is_not_text) {
+        char passwd[sizeof td.dir + 16], group[sizeof td.dir + 16];
+        json_t *resp, *ch;
+        FILE *f;
+        int fd;
+
+        snprintf(passwd, sizeof passwd, "%s/passwd", td.dir);
+        f = fopen(passwd, "we");
+        ck_assert_ptr_nonnull(f);
+        fputs("root:x:0:0::/root:/bin/sh\nb\xe9" "d:x:4343:4343::/:/bin/false\n", f);
+        ck_assert_int_eq(fclose(f), 0);
+        snprintf(group, sizeof group, "%s/group", td.dir);
+        f = fopen(group, "we");
+        ck_assert_ptr_nonnull(f);
+        fputs("root:x:0:\ngr\xc3\xbcn:x:4344:\n", f);
+        ck_assert_int_eq(fclose(f), 0);
+        ck_assert_msg(unshare(CLONE_NEWNS) == 0, "unshare(CLONE_NEWNS): %s", strerror(errno));
+        ck_assert_msg(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0, "mount private: %s", strerror(errno));
+        ck_assert_msg(mount(passwd, "/etc/passwd", NULL, MS_BIND, NULL) == 0, "bind %s: %s", passwd, strerror(errno));
+        ck_assert_msg(mount(group, "/etc/group", NULL, MS_BIND, NULL) == 0, "bind %s: %s", group, strerror(errno));
+
+        test_daemon_write_config(&td, "[{\"name\": \"u\", \"size\": 4096, \"owner\": \"4343\", \"group\": \"4344\"}]");
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        test_assert_ok(resp);
+        ch = test_must_find(resp, "u");
+        ck_assert_str_eq(test_jstr(ch, "owner"), "4343");
+        ck_assert_str_eq(test_jstr(ch, "group"), "gr\xc3\xbcn");
+        json_decref(resp);
+        close(fd);
+}
+END_TEST
+
 START_TEST(test_half_sent_request_does_not_stall_others) {
         int slow, fast;
 
@@ -3583,6 +3622,7 @@ int main(void) {
                                  test_line_at_limit_is_served, test_half_sent_request_does_not_stall_others,
                                  test_ring_open_answered_when_socket_path_is_not_text,
                                  test_list_answered_when_group_name_is_not_text,
+                                 test_list_answered_when_user_name_is_not_text,
                                  test_out_of_band_byte_neither_spins_nor_stalls } },
                 { "access", CASE_TIMEOUT, { test_access_follows_kernel_rule, test_clients_cannot_remove_or_reown } },
                 { "unmapped", CASE_TIMEOUT, { test_unmapped_peer_is_not_the_overflow_id,
