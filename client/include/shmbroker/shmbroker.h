@@ -327,7 +327,9 @@ int shmb_sem_trywait(shmb_channel *ch, unsigned idx);
  * Unlike a semaphore, the mutex belongs to the thread that locked it:
  * shmb_unlock() from another thread, or without the lock, gives -EPERM
  * (shmb_lock() by its holder waits, as on System V). Both are -EACCES on an ro
- * handle, and a removal is seen within 50 ms (-EIDRM).
+ * handle, and a removal is seen within 50 ms (-EIDRM); after one,
+ * shmb_unlock() is -EIDRM, with or without the lock, as on System V (a
+ * held lock is given back all the same).
  */
 int shmb_lock(shmb_channel *ch, unsigned idx, int timeout_ms);
 int shmb_unlock(shmb_channel *ch, unsigned idx);
