@@ -21,10 +21,10 @@ H
 cflags="-g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I$top -include $out/config.h
         $(pkg-config --cflags jansson)"
 libs=$(pkg-config --libs jansson)
-proto="$top/common/json-util.c $top/proto/names.c $top/proto/frame.c $top/proto/request.c $top/proto/response.c"
+proto="$top/common/json-util.c $top/common/utf8.c $top/proto/names.c $top/proto/frame.c $top/proto/request.c $top/proto/response.c"
 for t in $targets; do
 	extra=
-	[ "$t" = config ] && extra="$top/daemon/config.c"
+	[ "$t" = config ] && extra="$top/daemon/config.c $top/daemon/self.c"
 	# shellcheck disable=SC2086
 	clang $cflags -o "$out/fuzz-$t" "$here/fuzz-$t.c" $proto $extra $libs
 	mkdir -p "$out/corpus-$t"
