@@ -9,7 +9,7 @@ top=$(cd "$here/../.." && pwd)
 limit=${1:--max_total_time=60}
 case $limit in -*) ;; *) limit="-max_total_time=$limit" ;; esac
 [ $# -gt 0 ] && shift
-targets=${*:-request response config}
+targets=${*:-request response config state}
 out=${FUZZ_OUT:-/tmp/shmbroker-fuzz}
 command -v clang >/dev/null || { echo "fuzz: clang is needed (apt-get install clang)"; exit 77; }
 mkdir -p "$out"
@@ -25,6 +25,7 @@ proto="$top/common/json-util.c $top/common/utf8.c $top/proto/names.c $top/proto/
 for t in $targets; do
 	extra=
 	[ "$t" = config ] && extra="$top/daemon/config.c $top/daemon/self.c"
+	[ "$t" = state ] && extra="$top/daemon/state.c $top/daemon/lock-file.c"
 	# shellcheck disable=SC2086
 	clang $cflags -o "$out/fuzz-$t" "$here/fuzz-$t.c" $proto $extra $libs
 	mkdir -p "$out/corpus-$t"
