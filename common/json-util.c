@@ -115,6 +115,14 @@ bool json_error_at_nul(const json_error_t *e, const char *text, size_t len) {
         return e->position > 0 && (size_t) e->position <= len && text[e->position - 1] == '\0';
 }
 
+const char *json_error_words(const json_error_t *e, const char *text, size_t len) {
+        if (json_error_at_nul(e, text, len))
+                return "a NUL byte";
+        if (json_error_code(e) == json_error_null_character)
+                return "\\u0000 (a NUL character), which no string here may hold";
+        return e->text;
+}
+
 int json_dump_line(const json_t *v, char **ret_line, size_t *ret_len) {
         char stack[4096], *line;
         size_t n;

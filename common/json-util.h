@@ -49,6 +49,14 @@ json_t *json_message_string(const char *s);
  */
 bool json_error_at_nul(const json_error_t *e, const char *text, size_t len);
 
+/*
+ * jansson's error e, loading text of len bytes, in words for whoever wrote
+ * the text: a raw NUL byte is named (json_error_at_nul()), and so is an
+ * escaped one, which jansson refuses in the name of one of its flags. e's
+ * own text otherwise. Static or e's; never NULL.
+ */
+const char *json_error_words(const json_error_t *e, const char *text, size_t len);
+
 /* Dump compact, newline-terminated, into a malloc'd buffer. -ENOMEM. */
 int json_dump_line(const json_t *v, char **ret_line, size_t *ret_len);
 

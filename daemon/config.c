@@ -638,7 +638,7 @@ int config_parse(const char *text, size_t len, const char *source, Config **ret,
         root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
         if (!root) {
                 msg_set(msg, msg_size, "%s:%d:%d: %s", source, jerr.line, jerr.column,
-                        json_error_at_nul(&jerr, text, len) ? "a NUL byte" : jerr.text);
+                        json_error_words(&jerr, text, len));
                 return EINVAL;
         }
         c = calloc(1, sizeof *c);

@@ -147,7 +147,7 @@ int proto_request_decode(const char *line, size_t len, ProtoRequest *ret, char *
         root = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
         if (!root) {
                 msg_set(msg, msg_size, "request is not valid JSON: %s at column %d",
-                        json_error_at_nul(&jerr, line, len) ? "a NUL byte" : jerr.text, jerr.column);
+                        json_error_words(&jerr, line, len), jerr.column);
                 return EBADMSG;
         }
         if (!json_is_object(root)) {

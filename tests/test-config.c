@@ -988,6 +988,18 @@ START_TEST(test_nul_in_text) {
 }
 END_TEST
 
+/* An escaped NUL in a string: refused with words for the admin, not the name of a jansson flag. */
+START_TEST(test_escaped_nul_in_a_string) {
+        static const char text[] = CHANNELS("{\"name\": \"s\", \"size\": \"64K\\u0000junk\"}");
+        char msg[512] = "";
+        Config *c = NULL;
+
+        ck_assert_int_eq(config_parse(text, sizeof text - 1, SRC, &c, msg, sizeof msg), EINVAL);
+        ck_assert_ptr_null(c);
+        ck_assert_msg(strstr(msg, "\\u0000 (a NUL character)") && !strstr(msg, "JSON_ALLOW_NUL"), "message: %s", msg);
+}
+END_TEST
+
 START_TEST(test_null_msg) {
         Config *c = NULL;
 
@@ -1681,6 +1693,7 @@ static Suite *config_suite(void) {
         tcase_add_test(tc, test_syntax_error_line5);
         tcase_add_loop_test(tc, test_syntax_bad, 0, ELEMENTSOF(syntax_bad));
         tcase_add_test(tc, test_nul_in_text);
+        tcase_add_test(tc, test_escaped_nul_in_a_string);
         tcase_add_test(tc, test_null_msg);
         tcase_add_test(tc, test_msg_truncated);
         suite_add_tcase(s, tc);

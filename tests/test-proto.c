@@ -783,6 +783,10 @@ START_TEST(test_request_decode_nul_message) {
         assert_request_fails_len(before, sizeof before - 1, EBADMSG, "NUL");
         ck_assert_int_eq(proto_request_decode(after, sizeof after - 1, &req, msg, sizeof msg), EBADMSG);
         ck_assert_msg(strstr(msg, "end of file") == NULL, "message \"%s\" speaks of an end of file", msg);
+        /* Escaped in a string: in words, not the name of a jansson flag. */
+        ck_assert_int_eq(proto_request_decode("{\"op\":\"status\",\"channel\":\"a\\u0000b\"}", 36, &req, msg, sizeof msg),
+                         EBADMSG);
+        ck_assert_msg(strstr(msg, "\\u0000 (a NUL character)") && !strstr(msg, "JSON_ALLOW_NUL"), "message: %s", msg);
 }
 END_TEST
 
