@@ -53,5 +53,7 @@ const char *shmb_strerror(int err) {
 }
 
 const char *shmb_errno_name(int err) {
-        return proto_errno_to_name(err == INT_MIN ? INT_MAX : err < 0 ? -err : err);
+        if (err == INT_MIN)     /* -INT_MIN overflows; no errno is that large */
+                return NULL;
+        return proto_errno_to_name(err < 0 ? -err : err);
 }

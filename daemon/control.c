@@ -1528,9 +1528,26 @@ static int open_bound(const char *path, int *ret_fd, struct stat *ret, char *msg
  * bind() did not (a default ACL of its directory), and group `group`
  * unless -1.
  */
+/*
+ * Give the file an O_PATH descriptor of path names `mode` (chmod() through
+ * its /proc link: no fchmod() of an O_PATH descriptor before fchmodat2()).
+ */
+static int give_mode(const char *path, int fd, mode_t mode, char *msg, size_t msg_size) {
+        char self[64];
+
+        snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
+        if (chmod(self, mode) < 0) {
+                int r = -errno;
+
+                msg_set(msg, msg_size, "cannot give %s mode %04o (socket_mode): %s", path, (unsigned) mode,
+                        strerror(-r));
+                return r;
+        }
+        return 0;
+}
+
 static int set_bound_perms(const char *path, int fd, const struct stat *st, mode_t mode, gid_t group, char *msg,
                            size_t msg_size) {
-        char self[64];
         int r;
 
         if (group != (gid_t) -1 && fchownat(fd, "", (uid_t) -1, group, AT_EMPTY_PATH) < 0) {
@@ -1539,23 +1556,7 @@ static int set_bound_perms(const char *path, int fd, const struct stat *st, mode
                         strerror(errno));
                 return r;
         }
-        /* No fchmod() of an O_PATH descriptor before fchmodat2(); its /proc link names the very file. */
-        snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
-        if ((st->st_mode & 0777) != mode && chmod(self, mode) < 0) {
-                r = -errno;
-                msg_set(msg, msg_size, "cannot give %s mode %04o (socket_mode): %s", path, (unsigned) mode,
-                        strerror(errno));
-                return r;
-        }
-        return 0;
-}
-
-/* chmod() of the file an O_PATH descriptor names (no fchmod() of one before fchmodat2()). */
-static int chmod_bound(int fd, mode_t mode) {
-        char self[64];
-
-        snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
-        return chmod(self, mode) < 0 ? -errno : 0;
+        return (st->st_mode & 0777) != mode ? give_mode(path, fd, mode, msg, msg_size) : 0;
 }
 
 int control_set_socket_perms(Control *c, mode_t mode, gid_t group, char *msg, size_t msg_size) {
@@ -1589,12 +1590,9 @@ int control_set_socket_perms(Control *c, mode_t mode, gid_t group, char *msg, si
          */
         mode &= 0777;
         narrow = st.st_mode & mode & 0777;
-        r = narrow != (st.st_mode & 0777) ? chmod_bound(fd, narrow) : 0;
-        if (r < 0) {
-                msg_set(msg, msg_size, "cannot give %s mode %04o (socket_mode): %s", c->bound_path, (unsigned) mode,
-                        strerror(-r));
+        r = narrow != (st.st_mode & 0777) ? give_mode(c->bound_path, fd, narrow, msg, msg_size) : 0;
+        if (r < 0)
                 return r;
-        }
         if (group != (gid_t) -1 && group != st.st_gid) {
                 if (fchownat(fd, "", (uid_t) -1, group, AT_EMPTY_PATH) < 0) {
                         r = -errno;
@@ -1604,16 +1602,13 @@ int control_set_socket_perms(Control *c, mode_t mode, gid_t group, char *msg, si
                 }
                 chowned = true;
         }
-        r = mode != narrow ? chmod_bound(fd, mode) : 0;
-        if (r < 0) {
-                msg_set(msg, msg_size, "cannot give %s mode %04o (socket_mode): %s", c->bound_path, (unsigned) mode,
-                        strerror(-r));
+        r = mode != narrow ? give_mode(c->bound_path, fd, mode, msg, msg_size) : 0;
+        if (r < 0)
                 goto undo;
-        }
         return 0;
 undo:
         if ((chowned && fchownat(fd, "", (uid_t) -1, st.st_gid, AT_EMPTY_PATH) < 0) ||
-            (narrow != (st.st_mode & 0777) && chmod_bound(fd, st.st_mode & 0777) < 0))
+            (narrow != (st.st_mode & 0777) && give_mode(c->bound_path, fd, st.st_mode & 0777, NULL, 0) < 0))
                 msg_set(msg + strlen(msg), msg_size - strlen(msg), "; and putting back mode %04o and group %u "
                         "failed too: check it by hand", (unsigned) (st.st_mode & 0777), (unsigned) st.st_gid);
         return r;
