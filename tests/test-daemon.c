@@ -3077,38 +3077,52 @@ static void open_fork_exit(int say, int hear) {
         child_await(hear);
 }
 
+/* A ring holder of open_fork_exit(), and the connection the test watches its hold through. */
+typedef struct ForkedHolder {
+        RingHeader *h;
+        int fd;
+        Child c;
+        uint32_t token;
+        pid_t heir;
+} ForkedHolder;
+
+static ForkedHolder forked_holder_start(void) {
+        ForkedHolder f;
+
+        /* The heir is reparented to us when its parent exits, so the test reaps it. */
+        ck_assert_int_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+        f.h = start_with_ring();
+        f.fd = test_connect(td.socket);
+        f.c = child_start(open_fork_exit);
+        child_hear(&f.c, &f.token, sizeof f.token);
+        child_hear(&f.c, &f.heir, sizeof f.heir);
+        ck_assert_uint_ne(f.token, 0);
+        return f;
+}
+
+/* Closes the opener's say: the heir ends with it. */
+static void forked_holder_reap(ForkedHolder *f) {
+        child_reap(&f->c);
+        ck_assert_int_eq(waitpid(f->heir, NULL, 0), f->heir);
+}
+
 /*
  * The opener exits while a fork of it holds the connection open: no EOF
  * reaches the broker, yet the token is DEAD, and the hold stays.
  */
 START_TEST(test_holder_dead_with_its_process_though_a_fork_holds_the_connection) {
-        RingHeader *h;
-        uint32_t token;
-        pid_t heir;
-        Child c;
-        int fd;
+        ForkedHolder f = forked_holder_start();
 
-        /* The heir is reparented to us when its parent exits, so the test reaps it. */
-        ck_assert_int_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
-        h = start_with_ring();
-        fd = test_connect(td.socket);
-        c = child_start(open_fork_exit);
-        child_hear(&c, &token, sizeof token);
-        child_hear(&c, &heir, sizeof heir);
-        ck_assert_uint_ne(token, 0);
-        assert_live(h, token, c.pid);
-
-        end_child_and_await_dead(&c, h, token);
+        assert_live(f.h, f.token, f.c.pid);
+        end_child_and_await_dead(&f.c, f.h, f.token);
         /* The connection is still up, held by the heir. */
-        ck_assert_int_eq(kill(heir, 0), 0);
-        ck_assert_uint_eq(count_clients(fd, "frames"), 1);
-        /* Closes say: the heir ends with it. */
-        child_reap(&c);
-        ck_assert_int_eq(waitpid(heir, NULL, 0), heir);
-        ck_assert(await_clients(fd, "frames", 0));
-        ck_assert_int_eq(holder_state(h, token), RING_HOLDER_DEAD);
-        close(fd);
-        shmdt(h);
+        ck_assert_int_eq(kill(f.heir, 0), 0);
+        ck_assert_uint_eq(count_clients(f.fd, "frames"), 1);
+        forked_holder_reap(&f);
+        ck_assert(await_clients(f.fd, "frames", 0));
+        ck_assert_int_eq(holder_state(f.h, f.token), RING_HOLDER_DEAD);
+        close(f.fd);
+        shmdt(f.h);
 }
 END_TEST
 
@@ -3164,38 +3178,27 @@ END_TEST
  */
 START_TEST(test_hold_of_a_dead_token_ends_no_later_holder) {
         static int fds[RING_HOLDERS - 1];
-        uint32_t token, reused;
-        RingHeader *h;
-        pid_t heir;
-        Child c;
-        int fd;
+        ForkedHolder f = forked_holder_start();
+        uint32_t reused;
 
-        ck_assert_int_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
-        h = start_with_ring();
-        fd = test_connect(td.socket);
-        c = child_start(open_fork_exit);
-        child_hear(&c, &token, sizeof token);
-        child_hear(&c, &heir, sizeof heir);
-        ck_assert_uint_ne(token, 0);
-        end_child_and_await_dead(&c, h, token);
+        end_child_and_await_dead(&f.c, f.h, f.token);
         /* Every other entry taken: the next rw opener gets the dead token's, under the next generation. */
         for (int i = 0; i < RING_HOLDERS - 1; i++) {
                 fds[i] = test_connect(td.socket);
                 ck_assert_uint_ne(open_holder(fds[i], "frames", "rw", 0), 0);
         }
-        reused = open_holder(fd, "frames", "rw", 0);
-        ck_assert_ptr_eq(holder_entry(h, reused), holder_entry(h, token));
-        ck_assert_uint_ne(reused, token);
-        assert_live(h, reused, getpid());
+        reused = open_holder(f.fd, "frames", "rw", 0);
+        ck_assert_ptr_eq(holder_entry(f.h, reused), holder_entry(f.h, f.token));
+        ck_assert_uint_ne(reused, f.token);
+        assert_live(f.h, reused, getpid());
         /* The heir goes, and with its connection the dead token's hold. */
-        child_reap(&c);
-        ck_assert_int_eq(waitpid(heir, NULL, 0), heir);
-        ck_assert(await_clients(fd, "frames", RING_HOLDERS));
-        assert_live(h, reused, getpid());
+        forked_holder_reap(&f);
+        ck_assert(await_clients(f.fd, "frames", RING_HOLDERS));
+        assert_live(f.h, reused, getpid());
         for (int i = 0; i < RING_HOLDERS - 1; i++)
                 close(fds[i]);
-        close(fd);
-        shmdt(h);
+        close(f.fd);
+        shmdt(f.h);
 }
 END_TEST
 

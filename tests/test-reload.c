@@ -1246,18 +1246,28 @@ START_TEST(test_fixed_key_of_kept_channel) {
 }
 END_TEST
 
-/* Write a config of channel "a" whose top level also has extra (", \"socket_mode\": ..."), and reload it. */
-static void reload_top_level(const char *extra) {
+/* Write a config of channel "a" whose top level also has extra (", \"socket_mode\": ..."). */
+static void write_top_level(const char *extra) {
         char *text;
-        int fd;
 
         ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\"%s, \"channels\": [{\"name\": \"a\", "
                                          "\"size\": 4096}]}\n", td.socket, extra), 0);
         test_daemon_write_raw_config(&td, text);
         free(text);
-        fd = test_connect(td.socket);
+}
+
+/* write_top_level(extra), and reload it, asked over the socket at via: td.socket, or where a test moved it. */
+static void reload_top_level_via(const char *via, const char *extra) {
+        int fd;
+
+        write_top_level(extra);
+        fd = test_connect(via);
         reload_expect(fd, "", "", "", "a");
         close(fd);
+}
+
+static void reload_top_level(const char *extra) {
+        reload_top_level_via(td.socket, extra);
 }
 
 /*
@@ -1297,19 +1307,8 @@ START_TEST(test_socket_mode_and_group_apply_at_reload) {
         ck_assert_int_ge(fd, 0);
         ck_assert_int_eq(fchmod(fd, 0644), 0);
         close(fd);
-        {
-                /* Reached by its new name: the reload is asked over the moved socket. */
-                char *text;
-                int c;
-
-                ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"socket_mode\": \"0600\", "
-                                                 "\"channels\": [{\"name\": \"a\", \"size\": 4096}]}\n", td.socket), 0);
-                test_daemon_write_raw_config(&td, text);
-                free(text);
-                c = test_connect(moved);
-                reload_expect(c, "", "", "", "a");
-                close(c);
-        }
+        /* Reached by its new name: the reload is asked over the moved socket. */
+        reload_top_level_via(moved, ", \"socket_mode\": \"0600\"");
         ck_assert_int_eq(stat(td.socket, &st), 0);
         ck_assert_uint_eq(st.st_mode & 0777, 0644);
         ck_assert_int_eq(stat(moved, &st), 0);
@@ -1330,7 +1329,7 @@ END_TEST
  * do: the file still says 0600, so the socket must get it.
  */
 START_TEST(test_socket_perms_refused_at_reload_are_applied_by_the_next) {
-        char *text, moved[PATH_MAX];
+        char moved[PATH_MAX];
         struct stat st;
         int c;
 
@@ -1338,13 +1337,7 @@ START_TEST(test_socket_perms_refused_at_reload_are_applied_by_the_next) {
         test_start_ok();
         ck_assert_int_lt(snprintf(moved, sizeof moved, "%s.moved", td.socket), (int) sizeof moved);
         ck_assert_int_eq(rename(td.socket, moved), 0);
-        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"socket_mode\": \"0600\", "
-                                         "\"channels\": [{\"name\": \"a\", \"size\": 4096}]}\n", td.socket), 0);
-        test_daemon_write_raw_config(&td, text);
-        free(text);
-        c = test_connect(moved);
-        reload_expect(c, "", "", "", "a");
-        close(c);
+        reload_top_level_via(moved, ", \"socket_mode\": \"0600\"");
         ck_assert_int_eq(stat(moved, &st), 0);
         ck_assert_uint_eq(st.st_mode & 0777, 0666);
 
@@ -1375,14 +1368,11 @@ START_TEST(test_socket_perms_at_reload_all_or_nothing) {
                 ", \"socket_mode\": \"0400\", \"socket_group\": 4243",
         };
         struct stat before, st;
-        char fddir[64], *log, *text;
+        char fddir[64], *log;
 
         ck_assert_msg(unshare(CLONE_NEWNS) == 0, "unshare(CLONE_NEWNS): %s", strerror(errno));
         ck_assert_msg(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0, "mount private: %s", strerror(errno));
-        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"socket_mode\": \"0600\", "
-                                         "\"channels\": [{\"name\": \"a\", \"size\": 4096}]}\n", td.socket), 0);
-        test_daemon_write_raw_config(&td, text);
-        free(text);
+        write_top_level(", \"socket_mode\": \"0600\"");
         test_start_ok();
         ck_assert_int_eq(stat(td.socket, &before), 0);
         ck_assert_uint_eq(before.st_mode & 0777, 0600);
@@ -1414,19 +1404,10 @@ END_TEST
 START_TEST(test_socket_perms_at_reload_never_wider_than_both) {
         struct stat st;
         unsigned stops = 0;
-        char *text;
 
-        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"socket_mode\": \"0660\", "
-                                         "\"socket_group\": 4243, \"channels\": [{\"name\": \"a\", \"size\": 4096}]}\n",
-                                  td.socket), 0);
-        test_daemon_write_raw_config(&td, text);
-        free(text);
+        write_top_level(", \"socket_mode\": \"0660\", \"socket_group\": 4243");
         test_start_ok();
-        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"socket_mode\": \"0600\", "
-                                         "\"socket_group\": 4244, \"channels\": [{\"name\": \"a\", \"size\": 4096}]}\n",
-                                  td.socket), 0);
-        test_daemon_write_raw_config(&td, text);
-        free(text);
+        write_top_level(", \"socket_mode\": \"0600\", \"socket_group\": 4244");
         test_daemon_trace(&td);
         test_reload_async();
         while (!test_reload_done() && test_next_syscall_stop(td.pid)) {
@@ -1452,8 +1433,7 @@ END_TEST
  */
 START_TEST(test_socket_group_alone_applies_at_reload) {
         struct stat before, st;
-        char *log, *text, linked[PATH_MAX];
-        int c;
+        char *log, linked[PATH_MAX];
 
         test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
         test_start_ok();
@@ -1476,13 +1456,7 @@ START_TEST(test_socket_group_alone_applies_at_reload) {
         ck_assert_int_lt(snprintf(linked, sizeof linked, "%s.link", td.socket), (int) sizeof linked);
         ck_assert_int_eq(link(td.socket, linked), 0);
         ck_assert_int_eq(unlink(td.socket), 0);
-        ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"socket_mode\": \"0600\", "
-                                         "\"channels\": [{\"name\": \"a\", \"size\": 4096}]}\n", td.socket), 0);
-        test_daemon_write_raw_config(&td, text);
-        free(text);
-        c = test_connect(linked);
-        reload_expect(c, "", "", "", "a");
-        close(c);
+        reload_top_level_via(linked, ", \"socket_mode\": \"0600\"");
         ck_assert_int_eq(stat(linked, &st), 0);
         ck_assert_uint_eq(st.st_mode & 0777, 0666);
         log = test_daemon_log(&td);
