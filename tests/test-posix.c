@@ -194,6 +194,15 @@ static char *log_now(void) {
         return test_daemon_log(&td);
 }
 
+/* Start td's daemon, which must fail (else: "the daemon started, though <why_not>" and its log); its log, to free. */
+static char *start_fails(const char *why_not) {
+        int status;
+
+        ck_assert_msg(!test_daemon_start(&td, &status, NULL), "the daemon started, though %s:\n%s", why_not, log_now());
+        td.pid = -1;
+        return log_now();
+}
+
 /* The list answer of td's daemon, asked on a connection of its own. */
 static json_t *list_now(void) {
         int fd = test_connect(td.socket);
@@ -911,7 +920,6 @@ static void start_as_nobody_with_mine(void) {
  */
 START_TEST(test_unprivileged_daemon) {
         char *before = shm_listing(), *log;
-        int status = 0;
 
         start_as_nobody_with_mine();
         assert_file("sem.shmbroker.mine.0", sizeof(PosixSemFile), NOBODY, NOBODY, 0640);
@@ -919,9 +927,7 @@ START_TEST(test_unprivileged_daemon) {
         assert_listing(before);
 
         test_daemon_write_config(&td, "[{\"name\": \"mine\", \"kind\": \"posix\", \"size\": 4096}, " RAW1 "]");
-        ck_assert(!test_daemon_start(&td, &status, NULL));
-        td.pid = -1;
-        log = log_now();
+        log = start_fails("it must refuse this start");
         ck_assert_msg(strstr(log, "CAP_CHOWN") && strstr(log, "\"raw1\""), "the log does not say why:\n%s", log);
         free(log);
         assert_listing(before);
@@ -950,9 +956,7 @@ START_TEST(test_unprivileged_daemon_refuses_a_mode_it_cannot_serve) {
         td.uid = NOBODY;
         td.gid = NOBODY;
         test_daemon_write_config(&td, "[{\"name\": \"o\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0066\"}]");
-        ck_assert(!test_daemon_start(&td, &status, NULL));
-        td.pid = -1;
-        log = log_now();
+        log = start_fails("it must refuse this start");
         ck_assert_msg(strstr(log, "mode 0066") && strstr(log, "CAP_DAC_OVERRIDE"), "the log does not say why:\n%s", log);
         free(log);
         assert_listing(before);
@@ -2062,7 +2066,7 @@ static void check_foreign(const char *name) {
         struct timespec times[2] = { { .tv_sec = 1000000000 }, { .tv_sec = 1000000000 } };
         char path[256], buf[64] = "", *before, *log;
         struct stat a, b;
-        int status = 0, fd;
+        int fd;
 
         snprintf(path, sizeof path, PSEM_DIR "/%s", name);
         fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -2076,9 +2080,7 @@ static void check_foreign(const char *name) {
         before = shm_listing();
 
         test_daemon_write_config(&td, "[" RING1 ", " RAW1 "]");
-        ck_assert_msg(!test_daemon_start(&td, &status, NULL), "the daemon started over a foreign %s", name);
-        td.pid = -1;
-        log = log_now();
+        log = start_fails("a foreign file is at a name of its own");
         ck_assert_msg(strstr(log, path), "the log does not name %s:\n%s", path, log);
         free(log);
 
@@ -3198,7 +3200,6 @@ START_TEST(test_crash_restart_failure_removes) {
                                                "[" C_X_AFTER ", " C_A ", " C_BC("16") "]" };
         struct stat planted;
         char *before;
-        int status = 0;
 
         plant(PSEM_DIR "/shmbroker.a", &planted);
         before = shm_listing();
@@ -3209,9 +3210,7 @@ START_TEST(test_crash_restart_failure_removes) {
                 test_start_ok();
                 test_daemon_kill(&td, SIGKILL);
                 test_daemon_write_config(&td, configs[i]);
-                ck_assert(!test_daemon_start(&td, &status, NULL));
-                td.pid = -1;
-                log = log_now();
+                log = start_fails("it must refuse this start");
                 ck_assert_msg(strstr(log, PSEM_DIR "/shmbroker.a already exists"), "the start did not fail on a:\n%s",
                               log);
                 free(log);
@@ -3263,7 +3262,6 @@ END_TEST
 static void assert_reclaim_spares_replaced(const char *channel) {
         char *before = shm_listing(), *log, cfg[512];
         struct stat planted;
-        int status = 0;
 
         snprintf(cfg, sizeof cfg, "[%s]", channel);
         test_daemon_write_config(&td, cfg);
@@ -3274,9 +3272,7 @@ static void assert_reclaim_spares_replaced(const char *channel) {
         plant(PSEM_DIR "/sem.shmbroker.raw1.1", &planted);
 
         /* Still configured: not taken over (a file is not the recorded one), and not made again over it. */
-        ck_assert(!test_daemon_start(&td, &status, NULL));
-        td.pid = -1;
-        log = log_now();
+        log = start_fails("it must refuse this start");
         ck_assert_msg(strstr(log, PSEM_DIR "/sem.shmbroker.raw1.1"), "the log does not name the file:\n%s", log);
         free(log);
         assert_unchanged(PSEM_DIR "/sem.shmbroker.raw1.1", &planted);
@@ -3541,7 +3537,7 @@ START_TEST(test_crash_restart_takes_over_only_the_intended_file) {
         char line[256], *log;
         struct stat st;
         long now = (long) time(NULL);
-        int fd, status = 0;
+        int fd;
 
         test_daemon_write_config(&td, "[" SV1 "]");
         test_start_ok();
@@ -3557,12 +3553,7 @@ START_TEST(test_crash_restart_takes_over_only_the_intended_file) {
 
         test_daemon_write_config(&td, "[{\"name\": \"moded\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0600\"}]");
         /* As for any file at the name that the daemon did not make: the start fails on it, and leaves it be. */
-        if (test_daemon_start(&td, &status, NULL)) {
-                log = log_now();
-                ck_abort_msg("the start took over a file the killed run did not leave:\n%s", log);
-        }
-        td.pid = -1;
-        log = log_now();
+        log = start_fails("it took over a file the killed run did not leave");
         ck_assert_msg(strstr(log, "shmbroker.moded"), "the log does not name the file:\n%s", log);
         free(log);
         assert_file("shmbroker.moded", 4096, 0, 0, 0644);
@@ -4349,7 +4340,7 @@ END_TEST
  */
 START_TEST(test_full_dev_shm_fails_the_start) {
         char filler[256], *log;
-        int status = 0, fd;
+        int fd;
 
         ck_assert_msg(mount("tmpfs", "/dev/shm", "tmpfs", MS_REMOUNT, "size=256k") == 0, "remount: %s", strerror(errno));
         snprintf(filler, sizeof filler, PSEM_DIR "/someone-elses");
@@ -4360,12 +4351,7 @@ START_TEST(test_full_dev_shm_fails_the_start) {
         close(fd);
 
         test_daemon_write_config(&td, "[" RING1 "]");
-        if (test_daemon_start(&td, &status, NULL)) {
-                log = log_now();
-                ck_abort_msg("the daemon serves a ring in a full /dev/shm:\n%s", log);
-        }
-        td.pid = -1;
-        log = log_now();
+        log = start_fails("it serves a ring in a full /dev/shm");
         ck_assert_msg(strstr(log, "\"ring1\""), "the log does not name the channel:\n%s", log);
         free(log);
         ck_assert_int_eq(unlink(filler), 0);
@@ -4540,13 +4526,10 @@ END_TEST
 /* A file that cannot be mapped (a size no address space holds) fails the start and is not left behind. */
 START_TEST(test_create_failure_removes) {
         char *before = shm_listing(), *log;
-        int status = 0;
 
         test_daemon_write_config(&td, "[" RING1 ", {\"name\": \"huge\", \"kind\": \"posix\", \"size\": "
                                  "\"4194304T\"}]");
-        ck_assert(!test_daemon_start(&td, &status, NULL));
-        td.pid = -1;
-        log = log_now();
+        log = start_fails("it must refuse this start");
         ck_assert_msg(strstr(log, PSEM_DIR "/shmbroker.huge"), "the log does not name the file:\n%s", log);
         ck_assert_msg(!strstr(log, "may be left"), "the file was left:\n%s", log);
         free(log);
