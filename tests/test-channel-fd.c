@@ -1067,15 +1067,27 @@ START_TEST(test_crash_restart_with_fewer_subscribers_leaves_no_cursor_fifo) {
 }
 END_TEST
 
+/* Reload to one ring "r" of 2 slots of 64 B with perms (", \"group\": ..., \"mode\": ..."). */
+static void reload_ring_r(const char *perms) {
+        char cfg[256];
+
+        ck_assert_int_lt(snprintf(cfg, sizeof cfg, "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, "
+                                  "\"slots\": 2%s}]", perms), (int) sizeof cfg);
+        test_daemon_write_config(&td, cfg);
+        reload_ok();
+}
+
+/* The path of ring "r"'s FIFO i: data (0) or space (1). */
+static void ring_r_fifo(char path[600], int i) {
+        snprintf(path, 600, "%s.wake/r.%s", td.socket, i ? "space" : "data");
+}
+
 START_TEST(test_read_only_class_gets_no_fifo) {
         char path[600];
 
-        test_daemon_write_config(&td,
-                "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 2, \"group\": 4242,"
-                " \"mode\": \"0640\"}]");
-        reload_ok();
+        reload_ring_r(", \"group\": 4242, \"mode\": \"0640\"");
         for (int i = 0; i < 2; i++) {
-                snprintf(path, sizeof path, "%s.wake/r.%s", td.socket, i ? "space" : "data");
+                ring_r_fifo(path, i);
                 for (int k = 0; k < 2; k++)
                         ck_assert_msg(test_open_as(65534, 4242, path, k ? O_WRONLY : O_RDONLY) == EACCES,
                                       "the ring's read-only group may open %s %s", path, k ? "O_WRONLY" : "O_RDONLY");
@@ -1087,12 +1099,9 @@ END_TEST
 START_TEST(test_read_only_owner_gets_no_fifo) {
         char path[600];
 
-        test_daemon_write_config(&td,
-                "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 2, \"owner\": 65534,"
-                " \"group\": 4242, \"mode\": \"0460\"}]");
-        reload_ok();
+        reload_ring_r(", \"owner\": 65534, \"group\": 4242, \"mode\": \"0460\"");
         for (int i = 0; i < 2; i++) {
-                snprintf(path, sizeof path, "%s.wake/r.%s", td.socket, i ? "space" : "data");
+                ring_r_fifo(path, i);
                 for (int k = 0; k < 2; k++)
                         ck_assert_msg(test_open_as(65534, 65534, path, k ? O_WRONLY : O_RDONLY) == EACCES,
                                       "the ring's read-only owner may open %s %s", path, k ? "O_WRONLY" : "O_RDONLY");
@@ -1106,12 +1115,9 @@ END_TEST
 START_TEST(test_other_class_gets_the_fifos) {
         char path[600];
 
-        test_daemon_write_config(&td,
-                "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 2, \"owner\": 65534,"
-                " \"group\": 4242, \"mode\": \"0606\"}]");
-        reload_ok();
+        reload_ring_r(", \"owner\": 65534, \"group\": 4242, \"mode\": \"0606\"");
         for (int i = 0; i < 2; i++) {
-                snprintf(path, sizeof path, "%s.wake/r.%s", td.socket, i ? "space" : "data");
+                ring_r_fifo(path, i);
                 ck_assert_msg(test_open_as(4243, 4243, path, O_RDWR) == 0, "another user may not open %s", path);
                 /* The group's own entry still counts first: nothing for it. */
                 ck_assert_int_eq(test_open_as(4243, 4242, path, O_RDWR), EACCES);
@@ -1148,12 +1154,9 @@ START_TEST(test_creator_group_gets_the_fifos) {
         char path[600];
         int r;
 
-        test_daemon_write_config(&td,
-                "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 2, \"group\": 4242,"
-                " \"mode\": \"0666\"}]");
-        reload_ok();
+        reload_ring_r(", \"group\": 4242, \"mode\": \"0666\"");
         for (int i = 0; i < 2; i++) {
-                snprintf(path, sizeof path, "%s.wake/r.%s", td.socket, i ? "space" : "data");
+                ring_r_fifo(path, i);
                 r = test_open_as(65534, getegid(), path, O_RDWR);
                 ck_assert_msg(r == 0, "a member of the ring's creator group may not open %s: %s", path, strerror(r));
         }
