@@ -1144,3 +1144,8 @@ bool test_pid_cap_effective(pid_t pid, unsigned cap) {
         fclose(f);
         return (caps >> cap) & 1;
 }
+
+void test_private_mounts(void) {
+        ck_assert_msg(unshare(CLONE_NEWNS) == 0, "unshare(CLONE_NEWNS): %s", strerror(errno));
+        ck_assert_msg(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0, "mount private: %s", strerror(errno));
+}

@@ -126,6 +126,9 @@ char test_task_state(pid_t pid, pid_t tid);
 /* A list request on fd must be answered ok: the daemon serves that connection. */
 void test_assert_lists(int fd);
 
+/* A mount namespace of the calling test's own (its daemon's too), whose mounts reach nowhere else. */
+void test_private_mounts(void);
+
 /* CLOCK_MONOTONIC in milliseconds. */
 int64_t test_now_ms(void);
 

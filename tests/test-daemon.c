@@ -484,6 +484,20 @@ START_TEST(test_ring_open_answered_when_socket_path_is_not_text) {
 }
 END_TEST
 
+/* /etc/name reads as text from now on, in the test_private_mounts() of this test (and its daemon). */
+static void lend_etc_file(const char *name, const char *text) {
+        char path[sizeof td.dir + 16], etc[64];
+        FILE *f;
+
+        snprintf(path, sizeof path, "%s/%s", td.dir, name);
+        snprintf(etc, sizeof etc, "/etc/%s", name);
+        f = fopen(path, "we");
+        ck_assert_ptr_nonnull(f);
+        fputs(text, f);
+        ck_assert_int_eq(fclose(f), 0);
+        ck_assert_msg(mount(path, etc, NULL, MS_BIND, NULL) == 0, "bind %s on %s: %s", path, etc, strerror(errno));
+}
+
 /*
  * shmbroker-protocol(7), VALUES: owner and group are "the user or group
  * name, or the id in decimal where it has no name", in answers that are
@@ -492,19 +506,11 @@ END_TEST
  * connection. A private mount namespace lends the daemon such a database.
  */
 START_TEST(test_list_answered_when_group_name_is_not_text) {
-        char path[sizeof td.dir + 16];
         json_t *resp, *ch;
-        FILE *f;
         int fd;
 
-        snprintf(path, sizeof path, "%s/group", td.dir);
-        f = fopen(path, "we");
-        ck_assert_ptr_nonnull(f);
-        fputs("root:x:0:\nb\xe9" "d:x:4343:\n", f);
-        ck_assert_int_eq(fclose(f), 0);
-        ck_assert_msg(unshare(CLONE_NEWNS) == 0, "unshare(CLONE_NEWNS): %s", strerror(errno));
-        ck_assert_msg(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0, "mount private: %s", strerror(errno));
-        ck_assert_msg(mount(path, "/etc/group", NULL, MS_BIND, NULL) == 0, "bind %s: %s", path, strerror(errno));
+        test_private_mounts();
+        lend_etc_file("group", "root:x:0:\nb\xe9" "d:x:4343:\n");
 
         test_daemon_write_config(&td, "[{\"name\": \"g\", \"size\": 4096, \"group\": \"4343\"}]");
         test_start_ok();
@@ -527,25 +533,12 @@ END_TEST
  * can hold fall back to the id.
  */
 START_TEST(test_list_answered_when_user_name_is_not_text) {
-        char passwd[sizeof td.dir + 16], group[sizeof td.dir + 16];
         json_t *resp, *ch;
-        FILE *f;
         int fd;
 
-        snprintf(passwd, sizeof passwd, "%s/passwd", td.dir);
-        f = fopen(passwd, "we");
-        ck_assert_ptr_nonnull(f);
-        fputs("root:x:0:0::/root:/bin/sh\nb\xe9" "d:x:4343:4343::/:/bin/false\n", f);
-        ck_assert_int_eq(fclose(f), 0);
-        snprintf(group, sizeof group, "%s/group", td.dir);
-        f = fopen(group, "we");
-        ck_assert_ptr_nonnull(f);
-        fputs("root:x:0:\ngr\xc3\xbcn:x:4344:\n", f);
-        ck_assert_int_eq(fclose(f), 0);
-        ck_assert_msg(unshare(CLONE_NEWNS) == 0, "unshare(CLONE_NEWNS): %s", strerror(errno));
-        ck_assert_msg(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0, "mount private: %s", strerror(errno));
-        ck_assert_msg(mount(passwd, "/etc/passwd", NULL, MS_BIND, NULL) == 0, "bind %s: %s", passwd, strerror(errno));
-        ck_assert_msg(mount(group, "/etc/group", NULL, MS_BIND, NULL) == 0, "bind %s: %s", group, strerror(errno));
+        test_private_mounts();
+        lend_etc_file("passwd", "root:x:0:0::/root:/bin/sh\nb\xe9" "d:x:4343:4343::/:/bin/false\n");
+        lend_etc_file("group", "root:x:0:\ngr\xc3\xbcn:x:4344:\n");
 
         test_daemon_write_config(&td, "[{\"name\": \"u\", \"size\": 4096, \"owner\": \"4343\", \"group\": \"4344\"}]");
         test_start_ok();

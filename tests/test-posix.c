@@ -66,8 +66,7 @@
 /* The fixture's IPC namespace, and a mount namespace whose /dev/shm is an empty tmpfs of its own. */
 static void posix_setup(void) {
         test_setup();
-        ck_assert_msg(unshare(CLONE_NEWNS) == 0, "unshare(CLONE_NEWNS): %s", strerror(errno));
-        ck_assert_msg(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0, "mount private: %s", strerror(errno));
+        test_private_mounts();
         ck_assert_msg(mount("tmpfs", "/dev/shm", "tmpfs", 0, "mode=1777") == 0, "mount tmpfs: %s", strerror(errno));
 }
 

@@ -1370,8 +1370,7 @@ START_TEST(test_socket_perms_at_reload_all_or_nothing) {
         struct stat before, st;
         char fddir[64], *log;
 
-        ck_assert_msg(unshare(CLONE_NEWNS) == 0, "unshare(CLONE_NEWNS): %s", strerror(errno));
-        ck_assert_msg(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0, "mount private: %s", strerror(errno));
+        test_private_mounts();
         write_top_level(", \"socket_mode\": \"0600\"");
         test_start_ok();
         ck_assert_int_eq(stat(td.socket, &before), 0);
