@@ -3440,6 +3440,34 @@ START_TEST(test_crash_adopt_reclaims_a_leftover_table_of_the_name) {
 }
 END_TEST
 
+/* A run of SV1, killed: the next start reclaims what its state file records. */
+static void start_and_kill(void) {
+        test_daemon_write_config(&td, "[" SV1 "]");
+        test_start_ok();
+        test_daemon_kill(&td, SIGKILL);
+}
+
+/* PSEM_DIR/shmbroker.<name>, made as the daemon's user makes a file: mode whatever the umask, size bytes. */
+static void make_shm_file(const char *name, mode_t mode, off_t size) {
+        char path[128];
+        int fd;
+
+        snprintf(path, sizeof path, PSEM_DIR "/shmbroker.%s", name);
+        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(fchmod(fd, mode), 0);
+        ck_assert_int_eq(ftruncate(fd, size), 0);
+        close(fd);
+}
+
+/* The killed run's intent to make shmbroker.<name> of 4096 bytes, recorded at time `when` (this test's pid). */
+static void record_intent(const char *name, long when) {
+        char line[256];
+
+        snprintf(line, sizeof line, "pposix -1 0 0 %d %ld 4096 %s\n", (int) getpid(), when, name);
+        state_append(line);
+}
+
 /*
  * A run killed between making a file and recording its inode leaves an
  * intent: the next start removes the file when it is as that run left it
@@ -3449,18 +3477,11 @@ START_TEST(test_crash_reclaim_intent) {
         char *before = shm_listing(), line[256];
         struct stat planted;
         long now = (long) time(NULL);
-        int fd;
 
-        test_daemon_write_config(&td, "[" SV1 "]");
-        test_start_ok();
-        test_daemon_kill(&td, SIGKILL);
+        start_and_kill();
+        make_shm_file("gone", 0600, 0);
         /* The killed run's pid: a live one's would be as good, the file carries none. */
-        fd = open(PSEM_DIR "/shmbroker.gone", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        ck_assert_int_ge(fd, 0);
-        ck_assert_int_eq(fchmod(fd, 0600), 0);
-        close(fd);
-        snprintf(line, sizeof line, "pposix -1 0 0 %d %ld 4096 gone\n", (int) getpid(), now - 1);
-        state_append(line);
+        record_intent("gone", now - 1);
         /* Another intent, whose name holds somebody else's file: left alone. */
         plant(PSEM_DIR "/sem.shmbroker.gone.0", &planted);
         /* Of the intended size and new: only its owner and mode tell it apart. */
@@ -3485,28 +3506,18 @@ END_TEST
  */
 START_TEST(test_crash_reclaim_intent_spares_files_it_did_not_make) {
         static const char *const names[] = { "shmbroker.moded", "shmbroker.linked", "shmbroker.older" };
-        char *before = shm_listing(), line[256], path[64];
+        char *before = shm_listing(), path[64];
         struct stat st[3];
         long now = (long) time(NULL);
-        int fd;
 
-        test_daemon_write_config(&td, "[" SV1 "]");
-        test_start_ok();
-        test_daemon_kill(&td, SIGKILL);
-        for (size_t i = 0; i < 3; i++) {
-                snprintf(path, sizeof path, PSEM_DIR "/%s", names[i]);
-                fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-                ck_assert_int_ge(fd, 0);
-                ck_assert_int_eq(fchmod(fd, i == 0 ? 0644 : 0600), 0);
-                close(fd);
-        }
+        start_and_kill();
+        for (size_t i = 0; i < 3; i++)
+                make_shm_file(names[i] + strlen("shmbroker."), i == 0 ? 0644 : 0600, 0);
         /* A second name of the file, of which the intent's name is one. */
         ck_assert_int_eq(link(PSEM_DIR "/shmbroker.linked", PSEM_DIR "/other-name"), 0);
         for (size_t i = 0; i < 3; i++) {
                 /* The third's intent is older than the file by far more than a minute. */
-                snprintf(line, sizeof line, "pposix -1 0 0 %d %ld 4096 %s\n", (int) getpid(),
-                         i == 2 ? now - 1000 : now - 1, names[i] + strlen("shmbroker."));
-                state_append(line);
+                record_intent(names[i] + strlen("shmbroker."), i == 2 ? now - 1000 : now - 1);
                 st[i] = shm_stat(names[i]);
         }
 
@@ -3533,21 +3544,13 @@ END_TEST
  * not the channel's: it is neither taken over nor removed.
  */
 START_TEST(test_crash_restart_takes_over_only_the_intended_file) {
-        char line[256], *log;
+        char *log;
         struct stat st;
         long now = (long) time(NULL);
-        int fd;
 
-        test_daemon_write_config(&td, "[" SV1 "]");
-        test_start_ok();
-        test_daemon_kill(&td, SIGKILL);
-        fd = open(PSEM_DIR "/shmbroker.moded", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        ck_assert_int_ge(fd, 0);
-        ck_assert_int_eq(fchmod(fd, 0644), 0);
-        ck_assert_int_eq(ftruncate(fd, 4096), 0);
-        close(fd);
-        snprintf(line, sizeof line, "pposix -1 0 0 %d %ld 4096 moded\n", (int) getpid(), now - 1);
-        state_append(line);
+        start_and_kill();
+        make_shm_file("moded", 0644, 4096);
+        record_intent("moded", now - 1);
         st = shm_stat("shmbroker.moded");
 
         test_daemon_write_config(&td, "[{\"name\": \"moded\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0600\"}]");
