@@ -144,6 +144,7 @@ struct Control {
         char *bound_path;       /* unlinked on exit; NULL for an inherited socket */
         dev_t bound_dev;        /* the file bind() made there (another server may bind the path later) */
         ino_t bound_ino;
+        gid_t bound_gid;        /* the group bind() gave it: what no socket_group means */
         sd_event_source *resume_source;
         bool pause_logged;
         const ConfigLimits *limits;
@@ -1524,11 +1525,6 @@ static int open_bound(const char *path, int *ret_fd, struct stat *ret, char *msg
 }
 
 /*
- * Give the bound socket (fd, st: open_bound()'s) `mode` where the umask at
- * bind() did not (a default ACL of its directory), and group `group`
- * unless -1.
- */
-/*
  * Give the file an O_PATH descriptor of path names `mode` (chmod() through
  * its /proc link: no fchmod() of an O_PATH descriptor before fchmodat2()).
  */
@@ -1546,6 +1542,11 @@ static int give_mode(const char *path, int fd, mode_t mode, char *msg, size_t ms
         return 0;
 }
 
+/*
+ * Give the bound socket (fd, st: open_bound()'s) `mode` where the umask at
+ * bind() did not (a default ACL of its directory), and group `group`
+ * unless -1.
+ */
 static int set_bound_perms(const char *path, int fd, const struct stat *st, mode_t mode, gid_t group, char *msg,
                            size_t msg_size) {
         int r;
@@ -1581,6 +1582,8 @@ int control_set_socket_perms(Control *c, mode_t mode, gid_t group, char *msg, si
         }
         if (st.st_dev != c->bound_dev || st.st_ino != c->bound_ino)
                 goto stale;
+        if (group == (gid_t) -1)
+                group = c->bound_gid;
         /*
          * The socket listens meanwhile, and connect() is judged by its mode
          * and group at that moment: first only the bits both the old and
@@ -1593,7 +1596,7 @@ int control_set_socket_perms(Control *c, mode_t mode, gid_t group, char *msg, si
         r = narrow != (st.st_mode & 0777) ? give_mode(c->bound_path, fd, narrow, msg, msg_size) : 0;
         if (r < 0)
                 return r;
-        if (group != (gid_t) -1 && group != st.st_gid) {
+        if (group != st.st_gid) {
                 if (fchownat(fd, "", (uid_t) -1, group, AT_EMPTY_PATH) < 0) {
                         r = -errno;
                         msg_set(msg, msg_size, "cannot give %s group %u (socket_group): %s", c->bound_path,
@@ -1658,6 +1661,7 @@ int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char 
         }
         c->bound_dev = st.st_dev;
         c->bound_ino = st.st_ino;
+        c->bound_gid = st.st_gid;
         /* Every request is checked against the peer's credentials as well. */
         r = set_bound_perms(path, bound, &st, mode & 0777, group, msg, msg_size);
         if (r < 0)

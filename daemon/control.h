@@ -50,8 +50,10 @@ int control_remove_stale_socket(const char *path, bool own_only, char *msg, size
 int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char *msg, size_t msg_size);
 
 /*
- * Give the socket control_listen() bound `mode`, and `group` unless it is
- * (gid_t) -1, as a reload asks: only while its path still names that very
+ * Give the socket control_listen() bound `mode` and `group`, as a reload
+ * asks; (gid_t) -1 is the group bind() gave it (the daemon's, or a
+ * set-group-ID directory's), as at a start without socket_group. Only
+ * while its path still names that very
  * socket, and never wider meanwhile than both the old and the new ones
  * allow (it listens). 0; -ESTALE (nothing changed) when the path names
  * another file now or nothing; -EOPNOTSUPP for a socket systemd passed,

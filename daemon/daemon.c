@@ -678,15 +678,14 @@ static void notify_status(Daemon *d) {
  * socket_mode and socket_group at a reload: given to the socket at once,
  * as at the start, so that tightening who may connect needs no restart
  * (connections made already stay). A socket_group taken out goes back to
- * the default, the daemon's group. Compared with what the socket was
+ * the group bind() gave it, as at a start without one. Compared with what the socket was
  * given, not with the previous config: a change refused (the path names
  * another file for a while) is tried again by the next reload. A socket
  * systemd passed keeps what its unit gave it; a failure keeps the old ones
  * (control.h). Either is logged, and the rest of the reload stands.
  */
 static void reload_socket_perms(Daemon *d, const Config *cfg) {
-        gid_t group = cfg->has_socket_group ? cfg->socket_group :
-                      d->socket_group != (gid_t) -1 ? self_egid() : (gid_t) -1;
+        gid_t group = cfg->has_socket_group ? cfg->socket_group : (gid_t) -1;
         char msg[512];
         int r;
 
@@ -702,7 +701,8 @@ static void reload_socket_perms(Daemon *d, const Config *cfg) {
                 log_warning("Reload: socket_mode or socket_group changed, but the socket keeps the old ones: %s.",
                             msg);
         else if (group == (gid_t) -1)
-                log_info("Reload: the socket now has mode %04o.", (unsigned) cfg->socket_mode);
+                log_info("Reload: the socket now has mode %04o and the group it was bound with.",
+                         (unsigned) cfg->socket_mode);
         else
                 log_info("Reload: the socket now has mode %04o and group %u.", (unsigned) cfg->socket_mode,
                          (unsigned) group);

@@ -1273,7 +1273,7 @@ static void reload_top_level(const char *extra) {
 /*
  * shmbroker.json(5), RELOAD: socket_mode and socket_group take effect at
  * a reload, as at the start: tightening who may connect needs no restart.
- * A socket_group taken out goes back to the daemon's group. Only the
+ * A socket_group taken out goes back to the group it had at the start. Only the
  * socket the daemon bound is changed: a file put at its path since keeps
  * its mode, and the reload says why.
  */
@@ -1294,7 +1294,7 @@ START_TEST(test_socket_mode_and_group_apply_at_reload) {
         ck_assert_uint_eq(st.st_gid, 4243);
         ck_assert_uint_eq(st.st_ino, before.st_ino);
 
-        /* Back to the defaults: 0666 and the daemon's group. */
+        /* Back to the defaults: 0666 and the group bind() gave it. */
         reload_top_level("");
         ck_assert_int_eq(stat(td.socket, &st), 0);
         ck_assert_uint_eq(st.st_mode & 0777, 0666);
@@ -1390,6 +1390,36 @@ START_TEST(test_socket_perms_at_reload_all_or_nothing) {
                 free(log);
         }
         ck_assert_int_eq(umount(fddir), 0);
+}
+END_TEST
+
+/*
+ * shmbroker.json(5): without socket_group the socket has the group bind()
+ * gives it, which in a set-group-ID directory is the directory's (as an
+ * admin sets one up for a group of clients). A socket_group added by one
+ * reload and taken out by the next must give that group back, not the
+ * daemon's: the same config must mean the same socket at a start and
+ * after a reload.
+ */
+START_TEST(test_socket_group_taken_out_goes_back_to_the_directorys) {
+        struct stat before, st;
+
+        ck_assert_int_eq(chown(td.dir, (uid_t) -1, 4245), 0);
+        ck_assert_int_eq(chmod(td.dir, 02755), 0);
+        write_top_level("");
+        test_start_ok();
+        ck_assert_int_eq(stat(td.socket, &before), 0);
+        ck_assert_uint_eq(before.st_gid, 4245);
+
+        reload_top_level(", \"socket_group\": 4243");
+        ck_assert_int_eq(stat(td.socket, &st), 0);
+        ck_assert_uint_eq(st.st_gid, 4243);
+
+        reload_top_level("");
+        ck_assert_int_eq(stat(td.socket, &st), 0);
+        ck_assert_msg(st.st_gid == 4245, "group %u after socket_group was taken out, %u at the start",
+                      (unsigned) st.st_gid, (unsigned) before.st_gid);
+        ck_assert_uint_eq(st.st_mode & 0777, 0666);
 }
 END_TEST
 
@@ -3447,6 +3477,7 @@ int main(void) {
                                  test_socket_perms_refused_at_reload_are_applied_by_the_next,
                                  test_socket_perms_at_reload_all_or_nothing,
                                  test_socket_perms_at_reload_never_wider_than_both,
+                                 test_socket_group_taken_out_goes_back_to_the_directorys,
                                  test_socket_group_alone_applies_at_reload } },
                 { "refusals", CASE_TIMEOUT, { test_broken_config_changes_nothing, test_reload_needs_root_or_admin_group,
                                 test_kernel_limit_refused_whole, test_swap_at_kernel_limit_all_or_nothing,
