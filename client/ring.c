@@ -385,12 +385,13 @@ static int poll_wait(shmb_channel *ch, RingSlot *slot, uint64_t target, const Wa
  * passes, spinning first when that can pay. claim is the other side's owner
  * word at the slot, and claimed_pos the position a claim of it names: while
  * that side holds the slot mid-message, wait first as long as its copy takes,
- * and never sleep past the next repair poll. Returns 0 to look again, or a
- * negative errno; either way the caller then asks whether the slot needs
- * repair.
+ * and never sleep past the next repair poll. repairable is the seq at which
+ * the caller's repair takes a dead claimer's slot over. Returns 0 to look
+ * again, or a negative errno; either way the caller then asks whether the
+ * slot needs repair.
  */
 static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, const uint64_t *claim, uint64_t claimed_pos,
-                     Waiter *w) {
+                     uint64_t repairable, Waiter *w) {
         int64_t deadline, until, poll_end;
         unsigned poll_ms = GONE_POLL_MS;
         uint64_t owner;
@@ -429,11 +430,15 @@ static int wait_slot(shmb_channel *ch, RingSlot *slot, uint64_t target, const ui
          * Someone holds the slot mid-message: poll, as its claim may be left by a
          * death the broker marked before it saw our flag (ring_wake_sleepers()).
          * After the flag: a claimer that dies later finds it up, and is marked
-         * dead with a wake-up. A claimer dead already is repaired at once.
+         * dead with a wake-up. A claimer dead already is repaired at once, if
+         * the slot is as its claim left it. A dead claim on a slot at any other
+         * seq (only a scribble makes one) repairs nothing: returning at once
+         * would have the caller look again and again, never reaching its
+         * deadline. Such a slot is waited at like any other that stays put.
          */
         owner = LOAD(claim, SEQ);
         if (ring_owner_claims(owner, claimed_pos)) {
-                if (ring_token_dead(ch->ring, (uint32_t) owner))
+                if (ring_token_dead(ch->ring, (uint32_t) owner) && LOAD(&slot->seq, SEQ) == repairable)
                         return 0;
                 poll_ms = REPAIR_POLL_MS;
         }
@@ -593,7 +598,7 @@ static inline HOT_PATH int send_claim(shmb_channel *ch, size_t len, Waiter *w, R
                         return 0;
                 }
                 if (diff < 0) {         /* full: the slot still holds last lap's message */
-                        r = wait_slot(ch, slot, pos, &slot->recv_owner, pos - ch->info.slots, w);
+                        r = wait_slot(ch, slot, pos, &slot->recv_owner, pos - ch->info.slots, pos - ch->info.slots + 1, w);
                         /* Also when the deadline passed: a short timeout must not keep a slot stuck. */
                         if (!free_dead_receivers_slot(ch, slot, pos) && r < 0)
                                 return r;
@@ -647,12 +652,40 @@ HOT_PATH int shmb_send(shmb_channel *ch, const void *msg, size_t len, int timeou
 }
 
 /*
+ * Every so many steps of tail's walk past positions already done, the
+ * call's timeout is looked at. A walk is legitimately as long as the sends
+ * aborted while tail lagged behind them, but a writer of the segment can
+ * put head 2^62 positions on and mark every slot done: the walk would then
+ * outlast any timeout. A call that will not wait ends with -EAGAIN, its fd
+ * (shmb_channel_fd()) left readable, so that an event loop calls again and
+ * the walk goes on where it stopped; one that waits for ever walks on,
+ * ended only by a removal (each step looks at the state word).
+ */
+#define WALK_CHECK_STEPS 16384
+
+static __attribute__((noinline, cold)) NO_CLONE int walk_checkpoint(shmb_channel *ch, Waiter *w) {
+        if (w->timeout_ms == 0) {
+#ifndef SHMB_NO_CHANNEL_FD
+                if (channel_wake_arm(ch, w->dir, NULL) >= 0)
+                        channel_wake_pass_on(ch, w->dir);
+#else
+                (void) ch;
+#endif
+                return -EAGAIN;
+        }
+        if (w->timeout_ms > 0 && client_now_ns() >= deadline_of(w))
+                return -ETIMEDOUT;
+        return 0;
+}
+
+/*
  * Claim the next message to receive, whatever its length (the ring's empty
  * loop, waits and repairs included): its length, with *ret_slot claimed for
  * *ret_pos and tail moved on; or a negative errno. With max_len, a longer
  * message is left where it is: -EMSGSIZE.
  */
 static inline HOT_PATH ssize_t recv_claim(shmb_channel *ch, size_t max_len, Waiter *w, RingSlot **ret_slot, uint64_t *ret_pos) {
+        unsigned walked = 0;
         int r;
 
         for (;;) {
@@ -697,7 +730,7 @@ static inline HOT_PATH ssize_t recv_claim(shmb_channel *ch, size_t max_len, Wait
                         return (ssize_t) len;
                 }
                 if (diff < 0) {         /* empty, or a sender is still writing it */
-                        r = wait_slot(ch, slot, pos + 1, &slot->send_owner, pos, w);
+                        r = wait_slot(ch, slot, pos + 1, &slot->send_owner, pos, pos, w);
                         if (!skip_dead_senders_slot(ch, slot, pos) && r < 0)
                                 return r;
                         continue;
@@ -711,6 +744,11 @@ static inline HOT_PATH ssize_t recv_claim(shmb_channel *ch, size_t max_len, Wait
                 if (diff > (int64_t) ch->info.slots && (int64_t) (seq - ch->info.slots - LOAD(&ch->ring->head, ACQ)) > 0)
                         return -EPROTO;
                 advance(&ch->ring->tail, pos);
+                if (++walked % WALK_CHECK_STEPS == 0) {
+                        r = walk_checkpoint(ch, w);
+                        if (r < 0)
+                                return r;
+                }
         }
 }
 

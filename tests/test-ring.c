@@ -1270,6 +1270,101 @@ START_TEST(test_split_rewritten_during_init_is_read_once) {
 }
 END_TEST
 
+/* One call on its own thread, and whether it returned within a bound: a library that loops never joins. */
+typedef struct BoundedCall {
+        shmb_channel *ch;
+        bool send;
+        int timeout_ms;
+        ssize_t r;
+} BoundedCall;
+
+static void *bounded_call(void *userdata) {
+        BoundedCall *c = userdata;
+        char buf[SLOT_SIZE];
+
+        c->r = c->send ? shmb_send(c->ch, "m", 1, c->timeout_ms) : shmb_recv(c->ch, buf, sizeof buf, c->timeout_ms);
+        return NULL;
+}
+
+/* The call's answer; fails the case when it did not come within 5 s (a loop, whatever the machine's load). */
+static ssize_t call_within(shmb_channel *ch, bool send, int timeout_ms) {
+        BoundedCall c = { .ch = ch, .send = send, .timeout_ms = timeout_ms };
+        struct timespec until;
+        pthread_t t;
+
+        ck_assert_int_eq(pthread_create(&t, NULL, bounded_call, &c), 0);
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 5;
+        ck_assert_msg(pthread_timedjoin_np(t, NULL, &until) == 0, "a %s with timeout %d ms did not return",
+                      send ? "send" : "recv", timeout_ms);
+        return c.r;
+}
+
+/*
+ * Any rw opener can write an owner word. One that claims the slot for the
+ * position a waiter waits at, under a dead token, on a slot whose seq is
+ * not the one that claim would have left (the full slot's last lap for a
+ * sender, the free one for a receiver), can come from no claimer: repair
+ * leaves such a slot as it is. The waiter must not take the dead claim as
+ * "repair at once, look again" for ever: it waits out its timeout, as at
+ * any slot that stays put.
+ */
+START_TEST(test_dead_claim_on_a_scribbled_slot_does_not_outlast_the_timeout) {
+        TestRing ring;
+        shmb_channel *ch;
+        uint32_t dead;
+
+        ring_make(&ring, SLOT_SIZE, 4, false);
+        ch = handle_new(&ring, 0, 0);
+        dead = holder_token(ring.view[0], 1, false);
+        /* A sender at 4 finds slot 0 at seq 0 (not 1, the last lap's message), "claimed" by a dead receiver of 0. */
+        STORE(&((RingHeader *) ring.view[0])->head, 4, __ATOMIC_SEQ_CST);
+        STORE(&slot_of(ch, 0)->recv_owner, ring_owner(0, dead), __ATOMIC_SEQ_CST);
+        ck_assert_int_eq(call_within(ch, true, 20), -ETIMEDOUT);
+        ck_assert_int_eq(call_within(ch, true, 0), -EAGAIN);
+        /* A receiver at 4 finds the same slot at seq 0 (not 4), "claimed" by a dead sender of 4. */
+        STORE(&((RingHeader *) ring.view[0])->tail, 4, __ATOMIC_SEQ_CST);
+        STORE(&slot_of(ch, 0)->send_owner, ring_owner(4, dead), __ATOMIC_SEQ_CST);
+        ck_assert_int_eq(call_within(ch, false, 20), -ETIMEDOUT);
+        ck_assert_int_eq(call_within(ch, false, 0), -EAGAIN);
+        handle_free(ch);
+        ring_unmake(&ring);
+}
+END_TEST
+
+/*
+ * Any rw opener can write head and the slots' seqs. With head written far
+ * ahead and every slot saying "done" a little below it, a receiver finds
+ * each position at tail done and moves tail on by one: no slot is a lap
+ * ahead of head, so nothing proves a scribble, but the walk to head is 2^40
+ * steps. A receive must still end by its timeout (-ETIMEDOUT), one that
+ * will not wait at once (-EAGAIN), and one that waits for ever when the
+ * ring is removed; each keeps what it walked.
+ */
+START_TEST(test_walk_to_a_scribbled_head_does_not_outlast_the_timeout) {
+        TestRing ring;
+        shmb_channel *ch;
+        RingHeader *h;
+        uint64_t far = UINT64_C(1) << 40, tail;
+
+        ring_make(&ring, SLOT_SIZE, 4, false);
+        ch = handle_new(&ring, 0, 0);
+        h = ring.view[0];
+        STORE(&h->head, far, __ATOMIC_SEQ_CST);
+        for (uint64_t i = 0; i < 4; i++)
+                STORE(&slot_of(ch, i)->seq, far + i, __ATOMIC_SEQ_CST);
+        ck_assert_int_eq(call_within(ch, false, 20), -ETIMEDOUT);
+        tail = LOAD(&h->tail, __ATOMIC_SEQ_CST);
+        ck_assert_uint_gt(tail, 0);
+        ck_assert_int_eq(call_within(ch, false, 0), -EAGAIN);
+        ck_assert_uint_ge(LOAD(&h->tail, __ATOMIC_SEQ_CST), tail);
+        ring_mark_removed(h);
+        ck_assert_int_eq(call_within(ch, false, -1), -EIDRM);
+        handle_free(ch);
+        ring_unmake(&ring);
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("ring");
         SRunner *sr;
@@ -1314,6 +1409,12 @@ int main(void) {
         tcase_set_timeout(tc, CASE_TIMEOUT);
         tcase_add_test(tc, test_removal_wakes_sleepers);
         tcase_add_test(tc, test_removal_stops_spinners);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("scribbled");
+        tcase_set_timeout(tc, CASE_TIMEOUT);
+        tcase_add_test(tc, test_dead_claim_on_a_scribbled_slot_does_not_outlast_the_timeout);
+        tcase_add_test(tc, test_walk_to_a_scribbled_head_does_not_outlast_the_timeout);
         suite_add_tcase(s, tc);
 
         sr = srunner_create(s);
