@@ -1365,6 +1365,331 @@ START_TEST(test_walk_to_a_scribbled_head_does_not_outlast_the_timeout) {
 }
 END_TEST
 
+/* ---- a hostile writer: any rw opener may write any byte of the segment ---- */
+
+/*
+ * README (Security and threat model): a peer allowed to write a ring's
+ * segment can write any byte of it, yet another process's calls never read
+ * or write outside the segment, never crash and never loop: each returns by
+ * its timeout at the latest. A seeded scribbler writes edge values into the
+ * header's words, slot headers and holder entries between calls of every
+ * data-path function, and checks what each call hands back: a length within
+ * the caller's buffer and the slot, a peek pointer and length inside the
+ * slots, a known error, and a return within its timeout (generously: the
+ * check is for loops, not for speed). The ring lies between PROT_NONE pages,
+ * so a read or write past it faults. Work is bounded by iterations; every
+ * timeout is a few milliseconds. A failing seed and iteration are printed,
+ * and reproduce.
+ */
+#define SCRIBBLE_SLOTS 4
+#define SCRIBBLE_ITERATIONS 1500
+#define SCRIBBLE_GUARD (UINT64_C(1) << 20)
+/* A call past its timeout by this much loops, whatever the machine's load. */
+#define SCRIBBLE_SLACK_MS 3000
+
+typedef struct Scribbler {
+        uint32_t seed;
+        RingHeader *h;
+        shmb_channel *ch;
+        uint32_t live, dead;    /* a live token (not the handle's) and a dead one */
+} Scribbler;
+
+static uint64_t scribble_value(Scribbler *s) {
+        uint64_t head = LOAD(&s->h->head, __ATOMIC_RELAXED), tail = LOAD(&s->h->tail, __ATOMIC_RELAXED);
+        uint64_t n = SCRIBBLE_SLOTS, base = next_random(&s->seed) & 1 ? head : tail;
+        uint32_t token;
+
+        switch (next_random(&s->seed) % 16) {
+        case 0:
+                return 0;
+        case 1:
+                return UINT64_MAX;
+        case 2:
+                return INT64_MAX;
+        case 3:
+                return (uint64_t) INT64_MIN;
+        case 4:
+                return n - 1 + next_random(&s->seed) % 3;       /* n - 1, n, n + 1 */
+        case 5:
+                return base + n;                                /* a lap ahead */
+        case 6:
+                return base - n;                                /* a lap behind */
+        case 7:
+                return base + next_random(&s->seed) % 3;        /* base, base + 1, base + 2 */
+        case 8:
+                return base - 1;
+        case 9:
+                return SLOT_SIZE + next_random(&s->seed) % 3 - 1;       /* a length around the slot's */
+        case 10:
+                return UINT32_MAX;
+        case 11 ... 13:
+                /* A claim, of a position about base, by a live, a dead, this handle's or a made-up token. */
+                switch (next_random(&s->seed) % 4) {
+                case 0:
+                        token = s->live;
+                        break;
+                case 1:
+                        token = s->dead;
+                        break;
+                case 2:
+                        token = (uint32_t) s->ch->hold.token;
+                        break;
+                default:
+                        token = next_random(&s->seed);
+                        break;
+                }
+                return ring_owner(base + next_random(&s->seed) % (2 * n + 1) - n, token);
+        default:
+                return (uint64_t) next_random(&s->seed) << 32 | next_random(&s->seed);
+        }
+}
+
+static void scribble_u64(uint64_t *p, uint64_t v) {
+        STORE(p, v, __ATOMIC_SEQ_CST);
+}
+
+static void scribble_u32(uint32_t *p, uint64_t v) {
+        STORE(p, (uint32_t) v, __ATOMIC_SEQ_CST);
+}
+
+/* One write of an edge value to one word a writer of the segment may write. */
+static void scribble_once(Scribbler *s) {
+        RingSlot *slot = slot_of(s->ch, next_random(&s->seed) % SCRIBBLE_SLOTS);
+        RingHolder *holder = ring_holder_at(s->h, next_random(&s->seed) % 4);
+        uint64_t v = scribble_value(s);
+
+        switch (next_random(&s->seed) % 20) {
+        case 0 ... 1:
+                scribble_u64(&s->h->head, v);
+                break;
+        case 2 ... 3:
+                scribble_u64(&s->h->tail, v);
+                break;
+        case 4 ... 7:
+                scribble_u64(&slot->seq, v);
+                break;
+        case 8 ... 9:
+                scribble_u64(&slot->send_owner, v);
+                break;
+        case 10 ... 11:
+                scribble_u64(&slot->recv_owner, v);
+                break;
+        case 12 ... 13:
+                scribble_u32(&slot->len, v);
+                break;
+        case 14:
+                scribble_u32(next_random(&s->seed) & 1 ? &s->h->recv_sleeping : &s->h->send_sleeping, v);
+                break;
+        case 15:
+                scribble_u32(next_random(&s->seed) & 1 ? &s->h->data_seq : &s->h->space_seq, v);
+                break;
+        case 16:
+                /* The geometry and the table size: the handle keeps what it checked at open. */
+                switch (next_random(&s->seed) % 4) {
+                case 0:
+                        scribble_u32(&s->h->slots, v);
+                        break;
+                case 1:
+                        scribble_u32(&s->h->slot_size, v);
+                        break;
+                case 2:
+                        scribble_u32(&s->h->slot_stride, v);
+                        break;
+                default:
+                        scribble_u32(&s->h->holders, v);
+                        break;
+                }
+                break;
+        case 17:
+                /* A holder entry, the handle's own included: live, dead, another generation, garbage. */
+                scribble_u64(&holder->word, next_random(&s->seed) % 4 == 0 ? v :
+                             (uint64_t) (next_random(&s->seed) % 3) << 32 | next_random(&s->seed) % 3);
+                break;
+        case 18:
+                scribble_u32(next_random(&s->seed) & 1 ? &s->h->recv_cpu : &s->h->send_cpu, v);
+                break;
+        default:
+                /* The state word: removed, or made live again. */
+                scribble_u32(&s->h->state, next_random(&s->seed) % 4 == 0 ? v : next_random(&s->seed) % 2);
+                break;
+        }
+}
+
+/* What any call may answer a scribbled ring, besides success. */
+static bool scribble_errno_ok(ssize_t r) {
+        return r == -EAGAIN || r == -ETIMEDOUT || r == -EPROTO || r == -EMSGSIZE || r == -EIDRM ||
+               r == -ENOTCONN || r == -EINVAL;
+}
+
+static void scribble_check_time(const Scribbler *s, int64_t start, int timeout_ms, const char *call, uint32_t seed,
+                                int i) {
+        int64_t took = now_ms() - start;
+
+        ck_assert_msg(took <= (timeout_ms > 0 ? timeout_ms : 0) + SCRIBBLE_SLACK_MS,
+                      "seed %" PRIu32 " iteration %d: %s (timeout %d ms) took %" PRId64 " ms", seed, i, call,
+                      timeout_ms, took);
+        (void) s;
+}
+
+static void scribble_check_buf(const shmb_channel *ch, const void *p, ssize_t len, const char *call, uint32_t seed,
+                               int i) {
+        const char *lo = ch->slots, *hi = ch->slots + (uint64_t) ch->info.slots * ch->stride, *q = p;
+
+        ck_assert_msg(q >= lo && q < hi && (uint64_t) (q - lo) % ch->stride == RING_SLOT_HEADER &&
+                      len >= 0 && (uint64_t) len <= ch->info.slot_size && q + len <= hi,
+                      "seed %" PRIu32 " iteration %d: %s gave %p+%zd, slots at %p..%p", seed, i, call, p, len,
+                      (const void *) lo, (const void *) hi);
+}
+
+/* A removal ends a wait for ever, whatever was scribbled before it. */
+typedef struct ForeverCall {
+        shmb_channel *ch;
+        bool send;
+        ssize_t r;
+} ForeverCall;
+
+static void *forever_call(void *userdata) {
+        ForeverCall *f = userdata;
+        char buf[SLOT_SIZE];
+
+        f->r = f->send ? shmb_send(f->ch, "m", 1, -1) : shmb_recv(f->ch, buf, sizeof buf, -1);
+        return NULL;
+}
+
+static void scribble_run(uint32_t seed) {
+        uint64_t size = ring_segment_size(SLOT_SIZE, SCRIBBLE_SLOTS), mapped = (size + 4095) & ~UINT64_C(4095);
+        char buf[SLOT_SIZE + 1], *area;
+        Scribbler s = { .seed = seed };
+        TestRing ring;
+        void *addr, *reserved = NULL;
+        const void *peeked = NULL;
+        int fd;
+
+        /* PROT_NONE a page before the ring and a MiB after it: any stray access faults. */
+        fd = memfd_create("test-ring-scribble", MFD_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(ftruncate(fd, (off_t) size), 0);
+        area = mmap(NULL, 4096 + mapped + SCRIBBLE_GUARD, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        ck_assert_ptr_ne(area, MAP_FAILED);
+        addr = mmap(area + 4096, mapped, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+        ck_assert_ptr_eq(addr, area + 4096);
+        ring_format(addr, SLOT_SIZE, SCRIBBLE_SLOTS);
+        ring = (TestRing) { .view = { addr, addr }, .size = size, .memfd = fd };
+        s.h = addr;
+        s.ch = handle_new(&ring, 0, 0);
+        s.live = next_token(&ring);
+        s.dead = holder_token(addr, 3, false);
+
+        for (int i = 0; i < SCRIBBLE_ITERATIONS; i++) {
+                static const int timeouts[] = { 0, 0, 1, 2 };
+                int timeout = timeouts[next_random(&s.seed) % ELEMENTSOF(timeouts)];
+                size_t want = next_random(&s.seed) % (SLOT_SIZE + 2);
+                int64_t start;
+                ssize_t r;
+                void *p;
+
+                for (uint32_t k = next_random(&s.seed) % 3; k > 0; k--)
+                        scribble_once(&s);
+                /* Now and then the ring as the broker keeps it: live, the handle's token live. */
+                if (next_random(&s.seed) % 8 == 0) {
+                        scribble_u32(&s.h->state, RING_STATE_LIVE);
+                        holder_token(addr, 0, true);
+                }
+                start = now_ms();
+                switch (next_random(&s.seed) % 8) {
+                case 0:
+                        r = shmb_send(s.ch, buf, MIN(want, (size_t) SLOT_SIZE), timeout);
+                        ck_assert_msg(r == 0 || scribble_errno_ok(r), "seed %" PRIu32 " iteration %d: send: %zd",
+                                      seed, i, r);
+                        scribble_check_time(&s, start, timeout, "send", seed, i);
+                        break;
+                case 1:
+                        memset(buf, 0, sizeof buf);
+                        r = shmb_recv(s.ch, buf, want, timeout);
+                        ck_assert_msg((r >= 0 && (size_t) r <= want && r <= SLOT_SIZE) || scribble_errno_ok(r),
+                                      "seed %" PRIu32 " iteration %d: recv into %zu: %zd", seed, i, want, r);
+                        scribble_check_time(&s, start, timeout, "recv", seed, i);
+                        break;
+                case 2:
+                case 3:
+                        if (reserved) {
+                                r = next_random(&s.seed) & 1 ? shmb_send_commit(s.ch, reserved, MIN(want, (size_t) SLOT_SIZE)) :
+                                                               shmb_send_abort(s.ch, reserved);
+                                ck_assert_msg(r == 0 || scribble_errno_ok(r),
+                                              "seed %" PRIu32 " iteration %d: commit/abort: %zd", seed, i, r);
+                                reserved = NULL;
+                                break;
+                        }
+                        r = shmb_send_reserve(s.ch, want, &p, timeout);
+                        ck_assert_msg(r == 0 || scribble_errno_ok(r), "seed %" PRIu32 " iteration %d: reserve: %zd",
+                                      seed, i, r);
+                        scribble_check_time(&s, start, timeout, "reserve", seed, i);
+                        if (r == 0) {
+                                scribble_check_buf(s.ch, p, MIN(want, (size_t) SLOT_SIZE), "reserve", seed, i);
+                                memset(p, 0x5a, MIN(want, (size_t) SLOT_SIZE));
+                                reserved = p;
+                        }
+                        break;
+                case 4:
+                case 5:
+                        if (peeked) {
+                                r = shmb_recv_release(s.ch, peeked);
+                                ck_assert_msg(r == 0 || scribble_errno_ok(r), "seed %" PRIu32 " iteration %d: release: %zd",
+                                              seed, i, r);
+                                peeked = NULL;
+                                break;
+                        }
+                        r = shmb_recv_peek(s.ch, &peeked, timeout);
+                        ck_assert_msg(r >= 0 || scribble_errno_ok(r), "seed %" PRIu32 " iteration %d: peek: %zd", seed,
+                                      i, r);
+                        scribble_check_time(&s, start, timeout, "peek", seed, i);
+                        if (r >= 0) {
+                                /* Read every byte handed out: past the ring, that faults. */
+                                unsigned sum = 0;
+
+                                scribble_check_buf(s.ch, peeked, r, "peek", seed, i);
+                                for (ssize_t k = 0; k < r; k++)
+                                        sum += ((const unsigned char *) peeked)[k];
+                                (void) sum;
+                        } else
+                                peeked = NULL;
+                        break;
+                default: {
+                        /* Wait for ever, and remove the ring: the wait ends. */
+                        ForeverCall f = { .ch = s.ch, .send = next_random(&s.seed) & 1, .r = 1 };
+                        struct timespec until;
+                        pthread_t t;
+
+                        scribble_u32(&s.h->state, RING_STATE_LIVE);
+                        ck_assert_int_eq(pthread_create(&t, NULL, forever_call, &f), 0);
+                        for (uint32_t k = next_random(&s.seed) % 64; k > 0; k--)
+                                sched_yield();
+                        ring_mark_removed(s.h);
+                        clock_gettime(CLOCK_REALTIME, &until);
+                        until.tv_sec += SCRIBBLE_SLACK_MS / 1000;
+                        ck_assert_msg(pthread_timedjoin_np(t, NULL, &until) == 0,
+                                      "seed %" PRIu32 " iteration %d: a %s for ever outlived the ring's removal", seed,
+                                      i, f.send ? "send" : "recv");
+                        ck_assert_msg(f.r >= 0 || scribble_errno_ok(f.r),
+                                      "seed %" PRIu32 " iteration %d: for ever: %zd", seed, i, f.r);
+                        scribble_u32(&s.h->state, RING_STATE_LIVE);
+                        break;
+                }
+                }
+        }
+        handle_free(s.ch);
+        ck_assert_int_eq(munmap(area, 4096 + mapped + SCRIBBLE_GUARD), 0);
+        close(fd);
+}
+
+START_TEST(test_scribbler_finds_no_stray_access_nor_loop) {
+        static const uint32_t seeds[] = { 1, 2, 3, 5, 8, 13, 21, 34, 0x9e3779b9, 0xdeadbeef };
+
+        for (size_t i = 0; i < ELEMENTSOF(seeds); i++)
+                scribble_run(seeds[i]);
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("ring");
         SRunner *sr;
@@ -1415,6 +1740,11 @@ int main(void) {
         tcase_set_timeout(tc, CASE_TIMEOUT);
         tcase_add_test(tc, test_dead_claim_on_a_scribbled_slot_does_not_outlast_the_timeout);
         tcase_add_test(tc, test_walk_to_a_scribbled_head_does_not_outlast_the_timeout);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("scribbler");
+        tcase_set_timeout(tc, CASE_TIMEOUT);
+        tcase_add_test(tc, test_scribbler_finds_no_stray_access_nor_loop);
         suite_add_tcase(s, tc);
 
         sr = srunner_create(s);
