@@ -32,6 +32,7 @@
 
 #include "common/semun.h"
 #include "daemon/channel.h"
+#include "proto/broadcast.h"
 #include "tests/helpers.h"
 
 #define CASE_TIMEOUT 30
@@ -1424,6 +1425,65 @@ START_TEST(test_socket_group_taken_out_goes_back_to_the_directorys) {
 END_TEST
 
 /*
+ * control_set_socket_perms(): a failure after the first step has narrowed
+ * the mode puts the old mode back as well as the old group, "so that it
+ * changes nothing" (daemon.c, "the socket keeps the old ones"). From
+ * (0660, group 4243) to (0606, group 4244) the daemon narrows to 0600,
+ * gives group 4244, then cannot set 0606: /proc/PID/fd, through which it
+ * sets modes, is hidden from after the narrowing until the group is back,
+ * so that only that last chmod fails and the putting back can succeed.
+ */
+START_TEST(test_socket_perms_failed_after_narrowing_restore_mode_and_group) {
+        enum { NARROWING, GIVING_GROUP, FAILING, RESTORING } phase = NARROWING;
+        struct stat before, st;
+        char fddir[64], *log;
+
+        test_private_mounts();
+        write_top_level(", \"socket_mode\": \"0660\", \"socket_group\": 4243");
+        test_start_ok();
+        ck_assert_int_eq(stat(td.socket, &before), 0);
+        ck_assert_uint_eq(before.st_mode & 0777, 0660);
+        ck_assert_uint_eq(before.st_gid, 4243);
+        snprintf(fddir, sizeof fddir, "/proc/%d/fd", (int) td.pid);
+
+        write_top_level(", \"socket_mode\": \"0606\", \"socket_group\": 4244");
+        test_daemon_trace(&td);
+        test_reload_async();
+        /* Each step is seen on the socket itself, at the system-call stop after the one that made it. */
+        while (!test_reload_done() && test_next_syscall_stop(td.pid)) {
+                ck_assert_int_eq(stat(td.socket, &st), 0);
+                if (phase == NARROWING && (st.st_mode & 0777) == 0600) {
+                        ck_assert_uint_eq(st.st_gid, 4243);
+                        ck_assert_msg(mount("none", fddir, "tmpfs", 0, NULL) == 0, "mount on %s: %s", fddir,
+                                      strerror(errno));
+                        phase = GIVING_GROUP;
+                } else if (phase == GIVING_GROUP && st.st_gid == 4244) {
+                        phase = FAILING;
+                } else if (phase == FAILING && st.st_gid == 4243) {
+                        /* The group is back: the old mode must be given back through /proc/PID/fd. */
+                        ck_assert_int_eq(umount(fddir), 0);
+                        phase = RESTORING;
+                }
+        }
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        test_reload_wait();
+        if (phase == GIVING_GROUP || phase == FAILING)
+                ck_assert_int_eq(umount(fddir), 0);
+        ck_assert_msg(phase == RESTORING, "the daemon did not narrow, give the group and put it back (phase %d)",
+                      (int) phase);
+        ck_assert_int_eq(stat(td.socket, &st), 0);
+        log = test_daemon_log(&td);
+        ck_assert_msg((st.st_mode & 0777) == 0660 && st.st_gid == 4243,
+                      "not the old mode and group: mode %04o, group %u; the log says:\n%s",
+                      (unsigned) (st.st_mode & 0777), (unsigned) st.st_gid, log);
+        ck_assert_msg(strstr(log, "the socket keeps the old ones"), "not logged:\n%s", log);
+        ck_assert_msg(!strstr(log, "failed too"), "the putting back is said to have failed:\n%s", log);
+        free(log);
+        ck_assert_uint_eq(st.st_ino, before.st_ino);
+}
+END_TEST
+
+/*
  * The socket listens while a reload changes its mode and group, and
  * connect() is judged by them at that moment: from (0660, group 4243) to
  * (0600, group 4244), no member of 4244 may connect at any point, as
@@ -1876,6 +1936,53 @@ END_TEST
 START_TEST(test_crash_restart_fixed_key_of_adopted_table) {
         crash_restart_with_key_fixed_for_b("{\"name\": \"bc\", \"layout\": \"broadcast\", \"slot_size\": 64, \"slots\": 4}",
                                            "bc", "table_key", 3, 2);
+}
+END_TEST
+
+/*
+ * A broadcast channel's header is its publishers' to write, and names the
+ * subscriber table that a crash restart takes over with it. A publisher
+ * that names another channel's segment there (one of the daemon's own,
+ * recorded and of the table's size) must not get it taken over as that
+ * table: only a key this channel's table could have had counts. The
+ * broadcast channel is made anew; the other channel is taken over as it
+ * was, its segment its own.
+ */
+START_TEST(test_crash_restart_takes_no_table_a_publisher_named) {
+        uint32_t r_key;
+        BcastHeader *h;
+        json_t *resp;
+        char *channels, *log;
+        int bc_id, r_id;
+
+        ck_assert_int_ge(asprintf(&channels, "[{\"name\": \"bc\", \"layout\": \"broadcast\", \"slot_size\": 64, "
+                                             "\"slots\": 4, \"subscribers\": 4}, {\"name\": \"r\", \"size\": %u}]",
+                                  (unsigned) bcast_table_size(4)), 0);
+        resp = start_and_list(channels);
+        free(channels);
+        bc_id = (int) test_jint(test_must_find(resp, "bc"), "shm_id");
+        r_id = (int) test_jint(test_must_find(resp, "r"), "shm_id");
+        r_key = (uint32_t) test_jint(test_must_find(resp, "r"), "shm_key");
+        json_decref(resp);
+        test_daemon_kill(&td, SIGKILL);
+
+        h = shmat(bc_id, NULL, 0);
+        ck_assert_ptr_ne(h, (void *) -1);
+        h->table_key = r_key;
+        h->table_id = r_id;
+        ck_assert_int_eq(shmdt(h), 0);
+
+        test_start_ok();
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Channel bc: its subscriber table segment is not provably"), "%s", log);
+        ck_assert_msg(strstr(log, "Took over channel r "), "%s", log);
+        free(log);
+        resp = list_ok();
+        ck_assert_int_eq(test_jint(test_must_find(resp, "r"), "shm_id"), r_id);
+        ck_assert_int_ne(test_jint(test_must_find(resp, "bc"), "table_id"), r_id);
+        json_decref(resp);
+        test_daemon_stop_ok(&td);
+        assert_ipcs(0, 0);
 }
 END_TEST
 
@@ -3476,6 +3583,7 @@ int main(void) {
                                  test_socket_mode_and_group_apply_at_reload,
                                  test_socket_perms_refused_at_reload_are_applied_by_the_next,
                                  test_socket_perms_at_reload_all_or_nothing,
+                                 test_socket_perms_failed_after_narrowing_restore_mode_and_group,
                                  test_socket_perms_at_reload_never_wider_than_both,
                                  test_socket_group_taken_out_goes_back_to_the_directorys,
                                  test_socket_group_alone_applies_at_reload } },
@@ -3489,6 +3597,7 @@ int main(void) {
                                 test_files_of_other_daemons_are_left_alone } },
                 { "restarts", CASE_TIMEOUT, { test_crash_restart_fixed_key_of_adopted_channel,
                                 test_crash_restart_fixed_key_of_adopted_table,
+                                test_crash_restart_takes_no_table_a_publisher_named,
                                 test_socket_changed_by_symlink_swap_then_crash_leaves_nothing,
                                 test_previous_run_spares_a_live_daemon_on_its_old_socket,
                                 test_socket_option_run_claims_no_configuration,
