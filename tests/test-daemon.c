@@ -1149,6 +1149,103 @@ START_TEST(test_reclaim_spares_foreign_reuse_of_id) {
 }
 END_TEST
 
+typedef struct ForeignSet {
+        uint32_t key;
+        int want_id;
+        int nsems;
+} ForeignSet;
+
+/* Make a semaphore set with this key, count and exactly this id, as nobody. */
+static void foreign_set_child(void *userdata) {
+        const ForeignSet *f = userdata;
+        char id[32];
+
+        snprintf(id, sizeof id, "%d", f->want_id);
+        test_write_proc("/proc/sys/kernel/sem_next_id", id);
+        test_drop_privileges(65534, 65534, 0);
+        _exit(semget((key_t) f->key, f->nsems, IPC_CREAT | IPC_EXCL | 0666) == f->want_id ? 0 : 1);
+}
+
+/*
+ * A ring taken over after a crash keeps its wake-up FIFOs, which waiters
+ * hold open; one that went missing while no daemon ran (a tmpfiles clean,
+ * an admin) is made again, so that shmb_channel_fd() works for the
+ * channel as it did: not the channel left without FIFOs.
+ */
+START_TEST(test_adopted_ring_gets_a_missing_fifo_again) {
+        char data[420], space[420], *log;
+        struct stat st;
+        json_t *resp;
+        int fd;
+
+        snprintf(data, sizeof data, "%s.wake/r.data", td.socket);
+        snprintf(space, sizeof space, "%s.wake/r.space", td.socket);
+        resp = start_and_list("[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 2}]", &fd);
+        json_decref(resp);
+        close(fd);
+        test_daemon_kill(&td, SIGKILL);
+        ck_assert_int_eq(unlink(data), 0);
+
+        test_start_ok();
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Took over channel r "), "%s", log);
+        ck_assert_msg(!strstr(log, "cannot make its wake-up FIFOs"), "%s", log);
+        free(log);
+        ck_assert_msg(lstat(data, &st) == 0 && S_ISFIFO(st.st_mode), "%s was not made again", data);
+        ck_assert_msg(lstat(space, &st) == 0 && S_ISFIFO(st.st_mode), "%s is gone", space);
+        test_daemon_stop_ok(&td);
+        assert_nothing_left();
+}
+END_TEST
+
+/*
+ * A crash restart takes a channel over only when both its recorded objects
+ * are provably the last run's: here the segment still is, but its set was
+ * removed after the crash and another user made one with the same key,
+ * count and id. That set is not the daemon's: the channel is made anew and
+ * the other user's set is neither used nor removed.
+ */
+START_TEST(test_adoption_spares_foreign_set_at_the_recorded_id) {
+        struct semid_ds sds;
+        ForeignSet other;
+        json_t *resp, *a;
+        int fd, shm_id, sem_id, status;
+        char *log;
+
+        resp = start_and_list("[{\"name\": \"a\", \"size\": 4096}]", &fd);
+        a = test_find_channel(resp, "a");
+        shm_id = (int) test_jint(a, "shm_id");
+        sem_id = (int) test_jint(a, "sem_id");
+        other = (ForeignSet) { .key = (uint32_t) test_jint(a, "sem_key"), .want_id = sem_id };
+        json_decref(resp);
+        close(fd);
+        ck_assert_int_eq(semctl(sem_id, 0, IPC_STAT, &sds), 0);
+        other.nsems = (int) sds.sem_nsems;
+        test_daemon_kill(&td, SIGKILL);
+        ck_assert_int_eq(semctl(sem_id, 0, IPC_RMID), 0);
+        status = test_in_child(foreign_set_child, &other);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "could not reuse id %d", sem_id);
+
+        test_start_ok();
+        log = test_daemon_log(&td);
+        ck_assert_msg(!strstr(log, "Took over channel a"), "took over another user's set:\n%s", log);
+        ck_assert_msg(strstr(log, "not provably the last run's"), "not logged:\n%s", log);
+        free(log);
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        a = test_find_channel(resp, "a");
+        ck_assert_int_ne(test_jint(a, "sem_id"), sem_id);
+        ck_assert_int_ne(test_jint(a, "shm_id"), shm_id);
+        json_decref(resp);
+        close(fd);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(semctl(sem_id, 0, IPC_STAT, &sds), 0);
+        ck_assert_uint_eq(sds.sem_perm.cuid, 65534);
+        ck_assert_int_eq(semctl(sem_id, 0, IPC_RMID), 0);
+        assert_nothing_left();
+}
+END_TEST
+
 START_TEST(test_objects_removed_behind_our_back_are_remade) {
         json_t *resp, *ch;
         int fd, old_shm, old_sem, status;
@@ -2800,6 +2897,11 @@ START_TEST(test_holder_crash_restart) {
         ck_assert_uint_eq(open_holder(y, "frames", "ro", live.token), 0);
         other = open_holder(test_connect(td.socket), "frames", "rw", gone_before.token);
         ck_assert_uint_ne(other, gone_before.token);
+        /* Nor the token of an opener the killed run could not tell: with no id to match, only its pid can. */
+        other = open_holder(test_connect(td.socket), "frames", "rw", unrecorded.token);
+        ck_assert_msg(other != unrecorded.token, "another process took back the token %u of pid %d",
+                      (unsigned) unrecorded.token, (int) unrecorded.pid);
+        assert_live(h, unrecorded.token, unrecorded.pid);
         json_decref(test_request(x, "{\"op\":\"close\",\"channel\":\"frames\"}"));
         json_decref(test_request(y, "{\"op\":\"close\",\"channel\":\"frames\"}"));
         ck_assert_int_eq(holder_state(h, back), RING_HOLDER_DEAD);
@@ -3497,6 +3599,45 @@ START_TEST(test_stop_removes_only_its_own_fifo_directory) {
 END_TEST
 
 /*
+ * The FIFO directory (SOCKET.wake) is the daemon's only when the daemon's
+ * user owns it and nobody else may write it: in one that another user made
+ * first, or that a group may write, the FIFOs could be replaced under the
+ * clients that wait on them. Here nobody's (mode 0755), then root's but
+ * group-writable (0775): each time the daemon starts without wake-up
+ * FIFOs, says why, and puts none in it.
+ */
+START_TEST(test_fifo_directory_of_another_user_not_used) {
+        static const struct {
+                uid_t uid;
+                mode_t mode;
+        } dirs[] = { { 65534, 0755 }, { 0, 0775 } };
+        char wake[400], fifo[420], *log;
+        struct stat st;
+
+        snprintf(wake, sizeof wake, "%s.wake", td.socket);
+        snprintf(fifo, sizeof fifo, "%s/r.data", wake);
+        test_daemon_write_config(&td, "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 2}]");
+        for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
+                ck_assert_int_eq(mkdir(wake, 0700), 0);
+                ck_assert_int_eq(chown(wake, dirs[i].uid, 4243), 0);
+                ck_assert_int_eq(chmod(wake, dirs[i].mode), 0);
+                test_start_ok();
+                log = test_daemon_log(&td);
+                ck_assert_msg(strstr(log, "not the daemon's own directory"), "uid %u, mode %04o: not refused:\n%s",
+                              (unsigned) dirs[i].uid, (unsigned) dirs[i].mode, log);
+                free(log);
+                ck_assert_msg(lstat(fifo, &st) < 0 && errno == ENOENT, "the daemon made %s in a directory of uid %u, "
+                              "mode %04o", fifo, (unsigned) dirs[i].uid, (unsigned) dirs[i].mode);
+                test_daemon_stop_ok(&td);
+                ck_assert_int_eq(lstat(wake, &st), 0);
+                ck_assert_uint_eq(st.st_uid, dirs[i].uid);
+                ck_assert_int_eq(rmdir(wake), 0);
+                ck_assert_int_eq(truncate(td.log, 0), 0);
+        }
+}
+END_TEST
+
+/*
  * shmbrokerd(8), LOGGING: "one line per message" (under the journal each
  * line carries its own priority prefix, so a second line would be logged
  * at another priority). A config error quotes what the file holds: an
@@ -3631,6 +3772,8 @@ int main(void) {
                                  test_ring_that_cannot_be_remade_leaves_no_fifo,
                                  test_unprivileged_daemon_reclaims_unreadable_objects,
                                  test_ring_marked_removed_is_not_taken_over } },
+                { "adopt-proof", CASE_TIMEOUT, { test_adoption_spares_foreign_set_at_the_recorded_id,
+                                                  test_adopted_ring_gets_a_missing_fifo_again } },
                 { "scale", SCALE_TIMEOUT, { test_crash_restart_of_many_channels_adopts_in_linear_time,
                                             test_open_among_many_holds_of_a_connection } },
                 { "capability", CASE_TIMEOUT, { test_capability_of_own_user_namespace_is_not_honoured,
@@ -3655,7 +3798,8 @@ int main(void) {
                                       test_check_config_touches_no_ipc } },
                 { "command-line", CASE_TIMEOUT, { test_command_line_usage_and_exit_codes,
                                  test_non_socket_at_socket_path_left_alone, test_stop_unlinks_only_its_own_socket,
-                                 test_stop_removes_only_its_own_fifo_directory } },
+                                 test_stop_removes_only_its_own_fifo_directory,
+                                 test_fifo_directory_of_another_user_not_used } },
                 { "log-lines", CASE_TIMEOUT, { test_config_errors_are_one_line_of_text,
                                                test_long_messages_are_cut_between_characters,
                                                test_log_replaces_exactly_what_is_no_text } },

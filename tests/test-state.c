@@ -369,6 +369,37 @@ END_TEST
 
 
 /*
+ * A record whose id, creator uid, creator pid and size match a segment
+ * that has no key (IPC_PRIVATE) but is not marked removed: a live private
+ * segment of a process that got the killed run's pid, not the recorded
+ * segment after an ipcrm (which the kernel marks SHM_DEST). Not provably
+ * ours, so it is neither removed nor counted as gone, and its contents
+ * (where a ring's clients would be told of a removal) are not written.
+ */
+START_TEST(test_private_segment_not_marked_removed_spared) {
+        char *text, *log, *addr, zero[4096] = { 0 };
+        struct shmid_ds ds;
+        int id = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
+
+        ck_assert_int_ge(id, 0);
+        ck_assert_int_ge(asprintf(&text, "shm %u %d %d %lld 4096\n", 0x5656u, id, (int) getpid(),
+                                  (long long) time(NULL) - 1), 0);
+        start_with_records(text);
+        free(text);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "(0 already gone, 1 not provably ours"), "%s", log);
+        free(log);
+        ck_assert_msg(shmctl(id, IPC_STAT, &ds) == 0, "the private segment %d was removed: %s", id, strerror(errno));
+        addr = shmat(id, NULL, SHM_RDONLY);
+        ck_assert_ptr_ne(addr, (void *) -1);
+        ck_assert_msg(memcmp(addr, zero, sizeof zero) == 0, "the private segment was written to");
+        ck_assert_int_eq(shmdt(addr), 0);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(shmctl(id, IPC_RMID, NULL), 0);
+}
+END_TEST
+
+/*
  * Intents (a set the killed run may have made, not recorded by id yet)
  * naming sets that were used: one set up by another process (its last pid
  * not the intent's), one operated on (semop) by the intent's own pid.
@@ -1301,8 +1332,9 @@ END_TEST
 /*
  * A drop cancels the record it names, not one that differs from it in a
  * field the drop states: of System V objects recorded under one key with
- * other ids, or of posix intents of one file whose maker, time or size
- * differ, the ones named go, although the others were added after them (a
+ * other ids, of System V intents under one key or of posix intents of one
+ * file whose maker, time or size differ, or of recorded posix files of one
+ * name with other inodes, the ones named go, although the others were added after them (a
  * drop takes the latest add it matches). Many of each, so that a drop and
  * a later add it must spare share a bucket of the reader's index.
  */
@@ -1321,8 +1353,22 @@ static StateRecord one_field_record(unsigned group, unsigned i) {
         case 3:
                 r.since = 100 + i;
                 break;
-        default:
+        case 4:
                 r.size = 4096 + i;
+                break;
+        case 5:
+        case 6:
+        case 7:
+                /* System V intents under one key: made by another pid, at another time, of another size. */
+                return (StateRecord) { .kind = group == 6 ? STATE_SEM : STATE_SHM, .key = 0x78, .id = -1,
+                                       .pending = true, .pid = group == 5 ? 10 + (pid_t) i : 10,
+                                       .since = group == 6 ? 100 + i : 100,
+                                       .size = group == 7 ? 4096 + i : group == 6 ? 2 : 4096, .uid = (uid_t) -1 };
+        default:
+                /* Recorded files of one name and device: other inodes (a file replaced under its name). */
+                r.pending = false;
+                r.dev = 5;
+                r.ino = 1000 + i;
                 break;
         }
         snprintf(r.name, sizeof r.name, "p%u", group);
@@ -1330,7 +1376,7 @@ static StateRecord one_field_record(unsigned group, unsigned i) {
 }
 
 START_TEST(test_journal_drop_spares_a_record_differing_in_one_field) {
-        enum { GROUPS = 5, PER_GROUP = 256 };
+        enum { GROUPS = 9, PER_GROUP = 256 };
         StateRecord *v = NULL, r;
         size_t n = 0, skipped = 0;
         char msg[512];
@@ -1648,6 +1694,7 @@ int main(void) {
                                             test_two_records_of_a_channel_adopt_one,
                                             test_record_of_another_users_segment_spared,
                                             test_segment_of_another_size_spared,
+                                            test_private_segment_not_marked_removed_spared,
                                             test_key_of_a_foreign_set_leaves_no_segment,
                                             test_intents_of_used_sets_spared,
                                             test_set_proven_by_its_segment_is_reclaimed } },
