@@ -19,10 +19,12 @@
 #include <time.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "client/prefetch.h"
 #include "client/shmbroker-internal.h"
+#include "common/util.h"
 #include "proto/broadcast.h"
 
 #define CASE_TIMEOUT 120
@@ -742,6 +744,569 @@ START_TEST(test_header_rewritten_during_setup_is_read_once) {
 }
 END_TEST
 
+/* ---- a hostile publisher: any rw opener may write any byte of the data segment, any opener the table ---- */
+
+/*
+ * README (Security and threat model): a peer allowed to write a broadcast
+ * channel's segment (a publisher), or its table (anyone who subscribes),
+ * can garble or lose messages and delay the others, but another process's
+ * calls never read or write outside the segments, never crash, and return
+ * by their timeout at the latest; a wait for ever ends when the channel is
+ * removed. A seeded scribbler holds publishers (send, reserve, commit,
+ * abort) and subscribers (recv, peek, release, dropped) of both overflow
+ * modes to that. A round is a publisher's call, then a subscriber's.
+ * Rounds go in periods of SCRIBBLE_PERIOD: a channel freshly formatted
+ * with fresh handles, a few rounds of plain traffic, then before every
+ * other round an edge value written into one word (head, a slot's seq,
+ * owner or length, mostly of the slots in play; a holder entry, a cursor,
+ * a flag, a futex word, the geometry, the state; now and then every slot's
+ * seq at once), which two times in three is put back after one of the
+ * round's calls unless the library wrote the word since. So messages flow
+ * (a run checks that they did) and scribbles land on slots being read and
+ * claimed, as a mutant's test showed they must: with the channel kept
+ * stuck, a length no longer cut to its slot went unseen. Each call's
+ * answer is checked (a length within the buffer and the slot, a pointer
+ * inside the slots, a known error) and so is its time: a watchdog aborts
+ * one that outlives its timeout by SCRIBBLE_SLACK_MS, naming the seed and
+ * the round (the check is for loops, not for speed). The data segment is
+ * a whole number of pages between PROT_NONE pages, so a stray access
+ * faults. A failing seed and round reproduce.
+ */
+#define SCRIBBLE_SLOT_SIZE 640
+#define SCRIBBLE_SLOTS 5
+#define SCRIBBLE_SUBSCRIBERS 2
+#define SCRIBBLE_ROUNDS 1500
+#define SCRIBBLE_PERIOD 16
+#define SCRIBBLE_QUIET 2
+#define SCRIBBLE_SLACK_MS 3000
+#define SCRIBBLE_PAGE 4096
+#define SCRIBBLE_MAPPED bcast_segment_size(SCRIBBLE_SLOT_SIZE, SCRIBBLE_SLOTS, SCRIBBLE_SUBSCRIBERS)
+/* The guarded area: a page, the publisher's view, a page, the subscriber's view, a page. */
+#define SCRIBBLE_AREA (3 * SCRIBBLE_PAGE + 2 * SCRIBBLE_MAPPED)
+
+/* The last word the scribbler wrote: where, how wide, what it held and what it was given. */
+typedef struct ScribbleUndo {
+        void *p;
+        bool wide;
+        uint64_t was, now;
+} ScribbleUndo;
+
+typedef struct Scribbler {
+        uint32_t seed;                  /* the generator's state */
+        uint32_t first_seed;            /* the run's, which a message names */
+        bool drop;
+        int data_id, table_id;
+        BcastHeader *h;                 /* the scribbler's own view: a publisher's */
+        BcastTable *t;
+        char *area;
+        shmb_channel *pub, *sub;
+        uint32_t pub_token, sub_token, dead_token;
+        uint64_t dropped;               /* the subscriber handle's count so far: it never goes back */
+        ScribbleUndo undo;
+} Scribbler;
+
+static uint32_t scribble_random(Scribbler *s) {
+        uint32_t x = s->seed;
+
+        /* xorshift32: the same on every run. */
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        return s->seed = x;
+}
+
+/* What the watchdog says when a call does not return: written before each call, as a signal handler cannot format. */
+static char scribble_alarm_msg[160];
+
+static void on_scribble_alarm(int sig) {
+        (void) sig;
+        (void) !write(STDERR_FILENO, scribble_alarm_msg, strlen(scribble_alarm_msg));
+        abort();
+}
+
+static void scribble_arm(const Scribbler *s, int round, const char *call, int timeout_ms) {
+        struct itimerval it = { .it_value = { .tv_sec = (MAX(timeout_ms, 0) + SCRIBBLE_SLACK_MS) / 1000,
+                                              .tv_usec = (MAX(timeout_ms, 0) + SCRIBBLE_SLACK_MS) % 1000 * 1000 } };
+
+        snprintf(scribble_alarm_msg, sizeof scribble_alarm_msg,
+                 "scribbler: %s seed %" PRIu32 " round %d: %s (timeout %d ms) did not return within %d ms more\n",
+                 s->drop ? "drop" : "block", s->first_seed, round, call, timeout_ms, SCRIBBLE_SLACK_MS);
+        ck_assert_int_eq(setitimer(ITIMER_REAL, &it, NULL), 0);
+}
+
+static void scribble_disarm(void) {
+        struct itimerval it = {};
+
+        ck_assert_int_eq(setitimer(ITIMER_REAL, &it, NULL), 0);
+}
+
+/* A handle as bcast_channel_setup() makes one, its view of the data segment at its place in the guarded area. */
+static shmb_channel *scribble_handle_new(Scribbler *s, bool subscriber) {
+        shmb_channel *ch = calloc(1, sizeof *ch);
+        char *at = s->area + SCRIBBLE_PAGE + (subscriber ? SCRIBBLE_MAPPED + SCRIBBLE_PAGE : 0);
+        ProtoChannel pc = {
+                .ring_version = BCAST_VERSION, .slot_size = SCRIBBLE_SLOT_SIZE, .slots = SCRIBBLE_SLOTS,
+                .subscribers = SCRIBBLE_SUBSCRIBERS,
+                .overflow = s->drop ? PROTO_OVERFLOW_DROP : PROTO_OVERFLOW_BLOCK, .table_id = s->table_id,
+        };
+        int r;
+
+        ck_assert_ptr_nonnull(ch);
+        ch->access = subscriber ? SHMB_RO : SHMB_RW;
+        ch->addr = shmat(s->data_id, at, SHM_REMAP | (subscriber ? SHM_RDONLY : 0));
+        ck_assert_ptr_eq(ch->addr, at);
+        ch->info.layout = SHMB_LAYOUT_BROADCAST;
+        ch->info.size = SCRIBBLE_MAPPED;
+        ch->info.nsems = BCAST_NSEMS;
+        ch->hold.token = subscriber ? s->sub_token : s->pub_token;
+        r = bcast_channel_setup(ch, &pc);
+        ck_assert_msg(r == 0, "setup: %d", r);
+        return ch;
+}
+
+static void scribble_handle_free(shmb_channel *ch) {
+        if (!ch)
+                return;
+        bcast_channel_free(ch);
+        ck_assert_int_eq(shmdt(ch->addr), 0);
+        /* The hole is a guard again. */
+        ck_assert_ptr_ne(mmap(ch->addr, SCRIBBLE_MAPPED, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0),
+                         MAP_FAILED);
+        free(ch->zc_claims);
+        free(ch);
+}
+
+/* The channel as the broker makes it, with fresh handles: a publisher (entry 0 of its table) and a subscriber (0 of its). */
+static void scribble_fresh(Scribbler *s) {
+        scribble_handle_free(s->sub);
+        scribble_handle_free(s->pub);
+        memset(s->h, 0, SCRIBBLE_MAPPED);
+        memset(s->t, 0, bcast_table_size(SCRIBBLE_SUBSCRIBERS));
+        bcast_format(s->h, SCRIBBLE_SLOT_SIZE, SCRIBBLE_SLOTS, SCRIBBLE_SUBSCRIBERS,
+                     s->drop ? BCAST_OVERFLOW_DROP : BCAST_OVERFLOW_BLOCK, 0, s->table_id, s->t);
+        s->pub_token = holder_set(bcast_publisher_at(s->h, 0), 0, 1, RING_HOLDER_LIVE);
+        s->dead_token = holder_set(bcast_publisher_at(s->h, 0), 1, 1, RING_HOLDER_DEAD);
+        s->sub_token = holder_set(bcast_subscriber_at(s->h, 0), 0, 1, RING_HOLDER_LIVE);
+        (void) holder_set(bcast_subscriber_at(s->h, 0), 1, 1, RING_HOLDER_DEAD);
+        s->pub = scribble_handle_new(s, false);
+        s->sub = scribble_handle_new(s, true);
+        s->dropped = 0;
+        s->undo = (ScribbleUndo) {};
+}
+
+static BcastSlot *scribble_slot(const Scribbler *s, uint64_t pos) {
+        /* Not bcast_slot_at(): that reads the geometry from the header, which the scribbler writes. */
+        return (BcastSlot *) ((char *) s->h + bcast_data_offset(SCRIBBLE_SUBSCRIBERS) +
+                              pos % SCRIBBLE_SLOTS * bcast_slot_stride(SCRIBBLE_SLOT_SIZE));
+}
+
+/* A position near where things happen: head, the subscriber's reported cursor, a lap or so either side. */
+static uint64_t scribble_position(Scribbler *s) {
+        uint64_t head = __atomic_load_n(&s->h->head, __ATOMIC_RELAXED);
+        uint64_t base = scribble_random(s) & 1 ? head : __atomic_load_n(&bcast_cursor_at(s->t, 0)->position,
+                                                                        __ATOMIC_RELAXED);
+
+        return base + scribble_random(s) % (2 * SCRIBBLE_SLOTS + 1) - SCRIBBLE_SLOTS;
+}
+
+static uint64_t scribble_value(Scribbler *s) {
+        uint32_t token;
+
+        switch (scribble_random(s) % 16) {
+        case 0:
+                return 0;
+        case 1:
+                return UINT64_MAX;
+        case 2:
+                return INT64_MAX;
+        case 3:
+                return UINT32_MAX;
+        case 4:
+                return SCRIBBLE_SLOTS - 1 + scribble_random(s) % 3;
+        case 5:
+                return scribble_position(s);
+        case 6:
+                return scribble_position(s) + (UINT64_C(1) << 40);     /* far ahead */
+        case 7 ... 10:
+                return bcast_seq(scribble_position(s), scribble_random(s) % 4);
+        case 11 ... 13:
+                /* A claim of a position near by: this publisher's, a dead one's, a made-up token's, nobody's. */
+                switch (scribble_random(s) % 4) {
+                case 0:
+                        token = s->pub_token;
+                        break;
+                case 1:
+                        token = s->dead_token;
+                        break;
+                case 2:
+                        token = scribble_random(s);
+                        break;
+                default:
+                        token = 0;
+                        break;
+                }
+                return ring_owner(scribble_position(s), token);
+        case 14:
+                return SCRIBBLE_SLOT_SIZE + scribble_random(s) % 3 - 1;      /* a length about the slot's */
+        default:
+                return (uint64_t) scribble_random(s) << 32 | scribble_random(s);
+        }
+}
+
+static void scribble_u64(Scribbler *s, uint64_t *p, uint64_t v) {
+        s->undo = (ScribbleUndo) { .p = p, .wide = true, .was = __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST), .now = v };
+}
+
+static void scribble_u32(Scribbler *s, uint32_t *p, uint64_t v) {
+        s->undo = (ScribbleUndo) { .p = p, .was = __atomic_exchange_n(p, (uint32_t) v, __ATOMIC_SEQ_CST),
+                                   .now = (uint32_t) v };
+}
+
+/* The last word written put back, unless the library wrote it since: a passing garble, which calls must survive too. */
+static void scribble_undo(Scribbler *s) {
+        if (s->undo.wide) {
+                uint64_t expected = s->undo.now;
+
+                (void) __atomic_compare_exchange_n((uint64_t *) s->undo.p, &expected, s->undo.was, false,
+                                                   __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
+        } else if (s->undo.p) {
+                uint32_t expected = (uint32_t) s->undo.now;
+
+                (void) __atomic_compare_exchange_n((uint32_t *) s->undo.p, &expected, (uint32_t) s->undo.was, false,
+                                                   __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
+        }
+        s->undo = (ScribbleUndo) {};
+}
+
+/* One edge value into one word a publisher (the data segment) or any opener (the table) may write. */
+static void scribble_once(Scribbler *s) {
+        uint64_t v = scribble_value(s), head = __atomic_load_n(&s->h->head, __ATOMIC_RELAXED);
+        BcastSlot *slot;
+        BcastCursor *cur = bcast_cursor_at(s->t, scribble_random(s) % SCRIBBLE_SUBSCRIBERS);
+        RingHolder *holder;
+
+        /* Mostly the slots in play: the last published, the one the subscriber reads next, the next to claim. */
+        switch (scribble_random(s) % 4) {
+        case 0:
+                slot = scribble_slot(s, head - 1);
+                break;
+        case 1:
+                slot = scribble_slot(s, __atomic_load_n(&bcast_cursor_at(s->t, 0)->position, __ATOMIC_RELAXED));
+                break;
+        case 2:
+                slot = scribble_slot(s, head);
+                break;
+        default:
+                slot = scribble_slot(s, scribble_random(s));
+                break;
+        }
+        switch (scribble_random(s) % 25) {
+        case 0 ... 2:
+                scribble_u64(s, &s->h->head, v);
+                break;
+        case 3 ... 6:
+                scribble_u64(s, &slot->seq, v);
+                break;
+        case 7 ... 8:
+                scribble_u64(s, &slot->owner, v);
+                break;
+        case 9 ... 11:
+                /* Past the slot most of the time. */
+                scribble_u32(s, &slot->len, scribble_random(s) % 4 ? SCRIBBLE_SLOT_SIZE + 1 + scribble_random(s) % 2 *
+                             (UINT32_MAX - SCRIBBLE_SLOT_SIZE - 1) : v);
+                break;
+        case 12:
+                scribble_u64(s, &cur->position, v);
+                break;
+        case 13:
+                scribble_u32(s, scribble_random(s) & 1 ? &cur->token : &cur->sleeping,
+                             scribble_random(s) & 1 ? v : scribble_random(s) & 1 ? s->sub_token : RING_SLEEP_FD);
+                break;
+        case 14:
+                scribble_u64(s, &cur->dropped, v);
+                break;
+        case 15:
+                scribble_u32(s, scribble_random(s) & 1 ? &s->t->sub_sleeping : &s->t->pub_sleeping, v);
+                break;
+        case 16:
+                scribble_u32(s, scribble_random(s) & 1 ? &s->t->space_seq : &s->h->data_seq, v);
+                break;
+        case 17:
+                /* The geometry: handles run on what was checked at setup. */
+                switch (scribble_random(s) % 6) {
+                case 0:
+                        scribble_u32(s, &s->h->slots, v);
+                        break;
+                case 1:
+                        scribble_u32(s, &s->h->slot_size, v);
+                        break;
+                case 2:
+                        scribble_u32(s, &s->h->slot_stride, v);
+                        break;
+                case 3:
+                        scribble_u32(s, &s->h->data_offset, v);
+                        break;
+                case 4:
+                        scribble_u32(s, &s->h->subscribers, v);
+                        break;
+                default:
+                        scribble_u32(s, &s->t->subscribers, v);
+                        break;
+                }
+                break;
+        case 18 ... 19:
+                /* A holder entry, the handles' own included: live, dead, another generation, garbage. */
+                holder = scribble_random(s) & 1 ? bcast_publisher_at(s->h, scribble_random(s) % 2) :
+                                                  bcast_subscriber_at(s->h, scribble_random(s) % SCRIBBLE_SUBSCRIBERS);
+                scribble_u64(s, &holder->word, scribble_random(s) % 4 == 0 ? v :
+                             (uint64_t) (scribble_random(s) % 3) << 32 | scribble_random(s) % 3);
+                break;
+        case 20:
+                scribble_u32(s, &s->h->pub_cpu, v);
+                break;
+        case 21:
+                scribble_u32(s, &s->h->overflow, v);
+                break;
+        case 22: {
+                /* Every slot at once, as one lap of positions: near by, or far ahead of everything. */
+                uint64_t base = scribble_position(s) + (scribble_random(s) & 1 ? UINT64_C(1) << 40 : 0);
+                unsigned kind = scribble_random(s) % 4;
+
+                for (uint64_t k = 0; k < SCRIBBLE_SLOTS; k++)
+                        scribble_u64(s, &scribble_slot(s, base + k)->seq, bcast_seq(base + k, kind));
+                s->undo = (ScribbleUndo) {};    /* it stays */
+                break;
+        }
+        default:
+                /* The state word: removed, or live again. */
+                scribble_u32(s, &s->h->state, scribble_random(s) % 4 == 0 ? v : scribble_random(s) % 2);
+                break;
+        }
+}
+
+/* What any call may answer a scribbled channel, besides success. */
+static bool scribble_errno_ok(ssize_t r) {
+        return r == -EAGAIN || r == -ETIMEDOUT || r == -EPROTO || r == -EMSGSIZE || r == -EIDRM ||
+               r == -ENOTCONN || r == -EINVAL || r == -ESTALE;
+}
+
+static void scribble_check_buf(const Scribbler *s, const shmb_channel *ch, const void *p, ssize_t len,
+                               const char *call, int round) {
+        const char *lo = (const char *) ch->addr + bcast_data_offset(SCRIBBLE_SUBSCRIBERS), *q = p;
+        const char *hi = (const char *) ch->addr + SCRIBBLE_MAPPED;
+        uint64_t stride = bcast_slot_stride(SCRIBBLE_SLOT_SIZE);
+
+        ck_assert_msg(q >= lo && q < hi && (uint64_t) (q - lo) % stride == BCAST_SLOT_HEADER && len >= 0 &&
+                      len <= SCRIBBLE_SLOT_SIZE && q + len <= hi,
+                      "%s seed %" PRIu32 " round %d: %s gave %p+%zd, slots at %p..%p", s->drop ? "drop" : "block",
+                      s->first_seed, round, call, p, len, (const void *) lo, (const void *) hi);
+}
+
+static void scribble_check(const Scribbler *s, int round, const char *call, ssize_t r, size_t max) {
+        ck_assert_msg((r >= 0 && (size_t) r <= max) || scribble_errno_ok(r),
+                      "%s seed %" PRIu32 " round %d: %s: %zd (at most %zu)", s->drop ? "drop" : "block", s->first_seed,
+                      round, call, r, max);
+}
+
+/* A removal ends a wait for ever, whatever was scribbled before it. */
+typedef struct ScribbleForever {
+        shmb_channel *ch;
+        bool send;
+        ssize_t r;
+} ScribbleForever;
+
+static void *scribble_forever(void *userdata) {
+        ScribbleForever *f = userdata;
+        char buf[SCRIBBLE_SLOT_SIZE];
+
+        f->r = f->send ? shmb_send(f->ch, "m", 1, -1) : shmb_recv(f->ch, buf, sizeof buf, -1);
+        return NULL;
+}
+
+/* The counts of one run: what it proves depends on messages having flowed. */
+typedef struct ScribbleCounts {
+        unsigned published, received, peeked, scribbles;
+} ScribbleCounts;
+
+static void scribble_run(uint32_t seed, bool drop, ScribbleCounts *counts) {
+        /* Another sequence for each mode; the generator's state must not be 0. */
+        Scribbler s = { .seed = drop ? seed * 2654435761u | 1 : seed, .first_seed = seed, .drop = drop };
+        char buf[SCRIBBLE_SLOT_SIZE + 1];
+        void *reserved = NULL;
+        const void *peeked = NULL;
+
+        ck_assert_uint_eq(SCRIBBLE_MAPPED % SCRIBBLE_PAGE, 0);
+        ck_assert_int_eq(unshare(CLONE_NEWIPC), 0);
+        s.data_id = shmget(IPC_PRIVATE, SCRIBBLE_MAPPED, IPC_CREAT | 0600);
+        s.table_id = shmget(IPC_PRIVATE, bcast_table_size(SCRIBBLE_SUBSCRIBERS), IPC_CREAT | 0600);
+        ck_assert_int_ge(s.data_id, 0);
+        ck_assert_int_ge(s.table_id, 0);
+        s.h = shmat(s.data_id, NULL, 0);
+        s.t = shmat(s.table_id, NULL, 0);
+        ck_assert_ptr_ne(s.h, (void *) -1);
+        ck_assert_ptr_ne(s.t, (void *) -1);
+        s.area = mmap(NULL, SCRIBBLE_AREA, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        ck_assert_ptr_ne(s.area, MAP_FAILED);
+        memset(buf, 0x42, sizeof buf);
+
+        for (int i = 0; i < SCRIBBLE_ROUNDS; i++) {
+                static const int timeouts[] = { 0, 0, 0, 1, 2 };
+                int timeout = timeouts[scribble_random(&s) % ELEMENTSOF(timeouts)];
+                size_t want = scribble_random(&s) % (SCRIBBLE_SLOT_SIZE + 2);
+                uint64_t dropped;
+                uint32_t undo_at;
+                ssize_t r;
+                void *p;
+
+                if (i % SCRIBBLE_PERIOD == 0) {
+                        scribble_fresh(&s);
+                        reserved = NULL;
+                        peeked = NULL;
+                } else if (i % SCRIBBLE_PERIOD >= SCRIBBLE_QUIET && scribble_random(&s) % 2 != 0) {
+                        scribble_once(&s);
+                        counts->scribbles++;
+                }
+                /* Most scribbles pass: the word is put back after the publisher's call or the subscriber's. */
+                undo_at = scribble_random(&s) % 3;
+                /* Now and then the state as the broker keeps it: live. */
+                if (scribble_random(&s) % 4 == 0)
+                        __atomic_store_n(&s.h->state, BCAST_STATE_LIVE, __ATOMIC_SEQ_CST);
+
+                /* A round: a publisher's call, then a subscriber's, so that what one publishes the other reads. */
+                if (reserved || scribble_random(&s) % 3 == 0) {
+                        if (reserved) {
+                                bool commit = scribble_random(&s) % 4 != 0;
+
+                                scribble_arm(&s, i, commit ? "commit" : "abort", 0);
+                                r = commit ? shmb_send_commit(s.pub, reserved, MIN(want, (size_t) SCRIBBLE_SLOT_SIZE)) :
+                                             shmb_send_abort(s.pub, reserved);
+                                scribble_disarm();
+                                scribble_check(&s, i, commit ? "commit" : "abort", r, 0);
+                                counts->published += r == 0 && commit;
+                                reserved = NULL;
+                        } else {
+                                scribble_arm(&s, i, "reserve", timeout);
+                                r = shmb_send_reserve(s.pub, want, &p, timeout);
+                                scribble_disarm();
+                                scribble_check(&s, i, "reserve", r, 0);
+                                if (r == 0) {
+                                        /* Write every byte of it: past the segment, that faults. */
+                                        scribble_check_buf(&s, s.pub, p, (ssize_t) want, "reserve", i);
+                                        memset(p, 0x5a, want);
+                                        reserved = p;
+                                }
+                        }
+                } else {
+                        scribble_arm(&s, i, "send", timeout);
+                        r = shmb_send(s.pub, buf, MIN(want, (size_t) SCRIBBLE_SLOT_SIZE), timeout);
+                        scribble_disarm();
+                        scribble_check(&s, i, "send", r, 0);
+                        counts->published += r == 0;
+                }
+
+                if (undo_at == 1)
+                        scribble_undo(&s);
+                /* Mostly a buffer that takes any message; else one that may be short (-EMSGSIZE) or empty. */
+                want = scribble_random(&s) % 4 ? SCRIBBLE_SLOT_SIZE + 1 : scribble_random(&s) % (SCRIBBLE_SLOT_SIZE + 2);
+                switch (scribble_random(&s) % 16) {
+                case 0 ... 6:
+                        scribble_arm(&s, i, "recv", timeout);
+                        r = shmb_recv(s.sub, buf, want, timeout);
+                        scribble_disarm();
+                        scribble_check(&s, i, "recv", r, MIN(want, (size_t) SCRIBBLE_SLOT_SIZE));
+                        counts->received += r >= 0;
+                        break;
+                case 7 ... 13:
+                        if (!peeked) {
+                                scribble_arm(&s, i, "peek", timeout);
+                                r = shmb_recv_peek(s.sub, &peeked, timeout);
+                                scribble_disarm();
+                                scribble_check(&s, i, "peek", r, SCRIBBLE_SLOT_SIZE);
+                                if (r < 0) {
+                                        peeked = NULL;
+                                        break;
+                                }
+                                /* Read every byte handed out: past the segment, that faults. */
+                                scribble_check_buf(&s, s.sub, peeked, r, "peek", i);
+                                for (ssize_t k = 0; k < r; k++)
+                                        (void) ((const volatile unsigned char *) peeked)[k];
+                                counts->peeked++;
+                                /* Mostly released at once; else after the next round's scribble. */
+                                if (scribble_random(&s) % 4 == 0)
+                                        break;
+                        }
+                        scribble_arm(&s, i, "release", 0);
+                        r = shmb_recv_release(s.sub, peeked);
+                        scribble_disarm();
+                        scribble_check(&s, i, "release", r, 0);
+                        peeked = NULL;
+                        break;
+                case 14:
+                        /* A count of what was lost, which never goes back. */
+                        ck_assert_int_eq(shmb_channel_dropped(s.sub, &dropped), 0);
+                        ck_assert_msg(dropped >= s.dropped, "%s seed %" PRIu32 " round %d: dropped went from %" PRIu64
+                                      " to %" PRIu64, drop ? "drop" : "block", seed, i, s.dropped, dropped);
+                        s.dropped = dropped;
+                        ck_assert_int_eq(shmb_channel_dropped(s.pub, &dropped), 0);
+                        break;
+                default: {
+                        /* Wait for ever, and remove the channel: the wait ends. The next round starts afresh. */
+                        ScribbleForever f = { .send = scribble_random(&s) & 1, .r = 1 };
+                        struct timespec until;
+                        pthread_t t;
+
+                        if (i % SCRIBBLE_PERIOD < SCRIBBLE_PERIOD / 2 || scribble_random(&s) % 8)
+                                break;          /* seldom, and late in a period: each ends it */
+                        f.ch = f.send ? s.pub : s.sub;
+                        __atomic_store_n(&s.h->state, BCAST_STATE_LIVE, __ATOMIC_SEQ_CST);
+                        ck_assert_int_eq(pthread_create(&t, NULL, scribble_forever, &f), 0);
+                        for (uint32_t k = scribble_random(&s) % 64; k > 0; k--)
+                                sched_yield();
+                        /* Without the table, as a broker that could not attach it: publishers poll. */
+                        bcast_mark_removed(s.h, scribble_random(&s) & 1 ? s.t : NULL);
+                        clock_gettime(CLOCK_REALTIME, &until);
+                        until.tv_sec += SCRIBBLE_SLACK_MS / 1000;
+                        ck_assert_msg(pthread_timedjoin_np(t, NULL, &until) == 0,
+                                      "%s seed %" PRIu32 " round %d: a %s for ever outlived the channel's removal",
+                                      drop ? "drop" : "block", seed, i, f.send ? "send" : "recv");
+                        scribble_check(&s, i, "for ever", f.r, SCRIBBLE_SLOT_SIZE);
+                        i += SCRIBBLE_PERIOD - 1 - i % SCRIBBLE_PERIOD;
+                        break;
+                }
+                }
+                if (undo_at == 2)
+                        scribble_undo(&s);
+        }
+        scribble_handle_free(s.sub);
+        scribble_handle_free(s.pub);
+        ck_assert_int_eq(munmap(s.area, SCRIBBLE_AREA), 0);
+        shmdt(s.t);
+        shmdt(s.h);
+        shmctl(s.data_id, IPC_RMID, NULL);
+        shmctl(s.table_id, IPC_RMID, NULL);
+}
+
+START_TEST(test_scribbler_finds_no_stray_access_nor_loop) {
+        static const uint32_t seeds[] = { 1, 2, 3, 5, 8, 13, 0x9e3779b9, 0xdeadbeef };
+        struct sigaction sa = { .sa_handler = on_scribble_alarm }, old;
+
+        ck_assert_int_eq(sigaction(SIGALRM, &sa, &old), 0);
+        for (size_t i = 0; i < ELEMENTSOF(seeds); i++)
+                for (int drop = 0; drop < 2; drop++) {
+                        ScribbleCounts c = {};
+
+                        scribble_run(seeds[i], drop, &c);
+                        /* Messages flowed between the scribbles: else this would prove little. */
+                        ck_assert_msg(c.published >= SCRIBBLE_ROUNDS / 4 && c.received + c.peeked >= SCRIBBLE_ROUNDS / 4 &&
+                                      c.scribbles >= SCRIBBLE_ROUNDS / 3,
+                                      "%s seed %" PRIu32 ": %u published, %u received, %u peeked, %u scribbles",
+                                      drop ? "drop" : "block", seeds[i], c.published, c.received, c.peeked,
+                                      c.scribbles);
+                }
+        ck_assert_int_eq(sigaction(SIGALRM, &old, NULL), 0);
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("bcast-threads");
         TCase *tc = tcase_create("threads");
@@ -767,6 +1332,10 @@ int main(void) {
         tcase_add_test(tc, test_header_of_another_layout_is_refused);
         tcase_add_test(tc, test_drop_overwritten_mid_copy_is_not_handed_out);
         tcase_add_test(tc, test_closed_subscriber_stops_blocking_at_once);
+        suite_add_tcase(s, tc);
+        tc = tcase_create("scribbler");
+        tcase_set_timeout(tc, CASE_TIMEOUT);
+        tcase_add_test(tc, test_scribbler_finds_no_stray_access_nor_loop);
         suite_add_tcase(s, tc);
         sr = srunner_create(s);
         srunner_run_all(sr, CK_ENV);
