@@ -290,7 +290,22 @@ int channel_set_perms(Channel *c, State *state, uid_t uid, gid_t gid, mode_t mod
         /* IPC_SET reads only uid, gid and mode: no IPC_STAT needed first. */
         struct shmid_ds shm = { .shm_perm = { .uid = uid, .gid = gid, .mode = mode & 0777 } }, table = {};
         struct semid_ds sem = {};
+        int ours;
 
+        /*
+         * A set removed behind our back may have given its id to another
+         * user's set (the segments are still attached by us, so theirs are
+         * ours until we detach): IPC_SET would hand that set the channel's
+         * owner and mode, as a root daemon may. Not ours: as if removed, so
+         * the caller makes the channel anew. (The kernel gives an id out again
+         * only after its sequence wraps, which no user gets through between
+         * this look and the call.)
+         */
+        ours = ipc_is_ours(c->sem_id, c->key, false);
+        if (ours == 0 || ours == -ENOENT)
+                return -EIDRM;
+        if (ours < 0)
+                return ours;
         sem.sem_perm.uid = uid;
         sem.sem_perm.gid = gid;
         sem.sem_perm.mode = mode & 0777;
