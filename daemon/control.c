@@ -375,6 +375,8 @@ static void control_changed(Control *c) {
  */
 static void conn_drop_holds(Conn *conn) {
         ExitWatch *exits = conn->control->exits;
+        pid_t pid = conn->client.peer.pid;
+        uid_t uid = conn->client.peer.uid;
         ClientOrphans orphans;
         int r;
 
@@ -383,10 +385,20 @@ static void conn_drop_holds(Conn *conn) {
         client_done(&conn->client, exits ? &orphans : NULL);
         if (!exits)
                 return;
-        r = exit_watch_add(exits, &orphans);
-        if (r < 0)
+        /*
+         * A watch is a pidfd of ours that outlives the connection, so no
+         * connection limit counts it: as many per uid as its connections
+         * may be (each of those may hold a pidfd too), past which the
+         * tokens end with the connection, as without a pidfd.
+         */
+        r = exit_watch_add(exits, &orphans, uid, conn->control->conns_per_uid);
+        if (r == -EUSERS)
+                log_client(LOG_INFO, "Client pid %d (uid %u) closed its connection holding ring holder tokens, but "
+                           "%zu processes of that uid are watched already; its tokens end with its connection.",
+                           (int) pid, (unsigned) uid, conn->control->conns_per_uid);
+        else if (r < 0)
                 log_warning("Failed to watch process %d for its exit: %s; its holder tokens end with its connection.",
-                            (int) conn->client.peer.pid, strerror(-r));
+                            (int) pid, strerror(-r));
 }
 
 /* The peer's process exited while its connection is up: a fork of it holds the socket. */

@@ -26,6 +26,7 @@ typedef struct Watch Watch;
 struct Watch {
         ExitWatch *set;
         pid_t pid;                      /* as the connection saw it; 0: not visible to us */
+        uid_t uid;                      /* its connection's peer's, for the count per uid */
         int pidfd;
         sd_event_source *source;
         OrphanRef *refs;
@@ -99,16 +100,23 @@ static size_t watch_prune(Watch *wa) {
         return k;
 }
 
-/* Prune every watch, dropping the empty ones; returns the one that watches pid's running process, if any. */
-static Watch *prune_and_find(ExitWatch *w, pid_t pid) {
+/*
+ * Prune every watch, dropping the empty ones; returns the one that watches
+ * pid's running process, if any, and in *ret_of_uid how many of those left
+ * uid's are.
+ */
+static Watch *prune_and_find(ExitWatch *w, pid_t pid, uid_t uid, size_t *ret_of_uid) {
         Watch *wa, *next, *found = NULL;
 
+        *ret_of_uid = 0;
         for (wa = LIST_FIRST(&w->watches); wa; wa = next) {
                 next = LIST_NEXT(wa, link);
                 if (watch_prune(wa) == 0) {
                         watch_free(wa);
                         continue;
                 }
+                if (wa->uid == uid)
+                        (*ret_of_uid)++;
                 /* While its pidfd runs, the process holds its pid: no other can have it. */
                 if (!found && pid > 0 && wa->pid == pid && pidfd_exited(wa->pidfd) == 0)
                         found = wa;
@@ -129,7 +137,7 @@ static int watch_merge(Watch *wa, ClientOrphans *o) {
         return 0;
 }
 
-static int watch_new(ExitWatch *w, ClientOrphans *o) {
+static int watch_new(ExitWatch *w, ClientOrphans *o, uid_t uid) {
         _cleanup_(freep) Watch *wa = calloc(1, sizeof *wa);
         int r;
 
@@ -140,6 +148,7 @@ static int watch_new(ExitWatch *w, ClientOrphans *o) {
                 return r;
         wa->set = w;
         wa->pid = o->pid;
+        wa->uid = uid;
         wa->pidfd = TAKE_FD(o->pidfd);
         wa->refs = TAKE_PTR(o->refs);
         wa->n = o->n;
@@ -150,9 +159,9 @@ static int watch_new(ExitWatch *w, ClientOrphans *o) {
         return 0;
 }
 
-int exit_watch_add(ExitWatch *w, ClientOrphans *o) {
+int exit_watch_add(ExitWatch *w, ClientOrphans *o, uid_t uid, size_t max_per_uid) {
         pid_t pid = o->pid;
-        size_t n = o->n;
+        size_t n = o->n, of_uid;
         Watch *same;
         int r;
 
@@ -160,10 +169,13 @@ int exit_watch_add(ExitWatch *w, ClientOrphans *o) {
                 client_orphans_done(o);
                 return 0;
         }
-        same = prune_and_find(w, pid);
+        same = prune_and_find(w, pid, uid, &of_uid);
         r = same ? watch_merge(same, o) : -ENOENT;
-        if (r < 0)
-                r = watch_new(w, o);
+        /* Each watch is a descriptor of ours: one uid's may not take those everyone else needs. */
+        if (r < 0 && of_uid >= max_per_uid)
+                r = -EUSERS;
+        else if (r < 0)
+                r = watch_new(w, o, uid);
         if (r < 0) {
                 /* Unwatched, an orphan would live for good: end it now, as if no pidfd could be had. */
                 for (size_t i = 0; i < o->n; i++)

@@ -19,10 +19,15 @@
  * ended otherwise (taken back, channel gone), dropping the watches left
  * with nothing to end. So a process that loses its connection and
  * rejoins again and again keeps one watch, not one per connection, and
- * after each new orphan every watch has an orphan alive to end.
+ * after each new orphan every watch has an orphan alive to end. But
+ * processes that each open a ring and close their connection are as many
+ * watches, and descriptors, as their user runs: no connection limit
+ * counts them once the connections are gone, so exit_watch_add() counts
+ * them per uid.
  */
 
 #include <stddef.h>
+#include <sys/types.h>
 #include <systemd/sd-event.h>
 
 #include "daemon/registry.h"
@@ -39,10 +44,12 @@ int exit_watch_new(sd_event *event, Registry *registry, ExitWatch **ret);
 ExitWatch *exit_watch_free(ExitWatch *w);
 
 /*
- * Watch the process of o (client_done()) and end o's orphans when it
- * exits. Takes everything *o owns, in every case (*o is
- * CLIENT_ORPHANS_NULL after). 0, or a negative errno when no watch could
- * be had: then the orphans were ended at once, as a connection without a
- * pidfd ends its tokens.
+ * Watch the process of o (client_done()), whose connection's peer had
+ * `uid`, and end o's orphans when it exits. Takes everything *o owns, in
+ * every case (*o is CLIENT_ORPHANS_NULL after). 0, or a negative errno
+ * when no watch could be had: then the orphans were ended at once, as a
+ * connection without a pidfd ends its tokens. -EUSERS: uid has
+ * max_per_uid processes watched already (a process watched already
+ * still gets its new orphans watched).
  */
-int exit_watch_add(ExitWatch *w, ClientOrphans *o);
+int exit_watch_add(ExitWatch *w, ClientOrphans *o, uid_t uid, size_t max_per_uid);

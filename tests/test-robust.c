@@ -722,6 +722,108 @@ START_TEST(test_connections_per_uid_bounded_by_fd_limit) {
 }
 END_TEST
 
+/*
+ * A process that opened a ring rw on a connection it then closed, living
+ * on: the daemon keeps its holder token live and watches the process for
+ * its exit, with a pidfd. Told through `ready` whether the open went
+ * through; lives until `hold` gives EOF.
+ */
+static void orphan_holder(const char *sock, int ready, int hold) {
+        static const char open_ring[] = "{\"op\":\"open\",\"channel\":\"ring\",\"access\":\"rw\"}\n";
+        char b = 'n', *line = NULL;
+        json_t *v;
+        int fd;
+
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+                _exit(99);
+        fd = try_connect(sock);
+        /* Any failure is an 'n', never an exit without a word: the parent waits for one. */
+        if (fd >= 0 && send_all(fd, open_ring, sizeof open_ring - 1) == 0 && recv_line(fd, 5000, &line) == 1) {
+                v = json_loads(line, 0, NULL);
+                if (v && json_is_true(json_object_get(v, "ok")))
+                        b = 'y';
+                json_decref(v);
+                free(line);
+        }
+        if (fd >= 0)
+                close(fd);
+        (void) !write(ready, &b, 1);
+        (void) !read(hold, &b, 1);
+        _exit(0);
+}
+
+static void orphans_child(void *userdata) {
+        const char *sock = userdata;
+        int ready[2], hold[2], made = 0, fd;
+
+        test_drop_privileges(NOBODY, NOBODY, 0);
+        CHILD_CHECK(pipe(ready) == 0 && pipe(hold) == 0, "pipe: %m");
+        for (int i = 0; i < FD_LIMIT; i++) {
+                pid_t pid = fork();
+                char b;
+
+                CHILD_CHECK(pid >= 0, "fork: %m");
+                if (pid == 0) {
+                        close(ready[0]);
+                        close(hold[1]);
+                        orphan_holder(sock, ready[1], hold[0]);
+                }
+                CHILD_CHECK(read(ready[0], &b, 1) == 1, "a holder died");
+                if (b != 'y')
+                        break;          /* refused: the most it can get, whatever the reason */
+                made++;
+        }
+        CHILD_CHECK(made > 0, "no ring holder at all");
+        /* One more request: the daemon has had its turns to see the holders' connections close. */
+        fd = try_connect(sock);
+        CHILD_CHECK(fd >= 0, "connect: %s", strerror(-fd));
+        request_ok(fd, "{\"op\":\"list\"}");
+        close(fd);
+        child_step();   /* the parent checks another user is still served */
+        close(hold[1]);
+        while (wait(NULL) > 0)
+                ;
+}
+
+/*
+ * The processes of one uid whose connections closed while their ring
+ * holder tokens stay live each cost the daemon a pidfd (its exit watch),
+ * charged to nobody: with a low open-file limit, one uid running as many
+ * such processes as the limit has descriptors leaves nobody else (root
+ * included) a descriptor to connect or to be handed a posix channel's
+ * files with. README: "Every client-controlled resource is capped"; the
+ * eighth of the limit for one uid's connections exists so that one uid
+ * cannot take the descriptors everyone else needs.
+ */
+START_TEST(test_closed_holders_of_one_uid_leave_descriptors_for_others) {
+        struct rlimit low = { FD_LIMIT, FD_LIMIT };
+        size_t n_fds = 0;
+        int root, fds[8];
+        json_t *v;
+        Child c;
+
+        ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+        start_with("", "[{\"name\": \"ring\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4, "
+                       "\"mode\": \"0666\"}, {\"name\": \"px\", \"kind\": \"posix\", \"size\": 4096, "
+                       "\"semaphores\": 2}]");
+        child_start(&c, orphans_child, td.socket);
+        child_wait_step(&c);
+        root = try_connect(td.socket);
+        ck_assert_msg(root >= 0, "connect: %s", strerror(-root));
+        v = test_request_fds(root, "{\"op\":\"open\",\"channel\":\"px\",\"access\":\"rw\",\"fd\":true}", fds, 8,
+                             &n_fds);
+        ck_assert_msg(json_is_true(json_object_get(v, "ok")), "root's open refused, one uid's closed ring holders "
+                      "took the daemon's descriptors: %s %s", error_of(v) ? error_of(v) : "?", message_of(v));
+        json_decref(v);
+        for (size_t i = 0; i < n_fds; i++)
+                close(fds[i]);
+        close(root);
+        child_go(&c);
+        child_finish(&c);
+        assert_daemon_alive();
+}
+END_TEST
+
 /* ======================================================================== */
 /* 3. connections_max                                                        */
 /* ======================================================================== */
@@ -2985,6 +3087,7 @@ int main(void) {
                                             test_refusal_at_accept_ends_in_eof_after_a_request,
                                             test_admin_reserve_not_used_up_by_its_own_clients,
                                             test_admin_reserve_follows_a_reloaded_admin_group,
+                                            test_closed_holders_of_one_uid_leave_descriptors_for_others,
                                             test_request_timeout, test_request_timeout_restarts_per_line } },
                 { "slow-reader", HEAVY_TIMEOUT, { test_slow_reader, test_stalled_reader_not_timed_out,
                                                     test_pipelined_burst_answered, test_unread_close_drops_holds,
