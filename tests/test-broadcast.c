@@ -1313,6 +1313,34 @@ START_TEST(test_block_sleeping_publisher_is_woken) {
 END_TEST
 
 /*
+ * A subscriber that closes stops holding a block-mode publisher back at
+ * once (libshmbroker(3)): also one asleep for want of space, which the
+ * close must wake itself (FUTEX_WAKE before shmb_close() returns), not
+ * leave to the publisher's next poll for dead subscribers.
+ */
+START_TEST(test_block_sleeping_publisher_is_woken_by_a_close) {
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *sub = test_open_ok("news", SHMB_RO);
+        SendCall call = { .ch = pub, .value = SLOTS, .timeout_ms = -1, .result = 1 };
+        const BcastTable *table = table_of("news");
+        pthread_t t;
+
+        shmb_channel_set_spin(pub, 0);
+        for (uint32_t i = 0; i < SLOTS; i++)
+                send_u32(pub, i);
+        ck_assert_int_eq(pthread_create(&t, NULL, send_thread, &call), 0);
+        await_flag(&table->pub_sleeping);
+        await_asleep(&call.tid);
+        shmb_close(sub);
+        ck_assert_uint_eq(__atomic_load_n(&table->pub_sleeping, __ATOMIC_SEQ_CST), 0);
+        ck_assert_msg(test_task_state(getpid(), call.tid) != 'S', "the close left the publisher asleep");
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        ck_assert_int_eq(call.result, 0);
+        shmdt(table);
+        shmb_close(pub);
+}
+END_TEST
+
+/*
  * No system call per message while nobody sleeps: a publisher and a
  * subscriber that keeps up (block mode, so the cursor and the publisher's
  * flag are in play), 1000 messages each way, counted by ptrace between two
@@ -2254,7 +2282,8 @@ int main(void) {
                 { "block", CASE_TIMEOUT, { test_block_publisher_waits_for_slowest,
                              test_block_killed_subscriber_stops_blocking } },
                 { "wake", CASE_TIMEOUT, { test_sleeping_subscriber_is_woken_by_publish,
-                            test_block_sleeping_publisher_is_woken, test_no_system_call_per_message,
+                            test_block_sleeping_publisher_is_woken, test_block_sleeping_publisher_is_woken_by_a_close,
+                            test_no_system_call_per_message,
                             test_subscriber_beside_the_publisher_does_not_spin } },
                 { "drop", CASE_TIMEOUT, { test_drop_never_blocks_and_counts_exactly, test_drop_accounting_under_load } },
                 { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_release_of_a_consumed_peek_a_lap_later,

@@ -852,6 +852,49 @@ START_TEST(test_abort_a_lap_later_is_no_corruption) {
 }
 END_TEST
 
+/*
+ * A receiver asleep at a position whose sender died, or gave its claim back,
+ * waits for that position no more: whoever skips the slot (a repairer, or
+ * the sender's own abort) wakes the sleepers, as a publish would. The
+ * sleeper is the ring's flag and futex word, as a receiver leaves them when
+ * it goes to sleep (after the broker's wake-up for the death, say): the
+ * skip must take the flag and move the word, or it sleeps on to its next
+ * poll with the next message waiting.
+ */
+START_TEST(test_skips_and_aborts_wake_sleeping_receivers) {
+        TestRing ring;
+        shmb_channel *ch;
+        char buf[SLOT_SIZE];
+        uint32_t dead, word;
+        void *p;
+
+        ring_make(&ring, SLOT_SIZE, 4, false);
+        ch = handle_new(&ring, 0, 0);
+        dead = next_token(&ring);
+        ck_assert(abandon_send(ch, dead, true));        /* position 0, head not moved on */
+        broker_marks_dead(&ring, dead);
+        /* A receiver sleeps at position 0. */
+        STORE(&ch->ring->recv_sleeping, RING_SLEEP_FUTEX, __ATOMIC_SEQ_CST);
+        word = LOAD(&ch->ring->data_seq, __ATOMIC_SEQ_CST);
+        /* This call skips the dead sender's slot; nothing is behind it. */
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_uint_eq(LOAD(&slot_of(ch, 0)->seq, __ATOMIC_ACQUIRE), 0 + 4);
+        ck_assert_uint_ne(LOAD(&ch->ring->data_seq, __ATOMIC_SEQ_CST), word);
+        ck_assert_uint_eq(LOAD(&ch->ring->recv_sleeping, __ATOMIC_SEQ_CST), 0);
+
+        /* Position 1, reserved and given back while a receiver sleeps at it. */
+        ck_assert_int_eq(shmb_send_reserve(ch, 1, &p, 0), 0);
+        STORE(&ch->ring->recv_sleeping, RING_SLEEP_FUTEX, __ATOMIC_SEQ_CST);
+        word = LOAD(&ch->ring->data_seq, __ATOMIC_SEQ_CST);
+        ck_assert_int_eq(shmb_send_abort(ch, p), 0);
+        ck_assert_uint_ne(LOAD(&ch->ring->data_seq, __ATOMIC_SEQ_CST), word);
+        ck_assert_uint_eq(LOAD(&ch->ring->recv_sleeping, __ATOMIC_SEQ_CST), 0);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
+        handle_free(ch);
+        ring_unmake(&ring);
+}
+END_TEST
+
 /* ---- live claims are waited for, never repaired ---- */
 
 typedef struct Call {
@@ -1728,6 +1771,7 @@ int main(void) {
         tcase_add_test(tc, test_live_sender_claim_is_waited_for);
         tcase_add_test(tc, test_live_receiver_claim_is_waited_for);
         tcase_add_test(tc, test_sender_taken_for_dead_is_told);
+        tcase_add_test(tc, test_skips_and_aborts_wake_sleeping_receivers);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("removal");
