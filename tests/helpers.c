@@ -19,6 +19,7 @@
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
+#include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -880,6 +881,37 @@ int test_in_child(void (*fn)(void *), void *userdata) {
         }
         ck_assert_int_eq(waitpid(pid, &status, 0), pid);
         return status;
+}
+
+typedef struct ForeignIpc {
+        bool sem;
+        uint32_t key;
+        size_t size;
+        mode_t mode;
+        int want_id;
+        uid_t uid;
+} ForeignIpc;
+
+static void foreign_ipc_child(void *userdata) {
+        const ForeignIpc *f = userdata;
+        char id[32];
+        int r;
+
+        snprintf(id, sizeof id, "%d", f->want_id);
+        test_write_proc(f->sem ? "/proc/sys/kernel/sem_next_id" : "/proc/sys/kernel/shm_next_id", id);
+        if (f->uid)
+                test_drop_privileges(f->uid, f->uid, 0);
+        r = f->sem ? semget((key_t) f->key, (int) f->size, IPC_CREAT | IPC_EXCL | (int) f->mode) :
+                     shmget((key_t) f->key, f->size, IPC_CREAT | IPC_EXCL | (int) f->mode);
+        _exit(r == f->want_id ? 0 : 1);
+}
+
+void test_make_foreign_ipc(bool sem, uint32_t key, size_t size, mode_t mode, int want_id, uid_t uid) {
+        ForeignIpc f = { .sem = sem, .key = key, .size = size, .mode = mode, .want_id = want_id, .uid = uid };
+        int status = test_in_child(foreign_ipc_child, &f);
+
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "could not make a %s with id %d",
+                      sem ? "set" : "segment", want_id);
 }
 
 typedef struct OpenAs {

@@ -215,6 +215,15 @@ void test_write_proc(const char *path, const char *value);
 int test_in_child(void (*fn)(void *), void *userdata);
 
 /*
+ * In a child, as uid (0: stays root), make a System V object under key
+ * whose id is exactly want_id (through /proc/sys/kernel/{shm,sem}_next_id),
+ * as another user squats an id the daemon's object left: a segment of size
+ * bytes, or a set of size semaphores when sem. Fails the case when the
+ * object got another id.
+ */
+void test_make_foreign_ipc(bool sem, uint32_t key, size_t size, mode_t mode, int want_id, uid_t uid);
+
+/*
  * Run a shell command line (printf-style, up to 2 KiB); its stdout (stderr
  * too when the line says 2>&1) into out, cut to size; its exit status. A
  * command killed by a signal fails the test.

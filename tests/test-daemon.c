@@ -1090,32 +1090,13 @@ START_TEST(test_failed_start_keeps_adopted_channels) {
 }
 END_TEST
 
-typedef struct ForeignShm {
-        uint32_t key;
-        int want_id;
-        uid_t uid;
-} ForeignShm;
-
-/* Make a segment with this key and exactly this id, as another user. */
-static void foreign_shm_child(void *userdata) {
-        const ForeignShm *f = userdata;
-        char id[32];
-
-        snprintf(id, sizeof id, "%d", f->want_id);
-        test_write_proc("/proc/sys/kernel/shm_next_id", id);
-        if (f->uid)
-                test_drop_privileges(f->uid, f->uid, 0);
-        _exit(shmget((key_t) f->key, 4096, IPC_CREAT | IPC_EXCL | 0666) == f->want_id ? 0 : 1);
-}
-
 START_TEST(test_reclaim_spares_foreign_reuse_of_id) {
         /* After a crash an admin removes our objects, and others get the very same ids:
          * one under another key, one under our key but made by another user. */
-        int fd, id_a, id_b, status;
+        int fd, id_a, id_b;
         uint32_t key_b;
         json_t *resp;
         struct shmid_ds ds;
-        ForeignShm other_key, other_user;
 
         resp = start_and_list("[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096}]", &fd);
         id_a = (int) test_jint(test_find_channel(resp, "a"), "shm_id");
@@ -1127,12 +1108,8 @@ START_TEST(test_reclaim_spares_foreign_reuse_of_id) {
         ck_assert_int_eq(shmctl(id_a, IPC_RMID, NULL), 0);
         ck_assert_int_eq(shmctl(id_b, IPC_RMID, NULL), 0);
 
-        other_key = (ForeignShm) { .key = 0x1234, .want_id = id_a, .uid = 0 };
-        status = test_in_child(foreign_shm_child, &other_key);
-        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "could not reuse id %d", id_a);
-        other_user = (ForeignShm) { .key = key_b, .want_id = id_b, .uid = 65534 };
-        status = test_in_child(foreign_shm_child, &other_user);
-        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "could not reuse id %d", id_b);
+        test_make_foreign_ipc(false, 0x1234, 4096, 0666, id_a, 0);
+        test_make_foreign_ipc(false, key_b, 4096, 0666, id_b, 65534);
 
         test_start_ok();
         char *log = test_daemon_log(&td);
@@ -1148,23 +1125,6 @@ START_TEST(test_reclaim_spares_foreign_reuse_of_id) {
         assert_nothing_left();
 }
 END_TEST
-
-typedef struct ForeignSet {
-        uint32_t key;
-        int want_id;
-        int nsems;
-} ForeignSet;
-
-/* Make a semaphore set with this key, count and exactly this id, as nobody. */
-static void foreign_set_child(void *userdata) {
-        const ForeignSet *f = userdata;
-        char id[32];
-
-        snprintf(id, sizeof id, "%d", f->want_id);
-        test_write_proc("/proc/sys/kernel/sem_next_id", id);
-        test_drop_privileges(65534, 65534, 0);
-        _exit(semget((key_t) f->key, f->nsems, IPC_CREAT | IPC_EXCL | 0666) == f->want_id ? 0 : 1);
-}
 
 /*
  * A ring taken over after a crash keeps its wake-up FIFOs, which waiters
@@ -1207,24 +1167,22 @@ END_TEST
  */
 START_TEST(test_adoption_spares_foreign_set_at_the_recorded_id) {
         struct semid_ds sds;
-        ForeignSet other;
         json_t *resp, *a;
-        int fd, shm_id, sem_id, status;
+        int fd, shm_id, sem_id;
+        uint32_t key;
         char *log;
 
         resp = start_and_list("[{\"name\": \"a\", \"size\": 4096}]", &fd);
         a = test_find_channel(resp, "a");
         shm_id = (int) test_jint(a, "shm_id");
         sem_id = (int) test_jint(a, "sem_id");
-        other = (ForeignSet) { .key = (uint32_t) test_jint(a, "sem_key"), .want_id = sem_id };
+        key = (uint32_t) test_jint(a, "sem_key");
         json_decref(resp);
         close(fd);
         ck_assert_int_eq(semctl(sem_id, 0, IPC_STAT, &sds), 0);
-        other.nsems = (int) sds.sem_nsems;
         test_daemon_kill(&td, SIGKILL);
         ck_assert_int_eq(semctl(sem_id, 0, IPC_RMID), 0);
-        status = test_in_child(foreign_set_child, &other);
-        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "could not reuse id %d", sem_id);
+        test_make_foreign_ipc(true, key, sds.sem_nsems, 0666, sem_id, 65534);
 
         test_start_ok();
         log = test_daemon_log(&td);

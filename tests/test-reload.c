@@ -3151,22 +3151,6 @@ START_TEST(test_mode_change_on_removed_set_is_applied) {
 }
 END_TEST
 
-typedef struct ForeignSet {
-        int want_id;
-        uid_t uid;
-} ForeignSet;
-
-/* Make a one-semaphore set under a key of its own with exactly this id, as another user, mode 0600. */
-static void foreign_set_child(void *userdata) {
-        const ForeignSet *f = userdata;
-        char id[32];
-
-        snprintf(id, sizeof id, "%d", f->want_id);
-        test_write_proc("/proc/sys/kernel/sem_next_id", id);
-        test_drop_privileges(f->uid, f->uid, 0);
-        _exit(semget(0x4242, 1, IPC_CREAT | IPC_EXCL | 0600) == f->want_id ? 0 : 1);
-}
-
 /*
  * As above, but another user made a set that got the removed set's id (the
  * kernel hands ids out again: a user who cycles sets gets any one back, and
@@ -3176,34 +3160,33 @@ static void foreign_set_child(void *userdata) {
  * channel is made again with the mode the config names.
  */
 START_TEST(test_mode_change_spares_a_foreign_set_with_the_removed_sets_id) {
-        ForeignSet other = { .uid = 4242 };
         struct semid_ds sem;
         json_t *before, *after, *resp;
-        int fd, status;
+        int fd, sem_id;
 
         test_daemon_write_config(&td, "[{\"name\": \"m\", \"size\": 4096, \"semaphores\": 1, \"mode\": \"0660\"}]");
         test_start_ok();
         before = list_ok();
-        other.want_id = (int) test_jint(test_must_find(before, "m"), "sem_id");
-        ck_assert_int_eq(semctl(other.want_id, 0, IPC_RMID), 0);
-        status = test_in_child(foreign_set_child, &other);
-        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "could not reuse id %d", other.want_id);
+        sem_id = (int) test_jint(test_must_find(before, "m"), "sem_id");
+        ck_assert_int_eq(semctl(sem_id, 0, IPC_RMID), 0);
+        /* A key of its own, mode 0600: the set is nobody's business but 4242's. */
+        test_make_foreign_ipc(true, 0x4242, 1, 0600, sem_id, 4242);
 
         test_daemon_write_config(&td, "[{\"name\": \"m\", \"size\": 4096, \"semaphores\": 1, \"mode\": \"0666\"}]");
         fd = test_connect(td.socket);
         resp = reload_ok(fd);
         json_decref(resp);
-        sem_stat(other.want_id, &sem);
+        sem_stat(sem_id, &sem);
         ck_assert_msg(sem.sem_perm.uid == 4242 && sem.sem_perm.cuid == 4242 && (sem.sem_perm.mode & 0777) == 0600,
                       "the reload re-owned another user's set: owner %u, mode %04o", (unsigned) sem.sem_perm.uid,
                       (unsigned) (sem.sem_perm.mode & 0777));
         resp = req(fd, "{\"op\":\"status\",\"channel\":\"m\"}");
         json_decref(resp);
         after = list_ok();
-        ck_assert_int_ne(test_jint(test_must_find(after, "m"), "sem_id"), other.want_id);
+        ck_assert_int_ne(test_jint(test_must_find(after, "m"), "sem_id"), sem_id);
         sem_stat((int) test_jint(test_must_find(after, "m"), "sem_id"), &sem);
         ck_assert_uint_eq(sem.sem_perm.mode & 0777, 0666);
-        ck_assert_int_eq(semctl(other.want_id, 0, IPC_RMID), 0);
+        ck_assert_int_eq(semctl(sem_id, 0, IPC_RMID), 0);
         json_decref(before);
         json_decref(after);
         close(fd);

@@ -1584,21 +1584,6 @@ static void scribble_check_buf(const shmb_channel *ch, const void *p, ssize_t le
                       (const void *) lo, (const void *) hi);
 }
 
-/* A removal ends a wait for ever, whatever was scribbled before it. */
-typedef struct ForeverCall {
-        shmb_channel *ch;
-        bool send;
-        ssize_t r;
-} ForeverCall;
-
-static void *forever_call(void *userdata) {
-        ForeverCall *f = userdata;
-        char buf[SLOT_SIZE];
-
-        f->r = f->send ? shmb_send(f->ch, "m", 1, -1) : shmb_recv(f->ch, buf, sizeof buf, -1);
-        return NULL;
-}
-
 static void scribble_run(uint32_t seed) {
         uint64_t size = ring_segment_size(SLOT_SIZE, SCRIBBLE_SLOTS), mapped = (size + 4095) & ~UINT64_C(4095);
         char buf[SLOT_SIZE + 1], *area;
@@ -1698,13 +1683,13 @@ static void scribble_run(uint32_t seed) {
                                 peeked = NULL;
                         break;
                 default: {
-                        /* Wait for ever, and remove the ring: the wait ends. */
-                        ForeverCall f = { .ch = s.ch, .send = next_random(&s.seed) & 1, .r = 1 };
+                        /* Wait for ever, and remove the ring: the wait ends, whatever was scribbled before. */
+                        BoundedCall f = { .ch = s.ch, .send = next_random(&s.seed) & 1, .timeout_ms = -1, .r = 1 };
                         struct timespec until;
                         pthread_t t;
 
                         scribble_u32(&s.h->state, RING_STATE_LIVE);
-                        ck_assert_int_eq(pthread_create(&t, NULL, forever_call, &f), 0);
+                        ck_assert_int_eq(pthread_create(&t, NULL, bounded_call, &f), 0);
                         for (uint32_t k = next_random(&s.seed) % 64; k > 0; k--)
                                 sched_yield();
                         ring_mark_removed(s.h);
