@@ -22,6 +22,7 @@
 #include <sys/ptrace.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -2273,6 +2274,582 @@ START_TEST(test_close_between_an_open_and_its_request_gives_the_hold_back) {
 }
 END_TEST
 
+/* ---- the daemon against scribbled segments ---- */
+
+/*
+ * README, "Security and threat model": a peer that may write a ring's or a
+ * broadcast channel's segment (an rw opener, a publisher) can garble its
+ * messages but cannot stop the daemon. The daemon reads those segments
+ * too: holder tables (opens, closes, a client's exit, a crash restart's
+ * sweep), cursors and head (status), the header (adoption, removal). Here
+ * this process, as root, writes edge values into every word of them in
+ * seeded rounds (SHMB_SCRIBBLE_SEED picks another sequence), and drives
+ * the daemon through each of those paths after every round. Every request
+ * must get a valid answer within a bound that only a loop or a hang
+ * reaches; a status's subscriber figures must stay what a clamp to head
+ * gives; adoption must never take a segment the header names that is not
+ * the channel's own; and at the end the daemon stops cleanly, leaving
+ * nothing behind. Run under the sanitizers, their reports fail it too.
+ */
+
+#define SCRIBBLE_ROUNDS 12
+#define SCRIBBLE_ANSWER_MS 60000        /* only a loop or a hang reaches it */
+#define SCRIBBLE_SUBSCRIBERS 4
+
+static const char *const scribble_config_fmt =
+        "[{\"name\": \"ring1\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8, \"mode\": \"%s\"},"
+        " {\"name\": \"news\", \"layout\": \"broadcast\", \"slot_size\": 256, \"slots\": 8, \"subscribers\": 4},"
+        " {\"name\": \"feed\", \"layout\": \"broadcast\", \"slot_size\": 256, \"slots\": 8, \"subscribers\": 4,"
+        "  \"overflow\": \"%s\"}]";
+
+static const char *const scribble_names[] = { "ring1", "news", "feed" };
+
+typedef struct Scribbler {
+        uint64_t seed, state;
+        unsigned round;
+        char what[256];                 /* what the last scribble wrote, for messages */
+} Scribbler;
+
+static uint64_t scr_next(Scribbler *s) {
+        uint64_t z = (s->state += UINT64_C(0x9e3779b97f4a7c15));
+
+        z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+        return z ^ (z >> 31);
+}
+
+static uint32_t scr_below(Scribbler *s, uint32_t n) {
+        return (uint32_t) (scr_next(s) % n);
+}
+
+/* An edge value of a 64-bit position, around `near` (a head) too: laps ahead and behind. */
+static uint64_t scr_u64(Scribbler *s, uint64_t near, uint32_t slots) {
+        switch (scr_below(s, 12)) {
+        case 0: return 0;
+        case 1: return ~UINT64_C(0);
+        case 2: return INT64_MAX;
+        case 3: return (uint64_t) INT64_MAX + 1;
+        case 4: return near + 1;
+        case 5: return near + (uint64_t) slots * (1 + scr_below(s, 3));
+        case 6: return near - (uint64_t) slots * (1 + scr_below(s, 3));
+        case 7: return near - 1;
+        case 8: return UINT32_MAX;
+        case 9: return (uint64_t) UINT32_MAX + 1;
+        case 10: return near;
+        default: return scr_next(s);
+        }
+}
+
+static uint32_t scr_u32(Scribbler *s) {
+        switch (scr_below(s, 10)) {
+        case 0: return 0;
+        case 1: return UINT32_MAX;
+        case 2: return INT32_MAX;
+        case 3: return (uint32_t) INT32_MAX + 1;
+        case 4: return RING_HOLDERS;
+        case 5: return RING_HOLDERS + 1;
+        case 6: return 1;
+        case 7: return 1u << RING_TOKEN_INDEX_BITS;
+        case 8: return 3;
+        default: return (uint32_t) scr_next(s);
+        }
+}
+
+/* A holder entry's word: LIVE, DEAD, FREE or garbage, under an edge generation. */
+static uint64_t scr_word(Scribbler *s) {
+        static const uint32_t gens[] = { 0, 1, RING_TOKEN_GEN_MASK, RING_TOKEN_GEN_MASK + 1, UINT32_MAX };
+        uint32_t gen = gens[scr_below(s, 5)], state;
+
+        switch (scr_below(s, 5)) {
+        case 0: state = RING_HOLDER_FREE; break;
+        case 1: case 2: state = RING_HOLDER_LIVE; break;
+        case 3: state = RING_HOLDER_DEAD; break;
+        default: state = scr_u32(s); break;
+        }
+        return (uint64_t) gen << 32 | state;
+}
+
+/* Garble holder entries: most of them some rounds ("huge holder counts": every entry LIVE), a few otherwise. */
+static void scr_holders(Scribbler *s, RingHolder *table, uint32_t n) {
+        uint32_t k = scr_below(s, 4) == 0 ? n : 1 + scr_below(s, 8);
+
+        for (uint32_t j = 0; j < k; j++) {
+                RingHolder *e = &table[k == n ? j : scr_below(s, n)];
+
+                e->word = scr_below(s, 3) == 0 ? (uint64_t) scr_u32(s) << 32 | RING_HOLDER_LIVE : scr_word(s);
+                switch (scr_below(s, 6)) {
+                case 0: e->pid = 0; break;
+                case 1: e->pid = -1; break;
+                case 2: e->pid = INT32_MAX; break;
+                case 3: e->pid = INT32_MIN; break;
+                case 4: e->pid = 1; break;
+                default: e->pid = td.pid; break;
+                }
+                e->pidns = scr_below(s, 2) ? 0 : scr_u32(s);
+                e->starttime = scr_below(s, 2) ? 0 : scr_u64(s, 0, 1);
+                e->pidfs_ino = scr_below(s, 2) ? 0 : scr_u64(s, 0, 1);
+        }
+}
+
+/* Garble a few words of the data area (slot headers, payloads) of a segment of size bytes, from offset. */
+static void scr_data(Scribbler *s, void *seg, size_t offset, size_t size) {
+        for (int k = 0; k < 16; k++) {
+                size_t at = offset + (size_t) scr_below(s, (uint32_t) ((size - offset) / 8)) * 8;
+
+                *(uint64_t *) ((char *) seg + at) = scr_word(s);
+        }
+}
+
+/* The ids of the channels as the daemon reports them. */
+typedef struct ScrIds {
+        int shm[3], table[3];
+        uint32_t key[3], table_key[3];
+        /* The figures (the header up to head) and the table's header as the daemon wrote them, and of which ids. */
+        int fig_shm[3], fig_table[3];
+        uint8_t fig[3][64], table_fig[3][16];
+} ScrIds;
+
+/* A line to fd and its answer, which must come within SCRIBBLE_ANSWER_MS and be a JSON object with "ok". */
+static json_t *scr_request(int fd, const char *line, const Scribbler *s) {
+        int64_t deadline = test_now_ms() + SCRIBBLE_ANSWER_MS;
+        char buf[1 << 16];
+        size_t len = 0;
+        json_error_t err;
+        json_t *v;
+
+        test_send(fd, line, strlen(line));
+        test_send(fd, "\n", 1);
+        for (;;) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                int left = (int) (deadline - test_now_ms());
+                ssize_t n;
+
+                ck_assert_msg(left > 0 && poll(&p, 1, left) > 0,
+                              "seed %" PRIu64 " round %u (%s): no answer to %s within %d ms", s->seed, s->round,
+                              s->what, line, SCRIBBLE_ANSWER_MS);
+                ck_assert_msg(len + 1 < sizeof buf, "answer to %s too long", line);
+                n = recv(fd, buf + len, 1, 0);
+                ck_assert_msg(n > 0, "seed %" PRIu64 " round %u (%s): connection ended (%s) instead of answering %s",
+                              s->seed, s->round, s->what, n == 0 ? "EOF" : strerror(errno), line);
+                if (buf[len] == '\n')
+                        break;
+                len++;
+        }
+        buf[len] = 0;
+        v = json_loads(buf, 0, &err);
+        ck_assert_msg(json_is_object(v) && json_is_boolean(json_object_get(v, "ok")),
+                      "seed %" PRIu64 " round %u: not a valid answer to %s: %s", s->seed, s->round, line, buf);
+        return v;
+}
+
+static json_t *scr_ask(const char *line, const Scribbler *s) {
+        int fd = test_connect(td.socket);
+        json_t *v = scr_request(fd, line, s);
+
+        close(fd);
+        return v;
+}
+
+/*
+ * A status entry of a broadcast channel: every subscription's position at
+ * most head, position + lag head, as the clamp to head gives; head is the
+ * one the scribbler left (nobody publishes).
+ */
+static void scr_check_subscriptions(json_t *e, const char *name, uint64_t head, const Scribbler *s) {
+        json_t *a = json_object_get(e, "subscriptions"), *x;
+        uint64_t shown_head = MIN(head, (uint64_t) INT64_MAX);
+        size_t i;
+
+        if (json_object_get(e, "error"))
+                return;
+        ck_assert_msg(json_is_array(a), "%s: no subscriptions array", name);
+        json_array_foreach(a, i, x) {
+                json_int_t pos = test_jint(x, "position"), lag = test_jint(x, "lag"), dropped = test_jint(x, "dropped");
+
+                ck_assert_msg(pos >= 0 && lag >= 0 && dropped >= 0 && test_jint(x, "pid") >= 0,
+                              "seed %" PRIu64 " round %u (%s): %s: a negative figure", s->seed, s->round, s->what,
+                              name);
+                ck_assert_msg((uint64_t) pos <= shown_head,
+                              "seed %" PRIu64 " round %u (%s): %s: position %" PRId64 " beyond head %" PRIu64,
+                              s->seed, s->round, s->what, name, (int64_t) pos, head);
+                if (head <= (uint64_t) INT64_MAX)
+                        ck_assert_msg((uint64_t) pos + (uint64_t) lag == head,
+                                      "seed %" PRIu64 " round %u (%s): %s: position %" PRId64 " + lag %" PRId64
+                                      " is not head %" PRIu64, s->seed, s->round, s->what, name, (int64_t) pos,
+                                      (int64_t) lag, head);
+        }
+}
+
+/* Status of each channel and of all, and a list: all answered, all ok, subscriber figures sound. */
+static void scr_drive_status(const uint64_t heads[3], ScrIds *ids, const Scribbler *s) {
+        char line[128];
+        json_t *all, *v, *e;
+
+        for (int c = 0; c < 3; c++) {
+                snprintf(line, sizeof line, "{\"op\": \"status\", \"channel\": \"%s\"}", scribble_names[c]);
+                v = scr_ask(line, s);
+                test_assert_ok(v);
+                e = test_must_find(v, scribble_names[c]);
+                ids->shm[c] = (int) test_jint(e, "shm_id");
+                ids->key[c] = (uint32_t) test_jint(e, "shm_key");
+                ids->table[c] = c == 0 ? -1 : (int) test_jint(e, "table_id");
+                ids->table_key[c] = c == 0 ? 0 : (uint32_t) test_jint(e, "table_key");
+                if (c > 0 && heads)
+                        scr_check_subscriptions(e, scribble_names[c], heads[c], s);
+                json_decref(v);
+        }
+        all = scr_ask("{\"op\": \"status\"}", s);
+        test_assert_ok(all);
+        for (int c = 1; c < 3 && heads; c++)
+                scr_check_subscriptions(test_must_find(all, scribble_names[c]), scribble_names[c], heads[c], s);
+        json_decref(all);
+        v = scr_ask("{\"op\": \"list\"}", s);
+        test_assert_ok(v);
+        json_decref(v);
+}
+
+static void *scr_attach(int id) {
+        void *p = shmat(id, NULL, 0);
+
+        ck_assert_msg(p != (void *) -1, "shmat %d: %s", id, strerror(errno));
+        return p;
+}
+
+/*
+ * One round's writes into all three channels; heads[] gets each broadcast
+ * channel's head as left. attack: the broadcast headers' table key and id
+ * name other segments (another channel's table, the ring, garbage).
+ */
+static void scr_scribble(Scribbler *s, ScrIds *ids, bool attack, bool restore, uint64_t heads[3]) {
+        RingHeader *rh = scr_attach(ids->shm[0]);
+        int n = 0;
+
+        if (ids->fig_shm[0] != ids->shm[0]) {
+                memcpy(ids->fig[0], rh, sizeof ids->fig[0]);
+                ids->fig_shm[0] = ids->shm[0];
+        }
+
+        /* The ring: positions, futex words and flags always; its figures some rounds. */
+        rh->head = scr_u64(s, rh->head, rh->slots);
+        rh->tail = scr_u64(s, rh->head, 8);
+        rh->data_seq = scr_u32(s);
+        rh->space_seq = scr_u32(s);
+        rh->recv_sleeping = scr_u32(s);
+        rh->send_sleeping = scr_u32(s);
+        rh->recv_cpu = scr_u32(s);
+        rh->send_cpu = scr_u32(s);
+        if (scr_below(s, 3) == 0) {
+                rh->holders = scr_u32(s);
+                rh->holders_offset = scr_u32(s);
+        }
+        if (scr_below(s, 6) == 0) {
+                rh->slots = scr_u32(s);
+                rh->slot_size = scr_u32(s);
+                rh->slot_stride = scr_u32(s);
+                rh->data_offset = scr_u32(s);
+        }
+        if (scr_below(s, 8) == 0)
+                rh->state = scr_u32(s);
+        scr_holders(s, ring_holder_at(rh, 0), RING_HOLDERS);
+        scr_data(s, rh, RING_DATA_OFFSET, ring_segment_size(64, 8));
+        if (restore)
+                memcpy(rh, ids->fig[0], sizeof ids->fig[0]);
+        n += snprintf(s->what + n, sizeof s->what - (size_t) n, "ring head %" PRIu64 " tail %" PRIu64 " state %u; ",
+                      rh->head, rh->tail, rh->state);
+        shmdt(rh);
+
+        for (int c = 1; c < 3; c++) {
+                BcastHeader *h = scr_attach(ids->shm[c]);
+                BcastTable *t = scr_attach(ids->table[c]);
+                RingHolder *subs = bcast_subscriber_at(h, 0);
+                int other = c == 1 ? 2 : 1;
+
+                if (ids->fig_shm[c] != ids->shm[c] || ids->fig_table[c] != ids->table[c]) {
+                        memcpy(ids->fig[c], h, sizeof ids->fig[c]);
+                        memcpy(ids->table_fig[c], t, sizeof ids->table_fig[c]);
+                        ids->fig_shm[c] = ids->shm[c];
+                        ids->fig_table[c] = ids->table[c];
+                }
+                h->head = scr_u64(s, h->head, 8);
+                h->data_seq = scr_u32(s);
+                h->pub_cpu = scr_u32(s);
+                if (scr_below(s, 3) == 0) {
+                        h->subscribers = scr_u32(s);
+                        h->publishers = scr_u32(s);
+                        h->table_size = scr_u32(s);
+                        h->overflow = scr_u32(s);
+                }
+                if (scr_below(s, 6) == 0) {
+                        h->slots = scr_u32(s);
+                        h->data_offset = scr_u32(s);
+                        h->subscribers_offset = scr_u32(s);
+                }
+                if (scr_below(s, 10) == 0)
+                        h->state = scr_u32(s);
+                scr_holders(s, bcast_publisher_at(h, 0), BCAST_PUBLISHERS);
+                scr_holders(s, subs, SCRIBBLE_SUBSCRIBERS);
+                scr_data(s, h, bcast_data_offset(SCRIBBLE_SUBSCRIBERS), bcast_segment_size(256, 8, SCRIBBLE_SUBSCRIBERS));
+                /* The table: its own header, and cursors, most carrying the token of a LIVE subscriber entry. */
+                t->magic = scr_below(s, 4) ? t->magic : scr_u32(s);
+                t->subscribers = scr_u32(s);
+                t->sub_sleeping = scr_u32(s);
+                t->pub_sleeping = scr_u32(s);
+                t->space_seq = scr_u32(s);
+                for (uint32_t i = 0; i < SCRIBBLE_SUBSCRIBERS; i++) {
+                        BcastCursor *cur = bcast_cursor_at(t, i);
+                        uint32_t gen = scr_u32(s);
+
+                        if (scr_below(s, 4)) {
+                                subs[i].word = (uint64_t) gen << 32 | RING_HOLDER_LIVE;
+                                cur->token = ring_token(i, gen);
+                        } else
+                                cur->token = scr_u32(s);
+                        cur->position = scr_u64(s, h->head, 8);
+                        cur->sleeping = scr_u32(s);
+                        cur->dropped = scr_u64(s, 0, 1);
+                }
+                if (restore) {
+                        memcpy(h, ids->fig[c], sizeof ids->fig[c]);
+                        memcpy(t, ids->table_fig[c], sizeof ids->table_fig[c]);
+                }
+                if (attack || (!restore && scr_below(s, 4) == 0)) {
+                        /* An attack round takes the cases in turn: the first names the other channel's table. */
+                        switch (attack ? (s->round / 6 * 2 + (unsigned) c - 1) % 6 : scr_below(s, 6)) {
+                        case 0: h->table_key = ids->table_key[other]; h->table_id = ids->table[other]; break;
+                        case 1: h->table_key = ids->key[0]; h->table_id = ids->shm[0]; break;
+                        case 2: h->table_id = ids->table[other]; break;
+                        case 3: h->table_key = ids->table_key[other]; break;
+                        case 4: h->table_key = ids->key[other]; h->table_id = ids->shm[other]; break;
+                        default: h->table_key = scr_u32(s); h->table_id = (int32_t) scr_u32(s); break;
+                        }
+                }
+                heads[c] = h->head;
+                n += snprintf(s->what + n, sizeof s->what - (size_t) n,
+                              "%s head %" PRIu64 " table 0x%08x/%d state %u; ", scribble_names[c], h->head,
+                              h->table_key, h->table_id, h->state);
+                shmdt(t);
+                shmdt(h);
+        }
+}
+
+/* Overwrite, again, the holder entries LIVE now (a client holds them) with edge words. */
+static void scr_flip_live(Scribbler *s, const ScrIds *ids) {
+        RingHeader *rh = scr_attach(ids->shm[0]);
+
+        for (uint32_t i = 0; i < RING_HOLDERS; i++)
+                if ((uint32_t) ring_holder_at(rh, i)->word == RING_HOLDER_LIVE && scr_below(s, 2))
+                        ring_holder_at(rh, i)->word = scr_word(s);
+        shmdt(rh);
+        for (int c = 1; c < 3; c++) {
+                BcastHeader *h = scr_attach(ids->shm[c]);
+
+                for (uint32_t i = 0; i < BCAST_PUBLISHERS; i++)
+                        if ((uint32_t) bcast_publisher_at(h, i)->word == RING_HOLDER_LIVE && scr_below(s, 2))
+                                bcast_publisher_at(h, i)->word = scr_word(s);
+                for (uint32_t i = 0; i < SCRIBBLE_SUBSCRIBERS; i++)
+                        if ((uint32_t) bcast_subscriber_at(h, i)->word == RING_HOLDER_LIVE && scr_below(s, 2))
+                                bcast_subscriber_at(h, i)->word = scr_word(s);
+                shmdt(h);
+        }
+}
+
+/* A token to ask for back ("holder"): an edge value, or one a LIVE entry of table carries (anyone can read them). */
+static uint32_t scr_want(Scribbler *s, const RingHolder *table, uint32_t n) {
+        uint32_t i = scr_below(s, n);
+
+        switch (scr_below(s, 6)) {
+        case 0: return 0;
+        case 1: return UINT32_MAX;
+        case 2: return RING_HOLDERS + 1;
+        case 3: return (1u << RING_TOKEN_INDEX_BITS) - 1;
+        default: return (uint32_t) table[i].word == RING_HOLDER_LIVE ? ring_token(i, (uint32_t) (table[i].word >> 32)) :
+                                                                       scr_u32(s);
+        }
+}
+
+/*
+ * rw opens of each channel and an ro one of each broadcast one on one
+ * connection, which then closes: some ask for a token back, as a client
+ * after a restart does.
+ */
+static void scr_drive_opens(Scribbler *s, const ScrIds *ids) {
+        int fd = test_connect(td.socket);
+        char line[200];
+
+        for (int c = 0; c < 3; c++)
+                for (int ro = 0; ro < 2; ro++) {
+                        void *h = scr_attach(ids->shm[c]);
+                        const RingHolder *table = c == 0 ? ring_holder_at(h, 0) :
+                                                  ro ? bcast_subscriber_at(h, 0) : bcast_publisher_at(h, 0);
+                        uint32_t want = scr_want(s, table, c > 0 && ro ? SCRIBBLE_SUBSCRIBERS : RING_HOLDERS);
+                        int n = snprintf(line, sizeof line, "{\"op\": \"open\", \"channel\": \"%s\", \"access\": \"%s\"",
+                                         scribble_names[c], ro ? "ro" : "rw");
+
+                        shmdt(h);
+                        snprintf(line + n, sizeof line - (size_t) n, want ? ", \"holder\": %" PRIu32 "}" : "}", want);
+                        json_decref(scr_request(fd, line, s));
+                }
+        close(fd);
+}
+
+/*
+ * A client process that opens every channel through the library (what it
+ * is refused does not matter), lets the parent garble the entries it
+ * holds, and exits holding them: the daemon's exit watch ends its holds.
+ */
+static void scr_drive_exiting_client(Scribbler *s, const ScrIds *ids) {
+        int up[2], down[2];
+        pid_t pid;
+        char c = 0;
+
+        ck_assert_int_eq(pipe(up), 0);
+        ck_assert_int_eq(pipe(down), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *ch[5] = {};
+
+                close(up[0]);
+                close(down[1]);
+                (void) shmb_open_channel(NULL, "ring1", SHMB_RW, &ch[0]);
+                (void) shmb_open_channel(NULL, "news", SHMB_RW, &ch[1]);
+                (void) shmb_open_channel(NULL, "news", SHMB_RO, &ch[2]);
+                (void) shmb_open_channel(NULL, "feed", SHMB_RW, &ch[3]);
+                (void) shmb_open_channel(NULL, "feed", SHMB_RO, &ch[4]);
+                (void) !write(up[1], "r", 1);
+                (void) !read(down[0], &c, 1);
+                _exit(0);       /* holding them all */
+        }
+        close(up[1]);
+        close(down[0]);
+        {
+                struct pollfd p = { .fd = up[0], .events = POLLIN };
+
+                ck_assert_msg(poll(&p, 1, SCRIBBLE_ANSWER_MS) == 1 && read(up[0], &c, 1) == 1,
+                              "seed %" PRIu64 " round %u (%s): the client's opens did not end", s->seed, s->round,
+                              s->what);
+        }
+        scr_flip_live(s, ids);
+        /* Asked while the client still lives: its holds are listed from the garbled entries. */
+        json_decref(scr_ask("{\"op\": \"status\"}", s));
+        close(down[1]);
+        wait_ok(pid, "the exiting client");
+        close(up[0]);
+}
+
+/*
+ * A reload that flips feed's overflow, replacing it (marked removed, its
+ * sleepers woken), and the ring's mode, which replaces it too while it
+ * is attached (a right may be taken away).
+ */
+static void scr_drive_reload(const Scribbler *s, bool drop) {
+        char config[1024];
+        json_t *v;
+
+        snprintf(config, sizeof config, scribble_config_fmt, drop ? "0660" : "0600", drop ? "drop" : "block");
+        test_daemon_write_config(&td, config);
+        v = scr_ask("{\"op\": \"reload\"}", s);
+        test_assert_ok(v);
+        json_decref(v);
+}
+
+/* Whether the daemon's log so far has a sanitizer's report in it (the whole log, however long). */
+static void scr_check_log(const Scribbler *s) {
+        FILE *f = fopen(td.log, "re");
+        char line[4096];
+
+        if (!f)
+                return;
+        while (fgets(line, sizeof line, f))
+                ck_assert_msg(!strstr(line, "runtime error:") && !strstr(line, "AddressSanitizer") &&
+                              !strstr(line, "LeakSanitizer") && !strstr(line, "UndefinedBehaviorSanitizer"),
+                              "seed %" PRIu64 " round %u (%s): the daemon's log has a sanitizer report: %s", s->seed,
+                              s->round, s->what, line);
+        fclose(f);
+}
+
+/* A crash restart's start: it must come up; when it does not, its log's end says why (a report may be long). */
+static void scr_restart(const Scribbler *s) {
+        int status = 0;
+        char *log, *report;
+        size_t len;
+
+        if (test_daemon_start(&td, &status, NULL))
+                return;
+        log = test_daemon_log(&td);
+        len = strlen(log);
+        report = strstr(log, "ERROR: AddressSanitizer") ?: strstr(log, "runtime error:");
+        ck_abort_msg("seed %" PRIu64 " round %u (%s): the daemon exited (status 0x%x) before READY; its log %s:\n%.1500s",
+                     s->seed, s->round, s->what, status, report ? "reports" : "ends",
+                     report ?: len > 1500 ? log + len - 1500 : log);
+}
+
+START_TEST(test_daemon_survives_scribbled_segments) {
+        const char *env = getenv("SHMB_SCRIBBLE_SEED");
+        Scribbler s = { .seed = env && *env ? strtoull(env, NULL, 0) : UINT64_C(0x5eed0fdae3075) };
+        char config[1024];
+        bool drop = true;
+        ScrIds ids = { .fig_shm = { -1, -1, -1 }, .fig_table = { -1, -1, -1 } };
+
+        s.state = s.seed;
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        snprintf(config, sizeof config, scribble_config_fmt, "0660", "drop");
+        test_daemon_write_config(&td, config);
+        test_start_ok();
+        scr_drive_status(NULL, &ids, &s);
+        for (s.round = 0; s.round < SCRIBBLE_ROUNDS; s.round++) {
+                /* Every third round a crash restart: on the header as the daemon wrote it, or naming other tables. */
+                bool restart = s.round % 3 == 2, attack = restart && s.round % 2 == 0;
+                uint64_t heads[3] = {};
+                ScrIds before;
+
+                s.what[0] = 0;
+                scr_scribble(&s, &ids, attack, restart, heads);
+                scr_drive_status(heads, &ids, &s);
+                scr_drive_opens(&s, &ids);
+                scr_drive_exiting_client(&s, &ids);
+                scr_drive_status(NULL, &ids, &s);
+                if (s.round % 3 == 1) {
+                        drop = !drop;
+                        scr_drive_reload(&s, drop);
+                        scr_drive_status(NULL, &ids, &s);
+                }
+                if (restart) {
+                        before = ids;
+                        test_daemon_kill(&td, SIGKILL);
+                        scr_restart(&s);
+                        scr_drive_status(NULL, &ids, &s);
+                        for (int c = 0; c < 3; c++) {
+                                /* Every object is one channel's: none taken by two. */
+                                for (int d = 0; d < 3; d++) {
+                                        ck_assert_msg(c == d || (ids.shm[c] != ids.shm[d] && ids.shm[c] != ids.table[d]),
+                                                      "seed %" PRIu64 " round %u (%s): %s and %s share a segment",
+                                                      s.seed, s.round, s.what, scribble_names[c], scribble_names[d]);
+                                }
+                                /* Taken over (the same data segment): with the table it had, never one named. */
+                                ck_assert_msg(c == 0 || ids.shm[c] != before.shm[c] || ids.table[c] == before.table[c],
+                                              "seed %" PRIu64 " round %u (%s): %s taken over with table %d, not its "
+                                              "own %d", s.seed, s.round, s.what, scribble_names[c], ids.table[c],
+                                              before.table[c]);
+                                /* Its figures as the daemon wrote them: taken over, whatever its tables and cursors say. */
+                                ck_assert_msg(attack || ids.shm[c] == before.shm[c],
+                                              "seed %" PRIu64 " round %u (%s): %s not taken over (shm id %d, was %d)",
+                                              s.seed, s.round, s.what, scribble_names[c], ids.shm[c], before.shm[c]);
+                        }
+                }
+                scr_check_log(&s);
+                /* What each round wrote, to follow a seed's run. */
+                if (getenv("SHMB_SCRIBBLE_VERBOSE"))
+                        fprintf(stderr, "seed %" PRIu64 " round %u: %s\n", s.seed, s.round, s.what);
+        }
+        test_daemon_stop_ok(&td);
+        scr_check_log(&s);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "open", CASE_TIMEOUT, { test_open_answer_and_segments, test_ro_cannot_publish,
@@ -2312,6 +2889,7 @@ int main(void) {
                 { "programs", CASE_TIMEOUT, { test_examples_publish_to_two_subscribers } },
                 { "hostile-fd", CASE_TIMEOUT, { test_cleared_flag_does_not_strand_an_event_loop_subscriber,
                                                 test_cleared_flag_does_not_strand_an_event_loop_publisher } },
+                { "scribbled-daemon", 300, { test_daemon_survives_scribbled_segments } },
         };
 
         return test_main("broadcast", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
