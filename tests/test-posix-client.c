@@ -533,6 +533,251 @@ START_TEST(test_scribbled_lock_kind_does_not_abort_a_locker) {
 }
 END_TEST
 
+/* A mapping of our own of a semaphore's file, as any rw opener may make. */
+static PosixSemFile *map_sem_file(const char *channel, unsigned sem) {
+        char path[PATH_MAX];
+        void *p;
+        int fd;
+
+        snprintf(path, sizeof path, PSEM_DIR "/" PSEM_FILE_PREFIX "shmbroker.%s.%u", channel, sem);
+        fd = open(path, O_RDWR | O_CLOEXEC);
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        p = mmap(NULL, sizeof(PosixSemFile), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        ck_assert_ptr_ne(p, MAP_FAILED);
+        close(fd);
+        return p;
+}
+
+/*
+ * README, Security: a peer allowed to write a posix channel's semaphore
+ * files may write any byte of them, yet "cannot ... abort [another
+ * process] through the semaphores (with 64-bit glibc) or stop the daemon".
+ * A seeded scribbler (SHMB_TEST_SEED, else a fixed seed; the seed is in
+ * every message) writes edge values into the sem_t words (value, waiters,
+ * "private") of a channel's three semaphore files, through a mapping of
+ * its own, between the library's semaphore calls on them, with timeouts of
+ * 0 to 2 ms. Every call must return 0 or an errno it may give, within its
+ * timeout and SCRIB_SLACK_MS (a bound on loops, not a speed), the case's
+ * process must not die (a signal fails the case), and the daemon must stay
+ * up and answer status with values in 0..SEM_VALUE_MAX. Now and then a
+ * wait for ever, on a value kept 0, must end with -EIDRM within REMOVAL_MS
+ * of the channel's removal: a reload that drops it, and at last a stop,
+ * after which no file is left (teardown). The lock's words are left out:
+ * a writer can aim its robust-list links (README, POSIX channels), which
+ * no library call can check.
+ */
+#define SCRIB_PHASES 4
+#define SCRIB_ROUNDS 150
+#define SCRIB_NSEMS 3
+#define SCRIB_SLACK_MS 1500
+
+static uint64_t scrib_state, scrib_seed;
+
+static uint64_t scrib_rand(void) {
+        /* xorshift64*: the same sequence for the same seed, anywhere. */
+        scrib_state ^= scrib_state >> 12;
+        scrib_state ^= scrib_state << 25;
+        scrib_state ^= scrib_state >> 27;
+        return scrib_state * UINT64_C(2685821657736338717);
+}
+
+#define SCRIB_PICK(a) ((a)[scrib_rand() % ELEMENTSOF(a)])
+
+static void scrib_config(bool with) {
+        char cfg[sizeof channels + 256];
+
+        snprintf(cfg, sizeof cfg, "%.*s%s]", (int) (sizeof channels - 2), channels,
+                 with ? ", {\"name\": \"scrib\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [0, 1, 5]}" : "");
+        test_daemon_write_config(&td, cfg);
+}
+
+static void scrib_reload(shmb_client *c, bool with) {
+        shmb_reload_result *res = NULL;
+        int r;
+
+        scrib_config(with);
+        r = shmb_reload(c, &res);
+        ck_assert_msg(r == 0, "seed %llu: reload: %s", (unsigned long long) scrib_seed, shmb_strerror(r));
+        shmb_reload_result_free(res);
+}
+
+typedef struct Scribbled {
+        PosixSemFile *f[SCRIB_NSEMS];
+} Scribbled;
+
+/* One write of edge values into one of the files' sem_t, as any rw opener may. */
+static void scribble_once(Scribbled *s) {
+        static const uint32_t values[] = { 0, 1, 2, 32766, 32767, 32768, SEM_VALUE_MAX - 1, SEM_VALUE_MAX,
+                                           UINT32_C(0x80000000), UINT32_MAX };
+        static const uint32_t waiters[] = { 0, 1, 2, INT32_MAX, UINT32_C(0x80000000), UINT32_MAX };
+        static const int32_t privates[] = { 0, FUTEX_PRIVATE_FLAG, FUTEX_WAIT, FUTEX_WAKE | FUTEX_PRIVATE_FLAG,
+                                            (FUTEX_WAKE | FUTEX_PRIVATE_FLAG) ^ 127, -1, INT32_MIN, INT32_MAX };
+        PosixSemFile *f = s->f[scrib_rand() % SCRIB_NSEMS];
+        uint32_t *value = (uint32_t *) (void *) &f->sem + (__BYTE_ORDER == __BIG_ENDIAN);
+        uint32_t *nwaiters = (uint32_t *) (void *) &f->sem + (__BYTE_ORDER != __BIG_ENDIAN);
+        int32_t *private = (int32_t *) (void *) ((char *) &f->sem + sizeof(uint64_t));
+
+        switch (scrib_rand() % 4) {
+        case 0: {
+                uint64_t d = (uint64_t) SCRIB_PICK(values) | (uint64_t) SCRIB_PICK(waiters) << 32;
+
+                __atomic_store_n((uint64_t *) (void *) &f->sem, d, __ATOMIC_RELAXED);
+                break;
+        }
+        case 1:
+                __atomic_store_n(value, SCRIB_PICK(values), __ATOMIC_RELAXED);
+                break;
+        case 2:
+                __atomic_store_n(nwaiters, SCRIB_PICK(waiters), __ATOMIC_RELAXED);
+                break;
+        default:
+                __atomic_store_n(private, SCRIB_PICK(privates), __ATOMIC_RELAXED);
+                break;
+        }
+}
+
+static bool scrib_known(int op, int r, int timeout_ms) {
+        switch (op) {
+        case 0: /* wait */
+                return r == 0 || r == (timeout_ms == 0 ? -EAGAIN : -ETIMEDOUT);
+        case 1: /* trywait */
+                return r == 0 || r == -EAGAIN;
+        default: /* post: SEMVMX, as on System V */
+                return r == 0 || r == -ERANGE;
+        }
+}
+
+typedef struct ForeverWait {
+        shmb_channel *ch;
+        unsigned idx;
+        int result;
+        int64_t returned_ms;
+        pid_t tid;
+} ForeverWait;
+
+static void *forever_wait(void *userdata) {
+        ForeverWait *w = userdata;
+
+        __atomic_store_n(&w->tid, (pid_t) syscall(SYS_gettid), __ATOMIC_RELEASE);
+        w->result = shmb_sem_wait(w->ch, w->idx, -1);
+        w->returned_ms = test_now_ms();
+        return NULL;
+}
+
+START_TEST(test_seeded_scribbler_on_semaphore_files) {
+        const char *env = getenv("SHMB_TEST_SEED");
+        static const char *const op_names[] = { "wait", "trywait", "post" };
+        unsigned long long calls = 0, errs[3][140] = { { 0 } };
+        shmb_client *c = NULL;
+        Scribbled s = { 0 };
+
+        scrib_seed = env && *env ? strtoull(env, NULL, 0) : UINT64_C(0x5eed5c81bb1e);
+        scrib_state = scrib_seed ?: 1;
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        for (int phase = 0; phase < SCRIB_PHASES; phase++) {
+                bool last = phase == SCRIB_PHASES - 1;
+                shmb_channel *ch;
+                ForeverWait w = { .result = 1 };
+                pthread_t t;
+                struct timespec until;
+                int64_t removed_ms;
+
+                scrib_reload(c, true);
+                ch = must_open("scrib", SHMB_RW);
+                for (unsigned i = 0; i < SCRIB_NSEMS; i++)
+                        s.f[i] = map_sem_file("scrib", i);
+                for (int round = 0; round < SCRIB_ROUNDS; round++) {
+                        shmb_status_list *l = NULL;
+                        int n = 1 + (int) (scrib_rand() % 3), r;
+
+                        for (int k = 0; k < n; k++)
+                                scribble_once(&s);
+                        n = 1 + (int) (scrib_rand() % 4);
+                        for (int k = 0; k < n; k++) {
+                                int op = (int) (scrib_rand() % 3), timeout_ms = (int) (scrib_rand() % 3);
+                                unsigned idx = (unsigned) (scrib_rand() % SCRIB_NSEMS);
+                                int64_t t0 = test_now_ms(), took;
+
+                                switch (op) {
+                                case 0: r = shmb_sem_wait(ch, idx, timeout_ms); break;
+                                case 1: r = shmb_sem_trywait(ch, idx); break;
+                                default: r = shmb_sem_post(ch, idx); break;
+                                }
+                                took = test_now_ms() - t0;
+                                calls++;
+                                ck_assert_msg(scrib_known(op, r, timeout_ms), "seed %llu, phase %d, round %d: %s(%u, %d ms): %s",
+                                              (unsigned long long) scrib_seed, phase, round, op_names[op], idx, timeout_ms,
+                                              shmb_strerror(r));
+                                ck_assert_msg(took <= timeout_ms + SCRIB_SLACK_MS, "seed %llu, phase %d, round %d: "
+                                              "%s(%u, %d ms) took %lld ms", (unsigned long long) scrib_seed, phase, round,
+                                              op_names[op], idx, timeout_ms, (long long) took);
+                                errs[op][-r < 140 ? -r : 0]++;
+                        }
+                        /* The daemon is up and tells values a client may read. */
+                        ck_assert_int_eq(waitpid(td.pid, NULL, WNOHANG), 0);
+                        r = shmb_status(c, "scrib", &l);
+                        ck_assert_msg(r == 0, "seed %llu, phase %d, round %d: status: %s", (unsigned long long) scrib_seed,
+                                      phase, round, shmb_strerror(r));
+                        for (unsigned i = 0; i < SCRIB_NSEMS; i++) {
+                                int value = -2;
+
+                                ck_assert_int_eq(shmb_status_semaphore(l, 0, i, &value, NULL, NULL, NULL), 0);
+                                ck_assert_msg(value >= 0 && value <= SEM_VALUE_MAX, "seed %llu: status value %d",
+                                              (unsigned long long) scrib_seed, value);
+                        }
+                        shmb_status_free(l);
+                }
+
+                /* A wait for ever on a value kept 0 (its other words scribbled on), asleep, then the removal. */
+                w.ch = ch;
+                w.idx = (unsigned) (scrib_rand() % SCRIB_NSEMS);
+                __atomic_store_n((uint32_t *) (void *) &s.f[w.idx]->sem + (__BYTE_ORDER == __BIG_ENDIAN), 0,
+                                 __ATOMIC_RELAXED);
+                ck_assert_int_eq(pthread_create(&t, NULL, forever_wait, &w), 0);
+                for (int asleep = 0; asleep < 5; usleep(1000)) {
+                        pid_t tid = __atomic_load_n(&w.tid, __ATOMIC_ACQUIRE);
+
+                        ck_assert_msg(__atomic_load_n(&w.result, __ATOMIC_RELAXED) == 1, "seed %llu: the wait for ever "
+                                      "returned %d", (unsigned long long) scrib_seed, w.result);
+                        asleep = tid && test_task_state(getpid(), tid) == 'S' ? asleep + 1 : 0;
+                }
+                for (int k = 0; k < 4; k++) {
+                        uint64_t d = (uint64_t) (scrib_rand() & 1 ? 0 : UINT32_MAX) << 32;
+
+                        __atomic_store_n((uint64_t *) (void *) &s.f[w.idx]->sem, d, __ATOMIC_RELAXED);
+                }
+                removed_ms = test_now_ms();
+                if (last) {
+                        shmb_disconnect(c);
+                        c = NULL;
+                        test_daemon_stop_ok(&td);
+                        td.pid = -1;
+                } else
+                        scrib_reload(c, false);
+                ck_assert_int_eq(clock_gettime(CLOCK_REALTIME, &until), 0);
+                until.tv_sec += WAIT_MS / 1000;
+                ck_assert_msg(pthread_timedjoin_np(t, NULL, &until) == 0, "seed %llu, phase %d: the wait for ever "
+                              "outlived the removal", (unsigned long long) scrib_seed, phase);
+                ck_assert_msg(w.result == -EIDRM, "seed %llu, phase %d: the wait for ever: %s",
+                              (unsigned long long) scrib_seed, phase, shmb_strerror(w.result));
+                ck_assert_msg(w.returned_ms - removed_ms < REMOVAL_MS, "seed %llu: the wait for ever returned %lld ms "
+                              "after the removal", (unsigned long long) scrib_seed, (long long) (w.returned_ms - removed_ms));
+                for (unsigned i = 0; i < SCRIB_NSEMS; i++)
+                        ck_assert_int_eq(munmap(s.f[i], sizeof *s.f[i]), 0);
+                ck_assert_int_eq(shmb_channel_check(ch), -EIDRM);
+                ck_assert_int_eq(shmb_close(ch), 0);
+        }
+        for (int op = 0; op < 3; op++) {
+                printf("scribbler seed %llu: %s:", (unsigned long long) scrib_seed, op_names[op]);
+                for (int e = 0; e < 140; e++)
+                        if (errs[op][e])
+                                printf(" %d %llu", -e, errs[op][e]);
+                printf("\n");
+        }
+        printf("scribbler seed %llu: %llu calls\n", (unsigned long long) scrib_seed, calls);
+}
+END_TEST
+
 START_TEST(test_killed_lock_holder_does_not_keep_the_lock) {
         shmb_channel *ch = must_open("lock", SHMB_RW);
         int ready[2];
@@ -1685,6 +1930,7 @@ int main(void) {
                                              test_reservation_survives_a_new_token_at_a_rejoin,
                                              test_reservation_survives_two_new_tokens } },
                 { "ctl", CASE_TIMEOUT, { test_shmbrokerctl_shows_kind_and_names } },
+                { "scribbler", CASE_TIMEOUT, { test_seeded_scribbler_on_semaphore_files } },
                 { "semvmx", CASE_TIMEOUT, { test_post_past_semvmx_is_erange_as_on_system_v } },
                 { "status-sem-name", CASE_TIMEOUT, { test_status_sem_name_is_the_user_semaphore_of_a_ring } },
                 { "channel-fd", CASE_TIMEOUT, { test_channel_fd_wakes_on_a_message_from_another_process,
