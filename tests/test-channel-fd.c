@@ -543,6 +543,44 @@ START_TEST(test_abort_wakes_the_waiter_behind_it) {
 END_TEST
 
 /*
+ * libshmbroker(3), -EAGAIN: a receive with a timeout of 0 that walked
+ * 16384 positions already done without reaching a message "keeps what it
+ * walked, and its descriptor stays readable, so call again". Any rw opener
+ * can make such a walk: head written far ahead, every slot saying "done".
+ * An event loop that waits on the descriptor after that -EAGAIN must be
+ * woken at once, not after the descriptor's 1 s bound: counted as the
+ * bytes in its FIFOs, not its readiness (wakeup_bytes()).
+ */
+START_TEST(test_walk_cut_short_leaves_the_descriptor_readable) {
+        shmb_channel *ch = NULL;
+        uint64_t far = UINT64_C(1) << 40, tail;
+        RingHeader *h;
+        char buf[64];
+        int fd;
+
+        ck_assert_int_eq(shmb_open_channel(NULL, "r2", SHMB_RW, &ch), 0);
+        fd = shmb_channel_fd(ch);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_int_eq(wakeup_bytes(fd), 0);
+        h = shmb_channel_addr(ch);
+        __atomic_store_n(&h->head, far, __ATOMIC_SEQ_CST);
+        for (uint64_t i = 0; i < 4; i++)
+                __atomic_store_n(&ring_slot_at(h, i)->seq, far + i, __ATOMIC_SEQ_CST);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
+        tail = __atomic_load_n(&h->tail, __ATOMIC_SEQ_CST);
+        ck_assert_msg(tail > 0 && tail < far, "the walk did not stop part way: tail %" PRIu64, tail);
+        ck_assert_msg(wakeup_bytes(fd) > 0, "a walk cut short at tail %" PRIu64 " left the descriptor to sleep",
+                      tail);
+        /* Called again, the walk goes on from where it stopped. */
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_uint_gt(__atomic_load_n(&h->tail, __ATOMIC_SEQ_CST), tail);
+        ck_assert_int_gt(wakeup_bytes(fd), 0);
+        shmb_close(ch);
+}
+END_TEST
+
+/*
  * A sender that cannot reach the data FIFO (gone from under its name; its
  * handle has not opened it yet) leaves the receiver's wake-up for a
  * sender that can: the ring's counterpart of
@@ -1715,7 +1753,8 @@ int main(void) {
                 { "hostile", CASE_TIMEOUT, { test_fifo_closed_under_the_brokers_write_spares_it,
                                              test_cleared_flag_does_not_strand_an_event_loop_receiver,
                                              test_cleared_flag_does_not_strand_an_event_loop_sender,
-                                             test_unreachable_fifo_keeps_the_wakeup_for_later } },
+                                             test_unreachable_fifo_keeps_the_wakeup_for_later,
+                                             test_walk_cut_short_leaves_the_descriptor_readable } },
                 { "example", CASE_TIMEOUT, { test_poll_example_receives_from_two_rings } },
                 { "example-idle", CASE_TIMEOUT, { test_example_receivers_give_up_after_10_s_idle } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_subscriber_and_publisher_wait_through_the_fd,

@@ -1425,6 +1425,26 @@ START_TEST(test_socket_group_taken_out_goes_back_to_the_directorys) {
 END_TEST
 
 /*
+ * shmbroker.json(5): a socket_group taken out "gives it back the group it
+ * had without one", the group bind() gave it, also when the daemon started
+ * with a socket_group: not the group the start gave it.
+ */
+START_TEST(test_socket_group_of_the_start_taken_out_goes_back_to_binds) {
+        struct stat st;
+
+        write_top_level(", \"socket_group\": 4243");
+        test_start_ok();
+        ck_assert_int_eq(stat(td.socket, &st), 0);
+        ck_assert_uint_eq(st.st_gid, 4243);
+
+        reload_top_level("");
+        ck_assert_int_eq(stat(td.socket, &st), 0);
+        ck_assert_msg(st.st_gid == getegid(), "group %u after the start's socket_group was taken out, not %u",
+                      (unsigned) st.st_gid, (unsigned) getegid());
+}
+END_TEST
+
+/*
  * control_set_socket_perms(): a failure after the first step has narrowed
  * the mode puts the old mode back as well as the old group, "so that it
  * changes nothing" (daemon.c, "the socket keeps the old ones"). From
@@ -3628,6 +3648,7 @@ int main(void) {
                                  test_socket_perms_failed_after_narrowing_restore_mode_and_group,
                                  test_socket_perms_at_reload_never_wider_than_both,
                                  test_socket_group_taken_out_goes_back_to_the_directorys,
+                                 test_socket_group_of_the_start_taken_out_goes_back_to_binds,
                                  test_socket_group_alone_applies_at_reload } },
                 { "refusals", CASE_TIMEOUT, { test_broken_config_changes_nothing, test_reload_needs_root_or_admin_group,
                                 test_kernel_limit_refused_whole, test_swap_at_kernel_limit_all_or_nothing,
