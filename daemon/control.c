@@ -1572,6 +1572,10 @@ static int set_bound_perms(const char *path, int fd, const struct stat *st, mode
         return (st->st_mode & 0777) != mode ? give_mode(path, fd, mode, msg, msg_size) : 0;
 }
 
+gid_t control_bound_group(const Control *c) {
+        return c->bound_path ? c->bound_gid : (gid_t) -1;
+}
+
 int control_set_socket_perms(Control *c, mode_t mode, gid_t group, char *msg, size_t msg_size) {
         _cleanup_(closep) int fd = -1;
         struct stat st;
@@ -1594,8 +1598,6 @@ int control_set_socket_perms(Control *c, mode_t mode, gid_t group, char *msg, si
         }
         if (st.st_dev != c->bound_dev || st.st_ino != c->bound_ino)
                 goto stale;
-        if (group == (gid_t) -1)
-                group = c->bound_gid;
         /*
          * The socket listens meanwhile, and connect() is judged by its mode
          * and group at that moment: first only the bits both the old and
@@ -1608,7 +1610,7 @@ int control_set_socket_perms(Control *c, mode_t mode, gid_t group, char *msg, si
         r = narrow != (st.st_mode & 0777) ? give_mode(c->bound_path, fd, narrow, msg, msg_size) : 0;
         if (r < 0)
                 return r;
-        if (group != st.st_gid) {
+        if (group != (gid_t) -1 && group != st.st_gid) {
                 if (fchownat(fd, "", (uid_t) -1, group, AT_EMPTY_PATH) < 0) {
                         r = -errno;
                         msg_set(msg, msg_size, "cannot give %s group %u (socket_group): %s", c->bound_path,

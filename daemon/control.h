@@ -50,10 +50,8 @@ int control_remove_stale_socket(const char *path, bool own_only, char *msg, size
 int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char *msg, size_t msg_size);
 
 /*
- * Give the socket control_listen() bound `mode` and `group`, as a reload
- * asks; (gid_t) -1 is the group bind() gave it (the daemon's, or a
- * set-group-ID directory's), as at a start without socket_group. Only
- * while its path still names that very
+ * Give the socket control_listen() bound `mode`, and `group` unless it is
+ * (gid_t) -1, as a reload asks: only while its path still names that very
  * socket, and never wider meanwhile than both the old and the new ones
  * allow (it listens). 0; -ESTALE (nothing changed) when the path names
  * another file now or nothing; -EOPNOTSUPP for a socket systemd passed,
@@ -61,6 +59,13 @@ int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char 
  * group put back (msg says if that failed too). msg says which.
  */
 int control_set_socket_perms(Control *c, mode_t mode, gid_t group, char *msg, size_t msg_size);
+
+/*
+ * The group bind() gave the socket control_listen() bound (the daemon's,
+ * or a set-group-ID directory's): what a config without socket_group
+ * means. (gid_t) -1 for a socket systemd passed.
+ */
+gid_t control_bound_group(const Control *c);
 
 /*
  * Serve on a listening socket systemd passed us (socket activation). It is

@@ -685,7 +685,9 @@ static void notify_status(Daemon *d) {
  * (control.h). Either is logged, and the rest of the reload stands.
  */
 static void reload_socket_perms(Daemon *d, const Config *cfg) {
-        gid_t group = cfg->has_socket_group ? cfg->socket_group : (gid_t) -1;
+        /* No socket_group, as before: the group is left as it is (an admin may have changed it by hand). */
+        gid_t group = cfg->has_socket_group ? cfg->socket_group :
+                      d->socket_group == (gid_t) -1 ? (gid_t) -1 : control_bound_group(d->control);
         char msg[512];
         int r;
 
@@ -695,14 +697,13 @@ static void reload_socket_perms(Daemon *d, const Config *cfg) {
         /* The unit's say is no failure to try again: logged once per change. */
         if (r >= 0 || r == -EOPNOTSUPP) {
                 d->socket_mode = cfg->socket_mode;
-                d->socket_group = group;
+                d->socket_group = cfg->has_socket_group ? group : (gid_t) -1;
         }
         if (r < 0)
                 log_warning("Reload: socket_mode or socket_group changed, but the socket keeps the old ones: %s.",
                             msg);
         else if (group == (gid_t) -1)
-                log_info("Reload: the socket now has mode %04o and the group it was bound with.",
-                         (unsigned) cfg->socket_mode);
+                log_info("Reload: the socket now has mode %04o.", (unsigned) cfg->socket_mode);
         else
                 log_info("Reload: the socket now has mode %04o and group %u.", (unsigned) cfg->socket_mode,
                          (unsigned) group);

@@ -1445,6 +1445,25 @@ START_TEST(test_socket_group_of_the_start_taken_out_goes_back_to_binds) {
 END_TEST
 
 /*
+ * Without socket_group in the old config or the new, a reload that
+ * changes only socket_mode leaves the socket's group alone: an admin who
+ * gave it another group by hand keeps it, as before socket_group could
+ * be taken out at a reload.
+ */
+START_TEST(test_socket_mode_change_leaves_a_hand_set_group) {
+        struct stat st;
+
+        write_top_level("");
+        test_start_ok();
+        ck_assert_int_eq(chown(td.socket, (uid_t) -1, 4246), 0);
+        reload_top_level(", \"socket_mode\": \"0660\"");
+        ck_assert_int_eq(stat(td.socket, &st), 0);
+        ck_assert_uint_eq(st.st_mode & 0777, 0660);
+        ck_assert_msg(st.st_gid == 4246, "group %u after a reload that changed only the mode", (unsigned) st.st_gid);
+}
+END_TEST
+
+/*
  * control_set_socket_perms(): a failure after the first step has narrowed
  * the mode puts the old mode back as well as the old group, "so that it
  * changes nothing" (daemon.c, "the socket keeps the old ones"). From
@@ -3648,6 +3667,7 @@ int main(void) {
                                  test_socket_perms_failed_after_narrowing_restore_mode_and_group,
                                  test_socket_perms_at_reload_never_wider_than_both,
                                  test_socket_group_taken_out_goes_back_to_the_directorys,
+                                 test_socket_mode_change_leaves_a_hand_set_group,
                                  test_socket_group_of_the_start_taken_out_goes_back_to_binds,
                                  test_socket_group_alone_applies_at_reload } },
                 { "refusals", CASE_TIMEOUT, { test_broken_config_changes_nothing, test_reload_needs_root_or_admin_group,
