@@ -387,15 +387,17 @@ static void conn_drop_holds(Conn *conn) {
                 return;
         /*
          * A watch is a pidfd of ours that outlives the connection, so no
-         * connection limit counts it: as many per uid as its connections
-         * may be (each of those may hold a pidfd too), past which the
-         * tokens end with the connection, as without a pidfd.
+         * connection limit counts it: as many per uid, and in all, as
+         * connections may be (each of those may hold a pidfd too), past
+         * which the tokens end with the connection, as without a pidfd.
          */
-        r = exit_watch_add(exits, &orphans, uid, conn->control->conns_per_uid);
+        r = exit_watch_add(exits, &orphans, uid, conn->control->conns_per_uid,
+                           conn->control->limits->connections_max);
         if (r == -EUSERS)
                 log_client(LOG_INFO, "Client pid %d (uid %u) closed its connection holding ring holder tokens, but "
-                           "%zu processes of that uid are watched already; its tokens end with its connection.",
-                           (int) pid, (unsigned) uid, conn->control->conns_per_uid);
+                           "as many processes as are watched at most (%zu of one uid, %zu in all) are watched "
+                           "already; its tokens end with its connection.", (int) pid, (unsigned) uid,
+                           conn->control->conns_per_uid, (size_t) conn->control->limits->connections_max);
         else if (r < 0)
                 log_warning("Failed to watch process %d for its exit: %s; its holder tokens end with its connection.",
                             (int) pid, strerror(-r));

@@ -159,7 +159,7 @@ static int watch_new(ExitWatch *w, ClientOrphans *o, uid_t uid) {
         return 0;
 }
 
-int exit_watch_add(ExitWatch *w, ClientOrphans *o, uid_t uid, size_t max_per_uid) {
+int exit_watch_add(ExitWatch *w, ClientOrphans *o, uid_t uid, size_t max_per_uid, size_t max) {
         pid_t pid = o->pid;
         size_t n = o->n, of_uid;
         Watch *same;
@@ -171,8 +171,11 @@ int exit_watch_add(ExitWatch *w, ClientOrphans *o, uid_t uid, size_t max_per_uid
         }
         same = prune_and_find(w, pid, uid, &of_uid);
         r = same ? watch_merge(same, o) : -ENOENT;
-        /* Each watch is a descriptor of ours: one uid's may not take those everyone else needs. */
-        if (r < 0 && of_uid >= max_per_uid)
+        /*
+         * Each watch is a descriptor of ours: one uid's may not take those
+         * everyone else needs, nor may many uids' together.
+         */
+        if (r < 0 && (of_uid >= max_per_uid || w->n >= max))
                 r = -EUSERS;
         else if (r < 0)
                 r = watch_new(w, o, uid);

@@ -49,7 +49,7 @@ ExitWatch *exit_watch_free(ExitWatch *w);
  * every case (*o is CLIENT_ORPHANS_NULL after). 0, or a negative errno
  * when no watch could be had: then the orphans were ended at once, as a
  * connection without a pidfd ends its tokens. -EUSERS: uid has
- * max_per_uid processes watched already (a process watched already
- * still gets its new orphans watched).
+ * max_per_uid processes watched already, or all uids together max (a
+ * process watched already still gets its new orphans watched).
  */
-int exit_watch_add(ExitWatch *w, ClientOrphans *o, uid_t uid, size_t max_per_uid);
+int exit_watch_add(ExitWatch *w, ClientOrphans *o, uid_t uid, size_t max_per_uid, size_t max);

@@ -46,6 +46,7 @@
 #include <linux/ptrace.h>
 
 #include "proto/proto.h"
+#include "proto/ring.h"
 #include "tests/helpers.h"
 
 #ifndef SO_PASSRIGHTS
@@ -820,6 +821,82 @@ START_TEST(test_closed_holders_of_one_uid_leave_descriptors_for_others) {
         close(root);
         child_go(&c);
         child_finish(&c);
+        assert_daemon_alive();
+}
+END_TEST
+
+/* A process of uid (userdata) that opens the ring rw, closes its connection, says 'y' and lives until told. */
+typedef struct SpreadOrphan {
+        const char *sock;
+        uid_t uid;
+        int ready, hold;
+} SpreadOrphan;
+
+static void spread_orphan(void *userdata) {
+        const SpreadOrphan *o = userdata;
+
+        test_drop_privileges(o->uid, o->uid, 0);
+        orphan_holder(o->sock, o->ready, o->hold);
+}
+
+/* The ring's holder entries that are live, read from its header as any attacher may. */
+static unsigned live_ring_holders(int shm_id) {
+        const RingHeader *h = shmat(shm_id, NULL, SHM_RDONLY);
+        unsigned live = 0;
+
+        ck_assert_ptr_ne(h, (void *) -1);
+        for (uint32_t i = 0; i < RING_HOLDERS; i++)
+                live += (uint32_t) __atomic_load_n(&ring_holder_at(h, i)->word, __ATOMIC_SEQ_CST) == RING_HOLDER_LIVE;
+        ck_assert_int_eq(shmdt(h), 0);
+        return live;
+}
+
+/*
+ * The exit watches of processes whose connections closed while their ring
+ * tokens live on are capped in all, not only per uid: many uids, each far
+ * below its share, may not together take every descriptor the daemon has.
+ * With connections_max 3, four processes of four uids: three stay watched
+ * (their tokens live), the fourth's token ends with its connection.
+ */
+START_TEST(test_closed_holders_of_many_uids_are_capped_in_all) {
+        int ready[2], hold[2], shm_id, c;
+        pid_t pids[4];
+        json_t *v;
+
+        start_with("\"limits\": {\"connections_max\": 3},", "[{\"name\": \"ring\", \"layout\": \"ring\", "
+                   "\"slot_size\": 64, \"slots\": 4, \"mode\": \"0666\"}]");
+        c = test_connect(td.socket);
+        v = test_request(c, "{\"op\":\"status\",\"channel\":\"ring\"}");
+        shm_id = (int) test_jint(test_find_channel(v, "ring"), "shm_id");
+        json_decref(v);
+        close(c);
+        ck_assert_int_eq(pipe(ready), 0);
+        ck_assert_int_eq(pipe(hold), 0);
+        for (int i = 0; i < 4; i++) {
+                SpreadOrphan o = { .sock = td.socket, .uid = (uid_t) (4301 + i), .ready = ready[1], .hold = hold[0] };
+                char b;
+
+                pids[i] = fork();
+                ck_assert_int_ge(pids[i], 0);
+                if (pids[i] == 0) {
+                        close(ready[0]);
+                        close(hold[1]);
+                        spread_orphan(&o);
+                }
+                ck_assert_int_eq(read(ready[0], &b, 1), 1);
+                ck_assert_msg(b == 'y', "uid %d could not open the ring", 4301 + i);
+                /* Its close seen: a request after it on another connection is answered after it. */
+                c = test_connect(td.socket);
+                request_ok(c, "{\"op\":\"list\"}");
+                close(c);
+        }
+        ck_assert_uint_eq(live_ring_holders(shm_id), 3);
+        close(hold[1]);
+        for (int i = 0; i < 4; i++)
+                ck_assert_int_eq(waitpid(pids[i], NULL, 0), pids[i]);
+        close(ready[0]);
+        close(ready[1]);
+        close(hold[0]);
         assert_daemon_alive();
 }
 END_TEST
@@ -3087,8 +3164,9 @@ int main(void) {
                                             test_refusal_at_accept_ends_in_eof_after_a_request,
                                             test_admin_reserve_not_used_up_by_its_own_clients,
                                             test_admin_reserve_follows_a_reloaded_admin_group,
-                                            test_closed_holders_of_one_uid_leave_descriptors_for_others,
                                             test_request_timeout, test_request_timeout_restarts_per_line } },
+                { "watch-cap", CASE_TIMEOUT, { test_closed_holders_of_one_uid_leave_descriptors_for_others,
+                                               test_closed_holders_of_many_uids_are_capped_in_all } },
                 { "slow-reader", HEAVY_TIMEOUT, { test_slow_reader, test_stalled_reader_not_timed_out,
                                                     test_pipelined_burst_answered, test_unread_close_drops_holds,
                                                     test_many_connections_of_one_uid_share_a_turn,
