@@ -512,7 +512,10 @@ class Channel:
         sem_wait(). On a posix channel the lock is a robust mutex that
         belongs to the thread that took it (unlock() it in that thread); no
         signal interrupts its wait, which goes in slices of 50 ms, so a
-        signal's Python handler (Ctrl-C) runs within 50 ms.
+        signal's Python handler (Ctrl-C) runs within 50 ms. It lives in a
+        file every rw opener may write, and a writer can aim its links so
+        that the holder's unlock() writes into the holder's memory: use a
+        posix channel's lock only among users who trust each other.
         """
         handle, base = self._live()
         i = _index(i)
