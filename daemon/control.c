@@ -1515,23 +1515,36 @@ int control_remove_stale_socket(const char *path, bool own_only, char *msg, size
 }
 
 /*
- * The socket bind() just made at path, as a descriptor of that very file
- * (O_PATH, in *ret_fd) and its fstat() in *ret: its directory may be
- * another user's to write, who could have put a link to some other file
- * at the path since. Everything after goes through the descriptor.
+ * The socket at path, as a descriptor of that very file (O_PATH, in
+ * *ret_fd) and its fstat() in *ret: its directory may be another user's to
+ * write, who could have put a link to some other file at the path since.
+ * Everything after goes through the descriptor. c NULL: right after bind(),
+ * the file must be a socket of ours; else the one c bound (device and
+ * inode), and -ESTALE when the path names another file or nothing.
  */
-static int open_bound(const char *path, int *ret_fd, struct stat *ret, char *msg, size_t msg_size) {
+static int open_bound(const char *path, const Control *c, int *ret_fd, struct stat *ret, char *msg,
+                      size_t msg_size) {
         _cleanup_(closep) int fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        bool gone;
         int r;
 
         if (fd < 0 || fstat(fd, ret) < 0) {
                 r = -errno;
-                msg_set(msg, msg_size, "cannot examine %s after binding it: %s", path, strerror(-r));
-                return r;
-        }
-        if (!S_ISSOCK(ret->st_mode) || ret->st_uid != self_euid()) {
-                msg_set(msg, msg_size, "%s was replaced right after it was bound; is its directory writable by "
-                        "others?", path);
+                if (!c || (r != -ENOENT && r != -ELOOP)) {
+                        msg_set(msg, msg_size, "cannot examine %s%s: %s", path, c ? "" : " after binding it",
+                                strerror(-r));
+                        return r;
+                }
+                gone = true;
+        } else
+                gone = c ? ret->st_dev != c->bound_dev || ret->st_ino != c->bound_ino :
+                           !S_ISSOCK(ret->st_mode) || ret->st_uid != self_euid();
+        if (gone) {
+                if (c)
+                        msg_set(msg, msg_size, "%s is no longer the socket this daemon bound", path);
+                else
+                        msg_set(msg, msg_size, "%s was replaced right after it was bound; is its directory "
+                                "writable by others?", path);
                 return -ESTALE;
         }
         *ret_fd = TAKE_FD(fd);
@@ -1581,8 +1594,8 @@ gid_t control_bound_group(const Control *c) {
 int control_set_socket_perms(Control *c, mode_t mode, gid_t group, char *msg, size_t msg_size) {
         _cleanup_(closep) int fd = -1;
         struct stat st;
-        mode_t narrow;
-        bool chowned = false;
+        mode_t old, narrow;
+        bool chowned = false, undone;
         int r;
 
         if (!c->bound_path) {
@@ -1590,16 +1603,9 @@ int control_set_socket_perms(Control *c, mode_t mode, gid_t group, char *msg, si
                 return -EOPNOTSUPP;
         }
         /* Through a descriptor of the file now at the path, as at the bind: never a link to another. */
-        fd = open(c->bound_path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-        if (fd < 0 || fstat(fd, &st) < 0) {
-                r = -errno;
-                if (r == -ENOENT || r == -ELOOP)
-                        goto stale;
-                msg_set(msg, msg_size, "cannot examine %s: %s", c->bound_path, strerror(-r));
+        r = open_bound(c->bound_path, c, &fd, &st, msg, msg_size);
+        if (r < 0)
                 return r;
-        }
-        if (st.st_dev != c->bound_dev || st.st_ino != c->bound_ino)
-                goto stale;
         /*
          * The socket listens meanwhile, and connect() is judged by its mode
          * and group at that moment: first only the bits both the old and
@@ -1607,9 +1613,10 @@ int control_set_socket_perms(Control *c, mode_t mode, gid_t group, char *msg, si
          * one may connect in between whom neither would let. A failure puts
          * the old ones back, so that it changes nothing, as the log says.
          */
+        old = st.st_mode & 0777;
         mode &= 0777;
-        narrow = st.st_mode & mode & 0777;
-        r = narrow != (st.st_mode & 0777) ? give_mode(c->bound_path, fd, narrow, msg, msg_size) : 0;
+        narrow = old & mode;
+        r = narrow != old ? give_mode(c->bound_path, fd, narrow, msg, msg_size) : 0;
         if (r < 0)
                 return r;
         if (group != (gid_t) -1 && group != st.st_gid) {
@@ -1622,18 +1629,17 @@ int control_set_socket_perms(Control *c, mode_t mode, gid_t group, char *msg, si
                 chowned = true;
         }
         r = mode != narrow ? give_mode(c->bound_path, fd, mode, msg, msg_size) : 0;
-        if (r < 0)
-                goto undo;
-        return 0;
+        if (r >= 0)
+                return 0;
 undo:
-        if ((chowned && fchownat(fd, "", (uid_t) -1, st.st_gid, AT_EMPTY_PATH) < 0) ||
-            (narrow != (st.st_mode & 0777) && give_mode(c->bound_path, fd, st.st_mode & 0777, NULL, 0) < 0))
+        /* Both, whichever fails: a group put back under a mode left narrow would still be half a change. */
+        undone = !chowned || fchownat(fd, "", (uid_t) -1, st.st_gid, AT_EMPTY_PATH) >= 0;
+        if (narrow != old && give_mode(c->bound_path, fd, old, NULL, 0) < 0)
+                undone = false;
+        if (!undone)
                 msg_set(msg + strlen(msg), msg_size - strlen(msg), "; and putting back mode %04o and group %u "
-                        "failed too: check it by hand", (unsigned) (st.st_mode & 0777), (unsigned) st.st_gid);
+                        "failed too: check it by hand", (unsigned) old, (unsigned) st.st_gid);
         return r;
-stale:
-        msg_set(msg, msg_size, "%s is no longer the socket this daemon bound", c->bound_path);
-        return -ESTALE;
 }
 
 int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char *msg, size_t msg_size) {
@@ -1661,7 +1667,7 @@ int control_listen(Control *c, const char *path, mode_t mode, gid_t group, char 
                 return r;
         }
         /* What bind() made: a stop unlinks the path only while it still names this file. */
-        r = open_bound(path, &bound, &st, msg, msg_size);
+        r = open_bound(path, NULL, &bound, &st, msg, msg_size);
         if (r < 0)
                 return r;
         r = refuse_descriptors(fd, msg, msg_size);

@@ -65,7 +65,7 @@ typedef struct Daemon {
         uint64_t watchdog_usec;         /* WatchdogSec=, from WATCHDOG_USEC (0: none) */
         /* What the socket was last given, not what the config last said: a refused change is tried again. */
         mode_t socket_mode;
-        gid_t socket_group;             /* (gid_t) -1: the group bind() gave it */
+        gid_t socket_group;             /* (gid_t) -1: none in the config, the group left as it is */
 } Daemon;
 
 /* Whether the state file records nothing alive (a failed read, or a line it cannot read, counts as something). */
@@ -678,14 +678,15 @@ static void notify_status(Daemon *d) {
  * socket_mode and socket_group at a reload: given to the socket at once,
  * as at the start, so that tightening who may connect needs no restart
  * (connections made already stay). A socket_group taken out goes back to
- * the group bind() gave it, as at a start without one. Compared with what the socket was
+ * the group bind() gave it, as at a start without one; with none before
+ * or after, the group is left as it is. Compared with what the socket was
  * given, not with the previous config: a change refused (the path names
  * another file for a while) is tried again by the next reload. A socket
  * systemd passed keeps what its unit gave it; a failure keeps the old ones
  * (control.h). Either is logged, and the rest of the reload stands.
  */
 static void reload_socket_perms(Daemon *d, const Config *cfg) {
-        /* No socket_group, as before: the group is left as it is (an admin may have changed it by hand). */
+        /* An admin may have changed the group by hand: only taking socket_group out gives bind()'s back. */
         gid_t group = cfg->has_socket_group ? cfg->socket_group :
                       d->socket_group == (gid_t) -1 ? (gid_t) -1 : control_bound_group(d->control);
         char msg[512];

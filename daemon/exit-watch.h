@@ -23,7 +23,7 @@
  * processes that each open a ring and close their connection are as many
  * watches, and descriptors, as their user runs: no connection limit
  * counts them once the connections are gone, so exit_watch_add() counts
- * them per uid.
+ * them, per uid and in all.
  */
 
 #include <stddef.h>
