@@ -33,21 +33,28 @@ static int take_fd(ClientFds *fds, unsigned i) {
         return fd;
 }
 
-/* Map one semaphore file: a PosixSemFile of the layout this library speaks (-EPROTO otherwise). */
-static int map_sem(shmb_channel *ch, int fd, PosixSemFile **ret) {
+/* What a semaphore file of ch maps: semaphore 0's of a raw channel has its lock tokens' table too. */
+static size_t sem_size(const shmb_channel *ch, unsigned idx) {
+        return psem_file_size(ch->info.layout == SHMB_LAYOUT_RAW ? PROTO_LAYOUT_RAW : PROTO_LAYOUT_RING, idx);
+}
+
+/* Map semaphore file idx: a PosixSemFile of the layout this library speaks (-EPROTO otherwise). */
+static int map_sem(shmb_channel *ch, int fd, unsigned idx, PosixSemFile **ret) {
         int prot = ch->access == SHMB_RO ? PROT_READ : PROT_READ | PROT_WRITE;
+        size_t size = sem_size(ch, idx);
         struct stat st;
         PosixSemFile *f;
 
         if (fstat(fd, &st) < 0)
                 return -errno;
-        if (!S_ISREG(st.st_mode) || st.st_size < (off_t) sizeof *f)
+        /* Never less: a holder table read past the file's end would be a SIGBUS. */
+        if (!S_ISREG(st.st_mode) || st.st_size < (off_t) size)
                 return -EPROTO;
-        f = mmap(NULL, sizeof *f, prot, MAP_SHARED, fd, 0);
+        f = mmap(NULL, size, prot, MAP_SHARED, fd, 0);
         if (f == MAP_FAILED)
                 return -errno;
         if (__atomic_load_n(&f->magic, __ATOMIC_ACQUIRE) != PSEM_MAGIC || f->version != PSEM_VERSION) {
-                (void) munmap(f, sizeof *f);
+                (void) munmap(f, size);
                 return -EPROTO;
         }
         *ret = f;
@@ -89,7 +96,7 @@ int posix_map(shmb_channel *ch, const ProtoChannel *pc, ClientFds *fds) {
         if (!ch->psems)
                 return -ENOMEM;
         for (unsigned i = 0; i < pc->nsems; i++, next++) {
-                r = map_sem(ch, fds->fd[next], &ch->psems[i]);
+                r = map_sem(ch, fds->fd[next], i, &ch->psems[i]);
                 if (r < 0) {
                         client_set_message(ch->client, "channel \"%s\": its semaphore file %u is not one this "
                                            "library can use", ch->info.name, i);
@@ -103,7 +110,7 @@ void posix_unmap(shmb_channel *ch) {
         if (ch->psems) {
                 for (unsigned i = 0; i < ch->info.set_nsems; i++)
                         if (ch->psems[i])
-                                (void) munmap(ch->psems[i], sizeof *ch->psems[i]);
+                                (void) munmap(ch->psems[i], sem_size(ch, i));
                 free(ch->psems);
                 ch->psems = NULL;
         }

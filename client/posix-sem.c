@@ -13,20 +13,27 @@
  * even if a foreign program took the broker's post, and so is one nobody
  * marked (the files removed while the broker was away).
  *
- * shmb_lock() is the file's robust process-shared mutex, not the
- * semaphore: POSIX semaphores have no SEM_UNDO, and a robust mutex is
- * what the kernel hands on when its holder dies (EOWNERDEAD). As with
- * System V's SEM_UNDO, the next locker is then simply given the lock.
+ * shmb_lock() takes the file's lock word, not the semaphore (POSIX
+ * semaphores have no SEM_UNDO): it stores the handle's holder token there
+ * (proto/posix.h). A locker that finds the word naming a token the broker
+ * marked DEAD takes it over, as System V's SEM_UNDO gives a dead holder's
+ * lock to the next locker. The word is only a number compared with the
+ * table: whatever a writer puts in it, no call stores anywhere but in it.
  */
 
 #include <errno.h>
-#include <pthread.h>
 #include <semaphore.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <stdint.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "client/shmbroker-internal.h"
+#include "proto/broadcast.h"
 #include "proto/posix.h"
+#include "proto/ring.h"
 #include "proto/sem-t.h"
 
 /* The highest value a System V semaphore takes (the kernel's SEMVMX, which no header exports). */
@@ -110,70 +117,93 @@ int posix_sem_post(shmb_channel *ch, unsigned idx) {
         return r == -EOVERFLOW ? -ERANGE : r;
 }
 
-/*
- * Whether the lock is still of the kind the broker made. glibc takes a
- * mutex's kind from its words, here in a file every rw opener may write,
- * and aborts on some (a priority-inheriting robust mutex whose owner word
- * names no thread fails "Assertion e != ESRCH || !robust"). With the kind
- * the broker made, the other words only make a lock wait or fail (a probe
- * of 3000 random fillings: no abort, no wait past its timeout). So a call
- * refuses any other kind; a writer that rewrites it in the instant between
- * this look and glibc's can still end a locker (libshmbroker(3)).
- */
-static bool lock_kind_ok(const PosixSemFile *f) {
-#ifdef __GLIBC__
-        static int expected = -1;       /* the kind psem_lock_init() gives, asked once */
-        int k = __atomic_load_n(&expected, __ATOMIC_RELAXED);
-
-        if (k < 0) {
-                pthread_mutex_t m;
-
-                if (psem_lock_init(&m) != 0)
-                        return true;    /* cannot tell: as before */
-                k = m.__data.__kind;
-                (void) pthread_mutex_destroy(&m);
-                __atomic_store_n(&expected, k, __ATOMIC_RELAXED);
+/* The holder table that the tokens in ch's lock words are from (proto/posix.h), and its entries. */
+static const RingHolder *lock_holders(const shmb_channel *ch, uint32_t *ret_n) {
+        if (ch->info.layout == SHMB_LAYOUT_RING) {
+                *ret_n = RING_HOLDERS;
+                return ring_holder_at(ch->addr, 0);
         }
-        return __atomic_load_n(&f->lock.__data.__kind, __ATOMIC_RELAXED) == k;
-#else
-        (void) f;
-        return true;
-#endif
+        if (ch->info.layout == SHMB_LAYOUT_BROADCAST) {
+                *ret_n = BCAST_PUBLISHERS;
+                return bcast_publisher_at(ch->addr, 0);
+        }
+        *ret_n = PSEM_HOLDERS;
+        return psem_holders_at(ch->psems[0]);
+}
+
+/* Sleep while f's lock word is w, until `at` on CLOCK_MONOTONIC: 0, -ETIMEDOUT or -EINTR. */
+static int lock_sleep(PosixSemFile *f, uint32_t w, const struct timespec *at) {
+        int r = 0;
+
+        /* Counted in first, and both sides sequentially consistent: an unlock that cleared the word sees us and wakes. */
+        (void) __atomic_fetch_add(&f->lock_waiters, 1, __ATOMIC_SEQ_CST);
+        if (syscall(SYS_futex, &f->lock, FUTEX_WAIT_BITSET, w, at, NULL, FUTEX_BITSET_MATCH_ANY) < 0 &&
+            errno != EAGAIN)
+                r = -errno;
+        (void) __atomic_fetch_sub(&f->lock_waiters, 1, __ATOMIC_RELAXED);
+        return r;
+}
+
+/*
+ * Give the lock back: only a word that names this handle's hold is ours
+ * to clear. Then wake the sleepers, if the count says there are any.
+ */
+static int lock_clear(shmb_channel *ch, PosixSemFile *f) {
+        uint32_t w = __atomic_load_n(&f->lock, __ATOMIC_RELAXED);
+
+        if (w == 0 || !channel_token_is_mine(ch, w) ||
+            !__atomic_compare_exchange_n(&f->lock, &w, 0, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+                return -EPERM;
+        if (__atomic_load_n(&f->lock_waiters, __ATOMIC_SEQ_CST) != 0)
+                psem_lock_wake(f);
+        return 0;
 }
 
 int posix_lock(shmb_channel *ch, unsigned idx, int timeout_ms) {
         PosixSemFile *f = ch->psems[idx];
         int64_t deadline = deadline_of(timeout_ms);
+        uint32_t n, lost = 0;
+        const RingHolder *table = lock_holders(ch, &n);
 
+        /* The lock is the hold's, and a child of fork(2) shares its parent's: it could not be told from it. */
+        if (client_inherited(ch->client))
+                return -ECHILD;
         if (removed(f))
                 return -EIDRM;
         for (;;) {
-                struct timespec ts = slice_end(deadline);
+                /* Read each time: a rejoin after a broker restart may have given the hold another. */
+                uint32_t token = channel_token(ch), w = __atomic_load_n(&f->lock, __ATOMIC_RELAXED);
+                struct timespec ts;
                 int r;
 
-                if (!lock_kind_ok(f))
-                        return -EPROTO;
-                r = timeout_ms == 0 ? pthread_mutex_trylock(&f->lock) :
-                                          pthread_mutex_clocklock(&f->lock, CLOCK_MONOTONIC, &ts);
-
-                /* Its holder died holding it: ours now, made usable again (what SEM_UNDO gives System V). */
-                if (r == EOWNERDEAD) {
-                        r = pthread_mutex_consistent(&f->lock);
-                        if (r != 0) {
-                                (void) pthread_mutex_unlock(&f->lock);
-                                return -r;
+                /*
+                 * A hold the broker counts as gone (it had no pidfd of us when our
+                 * connection ended) would have the lock taken from under it: it
+                 * locks nothing until it has a live token again.
+                 */
+                if (token == 0 || ring_holders_token_dead(table, n, token))
+                        return removed_now(ch, f) ? -EIDRM : -ENOTCONN;
+                /* Free, or its holder is gone (its token DEAD, or no token at all): ours, as SEM_UNDO gives System V's. */
+                if (w == 0 || (!channel_token_is_mine(ch, w) && ring_holders_token_dead(table, n, w))) {
+                        if (!__atomic_compare_exchange_n(&f->lock, &w, token, false, __ATOMIC_SEQ_CST,
+                                                         __ATOMIC_RELAXED)) {
+                                /* Only a writer that keeps changing the word makes this fail for long: it gets no spin past the timeout. */
+                                if (++lost % 1024 == 0 && (timeout_ms == 0 || client_now_ns() >= deadline))
+                                        return timeout_ms == 0 ? -EAGAIN : -ETIMEDOUT;
+                                continue;
                         }
-                }
-                if (r == 0) {
                         if (!removed(f))
                                 return 0;
-                        (void) pthread_mutex_unlock(&f->lock);
+                        (void) lock_clear(ch, f);
                         return -EIDRM;
                 }
-                if (r == EBUSY)
-                        return -EAGAIN;                 /* trylock: timeout_ms 0 */
-                if (r != ETIMEDOUT)
-                        return -r;
+                if (timeout_ms == 0)
+                        return -EAGAIN;
+                ts = slice_end(deadline);
+                r = lock_sleep(f, w, &ts);
+                /* EINTR: a signal ends the wait, as System V's does. */
+                if (r < 0 && r != -ETIMEDOUT)
+                        return removed_now(ch, f) ? -EIDRM : r;
                 if (removed_now(ch, f))
                         return -EIDRM;
                 if (client_now_ns() >= deadline)
@@ -185,10 +215,9 @@ int posix_unlock(shmb_channel *ch, unsigned idx) {
         PosixSemFile *f = ch->psems[idx];
         int r;
 
-        if (!lock_kind_ok(f))
-                return -EPROTO;
-        /* Given back whatever became of the channel, but a removal is told as on System V
-         * (and rather than -EPERM without the lock): what was written under it went nowhere. */
-        r = -pthread_mutex_unlock(&f->lock);
+        if (client_inherited(ch->client))
+                return -ECHILD;
+        /* Given back whatever became of the channel, but a removal is told as on System V: what was written under it went nowhere. */
+        r = lock_clear(ch, f);
         return removed(f) ? -EIDRM : r;
 }

@@ -1136,8 +1136,12 @@ Channel *channel_forget(Channel *c) {
         return NULL;
 }
 
-void channel_mark_removed(const Channel *c) {
-        if (!c || !c->addr)
+void channel_mark_removed(Channel *c) {
+        if (!c)
+                return;
+        if (c->spec.kind == PROTO_KIND_POSIX)
+                posix_objects_mark_removed(&c->posix);
+        if (!c->addr)
                 return;
         if (c->spec.layout == PROTO_LAYOUT_RING)
                 ring_mark_removed(c->addr);

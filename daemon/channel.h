@@ -215,8 +215,10 @@ bool channel_has_unnamed_holders(const Channel *c, size_t named);
 /*
  * Tell the clients of a ring or broadcast channel that it is going: store
  * REMOVED in its header and wake its futex sleepers (channel_free() does
- * it too). Called before anything else wakes its waiters, so that a waiter
- * woken for another reason never reads the channel as live again. Takes
- * NULL; idempotent.
+ * it too); and a posix channel's semaphore waiters and lockers, through
+ * its semaphore files' removal word. Called before anything else wakes its
+ * waiters, so that a waiter woken for another reason (a locker, for its
+ * own token's death) never reads the channel as live again. Takes NULL;
+ * idempotent.
  */
-void channel_mark_removed(const Channel *c);
+void channel_mark_removed(Channel *c);

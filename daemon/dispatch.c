@@ -141,7 +141,9 @@ static int answer_hold_refused(const Entry *e, const Client *cl, const ProtoRequ
                 return answer_error(EUSERS, ret_line, ret_len,
                                     "channel \"%s\" has %d rw holders already, the most a %s takes; "
                                     "try again when one has closed it", req->channel, RING_HOLDERS,
-                                    e->channel->spec.layout == PROTO_LAYOUT_BROADCAST ? "broadcast channel" : "ring");
+                                    e->channel->spec.layout == PROTO_LAYOUT_BROADCAST ? "broadcast channel" :
+                                    e->channel->spec.layout == PROTO_LAYOUT_RING ? "ring" :
+                                    "posix channel with semaphores (one lock token per rw holder)");
         }
         return r;
 }

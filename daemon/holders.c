@@ -40,6 +40,7 @@
 #include "common/util.h"
 #include "daemon/holders.h"
 #include "daemon/log.h"
+#include "daemon/posix.h"
 #include "daemon/proc-id.h"
 #include "daemon/wake.h"
 
@@ -264,6 +265,8 @@ void holders_wake_waiters(const Holders *hs) {
                 ring_wake_sleepers(hs->ring);
         if (hs->name)
                 wake_signal(hs->wake, hs->name);
+        if (hs->posix)
+                posix_objects_wake_lockers(hs->posix);
 }
 
 /* Mark entry i DEAD, keeping its generation. */

@@ -41,6 +41,8 @@ typedef struct Holders {
         /* Signalled when an entry goes DEAD (daemon/wake.h); both borrowed, may be NULL. */
         const struct Wake *wake;
         const char *name;
+        /* A posix channel's files, whose lock sleepers are woken too (posix_objects_wake_lockers()); borrowed, may be NULL. */
+        const struct PosixObjects *posix;
         uint32_t next;                  /* where the search for a DEAD entry to reuse starts */
         uint32_t n_orphans;             /* of both kinds */
         uint32_t n_watched;             /* of them, those with a cookie */

@@ -326,13 +326,10 @@ static StateRecord file_record(const PosixFile *f, const char *channel, int role
 /* A semaphore's file, as the library expects it (proto/posix.h); 0600 still. */
 static int sem_file_init(PosixFile *f, unsigned value) {
         PosixSemFile *s = f->addr;
-        int r;
 
+        /* The lock, its waiters and a raw channel's holder table stay as the new file is: zero (free, none, unused). */
         if (sem_init(&s->sem, 1, value) < 0)
                 return -errno;
-        r = psem_lock_init(&s->lock);
-        if (r != 0)
-                return -r;
         s->magic = PSEM_MAGIC;
         s->version = PSEM_VERSION;
         __atomic_store_n(&s->state, (uint32_t) PSEM_STATE_LIVE, __ATOMIC_RELEASE);
@@ -358,6 +355,16 @@ static void sem_file_mark_removed(void *addr, size_t size, bool made) {
          * also look at state every PSEM_POLL_MS).
          */
         (void) psem_post(&s->sem, 16);
+}
+
+void posix_objects_wake_lockers(const PosixObjects *p) {
+        for (unsigned i = 0; p->sems && i < p->nsems; i++) {
+                PosixSemFile *s = p->sems[i].addr;
+
+                /* A word of the file, so a writer may fake sleepers: that costs a system call, no more. */
+                if (s && p->sems[i].size >= sizeof *s && __atomic_load_n(&s->lock_waiters, __ATOMIC_RELAXED) != 0)
+                        psem_lock_wake(s);
+        }
 }
 
 void posix_objects_init(PosixObjects *p) {
@@ -594,7 +601,9 @@ uint64_t posix_objects_bytes(const ChannelSpec *spec, uint64_t table_size, uint6
 
         if (spec->layout == PROTO_LAYOUT_BROADCAST)
                 n += whole_pages(table_size, page);
-        return n + (uint64_t) spec->nsems * whole_pages(sizeof(PosixSemFile), page);
+        for (unsigned i = 0; i < spec->nsems; i++)
+                n += whole_pages(psem_file_size(spec->layout, i), page);
+        return n;
 }
 
 int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *state, PosixObjects *old,
@@ -614,7 +623,7 @@ int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *st
         if (r == 0 && spec->layout == PROTO_LAYOUT_BROADCAST)
                 r = create_one(dir, &p, old, spec, POSIX_ROLE_TABLE, table_size, state, msg, msg_size);
         for (unsigned i = 0; r == 0 && i < spec->nsems; i++)
-                r = create_one(dir, &p, old, spec, (int) i, sizeof(PosixSemFile), state, msg, msg_size);
+                r = create_one(dir, &p, old, spec, (int) i, psem_file_size(spec->layout, i), state, msg, msg_size);
         if (r < 0)
                 goto fail;
         /* What the new files did not take the place of goes as any removed file. */
@@ -695,7 +704,7 @@ int posix_objects_adopt(const ChannelSpec *spec, const StateRecord *recs, size_t
                 if (r == 0 && role >= 0) {
                         const PosixSemFile *s = f->addr;
 
-                        if (f->size != sizeof *s || s->magic != PSEM_MAGIC || s->version != PSEM_VERSION ||
+                        if (f->size != psem_file_size(spec->layout, (unsigned) role) || s->magic != PSEM_MAGIC || s->version != PSEM_VERSION ||
                             __atomic_load_n(&s->state, __ATOMIC_ACQUIRE) != PSEM_STATE_LIVE)
                                 r = -EPROTO;
                 }

@@ -65,6 +65,12 @@ typedef struct PosixObjects {
         bool told;                                   /* the semaphores' waiters were told of the removal */
 } PosixObjects;
 
+/*
+ * Wake whoever sleeps on a semaphore's lock (proto/posix.h): a holder token
+ * was marked DEAD, and a locker behind it may take the lock over now.
+ */
+void posix_objects_wake_lockers(const PosixObjects *p);
+
 /* No files, nothing open: what posix_objects_close() may take. */
 void posix_objects_init(PosixObjects *p);
 

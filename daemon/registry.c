@@ -11,6 +11,7 @@
 #include "daemon/log.h"
 #include "daemon/registry.h"
 #include "daemon/self.h"
+#include "proto/posix.h"
 
 int registry_new(State *state, Registry **ret) {
         Registry *r = calloc(1, sizeof *r);
@@ -92,16 +93,26 @@ Registry *registry_free(Registry *r) {
 static int entry_init_holders(Entry *e) {
         Channel *c = e->channel;
 
+        int k;
+
         holders_done(&e->subs);
         if (c->spec.layout == PROTO_LAYOUT_RING)
-                return holders_init(&e->holders, c->addr);
-        if (c->spec.layout == PROTO_LAYOUT_BROADCAST) {
-                int k = holders_init_table(&e->holders, bcast_publisher_at(c->addr, 0), BCAST_PUBLISHERS);
-
-                return k < 0 ? k : holders_init_table(&e->subs, bcast_subscriber_at(c->addr, 0), c->spec.subscribers);
+                k = holders_init(&e->holders, c->addr);
+        else if (c->spec.layout == PROTO_LAYOUT_BROADCAST) {
+                k = holders_init_table(&e->holders, bcast_publisher_at(c->addr, 0), BCAST_PUBLISHERS);
+                if (k >= 0)
+                        k = holders_init_table(&e->subs, bcast_subscriber_at(c->addr, 0), c->spec.subscribers);
+        } else if (c->spec.kind == PROTO_KIND_POSIX && c->posix.nsems > 0)
+                /* A raw posix channel's lock tokens (proto/posix.h): semaphore 0's file has their table. */
+                k = holders_init_table(&e->holders, psem_holders_at(c->posix.sems[0].addr), PSEM_HOLDERS);
+        else {
+                holders_done(&e->holders);
+                k = 0;
         }
-        holders_done(&e->holders);
-        return 0;
+        /* A posix channel's lockers behind a dead token take the lock over: wake them when one dies. */
+        if (k >= 0 && c->spec.kind == PROTO_KIND_POSIX)
+                e->holders.posix = &c->posix;
+        return k;
 }
 
 /*

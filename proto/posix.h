@@ -22,9 +22,20 @@
  *   `state` at least every PSEM_POLL_MS, so none outlives a removal by
  *   more than that even if a foreign program consumed the wake-up post.
  * - `lock`: POSIX semaphores have no SEM_UNDO, so shmb_lock() on a posix
- *   channel takes this robust, process-shared mutex instead of the
- *   semaphore: the kernel hands it to the next locker when its holder
- *   dies (EOWNERDEAD), so a crashed holder never keeps it.
+ *   channel takes this word instead of the semaphore. It holds 0 (free)
+ *   or the holder token (proto/ring.h) of the hold that has the lock: a
+ *   ring's or a broadcast publisher's token, or for a raw channel one from
+ *   the holder table that semaphore 0's file carries at PSEM_HOLDERS_OFFSET.
+ *   The broker marks a token DEAD when its process is gone, as it does for
+ *   a ring, and a locker that finds the lock held by a dead token takes it
+ *   over; so a crashed holder never keeps it, in whatever PID namespace.
+ *   Lockers sleep on the word with futex(2); `lock_waiters` counts them,
+ *   so that an unlock without sleepers makes no system call.
+ *
+ *   Nothing in the file is an address or a kind: a writer of it can make
+ *   a lock wait, or be given to two at once, and nothing more. (Version 1
+ *   kept a glibc robust mutex here, whose list links a writer could aim at
+ *   any address of the holder's process.)
  *
  * Descriptors handed over with an open answer ("fd": true, ignored for a
  * System V channel; SCM_RIGHTS on the answer line), in this order: the
@@ -36,13 +47,15 @@
  * for a client that cannot reach them by path.
  */
 
-#include <pthread.h>
 #include <semaphore.h>
 #include <stdint.h>
 #include <stdio.h>
 
+#include "proto/proto.h"
+#include "proto/ring.h"
+
 #define PSEM_MAGIC UINT32_C(0x53505342)   /* "BSPS" little-endian */
-#define PSEM_VERSION 1
+#define PSEM_VERSION 2
 #define PSEM_POLL_MS 50
 
 enum {
@@ -56,26 +69,41 @@ typedef struct PosixSemFile {
         uint32_t version;               /* PSEM_VERSION */
         uint32_t state;                 /* PSEM_STATE_*; atomics only */
         uint32_t reserved;
-        pthread_mutex_t lock;           /* PTHREAD_PROCESS_SHARED, PTHREAD_MUTEX_ROBUST */
+        uint32_t lock;                  /* 0, or the token of the hold that has shmb_lock(); atomics only */
+        uint32_t lock_waiters;          /* lockers asleep on `lock`; atomics only */
+        uint32_t reserved2[2];
 } PosixSemFile;
 
 /*
- * Make a semaphore file's lock as the broker does and the library expects
- * it: process-shared and robust, of the default type. 0 or an errno value
- * (pthread's convention).
+ * A raw channel's semaphore 0 file carries the holder table of its lock
+ * tokens behind the PosixSemFile: PSEM_HOLDERS entries of RingHolder, laid
+ * out and written by the broker alone (clients only read it). A ring or a
+ * broadcast channel takes its lock tokens from its own table instead.
  */
-static inline int psem_lock_init(pthread_mutex_t *m) {
-        pthread_mutexattr_t attr;
-        int r = pthread_mutexattr_init(&attr);
+#define PSEM_HOLDERS_OFFSET 64
+#define PSEM_HOLDERS RING_HOLDERS
 
-        if (r == 0)
-                r = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-        if (r == 0)
-                r = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-        if (r == 0)
-                r = pthread_mutex_init(m, &attr);
-        (void) pthread_mutexattr_destroy(&attr);
-        return r;
+_Static_assert(sizeof(PosixSemFile) <= PSEM_HOLDERS_OFFSET, "the holder table follows the semaphore");
+/* Offsets that shmbroker-protocol(7) documents for clients in other languages (64-bit glibc's sem_t). */
+_Static_assert(sizeof(sem_t) != 32 || (offsetof(PosixSemFile, lock) == 48 && offsetof(PosixSemFile, lock_waiters) == 52),
+               "posix lock word offsets");
+_Static_assert(PSEM_HOLDERS_OFFSET % 8 == 0, "holder entries are aligned");
+
+/* The size of semaphore idx's file in a channel of that layout. */
+static inline size_t psem_file_size(ProtoLayout layout, unsigned idx) {
+        if (idx == 0 && layout == PROTO_LAYOUT_RAW)
+                return PSEM_HOLDERS_OFFSET + (size_t) PSEM_HOLDERS * RING_HOLDER_SIZE;
+        return sizeof(PosixSemFile);
+}
+
+/* The holder table in a raw channel's semaphore 0 file, mapped at f (psem_file_size() bytes). */
+static inline RingHolder *psem_holders_at(PosixSemFile *f) {
+        return (RingHolder *) ((char *) f + PSEM_HOLDERS_OFFSET);
+}
+
+/* Wake every locker asleep on f's lock: one that read the word before its change sees the change, or is woken. */
+static inline void psem_lock_wake(PosixSemFile *f) {
+        (void) syscall(SYS_futex, &f->lock, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
 /* Where sem_open() keeps "/NAME": the file /dev/shm/sem.NAME. */

@@ -493,46 +493,6 @@ START_TEST(test_glibc_and_library_wake_each_other) {
 }
 END_TEST
 
-/*
- * A posix channel's lock is glibc's robust mutex, in a file every rw opener
- * may write. glibc takes the mutex's kind from the file, and aborts on some:
- * a priority-inheriting robust one whose owner word names no thread fails
- * its assertion "e != ESRCH || !robust". A write of the kind alone must not
- * end a locker: the call refuses a kind that is not the one the broker made.
- */
-START_TEST(test_scribbled_lock_kind_does_not_abort_a_locker) {
-        shmb_channel *ch = must_open("lock", SHMB_RW);
-        char path[PATH_MAX];
-        pthread_mutex_t m;
-        int fd, owner = 0x3ffffff0, kind;
-
-        /* PI, robust, process-shared: glibc's kind bits, taken from a mutex made so. */
-        {
-                pthread_mutexattr_t a;
-
-                ck_assert_int_eq(pthread_mutexattr_init(&a), 0);
-                ck_assert_int_eq(pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED), 0);
-                ck_assert_int_eq(pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST), 0);
-                ck_assert_int_eq(pthread_mutexattr_setprotocol(&a, PTHREAD_PRIO_INHERIT), 0);
-                ck_assert_int_eq(pthread_mutex_init(&m, &a), 0);
-                kind = m.__data.__kind;
-                pthread_mutex_destroy(&m);
-                pthread_mutexattr_destroy(&a);
-        }
-        snprintf(path, sizeof path, PSEM_DIR "/" PSEM_FILE_PREFIX "shmbroker.lock.0");
-        fd = open(path, O_RDWR | O_CLOEXEC);
-        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
-        ck_assert_int_eq(pwrite(fd, &owner, sizeof owner, offsetof(PosixSemFile, lock.__data.__lock)),
-                         (ssize_t) sizeof owner);
-        ck_assert_int_eq(pwrite(fd, &kind, sizeof kind, offsetof(PosixSemFile, lock.__data.__kind)), (ssize_t) sizeof kind);
-        close(fd);
-        ck_assert_int_eq(shmb_lock(ch, 0, 100), -EPROTO);
-        ck_assert_int_eq(shmb_lock(ch, 0, 0), -EPROTO);
-        ck_assert_int_eq(shmb_unlock(ch, 0), -EPROTO);
-        ck_assert_int_eq(shmb_close(ch), 0);
-}
-END_TEST
-
 /* A mapping of our own of a semaphore's file, as any rw opener may make. */
 static PosixSemFile *map_sem_file(const char *channel, unsigned sem) {
         char path[PATH_MAX];
@@ -1902,6 +1862,193 @@ START_TEST(test_reservation_survives_two_new_tokens) {
 }
 END_TEST
 
+/* A child that opens "lock" on a connection of its own, locks semaphore 0, says so on `ready`, then does `then`. */
+typedef enum { HOLDER_PAUSES, HOLDER_CLOSES_AND_PAUSES } HolderThen;
+
+static pid_t fork_lock_holder(int ready_fd, HolderThen then) {
+        pid_t pid = fork();
+
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *c2 = NULL;
+
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                if (shmb_open_channel(NULL, "lock", SHMB_RW, &c2) < 0 || shmb_lock(c2, 0, WAIT_MS) < 0)
+                        _exit(2);
+                if (then == HOLDER_CLOSES_AND_PAUSES && shmb_close(c2) < 0)
+                        _exit(3);
+                if (write(ready_fd, "x", 1) != 1)
+                        _exit(4);
+                for (;;)
+                        pause();
+        }
+        return pid;
+}
+
+static void wait_ready(int ready[2]) {
+        char c;
+
+        close(ready[1]);
+        ck_assert_int_eq(read(ready[0], &c, 1), 1);
+        close(ready[0]);
+}
+
+/*
+ * README, POSIX channels: a writer of a semaphore file "can make a lock
+ * wait, or let two hold it at once, and nothing more". The lock's words
+ * were a glibc robust mutex, whose list links the holder's unlock follows:
+ * words aimed at the holder's own memory made the unlock store there. Here
+ * every word of the file past the broker's state word is aimed at a canary
+ * of the holder (this process) while it holds the lock: its unlock must
+ * leave the canary as it was, and say the lock is not its own any more.
+ * The word names no live hold, so another hold's locker takes it over.
+ */
+START_TEST(test_lock_words_aimed_at_the_holder_write_nowhere) {
+        static uint64_t canary[16];
+        shmb_channel *ch = must_open("lock", SHMB_RW);
+        shmb_client *other = NULL;
+        shmb_channel *ch2 = NULL;
+        PosixSemFile *f = map_sem_file("lock", 0);
+        uint64_t aim = (uint64_t) (uintptr_t) &canary[8];
+
+        ck_assert_int_eq(shmb_lock(ch, 0, WAIT_MS), 0);
+        for (size_t off = offsetof(PosixSemFile, reserved); off + 8 <= sizeof *f; off += 8)
+                __atomic_store_n((uint64_t *) (void *) ((char *) f + off), aim, __ATOMIC_RELAXED);
+        /* glibc's unlock wrote within 16 bytes either side of the links' target. */
+        ck_assert_int_eq(shmb_unlock(ch, 0), -EPERM);
+        for (unsigned i = 0; i < ELEMENTSOF(canary); i++)
+                ck_assert_msg(canary[i] == 0, "the holder's unlock stored %#llx into its own memory (word %u)",
+                              (unsigned long long) canary[i], i);
+        /* The file's words are only compared: another hold takes a lock that names none live. */
+        ck_assert_int_eq(shmb_connect(NULL, &other), 0);
+        ck_assert_int_eq(shmb_open(other, "lock", SHMB_RW, &ch2), 0);
+        ck_assert_int_eq(shmb_lock(ch2, 0, WAIT_MS), 0);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_unlock(ch, 0), -EPERM);
+        ck_assert_int_eq(shmb_unlock(ch2, 0), 0);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        for (unsigned i = 0; i < ELEMENTSOF(canary); i++)
+                ck_assert_uint_eq(canary[i], 0);
+        ck_assert_int_eq(munmap(f, sizeof *f), 0);
+        ck_assert_int_eq(shmb_close(ch2), 0);
+        shmb_disconnect(other);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+/* Two connections of one process are two holds: their locks exclude each other, as two processes' do. */
+START_TEST(test_two_holds_of_one_process_exclude_each_other) {
+        shmb_channel *ch = must_open("lock", SHMB_RW);
+        shmb_client *other = NULL;
+        shmb_channel *ch2 = NULL;
+
+        ck_assert_int_eq(shmb_connect(NULL, &other), 0);
+        ck_assert_int_eq(shmb_open(other, "lock", SHMB_RW, &ch2), 0);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
+        ck_assert_int_eq(shmb_lock(ch2, 0, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_lock(ch2, 0, 50), -ETIMEDOUT);
+        /* Not its to give back. */
+        ck_assert_int_eq(shmb_unlock(ch2, 0), -EPERM);
+        ck_assert_int_eq(shmb_lock(ch2, 0, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        ck_assert_int_eq(shmb_lock(ch2, 0, 0), 0);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_unlock(ch2, 0), 0);
+        ck_assert_int_eq(shmb_close(ch2), 0);
+        shmb_disconnect(other);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+/* libshmbroker(3): a child of fork(2) cannot take or give back its parent's posix lock (it would be the parent's). */
+START_TEST(test_forked_child_cannot_use_the_parents_lock) {
+        shmb_channel *ch = must_open("lock", SHMB_RW);
+        pid_t pid;
+        int status;
+
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0)
+                _exit(shmb_unlock(ch, 0) != -ECHILD ? 2 : shmb_lock(ch, 0, 0) != -ECHILD ? 3 : 0);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child: status %#x", status);
+        /* Still the parent's. */
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+/* The lock is the hold's: a holder that closes its handle gives it up, though its process lives on. */
+START_TEST(test_closed_handle_gives_its_lock_up) {
+        shmb_channel *ch = must_open("lock", SHMB_RW);
+        int ready[2];
+        pid_t pid;
+
+        ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
+        pid = fork_lock_holder(ready[1], HOLDER_CLOSES_AND_PAUSES);
+        wait_ready(ready);
+        ck_assert_int_eq(shmb_lock(ch, 0, WAIT_MS), 0);
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        ck_assert_int_eq(kill(pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+/*
+ * A holder killed while the broker was away (a crash): the next broker
+ * takes the lock tokens' table over with the files, finds the holder
+ * gone, and the lock passes on.
+ */
+START_TEST(test_lock_of_a_holder_killed_while_the_broker_is_away_passes_on) {
+        shmb_channel *ch = must_open("lock", SHMB_RW);
+        int ready[2];
+        pid_t pid;
+
+        ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
+        pid = fork_lock_holder(ready[1], HOLDER_PAUSES);
+        wait_ready(ready);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), -EAGAIN);
+        test_daemon_kill(&td, SIGKILL);
+        ck_assert_int_eq(kill(pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+        /* Nobody can tell it died yet. */
+        ck_assert_int_eq(shmb_lock(ch, 0, 50), -ETIMEDOUT);
+        test_start_ok();
+        ck_assert_int_eq(shmb_lock(ch, 0, WAIT_MS), 0);
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+/* A live holder keeps its lock over a broker crash: the next broker hands its token back. */
+START_TEST(test_live_lock_holder_keeps_the_lock_over_a_broker_crash) {
+        shmb_channel *ch = must_open("lock", SHMB_RW);
+        shmb_client *other = NULL;
+        shmb_channel *ch2 = NULL;
+        shmb_status_list *l = NULL;
+
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();
+        ck_assert_int_eq(shmb_connect(NULL, &other), 0);
+        ck_assert_int_eq(shmb_open(other, "lock", SHMB_RW, &ch2), 0);
+        /* Our own connection's rejoin too, before the sweep of the killed run's holders could end our token. */
+        ck_assert_int_eq(shmb_status(shmb_channel_get_client(ch), "lock", &l), 0);
+        shmb_status_free(l);
+        ck_assert_int_eq(shmb_lock(ch2, 0, 300), -ETIMEDOUT);
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        ck_assert_int_eq(shmb_lock(ch2, 0, 0), 0);
+        ck_assert_int_eq(shmb_unlock(ch2, 0), 0);
+        ck_assert_int_eq(shmb_close(ch2), 0);
+        shmb_disconnect(other);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+
 int main(void) {
         const TestGroup groups[] = {
                 { "mapping", CASE_TIMEOUT, { test_raw_mapping_is_shared_between_processes,
@@ -1909,7 +2056,6 @@ int main(void) {
                                              test_read_only_open_cannot_write } },
                 { "semaphores", CASE_TIMEOUT, { test_semaphores_across_processes,
                                                 test_scribbled_sem_t_neither_aborts_nor_hangs_a_caller,
-                                                test_scribbled_lock_kind_does_not_abort_a_locker,
                                                 test_glibc_and_library_wake_each_other,
                                                 test_killed_lock_holder_does_not_keep_the_lock } },
                 { "removal", CASE_TIMEOUT, { test_removal_ends_blocked_calls,
@@ -1920,6 +2066,12 @@ int main(void) {
                                              test_try_on_a_removed_semaphore_whose_wake_up_was_taken_is_eidrm,
                                              test_woken_waiter_passes_the_removal_wake_up_on,
                                              test_unlock_after_removal_is_eidrm } },
+                { "locks", CASE_TIMEOUT, { test_lock_words_aimed_at_the_holder_write_nowhere,
+                                           test_two_holds_of_one_process_exclude_each_other,
+                                           test_forked_child_cannot_use_the_parents_lock,
+                                           test_closed_handle_gives_its_lock_up,
+                                           test_lock_of_a_holder_killed_while_the_broker_is_away_passes_on,
+                                           test_live_lock_holder_keeps_the_lock_over_a_broker_crash } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,
                                                test_open_failing_halfway_leaves_nothing } },

@@ -251,38 +251,31 @@ START_TEST(test_files_made) {
                 char name[64];
 
                 snprintf(name, sizeof name, "sem.shmbroker.raw1.%u", i);
-                assert_file(name, sizeof(PosixSemFile), 0, GID, 0640);
+                /* Semaphore 0's file has the raw channel's lock holder table too. */
+                assert_file(name, (off_t) psem_file_size(PROTO_LAYOUT_RAW, i), 0, GID, 0640);
         }
+        ck_assert_uint_eq(psem_file_size(PROTO_LAYOUT_RAW, 0), PSEM_HOLDERS_OFFSET + PSEM_HOLDERS * sizeof(RingHolder));
+        ck_assert_uint_eq(psem_file_size(PROTO_LAYOUT_RAW, 1), sizeof(PosixSemFile));
         ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.0"), 1);
         ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.1"), 0);
         ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.2"), 5);
         ck_assert(!shm_exists("sem.shmbroker.raw1.3"));
         ck_assert(!shm_exists("shmbroker-table.raw1"));
 
-        /* The broker's fields behind the sem_t, and a lock that a dead holder does not keep. */
-        s = map_name("sem.shmbroker.raw1.1", &size);
+        /* The broker's fields behind the sem_t: a free lock, nobody asleep on it, no holder yet. */
+        s = map_name("sem.shmbroker.raw1.0", &size);
         ck_assert_uint_eq(s->magic, PSEM_MAGIC);
         ck_assert_uint_eq(s->version, PSEM_VERSION);
         ck_assert_uint_eq(s->state, PSEM_STATE_LIVE);
-        {
-                pid_t pid = fork();
-                int status;
-
-                ck_assert_int_ge(pid, 0);
-                if (pid == 0)
-                        _exit(pthread_mutex_lock((pthread_mutex_t *) &s->lock) == 0 ? 0 : 1);
-                ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-                ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-                /* Robust and process-shared: the next locker gets it, told that its holder died. */
-                ck_assert_int_eq(pthread_mutex_lock((pthread_mutex_t *) &s->lock), EOWNERDEAD);
-                ck_assert_int_eq(pthread_mutex_consistent((pthread_mutex_t *) &s->lock), 0);
-                ck_assert_int_eq(pthread_mutex_unlock((pthread_mutex_t *) &s->lock), 0);
-        }
+        ck_assert_uint_eq(s->lock, 0);
+        ck_assert_uint_eq(s->lock_waiters, 0);
+        for (unsigned i = 0; i < PSEM_HOLDERS; i++)
+                ck_assert_uint_eq(psem_holders_at((PosixSemFile *) s)[i].word, 0);
         munmap((void *) s, size);
 
         /* A ring: its header in the file, its reserved semaphore free. */
         assert_file("shmbroker.ring1", (off_t) ring_segment_size(64, 8), 0, 0, 0600);
-        assert_file("sem.shmbroker.ring1.0", sizeof(PosixSemFile), 0, 0, 0600);
+        assert_file("sem.shmbroker.ring1.0", (off_t) psem_file_size(PROTO_LAYOUT_RING, 0), 0, 0, 0600);
         ck_assert_int_eq(sem_value_by_name("/shmbroker.ring1.0"), 1);
         ring = map_name("shmbroker.ring1", &size);
         ck_assert(ring_header_is_ours(ring));
@@ -292,7 +285,7 @@ START_TEST(test_files_made) {
         /* A broadcast channel: its table beside it, read and write wherever the channel may be read. */
         assert_file("shmbroker.bc1", (off_t) bcast_segment_size(64, 8, 4), 0, 0, 0640);
         assert_file("shmbroker-table.bc1", bcast_table_size(4), 0, 0, bcast_table_mode(0640));
-        assert_file("sem.shmbroker.bc1.0", sizeof(PosixSemFile), 0, 0, 0640);
+        assert_file("sem.shmbroker.bc1.0", (off_t) psem_file_size(PROTO_LAYOUT_BROADCAST, 0), 0, 0, 0640);
 
         stop_and_assert_listing(before);
 }
@@ -921,7 +914,7 @@ START_TEST(test_unprivileged_daemon) {
         char *before = shm_listing(), *log;
 
         start_as_nobody_with_mine();
-        assert_file("sem.shmbroker.mine.0", sizeof(PosixSemFile), NOBODY, NOBODY, 0640);
+        assert_file("sem.shmbroker.mine.0", (off_t) psem_file_size(PROTO_LAYOUT_RAW, 0), NOBODY, NOBODY, 0640);
         test_daemon_stop_ok(&td);
         assert_listing(before);
 
@@ -3935,7 +3928,7 @@ START_TEST(test_truncated_by_client) {
         /* Made anew, whole. */
         ck_assert_uint_ne(shm_stat("shmbroker.ring1").st_ino, seg.st_ino);
         assert_file("shmbroker.ring1", (off_t) ring_segment_size(64, 8), 0, 0, 0600);
-        assert_file("sem.shmbroker.ring1.0", sizeof(PosixSemFile), 0, 0, 0600);
+        assert_file("sem.shmbroker.ring1.0", (off_t) psem_file_size(PROTO_LAYOUT_RING, 0), 0, 0, 0600);
 
         /* Truncated right before a stop: the removal marks and posts survive it, and nothing is left. */
         resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"rw\", \"fd\": true}", fds,
@@ -4328,7 +4321,7 @@ END_TEST
 START_TEST(test_own_ids_need_no_chown) {
         td.deny_chown = true;
         start_as_nobody_with_mine();
-        assert_file("sem.shmbroker.mine.0", sizeof(PosixSemFile), NOBODY, NOBODY, 0640);
+        assert_file("sem.shmbroker.mine.0", (off_t) psem_file_size(PROTO_LAYOUT_RAW, 0), NOBODY, NOBODY, 0640);
         test_daemon_stop_ok(&td);
 }
 END_TEST

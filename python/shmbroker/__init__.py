@@ -509,20 +509,15 @@ class Channel:
 
         Should this process die holding it, the kernel gives it back. Pair
         each lock() with an unlock() in the same process. timeout as for
-        sem_wait(). On a posix channel the lock is a robust mutex that
-        belongs to the thread that took it (unlock() it in that thread); no
-        signal interrupts its wait, which goes in slices of 50 ms, so a
-        signal's Python handler (Ctrl-C) runs within 50 ms. It lives in a
-        file every rw opener may write, and a writer can aim its links so
-        that the holder's unlock() writes into the holder's memory: use a
-        posix channel's lock only among users who trust each other.
+        sem_wait(). On a posix channel the lock is a word in semaphore i's
+        file that names this connection's hold on the channel: any thread
+        of it may unlock(); the broker gives the lock to the next locker
+        when the holder's process dies or closes the channel. A writer of
+        that file can make the lock wait or be held twice, nothing more.
         """
         handle, base = self._live()
         i = _index(i)
-        # A posix channel's lock is a robust mutex, whose wait no signal
-        # interrupts: short slices, so that Ctrl-C is seen within 50 ms.
-        slice_ms = _capi.UNINTERRUPTIBLE_SLICE_MS if self._kind == "posix" else _capi.TICK_S * 1000
-        _capi.waiting(lambda ms: _lib.shmb_lock(handle, i, ms), timeout, self, handle, slice_ms)
+        _capi.waiting(lambda ms: _lib.shmb_lock(handle, i, ms), timeout, self, handle)
 
     def unlock(self, i=0):
         """Give back a lock taken with lock(i)."""

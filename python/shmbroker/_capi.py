@@ -177,11 +177,6 @@ def check_connect(r, filename=None):
 # The longest a wait goes without driving the reconnection (libshmbroker(3): "every second or so").
 TICK_S = 1
 
-# The longest slice of a wait that no signal interrupts (a posix channel's
-# lock, a robust mutex): a Python signal handler (Ctrl-C) runs at the end
-# of the slice. The library's own slice for posix waits (PSEM_POLL_MS).
-UNINTERRUPTIBLE_SLICE_MS = 50
-
 
 def timeout_ms(timeout):
     """Seconds as Python's APIs take them to the C calls' milliseconds.
@@ -212,8 +207,7 @@ def waiting(call, timeout, channel=None, handle=None, slice_ms=TICK_S * 1000):
     interrupts is resumed with what is left of its timeout, after the
     signal's Python handler ran; if the handler raises, that exception ends
     the wait instead. With a channel, no C call waits longer than slice_ms
-    (TICK_S; UNINTERRUPTIBLE_SLICE_MS for a call that a signal does not
-    interrupt, so that its handler runs soon), and channel._rejoin(handle)
+    (TICK_S), and channel._rejoin(handle)
     runs between them (the library's reconnection has no thread of its own;
     it acts at most once a second).
     """

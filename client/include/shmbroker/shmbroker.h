@@ -319,17 +319,23 @@ int shmb_sem_trywait(shmb_channel *ch, unsigned idx);
  * back if the holder dies. Pair each lock with an unlock in the same process.
  *
  * On a posix channel (POSIX semaphores have no SEM_UNDO) the lock is a
- * robust process-shared mutex kept in semaphore idx's file, apart from
- * the semaphore's value, which shmb_sem_*() alone count: lock and sem
- * calls on the same index do not exclude each other there. A holder that
- * died gives the lock to the next locker, which gets 0, as on System V
- * (what the dead holder left half-written is the caller's to judge).
- * Unlike a semaphore, the mutex belongs to the thread that locked it:
- * shmb_unlock() from another thread, or without the lock, gives -EPERM
- * (shmb_lock() by its holder waits, as on System V). Both are -EACCES on an ro
- * handle, and a removal is seen within 50 ms (-EIDRM); after one,
- * shmb_unlock() is -EIDRM, with or without the lock, as on System V (a
- * held lock is given back all the same).
+ * word kept in semaphore idx's file, apart from the semaphore's value,
+ * which shmb_sem_*() alone count: lock and sem calls on the same index do
+ * not exclude each other there. The word names the hold that has the
+ * lock: the handle's connection's hold on the channel, which all its
+ * threads share (shmb_unlock() from any of them gives it back; a handle of
+ * another connection, in this process or another, waits). When the
+ * holder's process dies or its hold ends (shmb_close()), the broker says
+ * so and the next locker gets the lock and 0, as on System V (what the
+ * holder left half-written is the caller's to judge). shmb_unlock() of a
+ * lock this hold does not have gives -EPERM (shmb_lock() by the holder
+ * waits, as on System V). In a child of fork(2) both give -ECHILD; with
+ * no holder token (its hold ended while this process lived on, see
+ * shmb_disconnect()) shmb_lock() gives -ENOTCONN. Both are -EACCES on an
+ * ro handle, a signal ends a wait with -EINTR, and a removal is seen
+ * within 50 ms (-EIDRM); after one, shmb_unlock() is -EIDRM, with or
+ * without the lock, as on System V (a held lock is given back all the
+ * same).
  */
 int shmb_lock(shmb_channel *ch, unsigned idx, int timeout_ms);
 int shmb_unlock(shmb_channel *ch, unsigned idx);
