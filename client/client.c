@@ -1284,7 +1284,7 @@ int client_connect(const char *socket_path, shmb_client **ret) {
         if (!c)
                 return -ENOMEM;
         c->refs = 1;
-        c->pid = getpid();
+        c->process = client_process_nonce();
         pthread_mutex_init(&c->lock, NULL);
         pthread_mutex_init(&c->holds_lock, NULL);
         c->fd = c->event_fd = c->timer_fd = c->watched_fd = -1;

@@ -79,7 +79,7 @@ typedef struct RejoinStep {
 struct shmb_client {
         int fd;                         /* the socket; -1 unless UP or REJOINING */
         unsigned refs;                  /* the caller's, plus one per open channel */
-        pid_t pid;                      /* the process that connected: in a child of fork(2), nothing is ours */
+        uint64_t process;               /* client_process_nonce() of its maker: in a child of fork(2), nothing is ours */
         pthread_mutex_t lock;           /* one request/response at a time; everything below */
         /*
          * The links of `holds`, taken inside `lock` and never across a wait:
@@ -277,13 +277,20 @@ static inline uint32_t channel_count_op(shmb_channel *ch) {
 }
 
 /*
+ * A number that names this process among those that share its memory's
+ * past: a child of fork(2) gets another than its parent's (client/process.c).
+ * Never 0. Thread-safe; one load once the process has one.
+ */
+uint64_t client_process_nonce(void);
+
+/*
  * Whether c was made by another process than this one: a child of fork(2)
  * shares the parent's socket, epoll instance and timer, and its copy of
  * the lock may be held for ever. Its broker calls fail with -ECHILD; its
  * closes give nothing back. false for NULL.
  */
 static inline bool client_inherited(const shmb_client *c) {
-        return c && getpid() != c->pid;
+        return c && client_process_nonce() != c->process;
 }
 
 /* A ring or broadcast handle's holder token: read without the lock, as a rejoin may replace it. */
