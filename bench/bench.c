@@ -2075,6 +2075,119 @@ static void bench_status(void) {
                fresh.max);
 }
 
+/* ---------------------------------------------------------------- locks */
+
+/*
+ * shmb_lock()/shmb_unlock() pairs on System V (semop() with SEM_UNDO) and
+ * on a posix channel (its lock word): alone, and two processes taking
+ * turns at one lock, each adding one to a counter in the segment under it
+ * with a plain load and store. The counter must come out exact, or the
+ * lock let two in at once. No goal: figures for the manual and the notes.
+ */
+#define LOCK_ALONE_PAIRS 200000
+
+static void lock_pair(shmb_channel *ch) {
+        int r = shmb_lock(ch, 0, -1);
+
+        if (r == 0)
+                r = shmb_unlock(ch, 0);
+        if (r < 0)
+                die("lock: %s", shmb_strerror(r));
+}
+
+static double lock_alone_ns(const char *name) {
+        shmb_channel *ch = open_ch(name);
+        int64_t t0 = now_ns();
+
+        for (long i = 0; i < LOCK_ALONE_PAIRS; i++)
+                lock_pair(ch);
+        t0 = now_ns() - t0;
+        shmb_close(ch);
+        return (double) t0 / LOCK_ALONE_PAIRS;
+}
+
+static double lock_shared_rate(const char *name, long pairs) {
+        shmb_channel *ch = open_ch(name);
+        volatile uint64_t *counter = shmb_channel_addr(ch);
+        int go[2], done[2];
+        pid_t pids[2];
+        int64_t t0;
+
+        if (pipe2(go, O_CLOEXEC) < 0 || pipe2(done, O_CLOEXEC) < 0)
+                die("pipe: %s", strerror(errno));
+        *counter = 0;
+        for (int k = 0; k < 2; k++) {
+                pids[k] = fork();
+                if (pids[k] < 0)
+                        die("fork: %s", strerror(errno));
+                if (pids[k] == 0) {
+                        shmb_channel *mine;
+                        volatile uint64_t *c;
+
+                        child_setup();
+                        mine = open_ch(name);
+                        c = shmb_channel_addr(mine);
+                        signal_fd(done[1]);
+                        await_fd(go[0]);
+                        for (long i = 0; i < pairs; i++) {
+                                int r = shmb_lock(mine, 0, -1);
+
+                                if (r < 0)
+                                        die("lock: %s", shmb_strerror(r));
+                                *c = *c + 1;
+                                r = shmb_unlock(mine, 0);
+                                if (r < 0)
+                                        die("unlock: %s", shmb_strerror(r));
+                        }
+                        signal_fd(done[1]);
+                        _exit(0);
+                }
+        }
+        await_fd(done[0]);
+        await_fd(done[0]);
+        t0 = now_ns();
+        signal_fd(go[1]);
+        signal_fd(go[1]);
+        await_fd(done[0]);
+        await_fd(done[0]);
+        t0 = now_ns() - t0;
+        for (int k = 0; k < 2; k++)
+                wait_child(pids[k]);
+        if (*counter != 2 * (uint64_t) pairs)
+                die("%s: the lock let two in: the counter is %llu, not %ld", name, (unsigned long long) *counter,
+                    2 * pairs);
+        close(go[0]);
+        close(go[1]);
+        close(done[0]);
+        close(done[1]);
+        shmb_close(ch);
+        return 2.0 * (double) pairs / ((double) t0 / 1e9);
+}
+
+static void bench_locks(void) {
+        static const char *const names[2] = { "lk", "plk" };
+        /* Each process's pairs: enough that the two overlap for most of a trial, at either's speed. */
+        static const long shared_pairs[2] = { 100000, 1000000 };
+        Stat alone[2], shared[2];
+
+        for (int k = 0; k < 2; k++) {
+                double a[TRIALS], b[TRIALS];
+
+                for (int t = 0; t < TRIALS; t++) {
+                        watchdog_kick();
+                        a[t] = lock_alone_ns(names[k]);
+                        b[t] = lock_shared_rate(names[k], shared_pairs[k]);
+                }
+                alone[k] = stat_of(a, TRIALS);
+                shared[k] = stat_of(b, TRIALS);
+        }
+        printf("\nlocks: shmb_lock + shmb_unlock pairs          System V        posix\n");
+        printf("%-42s %9.0f ns %9.0f ns\n", "  alone, per pair (median)", alone[0].median, alone[1].median);
+        printf("%-42s %9.0f /s %9.0f /s\n", "  two processes at one lock (median)", shared[0].median, shared[1].median);
+        printf("%-42s %9.0f /s %9.0f /s\n", "    min", shared[0].min, shared[1].min);
+        printf("%-42s %9.0f /s %9.0f /s\n", "    max", shared[0].max, shared[1].max);
+}
+
 /* ---------------------------------------------------------------- scale */
 
 /* The two channel counts of the scale section; its 4000-channel reloads have one more, "toggle". */
@@ -2316,8 +2429,8 @@ static void bench_broadcast(void) {
         }
 }
 
-enum { S_THROUGHPUT = 1, S_LATENCY = 2, S_CONTROL = 4, S_SCALE = 8, S_BROADCAST = 16 };
-static unsigned sections = S_THROUGHPUT | S_LATENCY | S_CONTROL | S_SCALE | S_BROADCAST;
+enum { S_THROUGHPUT = 1, S_LATENCY = 2, S_CONTROL = 4, S_SCALE = 8, S_BROADCAST = 16, S_LOCKS = 32 };
+static unsigned sections = S_THROUGHPUT | S_LATENCY | S_CONTROL | S_SCALE | S_BROADCAST | S_LOCKS;
 
 /* note, when given, follows in parentheses: which trials, or the figures behind the ratio. */
 static void goal_note(unsigned section, const char *name, double measured, double target, bool at_least,
@@ -2479,7 +2592,8 @@ static void goals(void) {
 }
 
 static void usage(void) {
-        fprintf(stderr, "usage: bench [--pin] [throughput|latency|control|scale|broadcast]...  (default: all, unpinned)\n");
+        fprintf(stderr, "usage: bench [--pin] [throughput|latency|control|scale|broadcast|locks]...  (default: all, "
+                "unpinned)\n");
         exit(2);
 }
 
@@ -2530,7 +2644,7 @@ int main(int argc, char **argv) {
         if (argc > 2 && (streq(argv[1], "--trial") || streq(argv[1], "--probe-fd")))
                 return helper_main(argc, argv);
         for (int i = 1, named = 0; i < argc; i++) {
-                static const char *const names[] = { "throughput", "latency", "control", "scale", "broadcast" };
+                static const char *const names[] = { "throughput", "latency", "control", "scale", "broadcast", "locks" };
                 size_t k = 0;
 
                 if (streq(argv[i], "--pin")) {
@@ -2583,7 +2697,9 @@ int main(int argc, char **argv) {
                         "{\"name\": \"pong\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8},"
                         "{\"name\": \"probe\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8},"
                         "{\"name\": \"b1m\", \"layout\": \"broadcast\", \"slot_size\": 1048576, \"slots\": 4,"
-                        " \"subscribers\": 3}");
+                        " \"subscribers\": 3},"
+                        "{\"name\": \"lk\", \"size\": 4096, \"semaphores\": [1]},"
+                        "{\"name\": \"plk\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1]}");
         watchdog_kick();
         daemon_start();
         echo_start();
@@ -2599,6 +2715,8 @@ int main(int argc, char **argv) {
                 watchdog_kick();
                 bench_status();
         }
+        if (sections & S_LOCKS)
+                bench_locks();
         echo_stop();
         daemon_stop();
         if (sections & S_SCALE)
