@@ -2023,6 +2023,60 @@ START_TEST(test_lock_of_a_holder_killed_while_the_broker_is_away_passes_on) {
 }
 END_TEST
 
+/*
+ * A hold closed while the broker is away cannot be told to it: the next
+ * broker keeps the token it took over live while its process lives, and
+ * the lock with it (libshmbroker(3), POSIX channels); it passes on when
+ * that process exits.
+ */
+START_TEST(test_lock_of_a_holder_that_closed_while_the_broker_was_away_passes_on) {
+        shmb_channel *ch = must_open("lock", SHMB_RW);
+        int ready[2], go[2], done[2];
+        char c;
+        pid_t pid;
+
+        ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
+        ck_assert_int_eq(pipe2(go, O_CLOEXEC), 0);
+        ck_assert_int_eq(pipe2(done, O_CLOEXEC), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *c2 = NULL;
+
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                if (shmb_open_channel(NULL, "lock", SHMB_RW, &c2) < 0 || shmb_lock(c2, 0, WAIT_MS) < 0)
+                        _exit(2);
+                if (write(ready[1], "x", 1) != 1 || read(go[0], &c, 1) != 1)
+                        _exit(3);
+                /* The broker is away: nobody can be told. */
+                (void) shmb_close(c2);
+                if (write(done[1], "x", 1) != 1)
+                        _exit(4);
+                for (;;)
+                        pause();
+        }
+        close(ready[1]);
+        close(go[0]);
+        close(done[1]);
+        ck_assert_int_eq(read(ready[0], &c, 1), 1);
+        test_daemon_kill(&td, SIGKILL);
+        ck_assert_int_eq(write(go[1], "g", 1), 1);
+        ck_assert_int_eq(read(done[0], &c, 1), 1);
+        test_start_ok();
+        /* The broker is back, and the holder lives: still held. */
+        ck_assert_int_eq(shmb_lock(ch, 0, 300), -ETIMEDOUT);
+        ck_assert_int_eq(kill(pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+        /* The next broker's sweep finds it gone. */
+        ck_assert_int_eq(shmb_lock(ch, 0, WAIT_MS), 0);
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        close(ready[0]);
+        close(go[1]);
+        close(done[0]);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
 /* A live holder keeps its lock over a broker crash: the next broker hands its token back. */
 START_TEST(test_live_lock_holder_keeps_the_lock_over_a_broker_crash) {
         shmb_channel *ch = must_open("lock", SHMB_RW);
@@ -2071,7 +2125,8 @@ int main(void) {
                                            test_forked_child_cannot_use_the_parents_lock,
                                            test_closed_handle_gives_its_lock_up,
                                            test_lock_of_a_holder_killed_while_the_broker_is_away_passes_on,
-                                           test_live_lock_holder_keeps_the_lock_over_a_broker_crash } },
+                                           test_live_lock_holder_keeps_the_lock_over_a_broker_crash,
+                                           test_lock_of_a_holder_that_closed_while_the_broker_was_away_passes_on } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,
                                                test_open_failing_halfway_leaves_nothing } },

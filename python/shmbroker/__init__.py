@@ -512,8 +512,10 @@ class Channel:
         sem_wait(). On a posix channel the lock is a word in semaphore i's
         file that names this connection's hold on the channel: any thread
         of it may unlock(); the broker gives the lock to the next locker
-        when the holder's process dies or closes the channel. A writer of
-        that file can make the lock wait or be held twice, nothing more.
+        when the holder's process dies or closes the channel (a close
+        while the broker is away keeps it until the process exits). A
+        writer of that file can make the lock wait or be held twice,
+        nothing more.
         """
         handle, base = self._live()
         i = _index(i)

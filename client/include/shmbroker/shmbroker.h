@@ -327,7 +327,9 @@ int shmb_sem_trywait(shmb_channel *ch, unsigned idx);
  * another connection, in this process or another, waits). When the
  * holder's process dies or its hold ends (shmb_close()), the broker says
  * so and the next locker gets the lock and 0, as on System V (what the
- * holder left half-written is the caller's to judge). shmb_unlock() of a
+ * holder left half-written is the caller's to judge); a hold closed while
+ * the broker is away keeps the lock until its process exits, and a death
+ * while it is away is seen when it is back. shmb_unlock() of a
  * lock this hold does not have gives -EPERM (shmb_lock() by the holder
  * waits, as on System V). In a child of fork(2) both give -ECHILD; with
  * no holder token (its hold ended while this process lived on, see
