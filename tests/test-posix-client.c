@@ -2077,6 +2077,40 @@ START_TEST(test_lock_of_a_holder_that_closed_while_the_broker_was_away_passes_on
 }
 END_TEST
 
+static void *lock_in_thread(void *userdata) {
+        return (void *) (intptr_t) shmb_lock(userdata, 0, 0);
+}
+
+/*
+ * libshmbroker(3): "a handle's hold is its connection's on that channel,
+ * shared by its threads and by the connection's other handles of the
+ * channel, so any of them may unlock".
+ */
+START_TEST(test_threads_and_handles_of_one_hold_share_its_lock) {
+        shmb_channel *ch = must_open("lock", SHMB_RW);
+        shmb_channel *same = NULL;
+        pthread_t t;
+        void *r;
+
+        ck_assert_int_eq(pthread_create(&t, NULL, lock_in_thread, ch), 0);
+        ck_assert_int_eq(pthread_join(t, &r), 0);
+        ck_assert_int_eq((int) (intptr_t) r, 0);
+        /* Taken by another thread of the hold: this one gives it back. */
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        ck_assert_int_eq(shmb_open(shmb_channel_get_client(ch), "lock", SHMB_RW, &same), 0);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
+        /* The same hold: its other handle waits as the holder does, and may give it back. */
+        ck_assert_int_eq(shmb_lock(same, 0, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_unlock(same, 0), 0);
+        ck_assert_int_eq(shmb_unlock(ch, 0), -EPERM);
+        ck_assert_int_eq(shmb_lock(same, 0, 0), 0);
+        ck_assert_int_eq(shmb_close(same), 0);
+        /* One handle closed: the hold, and its lock, live on with the other. */
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
 /* A live holder keeps its lock over a broker crash: the next broker hands its token back. */
 START_TEST(test_live_lock_holder_keeps_the_lock_over_a_broker_crash) {
         shmb_channel *ch = must_open("lock", SHMB_RW);
@@ -2126,7 +2160,8 @@ int main(void) {
                                            test_closed_handle_gives_its_lock_up,
                                            test_lock_of_a_holder_killed_while_the_broker_is_away_passes_on,
                                            test_live_lock_holder_keeps_the_lock_over_a_broker_crash,
-                                           test_lock_of_a_holder_that_closed_while_the_broker_was_away_passes_on } },
+                                           test_lock_of_a_holder_that_closed_while_the_broker_was_away_passes_on,
+                                           test_threads_and_handles_of_one_hold_share_its_lock } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,
                                                test_open_failing_halfway_leaves_nothing } },

@@ -4552,6 +4552,51 @@ START_TEST(test_check_config) {
 }
 END_TEST
 
+/*
+ * README (POSIX channels), shmbroker-protocol(7): a raw posix channel with
+ * semaphores gives each rw hold a lock token from the 256 entries of its
+ * semaphore 0's file, so an rw open past 256 live ones is EUSERS; ro opens
+ * take none, a channel without semaphores has no table, and a close ends
+ * a token for the next rw opener.
+ */
+START_TEST(test_raw_posix_channel_with_semaphores_takes_256_rw_holds) {
+        const char *rw = "{\"op\": \"open\", \"channel\": \"locked\", \"access\": \"rw\"}";
+        int fds[PSEM_HOLDERS], extra;
+        json_t *resp;
+
+        test_daemon_write_config(&td, "[{\"name\": \"locked\", \"kind\": \"posix\", \"size\": 4096, "
+                                      "\"semaphores\": [1], \"mode\": \"0600\"}, "
+                                      "{\"name\": \"plain\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0600\"}]");
+        test_start_ok();
+        for (unsigned i = 0; i < PSEM_HOLDERS; i++) {
+                fds[i] = test_connect(td.socket);
+                resp = test_request(fds[i], rw);
+                test_assert_ok(resp);
+                ck_assert_int_gt(json_integer_value(json_object_get(resp, "holder")), 0);
+                json_decref(resp);
+        }
+        extra = test_connect(td.socket);
+        resp = test_request(extra, rw);
+        test_assert_error(resp, "EUSERS");
+        json_decref(resp);
+        resp = test_request(extra, "{\"op\": \"open\", \"channel\": \"locked\", \"access\": \"ro\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        resp = test_request(extra, "{\"op\": \"open\", \"channel\": \"plain\", \"access\": \"rw\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        resp = test_request(fds[0], "{\"op\": \"close\", \"channel\": \"locked\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        resp = test_request(extra, rw);
+        test_assert_ok(resp);
+        json_decref(resp);
+        for (unsigned i = 0; i < PSEM_HOLDERS; i++)
+                close(fds[i]);
+        close(extra);
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "files", CASE_TIMEOUT, { test_files_made, test_status_list, test_check_config, test_access_follows_file_rule,
@@ -4625,6 +4670,7 @@ int main(void) {
                 { "replaced-behind", CASE_TIMEOUT, { test_replaced_behind_back, test_remade_ring_gets_fresh_fifos } },
                 { "replace-temp-taken", CASE_TIMEOUT, { test_replacement_temp_name_taken_before_it_is_made } },
                 { "crash-values", CASE_TIMEOUT, { test_crash_changed_values_made_anew } },
+                { "lock-tokens", CASE_TIMEOUT, { test_raw_posix_channel_with_semaphores_takes_256_rw_holds } },
         };
 
         return test_main("posix", groups, sizeof groups / sizeof *groups, posix_setup, test_teardown);
