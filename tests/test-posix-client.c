@@ -522,9 +522,8 @@ static PosixSemFile *map_sem_file(const char *channel, unsigned sem) {
  * up and answer status with values in 0..SEM_VALUE_MAX. Now and then a
  * wait for ever, on a value kept 0, must end with -EIDRM within REMOVAL_MS
  * of the channel's removal: a reload that drops it, and at last a stop,
- * after which no file is left (teardown). The lock's words are left out:
- * a writer can aim its robust-list links (README, POSIX channels), which
- * no library call can check.
+ * after which no file is left (teardown). The lock's words are left out
+ * (test_lock_words_aimed_at_the_holder_write_nowhere scribbles them).
  */
 #define SCRIB_PHASES 4
 #define SCRIB_ROUNDS 150

@@ -507,15 +507,15 @@ class Channel:
     def lock(self, i=0, timeout=None):
         """Take semaphore i as a lock (decrement it, with SEM_UNDO).
 
-        Should this process die holding it, the kernel gives it back. Pair
-        each lock() with an unlock() in the same process. timeout as for
-        sem_wait(). On a posix channel the lock is a word in semaphore i's
-        file that names this connection's hold on the channel: any thread
-        of it may unlock(); the broker gives the lock to the next locker
-        when the holder's process dies or closes the channel (a close
-        while the broker is away keeps it until the process exits). A
-        writer of that file can make the lock wait or be held twice,
-        nothing more.
+        Should this process die holding it, the kernel (on a posix
+        channel, the broker) gives it back. Pair each lock() with an
+        unlock() in the same process. timeout as for sem_wait(). On a
+        posix channel the lock is a word in semaphore i's file that names
+        this connection's hold on the channel: any thread of it may
+        unlock(); the broker gives the lock to the next locker when the
+        holder's process dies or closes the channel (a close while the
+        broker is away keeps it until the process exits). A writer of
+        that file can make the lock wait or be held twice, nothing more.
         """
         handle, base = self._live()
         i = _index(i)
