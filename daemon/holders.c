@@ -58,11 +58,15 @@ int holders_init_table(Holders *hs, RingHolder *table, uint32_t n) {
         n = MIN(n, (uint32_t) RING_HOLDERS);
         if (!table || n == 0)
                 return 0;
-        /* The bitmap, then the cookies. */
-        v = calloc(RING_HOLDERS / 64 + n, sizeof *v);
+        /* The bitmap, the cookies, then the words. */
+        v = calloc(RING_HOLDERS / 64 + 2 * (size_t) n, sizeof *v);
         if (!v)
                 return -ENOMEM;
-        *hs = (Holders) { .table = table, .n = n, .orphans = v, .cookies = v + RING_HOLDERS / 64 };
+        *hs = (Holders) { .table = table, .n = n, .orphans = v, .cookies = v + RING_HOLDERS / 64,
+                          .words = v + RING_HOLDERS / 64 + n };
+        /* The one time the table's words are believed: a fresh table's, or a killed run's. */
+        for (uint32_t i = 0; i < n; i++)
+                hs->words[i] = __atomic_load_n(&table[i].word, __ATOMIC_RELAXED);
         return 0;
 }
 
@@ -72,10 +76,6 @@ int holders_init(Holders *hs, RingHeader *ring) {
         if (r >= 0 && hs->table)
                 hs->ring = ring;
         return r;
-}
-
-bool holders_token_dead(const Holders *hs, uint32_t token) {
-        return hs->table && bcast_token_dead(hs->table, hs->n, token);
 }
 
 static RingHolder *entry_at(const Holders *hs, uint32_t i) {
@@ -89,8 +89,14 @@ static uint32_t token_index(const Holders *hs, uint32_t token) {
         return i < hs->n ? i : UINT32_MAX;
 }
 
+/* Entry i's word as this side last wrote it: never as a writer of the table may have left it since. */
 static uint64_t word_load(const Holders *hs, uint32_t i) {
-        return __atomic_load_n(&entry_at(hs, i)->word, __ATOMIC_RELAXED);
+        return hs->words[i];
+}
+
+static void word_store(Holders *hs, uint32_t i, uint64_t word) {
+        hs->words[i] = word;
+        __atomic_store_n(&entry_at(hs, i)->word, word, __ATOMIC_RELEASE);
 }
 
 static uint32_t word_state(uint64_t word) {
@@ -105,6 +111,16 @@ static uint32_t word_gen(uint64_t word) {
 static bool word_is_token(uint64_t word, uint32_t token) {
         return word_state(word) == RING_HOLDER_LIVE &&
                (word_gen(word) & RING_TOKEN_GEN_MASK) == token >> RING_TOKEN_INDEX_BITS;
+}
+
+/* As bcast_token_dead() tells it, but by the words this side wrote: a writer of the table cannot end a hold here. */
+bool holders_token_dead(const Holders *hs, uint32_t token) {
+        uint32_t i;
+
+        if (!hs->table || token == 0)
+                return false;
+        i = token_index(hs, token);
+        return i == UINT32_MAX || !word_is_token(word_load(hs, i), token);
 }
 
 static bool is_orphan(const Holders *hs, uint32_t i) {
@@ -178,7 +194,7 @@ static uint32_t entry_set_live(Holders *hs, uint32_t i, uint32_t gen, pid_t pid,
         e->pidns = own_pidns();
         e->starttime = id.starttime;
         e->pidfs_ino = id.pidfs_ino;
-        __atomic_store_n(&e->word, (uint64_t) gen << 32 | RING_HOLDER_LIVE, __ATOMIC_RELEASE);
+        word_store(hs, i, (uint64_t) gen << 32 | RING_HOLDER_LIVE);
         return ring_token(i, gen);
 }
 
@@ -271,8 +287,7 @@ void holders_wake_waiters(const Holders *hs) {
 
 /* Mark entry i DEAD, keeping its generation. */
 static void entry_set_dead(Holders *hs, uint32_t i, uint64_t word) {
-        __atomic_store_n(&entry_at(hs, i)->word, (word & ~UINT64_C(0xffffffff)) | RING_HOLDER_DEAD,
-                         __ATOMIC_RELEASE);
+        word_store(hs, i, (word & ~UINT64_C(0xffffffff)) | RING_HOLDER_DEAD);
         orphan_set(hs, i, false, 0);
         /* A waiter may sit behind its claim, which can be repaired only now. */
         holders_wake_waiters(hs);

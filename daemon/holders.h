@@ -52,6 +52,14 @@ typedef struct Holders {
          */
         uint64_t *orphans;              /* bitmap: LIVE entries that no hold has (taken back) */
         uint64_t *cookies;              /* per entry: a watched orphan's cookie; 0: a killed run's, or none */
+        /*
+         * Per entry: its word as this side last wrote it (as the table had it
+         * at init: a fresh one's, or a killed run's). The entries go by these,
+         * not by the table, which any writer of the segment may change: a
+         * forged LIVE must not refuse an opener, nor a forged generation make
+         * a token name a second hold.
+         */
+        uint64_t *words;
 } Holders;
 
 /*
@@ -78,7 +86,7 @@ void holders_done(Holders *hs);
  */
 void holders_wake_waiters(const Holders *hs);
 
-/* Whether token names no LIVE entry of the table (bcast_token_dead()); false for 0 and without a table. */
+/* Whether token names no entry LIVE by the words this side wrote; false for 0 and without a table. */
 bool holders_token_dead(const Holders *hs, uint32_t token);
 
 /*

@@ -3877,7 +3877,14 @@ START_TEST(test_truncated_and_regrown_by_client) {
         ck_assert_int_ge(seg_fd, 0);
         ck_assert_int_eq(ftruncate(fds[0], 0), 0);
         close_all(fds, n);
-        /* The daemon touches the ring's holder table as the holder goes, before it closes the connection. */
+        /*
+         * The close marks the holder's entry DEAD in the ring's holder table:
+         * the daemon's access that hits the hole. (A connection that just
+         * ends leaves the entry as it is, an orphan of a live process.)
+         */
+        resp = test_request(fd, "{\"op\": \"close\", \"channel\": \"ring1\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
         close(fd);
         for (int64_t deadline = test_now_ms() + 5000; daemon_fd_count() >= held && test_now_ms() < deadline;)
                 usleep(10 * 1000);
@@ -4597,6 +4604,62 @@ START_TEST(test_raw_posix_channel_with_semaphores_takes_256_rw_holds) {
 }
 END_TEST
 
+/*
+ * README, threat model: a writer of a channel's files cannot deny others
+ * the channel, short of a truncation. A holder table is in a file every
+ * rw opener may write (a raw channel's lock tokens, a ring's); one who marks every entry LIVE (or another
+ * generation, or DEAD under a generation the daemon gave) must not make
+ * the daemon refuse the next rw opener EUSERS, nor give a token that
+ * names a hold it handed out before. The daemon goes by what it wrote
+ * itself.
+ */
+START_TEST(test_forged_lock_table_denies_no_rw_open) {
+        static const char *const channels[2] = { "locked", "ring1" };
+        static const char *const files[2] = { "sem.shmbroker.locked.0", "shmbroker.ring1" };
+
+        test_daemon_write_config(&td, "[{\"name\": \"locked\", \"kind\": \"posix\", \"size\": 4096, "
+                                      "\"semaphores\": [1], \"mode\": \"0600\"}, "
+                                      "{\"name\": \"ring1\", \"kind\": \"posix\", \"layout\": \"ring\", "
+                                      "\"slot_size\": 64, \"slots\": 8}]");
+        test_start_ok();
+        for (unsigned c = 0; c < 2; c++) {
+                char rw[128];
+                int fds[3];
+                uint32_t tokens[3];
+                json_t *resp;
+                size_t size;
+                void *a = map_name(files[c], &size);
+                /* A raw channel's lock tokens, in semaphore 0's file; a ring's own. */
+                RingHolder *table = c == 0 ? psem_holders_at(a) : ring_holder_at(a, 0);
+
+                snprintf(rw, sizeof rw, "{\"op\": \"open\", \"channel\": \"%s\", \"access\": \"rw\"}", channels[c]);
+                fds[0] = test_connect(td.socket);
+                resp = test_request(fds[0], rw);
+                test_assert_ok(resp);
+                tokens[0] = (uint32_t) json_integer_value(json_object_get(resp, "holder"));
+                json_decref(resp);
+                /* Every entry LIVE, the first one's generation moved on. */
+                for (unsigned i = 0; i < RING_HOLDERS; i++)
+                        __atomic_store_n(&table[i].word, (uint64_t) (i == 0 ? 7 : 1) << 32 | RING_HOLDER_LIVE,
+                                         __ATOMIC_RELAXED);
+                for (unsigned k = 1; k < 3; k++) {
+                        fds[k] = test_connect(td.socket);
+                        resp = test_request(fds[k], rw);
+                        test_assert_ok(resp);
+                        tokens[k] = (uint32_t) json_integer_value(json_object_get(resp, "holder"));
+                        json_decref(resp);
+                        ck_assert_uint_ne(tokens[k], 0);
+                        for (unsigned j = 0; j < k; j++)
+                                ck_assert_msg(tokens[k] != tokens[j], "%s: token %#x handed out twice", channels[c],
+                                              tokens[k]);
+                }
+                for (unsigned k = 0; k < 3; k++)
+                        close(fds[k]);
+                munmap(a, size);
+        }
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "files", CASE_TIMEOUT, { test_files_made, test_status_list, test_check_config, test_access_follows_file_rule,
@@ -4670,7 +4733,8 @@ int main(void) {
                 { "replaced-behind", CASE_TIMEOUT, { test_replaced_behind_back, test_remade_ring_gets_fresh_fifos } },
                 { "replace-temp-taken", CASE_TIMEOUT, { test_replacement_temp_name_taken_before_it_is_made } },
                 { "crash-values", CASE_TIMEOUT, { test_crash_changed_values_made_anew } },
-                { "lock-tokens", CASE_TIMEOUT, { test_raw_posix_channel_with_semaphores_takes_256_rw_holds } },
+                { "lock-tokens", CASE_TIMEOUT, { test_raw_posix_channel_with_semaphores_takes_256_rw_holds,
+                                                 test_forged_lock_table_denies_no_rw_open } },
         };
 
         return test_main("posix", groups, sizeof groups / sizeof *groups, posix_setup, test_teardown);
