@@ -1143,6 +1143,18 @@ int client_hold_add(shmb_client *c, ClientHold *h, const char *name, shmb_access
         pthread_mutex_lock(&c->holds_lock);
         *h = (ClientHold) { .next = c->holds, .listed = true, .access = access };
         snprintf(h->name, sizeof h->name, "%s", name);
+        /*
+         * The name's hold is one per connection, and so are the tokens its
+         * rejoins replaced: a posix lock taken under one of them is this
+         * handle's to give back too.
+         */
+        for (const ClientHold *o = c->holds; o; o = o->next)
+                if (!o->stale && __atomic_load_n(&o->attached, __ATOMIC_ACQUIRE) && streq(o->name, name)) {
+                        for (unsigned k = 0; k < HOLD_OLD_TOKENS; k++)
+                                h->old_tokens[k] = __atomic_load_n(&o->old_tokens[k], __ATOMIC_RELAXED);
+                        h->n_old = o->n_old;
+                        break;
+                }
         if (c->holds)
                 c->holds->prev = h;
         c->holds = h;

@@ -1861,6 +1861,40 @@ START_TEST(test_reservation_survives_two_new_tokens) {
 }
 END_TEST
 
+/*
+ * libshmbroker(3): any handle of the connection's hold may unlock its
+ * lock. A lock taken before a broker crash that could not hand the token
+ * back (as above) names the old token; a handle of the same connection
+ * opened after the rejoin, which knows only the new one, must still give
+ * it back, and take it again as the hold's own, not wait on it.
+ */
+START_TEST(test_lock_under_an_old_token_is_still_the_holds) {
+        shmb_client *c = NULL;
+        shmb_channel *a, *b;
+
+        test_daemon_stop_ok(&td);
+        test_daemon_write_config(&td, "[{\"name\": \"lock\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1]}]");
+        td.deny_pidfd_open = true;
+        setenv("TEST_DAEMON_WRAPPER", pid_ns_wrapper, 1);
+        test_start_ok();
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "lock", SHMB_RW, &a), 0);
+        ck_assert_int_eq(shmb_lock(a, 0, 0), 0);
+        inner_daemon_signal(SIGKILL);
+        test_start_ok();
+        wait_holds(a, a, "lock", 1);
+        ck_assert_int_eq(shmb_open(c, "lock", SHMB_RW, &b), 0);
+        ck_assert_int_eq(shmb_lock(b, 0, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_unlock(b, 0), 0);
+        ck_assert_int_eq(shmb_lock(a, 0, 0), 0);
+        ck_assert_int_eq(shmb_unlock(a, 0), 0);
+        shmb_close(b);
+        shmb_close(a);
+        shmb_disconnect(c);
+        inner_daemon_stop_ok();
+}
+END_TEST
+
 /* A child that opens "lock" on a connection of its own, locks semaphore 0, says so on `ready`, then does `then`. */
 typedef enum { HOLDER_PAUSES, HOLDER_CLOSES_AND_PAUSES } HolderThen;
 
@@ -2169,7 +2203,8 @@ int main(void) {
                                              test_subscriber_the_broker_cannot_see_survives_a_crash,
                                              test_live_claimer_survives_a_restart_in_another_pid_namespace,
                                              test_reservation_survives_a_new_token_at_a_rejoin,
-                                             test_reservation_survives_two_new_tokens } },
+                                             test_reservation_survives_two_new_tokens,
+                                             test_lock_under_an_old_token_is_still_the_holds } },
                 { "ctl", CASE_TIMEOUT, { test_shmbrokerctl_shows_kind_and_names } },
                 { "scribbler", CASE_TIMEOUT, { test_seeded_scribbler_on_semaphore_files } },
                 { "semvmx", CASE_TIMEOUT, { test_post_past_semvmx_is_erange_as_on_system_v } },
