@@ -511,24 +511,41 @@ static PosixSemFile *map_sem_file(const char *channel, unsigned sem) {
 /*
  * README, Security: a peer allowed to write a posix channel's semaphore
  * files may write any byte of them, yet "cannot ... abort [another
- * process] through the semaphores (with 64-bit glibc) or stop the daemon".
- * A seeded scribbler (SHMB_TEST_SEED, else a fixed seed; the seed is in
- * every message) writes edge values into the sem_t words (value, waiters,
- * "private") of a channel's three semaphore files, through a mapping of
- * its own, between the library's semaphore calls on them, with timeouts of
- * 0 to 2 ms. Every call must return 0 or an errno it may give, within its
- * timeout and SCRIB_SLACK_MS (a bound on loops, not a speed), the case's
- * process must not die (a signal fails the case), and the daemon must stay
- * up and answer status with values in 0..SEM_VALUE_MAX. Now and then a
- * wait for ever, on a value kept 0, must end with -EIDRM within REMOVAL_MS
- * of the channel's removal: a reload that drops it, and at last a stop,
- * after which no file is left (teardown). The lock's words are left out
- * (test_lock_words_aimed_at_the_holder_write_nowhere scribbles them).
+ * process] through the semaphores (with 64-bit glibc) or stop the daemon",
+ * and of the lock: "the writer can make a lock wait or be held by two, no
+ * more". A seeded scribbler (SHMB_TEST_SEED, else a fixed seed; the seed
+ * is in every message) writes edge values, through a mapping of its own,
+ * into a raw channel's three semaphore files: the sem_t words (value,
+ * waiters, "private"), the lock word (0, the tokens of this process's two
+ * holds, tokens of the table's other entries, of an index past the table,
+ * of no index, of another generation, UINT32_MAX), its sleepers' count,
+ * the reserved words, and the entries of the holder table in semaphore 0's
+ * file (states and generations, pids, ids). Between the writes come the
+ * library's semaphore and lock calls on both holds, with timeouts of 0 to
+ * 2 ms, and an open, lock and close on a connection of its own (the daemon
+ * then reads the scribbled table). Every call must return 0 or an errno it
+ * may give, within its timeout and SCRIB_SLACK_MS (a bound on loops, not a
+ * speed), the case's process must not die (a signal fails the case), and
+ * the daemon must stay up and answer status with values in
+ * 0..SEM_VALUE_MAX. After each round a probe puts the table back, writes
+ * one kind of lock word, and asks of a lock and unlock what the word
+ * promises: a word naming no live token is taken at once, another live
+ * hold's is not (and not given back by us), our own dead token says
+ * -ENOTCONN; and neither call stores anything in the file but the lock
+ * word and its sleepers' count. Once the daemon is killed with the table
+ * scribbled on and started again: it takes the files over and stays up.
+ * Now and then a wait for ever, on a value kept 0 (its other words
+ * scribbled on), must end with -EIDRM within REMOVAL_MS of the channel's
+ * removal: a reload that drops it, and at last a stop, after which no file
+ * is left (teardown).
  */
 #define SCRIB_PHASES 4
 #define SCRIB_ROUNDS 150
 #define SCRIB_NSEMS 3
 #define SCRIB_SLACK_MS 1500
+#define SCRIB_OPS 6
+#define SCRIB_CRASH_PHASE 1
+#define SCRIB_FAKE_HOLDER 200
 
 static uint64_t scrib_state, scrib_seed;
 
@@ -562,9 +579,105 @@ static void scrib_reload(shmb_client *c, bool with) {
 
 typedef struct Scribbled {
         PosixSemFile *f[SCRIB_NSEMS];
+        RingHolder *table;                      /* in f[0]'s file: PSEM_HOLDERS entries */
+        RingHolder saved[PSEM_HOLDERS];         /* the table as the daemon left it after the two opens */
+        uint32_t tok[2];                        /* the tokens of the two holds (ch, ch2) */
 } Scribbled;
 
-/* One write of edge values into one of the files' sem_t, as any rw opener may. */
+static size_t scrib_file_size(unsigned i) {
+        return psem_file_size(PROTO_LAYOUT_RAW, i);
+}
+
+/* Semaphore i's file of "scrib", all of it (semaphore 0's with the holder table). */
+static PosixSemFile *scrib_map(unsigned i) {
+        char path[PATH_MAX];
+        void *p;
+        int fd;
+
+        snprintf(path, sizeof path, PSEM_DIR "/" PSEM_FILE_PREFIX "shmbroker.scrib.%u", i);
+        fd = open(path, O_RDWR | O_CLOEXEC);
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        p = mmap(NULL, scrib_file_size(i), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        ck_assert_ptr_ne(p, MAP_FAILED);
+        close(fd);
+        return p;
+}
+
+/* The token of the one LIVE entry of the table that `skip` does not name (the daemon's only, after an open). */
+static uint32_t scrib_new_token(const Scribbled *s, uint32_t skip) {
+        uint32_t found = 0;
+
+        for (uint32_t i = 0; i < PSEM_HOLDERS; i++) {
+                uint64_t w = __atomic_load_n(&s->table[i].word, __ATOMIC_ACQUIRE);
+                uint32_t t = ring_token(i, (uint32_t) (w >> 32));
+
+                if ((uint32_t) w != RING_HOLDER_LIVE || t == skip)
+                        continue;
+                ck_assert_msg(found == 0, "seed %llu: two new tokens", (unsigned long long) scrib_seed);
+                found = t;
+        }
+        ck_assert_msg(found != 0, "seed %llu: an rw open got no token in the table", (unsigned long long) scrib_seed);
+        return found;
+}
+
+/* A lock word of every kind a writer might leave: free, ours, live-looking, dead-looking, and nothing at all. */
+static uint32_t scrib_lock_word(const Scribbled *s) {
+        uint32_t t = s->tok[scrib_rand() & 1], i = (uint32_t) (scrib_rand() % PSEM_HOLDERS);
+        uint64_t w = __atomic_load_n(&s->table[i].word, __ATOMIC_RELAXED);
+
+        switch (scrib_rand() % 9) {
+        case 0: return 0;
+        case 1: return t;
+        case 2: return ring_token(i, (uint32_t) (w >> 32));                       /* whatever entry i says */
+        case 3: return t + (UINT32_C(1) << RING_TOKEN_INDEX_BITS);                /* our entry, another generation */
+        case 4: return t ^ UINT32_C(0x80000000);
+        case 5: return (t & ~((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) | (PSEM_HOLDERS + 1 + i % 3000);
+        case 6: return t & ~((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1);          /* index bits 0 */
+        case 7: return UINT32_MAX;
+        default: return (uint32_t) scrib_rand();
+        }
+}
+
+/* One write into an entry of the holder table; mostly the two that name our holds, and their neighbours. */
+static void scribble_table(Scribbled *s) {
+        static const int32_t pids[] = { 0, -1, 1, INT32_MAX, INT32_MIN, 2 };
+        static const uint32_t gens[] = { 0, 1, UINT32_C(0xfffff), UINT32_C(0x100000), UINT32_MAX };
+        static const uint32_t states[] = { RING_HOLDER_FREE, RING_HOLDER_LIVE, RING_HOLDER_DEAD, 3, UINT32_MAX };
+        uint32_t own = s->tok[scrib_rand() & 1], i;
+        RingHolder *e;
+
+        switch (scrib_rand() % 4) {
+        case 0: case 1: i = (own & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1; break;
+        case 2: i = (uint32_t) (scrib_rand() % 4); break;
+        default: i = (uint32_t) (scrib_rand() % PSEM_HOLDERS); break;
+        }
+        e = &s->table[i];
+        switch (scrib_rand() % 6) {
+        case 0: case 1: {
+                /* A state under a generation: the entry's own, one off, or an edge. */
+                uint32_t gen = scrib_rand() & 1 ? (own >> RING_TOKEN_INDEX_BITS) + (uint32_t) (scrib_rand() % 3) - 1 :
+                                                  SCRIB_PICK(gens);
+
+                __atomic_store_n(&e->word, (uint64_t) gen << 32 | SCRIB_PICK(states), __ATOMIC_RELAXED);
+                break;
+        }
+        case 2:
+                __atomic_store_n(&e->word, scrib_rand() & 1 ? UINT64_MAX : scrib_rand(), __ATOMIC_RELAXED);
+                break;
+        case 3:
+                e->pid = scrib_rand() & 1 ? (int32_t) getpid() : SCRIB_PICK(pids);
+                break;
+        case 4:
+                e->pidns = scrib_rand() & 1 ? 0 : (uint32_t) scrib_rand();
+                break;
+        default:
+                e->starttime = scrib_rand() & 1 ? 0 : scrib_rand();
+                e->pidfs_ino = scrib_rand() & 1 ? UINT64_MAX : scrib_rand();
+                break;
+        }
+}
+
+/* One write of edge values into one of the files: its sem_t, its lock's words, or semaphore 0's holder table. */
 static void scribble_once(Scribbled *s) {
         static const uint32_t values[] = { 0, 1, 2, 32766, 32767, 32768, SEM_VALUE_MAX - 1, SEM_VALUE_MAX,
                                            UINT32_C(0x80000000), UINT32_MAX };
@@ -576,7 +689,7 @@ static void scribble_once(Scribbled *s) {
         uint32_t *nwaiters = (uint32_t *) (void *) &f->sem + (__BYTE_ORDER != __BIG_ENDIAN);
         int32_t *private = (int32_t *) (void *) ((char *) &f->sem + sizeof(uint64_t));
 
-        switch (scrib_rand() % 4) {
+        switch (scrib_rand() % 9) {
         case 0: {
                 uint64_t d = (uint64_t) SCRIB_PICK(values) | (uint64_t) SCRIB_PICK(waiters) << 32;
 
@@ -589,11 +702,28 @@ static void scribble_once(Scribbled *s) {
         case 2:
                 __atomic_store_n(nwaiters, SCRIB_PICK(waiters), __ATOMIC_RELAXED);
                 break;
-        default:
+        case 3:
                 __atomic_store_n(private, SCRIB_PICK(privates), __ATOMIC_RELAXED);
+                break;
+        case 4: case 5:
+                __atomic_store_n(&f->lock, scrib_lock_word(s), __ATOMIC_RELAXED);
+                break;
+        case 6:
+                __atomic_store_n(&f->lock_waiters, SCRIB_PICK(waiters), __ATOMIC_RELAXED);
+                break;
+        case 7: {
+                uint32_t *reserved[] = { &f->reserved, &f->reserved2[0], &f->reserved2[1] };
+
+                __atomic_store_n(SCRIB_PICK(reserved), (uint32_t) scrib_rand(), __ATOMIC_RELAXED);
+                break;
+        }
+        default:
+                scribble_table(s);
                 break;
         }
 }
+
+static const char *const scrib_op_names[SCRIB_OPS] = { "wait", "trywait", "post", "lock", "unlock", "open" };
 
 static bool scrib_known(int op, int r, int timeout_ms) {
         switch (op) {
@@ -601,9 +731,111 @@ static bool scrib_known(int op, int r, int timeout_ms) {
                 return r == 0 || r == (timeout_ms == 0 ? -EAGAIN : -ETIMEDOUT);
         case 1: /* trywait */
                 return r == 0 || r == -EAGAIN;
-        default: /* post: SEMVMX, as on System V */
+        case 2: /* post: SEMVMX, as on System V */
                 return r == 0 || r == -ERANGE;
+        case 3: /* lock: taken, held by another (or so the word says), or our token is dead in the table */
+                return r == 0 || r == (timeout_ms == 0 ? -EAGAIN : -ETIMEDOUT) || r == -ENOTCONN;
+        case 4: /* unlock: ours, or not (any more) */
+                return r == 0 || r == -EPERM;
+        default: /* an open of its own: all 256 entries may read live */
+                return r == 0 || r == -EUSERS;
         }
+}
+
+/* Another connection's open, lock and close: the daemon reads the scribbled table to give a token, then to end it. */
+static int scrib_open_lock_close(unsigned idx, int timeout_ms) {
+        shmb_client *c = NULL;
+        shmb_channel *ch = NULL;
+        int r;
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        r = shmb_open(c, "scrib", SHMB_RW, &ch);
+        if (r == 0) {
+                int k = shmb_lock(ch, idx, timeout_ms);
+
+                ck_assert_msg(scrib_known(3, k, timeout_ms), "seed %llu: a fresh hold's lock(%u, %d ms): %s",
+                              (unsigned long long) scrib_seed, idx, timeout_ms, shmb_strerror(k));
+                ck_assert_int_eq(shmb_close(ch), 0);
+        }
+        shmb_disconnect(c);
+        return r;
+}
+
+/* The table as the daemon left it, and what the probe then expects. */
+static void scrib_restore_table(Scribbled *s) {
+        for (uint32_t i = 0; i < PSEM_HOLDERS; i++) {
+                s->table[i] = s->saved[i];
+                __atomic_store_n(&s->table[i].word, s->saved[i].word, __ATOMIC_SEQ_CST);
+        }
+}
+
+/* The file but the lock word and its sleepers' count: what no lock call may write. */
+static void scrib_snapshot(const PosixSemFile *f, size_t size, unsigned char *buf) {
+        memcpy(buf, f, size);
+        memset(buf + offsetof(PosixSemFile, lock), 0, sizeof f->lock + sizeof f->lock_waiters);
+}
+
+/*
+ * With the table as the daemon wrote it: one kind of lock word, and what a
+ * lock and an unlock of hold ch (token tok[0]; tok[1] is ch2's) must say.
+ */
+static void scrib_probe(Scribbled *s, shmb_channel *ch, int phase, int round) {
+        static unsigned char before[PSEM_HOLDERS_OFFSET + PSEM_HOLDERS * RING_HOLDER_SIZE],
+                after[sizeof before];
+        unsigned idx = (unsigned) (scrib_rand() % SCRIB_NSEMS);
+        PosixSemFile *f = s->f[idx];
+        size_t size = scrib_file_size(idx);
+        uint32_t kind = (uint32_t) (scrib_rand() % 5), w;
+        int lock_r, unlock_r, want_lock, want_unlock, timeout_ms = (int) (scrib_rand() % 3);
+        int64_t t0;
+
+        scrib_restore_table(s);
+        switch (kind) {
+        case 0: w = 0; break;
+        case 1: w = s->tok[0]; break;
+        case 2: w = s->tok[1]; break;
+        case 3: {
+                /* Names no live entry: past the table, no index, another generation, all bits. */
+                uint32_t dead[] = { s->tok[1] + (UINT32_C(1) << RING_TOKEN_INDEX_BITS), UINT32_MAX,
+                                    s->tok[1] & ~((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1),
+                                    (s->tok[1] & ~((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) | (PSEM_HOLDERS + 1),
+                                    ring_token(PSEM_HOLDERS - 1, 7) };
+
+                w = SCRIB_PICK(dead);
+                break;
+        }
+        default:
+                /* Our own entry marked DEAD (as if the broker had ended our hold): the word is free. */
+                w = 0;
+                break;
+        }
+        if (kind == 4) {
+                RingHolder *e = &s->table[(s->tok[0] & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1];
+
+                __atomic_store_n(&e->word, (e->word & ~UINT64_C(0xffffffff)) | RING_HOLDER_DEAD, __ATOMIC_SEQ_CST);
+        }
+        __atomic_store_n(&f->lock_waiters, (uint32_t) (scrib_rand() % 3 == 0 ? UINT32_MAX : 0), __ATOMIC_RELAXED);
+        __atomic_store_n(&f->lock, w, __ATOMIC_SEQ_CST);
+        scrib_snapshot(f, size, before);
+        t0 = test_now_ms();
+        /* Ours already (1): a lock waits, as a holder's second lock does on System V. */
+        lock_r = shmb_lock(ch, idx, timeout_ms);
+        unlock_r = shmb_unlock(ch, idx);
+        scrib_snapshot(f, size, after);
+        want_lock = kind == 4 ? -ENOTCONN : kind == 0 || kind == 3 ? 0 : timeout_ms == 0 ? -EAGAIN : -ETIMEDOUT;
+        want_unlock = kind == 2 || kind == 4 ? -EPERM : 0;
+        ck_assert_msg(lock_r == want_lock && unlock_r == want_unlock, "seed %llu, phase %d, round %d: word %#x (kind %u) "
+                      "on semaphore %u: lock(%d ms) %s (not %s), unlock %s (not %s)", (unsigned long long) scrib_seed,
+                      phase, round, w, kind, idx, timeout_ms, shmb_strerror(lock_r), shmb_strerror(want_lock),
+                      shmb_strerror(unlock_r), shmb_strerror(want_unlock));
+        ck_assert_msg(test_now_ms() - t0 <= timeout_ms + SCRIB_SLACK_MS, "seed %llu: the probe took %lld ms",
+                      (unsigned long long) scrib_seed, (long long) (test_now_ms() - t0));
+        ck_assert_msg(memcmp(before, after, size) == 0, "seed %llu, phase %d, round %d: a lock call wrote semaphore %u's "
+                      "file outside its lock word", (unsigned long long) scrib_seed, phase, round, idx);
+        /* Another hold's lock stays its own; one we took or had is given back. */
+        ck_assert_uint_eq(__atomic_load_n(&f->lock, __ATOMIC_SEQ_CST), kind == 2 ? s->tok[1] : 0);
+        __atomic_store_n(&f->lock, 0, __ATOMIC_SEQ_CST);
+        scrib_restore_table(s);
 }
 
 typedef struct ForeverWait {
@@ -616,17 +848,76 @@ typedef struct ForeverWait {
 
 static void *forever_wait(void *userdata) {
         ForeverWait *w = userdata;
+        int r;
 
         __atomic_store_n(&w->tid, (pid_t) syscall(SYS_gettid), __ATOMIC_RELEASE);
-        w->result = shmb_sem_wait(w->ch, w->idx, -1);
+        r = shmb_sem_wait(w->ch, w->idx, -1);
+
         w->returned_ms = test_now_ms();
+        __atomic_store_n(&w->result, r, __ATOMIC_RELEASE);
         return NULL;
+}
+
+static void *forever_lock(void *userdata) {
+        ForeverWait *w = userdata;
+        int r;
+
+        __atomic_store_n(&w->tid, (pid_t) syscall(SYS_gettid), __ATOMIC_RELEASE);
+        r = shmb_lock(w->ch, w->idx, -1);
+
+        w->returned_ms = test_now_ms();
+        __atomic_store_n(&w->result, r, __ATOMIC_RELEASE);
+        return NULL;
+}
+
+/* Until w's thread sleeps (5 looks in a row), its call still under way. */
+static void scrib_wait_asleep(const ForeverWait *w, const char *what) {
+        for (int asleep = 0; asleep < 5; usleep(1000)) {
+                pid_t tid = __atomic_load_n(&w->tid, __ATOMIC_ACQUIRE);
+
+                ck_assert_msg(__atomic_load_n(&w->result, __ATOMIC_RELAXED) == 1, "seed %llu: the %s for ever "
+                              "returned %d", (unsigned long long) scrib_seed, what, w->result);
+                asleep = tid && test_task_state(getpid(), tid) == 'S' ? asleep + 1 : 0;
+        }
+}
+
+/* w's thread ended with -EIDRM within REMOVAL_MS of removed_ms. */
+static void scrib_join_removed(pthread_t t, const ForeverWait *w, int64_t removed_ms, int phase, const char *what) {
+        struct timespec until;
+
+        ck_assert_int_eq(clock_gettime(CLOCK_REALTIME, &until), 0);
+        until.tv_sec += WAIT_MS / 1000;
+        ck_assert_msg(pthread_timedjoin_np(t, NULL, &until) == 0, "seed %llu, phase %d: the %s for ever "
+                      "outlived the removal", (unsigned long long) scrib_seed, phase, what);
+        ck_assert_msg(w->result == -EIDRM, "seed %llu, phase %d: the %s for ever: %s",
+                      (unsigned long long) scrib_seed, phase, what, shmb_strerror(w->result));
+        ck_assert_msg(w->returned_ms - removed_ms < REMOVAL_MS, "seed %llu: the %s for ever returned %lld ms "
+                      "after the removal", (unsigned long long) scrib_seed, what,
+                      (long long) (w->returned_ms - removed_ms));
+}
+
+/* The daemon is up and tells values a client may read. */
+static void scrib_daemon_answers(shmb_client *c, int phase, int round) {
+        shmb_status_list *l = NULL;
+        int r;
+
+        ck_assert_int_eq(waitpid(td.pid, NULL, WNOHANG), 0);
+        r = shmb_status(c, "scrib", &l);
+        ck_assert_msg(r == 0, "seed %llu, phase %d, round %d: status: %s", (unsigned long long) scrib_seed,
+                      phase, round, shmb_strerror(r));
+        for (unsigned i = 0; i < SCRIB_NSEMS; i++) {
+                int value = -2;
+
+                ck_assert_int_eq(shmb_status_semaphore(l, 0, i, &value, NULL, NULL, NULL), 0);
+                ck_assert_msg(value >= 0 && value <= SEM_VALUE_MAX, "seed %llu: status value %d",
+                              (unsigned long long) scrib_seed, value);
+        }
+        shmb_status_free(l);
 }
 
 START_TEST(test_seeded_scribbler_on_semaphore_files) {
         const char *env = getenv("SHMB_TEST_SEED");
-        static const char *const op_names[] = { "wait", "trywait", "post" };
-        unsigned long long calls = 0, errs[3][140] = { { 0 } };
+        unsigned long long calls = 0, probes = 0, errs[SCRIB_OPS][140] = { { 0 } };
         shmb_client *c = NULL;
         Scribbled s = { 0 };
 
@@ -635,75 +926,120 @@ START_TEST(test_seeded_scribbler_on_semaphore_files) {
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
         for (int phase = 0; phase < SCRIB_PHASES; phase++) {
                 bool last = phase == SCRIB_PHASES - 1;
-                shmb_channel *ch;
-                ForeverWait w = { .result = 1 };
-                pthread_t t;
-                struct timespec until;
+                shmb_channel *ch, *ch2 = NULL, *hold[2];
+                shmb_client *c2 = NULL;
+                ForeverWait w = { .result = 1 }, lw = { .result = 1 };
+                pthread_t t, lt;
                 int64_t removed_ms;
 
                 scrib_reload(c, true);
-                ch = must_open("scrib", SHMB_RW);
                 for (unsigned i = 0; i < SCRIB_NSEMS; i++)
-                        s.f[i] = map_sem_file("scrib", i);
+                        s.f[i] = scrib_map(i);
+                s.table = psem_holders_at(s.f[0]);
+                /* Two holds of this process, each with its token in the table (proto/posix.h). */
+                ch = must_open("scrib", SHMB_RW);
+                s.tok[0] = scrib_new_token(&s, 0);
+                ck_assert_int_eq(shmb_connect(NULL, &c2), 0);
+                ck_assert_int_eq(shmb_open(c2, "scrib", SHMB_RW, &ch2), 0);
+                s.tok[1] = scrib_new_token(&s, s.tok[0]);
+                memcpy(s.saved, s.table, sizeof s.saved);
+                hold[0] = ch;
+                hold[1] = ch2;
                 for (int round = 0; round < SCRIB_ROUNDS; round++) {
-                        shmb_status_list *l = NULL;
                         int n = 1 + (int) (scrib_rand() % 3), r;
 
                         for (int k = 0; k < n; k++)
                                 scribble_once(&s);
                         n = 1 + (int) (scrib_rand() % 4);
                         for (int k = 0; k < n; k++) {
-                                int op = (int) (scrib_rand() % 3), timeout_ms = (int) (scrib_rand() % 3);
+                                int op = (int) (scrib_rand() % SCRIB_OPS), timeout_ms = (int) (scrib_rand() % 3);
                                 unsigned idx = (unsigned) (scrib_rand() % SCRIB_NSEMS);
+                                shmb_channel *h = hold[scrib_rand() & 1];
                                 int64_t t0 = test_now_ms(), took;
 
                                 switch (op) {
-                                case 0: r = shmb_sem_wait(ch, idx, timeout_ms); break;
-                                case 1: r = shmb_sem_trywait(ch, idx); break;
-                                default: r = shmb_sem_post(ch, idx); break;
+                                case 0: r = shmb_sem_wait(h, idx, timeout_ms); break;
+                                case 1: r = shmb_sem_trywait(h, idx); break;
+                                case 2: r = shmb_sem_post(h, idx); break;
+                                case 3: r = shmb_lock(h, idx, timeout_ms); break;
+                                case 4: r = shmb_unlock(h, idx); break;
+                                default: r = scrib_open_lock_close(idx, timeout_ms); break;
                                 }
                                 took = test_now_ms() - t0;
                                 calls++;
                                 ck_assert_msg(scrib_known(op, r, timeout_ms), "seed %llu, phase %d, round %d: %s(%u, %d ms): %s",
-                                              (unsigned long long) scrib_seed, phase, round, op_names[op], idx, timeout_ms,
-                                              shmb_strerror(r));
+                                              (unsigned long long) scrib_seed, phase, round, scrib_op_names[op], idx,
+                                              timeout_ms, shmb_strerror(r));
+                                /* An open is a few round trips, each bounded too. */
                                 ck_assert_msg(took <= timeout_ms + SCRIB_SLACK_MS, "seed %llu, phase %d, round %d: "
                                               "%s(%u, %d ms) took %lld ms", (unsigned long long) scrib_seed, phase, round,
-                                              op_names[op], idx, timeout_ms, (long long) took);
+                                              scrib_op_names[op], idx, timeout_ms, (long long) took);
                                 errs[op][-r < 140 ? -r : 0]++;
                         }
-                        /* The daemon is up and tells values a client may read. */
-                        ck_assert_int_eq(waitpid(td.pid, NULL, WNOHANG), 0);
-                        r = shmb_status(c, "scrib", &l);
-                        ck_assert_msg(r == 0, "seed %llu, phase %d, round %d: status: %s", (unsigned long long) scrib_seed,
-                                      phase, round, shmb_strerror(r));
-                        for (unsigned i = 0; i < SCRIB_NSEMS; i++) {
-                                int value = -2;
-
-                                ck_assert_int_eq(shmb_status_semaphore(l, 0, i, &value, NULL, NULL, NULL), 0);
-                                ck_assert_msg(value >= 0 && value <= SEM_VALUE_MAX, "seed %llu: status value %d",
-                                              (unsigned long long) scrib_seed, value);
-                        }
-                        shmb_status_free(l);
+                        scrib_daemon_answers(c, phase, round);
+                        if (scrib_rand() % 2 == 0) {
+                                scrib_probe(&s, ch, phase, round);
+                                probes++;
+                        } else if (scrib_rand() % 4 == 0)
+                                scrib_restore_table(&s);
                 }
 
-                /* A wait for ever on a value kept 0 (its other words scribbled on), asleep, then the removal. */
+                /*
+                 * A crash with the table scribbled on: the next daemon takes it over
+                 * with the files (posix_objects_adopt(), holders_adopt(), a sweep),
+                 * and must come up and stay up.
+                 */
+                if (phase == SCRIB_CRASH_PHASE) {
+                        for (int k = 0; k < 64; k++)
+                                scribble_table(&s);
+                        test_daemon_kill(&td, SIGKILL);
+                        test_start_ok();
+                        scrib_daemon_answers(c, phase, -1);
+                        for (int k = 0; k < 4; k++) {
+                                int r = scrib_open_lock_close((unsigned) (scrib_rand() % SCRIB_NSEMS), 0);
+
+                                ck_assert_msg(scrib_known(5, r, 0), "seed %llu: an open after the restart: %s",
+                                              (unsigned long long) scrib_seed, shmb_strerror(r));
+                                scribble_table(&s);
+                        }
+                        scrib_daemon_answers(c, phase, -1);
+                }
+
+                /*
+                 * A wait for ever on a value kept 0 (its other words scribbled on), and
+                 * a lock for ever behind ch2's live token, both asleep, then the removal;
+                 * the writer keeps the table saying our holds are live after it too.
+                 */
                 w.ch = ch;
                 w.idx = (unsigned) (scrib_rand() % SCRIB_NSEMS);
                 __atomic_store_n((uint32_t *) (void *) &s.f[w.idx]->sem + (__BYTE_ORDER == __BIG_ENDIAN), 0,
                                  __ATOMIC_RELAXED);
                 ck_assert_int_eq(pthread_create(&t, NULL, forever_wait, &w), 0);
-                for (int asleep = 0; asleep < 5; usleep(1000)) {
-                        pid_t tid = __atomic_load_n(&w.tid, __ATOMIC_ACQUIRE);
-
-                        ck_assert_msg(__atomic_load_n(&w.result, __ATOMIC_RELAXED) == 1, "seed %llu: the wait for ever "
-                                      "returned %d", (unsigned long long) scrib_seed, w.result);
-                        asleep = tid && test_task_state(getpid(), tid) == 'S' ? asleep + 1 : 0;
-                }
+                scrib_wait_asleep(&w, "wait");
                 for (int k = 0; k < 4; k++) {
                         uint64_t d = (uint64_t) (scrib_rand() & 1 ? 0 : UINT32_MAX) << 32;
 
                         __atomic_store_n((uint64_t *) (void *) &s.f[w.idx]->sem, d, __ATOMIC_RELAXED);
+                }
+                if (phase != SCRIB_CRASH_PHASE) {
+                        /*
+                         * Phase 0: ch2's, whose hold the daemon drops first, so its wake-up
+                         * finds the locker's own token dead (the removal must still say
+                         * -EIDRM). Else ch's, and from phase 2 with its sleepers' count
+                         * wiped, so nobody wakes it before its slice ends: by then the
+                         * writer has made its token live again, and only the removal ends it.
+                         */
+                        lw.ch = phase == 0 ? ch2 : ch;
+                        lw.idx = (unsigned) (scrib_rand() % SCRIB_NSEMS);
+                        /* A holder that no hold of the daemon's is, made live by the writer: only the removal ends this wait. */
+                        scrib_restore_table(&s);
+                        s.saved[SCRIB_FAKE_HOLDER].word = (uint64_t) 5 << 32 | RING_HOLDER_LIVE;
+                        scrib_restore_table(&s);
+                        __atomic_store_n(&s.f[lw.idx]->lock, ring_token(SCRIB_FAKE_HOLDER, 5), __ATOMIC_SEQ_CST);
+                        ck_assert_int_eq(pthread_create(&lt, NULL, forever_lock, &lw), 0);
+                        scrib_wait_asleep(&lw, "lock");
+                        if (phase >= 2)
+                                __atomic_store_n(&s.f[lw.idx]->lock_waiters, 0, __ATOMIC_SEQ_CST);
                 }
                 removed_ms = test_now_ms();
                 if (last) {
@@ -713,27 +1049,34 @@ START_TEST(test_seeded_scribbler_on_semaphore_files) {
                         td.pid = -1;
                 } else
                         scrib_reload(c, false);
-                ck_assert_int_eq(clock_gettime(CLOCK_REALTIME, &until), 0);
-                until.tv_sec += WAIT_MS / 1000;
-                ck_assert_msg(pthread_timedjoin_np(t, NULL, &until) == 0, "seed %llu, phase %d: the wait for ever "
-                              "outlived the removal", (unsigned long long) scrib_seed, phase);
-                ck_assert_msg(w.result == -EIDRM, "seed %llu, phase %d: the wait for ever: %s",
-                              (unsigned long long) scrib_seed, phase, shmb_strerror(w.result));
-                ck_assert_msg(w.returned_ms - removed_ms < REMOVAL_MS, "seed %llu: the wait for ever returned %lld ms "
-                              "after the removal", (unsigned long long) scrib_seed, (long long) (w.returned_ms - removed_ms));
+                scrib_join_removed(t, &w, removed_ms, phase, "wait");
+                if (phase != SCRIB_CRASH_PHASE) {
+                        /* The writer keeps saying our holds (and the fake holder) live: the removal alone must end it. */
+                        while (__atomic_load_n(&lw.result, __ATOMIC_RELAXED) == 1 &&
+                               test_now_ms() - removed_ms < REMOVAL_MS) {
+                                scrib_restore_table(&s);
+                                (void) usleep(1000);
+                        }
+                        scrib_join_removed(lt, &lw, removed_ms, phase, "lock");
+                }
+                /* Removed: both holds' locks say so, whatever the words. */
+                ck_assert_int_eq(shmb_lock(ch, 0, 0), -EIDRM);
+                ck_assert_int_eq(shmb_unlock(ch2, 1), -EIDRM);
                 for (unsigned i = 0; i < SCRIB_NSEMS; i++)
-                        ck_assert_int_eq(munmap(s.f[i], sizeof *s.f[i]), 0);
+                        ck_assert_int_eq(munmap(s.f[i], scrib_file_size(i)), 0);
                 ck_assert_int_eq(shmb_channel_check(ch), -EIDRM);
+                ck_assert_int_eq(shmb_close(ch2), 0);
+                shmb_disconnect(c2);
                 ck_assert_int_eq(shmb_close(ch), 0);
         }
-        for (int op = 0; op < 3; op++) {
-                printf("scribbler seed %llu: %s:", (unsigned long long) scrib_seed, op_names[op]);
+        for (int op = 0; op < SCRIB_OPS; op++) {
+                printf("scribbler seed %llu: %s:", (unsigned long long) scrib_seed, scrib_op_names[op]);
                 for (int e = 0; e < 140; e++)
                         if (errs[op][e])
                                 printf(" %d %llu", -e, errs[op][e]);
                 printf("\n");
         }
-        printf("scribbler seed %llu: %llu calls\n", (unsigned long long) scrib_seed, calls);
+        printf("scribbler seed %llu: %llu calls, %llu probes\n", (unsigned long long) scrib_seed, calls, probes);
 }
 END_TEST
 
