@@ -2513,6 +2513,72 @@ START_TEST(test_live_lock_holder_keeps_the_lock_over_a_broker_crash) {
 END_TEST
 
 
+/*
+ * README, Security: a writer of a posix channel's semaphore files "can make
+ * a lock wait or be held by two, no more". A raw channel's lock tokens come
+ * from the holder table in semaphore 0's file, which every rw opener may
+ * write: the daemon must hand tokens out by what it gave, not by what the
+ * file says. Here the writer marks every other entry LIVE (pid 0: a process
+ * no sweep can judge) and our own entry FREE under its generation; another
+ * user's rw open must still get a token, and not ours.
+ */
+START_TEST(test_holder_table_writer_cannot_refuse_opens_or_duplicate_tokens) {
+        shmb_channel *ch = must_open("lock", SHMB_RW), *ch2 = NULL;
+        shmb_client *other = NULL;
+        char path[PATH_MAX];
+        size_t size = psem_file_size(PROTO_LAYOUT_RAW, 0);
+        PosixSemFile *f;
+        RingHolder *table;
+        uint32_t mine = UINT32_MAX, gen = 0;
+        int fd, r;
+
+        snprintf(path, sizeof path, PSEM_DIR "/" PSEM_FILE_PREFIX "shmbroker.lock.0");
+        fd = open(path, O_RDWR | O_CLOEXEC);
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        f = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        ck_assert_ptr_ne(f, MAP_FAILED);
+        close(fd);
+        table = psem_holders_at(f);
+        for (uint32_t i = 0; i < PSEM_HOLDERS; i++)
+                if ((uint32_t) table[i].word == RING_HOLDER_LIVE) {
+                        ck_assert_uint_eq(mine, UINT32_MAX);
+                        mine = i;
+                        gen = (uint32_t) (table[i].word >> 32);
+                }
+        ck_assert_uint_ne(mine, UINT32_MAX);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
+        for (uint32_t i = 0; i < PSEM_HOLDERS; i++) {
+                if (i == mine)
+                        continue;
+                table[i].pid = 0;
+                __atomic_store_n(&table[i].word, (uint64_t) 9 << 32 | RING_HOLDER_LIVE, __ATOMIC_RELEASE);
+        }
+        ck_assert_int_eq(shmb_connect(NULL, &other), 0);
+        r = shmb_open(other, "lock", SHMB_RW, &ch2);
+        ck_assert_msg(r == 0, "an rw open after the writer filled the table: %s", shmb_strerror(r));
+        ck_assert_int_eq(shmb_close(ch2), 0);
+        /* Our own entry made FREE under its generation: a new open must not be given our token. */
+        __atomic_store_n(&table[mine].word, (uint64_t) gen << 32 | RING_HOLDER_FREE, __ATOMIC_RELEASE);
+        r = shmb_open(other, "lock", SHMB_RW, &ch2);
+        ck_assert_msg(r == 0, "an rw open after the writer freed our entry: %s", shmb_strerror(r));
+        /*
+         * The writer puts our entry back (while it said FREE, anyone could take
+         * our lock: that much a writer may do). ch2 was not given our token: the
+         * lock, still ours, is neither its nor its to give back; nor does its
+         * close end our token.
+         */
+        __atomic_store_n(&table[mine].word, (uint64_t) gen << 32 | RING_HOLDER_LIVE, __ATOMIC_RELEASE);
+        ck_assert_int_eq(shmb_lock(ch2, 0, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_unlock(ch2, 0), -EPERM);
+        ck_assert_int_eq(shmb_close(ch2), 0);
+        ck_assert_uint_eq(__atomic_load_n(&table[mine].word, __ATOMIC_ACQUIRE), (uint64_t) gen << 32 | RING_HOLDER_LIVE);
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        shmb_disconnect(other);
+        ck_assert_int_eq(munmap(f, size), 0);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "mapping", CASE_TIMEOUT, { test_raw_mapping_is_shared_between_processes,
@@ -2537,7 +2603,8 @@ int main(void) {
                                            test_lock_of_a_holder_killed_while_the_broker_is_away_passes_on,
                                            test_live_lock_holder_keeps_the_lock_over_a_broker_crash,
                                            test_lock_of_a_holder_that_closed_while_the_broker_was_away_passes_on,
-                                           test_threads_and_handles_of_one_hold_share_its_lock } },
+                                           test_threads_and_handles_of_one_hold_share_its_lock,
+                                           test_holder_table_writer_cannot_refuse_opens_or_duplicate_tokens } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,
                                                test_open_failing_halfway_leaves_nothing } },
