@@ -2579,6 +2579,35 @@ START_TEST(test_holder_table_writer_cannot_refuse_opens_or_duplicate_tokens) {
 }
 END_TEST
 
+/*
+ * README: an ro user cannot affect a posix channel's locks. Its handles
+ * lock nothing (EACCES), and its holds take no lock token: more ro holds
+ * than the table has entries leave an rw open its token and the lock.
+ */
+START_TEST(test_read_only_holds_take_no_lock_token) {
+        enum { N = PSEM_HOLDERS + 4 };
+        shmb_client *cs[N] = { NULL };
+        shmb_channel *ro[N] = { NULL }, *ch;
+
+        for (int i = 0; i < N; i++) {
+                ck_assert_int_eq(shmb_connect(NULL, &cs[i]), 0);
+                ck_assert_int_eq(shmb_open(cs[i], "lock", SHMB_RO, &ro[i]), 0);
+        }
+        ck_assert_int_eq(shmb_lock(ro[0], 0, 0), -EACCES);
+        ck_assert_int_eq(shmb_unlock(ro[0], 0), -EACCES);
+        ch = must_open("lock", SHMB_RW);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
+        ck_assert_int_eq(shmb_lock(ro[1], 0, 0), -EACCES);
+        ck_assert_int_eq(shmb_unlock(ro[1], 0), -EACCES);
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        ck_assert_int_eq(shmb_close(ch), 0);
+        for (int i = 0; i < N; i++) {
+                ck_assert_int_eq(shmb_close(ro[i]), 0);
+                shmb_disconnect(cs[i]);
+        }
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "mapping", CASE_TIMEOUT, { test_raw_mapping_is_shared_between_processes,
@@ -2604,7 +2633,8 @@ int main(void) {
                                            test_live_lock_holder_keeps_the_lock_over_a_broker_crash,
                                            test_lock_of_a_holder_that_closed_while_the_broker_was_away_passes_on,
                                            test_threads_and_handles_of_one_hold_share_its_lock,
-                                           test_holder_table_writer_cannot_refuse_opens_or_duplicate_tokens } },
+                                           test_holder_table_writer_cannot_refuse_opens_or_duplicate_tokens,
+                                           test_read_only_holds_take_no_lock_token } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,
                                                test_open_failing_halfway_leaves_nothing } },
