@@ -2608,6 +2608,52 @@ START_TEST(test_read_only_holds_take_no_lock_token) {
 }
 END_TEST
 
+/*
+ * libshmbroker(3): a lock holder in another PID namespace is told dead
+ * from live as any other: alive, it keeps the lock (over a broker crash
+ * too); killed, the lock passes on.
+ */
+START_TEST(test_lock_holder_in_another_pid_namespace) {
+        shmb_channel *ch = must_open("lock", SHMB_RW);
+        int ready[2];
+        pid_t outer;
+
+        ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
+        outer = fork();
+        ck_assert_int_ge(outer, 0);
+        if (outer == 0) {
+                pid_t inner;
+
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                if (unshare(CLONE_NEWPID) < 0)
+                        _exit(5);
+                /* Its init: pid 1 there; the holder pauses until the test kills it. */
+                inner = fork_lock_holder(ready[1], HOLDER_PAUSES);
+                (void) waitpid(inner, NULL, 0);
+                _exit(0);
+        }
+        wait_ready(ready);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_lock(ch, 0, 100), -ETIMEDOUT);
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();
+        /* The next broker's sweep has run (it answered): the live holder kept its token. */
+        {
+                shmb_status_list *l = NULL;
+
+                ck_assert_int_eq(shmb_status(shmb_channel_get_client(ch), "lock", &l), 0);
+                shmb_status_free(l);
+        }
+        ck_assert_int_eq(shmb_lock(ch, 0, 100), -ETIMEDOUT);
+        /* The namespace's init dies, and its holder with it. */
+        ck_assert_int_eq(kill(outer, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(outer, NULL, 0), outer);
+        ck_assert_int_eq(shmb_lock(ch, 0, WAIT_MS), 0);
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "mapping", CASE_TIMEOUT, { test_raw_mapping_is_shared_between_processes,
@@ -2634,7 +2680,8 @@ int main(void) {
                                            test_lock_of_a_holder_that_closed_while_the_broker_was_away_passes_on,
                                            test_threads_and_handles_of_one_hold_share_its_lock,
                                            test_holder_table_writer_cannot_refuse_opens_or_duplicate_tokens,
-                                           test_read_only_holds_take_no_lock_token } },
+                                           test_read_only_holds_take_no_lock_token,
+                                           test_lock_holder_in_another_pid_namespace } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,
                                                test_open_failing_halfway_leaves_nothing } },
