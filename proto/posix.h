@@ -33,7 +33,7 @@
  *   so that an unlock without sleepers makes no system call.
  *
  *   Nothing in the file is an address or a kind: a writer of it can make
- *   a lock wait, or be given to two at once, and nothing more. (Version 1
+ *   a lock wait, fail, or be given to two at once, and nothing more. (Version 1
  *   kept a glibc robust mutex here, whose list links a writer could aim at
  *   any address of the holder's process.)
  *

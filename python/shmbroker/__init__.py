@@ -515,7 +515,8 @@ class Channel:
         unlock(); the broker gives the lock to the next locker when the
         holder's process dies or closes the channel (a close while the
         broker is away keeps it until the process exits). A writer of
-        that file can make the lock wait or be held twice, nothing more.
+        that file can make the lock wait, fail (ENOTCONN) or be held twice,
+        nothing more.
         """
         handle, base = self._live()
         i = _index(i)
