@@ -13,7 +13,9 @@
  * The segment's descriptor is kept while the handle lives: its device and
  * inode say which channel a reconnection finds (client.c), and its link
  * count says whether the broker removed it (shmb_channel_check()). The
- * semaphore files are mapped as PosixSemFile and their descriptors closed.
+ * semaphore files are mapped as PosixSemFile and their descriptors closed;
+ * so is a raw channel's lock holder table, read-only (only the broker
+ * writes it, and it hands the table over O_RDONLY to every opener).
  */
 
 #include <errno.h>
@@ -33,21 +35,15 @@ static int take_fd(ClientFds *fds, unsigned i) {
         return fd;
 }
 
-/* What a semaphore file of ch maps: semaphore 0's of a raw channel has its lock tokens' table too. */
-static size_t sem_size(const shmb_channel *ch, unsigned idx) {
-        return psem_file_size(ch->info.layout == SHMB_LAYOUT_RAW ? PROTO_LAYOUT_RAW : PROTO_LAYOUT_RING, idx);
-}
-
-/* Map semaphore file idx: a PosixSemFile of the layout this library speaks (-EPROTO otherwise). */
-static int map_sem(shmb_channel *ch, int fd, unsigned idx, PosixSemFile **ret) {
+/* Map a semaphore file: a PosixSemFile of the layout this library speaks (-EPROTO otherwise). */
+static int map_sem(shmb_channel *ch, int fd, PosixSemFile **ret) {
         int prot = ch->access == SHMB_RO ? PROT_READ : PROT_READ | PROT_WRITE;
-        size_t size = sem_size(ch, idx);
+        size_t size = sizeof **ret;
         struct stat st;
         PosixSemFile *f;
 
         if (fstat(fd, &st) < 0)
                 return -errno;
-        /* Never less: a holder table read past the file's end would be a SIGBUS. */
         if (!S_ISREG(st.st_mode) || st.st_size < (off_t) size)
                 return -EPROTO;
         f = mmap(NULL, size, prot, MAP_SHARED, fd, 0);
@@ -61,9 +57,26 @@ static int map_sem(shmb_channel *ch, int fd, unsigned idx, PosixSemFile **ret) {
         return 0;
 }
 
+/* Map a raw channel's lock holder table, read-only: never less than its entries (a read past the end is a SIGBUS). */
+static int map_lock_table(shmb_channel *ch, int fd) {
+        struct stat st;
+        void *t;
+
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (!S_ISREG(st.st_mode) || st.st_size < (off_t) PSEM_TABLE_SIZE)
+                return -EPROTO;
+        t = mmap(NULL, PSEM_TABLE_SIZE, PROT_READ, MAP_SHARED, fd, 0);
+        if (t == MAP_FAILED)
+                return -errno;
+        ch->lock_table = t;
+        return 0;
+}
+
 int posix_map(shmb_channel *ch, const ProtoChannel *pc, ClientFds *fds) {
         int prot = ch->access == SHMB_RO ? PROT_READ : PROT_READ | PROT_WRITE;
-        unsigned want = 1 + (pc->layout == PROTO_LAYOUT_BROADCAST) + pc->nsems, next = 1;
+        bool lock_table = psem_has_table(pc->layout, pc->nsems);
+        unsigned want = 1 + (pc->layout == PROTO_LAYOUT_BROADCAST || lock_table) + pc->nsems, next = 1;
         struct stat st;
         void *addr;
         int r;
@@ -92,11 +105,19 @@ int posix_map(shmb_channel *ch, const ProtoChannel *pc, ClientFds *fds) {
         ch->addr = addr;
         if (pc->layout == PROTO_LAYOUT_BROADCAST)
                 ch->table_fd = take_fd(fds, next++);
+        else if (lock_table) {
+                r = map_lock_table(ch, fds->fd[next++]);
+                if (r < 0) {
+                        client_set_message(ch->client, "channel \"%s\": its lock holder table is not one this "
+                                           "library can use", ch->info.name);
+                        return r;
+                }
+        }
         ch->psems = calloc(pc->nsems ?: 1, sizeof *ch->psems);
         if (!ch->psems)
                 return -ENOMEM;
         for (unsigned i = 0; i < pc->nsems; i++, next++) {
-                r = map_sem(ch, fds->fd[next], i, &ch->psems[i]);
+                r = map_sem(ch, fds->fd[next], &ch->psems[i]);
                 if (r < 0) {
                         client_set_message(ch->client, "channel \"%s\": its semaphore file %u is not one this "
                                            "library can use", ch->info.name, i);
@@ -110,9 +131,13 @@ void posix_unmap(shmb_channel *ch) {
         if (ch->psems) {
                 for (unsigned i = 0; i < ch->info.set_nsems; i++)
                         if (ch->psems[i])
-                                (void) munmap(ch->psems[i], sem_size(ch, i));
+                                (void) munmap(ch->psems[i], sizeof *ch->psems[i]);
                 free(ch->psems);
                 ch->psems = NULL;
+        }
+        if (ch->lock_table) {
+                (void) munmap((void *) ch->lock_table, PSEM_TABLE_SIZE);
+                ch->lock_table = NULL;
         }
         if (ch->addr) {
                 (void) munmap(ch->addr, (size_t) ch->info.size);

@@ -128,7 +128,7 @@ static const RingHolder *lock_holders(const shmb_channel *ch, uint32_t *ret_n) {
                 return bcast_publisher_at(ch->addr, 0);
         }
         *ret_n = PSEM_HOLDERS;
-        return psem_holders_at(ch->psems[0]);
+        return ch->lock_table;
 }
 
 /* Sleep while f's lock word is w, until `at` on CLOCK_MONOTONIC: 0, -ETIMEDOUT or -EINTR. */

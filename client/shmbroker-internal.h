@@ -191,6 +191,7 @@ struct shmb_channel {
         int shm_fd;                     /* the segment's, kept: its identity and link count; -1: none */
         int table_fd;                   /* a broadcast table's, until bcast_channel_setup() maps it; -1: none */
         struct PosixSemFile **psems;    /* set_nsems mapped semaphore files (NULL entries: not mapped) */
+        const struct RingHolder *lock_table; /* a raw channel's lock holder table, PROT_READ; NULL: none */
 };
 
 /*
@@ -416,9 +417,9 @@ __attribute__((format(printf, 2, 3))) void client_set_message(shmb_client *c, co
 /*
  * posix-map.c: map what a posix open answer pc handed over (fds, in the
  * order of proto/posix.h) into ch: the segment at ch->addr, the semaphore
- * files at ch->psems; the descriptors it keeps (the segment's, a
- * broadcast table's) are taken out of fds (-1 there), the caller closes
- * the rest. On failure the caller still calls posix_unmap().
+ * files at ch->psems, a raw channel's lock holder table at
+ * ch->lock_table; the descriptors it keeps (the segment's, a broadcast
+ * table's) are taken out of fds (-1 there), the caller closes the rest. On failure the caller still calls posix_unmap().
  */
 int posix_map(shmb_channel *ch, const ProtoChannel *pc, ClientFds *fds);
 void posix_unmap(shmb_channel *ch);

@@ -464,7 +464,8 @@ static int create_posix(Channel *c, State *state, PosixObjects *old, char *msg, 
         c->made_pid = c->posix.made_pid;
         c->made_since = c->posix.made_since;
         c->addr = c->posix.shm.addr;
-        c->table_addr = c->posix.table.addr;
+        /* A broadcast channel's subscriber table; a raw channel's lock holder table is the registry's. */
+        c->table_addr = spec->layout == PROTO_LAYOUT_BROADCAST ? c->posix.table.addr : NULL;
         /* No System V table: clients find it by name (proto/posix.h). */
         format_segment(c);
         r = channel_set_perms(c, state, spec->uid, spec->gid, spec->mode);
@@ -1183,7 +1184,8 @@ int channel_adopt_posix(const ChannelSpec *spec, const StateRecord *recs, size_t
         c->made_pid = c->posix.made_pid;
         c->made_since = c->posix.made_since;
         c->addr = c->posix.shm.addr;
-        c->table_addr = c->posix.table.addr;
+        /* A broadcast channel's subscriber table; a raw channel's lock holder table is the registry's. */
+        c->table_addr = spec->layout == PROTO_LAYOUT_BROADCAST ? c->posix.table.addr : NULL;
         if (c->posix.shm.size != spec->size || !posix_header_fits(spec, c->addr, &c->posix)) {
                 msg_set(msg, msg_size, "channel \"%s\": the header of %s is not the one configured", spec->name,
                         c->posix.shm_name);

@@ -327,7 +327,7 @@ static StateRecord file_record(const PosixFile *f, const char *channel, int role
 static int sem_file_init(PosixFile *f, unsigned value) {
         PosixSemFile *s = f->addr;
 
-        /* The lock, its waiters and a raw channel's holder table stay as the new file is: zero (free, none, unused). */
+        /* The lock and its waiters stay as the new file is: zero (free, none). */
         if (sem_init(&s->sem, 1, value) < 0)
                 return -errno;
         s->magic = PSEM_MAGIC;
@@ -373,10 +373,21 @@ void posix_objects_init(PosixObjects *p) {
         file_init(&p->table);
 }
 
+bool posix_spec_has_table(const ChannelSpec *spec) {
+        return spec->layout == PROTO_LAYOUT_BROADCAST || psem_has_table(spec->layout, spec->nsems);
+}
+
+/* The size of spec's table file: a broadcast channel's as its caller says, a raw channel's lock holder table. */
+static uint64_t table_bytes(const ChannelSpec *spec, uint64_t table_size) {
+        return spec->layout == PROTO_LAYOUT_BROADCAST ? table_size : PSEM_TABLE_SIZE;
+}
+
 static int objects_names(PosixObjects *p, const ChannelSpec *spec) {
         posix_shm_name(p->shm_name, sizeof p->shm_name, spec->name);
-        if (spec->layout == PROTO_LAYOUT_BROADCAST)
+        if (posix_spec_has_table(spec))
                 posix_table_name(p->table_name, sizeof p->table_name, spec->name);
+        /* A raw channel's lock holder table: the daemon's alone, read-only to every opener (proto/posix.h). */
+        p->table_private = spec->layout != PROTO_LAYOUT_BROADCAST;
         p->sem_names = calloc(spec->nsems + 1, sizeof *p->sem_names);
         p->sems = calloc(spec->nsems ?: 1, sizeof *p->sems);
         if (!p->sem_names || !p->sems)
@@ -581,7 +592,7 @@ int posix_objects_find_taken(const ChannelSpec *spec, const PosixObjects *old, c
                 struct stat st;
                 int r;
 
-                if ((role == POSIX_ROLE_TABLE && spec->layout != PROTO_LAYOUT_BROADCAST) ||
+                if ((role == POSIX_ROLE_TABLE && !posix_spec_has_table(spec)) ||
                     objects_held((PosixObjects *) old, role))
                         continue;
                 r = file_name(spec->name, role, buf, size);
@@ -599,10 +610,9 @@ int posix_objects_find_taken(const ChannelSpec *spec, const PosixObjects *old, c
 uint64_t posix_objects_bytes(const ChannelSpec *spec, uint64_t table_size, uint64_t page) {
         uint64_t n = whole_pages(spec->size, page);
 
-        if (spec->layout == PROTO_LAYOUT_BROADCAST)
-                n += whole_pages(table_size, page);
-        for (unsigned i = 0; i < spec->nsems; i++)
-                n += whole_pages(psem_file_size(spec->layout, i), page);
+        if (posix_spec_has_table(spec))
+                n += whole_pages(table_bytes(spec, table_size), page);
+        n += (uint64_t) spec->nsems * whole_pages(sizeof(PosixSemFile), page);
         return n;
 }
 
@@ -620,10 +630,11 @@ int posix_objects_create(const ChannelSpec *spec, uint64_t table_size, State *st
         if (r < 0)
                 goto fail;
         r = create_one(dir, &p, old, spec, POSIX_ROLE_SEGMENT, spec->size, state, msg, msg_size);
-        if (r == 0 && spec->layout == PROTO_LAYOUT_BROADCAST)
-                r = create_one(dir, &p, old, spec, POSIX_ROLE_TABLE, table_size, state, msg, msg_size);
+        if (r == 0 && posix_spec_has_table(spec))
+                r = create_one(dir, &p, old, spec, POSIX_ROLE_TABLE, table_bytes(spec, table_size), state, msg,
+                               msg_size);
         for (unsigned i = 0; r == 0 && i < spec->nsems; i++)
-                r = create_one(dir, &p, old, spec, (int) i, psem_file_size(spec->layout, i), state, msg, msg_size);
+                r = create_one(dir, &p, old, spec, (int) i, sizeof(PosixSemFile), state, msg, msg_size);
         if (r < 0)
                 goto fail;
         /* What the new files did not take the place of goes as any removed file. */
@@ -697,17 +708,18 @@ int posix_objects_adopt(const ChannelSpec *spec, const StateRecord *recs, size_t
         for (int role = POSIX_ROLE_TABLE; role < (int) spec->nsems; role++) {
                 PosixFile *f = objects_file(&p, role);
 
-                if (role == POSIX_ROLE_TABLE && spec->layout != PROTO_LAYOUT_BROADCAST)
+                if (role == POSIX_ROLE_TABLE && !posix_spec_has_table(spec))
                         continue;
                 rec = find_role(recs, n, role);
                 r = rec ? adopt_one(dir, rec, f) : -ENOENT;
                 if (r == 0 && role >= 0) {
                         const PosixSemFile *s = f->addr;
 
-                        if (f->size != psem_file_size(spec->layout, (unsigned) role) || s->magic != PSEM_MAGIC || s->version != PSEM_VERSION ||
+                        if (f->size != sizeof *s || s->magic != PSEM_MAGIC || s->version != PSEM_VERSION ||
                             __atomic_load_n(&s->state, __ATOMIC_ACQUIRE) != PSEM_STATE_LIVE)
                                 r = -EPROTO;
-                }
+                } else if (r == 0 && role == POSIX_ROLE_TABLE && p.table_private && f->size != PSEM_TABLE_SIZE)
+                        r = -EPROTO;    /* a broadcast table's size is checked against its header (channel.c) */
                 if (r < 0) {
                         char name[NAME_MAX + 1] = "?";
 
@@ -715,7 +727,8 @@ int posix_objects_adopt(const ChannelSpec *spec, const StateRecord *recs, size_t
                         msg_set(msg, msg_size, "channel \"%s\": %s/%s is %s", spec->name, PSEM_DIR, name,
                                 r == -ENOENT ? "not recorded or gone" :
                                 r == -ESTALE ? "not the file recorded" :
-                                r == -EPROTO ? "not a live semaphore of this version" : strerror(-r));
+                                r == -EPROTO ? (role >= 0 ? "not a live semaphore of this version" :
+                                                "not a holder table of this version") : strerror(-r));
                         goto fail;
                 }
                 if (role == POSIX_ROLE_SEGMENT || role == POSIX_ROLE_TABLE) {
@@ -795,8 +808,12 @@ static int file_set_perms(const PosixObjects *p, PosixFile *f, int role, uid_t u
 int posix_objects_set_perms(PosixObjects *p, State *state, uid_t uid, gid_t gid, mode_t mode, mode_t table_mode) {
         int r;
 
-        /* The segment last: a client that can open it finds everything else ready. */
-        r = file_set_perms(p, &p->table, POSIX_ROLE_TABLE, uid, gid, table_mode, state);
+        /*
+         * The segment last: a client that can open it finds everything else
+         * ready. A raw channel's lock holder table stays as made, the
+         * daemon's and 0600: clients get it read-only from the daemon only.
+         */
+        r = p->table_private ? 0 : file_set_perms(p, &p->table, POSIX_ROLE_TABLE, uid, gid, table_mode, state);
         for (unsigned i = 0; r == 0 && i < p->nsems; i++)
                 r = file_set_perms(p, &p->sems[i], (int) i, uid, gid, mode, state);
         return r < 0 ? r : file_set_perms(p, &p->shm, POSIX_ROLE_SEGMENT, uid, gid, mode, state);
@@ -937,8 +954,10 @@ int posix_objects_open_fds(const PosixObjects *p, bool rw, int ret_fds[PROTO_FDS
                  * A broadcast channel's table is written by every opener (a subscriber's
                  * cursor is its own entry), as its mode grants wherever the channel may
                  * be read: read-write for ro openers too, or they could not subscribe.
+                 * A raw channel's lock holder table is the daemon's to write alone:
+                 * read-only for rw openers too (proto/posix.h).
                  */
-                r = reopen_fd(f, rw || role == POSIX_ROLE_TABLE);
+                r = reopen_fd(f, role == POSIX_ROLE_TABLE ? !p->table_private : rw);
                 if (r < 0)
                         goto fail;
                 ret_fds[n++] = r;

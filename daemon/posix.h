@@ -55,7 +55,7 @@ typedef struct PosixFile {
 
 typedef struct PosixObjects {
         char shm_name[PROTO_POSIX_NAME_MAX + 1];     /* as shm_open() takes it: "/shmbroker.NAME" */
-        char table_name[PROTO_POSIX_NAME_MAX + 1];   /* "" unless broadcast */
+        char table_name[PROTO_POSIX_NAME_MAX + 1];   /* "" unless broadcast, or raw with semaphores */
         char **sem_names;                            /* nsems, as sem_open() takes them */
         unsigned nsems;
         PosixFile shm, table;
@@ -63,6 +63,7 @@ typedef struct PosixObjects {
         pid_t made_pid;                              /* what the records say: their maker and its time */
         int64_t made_since;
         bool told;                                   /* the semaphores' waiters were told of the removal */
+        bool table_private;                          /* the table is a raw channel's lock holder table */
 } PosixObjects;
 
 /*
@@ -74,13 +75,21 @@ void posix_objects_wake_lockers(const PosixObjects *p);
 /* No files, nothing open: what posix_objects_close() may take. */
 void posix_objects_init(PosixObjects *p);
 
+/*
+ * Whether spec's channel has a table file: a broadcast channel's
+ * subscriber table, or a raw channel's lock holder table (one with
+ * semaphores; proto/posix.h), which the daemon alone writes: it stays the
+ * daemon's, mode 0600, and goes O_RDONLY to every opener.
+ */
+bool posix_spec_has_table(const ChannelSpec *spec);
+
 /* Most records a channel's files take: segment, table, one per semaphore. */
 #define POSIX_RECORDS_MAX (2 + PROTO_FDS_MAX)
 
 /*
  * Make the files for `spec` (segment of spec->size zero bytes, a broadcast
- * channel's table of `table_size` bytes, the semaphores with their initial
- * values), each recorded in `state` (may be NULL) as soon as it exists,
+ * channel's table of `table_size` bytes or a raw channel's zeroed lock
+ * holder table, the semaphores with their initial values), each recorded in `state` (may be NULL) as soon as it exists,
  * all still 0600 and owned by the daemon. On failure whatever was made is
  * removed again and msg names the file and says why; an existing name is
  * -EEXIST and that file is left untouched.
@@ -141,8 +150,9 @@ int posix_objects_take(PosixObjects *p, const StateRecord *rec, const uint8_t *s
                        void (*mark)(void *addr, size_t size));
 
 /*
- * Give every file its owner, group and mode (the table: bcast_table_mode()
- * for table_mode). A file given another owner is recorded under it in
+ * Give every file its owner, group and mode (a broadcast table:
+ * bcast_table_mode() for table_mode; a raw channel's lock holder table
+ * keeps the daemon's and 0600). A file given another owner is recorded under it in
  * state first (NULL: not recorded), so that a restart after a crash still
  * proves it ours. 0, or a negative errno from recording or the system.
  */
@@ -177,7 +187,8 @@ size_t posix_objects_records(const PosixObjects *p, const char *channel, StateRe
 /*
  * Fresh descriptors for a client, in proto/posix.h's order: O_RDWR for rw,
  * O_RDONLY for ro, but a broadcast table O_RDWR always (every opener
- * writes it; its mode lets every reader write). Each is a new open file
+ * writes it; its mode lets every reader write) and a raw channel's lock
+ * holder table O_RDONLY always (the daemon alone writes it). Each is a new open file
  * description of the file, through /proc/self/fd. Returns how many (at most PROTO_FDS_MAX) or -errno with
  * none left open.
  */

@@ -103,8 +103,8 @@ static int entry_init_holders(Entry *e) {
                 if (k >= 0)
                         k = holders_init_table(&e->subs, bcast_subscriber_at(c->addr, 0), c->spec.subscribers);
         } else if (c->spec.kind == PROTO_KIND_POSIX && c->posix.nsems > 0)
-                /* A raw posix channel's lock tokens (proto/posix.h): semaphore 0's file has their table. */
-                k = holders_init_table(&e->holders, psem_holders_at(c->posix.sems[0].addr), PSEM_HOLDERS);
+                /* A raw posix channel's lock tokens (proto/posix.h): their table is a file of the daemon's own. */
+                k = holders_init_table(&e->holders, c->posix.table.addr, PSEM_HOLDERS);
         else {
                 holders_done(&e->holders);
                 k = 0;

@@ -335,7 +335,7 @@ static int check_dev_shm(const Plan *p, char *msg, size_t msg_size) {
 
                 if (s->kind == PROTO_KIND_POSIX) {
                         need += posix_objects_bytes(s, bcast_table_size(s->subscribers), page);
-                        files += 1 + (s->layout == PROTO_LAYOUT_BROADCAST) + s->nsems;
+                        files += 1 + posix_spec_has_table(s) + s->nsems;
                 }
         }
         if (need == 0)

@@ -6,8 +6,9 @@
  *
  * A channel NAME has, in the broker's /dev/shm:
  *   shmbroker.NAME         the segment (shm_open("/shmbroker.NAME"))
- *   shmbroker-table.NAME   a broadcast channel's subscriber table (a name no channel's
- *                          segment can have: channel names hold no '-table.' prefix)
+ *   shmbroker-table.NAME   a broadcast channel's subscriber table, or a raw channel's
+ *                          lock holder table (below); a name no channel's segment can
+ *                          have: channel names hold no '-table.' prefix
  *   sem.shmbroker.NAME.I   semaphore I, 0 <= I < nsems (sem_open("/shmbroker.NAME.I"))
  *
  * A semaphore's file starts with the sem_t that sem_open() maps (glibc: a
@@ -25,7 +26,7 @@
  *   channel takes this word instead of the semaphore. It holds 0 (free)
  *   or the holder token (proto/ring.h) of the hold that has the lock: a
  *   ring's or a broadcast publisher's token, or for a raw channel one from
- *   the holder table that semaphore 0's file carries at PSEM_HOLDERS_OFFSET.
+ *   the channel's lock holder table (PSEM_HOLDERS entries, below).
  *   The broker marks a token DEAD when its process is gone, as it does for
  *   a ring, and a locker that finds the lock held by a dead token takes it
  *   over; so a crashed holder never keeps it, in whatever PID namespace.
@@ -39,15 +40,18 @@
  *
  * Descriptors handed over with an open answer ("fd": true, ignored for a
  * System V channel; SCM_RIGHTS on the answer line), in this order: the
- * segment, a broadcast channel's table, then one per semaphore file. All
- * O_RDWR for an `rw` open, O_RDONLY for `ro`, so mmap() enforces the
- * access the broker granted; except the table, always O_RDWR, as every
- * subscriber (an `ro` opener) writes its cursor there. Last, when the
- * answer names wake_fifos, two more: those FIFOs (data, space), O_RDWR,
- * for a client that cannot reach them by path.
+ * segment, the table (a broadcast channel's, or a raw channel's with
+ * semaphores), then one per semaphore file. All O_RDWR for an `rw` open,
+ * O_RDONLY for `ro`, so mmap() enforces the access the broker granted;
+ * except the table: a broadcast channel's always O_RDWR, as every
+ * subscriber (an `ro` opener) writes its cursor there, a raw channel's
+ * always O_RDONLY, as only the broker writes it. Last, when the answer
+ * names wake_fifos, two more: those FIFOs (data, space), O_RDWR, for a
+ * client that cannot reach them by path.
  */
 
 #include <semaphore.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -55,7 +59,7 @@
 #include "proto/ring.h"
 
 #define PSEM_MAGIC UINT32_C(0x53505342)   /* "BSPS" little-endian */
-#define PSEM_VERSION 2
+#define PSEM_VERSION 3
 #define PSEM_POLL_MS 50
 
 enum {
@@ -75,30 +79,27 @@ typedef struct PosixSemFile {
 } PosixSemFile;
 
 /*
- * A raw channel's semaphore 0 file carries the holder table of its lock
- * tokens behind the PosixSemFile: PSEM_HOLDERS entries of RingHolder, laid
- * out and written by the broker alone (clients only read it). A ring or a
- * broadcast channel takes its lock tokens from its own table instead.
+ * A raw channel with semaphores keeps the holder table of its lock tokens
+ * in a file of its own, shmbroker-table.NAME: PSEM_HOLDERS entries of
+ * RingHolder (PSEM_TABLE_SIZE bytes), laid out and written by the broker
+ * alone. The file is the broker's, mode 0600, and every opener gets it
+ * O_RDONLY, so no client can mark a live hold's token dead or fill the
+ * table (layout version 2 kept it in semaphore 0's file, which every rw
+ * opener could write). A ring or a broadcast channel takes its lock
+ * tokens from its own table instead. A semaphore's file is
+ * sizeof(PosixSemFile) bytes, whatever the layout.
  */
-#define PSEM_HOLDERS_OFFSET 64
 #define PSEM_HOLDERS RING_HOLDERS
+#define PSEM_TABLE_SIZE ((size_t) PSEM_HOLDERS * RING_HOLDER_SIZE)
 
-_Static_assert(sizeof(PosixSemFile) <= PSEM_HOLDERS_OFFSET, "the holder table follows the semaphore");
 /* Offsets that shmbroker-protocol(7) documents for clients in other languages (64-bit glibc's sem_t). */
 _Static_assert(sizeof(sem_t) != 32 || (offsetof(PosixSemFile, lock) == 48 && offsetof(PosixSemFile, lock_waiters) == 52),
                "posix lock word offsets");
-_Static_assert(PSEM_HOLDERS_OFFSET % 8 == 0, "holder entries are aligned");
+_Static_assert(sizeof(sem_t) != 32 || sizeof(PosixSemFile) == 64, "a semaphore file's size");
 
-/* The size of semaphore idx's file in a channel of that layout. */
-static inline size_t psem_file_size(ProtoLayout layout, unsigned idx) {
-        if (idx == 0 && layout == PROTO_LAYOUT_RAW)
-                return PSEM_HOLDERS_OFFSET + (size_t) PSEM_HOLDERS * RING_HOLDER_SIZE;
-        return sizeof(PosixSemFile);
-}
-
-/* The holder table in a raw channel's semaphore 0 file, mapped at f (psem_file_size() bytes). */
-static inline RingHolder *psem_holders_at(PosixSemFile *f) {
-        return (RingHolder *) ((char *) f + PSEM_HOLDERS_OFFSET);
+/* Whether a posix channel of this layout with nsems semaphores has a lock holder table file. */
+static inline bool psem_has_table(ProtoLayout layout, unsigned nsems) {
+        return layout == PROTO_LAYOUT_RAW && nsems > 0;
 }
 
 /* Wake every locker asleep on f's lock: one that read the word before its change sees the change, or is woken. */

@@ -259,7 +259,7 @@ START_TEST(test_read_only_open_cannot_write) {
 
         /* The descriptors of an ro open refuse a writable mapping, whatever the caller's uid. */
         n = raw_open_fds("raw", "ro", fds);
-        ck_assert_int_eq(n, 3);
+        ck_assert_int_eq(n, 4);         /* the segment, the lock holder table, two semaphore files */
         p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
         ck_assert_ptr_eq(p, MAP_FAILED);
         ck_assert_int_eq(errno, EACCES);
@@ -519,8 +519,10 @@ static PosixSemFile *map_sem_file(const char *channel, unsigned sem) {
  * waiters, "private"), the lock word (0, the tokens of this process's two
  * holds, tokens of the table's other entries, of an index past the table,
  * of no index, of another generation, UINT32_MAX), its sleepers' count,
- * the reserved words, and the entries of the holder table in semaphore 0's
- * file (states and generations, pids, ids). Between the writes come the
+ * the reserved words, and the entries of the channel's lock holder table
+ * (states and generations, pids, ids; its file is the daemon's, 0600, and
+ * clients get it read-only, so no client could: this goes beyond what a
+ * writer can do, to show that the lock calls follow nothing in it either). Between the writes come the
  * library's semaphore and lock calls on both holds, with timeouts of 0 to
  * 2 ms, and an open, lock and close on a connection of its own (the daemon
  * then reads the scribbled table). Every call must return 0 or an errno it
@@ -579,28 +581,32 @@ static void scrib_reload(shmb_client *c, bool with) {
 
 typedef struct Scribbled {
         PosixSemFile *f[SCRIB_NSEMS];
-        RingHolder *table;                      /* in f[0]'s file: PSEM_HOLDERS entries */
+        RingHolder *table;                      /* the lock holder table's file: PSEM_HOLDERS entries */
         RingHolder saved[PSEM_HOLDERS];         /* the table as the daemon left it after the two opens */
         uint32_t tok[2];                        /* the tokens of the two holds (ch, ch2) */
 } Scribbled;
 
-static size_t scrib_file_size(unsigned i) {
-        return psem_file_size(PROTO_LAYOUT_RAW, i);
-}
-
-/* Semaphore i's file of "scrib", all of it (semaphore 0's with the holder table). */
-static PosixSemFile *scrib_map(unsigned i) {
+/* A file of "scrib" in PSEM_DIR, mapped read-write (as root: the daemon's own table file too). */
+static void *scrib_map_file(const char *name, size_t size) {
         char path[PATH_MAX];
         void *p;
         int fd;
 
-        snprintf(path, sizeof path, PSEM_DIR "/" PSEM_FILE_PREFIX "shmbroker.scrib.%u", i);
+        snprintf(path, sizeof path, PSEM_DIR "/%s", name);
         fd = open(path, O_RDWR | O_CLOEXEC);
         ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
-        p = mmap(NULL, scrib_file_size(i), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         ck_assert_ptr_ne(p, MAP_FAILED);
         close(fd);
         return p;
+}
+
+/* Semaphore i's file of "scrib". */
+static PosixSemFile *scrib_map(unsigned i) {
+        char name[64];
+
+        snprintf(name, sizeof name, PSEM_FILE_PREFIX "shmbroker.scrib.%u", i);
+        return scrib_map_file(name, sizeof(PosixSemFile));
 }
 
 /* The token of the one LIVE entry of the table that `skip` does not name (the daemon's only, after an open). */
@@ -677,7 +683,7 @@ static void scribble_table(Scribbled *s) {
         }
 }
 
-/* One write of edge values into one of the files: its sem_t, its lock's words, or semaphore 0's holder table. */
+/* One write of edge values into one of the files: a sem_t, a lock's words, or the lock holder table. */
 static void scribble_once(Scribbled *s) {
         static const uint32_t values[] = { 0, 1, 2, 32766, 32767, 32768, SEM_VALUE_MAX - 1, SEM_VALUE_MAX,
                                            UINT32_C(0x80000000), UINT32_MAX };
@@ -780,11 +786,10 @@ static void scrib_snapshot(const PosixSemFile *f, size_t size, unsigned char *bu
  * lock and an unlock of hold ch (token tok[0]; tok[1] is ch2's) must say.
  */
 static void scrib_probe(Scribbled *s, shmb_channel *ch, int phase, int round) {
-        static unsigned char before[PSEM_HOLDERS_OFFSET + PSEM_HOLDERS * RING_HOLDER_SIZE],
-                after[sizeof before];
+        unsigned char before[sizeof(PosixSemFile)], after[sizeof before];
         unsigned idx = (unsigned) (scrib_rand() % SCRIB_NSEMS);
         PosixSemFile *f = s->f[idx];
-        size_t size = scrib_file_size(idx);
+        size_t size = sizeof *f;
         uint32_t kind = (uint32_t) (scrib_rand() % 5), w;
         int lock_r, unlock_r, want_lock, want_unlock, timeout_ms = (int) (scrib_rand() % 3);
         int64_t t0;
@@ -935,7 +940,7 @@ START_TEST(test_seeded_scribbler_on_semaphore_files) {
                 scrib_reload(c, true);
                 for (unsigned i = 0; i < SCRIB_NSEMS; i++)
                         s.f[i] = scrib_map(i);
-                s.table = psem_holders_at(s.f[0]);
+                s.table = scrib_map_file("shmbroker-table.scrib", PSEM_TABLE_SIZE);
                 /* Two holds of this process, each with its token in the table (proto/posix.h). */
                 ch = must_open("scrib", SHMB_RW);
                 s.tok[0] = scrib_new_token(&s, 0);
@@ -1063,7 +1068,8 @@ START_TEST(test_seeded_scribbler_on_semaphore_files) {
                 ck_assert_int_eq(shmb_lock(ch, 0, 0), -EIDRM);
                 ck_assert_int_eq(shmb_unlock(ch2, 1), -EIDRM);
                 for (unsigned i = 0; i < SCRIB_NSEMS; i++)
-                        ck_assert_int_eq(munmap(s.f[i], scrib_file_size(i)), 0);
+                        ck_assert_int_eq(munmap(s.f[i], sizeof *s.f[i]), 0);
+                ck_assert_int_eq(munmap(s.table, PSEM_TABLE_SIZE), 0);
                 ck_assert_int_eq(shmb_channel_check(ch), -EIDRM);
                 ck_assert_int_eq(shmb_close(ch2), 0);
                 shmb_disconnect(c2);
@@ -1498,7 +1504,7 @@ static int map_count(void) {
 }
 
 static char half_answer[4096];
-static int half_fds[3];
+static int half_fds[4];
 
 /* A stand-in broker: greets, then answers the open with half_answer and half_fds. */
 static void half_good_server(int lfd) {
@@ -1529,8 +1535,9 @@ static void half_good_server(int lfd) {
 }
 
 /*
- * An open that fails halfway through mapping (the segment and semaphore 0
- * mapped, semaphore 1 not a semaphore file) unmaps and closes everything.
+ * An open that fails halfway through mapping (the segment, the lock holder
+ * table and semaphore 0 mapped, semaphore 1 not a semaphore file) unmaps
+ * and closes everything.
  */
 START_TEST(test_open_failing_halfway_leaves_nothing) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -1541,7 +1548,7 @@ START_TEST(test_open_failing_halfway_leaves_nothing) {
         char *line;
         pid_t pid;
 
-        /* The broker's own answer and descriptors for "raw" (a segment, two semaphore files)... */
+        /* The broker's own answer and descriptors for "raw" (a segment, its lock holder table, two semaphore files)... */
         json_decref(test_request(fd, "{\"op\":\"hello\",\"version\":1}"));
         resp = test_request_fds(fd, "{\"op\":\"open\",\"channel\":\"raw\",\"access\":\"rw\",\"fd\":true}", half_fds,
                                 ELEMENTSOF(half_fds), &n);
@@ -1553,10 +1560,10 @@ START_TEST(test_open_failing_halfway_leaves_nothing) {
         free(line);
         json_decref(resp);
         /* ...but the second semaphore file is all zeroes: no PSEM_MAGIC. */
-        close(half_fds[2]);
-        half_fds[2] = memfd_create("not-a-semaphore", MFD_CLOEXEC);
-        ck_assert_int_ge(half_fds[2], 0);
-        ck_assert_int_eq(ftruncate(half_fds[2], sizeof(PosixSemFile)), 0);
+        close(half_fds[3]);
+        half_fds[3] = memfd_create("not-a-semaphore", MFD_CLOEXEC);
+        ck_assert_int_ge(half_fds[3], 0);
+        ck_assert_int_eq(ftruncate(half_fds[3], sizeof(PosixSemFile)), 0);
 
         ck_assert_int_ge(lfd, 0);
         ck_assert_int_lt(snprintf(sa.sun_path, sizeof sa.sun_path, "%s/half.sock", td.dir), (int) sizeof sa.sun_path);
@@ -2514,31 +2521,29 @@ END_TEST
 
 
 /*
- * README, Security: a writer of a posix channel's semaphore files "can make
- * a lock wait or be held by two, no more". A raw channel's lock tokens come
- * from the holder table in semaphore 0's file, which every rw opener may
- * write: the daemon must hand tokens out by what it gave, not by what the
- * file says. Here the writer marks every other entry LIVE (pid 0: a process
- * no sweep can judge) and our own entry FREE under its generation; another
- * user's rw open must still get a token, and not ours.
+ * README, Security: a raw channel's lock tokens come from a holder table
+ * in a file of the daemon's own, which no client can write (the next
+ * tests). Should its user write it all the same (here root), the daemon
+ * still hands tokens out by what it gave, not by what the file says. Here
+ * the writer marks every other entry LIVE (pid 0: a process no sweep can
+ * judge) and our own entry FREE under its generation; another user's rw
+ * open must still get a token, and not ours.
  */
 START_TEST(test_holder_table_writer_cannot_refuse_opens_or_duplicate_tokens) {
         shmb_channel *ch = must_open("lock", SHMB_RW), *ch2 = NULL;
         shmb_client *other = NULL;
         char path[PATH_MAX];
-        size_t size = psem_file_size(PROTO_LAYOUT_RAW, 0);
-        PosixSemFile *f;
+        size_t size = PSEM_TABLE_SIZE;
         RingHolder *table;
         uint32_t mine = UINT32_MAX, gen = 0;
         int fd, r;
 
-        snprintf(path, sizeof path, PSEM_DIR "/" PSEM_FILE_PREFIX "shmbroker.lock.0");
+        snprintf(path, sizeof path, PSEM_DIR "/shmbroker-table.lock");
         fd = open(path, O_RDWR | O_CLOEXEC);
         ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
-        f = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        ck_assert_ptr_ne(f, MAP_FAILED);
+        table = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        ck_assert_ptr_ne(table, MAP_FAILED);
         close(fd);
-        table = psem_holders_at(f);
         for (uint32_t i = 0; i < PSEM_HOLDERS; i++)
                 if ((uint32_t) table[i].word == RING_HOLDER_LIVE) {
                         ck_assert_uint_eq(mine, UINT32_MAX);
@@ -2574,7 +2579,63 @@ START_TEST(test_holder_table_writer_cannot_refuse_opens_or_duplicate_tokens) {
         ck_assert_uint_eq(__atomic_load_n(&table[mine].word, __ATOMIC_ACQUIRE), (uint64_t) gen << 32 | RING_HOLDER_LIVE);
         ck_assert_int_eq(shmb_unlock(ch, 0), 0);
         shmb_disconnect(other);
-        ck_assert_int_eq(munmap(f, size), 0);
+        ck_assert_int_eq(munmap(table, size), 0);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+/*
+ * README, Security: a writer of a posix channel's files cannot deny others
+ * the channel. Layout version 2 kept a raw channel's lock holder table in
+ * semaphore 0's file, where a writer could mark every entry LIVE with pid
+ * 0 before a broker crash: the next broker, which takes a killed run's
+ * table as it finds it, then refused every rw open EUSERS. The table is
+ * the daemon's own file now, so the writer writes what it can (the
+ * segment, as holder entries, and a forged lock word; semaphore 0's file
+ * has nothing behind its PosixSemFile) and the broker crashes: the next
+ * one takes the table over as it left it, and rw opens go on.
+ */
+START_TEST(test_holder_table_filled_before_a_broker_crash_refuses_no_opens) {
+        shmb_channel *ch = must_open("lock", SHMB_RW), *ch2 = NULL;
+        shmb_client *other = NULL;
+        struct stat table_st, st;
+        PosixSemFile *f;
+        RingHolder *seg;
+        int fd, r;
+
+        ck_assert_int_eq(stat(PSEM_DIR "/shmbroker-table.lock", &table_st), 0);
+        fd = open(PSEM_DIR "/" PSEM_FILE_PREFIX "shmbroker.lock.0", O_RDWR | O_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(fstat(fd, &st), 0);
+        ck_assert_int_eq(st.st_size, (off_t) sizeof(PosixSemFile));
+        f = mmap(NULL, sizeof *f, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        ck_assert_ptr_ne(f, MAP_FAILED);
+        close(fd);
+        fd = open(PSEM_DIR "/shmbroker.lock", O_RDWR | O_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        seg = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        ck_assert_ptr_ne(seg, MAP_FAILED);
+        close(fd);
+        for (size_t i = 0; i < 4096 / sizeof *seg; i++) {
+                seg[i].pid = 0;
+                __atomic_store_n(&seg[i].word, (uint64_t) 9 << 32 | RING_HOLDER_LIVE, __ATOMIC_RELEASE);
+        }
+        __atomic_store_n(&f->lock, ring_token(PSEM_HOLDERS - 1, 9), __ATOMIC_RELEASE);
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();
+        /* Taken over, not made anew: the same table file. */
+        ck_assert_int_eq(stat(PSEM_DIR "/shmbroker-table.lock", &st), 0);
+        ck_assert_uint_eq(st.st_ino, table_st.st_ino);
+        ck_assert_int_eq(shmb_connect(NULL, &other), 0);
+        r = shmb_open(other, "lock", SHMB_RW, &ch2);
+        ck_assert_msg(r == 0, "an rw open after the restart: %s", shmb_strerror(r));
+        /* The forged word names no live token: the lock is free to take. */
+        ck_assert_int_eq(shmb_lock(ch2, 0, 0), 0);
+        ck_assert_int_eq(shmb_unlock(ch2, 0), 0);
+        ck_assert_int_eq(shmb_close(ch2), 0);
+        shmb_disconnect(other);
+        ck_assert_int_eq(munmap(seg, 4096), 0);
+        ck_assert_int_eq(munmap(f, sizeof *f), 0);
         ck_assert_int_eq(shmb_close(ch), 0);
 }
 END_TEST
@@ -2680,6 +2741,7 @@ int main(void) {
                                            test_lock_of_a_holder_that_closed_while_the_broker_was_away_passes_on,
                                            test_threads_and_handles_of_one_hold_share_its_lock,
                                            test_holder_table_writer_cannot_refuse_opens_or_duplicate_tokens,
+                                           test_holder_table_filled_before_a_broker_crash_refuses_no_opens,
                                            test_read_only_holds_take_no_lock_token,
                                            test_lock_holder_in_another_pid_namespace } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },

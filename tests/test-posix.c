@@ -240,6 +240,7 @@ static void assert_unchanged(const char *path, const struct stat *a) {
 START_TEST(test_files_made) {
         size_t size;
         const PosixSemFile *s;
+        const RingHolder *holders;
         const RingHeader *ring;
         char *before = shm_listing();
 
@@ -251,31 +252,33 @@ START_TEST(test_files_made) {
                 char name[64];
 
                 snprintf(name, sizeof name, "sem.shmbroker.raw1.%u", i);
-                /* Semaphore 0's file has the raw channel's lock holder table too. */
-                assert_file(name, (off_t) psem_file_size(PROTO_LAYOUT_RAW, i), 0, GID, 0640);
+                assert_file(name, (off_t) sizeof(PosixSemFile), 0, GID, 0640);
         }
-        ck_assert_uint_eq(psem_file_size(PROTO_LAYOUT_RAW, 0), PSEM_HOLDERS_OFFSET + PSEM_HOLDERS * sizeof(RingHolder));
-        ck_assert_uint_eq(psem_file_size(PROTO_LAYOUT_RAW, 1), sizeof(PosixSemFile));
+        /* Its lock holder table: a file of the daemon's own, whatever the channel's owner, group and mode. */
+        assert_file("shmbroker-table.raw1", (off_t) PSEM_TABLE_SIZE, 0, 0, 0600);
+        ck_assert_uint_eq(PSEM_TABLE_SIZE, PSEM_HOLDERS * sizeof(RingHolder));
         ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.0"), 1);
         ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.1"), 0);
         ck_assert_int_eq(sem_value_by_name("/shmbroker.raw1.2"), 5);
         ck_assert(!shm_exists("sem.shmbroker.raw1.3"));
-        ck_assert(!shm_exists("shmbroker-table.raw1"));
 
-        /* The broker's fields behind the sem_t: a free lock, nobody asleep on it, no holder yet. */
+        /* The broker's fields behind the sem_t: a free lock, nobody asleep on it. */
         s = map_name("sem.shmbroker.raw1.0", &size);
         ck_assert_uint_eq(s->magic, PSEM_MAGIC);
         ck_assert_uint_eq(s->version, PSEM_VERSION);
         ck_assert_uint_eq(s->state, PSEM_STATE_LIVE);
         ck_assert_uint_eq(s->lock, 0);
         ck_assert_uint_eq(s->lock_waiters, 0);
-        for (unsigned i = 0; i < PSEM_HOLDERS; i++)
-                ck_assert_uint_eq(psem_holders_at((PosixSemFile *) s)[i].word, 0);
         munmap((void *) s, size);
+        /* No holder yet. */
+        holders = map_name("shmbroker-table.raw1", &size);
+        for (unsigned i = 0; i < PSEM_HOLDERS; i++)
+                ck_assert_uint_eq(holders[i].word, 0);
+        munmap((void *) holders, size);
 
         /* A ring: its header in the file, its reserved semaphore free. */
         assert_file("shmbroker.ring1", (off_t) ring_segment_size(64, 8), 0, 0, 0600);
-        assert_file("sem.shmbroker.ring1.0", (off_t) psem_file_size(PROTO_LAYOUT_RING, 0), 0, 0, 0600);
+        assert_file("sem.shmbroker.ring1.0", (off_t) sizeof(PosixSemFile), 0, 0, 0600);
         ck_assert_int_eq(sem_value_by_name("/shmbroker.ring1.0"), 1);
         ring = map_name("shmbroker.ring1", &size);
         ck_assert(ring_header_is_ours(ring));
@@ -285,7 +288,7 @@ START_TEST(test_files_made) {
         /* A broadcast channel: its table beside it, read and write wherever the channel may be read. */
         assert_file("shmbroker.bc1", (off_t) bcast_segment_size(64, 8, 4), 0, 0, 0640);
         assert_file("shmbroker-table.bc1", bcast_table_size(4), 0, 0, bcast_table_mode(0640));
-        assert_file("sem.shmbroker.bc1.0", (off_t) psem_file_size(PROTO_LAYOUT_BROADCAST, 0), 0, 0, 0640);
+        assert_file("sem.shmbroker.bc1.0", (off_t) sizeof(PosixSemFile), 0, 0, 0640);
 
         stop_and_assert_listing(before);
 }
@@ -428,16 +431,20 @@ START_TEST(test_open_fds) {
         resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"rw\", \"fd\": true}", fds,
                                 PROTO_FDS_MAX, &n);
         test_assert_ok(resp);
-        ck_assert_uint_eq(n, 4);
-        ck_assert_int_eq(test_jint(resp, "fds"), 4);
+        ck_assert_uint_eq(n, 5);
+        ck_assert_int_eq(test_jint(resp, "fds"), 5);
         ck_assert_str_eq(test_jstr(resp, "kind"), "posix");
         ck_assert_str_eq(test_jstr(resp, "shm_name"), "/shmbroker.raw1");
         ck_assert_ptr_null(json_object_get(resp, "shm_key"));
+        /* Nobody opens a raw channel's lock holder table by name: the answer names none. */
+        ck_assert_ptr_null(json_object_get(resp, "table_name"));
         json_decref(resp);
         assert_fd_is(fds[0], "shmbroker.raw1", O_RDWR);
-        assert_fd_is(fds[1], "sem.shmbroker.raw1.0", O_RDWR);
-        assert_fd_is(fds[2], "sem.shmbroker.raw1.1", O_RDWR);
-        assert_fd_is(fds[3], "sem.shmbroker.raw1.2", O_RDWR);
+        /* Its lock holder table: read-only to an rw opener too (proto/posix.h). */
+        assert_fd_is(fds[1], "shmbroker-table.raw1", O_RDONLY);
+        assert_fd_is(fds[2], "sem.shmbroker.raw1.0", O_RDWR);
+        assert_fd_is(fds[3], "sem.shmbroker.raw1.1", O_RDWR);
+        assert_fd_is(fds[4], "sem.shmbroker.raw1.2", O_RDWR);
         w = mmap(NULL, 5000, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
         ck_assert_ptr_ne(w, MAP_FAILED);
         strcpy(w, "through the handed-over descriptor");
@@ -451,20 +458,22 @@ START_TEST(test_open_fds) {
                                         fds, PROTO_FDS_MAX, &n);
                 test_assert_ok(resp);
                 json_decref(resp);
-                ck_assert_uint_eq(n, 4);
+                ck_assert_uint_eq(n, 5);
                 for (size_t i = 0; i < n; i++) {
                         char name[64];
 
                         if (i == 0)
                                 strcpy(name, "shmbroker.raw1");
+                        else if (i == 1)
+                                strcpy(name, "shmbroker-table.raw1");
                         else
-                                snprintf(name, sizeof name, "sem.shmbroker.raw1.%zu", i - 1);
+                                snprintf(name, sizeof name, "sem.shmbroker.raw1.%zu", i - 2);
                         assert_fd_is(fds[i], name, O_RDONLY);
                 }
                 errno = 0;
                 ck_assert_ptr_eq(mmap(NULL, 5000, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0), MAP_FAILED);
                 ck_assert_int_eq(errno, EACCES);
-                ck_assert_ptr_eq(mmap(NULL, sizeof(PosixSemFile), PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0),
+                ck_assert_ptr_eq(mmap(NULL, sizeof(PosixSemFile), PROT_READ | PROT_WRITE, MAP_SHARED, fds[2], 0),
                                  MAP_FAILED);
                 r = mmap(NULL, 5000, PROT_READ, MAP_SHARED, fds[0], 0);
                 ck_assert_ptr_ne(r, MAP_FAILED);
@@ -539,7 +548,7 @@ START_TEST(test_open_fds_pipelined) {
         test_daemon_write_config(&td, "[" RAW1 "]");
         test_start_ok();
         fd = test_connect(td.socket);
-        /* Three opens and three lists in one write: each open's answer carries 4, each list's none. */
+        /* Three opens and three lists in one write: each open's answer carries 5, each list's none. */
         {
                 char all[512] = "";
 
@@ -551,9 +560,9 @@ START_TEST(test_open_fds_pipelined) {
                 resp = test_request_fds(fd, NULL, fds, PROTO_FDS_MAX, &n);
                 test_assert_ok(resp);
                 if (i % 2 == 0) {
-                        ck_assert_msg(n == 4 && json_object_get(resp, "fds"), "answer %d: %zu descriptors", i, n);
+                        ck_assert_msg(n == 5 && json_object_get(resp, "fds"), "answer %d: %zu descriptors", i, n);
                         assert_fd_is(fds[0], "shmbroker.raw1", O_RDONLY);
-                        assert_fd_is(fds[3], "sem.shmbroker.raw1.2", O_RDONLY);
+                        assert_fd_is(fds[4], "sem.shmbroker.raw1.2", O_RDONLY);
                 } else
                         ck_assert_msg(n == 0 && json_object_get(resp, "channels"), "answer %d: %zu descriptors", i, n);
                 json_decref(resp);
@@ -914,7 +923,9 @@ START_TEST(test_unprivileged_daemon) {
         char *before = shm_listing(), *log;
 
         start_as_nobody_with_mine();
-        assert_file("sem.shmbroker.mine.0", (off_t) psem_file_size(PROTO_LAYOUT_RAW, 0), NOBODY, NOBODY, 0640);
+        assert_file("sem.shmbroker.mine.0", (off_t) sizeof(PosixSemFile), NOBODY, NOBODY, 0640);
+        /* The lock holder table stays the daemon's own, 0600: its user's, as an unprivileged daemon is. */
+        assert_file("shmbroker-table.mine", (off_t) PSEM_TABLE_SIZE, NOBODY, NOBODY, 0600);
         test_daemon_stop_ok(&td);
         assert_listing(before);
 
@@ -962,7 +973,7 @@ START_TEST(test_unprivileged_daemon_refuses_a_mode_it_cannot_serve) {
                 fd = test_connect(td.socket);
                 resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"o\", \"access\": \"rw\", \"fd\": true}",
                                         fds, PROTO_FDS_MAX, &n);
-                _exit(json_is_true(json_object_get(resp, "ok")) && n == 2 ? 0 : 1);
+                _exit(json_is_true(json_object_get(resp, "ok")) && n == 3 ? 0 : 1);
         }
         ck_assert_int_eq(waitpid(pid, &status, 0), pid);
         ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "another user was not handed the files:\n%s",
@@ -1068,15 +1079,15 @@ START_TEST(test_open_fds_unread) {
                 test_send(fd, "{\"op\": \"list\"}\n", 15);
         for (int i = 0; i < 200; i++)
                 test_send(fd, req, strlen(req));
-        /* The first descriptor answer waits behind the lists, with its 4 descriptors; no more come. */
-        for (deadline = test_now_ms() + 5000; held < 4 && test_now_ms() < deadline; usleep(10 * 1000)) {
+        /* The first descriptor answer waits behind the lists, with its 5 descriptors; no more come. */
+        for (deadline = test_now_ms() + 5000; held < 5 && test_now_ms() < deadline; usleep(10 * 1000)) {
                 held = daemon_fd_count() - base;
-                ck_assert_msg(held >= 0 && held <= 4, "the daemon holds %d descriptors for an unread client", held);
+                ck_assert_msg(held >= 0 && held <= 5, "the daemon holds %d descriptors for an unread client", held);
         }
-        ck_assert_msg(held == 4, "the daemon never held the first answer's descriptors (%d)", held);
+        ck_assert_msg(held == 5, "the daemon never held the first answer's descriptors (%d)", held);
         for (int i = 0; i < 20; i++) {
                 held = daemon_fd_count() - base;
-                ck_assert_msg(held == 4, "the daemon holds %d descriptors for an unread client", held);
+                ck_assert_msg(held == 5, "the daemon holds %d descriptors for an unread client", held);
                 usleep(10 * 1000);
         }
         close(fd);
@@ -1143,14 +1154,14 @@ START_TEST(test_fifos_of_an_open_count_against_the_quarter) {
         size_t n_fds = 0;
         json_t *resp;
 
-        test_daemon_write_config(&td, "[{\"name\": \"hog\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": 62}, "
+        test_daemon_write_config(&td, "[{\"name\": \"hog\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": 61}, "
                                       RING1 "]");
         setenv("TEST_DAEMON_WRAPPER", "prlimit --nofile=256:256", 1);
         test_start_ok();
         unsetenv("TEST_DAEMON_WRAPPER");
         a = test_connect(td.socket);
         b = test_connect(td.socket);
-        /* Its answer, with 1 + 62 descriptors, arrives and is left unread. */
+        /* Its answer, with 63 descriptors (segment, lock holder table, 61 semaphores), arrives and is left unread. */
         test_send(a, hog, strlen(hog));
         p.fd = a;
         ck_assert_int_eq(poll(&p, 1, 5000), 1);
@@ -1169,13 +1180,13 @@ START_TEST(test_fifos_of_an_open_count_against_the_quarter) {
 }
 END_TEST
 
-/* The config of the descriptor tests: one posix channel of 62 semaphores, anyone's. */
+/* The config of the descriptor tests: one posix channel of 61 semaphores (63 files with its lock holder table), anyone's. */
 static void write_many_config(int connections_per_uid) {
         char *text;
 
         ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", "
                                   "\"limits\": {\"connections_per_uid\": %d}, \"channels\": ["
-                                  "{\"name\": \"many\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": 62, "
+                                  "{\"name\": \"many\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": 61, "
                                   "\"mode\": \"0666\"}]}\n", td.socket, connections_per_uid), 0);
         test_daemon_write_raw_config(&td, text);
         free(text);
@@ -1225,7 +1236,7 @@ static void assert_root_is_handed_many(pid_t hog, int ready, const char *hoardin
                       "root's open was refused while uid 65534 %s (the daemon holds %d descriptors): %s %s", hoarding,
                       daemon_fd_count(), json_string_value(json_object_get(resp, "error")),
                       json_string_value(json_object_get(resp, "message")));
-        ck_assert_uint_eq(n_fds, 1 + 62);      /* the segment and each semaphore's file */
+        ck_assert_uint_eq(n_fds, 2 + 61);      /* the segment, the lock holder table and each semaphore's file */
         for (size_t i = 0; i < n_fds; i++)
                 close(fds[i]);
         json_decref(resp);
@@ -1257,7 +1268,7 @@ static int hoard_held(void) {
 
 /*
  * Each connection may leave one answer's descriptors in the daemon by not
- * reading (63 for a channel of 62 semaphores). shmbrokerd(8), LIMITS: one
+ * reading (63 for a channel of 61 semaphores). shmbrokerd(8), LIMITS: one
  * uid's unread answers hold a quarter of the daemon's descriptors at most.
  * uid 65534, within connections_per_uid, must not exhaust the daemon's
  * open-file limit, so that another user can still connect and be handed a
@@ -1318,7 +1329,7 @@ START_TEST(test_read_answers_give_their_descriptors_room_back) {
         json_t *resp;
 
         ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", \"channels\": ["
-                                  "{\"name\": \"many\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": 62, "
+                                  "{\"name\": \"many\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": 61, "
                                   "\"mode\": \"0666\"}]}\n", td.socket), 0);
         test_daemon_write_raw_config(&td, text);
         free(text);
@@ -1364,7 +1375,7 @@ START_TEST(test_read_answers_of_idle_connections_give_their_room_back) {
                               "open on connection %d, every earlier answer read, the connections idle: %s %s", i,
                               json_string_value(json_object_get(resp, "error")),
                               json_string_value(json_object_get(resp, "message")));
-                ck_assert_uint_eq(n_fds, 1 + 62);
+                ck_assert_uint_eq(n_fds, 2 + 61);
                 for (size_t k = 0; k < n_fds; k++)
                         close(fds[k]);
                 json_decref(resp);
@@ -1589,7 +1600,7 @@ START_TEST(test_unread_descriptors_of_connections_closed_for_buffers_leave_room_
         ck_assert_int_eq(chown(td.dir, 4242, 4242), 0);
         ck_assert_int_ge(asprintf(&text, "{\"version\": 1, \"socket\": \"%s\", "
                                   "\"limits\": {\"connections_per_uid\": 4, \"buffers_per_uid\": 65536}, \"channels\": ["
-                                  "{\"name\": \"many\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": 62, "
+                                  "{\"name\": \"many\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": 61, "
                                   "\"mode\": \"0666\"}]}\n", td.socket), 0);
         test_daemon_write_raw_config(&td, text);
         free(text);
@@ -1997,7 +2008,7 @@ START_TEST(test_descriptors_in_flight_of_the_daemons_user_hold_an_answer_not_the
                 ck_assert_msg(json_is_true(json_object_get(resp, "ok")), "held open: %s %s",
                               json_string_value(json_object_get(resp, "error")),
                               json_string_value(json_object_get(resp, "message")));
-                ck_assert_uint_eq(n_fds, 1 + 62);
+                ck_assert_uint_eq(n_fds, 2 + 61);
                 for (size_t i = 0; i < n_fds; i++)
                         close(fds[i]);
                 json_decref(resp);
@@ -2044,7 +2055,7 @@ START_TEST(test_open_fds_in_flight_bounded) {
         for (int i = 0; i < 40; i++) {
                 resp = test_request_fds(fd, NULL, fds, PROTO_FDS_MAX, &n);
                 test_assert_ok(resp);
-                ck_assert_msg(n == 4, "answer %d: %zu descriptors", i, n);
+                ck_assert_msg(n == 5, "answer %d: %zu descriptors", i, n);
                 json_decref(resp);
                 close_all(fds, n);
         }
@@ -2124,7 +2135,7 @@ START_TEST(test_stop_removes) {
                                 PROTO_FDS_MAX, &n);
         test_assert_ok(resp);
         json_decref(resp);
-        sem = mmap(NULL, sizeof *sem, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+        sem = mmap(NULL, sizeof *sem, PROT_READ | PROT_WRITE, MAP_SHARED, fds[2], 0);
         ck_assert_ptr_ne(sem, MAP_FAILED);
         close_all(fds, n);
         ring = map_name("shmbroker.ring1", &ring_size);
@@ -2306,10 +2317,11 @@ START_TEST(test_replacing_reload_onto_foreign_segment_refused) {
 }
 END_TEST
 
-/* Raw to broadcast: the table's name. */
+/* Ring to broadcast: the table's name (a raw channel has a table of its own, its lock holder table). */
 START_TEST(test_replacing_reload_onto_foreign_table_refused) {
         replacing_reload_onto_planted(
-                "[" RING1 ", {\"name\": \"p\", \"kind\": \"posix\", \"size\": 4096}]", "shmbroker-table.p",
+                "[" RING1 ", {\"name\": \"p\", \"kind\": \"posix\", \"layout\": \"ring\", \"slot_size\": 64, "
+                "\"slots\": 8}]", "shmbroker-table.p",
                 "[" RING1 ", {\"name\": \"p\", \"kind\": \"posix\", \"layout\": \"broadcast\", "
                 "\"slot_size\": 64, \"slots\": 4, \"subscribers\": 2}]");
 }
@@ -3402,19 +3414,21 @@ END_TEST
 /*
  * A leftover record under the name of a channel the start takes over,
  * naming a file that channel has no use for (a table of the broadcast
- * channel the name had before: the channel is raw now), is not the taken
- * channel's: reclaim removes its file, as it would any recorded leftover,
- * rather than skipping it as taken over.
+ * channel the name had before: the channel is a ring now, which has no
+ * table file), is not the taken channel's: reclaim removes its file, as it
+ * would any recorded leftover, rather than skipping it as taken over.
  */
 START_TEST(test_crash_adopt_reclaims_a_leftover_table_of_the_name) {
-        char *before = shm_listing(), line[256];
+        char *before = shm_listing(), line[256], *log;
         struct stat table, seg;
         int fd;
 
-        test_daemon_write_config(&td, "[{\"name\": \"solo\", \"kind\": \"posix\", \"size\": 5000,"
-                                      " \"semaphores\": [1, 0], \"mode\": \"0600\"}]");
+        test_daemon_write_config(&td, "[{\"name\": \"solo\", \"kind\": \"posix\", \"layout\": \"ring\", "
+                                      "\"slot_size\": 64, \"slots\": 8, \"mode\": \"0600\"}]");
         test_start_ok();
-        seg = mark_and_kill("shmbroker.solo");
+        /* A ring's header is its first bytes: the same inode proves the take-over, no mark in it. */
+        seg = shm_stat("shmbroker.solo");
+        test_daemon_kill(&td, SIGKILL);
         fd = open(PSEM_DIR "/shmbroker-table.solo", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         ck_assert_int_ge(fd, 0);
         ck_assert_int_eq(ftruncate(fd, 4096), 0);
@@ -3426,7 +3440,10 @@ START_TEST(test_crash_adopt_reclaims_a_leftover_table_of_the_name) {
         state_append(line);
 
         test_start_ok();
-        assert_taken_over("solo", "shmbroker.solo", &seg);
+        log = log_now();
+        ck_assert_msg(strstr(log, "Took over channel solo"), "solo was not taken over:\n%s", log);
+        free(log);
+        ck_assert_uint_eq(shm_stat("shmbroker.solo").st_ino, seg.st_ino);
         ck_assert_msg(!shm_exists("shmbroker-table.solo"),
                       "the recorded table under the taken-over name was skipped as taken over, not reclaimed");
         stop_and_assert_listing(before);
@@ -3935,15 +3952,16 @@ START_TEST(test_truncated_by_client) {
         /* Made anew, whole. */
         ck_assert_uint_ne(shm_stat("shmbroker.ring1").st_ino, seg.st_ino);
         assert_file("shmbroker.ring1", (off_t) ring_segment_size(64, 8), 0, 0, 0600);
-        assert_file("sem.shmbroker.ring1.0", (off_t) psem_file_size(PROTO_LAYOUT_RING, 0), 0, 0, 0600);
+        assert_file("sem.shmbroker.ring1.0", (off_t) sizeof(PosixSemFile), 0, 0, 0600);
 
         /* Truncated right before a stop: the removal marks and posts survive it, and nothing is left. */
         resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"raw1\", \"access\": \"rw\", \"fd\": true}", fds,
                                 PROTO_FDS_MAX, &n);
         test_assert_ok(resp);
         json_decref(resp);
+        /* All but the lock holder table (fds[1]), which comes read-only: that one cannot be truncated. */
         for (size_t i = 0; i < n; i++)
-                ck_assert_int_eq(ftruncate(fds[i], 0), 0);
+                ck_assert_int_eq(ftruncate(fds[i], 0), i == 1 ? -1 : 0);
         close_all(fds, n);
         resp = test_request_fds(fd, "{\"op\": \"open\", \"channel\": \"ring1\", \"access\": \"rw\", \"fd\": true}", fds,
                                 PROTO_FDS_MAX, &n);
@@ -3987,9 +4005,9 @@ START_TEST(test_scribbled_semaphore_does_not_stop_the_daemon) {
         test_daemon_write_config(&td, "[" RAW1 "]");
         test_start_ok();
         fd = open_with_fds("raw1", fds, &n);
-        ck_assert_uint_eq(n, 4);        /* the segment, then its three semaphores */
-        scribble_sem(fds[1], UINT64_C(1) << 32, (FUTEX_WAKE | FUTEX_PRIVATE_FLAG) ^ 127);
-        scribble_sem(fds[2], UINT64_C(1) << 32, (FUTEX_WAKE | FUTEX_PRIVATE_FLAG) ^ FUTEX_WAIT);
+        ck_assert_uint_eq(n, 5);        /* the segment, its lock holder table, then its three semaphores */
+        scribble_sem(fds[2], UINT64_C(1) << 32, (FUTEX_WAKE | FUTEX_PRIVATE_FLAG) ^ 127);
+        scribble_sem(fds[3], UINT64_C(1) << 32, (FUTEX_WAKE | FUTEX_PRIVATE_FLAG) ^ FUTEX_WAIT);
         close_all(fds, n);
         close(fd);
         /* Exits 0 within the stop's timeout, and removes everything. */
@@ -4014,8 +4032,8 @@ START_TEST(test_scribbled_semaphore_value_keeps_status_readable) {
         test_daemon_write_config(&td, "[" RAW1 "]");
         test_start_ok();
         fd = open_with_fds("raw1", fds, &n);
-        ck_assert_uint_eq(n, 4);
-        value = mmap(NULL, sizeof(PosixSemFile), PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+        ck_assert_uint_eq(n, 5);
+        value = mmap(NULL, sizeof(PosixSemFile), PROT_READ | PROT_WRITE, MAP_SHARED, fds[2], 0);
         ck_assert_ptr_ne(value, MAP_FAILED);
         __atomic_store_n(value, UINT32_C(0x80000000), __ATOMIC_RELAXED);     /* glibc: the value's word */
         resp = test_request(fd, "{\"op\": \"status\", \"channel\": \"raw1\"}");
@@ -4097,8 +4115,8 @@ static uint64_t *client_sem_word(const char *channel) {
         size_t n;
 
         fd = open_with_fds(channel, fds, &n);
-        ck_assert_uint_eq(n, 2);        /* the segment, then its one semaphore */
-        word = mmap(NULL, sizeof(PosixSemFile), PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+        ck_assert_uint_eq(n, 3);        /* the segment, its lock holder table, then its one semaphore */
+        word = mmap(NULL, sizeof(PosixSemFile), PROT_READ | PROT_WRITE, MAP_SHARED, fds[2], 0);
         ck_assert_ptr_ne(word, MAP_FAILED);
         close_all(fds, n);
         close(fd);
@@ -4328,7 +4346,7 @@ END_TEST
 START_TEST(test_own_ids_need_no_chown) {
         td.deny_chown = true;
         start_as_nobody_with_mine();
-        assert_file("sem.shmbroker.mine.0", (off_t) psem_file_size(PROTO_LAYOUT_RAW, 0), NOBODY, NOBODY, 0640);
+        assert_file("sem.shmbroker.mine.0", (off_t) sizeof(PosixSemFile), NOBODY, NOBODY, 0640);
         test_daemon_stop_ok(&td);
 }
 END_TEST
@@ -4562,7 +4580,7 @@ END_TEST
 /*
  * README (POSIX channels), shmbroker-protocol(7): a raw posix channel with
  * semaphores gives each rw hold a lock token from the 256 entries of its
- * semaphore 0's file, so an rw open past 256 live ones is EUSERS; ro opens
+ * lock holder table, so an rw open past 256 live ones is EUSERS; ro opens
  * take none, a channel without semaphores has no table, and a close ends
  * a token for the next rw opener.
  */
@@ -4606,16 +4624,17 @@ END_TEST
 
 /*
  * README, threat model: a writer of a channel's files cannot deny others
- * the channel, short of a truncation. A holder table is in a file every
- * rw opener may write (a raw channel's lock tokens, a ring's); one who marks every entry LIVE (or another
+ * the channel, short of a truncation. A ring's holder table is in a file
+ * every rw opener may write; one who marks every entry LIVE (or another
  * generation, or DEAD under a generation the daemon gave) must not make
  * the daemon refuse the next rw opener EUSERS, nor give a token that
  * names a hold it handed out before. The daemon goes by what it wrote
- * itself.
+ * itself. A raw channel's lock holder table is the daemon's file, which
+ * only its user (here root) can write: the same holds all the same.
  */
 START_TEST(test_forged_lock_table_denies_no_rw_open) {
         static const char *const channels[2] = { "locked", "ring1" };
-        static const char *const files[2] = { "sem.shmbroker.locked.0", "shmbroker.ring1" };
+        static const char *const files[2] = { "shmbroker-table.locked", "shmbroker.ring1" };
 
         test_daemon_write_config(&td, "[{\"name\": \"locked\", \"kind\": \"posix\", \"size\": 4096, "
                                       "\"semaphores\": [1], \"mode\": \"0600\"}, "
@@ -4629,8 +4648,8 @@ START_TEST(test_forged_lock_table_denies_no_rw_open) {
                 json_t *resp;
                 size_t size;
                 void *a = map_name(files[c], &size);
-                /* A raw channel's lock tokens, in semaphore 0's file; a ring's own. */
-                RingHolder *table = c == 0 ? psem_holders_at(a) : ring_holder_at(a, 0);
+                /* A raw channel's lock tokens, in its table file; a ring's own. */
+                RingHolder *table = c == 0 ? (RingHolder *) a : ring_holder_at(a, 0);
 
                 snprintf(rw, sizeof rw, "{\"op\": \"open\", \"channel\": \"%s\", \"access\": \"rw\"}", channels[c]);
                 fds[0] = test_connect(td.socket);
@@ -4657,6 +4676,76 @@ START_TEST(test_forged_lock_table_denies_no_rw_open) {
                         close(fds[k]);
                 munmap(a, size);
         }
+}
+END_TEST
+
+/*
+ * proto/posix.h, README (POSIX channels): a raw posix channel's lock
+ * holder table is a file of the daemon's own, 0600, handed over read-only
+ * to every opener, rw ones too: no client can write it, by the descriptor
+ * (no writable mapping, no write, no truncation, no read-write reopen
+ * through /proc) or by name, while the channel's other files are open to
+ * it as its mode says.
+ */
+START_TEST(test_lock_holder_table_is_read_only_to_every_opener) {
+        static const char *const access[2] = { "rw", "ro" };
+        int status;
+        pid_t pid;
+
+        test_daemon_write_config(&td, "[{\"name\": \"locked\", \"kind\": \"posix\", \"size\": 4096, "
+                                      "\"semaphores\": [1], \"mode\": \"0666\"}]");
+        test_start_ok();
+        assert_file("shmbroker-table.locked", (off_t) PSEM_TABLE_SIZE, 0, 0, 0600);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                /* Another user, allowed rw on the channel: each step that would give it the table is a failure. */
+                test_drop_privileges(4242, 4242, 0);
+                (void) prctl(PR_SET_DUMPABLE, 1);
+                for (int a = 0; a < 2; a++) {
+                        char line[128], path[64];
+                        int fd = test_connect(td.socket), fds[PROTO_FDS_MAX], k;
+                        size_t n;
+                        json_t *resp;
+
+                        snprintf(line, sizeof line, "{\"op\": \"open\", \"channel\": \"locked\", \"access\": \"%s\", "
+                                 "\"fd\": true}", access[a]);
+                        resp = test_request_fds(fd, line, fds, PROTO_FDS_MAX, &n);
+                        if (!json_is_true(json_object_get(resp, "ok")) || n != 3)
+                                _exit(10 + a);
+                        json_decref(resp);
+                        /* The table, in its place: read-only, and mappable for reading only. */
+                        if ((fcntl(fds[1], F_GETFL) & O_ACCMODE) != O_RDONLY)
+                                _exit(20 + a);
+                        if (mmap(NULL, PSEM_TABLE_SIZE, PROT_READ, MAP_SHARED, fds[1], 0) == MAP_FAILED)
+                                _exit(22 + a);
+                        if (mmap(NULL, PSEM_TABLE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0) != MAP_FAILED ||
+                            errno != EACCES)
+                                _exit(24 + a);
+                        if (write(fds[1], "x", 1) >= 0 || ftruncate(fds[1], 0) == 0 || fchmod(fds[1], 0666) == 0)
+                                _exit(26 + a);
+                        snprintf(path, sizeof path, "/proc/self/fd/%d", fds[1]);
+                        k = open(path, O_RDWR | O_CLOEXEC);
+                        if (k >= 0 || errno != EACCES)
+                                _exit(28 + a);
+                        /* An rw opener's semaphore file, by contrast, is writable. */
+                        if ((fcntl(fds[2], F_GETFL) & O_ACCMODE) != (a == 0 ? O_RDWR : O_RDONLY))
+                                _exit(30 + a);
+                        close_all(fds, n);
+                        close(fd);
+                }
+                /* By name: not at all (0600, the daemon's), while the semaphore's file opens as its mode says. */
+                if (open(PSEM_DIR "/shmbroker-table.locked", O_RDWR | O_CLOEXEC) >= 0 || errno != EACCES ||
+                    open(PSEM_DIR "/shmbroker-table.locked", O_RDONLY | O_CLOEXEC) >= 0 || errno != EACCES)
+                        _exit(40);
+                if (open(PSEM_DIR "/sem.shmbroker.locked.0", O_RDWR | O_CLOEXEC) < 0)
+                        _exit(41);
+                _exit(0);
+        }
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "another user's step %d gave it the table",
+                      WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        test_daemon_stop_ok(&td);
 }
 END_TEST
 
@@ -4734,6 +4823,7 @@ int main(void) {
                 { "replace-temp-taken", CASE_TIMEOUT, { test_replacement_temp_name_taken_before_it_is_made } },
                 { "crash-values", CASE_TIMEOUT, { test_crash_changed_values_made_anew } },
                 { "lock-tokens", CASE_TIMEOUT, { test_raw_posix_channel_with_semaphores_takes_256_rw_holds,
+                                                 test_lock_holder_table_is_read_only_to_every_opener,
                                                  test_forged_lock_table_denies_no_rw_open } },
         };
 

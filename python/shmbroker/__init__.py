@@ -515,7 +515,9 @@ class Channel:
         unlock(); the broker gives the lock to the next locker when the
         holder's process dies or closes the channel (a close while the
         broker is away keeps it until the process exits). A writer of
-        that file can make the lock wait, fail (ENOTCONN) or be held twice,
+        the channel's files can make the lock wait, fail (ENOTCONN: a ring's
+        or broadcast channel's holder table is in its segment; a raw
+        channel's is the broker's own read-only file) or be held twice,
         nothing more.
         """
         handle, base = self._live()
