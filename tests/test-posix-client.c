@@ -43,6 +43,7 @@
 #include <shmbroker/shmbroker.h>
 
 #include "common/util.h"
+#include "proto/broadcast.h"
 #include "proto/posix.h"
 #include "proto/ring.h"
 #include "proto/sem-t.h"
@@ -2216,11 +2217,19 @@ END_TEST
  * lock. A lock taken before a broker crash that could not hand the token
  * back (as above) names the old token; a handle of the same connection
  * opened after the rejoin, which knows only the new one, must still give
- * it back, and take it again as the hold's own, not wait on it.
+ * it back, and take it again as the hold's own, not wait on it. Another
+ * hold waits on it meanwhile. That stays so when the old token's entry is
+ * marked dead (written here by the table file's owner, root, as no client
+ * can): neither handle takes its own hold's lock over as a dead holder's.
  */
 START_TEST(test_lock_under_an_old_token_is_still_the_holds) {
-        shmb_client *c = NULL;
-        shmb_channel *a, *b;
+        shmb_client *c = NULL, *other = NULL;
+        shmb_channel *a, *b, *ch2 = NULL;
+        PosixSemFile *f;
+        RingHolder *table, *e;
+        uint32_t old;
+        unsigned live = 0;
+        int fd;
 
         test_daemon_stop_ok(&td);
         test_daemon_write_config(&td, "[{\"name\": \"lock\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1]}]");
@@ -2230,14 +2239,41 @@ START_TEST(test_lock_under_an_old_token_is_still_the_holds) {
         ck_assert_int_eq(shmb_connect(NULL, &c), 0);
         ck_assert_int_eq(shmb_open(c, "lock", SHMB_RW, &a), 0);
         ck_assert_int_eq(shmb_lock(a, 0, 0), 0);
+        f = map_sem_file("lock", 0);
+        old = __atomic_load_n(&f->lock, __ATOMIC_SEQ_CST);
         inner_daemon_signal(SIGKILL);
         test_start_ok();
         wait_holds(a, a, "lock", 1);
+        fd = open(PSEM_DIR "/shmbroker-table.lock", O_RDWR | O_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        table = mmap(NULL, PSEM_TABLE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        ck_assert_ptr_ne(table, MAP_FAILED);
+        close(fd);
+        /* What the test is about: the broker handed a new token out, the old entry still live. */
+        for (uint32_t i = 0; i < PSEM_HOLDERS; i++)
+                live += (uint32_t) __atomic_load_n(&table[i].word, __ATOMIC_SEQ_CST) == RING_HOLDER_LIVE;
+        ck_assert_uint_eq(live, 2);
         ck_assert_int_eq(shmb_open(c, "lock", SHMB_RW, &b), 0);
+        ck_assert_int_eq(shmb_connect(NULL, &other), 0);
+        ck_assert_int_eq(shmb_open(other, "lock", SHMB_RW, &ch2), 0);
+        ck_assert_uint_eq(__atomic_load_n(&f->lock, __ATOMIC_SEQ_CST), old);
         ck_assert_int_eq(shmb_lock(b, 0, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_lock(ch2, 0, 0), -EAGAIN);
+        e = &table[(old & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1];
+        __atomic_store_n(&e->word, (__atomic_load_n(&e->word, __ATOMIC_SEQ_CST) & ~(uint64_t) UINT32_MAX) |
+                                           RING_HOLDER_DEAD, __ATOMIC_SEQ_CST);
+        ck_assert_int_eq(shmb_lock(a, 0, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_lock(b, 0, 0), -EAGAIN);
+        ck_assert_uint_eq(__atomic_load_n(&f->lock, __ATOMIC_SEQ_CST), old);
         ck_assert_int_eq(shmb_unlock(b, 0), 0);
         ck_assert_int_eq(shmb_lock(a, 0, 0), 0);
         ck_assert_int_eq(shmb_unlock(a, 0), 0);
+        ck_assert_int_eq(shmb_lock(ch2, 0, 0), 0);
+        ck_assert_int_eq(shmb_unlock(ch2, 0), 0);
+        ck_assert_int_eq(munmap(table, PSEM_TABLE_SIZE), 0);
+        ck_assert_int_eq(munmap(f, sizeof *f), 0);
+        shmb_close(ch2);
+        shmb_disconnect(other);
         shmb_close(b);
         shmb_close(a);
         shmb_disconnect(c);
@@ -2245,10 +2281,13 @@ START_TEST(test_lock_under_an_old_token_is_still_the_holds) {
 }
 END_TEST
 
-/* A child that opens "lock" on a connection of its own, locks semaphore 0, says so on `ready`, then does `then`. */
+/*
+ * A child that opens `name` ("lock" for fork_lock_holder()) on a connection
+ * of its own, locks semaphore 0, says so on `ready`, then does `then`.
+ */
 typedef enum { HOLDER_PAUSES, HOLDER_CLOSES_AND_PAUSES } HolderThen;
 
-static pid_t fork_lock_holder(int ready_fd, HolderThen then) {
+static pid_t fork_holder_of(const char *name, int ready_fd, HolderThen then) {
         pid_t pid = fork();
 
         ck_assert_int_ge(pid, 0);
@@ -2256,7 +2295,7 @@ static pid_t fork_lock_holder(int ready_fd, HolderThen then) {
                 shmb_channel *c2 = NULL;
 
                 (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
-                if (shmb_open_channel(NULL, "lock", SHMB_RW, &c2) < 0 || shmb_lock(c2, 0, WAIT_MS) < 0)
+                if (shmb_open_channel(NULL, name, SHMB_RW, &c2) < 0 || shmb_lock(c2, 0, WAIT_MS) < 0)
                         _exit(2);
                 if (then == HOLDER_CLOSES_AND_PAUSES && shmb_close(c2) < 0)
                         _exit(3);
@@ -2266,6 +2305,23 @@ static pid_t fork_lock_holder(int ready_fd, HolderThen then) {
                         pause();
         }
         return pid;
+}
+
+static pid_t fork_lock_holder(int ready_fd, HolderThen then) {
+        return fork_holder_of("lock", ready_fd, then);
+}
+
+/* As wait_ready(), saying how the child ended if it did not get there. */
+static void wait_ready_of(int ready[2], pid_t pid, const char *name) {
+        int status = 0;
+        char c;
+
+        close(ready[1]);
+        if (read(ready[0], &c, 1) != 1) {
+                ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+                ck_abort_msg("%s: the child did not lock it (status %#x)", name, status);
+        }
+        close(ready[0]);
 }
 
 static void wait_ready(int ready[2]) {
@@ -2715,6 +2771,354 @@ START_TEST(test_lock_holder_in_another_pid_namespace) {
 }
 END_TEST
 
+
+/*
+ * A locker of another language, as shmbroker-protocol(7) lets one be: it
+ * counts itself in the file's lock_waiters and sleeps on the lock word
+ * while the word is `word`, for WAIT_MS at most. result: 0 when woken,
+ * -ETIMEDOUT when nobody woke it.
+ */
+typedef struct ForeignLocker {
+        PosixSemFile *f;
+        uint32_t word;
+        int result;
+        pid_t tid;
+} ForeignLocker;
+
+static void *foreign_locker(void *userdata) {
+        ForeignLocker *s = userdata;
+        struct timespec ts = { .tv_sec = WAIT_MS / 1000 };
+
+        (void) __atomic_fetch_add(&s->f->lock_waiters, 1, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&s->tid, (pid_t) syscall(SYS_gettid), __ATOMIC_RELEASE);
+        s->result = syscall(SYS_futex, &s->f->lock, FUTEX_WAIT, s->word, &ts, NULL, 0) < 0 ? -errno : 0;
+        (void) __atomic_fetch_sub(&s->f->lock_waiters, 1, __ATOMIC_SEQ_CST);
+        return NULL;
+}
+
+/* Start s's thread on f, whose lock is held (word: its holder's token), and return once it sleeps. */
+static void start_foreign_locker(ForeignLocker *s, pthread_t *t, PosixSemFile *f) {
+        int64_t deadline = test_now_ms() + WAIT_MS;
+
+        *s = (ForeignLocker) { .f = f, .word = __atomic_load_n(&f->lock, __ATOMIC_SEQ_CST), .result = 1 };
+        ck_assert_msg(s->word != 0, "the lock is not held");
+        ck_assert_int_eq(pthread_create(t, NULL, foreign_locker, s), 0);
+        for (int asleep = 0; asleep < 5; usleep(1000)) {
+                pid_t tid = __atomic_load_n(&s->tid, __ATOMIC_ACQUIRE);
+
+                ck_assert_msg(__atomic_load_n(&s->result, __ATOMIC_RELAXED) == 1, "the sleeper returned at once: %s",
+                              strerror(-s->result));
+                ck_assert_msg(test_now_ms() < deadline, "the sleeper did not sleep within %d ms", WAIT_MS);
+                asleep = tid && test_task_state(getpid(), tid) == 'S' ? asleep + 1 : 0;
+        }
+}
+
+/* s's thread was woken (not by its timeout). */
+static void assert_foreign_locker_woken(ForeignLocker *s, pthread_t t, const char *by) {
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        ck_assert_msg(s->result == 0, "a sleeper counted in lock_waiters was not woken by %s: %s", by,
+                      strerror(-s->result));
+}
+
+/*
+ * shmbroker-protocol(7): lockers sleep on the lock word counted in
+ * lock_waiters, "so that an unlock without sleepers makes no system
+ * call" (proto/posix.h). The library counts its own sleepers there, and
+ * down again when they return, and its unlock wakes any it counts, a
+ * locker of another program's too. Without either, a sleeper gets the
+ * lock only at the end of its slice, or never if it sleeps without one.
+ */
+START_TEST(test_lock_sleepers_are_counted_and_woken_by_unlock) {
+        shmb_channel *ch = must_open("lock", SHMB_RW);
+        shmb_client *other = NULL;
+        shmb_channel *ch2 = NULL;
+        PosixSemFile *f = map_sem_file("lock", 0);
+        ForeignLocker s;
+        Blocked b;
+        pthread_t t;
+        int64_t deadline;
+
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
+        start_foreign_locker(&s, &t, f);
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        assert_foreign_locker_woken(&s, t, "shmb_unlock()");
+        ck_assert_uint_eq(__atomic_load_n(&f->lock_waiters, __ATOMIC_SEQ_CST), 0);
+
+        /* The library's own locker, of another hold, counts itself while it waits. */
+        ck_assert_int_eq(shmb_connect(NULL, &other), 0);
+        ck_assert_int_eq(shmb_open(other, "lock", SHMB_RW, &ch2), 0);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
+        b = (Blocked) { .kind = BLOCK_LOCK, .ch = ch2, .result = 1 };
+        ck_assert_int_eq(pthread_create(&t, NULL, blocked_call, &b), 0);
+        await_blocked(&b);
+        for (deadline = test_now_ms() + WAIT_MS; __atomic_load_n(&f->lock_waiters, __ATOMIC_SEQ_CST) != 1; usleep(1000))
+                ck_assert_msg(test_now_ms() < deadline, "a locker asleep for %d ms is not counted in lock_waiters (%u)",
+                              WAIT_MS, f->lock_waiters);
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        ck_assert_int_eq(b.result, 0);
+        /* It returned: no longer counted, so the next unlock makes no system call for it. */
+        ck_assert_uint_eq(__atomic_load_n(&f->lock_waiters, __ATOMIC_SEQ_CST), 0);
+        ck_assert_int_eq(shmb_unlock(ch2, 0), 0);
+        ck_assert_int_eq(munmap(f, sizeof *f), 0);
+        ck_assert_int_eq(shmb_close(ch2), 0);
+        shmb_disconnect(other);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+/*
+ * README, POSIX channels: "when the holder's process dies ... the broker
+ * marks the token dead and wakes the lockers, and the next one takes the
+ * lock over" -- on a raw channel (its tokens in its table file), a ring
+ * and a broadcast channel (their own tables) alike. A sleeper counted
+ * in lock_waiters must be woken by the broker, and the lock, held by a
+ * live hold of another process, must not be taken while it lives.
+ */
+START_TEST(test_lock_of_a_killed_holder_passes_on_in_every_layout) {
+        static const char *const names[] = { "lock", "lring", "lnews" };
+        /* The file of user semaphore 0: a ring's and a broadcast channel's own semaphores come first. */
+        const unsigned files[] = { 0, RING_NSEMS, BCAST_NSEMS };
+
+        test_daemon_stop_ok(&td);
+        test_daemon_write_config(&td, "[{\"name\": \"lock\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1]},"
+                                      " {\"name\": \"lring\", \"kind\": \"posix\", \"layout\": \"ring\", \"slot_size\": 64,"
+                                      "  \"slots\": 4, \"semaphores\": [0]},"
+                                      " {\"name\": \"lnews\", \"kind\": \"posix\", \"layout\": \"broadcast\", \"slot_size\": 64,"
+                                      "  \"slots\": 4, \"subscribers\": 2, \"semaphores\": [0]}]");
+        test_start_ok();
+        for (size_t i = 0; i < ELEMENTSOF(names); i++) {
+                shmb_channel *ch = must_open(names[i], SHMB_RW);
+                PosixSemFile *f = map_sem_file(names[i], files[i]);
+                ForeignLocker s;
+                pthread_t t;
+                int ready[2];
+                pid_t pid;
+
+                ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
+                pid = fork_holder_of(names[i], ready[1], HOLDER_PAUSES);
+                wait_ready_of(ready, pid, names[i]);
+                ck_assert_msg(shmb_lock(ch, 0, 0) == -EAGAIN, "%s: a live holder's lock was taken", names[i]);
+                ck_assert_int_eq(shmb_unlock(ch, 0), -EPERM);
+                ck_assert_msg(__atomic_load_n(&f->lock, __ATOMIC_SEQ_CST) != 0, "%s: file %u has no lock word set",
+                              names[i], files[i]);
+                start_foreign_locker(&s, &t, f);
+                ck_assert_int_eq(kill(pid, SIGKILL), 0);
+                ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+                assert_foreign_locker_woken(&s, t, "the broker, at its holder's death");
+                ck_assert_msg(shmb_lock(ch, 0, WAIT_MS) == 0, "%s: the dead holder's lock did not pass on", names[i]);
+                ck_assert_int_eq(shmb_lock(ch, 0, 0), -EAGAIN);
+                ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+                ck_assert_int_eq(munmap(f, sizeof *f), 0);
+                ck_assert_int_eq(shmb_close(ch), 0);
+        }
+}
+END_TEST
+
+/*
+ * README, POSIX channels: a raw posix channel with semaphores takes 256 rw
+ * holds, each with a lock token of its own from the channel's lock holder
+ * table (test-posix.c counts them at the protocol). Every one of them must
+ * lock as a client: the hold with the table's last entry too, which the
+ * library must judge in the table it mapped, not take for a token past
+ * its end. A close frees a token for the next opener, whose lock the last
+ * one then waits on.
+ */
+START_TEST(test_every_lock_token_of_a_raw_posix_channel_locks) {
+        enum { N = PSEM_HOLDERS };
+        static shmb_client *c[N + 1];
+        static shmb_channel *h[N + 1];
+        int r;
+
+        for (int i = 0; i <= N; i++)
+                ck_assert_int_eq(shmb_connect(NULL, &c[i]), 0);
+        for (int i = 0; i < N; i++) {
+                r = shmb_open(c[i], "lock", SHMB_RW, &h[i]);
+                ck_assert_msg(r == 0, "rw hold %d: %s", i, shmb_strerror(r));
+        }
+        ck_assert_int_eq(shmb_open(c[N], "lock", SHMB_RW, &h[N]), -EUSERS);
+        for (int i = 0; i < N; i++) {
+                r = shmb_lock(h[i], 0, 0);
+                ck_assert_msg(r == 0, "the lock of rw hold %d of %d: %s", i, N, shmb_strerror(r));
+                ck_assert_int_eq(shmb_lock(h[(i + 1) % N], 0, 0), -EAGAIN);
+                ck_assert_int_eq(shmb_unlock(h[i], 0), 0);
+        }
+        ck_assert_int_eq(shmb_close(h[0]), 0);
+        ck_assert_int_eq(shmb_open(c[N], "lock", SHMB_RW, &h[N]), 0);
+        ck_assert_int_eq(shmb_lock(h[N], 0, 0), 0);
+        ck_assert_int_eq(shmb_lock(h[N - 1], 0, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_unlock(h[N], 0), 0);
+        for (int i = 1; i <= N; i++)
+                ck_assert_int_eq(shmb_close(h[i]), 0);
+        for (int i = 0; i <= N; i++)
+                shmb_disconnect(c[i]);
+}
+END_TEST
+
+
+/*
+ * libshmbroker(3), shmb_lock(): "a handle whose token is dead (its hold
+ * ended while its process lived on, past the broker's watch; see
+ * shmb_disconnect()) gets ENOTCONN": the next locker would take the lock
+ * from under it. The broker marks such a token dead when a connection
+ * ends and it holds no pidfd of the peer (a kernel without SO_PEERPIDFD);
+ * this kernel gives one, which no test can deny the daemon, so the mark
+ * is written here by the table file's owner (root), as the broker would.
+ * The handle then locks nothing, not even a free lock, nor waits on a
+ * held one; marked live again, it locks. Should the channel's files be
+ * removed while no broker is there to mark them, the same call says so
+ * (-EIDRM), as every call on a removed channel does.
+ */
+START_TEST(test_lock_of_a_hold_with_a_dead_token_is_enotconn) {
+        shmb_channel *ch = must_open("lock", SHMB_RW), *ch2 = NULL;
+        shmb_client *other = NULL;
+        PosixSemFile *f = map_sem_file("lock", 0);
+        RingHolder *table, *e;
+        uint64_t live;
+        uint32_t token;
+        int fd, r;
+
+        fd = open(PSEM_DIR "/shmbroker-table.lock", O_RDWR | O_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        table = mmap(NULL, PSEM_TABLE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        ck_assert_ptr_ne(table, MAP_FAILED);
+        close(fd);
+        ck_assert_int_eq(shmb_connect(NULL, &other), 0);
+        ck_assert_int_eq(shmb_open(other, "lock", SHMB_RW, &ch2), 0);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
+        token = __atomic_load_n(&f->lock, __ATOMIC_SEQ_CST);
+        ck_assert_uint_ne(token, 0);
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        e = &table[(token & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1];
+        live = __atomic_load_n(&e->word, __ATOMIC_SEQ_CST);
+        ck_assert_uint_eq((uint32_t) live, RING_HOLDER_LIVE);
+        __atomic_store_n(&e->word, (live & ~(uint64_t) UINT32_MAX) | RING_HOLDER_DEAD, __ATOMIC_SEQ_CST);
+        r = shmb_lock(ch, 0, 0);
+        ck_assert_msg(r == -ENOTCONN, "a hold whose token is dead locks: %d (%s)", r, shmb_strerror(r));
+        ck_assert_int_eq(shmb_lock(ch, 0, 50), -ENOTCONN);
+        ck_assert_uint_eq(__atomic_load_n(&f->lock, __ATOMIC_SEQ_CST), 0);
+        /* Held by another hold: told the same, not -EAGAIN, and without waiting. */
+        ck_assert_int_eq(shmb_lock(ch2, 0, 0), 0);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), -ENOTCONN);
+        ck_assert_int_eq(shmb_lock(ch, 0, -1), -ENOTCONN);
+        ck_assert_int_eq(shmb_unlock(ch2, 0), 0);
+        /* Live again: it locks. */
+        __atomic_store_n(&e->word, live, __ATOMIC_SEQ_CST);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        __atomic_store_n(&e->word, (live & ~(uint64_t) UINT32_MAX) | RING_HOLDER_DEAD, __ATOMIC_SEQ_CST);
+        ck_assert_int_eq(munmap(table, PSEM_TABLE_SIZE), 0);
+        ck_assert_int_eq(munmap(f, sizeof *f), 0);
+        /* The files go while the broker is away: a removal, not the dead token. */
+        test_daemon_kill(&td, SIGKILL);
+        remove_dev_shm_files();
+        r = shmb_lock(ch, 0, 0);
+        ck_assert_msg(r == -EIDRM, "a dead token's lock on a removed channel: %d (%s)", r, shmb_strerror(r));
+        ck_assert_int_eq(shmb_close(ch), 0);
+        ck_assert_int_eq(shmb_close(ch2), 0);
+        shmb_disconnect(other);
+        /* The dead run's System V channel goes with the next start's reclaim. */
+        test_start_ok();
+}
+END_TEST
+
+
+/*
+ * test_interrupted_waits_see_files_removed_while_broker_is_away for a
+ * locker whose waits a signal keeps interrupting: each ended with -EINTR
+ * before its slice ran out, so its slice's own look at the kernel never
+ * ran. Locking again after -EINTR, it must end with -EIDRM, as a
+ * semaphore wait does, not be told -EINTR for ever.
+ */
+START_TEST(test_interrupted_lock_waits_see_files_removed_while_broker_is_away) {
+        shmb_channel *holder = must_open("lock", SHMB_RW), *ch = NULL;
+        shmb_client *other = NULL;
+        TestTicker ticker;
+        int64_t until;
+        int calls = 0, r;
+
+        ck_assert_int_eq(shmb_connect(NULL, &other), 0);
+        ck_assert_int_eq(shmb_open(other, "lock", SHMB_RW, &ch), 0);
+        ck_assert_int_eq(shmb_lock(holder, 0, 0), 0);
+        test_daemon_kill(&td, SIGKILL);
+        remove_dev_shm_files();
+        ticker = test_ticker_start(20);
+        until = test_now_ms() + WAIT_MS;
+        do {
+                r = shmb_lock(ch, 0, -1);
+                calls++;
+        } while (r == -EINTR && test_now_ms() < until);
+        test_ticker_stop(&ticker);
+        ck_assert_msg(r == -EIDRM, "lock waits that signals interrupt, on files that are gone: %d (%s) after %d calls",
+                      r, shmb_strerror(r), calls);
+        ck_assert_int_eq(shmb_close(ch), 0);
+        shmb_disconnect(other);
+        ck_assert_int_eq(shmb_close(holder), 0);
+        /* The dead run's System V channel goes with the next start's reclaim. */
+        test_start_ok();
+}
+END_TEST
+
+
+/*
+ * Two holds of one process hammer the lock, each from a thread of its
+ * own, waiting without a timeout: every shmb_lock() gets the lock (a wait
+ * without a timeout gives nothing else: not -EAGAIN when the word changed
+ * on its way to sleep), and none enters while the other is in (a plain
+ * counter in the segment, incremented under the lock, adds up).
+ */
+#define CONTEND_ROUNDS 3000
+
+typedef struct Contender {
+        shmb_channel *ch;
+        volatile uint64_t *counter;
+        int failed;             /* the first failure's result, or 0 */
+} Contender;
+
+static void *contend(void *userdata) {
+        Contender *c = userdata;
+
+        for (int i = 0; i < CONTEND_ROUNDS && !c->failed; i++) {
+                int r = shmb_lock(c->ch, 0, -1);
+
+                if (r < 0) {
+                        c->failed = r;
+                        break;
+                }
+                *c->counter = *c->counter + 1;
+                r = shmb_unlock(c->ch, 0);
+                if (r < 0)
+                        c->failed = r;
+        }
+        return NULL;
+}
+
+START_TEST(test_contended_lock_excludes_and_never_fails) {
+        shmb_client *c[2] = { NULL, NULL };
+        Contender k[2];
+        pthread_t t[2];
+
+        for (int i = 0; i < 2; i++) {
+                k[i] = (Contender) {};
+                ck_assert_int_eq(shmb_connect(NULL, &c[i]), 0);
+                ck_assert_int_eq(shmb_open(c[i], "lock", SHMB_RW, &k[i].ch), 0);
+                k[i].counter = shmb_channel_addr(k[i].ch);
+        }
+        *k[0].counter = 0;
+        for (int i = 0; i < 2; i++)
+                ck_assert_int_eq(pthread_create(&t[i], NULL, contend, &k[i]), 0);
+        for (int i = 0; i < 2; i++) {
+                ck_assert_int_eq(pthread_join(t[i], NULL), 0);
+                ck_assert_msg(k[i].failed == 0, "hold %d: %s", i, shmb_strerror(k[i].failed));
+        }
+        ck_assert_uint_eq(*k[0].counter, 2 * CONTEND_ROUNDS);
+        for (int i = 0; i < 2; i++) {
+                ck_assert_int_eq(shmb_close(k[i].ch), 0);
+                shmb_disconnect(c[i]);
+        }
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "mapping", CASE_TIMEOUT, { test_raw_mapping_is_shared_between_processes,
@@ -2731,7 +3135,8 @@ int main(void) {
                                              test_reload_ends_blocked_calls,
                                              test_try_on_a_removed_semaphore_whose_wake_up_was_taken_is_eidrm,
                                              test_woken_waiter_passes_the_removal_wake_up_on,
-                                             test_unlock_after_removal_is_eidrm } },
+                                             test_unlock_after_removal_is_eidrm,
+                                             test_interrupted_lock_waits_see_files_removed_while_broker_is_away } },
                 { "locks", CASE_TIMEOUT, { test_lock_words_aimed_at_the_holder_write_nowhere,
                                            test_two_holds_of_one_process_exclude_each_other,
                                            test_forked_child_cannot_use_the_parents_lock,
@@ -2744,6 +3149,11 @@ int main(void) {
                                            test_holder_table_filled_before_a_broker_crash_refuses_no_opens,
                                            test_read_only_holds_take_no_lock_token,
                                            test_lock_holder_in_another_pid_namespace } },
+                { "lock-words", CASE_TIMEOUT, { test_lock_sleepers_are_counted_and_woken_by_unlock,
+                                                test_lock_of_a_killed_holder_passes_on_in_every_layout,
+                                                test_every_lock_token_of_a_raw_posix_channel_locks,
+                                                test_lock_of_a_hold_with_a_dead_token_is_enotconn,
+                                                test_contended_lock_excludes_and_never_fails } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,
                                                test_open_failing_halfway_leaves_nothing } },

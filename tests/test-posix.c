@@ -4497,6 +4497,56 @@ START_TEST(test_dev_shm_short_of_the_table_and_semaphores_fails_a_replacing_relo
 END_TEST
 
 /*
+ * The reload's room check counts every file a new channel takes: a raw
+ * channel with semaphores has a lock holder table file of its own
+ * (shmbroker-table.NAME) besides its segment and semaphore files. In a
+ * /dev/shm with room for a new such channel q's segment and semaphore
+ * file but not its table too, the reload must be refused by that check
+ * (ENOSPC, naming the bytes it needs), before it makes anything, not run
+ * out of room halfway.
+ */
+START_TEST(test_full_dev_shm_counts_the_lock_table_file) {
+        uint64_t page = (uint64_t) sysconf(_SC_PAGESIZE), need, fill;
+        struct statvfs vfs;
+        json_t *resp;
+        const char *msg;
+        int fd;
+
+        ck_assert_msg(mount("tmpfs", "/dev/shm", "tmpfs", MS_REMOUNT, "size=1m") == 0, "remount: %s", strerror(errno));
+        test_daemon_write_config(&td, "[{\"name\": \"p\", \"kind\": \"posix\", \"size\": 4096}]");
+        test_start_ok();
+        /* Pages free: q's segment and its semaphore file, and not its table file. */
+        need = 256 * 1024 / page + round_to_pages(sizeof(PosixSemFile)) / page;
+        ck_assert_uint_gt(round_to_pages(PSEM_TABLE_SIZE), 0);
+        ck_assert_int_eq(statvfs(PSEM_DIR, &vfs), 0);
+        ck_assert_uint_eq(vfs.f_bsize, page);
+        ck_assert_uint_gt((uint64_t) vfs.f_bavail, need);
+        fill = ((uint64_t) vfs.f_bavail - need) * page;
+        fd = open(PSEM_DIR "/someone-elses", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(posix_fallocate(fd, 0, (off_t) fill), 0);
+        close(fd);
+        ck_assert_int_eq(statvfs(PSEM_DIR, &vfs), 0);
+        ck_assert_uint_eq((uint64_t) vfs.f_bavail, need);
+
+        test_daemon_write_config(&td, "[{\"name\": \"p\", \"kind\": \"posix\", \"size\": 4096},"
+                                      " {\"name\": \"q\", \"kind\": \"posix\", \"size\": \"256K\", \"semaphores\": [1]}]");
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\": \"reload\"}");
+        close(fd);
+        test_assert_error(resp, "ENOSPC");
+        msg = json_string_value(json_object_get(resp, "message"));
+        ck_assert_msg(msg && strstr(msg, "need"), "not the room check's refusal: %s", json_dumps(resp, JSON_COMPACT));
+        json_decref(resp);
+        ck_assert_int_eq(access(PSEM_DIR "/shmbroker.q", F_OK), -1);
+        ck_assert_int_eq(access(PSEM_DIR "/shmbroker-table.q", F_OK), -1);
+        ck_assert_int_eq(unlink(PSEM_DIR "/someone-elses"), 0);
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
+
+/*
  * A /dev/shm without a size limit (tmpfs size=0, as some hosts and
  * containers mount it) reports no blocks and none free: it has room for
  * anything memory has. A reload that adds a posix channel there must go
@@ -4603,6 +4653,9 @@ START_TEST(test_raw_posix_channel_with_semaphores_takes_256_rw_holds) {
         extra = test_connect(td.socket);
         resp = test_request(extra, rw);
         test_assert_error(resp, "EUSERS");
+        /* The refusal names the kind of channel whose table is full. */
+        ck_assert_msg(strstr(json_string_value(json_object_get(resp, "message")) ?: "", "posix channel with semaphores"),
+                      "the refusal says: %s", json_dumps(resp, JSON_COMPACT));
         json_decref(resp);
         resp = test_request(extra, "{\"op\": \"open\", \"channel\": \"locked\", \"access\": \"ro\"}");
         test_assert_ok(resp);
@@ -4758,6 +4811,7 @@ int main(void) {
                                            test_posix_ring_fifos_give_the_daemons_group_nothing,
                                            test_unlimited_dev_shm_takes_a_reload } },
                 { "room", CASE_TIMEOUT, { test_no_inodes_in_dev_shm_fails_a_replacing_reload,
+                                          test_full_dev_shm_counts_the_lock_table_file,
                                           test_dev_shm_short_of_the_table_and_semaphores_fails_a_replacing_reload,
                                           test_unprivileged_daemon_refuses_a_mode_it_cannot_serve } },
                 { "fds", CASE_TIMEOUT, { test_open_fds, test_open_fds_pipelined, test_open_fds_unread,

@@ -1617,6 +1617,31 @@ class TestRestart(BrokerTest):
         waiter.join(10)
         self.assertEqual(got, [b"after"])
 
+    def test_a_lock_waiter_blocked_through_the_restart_rejoins(self):
+        # The same for a posix channel's lock, whose wait is the library's
+        # own futex sleep: held here, so one thread sits in lock(0) (the
+        # same hold waits) from before the crash until after the restart,
+        # and nothing else calls on the connection. Its wait must bring the
+        # hold back; the unlock then ends it.
+        ch = self.open("pposix")
+        ch.lock(0)
+        got = []
+        waiter = threading.Thread(target=lambda: got.append(ch.lock(0)))
+        waiter.start()
+        self.daemon.kill()
+        os.unlink(os.path.join(self.dir, "notify"))
+        self.daemon.start()
+        deadline = time.monotonic() + 10
+        while not self.holds("pposix") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(self.holds("pposix"), [(os.getpid(), "rw")], "a blocked locker's hold did not come back")
+        self.assertTrue(waiter.is_alive(), "the lock wait ended while the lock was held")
+        ch.unlock(0)
+        waiter.join(10)
+        self.assertFalse(waiter.is_alive(), "the unlock did not end the wait")
+        self.assertEqual(got, [None])
+        ch.unlock(0)
+
 
 class TestExamples(BrokerTest):
 

@@ -331,10 +331,11 @@ int shmb_sem_trywait(shmb_channel *ch, unsigned idx);
  * the broker is away keeps the lock until its process exits, and a death
  * while it is away is seen when it is back. shmb_unlock() of a
  * lock this hold does not have gives -EPERM (shmb_lock() by the holder
- * waits, as on System V). In a child of fork(2) both give -ECHILD; with
- * no holder token (its hold ended while this process lived on, see
- * shmb_disconnect()) shmb_lock() gives -ENOTCONN. Both are -EACCES on an
- * ro handle, a signal ends a wait with -EINTR, and a removal is seen
+ * waits, as on System V). In a child of fork(2) both give -ECHILD; a
+ * handle whose token is dead (its hold ended while this process lived
+ * on, past the broker's watch, see shmb_disconnect()) gets -ENOTCONN from
+ * shmb_lock(). Both are -EACCES on an ro handle, a signal ends a wait
+ * with -EINTR, and a removal is seen
  * within 50 ms (-EIDRM); after one, shmb_unlock() is -EIDRM, with or
  * without the lock, as on System V (a held lock is given back all the
  * same).
