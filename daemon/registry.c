@@ -92,7 +92,6 @@ Registry *registry_free(Registry *r) {
 /* The holder tables of e's channel, as its segment has them (fresh, or a killed run's). 0 or -ENOMEM. */
 static int entry_init_holders(Entry *e) {
         Channel *c = e->channel;
-
         int k;
 
         holders_done(&e->subs);
