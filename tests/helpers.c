@@ -237,23 +237,27 @@ char *test_daemon_wait_notify(TestDaemon *d, const char *what, int timeout_ms) {
 #define FILTER_ARCH AUDIT_ARCH_AARCH64
 #endif
 
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77                 /* Linux 6.5; the value of every architecture the filter knows */
+#endif
+
 /*
- * In the daemon's child: from here on setsockopt(SOL_SOCKET, SO_PASSRIGHTS)
- * fails with err, as on a kernel without the switch (ENOPROTOOPT) or under
- * a filter that forbids it; every other call runs. Compares the low words of
- * the arguments (level and optname are ints). 0, or -1 (errno set).
+ * In the daemon's child: from here on the socket option call `nr`
+ * (setsockopt or getsockopt) of SOL_SOCKET's `optname` fails with err; every
+ * other call runs. Compares the low words of the arguments (level and
+ * optname are ints). 0, or -1 (errno set).
  */
-static int deny_passrights(int err) {
+static int deny_sockopt(uint32_t nr, uint32_t optname, int err) {
 #ifdef FILTER_ARCH
         struct sock_filter code[] = {
                 BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
                 BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, FILTER_ARCH, 0, 7),
                 BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_setsockopt, 0, 5),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 5),
                 BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
                 BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SOL_SOCKET, 0, 3),
                 BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
-                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SO_PASSRIGHTS, 0, 1),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, optname, 0, 1),
                 BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((uint32_t) err & SECCOMP_RET_DATA)),
                 BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
         };
@@ -263,6 +267,8 @@ static int deny_passrights(int err) {
                 return -1;
         return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
 #else
+        (void) nr;
+        (void) optname;
         (void) err;
         errno = ENOSYS;
         return -1;
@@ -369,7 +375,11 @@ static void daemon_spawn(TestDaemon *d, va_list ap) {
                 if (d->activate && pass_listening_socket(d->socket, d->activate_fd, d->activate_extra_fd,
                                                      d->activate_other_pid) < 0)
                         _exit(126);
-                if (d->passrights_errno && deny_passrights(d->passrights_errno) < 0)
+                /* As on a kernel without the switch (ENOPROTOOPT), or under a filter that forbids it. */
+                if (d->passrights_errno && deny_sockopt(SYS_setsockopt, SO_PASSRIGHTS, d->passrights_errno) < 0)
+                        _exit(124);
+                /* As on a kernel before 6.5: no pidfd of a peer from its socket. */
+                if (d->deny_peer_pidfd && deny_sockopt(SYS_getsockopt, SO_PEERPIDFD, ENOPROTOOPT) < 0)
                         _exit(124);
                 if (d->deny_chown && deny_chown() < 0)
                         _exit(124);

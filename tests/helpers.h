@@ -34,6 +34,8 @@ typedef struct TestDaemon {
         int passrights_errno;           /* not 0: its setsockopt(SO_PASSRIGHTS) fails so (a seccomp filter) */
         bool deny_chown;                /* every chown call fails with EPERM, as under the shipped unit's filter */
         bool deny_pidfd_open;           /* pidfd_open() fails with ENOSYS: pidfds as a kernel without pidfs gives them */
+        bool deny_peer_pidfd;           /* getsockopt(SO_PEERPIDFD) fails with ENOPROTOOPT, as before Linux 6.5; with
+                                         * deny_pidfd_open the daemon has no pidfd of any client */
         const char *userns_map;         /* not NULL: run the daemon in a user namespace of its own (as in a
                                          * container) whose uid_map and gid_map are this text */
         uid_t uid;                      /* not 0: run the daemon as uid:gid, without groups or capabilities */

@@ -2957,6 +2957,41 @@ END_TEST
 
 
 /*
+ * libshmbroker(3): a handle whose hold ended while its process lived on,
+ * past the broker's watch, gets -ENOTCONN from shmb_lock(). A broker with
+ * no pidfd of the client (a kernel before Linux 6.5 and pidfs) ends the
+ * token with the connection: reached here as a client reaches it, by
+ * shmb_disconnect() with the handle kept. The lock it held passes on.
+ */
+START_TEST(test_lock_after_a_disconnect_the_broker_cannot_watch_is_enotconn) {
+        shmb_client *c = NULL;
+        shmb_channel *ch = NULL, *other;
+        int r;
+
+        test_daemon_stop_ok(&td);
+        test_daemon_write_config(&td, "[{\"name\": \"lock\", \"kind\": \"posix\", \"size\": 4096, \"semaphores\": [1]}]");
+        td.deny_pidfd_open = td.deny_peer_pidfd = true;
+        test_start_ok();
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "lock", SHMB_RW, &ch), 0);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
+        other = must_open("lock", SHMB_RW);
+        ck_assert_int_eq(shmb_lock(other, 0, 0), -EAGAIN);
+        shmb_disconnect(c);
+        /* The broker ended the token with the connection: the lock passes on, and the handle locks nothing. */
+        r = shmb_lock(other, 0, WAIT_MS);
+        ck_assert_msg(r == 0, "the lock of a hold the broker ended stayed held: %s", shmb_strerror(r));
+        r = shmb_lock(ch, 0, 0);
+        ck_assert_msg(r == -ENOTCONN, "a handle whose hold ended locks: %d (%s)", r, shmb_strerror(r));
+        ck_assert_int_eq(shmb_unlock(ch, 0), -EPERM);
+        ck_assert_int_eq(shmb_unlock(other, 0), 0);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), -ENOTCONN);
+        ck_assert_int_eq(shmb_close(ch), 0);
+        ck_assert_int_eq(shmb_close(other), 0);
+}
+END_TEST
+
+/*
  * libshmbroker(3), shmb_lock(): "a handle whose token is dead (its hold
  * ended while its process lived on, past the broker's watch; see
  * shmb_disconnect()) gets ENOTCONN": the next locker would take the lock
@@ -3153,6 +3188,7 @@ int main(void) {
                                                 test_lock_of_a_killed_holder_passes_on_in_every_layout,
                                                 test_every_lock_token_of_a_raw_posix_channel_locks,
                                                 test_lock_of_a_hold_with_a_dead_token_is_enotconn,
+                                                test_lock_after_a_disconnect_the_broker_cannot_watch_is_enotconn,
                                                 test_contended_lock_excludes_and_never_fails } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,
