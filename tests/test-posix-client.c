@@ -2332,6 +2332,17 @@ static void wait_ready(int ready[2]) {
         close(ready[0]);
 }
 
+/* fork_holder_of() and wait_ready_of(): a child of ours holds `name`'s lock when this returns its pid. */
+static pid_t start_lock_holder(const char *name, HolderThen then) {
+        int ready[2];
+        pid_t pid;
+
+        ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
+        pid = fork_holder_of(name, ready[1], then);
+        wait_ready_of(ready, pid, name);
+        return pid;
+}
+
 /*
  * README, POSIX channels: a writer of a semaphore file "can make a lock
  * wait, or let two hold it at once, and nothing more". The lock's words
@@ -2422,12 +2433,8 @@ END_TEST
 /* The lock is the hold's: a holder that closes its handle gives it up, though its process lives on. */
 START_TEST(test_closed_handle_gives_its_lock_up) {
         shmb_channel *ch = must_open("lock", SHMB_RW);
-        int ready[2];
-        pid_t pid;
+        pid_t pid = start_lock_holder("lock", HOLDER_CLOSES_AND_PAUSES);
 
-        ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
-        pid = fork_lock_holder(ready[1], HOLDER_CLOSES_AND_PAUSES);
-        wait_ready(ready);
         ck_assert_int_eq(shmb_lock(ch, 0, WAIT_MS), 0);
         ck_assert_int_eq(shmb_unlock(ch, 0), 0);
         ck_assert_int_eq(kill(pid, SIGKILL), 0);
@@ -2443,12 +2450,8 @@ END_TEST
  */
 START_TEST(test_lock_of_a_holder_killed_while_the_broker_is_away_passes_on) {
         shmb_channel *ch = must_open("lock", SHMB_RW);
-        int ready[2];
-        pid_t pid;
+        pid_t pid = start_lock_holder("lock", HOLDER_PAUSES);
 
-        ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
-        pid = fork_lock_holder(ready[1], HOLDER_PAUSES);
-        wait_ready(ready);
         ck_assert_int_eq(shmb_lock(ch, 0, 0), -EAGAIN);
         test_daemon_kill(&td, SIGKILL);
         ck_assert_int_eq(kill(pid, SIGKILL), 0);
@@ -2892,12 +2895,8 @@ START_TEST(test_lock_of_a_killed_holder_passes_on_in_every_layout) {
                 PosixSemFile *f = map_sem_file(names[i], files[i]);
                 ForeignLocker s;
                 pthread_t t;
-                int ready[2];
-                pid_t pid;
+                pid_t pid = start_lock_holder(names[i], HOLDER_PAUSES);
 
-                ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
-                pid = fork_holder_of(names[i], ready[1], HOLDER_PAUSES);
-                wait_ready_of(ready, pid, names[i]);
                 ck_assert_msg(shmb_lock(ch, 0, 0) == -EAGAIN, "%s: a live holder's lock was taken", names[i]);
                 ck_assert_int_eq(shmb_unlock(ch, 0), -EPERM);
                 ck_assert_msg(__atomic_load_n(&f->lock, __ATOMIC_SEQ_CST) != 0, "%s: file %u has no lock word set",
