@@ -27,12 +27,13 @@ static uint64_t *nonce_word;            /* in the wiped page; NULL: none, use th
 static pthread_once_t nonce_once = PTHREAD_ONCE_INIT;
 
 static void nonce_setup(void) {
-        void *p = mmap(NULL, (size_t) sysconf(_SC_PAGESIZE), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        size_t page = (size_t) sysconf(_SC_PAGESIZE);
+        void *p = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
         if (p == MAP_FAILED)
                 return;
-        if (madvise(p, (size_t) sysconf(_SC_PAGESIZE), MADV_WIPEONFORK) < 0) {
-                (void) munmap(p, (size_t) sysconf(_SC_PAGESIZE));
+        if (madvise(p, page, MADV_WIPEONFORK) < 0) {
+                (void) munmap(p, page);
                 return;
         }
         nonce_word = p;
