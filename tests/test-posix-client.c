@@ -2420,8 +2420,25 @@ START_TEST(test_forked_child_cannot_use_the_parents_lock) {
         ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
         pid = fork();
         ck_assert_int_ge(pid, 0);
-        if (pid == 0)
-                _exit(shmb_unlock(ch, 0) != -ECHILD ? 2 : shmb_lock(ch, 0, 0) != -ECHILD ? 3 : 0);
+        if (pid == 0) {
+                shmb_channel *own = NULL;
+                pid_t grandchild;
+                int st = -1;
+
+                if (shmb_unlock(ch, 0) != -ECHILD || shmb_lock(ch, 0, 0) != -ECHILD)
+                        _exit(2);
+                /* A connection of the child's own is its own (the parent holds the lock), the inherited one still not. */
+                if (shmb_open_channel(NULL, "lock", SHMB_RW, &own) < 0 || shmb_lock(own, 0, 0) != -EAGAIN ||
+                    shmb_lock(ch, 0, 0) != -ECHILD)
+                        _exit(3);
+                /* A grandchild: neither the grandparent's handle nor the child's is its own. */
+                grandchild = fork();
+                if (grandchild == 0)
+                        _exit(shmb_lock(ch, 0, 0) != -ECHILD || shmb_lock(own, 0, 0) != -ECHILD ? 4 : 0);
+                if (grandchild < 0 || waitpid(grandchild, &st, 0) != grandchild || !WIFEXITED(st))
+                        _exit(5);
+                _exit(WEXITSTATUS(st));
+        }
         ck_assert_int_eq(waitpid(pid, &status, 0), pid);
         ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child: status %#x", status);
         /* Still the parent's. */
