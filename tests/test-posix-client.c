@@ -3170,6 +3170,70 @@ START_TEST(test_contended_lock_excludes_and_never_fails) {
 }
 END_TEST
 
+/* A hung peer: a holder stopped (SIGSTOP) is alive, and its lock is never taken over, however long it sleeps. */
+START_TEST(test_stopped_lock_holder_keeps_the_lock) {
+        shmb_channel *ch = must_open("lock", SHMB_RW);
+        pid_t pid = start_lock_holder("lock", HOLDER_PAUSES);
+
+        ck_assert_int_eq(kill(pid, SIGSTOP), 0);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_lock(ch, 0, 300), -ETIMEDOUT);
+        ck_assert_int_eq(kill(pid, SIGCONT), 0);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), -EAGAIN);
+        ck_assert_int_eq(kill(pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+        ck_assert_int_eq(shmb_lock(ch, 0, WAIT_MS), 0);
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+static void on_usr1(int sig) {
+        (void) sig;
+}
+
+typedef struct Kicker {
+        pthread_t target;
+        bool stop;
+} Kicker;
+
+/* Signal the target every 20 ms until told to stop: one lands inside a futex wait whatever the timing. */
+static void *kick(void *userdata) {
+        Kicker *k = userdata;
+
+        while (!__atomic_load_n(&k->stop, __ATOMIC_ACQUIRE)) {
+                (void) pthread_kill(k->target, SIGUSR1);
+                usleep(20 * 1000);
+        }
+        return NULL;
+}
+
+/*
+ * libshmbroker(3): a signal ends a posix lock wait with -EINTR, as System
+ * V's semop() does (a handler without SA_RESTART). The lock is held by
+ * another hold; the wait is for ever, so only the signal can end it.
+ */
+START_TEST(test_signal_ends_a_posix_lock_wait_with_eintr) {
+        shmb_channel *ch = must_open("lock", SHMB_RW);
+        pid_t pid = start_lock_holder("lock", HOLDER_PAUSES);
+        struct sigaction sa = { .sa_handler = on_usr1 }, old;
+        Kicker k = { .target = pthread_self() };
+        pthread_t t;
+        int r;
+
+        ck_assert_int_eq(sigaction(SIGUSR1, &sa, &old), 0);
+        ck_assert_int_eq(pthread_create(&t, NULL, kick, &k), 0);
+        r = shmb_lock(ch, 0, -1);
+        __atomic_store_n(&k.stop, true, __ATOMIC_RELEASE);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        ck_assert_int_eq(sigaction(SIGUSR1, &old, NULL), 0);
+        ck_assert_msg(r == -EINTR, "a lock wait a signal came into: %d (%s)", r, shmb_strerror(r));
+        ck_assert_int_eq(kill(pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "mapping", CASE_TIMEOUT, { test_raw_mapping_is_shared_between_processes,
@@ -3205,6 +3269,8 @@ int main(void) {
                                                 test_every_lock_token_of_a_raw_posix_channel_locks,
                                                 test_lock_of_a_hold_with_a_dead_token_is_enotconn,
                                                 test_lock_after_a_disconnect_the_broker_cannot_watch_is_enotconn,
+                                                test_stopped_lock_holder_keeps_the_lock,
+                                                test_signal_ends_a_posix_lock_wait_with_eintr,
                                                 test_contended_lock_excludes_and_never_fails } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,
