@@ -4678,9 +4678,9 @@ END_TEST
 /*
  * README, threat model: a writer of a channel's files cannot deny others
  * the channel, short of a truncation. A ring's holder table is in a file
- * every rw opener may write; one who marks every entry LIVE (or another
- * generation, or DEAD under a generation the daemon gave) must not make
- * the daemon refuse the next rw opener EUSERS, nor give a token that
+ * every rw opener may write; one who marks every entry LIVE (the first
+ * under another generation) must not make the daemon refuse the next rw
+ * opener EUSERS, nor give a token that
  * names a hold it handed out before. The daemon goes by what it wrote
  * itself. A raw channel's lock holder table is the daemon's file, which
  * only its user (here root) can write: the same holds all the same.
