@@ -2223,7 +2223,7 @@ END_TEST
  * can): neither handle takes its own hold's lock over as a dead holder's.
  */
 START_TEST(test_lock_under_an_old_token_is_still_the_holds) {
-        shmb_client *c = NULL, *other = NULL;
+        shmb_client *c = NULL;
         shmb_channel *a, *b, *ch2 = NULL;
         PosixSemFile *f;
         RingHolder *table, *e;
@@ -2254,8 +2254,7 @@ START_TEST(test_lock_under_an_old_token_is_still_the_holds) {
                 live += (uint32_t) __atomic_load_n(&table[i].word, __ATOMIC_SEQ_CST) == RING_HOLDER_LIVE;
         ck_assert_uint_eq(live, 2);
         ck_assert_int_eq(shmb_open(c, "lock", SHMB_RW, &b), 0);
-        ck_assert_int_eq(shmb_connect(NULL, &other), 0);
-        ck_assert_int_eq(shmb_open(other, "lock", SHMB_RW, &ch2), 0);
+        ch2 = must_open("lock", SHMB_RW);
         ck_assert_uint_eq(__atomic_load_n(&f->lock, __ATOMIC_SEQ_CST), old);
         ck_assert_int_eq(shmb_lock(b, 0, 0), -EAGAIN);
         ck_assert_int_eq(shmb_lock(ch2, 0, 0), -EAGAIN);
@@ -2273,7 +2272,6 @@ START_TEST(test_lock_under_an_old_token_is_still_the_holds) {
         ck_assert_int_eq(munmap(table, PSEM_TABLE_SIZE), 0);
         ck_assert_int_eq(munmap(f, sizeof *f), 0);
         shmb_close(ch2);
-        shmb_disconnect(other);
         shmb_close(b);
         shmb_close(a);
         shmb_disconnect(c);
@@ -2356,7 +2354,6 @@ static pid_t start_lock_holder(const char *name, HolderThen then) {
 START_TEST(test_lock_words_aimed_at_the_holder_write_nowhere) {
         static uint64_t canary[16];
         shmb_channel *ch = must_open("lock", SHMB_RW);
-        shmb_client *other = NULL;
         shmb_channel *ch2 = NULL;
         PosixSemFile *f = map_sem_file("lock", 0);
         uint64_t aim = (uint64_t) (uintptr_t) &canary[8];
@@ -2370,8 +2367,7 @@ START_TEST(test_lock_words_aimed_at_the_holder_write_nowhere) {
                 ck_assert_msg(canary[i] == 0, "the holder's unlock stored %#llx into its own memory (word %u)",
                               (unsigned long long) canary[i], i);
         /* The file's words are only compared: another hold takes a lock that names none live. */
-        ck_assert_int_eq(shmb_connect(NULL, &other), 0);
-        ck_assert_int_eq(shmb_open(other, "lock", SHMB_RW, &ch2), 0);
+        ch2 = must_open("lock", SHMB_RW);
         ck_assert_int_eq(shmb_lock(ch2, 0, WAIT_MS), 0);
         ck_assert_int_eq(shmb_lock(ch, 0, 0), -EAGAIN);
         ck_assert_int_eq(shmb_unlock(ch, 0), -EPERM);
@@ -2382,7 +2378,6 @@ START_TEST(test_lock_words_aimed_at_the_holder_write_nowhere) {
                 ck_assert_uint_eq(canary[i], 0);
         ck_assert_int_eq(munmap(f, sizeof *f), 0);
         ck_assert_int_eq(shmb_close(ch2), 0);
-        shmb_disconnect(other);
         ck_assert_int_eq(shmb_close(ch), 0);
 }
 END_TEST
@@ -2390,11 +2385,9 @@ END_TEST
 /* Two connections of one process are two holds: their locks exclude each other, as two processes' do. */
 START_TEST(test_two_holds_of_one_process_exclude_each_other) {
         shmb_channel *ch = must_open("lock", SHMB_RW);
-        shmb_client *other = NULL;
         shmb_channel *ch2 = NULL;
 
-        ck_assert_int_eq(shmb_connect(NULL, &other), 0);
-        ck_assert_int_eq(shmb_open(other, "lock", SHMB_RW, &ch2), 0);
+        ch2 = must_open("lock", SHMB_RW);
         ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
         ck_assert_int_eq(shmb_lock(ch2, 0, 0), -EAGAIN);
         ck_assert_int_eq(shmb_lock(ch2, 0, 50), -ETIMEDOUT);
@@ -2406,7 +2399,6 @@ START_TEST(test_two_holds_of_one_process_exclude_each_other) {
         ck_assert_int_eq(shmb_lock(ch, 0, 0), -EAGAIN);
         ck_assert_int_eq(shmb_unlock(ch2, 0), 0);
         ck_assert_int_eq(shmb_close(ch2), 0);
-        shmb_disconnect(other);
         ck_assert_int_eq(shmb_close(ch), 0);
 }
 END_TEST
@@ -2573,15 +2565,13 @@ END_TEST
 /* A live holder keeps its lock over a broker crash: the next broker hands its token back. */
 START_TEST(test_live_lock_holder_keeps_the_lock_over_a_broker_crash) {
         shmb_channel *ch = must_open("lock", SHMB_RW);
-        shmb_client *other = NULL;
         shmb_channel *ch2 = NULL;
         shmb_status_list *l = NULL;
 
         ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
         test_daemon_kill(&td, SIGKILL);
         test_start_ok();
-        ck_assert_int_eq(shmb_connect(NULL, &other), 0);
-        ck_assert_int_eq(shmb_open(other, "lock", SHMB_RW, &ch2), 0);
+        ch2 = must_open("lock", SHMB_RW);
         /* Our own connection's rejoin too, before the sweep of the killed run's holders could end our token. */
         ck_assert_int_eq(shmb_status(shmb_channel_get_client(ch), "lock", &l), 0);
         shmb_status_free(l);
@@ -2590,7 +2580,6 @@ START_TEST(test_live_lock_holder_keeps_the_lock_over_a_broker_crash) {
         ck_assert_int_eq(shmb_lock(ch2, 0, 0), 0);
         ck_assert_int_eq(shmb_unlock(ch2, 0), 0);
         ck_assert_int_eq(shmb_close(ch2), 0);
-        shmb_disconnect(other);
         ck_assert_int_eq(shmb_close(ch), 0);
 }
 END_TEST
@@ -2850,7 +2839,6 @@ static void assert_foreign_locker_woken(ForeignLocker *s, pthread_t t, const cha
  */
 START_TEST(test_lock_sleepers_are_counted_and_woken_by_unlock) {
         shmb_channel *ch = must_open("lock", SHMB_RW);
-        shmb_client *other = NULL;
         shmb_channel *ch2 = NULL;
         PosixSemFile *f = map_sem_file("lock", 0);
         ForeignLocker s;
@@ -2865,8 +2853,7 @@ START_TEST(test_lock_sleepers_are_counted_and_woken_by_unlock) {
         ck_assert_uint_eq(__atomic_load_n(&f->lock_waiters, __ATOMIC_SEQ_CST), 0);
 
         /* The library's own locker, of another hold, counts itself while it waits. */
-        ck_assert_int_eq(shmb_connect(NULL, &other), 0);
-        ck_assert_int_eq(shmb_open(other, "lock", SHMB_RW, &ch2), 0);
+        ch2 = must_open("lock", SHMB_RW);
         ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
         b = (Blocked) { .kind = BLOCK_LOCK, .ch = ch2, .result = 1 };
         ck_assert_int_eq(pthread_create(&t, NULL, blocked_call, &b), 0);
@@ -2882,7 +2869,6 @@ START_TEST(test_lock_sleepers_are_counted_and_woken_by_unlock) {
         ck_assert_int_eq(shmb_unlock(ch2, 0), 0);
         ck_assert_int_eq(munmap(f, sizeof *f), 0);
         ck_assert_int_eq(shmb_close(ch2), 0);
-        shmb_disconnect(other);
         ck_assert_int_eq(shmb_close(ch), 0);
 }
 END_TEST
@@ -3022,7 +3008,6 @@ END_TEST
  */
 START_TEST(test_lock_of_a_hold_with_a_dead_token_is_enotconn) {
         shmb_channel *ch = must_open("lock", SHMB_RW), *ch2 = NULL;
-        shmb_client *other = NULL;
         PosixSemFile *f = map_sem_file("lock", 0);
         RingHolder *table, *e;
         uint64_t live;
@@ -3034,8 +3019,7 @@ START_TEST(test_lock_of_a_hold_with_a_dead_token_is_enotconn) {
         table = mmap(NULL, PSEM_TABLE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         ck_assert_ptr_ne(table, MAP_FAILED);
         close(fd);
-        ck_assert_int_eq(shmb_connect(NULL, &other), 0);
-        ck_assert_int_eq(shmb_open(other, "lock", SHMB_RW, &ch2), 0);
+        ch2 = must_open("lock", SHMB_RW);
         ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
         token = __atomic_load_n(&f->lock, __ATOMIC_SEQ_CST);
         ck_assert_uint_ne(token, 0);
@@ -3067,7 +3051,6 @@ START_TEST(test_lock_of_a_hold_with_a_dead_token_is_enotconn) {
         ck_assert_msg(r == -EIDRM, "a dead token's lock on a removed channel: %d (%s)", r, shmb_strerror(r));
         ck_assert_int_eq(shmb_close(ch), 0);
         ck_assert_int_eq(shmb_close(ch2), 0);
-        shmb_disconnect(other);
         /* The dead run's System V channel goes with the next start's reclaim. */
         test_start_ok();
 }
@@ -3083,13 +3066,11 @@ END_TEST
  */
 START_TEST(test_interrupted_lock_waits_see_files_removed_while_broker_is_away) {
         shmb_channel *holder = must_open("lock", SHMB_RW), *ch = NULL;
-        shmb_client *other = NULL;
         TestTicker ticker;
         int64_t until;
         int calls = 0, r;
 
-        ck_assert_int_eq(shmb_connect(NULL, &other), 0);
-        ck_assert_int_eq(shmb_open(other, "lock", SHMB_RW, &ch), 0);
+        ch = must_open("lock", SHMB_RW);
         ck_assert_int_eq(shmb_lock(holder, 0, 0), 0);
         test_daemon_kill(&td, SIGKILL);
         remove_dev_shm_files();
@@ -3103,7 +3084,6 @@ START_TEST(test_interrupted_lock_waits_see_files_removed_while_broker_is_away) {
         ck_assert_msg(r == -EIDRM, "lock waits that signals interrupt, on files that are gone: %d (%s) after %d calls",
                       r, shmb_strerror(r), calls);
         ck_assert_int_eq(shmb_close(ch), 0);
-        shmb_disconnect(other);
         ck_assert_int_eq(shmb_close(holder), 0);
         /* The dead run's System V channel goes with the next start's reclaim. */
         test_start_ok();
