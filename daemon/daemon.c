@@ -25,6 +25,7 @@
 #include "daemon/dispatch.h"
 #include "daemon/exit-watch.h"
 #include "daemon/ipc-limits.h"
+#include "daemon/ledger.h"
 #include "daemon/log.h"
 #include "daemon/notify.h"
 #include "daemon/posix.h"
@@ -223,8 +224,11 @@ static void daemon_done(Daemon *d) {
          * left (unsettled records, an object that could not be removed) keeps
          * the file for the next start to reclaim.
          */
-        if (d->state && d->reclaimed && state_is_empty(d->state))
+        if (d->state && d->reclaimed && state_is_empty(d->state)) {
+                /* Ledgers of channels a failed start did not keep (a stop removed every one with its channel). */
+                ledger_sweep(state_dir_fd(d->state), state_name(d->state), NULL, NULL);
                 state_remove_files(d->state, false);
+        }
         d->state = state_free(d->state);
         free(d->unsettled);
         d->unsettled = NULL;
@@ -370,6 +374,7 @@ static void remove_previous_run(State *old) {
                 if (bound && control_remove_stale_socket(socket_path, true, msg, sizeof msg) < 0)
                         log_warning("Leaving the socket of an earlier run: %s.", msg);
         }
+        ledger_sweep(state_dir_fd(old), state_name(old), NULL, NULL);
         state_remove_files(old, true);
 }
 
@@ -552,6 +557,20 @@ static bool keeps_adopted_wake(const char *name, void *userdata) {
         return e && e->has_wake && e->channel->adopted;
 }
 
+/* A ledger of a channel being served: made for it, or taken over. */
+static bool keeps_ledger(const char *name, void *userdata) {
+        Entry *e = registry_find(userdata, name);
+
+        return e && e->ledger.addr;
+}
+
+/* At a failed start: only a taken-over channel's, for the next start. */
+static bool keeps_adopted_ledger(const char *name, void *userdata) {
+        Entry *e = registry_find(userdata, name);
+
+        return e && e->ledger.addr && e->channel->adopted;
+}
+
 static int create_channels(Daemon *d) {
         _cleanup_(freep) const ChannelSpec **specs = NULL;
         _cleanup_(freep) PosixObjects **olds = NULL;
@@ -609,6 +628,7 @@ static int create_channels(Daemon *d) {
         remove_replaced(d);
         /* What a crash left of rings that were not adopted. */
         wake_sweep(d->wake, keeps_wake, d->registry);
+        ledger_sweep(state_dir_fd(d->state), state_name(d->state), keeps_ledger, d->registry);
         return 0;
 }
 
@@ -1060,6 +1080,8 @@ fail:
         if (d.registry) {
                 /* The FIFOs of rings reclaimed, not taken over, as a start that succeeds sweeps them. */
                 wake_sweep(d.wake, keeps_adopted_wake, d.registry);
+                if (d.state)
+                        ledger_sweep(state_dir_fd(d.state), state_name(d.state), keeps_adopted_ledger, d.registry);
                 registry_forget_adopted(d.registry);
         }
         daemon_done(&d);

@@ -17,7 +17,8 @@
  * the sweep leaves it alone. Its cookie lives beside the bitmap, and
  * only there: a take-back or a DEAD mark clears it with the orphan bit.
  *
- * An orphan of a killed run is judged by what that run recorded: its pid,
+ * An orphan of a killed run is judged by what that run recorded in its
+ * ledger (or, without one, in the table): its pid,
  * when that run's PID namespace is ours, and its id (proc-id.h). A pid that
  * no longer exists, or now names another process, is proof it is gone.
  * Anything short of proof keeps it LIVE: a pid 0 (the opener was in a PID
@@ -48,30 +49,52 @@
 
 void holders_done(Holders *hs) {
         free(hs->orphans);
+        if (hs->own_allocated)
+                free(hs->own);
         *hs = (Holders) {};
 }
 
-int holders_init_table(Holders *hs, RingHolder *table, uint32_t n) {
+int holders_init_table(Holders *hs, RingHolder *table, uint32_t n, RingHolder *ledger, bool from_ledger) {
         uint64_t *v;
 
         holders_done(hs);
         n = MIN(n, (uint32_t) RING_HOLDERS);
         if (!table || n == 0)
                 return 0;
-        /* The bitmap, the cookies, then the words. */
-        v = calloc(RING_HOLDERS / 64 + 2 * (size_t) n, sizeof *v);
+        /* The bitmap, then the cookies. */
+        v = calloc(RING_HOLDERS / 64 + (size_t) n, sizeof *v);
         if (!v)
                 return -ENOMEM;
-        *hs = (Holders) { .table = table, .n = n, .orphans = v, .cookies = v + RING_HOLDERS / 64,
-                          .words = v + RING_HOLDERS / 64 + n };
-        /* The one time the table's words are believed: a fresh table's, or a killed run's. */
-        for (uint32_t i = 0; i < n; i++)
-                hs->words[i] = __atomic_load_n(&table[i].word, __ATOMIC_RELAXED);
+        *hs = (Holders) { .table = table, .n = n, .orphans = v, .cookies = v + RING_HOLDERS / 64, .own = ledger };
+        if (!ledger) {
+                hs->own = calloc(n, sizeof *hs->own);
+                if (!hs->own) {
+                        free(v);
+                        *hs = (Holders) {};
+                        return -ENOMEM;
+                }
+                hs->own_allocated = true;
+        }
+        if (ledger && from_ledger)
+                /* A killed run's own record: whatever writers of the segment made of the table since is undone. */
+                for (uint32_t i = 0; i < n; i++) {
+                        table[i].pid = ledger[i].pid;
+                        table[i].pidns = ledger[i].pidns;
+                        table[i].starttime = ledger[i].starttime;
+                        table[i].pidfs_ino = ledger[i].pidfs_ino;
+                        __atomic_store_n(&table[i].word, ledger[i].word, __ATOMIC_RELEASE);
+                }
+        else
+                /* The table as it is: a fresh one's, or a killed run's that left no ledger. */
+                for (uint32_t i = 0; i < n; i++) {
+                        hs->own[i] = table[i];
+                        hs->own[i].word = __atomic_load_n(&table[i].word, __ATOMIC_RELAXED);
+                }
         return 0;
 }
 
-int holders_init(Holders *hs, RingHeader *ring) {
-        int r = holders_init_table(hs, ring ? ring_holder_at(ring, 0) : NULL, RING_HOLDERS);
+int holders_init(Holders *hs, RingHeader *ring, RingHolder *ledger, bool from_ledger) {
+        int r = holders_init_table(hs, ring ? ring_holder_at(ring, 0) : NULL, RING_HOLDERS, ledger, from_ledger);
 
         if (r >= 0 && hs->table)
                 hs->ring = ring;
@@ -80,6 +103,11 @@ int holders_init(Holders *hs, RingHeader *ring) {
 
 static RingHolder *entry_at(const Holders *hs, uint32_t i) {
         return &hs->table[i];
+}
+
+/* Entry i as this side last wrote it: who it was handed to is read from here, never from the table. */
+static RingHolder *own_at(const Holders *hs, uint32_t i) {
+        return &hs->own[i];
 }
 
 /* The entry a token names, or UINT32_MAX when it names none. */
@@ -91,11 +119,11 @@ static uint32_t token_index(const Holders *hs, uint32_t token) {
 
 /* Entry i's word as this side last wrote it: never as a writer of the table may have left it since. */
 static uint64_t word_load(const Holders *hs, uint32_t i) {
-        return hs->words[i];
+        return own_at(hs, i)->word;
 }
 
 static void word_store(Holders *hs, uint32_t i, uint64_t word) {
-        hs->words[i] = word;
+        own_at(hs, i)->word = word;
         __atomic_store_n(&entry_at(hs, i)->word, word, __ATOMIC_RELEASE);
 }
 
@@ -186,14 +214,14 @@ static bool pid_is_ours(const RingHolder *e) {
 
 /* Make entry i LIVE under gen for pid: who it is first, then the word that clients read. */
 static uint32_t entry_set_live(Holders *hs, uint32_t i, uint32_t gen, pid_t pid, int pidfd) {
-        RingHolder *e = entry_at(hs, i);
+        RingHolder *e = entry_at(hs, i), *o = own_at(hs, i);
         /* An id not known (0): a sweep after a crash then trusts only a pid that is gone. */
         ProcId id = proc_id_of(pid, pidfd);
 
-        e->pid = pid;
-        e->pidns = own_pidns();
-        e->starttime = id.starttime;
-        e->pidfs_ino = id.pidfs_ino;
+        o->pid = e->pid = pid;
+        o->pidns = e->pidns = own_pidns();
+        o->starttime = e->starttime = id.starttime;
+        o->pidfs_ino = e->pidfs_ino = id.pidfs_ino;
         word_store(hs, i, (uint64_t) gen << 32 | RING_HOLDER_LIVE);
         return ring_token(i, gen);
 }
@@ -210,7 +238,7 @@ static uint32_t entry_set_live(Holders *hs, uint32_t i, uint32_t gen, pid_t pid,
  * it, and a live claimer would be repaired under it.
  */
 static bool same_opener(const Holders *hs, uint32_t i, pid_t pid, int pidfd) {
-        const RingHolder *e = entry_at(hs, i);
+        const RingHolder *e = own_at(hs, i);
         ProcId id = { .starttime = e->starttime, .pidfs_ino = e->pidfs_ino };
 
         /* A pid of another namespace than ours, or one we cannot see: only the pidfd's inode can tell. */
@@ -345,7 +373,7 @@ static bool opener_gone(const RingHolder *e, const char **ret_why) {
 
 size_t holders_sweep(Holders *hs, const char *name) {
         for (uint32_t i = 0; hs->n_orphans > hs->n_watched && i < hs->n; i++) {
-                const RingHolder *e = entry_at(hs, i);
+                const RingHolder *e = own_at(hs, i);
                 const char *why = NULL;
                 uint64_t word;
 

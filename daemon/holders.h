@@ -7,8 +7,10 @@
  * the entry is marked DEAD when the opener is done with it (its hold
  * ends, and its process with it), and handed out again only under a new
  * generation, so that a dead opener's token never names a live one. The
- * table lives in the segment, where clients read it; this side is the
- * only writer, and keeps in its own memory what the table cannot say:
+ * table lives in the segment, where clients read it; this side is its
+ * only rightful writer, and goes by its own copy of every entry (in the
+ * channel's ledger, which outlives a crash), never by the table. It also
+ * keeps in its own memory what the table cannot say:
  * which LIVE entries no hold has (orphans). They wait for their opener to
  * take them back over a new connection, or to be found gone. There are
  * two kinds:
@@ -53,29 +55,36 @@ typedef struct Holders {
         uint64_t *orphans;              /* bitmap: LIVE entries that no hold has (taken back) */
         uint64_t *cookies;              /* per entry: a watched orphan's cookie; 0: a killed run's, or none */
         /*
-         * Per entry: its word as this side last wrote it (as the table had it
-         * at init: a fresh one's, or a killed run's). The entries go by these,
-         * not by the table, which any writer of the segment may change: a
-         * forged LIVE must not refuse an opener, nor a forged generation make
-         * a token name a second hold.
+         * Per entry: all of it as this side last wrote it (as the table had it
+         * at init: a fresh one's, or a killed run's that left no ledger). The
+         * entries go by these, not by the table, which any writer of the
+         * segment may change: a forged LIVE must not refuse an opener, nor a
+         * forged generation make a token name a second hold. In the
+         * channel's ledger (daemon/ledger.h), borrowed, so that the next
+         * broker after a crash goes by them too; else allocated here.
          */
-        uint64_t *words;
+        RingHolder *own;
+        bool own_allocated;
 } Holders;
 
 /*
  * Keep the table of `ring`, a ring's header as this daemon attached it, or
  * of nothing (NULL: not a ring; every other call is then a no-op that
- * hands out no token). The table starts as it is in the segment, with no
- * orphans: a fresh ring's, laid out by ring_format(). hs is zeroed or was
+ * hands out no token), with its entries as this side writes them in
+ * `ledger` (RING_HOLDERS of them; NULL: kept here, in memory only).
+ * from_ledger: the ledger is a killed run's, and is written into the table
+ * (undoing any writer's forgeries); else the table is believed as it is (a
+ * fresh one's, laid out by ring_format(), or a killed run's that left no
+ * ledger) and copied into it. No orphans yet. hs is zeroed or was
  * initialised before (what it kept is freed). 0, or -ENOMEM: then hs has
  * no table.
  */
-int holders_init(Holders *hs, RingHeader *ring);
+int holders_init(Holders *hs, RingHeader *ring, RingHolder *ledger, bool from_ledger);
 
-/* The same for the n entries (at most RING_HOLDERS) at `table` (NULL: none). */
-int holders_init_table(Holders *hs, RingHolder *table, uint32_t n);
+/* The same for the n entries (at most RING_HOLDERS) at `table` (NULL: none), and as many in ledger. */
+int holders_init_table(Holders *hs, RingHolder *table, uint32_t n, RingHolder *ledger, bool from_ledger);
 
-/* Free what hs keeps beside the table (not the table: the segment's). hs has no table after. */
+/* Free what hs keeps beside the table (not the table: the segment's; nor the ledger). hs has no table after. */
 void holders_done(Holders *hs);
 
 /*

@@ -50,6 +50,14 @@ static void entry_done_holders(Entry *e) {
         holders_done(&e->subs);
 }
 
+/* The entry's ledger: its file too when remove (the channel is gone), else kept for the next start. */
+static void entry_done_ledger(Registry *r, Entry *e, bool remove) {
+        if (remove && r->state)
+                ledger_remove(state_dir_fd(r->state), &e->ledger);
+        else
+                ledger_close(&e->ledger);
+}
+
 /* The entry's holds and itself: its channel, kernel objects and all, is handed back. */
 static Channel *entry_release(Registry *r, Entry *e) {
         Channel *c = e->channel;
@@ -65,6 +73,7 @@ static Channel *entry_release(Registry *r, Entry *e) {
         if (e->has_wake && c)
                 wake_remove(r->wake, c->spec.name);
         entry_done_holders(e);
+        entry_done_ledger(r, e, true);
         free(e);
         return c;
 }
@@ -89,25 +98,60 @@ Registry *registry_free(Registry *r) {
         return NULL;
 }
 
-/* The holder tables of e's channel, as its segment has them (fresh, or a killed run's). 0 or -ENOMEM. */
-static int entry_init_holders(Entry *e) {
+/*
+ * The entries of e's holder tables, kept in a ledger (daemon/ledger.h):
+ * a fresh channel's, as its segment has them; an adopted one's as the
+ * killed run's ledger has them, written back into the segment. Without
+ * that ledger (a run before ledgers), or without a state directory, the
+ * segment's tables are believed. 0 or -ENOMEM.
+ */
+static int entry_init_holders(Registry *r, Entry *e, bool adopted) {
         Channel *c = e->channel;
+        bool ring = c->spec.layout == PROTO_LAYOUT_RING, bcast = c->spec.layout == PROTO_LAYOUT_BROADCAST;
+        uint32_t n = ring ? RING_HOLDERS : bcast ? BCAST_PUBLISHERS + c->spec.subscribers : 0;
+        RingHolder *pubs = NULL, *subs = NULL;
+        bool from_ledger = false;
         int k;
 
         holders_done(&e->subs);
-        if (c->spec.layout == PROTO_LAYOUT_RING)
-                k = holders_init(&e->holders, c->addr);
-        else if (c->spec.layout == PROTO_LAYOUT_BROADCAST) {
-                k = holders_init_table(&e->holders, bcast_publisher_at(c->addr, 0), BCAST_PUBLISHERS);
+        /* A remade channel's old ledger names holders of objects that are gone. */
+        entry_done_ledger(r, e, false);
+        if (n > 0 && r->state) {
+                k = ledger_open(state_dir_fd(r->state), state_name(r->state), c->spec.name, n, adopted, &e->ledger);
+                if (k < 0)
+                        log_warning("Channel %s: cannot keep a ledger of its holders in the state directory: %s; "
+                                    "a restart after a crash will believe the table in its segment.", c->spec.name,
+                                    strerror(-k));
+                else if (adopted && k == 0)
+                        log_notice("Channel %s: the killed run left no ledger of its holders; believing the table "
+                                   "in its segment.", c->spec.name);
+                from_ledger = k > 0;
+                if (e->ledger.addr) {
+                        pubs = e->ledger.entries;
+                        subs = pubs + (bcast ? BCAST_PUBLISHERS : 0);
+                }
+        }
+        if (ring)
+                k = holders_init(&e->holders, c->addr, pubs, from_ledger);
+        else if (bcast) {
+                k = holders_init_table(&e->holders, bcast_publisher_at(c->addr, 0), BCAST_PUBLISHERS, pubs,
+                                       from_ledger);
                 if (k >= 0)
-                        k = holders_init_table(&e->subs, bcast_subscriber_at(c->addr, 0), c->spec.subscribers);
+                        k = holders_init_table(&e->subs, bcast_subscriber_at(c->addr, 0), c->spec.subscribers, subs,
+                                               from_ledger);
         } else if (c->spec.kind == PROTO_KIND_POSIX && c->posix.nsems > 0)
-                /* A raw posix channel's lock tokens (proto/posix.h): their table is a file of the daemon's own. */
-                k = holders_init_table(&e->holders, c->posix.table.addr, PSEM_HOLDERS);
+                /*
+                 * A raw posix channel's lock tokens (proto/posix.h): their table is a file
+                 * of the daemon's own, which no client can write, so it needs no ledger.
+                 */
+                k = holders_init_table(&e->holders, c->posix.table.addr, PSEM_HOLDERS, NULL, false);
         else {
                 holders_done(&e->holders);
                 k = 0;
         }
+        /* Filled in: a next start may go by it. */
+        if (k >= 0)
+                ledger_seal(&e->ledger);
         /* A posix channel's lockers behind a dead token take the lock over: wake them when one dies. */
         if (k >= 0 && c->spec.kind == PROTO_KIND_POSIX)
                 e->holders.posix = &c->posix;
@@ -125,7 +169,7 @@ static int entry_init_ring(Registry *r, Entry *e, bool keep) {
         int k;
 
         /* On failure the FIFOs that exist stay the entry's: entry_free() removes them. */
-        k = entry_init_holders(e);
+        k = entry_init_holders(r, e, keep);
         if (k < 0)
                 return k;
         e->has_wake = false;
@@ -165,6 +209,7 @@ static int registry_add(Registry *r, Channel *c, bool adopted, Entry **ret) {
         k = entry_init_ring(r, e, adopted);
         if (k < 0) {
                 entry_done_holders(e);
+                entry_done_ledger(r, e, !adopted);
                 free(e);
                 return k;
         }
@@ -270,6 +315,8 @@ void registry_forget_adopted(Registry *r) {
                 drop_holds(e);
                 channel_forget(e->channel);
                 entry_done_holders(e);
+                /* Kept with the channel, for the next start to take over. */
+                entry_done_ledger(r, e, false);
                 free(e);
         }
 }

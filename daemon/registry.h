@@ -30,6 +30,7 @@
 #include "daemon/access.h"
 #include "daemon/channel.h"
 #include "daemon/holders.h"
+#include "daemon/ledger.h"
 #include "daemon/state.h"
 #include "daemon/wake.h"
 
@@ -64,6 +65,7 @@ struct Entry {
         Holders holders;                /* of channel's segment, when it is a ring; a broadcast channel's publishers */
         Holders subs;                   /* a broadcast channel's subscribers */
         bool has_wake;                  /* a ring whose wake-up FIFOs exist (daemon/wake.h) */
+        Ledger ledger;                  /* holders' and subs' entries; none when the channel has no table, or no state */
         LIST_HEAD(, Hold) holds;
         size_t n_holds;                 /* in holds (client_find_hold()) */
 };

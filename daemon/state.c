@@ -1264,6 +1264,14 @@ const char *state_path(const State *s) {
         return s->path;
 }
 
+int state_dir_fd(const State *s) {
+        return s->dir_fd;
+}
+
+const char *state_name(const State *s) {
+        return s->name;
+}
+
 const char *state_lock_path(const State *s) {
         return s->lock_path;
 }

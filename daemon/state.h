@@ -247,5 +247,13 @@ State *state_free(State *s);
 /* The state file's path, for messages. */
 const char *state_path(const State *s);
 
+/*
+ * The state directory's descriptor, for files kept beside the state file
+ * (daemon/ledger.h), and the base name of the state files, which theirs
+ * begin with; both valid while s lives.
+ */
+int state_dir_fd(const State *s);
+const char *state_name(const State *s);
+
 /* The lock file's path, for messages. */
 const char *state_lock_path(const State *s);

@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "proto/ring.h"
 #include "tests/helpers.h"
 
 #define ELEMENTS(x) (sizeof(x) / sizeof((x)[0]))
@@ -1190,4 +1191,33 @@ bool test_pid_cap_effective(pid_t pid, unsigned cap) {
 void test_private_mounts(void) {
         ck_assert_msg(unshare(CLONE_NEWNS) == 0, "unshare(CLONE_NEWNS): %s", strerror(errno));
         ck_assert_msg(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0, "mount private: %s", strerror(errno));
+}
+
+void test_forge_live_holders(RingHolder *table, uint32_t n, uint32_t keep) {
+        for (uint32_t i = 0; i < n; i++) {
+                if (i == keep)
+                        continue;
+                table[i].pid = i % 2;
+                table[i].pidns = 0;
+                table[i].starttime = 0;
+                table[i].pidfs_ino = 0;
+                __atomic_store_n(&table[i].word, (uint64_t) 9 << 32 | RING_HOLDER_LIVE, __ATOMIC_RELEASE);
+        }
+}
+
+uint32_t test_only_live_holder(const RingHolder *table, uint32_t n, const char *what) {
+        uint32_t found = UINT32_MAX, live = 0, second = 0;
+
+        for (uint32_t i = 0; i < n; i++)
+                if ((uint32_t) __atomic_load_n(&table[i].word, __ATOMIC_ACQUIRE) == RING_HOLDER_LIVE) {
+                        if (live++ == 0)
+                                found = i;
+                        else if (live == 2)
+                                second = i;
+                }
+        ck_assert_msg(live != 0, "%s: no LIVE entry of %" PRIu32 ", not one", what, n);
+        ck_assert_msg(live == 1, "%s: %" PRIu32 " LIVE entries of %" PRIu32 ", not one (the second, entry %" PRIu32
+                      ": pid %d, generation %" PRIu32 ")", what, live, n, second, (int) table[second].pid,
+                      (uint32_t) (__atomic_load_n(&table[second].word, __ATOMIC_ACQUIRE) >> 32));
+        return found;
 }

@@ -262,3 +262,16 @@ int test_main(const char *suite_name, const TestGroup *groups, size_t n_groups, 
 
 /* Whether capability cap is in the effective set of process pid (0: this one), as /proc/PID/status says. */
 bool test_pid_cap_effective(pid_t pid, unsigned cap);
+
+struct RingHolder;
+
+/*
+ * What any writer of a segment (an rw opener; root) may do to a holder
+ * table (proto/ring.h) of n entries before a broker crash: every entry but
+ * `keep` made LIVE under generation 9 for an opener no sweep can judge,
+ * in turn pid 0 (none) and pid 1 of no recorded PID namespace and no ids.
+ */
+void test_forge_live_holders(struct RingHolder *table, uint32_t n, uint32_t keep);
+
+/* The index of the one LIVE entry of a holder table of n entries; fails the test, naming `what`, unless there is exactly one. */
+uint32_t test_only_live_holder(const struct RingHolder *table, uint32_t n, const char *what);

@@ -1934,6 +1934,84 @@ START_TEST(test_subscription_closed_after_crash_frees_its_place) {
 }
 END_TEST
 
+/* The next broker call on ch's connection rejoins first (reconnects, opens again with its token): make one. */
+static void rejoin_through_status(shmb_channel *ch, const char *name) {
+        int64_t deadline = test_now_ms() + 10000;
+        shmb_status_list *l = NULL;
+        int r;
+
+        while ((r = shmb_status(shmb_channel_get_client(ch), name, &l)) < 0) {
+                ck_assert_msg(test_now_ms() < deadline, "status of %s after the restart: %s", name, shmb_strerror(r));
+                usleep(20 * 1000);
+        }
+        shmb_status_free(l);
+}
+
+/*
+ * README, Security: a broadcast channel's publisher and subscriber holder
+ * tables live in its data segment, which every publisher (an rw opener;
+ * here root) can write. The writer marks every entry of both tables but
+ * the genuine publisher's and subscriber's LIVE for openers no broker can
+ * judge (pid 0; pid 1 of no recorded namespace, no ids), then the broker
+ * is SIGKILLed. The next broker must not take those entries for holders of
+ * the killed run (a broker that believed the table did, and refused every rw open, and
+ * every ro open of a full subscriber table, EUSERS): an rw and an ro open
+ * on new connections get tokens, the forged entries are no longer LIVE,
+ * and the genuine publisher and subscriber, open across the crash, keep
+ * their tokens (their entries LIVE under the same generations) and their
+ * traffic.
+ */
+START_TEST(test_broadcast_holder_tables_forged_before_a_crash_refuse_no_opens) {
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *sub = test_open_ok("news", SHMB_RO);
+        shmb_channel *fresh_pub = NULL, *fresh_sub = NULL;
+        BcastHeader *h = shmb_channel_addr(pub);
+        RingHolder *pubs = bcast_publisher_at(h, 0), *subs = bcast_subscriber_at(h, 0);
+        uint64_t pub_word, sub_word;
+        uint32_t my_pub, my_sub;
+        int r_rw, r_ro;
+
+        ck_assert_uint_eq(h->subscribers, 4);
+        my_pub = test_only_live_holder(pubs, BCAST_PUBLISHERS, "the publisher table before the forgery");
+        my_sub = test_only_live_holder(subs, 4, "the subscriber table before the forgery");
+        ck_assert_int_eq(pubs[my_pub].pid, getpid());
+        ck_assert_int_eq(subs[my_sub].pid, getpid());
+        pub_word = __atomic_load_n(&pubs[my_pub].word, __ATOMIC_ACQUIRE);
+        sub_word = __atomic_load_n(&subs[my_sub].word, __ATOMIC_ACQUIRE);
+        test_forge_live_holders(pubs, BCAST_PUBLISHERS, my_pub);
+        test_forge_live_holders(subs, 4, my_sub);
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();
+        rejoin_through_status(pub, "news");
+        rejoin_through_status(sub, "news");
+        ck_assert_uint_eq(__atomic_load_n(&pubs[my_pub].word, __ATOMIC_ACQUIRE), pub_word);
+        ck_assert_uint_eq(__atomic_load_n(&subs[my_sub].word, __ATOMIC_ACQUIRE), sub_word);
+        /* Both opens first, so that one run says what each of them got. */
+        r_rw = shmb_open_channel(NULL, "news", SHMB_RW, &fresh_pub);
+        r_ro = shmb_open_channel(NULL, "news", SHMB_RO, &fresh_sub);
+        ck_assert_msg(r_rw == 0 && r_ro == 0,
+                      "opens of news on new connections after the restart: rw (publisher) %s (%s), ro (subscriber) %s (%s)",
+                      r_rw == 0 ? "succeeded" : shmb_strerror(r_rw), shmb_errno_name(r_rw) ?: "0",
+                      r_ro == 0 ? "succeeded" : shmb_strerror(r_ro), shmb_errno_name(r_ro) ?: "0");
+        /* Every token works: each publisher reaches both subscribers. */
+        send_u32(fresh_pub, 1);
+        send_u32(pub, 2);
+        for (uint32_t i = 1; i <= 2; i++) {
+                ck_assert_uint_eq(recv_u32(sub), i);
+                ck_assert_uint_eq(recv_u32(fresh_sub), i);
+        }
+        ck_assert_uint_eq(dropped_of(sub), 0);
+        ck_assert_int_eq(shmb_close(fresh_sub), 0);
+        ck_assert_int_eq(shmb_close(fresh_pub), 0);
+        /* The broker wrote its own states back: what is LIVE is the genuine holders, under their generations. */
+        ck_assert_uint_eq(test_only_live_holder(pubs, BCAST_PUBLISHERS, "the publisher table after the restart"), my_pub);
+        ck_assert_uint_eq(test_only_live_holder(subs, 4, "the subscriber table after the restart"), my_sub);
+        ck_assert_uint_eq(__atomic_load_n(&pubs[my_pub].word, __ATOMIC_ACQUIRE), pub_word);
+        ck_assert_uint_eq(__atomic_load_n(&subs[my_sub].word, __ATOMIC_ACQUIRE), sub_word);
+        ck_assert_int_eq(shmb_close(sub), 0);
+        ck_assert_int_eq(shmb_close(pub), 0);
+}
+END_TEST
+
 /*
  * libshmbroker(3), Semaphore counts: nsems means the same in
  * shmb_channel_nsems() and shmb_status_nsems(), index 0 is the config's
@@ -2886,6 +2964,7 @@ int main(void) {
                              test_refused_open_after_restart_leaves_no_hold,
                              test_close_racing_an_open_leaves_no_hold,
                              test_close_between_an_open_and_its_request_gives_the_hold_back } },
+                { "forged-holders", CASE_TIMEOUT, { test_broadcast_holder_tables_forged_before_a_crash_refuse_no_opens } },
                 { "programs", CASE_TIMEOUT, { test_examples_publish_to_two_subscribers } },
                 { "hostile-fd", CASE_TIMEOUT, { test_cleared_flag_does_not_strand_an_event_loop_subscriber,
                                                 test_cleared_flag_does_not_strand_an_event_loop_publisher } },

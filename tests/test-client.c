@@ -2546,6 +2546,67 @@ START_TEST(test_reconnect_after_crash_keeps_holds) {
 }
 END_TEST
 
+/* ---- a holder table forged before a crash ---- */
+
+/* The next broker call on ch's connection rejoins first (reconnects, opens again with its token): make one. */
+static void rejoin_through_status(shmb_channel *ch, const char *name) {
+        int64_t deadline = test_now_ms() + 10000;
+        shmb_status_list *l = NULL;
+        int r;
+
+        while ((r = shmb_status(shmb_channel_get_client(ch), name, &l)) < 0) {
+                ck_assert_msg(test_now_ms() < deadline, "status of %s after the restart: %s", name, shmb_strerror(r));
+                usleep(20 * 1000);
+        }
+        shmb_status_free(l);
+}
+
+/*
+ * README, Security: a ring's holder table lives in its segment, which
+ * every rw opener (here root) can write. The writer marks every entry but
+ * the one genuine holder's LIVE for openers no broker can judge (pid 0;
+ * pid 1 of no recorded namespace, no ids), then the broker is SIGKILLed.
+ * The next broker must not take those entries for holders of the killed
+ * run (a broker that believed the table did, and refused every rw open EUSERS): an rw
+ * open on a new connection gets a token, the forged entries are no longer
+ * LIVE, and the genuine holder, open across the crash, keeps its token
+ * (its entry LIVE under the same generation) and its traffic.
+ */
+START_TEST(test_ring_holder_table_forged_before_a_crash_refuses_no_opens) {
+        shmb_channel *ch = test_open_ok("ring", SHMB_RW), *fresh = NULL;
+        RingHeader *h = shmb_channel_addr(ch);
+        RingHolder *table = ring_holder_at(h, 0);
+        uint64_t word;
+        uint32_t mine;
+        char buf[16];
+        int r;
+
+        mine = test_only_live_holder(table, RING_HOLDERS, "the ring's holder table before the forgery");
+        ck_assert_int_eq(table[mine].pid, getpid());
+        word = __atomic_load_n(&table[mine].word, __ATOMIC_ACQUIRE);
+        test_forge_live_holders(table, RING_HOLDERS, mine);
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();
+        rejoin_through_status(ch, "ring");
+        ck_assert_uint_eq(__atomic_load_n(&table[mine].word, __ATOMIC_ACQUIRE), word);
+        r = shmb_open_channel(NULL, "ring", SHMB_RW, &fresh);
+        ck_assert_msg(r == 0, "an rw open of the ring on a new connection after the restart: %s (%s)",
+                      shmb_strerror(r), shmb_errno_name(r) ?: "?");
+        /* Both tokens work, each way. */
+        ck_assert_int_eq(shmb_send(fresh, "fresh", 5, 1000), 0);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, 1000), 5);
+        ck_assert_int_eq(memcmp(buf, "fresh", 5), 0);
+        ck_assert_int_eq(shmb_send(ch, "mine", 4, 1000), 0);
+        ck_assert_int_eq(shmb_recv(fresh, buf, sizeof buf, 1000), 4);
+        ck_assert_int_eq(memcmp(buf, "mine", 4), 0);
+        ck_assert_int_eq(shmb_close(fresh), 0);
+        /* The broker wrote its own states back: what is LIVE is the genuine holder, under its generation. */
+        ck_assert_uint_eq(test_only_live_holder(table, RING_HOLDERS, "the ring's holder table after the restart"), mine);
+        ck_assert_uint_eq(__atomic_load_n(&table[mine].word, __ATOMIC_ACQUIRE), word);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
 /*
  * A crash, then an administrator removes the dead daemon's segments with
  * ipcrm(1) (the usual cleanup of "stale segments after a crash"), then the
@@ -4854,6 +4915,7 @@ int main(void) {
                                  test_reconnect_after_stop_marks_handles_stale,
                                  test_stale_hold_given_back_without_a_further_call } },
                 { "crash-restart", CASE_TIMEOUT, { test_crash_restart_keeps_traffic } },
+                { "forged-holders", CASE_TIMEOUT, { test_ring_holder_table_forged_before_a_crash_refuses_no_opens } },
                 { "cleanup", CASE_TIMEOUT, { test_cleanup_helpers_end_holds } },
                 { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_zero_copy_across_processes,
                                  test_zero_copy_killed_mid_claim, test_zero_copy_claims_see_removal,

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
@@ -844,6 +845,109 @@ START_TEST(test_ring_marked_removed_is_not_taken_over) {
         ck_assert_int_eq(test_ipcs_count("-m"), 2);
         test_daemon_stop_ok(&td);
         ck_assert_int_eq(test_ipcs_count("-m"), 0);
+}
+END_TEST
+
+/* The ledger file of channel name (daemon/ledger.h) beside the state file, into path (PATH_MAX). */
+static void ledger_path(const char *name, char *path) {
+        snprintf(path, PATH_MAX, "%s.holders.%s", td.socket, name);
+}
+
+/* 0 or -errno from lstat() of it. */
+static int ledger_stat(const char *name, struct stat *st) {
+        char path[PATH_MAX];
+
+        ledger_path(name, path);
+        return lstat(path, st) < 0 ? -errno : 0;
+}
+
+/* It, opened to tell later whether it was replaced (fstat()'s st_nlink 0: unlinked; its inode is not reused meanwhile). */
+static int ledger_hold(const char *name) {
+        char path[PATH_MAX];
+        int fd;
+
+        ledger_path(name, path);
+        fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        return fd;
+}
+
+static nlink_t links_of(int fd) {
+        struct stat st;
+
+        ck_assert_int_eq(fstat(fd, &st), 0);
+        return st.st_nlink;
+}
+
+/*
+ * shmbrokerd(8), FILES: a ring's holder ledger is made with it (0600, its
+ * size), kept over a crash for the next start, which makes it anew with
+ * the channel when the config changed it and removes one of a channel it
+ * no longer has; a stop removes every one. A raw channel has none. A
+ * ledger the next start cannot believe (here group-writable) is replaced,
+ * and the log says the table was believed instead.
+ */
+START_TEST(test_holder_ledgers_follow_their_channels) {
+        static const char *const frames_grown =
+                "[{\"name\": \"telemetry\", \"size\": 65536, \"semaphores\": [1, 0, 7], \"group\": 100, \"mode\": \"0640\","
+                "  \"key\": 1593835521},"
+                " {\"name\": \"frames\", \"layout\": \"ring\", \"slot_size\": 1024, \"slots\": 16, \"mode\": \"0660\"},"
+                " {\"name\": \"more\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4}]";
+        struct stat st;
+        char path[PATH_MAX], *log;
+        json_t *list;
+        int fd, frames, more;
+
+        list = start_and_list(two_channels, &fd);
+        close(fd);
+        json_decref(list);
+        ck_assert_int_eq(ledger_stat("telemetry", &st), -ENOENT);
+        ck_assert_int_eq(ledger_stat("frames", &st), 0);
+        ck_assert_msg(S_ISREG(st.st_mode) && (st.st_mode & 07777) == 0600 && st.st_uid == geteuid(),
+                      "ledger mode %o", (unsigned) st.st_mode);
+        ck_assert_int_eq(st.st_size, (off_t) ((1 + RING_HOLDERS) * sizeof(RingHolder)));
+        frames = ledger_hold("frames");
+        /* Left by a crash of a run that had a channel the config no longer names. */
+        ledger_path("gone", path);
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        close(fd);
+
+        test_daemon_kill(&td, SIGKILL);
+        ck_assert_uint_eq(links_of(frames), 1);
+        test_daemon_write_config(&td, frames_grown);
+        test_start_ok();
+        /* frames changed: made anew, with a ledger of its own; "more" is new. */
+        ck_assert_uint_eq(links_of(frames), 0);
+        close(frames);
+        ck_assert_int_eq(ledger_stat("frames", &st), 0);
+        ck_assert_int_eq(ledger_stat("more", &st), 0);
+        ck_assert_int_eq(ledger_stat("gone", &st), -ENOENT);
+
+        /* Taken over with its channel. */
+        frames = ledger_hold("frames");
+        more = ledger_hold("more");
+        /* A ledger nobody but the daemon could have written is the only one believed. */
+        ledger_path("more", path);
+        ck_assert_int_eq(chmod(path, 0620), 0);
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Took over channel more") && strstr(log, "Took over channel frames"), "%s", log);
+        ck_assert_msg(strstr(log, "Channel more: the killed run left no ledger of its holders"), "%s", log);
+        ck_assert_msg(!strstr(log, "Channel frames: the killed run left no ledger"), "%s", log);
+        free(log);
+        ck_assert_uint_eq(links_of(frames), 1);
+        ck_assert_uint_eq(links_of(more), 0);
+        ck_assert_int_eq(ledger_stat("more", &st), 0);
+        ck_assert_uint_eq(st.st_mode & 07777, 0600);
+
+        test_daemon_stop_ok(&td);
+        ck_assert_uint_eq(links_of(frames), 0);
+        ck_assert_int_eq(ledger_stat("frames", &st), -ENOENT);
+        ck_assert_int_eq(ledger_stat("more", &st), -ENOENT);
+        close(frames);
+        close(more);
 }
 END_TEST
 
@@ -2480,9 +2584,37 @@ static pid_t thread_tid(void) {
 }
 
 /* Record token's holder by start time, off by `off`, as a table written without pidfs would. */
-static void set_start_id(RingHeader *h, uint32_t token, pid_t pid, uint64_t off) {
-        holder_entry(h, token)->pidfs_ino = 0;
-        holder_entry(h, token)->starttime = start_time_of(pid) + off;
+/*
+ * Channel name's holder ledger (daemon/ledger.h), mapped read-write: what
+ * a run recorded of its holders, which the next start after a crash goes
+ * by. Unmap RING_LEDGER_SIZE bytes from the header, entries - 1.
+ */
+#define RING_LEDGER_SIZE ((1 + RING_HOLDERS) * sizeof(RingHolder))
+static RingHolder *ledger_entries(const char *name) {
+        char path[PATH_MAX];
+        RingHolder *v;
+        int fd;
+
+        ledger_path(name, path);
+        fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
+        v = mmap(NULL, RING_LEDGER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        ck_assert_ptr_ne(v, MAP_FAILED);
+        close(fd);
+        return v + 1;
+}
+
+/* token's entry in a ledger of ledger_entries(). */
+static RingHolder *ledger_entry(RingHolder *v, uint32_t token) {
+        uint32_t index = (token & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1;
+
+        ck_assert_uint_lt(index, RING_HOLDERS);
+        return &v[index];
+}
+
+static void set_start_id(RingHolder *e, pid_t pid, uint64_t off) {
+        e->pidfs_ino = 0;
+        e->starttime = start_time_of(pid) + off;
 }
 
 static void assert_live(const RingHeader *h, uint32_t token, pid_t pid) {
@@ -2781,6 +2913,7 @@ END_TEST
 START_TEST(test_holder_crash_restart) {
         Opener live, live_by_start, gone_before, gone_after, reused_pid, reused_pid_by_start, thread_pid, unrecorded;
         uint32_t back, other;
+        RingHolder *led;
         RingHeader *h;
         char *log;
         int x, y;
@@ -2801,23 +2934,31 @@ START_TEST(test_holder_crash_restart) {
         /* Nobody ended those holds: the table still says LIVE. */
         assert_live(h, gone_before.token, gone_before.pid);
         opener_stop(&gone_before);
+        /*
+         * What the killed run recorded is changed where the next start reads it:
+         * its ledger, not the table, which any writer of the segment may change.
+         */
+        led = ledger_entries("frames");
         /* As if reused_pid's pid had been given to another process since. */
-        if (holder_entry(h, reused_pid.token)->pidfs_ino != 0)
-                holder_entry(h, reused_pid.token)->pidfs_ino++;
+        if (ledger_entry(led, reused_pid.token)->pidfs_ino != 0)
+                ledger_entry(led, reused_pid.token)->pidfs_ino++;
         else
-                holder_entry(h, reused_pid.token)->starttime++;
+                ledger_entry(led, reused_pid.token)->starttime++;
         /*
          * As if thread_pid's pid were a thread's now, in a live process (this one): no process has it. Two
          * clock ticks later than the opener started, so that a start time (which counts ticks) tells them apart too.
          */
         usleep((useconds_t) (2000000 / sysconf(_SC_CLK_TCK) + 1000));
-        holder_entry(h, thread_pid.token)->pid = thread_tid();
+        ledger_entry(led, thread_pid.token)->pid = thread_tid();
         /* Start times, as where pidfds are no pidfs inodes: one right, one of another process. */
-        set_start_id(h, live_by_start.token, live_by_start.pid, 0);
-        set_start_id(h, reused_pid_by_start.token, reused_pid_by_start.pid, 1);
+        set_start_id(ledger_entry(led, live_by_start.token), live_by_start.pid, 0);
+        set_start_id(ledger_entry(led, reused_pid_by_start.token), reused_pid_by_start.pid, 1);
         /* As if the run that handed it out could not tell who its opener was: no proof it is gone (holders.c). */
-        holder_entry(h, unrecorded.token)->pidfs_ino = 0;
-        holder_entry(h, unrecorded.token)->starttime = 0;
+        ledger_entry(led, unrecorded.token)->pidfs_ino = 0;
+        ledger_entry(led, unrecorded.token)->starttime = 0;
+        /* And the table says the opposite: the next start must not believe it. */
+        holder_entry(h, unrecorded.token)->starttime = 1;
+        holder_entry(h, unrecorded.token)->pidfs_ino = 1;
 
         test_start_ok();
         log = test_daemon_log(&td);
@@ -2839,6 +2980,10 @@ START_TEST(test_holder_crash_restart) {
         assert_live(h, live.token, live.pid);
         assert_live(h, live_by_start.token, live_by_start.pid);
         assert_live(h, unrecorded.token, unrecorded.pid);
+        /* The ledger was written back into the table. */
+        ck_assert_uint_eq(holder_entry(h, unrecorded.token)->starttime, 0);
+        ck_assert_uint_eq(holder_entry(h, unrecorded.token)->pidfs_ino, 0);
+        ck_assert_int_eq(munmap(led - 1, RING_LEDGER_SIZE), 0);
         log = test_daemon_log(&td);
         ck_assert_msg(strstr(log, "(it exited); marked it dead") && strstr(log, "(its pid names another process now)"),
                       "%s", log);
@@ -3731,7 +3876,8 @@ int main(void) {
                                  test_unprivileged_daemon_reclaims_unreadable_objects,
                                  test_ring_marked_removed_is_not_taken_over } },
                 { "adopt-proof", CASE_TIMEOUT, { test_adoption_spares_foreign_set_at_the_recorded_id,
-                                                  test_adopted_ring_gets_a_missing_fifo_again } },
+                                                  test_adopted_ring_gets_a_missing_fifo_again,
+                                                  test_holder_ledgers_follow_their_channels } },
                 { "scale", SCALE_TIMEOUT, { test_crash_restart_of_many_channels_adopts_in_linear_time,
                                             test_open_among_many_holds_of_a_connection } },
                 { "capability", CASE_TIMEOUT, { test_capability_of_own_user_namespace_is_not_honoured,

@@ -2705,6 +2705,129 @@ START_TEST(test_holder_table_filled_before_a_broker_crash_refuses_no_opens) {
 }
 END_TEST
 
+/* The next broker call on ch's connection rejoins first (reconnects, opens again with its token): make one. */
+static void rejoin_through_status(shmb_channel *ch, const char *name) {
+        int64_t deadline = test_now_ms() + WAIT_MS;
+        shmb_status_list *l = NULL;
+        int r;
+
+        while ((r = shmb_status(shmb_channel_get_client(ch), name, &l)) < 0) {
+                ck_assert_msg(test_now_ms() < deadline, "status of %s after the restart: %s", name, shmb_strerror(r));
+                usleep(20 * 1000);
+        }
+        shmb_status_free(l);
+}
+
+/*
+ * README, Security: a posix ring's holder table lives in its segment file,
+ * which every rw opener (here root) can write. The writer marks every
+ * entry but the one genuine holder's LIVE for openers no broker can judge
+ * (pid 0; pid 1 of no recorded namespace, no ids), then the broker is
+ * SIGKILLed. The next broker must not take those entries for holders of
+ * the killed run (a broker that believed the table did, and refused every rw open
+ * EUSERS): an rw open on a new connection gets a token, the forged entries
+ * are no longer LIVE, and the genuine holder, open across the crash, keeps
+ * its token (its entry LIVE under the same generation) and its traffic.
+ */
+START_TEST(test_posix_ring_holder_table_forged_before_a_crash_refuses_no_opens) {
+        shmb_channel *ch = must_open("ring", SHMB_RW), *fresh = NULL;
+        RingHeader *h = shmb_channel_addr(ch);
+        RingHolder *table = ring_holder_at(h, 0);
+        uint64_t word;
+        uint32_t mine;
+        char buf[16];
+        int r;
+
+        mine = test_only_live_holder(table, RING_HOLDERS, "the posix ring's holder table before the forgery");
+        ck_assert_int_eq(table[mine].pid, getpid());
+        word = __atomic_load_n(&table[mine].word, __ATOMIC_ACQUIRE);
+        test_forge_live_holders(table, RING_HOLDERS, mine);
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();
+        rejoin_through_status(ch, "ring");
+        ck_assert_uint_eq(__atomic_load_n(&table[mine].word, __ATOMIC_ACQUIRE), word);
+        r = shmb_open_channel(NULL, "ring", SHMB_RW, &fresh);
+        ck_assert_msg(r == 0, "an rw open of the posix ring on a new connection after the restart: %s (%s)",
+                      shmb_strerror(r), shmb_errno_name(r) ?: "?");
+        /* Both tokens work, each way. */
+        ck_assert_int_eq(shmb_send(fresh, "fresh", 5, WAIT_MS), 0);
+        ck_assert_int_eq(shmb_recv(ch, buf, sizeof buf, WAIT_MS), 5);
+        ck_assert_int_eq(memcmp(buf, "fresh", 5), 0);
+        ck_assert_int_eq(shmb_send(ch, "mine", 4, WAIT_MS), 0);
+        ck_assert_int_eq(shmb_recv(fresh, buf, sizeof buf, WAIT_MS), 4);
+        ck_assert_int_eq(memcmp(buf, "mine", 4), 0);
+        ck_assert_int_eq(shmb_close(fresh), 0);
+        /* The broker wrote its own states back: what is LIVE is the genuine holder, under its generation. */
+        ck_assert_uint_eq(test_only_live_holder(table, RING_HOLDERS, "the posix ring's holder table after the restart"),
+                          mine);
+        ck_assert_uint_eq(__atomic_load_n(&table[mine].word, __ATOMIC_ACQUIRE), word);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
+/*
+ * The same for a posix broadcast channel's two holder tables, in its
+ * segment file, which every publisher (here root) can write: after the
+ * forgery and a crash, an rw and an ro open on new connections get tokens,
+ * the forged entries are no longer LIVE, and the genuine publisher and
+ * subscriber keep their tokens and their traffic.
+ */
+START_TEST(test_posix_broadcast_holder_tables_forged_before_a_crash_refuse_no_opens) {
+        shmb_channel *pub = must_open("news", SHMB_RW), *sub = must_open("news", SHMB_RO);
+        shmb_channel *fresh_pub = NULL, *fresh_sub = NULL;
+        BcastHeader *h = shmb_channel_addr(pub);
+        RingHolder *pubs = bcast_publisher_at(h, 0), *subs = bcast_subscriber_at(h, 0);
+        uint64_t pub_word, sub_word;
+        uint32_t my_pub, my_sub;
+        char buf[64];
+        int r_rw, r_ro;
+
+        ck_assert_uint_eq(h->subscribers, 2);
+        my_pub = test_only_live_holder(pubs, BCAST_PUBLISHERS, "the publisher table before the forgery");
+        my_sub = test_only_live_holder(subs, 2, "the subscriber table before the forgery");
+        ck_assert_int_eq(pubs[my_pub].pid, getpid());
+        ck_assert_int_eq(subs[my_sub].pid, getpid());
+        pub_word = __atomic_load_n(&pubs[my_pub].word, __ATOMIC_ACQUIRE);
+        sub_word = __atomic_load_n(&subs[my_sub].word, __ATOMIC_ACQUIRE);
+        test_forge_live_holders(pubs, BCAST_PUBLISHERS, my_pub);
+        test_forge_live_holders(subs, 2, my_sub);
+        test_daemon_kill(&td, SIGKILL);
+        test_start_ok();
+        rejoin_through_status(pub, "news");
+        rejoin_through_status(sub, "news");
+        ck_assert_uint_eq(__atomic_load_n(&pubs[my_pub].word, __ATOMIC_ACQUIRE), pub_word);
+        ck_assert_uint_eq(__atomic_load_n(&subs[my_sub].word, __ATOMIC_ACQUIRE), sub_word);
+        /* Both opens first, so that one run says what each of them got. */
+        r_rw = shmb_open_channel(NULL, "news", SHMB_RW, &fresh_pub);
+        r_ro = shmb_open_channel(NULL, "news", SHMB_RO, &fresh_sub);
+        ck_assert_msg(r_rw == 0 && r_ro == 0,
+                      "opens of the posix news on new connections after the restart: rw (publisher) %s (%s), "
+                      "ro (subscriber) %s (%s)",
+                      r_rw == 0 ? "succeeded" : shmb_strerror(r_rw), shmb_errno_name(r_rw) ?: "0",
+                      r_ro == 0 ? "succeeded" : shmb_strerror(r_ro), shmb_errno_name(r_ro) ?: "0");
+        /* Every token works: each publisher reaches both subscribers. */
+        ck_assert_int_eq(shmb_send(fresh_pub, "one", 3, WAIT_MS), 0);
+        ck_assert_int_eq(shmb_send(pub, "two", 3, WAIT_MS), 0);
+        for (int i = 0; i < 2; i++) {
+                const char *want = i == 0 ? "one" : "two";
+
+                ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, WAIT_MS), 3);
+                ck_assert_int_eq(memcmp(buf, want, 3), 0);
+                ck_assert_int_eq(shmb_recv(fresh_sub, buf, sizeof buf, WAIT_MS), 3);
+                ck_assert_int_eq(memcmp(buf, want, 3), 0);
+        }
+        ck_assert_int_eq(shmb_close(fresh_sub), 0);
+        ck_assert_int_eq(shmb_close(fresh_pub), 0);
+        /* The broker wrote its own states back: what is LIVE is the genuine holders, under their generations. */
+        ck_assert_uint_eq(test_only_live_holder(pubs, BCAST_PUBLISHERS, "the publisher table after the restart"), my_pub);
+        ck_assert_uint_eq(test_only_live_holder(subs, 2, "the subscriber table after the restart"), my_sub);
+        ck_assert_uint_eq(__atomic_load_n(&pubs[my_pub].word, __ATOMIC_ACQUIRE), pub_word);
+        ck_assert_uint_eq(__atomic_load_n(&subs[my_sub].word, __ATOMIC_ACQUIRE), sub_word);
+        ck_assert_int_eq(shmb_close(sub), 0);
+        ck_assert_int_eq(shmb_close(pub), 0);
+}
+END_TEST
+
 /*
  * README: an ro user cannot affect a posix channel's locks. Its handles
  * lock nothing (EACCES), and its holds take no lock token: more ro holds
@@ -3262,6 +3385,8 @@ int main(void) {
                                              test_reservation_survives_a_new_token_at_a_rejoin,
                                              test_reservation_survives_two_new_tokens,
                                              test_lock_under_an_old_token_is_still_the_holds } },
+                { "forged-holders", CASE_TIMEOUT, { test_posix_ring_holder_table_forged_before_a_crash_refuses_no_opens,
+                                                    test_posix_broadcast_holder_tables_forged_before_a_crash_refuse_no_opens } },
                 { "ctl", CASE_TIMEOUT, { test_shmbrokerctl_shows_kind_and_names } },
                 { "scribbler", CASE_TIMEOUT, { test_seeded_scribbler_on_semaphore_files } },
                 { "semvmx", CASE_TIMEOUT, { test_post_past_semvmx_is_erange_as_on_system_v } },
