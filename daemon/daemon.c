@@ -225,8 +225,8 @@ static void daemon_done(Daemon *d) {
          * the file for the next start to reclaim.
          */
         if (d->state && d->reclaimed && state_is_empty(d->state)) {
-                /* Ledgers of channels a failed start did not keep (a stop removed every one with its channel). */
-                ledger_sweep(state_dir_fd(d->state), state_name(d->state), NULL, NULL);
+                /* With the ledgers a failed start did not keep (a stop removed every one with its channel). */
+                ledger_dir_remove(state_dir_fd(d->state), state_name(d->state));
                 state_remove_files(d->state, false);
         }
         d->state = state_free(d->state);
@@ -374,7 +374,7 @@ static void remove_previous_run(State *old) {
                 if (bound && control_remove_stale_socket(socket_path, true, msg, sizeof msg) < 0)
                         log_warning("Leaving the socket of an earlier run: %s.", msg);
         }
-        ledger_sweep(state_dir_fd(old), state_name(old), NULL, NULL);
+        ledger_dir_remove(state_dir_fd(old), state_name(old));
         state_remove_files(old, true);
 }
 
@@ -628,7 +628,7 @@ static int create_channels(Daemon *d) {
         remove_replaced(d);
         /* What a crash left of rings that were not adopted. */
         wake_sweep(d->wake, keeps_wake, d->registry);
-        ledger_sweep(state_dir_fd(d->state), state_name(d->state), keeps_ledger, d->registry);
+        ledger_sweep(d->registry->ledger_dir, keeps_ledger, d->registry);
         return 0;
 }
 
@@ -1080,8 +1080,7 @@ fail:
         if (d.registry) {
                 /* The FIFOs of rings reclaimed, not taken over, as a start that succeeds sweeps them. */
                 wake_sweep(d.wake, keeps_adopted_wake, d.registry);
-                if (d.state)
-                        ledger_sweep(state_dir_fd(d.state), state_name(d.state), keeps_adopted_ledger, d.registry);
+                ledger_sweep(d.registry->ledger_dir, keeps_adopted_ledger, d.registry);
                 registry_forget_adopted(d.registry);
         }
         daemon_done(&d);

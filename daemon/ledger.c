@@ -1,10 +1,10 @@
 /*
  * Holder ledgers (see ledger.h).
  *
- * Every file operation is relative to the state directory's descriptor,
- * which state_open() checked to be the daemon's, and never follows a
- * symlink. A file that is not the daemon's own regular file of mode 0600
- * and the right size is never believed: it is replaced.
+ * Every file operation is relative to the ledger directory's descriptor,
+ * which ledger_dir_open() checked to be the daemon's and private, and
+ * never follows a symlink. A file that is not the daemon's own regular
+ * file of mode 0600 and the right size is never believed: it is replaced.
  */
 
 #include <dirent.h>
@@ -33,7 +33,8 @@ typedef struct LedgerHeader {
 
 _Static_assert(sizeof(LedgerHeader) == sizeof(RingHolder), "the header takes one entry's room");
 
-#define SUFFIX ".holders."
+#define SUFFIX ".ledger"
+#define DIR_SUFFIX ".ledgers"
 
 static size_t ledger_size(uint32_t n) {
         return sizeof(LedgerHeader) + (size_t) n * sizeof(RingHolder);
@@ -73,15 +74,18 @@ static int map_file(int fd, const struct stat *st, uint32_t n, Ledger *l) {
         return 0;
 }
 
-/* The killed run's ledger of n entries: 0, or -ENOENT when there is none this daemon would have made. */
 static int take_over(int dirfd, const char *file, uint32_t n, Ledger *l) {
         _cleanup_(closep) int fd = openat(dirfd, file, O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
         struct stat st;
         int r;
 
+        /* None, or none to believe (a symlink, a directory, a FIFO): -ENOENT. A want of descriptors is no proof. */
         if (fd < 0)
-                return -ENOENT;
-        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != self_euid() || (st.st_mode & 077) ||
+                return errno == ENOENT || errno == ELOOP || errno == EISDIR || errno == ENXIO ||
+                       errno == EWOULDBLOCK || errno == ETXTBSY ? -ENOENT : -errno;
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (!S_ISREG(st.st_mode) || st.st_uid != self_euid() || (st.st_mode & 077) ||
             st.st_size != (off_t) ledger_size(n))
                 return -ENOENT;
         r = map_file(fd, &st, n, l);
@@ -119,23 +123,30 @@ static int make(int dirfd, const char *file, uint32_t n, Ledger *l) {
         return 0;
 }
 
-int ledger_open(int dirfd, const char *state, const char *name, uint32_t n, bool take, Ledger *l) {
-        _cleanup_(freep) char *file = strprintf("%s" SUFFIX "%s", state, name);
+int ledger_take_over(int dirfd, const char *name, uint32_t n, Ledger *l) {
+        _cleanup_(freep) char *file = strprintf("%s" SUFFIX, name);
         int r;
 
         *l = (Ledger) {};
         if (!file)
                 return -ENOMEM;
-        r = take ? take_over(dirfd, file, n, l) : -ENOENT;
-        if (r == 0) {
+        r = take_over(dirfd, file, n, l);
+        if (r == 0)
                 l->file = TAKE_PTR(file);
-                return 1;
-        }
+        return r;
+}
+
+int ledger_make(int dirfd, const char *name, uint32_t n, Ledger *l) {
+        _cleanup_(freep) char *file = strprintf("%s" SUFFIX, name);
+        int r;
+
+        *l = (Ledger) {};
+        if (!file)
+                return -ENOMEM;
         r = make(dirfd, file, n, l);
-        if (r < 0)
-                return r;
-        l->file = TAKE_PTR(file);
-        return 0;
+        if (r == 0)
+                l->file = TAKE_PTR(file);
+        return r;
 }
 
 void ledger_seal(Ledger *l) {
@@ -143,11 +154,9 @@ void ledger_seal(Ledger *l) {
                 __atomic_store_n(&header_of(l)->magic, LEDGER_MAGIC, __ATOMIC_RELEASE);
 }
 
-void ledger_sweep(int dirfd, const char *state, bool (*keep)(const char *name, void *userdata), void *userdata) {
-        _cleanup_(freep) char *prefix = strprintf("%s" SUFFIX, state);
-        int fd = prefix ? openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+void ledger_sweep(int dirfd, bool (*keep)(const char *name, void *userdata), void *userdata) {
+        int fd = dirfd >= 0 ? openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
         DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-        size_t len = prefix ? strlen(prefix) : 0;
         struct dirent *de;
 
         if (!d) {
@@ -155,9 +164,53 @@ void ledger_sweep(int dirfd, const char *state, bool (*keep)(const char *name, v
                         close(fd);
                 return;
         }
-        while ((de = readdir(d)))
-                if (strncmp(de->d_name, prefix, len) == 0 && de->d_name[len] &&
-                    (!keep || !keep(de->d_name + len, userdata)))
+        while ((de = readdir(d))) {
+                size_t len = strlen(de->d_name);
+                char name[256];
+
+                if (len <= strlen(SUFFIX) || strcmp(de->d_name + len - strlen(SUFFIX), SUFFIX) != 0)
+                        continue;
+                memcpy(name, de->d_name, len - strlen(SUFFIX));
+                name[len - strlen(SUFFIX)] = '\0';
+                if (!keep || !keep(name, userdata))
                         (void) unlinkat(dirfd, de->d_name, 0);
+        }
         closedir(d);
+}
+
+/* STATE.ledgers, opened (made when create) and checked: the daemon's own, and nobody else's to write or read. */
+static int dir_open(int state_dirfd, const char *state, bool create) {
+        _cleanup_(freep) char *path = strprintf("%s" DIR_SUFFIX, state);
+        struct stat st;
+        int fd;
+
+        if (!path)
+                return -ENOMEM;
+        if (create && mkdirat(state_dirfd, path, 0700) < 0 && errno != EEXIST)
+                return -errno;
+        fd = openat(state_dirfd, path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0 || st.st_uid != self_euid() || (st.st_mode & 077)) {
+                close(fd);
+                return -EPERM;
+        }
+        return fd;
+}
+
+int ledger_dir_open(int state_dirfd, const char *state) {
+        return dir_open(state_dirfd, state, true);
+}
+
+void ledger_dir_remove(int state_dirfd, const char *state) {
+        _cleanup_(freep) char *path = strprintf("%s" DIR_SUFFIX, state);
+        int fd = dir_open(state_dirfd, state, false);
+
+        if (fd < 0)
+                return;
+        ledger_sweep(fd, NULL, NULL);
+        close(fd);
+        /* Not when something else was put in it. */
+        if (path)
+                (void) unlinkat(state_dirfd, path, AT_REMOVEDIR);
 }

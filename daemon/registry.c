@@ -20,6 +20,16 @@ int registry_new(State *state, Registry **ret) {
                 return -ENOMEM;
         r->state = state;
         r->sorted = true;
+        r->ledger_dir = -1;
+        if (state) {
+                int fd = ledger_dir_open(state_dir_fd(state), state_name(state));
+
+                if (fd < 0)
+                        log_warning("Cannot keep ledgers of ring holders in %s.ledgers beside %s: %s; a restart after "
+                                    "a crash will believe the holder tables in the segments.", state_name(state),
+                                    state_path(state), strerror(-fd));
+                r->ledger_dir = fd;
+        }
         *ret = r;
         return 0;
 }
@@ -52,8 +62,8 @@ static void entry_done_holders(Entry *e) {
 
 /* The entry's ledger: its file too when remove (the channel is gone), else kept for the next start. */
 static void entry_done_ledger(Registry *r, Entry *e, bool remove) {
-        if (remove && r->state)
-                ledger_remove(state_dir_fd(r->state), &e->ledger);
+        if (remove)
+                ledger_remove(r->ledger_dir, &e->ledger);
         else
                 ledger_close(&e->ledger);
 }
@@ -94,6 +104,8 @@ Registry *registry_free(Registry *r) {
         for (size_t i = 0; i < r->n; i++)
                 entry_free(r, r->entries[i]);
         free(r->entries);
+        if (r->ledger_dir >= 0)
+                close(r->ledger_dir);
         free(r);
         return NULL;
 }
@@ -102,8 +114,10 @@ Registry *registry_free(Registry *r) {
  * The entries of e's holder tables, kept in a ledger (daemon/ledger.h):
  * a fresh channel's, as its segment has them; an adopted one's as the
  * killed run's ledger has them, written back into the segment. Without
- * that ledger (a run before ledgers), or without a state directory, the
- * segment's tables are believed. 0 or -ENOMEM.
+ * that ledger (a run before ledgers, or one not to be believed), or
+ * without a ledger directory, the segment's tables are believed. 0,
+ * -ENOMEM, or the error that kept a killed run's ledger from being read:
+ * then the channel is not to be taken over.
  */
 static int entry_init_holders(Registry *r, Entry *e, bool adopted) {
         Channel *c = e->channel;
@@ -116,20 +130,29 @@ static int entry_init_holders(Registry *r, Entry *e, bool adopted) {
         holders_done(&e->subs);
         /* A remade channel's old ledger names holders of objects that are gone. */
         entry_done_ledger(r, e, false);
-        if (n > 0 && r->state) {
-                k = ledger_open(state_dir_fd(r->state), state_name(r->state), c->spec.name, n, adopted, &e->ledger);
-                if (k < 0)
-                        log_warning("Channel %s: cannot keep a ledger of its holders in the state directory: %s; "
-                                    "a restart after a crash will believe the table in its segment.", c->spec.name,
+        if (n > 0 && r->ledger_dir >= 0 && adopted) {
+                k = ledger_take_over(r->ledger_dir, c->spec.name, n, &e->ledger);
+                /* Neither believed nor disproved: the table is not to be believed instead. The channel is made anew. */
+                if (k < 0 && k != -ENOENT) {
+                        log_warning("Channel %s: cannot read the killed run's ledger of its holders: %s.", c->spec.name,
                                     strerror(-k));
-                else if (adopted && k == 0)
+                        return k;
+                }
+                if (k < 0)
                         log_notice("Channel %s: the killed run left no ledger of its holders; believing the table "
                                    "in its segment.", c->spec.name);
-                from_ledger = k > 0;
-                if (e->ledger.addr) {
-                        pubs = e->ledger.entries;
-                        subs = pubs + (bcast ? BCAST_PUBLISHERS : 0);
-                }
+                from_ledger = k == 0;
+        }
+        if (n > 0 && r->ledger_dir >= 0 && !from_ledger) {
+                k = ledger_make(r->ledger_dir, c->spec.name, n, &e->ledger);
+                if (k < 0)
+                        log_warning("Channel %s: cannot keep a ledger of its holders: %s; "
+                                    "a restart after a crash will believe the table in its segment.", c->spec.name,
+                                    strerror(-k));
+        }
+        if (e->ledger.addr) {
+                pubs = e->ledger.entries;
+                subs = pubs + (bcast ? BCAST_PUBLISHERS : 0);
         }
         if (ring)
                 k = holders_init(&e->holders, c->addr, pubs, from_ledger);

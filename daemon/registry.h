@@ -77,6 +77,7 @@ typedef struct Registry {
         bool sorted;
         State *state;           /* not owned */
         Wake *wake;             /* not owned; NULL: rings get no wake-up FIFOs */
+        int ledger_dir;         /* the holder ledgers' directory (daemon/ledger.h); -1: none, tables are believed */
         uint64_t last_cookie;   /* the last given to a watched orphan (holders_orphan()) */
 } Registry;
 

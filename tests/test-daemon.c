@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
@@ -743,6 +744,9 @@ static void assert_nothing_left(void) {
         ck_assert_int_ne(stat(path, &st), 0);
         snprintf(path, sizeof path, "%s.lock", td.socket);
         ck_assert_int_ne(stat(path, &st), 0);
+        /* The holder ledgers' directory goes with the state files. */
+        snprintf(path, sizeof path, "%s.ledgers", td.socket);
+        ck_assert_msg(stat(path, &st) < 0, "%s is left", path);
 }
 
 static void stop_with_attached_client(int sig) {
@@ -850,7 +854,7 @@ END_TEST
 
 /* The ledger file of channel name (daemon/ledger.h) beside the state file, into path (PATH_MAX). */
 static void ledger_path(const char *name, char *path) {
-        snprintf(path, PATH_MAX, "%s.holders.%s", td.socket, name);
+        snprintf(path, PATH_MAX, "%s.ledgers/%s.ledger", td.socket, name);
 }
 
 /* 0 or -errno from lstat() of it. */
@@ -951,6 +955,272 @@ START_TEST(test_holder_ledgers_follow_their_channels) {
 }
 END_TEST
 
+
+static uint32_t open_holder(int fd, const char *channel, const char *access, uint32_t want);
+
+/* Set or clear the immutable flag of path: 0, or -errno (the file system or our capabilities may not allow it). */
+static int set_immutable(const char *path, bool on) {
+        int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC), flags = 0, r = 0;
+
+        if (fd < 0)
+                return -errno;
+        if (ioctl(fd, FS_IOC_GETFLAGS, &flags) < 0)
+                r = -errno;
+        flags = on ? flags | FS_IMMUTABLE_FL : flags & ~FS_IMMUTABLE_FL;
+        if (r == 0 && ioctl(fd, FS_IOC_SETFLAGS, &flags) < 0)
+                r = -errno;
+        close(fd);
+        return r;
+}
+
+/*
+ * shmbrokerd(8): a killed run's ledger that cannot be read for a cause
+ * that proves nothing about it "makes the channel not taken over but made
+ * anew", rather than the table believed. Here the ledger is immutable,
+ * which refuses even root its rw open (EPERM). A start that believed the
+ * table instead would take the ring over.
+ */
+START_TEST(test_ledger_that_cannot_be_read_is_not_passed_over) {
+        char path[PATH_MAX], *log;
+        json_t *list;
+        int fd, shm, r;
+
+        list = start_and_list(two_channels, &fd);
+        close(fd);
+        shm = (int) test_jint(test_must_find(list, "frames"), "shm_id");
+        json_decref(list);
+        test_daemon_kill(&td, SIGKILL);
+        ledger_path("frames", path);
+        r = set_immutable(path, true);
+        if (r < 0) {
+                /* Not a failure of the daemon: nothing was tried. Say so, and leave as the other cases do. */
+                fprintf(stderr, "test_ledger_that_cannot_be_read_is_not_passed_over: cannot make %s immutable (%s); "
+                        "not tested here.\n", path, strerror(-r));
+                test_start_ok();
+                test_daemon_stop_ok(&td);
+                return;
+        }
+        test_start_ok();
+        ck_assert_int_eq(set_immutable(path, false), 0);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Channel frames: cannot read the killed run's ledger of its holders"), "%s", log);
+        ck_assert_msg(!strstr(log, "Took over channel frames") && strstr(log, "Took over channel telemetry"), "%s",
+                      log);
+        free(log);
+        fd = test_connect(td.socket);
+        list = test_request(fd, "{\"op\":\"list\"}");
+        close(fd);
+        ck_assert_int_ne(test_jint(test_must_find(list, "frames"), "shm_id"), shm);
+        json_decref(list);
+        test_daemon_stop_ok(&td);
+        assert_nothing_left();
+}
+END_TEST
+
+/* How many holder ledgers (STATE.ledgers/CHANNEL.ledger) the state directory holds. */
+static int ledgers_left(void) {
+        char dir[PATH_MAX];
+        struct dirent *de;
+        int n = 0;
+        DIR *d;
+
+        snprintf(dir, sizeof dir, "%s.ledgers", td.socket);
+        d = opendir(dir);
+        if (!d && errno == ENOENT)
+                return 0;
+        ck_assert_ptr_nonnull(d);
+        while ((de = readdir(d))) {
+                size_t len = strlen(de->d_name);
+
+                n += len > strlen(".ledger") && strcmp(de->d_name + len - strlen(".ledger"), ".ledger") == 0;
+        }
+        closedir(d);
+        return n;
+}
+
+/* A ledger of a ring: the daemon's regular file, mode 0600, of a ring's size. */
+static void assert_ring_ledger(const char *name) {
+        struct stat st;
+
+        ck_assert_msg(ledger_stat(name, &st) == 0, "channel %s has no ledger", name);
+        ck_assert_msg(S_ISREG(st.st_mode) && (st.st_mode & 07777) == 0600 && st.st_uid == geteuid(),
+                      "ledger of %s: mode %o", name, (unsigned) st.st_mode);
+        ck_assert_int_eq(st.st_size, (off_t) ((1 + RING_HOLDERS) * sizeof(RingHolder)));
+}
+
+/*
+ * shmbrokerd(8), FILES: "removed with its channel". A ring made again
+ * after its segment was removed behind the daemon's back gets a new
+ * ledger; one that cannot be made again loses it; a reload that replaces
+ * a ring makes a new one (the old one's removal leaves it); one that drops
+ * a ring removes it. A stop leaves none.
+ */
+START_TEST(test_holder_ledgers_follow_repairs_and_reloads) {
+        static const char *const two_rings =
+                "[{\"name\": \"frames\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4},"
+                " {\"name\": \"fixed\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4, \"key\": 1593835611}]";
+        static const char *const frames_grown =
+                "[{\"name\": \"frames\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 8}]";
+        static const char *const none = "[{\"name\": \"plain\", \"size\": 4096}]";
+        int fd, old, foreign, frames_shm, fixed_shm;
+        json_t *resp;
+
+        test_daemon_write_config(&td, two_rings);
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        frames_shm = (int) test_jint(test_must_find(resp, "frames"), "shm_id");
+        fixed_shm = (int) test_jint(test_must_find(resp, "fixed"), "shm_id");
+        json_decref(resp);
+        assert_ring_ledger("frames");
+        assert_ring_ledger("fixed");
+        ck_assert_int_eq(ledgers_left(), 2);
+
+        /* Removed behind the daemon's back: made again, with a ledger of its own. */
+        old = ledger_hold("frames");
+        ck_assert_int_eq(shmctl(frames_shm, IPC_RMID, NULL), 0);
+        /* And one that cannot be made again: a stranger took its fixed key. */
+        ck_assert_int_eq(shmctl(fixed_shm, IPC_RMID, NULL), 0);
+        foreign = shmget((key_t) 1593835611, 4096, IPC_CREAT | IPC_EXCL | 0600);
+        ck_assert_int_ge(foreign, 0);
+        resp = test_request(fd, "{\"op\":\"status\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        ck_assert_uint_eq(links_of(old), 0);
+        close(old);
+        assert_ring_ledger("frames");
+        ck_assert_msg(ledgers_left() == 1, "%d ledgers after a ring was dropped", ledgers_left());
+        ck_assert_int_eq(shmctl(foreign, IPC_RMID, NULL), 0);
+
+        /* Replaced by a reload. */
+        old = ledger_hold("frames");
+        test_daemon_write_config(&td, frames_grown);
+        resp = test_request(fd, "{\"op\":\"reload\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        ck_assert_uint_eq(links_of(old), 0);
+        close(old);
+        assert_ring_ledger("frames");
+        ck_assert_int_eq(ledgers_left(), 1);
+
+        /* Dropped by a reload. */
+        test_daemon_write_config(&td, none);
+        resp = test_request(fd, "{\"op\":\"reload\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        ck_assert_msg(ledgers_left() == 0, "%d ledgers after the rings were dropped", ledgers_left());
+
+        /* Added again, then a stop. */
+        test_daemon_write_config(&td, frames_grown);
+        resp = test_request(fd, "{\"op\":\"reload\"}");
+        test_assert_ok(resp);
+        json_decref(resp);
+        assert_ring_ledger("frames");
+        close(fd);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(ledgers_left(), 0);
+        assert_nothing_left();
+}
+END_TEST
+
+/*
+ * shmbrokerd(8): a file at a ledger's name that is not one the daemon
+ * would have made is never believed, and never stops a start: a FIFO
+ * (which an open could block on) is replaced; a directory, which cannot
+ * be, leaves the ring without a ledger, as logged, and the ring works.
+ */
+START_TEST(test_holder_ledger_name_taken_by_a_fifo_or_a_directory) {
+        char path[PATH_MAX], *log;
+        struct stat st;
+        json_t *list;
+        int fd;
+
+        snprintf(path, sizeof path, "%s.ledgers", td.socket);
+        ck_assert_int_eq(mkdir(path, 0700), 0);
+        ledger_path("frames", path);
+        ck_assert_int_eq(mkdir(path, 0700), 0);
+        list = start_and_list(two_channels, &fd);
+        json_decref(list);
+        ck_assert_uint_ne(open_holder(fd, "frames", "rw", 0), 0);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Channel frames: cannot keep a ledger of its holders"), "%s", log);
+        free(log);
+        close(fd);
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(lstat(path, &st), 0);
+        ck_assert(S_ISDIR(st.st_mode));
+        ck_assert_int_eq(rmdir(path), 0);
+        /* Not removed with something in it that is no ledger. */
+        snprintf(path, sizeof path, "%s.ledgers", td.socket);
+        ck_assert_int_eq(rmdir(path), 0);
+        ledger_path("frames", path);
+        assert_nothing_left();
+
+        /* A FIFO where a killed run's ledger was: the next start neither blocks on it nor believes it. */
+        list = start_and_list(two_channels, &fd);
+        json_decref(list);
+        close(fd);
+        test_daemon_kill(&td, SIGKILL);
+        ck_assert_int_eq(unlink(path), 0);
+        ck_assert_int_eq(mkfifo(path, 0600), 0);
+        test_start_ok();
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Took over channel frames") &&
+                      strstr(log, "Channel frames: the killed run left no ledger of its holders"), "%s", log);
+        free(log);
+        assert_ring_ledger("frames");
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(ledgers_left(), 0);
+        assert_nothing_left();
+}
+END_TEST
+
+/*
+ * shmbrokerd(8), FILES: a ledger is "kept after a crash for the next
+ * start". A start that fails keeps the ledger of the ring it took over
+ * (the same file), and removes the one of a ring it made; the next start
+ * takes the kept one over.
+ */
+START_TEST(test_failed_start_keeps_the_ledgers_it_took_over) {
+        static const char *const one =
+                "[{\"name\": \"keep\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4}]";
+        static const char *const plus_blocked =
+                "[{\"name\": \"keep\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4},"
+                " {\"name\": \"made\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4},"
+                " {\"name\": \"blocked\", \"size\": 4096, \"key\": 16963}]";
+        int kept, foreign, status;
+        struct stat st;
+        char *log;
+
+        test_daemon_write_config(&td, one);
+        test_start_ok();
+        kept = ledger_hold("keep");
+        test_daemon_kill(&td, SIGKILL);
+
+        foreign = shmget(16963, 4096, IPC_CREAT | IPC_EXCL | 0600);
+        ck_assert_int_ge(foreign, 0);
+        test_daemon_write_config(&td, plus_blocked);
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Took over channel keep") && strstr(log, "already held"), "%s", log);
+        free(log);
+        ck_assert_uint_eq(links_of(kept), 1);
+        ck_assert_int_eq(ledger_stat("made", &st), -ENOENT);
+
+        ck_assert_int_eq(shmctl(foreign, IPC_RMID, NULL), 0);
+        test_daemon_write_config(&td, one);
+        test_start_ok();
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Took over channel keep") && !strstr(log, "left no ledger"), "%s", log);
+        free(log);
+        ck_assert_uint_eq(links_of(kept), 1);
+        test_daemon_stop_ok(&td);
+        ck_assert_uint_eq(links_of(kept), 0);
+        close(kept);
+        ck_assert_int_eq(ledgers_left(), 0);
+        assert_nothing_left();
+}
+END_TEST
 START_TEST(test_sigkill_then_restart_adopts_or_replaces) {
         static const char *const frames_grown =
                 "[{\"name\": \"telemetry\", \"size\": 65536, \"semaphores\": [1, 0, 7], \"group\": 100, \"mode\": \"0640\","
@@ -3877,7 +4147,11 @@ int main(void) {
                                  test_ring_marked_removed_is_not_taken_over } },
                 { "adopt-proof", CASE_TIMEOUT, { test_adoption_spares_foreign_set_at_the_recorded_id,
                                                   test_adopted_ring_gets_a_missing_fifo_again,
-                                                  test_holder_ledgers_follow_their_channels } },
+                                                  test_holder_ledgers_follow_their_channels,
+                                                  test_ledger_that_cannot_be_read_is_not_passed_over,
+                                                  test_holder_ledgers_follow_repairs_and_reloads,
+                                                  test_holder_ledger_name_taken_by_a_fifo_or_a_directory,
+                                                  test_failed_start_keeps_the_ledgers_it_took_over } },
                 { "scale", SCALE_TIMEOUT, { test_crash_restart_of_many_channels_adopts_in_linear_time,
                                             test_open_among_many_holds_of_a_connection } },
                 { "capability", CASE_TIMEOUT, { test_capability_of_own_user_namespace_is_not_honoured,

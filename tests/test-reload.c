@@ -1605,7 +1605,7 @@ END_TEST
  * directory is the same one.
  */
 START_TEST(test_socket_changed_then_crash_leaves_nothing) {
-        static const char *const suffixes[] = { "", ".lock", ".state", ".secret", ".wake" };
+        static const char *const suffixes[] = { "", ".lock", ".state", ".secret", ".wake", ".ledgers" };
         char old_socket[sizeof td.socket];
         int fd;
 
@@ -1704,6 +1704,66 @@ START_TEST(test_files_of_other_daemons_are_left_alone) {
 }
 END_TEST
 
+
+/*
+ * README, "The state directory": each daemon's files there are named after
+ * its socket; its holder ledgers sit in NAME.ledgers, a directory of their
+ * own. Another daemon in the same directory whose socket is at that very
+ * path (shmbroker.sock.ledgers beside shmbroker.sock) keeps its socket, its
+ * lock, its state file, its key secret and its own ledger over td's start
+ * and stop: td runs without ledgers and says so, and removes nothing of it.
+ * (A ledger of the first version was STATE.holders.CHANNEL beside the state
+ * files, and td's sweeps took the files of a daemon whose socket was named
+ * shmbroker.sock.holders.x.sock for its own ledgers: that one is here too.)
+ */
+START_TEST(test_files_of_a_daemon_named_like_a_ledger_are_left_alone) {
+        static const char *const suffixes[] = { "", ".lock", ".state", ".secret", ".ledgers/o.ledger" };
+        char gone[1024] = "", *log;
+        TestDaemon others[2];
+        int status = 0, fd;
+        json_t *resp;
+
+        /* At td's ledger directory's path; and named as td's ledgers were once. */
+        other_daemon_init(&others[0], "other");
+        ck_assert_int_lt(snprintf(others[0].socket, sizeof others[0].socket, "%s.ledgers", td.socket),
+                         (int) sizeof others[0].socket);
+        other_daemon_init(&others[1], "shmbroker.sock.holders.x");
+        for (size_t k = 0; k < 2; k++) {
+                test_daemon_write_config(&others[k],
+                                         "[{\"name\": \"o\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4}]");
+                ck_assert_msg(test_daemon_start(&others[k], &status, NULL), "other daemon %zu did not start (%d)", k,
+                              status);
+        }
+        ck_assert_str_eq(strrchr(td.socket, '/') + 1, "shmbroker.sock");
+
+        test_daemon_write_config(&td, "[{\"name\": \"r\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4}]");
+        test_start_ok();
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Cannot keep ledgers of ring holders"), "%s", log);
+        free(log);
+        /* Without ledgers the ring still hands out tokens. */
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"open\",\"channel\":\"r\",\"access\":\"rw\"}");
+        ck_assert_msg(json_integer_value(json_object_get(resp, "holder")) != 0, "no holder token without ledgers");
+        json_decref(resp);
+        close(fd);
+        test_daemon_stop_ok(&td);
+        for (size_t k = 0; k < 2; k++)
+                for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
+                        char path[sizeof others[k].socket + 24];
+
+                        snprintf(path, sizeof path, "%s%s", others[k].socket, suffixes[i]);
+                        if (access(path, F_OK) < 0)
+                                snprintf(gone + strlen(gone), sizeof gone - strlen(gone), " %s", strrchr(path, '/') + 1);
+                }
+        ck_assert_msg(!gone[0], "td's start and stop removed other daemons' files:%s", gone);
+        for (size_t k = 0; k < 2; k++) {
+                test_daemon_stop_ok(&others[k]);
+                close(others[k].notify_fd);
+        }
+        assert_ipcs(0, 0);
+}
+END_TEST
 /*
  * What a start reclaims of a dead run under its old socket name is that
  * run's own: when another daemon (another configuration, another state
@@ -3683,6 +3743,7 @@ int main(void) {
                                 test_replaced_broadcast_frees_its_table_at_kernel_limit,
                                 test_fixed_key_of_kept_channel, test_socket_changed_then_crash_leaves_nothing,
                                 test_files_of_other_daemons_are_left_alone } },
+                { "shared-state-directory", CASE_TIMEOUT, { test_files_of_a_daemon_named_like_a_ledger_are_left_alone } },
                 { "restarts", CASE_TIMEOUT, { test_crash_restart_fixed_key_of_adopted_channel,
                                 test_crash_restart_fixed_key_of_adopted_table,
                                 test_crash_restart_takes_no_table_a_publisher_named,
