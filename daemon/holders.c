@@ -218,10 +218,15 @@ static uint32_t entry_set_live(Holders *hs, uint32_t i, uint32_t gen, pid_t pid,
         /* An id not known (0): a sweep after a crash then trusts only a pid that is gone. */
         ProcId id = proc_id_of(pid, pidfd);
 
-        o->pid = e->pid = pid;
-        o->pidns = e->pidns = own_pidns();
-        o->starttime = e->starttime = id.starttime;
-        o->pidfs_ino = e->pidfs_ino = id.pidfs_ino;
+        o->pid = pid;
+        o->pidns = own_pidns();
+        o->starttime = id.starttime;
+        o->pidfs_ino = id.pidfs_ino;
+        /* The table gets the same, for a next broker without the ledger; this side never reads it back. */
+        e->pid = o->pid;
+        e->pidns = o->pidns;
+        e->starttime = o->starttime;
+        e->pidfs_ino = o->pidfs_ino;
         word_store(hs, i, (uint64_t) gen << 32 | RING_HOLDER_LIVE);
         return ring_token(i, gen);
 }
