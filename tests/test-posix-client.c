@@ -878,11 +878,16 @@ static void *forever_lock(void *userdata) {
 
 /* Until w's thread sleeps (5 looks in a row), its call still under way. */
 static void scrib_wait_asleep(const ForeverWait *w, const char *what) {
+        int64_t deadline = test_now_ms() + WAIT_MS;
+
         for (int asleep = 0; asleep < 5; usleep(1000)) {
                 pid_t tid = __atomic_load_n(&w->tid, __ATOMIC_ACQUIRE);
 
                 ck_assert_msg(__atomic_load_n(&w->result, __ATOMIC_RELAXED) == 1, "seed %llu: the %s for ever "
                               "returned %d", (unsigned long long) scrib_seed, what, w->result);
+                /* A call that spins, or never gets to its wait, fails here with a name rather than at the case timeout. */
+                ck_assert_msg(test_now_ms() < deadline, "seed %llu: the %s for ever was not asleep within %d ms",
+                              (unsigned long long) scrib_seed, what, WAIT_MS);
                 asleep = tid && test_task_state(getpid(), tid) == 'S' ? asleep + 1 : 0;
         }
 }
