@@ -2114,6 +2114,18 @@ START_TEST(test_foreign_semaphore) {
 }
 END_TEST
 
+/*
+ * README, POSIX channels: a raw channel's lock holder table
+ * (shmbroker-table.NAME) is "created with O_EXCL" like its segment and
+ * semaphores, and "a file already at one of those names fails the start
+ * ... naming it, and is left exactly as it was". It is made after the
+ * segment, before the semaphores: what was made before it goes again.
+ */
+START_TEST(test_foreign_lock_table) {
+        check_foreign("shmbroker-table.raw1");
+}
+END_TEST
+
 /* Stop removes every file, after telling the clients that still map them. */
 START_TEST(test_stop_removes) {
         int fd, fds[PROTO_FDS_MAX];
@@ -4835,7 +4847,7 @@ int main(void) {
                                                 test_descriptors_in_flight_of_the_daemons_user_hold_an_answer_not_the_connection } },
                 { "cap-exec", CASE_TIMEOUT, { test_capability_gained_by_exec_after_connect_does_not_count } },
                 { "unmapped", CASE_TIMEOUT, { test_unmapped_peer_is_not_the_overflow_id } },
-                { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore } },
+                { "foreign", CASE_TIMEOUT, { test_foreign_segment, test_foreign_semaphore, test_foreign_lock_table } },
                 { "removal", CASE_TIMEOUT, { test_stop_removes, test_reload, test_reload_foreign, test_removed_behind_back,
                                              test_stop_and_reload_spare_replaced, test_other_owner_removed,
                                              test_truncated_by_client, test_scribbled_semaphore_does_not_stop_the_daemon,
