@@ -1598,6 +1598,81 @@ START_TEST(test_socket_group_alone_applies_at_reload) {
 END_TEST
 
 /*
+ * shmbrokerd(8): the daemon sets the socket's mode and group "on the file
+ * it made and never through a link"; README, Reload: a changed socket_mode
+ * or socket_group is refused, and logged, when "the path no longer names
+ * the daemon's socket". Its directory may be another user's to write, who
+ * swaps the path for a symlink to a file of theirs (here nobody's, 0644):
+ * a reload that changes both must leave that file as it was, and the
+ * daemon goes on serving on the socket it bound, reached by its new name.
+ */
+START_TEST(test_socket_perms_at_reload_never_through_a_symlink) {
+        struct timespec times[2] = { { .tv_sec = 1000000000 }, { .tv_sec = 1000000000 } };
+        char *log, moved[PATH_MAX], target[PATH_MAX], link_to[PATH_MAX];
+        struct stat sock, before, st;
+        ssize_t n;
+        int fd, early;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
+        test_start_ok();
+        ck_assert_int_eq(stat(td.socket, &sock), 0);
+        ck_assert_uint_ne(sock.st_gid, 4243);
+        /* A connection of before the swap: it must stay served too. */
+        early = test_connect(td.socket);
+
+        ck_assert_int_lt(snprintf(moved, sizeof moved, "%s.moved", td.socket), (int) sizeof moved);
+        ck_assert_int_lt(snprintf(target, sizeof target, "%s/somebody-elses", td.dir), (int) sizeof target);
+        fd = open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(write(fd, "theirs\n", 7), 7);
+        ck_assert_int_eq(fchown(fd, 65534, 65534), 0);
+        ck_assert_int_eq(fchmod(fd, 0644), 0);
+        ck_assert_int_eq(futimens(fd, times), 0);
+        ck_assert_int_eq(fstat(fd, &before), 0);
+        close(fd);
+        ck_assert_int_eq(rename(td.socket, moved), 0);
+        ck_assert_int_eq(symlink(target, td.socket), 0);
+
+        reload_top_level_via(moved, ", \"socket_mode\": \"0600\", \"socket_group\": 4243");
+
+        ck_assert_int_eq(lstat(target, &st), 0);
+        ck_assert_msg((st.st_mode & 07777) == 0644 && st.st_uid == 65534 && st.st_gid == 65534,
+                      "the reload went through the symlink: its target has mode %04o, owner %u:%u "
+                      "(it had 0644, 65534:65534)", (unsigned) (st.st_mode & 07777), (unsigned) st.st_uid,
+                      (unsigned) st.st_gid);
+        ck_assert_msg(st.st_ino == before.st_ino && st.st_size == before.st_size &&
+                      st.st_mtim.tv_sec == 1000000000 && st.st_ctim.tv_sec == before.st_ctim.tv_sec &&
+                      st.st_ctim.tv_nsec == before.st_ctim.tv_nsec, "the symlink's target was touched");
+        /* The link itself stays, pointing where it did. */
+        ck_assert_int_eq(lstat(td.socket, &st), 0);
+        ck_assert_msg(S_ISLNK(st.st_mode), "the symlink at the socket's path was replaced");
+        n = readlink(td.socket, link_to, sizeof link_to - 1);
+        ck_assert_int_gt(n, 0);
+        link_to[n] = '\0';
+        ck_assert_str_eq(link_to, target);
+        /* Refused whole: the daemon's own socket keeps its mode and group too. */
+        ck_assert_int_eq(stat(moved, &st), 0);
+        ck_assert_uint_eq(st.st_ino, sock.st_ino);
+        ck_assert_uint_eq(st.st_mode & 0777, sock.st_mode & 0777);
+        ck_assert_uint_eq(st.st_gid, sock.st_gid);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "no longer the socket this daemon bound"), "the refused change is not logged: %s", log);
+        free(log);
+
+        /* Still serving: the connection of before, and a new one on the socket it bound. */
+        test_assert_lists(early);
+        close(early);
+        fd = test_connect(moved);
+        test_assert_lists(fd);
+        close(fd);
+
+        ck_assert_int_eq(unlink(td.socket), 0);
+        ck_assert_int_eq(rename(moved, td.socket), 0);
+        ck_assert_int_eq(unlink(target), 0);
+}
+END_TEST
+
+/*
  * "socket" changed in the file: a reload ignores it (moving the socket needs
  * a restart). If the daemon is then killed and started again on the same
  * file and state directory, as systemd's Restart= does, the previous run's
@@ -3734,7 +3809,8 @@ int main(void) {
                                  test_socket_group_taken_out_goes_back_to_the_directorys,
                                  test_socket_mode_change_leaves_a_hand_set_group,
                                  test_socket_group_of_the_start_taken_out_goes_back_to_binds,
-                                 test_socket_group_alone_applies_at_reload } },
+                                 test_socket_group_alone_applies_at_reload,
+                                 test_socket_perms_at_reload_never_through_a_symlink } },
                 { "refusals", CASE_TIMEOUT, { test_broken_config_changes_nothing, test_reload_needs_root_or_admin_group,
                                 test_kernel_limit_refused_whole, test_swap_at_kernel_limit_all_or_nothing,
                                 test_replace_attached_at_kernel_limit_keeps_channel,
