@@ -901,6 +901,76 @@ START_TEST(test_closed_holders_of_many_uids_are_capped_in_all) {
 }
 END_TEST
 
+/*
+ * shmbrokerd(8): the daemon watches "at most connections_max in all" of
+ * the processes whose ring entries outlive their connections. A cap of
+ * processes watched at once, not of processes ever watched: a watch goes
+ * when its process exits, and its place with it. With connections_max 3,
+ * three batches of four processes of four uids: in each, three stay
+ * watched and the fourth's token ends with its connection (the cap is
+ * full); when the batch exits, its tokens end, and the next batch's three
+ * are watched again. A daemon that never gave a place back would watch
+ * nobody after the first batch.
+ */
+START_TEST(test_closed_holders_exited_give_their_watch_back) {
+        int shm_id, c;
+        json_t *v;
+
+        start_with("\"limits\": {\"connections_max\": 3},", "[{\"name\": \"ring\", \"layout\": \"ring\", "
+                   "\"slot_size\": 64, \"slots\": 4, \"mode\": \"0666\"}]");
+        c = test_connect(td.socket);
+        v = test_request(c, "{\"op\":\"status\",\"channel\":\"ring\"}");
+        shm_id = (int) test_jint(test_find_channel(v, "ring"), "shm_id");
+        json_decref(v);
+        close(c);
+        for (int batch = 0; batch < 3; batch++) {
+                int ready[2], hold[2];
+                pid_t pids[4];
+                int64_t deadline;
+                unsigned live;
+
+                ck_assert_int_eq(pipe(ready), 0);
+                ck_assert_int_eq(pipe(hold), 0);
+                for (int i = 0; i < 4; i++) {
+                        SpreadOrphan o = { .sock = td.socket, .uid = (uid_t) (4401 + 10 * batch + i),
+                                           .ready = ready[1], .hold = hold[0] };
+                        char b;
+
+                        pids[i] = fork();
+                        ck_assert_int_ge(pids[i], 0);
+                        if (pids[i] == 0) {
+                                close(ready[0]);
+                                close(hold[1]);
+                                spread_orphan(&o);
+                        }
+                        ck_assert_int_eq(read(ready[0], &b, 1), 1);
+                        ck_assert_msg(b == 'y', "batch %d: uid %u could not open the ring", batch, (unsigned) o.uid);
+                        /* Its close seen: a request after it on another connection is answered after it. */
+                        c = test_connect(td.socket);
+                        request_ok(c, "{\"op\":\"list\"}");
+                        close(c);
+                }
+                live = live_ring_holders(shm_id);
+                ck_assert_msg(live == 3, "batch %d: %u of its 4 closed holders are watched, expected 3 (the cap); "
+                              "the exited batches did not give their watches back", batch, live);
+                /* The batch exits: its watched tokens end, and their watches go. */
+                close(hold[1]);
+                for (int i = 0; i < 4; i++)
+                        ck_assert_int_eq(waitpid(pids[i], NULL, 0), pids[i]);
+                deadline = test_now_ms() + 5000;
+                while ((live = live_ring_holders(shm_id)) > 0) {
+                        ck_assert_msg(test_now_ms() < deadline, "batch %d: %u token(s) still live 5 s after "
+                                      "their processes exited", batch, live);
+                        usleep(10000);
+                }
+                close(ready[0]);
+                close(ready[1]);
+                close(hold[0]);
+        }
+        assert_daemon_alive();
+}
+END_TEST
+
 /* ======================================================================== */
 /* 3. connections_max                                                        */
 /* ======================================================================== */
@@ -3166,7 +3236,8 @@ int main(void) {
                                             test_admin_reserve_follows_a_reloaded_admin_group,
                                             test_request_timeout, test_request_timeout_restarts_per_line } },
                 { "watch-cap", CASE_TIMEOUT, { test_closed_holders_of_one_uid_leave_descriptors_for_others,
-                                               test_closed_holders_of_many_uids_are_capped_in_all } },
+                                               test_closed_holders_of_many_uids_are_capped_in_all,
+                                               test_closed_holders_exited_give_their_watch_back } },
                 { "slow-reader", HEAVY_TIMEOUT, { test_slow_reader, test_stalled_reader_not_timed_out,
                                                     test_pipelined_burst_answered, test_unread_close_drops_holds,
                                                     test_many_connections_of_one_uid_share_a_turn,
