@@ -3071,6 +3071,129 @@ START_TEST(test_holder_table_full) {
 }
 END_TEST
 
+/* Write token's entry in h as a writer of the segment may: state under the generation it has now. */
+static void forge_state(RingHeader *h, uint32_t token, uint32_t state) {
+        RingHolder *e = holder_entry(h, token);
+        uint64_t word = __atomic_load_n(&e->word, __ATOMIC_ACQUIRE);
+
+        __atomic_store_n(&e->word, (word & ~UINT64_C(0xffffffff)) | state, __ATOMIC_RELEASE);
+}
+
+/* The open answer's token on fd, which must not name ta's entry: what `forged` says was forged. */
+static uint32_t open_holder_beside(int fd, const RingHeader *h, uint32_t ta, const char *forged) {
+        uint32_t t = open_holder(fd, "frames", "rw", 0);
+
+        ck_assert_msg(t != 0, "an rw open after %s got no token", forged);
+        ck_assert_msg(holder_entry(h, t) != holder_entry(h, ta),
+                      "an rw open after %s was handed the entry of a live hold: token %u, the live hold's %u",
+                      forged, (unsigned) t, (unsigned) ta);
+        return t;
+}
+
+/* Close the hold of fd; the hold of ta, whose entry says LIVE again, must be LIVE still. */
+static void close_beside(int fd, const RingHeader *h, uint32_t ta, const char *forged) {
+        json_t *resp = test_request(fd, "{\"op\":\"close\",\"channel\":\"frames\"}");
+
+        test_assert_ok(resp);
+        json_decref(resp);
+        ck_assert_msg(holder_state(h, ta) == RING_HOLDER_LIVE,
+                      "after %s, closing another connection's hold ended the live token %u (its entry now %#llx)",
+                      forged, (unsigned) ta,
+                      (unsigned long long) __atomic_load_n(&holder_entry(h, ta)->word, __ATOMIC_ACQUIRE));
+        assert_live(h, ta, getpid());
+}
+
+/*
+ * README, Security: the daemon does not believe the entries of a ring's
+ * holder table, which every rw opener may write, so "a forged entry
+ * neither refuses an rw open (EUSERS) nor makes a token name two holds".
+ * The forged-holders tests forge before a crash; here the writer (root,
+ * as an rw opener) forges while the broker runs. a's entry written FREE
+ * under its generation, as an entry never handed out looks: an rw open on
+ * another connection gets another entry; the writer puts a's word back,
+ * and that hold's close must not end a's token (the broker writes DEAD to
+ * the entry of a hold that closes). Then every entry but a's written LIVE
+ * for openers no broker can judge (pid 0): the next rw open still gets a
+ * token, of an entry of its own.
+ */
+START_TEST(test_holder_entry_forged_free_while_running_hands_out_no_live_token) {
+        RingHeader *h = start_with_ring();
+        int a = test_connect(td.socket), b = test_connect(td.socket);
+        uint32_t ta = open_holder(a, "frames", "rw", 0), tb;
+        uint64_t word = __atomic_load_n(&holder_entry(h, ta)->word, __ATOMIC_ACQUIRE);
+        json_t *resp;
+
+        assert_live(h, ta, getpid());
+        forge_state(h, ta, RING_HOLDER_FREE);
+        tb = open_holder_beside(b, h, ta, "a live hold's entry was written FREE");
+        ck_assert_uint_ne(tb, ta);
+        __atomic_store_n(&holder_entry(h, ta)->word, word, __ATOMIC_RELEASE);
+        assert_live(h, tb, getpid());
+        close_beside(b, h, ta, "a live hold's entry was written FREE");
+
+        test_forge_live_holders(ring_holder_at(h, 0), RING_HOLDERS,
+                                (ta & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1);
+        resp = test_request(b, "{\"op\":\"open\",\"channel\":\"frames\",\"access\":\"rw\"}");
+        ck_assert_msg(json_is_true(json_object_get(resp, "ok")),
+                      "an rw open after every other entry was written LIVE was refused: %s",
+                      test_jstr(resp, "error"));
+        json_decref(resp);
+        /* The same hold (its connection's): its token, asked again, names an entry of its own. */
+        tb = open_holder_beside(b, h, ta, "every other entry was written LIVE");
+        assert_live(h, tb, getpid());
+        close_beside(b, h, ta, "every other entry was written LIVE");
+        shmdt(h);
+        close(a);
+        close(b);
+}
+END_TEST
+
+/*
+ * As the test above, with live holds' entries written DEAD under their
+ * generations, as the entry of a hold that ended looks: the broker hands
+ * DEAD entries out again under the next generation, but only those it
+ * marked dead itself. With the table full (every entry handed out) and one
+ * hold closed, the next rw open must get the entry the broker freed, not a
+ * live hold's (given one, the new hold would make that token dead to every
+ * client, and its claims repairable under it).
+ */
+START_TEST(test_holder_entry_forged_dead_while_running_is_not_handed_out) {
+        static int fds[RING_HOLDERS];
+        static uint32_t tokens[RING_HOLDERS];
+        static uint64_t words[RING_HOLDERS];
+        RingHeader *h = start_with_ring();
+        uint32_t t;
+        int extra;
+
+        for (int i = 0; i < RING_HOLDERS; i++) {
+                fds[i] = test_connect(td.socket);
+                tokens[i] = open_holder(fds[i], "frames", "rw", 0);
+                words[i] = __atomic_load_n(&holder_entry(h, tokens[i])->word, __ATOMIC_ACQUIRE);
+        }
+        extra = test_connect(td.socket);
+        /* One closes: the broker's own DEAD entry, the one to hand out next. */
+        close_beside(fds[200], h, tokens[0], "nothing was forged");
+        ck_assert_int_eq(holder_state(h, tokens[200]), RING_HOLDER_DEAD);
+        for (int i = 0; i < 200; i++)
+                forge_state(h, tokens[i], RING_HOLDER_DEAD);
+        t = open_holder_beside(extra, h, tokens[0], "200 live holds' entries were written DEAD");
+        for (int i = 1; i < 200; i++)
+                ck_assert_msg(holder_entry(h, t) != holder_entry(h, tokens[i]),
+                              "an rw open after 200 live holds' entries were written DEAD was handed the entry of "
+                              "live hold %d: token %u, its %u", i, (unsigned) t, (unsigned) tokens[i]);
+        ck_assert_ptr_eq(holder_entry(h, t), holder_entry(h, tokens[200]));
+        for (int i = 0; i < 200; i++)
+                __atomic_store_n(&holder_entry(h, tokens[i])->word, words[i], __ATOMIC_RELEASE);
+        close_beside(extra, h, tokens[0], "200 live holds' entries were written DEAD");
+        for (int i = 1; i < 200; i++)
+                ck_assert_int_eq(holder_state(h, tokens[i]), RING_HOLDER_LIVE);
+        for (int i = 0; i < RING_HOLDERS; i++)
+                close(fds[i]);
+        close(extra);
+        shmdt(h);
+}
+END_TEST
+
 /* A process that opens `frames` rw over its own connection, says its token, and lives until killed. */
 typedef struct Opener {
         pid_t pid;
@@ -4169,6 +4292,8 @@ int main(void) {
                                  test_failed_connection_drops_its_holds_before_its_answer_is_read,
                                  test_holder_taken_back_after_its_connection_closed } },
                 { "holders-take-back", CASE_TIMEOUT, { test_holder_taken_back_by_a_read_only_open } },
+                { "holders-forged", CASE_TIMEOUT, { test_holder_entry_forged_free_while_running_hands_out_no_live_token,
+                                                    test_holder_entry_forged_dead_while_running_is_not_handed_out } },
                 { "resources", CASE_TIMEOUT, { test_fd_exhaustion_pauses_accept, test_derived_key_skips_fixed_keys } },
                 { "start-failures", CASE_TIMEOUT, { test_foreign_fixed_key_fails_start_and_rolls_back, test_foreign_derived_key_moves_on,
                                       test_remade_channel_keeps_the_key_it_moved_to,
