@@ -2012,6 +2012,171 @@ START_TEST(test_broadcast_holder_tables_forged_before_a_crash_refuse_no_opens) {
 }
 END_TEST
 
+/* ---- holder entries forged while the broker runs ---- */
+
+/* The entry a token names in its table. */
+static uint32_t token_entry(uint32_t token) {
+        return (token & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1;
+}
+
+/*
+ * An open of news on fd, which must be answered with a token of an entry
+ * other than `live` (a live hold's, of the table that access takes an entry
+ * of): after `forged` was written into the table.
+ */
+static uint32_t open_beside(int fd, const char *access, uint32_t live, const char *forged) {
+        char req[128];
+        json_t *resp;
+        uint32_t t;
+
+        snprintf(req, sizeof req, "{\"op\": \"open\", \"channel\": \"news\", \"access\": \"%s\"}", access);
+        resp = test_request(fd, req);
+        ck_assert_msg(json_is_true(json_object_get(resp, "ok")), "an %s open after %s was refused: %s (%s)", access,
+                      forged, json_string_value(json_object_get(resp, "error")) ?: "?",
+                      json_string_value(json_object_get(resp, "message")) ?: "");
+        t = (uint32_t) test_jint(resp, "holder");
+        json_decref(resp);
+        ck_assert_msg(t != 0, "an %s open after %s got no token", access, forged);
+        ck_assert_msg(token_entry(t) != live, "an %s open after %s was handed entry %u, a live hold's: token %u",
+                      access, forged, (unsigned) live, (unsigned) t);
+        return t;
+}
+
+/* The close of fd's hold of news; entry `live` of table, put back as it was (word), must say so still. */
+static void close_beside(int fd, const RingHolder *table, uint32_t live, uint64_t word, const char *forged) {
+        json_t *resp = test_request(fd, "{\"op\": \"close\", \"channel\": \"news\"}");
+        uint64_t now;
+
+        test_assert_ok(resp);
+        json_decref(resp);
+        now = __atomic_load_n(&table[live].word, __ATOMIC_ACQUIRE);
+        ck_assert_msg(now == word, "after %s, the close of another hold ended live entry %u: %#llx, not %#llx", forged,
+                      (unsigned) live, (unsigned long long) now, (unsigned long long) word);
+}
+
+/* Write entry i of table as a writer of the segment may: state under the generation word has. */
+static void forge_state(RingHolder *table, uint32_t i, uint64_t word, uint32_t state) {
+        __atomic_store_n(&table[i].word, (word & ~UINT64_C(0xffffffff)) | state, __ATOMIC_RELEASE);
+}
+
+/* pub reaches sub, and sub missed nothing: both tokens live as ever. */
+static void assert_traffic(shmb_channel *pub, shmb_channel *sub, uint32_t v) {
+        send_u32(pub, v);
+        ck_assert_uint_eq(recv_u32(sub), v);
+        ck_assert_uint_eq(dropped_of(sub), 0);
+}
+
+/*
+ * README, Security: the daemon does not believe the entries of a broadcast
+ * channel's holder tables, which live in the data segment that every
+ * publisher may write, so "a forged entry neither refuses an rw open
+ * (EUSERS) nor makes a token name two holds". The forged-holders test
+ * forges before a crash; here a publisher (root) forges while the broker
+ * runs. The genuine publisher's and subscriber's entries written FREE
+ * under their generations, as entries never handed out look: an rw and an
+ * ro open on other connections get other entries; put back, those holds'
+ * closes leave the genuine ones LIVE. Then every other entry of both
+ * tables written LIVE (pid 0, no ids; the subscriber table so looks full):
+ * rw and ro opens still get tokens of entries of their own.
+ */
+START_TEST(test_broadcast_holder_entries_forged_free_or_live_while_running) {
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *sub = test_open_ok("news", SHMB_RO);
+        BcastHeader *h = shmb_channel_addr(pub);
+        RingHolder *pubs = bcast_publisher_at(h, 0), *subs = bcast_subscriber_at(h, 0);
+        int rw = test_connect(td.socket), ro = test_connect(td.socket);
+        uint32_t my_pub, my_sub;
+        uint64_t pub_word, sub_word;
+        const char *what;
+
+        ck_assert_uint_eq(h->subscribers, 4);
+        my_pub = test_only_live_holder(pubs, BCAST_PUBLISHERS, "the publisher table before the forgery");
+        my_sub = test_only_live_holder(subs, 4, "the subscriber table before the forgery");
+        pub_word = __atomic_load_n(&pubs[my_pub].word, __ATOMIC_ACQUIRE);
+        sub_word = __atomic_load_n(&subs[my_sub].word, __ATOMIC_ACQUIRE);
+
+        what = "the live publisher's and subscriber's entries were written FREE";
+        forge_state(pubs, my_pub, pub_word, RING_HOLDER_FREE);
+        forge_state(subs, my_sub, sub_word, RING_HOLDER_FREE);
+        open_beside(rw, "rw", my_pub, what);
+        open_beside(ro, "ro", my_sub, what);
+        __atomic_store_n(&pubs[my_pub].word, pub_word, __ATOMIC_RELEASE);
+        __atomic_store_n(&subs[my_sub].word, sub_word, __ATOMIC_RELEASE);
+        close_beside(rw, pubs, my_pub, pub_word, what);
+        close_beside(ro, subs, my_sub, sub_word, what);
+        assert_traffic(pub, sub, 1);
+
+        what = "every other entry of both tables was written LIVE";
+        test_forge_live_holders(pubs, BCAST_PUBLISHERS, my_pub);
+        test_forge_live_holders(subs, 4, my_sub);
+        open_beside(rw, "rw", my_pub, what);
+        open_beside(ro, "ro", my_sub, what);
+        close_beside(rw, pubs, my_pub, pub_word, what);
+        close_beside(ro, subs, my_sub, sub_word, what);
+        assert_traffic(pub, sub, 2);
+        close(ro);
+        close(rw);
+        ck_assert_int_eq(shmb_close(sub), 0);
+        ck_assert_int_eq(shmb_close(pub), 0);
+}
+END_TEST
+
+/*
+ * As the test above, with the genuine subscriber's entry written DEAD
+ * under its generation, as the entry of a hold that ended looks: the
+ * broker hands DEAD entries out again, but only those it marked dead
+ * itself. With all four subscriber entries handed out and one of them
+ * closed, the next ro open must get the entry the broker freed, not the
+ * genuine subscriber's, which would then be dead to the publishers (its
+ * cursor skipped, the subscriber overrun). The same for the publisher
+ * table, filled with 256 publishers.
+ */
+START_TEST(test_broadcast_holder_entries_forged_dead_while_running_are_not_handed_out) {
+        static int pub_fds[BCAST_PUBLISHERS];
+        static uint32_t pub_tokens[BCAST_PUBLISHERS];
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *sub = test_open_ok("news", SHMB_RO);
+        BcastHeader *h = shmb_channel_addr(pub);
+        RingHolder *pubs = bcast_publisher_at(h, 0), *subs = bcast_subscriber_at(h, 0);
+        const char *what = "live holds' entries were written DEAD";
+        int sub_fds[3], extra = test_connect(td.socket);
+        uint32_t my_pub, my_sub, sub_tokens[3], t;
+        uint64_t pub_word, sub_word;
+
+        my_pub = test_only_live_holder(pubs, BCAST_PUBLISHERS, "the publisher table");
+        my_sub = test_only_live_holder(subs, 4, "the subscriber table");
+        pub_word = __atomic_load_n(&pubs[my_pub].word, __ATOMIC_ACQUIRE);
+        sub_word = __atomic_load_n(&subs[my_sub].word, __ATOMIC_ACQUIRE);
+        for (int i = 0; i < 3; i++) {
+                sub_fds[i] = test_connect(td.socket);
+                sub_tokens[i] = open_beside(sub_fds[i], "ro", my_sub, "nothing was forged");
+        }
+        close_beside(sub_fds[1], subs, my_sub, sub_word, "nothing was forged");
+        forge_state(subs, my_sub, sub_word, RING_HOLDER_DEAD);
+        t = open_beside(extra, "ro", my_sub, what);
+        ck_assert_uint_eq(token_entry(t), token_entry(sub_tokens[1]));
+        __atomic_store_n(&subs[my_sub].word, sub_word, __ATOMIC_RELEASE);
+        close_beside(extra, subs, my_sub, sub_word, what);
+
+        for (uint32_t i = 0; i < BCAST_PUBLISHERS - 1; i++) {
+                pub_fds[i] = test_connect(td.socket);
+                pub_tokens[i] = open_beside(pub_fds[i], "rw", my_pub, "nothing was forged");
+        }
+        close_beside(pub_fds[100], pubs, my_pub, pub_word, "nothing was forged");
+        forge_state(pubs, my_pub, pub_word, RING_HOLDER_DEAD);
+        t = open_beside(extra, "rw", my_pub, what);
+        ck_assert_uint_eq(token_entry(t), token_entry(pub_tokens[100]));
+        __atomic_store_n(&pubs[my_pub].word, pub_word, __ATOMIC_RELEASE);
+        close_beside(extra, pubs, my_pub, pub_word, what);
+        assert_traffic(pub, sub, 3);
+        for (uint32_t i = 0; i < BCAST_PUBLISHERS - 1; i++)
+                close(pub_fds[i]);
+        for (int i = 0; i < 3; i++)
+                close(sub_fds[i]);
+        close(extra);
+        ck_assert_int_eq(shmb_close(sub), 0);
+        ck_assert_int_eq(shmb_close(pub), 0);
+}
+END_TEST
+
 /*
  * libshmbroker(3), Semaphore counts: nsems means the same in
  * shmb_channel_nsems() and shmb_status_nsems(), index 0 is the config's
@@ -2965,6 +3130,8 @@ int main(void) {
                              test_close_racing_an_open_leaves_no_hold,
                              test_close_between_an_open_and_its_request_gives_the_hold_back } },
                 { "forged-holders", CASE_TIMEOUT, { test_broadcast_holder_tables_forged_before_a_crash_refuse_no_opens } },
+                { "forged-holders-live", CASE_TIMEOUT, { test_broadcast_holder_entries_forged_free_or_live_while_running,
+                                                         test_broadcast_holder_entries_forged_dead_while_running_are_not_handed_out } },
                 { "programs", CASE_TIMEOUT, { test_examples_publish_to_two_subscribers } },
                 { "hostile-fd", CASE_TIMEOUT, { test_cleared_flag_does_not_strand_an_event_loop_subscriber,
                                                 test_cleared_flag_does_not_strand_an_event_loop_publisher } },
