@@ -3122,6 +3122,106 @@ START_TEST(test_lock_after_a_disconnect_the_broker_cannot_watch_is_enotconn) {
 END_TEST
 
 /*
+ * A child that opens "lock" rw on a connection of its own, locks it, then
+ * disconnects keeping the handle (its process lives on: the broker keeps
+ * its token live and watches the process), says so on ready and pauses.
+ */
+static pid_t fork_disconnected_lock_holder(int ready[2]) {
+        pid_t pid = fork();
+
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_client *c = NULL;
+                shmb_channel *ch = NULL;
+
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                close(ready[0]);
+                if (shmb_connect(NULL, &c) < 0 || shmb_open(c, "lock", SHMB_RW, &ch) < 0 || shmb_lock(ch, 0, WAIT_MS) < 0)
+                        _exit(2);
+                shmb_disconnect(c);
+                if (write(ready[1], "x", 1) != 1)
+                        _exit(3);
+                for (;;)
+                        pause();
+        }
+        return pid;
+}
+
+/*
+ * README, Ring liveness: a token kept past its connection costs the broker
+ * a descriptor that watches the process, at most limits.connections_max
+ * in all; "past that, a closing connection's tokens end with it"
+ * (libshmbroker(3), shmb_lock(): "a handle whose token is dead (its hold
+ * ended while its process lived on, past the broker's watch) gets
+ * ENOTCONN"). A raw posix channel's lock token is such a token: the broker
+ * tells a dead lock holder from a live one as it does for rings (README,
+ * POSIX channels). With connections_max 1, a child that locked "lock" and
+ * disconnected, living on, keeps its lock (its token watched: the one
+ * watch there is) until it exits. This process locks "lock2" and
+ * disconnects, living on too: no watch is left for it, so its token ends
+ * with its connection: the lock passes on to another hold at once, and
+ * the handle locks nothing.
+ */
+START_TEST(test_lock_of_a_disconnect_past_the_watch_cap_passes_on) {
+        shmb_channel *held = NULL, *ch = NULL, *other, *other2;
+        shmb_client *c = NULL;
+        char *config = NULL;
+        int ready[2], r;
+        pid_t pid;
+        char b;
+
+        test_daemon_stop_ok(&td);
+        ck_assert_int_ge(asprintf(&config, "{\"version\": 1, \"socket\": \"%s\", \"limits\": {\"connections_max\": 1},"
+                                  " \"channels\": [{\"name\": \"lock\", \"kind\": \"posix\", \"size\": 4096,"
+                                  " \"semaphores\": [1]}, {\"name\": \"lock2\", \"kind\": \"posix\", \"size\": 4096,"
+                                  " \"semaphores\": [1]}]}\n", td.socket), 0);
+        test_daemon_write_raw_config(&td, config);
+        free(config);
+        test_start_ok();
+        ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
+        pid = fork_disconnected_lock_holder(ready);
+        close(ready[1]);
+        ck_assert_msg(read(ready[0], &b, 1) == 1, "the child did not lock \"lock\" and disconnect");
+        close(ready[0]);
+        /* Within the cap: the child's token lives on with its process, and its lock with it. */
+        held = must_open("lock", SHMB_RW);
+        r = shmb_lock(held, 0, 300);
+        ck_assert_msg(r == -ETIMEDOUT, "the lock of a watched process that disconnected: %d (%s), not held", r,
+                      shmb_strerror(r));
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "lock2", SHMB_RW, &ch), 0);
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
+        other = must_open("lock2", SHMB_RW);
+        ck_assert_int_eq(shmb_lock(other, 0, 0), -EAGAIN);
+        shmb_disconnect(c);
+        /* Past the cap: the broker ended the token with the connection, and the lock passes on. */
+        r = shmb_lock(other, 0, WAIT_MS);
+        ck_assert_msg(r == 0, "the lock of a hold whose connection ended past the broker's watch cap stayed held: "
+                      "%d (%s)", r, shmb_strerror(r));
+        r = shmb_lock(ch, 0, 0);
+        ck_assert_msg(r == -ENOTCONN, "a handle whose hold ended past the watch cap: %d (%s), not ENOTCONN", r,
+                      shmb_strerror(r));
+        ck_assert_int_eq(shmb_unlock(ch, 0), -EPERM);
+        ck_assert_int_eq(shmb_unlock(other, 0), 0);
+
+        /* The watched child exits: its lock passes on too. */
+        ck_assert_int_eq(kill(pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+        r = shmb_lock(held, 0, WAIT_MS);
+        ck_assert_msg(r == 0, "the lock of a watched process that exited: %d (%s)", r, shmb_strerror(r));
+        ck_assert_int_eq(shmb_unlock(held, 0), 0);
+        other2 = must_open("lock2", SHMB_RW);
+        ck_assert_int_eq(shmb_lock(other2, 0, 0), 0);
+        ck_assert_int_eq(shmb_unlock(other2, 0), 0);
+        ck_assert_int_eq(shmb_close(other2), 0);
+        ck_assert_int_eq(shmb_close(ch), 0);
+        ck_assert_int_eq(shmb_close(other), 0);
+        ck_assert_int_eq(shmb_close(held), 0);
+}
+END_TEST
+
+/*
  * libshmbroker(3), shmb_lock(): "a handle whose token is dead (its hold
  * ended while its process lived on, past the broker's watch; see
  * shmb_disconnect()) gets ENOTCONN": the next locker would take the lock
@@ -3380,6 +3480,7 @@ int main(void) {
                                                 test_stopped_lock_holder_keeps_the_lock,
                                                 test_signal_ends_a_posix_lock_wait_with_eintr,
                                                 test_contended_lock_excludes_and_never_fails } },
+                { "lock-watch-cap", CASE_TIMEOUT, { test_lock_of_a_disconnect_past_the_watch_cap_passes_on } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,
                                                test_open_failing_halfway_leaves_nothing } },
