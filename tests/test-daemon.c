@@ -910,6 +910,10 @@ START_TEST(test_holder_ledgers_follow_their_channels) {
         ck_assert_msg(S_ISREG(st.st_mode) && (st.st_mode & 07777) == 0600 && st.st_uid == geteuid(),
                       "ledger mode %o", (unsigned) st.st_mode);
         ck_assert_int_eq(st.st_size, (off_t) ((1 + RING_HOLDERS) * sizeof(RingHolder)));
+        snprintf(path, sizeof path, "%s.ledgers", td.socket);
+        ck_assert_int_eq(lstat(path, &st), 0);
+        ck_assert_msg(S_ISDIR(st.st_mode) && (st.st_mode & 07777) == 0700 && st.st_uid == geteuid(),
+                      "ledger directory mode %o", (unsigned) st.st_mode);
         frames = ledger_hold("frames");
         /* Left by a crash of a run that had a channel the config no longer names. */
         ledger_path("gone", path);
@@ -1014,6 +1018,42 @@ START_TEST(test_ledger_that_cannot_be_read_is_not_passed_over) {
         json_decref(list);
         test_daemon_stop_ok(&td);
         assert_nothing_left();
+}
+END_TEST
+
+/*
+ * shmbrokerd(8): ledgers are kept only in a directory that is the
+ * daemon's own and private. One at that path that others may enter, or
+ * that another user owns, could hold files the daemon did not make: it is
+ * not used (the log says so, rings still hand out tokens) nor removed.
+ */
+START_TEST(test_ledger_directory_not_private_is_not_used) {
+        static const struct { mode_t mode; uid_t uid; } dirs[] = { { 0755, 0 }, { 0700, 65534 } };
+        char dir[PATH_MAX], path[PATH_MAX], *log;
+        struct stat st;
+        json_t *list;
+        int fd;
+
+        snprintf(dir, sizeof dir, "%s.ledgers", td.socket);
+        for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
+                ck_assert_int_eq(mkdir(dir, 0700), 0);
+                ck_assert_int_eq(chmod(dir, dirs[i].mode), 0);
+                ck_assert_int_eq(chown(dir, dirs[i].uid, (gid_t) -1), 0);
+                list = start_and_list(two_channels, &fd);
+                json_decref(list);
+                ck_assert_uint_ne(open_holder(fd, "frames", "rw", 0), 0);
+                close(fd);
+                log = test_daemon_log(&td);
+                ck_assert_msg(strstr(log, "Cannot keep ledgers of ring holders"), "directory %zu: %s", i, log);
+                free(log);
+                ledger_path("frames", path);
+                ck_assert_msg(lstat(path, &st) < 0 && errno == ENOENT, "directory %zu (mode %o, uid %d) was used", i,
+                              (unsigned) dirs[i].mode, (int) dirs[i].uid);
+                test_daemon_stop_ok(&td);
+                ck_assert_int_eq(lstat(dir, &st), 0);
+                ck_assert_int_eq(rmdir(dir), 0);
+                assert_nothing_left();
+        }
 }
 END_TEST
 
@@ -4272,6 +4312,7 @@ int main(void) {
                                                   test_adopted_ring_gets_a_missing_fifo_again,
                                                   test_holder_ledgers_follow_their_channels,
                                                   test_ledger_that_cannot_be_read_is_not_passed_over,
+                                                  test_ledger_directory_not_private_is_not_used,
                                                   test_holder_ledgers_follow_repairs_and_reloads,
                                                   test_holder_ledger_name_taken_by_a_fifo_or_a_directory,
                                                   test_failed_start_keeps_the_ledgers_it_took_over } },
