@@ -2530,9 +2530,10 @@ END_TEST
  * the daemon through each of those paths after every round. Every request
  * must get a valid answer within a bound that only a loop or a hang
  * reaches; a status's subscriber figures must stay what a clamp to head
- * gives; adoption must never take a segment the header names that is not
- * the channel's own; and at the end the daemon stops cleanly, leaving
- * nothing behind. Run under the sanitizers, their reports fail it too.
+ * gives, for a subscription held throughout as for forged ones; adoption
+ * must never take a segment the header names that is not the channel's
+ * own; and at the end the daemon stops cleanly, leaving nothing behind.
+ * Run under the sanitizers, their reports fail it too.
  */
 
 #define SCRIBBLE_ROUNDS 12
@@ -2696,16 +2697,24 @@ static json_t *scr_ask(const char *line, const Scribbler *s) {
 /*
  * A status entry of a broadcast channel: every subscription's position at
  * most head, position + lag head, as the clamp to head gives; head is the
- * one the scribbler left (nobody publishes).
+ * one the scribbler left (nobody publishes). The holder's subscription
+ * (its entry and cursor put back as it wrote them) is among them, so the
+ * figures are checked on one real entry at least, whatever the forged ones.
  */
-static void scr_check_subscriptions(json_t *e, const char *name, uint64_t head, const Scribbler *s) {
+static void scr_check_subscriptions(json_t *e, const char *name, uint64_t head, pid_t holder, const Scribbler *s) {
         json_t *a = json_object_get(e, "subscriptions"), *x;
         uint64_t shown_head = MIN(head, (uint64_t) INT64_MAX);
-        size_t i;
+        size_t i, held = 0;
 
-        if (json_object_get(e, "error"))
-                return;
+        /* Nothing here removes objects or takes the daemon's rights; an entry it could not read checks nothing. */
+        ck_assert_msg(!json_object_get(e, "error"), "seed %" PRIu64 " round %u (%s): %s: status says: %s", s->seed,
+                      s->round, s->what, name, json_string_value(json_object_get(e, "message")) ?: "(no message)");
         ck_assert_msg(json_is_array(a), "%s: no subscriptions array", name);
+        json_array_foreach(a, i, x)
+                held += test_jint(x, "pid") == holder;
+        ck_assert_msg(held >= 1,
+                      "seed %" PRIu64 " round %u (%s): %s: the subscription pid %d holds is not among the %zu listed",
+                      s->seed, s->round, s->what, name, (int) holder, json_array_size(a));
         json_array_foreach(a, i, x) {
                 json_int_t pos = test_jint(x, "position"), lag = test_jint(x, "lag"), dropped = test_jint(x, "dropped");
 
@@ -2724,7 +2733,7 @@ static void scr_check_subscriptions(json_t *e, const char *name, uint64_t head, 
 }
 
 /* Status of each channel and of all, and a list: all answered, all ok, subscriber figures sound. */
-static void scr_drive_status(const uint64_t heads[3], ScrIds *ids, const Scribbler *s) {
+static void scr_drive_status(const uint64_t heads[3], ScrIds *ids, pid_t holder, const Scribbler *s) {
         char line[128];
         json_t *all, *v, *e;
 
@@ -2738,13 +2747,14 @@ static void scr_drive_status(const uint64_t heads[3], ScrIds *ids, const Scribbl
                 ids->table[c] = c == 0 ? -1 : (int) test_jint(e, "table_id");
                 ids->table_key[c] = c == 0 ? 0 : (uint32_t) test_jint(e, "table_key");
                 if (c > 0 && heads)
-                        scr_check_subscriptions(e, scribble_names[c], heads[c], s);
+                        scr_check_subscriptions(e, scribble_names[c], heads[c], holder, s);
                 json_decref(v);
         }
         all = scr_ask("{\"op\": \"status\"}", s);
         test_assert_ok(all);
         for (int c = 1; c < 3 && heads; c++)
-                scr_check_subscriptions(test_must_find(all, scribble_names[c]), scribble_names[c], heads[c], s);
+                scr_check_subscriptions(test_must_find(all, scribble_names[c]), scribble_names[c], heads[c], holder,
+                                        s);
         json_decref(all);
         v = scr_ask("{\"op\": \"list\"}", s);
         test_assert_ok(v);
@@ -2759,11 +2769,120 @@ static void *scr_attach(int id) {
 }
 
 /*
+ * A subscriber of news and of feed that a child process holds across the
+ * rounds, so that every status after a scribble has one real subscription
+ * to list. The scribbles put its entries and cursors back as they were (a
+ * subscriber whose entry a writer garbled is rightly no longer listed);
+ * every other entry they garble as before. The child subscribes again
+ * when a reload or a crash restart made its channel anew.
+ */
+typedef struct ScrHolder {
+        pid_t pid;
+        int cmd, ans;                   /* pipes: a channel's index to the child, its open's result back */
+        int shm[3], table[3];           /* the objects each subscription was made on */
+} ScrHolder;
+
+/* The holder's LIVE subscriber entries of h and their cursors in t (NULL: none). */
+typedef struct ScrKept {
+        uint32_t n, index[SCRIBBLE_SUBSCRIBERS];
+        RingHolder entry[SCRIBBLE_SUBSCRIBERS];
+        BcastCursor cursor[SCRIBBLE_SUBSCRIBERS];
+} ScrKept;
+
+static void scr_keep(ScrKept *k, const BcastHeader *h, const BcastTable *t, pid_t holder) {
+        k->n = 0;
+        for (uint32_t i = 0; i < SCRIBBLE_SUBSCRIBERS; i++) {
+                const RingHolder *e = bcast_subscriber_at(h, i);
+
+                if ((uint32_t) e->word != RING_HOLDER_LIVE || e->pid != holder)
+                        continue;
+                k->index[k->n] = i;
+                k->entry[k->n] = *e;
+                if (t)
+                        k->cursor[k->n] = *bcast_cursor_at(t, i);
+                k->n++;
+        }
+}
+
+static void scr_put_back(const ScrKept *k, BcastHeader *h, BcastTable *t) {
+        for (uint32_t j = 0; j < k->n; j++) {
+                *bcast_subscriber_at(h, k->index[j]) = k->entry[j];
+                if (t)
+                        *bcast_cursor_at(t, k->index[j]) = k->cursor[j];
+        }
+}
+
+/* The child: for each index read, (re)subscribe to that channel, and say how it went. */
+static void scr_holder_child(int cmd, int ans) {
+        shmb_channel *ch[3] = {};
+        char c;
+
+        while (read(cmd, &c, 1) == 1) {
+                int k = c == 1 ? 1 : 2;
+                int8_t r;
+
+                (void) shmb_close(ch[k]);       /* a stale handle's close gives nothing back */
+                ch[k] = NULL;
+                r = (int8_t) shmb_open_channel(NULL, scribble_names[k], SHMB_RO, &ch[k]);
+                if (write(ans, &r, 1) != 1)
+                        break;
+        }
+        _exit(0);       /* EOF: the test is over (or failed); the holds end with the process */
+}
+
+static void scr_holder_start(ScrHolder *hd) {
+        int cmd[2], ans[2];
+
+        /* Close-on-exec: a daemon started later must not keep the child from seeing EOF. */
+        ck_assert_int_eq(pipe2(cmd, O_CLOEXEC), 0);
+        ck_assert_int_eq(pipe2(ans, O_CLOEXEC), 0);
+        hd->pid = fork();
+        ck_assert_int_ge(hd->pid, 0);
+        if (hd->pid == 0) {
+                close(cmd[1]);
+                close(ans[0]);
+                scr_holder_child(cmd[0], ans[1]);
+        }
+        close(cmd[0]);
+        close(ans[1]);
+        hd->cmd = cmd[1];
+        hd->ans = ans[0];
+        for (int c = 0; c < 3; c++)
+                hd->shm[c] = hd->table[c] = -1;
+}
+
+/* Subscribe again where the channel's objects are not the ones the holder subscribed on (ids: just read). */
+static void scr_holder_sync(ScrHolder *hd, const ScrIds *ids, const Scribbler *s) {
+        for (int c = 1; c < 3; c++) {
+                char k = (char) c;
+                int8_t r = 0;
+                struct pollfd p = { .fd = hd->ans, .events = POLLIN };
+
+                if (hd->shm[c] == ids->shm[c] && hd->table[c] == ids->table[c])
+                        continue;
+                ck_assert_int_eq(write(hd->cmd, &k, 1), 1);
+                ck_assert_msg(poll(&p, 1, SCRIBBLE_ANSWER_MS) == 1 && read(hd->ans, &r, 1) == 1,
+                              "seed %" PRIu64 " round %u (%s): the holder's open of %s did not end", s->seed,
+                              s->round, s->what, scribble_names[c]);
+                ck_assert_msg(r == 0, "seed %" PRIu64 " round %u (%s): the holder could not subscribe to %s: %s",
+                              s->seed, s->round, s->what, scribble_names[c], shmb_strerror(r));
+                hd->shm[c] = ids->shm[c];
+                hd->table[c] = ids->table[c];
+        }
+}
+
+static void scr_holder_stop(ScrHolder *hd) {
+        close(hd->cmd);
+        wait_ok(hd->pid, "the holding subscriber");
+        close(hd->ans);
+}
+
+/*
  * One round's writes into all three channels; heads[] gets each broadcast
  * channel's head as left. attack: the broadcast headers' table key and id
  * name other segments (another channel's table, the ring, garbage).
  */
-static void scr_scribble(Scribbler *s, ScrIds *ids, bool attack, bool restore, uint64_t heads[3]) {
+static void scr_scribble(Scribbler *s, ScrIds *ids, bool attack, bool restore, pid_t holder, uint64_t heads[3]) {
         RingHeader *rh = scr_attach(ids->shm[0]);
         int n = 0;
 
@@ -2806,6 +2925,7 @@ static void scr_scribble(Scribbler *s, ScrIds *ids, bool attack, bool restore, u
                 BcastTable *t = scr_attach(ids->table[c]);
                 RingHolder *subs = bcast_subscriber_at(h, 0);
                 int other = c == 1 ? 2 : 1;
+                ScrKept kept;
 
                 if (ids->fig_shm[c] != ids->shm[c] || ids->fig_table[c] != ids->table[c]) {
                         memcpy(ids->fig[c], h, sizeof ids->fig[c]);
@@ -2813,6 +2933,7 @@ static void scr_scribble(Scribbler *s, ScrIds *ids, bool attack, bool restore, u
                         ids->fig_shm[c] = ids->shm[c];
                         ids->fig_table[c] = ids->table[c];
                 }
+                scr_keep(&kept, h, t, holder);
                 h->head = scr_u64(s, h->head, 8);
                 h->data_seq = scr_u32(s);
                 h->pub_cpu = scr_u32(s);
@@ -2851,6 +2972,7 @@ static void scr_scribble(Scribbler *s, ScrIds *ids, bool attack, bool restore, u
                         cur->sleeping = scr_u32(s);
                         cur->dropped = scr_u64(s, 0, 1);
                 }
+                scr_put_back(&kept, h, t);
                 if (restore) {
                         memcpy(h, ids->fig[c], sizeof ids->fig[c]);
                         memcpy(t, ids->table_fig[c], sizeof ids->table_fig[c]);
@@ -2875,8 +2997,8 @@ static void scr_scribble(Scribbler *s, ScrIds *ids, bool attack, bool restore, u
         }
 }
 
-/* Overwrite, again, the holder entries LIVE now (a client holds them) with edge words. */
-static void scr_flip_live(Scribbler *s, const ScrIds *ids) {
+/* Overwrite, again, the holder entries LIVE now (a client holds them) with edge words; the holder's put back. */
+static void scr_flip_live(Scribbler *s, const ScrIds *ids, pid_t holder) {
         RingHeader *rh = scr_attach(ids->shm[0]);
 
         for (uint32_t i = 0; i < RING_HOLDERS; i++)
@@ -2885,13 +3007,16 @@ static void scr_flip_live(Scribbler *s, const ScrIds *ids) {
         shmdt(rh);
         for (int c = 1; c < 3; c++) {
                 BcastHeader *h = scr_attach(ids->shm[c]);
+                ScrKept kept;
 
+                scr_keep(&kept, h, NULL, holder);
                 for (uint32_t i = 0; i < BCAST_PUBLISHERS; i++)
                         if ((uint32_t) bcast_publisher_at(h, i)->word == RING_HOLDER_LIVE && scr_below(s, 2))
                                 bcast_publisher_at(h, i)->word = scr_word(s);
                 for (uint32_t i = 0; i < SCRIBBLE_SUBSCRIBERS; i++)
                         if ((uint32_t) bcast_subscriber_at(h, i)->word == RING_HOLDER_LIVE && scr_below(s, 2))
                                 bcast_subscriber_at(h, i)->word = scr_word(s);
+                scr_put_back(&kept, h, NULL);
                 shmdt(h);
         }
 }
@@ -2940,7 +3065,7 @@ static void scr_drive_opens(Scribbler *s, const ScrIds *ids) {
  * is refused does not matter), lets the parent garble the entries it
  * holds, and exits holding them: the daemon's exit watch ends its holds.
  */
-static void scr_drive_exiting_client(Scribbler *s, const ScrIds *ids) {
+static void scr_drive_exiting_client(Scribbler *s, const ScrIds *ids, pid_t holder) {
         int up[2], down[2];
         pid_t pid;
         char c = 0;
@@ -2972,7 +3097,7 @@ static void scr_drive_exiting_client(Scribbler *s, const ScrIds *ids) {
                               "seed %" PRIu64 " round %u (%s): the client's opens did not end", s->seed, s->round,
                               s->what);
         }
-        scr_flip_live(s, ids);
+        scr_flip_live(s, ids, holder);
         /* Asked while the client still lives: its holds are listed from the garbled entries. */
         json_decref(scr_ask("{\"op\": \"status\"}", s));
         close(down[1]);
@@ -3033,6 +3158,7 @@ START_TEST(test_daemon_survives_scribbled_segments) {
         char config[1024];
         bool drop = true;
         ScrIds ids = { .fig_shm = { -1, -1, -1 }, .fig_table = { -1, -1, -1 } };
+        ScrHolder hd;
 
         s.state = s.seed;
         test_daemon_stop_ok(&td);
@@ -3040,7 +3166,9 @@ START_TEST(test_daemon_survives_scribbled_segments) {
         snprintf(config, sizeof config, scribble_config_fmt, "0660", "drop");
         test_daemon_write_config(&td, config);
         test_start_ok();
-        scr_drive_status(NULL, &ids, &s);
+        scr_holder_start(&hd);
+        scr_drive_status(NULL, &ids, hd.pid, &s);
+        scr_holder_sync(&hd, &ids, &s);
         for (s.round = 0; s.round < SCRIBBLE_ROUNDS; s.round++) {
                 /* Every third round a crash restart: on the header as the daemon wrote it, or naming other tables. */
                 bool restart = s.round % 3 == 2, attack = restart && s.round % 2 == 0;
@@ -3048,21 +3176,22 @@ START_TEST(test_daemon_survives_scribbled_segments) {
                 ScrIds before;
 
                 s.what[0] = 0;
-                scr_scribble(&s, &ids, attack, restart, heads);
-                scr_drive_status(heads, &ids, &s);
+                scr_scribble(&s, &ids, attack, restart, hd.pid, heads);
+                scr_drive_status(heads, &ids, hd.pid, &s);
                 scr_drive_opens(&s, &ids);
-                scr_drive_exiting_client(&s, &ids);
-                scr_drive_status(NULL, &ids, &s);
+                scr_drive_exiting_client(&s, &ids, hd.pid);
+                scr_drive_status(NULL, &ids, hd.pid, &s);
                 if (s.round % 3 == 1) {
                         drop = !drop;
                         scr_drive_reload(&s, drop);
-                        scr_drive_status(NULL, &ids, &s);
+                        scr_drive_status(NULL, &ids, hd.pid, &s);
+                        scr_holder_sync(&hd, &ids, &s);
                 }
                 if (restart) {
                         before = ids;
                         test_daemon_kill(&td, SIGKILL);
                         scr_restart(&s);
-                        scr_drive_status(NULL, &ids, &s);
+                        scr_drive_status(NULL, &ids, hd.pid, &s);
                         for (int c = 0; c < 3; c++) {
                                 /* Every object is one channel's: none taken by two. */
                                 for (int d = 0; d < 3; d++) {
@@ -3080,12 +3209,15 @@ START_TEST(test_daemon_survives_scribbled_segments) {
                                               "seed %" PRIu64 " round %u (%s): %s not taken over (shm id %d, was %d)",
                                               s.seed, s.round, s.what, scribble_names[c], ids.shm[c], before.shm[c]);
                         }
+                        scr_holder_sync(&hd, &ids, &s);
                 }
                 scr_check_log(&s);
                 /* What each round wrote, to follow a seed's run. */
                 if (getenv("SHMB_SCRIBBLE_VERBOSE"))
                         fprintf(stderr, "seed %" PRIu64 " round %u: %s\n", s.seed, s.round, s.what);
         }
+        /* Before the stop: a segment still attached outlives its removal. */
+        scr_holder_stop(&hd);
         test_daemon_stop_ok(&td);
         scr_check_log(&s);
         ck_assert_int_eq(test_ipcs_count("-m"), 0);
