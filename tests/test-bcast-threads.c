@@ -1247,7 +1247,10 @@ static void scribble_run(uint32_t seed, bool drop, ScribbleCounts *counts) {
                         ck_assert_msg(dropped >= s.dropped, "%s seed %" PRIu32 " round %d: dropped went from %" PRIu64
                                       " to %" PRIu64, drop ? "drop" : "block", seed, i, s.dropped, dropped);
                         s.dropped = dropped;
+                        /* 0 for a publisher (libshmbroker(3)), whatever was written into the segments. */
                         ck_assert_int_eq(shmb_channel_dropped(s.pub, &dropped), 0);
+                        ck_assert_msg(dropped == 0, "%s seed %" PRIu32 " round %d: the publisher's dropped count is %"
+                                      PRIu64 ", not 0", drop ? "drop" : "block", seed, i, dropped);
                         break;
                 default: {
                         /* Wait for ever, and remove the channel: the wait ends. The next round starts afresh. */
