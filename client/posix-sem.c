@@ -135,23 +135,18 @@ static const RingHolder *lock_holders(const shmb_channel *ch, uint32_t *ret_n) {
 static int lock_sleep(PosixSemFile *f, uint32_t w, const struct timespec *at) {
         int r = 0;
 
-        /*
-         * Marked first, and both sides sequentially consistent: an unlock that
-         * cleared the word sees the mark and wakes, or we see the word cleared.
-         * Never unmarked here: a sleeper killed in its sleep could not, and a
-         * count would then stay high for good; the unlock that wakes clears it.
-         */
-        __atomic_store_n(&f->lock_waiters, 1, __ATOMIC_SEQ_CST);
+        /* Counted in first, and both sides sequentially consistent: an unlock that cleared the word sees us and wakes. */
+        (void) __atomic_fetch_add(&f->lock_waiters, 1, __ATOMIC_SEQ_CST);
         if (syscall(SYS_futex, &f->lock, FUTEX_WAIT_BITSET, w, at, NULL, FUTEX_BITSET_MATCH_ANY) < 0 &&
             errno != EAGAIN)
                 r = -errno;
+        (void) __atomic_fetch_sub(&f->lock_waiters, 1, __ATOMIC_RELAXED);
         return r;
 }
 
 /*
  * Give the lock back: only a word that names this handle's hold is ours
- * to clear. Then, if a sleeper marked itself, clear the mark and wake
- * them all: those that find the lock taken again mark and sleep again.
+ * to clear. Then wake the sleepers, if the count says there are any.
  */
 static int lock_clear(shmb_channel *ch, PosixSemFile *f) {
         uint32_t w = __atomic_load_n(&f->lock, __ATOMIC_RELAXED);
@@ -159,9 +154,7 @@ static int lock_clear(shmb_channel *ch, PosixSemFile *f) {
         if (w == 0 || !channel_token_is_mine(ch, w) ||
             !__atomic_compare_exchange_n(&f->lock, &w, 0, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
                 return -EPERM;
-        /* A load first: without sleepers, as most unlocks are, no locked instruction more. */
-        if (__atomic_load_n(&f->lock_waiters, __ATOMIC_SEQ_CST) != 0 &&
-            __atomic_exchange_n(&f->lock_waiters, 0, __ATOMIC_SEQ_CST) != 0)
+        if (__atomic_load_n(&f->lock_waiters, __ATOMIC_SEQ_CST) != 0)
                 psem_lock_wake(f);
         return 0;
 }

@@ -30,11 +30,8 @@
  *   The broker marks a token DEAD when its process is gone, as it does for
  *   a ring, and a locker that finds the lock held by a dead token takes it
  *   over; so a crashed holder never keeps it, in whatever PID namespace.
- *   Lockers sleep on the word with futex(2), each storing 1 into
- *   `lock_waiters` first, so that an unlock without sleepers makes no
- *   system call: an unlock that finds it set exchanges it with 0 and, if
- *   it still was, wakes every sleeper. A mark, not a count: a locker killed in its sleep
- *   cannot take itself out, and a count would stay high for good.
+ *   Lockers sleep on the word with futex(2); `lock_waiters` counts them,
+ *   so that an unlock without sleepers makes no system call.
  *
  *   Nothing in the file is an address or a kind: a writer of it can make
  *   a lock wait, fail, or be given to two at once, and nothing more. (Version 1
@@ -77,7 +74,7 @@ typedef struct PosixSemFile {
         uint32_t state;                 /* PSEM_STATE_*; atomics only */
         uint32_t reserved;
         uint32_t lock;                  /* 0, or the token of the hold that has shmb_lock(); atomics only */
-        uint32_t lock_waiters;          /* not 0: lockers may be asleep on `lock`; atomics only */
+        uint32_t lock_waiters;          /* lockers asleep on `lock`; atomics only */
         uint32_t reserved2[2];
 } PosixSemFile;
 
