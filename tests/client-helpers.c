@@ -1,7 +1,10 @@
 #include <check.h>
+#include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tests/client-helpers.h"
+#include "tests/helpers.h"
 
 shmb_channel *test_open_ok(const char *name, shmb_access access) {
         shmb_channel *ch = NULL;
@@ -30,4 +33,16 @@ void test_close_keeps_the_others_claim(shmb_client *c, const char *name, shmb_ch
         ck_assert_int_eq(shmb_send(sender, "next", 4, 0), 0);
         ck_assert_int_eq(shmb_recv(receiver, buf, sizeof buf, 5000), 4);
         ck_assert_int_eq(memcmp(buf, "next", 4), 0);
+}
+
+void test_rejoin_through_status(shmb_channel *ch, const char *name) {
+        int64_t deadline = test_now_ms() + 10000;
+        shmb_status_list *l = NULL;
+        int r;
+
+        while ((r = shmb_status(shmb_channel_get_client(ch), name, &l)) < 0) {
+                ck_assert_msg(test_now_ms() < deadline, "status of %s after the restart: %s", name, shmb_strerror(r));
+                usleep(20 * 1000);
+        }
+        shmb_status_free(l);
 }

@@ -20,3 +20,10 @@ shmb_channel *test_open_ok(const char *name, shmb_access access);
  */
 void test_close_keeps_the_others_claim(shmb_client *c, const char *name, shmb_channel *b, shmb_channel *sender,
                                        shmb_channel *receiver);
+
+/*
+ * Make a broker call on ch's connection, retried until the broker answers
+ * (a restart may still be under way; for at most 10 s): the library
+ * rejoins before it, opening its channels again with their tokens.
+ */
+void test_rejoin_through_status(shmb_channel *ch, const char *name);

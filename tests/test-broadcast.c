@@ -1934,19 +1934,6 @@ START_TEST(test_subscription_closed_after_crash_frees_its_place) {
 }
 END_TEST
 
-/* The next broker call on ch's connection rejoins first (reconnects, opens again with its token): make one. */
-static void rejoin_through_status(shmb_channel *ch, const char *name) {
-        int64_t deadline = test_now_ms() + 10000;
-        shmb_status_list *l = NULL;
-        int r;
-
-        while ((r = shmb_status(shmb_channel_get_client(ch), name, &l)) < 0) {
-                ck_assert_msg(test_now_ms() < deadline, "status of %s after the restart: %s", name, shmb_strerror(r));
-                usleep(20 * 1000);
-        }
-        shmb_status_free(l);
-}
-
 /*
  * README, Security: a broadcast channel's publisher and subscriber holder
  * tables live in its data segment, which every publisher (an rw opener;
@@ -1981,8 +1968,8 @@ START_TEST(test_broadcast_holder_tables_forged_before_a_crash_refuse_no_opens) {
         test_forge_live_holders(subs, 4, my_sub);
         test_daemon_kill(&td, SIGKILL);
         test_start_ok();
-        rejoin_through_status(pub, "news");
-        rejoin_through_status(sub, "news");
+        test_rejoin_through_status(pub, "news");
+        test_rejoin_through_status(sub, "news");
         ck_assert_uint_eq(__atomic_load_n(&pubs[my_pub].word, __ATOMIC_ACQUIRE), pub_word);
         ck_assert_uint_eq(__atomic_load_n(&subs[my_sub].word, __ATOMIC_ACQUIRE), sub_word);
         /* Both opens first, so that one run says what each of them got. */

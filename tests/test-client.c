@@ -2548,19 +2548,6 @@ END_TEST
 
 /* ---- a holder table forged before a crash ---- */
 
-/* The next broker call on ch's connection rejoins first (reconnects, opens again with its token): make one. */
-static void rejoin_through_status(shmb_channel *ch, const char *name) {
-        int64_t deadline = test_now_ms() + 10000;
-        shmb_status_list *l = NULL;
-        int r;
-
-        while ((r = shmb_status(shmb_channel_get_client(ch), name, &l)) < 0) {
-                ck_assert_msg(test_now_ms() < deadline, "status of %s after the restart: %s", name, shmb_strerror(r));
-                usleep(20 * 1000);
-        }
-        shmb_status_free(l);
-}
-
 /*
  * README, Security: a ring's holder table lives in its segment, which
  * every rw opener (here root) can write. The writer marks every entry but
@@ -2587,7 +2574,7 @@ START_TEST(test_ring_holder_table_forged_before_a_crash_refuses_no_opens) {
         test_forge_live_holders(table, RING_HOLDERS, mine);
         test_daemon_kill(&td, SIGKILL);
         test_start_ok();
-        rejoin_through_status(ch, "ring");
+        test_rejoin_through_status(ch, "ring");
         ck_assert_uint_eq(__atomic_load_n(&table[mine].word, __ATOMIC_ACQUIRE), word);
         r = shmb_open_channel(NULL, "ring", SHMB_RW, &fresh);
         ck_assert_msg(r == 0, "an rw open of the ring on a new connection after the restart: %s (%s)",

@@ -47,6 +47,7 @@
 #include "proto/posix.h"
 #include "proto/ring.h"
 #include "proto/sem-t.h"
+#include "tests/client-helpers.h"
 #include "tests/helpers.h"
 
 #define CASE_TIMEOUT 60
@@ -2710,19 +2711,6 @@ START_TEST(test_holder_table_filled_before_a_broker_crash_refuses_no_opens) {
 }
 END_TEST
 
-/* The next broker call on ch's connection rejoins first (reconnects, opens again with its token): make one. */
-static void rejoin_through_status(shmb_channel *ch, const char *name) {
-        int64_t deadline = test_now_ms() + WAIT_MS;
-        shmb_status_list *l = NULL;
-        int r;
-
-        while ((r = shmb_status(shmb_channel_get_client(ch), name, &l)) < 0) {
-                ck_assert_msg(test_now_ms() < deadline, "status of %s after the restart: %s", name, shmb_strerror(r));
-                usleep(20 * 1000);
-        }
-        shmb_status_free(l);
-}
-
 /*
  * README, Security: a posix ring's holder table lives in its segment file,
  * which every rw opener (here root) can write. The writer marks every
@@ -2749,7 +2737,7 @@ START_TEST(test_posix_ring_holder_table_forged_before_a_crash_refuses_no_opens) 
         test_forge_live_holders(table, RING_HOLDERS, mine);
         test_daemon_kill(&td, SIGKILL);
         test_start_ok();
-        rejoin_through_status(ch, "ring");
+        test_rejoin_through_status(ch, "ring");
         ck_assert_uint_eq(__atomic_load_n(&table[mine].word, __ATOMIC_ACQUIRE), word);
         r = shmb_open_channel(NULL, "ring", SHMB_RW, &fresh);
         ck_assert_msg(r == 0, "an rw open of the posix ring on a new connection after the restart: %s (%s)",
@@ -2798,8 +2786,8 @@ START_TEST(test_posix_broadcast_holder_tables_forged_before_a_crash_refuse_no_op
         test_forge_live_holders(subs, 2, my_sub);
         test_daemon_kill(&td, SIGKILL);
         test_start_ok();
-        rejoin_through_status(pub, "news");
-        rejoin_through_status(sub, "news");
+        test_rejoin_through_status(pub, "news");
+        test_rejoin_through_status(sub, "news");
         ck_assert_uint_eq(__atomic_load_n(&pubs[my_pub].word, __ATOMIC_ACQUIRE), pub_word);
         ck_assert_uint_eq(__atomic_load_n(&subs[my_sub].word, __ATOMIC_ACQUIRE), sub_word);
         /* Both opens first, so that one run says what each of them got. */
