@@ -35,42 +35,47 @@ static int take_fd(ClientFds *fds, unsigned i) {
         return fd;
 }
 
-/* Map a semaphore file: a PosixSemFile of the layout this library speaks (-EPROTO otherwise). */
-static int map_sem(shmb_channel *ch, int fd, PosixSemFile **ret) {
-        int prot = ch->access == SHMB_RO ? PROT_READ : PROT_READ | PROT_WRITE;
-        size_t size = sizeof **ret;
+/* Map size bytes of a regular file: never more than it has (a read past its end is a SIGBUS), else -EPROTO. */
+static int map_file(int fd, size_t size, int prot, void **ret) {
         struct stat st;
-        PosixSemFile *f;
+        void *p;
 
         if (fstat(fd, &st) < 0)
                 return -errno;
         if (!S_ISREG(st.st_mode) || st.st_size < (off_t) size)
                 return -EPROTO;
-        f = mmap(NULL, size, prot, MAP_SHARED, fd, 0);
-        if (f == MAP_FAILED)
+        p = mmap(NULL, size, prot, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED)
                 return -errno;
+        *ret = p;
+        return 0;
+}
+
+/* Map a semaphore file: a PosixSemFile of the layout this library speaks (-EPROTO otherwise). */
+static int map_sem(shmb_channel *ch, int fd, PosixSemFile **ret) {
+        void *p;
+        PosixSemFile *f;
+        int r = map_file(fd, sizeof *f, ch->access == SHMB_RO ? PROT_READ : PROT_READ | PROT_WRITE, &p);
+
+        if (r < 0)
+                return r;
+        f = p;
         if (__atomic_load_n(&f->magic, __ATOMIC_ACQUIRE) != PSEM_MAGIC || f->version != PSEM_VERSION) {
-                (void) munmap(f, size);
+                (void) munmap(f, sizeof *f);
                 return -EPROTO;
         }
         *ret = f;
         return 0;
 }
 
-/* Map a raw channel's lock holder table, read-only: never less than its entries (a read past the end is a SIGBUS). */
+/* Map a raw channel's lock holder table, read-only: only the broker writes it. */
 static int map_lock_table(shmb_channel *ch, int fd) {
-        struct stat st;
         void *t;
+        int r = map_file(fd, PSEM_TABLE_SIZE, PROT_READ, &t);
 
-        if (fstat(fd, &st) < 0)
-                return -errno;
-        if (!S_ISREG(st.st_mode) || st.st_size < (off_t) PSEM_TABLE_SIZE)
-                return -EPROTO;
-        t = mmap(NULL, PSEM_TABLE_SIZE, PROT_READ, MAP_SHARED, fd, 0);
-        if (t == MAP_FAILED)
-                return -errno;
-        ch->lock_table = t;
-        return 0;
+        if (r == 0)
+                ch->lock_table = t;
+        return r;
 }
 
 int posix_map(shmb_channel *ch, const ProtoChannel *pc, ClientFds *fds) {
