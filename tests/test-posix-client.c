@@ -2603,32 +2603,15 @@ END_TEST
 START_TEST(test_holder_table_writer_cannot_refuse_opens_or_duplicate_tokens) {
         shmb_channel *ch = must_open("lock", SHMB_RW), *ch2 = NULL;
         shmb_client *other = NULL;
-        char path[PATH_MAX];
         size_t size = PSEM_TABLE_SIZE;
-        RingHolder *table;
-        uint32_t mine = UINT32_MAX, gen = 0;
-        int fd, r;
+        RingHolder *table = scrib_map_file("shmbroker-table.lock", size);
+        uint32_t mine, gen;
+        int r;
 
-        snprintf(path, sizeof path, PSEM_DIR "/shmbroker-table.lock");
-        fd = open(path, O_RDWR | O_CLOEXEC);
-        ck_assert_msg(fd >= 0, "%s: %s", path, strerror(errno));
-        table = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        ck_assert_ptr_ne(table, MAP_FAILED);
-        close(fd);
-        for (uint32_t i = 0; i < PSEM_HOLDERS; i++)
-                if ((uint32_t) table[i].word == RING_HOLDER_LIVE) {
-                        ck_assert_uint_eq(mine, UINT32_MAX);
-                        mine = i;
-                        gen = (uint32_t) (table[i].word >> 32);
-                }
-        ck_assert_uint_ne(mine, UINT32_MAX);
+        mine = test_only_live_holder(table, PSEM_HOLDERS, "the lock holder table after our open");
+        gen = (uint32_t) (__atomic_load_n(&table[mine].word, __ATOMIC_ACQUIRE) >> 32);
         ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
-        for (uint32_t i = 0; i < PSEM_HOLDERS; i++) {
-                if (i == mine)
-                        continue;
-                table[i].pid = 0;
-                __atomic_store_n(&table[i].word, (uint64_t) 9 << 32 | RING_HOLDER_LIVE, __ATOMIC_RELEASE);
-        }
+        test_forge_live_holders(table, PSEM_HOLDERS, mine);
         ck_assert_int_eq(shmb_connect(NULL, &other), 0);
         r = shmb_open(other, "lock", SHMB_RW, &ch2);
         ck_assert_msg(r == 0, "an rw open after the writer filled the table: %s", shmb_strerror(r));
@@ -2880,12 +2863,7 @@ START_TEST(test_lock_holder_in_another_pid_namespace) {
         test_daemon_kill(&td, SIGKILL);
         test_start_ok();
         /* The next broker's sweep has run (it answered): the live holder kept its token. */
-        {
-                shmb_status_list *l = NULL;
-
-                ck_assert_int_eq(shmb_status(shmb_channel_get_client(ch), "lock", &l), 0);
-                shmb_status_free(l);
-        }
+        test_rejoin_through_status(ch, "lock");
         ck_assert_int_eq(shmb_lock(ch, 0, 100), -ETIMEDOUT);
         /* The namespace's init dies, and its holder with it. */
         ck_assert_int_eq(kill(outer, SIGKILL), 0);
