@@ -133,30 +133,29 @@ static const RingHolder *lock_holders(const shmb_channel *ch, uint32_t *ret_n) {
 
 /* Sleep while f's lock word is w, until `at` on CLOCK_MONOTONIC: 0, -ETIMEDOUT or -EINTR. */
 static int lock_sleep(PosixSemFile *f, uint32_t w, const struct timespec *at) {
-        int r = 0;
-
-        /* Counted in first, and both sides sequentially consistent: an unlock that cleared the word sees us and wakes. */
-        (void) __atomic_fetch_add(&f->lock_waiters, 1, __ATOMIC_SEQ_CST);
-        if (syscall(SYS_futex, &f->lock, FUTEX_WAIT_BITSET, w, at, NULL, FUTEX_BITSET_MATCH_ANY) < 0 &&
-            errno != EAGAIN)
-                r = -errno;
-        (void) __atomic_fetch_sub(&f->lock_waiters, 1, __ATOMIC_RELAXED);
-        return r;
+        if (syscall(SYS_futex, &f->lock, FUTEX_WAIT_BITSET, w, at, NULL, FUTEX_BITSET_MATCH_ANY) < 0 && errno != EAGAIN)
+                return -errno;
+        return 0;
 }
 
 /*
  * Give the lock back: only a word that names this handle's hold is ours
- * to clear. Then wake the sleepers, if the count says there are any.
+ * to clear. Then wake the sleepers, if the word says there may be any.
  */
 static int lock_clear(shmb_channel *ch, PosixSemFile *f) {
         uint32_t w = __atomic_load_n(&f->lock, __ATOMIC_RELAXED);
 
-        if (w == 0 || !channel_token_is_mine(ch, w) ||
-            !__atomic_compare_exchange_n(&f->lock, &w, 0, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
-                return -EPERM;
-        if (__atomic_load_n(&f->lock_waiters, __ATOMIC_SEQ_CST) != 0)
-                psem_lock_wake(f);
-        return 0;
+        /* A failed exchange saw a locker mark itself asleep; a writer that keeps changing the word gets -EPERM. */
+        for (unsigned tries = 0; tries < 1024; tries++) {
+                if (psem_lock_holder(w) == 0 || !channel_token_is_mine(ch, psem_lock_holder(w)))
+                        return -EPERM;
+                if (__atomic_compare_exchange_n(&f->lock, &w, 0, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
+                        if (w & PSEM_LOCK_SLEEPERS)
+                                psem_lock_wake(f);
+                        return 0;
+                }
+        }
+        return -EPERM;
 }
 
 int posix_lock(shmb_channel *ch, unsigned idx, int timeout_ms) {
@@ -173,6 +172,7 @@ int posix_lock(shmb_channel *ch, unsigned idx, int timeout_ms) {
         for (;;) {
                 /* Read each time: a rejoin after a broker restart may have given the hold another. */
                 uint32_t token = channel_token(ch), w = __atomic_load_n(&f->lock, __ATOMIC_RELAXED);
+                uint32_t holder = psem_lock_holder(w);
                 struct timespec ts;
                 int r;
 
@@ -183,10 +183,13 @@ int posix_lock(shmb_channel *ch, unsigned idx, int timeout_ms) {
                  */
                 if (token == 0 || ring_holders_token_dead(table, n, token))
                         return removed_now(ch, f) ? -EIDRM : -ENOTCONN;
-                /* Free, or its holder is gone (its token DEAD, or no token at all): ours, as SEM_UNDO gives System V's. */
-                if (w == 0 || (!channel_token_is_mine(ch, w) && ring_holders_token_dead(table, n, w))) {
-                        if (!__atomic_compare_exchange_n(&f->lock, &w, token, false, __ATOMIC_SEQ_CST,
-                                                         __ATOMIC_RELAXED)) {
+                /*
+                 * Free, or its holder is gone (its token DEAD, or no token at all): ours, as SEM_UNDO gives
+                 * System V's. Sleepers marked on the word stay marked, so that our unlock wakes them.
+                 */
+                if (holder == 0 || (!channel_token_is_mine(ch, holder) && ring_holders_token_dead(table, n, holder))) {
+                        if (!__atomic_compare_exchange_n(&f->lock, &w, token | (w & PSEM_LOCK_SLEEPERS), false,
+                                                         __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
                                 /* Only a writer that keeps changing the word makes this fail for long: it gets no spin past the timeout. */
                                 if (++lost % 1024 == 0 && (timeout_ms == 0 || client_now_ns() >= deadline))
                                         return timeout_ms == 0 ? -EAGAIN : -ETIMEDOUT;
@@ -199,6 +202,20 @@ int posix_lock(shmb_channel *ch, unsigned idx, int timeout_ms) {
                 }
                 if (timeout_ms == 0)
                         return -EAGAIN;
+                /*
+                 * Marked asleep in the word itself, where the holder's unlock exchanges it: a word that
+                 * changed meanwhile is looked at again. Then the holder once more, as the broker, which
+                 * marks a token dead and then looks for the mark, may have looked before it was set.
+                 */
+                if (!(w & PSEM_LOCK_SLEEPERS)) {
+                        if (!__atomic_compare_exchange_n(&f->lock, &w, w | PSEM_LOCK_SLEEPERS, false, __ATOMIC_SEQ_CST,
+                                                         __ATOMIC_RELAXED))
+                                continue;
+                        w |= PSEM_LOCK_SLEEPERS;
+                        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+                        if (ring_holders_token_dead(table, n, holder))
+                                continue;
+                }
                 ts = slice_end(deadline);
                 r = lock_sleep(f, w, &ts);
                 /* EINTR: a signal ends the wait, as System V's does. */

@@ -358,12 +358,25 @@ static void sem_file_mark_removed(void *addr, size_t size, bool made) {
 }
 
 void posix_objects_wake_lockers(const PosixObjects *p) {
+        /* The caller marked a token dead: a locker marks itself asleep and then looks at the token (proto/posix.h). */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
         for (unsigned i = 0; p->sems && i < p->nsems; i++) {
                 PosixSemFile *s = p->sems[i].addr;
+                uint32_t w;
 
-                /* A word of the file, so a writer may fake sleepers: that costs a system call, no more. */
-                if (s && p->sems[i].size >= sizeof *s && __atomic_load_n(&s->lock_waiters, __ATOMIC_RELAXED) != 0)
+                if (!s || p->sems[i].size < sizeof *s)
+                        continue;
+                /*
+                 * Cleared before the wake-up, so that a locker between its mark and its sleep finds the word
+                 * changed and looks again. Every sleeper wakes and marks itself again if it must sleep on.
+                 * A word of the file, so a writer may fake sleepers: that costs a system call, no more.
+                 */
+                w = __atomic_load_n(&s->lock, __ATOMIC_SEQ_CST);
+                if (w & PSEM_LOCK_SLEEPERS) {
+                        (void) __atomic_compare_exchange_n(&s->lock, &w, w & ~PSEM_LOCK_SLEEPERS, false,
+                                                           __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
                         psem_lock_wake(s);
+                }
         }
 }
 

@@ -30,8 +30,14 @@
  *   The broker marks a token DEAD when its process is gone, as it does for
  *   a ring, and a locker that finds the lock held by a dead token takes it
  *   over; so a crashed holder never keeps it, in whatever PID namespace.
- *   Lockers sleep on the word with futex(2); `lock_waiters` counts them,
- *   so that an unlock without sleepers makes no system call.
+ *   A locker that finds the lock held by a live token sets
+ *   PSEM_LOCK_SLEEPERS in the word (a bit no token has) and sleeps on the
+ *   word with futex(2) while it holds that value; an unlock that clears a
+ *   word with the bit wakes every sleeper, and an unlock without it makes
+ *   no system call. The bit is in the word the unlock's compare-and-swap
+ *   sees, so no sleeper is missed, and one that dies asleep costs one
+ *   wake-up for nobody, once. (Version 3 counted sleepers in a word of
+ *   their own, which a locker killed asleep left counted for good.)
  *
  *   Nothing in the file is an address or a kind: a writer of it can make
  *   a lock wait, fail, or be given to two at once, and nothing more. (Version 1
@@ -59,7 +65,7 @@
 #include "proto/ring.h"
 
 #define PSEM_MAGIC UINT32_C(0x53505342)   /* "BSPS" little-endian */
-#define PSEM_VERSION 3
+#define PSEM_VERSION 4
 #define PSEM_POLL_MS 50
 
 enum {
@@ -73,8 +79,8 @@ typedef struct PosixSemFile {
         uint32_t version;               /* PSEM_VERSION */
         uint32_t state;                 /* PSEM_STATE_*; atomics only */
         uint32_t reserved;
-        uint32_t lock;                  /* 0, or the token of the hold that has shmb_lock(); atomics only */
-        uint32_t lock_waiters;          /* lockers asleep on `lock`; atomics only */
+        uint32_t lock;                  /* 0, or the token of the hold that has shmb_lock() [| PSEM_LOCK_SLEEPERS]; atomics only */
+        uint32_t reserved3;             /* 0 (version 3: a count of the sleepers) */
         uint32_t reserved2[2];
 } PosixSemFile;
 
@@ -93,9 +99,21 @@ typedef struct PosixSemFile {
 #define PSEM_TABLE_SIZE ((size_t) PSEM_HOLDERS * RING_HOLDER_SIZE)
 
 /* Offsets that shmbroker-protocol(7) documents for clients in other languages (64-bit glibc's sem_t). */
-_Static_assert(sizeof(sem_t) != 32 || (offsetof(PosixSemFile, lock) == 48 && offsetof(PosixSemFile, lock_waiters) == 52),
-               "posix lock word offsets");
+_Static_assert(sizeof(sem_t) != 32 || offsetof(PosixSemFile, lock) == 48, "posix lock word offset");
 _Static_assert(sizeof(sem_t) != 32 || sizeof(PosixSemFile) == 64, "a semaphore file's size");
+
+/*
+ * In a lock word: a locker sleeps, or may, on it. A token's index part is
+ * at most RING_HOLDERS (proto/ring.h), below this bit, so no token has it.
+ */
+#define PSEM_LOCK_SLEEPERS UINT32_C(0x800)
+_Static_assert(PSEM_HOLDERS < PSEM_LOCK_SLEEPERS && PSEM_LOCK_SLEEPERS < (UINT32_C(1) << RING_TOKEN_INDEX_BITS),
+               "the sleepers' bit is in a token's index part, above every index");
+
+/* The token a lock word names: 0 when the lock is free. */
+static inline uint32_t psem_lock_holder(uint32_t word) {
+        return word & ~PSEM_LOCK_SLEEPERS;
+}
 
 /* Whether a posix channel of this layout with nsems semaphores has a lock holder table file. */
 static inline bool psem_has_table(ProtoLayout layout, unsigned nsems) {

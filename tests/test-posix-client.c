@@ -17,7 +17,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/filter.h>
 #include <linux/futex.h>
+#include <linux/seccomp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -717,10 +719,10 @@ static void scribble_once(Scribbled *s) {
                 __atomic_store_n(&f->lock, scrib_lock_word(s), __ATOMIC_RELAXED);
                 break;
         case 6:
-                __atomic_store_n(&f->lock_waiters, SCRIB_PICK(waiters), __ATOMIC_RELAXED);
+                (void) __atomic_fetch_xor(&f->lock, PSEM_LOCK_SLEEPERS, __ATOMIC_RELAXED);
                 break;
         case 7: {
-                uint32_t *reserved[] = { &f->reserved, &f->reserved2[0], &f->reserved2[1] };
+                uint32_t *reserved[] = { &f->reserved, &f->reserved3, &f->reserved2[0], &f->reserved2[1] };
 
                 __atomic_store_n(SCRIB_PICK(reserved), (uint32_t) scrib_rand(), __ATOMIC_RELAXED);
                 break;
@@ -783,10 +785,10 @@ static void scrib_restore_table(Scribbled *s) {
         }
 }
 
-/* The file but the lock word and its sleepers' count: what no lock call may write. */
+/* The file but the lock word: what no lock call may write. */
 static void scrib_snapshot(const PosixSemFile *f, size_t size, unsigned char *buf) {
         memcpy(buf, f, size);
-        memset(buf + offsetof(PosixSemFile, lock), 0, sizeof f->lock + sizeof f->lock_waiters);
+        memset(buf + offsetof(PosixSemFile, lock), 0, sizeof f->lock);
 }
 
 /*
@@ -827,7 +829,9 @@ static void scrib_probe(Scribbled *s, shmb_channel *ch, int phase, int round) {
 
                 __atomic_store_n(&e->word, (e->word & ~UINT64_C(0xffffffff)) | RING_HOLDER_DEAD, __ATOMIC_SEQ_CST);
         }
-        __atomic_store_n(&f->lock_waiters, (uint32_t) (scrib_rand() % 3 == 0 ? UINT32_MAX : 0), __ATOMIC_RELAXED);
+        /* Sleepers marked, or none: the bit changes no answer, only whether an unlock wakes. */
+        if (scrib_rand() % 3 == 0)
+                w |= PSEM_LOCK_SLEEPERS;
         __atomic_store_n(&f->lock, w, __ATOMIC_SEQ_CST);
         scrib_snapshot(f, size, before);
         t0 = test_now_ms();
@@ -846,7 +850,7 @@ static void scrib_probe(Scribbled *s, shmb_channel *ch, int phase, int round) {
         ck_assert_msg(memcmp(before, after, size) == 0, "seed %llu, phase %d, round %d: a lock call wrote semaphore %u's "
                       "file outside its lock word", (unsigned long long) scrib_seed, phase, round, idx);
         /* Another hold's lock stays its own; one we took or had is given back. */
-        ck_assert_uint_eq(__atomic_load_n(&f->lock, __ATOMIC_SEQ_CST), kind == 2 ? s->tok[1] : 0);
+        ck_assert_uint_eq(psem_lock_holder(__atomic_load_n(&f->lock, __ATOMIC_SEQ_CST)), kind == 2 ? s->tok[1] : 0);
         __atomic_store_n(&f->lock, 0, __ATOMIC_SEQ_CST);
         scrib_restore_table(s);
 }
@@ -1043,7 +1047,7 @@ START_TEST(test_seeded_scribbler_on_semaphore_files) {
                         /*
                          * Phase 0: ch2's, whose hold the daemon drops first, so its wake-up
                          * finds the locker's own token dead (the removal must still say
-                         * -EIDRM). Else ch's, and from phase 2 with its sleepers' count
+                         * -EIDRM). Else ch's, and from phase 2 with its sleepers' bit
                          * wiped, so nobody wakes it before its slice ends: by then the
                          * writer has made its token live again, and only the removal ends it.
                          */
@@ -1057,7 +1061,7 @@ START_TEST(test_seeded_scribbler_on_semaphore_files) {
                         ck_assert_int_eq(pthread_create(&lt, NULL, forever_lock, &lw), 0);
                         scrib_wait_asleep(&lw, "lock");
                         if (phase >= 2)
-                                __atomic_store_n(&s.f[lw.idx]->lock_waiters, 0, __ATOMIC_SEQ_CST);
+                                (void) __atomic_fetch_and(&s.f[lw.idx]->lock, ~PSEM_LOCK_SLEEPERS, __ATOMIC_SEQ_CST);
                 }
                 removed_ms = test_now_ms();
                 if (last) {
@@ -2881,11 +2885,129 @@ START_TEST(test_lock_holder_in_another_pid_namespace) {
 END_TEST
 
 
+/* Shared futex calls probe_unlock() trapped (SIGSYS from its filter). */
+static volatile sig_atomic_t lock_futex_calls;
+
+static void count_lock_futex_call(int sig) {
+        (void) sig;
+        lock_futex_calls++;
+}
+
+/* What probe_unlock() does on ch's semaphore 0, and the futex calls it made (-errno: its filter failed). */
+typedef struct UnlockProbe {
+        shmb_channel *ch;
+        bool lock_first;
+        int lock_r, unlock_r, calls;
+} UnlockProbe;
+
+/*
+ * In a thread of its own, under a seccomp filter that traps its futex
+ * calls on shared words (the library's: glibc's own locks of a process
+ * are FUTEX_PRIVATE_FLAG ones, and run): [lock and] unlock. A trapped
+ * call is not made, so a sleeper it was for is not woken by it.
+ */
+static void *probe_unlock(void *userdata) {
+        UnlockProbe *p = userdata;
+        struct sock_filter code[] = {
+                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_futex, 0, 4),
+                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
+                BPF_STMT(BPF_ALU | BPF_AND | BPF_K, FUTEX_PRIVATE_FLAG),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 1),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = { .len = (unsigned short) ELEMENTSOF(code), .filter = code };
+
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) < 0) {
+                p->calls = -errno;
+                return NULL;
+        }
+        lock_futex_calls = 0;
+        p->lock_r = p->lock_first ? shmb_lock(p->ch, 0, 0) : 0;
+        p->unlock_r = shmb_unlock(p->ch, 0);
+        p->calls = lock_futex_calls;
+        return NULL;
+}
+
+/* The futex calls of a [lock and] unlock of ch's semaphore 0, each of which must succeed. */
+static int unlock_futex_calls(shmb_channel *ch, bool lock_first) {
+        struct sigaction sa = { .sa_handler = count_lock_futex_call }, old;
+        UnlockProbe p = { .ch = ch, .lock_first = lock_first };
+        pthread_t t;
+
+        ck_assert_int_eq(sigaction(SIGSYS, &sa, &old), 0);
+        ck_assert_int_eq(pthread_create(&t, NULL, probe_unlock, &p), 0);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        ck_assert_int_eq(sigaction(SIGSYS, &old, NULL), 0);
+        ck_assert_msg(p.calls >= 0, "the futex filter: %s", strerror(-p.calls));
+        ck_assert_int_eq(p.lock_r, 0);
+        ck_assert_int_eq(p.unlock_r, 0);
+        return p.calls;
+}
+
+/*
+ * proto/posix.h: sleepers are known "so that an unlock without sleepers
+ * makes no system call". A locker killed while it sleeps (or a process
+ * that exits while one of its threads waits for the lock) never says it
+ * no longer sleeps: an unlock after it may wake nobody once, but the
+ * ones after it must make no futex call. Counted in and out of
+ * lock_waiters (layout version 3), such a sleeper stayed counted for the
+ * channel's life.
+ */
+START_TEST(test_locker_killed_asleep_costs_unlocks_no_system_call) {
+        shmb_channel *ch = must_open("lock", SHMB_RW), *ch2 = must_open("lock", SHMB_RW);
+        int64_t deadline = test_now_ms() + WAIT_MS;
+        int ready[2], calls;
+        char c;
+        pid_t pid;
+
+        /* No sleeper: no call. */
+        ck_assert_int_eq(unlock_futex_calls(ch, true), 0);
+        /* A locker that gave up leaves its mark: one call for nobody, then none (and the probe sees calls). */
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
+        ck_assert_int_eq(shmb_lock(ch2, 0, 100), -ETIMEDOUT);
+        calls = unlock_futex_calls(ch, false);
+        ck_assert_msg(calls == 1, "the unlock after a locker gave up made %d futex calls, not 1", calls);
+        ck_assert_int_eq(unlock_futex_calls(ch, true), 0);
+        ck_assert_int_eq(shmb_close(ch2), 0);
+
+        ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
+        ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                shmb_channel *c2 = NULL;
+
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                if (shmb_open_channel(NULL, "lock", SHMB_RW, &c2) < 0 || write(ready[1], "o", 1) != 1)
+                        _exit(2);
+                _exit(shmb_lock(c2, 0, -1) == 0 ? 3 : 4);
+        }
+        ck_assert_int_eq(close(ready[1]), 0);
+        ck_assert_int_eq(read(ready[0], &c, 1), 1);
+        ck_assert_int_eq(close(ready[0]), 0);
+        /* Opened, and now asleep on the lock (it looks at the channel every 50 ms and sleeps again). */
+        for (int asleep = 0; asleep < 5; usleep(1000)) {
+                ck_assert_msg(test_now_ms() < deadline, "the locker did not sleep within %d ms", WAIT_MS);
+                asleep = test_task_state(pid, pid) == 'S' ? asleep + 1 : 0;
+        }
+        ck_assert_int_eq(kill(pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+        ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+        calls = unlock_futex_calls(ch, true);
+        ck_assert_msg(calls == 0, "after a locker was killed asleep, an unlock without sleepers still made %d "
+                      "futex call(s): one for nobody at each unlock, for the channel's life", calls);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
 /*
  * A locker of another language, as shmbroker-protocol(7) lets one be: it
- * counts itself in the file's lock_waiters and sleeps on the lock word
- * while the word is `word`, for WAIT_MS at most. result: 0 when woken,
- * -ETIMEDOUT when nobody woke it.
+ * marks itself asleep in the lock word (`word`, a live holder's token,
+ * becomes word | PSEM_LOCK_SLEEPERS) and sleeps on the word while it
+ * holds that, for WAIT_MS at most. result: 0 when woken, -ETIMEDOUT when
+ * nobody woke it.
  */
 typedef struct ForeignLocker {
         PosixSemFile *f;
@@ -2898,10 +3020,16 @@ static void *foreign_locker(void *userdata) {
         ForeignLocker *s = userdata;
         struct timespec ts = { .tv_sec = WAIT_MS / 1000 };
 
-        (void) __atomic_fetch_add(&s->f->lock_waiters, 1, __ATOMIC_SEQ_CST);
+        uint32_t w = s->word;
+
+        if (!__atomic_compare_exchange_n(&s->f->lock, &w, s->word | PSEM_LOCK_SLEEPERS, false, __ATOMIC_SEQ_CST,
+                                         __ATOMIC_SEQ_CST)) {
+                s->result = -EBUSY;     /* the word changed before it could mark itself */
+                return NULL;
+        }
         __atomic_store_n(&s->tid, (pid_t) syscall(SYS_gettid), __ATOMIC_RELEASE);
-        s->result = syscall(SYS_futex, &s->f->lock, FUTEX_WAIT, s->word, &ts, NULL, 0) < 0 ? -errno : 0;
-        (void) __atomic_fetch_sub(&s->f->lock_waiters, 1, __ATOMIC_SEQ_CST);
+        s->result = syscall(SYS_futex, &s->f->lock, FUTEX_WAIT, s->word | PSEM_LOCK_SLEEPERS, &ts, NULL, 0) < 0 ?
+                    -errno : 0;
         return NULL;
 }
 
@@ -2910,7 +3038,8 @@ static void start_foreign_locker(ForeignLocker *s, pthread_t *t, PosixSemFile *f
         int64_t deadline = test_now_ms() + WAIT_MS;
 
         *s = (ForeignLocker) { .f = f, .word = __atomic_load_n(&f->lock, __ATOMIC_SEQ_CST), .result = 1 };
-        ck_assert_msg(s->word != 0, "the lock is not held");
+        ck_assert_msg(s->word != 0 && !(s->word & PSEM_LOCK_SLEEPERS), "the lock is not held, or has sleepers: %#x",
+                      s->word);
         ck_assert_int_eq(pthread_create(t, NULL, foreign_locker, s), 0);
         for (int asleep = 0; asleep < 5; usleep(1000)) {
                 pid_t tid = __atomic_load_n(&s->tid, __ATOMIC_ACQUIRE);
@@ -2925,19 +3054,19 @@ static void start_foreign_locker(ForeignLocker *s, pthread_t *t, PosixSemFile *f
 /* s's thread was woken (not by its timeout). */
 static void assert_foreign_locker_woken(ForeignLocker *s, pthread_t t, const char *by) {
         ck_assert_int_eq(pthread_join(t, NULL), 0);
-        ck_assert_msg(s->result == 0, "a sleeper counted in lock_waiters was not woken by %s: %s", by,
+        ck_assert_msg(s->result == 0, "a sleeper marked in the lock word was not woken by %s: %s", by,
                       strerror(-s->result));
 }
 
 /*
- * shmbroker-protocol(7): lockers sleep on the lock word counted in
- * lock_waiters, "so that an unlock without sleepers makes no system
- * call" (proto/posix.h). The library counts its own sleepers there, and
- * down again when they return, and its unlock wakes any it counts, a
- * locker of another program's too. Without either, a sleeper gets the
- * lock only at the end of its slice, or never if it sleeps without one.
+ * shmbroker-protocol(7): a locker marks itself asleep in the lock word,
+ * "so that an unlock without sleepers makes no system call"
+ * (proto/posix.h). The library marks its own sleepers, and its unlock
+ * wakes any the word names, a locker of another program's too. Without
+ * either, a sleeper gets the lock only at the end of its slice, or never
+ * if it sleeps without one.
  */
-START_TEST(test_lock_sleepers_are_counted_and_woken_by_unlock) {
+START_TEST(test_lock_sleepers_are_marked_and_woken_by_unlock) {
         shmb_channel *ch = must_open("lock", SHMB_RW);
         shmb_channel *ch2 = NULL;
         PosixSemFile *f = map_sem_file("lock", 0);
@@ -2945,28 +3074,32 @@ START_TEST(test_lock_sleepers_are_counted_and_woken_by_unlock) {
         Blocked b;
         pthread_t t;
         int64_t deadline;
+        uint32_t w;
 
         ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
         start_foreign_locker(&s, &t, f);
         ck_assert_int_eq(shmb_unlock(ch, 0), 0);
         assert_foreign_locker_woken(&s, t, "shmb_unlock()");
-        ck_assert_uint_eq(__atomic_load_n(&f->lock_waiters, __ATOMIC_SEQ_CST), 0);
+        ck_assert_uint_eq(__atomic_load_n(&f->lock, __ATOMIC_SEQ_CST), 0);
 
-        /* The library's own locker, of another hold, counts itself while it waits. */
+        /* The library's own locker, of another hold, marks itself while it waits. */
         ch2 = must_open("lock", SHMB_RW);
         ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
         b = (Blocked) { .kind = BLOCK_LOCK, .ch = ch2, .result = 1 };
         ck_assert_int_eq(pthread_create(&t, NULL, blocked_call, &b), 0);
         await_blocked(&b);
-        for (deadline = test_now_ms() + WAIT_MS; __atomic_load_n(&f->lock_waiters, __ATOMIC_SEQ_CST) != 1; usleep(1000))
-                ck_assert_msg(test_now_ms() < deadline, "a locker asleep for %d ms is not counted in lock_waiters (%u)",
-                              WAIT_MS, f->lock_waiters);
+        for (deadline = test_now_ms() + WAIT_MS; !(__atomic_load_n(&f->lock, __ATOMIC_SEQ_CST) & PSEM_LOCK_SLEEPERS);
+             usleep(1000))
+                ck_assert_msg(test_now_ms() < deadline, "a locker asleep for %d ms is not marked in the lock word (%#x)",
+                              WAIT_MS, f->lock);
         ck_assert_int_eq(shmb_unlock(ch, 0), 0);
         ck_assert_int_eq(pthread_join(t, NULL), 0);
         ck_assert_int_eq(b.result, 0);
-        /* It returned: no longer counted, so the next unlock makes no system call for it. */
-        ck_assert_uint_eq(__atomic_load_n(&f->lock_waiters, __ATOMIC_SEQ_CST), 0);
-        ck_assert_int_eq(shmb_unlock(ch2, 0), 0);
+        /* It took the lock from a cleared word: unmarked, so its unlock makes no system call. */
+        w = __atomic_load_n(&f->lock, __ATOMIC_SEQ_CST);
+        ck_assert_msg(w != 0 && !(w & PSEM_LOCK_SLEEPERS), "the woken locker's lock word: %#x", w);
+        ck_assert_int_eq(unlock_futex_calls(ch2, false), 0);
+        ck_assert_uint_eq(f->reserved3, 0);
         ck_assert_int_eq(munmap(f, sizeof *f), 0);
         ck_assert_int_eq(shmb_close(ch2), 0);
         ck_assert_int_eq(shmb_close(ch), 0);
@@ -2977,8 +3110,8 @@ END_TEST
  * README, POSIX channels: "when the holder's process dies ... the broker
  * marks the token dead and wakes the lockers, and the next one takes the
  * lock over" -- on a raw channel (its tokens in its table file), a ring
- * and a broadcast channel (their own tables) alike. A sleeper counted
- * in lock_waiters must be woken by the broker, and the lock, held by a
+ * and a broadcast channel (their own tables) alike. A sleeper marked
+ * in the lock word must be woken by the broker, and the lock, held by a
  * live hold of another process, must not be taken while it lives.
  */
 START_TEST(test_lock_of_a_killed_holder_passes_on_in_every_layout) {
@@ -3444,14 +3577,15 @@ int main(void) {
                                            test_holder_table_filled_before_a_broker_crash_refuses_no_opens,
                                            test_read_only_holds_take_no_lock_token,
                                            test_lock_holder_in_another_pid_namespace } },
-                { "lock-words", CASE_TIMEOUT, { test_lock_sleepers_are_counted_and_woken_by_unlock,
+                { "lock-words", CASE_TIMEOUT, { test_lock_sleepers_are_marked_and_woken_by_unlock,
                                                 test_lock_of_a_killed_holder_passes_on_in_every_layout,
                                                 test_every_lock_token_of_a_raw_posix_channel_locks,
                                                 test_lock_of_a_hold_with_a_dead_token_is_enotconn,
                                                 test_lock_after_a_disconnect_the_broker_cannot_watch_is_enotconn,
                                                 test_stopped_lock_holder_keeps_the_lock,
                                                 test_signal_ends_a_posix_lock_wait_with_eintr,
-                                                test_contended_lock_excludes_and_never_fails } },
+                                                test_contended_lock_excludes_and_never_fails,
+                                                test_locker_killed_asleep_costs_unlocks_no_system_call } },
                 { "lock-watch-cap", CASE_TIMEOUT, { test_lock_of_a_disconnect_past_the_watch_cap_passes_on } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,

@@ -268,7 +268,7 @@ START_TEST(test_files_made) {
         ck_assert_uint_eq(s->version, PSEM_VERSION);
         ck_assert_uint_eq(s->state, PSEM_STATE_LIVE);
         ck_assert_uint_eq(s->lock, 0);
-        ck_assert_uint_eq(s->lock_waiters, 0);
+        ck_assert_uint_eq(s->reserved3, 0);
         munmap((void *) s, size);
         /* No holder yet. */
         holders = map_name("shmbroker-table.raw1", &size);
