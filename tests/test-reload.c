@@ -766,6 +766,86 @@ START_TEST(test_broken_config_changes_nothing) {
 }
 END_TEST
 
+/*
+ * shmbroker.json(5), ERRORS: a config that cannot be read is refused as a
+ * whole: "a reload changes nothing and answers the error (as EINVAL, or
+ * the file's ENOENT, EACCES or EFBIG when it cannot be read)", and RELOAD:
+ * "the error is logged and answered". What a careless admin does between
+ * two edits: the file moved away, made 0600 for root while the daemon runs
+ * as its own user, or grown past 16 MiB. None of it may read as "no
+ * channels": every channel must stay, and nothing of the new file (here
+ * a channel "c") may be applied. The daemon runs as uid 65534, as the
+ * shipped unit runs it as a user of its own, so that the bits refuse it.
+ */
+START_TEST(test_unreadable_config_changes_nothing) {
+        static const char *const good = "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 8192}]";
+        static const char *const more = "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 8192},"
+                                        " {\"name\": \"c\", \"size\": 4096}]";
+        json_t *before, *after;
+        char *log = NULL, *hup;
+        int64_t deadline;
+        int fd;
+
+        /* The daemon's state directory is the socket's: its own, 0700. */
+        ck_assert_int_eq(chown(td.dir, 65534, 65534), 0);
+        ck_assert_int_eq(chmod(td.dir, 0700), 0);
+        td.uid = 65534;
+        td.gid = 65534;
+        test_daemon_write_config(&td, good);
+        ck_assert_int_eq(chmod(td.config, 0644), 0);
+        test_start_ok();
+        before = list_ok();
+        fd = test_connect(td.socket);
+
+        /* Moved away. */
+        ck_assert_int_eq(unlink(td.config), 0);
+        reload_refused(fd, before, "ENOENT", td.config, strerror(ENOENT));
+        assert_ipcs(2, 2);
+
+        /* The same by SIGHUP: logged, nothing changed, the daemon serves on. */
+        ck_assert_int_eq(kill(td.pid, SIGHUP), 0);
+        for (deadline = test_now_ms() + 5000;; usleep(10000)) {
+                free(log);
+                log = test_daemon_log(&td);
+                hup = strstr(log, "Received SIGHUP");
+                if (hup && strstr(hup, "Reload failed, nothing changed"))
+                        break;
+                ck_assert_msg(test_now_ms() < deadline, "no failed reload logged 5 s after SIGHUP: %s", log);
+        }
+        ck_assert_msg(strstr(strstr(hup, "Reload failed"), td.config), "the SIGHUP's failure names no file: %s", log);
+        free(log);
+        after = list_ok();
+        assert_same_channels(before, after);
+        json_decref(after);
+
+        /* Readable by root alone: the daemon's user is refused by the bits. */
+        test_daemon_write_config(&td, more);
+        ck_assert_int_eq(chmod(td.config, 0600), 0);
+        reload_refused(fd, before, "EACCES", td.config, strerror(EACCES));
+        assert_ipcs(2, 2);
+
+        /* Readable, but grown one byte past 16 MiB (NUL bytes after the JSON, which a parser would refuse anyway). */
+        ck_assert_int_eq(chmod(td.config, 0644), 0);
+        ck_assert_int_eq(truncate(td.config, 16 * 1024 * 1024 + 1), 0);
+        reload_refused(fd, before, "EFBIG", td.config, NULL);
+        assert_ipcs(2, 2);
+
+        /* A directory where the file was. */
+        ck_assert_int_eq(unlink(td.config), 0);
+        ck_assert_int_eq(mkdir(td.config, 0755), 0);
+        reload_refused(fd, before, "EFBIG", td.config, NULL);
+        ck_assert_int_eq(rmdir(td.config), 0);
+
+        /* Readable again: applied as usual. */
+        test_daemon_write_config(&td, more);
+        ck_assert_int_eq(chmod(td.config, 0644), 0);
+        reload_expect(fd, "c", "", "", "a,b");
+        assert_ipcs(3, 3);
+        json_decref(before);
+        close(fd);
+}
+END_TEST
+
 typedef struct ReloadChild {
         const char *socket;
         uid_t uid;
@@ -920,6 +1000,45 @@ START_TEST(test_reload_needs_root_or_admin_group) {
         ck_assert_ptr_nonnull(strstr(log, "Refused reload"));
         free(log);
         json_decref(before);
+}
+END_TEST
+
+/*
+ * shmbroker.json(5), admin_group: "Members of this group (primary or
+ * supplementary, as the peer's credentials show) may send reload". A
+ * service run with Group= the admin group has it as its primary group
+ * only (SO_PEERGROUPS does not list it): it must be let in, and one whose
+ * primary group is another must not.
+ */
+START_TEST(test_reload_by_primary_group_of_admin_group) {
+        ReloadChild primary = { .uid = 65534, .gid = 4242 };
+        ReloadChild other_primary = { .uid = 65534, .gid = 4243, .expect_error = "EACCES" };
+        json_t *after;
+        int status;
+
+        write_config_with_admin_group(4242, "[{\"name\": \"a\", \"size\": 4096}]");
+        test_start_ok();
+        primary.socket = other_primary.socket = td.socket;
+
+        write_config_with_admin_group(4242, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"b\", \"size\": 4096}]");
+        drain_notify();
+        status = test_in_child(reload_child, &other_primary);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                      "uid 65534 of primary group 4243: child status %d (20s: wrong verdict)",
+                      WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        after = list_ok();
+        ck_assert_ptr_null(test_find_channel(after, "b"));
+        json_decref(after);
+
+        drain_notify();
+        status = test_in_child(reload_child, &primary);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                      "uid 65534 of primary group 4242 (the admin group): child status %d (20s: wrong verdict)",
+                      WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        after = list_ok();
+        test_must_find(after, "b");
+        json_decref(after);
+        assert_ipcs(2, 2);
 }
 END_TEST
 
@@ -3819,6 +3938,8 @@ int main(void) {
                                 test_replaced_broadcast_frees_its_table_at_kernel_limit,
                                 test_fixed_key_of_kept_channel, test_socket_changed_then_crash_leaves_nothing,
                                 test_files_of_other_daemons_are_left_alone } },
+                { "refusals-unreadable", CASE_TIMEOUT, { test_unreadable_config_changes_nothing,
+                                                         test_reload_by_primary_group_of_admin_group } },
                 { "shared-state-directory", CASE_TIMEOUT, { test_files_of_a_daemon_named_like_a_ledger_are_left_alone } },
                 { "restarts", CASE_TIMEOUT, { test_crash_restart_fixed_key_of_adopted_channel,
                                 test_crash_restart_fixed_key_of_adopted_table,
