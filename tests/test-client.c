@@ -19,6 +19,7 @@
 #include <string.h>
 #include <pthread.h>
 #include <sys/epoll.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/sem.h>
@@ -4864,6 +4865,79 @@ START_TEST(test_shmbrokerctl_invalid_name_message_says_the_rule) {
 }
 END_TEST
 
+/*
+ * shmbrokerctl(1), ENVIRONMENT: SHMBROKER_SOCKET names the socket "when -s
+ * is not given and the variable is not empty"; libshmbroker(3) says the
+ * same of socket_path NULL. An empty variable (a unit's
+ * "Environment=SHMBROKER_SOCKET=", a script's "$UNSET") is no path: both
+ * must go to the default socket, and a failure must name that path, not
+ * an empty one. The default is made ours in a mount namespace of this
+ * test's own: /run a fresh tmpfs, the default path a link to our daemon.
+ */
+START_TEST(test_empty_socket_variable_means_the_default) {
+        static char out[65536];
+        shmb_channel *ch;
+        shmb_client *c;
+
+        test_private_mounts();
+        ck_assert_msg(mount("tmpfs", "/run", "tmpfs", 0, "mode=0755") == 0, "mount /run: %s", strerror(errno));
+        ck_assert_int_eq(mkdir("/run/shmbroker", 0755), 0);
+        ck_assert_int_eq(symlink(td.socket, SHMB_DEFAULT_SOCKET), 0);
+        ck_assert_int_eq(setenv("SHMBROKER_SOCKET", "", 1), 0);
+
+        ck_assert_int_eq(shmb_connect(NULL, &c), 0);
+        ck_assert_int_eq(shmb_open(c, "counter", SHMB_RO, &ch), 0);
+        shmb_close(ch);
+        shmb_disconnect(c);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s list 2>&1", SHMBROKERCTL_PATH), 0);
+        ck_assert_msg(strstr(out, "\ncounter "), "the default socket's daemon not listed: %s", out);
+
+        /* Nobody there: the one line names the default path. */
+        ck_assert_int_eq(unlink(SHMB_DEFAULT_SOCKET), 0);
+        ck_assert_int_eq(test_run(out, sizeof out, "%s list 2>&1 >/dev/null", SHMBROKERCTL_PATH), 2);
+        ck_assert_msg(strstr(out, "connect to " SHMB_DEFAULT_SOCKET ":"), "an empty variable, no daemon: \"%s\"", out);
+
+        ck_assert_int_eq(setenv("SHMBROKER_SOCKET", td.socket, 1), 0);
+        ck_assert_int_eq(umount2("/run", MNT_DETACH), 0);
+}
+END_TEST
+
+/*
+ * shmbrokerctl(1), EXIT STATUS: "A pipe whose reader went away ends it
+ * with SIGPIPE, as it does any filter", so that `shmbrokerctl list | head
+ * -1` ends quietly, as ls would. Neither the command nor the library may
+ * ignore the signal. The pipe has no reader at all before the command
+ * starts, so its first write meets EPIPE whatever the timing.
+ */
+START_TEST(test_shmbrokerctl_pipe_without_reader_ends_it_with_sigpipe) {
+        int p[2], status, null;
+        sigset_t none;
+        pid_t pid;
+
+        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        ck_assert_int_eq(close(p[0]), 0);
+        null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        ck_assert_int_ge(null, 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                /* As a shell starts a filter: the default action, the signal not blocked. */
+                sigemptyset(&none);
+                if (signal(SIGPIPE, SIG_DFL) == SIG_ERR || sigprocmask(SIG_SETMASK, &none, NULL) < 0 ||
+                    dup2(p[1], STDOUT_FILENO) < 0 || dup2(null, STDERR_FILENO) < 0)
+                        _exit(90);
+                execl(SHMBROKERCTL_PATH, "shmbrokerctl", "list", (char *) NULL);
+                _exit(91);
+        }
+        close(p[1]);
+        close(null);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGPIPE, "a list into a pipe without a reader: %s %d",
+                      WIFSIGNALED(status) ? "signal" : "exit status",
+                      WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -4941,6 +5015,8 @@ int main(void) {
                                  test_shmbrokerctl_invalid_name_exit_codes,
                                  test_shmbrokerctl_socket_path_not_a_socket_says_so,
                                  test_shmbrokerctl_invalid_name_message_says_the_rule } },
+                { "cli-env", CASE_TIMEOUT, { test_empty_socket_variable_means_the_default,
+                                 test_shmbrokerctl_pipe_without_reader_ends_it_with_sigpipe } },
         };
 
         return test_main("client", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
