@@ -31,6 +31,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -1214,6 +1215,156 @@ START_TEST(test_holder_ledger_name_taken_by_a_fifo_or_a_directory) {
         assert_ring_ledger("frames");
         test_daemon_stop_ok(&td);
         ck_assert_int_eq(ledgers_left(), 0);
+        assert_nothing_left();
+}
+END_TEST
+
+static RingHeader *attach_ring(const char *channel);
+
+/* How many entries of a ring's holder table say LIVE, whatever their generation. */
+static uint32_t live_entries(const RingHeader *h) {
+        uint32_t n = 0;
+
+        for (uint32_t i = 0; i < RING_HOLDERS; i++)
+                n += (uint32_t) __atomic_load_n(&ring_holder_at(h, i)->word, __ATOMIC_ACQUIRE) == RING_HOLDER_LIVE;
+        return n;
+}
+
+/* Start td's daemon with its state in state_dir; fail with its exit status and log unless it reaches READY=1. */
+static void start_with_state_dir(const char *state_dir) {
+        int status = 0;
+        char *log;
+
+        if (test_daemon_start(&td, &status, "--state-dir", state_dir, NULL))
+                return;
+        log = test_daemon_log(&td);
+        ck_abort_msg("the daemon did not start (status 0x%x):\n%s", status, log);
+}
+
+/*
+ * README, threat table: "Only where it has no ledger to go by (one it
+ * could not make, say with its state directory full, ...) does a restart
+ * believe the table, and the log says so"; shmbrokerd(8), FILES, says so
+ * too for "the state directory is full". The state directory is a small
+ * tmpfs of the test's own, filled so that the lock, state and secret
+ * files fit and a ring's ledger does not: the ledger's posix_fallocate()
+ * fails with ENOSPC. The daemon must still start and serve the ring, say
+ * in its log which channel has no ledger and why, and leave no half-made
+ * ledger behind; after a crash the next start takes the ring over by
+ * believing the table (entries forged before the crash stay LIVE, where
+ * a ledger would have undone them), and says so; a stop leaves nothing.
+ * A ring a reload adds gets no ledger either, and leaves no half-made one.
+ */
+START_TEST(test_holder_ledger_not_made_in_a_full_state_directory) {
+        static const char *const one_ring =
+                "[{\"name\": \"frames\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4}]";
+        static const char *const two_rings =
+                "[{\"name\": \"frames\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4},"
+                " {\"name\": \"more\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4}]";
+        const size_t ledger_bytes = (1 + RING_HOLDERS) * sizeof(RingHolder);
+        char state[PATH_MAX], path[PATH_MAX + 32], out[4096], expect[256], *log;
+        uint64_t page, ledger_pages, room;
+        struct statvfs vfs;
+        struct dirent *de;
+        RingHeader *h;
+        json_t *list;
+        int fd, shm;
+        DIR *d;
+
+        test_private_mounts();
+        snprintf(state, sizeof state, "%s/state", td.dir);
+        ck_assert_int_eq(mkdir(state, 0700), 0);
+        ck_assert_msg(mount("tmpfs", state, "tmpfs", 0, "size=1m,mode=0700") == 0, "mount %s: %s", state,
+                      strerror(errno));
+        ck_assert_int_eq(statvfs(state, &vfs), 0);
+        page = vfs.f_bsize;
+        ledger_pages = (ledger_bytes + page - 1) / page;
+        /* One page each for the lock, state and secret files, and one short of a ledger's pages for the rest. */
+        room = (3 + ledger_pages - 1) * page;
+        ck_assert_uint_gt((uint64_t) vfs.f_bavail * page, room);
+        snprintf(path, sizeof path, "%s/filler", state);
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(posix_fallocate(fd, 0, (off_t) ((uint64_t) vfs.f_bavail * page - room)), 0);
+        close(fd);
+        ck_assert_int_eq(statvfs(state, &vfs), 0);
+        ck_assert_uint_eq((uint64_t) vfs.f_bavail * page, room);
+
+        test_daemon_write_config(&td, one_ring);
+        start_with_state_dir(state);
+        log = test_daemon_log(&td);
+        snprintf(expect, sizeof expect, "Channel frames: cannot keep a ledger of its holders: %s", strerror(ENOSPC));
+        ck_assert_msg(strstr(log, expect), "no \"%s\" in the log:\n%s", expect, log);
+        free(log);
+        /* And a ring a reload adds (no start's sweep of the ledger directory follows a reload). */
+        test_daemon_write_config(&td, two_rings);
+        fd = test_connect(td.socket);
+        list = test_request(fd, "{\"op\":\"reload\"}");
+        test_assert_ok(list);
+        json_decref(list);
+        ck_assert_uint_ne(open_holder(fd, "more", "rw", 0), 0);
+        close(fd);
+        log = test_daemon_log(&td);
+        snprintf(expect, sizeof expect, "Channel more: cannot keep a ledger of its holders: %s", strerror(ENOSPC));
+        ck_assert_msg(strstr(log, expect), "no \"%s\" in the log:\n%s", expect, log);
+        free(log);
+        /* Nothing half made: the files posix_fallocate() could not fill are gone. */
+        snprintf(path, sizeof path, "%s/shmbroker.sock.ledgers", state);
+        d = opendir(path);
+        ck_assert_msg(d, "%s: %s", path, strerror(errno));
+        while ((de = readdir(d)))
+                ck_assert_msg(strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0, "%s/%s is left", path,
+                              de->d_name);
+        closedir(d);
+
+        /* Served: rw opens get tokens, and messages go through. */
+        ck_assert_int_eq(test_run(out, sizeof out,
+                                  "export SHMBROKER_SOCKET=%s; %s/ring-receiver frames & r=$!; "
+                                  "%s/ring-sender frames 3 && wait $r", td.socket, EXAMPLES_DIR, EXAMPLES_DIR), 0);
+        ck_assert_str_eq(out, "message 1\nmessage 2\nmessage 3\n");
+        fd = test_connect(td.socket);
+        list = test_request(fd, "{\"op\":\"list\"}");
+        shm = (int) test_jint(test_must_find(list, "frames"), "shm_id");
+        json_decref(list);
+        ck_assert_uint_ne(open_holder(fd, "frames", "rw", 0), 0);
+        close(fd);
+
+        /* A writer of the segment forges every entry, then the broker dies. */
+        h = attach_ring("frames");
+        test_forge_live_holders(ring_holder_at(h, 0), RING_HOLDERS, RING_HOLDERS);
+        test_daemon_kill(&td, SIGKILL);
+        start_with_state_dir(state);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Took over channel frames") && strstr(log, "Took over channel more"),
+                      "a ring was not taken over:\n%s", log);
+        ck_assert_msg(strstr(log, "Channel frames: the killed run left no ledger of its holders; believing the table") &&
+                      strstr(log, "Channel more: the killed run left no ledger of its holders; believing the table"),
+                      "the log does not say the tables were believed:\n%s", log);
+        free(log);
+        fd = test_connect(td.socket);
+        list = test_request(fd, "{\"op\":\"list\"}");
+        ck_assert_int_eq(test_jint(test_must_find(list, "frames"), "shm_id"), shm);
+        json_decref(list);
+        /* Believed: the forged entries hold every token, so an rw open finds none free. */
+        ck_assert_uint_eq(live_entries(h), RING_HOLDERS);
+        list = test_request(fd, "{\"op\":\"open\",\"channel\":\"frames\",\"access\":\"rw\"}");
+        test_assert_error(list, "EUSERS");
+        json_decref(list);
+        close(fd);
+        ck_assert_int_eq(shmdt(h), 0);
+
+        test_daemon_stop_ok(&td);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+        ck_assert_int_eq(test_ipcs_count("-s"), 0);
+        /* The filler and the key secret, which outlives a stop: nothing else. */
+        d = opendir(state);
+        ck_assert_ptr_nonnull(d);
+        while ((de = readdir(d)))
+                ck_assert_msg(strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
+                              strcmp(de->d_name, "filler") == 0 || strcmp(de->d_name, "shmbroker.sock.secret") == 0,
+                              "%s/%s is left after a stop", state, de->d_name);
+        closedir(d);
+        ck_assert_int_eq(umount(state), 0);
         assert_nothing_left();
 }
 END_TEST
@@ -4318,7 +4469,8 @@ int main(void) {
                                                   test_ledger_directory_not_private_is_not_used,
                                                   test_holder_ledgers_follow_repairs_and_reloads,
                                                   test_holder_ledger_name_taken_by_a_fifo_or_a_directory,
-                                                  test_failed_start_keeps_the_ledgers_it_took_over } },
+                                                  test_failed_start_keeps_the_ledgers_it_took_over,
+                                                  test_holder_ledger_not_made_in_a_full_state_directory } },
                 { "scale", SCALE_TIMEOUT, { test_crash_restart_of_many_channels_adopts_in_linear_time,
                                             test_open_among_many_holds_of_a_connection } },
                 { "capability", CASE_TIMEOUT, { test_capability_of_own_user_namespace_is_not_honoured,
