@@ -1551,21 +1551,13 @@ static void half_good_server(int lfd) {
         _exit(0);
 }
 
-/*
- * An open that fails halfway through mapping (the segment, the lock holder
- * table and semaphore 0 mapped, semaphore 1 not a semaphore file) unmaps
- * and closes everything.
- */
-START_TEST(test_open_failing_halfway_leaves_nothing) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), fd = test_connect(td.socket), maps, fds;
-        shmb_channel *ch = NULL;
+/* The broker's own answer and descriptors for an rw open of "raw" (a segment, its lock holder table, two semaphore files). */
+static void capture_raw_open(void) {
+        int fd = test_connect(td.socket);
         size_t n = 0;
         json_t *resp;
         char *line;
-        pid_t pid;
 
-        /* The broker's own answer and descriptors for "raw" (a segment, its lock holder table, two semaphore files)... */
         json_decref(test_request(fd, "{\"op\":\"hello\",\"version\":1}"));
         resp = test_request_fds(fd, "{\"op\":\"open\",\"channel\":\"raw\",\"access\":\"rw\",\"fd\":true}", half_fds,
                                 ELEMENTSOF(half_fds), &n);
@@ -1576,15 +1568,19 @@ START_TEST(test_open_failing_halfway_leaves_nothing) {
         ck_assert_int_lt(snprintf(half_answer, sizeof half_answer, "%s\n", line), (int) sizeof half_answer);
         free(line);
         json_decref(resp);
-        /* ...but the second semaphore file is all zeroes: no PSEM_MAGIC. */
-        close(half_fds[3]);
-        half_fds[3] = memfd_create("not-a-semaphore", MFD_CLOEXEC);
-        ck_assert_int_ge(half_fds[3], 0);
-        ck_assert_int_eq(ftruncate(half_fds[3], sizeof(PosixSemFile)), 0);
+        close(fd);
+}
 
+/* A stand-in broker (half_good_server()) on a socket of its own in td.dir, path into sa; the half_fds are its now. */
+static pid_t start_stand_in(struct sockaddr_un *sa) {
+        int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        pid_t pid;
+
+        *sa = (struct sockaddr_un) { .sun_family = AF_UNIX };
         ck_assert_int_ge(lfd, 0);
-        ck_assert_int_lt(snprintf(sa.sun_path, sizeof sa.sun_path, "%s/half.sock", td.dir), (int) sizeof sa.sun_path);
-        ck_assert_int_eq(bind(lfd, (struct sockaddr *) &sa, sizeof sa), 0);
+        ck_assert_int_lt(snprintf(sa->sun_path, sizeof sa->sun_path, "%s/half.sock", td.dir),
+                         (int) sizeof sa->sun_path);
+        ck_assert_int_eq(bind(lfd, (struct sockaddr *) sa, sizeof *sa), 0);
         ck_assert_int_eq(listen(lfd, 4), 0);
         pid = fork();
         ck_assert_int_ge(pid, 0);
@@ -1595,7 +1591,27 @@ START_TEST(test_open_failing_halfway_leaves_nothing) {
         close(lfd);
         for (size_t i = 0; i < ELEMENTSOF(half_fds); i++)
                 close(half_fds[i]);
-        close(fd);
+        return pid;
+}
+
+/*
+ * An open that fails halfway through mapping (the segment, the lock holder
+ * table and semaphore 0 mapped, semaphore 1 not a semaphore file) unmaps
+ * and closes everything.
+ */
+START_TEST(test_open_failing_halfway_leaves_nothing) {
+        struct sockaddr_un sa;
+        shmb_channel *ch = NULL;
+        int maps, fds;
+        pid_t pid;
+
+        capture_raw_open();
+        /* ...but the second semaphore file is all zeroes: no PSEM_MAGIC. */
+        close(half_fds[3]);
+        half_fds[3] = memfd_create("not-a-semaphore", MFD_CLOEXEC);
+        ck_assert_int_ge(half_fds[3], 0);
+        ck_assert_int_eq(ftruncate(half_fds[3], sizeof(PosixSemFile)), 0);
+        pid = start_stand_in(&sa);
 
         fds = fd_count();
         maps = map_count();
@@ -1605,6 +1621,100 @@ START_TEST(test_open_failing_halfway_leaves_nothing) {
         ck_assert_int_eq(map_count(), maps);
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
+}
+END_TEST
+
+/*
+ * shmbrokerd(8): files "truncated behind the daemon's back ... are
+ * noticed at the next open or status, and the channel is made again".
+ * Root cuts a raw posix channel's lock holder table
+ * (/dev/shm/shmbroker-table.NAME, the broker's own file) short, then
+ * grows it, while the broker runs: each time the next open gets a channel
+ * made again, whose lock works, and the log says so; the broker serves
+ * its other channels meanwhile.
+ */
+START_TEST(test_lock_table_cut_or_grown_by_root_is_made_again) {
+        static const off_t sizes[] = { 0, PSEM_TABLE_SIZE - 1, PSEM_TABLE_SIZE + 4096 };
+        const char *path = PSEM_DIR "/shmbroker-table.raw";
+        shmb_channel *ch, *other;
+        struct stat st;
+        char *log;
+        int n_made = 0;
+
+        for (size_t i = 0; i < ELEMENTSOF(sizes); i++) {
+                ck_assert_int_eq(truncate(path, sizes[i]), 0);
+                other = must_open("lock", SHMB_RW);
+                ck_assert_int_eq(shmb_lock(other, 0, 0), 0);
+                ck_assert_int_eq(shmb_unlock(other, 0), 0);
+                ck_assert_int_eq(shmb_close(other), 0);
+                ch = must_open("raw", SHMB_RW);
+                ck_assert_int_eq(stat(path, &st), 0);
+                ck_assert_int_eq(st.st_size, (off_t) PSEM_TABLE_SIZE);
+                ck_assert_int_eq(shmb_lock(ch, 0, 0), 0);
+                ck_assert_int_eq(shmb_unlock(ch, 0), 0);
+                ck_assert_int_eq(shmb_close(ch), 0);
+                log = test_daemon_log(&td);
+                n_made = 0;
+                for (const char *at = log; (at = strstr(at, "Channel raw: its files were removed or replaced")); at++)
+                        n_made++;
+                ck_assert_msg(n_made == (int) i + 1, "table of %jd bytes: the log says the channel was made again "
+                              "%d times:\n%s", (intmax_t) sizes[i], n_made, log);
+                free(log);
+        }
+}
+END_TEST
+
+/*
+ * libshmbroker(3), -EPROTO: the broker "answered something malformed".
+ * A file of a raw posix channel cut short after the broker handed it over
+ * (root truncates it in the moment between; a stand-in broker replays the
+ * real broker's answer and descriptors to fix that moment): the segment,
+ * the lock holder table, a semaphore file. Mapping it as it is would make
+ * the library's first look past the file's end a SIGBUS: the open fails
+ * -EPROTO, saying which file, and leaves no descriptor and no mapping
+ * behind.
+ */
+START_TEST(test_open_with_a_file_cut_short_after_the_answer_fails_cleanly) {
+        static const struct {
+                const char *file, *says;
+                off_t size;
+        } cuts[] = {
+                { "shmbroker-table.raw", "lock holder table", 0 },
+                { "shmbroker-table.raw", "lock holder table", PSEM_TABLE_SIZE - 1 },
+                { "shmbroker.raw", "segment file", 4095 },
+                { PSEM_FILE_PREFIX "shmbroker.raw.1", "semaphore file 1", sizeof(PosixSemFile) - 1 },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cuts); i++) {
+                char path[PATH_MAX];
+                struct sockaddr_un sa;
+                shmb_channel *ch = NULL;
+                shmb_client *c = NULL;
+                int maps, fds, r;
+                pid_t pid;
+
+                capture_raw_open();
+                snprintf(path, sizeof path, PSEM_DIR "/%s", cuts[i].file);
+                ck_assert_int_eq(truncate(path, cuts[i].size), 0);
+                pid = start_stand_in(&sa);
+                ck_assert_int_eq(shmb_connect(sa.sun_path, &c), 0);
+                fds = fd_count();
+                maps = map_count();
+                r = shmb_open(c, "raw", SHMB_RW, &ch);
+                ck_assert_msg(r == -EPROTO, "an open with %s cut to %jd bytes: %s", path, (intmax_t) cuts[i].size,
+                              shmb_strerror(r));
+                ck_assert_ptr_null(ch);
+                ck_assert_msg(strstr(shmb_client_last_message(c), cuts[i].says), "%s cut: the message says %s",
+                              path, shmb_client_last_message(c));
+                ck_assert_int_eq(fd_count(), fds);
+                ck_assert_int_eq(map_count(), maps);
+                shmb_disconnect(c);
+                kill(pid, SIGKILL);
+                waitpid(pid, NULL, 0);
+                ck_assert_int_eq(unlink(sa.sun_path), 0);
+        }
+        /* The real broker noticed nothing of this, and makes the channel again at its next open. */
+        ck_assert_int_eq(shmb_close(must_open("raw", SHMB_RW)), 0);
 }
 END_TEST
 
@@ -3589,7 +3699,9 @@ int main(void) {
                 { "lock-watch-cap", CASE_TIMEOUT, { test_lock_of_a_disconnect_past_the_watch_cap_passes_on } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,
-                                               test_open_failing_halfway_leaves_nothing } },
+                                               test_open_failing_halfway_leaves_nothing,
+                                               test_lock_table_cut_or_grown_by_root_is_made_again,
+                                               test_open_with_a_file_cut_short_after_the_answer_fails_cleanly } },
                 { "restart", CASE_TIMEOUT, { test_hold_survives_a_broker_crash,
                                              test_handle_is_stale_after_a_stop_and_start,
                                              test_subscriber_the_broker_cannot_see_survives_a_crash,
