@@ -1370,6 +1370,69 @@ START_TEST(test_holder_ledger_not_made_in_a_full_state_directory) {
 END_TEST
 
 /*
+ * shmbrokerd(8), FILES: the daemon goes by a killed run's ledger only
+ * when it is one it made and finished. One of the right file, mode and
+ * size whose header says it was never finished (a run killed between
+ * making it and filling it in: no magic), or that it has another number
+ * of entries, is not believed: the next start believes the table instead
+ * (entries forged before the crash stay LIVE, where the ledger, which
+ * holds the daemon's own record, would have undone them), says so, and
+ * makes the ledger anew.
+ */
+START_TEST(test_holder_ledger_not_finished_is_not_believed) {
+        static const struct { off_t at; size_t len; const char *what; } spoil[] = {
+                { 0, sizeof(uint64_t), "magic" },               /* LedgerHeader.magic: written last */
+                { sizeof(uint64_t), sizeof(uint32_t), "entries" },
+        };
+        char *log;
+        RingHeader *h;
+        json_t *list;
+        size_t since;
+        int fd, old;
+
+        list = start_and_list(two_channels, &fd);
+        json_decref(list);
+        close(fd);
+        h = attach_ring("frames");
+        test_forge_live_holders(ring_holder_at(h, 0), RING_HOLDERS, RING_HOLDERS);
+        for (size_t i = 0; i < sizeof spoil / sizeof *spoil; i++) {
+                uint64_t word = 0;
+                char path[PATH_MAX];
+
+                test_daemon_kill(&td, SIGKILL);
+                ledger_path("frames", path);
+                old = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+                ck_assert_int_ge(old, 0);
+                ck_assert_int_eq(pread(old, &word, spoil[i].len, spoil[i].at), (ssize_t) spoil[i].len);
+                ck_assert_msg(word != 0, "the ledger's %s is 0 before the test spoils it", spoil[i].what);
+                /* 0 magic: never finished; entries: one more than a ring has. */
+                word = i == 0 ? 0 : RING_HOLDERS + 1;
+                ck_assert_int_eq(pwrite(old, &word, spoil[i].len, spoil[i].at), (ssize_t) spoil[i].len);
+                /* The log goes on from start to start: this start's lines are those after it. */
+                log = test_daemon_log(&td);
+                since = strlen(log);
+                free(log);
+                test_start_ok();
+                log = test_daemon_log(&td);
+                ck_assert_msg(strstr(log + since, "Took over channel frames") &&
+                              strstr(log + since, "Channel frames: the killed run left no ledger of its holders; "
+                                                  "believing the table"), "a ledger with a spoiled %s:\n%s",
+                              spoil[i].what, log + since);
+                free(log);
+                ck_assert_msg(live_entries(h) == RING_HOLDERS, "a ledger with a spoiled %s was believed: %u entries "
+                              "LIVE", spoil[i].what, (unsigned) live_entries(h));
+                /* Made anew, in place of the spoiled one. */
+                ck_assert_uint_eq(links_of(old), 0);
+                close(old);
+                assert_ring_ledger("frames");
+        }
+        ck_assert_int_eq(shmdt(h), 0);
+        test_daemon_stop_ok(&td);
+        assert_nothing_left();
+}
+END_TEST
+
+/*
  * shmbrokerd(8), FILES: a ledger is "kept after a crash for the next
  * start". A start that fails keeps the ledger of the ring it took over
  * (the same file), and removes the one of a ring it made; the next start
@@ -4470,7 +4533,8 @@ int main(void) {
                                                   test_holder_ledgers_follow_repairs_and_reloads,
                                                   test_holder_ledger_name_taken_by_a_fifo_or_a_directory,
                                                   test_failed_start_keeps_the_ledgers_it_took_over,
-                                                  test_holder_ledger_not_made_in_a_full_state_directory } },
+                                                  test_holder_ledger_not_made_in_a_full_state_directory,
+                                                  test_holder_ledger_not_finished_is_not_believed } },
                 { "scale", SCALE_TIMEOUT, { test_crash_restart_of_many_channels_adopts_in_linear_time,
                                             test_open_among_many_holds_of_a_connection } },
                 { "capability", CASE_TIMEOUT, { test_capability_of_own_user_namespace_is_not_honoured,
