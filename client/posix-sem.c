@@ -170,8 +170,14 @@ int posix_lock(shmb_channel *ch, unsigned idx, int timeout_ms) {
         if (removed(f))
                 return -EIDRM;
         for (;;) {
-                /* Read each time: a rejoin after a broker restart may have given the hold another. */
-                uint32_t token = channel_token(ch), w = __atomic_load_n(&f->lock, __ATOMIC_RELAXED);
+                /*
+                 * Read each time: a rejoin after a broker restart may have given the hold another.
+                 * The word sequentially consistent: one whose bit another locker set is slept on
+                 * without marking, so the look at its holder below must come after that locker's
+                 * mark in the order the broker's fence is in (C11 promises that only from a
+                 * seq_cst load; that locker may die before its own second look).
+                 */
+                uint32_t token = channel_token(ch), w = __atomic_load_n(&f->lock, __ATOMIC_SEQ_CST);
                 uint32_t holder = psem_lock_holder(w);
                 struct timespec ts;
                 int r;
@@ -209,8 +215,12 @@ int posix_lock(shmb_channel *ch, unsigned idx, int timeout_ms) {
                  */
                 if (!(w & PSEM_LOCK_SLEEPERS)) {
                         if (!__atomic_compare_exchange_n(&f->lock, &w, w | PSEM_LOCK_SLEEPERS, false, __ATOMIC_SEQ_CST,
-                                                         __ATOMIC_RELAXED))
+                                                         __ATOMIC_RELAXED)) {
+                                /* As above: a word that never holds still gets no spin past the timeout. */
+                                if (++lost % 1024 == 0 && client_now_ns() >= deadline)
+                                        return -ETIMEDOUT;
                                 continue;
+                        }
                         w |= PSEM_LOCK_SLEEPERS;
                         __atomic_thread_fence(__ATOMIC_SEQ_CST);
                         if (ring_holders_token_dead(table, n, holder))
