@@ -3720,6 +3720,64 @@ START_TEST(test_signal_ends_a_posix_lock_wait_with_eintr) {
 }
 END_TEST
 
+/*
+ * Forged lock words, changing all the time: a writer of the semaphore file
+ * keeps storing live tokens of other holds. A lock with a timeout must end
+ * by it ("a writer that keeps changing the word gets no spin past the
+ * timeout"): the locker's compare-and-swap that marks it asleep fails each
+ * time, and that failure too must count against the timeout.
+ */
+typedef struct WordFlipper {
+        PosixSemFile *f;
+        uint32_t tokens[4];
+        bool stop;
+} WordFlipper;
+
+static void *flip_words(void *userdata) {
+        WordFlipper *w = userdata;
+
+        for (uint32_t i = 0; !__atomic_load_n(&w->stop, __ATOMIC_RELAXED); i++)
+                __atomic_store_n(&w->f->lock, w->tokens[i % ELEMENTSOF(w->tokens)], __ATOMIC_RELAXED);
+        return NULL;
+}
+
+START_TEST(test_lock_on_a_word_a_writer_keeps_changing_times_out) {
+        shmb_channel *ch = must_open("lock", SHMB_RW), *other[4];
+        WordFlipper w = { .f = map_sem_file("lock", 0) };
+        pthread_t t;
+
+        /* Four live tokens of other holds, as their locks wrote them. */
+        for (unsigned i = 0; i < ELEMENTSOF(other); i++) {
+                other[i] = must_open("lock", SHMB_RW);
+                ck_assert_int_eq(shmb_lock(other[i], 0, 0), 0);
+                w.tokens[i] = __atomic_load_n(&w.f->lock, __ATOMIC_SEQ_CST);
+                ck_assert_int_eq(shmb_unlock(other[i], 0), 0);
+        }
+        ck_assert_int_eq(pthread_create(&t, NULL, flip_words, &w), 0);
+        while (__atomic_load_n(&w.f->lock, __ATOMIC_RELAXED) == 0)
+                sched_yield();
+        for (int k = 0; k < 20; k++) {
+                int64_t t0 = test_now_ms(), took;
+                int r = shmb_lock(ch, 0, 20);
+
+                took = test_now_ms() - t0;
+                if (r != -ETIMEDOUT || took > 1000) {
+                        __atomic_store_n(&w.stop, true, __ATOMIC_RELAXED);
+                        ck_assert_int_eq(pthread_join(t, NULL), 0);
+                        ck_abort_msg("a lock(20 ms) on a word a writer keeps changing: %s after %lld ms",
+                                     shmb_strerror(r), (long long) took);
+                }
+        }
+        __atomic_store_n(&w.stop, true, __ATOMIC_RELAXED);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        __atomic_store_n(&w.f->lock, 0, __ATOMIC_SEQ_CST);
+        for (unsigned i = 0; i < ELEMENTSOF(other); i++)
+                ck_assert_int_eq(shmb_close(other[i]), 0);
+        ck_assert_int_eq(munmap(w.f, sizeof *w.f), 0);
+        ck_assert_int_eq(shmb_close(ch), 0);
+}
+END_TEST
+
 int main(void) {
         const TestGroup groups[] = {
                 { "mapping", CASE_TIMEOUT, { test_raw_mapping_is_shared_between_processes,
@@ -3758,7 +3816,8 @@ int main(void) {
                                                 test_stopped_lock_holder_keeps_the_lock,
                                                 test_signal_ends_a_posix_lock_wait_with_eintr,
                                                 test_contended_lock_excludes_and_never_fails,
-                                                test_locker_killed_asleep_costs_unlocks_no_system_call } },
+                                                test_locker_killed_asleep_costs_unlocks_no_system_call,
+                                                test_lock_on_a_word_a_writer_keeps_changing_times_out } },
                 { "lock-watch-cap", CASE_TIMEOUT, { test_lock_of_a_disconnect_past_the_watch_cap_passes_on } },
                 { "broadcast", CASE_TIMEOUT, { test_broadcast_reaches_every_subscriber } },
                 { "resources", CASE_TIMEOUT, { test_no_descriptor_is_left_open,
