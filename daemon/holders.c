@@ -45,8 +45,6 @@
 #include "daemon/proc-id.h"
 #include "daemon/wake.h"
 
-#define INDEX_MASK ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)
-
 void holders_done(Holders *hs) {
         free(hs->orphans);
         if (hs->own_allocated)
@@ -112,7 +110,7 @@ static RingHolder *own_at(const Holders *hs, uint32_t i) {
 
 /* The entry a token names, or UINT32_MAX when it names none. */
 static uint32_t token_index(const Holders *hs, uint32_t token) {
-        uint32_t i = (token & INDEX_MASK) - 1;
+        uint32_t i = ring_token_index(token);
 
         return i < hs->n ? i : UINT32_MAX;
 }

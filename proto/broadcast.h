@@ -373,7 +373,7 @@ static inline BcastCursor *bcast_cursor_at(const BcastTable *t, uint32_t index) 
 
 /* The entry a token names (its low bits), or UINT32_MAX for none below n. */
 static inline uint32_t bcast_token_index(uint32_t token, uint32_t n) {
-        uint32_t index = (token & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1;
+        uint32_t index = ring_token_index(token);
 
         return index < n ? index : UINT32_MAX;
 }

@@ -118,6 +118,12 @@ enum {
  */
 #define RING_TOKEN_INDEX_BITS 12
 #define RING_TOKEN_GEN_MASK ((UINT32_C(1) << (32 - RING_TOKEN_INDEX_BITS)) - 1)
+#define RING_TOKEN_INDEX_MASK ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)
+
+/* The table entry a token names; UINT32_MAX for an index part of 0 (no token has it). Check it against the table. */
+static inline uint32_t ring_token_index(uint32_t token) {
+        return (token & RING_TOKEN_INDEX_MASK) - 1;
+}
 
 enum {
         RING_SEM_RESERVED,  /* the ring's own; starts at 1; nothing operates on it (shmbroker-ring(7), SEMAPHORES) */
@@ -239,7 +245,7 @@ static inline bool ring_owner_claims(uint64_t owner, uint64_t pos) {
  * no live holder wrote it). Token 0 is nobody's.
  */
 static inline bool ring_holders_token_dead(const RingHolder *table, uint32_t n, uint32_t token) {
-        uint32_t index = (token & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1;
+        uint32_t index = ring_token_index(token);
         uint64_t word;
 
         if (token == 0)

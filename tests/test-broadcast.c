@@ -2003,7 +2003,7 @@ END_TEST
 
 /* The entry a token names in its table. */
 static uint32_t token_entry(uint32_t token) {
-        return (token & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1;
+        return ring_token_index(token);
 }
 
 /*

@@ -3024,7 +3024,7 @@ static RingHeader *attach_ring(const char *channel) {
 }
 
 static RingHolder *holder_entry(const RingHeader *h, uint32_t token) {
-        uint32_t index = (token & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1;
+        uint32_t index = ring_token_index(token);
 
         ck_assert_uint_lt(index, RING_HOLDERS);
         return ring_holder_at(h, index);
@@ -3133,7 +3133,7 @@ static RingHolder *ledger_entries(const char *name) {
 
 /* token's entry in a ledger of ledger_entries(). */
 static RingHolder *ledger_entry(RingHolder *v, uint32_t token) {
-        uint32_t index = (token & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1;
+        uint32_t index = ring_token_index(token);
 
         ck_assert_uint_lt(index, RING_HOLDERS);
         return &v[index];
@@ -3389,7 +3389,7 @@ START_TEST(test_holder_entry_forged_free_while_running_hands_out_no_live_token) 
         close_beside(b, h, ta, "a live hold's entry was written FREE");
 
         test_forge_live_holders(ring_holder_at(h, 0), RING_HOLDERS,
-                                (ta & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1);
+                                ring_token_index(ta));
         resp = test_request(b, "{\"op\":\"open\",\"channel\":\"frames\",\"access\":\"rw\"}");
         ck_assert_msg(json_is_true(json_object_get(resp, "ok")),
                       "an rw open after every other entry was written LIVE was refused: %s",

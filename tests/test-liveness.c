@@ -1425,7 +1425,7 @@ START_TEST(test_dead_claim_stays_dead_when_its_entry_is_reused) {
         }
         close(go[0]);
         read_exact(ev[0], &c, 1, "word that the heir opened");
-        index = (token & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1;
+        index = ring_token_index(token);
         word = load64(&ring_holder_at(h, index)->word);
         ck_assert_msg((uint32_t) word == RING_HOLDER_LIVE &&
                       (((uint32_t) (word >> 32) - (token >> RING_TOKEN_INDEX_BITS)) & RING_TOKEN_GEN_MASK) == 1,
@@ -1574,7 +1574,7 @@ static void disown_sender(const RingHeader *h, DisownedSender *ret) {
  * took over: the test writes the holder table in the broker's stead.
  */
 static void take_for_dead(const RingHeader *h, uint32_t token) {
-        uint32_t index = (token & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1;
+        uint32_t index = ring_token_index(token);
         RingHolder *e = ring_holder_at(h, index);
         uint64_t word = load64(&e->word);
 

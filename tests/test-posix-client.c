@@ -642,8 +642,8 @@ static uint32_t scrib_lock_word(const Scribbled *s) {
         case 2: return ring_token(i, (uint32_t) (w >> 32));                       /* whatever entry i says */
         case 3: return t + (UINT32_C(1) << RING_TOKEN_INDEX_BITS);                /* our entry, another generation */
         case 4: return t ^ UINT32_C(0x80000000);
-        case 5: return (t & ~((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) | (PSEM_HOLDERS + 1 + i % 3000);
-        case 6: return t & ~((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1);          /* index bits 0 */
+        case 5: return (t & ~RING_TOKEN_INDEX_MASK) | (PSEM_HOLDERS + 1 + i % 3000);
+        case 6: return t & ~RING_TOKEN_INDEX_MASK;          /* index bits 0 */
         case 7: return UINT32_MAX;
         default: return (uint32_t) scrib_rand();
         }
@@ -658,7 +658,7 @@ static void scribble_table(Scribbled *s) {
         RingHolder *e;
 
         switch (scrib_rand() % 4) {
-        case 0: case 1: i = (own & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1; break;
+        case 0: case 1: i = ring_token_index(own); break;
         case 2: i = (uint32_t) (scrib_rand() % 4); break;
         default: i = (uint32_t) (scrib_rand() % PSEM_HOLDERS); break;
         }
@@ -813,8 +813,8 @@ static void scrib_probe(Scribbled *s, shmb_channel *ch, int phase, int round) {
         case 3: {
                 /* Names no live entry: past the table, no index, another generation, all bits. */
                 uint32_t dead[] = { s->tok[1] + (UINT32_C(1) << RING_TOKEN_INDEX_BITS), UINT32_MAX,
-                                    s->tok[1] & ~((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1),
-                                    (s->tok[1] & ~((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) | (PSEM_HOLDERS + 1),
+                                    s->tok[1] & ~RING_TOKEN_INDEX_MASK,
+                                    (s->tok[1] & ~RING_TOKEN_INDEX_MASK) | (PSEM_HOLDERS + 1),
                                     ring_token(PSEM_HOLDERS - 1, 7) };
 
                 w = SCRIB_PICK(dead);
@@ -826,7 +826,7 @@ static void scrib_probe(Scribbled *s, shmb_channel *ch, int phase, int round) {
                 break;
         }
         if (kind == 4) {
-                RingHolder *e = &s->table[(s->tok[0] & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1];
+                RingHolder *e = &s->table[ring_token_index(s->tok[0])];
 
                 __atomic_store_n(&e->word, (e->word & ~UINT64_C(0xffffffff)) | RING_HOLDER_DEAD, __ATOMIC_SEQ_CST);
         }
@@ -2447,7 +2447,7 @@ START_TEST(test_lock_under_an_old_token_is_still_the_holds) {
         ck_assert_uint_eq(__atomic_load_n(&f->lock, __ATOMIC_SEQ_CST), old);
         ck_assert_int_eq(shmb_lock(b, 0, 0), -EAGAIN);
         ck_assert_int_eq(shmb_lock(ch2, 0, 0), -EAGAIN);
-        e = &table[(old & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1];
+        e = &table[ring_token_index(old)];
         __atomic_store_n(&e->word, (__atomic_load_n(&e->word, __ATOMIC_SEQ_CST) & ~(uint64_t) UINT32_MAX) |
                                            RING_HOLDER_DEAD, __ATOMIC_SEQ_CST);
         ck_assert_int_eq(shmb_lock(a, 0, 0), -EAGAIN);
@@ -3530,7 +3530,7 @@ START_TEST(test_lock_of_a_hold_with_a_dead_token_is_enotconn) {
         token = __atomic_load_n(&f->lock, __ATOMIC_SEQ_CST);
         ck_assert_uint_ne(token, 0);
         ck_assert_int_eq(shmb_unlock(ch, 0), 0);
-        e = &table[(token & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1];
+        e = &table[ring_token_index(token)];
         live = __atomic_load_n(&e->word, __ATOMIC_SEQ_CST);
         ck_assert_uint_eq((uint32_t) live, RING_HOLDER_LIVE);
         __atomic_store_n(&e->word, (live & ~(uint64_t) UINT32_MAX) | RING_HOLDER_DEAD, __ATOMIC_SEQ_CST);

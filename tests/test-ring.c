@@ -266,7 +266,7 @@ static bool abandon_recv(shmb_channel *ch, uint32_t token, bool at_once, Msg *re
  * wait behind the claim with no poll: they looked before it was made).
  */
 static void broker_marks_dead(TestRing *r, uint32_t token) {
-        uint32_t index = (token & ((UINT32_C(1) << RING_TOKEN_INDEX_BITS) - 1)) - 1;
+        uint32_t index = ring_token_index(token);
 
         STORE(&ring_holder_at(r->view[0], index)->word, (UINT64_C(1) << 32) | RING_HOLDER_DEAD,
               __ATOMIC_RELEASE);
