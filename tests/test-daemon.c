@@ -2221,6 +2221,121 @@ static void non_owner_child(void *userdata) {
         _exit(0);
 }
 
+/* In a child as uid 65534 (in no group of the channel's): three requests on one connection, each answer to `out`. */
+typedef struct Asker {
+        const char *socket;
+        int out;
+} Asker;
+
+static void status_asker_child(void *userdata) {
+        static const char *const requests[] = {
+                "{\"op\":\"open\",\"channel\":\"private\",\"access\":\"ro\"}\n",
+                "{\"op\":\"status\",\"channel\":\"private\"}\n",
+                "{\"op\":\"status\"}\n",
+        };
+        const Asker *a = userdata;
+        int fd;
+
+        test_drop_privileges(65534, 65534, 0);
+        fd = test_try_connect(a->socket);
+        if (fd < 0)
+                _exit(10);
+        for (size_t i = 0; i < sizeof requests / sizeof requests[0]; i++) {
+                char *line;
+
+                if (send(fd, requests[i], strlen(requests[i]), MSG_NOSIGNAL) != (ssize_t) strlen(requests[i]))
+                        _exit(11);
+                line = test_read_line(fd);
+                if (!line)
+                        _exit(12);
+                if (write(a->out, line, strlen(line)) != (ssize_t) strlen(line) || write(a->out, "\n", 1) != 1)
+                        _exit(13);
+                free(line);
+        }
+        _exit(0);
+}
+
+/*
+ * shmbrokerctl(1): "Anyone who can connect to the socket may ask for
+ * status", and shmbroker-protocol(7): "hello, list and status need no rights
+ * beyond connecting". A user the channel's mode gives nothing is refused
+ * its open, but its status is answered, and in full: the same entry an
+ * admin gets, semaphore values and holders included (no document hides any
+ * figure from such a user).
+ */
+START_TEST(test_status_of_a_channel_the_asker_cannot_open) {
+        int holder, sem_id, p[2], status;
+        json_t *mine, *theirs, *all, *open, *ch, *sems, *clients;
+        struct sembuf up = { .sem_num = 1, .sem_op = 2 };
+        char buf[65536], *save = NULL, *line;
+        size_t len = 0;
+        ssize_t n;
+
+        test_daemon_write_config(&td, "[{\"name\": \"private\", \"size\": 4096, \"semaphores\": [4, 7], \"mode\": \"0600\"}]");
+        test_start_ok();
+        holder = test_connect(td.socket);
+        open = test_request(holder, "{\"op\":\"open\",\"channel\":\"private\",\"access\":\"rw\"}");
+        test_assert_ok(open);
+        sem_id = (int) test_jint(open, "sem_id");
+        json_decref(open);
+        /* A value the config did not set: the answer must show the kernel's, now. */
+        ck_assert_int_eq(semop(sem_id, &up, 1), 0);
+
+        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        status = test_in_child(status_asker_child, &(Asker) { td.socket, p[1] });
+        close(p[1]);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+        while (len < sizeof buf - 1 && (n = read(p[0], buf + len, sizeof buf - 1 - len)) > 0)
+                len += (size_t) n;
+        buf[len] = 0;
+        close(p[0]);
+
+        /* It cannot open the channel... */
+        line = strtok_r(buf, "\n", &save);
+        ck_assert_ptr_nonnull(line);
+        open = json_loads(line, 0, NULL);
+        ck_assert_msg(open != NULL, "not JSON: %s", line);
+        test_assert_error(open, "EACCES");
+        json_decref(open);
+
+        /* ...but status answers it, as it answers root. */
+        line = strtok_r(NULL, "\n", &save);
+        ck_assert_ptr_nonnull(line);
+        theirs = json_loads(line, 0, NULL);
+        ck_assert_msg(theirs != NULL, "not JSON: %s", line);
+        test_assert_ok(theirs);
+        ch = test_must_find(theirs, "private");
+        ck_assert_msg(!json_object_get(ch, "error"), "status of private has an error for uid 65534: %s", line);
+        ck_assert_str_eq(test_jstr(ch, "mode"), "0600");
+        sems = json_object_get(ch, "semaphores");
+        ck_assert_msg(json_array_size(sems) == 2, "status of private lacks its 2 semaphores: %s", line);
+        ck_assert_int_eq(test_jint(json_array_get(sems, 0), "value"), 4);
+        ck_assert_int_eq(test_jint(json_array_get(sems, 1), "value"), 9);
+        clients = json_object_get(ch, "clients");
+        ck_assert_msg(json_array_size(clients) == 1, "status of private should show root's hold: %s", line);
+        ck_assert_int_eq(test_jint(json_array_get(clients, 0), "uid"), 0);
+        ck_assert_int_eq(test_jint(json_array_get(clients, 0), "pid"), getpid());
+        ck_assert_str_eq(test_jstr(json_array_get(clients, 0), "access"), "rw");
+        mine = test_request(holder, "{\"op\":\"status\",\"channel\":\"private\"}");
+        test_assert_ok(mine);
+        ck_assert_msg(json_equal(mine, theirs), "uid 65534 and root get different status of private:\n%s\n%s", line,
+                      json_dumps(mine, JSON_COMPACT));
+
+        /* The status of all channels lists it the same. */
+        line = strtok_r(NULL, "\n", &save);
+        ck_assert_ptr_nonnull(line);
+        all = json_loads(line, 0, NULL);
+        ck_assert_msg(all != NULL, "not JSON: %s", line);
+        test_assert_ok(all);
+        ck_assert_msg(json_equal(test_must_find(all, "private"), test_must_find(mine, "private")),
+                      "the status of all shows private otherwise to uid 65534: %s", line);
+        json_decref(all);
+        json_decref(mine);
+        json_decref(theirs);
+        close(holder);
+}
+END_TEST
+
 START_TEST(test_clients_cannot_remove_or_reown) {
         json_t *resp;
         Ids ids;
@@ -4514,7 +4629,8 @@ int main(void) {
                                  test_list_answered_when_group_name_is_not_text,
                                  test_list_answered_when_user_name_is_not_text,
                                  test_out_of_band_byte_neither_spins_nor_stalls } },
-                { "access", CASE_TIMEOUT, { test_access_follows_kernel_rule, test_clients_cannot_remove_or_reown } },
+                { "access", CASE_TIMEOUT, { test_access_follows_kernel_rule, test_clients_cannot_remove_or_reown,
+                                            test_status_of_a_channel_the_asker_cannot_open } },
                 { "unmapped", CASE_TIMEOUT, { test_unmapped_peer_is_not_the_overflow_id,
                                               test_overflow_ids_are_ids_where_all_are_mapped } },
                 { "lifecycle", CASE_TIMEOUT, { test_sigterm_with_client_attached, test_sigint_with_client_attached,
