@@ -1724,7 +1724,29 @@ int control_adopt(Control *c, int fd, char *msg, size_t msg_size) {
 }
 
 void control_set_limits(Control *c, const ConfigLimits *limits) {
+        Conn *conn;
+
         c->limits = limits;
+        /*
+         * At once for the connections a limit held back, too: one that
+         * stopped reading at the old output_max reads again under a higher
+         * one now, not at its client's next read, which a client blocked
+         * sending its requests never does. Nothing is freed here (the
+         * reload may be answering one of these), so a failure only leaves
+         * a connection as it was until its next turn.
+         */
+        LIST_FOREACH(conn, &c->conns, link) {
+                int r;
+
+                if (conn->closing)
+                        continue;
+                r = conn_update_events(conn);
+                if (r >= 0)
+                        r = conn_update_timeout(conn);
+                if (r < 0)
+                        log_warning("Failed to apply the reloaded limits to the connection of pid %d: %s, ignoring.",
+                                    (int) conn->client.peer.pid, strerror(-r));
+        }
 }
 
 void control_stop_accepting(Control *c) {

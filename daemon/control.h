@@ -24,7 +24,8 @@ typedef struct Control Control;
 
 /*
  * `limits` is read on every use (not copied), so a reload that swaps the
- * config only needs control_set_limits(). Holder tokens of a connection
+ * config only needs control_set_limits(), which also lets a connection held
+ * back by the old limits go on under the new ones at once. Holder tokens of a connection
  * that ends while its process lives on go to `exits` (borrowed; NULL:
  * they end with the connection).
  */
