@@ -3330,18 +3330,32 @@ static void line_of(int fd, size_t total, bool served) {
 }
 
 START_TEST(test_request_max_follows_reload) {
-        int admin, before, after, x;
+        int admin, before, after, begun, x;
+
+        char *part;
 
         start_limits("\"request_max\": 1024");
         admin = test_connect(td.socket);
         before = test_connect(td.socket);
         line_of(before, 1024, true);
+        /*
+         * A line begun under the old limit, already longer than the new one
+         * (its bytes taken by the daemon before the reload): shmbroker.json(5)
+         * has it refused at once, though no more of it comes.
+         */
+        begun = test_connect(td.socket);
+        part = padded("{\"op\":\"list\"}", 1024);
+        test_send(begun, part, 900);
+        free(part);
+        ck_assert_int_eq(wait_taken(begun), 0);
 
         /* Lowered by the op: on a connection made before, too, a line over the new limit is refused. */
         reload_limits(admin, "\"request_max\": 512");
         line_of(before, 512, true);
         line_of(before, 513, false);
         close(before);
+        expect_refusal(begun, "E2BIG");
+        close(begun);
         x = test_connect(td.socket);
         line_of(x, 512, true);
         line_of(x, 600, false);
