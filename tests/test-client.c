@@ -4903,6 +4903,94 @@ START_TEST(test_empty_socket_variable_means_the_default) {
 END_TEST
 
 /*
+ * Run the program at path (tests/connect-default) as uid 65534 in group
+ * 65534 alone, with this process's environment: its exit status, its
+ * stdout in out.
+ */
+static int run_as_nobody(const char *path, char *out, size_t size) {
+        size_t len = 0;
+        int p[2], status;
+        ssize_t n;
+        pid_t pid;
+
+        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                test_drop_privileges(65534, 65534, 0);
+                if (dup2(p[1], STDOUT_FILENO) < 0)
+                        _exit(93);
+                execl(path, "connect-default", (char *) NULL);
+                _exit(94);
+        }
+        close(p[1]);
+        while (len + 1 < size && (n = read(p[0], out + len, size - 1 - len)) > 0)
+                len += (size_t) n;
+        out[len] = '\0';
+        close(p[0]);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status), "%s killed by signal %d: %s", path, WTERMSIG(status), out);
+        return WEXITSTATUS(status);
+}
+
+/*
+ * libshmbroker(3): SHMBROKER_SOCKET is "read with secure_getenv(3), so a
+ * set-user-ID program ignores it"; shmbrokerctl(1): "Ignored by programs
+ * running set-user-ID or set-group-ID". Whoever runs a set-ID program that
+ * connects with socket_path NULL must not choose which daemon it talks to
+ * (and believes). The same binary, copied onto a file system that honours
+ * set-ID bits (a tmpfs of this test's mount namespace) and owned by uid and
+ * gid 4242, is run by uid 65534 with the variable naming our daemon: as a
+ * plain program it must reach it; set-user-ID, and set-group-ID, it must go
+ * to the default path instead, which is made to hold nothing (a fresh
+ * tmpfs on /run). The program is linked without a wrapper script and finds
+ * libshmbroker by its rpath, which a set-ID program keeps.
+ */
+START_TEST(test_socket_variable_ignored_by_set_id_programs) {
+        static const struct { mode_t mode; const char *what; } set_id[] = {
+                { 04755, "set-user-ID" }, { 02755, "set-group-ID" },
+        };
+        char dir[400], path[500], out[4096];
+        int in, copy;
+        ssize_t n;
+
+        test_private_mounts();
+        ck_assert_msg(mount("tmpfs", "/run", "tmpfs", 0, "mode=0755") == 0, "mount /run: %s", strerror(errno));
+        snprintf(dir, sizeof dir, "%s/set-id", td.dir);
+        ck_assert_int_eq(mkdir(dir, 0755), 0);
+        ck_assert_msg(mount("tmpfs", dir, "tmpfs", 0, "mode=0755") == 0, "mount %s: %s", dir, strerror(errno));
+        snprintf(path, sizeof path, "%s/connect-default", dir);
+        in = open(CONNECT_DEFAULT_PATH, O_RDONLY | O_CLOEXEC);
+        ck_assert_int_ge(in, 0);
+        copy = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0755);
+        ck_assert_int_ge(copy, 0);
+        while ((n = read(in, out, sizeof out)) > 0)
+                ck_assert_int_eq(write(copy, out, (size_t) n), n);
+        ck_assert_int_eq(n, 0);
+        close(in);
+        ck_assert_int_eq(close(copy), 0);
+        ck_assert_int_eq(chown(path, 4242, 4242), 0);
+        ck_assert_str_eq(getenv("SHMBROKER_SOCKET"), td.socket);
+
+        /* The control: the variable leads a plain program to our daemon. */
+        ck_assert_int_eq(chmod(path, 0755), 0);
+        ck_assert_msg(run_as_nobody(path, out, sizeof out) == 0 && strstr(out, "euid 65534 egid 65534\nreached "),
+                      "the plain program did not reach the daemon the variable names: %s", out);
+
+        for (size_t i = 0; i < sizeof set_id / sizeof *set_id; i++) {
+                ck_assert_int_eq(chmod(path, set_id[i].mode), 0);
+                ck_assert_msg(run_as_nobody(path, out, sizeof out) == 1 &&
+                              strstr(out, i == 0 ? "euid 4242 egid 65534\n" : "euid 65534 egid 4242\n") &&
+                              strstr(out, "not reached: ENOENT"),
+                              "%s: the variable was followed (or the bit did not take): %s", set_id[i].what, out);
+        }
+        ck_assert_int_eq(umount2(dir, MNT_DETACH), 0);
+        ck_assert_int_eq(rmdir(dir), 0);
+        ck_assert_int_eq(umount2("/run", MNT_DETACH), 0);
+}
+END_TEST
+
+/*
  * shmbrokerctl(1), EXIT STATUS: "A pipe whose reader went away ends it
  * with SIGPIPE, as it does any filter", so that `shmbrokerctl list | head
  * -1` ends quietly, as ls would. Neither the command nor the library may
@@ -5016,7 +5104,8 @@ int main(void) {
                                  test_shmbrokerctl_socket_path_not_a_socket_says_so,
                                  test_shmbrokerctl_invalid_name_message_says_the_rule } },
                 { "cli-env", CASE_TIMEOUT, { test_empty_socket_variable_means_the_default,
-                                 test_shmbrokerctl_pipe_without_reader_ends_it_with_sigpipe } },
+                                 test_shmbrokerctl_pipe_without_reader_ends_it_with_sigpipe,
+                                 test_socket_variable_ignored_by_set_id_programs } },
         };
 
         return test_main("client", groups, sizeof groups / sizeof groups[0], setup, test_teardown);
