@@ -2405,6 +2405,74 @@ START_TEST(test_stale_socket_replaced_live_socket_kept) {
 }
 END_TEST
 
+/*
+ * shmbroker.json(5), "key": "The daemon's own user must be able to reach
+ * the file (search every directory of PATH), or the start fails with
+ * ftok's EACCES"; ERRORS: "A configuration with any error is refused as a
+ * whole: a start exits with status 1"; shmbrokerd(8) reads the whole
+ * configuration first, before any lock, state file or object. A daemon
+ * running as uid 65534, its key file in a directory of root's that only
+ * root may search, must say which channel and file, and leave the IPC
+ * namespace and its state directory as it found them. The same daemon
+ * starts once the directory may be searched: it was the search right.
+ */
+START_TEST(test_unreachable_ftok_file_fails_an_unprivileged_start) {
+        static const char *const ours[] = { "shmbroker.json", "daemon.log", "notify", "keys" };
+        char keys[300], path[400], *text, *log;
+        json_t *resp, *list;
+        struct dirent *e;
+        int status = 0, fd;
+        DIR *dir;
+
+        /* The daemon's state directory is the socket's: its own, 0700. */
+        ck_assert_int_eq(chown(td.dir, 65534, 65534), 0);
+        ck_assert_int_eq(chmod(td.dir, 0700), 0);
+        td.uid = 65534;
+        td.gid = 65534;
+        snprintf(keys, sizeof keys, "%s/keys", td.dir);
+        ck_assert_int_eq(mkdir(keys, 0700), 0);
+        snprintf(path, sizeof path, "%s/legacy.key", keys);
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        ck_assert_int_ge(fd, 0);
+        close(fd);
+        ck_assert_int_ge(asprintf(&text, "[{\"name\": \"first\", \"size\": 4096, \"semaphores\": [1]},"
+                                         " {\"name\": \"legacy\", \"size\": 4096, \"key\": {\"ftok\": [\"%s\", 12]}}]",
+                                  path), 0);
+        test_daemon_write_config(&td, text);
+        free(text);
+
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %d", status);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "\"legacy\"") && strstr(log, path) && strstr(log, strerror(EACCES)),
+                      "the refusal does not name the channel, the file and EACCES: %s", log);
+        free(log);
+        assert_nothing_left();
+        dir = opendir(td.dir);
+        ck_assert_ptr_nonnull(dir);
+        while ((e = readdir(dir))) {
+                bool known = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+
+                for (size_t i = 0; i < sizeof ours / sizeof *ours; i++)
+                        known = known || !strcmp(e->d_name, ours[i]);
+                ck_assert_msg(known, "the failed start left %s/%s", td.dir, e->d_name);
+        }
+        closedir(dir);
+
+        /* The control: with the search right, the same start succeeds and uses ftok's key. */
+        ck_assert_int_eq(chmod(keys, 0711), 0);
+        test_start_ok();
+        fd = test_connect(td.socket);
+        resp = test_request(fd, "{\"op\":\"list\"}");
+        test_assert_ok(resp);
+        list = test_must_find(resp, "legacy");
+        ck_assert_int_eq(test_jint(list, "shm_key"), (json_int_t) (uint32_t) ftok(path, 12));
+        json_decref(resp);
+        close(fd);
+        test_daemon_stop_ok(&td);
+}
+END_TEST
+
 START_TEST(test_check_config_touches_no_ipc) {
         int status = 0;
         char *log;
@@ -4674,7 +4742,8 @@ int main(void) {
                 { "start-failures", CASE_TIMEOUT, { test_foreign_fixed_key_fails_start_and_rolls_back, test_foreign_derived_key_moves_on,
                                       test_remade_channel_keeps_the_key_it_moved_to,
                                       test_kernel_limit_refused_before_creating, test_kernel_sem_limit_refused_before_creating,
-                                      test_check_config_touches_no_ipc } },
+                                      test_check_config_touches_no_ipc,
+                                      test_unreachable_ftok_file_fails_an_unprivileged_start } },
                 { "command-line", CASE_TIMEOUT, { test_command_line_usage_and_exit_codes,
                                  test_non_socket_at_socket_path_left_alone, test_stop_unlinks_only_its_own_socket,
                                  test_stop_removes_only_its_own_fifo_directory,
