@@ -3536,6 +3536,127 @@ START_TEST(test_connections_max_follows_reload) {
 }
 END_TEST
 
+/*
+ * shmbroker.json(5), connections_max: "Each administrator's uid (uid 0,
+ * and each member of admin_group) has 4 connections past it, however many
+ * it holds below it"; a reload that lowers it closes nobody ("A connection
+ * a lowered connections_max would not admit now stays"). With 6 of uid
+ * 65534's open and the cap lowered to 2 by SIGHUP, root still gets its 4
+ * past the cap, and a fifth is refused, as anyone else is.
+ */
+START_TEST(test_admin_reserve_kept_when_connections_max_is_lowered) {
+        int admin[5];
+        Child a;
+
+        start_limits("\"connections_max\": 6");
+        child_start(&a, holding_child, &(Holding) { td.socket, 6 });
+        child_wait_step(&a);
+        child_run(refused_child, td.socket);
+
+        reload_limits(-1, "\"connections_max\": 2");
+        for (int i = 0; i < 4; i++) {
+                admin[i] = test_connect(td.socket);
+                request_ok(admin[i], "{\"op\":\"status\"}");
+        }
+        admin[4] = test_connect(td.socket);
+        expect_refusal(admin[4], "EUSERS");
+        child_run(refused_child, td.socket);
+        child_go(&a);
+        child_wait_step(&a);
+        child_go(&a);
+        child_finish(&a);
+        for (int i = 0; i < 5; i++)
+                close(admin[i]);
+        assert_daemon_alive();
+}
+END_TEST
+
+/*
+ * The same promise the other way: root's 4 connections taken past a cap
+ * of 4 are below the cap once a reload raised it to 8 (8 open in all), and
+ * no longer "past it": when users fill the raised cap, root must again get
+ * 4 past it, or the connections an admin's tools kept from a busy hour
+ * lock its status and reload out for good.
+ */
+START_TEST(test_admin_reserve_comes_back_when_connections_max_is_raised) {
+        int past[4], admin[5];
+        Child a;
+
+        start_limits("\"connections_max\": 4");
+        child_start(&a, holding_child, &(Holding) { td.socket, 4 });
+        child_wait_step(&a);
+        for (int i = 0; i < 4; i++) {
+                past[i] = test_connect(td.socket);
+                request_ok(past[i], "{\"op\":\"status\"}");
+        }
+        admin[0] = test_connect(td.socket);
+        expect_refusal(admin[0], "EUSERS");
+        close(admin[0]);
+
+        /* 8 open, the cap 8: a user is refused, root is not. */
+        reload_limits(-1, "\"connections_max\": 8");
+        child_run(refused_child, td.socket);
+        for (int i = 0; i < 4; i++) {
+                admin[i] = test_connect(td.socket);
+                request_ok(admin[i], "{\"op\":\"status\"}");
+        }
+        admin[4] = test_connect(td.socket);
+        expect_refusal(admin[4], "EUSERS");
+        child_go(&a);
+        child_wait_step(&a);
+        child_go(&a);
+        child_finish(&a);
+        for (int i = 0; i < 5; i++)
+                close(admin[i]);
+        for (int i = 0; i < 4; i++)
+                close(past[i]);
+        assert_daemon_alive();
+}
+END_TEST
+
+/*
+ * The same without a reload: root's 4 taken past a cap of 5 while uid
+ * 65534 filled it are below the cap once that user's 5 went and another
+ * of its connections filled it again (5 open: root's 4 and 1). Root must
+ * get its 4 past the cap again.
+ */
+START_TEST(test_admin_reserve_comes_back_when_others_close) {
+        int past[4], admin[5];
+        Child a, b;
+
+        start_limits("\"connections_max\": 5");
+        child_start(&a, holding_child, &(Holding) { td.socket, 5 });
+        child_wait_step(&a);
+        for (int i = 0; i < 4; i++) {
+                past[i] = test_connect(td.socket);
+                request_ok(past[i], "{\"op\":\"status\"}");
+        }
+        child_go(&a);
+        child_wait_step(&a);
+        child_go(&a);
+        child_finish(&a);
+        wait_holds(past[0], "pub", 0);
+        child_start(&b, holding_child, &(Holding) { td.socket, 1 });
+        child_wait_step(&b);
+        child_run(refused_child, td.socket);
+        for (int i = 0; i < 4; i++) {
+                admin[i] = test_connect(td.socket);
+                request_ok(admin[i], "{\"op\":\"status\"}");
+        }
+        admin[4] = test_connect(td.socket);
+        expect_refusal(admin[4], "EUSERS");
+        child_go(&b);
+        child_wait_step(&b);
+        child_go(&b);
+        child_finish(&b);
+        for (int i = 0; i < 5; i++)
+                close(admin[i]);
+        for (int i = 0; i < 4; i++)
+                close(past[i]);
+        assert_daemon_alive();
+}
+END_TEST
+
 #define RELOAD_HALF_LINE 40000  /* a half line for which the daemon's buffer grows to 64 KiB */
 
 /* uid 65534: a connection that buffers 64 KiB, new connections beside it refused, then served. */
@@ -3783,7 +3904,10 @@ int main(void) {
                 { "limits-reload", CASE_TIMEOUT, { test_request_max_follows_reload, test_request_timeout_follows_reload,
                                                    test_connections_max_follows_reload,
                                                    test_buffers_per_uid_follows_reload,
-                                                   test_output_max_follows_reload } },
+                                                   test_output_max_follows_reload,
+                                                   test_admin_reserve_kept_when_connections_max_is_lowered,
+                                                   test_admin_reserve_comes_back_when_connections_max_is_raised } },
+                { "limits-reserve", CASE_TIMEOUT, { test_admin_reserve_comes_back_when_others_close } },
                 { "log", CASE_TIMEOUT, { test_refused_requests_do_not_flood_the_log,
                                          test_left_out_client_messages_are_counted } },
         };
