@@ -98,6 +98,7 @@ struct Conn {
         Client client;
         UidAcct *acct;                  /* NULL until the peer's uid is known */
         bool past_max;                  /* an admin's, accepted past connections_max: counted in acct->n_past_max */
+        LIST_ENTRY(Conn) past_link;     /* while past_max: in control->past */
         LIST_ENTRY(Conn) uid_link;
         size_t charged;                 /* in_cap + out_cap, as counted in acct->bytes */
         char *in;
@@ -152,6 +153,8 @@ struct Control {
         ExitWatch *exits;       /* borrowed; NULL: tokens end with their connection */
         LIST_HEAD(, Conn) conns;
         size_t n_conns;
+        LIST_HEAD(, Conn) past;         /* the past_max connections, newest first */
+        size_t n_past;
         void (*changed)(void *userdata); /* control_on_change() */
         void *changed_userdata;
         UidAcct **accts;        /* sorted by uid, for lookup at accept */
@@ -216,6 +219,31 @@ static int acct_attach(Control *c, Conn *conn) {
         return 0;
 }
 
+/* conn, an admin's connection counted past connections_max, is no longer: its uid's reserve has its place back. */
+static void conn_unmark_past(Conn *conn) {
+        if (!conn->past_max)
+                return;
+        LIST_REMOVE(conn, past_link);
+        conn->control->n_past--;
+        conn->acct->n_past_max--;
+        conn->past_max = false;
+}
+
+/*
+ * The reserve counts the admins' connections that are past the cap now:
+ * no more of them than the connections over connections_max. When others
+ * close, or a reload raises the cap, those it admits now stop counting,
+ * so that connections an admin kept from a full hour do not use up its
+ * reserve for good. (A lowered cap makes none of them past it: the admins
+ * keep their whole reserve past the new cap, as anyone keeps what it has.)
+ */
+static void settle_past_max(Control *c) {
+        size_t over = c->n_conns > c->limits->connections_max ? c->n_conns - c->limits->connections_max : 0;
+
+        while (c->n_past > over)
+                conn_unmark_past(LIST_FIRST(&c->past));
+}
+
 /* Called once conn's buffers are freed; the entry goes with the uid's last connection. */
 static void acct_detach(Conn *conn) {
         Control *c = conn->control;
@@ -225,12 +253,11 @@ static void acct_detach(Conn *conn) {
 
         if (!a)
                 return;
+        conn_unmark_past(conn);
         conn->acct = NULL;
         LIST_REMOVE(conn, uid_link);
         a->bytes -= conn->charged;
         a->fds -= conn->n_fds + conn->n_in_flight;
-        a->n_past_max -= conn->past_max;
-        conn->past_max = false;
         conn->charged = 0;
         if (--a->n_conns > 0)
                 return;
@@ -444,8 +471,11 @@ static void conn_watch_process(Conn *conn) {
 }
 
 static Conn *conn_free(Conn *conn) {
+        Control *c;
+
         if (!conn)
                 return NULL;
+        c = conn->control;
         /* Peeked bytes too: an error between a peek and its take leaves them in the socket. */
         if ((conn->closing || conn->unconsumed > 0) && conn->fd >= 0)
                 discard_pending_input(conn->fd);
@@ -469,6 +499,7 @@ static Conn *conn_free(Conn *conn) {
         conn_count_in_flight(conn, 0);
         acct_detach(conn);
         free(conn);
+        settle_past_max(c);
         return NULL;
 }
 
@@ -1254,6 +1285,8 @@ static int check_caps(Control *c, Conn *conn) {
                 }
                 conn->past_max = true;
                 a->n_past_max++;
+                LIST_INSERT_HEAD(&c->past, conn, past_link);
+                c->n_past++;
         }
         if (a->n_conns > l->connections_per_uid) {
                 snprintf(why, sizeof why, "uid %u already has %" PRIu32 " connections, the most allowed",
@@ -1409,6 +1442,7 @@ int control_new(sd_event *event, Dispatch *dispatch, const ConfigLimits *limits,
         c->listen_fd = -1;
         c->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         LIST_INIT(&c->conns);
+        LIST_INIT(&c->past);
         /* After the daemon raised its limit (raise_fd_limit()); one answer's worth at least. */
         c->fds_per_uid = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ?
                          MAX((size_t) rl.rlim_cur / 4, (size_t) PROTO_FDS_MAX) : SIZE_MAX;
@@ -1727,6 +1761,7 @@ void control_set_limits(Control *c, const ConfigLimits *limits) {
         Conn *conn;
 
         c->limits = limits;
+        settle_past_max(c);
         /*
          * At once for the connections a limit held back, too: one that
          * stopped reading at the old output_max reads again under a higher
