@@ -1205,6 +1205,16 @@ static void two_conns_filler(void *userdata) {
                 close(c[i]);
 }
 
+/* Root's next 4 connections are served past the cap, and the fifth is refused: admin[0..4], to be closed. */
+static void admin_reserve_of_four(int admin[5]) {
+        for (int i = 0; i < 4; i++) {
+                admin[i] = test_connect(td.socket);
+                request_ok(admin[i], "{\"op\":\"status\"}");
+        }
+        admin[4] = test_connect(td.socket);
+        expect_refusal(admin[4], "EUSERS");
+}
+
 /*
  * README, connections_max: "root and admin_group members keep 4
  * connections each past it, so status and reload still work when others
@@ -1223,12 +1233,7 @@ START_TEST(test_admin_reserve_not_used_up_by_its_own_clients) {
         }
         child_start(&filler, two_conns_filler, td.socket);
         child_wait_step(&filler);
-        for (int i = 0; i < 4; i++) {
-                admin[i] = test_connect(td.socket);
-                request_ok(admin[i], "{\"op\":\"status\"}");
-        }
-        admin[4] = test_connect(td.socket);
-        expect_refusal(admin[4], "EUSERS");
+        admin_reserve_of_four(admin);
         child_run(refused_child, td.socket);
         child_go(&filler);
         child_finish(&filler);
@@ -3477,6 +3482,14 @@ static void holding_child(void *userdata) {
                 close(c[i]);
 }
 
+/* Let a holding_child see its connections still served, then close them and end. */
+static void holding_finish(Child *h) {
+        child_go(h);
+        child_wait_step(h);
+        child_go(h);
+        child_finish(h);
+}
+
 /* uid 65534 connects once: served, and gone again. */
 static void served_child(void *userdata) {
         const char *sock = userdata;
@@ -3527,10 +3540,7 @@ START_TEST(test_connections_max_follows_reload) {
         child_start(&a, holding_child, &(Holding) { td.socket, 1 });
         child_wait_step(&a);
         child_run(refused_child, td.socket);
-        child_go(&a);
-        child_wait_step(&a);
-        child_go(&a);
-        child_finish(&a);
+        holding_finish(&a);
         close(admin);
         assert_daemon_alive();
 }
@@ -3554,17 +3564,9 @@ START_TEST(test_admin_reserve_kept_when_connections_max_is_lowered) {
         child_run(refused_child, td.socket);
 
         reload_limits(-1, "\"connections_max\": 2");
-        for (int i = 0; i < 4; i++) {
-                admin[i] = test_connect(td.socket);
-                request_ok(admin[i], "{\"op\":\"status\"}");
-        }
-        admin[4] = test_connect(td.socket);
-        expect_refusal(admin[4], "EUSERS");
+        admin_reserve_of_four(admin);
         child_run(refused_child, td.socket);
-        child_go(&a);
-        child_wait_step(&a);
-        child_go(&a);
-        child_finish(&a);
+        holding_finish(&a);
         for (int i = 0; i < 5; i++)
                 close(admin[i]);
         assert_daemon_alive();
@@ -3596,16 +3598,8 @@ START_TEST(test_admin_reserve_comes_back_when_connections_max_is_raised) {
         /* 8 open, the cap 8: a user is refused, root is not. */
         reload_limits(-1, "\"connections_max\": 8");
         child_run(refused_child, td.socket);
-        for (int i = 0; i < 4; i++) {
-                admin[i] = test_connect(td.socket);
-                request_ok(admin[i], "{\"op\":\"status\"}");
-        }
-        admin[4] = test_connect(td.socket);
-        expect_refusal(admin[4], "EUSERS");
-        child_go(&a);
-        child_wait_step(&a);
-        child_go(&a);
-        child_finish(&a);
+        admin_reserve_of_four(admin);
+        holding_finish(&a);
         for (int i = 0; i < 5; i++)
                 close(admin[i]);
         for (int i = 0; i < 4; i++)
@@ -3631,24 +3625,13 @@ START_TEST(test_admin_reserve_comes_back_when_others_close) {
                 past[i] = test_connect(td.socket);
                 request_ok(past[i], "{\"op\":\"status\"}");
         }
-        child_go(&a);
-        child_wait_step(&a);
-        child_go(&a);
-        child_finish(&a);
+        holding_finish(&a);
         wait_holds(past[0], "pub", 0);
         child_start(&b, holding_child, &(Holding) { td.socket, 1 });
         child_wait_step(&b);
         child_run(refused_child, td.socket);
-        for (int i = 0; i < 4; i++) {
-                admin[i] = test_connect(td.socket);
-                request_ok(admin[i], "{\"op\":\"status\"}");
-        }
-        admin[4] = test_connect(td.socket);
-        expect_refusal(admin[4], "EUSERS");
-        child_go(&b);
-        child_wait_step(&b);
-        child_go(&b);
-        child_finish(&b);
+        admin_reserve_of_four(admin);
+        holding_finish(&b);
         for (int i = 0; i < 5; i++)
                 close(admin[i]);
         for (int i = 0; i < 4; i++)
