@@ -3857,6 +3857,66 @@ START_TEST(test_output_max_follows_reload) {
 }
 END_TEST
 
+/*
+ * shmbroker.json(5), RELOAD: the limits "take effect at once (existing
+ * connections are not closed)"; nothing else of a connection changes. An
+ * answer whose descriptors wait in the daemon until the client has read
+ * those of the last one (shmbrokerd(8), LIMITS) is looked at again at most
+ * a quarter of a second apart, since nothing else tells the daemon its
+ * client read: a reload must not put that look off. Here the client reads
+ * the first answer while the daemon reloads every 20 ms for 3 s; the held
+ * answer must come within them, not only once they stop.
+ */
+START_TEST(test_reloads_do_not_put_off_an_answer_with_descriptors) {
+        static const char open_px[] = "{\"op\":\"open\",\"channel\":\"px\",\"access\":\"ro\",\"fd\":true}\n";
+        static const char open_py[] = "{\"op\":\"open\",\"channel\":\"py\",\"access\":\"ro\",\"fd\":true}\n";
+        struct pollfd p = { .events = POLLIN };
+        int admin, y, fds[PROTO_FDS_MAX], reloads = 0;
+        size_t n_fds = 0;
+        int64_t deadline;
+        bool came = false;
+        json_t *v;
+
+        limits_channels = "[{\"name\": \"px\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0644\"}, "
+                          "{\"name\": \"py\", \"kind\": \"posix\", \"size\": 4096, \"mode\": \"0644\"}]";
+        start_limits("\"request_timeout_ms\": 10000");
+        admin = test_connect(td.socket);
+        y = test_connect(td.socket);
+        /* The first answer's descriptors arrive and stay unread; the second answer's then wait in the daemon. */
+        test_send(y, open_px, strlen(open_px));
+        p.fd = y;
+        ck_assert_int_eq(poll(&p, 1, 5000), 1);
+        test_send(y, open_py, strlen(open_py));
+        ck_assert_int_eq(wait_taken(y), 0);
+        for (int i = 0; i < 10; i++)
+                request_ok(admin, "{\"op\":\"reload\"}");
+        v = test_request_fds(y, NULL, fds, PROTO_FDS_MAX, &n_fds);
+        test_assert_ok(v);
+        json_decref(v);
+        ck_assert_uint_gt(n_fds, 0);
+        for (size_t i = 0; i < n_fds; i++)
+                close(fds[i]);
+        /* Read now: the daemon looks again within 250 ms, reloads or not. */
+        for (deadline = test_now_ms() + 3000; !came && test_now_ms() < deadline; reloads++) {
+                request_ok(admin, "{\"op\":\"reload\"}");
+                came = poll(&p, 1, 20) == 1;
+        }
+        ck_assert_msg(came, "the answer held for its descriptors did not come within %d reloads 20 ms apart (3 s) "
+                      "after its client read the last: each reload put off the daemon's look", reloads);
+        n_fds = 0;
+        v = test_request_fds(y, NULL, fds, PROTO_FDS_MAX, &n_fds);
+        test_assert_ok(v);
+        json_decref(v);
+        ck_assert_uint_gt(n_fds, 0);
+        for (size_t i = 0; i < n_fds; i++)
+                close(fds[i]);
+        close(y);
+        close(admin);
+        limits_channels = NULL;
+        assert_daemon_alive();
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -3888,6 +3948,7 @@ int main(void) {
                                                    test_connections_max_follows_reload,
                                                    test_buffers_per_uid_follows_reload,
                                                    test_output_max_follows_reload,
+                                                   test_reloads_do_not_put_off_an_answer_with_descriptors,
                                                    test_admin_reserve_kept_when_connections_max_is_lowered,
                                                    test_admin_reserve_comes_back_when_connections_max_is_raised } },
                 { "limits-reserve", CASE_TIMEOUT, { test_admin_reserve_comes_back_when_others_close } },
