@@ -776,7 +776,11 @@ static int conn_update_fds_retry(Conn *conn) {
         return r;
 }
 
-static int conn_update_events(Conn *conn) {
+/*
+ * What wakes conn for its socket and its buffered lines, which the limits
+ * decide (conn_update_events() without the descriptors' retry).
+ */
+static int conn_update_io(Conn *conn) {
         uint32_t events = 0;
         int r;
 
@@ -786,9 +790,6 @@ static int conn_update_events(Conn *conn) {
         if (pending_output(conn) > 0 && !conn->fds_held)
                 events |= EPOLLOUT;
         r = sd_event_source_set_io_events(conn->source, events);
-        if (r < 0)
-                return r;
-        r = conn_update_fds_retry(conn);
         if (r < 0)
                 return r;
         /* Complete lines left after a turn: nothing else would wake us for bytes already read. */
@@ -809,6 +810,13 @@ static int conn_update_events(Conn *conn) {
                 return r;
         }
         return sd_event_source_set_enabled(conn->more, SD_EVENT_ONESHOT);
+}
+
+/* After a turn of conn: what wakes it next. */
+static int conn_update_events(Conn *conn) {
+        int r = conn_update_io(conn);
+
+        return r < 0 ? r : conn_update_fds_retry(conn);
 }
 
 /*
@@ -1768,14 +1776,16 @@ void control_set_limits(Control *c, const ConfigLimits *limits) {
          * one now, not at its client's next read, which a client blocked
          * sending its requests never does. Nothing is freed here (the
          * reload may be answering one of these), so a failure only leaves
-         * a connection as it was until its next turn.
+         * a connection as it was until its next turn. Not the retry of
+         * held descriptors, which no limit decides: each update puts it
+         * off, and a reload every little while would hold them for good.
          */
         LIST_FOREACH(conn, &c->conns, link) {
                 int r;
 
                 if (conn->closing)
                         continue;
-                r = conn_update_events(conn);
+                r = conn_update_io(conn);
                 if (r >= 0)
                         r = conn_update_timeout(conn);
                 if (r < 0)
