@@ -221,6 +221,16 @@ START_TEST(test_getters_on_null) {
         ck_assert_uint_eq(shmb_channel_slots(NULL), 0);
         ck_assert_ptr_null(shmb_channel_get_client(NULL));
         ck_assert_int_eq(shmb_channel_check(NULL), -EINVAL);
+        ck_assert_int_eq(shmb_channel_kind(NULL), -EINVAL);
+        ck_assert_ptr_null(shmb_channel_shm_name(NULL));
+        ck_assert_int_eq(shmb_channel_set_spin(NULL, 0), -EINVAL);
+        ck_assert_int_eq(shmb_channel_fd(NULL), -EINVAL);
+        ck_assert_int_eq(shmb_client_fd(NULL), -EINVAL);
+        ck_assert_int_eq(shmb_client_process(NULL), -EINVAL);
+        ck_assert_int_eq(shmb_client_set_timeout(NULL, 100), -EINVAL);
+        /* The calls that end a handle accept NULL, as free(3) does. */
+        ck_assert_int_eq(shmb_close(NULL), 0);
+        shmb_disconnect(NULL);
 
         ck_assert_uint_eq(shmb_status_count(NULL), 0);
         ck_assert_ptr_null(shmb_status_name(NULL, 0));

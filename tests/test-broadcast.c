@@ -747,6 +747,69 @@ START_TEST(test_zero_copy_in_place) {
 END_TEST
 
 /*
+ * libshmbroker(3), Broadcast channels: the zero-copy calls work as on a
+ * ring, with their errors. Misuse a program plausibly makes (a NULL
+ * out-pointer, a subscriber's peeked pointer passed to commit or abort, a
+ * publisher's reserved one to release, one subscriber's pointer released
+ * by another) is refused and takes nothing: in block mode a claim left
+ * behind would hold up every subscriber, and a wrong release would take
+ * the next message from under its subscriber.
+ */
+START_TEST(test_zero_copy_misuse_takes_nothing) {
+        shmb_channel *pub = test_open_ok("news", SHMB_RW), *sub = test_open_ok("news", SHMB_RO),
+                     *other = test_open_ok("news", SHMB_RO);
+        const void *in = NULL, *again = NULL, *theirs = NULL;
+        void *out = NULL;
+        char buf[SLOT_SIZE];
+
+        /* A reserve without a place for its pointer claims no position: subscribers are not held up. */
+        ck_assert_int_eq(shmb_send_reserve(pub, 1, NULL, 0), -EINVAL);
+        ck_assert_int_eq(shmb_send_reserve(NULL, 1, &out, 0), -EINVAL);
+        send_ok(pub, "first", 5);
+        ck_assert_int_eq(shmb_recv_peek(sub, NULL, 0), -EINVAL);
+        ck_assert_int_eq(shmb_recv_peek(NULL, &in, 0), -EINVAL);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 1000), 5);
+        ck_assert_int_eq(memcmp(buf, "first", 5), 0);
+        ck_assert_int_eq(shmb_recv(other, buf, sizeof buf, 1000), 5);
+
+        /* A peek by each subscriber and a reservation, all at once. */
+        send_ok(pub, "second", 6);
+        ck_assert_int_eq(shmb_recv_peek(sub, &in, 1000), 6);
+        ck_assert_int_eq(shmb_recv_peek(other, &theirs, 1000), 6);
+        ck_assert_int_eq(shmb_send_reserve(pub, 5, &out, 0), 0);
+        memcpy(out, "third", 5);
+        /* A subscriber cannot publish, not even with a pointer into the ring. */
+        ck_assert_int_eq(shmb_send_commit(sub, (void *) in, 6), -EACCES);
+        ck_assert_int_eq(shmb_send_abort(sub, (void *) in), -EACCES);
+        ck_assert_int_eq(shmb_send_commit(pub, (void *) in, 6), -EINVAL);   /* not in pub's mapping */
+        ck_assert_int_lt(shmb_recv_release(pub, out), 0);                   /* a publisher receives nothing */
+        ck_assert_int_eq(shmb_recv_release(NULL, in), -EINVAL);
+        ck_assert_int_eq(shmb_recv_release(sub, NULL), -EINVAL);
+        /* Another subscriber's pointer to the very message is not this one's peek. */
+        ck_assert_int_eq(shmb_recv_release(sub, theirs), -EINVAL);
+        ck_assert_int_eq(shmb_recv_release(other, in), -EINVAL);
+        /* Nothing moved: the peek is still each subscriber's next message, and a second peek returns it again. */
+        ck_assert_int_eq(shmb_recv_peek(sub, &again, 0), 6);
+        ck_assert_ptr_eq(again, in);
+        ck_assert_int_eq(memcmp(in, "second", 6), 0);
+        ck_assert_int_eq(shmb_recv_release(sub, in), 0);
+        ck_assert_int_eq(shmb_recv_release(other, theirs), 0);
+        /* The reservation too is intact: it publishes, and nothing else came between. */
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 0), -EAGAIN);
+        ck_assert_int_eq(shmb_send_commit(pub, out, 5), 0);
+        ck_assert_int_eq(shmb_recv(sub, buf, sizeof buf, 1000), 5);
+        ck_assert_int_eq(memcmp(buf, "third", 5), 0);
+        ck_assert_int_eq(shmb_recv(other, buf, sizeof buf, 1000), 5);
+        ck_assert_int_eq(memcmp(buf, "third", 5), 0);
+        ck_assert_uint_eq(dropped_of(sub), 0);
+        ck_assert_uint_eq(dropped_of(other), 0);
+        shmb_close(other);
+        shmb_close(sub);
+        shmb_close(pub);
+}
+END_TEST
+
+/*
  * libshmbroker(3): a peeked message that shmb_recv() consumed cannot be
  * released any more (-EINVAL). Its pointer names a slot, which comes
  * round again a lap later: the release must not take the message there,
@@ -3232,7 +3295,8 @@ int main(void) {
                             test_no_system_call_per_message,
                             test_subscriber_beside_the_publisher_does_not_spin } },
                 { "drop", CASE_TIMEOUT, { test_drop_never_blocks_and_counts_exactly, test_drop_accounting_under_load } },
-                { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_release_of_a_consumed_peek_a_lap_later,
+                { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_zero_copy_misuse_takes_nothing,
+                                 test_release_of_a_consumed_peek_a_lap_later,
                                  test_one_mib_frame_to_three_subscribers,
                                  test_large_channel_mapped_at_open,
                                  test_zero_copy_both_sides_across_processes, test_publisher_killed_mid_reserve } },

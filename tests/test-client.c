@@ -3132,6 +3132,155 @@ START_TEST(test_zero_copy_in_place) {
 }
 END_TEST
 
+/* A thread that sends one message on a ring handle after a pause: the peer of a call that must wait. */
+typedef struct LateSend {
+        shmb_channel *ch;
+        pthread_t thread;
+        int result;
+} LateSend;
+
+static void *late_send(void *userdata) {
+        LateSend *l = userdata;
+
+        usleep(100000);
+        l->result = shmb_send(l->ch, "late", 4, 1000);
+        return NULL;
+}
+
+/*
+ * libshmbroker(3), Zero copy: commit, abort and release take a claim this
+ * handle holds, else -EINVAL; the reserve and peek calls fail as
+ * shmb_send() and shmb_recv() do: -EACCES on a SHMB_RO ring, -ENOTSUP on a
+ * raw channel, -EINVAL for NULL. Misused calls an application plausibly
+ * makes (a NULL out-pointer, a peeked pointer passed to commit, a reserved
+ * one to release, the wrong handle kind) must refuse and take nothing: no
+ * message lost, no slot left claimed to hold up the ring's other users.
+ */
+START_TEST(test_zero_copy_misuse_takes_nothing) {
+        shmb_channel *h = test_open_ok("ring", SHMB_RW), *rx = test_open_ok("ring", SHMB_RW),
+                     *ro = test_open_ok("ring", SHMB_RO), *raw = test_open_ok("pair", SHMB_RW);
+        const void *in = NULL;
+        void *out = NULL;
+        char buf[256];
+        LateSend late = { .ch = h };
+
+        /* NULL handles and NULL buffers. */
+        ck_assert_int_eq(shmb_send_reserve(NULL, 1, &out, 0), -EINVAL);
+        ck_assert_int_eq(shmb_send_commit(NULL, out, 1), -EINVAL);
+        ck_assert_int_eq(shmb_send_abort(NULL, out), -EINVAL);
+        ck_assert_int_eq(shmb_recv_peek(NULL, &in, 0), -EINVAL);
+        ck_assert_int_eq(shmb_recv_release(NULL, in), -EINVAL);
+        ck_assert_int_eq(shmb_send_commit(h, NULL, 0), -EINVAL);
+        ck_assert_int_eq(shmb_send_abort(h, NULL), -EINVAL);
+        ck_assert_int_eq(shmb_recv_release(h, NULL), -EINVAL);
+
+        /* A reserve without a place for its pointer claims no slot: a whole lap of sends still fits. */
+        for (int i = 0; i < 8; i++)
+                ck_assert_int_eq(shmb_send_reserve(h, 1, NULL, 0), -EINVAL);
+        for (int i = 0; i < 8; i++)
+                ck_assert_int_eq(shmb_send(h, "a", 1, 0), 0);
+        /* A peek without one consumes nothing: all eight are still there, for another receiver. */
+        for (int i = 0; i < 8; i++)
+                ck_assert_int_eq(shmb_recv_peek(h, NULL, 0), -EINVAL);
+        for (int i = 0; i < 8; i++)
+                ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 0), 1);
+        ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 0), -EAGAIN);
+
+        /* The wrong handle kind: refused, whatever the pointer. */
+        ck_assert_int_eq(shmb_send(ro, "x", 1, 0), -EACCES);
+        ck_assert_int_eq(shmb_recv(ro, buf, sizeof buf, 0), -EACCES);
+        ck_assert_int_eq(shmb_recv_peek(ro, &in, 0), -EACCES);
+        ck_assert_int_eq(shmb_recv(raw, buf, sizeof buf, 0), -ENOTSUP);
+        ck_assert_int_eq(shmb_send_reserve(raw, 1, &out, 0), -ENOTSUP);
+        ck_assert_int_eq(shmb_recv_peek(raw, &in, 0), -ENOTSUP);
+
+        /* One handle holds a peek and a reservation at once; each pointer is refused by the other side's calls. */
+        ck_assert_int_eq(shmb_send(h, "peeked", 6, 0), 0);
+        ck_assert_int_eq(shmb_recv_peek(h, &in, 0), 6);
+        ck_assert_int_eq(shmb_send_reserve(h, 8, &out, 0), 0);
+        memcpy(out, "reserved", 8);
+        ck_assert_int_eq(shmb_send_commit(h, (void *) in, 6), -EINVAL);
+        ck_assert_int_eq(shmb_send_abort(h, (void *) in), -EINVAL);
+        ck_assert_int_eq(shmb_recv_release(h, out), -EINVAL);
+        ck_assert_int_eq(shmb_send_commit(ro, out, 8), -EACCES);
+        ck_assert_int_eq(shmb_recv_release(ro, in), -EACCES);
+        ck_assert_int_eq(shmb_send_commit(raw, out, 8), -ENOTSUP);
+        ck_assert_int_eq(shmb_recv_release(raw, in), -ENOTSUP);
+        /* Nothing was published or freed by them: no message yet behind the peeked one. */
+        ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 0), -EAGAIN);
+        /* Both claims are intact and end as they should. */
+        ck_assert_int_eq(memcmp(in, "peeked", 6), 0);
+        ck_assert_int_eq(shmb_recv_release(h, in), 0);
+        ck_assert_int_eq(shmb_send_commit(h, out, 8), 0);
+        ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 1000), 8);
+        ck_assert_int_eq(memcmp(buf, "reserved", 8), 0);
+        ck_assert_int_eq(shmb_recv(rx, buf, sizeof buf, 0), -EAGAIN);
+
+        /* Any negative timeout waits without limit, as for semaphores: not a poll, not an error. */
+        ck_assert_int_eq(pthread_create(&late.thread, NULL, late_send, &late), 0);
+        ck_assert_int_eq(shmb_recv_peek(rx, &in, -2), 4);
+        ck_assert_int_eq(memcmp(in, "late", 4), 0);
+        ck_assert_int_eq(shmb_recv_release(rx, in), 0);
+        ck_assert_int_eq(pthread_join(late.thread, NULL), 0);
+        ck_assert_int_eq(late.result, 0);
+
+        shmb_close(raw);
+        shmb_close(ro);
+        shmb_close(rx);
+        shmb_close(h);
+}
+END_TEST
+
+/*
+ * libshmbroker(3), Zero copy: shmb_recv_release() returns -ENOTCONN when the
+ * broker counted the handle gone and its claim was taken back: what was
+ * read may have been overwritten meanwhile (discard it). The late release
+ * must say so, and must not free the slot, which holds another message now.
+ */
+START_TEST(test_zero_copy_release_after_repair) {
+        shmb_channel *tx = test_open_ok("ring", SHMB_RW), *rx = test_open_ok("ring", SHMB_RW),
+                     *other = test_open_ok("ring", SHMB_RW);
+        const RingSlot *slot;
+        RingHeader *h = shmb_channel_addr(rx);
+        const void *in;
+        char buf[256];
+        uint32_t token;
+        bool marked = false;
+
+        ck_assert_int_eq(shmb_send(tx, "m0", 2, 0), 0);
+        ck_assert_int_eq(shmb_recv_peek(rx, &in, 1000), 2);
+        /* Mark dead, as the broker does, the token that claimed the message to read it. */
+        slot = (const RingSlot *) ((const char *) in - RING_SLOT_HEADER);
+        token = (uint32_t) __atomic_load_n(&slot->recv_owner, __ATOMIC_ACQUIRE);
+        for (uint32_t i = 0; i < h->holders && !marked; i++) {
+                RingHolder *e = ring_holder_at(h, i);
+                uint64_t word = __atomic_load_n(&e->word, __ATOMIC_ACQUIRE);
+
+                if ((uint32_t) word == RING_HOLDER_LIVE && ring_token(i, (uint32_t) (word >> 32)) == token) {
+                        __atomic_store_n(&e->word, (word & ~UINT64_C(0xffffffff)) | RING_HOLDER_DEAD, __ATOMIC_RELEASE);
+                        marked = true;
+                }
+        }
+        ck_assert_msg(marked, "no live holder with token %u", (unsigned) token);
+        /* A lap of sends: the last comes round to the unreleased slot and frees it (that message is lost). */
+        for (int i = 1; i <= 8; i++) {
+                char m[2] = { 'm', (char) ('0' + i) };
+
+                ck_assert_int_eq(shmb_send(tx, m, 2, 2000), 0);
+        }
+        ck_assert_int_eq(shmb_recv_release(rx, in), -ENOTCONN);
+        /* The slot's new message was not taken by that release: the other receiver gets all eight, in order. */
+        for (int i = 1; i <= 8; i++) {
+                ck_assert_int_eq(shmb_recv(other, buf, sizeof buf, 1000), 2);
+                ck_assert_int_eq(buf[1], '0' + i);
+        }
+        ck_assert_int_eq(shmb_recv(other, buf, sizeof buf, 0), -EAGAIN);
+        shmb_close(other);
+        shmb_close(rx);
+        shmb_close(tx);
+}
+END_TEST
+
 enum { ZC_MESSAGES = 10000 };
 
 static uint32_t zc_sum(const unsigned char *p, size_t n) {
@@ -3682,6 +3831,9 @@ START_TEST(test_forked_child_leaves_parents_connection_alone) {
                         code |= 2;
                 if (shmb_client_process(c) != -ECHILD || shmb_client_set_timeout(c, 100) != -ECHILD)
                         code |= 4;
+                /* The event descriptor is the parent's epoll instance: the child gets none of it. */
+                if (shmb_client_fd(c) != -ECHILD)
+                        code |= 16;
                 /* The mapping is the child's too: raw data and semaphores go on working. */
                 if (shmb_sem_post(pair, 1) != 0)
                         code |= 8;
@@ -5075,7 +5227,8 @@ int main(void) {
                 { "crash-restart", CASE_TIMEOUT, { test_crash_restart_keeps_traffic } },
                 { "forged-holders", CASE_TIMEOUT, { test_ring_holder_table_forged_before_a_crash_refuses_no_opens } },
                 { "cleanup", CASE_TIMEOUT, { test_cleanup_helpers_end_holds } },
-                { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_zero_copy_across_processes,
+                { "zero-copy", CASE_TIMEOUT, { test_zero_copy_in_place, test_zero_copy_misuse_takes_nothing,
+                                 test_zero_copy_release_after_repair, test_zero_copy_across_processes,
                                  test_zero_copy_killed_mid_claim, test_zero_copy_claims_see_removal,
                                  test_claim_closed_after_crash_is_repaired } },
                 { "zero-copy-close", CASE_TIMEOUT, { test_zero_copy_close_ends_claims_of_a_shared_hold } },
