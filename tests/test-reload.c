@@ -2397,6 +2397,49 @@ START_TEST(test_sighup_during_start_is_not_fatal) {
 }
 END_TEST
 
+/*
+ * Not only survived: "one that comes while it is still starting is acted
+ * on once it serves" (shmbrokerd(8), SIGNALS). A SIGHUP that comes after
+ * the start read its config (here: at its first shmget(), the daemon
+ * traced, so no machine is too fast for it), sent by an admin who has just
+ * written the file anew, reloads once the daemon serves: RELOADING=1 and
+ * READY=1 follow the start's READY=1, and the channel the new file adds is
+ * made without another signal.
+ */
+START_TEST(test_sighup_during_start_reloads_once_serving) {
+        struct __ptrace_syscall_info info;
+        int status = 0;
+        char *msg;
+        json_t *list;
+
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}]");
+        td.keep_notify = true;
+        test_daemon_spawn_traced(&td);
+        do {
+                ck_assert_msg(test_next_syscall_stop(td.pid), "the daemon ended before it made its channel");
+                ck_assert_int_gt(ptrace(PTRACE_GET_SYSCALL_INFO, td.pid, sizeof info, &info), 0);
+        } while (info.op != PTRACE_SYSCALL_INFO_ENTRY || info.entry.nr != SYS_shmget);
+        ck_assert_msg(!test_daemon_ready_sent(&td), "READY=1 came before the channel was made");
+        test_daemon_write_config(&td, "[{\"name\": \"a\", \"size\": 4096}, {\"name\": \"late\", \"size\": 4096}]");
+        ck_assert_int_eq(kill(td.pid, SIGHUP), 0);
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, td.pid, 0, 0), 0);
+        ck_assert_msg(test_daemon_wait_ready(&td, &status), "a SIGHUP at start ended the daemon (%d)", status);
+
+        msg = test_daemon_wait_notify(&td, "RELOADING=1", 3000);
+        ck_assert_msg(msg, "a SIGHUP during the start was not acted on once it served: %s", td.notified);
+        free(msg);
+        msg = test_daemon_wait_notify(&td, "READY=1", 3000);
+        ck_assert_msg(msg, "no READY=1 after the reload: %s", td.notified);
+        free(msg);
+        list = list_ok();
+        ck_assert_msg(test_find_channel(list, "late"), "the file written before the SIGHUP was not applied");
+        json_decref(list);
+        assert_ipcs(2, 2);
+        test_daemon_stop_ok(&td);
+        assert_ipcs(0, 0);
+}
+END_TEST
+
 /* td's daemon, signalled (`sig`) while it started, served (READY=1), then stopped with status 0, leaving no object. */
 static void assert_stopped_after_ready(const char *sig) {
         char *ready;
@@ -3950,6 +3993,7 @@ int main(void) {
                                 test_stdin_config_run_claims_only_the_resolved_file,
                                 test_previous_run_lock_with_a_relative_socket_names_none } },
                 { "signals", CASE_TIMEOUT, { test_sighup_during_start_is_not_fatal, test_sigterm_during_start_stops_once_serving,
+                               test_sighup_during_start_reloads_once_serving,
                                test_sigint_during_start_removes_everything_made_so_far,
                                test_sighup_reloads_within_a_second,
                                test_sigterm_after_reloads_removes_everything,
