@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <stddef.h>
 #include <signal.h>
 #include <stdint.h>
@@ -333,6 +334,51 @@ START_TEST(test_socket_activation_at_another_path_is_named) {
         snprintf(serving, sizeof serving, "Serving 2 channel(s) on %s.", sa.sun_path);
         ck_assert_msg(strstr(log, serving), "the log does not name the socket served:\n%s", log);
         ck_assert_msg(strstr(log, "The socket systemd passed is") && strstr(log, td.socket), "no warning:\n%s", log);
+        free(log);
+        test_daemon_stop_ok(&td);
+        td.activate = false;
+        td.activate_fd = 0;
+        close(listen_fd);
+}
+END_TEST
+
+/*
+ * The same for a socket in the abstract namespace (ListenStream=@NAME in
+ * the socket unit), where the configured path reaches nothing either: the
+ * start warns, and its log names the socket served, as "@NAME" (as ss(8)
+ * and systemd write it), not the configured path, which no client could
+ * connect to.
+ */
+START_TEST(test_socket_activation_on_an_abstract_socket_is_named) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        char name[64], serving[128], warning[sizeof td.socket + 128], *log;
+        socklen_t len;
+        int listen_fd, fd;
+
+        /* A network namespace of this test's own: the abstract name is nobody else's. */
+        ck_assert_msg(unshare(CLONE_NEWNET) == 0, "unshare(CLONE_NEWNET): %s", strerror(errno));
+        snprintf(name, sizeof name, "shmbroker-test-%d", (int) getpid());
+        memcpy(sa.sun_path + 1, name, strlen(name));
+        len = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
+        listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        ck_assert_int_ge(listen_fd, 0);
+        ck_assert_int_eq(bind(listen_fd, (struct sockaddr *) &sa, len), 0);
+        ck_assert_int_eq(listen(listen_fd, 16), 0);
+        test_daemon_write_config(&td, two_channels);
+        td.activate = true;
+        td.activate_fd = listen_fd;
+        test_start_ok();
+
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(connect(fd, (struct sockaddr *) &sa, len), 0);
+        test_assert_lists(fd);
+        close(fd);
+        log = test_daemon_log(&td);
+        snprintf(serving, sizeof serving, "Serving 2 channel(s) on @%s.", name);
+        snprintf(warning, sizeof warning, "The socket systemd passed is @%s, not %s", name, td.socket);
+        ck_assert_msg(strstr(log, serving), "the log does not name the abstract socket served:\n%s", log);
+        ck_assert_msg(strstr(log, warning), "no warning that the configured path reaches nothing:\n%s", log);
         free(log);
         test_daemon_stop_ok(&td);
         td.activate = false;
@@ -1219,6 +1265,84 @@ START_TEST(test_journal_priority_prefixes) {
 }
 END_TEST
 
+/*
+ * shmbrokerd(8), SYSTEMD: during a reload STATUS= says "Reloading PATH"
+ * (the file it re-reads, with RELOADING=1, so that systemctl status shows
+ * what the daemon is busy with), and STOPPING=1 comes "on SIGTERM or
+ * SIGINT": a ^C stops it as systemd's SIGTERM does, exit 0.
+ */
+START_TEST(test_reloading_status_names_the_file_and_sigint_sends_stopping) {
+        char want[sizeof td.config + 32], *msg;
+        int status;
+
+        test_daemon_write_config(&td, two_channels);
+        test_start_ok();
+        td.notified[0] = 0;
+        ck_assert_int_eq(kill(td.pid, SIGHUP), 0);
+        msg = test_daemon_wait_notify(&td, "RELOADING=1", 3000);
+        ck_assert_msg(msg, "no RELOADING=1: %s", td.notified);
+        snprintf(want, sizeof want, "STATUS=Reloading %s", td.config);
+        ck_assert_msg(strstr(msg, want), "RELOADING=1 came without \"%s\": %s", want, msg);
+        free(msg);
+        assert_notified("READY=1", 3000);
+        td.notified[0] = 0;
+        status = test_daemon_kill(&td, SIGINT);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d after SIGINT", status);
+        /* Sent before the daemon exited: it waits in our socket. */
+        assert_notified("STOPPING=1", 1000);
+        ck_assert_int_eq(test_ipcs_count("-m"), 0);
+}
+END_TEST
+
+/* JOURNAL_STREAM as systemd sets it, naming the file at path ("dev:ino"). */
+static void journal_stream_names(const char *path) {
+        struct stat st;
+        char env[64];
+        int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(fstat(fd, &st), 0);
+        close(fd);
+        snprintf(env, sizeof env, "%llu:%llu", (unsigned long long) st.st_dev, (unsigned long long) st.st_ino);
+        ck_assert_int_eq(setenv("JOURNAL_STREAM", env, 1), 0);
+}
+
+/*
+ * shmbrokerd(8), LOGGING: the <N> prefix only "when standard error is the
+ * journal (systemd's JOURNAL_STREAM names it)": a unit whose stdout goes
+ * to the journal and stderr to a file (StandardError=file:...) has
+ * JOURNAL_STREAM name stdout, and the file gets "shmbrokerd: " lines. And
+ * "configuration and start errors at error level": under the journal, a
+ * broken file's message is <3>, which journalctl -p err shows.
+ */
+START_TEST(test_journal_prefix_only_on_the_journal_and_errors_at_err) {
+        char other[sizeof td.dir + 16], *log;
+        int status = 0;
+
+        test_daemon_write_config(&td, two_channels);
+        ck_assert_int_lt(snprintf(other, sizeof other, "%s/stdout", td.dir), (int) sizeof other);
+        journal_stream_names(other);
+        test_start_ok();
+        unsetenv("JOURNAL_STREAM");
+        test_daemon_stop_ok(&td);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "shmbrokerd: Serving 2 channel(s)") && !strstr(log, "<6>"),
+                      "JOURNAL_STREAM named another file than stderr; the log:\n%s", log);
+        free(log);
+
+        ck_assert_int_eq(truncate(td.log, 0), 0);
+        test_daemon_write_raw_config(&td, "{\"version\": 1, \"channels\": [");
+        journal_stream_names(td.log);
+        ck_assert_msg(!test_daemon_start(&td, &status, NULL), "started on a broken file");
+        unsetenv("JOURNAL_STREAM");
+        td.pid = -1;
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %d", status);
+        log = test_daemon_log(&td);
+        ck_assert_msg(strncmp(log, "<3>", 3) == 0, "a broken file is not logged at error level:\n%s", log);
+        free(log);
+}
+END_TEST
+
 int main(void) {
         /* Check's tests are pointer variables, not constants: the table lives here. */
         const TestGroup groups[] = {
@@ -1229,14 +1353,17 @@ int main(void) {
                               test_sighup_storm_then_sigterm, test_status_at_most_once_a_second,
                               test_ready_once_a_full_notify_queue_drains,
                               test_ready_after_reloading_once_a_full_notify_queue_drains } },
+                { "notify-signals", CASE_TIMEOUT, { test_reloading_status_names_the_file_and_sigint_sends_stopping } },
                 { "watchdog", CASE_TIMEOUT, { test_watchdog_pings, test_no_watchdog_without_watchdog_usec,
                                           test_watchdog_between_half_and_three_quarters,
                                           test_watchdog_within_a_short_watchdog_usec,
                                           test_no_watchdog_for_another_pid } },
                 { "activation", CASE_TIMEOUT, { test_socket_activation, test_socket_activation_at_another_path_is_named,
                                   test_reclaim_never_connects_to_a_passed_socket, test_activation_refuses_two_sockets,
-                                  test_activation_refuses_other_kinds, test_activation_for_another_pid_is_ignored } },
-                { "journal", CASE_TIMEOUT, { test_journal_priority_prefixes } },
+                                  test_activation_refuses_other_kinds, test_activation_for_another_pid_is_ignored,
+                                  test_socket_activation_on_an_abstract_socket_is_named } },
+                { "journal", CASE_TIMEOUT, { test_journal_priority_prefixes,
+                                             test_journal_prefix_only_on_the_journal_and_errors_at_err } },
                 { "notify-socket", CASE_TIMEOUT, { test_odd_notify_sockets, test_abstract_notify_socket,
                                      test_state_change_waits_for_room_again_after_a_send_goes_through,
                                      test_notifications_leave_no_descriptor_open, test_stopping_waits_for_room,
