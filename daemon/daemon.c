@@ -45,7 +45,7 @@ typedef struct Daemon {
         const DaemonOptions *options;
         Config *config;
         char *socket_path;              /* fixed at start: a reload cannot move it */
-        char passed_path[108];          /* where the socket systemd passed is bound ("": none, or unnamed) */
+        char passed_path[109];          /* where the socket systemd passed is bound ("": none, or unnamed; "@NAME": abstract) */
         State *state;
         Registry *registry;
         Wake *wake;                     /* NULL: rings run without wake-up FIFOs */
@@ -849,13 +849,28 @@ static void passed_socket_path(Daemon *d) {
         struct sockaddr_un sa = {};
         socklen_t len = sizeof sa;
         struct stat a, b;
+        bool abstract;
+        size_t n;
 
         if (getsockname(SD_LISTEN_FDS_START, (struct sockaddr *) &sa, &len) < 0 ||
-            len <= offsetof(struct sockaddr_un, sun_path) || !sa.sun_path[0])
+            len <= offsetof(struct sockaddr_un, sun_path) + 1)
                 return;
-        snprintf(d->passed_path, sizeof d->passed_path, "%.*s", (int) (len - offsetof(struct sockaddr_un, sun_path)),
-                 sa.sun_path);
-        if (stat(d->passed_path, &a) < 0 || stat(d->socket_path, &b) < 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+        n = len - offsetof(struct sockaddr_un, sun_path);
+        abstract = !sa.sun_path[0];
+        if (abstract) {
+                /*
+                 * The abstract namespace (ListenStream=@NAME): written "@NAME", as systemd and ss(8)
+                 * write it, a NUL in the name as '@' too. No configured path names it: never stat()
+                 * "@NAME", a file of that name in our working directory is no socket of ours.
+                 */
+                d->passed_path[0] = '@';
+                for (size_t i = 1; i < n; i++)
+                        d->passed_path[i] = sa.sun_path[i] ?: '@';
+                d->passed_path[n] = 0;
+        } else
+                snprintf(d->passed_path, sizeof d->passed_path, "%.*s", (int) n, sa.sun_path);
+        if (abstract || stat(d->passed_path, &a) < 0 || stat(d->socket_path, &b) < 0 ||
+            a.st_dev != b.st_dev || a.st_ino != b.st_ino)
                 log_warning("The socket systemd passed is %s, not %s as configured: clients that use the configured "
                             "path will not reach this daemon.", d->passed_path, d->socket_path);
 }
