@@ -4461,6 +4461,13 @@ START_TEST(test_open_file_limit_raised_to_the_hard_limit) {
         ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
         test_daemon_write_config(&td, two_channels);
         test_start_ok();
+        /* valgrind keeps descriptors of its own above the daemon's limit, and answers its rlimit calls itself. */
+        if (getenv("TEST_DAEMON_WRAPPER")) {
+                fprintf(stderr, "test_open_file_limit_raised_to_the_hard_limit: the daemon runs under a wrapper; "
+                        "its limit is the wrapper's, not checked.\n");
+                test_daemon_stop_ok(&td);
+                return;
+        }
         snprintf(path, sizeof path, "/proc/%d/limits", (int) td.pid);
         f = fopen(path, "re");
         ck_assert_ptr_nonnull(f);
