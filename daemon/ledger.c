@@ -85,8 +85,7 @@ static int take_over(int dirfd, const char *file, uint32_t n, Ledger *l) {
                        errno == EWOULDBLOCK || errno == ETXTBSY ? -ENOENT : -errno;
         if (fstat(fd, &st) < 0)
                 return -errno;
-        if (!S_ISREG(st.st_mode) || st.st_uid != self_euid() || (st.st_mode & 077) ||
-            st.st_size != (off_t) ledger_size(n))
+        if (!S_ISREG(st.st_mode) || !self_owns_privately(&st) || st.st_size != (off_t) ledger_size(n))
                 return -ENOENT;
         r = map_file(fd, &st, n, l);
         if (r < 0)
@@ -123,30 +122,27 @@ static int make(int dirfd, const char *file, uint32_t n, Ledger *l) {
         return 0;
 }
 
-int ledger_take_over(int dirfd, const char *name, uint32_t n, Ledger *l) {
+/* take_over() or make() on channel name's ledger file; l names the file when it succeeds. */
+static int with_file(int dirfd, const char *name, uint32_t n, Ledger *l,
+                     int (*how)(int dirfd, const char *file, uint32_t n, Ledger *l)) {
         _cleanup_(freep) char *file = strprintf("%s" SUFFIX, name);
         int r;
 
         *l = (Ledger) {};
         if (!file)
                 return -ENOMEM;
-        r = take_over(dirfd, file, n, l);
+        r = how(dirfd, file, n, l);
         if (r == 0)
                 l->file = TAKE_PTR(file);
         return r;
 }
 
-int ledger_make(int dirfd, const char *name, uint32_t n, Ledger *l) {
-        _cleanup_(freep) char *file = strprintf("%s" SUFFIX, name);
-        int r;
+int ledger_take_over(int dirfd, const char *name, uint32_t n, Ledger *l) {
+        return with_file(dirfd, name, n, l, take_over);
+}
 
-        *l = (Ledger) {};
-        if (!file)
-                return -ENOMEM;
-        r = make(dirfd, file, n, l);
-        if (r == 0)
-                l->file = TAKE_PTR(file);
-        return r;
+int ledger_make(int dirfd, const char *name, uint32_t n, Ledger *l) {
+        return with_file(dirfd, name, n, l, make);
 }
 
 void ledger_seal(Ledger *l) {
@@ -191,7 +187,7 @@ static int dir_open(int state_dirfd, const char *state, bool create) {
         fd = openat(state_dirfd, path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
                 return -errno;
-        if (fstat(fd, &st) < 0 || st.st_uid != self_euid() || (st.st_mode & 077)) {
+        if (fstat(fd, &st) < 0 || !self_owns_privately(&st)) {
                 close(fd);
                 return -EPERM;
         }

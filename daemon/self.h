@@ -8,6 +8,7 @@
  */
 
 #include <stdbool.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 uid_t self_euid(void);
@@ -35,3 +36,13 @@ bool self_has_cap(int cap);
 
 /* Whether gid is our effective gid or one of our supplementary groups. Asked at each call. */
 bool self_in_group(gid_t gid);
+
+/*
+ * Whether st is of a file the daemon owns that nobody else may read,
+ * write or enter (no group or other bits): what it keeps for itself (its
+ * lock files, holder ledgers and their directory) must be, or it is not
+ * believed. The file's type is the caller's to check.
+ */
+static inline bool self_owns_privately(const struct stat *st) {
+        return st->st_uid == self_euid() && !(st->st_mode & 077);
+}

@@ -52,7 +52,7 @@ static int lock_open(int dirfd, const char *name, void *userdata) {
         (void) userdata;
         if (fd < 0)
                 return -errno;
-        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != self_euid() || (st.st_mode & 077)) {
+        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || !self_owns_privately(&st)) {
                 close(fd);
                 return -EPERM;
         }
