@@ -2171,6 +2171,30 @@ START_TEST(test_broadcast_holder_entries_forged_free_or_live_while_running) {
 END_TEST
 
 /*
+ * n more holds of the table with `access` beside the genuine entry `mine`
+ * (its word `word`) on connections fds; hold `closed` closes, and the
+ * genuine entry is written DEAD: the open on extra must get the entry the
+ * broker freed. Then the entry is put back and that open closed again.
+ */
+static void fill_forge_dead_and_open(RingHolder *table, uint32_t mine, uint64_t word, const char *access, int *fds,
+                                     uint32_t n, uint32_t closed, int extra, const char *what) {
+        uint32_t freed = 0, t;
+
+        for (uint32_t i = 0; i < n; i++) {
+                fds[i] = test_connect(td.socket);
+                t = open_beside(fds[i], access, mine, "nothing was forged");
+                if (i == closed)
+                        freed = t;
+        }
+        close_beside(fds[closed], table, mine, word, "nothing was forged");
+        forge_state(table, mine, word, RING_HOLDER_DEAD);
+        t = open_beside(extra, access, mine, what);
+        ck_assert_uint_eq(token_entry(t), token_entry(freed));
+        __atomic_store_n(&table[mine].word, word, __ATOMIC_RELEASE);
+        close_beside(extra, table, mine, word, what);
+}
+
+/*
  * As the test above, with the genuine subscriber's entry written DEAD
  * under its generation, as the entry of a hold that ended looks: the
  * broker hands DEAD entries out again, but only those it marked dead
@@ -2182,40 +2206,20 @@ END_TEST
  */
 START_TEST(test_broadcast_holder_entries_forged_dead_while_running_are_not_handed_out) {
         static int pub_fds[BCAST_PUBLISHERS];
-        static uint32_t pub_tokens[BCAST_PUBLISHERS];
         shmb_channel *pub = test_open_ok("news", SHMB_RW), *sub = test_open_ok("news", SHMB_RO);
         BcastHeader *h = shmb_channel_addr(pub);
         RingHolder *pubs = bcast_publisher_at(h, 0), *subs = bcast_subscriber_at(h, 0);
         const char *what = "live holds' entries were written DEAD";
         int sub_fds[3], extra = test_connect(td.socket);
-        uint32_t my_pub, my_sub, sub_tokens[3], t;
+        uint32_t my_pub, my_sub;
         uint64_t pub_word, sub_word;
 
         my_pub = test_only_live_holder(pubs, BCAST_PUBLISHERS, "the publisher table");
         my_sub = test_only_live_holder(subs, 4, "the subscriber table");
         pub_word = __atomic_load_n(&pubs[my_pub].word, __ATOMIC_ACQUIRE);
         sub_word = __atomic_load_n(&subs[my_sub].word, __ATOMIC_ACQUIRE);
-        for (int i = 0; i < 3; i++) {
-                sub_fds[i] = test_connect(td.socket);
-                sub_tokens[i] = open_beside(sub_fds[i], "ro", my_sub, "nothing was forged");
-        }
-        close_beside(sub_fds[1], subs, my_sub, sub_word, "nothing was forged");
-        forge_state(subs, my_sub, sub_word, RING_HOLDER_DEAD);
-        t = open_beside(extra, "ro", my_sub, what);
-        ck_assert_uint_eq(token_entry(t), token_entry(sub_tokens[1]));
-        __atomic_store_n(&subs[my_sub].word, sub_word, __ATOMIC_RELEASE);
-        close_beside(extra, subs, my_sub, sub_word, what);
-
-        for (uint32_t i = 0; i < BCAST_PUBLISHERS - 1; i++) {
-                pub_fds[i] = test_connect(td.socket);
-                pub_tokens[i] = open_beside(pub_fds[i], "rw", my_pub, "nothing was forged");
-        }
-        close_beside(pub_fds[100], pubs, my_pub, pub_word, "nothing was forged");
-        forge_state(pubs, my_pub, pub_word, RING_HOLDER_DEAD);
-        t = open_beside(extra, "rw", my_pub, what);
-        ck_assert_uint_eq(token_entry(t), token_entry(pub_tokens[100]));
-        __atomic_store_n(&pubs[my_pub].word, pub_word, __ATOMIC_RELEASE);
-        close_beside(extra, pubs, my_pub, pub_word, what);
+        fill_forge_dead_and_open(subs, my_sub, sub_word, "ro", sub_fds, 3, 1, extra, what);
+        fill_forge_dead_and_open(pubs, my_pub, pub_word, "rw", pub_fds, BCAST_PUBLISHERS - 1, 100, extra, what);
         assert_traffic(pub, sub, 3);
         for (uint32_t i = 0; i < BCAST_PUBLISHERS - 1; i++)
                 close(pub_fds[i]);

@@ -1433,6 +1433,24 @@ START_TEST(test_holder_ledger_not_finished_is_not_believed) {
 END_TEST
 
 /*
+ * After a crash: a start on config, whose channel "blocked" wants key
+ * 16963, which someone else now holds, takes "keep" over and then fails.
+ * Returns that someone's segment, to be removed.
+ */
+static int start_fails_after_taking_keep_over(const char *config) {
+        int foreign = shmget(16963, 4096, IPC_CREAT | IPC_EXCL | 0600), status;
+        char *log;
+
+        ck_assert_int_ge(foreign, 0);
+        test_daemon_write_config(&td, config);
+        ck_assert(!test_daemon_start(&td, &status, NULL));
+        log = test_daemon_log(&td);
+        ck_assert_msg(strstr(log, "Took over channel keep") && strstr(log, "already held"), "%s", log);
+        free(log);
+        return foreign;
+}
+
+/*
  * shmbrokerd(8), FILES: a ledger is "kept after a crash for the next
  * start". A start that fails keeps the ledger of the ring it took over
  * (the same file), and removes the one of a ring it made; the next start
@@ -1445,7 +1463,7 @@ START_TEST(test_failed_start_keeps_the_ledgers_it_took_over) {
                 "[{\"name\": \"keep\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4},"
                 " {\"name\": \"made\", \"layout\": \"ring\", \"slot_size\": 64, \"slots\": 4},"
                 " {\"name\": \"blocked\", \"size\": 4096, \"key\": 16963}]";
-        int kept, foreign, status;
+        int kept, foreign;
         struct stat st;
         char *log;
 
@@ -1454,13 +1472,7 @@ START_TEST(test_failed_start_keeps_the_ledgers_it_took_over) {
         kept = ledger_hold("keep");
         test_daemon_kill(&td, SIGKILL);
 
-        foreign = shmget(16963, 4096, IPC_CREAT | IPC_EXCL | 0600);
-        ck_assert_int_ge(foreign, 0);
-        test_daemon_write_config(&td, plus_blocked);
-        ck_assert(!test_daemon_start(&td, &status, NULL));
-        log = test_daemon_log(&td);
-        ck_assert_msg(strstr(log, "Took over channel keep") && strstr(log, "already held"), "%s", log);
-        free(log);
+        foreign = start_fails_after_taking_keep_over(plus_blocked);
         ck_assert_uint_eq(links_of(kept), 1);
         ck_assert_int_eq(ledger_stat("made", &st), -ENOENT);
 
@@ -1687,9 +1699,8 @@ START_TEST(test_failed_start_keeps_adopted_channels) {
         static const char *const plus_blocked =
                 "[{\"name\": \"keep\", \"size\": 4096}, {\"name\": \"blocked\", \"size\": 4096, \"key\": 16963}]";
         json_t *resp;
-        int fd, shm_id, sem_id, foreign, status;
+        int fd, shm_id, sem_id, foreign;
         struct shmid_ds ds;
-        char *log;
 
         resp = start_and_list(one, &fd);
         shm_id = (int) test_jint(test_must_find(resp, "keep"), "shm_id");
@@ -1699,13 +1710,7 @@ START_TEST(test_failed_start_keeps_adopted_channels) {
         test_daemon_kill(&td, SIGKILL);
 
         /* The next start takes "keep" over, then fails on a key someone else holds. */
-        foreign = shmget(16963, 4096, IPC_CREAT | IPC_EXCL | 0600);
-        ck_assert_int_ge(foreign, 0);
-        test_daemon_write_config(&td, plus_blocked);
-        ck_assert(!test_daemon_start(&td, &status, NULL));
-        log = test_daemon_log(&td);
-        ck_assert_msg(strstr(log, "Took over channel keep") && strstr(log, "already held"), "%s", log);
-        free(log);
+        foreign = start_fails_after_taking_keep_over(plus_blocked);
         ck_assert_int_eq(shmctl(shm_id, IPC_STAT, &ds), 0);
         ck_assert_uint_eq(ds.shm_perm.mode & SHM_DEST, 0);
 

@@ -3724,8 +3724,10 @@ END_TEST
  * Forged lock words, changing all the time: a writer of the semaphore file
  * keeps storing live tokens of other holds. A lock with a timeout must end
  * by it ("a writer that keeps changing the word gets no spin past the
- * timeout"): the locker's compare-and-swap that marks it asleep fails each
- * time, and that failure too must count against the timeout.
+ * timeout"), though the locker's compare-and-swap that marks it asleep
+ * fails again and again. (The writer cannot make every one fail: a mark
+ * that succeeds sleeps to the deadline. So this bounds the call, and does
+ * not single out the count of failed marks against the timeout.)
  */
 typedef struct WordFlipper {
         PosixSemFile *f;
